@@ -1,0 +1,118 @@
+"""What a data source gives `prepare`: documents, already divided into train and validation parts."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from autoresearch.errors import DataError
+
+TRAIN, VAL = "train", "val"
+
+
+@dataclass(frozen=True)
+class Part:
+    """A unit of work for `prepare`: one part becomes one token shard, written once, atomically."""
+
+    name: str  # file stem of the shard, e.g. "train-00003" or "val"
+    split: str  # TRAIN or VAL
+    documents: Callable[[], Iterator[str]]
+    identity: str  # changes whenever the documents change (a file hash, a content hash)
+
+
+class Source(Protocol):
+    name: str  # the dataset name the user gave
+    slug: str  # a directory-safe name for the cache
+
+    def fetch(self) -> None:
+        """Make the raw data available locally (download, scan). Safe to call again."""
+
+    def parts(self) -> list[Part]:
+        """The train parts in order, then exactly one VAL part. Call after `fetch`."""
+
+    def describe(self) -> dict[str, Any]:
+        """What this data is, for the manifest (name, origin, sizes)."""
+
+
+@dataclass(frozen=True)
+class TextSplit:
+    train: list[str]
+    val: list[str]
+    duplicates_dropped: int
+
+
+def split_texts(texts: Iterable[str], val_bytes: int, max_bytes: int | None) -> TextSplit:
+    """Deterministic train/val split of a corpus of documents, independent of the order they came in.
+
+    Exact duplicates are dropped first, so no validation document can also appear in train. Documents
+    are then ordered by the hash of their content; validation takes them in that order until it holds
+    `val_bytes`, train takes the rest (up to `max_bytes` if given).
+    """
+    keyed: dict[bytes, str] = {}
+    seen = 0
+    for text in texts:
+        seen += 1
+        keyed.setdefault(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest(), text)
+    ordered = [keyed[k] for k in sorted(keyed)]
+    val: list[str] = []
+    taken = 0
+    while taken < val_bytes and len(val) < len(ordered) - 1:
+        val.append(ordered[len(val)])
+        taken += len(val[-1].encode("utf-8", "surrogatepass"))
+    train = ordered[len(val) :]
+    if max_bytes is not None:
+        kept, total = [], 0
+        for text in train:
+            if total >= max_bytes:
+                break
+            kept.append(text)
+            total += len(text.encode("utf-8", "surrogatepass"))
+        train = kept
+    if not train or taken < val_bytes:
+        raise DataError(
+            f"corpus too small: {len(ordered)} distinct documents, {taken} bytes for validation "
+            f"where {val_bytes} are needed, plus training text",
+            hint="point the dataset at more text, or use a preset with a smaller evaluation set (--preset tiny)",
+        )
+    return TextSplit(train=train, val=val, duplicates_dropped=seen - len(keyed))
+
+
+def text_parts(split: TextSplit, identity: str, part_bytes: int = 32 * 2**20) -> list[Part]:
+    """Cut an in-memory split into train parts of about `part_bytes` each, then the val part."""
+    parts: list[Part] = []
+    start, size = 0, 0
+    for i, text in enumerate(split.train):
+        size += len(text)
+        if size >= part_bytes or i == len(split.train) - 1:
+            docs = split.train[start : i + 1]
+            parts.append(
+                Part(f"train-{len(parts):05d}", TRAIN, lambda d=docs: iter(d), f"{identity}/train/{len(parts)}")
+            )
+            start, size = i + 1, 0
+    parts.append(Part("val", VAL, lambda: iter(split.val), f"{identity}/val"))
+    return parts
+
+
+def corpus_digest(texts: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+    return h.hexdigest()[:16]
+
+
+def split_stats(split: TextSplit) -> dict[str, Any]:
+    return {
+        "train_documents": len(split.train),
+        "val_documents": len(split.val),
+        "train_chars": sum(map(len, split.train)),
+        "val_chars": sum(map(len, split.val)),
+        "duplicates_dropped": split.duplicates_dropped,
+    }
+
+
+def path_tag(path: Path) -> str:
+    """A short directory-safe name for a dataset that lives at `path`."""
+    return f"{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"

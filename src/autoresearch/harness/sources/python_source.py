@@ -1,0 +1,78 @@
+"""`python-source`: the text files of the running interpreter's standard library and site-packages.
+
+The corpus that needs no network: every Python installation has one, and it is real text (code,
+docstrings, documentation). `--root DIR` reads another directory tree instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from autoresearch.errors import DataError
+from autoresearch.harness.sources.base import (
+    Part,
+    TextSplit,
+    corpus_digest,
+    path_tag,
+    split_stats,
+    split_texts,
+    text_parts,
+)
+
+SUFFIXES = frozenset({".py", ".md", ".rst", ".txt"})
+MAX_FILE_BYTES = 1_000_000  # larger files are mostly generated tables, not prose or code
+
+
+def default_roots() -> list[Path]:
+    paths = sysconfig.get_paths()
+    roots = {Path(paths[key]).resolve() for key in ("stdlib", "purelib", "platlib") if key in paths}
+    # Site-packages sits inside the stdlib directory on many installs: keep only outermost roots.
+    return sorted(r for r in roots if r.is_dir() and not any(o != r and o in r.parents for o in roots))
+
+
+def read_text_files(roots: list[Path], suffixes: frozenset[str] = SUFFIXES) -> Iterator[str]:
+    """Every UTF-8 text file under `roots` with a wanted suffix, in a stable order."""
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
+            for name in sorted(filenames):
+                path = Path(dirpath, name)
+                if path.suffix not in suffixes or path.is_symlink():
+                    continue
+                try:
+                    if path.stat().st_size > MAX_FILE_BYTES:
+                        continue
+                    text = path.read_bytes().decode("utf-8")
+                except (OSError, UnicodeDecodeError):
+                    continue  # unreadable or not UTF-8: not text we can learn from
+                if text.strip():
+                    yield text
+
+
+class PythonSource:
+    def __init__(self, val_bytes: int, max_bytes: int | None, root: Path | None = None):
+        self.name = "python-source"
+        self.roots = [root.resolve()] if root else default_roots()
+        if root is not None and not root.is_dir():
+            raise DataError(f"--root {root} is not a directory")
+        self.slug = "python-source" if root is None else f"python-source-{path_tag(self.roots[0])}"
+        self._val_bytes, self._max_bytes = val_bytes, max_bytes
+        self._split: TextSplit | None = None
+
+    def fetch(self) -> None:
+        if self._split is None:
+            self._split = split_texts(read_text_files(self.roots), self._val_bytes, self._max_bytes)
+
+    def parts(self) -> list[Part]:
+        assert self._split is not None, "fetch() first"
+        return text_parts(self._split, corpus_digest(self._split.val + self._split.train))
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"name": self.name, "roots": [str(r) for r in self.roots]}
+        if self._split is not None:
+            info |= split_stats(self._split)
+        return info
