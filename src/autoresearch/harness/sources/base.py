@@ -26,6 +26,7 @@ class Part:
 class Source(Protocol):
     name: str  # the dataset name the user gave
     slug: str  # a directory-safe name for the cache
+    request: dict[str, Any]  # what the user asked for; prepared data is reused while it matches
 
     def fetch(self) -> None:
         """Make the raw data available locally (download, scan). Safe to call again."""

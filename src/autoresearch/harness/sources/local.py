@@ -77,6 +77,7 @@ class LocalSource:
         self.name = f"local:{self.root}"
         self.slug = f"local-{path_tag(self.root)}"
         self._val_bytes, self._max_bytes = val_bytes, max_bytes
+        self.request = {"dataset": self.name, "val_bytes": val_bytes, "max_bytes": max_bytes}
         self._split: TextSplit | None = None
 
     def fetch(self) -> None:

@@ -1,0 +1,85 @@
+"""The device an experiment runs on: which one, its precision, its peak FLOP/s, its memory high-water mark."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import sys
+
+import torch
+
+DEVICE_ENV = "AUTORESEARCH_DEVICE"
+PEAK_FLOPS_ENV = "AUTORESEARCH_PEAK_FLOPS"
+
+# Dense bf16 tensor-core peak by GPU name, from the vendors' datasheets (no sparsity).
+GPU_PEAK_BF16 = (
+    ("H200", 989.5e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989.5e12),
+    ("H800", 989.5e12),
+    ("GH200", 989.5e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+)
+
+
+def pick_device() -> torch.device:
+    """$AUTORESEARCH_DEVICE if set, else CUDA, else Apple MPS, else the CPU."""
+    if name := os.environ.get(DEVICE_ENV):
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak bf16 FLOP/s of the device for MFU; None where unknown (set $AUTORESEARCH_PEAK_FLOPS)."""
+    if override := os.environ.get(PEAK_FLOPS_ENV):
+        return float(override)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in GPU_PEAK_BF16 if key in name), None)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision elsewhere (CPU bf16 is slow on most laptops)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10

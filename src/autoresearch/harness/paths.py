@@ -1,0 +1,18 @@
+"""Where prepared data lives: `--cache-dir`, else $AUTORESEARCH_CACHE, else ~/.cache/autoresearch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "AUTORESEARCH_CACHE"
+
+
+def cache_root(flag: str | Path | None = None) -> Path:
+    chosen = flag or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "autoresearch"
+    return Path(chosen).expanduser().resolve()
+
+
+def prepared_dir(cache: Path, slug: str, preset: str) -> Path:
+    """One directory per (dataset, preset): the tokenizer and shards depend on both."""
+    return cache / "data" / slug / preset
