@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -119,12 +120,12 @@ def test_connection_cut_mid_body_is_resumed(hub: FakeHub) -> None:
 
 def test_server_errors_are_retried_with_back_off(hub: FakeHub, capfd: pytest.CaptureFixture[str]) -> None:
     hub.fail["HEAD"] = [503]  # retried by huggingface_hub (1.x, 2.x)
-    hub.fail["GET"] = [500, 502]  # retried here: huggingface_hub never retries a 5xx download
+    hub.fail["GET"] = [500]  # retried here: huggingface_hub never retries a 5xx download
     source = fetched()
     assert list(source.parts()[0].documents()) == docs("train0")
-    assert len(hub.gets("data/train-00.parquet")) == 3
+    assert len(hub.gets("data/train-00.parquet")) == 2
     assert hub.sleeps  # it waited between attempts
-    assert "HTTP 500 for data/train-00.parquet; retrying" in capfd.readouterr().err
+    assert re.search(r"data/train-00.parquet: HTTP 500; retrying in \d+s", capfd.readouterr().err)
 
 
 def test_corrupt_download_is_fetched_again(hub: FakeHub, capfd: pytest.CaptureFixture[str]) -> None:

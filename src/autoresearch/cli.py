@@ -18,7 +18,9 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
         "--dataset",
         help="python-source, local:PATH, climbmix or fineweb-edu (default: climbmix with CUDA, else python-source)",
     )
-    parser.add_argument("--cache-dir", help="where prepared data lives (default: $AUTORESEARCH_CACHE or ~/.cache/autoresearch)")
+    parser.add_argument(
+        "--cache-dir", help="where prepared data lives (default: $AUTORESEARCH_CACHE or ~/.cache/autoresearch)"
+    )
     parser.add_argument("--root", type=Path, help="python-source only: read this directory tree instead")
     parser.add_argument("--shards", type=int, help="climbmix / fineweb-edu only: how many training shards to download")
     parser.add_argument("--force", action="store_true", help="rebuild the tokenizer and shards even if prepared")
@@ -46,7 +48,12 @@ def _prepare(args: argparse.Namespace, console: Console):
     preset = get_preset(args.preset or default_preset_name())
     dataset = args.dataset or default_dataset_name()
     out = prepare(
-        dataset, preset, cache_root(args.cache_dir), root=args.root, shards=args.shards, force=args.force,
+        dataset,
+        preset,
+        cache_root(args.cache_dir),
+        root=args.root,
+        shards=args.shards,
+        force=args.force,
         console=console,
     )
     return preset, dataset, out

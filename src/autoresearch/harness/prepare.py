@@ -22,7 +22,14 @@ from autoresearch.errors import DataError
 from autoresearch.harness.packing import PackStats, pack_documents
 from autoresearch.harness.paths import prepared_dir
 from autoresearch.harness.presets import Preset
-from autoresearch.harness.shards import MANIFEST_FORMAT, Manifest, ShardInfo, read_shard_record, write_shard
+from autoresearch.harness.shards import (
+    MANIFEST_FORMAT,
+    Manifest,
+    ShardInfo,
+    read_shard_record,
+    shard_intact,
+    write_shard,
+)
 from autoresearch.harness.sources import TRAIN, VAL, Part, Source, make_source
 from autoresearch.harness.tokenizer import Tokenizer, capped_texts
 
@@ -49,8 +56,11 @@ def prepare(
         if not force and manifest_path.exists():
             manifest = Manifest.load(manifest_path)
             if manifest.dataset.get("request") == source.request and manifest.preset == preset.as_dict():
-                console.print(f"[green]already prepared[/] {dataset} / {preset.name} in {out}")
-                return out
+                damaged = [s.name for s in manifest.shards if not shard_intact(out, s)]
+                if not damaged:
+                    console.print(f"[green]already prepared[/] {dataset} / {preset.name} in {out}")
+                    return out
+                console.print(f"[yellow]damaged shards {', '.join(damaged)}: rebuilding them[/]")
         if force:
             for stale in out.glob("*.json"):
                 stale.unlink()
@@ -67,8 +77,13 @@ def _build(source: Source, preset: Preset, out: Path, console: Console) -> None:
     row_len = preset.seq_len + 1
     infos: list[ShardInfo] = []
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tokens]}"),
-        TimeElapsedColumn(), console=console, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[tokens]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     ) as progress:
         task = progress.add_task("tokenizing", total=len(parts), tokens="")
         total_tokens = 0
@@ -77,8 +92,9 @@ def _build(source: Source, preset: Preset, out: Path, console: Console) -> None:
             info = read_shard_record(out, part.name)
             if info is None or info.identity != part.identity or info.tokenizer_sha256 != tokenizer.digest():
                 rows, stats = pack_documents(list(_token_arrays(tokenizer, part)), row_len, tokenizer.bos_id)
-                info = ShardInfo(part.name, part.split, len(rows), row_len, "", part.identity,
-                                 tokenizer.digest(), asdict(stats))
+                info = ShardInfo(
+                    part.name, part.split, len(rows), row_len, "", part.identity, tokenizer.digest(), asdict(stats)
+                )
                 info = write_shard(out, info, rows)
             total_tokens += info.rows * info.row_len
             progress.update(task, advance=1, tokens=f"{total_tokens / 1e6:.1f}M tokens")

@@ -232,7 +232,8 @@ class Run:
         mfu = self._mfu(tps)
         print(
             f"step {self.step:5d} | {100 * self.progress:5.1f}% | loss {self._last_loss:.4f} | "
-            f"{tps / 1e3:,.1f}k tok/s" + (f" | mfu {mfu:.1f}%" if mfu is not None else "")
+            f"{tps / 1e3:,.1f}k tok/s"
+            + (f" | mfu {mfu:.1f}%" if mfu is not None else "")
             + f" | {max(0.0, self.budget_seconds - self.elapsed):.0f}s left",
             flush=True,
         )

@@ -98,14 +98,20 @@ def write_shard(directory: Path, info: ShardInfo, rows: np.ndarray) -> ShardInfo
 
 
 def read_shard_record(directory: Path, name: str) -> ShardInfo | None:
-    """The record of a finished shard whose file is present at full size, else None."""
+    """The record of a finished shard whose file is intact (full size, matching hash), else None."""
     try:
         info = ShardInfo(**json.loads((directory / f"{name}.json").read_text()))
-        if (directory / f"{name}.bin").stat().st_size == info.nbytes:
-            return info
     except (OSError, ValueError, TypeError):
-        pass
-    return None
+        return None
+    return info if shard_intact(directory, info) else None
+
+
+def shard_intact(directory: Path, info: ShardInfo) -> bool:
+    path = directory / f"{info.name}.bin"
+    try:
+        return path.stat().st_size == info.nbytes and file_sha256(path) == info.sha256
+    except OSError:
+        return False
 
 
 def open_shard(directory: Path, info: ShardInfo, verify: bool) -> np.ndarray:

@@ -50,8 +50,13 @@ def read_constants(source: str) -> dict[str, Constant]:
         rest = line[node.value.end_col_offset :]
         comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
         found[name] = Constant(
-            name, value, line[node.value.col_offset : node.value.end_col_offset], comment,
-            node.lineno, node.value.col_offset, node.value.end_col_offset,
+            name,
+            value,
+            line[node.value.col_offset : node.value.end_col_offset],
+            comment,
+            node.lineno,
+            node.value.col_offset,
+            node.value.end_col_offset,
         )
     return found
 

@@ -24,7 +24,7 @@ from autoresearch.harness.sources.base import TRAIN, VAL, Part
 from autoresearch.harness.sources.local import parquet_texts
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
-RETRIES, BACKOFF_S = 2, 2.0  # our extra attempts, and the first wait between them (it doubles)
+RETRIES, BACKOFF_S = 3, 2.0  # our extra attempts, and the first wait between them (it doubles)
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 NETWORK_MODULES = frozenset({"httpx", "httpx2", "httpcore", "requests", "urllib3"})
 OFFLINE_HINT = (
@@ -49,10 +49,22 @@ class HubDataset:
 
 
 HUB_DATASETS: dict[str, HubDataset] = {
-    "climbmix": HubDataset("climbmix", "karpathy/climbmix-400b-shuffle", "shard_{:05d}.parquet",
-                           "shard_06542.parquet", default_shards=10, max_shards=6542),
-    "fineweb-edu": HubDataset("fineweb-edu", "HuggingFaceFW/fineweb-edu", "sample/10BT/{:03d}_00000.parquet",
-                              "sample/10BT/013_00000.parquet", default_shards=1, max_shards=13),
+    "climbmix": HubDataset(
+        "climbmix",
+        "karpathy/climbmix-400b-shuffle",
+        "shard_{:05d}.parquet",
+        "shard_06542.parquet",
+        default_shards=10,
+        max_shards=6542,
+    ),
+    "fineweb-edu": HubDataset(
+        "fineweb-edu",
+        "HuggingFaceFW/fineweb-edu",
+        "sample/10BT/{:03d}_00000.parquet",
+        "sample/10BT/013_00000.parquet",
+        default_shards=1,
+        max_shards=13,
+    ),
 }
 
 
@@ -95,8 +107,10 @@ class HubSource:
     def __init__(self, dataset: HubDataset, shards: int | None):
         n = dataset.default_shards if shards is None else shards
         if not 1 <= n <= dataset.max_shards:
-            raise ConfigError(f"--shards {n} is out of range for {dataset.name}",
-                              hint=f"choose 1 to {dataset.max_shards} (default {dataset.default_shards})")
+            raise ConfigError(
+                f"--shards {n} is out of range for {dataset.name}",
+                hint=f"choose 1 to {dataset.max_shards} (default {dataset.default_shards})",
+            )
         self.dataset, self.shards = dataset, n
         self.name = self.slug = dataset.name  # more shards add parts to the same prepared data
         self.request = {"dataset": dataset.name, "repo": dataset.repo_id, "revision": dataset.revision, "shards": n}
@@ -112,16 +126,26 @@ class HubSource:
     def parts(self) -> list[Part]:
         assert len(self._cached) == len(self._files), "fetch() first"
         names = [f"train-{i:05d}" for i in range(self.shards)] + ["val"]
-        return [Part(name, VAL if name == "val" else TRAIN, partial(self._documents, f), self._cached[f].identity)
-                for name, f in zip(names, self._files, strict=True)]
+        return [
+            Part(name, VAL if name == "val" else TRAIN, partial(self._documents, f), self._cached[f].identity)
+            for name, f in zip(names, self._files, strict=True)
+        ]
 
     def describe(self) -> dict[str, Any]:
         ds = self.dataset
-        info: dict[str, Any] = {"name": self.name, "repo": ds.repo_id, "repo_type": "dataset",
-                                "revision": ds.revision, "shards": self.shards, "val_file": ds.val_file}
+        info: dict[str, Any] = {
+            "name": self.name,
+            "repo": ds.repo_id,
+            "repo_type": "dataset",
+            "revision": ds.revision,
+            "shards": self.shards,
+            "val_file": ds.val_file,
+        }
         if self._cached:
-            info["files"] = [{"file": name, "bytes": c.size, "etag": c.identity, "commit": c.commit}
-                             for name, c in self._cached.items()]
+            info["files"] = [
+                {"file": name, "bytes": c.size, "etag": c.identity, "commit": c.commit}
+                for name, c in self._cached.items()
+            ]
         return info
 
     def _documents(self, filename: str) -> Iterator[str]:
@@ -129,29 +153,36 @@ class HubSource:
         try:
             yield from parquet_texts(path)
         except DataError as exc:
-            raise DataError(f"{filename} of {self.dataset.repo_id}: {exc.args[0]}",
-                            hint=f"the cached copy is damaged: delete {os.path.realpath(path)} and run the same "
-                            "`autoresearch prepare` command again to download it again") from exc
+            raise DataError(
+                f"{filename} of {self.dataset.repo_id}: {exc.args[0]}",
+                hint=f"the cached copy is damaged: delete {os.path.realpath(path)} and run the same "
+                "`autoresearch prepare` command again to download it again",
+            ) from exc
 
     def _fetch_file(self, filename: str, tag: str, s: HubSettings) -> CachedFile:
         from huggingface_hub import try_to_load_from_cache
 
         ds = self.dataset
-        found = try_to_load_from_cache(ds.repo_id, filename, cache_dir=s.cache_dir, revision=ds.revision,
-                                       repo_type="dataset")
+        found = try_to_load_from_cache(
+            ds.repo_id, filename, cache_dir=s.cache_dir, revision=ds.revision, repo_type="dataset"
+        )
         if isinstance(found, str):
             if _problem(Path(found), full=False) is None:
                 _say(f"{tag} cached {filename}")
                 return CachedFile.at(found, filename)
             if s.offline:
-                raise DataError(f"the cached copy of {filename} ({found}) is damaged and offline mode is on",
-                                hint="unset HF_HUB_OFFLINE so that it can be downloaded again")
+                raise DataError(
+                    f"the cached copy of {filename} ({found}) is damaged and offline mode is on",
+                    hint="unset HF_HUB_OFFLINE so that it can be downloaded again",
+                )
             _evict(Path(found))
         elif s.offline:
-            raise DataError(f"{filename} of {ds.repo_id} is not in the cache {s.cache_dir} and offline mode is on "
-                            "(HF_HUB_OFFLINE=1)",
-                            hint="unset HF_HUB_OFFLINE to download it, point HF_HUB_CACHE or HF_HOME at a cache "
-                            "that holds it, or use --dataset python-source or --dataset local:PATH")
+            raise DataError(
+                f"{filename} of {ds.repo_id} is not in the cache {s.cache_dir} and offline mode is on "
+                "(HF_HUB_OFFLINE=1)",
+                hint="unset HF_HUB_OFFLINE to download it, point HF_HUB_CACHE or HF_HOME at a cache "
+                "that holds it, or use --dataset python-source or --dataset local:PATH",
+            )
         _say(f"{tag} downloading {filename} from {s.endpoint}")
         for again in (False, True):
             path = self._download(filename, s, force=again)
@@ -160,9 +191,11 @@ class HubSource:
                 return CachedFile.at(path, filename)
             _evict(path)
             _say(f"{tag} {filename} arrived corrupt ({problem})" + ("" if again else "; downloading it again"))
-        raise DataError(f"{filename} of {ds.repo_id} from {s.endpoint} arrived corrupt twice: {problem}",
-                        hint="something between here and the server damages downloads; try again later, "
-                        "or set HF_ENDPOINT to another mirror")
+        raise DataError(
+            f"{filename} of {ds.repo_id} from {s.endpoint} arrived corrupt twice: {problem}",
+            hint="something between here and the server damages downloads; try again later, "
+            "or set HF_ENDPOINT to another mirror",
+        )
 
     def _download(self, filename: str, s: HubSettings, *, force: bool) -> Path:
         """`hf_hub_download`, retried with back-off after the failures it does not retry itself."""
@@ -171,14 +204,24 @@ class HubSource:
         ds = self.dataset
         for attempt in range(RETRIES + 1):
             try:
-                return Path(hf_hub_download(
-                    repo_id=ds.repo_id, filename=filename, repo_type="dataset", revision=ds.revision,
-                    endpoint=s.endpoint, cache_dir=s.cache_dir, local_files_only=False, force_download=force,
-                ))
+                return Path(
+                    hf_hub_download(
+                        repo_id=ds.repo_id,
+                        filename=filename,
+                        repo_type="dataset",
+                        revision=ds.revision,
+                        endpoint=s.endpoint,
+                        cache_dir=s.cache_dir,
+                        local_files_only=False,
+                        force_download=force,
+                    )
+                )
             except Exception as exc:
                 if attempt < RETRIES and _transient(exc):
                     wait = BACKOFF_S * 2**attempt
-                    _say(f"      {filename}: {_first_line(exc)}; retrying in {wait:.0f}s")
+                    culprit = exc.__cause__ or exc
+                    reason = f"HTTP {_status(culprit)}" if _status(culprit) else _first_line(culprit)
+                    _say(f"      {filename}: {reason}; retrying in {wait:.0f}s")
                     time.sleep(wait)
                     continue
                 error = _explain(exc, f"{filename} of {ds.repo_id} (revision {ds.revision})", s.endpoint)
@@ -204,7 +247,8 @@ def _transient(exc: Exception) -> bool:
         import requests
 
         return isinstance(exc, requests.RequestException) and not isinstance(
-            exc, (requests.ConnectionError, requests.ReadTimeout))
+            exc, (requests.ConnectionError, requests.ReadTimeout)
+        )
     return False
 
 
@@ -215,27 +259,43 @@ def _explain(exc: Exception, what: str, endpoint: str) -> DataError | None:
     if isinstance(exc, hf.LocalEntryNotFoundError):  # the metadata request failed, after retries where it has them
         cause = exc.__cause__
         if isinstance(cause, hf.OfflineModeIsEnabled):
-            return DataError(f"cannot download {what}: huggingface_hub is in offline mode",
-                             hint="HF_HUB_OFFLINE was set when huggingface_hub was imported; unset it")
+            return DataError(
+                f"cannot download {what}: huggingface_hub is in offline mode",
+                hint="HF_HUB_OFFLINE was set when huggingface_hub was imported; unset it",
+            )
         status = _status(cause) if cause is not None else None
-        return DataError(f"cannot reach {endpoint} to download {what}: "
-                         + (f"HTTP {status}" if status else _first_line(cause or exc)),
-                         hint=("the server answers errors: try again later; " if status else "") + OFFLINE_HINT)
+        return DataError(
+            f"cannot reach {endpoint} to download {what}: "
+            + (f"HTTP {status}" if status else _first_line(cause or exc)),
+            hint=("the server answers errors: try again later; " if status else "") + OFFLINE_HINT,
+        )
     if isinstance(exc, (hf.RepositoryNotFoundError, hf.RevisionNotFoundError, hf.EntryNotFoundError)):
-        missing = ("dataset repository" if isinstance(exc, hf.RepositoryNotFoundError)
-                   else "revision" if isinstance(exc, hf.RevisionNotFoundError) else "file")
-        return DataError(f"{missing} not found at {endpoint}: {what}",
-                         hint="for a private or gated repository set HF_TOKEN; "
-                         "check that HF_ENDPOINT points at the Hub or a full mirror of it")
+        missing = (
+            "dataset repository"
+            if isinstance(exc, hf.RepositoryNotFoundError)
+            else "revision"
+            if isinstance(exc, hf.RevisionNotFoundError)
+            else "file"
+        )
+        return DataError(
+            f"{missing} not found at {endpoint}: {what}",
+            hint="for a private or gated repository set HF_TOKEN; "
+            "check that HF_ENDPOINT points at the Hub or a full mirror of it",
+        )
     if isinstance(exc, hf.HfHubHTTPError):
-        return DataError(f"downloading {what} from {endpoint} failed: HTTP {_status(exc)}",
-                         hint="try again later, or set HF_ENDPOINT to a mirror")
+        return DataError(
+            f"downloading {what} from {endpoint} failed: HTTP {_status(exc)}",
+            hint="try again later, or set HF_ENDPOINT to a mirror",
+        )
     if isinstance(exc, (ConnectionError, TimeoutError)) or _from_network_library(exc):
-        return DataError(f"lost the connection to {endpoint} while downloading {what}: {_first_line(exc)}",
-                         hint=OFFLINE_HINT)
+        return DataError(
+            f"lost the connection to {endpoint} while downloading {what}: {_first_line(exc)}", hint=OFFLINE_HINT
+        )
     if isinstance(exc, OSError):
-        return DataError(f"downloading {what} from {endpoint} failed: {exc}",
-                         hint="run the same command again: finished files are reused")
+        return DataError(
+            f"downloading {what} from {endpoint} failed: {exc}",
+            hint="run the same command again: finished files are reused",
+        )
     return None
 
 

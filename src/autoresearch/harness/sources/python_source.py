@@ -61,8 +61,12 @@ class PythonSource:
             raise DataError(f"--root {root} is not a directory")
         self.slug = "python-source" if root is None else f"python-source-{path_tag(self.roots[0])}"
         self._val_bytes, self._max_bytes = val_bytes, max_bytes
-        self.request = {"dataset": self.name, "roots": [str(r) for r in self.roots], "val_bytes": val_bytes,
-                        "max_bytes": max_bytes}
+        self.request = {
+            "dataset": self.name,
+            "roots": [str(r) for r in self.roots],
+            "val_bytes": val_bytes,
+            "max_bytes": max_bytes,
+        }
         self._split: TextSplit | None = None
 
     def fetch(self) -> None:

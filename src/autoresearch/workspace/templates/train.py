@@ -96,7 +96,9 @@ class Attention(nn.Module):
         self.c_k = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.c_v = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
-        self.ve_gate = nn.Linear(VE_GATE_CHANNELS, config.n_head, bias=False) if has_value_embed(layer, config.n_layer) else None
+        self.ve_gate = (
+            nn.Linear(VE_GATE_CHANNELS, config.n_head, bias=False) if has_value_embed(layer, config.n_layer) else None
+        )
 
     def forward(self, x, ve, cos, sin, mask):
         B, T, C = x.shape
@@ -151,7 +153,9 @@ class GPT(nn.Module):
         self.resid_lambdas = nn.Parameter(torch.ones(L))
         self.x0_lambdas = nn.Parameter(torch.full((L,), 0.1))
         half = (C // config.n_head) // 2
-        freqs = torch.outer(torch.arange(config.seq_len, dtype=torch.float32), ROPE_BASE ** (-torch.arange(half) / half))
+        freqs = torch.outer(
+            torch.arange(config.seq_len, dtype=torch.float32), ROPE_BASE ** (-torch.arange(half) / half)
+        )
         self.register_buffer("cos", freqs.cos()[None, :, None, :], persistent=False)
         self.register_buffer("sin", freqs.sin()[None, :, None, :], persistent=False)
         # Sliding windows: FlexAttention block masks on CUDA, a dense boolean mask elsewhere.
@@ -221,7 +225,8 @@ def muon_update(params, grads, momentum_buf, variance_buf, momentum, lr, wd, bet
     momentum_buf.lerp_(grads, 1 - momentum)
     g = grads.lerp(momentum_buf, momentum)  # Nesterov
     wide = g.size(-2) <= g.size(-1)
-    x = g.bfloat16() if wide else g.bfloat16().mT
+    x = g.bfloat16() if g.is_cuda else g  # bf16 matmuls are fast on GPUs only
+    x = x if wide else x.mT
     x = x / (x.norm(dim=(-2, -1), keepdim=True) * 1.02 + 1e-6)
     for a, b, c in POLAR_EXPRESS:
         gram = x @ x.mT
@@ -257,12 +262,14 @@ class MuonAdamW:
         for shape in shapes:
             group = [p for p in matrices if tuple(p.shape) == shape]
             var_shape = (len(group), shape[0], 1) if shape[0] >= shape[1] else (len(group), 1, shape[1])
-            self.muon_groups.append(dict(
-                params=group,
-                momentum_buf=torch.zeros(len(group), *shape, device=group[0].device),
-                variance_buf=torch.zeros(var_shape, device=group[0].device),
-                lr_scale=max(1.0, shape[0] / shape[1]) ** 0.5,
-            ))
+            self.muon_groups.append(
+                dict(
+                    params=group,
+                    momentum_buf=torch.zeros(len(group), *shape, device=group[0].device),
+                    variance_buf=torch.zeros(var_shape, device=group[0].device),
+                    lr_scale=max(1.0, shape[0] / shape[1]) ** 0.5,
+                )
+            )
         for group in self.adam.param_groups:
             group["initial_lr"] = group["lr"]
         # Scalars live in 0-d CPU tensors so a compiled update never recompiles when they change.
