@@ -88,6 +88,14 @@ def test_download_then_parts_yield_train_and_separate_val(hub: FakeHub, capfd: p
     assert info["files"][0]["commit"] == hub.commit
 
 
+def test_files_outside_lfs_are_identified_by_their_git_etag(fake_hub: FakeHub) -> None:
+    etags = [fake_hub.add(REPO, f"data/train-{i:02d}.parquet", parquet_bytes(docs(f"t{i}")), lfs=False) for i in (0, 1)]
+    fake_hub.add(REPO, "data/val.parquet", parquet_bytes(docs("val")), lfs=False)
+    parts = fetched().parts()
+    assert [p.identity for p in parts[:2]] == etags
+    assert list(parts[1].documents()) == docs("t1")
+
+
 def test_second_fetch_uses_the_cache_and_more_shards_only_add_files(
     hub: FakeHub, capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -32,6 +32,16 @@ OFFLINE_HINT = (
     "to work offline use --dataset python-source or --dataset local:PATH. "
     "Files already downloaded are reused without the network with HF_HUB_OFFLINE=1"
 )
+NOT_FOUND_HINT = "check HF_ENDPOINT (the Hub, or a full mirror of it); for a private or gated dataset set HF_TOKEN"
+RETRY_HINT = "try again later (finished files are reused), or set HF_ENDPOINT to a mirror"
+IMPORT_HINT = "HF_HUB_OFFLINE was set when huggingface_hub was imported; unset it before starting"
+CACHE_HINT = (
+    "unset HF_HUB_OFFLINE to download it, point HF_HUB_CACHE or HF_HOME at a cache that holds it, "
+    "or use --dataset python-source or --dataset local:PATH"
+)
+NOT_FOUND = dict(
+    RepositoryNotFoundError="dataset repository", RevisionNotFoundError="revision", EntryNotFoundError="file"
+)
 
 
 @dataclass(frozen=True)
@@ -48,22 +58,18 @@ class HubDataset:
         return [self.train_pattern.format(i) for i in range(n)]
 
 
+# name, repository, training file pattern, pinned validation file, default and maximum number of training files
 HUB_DATASETS: dict[str, HubDataset] = {
     "climbmix": HubDataset(
-        "climbmix",
-        "karpathy/climbmix-400b-shuffle",
-        "shard_{:05d}.parquet",
-        "shard_06542.parquet",
-        default_shards=10,
-        max_shards=6542,
+        "climbmix", "karpathy/climbmix-400b-shuffle", "shard_{:05d}.parquet", "shard_06542.parquet", 10, 6542
     ),
     "fineweb-edu": HubDataset(
         "fineweb-edu",
         "HuggingFaceFW/fineweb-edu",
         "sample/10BT/{:03d}_00000.parquet",
         "sample/10BT/013_00000.parquet",
-        default_shards=1,
-        max_shards=13,
+        1,
+        13,
     ),
 }
 
@@ -133,14 +139,8 @@ class HubSource:
 
     def describe(self) -> dict[str, Any]:
         ds = self.dataset
-        info: dict[str, Any] = {
-            "name": self.name,
-            "repo": ds.repo_id,
-            "repo_type": "dataset",
-            "revision": ds.revision,
-            "shards": self.shards,
-            "val_file": ds.val_file,
-        }
+        info: dict[str, Any] = {"name": self.name, "repo": ds.repo_id, "repo_type": "dataset", "revision": ds.revision}
+        info |= {"shards": self.shards, "val_file": ds.val_file}
         if self._cached:
             info["files"] = [
                 {"file": name, "bytes": c.size, "etag": c.identity, "commit": c.commit}
@@ -166,23 +166,18 @@ class HubSource:
         found = try_to_load_from_cache(
             ds.repo_id, filename, cache_dir=s.cache_dir, revision=ds.revision, repo_type="dataset"
         )
-        if isinstance(found, str):
-            if _problem(Path(found), full=False) is None:
-                _say(f"{tag} cached {filename}")
-                return CachedFile.at(found, filename)
-            if s.offline:
-                raise DataError(
-                    f"the cached copy of {filename} ({found}) is damaged and offline mode is on",
-                    hint="unset HF_HUB_OFFLINE so that it can be downloaded again",
-                )
-            _evict(Path(found))
-        elif s.offline:
+        if isinstance(found, str) and _problem(Path(found), full=False) is None:
+            _say(f"{tag} cached {filename}")
+            return CachedFile.at(found, filename)
+        if s.offline:
+            state = "damaged in" if isinstance(found, str) else "not in"
             raise DataError(
-                f"{filename} of {ds.repo_id} is not in the cache {s.cache_dir} and offline mode is on "
-                "(HF_HUB_OFFLINE=1)",
-                hint="unset HF_HUB_OFFLINE to download it, point HF_HUB_CACHE or HF_HOME at a cache "
-                "that holds it, or use --dataset python-source or --dataset local:PATH",
+                f"{filename} of {ds.repo_id} is {state} the cache {s.cache_dir}, "
+                "and offline mode is on (HF_HUB_OFFLINE=1)",
+                hint=CACHE_HINT,
             )
+        if isinstance(found, str):
+            _evict(Path(found))  # damaged: fetch it again
         _say(f"{tag} downloading {filename} from {s.endpoint}")
         for again in (False, True):
             path = self._download(filename, s, force=again)
@@ -202,32 +197,22 @@ class HubSource:
         from huggingface_hub import hf_hub_download
 
         ds = self.dataset
+        get = partial(hf_hub_download, ds.repo_id, filename, repo_type="dataset", revision=ds.revision)
         for attempt in range(RETRIES + 1):
             try:
                 return Path(
-                    hf_hub_download(
-                        repo_id=ds.repo_id,
-                        filename=filename,
-                        repo_type="dataset",
-                        revision=ds.revision,
-                        endpoint=s.endpoint,
-                        cache_dir=s.cache_dir,
-                        local_files_only=False,
-                        force_download=force,
-                    )
+                    get(endpoint=s.endpoint, cache_dir=s.cache_dir, local_files_only=False, force_download=force)
                 )
             except Exception as exc:
-                if attempt < RETRIES and _transient(exc):
-                    wait = BACKOFF_S * 2**attempt
-                    culprit = exc.__cause__ or exc
-                    reason = f"HTTP {_status(culprit)}" if _status(culprit) else _first_line(culprit)
-                    _say(f"      {filename}: {reason}; retrying in {wait:.0f}s")
-                    time.sleep(wait)
-                    continue
-                error = _explain(exc, f"{filename} of {ds.repo_id} (revision {ds.revision})", s.endpoint)
-                if error is None:
-                    raise
-                raise error from exc
+                if attempt == RETRIES or not _transient(exc):
+                    error = _explain(exc, f"{filename} of {ds.repo_id} (revision {ds.revision})", s.endpoint)
+                    if error is None:
+                        raise
+                    raise error from exc
+                wait, culprit = BACKOFF_S * 2**attempt, exc.__cause__ or exc
+                reason = f"HTTP {_status(culprit)}" if _status(culprit) else _first_line(culprit)
+                _say(f"      {filename}: {reason}; retrying in {wait:.0f}s")
+                time.sleep(wait)
         raise AssertionError("unreachable")
 
 
@@ -243,12 +228,11 @@ def _transient(exc: Exception) -> bool:
         return legacy and cause is not None and (_status(cause) in TRANSIENT_STATUS or _from_network_library(cause))
     if isinstance(exc, HfHubHTTPError):
         return _status(exc) in TRANSIENT_STATUS
-    if legacy:  # 0.x downloads with requests, and resumes by itself after these two only
+    if legacy:  # 0.x downloads with requests, and resumes by itself only after the two it names
         import requests
 
-        return isinstance(exc, requests.RequestException) and not isinstance(
-            exc, (requests.ConnectionError, requests.ReadTimeout)
-        )
+        handled = (requests.ConnectionError, requests.ReadTimeout)
+        return isinstance(exc, requests.RequestException) and not isinstance(exc, handled)
     return False
 
 
@@ -259,43 +243,20 @@ def _explain(exc: Exception, what: str, endpoint: str) -> DataError | None:
     if isinstance(exc, hf.LocalEntryNotFoundError):  # the metadata request failed, after retries where it has them
         cause = exc.__cause__
         if isinstance(cause, hf.OfflineModeIsEnabled):
-            return DataError(
-                f"cannot download {what}: huggingface_hub is in offline mode",
-                hint="HF_HUB_OFFLINE was set when huggingface_hub was imported; unset it",
-            )
+            return DataError(f"cannot download {what}: huggingface_hub was imported in offline mode", hint=IMPORT_HINT)
         status = _status(cause) if cause is not None else None
-        return DataError(
-            f"cannot reach {endpoint} to download {what}: "
-            + (f"HTTP {status}" if status else _first_line(cause or exc)),
-            hint=("the server answers errors: try again later; " if status else "") + OFFLINE_HINT,
-        )
-    if isinstance(exc, (hf.RepositoryNotFoundError, hf.RevisionNotFoundError, hf.EntryNotFoundError)):
-        missing = (
-            "dataset repository"
-            if isinstance(exc, hf.RepositoryNotFoundError)
-            else "revision"
-            if isinstance(exc, hf.RevisionNotFoundError)
-            else "file"
-        )
-        return DataError(
-            f"{missing} not found at {endpoint}: {what}",
-            hint="for a private or gated repository set HF_TOKEN; "
-            "check that HF_ENDPOINT points at the Hub or a full mirror of it",
-        )
+        detail = f"HTTP {status}" if status else _first_line(cause or exc)
+        hint = ("the server answers errors: try again later; " if status else "") + OFFLINE_HINT
+        return DataError(f"cannot reach {endpoint} to download {what}: {detail}", hint=hint)
+    for kind, missing in NOT_FOUND.items():
+        if isinstance(exc, getattr(hf, kind)):
+            return DataError(f"{missing} not found at {endpoint}: {what}", hint=NOT_FOUND_HINT)
     if isinstance(exc, hf.HfHubHTTPError):
-        return DataError(
-            f"downloading {what} from {endpoint} failed: HTTP {_status(exc)}",
-            hint="try again later, or set HF_ENDPOINT to a mirror",
-        )
+        return DataError(f"downloading {what} from {endpoint} failed: HTTP {_status(exc)}", hint=RETRY_HINT)
     if isinstance(exc, (ConnectionError, TimeoutError)) or _from_network_library(exc):
-        return DataError(
-            f"lost the connection to {endpoint} while downloading {what}: {_first_line(exc)}", hint=OFFLINE_HINT
-        )
+        return DataError(f"lost the connection to {endpoint} while downloading {what}: {exc}", hint=OFFLINE_HINT)
     if isinstance(exc, OSError):
-        return DataError(
-            f"downloading {what} from {endpoint} failed: {exc}",
-            hint="run the same command again: finished files are reused",
-        )
+        return DataError(f"downloading {what} from {endpoint} failed: {exc}", hint=RETRY_HINT)
     return None
 
 
