@@ -84,6 +84,7 @@ class Run:
         self.batches: TrainBatches | None = None
         self.step = 0
         self._clock_start: float | None = None
+        self._clock_stop: float | None = None
         self._untimed_batches = 0
         self._last_step_time = time.perf_counter()
         self._longest_step = 0.0
@@ -109,7 +110,9 @@ class Run:
     @property
     def elapsed(self) -> float:
         """Seconds on the training clock (0 until the untimed steps are done)."""
-        return 0.0 if self._clock_start is None else time.perf_counter() - self._clock_start
+        if self._clock_start is None:
+            return 0.0
+        return (self._clock_stop or time.perf_counter()) - self._clock_start
 
     @property
     def progress(self) -> float:
@@ -161,6 +164,8 @@ class Run:
     def finish(self, model: torch.nn.Module, flops_per_token: float | None = None) -> Result:
         """Stop the clock, evaluate `model` (its forward must return logits), write and print the result."""
         devices.synchronize(self.device)
+        if self._clock_start is not None:
+            self._clock_stop = time.perf_counter()
         training_seconds = self.elapsed
         if self._pending_loss is not None and not self._pending_loss.item() <= LOSS_LIMIT:
             self._fail(f"training diverged: loss is {self._pending_loss.item()} at step {self.step}")

@@ -127,4 +127,5 @@ def open_shard(directory: Path, info: ShardInfo, verify: bool) -> np.ndarray:
         raise DataError(f"shard {path} is corrupt: its SHA-256 differs from the manifest", hint=REPAIR_HINT)
     if info.rows == 0:
         return np.empty((0, info.row_len), dtype=np.uint16)
-    return np.memmap(path, dtype="<u2", mode="r", shape=(info.rows, info.row_len))
+    # Copy-on-write: writable for torch.from_numpy, but nothing is ever written back to the file.
+    return np.memmap(path, dtype="<u2", mode="c", shape=(info.rows, info.row_len))

@@ -1,0 +1,139 @@
+"""Where a training step's GPU time goes, for train.py at the reference shape (random tokens, no data).
+
+    PYTHONPATH=src python3 bench/profile_step.py [--full] [NAME=VALUE ...]
+
+Builds the model and optimizer from the template train.py (constants overridden as given), compiles,
+warms up, then times forward+backward and the optimizer step with CUDA events and prints the top
+kernels of a profiled step. Also times the harness's evaluation over the h100 preset's eval size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from autoresearch.harness.evaluation import causality_violation, score_rows
+from autoresearch.harness.presets import get_preset
+from autoresearch.workspace.constants import set_constants
+from autoresearch.workspace.init import template
+
+REFERENCE_SHAPE = {
+    "DEPTH": 8,
+    "ASPECT_RATIO": 64,
+    "HEAD_DIM": 128,
+    "WINDOW_PATTERN": "SSSL",
+    "SHORT_WINDOW": 1024,
+    "TOTAL_BATCH_SIZE": 2**19,
+    "DEVICE_BATCH_SIZE": 128,
+}
+
+
+def load_train_module(overrides: dict):
+    path = Path(tempfile.mkdtemp()) / "train_bench.py"
+    path.write_text(set_constants(template("train.py"), overrides))
+    spec = importlib.util.spec_from_file_location("train_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed(fn, repeat: int) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeat):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeat
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("overrides", nargs="*", help="NAME=VALUE constants for train.py")
+    parser.add_argument("--eval", action="store_true", help="also time the evaluation")
+    args = parser.parse_args()
+    overrides = dict(REFERENCE_SHAPE)
+    for item in args.overrides:
+        name, value = item.split("=", 1)
+        overrides[name] = ast.literal_eval(value)
+    t = load_train_module(overrides)
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    torch.set_float32_matmul_precision("high")
+    preset = get_preset("h100")
+    V, T, B = preset.vocab_size, preset.seq_len, t.DEVICE_BATCH_SIZE
+    width = -(-t.DEPTH * t.ASPECT_RATIO // t.HEAD_DIM) * t.HEAD_DIM
+    config = t.GPTConfig(V, T, t.DEPTH, width // t.HEAD_DIM, width)
+    with torch.device(device):
+        model = t.GPT(config, device)
+        model.init_weights()
+    model.wte.to(torch.bfloat16)
+    model.value_embeds.to(torch.bfloat16)
+    opt = t.MuonAdamW(model, compile_update=True)
+    cmodel = torch.compile(model, dynamic=False)
+    accum = t.TOTAL_BATCH_SIZE // T // B
+    x = torch.randint(0, V, (B, T), device=device)
+    y = torch.randint(0, V, (B, T), device=device)
+
+    def fwd_bwd():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = cmodel(x, y)
+        loss.backward()
+
+    def opt_step():
+        opt.step(1.0, 0.95, 0.1)
+        opt.zero_grad()
+
+    started = time.time()
+    for _ in range(3):
+        for _ in range(accum):
+            fwd_bwd()
+        opt_step()
+    torch.cuda.synchronize()
+    print(f"compile + 3 steps: {time.time() - started:.1f}s")
+    fb = timed(fwd_bwd, 10)
+    op = timed(lambda: (fwd_bwd(), opt_step()), 5) - fb
+    step = accum * fb + op
+    flops = model.flops_per_token()
+    print(
+        f"fwd+bwd {fb:.1f} ms x {accum}, optimizer {op:.1f} ms, step {step:.1f} ms -> "
+        f"{t.TOTAL_BATCH_SIZE / step / 1e3:.3f}M tok/s, MFU {100 * flops * t.TOTAL_BATCH_SIZE / step / 1e-3 / 989.5e12:.1f}%"
+    )
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fwd_bwd()
+        opt_step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+
+    if args.eval:
+        rows = np.random.default_rng(0).integers(1, V, (preset.eval_rows, T + 1)).astype(np.uint16)
+        token_bytes = torch.full((V,), 3, dtype=torch.int64, device=device)
+        model.eval()
+        for name, m in (("compiled", cmodel), ("eager", model)):
+            for bs in (64, 128):
+                torch.cuda.synchronize()
+                started = time.time()
+                score_rows(m, rows[: bs * 4], token_bytes, bs, device)  # warm-up / compile
+                torch.cuda.synchronize()
+                warm = time.time() - started
+                started = time.time()
+                score_rows(m, rows, token_bytes, bs, device)
+                torch.cuda.synchronize()
+                print(f"eval {name} batch {bs}: first {warm:.1f}s, full {time.time() - started:.1f}s")
+        started = time.time()
+        causality_violation(cmodel, rows[:64], V, device)
+        torch.cuda.synchronize()
+        print(f"probe: {time.time() - started:.1f}s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
