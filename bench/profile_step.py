@@ -104,10 +104,10 @@ def main() -> None:
     op = timed(lambda: (fwd_bwd(), opt_step()), 5) - fb
     step = accum * fb + op
     flops = model.flops_per_token()
-    print(
-        f"fwd+bwd {fb:.1f} ms x {accum}, optimizer {op:.1f} ms, step {step:.1f} ms -> "
-        f"{t.TOTAL_BATCH_SIZE / step / 1e3:.3f}M tok/s, MFU {100 * flops * t.TOTAL_BATCH_SIZE / step / 1e-3 / 989.5e12:.1f}%"
-    )
+    tokens_per_s = t.TOTAL_BATCH_SIZE / (step / 1e3)
+    mfu = 100 * flops * tokens_per_s / 989.5e12
+    print(f"fwd+bwd {fb:.1f} ms x {accum}, optimizer {op:.1f} ms, step {step:.1f} ms")
+    print(f"-> {tokens_per_s / 1e6:.3f}M tok/s, MFU {mfu:.1f}%")
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fwd_bwd()
         opt_step()
