@@ -46,6 +46,45 @@ def load_train_module(overrides: dict):
     return module
 
 
+def apply_variants(t, variants: set[str]) -> None:
+    """Experimental changes to the template's model, to measure before adopting them."""
+    import torch.nn.functional as F
+
+    if "coord" in variants:
+        torch._inductor.config.coordinate_descent_tuning = True
+    if "qkv" in variants:
+
+        def forward(self, x, ve, cos, sin, mask):
+            B, T, C = x.shape
+            w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
+            q, k, v = F.linear(x, w).view(B, T, 3, self.n_head, self.head_dim).unbind(2)
+            if ve is not None:
+                gate = 2 * torch.sigmoid(self.ve_gate(x[..., : t.VE_GATE_CHANNELS]))
+                v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
+            q, k = t.norm(t.rotate(q, cos, sin)), t.norm(t.rotate(k, cos, sin))
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+        t.Attention.forward = forward
+    if "bf16logits" in variants:
+
+        def forward(self, idx, targets=None):
+            x = t.norm(self.wte(idx))
+            x0 = x
+            for i, block in enumerate(self.blocks):
+                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+                ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+                x = block(x, ve, self.cos, self.sin, self.masks[i])
+            logits = self.lm_head(t.norm(x))
+            logits = t.LOGIT_SOFTCAP * torch.tanh(logits / t.LOGIT_SOFTCAP)
+            if targets is None:
+                return logits.float()
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+        t.GPT.forward = forward
+
+
 def timed(fn, repeat: int) -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -60,12 +99,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("overrides", nargs="*", help="NAME=VALUE constants for train.py")
     parser.add_argument("--eval", action="store_true", help="also time the evaluation")
+    parser.add_argument("--variant", default="", help="comma list: qkv, bf16logits, coord, regional, noprofile")
     args = parser.parse_args()
     overrides = dict(REFERENCE_SHAPE)
     for item in args.overrides:
         name, value = item.split("=", 1)
         overrides[name] = ast.literal_eval(value)
     t = load_train_module(overrides)
+    variants = set(filter(None, args.variant.split(",")))
+    apply_variants(t, variants)
     device = torch.device("cuda")
     torch.manual_seed(0)
     torch.set_float32_matmul_precision("high")
@@ -79,7 +121,12 @@ def main() -> None:
     model.wte.to(torch.bfloat16)
     model.value_embeds.to(torch.bfloat16)
     opt = t.MuonAdamW(model, compile_update=True)
-    cmodel = torch.compile(model, dynamic=False)
+    if "regional" in variants:
+        for block in model.blocks:
+            block.compile(dynamic=False)
+        cmodel = model
+    else:
+        cmodel = torch.compile(model, dynamic=False)
     accum = t.TOTAL_BATCH_SIZE // T // B
     x = torch.randint(0, V, (B, T), device=device)
     y = torch.randint(0, V, (B, T), device=device)
@@ -108,6 +155,8 @@ def main() -> None:
     mfu = 100 * flops * tokens_per_s / 989.5e12
     print(f"fwd+bwd {fb:.1f} ms x {accum}, optimizer {op:.1f} ms, step {step:.1f} ms")
     print(f"-> {tokens_per_s / 1e6:.3f}M tok/s, MFU {mfu:.1f}%")
+    if "noprofile" in variants:
+        return
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fwd_bwd()
         opt_step()
