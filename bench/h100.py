@@ -6,10 +6,11 @@ Run on the GPU machine from the repository root (the package need not be install
 
 It prepares the `h100` preset from the interpreter's own Python sources (nothing is downloaded),
 makes one workspace per variant, runs `python train.py` in it and prints a table. Variants:
-  ref        the reference's shape: depth 8, width 512, 2**19 tokens/step, windows SSSL with S=1024
+  ref        the reference's shape: depth 8, width 512, 2**19 tokens/step (train.py's attention)
   ref-fixed  the same model fed one fixed batch that stays on the GPU: the loader's ceiling
-  ref-full   the reference shape with full causal attention in every layer (SDPA only)
+  ref-sssl   the reference shape with its windows: SSSL, S = 1024 tokens (FlexAttention)
   default    train.py exactly as `autoresearch init --preset h100` writes it
+  regional   default, but each block compiled on its own (regional compilation)
 Tokens per second are counted as timed optimizer steps x tokens per step / training seconds, so
 that a fixed batch and the real loader are measured the same way.
 """
@@ -31,20 +32,13 @@ from autoresearch.harness.presets import get_preset
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.init import create_workspace
 
-REFERENCE_SHAPE = {
-    "DEPTH": 8,
-    "ASPECT_RATIO": 64,
-    "HEAD_DIM": 128,
-    "WINDOW_PATTERN": "SSSL",
-    "SHORT_WINDOW": 1024,
-    "TOTAL_BATCH_SIZE": 2**19,
-    "DEVICE_BATCH_SIZE": 128,
-}
+REFERENCE_SHAPE = {"DEPTH": 8, "ASPECT_RATIO": 64, "HEAD_DIM": 128, "TOTAL_BATCH_SIZE": 2**19, "DEVICE_BATCH_SIZE": 128}
 VARIANTS = {
     "ref": (REFERENCE_SHAPE, False),
     "ref-fixed": (REFERENCE_SHAPE, True),
-    "ref-full": ({**REFERENCE_SHAPE, "WINDOW_PATTERN": "L"}, False),
+    "ref-sssl": ({**REFERENCE_SHAPE, "WINDOW_PATTERN": "SSSL", "SHORT_WINDOW": 1024}, False),
     "default": ({}, False),
+    "regional": ({}, False),
 }
 
 
@@ -56,12 +50,24 @@ def feed_fixed_batch(source: str) -> str:
     return source.replace(draw, reuse).replace(made, made + "    fixed_batch = next(batches)\n")
 
 
+def compile_blocks_only(source: str) -> str:
+    """train.py that compiles each block on its own (regional compilation) instead of the whole model."""
+    whole = "    train_model = torch.compile(model, dynamic=False) if cuda else model"
+    assert whole in source, "train.py changed: update bench/h100.py"
+    regional = (
+        "    for block in model.blocks if cuda else []:\n        block.compile(dynamic=False)\n    train_model = model"
+    )
+    return source.replace(whole, regional)
+
+
 def run_variant(name: str, workdir: Path, data_dir: Path, budget: float, logs: Path) -> dict:
     overrides, fixed = VARIANTS[name.split("#")[0]]
     ws = workdir / name.replace("#", "-")
     shutil.rmtree(ws, ignore_errors=True)
     create_workspace(ws, get_preset("h100"), "python-source", data_dir, budget)
     source = set_constants((ws / "train.py").read_text(), overrides)
+    if name.startswith("regional"):
+        source = compile_blocks_only(source)
     (ws / "train.py").write_text(feed_fixed_batch(source) if fixed else source)
     started = time.time()
     log = logs / f"{name.replace('#', '-')}.log"

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from autoresearch.harness.device import autocast
 
-CE_CHUNK_ELEMENTS = 2**27  # logits scored per chunk: bounds the float32 copy to 512 MiB
-NONDETERMINISM_LIMIT = 0.1  # logits of one input may differ this much between calls (kernel noise)
+CE_CHUNK_ELEMENTS = 2**27  # eager scoring takes logits this many at a time: a 512 MiB float32 copy at most
+NONDETERMINISM_LIMIT = 0.1  # nats of one input may differ this much between calls (kernel noise)
 
 
 class NonFiniteLogits(Exception):
@@ -37,18 +38,6 @@ class Score:
         return self.nats / (math.log(2) * self.bytes)
 
 
-def token_nats(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy in nats, in float32, a chunk of rows at a time."""
-    vocab = logits.shape[-1]
-    flat, tgt = logits.reshape(-1, vocab), targets.reshape(-1)
-    step = max(1, CE_CHUNK_ELEMENTS // vocab)
-    out = torch.empty(tgt.shape, dtype=torch.float32, device=logits.device)
-    for i in range(0, len(tgt), step):
-        chunk = flat[i : i + step].float()
-        out[i : i + step] = torch.logsumexp(chunk, dim=-1) - chunk.gather(1, tgt[i : i + step, None]).squeeze(1)
-    return out
-
-
 def call_model(model: Callable, idx: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """`model(idx)` must return logits (batch, seq, >= vocab); columns past the vocabulary are ignored."""
     logits = model(idx)
@@ -58,12 +47,47 @@ def call_model(model: Callable, idx: torch.Tensor, vocab_size: int) -> torch.Ten
     return logits[..., :vocab_size]
 
 
+class Scorer:
+    """Cross-entropy in nats of every target token of a batch, from the model's logits.
+
+    On CUDA the model call and the loss are compiled together, so the float32 logits never reach
+    memory; elsewhere the loss is taken in chunks to bound the float32 copy.
+    """
+
+    def __init__(self, model: Callable, vocab_size: int, device: torch.device):
+        self.model, self.vocab_size, self.device = model, vocab_size, device
+        self._nats = torch.compile(self._fused, dynamic=False) if device.type == "cuda" else self._chunked
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device):
+            return self._nats(x, y)
+
+    def _fused(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = call_model(self.model, x, self.vocab_size).float()
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+
+    def _chunked(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = call_model(self.model, x, self.vocab_size)
+        flat, targets = logits.flatten(0, 1), y.flatten()
+        out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+        step = max(1, CE_CHUNK_ELEMENTS // self.vocab_size)
+        for i in range(0, len(targets), step):
+            out[i : i + step] = F.cross_entropy(flat[i : i + step].float(), targets[i : i + step], reduction="none")
+        return out.view(y.shape)
+
+
+def batch_size_for(rows: int, limit: int) -> int:
+    """The largest batch <= limit that divides `rows` exactly (one compiled shape, no ragged last batch)."""
+    size = max(1, min(limit, rows))
+    while rows % size:
+        size -= 1
+    return size
+
+
 @torch.inference_mode()
-def score_rows(
-    model: Callable, rows: np.ndarray, token_bytes: torch.Tensor, batch_size: int, device: torch.device
-) -> Score:
+def score_rows(scorer: Scorer, rows: np.ndarray, token_bytes: torch.Tensor, batch_size: int) -> Score:
     """Score every row of `rows` (n, seq_len + 1); on running out of memory, retry with half the batch."""
-    vocab = len(token_bytes)
+    device = scorer.device
     nats = torch.zeros((), dtype=torch.float64, device=device)
     nbytes = torch.zeros((), dtype=torch.int64, device=device)
     start = 0
@@ -71,17 +95,15 @@ def score_rows(
         batch = torch.from_numpy(rows[start : start + batch_size].astype(np.int64)).to(device)
         x, y = batch[:, :-1], batch[:, 1:]
         try:
-            with autocast(device):
-                logits = call_model(model, x, vocab)
-            per_token = token_nats(logits, y)
+            per_token = scorer(x, y)
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise
             del batch, x, y
             torch.cuda.empty_cache()
-            batch_size //= 2
+            batch_size = batch_size_for(len(rows) - start, batch_size // 2)
             continue
-        counted = token_bytes[y].reshape(-1)
+        counted = token_bytes[y]
         nats += (per_token.double() * (counted > 0)).sum()
         nbytes += counted.sum()
         start += len(batch)
@@ -92,31 +114,31 @@ def score_rows(
 
 
 @torch.inference_mode()
-def causality_violation(model: Callable, rows: np.ndarray, vocab_size: int, device: torch.device) -> str | None:
+def causality_violation(scorer: Scorer, rows: np.ndarray) -> str | None:
     """Why the model looks ahead, or None if it does not.
 
-    The batch is scored twice unchanged, to measure run-to-run noise. Then, for each of the first
-    four rows r, every token after a cut point p_r is replaced, and every other row too: the logits
-    of row r at positions <= p_r may not move beyond the noise, since they may depend only on tokens
-    at or before p_r in their own row.
+    The batch is scored twice unchanged, to measure run-to-run noise. Then, for each of the first four
+    rows r, every token after a cut point p_r is replaced, and every other row too. The loss at the
+    positions before p_r depends only on tokens up to p_r of that row (inputs and targets), so it
+    may not move beyond the noise.
     """
-    batch = torch.from_numpy(rows[:, :-1].astype(np.int64)).to(device)
-    seq = batch.shape[1]
+    batch = torch.from_numpy(rows.astype(np.int64)).to(scorer.device)
+    seq = batch.shape[1] - 1
     gen = torch.Generator().manual_seed(0)
-    with autocast(device):
-        before = call_model(model, batch, vocab_size).float()
-        jitter = (before - call_model(model, batch, vocab_size).float()).abs().max().item()
-        if not jitter <= NONDETERMINISM_LIMIT:
-            return f"causality probe: the same input gave logits {jitter:.3g} apart; the model is not deterministic"
-        for r, cut in enumerate((seq // 2, seq // 8, (3 * seq) // 4, 0)[: len(batch)]):
-            keep = torch.zeros_like(batch, dtype=torch.bool)
-            keep[r, : cut + 1] = True
-            noise = torch.randint(1, vocab_size, batch.shape, generator=gen).to(device)
-            after = call_model(model, torch.where(keep, batch, noise), vocab_size).float()
-            moved = (before[r, : cut + 1] - after[r, : cut + 1]).abs().max().item()
-            if not moved <= 1e-3 + 10 * jitter:
-                return (
-                    f"causality probe: logits at positions <= {cut} changed by {moved:.3g} when only later "
-                    f"tokens (or other rows) changed; the model sees the future (run-to-run noise {jitter:.3g})"
-                )
+    before = scorer(batch[:, :-1], batch[:, 1:]).float()
+    jitter = (before - scorer(batch[:, :-1], batch[:, 1:]).float()).abs().max().item()
+    if not jitter <= NONDETERMINISM_LIMIT:
+        return f"causality probe: the same input scored {jitter:.3g} nats apart; the model is not deterministic"
+    for r, cut in enumerate((seq // 2, seq // 8, (3 * seq) // 4, 1)[: len(batch)]):
+        keep = torch.zeros_like(batch, dtype=torch.bool)
+        keep[r, : cut + 1] = True
+        noise = torch.randint(1, scorer.vocab_size, batch.shape, generator=gen).to(scorer.device)
+        changed = torch.where(keep, batch, noise)
+        after = scorer(changed[:, :-1], changed[:, 1:]).float()
+        moved = (before[r, :cut] - after[r, :cut]).abs().max().item()
+        if not moved <= 1e-3 + 10 * jitter:
+            return (
+                f"causality probe: the loss before position {cut} changed by {moved:.3g} nats when only later "
+                f"tokens (or other rows) changed; the model sees the future (run-to-run noise {jitter:.3g})"
+            )
     return None

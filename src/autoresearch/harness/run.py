@@ -27,7 +27,7 @@ import torch
 from autoresearch.errors import DataError
 from autoresearch.harness import device as devices
 from autoresearch.harness.apparatus import Apparatus, find_config
-from autoresearch.harness.evaluation import NonFiniteLogits, causality_violation, score_rows
+from autoresearch.harness.evaluation import NonFiniteLogits, Scorer, batch_size_for, causality_violation, score_rows
 from autoresearch.harness.loader import TrainBatches
 from autoresearch.harness.presets import Preset, get_preset
 from autoresearch.harness.result import RUN_ID_ENV, Result, result_path
@@ -153,7 +153,12 @@ class Run:
                 devices.synchronize(self.device)
                 self._clock_start = self._last_log = time.perf_counter()
                 self._untimed_batches = self._batches_used()
-                print(f"clock started after {self.step} untimed steps; budget {self.budget_seconds:g}s", flush=True)
+                since_launch = time.time() - psutil.Process().create_time()
+                print(
+                    f"clock started after {self.step} untimed steps, {since_launch:.1f}s after launch; "
+                    f"budget {self.budget_seconds:g}s",
+                    flush=True,
+                )
         else:
             self._longest_step = max(self._longest_step, now - self._last_step_time)
             if now - self._last_log >= (10 if self.device.type == "cuda" else 5):
@@ -177,11 +182,10 @@ class Run:
         if hasattr(model, "eval"):
             model.eval()
         try:
-            score = score_rows(model, self.val_rows, self._token_bytes(), self._eval_batch_size(), self.device)
-            bpb = score.bpb
-            reason = reason or causality_violation(
-                model, self.val_rows[: self._eval_batch_size()], self.vocab_size, self.device
-            )
+            scorer = Scorer(model, self.vocab_size, self.device)
+            batch_size = self._eval_batch_size()
+            bpb = score_rows(scorer, self.val_rows, self._token_bytes(), batch_size).bpb
+            reason = reason or causality_violation(scorer, self.val_rows[:batch_size])
         except torch.OutOfMemoryError:
             reason = "out of memory during evaluation, even one row at a time"
         except (NonFiniteLogits, ValueError) as exc:
@@ -216,7 +220,7 @@ class Run:
     def _eval_batch_size(self) -> int:
         cap = max(1, EVAL_LOGITS_ELEMENTS // (self.seq_len * self.vocab_size))
         train = self.batches.batch_size if self.batches is not None else cap
-        return max(1, min(cap, train, len(self.val_rows)))
+        return batch_size_for(len(self.val_rows), min(cap, train))
 
     def _token_bytes(self) -> torch.Tensor:
         return torch.from_numpy(self.tokenizer.token_bytes().astype(np.int64)).to(self.device)
