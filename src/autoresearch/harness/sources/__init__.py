@@ -9,8 +9,8 @@ from autoresearch.harness.presets import Preset
 from autoresearch.harness.sources.base import TRAIN, VAL, Part, Source
 
 # Validation text to set aside per evaluation token: about 3-4 bytes per token for code and prose
-# at these vocabulary sizes, so 6 leaves room; prepare checks that enough tokens came out.
-VAL_BYTES_PER_TOKEN = 6
+# at these vocabulary sizes, so 5 leaves room; prepare checks that enough tokens came out.
+VAL_BYTES_PER_TOKEN = 5
 
 __all__ = ["TRAIN", "VAL", "Part", "Source", "dataset_names", "make_source"]
 
