@@ -50,30 +50,31 @@ def call_model(model: Callable, idx: torch.Tensor, vocab_size: int) -> torch.Ten
 class Scorer:
     """Cross-entropy in nats of every target token of a batch, from the model's logits.
 
-    On CUDA the model call and the loss are compiled together, so the float32 logits never reach
-    memory; elsewhere the loss is taken in chunks to bound the float32 copy.
+    On CUDA the loss is compiled, so the logits are read once and never copied to float32; elsewhere
+    it is taken in chunks to bound the float32 copy. The model itself runs as train.py left it.
     """
 
     def __init__(self, model: Callable, vocab_size: int, device: torch.device):
         self.model, self.vocab_size, self.device = model, vocab_size, device
-        self._nats = torch.compile(self._fused, dynamic=False) if device.type == "cuda" else self._chunked
+        self._loss = torch.compile(_token_nats, dynamic=False) if device.type == "cuda" else _token_nats_chunked
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with autocast(self.device):
-            return self._nats(x, y)
+            logits = call_model(self.model, x, self.vocab_size)
+        return self._loss(logits, y)
 
-    def _fused(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = call_model(self.model, x, self.vocab_size).float()
-        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
 
-    def _chunked(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = call_model(self.model, x, self.vocab_size)
-        flat, targets = logits.flatten(0, 1), y.flatten()
-        out = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
-        step = max(1, CE_CHUNK_ELEMENTS // self.vocab_size)
-        for i in range(0, len(targets), step):
-            out[i : i + step] = F.cross_entropy(flat[i : i + step].float(), targets[i : i + step], reduction="none")
-        return out.view(y.shape)
+def _token_nats(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view(targets.shape)
+
+
+def _token_nats_chunked(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    flat, flat_targets = logits.flatten(0, 1), targets.flatten()
+    out = torch.empty(flat_targets.shape, dtype=torch.float32, device=logits.device)
+    step = max(1, CE_CHUNK_ELEMENTS // logits.shape[-1])
+    for i in range(0, len(out), step):
+        out[i : i + step] = F.cross_entropy(flat[i : i + step].float(), flat_targets[i : i + step], reduction="none")
+    return out.view(targets.shape)
 
 
 def batch_size_for(rows: int, limit: int) -> int:

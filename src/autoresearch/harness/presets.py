@@ -68,7 +68,6 @@ PRESETS: dict[str, Preset] = {
                     "DEPTH": 8,
                     "ASPECT_RATIO": 64,
                     "HEAD_DIM": 128,
-                    "WINDOW_PATTERN": "SSSL",
                     "TOTAL_BATCH_SIZE": 2**18,
                     "DEVICE_BATCH_SIZE": 128,
                 }
@@ -89,7 +88,6 @@ PRESETS: dict[str, Preset] = {
                     "DEPTH": 4,
                     "ASPECT_RATIO": 32,
                     "HEAD_DIM": 32,
-                    "WINDOW_PATTERN": "L",
                     "TOTAL_BATCH_SIZE": 2**12,
                     "DEVICE_BATCH_SIZE": 16,
                 }

@@ -92,6 +92,8 @@ class Run:
         self._last_loss = math.nan
         self._last_log = 0.0
         self._flops_per_token: float | None = None
+        self._launched = psutil.Process().create_time()
+        self._milestones = {"harness ready": time.time() - self._launched}
 
     # -- what train.py reads --------------------------------------------------------------------
 
@@ -149,14 +151,18 @@ class Run:
         self._pending_loss = loss.detach().float()
         now = time.perf_counter()
         if self._clock_start is None:
+            if self.step == 1:
+                devices.synchronize(self.device)
+                self._milestones["first step done"] = time.time() - self._launched
             if self.step >= self.preset.untimed_steps:
                 devices.synchronize(self.device)
                 self._clock_start = self._last_log = time.perf_counter()
                 self._untimed_batches = self._batches_used()
-                since_launch = time.time() - psutil.Process().create_time()
+                self._milestones["clock started"] = time.time() - self._launched
                 print(
-                    f"clock started after {self.step} untimed steps, {since_launch:.1f}s after launch; "
-                    f"budget {self.budget_seconds:g}s",
+                    f"clock started after {self.step} untimed steps ("
+                    + ", ".join(f"{k} {v:.1f}s" for k, v in self._milestones.items())
+                    + f" after launch); budget {self.budget_seconds:g}s",
                     flush=True,
                 )
         else:
@@ -185,7 +191,13 @@ class Run:
             scorer = Scorer(model, self.vocab_size, self.device)
             batch_size = self._eval_batch_size()
             bpb = score_rows(scorer, self.val_rows, self._token_bytes(), batch_size).bpb
+            scored = time.perf_counter()
             reason = reason or causality_violation(scorer, self.val_rows[:batch_size])
+            print(
+                f"evaluation: {len(self.val_rows) * self.seq_len:,} tokens in {scored - eval_started:.1f}s, "
+                f"causality probe {time.perf_counter() - scored:.1f}s",
+                flush=True,
+            )
         except torch.OutOfMemoryError:
             reason = "out of memory during evaluation, even one row at a time"
         except (NonFiniteLogits, ValueError) as exc:

@@ -135,9 +135,25 @@ class Block(nn.Module):
         self.attn = Attention(config, layer)
         self.mlp = MLP(config)
 
-    def forward(self, x, ve, cos, sin, mask):
+    def forward(self, x, x0, resid_lambda, x0_lambda, ve, cos, sin, mask):
+        x = resid_lambda * x + x0_lambda * x0  # how much of the stream and of the input embedding to read
         x = x + self.attn(norm(x), ve, cos, sin, mask)
         return x + self.mlp(norm(x))
+
+
+class Head(nn.Module):
+    """Final norm, output projection and soft-capped logits; the mean cross-entropy if targets are given."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.proj = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+
+    def forward(self, x, targets=None):
+        logits = self.proj(norm(x)).float()
+        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
 class GPT(nn.Module):
@@ -148,7 +164,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(V, C)
         self.blocks = nn.ModuleList([Block(config, i) for i in range(L)])
         self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(V, C) for i in range(L) if has_value_embed(i, L)})
-        self.lm_head = nn.Linear(C, V, bias=False)
+        self.head = Head(config)
         # Per-layer scalars: how much of the residual stream and of the input embedding each block reads.
         self.resid_lambdas = nn.Parameter(torch.ones(L))
         self.x0_lambdas = nn.Parameter(torch.full((L,), 0.1))
@@ -174,7 +190,7 @@ class GPT(nn.Module):
         C = self.config.n_embd
         bound = 3**0.5 * C**-0.5  # uniform with std 1/sqrt(C)
         nn.init.normal_(self.wte.weight, std=1.0)
-        nn.init.normal_(self.lm_head.weight, std=0.001)
+        nn.init.normal_(self.head.proj.weight, std=0.001)
         for block in self.blocks:
             for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
                 nn.init.uniform_(lin.weight, -bound, bound)
@@ -196,14 +212,9 @@ class GPT(nn.Module):
         x = norm(self.wte(idx))
         x0 = x
         for i, block in enumerate(self.blocks):
-            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
-            x = block(x, ve, self.cos, self.sin, self.masks[i])
-        logits = self.lm_head(norm(x)).float()
-        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
-        if targets is None:
-            return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+            x = block(x, x0, self.resid_lambdas[i], self.x0_lambdas[i], ve, self.cos, self.sin, self.masks[i])
+        return self.head(x, targets)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -249,7 +260,7 @@ class MuonAdamW:
     def __init__(self, model, compile_update):
         scale = (model.config.n_embd / 768) ** -0.5  # AdamW rates were tuned at width 768
         adam_groups = [
-            dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR * scale),
+            dict(params=[model.head.proj.weight], lr=UNEMBEDDING_LR * scale),
             dict(params=[model.wte.weight, *[e.weight for e in model.value_embeds.values()]], lr=EMBEDDING_LR * scale),
             dict(params=[model.resid_lambdas], lr=SCALAR_LR * 0.01),
             dict(params=[model.x0_lambdas], lr=SCALAR_LR, betas=(0.96, 0.95)),
@@ -331,7 +342,9 @@ if __name__ == "__main__":
         model.wte.to(torch.bfloat16)
         model.value_embeds.to(torch.bfloat16)
     optimizer = MuonAdamW(model, compile_update=cuda)
-    train_model = torch.compile(model, dynamic=False) if cuda else model  # compiling pays off only on GPUs
+    if cuda:  # compile each block and the head on its own: identical blocks share one compilation
+        for module in [*model.blocks, model.head]:
+            module.compile(dynamic=False)
 
     rows_per_step = TOTAL_BATCH_SIZE // run.seq_len
     assert rows_per_step % DEVICE_BATCH_SIZE == 0, "TOTAL_BATCH_SIZE must be whole device batches"
@@ -345,7 +358,7 @@ if __name__ == "__main__":
         for _ in range(accum_steps):
             x, y = next(batches)
             with run.autocast():
-                loss = train_model(x, y)
+                loss = model(x, y)
             (loss / accum_steps).backward()
         progress = run.progress
         optimizer.step(lr_multiplier(progress), muon_momentum(run.step), WEIGHT_DECAY * (1 - progress))
@@ -356,4 +369,4 @@ if __name__ == "__main__":
             gc.freeze()
             gc.disable()
 
-    run.finish(train_model, flops_per_token=model.flops_per_token())
+    run.finish(model, flops_per_token=model.flops_per_token())
