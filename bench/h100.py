@@ -10,7 +10,6 @@ makes one workspace per variant, runs `python train.py` in it and prints a table
   ref-fixed  the same model fed one fixed batch that stays on the GPU: the loader's ceiling
   ref-sssl   the reference shape with its windows: SSSL, S = 1024 tokens (FlexAttention)
   default    train.py exactly as `autoresearch init --preset h100` writes it
-  whole      default, but the whole model compiled as one graph instead of block by block
 Tokens per second are counted as timed optimizer steps x tokens per step / training seconds, so
 that a fixed batch and the real loader are measured the same way.
 """
@@ -38,7 +37,6 @@ VARIANTS = {
     "ref-fixed": (REFERENCE_SHAPE, True),
     "ref-sssl": ({**REFERENCE_SHAPE, "WINDOW_PATTERN": "SSSL", "SHORT_WINDOW": 1024}, False),
     "default": ({}, False),
-    "whole": ({}, False),
 }
 
 
@@ -50,21 +48,12 @@ def feed_fixed_batch(source: str) -> str:
     return source.replace(draw, reuse).replace(made, made + "    fixed_batch = next(batches)\n")
 
 
-def compile_whole_model(source: str) -> str:
-    """train.py that compiles the whole model as one graph instead of block by block."""
-    regional = "        for module in [*model.blocks, model.head]:\n            module.compile(dynamic=False)\n"
-    assert regional in source, "train.py changed: update bench/h100.py"
-    return source.replace(regional, "        model.compile(dynamic=False)\n")
-
-
 def run_variant(name: str, workdir: Path, data_dir: Path, budget: float, logs: Path) -> dict:
     overrides, fixed = VARIANTS[name.split("#")[0]]
     ws = workdir / name.replace("#", "-")
     shutil.rmtree(ws, ignore_errors=True)
     create_workspace(ws, get_preset("h100"), "python-source", data_dir, budget)
     source = set_constants((ws / "train.py").read_text(), overrides)
-    if name.startswith("whole"):
-        source = compile_whole_model(source)
     (ws / "train.py").write_text(feed_fixed_batch(source) if fixed else source)
     started = time.time()
     log = logs / f"{name.replace('#', '-')}.log"
