@@ -1,0 +1,64 @@
+"""What every agent gets (a `Context`) and gives back (a `Proposal`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from autoresearch.errors import AutoresearchError
+
+
+class ProposalError(AutoresearchError):
+    """The agent could not produce a usable proposal (unparseable answer, edit that does not apply,
+    an edit to a file other than train.py, an API that keeps failing). The loop logs it and moves on."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None  # None when the model's price is unknown
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = None if self.cost_usd is None or other.cost_usd is None else self.cost_usd + other.cost_usd
+        return Usage(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens, cost)
+
+
+@dataclass(frozen=True)
+class PastExperiment:
+    """One finished experiment as an agent sees it."""
+
+    id: int
+    status: str  # keep, discard or crash
+    description: str
+    val_bpb: float | None
+    diff: str  # unified diff of train.py against the best it was made from
+    source: str  # train.py as it ran
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Context:
+    workspace: Path
+    program: str  # program.md: the human's research strategy
+    train_py: str  # the current best train.py, which the proposal changes
+    best_bpb: float | None
+    noise: float | None  # run-to-run standard deviation of val_bpb measured on the baseline
+    history: list[PastExperiment] = field(default_factory=list)  # oldest first
+    last_crash: str | None = None  # log tail of the latest crash: untrusted text
+
+
+@dataclass(frozen=True)
+class Proposal:
+    description: str  # one line: the hypothesis this experiment tests
+    source: str  # the complete new train.py
+    usage: Usage = Usage()
+
+
+class Agent(Protocol):
+    name: str  # "tune", "anthropic", ...
+    model: str  # the model or tool behind it, for the ledger
+
+    def propose(self, context: Context) -> Proposal:
+        """A new train.py to try. Raises ProposalError when it cannot make one."""
