@@ -29,7 +29,7 @@ from autoresearch.harness.paths import cache_root
 from autoresearch.harness.prepare import prepare
 from autoresearch.harness.presets import get_preset
 from autoresearch.workspace.constants import read_constants, set_constants
-from autoresearch.workspace.init import create_workspace
+from autoresearch.workspace.init import write_workspace_files
 
 REFERENCE_SHAPE = {"DEPTH": 8, "ASPECT_RATIO": 64, "HEAD_DIM": 128, "TOTAL_BATCH_SIZE": 2**19, "DEVICE_BATCH_SIZE": 128}
 VARIANTS = {
@@ -52,7 +52,7 @@ def run_variant(name: str, workdir: Path, data_dir: Path, budget: float, logs: P
     overrides, fixed = VARIANTS[name.split("#")[0]]
     ws = workdir / name.replace("#", "-")
     shutil.rmtree(ws, ignore_errors=True)
-    create_workspace(ws, get_preset("h100"), "python-source", data_dir, budget)
+    write_workspace_files(ws, get_preset("h100"), "python-source", data_dir, budget)
     source = set_constants((ws / "train.py").read_text(), overrides)
     (ws / "train.py").write_text(feed_fixed_batch(source) if fixed else source)
     started = time.time()

@@ -52,6 +52,12 @@ def harness_code_digest() -> str:
     return h.hexdigest()
 
 
+def fingerprint(apparatus: Apparatus, manifest: Manifest) -> str:
+    """Identifies the apparatus: changes with the harness code, the data, the tokenizer or the budget."""
+    key = f"{harness_code_digest()}:{manifest.digest()}:{apparatus.budget_seconds}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def start() -> Run:
     """Load the workspace's locked config and prepared data; pick the device."""
     config = find_config()
@@ -77,9 +83,7 @@ class Run:
             raise DataError(f"{self.data_dir / 'tokenizer.json'} does not match the shards", hint=REPAIR_HINT)
         self.val_rows = open_shard(self.data_dir, self.manifest.split(VAL)[0], verify=True)[: self.preset.eval_rows]
         self.device = devices.pick_device()
-        self.fingerprint = hashlib.sha256(
-            f"{harness_code_digest()}:{self.manifest.digest()}:{apparatus.budget_seconds}".encode()
-        ).hexdigest()[:16]
+        self.fingerprint = fingerprint(apparatus, self.manifest)
         self._train_check = _BackgroundVerify(self.data_dir, self.manifest)
         self.batches: TrainBatches | None = None
         self.step = 0

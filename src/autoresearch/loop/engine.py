@@ -1,0 +1,317 @@
+"""The ratchet: propose -> commit -> train -> judge -> keep (advance the branch) or discard (reset) -> log.
+
+Nothing is lost. A ledger row (status `running`) is written before git is touched and updated with the
+verdict before git moves again, so whatever moment the loop is killed at, `recover()` finds a
+consistent state: an experiment in flight is trained again, a verdict whose git step did not happen
+is applied. Discarded commits stay readable under refs/autoresearch/discarded/<id>.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage
+from autoresearch.errors import AutoresearchError
+from autoresearch.harness.run import fingerprint
+from autoresearch.harness.shards import Manifest
+from autoresearch.loop import guard
+from autoresearch.loop.executor import OK, Executor, Outcome, RunSpec, reap_orphan
+from autoresearch.loop.judge import KEEP, RERUN, judge, noise_of
+from autoresearch.loop.ledger import CRASH, DISCARD, RUNNING, Experiment, Ledger
+from autoresearch.loop.reporter import Reporter
+from autoresearch.workspace.constants import read_constants, set_constants
+from autoresearch.workspace.workspace import TRAIN_PY, Workspace
+
+BASELINE, EXPERIMENT, PROPOSAL = "baseline", "experiment", "proposal"
+CRASHES_BEFORE_MOVING_ON = 3  # after this many crashes in a row the agent no longer sees the crash log
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    baseline_runs: int = 3  # trainings of the unchanged train.py (seeds SEED, SEED+1, ...) to measure noise
+    timeout: float | None = None  # hard limit per training run; default: 1.5 x budget + 180 s
+
+
+class LoopError(AutoresearchError):
+    pass
+
+
+class ResearchLoop:
+    def __init__(self, workspace: Workspace, executor: Executor, reporter: Reporter, config: LoopConfig):
+        self.ws = workspace
+        self.git = workspace.git
+        self.executor = executor
+        self.reporter = reporter
+        self.config = config
+        self.ledger = Ledger(workspace.root)
+        budget = workspace.apparatus.budget_seconds
+        self.timeout = config.timeout or 1.5 * budget + 180
+        manifest = Manifest.load(Path(workspace.apparatus.data_dir) / "manifest.json")
+        self.fingerprint = fingerprint(workspace.apparatus, manifest)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def best(self) -> Experiment | None:
+        kept = [e for e in self.ledger.all() if e.status == KEEP]
+        return kept[-1] if kept else None
+
+    def noise(self) -> float | None:
+        baseline = next((e for e in self.ledger.all() if e.kind == BASELINE and e.status == KEEP), None)
+        return noise_of(baseline.run_values) if baseline else None
+
+    def context(self) -> Context:
+        best = self._require_best()
+        finished = [e for e in self.ledger.all() if e.status != RUNNING]
+        crashes = 0
+        for e in reversed(finished):
+            if e.status != CRASH:
+                break
+            crashes += 1
+        last_crash = finished[-1].log_tail or finished[-1].reason if crashes else None
+        return Context(
+            workspace=self.ws.root,
+            program=self.ws.program(),
+            train_py=best.source,
+            best_bpb=best.val_bpb,
+            noise=self.noise(),
+            history=[
+                PastExperiment(e.id, e.status, e.description, e.val_bpb, e.diff, e.source, e.reason) for e in finished
+            ],
+            last_crash=last_crash if crashes < CRASHES_BEFORE_MOVING_ON else None,
+        )
+
+    def _require_best(self) -> Experiment:
+        best = self.best()
+        if best is None:
+            raise LoopError("no baseline yet", hint="run `autoresearch run` or `autoresearch try` to measure it")
+        return best
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def recover(self) -> Experiment | None:
+        """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any."""
+        pending = self.ledger.running()
+        if pending is not None:
+            for run_dir in self.ws.state.glob(f"runs/{pending.id}-*"):
+                if reap_orphan(run_dir):
+                    self.reporter.message(f"killed a training run of experiment {pending.id} left from before")
+            if pending.kind == PROPOSAL:
+                self._finish(pending, CRASH, "interrupted while the agent was proposing")
+                return None
+            if pending.commit is None:
+                head = self.git.head()
+                if head != pending.parent and self.git.message(head).startswith(f"exp {pending.id}:"):
+                    commit = head
+                else:
+                    self.git.move_to(pending.parent, TRAIN_PY)
+                    self.ws.write_train_py(pending.source)
+                    commit = self.git.commit(_commit_message(pending), TRAIN_PY)
+                self.ledger.update(pending.id, commit=commit)
+                pending.commit = commit
+            self.git.move_to(pending.commit, TRAIN_PY)
+            return pending
+        best = self.best()
+        if best is not None and self.git.head() != best.commit:
+            last = self.ledger.all()[-1]
+            if last.status in (DISCARD, CRASH) and last.commit == self.git.head():
+                self._apply_git(last)
+            else:
+                raise LoopError(
+                    f"the branch is at {self.git.head()[:7]}, but the best experiment is {best.commit[:7]}",
+                    hint=f"someone moved the branch by hand; `git reset --hard {best.commit[:7]}` to continue",
+                )
+        return None
+
+    def check_clean(self) -> None:
+        if TRAIN_PY in self.git.changed_paths():
+            raise LoopError(
+                "train.py has uncommitted changes",
+                hint="revert them (`git checkout train.py`), or test them with `autoresearch try -m ...`",
+            )
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, agent: Agent, max_experiments: int | None = None, hours: float | None = None) -> None:
+        """Run the baseline if needed, then experiments until a limit (or forever)."""
+        started = time.monotonic()
+        pending = self.recover()
+        if pending is not None:
+            self.reporter.message(f"resuming experiment {pending.id}: {pending.description}")
+            self._evaluate(pending)
+        self.check_clean()
+        if self.best() is None:
+            self.baseline()
+        done = 0
+        while max_experiments is None or done < max_experiments:
+            if hours is not None and time.monotonic() - started >= hours * 3600:
+                self.reporter.message(f"stopping: the {hours:g} h limit is reached")
+                break
+            self.step(agent)
+            done += 1
+
+    def baseline(self) -> Experiment:
+        """Train the unchanged train.py `baseline_runs` times with different seeds to measure the noise."""
+        source = self.ws.read_train_py()
+        exp = Experiment(
+            id=self.ledger.next_id(),
+            kind=BASELINE,
+            status=RUNNING,
+            description="baseline",
+            parent=self.git.head(),
+            commit=self.git.head(),
+            source=source,
+        )
+        self.ledger.insert(exp)
+        return self._evaluate(exp)
+
+    def step(self, agent: Agent) -> Experiment:
+        """One experiment: ask the agent, check the change, commit it, train and judge it."""
+        best = self._require_best()
+        exp_id = self.ledger.next_id()
+        self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
+        before = self.git.snapshot(exclude=TRAIN_PY)
+        try:
+            proposal = agent.propose(self.context())
+        except ProposalError as exc:
+            self.git.undo_since(before, exclude=TRAIN_PY)
+            return self._rejected(exp_id, agent, best, "(no proposal)", str(exc), Usage())
+        if strays := self.git.undo_since(before, exclude=TRAIN_PY):
+            why = f"edited files other than train.py: {', '.join(sorted(strays))}"
+            return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage)
+        if why := guard.rejection(best.source, proposal.source):
+            return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage)
+        return self.submit(proposal, agent.name, getattr(agent, "model", ""))
+
+    def submit(self, proposal: Proposal, agent: str, model: str) -> Experiment:
+        """Record, commit, train and judge a checked proposal made from the current best."""
+        best = self._require_best()
+        added, removed = guard.diff_stats(best.source, proposal.source)
+        exp = Experiment(
+            id=self.ledger.next_id(),
+            kind=EXPERIMENT,
+            status=RUNNING,
+            description=_one_line(proposal.description),
+            parent=best.commit,
+            agent=agent,
+            model=model,
+            source=proposal.source,
+            diff=guard.diff(best.source, proposal.source),
+            lines_added=added,
+            lines_removed=removed,
+            input_tokens=proposal.usage.input_tokens,
+            output_tokens=proposal.usage.output_tokens,
+            cost_usd=proposal.usage.cost_usd,
+        )
+        self.ledger.insert(exp)  # before git is touched
+        self.ws.write_train_py(proposal.source)
+        exp.commit = self.git.commit(_commit_message(exp), TRAIN_PY)
+        self.ledger.update(exp.id, commit=exp.commit)
+        return self._evaluate(exp)
+
+    # -- training and judging ---------------------------------------------------------------------
+
+    def _evaluate(self, exp: Experiment) -> Experiment:
+        runs = exp.run_values
+        wanted = self.config.baseline_runs if exp.kind == BASELINE else 1
+        while True:
+            outcome = self._train(exp, len(runs))
+            if outcome.status != OK:
+                if exp.kind == BASELINE:
+                    self._finish(exp, CRASH, f"baseline failed: {outcome.reason}", outcome)
+                    raise LoopError(
+                        f"the baseline train.py failed: {outcome.reason}",
+                        hint=f"see {self.ws.state / 'runs'} for the log; fix train.py or the setup, then run again",
+                    )
+                return self._finish(exp, CRASH, outcome.reason, outcome)
+            runs.append(outcome.val_bpb)
+            self.ledger.update(exp.id, runs=json.dumps(runs))
+            if len(runs) < wanted:
+                continue
+            if exp.kind == BASELINE:
+                reason = f"mean of {len(runs)} seeds; noise (std) {noise_of(runs):.6f}"
+                return self._finish(exp, KEEP, reason, outcome, runs)
+            best = self._require_best()
+            verdict = judge(best.val_bpb, runs, self.noise(), exp.lines_added, exp.lines_removed)
+            if verdict.decision == RERUN:
+                self.reporter.message(f"exp {exp.id}: {verdict.reason}")
+                wanted = len(runs) + 1
+                continue
+            return self._finish(exp, KEEP if verdict.decision == KEEP else DISCARD, verdict.reason, outcome, runs)
+
+    def _train(self, exp: Experiment, run: int) -> Outcome:
+        """Train `exp` once; run k > 0 uses SEED + k, so repeated runs measure seed-to-seed noise."""
+        source = exp.source
+        if run and "SEED" in read_constants(source):
+            source = set_constants(source, {"SEED": read_constants(source)["SEED"].value + run})
+        self.ws.write_train_py(source)
+        self.reporter.phase(exp.id, exp.description, f"training run {run + 1}")
+        self.reporter.training(exp.id, run, self.ws.apparatus.budget_seconds)
+        try:
+            spec = RunSpec(self.ws.root, self.ws.state / "runs" / f"{exp.id}-{run}", self.timeout, self.fingerprint)
+            return self.executor.run(spec)
+        finally:
+            if source != exp.source:
+                self.ws.write_train_py(exp.source)
+
+    def _finish(
+        self, exp: Experiment, status: str, reason: str, outcome: Outcome | None = None, runs: list[float] | None = None
+    ) -> Experiment:
+        result = outcome.result if outcome else None
+        changes = {
+            "status": status,
+            "reason": reason,
+            "finished_at": time.time(),
+            "val_bpb": statistics.fmean(runs) if runs else None,
+            "log_tail": outcome.log_tail if outcome and status == CRASH else "",
+        }
+        if result is not None:
+            changes |= {
+                "memory_gb": result.peak_memory_mb / 1024,
+                "training_seconds": result.training_seconds,
+                "total_seconds": result.total_seconds,
+                "result": json.dumps(result.__dict__),
+            }
+        self.ledger.update(exp.id, **changes)
+        for key, value in changes.items():
+            setattr(exp, key, value)
+        self.ledger.write_tsv()  # the verdict is durable before git moves
+        self._apply_git(exp)
+        self.reporter.finished(exp, self.best())
+        return exp
+
+    def _apply_git(self, exp: Experiment) -> None:
+        if exp.status in (DISCARD, CRASH) and exp.commit and exp.kind != BASELINE:
+            self.git.set_ref(f"refs/autoresearch/discarded/{exp.id}", exp.commit)
+            self.git.move_to(exp.parent, TRAIN_PY)
+
+    def _rejected(
+        self, exp_id: int, agent: Agent, best: Experiment, description: str, why: str, usage: Usage
+    ) -> Experiment:
+        """A proposal that never ran: recorded as a crash so its cost and reason are not lost."""
+        exp = Experiment(
+            id=exp_id,
+            kind=PROPOSAL,
+            status=RUNNING,
+            description=_one_line(description),
+            parent=best.commit,
+            agent=agent.name,
+            model=getattr(agent, "model", ""),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=usage.cost_usd,
+        )
+        self.ledger.insert(exp)
+        self.ws.write_train_py(best.source)
+        return self._finish(exp, CRASH, f"rejected: {why}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:200] or "(no description)"
+
+
+def _commit_message(exp: Experiment) -> str:
+    return f"exp {exp.id}: {exp.description}"

@@ -1,0 +1,150 @@
+"""Running one training run: a subprocess in its own process group, a hard timeout, the harness's result.
+
+The `Executor` protocol is what the loop depends on; `LocalExecutor` runs on this machine. Executors for
+several GPUs or a cluster plug in behind the same interface.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from autoresearch.harness.result import RESULT_ENV, RUN_ID_ENV, Result
+
+OK, CRASH, TIMEOUT, INVALID = "ok", "crash", "timeout", "invalid"
+LOG_TAIL_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    directory: Path  # where train.py and autoresearch.json are
+    run_dir: Path  # where this run's log and result file go
+    timeout: float  # seconds before the whole process group is killed
+    fingerprint: str  # the harness fingerprint the result must carry
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # OK, CRASH, TIMEOUT or INVALID
+    result: Result | None
+    reason: str
+    log_tail: str
+    seconds: float
+
+    @property
+    def val_bpb(self) -> float | None:
+        return self.result.val_bpb if self.status == OK and self.result else None
+
+
+class Executor(Protocol):
+    def run(self, spec: RunSpec) -> Outcome:
+        """Train train.py in `spec.directory` once and report what happened."""
+
+
+class LocalExecutor:
+    """Runs `python train.py` in a new process group on this machine."""
+
+    def __init__(self, python: str = sys.executable):
+        self.python = python
+
+    def run(self, spec: RunSpec) -> Outcome:
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        result_path, log_path = spec.run_dir / "result.json", spec.run_dir / "log.txt"
+        result_path.unlink(missing_ok=True)
+        run_id = secrets.token_hex(8)  # a result without it was not written by the harness for this run
+        env = {**os.environ, RESULT_ENV: str(result_path), RUN_ID_ENV: run_id, "PYTHONUNBUFFERED": "1"}
+        started = time.monotonic()
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                [self.python, "train.py"],
+                cwd=spec.directory,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            (spec.run_dir / "pid").write_text(str(proc.pid))
+            try:
+                code = proc.wait(timeout=spec.timeout)
+            except subprocess.TimeoutExpired:
+                kill_group(proc)
+                return Outcome(
+                    TIMEOUT,
+                    None,
+                    f"no result within the hard timeout of {spec.timeout:.0f}s; killed",
+                    tail(log_path),
+                    time.monotonic() - started,
+                )
+            except BaseException:  # Ctrl-C or a kill of the loop: take the run down with us
+                kill_group(proc)
+                raise
+        seconds = time.monotonic() - started
+        log_tail = tail(log_path)
+        result = read_result(result_path)
+        if result is None or code != 0:
+            last = next((line for line in reversed(log_tail.splitlines()) if line.strip()), "")
+            why = f"exit code {code}" + (f": {last.strip()}" if last else "")
+            if result is not None and not result.valid:
+                why = f"{result.invalid_reason} ({why})"
+            return Outcome(CRASH, result, why, log_tail, seconds)
+        if result.run_id != run_id or result.harness_fingerprint != spec.fingerprint:
+            return Outcome(
+                INVALID, None, "the result file was not written by the harness for this run", log_tail, seconds
+            )
+        if not result.valid or result.val_bpb is None:
+            return Outcome(INVALID, result, f"invalid result: {result.invalid_reason}", log_tail, seconds)
+        return Outcome(OK, result, "", log_tail, seconds)
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def reap_orphan(run_dir: Path) -> bool:
+    """Kill the process group of a run a killed loop left behind (found by its pid file); True if one was."""
+    import psutil
+
+    try:
+        pid = int((run_dir / "pid").read_text())
+        proc = psutil.Process(pid)
+        if "train.py" not in " ".join(proc.cmdline()):
+            return False
+        os.killpg(pid, signal.SIGKILL)
+        return True
+    except (OSError, ValueError, psutil.Error):
+        return False
+
+
+def read_result(path: Path) -> Result | None:
+    try:
+        return Result.load(path)
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+
+
+def tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - chars))
+            return f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
