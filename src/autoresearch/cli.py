@@ -19,24 +19,55 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
         help="python-source, local:PATH, climbmix or fineweb-edu (default: climbmix with CUDA, else python-source)",
     )
     parser.add_argument(
-        "--cache-dir", help="where prepared data lives (default: $AUTORESEARCH_CACHE or ~/.cache/autoresearch)"
+        "--cache-dir", help="prepared data lives here (default: $AUTORESEARCH_CACHE or ~/.cache/autoresearch)"
     )
     parser.add_argument("--root", type=Path, help="python-source only: read this directory tree instead")
     parser.add_argument("--shards", type=int, help="climbmix / fineweb-edu only: how many training shards to download")
     parser.add_argument("--force", action="store_true", help="rebuild the tokenizer and shards even if prepared")
 
 
+def _workspace_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace", type=Path, default=Path("."), help="the workspace (default: this directory)")
+
+
+def _judging_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--baseline-runs", type=int, default=3, help="seeds the baseline is trained with (default 3)")
+    parser.add_argument("--timeout", type=float, help="hard limit per training run in s (default 1.5 x budget + 180)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoresearch", description=__doc__)
+    parser = argparse.ArgumentParser(prog="autoresearch", description="An autonomous research loop over train.py.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     prepare = sub.add_parser("prepare", help="download or read a dataset, train the tokenizer, write token shards")
     _data_options(prepare)
 
-    init = sub.add_parser("init", help="make a research workspace: train.py and the locked apparatus config")
+    init = sub.add_parser("init", help="make a research workspace: a git repository with train.py and program.md")
     init.add_argument("directory", type=Path)
     init.add_argument("--budget", type=float, help="training seconds per experiment (default: the preset's)")
+    init.add_argument("--tag", help="the branch is autoresearch/<tag> (default: today's date, e.g. nov22)")
     _data_options(init)
+
+    run = sub.add_parser("run", help="run the research loop in a workspace (Ctrl-C stops; run again to resume)")
+    run.add_argument("--agent", default="tune", help="tune (default, offline), anthropic, openai or command")
+    run.add_argument("--model", help="the LLM for anthropic / openai")
+    run.add_argument("--command", dest="agent_command", help="for --agent command: the coding agent's command line")
+    run.add_argument("--max-experiments", type=int, help="stop after this many experiments (default: never)")
+    run.add_argument("--hours", type=float, help="stop after this many hours (default: never)")
+    run.add_argument("--plain", action="store_true", help="one line per event instead of the live view")
+    _judging_options(run)
+    _workspace_option(run)
+
+    try_ = sub.add_parser("try", help="judge the train.py in the working tree as one experiment (for coding agents)")
+    try_.add_argument("-m", "--message", required=True, help="one line: what you changed")
+    _judging_options(try_)
+    _workspace_option(try_)
+
+    status = sub.add_parser("status", help="best so far, counts, what is running")
+    _workspace_option(status)
+
+    report = sub.add_parser("report", help="write progress.png and report.md")
+    _workspace_option(report)
     return parser
 
 
@@ -59,6 +90,51 @@ def _prepare(args: argparse.Namespace, console: Console):
     return preset, dataset, out
 
 
+def _loop(args: argparse.Namespace, reporter):
+    from autoresearch.loop.engine import LoopConfig, ResearchLoop
+    from autoresearch.loop.executor import LocalExecutor
+    from autoresearch.workspace.workspace import Workspace
+
+    if args.baseline_runs < 2:
+        raise AutoresearchError("--baseline-runs must be at least 2: one run cannot measure the noise")
+    config = LoopConfig(baseline_runs=args.baseline_runs, timeout=args.timeout)
+    return ResearchLoop(Workspace(args.workspace), LocalExecutor(), reporter, config)
+
+
+def _run(args: argparse.Namespace, console: Console) -> None:
+    from autoresearch.agents.factory import make_agent
+    from autoresearch.loop.live import LiveReporter
+    from autoresearch.loop.reporter import PlainReporter
+    from autoresearch.report import make_report
+
+    agent = make_agent(args.agent, args.model, args.agent_command)
+    live = not args.plain and console.is_terminal
+    reporter = LiveReporter(console, f"autoresearch: {agent.name}") if live else PlainReporter(console.print)
+    loop = _loop(args, reporter)
+    try:
+        with loop.ws.lock():
+            if live:
+                with reporter:
+                    loop.run(agent, args.max_experiments, args.hours)
+            else:
+                loop.run(agent, args.max_experiments, args.hours)
+    finally:
+        if loop.ledger.all():
+            png, md = make_report(loop.ws.root)
+            console.print(f"report: {md} and {png}; history in {loop.ws.root / 'results.tsv'}")
+
+
+def _try(args: argparse.Namespace, console: Console) -> None:
+    from autoresearch.loop.engine import try_working_tree
+    from autoresearch.loop.reporter import PlainReporter, verdict_line
+
+    quiet = PlainReporter(lambda text: console.print(text, highlight=False))
+    loop = _loop(args, quiet)
+    with loop.ws.lock():
+        exp = try_working_tree(loop, args.message)
+    print(verdict_line(exp, loop.best()), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -70,13 +146,31 @@ def main(argv: list[str] | None = None) -> int:
             from autoresearch.workspace.init import create_workspace
 
             preset, dataset, data_dir = _prepare(args, console)
-            create_workspace(args.directory, preset, dataset, data_dir, args.budget)
-            console.print(f"[green]workspace ready[/] in {args.directory}: cd there and run `python train.py`")
+            branch = create_workspace(args.directory, preset, dataset, data_dir, args.budget, args.tag)
+            console.print(
+                f"[green]workspace ready[/] in {args.directory} on branch {branch}: "
+                "cd there and run `autoresearch run` (or `python train.py` for one training run)"
+            )
+        elif args.command == "run":
+            _run(args, console)
+        elif args.command == "try":
+            _try(args, console)
+        elif args.command == "status":
+            from autoresearch.loop.status import status_text
+            from autoresearch.workspace.workspace import Workspace
+
+            print(status_text(Workspace(args.workspace)))
+        elif args.command == "report":
+            from autoresearch.report import make_report
+            from autoresearch.workspace.workspace import Workspace
+
+            png, md = make_report(Workspace(args.workspace).root)
+            console.print(f"wrote {md} and {png}")
     except AutoresearchError as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         return 2
     except KeyboardInterrupt:
-        console.print("interrupted: run the same command again to resume")
+        console.print("interrupted: run the same command again to resume where it stopped")
         return 130
     return 0
 
