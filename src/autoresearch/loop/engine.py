@@ -19,7 +19,7 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.harness.run import fingerprint
 from autoresearch.harness.shards import Manifest
 from autoresearch.loop import guard
-from autoresearch.loop.executor import OK, Executor, Outcome, RunSpec, reap_orphan
+from autoresearch.loop.executor import CHANGED, OK, Executor, Outcome, RunSpec, reap_orphan
 from autoresearch.loop.judge import KEEP, RERUN, judge, noise_of
 from autoresearch.loop.ledger import CRASH, DISCARD, RUNNING, Experiment, Ledger
 from autoresearch.loop.reporter import Reporter
@@ -28,6 +28,10 @@ from autoresearch.workspace.workspace import TRAIN_PY, Workspace
 
 BASELINE, EXPERIMENT, PROPOSAL = "baseline", "experiment", "proposal"
 CRASHES_BEFORE_MOVING_ON = 3  # after this many crashes in a row the agent no longer sees the crash log
+APPARATUS_HINT = (
+    "results measured with another apparatus are not comparable: make a new workspace (autoresearch init) "
+    "for the new harness, data or budget"
+)
 
 
 @dataclass(frozen=True)
@@ -92,8 +96,18 @@ class ResearchLoop:
 
     # -- recovery -------------------------------------------------------------------------------
 
+    def check_apparatus(self) -> None:
+        """Refuse to go on when the harness, data or budget differ from the baseline's."""
+        baseline = next((e for e in self.ledger.all() if e.kind == BASELINE and e.status == KEEP), None)
+        measured = json.loads(baseline.result).get("harness_fingerprint") if baseline else None
+        if measured and measured != self.fingerprint:
+            raise LoopError(
+                f"the apparatus changed since the baseline ({measured} -> {self.fingerprint})", hint=APPARATUS_HINT
+            )
+
     def recover(self) -> Experiment | None:
         """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any."""
+        self.check_apparatus()
         pending = self.ledger.running()
         if pending is not None:
             for run_dir in self.ws.state.glob(f"runs/{pending.id}-*"):
@@ -219,6 +233,8 @@ class ResearchLoop:
         wanted = self.config.baseline_runs if exp.kind == BASELINE else 1
         while True:
             outcome = self._train(exp, len(runs))
+            if outcome.status == CHANGED:
+                raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=APPARATUS_HINT)
             if outcome.status != OK:
                 if exp.kind == BASELINE:
                     self._finish(exp, CRASH, f"baseline failed: {outcome.reason}", outcome)
@@ -228,7 +244,8 @@ class ResearchLoop:
                     )
                 return self._finish(exp, CRASH, outcome.reason, outcome)
             runs.append(outcome.val_bpb)
-            self.ledger.update(exp.id, runs=json.dumps(runs))
+            exp.runs = json.dumps(runs)
+            self.ledger.update(exp.id, runs=exp.runs)
             if len(runs) < wanted:
                 continue
             if exp.kind == BASELINE:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from autoresearch.harness.result import RESULT_ENV, RUN_ID_ENV, Result
 
-OK, CRASH, TIMEOUT, INVALID = "ok", "crash", "timeout", "invalid"
+OK, CRASH, TIMEOUT, INVALID, CHANGED = "ok", "crash", "timeout", "invalid", "apparatus-changed"
 LOG_TAIL_CHARS = 4000
 
 
@@ -33,7 +33,7 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # OK, CRASH, TIMEOUT or INVALID
+    status: str  # OK, CRASH, TIMEOUT, INVALID or CHANGED
     result: Result | None
     reason: str
     log_tail: str

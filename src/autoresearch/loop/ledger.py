@@ -55,6 +55,7 @@ class Experiment:
 
 
 _COLUMNS = [f.name for f in fields(Experiment)]
+_QUOTED = ", ".join(f'"{name}"' for name in _COLUMNS)
 
 
 class Ledger:
@@ -65,7 +66,7 @@ class Ledger:
         self._db = sqlite3.connect(self.db_path, isolation_level=None)  # autocommit: each write is durable
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        cols = ", ".join(f"{name} {'INTEGER PRIMARY KEY' if name == 'id' else 'ANY'}" for name in _COLUMNS)
+        cols = ", ".join(f'"{name}" {"INTEGER PRIMARY KEY" if name == "id" else "ANY"}' for name in _COLUMNS)
         self._db.execute(f"CREATE TABLE IF NOT EXISTS experiments ({cols})")
 
     def close(self) -> None:
@@ -80,7 +81,7 @@ class Ledger:
         exp.started_at = exp.started_at or time.time()
         values = asdict(exp)
         self._db.execute(
-            f"INSERT INTO experiments ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+            f"INSERT INTO experiments ({_QUOTED}) VALUES ({', '.join('?' * len(_COLUMNS))})",
             [values[c] for c in _COLUMNS],
         )
 
@@ -88,7 +89,7 @@ class Ledger:
         unknown = set(changes) - set(_COLUMNS)
         if unknown:
             raise KeyError(f"no ledger column {', '.join(sorted(unknown))}")
-        sets = ", ".join(f"{k} = ?" for k in changes)
+        sets = ", ".join(f'"{k}" = ?' for k in changes)
         self._db.execute(f"UPDATE experiments SET {sets} WHERE id = ?", [*changes.values(), exp_id])
 
     # -- reads ----------------------------------------------------------------------------------

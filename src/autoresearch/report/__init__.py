@@ -1,0 +1,35 @@
+"""`autoresearch report`: progress.png and report.md from a workspace's ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoresearch.errors import AutoresearchError
+from autoresearch.loop.ledger import Ledger
+from autoresearch.report.markdown import render_report, write_report
+from autoresearch.report.plot import plot_progress, progress_figure
+
+__all__ = ["make_report", "plot_progress", "progress_figure", "render_report", "write_report"]
+
+PLOT_NAME = "progress.png"
+REPORT_NAME = "report.md"
+
+
+def make_report(workspace: Path) -> tuple[Path, Path]:
+    """Read the workspace's ledger and write progress.png and report.md into it; return (plot, report)."""
+    workspace = Path(workspace)
+    db_path = workspace / ".autoresearch" / "ledger.sqlite"  # where Ledger keeps it
+    if not db_path.is_file():  # check first: opening a Ledger would create an empty one
+        raise AutoresearchError(
+            f"{workspace} has no experiment ledger yet ({db_path} is missing)",
+            hint="run `autoresearch run` in this workspace first",
+        )
+    ledger = Ledger(workspace)
+    try:
+        experiments = ledger.all()
+    finally:
+        ledger.close()
+    plot_path, report_path = workspace / PLOT_NAME, workspace / REPORT_NAME
+    plot_progress(experiments, plot_path)
+    write_report(experiments, report_path)
+    return plot_path, report_path

@@ -1,0 +1,233 @@
+"""report.md: what the research loop achieved, what it kept, what broke, what it cost, and the diff."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, RUNNING, Experiment
+from autoresearch.report.summary import Step, chain, finished, first_line, signed
+
+_STATUS_ORDER = [KEEP, DISCARD, CRASH, RUNNING]
+
+
+def write_report(experiments: list[Experiment], path: Path) -> str:
+    """Write the Markdown report of these experiments to path and return its text."""
+    text = render_report(experiments)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
+
+
+def render_report(experiments: list[Experiment]) -> str:
+    """The Markdown report of these experiments (any order; sorted by id here)."""
+    exps = sorted(experiments, key=lambda e: e.id)
+    steps = chain(finished(exps))
+    sections = [
+        "# Research report",
+        _overview(exps),
+        "## Result\n\n" + _result(steps),
+        "## Kept changes\n\n" + _kept(steps),
+        "## Crashes\n\n" + _crashes(exps),
+        "## Throughput\n\n" + _throughput(exps),
+        "## Tokens and cost by agent\n\n" + _agents(exps),
+        "## train.py: best vs baseline\n\n" + _source_diff(steps),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+# -- sections -------------------------------------------------------------------------------------
+
+
+def _overview(exps: list[Experiment]) -> str:
+    if not exps:
+        return "The ledger has no experiments yet."
+    counts = Counter(e.status for e in exps)
+    order = _STATUS_ORDER + sorted(set(counts) - set(_STATUS_ORDER))
+    by_status = ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
+    return f"{len(exps)} experiment{_s(len(exps))} in the ledger: {by_status}."
+
+
+def _result(steps: list[Step]) -> str:
+    if not steps:
+        return "No kept experiment has a val_bpb yet, so there is no baseline to compare against."
+    first, best = steps[0], steps[-1]
+    start = "Baseline" if first.exp.kind == "baseline" else "First kept experiment"
+    lines = [f"- {start}: **{first.value:.6f}** (#{first.exp.id})"]
+    if best is first:
+        lines.append("- No change has beaten it yet.")
+        return "\n".join(lines)
+    change = best.value - first.value
+    rel = f" ({signed(100 * change / first.value, '.2f')}%)" if first.value else ""
+    changes = len(steps) - 1
+    lines += [
+        f"- Best: **{best.value:.6f}** (#{best.exp.id}, {_inline(best.exp.description)})",
+        f"- Improvement: **{signed(change, '.6f')}** val_bpb{rel} from {changes} kept change{_s(changes)}",
+    ]
+    return "\n".join(lines)
+
+
+def _kept(steps: list[Step]) -> str:
+    changes = steps[1:]
+    if not changes:
+        return "None yet."
+    rows = ["| # | val_bpb | Δ vs previous best | change | why kept |", "|---:|---:|---:|---|---|"]
+    for step in changes:
+        delta = step.delta or 0.0
+        rel = f" ({signed(100 * step.relative, '.2f')}%)" if step.relative is not None else ""
+        runs = _run_count(step.exp)
+        value = f"{step.value:.6f}" + (f" (mean of {runs})" if runs > 1 else "")
+        rows.append(
+            f"| {step.exp.id} | {value} | {signed(delta, '.6f')}{rel} | {_cell(step.exp.description, 160)} "
+            f"| {_cell(step.exp.reason, 160)} |"
+        )
+    return "\n".join(rows)
+
+
+def _crashes(exps: list[Experiment]) -> str:
+    crashed = [e for e in exps if e.status == CRASH]
+    if not crashed:
+        return "None."
+    lines = []
+    for exp in crashed:
+        # The reason says what went wrong; without one, a log's last line is usually the exception.
+        why = first_line(exp.reason) or first_line(exp.log_tail, last=True) or "no reason recorded"
+        why = why.replace("`", "'")
+        lines.append(f"- **#{exp.id}** {_inline(exp.description, 100)}: `{why}`")
+    return "\n".join(lines)
+
+
+def _throughput(exps: list[Experiment]) -> str:
+    done = [e for e in finished(exps) if e.finished_at is not None]
+    if not done:
+        return "No experiment has finished yet."
+    start = min(e.started_at for e in done)
+    end = max(e.finished_at for e in done if e.finished_at is not None)
+    wall = end - start
+    period = f"{_clock(start)} to {_clock(end)}"
+    if wall <= 0:
+        return f"{len(done)} finished experiment{_s(len(done))} ({period}); no wall-clock time to rate them by."
+    lines = [
+        f"- {len(done)} finished experiment{_s(len(done))} in {_duration(wall)} of wall clock ({period}): "
+        f"**{len(done) / (wall / 3600):.1f} experiments per hour**"
+    ]
+    training = [e.training_seconds for e in done if e.training_seconds is not None]
+    totals = [e.total_seconds for e in done if e.total_seconds is not None]
+    if training:
+        spent = sum(training)
+        lines.append(
+            f"- Training: {_duration(spent)}, **{spent / wall:.0%} of wall clock**; overhead "
+            f"(start-up, compilation, evaluation, the agent's turns, git) {_duration(max(wall - spent, 0))}, "
+            f"{max(wall - spent, 0) / wall:.0%}"
+        )
+    if totals:
+        lines.append(
+            f"- Inside the harness (training plus its own overhead): {_duration(sum(totals))}, "
+            f"{sum(totals) / wall:.0%} of wall clock"
+        )
+    missing = len(done) - len(training)
+    if missing:
+        lines.append(f"- {missing} experiment{_s(missing)} recorded no training time (counted as overhead)")
+    return "\n".join(lines)
+
+
+def _agents(exps: list[Experiment]) -> str:
+    if not exps:
+        return "No agent has run yet."
+    groups: dict[str, list[Experiment]] = {}
+    for exp in exps:
+        groups.setdefault(exp.agent or "(none)", []).append(exp)
+    rows = [
+        "| agent | models | experiments | input tokens | output tokens | cost |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for agent, group in sorted(groups.items()):
+        models = ", ".join(sorted({e.model for e in group if e.model})) or "—"
+        rows.append(f"| {_cell(agent)} | {_cell(models)} | {len(group)} | {_tokens(group)} | {_cost(group)} |")
+    if len(groups) > 1:
+        rows.append(f"| **total** | | {len(exps)} | {_tokens(exps)} | {_cost(exps)} |")
+    return "\n".join(rows)
+
+
+def _source_diff(steps: list[Step]) -> str:
+    if not steps:
+        return "No baseline yet."
+    first, best = steps[0].exp, steps[-1].exp
+    if best is first:
+        return "The best is still the baseline: nothing to compare."
+    missing = [f"#{e.id}" for e in (first, best) if not e.source]
+    if missing:
+        return f"The source of train.py was not recorded for {' and '.join(missing)}."
+    diff = list(
+        difflib.unified_diff(
+            first.source.splitlines(),
+            best.source.splitlines(),
+            f"train.py (baseline #{first.id})",
+            f"train.py (best #{best.id})",
+            lineterm="",
+        )
+    )
+    if not diff:
+        return f"#{best.id} runs the same train.py as the baseline (its gain is noise or comes from elsewhere)."
+    added = sum(1 for ln in diff[2:] if ln.startswith("+"))
+    removed = sum(1 for ln in diff[2:] if ln.startswith("-"))
+    body = "\n".join(diff)
+    fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", body)), default=0))
+    return f"{added} line{_s(added)} added, {removed} removed.\n\n{fence}diff\n{body}\n{fence}"
+
+
+# -- formatting -----------------------------------------------------------------------------------
+
+
+def _inline(text: str, width: int = 80) -> str:
+    """Text on one line (whitespace collapsed), cut to width characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
+
+
+def _cell(text: str, width: int = 1000) -> str:
+    """Text fit for one Markdown table cell: one line, at most width characters, pipes escaped."""
+    return _inline(text, width).replace("|", "\\|") or "—"
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def _run_count(exp: Experiment) -> int:
+    try:
+        return len(json.loads(exp.runs))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _tokens(group: list[Experiment]) -> str:
+    return f"{sum(e.input_tokens or 0 for e in group):,} | {sum(e.output_tokens or 0 for e in group):,}"
+
+
+def _cost(group: list[Experiment]) -> str:
+    known = [e.cost_usd for e in group if e.cost_usd is not None]
+    unknown = len(group) - len(known)
+    if not known:
+        return "unknown"
+    text = f"${sum(known):,.2f}"
+    return text + (f" (+ {unknown} unknown)" if unknown else "")
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))

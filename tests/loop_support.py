@@ -1,0 +1,144 @@
+"""Fixtures for the loop's tests: a prepared tiny dataset, workspaces with a fast bigram train.py, fakes."""
+
+from __future__ import annotations
+
+import shutil
+import sysconfig
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
+from autoresearch.harness.prepare import prepare
+from autoresearch.harness.presets import get_preset
+from autoresearch.harness.result import Result
+from autoresearch.loop.engine import LoopConfig, ResearchLoop
+from autoresearch.loop.executor import OK, Outcome, RunSpec
+from autoresearch.loop.reporter import PlainReporter
+from autoresearch.workspace.constants import read_constants, set_constants
+from autoresearch.workspace.init import create_workspace
+from autoresearch.workspace.workspace import Workspace
+
+# A train.py that trains in a second: a bigram table, plain Adam. Same contract as the real template.
+BIGRAM_TRAIN_PY = '''"""A bigram model: the smallest train.py that speaks to the harness."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from autoresearch import harness
+
+LR = 0.05  # Adam learning rate (0.001-1)
+BATCH = 8  # rows per step (1-64)
+SEED = 42  # initialisation seed
+
+
+class Bigram(nn.Module):
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, vocab_size)
+
+    def forward(self, idx, targets=None):
+        logits = self.table(idx)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+if __name__ == "__main__":
+    run = harness.start()
+    torch.manual_seed(SEED)
+    model = Bigram(run.vocab_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    batches = run.train_batches(BATCH)
+    while not run.time_up:
+        x, y = next(batches)
+        loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        run.step_done(loss)
+    run.finish(model)
+'''
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """The tiny preset prepared from a few stdlib packages (a few MB of real Python)."""
+    corpus = tmp_path_factory.mktemp("corpus")
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for package in ("json", "email", "asyncio", "unittest", "importlib"):
+        shutil.copytree(stdlib / package, corpus / package, ignore=shutil.ignore_patterns("__pycache__"))
+    cache = tmp_path_factory.mktemp("cache")
+    return prepare("python-source", get_preset("tiny"), cache, root=corpus)
+
+
+def make_workspace(path: Path, data_dir: Path, train_py: str = BIGRAM_TRAIN_PY, budget: float = 1.0) -> Workspace:
+    create_workspace(path, get_preset("tiny"), "python-source", data_dir, budget, tag="test")
+    ws = Workspace(path)
+    ws.write_train_py(train_py)
+    ws.git.commit("bigram train.py for tests", "train.py")
+    return ws
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_data) -> Workspace:
+    return make_workspace(tmp_path / "ws", tiny_data)
+
+
+def with_constants(source: str, **values) -> str:
+    return set_constants(source, values)
+
+
+def constant(source: str, name: str):
+    return read_constants(source)[name].value
+
+
+@dataclass
+class FakeExecutor:
+    """Scores train.py with a function of its source instead of training it."""
+
+    score: Callable[[str], float | Outcome]
+    calls: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+    def run(self, spec: RunSpec) -> Outcome:
+        source = (spec.directory / "train.py").read_text()
+        self.calls.append(source)
+        value = self.score(source)
+        if isinstance(value, Outcome):
+            return value
+        return Outcome(OK, fake_result(value, spec.fingerprint), "", "", 0.01)
+
+
+def fake_result(bpb: float, fingerprint: str) -> Result:
+    return Result(
+        val_bpb=bpb, valid=True, invalid_reason=None, training_seconds=1.0, total_seconds=2.0, untimed_seconds=0.5,
+        eval_seconds=0.5, peak_memory_mb=100.0, mfu_percent=None, tokens_per_second=1.0, total_tokens_M=0.1,
+        num_steps=10, num_params_M=1.0, epochs=1, device="cpu", preset="tiny", dataset="python-source",
+        budget_seconds=1.0, harness_fingerprint=fingerprint, run_id=None,
+    )
+
+
+@dataclass
+class ScriptedAgent:
+    """Proposes the given edits in order: each a function of the context giving (description, new source)."""
+
+    edits: list[Callable[[Context], tuple[str, str]]]
+    name: str = "scripted"
+    model: str = "test"
+    seen: list[Context] = field(default_factory=list)
+
+    def propose(self, context: Context) -> Proposal:
+        self.seen.append(context)
+        if not self.edits:
+            raise ProposalError("script exhausted")
+        description, source = self.edits.pop(0)(context)
+        return Proposal(description, source, Usage(100, 20, 0.001))
+
+
+def make_loop(ws: Workspace, executor, baseline_runs: int = 3, timeout: float | None = None, events=None):
+    echo = events.append if events is not None else (lambda _text: None)
+    return ResearchLoop(ws, executor, PlainReporter(echo), LoopConfig(baseline_runs=baseline_runs, timeout=timeout))

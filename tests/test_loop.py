@@ -1,0 +1,189 @@
+"""The loop's guarantees, with a fake executor: judging against the noise, git and ledger bookkeeping."""
+
+from __future__ import annotations
+
+import subprocess
+
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
+
+from autoresearch.loop.executor import CRASH as RUN_CRASH
+from autoresearch.loop.executor import INVALID, Outcome
+from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, Ledger
+
+pytest_plugins = ["loop_support"]
+
+SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002, 45: 0.001}
+
+
+def score(source: str) -> float:
+    """A fake val_bpb: best at LR = 0.2, plus a seed-dependent wobble of about 0.002."""
+    return 1.0 + (constant(source, "LR") - 0.2) ** 2 + SEED_NOISE.get(constant(source, "SEED"), 0.0)
+
+
+def set_lr(value: float):
+    return lambda ctx: (f"LR {value}", with_constants(ctx.train_py, LR=value))
+
+
+def test_baseline_trains_several_seeds_and_the_noise_is_their_spread(workspace):
+    executor = FakeExecutor(score)
+    loop = make_loop(workspace, executor)
+    baseline = loop.baseline()
+    assert [constant(s, "SEED") for s in executor.calls] == [42, 43, 44]
+    assert baseline.status == KEEP and len(baseline.run_values) == 3
+    assert abs(loop.noise() - 0.002) < 1e-9  # std of (+0, +0.002, -0.002)
+    assert workspace.read_train_py() == baseline.source  # the seed edits are undone
+
+
+def test_a_clear_win_advances_the_branch_and_a_loss_is_reset_but_kept_under_a_ref(workspace):
+    loop = make_loop(workspace, FakeExecutor(score))
+    baseline = loop.baseline()
+    agent = ScriptedAgent([set_lr(0.2), set_lr(0.9)])
+    win = loop.step(agent)
+    assert win.status == KEEP and workspace.git.head() == win.commit
+    assert constant(workspace.read_train_py(), "LR") == 0.2
+    loss = loop.step(agent)
+    assert loss.status == DISCARD
+    assert workspace.git.head() == win.commit  # reset to the best
+    assert constant(workspace.read_train_py(), "LR") == 0.2
+    kept_ref = workspace.git("rev-parse", f"refs/autoresearch/discarded/{loss.id}").strip()
+    assert kept_ref == loss.commit and "LR = 0.9" in workspace.git.show(kept_ref, "train.py")
+    assert baseline.commit in workspace.git("rev-list", "HEAD")
+
+
+def test_a_change_within_the_noise_is_not_kept(workspace):
+    loop = make_loop(workspace, FakeExecutor(lambda s: score(s) - 0.003 if constant(s, "BATCH") == 9 else score(s)))
+    loop.baseline()  # mean 1.0225, noise 0.002, margin 0.004
+    exp = loop.step(ScriptedAgent([lambda ctx: ("batch 9", with_constants(ctx.train_py, BATCH=9))]))
+    assert exp.status == DISCARD and "noise" in exp.reason
+
+
+def test_a_seed_only_change_is_rejected_before_it_runs(workspace):
+    executor = FakeExecutor(score)
+    loop = make_loop(workspace, executor)
+    loop.baseline()
+    runs = len(executor.calls)
+    exp = loop.step(ScriptedAgent([lambda ctx: ("new seed", with_constants(ctx.train_py, SEED=44))]))
+    assert exp.status == CRASH and "seed" in exp.reason
+    assert len(executor.calls) == runs  # nothing trained
+
+
+def test_a_marginal_win_is_trained_again_before_it_is_kept(workspace):
+    # Baseline mean 1.0225 (LR 0.05), noise 0.002, margin 0.004; LR 0.05 -> 0.04 gains ~0.003-0.006.
+    values = iter([1.0180, 1.0175])  # 1st run: a gain of 0.0045 (marginal); 2nd: confirms it
+    executor = FakeExecutor(lambda s: next(values) if constant(s, "BATCH") == 16 else score(s))
+    loop = make_loop(workspace, executor)
+    loop.baseline()
+    exp = loop.step(ScriptedAgent([lambda ctx: ("batch 16", with_constants(ctx.train_py, BATCH=16))]))
+    assert len(exp.run_values) == 2 and exp.status == KEEP
+    assert constant(executor.calls[-1], "SEED") == 43  # the second run used another seed
+
+
+def test_a_marginal_win_that_does_not_hold_up_is_discarded(workspace):
+    values = iter([1.0180, 1.0230])
+    executor = FakeExecutor(lambda s: next(values) if constant(s, "BATCH") == 16 else score(s))
+    loop = make_loop(workspace, executor)
+    loop.baseline()
+    exp = loop.step(ScriptedAgent([lambda ctx: ("batch 16", with_constants(ctx.train_py, BATCH=16))]))
+    assert len(exp.run_values) == 2 and exp.status == DISCARD
+
+
+def test_simpler_code_at_equal_val_bpb_is_kept(workspace):
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    simpler = ScriptedAgent([lambda ctx: ("drop the docstring", ctx.train_py.split("\n", 2)[2])])
+    exp = loop.step(simpler)
+    assert exp.status == KEEP and "simpler" in exp.reason and exp.lines_removed > exp.lines_added
+
+
+def test_an_invalid_result_is_never_kept(workspace):
+    def executor_score(source):
+        if constant(source, "LR") == 0.2:
+            return Outcome(INVALID, None, "invalid result: causality probe: the model sees the future", "", 1.0)
+        return score(source)
+
+    loop = make_loop(workspace, FakeExecutor(executor_score))
+    loop.baseline()
+    exp = loop.step(ScriptedAgent([set_lr(0.2)]))
+    assert exp.status == CRASH and "causality" in exp.reason
+    assert loop.best().id == 1
+
+
+def test_a_crash_is_recorded_with_its_log_and_shown_to_the_next_proposal(workspace):
+    crash = Outcome(RUN_CRASH, None, "exit code 1: ZeroDivisionError", "Traceback ...\nZeroDivisionError", 1.0)
+    loop = make_loop(workspace, FakeExecutor(lambda s: crash if constant(s, "LR") == 0.3 else score(s)))
+    loop.baseline()
+    agent = ScriptedAgent([set_lr(0.3), set_lr(0.2)])
+    first = loop.step(agent)
+    assert first.status == CRASH and "ZeroDivisionError" in first.log_tail
+    loop.step(agent)
+    assert "ZeroDivisionError" in agent.seen[1].last_crash
+
+
+def test_after_three_crashes_in_a_row_the_crash_log_is_no_longer_shown(workspace):
+    crash = Outcome(RUN_CRASH, None, "exit code 1", "boom", 1.0)
+    loop = make_loop(workspace, FakeExecutor(lambda s: crash if constant(s, "LR") > 0.25 else score(s)))
+    loop.baseline()
+    agent = ScriptedAgent([set_lr(0.3), set_lr(0.31), set_lr(0.32), set_lr(0.2)])
+    for _ in range(4):
+        loop.step(agent)
+    assert agent.seen[1].last_crash and agent.seen[2].last_crash
+    assert agent.seen[3].last_crash is None
+
+
+def test_an_edit_to_another_file_is_rejected_before_anything_runs(workspace):
+    executor = FakeExecutor(score)
+    loop = make_loop(workspace, executor)
+    loop.baseline()
+    config_before = workspace.config_path.read_text()
+
+    def sneaky(ctx):
+        workspace.config_path.write_text(config_before.replace('"budget_seconds": 1.0', '"budget_seconds": 99.0'))
+        (workspace.root / "notes.txt").write_text("scratch")
+        return "longer budget", with_constants(ctx.train_py, LR=0.2)
+
+    runs = len(executor.calls)
+    exp = loop.step(ScriptedAgent([sneaky]))
+    assert exp.status == CRASH and "autoresearch.json" in exp.reason
+    assert len(executor.calls) == runs
+    assert workspace.config_path.read_text() == config_before
+    assert not (workspace.root / "notes.txt").exists()
+
+
+def test_human_edits_to_program_md_survive_a_discard(workspace):
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    (workspace.root / "program.md").write_text("focus on the learning rate\n")
+    exp = loop.step(ScriptedAgent([set_lr(0.9)]))
+    assert exp.status == DISCARD
+    assert (workspace.root / "program.md").read_text() == "focus on the learning rate\n"
+
+
+def test_results_tsv_has_the_reference_columns_and_a_row_per_experiment(workspace):
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    loop.step(ScriptedAgent([set_lr(0.2)]))
+    lines = (workspace.root / "results.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status", "description"]
+    assert [line.split("\t")[3] for line in lines[1:]] == ["keep", "keep"]
+    assert lines[2].split("\t")[0] == workspace.git.head()[:7]
+    ignored = subprocess.run(["git", "check-ignore", "results.tsv"], cwd=workspace.root)
+    assert ignored.returncode == 0
+
+
+def test_recovery_finishes_an_experiment_interrupted_after_its_row_was_written(workspace):
+    """Simulates a kill between writing the ledger row and committing: the restart runs it, once."""
+    executor = FakeExecutor(score)
+    loop = make_loop(workspace, executor)
+    loop.baseline()
+    ledger = Ledger(workspace.root)
+    from autoresearch.loop.ledger import RUNNING, Experiment
+
+    source = with_constants(workspace.read_train_py(), LR=0.2)
+    ledger.insert(Experiment(id=2, kind="experiment", status=RUNNING, description="LR 0.2",
+                             parent=workspace.git.head(), source=source))
+    workspace.write_train_py(source)  # killed after writing train.py, before the commit
+    pending = make_loop(workspace, executor).recover()
+    assert pending.id == 2 and pending.commit == workspace.git.head()
+    finished = make_loop(workspace, executor)._evaluate(pending)
+    assert finished.status == KEEP
+    assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]

@@ -1,0 +1,144 @@
+"""The loop against real training runs (a bigram train.py, 1-second budgets): crashes, hangs, cheats, kills."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, make_loop, make_workspace, with_constants
+
+from autoresearch.loop.executor import LocalExecutor
+from autoresearch.loop.ledger import CRASH, KEEP, RUNNING, Ledger
+
+pytest_plugins = ["loop_support"]
+
+
+def cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoresearch", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def edit(ctx_source: str, old: str, new: str) -> str:
+    assert old in ctx_source
+    return ctx_source.replace(old, new)
+
+
+def test_real_runs_are_judged_from_the_harness_result(workspace):
+    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
+    baseline = loop.baseline()
+    assert baseline.status == KEEP and len(baseline.run_values) == 2
+    result_files = list((workspace.state / "runs").glob("*/result.json"))
+    assert len(result_files) == 2 and not (workspace.root / "result.json").exists()
+    exp = loop.step(ScriptedAgent([lambda ctx: ("LR 0.3", with_constants(ctx.train_py, LR=0.3))]))
+    assert exp.status in ("keep", "discard") and exp.val_bpb is not None and exp.training_seconds >= 1.0
+
+
+def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_crash(workspace):
+    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2, timeout=12)
+    loop.baseline()
+    marker = f"autoresearch-hang-{os.getpid()}"
+    hang = "    run = harness.start()\n    import subprocess, time\n"
+    hang += f"    subprocess.Popen(['sleep', '600', '{marker}'])\n    time.sleep(600)\n"
+    started = time.monotonic()
+    exp = loop.step(ScriptedAgent([lambda ctx: ("hang", edit(ctx.train_py, "    run = harness.start()\n", hang))]))
+    assert exp.status == CRASH and "hard timeout" in exp.reason
+    assert time.monotonic() - started < 40
+    time.sleep(0.5)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    assert workspace.git.head() == loop.best().commit
+
+
+def test_a_model_that_looks_ahead_is_never_kept(workspace):
+    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
+    loop.baseline()
+    peek = "        logits = self.table(idx.roll(-1, dims=1))  # predicts from the next token\n"
+    cheat = lambda ctx: ("peek at the next token", edit(ctx.train_py, "        logits = self.table(idx)\n", peek))
+    exp = loop.step(ScriptedAgent([cheat]))
+    assert exp.status == CRASH and "causality probe" in exp.reason
+    assert loop.best().id == 1
+
+
+def test_a_train_py_that_forges_its_result_gets_no_kept_result(workspace):
+    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
+    loop.baseline()
+    forge = (
+        "    import json, os\n"
+        "    print('---\\nval_bpb:          0.100000')\n"
+        "    json.dump({'val_bpb': 0.1, 'valid': True}, open(os.environ['AUTORESEARCH_RESULT'], 'w'))\n"
+    )
+    writes = lambda ctx: ("forge", edit(ctx.train_py, "    run.finish(model)\n", "    run.finish(model)\n" + forge))
+    prints = lambda ctx: ("print a summary", edit(ctx.train_py, "    run.finish(model)\n",
+                                                  "    print('---\\nval_bpb:          0.100000')\n"))
+    forged = loop.step(ScriptedAgent([writes]))
+    assert forged.status == CRASH and "environment" in forged.reason  # rejected before it ran
+    printed = loop.step(ScriptedAgent([prints]))
+    assert printed.status == CRASH and printed.val_bpb is None
+    assert loop.best().id == 1
+
+
+def test_sigkill_of_the_loop_then_run_again_loses_and_duplicates_nothing(tmp_path, tiny_data):
+    ws = make_workspace(tmp_path / "ws", tiny_data, budget=3.0)
+    args = ["run", "--agent", "tune", "--baseline-runs", "2", "--plain", "--max-experiments", "3"]
+    loop = subprocess.Popen([sys.executable, "-m", "autoresearch", *args], cwd=ws.root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until an experiment (not the baseline) is training
+        ledger = Ledger(ws.root)
+        running = ledger.running()
+        ledger.close()
+        if running and running.kind == "experiment" and list(ws.state.glob(f"runs/{running.id}-0/pid")):
+            break
+        time.sleep(0.2)
+    else:
+        loop.kill()
+        raise AssertionError("no experiment started")
+    loop.send_signal(signal.SIGKILL)
+    loop.wait()
+    killed_id = running.id
+
+    done = cli("run", "--agent", "tune", "--baseline-runs", "2", "--plain", "--max-experiments", "1", cwd=ws.root)
+    assert done.returncode == 0, done.stderr
+    ledger = Ledger(ws.root)
+    rows = ledger.all()
+    assert [r.id for r in rows] == list(range(1, len(rows) + 1))
+    assert all(r.status != RUNNING for r in rows)
+    assert rows[killed_id - 1].description == running.description and rows[killed_id - 1].val_bpb is not None
+    assert len([r for r in rows if r.kind == "experiment"]) == killed_id  # the killed one, plus one more
+    tsv = (ws.root / "results.tsv").read_text().splitlines()[1:]
+    assert len(tsv) == len(rows)
+    best = [r for r in rows if r.status == KEEP][-1]
+    assert ws.git.head() == best.commit and ws.read_train_py() == best.source
+    for r in rows:
+        if r.status != KEEP and r.commit:
+            assert ws.git("rev-parse", f"refs/autoresearch/discarded/{r.id}").strip() == r.commit
+    assert not ws.git.changed_paths()
+
+
+def test_try_runs_the_baseline_first_then_judges_the_edit(tmp_path, tiny_data):
+    ws = make_workspace(tmp_path / "ws", tiny_data)
+    ws.write_train_py(BIGRAM_TRAIN_PY.replace("LR = 0.05", "LR = 0.5"))
+    first = cli("try", "-m", "raise LR to 0.5", "--baseline-runs", "2", cwd=ws.root)
+    assert first.returncode == 0, first.stderr
+    verdict = first.stdout.strip().splitlines()[-1]
+    assert verdict.startswith("exp 2 ") and "raise LR to 0.5" in verdict
+    assert ("KEEP" in verdict) == ("LR = 0.5" in ws.read_train_py())
+    (ws.root / "autoresearch.json").write_text((ws.root / "autoresearch.json").read_text().replace("1.0", "2.0"))
+    refused = cli("try", "-m", "longer budget", cwd=ws.root)
+    assert refused.returncode == 2 and "autoresearch.json" in refused.stderr
+
+
+def test_status_and_report_describe_the_run(tmp_path, tiny_data):
+    ws = make_workspace(tmp_path / "ws", tiny_data)
+    loop = make_loop(ws, LocalExecutor(), baseline_runs=2)
+    loop.baseline()
+    loop.step(ScriptedAgent([lambda ctx: ("LR 0.3", with_constants(ctx.train_py, LR=0.3))]))
+    status = cli("status", cwd=ws.root)
+    assert status.returncode == 0 and "best: exp" in status.stdout and "noise" in status.stdout
+    report = cli("report", cwd=ws.root)
+    assert report.returncode == 0, report.stderr
+    assert (ws.root / "progress.png").stat().st_size > 1000 and "baseline" in (ws.root / "report.md").read_text()
