@@ -187,3 +187,39 @@ def test_recovery_finishes_an_experiment_interrupted_after_its_row_was_written(w
     finished = make_loop(workspace, executor)._evaluate(pending)
     assert finished.status == KEEP
     assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]
+
+
+def test_failed_proposals_are_recorded_with_their_cost_and_the_loop_backs_off(workspace):
+    from autoresearch.agents.base import ProposalError, Usage
+    from autoresearch.loop.engine import LoopConfig, ResearchLoop
+    from autoresearch.loop.reporter import PlainReporter
+
+    waits = []
+    loop = ResearchLoop(workspace, FakeExecutor(score), PlainReporter(lambda _: None), LoopConfig(), sleep=waits.append)
+    loop.baseline()
+
+    def rate_limited(ctx):
+        raise ProposalError("openai kept rate-limiting (HTTP 429)", usage=Usage(50, 0, 0.0001))
+
+    agent = ScriptedAgent([rate_limited, rate_limited, rate_limited, set_lr(0.2)])
+    rows = [loop.step(agent) for _ in range(4)]
+    assert [r.status for r in rows] == [CRASH, CRASH, CRASH, KEEP]
+    assert rows[0].input_tokens == 50 and "429" in rows[0].reason
+    assert waits == [30.0, 60.0]  # after the 2nd and 3rd failure in a row, none once it works
+
+
+def test_a_fatal_agent_error_stops_the_loop(workspace):
+    import pytest
+
+    from autoresearch.agents.base import ProposalError
+    from autoresearch.loop.engine import LoopError
+
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+
+    def bad_key(ctx):
+        raise ProposalError("anthropic rejected the API key (HTTP 401)", hint="check ANTHROPIC_API_KEY", fatal=True)
+
+    with pytest.raises(LoopError, match="ANTHROPIC_API_KEY"):
+        loop.run(ScriptedAgent([bad_key]), max_experiments=5)
+    assert Ledger(workspace.root).all()[-1].status == CRASH

@@ -11,7 +11,13 @@ from autoresearch.errors import AutoresearchError
 
 class ProposalError(AutoresearchError):
     """The agent could not produce a usable proposal (unparseable answer, edit that does not apply,
-    an edit to a file other than train.py, an API that keeps failing). The loop logs it and moves on."""
+    an API that keeps failing). The loop records it and goes on, pausing longer after each failure in a
+    row; a `fatal` one (a wrong key or model name: retrying cannot help) stops the loop."""
+
+    def __init__(self, message: str, hint: str | None = None, *, usage: Usage | None = None, fatal: bool = False):
+        super().__init__(message, hint)
+        self.usage = usage or Usage()
+        self.fatal = fatal
 
 
 @dataclass(frozen=True)

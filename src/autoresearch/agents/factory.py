@@ -6,7 +6,7 @@ from autoresearch.agents.base import Agent
 from autoresearch.errors import ConfigError
 
 AGENTS = ("tune", "anthropic", "openai", "command")
-DEFAULT_MODELS = {"anthropic": "claude-sonnet-4-5", "openai": "gpt-5-mini"}
+DEFAULT_MODELS = {"anthropic": "claude-sonnet-4-6", "openai": "gpt-5-mini"}
 
 
 def make_agent(name: str, model: str | None = None, command: str | None = None) -> Agent:

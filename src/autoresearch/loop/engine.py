@@ -28,6 +28,7 @@ from autoresearch.workspace.workspace import TRAIN_PY, Workspace
 
 BASELINE, EXPERIMENT, PROPOSAL = "baseline", "experiment", "proposal"
 CRASHES_BEFORE_MOVING_ON = 3  # after this many crashes in a row the agent no longer sees the crash log
+PAUSE_FIRST_S, PAUSE_MAX_S = 30.0, 900.0  # back-off after failed proposals in a row
 APPARATUS_HINT = (
     "results measured with another apparatus are not comparable: make a new workspace (autoresearch init) "
     "for the new harness, data or budget"
@@ -45,8 +46,11 @@ class LoopError(AutoresearchError):
 
 
 class ResearchLoop:
-    def __init__(self, workspace: Workspace, executor: Executor, reporter: Reporter, config: LoopConfig):
+    def __init__(
+        self, workspace: Workspace, executor: Executor, reporter: Reporter, config: LoopConfig, sleep=time.sleep
+    ):
         self.ws = workspace
+        self.sleep = sleep
         self.git = workspace.git
         self.executor = executor
         self.reporter = reporter
@@ -192,13 +196,29 @@ class ResearchLoop:
             proposal = agent.propose(self.context())
         except ProposalError as exc:
             self.git.undo_since(before, exclude=TRAIN_PY)
-            return self._rejected(exp_id, agent, best, "(no proposal)", str(exc), Usage())
+            exp = self._rejected(exp_id, agent, best, "(no proposal)", str(exc), exc.usage)
+            if exc.fatal:
+                raise LoopError(f"the {agent.name} agent cannot work: {exc}") from None
+            self._pause_after_failures(agent)
+            return exp
         if strays := self.git.undo_since(before, exclude=TRAIN_PY):
             why = f"edited files other than train.py: {', '.join(sorted(strays))}"
             return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage)
         if why := guard.rejection(best.source, proposal.source):
             return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage)
         return self.submit(proposal, agent.name, getattr(agent, "model", ""))
+
+    def _pause_after_failures(self, agent: Agent) -> None:
+        """Back off when the agent fails again and again (an API down, a rate limit): 30 s, 1 min, ... 15 min."""
+        failures = 0
+        for e in reversed(self.ledger.all()):
+            if e.kind != PROPOSAL or e.status != CRASH:
+                break
+            failures += 1
+        if failures >= 2:
+            wait = min(PAUSE_MAX_S, PAUSE_FIRST_S * 2 ** (failures - 2))
+            self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
+            self.sleep(wait)
 
     def submit(self, proposal: Proposal, agent: str, model: str) -> Experiment:
         """Record, commit, train and judge a checked proposal made from the current best."""

@@ -1,0 +1,71 @@
+"""The `anthropic` agent: Claude through the official SDK's Messages API.
+
+The key comes from ANTHROPIC_API_KEY (or ANTHROPIC_AUTH_TOKEN), the endpoint from ANTHROPIC_BASE_URL; the
+SDK reads both itself. With a base URL and no key (a compatible local server), a placeholder key is sent.
+"""
+
+from __future__ import annotations
+
+import os
+
+import anthropic
+
+from autoresearch.agents.llm import (
+    CONNECT_TIMEOUT_S,
+    MAX_RETRIES,
+    PLACEHOLDER_KEY,
+    TIMEOUT_S,
+    LLMAgent,
+    Message,
+    Reply,
+    api_error,
+    usage_for,
+)
+from autoresearch.errors import ConfigError
+
+KEY_ENV, URL_ENV = "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"
+MAX_TOKENS = 16_000  # the longest answer: a hypothesis and edits, with room for a rewrite of a large part
+
+
+class AnthropicAgent(LLMAgent):
+    name = "anthropic"
+
+    def __init__(self, model: str, client: anthropic.Anthropic | None = None, max_tokens: int = MAX_TOKENS):
+        """`client` defaults to one configured from the environment (`make_client`)."""
+        self.model = model
+        self.max_tokens = max_tokens
+        self.client = client if client is not None else make_client()
+
+    def _send(self, system: str, messages: list[Message]) -> Reply:
+        try:
+            message = self.client.messages.create(
+                model=self.model, max_tokens=self.max_tokens, system=system, messages=messages
+            )
+        except anthropic.AnthropicError as err:
+            raise api_error(
+                "Anthropic",
+                err,
+                key_env=KEY_ENV,
+                url_env=URL_ENV,
+                base_url=str(self.client.base_url),
+                retries=self.client.max_retries,
+            ) from err
+        text = "".join(block.text for block in message.content if block.type == "text")
+        usage = message.usage
+        inputs = usage.input_tokens + (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
+        return Reply(text, usage_for(self.model, inputs, usage.output_tokens), message.stop_reason == "max_tokens")
+
+
+def make_client() -> anthropic.Anthropic:
+    """A client with the SDK's own retries and timeout set; ConfigError if there is neither key nor base URL."""
+    has_key = bool(os.environ.get(KEY_ENV) or os.environ.get("ANTHROPIC_AUTH_TOKEN"))
+    if not has_key and not os.environ.get(URL_ENV):
+        raise ConfigError(
+            f"the anthropic agent needs an API key and {KEY_ENV} is not set",
+            hint=f"export {KEY_ENV}=...  (or {URL_ENV}=... for a compatible server that needs no key)",
+        )
+    return anthropic.Anthropic(
+        api_key=None if has_key else PLACEHOLDER_KEY,  # None: the SDK reads the environment
+        max_retries=MAX_RETRIES,
+        timeout=anthropic.Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+    )

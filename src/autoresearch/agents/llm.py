@@ -1,0 +1,199 @@
+"""What the LLM agents share: the ask-check-correct conversation, token prices, and API error messages.
+
+A provider module (anthropic_agent, openai_agent) only turns a system prompt and a list of messages into a
+`Reply` with one SDK call. Retries live in the SDK alone (`MAX_RETRIES`, with its exponential back-off that
+honours Retry-After); nothing here retries a call. The one extra request this module may make is the
+correction round: an answer that does not parse or apply is sent back once with the exact error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
+from autoresearch.agents.edits import EditError, parse_answer
+from autoresearch.agents.prompt import build_prompt, correction_message
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 6  # the SDK's retries of 408/409/429/5xx and connection errors: ~0.5+1+2+4+8+8 s of back-off
+TIMEOUT_S = 600.0  # one request; a long non-streamed answer takes minutes
+CONNECT_TIMEOUT_S = 10.0
+PLACEHOLDER_KEY = "no-key"  # sent to a local server (base URL set, no key): the SDKs insist on some key
+
+# USD per million (input, output) tokens at list price, without caching or batch discounts.
+PRICES: dict[str, tuple[float, float]] = {
+    "claude-3-haiku": (0.25, 1.25),
+    "claude-3-opus": (15.0, 75.0),
+    "claude-3-5-haiku": (0.8, 4.0),
+    "claude-3-5-sonnet": (3.0, 15.0),
+    "claude-3-7-sonnet": (3.0, 15.0),
+    "claude-haiku-4-5": (1.0, 5.0),
+    "claude-sonnet-4": (3.0, 15.0),
+    "claude-sonnet-4-0": (3.0, 15.0),
+    "claude-sonnet-4-5": (3.0, 15.0),
+    "claude-sonnet-4-6": (3.0, 15.0),
+    "claude-opus-4": (15.0, 75.0),
+    "claude-opus-4-0": (15.0, 75.0),
+    "claude-opus-4-1": (15.0, 75.0),
+    "claude-opus-4-5": (5.0, 25.0),
+    "claude-opus-4-6": (5.0, 25.0),
+    "claude-opus-4-7": (5.0, 25.0),
+    "claude-opus-4-8": (5.0, 25.0),
+    "claude-sonnet-5": (2.0, 10.0),
+    "claude-sonnet-5-5": (2.0, 10.0),
+    "claude-opus-5": (5.0, 25.0),
+    "claude-opus-5-5": (4.0, 20.0),
+    "gpt-4o": (2.5, 10.0),
+    "gpt-4o-mini": (0.15, 0.6),
+    "gpt-4.1": (2.0, 8.0),
+    "gpt-4.1-mini": (0.4, 1.6),
+    "gpt-4.1-nano": (0.1, 0.4),
+    "o1": (15.0, 60.0),
+    "o3": (2.0, 8.0),
+    "o3-mini": (1.1, 4.4),
+    "o3-pro": (20.0, 80.0),
+    "o4-mini": (1.1, 4.4),
+    "gpt-5": (1.25, 10.0),
+    "gpt-5-mini": (0.25, 2.0),
+    "gpt-5-nano": (0.05, 0.4),
+    "gpt-5-pro": (15.0, 120.0),
+    "gpt-5.1": (1.25, 10.0),
+    "gpt-5.2": (1.75, 14.0),
+    "gpt-5.2-pro": (21.0, 168.0),
+    "gpt-5.4": (2.5, 15.0),
+    "gpt-5.4-mini": (0.75, 4.5),
+    "gpt-5.4-nano": (0.2, 1.25),
+    "gpt-5.4-pro": (30.0, 180.0),
+    "gpt-5.5": (5.0, 30.0),
+    "gpt-5.5-pro": (30.0, 180.0),
+}
+# What may follow a priced name: nothing, or a snapshot date / alias. "gpt-5" must not price "gpt-5-pro".
+_SNAPSHOT = re.compile(r"(-\d{8}|-\d{4}-\d{2}-\d{2}|@\d{8}|-latest)?")
+_THINKING = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>", re.DOTALL | re.IGNORECASE)
+
+Message = dict[str, str]  # {"role": "user" | "assistant", "content": text}
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    usage: Usage
+    truncated: bool = False  # the model stopped at its output-token limit
+
+
+def price(model: str) -> tuple[float, float] | None:
+    """USD per million (input, output) tokens for `model` or one of its dated snapshots; None if unknown."""
+    for name in sorted(PRICES, key=len, reverse=True):
+        if model.startswith(name) and _SNAPSHOT.fullmatch(model[len(name) :]):
+            return PRICES[name]
+    return None
+
+
+def usage_for(model: str, input_tokens: int, output_tokens: int) -> Usage:
+    """Token counts with their cost at list price (None for a model not in PRICES)."""
+    rates = price(model)
+    cost = None if rates is None else (input_tokens * rates[0] + output_tokens * rates[1]) / 1e6
+    return Usage(input_tokens, output_tokens, cost)
+
+
+class LLMAgent:
+    """An agent that asks a chat model for SEARCH/REPLACE edits. Subclasses implement `_send`."""
+
+    name = "llm"
+    model = ""
+
+    def propose(self, context: Context) -> Proposal:
+        """Ask once; if the answer does not parse or apply, send the error back once; else ProposalError."""
+        prompt = build_prompt(context)
+        messages: list[Message] = [{"role": "user", "content": prompt.task}]
+        reply = self._send(prompt.system, messages)
+        try:
+            return self._proposal(reply, context.train_py, reply.usage)
+        except EditError as err:
+            first = err
+        log.info("%s answer rejected, asking for a correction: %s", self.name, first)
+        messages += [
+            {"role": "assistant", "content": reply.text.strip() or "(empty answer)"},
+            {"role": "user", "content": correction_message(context.workspace, _explain(first, reply))},
+        ]
+        second = self._send(prompt.system, messages)
+        try:
+            return self._proposal(second, context.train_py, reply.usage + second.usage)
+        except EditError as err:
+            raise ProposalError(
+                f"{self.name} ({self.model}) gave no usable answer, even after a correction. "
+                f"First answer: {first}. Corrected answer: {_explain(err, second)}",
+                usage=reply.usage + second.usage,
+            ) from None
+
+    def _send(self, system: str, messages: list[Message]) -> Reply:
+        """One API call (the SDK retries inside it). Raises ProposalError when it fails."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _proposal(reply: Reply, train_py: str, usage: Usage) -> Proposal:
+        answer = parse_answer(strip_thinking(reply.text), train_py)
+        return Proposal(answer.hypothesis, answer.source, usage)
+
+
+def strip_thinking(text: str) -> str:
+    """The answer without `<think>...</think>` sections, which some local reasoning models put in the text."""
+    return _THINKING.sub("", text)
+
+
+def api_error(
+    provider: str, err: Exception, *, key_env: str, url_env: str, base_url: str, retries: int
+) -> ProposalError:
+    """A ProposalError that says what failed, for an SDK exception that survived the SDK's retries."""
+    status = getattr(err, "status_code", None)
+    detail = _detail(err)
+    if status == 401:
+        return ProposalError(
+            f"{provider} rejected the API key (HTTP 401): {detail}", hint=f"check {key_env}", fatal=True
+        )
+    if status == 403:
+        return ProposalError(
+            f"{provider} refused the request (HTTP 403): {detail}",
+            hint=f"check that {key_env} may use this model",
+            fatal=True,
+        )
+    if status == 404:
+        return ProposalError(
+            f"{provider} answered 404 at {base_url}: {detail}", hint=f"check the model name and {url_env}", fatal=True
+        )
+    if status == 429:
+        return ProposalError(
+            f"{provider} kept rate-limiting (HTTP 429) after {retries} retries: {detail}",
+            hint="wait, or raise the account's rate limit",
+        )
+    if status is not None and status >= 500:
+        return ProposalError(f"{provider} server error (HTTP {status}) after {retries} retries: {detail}")
+    if status is not None:
+        return ProposalError(f"{provider} rejected the request (HTTP {status}): {detail}")
+    if "timeout" in type(err).__name__.lower() or "connection" in type(err).__name__.lower():
+        return ProposalError(
+            f"could not reach {provider} at {base_url} ({detail}) after {retries} retries",
+            hint=f"check the network and {url_env}",
+        )
+    return ProposalError(f"{provider} client error: {type(err).__name__}: {detail}")
+
+
+def _detail(err: Exception) -> str:
+    """The API's own error message if the body has one, else the exception's text."""
+    body = getattr(err, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(inner, dict) and inner.get("message"):
+        return str(inner["message"])
+    return str(getattr(err, "message", None) or err)
+
+
+def _explain(err: EditError, reply: Reply) -> str:
+    if reply.truncated:
+        return (
+            f"{err}\n(The answer was cut off at the output-token limit: write a shorter answer, with fewer or "
+            "smaller blocks.)"
+        )
+    return str(err)

@@ -1,0 +1,75 @@
+"""The `openai` agent: Chat Completions through the official SDK, for OpenAI or any compatible server
+(vLLM, Ollama, llama.cpp, LM Studio).
+
+The key comes from OPENAI_API_KEY, the endpoint from OPENAI_BASE_URL (e.g. http://localhost:11434/v1); the
+SDK reads both itself. With a base URL and no key (a local server), a placeholder key is sent.
+"""
+
+from __future__ import annotations
+
+import os
+
+import openai
+
+from autoresearch.agents.llm import (
+    CONNECT_TIMEOUT_S,
+    MAX_RETRIES,
+    PLACEHOLDER_KEY,
+    TIMEOUT_S,
+    LLMAgent,
+    Message,
+    Reply,
+    api_error,
+    usage_for,
+)
+from autoresearch.errors import ConfigError
+
+KEY_ENV, URL_ENV = "OPENAI_API_KEY", "OPENAI_BASE_URL"
+
+
+class OpenAIAgent(LLMAgent):
+    name = "openai"
+
+    def __init__(self, model: str, client: openai.OpenAI | None = None, max_tokens: int | None = None):
+        """`client` defaults to one configured from the environment (`make_client`). `max_tokens`, if given,
+        is sent as `max_completion_tokens`; by default the server's own limit applies."""
+        self.model = model
+        self.max_tokens = max_tokens
+        self.client = client if client is not None else make_client()
+
+    def _send(self, system: str, messages: list[Message]) -> Reply:
+        limit = {"max_completion_tokens": self.max_tokens} if self.max_tokens else {}
+        try:
+            completion = self.client.chat.completions.create(
+                model=self.model, messages=[{"role": "system", "content": system}, *messages], **limit
+            )
+        except openai.OpenAIError as err:
+            raise api_error(
+                "OpenAI API",
+                err,
+                key_env=KEY_ENV,
+                url_env=URL_ENV,
+                base_url=str(self.client.base_url),
+                retries=self.client.max_retries,
+            ) from err
+        choice = completion.choices[0] if completion.choices else None
+        text = (choice.message.content or "") if choice else ""
+        usage = completion.usage  # some local servers leave it out
+        tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+        truncated = choice is not None and choice.finish_reason == "length"
+        return Reply(text, usage_for(self.model, *tokens), truncated)
+
+
+def make_client() -> openai.OpenAI:
+    """A client with the SDK's own retries and timeout set; ConfigError if there is neither key nor base URL."""
+    has_key = bool(os.environ.get(KEY_ENV))
+    if not has_key and not os.environ.get(URL_ENV):
+        raise ConfigError(
+            f"the openai agent needs an API key and {KEY_ENV} is not set",
+            hint=f"export {KEY_ENV}=...  (or {URL_ENV}=http://host:port/v1 for a local server that needs no key)",
+        )
+    return openai.OpenAI(
+        api_key=None if has_key else PLACEHOLDER_KEY,  # None: the SDK reads the environment
+        max_retries=MAX_RETRIES,
+        timeout=openai.Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+    )

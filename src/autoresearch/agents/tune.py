@@ -1,0 +1,274 @@
+"""The `tune` agent: Optuna's TPE over the numeric constants of train.py's hyperparameter block, offline.
+
+Every call rebuilds the study from the ledger (`context.history`): each past train.py is parsed with
+`read_constants` and added as a finished trial with its val_bpb; a crash is added with a bad value (the
+worst value seen plus a margin) so TPE learns to avoid what crashed. The agent thus resumes where any
+earlier run, or another agent, left off, and its answer is a function of the history and the seed.
+
+Search ranges are inferred from the current best and the constant's comment:
+- a `(a-b)` range in the comment is the range, widened to include the current value;
+- without one, a positive value v gets [v/4, 4v]; a fraction (name ending in _RATIO, _FRAC or _FRACTION,
+  value in [0, 1]) gets [0, 1]; anything else (zero, negative) is left alone;
+- the range is log scale when it is positive and the constant is not a fraction, else linear;
+- ints stay ints; an int that is a power of two >= 16 (or written 2**n) is searched over its exponent,
+  by default the current one +-2, so it stays a power of two (small counts like DEPTH = 8 are plain ints);
+- the range is widened to cover every value in the history, so every past trial fits it.
+SEED is never tuned (a luckier seed is not an improvement), nor strings, bools and tuples.
+DEVICE_BATCH_SIZE only trades memory for speed, and must divide TOTAL_BATCH_SIZE / sequence length, so
+it is never tuned on its own: TOTAL_BATCH_SIZE is tuned only when both are powers of two, and when it
+shrinks by 2**k, DEVICE_BATCH_SIZE shrinks by 2**k too, so the accumulation count, and with it the
+divisibility the current best already met, is unchanged. SHORT_WINDOW is skipped while WINDOW_PATTERN
+has no S layer, as it does nothing then.
+
+Which constants to change: 1 to 3 per proposal, picked by Thompson sampling over "changing this constant
+led to a keep" (a Beta(1 + keeps, 1 + other outcomes) draw per constant, the changed constants of a past
+experiment read from its diff). Untried constants draw from Beta(1, 1), so the first ~8 proposals sweep
+all knobs; after that, the knobs whose changes were kept are picked again and again while TPE narrows
+their values, and the knobs whose changes kept failing fade. Changing few constants at once keeps the
+credit clean and a good change is not drowned by bad ones (a random change of a tuned constant usually
+hurts); together this recovers e.g. a learning rate detuned 8x within ~20 experiments. TPE then chooses
+values only for the picked constants; the others stay at the current best. A proposal that repeats a
+past train.py is redrawn.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import random
+import re
+from dataclasses import dataclass
+
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+
+from autoresearch.agents.base import Context, PastExperiment, Proposal, ProposalError
+from autoresearch.workspace.constants import Constant, format_value, read_constants, set_constants
+
+NEVER_TUNED = frozenset({"SEED", "DEVICE_BATCH_SIZE"})
+FRACTION_SUFFIXES = ("_RATIO", "_FRAC", "_FRACTION")
+MAX_CHANGES = 3
+_ATTEMPTS = 64
+_NUMBER = r"\d[\d_]*(?:\.\d*)?(?:[eE][+-]?\d+)?(?:\*\*\d+)?"
+_RANGE = re.compile(rf"\(\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\)")
+_DIFF_NAME = re.compile(r"^[+-]([A-Z][A-Z0-9_]*)\s*=", re.MULTILINE)
+
+
+def _number(text: str) -> float:
+    base, _, exponent = text.replace("_", "").partition("**")
+    return float(base) ** float(exponent) if exponent else float(base)
+
+
+def comment_range(comment: str) -> tuple[float, float] | None:
+    """The `(a-b)` range a constant's comment gives, if any."""
+    match = _RANGE.search(comment)
+    if not match:
+        return None
+    lo, hi = (_number(t) for t in match.groups())
+    return (lo, hi) if lo < hi else None
+
+
+def round_sig(value: float, digits: int = 3) -> float:
+    return float(f"{value:.{digits}g}") if value else 0.0
+
+
+def _is_pow2(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1 and value & (value - 1) == 0
+
+
+@dataclass(frozen=True)
+class Knob:
+    """How one constant is searched: `dist` over its value, or over its base-2 exponent when `pow2`."""
+
+    name: str
+    dist: BaseDistribution
+    pow2: bool = False
+
+    def encode(self, value: object) -> float | int | None:
+        """The trial parameter for a value, None when the value does not fit this knob."""
+        if self.pow2:
+            return value.bit_length() - 1 if _is_pow2(value) else None  # type: ignore[union-attr]
+        if isinstance(self.dist, IntDistribution):
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def decode(self, param: float) -> int | float:
+        if self.pow2:
+            return 2 ** int(param)
+        if isinstance(self.dist, IntDistribution):
+            return int(round_sig(param)) if abs(param) >= 1000 else int(param)
+        return round_sig(param)
+
+
+def make_knob(c: Constant, seen: list[object]) -> Knob | None:
+    """The search range for constant `c` (see the module docstring), covering the `seen` past values."""
+    v = c.value
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    given = comment_range(c.comment)
+    if _is_pow2(v) and (v >= 16 or "**" in c.text):
+        e0 = v.bit_length() - 1
+        lo, hi = (e0 - 2, e0 + 2)
+        if given and given[0] > 0:
+            lo, hi = math.ceil(math.log2(given[0])), math.floor(math.log2(given[1]))
+        exps = [e0] + [s.bit_length() - 1 for s in seen if _is_pow2(s)]  # type: ignore[union-attr]
+        return Knob(c.name, IntDistribution(max(0, min(lo, *exps)), max(hi, *exps)), pow2=True)
+    fraction = c.name.endswith(FRACTION_SUFFIXES) and 0 <= v <= 1
+    if given is None:
+        if fraction:
+            given = (0.0, 1.0)
+        elif v > 0:
+            given = (max(1, v // 4), v * 4) if isinstance(v, int) else (v / 4, v * 4)
+        else:
+            return None
+    kinds = int if isinstance(v, int) else (int, float)  # what Knob.encode accepts
+    numbers = [s for s in seen if isinstance(s, kinds) and not isinstance(s, bool)]
+    lo, hi = min(given[0], v, *numbers), max(given[1], v, *numbers)
+    log = lo > 0 and not fraction
+    if isinstance(v, int):
+        return Knob(c.name, IntDistribution(math.floor(lo), math.ceil(hi), log=log and lo >= 1))
+    return Knob(c.name, FloatDistribution(lo, hi, log=log))
+
+
+def hyperparameters(source: str) -> dict[str, Constant]:
+    """The constants of the hyperparameter block: those before the first `# ---` line after a constant."""
+    constants = parse(source)[0]
+    if not constants:
+        return {}
+    first = min(c.line for c in constants.values())
+    lines = source.splitlines()
+    end = next((i + 1 for i in range(first, len(lines)) if lines[i].startswith("# ---")), len(lines) + 1)
+    return {name: c for name, c in constants.items() if c.line < end}
+
+
+def _tunable(constants: dict[str, Constant]) -> list[str]:
+    names = [n for n in constants if n not in NEVER_TUNED and not n.endswith("_SEED")]
+    if "WINDOW_PATTERN" in constants and "S" not in str(constants["WINDOW_PATTERN"].value):
+        names = [n for n in names if n != "SHORT_WINDOW"]
+    batch = constants.get("DEVICE_BATCH_SIZE")
+    if batch is None or not _is_pow2(batch.value) or not _is_pow2(constants.get("TOTAL_BATCH_SIZE", batch).value):
+        names = [n for n in names if n != "TOTAL_BATCH_SIZE"]
+    return names
+
+
+@functools.lru_cache(maxsize=1024)
+def parse(source: str) -> tuple[dict[str, Constant], str]:
+    """The constants of a train.py and its fingerprint, which two sources share when they are the same
+    experiment: the same code and constant values, however the values are written or commented."""
+    constants = read_constants(source)
+    lines = [line.rstrip() for line in source.splitlines()]
+    for c in constants.values():
+        lines[c.line - 1] = f"{c.name} = {c.value!r}"
+    return constants, hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def changed_names(exp: PastExperiment) -> set[str]:
+    """The constants a past experiment changed, read from its diff."""
+    return set(_DIFF_NAME.findall(exp.diff))
+
+
+class TuneAgent:
+    """Proposes train.py edits that change 1-3 hyperparameters, chosen by Optuna TPE from the ledger."""
+
+    name = "tune"
+    model = "optuna-tpe"
+
+    def __init__(self, seed: int = 0, max_changes: int = MAX_CHANGES, n_startup_trials: int = 5):
+        if max_changes < 1:
+            raise ValueError("max_changes must be at least 1")
+        self.seed = seed
+        self.max_changes = max_changes
+        self.n_startup_trials = n_startup_trials
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def propose(self, context: Context) -> Proposal:
+        try:
+            constants = hyperparameters(context.train_py)
+        except (SyntaxError, ValueError) as e:
+            raise ProposalError(f"tune: the current train.py does not parse: {e}") from e
+        past: list[tuple[PastExperiment, dict[str, Constant], str]] = []
+        for exp in context.history:
+            try:
+                past.append((exp, *parse(exp.source)))
+            except (SyntaxError, ValueError):
+                continue
+        knobs: dict[str, Knob] = {}
+        for name in _tunable(constants):
+            knob = make_knob(constants[name], [p[name].value for _, p, _ in past if name in p])
+            if knob is not None:
+                knobs[name] = knob
+        if not knobs:
+            raise ProposalError("tune: train.py has no numeric hyperparameters to tune")
+
+        step = self.seed * 1_000_003 + len(context.history)
+        rng = random.Random(step)
+        study = self._study(knobs, past, context, step)
+        seen = {fp for _, _, fp in past} | {parse(context.train_py)[1]}
+        record = {n: [0, 0] for n in knobs}  # per knob: past experiments that changed it, and how many were kept
+        for exp in context.history:
+            for name in changed_names(exp) & knobs.keys():
+                record[name][0] += 1
+                record[name][1] += exp.status == "keep"
+        for _ in range(_ATTEMPTS):
+            trial = study.ask({n: knobs[n].dist for n in self._pick(record, rng)})
+            changes = {n: knobs[n].decode(p) for n, p in trial.params.items()}
+            changes = {n: v for n, v in changes.items() if v != constants[n].value}
+            if not self._couple_batch(changes, constants):
+                continue
+            source = set_constants(context.train_py, changes)
+            if changes and parse(source)[1] not in seen:
+                moves = ", ".join(f"{n} {constants[n].text} -> {format_value(v)}" for n, v in changes.items())
+                return Proposal(f"tune: {moves}", source)
+        raise ProposalError("tune: found no new configuration to try")
+
+    def _study(self, knobs: dict[str, Knob], past: list, context: Context, seed: int) -> optuna.Study:
+        """An in-memory study holding every past experiment (and the current best) as a finished trial."""
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=self.n_startup_trials, multivariate=False, constant_liar=False
+        )
+        study = optuna.create_study(direction="minimize", sampler=sampler)
+        runs = [(exp.val_bpb if exp.status != "crash" else None, p) for exp, p, _ in past]
+        current, current_print = parse(context.train_py)
+        if context.best_bpb is not None and current_print not in {fp for _, _, fp in past}:
+            runs.append((context.best_bpb, current))
+        values = [v for v, _ in runs if v is not None and math.isfinite(v)]
+        bad = max(values) + max(max(values) - min(values), 0.05) if values else 1.0
+        for value, constants in runs:
+            params = {}
+            for name, knob in knobs.items():
+                param = knob.encode(constants[name].value) if name in constants else None
+                if param is not None and knob.dist.low <= param <= knob.dist.high:  # type: ignore[attr-defined]
+                    params[name] = param
+            value = value if value is not None and math.isfinite(value) else bad
+            dists = {n: knobs[n].dist for n in params}
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+        return study
+
+    def _pick(self, record: dict[str, list[int]], rng: random.Random) -> list[str]:
+        """1 to max_changes knobs, by Thompson sampling on how often changing each one was kept."""
+        budget = rng.randint(1, self.max_changes)
+        tried_all, kept_all = (sum(col) for col in zip(*record.values()))
+        rate = (kept_all + 1) / (tried_all + 2)  # prior: a knob is as likely to help as the average change so far
+        draws = {n: rng.betavariate(2 * rate + kept, 2 * (1 - rate) + tried - kept) for n, (tried, kept) in record.items()}
+        chosen: list[str] = []
+        for name in sorted(draws, key=lambda n: -draws[n]):
+            cost = 2 if name == "TOTAL_BATCH_SIZE" else 1  # it may bring DEVICE_BATCH_SIZE along
+            if cost <= budget:
+                chosen.append(name)
+                budget -= cost
+        return chosen or [max(draws, key=lambda n: draws[n])]
+
+    @staticmethod
+    def _couple_batch(changes: dict[str, int | float], constants: dict[str, Constant]) -> bool:
+        """Shrink DEVICE_BATCH_SIZE with TOTAL_BATCH_SIZE so the accumulation count stays the same; False
+        when that is impossible."""
+        new = changes.get("TOTAL_BATCH_SIZE")
+        old = constants["TOTAL_BATCH_SIZE"].value if new is not None else None
+        if new is None or new >= old:
+            return True
+        device = constants["DEVICE_BATCH_SIZE"].value
+        if device * new % old:
+            return False
+        changes["DEVICE_BATCH_SIZE"] = device * new // old
+        return True

@@ -1,0 +1,100 @@
+"""The command agent runs real shell scripts: an edit, a failure, a hang killed with its children, no change."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from autoresearch.agents.base import Context, ProposalError
+from autoresearch.agents.command_agent import PROMPT_ENV, CommandAgent
+
+TRAIN_PY = resources.files("autoresearch.workspace").joinpath("templates", "train.py").read_text()
+PY = shlex.quote(sys.executable)
+EDIT = f"""{PY} - <<'EOF'
+from pathlib import Path
+p = Path("train.py")
+p.write_text(p.read_text().replace("DEPTH = 8 ", "DEPTH = 10 "))
+EOF"""
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> Context:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "train.py").write_text(TRAIN_PY)
+    return Context(workspace, "Try deeper models. (program marker 51c)", TRAIN_PY, 0.99, 0.001, [], "boom")
+
+
+def agent(tmp_path: Path, script: str, timeout_s: float = 20.0) -> CommandAgent:
+    path = tmp_path / "agent.sh"
+    path.write_text("set -e\n" + script + "\n")
+    return CommandAgent(f"sh {shlex.quote(str(path))}", timeout_s=timeout_s)
+
+
+def test_script_that_edits_train_py_gives_its_source_and_last_line(tmp_path: Path, context: Context) -> None:
+    script = f"""cat > stdin.txt
+cp "${PROMPT_ENV}" prompt_copy.md
+{EDIT}
+echo "thinking about depth..."
+echo "Deeper model: DEPTH 8 -> 10"
+echo
+"""
+    proposal = agent(tmp_path, script).propose(context)
+    ws = context.workspace
+    assert proposal.description == "Deeper model: DEPTH 8 -> 10"
+    assert proposal.source == TRAIN_PY.replace("DEPTH = 8 ", "DEPTH = 10 ") == (ws / "train.py").read_text()
+    prompt = (ws / ".autoresearch" / "prompt.md").read_text()
+    assert (ws / "stdin.txt").read_text() == prompt == (ws / "prompt_copy.md").read_text()
+    assert "program marker 51c" in prompt and "DEPTH = 8" in prompt and "last line of your standard output" in prompt
+    assert proposal.usage.cost_usd is None or proposal.usage.cost_usd == 0
+
+
+def test_non_zero_exit_is_a_proposal_error_with_the_stderr_tail(tmp_path: Path, context: Context) -> None:
+    script = "echo 'working' ; echo 'error: model quota exhausted' >&2 ; exit 3"
+    with pytest.raises(ProposalError, match=r"(?s)status 3.*model quota exhausted"):
+        agent(tmp_path, script).propose(context)
+
+
+def test_a_hanging_command_is_killed_with_its_whole_process_group(tmp_path: Path, context: Context) -> None:
+    script = "sleep 300 &\necho $! > child.pid\necho 'still thinking' >&2\nsleep 300"
+    start = time.monotonic()
+    with pytest.raises(ProposalError, match=r"(?s)did not finish within 1 s.*still thinking"):
+        agent(tmp_path, script, timeout_s=1).propose(context)
+    assert time.monotonic() - start < 10
+    child = int((context.workspace / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def test_train_py_left_unchanged_is_a_proposal_error(tmp_path: Path, context: Context) -> None:
+    with pytest.raises(ProposalError, match="unchanged"):
+        agent(tmp_path, "echo 'I decided the script is perfect'").propose(context)
+
+
+def test_train_py_left_invalid_is_a_proposal_error_and_stays_as_left(tmp_path: Path, context: Context) -> None:
+    with pytest.raises(ProposalError, match=r"left train\.py invalid"):
+        agent(tmp_path, "echo 'def broken(:' >> train.py; echo 'added a function'").propose(context)
+    assert (context.workspace / "train.py").read_text().endswith("def broken(:\n")
+
+
+def test_missing_description_falls_back_to_a_generic_one(tmp_path: Path, context: Context) -> None:
+    proposal = agent(tmp_path, EDIT).propose(context)
+    assert "no description" in proposal.description
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))
