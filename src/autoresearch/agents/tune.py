@@ -1,40 +1,38 @@
 """The `tune` agent: Optuna's TPE over the numeric constants of train.py's hyperparameter block, offline.
 
-Every call rebuilds the study from the ledger (`context.history`): each past train.py is parsed with
-`read_constants` and added as a finished trial with its val_bpb; a crash is added with a bad value (the
-worst value seen plus a margin) so TPE learns to avoid what crashed. The agent thus resumes where any
-earlier run, or another agent, left off, and its answer is a function of the history and the seed.
+The block is the top-level ALL_CAPS constants up to the first `# ---` line after them. Every call rebuilds
+the study from the ledger (`context.history`): each past train.py's constants become a finished trial
+with its val_bpb; a crash gets a bad value (the worst seen plus a margin) so TPE learns to avoid it. So
+the agent resumes where any run (or other agent) left off, and answers as a function of history and seed.
 
-Search ranges are inferred from the current best and the constant's comment:
-- a `(a-b)` range in the comment is the range, widened to include the current value;
-- without one, a positive value v gets [v/4, 4v]; a fraction (name ending in _RATIO, _FRAC or _FRACTION,
-  value in [0, 1]) gets [0, 1]; anything else (zero, negative) is left alone;
-- the range is log scale when it is positive and the constant is not a fraction, else linear;
-- ints stay ints; an int that is a power of two >= 16 (or written 2**n) is searched over its exponent,
-  by default the current one +-2, so it stays a power of two (small counts like DEPTH = 8 are plain ints);
-- the range is widened to cover every value in the history, so every past trial fits it.
-SEED is never tuned (a luckier seed is not an improvement), nor strings, bools and tuples.
-DEVICE_BATCH_SIZE only trades memory for speed, and must divide TOTAL_BATCH_SIZE / sequence length, so
-it is never tuned on its own: TOTAL_BATCH_SIZE is tuned only when both are powers of two, and when it
-shrinks by 2**k, DEVICE_BATCH_SIZE shrinks by 2**k too, so the accumulation count, and with it the
-divisibility the current best already met, is unchanged. SHORT_WINDOW is skipped while WINDOW_PATTERN
-has no S layer, as it does nothing then.
+Ranges, inferred from the current best and the constant's comment, always widened to include the current
+value and every value in the history (so every past trial fits):
+- a `(a-b)` range in the comment is the range; without one, a positive v gets [v/4, 4v], a fraction
+  (name ending in _RATIO, _FRAC or _FRACTION, value in [0, 1]) gets [0, 1], zero or negative is skipped;
+- log scale when the range is positive and the constant is not a fraction, else linear;
+- ints stay ints; an int power of two >= 16 (or written 2**n) is searched over its exponent (the
+  comment's range or the current one +-2), so it stays a power of two; small counts (DEPTH = 8) are ints.
+Never tuned: SEED (a luckier seed is no improvement), strings, bools, tuples, SHORT_WINDOW while
+WINDOW_PATTERN has no S layer (it does nothing then), and DEVICE_BATCH_SIZE, which only trades memory
+for speed and must divide TOTAL_BATCH_SIZE / sequence length. TOTAL_BATCH_SIZE is tuned only when both
+are powers of two, and when it shrinks by 2**k DEVICE_BATCH_SIZE shrinks by 2**k too: the accumulation
+count stays, and with it the divisibility that the current best met, without knowing the sequence length.
 
-Which constants to change: 1 to 3 per proposal, picked by Thompson sampling over "changing this constant
-led to a keep" (a Beta(1 + keeps, 1 + other outcomes) draw per constant, the changed constants of a past
-experiment read from its diff). Untried constants draw from Beta(1, 1), so the first ~8 proposals sweep
-all knobs; after that, the knobs whose changes were kept are picked again and again while TPE narrows
-their values, and the knobs whose changes kept failing fade. Changing few constants at once keeps the
-credit clean and a good change is not drowned by bad ones (a random change of a tuned constant usually
-hurts); together this recovers e.g. a learning rate detuned 8x within ~20 experiments. TPE then chooses
-values only for the picked constants; the others stay at the current best. A proposal that repeats a
-past train.py is redrawn.
+Which constants change: 1 to 3 per proposal (the rest stay at the current best), picked by Thompson
+sampling on "changing this constant led to a keep": a Beta(1 + keeps, 1 + other outcomes) draw each,
+with the constants a past experiment changed read from its diff. Untried constants draw from Beta(1, 1),
+so the first ~8 proposals sweep all of them; then those whose changes were kept are picked again and
+again while TPE narrows their values, and those that kept failing fade. Few changes at once keep credit
+clean, and a good change is not drowned by bad ones (a random change of a tuned constant usually hurts).
+TPE chooses values only for the picked constants. This recovers e.g. a learning rate detuned 8x within
+~20 experiments. A proposal that repeats a past train.py is redrawn.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import math
 import random
 import re
@@ -88,7 +86,7 @@ class Knob:
     def encode(self, value: object) -> float | int | None:
         """The trial parameter for a value, None when the value does not fit this knob."""
         if self.pow2:
-            return value.bit_length() - 1 if _is_pow2(value) else None  # type: ignore[union-attr]
+            return value.bit_length() - 1 if _is_pow2(value) else None
         if isinstance(self.dist, IntDistribution):
             return value if isinstance(value, int) and not isinstance(value, bool) else None
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
@@ -112,7 +110,7 @@ def make_knob(c: Constant, seen: list[object]) -> Knob | None:
         lo, hi = (e0 - 2, e0 + 2)
         if given and given[0] > 0:
             lo, hi = math.ceil(math.log2(given[0])), math.floor(math.log2(given[1]))
-        exps = [e0] + [s.bit_length() - 1 for s in seen if _is_pow2(s)]  # type: ignore[union-attr]
+        exps = [e0] + [s.bit_length() - 1 for s in seen if _is_pow2(s)]
         return Knob(c.name, IntDistribution(max(0, min(lo, *exps)), max(hi, *exps)), pow2=True)
     fraction = c.name.endswith(FRACTION_SUFFIXES) and 0 <= v <= 1
     if given is None:
@@ -131,13 +129,18 @@ def make_knob(c: Constant, seen: list[object]) -> Knob | None:
     return Knob(c.name, FloatDistribution(lo, hi, log=log))
 
 
+def _lines(source: str) -> list[str]:
+    """Lines as Python (and `read_constants`) number them: split at LF, CRLF or CR only."""
+    return io.StringIO(source, newline="").readlines()
+
+
 def hyperparameters(source: str) -> dict[str, Constant]:
     """The constants of the hyperparameter block: those before the first `# ---` line after a constant."""
     constants = parse(source)[0]
     if not constants:
         return {}
     first = min(c.line for c in constants.values())
-    lines = source.splitlines()
+    lines = _lines(source)
     end = next((i + 1 for i in range(first, len(lines)) if lines[i].startswith("# ---")), len(lines) + 1)
     return {name: c for name, c in constants.items() if c.line < end}
 
@@ -157,15 +160,10 @@ def parse(source: str) -> tuple[dict[str, Constant], str]:
     """The constants of a train.py and its fingerprint, which two sources share when they are the same
     experiment: the same code and constant values, however the values are written or commented."""
     constants = read_constants(source)
-    lines = [line.rstrip() for line in source.splitlines()]
+    lines = [line.rstrip() for line in _lines(source)]
     for c in constants.values():
         lines[c.line - 1] = f"{c.name} = {c.value!r}"
     return constants, hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def changed_names(exp: PastExperiment) -> set[str]:
-    """The constants a past experiment changed, read from its diff."""
-    return set(_DIFF_NAME.findall(exp.diff))
 
 
 class TuneAgent:
@@ -183,6 +181,7 @@ class TuneAgent:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def propose(self, context: Context) -> Proposal:
+        """The current best with 1-3 constants changed; ProposalError when no new configuration is found."""
         try:
             constants = hyperparameters(context.train_py)
         except (SyntaxError, ValueError) as e:
@@ -207,7 +206,7 @@ class TuneAgent:
         seen = {fp for _, _, fp in past} | {parse(context.train_py)[1]}
         record = {n: [0, 0] for n in knobs}  # per knob: past experiments that changed it, and how many were kept
         for exp in context.history:
-            for name in changed_names(exp) & knobs.keys():
+            for name in set(_DIFF_NAME.findall(exp.diff)) & knobs.keys():
                 record[name][0] += 1
                 record[name][1] += exp.status == "keep"
         for _ in range(_ATTEMPTS):
@@ -238,7 +237,7 @@ class TuneAgent:
             params = {}
             for name, knob in knobs.items():
                 param = knob.encode(constants[name].value) if name in constants else None
-                if param is not None and knob.dist.low <= param <= knob.dist.high:  # type: ignore[attr-defined]
+                if param is not None and knob.dist.low <= param <= knob.dist.high:
                     params[name] = param
             value = value if value is not None and math.isfinite(value) else bad
             dists = {n: knobs[n].dist for n in params}
@@ -248,9 +247,7 @@ class TuneAgent:
     def _pick(self, record: dict[str, list[int]], rng: random.Random) -> list[str]:
         """1 to max_changes knobs, by Thompson sampling on how often changing each one was kept."""
         budget = rng.randint(1, self.max_changes)
-        tried_all, kept_all = (sum(col) for col in zip(*record.values()))
-        rate = (kept_all + 1) / (tried_all + 2)  # prior: a knob is as likely to help as the average change so far
-        draws = {n: rng.betavariate(2 * rate + kept, 2 * (1 - rate) + tried - kept) for n, (tried, kept) in record.items()}
+        draws = {n: rng.betavariate(1 + kept, 1 + tried - kept) for n, (tried, kept) in record.items()}
         chosen: list[str] = []
         for name in sorted(draws, key=lambda n: -draws[n]):
             cost = 2 if name == "TOTAL_BATCH_SIZE" else 1  # it may bring DEVICE_BATCH_SIZE along
@@ -261,8 +258,7 @@ class TuneAgent:
 
     @staticmethod
     def _couple_batch(changes: dict[str, int | float], constants: dict[str, Constant]) -> bool:
-        """Shrink DEVICE_BATCH_SIZE with TOTAL_BATCH_SIZE so the accumulation count stays the same; False
-        when that is impossible."""
+        """Shrink DEVICE_BATCH_SIZE with TOTAL_BATCH_SIZE, keeping the accumulation count; False if impossible."""
         new = changes.get("TOTAL_BATCH_SIZE")
         old = constants["TOTAL_BATCH_SIZE"].value if new is not None else None
         if new is None or new >= old:
