@@ -1,9 +1,7 @@
-"""Fixtures for the loop's tests: a prepared tiny dataset, workspaces with a fast bigram train.py, fakes."""
+"""Fixtures for the loop's tests: workspaces with a fast bigram train.py, a fake executor, a scripted agent."""
 
 from __future__ import annotations
 
-import shutil
-import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
-from autoresearch.harness.prepare import prepare
 from autoresearch.harness.presets import get_preset
 from autoresearch.harness.result import Result
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
@@ -64,17 +61,6 @@ if __name__ == "__main__":
 '''
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """The tiny preset prepared from a few stdlib packages (a few MB of real Python)."""
-    corpus = tmp_path_factory.mktemp("corpus")
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for package in ("json", "email", "asyncio", "unittest", "importlib"):
-        shutil.copytree(stdlib / package, corpus / package, ignore=shutil.ignore_patterns("__pycache__"))
-    cache = tmp_path_factory.mktemp("cache")
-    return prepare("python-source", get_preset("tiny"), cache, root=corpus)
-
-
 def make_workspace(path: Path, data_dir: Path, train_py: str = BIGRAM_TRAIN_PY, budget: float = 1.0) -> Workspace:
     create_workspace(path, get_preset("tiny"), "python-source", data_dir, budget, tag="test")
     ws = Workspace(path)
@@ -84,8 +70,8 @@ def make_workspace(path: Path, data_dir: Path, train_py: str = BIGRAM_TRAIN_PY, 
 
 
 @pytest.fixture
-def workspace(tmp_path, tiny_data) -> Workspace:
-    return make_workspace(tmp_path / "ws", tiny_data)
+def workspace(tmp_path, tiny_prepared) -> Workspace:
+    return make_workspace(tmp_path / "ws", tiny_prepared)
 
 
 def with_constants(source: str, **values) -> str:
@@ -115,10 +101,26 @@ class FakeExecutor:
 
 def fake_result(bpb: float, fingerprint: str) -> Result:
     return Result(
-        val_bpb=bpb, valid=True, invalid_reason=None, training_seconds=1.0, total_seconds=2.0, untimed_seconds=0.5,
-        eval_seconds=0.5, peak_memory_mb=100.0, mfu_percent=None, tokens_per_second=1.0, total_tokens_M=0.1,
-        num_steps=10, num_params_M=1.0, epochs=1, device="cpu", preset="tiny", dataset="python-source",
-        budget_seconds=1.0, harness_fingerprint=fingerprint, run_id=None,
+        val_bpb=bpb,
+        valid=True,
+        invalid_reason=None,
+        training_seconds=1.0,
+        total_seconds=2.0,
+        untimed_seconds=0.5,
+        eval_seconds=0.5,
+        peak_memory_mb=100.0,
+        mfu_percent=None,
+        tokens_per_second=1.0,
+        total_tokens_M=0.1,
+        num_steps=10,
+        num_params_M=1.0,
+        epochs=1,
+        device="cpu",
+        preset="tiny",
+        dataset="python-source",
+        budget_seconds=1.0,
+        harness_fingerprint=fingerprint,
+        run_id=None,
     )
 
 

@@ -21,7 +21,6 @@ from autoresearch.errors import ConfigError
 if TYPE_CHECKING:
     from fake_llm import FakeLLM
 
-pytest_plugins = ["fake_llm"]  # the `fake_anthropic` and `fake_openai` fixtures
 
 TRAIN_PY = resources.files("autoresearch.workspace").joinpath("templates", "train.py").read_text()
 PROGRAM = "Focus on the optimizer. Never touch the data pipeline. (program marker 7f3a)"

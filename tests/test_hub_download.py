@@ -21,7 +21,6 @@ from autoresearch.harness.sources.hub import HUB_DATASETS, HubDataset, HubSource
 if TYPE_CHECKING:
     from fake_hub import FakeHub
 
-pytest_plugins = ["fake_hub"]  # the `fake_hub` fixture
 
 REPO = "test-org/tiny-corpus"
 TINY = HubDataset("tiny", REPO, "data/train-{:02d}.parquet", "data/val.parquet", default_shards=2, max_shards=3)

@@ -10,8 +10,6 @@ from autoresearch.loop.executor import CRASH as RUN_CRASH
 from autoresearch.loop.executor import INVALID, Outcome
 from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, Ledger
 
-pytest_plugins = ["loop_support"]
-
 SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002, 45: 0.001}
 
 
@@ -179,8 +177,11 @@ def test_recovery_finishes_an_experiment_interrupted_after_its_row_was_written(w
     from autoresearch.loop.ledger import RUNNING, Experiment
 
     source = with_constants(workspace.read_train_py(), LR=0.2)
-    ledger.insert(Experiment(id=2, kind="experiment", status=RUNNING, description="LR 0.2",
-                             parent=workspace.git.head(), source=source))
+    ledger.insert(
+        Experiment(
+            id=2, kind="experiment", status=RUNNING, description="LR 0.2", parent=workspace.git.head(), source=source
+        )
+    )
     workspace.write_train_py(source)  # killed after writing train.py, before the commit
     pending = make_loop(workspace, executor).recover()
     assert pending.id == 2 and pending.commit == workspace.git.head()

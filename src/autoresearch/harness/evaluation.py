@@ -41,7 +41,7 @@ class Score:
 def call_model(model: Callable, idx: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """`model(idx)` must return logits (batch, seq, >= vocab); columns past the vocabulary are ignored."""
     logits = model(idx)
-    if not isinstance(logits, torch.Tensor) or logits.shape[:2] != idx.shape or logits.shape[2] < vocab_size:
+    if not isinstance(logits, torch.Tensor) or logits.shape[:-1] != idx.shape or logits.shape[-1] < vocab_size:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"model(idx) must return logits of shape {(*idx.shape, vocab_size)}, got {shape}")
     return logits[..., :vocab_size]
@@ -119,23 +119,25 @@ def causality_violation(scorer: Scorer, rows: np.ndarray) -> str | None:
     """Why the model looks ahead, or None if it does not.
 
     The batch is scored twice unchanged, to measure run-to-run noise. Then, for each of the first four
-    rows r, every token after a cut point p_r is replaced, and every other row too. The loss at the
-    positions before p_r depends only on tokens up to p_r of that row (inputs and targets), so it
-    may not move beyond the noise.
+    rows r, every input from a cut point p_r on is replaced, and every other row too; the targets of the
+    positions before p_r are kept. The loss at a position t < p_r may depend only on the inputs up to t
+    and on its own target, so it may not move beyond the noise. (Inputs and targets are replaced
+    separately: the input at p_r is the target of position p_r - 1, and keeping it would let a model
+    that reads the next input, its own target, pass.)
     """
     batch = torch.from_numpy(rows.astype(np.int64)).to(scorer.device)
-    seq = batch.shape[1] - 1
+    x, y = batch[:, :-1], batch[:, 1:]
+    seq = x.shape[1]
     gen = torch.Generator().manual_seed(0)
-    before = scorer(batch[:, :-1], batch[:, 1:]).float()
-    jitter = (before - scorer(batch[:, :-1], batch[:, 1:]).float()).abs().max().item()
+    before = scorer(x, y).float()
+    jitter = (before - scorer(x, y).float()).abs().max().item()
     if not jitter <= NONDETERMINISM_LIMIT:
         return f"causality probe: the same input scored {jitter:.3g} nats apart; the model is not deterministic"
     for r, cut in enumerate((seq // 2, seq // 8, (3 * seq) // 4, 1)[: len(batch)]):
-        keep = torch.zeros_like(batch, dtype=torch.bool)
-        keep[r, : cut + 1] = True
-        noise = torch.randint(1, scorer.vocab_size, batch.shape, generator=gen).to(scorer.device)
-        changed = torch.where(keep, batch, noise)
-        after = scorer(changed[:, :-1], changed[:, 1:]).float()
+        keep = torch.zeros_like(x, dtype=torch.bool)
+        keep[r, :cut] = True
+        noise = torch.randint(1, scorer.vocab_size, x.shape, generator=gen).to(scorer.device)
+        after = scorer(torch.where(keep, x, noise), torch.where(keep, y, noise)).float()
         moved = (before[r, :cut] - after[r, :cut]).abs().max().item()
         if not moved <= 1e-3 + 10 * jitter:
             return (

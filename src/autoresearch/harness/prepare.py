@@ -54,13 +54,20 @@ def prepare(
     with _exclusive(out / ".lock"):
         manifest_path = out / "manifest.json"
         if not force and manifest_path.exists():
-            manifest = Manifest.load(manifest_path)
-            if manifest.dataset.get("request") == source.request and manifest.preset == preset.as_dict():
+            manifest = _readable_manifest(manifest_path)
+            if manifest and manifest.dataset.get("request") == source.request and manifest.preset == preset.as_dict():
                 damaged = [s.name for s in manifest.shards if not shard_intact(out, s)]
+                if not _tokenizer_matches(out / "tokenizer.json", manifest.tokenizer_sha256):
+                    damaged.append("tokenizer.json")
                 if not damaged:
                     console.print(f"[green]already prepared[/] {dataset} / {preset.name} in {out}")
                     return out
                 console.print(f"[yellow]damaged shards {', '.join(damaged)}: rebuilding them[/]")
+            elif manifest is None or manifest.preset != preset.as_dict():
+                # A shard's identity names its source part, not the row length or the train/val split
+                # (local corpora are split by the preset's eval_tokens): none of it may be reused.
+                console.print(f"[yellow]{manifest_path} is unreadable or for other preset settings: rebuilding all[/]")
+                force = True
         if force:
             for stale in out.glob("*.json"):
                 stale.unlink()
@@ -122,9 +129,23 @@ def _build(source: Source, preset: Preset, out: Path, console: Console) -> None:
     _report(manifest, time.monotonic() - started, console)
 
 
+def _readable_manifest(path: Path) -> Manifest | None:
+    try:
+        return Manifest.load(path)
+    except DataError:
+        return None
+
+
+def _tokenizer_matches(path: Path, sha256: str) -> bool:
+    try:
+        return Tokenizer.load(path).digest() == sha256
+    except DataError:
+        return False
+
+
 def _tokenizer(source: Source, parts: list[Part], preset: Preset, out: Path, console: Console) -> Tokenizer:
     path = out / "tokenizer.json"
-    if path.exists():
+    with contextlib.suppress(DataError):  # a damaged file is learned again below
         tokenizer = Tokenizer.load(path)
         if tokenizer.vocab_size == preset.vocab_size:
             return tokenizer

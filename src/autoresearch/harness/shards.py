@@ -61,6 +61,8 @@ class Manifest:
     def load(cls, path: Path) -> Manifest:
         try:
             data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, found {type(data).__name__}")
             if data.get("format") != MANIFEST_FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
             data["shards"] = [ShardInfo(**s) for s in data["shards"]]

@@ -75,6 +75,8 @@ class Tokenizer:
     def load(cls, path: Path) -> Tokenizer:
         try:
             data = json.loads(Path(path).read_text())
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, found {type(data).__name__}")
             if data.get("format") != FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
             return cls([base64.b64decode(t) for t in data["tokens"]])

@@ -8,6 +8,8 @@ text of its value, so the line's comment stays.
 from __future__ import annotations
 
 import ast
+import io
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,9 +34,14 @@ def _literal(node: ast.expr) -> Any:
     return ast.literal_eval(node)
 
 
+def _lines(source: str) -> list[str]:
+    """Lines as Python numbers them (split at LF, CRLF or CR only, unlike str.splitlines), with their ends."""
+    return io.StringIO(source, newline="").readlines()
+
+
 def read_constants(source: str) -> dict[str, Constant]:
     """The editable constants of a train.py source, in file order."""
-    lines = source.splitlines()
+    lines = _lines(source)
     found: dict[str, Constant] = {}
     for node in ast.parse(source).body:
         if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
@@ -47,24 +54,19 @@ def read_constants(source: str) -> dict[str, Constant]:
         except (ValueError, TypeError, SyntaxError):
             continue
         line = lines[node.lineno - 1]
-        rest = line[node.value.end_col_offset :]
+        encoded = line.encode()  # ast gives columns as UTF-8 byte offsets
+        start = len(encoded[: node.value.col_offset].decode())
+        end = len(encoded[: node.value.end_col_offset].decode())
+        rest = line[end:]
         comment = rest.split("#", 1)[1].strip() if "#" in rest else ""
-        found[name] = Constant(
-            name,
-            value,
-            line[node.value.col_offset : node.value.end_col_offset],
-            comment,
-            node.lineno,
-            node.value.col_offset,
-            node.value.end_col_offset,
-        )
+        found[name] = Constant(name, value, line[start:end], comment, node.lineno, start, end)
     return found
 
 
 def format_value(value: Any) -> str:
     """Python source for a constant's value; powers of two >= 1024 are written as 2**n."""
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid Python literal, escapes included
     if isinstance(value, bool) or not isinstance(value, int):
         return repr(value)
     if value >= 1024 and value & (value - 1) == 0:
@@ -78,7 +80,7 @@ def set_constants(source: str, values: dict[str, Any]) -> str:
     unknown = sorted(set(values) - set(constants))
     if unknown:
         raise ConfigError(f"train.py has no constant named {', '.join(unknown)}")
-    lines = source.splitlines(keepends=True)
+    lines = _lines(source)
     for name, value in values.items():
         c = constants[name]
         line = lines[c.line - 1]

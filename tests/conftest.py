@@ -1,0 +1,99 @@
+"""Shared fixtures: a small real corpus, a prepared `tiny` dataset, and an environment that stays in tmp.
+
+The corpus is a copy of a few standard-library packages of the running interpreter: real code and
+docstrings (~1 MB), enough for the tiny preset's 65,536-token validation set plus training text, and
+always there without a network. It is prepared once per session (under a second on 2 cores).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from autoresearch.harness.prepare import prepare
+from autoresearch.harness.presets import Preset, get_preset
+
+pytest_plugins = ["fake_hub", "fake_llm", "loop_support"]  # fixtures: fake HF hub, fake LLM APIs, workspaces
+
+CORPUS_PACKAGES = ("json", "email", "asyncio")
+# Variables that would point a test at the user's own workspace, data, device or result file.
+ISOLATED_ENV = (
+    "AUTORESEARCH_CONFIG",
+    "AUTORESEARCH_RESULT",
+    "AUTORESEARCH_RUN_ID",
+    "AUTORESEARCH_DEVICE",
+    "AUTORESEARCH_PEAK_FLOPS",
+)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory tree of real Python sources copied from the standard library."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    root = tmp_path_factory.mktemp("corpus")
+    for package in CORPUS_PACKAGES:
+        for src in sorted((stdlib / package).rglob("*.py")):
+            dest = root / package / src.relative_to(stdlib / package)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's AUTORESEARCH_CACHE: prepared data never lands in ~/.cache."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(corpus_dir: Path, cache_dir: Path) -> Path:
+    """`corpus_dir` prepared for the tiny preset (as `autoresearch prepare --root` does); its directory."""
+    return prepare("python-source", get_preset("tiny"), cache_dir, root=corpus_dir, console=quiet_console())
+
+
+@pytest.fixture(scope="session")
+def subprocess_env(cache_dir: Path) -> dict[str, str]:
+    """Environment for `autoresearch` and `python train.py` subprocesses: the session cache, nothing else."""
+    env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
+    env.update(AUTORESEARCH_CACHE=str(cache_dir), COLUMNS="300", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache_dir))
+    monkeypatch.setenv("COLUMNS", "300")  # rich wraps at 80 columns otherwise, splitting messages tests look for
+    for name in ISOLATED_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def mini_preset() -> Preset:
+    """A preset small enough to prepare a hand-made corpus in well under a second."""
+    return Preset(
+        name="mini",
+        description="tests: 32-token rows, 300-token vocabulary",
+        seq_len=32,
+        vocab_size=300,
+        budget_seconds=5,
+        eval_tokens=32 * 16,
+        untimed_steps=1,
+        tokenizer_train_chars=200_000,
+        max_corpus_bytes=None,
+    )
+
+
+def quiet_console() -> Console:
+    """A console that records into a string (read it with `console.file.getvalue()`), wide enough not to wrap."""
+    return Console(file=io.StringIO(), width=300, color_system=None)
+
+
+@pytest.fixture
+def console() -> Console:
+    return quiet_console()

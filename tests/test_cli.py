@@ -1,0 +1,105 @@
+"""The `autoresearch` command line: exit codes, messages that name the way out, nothing overwritten."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoresearch.cli import main
+from autoresearch.harness.apparatus import CONFIG_NAME
+from autoresearch.harness.presets import get_preset
+from autoresearch.workspace.init import train_py_for
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "autoresearch", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_an_unknown_preset_exits_2_naming_the_presets(subprocess_env: dict[str, str]) -> None:
+    proc = cli("prepare", "--preset", "h200", "--dataset", "python-source", env=subprocess_env)
+    assert proc.returncode == 2
+    err = words(proc.stderr)
+    assert "unknown preset 'h200'" in err and "h100, tiny" in err
+    assert "Traceback" not in proc.stderr
+
+
+def test_an_unknown_dataset_exits_2_naming_the_datasets(subprocess_env: dict[str, str], tmp_path: Path) -> None:
+    proc = cli("init", str(tmp_path / "ws"), "--preset", "tiny", "--dataset", "wikipedia", env=subprocess_env)
+    assert proc.returncode == 2
+    err = words(proc.stderr)
+    assert "unknown dataset 'wikipedia'" in err
+    assert all(name in err for name in ("python-source", "local:PATH", "climbmix", "fineweb-edu"))
+    assert not (tmp_path / "ws").exists()
+
+
+def test_root_with_another_dataset_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prepare", "--preset", "tiny", "--dataset", f"local:{tmp_path}", "--root", str(tmp_path)]) == 2
+    assert "--root applies to --dataset python-source only" in words(capsys.readouterr().err)
+
+
+def test_a_missing_or_unknown_subcommand_is_a_usage_error(subprocess_env: dict[str, str]) -> None:
+    assert cli(env=subprocess_env).returncode == 2
+    assert cli("frobnicate", env=subprocess_env).returncode == 2
+
+
+def test_prepare_twice_says_already_prepared_the_second_time(
+    corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["prepare", "--preset", "tiny", "--dataset", "python-source", "--root", str(corpus_dir)]
+    args += ["--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
+    first = words(capsys.readouterr().err)
+    assert "prepared in" in first and "already prepared" not in first
+    assert main(args) == 0
+    assert "already prepared" in words(capsys.readouterr().err)
+
+
+def test_init_makes_a_workspace_with_the_presets_train_py_and_the_locked_config(
+    corpus_dir: Path, tiny_prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = tmp_path / "ws"
+    args = ["init", str(ws), "--preset", "tiny", "--dataset", "python-source", "--root", str(corpus_dir)]
+    assert main([*args, "--budget", "7.5"]) == 0
+    assert "workspace ready" in words(capsys.readouterr().err)
+    assert (ws / "train.py").read_text() == train_py_for(get_preset("tiny"))
+    config = json.loads((ws / CONFIG_NAME).read_text())
+    assert Path(config.pop("data_dir")) == tiny_prepared.resolve()
+    assert config == {"preset": "tiny", "dataset": "python-source", "budget_seconds": 7.5}
+
+
+def test_init_without_budget_takes_the_presets(corpus_dir: Path, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    assert main(["init", str(ws), "--preset", "tiny", "--dataset", "python-source", "--root", str(corpus_dir)]) == 0
+    assert json.loads((ws / CONFIG_NAME).read_text())["budget_seconds"] == get_preset("tiny").budget_seconds
+
+
+@pytest.mark.parametrize("existing", ["train.py", CONFIG_NAME])
+def test_init_refuses_a_directory_that_already_has_a_workspace_file(
+    existing: str, corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / existing).write_text("# my own work\n")
+    args = ["init", str(ws), "--preset", "tiny", "--dataset", "python-source", "--root", str(corpus_dir)]
+    assert main(args) == 2
+    assert "already exists" in words(capsys.readouterr().err)
+    assert (ws / existing).read_text() == "# my own work\n"
+    assert [p.name for p in ws.iterdir()] == [existing]
+
+
+def test_a_data_error_exits_2_with_its_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "small").mkdir()
+    (tmp_path / "small" / "a.txt").write_text("hello world\n" * 10)
+    assert main(["prepare", "--preset", "tiny", "--dataset", f"local:{tmp_path / 'small'}"]) == 2
+    err = words(capsys.readouterr().err)
+    assert "corpus too small" in err and "hint:" in err

@@ -1,0 +1,299 @@
+"""`prepare`: a user's corpus becomes a tokenizer and token shards, once, and damage is found and repaired."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from rich.console import Console
+
+from autoresearch.errors import DataError
+from autoresearch.harness import prepare as prepare_module
+from autoresearch.harness.apparatus import Apparatus
+from autoresearch.harness.prepare import prepare
+from autoresearch.harness.presets import PRESETS, Preset, get_preset
+from autoresearch.harness.run import Run
+from autoresearch.harness.shards import Manifest, open_shard, shard_intact
+from autoresearch.harness.sources import TRAIN, VAL
+from autoresearch.harness.tokenizer import Tokenizer
+
+WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "ru", "te", "sa", "vo") for b in ("n", "ra", "ve", "x", "lt")]
+MARKER = re.compile(rb"<DOC_([a-z]+)_(\d+)>")
+KINDS = ("txt", "md", "jsonl", "pq")
+
+
+def document(kind: str, i: int, lines: int = 25) -> str:
+    """About 1.6 KB of text; its marker opens every line, so any piece of a few lines names its document."""
+    rng = random.Random(f"{kind}-{i}")
+    return "".join(f"<DOC_{kind}_{i:02d}> line {j}: {' '.join(rng.choices(WORDS, k=8))}\n" for j in range(lines))
+
+
+def write_corpus(root: Path, per_kind: int = 6) -> set[tuple[str, int]]:
+    """A local dataset with every supported file type; returns the (kind, number) of each document."""
+    (root / "notes").mkdir(parents=True)
+    (root / "deep" / "er").mkdir(parents=True)
+    for i in range(per_kind):
+        (root / "notes" / f"doc{i}.txt").write_text(document("txt", i))
+        (root / "deep" / "er" / f"doc{i}.md").write_text(document("md", i))
+    lines = [json.dumps({"text": document("jsonl", i), "id": i}) for i in range(per_kind)]
+    lines += ["", json.dumps({"text": document("txt", 0)})]  # a blank line; a duplicate of a .txt document
+    (root / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    texts = [document("pq", i) for i in range(per_kind)] + ["", None]  # empty rows are skipped
+    pq.write_table(pa.table({"id": list(range(len(texts))), "text": texts}), root / "docs.parquet", row_group_size=4)
+    (root / "ignored.csv").write_text(document("csv", 0))  # not a supported suffix
+    (root / "empty.txt").write_text("  \n")
+    return {(kind, i) for kind in KINDS for i in range(per_kind)}
+
+
+def markers(tokenizer: Tokenizer, rows: np.ndarray) -> set[tuple[str, int]]:
+    """The documents named in `rows`, read piece by piece (a row holds pieces of several documents)."""
+    found = set()
+    for row in rows:
+        for piece in np.split(row, np.flatnonzero(row == tokenizer.bos_id)):
+            text = tokenizer.decode_bytes(piece.tolist())
+            found |= {(kind.decode(), int(num)) for kind, num in MARKER.findall(text)}
+    return found
+
+
+def split_markers(out: Path) -> tuple[set, set]:
+    manifest = Manifest.load(out / "manifest.json")
+    tokenizer = Tokenizer.load(out / "tokenizer.json")
+    train = set().union(*(markers(tokenizer, open_shard(out, s, verify=True)) for s in manifest.split(TRAIN)))
+    (val_info,) = manifest.split(VAL)
+    return train, markers(tokenizer, open_shard(out, val_info, verify=True))
+
+
+def shard_files(out: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(out.iterdir()) if p.suffix in (".bin", ".json")}
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    root = tmp_path / "corpus"
+    write_corpus(root)
+    return root
+
+
+@pytest.fixture
+def prepared(corpus: Path, mini_preset: Preset, tmp_path: Path, console: Console) -> Path:
+    return prepare(f"local:{corpus}", mini_preset, tmp_path / "cache", console=console)
+
+
+class Uniform(torch.nn.Module):
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.zeros(vocab))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(*idx.shape, -1)
+
+
+def make_run(out: Path, preset: Preset, monkeypatch: pytest.MonkeyPatch) -> Run:
+    monkeypatch.setitem(PRESETS, preset.name, preset)
+    return Run(Apparatus(preset=preset.name, dataset="local", budget_seconds=5.0, data_dir=str(out)))
+
+
+def test_local_corpus_of_every_file_type_keeps_validation_documents_out_of_train(
+    tmp_path: Path, mini_preset: Preset, console: Console
+) -> None:
+    expected = write_corpus(tmp_path / "corpus")
+    out = prepare(f"local:{tmp_path / 'corpus'}", mini_preset, tmp_path / "cache", console=console)
+    train, val = split_markers(out)
+    assert val and train
+    assert not train & val  # the duplicated .txt/.jsonl document too: it is in one split only
+    assert train | val == expected  # every document of every type; nothing from the .csv
+    assert {kind for kind, _ in train | val} == set(KINDS)
+    manifest = Manifest.load(out / "manifest.json")
+    assert manifest.dataset["duplicates_dropped"] == 1
+    assert manifest.row_len == mini_preset.seq_len + 1
+    assert sum(s.rows for s in manifest.split(VAL)) >= mini_preset.eval_rows
+
+
+def test_second_prepare_does_nothing_and_says_already_prepared(
+    prepared: Path, corpus: Path, mini_preset: Preset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = shard_files(prepared)
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("prepare rebuilt prepared data")
+
+    monkeypatch.setattr(prepare_module, "_build", no_rebuild)
+    again = Console(file=io.StringIO(), width=300)
+    started = time.monotonic()
+    assert prepare(f"local:{corpus}", mini_preset, prepared.parents[2], console=again) == prepared
+    assert time.monotonic() - started < 2
+    assert "already prepared" in again.file.getvalue()
+    assert shard_files(prepared) == before
+
+
+def test_a_shard_corrupted_on_disk_is_detected_and_rebuilt_by_the_next_prepare(
+    prepared: Path, corpus: Path, mini_preset: Preset, console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = Manifest.load(prepared / "manifest.json")
+    info = manifest.split(TRAIN)[0]
+    path = prepared / f"{info.name}.bin"
+    original = path.read_bytes()
+    damaged = bytearray(original)
+    damaged[100:104] = bytes(b ^ 0xFF for b in damaged[100:104])  # same size, different bytes
+    path.write_bytes(bytes(damaged))
+
+    with pytest.raises(DataError, match="corrupt") as err:
+        open_shard(prepared, info, verify=True)
+    assert "autoresearch prepare" in str(err.value)
+    monkeypatch.setenv("AUTORESEARCH_RESULT", str(prepared.parents[2] / "result.json"))
+    result = make_run(prepared, mini_preset, monkeypatch).finish(Uniform(mini_preset.vocab_size))
+    assert not result.valid and "a train shard is corrupt" in result.invalid_reason  # a run on it does not count
+
+    prepare(f"local:{corpus}", mini_preset, prepared.parents[2], console=console)
+    assert f"damaged shards {info.name}" in console.file.getvalue()
+    assert path.read_bytes() == original
+    assert all(shard_intact(prepared, s) for s in Manifest.load(prepared / "manifest.json").shards)
+
+
+def test_a_truncated_shard_is_refused_with_a_hint_to_run_prepare_which_repairs_it(
+    prepared: Path, corpus: Path, mini_preset: Preset, console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = Manifest.load(prepared / "manifest.json")
+    for info in (manifest.split(TRAIN)[0], manifest.split(VAL)[0]):
+        path = prepared / f"{info.name}.bin"
+        path.write_bytes(path.read_bytes()[:-7])
+        with pytest.raises(DataError, match="truncated") as err:
+            open_shard(prepared, info, verify=False)
+        assert "run `autoresearch prepare`" in str(err.value)
+
+    with pytest.raises(DataError, match="truncated"):
+        make_run(prepared, mini_preset, monkeypatch)  # the validation shard is checked at start
+    prepare(f"local:{corpus}", mini_preset, prepared.parents[2], console=console)
+    val_path = prepared / "val.bin"
+    val_path.write_bytes(val_path.read_bytes())  # intact again: only the train shard is cut below
+    train_path = prepared / f"{manifest.split(TRAIN)[0].name}.bin"
+    train_path.write_bytes(train_path.read_bytes()[:-7])
+    run = make_run(prepared, mini_preset, monkeypatch)
+    with pytest.raises(DataError, match="truncated"):
+        run.train_batches(4)
+
+    prepare(f"local:{corpus}", mini_preset, prepared.parents[2], console=console)
+    assert all(shard_intact(prepared, s) for s in manifest.shards)
+    make_run(prepared, mini_preset, monkeypatch).train_batches(4)
+
+
+@pytest.mark.parametrize("content", [b"", b"{broken", b"[]", b'{"format": "something-else"}'])
+def test_a_damaged_tokenizer_file_is_rebuilt_by_the_next_prepare(
+    content: bytes, prepared: Path, corpus: Path, mini_preset: Preset, console: Console
+) -> None:
+    digest = Tokenizer.load(prepared / "tokenizer.json").digest()
+    (prepared / "tokenizer.json").write_bytes(content)
+    prepare(f"local:{corpus}", mini_preset, prepared.parents[2], console=console)
+    assert Tokenizer.load(prepared / "tokenizer.json").digest() == digest
+    assert Manifest.load(prepared / "manifest.json").tokenizer_sha256 == digest
+
+
+@pytest.mark.parametrize("content", [b"", b"{broken", b"[]", b'{"format": "something-else"}'])
+def test_an_unreadable_manifest_is_rebuilt_by_the_next_prepare(
+    content: bytes, prepared: Path, corpus: Path, mini_preset: Preset, console: Console
+) -> None:
+    (prepared / "manifest.json").write_bytes(content)
+    with pytest.raises(DataError, match="autoresearch prepare"):
+        Manifest.load(prepared / "manifest.json")
+    prepare(f"local:{corpus}", mini_preset, prepared.parents[2], console=console)
+    assert Manifest.load(prepared / "manifest.json").split(VAL)
+
+
+def test_data_prepared_for_other_preset_settings_is_rebuilt_with_the_split_they_ask_for(
+    prepared: Path, corpus: Path, mini_preset: Preset, console: Console
+) -> None:
+    _, val = split_markers(prepared)
+    bigger = dataclasses.replace(mini_preset, eval_tokens=4 * mini_preset.eval_tokens)  # same name, more val text
+    prepare(f"local:{corpus}", bigger, prepared.parents[2], console=console)
+    train, bigger_val = split_markers(prepared)
+    assert val < bigger_val
+    assert not train & bigger_val
+    assert Manifest.load(prepared / "manifest.json").preset == bigger.as_dict()
+
+
+def test_force_rebuilds_everything(prepared: Path, corpus: Path, mini_preset: Preset, console: Console) -> None:
+    before = shard_files(prepared)
+    prepare(f"local:{corpus}", mini_preset, prepared.parents[2], force=True, console=console)
+    after = shard_files(prepared)
+    assert after.keys() == before.keys()
+    assert all(after[name] != before[name] for name in before)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [("{not json", "not a JSON object"), ('{"body": "x"}', "'text' field"), ('{"text": 5}', "not a string")],
+)
+def test_a_malformed_jsonl_line_is_a_data_error_naming_file_and_line(
+    line: str, problem: str, tmp_path: Path, mini_preset: Preset, console: Console
+) -> None:
+    root = tmp_path / "corpus"
+    write_corpus(root)
+    bad = root / "more.jsonl"
+    bad.write_text(json.dumps({"text": document("x", 1)}) + "\n\n" + line + "\n")
+    with pytest.raises(DataError, match=re.escape(problem)) as err:
+        prepare(f"local:{root}", mini_preset, tmp_path / "cache", console=console)
+    assert f"{bad}:3" in str(err.value)
+
+
+def test_a_corpus_too_small_for_the_validation_set_is_a_clear_error(
+    tmp_path: Path, mini_preset: Preset, console: Console
+) -> None:
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "one.txt").write_text(document("txt", 0))
+    with pytest.raises(DataError, match="corpus too small") as err:
+        prepare(f"local:{tmp_path / 'corpus'}", mini_preset, tmp_path / "cache", console=console)
+    assert "hint:" in str(err.value)
+
+
+def test_a_corpus_too_small_for_the_tiny_preset_says_so(tmp_path: Path, corpus: Path, console: Console) -> None:
+    with pytest.raises(DataError, match="corpus too small"):
+        prepare(f"local:{corpus}", get_preset("tiny"), tmp_path / "cache", console=console)
+
+
+def test_a_corpus_too_small_for_the_vocabulary_is_a_clear_error(
+    tmp_path: Path, corpus: Path, mini_preset: Preset, console: Console
+) -> None:
+    huge_vocab = dataclasses.replace(mini_preset, vocab_size=20_000)
+    with pytest.raises(DataError, match="too small to learn 20000 tokens"):
+        prepare(f"local:{corpus}", huge_vocab, tmp_path / "cache", console=console)
+
+
+def test_a_directory_without_text_files_is_a_clear_error(tmp_path: Path, mini_preset: Preset, console: Console) -> None:
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "data.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match=r"no \.txt, \.md, \.jsonl, \.parquet files"):
+        prepare(f"local:{tmp_path / 'corpus'}", mini_preset, tmp_path / "cache", console=console)
+    with pytest.raises(DataError, match="not a directory"):
+        prepare(f"local:{tmp_path / 'nowhere'}", mini_preset, tmp_path / "cache", console=console)
+
+
+def test_a_parquet_file_without_a_text_column_or_damaged_is_a_clear_error(
+    tmp_path: Path, corpus: Path, mini_preset: Preset, console: Console
+) -> None:
+    pq.write_table(pa.table({"content": ["x"]}), corpus / "zz.parquet")
+    with pytest.raises(DataError, match="no 'text' column"):
+        prepare(f"local:{corpus}", mini_preset, tmp_path / "cache", console=console)
+    (corpus / "zz.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    with pytest.raises(DataError, match="not a readable parquet file"):
+        prepare(f"local:{corpus}", mini_preset, tmp_path / "cache", console=console)
+
+
+def test_the_tiny_preset_prepares_a_copy_of_the_standard_library(tiny_prepared: Path) -> None:
+    tiny = get_preset("tiny")
+    manifest = Manifest.load(tiny_prepared / "manifest.json")
+    assert Tokenizer.load(tiny_prepared / "tokenizer.json").vocab_size == tiny.vocab_size
+    assert manifest.row_len == tiny.seq_len + 1
+    (val,) = manifest.split(VAL)
+    assert val.rows >= tiny.eval_rows
+    assert sum(s.rows for s in manifest.split(TRAIN)) > 0
+    assert all(shard_intact(tiny_prepared, s) for s in manifest.shards)

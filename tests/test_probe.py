@@ -1,0 +1,139 @@
+"""The causality probe: a model may use only earlier tokens of its own row, the same way on every call."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from importlib import resources
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autoresearch.harness.evaluation import Scorer, causality_violation
+
+CPU = torch.device("cpu")
+VOCAB = 64
+SEQ = 32
+
+
+@pytest.fixture
+def rows() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    out = rng.integers(1, VOCAB, size=(8, SEQ + 1))
+    out[:, 0] = 0
+    return out
+
+
+class PrefixMean(torch.nn.Module):
+    """Causal by construction: logits from the running mean of the embeddings up to each position."""
+
+    def __init__(self, lookahead: float = 0.0, ahead: int = 1, mix_rows: float = 0.0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.emb = torch.nn.Parameter(torch.randn(VOCAB, 16, generator=gen))
+        self.out = torch.nn.Parameter(torch.randn(16, VOCAB, generator=gen))
+        self.lookahead, self.ahead, self.mix_rows = lookahead, ahead, mix_rows
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.emb[idx]
+        h = x.cumsum(1) / torch.arange(1, idx.shape[1] + 1).view(1, -1, 1)
+        if self.lookahead:  # peeks at the input `ahead` positions later
+            h = h + self.lookahead * torch.roll(x, -self.ahead, dims=1)
+        if self.mix_rows:  # reads the neighbouring row of the batch
+            h = h + self.mix_rows * torch.roll(h, 1, dims=0)
+        return h @ self.out
+
+
+def probe(model, rows: np.ndarray) -> str | None:
+    return causality_violation(Scorer(model, VOCAB, CPU), rows)
+
+
+def test_a_causal_model_passes(rows: np.ndarray) -> None:
+    assert probe(PrefixMean(), rows) is None
+
+
+def test_a_model_that_reads_the_next_input_which_is_its_own_target_is_caught(rows: np.ndarray) -> None:
+    reason = probe(PrefixMean(lookahead=0.05, ahead=1), rows)
+    assert reason is not None and "sees the future" in reason
+
+
+def test_a_model_that_copies_its_target_from_the_next_input_is_caught(rows: np.ndarray) -> None:
+    base = PrefixMean()
+    reason = probe(lambda idx: base(idx) + 20 * F.one_hot(torch.roll(idx, -1, dims=1), VOCAB), rows)
+    assert reason is not None and "sees the future" in reason
+
+
+def test_a_model_that_looks_several_tokens_ahead_is_caught(rows: np.ndarray) -> None:
+    reason = probe(PrefixMean(lookahead=0.05, ahead=3), rows)
+    assert reason is not None and "sees the future" in reason
+
+
+def test_a_model_that_sees_only_the_last_token_of_the_row_is_caught(rows: np.ndarray) -> None:
+    base = PrefixMean()
+    reason = probe(lambda idx: base(idx) + base.emb[idx[:, -1:]] @ base.out, rows)
+    assert reason is not None and "sees the future" in reason
+
+
+def test_a_model_that_mixes_rows_of_the_batch_is_caught(rows: np.ndarray) -> None:
+    reason = probe(PrefixMean(mix_rows=0.05), rows)
+    assert reason is not None and "other rows" in reason
+
+
+def test_batch_statistics_leaking_across_rows_are_caught(rows: np.ndarray) -> None:
+    base = PrefixMean()
+    reason = probe(lambda idx: base(idx) - base(idx).mean(dim=0, keepdim=True), rows)  # a batch norm of sorts
+    assert reason is not None
+
+
+def test_a_stateful_model_whose_output_changes_between_identical_calls_is_caught(rows: np.ndarray) -> None:
+    base = PrefixMean()
+    calls = []
+
+    def stateful(idx):
+        calls.append(1)
+        logits = base(idx)
+        return logits + len(calls) * F.one_hot(torch.ones_like(idx), VOCAB)  # drifts with every call
+
+    reason = probe(stateful, rows)
+    assert reason is not None and "not deterministic" in reason
+
+
+def test_a_randomly_sampling_model_is_caught(rows: np.ndarray) -> None:
+    base = PrefixMean()
+    reason = probe(lambda idx: base(idx) + 3 * torch.randn(*idx.shape, VOCAB), rows)
+    assert reason is not None and "not deterministic" in reason
+
+
+def _template_module():
+    path = resources.files("autoresearch.workspace").joinpath("templates", "train.py")
+    spec = importlib.util.spec_from_file_location("template_train", str(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the training loop sits behind `if __name__ == "__main__"`
+    return module
+
+
+@pytest.fixture(scope="module")
+def template_gpt():
+    """The workspace template's GPT, small, with every weight random so attention really mixes tokens."""
+    train = _template_module()
+    torch.manual_seed(0)
+    model = train.GPT(train.GPTConfig(VOCAB, SEQ, n_layer=2, n_head=2, n_embd=32), CPU)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(std=1 / math.sqrt(p.shape[-1]))
+    return model.eval()
+
+
+def test_the_template_gpt_passes(template_gpt, rows: np.ndarray) -> None:
+    assert probe(template_gpt, rows) is None
+
+
+def test_the_template_gpt_with_bidirectional_attention_is_caught(
+    template_gpt, rows: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v, **kw: sdpa(q, k, v))  # no causal mask
+    reason = probe(template_gpt, rows)
+    assert reason is not None and "sees the future" in reason

@@ -1,0 +1,242 @@
+"""End to end on the CPU: `autoresearch init`, then `python train.py` for a few seconds, then result.json.
+
+Also what a broken or rule-breaking train.py gets: a diverging loss stops at once, overrunning the budget
+is marked invalid, and a train.py outside a workspace is told how to make one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoresearch import harness
+from autoresearch.harness.evaluation import Scorer, score_rows
+from autoresearch.harness.presets import get_preset
+from autoresearch.harness.shards import Manifest, open_shard
+from autoresearch.harness.sources import VAL
+from autoresearch.harness.tokenizer import Tokenizer
+from autoresearch.workspace.constants import set_constants
+
+pytestmark = pytest.mark.slow
+
+BUDGET = 4.0
+RESULT_FIELDS = [
+    "val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent", "total_tokens_M", "num_steps",
+    "num_params_M", "device", "preset", "dataset", "harness_fingerprint", "valid", "invalid_reason",
+]  # fmt: skip
+
+
+def python(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def workspace(
+    tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path, tiny_prepared: Path, subprocess_env: dict[str, str]
+) -> Path:
+    ws = tmp_path_factory.mktemp("e2e") / "ws"
+    args = ["-m", "autoresearch", "init", str(ws), "--preset", "tiny", "--dataset", "python-source"]
+    proc = python([*args, "--root", str(corpus_dir), "--budget", str(BUDGET)], ws.parent, subprocess_env)
+    assert proc.returncode == 0, proc.stderr
+    return ws
+
+
+def variant(
+    workspace: Path, dest: Path, old: str, new: str, budget: float | None = None, constants: dict | None = None
+) -> Path:
+    """A copy of the workspace whose train.py has `old` replaced by `new` (and other constants or budget)."""
+    shutil.copytree(workspace, dest, ignore=shutil.ignore_patterns("result.json"))
+    source = (dest / "train.py").read_text()
+    assert source.count(old) == 1
+    (dest / "train.py").write_text(set_constants(source.replace(old, new), constants or {}))
+    if budget is not None:
+        config = json.loads((dest / "autoresearch.json").read_text())
+        (dest / "autoresearch.json").write_text(json.dumps({**config, "budget_seconds": budget}))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def trained(workspace: Path, subprocess_env: dict[str, str]) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = python(["train.py"], workspace, subprocess_env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc, json.loads((workspace / "result.json").read_text())
+
+
+def test_tiny_run_writes_a_valid_result_with_every_field(trained) -> None:
+    _, result = trained
+    assert set(RESULT_FIELDS) <= set(result)
+    assert result["valid"] is True and result["invalid_reason"] is None
+    assert math.isfinite(result["val_bpb"]) and 0 < result["val_bpb"] < 10
+    assert result["preset"] == "tiny" and result["dataset"] == "python-source"
+    assert result["device"].startswith("CPU")
+    assert result["num_steps"] >= 2 and result["total_tokens_M"] > 0 and result["num_params_M"] > 0
+    assert result["peak_memory_mb"] > 0
+    assert result["mfu_percent"] is None  # no known peak FLOP/s for a CPU
+    assert re.fullmatch(r"[0-9a-f]{16}", result["harness_fingerprint"])
+    assert result["total_seconds"] > result["training_seconds"]
+
+
+def test_tiny_run_trains_for_the_budget(trained) -> None:
+    _, result = trained
+    assert result["budget_seconds"] == BUDGET
+    per_step = result["training_seconds"] / (result["num_steps"] - 1)  # the first step is off the clock
+    assert BUDGET <= result["training_seconds"] <= BUDGET + max(2.0, 2 * per_step)  # the last step ends past it
+
+
+def test_tiny_run_prints_the_summary_block_with_the_results_numbers(trained) -> None:
+    proc, result = trained
+    summary = proc.stdout.split("\n---\n")[-1]
+    lines = dict(line.split(":", 1) for line in summary.strip().splitlines())
+    assert float(lines["val_bpb"]) == pytest.approx(result["val_bpb"], abs=1e-6)
+    assert int(lines["num_steps"]) == result["num_steps"]
+    assert lines["valid"].strip() == "true"
+    assert "clock started after 1 untimed steps" in proc.stdout
+    assert "evaluation: 65,536 tokens" in proc.stdout  # the preset's fixed validation set, all of it
+
+
+def untrained_bpb(workspace: Path) -> float:
+    """The workspace's own GPT, freshly initialised, scored by the harness on the same validation rows."""
+    spec = importlib.util.spec_from_file_location("workspace_train", workspace / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)  # runs no training: the loop is behind `if __name__ == "__main__"`
+    data_dir = Path(json.loads((workspace / "autoresearch.json").read_text())["data_dir"])
+    preset = get_preset("tiny")
+    manifest = Manifest.load(data_dir / "manifest.json")
+    tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
+    rows = open_shard(data_dir, manifest.split(VAL)[0], verify=True)[: preset.eval_rows]
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(train.SEED)
+    width = math.ceil(train.DEPTH * train.ASPECT_RATIO / train.HEAD_DIM) * train.HEAD_DIM
+    config = train.GPTConfig(tokenizer.vocab_size, preset.seq_len, train.DEPTH, width // train.HEAD_DIM, width)
+    model = train.GPT(config, cpu)
+    model.init_weights()
+    model.eval()
+    token_bytes = torch.from_numpy(tokenizer.token_bytes()).long()
+    return score_rows(Scorer(model, tokenizer.vocab_size, cpu), rows, token_bytes, batch_size=32).bpb
+
+
+def test_training_lowers_val_bpb_below_the_untrained_models(trained, workspace: Path) -> None:
+    _, result = trained
+    before = untrained_bpb(workspace)
+    assert math.log2(2048) / 6 < before < math.log2(2048)  # about uniform over the vocabulary, 2-5 bytes a token
+    assert result["val_bpb"] < before - 0.01  # a few seconds of training on a (maybe busy) CPU: a few steps
+
+
+def test_a_diverging_train_py_stops_at_once_invalid_with_the_reason(
+    workspace: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    ws = variant(workspace, tmp_path / "nan", "loss = model(x, y)", 'loss = model(x, y) * float("nan")', budget=120)
+    result_file = tmp_path / "elsewhere" / "result.json"
+    result_file.parent.mkdir()
+    started = time.monotonic()
+    proc = python(["train.py"], ws, {**subprocess_env, "AUTORESEARCH_RESULT": str(result_file)})
+    assert time.monotonic() - started < 60  # far less than the 120 s budget
+    assert proc.returncode != 0
+    assert not (ws / "result.json").exists()  # AUTORESEARCH_RESULT says where the result goes
+    result = json.loads(result_file.read_text())
+    assert result["valid"] is False and result["val_bpb"] is None
+    assert "training diverged: loss is nan" in result["invalid_reason"]
+    assert result["num_steps"] <= 2 and result["training_seconds"] < 30
+    assert re.search(r"^valid:\s+false$", proc.stdout, re.MULTILINE)
+    assert re.search(r"^invalid_reason:\s+training diverged", proc.stdout, re.MULTILINE)
+
+
+def test_a_train_py_that_ignores_time_up_and_overruns_the_budget_is_invalid(
+    workspace: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    # Small steps (4 rows), so that 6 s past a 1 s budget is many steps, even on a busy machine.
+    overrun = "while run.elapsed < run.budget_seconds + 6:"
+    small = {"TOTAL_BATCH_SIZE": 2**10, "DEVICE_BATCH_SIZE": 4}
+    ws = variant(workspace, tmp_path / "overrun", "while not run.time_up:", overrun, budget=1, constants=small)
+    proc = python(["train.py"], ws, subprocess_env)
+    result = json.loads((ws / "result.json").read_text())
+    assert result["training_seconds"] >= 7
+    assert result["valid"] is False
+    assert "past the 1s budget" in result["invalid_reason"]
+    assert result["val_bpb"] is not None  # still measured, for the record
+    assert re.search(r"^valid:\s+false$", proc.stdout, re.MULTILINE)
+
+
+def test_train_py_outside_a_workspace_says_how_to_make_one(
+    workspace: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    shutil.copy(workspace / "train.py", tmp_path / "train.py")
+    proc = python(["train.py"], tmp_path, subprocess_env, timeout=120)
+    assert proc.returncode != 0
+    assert f"no autoresearch.json in {tmp_path}" in proc.stderr
+    assert "autoresearch init" in proc.stderr
+    assert not (tmp_path / "result.json").exists()
+
+
+# -- in process: what `run.finish` makes of a model, without a training subprocess --------------------
+
+
+class Bigram(torch.nn.Module):
+    """Logits from the current token only; `peek` also lets it read the next input, which is its target."""
+
+    def __init__(self, vocab: int, peek: bool = False, output: str = "logits"):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros(vocab, vocab))
+        self.peek, self.output = peek, output
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = self.table[idx]
+        if self.peek:
+            logits = logits + 30 * torch.nn.functional.one_hot(torch.roll(idx, -1, dims=1), logits.shape[-1])
+        if self.output == "nan":
+            return logits * math.nan
+        if self.output == "per-token":  # e.g. the loss of each token instead of logits
+            return logits.mean(-1)
+        return logits
+
+
+@pytest.fixture
+def run(tiny_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    config = tmp_path / "autoresearch.json"
+    locked = {"preset": "tiny", "dataset": "python-source", "budget_seconds": 1.0, "data_dir": str(tiny_prepared)}
+    config.write_text(json.dumps(locked))
+    monkeypatch.setenv("AUTORESEARCH_CONFIG", str(config))
+    monkeypatch.setenv("AUTORESEARCH_RESULT", str(tmp_path / "result.json"))
+    return harness.start()
+
+
+def finish(run, model) -> dict:
+    batches = run.train_batches(4)
+    for _ in range(2):
+        next(batches)
+        run.step_done(torch.tensor(5.0))
+    run.finish(model)
+    return json.loads(Path(os.environ["AUTORESEARCH_RESULT"]).read_text())
+
+
+def test_an_honest_model_gets_a_valid_result(run) -> None:
+    result = finish(run, Bigram(run.vocab_size))  # uniform predictions: log2(vocab) bits a token
+    assert result["valid"] is True and result["invalid_reason"] is None
+    assert math.log2(run.vocab_size) / 6 < result["val_bpb"] < math.log2(run.vocab_size)
+
+
+def test_a_model_that_reads_its_target_gets_an_invalid_result_despite_its_low_bpb(run) -> None:
+    result = finish(run, Bigram(run.vocab_size, peek=True))
+    assert result["val_bpb"] < 0.1  # it "predicts" perfectly...
+    assert result["valid"] is False and "sees the future" in result["invalid_reason"]  # ...and is caught
+
+
+@pytest.mark.parametrize(("output", "reason"), [("nan", "not finite"), ("per-token", "must return logits")])
+def test_a_model_with_unusable_output_gets_an_invalid_result_with_the_reason(run, output: str, reason: str) -> None:
+    result = finish(run, Bigram(run.vocab_size, output=output))
+    assert result["valid"] is False and result["val_bpb"] is None
+    assert reason in result["invalid_reason"]
