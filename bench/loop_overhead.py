@@ -1,0 +1,103 @@
+"""The research loop's cost per experiment beyond training, on whatever machine runs it.
+
+    PYTHONPATH=$PWD/src python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 3
+
+Runs the real loop (ledger, git, executor, judge) in a fresh workspace on python-source with a
+scripted agent that nudges the learning rates, then splits each experiment's wall time into
+training, the harness's own overhead (start-up, compilation, evaluation: total - training seconds)
+and the loop's (proposing, git, ledger, process start: wall - total seconds). Needs no Optuna and no
+network, so it runs on the GPU machine as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from autoresearch.agents.base import Context, Proposal
+from autoresearch.harness.paths import cache_root
+from autoresearch.harness.prepare import prepare
+from autoresearch.harness.presets import get_preset
+from autoresearch.loop.engine import LoopConfig, ResearchLoop
+from autoresearch.loop.executor import LocalExecutor
+from autoresearch.loop.reporter import PlainReporter
+from autoresearch.workspace.constants import read_constants, set_constants
+from autoresearch.workspace.init import create_workspace
+from autoresearch.workspace.workspace import Workspace
+
+
+class NudgeAgent:
+    """Scales one learning rate up or down per proposal: real edits, no model or API involved."""
+
+    name, model = "nudge", "scripted"
+
+    def __init__(self) -> None:
+        self.moves = [("MATRIX_LR", 1.25), ("EMBEDDING_LR", 0.8), ("UNEMBEDDING_LR", 1.25), ("MATRIX_LR", 0.8)]
+
+    def propose(self, context: Context) -> Proposal:
+        name, factor = self.moves[len(context.history) % len(self.moves)]
+        value = read_constants(context.train_py)[name].value
+        new = round(value * factor, 6)
+        return Proposal(f"{name} {value} -> {new}", set_constants(context.train_py, {name: new}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--preset", default="h100")
+    parser.add_argument("--budget", type=float, default=30)
+    parser.add_argument("--experiments", type=int, default=3)
+    parser.add_argument("--baseline-runs", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/loop-overhead"))
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    preset = get_preset(args.preset)
+    data_dir = prepare("python-source", preset, cache_root())
+    create_workspace(args.work, preset, "python-source", data_dir, args.budget, tag="bench")
+    loop = ResearchLoop(
+        Workspace(args.work),
+        LocalExecutor(),
+        PlainReporter(lambda t: print(t, flush=True)),
+        LoopConfig(baseline_runs=args.baseline_runs),
+    )
+    marks = []
+    loop.baseline()
+    for _ in range(args.experiments):
+        started = time.time()
+        exp = loop.step(NudgeAgent())
+        marks.append((exp, time.time() - started))
+    rows = []
+    for exp, wall in marks:
+        result = json.loads(exp.result)
+        runs = len(exp.run_values)
+        rows.append(
+            {
+                "id": exp.id,
+                "status": exp.status,
+                "runs": runs,
+                "wall_s": wall,
+                "training_s": result["training_seconds"] * runs,
+                "harness_overhead_s": (result["total_seconds"] - result["training_seconds"]) * runs,
+                "loop_overhead_s": wall - result["total_seconds"] * runs,
+            }
+        )
+    summary = {
+        "preset": args.preset,
+        "budget_s": args.budget,
+        "device": json.loads(loop.ledger.all()[0].result)["device"],
+        "experiments": rows,
+        "mean_harness_overhead_s": statistics.fmean(r["harness_overhead_s"] / r["runs"] for r in rows),
+        "mean_loop_overhead_s": statistics.fmean(r["loop_overhead_s"] / r["runs"] for r in rows),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"loop_overhead_{args.preset}.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
