@@ -3,8 +3,8 @@
     python bench/tune_recovery.py [--experiments 20] [--budget SECONDS] [--out DIR]
 
 Two workspaces on the tiny preset (python-source): one with the default train.py, whose baseline
-(trained with 3 seeds) gives the target val_bpb, and one with MATRIX_LR divided by 8, on which the
-tune agent runs N experiments. Prints the share of the gap it recovered, experiments per hour and
+(trained with 3 seeds) gives the target val_bpb, and one with MATRIX_LR divided by --detune (8), on
+which the tune agent runs N experiments. Prints the share of the gap it recovered, experiments per hour and
 where each experiment's time went, and writes the numbers to OUT/tune_recovery.json.
 """
 
@@ -42,6 +42,7 @@ def workspace(path: Path, data_dir: Path, budget: float | None, detune: float | 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--experiments", type=int, default=20)
+    parser.add_argument("--detune", type=float, default=8.0, help="MATRIX_LR is divided by this")
     parser.add_argument("--budget", type=float, help="training seconds (default: the tiny preset's 60)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tune-recovery"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -70,6 +71,9 @@ def main() -> None:
     train_s = sum(json.loads(r.result).get("training_seconds", 0) * len(r.run_values) for r in trained)
     summary = {
         "budget_s": loop.ws.apparatus.budget_seconds,
+        "detune": args.detune,
+        "default_runs": default.best().run_values,
+        "detuned_runs": rows[0].run_values,
         "default_bpb": target,
         "detuned_bpb": detuned,
         "best_bpb": best.val_bpb,
@@ -84,7 +88,7 @@ def main() -> None:
         "harness_overhead_per_run_s": statistics.fmean(r.total_seconds - r.training_seconds for r in trained),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tune_recovery.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"tune_recovery_div{args.detune:g}.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -145,3 +146,46 @@ def test_status_and_report_describe_the_run(tmp_path, tiny_prepared):
     report = cli("report", cwd=ws.root)
     assert report.returncode == 0, report.stderr
     assert (ws.root / "progress.png").stat().st_size > 1000 and "baseline" in (ws.root / "report.md").read_text()
+
+
+def test_an_llm_agent_drives_the_loop_over_the_real_api_protocol(workspace, fake_openai):
+    from autoresearch.agents.openai_agent import OpenAIAgent
+
+    fake_openai.reply(
+        "Hypothesis: a higher learning rate learns more in one second\n\ntrain.py\n<<<<<<< SEARCH\n"
+        "LR = 0.05  # Adam learning rate (0.001-1)\n=======\nLR = 0.3  # Adam learning rate (0.001-1)\n"
+        ">>>>>>> REPLACE\n"
+    )
+    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
+    loop.run(OpenAIAgent("gpt-5-mini"), max_experiments=1)
+    exp = loop.ledger.all()[-1]
+    assert exp.kind == "experiment" and exp.agent == "openai" and exp.model == "gpt-5-mini"
+    assert exp.description == "a higher learning rate learns more in one second"
+    assert exp.status in ("keep", "discard"), exp.reason
+    assert "LR = 0.3" in exp.source and exp.input_tokens == 1200 and exp.cost_usd > 0
+    prompt = json.dumps(fake_openai.requests[0].body)
+    assert "Research program" in prompt and "class Bigram" in prompt  # program.md and train.py
+
+
+def test_a_command_agent_script_drives_the_loop_and_only_train_py_may_change(tmp_path, tiny_prepared):
+    ws = make_workspace(tmp_path / "ws", tiny_prepared)
+    script = tmp_path / "agent.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        'grep -q "Research program" "$AUTORESEARCH_PROMPT_FILE" || exit 3\n'
+        "if [ -f .second ]; then\n"
+        "  sed -i 's/^LR = 0.05 /LR = 0.06 /' train.py; echo 'budget: 99' >> program.md; echo 'longer budget'\n"
+        "  exit 0\nfi\n"
+        "touch .second\n"
+        "sed -i 's/^BATCH = 8 /BATCH = 16 /' train.py\n"
+        "echo 'thinking out loud'\necho 'larger batches'\n"
+    )
+    (ws.root / ".gitignore").write_text((ws.root / ".gitignore").read_text() + ".second\n")
+    ws.git.commit("ignore the script's marker", ".gitignore")
+    args = ["run", "--agent", "command", "--command", f"sh {script}", "--baseline-runs", "2", "--plain"]
+    done = cli(*args, "--max-experiments", "2", cwd=ws.root)
+    assert done.returncode == 0, done.stderr
+    rows = Ledger(ws.root).all()
+    assert rows[1].description == "larger batches" and "BATCH = 16" in rows[1].source
+    assert rows[2].status == CRASH and "program.md" in rows[2].reason
+    assert "budget: 99" not in (ws.root / "program.md").read_text()

@@ -58,8 +58,15 @@ class ResearchLoop:
         self.ledger = Ledger(workspace.root)
         budget = workspace.apparatus.budget_seconds
         self.timeout = config.timeout or 1.5 * budget + 180
-        manifest = Manifest.load(Path(workspace.apparatus.data_dir) / "manifest.json")
-        self.fingerprint = fingerprint(workspace.apparatus, manifest)
+        a = workspace.apparatus
+        try:
+            manifest = Manifest.load(Path(a.data_dir) / "manifest.json")
+        except FileNotFoundError:
+            raise LoopError(
+                f"no prepared data in {a.data_dir}",
+                hint=f"run `autoresearch prepare --dataset {a.dataset} --preset {a.preset}` (it is the same data)",
+            ) from None
+        self.fingerprint = fingerprint(a, manifest)
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -201,6 +208,10 @@ class ResearchLoop:
                 raise LoopError(f"the {agent.name} agent cannot work: {exc}") from None
             self._pause_after_failures(agent)
             return exp
+        except BaseException:  # Ctrl-C while the agent works: leave the workspace as the best left it
+            self.git.undo_since(before, exclude=TRAIN_PY)
+            self.ws.write_train_py(best.source)
+            raise
         if strays := self.git.undo_since(before, exclude=TRAIN_PY):
             why = f"edited files other than train.py: {', '.join(sorted(strays))}"
             return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage)

@@ -104,6 +104,33 @@ def corpus_digest(texts: Iterable[str]) -> str:
     return h.hexdigest()[:16]
 
 
+class TextCorpus:
+    """A source small enough to hold in memory: its documents are read, deduplicated and split by content
+    hash (`split_texts`), then cut into parts. Subclasses set name, slug and request, and give `documents`."""
+
+    name: str
+    slug: str
+    request: dict[str, Any]
+
+    def __init__(self, val_bytes: int, max_bytes: int | None):
+        self._val_bytes, self._max_bytes = val_bytes, max_bytes
+        self._split: TextSplit | None = None
+
+    def documents(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    def fetch(self) -> None:
+        if self._split is None:
+            self._split = split_texts(self.documents(), self._val_bytes, self._max_bytes)
+
+    def parts(self) -> list[Part]:
+        assert self._split is not None, "fetch() first"
+        return text_parts(self._split, corpus_digest(self._split.val + self._split.train))
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.request, **(split_stats(self._split) if self._split else {})}
+
+
 def split_stats(split: TextSplit) -> dict[str, Any]:
     return {
         "train_documents": len(split.train),

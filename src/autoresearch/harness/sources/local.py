@@ -6,18 +6,9 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from autoresearch.errors import DataError
-from autoresearch.harness.sources.base import (
-    Part,
-    TextSplit,
-    corpus_digest,
-    path_tag,
-    split_stats,
-    split_texts,
-    text_parts,
-)
+from autoresearch.harness.sources.base import TextCorpus, path_tag
 
 SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
 
@@ -69,27 +60,15 @@ def parquet_texts(path: Path, column: str = "text") -> Iterator[str]:
         raise DataError(f"{path} is not a readable parquet file: {exc}") from exc
 
 
-class LocalSource:
+class LocalSource(TextCorpus):
     def __init__(self, path: Path, val_bytes: int, max_bytes: int | None):
+        super().__init__(val_bytes, max_bytes)
         self.root = path.expanduser().resolve()
         if not self.root.is_dir():
             raise DataError(f"local dataset {path} is not a directory", hint="use local:/path/to/dir")
         self.name = f"local:{self.root}"
         self.slug = f"local-{path_tag(self.root)}"
-        self._val_bytes, self._max_bytes = val_bytes, max_bytes
         self.request = {"dataset": self.name, "val_bytes": val_bytes, "max_bytes": max_bytes}
-        self._split: TextSplit | None = None
 
-    def fetch(self) -> None:
-        if self._split is None:
-            self._split = split_texts(iter_local_documents(self.root), self._val_bytes, self._max_bytes)
-
-    def parts(self) -> list[Part]:
-        assert self._split is not None, "fetch() first"
-        return text_parts(self._split, corpus_digest(self._split.val + self._split.train))
-
-    def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"name": self.name}
-        if self._split is not None:
-            info |= split_stats(self._split)
-        return info
+    def documents(self) -> Iterator[str]:
+        return iter_local_documents(self.root)

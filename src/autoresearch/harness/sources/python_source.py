@@ -10,18 +10,9 @@ import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from autoresearch.errors import DataError
-from autoresearch.harness.sources.base import (
-    Part,
-    TextSplit,
-    corpus_digest,
-    path_tag,
-    split_stats,
-    split_texts,
-    text_parts,
-)
+from autoresearch.harness.sources.base import TextCorpus, path_tag
 
 SUFFIXES = frozenset({".py", ".md", ".rst", ".txt"})
 MAX_FILE_BYTES = 1_000_000  # larger files are mostly generated tables, not prose or code
@@ -53,32 +44,20 @@ def read_text_files(roots: list[Path], suffixes: frozenset[str] = SUFFIXES) -> I
                     yield text
 
 
-class PythonSource:
+class PythonSource(TextCorpus):
     def __init__(self, val_bytes: int, max_bytes: int | None, root: Path | None = None):
-        self.name = "python-source"
-        self.roots = [root.resolve()] if root else default_roots()
+        super().__init__(val_bytes, max_bytes)
         if root is not None and not root.is_dir():
             raise DataError(f"--root {root} is not a directory")
+        self.name = "python-source"
+        self.roots = [root.resolve()] if root else default_roots()
         self.slug = "python-source" if root is None else f"python-source-{path_tag(self.roots[0])}"
-        self._val_bytes, self._max_bytes = val_bytes, max_bytes
         self.request = {
             "dataset": self.name,
             "roots": [str(r) for r in self.roots],
             "val_bytes": val_bytes,
             "max_bytes": max_bytes,
         }
-        self._split: TextSplit | None = None
 
-    def fetch(self) -> None:
-        if self._split is None:
-            self._split = split_texts(read_text_files(self.roots), self._val_bytes, self._max_bytes)
-
-    def parts(self) -> list[Part]:
-        assert self._split is not None, "fetch() first"
-        return text_parts(self._split, corpus_digest(self._split.val + self._split.train))
-
-    def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"name": self.name, "roots": [str(r) for r in self.roots]}
-        if self._split is not None:
-            info |= split_stats(self._split)
-        return info
+    def documents(self) -> Iterator[str]:
+        return read_text_files(self.roots)
