@@ -25,7 +25,7 @@ DEPTH = 8  # transformer blocks (2-24); the width follows from ASPECT_RATIO
 ASPECT_RATIO = 64  # width = DEPTH * ASPECT_RATIO, rounded up to a multiple of HEAD_DIM (32-128)
 HEAD_DIM = 128  # channels per attention head (32-128)
 WINDOW_PATTERN = "L"  # attention span per layer, cycled: L = whole row, S = SHORT_WINDOW; last layer is L
-SHORT_WINDOW = 512  # tokens an S layer looks back over (64 - sequence length)
+SHORT_WINDOW = 512  # tokens an S layer sees (64 - sequence length); S runs on FlexAttention, slower than L on H100
 ROPE_BASE = 200_000  # rotary embedding base; public runs found 200K better than 10K (1e4-1e6)
 LOGIT_SOFTCAP = 15.0  # logits are squashed into +-LOGIT_SOFTCAP by tanh (10-30)
 
