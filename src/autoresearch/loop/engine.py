@@ -293,8 +293,9 @@ class ResearchLoop:
     def _train(self, exp: Experiment, run: int) -> Outcome:
         """Train `exp` once; run k > 0 uses SEED + k, so repeated runs measure seed-to-seed noise."""
         source = exp.source
-        if run and "SEED" in read_constants(source):
-            source = set_constants(source, {"SEED": read_constants(source)["SEED"].value + run})
+        seed = read_constants(source).get("SEED") if run else None
+        if seed is not None:
+            source = set_constants(source, {"SEED": seed.value + run})
         self.ws.write_train_py(source)
         self.reporter.phase(exp.id, exp.description, f"training run {run + 1}")
         self.reporter.training(exp.id, run, self.ws.apparatus.budget_seconds)

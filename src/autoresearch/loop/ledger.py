@@ -15,8 +15,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from autoresearch.harness.shards import write_json_atomic
-
 RUNNING, KEEP, DISCARD, CRASH = "running", "keep", "discard", "crash"
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 
@@ -124,6 +122,3 @@ class Ledger:
         tmp = self.workspace / "results.tsv.tmp"
         tmp.write_text("".join(lines))
         tmp.replace(self.workspace / "results.tsv")
-
-    def export_json(self, path: Path) -> None:
-        write_json_atomic(path, [asdict(e) for e in self.all()])
