@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from autoresearch.harness.evaluation import causality_violation, score_rows
+from autoresearch.harness.evaluation import Scorer, causality_violation, score_rows
 from autoresearch.harness.presets import get_preset
 from autoresearch.workspace.constants import set_constants
 from autoresearch.workspace.init import template
@@ -83,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("overrides", nargs="*", help="NAME=VALUE constants for train.py")
     parser.add_argument("--eval", action="store_true", help="also time the evaluation")
-    parser.add_argument("--variant", default="", help="comma list: qkv, coord, eagermuon, noprofile")
+    parser.add_argument("--variant", default="", help="comma list: qkv, coord, eagermuon, bf16rope, noprofile")
     args = parser.parse_args()
     overrides = dict(REFERENCE_SHAPE)
     for item in args.overrides:
@@ -104,6 +104,8 @@ def main() -> None:
         model.init_weights()
     model.wte.to(torch.bfloat16)
     model.value_embeds.to(torch.bfloat16)
+    if "bf16rope" in variants:  # rotary tables in bf16: q and k stay bf16 through rotate and norm
+        model.cos, model.sin = model.cos.bfloat16(), model.sin.bfloat16()
     opt = t.MuonAdamW(model, compile_update="eagermuon" not in variants)
     cmodel = torch.compile(model, dynamic=False)
     accum = t.TOTAL_BATCH_SIZE // T // B
@@ -154,18 +156,19 @@ def main() -> None:
         token_bytes = torch.full((V,), 3, dtype=torch.int64, device=device)
         model.eval()
         for name, m in (("compiled", cmodel), ("eager", model)):
+            scorer = Scorer(m, V, device)
             for bs in (64, 128):
                 torch.cuda.synchronize()
                 started = time.time()
-                score_rows(m, rows[: bs * 4], token_bytes, bs, device)  # warm-up / compile
+                score_rows(scorer, rows[: bs * 4], token_bytes, bs)  # warm-up / compile
                 torch.cuda.synchronize()
                 warm = time.time() - started
                 started = time.time()
-                score_rows(m, rows, token_bytes, bs, device)
+                score_rows(scorer, rows, token_bytes, bs)
                 torch.cuda.synchronize()
                 print(f"eval {name} batch {bs}: first {warm:.1f}s, full {time.time() - started:.1f}s")
         started = time.time()
-        causality_violation(cmodel, rows[:64], V, device)
+        causality_violation(Scorer(cmodel, V, device), rows[:64])
         torch.cuda.synchronize()
         print(f"probe: {time.time() - started:.1f}s")
 

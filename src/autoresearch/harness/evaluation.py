@@ -59,6 +59,7 @@ class Scorer:
         self._loss = torch.compile(_token_nats, dynamic=False) if device.type == "cuda" else _token_nats_chunked
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()  # one memory layout for every call: a compiled model is not compiled again
         with autocast(self.device):
             logits = call_model(self.model, x, self.vocab_size)
         return self._loss(logits, y)

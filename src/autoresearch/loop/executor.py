@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Protocol
 
 from autoresearch.harness.result import RESULT_ENV, RUN_ID_ENV, Result
+from autoresearch.loop.launcher import Launcher, LaunchFailed
+from autoresearch.loop.launcher import available as launcher_available
 
 OK, CRASH, TIMEOUT, INVALID, CHANGED = "ok", "crash", "timeout", "invalid", "apparatus-changed"
 LOG_TAIL_CHARS = 4000
@@ -50,43 +52,37 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Runs `python train.py` in a new process group on this machine."""
+    """Runs train.py in a new process group on this machine: forked from a `Launcher` that has already
+    imported torch where that works (Linux), else as `python train.py`."""
 
-    def __init__(self, python: str = sys.executable):
+    def __init__(self, python: str = sys.executable, prefork: bool = True):
         self.python = python
+        self.launcher = Launcher(python) if prefork and launcher_available() else None
 
     def run(self, spec: RunSpec) -> Outcome:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         result_path, log_path = spec.run_dir / "result.json", spec.run_dir / "log.txt"
         result_path.unlink(missing_ok=True)
+        log_path.write_text("")
         run_id = secrets.token_hex(8)  # a result without it was not written by the harness for this run
         env = {**os.environ, RESULT_ENV: str(result_path), RUN_ID_ENV: run_id, "PYTHONUNBUFFERED": "1"}
         started = time.monotonic()
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [self.python, "train.py"],
-                cwd=spec.directory,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
+        child = self._start(spec.directory, env, log_path)
+        write_pid_file(spec.run_dir / "pid", child.pid)
+        try:
+            code = child.wait(timeout=spec.timeout)
+        except BaseException:  # Ctrl-C or a kill of the loop: take the run down with us
+            kill_group(child)
+            raise
+        if code is None:
+            kill_group(child)
+            return Outcome(
+                TIMEOUT,
+                None,
+                f"no result within the hard timeout of {spec.timeout:.0f}s; killed",
+                tail(log_path),
+                time.monotonic() - started,
             )
-            (spec.run_dir / "pid").write_text(str(proc.pid))
-            try:
-                code = proc.wait(timeout=spec.timeout)
-            except subprocess.TimeoutExpired:
-                kill_group(proc)
-                return Outcome(
-                    TIMEOUT,
-                    None,
-                    f"no result within the hard timeout of {spec.timeout:.0f}s; killed",
-                    tail(log_path),
-                    time.monotonic() - started,
-                )
-            except BaseException:  # Ctrl-C or a kill of the loop: take the run down with us
-                kill_group(proc)
-                raise
         seconds = time.monotonic() - started
         log_tail = tail(log_path)
         result = read_result(result_path)
@@ -104,19 +100,67 @@ class LocalExecutor:
             return Outcome(INVALID, result, f"invalid result: {result.invalid_reason}", log_tail, seconds)
         return Outcome(OK, result, "", log_tail, seconds)
 
+    def _start(self, directory: Path, env: dict[str, str], log_path: Path) -> Child:
+        if self.launcher is not None:
+            try:
+                return self.launcher.start(directory, env, log_path)
+            except LaunchFailed:
+                pass  # the launcher restarts its server; this run starts the plain way
+        with log_path.open("a") as log:
+            return PlainChild(
+                subprocess.Popen(
+                    [self.python, "train.py"],
+                    cwd=directory,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
 
-def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    def close(self) -> None:
+        if self.launcher is not None:
+            self.launcher.close()
+
+
+class Child(Protocol):
+    pid: int  # also the id of its process group
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit code, or None if still running after `timeout` seconds."""
+
+
+class PlainChild:
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.pid = proc, proc.pid
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def kill_group(child: Child, grace: float = 5.0) -> None:
     """SIGTERM the process group, then SIGKILL whatever is left after `grace` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(child.pid, sig)
         except ProcessLookupError:
             return
-        try:
-            proc.wait(timeout=grace)
+        if child.wait(timeout=grace) is not None:
             return
-        except subprocess.TimeoutExpired:
-            continue
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """The run's pid and start time: together they name the process even after the pid is reused."""
+    import psutil
+
+    try:
+        path.write_text(f"{pid} {psutil.Process(pid).create_time()}")
+    except psutil.Error:  # already gone
+        path.write_text(f"{pid} 0")
 
 
 def reap_orphan(run_dir: Path) -> bool:
@@ -124,11 +168,10 @@ def reap_orphan(run_dir: Path) -> bool:
     import psutil
 
     try:
-        pid = int((run_dir / "pid").read_text())
-        proc = psutil.Process(pid)
-        if "train.py" not in " ".join(proc.cmdline()):
-            return False
-        os.killpg(pid, signal.SIGKILL)
+        pid, created = (run_dir / "pid").read_text().split()
+        if psutil.Process(int(pid)).create_time() != float(created):
+            return False  # that pid now belongs to another process
+        os.killpg(int(pid), signal.SIGKILL)
         return True
     except (OSError, ValueError, psutil.Error):
         return False

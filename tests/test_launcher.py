@@ -1,0 +1,87 @@
+"""The fork server the loop starts runs from: a forked run must behave like `python train.py`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from autoresearch.loop.executor import CRASH, LocalExecutor, RunSpec, reap_orphan, write_pid_file
+from autoresearch.loop.launcher import Launcher, available
+
+pytestmark = pytest.mark.skipif(not available(), reason="the fork server is Linux-only")
+
+PROBE = """
+import os, sys
+print("name", __name__, "cwd", os.getcwd(), "env", os.environ.get("PROBE_VALUE"))
+print("torch already imported", "torch" in sys.modules, "own group", os.getpgid(0) == os.getpid())
+print("to stderr", file=sys.stderr)
+if os.environ.get("PROBE_FAIL") == "exit":
+    sys.exit(3)
+if os.environ.get("PROBE_FAIL") == "raise":
+    raise ValueError("train.py broke")
+"""
+
+
+@pytest.fixture(scope="module")
+def launcher():
+    with Launcher() as launcher:
+        yield launcher
+
+
+def run_probe(launcher: Launcher, tmp_path: Path, **env: str) -> tuple[int, str]:
+    directory = tmp_path / "-".join(env.values())
+    directory.mkdir()
+    (directory / "train.py").write_text(PROBE)
+    log = tmp_path / "log.txt"
+    child = launcher.start(directory, {**os.environ, **env}, log)
+    return child.wait(timeout=120), log.read_text()
+
+
+def test_a_forked_run_sees_what_python_train_py_would_with_torch_already_imported(launcher, tmp_path):
+    code, log = run_probe(launcher, tmp_path, PROBE_VALUE="42")
+    assert code == 0
+    assert f"name __main__ cwd {tmp_path / '42'} env 42" in log
+    assert "torch already imported True own group True" in log
+    assert "to stderr" in log
+
+
+def test_exit_codes_and_tracebacks_reach_the_executor(launcher, tmp_path):
+    code, log = run_probe(launcher, tmp_path, PROBE_FAIL="exit")
+    assert code == 3
+    code, log = run_probe(launcher, tmp_path, PROBE_FAIL="raise")
+    assert code == 1 and "ValueError: train.py broke" in log and "Traceback" in log
+
+
+def test_a_dead_fork_server_costs_one_plain_start_then_comes_back(tmp_path):
+    (tmp_path / "train.py").write_text("import sys\nprint('torch' in sys.modules)\n")
+    executor = LocalExecutor()
+    try:
+        executor.launcher._server.kill()
+        spec = RunSpec(tmp_path, tmp_path / "run1", timeout=120, fingerprint="x")
+        outcome = executor.run(spec)  # no result file: a crash, but the run itself happened
+        assert outcome.status == CRASH and "exit code 0" in outcome.reason
+        assert "False" in outcome.log_tail  # started as a plain `python train.py`
+        outcome = executor.run(RunSpec(tmp_path, tmp_path / "run2", timeout=120, fingerprint="x"))
+        assert "True" in outcome.log_tail  # forked again from a fresh server
+    finally:
+        executor.close()
+
+
+def test_an_orphan_is_reaped_only_if_its_pid_still_names_the_same_process(tmp_path):
+    proc = psutil.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        write_pid_file(tmp_path / "pid", proc.pid)
+        created = (tmp_path / "pid").read_text().split()[1]
+        (tmp_path / "pid").write_text(f"{proc.pid} {float(created) - 100}")  # a reused pid
+        assert not reap_orphan(tmp_path) and proc.is_running()
+        write_pid_file(tmp_path / "pid", proc.pid)
+        assert reap_orphan(tmp_path)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.is_running():
+            proc.kill()
