@@ -83,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("overrides", nargs="*", help="NAME=VALUE constants for train.py")
     parser.add_argument("--eval", action="store_true", help="also time the evaluation")
-    parser.add_argument("--variant", default="", help="comma list: qkv, coord, eagermuon, bf16rope, noprofile")
+    parser.add_argument("--variant", default="", help="comma list: qkv, coord, eagermuon, noprofile")
     args = parser.parse_args()
     overrides = dict(REFERENCE_SHAPE)
     for item in args.overrides:
@@ -104,8 +104,6 @@ def main() -> None:
         model.init_weights()
     model.wte.to(torch.bfloat16)
     model.value_embeds.to(torch.bfloat16)
-    if "bf16rope" in variants:  # rotary tables in bf16: q and k stay bf16 through rotate and norm
-        model.cos, model.sin = model.cos.bfloat16(), model.sin.bfloat16()
     opt = t.MuonAdamW(model, compile_update="eagermuon" not in variants)
     cmodel = torch.compile(model, dynamic=False)
     accum = t.TOTAL_BATCH_SIZE // T // B

@@ -1,6 +1,6 @@
 """Where an experiment's time outside training goes on one GPU (issue 2's overhead target).
 
-    PYTHONPATH=src python3 bench/startup.py --budget 10 --warm 2 [--profile] [--phases] [--forked 2]
+    PYTHONPATH=src python3 bench/startup.py --budget 10 --warm 2 [--profile] [--phases] [--forked 2 [--forked-cold]]
 
 Prepares the `h100` preset on python-source, writes the default workspace, then runs train.py once
 with an empty compile cache and `--warm` times with the cache it left. `--profile` adds one warm run
@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--forked", type=int, default=0)
+    parser.add_argument("--forked-cold", action="store_true", help="empty the compile cache before the forked runs")
     parser.add_argument("--phases", action="store_true", help="one more warm run that prints its phases")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-out")))
     args = parser.parse_args()
@@ -127,6 +128,8 @@ def main() -> None:
 
         with Launcher() as launcher:
             time.sleep(15)  # the loop's launcher imports while the previous experiment trains
+            if args.forked_cold:
+                shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"])
             rows += [run_forked(f"forked{i}", ws, args.out, launcher) for i in range(args.forked)]
     for row in rows:
         print(json.dumps(row), flush=True)
