@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from autoresearch.loop.executor import CRASH, LocalExecutor, RunSpec, reap_orphan, write_pid_file
-from autoresearch.loop.launcher import Launcher, available
+from autoresearch.loop.launcher import MAX_FAILURES, Launcher, _Replies, available
 
 pytestmark = pytest.mark.skipif(not available(), reason="the fork server is Linux-only")
 
@@ -85,3 +85,33 @@ def test_an_orphan_is_reaped_only_if_its_pid_still_names_the_same_process(tmp_pa
     finally:
         if proc.is_running():
             proc.kill()
+
+
+def test_a_server_that_cannot_start_is_given_up_on_and_runs_start_plainly(tmp_path):
+    (tmp_path / "train.py").write_text("print('ran')\n")
+    executor = LocalExecutor()
+    executor.launcher.close()
+    executor.launcher._python = "/bin/false"  # every server it starts dies at once
+    executor.launcher._start_server()
+    try:
+        for i in range(MAX_FAILURES + 1):
+            outcome = executor.run(RunSpec(tmp_path, tmp_path / f"run{i}", timeout=120, fingerprint="x"))
+            assert "ran" in outcome.log_tail  # each run still happened, the plain way
+        assert executor.launcher._server is None  # no more servers started after MAX_FAILURES
+    finally:
+        executor.close()
+
+
+def test_two_answers_that_arrive_together_are_both_read():
+    # A run that ends at once makes the server answer "pid" and "exit" in one go; reading the first must
+    # not swallow the second, or the run would look like a hang until the timeout.
+    read, write = os.pipe()
+    try:
+        os.write(write, b'{"pid": 7}\n{"exit": 0}\n')
+        replies = _Replies(read)
+        assert replies.next(timeout=1) == {"pid": 7}
+        assert replies.next(timeout=1) == {"exit": 0}
+        assert replies.next(timeout=0.1) is None
+    finally:
+        os.close(read)
+        os.close(write)

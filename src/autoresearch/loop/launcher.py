@@ -23,6 +23,7 @@ import runpy
 import select
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -43,14 +44,14 @@ def available() -> bool:
 class ForkedChild:
     """A run forked by the server: its pid (also its process group) and, once it ends, its exit code."""
 
-    def __init__(self, server: subprocess.Popen, pid: int):
-        self._server, self.pid = server, pid
+    def __init__(self, replies: _Replies, pid: int):
+        self._replies, self.pid = replies, pid
         self.returncode: int | None = None
 
     def wait(self, timeout: float | None = None) -> int | None:
         """The exit code, or None if the run is still going after `timeout` seconds."""
         if self.returncode is None:
-            reply = _read_reply(self._server, timeout)
+            reply = self._replies.next(timeout)
             if reply is not None:
                 self.returncode = int(reply["exit"])
         return self.returncode
@@ -73,6 +74,7 @@ class Launcher:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
+        self._replies = _Replies(self._server.stdout.fileno())
 
     def start(self, directory: Path, env: dict[str, str], log_path: Path) -> ForkedChild:
         """Fork a run of train.py in `directory`; raises LaunchFailed (and restarts the server) if it can't."""
@@ -83,10 +85,10 @@ class Launcher:
             request = {"directory": str(directory), "env": env, "log": str(log_path)}
             server.stdin.write((json.dumps(request) + "\n").encode())
             server.stdin.flush()
-            reply = _read_reply(server, timeout=120)
+            reply = self._replies.next(timeout=120)
             if reply is None or "pid" not in reply:
                 raise LaunchFailed(f"the fork server answered {reply!r}")
-            return ForkedChild(server, int(reply["pid"]))
+            return ForkedChild(self._replies, int(reply["pid"]))
         except (OSError, ValueError, LaunchFailed) as exc:
             self.close()
             self._failures += 1
@@ -107,15 +109,26 @@ class Launcher:
         self.close()
 
 
-def _read_reply(server: subprocess.Popen, timeout: float | None) -> dict | None:
-    """The server's next line, or None if none came within `timeout`; LaunchFailed if the server died."""
-    ready, _, _ = select.select([server.stdout], [], [], timeout)
-    if not ready:
-        return None
-    line = server.stdout.readline()
-    if not line:
-        raise LaunchFailed("the fork server exited")
-    return json.loads(line)
+class _Replies:
+    """The server's answers, a line at a time, with a timeout (read from the raw pipe: a buffered reader
+    could hold a whole line that select() would then never report)."""
+
+    def __init__(self, fd: int):
+        self._fd, self._buffer = fd, b""
+
+    def next(self, timeout: float | None) -> dict | None:
+        """The next answer, or None if none came within `timeout`; LaunchFailed if the server died."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self._fd], [], [], left)[0]:
+                return None
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                raise LaunchFailed("the fork server exited")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
 
 
 # -- the server side ----------------------------------------------------------------------------------
