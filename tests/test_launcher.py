@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -115,3 +117,43 @@ def test_two_answers_that_arrive_together_are_both_read():
     finally:
         os.close(read)
         os.close(write)
+
+
+DRIVER = """
+import sys
+from pathlib import Path
+from autoresearch.loop.executor import LocalExecutor, RunSpec
+workspace = Path(sys.argv[1])
+executor = LocalExecutor()
+print("running", flush=True)
+try:
+    executor.run(RunSpec(workspace, workspace / "run", timeout=300, fingerprint="x"))
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_stops_the_loop_and_takes_a_forked_run_down_with_it(tmp_path):
+    marker = f"autoresearch-ctrl-c-{os.getpid()}"
+    (tmp_path / "train.py").write_text(
+        f"import subprocess, time\nsubprocess.Popen(['sleep', '300', '{marker}'])\nprint('training', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path)], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert driver.stdout.readline() == "running\n"
+        deadline = time.monotonic() + 60
+        log = tmp_path / "run" / "log.txt"
+        while not log.exists() or "training" not in log.read_text():
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        out, _ = driver.communicate(timeout=60)
+        assert "interrupted" in out
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]

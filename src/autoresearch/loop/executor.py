@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import psutil
+
 from autoresearch.harness.result import RESULT_ENV, RUN_ID_ENV, Result
 from autoresearch.loop.launcher import Launcher, LaunchFailed
 from autoresearch.loop.launcher import available as launcher_available
@@ -155,8 +157,6 @@ def kill_group(child: Child, grace: float = 5.0) -> None:
 
 def write_pid_file(path: Path, pid: int) -> None:
     """The run's pid and start time: together they name the process even after the pid is reused."""
-    import psutil
-
     try:
         path.write_text(f"{pid} {psutil.Process(pid).create_time()}")
     except psutil.Error:  # already gone
@@ -165,8 +165,6 @@ def write_pid_file(path: Path, pid: int) -> None:
 
 def reap_orphan(run_dir: Path) -> bool:
     """Kill the process group of a run a killed loop left behind (found by its pid file); True if one was."""
-    import psutil
-
     try:
         pid, created = (run_dir / "pid").read_text().split()
         if psutil.Process(int(pid)).create_time() != float(created):

@@ -21,11 +21,14 @@ import json
 import os
 import runpy
 import select
+import signal
 import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
+
+import psutil
 
 # What a run imports before its first step, imported once by the server.
 PRELOAD = ("torch", "torch._dynamo", "torch._inductor.compile_fx", "torch.nn.attention.flex_attention")
@@ -49,12 +52,30 @@ class ForkedChild:
         self.returncode: int | None = None
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """The exit code, or None if the run is still going after `timeout` seconds."""
+        """The exit code, or None if the run is still going after `timeout` seconds.
+
+        If the server died meanwhile, the run (not its child) is watched until it is gone, and its exit
+        code is unknown: 0 is returned and the run's result file, which only the harness writes, decides.
+        """
         if self.returncode is None:
-            reply = self._replies.next(timeout)
-            if reply is not None:
-                self.returncode = int(reply["exit"])
+            try:
+                reply = self._replies.next(timeout)
+                if reply is not None:
+                    self.returncode = int(reply["exit"])
+            except LaunchFailed:
+                if _gone(self.pid, timeout):
+                    self.returncode = 0
         return self.returncode
+
+
+def _gone(pid: int, timeout: float | None) -> bool:
+    try:
+        psutil.Process(pid).wait(timeout)
+    except psutil.TimeoutExpired:
+        return False
+    except psutil.NoSuchProcess:
+        pass
+    return True
 
 
 class Launcher:
@@ -135,6 +156,7 @@ class _Replies:
 
 
 def serve() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loop's to handle: it stops the run first
     # CUDA must stay untouched here; asking NVML, not the CUDA driver, whether a GPU exists keeps it so.
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     for name in (*PRELOAD, PRELOAD_HARNESS):
@@ -174,6 +196,7 @@ def _child(directory: str, env: dict[str, str], log_path: str) -> None:
     code = 1
     try:
         os.setsid()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
