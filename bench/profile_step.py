@@ -52,6 +52,8 @@ def apply_variants(t, variants: set[str]) -> None:
 
     if "coord" in variants:
         torch._inductor.config.coordinate_descent_tuning = True
+    if "autotune" in variants:  # Triton GEMM templates compete with cuBLAS and may take elementwise epilogues
+        torch._inductor.config.max_autotune = True
     if "qkv" in variants:
 
         def forward(self, x, ve, cos, sin, mask):
@@ -83,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("overrides", nargs="*", help="NAME=VALUE constants for train.py")
     parser.add_argument("--eval", action="store_true", help="also time the evaluation")
-    parser.add_argument("--variant", default="", help="comma list: qkv, coord, eagermuon, noprofile")
+    parser.add_argument("--variant", default="", help="comma list: qkv, coord, autotune, eagermuon, noprofile")
     args = parser.parse_args()
     overrides = dict(REFERENCE_SHAPE)
     for item in args.overrides:
