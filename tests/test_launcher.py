@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autoresearch.loop.executor import CRASH, LocalExecutor, RunSpec, reap_orphan, write_pid_file
+from autoresearch.loop.executor import CRASH, FORK_SERVER_ENV, LocalExecutor, RunSpec, reap_orphan, write_pid_file
 from autoresearch.loop.launcher import MAX_FAILURES, Launcher, _Replies, available
 
 pytestmark = pytest.mark.skipif(not available(), reason="the fork server is Linux-only")
@@ -157,3 +157,12 @@ def test_ctrl_c_stops_the_loop_and_takes_a_forked_run_down_with_it(tmp_path):
             os.killpg(driver.pid, signal.SIGKILL)
     time.sleep(0.5)
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+
+
+def test_the_fork_server_can_be_switched_off(tmp_path, monkeypatch):
+    monkeypatch.setenv(FORK_SERVER_ENV, "0")
+    (tmp_path / "train.py").write_text("import sys\nprint('torch' in sys.modules)\n")
+    executor = LocalExecutor()
+    assert executor.launcher is None
+    outcome = executor.run(RunSpec(tmp_path, tmp_path / "run", timeout=120, fingerprint="x"))
+    assert outcome.log_tail.strip() == "False"  # a fresh interpreter: nothing imported in advance

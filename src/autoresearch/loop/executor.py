@@ -25,6 +25,7 @@ from autoresearch.loop.launcher import available as launcher_available
 
 OK, CRASH, TIMEOUT, INVALID, CHANGED = "ok", "crash", "timeout", "invalid", "apparatus-changed"
 LOG_TAIL_CHARS = 4000
+FORK_SERVER_ENV = "AUTORESEARCH_FORK_SERVER"  # "0": start every run as a plain `python train.py`
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,10 @@ class LocalExecutor:
     """Runs train.py in a new process group on this machine: forked from a `Launcher` that has already
     imported torch where that works (Linux), else as `python train.py`."""
 
-    def __init__(self, python: str = sys.executable, prefork: bool = True):
+    def __init__(self, python: str = sys.executable, prefork: bool | None = None):
         self.python = python
+        if prefork is None:
+            prefork = os.environ.get(FORK_SERVER_ENV, "1") != "0"
         self.launcher = Launcher(python) if prefork and launcher_available() else None
 
     def run(self, spec: RunSpec) -> Outcome:

@@ -1,6 +1,6 @@
 """Starting `python train.py` without paying for `import torch` at every experiment.
 
-Importing torch, its compiler and the harness takes 2-5 s. A `Launcher` keeps a small server process
+Importing torch, its compiler and the harness takes 5-10 s on a GPU machine. A `Launcher` keeps a small server process
 (`python -m autoresearch.loop.launcher`) that imports them once, while the previous experiment trains,
 and forks one child per run. Runs still share nothing: each child is a fresh process whose globals,
 CUDA context (never created in the server: it would not survive fork), threads and memory die with
