@@ -22,6 +22,7 @@ import os, sys
 print("name", __name__, "cwd", os.getcwd(), "env", os.environ.get("PROBE_VALUE"))
 print("torch already imported", "torch" in sys.modules, "own group", os.getpgid(0) == os.getpid())
 print("to stderr", file=sys.stderr)
+print("path", sys.path[0], "loop's directory on it", os.environ.get("PROBE_LOOP_CWD") in sys.path)
 if os.environ.get("PROBE_FAIL") == "exit":
     sys.exit(3)
 if os.environ.get("PROBE_FAIL") == "raise":
@@ -36,7 +37,7 @@ def launcher():
 
 
 def run_probe(launcher: Launcher, tmp_path: Path, **env: str) -> tuple[int, str]:
-    directory = tmp_path / "-".join(env.values())
+    directory = tmp_path / env.get("PROBE_VALUE", env.get("PROBE_FAIL", "run"))
     directory.mkdir()
     (directory / "train.py").write_text(PROBE)
     log = tmp_path / "log.txt"
@@ -45,11 +46,12 @@ def run_probe(launcher: Launcher, tmp_path: Path, **env: str) -> tuple[int, str]
 
 
 def test_a_forked_run_sees_what_python_train_py_would_with_torch_already_imported(launcher, tmp_path):
-    code, log = run_probe(launcher, tmp_path, PROBE_VALUE="42")
+    code, log = run_probe(launcher, tmp_path, PROBE_VALUE="42", PROBE_LOOP_CWD=os.getcwd())
     assert code == 0
     assert f"name __main__ cwd {tmp_path / '42'} env 42" in log
     assert "torch already imported True own group True" in log
     assert "to stderr" in log
+    assert f"path {tmp_path / '42'} loop's directory on it False" in log  # as `python train.py` would have it
 
 
 def test_exit_codes_and_tracebacks_reach_the_executor(launcher, tmp_path):

@@ -157,6 +157,8 @@ class _Replies:
 
 def serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loop's to handle: it stops the run first
+    if not sys.flags.safe_path:
+        del sys.path[0]  # `-m` put the loop's working directory there; a run gets its own workspace instead
     # CUDA must stay untouched here; asking NVML, not the CUDA driver, whether a GPU exists keeps it so.
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     for name in (*PRELOAD, PRELOAD_HARNESS):
