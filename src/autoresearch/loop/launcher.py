@@ -157,7 +157,7 @@ class _Replies:
 
 def serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loop's to handle: it stops the run first
-    if not sys.flags.safe_path:
+    if not getattr(sys.flags, "safe_path", False):  # -P (Python 3.11+) prepends nothing
         del sys.path[0]  # `-m` put the loop's working directory there; a run gets its own workspace instead
     # CUDA must stay untouched here; asking NVML, not the CUDA driver, whether a GPU exists keeps it so.
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
