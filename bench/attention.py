@@ -1,6 +1,6 @@
 """Forward+backward time of one attention layer at the reference shape, for each kernel PyTorch offers.
 
-    python3 bench/attention.py [--batch 128] [--window 1024]
+    python3 bench/attention.py [--batch 128] [--window 1024] [--only cudnn-frontend]
 
 Shape: batch x 4 heads x 2048 tokens x 128 channels, bf16 (one micro-batch of the reference model).
 "Window W" means each query sees itself and the W - 1 tokens before it, as train.py's SHORT_WINDOW.
@@ -39,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--window", type=int, default=1024)
+    parser.add_argument("--only", choices=["cudnn-frontend"], help="time only the cuDNN frontend's kernels")
     args = parser.parse_args()
     B, H, S, D, W = args.batch, 4, 2048, 128, args.window
     print(f"torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, {torch.cuda.get_device_name()}")
@@ -55,6 +56,9 @@ def main() -> None:
         return fn
 
     bench("SDPA cuDNN, causal", sdpa(SDPBackend.CUDNN_ATTENTION), q, k, v, full, causal_work)
+    cudnn_frontend(q, k, v, W, full, causal_work, window_work)
+    if args.only:
+        return
     bench("SDPA flash (FA2), causal", sdpa(SDPBackend.FLASH_ATTENTION), q, k, v, full, causal_work)
     bench("SDPA efficient, causal", sdpa(SDPBackend.EFFICIENT_ATTENTION), q, k, v, full, causal_work)
 
@@ -98,6 +102,37 @@ def main() -> None:
 
     bench("varlen (FA2), causal", varlen((-1, 0)), q, k, v, full, causal_work)
     bench(f"varlen (FA2), window {W}", varlen((W - 1, 0)), q, k, v, full, window_work)
+
+
+def cudnn_frontend(q, k, v, W: int, full: float, causal_work: float, window_work: float) -> None:
+    """cuDNN's own sliding-window kernels through the nvidia-cudnn-frontend package, checked then timed."""
+    try:
+        import cudnn
+        from cudnn.sdpa.fwd.torch_op import sdpa as cudnn_sdpa
+    except ImportError as exc:
+        print(f"cudnn frontend: not importable ({exc})")
+        return
+    print(f"cudnn frontend {cudnn.__version__}, backend {cudnn.backend_version()}")
+    # Which left bound gives "itself and the W - 1 tokens before it"? Compare with a dense mask.
+    w = 64
+    small = [t.detach()[:2, :, :256].clone().requires_grad_() for t in (q, k, v)]
+    pos = torch.arange(256, device="cuda")
+    dense = (pos[:, None] >= pos[None, :]) & (pos[:, None] - pos[None, :] < w)
+    ref = F.scaled_dot_product_attention(*(t.float() for t in small), attn_mask=dense)
+    grad = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, small, grad)
+    for left in (w - 1, w):
+        out = cudnn_sdpa(*small, is_causal=True, window_left=left, return_lse=True)[0]
+        grads = torch.autograd.grad(out, small, grad.bfloat16())
+        err = max((a.float() - b).abs().max().item() for a, b in zip((out, *grads), (ref, *ref_grads), strict=True))
+        print(f"cudnn frontend window_left={left}: max abs error vs dense mask of window {w}: {err:.4f}")
+
+    def fe(window_left):
+        return lambda q, k, v: cudnn_sdpa(q, k, v, is_causal=True, window_left=window_left, return_lse=True)[0]
+
+    bench("cudnn frontend, causal", fe(-1), q, k, v, full, causal_work)
+    for left in (W - 1, W):
+        bench(f"cudnn frontend, window_left {left}", fe(left), q, k, v, full, window_work)
 
 
 if __name__ == "__main__":

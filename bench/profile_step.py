@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import os
 import sys
 import tempfile
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from torch.profiler import ProfilerActivity, profile
 
 from autoresearch.harness.evaluation import Scorer, causality_violation, score_rows
@@ -54,6 +56,38 @@ def apply_variants(t, variants: set[str]) -> None:
         torch._inductor.config.coordinate_descent_tuning = True
     if "autotune" in variants:  # Triton GEMM templates compete with cuBLAS and may take elementwise epilogues
         torch._inductor.config.max_autotune = True
+    if "cudnnfe" in variants:  # S layers on cuDNN's sliding-window kernel (nvidia-cudnn-frontend) instead of Flex
+        from cudnn.sdpa.fwd.torch_op import sdpa as cudnn_sdpa
+
+        def windowed(q, k, v, block_mask):
+            return cudnn_sdpa(q, k, v, is_causal=True, window_left=t.SHORT_WINDOW, return_lse=True)[0]
+
+        t.flex_attention = windowed
+    if "bf16stream" in variants:  # the residual stream in bf16: RMSNorm under autocast may return fp32
+        t.norm = lambda x: F.rms_norm(x, (x.size(-1),)).to(torch.bfloat16 if torch.is_autocast_enabled() else x.dtype)
+    if "lossckpt" in variants:  # recompute the soft-cap in the backward instead of saving fp32 logits
+
+        def softcapped_loss(logits, targets):
+            logits = t.LOGIT_SOFTCAP * torch.tanh(logits.float() / t.LOGIT_SOFTCAP)
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+        def head_forward(self, x, targets=None):
+            logits = self.proj(t.norm(x))
+            if targets is None:
+                return t.LOGIT_SOFTCAP * torch.tanh(logits.float() / t.LOGIT_SOFTCAP)
+            return torch.utils.checkpoint.checkpoint(softcapped_loss, logits, targets, use_reentrant=False)
+
+        t.Head.forward = head_forward
+    if "sigmoidcap" in variants:  # soft-cap as c * (2 sigmoid(2x/c) - 1): tanh itself, with a cheaper lowering?
+
+        def capped_head_forward(self, x, targets=None):
+            logits = self.proj(t.norm(x)).float()
+            logits = t.LOGIT_SOFTCAP * (2 * torch.sigmoid(logits * (2 / t.LOGIT_SOFTCAP)) - 1)
+            if targets is None:
+                return logits
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+        t.Head.forward = capped_head_forward
     if "qkv" in variants:
 
         def forward(self, x, ve, cos, sin, mask):
@@ -85,7 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("overrides", nargs="*", help="NAME=VALUE constants for train.py")
     parser.add_argument("--eval", action="store_true", help="also time the evaluation")
-    parser.add_argument("--variant", default="", help="comma list: qkv, coord, autotune, eagermuon, noprofile")
+    variants_help = "comma list: qkv, cudnnfe, lossckpt, sigmoidcap, bf16stream, coord, autotune, eagermuon, noprofile"
+    parser.add_argument("--variant", default="", help=variants_help)
     args = parser.parse_args()
     overrides = dict(REFERENCE_SHAPE)
     for item in args.overrides:
@@ -106,6 +141,13 @@ def main() -> None:
         model.init_weights()
     model.wte.to(torch.bfloat16)
     model.value_embeds.to(torch.bfloat16)
+    with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
+        probe = torch.randint(0, V, (1, T), device=device)
+        seen = {}
+        hook = model.blocks[0].register_forward_hook(lambda m, i, o: seen.update(block_output=o.dtype))
+        model(probe)
+        hook.remove()
+        print(f"dtypes under autocast: norm(wte) {t.norm(model.wte(probe)).dtype}, {seen}")
     opt = t.MuonAdamW(model, compile_update="eagermuon" not in variants)
     cmodel = torch.compile(model, dynamic=False)
     accum = t.TOTAL_BATCH_SIZE // T // B
@@ -149,7 +191,8 @@ def main() -> None:
         fwd_bwd()
         opt_step()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70))
+    rows = int(os.environ.get("PROFILE_ROWS", "30"))
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=110))
 
     if args.eval:
         rows = np.random.default_rng(0).integers(1, V, (preset.eval_rows, T + 1)).astype(np.uint16)
