@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoresearch.harness.evaluation import Scorer, causality_violation
+from autoresearch.harness.evaluation import Scorer, causality_violation, score_rows
 
 CPU = torch.device("cpu")
 VOCAB = 64
@@ -100,10 +100,61 @@ def test_a_stateful_model_whose_output_changes_between_identical_calls_is_caught
     assert reason is not None and "not deterministic" in reason
 
 
-def test_a_randomly_sampling_model_is_caught(rows: np.ndarray) -> None:
-    base = PrefixMean()
-    reason = probe(lambda idx: base(idx) + 3 * torch.randn(*idx.shape, VOCAB), rows)
+class NoisyCopy(torch.nn.Module):
+    """Adds `boost` to the logit of the next input, which is its own target, under noise of its own."""
+
+    def __init__(self, boost: float, noise: float, private_generator: bool = True):
+        super().__init__()
+        self.base, self.boost, self.noise = PrefixMean(), boost, noise
+        self.gen = torch.Generator().manual_seed(1) if private_generator else None  # the probe cannot reseed it
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = self.base(idx) + self.boost * F.one_hot(torch.roll(idx, -1, dims=1), VOCAB)
+        return logits + self.noise * torch.randn(logits.shape, generator=self.gen)
+
+
+def test_a_model_with_noise_of_its_own_beyond_the_limit_is_not_deterministic(rows: np.ndarray) -> None:
+    reason = probe(NoisyCopy(boost=0.0, noise=3.0), rows)
     assert reason is not None and "not deterministic" in reason
+
+
+def test_a_model_that_samples_from_the_global_generator_gets_the_same_samples_on_every_call(
+    rows: np.ndarray,
+) -> None:
+    assert probe(NoisyCopy(boost=0.0, noise=3.0, private_generator=False), rows) is None
+    reason = probe(NoisyCopy(boost=0.01, noise=3.0, private_generator=False), rows)  # its noise hides nothing
+    assert reason is not None and "loss before position" in reason
+
+
+def test_a_look_ahead_hidden_in_noise_is_caught_by_its_mean_effect(rows: np.ndarray) -> None:
+    # Noise of 0.01 per logit lets a single position move ~0.4 nats, which hides a 0.1 boost of the
+    # target there; the loss just before a cut still rises by ~0.1 in every row, and that shows.
+    assert probe(NoisyCopy(boost=0.0, noise=0.01), rows) is None
+    reason = probe(NoisyCopy(boost=0.1, noise=0.01), rows)
+    assert reason is not None and "just before a cut rose" in reason
+
+
+def test_a_model_that_looks_ahead_only_during_the_evaluation_is_caught(rows: np.ndarray) -> None:
+    honest, cheat = PrefixMean(), NoisyCopy(boost=0.05, noise=0.0)  # a boost within the noise limit
+    calls = []
+
+    def peeks_while_evaluated(idx):
+        calls.append(1)
+        return cheat(idx) if len(calls) <= 2 else honest(idx)  # the evaluation's two batches, then honest
+
+    scorer = Scorer(peeks_while_evaluated, VOCAB, CPU)
+    score_rows(scorer, rows, torch.ones(VOCAB, dtype=torch.int64), batch_size=4)
+    assert probe(peeks_while_evaluated, rows[:4]) is None  # the probe alone sees an honest model
+    calls.clear()
+    score = score_rows(scorer, rows, torch.ones(VOCAB, dtype=torch.int64), batch_size=4)
+    reason = causality_violation(scorer, rows[:4], score.first_batch)
+    assert reason is not None and "better than the same rows when probed" in reason
+
+
+def test_an_honest_model_scores_the_same_during_the_evaluation_and_the_probe(rows: np.ndarray) -> None:
+    scorer = Scorer(NoisyCopy(boost=0.0, noise=0.0, private_generator=False), VOCAB, CPU)
+    score = score_rows(scorer, rows, torch.ones(VOCAB, dtype=torch.int64), batch_size=4)
+    assert causality_violation(scorer, rows[:4], score.first_batch) is None
 
 
 def _template_module():

@@ -10,6 +10,7 @@ model whose predictions at one position depend on tokens after it.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from autoresearch.harness.device import autocast
 
 CE_CHUNK_ELEMENTS = 2**27  # eager scoring takes logits this many at a time: a 512 MiB float32 copy at most
 NONDETERMINISM_LIMIT = 0.1  # nats of one input may differ this much between calls (kernel noise)
+PROBE_SIGMAS = 4.0  # a mean rise this many standard errors above the noise is a look-ahead
 
 
 class NonFiniteLogits(Exception):
@@ -32,6 +34,7 @@ class Score:
     nats: float
     bytes: int
     tokens: int
+    first_batch: torch.Tensor | None = None  # per-token nats of the first batch, for the causality probe
 
     @property
     def bpb(self) -> float:
@@ -86,18 +89,27 @@ def batch_size_for(rows: int, limit: int) -> int:
     return size
 
 
+def _scored_reseeded(scorer: Scorer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-token loss, every global random generator reset first: a model that samples repeats itself."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)  # also every CUDA device's generator
+    return scorer(x, y).float()
+
+
 @torch.inference_mode()
 def score_rows(scorer: Scorer, rows: np.ndarray, token_bytes: torch.Tensor, batch_size: int) -> Score:
     """Score every row of `rows` (n, seq_len + 1); on running out of memory, retry with half the batch."""
     device = scorer.device
     nats = torch.zeros((), dtype=torch.float64, device=device)
     nbytes = torch.zeros((), dtype=torch.int64, device=device)
+    first_batch = None
     start = 0
     while start < len(rows):
         batch = torch.from_numpy(rows[start : start + batch_size].astype(np.int64)).to(device)
         x, y = batch[:, :-1], batch[:, 1:]
         try:
-            per_token = scorer(x, y)
+            per_token = _scored_reseeded(scorer, x, y)
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise
@@ -105,6 +117,8 @@ def score_rows(scorer: Scorer, rows: np.ndarray, token_bytes: torch.Tensor, batc
             torch.cuda.empty_cache()
             batch_size = batch_size_for(len(rows) - start, batch_size // 2)
             continue
+        if first_batch is None:
+            first_batch = per_token
         counted = token_bytes[y]
         nats += (per_token.double() * (counted > 0)).sum()
         nbytes += counted.sum()
@@ -112,37 +126,80 @@ def score_rows(scorer: Scorer, rows: np.ndarray, token_bytes: torch.Tensor, batc
     total = nats.item()
     if not math.isfinite(total):
         raise NonFiniteLogits("the loss on the validation set is not finite (NaN or inf logits)")
-    return Score(nats=total, bytes=int(nbytes.item()), tokens=len(rows) * (rows.shape[1] - 1))
+    return Score(nats=total, bytes=int(nbytes.item()), tokens=len(rows) * (rows.shape[1] - 1), first_batch=first_batch)
 
 
 @torch.inference_mode()
-def causality_violation(scorer: Scorer, rows: np.ndarray) -> str | None:
+def causality_violation(scorer: Scorer, rows: np.ndarray, evaluated: torch.Tensor | None = None) -> str | None:
     """Why the model looks ahead, or None if it does not.
 
-    The batch is scored twice unchanged, to measure run-to-run noise. Then, for each of the first four
-    rows r, every input from a cut point p_r on is replaced, and every other row too; the targets of the
-    positions before p_r are kept. The loss at a position t < p_r may depend only on the inputs up to t
-    and on its own target, so it may not move beyond the noise. (Inputs and targets are replaced
-    separately: the input at p_r is the target of position p_r - 1, and keeping it would let a model
-    that reads the next input, its own target, pass.)
+    Every call starts from the same random state, so a model that samples from PyTorch's, NumPy's or
+    Python's generator repeats itself. The batch is scored twice unchanged, to measure what noise is
+    left, and compared with `evaluated`, the per-token loss the evaluation took of these rows (its first
+    batch): a model that scored them better there looks ahead only when it is not probed. Then two
+    checks, each on inputs whose later tokens are replaced while the targets of the positions before
+    the cut are kept. (Inputs and targets are replaced separately: the input at the cut is the target
+    of the position before it, and keeping it would let a model that reads the next input, its own
+    target, pass.)
+
+    1. For each of the first four rows r, every input from a cut point p_r on is replaced, and every
+       other row too. The loss at a position t < p_r may not move beyond the noise.
+    2. Every row is cut at a random point. A look-ahead that helps, at any distance, raises the loss
+       at the last position before the cut in every row; noise does not. The mean rise over the rows
+       may not exceed PROBE_SIGMAS standard errors: this catches a look-ahead hidden in noise too
+       large for check 1 to see it at any one position.
     """
     batch = torch.from_numpy(rows.astype(np.int64)).to(scorer.device)
     x, y = batch[:, :-1], batch[:, 1:]
-    seq = x.shape[1]
+    n_rows, seq = x.shape
     gen = torch.Generator().manual_seed(0)
-    before = scorer(x, y).float()
-    jitter = (before - scorer(x, y).float()).abs().max().item()
+    before = _scored_reseeded(scorer, x, y)
+    again = _scored_reseeded(scorer, x, y)
+    jitter = (before - again).abs().max().item()
     if not jitter <= NONDETERMINISM_LIMIT:
         return f"causality probe: the same input scored {jitter:.3g} nats apart; the model is not deterministic"
-    for r, cut in enumerate((seq // 2, seq // 8, (3 * seq) // 4, 1)[: len(batch)]):
+    seen_future = "the model sees the future (run-to-run noise {:.3g})"
+    if evaluated is not None:
+        k = min(len(evaluated), n_rows)
+        drift = before[:k] - evaluated[:k].float()  # positive where the evaluation scored lower
+        largest = drift.abs().max().item()
+        if not largest <= NONDETERMINISM_LIMIT:
+            return (
+                f"causality probe: the evaluation's first batch scored up to {largest:.3g} nats apart from the "
+                "same rows when probed; the model is not deterministic"
+            )
+        mean, error = _mean_and_error(drift.mean(1))
+        if not mean <= 1e-3 + PROBE_SIGMAS * error:
+            return (
+                f"causality probe: the evaluation's first batch scored {mean:.3g} nats per token better than the "
+                f"same rows when probed (standard error {error:.3g}); the model behaves differently when probed"
+            )
+    for r, cut in enumerate((seq // 2, seq // 8, (3 * seq) // 4, 1)[:n_rows]):
         keep = torch.zeros_like(x, dtype=torch.bool)
         keep[r, :cut] = True
         noise = torch.randint(1, scorer.vocab_size, x.shape, generator=gen).to(scorer.device)
-        after = scorer(torch.where(keep, x, noise), torch.where(keep, y, noise)).float()
+        after = _scored_reseeded(scorer, torch.where(keep, x, noise), torch.where(keep, y, noise))
         moved = (before[r, :cut] - after[r, :cut]).abs().max().item()
         if not moved <= 1e-3 + 10 * jitter:
             return (
                 f"causality probe: the loss before position {cut} changed by {moved:.3g} nats when only later "
-                f"tokens (or other rows) changed; the model sees the future (run-to-run noise {jitter:.3g})"
+                f"tokens (or other rows) changed; " + seen_future.format(jitter)
             )
+    cuts = torch.randint(1, seq, (n_rows, 1), generator=gen).to(scorer.device)
+    keep = torch.arange(seq, device=scorer.device) < cuts
+    noise = torch.randint(1, scorer.vocab_size, x.shape, generator=gen).to(scorer.device)
+    after = _scored_reseeded(scorer, torch.where(keep, x, noise), torch.where(keep, y, noise))
+    rise = (after - again).gather(1, cuts - 1)  # per row: the change at the last position before its cut
+    mean, error = _mean_and_error(rise.flatten())
+    if not mean <= 1e-3 + PROBE_SIGMAS * error:
+        return (
+            f"causality probe: the loss just before a cut rose by {mean:.3g} nats on average over {n_rows} rows "
+            f"(standard error {error:.3g}) when only later tokens changed; " + seen_future.format(jitter)
+        )
     return None
+
+
+def _mean_and_error(samples: torch.Tensor) -> tuple[float, float]:
+    """The mean of one value per row, and its standard error (0 for a single row)."""
+    error = (samples.std() / math.sqrt(len(samples))).item() if len(samples) > 1 else 0.0
+    return samples.mean().item(), error

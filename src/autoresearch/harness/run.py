@@ -195,9 +195,10 @@ class Run:
         try:
             scorer = Scorer(model, self.vocab_size, self.device)
             batch_size = self._eval_batch_size()
-            bpb = score_rows(scorer, self._val_rows, self._token_bytes(), batch_size).bpb
+            score = score_rows(scorer, self._val_rows, self._token_bytes(), batch_size)
+            bpb = score.bpb
             scored = time.perf_counter()
-            reason = reason or causality_violation(scorer, self._val_rows[:batch_size])
+            reason = reason or causality_violation(scorer, self._val_rows[:batch_size], score.first_batch)
             print(
                 f"evaluation: {len(self._val_rows) * self.seq_len:,} tokens in {scored - eval_started:.1f}s, "
                 f"causality probe {time.perf_counter() - scored:.1f}s",
