@@ -54,6 +54,10 @@ def apply_variants(t, variants: set[str]) -> None:
 
     if "coord" in variants:
         torch._inductor.config.coordinate_descent_tuning = True
+    if "aggressive" in variants:  # fuse nodes even when they share no memory traffic
+        torch._inductor.config.aggressive_fusion = True
+    if "benchfusion" in variants:  # time each fusion decision instead of trusting the heuristic
+        torch._inductor.config.benchmark_fusion = True
     if "autotune" in variants:  # Triton GEMM templates compete with cuBLAS and may take elementwise epilogues
         torch._inductor.config.max_autotune = True
     if "cudnnfe" in variants:  # S layers on cuDNN's sliding-window kernel (nvidia-cudnn-frontend) instead of Flex
@@ -119,7 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("overrides", nargs="*", help="NAME=VALUE constants for train.py")
     parser.add_argument("--eval", action="store_true", help="also time the evaluation")
-    variants_help = "comma list: qkv, cudnnfe, lossckpt, sigmoidcap, bf16stream, coord, autotune, eagermuon, noprofile"
+    variants_help = "comma list of experimental changes (see apply_variants) and noprofile"
     parser.add_argument("--variant", default="", help=variants_help)
     args = parser.parse_args()
     overrides = dict(REFERENCE_SHAPE)
