@@ -158,7 +158,7 @@ def causality_violation(scorer: Scorer, rows: np.ndarray, evaluated: torch.Tenso
     jitter = (before - again).abs().max().item()
     if not jitter <= NONDETERMINISM_LIMIT:
         return f"causality probe: the same input scored {jitter:.3g} nats apart; the model is not deterministic"
-    seen_future = "the model sees the future (run-to-run noise {:.3g})"
+    sees_future = f"the model sees the future (run-to-run noise {jitter:.3g})"
     if evaluated is not None:
         k = min(len(evaluated), n_rows)
         drift = before[:k] - evaluated[:k].float()  # positive where the evaluation scored lower
@@ -177,26 +177,31 @@ def causality_violation(scorer: Scorer, rows: np.ndarray, evaluated: torch.Tenso
     for r, cut in enumerate((seq // 2, seq // 8, (3 * seq) // 4, 1)[:n_rows]):
         keep = torch.zeros_like(x, dtype=torch.bool)
         keep[r, :cut] = True
-        noise = torch.randint(1, scorer.vocab_size, x.shape, generator=gen).to(scorer.device)
-        after = _scored_reseeded(scorer, torch.where(keep, x, noise), torch.where(keep, y, noise))
+        after = _scored_with_noise(scorer, x, y, keep, gen)
         moved = (before[r, :cut] - after[r, :cut]).abs().max().item()
         if not moved <= 1e-3 + 10 * jitter:
             return (
                 f"causality probe: the loss before position {cut} changed by {moved:.3g} nats when only later "
-                f"tokens (or other rows) changed; " + seen_future.format(jitter)
+                f"tokens (or other rows) changed; {sees_future}"
             )
     cuts = torch.randint(1, seq, (n_rows, 1), generator=gen).to(scorer.device)
-    keep = torch.arange(seq, device=scorer.device) < cuts
-    noise = torch.randint(1, scorer.vocab_size, x.shape, generator=gen).to(scorer.device)
-    after = _scored_reseeded(scorer, torch.where(keep, x, noise), torch.where(keep, y, noise))
+    after = _scored_with_noise(scorer, x, y, torch.arange(seq, device=scorer.device) < cuts, gen)
     rise = (after - again).gather(1, cuts - 1)  # per row: the change at the last position before its cut
     mean, error = _mean_and_error(rise.flatten())
     if not mean <= 1e-3 + PROBE_SIGMAS * error:
         return (
             f"causality probe: the loss just before a cut rose by {mean:.3g} nats on average over {n_rows} rows "
-            f"(standard error {error:.3g}) when only later tokens changed; " + seen_future.format(jitter)
+            f"(standard error {error:.3g}) when only later tokens changed; {sees_future}"
         )
     return None
+
+
+def _scored_with_noise(
+    scorer: Scorer, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    """Per-token loss with every input and target outside `keep` replaced by a random token."""
+    noise = torch.randint(1, scorer.vocab_size, x.shape, generator=gen).to(scorer.device)
+    return _scored_reseeded(scorer, torch.where(keep, x, noise), torch.where(keep, y, noise))
 
 
 def _mean_and_error(samples: torch.Tensor) -> tuple[float, float]:
