@@ -6,22 +6,19 @@ SDK reads both itself. With a base URL and no key (a compatible local server), a
 
 from __future__ import annotations
 
-import os
-
 import anthropic
 
 from autoresearch.agents.llm import (
     CONNECT_TIMEOUT_S,
     MAX_RETRIES,
-    PLACEHOLDER_KEY,
     TIMEOUT_S,
     LLMAgent,
     Message,
     Reply,
     api_error,
+    api_key,
     usage_for,
 )
-from autoresearch.errors import ConfigError
 
 KEY_ENV, URL_ENV = "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"
 MAX_TOKENS = 16_000  # the longest answer: a hypothesis and edits, with room for a rewrite of a large part
@@ -58,14 +55,9 @@ class AnthropicAgent(LLMAgent):
 
 def make_client() -> anthropic.Anthropic:
     """A client with the SDK's own retries and timeout set; ConfigError if there is neither key nor base URL."""
-    has_key = bool(os.environ.get(KEY_ENV) or os.environ.get("ANTHROPIC_AUTH_TOKEN"))
-    if not has_key and not os.environ.get(URL_ENV):
-        raise ConfigError(
-            f"the anthropic agent needs an API key and {KEY_ENV} is not set",
-            hint=f"export {KEY_ENV}=...  (or {URL_ENV}=... for a compatible server that needs no key)",
-        )
+    key = api_key("anthropic", (KEY_ENV, "ANTHROPIC_AUTH_TOKEN"), URL_ENV, "...")
     return anthropic.Anthropic(
-        api_key=None if has_key else PLACEHOLDER_KEY,  # None: the SDK reads the environment
+        api_key=key,  # None: the SDK reads the environment
         max_retries=MAX_RETRIES,
         timeout=anthropic.Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
     )

@@ -9,12 +9,14 @@ correction round: an answer that does not parse or apply is sent back once with 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.edits import EditError, parse_answer
 from autoresearch.agents.prompt import build_prompt, correction_message
+from autoresearch.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,19 @@ class LLMAgent:
     def _proposal(reply: Reply, train_py: str, usage: Usage) -> Proposal:
         answer = parse_answer(strip_thinking(reply.text), train_py)
         return Proposal(answer.hypothesis, answer.source, usage)
+
+
+def api_key(agent: str, key_envs: tuple[str, ...], url_env: str, url_example: str) -> str | None:
+    """The key to give the SDK: None when one of `key_envs` is set (the SDK reads it itself), the
+    placeholder for a keyless server at `url_env`; ConfigError when there is neither."""
+    if any(os.environ.get(name) for name in key_envs):
+        return None
+    if os.environ.get(url_env):
+        return PLACEHOLDER_KEY
+    raise ConfigError(
+        f"the {agent} agent needs an API key and {key_envs[0]} is not set",
+        hint=f"export {key_envs[0]}=...  (or {url_env}={url_example} for a server that needs no key)",
+    )
 
 
 def strip_thinking(text: str) -> str:

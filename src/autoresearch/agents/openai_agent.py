@@ -7,22 +7,19 @@ SDK reads both itself. With a base URL and no key (a local server), a placeholde
 
 from __future__ import annotations
 
-import os
-
 import openai
 
 from autoresearch.agents.llm import (
     CONNECT_TIMEOUT_S,
     MAX_RETRIES,
-    PLACEHOLDER_KEY,
     TIMEOUT_S,
     LLMAgent,
     Message,
     Reply,
     api_error,
+    api_key,
     usage_for,
 )
-from autoresearch.errors import ConfigError
 
 KEY_ENV, URL_ENV = "OPENAI_API_KEY", "OPENAI_BASE_URL"
 
@@ -62,14 +59,9 @@ class OpenAIAgent(LLMAgent):
 
 def make_client() -> openai.OpenAI:
     """A client with the SDK's own retries and timeout set; ConfigError if there is neither key nor base URL."""
-    has_key = bool(os.environ.get(KEY_ENV))
-    if not has_key and not os.environ.get(URL_ENV):
-        raise ConfigError(
-            f"the openai agent needs an API key and {KEY_ENV} is not set",
-            hint=f"export {KEY_ENV}=...  (or {URL_ENV}=http://host:port/v1 for a local server that needs no key)",
-        )
+    key = api_key("openai", (KEY_ENV,), URL_ENV, "http://host:port/v1")
     return openai.OpenAI(
-        api_key=None if has_key else PLACEHOLDER_KEY,  # None: the SDK reads the environment
+        api_key=key,  # None: the SDK reads the environment
         max_retries=MAX_RETRIES,
         timeout=openai.Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
     )
