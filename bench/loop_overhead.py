@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from autoresearch.agents.base import Context, Proposal
-from autoresearch.harness.paths import cache_root
-from autoresearch.harness.prepare import prepare
-from autoresearch.harness.presets import get_preset
+from autoresearch.config.paths import cache_root
+from autoresearch.config.presets import get_preset
+from autoresearch.data.prepare import prepare
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.reporter import PlainReporter

@@ -23,8 +23,8 @@ import torch
 import torch.utils.checkpoint
 from torch.profiler import ProfilerActivity, profile
 
-from autoresearch.harness.evaluation import Scorer, causality_violation, score_rows
-from autoresearch.harness.presets import get_preset
+from autoresearch.config.presets import get_preset
+from autoresearch.evaluator.score import Scorer, causality_violation, score_rows
 from autoresearch.workspace.constants import set_constants
 from autoresearch.workspace.init import template
 

@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from autoresearch.harness.paths import cache_root
-from autoresearch.harness.prepare import prepare
-from autoresearch.harness.presets import get_preset
+from autoresearch.config.paths import cache_root
+from autoresearch.config.presets import get_preset
+from autoresearch.data.prepare import prepare
 from autoresearch.workspace.init import write_workspace_files
 
 # Lines of train.py after which a phase-marked run prints the seconds since launch; the marks in the

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from autoresearch.harness.prepare import prepare
-from autoresearch.harness.presets import Preset, get_preset
+from autoresearch.config.presets import Preset, get_preset
+from autoresearch.data.prepare import prepare
 
 pytest_plugins = ["fake_hub", "fake_llm", "loop_support"]  # fixtures: fake HF hub, fake LLM APIs, workspaces
 

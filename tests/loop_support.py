@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
-from autoresearch.harness.presets import get_preset
-from autoresearch.harness.result import Result
+from autoresearch.config.presets import get_preset
+from autoresearch.evaluator.result import Result
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
 from autoresearch.loop.executor import OK, Outcome, RunSpec
 from autoresearch.loop.reporter import PlainReporter

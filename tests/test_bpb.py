@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from autoresearch.harness.evaluation import NonFiniteLogits, Scorer, batch_size_for, score_rows
+from autoresearch.evaluator.score import NonFiniteLogits, Scorer, batch_size_for, score_rows
 
 CPU = torch.device("cpu")
 # A 5-token vocabulary: BOS, "a", the first and the second byte of "ä" (each alone is not UTF-8), "abc".

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from autoresearch.cli import main
-from autoresearch.harness.apparatus import CONFIG_NAME
-from autoresearch.harness.presets import get_preset
+from autoresearch.config.apparatus import CONFIG_NAME
+from autoresearch.config.presets import get_preset
 from autoresearch.workspace.init import train_py_for
 
 

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from autoresearch.data.sources import TRAIN, VAL
+from autoresearch.data.sources.hub import HUB_DATASETS, HubDataset, HubSource
 from autoresearch.errors import ConfigError, DataError
-from autoresearch.harness.sources import TRAIN, VAL
-from autoresearch.harness.sources.hub import HUB_DATASETS, HubDataset, HubSource
 
 if TYPE_CHECKING:
     from fake_hub import FakeHub

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from autoresearch.harness.apparatus import Apparatus
+from autoresearch.config.apparatus import Apparatus
+from autoresearch.config.presets import PRESETS, Preset
+from autoresearch.data.shards import MANIFEST_FORMAT, Manifest, ShardInfo, write_shard
+from autoresearch.data.sources import TRAIN, VAL
+from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.harness.loader import RowOrder, TrainBatches
-from autoresearch.harness.presets import PRESETS, Preset
 from autoresearch.harness.run import Run
-from autoresearch.harness.shards import MANIFEST_FORMAT, Manifest, ShardInfo, write_shard
-from autoresearch.harness.sources import TRAIN, VAL
-from autoresearch.harness.tokenizer import Tokenizer
 
 CPU = torch.device("cpu")
 SEQ = 8

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autoresearch.harness.packing import PackStats, pack_documents
+from autoresearch.data.packing import PackStats, pack_documents
 
 BOS = 0
 

@@ -17,15 +17,15 @@ import pytest
 import torch
 from rich.console import Console
 
+from autoresearch.config.apparatus import Apparatus
+from autoresearch.config.presets import PRESETS, Preset, get_preset
+from autoresearch.data.prepare import prepare
+from autoresearch.data.shards import Manifest, open_shard, shard_intact
+from autoresearch.data.sources import TRAIN, VAL
+from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import DataError
-from autoresearch.harness import prepare as prepare_module
-from autoresearch.harness.apparatus import Apparatus
-from autoresearch.harness.prepare import prepare
-from autoresearch.harness.presets import PRESETS, Preset, get_preset
+from autoresearch.data import prepare as prepare_module
 from autoresearch.harness.run import Run
-from autoresearch.harness.shards import Manifest, open_shard, shard_intact
-from autoresearch.harness.sources import TRAIN, VAL
-from autoresearch.harness.tokenizer import Tokenizer
 
 WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "ru", "te", "sa", "vo") for b in ("n", "ra", "ve", "x", "lt")]
 MARKER = re.compile(rb"<DOC_([a-z]+)_(\d+)>")

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from autoresearch.config.presets import PRESETS, Preset, get_preset
 from autoresearch.errors import ConfigError
-from autoresearch.harness.presets import PRESETS, Preset, get_preset
 from autoresearch.workspace.constants import read_constants
 from autoresearch.workspace.init import template, train_py_for
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoresearch.harness.evaluation import Scorer, causality_violation, score_rows
+from autoresearch.evaluator.score import Scorer, causality_violation, score_rows
 
 CPU = torch.device("cpu")
 VOCAB = 64

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch.data.tokenizer import FORMAT, Tokenizer
 from autoresearch.errors import DataError
-from autoresearch.harness.tokenizer import FORMAT, Tokenizer
 
 TEXTS = [
     "Hello, world! It's 2024: 12345678 apples.",

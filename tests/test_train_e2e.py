@@ -21,11 +21,11 @@ import pytest
 import torch
 
 from autoresearch import harness
-from autoresearch.harness.evaluation import Scorer, score_rows
-from autoresearch.harness.presets import get_preset
-from autoresearch.harness.shards import Manifest, open_shard
-from autoresearch.harness.sources import VAL
-from autoresearch.harness.tokenizer import Tokenizer
+from autoresearch.config.presets import get_preset
+from autoresearch.data.shards import Manifest, open_shard
+from autoresearch.data.sources import VAL
+from autoresearch.data.tokenizer import Tokenizer
+from autoresearch.evaluator.score import Scorer, score_rows
 from autoresearch.workspace.constants import set_constants
 
 pytestmark = pytest.mark.slow

@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args: argparse.Namespace, console: Console):
-    from autoresearch.harness.paths import cache_root
-    from autoresearch.harness.prepare import prepare
-    from autoresearch.harness.presets import default_dataset_name, default_preset_name, get_preset
+    from autoresearch.config.paths import cache_root
+    from autoresearch.config.presets import default_dataset_name, default_preset_name, get_preset
+    from autoresearch.data.prepare import prepare
 
     preset = get_preset(args.preset or default_preset_name())
     dataset = args.dataset or default_dataset_name()

@@ -25,16 +25,16 @@ import numpy as np
 import psutil
 import torch
 
+from autoresearch.config.apparatus import Apparatus, find_config
+from autoresearch.config.presets import Preset, get_preset
+from autoresearch.data.shards import REPAIR_HINT, Manifest, file_sha256, open_shard
+from autoresearch.data.sources import TRAIN, VAL
+from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import DataError
+from autoresearch.evaluator.result import RUN_ID_ENV, Result, result_path
+from autoresearch.evaluator.score import NonFiniteLogits, Scorer, batch_size_for, causality_violation, score_rows
 from autoresearch.harness import device as devices
-from autoresearch.harness.apparatus import Apparatus, find_config
-from autoresearch.harness.evaluation import NonFiniteLogits, Scorer, batch_size_for, causality_violation, score_rows
 from autoresearch.harness.loader import TrainBatches
-from autoresearch.harness.presets import Preset, get_preset
-from autoresearch.harness.result import RUN_ID_ENV, Result, result_path
-from autoresearch.harness.shards import REPAIR_HINT, Manifest, file_sha256, open_shard
-from autoresearch.harness.sources import TRAIN, VAL
-from autoresearch.harness.tokenizer import Tokenizer
 
 LOSS_LIMIT = 100.0  # a training loss above this (or NaN) means the run has diverged: stop at once
 EVAL_LOGITS_ELEMENTS = 2**30  # cap on batch x seq x vocab per evaluation batch (2 GiB of bf16 logits)

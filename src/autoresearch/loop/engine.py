@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage
+from autoresearch.data.shards import Manifest
 from autoresearch.errors import AutoresearchError
 from autoresearch.harness.run import fingerprint
-from autoresearch.harness.shards import Manifest
 from autoresearch.loop import guard
 from autoresearch.loop.executor import CHANGED, OK, Executor, Outcome, RunSpec, reap_orphan
 from autoresearch.loop.judge import KEEP, RERUN, judge, noise_of

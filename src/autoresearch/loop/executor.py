@@ -19,7 +19,7 @@ from typing import Protocol
 
 import psutil
 
-from autoresearch.harness.result import RESULT_ENV, RUN_ID_ENV, Result
+from autoresearch.evaluator.result import RESULT_ENV, RUN_ID_ENV, Result
 from autoresearch.loop.launcher import Launcher, LaunchFailed
 from autoresearch.loop.launcher import available as launcher_available
 

@@ -6,9 +6,9 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 
+from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
+from autoresearch.config.presets import Preset
 from autoresearch.errors import ConfigError
-from autoresearch.harness.apparatus import CONFIG_NAME, Apparatus
-from autoresearch.harness.presets import Preset
 from autoresearch.workspace.constants import set_constants
 from autoresearch.workspace.git import Git
 

@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.errors import AutoresearchError, ConfigError
-from autoresearch.harness.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.workspace.git import Git
 
 TRAIN_PY = "train.py"

@@ -18,11 +18,10 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from autoresearch.errors import DataError
-from autoresearch.harness.packing import PackStats, pack_documents
-from autoresearch.harness.paths import prepared_dir
-from autoresearch.harness.presets import Preset
-from autoresearch.harness.shards import (
+from autoresearch.config.paths import prepared_dir
+from autoresearch.config.presets import Preset
+from autoresearch.data.packing import PackStats, pack_documents
+from autoresearch.data.shards import (
     MANIFEST_FORMAT,
     Manifest,
     ShardInfo,
@@ -30,8 +29,9 @@ from autoresearch.harness.shards import (
     shard_intact,
     write_shard,
 )
-from autoresearch.harness.sources import TRAIN, VAL, Part, Source, make_source
-from autoresearch.harness.tokenizer import Tokenizer, capped_texts
+from autoresearch.data.sources import TRAIN, VAL, Part, Source, make_source
+from autoresearch.data.tokenizer import Tokenizer, capped_texts
+from autoresearch.errors import DataError
 
 ENCODE_BATCH_DOCS = 1024
 

@@ -11,8 +11,8 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from autoresearch.data.sources.base import TextCorpus, path_tag
 from autoresearch.errors import DataError
-from autoresearch.harness.sources.base import TextCorpus, path_tag
 
 SUFFIXES = frozenset({".py", ".md", ".rst", ".txt"})
 MAX_FILE_BYTES = 1_000_000  # larger files are mostly generated tables, not prose or code

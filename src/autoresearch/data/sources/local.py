@@ -7,8 +7,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from autoresearch.data.sources.base import TextCorpus, path_tag
 from autoresearch.errors import DataError
-from autoresearch.harness.sources.base import TextCorpus, path_tag
 
 SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from autoresearch.harness.shards import write_json_atomic
+from autoresearch.files import write_json_atomic
 
 RESULT_ENV = "AUTORESEARCH_RESULT"
 RUN_ID_ENV = "AUTORESEARCH_RUN_ID"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autoresearch.config.presets import Preset
+from autoresearch.data.sources.base import TRAIN, VAL, Part, Source
 from autoresearch.errors import ConfigError
-from autoresearch.harness.presets import Preset
-from autoresearch.harness.sources.base import TRAIN, VAL, Part, Source
 
 # Validation text to set aside per evaluation token: about 3-4 bytes per token for code and prose
 # at these vocabulary sizes, so 5 leaves room; prepare checks that enough tokens came out.
@@ -16,7 +16,7 @@ __all__ = ["TRAIN", "VAL", "Part", "Source", "dataset_names", "make_source"]
 
 
 def dataset_names() -> list[str]:
-    from autoresearch.harness.sources.hub import HUB_DATASETS
+    from autoresearch.data.sources.hub import HUB_DATASETS
 
     return ["python-source", "local:PATH", *HUB_DATASETS]
 
@@ -26,14 +26,14 @@ def make_source(dataset: str, preset: Preset, *, root: Path | None = None, shard
     if root is not None and dataset != "python-source":
         raise ConfigError("--root applies to --dataset python-source only")
     if dataset == "python-source":
-        from autoresearch.harness.sources.python_source import PythonSource
+        from autoresearch.data.sources.python_source import PythonSource
 
         return PythonSource(val_bytes, preset.max_corpus_bytes, root)
     if dataset.startswith("local:"):
-        from autoresearch.harness.sources.local import LocalSource
+        from autoresearch.data.sources.local import LocalSource
 
         return LocalSource(Path(dataset.removeprefix("local:")), val_bytes, preset.max_corpus_bytes)
-    from autoresearch.harness.sources.hub import HUB_DATASETS, HubSource
+    from autoresearch.data.sources.hub import HUB_DATASETS, HubSource
 
     if dataset in HUB_DATASETS:
         return HubSource(HUB_DATASETS[dataset], shards)

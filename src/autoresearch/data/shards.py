@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from autoresearch.errors import DataError
+from autoresearch.files import file_sha256, write_json_atomic
 
 MANIFEST_FORMAT = "autoresearch-shards-1"
 REPAIR_HINT = "run `autoresearch prepare` with the same --dataset and --preset: it rebuilds damaged shards"
@@ -71,20 +72,6 @@ class Manifest:
             raise
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise DataError(f"cannot read {path}: {exc}", hint=REPAIR_HINT) from exc
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_shard(directory: Path, info: ShardInfo, rows: np.ndarray) -> ShardInfo:

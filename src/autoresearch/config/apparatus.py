@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from autoresearch.errors import ConfigError
-from autoresearch.harness.shards import write_json_atomic
+from autoresearch.files import write_json_atomic
 
 CONFIG_NAME = "autoresearch.json"
 CONFIG_ENV = "AUTORESEARCH_CONFIG"

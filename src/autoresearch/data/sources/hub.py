@@ -19,9 +19,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from autoresearch.data.sources.base import TRAIN, VAL, Part
+from autoresearch.data.sources.local import parquet_texts
 from autoresearch.errors import ConfigError, DataError
-from autoresearch.harness.sources.base import TRAIN, VAL, Part
-from autoresearch.harness.sources.local import parquet_texts
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 RETRIES, BACKOFF_S = 3, 2.0  # our extra attempts, and the first wait between them (it doubles)
