@@ -24,9 +24,9 @@ pytest_plugins = ["fake_hub", "fake_llm", "loop_support"]  # fixtures: fake HF h
 CORPUS_PACKAGES = ("json", "email", "asyncio")
 # Variables that would point a test at the user's own workspace, data, device or result file.
 ISOLATED_ENV = (
-    "AUTORESEARCH_CONFIG",
+    "AUTORESEARCH_CHANNEL",
+    "AUTORESEARCH_SANDBOX",
     "AUTORESEARCH_RESULT",
-    "AUTORESEARCH_RUN_ID",
     "AUTORESEARCH_DEVICE",
     "AUTORESEARCH_PEAK_FLOPS",
 )
@@ -66,11 +66,16 @@ def subprocess_env(cache_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path) -> None:
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path):
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache_dir))
     monkeypatch.setenv("COLUMNS", "300")  # rich wraps at 80 columns otherwise, splitting messages tests look for
     for name in ISOLATED_ENV:
         monkeypatch.delenv(name, raising=False)
+    yield
+    from loop_support import OPEN_EXECUTORS
+
+    while OPEN_EXECUTORS:  # the evaluator a loop started ahead for its next run
+        OPEN_EXECUTORS.pop().close()
 
 
 @pytest.fixture

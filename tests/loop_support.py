@@ -49,6 +49,7 @@ if __name__ == "__main__":
     torch.manual_seed(SEED)
     model = Bigram(run.vocab_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    run.set_model(model)
     batches = run.train_batches(BATCH)
     while not run.time_up:
         x, y = next(batches)
@@ -57,7 +58,7 @@ if __name__ == "__main__":
         optimizer.step()
         optimizer.zero_grad()
         run.step_done(loss)
-    run.finish(model)
+    run.finish()
 '''
 
 
@@ -96,7 +97,13 @@ class FakeExecutor:
         value = self.score(source)
         if isinstance(value, Outcome):
             return value
-        return Outcome(OK, fake_result(value, spec.fingerprint), "", "", 0.01)
+        result = fake_result(value, spec.fingerprint)
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        result.save(spec.run_dir / "result.json")  # where the evaluator leaves it
+        return Outcome(OK, result, "", "", 0.01)
+
+    def close(self) -> None:
+        pass
 
 
 def fake_result(bpb: float, fingerprint: str) -> Result:
@@ -120,7 +127,7 @@ def fake_result(bpb: float, fingerprint: str) -> Result:
         dataset="python-source",
         budget_seconds=1.0,
         harness_fingerprint=fingerprint,
-        run_id=None,
+        confined=True,
     )
 
 
@@ -141,6 +148,24 @@ class ScriptedAgent:
         return Proposal(description, source, Usage(100, 20, 0.001))
 
 
+def one_edit(description: str, replacements: list[tuple[str, str]]) -> ScriptedAgent:
+    """An agent that proposes one change: each `old` in train.py replaced by its `new`."""
+
+    def edit(context: Context) -> tuple[str, str]:
+        source = context.train_py
+        for old, new in replacements:
+            assert old in source, old
+            source = source.replace(old, new, 1)
+        return description, source
+
+    return ScriptedAgent([edit])
+
+
+OPEN_EXECUTORS: list = []  # closed after each test (conftest): a warm evaluator must not outlive its test
+
+
 def make_loop(ws: Workspace, executor, baseline_runs: int = 3, timeout: float | None = None, events=None):
+    if hasattr(executor, "close"):
+        OPEN_EXECUTORS.append(executor)
     echo = events.append if events is not None else (lambda _text: None)
     return ResearchLoop(ws, executor, PlainReporter(echo), LoopConfig(baseline_runs=baseline_runs, timeout=timeout))

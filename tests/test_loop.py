@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
 from autoresearch.loop.executor import CRASH as RUN_CRASH
@@ -224,3 +225,132 @@ def test_a_fatal_agent_error_stops_the_loop(workspace):
     with pytest.raises(LoopError, match="ANTHROPIC_API_KEY"):
         loop.run(ScriptedAgent([bad_key]), max_experiments=5)
     assert Ledger(workspace.root).all()[-1].status == CRASH
+
+
+def pending_experiment(workspace, loop, attempts: int, source: str, exp_id: int = 2):
+    """The ledger and git as a loop killed while training experiment `exp_id` leaves them."""
+    from autoresearch.loop.ledger import RUNNING, Experiment
+
+    workspace.write_train_py(source)
+    commit = workspace.git.commit(f"exp {exp_id}: an edit", "train.py")
+    parent = loop.best().commit
+    exp = Experiment(id=exp_id, kind="experiment", status=RUNNING, description="an edit", parent=parent, source=source)
+    exp.commit, exp.attempts, exp.agent = commit, attempts, "try"
+    Ledger(workspace.root).insert(exp)
+    return exp
+
+
+def test_a_run_that_kills_the_loop_is_retried_once_on_the_next_start_then_is_a_crash(workspace):
+    attempts_seen = []
+
+    def watching(source: str) -> float:
+        attempts_seen.append(Ledger(workspace.root).get(2).attempts if Ledger(workspace.root).get(2) else None)
+        return score(source)
+
+    loop = make_loop(workspace, FakeExecutor(watching))
+    loop.baseline()
+    source = with_constants(workspace.read_train_py(), LR=0.2)
+    pending_experiment(workspace, loop, attempts=1, source=source)  # the loop died once while it trained
+    again = make_loop(workspace, FakeExecutor(watching))
+    assert again.recover().id == 2  # tried once more
+    assert again._evaluate(again.ledger.get(2)).status == KEEP
+    assert attempts_seen[-1] == 2  # the killed start and this one, counted while it ran
+
+    best = again.best()
+    source = with_constants(source, LR=0.25)
+    pending_experiment(workspace, again, attempts=2, source=source, exp_id=3)  # another, that died twice
+    third = make_loop(workspace, FakeExecutor(watching))
+    runs = len(attempts_seen)
+    assert third.recover() is None and len(attempts_seen) == runs  # not run a third time
+    exp = third.ledger.get(3)
+    assert exp.status == CRASH and "died 2 times" in exp.reason
+    assert workspace.git.head() == best.commit and third.best().id == best.id
+
+
+def test_a_try_killed_and_tried_again_is_judged_once(workspace):
+    from autoresearch.loop.engine import try_working_tree
+
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    source = with_constants(workspace.read_train_py(), LR=0.2)
+    pending_experiment(workspace, loop, attempts=1, source=source)  # `try -m "LR 0.2"` was killed
+    workspace.write_train_py(source)  # the same working tree, the same `try` again
+    exp = try_working_tree(make_loop(workspace, FakeExecutor(score)), "an edit")
+    assert exp.id == 2 and exp.status == KEEP
+    assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]
+
+
+@pytest.mark.parametrize("damage", ["deleted", "emptied", "corrupt"])
+def test_a_lost_or_corrupt_ledger_is_an_error_and_rebuild_ledger_brings_every_experiment_back(workspace, damage):
+    from autoresearch.loop.ledger import LedgerError
+    from autoresearch.loop.rebuild import rebuild
+
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    loop.step(ScriptedAgent([set_lr(0.2), set_lr(0.9)]))
+    loop.step(ScriptedAgent([set_lr(0.9)]))
+    before, noise, next_id = Ledger(workspace.root).all(), loop.noise(), loop.ledger.next_id()
+    loop.ledger.close()
+    db = workspace.state / "ledger.sqlite"
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    if damage == "deleted":
+        db.unlink()
+    elif damage == "emptied":
+        db.write_bytes(b"")
+    else:
+        db.write_bytes(b"not a database" * 100)
+    with pytest.raises(LedgerError, match="rebuild-ledger"):
+        Ledger(workspace.root)  # never a silent fresh start that would count from 1 again
+
+    rows, moved = rebuild(workspace.root, workspace.git)
+    after = Ledger(workspace.root).all()
+    assert rows == len(before) == 3 and (moved is not None) == (damage != "deleted")
+    for old, new in zip(before, after, strict=True):
+        assert (new.id, new.kind, new.status, new.commit, new.source) == (
+            old.id,
+            old.kind,
+            old.status,
+            old.commit,
+            old.source,
+        )
+        assert new.val_bpb == pytest.approx(old.val_bpb, abs=1e-6)
+    again = make_loop(workspace, FakeExecutor(score))
+    assert again.noise() == pytest.approx(noise) and again.ledger.next_id() == next_id
+    assert again.step(ScriptedAgent([set_lr(0.21)])).id == next_id  # and the loop goes on
+
+
+def test_a_full_disk_stops_the_loop_with_a_clear_error_and_the_next_start_finishes_the_experiment(workspace):
+    import sqlite3
+
+    from autoresearch.workspace.disk import DiskFullError
+
+    class FullDisk:
+        """The ledger's connection on a disk that fills up once the experiment has trained."""
+
+        def __init__(self, db):
+            self.db, self.full = db, False
+
+        def execute(self, sql, *args):
+            if self.full and sql.startswith("UPDATE"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+    def fills_the_disk(source: str) -> float:
+        if constant(source, "LR") == 0.2:
+            disk.full = True
+        return score(source)
+
+    loop = make_loop(workspace, FakeExecutor(fills_the_disk))
+    loop.baseline()
+    disk = loop.ledger._db = FullDisk(loop.ledger._db)
+    with pytest.raises(DiskFullError, match="the disk is full: free space, then run again; nothing was lost"):
+        loop.step(ScriptedAgent([set_lr(0.2)]))
+    again = make_loop(workspace, FakeExecutor(score))  # space freed: run again
+    pending = again.recover()
+    assert pending is not None and pending.description == "LR 0.2"
+    assert again._evaluate(pending).status == KEEP
+    assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]

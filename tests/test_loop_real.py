@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, make_loop, make_workspace, with_constants
 
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.ledger import CRASH, KEEP, RUNNING, Ledger
+
+pytestmark = pytest.mark.slow
 
 
 def cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -40,7 +43,7 @@ def test_real_runs_are_judged_from_the_harness_result(workspace):
 
 
 def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_crash(workspace):
-    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2, timeout=12)
+    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2, timeout=25)
     loop.baseline()
     marker = f"autoresearch-hang-{os.getpid()}"
     hang = "    run = harness.start()\n    import subprocess, time\n"
@@ -48,7 +51,7 @@ def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_cra
     started = time.monotonic()
     exp = loop.step(ScriptedAgent([lambda ctx: ("hang", edit(ctx.train_py, "    run = harness.start()\n", hang))]))
     assert exp.status == CRASH and "hard timeout" in exp.reason
-    assert time.monotonic() - started < 40
+    assert time.monotonic() - started < 60
     time.sleep(0.5)
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
     assert workspace.git.head() == loop.best().commit
@@ -72,15 +75,15 @@ def test_a_train_py_that_forges_its_result_gets_no_kept_result(workspace):
         "    print('---\\nval_bpb:          0.100000')\n"
         "    json.dump({'val_bpb': 0.1, 'valid': True}, open(os.environ['AUTORESEARCH_RESULT'], 'w'))\n"
     )
-    writes = lambda ctx: ("forge", edit(ctx.train_py, "    run.finish(model)\n", "    run.finish(model)\n" + forge))
+    writes = lambda ctx: ("forge", edit(ctx.train_py, "    run.finish()\n", "    run.finish()\n" + forge))
     prints = lambda ctx: (
         "print a summary",
-        edit(ctx.train_py, "    run.finish(model)\n", "    print('---\\nval_bpb:          0.100000')\n"),
+        edit(ctx.train_py, "    run.finish()\n", "    print('---\\nval_bpb:          0.100000')\n"),
     )
     forged = loop.step(ScriptedAgent([writes]))
-    assert forged.status == CRASH and "environment" in forged.reason  # rejected before it ran
-    printed = loop.step(ScriptedAgent([prints]))
-    assert printed.status == CRASH and printed.val_bpb is None
+    assert forged.status != KEEP and forged.val_bpb > 1  # scored from what it handed over, not from its file
+    printed = loop.step(ScriptedAgent([prints]))  # a summary printed instead of handing the model over
+    assert printed.status == CRASH and printed.val_bpb is None and "before run.finish()" in printed.reason
     assert loop.best().id == 1
 
 
@@ -173,15 +176,13 @@ def test_a_command_agent_script_drives_the_loop_and_only_train_py_may_change(tmp
     script.write_text(
         "#!/bin/sh\n"
         'grep -q "Research program" "$AUTORESEARCH_PROMPT_FILE" || exit 3\n'
-        "if [ -f .second ]; then\n"
+        f"if [ -f {tmp_path / 'second'} ]; then\n"
         "  sed -i 's/^LR = 0.05 /LR = 0.06 /' train.py; echo 'budget: 99' >> program.md; echo 'longer budget'\n"
         "  exit 0\nfi\n"
-        "touch .second\n"
+        f"touch {tmp_path / 'second'}\n"
         "sed -i 's/^BATCH = 8 /BATCH = 16 /' train.py\n"
         "echo 'thinking out loud'\necho 'larger batches'\n"
     )
-    (ws.root / ".gitignore").write_text((ws.root / ".gitignore").read_text() + ".second\n")
-    ws.git.commit("ignore the script's marker", ".gitignore")
     args = ["run", "--agent", "command", "--command", f"sh {script}", "--baseline-runs", "2", "--plain"]
     done = cli(*args, "--max-experiments", "2", cwd=ws.root)
     assert done.returncode == 0, done.stderr

@@ -14,18 +14,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from rich.console import Console
 
-from autoresearch.config.apparatus import Apparatus
-from autoresearch.config.presets import PRESETS, Preset, get_preset
+from autoresearch.config.presets import Preset, get_preset
+from autoresearch.data import prepare as prepare_module
 from autoresearch.data.prepare import prepare
 from autoresearch.data.shards import Manifest, open_shard, shard_intact
 from autoresearch.data.sources import TRAIN, VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import DataError
-from autoresearch.data import prepare as prepare_module
-from autoresearch.harness.run import Run
+from autoresearch.evaluator.feeder import Feeder
 
 WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "ru", "te", "sa", "vo") for b in ("n", "ra", "ve", "x", "lt")]
 MARKER = re.compile(rb"<DOC_([a-z]+)_(\d+)>")
@@ -89,18 +87,9 @@ def prepared(corpus: Path, mini_preset: Preset, tmp_path: Path, console: Console
     return prepare(f"local:{corpus}", mini_preset, tmp_path / "cache", console=console)
 
 
-class Uniform(torch.nn.Module):
-    def __init__(self, vocab: int):
-        super().__init__()
-        self.logits = torch.nn.Parameter(torch.zeros(vocab))
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.logits.expand(*idx.shape, -1)
-
-
-def make_run(out: Path, preset: Preset, monkeypatch: pytest.MonkeyPatch) -> Run:
-    monkeypatch.setitem(PRESETS, preset.name, preset)
-    return Run(Apparatus(preset=preset.name, dataset="local", budget_seconds=5.0, data_dir=str(out)))
+def feeder_for(prepared: Path) -> Feeder:
+    manifest = Manifest.load(prepared / "manifest.json")
+    return Feeder(prepared, manifest, Tokenizer.load(prepared / "tokenizer.json").vocab_size)
 
 
 def test_local_corpus_of_every_file_type_keeps_validation_documents_out_of_train(
@@ -150,9 +139,7 @@ def test_a_shard_corrupted_on_disk_is_detected_and_rebuilt_by_the_next_prepare(
     with pytest.raises(DataError, match="corrupt") as err:
         open_shard(prepared, info, verify=True)
     assert "autoresearch prepare" in str(err.value)
-    monkeypatch.setenv("AUTORESEARCH_RESULT", str(prepared.parents[2] / "result.json"))
-    result = make_run(prepared, mini_preset, monkeypatch).finish(Uniform(mini_preset.vocab_size))
-    assert not result.valid and "a train shard is corrupt" in result.invalid_reason  # a run on it does not count
+    assert "a train shard is corrupt" in feeder_for(prepared).problem()  # the evaluator voids a run on it
 
     prepare(f"local:{corpus}", mini_preset, prepared.parents[2], console=console)
     assert f"damaged shards {info.name}" in console.file.getvalue()
@@ -172,19 +159,12 @@ def test_a_truncated_shard_is_refused_with_a_hint_to_run_prepare_which_repairs_i
         assert "run `autoresearch prepare`" in str(err.value)
 
     with pytest.raises(DataError, match="truncated"):
-        make_run(prepared, mini_preset, monkeypatch)  # the validation shard is checked at start
-    prepare(f"local:{corpus}", mini_preset, prepared.parents[2], console=console)
-    val_path = prepared / "val.bin"
-    val_path.write_bytes(val_path.read_bytes())  # intact again: only the train shard is cut below
-    train_path = prepared / f"{manifest.split(TRAIN)[0].name}.bin"
-    train_path.write_bytes(train_path.read_bytes()[:-7])
-    run = make_run(prepared, mini_preset, monkeypatch)
-    with pytest.raises(DataError, match="truncated"):
-        run.train_batches(4)
+        feeder_for(prepared)  # the evaluator refuses to serve it
 
     prepare(f"local:{corpus}", mini_preset, prepared.parents[2], console=console)
     assert all(shard_intact(prepared, s) for s in manifest.shards)
-    make_run(prepared, mini_preset, monkeypatch).train_batches(4)
+    feeder = feeder_for(prepared)
+    assert len(feeder.rows(4)) == 4 * manifest.row_len * 2 and feeder.problem() is None
 
 
 @pytest.mark.parametrize("content", [b"", b"{broken", b"[]", b'{"format": "something-else"}'])

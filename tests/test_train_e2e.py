@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -20,12 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoresearch import harness
 from autoresearch.config.presets import get_preset
 from autoresearch.data.shards import Manifest, open_shard
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
-from autoresearch.evaluator.score import Scorer, score_rows
+from autoresearch.evaluator.program import ProgramRejected, load_program
+from autoresearch.evaluator.referee import score_model
+from autoresearch.evaluator.score import NonFiniteLogits, Scorer, score_rows
+from autoresearch.harness.handover import Exported, HandOverError
 from autoresearch.workspace.constants import set_constants
 
 pytestmark = pytest.mark.slow
@@ -149,10 +150,10 @@ def test_a_diverging_train_py_stops_at_once_invalid_with_the_reason(
     assert not (ws / "result.json").exists()  # AUTORESEARCH_RESULT says where the result goes
     result = json.loads(result_file.read_text())
     assert result["valid"] is False and result["val_bpb"] is None
-    assert "training diverged: loss is nan" in result["invalid_reason"]
+    assert "training diverged: loss is nan" in result["invalid_reason"]  # the experiment's last output line
     assert result["num_steps"] <= 2 and result["training_seconds"] < 30
     assert re.search(r"^valid:\s+false$", proc.stdout, re.MULTILINE)
-    assert re.search(r"^invalid_reason:\s+training diverged", proc.stdout, re.MULTILINE)
+    assert re.search(r"^invalid_reason:.*training diverged", proc.stdout, re.MULTILINE)
 
 
 def test_a_train_py_that_ignores_time_up_and_overruns_the_budget_is_invalid(
@@ -167,7 +168,7 @@ def test_a_train_py_that_ignores_time_up_and_overruns_the_budget_is_invalid(
     assert result["training_seconds"] >= 7
     assert result["valid"] is False
     assert "past the 1s budget" in result["invalid_reason"]
-    assert result["val_bpb"] is not None  # still measured, for the record
+    assert result["val_bpb"] is None  # not scored: what it handed over is not looked at
     assert re.search(r"^valid:\s+false$", proc.stdout, re.MULTILINE)
 
 
@@ -182,7 +183,7 @@ def test_train_py_outside_a_workspace_says_how_to_make_one(
     assert not (tmp_path / "result.json").exists()
 
 
-# -- in process: what `run.finish` makes of a model, without a training subprocess --------------------
+# -- what the evaluator makes of a handed-over model, without a training subprocess ----------------
 
 
 class Bigram(torch.nn.Module):
@@ -204,39 +205,41 @@ class Bigram(torch.nn.Module):
         return logits
 
 
-@pytest.fixture
-def run(tiny_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    config = tmp_path / "autoresearch.json"
-    locked = {"preset": "tiny", "dataset": "python-source", "budget_seconds": 1.0, "data_dir": str(tiny_prepared)}
-    config.write_text(json.dumps(locked))
-    monkeypatch.setenv("AUTORESEARCH_CONFIG", str(config))
-    monkeypatch.setenv("AUTORESEARCH_RESULT", str(tmp_path / "result.json"))
-    return harness.start()
+@pytest.fixture(scope="module")
+def val(tiny_prepared: Path):
+    manifest = Manifest.load(tiny_prepared / "manifest.json")
+    rows = open_shard(tiny_prepared, manifest.split(VAL)[0], verify=True)[: get_preset("tiny").eval_rows]
+    return rows, Tokenizer.load(tiny_prepared / "tokenizer.json")
 
 
-def finish(run, model) -> dict:
-    batches = run.train_batches(4)
-    for _ in range(2):
-        next(batches)
-        run.step_done(torch.tensor(5.0))
-    run.finish(model)
-    return json.loads(Path(os.environ["AUTORESEARCH_RESULT"]).read_text())
+def scored(model: torch.nn.Module, val) -> tuple[float, str | None]:
+    """val_bpb and the reason it is invalid, as the evaluator computes them from the handed-over model."""
+    rows, tokenizer = val
+    cpu = torch.device("cpu")
+    try:
+        exported = Exported(model, rows.shape[1] - 1, tokenizer.vocab_size, cpu)
+        program = load_program(exported.document, exported.weights(), cpu)
+    except (HandOverError, ProgramRejected) as exc:
+        return math.nan, str(exc)
+    try:
+        return score_model(program, rows, tokenizer, cpu, batch_rows=16)
+    except (NonFiniteLogits, ValueError) as exc:
+        return math.nan, str(exc)
 
 
-def test_an_honest_model_gets_a_valid_result(run) -> None:
-    result = finish(run, Bigram(run.vocab_size))  # uniform predictions: log2(vocab) bits a token
-    assert result["valid"] is True and result["invalid_reason"] is None
-    assert math.log2(run.vocab_size) / 6 < result["val_bpb"] < math.log2(run.vocab_size)
+def test_an_honest_model_gets_a_valid_score(val) -> None:
+    bpb, reason = scored(Bigram(2048), val)  # uniform predictions: log2(vocab) bits a token
+    assert reason is None
+    assert math.log2(2048) / 6 < bpb < math.log2(2048)
 
 
-def test_a_model_that_reads_its_target_gets_an_invalid_result_despite_its_low_bpb(run) -> None:
-    result = finish(run, Bigram(run.vocab_size, peek=True))
-    assert result["val_bpb"] < 0.1  # it "predicts" perfectly...
-    assert result["valid"] is False and "sees the future" in result["invalid_reason"]  # ...and is caught
+def test_a_model_that_reads_its_target_is_invalid_despite_its_low_bpb(val) -> None:
+    bpb, reason = scored(Bigram(2048, peek=True), val)
+    assert bpb < 0.1  # it "predicts" perfectly...
+    assert "sees the future" in reason  # ...and is caught
 
 
 @pytest.mark.parametrize(("output", "reason"), [("nan", "not finite"), ("per-token", "must return logits")])
-def test_a_model_with_unusable_output_gets_an_invalid_result_with_the_reason(run, output: str, reason: str) -> None:
-    result = finish(run, Bigram(run.vocab_size, output=output))
-    assert result["valid"] is False and result["val_bpb"] is None
-    assert reason in result["invalid_reason"]
+def test_a_model_with_unusable_output_is_invalid_with_the_reason(val, output: str, reason: str) -> None:
+    _, why = scored(Bigram(2048, output=output), val)
+    assert reason in why

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write progress.png and report.md")
     _workspace_option(report)
+
+    rebuild = sub.add_parser("rebuild-ledger", help="make a lost or corrupt ledger again from results.tsv and git")
+    _workspace_option(rebuild)
     return parser
 
 
@@ -97,8 +100,17 @@ def _loop(args: argparse.Namespace, reporter):
 
     if args.baseline_runs < 2:
         raise AutoresearchError("--baseline-runs must be at least 2: one run cannot measure the noise")
+    from autoresearch.evaluator import sandbox
+
     config = LoopConfig(baseline_runs=args.baseline_runs, timeout=args.timeout)
-    return ResearchLoop(Workspace(args.workspace), LocalExecutor(), reporter, config)
+    loop = ResearchLoop(Workspace(args.workspace), LocalExecutor(), reporter, config)
+    if why := sandbox.unavailable_reason():
+        reporter.message(
+            f"warning: train.py runs unconfined here ({why}). Its score is still computed outside it and the "
+            "workspace is checked after every run, but it can read what you can (the validation data too). "
+            "To confine it: install bubblewrap and allow unprivileged user namespaces"
+        )
+    return loop
 
 
 def _run(args: argparse.Namespace, console: Console) -> None:
@@ -119,6 +131,7 @@ def _run(args: argparse.Namespace, console: Console) -> None:
             else:
                 loop.run(agent, args.max_experiments, args.hours)
     finally:
+        loop.executor.close()
         if loop.ledger.all():
             png, md = make_report(loop.ws.root)
             console.print(f"report: {md} and {png}; history in {loop.ws.root / 'results.tsv'}")
@@ -131,7 +144,10 @@ def _try(args: argparse.Namespace, console: Console) -> None:
     quiet = PlainReporter(lambda text: console.print(text, highlight=False))
     loop = _loop(args, quiet)
     with loop.ws.lock():
-        exp = try_working_tree(loop, args.message)
+        try:
+            exp = try_working_tree(loop, args.message)
+        finally:
+            loop.executor.close()
     print(verdict_line(exp, loop.best()), flush=True)
 
 
@@ -166,6 +182,15 @@ def main(argv: list[str] | None = None) -> int:
 
             png, md = make_report(Workspace(args.workspace).root)
             console.print(f"wrote {md} and {png}")
+        elif args.command == "rebuild-ledger":
+            from autoresearch.loop.rebuild import rebuild
+            from autoresearch.workspace.workspace import Workspace
+
+            ws = Workspace(args.workspace)
+            with ws.lock():
+                rows, moved = rebuild(ws.root, ws.git)
+            kept = f"; the old file is {moved}" if moved else ""
+            console.print(f"rebuilt the ledger: {rows} experiments from results.tsv and git{kept}")
     except AutoresearchError as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         return 2

@@ -1,14 +1,12 @@
 """The locked apparatus config of a research workspace (`autoresearch.json`), written by `init`.
 
 It names the preset, the dataset, the training budget and where the prepared data lives. train.py
-never reads or writes it: the harness does.
+never reads or writes it: the evaluator does.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -16,7 +14,6 @@ from autoresearch.errors import ConfigError
 from autoresearch.files import write_json_atomic
 
 CONFIG_NAME = "autoresearch.json"
-CONFIG_ENV = "AUTORESEARCH_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -46,19 +43,3 @@ class Apparatus:
                 hint="it is written by `autoresearch init`; do not edit it by hand",
             )
         return cls(**data)
-
-
-def find_config() -> Path:
-    """$AUTORESEARCH_CONFIG, else autoresearch.json in the working directory or beside the script run."""
-    if env := os.environ.get(CONFIG_ENV):
-        return Path(env)
-    candidates = [Path.cwd() / CONFIG_NAME]
-    if sys.argv and sys.argv[0]:
-        candidates.append(Path(sys.argv[0]).resolve().parent / CONFIG_NAME)
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise ConfigError(
-        f"no {CONFIG_NAME} in {Path.cwd()}",
-        hint="make a workspace with `autoresearch init DIR` and run train.py inside it",
-    )

@@ -1,6 +1,7 @@
 """The result file the harness writes after every run, and the summary block it prints.
 
-The research loop reads the metric from this file only; nothing train.py prints counts.
+The evaluator writes it, in a place the experiment cannot reach; the research loop reads the metric
+from this file only. Nothing train.py prints counts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 from autoresearch.files import write_json_atomic
 
 RESULT_ENV = "AUTORESEARCH_RESULT"
-RUN_ID_ENV = "AUTORESEARCH_RUN_ID"
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Result:
     invalid_reason: str | None
     training_seconds: float
     total_seconds: float
-    untimed_seconds: float  # start-up, compilation and the untimed first steps
+    untimed_seconds: float  # from "go" to the clock's start: start-up, compilation, the hand-over of the graph
     eval_seconds: float
     peak_memory_mb: float
     mfu_percent: float | None
@@ -38,7 +38,7 @@ class Result:
     dataset: str
     budget_seconds: float
     harness_fingerprint: str
-    run_id: str | None
+    confined: bool  # the experiment ran in the sandbox (evaluator/sandbox.py)
 
     def save(self, path: Path) -> None:
         write_json_atomic(path, asdict(self))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from autoresearch.harness.device import autocast
+from autoresearch.device import autocast
 
 CE_CHUNK_ELEMENTS = 2**27  # eager scoring takes logits this many at a time: a 512 MiB float32 copy at most
 NONDETERMINISM_LIMIT = 0.1  # nats of one input may differ this much between calls (kernel noise)

@@ -1,4 +1,4 @@
-"""The fixed apparatus: data, tokenizer, loader, time budget, evaluation. train.py imports only this.
+"""What train.py imports: the data, the clock and the hand-over of the model to the evaluator.
 
 from autoresearch import harness
 run = harness.start()

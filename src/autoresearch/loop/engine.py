@@ -17,18 +17,21 @@ from pathlib import Path
 from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage
 from autoresearch.data.shards import Manifest
 from autoresearch.errors import AutoresearchError
-from autoresearch.harness.run import fingerprint
+from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.loop import guard
 from autoresearch.loop.executor import CHANGED, OK, Executor, Outcome, RunSpec, reap_orphan
+from autoresearch.loop.executor import CRASH as RUN_CRASHED
 from autoresearch.loop.judge import KEEP, RERUN, judge, noise_of
 from autoresearch.loop.ledger import CRASH, DISCARD, RUNNING, Experiment, Ledger
 from autoresearch.loop.reporter import Reporter
+from autoresearch.loop.watch import Watch
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.workspace import TRAIN_PY, Workspace
 
 BASELINE, EXPERIMENT, PROPOSAL = "baseline", "experiment", "proposal"
 CRASHES_BEFORE_MOVING_ON = 3  # after this many crashes in a row the agent no longer sees the crash log
 PAUSE_FIRST_S, PAUSE_MAX_S = 30.0, 900.0  # back-off after failed proposals in a row
+MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
 APPARATUS_HINT = (
     "results measured with another apparatus are not comparable: make a new workspace (autoresearch init) "
     "for the new harness, data or budget"
@@ -127,6 +130,12 @@ class ResearchLoop:
             if pending.kind == PROPOSAL:
                 self._finish(pending, CRASH, "interrupted while the agent was proposing")
                 return None
+            if pending.attempts >= MAX_ATTEMPTS:
+                why = f"the loop died {pending.attempts} times while this train.py ran: it is not run again"
+                self._finish(pending, CRASH, why)
+                if pending.kind == BASELINE:
+                    raise LoopError(f"the baseline train.py failed: {why}", hint="fix train.py, then run again")
+                return None
             if pending.commit is None:
                 head = self.git.head()
                 if head != pending.parent and self.git.message(head).startswith(f"exp {pending.id}:"):
@@ -198,22 +207,22 @@ class ResearchLoop:
         best = self._require_best()
         exp_id = self.ledger.next_id()
         self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
-        before = self.git.snapshot(exclude=TRAIN_PY)
+        watch = self._watch()
         try:
             proposal = agent.propose(self.context())
         except ProposalError as exc:
-            self.git.undo_since(before, exclude=TRAIN_PY)
+            self._verified(watch, f"the {agent.name} agent")
             exp = self._rejected(exp_id, agent, best, "(no proposal)", str(exc), exc.usage)
             if exc.fatal:
                 raise LoopError(f"the {agent.name} agent cannot work: {exc}") from None
             self._pause_after_failures(agent)
             return exp
         except BaseException:  # Ctrl-C while the agent works: leave the workspace as the best left it
-            self.git.undo_since(before, exclude=TRAIN_PY)
+            self._verified(watch, f"the {agent.name} agent")
             self.ws.write_train_py(best.source)
             raise
-        if strays := self.git.undo_since(before, exclude=TRAIN_PY):
-            why = f"edited files other than train.py: {', '.join(sorted(strays))}"
+        if why := self._verified(watch, f"the {agent.name} agent"):
+            why = why.replace("changed files outside train.py", "edited files other than train.py")
             return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage)
         if why := guard.rejection(best.source, proposal.source):
             return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage)
@@ -299,12 +308,44 @@ class ResearchLoop:
         self.ws.write_train_py(source)
         self.reporter.phase(exp.id, exp.description, f"training run {run + 1}")
         self.reporter.training(exp.id, run, self.ws.apparatus.budget_seconds)
+        watch = self._watch(train_py=source.encode())
+        exp.attempts += 1  # counted until the run ends: a run that kills the loop is found at the next start
+        self.ledger.update(exp.id, attempts=exp.attempts)
         try:
             spec = RunSpec(self.ws.root, self.ws.state / "runs" / f"{exp.id}-{run}", self.timeout, self.fingerprint)
-            return self.executor.run(spec)
+            outcome = self.executor.run(spec)
         finally:
+            exp.attempts -= 1
+            self.ledger.update(exp.id, attempts=exp.attempts)
+            why = self._verified(watch, f"experiment {exp.id}")
             if source != exp.source:
                 self.ws.write_train_py(exp.source)
+        if why:  # whatever it scored, a run that reached outside its box is not believed
+            return Outcome(
+                RUN_CRASHED, None, f"the run {why}; all of it was put back", outcome.log_tail, outcome.seconds
+            )
+        return outcome
+
+    # -- verifying what untrusted steps did ------------------------------------------------------
+
+    def _watch(self, train_py: bytes | None = None) -> Watch:
+        """A run (train_py given) or an agent's turn (None), about to start."""
+        return Watch(self.git, self.ledger, self.ws.state / "quarantine", train_py, human=train_py is not None)
+
+    def _verified(self, watch: Watch, who: str) -> str | None:
+        """Put back what `who` changed that it may not; why it is not believed, if it is not."""
+        verdict = watch.check()
+        if verdict.human:
+            self.reporter.message(
+                f"{', '.join(verdict.human)} changed while {who} worked: put back (the edit is kept in "
+                f"{watch.quarantine}); edit them between experiments"
+            )
+        if verdict.package_changed:
+            raise LoopError(
+                f"the autoresearch package's own files changed while {who} worked",
+                hint="reinstall autoresearch (pip install --force-reinstall) before going on",
+            )
+        return verdict.reason()
 
     def _finish(
         self, exp: Experiment, status: str, reason: str, outcome: Outcome | None = None, runs: list[float] | None = None
@@ -375,8 +416,10 @@ def try_working_tree(loop: ResearchLoop, description: str) -> Experiment:
             f"only train.py may change, but so did: {', '.join(sorted(strays))}",
             hint="revert those files (git checkout / rm), then try again; nothing was run",
         )
-    if loop.recover() is not None:  # a `try` that was killed: finish it first
-        loop._evaluate(loop.ledger.running())
+    if (pending := loop.recover()) is not None:  # a `try` that was killed: finish it first
+        finished = loop._evaluate(pending)
+        if finished.source == candidate:  # the same `try` again: it is judged once
+            return finished
     if loop.best() is None:
         ws.write_train_py(git.show("HEAD", TRAIN_PY))
         loop.baseline()

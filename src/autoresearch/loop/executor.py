@@ -1,17 +1,22 @@
-"""Running one training run: a subprocess in its own process group, a hard timeout, the harness's result.
+"""Running one training run: a refereed run in its own process group, a hard timeout, the evaluator's result.
 
-The `Executor` protocol is what the loop depends on; `LocalExecutor` runs on this machine. Executors for
-several GPUs or a cluster plug in behind the same interface.
+The `Executor` protocol is what the loop depends on; `LocalExecutor` runs on this machine. Each run is
+an evaluator process (`python -m autoresearch.evaluator.referee`, trusted) that starts train.py
+confined, serves its data, owns its clock and scores what it hands over; the loop only reads the
+result file the evaluator writes, in a place the experiment cannot reach. The next run's evaluator
+and experiment are started while the current one trains, so their imports (torch, its compiler)
+cost no time between experiments. Executors for several GPUs or a cluster plug in behind the same
+interface.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +24,12 @@ from typing import Protocol
 
 import psutil
 
-from autoresearch.evaluator.result import RESULT_ENV, RUN_ID_ENV, Result
-from autoresearch.loop.launcher import Launcher, LaunchFailed
-from autoresearch.loop.launcher import available as launcher_available
+from autoresearch.evaluator.result import Result
 
 OK, CRASH, TIMEOUT, INVALID, CHANGED = "ok", "crash", "timeout", "invalid", "apparatus-changed"
 LOG_TAIL_CHARS = 4000
-FORK_SERVER_ENV = "AUTORESEARCH_FORK_SERVER"  # "0": start every run as a plain `python train.py`
+PREWARM_ENV = "AUTORESEARCH_PREWARM"  # "0": start each run's processes only when it begins
+EXPERIMENT_CRASHED = 3  # the evaluator's exit code when the experiment crashed (evaluator/referee.py)
 
 
 @dataclass(frozen=True)
@@ -53,109 +57,121 @@ class Executor(Protocol):
     def run(self, spec: RunSpec) -> Outcome:
         """Train train.py in `spec.directory` once and report what happened."""
 
+    def close(self) -> None:
+        """Stop whatever was started ahead for a next run."""
+
 
 class LocalExecutor:
-    """Runs train.py in a new process group on this machine: forked from a `Launcher` that has already
-    imported torch where that works (Linux), else as `python train.py`."""
+    """Runs each training run through an evaluator process on this machine."""
 
-    def __init__(self, python: str = sys.executable, prefork: bool | None = None):
+    def __init__(self, python: str = sys.executable, prewarm: bool | None = None):
         self.python = python
-        if prefork is None:
-            prefork = os.environ.get(FORK_SERVER_ENV, "1") != "0"
-        self.launcher = Launcher(python) if prefork and launcher_available() else None
+        self.prewarm = os.environ.get(PREWARM_ENV, "1") != "0" if prewarm is None else prewarm
+        self._warm: Referee | None = None
 
     def run(self, spec: RunSpec) -> Outcome:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         result_path, log_path = spec.run_dir / "result.json", spec.run_dir / "log.txt"
         result_path.unlink(missing_ok=True)
         log_path.write_text("")
-        run_id = secrets.token_hex(8)  # a result without it was not written by the harness for this run
-        env = {**os.environ, RESULT_ENV: str(result_path), RUN_ID_ENV: run_id, "PYTHONUNBUFFERED": "1"}
+        referee = self._take(spec.directory)
+        write_pid_file(spec.run_dir / "pid", referee.proc.pid)
         started = time.monotonic()
-        child = self._start(spec.directory, env, log_path)
-        write_pid_file(spec.run_dir / "pid", child.pid)
+        job = {"train_py": str(spec.directory / "train.py"), "log": str(log_path), "result": str(result_path)}
         try:
-            code = child.wait(timeout=spec.timeout)
+            referee.start(job)
+            if self.prewarm:
+                self._warm = Referee(self.python, spec.directory)
+            code = referee.wait(spec.timeout)
         except BaseException:  # Ctrl-C or a kill of the loop: take the run down with us
-            kill_group(child)
+            referee.kill()
             raise
-        if code is None:
-            kill_group(child)
-            return Outcome(
-                TIMEOUT,
-                None,
-                f"no result within the hard timeout of {spec.timeout:.0f}s; killed",
-                tail(log_path),
-                time.monotonic() - started,
-            )
         seconds = time.monotonic() - started
-        log_tail = tail(log_path)
-        result = read_result(result_path)
-        if result is None or code != 0:
-            last = next((line for line in reversed(log_tail.splitlines()) if line.strip()), "")
-            why = f"exit code {code}" + (f": {last.strip()}" if last else "")
-            if result is not None and not result.valid:
-                why = f"{result.invalid_reason} ({why})"
-            return Outcome(CRASH, result, why, log_tail, seconds)
-        if result.run_id != run_id or result.harness_fingerprint != spec.fingerprint:
-            return Outcome(
-                INVALID, None, "the result file was not written by the harness for this run", log_tail, seconds
-            )
-        if not result.valid or result.val_bpb is None:
-            return Outcome(INVALID, result, f"invalid result: {result.invalid_reason}", log_tail, seconds)
-        return Outcome(OK, result, "", log_tail, seconds)
+        if code is None:
+            referee.kill()
+            why = f"no result within the hard timeout of {spec.timeout:.0f}s; killed"
+            return Outcome(TIMEOUT, None, why, tail(log_path), seconds)
+        return _outcome(code, read_result(result_path), referee.errors(), tail(log_path), seconds, spec.fingerprint)
 
-    def _start(self, directory: Path, env: dict[str, str], log_path: Path) -> Child:
-        if self.launcher is not None:
-            try:
-                return self.launcher.start(directory, env, log_path)
-            except LaunchFailed:
-                pass  # the launcher restarts its server; this run starts the plain way
-        with log_path.open("a") as log:
-            return PlainChild(
-                subprocess.Popen(
-                    [self.python, "train.py"],
-                    cwd=directory,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
+    def _take(self, directory: Path) -> Referee:
+        warm, self._warm = self._warm, None
+        if warm is not None and warm.directory == directory and warm.alive():
+            return warm
+        if warm is not None:
+            warm.kill()
+        return Referee(self.python, directory)
 
     def close(self) -> None:
-        if self.launcher is not None:
-            self.launcher.close()
+        if self._warm is not None:
+            self._warm.kill()
+            self._warm = None
 
 
-class Child(Protocol):
-    pid: int  # also the id of its process group
+def _outcome(code: int, result: Result | None, errors: str, log_tail: str, seconds: float, fingerprint: str) -> Outcome:
+    if code not in (0, EXPERIMENT_CRASHED):
+        last = errors.strip().splitlines()[-1] if errors.strip() else f"exit code {code}"
+        return Outcome(CRASH, None, f"the evaluator could not run: {last}", log_tail + errors, seconds)
+    if result is None:
+        return Outcome(CRASH, None, "the evaluator wrote no result", log_tail + errors, seconds)
+    if result.harness_fingerprint != fingerprint:
+        return Outcome(CHANGED, result, "the apparatus (evaluator code, data or budget) changed", log_tail, seconds)
+    if code == EXPERIMENT_CRASHED:  # the reason quotes the experiment's last line of output
+        return Outcome(CRASH, result, result.invalid_reason or "crashed", log_tail, seconds)
+    if not result.valid or result.val_bpb is None:
+        return Outcome(INVALID, result, f"invalid result: {result.invalid_reason}", log_tail, seconds)
+    return Outcome(OK, result, "", log_tail, seconds)
 
-    def wait(self, timeout: float | None = None) -> int | None:
-        """The exit code, or None if still running after `timeout` seconds."""
 
+class Referee:
+    """One run's evaluator process, started ahead of its job: it and its experiment import meanwhile."""
 
-class PlainChild:
-    def __init__(self, proc: subprocess.Popen):
-        self.proc, self.pid = proc, proc.pid
+    def __init__(self, python: str, directory: Path):
+        self.directory = directory
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process it records
+        self.proc = subprocess.Popen(
+            [python, "-m", "autoresearch.evaluator.referee", "--workspace", str(directory)],
+            stdin=subprocess.PIPE,
+            stdout=self._errors,
+            stderr=self._errors,
+            start_new_session=True,  # its own process group: a kill takes the experiment along
+        )
 
-    def wait(self, timeout: float | None = None) -> int | None:
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def start(self, job: dict) -> None:
+        try:
+            self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.close()
+        except OSError:
+            pass  # it died starting up; its exit code and errors say why
+
+    def wait(self, timeout: float) -> int | None:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return None
 
+    def kill(self) -> None:
+        kill_group(self.proc)
 
-def kill_group(child: Child, grace: float = 5.0) -> None:
+    def errors(self) -> str:
+        self._errors.seek(0)
+        return self._errors.read()[-LOG_TAIL_CHARS:].decode("utf-8", errors="replace")
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM the process group, then SIGKILL whatever is left after `grace` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(child.pid, sig)
+            os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
-        if child.wait(timeout=grace) is not None:
+        try:
+            proc.wait(timeout=grace)
             return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def write_pid_file(path: Path, pid: int) -> None:

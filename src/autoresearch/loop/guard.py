@@ -1,19 +1,14 @@
-"""Checks a proposed train.py must pass before anything runs."""
+"""Checks a proposed train.py must pass before anything runs: it changed, it parses, it is not only a new seed.
+
+Nothing here guards the metric: train.py runs confined and is scored by another process
+(evaluator/), so no spelling of a cheat needs to be caught by reading the source."""
 
 from __future__ import annotations
 
 import ast
 import difflib
-import re
 
 from autoresearch.workspace.constants import read_constants
-
-# What train.py may not mention: the loop's private channel to the harness and the result file.
-FORBIDDEN = (
-    (re.compile(r"AUTORESEARCH_"), "reads the loop's private environment variables"),
-    (re.compile(r"result\.json|results\.tsv|ledger\.sqlite"), "touches the result files"),
-    (re.compile(r"\bval(idation)?[-_.]?(rows|shard|bin)\b|\bval\.bin\b"), "touches the validation data"),
-)
 
 
 def rejection(old: str, new: str) -> str | None:
@@ -21,35 +16,12 @@ def rejection(old: str, new: str) -> str | None:
     if new == old:
         return "train.py is unchanged"
     try:
-        tree = ast.parse(new)
+        ast.parse(new)
     except SyntaxError as exc:
         return f"train.py is not valid Python: {exc.msg} (line {exc.lineno})"
-    for pattern, what in FORBIDDEN:
-        if pattern.search(new) and not pattern.search(old):
-            return f"train.py {what}: only the harness may"
-    for node in ast.walk(tree):
-        if _imports_more_than_harness(node):
-            return "train.py may import only `from autoresearch import harness`"
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and _base_name(node) in ("run", "harness"):
-            return f"train.py reaches into the harness's private `{node.attr}`"
     if only_seed_changed(old, new):
         return "only the random seed changed: a different seed is not an improvement"
     return None
-
-
-def _imports_more_than_harness(node: ast.AST) -> bool:
-    if isinstance(node, ast.Import):
-        return any(alias.name.startswith("autoresearch") for alias in node.names)
-    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("autoresearch"):
-        return node.module != "autoresearch" or any(alias.name != "harness" for alias in node.names)
-    return False
-
-
-def _base_name(node: ast.Attribute) -> str | None:
-    value = node.value
-    while isinstance(value, ast.Attribute):
-        value = value.value
-    return value.id if isinstance(value, ast.Name) else None
 
 
 def only_seed_changed(old: str, new: str) -> bool:

@@ -7,6 +7,7 @@ reference's columns and is rewritten from the database after every verdict.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -14,6 +15,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from autoresearch.errors import AutoresearchError
+from autoresearch.workspace.disk import disk_full_is_an_error
 
 RUNNING, KEEP, DISCARD, CRASH = "running", "keep", "discard", "crash"
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
@@ -46,6 +50,7 @@ class Experiment:
     result: str = "{}"  # JSON of the harness's result file
     source: str = ""  # train.py as run
     diff: str = ""  # against the parent
+    attempts: int = 0  # runs of it started that the loop did not see end (it was killed meanwhile)
 
     @property
     def run_values(self) -> list[float]:
@@ -56,16 +61,49 @@ _COLUMNS = [f.name for f in fields(Experiment)]
 _QUOTED = ", ".join(f'"{name}"' for name in _COLUMNS)
 
 
+REBUILD_HINT = (
+    "run `autoresearch rebuild-ledger`: it makes the ledger again from results.tsv, git and the runs' results "
+    "(the present file is kept beside it)"
+)
+
+
+class LedgerError(AutoresearchError):
+    pass
+
+
 class Ledger:
-    def __init__(self, workspace: Path):
+    def __init__(self, workspace: Path, check_history: bool = True):
+        """Open the workspace's ledger. A missing or empty ledger in a workspace whose results.tsv lists
+        experiments is an error (`check_history`), never a silent fresh start that would reuse their ids."""
         self.workspace = workspace
         self.db_path = workspace / ".autoresearch" / "ledger.sqlite"
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.db_path.exists()
+        try:
+            self._open()
+            count = self._db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"the ledger {self.db_path} cannot be read ({exc})", hint=REBUILD_HINT) from None
+        tsv = workspace / "results.tsv"
+        if check_history and count == 0 and tsv.exists() and len(tsv.read_text().splitlines()) > 1:
+            self._db.close()
+            if not existed:  # leave no empty ledger behind
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+            raise LedgerError(f"the ledger {self.db_path} is missing or empty, but results.tsv lists experiments",
+                              hint=REBUILD_HINT)  # fmt: skip
+
+    def _open(self) -> None:
         self._db = sqlite3.connect(self.db_path, isolation_level=None)  # autocommit: each write is durable
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         cols = ", ".join(f'"{name}" {"INTEGER PRIMARY KEY" if name == "id" else "ANY"}' for name in _COLUMNS)
         self._db.execute(f"CREATE TABLE IF NOT EXISTS experiments ({cols})")
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(experiments)")}
+        for name in _COLUMNS:
+            if name not in have:  # a ledger written by an older version: the new column starts at its default
+                default = getattr(Experiment(0, "", "", "", ""), name)
+                self._db.execute(f'ALTER TABLE experiments ADD COLUMN "{name}" ANY DEFAULT {default!r}')
 
     def close(self) -> None:
         self._db.close()
@@ -78,17 +116,19 @@ class Ledger:
     def insert(self, exp: Experiment) -> None:
         exp.started_at = exp.started_at or time.time()
         values = asdict(exp)
-        self._db.execute(
-            f"INSERT INTO experiments ({_QUOTED}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-            [values[c] for c in _COLUMNS],
-        )
+        with disk_full_is_an_error("writing the ledger"):
+            self._db.execute(
+                f"INSERT INTO experiments ({_QUOTED}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                [values[c] for c in _COLUMNS],
+            )
 
     def update(self, exp_id: int, **changes: Any) -> None:
         unknown = set(changes) - set(_COLUMNS)
         if unknown:
             raise KeyError(f"no ledger column {', '.join(sorted(unknown))}")
         sets = ", ".join(f'"{k}" = ?' for k in changes)
-        self._db.execute(f"UPDATE experiments SET {sets} WHERE id = ?", [*changes.values(), exp_id])
+        with disk_full_is_an_error("writing the ledger"):
+            self._db.execute(f"UPDATE experiments SET {sets} WHERE id = ?", [*changes.values(), exp_id])
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -107,6 +147,43 @@ class Ledger:
         for row in cursor:
             yield Experiment(**dict(zip(names, row, strict=True)))
 
+    # -- verifying that nobody else wrote it --------------------------------------------------------
+
+    def state(self) -> tuple[list[tuple], tuple[int, int] | None]:
+        """Every row, and the identity of the file they live in: what an untrusted step must not change."""
+        return self._db.execute("SELECT * FROM experiments ORDER BY id").fetchall(), self._identity()
+
+    def put_back(self, state: tuple[list[tuple], tuple[int, int] | None], quarantine: Path) -> str | None:
+        """Make the ledger what it was in `state` (taken by this process); what had changed, if anything."""
+        rows, identity = state
+        changed = None
+        if self._identity() != identity:  # deleted or replaced: this connection still holds the real one
+            if self.db_path.exists():
+                quarantine.mkdir(parents=True, exist_ok=True)
+                self.db_path.replace(quarantine / self.db_path.name)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+            with contextlib.closing(sqlite3.connect(self.db_path)) as fresh:
+                self._db.backup(fresh)
+            self._db.close()
+            self._open()
+            changed = "replaced or deleted the ledger"
+        if self._db.execute("SELECT * FROM experiments ORDER BY id").fetchall() != rows:
+            marks = ", ".join("?" * len(_COLUMNS))
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM experiments")
+            self._db.executemany(f"INSERT INTO experiments ({_QUOTED}) VALUES ({marks})", rows)
+            self._db.execute("COMMIT")
+            changed = changed or "changed the ledger"
+        return changed
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            st = self.db_path.stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
     # -- the reference's table ------------------------------------------------------------------
 
     def write_tsv(self) -> None:
@@ -120,5 +197,6 @@ class Ledger:
             desc = " ".join(exp.description.split())
             lines.append(f"{(exp.commit or '')[:7]}\t{bpb}\t{mem}\t{exp.status}\t{desc}\n")
         tmp = self.workspace / "results.tsv.tmp"
-        tmp.write_text("".join(lines))
-        tmp.replace(self.workspace / "results.tsv")
+        with disk_full_is_an_error("writing results.tsv"):
+            tmp.write_text("".join(lines))
+            tmp.replace(self.workspace / "results.tsv")

@@ -1,16 +1,31 @@
-"""The few git operations a research workspace needs, through the git command line."""
+"""The few git operations a research workspace needs, through the git command line.
+
+Every command runs with hooks and the file-system monitor switched off: a training run or an agent may
+have planted a hook or a `core.fsmonitor` command, and the loop's own git calls must never run them.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.workspace.disk import GIT_FULL_MESSAGES, DiskFullError
 
 IDENTITY = ("-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost")
+# No hook and no fsmonitor command runs from the loop's git calls, whatever .git/config or ~/.gitconfig say.
+SAFE = ("-c", f"core.hooksPath={os.devnull}", "-c", "core.fsmonitor=false")
+NO_COMMIT = "0" * 40
+_EXP_SUBJECT = re.compile(r"^exp (\d+): ")
 
 
 class GitError(AutoresearchError):
+    pass
+
+
+class RefExistsError(GitError):
     pass
 
 
@@ -18,16 +33,24 @@ class Git:
     def __init__(self, root: Path):
         self.root = root
 
-    def __call__(self, *args: str, check: bool = True) -> str:
+    def __call__(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
+        return self._run(args, check, stdin.encode() if stdin is not None else None).decode(errors="replace")
+
+    def _run(self, args: tuple[str, ...], check: bool = True, stdin: bytes | None = None) -> bytes:
         try:
-            proc = subprocess.run(["git", *args], cwd=self.root, capture_output=True, text=True)
+            proc = subprocess.run(["git", *SAFE, *args], cwd=self.root, capture_output=True, input=stdin)
         except FileNotFoundError:
             raise GitError(
                 "git is not installed", hint="install git: the workspace keeps experiments as commits"
             ) from None
         if check and proc.returncode != 0:
-            raise GitError(f"git {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+            err = (proc.stderr or proc.stdout).decode(errors="replace").strip()
+            if any(m in err.lower() for m in GIT_FULL_MESSAGES):
+                raise DiskFullError(f"git {args[0]}")
+            raise GitError(f"git {' '.join(args)} failed: {err}")
         return proc.stdout
+
+    # -- the repository -------------------------------------------------------------------------
 
     def init(self, branch: str) -> None:
         self("init", "-q", "-b", branch)
@@ -35,11 +58,17 @@ class Git:
     def is_repo(self) -> bool:
         return (self.root / ".git").exists()
 
+    @property
+    def git_dir(self) -> Path:
+        return self.root / ".git"
+
     def head(self) -> str:
         return self("rev-parse", "HEAD").strip()
 
     def branch(self) -> str:
         return self("rev-parse", "--abbrev-ref", "HEAD").strip()
+
+    # -- commits and refs ------------------------------------------------------------------------
 
     def commit(self, message: str, *paths: str) -> str:
         """Commit `paths` (all tracked changes if none) and return the new commit's hash."""
@@ -55,7 +84,46 @@ class Git:
         self("checkout", "-q", commit, "--", path)
 
     def set_ref(self, ref: str, commit: str) -> None:
-        self("update-ref", ref, commit)
+        """Create `ref` at `commit`. A ref that already points elsewhere is never moved: a discarded experiment
+        kept under its id stays readable even if a lost ledger made the loop count from 1 again."""
+        current = self.ref(ref)
+        if current == commit:
+            return
+        if current is not None:
+            raise RefExistsError(
+                f"{ref} already points to {current[:7]}, not {commit[:7]}: an experiment id was about to be reused",
+                hint="the ledger does not match the repository; run `autoresearch rebuild-ledger`",
+            )
+        self("update-ref", ref, commit, NO_COMMIT)  # the old value "none" makes git refuse if it appeared since
+
+    def ref(self, ref: str) -> str | None:
+        out = self("rev-parse", "-q", "--verify", f"{ref}^{{commit}}", check=False).strip()
+        return out or None
+
+    def force_ref(self, ref: str, commit: str) -> None:
+        """Put `ref` back where it was (for restoring what a run changed; never for experiments' refs)."""
+        self("update-ref", "--no-deref", ref, commit)
+
+    def delete_ref(self, ref: str) -> None:
+        self("update-ref", "--no-deref", "-d", ref)
+
+    def refs(self, prefix: str = "") -> dict[str, str]:
+        """Every ref (or those under `prefix`) and the object it points to."""
+        out = self("for-each-ref", "--format=%(objectname) %(refname)", *([prefix] if prefix else []))
+        return {name: sha for sha, name in (line.split(" ", 1) for line in out.splitlines() if line)}
+
+    def exp_commits(self) -> dict[int, str]:
+        """`exp N: ...` commits on the branch (kept experiments): N -> commit."""
+        out = self("log", "--first-parent", "--format=%H %s", "HEAD", check=False)
+        found = {}
+        for line in out.splitlines():
+            sha, _, subject = line.partition(" ")
+            if m := _EXP_SUBJECT.match(subject):
+                found.setdefault(int(m[1]), sha)
+        return found
+
+    def parent(self, commit: str) -> str | None:
+        return self("rev-parse", "-q", "--verify", f"{commit}^", check=False).strip() or None
 
     def show(self, commit: str, path: str) -> str:
         return self("show", f"{commit}:{path}")
@@ -63,37 +131,49 @@ class Git:
     def message(self, commit: str) -> str:
         return self("log", "-1", "--format=%s", commit).strip()
 
+    # -- the working tree and the index ----------------------------------------------------------
+
     def changed_paths(self) -> set[str]:
         """Tracked files that differ from HEAD, plus untracked files git does not ignore."""
-        out = self("status", "--porcelain", "-z", "--untracked-files=all")
-        paths = set()
-        for entry in out.split("\0"):
-            if entry:
-                paths.add(entry[3:])
-        return paths
+        return set(self.status())
 
-    def snapshot(self, exclude: str) -> dict[str, bytes | None]:
-        """The content of every changed or untracked file except `exclude` (None: deleted)."""
-        out = {}
-        for path in self.changed_paths() - {exclude}:
-            target = self.root / path
-            out[path] = target.read_bytes() if target.is_file() else None
-        return out
+    def status(self) -> dict[str, str]:
+        """`git status` as path -> two-letter code ("??" untracked); a nested repository ends with "/"."""
+        out = self("status", "--porcelain=v1", "-z", "--untracked-files=all", "--no-renames")
+        return {entry[3:]: entry[:2] for entry in out.split("\0") if entry}
 
-    def undo_since(self, before: dict[str, bytes | None], exclude: str) -> set[str]:
-        """Put back every file (but `exclude`) changed since `snapshot`; returns the paths put back."""
-        current = self.snapshot(exclude)
-        touched = {p for p in set(before) | set(current) if before.get(p, b"") != current.get(p, b"")}
-        tracked = set(filter(None, self("ls-files", "-z").split("\0")))
-        for path in touched:
-            target = self.root / path
-            if path in before:
-                if before[path] is None:
-                    target.unlink(missing_ok=True)
-                else:
-                    target.write_bytes(before[path])
-            elif path in tracked:
-                self("checkout", "-q", "HEAD", "--", path)
-            else:
-                target.unlink(missing_ok=True)
-        return touched
+    def untracked(self, excludes: tuple[str, ...]) -> list[str]:
+        """Every untracked file, including those .gitignore hides, except `excludes` (gitignore patterns).
+
+        The workspace's own ignore rules are not used: a run could edit them to hide what it wrote."""
+        out = self("ls-files", "--others", "-z", *(f"--exclude={pattern}" for pattern in excludes))
+        return [p for p in out.split("\0") if p]
+
+    def tracked(self) -> set[str]:
+        return set(filter(None, self("ls-files", "-z").split("\0")))
+
+    def index_listing(self) -> str:
+        """The index as mode, blob and path per file: it changes when anything is staged."""
+        return self("ls-files", "-s", "-z")
+
+    def reset_index(self) -> None:
+        self("reset", "-q", "--mixed", "HEAD")
+
+    def checkout_from_index(self, path: str) -> None:
+        self("checkout", "-q", "--", path)
+
+    # -- objects ---------------------------------------------------------------------------------
+
+    def store_blobs(self, paths: list[Path]) -> list[str]:
+        """Write the files' contents into the object store, exactly as they are; their blob ids."""
+        if not paths:
+            return []
+        out = self("hash-object", "-w", "--no-filters", "--stdin-paths", stdin="".join(f"{p}\n" for p in paths))
+        return out.split()
+
+    def blob(self, blob_id: str) -> bytes | None:
+        """The content of a stored blob, or None if the object store does not have it."""
+        proc_out = self._run(("cat-file", "blob", blob_id), check=False)
+        if not proc_out and self("cat-file", "-t", blob_id, check=False).strip() != "blob":
+            return None
+        return proc_out

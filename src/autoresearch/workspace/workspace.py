@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.errors import AutoresearchError, ConfigError
+from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.git import Git
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locking
+    fcntl = None
 
 TRAIN_PY = "train.py"
 
@@ -38,7 +45,8 @@ class Workspace:
         return self.train_py.read_text()
 
     def write_train_py(self, source: str) -> None:
-        self.train_py.write_text(source)
+        with disk_full_is_an_error("writing train.py"):
+            self.train_py.write_text(source)
 
     def program(self) -> str:
         path = self.root / "program.md"
@@ -46,34 +54,44 @@ class Workspace:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Only one loop (or `try`) may work in a workspace at a time."""
-        try:
-            import fcntl
-        except ImportError:  # no locking on Windows
+        """Only one loop (or `try`) may work in a workspace at a time.
+
+        The lock is an flock on the workspace directory itself, not on a file in it: a run (or a person) can
+        delete a lock file, after which a second loop would lock a new one; the directory cannot go while
+        the loop works in it without taking the whole workspace (and its git history) with it."""
+        fd = self._lock_fd()
+        if fd is None:  # no flock on Windows
             yield
             return
-        with (self.state / "lock").open("w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        try:
+            if not _try_flock(fd):
                 raise AutoresearchError(
                     f"another autoresearch process is working in {self.root}",
                     hint="wait for it, or stop it (Ctrl-C) first; `autoresearch status` shows what it runs",
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                )
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def is_locked(self) -> bool:
+        """Whether a loop (or `try`) holds the workspace's lock now."""
+        fd = self._lock_fd()
+        if fd is None:
+            return False
         try:
-            import fcntl
-        except ImportError:
-            return False
-        with (self.state / "lock").open("w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return False
+            return not _try_flock(fd)
+        finally:
+            os.close(fd)
+
+    def _lock_fd(self) -> int | None:
+        if fcntl is None:
+            return None
+        return os.open(self.root, os.O_RDONLY)  # not inherited by training runs (Python's default)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

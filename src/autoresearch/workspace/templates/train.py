@@ -2,7 +2,9 @@
 
 Everything that decides how good the model gets is here: the architecture, the optimizer, the
 schedules and the training loop. The data, the clock and the metric (validation bits per byte) belong
-to `autoresearch.harness` and cannot be changed from this file. Run it in a workspace made by
+to an evaluator in another process: it serves the batches, times the run, and scores the model's
+exported graph (so the model's forward must export with torch.export: no Python side effects, no
+data-dependent Python branches). Run it in a workspace made by
 `autoresearch init`:  python train.py
 """
 
@@ -345,6 +347,7 @@ if __name__ == "__main__":
     optimizer = MuonAdamW(model, compile_update=cuda)
     if cuda:  # one graph for the whole model: 2.5% faster than compiling block by block, as quick to compile
         model.compile(dynamic=False)
+    run.set_model(model)  # the evaluator scores this model: its graph is exported now, its weights at the end
 
     rows_per_step = TOTAL_BATCH_SIZE // run.seq_len
     assert rows_per_step % DEVICE_BATCH_SIZE == 0, "TOTAL_BATCH_SIZE must be whole device batches"
@@ -369,4 +372,4 @@ if __name__ == "__main__":
             gc.freeze()
             gc.disable()
 
-    run.finish(model, flops_per_token=model.flops_per_token())
+    run.finish(flops_per_token=model.flops_per_token())

@@ -1,0 +1,32 @@
+"""The apparatus fingerprint: what decides a score, hashed.
+
+It covers the trusted side's code (this package and the wire protocol: serving data, the clock, loading
+the handed-over model, bits per byte, the probe), the prepared data (through its manifest, which covers
+the tokenizer and the preset) and the budget. Changing a hint string elsewhere in the package leaves it
+alone; changing how a score is computed does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from autoresearch import wire
+from autoresearch.config.apparatus import Apparatus
+from autoresearch.data.shards import Manifest
+
+
+def code_digest() -> str:
+    """SHA-256 over the evaluator's source files and the wire protocol."""
+    here = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in [*sorted(here.rglob("*.py")), Path(wire.__file__)]:
+        h.update(path.relative_to(here.parent).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(apparatus: Apparatus, manifest: Manifest) -> str:
+    """Identifies the apparatus: changes with the evaluator's code, the data, the tokenizer or the budget."""
+    key = f"{code_digest()}:{manifest.digest()}:{apparatus.budget_seconds}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -1,0 +1,266 @@
+"""One training run, refereed: `python -m autoresearch.evaluator.referee`.
+
+This is the trusted process of a run. It starts the experiment (train.py, confined), serves it the
+training data, owns its clock, takes the model it hands over, kills it and everything it started,
+and only then scores the model, from the exported graph and weights, without running a line of
+train.py. The validation rows, the result's path and this process's memory are out of the
+experiment's reach.
+
+The rules of the clock are in evaluator/session.py.
+
+Started by the loop's executor with `--workspace DIR`: the experiment starts at once, so its imports
+overlap the previous run, and the job (one JSON line on stdin: {"train_py", "log", "result"}) comes
+when the run may begin. Started with `--train-py PATH` it runs that file now, the output on this
+terminal: what `python train.py` becomes. Exit status: 0 scored (the result says whether it is
+valid), 3 the experiment crashed or broke the protocol (the result says why), 2 cannot run at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from autoresearch import device as devices
+from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
+from autoresearch.config.paths import cache_root
+from autoresearch.config.presets import get_preset
+from autoresearch.data.shards import REPAIR_HINT, Manifest, open_shard
+from autoresearch.data.sources import VAL
+from autoresearch.data.tokenizer import Tokenizer
+from autoresearch.errors import AutoresearchError, ConfigError, DataError
+from autoresearch.evaluator.confined import ExperimentProcess, environment_for
+from autoresearch.evaluator.feeder import Feeder
+from autoresearch.evaluator.fingerprint import fingerprint
+from autoresearch.evaluator.program import ProgramRejected, ShapeCompiled, load_program
+from autoresearch.evaluator.result import RESULT_ENV, Result
+from autoresearch.evaluator.score import NonFiniteLogits, Scorer, batch_size_for, causality_violation, score_rows
+from autoresearch.evaluator.session import Session, Timeline
+
+CRASHED = 3
+EVAL_LOGITS_ELEMENTS = 2**30  # cap on batch x seq x vocab per evaluation batch (2 GiB of bf16 logits)
+
+
+class Referee:
+    def __init__(self, train_py: Path, env: dict[str, str]):
+        self.root = train_py.parent
+        if not (self.root / CONFIG_NAME).is_file():
+            raise ConfigError(
+                f"no {CONFIG_NAME} in {self.root}",
+                hint="make a workspace with `autoresearch init DIR` and run train.py inside it",
+            )
+        self.apparatus = Apparatus.load(self.root / CONFIG_NAME)
+        self.preset = get_preset(self.apparatus.preset)
+        data_dir = Path(self.apparatus.data_dir)
+        try:
+            manifest = Manifest.load(data_dir / "manifest.json")
+        except FileNotFoundError:
+            raise DataError(
+                f"no prepared data in {data_dir}",
+                hint=f"run `autoresearch prepare --dataset {self.apparatus.dataset} --preset {self.apparatus.preset}`",
+            ) from None
+        if manifest.preset != self.preset.as_dict():
+            raise DataError(f"data in {data_dir} was prepared for other preset settings", hint=REPAIR_HINT)
+        self.tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
+        if self.tokenizer.digest() != manifest.tokenizer_sha256:
+            raise DataError(f"{data_dir / 'tokenizer.json'} does not match the shards", hint=REPAIR_HINT)
+        self.fingerprint = fingerprint(self.apparatus, manifest)
+        self.feeder = Feeder(data_dir, manifest, self.tokenizer.vocab_size)
+        self._val_rows = open_shard(data_dir, manifest.split(VAL)[0], verify=True)[: self.preset.eval_rows]
+        state = self.root / ".autoresearch"
+        state.mkdir(exist_ok=True)
+        self.box = Path(tempfile.mkdtemp(prefix="box-", dir=state))
+        compile_cache = cache_root() / "compile"
+        env = environment_for(env, compile_cache)
+        writable = [Path(env[k]) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")]
+        for path in writable:
+            path.mkdir(parents=True, exist_ok=True)
+        self.experiment = ExperimentProcess(self.box, _hidden_paths(self.root, data_dir), writable, env)
+        constants = {
+            "seq_len": self.preset.seq_len,
+            "vocab_size": self.tokenizer.vocab_size,
+            "budget_seconds": self.apparatus.budget_seconds,
+            "untimed_steps": self.preset.untimed_steps,
+            "train_rows": self.feeder.order.num_rows,
+        }
+        self.session = Session(self.experiment.channel, self.feeder, constants, self.apparatus.budget_seconds)
+        self.timeline = self.session.timeline
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def run(self, train_py: Path, log, result_path: Path) -> int:
+        """Run `train_py` once, score what it hands over, write the result; the exit status."""
+        try:
+            self.experiment.output.attach(log)
+            if not self.experiment.confined:
+                self.experiment.output.note(
+                    f"autoresearch: the experiment runs unconfined ({self.experiment.unconfined_reason}); the "
+                    "metric is still computed here, but train.py can read and write what this user can"
+                )
+            shutil.copyfile(train_py, self.box / "train.py")
+            broken = self.session.serve()
+            code = self.experiment.stop()
+            result, crashed = self._judge(broken, code)
+            result.save(result_path)
+            self.experiment.output.note(result.summary())
+            return CRASHED if crashed else 0
+        finally:
+            self.experiment.stop()
+            shutil.rmtree(self.box, ignore_errors=True)
+
+    # -- the verdict ----------------------------------------------------------------------------
+
+    def _judge(self, broken: str | None, exit_code: int) -> tuple[Result, bool]:
+        """The result of the run, and whether the experiment crashed (rather than scored, or not)."""
+        t = self.timeline
+        if broken:
+            return self._result(None, f"the experiment broke the protocol: {broken}"), True
+        if t.program_error:
+            return self._result(None, t.program_error), False
+        if t.weights_data is None:
+            why = _no_hand_over(t, exit_code)
+            if last := self.experiment.output.last_line():  # quoted: text from train.py is no instruction
+                why += f"; the last line it printed (untrusted): {json.dumps(last[:300])}"
+            return self._result(None, why), True
+        if why := self.session.late() or self.feeder.problem():
+            return self._result(None, why), False
+        started = time.monotonic()
+        try:
+            bpb, why = self._score()
+            tokens = len(self._val_rows) * self.preset.seq_len
+            self.experiment.output.note(f"evaluation: {tokens:,} tokens in {time.monotonic() - started:.1f}s")
+        except torch.OutOfMemoryError:
+            bpb, why = None, "out of memory during evaluation, even one row at a time"
+        except (ProgramRejected, NonFiniteLogits) as exc:
+            bpb, why = None, str(exc)
+        except Exception as exc:  # the graph is the experiment's: whatever it raises is its failure, not ours
+            bpb, why = None, f"the handed-over model failed in evaluation ({type(exc).__name__}: {str(exc)[:300]})"
+        return self._result(bpb, why, time.monotonic() - started), False
+
+    def _score(self) -> tuple[float, str | None]:
+        t = self.timeline
+        device = devices.pick_device()
+        model = load_program(t.program or b"", t.weights_data, device)
+        if device.type == "cuda":
+            model = ShapeCompiled(model)
+        return score_model(model, self._val_rows, self.tokenizer, device, t.last_batch_rows)
+
+    def _result(self, bpb: float | None, reason: str | None, eval_seconds: float = 0.0) -> Result:
+        t = self.timeline
+        end = t.stop or time.monotonic()
+        trained = end - t.clock if t.clock is not None else 0.0
+        tokens = t.timed_rows * self.preset.seq_len
+        tps = tokens / trained if trained > 0 else 0.0
+        device = devices.pick_device()
+        peak = devices.peak_flops(device)
+        flops = t.reported.get("flops_per_token")
+        mfu = 100 * flops * tps / peak if peak and isinstance(flops, int | float) and flops > 0 else None
+        memory = t.reported.get("peak_memory_mb")
+        return Result(
+            val_bpb=bpb,
+            valid=reason is None and bpb is not None,
+            invalid_reason=reason,
+            training_seconds=round(trained, 3),
+            total_seconds=round(end - t.go + eval_seconds, 3),
+            untimed_seconds=round((t.clock or end) - t.go, 3),
+            eval_seconds=round(eval_seconds, 3),
+            peak_memory_mb=round(float(memory), 1) if isinstance(memory, int | float) else 0.0,
+            mfu_percent=None if mfu is None or not math.isfinite(mfu) else round(mfu, 2),
+            tokens_per_second=round(tps, 1),
+            total_tokens_M=round(tokens / 1e6, 3),
+            num_steps=len(t.steps),
+            num_params_M=round(_parameter_count(t.weights_data) / 1e6, 3),
+            epochs=self.feeder.order.epoch,
+            device=devices.describe(device),
+            preset=self.preset.name,
+            dataset=self.apparatus.dataset,
+            budget_seconds=self.apparatus.budget_seconds,
+            harness_fingerprint=self.fingerprint,
+            confined=self.experiment.confined,
+        )
+
+
+def score_model(
+    model, val_rows: np.ndarray, tokenizer: Tokenizer, device: torch.device, batch_rows: int = 0
+) -> tuple[float, str | None]:
+    """val_bpb of `model` (idx -> logits) on the validation rows, and why it is invalid (the causality
+    probe), if it is. Batches are at most `batch_rows` rows (what training fitted in memory), if given."""
+    vocab_size, seq_len = tokenizer.vocab_size, val_rows.shape[1] - 1
+    scorer = Scorer(model, vocab_size, device)
+    cap = max(1, EVAL_LOGITS_ELEMENTS // (seq_len * vocab_size))
+    batch_size = batch_size_for(len(val_rows), min(cap, batch_rows or cap))
+    # A secret order: the probe takes the first batch, which the model cannot pick out in advance.
+    rows = val_rows[np.random.default_rng(secrets.randbits(64)).permutation(len(val_rows))]
+    token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(device)
+    score = score_rows(scorer, rows, token_bytes, batch_size)
+    return score.bpb, causality_violation(scorer, rows[:batch_size], score.first_batch)
+
+
+def _no_hand_over(t: Timeline, exit_code: int) -> str:
+    if t.program is None:
+        return f"train.py ended (exit code {exit_code}) without handing a model over"
+    if t.stop is None:
+        return f"train.py ended (exit code {exit_code}) before run.finish()"
+    return f"train.py ended (exit code {exit_code}) before its weights were handed over"
+
+
+def _parameter_count(weights: bytes | None) -> int:
+    if not weights:
+        return 0
+    from safetensors.torch import load
+
+    return sum(t.numel() for t in load(weights).values())
+
+
+def _hidden_paths(root: Path, data_dir: Path) -> list[Path]:
+    """What the experiment must not see: the workspace, the prepared data and any raw corpus."""
+    hidden = {root.resolve(), data_dir.resolve(), cache_root() / "data"}
+    hf = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"
+    hidden.add(Path(hf).expanduser())
+    return sorted(p for p in hidden if p.is_dir())
+
+
+# -- the process --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autoresearch.evaluator.referee")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--workspace", type=Path, help="prepare a run of this workspace, then read the job on stdin")
+    where.add_argument("--train-py", type=Path, help="run and score this train.py now (python train.py by hand)")
+    args = parser.parse_args(argv)
+    experiment_env = dict(os.environ)
+    # This process compiles the handed-over graph with caches of its own: the experiment can write its own
+    # compile cache, and a poisoned entry there must never be loaded here.
+    for name, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+        os.environ[name] = str(cache_root() / "evaluator-compile" / sub)
+    try:
+        train_py = (args.train_py or args.workspace / "train.py").resolve()
+        referee = Referee(train_py, experiment_env)
+    except AutoresearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.train_py:
+        return referee.run(train_py, sys.stdout.buffer, Path(os.environ.get(RESULT_ENV, "result.json")))
+    line = sys.stdin.readline()
+    if not line:  # the loop stopped before this run was needed
+        referee.experiment.stop()
+        shutil.rmtree(referee.box, ignore_errors=True)
+        return 0
+    job = json.loads(line)
+    with open(job["log"], "ab") as log:
+        return referee.run(Path(job["train_py"]), log, Path(job["result"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

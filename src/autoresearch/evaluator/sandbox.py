@@ -1,0 +1,185 @@
+"""Confinement for the untrusted training process, built on bubblewrap (`bwrap`).
+
+The confined process sees the whole root filesystem read-only, so any Python installation imports as usual,
+except the `hidden` directories (prepared data with its validation shard, the workspace with its ledger, a
+Hugging Face cache, a local corpus), which appear empty. It can write only its `workdir` (also its cwd), the
+`writable` directories and a private `/tmp`. It gets a fresh `/dev` plus the NVIDIA device nodes (so CUDA
+works), its own `/proc`, and a read-only `/sys`. It runs in new PID, network, IPC, UTS and cgroup namespaces
+with no capabilities: it cannot see, signal or read the memory or environment of the loop and the evaluator,
+cannot reach any network (its loopback is its own), cannot undo the mounts that hide the data, and everything
+it starts dies with it. Its environment carries no secrets. Why: train.py is written by an LLM agent and is
+scored by trusted code; it must not be able to read the validation data, edit the record of past runs, talk
+to the scorer other than through the socket it is handed, or leave anything running after its budget.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from autoresearch.errors import AutoresearchError
+
+_SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+# The only settings of ours that train.py is meant to read; the rest (result file, run id, config) are the
+# evaluator's business.
+_PASSED_THROUGH = frozenset({"AUTORESEARCH_DEVICE", "AUTORESEARCH_PEAK_FLOPS", "AUTORESEARCH_CHANNEL"})
+_PRIVATE_TMP = Path("/tmp")
+SWITCH_ENV = "AUTORESEARCH_SANDBOX"  # "off": run train.py unconfined (say, where bwrap misbehaves); the loop warns
+_HINT = (
+    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) and allow "
+    "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04+ also "
+    "kernel.apparmor_restrict_unprivileged_userns=0); in a container, its seccomp profile must allow them"
+)
+
+
+class SandboxUnavailable(AutoresearchError):
+    """bubblewrap is missing or cannot create its namespaces here, so train.py cannot be confined."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"cannot confine train.py: {reason}", hint=_HINT)
+
+
+def scrubbed_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment minus secrets and minus our own settings other than device and peak FLOPS."""
+    return {
+        name: value
+        for name, value in env.items()
+        if not _SECRET_NAME.search(name) and (not name.upper().startswith("AUTORESEARCH_") or name in _PASSED_THROUGH)
+    }
+
+
+def command(
+    argv: Sequence[str],
+    *,
+    workdir: Path,
+    writable: Sequence[Path] = (),
+    hidden: Sequence[Path] = (),
+    env: Mapping[str, str],
+    gpu: bool = True,
+) -> list[str]:
+    """The argv that runs `argv` confined, in `workdir`, with `scrubbed_env(env)` (see the module docstring)."""
+    workdir = _directory(workdir)
+    writable = [_directory(path) for path in writable]
+    hidden = [_real(path) for path in hidden]
+    for path in hidden:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"cannot hide {path}: only directories can be hidden (hide its parent)")
+        if path in (workdir, *writable):
+            raise ValueError(f"{path} cannot be both hidden and writable")
+    # A missing directory has nothing to hide, and bwrap could not create its mount point in the read-only root.
+    hidden = [path for path in hidden if path.exists()]
+
+    # Mount a directory before anything inside it, so an inner mount stays visible: the workdir of a run lies
+    # inside the hidden workspace, a workdir under /tmp inside the private /tmp. Sorting by depth (stable) does it.
+    mounts = [(_PRIVATE_TMP, ["--tmpfs", str(_PRIVATE_TMP)])]
+    mounts += [(path, ["--tmpfs", str(path)]) for path in hidden]
+    mounts += [(path, ["--bind", str(path), str(path)]) for path in (workdir, *writable)]
+    mounts.sort(key=lambda mount: len(mount[0].parts))
+    # Last, once bwrap has made the mount points inside them: the empty hidden directories must not be writable.
+    read_only = [option for path in hidden for option in ("--remount-ro", str(path))]
+
+    box_env = scrubbed_env(env)
+    for name in ("HOME", "TMPDIR"):
+        # Programs write there (caches under ~, gcc under Triton in $TMPDIR): keep it only if it is writable inside.
+        if name in box_env and not _inside(Path(box_env[name]), [workdir, *writable]):
+            box_env[name] = str(_PRIVATE_TMP)
+    box_env.setdefault("HOME", str(_PRIVATE_TMP))
+
+    devices = [*_nvidia_nodes(), "/dev/dri"] if gpu else []
+    return [
+        shutil.which("bwrap") or "bwrap",
+        # New namespaces: its own PID tree (it sees and signals nothing outside, and the death of its init kills
+        # everything it started), no network, its own IPC, hostname and cgroup view. A user namespace where one
+        # can be made, which is what lets an unprivileged user create the others; as root bwrap makes one too.
+        "--unshare-user-try",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        # Run as root, bwrap leaves the command every capability in its user namespace, enough to unmount the
+        # tmpfs over a hidden directory or remount / writable: drop them all.
+        "--cap-drop",
+        "ALL",
+        # SIGKILL to bwrap's init in the namespace when bwrap dies. bwrap exits as soon as the command does, but its
+        # init keeps reaping until no process is left, so this is also what kills a daemon the command left behind
+        # (the init dies, the kernel kills the rest of the PID namespace). And when the evaluator dies, so does all.
+        "--die-with-parent",
+        # setsid(): the run cannot push input into our terminal (TIOCSTI).
+        "--new-session",
+        # Everything read-only (submounts too, /sys among them), then a fresh /dev with the GPU nodes over it.
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        *[option for node in devices for option in ("--dev-bind-try", node, node)],
+        "--proc",
+        "/proc",
+        *[option for _, options in mounts for option in options],
+        *read_only,
+        "--chdir",
+        str(workdir),
+        "--clearenv",
+        *[option for name, value in box_env.items() for option in ("--setenv", name, value)],
+        "--",
+        *argv,
+    ]
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """None when confinement works on this machine; else one line saying why. Probes once per process."""
+    if os.environ.get(SWITCH_ENV, "").lower() == "off":
+        return f"confinement is switched off (${SWITCH_ENV}=off)"
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not installed or not on PATH"
+    # Run `true` with the options a real run gets, including a workdir inside a hidden directory.
+    with tempfile.TemporaryDirectory(prefix="autoresearch-sandbox-probe-") as tmp:
+        workdir = Path(tmp, "box")
+        workdir.mkdir()
+        argv = command(["true"], workdir=workdir, hidden=[Path(tmp)], env={"PATH": os.defpath})
+        try:
+            probe = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"bwrap could not be run: {error}"
+    if probe.returncode != 0:
+        detail = probe.stderr.strip().splitlines()[-1:] or [f"exit code {probe.returncode}"]
+        return f"bwrap cannot create the sandbox here: {detail[0]}"
+    return None
+
+
+def ensure_available() -> None:
+    """Raise SandboxUnavailable, saying why and what to do, unless confinement works on this machine."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise SandboxUnavailable(reason)
+
+
+def _nvidia_nodes() -> list[str]:
+    """/dev/nvidia0, nvidiactl, nvidia-uvm, ... and the nvidia-caps directory (binding it brings its nodes)."""
+    return sorted(glob.glob("/dev/nvidia*"))
+
+
+def _real(path: Path) -> Path:
+    # Mount on the real path: a symlinked directory would otherwise be hidden or bound somewhere unexpected.
+    return Path(path).resolve()
+
+
+def _directory(path: Path) -> Path:
+    path = _real(path)
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a directory: a confined run can only write existing directories")
+    return path
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    path = _real(path)
+    return any(path == root or root in path.parents for root in roots)

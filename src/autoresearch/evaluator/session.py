@@ -1,0 +1,132 @@
+"""The evaluator's side of the channel during training: it serves the data and keeps the clock.
+
+The rules, all measured here, on this process's clock:
+- before the clock starts the experiment gets random tokens, so nothing it does then gains anything;
+  its graph must be handed over before the clock starts (it is fixed from then on);
+- the clock runs `budget_seconds`; training rows are served until then plus the grace its last step
+  needs (the clock is read between steps), random tokens after;
+- `stop` must come within the budget plus that grace, and the weights right after it, within a time
+  their size allows: training after the clock stopped has nowhere to go.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from autoresearch.evaluator.feeder import MAX_ROWS_PER_BATCH, Feeder
+from autoresearch.wire import Channel, ChannelClosed
+
+WEIGHTS_SECONDS = 0.5  # the weights must follow `stop` within this, plus their size at WEIGHTS_BYTES_PER_S
+WEIGHTS_BYTES_PER_S = 500e6
+
+
+class ProtocolBroken(Exception):
+    """The experiment sent something the protocol does not allow."""
+
+
+@dataclass
+class Timeline:
+    """What the experiment did, when: every time here is this process's monotonic clock."""
+
+    go: float = 0.0
+    clock: float | None = None
+    stop: float | None = None
+    weights: float | None = None
+    steps: list[float] = field(default_factory=list)  # when each timed step was reported
+    timed_rows: int = 0
+    last_batch_rows: int = 0
+    program: bytes | None = None
+    program_error: str | None = None  # why the experiment could not hand its model over
+    weights_data: bytes | None = None
+    reported: dict = field(default_factory=dict)  # the experiment's own figures: shown, never trusted
+
+    @property
+    def typical_step(self) -> float:
+        gaps = [b - a for a, b in zip(self.steps, self.steps[1:], strict=False)]
+        return statistics.median(gaps) if gaps else 0.0
+
+    def grace(self) -> float:
+        """How far past the budget the last step may end: the clock is read between steps."""
+        return 2 * self.typical_step + 1.0
+
+
+class Session:
+    def __init__(self, channel: Channel, feeder: Feeder, constants: dict, budget_seconds: float):
+        self.channel, self.feeder, self.constants = channel, feeder, constants
+        self.budget = budget_seconds
+        self.timeline = Timeline()
+
+    def serve(self) -> str | None:
+        """Answer the experiment until it hands its weights over or ends; why it broke the protocol, if so."""
+        channel, t = self.channel, self.timeline
+        try:
+            t.go = time.monotonic()
+            channel.send({"op": "go"})
+            while True:
+                header, payload = channel.receive()
+                op = header.get("op")
+                now = time.monotonic()
+                if op == "hello":
+                    channel.send(self.constants)
+                elif op == "model":
+                    if t.clock is not None or t.program is not None:
+                        raise ProtocolBroken("the model was handed over twice, or after the clock started")
+                    t.program = payload
+                    if error := header.get("error"):
+                        t.program_error = str(error)[:2000]
+                elif op == "clock":
+                    if t.program is None or t.program_error:
+                        channel.send({"error": "hand the model over with run.set_model(model) before training"})
+                        continue
+                    if t.clock is None:
+                        t.clock = now
+                    channel.send({"ok": True})
+                elif op == "batch":
+                    channel.send(*self._batch(header, now))
+                elif op == "step":
+                    if t.clock is not None and t.stop is None:
+                        t.steps.append(now)
+                elif op == "stop":
+                    t.stop = t.stop or now
+                    t.reported = {k: header.get(k) for k in ("peak_memory_mb", "flops_per_token", "steps")}
+                elif op == "weights":
+                    if t.stop is None:
+                        raise ProtocolBroken("weights came before `stop`")
+                    t.weights, t.weights_data = now, payload
+                    return None
+                else:
+                    raise ProtocolBroken(f"unknown request {op!r}")
+        except ChannelClosed:
+            return None  # the experiment ended; what it did decides the verdict
+        except ProtocolBroken as exc:
+            return str(exc)
+
+    def _batch(self, header: dict, now: float) -> tuple[dict, bytes]:
+        n = header.get("rows")
+        if not isinstance(n, int) or not 0 < n <= MAX_ROWS_PER_BATCH:
+            raise ProtocolBroken(f"a batch of {n!r} rows")
+        t = self.timeline
+        t.last_batch_rows = n
+        if t.clock is None or t.stop is not None:
+            return {"data": False}, self.feeder.noise(n)
+        if now - t.clock > self.budget + t.grace():
+            return {"data": False, "time_up": True}, self.feeder.noise(n)
+        t.timed_rows += n
+        return {"data": True}, self.feeder.rows(n)
+
+    def late(self) -> str | None:
+        """Why the hand-over does not count, by the clock's rules; None if it does."""
+        t = self.timeline
+        if t.stop is None or t.weights is None:
+            return "the weights were never handed over"
+        if t.clock is None:
+            return "the clock never started: training before it gains nothing, and there was no training after it"
+        trained = t.stop - t.clock
+        if trained > self.budget + t.grace():
+            return f"trained {trained:.1f}s, past the {self.budget:g}s budget"
+        allowed = WEIGHTS_SECONDS + len(t.weights_data or b"") / WEIGHTS_BYTES_PER_S
+        if t.weights - t.stop > allowed:
+            return f"the weights came {t.weights - t.stop:.1f}s after the clock stopped (at most {allowed:.1f}s)"
+        return None

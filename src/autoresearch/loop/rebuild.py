@@ -1,0 +1,95 @@
+"""`autoresearch rebuild-ledger`: a lost, emptied or corrupt ledger made again from what survives it.
+
+results.tsv has one line per finished experiment, in id order (line k is experiment k), with its commit,
+val_bpb, memory, status and description; git has every experiment's train.py (kept ones on the branch as
+`exp N: ...`, discarded ones under refs/autoresearch/discarded/N); each run's directory still holds the
+evaluator's result (`.autoresearch/runs/N-k/result.json`), so the baseline's seeds, and with them the
+noise, come back too. Experiments that only git knows (results.tsv lost too) come back with their status
+from where git keeps them and no val_bpb. Ids are never reused: the next id is past every id either
+source names.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, Experiment, Ledger
+from autoresearch.workspace.git import Git
+
+DISCARDED = "refs/autoresearch/discarded/"
+
+
+def rebuild(root: Path, git: Git) -> tuple[int, Path | None]:
+    """Move the present ledger aside and write a new one; how many rows it has, and where the old one went."""
+    state = root / ".autoresearch"
+    old = state / "ledger.sqlite"
+    moved = None
+    if old.exists():
+        moved = state / f"ledger.sqlite.broken-{time.strftime('%Y%m%d-%H%M%S')}"
+        old.replace(moved)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{old}{suffix}").unlink(missing_ok=True)
+    rows = _rows(root, git)
+    ledger = Ledger(root, check_history=False)
+    try:
+        for exp in rows:
+            ledger.insert(exp)
+        ledger.write_tsv()
+    finally:
+        ledger.close()
+    return len(rows), moved
+
+
+def _rows(root: Path, git: Git) -> list[Experiment]:
+    kept = git.exp_commits()
+    discarded = {int(ref.removeprefix(DISCARDED)): sha for ref, sha in git.refs(DISCARDED).items()}
+    rows: dict[int, Experiment] = {}
+    tsv = root / "results.tsv"
+    lines = tsv.read_text().splitlines()[1:] if tsv.exists() else []
+    for exp_id, line in enumerate(lines, start=1):
+        short, bpb, memory, status, description = (line.split("\t") + [""] * 5)[:5]
+        commit = kept.get(exp_id) or discarded.get(exp_id) or (git.ref(short) if short else None)
+        kind = "baseline" if exp_id == 1 else ("experiment" if commit else "proposal")
+        rows[exp_id] = _row(git, exp_id, kind, status, description, commit, _float(bpb), _float(memory))
+    for exp_id, commit in [*kept.items(), *discarded.items()]:
+        if exp_id not in rows:
+            status = KEEP if exp_id in kept else DISCARD
+            description = git.message(commit).partition(": ")[2]
+            rows[exp_id] = _row(git, exp_id, "experiment", status, description, commit, None, None)
+            rows[exp_id].reason = "rebuilt from git: results.tsv did not have it"
+    return [rows[i] for i in sorted(rows)]
+
+
+def _row(git: Git, exp_id, kind, status, description, commit, bpb, memory) -> Experiment:
+    source = git.show(commit, "train.py") if commit else ""
+    parent = (git.parent(commit) if kind != "baseline" else commit) if commit else ""
+    exp = Experiment(id=exp_id, kind=kind, status=status if status in (KEEP, DISCARD, CRASH) else CRASH,
+                     description=description, parent=parent or "", commit=commit)  # fmt: skip
+    exp.val_bpb, exp.memory_gb, exp.source = bpb, memory, source
+    exp.reason = "rebuilt from results.tsv and git"
+    exp.runs = json.dumps(_run_values(git.root / ".autoresearch" / "runs", exp_id))
+    exp.started_at = exp.finished_at = time.time()
+    return exp
+
+
+def _run_values(runs: Path, exp_id: int) -> list[float]:
+    """val_bpb of each valid run of the experiment, from the evaluator's result files, in run order."""
+    values = []
+    for path in sorted(runs.glob(f"{exp_id}-*/result.json"), key=lambda p: int(p.parent.name.split("-")[1])):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(result, dict) and result.get("valid") and isinstance(result.get("val_bpb"), float):
+            values.append(result["val_bpb"])
+    return values
+
+
+def _float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value > 0 else None

@@ -1,0 +1,77 @@
+"""Verify, don't trust: what an agent's turn or a training run changed that it may not, put back.
+
+Around each untrusted step the loop records the workspace (workspace/integrity.py: git's refs, index,
+hooks and config, every file but train.py), the loop's own records (the ledger's rows and file, and
+results.tsv, which integrity leaves to the loop) and the installed package's source files. Afterwards it compares, puts
+back what it can and says what changed. Where train.py runs confined none of this can happen; this is
+what still holds where it cannot be confined, and against an agent, which is never confined.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import autoresearch
+from autoresearch.loop.ledger import Ledger
+from autoresearch.workspace import integrity
+from autoresearch.workspace.git import Git
+
+TRAIN_PY = "train.py"
+
+
+def package_digest() -> str:
+    """SHA-256 over the installed package's Python files: the loop, the judge and the evaluator."""
+    root = Path(autoresearch.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Verdict:
+    changed: list[str] = field(default_factory=list)  # what may not change and did (put back where possible)
+    human: list[str] = field(default_factory=list)  # program.md or prompts/ edited meanwhile: put back, reported
+    package_changed: bool = False  # the installed package itself: cannot be put back
+
+    def reason(self) -> str | None:
+        if self.package_changed:
+            return "the autoresearch package's own files changed"
+        if self.changed:
+            return f"changed files outside train.py: {', '.join(self.changed[:8])}"
+        return None
+
+
+class Watch:
+    """One snapshot before an untrusted step; `check()` after it."""
+
+    def __init__(self, git: Git, ledger: Ledger, quarantine: Path, train_py: bytes | None = None, human: bool = True):
+        """`train_py`: the bytes train.py must still hold afterwards (a run), or None (an agent edits it).
+        `human`: an edit of program.md or prompts/ is the person's, put back and reported (during a run);
+        without, it counts like any other file (an agent's turn: the agent may edit train.py only)."""
+        self.git, self.ledger, self.train_py, self.human = git, ledger, train_py, human
+        self.quarantine = quarantine / time.strftime("%Y%m%d-%H%M%S")
+        self.before = integrity.take(git, exclude=frozenset({TRAIN_PY}), human=human)
+        self.tsv = ledger.workspace / "results.tsv"
+        self.tsv_bytes = self.tsv.read_bytes() if self.tsv.exists() else None
+        self.rows = ledger.state()
+        self.package = package_digest()
+
+    def check(self) -> Verdict:
+        expected = {TRAIN_PY: self.train_py} if self.train_py is not None else None
+        found = integrity.put_back(
+            self.before, self.git, self.quarantine, frozenset({TRAIN_PY}), human=self.human, expected=expected
+        )
+        verdict = Verdict(changed=list(found.changed), human=list(found.human))
+        if why := self.ledger.put_back(self.rows, self.quarantine):
+            verdict.changed.append(why.replace("the ledger", "ledger.sqlite"))
+        now = self.tsv.read_bytes() if self.tsv.exists() else None
+        if now != self.tsv_bytes:
+            verdict.changed.append(f"{'changed' if now is not None else 'deleted'} results.tsv")
+            self.ledger.write_tsv()
+        verdict.package_changed = package_digest() != self.package
+        return verdict

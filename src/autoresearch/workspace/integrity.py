@@ -1,0 +1,368 @@
+"""Verify, don't trust: what a training run or an agent changed in the workspace, and putting it back.
+
+`take()` records, cheaply, what the loop relies on: every ref and the index; the git files that can run code
+or hide files (.git/HEAD, config, hooks/, info/, objects/info/alternates), with their contents; the files
+`git status` reports, with their contents; every other untracked file, including ignored ones, by size,
+times and mode; and the person's files (program.md, prompts/*.md). `put_back()` compares the workspace with
+a snapshot, puts it back as it was, and says what had changed.
+
+Order matters in `put_back`: the git files are compared and restored with plain file operations first,
+so that a planted hook or `core.fsmonitor` cannot run during the loop's next git command (the loop's git
+calls also switch both off). Untracked files are listed without the workspace's ignore rules (only the
+loop's own output is left out), so a run cannot hide a file by editing .gitignore or .git/info/exclude.
+
+What a run or agent wrote is moved, not deleted, into a quarantine folder under .autoresearch/: a person
+can see what it did, and an edit of theirs caught in the middle is not lost. An ignored file that existed
+before and was changed or deleted cannot be put back (its content is not copied before every run, it may be
+large); it is reported instead.
+
+program.md and prompts/*.md belong to the person, who may edit them while the loop runs. During a training
+run such an edit cannot be told apart from the experiment's doing, so with `human=True` it is put back (the
+changed text is kept in the quarantine) and reported separately, but not held against the experiment.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import stat
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from autoresearch.workspace.git import Git
+
+# The loop's own output in a workspace (see workspace/init.py's .gitignore): never the run's doing.
+LOOP_OWN = ("/.autoresearch/", "/results.tsv", "/results.tsv.tmp", "/progress.png", "/report.md", "__pycache__/")
+GUARDED_GIT = ("HEAD", "config", "hooks", "info", "objects/info/alternates")
+PROGRAM, PROMPTS = "program.md", "prompts"
+DIRECTORY = "dir"  # the content id of a directory git reports as one path (a nested repository)
+_CLEAN = "clean"  # a path `git status` does not report: as in the index, or absent if untracked
+
+
+@dataclass
+class Snapshot:
+    refs: dict[str, str]  # every ref -> object
+    index: str  # sha256 of the index listing (mode, blob, path per file)
+    files: dict[str, str | None]  # what `git status` reports -> content id (None: deleted)
+    untracked: dict[str, list[int]]  # every untracked path, ignored ones too -> [size, mtime_ns, ctime_ns, mode]
+    git_files: dict[str, list]  # under .git -> [content id, mode]
+    human: dict[str, str | None]  # program.md, prompts/*.md -> content id (None: absent); empty if not watched
+    contents: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)  # content id -> bytes
+    sources: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)  # content id -> its file
+
+
+@dataclass
+class Findings:
+    changed: list[str] = field(default_factory=list)  # what may not change and did; each was put back
+    human: list[str] = field(default_factory=list)  # the person's files that changed; put back
+    not_restored: list[str] = field(default_factory=list)  # changed, but could not be put back
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.human)
+
+    def summary(self, limit: int = 8) -> str:
+        shown = ", ".join(self.changed[:limit])
+        more = f" and {len(self.changed) - limit} more" if len(self.changed) > limit else ""
+        lost = f" (could not put back: {', '.join(self.not_restored[:limit])})" if self.not_restored else ""
+        return shown + more + lost
+
+
+# -- taking a snapshot ----------------------------------------------------------------------------
+
+
+def take(git: Git, exclude: frozenset[str] = frozenset(), human: bool = True) -> Snapshot:
+    """The state of the workspace, except the paths in `exclude` (train.py, which the loop itself checks).
+
+    With `human`, program.md and prompts/*.md are recorded apart from the other files (see the module's
+    docstring); without, they are files like any other."""
+    skip = _skipper(exclude, human)
+    git_files, contents, _ = _read_git_files(git.git_dir)
+    snap = Snapshot(
+        refs=git.refs(),
+        index=_sha256(git.index_listing()),
+        files={},
+        untracked={},
+        git_files=git_files,
+        human={},
+        contents=contents,
+    )
+    snap.files = _status_contents(git.root, git.status(), skip, snap)
+    snap.untracked = _signatures(git, skip)
+    if human:
+        snap.human = _human_contents(git.root, snap)
+    return snap
+
+
+def _skipper(exclude: frozenset[str], human: bool):
+    return lambda path: path in exclude or (human and is_human(path))
+
+
+def is_human(path: str) -> bool:
+    """program.md and prompts/<name>.md: the person's instructions to the agent."""
+    head, _, name = path.partition("/")
+    return path == PROGRAM or (head == PROMPTS and name.endswith(".md") and "/" not in name)
+
+
+def _read_git_files(git_dir: Path) -> tuple[dict[str, list], dict[str, bytes], dict[str, Path]]:
+    """The guarded files under .git: relative path -> [content id, mode], their contents and paths."""
+    listing, contents, sources = {}, {}, {}
+    for name in GUARDED_GIT:
+        top = git_dir / name
+        paths = [top] if top.is_symlink() or not top.is_dir() else sorted(p for p in top.rglob("*"))
+        for path in paths:
+            if path.is_dir() and not path.is_symlink():
+                continue
+            read = _read(path)
+            if read is None:
+                continue
+            content_id, data, mode = read
+            rel = path.relative_to(git_dir).as_posix()
+            listing[rel] = [content_id, mode]
+            if data is not None:
+                contents[content_id], sources[content_id] = data, path
+    return listing, contents, sources
+
+
+def _status_contents(root: Path, status: dict[str, str], skip, snap: Snapshot) -> dict[str, str | None]:
+    return {path: _remember(root / path, snap) for path in status if not skip(path.rstrip("/"))}
+
+
+def _signatures(git: Git, skip) -> dict[str, list[int]]:
+    found = {}
+    for path in git.untracked(LOOP_OWN):
+        if skip(path.rstrip("/")):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            s = os.lstat(git.root / path)
+            found[path] = [s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_mode]
+    return found
+
+
+def _human_contents(root: Path, snap: Snapshot) -> dict[str, str | None]:
+    found = {PROGRAM: _remember(root / PROGRAM, snap)}
+    for path in sorted((root / PROMPTS).glob("*.md")):
+        found[f"{PROMPTS}/{path.name}"] = _remember(path, snap)
+    return found
+
+
+def _remember(path: Path, snap: Snapshot) -> str | None:
+    """The content id of `path` (None if absent), keeping its bytes in the snapshot."""
+    read = _read(path)
+    if read is None:
+        return None
+    content_id, data, _ = read
+    if data is not None:
+        snap.contents[content_id], snap.sources[content_id] = data, path
+    return content_id
+
+
+def _read(path: Path) -> tuple[str, bytes | None, int] | None:
+    """(content id, bytes of a regular file, mode), or None if nothing is there.
+
+    A regular file's id is its git blob id, so a snapshot saved to disk can find the bytes in the object
+    store; a symlink's is "link:<target>", a directory's DIRECTORY."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(mode):
+        return "link:" + os.readlink(path), None, mode
+    if stat.S_ISDIR(mode):
+        return DIRECTORY, None, mode
+    data = path.read_bytes()
+    return blob_id(data), data, mode
+
+
+def blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+# -- putting it back ------------------------------------------------------------------------------
+
+
+def put_back(
+    before: Snapshot,
+    git: Git,
+    quarantine: Path,
+    exclude: frozenset[str] = frozenset(),
+    human: bool = True,
+    expected: dict[str, bytes] | None = None,
+) -> Findings:
+    """Compare the workspace with `before`, put back what differs, and say what it was.
+
+    `expected` maps excluded paths (train.py) to the exact bytes they must hold. What was changed is moved
+    into `quarantine` first."""
+    found = Findings()
+    _put_back_git_files(before, git.git_dir, quarantine / ".git", found)  # before any git command runs
+    _put_back_refs(before, git, found)
+    if _sha256(git.index_listing()) != before.index:
+        found.changed.append("the index (staged files)")
+        git.reset_index()
+    _put_back_files(before, git, quarantine, _skipper(exclude, human), found)
+    if human:
+        _put_back_human(before, git, quarantine, found)
+    for path, data in (expected or {}).items():
+        now = _read(git.root / path)
+        if now is None or now[1] != data:
+            found.changed.append(f"changed {path}" if now else f"deleted {path}")
+            _quarantine(git.root, path, quarantine)
+            (git.root / path).write_bytes(data)
+    return found
+
+
+def _put_back_git_files(before: Snapshot, git_dir: Path, quarantine: Path, found: Findings) -> None:
+    now, _, _ = _read_git_files(git_dir)
+    for rel in sorted(set(before.git_files) | set(now), reverse=True):  # files before their directories
+        if before.git_files.get(rel) == now.get(rel):
+            continue
+        found.changed.append(f".git/{rel}")
+        _quarantine(git_dir, rel, quarantine)
+    for rel in sorted(before.git_files):
+        if before.git_files[rel] != now.get(rel):
+            content_id, mode = before.git_files[rel]
+            if not _restore(git_dir / rel, content_id, before, None):
+                found.not_restored.append(f".git/{rel}")
+            elif not stat.S_ISLNK(mode):
+                os.chmod(git_dir / rel, stat.S_IMODE(mode))
+
+
+def _put_back_refs(before: Snapshot, git: Git, found: Findings) -> None:
+    now = git.refs()
+    for ref in sorted(set(before.refs) | set(now)):
+        old, new = before.refs.get(ref), now.get(ref)
+        if old == new:
+            continue
+        if old is None:
+            found.changed.append(f"created {ref}")
+            git.delete_ref(ref)
+        else:
+            found.changed.append(f"deleted {ref}" if new is None else f"moved {ref} from {old[:7]} to {new[:7]}")
+            git.force_ref(ref, old)
+
+
+def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: Findings) -> None:
+    status = git.status()
+    now_files = _status_contents(git.root, status, skip, _scratch())
+    now_untracked = _signatures(git, skip)
+    differ = []
+    for path in sorted(set(before.files) | set(now_files)):
+        old, new = before.files.get(path, _CLEAN), now_files.get(path, _CLEAN)
+        if old != new:
+            differ.append(path)
+            was_there = old is not None and not (old == _CLEAN and status.get(path) == "??")
+            found.changed.append(_what(path, was_there, new is not None))
+    seen = set(before.files) | set(now_files)
+    for path in sorted((set(before.untracked) | set(now_untracked)) - seen):
+        old, new = before.untracked.get(path), now_untracked.get(path)
+        if old == new:
+            continue
+        found.changed.append(_what(path, old is not None, new is not None))
+        if old is None:
+            differ.append(path)
+        else:  # an ignored file that existed: its content was not kept
+            found.not_restored.append(path)
+    for path in sorted(differ, reverse=True):  # the deepest first, so a file replaced by a directory goes
+        _quarantine(git.root, path.rstrip("/"), quarantine)
+    tracked = git.tracked()
+    for path in differ:
+        old = before.files.get(path, _CLEAN)
+        if old == _CLEAN:
+            if path in tracked:
+                git.checkout_from_index(path)
+        elif old is not None and not _restore(git.root / path.rstrip("/"), old, before, git):
+            found.not_restored.append(path)
+
+
+def _put_back_human(before: Snapshot, git: Git, quarantine: Path, found: Findings) -> None:
+    now = _human_contents(git.root, _scratch())
+    for path in sorted(set(before.human) | set(now)):
+        old, new = before.human.get(path), now.get(path)
+        if old == new:
+            continue
+        found.human.append(path)
+        _quarantine(git.root, path, quarantine)
+        if old is not None and not _restore(git.root / path, old, before, git):
+            found.not_restored.append(path)
+
+
+def _what(path: str, was_there: bool, is_there: bool) -> str:
+    if not was_there:
+        return f"added {path}"
+    return f"changed {path}" if is_there else f"deleted {path}"
+
+
+def _scratch() -> Snapshot:
+    """An empty snapshot to read the current contents into."""
+    return Snapshot(refs={}, index="", files={}, untracked={}, git_files={}, human={})
+
+
+def _restore(path: Path, content_id: str, snap: Snapshot, git: Git | None) -> bool:
+    """Write `content_id` back at `path`; False if its content is not known."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if content_id.startswith("link:"):
+        os.symlink(content_id[len("link:") :], path)
+        return True
+    if content_id == DIRECTORY:
+        return False
+    data = snap.contents.get(content_id)
+    if data is None and git is not None:
+        data = git.blob(content_id)
+    if data is None:
+        return False
+    path.write_bytes(data)
+    return True
+
+
+def _quarantine(root: Path, rel: str, quarantine: Path) -> None:
+    """Move `root/rel` (a file, link or directory) to `quarantine/rel`, then drop directories it left empty."""
+    source = root / rel
+    if not _exists(source):
+        return
+    target = quarantine / rel
+    n = 1
+    while _exists(target):
+        target, n = quarantine / f"{rel}.{n}", n + 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(source, target)
+    parent = source.parent
+    while parent != root and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
+# -- a snapshot on disk, for the next start after a kill ------------------------------------------
+
+
+def save(snap: Snapshot, git: Git, path: Path) -> None:
+    """Keep `snap` where the next start finds it: the working files' contents go into git's object store,
+    the git files' (small, and needed before git can be trusted) into the file itself."""
+    git_ids = {content_id for content_id, _ in snap.git_files.values()}
+    stored = [i for i in {*snap.files.values(), *snap.human.values()} if i in snap.sources and i not in git_ids]
+    git.store_blobs([snap.sources[i] for i in stored])
+    data = {k: v for k, v in asdict(snap).items() if k not in ("contents", "sources")}
+    data["git_contents"] = {i: base64.b64encode(snap.contents[i]).decode() for i in git_ids if i in snap.contents}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> Snapshot | None:
+    try:
+        data = json.loads(path.read_text())
+        contents = {i: base64.b64decode(b) for i, b in data.pop("git_contents").items()}
+        return Snapshot(**data, contents=contents)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None

@@ -1,0 +1,247 @@
+"""The training data as the evaluator serves it and the experiment receives it: the right shape and shift,
+random tokens before the clock, train rows only after it and never validation, every row once per
+epoch in a fixed order, nothing after the deadline. The harness's Run talks to a real evaluator
+Session over a socket pair, in one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from autoresearch.config.presets import PRESETS, Preset
+from autoresearch.data.shards import MANIFEST_FORMAT, Manifest, ShardInfo, write_shard
+from autoresearch.data.sources import TRAIN, VAL
+from autoresearch.data.tokenizer import Tokenizer
+from autoresearch.evaluator.feeder import Feeder, RowOrder
+from autoresearch.evaluator.session import Session
+from autoresearch.harness.run import Run, TrainingFailed
+from autoresearch.wire import Channel
+
+SEQ = 8
+ROW_LEN = SEQ + 1
+VAL_TOKEN_BASE = 60_000  # validation rows use ids from here up; train rows stay below
+
+
+def numbered_rows(first: int, n: int, row_len: int = ROW_LEN) -> np.ndarray:
+    """Rows [BOS, i, i+1, ...] for i = first, first + 1, ...: column 1 names the row."""
+    rows = np.zeros((n, row_len), dtype=np.uint16)
+    rows[:, 1:] = first + np.arange(n)[:, None] + np.arange(row_len - 1)[None, :]
+    return rows
+
+
+def row_ids(x: torch.Tensor) -> list[int]:
+    return x[:, 1].tolist()
+
+
+@pytest.fixture
+def preset() -> Preset:
+    return Preset(
+        name="loader-test",
+        description="tests",
+        seq_len=SEQ,
+        vocab_size=2**16 - 1,
+        budget_seconds=5,
+        eval_tokens=4 * SEQ,
+        untimed_steps=1,
+        tokenizer_train_chars=1,
+        max_corpus_bytes=None,
+    )
+
+
+@pytest.fixture
+def dataset(tmp_path: Path, preset: Preset, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Prepared data written by hand: train shards of 7, 0 and 5 rows; a val shard of very different ids."""
+    return handmade_dataset(tmp_path, preset, monkeypatch, train=[(1000, 7), (2000, 0), (3000, 5)])
+
+
+def handmade_dataset(tmp_path: Path, preset: Preset, monkeypatch: pytest.MonkeyPatch, train) -> Path:
+    out = tmp_path / "data"
+    out.mkdir()
+    singles = [bytes([b]) for b in range(256)]
+    pairs = [bytes([a, b]) for a in range(256) for b in range(256)]
+    tokenizer = Tokenizer([b"", *singles, *pairs[: preset.vocab_size - 257]])
+    tokenizer.save(out / "tokenizer.json")
+    infos = []
+    for i, (first, n) in enumerate(train):
+        info = ShardInfo(f"train-{i:05d}", TRAIN, n, ROW_LEN, "", f"t{i}", tokenizer.digest())
+        infos.append(write_shard(out, info, numbered_rows(first, n)))
+    val = ShardInfo("val", VAL, 6, ROW_LEN, "", "v", tokenizer.digest())
+    infos.append(write_shard(out, val, numbered_rows(VAL_TOKEN_BASE, 6)))
+    Manifest(MANIFEST_FORMAT, {"name": "hand-made"}, preset.as_dict(), tokenizer.digest(), ROW_LEN, infos).save(
+        out / "manifest.json"
+    )
+    monkeypatch.setitem(PRESETS, preset.name, preset)
+    return out
+
+
+TRAIN_IDS = sorted([*range(1000, 1007), *range(3000, 3005)])
+
+
+@contextlib.contextmanager
+def served(dataset: Path, preset: Preset, budget: float = 30.0):
+    """A harness Run connected to an evaluator Session serving `dataset`; yields both."""
+    ours, theirs = socket.socketpair()
+    manifest = Manifest.load(dataset / "manifest.json")
+    feeder = Feeder(dataset, manifest, preset.vocab_size)
+    constants = {
+        "seq_len": preset.seq_len, "vocab_size": preset.vocab_size, "budget_seconds": budget,
+        "untimed_steps": preset.untimed_steps, "train_rows": feeder.order.num_rows,
+    }  # fmt: skip
+    session = Session(Channel(ours), feeder, constants, budget)
+    thread = threading.Thread(target=session.serve, daemon=True)
+    thread.start()
+    channel = Channel(theirs)
+    assert channel.receive()[0] == {"op": "go", "payload": 0}
+    hello, _ = channel.request({"op": "hello"})
+    try:
+        yield Run(channel, hello), session
+    finally:
+        theirs.close()
+        thread.join(5)
+
+
+def start_clock(run: Run) -> None:
+    """Hand over a stand-in graph (the data service does not look at it) and start the clock."""
+    run._channel.send({"op": "model"}, b"graph")
+    run._exported = "graph"  # type: ignore[assignment]
+    run._start_clock()
+
+
+def test_batches_are_int64_of_batch_by_seq_len_and_targets_are_inputs_shifted_by_one(dataset, preset) -> None:
+    with served(dataset, preset) as (run, _):
+        batches = run.train_batches(4)
+        start_clock(run)
+        for _ in range(5):
+            x, y = next(batches)
+            assert x.shape == y.shape == (4, SEQ)
+            assert x.dtype == y.dtype == torch.int64
+            assert (x[:, 1:] == y[:, :-1]).all()
+            assert (x[:, 0] == 0).all()  # rows are BOS-aligned
+            rows = torch.cat([x, y[:, -1:]], dim=1)  # the whole stored row
+            assert (rows[:, 1:] == rows[:, 1:2] + torch.arange(SEQ)).all()
+
+
+def test_before_the_clock_starts_the_experiment_gets_random_tokens_not_training_rows(dataset, preset) -> None:
+    with served(dataset, preset) as (run, session):
+        batches = run.train_batches(4)
+        for _ in range(10):
+            x, y = next(batches)
+            rows = torch.cat([x, y[:, -1:]], dim=1)
+            assert not (rows[:, 1:] == rows[:, 1:2] + torch.arange(SEQ)).all(dim=1).any()  # no stored row
+        assert session.timeline.timed_rows == 0 and session.feeder.rows_served == 0
+
+
+def test_rows_come_only_from_the_train_shards_never_validation(dataset, preset) -> None:
+    with served(dataset, preset) as (run, _):
+        batches = run.train_batches(5)
+        start_clock(run)
+        seen = set()
+        for _ in range(20):  # several epochs
+            x, y = next(batches)
+            assert int(x.max()) < VAL_TOKEN_BASE and int(y.max()) < VAL_TOKEN_BASE
+            seen.update(row_ids(x))
+        assert sorted(seen) == TRAIN_IDS
+
+
+def test_one_epoch_visits_every_train_row_exactly_once(dataset, preset) -> None:
+    with served(dataset, preset) as (run, session):
+        batches = run.train_batches(4)  # 12 rows: 3 batches per epoch
+        start_clock(run)
+        epoch = [i for _ in range(3) for i in row_ids(next(batches)[0])]
+        assert sorted(epoch) == TRAIN_IDS
+        assert session.feeder.order.epoch == 1
+        second = [i for _ in range(3) for i in row_ids(next(batches)[0])]
+        assert sorted(second) == TRAIN_IDS
+        assert second != epoch  # reshuffled each epoch
+        assert batches.tokens_served == 6 * 4 * SEQ
+        assert session.timeline.timed_rows == 24
+
+
+def test_the_order_is_the_same_for_every_experiment_and_every_batch_size(dataset, preset) -> None:
+    orders = []
+    for size, count in ((4, 9), (4, 9), (3, 12)):
+        with served(dataset, preset) as (run, _):
+            batches = run.train_batches(size)
+            start_clock(run)
+            orders.append([i for _ in range(count) for i in row_ids(next(batches)[0])])
+    assert orders[0] == orders[1] == orders[2]  # two experiments see the same data in the same order
+
+
+def test_row_order_is_a_fixed_permutation_per_epoch() -> None:
+    order = RowOrder(10)
+    first = order.take(10)
+    assert sorted(first.tolist()) == list(range(10))
+    assert first.tolist() == RowOrder(10).take(10).tolist()
+    assert first.tolist() != list(range(10))  # shuffled
+    assert sorted(order.take(10).tolist()) == list(range(10))
+    assert RowOrder(10, seed=1).take(10).tolist() != first.tolist()
+
+
+def test_token_ids_above_32767_survive_the_uint16_rows(tmp_path, preset, monkeypatch) -> None:
+    data = handmade_dataset(tmp_path, preset, monkeypatch, train=[(65_000, 3)])
+    with served(data, preset) as (run, _):
+        batches = run.train_batches(3)
+        start_clock(run)
+        x, y = next(batches)
+        assert sorted(x[:, 1].tolist()) == [65_000, 65_001, 65_002]
+        assert int(y.max()) == 65_002 + SEQ - 1
+
+
+def test_train_batches_may_be_asked_for_once(dataset, preset) -> None:
+    with served(dataset, preset) as (run, _):
+        run.train_batches(2)
+        with pytest.raises(RuntimeError, match="once"):
+            run.train_batches(2)
+
+
+def test_the_clock_does_not_start_before_the_model_is_handed_over(dataset, preset) -> None:
+    with served(dataset, preset) as (run, session):
+        run.train_batches(2)
+        with pytest.raises(TrainingFailed, match="set_model"):
+            run.step_done(torch.tensor(1.0))  # the preset's untimed steps are done: the clock would start
+        run._exported = "graph"  # type: ignore[assignment]  # even an experiment that skips the harness's own check is refused
+        with pytest.raises(TrainingFailed, match="set_model"):
+            run._start_clock()
+        assert session.timeline.clock is None
+
+
+def test_no_training_rows_are_served_past_the_deadline_and_a_late_stop_is_invalid(dataset, preset) -> None:
+    with served(dataset, preset, budget=0.2) as (run, session):
+        batches = run.train_batches(4)
+        start_clock(run)
+        time.sleep(1.5)  # past the 0.2 s budget and the 1 s grace of a run without steps
+        served_before = session.feeder.rows_served
+        for _ in range(3):
+            next(batches)
+        assert session.feeder.rows_served == served_before
+        run._channel.send({"op": "stop"})
+        run._channel.send({"op": "weights"}, b"w")
+        time.sleep(0.2)
+        assert "past the 0.2s budget" in session.late()
+
+
+def test_weights_that_come_long_after_the_stop_are_invalid(dataset, preset) -> None:
+    with served(dataset, preset) as (run, session):
+        run.train_batches(4)
+        start_clock(run)
+        run._channel.send({"op": "stop"})
+        time.sleep(0.8)  # an honest hand-over of a few bytes takes milliseconds; 0.5 s are allowed
+        run._channel.send({"op": "weights"}, b"w")
+        time.sleep(0.2)
+        assert "after the clock stopped" in session.late()
+
+
+def test_a_model_handed_over_after_the_clock_started_breaks_the_protocol(dataset, preset) -> None:
+    with served(dataset, preset) as (run, session):
+        start_clock(run)
+        run._channel.send({"op": "model"}, b"a graph trained on the clock")
+        time.sleep(0.3)
+        assert session.timeline.program == b"graph"  # the graph handed over before the clock stays the one scored

@@ -1,0 +1,210 @@
+"""The hand-over as data: what the experiment exports, what the evaluator loads and what it refuses.
+
+An honest model (plain, with FlexAttention windows, with tied weights, sampling) comes back as a graph
+with exactly its logits; a document written by an attacker (an operator outside the allow-list, an
+in-place update, uninitialised memory, code in a string, weights that do not match) is refused with
+a reason and runs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+from autoresearch.evaluator.program import ProgramRejected, load_program
+from autoresearch.harness.handover import Exported, HandOverError
+
+CPU = torch.device("cpu")
+VOCAB, SEQ = 64, 16
+
+
+class Tiny(torch.nn.Module):
+    """Embedding, one causal attention layer (SDPA or FlexAttention with a window), tied output head."""
+
+    def __init__(self, window: int | None = None):
+        super().__init__()
+        self.wte = torch.nn.Embedding(VOCAB, 32)
+        self.qkv = torch.nn.Linear(32, 96, bias=False)
+        self.register_buffer("scale", torch.tensor(0.5), persistent=False)
+        self.mask = None
+        if window is not None:
+            keep = lambda b, h, q, kv: (q >= kv) & (q - kv < window)
+            self.mask = create_block_mask(keep, B=None, H=None, Q_LEN=SEQ, KV_LEN=SEQ, device="cpu")
+
+    def forward(self, idx):
+        x = self.wte(idx)
+        q, k, v = self.qkv(x).view(*idx.shape, 3, 2, 16).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if self.mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = flex_attention(q, k, v, block_mask=self.mask)
+        x = x + self.scale * y.transpose(1, 2).reshape(x.shape)
+        return F.linear(x, self.wte.weight)  # tied to the embedding
+
+
+def round_trip(model: torch.nn.Module) -> tuple[torch.nn.Module, Exported]:
+    exported = Exported(model, SEQ, VOCAB, CPU)
+    return load_program(exported.document, exported.weights(), CPU), exported
+
+
+@pytest.mark.parametrize("window", [None, 4], ids=["sdpa", "flex-window"])
+def test_an_honest_model_comes_back_with_exactly_its_logits_at_any_batch_size(window) -> None:
+    torch.manual_seed(0)
+    model = Tiny(window)
+    graph, _ = round_trip(model)
+    for batch in (1, 3, 8):
+        idx = torch.randint(0, VOCAB, (batch, SEQ))
+        with torch.no_grad():
+            assert torch.equal(graph(idx), model(idx))
+
+
+def test_the_weights_are_taken_at_finish_not_when_the_graph_was_exported() -> None:
+    model = Tiny()
+    exported = Exported(model, SEQ, VOCAB, CPU)
+    with torch.no_grad():
+        model.wte.weight.mul_(3.0)  # training happens between set_model and finish
+    graph = load_program(exported.document, exported.weights(), CPU)
+    idx = torch.randint(0, VOCAB, (2, SEQ))
+    with torch.no_grad():
+        assert torch.equal(graph(idx), model(idx))
+
+
+def test_a_model_that_cannot_be_exported_gets_a_reason_naming_what_to_avoid() -> None:
+    class Branchy(Tiny):
+        def forward(self, idx):
+            logits = super().forward(idx)
+            if logits.sum() > 0:  # a Python branch on a tensor's value
+                return logits
+            return -logits
+
+    with pytest.raises(HandOverError, match="no Python branches"):
+        Exported(Branchy(), SEQ, VOCAB, CPU)
+
+
+def test_in_place_operations_on_intermediate_tensors_are_handed_over_as_functional_ones() -> None:
+    class InPlace(Tiny):
+        def forward(self, idx):
+            return super().forward(idx).mul_(2.0).clamp_(-30, 30)
+
+    model = InPlace()
+    graph, _ = round_trip(model)
+    idx = torch.randint(0, VOCAB, (2, SEQ))
+    with torch.no_grad():
+        assert torch.equal(graph(idx), model(idx))
+
+
+def test_a_forward_that_updates_a_buffer_in_place_cannot_be_handed_over() -> None:
+    class Remembers(Tiny):
+        def forward(self, idx):
+            self.scale.add_(1.0)  # state carried from one evaluation batch to the next
+            return super().forward(idx)
+
+    with pytest.raises(HandOverError, match="changes state"):
+        Exported(Remembers(), SEQ, VOCAB, CPU)
+
+
+# -- documents written by an attacker -------------------------------------------------------------
+
+
+def honest() -> tuple[dict, bytes]:
+    _, exported = round_trip(Tiny())
+    return json.loads(exported.document), exported.weights()
+
+
+def with_node(doc: dict, node: dict) -> dict:
+    """`doc` with `node` added, made the output, so that it would run."""
+    doc["graph"]["nodes"].append(node)
+    doc["graph"]["output"] = {"node": len(doc["graph"]["nodes"]) - 1}
+    return doc
+
+
+def refused(doc: dict, weights: bytes) -> str:
+    with pytest.raises(ProgramRejected) as err:
+        load_program(json.dumps(doc).encode(), weights, CPU)
+    return str(err.value)
+
+
+def logits_node(doc: dict) -> int:
+    return doc["graph"]["output"]["node"]
+
+
+@pytest.mark.parametrize(
+    ("target", "args", "reason"),
+    [
+        ("torch.save", [{"node": 0}, "/tmp/x"], "does not run"),
+        ("builtins.eval", ["__import__('os')"], "does not run"),
+        ("builtins.open", ["/etc/passwd"], "does not run"),
+        ("aten.from_file.default", ["/etc/passwd"], "does not run"),
+        ("aten.add_.Tensor", [{"node": 0}, {"node": 0}], "in place"),
+        ("aten.copy_.default", [{"node": 0}, {"node": 0}], "in place"),
+        ("aten.empty.memory_format", [{"list": [2, 16, 64]}], "uninitialised"),
+        ("aten.new_empty.default", [{"node": 0}, {"list": [2]}], "uninitialised"),
+        ("aten.__class__.__init__", [], "not an ATen operator"),
+        ("higher_order.run_with_rng_state", [], "does not run"),
+        ("aten.gelu.default", [{"node": 0}, "tanh'); import os; os.system('x"], "string"),
+    ],
+)
+def test_an_operator_outside_the_allow_list_is_refused_before_anything_runs(target, args, reason) -> None:
+    doc, weights = honest()
+    doc = with_node(doc, {"op": "call", "target": target, "args": args, "kwargs": {}})
+    assert reason in refused(doc, weights)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda d: d.update(format="torch-export"), "format"),
+        (lambda d: d["graph"]["nodes"].append({"op": "input"}), "more than one input"),
+        (lambda d: d["graph"].update(output={"list": []}), "one tensor"),
+        (lambda d: d["graph"]["nodes"].append({"op": "tensor", "index": 999}), "does not declare"),
+        (lambda d: d["graph"]["nodes"].append({"op": "get_attr", "target": "__class__"}), "does not take"),
+        (lambda d: d["graph"]["nodes"][-1]["kwargs"].update({"x; import os": 1}), "keyword"),
+        (lambda d: d["graph"]["nodes"][-1]["args"].append({"device": "cuda:0' + __import__('os')"}), "argument"),
+        (lambda d: d["graph"]["nodes"][-1]["args"].append({"dtype": "__builtins__"}), "argument"),
+        (lambda d: d["graph"]["nodes"][-1]["args"].append({"graph": "nowhere"}), "missing or recursive"),
+    ],
+)
+def test_a_malformed_document_is_refused_with_a_reason(change, reason) -> None:
+    doc, weights = honest()
+    change(doc)
+    assert reason in refused(doc, weights)
+
+
+def test_a_subgraph_that_refers_to_itself_is_refused() -> None:
+    doc, weights = honest()
+    doc["subgraphs"]["loop"] = {
+        "nodes": [{"op": "input"}, {"op": "call", "target": "aten.clone.default", "args": [{"graph": "loop"}]}],
+        "output": {"node": 1},
+    }
+    node = {"op": "call", "target": "aten.clone.default", "args": [{"graph": "loop"}], "kwargs": {}}
+    assert "recursive" in refused(with_node(doc, node), weights)
+
+
+def test_garbage_and_deeply_nested_documents_are_refused_not_crashed_on() -> None:
+    _, weights = honest()
+    for document in (b"\x00\xff garbage", b"[" * 100_000 + b"]" * 100_000, b"{}"):
+        with pytest.raises(ProgramRejected):
+            load_program(document, weights, CPU)
+
+
+def test_weights_that_do_not_match_the_graph_are_refused() -> None:
+    doc, _ = honest()
+    name = doc["tensors"][0]["name"]
+    document = json.dumps(doc).encode()
+    wrong_shape = save({t["name"]: torch.zeros(*t["shape"][:-1], 1) for t in doc["tensors"]})
+    missing = save({t["name"]: torch.zeros(t["shape"]) for t in doc["tensors"][1:]})
+    extra = save({**{t["name"]: torch.zeros(t["shape"]) for t in doc["tensors"]}, "val_rows": torch.zeros(3)})
+    with pytest.raises(ProgramRejected, match="declared"):
+        load_program(document, wrong_shape, CPU)
+    with pytest.raises(ProgramRejected, match=f"lack '{name}'"):
+        load_program(document, missing, CPU)
+    with pytest.raises(ProgramRejected, match="does not read"):
+        load_program(document, extra, CPU)
+    with pytest.raises(ProgramRejected, match="safetensors"):
+        load_program(document, b"\x80\x04pickle", CPU)

@@ -1,0 +1,400 @@
+"""The confinement of train.py: each test runs a small Python snippet inside the sandbox and checks one promise.
+
+These tests fail (never skip) when bubblewrap cannot confine here: CI installs it, and a silently skipped
+sandbox test would hide that the untrusted run is not confined.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from autoresearch.evaluator import sandbox
+
+SECRET = "VALIDATION-SHARD-SECRET-7f3a"
+
+
+@pytest.fixture(autouse=True)
+def _confinement_works() -> None:
+    reason = sandbox.unavailable_reason()
+    if reason is not None:
+        pytest.fail(f"the sandbox does not work on this machine: {reason}")
+
+
+@dataclass
+class Layout:
+    workspace: Path  # hidden: ledger, .git, results.tsv
+    data: Path  # hidden: holds the validation shard
+    workdir: Path  # the run's box, inside the hidden workspace
+    cache: Path  # writable: a compile cache
+
+    @property
+    def shard(self) -> Path:
+        return self.data / "val.bin"
+
+
+@pytest.fixture
+def layout() -> Iterator[Layout]:
+    # Outside /tmp on purpose: the sandbox's private /tmp hides all of /tmp anyway, so under it the hidden-directory
+    # tests would pass for the wrong reason.
+    base = Path(tempfile.mkdtemp(prefix="autoresearch-sandbox-test-", dir="/var/tmp"))
+    workspace, data = base / "workspace", base / "data"
+    workdir = workspace / ".autoresearch" / "runs" / "7-0" / "box"
+    workdir.mkdir(parents=True)
+    data.mkdir()
+    (data / "val.bin").write_text(SECRET)
+    (workspace / "results.tsv").write_text("run\tval_bpb\n")
+    (base / "cache").mkdir()
+    yield Layout(workspace, data, workdir, base / "cache")
+    shutil.rmtree(base)
+
+
+def confined(
+    layout: Layout,
+    code: str,
+    *args: object,
+    env: Mapping[str, str] | None = None,
+    hidden: Sequence[Path] | None = None,
+    **run_options: object,
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -c code args...` confined the way a real run is."""
+    argv = sandbox.command(
+        [sys.executable, "-c", code, *map(str, args)],
+        workdir=layout.workdir,
+        writable=[layout.cache],
+        hidden=[layout.workspace, layout.data] if hidden is None else hidden,
+        env=os.environ if env is None else env,
+    )
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, **run_options)  # type: ignore[call-overload]
+
+
+def test_a_hidden_directory_is_empty_and_its_files_cannot_be_read(layout: Layout) -> None:
+    code = (
+        "import os, sys\n"
+        "print(os.listdir(sys.argv[1]), os.listdir(sys.argv[2]))\n"
+        "try:\n"
+        "    print(open(sys.argv[3]).read())\n"
+        "except OSError as error:\n"
+        "    print(type(error).__name__)\n"
+    )
+    run = confined(layout, code, layout.data, layout.workspace, layout.shard)
+    assert run.returncode == 0, run.stderr
+    assert SECRET not in run.stdout
+    assert run.stdout.split("\n")[:2] == ["[] ['.autoresearch']", "FileNotFoundError"]
+    # The control: without hiding, the same snippet does read it, so the test above is not vacuous.
+    assert SECRET in confined(layout, code, layout.data, layout.workspace, layout.shard, hidden=[]).stdout
+
+
+def test_writing_outside_workdir_writable_dirs_and_tmp_fails(layout: Layout) -> None:
+    existing = [Path(sandbox.__file__), layout.workspace / "results.tsv"]
+    new = [
+        layout.data / "planted.bin",
+        layout.workspace / "ledger.jsonl",
+        Path("/etc/autoresearch-sandbox-test"),
+        Path(sysconfig.get_paths()["purelib"], "autoresearch_sandbox_planted.py"),
+    ]
+    code = (
+        "import os, sys\n"
+        "for path, flags in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+        "    try:\n"
+        "        os.close(os.open(path, os.O_WRONLY | int(flags)))\n"
+        "        print('WROTE', path)\n"
+        "    except OSError as error:\n"
+        "        print('denied', error.strerror, path)\n"
+    )
+    # Existing files are opened for appending (nothing is written even if it succeeds), new ones created.
+    targets = [(path, os.O_APPEND) for path in existing] + [(path, os.O_CREAT | os.O_EXCL) for path in new]
+    try:
+        run = confined(layout, code, *[item for target in targets for item in target])
+    finally:
+        for path in new:
+            if path.exists() and path.parent != layout.data:
+                path.unlink()
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert len(lines) == len(targets)
+    assert all(line.startswith("denied") for line in lines), run.stdout
+
+
+def test_workdir_writable_dirs_tmp_and_home_are_writable_and_workdir_writes_show_outside(layout: Layout) -> None:
+    marker = f"autoresearch-sandbox-{uuid.uuid4().hex}"
+    code = (
+        "import os, sys\nfor path in sys.argv[1:]:\n    with open(path, 'w') as f:\n        f.write('written inside')\n"
+    )
+    env = {**os.environ, "HOME": "/root"}  # the caller's HOME is read-only inside: a writable one replaces it
+    home = "os.path.expanduser('~/x')"
+    run = confined(
+        layout,
+        code + f"open({home}, 'w').write('x')\n",
+        "out.txt",
+        layout.cache / "kernel.bin",
+        f"/tmp/{marker}",
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert (layout.workdir / "out.txt").read_text() == "written inside"
+    assert (layout.cache / "kernel.bin").read_text() == "written inside"
+    assert not Path("/tmp", marker).exists()  # /tmp inside is private
+
+
+def test_home_is_kept_when_the_caller_points_it_at_a_writable_directory(layout: Layout) -> None:
+    env = {"PATH": os.defpath, "HOME": str(layout.cache)}
+    run = confined(layout, "import os; print(os.environ['HOME'])", env=env)
+    assert run.stdout.strip() == str(layout.cache)
+
+
+def test_a_tcp_server_on_the_host_loopback_cannot_be_reached_from_inside(layout: Layout) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()  # reachable from outside
+        code = (
+            "import socket, sys\n"
+            "try:\n"
+            "    socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=2)\n"
+            "    print('CONNECTED')\n"
+            "except OSError as error:\n"
+            "    print(type(error).__name__)\n"
+            "print(sorted(name for _, name in socket.if_nameindex()))\n"
+        )
+        run = confined(layout, code, port)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["ConnectionRefusedError", "['lo']"]
+
+
+def test_processes_outside_are_invisible_and_cannot_be_signalled(layout: Layout) -> None:
+    code = (
+        "import os, sys\n"
+        "print(len([name for name in os.listdir('/proc') if name.isdigit()]))\n"
+        "for pid in map(int, sys.argv[1:]):\n"
+        "    try:\n"
+        "        os.kill(pid, 0)\n"
+        "        print(pid, os.path.exists(f'/proc/{pid}'), 'SIGNALLED')\n"
+        "    except ProcessLookupError:\n"
+        "        print(pid, os.path.exists(f'/proc/{pid}'), 'no such process')\n"
+    )
+    # Pids 1 and 2 exist inside as well (bwrap's init, the snippet), so a container's low pids prove nothing.
+    pids = [pid for pid in (os.getpid(), os.getppid()) if pid > 2]
+    run = confined(layout, code, *pids)
+    assert run.returncode == 0, run.stderr
+    count, *lines = run.stdout.splitlines()
+    assert count == "2"  # bwrap's init and the snippet: nothing else exists for it
+    assert lines == [f"{pid} False no such process" for pid in pids]
+
+
+def test_the_run_has_its_own_namespaces_no_capabilities_and_no_controlling_terminal(layout: Layout) -> None:
+    kinds = ["pid", "net", "ipc", "uts", "mnt", "cgroup"]
+    code = (
+        "import json, os, sys\n"
+        "status = dict(line.split(':\\t') for line in open('/proc/self/status').read().splitlines())\n"
+        "print(json.dumps({\n"
+        "    'ns': {kind: os.readlink(f'/proc/self/ns/{kind}') for kind in sys.argv[1:]},\n"
+        "    'caps': status['CapEff'],\n"
+        "    'session': os.getsid(0),\n"
+        "    'sys_ro': bool(os.statvfs('/sys').f_flag & os.ST_RDONLY),\n"
+        "    'sys': os.listdir('/sys') != [],\n"
+        "}))\n"
+    )
+    run = confined(layout, code, *kinds)
+    assert run.returncode == 0, run.stderr
+    inside = json.loads(run.stdout)
+    for kind in kinds:
+        assert inside["ns"][kind] != os.readlink(f"/proc/self/ns/{kind}"), kind
+    assert int(inside["caps"], 16) == 0
+    # setsid() inside: the session leader is bwrap's init, not the caller's (which shows as 0), so no terminal to
+    # push input into.
+    assert inside["session"] == 1
+    assert inside["sys_ro"] and inside["sys"]  # /sys readable for CUDA/NVML, not writable
+
+
+def test_the_run_cannot_unmount_a_hidden_directory_or_remount_the_root_writable(layout: Layout) -> None:
+    code = (
+        "import ctypes, os, sys\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "MS_REMOUNT, MS_BIND = 32, 4096\n"
+        "print(libc.umount2(sys.argv[1].encode(), 2), os.strerror(ctypes.get_errno()))\n"  # MNT_DETACH
+        "print(libc.mount(None, b'/', None, MS_REMOUNT | MS_BIND, None), os.strerror(ctypes.get_errno()))\n"
+        "print(os.listdir(sys.argv[1]))\n"
+    )
+    run = confined(layout, code, layout.data)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["-1 Operation not permitted", "-1 Operation not permitted", "[]"]
+
+
+DAEMON = """
+import os, signal, subprocess, sys, time
+grow, marker, how = sys.argv[1:]
+loop = f"import time\\nwhile True:\\n    open({grow!r}, 'a').write('x')\\n    time.sleep(0.01)  # {marker}"
+if how == "double-fork":
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execv(sys.executable, [sys.executable, "-c", loop])
+        os._exit(0)
+    os.wait()
+else:  # nohup-style: SIGHUP ignored (it survives exec), its own session, detached from our pipes
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    quiet = subprocess.DEVNULL
+    subprocess.Popen([sys.executable, "-c", loop], start_new_session=True, stdin=quiet, stdout=quiet, stderr=quiet)
+while not os.path.exists(grow) or os.path.getsize(grow) < 5:
+    time.sleep(0.01)
+if how == "sleep":
+    time.sleep(60)
+"""
+
+
+def _running_with(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            pass  # it ended while we looked
+    return pids
+
+
+def _assert_leftovers_gone(grow: Path, marker: str) -> None:
+    deadline = time.monotonic() + 1.0
+    while _running_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _running_with(marker) == [], "a process started inside outlived the sandbox"
+    size = grow.stat().st_size
+    time.sleep(0.3)
+    assert grow.stat().st_size == size, "something inside still appends to the file"
+
+
+def test_a_double_forked_daemon_dies_when_the_confined_script_exits(layout: Layout) -> None:
+    marker = f"leftover-{uuid.uuid4().hex}"
+    run = confined(layout, DAEMON, "grow.txt", marker, "double-fork")
+    assert run.returncode == 0, run.stderr
+    _assert_leftovers_gone(layout.workdir / "grow.txt", marker)
+
+
+def test_a_nohup_setsid_loop_dies_when_bwrap_is_killed_from_outside(layout: Layout) -> None:
+    marker = f"leftover-{uuid.uuid4().hex}"
+    grow = layout.workdir / "grow.txt"
+    argv = sandbox.command(
+        [sys.executable, "-c", DAEMON, str(grow), marker, "sleep"],
+        workdir=layout.workdir,
+        hidden=[layout.workspace],
+        env=os.environ,
+    )
+    bwrap = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (grow.exists() and grow.stat().st_size >= 5) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _running_with(marker), "the loop did not start"
+        os.killpg(bwrap.pid, signal.SIGKILL)
+        assert bwrap.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if bwrap.poll() is None:
+            bwrap.kill()
+    _assert_leftovers_gone(grow, marker)
+
+
+def test_secrets_and_autoresearch_settings_are_removed_but_device_and_peak_flops_pass(layout: Layout) -> None:
+    env = {
+        "PATH": os.defpath,
+        "LANG": "C.UTF-8",
+        "OPENAI_API_KEY": "sk-leak-1",
+        "anthropic_api_key": "sk-leak-2",
+        "HF_TOKEN": "hf-leak-3",
+        "AWS_SECRET_ACCESS_KEY": "leak-4",
+        "PGPASSWORD": "leak-5",
+        "GOOGLE_APPLICATION_CREDENTIALS": "/leak/6.json",
+        "AUTORESEARCH_RESULT": "/leak/result.json",
+        "AUTORESEARCH_CONFIG": "/leak/config.toml",
+        "AUTORESEARCH_DEVICE": "cuda:1",
+        "AUTORESEARCH_PEAK_FLOPS": "9.9e14",
+    }
+    argv = sandbox.command(["true"], workdir=layout.workdir, env=env)
+    assert "leak" not in " ".join(argv)  # not even on bwrap's command line, which `ps` shows
+    run = confined(layout, "import json, os; print(json.dumps(dict(os.environ)))", env=env)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {
+        "PATH": os.defpath,
+        "LANG": "C.UTF-8",
+        "AUTORESEARCH_DEVICE": "cuda:1",
+        "AUTORESEARCH_PEAK_FLOPS": "9.9e14",
+        "HOME": "/tmp",
+        "PWD": str(layout.workdir),  # bwrap's --chdir sets it
+    }
+
+
+def test_an_inherited_pipe_reaches_the_confined_process(layout: Layout) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        env = {**os.environ, "RESULT_FD": str(write_end)}
+        code = "import os; os.write(int(os.environ['RESULT_FD']), b'handed over')"
+        run = confined(layout, code, env=env, pass_fds=(write_end,))
+        os.close(write_end)
+        assert run.returncode == 0, run.stderr
+        with os.fdopen(read_end, "rb") as pipe:
+            assert pipe.read() == b"handed over"
+    finally:
+        for fd in (read_end, write_end):
+            with contextlib.suppress(OSError):  # already closed above
+                os.close(fd)
+
+
+def test_the_exit_code_of_the_confined_command_is_bwraps(layout: Layout) -> None:
+    assert confined(layout, "raise SystemExit(37)").returncode == 37
+    assert confined(layout, "pass").returncode == 0
+
+
+def test_torch_imports_inside_from_the_read_only_venv(layout: Layout) -> None:
+    run = confined(layout, "import torch; print(torch.ones(3).sum().item())")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "3.0"
+
+
+def test_gpu_device_nodes_are_bound_over_the_fresh_dev_only_when_asked(
+    layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sandbox, "_nvidia_nodes", lambda: ["/dev/nvidia0", "/dev/nvidia-caps", "/dev/nvidiactl"])
+    argv = sandbox.command(["true"], workdir=layout.workdir, env={})
+    fresh_dev = argv.index("--dev")
+    for node in ["/dev/nvidia0", "/dev/nvidia-caps", "/dev/nvidiactl", "/dev/dri"]:
+        at = argv.index(node)
+        assert argv[at - 1 : at + 2] == ["--dev-bind-try", node, node]
+        assert at > fresh_dev  # bound after --dev /dev, else the fresh /dev would cover it
+    assert "--dev-bind-try" not in sandbox.command(["true"], workdir=layout.workdir, env={}, gpu=False)
+
+
+def test_hiding_a_file_or_a_writable_directory_is_refused(layout: Layout) -> None:
+    with pytest.raises(ValueError, match="only directories"):
+        sandbox.command(["true"], workdir=layout.workdir, hidden=[layout.shard], env={})
+    with pytest.raises(ValueError, match="both hidden and writable"):
+        sandbox.command(["true"], workdir=layout.workdir, hidden=[layout.workdir], env={})
+
+
+def test_unavailable_reason_says_bwrap_is_missing_when_it_is_not_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no bwrap
+    sandbox.unavailable_reason.cache_clear()
+    try:
+        assert sandbox.unavailable_reason() == "bubblewrap (bwrap) is not installed or not on PATH"
+        with pytest.raises(sandbox.SandboxUnavailable, match="bwrap") as raised:
+            sandbox.ensure_available()
+        assert "apt-get install bubblewrap" in str(raised.value)
+    finally:
+        monkeypatch.undo()
+        sandbox.unavailable_reason.cache_clear()
+    assert sandbox.unavailable_reason() is None
