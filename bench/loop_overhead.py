@@ -83,6 +83,8 @@ def main() -> None:
                 "wall_s": wall,
                 "training_s": result["training_seconds"] * runs,
                 "harness_overhead_s": (result["total_seconds"] - result["training_seconds"]) * runs,
+                "untimed_s": result["untimed_seconds"],  # go -> clock: train.py's start, export, compile, warm-up
+                "eval_s": result["eval_seconds"],  # loading the handed-over graph, evaluation, probe
                 "loop_overhead_s": wall - result["total_seconds"] * runs,
             }
         )

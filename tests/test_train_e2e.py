@@ -222,7 +222,7 @@ def scored(model: torch.nn.Module, val) -> tuple[float, str | None]:
     except (HandOverError, ProgramRejected) as exc:
         return math.nan, str(exc)
     try:
-        return score_model(program, rows, tokenizer, cpu, batch_rows=16)
+        return score_model(Scorer(program, tokenizer.vocab_size, cpu), rows, tokenizer, batch_size=16)
     except (NonFiniteLogits, ValueError) as exc:
         return math.nan, str(exc)
 
@@ -243,3 +243,46 @@ def test_a_model_that_reads_its_target_is_invalid_despite_its_low_bpb(val) -> No
 def test_a_model_with_unusable_output_is_invalid_with_the_reason(val, output: str, reason: str) -> None:
     _, why = scored(Bigram(2048, output=output), val)
     assert reason in why
+
+
+class Sampling(Bigram):
+    """Honest, but its logits are noisy: a model that samples (dropout-like noise) at evaluation too."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(idx)
+        return logits + 0.5 * torch.randn_like(logits)
+
+
+class HiddenPeek(Bigram):
+    """Reads its target a little, under noise large enough to hide it at any one position."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = self.table[idx] + torch.randn_like(self.table[idx])
+        nxt = torch.nn.functional.one_hot(torch.roll(idx, -1, dims=1), logits.shape[-1])
+        return logits + 0.5 * nxt
+
+
+class StackWatcher(Bigram):
+    """Peeks only when it finds the evaluator on the call stack: as handed over, it never does."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        import inspect
+
+        scoring = any("autoresearch/evaluator" in frame.filename for frame in inspect.stack())
+        return super().forward(torch.roll(idx, -1, dims=1) if scoring else idx)
+
+
+def test_a_sampling_model_handed_over_stays_valid(val) -> None:
+    bpb, reason = scored(Sampling(2048), val)
+    assert reason is None and math.log2(2048) / 6 < bpb < math.log2(2048) + 1
+
+
+def test_a_look_ahead_hidden_in_noise_is_caught_after_the_hand_over(val) -> None:
+    _, reason = scored(HiddenPeek(2048), val)
+    assert reason is not None and "causality probe" in reason
+
+
+def test_a_model_that_looks_for_the_evaluator_on_the_stack_runs_its_honest_path(val) -> None:
+    bpb, reason = scored(StackWatcher(2048), val)
+    honest, _ = scored(Bigram(2048), val)
+    assert reason is None and bpb == pytest.approx(honest)  # traced once, by train.py's own process

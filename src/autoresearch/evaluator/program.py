@@ -24,6 +24,7 @@ import torch
 FORMAT = "autoresearch-graph/1"
 MAX_DOCUMENT_BYTES = 256 * 2**20
 MAX_NODES = 200_000
+MAX_WEIGHT_BYTES = 2**36  # 64 GiB, as the largest hand-over the channel takes
 MAX_STRING = 256
 HIGHER_ORDER = ("flex_attention", "wrap_with_autocast", "wrap_with_set_grad_enabled")
 OPERATOR_FUNCTIONS = (
@@ -46,28 +47,55 @@ class ProgramRejected(Exception):
 
 def load_program(document: bytes, weights: bytes, device: torch.device) -> torch.fx.GraphModule:
     """The model the experiment handed over, on `device`: call it with token ids, get logits."""
-    doc = _parse(document)
-    tensors = _bind(doc["tensors"], weights, device)
-    return _Builder(doc, tensors, device).build()
+    program = Program(document, device)
+    program.bind(weights)
+    return program.module
+
+
+class Program:
+    """A checked graph, built before its weights are known (zeros stand in), so that it can be compiled
+    while the experiment trains; `bind` then puts the handed-over weights into the same tensors."""
+
+    def __init__(self, document: bytes, device: torch.device):
+        doc = _parse(document)
+        self.declared = doc["tensors"]
+        shapes = [(_shape(spec), _dtype(spec)) for spec in self.declared]
+        size = sum(math.prod(shape) * dtype.itemsize for shape, dtype in shapes)
+        if size > MAX_WEIGHT_BYTES:
+            raise ProgramRejected(f"the model's graph declares {size / 2**30:.0f} GiB of weights")
+        zeros = [torch.zeros(shape, dtype=dtype, device=device) for shape, dtype in shapes]
+        self.module = _Builder(doc, zeros, device).build()
+        self.tensors, self.device = zeros, device
+
+    def bind(self, weights: bytes) -> None:
+        """Check the weights against the declared tensors and copy them in (in place: compiled code keeps
+        reading these same tensors)."""
+        with torch.no_grad():
+            for tensor, value in zip(self.tensors, _load(self.declared, weights), strict=True):
+                tensor.copy_(value)
 
 
 class ShapeCompiled:
     """The loaded graph compiled by Inductor, once per input shape, on CUDA (as fast as train.py's compiled
     model; Dynamo cannot retrace a graph that calls FlexAttention, so the graph goes to Inductor as it is).
-    If compiling fails, the graph runs eagerly: slower, same numbers."""
+    Call it where the graph runs (under the same autocast). If compiling fails, the graph runs eagerly:
+    slower, same numbers; `eager_because` says why."""
 
     def __init__(self, graph: torch.fx.GraphModule):
         self.graph = graph
+        self.eager_because: str | None = None
         self._compiled: dict[tuple, object] = {}
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        idx = idx.contiguous()  # compiled code is specialised to the strides too
         key = tuple(idx.shape)
         if key not in self._compiled:
             from torch._inductor import compile as inductor_compile
 
             try:
                 self._compiled[key] = inductor_compile(self.graph, [idx])
-            except Exception:  # an operator Inductor cannot lower: eager computes the same function
+            except Exception as exc:  # an operator Inductor cannot lower: eager computes the same function
+                self.eager_because = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
                 self._compiled[key] = self.graph
         out = self._compiled[key](idx)
         return out[0] if isinstance(out, tuple | list) else out
@@ -89,8 +117,25 @@ def _parse(document: bytes) -> dict:
     return doc
 
 
-def _bind(declared: list, weights: bytes, device: torch.device) -> list[torch.Tensor]:
-    """The weights, checked against the tensors the graph declares."""
+def _shape(spec) -> list[int]:
+    shape = spec.get("shape") if isinstance(spec, dict) else None
+    if not (isinstance(shape, list) and all(isinstance(n, int) and 0 <= n < 2**40 for n in shape)):
+        raise ProgramRejected("the model's graph declares a tensor without a valid shape")
+    return shape
+
+
+def _dtype(spec) -> torch.dtype:
+    if not isinstance(spec.get("name"), str):
+        raise ProgramRejected("the model's graph declares a tensor without a name")
+    name = spec.get("dtype")
+    found = getattr(torch, name, None) if isinstance(name, str) and _IDENTIFIER.match(name) else None
+    if not isinstance(found, torch.dtype):
+        raise ProgramRejected(f"the model's graph declares a tensor of dtype {str(name)[:30]!r}")
+    return found
+
+
+def _load(declared: list, weights: bytes) -> list[torch.Tensor]:
+    """The weights, checked against the tensors the graph declares, in its order."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -100,8 +145,6 @@ def _bind(declared: list, weights: bytes, device: torch.device) -> list[torch.Te
         raise ProgramRejected(f"the weights handed over are not a safetensors file: {str(exc)[:200]}") from None
     tensors = []
     for spec in declared:
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise ProgramRejected("the model's graph declares a tensor without a name")
         name = spec["name"]
         tensor = loaded.pop(name, None)
         if tensor is None:
@@ -111,7 +154,7 @@ def _bind(declared: list, weights: bytes, device: torch.device) -> list[torch.Te
                 f"{name!r} was declared {spec.get('dtype')} {spec.get('shape')} but handed over as "
                 f"{_enum_name(tensor.dtype)} {list(tensor.shape)}"
             )
-        tensors.append(tensor.to(device))
+        tensors.append(tensor)
     if loaded:
         raise ProgramRejected(f"the weights handed over hold tensors the graph does not read: {sorted(loaded)[:5]}")
     return tensors

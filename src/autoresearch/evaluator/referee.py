@@ -147,13 +147,25 @@ class Referee:
             bpb, why = None, f"the handed-over model failed in evaluation ({type(exc).__name__}: {str(exc)[:300]})"
         return self._result(bpb, why, time.monotonic() - started), False
 
+    def _eval_batch(self) -> int:
+        return eval_batch_size(
+            len(self._val_rows), self.preset.seq_len, self.tokenizer.vocab_size, self.timeline.last_batch_rows
+        )
+
     def _score(self) -> tuple[float, str | None]:
         t = self.timeline
         device = devices.pick_device()
-        model = load_program(t.program or b"", t.weights_data, device)
+        model = load_program(t.program or b"", t.weights_data or b"", device)
         if device.type == "cuda":
             model = ShapeCompiled(model)
-        return score_model(model, self._val_rows, self.tokenizer, device, t.last_batch_rows)
+        score = score_model(
+            Scorer(model, self.tokenizer.vocab_size, device), self._val_rows, self.tokenizer, self._eval_batch()
+        )
+        if isinstance(model, ShapeCompiled) and model.eager_because:
+            self.experiment.output.note(
+                f"evaluation ran the graph eagerly: Inductor could not compile it ({model.eager_because})"
+            )
+        return score
 
     def _result(self, bpb: float | None, reason: str | None, eval_seconds: float = 0.0) -> Result:
         t = self.timeline
@@ -190,18 +202,20 @@ class Referee:
         )
 
 
-def score_model(
-    model, val_rows: np.ndarray, tokenizer: Tokenizer, device: torch.device, batch_rows: int = 0
-) -> tuple[float, str | None]:
-    """val_bpb of `model` (idx -> logits) on the validation rows, and why it is invalid (the causality
-    probe), if it is. Batches are at most `batch_rows` rows (what training fitted in memory), if given."""
-    vocab_size, seq_len = tokenizer.vocab_size, val_rows.shape[1] - 1
-    scorer = Scorer(model, vocab_size, device)
+def eval_batch_size(rows: int, seq_len: int, vocab_size: int, batch_rows: int = 0) -> int:
+    """Rows per evaluation batch: at most what training fitted (`batch_rows`, if known) and the logits cap,
+    dividing the validation rows exactly (one shape, one compilation)."""
     cap = max(1, EVAL_LOGITS_ELEMENTS // (seq_len * vocab_size))
-    batch_size = batch_size_for(len(val_rows), min(cap, batch_rows or cap))
+    return batch_size_for(rows, min(cap, batch_rows or cap))
+
+
+def score_model(
+    scorer: Scorer, val_rows: np.ndarray, tokenizer: Tokenizer, batch_size: int
+) -> tuple[float, str | None]:
+    """val_bpb of the scorer's model on the validation rows, and why it is invalid (the causality probe), if it is."""
     # A secret order: the probe takes the first batch, which the model cannot pick out in advance.
     rows = val_rows[np.random.default_rng(secrets.randbits(64)).permutation(len(val_rows))]
-    token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(device)
+    token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(scorer.device)
     score = score_rows(scorer, rows, token_bytes, batch_size)
     return score.bpb, causality_violation(scorer, rows[:batch_size], score.first_batch)
 
@@ -250,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     except AutoresearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if devices.pick_device().type == "cuda":
+        # Scoring compiles the graph: import the compiler now, while the experiment starts (6-7 s).
+        import torch._dynamo
+        import torch._inductor.compile_fx  # noqa: F401
     if args.train_py:
         return referee.run(train_py, sys.stdout.buffer, Path(os.environ.get(RESULT_ENV, "result.json")))
     line = sys.stdin.readline()
