@@ -81,7 +81,7 @@ def one(pattern: str, preset, eval_tokens: int, batch_rows: int, skip_eager: boo
     model.zero_grad(set_to_none=True)
     exported, export_s = timed(lambda: Exported(model, preset.seq_len, preset.vocab_size, device))
     weights, weights_s = timed(exported.weights)
-    graph, load_s = timed(lambda: load_program(exported.document, weights, device))
+    graph, load_s = timed(lambda: load_program(exported.document, weights, device).module)
     print(pattern, f"export {export_s:.2f}s, weights {weights_s:.2f}s, load {load_s:.2f}s", flush=True)
     with torch.no_grad(), devices.autocast(device):
         probe = x[:4]

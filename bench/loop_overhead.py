@@ -81,20 +81,21 @@ def main() -> None:
                 "status": exp.status,
                 "runs": runs,
                 "wall_s": wall,
-                "training_s": result["training_seconds"] * runs,
-                "harness_overhead_s": (result["total_seconds"] - result["training_seconds"]) * runs,
-                "untimed_s": result["untimed_seconds"],  # go -> clock: train.py's start, export, compile, warm-up
-                "eval_s": result["eval_seconds"],  # loading the handed-over graph, evaluation, probe
-                "loop_overhead_s": wall - result["total_seconds"] * runs,
+                "training_s": result.get("training_seconds", 0.0) * runs,
+                "harness_overhead_s": (result.get("total_seconds", 0.0) - result.get("training_seconds", 0.0)) * runs,
+                "untimed_s": result.get("untimed_seconds"),  # go -> clock: train.py's start, export, compile, warm-up
+                "eval_s": result.get("eval_seconds"),  # loading the handed-over graph, evaluation, probe
+                "loop_overhead_s": wall - result.get("total_seconds", 0.0) * runs,
             }
         )
+    measured = [r for r in rows if r["runs"]] or [{"harness_overhead_s": 0.0, "loop_overhead_s": 0.0, "runs": 1}]
     summary = {
         "preset": args.preset,
         "budget_s": args.budget,
         "device": json.loads(loop.ledger.all()[0].result)["device"],
         "experiments": rows,
-        "mean_harness_overhead_s": statistics.fmean(r["harness_overhead_s"] / r["runs"] for r in rows),
-        "mean_loop_overhead_s": statistics.fmean(r["loop_overhead_s"] / r["runs"] for r in rows),
+        "mean_harness_overhead_s": statistics.fmean(r["harness_overhead_s"] / r["runs"] for r in measured),
+        "mean_loop_overhead_s": statistics.fmean(r["loop_overhead_s"] / r["runs"] for r in measured),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"loop_overhead_{args.preset}.json").write_text(json.dumps(summary, indent=1))

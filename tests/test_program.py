@@ -50,7 +50,7 @@ class Tiny(torch.nn.Module):
 
 def round_trip(model: torch.nn.Module) -> tuple[torch.nn.Module, Exported]:
     exported = Exported(model, SEQ, VOCAB, CPU)
-    return load_program(exported.document, exported.weights(), CPU), exported
+    return load_program(exported.document, exported.weights(), CPU).module, exported
 
 
 @pytest.mark.parametrize("window", [None, 4], ids=["sdpa", "flex-window"])
@@ -69,7 +69,7 @@ def test_the_weights_are_taken_at_finish_not_when_the_graph_was_exported() -> No
     exported = Exported(model, SEQ, VOCAB, CPU)
     with torch.no_grad():
         model.wte.weight.mul_(3.0)  # training happens between set_model and finish
-    graph = load_program(exported.document, exported.weights(), CPU)
+    graph = load_program(exported.document, exported.weights(), CPU).module
     idx = torch.randint(0, VOCAB, (2, SEQ))
     with torch.no_grad():
         assert torch.equal(graph(idx), model(idx))
@@ -141,11 +141,18 @@ def logits_node(doc: dict) -> int:
         ("builtins.eval", ["__import__('os')"], "does not run"),
         ("builtins.open", ["/etc/passwd"], "does not run"),
         ("aten.from_file.default", ["/etc/passwd"], "does not run"),
-        ("aten.add_.Tensor", [{"node": 0}, {"node": 0}], "in place"),
-        ("aten.copy_.default", [{"node": 0}, {"node": 0}], "in place"),
-        ("aten.empty.memory_format", [{"list": [2, 16, 64]}], "uninitialised"),
-        ("aten.new_empty.default", [{"node": 0}, {"list": [2]}], "uninitialised"),
-        ("aten.__class__.__init__", [], "not an ATen operator"),
+        ("aten.add_.Tensor", [{"node": 0}, {"node": 0}], "does not run"),
+        ("aten.copy_.default", [{"node": 0}, {"node": 0}], "does not run"),
+        ("aten.empty.memory_format", [{"list": [2, 16, 64]}], "use torch.zeros"),
+        ("aten.new_empty.default", [{"node": 0}, {"list": [2]}], "use torch.zeros"),
+        # Found by red-teaming: running statistics written in place although the schema does not say so
+        # (state kept across calls), views of memory a tensor does not own, data turned into addresses.
+        ("aten.native_batch_norm.default", [{"node": 0}, None, None, None, None, True, 1.0, 0.0], "does not run"),
+        ("aten._reshape_alias.default", [{"node": 0}, {"list": [4096]}, {"list": [1]}], "does not run"),
+        ("aten.as_strided.default", [{"node": 0}, {"list": [4096]}, {"list": [1]}], "does not run"),
+        ("aten._local_scalar_dense.default", [{"node": 0}], "does not run"),
+        ("aten._copy_from.default", [{"node": 0}, {"node": 0}], "does not run"),
+        ("aten.__class__.__init__", [], "does not run"),
         ("higher_order.run_with_rng_state", [], "does not run"),
         ("aten.gelu.default", [{"node": 0}, "tanh'); import os; os.system('x"], "string"),
     ],
@@ -208,3 +215,25 @@ def test_weights_that_do_not_match_the_graph_are_refused() -> None:
         load_program(document, extra, CPU)
     with pytest.raises(ProgramRejected, match="safetensors"):
         load_program(document, b"\x80\x04pickle", CPU)
+
+
+def test_a_graph_that_changed_its_own_weights_is_noticed() -> None:
+    """Belt and braces: no allowed operator writes in place, and the evaluator still checks afterwards."""
+    _, exported = round_trip(Tiny())
+    program = load_program(exported.document, exported.weights(), CPU)
+    assert not program.changed()
+    with torch.no_grad():
+        program.tensors[0][0, 0] += 1.0  # what a stateful graph would do between two calls
+    assert program.changed()
+
+
+def test_huge_integers_and_deep_nesting_are_refused() -> None:
+    doc, weights = honest()
+    node = {"op": "call", "target": "aten.mul.Tensor", "args": [{"node": 0}, 10**30], "kwargs": {}}
+    assert "integer" in refused(with_node(doc, node), weights)
+    for depth in (600, 5000):  # deep enough for the rebuilding, then for the JSON parser itself
+        doc, _ = honest()
+        text = json.dumps(with_node(doc, {"op": "call", "target": "aten.clone.default", "args": ["DEEP"]}))
+        text = text.replace('"DEEP"', '{"list": [' * depth + "]}" * depth)
+        with pytest.raises(ProgramRejected, match=r"deeper|not a JSON document"):
+            load_program(text.encode(), weights, CPU)

@@ -322,6 +322,10 @@ def test_secrets_and_autoresearch_settings_are_removed_but_device_and_peak_flops
         "AUTORESEARCH_CONFIG": "/leak/config.toml",
         "AUTORESEARCH_DEVICE": "cuda:1",
         "AUTORESEARCH_PEAK_FLOPS": "9.9e14",
+        "MY_DB_URL": "postgres://user:leak-7@db/x",  # names that no deny-list would know: not passed either
+        "GITHUB_PAT": "leak-8",
+        "HTTPS_PROXY": "http://user:leak-9@proxy:3128",
+        "PYTHONHASHSEED": "0",
     }
     argv = sandbox.command(["true"], workdir=layout.workdir, env=env)
     assert "leak" not in " ".join(argv)  # not even on bwrap's command line, which `ps` shows
@@ -332,16 +336,41 @@ def test_secrets_and_autoresearch_settings_are_removed_but_device_and_peak_flops
         "LANG": "C.UTF-8",
         "AUTORESEARCH_DEVICE": "cuda:1",
         "AUTORESEARCH_PEAK_FLOPS": "9.9e14",
+        "PYTHONHASHSEED": "0",
         "HOME": "/tmp",
         "PWD": str(layout.workdir),  # bwrap's --chdir sets it
     }
 
 
+def test_credentials_in_the_home_directory_and_system_password_files_cannot_be_read(layout: Layout) -> None:
+    home = layout.workspace.parent / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text(SECRET)
+    (home / ".netrc").write_text(SECRET)
+    (home / ".venv-like").mkdir()
+    (home / ".venv-like" / "site.py").write_text("# a Python installation in the home stays readable\n")
+    code = (
+        "import sys, pathlib\n"
+        "for p in sys.argv[1:]:\n"
+        "    f = pathlib.Path(p)\n"
+        "    print(p, f.read_text() if f.is_file() else 'absent')\n"
+    )
+    paths = [home / ".ssh" / "id_ed25519", home / ".netrc", home / ".venv-like" / "site.py", "/etc/shadow"]
+    run = confined(layout, code, *paths, env={**os.environ, "HOME": str(home)})
+    assert run.returncode == 0, run.stderr
+    assert SECRET not in run.stdout
+    lines = dict((line + " ").split(" ", 1) for line in run.stdout.splitlines())
+    lines = {k: v.strip() for k, v in lines.items()}
+    assert lines[str(home / ".ssh" / "id_ed25519")] == "absent" and lines[str(home / ".netrc")] in ("", "absent")
+    assert "stays readable" in lines[str(home / ".venv-like" / "site.py")]
+    assert lines["/etc/shadow"] in ("", "absent")
+
+
 def test_an_inherited_pipe_reaches_the_confined_process(layout: Layout) -> None:
     read_end, write_end = os.pipe()
     try:
-        env = {**os.environ, "RESULT_FD": str(write_end)}
-        code = "import os; os.write(int(os.environ['RESULT_FD']), b'handed over')"
+        env = {**os.environ, "AUTORESEARCH_CHANNEL": str(write_end)}
+        code = "import os; os.write(int(os.environ['AUTORESEARCH_CHANNEL']), b'handed over')"
         run = confined(layout, code, env=env, pass_fds=(write_end,))
         os.close(write_end)
         assert run.returncode == 0, run.stderr

@@ -24,7 +24,7 @@ from autoresearch.data.shards import Manifest, open_shard
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.evaluator.program import ProgramRejected, load_program
-from autoresearch.evaluator.referee import score_model
+from autoresearch.evaluator.referee import score_program
 from autoresearch.evaluator.score import NonFiniteLogits, Scorer, score_rows
 from autoresearch.harness.handover import Exported, HandOverError
 from autoresearch.workspace.constants import set_constants
@@ -222,9 +222,10 @@ def scored(model: torch.nn.Module, val) -> tuple[float, str | None]:
     except (HandOverError, ProgramRejected) as exc:
         return math.nan, str(exc)
     try:
-        return score_model(Scorer(program, tokenizer.vocab_size, cpu), rows, tokenizer, batch_size=16)
+        bpb, why, _ = score_program(program, rows, tokenizer, batch_size=16)
     except (NonFiniteLogits, ValueError) as exc:
         return math.nan, str(exc)
+    return bpb, why
 
 
 def test_an_honest_model_gets_a_valid_score(val) -> None:

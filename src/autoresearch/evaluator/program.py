@@ -21,6 +21,8 @@ import re
 
 import torch
 
+from autoresearch.evaluator.operators import ALLOWED
+
 FORMAT = "autoresearch-graph/1"
 MAX_DOCUMENT_BYTES = 256 * 2**20
 MAX_NODES = 200_000
@@ -33,9 +35,6 @@ OPERATOR_FUNCTIONS = (
 )  # fmt: skip
 TORCH_FUNCTIONS = ("sym_max", "sym_min", "sym_int", "sym_float", "sym_not", "sym_ite", "sym_sqrt")
 MATH_FUNCTIONS = ("trunc", "ceil", "floor")
-# Allocations that leave memory as it was: a graph could read what the evaluator freed (earlier inputs).
-UNINITIALISED = re.compile(r"^(new_)?empty|^_empty|^resize")
-DENIED = ("from_file", "_print")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _WORD = re.compile(r"^[A-Za-z0-9_.\-]{0,64}$")
 _DEVICE = re.compile(r"^(cpu|cuda|mps)(:\d{1,2})?$")
@@ -45,16 +44,19 @@ class ProgramRejected(Exception):
     """The handed-over model cannot be loaded; the message says why."""
 
 
-def load_program(document: bytes, weights: bytes, device: torch.device) -> torch.fx.GraphModule:
-    """The model the experiment handed over, on `device`: call it with token ids, get logits."""
-    program = Program(document, device)
+def load_program(document: bytes, weights: bytes, device: torch.device) -> Program:
+    """The model the experiment handed over, on `device`: `.module(token ids)` gives its logits."""
+    try:
+        program = Program(document, device)
+    except RecursionError:
+        raise ProgramRejected("the model's graph nests its arguments deeper than the evaluator takes") from None
     program.bind(weights)
-    return program.module
+    return program
 
 
 class Program:
-    """A checked graph, built before its weights are known (zeros stand in), so that it can be compiled
-    while the experiment trains; `bind` then puts the handed-over weights into the same tensors."""
+    """A checked graph, built with zeros for weights; `bind` copies the handed-over weights into those same
+    tensors (in place, so that code compiled from the graph reads them too)."""
 
     def __init__(self, document: bytes, device: torch.device):
         doc = _parse(document)
@@ -73,6 +75,12 @@ class Program:
         with torch.no_grad():
             for tensor, value in zip(self.tensors, _load(self.declared, weights), strict=True):
                 tensor.copy_(value)
+        self._bound = [tensor.clone() for tensor in self.tensors]
+
+    def changed(self) -> bool:
+        """Whether running the graph changed its own weights (state kept from call to call: a graph that
+        could count its calls could tell the evaluation from the probe)."""
+        return any(not torch.equal(now, then) for now, then in zip(self.tensors, self._bound, strict=True))
 
 
 class ShapeCompiled:
@@ -108,7 +116,7 @@ def _parse(document: bytes) -> dict:
         )
     try:
         doc = json.loads(document)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProgramRejected(f"the model's graph is not a JSON document: {str(exc)[:200]}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ProgramRejected(f"the model's graph is not in the {FORMAT} format")
@@ -213,7 +221,11 @@ class _Builder:
         return graph
 
     def _arg(self, value, values: list, graph: torch.fx.Graph, owner: torch.nn.Module):
-        if value is None or isinstance(value, bool | int | float):
+        if value is None or isinstance(value, bool | float):
+            return value
+        if isinstance(value, int):
+            if not -(2**63) <= value < 2**63:  # int64 (slices end at 2**63 - 1); a bigger one only feeds a hang
+                raise ProgramRejected("the model's graph passes an integer larger than the evaluator takes")
             return value
         if isinstance(value, str):
             if not _WORD.match(value):  # option names ("tanh", "floor", "AUTO"): nothing a compiler could splice
@@ -296,10 +308,9 @@ def _aten(name: str, rest: str) -> torch._ops.OpOverload:
     op_name, _, overload = rest.partition(".")
     if not (_IDENTIFIER.match(op_name) and _IDENTIFIER.match(overload)):
         raise ProgramRejected(f"the model's graph calls {name[:100]}, which is not an ATen operator")
-    if op_name in DENIED:
-        raise ProgramRejected(f"the model's graph calls {name}, which the evaluator does not run")
-    if UNINITIALISED.match(op_name):
-        raise ProgramRejected(f"the model's graph calls {name}, which leaves memory uninitialised: use torch.zeros")
+    if op_name not in ALLOWED:
+        hint = ": use torch.zeros" if "empty" in op_name else " (evaluator/operators.py lists what it runs)"
+        raise ProgramRejected(f"the model's graph calls {name}, which the evaluator does not run{hint}")
     try:
         op = getattr(getattr(torch.ops.aten, op_name), overload)
     except (AttributeError, RuntimeError):

@@ -42,7 +42,7 @@ from autoresearch.errors import AutoresearchError, ConfigError, DataError
 from autoresearch.evaluator.confined import ExperimentProcess, environment_for
 from autoresearch.evaluator.feeder import Feeder
 from autoresearch.evaluator.fingerprint import fingerprint
-from autoresearch.evaluator.program import ProgramRejected, ShapeCompiled, load_program
+from autoresearch.evaluator.program import Program, ProgramRejected, ShapeCompiled, load_program
 from autoresearch.evaluator.result import RESULT_ENV, Result
 from autoresearch.evaluator.score import NonFiniteLogits, Scorer, batch_size_for, causality_violation, score_rows
 from autoresearch.evaluator.session import Session, Timeline
@@ -144,7 +144,8 @@ class Referee:
         except (ProgramRejected, NonFiniteLogits) as exc:
             bpb, why = None, str(exc)
         except Exception as exc:  # the graph is the experiment's: whatever it raises is its failure, not ours
-            bpb, why = None, f"the handed-over model failed in evaluation ({type(exc).__name__}: {str(exc)[:300]})"
+            # Only the kind of error: its text could carry what the graph read out of this process.
+            bpb, why = None, f"the handed-over model failed in evaluation ({type(exc).__name__})"
         return self._result(bpb, why, time.monotonic() - started), False
 
     def _eval_batch(self) -> int:
@@ -154,18 +155,13 @@ class Referee:
 
     def _score(self) -> tuple[float, str | None]:
         t = self.timeline
-        device = devices.pick_device()
-        model = load_program(t.program or b"", t.weights_data or b"", device)
-        if device.type == "cuda":
-            model = ShapeCompiled(model)
-        score = score_model(
-            Scorer(model, self.tokenizer.vocab_size, device), self._val_rows, self.tokenizer, self._eval_batch()
-        )
-        if isinstance(model, ShapeCompiled) and model.eager_because:
+        program = load_program(t.program or b"", t.weights_data or b"", devices.pick_device())
+        bpb, why, eager_because = score_program(program, self._val_rows, self.tokenizer, self._eval_batch())
+        if eager_because:
             self.experiment.output.note(
-                f"evaluation ran the graph eagerly: Inductor could not compile it ({model.eager_because})"
+                f"evaluation ran the graph eagerly: Inductor could not compile it ({eager_because})"
             )
-        return score
+        return bpb, why
 
     def _result(self, bpb: float | None, reason: str | None, eval_seconds: float = 0.0) -> Result:
         t = self.timeline
@@ -209,15 +205,22 @@ def eval_batch_size(rows: int, seq_len: int, vocab_size: int, batch_rows: int = 
     return batch_size_for(rows, min(cap, batch_rows or cap))
 
 
-def score_model(
-    scorer: Scorer, val_rows: np.ndarray, tokenizer: Tokenizer, batch_size: int
-) -> tuple[float, str | None]:
-    """val_bpb of the scorer's model on the validation rows, and why it is invalid (the causality probe), if it is."""
+def score_program(
+    program: Program, val_rows: np.ndarray, tokenizer: Tokenizer, batch_size: int
+) -> tuple[float, str | None, str | None]:
+    """val_bpb of the handed-over model on the validation rows; why it is invalid (the causality probe, or
+    weights it changed while running), if it is; and why the graph ran eagerly on CUDA, if it did."""
+    device = program.device
+    model = ShapeCompiled(program.module) if device.type == "cuda" else program.module
+    scorer = Scorer(model, tokenizer.vocab_size, device)
     # A secret order: the probe takes the first batch, which the model cannot pick out in advance.
     rows = val_rows[np.random.default_rng(secrets.randbits(64)).permutation(len(val_rows))]
-    token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(scorer.device)
+    token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(device)
     score = score_rows(scorer, rows, token_bytes, batch_size)
-    return score.bpb, causality_violation(scorer, rows[:batch_size], score.first_batch)
+    why = causality_violation(scorer, rows[:batch_size], score.first_batch)
+    if program.changed():
+        why = "the model changed its own weights while it was evaluated (it keeps state from call to call)"
+    return score.bpb, why, getattr(model, "eager_because", None)
 
 
 def _no_hand_over(t: Timeline, exit_code: int) -> str:

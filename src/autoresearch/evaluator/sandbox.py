@@ -26,10 +26,25 @@ from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
 
-_SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
-# The only settings of ours that train.py is meant to read; the rest (result file, run id, config) are the
-# evaluator's business.
-_PASSED_THROUGH = frozenset({"AUTORESEARCH_DEVICE", "AUTORESEARCH_PEAK_FLOPS", "AUTORESEARCH_CHANNEL"})
+_SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|PASS$|CREDENTIAL|AUTH|PAT$", re.IGNORECASE)
+# What train.py's process gets of the environment: an allow-list (a deny-list let database URLs with
+# passwords and *_PAT tokens through). Python, the locale, the GPU and the math libraries; of our own
+# settings, the device, the peak FLOP/s and the channel. The rest (result file, config) is the evaluator's.
+_PASSED_THROUGH = frozenset(
+    {
+        "PATH", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR", "USER", "LOGNAME", "VIRTUAL_ENV", "CONDA_PREFIX",
+        "CONDA_DEFAULT_ENV", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "HOME",
+        "AUTORESEARCH_DEVICE", "AUTORESEARCH_PEAK_FLOPS", "AUTORESEARCH_CHANNEL",
+    }
+)  # fmt: skip
+_PASSED_PREFIXES = ("LC_", "PYTHON", "CUDA_", "NVIDIA_", "TORCH", "PYTORCH_", "TRITON_", "MKL_", "OPENBLAS_", "KMP_")
+# Where credentials usually live in a home directory: hidden from train.py (files are replaced by an
+# empty one). The rest of the home stays readable: Python installations often live there.
+CREDENTIAL_DIRS = (".ssh", ".aws", ".azure", ".gnupg", ".docker", ".kube", ".config", ".huggingface",
+                   ".cache/huggingface", ".password-store", ".local/share/keyrings")  # fmt: skip
+CREDENTIAL_FILES = (".netrc", ".npmrc", ".pypirc", ".git-credentials", ".gitconfig", ".bash_history",
+                    ".zsh_history", ".python_history")  # fmt: skip
+SYSTEM_SECRET_FILES = ("/etc/shadow", "/etc/gshadow")
 _PRIVATE_TMP = Path("/tmp")
 SWITCH_ENV = "AUTORESEARCH_SANDBOX"  # "off": run train.py unconfined (say, where bwrap misbehaves); the loop warns
 _HINT = (
@@ -47,12 +62,23 @@ class SandboxUnavailable(AutoresearchError):
 
 
 def scrubbed_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The caller's environment minus secrets and minus our own settings other than device and peak FLOPS."""
+    """The part of the caller's environment train.py may see (see _PASSED_THROUGH), never a secret's name."""
     return {
         name: value
         for name, value in env.items()
-        if not _SECRET_NAME.search(name) and (not name.upper().startswith("AUTORESEARCH_") or name in _PASSED_THROUGH)
+        if (name in _PASSED_THROUGH or name.startswith(_PASSED_PREFIXES)) and not _SECRET_NAME.search(name)
     }
+
+
+def _credentials(home: Path | None) -> tuple[list[Path], list[Path]]:
+    """The credential directories and files that exist: hidden inside the sandbox."""
+    dirs, files = [], [Path(f) for f in SYSTEM_SECRET_FILES]
+    if home is not None:
+        dirs += [home / d for d in CREDENTIAL_DIRS]
+        files += [home / f for f in CREDENTIAL_FILES]
+    dirs = [d.resolve() for d in dirs if d.is_dir()]
+    files = [f.resolve() for f in files if f.is_file()]
+    return dirs, files
 
 
 def command(
@@ -75,6 +101,9 @@ def command(
             raise ValueError(f"{path} cannot be both hidden and writable")
     # A missing directory has nothing to hide, and bwrap could not create its mount point in the read-only root.
     hidden = [path for path in hidden if path.exists()]
+    home = env.get("HOME")
+    secret_dirs, secret_files = _credentials(Path(home) if home else None)
+    hidden += [d for d in secret_dirs if d not in hidden and not _inside(workdir, [d])]
 
     # Mount a directory before anything inside it, so an inner mount stays visible: the workdir of a run lies
     # inside the hidden workspace, a workdir under /tmp inside the private /tmp. Sorting by depth (stable) does it.
@@ -84,6 +113,7 @@ def command(
     mounts.sort(key=lambda mount: len(mount[0].parts))
     # Last, once bwrap has made the mount points inside them: the empty hidden directories must not be writable.
     read_only = [option for path in hidden for option in ("--remount-ro", str(path))]
+    masked = [option for path in secret_files for option in ("--ro-bind", "/dev/null", str(path))]
 
     box_env = scrubbed_env(env)
     for name in ("HOME", "TMPDIR"):
@@ -125,6 +155,7 @@ def command(
         "/proc",
         *[option for _, options in mounts for option in options],
         *read_only,
+        *masked,
         "--chdir",
         str(workdir),
         "--clearenv",

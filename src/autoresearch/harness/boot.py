@@ -1,7 +1,8 @@
 """`python -m autoresearch.harness.boot`: the experiment's process, started by the evaluator.
 
-It imports what every run needs (torch, its compiler, the harness) while the previous experiment is
-still training, waits for "go", then runs ./train.py as `python train.py` would.
+It imports what every run needs (torch, its compiler, the harness) and rehearses the model's export
+while the previous experiment is still training, waits for "go", then runs ./train.py as
+`python train.py` would.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ def main() -> None:
             importlib.import_module(name)
         except Exception:
             continue
+    try:
+        from autoresearch.harness.handover import rehearse
+
+        rehearse()
+    except Exception:
+        pass  # the run's own export says what is wrong, if anything
     try:
         header, _ = channel.receive()
     except ChannelClosed:
