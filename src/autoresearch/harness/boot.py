@@ -1,8 +1,9 @@
 """`python -m autoresearch.harness.boot`: the experiment's process, started by the evaluator.
 
-It imports what every run needs (torch, its compiler, the harness) and rehearses the model's export
-while the previous experiment is still training, waits for "go", then runs ./train.py as
-`python train.py` would.
+It imports what every run needs (torch, the harness) while the previous experiment is still training,
+waits for "go", then runs ./train.py as `python train.py` would. On a GPU machine it also imports torch's
+compiler and rehearses the model's export; on a CPU those would take cores from the run that trains
+meanwhile (on 2 cores, a quarter of its steps), for less than they save.
 """
 
 from __future__ import annotations
@@ -13,24 +14,25 @@ import sys
 
 from autoresearch.wire import Channel, ChannelClosed
 
-PRELOAD = ("torch", "torch._dynamo", "torch._inductor.compile_fx", "torch.nn.attention.flex_attention")
+COMPILER = ("torch._dynamo", "torch._inductor.compile_fx", "torch.nn.attention.flex_attention")
 
 
 def main() -> None:
     channel = Channel.from_env()
     if channel is None:
         sys.exit("autoresearch.harness.boot is started by the evaluator, not by hand: run `python train.py`")
-    for name in (*PRELOAD, "autoresearch.harness"):
-        try:
-            importlib.import_module(name)
-        except Exception:
-            continue
-    try:
-        from autoresearch.harness.handover import rehearse
+    from autoresearch import harness  # noqa: F401  (imports torch)
+    from autoresearch.device import pick_device
 
-        rehearse()
-    except Exception:
-        pass  # the run's own export says what is wrong, if anything
+    if pick_device().type == "cuda":
+        try:
+            for name in COMPILER:
+                importlib.import_module(name)
+            from autoresearch.harness.handover import rehearse
+
+            rehearse()
+        except Exception:
+            pass  # the run itself will say what is wrong, if anything
     try:
         header, _ = channel.receive()
     except ChannelClosed:
