@@ -2,10 +2,10 @@
 rebuilt as a torch.fx graph, with weights from safetensors bound to it.
 
 The document (its format is written down in harness/handover.py) comes from the experiment, so nothing
-in it is run, evaluated or imported as it stands: every operator is looked up in an allow-list (ATen
-operators that neither mutate their inputs nor leave memory uninitialised nor touch files, FlexAttention
-and the autocast and grad-mode wrappers, and integer arithmetic on shapes); every argument must be a
-number, string, dtype, device, layout or reference to an earlier node; nodes get names of our own. The
+in it is run, evaluated or imported as it stands: every operator is looked up in an allow-list (the
+ATen operators of evaluator/operators.py, FlexAttention and the autocast and grad-mode wrappers, and
+integer arithmetic on shapes); every argument must be an int64, a float, an option word, a dtype, a
+device, a layout or a reference to an earlier node; nodes get names of our own. The
 weights are safetensors (a header and raw bytes: no pickle) and must match the tensors the document
 declares, by name, dtype and shape. What comes out is a pure function idx -> logits: the same input
 gives the same output (up to kernel noise and the reseeded generators), whatever called it, which is
