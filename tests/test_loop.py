@@ -289,7 +289,7 @@ def test_a_lost_or_corrupt_ledger_is_an_error_and_rebuild_ledger_brings_every_ex
     loop.baseline()
     loop.step(ScriptedAgent([set_lr(0.2), set_lr(0.9)]))
     loop.step(ScriptedAgent([set_lr(0.9)]))
-    before, noise, next_id = Ledger(workspace.root).all(), loop.noise(), loop.ledger.next_id()
+    before, noise, next_id = loop.ledger.all(), loop.noise(), loop.ledger.next_id()
     loop.ledger.close()
     db = workspace.state / "ledger.sqlite"
     for suffix in ("-wal", "-shm"):

@@ -8,6 +8,7 @@ a reason and runs nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -112,9 +113,16 @@ def test_a_forward_that_updates_a_buffer_in_place_cannot_be_handed_over() -> Non
 # -- documents written by an attacker -------------------------------------------------------------
 
 
-def honest() -> tuple[dict, bytes]:
+@functools.cache
+def _honest() -> tuple[bytes, bytes]:
     _, exported = round_trip(Tiny())
-    return json.loads(exported.document), exported.weights()
+    return exported.document, exported.weights()
+
+
+def honest() -> tuple[dict, bytes]:
+    """An honest model's document (a fresh copy, to be tampered with) and weights."""
+    document, weights = _honest()
+    return json.loads(document), weights
 
 
 def with_node(doc: dict, node: dict) -> dict:
