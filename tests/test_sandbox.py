@@ -366,6 +366,23 @@ def test_credentials_in_the_home_directory_and_system_password_files_cannot_be_r
     assert lines["/etc/shadow"] in ("", "absent")
 
 
+def test_python_packages_under_tmp_stay_importable_but_do_not_reveal_a_hidden_directory(
+    layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packages = Path(tempfile.mkdtemp(prefix="autoresearch-sandbox-pkgs-", dir="/tmp"))  # like a checkout in /tmp
+    try:
+        (packages / "checked_out.py").write_text("VALUE = 'imported'\n")
+        monkeypatch.setattr(sys, "path", [*sys.path, str(packages), str(layout.workspace.parent)])
+        env = {**os.environ, "PYTHONPATH": str(packages)}
+        code = "import checked_out, pathlib, sys; print(checked_out.VALUE, sorted(pathlib.Path(sys.argv[1]).iterdir()))"
+        run = confined(layout, code, layout.workspace, env=env)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split()[0] == "imported"
+        assert SECRET not in run.stdout and "results.tsv" not in run.stdout  # its parent is on sys.path, yet hidden
+    finally:
+        shutil.rmtree(packages)
+
+
 def test_an_inherited_pipe_reaches_the_confined_process(layout: Layout) -> None:
     read_end, write_end = os.pipe()
     try:

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -70,6 +71,22 @@ def scrubbed_env(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def _python_paths() -> list[Path]:
+    """Where this Python and its packages live: the interpreter's prefixes, the directories on sys.path and
+    this package's own (an editable install is found through a hook, not through sys.path)."""
+    import autoresearch
+
+    paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(sys.executable).parent}
+    paths |= {Path(p) for p in sys.path[1:] if p}  # not [0]: the current directory, which may be a workspace
+    paths.add(Path(autoresearch.__file__).parent.parent)
+    return sorted({p.resolve() for p in paths if p.is_dir()} | {p.absolute() for p in paths if p.is_dir()})
+
+
+def _reveals(path: Path, hidden: Sequence[Path]) -> bool:
+    """Whether showing `path` would show a hidden directory (it is one, or holds one)."""
+    return any(path == h or path in h.parents for h in hidden)
+
+
 def _credentials(home: Path | None) -> tuple[list[Path], list[Path]]:
     """The credential directories and files that exist: hidden inside the sandbox."""
     dirs, files = [], [Path(f) for f in SYSTEM_SECRET_FILES]
@@ -109,6 +126,11 @@ def command(
     # inside the hidden workspace, a workdir under /tmp inside the private /tmp. Sorting by depth (stable) does it.
     mounts = [(_PRIVATE_TMP, ["--tmpfs", str(_PRIVATE_TMP)])]
     mounts += [(path, ["--tmpfs", str(path)]) for path in hidden]
+    # The Python that runs inside may live under /tmp or a hidden directory (a venv in a checkout under /tmp,
+    # say): shown again, read-only, or the run could not even start.
+    covered = [_PRIVATE_TMP, *hidden]
+    shown = [path for path in _python_paths() if _inside(path, covered) and not _reveals(path, covered)]
+    mounts += [(path, ["--ro-bind", str(path), str(path)]) for path in shown]
     mounts += [(path, ["--bind", str(path), str(path)]) for path in (workdir, *writable)]
     mounts.sort(key=lambda mount: len(mount[0].parts))
     # Last, once bwrap has made the mount points inside them: the empty hidden directories must not be writable.
