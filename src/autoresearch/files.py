@@ -1,4 +1,4 @@
-"""Small file helpers with one home: an atomic JSON write and a file's SHA-256."""
+"""Small file helpers with one home: an atomic JSON write, a file's SHA-256, a set of source files' SHA-256."""
 
 from __future__ import annotations
 
@@ -21,4 +21,13 @@ def file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         while chunk := f.read(1 << 24):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def sources_sha256(paths: list[Path], root: Path) -> str:
+    """SHA-256 over files' names (relative to `root`) and contents, in the order given."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
     return h.hexdigest()

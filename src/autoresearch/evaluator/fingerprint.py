@@ -14,16 +14,13 @@ from pathlib import Path
 from autoresearch import wire
 from autoresearch.config.apparatus import Apparatus
 from autoresearch.data.shards import Manifest
+from autoresearch.files import sources_sha256
 
 
 def code_digest() -> str:
     """SHA-256 over the evaluator's source files and the wire protocol."""
     here = Path(__file__).parent
-    h = hashlib.sha256()
-    for path in [*sorted(here.rglob("*.py")), Path(wire.__file__)]:
-        h.update(path.relative_to(here.parent).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
+    return sources_sha256([*sorted(here.rglob("*.py")), Path(wire.__file__)], here.parent)
 
 
 def fingerprint(apparatus: Apparatus, manifest: Manifest) -> str:

@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from autoresearch.loop.executor import read_result
 from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, Experiment, Ledger
 from autoresearch.workspace.git import Git
 
@@ -78,12 +79,9 @@ def _run_values(runs: Path, exp_id: int) -> list[float]:
     """val_bpb of each valid run of the experiment, from the evaluator's result files, in run order."""
     values = []
     for path in sorted(runs.glob(f"{exp_id}-*/result.json"), key=lambda p: int(p.parent.name.split("-")[1])):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(result, dict) and result.get("valid") and isinstance(result.get("val_bpb"), float):
-            values.append(result["val_bpb"])
+        result = read_result(path)
+        if result is not None and result.valid and result.val_bpb is not None:
+            values.append(result.val_bpb)
     return values
 
 

@@ -9,12 +9,12 @@ what still holds where it cannot be confined, and against an agent, which is nev
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import autoresearch
+from autoresearch.files import sources_sha256
 from autoresearch.loop.ledger import Ledger
 from autoresearch.workspace import integrity
 from autoresearch.workspace.git import Git
@@ -25,11 +25,7 @@ TRAIN_PY = "train.py"
 def package_digest() -> str:
     """SHA-256 over the installed package's Python files: the loop, the judge and the evaluator."""
     root = Path(autoresearch.__file__).parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
+    return sources_sha256(sorted(root.rglob("*.py")), root)
 
 
 @dataclass
