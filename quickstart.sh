@@ -4,11 +4,23 @@
 # the workspace demo/ and runs the offline tune agent for 10 experiments. Run it again to continue.
 set -euo pipefail
 cd "$(dirname "$0")"
-python3 -m venv .venv
+say() { printf '\n== %s\n' "$*"; }
+say "1/4 a virtual environment in .venv"
+[ -x .venv/bin/python ] || python3 -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/pip install --quiet torch==2.13.0  # the CPU build; a CUDA build you install yourself is kept
+  say "2/4 installing PyTorch (the CPU build, ~200 MB; a CUDA build you installed yourself is kept)"
+  .venv/bin/pip install --progress-bar on torch==2.13.0
+else
+  say "2/4 PyTorch is installed already"
 fi
-.venv/bin/pip install --quiet -e .
-[ -f demo/autoresearch.json ] || .venv/bin/autoresearch init demo --preset tiny --dataset python-source
+say "3/4 installing autoresearch and what it needs"
+.venv/bin/pip install --progress-bar on -e .
+if [ ! -f demo/autoresearch.json ]; then
+  say "4/4 preparing the data (your Python's own sources) and the workspace demo/"
+  .venv/bin/autoresearch init demo --preset tiny --dataset python-source
+else
+  say "4/4 the workspace demo/ exists: going on where it stopped"
+fi
 cd demo
+say "the research loop: 3 baseline runs, then ${EXPERIMENTS:-10} experiments (Ctrl-C stops; run this again to resume)"
 ../.venv/bin/autoresearch run --agent tune --max-experiments "${EXPERIMENTS:-10}"

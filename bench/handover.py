@@ -79,23 +79,24 @@ def one(pattern: str, preset, eval_tokens: int, batch_rows: int, skip_eager: boo
     with devices.autocast(device):  # one training step, as train.py takes before it hands over
         _, compile_s = timed(lambda: model(x, x).backward())
     model.zero_grad(set_to_none=True)
-    exported, export_s = timed(lambda: Exported(model, preset.seq_len, preset.vocab_size, device))
-    weights, weights_s = timed(exported.weights)
-    graph, load_s = timed(lambda: load_program(exported.document, weights, device).module)
-    print(pattern, f"export {export_s:.2f}s, weights {weights_s:.2f}s, load {load_s:.2f}s", flush=True)
-    with torch.no_grad(), devices.autocast(device):
-        probe = x[:4]
-        diff = (model(probe).float() - graph(probe).float()).abs().max().item()
     rows = np.random.default_rng(0).integers(1, preset.vocab_size, (eval_tokens // preset.seq_len, preset.seq_len + 1))
     rows = rows.astype(np.uint16)
-    token_bytes = torch.ones(preset.vocab_size, dtype=torch.int64, device=device)
     size = batch_size_for(len(rows), batch_rows)
+    exported, export_s = timed(lambda: Exported(model, size, preset.seq_len, preset.vocab_size, device))
+    weights, weights_s = timed(exported.weights)
+    program, load_s = timed(lambda: load_program(exported.document, weights, device))
+    graph = program.module
+    print(pattern, f"export {export_s:.2f}s, weights {weights_s:.2f}s, load {load_s:.2f}s", flush=True)
+    with torch.no_grad(), devices.autocast(device):
+        probe = torch.randint(0, preset.vocab_size, (size, preset.seq_len), device=device)
+        diff = (model(probe).float() - graph(probe).float()).abs().max().item()
+    token_bytes = torch.ones(preset.vocab_size, dtype=torch.int64, device=device)
     out = {
         "pattern": pattern, "compile_first_step_s": compile_s, "export_s": export_s, "weights_s": weights_s,
         "weights_MB": len(weights) / 1e6, "document_KB": len(exported.document) / 1e3, "load_s": load_s,
         "max_abs_logit_diff": diff, "eval_tokens": eval_tokens, "batch_rows": size,
     }  # fmt: skip
-    variants = {"train_py_compiled": model, "graph_inductor": ShapeCompiled(graph)}
+    variants = {"train_py_compiled": model, "graph_inductor": ShapeCompiled(program)}
     if not skip_eager:
         variants["graph_eager"] = graph
     for name, fn in variants.items():

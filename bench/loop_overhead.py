@@ -4,7 +4,7 @@
 
 Runs the real loop (ledger, git, executor, judge) in a fresh workspace on python-source with a
 scripted agent that nudges the learning rates, then splits each experiment's wall time into
-training, the harness's own overhead (start-up, compilation, evaluation: total - training seconds)
+training, the harness's own overhead (start-up, compilation, evaluation: untimed + eval seconds)
 and the loop's (proposing, git, ledger, process start: wall - total seconds). Needs no Optuna and no
 network, so it runs on the GPU machine as it is.
 """
@@ -81,8 +81,10 @@ def main() -> None:
                 "status": exp.status,
                 "runs": runs,
                 "wall_s": wall,
-                "training_s": result.get("training_seconds", 0.0) * runs,
-                "harness_overhead_s": (result.get("total_seconds", 0.0) - result.get("training_seconds", 0.0)) * runs,
+                "training_s": result.get("training_seconds", 0.0) * runs,  # on the training clock
+                "training_clock": result.get("training_clock", "wall clock"),
+                # wall time beyond training: start-up to the clock, and the evaluation
+                "harness_overhead_s": (result.get("untimed_seconds", 0.0) + result.get("eval_seconds", 0.0)) * runs,
                 "untimed_s": result.get("untimed_seconds"),  # go -> clock: train.py's start, export, compile, warm-up
                 "eval_s": result.get("eval_seconds"),  # loading the handed-over graph, evaluation, probe
                 "loop_overhead_s": wall - result.get("total_seconds", 0.0) * runs,

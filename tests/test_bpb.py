@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoresearch.evaluator.score import NonFiniteLogits, Scorer, batch_size_for, score_rows
+from autoresearch.config.presets import get_preset
+from autoresearch.evaluator.score import NonFiniteLogits, Scorer, batch_size_for, eval_batch_size, score_rows
 
 CPU = torch.device("cpu")
 # A 5-token vocabulary: BOS, "a", the first and the second byte of "ä" (each alone is not UTF-8), "abc".
@@ -84,27 +85,7 @@ def test_non_finite_logits_raise_NonFiniteLogits(bad: float) -> None:
         score(broken)
 
 
-def test_out_of_memory_is_retried_with_smaller_batches_and_gives_the_same_score() -> None:
-    rng = np.random.default_rng(0)
-    rows = rng.integers(1, 5, size=(12, 9))
-    rows[:, 0] = 0
-    base = constant_model(PROBS)
-    sizes = []
-
-    def tight(idx):  # "runs out of memory" above 3 rows per batch
-        sizes.append(idx.shape[0])
-        if idx.shape[0] > 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return base(idx)
-
-    expected = score(base, rows=rows, batch_size=12)
-    got = score(tight, rows=rows, batch_size=12)
-    assert sizes == [12, 6, 3, 3, 3, 3]
-    assert got.bytes == expected.bytes and got.tokens == expected.tokens
-    assert got.nats == pytest.approx(expected.nats, rel=1e-9)
-
-
-def test_out_of_memory_at_one_row_per_batch_is_raised() -> None:
+def test_out_of_memory_is_raised_for_the_evaluator_to_report() -> None:
     def hopeless(idx):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
@@ -124,3 +105,12 @@ def test_score_does_not_depend_on_the_batch_size() -> None:
 @pytest.mark.parametrize(("rows", "limit", "expected"), [(256, 16, 16), (12, 5, 4), (7, 4, 1), (3, 100, 3), (5, 0, 1)])
 def test_evaluation_batch_divides_the_rows_exactly(rows: int, limit: int, expected: int) -> None:
     assert batch_size_for(rows, limit) == expected
+
+
+@pytest.mark.parametrize(("preset", "expected"), [("tiny", 16), ("h100", 64)])
+def test_the_evaluation_batch_is_fixed_by_the_preset_and_keeps_the_probe_cheap(preset: str, expected: int) -> None:
+    p = get_preset(preset)
+    size = eval_batch_size(p.eval_rows, p.seq_len, p.vocab_size)
+    assert size == expected and p.eval_rows % size == 0
+    assert size * p.seq_len * p.vocab_size <= 2**30  # the logits of one batch: at most 2 GiB in bf16
+    assert 2 * size <= p.eval_rows / 8  # the probe's two batches: at most an eighth of the evaluation

@@ -20,6 +20,7 @@ from autoresearch.config.presets import PRESETS, Preset
 from autoresearch.data.shards import MANIFEST_FORMAT, Manifest, ShardInfo, write_shard
 from autoresearch.data.sources import TRAIN, VAL
 from autoresearch.data.tokenizer import Tokenizer
+from autoresearch.evaluator.clock import WallClock
 from autoresearch.evaluator.feeder import Feeder, RowOrder
 from autoresearch.evaluator.session import Session
 from autoresearch.harness.run import Run, TrainingFailed
@@ -86,16 +87,17 @@ TRAIN_IDS = sorted([*range(1000, 1007), *range(3000, 3005)])
 
 
 @contextlib.contextmanager
-def served(dataset: Path, preset: Preset, budget: float = 30.0):
-    """A harness Run connected to an evaluator Session serving `dataset`; yields both."""
+def served(dataset: Path, preset: Preset, budget: float = 30.0, clock=None):
+    """A harness Run connected to an evaluator Session serving `dataset`, on `clock` (default: the wall
+    clock); yields both."""
     ours, theirs = socket.socketpair()
     manifest = Manifest.load(dataset / "manifest.json")
     feeder = Feeder(dataset, manifest, preset.vocab_size)
     constants = {
         "seq_len": preset.seq_len, "vocab_size": preset.vocab_size, "budget_seconds": budget,
-        "untimed_steps": preset.untimed_steps, "train_rows": feeder.order.num_rows,
+        "untimed_steps": preset.untimed_steps, "train_rows": feeder.order.num_rows, "eval_batch_rows": 2,
     }  # fmt: skip
-    session = Session(Channel(ours), feeder, constants, budget)
+    session = Session(Channel(ours), feeder, constants, budget, clock or WallClock())
     thread = threading.Thread(target=session.serve, daemon=True)
     thread.start()
     channel = Channel(theirs)
@@ -226,6 +228,64 @@ def test_no_training_rows_are_served_past_the_deadline_and_a_late_stop_is_invali
         run._channel.send({"op": "weights"}, b"w")
         time.sleep(0.2)
         assert "past the 0.2s budget" in session.late()
+
+
+class HandClock:
+    """A training clock the test moves by hand: what the experiment's CPU time would read."""
+
+    kind, cores = "cpu", 2
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def read(self) -> float:
+        return self.now
+
+
+def test_the_budget_is_counted_on_the_training_clock_not_the_wall_clock(dataset, preset) -> None:
+    clock = HandClock()
+    with served(dataset, preset, budget=5.0, clock=clock) as (run, session):
+        assert run._cpu_cores == 2  # the harness reads its own CPU time the same way (schedules, time_up)
+        batches = run.train_batches(4)
+        start_clock(run)
+        for _ in range(4):  # steps of 1 s on the training clock; hardly any wall time passes
+            next(batches)
+            clock.now += 1.0
+            run._channel.send({"op": "step", "loss": 3.0})
+        served_before = session.feeder.rows_served
+        next(batches)  # 4 s of 5: still training rows, whatever the wall clock says
+        assert session.feeder.rows_served > served_before
+        assert session.progress("training") | {"reported_loss": None} == {
+            "phase": "training", "step": 4, "training_seconds": 4.0, "budget_seconds": 5.0,
+            "training_clock": "CPU time / 2 cores", "tokens_per_second": round(5 * 4 * SEQ / 4.0, 1),
+            "reported_loss": None,
+        }  # fmt: skip
+        clock.now += 1.0 + 2 * 1.0 + 1.0 + 0.1  # the budget, then the grace: two typical steps and 1 s
+        served_before = session.feeder.rows_served
+        next(batches)
+        assert session.feeder.rows_served == served_before  # time is up on the training clock
+        run._channel.send({"op": "stop"})
+        run._channel.send({"op": "weights"}, b"w")
+        time.sleep(0.2)
+        assert "trained 8.1s, past the 5s budget" in session.late()
+
+
+def test_a_last_step_that_ends_within_one_typical_step_past_the_budget_counts(dataset, preset) -> None:
+    clock = HandClock()
+    with served(dataset, preset, budget=5.0, clock=clock) as (run, session):
+        batches = run.train_batches(4)
+        start_clock(run)
+        for _ in range(5):
+            next(batches)
+            clock.now += 1.0
+            run._channel.send({"op": "step"})
+        next(batches)  # the last step starts at the budget, and takes as long as the others (and a bit)
+        clock.now += 1.3
+        run._channel.send({"op": "stop"})
+        run._channel.send({"op": "weights"}, b"w")
+        time.sleep(0.2)
+        assert session.late() is None
+        assert session.elapsed() == pytest.approx(6.3)
 
 
 def test_weights_that_come_long_after_the_stop_are_invalid(dataset, preset) -> None:

@@ -1,22 +1,113 @@
-"""The live terminal view shows what runs, for how long against the budget, and the best so far."""
+"""The live terminal view shows what runs, its training time against the budget, and the best so far."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from rich.console import Console
 
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.live import LiveReporter
+from autoresearch.loop.reporter import PlainReporter, console_echo
 
 
-def test_the_live_view_shows_the_experiment_its_clock_the_best_and_the_verdicts():
+def kept(id: int, bpb: float, description: str, status: str = "keep") -> Experiment:
+    return Experiment(id=id, kind="experiment", status=status, description=description, parent="a", val_bpb=bpb)
+
+
+def screen(view: LiveReporter) -> str:
+    console = Console(record=True, width=160, force_terminal=True)
+    console.print(view._render())
+    return console.export_text()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_live_view_shows_the_experiment_the_best_and_the_verdicts():
     console = Console(record=True, width=140, force_terminal=True)
     view = LiveReporter(console, "autoresearch: tune")
-    best = Experiment(id=2, kind="experiment", status="keep", description="LR up", parent="a", val_bpb=1.2345)
+    best = kept(2, 1.2345, "LR up")
     view.finished(best, best)
     view.phase(3, "tune: LR 0.05 -> 0.1", "training run 1")
     view.training(3, 0, 60)
     console.print(view._render())
     text = console.export_text()
     assert "exp 2 KEEP val_bpb 1.234500" in text  # the verdict line
-    assert "exp 3: training run 1" in text and "/ 60s budget" in text and "tune: LR 0.05 -> 0.1" in text
+    assert "exp 3: training run 1" in text and "60s budget" in text and "tune: LR 0.05 -> 0.1" in text
     assert "best val_bpb 1.234500 (exp 2)" in text and "1 keep" in text
+
+
+def test_the_clock_counts_training_only_not_start_up_or_evaluation(tmp_path: Path):
+    clock = FakeClock()
+    view = LiveReporter(Console(width=160), "autoresearch: tune", runs_dir=tmp_path, clock=clock)
+    log = tmp_path / "3-0" / "log.txt"
+    log.parent.mkdir()
+    view.phase(3, "LR up", "training run 1")
+    view.training(3, 0, 60)
+    log.write_text("")  # the executor starts the run's log
+    assert "starting up (not counted)" in screen(view)
+    clock.now += 40  # importing and compiling: not on the clock
+    log.write_text("model handed over: graph exported in 3.1s\ntrain data: 9 rows of 256 tokens\n")
+    assert "starting up (not counted)" in screen(view)
+    log.write_text(log.read_text() + "clock started after 5 untimed steps; budget 60s\n")
+    assert "0:00 / 60s budget" in screen(view)
+    clock.now += 12
+    assert "0:12 / 60s budget" in screen(view)
+    log.write_text(log.read_text() + "step   120 |  25.0% | loss 3.4100 | 45s left\n")  # 15 s trained
+    text = screen(view)
+    assert "0:15 / 60s budget (step 120, loss 3.4100)" in text
+    clock.now += 100  # it never runs past the budget
+    assert "1:00 / 60s budget" in screen(view)
+    log.write_text(log.read_text() + "training done: 300 steps in 60.2s; weights handed over\n")
+    clock.now += 30  # evaluating: the clock stays where training ended
+    assert "trained 1:00 / 60s budget; evaluating" in screen(view)
+
+
+def test_a_log_left_by_an_earlier_attempt_is_not_read_as_the_new_run(tmp_path: Path):
+    log = tmp_path / "3-0" / "log.txt"
+    log.parent.mkdir()
+    log.write_text("clock started after 5 untimed steps; budget 60s\ntraining done: 9 steps in 60.0s\n")
+    view = LiveReporter(Console(width=160), "autoresearch: tune", runs_dir=tmp_path, clock=FakeClock())
+    view.phase(3, "LR up", "training run 1")
+    view.training(3, 0, 60)
+    assert "starting up" in screen(view) and "evaluating" not in screen(view)
+
+
+def test_descriptions_are_cut_at_a_word_and_brackets_are_not_markup():
+    view = LiveReporter(Console(width=160), "autoresearch: tune")
+    what = "[exp 9] tune: MATRIX_LR 0.04 -> 0.0927, EMBEDDING_LR 0.6 -> 0.3123, WARMUP_RATIO 0.0 -> 0.15, DEPTH 8"
+    view.phase(4, what, "training run 1")
+    text = screen(view)
+    assert "[exp 9] tune: MATRIX_LR 0.04 -> 0.0927, EMBEDDING_LR 0.6 -> 0.3123…" in text  # 80 characters at most
+    assert "WARMUP" not in text
+
+
+def test_after_a_resume_the_view_shows_the_best_and_the_history():
+    view = LiveReporter(Console(width=160), "autoresearch: tune")
+    history = [kept(1, 1.1, "baseline"), kept(2, 1.2, "LR way up", "discard"), kept(3, 1.05, "warm-up")]
+    history.append(Experiment(id=4, kind="experiment", status="running", description="in flight", parent="a"))
+    view.resume(history)
+    text = screen(view)
+    assert "best val_bpb 1.050000 (exp 3)" in text and "warm-up" in text
+    assert "2 keep, 1 discard, 0 crash" in text
+    assert text.index("*3") < text.index("LR way up") < text.index("*1")  # the newest first
+
+
+def test_plain_output_keeps_its_exp_prefix_on_a_rich_console():
+    console = Console(record=True, width=160)
+    plain = PlainReporter(console_echo(console))
+    plain.phase(3, "tune: LR [0.05] -> 0.1", "training run 1")
+    plain.training(3, 0, 60)
+    plain.message("[bold]not markup[/bold]")
+    lines = console.export_text().splitlines()
+    assert lines == [
+        "[exp 3] training run 1: tune: LR [0.05] -> 0.1",
+        "[exp 3] training run 1 (60s budget)",
+        "[bold]not markup[/bold]",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -154,6 +155,7 @@ def test_status_and_report_describe_the_run(tmp_path, tiny_prepared):
 def test_an_llm_agent_drives_the_loop_over_the_real_api_protocol(workspace, fake_openai):
     from autoresearch.agents.openai_agent import OpenAIAgent
 
+    fake_openai.reply("ok")  # the agent's preflight, before the baseline
     fake_openai.reply(
         "Hypothesis: a higher learning rate learns more in one second\n\ntrain.py\n<<<<<<< SEARCH\n"
         "LR = 0.05  # Adam learning rate (0.001-1)\n=======\nLR = 0.3  # Adam learning rate (0.001-1)\n"
@@ -166,7 +168,7 @@ def test_an_llm_agent_drives_the_loop_over_the_real_api_protocol(workspace, fake
     assert exp.description == "a higher learning rate learns more in one second"
     assert exp.status in ("keep", "discard"), exp.reason
     assert "LR = 0.3" in exp.source and exp.input_tokens == 1200 and exp.cost_usd > 0
-    prompt = json.dumps(fake_openai.requests[0].body)
+    prompt = json.dumps(fake_openai.requests[-1].body)
     assert "Research program" in prompt and "class Bigram" in prompt  # program.md and train.py
 
 
@@ -190,3 +192,46 @@ def test_a_command_agent_script_drives_the_loop_and_only_train_py_may_change(tmp
     assert rows[1].description == "larger batches" and "BATCH = 16" in rows[1].source
     assert rows[2].status == CRASH and "program.md" in rows[2].reason
     assert "budget: 99" not in (ws.root / "program.md").read_text()
+
+
+def test_ctrl_c_stops_try_within_10_s_even_in_a_long_step_that_ignores_signals(tmp_path, tiny_prepared):
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, budget=3.0)
+    marker = f"autoresearch-long-step-{os.getpid()}"
+    stuck = (
+        "        run.step_done(loss)\n"
+        "        if run.step == 3:  # a step that never ends, deaf to SIGINT and SIGTERM, with a child of its own\n"
+        "            import signal, subprocess, time\n"
+        "            signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "            signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"            subprocess.Popen(['sleep', '600', '{marker}'])\n"
+        "            time.sleep(600)\n"
+    )
+    ws.write_train_py(edit(BIGRAM_TRAIN_PY, "        run.step_done(loss)\n", stuck))
+    # A terminal's Ctrl-C: SIGINT to the foreground process group, which is the command's own here.
+    loop = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch", "try", "-m", "a long step", "--baseline-runs", "2"],
+        cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    progress = ws.state / "runs" / "2-0" / "progress.json"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and loop.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(progress.read_text())["phase"] == "training":
+                break
+        time.sleep(0.2)
+    else:
+        loop.kill()
+        raise AssertionError(f"the edit never trained: {loop.communicate()}")
+    time.sleep(1.5)  # well into the long step
+    os.killpg(loop.pid, signal.SIGINT)
+    interrupted = time.monotonic()
+    _, err = loop.communicate(timeout=30)
+    assert time.monotonic() - interrupted < 10
+    assert loop.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    time.sleep(0.5)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    ledger = Ledger(ws.root)
+    rows = ledger.all()
+    ledger.close()
+    assert rows[0].status == KEEP and rows[0].val_bpb is not None  # the baseline's result is kept
+    assert len(rows) == 1 or rows[1].status == RUNNING  # the interrupted edit is run again on the next start

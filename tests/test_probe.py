@@ -123,7 +123,7 @@ def test_a_model_that_samples_from_the_global_generator_gets_the_same_samples_on
 ) -> None:
     assert probe(NoisyCopy(boost=0.0, noise=3.0, private_generator=False), rows) is None
     reason = probe(NoisyCopy(boost=0.01, noise=3.0, private_generator=False), rows)  # its noise hides nothing
-    assert reason is not None and "loss before position" in reason
+    assert reason is not None and "loss before a cut changed" in reason
 
 
 def test_a_look_ahead_hidden_in_noise_is_caught_by_its_mean_effect(rows: np.ndarray) -> None:

@@ -157,7 +157,8 @@ def test_a_process_left_behind_to_edit_files_later_dies_with_the_run(lab, tiny_p
             "        logits = self.table(idx if torch.is_grad_enabled() else idx.roll(-1, dims=1))\n",
             "causality probe",
         ),
-        ("        logits = self.table(idx if idx.shape[0] == BATCH else idx.roll(-1, dims=1))\n", "cannot be exported"),
+        # The graph is traced for the evaluation's batch shape: it looks ahead in every call, the probe's too.
+        ("        logits = self.table(idx if idx.shape[0] == BATCH else idx.roll(-1, dims=1))\n", "causality probe"),
     ],
     ids=["grad-mode", "batch-shape"],
 )

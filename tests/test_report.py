@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.loop.judge import DISCARD as JUDGED_DISCARD
+from autoresearch.loop.judge import judge, margin_of
 from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, RUNNING, Experiment, Ledger
 from autoresearch.report import make_report, plot_progress, progress_figure, render_report
-from autoresearch.report.summary import chain, running_best, shorten
+from autoresearch.report.plot import plot_data
+from autoresearch.report.summary import chain, clip, measured_noise, running_best, shorten
 
 T0 = 1_700_000_000.0
 BASE_SOURCE = "import torch\nLR = 0.04\nWARMUP = 0\nACT = 'relu'\n"
@@ -114,10 +117,17 @@ def test_chain_and_running_best():
     assert running_best(exps) == [(1, 1.0), (2, 1.0), (3, 0.995), (4, 0.995), (5, 0.995), (6, 0.99), (7, 0.99)]
 
 
-def test_shorten():
+def test_shorten_and_clip_cut_at_a_word_boundary():
     assert shorten("  short  one\nsecond line") == "short one"
-    long = shorten("x" * 200, 20)
+    long = shorten("x" * 200, 20)  # one word longer than the room: cut inside it
     assert len(long) == 20 and long.endswith("…")
+    text = "tune: MATRIX_LR 0.04 -> 0.0927, WARMUP_RATIO 0.0 -> 0.15"
+    for width in range(12, len(text)):
+        cut = clip(text, width)
+        assert len(cut) <= width and cut.endswith("…")
+        kept = cut[:-1]
+        assert text.startswith(kept) and text[len(kept)] in " ,:"  # never inside a number or a name
+    assert clip(text, len(text)) == text
 
 
 # -- make_report ------------------------------------------------------------------------------------
@@ -142,29 +152,60 @@ def test_make_report_without_ledger(tmp_path: Path):
 # -- the plot ---------------------------------------------------------------------------------------
 
 
-def _by_gid(fig, gid: str):
-    ax = fig.axes[0]
+def _by_gid(fig, gid: str, axes: int = 0):
+    ax = fig.axes[axes]
     return [a for a in [*ax.collections, *ax.lines, *ax.texts] if a.get_gid() == gid]
 
 
-def test_plot_draws_points_best_line_and_labels():
+def test_plot_draws_points_best_line_band_and_labels():
     fig = progress_figure(history())
     (kept,) = _by_gid(fig, "kept")
     assert [tuple(p) for p in kept.get_offsets()] == [(1, 1.0), (3, 0.995), (6, 0.99)]
     (discarded,) = _by_gid(fig, "discarded")
     assert sorted(x for x, _ in discarded.get_offsets()) == [2, 5]  # #7 is far off the chart...
-    (over,) = _by_gid(fig, "over")
-    assert [x for x, _ in over.get_offsets()] == [7]  # ...and marked on the top edge instead
-    (crashed,) = _by_gid(fig, "crashed")
-    assert [x for x, _ in crashed.get_offsets()] == [4]
+    (beyond,) = _by_gid(fig, "beyond")
+    assert [x for x, _ in beyond.get_offsets()] == [7]  # ...and marked on the top edge instead,
+    assert [t.get_text() for t in _by_gid(fig, "beyond-value")] == ["1.4"]  # with its value written
     (best,) = _by_gid(fig, "best")
     assert list(best.get_ydata())[:-1] == [1.0, 1.0, 0.995, 0.995, 0.995, 0.99, 0.99]
+    assert _by_gid(fig, "band")  # the running best ± the margin
     labels = [t.get_text() for t in _by_gid(fig, "label")]
     assert labels[0] == "baseline"
     assert labels[1] == "warm up the learning rate for 200 steps (−0.0050)"
     assert labels[2].startswith("SwiGLU activation in the MLP") and "…" in labels[2] and len(labels[2]) < 60
     title = fig.axes[0].get_title()
     assert "1.0000 → 0.9900" in title and "−1.00%" in title
+
+
+def test_crashes_are_drawn_in_a_strip_of_their_own_not_on_the_val_bpb_axis():
+    fig = progress_figure(history())
+    assert not _by_gid(fig, "crashed")  # nothing on the val_bpb axis
+    (crashed,) = _by_gid(fig, "crashed", axes=1)
+    assert [x for x, _ in crashed.get_offsets()] == [4]
+    assert fig.axes[1].get_ylabel() == "crash" and not fig.axes[1].get_yticks().size
+    data = plot_data(history())
+    assert data.crashed == [4] and 4 not in [i for i, _ in data.kept + data.discarded + data.beyond]
+
+
+def test_plot_data_keeps_values_on_the_axis_and_marks_the_far_ones_beyond_it():
+    data = plot_data(history())
+    assert data.beyond == [(7, 1.4)]
+    assert data.discarded == [(2, 1.003), (5, 0.9991)]
+    low, high = data.ylim
+    assert low < 0.99 - data.margin and 1.0 + data.margin < high < 1.4  # the band fits, the blow-up does not
+    assert data.margin == pytest.approx(margin_of(5e-4))  # one baseline seed: the noise's floor
+    assert data.best[-1] == (7, 0.99)
+
+
+def test_plot_data_with_a_noisy_baseline_shows_the_discards_as_values():
+    """As in a loaded CPU demo: a wide margin and discards well above the baseline stay on the axis."""
+    exps = [exp(1, KEEP, 3.143, "baseline", kind="baseline", runs="[3.05, 3.143, 3.236]")]
+    exps += [exp(i, DISCARD, 3.4 + 0.05 * i, f"change {i}") for i in range(2, 8)]
+    exps += [exp(8, CRASH, None, "too big"), exp(9, DISCARD, 40.0, "diverged")]
+    data = plot_data(exps)
+    assert [i for i, _ in data.discarded] == [2, 3, 4, 5, 6, 7]
+    assert data.beyond == [(9, 40.0)] and data.crashed == [8]
+    assert data.ylim[0] < 3.143 - data.margin and data.ylim[1] > 3.75
 
 
 @pytest.mark.parametrize(
@@ -232,3 +273,35 @@ def test_report_diff_fence_survives_backticks():
     source = BEST_SOURCE + 'DOC = """```python"""\n'
     text = render_report([exp(1, KEEP, 1.0, "baseline", kind="baseline"), exp(2, KEEP, 0.9, "doc", source=source)])
     assert "````diff\n" in text and text.rstrip().endswith("````")
+
+
+def test_report_states_noise_margin_and_why_each_experiment_went_its_way():
+    exps = [
+        exp(1, KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]"),  # std 0.009: margin 0.018
+        exp(2, DISCARD, 2.988, "MATRIX_LR 0.04 -> 0.0927", reason="not better by more than the noise"),
+        exp(3, DISCARD, 3.05, "DEPTH 8 -> 7"),
+        exp(4, CRASH, None, "TOTAL_BATCH_SIZE 2**19", reason="no result within the hard timeout of 270s; killed"),
+        exp(5, KEEP, 2.95, "WARMUP 0 -> 0.1", runs="[2.96, 2.94]"),
+        exp(6, CRASH, None, "(no proposal)", kind="proposal", reason="rejected: train.py is unchanged"),
+    ]
+    text = render_report(exps)
+    assert "- Noise: **0.009000** (std of the baseline's 3 seeds" in text
+    assert "- Margin: **0.018000**: a change is kept only if it beats the best by more than this" in text
+    rows = {int(line.split("|")[1]): line for line in text.split("## Every experiment", 1)[1].splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip().isdigit()}  # fmt: skip
+    assert "baseline: the mean of 3 seeds" in rows[1]
+    assert "0.012000 better than the best 3.000000 but inside the margin 0.018000" in rows[2]
+    assert "| MATRIX_LR 0.04 -> 0.0927 |" in rows[2]
+    assert "worse: 0.050000 above the best 3.000000" in rows[3]
+    assert "| crash | — |" in rows[4] and "crash: no result within the hard timeout of 270s; killed" in rows[4]
+    assert "0.050000 better than the best 3.000000 (mean of 2 runs), beyond the margin 0.018000" in rows[5]
+    assert "rejected: train.py is unchanged" in rows[6] and "crash: rejected" not in rows[6]
+
+
+def test_the_reports_margin_is_the_one_the_judge_keeps_by():
+    for noise in (5e-4, 0.009, 0.091):
+        margin = margin_of(noise)
+        assert judge(1.0, [1.0 - 0.99 * margin], noise, 0, 0).decision == JUDGED_DISCARD
+        assert judge(1.0, [1.0 - 1.01 * margin], noise, 0, 0).decision != JUDGED_DISCARD
+    noise = measured_noise([exp(1, KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]")])
+    assert noise.seeds == 3 and noise.noise == pytest.approx(0.009) and noise.margin == pytest.approx(0.018)

@@ -217,7 +217,7 @@ def scored(model: torch.nn.Module, val) -> tuple[float, str | None]:
     rows, tokenizer = val
     cpu = torch.device("cpu")
     try:
-        exported = Exported(model, rows.shape[1] - 1, tokenizer.vocab_size, cpu)
+        exported = Exported(model, 16, rows.shape[1] - 1, tokenizer.vocab_size, cpu)
         program = load_program(exported.document, exported.weights(), cpu)
     except (HandOverError, ProgramRejected) as exc:
         return math.nan, str(exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import math
 from importlib.resources import files
@@ -11,8 +12,22 @@ from pathlib import Path
 import pytest
 
 from autoresearch.agents.base import Context, PastExperiment, Proposal, ProposalError
-from autoresearch.agents.tune import TuneAgent, _tunable, comment_range, hyperparameters, make_knob, parse
+from autoresearch.agents.tune import (
+    BLIND_COST_RATIO,
+    MIN_STEPS,
+    TuneAgent,
+    _tunable,
+    comment_range,
+    cost_limit,
+    hyperparameters,
+    make_knob,
+    parse,
+    step_cost,
+)
+from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
+from autoresearch.config.presets import get_preset
 from autoresearch.workspace.constants import read_constants, set_constants
+from autoresearch.workspace.init import train_py_for
 
 TEMPLATE = files("autoresearch.workspace").joinpath("templates/train.py").read_text()
 DETUNED = set_constants(TEMPLATE, {"MATRIX_LR": 0.005})  # the template's MATRIX_LR divided by 8
@@ -293,3 +308,87 @@ def test_recovers_a_detuned_learning_rate_in_20_experiments() -> None:
     print("recovered fractions:", [round(f, 3) for f in fractions])
     assert min(fractions) >= 0.5
     assert sum(fractions) / len(fractions) >= 0.75
+
+
+# -- what the device can afford -------------------------------------------------------------------------
+
+TINY = get_preset("tiny")
+TINY_PY = train_py_for(TINY)
+# What the tune agent proposed on the tiny preset on a CPU before it knew costs (issue 9): the first hit the
+# hard timeout, the second trained 4-6 steps.
+WASTED = [{"TOTAL_BATCH_SIZE": 2**19}, {"DEPTH": 7, "ASPECT_RATIO": 128, "HEAD_DIM": 128}]
+
+
+def tiny_workspace(tmp_path: Path, baseline_steps: list[int] = ()) -> Path:
+    """A workspace of the tiny preset whose baseline (experiment 1) trained `baseline_steps` in its runs."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    Apparatus("tiny", "python-source", 60.0, str(tmp_path)).save(ws / CONFIG_NAME)
+    for run, steps in enumerate(baseline_steps):
+        (ws / ".autoresearch" / "runs" / f"1-{run}").mkdir(parents=True)
+        (ws / ".autoresearch" / "runs" / f"1-{run}" / "result.json").write_text(
+            json.dumps({"valid": True, "num_steps": steps, "val_bpb": 3.0})
+        )
+    return ws
+
+
+def tiny_cost(source: str) -> float:
+    return step_cost(values(source), TINY.seq_len, TINY.vocab_size)
+
+
+def tiny_history() -> list[PastExperiment]:
+    """The baseline, then the wasted proposals: a crash and a discard (their values widen the ranges)."""
+    history = [PastExperiment(1, "keep", "baseline", 3.0, "", TINY_PY)]
+    for i, (status, changes) in enumerate(zip(("crash", "discard"), WASTED, strict=True), start=2):
+        source = set_constants(TINY_PY, changes)
+        history.append(PastExperiment(i, status, str(changes), 3.4 if status == "discard" else None, "", source))
+    return history
+
+
+def proposals(ws: Path, seeds: int) -> list[str]:
+    found = []
+    for seed in range(seeds):
+        for history in ([tiny_history()[0]], tiny_history()):
+            found.append(TuneAgent(seed=seed).propose(Context(ws, "", TINY_PY, 3.0, 0.01, history)).source)
+    return found
+
+
+def test_the_cost_of_a_step_follows_tokens_depth_and_width() -> None:
+    base = tiny_cost(TINY_PY)
+    assert tiny_cost(set_constants(TINY_PY, {"TOTAL_BATCH_SIZE": 2**13})) == 2 * base
+    assert tiny_cost(set_constants(TINY_PY, {"MATRIX_LR": 0.08})) == base
+    for changes in WASTED:  # both far beyond what a CPU affords in a budget that fits ~100 baseline steps
+        assert tiny_cost(set_constants(TINY_PY, changes)) > 20 * base
+    assert step_cost({"LR": 0.1, "BATCH": 32}, 256, 2048) is None  # not the template: no estimate, no bound
+
+
+def test_on_the_tiny_preset_no_proposal_costs_more_than_the_bound(tmp_path: Path) -> None:
+    ws = tiny_workspace(tmp_path)  # no measurement yet
+    base = tiny_cost(TINY_PY)
+    costs = [tiny_cost(source) for source in proposals(ws, seeds=25)]
+    assert max(costs) <= BLIND_COST_RATIO * base * (1 + 1e-9)
+    assert sum(cost > base for cost in costs) >= 2  # larger models and batches are still tried, within the bound
+    assert cost_limit(Context(ws, "", TINY_PY, 3.0, 0.01, tiny_history())).limit == BLIND_COST_RATIO * base
+
+
+def test_each_proposal_keeps_a_dozen_steps_by_the_baselines_measured_count(tmp_path: Path) -> None:
+    ws = tiny_workspace(tmp_path, baseline_steps=[52, 48, 50])  # median 50 steps in the budget
+    base = tiny_cost(TINY_PY)
+    for source in proposals(ws, seeds=20):
+        assert 50 * base / tiny_cost(source) >= MIN_STEPS * (1 - 1e-9)
+
+
+def test_a_slow_baseline_allows_no_costlier_step(tmp_path: Path) -> None:
+    ws = tiny_workspace(tmp_path, baseline_steps=[9, 11])
+    base = tiny_cost(TINY_PY)
+    assert all(tiny_cost(source) <= base for source in proposals(ws, seeds=10))
+
+
+def test_a_costly_best_stays_allowed(tmp_path: Path) -> None:
+    ws = tiny_workspace(tmp_path)
+    best = set_constants(TINY_PY, {"TOTAL_BATCH_SIZE": 2**15, "DEVICE_BATCH_SIZE": 128})  # 8x the baseline
+    history = [PastExperiment(1, "keep", "baseline", 3.0, "", TINY_PY)]
+    for seed in range(10):
+        proposal = TuneAgent(seed=seed).propose(Context(ws, "", best, 2.9, 0.01, history))
+        assert 1 <= len(changed(best, proposal.source)) <= 3
+        assert tiny_cost(proposal.source) <= tiny_cost(best)

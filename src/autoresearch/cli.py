@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from autoresearch.errors import AutoresearchError
 
@@ -35,8 +36,20 @@ def _judging_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, help="hard limit per training run in s (default 1.5 x budget + 180)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("autoresearch")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        from autoresearch import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoresearch", description="An autonomous research loop over train.py.")
+    parser.add_argument("--version", action="version", version=f"autoresearch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     prepare = sub.add_parser("prepare", help="download or read a dataset, train the tokenizer, write token shards")
@@ -44,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = sub.add_parser("init", help="make a research workspace: a git repository with train.py and program.md")
     init.add_argument("directory", type=Path)
-    init.add_argument("--budget", type=float, help="training seconds per experiment (default: the preset's)")
+    from autoresearch.config.apparatus import budget_argument  # checks it before any work: 1 s to 1 day
+
+    init.add_argument("--budget", type=budget_argument, help="training seconds per experiment (default: the preset's)")
     init.add_argument("--tag", help="the branch is autoresearch/<tag> (default: today's date, e.g. nov22)")
     _data_options(init)
 
@@ -68,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write progress.png and report.md")
     _workspace_option(report)
+
+    show = sub.add_parser("show", help="one experiment: status, val_bpb, why, and its train.py diff against its parent")
+    show.add_argument("experiment", type=int, help="the experiment's number")
+    _workspace_option(show)
+
+    diff = sub.add_parser("diff", help="two experiments' results and the train.py diff from the first to the second")
+    diff.add_argument("a", type=int, help="the first experiment's number")
+    diff.add_argument("b", type=int, help="the second experiment's number")
+    _workspace_option(diff)
 
     rebuild = sub.add_parser("rebuild-ledger", help="make a lost or corrupt ledger again from results.tsv and git")
     _workspace_option(rebuild)
@@ -116,13 +140,16 @@ def _loop(args: argparse.Namespace, reporter):
 def _run(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.agents.factory import make_agent
     from autoresearch.loop.live import LiveReporter
-    from autoresearch.loop.reporter import PlainReporter
+    from autoresearch.loop.reporter import PlainReporter, console_echo
     from autoresearch.report import make_report
 
     agent = make_agent(args.agent, args.model, args.agent_command)
     live = not args.plain and console.is_terminal
-    reporter = LiveReporter(console, f"autoresearch: {agent.name}") if live else PlainReporter(console.print)
+    reporter = LiveReporter(console, f"autoresearch: {agent.name}") if live else PlainReporter(console_echo(console))
     loop = _loop(args, reporter)
+    if live:
+        reporter.runs_dir = loop.ws.state / "runs"  # where the runs' logs are: the clock follows them
+        reporter.resume(loop.ledger.all())
     try:
         with loop.ws.lock():
             if live:
@@ -134,21 +161,40 @@ def _run(args: argparse.Namespace, console: Console) -> None:
         loop.executor.close()
         if loop.ledger.all():
             png, md = make_report(loop.ws.root)
-            console.print(f"report: {md} and {png}; history in {loop.ws.root / 'results.tsv'}")
+            console.print(f"report: {md} and {png}; history in {loop.ws.root / 'results.tsv'}", highlight=False)
 
 
 def _try(args: argparse.Namespace, console: Console) -> None:
+    """Progress on stderr; on stdout exactly one line, the verdict on the working tree's train.py."""
     from autoresearch.loop.engine import try_working_tree
-    from autoresearch.loop.reporter import PlainReporter, verdict_line
+    from autoresearch.loop.reporter import PlainReporter, console_echo, verdict_line
 
-    quiet = PlainReporter(lambda text: console.print(text, highlight=False))
-    loop = _loop(args, quiet)
-    with loop.ws.lock():
-        try:
-            exp = try_working_tree(loop, args.message)
-        finally:
-            loop.executor.close()
+    reporter = PlainReporter(console_echo(console), hold_verdicts=True)
+    loop = _loop(args, reporter)
+    exp = None
+    try:
+        with loop.ws.lock():
+            try:
+                exp = try_working_tree(loop, args.message)
+            finally:
+                loop.executor.close()
+    finally:  # other verdicts (the baseline measured first) go with the progress, on stderr
+        for other, best in reporter.held:
+            if exp is None or other.id != exp.id:
+                reporter.echo(verdict_line(other, best))
     print(verdict_line(exp, loop.best()), flush=True)
+
+
+def _compare(args: argparse.Namespace) -> str:
+    from autoresearch.report import read_experiments
+    from autoresearch.report.compare import diff_text, show_text
+    from autoresearch.workspace.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    experiments = read_experiments(ws.root)
+    if args.command == "show":
+        return show_text(ws.git, experiments, args.experiment)
+    return diff_text(ws.git, experiments, args.a, args.b)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prepare":
             _prepare(args, console)
         elif args.command == "init":
-            from autoresearch.workspace.init import create_workspace
+            from autoresearch.config.presets import default_preset_name, get_preset
+            from autoresearch.workspace.init import check_init, create_workspace
 
+            check_init(args.directory, get_preset(args.preset or default_preset_name()), args.budget, args.tag)
             preset, dataset, data_dir = _prepare(args, console)
             branch = create_workspace(args.directory, preset, dataset, data_dir, args.budget, args.tag)
             console.print(
@@ -182,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 
             png, md = make_report(Workspace(args.workspace).root)
             console.print(f"wrote {md} and {png}")
+        elif args.command in ("show", "diff"):
+            print(_compare(args))
         elif args.command == "rebuild-ledger":
             from autoresearch.loop.rebuild import rebuild
             from autoresearch.workspace.workspace import Workspace
@@ -192,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             kept = f"; the old file is {moved}" if moved else ""
             console.print(f"rebuilt the ledger: {rows} experiments from results.tsv and git{kept}")
     except AutoresearchError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)  # its text is no markup
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: run the same command again to resume where it stopped")

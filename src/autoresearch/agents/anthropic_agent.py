@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import anthropic
 
+from autoresearch.agents.base import ProposalError
 from autoresearch.agents.llm import (
     CONNECT_TIMEOUT_S,
     MAX_RETRIES,
+    PREFLIGHT_CONNECT_TIMEOUT_S,
+    PREFLIGHT_TIMEOUT_S,
     TIMEOUT_S,
     LLMAgent,
     Message,
@@ -39,18 +42,25 @@ class AnthropicAgent(LLMAgent):
                 model=self.model, max_tokens=self.max_tokens, system=system, messages=messages
             )
         except anthropic.AnthropicError as err:
-            raise api_error(
-                "Anthropic",
-                err,
-                key_env=KEY_ENV,
-                url_env=URL_ENV,
-                base_url=str(self.client.base_url),
-                retries=self.client.max_retries,
-            ) from err
+            raise self._error(err, self.client.max_retries) from err
         text = "".join(block.text for block in message.content if block.type == "text")
         usage = message.usage
         inputs = usage.input_tokens + (usage.cache_creation_input_tokens or 0) + (usage.cache_read_input_tokens or 0)
         return Reply(text, usage_for(self.model, inputs, usage.output_tokens), message.stop_reason == "max_tokens")
+
+    def _ping(self) -> None:
+        quick = self.client.with_options(
+            max_retries=0, timeout=anthropic.Timeout(PREFLIGHT_TIMEOUT_S, connect=PREFLIGHT_CONNECT_TIMEOUT_S)
+        )
+        try:
+            quick.messages.create(model=self.model, max_tokens=1, messages=[{"role": "user", "content": "ping"}])
+        except anthropic.AnthropicError as err:
+            raise self._error(err, 0) from err
+
+    def _error(self, err: anthropic.AnthropicError, retries: int) -> ProposalError:
+        return api_error(
+            "Anthropic", err, key_env=KEY_ENV, url_env=URL_ENV, base_url=str(self.client.base_url), retries=retries
+        )
 
 
 def make_client() -> anthropic.Anthropic:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -68,3 +69,18 @@ class Agent(Protocol):
 
     def propose(self, context: Context) -> Proposal:
         """A new train.py to try. Raises ProposalError when it cannot make one."""
+
+    def preflight(self, workspace: Path) -> list[str]:
+        """Check, cheaply and before the baseline trains, that the agent can work at all (its program
+        exists, its key and model are accepted). Raises a fatal ProposalError for what cannot heal by
+        waiting; returns warnings for what may (a server that does not answer yet)."""
+
+
+def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> None:
+    """Run `agent.preflight` if the agent has one: its warnings go to `warn`, a fatal error propagates
+    (an AutoresearchError: the command line prints it and exits 2)."""
+    check = getattr(agent, "preflight", None)
+    if check is None:
+        return
+    for warning in check(workspace):
+        warn(f"warning: {warning}")

@@ -5,12 +5,19 @@ and the prompt's path in AUTORESEARCH_PROMPT_FILE (<workspace>/.autoresearch/pro
 train.py in place and prints a one-line description as the last line of its stdout. Whether it touched
 other files is for the loop to check with git; this agent checks only that train.py changed and still
 compiles, and leaves it as the command left it.
+
+Before the baseline (`preflight`), the command's program is looked up (on PATH, or as a path from the
+workspace): a missing one stops the loop at once. So does an exit status of 126 or 127 later (the shell
+could not find or run a program), which waiting cannot cure.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -23,6 +30,14 @@ TIMEOUT_S = 30 * 60.0  # a coding agent may think, read and edit for a long whil
 STDERR_TAIL_CHARS = 2000
 DESCRIPTION_CHARS = 300
 PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pipes
+NOT_RUNNABLE = {126: "a program was found but could not be run", 127: "the shell found no such program"}
+# Words before the program: they run what follows (their options, and timeout's duration, are skipped).
+_WRAPPERS = {"exec", "command", "nohup", "nice", "env", "time", "timeout", "stdbuf"}
+# Shell syntax and builtins: what runs then is not one program on PATH, so nothing is looked up.
+_SHELL_WORDS = {"cd", "eval", "source", ".", "set", "export", "if", "for", "while", "until", "case", "!", "{", "("}
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+_OPTIONS_WITH_VALUE = {"-n", "-s", "-k", "-u", "-i", "-o", "-e", "--signal", "--kill-after", "--adjustment"}
+_DURATION = re.compile(r"\d+(\.\d*)?[smhd]?")
 
 
 class CommandAgent:
@@ -33,6 +48,37 @@ class CommandAgent:
         self.model = command
         self.timeout_s = timeout_s
 
+    def preflight(self, workspace: Path) -> list[str]:
+        """A fatal ProposalError when the command's program does not exist or cannot be run."""
+        try:
+            program = command_program(self.command)
+        except ValueError as err:
+            raise ProposalError(
+                f"the command agent cannot start: {self.command!r} does not parse as a shell command ({err})",
+                hint="check the quoting in --command",
+                fatal=True,
+            ) from None
+        if program is None:
+            return []
+        if "/" in program:
+            path = Path(program).expanduser()
+            found = path if path.is_absolute() else workspace / path
+            if found.is_file() and os.access(found, os.X_OK):
+                return []
+            why = "is not executable" if found.is_file() else "does not exist"
+            raise ProposalError(
+                f"the command agent cannot start: {program} {why} (--command {self.command!r}, run in {workspace})",
+                hint="give the program's full path in --command, or make it executable",
+                fatal=True,
+            )
+        if shutil.which(program) is None:
+            raise ProposalError(
+                f"the command agent cannot start: {program!r} is not a program on PATH (--command {self.command!r})",
+                hint=f"install {program}, or give its full path in --command",
+                fatal=True,
+            )
+        return []
+
     def propose(self, context: Context) -> Proposal:
         """Run the command once; its train.py is the proposal, its last stdout line the description."""
         workspace = context.workspace
@@ -41,6 +87,13 @@ class CommandAgent:
         prompt_file.parent.mkdir(parents=True, exist_ok=True)
         prompt_file.write_text(prompt)
         code, stdout, stderr = self._run(workspace, prompt, prompt_file)
+        if code in NOT_RUNNABLE:
+            raise ProposalError(
+                f"command agent {self.command!r} exited with status {code}: {NOT_RUNNABLE[code]}; the end of its "
+                f"stderr:\n{_tail(stderr or stdout, STDERR_TAIL_CHARS)}",
+                hint="install the agent's program or give its full path in --command",
+                fatal=True,
+            )
         if code != 0:
             raise ProposalError(
                 f"command agent {self.command!r} exited with status {code}; the end of its stderr:\n"
@@ -74,6 +127,30 @@ class CommandAgent:
         finally:
             _kill_group(process)  # whatever it left running in the background
         return process.returncode, stdout, stderr
+
+
+def command_program(command: str) -> str | None:
+    """The program a shell command line runs first, past variable assignments and wrappers such as `env`
+    or `timeout 600`; None when it starts with shell syntax or a builtin (nothing to look up). ValueError
+    when the line does not parse (unbalanced quotes)."""
+    words = iter(shlex.split(command))
+    wrapped = False
+    for word in words:
+        if _ASSIGNMENT.match(word):
+            continue
+        if wrapped and word.startswith("-"):
+            if word in _OPTIONS_WITH_VALUE:
+                next(words, None)
+            continue
+        if wrapped and _DURATION.fullmatch(word):  # timeout's duration
+            continue
+        if word in _WRAPPERS:
+            wrapped = True
+            continue
+        if word in _SHELL_WORDS or any(ch in word for ch in "$`(){};&|<>*?"):
+            return None
+        return word
+    return None
 
 
 def _kill_group(process: subprocess.Popen[str]) -> None:

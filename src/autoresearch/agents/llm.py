@@ -4,6 +4,10 @@ A provider module (anthropic_agent, openai_agent) only turns a system prompt and
 `Reply` with one SDK call. Retries live in the SDK alone (`MAX_RETRIES`, with its exponential back-off that
 honours Retry-After); nothing here retries a call. The one extra request this module may make is the
 correction round: an answer that does not parse or apply is sent back once with the exact error.
+
+Before the baseline, `preflight` sends a 1-token request with a short timeout and no retries: a rejected
+key (401/403) or an unknown model (404) stops the loop at once; anything else (no connection yet, 429, 5xx)
+is a warning, and the loop's own calls back off from it as usual.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.edits import EditError, parse_answer
@@ -23,6 +28,8 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 6  # the SDK's retries of 408/409/429/5xx and connection errors: ~0.5+1+2+4+8+8 s of back-off
 TIMEOUT_S = 600.0  # one request; a long non-streamed answer takes minutes
 CONNECT_TIMEOUT_S = 10.0
+PREFLIGHT_TIMEOUT_S = 30.0  # the whole 1-token request of the preflight, without retries
+PREFLIGHT_CONNECT_TIMEOUT_S = 5.0
 PLACEHOLDER_KEY = "no-key"  # sent to a local server (base URL set, no key): the SDKs insist on some key
 
 # USD per million (input, output) tokens at list price, without caching or batch discounts.
@@ -135,6 +142,25 @@ class LLMAgent:
         """One API call (the SDK retries inside it). Raises ProposalError when it fails."""
         raise NotImplementedError
 
+    def _ping(self) -> None:
+        """A 1-token request, once, with PREFLIGHT_TIMEOUT_S. Raises ProposalError when it fails."""
+        raise NotImplementedError
+
+    def preflight(self, workspace: Path) -> list[str]:
+        """Ask for one token: a fatal ProposalError for a rejected key or an unknown model, else a warning
+        for whatever may pass (the server is not up yet, rate limits, server errors)."""
+        try:
+            self._ping()
+        except ProposalError as err:
+            if err.fatal:
+                raise ProposalError(
+                    f"the {self.name} agent cannot work with model {self.model!r}: {err.args[0]}",
+                    hint=err.hint,
+                    fatal=True,
+                ) from None
+            return [f"the {self.name} agent's first request failed ({err.args[0]}); going on, it will be retried"]
+        return []
+
     @staticmethod
     def _proposal(reply: Reply, train_py: str, usage: Usage) -> Proposal:
         answer = parse_answer(strip_thinking(reply.text), train_py)
@@ -165,6 +191,7 @@ def api_error(
     """A ProposalError that says what failed, for an SDK exception that survived the SDK's retries."""
     status = getattr(err, "status_code", None)
     detail = _detail(err)
+    after = f" after {retries} retries" if retries else ""
     if status == 401:
         return ProposalError(
             f"{provider} rejected the API key (HTTP 401): {detail}", hint=f"check {key_env}", fatal=True
@@ -181,16 +208,16 @@ def api_error(
         )
     if status == 429:
         return ProposalError(
-            f"{provider} kept rate-limiting (HTTP 429) after {retries} retries: {detail}",
+            f"{provider} kept rate-limiting (HTTP 429){after}: {detail}",
             hint="wait, or raise the account's rate limit",
         )
     if status is not None and status >= 500:
-        return ProposalError(f"{provider} server error (HTTP {status}) after {retries} retries: {detail}")
+        return ProposalError(f"{provider} server error (HTTP {status}){after}: {detail}")
     if status is not None:
         return ProposalError(f"{provider} rejected the request (HTTP {status}): {detail}")
     if "timeout" in type(err).__name__.lower() or "connection" in type(err).__name__.lower():
         return ProposalError(
-            f"could not reach {provider} at {base_url} ({detail}) after {retries} retries",
+            f"could not reach {provider} at {base_url} ({detail}){after}",
             hint=f"check the network and {url_env}",
         )
     return ProposalError(f"{provider} client error: {type(err).__name__}: {detail}")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import openai
 
+from autoresearch.agents.base import ProposalError
 from autoresearch.agents.llm import (
     CONNECT_TIMEOUT_S,
     MAX_RETRIES,
+    PREFLIGHT_CONNECT_TIMEOUT_S,
+    PREFLIGHT_TIMEOUT_S,
     TIMEOUT_S,
     LLMAgent,
     Message,
@@ -41,20 +44,29 @@ class OpenAIAgent(LLMAgent):
                 model=self.model, messages=[{"role": "system", "content": system}, *messages], **limit
             )
         except openai.OpenAIError as err:
-            raise api_error(
-                "OpenAI API",
-                err,
-                key_env=KEY_ENV,
-                url_env=URL_ENV,
-                base_url=str(self.client.base_url),
-                retries=self.client.max_retries,
-            ) from err
+            raise self._error(err, self.client.max_retries) from err
         choice = completion.choices[0] if completion.choices else None
         text = (choice.message.content or "") if choice else ""
         usage = completion.usage  # some local servers leave it out
         tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
         truncated = choice is not None and choice.finish_reason == "length"
         return Reply(text, usage_for(self.model, *tokens), truncated)
+
+    def _ping(self) -> None:
+        quick = self.client.with_options(
+            max_retries=0, timeout=openai.Timeout(PREFLIGHT_TIMEOUT_S, connect=PREFLIGHT_CONNECT_TIMEOUT_S)
+        )
+        try:
+            quick.chat.completions.create(
+                model=self.model, messages=[{"role": "user", "content": "ping"}], max_completion_tokens=1
+            )
+        except openai.OpenAIError as err:
+            raise self._error(err, 0) from err
+
+    def _error(self, err: openai.OpenAIError, retries: int) -> ProposalError:
+        return api_error(
+            "OpenAI API", err, key_env=KEY_ENV, url_env=URL_ENV, base_url=str(self.client.base_url), retries=retries
+        )
 
 
 def make_client() -> openai.OpenAI:

@@ -26,6 +26,15 @@ again while TPE narrows their values, and those that kept failing fade. Few chan
 clean, and a good change is not drowned by bad ones (a random change of a tuned constant usually hurts).
 TPE chooses values only for the picked constants. This recovers e.g. a learning rate detuned 8x within
 ~20 experiments. A proposal that repeats a past train.py is redrawn.
+
+What the device can afford: a proposal must keep a reasonable number of optimizer steps in the budget. The
+cost of a step is estimated from the shape constants (`step_cost`: tokens per step x (6 x the matmul
+parameters + causal attention), with the preset's sequence length and vocabulary from autoresearch.json)
+and compared with the baseline's (the first experiment of the ledger). With the baseline's measured step
+count S (its run results), a step may cost at most min(MAX_COST_RATIO, S / MIN_STEPS) times the
+baseline's, so the estimate keeps at least MIN_STEPS steps; before a measurement, at most BLIND_COST_RATIO
+times. The current best's own cost is always allowed. The ranges of DEPTH, ASPECT_RATIO, HEAD_DIM and
+TOTAL_BATCH_SIZE are cut to what fits alone, and a proposal whose changes together cost too much is redrawn.
 """
 
 from __future__ import annotations
@@ -33,20 +42,33 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
 import math
 import random
 import re
+import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
 from autoresearch.agents.base import Context, PastExperiment, Proposal, ProposalError
+from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
+from autoresearch.config.presets import get_preset
+from autoresearch.errors import AutoresearchError
 from autoresearch.workspace.constants import Constant, format_value, read_constants, set_constants
 
 NEVER_TUNED = frozenset({"SEED", "DEVICE_BATCH_SIZE"})
 FRACTION_SUFFIXES = ("_RATIO", "_FRAC", "_FRACTION")
 MAX_CHANGES = 3
+MIN_STEPS = 24  # optimizer steps a proposal keeps in the budget, by the estimate from the baseline's count
+MAX_COST_RATIO = 8.0  # a step never costs more than this many baseline steps, however fast the baseline was
+BLIND_COST_RATIO = 4.0  # the limit before the baseline's steps are measured
+COST_KNOBS = ("TOTAL_BATCH_SIZE", "DEPTH", "ASPECT_RATIO", "HEAD_DIM")  # what the cost of a step depends on
+DEFAULT_SHAPE = (2048, 8192)  # sequence length and vocabulary when the workspace has no autoresearch.json
+_LINEAR_SCAN = 4096  # a knob range up to this many values is checked value by value, a larger one by bisection
 _ATTEMPTS = 64
 _NUMBER = r"\d[\d_]*(?:\.\d*)?(?:[eE][+-]?\d+)?(?:\*\*\d+)?"
 _RANGE = re.compile(rf"\(\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\)")
@@ -129,6 +151,110 @@ def make_knob(c: Constant, seen: list[object]) -> Knob | None:
     return Knob(c.name, FloatDistribution(lo, hi, log=log))
 
 
+def _positive(values: Mapping[str, object], name: str) -> float:
+    value = values.get(name, 1)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 1.0
+
+
+def step_cost(values: Mapping[str, object], seq_len: int, vocab_size: int) -> float | None:
+    """Estimated FLOPs of one optimizer step of the template's GPT from its constants: TOTAL_BATCH_SIZE
+    tokens x (6 x (12 x DEPTH x width^2 + vocabulary x width) + 6 x DEPTH x seq_len x width), width being
+    DEPTH x ASPECT_RATIO rounded up to a multiple of HEAD_DIM. None when train.py has none of COST_KNOBS."""
+    if not any(name in values for name in COST_KNOBS):
+        return None
+    depth, head = _positive(values, "DEPTH"), _positive(values, "HEAD_DIM")
+    width = math.ceil(depth * _positive(values, "ASPECT_RATIO") / head) * head
+    per_token = 6 * (12 * depth * width**2 + vocab_size * width) + 6 * depth * seq_len * width
+    return _positive(values, "TOTAL_BATCH_SIZE") * per_token
+
+
+def workspace_shape(workspace: Path) -> tuple[int, int]:
+    """The preset's (sequence length, vocabulary) from the workspace's autoresearch.json, else DEFAULT_SHAPE."""
+    try:
+        preset = get_preset(Apparatus.load(workspace / CONFIG_NAME).preset)
+    except (AutoresearchError, OSError, TypeError):
+        return DEFAULT_SHAPE
+    return preset.seq_len, preset.vocab_size
+
+
+def measured_steps(workspace: Path, experiment: int) -> float | None:
+    """The median optimizer steps of an experiment's valid runs, from their result files; None if there are none."""
+    steps = []
+    for path in sorted((workspace / ".autoresearch" / "runs").glob(f"{experiment}-*/result.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        count = data.get("num_steps") if isinstance(data, dict) and data.get("valid") else None
+        if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+            steps.append(count)
+    return statistics.median(steps) if steps else None
+
+
+@dataclass(frozen=True)
+class CostLimit:
+    """The most an optimizer step of a proposal may cost, by `step_cost`, for a train.py's shape constants."""
+
+    limit: float
+    seq_len: int
+    vocab_size: int
+
+    def cost(self, values: Mapping[str, object]) -> float:
+        return step_cost(values, self.seq_len, self.vocab_size) or 0.0
+
+    def allows(self, values: Mapping[str, object]) -> bool:
+        return self.cost(values) <= self.limit * (1 + 1e-9)
+
+
+def _values(source: str) -> dict[str, object] | None:
+    try:
+        return {name: c.value for name, c in parse(source)[0].items()}
+    except (SyntaxError, ValueError):
+        return None
+
+
+def cost_limit(context: Context, min_steps: int = MIN_STEPS) -> CostLimit | None:
+    """What a proposal may cost per step (see the module docstring); None when train.py's cost is unknown."""
+    seq_len, vocab_size = workspace_shape(context.workspace)
+    best = _values(context.train_py) or {}
+    baseline = (_values(context.history[0].source) if context.history else None) or best
+    best_cost, baseline_cost = step_cost(best, seq_len, vocab_size), step_cost(baseline, seq_len, vocab_size)
+    if best_cost is None or baseline_cost is None:
+        return None
+    steps = measured_steps(context.workspace, context.history[0].id) if context.history else None
+    ratio = min(MAX_COST_RATIO, steps / min_steps) if steps else BLIND_COST_RATIO
+    return CostLimit(max(ratio * baseline_cost, best_cost), seq_len, vocab_size)
+
+
+def bound_knobs(knobs: dict[str, Knob], current: dict[str, object], limit: CostLimit) -> None:
+    """Cut the upper end of each of COST_KNOBS' ranges to the largest value that fits the limit alone
+    (with the other constants at `current`); a knob whose values all cost too much is dropped."""
+    for name in COST_KNOBS:
+        knob = knobs.get(name)
+        if knob is None or not isinstance(knob.dist, IntDistribution):
+            continue
+        low, high = knob.dist.low, knob.dist.high
+
+        def fits(param: int, knob: Knob = knob, name: str = name) -> bool:
+            return limit.allows({**current, name: knob.decode(param)})
+
+        if high - low <= _LINEAR_SCAN:
+            top = max((p for p in range(low, high + 1) if fits(p)), default=None)
+        else:  # the cost grows with the value: the last one that fits
+            top = None
+            while low <= high:
+                middle = (low + high) // 2
+                if fits(middle):
+                    top, low = middle, middle + 1
+                else:
+                    high = middle - 1
+        if top is None:
+            del knobs[name]
+        else:
+            dist = IntDistribution(knob.dist.low, top, log=knob.dist.log, step=knob.dist.step)
+            knobs[name] = Knob(name, dist, knob.pow2)
+
+
 def _lines(source: str) -> list[str]:
     """Lines as Python (and `read_constants`) number them: split at LF, CRLF or CR only."""
     return io.StringIO(source, newline="").readlines()
@@ -172,13 +298,20 @@ class TuneAgent:
     name = "tune"
     model = "optuna-tpe"
 
-    def __init__(self, seed: int = 0, max_changes: int = MAX_CHANGES, n_startup_trials: int = 5):
+    def __init__(
+        self, seed: int = 0, max_changes: int = MAX_CHANGES, n_startup_trials: int = 5, min_steps: int = MIN_STEPS
+    ):
         if max_changes < 1:
             raise ValueError("max_changes must be at least 1")
         self.seed = seed
         self.max_changes = max_changes
         self.n_startup_trials = n_startup_trials
+        self.min_steps = min_steps
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def preflight(self, workspace: Path) -> list[str]:
+        """Offline: nothing to check."""
+        return []
 
     def propose(self, context: Context) -> Proposal:
         """The current best with 1-3 constants changed; ProposalError when no new configuration is found."""
@@ -197,6 +330,10 @@ class TuneAgent:
             knob = make_knob(constants[name], [p[name].value for _, p, _ in past if name in p])
             if knob is not None:
                 knobs[name] = knob
+        current = {name: c.value for name, c in parse(context.train_py)[0].items()}
+        limit = cost_limit(context, self.min_steps)
+        if limit is not None:
+            bound_knobs(knobs, current, limit)
         if not knobs:
             raise ProposalError("tune: train.py has no numeric hyperparameters to tune")
 
@@ -215,6 +352,8 @@ class TuneAgent:
             changes = {n: v for n, v in changes.items() if v != constants[n].value}
             if not self._couple_batch(changes, constants):
                 continue
+            if limit is not None and not limit.allows({**current, **changes}):
+                continue  # together the changes cost more steps than the budget affords
             source = set_constants(context.train_py, changes)
             if changes and parse(source)[1] not in seen:
                 moves = ", ".join(f"{n} {constants[n].text} -> {format_value(v)}" for n, v in changes.items())

@@ -6,7 +6,9 @@ never reads or writes it: the evaluator does.
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -14,6 +16,30 @@ from autoresearch.errors import ConfigError
 from autoresearch.files import write_json_atomic
 
 CONFIG_NAME = "autoresearch.json"
+# The budgets `init` accepts: under a second nothing trains; past a day the loop would do one experiment.
+MIN_BUDGET_SECONDS = 1.0
+MAX_BUDGET_SECONDS = 24 * 3600.0
+
+
+def check_budget(seconds: float) -> float:
+    """`seconds` if it is a budget `init` accepts, else ConfigError."""
+    if not (math.isfinite(seconds) and MIN_BUDGET_SECONDS <= seconds <= MAX_BUDGET_SECONDS):
+        raise ConfigError(
+            f"the budget must be between {MIN_BUDGET_SECONDS:g} and {MAX_BUDGET_SECONDS:g} seconds, got {seconds:g}",
+            hint="give --budget in seconds of training per experiment, e.g. --budget 60 (or leave it out: "
+            "the preset's default)",
+        )
+    return seconds
+
+
+def budget_argument(text: str) -> float:
+    """argparse `type` for --budget: the number of seconds, checked, so a bad one stops before any work."""
+    try:
+        return check_budget(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ class Preset:
     tokenizer_train_chars: int  # characters of training text the BPE is learned from
     max_corpus_bytes: int | None  # cap on text read from python-source / local corpora
     train_defaults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    needs_cuda: bool = False  # its model and rows are sized for a datacenter GPU: `init` refuses it elsewhere
 
     def __post_init__(self) -> None:
         if self.eval_tokens % self.seq_len:
@@ -72,6 +73,7 @@ PRESETS: dict[str, Preset] = {
                     "DEVICE_BATCH_SIZE": 128,
                 }
             ),
+            needs_cuda=True,
         ),
         Preset(
             name="tiny",

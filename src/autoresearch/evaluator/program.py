@@ -37,6 +37,7 @@ TORCH_FUNCTIONS = ("sym_max", "sym_min", "sym_int", "sym_float", "sym_not", "sym
 MATH_FUNCTIONS = ("trunc", "ceil", "floor")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _WORD = re.compile(r"^[A-Za-z0-9_.\-]{0,64}$")
+_WEIGHT = re.compile(r"^w\d+$")  # the graph's tensors, as _Builder names them
 _DEVICE = re.compile(r"^(cpu|cuda|mps)(:\d{1,2})?$")
 
 
@@ -86,11 +87,13 @@ class Program:
 class ShapeCompiled:
     """The loaded graph compiled by Inductor, once per input shape, on CUDA (as fast as train.py's compiled
     model; Dynamo cannot retrace a graph that calls FlexAttention, so the graph goes to Inductor as it is).
+    Inductor gets the graph with its weights as inputs (`lifted`), so what it compiles depends on the
+    model's code, not its weights, and its cache serves every run of the same train.py again.
     Call it where the graph runs (under the same autocast). If compiling fails, the graph runs eagerly:
     slower, same numbers; `eager_because` says why."""
 
-    def __init__(self, graph: torch.fx.GraphModule):
-        self.graph = graph
+    def __init__(self, program: Program):
+        self.program = program
         self.eager_because: str | None = None
         self._compiled: dict[tuple, object] = {}
 
@@ -101,12 +104,29 @@ class ShapeCompiled:
             from torch._inductor import compile as inductor_compile
 
             try:
-                self._compiled[key] = inductor_compile(self.graph, [idx])
+                self._compiled[key] = inductor_compile(lifted(self.program), [*self.program.tensors, idx])
             except Exception as exc:  # an operator Inductor cannot lower: eager computes the same function
                 self.eager_because = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
-                self._compiled[key] = self.graph
-        out = self._compiled[key](idx)
+                self._compiled[key] = None
+        compiled = self._compiled[key]
+        out = self.program.module(idx) if compiled is None else compiled(*self.program.tensors, idx)
         return out[0] if isinstance(out, tuple | list) else out
+
+
+def lifted(program: Program) -> torch.fx.GraphModule:
+    """The program's function with its weights as its first inputs, in order, then idx."""
+    module = program.module
+    graph = torch.fx.Graph()
+    graph.output(graph.graph_copy(module.graph, {}))  # a copy: the module's own graph stays as it is
+    reads = {node.target: node for node in graph.nodes if node.op == "get_attr" and _WEIGHT.match(node.target)}
+    with graph.inserting_before(next(iter(graph.nodes))):
+        weights = [graph.placeholder(f"weight{i}") for i in range(len(program.tensors))]
+    for i, weight in enumerate(weights):
+        if (read := reads.get(f"w{i}")) is not None:
+            read.replace_all_uses_with(weight)
+            graph.erase_node(read)
+    graph.lint()
+    return torch.fx.GraphModule(module, graph)
 
 
 def _parse(document: bytes) -> dict:

@@ -39,16 +39,17 @@ from autoresearch.data.shards import REPAIR_HINT, Manifest, open_shard
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
+from autoresearch.evaluator.clock import CpuClock, WallClock
+from autoresearch.evaluator.clock import describe as describe_clock
 from autoresearch.evaluator.confined import ExperimentProcess, environment_for
 from autoresearch.evaluator.feeder import Feeder
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.evaluator.program import Program, ProgramRejected, ShapeCompiled, load_program
-from autoresearch.evaluator.result import RESULT_ENV, Result
-from autoresearch.evaluator.score import NonFiniteLogits, Scorer, batch_size_for, causality_violation, score_rows
+from autoresearch.evaluator.result import PROGRESS_NAME, RESULT_ENV, Result
+from autoresearch.evaluator.score import NonFiniteLogits, Scorer, causality_violation, eval_batch_size, score_rows
 from autoresearch.evaluator.session import Session, Timeline
 
 CRASHED = 3
-EVAL_LOGITS_ELEMENTS = 2**30  # cap on batch x seq x vocab per evaluation batch (2 GiB of bf16 logits)
 
 
 class Referee:
@@ -77,29 +78,36 @@ class Referee:
         self.fingerprint = fingerprint(self.apparatus, manifest)
         self.feeder = Feeder(data_dir, manifest, self.tokenizer.vocab_size)
         self._val_rows = open_shard(data_dir, manifest.split(VAL)[0], verify=True)[: self.preset.eval_rows]
+        self.eval_batch = eval_batch_size(len(self._val_rows), self.preset.seq_len, self.tokenizer.vocab_size)
         state = self.root / ".autoresearch"
         state.mkdir(exist_ok=True)
         self.box = Path(tempfile.mkdtemp(prefix="box-", dir=state))
         compile_cache = cache_root() / "compile"
         env = environment_for(env, compile_cache)
+        on_cpu = devices.pick_device().type == "cpu"
+        if on_cpu:  # the experiment gets the cores this process's torch would use; the budget counts them
+            env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
         writable = [Path(env[k]) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")]
         for path in writable:
             path.mkdir(parents=True, exist_ok=True)
         self.experiment = ExperimentProcess(self.box, _hidden_paths(self.root, data_dir), writable, env)
         constants = {
             "seq_len": self.preset.seq_len,
+            "eval_batch_rows": self.eval_batch,
             "vocab_size": self.tokenizer.vocab_size,
             "budget_seconds": self.apparatus.budget_seconds,
             "untimed_steps": self.preset.untimed_steps,
             "train_rows": self.feeder.order.num_rows,
         }
-        self.session = Session(self.experiment.channel, self.feeder, constants, self.apparatus.budget_seconds)
+        clock = CpuClock(torch.get_num_threads()) if on_cpu else WallClock()
+        self.session = Session(self.experiment.channel, self.feeder, constants, self.apparatus.budget_seconds, clock)
         self.timeline = self.session.timeline
 
     # -- the run --------------------------------------------------------------------------------
 
-    def run(self, train_py: Path, log, result_path: Path) -> int:
-        """Run `train_py` once, score what it hands over, write the result; the exit status."""
+    def run(self, train_py: Path, log, result_path: Path, progress_path: Path | None = None) -> int:
+        """Run `train_py` once, score what it hands over, write the result; the exit status. While it
+        runs, where it is goes to `progress_path`, if given (Session.progress)."""
         try:
             self.experiment.output.attach(log)
             if not self.experiment.confined:
@@ -108,10 +116,15 @@ class Referee:
                     "metric is still computed here, but train.py can read and write what this user can"
                 )
             shutil.copyfile(train_py, self.box / "train.py")
+            self.session.progress_path = progress_path
+            self.session.write_progress("starting")
             broken = self.session.serve()
             code = self.experiment.stop()
+            self.session.write_progress("evaluating")
             result, crashed = self._judge(broken, code)
             result.save(result_path)
+            if progress_path:
+                progress_path.unlink(missing_ok=True)
             self.experiment.output.note(result.summary())
             return CRASHED if crashed else 0
         finally:
@@ -140,7 +153,7 @@ class Referee:
             tokens = len(self._val_rows) * self.preset.seq_len
             self.experiment.output.note(f"evaluation: {tokens:,} tokens in {time.monotonic() - started:.1f}s")
         except torch.OutOfMemoryError:
-            bpb, why = None, "out of memory during evaluation, even one row at a time"
+            bpb, why = None, f"out of memory during evaluation, at {self.eval_batch} rows per batch"
         except (ProgramRejected, NonFiniteLogits) as exc:
             bpb, why = None, str(exc)
         except Exception as exc:  # the graph is the experiment's: whatever it raises is its failure, not ours
@@ -148,15 +161,10 @@ class Referee:
             bpb, why = None, f"the handed-over model failed in evaluation ({type(exc).__name__})"
         return self._result(bpb, why, time.monotonic() - started), False
 
-    def _eval_batch(self) -> int:
-        return eval_batch_size(
-            len(self._val_rows), self.preset.seq_len, self.tokenizer.vocab_size, self.timeline.last_batch_rows
-        )
-
     def _score(self) -> tuple[float, str | None]:
         t = self.timeline
         program = load_program(t.program or b"", t.weights_data or b"", devices.pick_device())
-        bpb, why, eager_because = score_program(program, self._val_rows, self.tokenizer, self._eval_batch())
+        bpb, why, eager_because = score_program(program, self._val_rows, self.tokenizer, self.eval_batch)
         if eager_because:
             self.experiment.output.note(
                 f"evaluation ran the graph eagerly: Inductor could not compile it ({eager_because})"
@@ -166,7 +174,7 @@ class Referee:
     def _result(self, bpb: float | None, reason: str | None, eval_seconds: float = 0.0) -> Result:
         t = self.timeline
         end = t.stop or time.monotonic()
-        trained = end - t.clock if t.clock is not None else 0.0
+        trained = self.session.elapsed()
         tokens = t.timed_rows * self.preset.seq_len
         tps = tokens / trained if trained > 0 else 0.0
         device = devices.pick_device()
@@ -195,14 +203,8 @@ class Referee:
             budget_seconds=self.apparatus.budget_seconds,
             harness_fingerprint=self.fingerprint,
             confined=self.experiment.confined,
+            training_clock=describe_clock(self.session.clock),
         )
-
-
-def eval_batch_size(rows: int, seq_len: int, vocab_size: int, batch_rows: int = 0) -> int:
-    """Rows per evaluation batch: at most what training fitted (`batch_rows`, if known) and the logits cap,
-    dividing the validation rows exactly (one shape, one compilation)."""
-    cap = max(1, EVAL_LOGITS_ELEMENTS // (seq_len * vocab_size))
-    return batch_size_for(rows, min(cap, batch_rows or cap))
 
 
 def score_program(
@@ -211,7 +213,7 @@ def score_program(
     """val_bpb of the handed-over model on the validation rows; why it is invalid (the causality probe, or
     weights it changed while running), if it is; and why the graph ran eagerly on CUDA, if it did."""
     device = program.device
-    model = ShapeCompiled(program.module) if device.type == "cuda" else program.module
+    model = ShapeCompiled(program) if device.type == "cuda" else program.module
     scorer = Scorer(model, tokenizer.vocab_size, device)
     # A secret order: the probe takes the first batch, which the model cannot pick out in advance.
     rows = val_rows[np.random.default_rng(secrets.randbits(64)).permutation(len(val_rows))]
@@ -280,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     job = json.loads(line)
     with open(job["log"], "ab") as log:
-        return referee.run(Path(job["train_py"]), log, Path(job["result"]))
+        result = Path(job["result"])
+        return referee.run(Path(job["train_py"]), log, result, result.with_name(PROGRESS_NAME))
 
 
 if __name__ == "__main__":

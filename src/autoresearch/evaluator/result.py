@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from autoresearch.files import write_json_atomic
 
 RESULT_ENV = "AUTORESEARCH_RESULT"
+PROGRESS_NAME = "progress.json"  # beside the result while a run goes (evaluator/session.py: Session.progress)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Result:
     budget_seconds: float
     harness_fingerprint: str
     confined: bool  # the experiment ran in the sandbox (evaluator/sandbox.py)
+    training_clock: str = "wall clock"  # what training_seconds counts (evaluator/clock.py)
 
     def save(self, path: Path) -> None:
         write_json_atomic(path, asdict(self))
@@ -46,7 +48,7 @@ class Result:
     @classmethod
     def load(cls, path: Path) -> Result:
         data = json.loads(Path(path).read_text())
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING})
 
     def summary(self) -> str:
         """The reference's block: `---`, then one `key: value` line per number."""
@@ -55,6 +57,7 @@ class Result:
         lines = [
             ("val_bpb", bpb),
             ("training_seconds", f"{self.training_seconds:.1f}"),
+            ("training_clock", self.training_clock),
             ("total_seconds", f"{self.total_seconds:.1f}"),
             ("peak_memory_mb", f"{self.peak_memory_mb:.1f}"),
             ("mfu_percent", mfu),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from autoresearch.device import autocast
 
 CE_CHUNK_ELEMENTS = 2**27  # eager scoring takes logits this many at a time: a 512 MiB float32 copy at most
+EVAL_LOGITS_ELEMENTS = 2**30  # cap on batch x seq x vocab per evaluation batch (2 GiB of bf16 logits)
+EVAL_MIN_BATCHES = 16  # batches per evaluation at least: the probe (two batches) costs at most 1/8 of it
 NONDETERMINISM_LIMIT = 0.1  # nats of one input may differ this much between calls (kernel noise)
 PROBE_SIGMAS = 4.0  # a mean rise this many standard errors above the noise is a look-ahead
 
@@ -97,32 +100,30 @@ def _scored_reseeded(scorer: Scorer, x: torch.Tensor, y: torch.Tensor) -> torch.
     return scorer(x, y).float()
 
 
+def eval_batch_size(rows: int, seq_len: int, vocab_size: int) -> int:
+    """Rows per evaluation batch, fixed by the apparatus (the graph is exported for exactly this shape):
+    the logits of a batch stay under EVAL_LOGITS_ELEMENTS, the evaluation has at least EVAL_MIN_BATCHES
+    batches (the probe's two batches cost at most 1/8 of it), and the batches divide the rows exactly."""
+    cap = max(1, EVAL_LOGITS_ELEMENTS // (seq_len * vocab_size))
+    return batch_size_for(rows, min(cap, max(1, rows // EVAL_MIN_BATCHES)))
+
+
 @torch.inference_mode()
 def score_rows(scorer: Scorer, rows: np.ndarray, token_bytes: torch.Tensor, batch_size: int) -> Score:
-    """Score every row of `rows` (n, seq_len + 1); on running out of memory, retry with half the batch."""
+    """Score every row of `rows` (n, seq_len + 1), `batch_size` rows at a time (it divides n)."""
     device = scorer.device
     nats = torch.zeros((), dtype=torch.float64, device=device)
     nbytes = torch.zeros((), dtype=torch.int64, device=device)
     first_batch = None
-    start = 0
-    while start < len(rows):
+    for start in range(0, len(rows), batch_size):
         batch = torch.from_numpy(rows[start : start + batch_size].astype(np.int64)).to(device)
         x, y = batch[:, :-1], batch[:, 1:]
-        try:
-            per_token = _scored_reseeded(scorer, x, y)
-        except torch.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            del batch, x, y
-            torch.cuda.empty_cache()
-            batch_size = batch_size_for(len(rows) - start, batch_size // 2)
-            continue
+        per_token = _scored_reseeded(scorer, x, y)
         if first_batch is None:
             first_batch = per_token
         counted = token_bytes[y]
         nats += (per_token.double() * (counted > 0)).sum()
         nbytes += counted.sum()
-        start += len(batch)
     total = nats.item()
     if not math.isfinite(total):
         raise NonFiniteLogits("the loss on the validation set is not finite (NaN or inf logits)")
@@ -134,58 +135,50 @@ def causality_violation(scorer: Scorer, rows: np.ndarray, evaluated: torch.Tenso
     """Why the model looks ahead, or None if it does not.
 
     Every call starts from the same random state, so a model that samples from PyTorch's, NumPy's or
-    Python's generator repeats itself. The batch is scored twice unchanged, to measure what noise is
-    left, and compared with `evaluated`, the per-token loss the evaluation took of these rows (its first
-    batch): a model that scored them better there looks ahead only when it is not probed. Then two
-    checks, each on inputs whose later tokens are replaced while the targets of the positions before
-    the cut are kept. (Inputs and targets are replaced separately: the input at the cut is the target
-    of the position before it, and keeping it would let a model that reads the next input, its own
-    target, pass.)
+    Python's generator repeats itself. `evaluated` is the per-token loss the evaluation took of these rows
+    (its first batch; scored here if not given). The probe scores the batch again, unchanged: what moved
+    is the noise left, and a model that scored better in the evaluation than here looks ahead only when
+    it is not probed. Then it cuts every row at a random point and replaces every input and target from
+    there on by a random token (inputs and targets separately: the input at the cut is the target of the
+    position before it, and keeping it would let a model that reads its own target pass). Two checks:
 
-    1. For each of the first four rows r, every input from a cut point p_r on is replaced, and every
-       other row too. The loss at a position t < p_r may not move beyond the noise.
-    2. Every row is cut at a random point. A look-ahead that helps, at any distance, raises the loss
-       at the last position before the cut in every row; noise does not. The mean rise over the rows
-       may not exceed PROBE_SIGMAS standard errors: this catches a look-ahead hidden in noise too
-       large for check 1 to see it at any one position.
+    1. The loss at every position before a cut may not move beyond the noise.
+    2. A look-ahead that helps, at any distance, raises the loss at the last position before the cut in
+       every row; noise does not. The mean rise over the rows may not exceed PROBE_SIGMAS standard
+       errors: this catches a look-ahead hidden in noise too large for check 1 to see at any position.
+
+    Two calls of the evaluation's batch shape, so the probe costs two evaluation batches.
     """
     batch = torch.from_numpy(rows.astype(np.int64)).to(scorer.device)
     x, y = batch[:, :-1], batch[:, 1:]
     n_rows, seq = x.shape
-    gen = torch.Generator().manual_seed(0)
-    before = _scored_reseeded(scorer, x, y)
+    gen = torch.Generator().manual_seed(secrets.randbits(63))
+    if evaluated is None:
+        evaluated = _scored_reseeded(scorer, x, y)
     again = _scored_reseeded(scorer, x, y)
-    jitter = (before - again).abs().max().item()
+    drift = again - evaluated.float()  # positive where the evaluation scored lower
+    jitter = drift.abs().max().item()
     if not jitter <= NONDETERMINISM_LIMIT:
-        return f"causality probe: the same input scored {jitter:.3g} nats apart; the model is not deterministic"
-    sees_future = f"the model sees the future (run-to-run noise {jitter:.3g})"
-    if evaluated is not None:
-        k = min(len(evaluated), n_rows)
-        drift = before[:k] - evaluated[:k].float()  # positive where the evaluation scored lower
-        largest = drift.abs().max().item()
-        if not largest <= NONDETERMINISM_LIMIT:
-            return (
-                f"causality probe: the evaluation's first batch scored up to {largest:.3g} nats apart from the "
-                "same rows when probed; the model is not deterministic"
-            )
-        mean, error = _mean_and_error(drift.mean(1))
-        if not mean <= 1e-3 + PROBE_SIGMAS * error:
-            return (
-                f"causality probe: the evaluation's first batch scored {mean:.3g} nats per token better than the "
-                f"same rows when probed (standard error {error:.3g}); the model behaves differently when probed"
-            )
-    for r, cut in enumerate((seq // 2, seq // 8, (3 * seq) // 4, 1)[:n_rows]):
-        keep = torch.zeros_like(x, dtype=torch.bool)
-        keep[r, :cut] = True
-        after = _scored_with_noise(scorer, x, y, keep, gen)
-        moved = (before[r, :cut] - after[r, :cut]).abs().max().item()
-        if not moved <= 1e-3 + 10 * jitter:
-            return (
-                f"causality probe: the loss before position {cut} changed by {moved:.3g} nats when only later "
-                f"tokens (or other rows) changed; {sees_future}"
-            )
+        return (
+            f"causality probe: the same rows scored up to {jitter:.3g} nats apart in the evaluation and when "
+            "probed; the model is not deterministic"
+        )
+    mean, error = _mean_and_error(drift.mean(1))
+    if not mean <= 1e-3 + PROBE_SIGMAS * error:
+        return (
+            f"causality probe: the evaluation's first batch scored {mean:.3g} nats per token better than the "
+            f"same rows when probed (standard error {error:.3g}); the model behaves differently when probed"
+        )
     cuts = torch.randint(1, seq, (n_rows, 1), generator=gen).to(scorer.device)
-    after = _scored_with_noise(scorer, x, y, torch.arange(seq, device=scorer.device) < cuts, gen)
+    kept = torch.arange(seq, device=scorer.device) < cuts
+    after = _scored_with_noise(scorer, x, y, kept, gen)
+    moved = torch.where(kept, (after - again).abs(), 0.0).max().item()
+    sees_future = f"the model sees the future (run-to-run noise {jitter:.3g})"
+    if not moved <= 1e-3 + 10 * jitter:
+        return (
+            f"causality probe: the loss before a cut changed by up to {moved:.3g} nats when only later tokens "
+            f"(or other rows) changed; {sees_future}"
+        )
     rise = (after - again).gather(1, cuts - 1)  # per row: the change at the last position before its cut
     mean, error = _mean_and_error(rise.flatten())
     if not mean <= 1e-3 + PROBE_SIGMAS * error:

@@ -1,23 +1,29 @@
 """The evaluator's side of the channel during training: it serves the data and keeps the clock.
 
-The rules, all measured here, on this process's clock:
+The rules, all measured here, on the training clock this process reads (evaluator/clock.py: wall time
+on a GPU, the experiment's CPU time on a CPU):
 - before the clock starts the experiment gets random tokens, so nothing it does then gains anything;
   its graph must be handed over before the clock starts (it is fixed from then on);
 - the clock runs `budget_seconds`; training rows are served until then plus the grace its last step
   needs (the clock is read between steps), random tokens after;
-- `stop` must come within the budget plus that grace, and the weights right after it, within a time
-  their size allows: training after the clock stopped has nowhere to go.
+- `stop` must come within the budget plus that grace, and the weights right after it (wall time), within
+  a time their size allows: training after the clock stopped has nowhere to go.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from autoresearch.evaluator.clock import TrainingClock, describe
 from autoresearch.evaluator.feeder import MAX_ROWS_PER_BATCH, Feeder
+from autoresearch.files import write_json_atomic
 from autoresearch.wire import Channel, ChannelClosed
 
+PROGRESS_EVERY = 1.0  # seconds between writes of the progress file
 WEIGHTS_SECONDS = 0.5  # the weights must follow `stop` within this, plus their size at WEIGHTS_BYTES_PER_S
 WEIGHTS_BYTES_PER_S = 500e6
 
@@ -28,15 +34,17 @@ class ProtocolBroken(Exception):
 
 @dataclass
 class Timeline:
-    """What the experiment did, when: every time here is this process's monotonic clock."""
+    """What the experiment did, when. `go`, `clock`, `stop` and `weights` are this process's monotonic
+    (wall) clock; `on_clock`, `trained` and `steps` are the training clock's seconds."""
 
     go: float = 0.0
     clock: float | None = None
     stop: float | None = None
     weights: float | None = None
-    steps: list[float] = field(default_factory=list)  # when each timed step was reported
+    on_clock: float = 0.0  # the training clock's reading when it started
+    trained: float | None = None  # training-clock seconds from its start to `stop`
+    steps: list[float] = field(default_factory=list)  # the training clock at each timed step
     timed_rows: int = 0
-    last_batch_rows: int = 0
     program: bytes | None = None
     program_error: str | None = None  # why the experiment could not hand its model over
     weights_data: bytes | None = None
@@ -53,10 +61,21 @@ class Timeline:
 
 
 class Session:
-    def __init__(self, channel: Channel, feeder: Feeder, constants: dict, budget_seconds: float):
-        self.channel, self.feeder, self.constants = channel, feeder, constants
+    def __init__(self, channel: Channel, feeder: Feeder, constants: dict, budget_seconds: float, clock: TrainingClock):
+        self.channel, self.feeder, self.clock = channel, feeder, clock
+        self.constants = {**constants, "clock": clock.kind, "clock_cores": clock.cores}
         self.budget = budget_seconds
         self.timeline = Timeline()
+        self.progress_path: Path | None = None  # where `progress()` is written while the run trains
+        self._progress_written = 0.0
+        self._loss: float | None = None
+
+    def elapsed(self) -> float:
+        """Training-clock seconds since the clock started (0 before)."""
+        t = self.timeline
+        if t.clock is None:
+            return 0.0
+        return t.trained if t.trained is not None else self.clock.read() - t.on_clock
 
     def serve(self) -> str | None:
         """Answer the experiment until it hands its weights over or ends; why it broke the protocol, if so."""
@@ -81,15 +100,24 @@ class Session:
                         channel.send({"error": "hand the model over with run.set_model(model) before training"})
                         continue
                     if t.clock is None:
-                        t.clock = now
+                        t.clock, t.on_clock = now, self.clock.read()
+                        self.write_progress("training")
                     channel.send({"ok": True})
                 elif op == "batch":
-                    channel.send(*self._batch(header, now))
+                    channel.send(*self._batch(header))
                 elif op == "step":
                     if t.clock is not None and t.stop is None:
-                        t.steps.append(now)
+                        t.steps.append(self.clock.read())
+                        loss = header.get("loss")
+                        self._loss = float(loss) if isinstance(loss, int | float) and math.isfinite(loss) else None
+                        if now - self._progress_written >= PROGRESS_EVERY:
+                            self.write_progress("training")
+                            self._progress_written = now
                 elif op == "stop":
-                    t.stop = t.stop or now
+                    if t.stop is None:
+                        t.stop = now
+                        if t.clock is not None:
+                            t.trained = self.clock.read() - t.on_clock
                     t.reported = {k: header.get(k) for k in ("peak_memory_mb", "flops_per_token", "steps")}
                 elif op == "weights":
                     if t.stop is None:
@@ -103,15 +131,33 @@ class Session:
         except ProtocolBroken as exc:
             return str(exc)
 
-    def _batch(self, header: dict, now: float) -> tuple[dict, bytes]:
+    def progress(self, phase: str) -> dict:
+        """Where the run is, for `autoresearch status` and the live view. The loss is the experiment's own
+        report: shown, never used."""
+        t, elapsed = self.timeline, self.elapsed()
+        tokens = t.timed_rows * self.constants["seq_len"]
+        return {
+            "phase": phase,
+            "step": len(t.steps),
+            "training_seconds": round(elapsed, 2),
+            "budget_seconds": self.budget,
+            "training_clock": describe(self.clock),
+            "tokens_per_second": round(tokens / elapsed, 1) if elapsed > 0 else None,
+            "reported_loss": self._loss,
+        }
+
+    def write_progress(self, phase: str) -> None:
+        if self.progress_path is not None:
+            write_json_atomic(self.progress_path, self.progress(phase))
+
+    def _batch(self, header: dict) -> tuple[dict, bytes]:
         n = header.get("rows")
         if not isinstance(n, int) or not 0 < n <= MAX_ROWS_PER_BATCH:
             raise ProtocolBroken(f"a batch of {n!r} rows")
         t = self.timeline
-        t.last_batch_rows = n
         if t.clock is None or t.stop is not None:
             return {"data": False}, self.feeder.noise(n)
-        if now - t.clock > self.budget + t.grace():
+        if self.elapsed() > self.budget + t.grace():
             return {"data": False, "time_up": True}, self.feeder.noise(n)
         t.timed_rows += n
         return {"data": True}, self.feeder.rows(n)
@@ -123,7 +169,7 @@ class Session:
             return "the weights were never handed over"
         if t.clock is None:
             return "the clock never started: training before it gains nothing, and there was no training after it"
-        trained = t.stop - t.clock
+        trained = t.trained if t.trained is not None else 0.0
         if trained > self.budget + t.grace():
             return f"trained {trained:.1f}s, past the {self.budget:g}s budget"
         allowed = WEIGHTS_SECONDS + len(t.weights_data or b"") / WEIGHTS_BYTES_PER_S

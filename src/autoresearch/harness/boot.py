@@ -1,9 +1,9 @@
 """`python -m autoresearch.harness.boot`: the experiment's process, started by the evaluator.
 
-It imports what every run needs (torch, the harness) while the previous experiment is still training,
-waits for "go", then runs ./train.py as `python train.py` would. On a GPU machine it also imports torch's
-compiler and rehearses the model's export; on a CPU those would take cores from the run that trains
-meanwhile (on 2 cores, a quarter of its steps), for less than they save.
+It imports what every run needs (torch, the harness, torch's compiler, which torch.export needs too)
+and rehearses the model's export while the previous experiment is still training, waits for "go", then
+runs ./train.py as `python train.py` would. On a CPU that work takes cores from the run that trains
+meanwhile, but not its budget: there the budget is that run's own CPU time (evaluator/clock.py).
 """
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ def main() -> None:
     if channel is None:
         sys.exit("autoresearch.harness.boot is started by the evaluator, not by hand: run `python train.py`")
     from autoresearch import harness  # noqa: F401  (imports torch)
-    from autoresearch.device import pick_device
 
-    if pick_device().type == "cuda":
-        try:
-            for name in COMPILER:
-                importlib.import_module(name)
-            from autoresearch.harness.handover import rehearse
+    try:
+        for name in COMPILER:
+            importlib.import_module(name)
+        from autoresearch.harness.handover import rehearse
 
-            rehearse()
-        except Exception:
-            pass  # the run itself will say what is wrong, if anything
+        rehearse()
+    except Exception:
+        pass  # the run itself will say what is wrong, if anything
     try:
         header, _ = channel.receive()
     except ChannelClosed:

@@ -1,7 +1,8 @@
 """The model, handed over as data: its graph (JSON) and its weights (safetensors).
 
 The evaluator runs that graph; it never runs a line of this process's code. torch.export traces
-forward(idx) once (the batch size free, the sequence length fixed) into ATen operators; this module
+forward(idx) once, for the one input shape the evaluator scores (its batch of rows, the sequence
+length), into ATen operators (a fixed shape: tracing a free batch size costs twice as long); this module
 writes that graph in the document format that evaluator/program.py reads and checks:
 
     {"format": FORMAT,
@@ -28,7 +29,6 @@ import torch.nn.functional as F
 from autoresearch import device as devices
 
 FORMAT = "autoresearch-graph/1"
-MAX_BATCH = 2**16  # the largest batch the graph accepts; evaluation batches are far smaller
 
 HINT = (
     "the model's forward(idx) must be traceable by torch.export: tensor operations only, no Python branches "
@@ -46,14 +46,13 @@ class HandOverError(Exception):
 class Exported:
     """A model's graph, traced once, and what is needed to send its weights at the end of training."""
 
-    def __init__(self, model: torch.nn.Module, seq_len: int, vocab_size: int, device: torch.device):
-        idx = torch.randint(0, vocab_size, (2, seq_len), device=device)  # 2: a batch of 1 would be specialised
-        batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    def __init__(self, model: torch.nn.Module, batch_rows: int, seq_len: int, vocab_size: int, device: torch.device):
+        idx = torch.randint(0, vocab_size, (batch_rows, seq_len), device=device)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad(), devices.autocast(device):  # the evaluator runs the graph under the same autocast
-                program = torch.export.export(model, (idx,), dynamic_shapes=({0: batch},), strict=False)
+                program = torch.export.export(model, (idx,), strict=False)
                 if _mutates(program.graph_module):  # in-place ops: make them functional (state changes show)
                     program = program.run_decompositions({})
         except Exception as exc:  # torch raises many kinds; each means the same to the user
@@ -124,7 +123,7 @@ class _Rehearsal(torch.nn.Module):
 def rehearse() -> None:
     """Export a tiny model once, on the CPU: the first export in a process costs ~1.5 s more than the
     next (measured on 2 cores), so the experiment's process pays it before its run begins."""
-    Exported(_Rehearsal(), 4, 16, torch.device("cpu")).weights()
+    Exported(_Rehearsal(), 2, 4, 16, torch.device("cpu")).weights()
 
 
 def _mutates(module: torch.nn.Module) -> bool:

@@ -57,10 +57,14 @@ class Run:
     def __init__(self, channel: Channel, constants: dict):
         self._channel = channel
         self.seq_len: int = constants["seq_len"]
+        self._eval_batch_rows: int = constants["eval_batch_rows"]
         self.vocab_size: int = constants["vocab_size"]
         self.budget_seconds: float = constants["budget_seconds"]
         self.untimed_steps: int = constants["untimed_steps"]
         self._train_rows: int = constants["train_rows"]
+        # The evaluator's training clock, read here the same way: wall time, or on a CPU this process's
+        # CPU time over the cores it is given (evaluator/clock.py). The evaluator's reading is the one that counts.
+        self._cpu_cores: int = constants["clock_cores"] if constants.get("clock") == "cpu" else 0
         self.device = devices.pick_device()
         self.batches: TrainBatches | None = None
         self.step = 0
@@ -78,7 +82,7 @@ class Run:
         """Seconds on the training clock (0 until the untimed steps are done)."""
         if self._clock_start is None:
             return 0.0
-        return (self._clock_stop or time.perf_counter()) - self._clock_start
+        return (self._clock_stop or self._now()) - self._clock_start
 
     @property
     def progress(self) -> float:
@@ -105,7 +109,7 @@ class Run:
         from autoresearch.harness.handover import Exported, HandOverError
 
         try:
-            self._exported = Exported(model, self.seq_len, self.vocab_size, self.device)
+            self._exported = Exported(model, self._eval_batch_rows, self.seq_len, self.vocab_size, self.device)
         except HandOverError as exc:
             self._channel.send({"op": "model", "error": str(exc)})
             raise TrainingFailed(str(exc)) from None
@@ -133,7 +137,7 @@ class Run:
             if self.step >= self.untimed_steps:
                 self._start_clock()
             return
-        self._channel.send({"op": "step"})
+        self._channel.send({"op": "step", "loss": self._last_loss if math.isfinite(self._last_loss) else None})
         now = time.perf_counter()
         if now - self._last_log >= (10 if self.device.type == "cuda" else 5):
             self._last_log = now
@@ -143,7 +147,7 @@ class Run:
     def finish(self, flops_per_token: float | None = None) -> None:
         """Stop the clock and hand the weights over; the evaluator scores them and prints the result."""
         devices.synchronize(self.device)
-        self._clock_stop = time.perf_counter()
+        self._clock_stop = self._now()
         if self._exported is None:
             raise TrainingFailed("no model to score: call run.set_model(model) before training")
         if self._pending_loss is not None and not self._pending_loss.item() <= LOSS_LIMIT:
@@ -161,6 +165,9 @@ class Run:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _now(self) -> float:
+        return time.process_time() / self._cpu_cores if self._cpu_cores else time.perf_counter()
+
     def _start_clock(self) -> None:
         if self._exported is None:
             raise TrainingFailed("call run.set_model(model) before training: the evaluator needs the graph first")
@@ -168,7 +175,7 @@ class Run:
         answer, _ = self._channel.request({"op": "clock"})
         if "error" in answer:
             raise TrainingFailed(answer["error"])
-        self._clock_start = self._last_log = time.perf_counter()
+        self._clock_start, self._last_log = self._now(), time.perf_counter()
         if self.batches is not None:
             self.batches.clock_started()
         print(f"clock started after {self.step} untimed steps; budget {self.budget_seconds:g}s", flush=True)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage
+from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage, preflight
 from autoresearch.data.shards import Manifest
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator.fingerprint import fingerprint
@@ -171,6 +171,7 @@ class ResearchLoop:
 
     def run(self, agent: Agent, max_experiments: int | None = None, hours: float | None = None) -> None:
         """Run the baseline if needed, then experiments until a limit (or forever)."""
+        preflight(agent, self.ws.root, self.reporter.message)  # an agent that cannot work stops here, before training
         started = time.monotonic()
         pending = self.recover()
         if pending is not None:

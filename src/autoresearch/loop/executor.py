@@ -11,6 +11,7 @@ interface.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from typing import Protocol
 
 import psutil
 
-from autoresearch.evaluator.result import Result
+from autoresearch.evaluator.result import PROGRESS_NAME, Result
 
 OK, CRASH, TIMEOUT, INVALID, CHANGED = "ok", "crash", "timeout", "invalid", "apparatus-changed"
 LOG_TAIL_CHARS = 4000
@@ -80,9 +81,10 @@ class LocalExecutor:
         job = {"train_py": str(spec.directory / "train.py"), "log": str(log_path), "result": str(result_path)}
         try:
             referee.start(job)
-            if self.prewarm:
+            if self.prewarm:  # once this run trains: before, its start-up would share the cores with the next's
+                referee.wait_for_training(spec.run_dir / PROGRESS_NAME, spec.timeout)
                 self._warm = Referee(self.python, spec.directory)
-            code = referee.wait(spec.timeout)
+            code = referee.wait(max(0.0, spec.timeout - (time.monotonic() - started)))
         except BaseException:  # Ctrl-C or a kill of the loop: take the run down with us
             referee.kill()
             raise
@@ -146,6 +148,17 @@ class Referee:
         except OSError:
             pass  # it died starting up; its exit code and errors say why
 
+    def wait_for_training(self, progress: Path, timeout: float) -> None:
+        """Return when the run's clock has started, or it ended, or `timeout` seconds passed."""
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            try:
+                if json.loads(progress.read_text()).get("phase") != "starting":
+                    return
+            except (OSError, ValueError, AttributeError):
+                pass  # not written yet, or being replaced
+            time.sleep(0.1)
+
     def wait(self, timeout: float) -> int | None:
         try:
             return self.proc.wait(timeout=timeout)
@@ -160,18 +173,20 @@ class Referee:
         return self._errors.read()[-LOG_TAIL_CHARS:].decode("utf-8", errors="replace")
 
 
-def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after `grace` seconds."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+def kill_group(proc: subprocess.Popen, wait: float = 10.0) -> None:
+    """Kill a run at once: its process group and every process it started (one that left the group too).
+    Nothing of a run is worth a grace period: its result is written by the time it ends by itself."""
+    try:
+        started = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        started = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for child in started:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=wait)  # a process leaving the GPU can take a moment
 
 
 def write_pid_file(path: Path, pid: int) -> None:

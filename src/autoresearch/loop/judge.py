@@ -27,9 +27,14 @@ def noise_of(baseline_runs: list[float]) -> float:
     return max(spread, MIN_NOISE)
 
 
+def margin_of(noise: float) -> float:
+    """How much a change must beat the best by to be kept."""
+    return 2 * noise
+
+
 def judge(best: float, runs: list[float], noise: float, lines_added: int, lines_removed: int) -> Verdict:
     """The verdict on a change whose runs gave `runs`, against the current best."""
-    margin = 2 * noise
+    margin = margin_of(noise)
     value = statistics.fmean(runs)
     gain = best - value
     shown = f"{value:.6f} vs best {best:.6f} ({-gain:+.6f}; margin {margin:.6f}"

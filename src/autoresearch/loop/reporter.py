@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from autoresearch.loop.ledger import Experiment
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class Reporter(Protocol):
@@ -21,22 +25,34 @@ class Reporter(Protocol):
 
 
 class PlainReporter:
-    """One line per event, for logs and terminals without a live view."""
+    """One line per event, for logs and terminals without a live view.
 
-    def __init__(self, echo=print):
+    With `hold_verdicts` the verdict lines are kept in `held` instead of echoed (`try` prints its own)."""
+
+    def __init__(self, echo: Callable[[str], None] = print, hold_verdicts: bool = False):
         self.echo = echo
+        self.hold_verdicts = hold_verdicts
+        self.held: list[tuple[Experiment, Experiment | None]] = []
 
     def phase(self, exp_id: int, what: str, text: str) -> None:
-        self.echo(f"[exp {exp_id}] {text}: {what}")
+        self.echo(f"[exp {exp_id}] {text}: {what}" if what else f"[exp {exp_id}] {text}")
 
     def training(self, exp_id: int, run: int, budget: float) -> None:
         self.echo(f"[exp {exp_id}] training run {run + 1} ({budget:g}s budget)")
 
     def finished(self, exp: Experiment, best: Experiment | None) -> None:
-        self.echo(verdict_line(exp, best))
+        if self.hold_verdicts:
+            self.held.append((exp, best))
+        else:
+            self.echo(verdict_line(exp, best))
 
     def message(self, text: str) -> None:
         self.echo(text)
+
+
+def console_echo(console: Console) -> Callable[[str], None]:
+    """Print text on a rich console as it is: `[exp 3]` and any bracket in a description are not markup."""
+    return lambda text: console.print(text, markup=False, highlight=False)
 
 
 def verdict_line(exp: Experiment, best: Experiment | None) -> str:

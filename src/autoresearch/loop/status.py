@@ -1,13 +1,154 @@
-"""`autoresearch status`: where a workspace stands, in a few lines."""
+"""`autoresearch status`: where a workspace stands, in a few lines; and what a training run's log says of it.
+
+A run's progress (step, time left on the training clock, tokens/s) is read from the file the evaluator
+keeps beside the run's result while it runs (`.autoresearch/runs/<exp>-<run>/progress.json`, evaluator/
+session.py), and, where there is none, from the log the evaluator copies the experiment's output to
+(`log.txt`): the harness prints a line every few seconds of training. The loss is always the experiment's
+own report, shown as what the run says, never used to judge.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from autoresearch.loop.judge import noise_of
-from autoresearch.loop.ledger import KEEP, RUNNING, Ledger
+from autoresearch.loop.ledger import KEEP, RUNNING, Experiment, Ledger
+from autoresearch.report.summary import measured_noise
 from autoresearch.workspace.workspace import Workspace
+
+STARTING, WARMING_UP, TRAINING, EVALUATING, FINISHED = "starting", "warming up", "training", "evaluating", "finished"
+LOG_TAIL_BYTES = 64 * 1024  # enough for the last progress lines; a log may hold megabytes of output
+
+# The harness's lines (harness/run.py): `step   120 |  40.0% | loss 3.4100 | 36s left`, `clock started after 5
+# untimed steps; budget 60s`, `training done: 300 steps in 60.1s; weights handed over`; the evaluator's
+# summary block starts with `---`.
+_STEP = re.compile(r"^step\s+(\d+)\s*\|\s*([\d.]+)%\s*\|\s*loss\s+(\S+)\s*\|\s*([\d.]+)s left")
+_CLOCK = re.compile(r"^clock started\b")
+_DONE = re.compile(r"^training done:\s*(\d+) steps in ([\d.]+)s")
+_WARMING = re.compile(r"^(model handed over|train data:)")
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """What a training run's log says about it, as of its last line."""
+
+    phase: str  # STARTING, WARMING_UP (before the clock), TRAINING, EVALUATING or FINISHED
+    step: int | None = None
+    loss: float | None = None
+    fraction: float | None = None  # of the budget, at the last progress line
+    seconds_left: float | None = None  # at the last progress line
+    trained_seconds: float | None = None  # once training is done
+    tokens_per_second: float | None = None  # counted by the evaluator (progress.json only)
+    written: float | None = None  # when the source was last written (time.time())
+
+
+def parse_progress(text: str) -> RunProgress:
+    """The progress a run's log text shows (its last lines win)."""
+    progress = RunProgress(STARTING)
+    for raw in text.splitlines():
+        line = raw.strip()
+        if m := _STEP.match(line):
+            loss = _number(m[3])
+            progress = RunProgress(TRAINING, int(m[1]), loss, float(m[2]) / 100, float(m[4]))
+        elif _CLOCK.match(line):
+            progress = RunProgress(TRAINING, progress.step, progress.loss, 0.0)
+        elif m := _DONE.match(line):
+            progress = RunProgress(EVALUATING, int(m[1]), progress.loss, 1.0, 0.0, float(m[2]))
+        elif line == "---" and progress.phase == EVALUATING:
+            progress = RunProgress(FINISHED, progress.step, progress.loss, 1.0, 0.0, progress.trained_seconds)
+        elif _WARMING.match(line) and progress.phase == STARTING:
+            progress = RunProgress(WARMING_UP)
+    return progress
+
+
+def evaluator_progress(data: dict, written: float) -> RunProgress:
+    """The progress the evaluator wrote (Session.progress)."""
+    phase = {"starting": WARMING_UP, "training": TRAINING, "evaluating": EVALUATING}.get(data.get("phase"), STARTING)
+    trained, budget = float(data.get("training_seconds") or 0.0), float(data.get("budget_seconds") or 0.0)
+    loss, tps = data.get("reported_loss"), data.get("tokens_per_second")
+    return RunProgress(
+        phase,
+        data.get("step"),
+        float(loss) if isinstance(loss, int | float) else None,
+        min(1.0, trained / budget) if budget else None,
+        max(0.0, budget - trained) if phase == TRAINING else 0.0,
+        trained if phase == EVALUATING else None,
+        float(tps) if isinstance(tps, int | float) else None,
+        written,
+    )
+
+
+def read_progress(log: Path) -> RunProgress | None:
+    """The progress of the run whose log is `log`: the evaluator's progress file beside it, else the log's
+    tail; None when there is neither."""
+    from autoresearch.evaluator.result import PROGRESS_NAME
+
+    progress = log.with_name(PROGRESS_NAME)
+    try:
+        return evaluator_progress(json.loads(progress.read_text()), progress.stat().st_mtime)
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass  # none (the run has not started, or has ended), or being replaced: the log says what it can
+    try:
+        with log.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - LOG_TAIL_BYTES))
+            data = f.read()
+    except OSError:
+        return None
+    text = data.decode("utf-8", errors="replace")
+    if size > LOG_TAIL_BYTES:
+        text = text.partition("\n")[2]  # the first line is cut
+    try:
+        written = log.stat().st_mtime
+    except OSError:
+        written = None
+    return replace(parse_progress(text), written=written)
+
+
+def latest_run(state: Path, exp_id: int) -> tuple[int, Path] | None:
+    """The newest training run of an experiment: (run index from 0, its directory), or None."""
+    runs = []
+    for path in state.glob(f"runs/{exp_id}-*"):
+        index = path.name.rpartition("-")[2]
+        if index.isdigit() and path.is_dir():
+            runs.append((int(index), path))
+    return max(runs) if runs else None
+
+
+def running_text(ws: Workspace, running: Experiment, now: float | None = None) -> str:
+    """One line on the run in flight: which run, its phase, step, loss, time left and tokens/s."""
+    now = time.time() if now is None else now
+    found = latest_run(ws.state, running.id)
+    if found is None:
+        return "  not training yet"
+    index, run_dir = found
+    log = run_dir / "log.txt"
+    progress = read_progress(log)
+    head = f"  run {index + 1}"
+    if progress is None or progress.phase == STARTING:
+        return f"{head}: starting (importing, compiling; not counted against the budget)"
+    if progress.phase == WARMING_UP:
+        return f"{head}: warming up before the clock starts"
+    if progress.phase in (EVALUATING, FINISHED):
+        return f"{head}: trained {progress.step} steps in {progress.trained_seconds:.1f}s; being scored"
+    budget = ws.apparatus.budget_seconds
+    parts = [f"{head}: training"]
+    if progress.step is not None:
+        parts.append(f"step {progress.step}")
+    if progress.loss is not None:
+        parts.append(f"loss {progress.loss:.4f}")
+    if progress.seconds_left is not None:
+        age = max(0.0, now - progress.written) if progress.written else 0.0  # written with that reading
+        parts.append(f"{max(0.0, progress.seconds_left - age):.0f}s of {budget:g}s left")
+    else:
+        parts.append(f"{budget:g}s budget")
+    if progress.tokens_per_second:
+        parts.append(f"{progress.tokens_per_second:,.0f} tokens/s")
+    return ", ".join(parts)
 
 
 def status_text(ws: Workspace) -> str:
@@ -28,9 +169,10 @@ def status_text(ws: Workspace) -> str:
         if baseline.status == KEEP and best is not baseline:
             gain = baseline.val_bpb - best.val_bpb
             lines.append(f"baseline {baseline.val_bpb:.6f} -> best {best.val_bpb:.6f}: {gain:.6f} better")
-        if baseline.status == KEEP:
+        if noise := measured_noise(experiments):
             lines.append(
-                f"noise (std over {len(baseline.run_values)} baseline seeds): {noise_of(baseline.run_values):.6f}"
+                f"noise (std over {noise.seeds} baseline seeds): {noise.noise:.6f}; margin {noise.margin:.6f} "
+                "(a change must beat the best by more than this)"
             )
     counts = Counter(e.status for e in experiments if e.status != RUNNING)
     lines.append("experiments: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
@@ -43,8 +185,16 @@ def status_text(ws: Workspace) -> str:
             lines.append(
                 f"running: exp {running.id} for {time.time() - running.started_at:.0f}s: {running.description}"
             )
+            lines.append(running_text(ws, running))
         else:
             lines.append(f"interrupted: exp {running.id} ({running.description}) will be re-run on the next start")
     elif ws.is_locked():
         lines.append("running: the agent is preparing the next experiment")
     return "\n".join(lines)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None

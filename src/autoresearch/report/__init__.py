@@ -5,18 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.report.markdown import render_report, write_report
 from autoresearch.report.plot import plot_progress, progress_figure
 
-__all__ = ["make_report", "plot_progress", "progress_figure", "render_report", "write_report"]
+__all__ = ["make_report", "plot_progress", "progress_figure", "read_experiments", "render_report", "write_report"]
 
 PLOT_NAME = "progress.png"
 REPORT_NAME = "report.md"
 
 
-def make_report(workspace: Path) -> tuple[Path, Path]:
-    """Read the workspace's ledger and write progress.png and report.md into it; return (plot, report)."""
+def read_experiments(workspace: Path) -> list[Experiment]:
+    """Every experiment in the workspace's ledger; an error that says what to do when it has none yet."""
     workspace = Path(workspace)
     db_path = workspace / ".autoresearch" / "ledger.sqlite"  # where Ledger keeps it
     if not db_path.is_file():  # check first: opening a Ledger would create an empty one
@@ -26,9 +26,15 @@ def make_report(workspace: Path) -> tuple[Path, Path]:
         )
     ledger = Ledger(workspace)
     try:
-        experiments = ledger.all()
+        return ledger.all()
     finally:
         ledger.close()
+
+
+def make_report(workspace: Path) -> tuple[Path, Path]:
+    """Read the workspace's ledger and write progress.png and report.md into it; return (plot, report)."""
+    workspace = Path(workspace)
+    experiments = read_experiments(workspace)
     plot_path, report_path = workspace / PLOT_NAME, workspace / REPORT_NAME
     plot_progress(experiments, plot_path)
     write_report(experiments, report_path)

@@ -9,8 +9,20 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from autoresearch.loop.judge import MIN_NOISE
 from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, RUNNING, Experiment
-from autoresearch.report.summary import Step, chain, finished, first_line, signed
+from autoresearch.report.summary import (
+    Noise,
+    Step,
+    best_before,
+    chain,
+    clip,
+    explain,
+    finished,
+    first_line,
+    measured_noise,
+    signed,
+)
 
 _STATUS_ORDER = [KEEP, DISCARD, CRASH, RUNNING]
 
@@ -27,11 +39,13 @@ def render_report(experiments: list[Experiment]) -> str:
     """The Markdown report of these experiments (any order; sorted by id here)."""
     exps = sorted(experiments, key=lambda e: e.id)
     steps = chain(finished(exps))
+    noise = measured_noise(exps)
     sections = [
         "# Research report",
         _overview(exps),
-        "## Result\n\n" + _result(steps),
+        "## Result\n\n" + _result(steps, noise),
         "## Kept changes\n\n" + _kept(steps),
+        "## Every experiment\n\n" + _every(exps, noise),
         "## Crashes\n\n" + _crashes(exps),
         "## Throughput\n\n" + _throughput(exps),
         "## Tokens and cost by agent\n\n" + _agents(exps),
@@ -52,7 +66,7 @@ def _overview(exps: list[Experiment]) -> str:
     return f"{len(exps)} experiment{_s(len(exps))} in the ledger: {by_status}."
 
 
-def _result(steps: list[Step]) -> str:
+def _result(steps: list[Step], noise: Noise | None) -> str:
     if not steps:
         return "No kept experiment has a val_bpb yet, so there is no baseline to compare against."
     first, best = steps[0], steps[-1]
@@ -60,14 +74,22 @@ def _result(steps: list[Step]) -> str:
     lines = [f"- {start}: **{first.value:.6f}** (#{first.exp.id})"]
     if best is first:
         lines.append("- No change has beaten it yet.")
-        return "\n".join(lines)
-    change = best.value - first.value
-    rel = f" ({signed(100 * change / first.value, '.2f')}%)" if first.value else ""
-    changes = len(steps) - 1
-    lines += [
-        f"- Best: **{best.value:.6f}** (#{best.exp.id}, {_inline(best.exp.description)})",
-        f"- Improvement: **{signed(change, '.6f')}** val_bpb{rel} from {changes} kept change{_s(changes)}",
-    ]
+    else:
+        change = best.value - first.value
+        rel = f" ({signed(100 * change / first.value, '.2f')}%)" if first.value else ""
+        changes = len(steps) - 1
+        lines += [
+            f"- Best: **{best.value:.6f}** (#{best.exp.id}, {_inline(best.exp.description)})",
+            f"- Improvement: **{signed(change, '.6f')}** val_bpb{rel} from {changes} kept change{_s(changes)}",
+        ]
+    if noise is None:
+        lines.append("- Noise: not measured (no kept baseline with its seeds' values)")
+    else:
+        lines += [
+            f"- Noise: **{noise.noise:.6f}** (std of the baseline's {noise.seeds} seed{_s(noise.seeds)}, "
+            f"taken as at least {MIN_NOISE:g})",
+            f"- Margin: **{noise.margin:.6f}**: a change is kept only if it beats the best by more than this",
+        ]
     return "\n".join(lines)
 
 
@@ -99,6 +121,18 @@ def _crashes(exps: list[Experiment]) -> str:
         why = why.replace("`", "'")
         lines.append(f"- **#{exp.id}** {_inline(exp.description, 100)}: `{why}`")
     return "\n".join(lines)
+
+
+def _every(exps: list[Experiment], noise: Noise | None) -> str:
+    if not exps:
+        return "None yet."
+    before = best_before(exps)
+    rows = ["| # | status | val_bpb | change | why |", "|---:|---|---:|---|---|"]
+    for exp in exps:
+        value = f"{exp.val_bpb:.6f}" if isinstance(exp.val_bpb, (int, float)) and exp.status != CRASH else "—"
+        why = explain(exp, before.get(exp.id), noise)
+        rows.append(f"| {exp.id} | {exp.status} | {value} | {_cell(exp.description, 80)} | {_cell(why, 240)} |")
+    return "\n".join(rows)
 
 
 def _throughput(exps: list[Experiment]) -> str:
@@ -184,9 +218,8 @@ def _source_diff(steps: list[Step]) -> str:
 
 
 def _inline(text: str, width: int = 80) -> str:
-    """Text on one line (whitespace collapsed), cut to width characters."""
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
+    """Text on one line (whitespace collapsed), cut at a word boundary to width characters."""
+    return clip(text, width)
 
 
 def _cell(text: str, width: int = 1000) -> str:

@@ -1,4 +1,8 @@
-"""progress.png: every finished experiment, the running best, and the changes that made it.
+"""progress.png: every finished experiment, the running best with its noise band, and the changes that made it.
+
+What is drawn is decided by `plot_data` (plain numbers, tested); `progress_figure` only draws it. Crashes have
+no val_bpb: they are drawn in a strip of their own under the chart, never on its val_bpb axis. A value far
+above the kept ones is marked on the top edge with its value written beside it, so it cannot squash the rest.
 
 Matplotlib is imported inside the functions and drawn through its Agg canvas directly, so importing this
 module costs nothing, needs no display and leaves pyplot's global backend alone.
@@ -7,11 +11,12 @@ module costs nothing, needs no display and leaves pyplot's global backend alone.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.loop.ledger import CRASH, KEEP, Experiment
-from autoresearch.report.summary import chain, finished, has_value, running_best, shorten, signed
+from autoresearch.report.summary import chain, finished, has_value, measured_noise, running_best, shorten, signed
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -22,6 +27,48 @@ DISCARD_COLOR = "#9e9e9e"
 CRASH_COLOR = "#d73027"
 LABEL_WIDTH = 44  # characters of a kept change's description shown next to its point
 LABEL_ANGLE = 28  # degrees
+REACH = 3.0  # the axis reaches this many times the kept values' spread (or the margin's width) above them
+
+
+@dataclass(frozen=True)
+class PlotData:
+    """What progress.png shows, as numbers: (experiment id, val_bpb) pairs, ids, the axis' range."""
+
+    kept: list[tuple[int, float]]
+    discarded: list[tuple[int, float]]  # on the val_bpb axis
+    beyond: list[tuple[int, float]]  # above the axis' top: a mark on the top edge with the value written
+    crashed: list[int]  # in the strip under the chart, apart from the values
+    no_value: list[int]  # finished without a crash but without a finite val_bpb: in the strip too
+    best: list[tuple[int, float]]  # the running best after each experiment
+    margin: float | None  # the judge's margin: the band drawn around the running best
+    ylim: tuple[float, float] | None  # the val_bpb axis' range; None when there is no value at all
+
+
+def plot_data(experiments: list[Experiment]) -> PlotData:
+    """Decide what to draw: which values sit on the axis, which are beyond it, the crashes, the band."""
+    done = finished(experiments)
+    valued = [e for e in done if has_value(e)]
+    kept = [(e.id, e.val_bpb) for e in valued if e.status == KEEP]
+    others = [(e.id, e.val_bpb) for e in valued if e.status != KEEP]
+    crashed = [e.id for e in done if not has_value(e) and e.status == CRASH]
+    no_value = [e.id for e in done if not has_value(e) and e.status != CRASH]
+    best = running_best(done)
+    noise = measured_noise(experiments)
+    margin = noise.margin if noise else None
+    if not valued:
+        return PlotData(kept, [], [], crashed, no_value, best, margin, None)
+    reference = [s.value for s in chain(done)] or [v for _, v in others]
+    top, bottom = max(reference), min(reference)
+    band = margin or 0.0
+    scale = max(top - bottom, 2 * band, abs(top) * 0.005, 1e-4)
+    cutoff = top + band + REACH * scale
+    shown = [(i, v) for i, v in others if v <= cutoff]
+    beyond = [(i, v) for i, v in others if v > cutoff]
+    values = [v for _, v in kept + shown]
+    low = min([*values, *(v - band for _, v in best)])
+    high = max([*values, *(v + band for _, v in best)])
+    size = high - low if high > low else scale
+    return PlotData(kept, shown, beyond, crashed, no_value, best, margin, (low - 0.06 * size, high + 0.3 * size))
 
 
 def title_text(experiments: list[Experiment]) -> str:
@@ -52,15 +99,20 @@ def progress_figure(experiments: list[Experiment]) -> Figure:
 
     fig = Figure(figsize=(13, 7), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.set_title(title_text(experiments), fontsize=13)
     done = finished(experiments)
+    data = plot_data(experiments)
+    strip = bool(data.crashed or data.no_value)
+    if strip:
+        ax, below = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [14, 1]})
+    else:
+        ax, below = fig.add_subplot(), None
+    ax.set_title(title_text(experiments), fontsize=13)
     if not done:
         _centre_note(ax, "Nothing to plot yet: run `autoresearch run` first")
         ax.set_xticks([])
         return fig
 
-    ax.set_xlabel("experiment #")
+    (below or ax).set_xlabel("experiment #")
     ax.set_ylabel("val_bpb (lower is better)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, color="0.92", linewidth=0.8)
@@ -68,11 +120,20 @@ def progress_figure(experiments: list[Experiment]) -> Figure:
     ids = [e.id for e in done]
     ax.set_xlim(min(ids) - 0.8, max(ids) + max(1.5, 0.02 * (max(ids) - min(ids))))
 
-    cutoff = _value_range(ax, done)
-    _draw_points(ax, done, cutoff)
-    _draw_best(ax, done)
-    ax.legend(loc="upper right", fontsize=9, framealpha=0.9)
-    _draw_labels(ax, done)
+    if data.ylim is None:
+        _centre_note(ax, "No finished experiment has a val_bpb")
+    else:
+        ax.set_ylim(*data.ylim)
+        _draw_points(ax, data)
+        _draw_best(ax, data)
+        _draw_labels(ax, done)
+    if below is not None:
+        _draw_crashes(below, data)
+    handles, _ = ax.get_legend_handles_labels()
+    if below is not None:
+        handles += below.get_legend_handles_labels()[0]
+    if handles:  # under the chart, where it hides no point
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=9, frameon=False)
     return fig
 
 
@@ -88,96 +149,114 @@ def _centre_note(ax: Axes, text: str) -> None:
     ax.set_yticks([])
 
 
-def _value_range(ax: Axes, done: list[Experiment]) -> float | None:
-    """Set the y range to the values worth seeing and return the cutoff above which a value is off the chart.
-
-    The chart spans the kept values and everything near them; a run that blew up (further above the highest
-    kept value than the whole chain spans) would squash the rest, so it is marked on the top edge instead.
-    """
-    values = [e.val_bpb for e in done if has_value(e)]
-    if not values:
-        _centre_note(ax, "No finished experiment has a val_bpb")
-        return None
-    kept = [s.value for s in chain(done)] or values
-    low, top = min(values), max(kept)
-    span = max(top - low, abs(top) * 0.005, 1e-4)
-    cutoff = top + span
-    high = max(v for v in values if v <= cutoff)
-    size = high - low if high > low else span
-    ax.set_ylim(low - 0.12 * size, high + 0.3 * size)  # room below for the crashes, above for the labels
-    return cutoff
-
-
-def _draw_points(ax: Axes, done: list[Experiment], cutoff: float | None) -> None:
-    kept = [e for e in done if e.status == KEEP and has_value(e)]
-    others = [e for e in done if e.status != KEEP and has_value(e)]
-    crashed = [e for e in done if not has_value(e)]
-    edge = ax.get_xaxis_transform()  # x in data, y as a fraction of the axes
-    shown = [e for e in others if cutoff is None or e.val_bpb <= cutoff]
-    over = [e for e in others if cutoff is not None and e.val_bpb > cutoff]
-    if shown:
+def _draw_points(ax: Axes, data: PlotData) -> None:
+    if data.discarded:
         ax.scatter(
-            [e.id for e in shown],
-            [e.val_bpb for e in shown],
+            [i for i, _ in data.discarded],
+            [v for _, v in data.discarded],
             s=22,
             color=DISCARD_COLOR,
-            alpha=0.45,
+            alpha=0.55,
             linewidths=0,
-            label=f"discarded ({len(others)})",
+            label=f"discarded ({len(data.discarded) + len(data.beyond)})",
             gid="discarded",
             zorder=2,
         )
-    if over:
+    if data.beyond:
+        edge = ax.get_xaxis_transform()  # x in data, y as a fraction of the axes
         ax.scatter(
-            [e.id for e in over],
-            [0.985] * len(over),
+            [i for i, _ in data.beyond],
+            [0.985] * len(data.beyond),
             marker="^",
             s=30,
             color=DISCARD_COLOR,
-            alpha=0.7,
+            alpha=0.8,
             transform=edge,
-            label=f"off the top ({len(over)})",
-            gid="over",
+            label=f"beyond the axis, value written ({len(data.beyond)})",
+            gid="beyond",
             zorder=2,
         )
-    if kept:
+        for i, value in data.beyond:
+            ax.annotate(
+                f"{value:.4g}",
+                (i, 0.985),
+                xycoords=edge,
+                xytext=(0, -6),
+                textcoords="offset points",
+                rotation=90,
+                ha="center",
+                va="top",
+                fontsize=7.5,
+                color="0.25",
+                gid="beyond-value",
+            )
+    if data.kept:
         ax.scatter(
-            [e.id for e in kept],
-            [e.val_bpb for e in kept],
+            [i for i, _ in data.kept],
+            [v for _, v in data.kept],
             s=60,
             color=KEPT_COLOR,
             edgecolors="white",
             linewidths=1.2,
-            label=f"kept ({len(kept)})",
+            label=f"kept ({len(data.kept)})",
             gid="kept",
             zorder=4,
         )
-    if crashed:
-        name = "crashed" if all(e.status == CRASH for e in crashed) else "crashed or no value"
+
+
+def _draw_crashes(ax: Axes, data: PlotData) -> None:
+    """The strip under the chart: one mark per crash (and per finished experiment without a value)."""
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+    ax.set_ylabel("crash", rotation=0, ha="right", va="center", color=CRASH_COLOR)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    if data.crashed:
         ax.scatter(
-            [e.id for e in crashed],
-            [0.03] * len(crashed),
+            data.crashed,
+            [0.5] * len(data.crashed),
             marker="x",
             s=40,
             color=CRASH_COLOR,
-            transform=edge,
-            label=f"{name} ({len(crashed)})",
+            label=f"crashed ({len(data.crashed)})",
             gid="crashed",
-            zorder=4,
+        )
+    if data.no_value:
+        ax.scatter(
+            data.no_value,
+            [0.5] * len(data.no_value),
+            marker="o",
+            s=30,
+            facecolors="none",
+            edgecolors=CRASH_COLOR,
+            label=f"no val_bpb recorded ({len(data.no_value)})",
+            gid="no-value",
         )
 
 
-def _draw_best(ax: Axes, done: list[Experiment]) -> None:
-    series = running_best(done)
-    if not series:
+def _draw_best(ax: Axes, data: PlotData) -> None:
+    if not data.best:
         return
-    xs = [x for x, _ in series]
-    ys = [y for _, y in series]
+    xs = [x for x, _ in data.best]
+    ys = [y for _, y in data.best]
     xs.append(xs[-1] + 0.5)  # run the line a little past the last experiment
     ys.append(ys[-1])
     ax.step(
         xs, ys, where="post", color=KEPT_COLOR, linewidth=1.8, alpha=0.75, label="running best", gid="best", zorder=3
     )
+    if data.margin:
+        ax.fill_between(
+            xs,
+            [y - data.margin for y in ys],
+            [y + data.margin for y in ys],
+            step="post",
+            color=KEPT_COLOR,
+            alpha=0.12,
+            linewidth=0,
+            label=f"running best ± margin ({data.margin:.4g})",
+            gid="band",
+            zorder=1,
+        )
 
 
 def _draw_labels(ax: Axes, done: list[Experiment]) -> None:

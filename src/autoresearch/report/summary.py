@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from autoresearch.loop.ledger import CRASH, KEEP, RUNNING, Experiment
+from autoresearch.loop.judge import margin_of, noise_of
+from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, RUNNING, Experiment
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,20 @@ def running_best(experiments: list[Experiment]) -> list[tuple[int, float]]:
 
 def shorten(text: str, width: int = 48) -> str:
     """The first line of text with whitespace collapsed, cut to width characters with an ellipsis."""
-    line = " ".join(first_line(text).split())
-    return line if len(line) <= width else line[: width - 1].rstrip() + "…"
+    return clip(first_line(text), width)
+
+
+def clip(text: str, width: int) -> str:
+    """Text on one line (whitespace collapsed), at most width characters: cut at a word boundary, with an
+    ellipsis, so that a number or a name is never cut in two (only a single word longer than the space is)."""
+    line = " ".join(text.split())
+    if len(line) <= width:
+        return line
+    room = line[: width - 1]
+    cut = room.rfind(" ")
+    if cut >= width // 3:  # a word boundary not too far back; else the first word is long: cut it
+        room = room[:cut]
+    return room.rstrip(" ,;:-(") + "…"
 
 
 def first_line(text: str, last: bool = False) -> str:
@@ -80,3 +93,78 @@ def first_line(text: str, last: bool = False) -> str:
 def signed(value: float, spec: str = ".4f") -> str:
     """A number with an explicit sign, using a true minus sign: +0.0012, −0.0034."""
     return format(value, "+" + spec).replace("-", "−")
+
+
+# -- the noise, the margin, and why each experiment went the way it did ------------------------------
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The baseline's seed-to-seed spread as the loop judges with it (loop/judge.py)."""
+
+    noise: float  # judge.noise_of over the baseline's runs: their std, at least judge.MIN_NOISE
+    margin: float  # a change must beat the best by more than this to be kept
+    seeds: int  # how many baseline runs measured it
+
+
+def measured_noise(experiments: list[Experiment]) -> Noise | None:
+    """The noise the loop judges with: that of the kept baseline's seeds (as ResearchLoop.noise reads it)."""
+    baseline = next((e for e in sorted(experiments, key=lambda e: e.id) if e.kind == "baseline" and e.status == KEEP),
+                    None)  # fmt: skip
+    if baseline is None:
+        return None
+    runs = run_values(baseline)
+    if not runs:
+        return None
+    noise = noise_of(runs)
+    return Noise(noise, margin_of(noise), len(runs))
+
+
+def best_before(experiments: list[Experiment]) -> dict[int, float]:
+    """For each experiment, the best val_bpb it was judged against: that of the last kept one before it."""
+    best: float | None = None
+    before: dict[int, float] = {}
+    for exp in sorted(experiments, key=lambda e: e.id):
+        if best is not None:
+            before[exp.id] = best
+        if exp.status == KEEP and has_value(exp):
+            best = exp.val_bpb
+    return before
+
+
+def explain(exp: Experiment, best: float | None, noise: Noise | None) -> str:
+    """Why the experiment was kept, discarded or crashed, in words, against the best before it."""
+    if exp.status == RUNNING:
+        return "running"
+    if exp.status == CRASH:
+        why = first_line(exp.reason) or first_line(exp.log_tail, last=True) or "no reason recorded"
+        return why if exp.kind == "proposal" else f"crash: {why}"
+    runs = len(run_values(exp))
+    mean = f" (mean of {runs} runs)" if runs > 1 else ""
+    if exp.kind == "baseline" and exp.status == KEEP:
+        seeds = f"{runs} seeds; their spread is the noise" if runs > 1 else "1 seed"
+        return f"baseline: the mean of {seeds}"
+    if not has_value(exp) or best is None or noise is None or exp.status not in (KEEP, DISCARD):
+        return first_line(exp.reason) or exp.status
+    gain = best - exp.val_bpb
+    margin = f"the margin {noise.margin:.6f}"
+    if exp.status == KEEP and gain > noise.margin:
+        return f"{gain:.6f} better than the best {best:.6f}{mean}, beyond {margin}"
+    if exp.status == KEEP:
+        fewer = exp.lines_removed - exp.lines_added
+        return (f"simpler at equal val_bpb: {signed(-gain, '.6f')} against the best {best:.6f}{mean}, within {margin}, "
+                f"{fewer} line{'' if fewer == 1 else 's'} fewer")  # fmt: skip
+    if gain > 0:
+        return f"{gain:.6f} better than the best {best:.6f}{mean} but inside {margin}"
+    if gain == 0:
+        return f"equal to the best {best:.6f}{mean}"
+    return f"worse: {-gain:.6f} above the best {best:.6f}{mean}"
+
+
+def run_values(exp: Experiment) -> list[float]:
+    """The finite val_bpb of each run of the experiment ([] when none is recorded or the record is broken)."""
+    try:
+        runs = exp.run_values
+    except (TypeError, ValueError):
+        return []
+    return [v for v in runs if isinstance(v, (int, float)) and math.isfinite(v)] if isinstance(runs, list) else []

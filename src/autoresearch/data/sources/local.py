@@ -1,8 +1,15 @@
-"""`local:PATH`: a user's own directory of .txt, .md, .jsonl (`text` field) or .parquet (`text` column)."""
+"""`local:PATH`: a user's own directory of .txt, .md, .jsonl (`text` field) or .parquet (`text` column).
+
+The directory is checked when the source is made, before `prepare` writes anything (`check_corpus`): a
+file that is not text (not UTF-8, or mostly control characters: random bytes named .txt) is refused, a
+corpus smaller than the validation set alone is refused, and one whose training part is tiny next to
+the validation set is warned about.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,14 +17,81 @@ from pathlib import Path
 from autoresearch.data.sources.base import TextCorpus, path_tag
 from autoresearch.errors import DataError
 
+log = logging.getLogger(__name__)
+
 SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
+SAMPLE_BYTES = 64 * 1024  # read from the start of each checked file
+SAMPLE_FILES = 256  # at most this many files are checked, spread evenly over the sorted list
+MAX_BAD_FRACTION = 0.05  # of a sample's characters: undecodable bytes or control characters
+TINY_FACTOR = 10  # training text under this many times the validation text is "tiny": a warning
+PARQUET_TEXT_PER_BYTE = 3  # rough text bytes per byte of a compressed parquet file, for the warning only
+_TEXT_CONTROLS = frozenset("\t\n\r\f\v")
 
 
-def iter_local_documents(root: Path) -> Iterator[str]:
+def corpus_files(root: Path) -> list[Path]:
     files = sorted(Path(d, f) for d, _, names in os.walk(root) for f in names if f.endswith(SUFFIXES))
     if not files:
         raise DataError(f"no {', '.join(SUFFIXES)} files under {root}")
-    for path in files:
+    return files
+
+
+def bad_fraction(sample: bytes) -> float:
+    """The fraction of characters in `sample` that are not text: bytes that do not decode as UTF-8, and
+    control characters other than whitespace. A multi-byte character cut at the sample's end is forgiven."""
+    text = sample.decode("utf-8", errors="replace")
+    if text.endswith("\ufffd") and len(sample) == SAMPLE_BYTES:
+        text = text.rstrip("\ufffd")
+    if not text:
+        return 0.0
+    bad = sum(1 for ch in text if ch == "\ufffd" or (ord(ch) < 32 and ch not in _TEXT_CONTROLS) or 127 <= ord(ch) < 160)
+    return bad / len(text)
+
+
+def check_corpus(root: Path, val_bytes: int) -> None:
+    """Refuse files that are not text and a corpus too small for the validation set; warn when it is tiny.
+    DataError names the file or the sizes, and what to do."""
+    files = corpus_files(root)
+    step = max(1, len(files) / SAMPLE_FILES)
+    for path in dict.fromkeys(files[int(i * step)] for i in range(min(len(files), SAMPLE_FILES))):
+        if path.suffix == ".parquet":
+            next(parquet_texts(path), None)  # the footer and first row group: a DataError if it is no parquet
+            continue
+        try:
+            with path.open("rb") as f:
+                sample = f.read(SAMPLE_BYTES)
+        except OSError as exc:
+            raise DataError(f"cannot read {path}: {exc}") from exc
+        fraction = bad_fraction(sample)
+        if fraction > MAX_BAD_FRACTION:
+            raise DataError(
+                f"{path} is not text: {fraction:.0%} of its first {len(sample):,} bytes are not UTF-8 or are "
+                "control characters",
+                hint="a local dataset takes UTF-8 text (.txt, .md, .jsonl with a 'text' field, .parquet with a "
+                "'text' column): remove this file from the directory or convert it to UTF-8",
+            )
+    plain = sum(p.stat().st_size for p in files if p.suffix != ".parquet")
+    packed = sum(p.stat().st_size for p in files if p.suffix == ".parquet")
+    if not packed and plain <= val_bytes:  # parquet text can be many times its file size: no early refusal
+        raise DataError(
+            f"corpus too small: {plain:,} bytes in {len(files)} files under {root}, where validation alone "
+            f"takes {val_bytes:,} bytes and training needs more",
+            hint="point the dataset at more text, or use a preset with a smaller evaluation set (--preset tiny)",
+        )
+    train = plain + PARQUET_TEXT_PER_BYTE * packed - val_bytes
+    if train < TINY_FACTOR * val_bytes:
+        log.warning(
+            "the corpus under %s is tiny: about %.1f MB of training text next to %.1f MB of validation text. "
+            "An experiment will see the same text many times over, so val_bpb will mostly measure memorisation; "
+            "use at least %.0f MB of text for results that carry over",
+            root,
+            max(train, 0) / 1e6,
+            val_bytes / 1e6,
+            (TINY_FACTOR + 1) * val_bytes / 1e6,
+        )
+
+
+def iter_local_documents(root: Path) -> Iterator[str]:
+    for path in corpus_files(root):
         if path.suffix in (".txt", ".md"):
             text = path.read_text(encoding="utf-8", errors="replace")
             if text.strip():
@@ -29,8 +103,12 @@ def iter_local_documents(root: Path) -> Iterator[str]:
 
 
 def _jsonl_texts(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
                 continue
             try:
@@ -69,6 +147,7 @@ class LocalSource(TextCorpus):
         self.name = f"local:{self.root}"
         self.slug = f"local-{path_tag(self.root)}"
         self.request = {"dataset": self.name, "val_bytes": val_bytes, "max_bytes": max_bytes}
+        check_corpus(self.root, val_bytes)
 
     def documents(self) -> Iterator[str]:
         return iter_local_documents(self.root)

@@ -1,0 +1,72 @@
+"""The seed-to-seed noise of a preset's shipped train.py, measured as the loop measures it.
+
+    python bench/seed_noise.py [--preset tiny] [--seeds 5] [--budget SECONDS] [--out DIR]
+
+A fresh workspace on python-source; the loop's baseline trains the unchanged train.py once per seed.
+Prints each run's val_bpb, steps and seconds, and the noise (their standard deviation) and margin the
+loop would judge with; writes them to OUT/seed_noise_<preset>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+from pathlib import Path
+
+from autoresearch.config.paths import cache_root
+from autoresearch.config.presets import get_preset
+from autoresearch.data.prepare import prepare
+from autoresearch.evaluator.result import Result
+from autoresearch.loop.engine import LoopConfig, ResearchLoop
+from autoresearch.loop.executor import LocalExecutor
+from autoresearch.loop.judge import margin_of, noise_of
+from autoresearch.loop.reporter import PlainReporter
+from autoresearch.workspace.init import create_workspace
+from autoresearch.workspace.workspace import Workspace
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--budget", type=float, help="default: the preset's")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/seed-noise"))
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
+    args = parser.parse_args()
+    shutil.rmtree(args.work, ignore_errors=True)
+    preset = get_preset(args.preset)
+    data_dir = prepare("python-source", preset, cache_root())
+    create_workspace(args.work, preset, "python-source", data_dir, args.budget, tag="bench")
+    ws = Workspace(args.work)
+    loop = ResearchLoop(
+        ws, LocalExecutor(), PlainReporter(lambda t: print(t, flush=True)), LoopConfig(baseline_runs=args.seeds)
+    )
+    baseline = loop.baseline()
+    runs = []
+    for result_file in sorted((ws.state / "runs").glob(f"{baseline.id}-*/result.json")):
+        r = Result.load(result_file)
+        runs.append(
+            {"val_bpb": r.val_bpb, "steps": r.num_steps, "training_s": r.training_seconds, "clock": r.training_clock,
+             "untimed_s": r.untimed_seconds, "eval_s": r.eval_seconds, "total_s": r.total_seconds}
+        )  # fmt: skip
+    values = [r["val_bpb"] for r in runs if r["val_bpb"] is not None]
+    noise = noise_of(values)
+    summary = {
+        "preset": preset.name,
+        "budget_s": ws.apparatus.budget_seconds,
+        "device": Result.load(next((ws.state / "runs").glob("*/result.json"))).device,
+        "runs": runs,
+        "mean_val_bpb": statistics.fmean(values),
+        "noise": noise,
+        "margin": margin_of(noise),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"seed_noise_{preset.name}.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""`--version`, `show N`, `diff A B`, `try`'s one verdict line and `status` of a running experiment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
+
+from autoresearch.cli import main
+from autoresearch.loop.executor import CRASH as RUN_CRASH
+from autoresearch.loop.executor import Outcome
+from autoresearch.loop.ledger import RUNNING, Experiment, Ledger
+from autoresearch.loop.status import TRAINING, parse_progress
+from autoresearch.workspace.workspace import Workspace
+
+SEEDS = {42: 0.0, 43: 0.002, 44: -0.002}  # noise 0.002, margin 0.004
+
+
+def score(source: str) -> float | Outcome:
+    if constant(source, "BATCH") == 64:
+        return Outcome(RUN_CRASH, None, "out of memory", "step 0\nRuntimeError: out of memory\n", 1.0)
+    return 1.0 + (constant(source, "LR") - 0.2) ** 2 + SEEDS.get(constant(source, "SEED"), 0.0)
+
+
+def edit(description: str, **values):
+    return lambda ctx: (description, with_constants(ctx.train_py, **values))
+
+
+@pytest.fixture
+def history(workspace: Workspace) -> Workspace:
+    """exp 1 baseline, 2 LR 0.2 (kept), 3 LR 0.9 (discarded), 4 BATCH 64 (crash)."""
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    agent = ScriptedAgent([edit("LR 0.05 -> 0.2", LR=0.2), edit("LR 0.2 -> 0.9", LR=0.9), edit("BATCH 64", BATCH=64)])
+    for _ in range(3):
+        loop.step(agent)
+    loop.ledger.close()
+    return workspace
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"autoresearch {version('autoresearch')}"
+
+
+def test_show_gives_status_value_reason_and_the_diff_against_its_parent(history, capsys) -> None:
+    code, out, _ = run_cli(capsys, "show", "3", "--workspace", str(history.root))
+    assert code == 0
+    lines = out.splitlines()
+    assert (
+        lines[0]
+        == f"exp 3 DISCARD val_bpb {score(with_constants(history.read_train_py(), LR=0.9)):.6f} | LR 0.2 -> 0.9"
+    )
+    assert lines[1].startswith("why: worse: ") and "above the best 1.000000" in lines[1]
+    assert any(line.startswith("commit: ") and "refs/autoresearch/discarded/3" in line for line in lines)
+    assert "diff against its parent (exp 2):" in out
+    assert "--- train.py (exp 2)" in out and "+++ train.py (exp 3)" in out
+    assert "-LR = 0.2  # Adam learning rate (0.001-1)" in out and "+LR = 0.9  # Adam learning rate (0.001-1)" in out
+
+
+def test_show_of_a_crash_says_why_and_quotes_its_log(history, capsys) -> None:
+    code, out, _ = run_cli(capsys, "show", "4", "--workspace", str(history.root))
+    assert code == 0
+    assert out.startswith("exp 4 CRASH no val_bpb | BATCH 64\nwhy: crash: out of memory\n")
+    assert "  | RuntimeError: out of memory" in out and "+BATCH = 64" in out
+
+
+def test_show_of_the_baseline_has_no_parent(history, capsys) -> None:
+    code, out, _ = run_cli(capsys, "show", "1", "--workspace", str(history.root))
+    assert code == 0 and "why: baseline: the mean of 3 seeds" in out and "no parent to compare against" in out
+
+
+def test_diff_compares_two_experiments_with_their_results(history, capsys) -> None:
+    code, out, _ = run_cli(capsys, "diff", "1", "3", "--workspace", str(history.root))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("exp 1 KEEP val_bpb 1.022500 | baseline")
+    assert lines[1].startswith("exp 3 DISCARD val_bpb 1.490000 | LR 0.2 -> 0.9")
+    assert lines[2] == "val_bpb 1.022500 -> 1.490000 (+0.467500)"
+    assert "--- train.py (exp 1)" in out and "-LR = 0.05  # Adam learning rate (0.001-1)" in out
+    assert "+LR = 0.9  # Adam learning rate (0.001-1)" in out
+
+
+def test_diff_and_show_read_git_when_the_ledger_has_no_source(history, capsys) -> None:
+    ledger = Ledger(history.root)
+    ledger.update(3, source="")  # as a rebuilt ledger without the run's record
+    ledger.close()
+    code, out, _ = run_cli(capsys, "diff", "2", "3", "--workspace", str(history.root))
+    assert code == 0 and "+LR = 0.9  # Adam learning rate (0.001-1)" in out
+
+
+@pytest.mark.parametrize("args", [["show", "42"], ["diff", "1", "42"], ["diff", "99", "1"]])
+def test_an_unknown_experiment_exits_2_without_a_traceback(history, capsys, args) -> None:
+    code, out, err = run_cli(capsys, *args, "--workspace", str(history.root))
+    assert code == 2 and not out
+    assert "no experiment" in err and "experiments 1-4" in err and "Traceback" not in err
+
+
+def test_show_outside_a_workspace_exits_2(tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(capsys, "show", "1", "--workspace", str(tmp_path))
+    assert code == 2 and "not a research workspace" in " ".join(err.split())
+
+
+def test_show_in_a_workspace_without_experiments_exits_2(workspace, capsys) -> None:
+    code, _, err = run_cli(capsys, "diff", "1", "2", "--workspace", str(workspace.root))
+    assert code == 2 and "no experiment ledger yet" in " ".join(err.split())
+
+
+def test_try_prints_one_verdict_line_on_stdout_and_its_progress_with_prefixes_on_stderr(
+    workspace, capsys, monkeypatch
+) -> None:
+    import autoresearch.loop.executor as executor
+
+    monkeypatch.setattr(executor, "LocalExecutor", lambda: FakeExecutor(score))
+    workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.2))
+    code, out, err = run_cli(capsys, "try", "-m", "LR [0.05] -> 0.2", "--workspace", str(workspace.root))
+    assert code == 0, err
+    assert out.count("\n") == 1 and out.startswith("exp 2 KEEP val_bpb 1.000000 | best 1.000000 (exp 2)")
+    assert "| LR [0.05] -> 0.2 | better:" in out
+    assert "[exp 1] training run 1" in err and "[exp 2] training run 1: LR [0.05] -> 0.2" in err
+    assert "exp 1 KEEP val_bpb 1.022500" in err  # the baseline it measured first
+    assert "exp 2 KEEP" not in err  # the verdict is on stdout only
+
+
+def test_parse_progress_reads_the_harness_lines() -> None:
+    progress = parse_progress(
+        "model handed over: graph exported in 0.1s\nclock started after 3 untimed steps; budget 60s\n"
+        "step    40 |  33.3% | loss 4.1234 | 40s left\nsome output of train.py\n"
+    )
+    assert progress == parse_progress("step 40 | 33.3% | loss 4.1234 | 40s left")
+    assert (progress.phase, progress.step, progress.loss, progress.seconds_left) == (TRAINING, 40, 4.1234, 40.0)
+    assert progress.fraction == pytest.approx(0.333)
+
+
+def test_status_shows_the_running_experiments_step_loss_and_time_left(history, capsys) -> None:
+    ledger = Ledger(history.root)
+    ledger.insert(Experiment(id=5, kind="experiment", status=RUNNING, description="LR 0.2 -> 0.3", parent="x"))
+    ledger.close()
+    run = history.state / "runs" / "5-1"
+    run.mkdir(parents=True)
+    (run / "log.txt").write_text(
+        "clock started after 3 untimed steps; budget 1s\nstep   120 |  50.0% | loss 3.2100 | 30s left\n"
+    )
+    with history.lock():
+        code, out, _ = run_cli(capsys, "status", "--workspace", str(history.root))
+    assert code == 0
+    assert "running: exp 5 for" in out and "LR 0.2 -> 0.3" in out
+    line = next(line for line in out.splitlines() if line.startswith("  run 2: training"))
+    assert "step 120, loss 3.2100" in line  # from the log: the evaluator has written no progress yet
+    left = int(line.split("loss 3.2100, ")[1].split("s of")[0])
+    assert 28 <= left <= 30  # counted down from when the log said 30 s
+    # What the evaluator writes while the run trains wins over the log: its clock, its count of tokens.
+    progress = {
+        "phase": "training", "step": 130, "training_seconds": 0.25, "budget_seconds": 1.0,
+        "training_clock": "CPU time / 2 cores", "tokens_per_second": 123456.0, "reported_loss": 3.1,
+    }  # fmt: skip
+    (run / "progress.json").write_text(json.dumps(progress))
+    with history.lock():
+        code, out, _ = run_cli(capsys, "status", "--workspace", str(history.root))
+    line = next(line for line in out.splitlines() if line.startswith("  run 2: training"))
+    assert "step 130, loss 3.1000, 1s of 1s left, 123,456 tokens/s" in line
+    assert "noise (std over 3 baseline seeds): 0.002000; margin 0.004000" in out
