@@ -35,7 +35,7 @@ def measured() -> tuple[float, float]:
 
 
 def test_the_cpu_clock_counts_the_work_not_the_load() -> None:
-    alone, alone_wall = measured()
+    alone, _ = measured()
     hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(len(os.sched_getaffinity(0)) + 1)]
     try:
         loaded, loaded_wall = measured()
@@ -43,8 +43,8 @@ def test_the_cpu_clock_counts_the_work_not_the_load() -> None:
         for hog in hogs:
             hog.kill()
             hog.wait()
-    assert loaded_wall > 1.8 * alone_wall  # the load took the cores away: the wall clock would count it
-    assert 0.6 * alone < loaded < 1.5 * alone  # the training clock did not (caches and clock speed vary a little)
+    assert loaded_wall > 1.5 * loaded  # the load took the cores away: the wall clock would count it
+    assert 0.5 * alone < loaded < 1.8 * alone  # the training clock did not (caches and clock speed vary)
     assert alone > 0.3  # it counted the grandchild's work, reaped by its parent before the last reading
 
 

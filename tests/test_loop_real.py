@@ -9,13 +9,15 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, make_loop, make_workspace, with_constants
 
-from autoresearch.loop.executor import LocalExecutor
+from autoresearch.loop.executor import LocalExecutor, RunSpec
 from autoresearch.loop.ledger import CRASH, KEEP, RUNNING, Ledger
 
 pytestmark = pytest.mark.slow
@@ -235,3 +237,22 @@ def test_ctrl_c_stops_try_within_10_s_even_in_a_long_step_that_ignores_signals(t
     ledger.close()
     assert rows[0].status == KEEP and rows[0].val_bpb is not None  # the baseline's result is kept
     assert len(rows) == 1 or rows[1].status == RUNNING  # the interrupted edit is run again on the next start
+
+
+def test_on_the_cpu_a_busy_machine_trains_as_many_steps_as_an_idle_one(workspace):
+    # On a CPU the budget is the run's own CPU time: other processes slow it down in wall time only.
+    loop = make_loop(workspace, LocalExecutor(prewarm=False), baseline_runs=2)
+    spec = RunSpec(workspace.root, workspace.state / "runs" / "idle", 120, loop.fingerprint)
+    idle = loop.executor.run(spec)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        busy = loop.executor.run(replace(spec, run_dir=workspace.state / "runs" / "busy"))
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert idle.status == busy.status == "ok", (idle.reason, busy.reason)
+    assert idle.result.training_clock == busy.result.training_clock == f"CPU time / {torch.get_num_threads()} cores"
+    wall = [o.result.total_seconds - o.result.untimed_seconds - o.result.eval_seconds for o in (idle, busy)]
+    assert wall[1] > 1.4 * wall[0]  # the hogs took the cores half the time: a wall clock would have counted that
+    assert 0.7 < busy.result.num_steps / idle.result.num_steps < 1.4

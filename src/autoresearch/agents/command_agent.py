@@ -3,8 +3,10 @@
 The command runs through the shell in the workspace, in its own process group, with the prompt on stdin
 and the prompt's path in AUTORESEARCH_PROMPT_FILE (<workspace>/.autoresearch/prompt.md). It edits
 train.py in place and prints a one-line description as the last line of its stdout. Whether it touched
-other files is for the loop to check with git; this agent checks only that train.py changed and still
-compiles, and leaves it as the command left it.
+other files (or committed, staged, branched) is for the loop to check and put back (loop/watch.py); this
+agent checks only that train.py changed and still compiles, and leaves it as the command left it. A command
+that exits 0 without a usable train.py (an API that was down, a model that asked a question) has the end of
+its output in the error, which the loop records as the reason.
 
 Before the baseline (`preflight`), the command's program is looked up (on PATH, or as a path from the
 workspace): a missing one stops the loop at once. So does an exit status of 126 or 127 later (the shell
@@ -99,7 +101,7 @@ class CommandAgent:
                 f"command agent {self.command!r} exited with status {code}; the end of its stderr:\n"
                 f"{_tail(stderr or stdout, STDERR_TAIL_CHARS)}"
             )
-        return Proposal(_description(stdout), _checked_source(workspace / "train.py", context.train_py))
+        return Proposal(_description(stdout), _checked_source(workspace / "train.py", context.train_py, stdout, stderr))
 
     def _run(self, workspace: Path, prompt: str, prompt_file: Path) -> tuple[int, str, str]:
         """Exit status, stdout and stderr; ProposalError on timeout, after killing the whole process group."""
@@ -171,13 +173,15 @@ def _drain(process: subprocess.Popen[str]) -> tuple[str, str]:
         return "", ""
 
 
-def _checked_source(train_py: Path, before: str) -> str:
+def _checked_source(train_py: Path, before: str, stdout: str, stderr: str) -> str:
     """train.py as the command left it, if it changed and still compiles."""
     if not train_py.is_file():
-        raise ProposalError("the command agent deleted train.py")
+        raise ProposalError(f"the command agent deleted train.py; the end of its output:\n{_output(stdout, stderr)}")
     source = train_py.read_text()
     if source == before:
-        raise ProposalError("the command agent left train.py unchanged")
+        raise ProposalError(
+            f"the command agent exited 0 but left train.py unchanged; the end of its output:\n{_output(stdout, stderr)}"
+        )
     try:
         compile(source, "train.py", "exec")
     except SyntaxError as err:
@@ -193,6 +197,13 @@ def _description(stdout: str) -> str:
         return "train.py edited by the command agent (it printed no description)"
     last = lines[-1]
     return last if len(last) <= DESCRIPTION_CHARS else last[: DESCRIPTION_CHARS - 3] + "..."
+
+
+def _output(stdout: str, stderr: str) -> str:
+    """The ends of both streams, labelled: an agent may say why it did nothing on either."""
+    streams = (("stdout", stdout), ("stderr", stderr))
+    parts = [f"[{name}] {_tail(text, STDERR_TAIL_CHARS // 2)}" for name, text in streams if text.strip()]
+    return "\n".join(parts) or "(none)"
 
 
 def _tail(text: str, limit: int) -> str:

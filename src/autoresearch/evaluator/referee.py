@@ -85,8 +85,11 @@ class Referee:
         compile_cache = cache_root() / "compile"
         env = environment_for(env, compile_cache)
         on_cpu = devices.pick_device().type == "cpu"
-        if on_cpu:  # the experiment gets the cores this process's torch would use; the budget counts them
+        if on_cpu:  # the experiment gets the cores this process's torch would use; the budget counts them.
             env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+            # Threads that wait sleep instead of spinning: spinning burns CPU time that does no work, the more
+            # so the busier the machine (3 busy processes beside a run cost it over half its steps).
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
         writable = [Path(env[k]) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")]
         for path in writable:
             path.mkdir(parents=True, exist_ok=True)

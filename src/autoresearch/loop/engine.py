@@ -4,6 +4,11 @@ Nothing is lost. A ledger row (status `running`) is written before git is touche
 verdict before git moves again, so whatever moment the loop is killed at, `recover()` finds a
 consistent state: an experiment in flight is trained again, a verdict whose git step did not happen
 is applied. Discarded commits stay readable under refs/autoresearch/discarded/<id>.
+
+An agent's turn is watched like a run (loop/watch.py): afterwards the workspace is put back as the loop left
+it, but for train.py, which is the proposal. What the agent's tools left (its own commits and branches,
+staged and new files, git config, lines added to .gitignore) is not held against it: it is put back, kept in
+the quarantine and noted in the experiment's reason. An edit to any other file that was there rejects it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from autoresearch.loop.executor import CRASH as RUN_CRASHED
 from autoresearch.loop.judge import KEEP, RERUN, judge, noise_of
 from autoresearch.loop.ledger import CRASH, DISCARD, RUNNING, Experiment, Ledger
 from autoresearch.loop.reporter import Reporter
-from autoresearch.loop.watch import Watch
+from autoresearch.loop.watch import Verdict, Watch
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.workspace import TRAIN_PY, Workspace
 
@@ -208,26 +213,29 @@ class ResearchLoop:
         best = self._require_best()
         exp_id = self.ledger.next_id()
         self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
+        who = f"the {agent.name} agent"
         watch = self._watch()
         try:
             proposal = agent.propose(self.context())
         except ProposalError as exc:
-            self._verified(watch, f"the {agent.name} agent")
-            exp = self._rejected(exp_id, agent, best, "(no proposal)", str(exc), exc.usage)
+            verdict = self._verified(watch, who)
+            why = str(exc) + (f"; it also {_as_agent(other)}" if (other := verdict.reason()) else "")
+            exp = self._rejected(exp_id, agent, best, "(no proposal)", why, exc.usage, verdict.tidied())
             if exc.fatal:
-                raise LoopError(f"the {agent.name} agent cannot work: {exc}") from None
+                raise LoopError(f"{who} cannot work: {exc}") from None
             self._pause_after_failures(agent)
             return exp
         except BaseException:  # Ctrl-C while the agent works: leave the workspace as the best left it
-            self._verified(watch, f"the {agent.name} agent")
+            self._verified(watch, who)
             self.ws.write_train_py(best.source)
             raise
-        if why := self._verified(watch, f"the {agent.name} agent"):
-            why = why.replace("changed files outside train.py", "edited files other than train.py")
-            return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage)
+        verdict = self._verified(watch, who)
+        note = verdict.tidied()  # the agent's litter: put back, noted, not held against its train.py
+        if why := verdict.reason():
+            return self._rejected(exp_id, agent, best, proposal.description, _as_agent(why), proposal.usage, note)
         if why := guard.rejection(best.source, proposal.source):
-            return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage)
-        return self.submit(proposal, agent.name, getattr(agent, "model", ""))
+            return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage, note)
+        return self.submit(proposal, agent.name, getattr(agent, "model", ""), note)
 
     def _pause_after_failures(self, agent: Agent) -> None:
         """Back off when the agent fails again and again (an API down, a rate limit): 30 s, 1 min, ... 15 min."""
@@ -241,8 +249,9 @@ class ResearchLoop:
             self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
             self.sleep(wait)
 
-    def submit(self, proposal: Proposal, agent: str, model: str) -> Experiment:
-        """Record, commit, train and judge a checked proposal made from the current best."""
+    def submit(self, proposal: Proposal, agent: str, model: str, note: str | None = None) -> Experiment:
+        """Record, commit, train and judge a checked proposal made from the current best; `note` (what was
+        put back after the agent) ends the reason it gets."""
         best = self._require_best()
         added, removed = guard.diff_stats(best.source, proposal.source)
         exp = Experiment(
@@ -260,6 +269,7 @@ class ResearchLoop:
             input_tokens=proposal.usage.input_tokens,
             output_tokens=proposal.usage.output_tokens,
             cost_usd=proposal.usage.cost_usd,
+            reason=note or "",  # kept while it runs, so that a resumed experiment still ends its reason with it
         )
         self.ledger.insert(exp)  # before git is touched
         self.ws.write_train_py(proposal.source)
@@ -318,7 +328,7 @@ class ResearchLoop:
         finally:
             exp.attempts -= 1
             self.ledger.update(exp.id, attempts=exp.attempts)
-            why = self._verified(watch, f"experiment {exp.id}")
+            why = self._verified(watch, f"experiment {exp.id}").reason()
             if source != exp.source:
                 self.ws.write_train_py(exp.source)
         if why:  # whatever it scored, a run that reached outside its box is not believed
@@ -331,10 +341,11 @@ class ResearchLoop:
 
     def _watch(self, train_py: bytes | None = None) -> Watch:
         """A run (train_py given) or an agent's turn (None), about to start."""
-        return Watch(self.git, self.ledger, self.ws.state / "quarantine", train_py, human=train_py is not None)
+        run = train_py is not None
+        return Watch(self.git, self.ledger, self.ws.state / "quarantine", train_py, human=run, agent=not run)
 
-    def _verified(self, watch: Watch, who: str) -> str | None:
-        """Put back what `who` changed that it may not; why it is not believed, if it is not."""
+    def _verified(self, watch: Watch, who: str) -> Verdict:
+        """Put back what `who` changed; the verdict's reason() says why it is not believed, if it is not."""
         verdict = watch.check()
         if verdict.human:
             self.reporter.message(
@@ -346,12 +357,16 @@ class ResearchLoop:
                 f"the autoresearch package's own files changed while {who} worked",
                 hint="reinstall autoresearch (pip install --force-reinstall) before going on",
             )
-        return verdict.reason()
+        if note := verdict.tidied():
+            self.reporter.message(f"{who}: {note}")
+        return verdict
 
     def _finish(
         self, exp: Experiment, status: str, reason: str, outcome: Outcome | None = None, runs: list[float] | None = None
     ) -> Experiment:
         result = outcome.result if outcome else None
+        if exp.status == RUNNING and exp.reason:  # noted when the row was written: what was put back after the agent
+            reason = f"{reason}; {exp.reason}"
         changes = {
             "status": status,
             "reason": reason,
@@ -380,7 +395,14 @@ class ResearchLoop:
             self.git.move_to(exp.parent, TRAIN_PY)
 
     def _rejected(
-        self, exp_id: int, agent: Agent, best: Experiment, description: str, why: str, usage: Usage
+        self,
+        exp_id: int,
+        agent: Agent,
+        best: Experiment,
+        description: str,
+        why: str,
+        usage: Usage,
+        note: str | None = None,
     ) -> Experiment:
         """A proposal that never ran: recorded as a crash so its cost and reason are not lost."""
         exp = Experiment(
@@ -394,10 +416,15 @@ class ResearchLoop:
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cost_usd=usage.cost_usd,
+            reason=note or "",
         )
         self.ledger.insert(exp)
         self.ws.write_train_py(best.source)
         return self._finish(exp, CRASH, f"rejected: {why}")
+
+
+def _as_agent(why: str) -> str:
+    return why.replace("changed files outside train.py", "edited files other than train.py")
 
 
 def _one_line(text: str) -> str:

@@ -5,10 +5,15 @@ hooks and config, every file but train.py), the loop's own records (the ledger's
 results.tsv, which integrity leaves to the loop) and the installed package's source files. Afterwards it compares, puts
 back what it can and says what changed. Where train.py runs confined none of this can happen; this is
 what still holds where it cannot be confined, and against an agent, which is never confined.
+
+An agent's turn is judged by its train.py alone: what its tools leave besides (commits, branches, staged
+files, git config, new files, lines added to .gitignore) is put back and reported as litter, not held
+against it; a change to any file that was there before rejects the proposal. See integrity.py.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +37,9 @@ def package_digest() -> str:
 class Verdict:
     changed: list[str] = field(default_factory=list)  # what may not change and did (put back where possible)
     human: list[str] = field(default_factory=list)  # program.md or prompts/ edited meanwhile: put back, reported
+    litter: list[str] = field(default_factory=list)  # an agent's tooling: put back, reported, not held against it
     package_changed: bool = False  # the installed package itself: cannot be put back
+    quarantine: str | None = None  # where what was moved away lies, relative to the workspace, if anything was
 
     def reason(self) -> str | None:
         if self.package_changed:
@@ -41,15 +48,32 @@ class Verdict:
             return f"changed files outside train.py: {', '.join(self.changed[:8])}"
         return None
 
+    def tidied(self) -> str | None:
+        """What an agent left that was put back without holding it against the agent, in one line."""
+        if not self.litter:
+            return None
+        more = f" and {len(self.litter) - 8} more" if len(self.litter) > 8 else ""
+        kept = f" (kept in {self.quarantine})" if self.quarantine else ""
+        return f"put back after the agent: {', '.join(self.litter[:8])}{more}{kept}"
+
 
 class Watch:
     """One snapshot before an untrusted step; `check()` after it."""
 
-    def __init__(self, git: Git, ledger: Ledger, quarantine: Path, train_py: bytes | None = None, human: bool = True):
+    def __init__(
+        self,
+        git: Git,
+        ledger: Ledger,
+        quarantine: Path,
+        train_py: bytes | None = None,
+        human: bool = True,
+        agent: bool = False,
+    ):
         """`train_py`: the bytes train.py must still hold afterwards (a run), or None (an agent edits it).
         `human`: an edit of program.md or prompts/ is the person's, put back and reported (during a run);
-        without, it counts like any other file (an agent's turn: the agent may edit train.py only)."""
-        self.git, self.ledger, self.train_py, self.human = git, ledger, train_py, human
+        without, it counts like any other file (an agent's turn: the agent may edit train.py only).
+        `agent`: an agent's turn, whose tools' litter is put back but not held against it."""
+        self.git, self.ledger, self.train_py, self.human, self.agent = git, ledger, train_py, human, agent
         self.quarantine = quarantine / time.strftime("%Y%m%d-%H%M%S")
         self.before = integrity.take(git, exclude=frozenset({TRAIN_PY}), human=human)
         self.tsv = ledger.workspace / "results.tsv"
@@ -59,10 +83,17 @@ class Watch:
 
     def check(self) -> Verdict:
         expected = {TRAIN_PY: self.train_py} if self.train_py is not None else None
+        kept = self._kept()  # another step of the same second may have used the folder
         found = integrity.put_back(
-            self.before, self.git, self.quarantine, frozenset({TRAIN_PY}), human=self.human, expected=expected
+            self.before,
+            self.git,
+            self.quarantine,
+            frozenset({TRAIN_PY}),
+            human=self.human,
+            expected=expected,
+            agent=self.agent,
         )
-        verdict = Verdict(changed=list(found.changed), human=list(found.human))
+        verdict = Verdict(changed=list(found.changed), human=list(found.human), litter=list(found.litter))
         if why := self.ledger.put_back(self.rows, self.quarantine):
             verdict.changed.append(why.replace("the ledger", "ledger.sqlite"))
         now = self.tsv.read_bytes() if self.tsv.exists() else None
@@ -70,4 +101,9 @@ class Watch:
             verdict.changed.append(f"{'changed' if now is not None else 'deleted'} results.tsv")
             self.ledger.write_tsv()
         verdict.package_changed = package_digest() != self.package
+        if self._kept() != kept:
+            verdict.quarantine = os.path.relpath(self.quarantine, self.ledger.workspace)
         return verdict
+
+    def _kept(self) -> set[Path]:
+        return set(self.quarantine.rglob("*")) if self.quarantine.exists() else set()

@@ -19,12 +19,24 @@ large); it is reported instead.
 program.md and prompts/*.md belong to the person, who may edit them while the loop runs. During a training
 run such an edit cannot be told apart from the experiment's doing, so with `human=True` it is put back (the
 changed text is kept in the quarantine) and reported separately, but not held against the experiment.
+
+A coding agent's tools leave litter that says nothing about its proposal: aider commits its edit, creates a
+branch, stages files, writes its identity into .git/config, appends `.aider*` to .gitignore and writes
+history and cache files. With `agent=True`, such changes (anything under .git: refs, HEAD, the index,
+config, hooks, reflogs, stale lock files; files that did not exist before; lines added to .gitignore) are
+put back like any other and listed in `Findings.litter`, not in `Findings.changed`: the agent's train.py is
+still its proposal. A change to a file that existed before (program.md, autoresearch.json, the ledger, an
+ignored file, or .gitignore lines removed) stays in `changed`, which rejects the proposal.
+
+The reflogs and ORIG_HEAD are put back last, after the loop's own git commands here have written to them:
+no commit of an agent's (or of a run's) stays reachable from a ref, a reflog or ORIG_HEAD.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import difflib
 import hashlib
 import json
 import os
@@ -38,6 +50,8 @@ from autoresearch.workspace.git import Git
 # The loop's own output in a workspace (see workspace/init.py's .gitignore): never the run's doing.
 LOOP_OWN = ("/.autoresearch/", "/results.tsv", "/results.tsv.tmp", "/progress.png", "/report.md", "__pycache__/")
 GUARDED_GIT = ("HEAD", "config", "hooks", "info", "objects/info/alternates")
+HISTORY_GIT = ("logs", "ORIG_HEAD")  # what git's own commands write about moves; put back after the loop's
+GITIGNORE = ".gitignore"
 PROGRAM, PROMPTS = "program.md", "prompts"
 DIRECTORY = "dir"  # the content id of a directory git reports as one path (a nested repository)
 _CLEAN = "clean"  # a path `git status` does not report: as in the index, or absent if untracked
@@ -51,6 +65,7 @@ class Snapshot:
     untracked: dict[str, list[int]]  # every untracked path, ignored ones too -> [size, mtime_ns, ctime_ns, mode]
     git_files: dict[str, list]  # under .git -> [content id, mode]
     human: dict[str, str | None]  # program.md, prompts/*.md -> content id (None: absent); empty if not watched
+    history: dict[str, list] = field(default_factory=dict)  # .git/logs/**, .git/ORIG_HEAD -> [content id, mode]
     contents: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)  # content id -> bytes
     sources: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)  # content id -> its file
 
@@ -60,6 +75,7 @@ class Findings:
     changed: list[str] = field(default_factory=list)  # what may not change and did; each was put back
     human: list[str] = field(default_factory=list)  # the person's files that changed; put back
     not_restored: list[str] = field(default_factory=list)  # changed, but could not be put back
+    litter: list[str] = field(default_factory=list)  # an agent's tooling (agent=True): put back, not held against it
 
     def __bool__(self) -> bool:
         return bool(self.changed or self.human)
@@ -81,6 +97,7 @@ def take(git: Git, exclude: frozenset[str] = frozenset(), human: bool = True) ->
     docstring); without, they are files like any other."""
     skip = _skipper(exclude, human)
     git_files, contents, _ = _read_git_files(git.git_dir)
+    history, history_contents, _ = _read_git_files(git.git_dir, HISTORY_GIT)
     snap = Snapshot(
         refs=git.refs(),
         index=_sha256(git.index_listing()),
@@ -88,7 +105,8 @@ def take(git: Git, exclude: frozenset[str] = frozenset(), human: bool = True) ->
         untracked={},
         git_files=git_files,
         human={},
-        contents=contents,
+        history=history,
+        contents=contents | history_contents,
     )
     snap.files = _status_contents(git.root, git.status(), skip, snap)
     snap.untracked = _signatures(git, skip)
@@ -107,10 +125,13 @@ def is_human(path: str) -> bool:
     return path == PROGRAM or (head == PROMPTS and name.endswith(".md") and "/" not in name)
 
 
-def _read_git_files(git_dir: Path) -> tuple[dict[str, list], dict[str, bytes], dict[str, Path]]:
-    """The guarded files under .git: relative path -> [content id, mode], their contents and paths."""
+def _read_git_files(
+    git_dir: Path, names: tuple[str, ...] = GUARDED_GIT
+) -> tuple[dict[str, list], dict[str, bytes], dict[str, Path]]:
+    """The files under .git named by `names` (files or directories): relative path -> [content id, mode],
+    their contents and paths."""
     listing, contents, sources = {}, {}, {}
-    for name in GUARDED_GIT:
+    for name in names:
         top = git_dir / name
         paths = [top] if top.is_symlink() or not top.is_dir() else sorted(p for p in top.rglob("*"))
         for path in paths:
@@ -199,18 +220,25 @@ def put_back(
     exclude: frozenset[str] = frozenset(),
     human: bool = True,
     expected: dict[str, bytes] | None = None,
+    agent: bool = False,
 ) -> Findings:
     """Compare the workspace with `before`, put back what differs, and say what it was.
 
     `expected` maps excluded paths (train.py) to the exact bytes they must hold. What was changed is moved
-    into `quarantine` first."""
+    into `quarantine` first. With `agent`, what a coding agent's tools leave is listed as `litter` (see the
+    module's docstring)."""
     found = Findings()
-    _put_back_git_files(before, git.git_dir, quarantine / ".git", found)  # before any git command runs
-    _put_back_refs(before, git, found)
+    held = found.litter if agent else found.changed  # git's own state: an agent's tools change it, a run may not
+    git_quarantine = quarantine / ".git"
+    for rel in _put_back_git_files(before.git_files, GUARDED_GIT, before, git.git_dir, git_quarantine, found):
+        held.append(f".git/{rel}")  # before any git command runs
+    _put_back_locks(git.git_dir, git_quarantine, held)  # a git that was killed: the loop's git commands would fail
+    left_history, _, _ = _read_git_files(git.git_dir, HISTORY_GIT)  # before the loop's own commands write to it
+    _put_back_refs(before, git, held)
     if _sha256(git.index_listing()) != before.index:
-        found.changed.append("the index (staged files)")
+        held.append("the index (staged files)")
         git.reset_index()
-    _put_back_files(before, git, quarantine, _skipper(exclude, human), found)
+    _put_back_files(before, git, quarantine, _skipper(exclude, human), found, agent)
     if human:
         _put_back_human(before, git, quarantine, found)
     for path, data in (expected or {}).items():
@@ -219,40 +247,61 @@ def put_back(
             found.changed.append(f"changed {path}" if now else f"deleted {path}")
             _quarantine(git.root, path, quarantine)
             (git.root / path).write_bytes(data)
+    wrote = {rel for rel in {*left_history, *before.history} if left_history.get(rel) != before.history.get(rel)}
+    history_quarantine = git_quarantine if wrote else None  # else only the loop's own commands above wrote there
+    _put_back_git_files(before.history, HISTORY_GIT, before, git.git_dir, history_quarantine, found)
+    held.extend(sorted({".git/logs" if rel.startswith("logs/") else f".git/{rel}" for rel in wrote}))
     return found
 
 
-def _put_back_git_files(before: Snapshot, git_dir: Path, quarantine: Path, found: Findings) -> None:
-    now, _, _ = _read_git_files(git_dir)
-    for rel in sorted(set(before.git_files) | set(now), reverse=True):  # files before their directories
-        if before.git_files.get(rel) == now.get(rel):
+def _put_back_git_files(
+    listing: dict[str, list], names: tuple[str, ...], before: Snapshot, git_dir: Path, quarantine: Path | None, found
+) -> list[str]:
+    """Put the files under .git named by `names` back as `listing` has them (what differed is moved into
+    `quarantine`, or deleted if None); those that differed."""
+    now, _, _ = _read_git_files(git_dir, names)
+    differed = []
+    for rel in sorted(set(listing) | set(now), reverse=True):  # files before their directories
+        if listing.get(rel) == now.get(rel):
             continue
-        found.changed.append(f".git/{rel}")
-        _quarantine(git_dir, rel, quarantine)
-    for rel in sorted(before.git_files):
-        if before.git_files[rel] != now.get(rel):
-            content_id, mode = before.git_files[rel]
+        differed.append(rel)
+        if quarantine is not None:
+            _quarantine(git_dir, rel, quarantine)
+        else:
+            (git_dir / rel).unlink(missing_ok=True)  # a file or link: directories are not listed
+    for rel in sorted(listing):
+        if listing[rel] != now.get(rel):
+            content_id, mode = listing[rel]
             if not _restore(git_dir / rel, content_id, before, None):
                 found.not_restored.append(f".git/{rel}")
             elif not stat.S_ISLNK(mode):
                 os.chmod(git_dir / rel, stat.S_IMODE(mode))
+    return sorted(differed)
 
 
-def _put_back_refs(before: Snapshot, git: Git, found: Findings) -> None:
+def _put_back_locks(git_dir: Path, quarantine: Path, held: list[str]) -> None:
+    """Lock files a git command leaves when it is killed: while they are there, git refuses to work."""
+    for path in sorted([*git_dir.glob("*.lock"), *(git_dir / "refs").rglob("*.lock")]):
+        rel = path.relative_to(git_dir).as_posix()
+        held.append(f".git/{rel}")
+        _quarantine(git_dir, rel, quarantine, tidy=False)  # an emptied refs/ directory must stay
+
+
+def _put_back_refs(before: Snapshot, git: Git, held: list[str]) -> None:
     now = git.refs()
     for ref in sorted(set(before.refs) | set(now)):
         old, new = before.refs.get(ref), now.get(ref)
         if old == new:
             continue
         if old is None:
-            found.changed.append(f"created {ref}")
+            held.append(f"created {ref}")
             git.delete_ref(ref)
         else:
-            found.changed.append(f"deleted {ref}" if new is None else f"moved {ref} from {old[:7]} to {new[:7]}")
+            held.append(f"deleted {ref}" if new is None else f"moved {ref} from {old[:7]} to {new[:7]}")
             git.force_ref(ref, old)
 
 
-def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: Findings) -> None:
+def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: Findings, agent: bool) -> None:
     status = git.status()
     now_files = _status_contents(git.root, status, skip, _scratch())
     now_untracked = _signatures(git, skip)
@@ -262,13 +311,18 @@ def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: F
         if old != new:
             differ.append(path)
             was_there = old is not None and not (old == _CLEAN and status.get(path) == "??")
-            found.changed.append(_what(path, was_there, new is not None))
+            if agent and path == GITIGNORE and old == _CLEAN and _only_lines_added(git, path):
+                found.litter.append(f"lines added to {GITIGNORE}")
+            else:
+                held = found.litter if agent and not was_there else found.changed  # a new file is litter
+                held.append(_what(path, was_there, new is not None))
     seen = set(before.files) | set(now_files)
     for path in sorted((set(before.untracked) | set(now_untracked)) - seen):
         old, new = before.untracked.get(path), now_untracked.get(path)
         if old == new:
             continue
-        found.changed.append(_what(path, old is not None, new is not None))
+        held = found.litter if agent and old is None else found.changed
+        held.append(_what(path, old is not None, new is not None))
         if old is None:
             differ.append(path)
         else:  # an ignored file that existed: its content was not kept
@@ -295,6 +349,16 @@ def _put_back_human(before: Snapshot, git: Git, quarantine: Path, found: Finding
         _quarantine(git.root, path, quarantine)
         if old is not None and not _restore(git.root / path, old, before, git):
             found.not_restored.append(path)
+
+
+def _only_lines_added(git: Git, path: str) -> bool:
+    """Whether the working copy of tracked `path` differs from the index's only by lines added."""
+    old = git("show", f":{path}", check=False).splitlines()
+    try:
+        new = (git.root / path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return all(op in ("equal", "insert") for op, *_ in difflib.SequenceMatcher(None, old, new).get_opcodes())
 
 
 def _what(path: str, was_there: bool, is_there: bool) -> str:
@@ -325,8 +389,9 @@ def _restore(path: Path, content_id: str, snap: Snapshot, git: Git | None) -> bo
     return True
 
 
-def _quarantine(root: Path, rel: str, quarantine: Path) -> None:
-    """Move `root/rel` (a file, link or directory) to `quarantine/rel`, then drop directories it left empty."""
+def _quarantine(root: Path, rel: str, quarantine: Path, tidy: bool = True) -> None:
+    """Move `root/rel` (a file, link or directory) to `quarantine/rel`, then (`tidy`) drop directories it left
+    empty."""
     source = root / rel
     if not _exists(source):
         return
@@ -337,7 +402,7 @@ def _quarantine(root: Path, rel: str, quarantine: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(source, target)
     parent = source.parent
-    while parent != root and parent.is_dir() and not any(parent.iterdir()):
+    while tidy and parent != root and parent.is_dir() and not any(parent.iterdir()):
         parent.rmdir()
         parent = parent.parent
 
@@ -348,7 +413,7 @@ def _quarantine(root: Path, rel: str, quarantine: Path) -> None:
 def save(snap: Snapshot, git: Git, path: Path) -> None:
     """Keep `snap` where the next start finds it: the working files' contents go into git's object store,
     the git files' (small, and needed before git can be trusted) into the file itself."""
-    git_ids = {content_id for content_id, _ in snap.git_files.values()}
+    git_ids = {content_id for content_id, _ in (*snap.git_files.values(), *snap.history.values())}
     stored = [i for i in {*snap.files.values(), *snap.human.values()} if i in snap.sources and i not in git_ids]
     git.store_blobs([snap.sources[i] for i in stored])
     data = {k: v for k, v in asdict(snap).items() if k not in ("contents", "sources")}

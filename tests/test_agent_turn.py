@@ -1,0 +1,215 @@
+"""Whatever a coding agent does in its turn, the loop puts the workspace back and goes on.
+
+Each test runs a scripted `command` agent (a shell script, as aider or Claude Code would act) through the
+real loop with the fake executor: the baseline, one turn, then a fresh loop as the next start would make.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from loop_support import FakeExecutor, constant, make_loop
+
+from autoresearch.agents.command_agent import CommandAgent
+from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, Experiment
+from autoresearch.workspace.integrity import LOOP_OWN
+
+PY = shlex.quote(sys.executable)
+GIT = "git -c user.name=agent -c user.email=agent@example.com -c commit.gpgsign=false"
+
+
+def set_lr(value: float) -> str:
+    """A shell line that edits LR in train.py, as an agent's edit tool would."""
+    code = (
+        "import re, pathlib; p = pathlib.Path('train.py'); "
+        f"p.write_text(re.sub(r'(?m)^LR = \\S+', 'LR = {value}', p.read_text()))"
+    )
+    return f"{PY} -c {shlex.quote(code)}"
+
+
+def score(source: str) -> float:
+    """Best at LR = 0.2; the baseline (LR 0.05) scores 1.0225 with no seed noise but a margin of 0.001."""
+    return 1.0 + (constant(source, "LR") - 0.2) ** 2 + (0.0005 if constant(source, "SEED") == 43 else 0.0)
+
+
+def state(ws) -> dict:
+    """What the loop owns and must find again after the agent's turn."""
+    return {
+        "refs": ws.git.refs(),
+        "head": (ws.git.git_dir / "HEAD").read_text(),
+        "config": (ws.git.git_dir / "config").read_bytes(),
+        "gitignore": (ws.root / ".gitignore").read_bytes(),
+        "program": (ws.root / "program.md").read_bytes(),
+    }
+
+
+def take_turn(ws, tmp_path: Path, script: str) -> tuple[Experiment, dict]:
+    """The baseline, then one turn of an agent running `script` in the workspace; the turn's ledger row."""
+    loop = make_loop(ws, FakeExecutor(score), baseline_runs=2)
+    loop.baseline()
+    before = state(ws)
+    path = tmp_path / "agent.sh"
+    path.write_text(f"set -e\nCOMMITS={shlex.quote(str(tmp_path / 'commits'))}\n{script}\n")
+    loop.run(CommandAgent(f"sh {shlex.quote(str(path))}", timeout_s=60), max_experiments=1)  # it returns
+    return loop.ledger.all()[-1], before
+
+
+def assert_the_loop_owns_the_workspace(ws, tmp_path: Path, exp: Experiment, before: dict) -> None:
+    """HEAD and the branch on the best (which the loop's own commit may now be), nothing else moved, a clean
+    tree, no commit of the agent's reachable from any ref, reflog or ORIG_HEAD, and the next start accepts it."""
+    git = ws.git
+    loop = make_loop(ws, FakeExecutor(score))
+    best = loop.best()
+    assert git.head() == best.commit
+    if exp.status == KEEP:
+        assert best.id == exp.id and git.message(exp.commit).startswith(f"exp {exp.id}: ")
+        assert git.parent(exp.commit) == exp.parent
+    expected_refs = dict(before["refs"])
+    branch = before["head"].removeprefix("ref: ").strip()
+    expected_refs[branch] = best.commit
+    if exp.status == DISCARD:
+        expected_refs[f"refs/autoresearch/discarded/{exp.id}"] = exp.commit
+    assert git.refs() == expected_refs
+    assert (git.git_dir / "HEAD").read_text() == before["head"]
+    assert (git.git_dir / "config").read_bytes() == before["config"]
+    assert (ws.root / ".gitignore").read_bytes() == before["gitignore"]
+    assert (ws.root / "program.md").read_bytes() == before["program"]
+    assert git.status() == {} and git.untracked(LOOP_OWN) == []
+    assert ws.read_train_py() == best.source
+    commits_file = tmp_path / "commits"
+    foreign = set(commits_file.read_text().split()) if commits_file.exists() else set()
+    visible = set(git("rev-list", "--all", "--reflog").split()) | {git("rev-parse", "ORIG_HEAD", check=False).strip()}
+    assert not foreign & visible, "a commit of the agent's is still reachable"
+    assert loop.recover() is None
+    loop.check_clean()
+
+
+def quarantined(ws, name: str) -> list[Path]:
+    return sorted((ws.state / "quarantine").rglob(name))
+
+
+def test_a_commit_made_by_the_agent_is_taken_apart_and_its_train_py_is_the_proposal(workspace, tmp_path):
+    exp, before = take_turn(
+        workspace,
+        tmp_path,
+        f"""{set_lr(0.2)}
+{GIT} commit -q -am "aider: LR 0.2"
+git rev-parse HEAD >> "$COMMITS"
+echo "Commit $(git rev-parse --short HEAD) aider: LR 0.2"
+echo "LR 0.05 -> 0.2" """,
+    )
+    assert exp.status == KEEP and constant(exp.source, "LR") == 0.2 and exp.description == "LR 0.05 -> 0.2"
+    assert "put back after the agent" in exp.reason and "moved refs/heads/autoresearch/test" in exp.reason
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_a_committed_proposal_that_loses_is_discarded_and_the_agents_commit_is_gone(workspace, tmp_path):
+    exp, before = take_turn(
+        workspace, tmp_path, f'{set_lr(0.9)}\n{GIT} commit -q -am "LR 0.9"\ngit rev-parse HEAD >> "$COMMITS"'
+    )
+    assert exp.status == DISCARD and constant(workspace.git.show(exp.commit, "train.py"), "LR") == 0.9
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_history_files_a_cache_and_gitignore_lines_are_quarantined_and_the_edit_is_judged(workspace, tmp_path):
+    exp, before = take_turn(
+        workspace,
+        tmp_path,
+        f"""{set_lr(0.2)}
+printf '# aider chat started\\n' > .aider.chat.history.md
+mkdir -p .aider.tags.cache.v4 && printf 'x' > .aider.tags.cache.v4/cache.db
+printf '.aider*\\n.env\\n' >> .gitignore
+echo "LR 0.2" """,
+    )
+    assert exp.status == KEEP
+    for name in (".aider.chat.history.md", "cache.db"):
+        assert name in exp.reason and len(quarantined(workspace, name)) == 1
+    assert "lines added to .gitignore" in exp.reason and "quarantine" in exp.reason
+    assert quarantined(workspace, ".gitignore")[0].read_text().endswith(".aider*\n.env\n")
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_a_new_file_the_agent_staged_is_quarantined(workspace, tmp_path):
+    exp, before = take_turn(
+        workspace,
+        tmp_path,
+        f"{set_lr(0.2)}\nmkdir -p notes && echo 'an idea' > notes/idea.md\ngit add notes/idea.md\necho 'LR 0.2'",
+    )
+    assert exp.status == KEEP and "added notes/idea.md" in exp.reason and "the index" in exp.reason
+    assert quarantined(workspace, "idea.md")[0].read_text() == "an idea\n"
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_a_git_identity_written_into_the_workspace_config_is_put_back(workspace, tmp_path):
+    exp, before = take_turn(
+        workspace,
+        tmp_path,
+        f"git config user.name 'aider (placeholder)'\ngit config user.email aider@example.com\n{set_lr(0.2)}\necho LR",
+    )
+    assert exp.status == KEEP and ".git/config" in exp.reason
+    assert "aider@example.com" in quarantined(workspace, "config")[0].read_text()
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_an_agent_that_exits_0_without_an_edit_has_its_output_recorded_as_the_reason(workspace, tmp_path):
+    exp, before = take_turn(
+        workspace,
+        tmp_path,
+        "echo 'litellm.APIConnectionError: connection refused' >&2\necho 'Retrying in 8.0 seconds...'\n"
+        "echo '> try a higher LR' > .aider.chat.history.md\necho 'The API is down; no edit made.'",
+    )
+    assert exp.status == CRASH and exp.kind == "proposal"
+    assert "left train.py unchanged" in exp.reason
+    assert "The API is down; no edit made." in exp.reason and "connection refused" in exp.reason
+    assert "put back after the agent: added .aider.chat.history.md" in exp.reason
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_two_commits_on_a_new_branch_are_taken_apart(workspace, tmp_path):
+    exp, before = take_turn(
+        workspace,
+        tmp_path,
+        f"""git checkout -q -b aider/idea
+{set_lr(0.9)}
+{GIT} commit -q -am "first try"
+git rev-parse HEAD >> "$COMMITS"
+{set_lr(0.2)}
+{GIT} commit -q -am "second try"
+git rev-parse HEAD >> "$COMMITS"
+git branch aider/keep-this
+echo "LR 0.2 after two tries" """,
+    )
+    assert exp.status == KEEP and constant(exp.source, "LR") == 0.2
+    assert "created refs/heads/aider/idea" in exp.reason and ".git/HEAD" in exp.reason
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_a_commit_that_also_edits_another_tracked_file_is_rejected_and_taken_apart(workspace, tmp_path):
+    exp, before = take_turn(
+        workspace,
+        tmp_path,
+        f"""{set_lr(0.2)}
+echo 'Always use LR 0.2.' >> program.md
+{GIT} commit -q -am "LR 0.2 and a rule"
+git rev-parse HEAD >> "$COMMITS"
+echo "LR 0.2" """,
+    )
+    assert exp.status == CRASH and "edited files other than train.py: changed program.md" in exp.reason
+    assert exp.reason.count("program.md") == 1  # the edit rejects it; the commit is put back, not held against it
+    assert quarantined(workspace, "program.md")[0].read_text().endswith("Always use LR 0.2.\n")
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_a_stale_git_lock_left_by_a_killed_agent_does_not_stop_the_loop(workspace, tmp_path):
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\ngit add train.py\ntouch .git/index.lock\necho LR")
+    assert exp.status == KEEP and ".git/index.lock" in exp.reason
+    assert not (workspace.git.git_dir / "index.lock").exists()
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_lines_removed_from_gitignore_reject_the_proposal(workspace, tmp_path):
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nprintf 'results.tsv\\n' > .gitignore\necho LR")
+    assert exp.status == CRASH and "edited files other than train.py: changed .gitignore" in exp.reason
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
