@@ -14,21 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import time
 from pathlib import Path
 
+from common import fresh_loop
+
 from autoresearch.agents.base import Context, Proposal
-from autoresearch.config.paths import cache_root
-from autoresearch.config.presets import get_preset
-from autoresearch.data.prepare import prepare
-from autoresearch.loop.engine import LoopConfig, ResearchLoop
-from autoresearch.loop.executor import LocalExecutor
-from autoresearch.loop.reporter import PlainReporter
 from autoresearch.workspace.constants import read_constants, set_constants
-from autoresearch.workspace.init import create_workspace
-from autoresearch.workspace.workspace import Workspace
 
 
 class NudgeAgent:
@@ -55,16 +48,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/loop-overhead"))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
     args = parser.parse_args()
-    shutil.rmtree(args.work, ignore_errors=True)
-    preset = get_preset(args.preset)
-    data_dir = prepare("python-source", preset, cache_root())
-    create_workspace(args.work, preset, "python-source", data_dir, args.budget, tag="bench")
-    loop = ResearchLoop(
-        Workspace(args.work),
-        LocalExecutor(),
-        PlainReporter(lambda t: print(t, flush=True)),
-        LoopConfig(baseline_runs=args.baseline_runs),
-    )
+    loop = fresh_loop(args.work, args.preset, args.budget, args.baseline_runs)
     marks = []
     loop.baseline()
     for _ in range(args.experiments):

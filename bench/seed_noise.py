@@ -12,20 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 from pathlib import Path
 
-from autoresearch.config.paths import cache_root
-from autoresearch.config.presets import get_preset
-from autoresearch.data.prepare import prepare
+from common import fresh_loop
+
 from autoresearch.evaluator.result import Result
-from autoresearch.loop.engine import LoopConfig, ResearchLoop
-from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.judge import margin_of, noise_of
-from autoresearch.loop.reporter import PlainReporter
-from autoresearch.workspace.init import create_workspace
-from autoresearch.workspace.workspace import Workspace
 
 
 def main() -> None:
@@ -36,14 +29,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/seed-noise"))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
     args = parser.parse_args()
-    shutil.rmtree(args.work, ignore_errors=True)
-    preset = get_preset(args.preset)
-    data_dir = prepare("python-source", preset, cache_root())
-    create_workspace(args.work, preset, "python-source", data_dir, args.budget, tag="bench")
-    ws = Workspace(args.work)
-    loop = ResearchLoop(
-        ws, LocalExecutor(), PlainReporter(lambda t: print(t, flush=True)), LoopConfig(baseline_runs=args.seeds)
-    )
+    loop = fresh_loop(args.work, args.preset, args.budget, args.seeds)
+    ws = loop.ws
     baseline = loop.baseline()
     runs = []
     for result_file in sorted((ws.state / "runs").glob(f"{baseline.id}-*/result.json")):
@@ -55,7 +42,7 @@ def main() -> None:
     values = [r["val_bpb"] for r in runs if r["val_bpb"] is not None]
     noise = noise_of(values)
     summary = {
-        "preset": preset.name,
+        "preset": args.preset,
         "budget_s": ws.apparatus.budget_seconds,
         "device": Result.load(next((ws.state / "runs").glob("*/result.json"))).device,
         "runs": runs,
@@ -64,7 +51,7 @@ def main() -> None:
         "margin": margin_of(noise),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"seed_noise_{preset.name}.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"seed_noise_{args.preset}.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 
 

@@ -45,7 +45,7 @@ from autoresearch.evaluator.confined import ExperimentProcess, environment_for
 from autoresearch.evaluator.feeder import Feeder
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.evaluator.program import Program, ProgramRejected, ShapeCompiled, load_program
-from autoresearch.evaluator.result import PROGRESS_NAME, RESULT_ENV, Result
+from autoresearch.evaluator.result import EVALUATING, PROGRESS_NAME, RESULT_ENV, STARTING, Result
 from autoresearch.evaluator.score import NonFiniteLogits, Scorer, causality_violation, eval_batch_size, score_rows
 from autoresearch.evaluator.session import Session, Timeline
 
@@ -120,10 +120,10 @@ class Referee:
                 )
             shutil.copyfile(train_py, self.box / "train.py")
             self.session.progress_path = progress_path
-            self.session.write_progress("starting")
+            self.session.write_progress(STARTING)
             broken = self.session.serve()
             code = self.experiment.stop()
-            self.session.write_progress("evaluating")
+            self.session.write_progress(EVALUATING)
             result, crashed = self._judge(broken, code)
             result.save(result_path)
             if progress_path:

@@ -16,6 +16,7 @@ from autoresearch.files import write_json_atomic
 
 RESULT_ENV = "AUTORESEARCH_RESULT"
 PROGRESS_NAME = "progress.json"  # beside the result while a run goes (evaluator/session.py: Session.progress)
+STARTING, TRAINING, EVALUATING = "starting", "training", "evaluating"  # its phases: before, on, after the clock
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from autoresearch.evaluator.clock import TrainingClock, describe
 from autoresearch.evaluator.feeder import MAX_ROWS_PER_BATCH, Feeder
+from autoresearch.evaluator.result import TRAINING
 from autoresearch.files import write_json_atomic
 from autoresearch.wire import Channel, ChannelClosed
 
@@ -101,7 +102,7 @@ class Session:
                         continue
                     if t.clock is None:
                         t.clock, t.on_clock = now, self.clock.read()
-                        self.write_progress("training")
+                        self.write_progress(TRAINING)
                     channel.send({"ok": True})
                 elif op == "batch":
                     channel.send(*self._batch(header))
@@ -111,7 +112,7 @@ class Session:
                         loss = header.get("loss")
                         self._loss = float(loss) if isinstance(loss, int | float) and math.isfinite(loss) else None
                         if now - self._progress_written >= PROGRESS_EVERY:
-                            self.write_progress("training")
+                            self.write_progress(TRAINING)
                             self._progress_written = now
                 elif op == "stop":
                     if t.stop is None:

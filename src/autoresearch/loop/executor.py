@@ -25,7 +25,7 @@ from typing import Protocol
 
 import psutil
 
-from autoresearch.evaluator.result import PROGRESS_NAME, Result
+from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, Result
 
 OK, CRASH, TIMEOUT, INVALID, CHANGED = "ok", "crash", "timeout", "invalid", "apparatus-changed"
 LOG_TAIL_CHARS = 4000
@@ -153,7 +153,7 @@ class Referee:
         deadline = time.monotonic() + timeout
         while self.alive() and time.monotonic() < deadline:
             try:
-                if json.loads(progress.read_text()).get("phase") != "starting":
+                if json.loads(progress.read_text()).get("phase") != STARTING:
                     return
             except (OSError, ValueError, AttributeError):
                 pass  # not written yet, or being replaced

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from autoresearch.evaluator import result
 from autoresearch.loop.ledger import KEEP, RUNNING, Experiment, Ledger
 from autoresearch.report.summary import measured_noise
 from autoresearch.workspace.workspace import Workspace
@@ -67,7 +68,8 @@ def parse_progress(text: str) -> RunProgress:
 
 def evaluator_progress(data: dict, written: float) -> RunProgress:
     """The progress the evaluator wrote (Session.progress)."""
-    phase = {"starting": WARMING_UP, "training": TRAINING, "evaluating": EVALUATING}.get(data.get("phase"), STARTING)
+    phases = {result.STARTING: WARMING_UP, result.TRAINING: TRAINING, result.EVALUATING: EVALUATING}
+    phase = phases.get(data.get("phase"), STARTING)
     trained, budget = float(data.get("training_seconds") or 0.0), float(data.get("budget_seconds") or 0.0)
     loss, tps = data.get("reported_loss"), data.get("tokens_per_second")
     return RunProgress(
@@ -85,9 +87,7 @@ def evaluator_progress(data: dict, written: float) -> RunProgress:
 def read_progress(log: Path) -> RunProgress | None:
     """The progress of the run whose log is `log`: the evaluator's progress file beside it, else the log's
     tail; None when there is neither."""
-    from autoresearch.evaluator.result import PROGRESS_NAME
-
-    progress = log.with_name(PROGRESS_NAME)
+    progress = log.with_name(result.PROGRESS_NAME)
     try:
         return evaluator_progress(json.loads(progress.read_text()), progress.stat().st_mtime)
     except (OSError, ValueError, TypeError, AttributeError):

@@ -1,0 +1,29 @@
+"""What the loop benchmarks share: a fresh workspace on python-source, and the loop over it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from autoresearch.config.paths import cache_root
+from autoresearch.config.presets import get_preset
+from autoresearch.data.prepare import prepare
+from autoresearch.loop.engine import LoopConfig, ResearchLoop
+from autoresearch.loop.executor import LocalExecutor
+from autoresearch.loop.reporter import PlainReporter
+from autoresearch.workspace.init import create_workspace
+from autoresearch.workspace.workspace import Workspace
+
+
+def fresh_loop(work: Path, preset_name: str, budget: float | None, baseline_runs: int) -> ResearchLoop:
+    """`work` emptied and made a workspace (data prepared if needed), with a loop that prints each event."""
+    shutil.rmtree(work, ignore_errors=True)
+    preset = get_preset(preset_name)
+    data_dir = prepare("python-source", preset, cache_root())
+    create_workspace(work, preset, "python-source", data_dir, budget, tag="bench")
+    return ResearchLoop(
+        Workspace(work),
+        LocalExecutor(),
+        PlainReporter(lambda text: print(text, flush=True)),
+        LoopConfig(baseline_runs=baseline_runs),
+    )
