@@ -444,3 +444,14 @@ def test_unavailable_reason_says_bwrap_is_missing_when_it_is_not_on_path(
         monkeypatch.undo()
         sandbox.unavailable_reason.cache_clear()
     assert sandbox.unavailable_reason() is None
+
+
+def test_the_bus_sockets_under_run_are_hidden(layout: Layout) -> None:
+    # Through the session or system bus a run could have work started outside its sandbox (and its clock).
+    buses = [d for d in sandbox.SYSTEM_SOCKET_DIRS if Path(d).is_dir()]
+    argv = sandbox.command(["true"], workdir=layout.workdir, env=dict(os.environ))
+    assert all(f"--tmpfs {d}" in " ".join(argv) for d in buses)
+    code = "import os, sys\nfor d in sys.argv[1:]:\n    print(d, len(os.listdir(d)))\n"
+    run = confined(layout, code, *buses)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [word for d in buses for word in (d, "0")]  # empty inside, whatever is there

@@ -46,6 +46,8 @@ CREDENTIAL_DIRS = (".ssh", ".aws", ".azure", ".gnupg", ".docker", ".kube", ".con
 CREDENTIAL_FILES = (".netrc", ".npmrc", ".pypirc", ".git-credentials", ".gitconfig", ".bash_history",
                     ".zsh_history", ".python_history")  # fmt: skip
 SYSTEM_SECRET_FILES = ("/etc/shadow", "/etc/gshadow")
+# The session and system buses' sockets: through them a run could have work started outside its sandbox.
+SYSTEM_SOCKET_DIRS = ("/run/user", "/run/dbus")
 _PRIVATE_TMP = Path("/tmp")
 SWITCH_ENV = "AUTORESEARCH_SANDBOX"  # "off": run train.py unconfined (say, where bwrap misbehaves); the loop warns
 _HINT = (
@@ -88,8 +90,8 @@ def _reveals(path: Path, hidden: Sequence[Path]) -> bool:
 
 
 def _credentials(home: Path | None) -> tuple[list[Path], list[Path]]:
-    """The credential directories and files that exist: hidden inside the sandbox."""
-    dirs, files = [], [Path(f) for f in SYSTEM_SECRET_FILES]
+    """The credential (and bus socket) directories and files that exist: hidden inside the sandbox."""
+    dirs, files = [Path(d) for d in SYSTEM_SOCKET_DIRS], [Path(f) for f in SYSTEM_SECRET_FILES]
     if home is not None:
         dirs += [home / d for d in CREDENTIAL_DIRS]
         files += [home / f for f in CREDENTIAL_FILES]
