@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -39,6 +42,7 @@ def lab(tmp_path_factory, tiny_prepared: Path, cache_dir: Path):
         loop = make_loop(ws, LocalExecutor(), baseline_runs=2)
         assert loop.baseline().status == KEEP
         yield ws, loop
+        assert loop.executor.fork_failure is None  # every evaluator was forked from the fork server
         loop.executor.close()
 
 
@@ -148,6 +152,58 @@ def test_a_process_left_behind_to_edit_files_later_dies_with_the_run(lab, tiny_p
     time.sleep(3)
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
     assert protected(ws, tiny_prepared) == before
+
+
+# The experiment is forked from the evaluator: whatever is in the evaluator's memory when it forks is in the
+# experiment's. It scans every writable page it has (heap, stack with the environment block, ...) for the
+# loop's secrets, knowing only their digests (the secrets themselves must not be in its own source).
+SCAN = """\
+    import hashlib
+    found = []
+    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if "w" not in fields[1] and not line.rstrip().endswith("[stack]"):
+                continue
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except (OSError, ValueError, OverflowError):
+                continue
+            for prefix, size, digest in {wanted!r}:
+                at = chunk.find(prefix)
+                while at >= 0:
+                    if hashlib.sha256(chunk[at:at + size]).hexdigest() == digest:
+                        found.append(prefix.decode())
+                    at = chunk.find(prefix, at + 1)
+    print("SCANNED", sorted(set(found)))
+"""
+
+
+def test_the_loops_secrets_are_nowhere_in_the_experiments_memory(lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+    import secrets as random_secrets
+
+    ws, _ = lab
+    planted = {
+        "OPENAI_API_KEY": "sk-redteam-" + random_secrets.token_hex(16),
+        "DATABASE_URL": "postgres://loop:pw-redteam-" + random_secrets.token_hex(16) + "@db",
+    }
+    for name, value in planted.items():
+        monkeypatch.setenv(name, value)
+    wanted = []
+    for value in planted.values():
+        prefix = value.split("-redteam-")[0].encode() + b"-redteam-"
+        wanted.append((prefix, len(value), hashlib.sha256(value.encode()).hexdigest()))
+    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)  # its evaluators start with this env
+    exp = loop.step(one_edit("scan memory", [(START, START + SCAN.format(wanted=wanted))]))
+    log = run_log(ws, exp.id)
+    assert "SCANNED []" in log, log
+    # The scan works: in a process started with this environment, it finds both.
+    control = subprocess.run([sys.executable, "-c", textwrap.dedent(SCAN.format(wanted=wanted))], capture_output=True,
+                             text=True, timeout=120, check=True)  # fmt: skip
+    assert control.stdout.strip() == f"SCANNED {sorted(p.decode() for p, _, _ in wanted)}", control.stdout
 
 
 @pytest.mark.parametrize(

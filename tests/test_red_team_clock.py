@@ -1,12 +1,14 @@
 """Red team: can a train.py train more than its CPU-clock budget, or look ahead past the causality probe?
 
 The clock tests run an "evaluator" process as the real one runs unconfined (a child subreaper reading
-CpuClock over its own process tree) and an "experiment" under it that does a fixed amount of work in
-one of the ways a cheating train.py could; the clock must count that work.
+CpuClock over its own process tree, the experiment under the SIGCHLD filter of evaluator/syscalls.py)
+and an "experiment" under it that does a fixed amount of work in one of the ways a cheating train.py
+could; the clock must count that work.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from autoresearch.evaluator import syscalls
 from autoresearch.evaluator.score import Scorer, causality_violation
 
 WORK = "n = 0\nfor i in range(3_000_000): n += i"
@@ -23,12 +26,15 @@ EVALUATOR = textwrap.dedent(
     """
     import ctypes, subprocess, sys
     import psutil
+    from autoresearch.evaluator import syscalls
     from autoresearch.evaluator.clock import CpuClock
     ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER, as confined.py does unconfined
     clock = CpuClock(cores=1)
     start = clock.read()
     PIPE = subprocess.PIPE
-    exp = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdin=PIPE, stdout=PIPE, text=True)
+    exp = subprocess.Popen(
+        [sys.executable, "-c", sys.argv[1]], stdin=PIPE, stdout=PIPE, text=True, preexec_fn=syscalls.install
+    )
     while (line := exp.stdout.readline().strip()) != "done":
         assert line == "ready", line
         start = clock.read()  # the clock starts here (pre-clock work is in its first reading)
@@ -65,25 +71,24 @@ EXPERIMENTS = {
     "stdout=subprocess.PIPE, text=True)\npid = int(p.stdout.readline()); p.wait()\n",
 }
 
+# Ignoring SIGCHLD would have the kernel reap ended children, whose time then counts nowhere; the filter
+# refuses it, and the cheats below go on as ordinary, counted work.
+IGNORE_SIGCHLD = "try:\n    signal.signal(signal.SIGCHLD, signal.SIG_IGN)\nexcept PermissionError:\n    pass\n"
+
 # Pre-pay, then vanish: CPU time burnt before the clock starts (it gains nothing there) is in the clock's
-# first reading; the burner is then autoreaped, the total drops, and CpuClock's max() turns the drop into
-# as many free seconds of honest, ordinary, counted training.
+# first reading; were the burner autoreaped, the total would drop, and CpuClock's max() would turn the drop
+# into as many free seconds of honest, ordinary, counted training.
 PREPAID = (
-    "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
-    "b = subprocess.Popen([sys.executable, '-c', WORK + '\\n' + WORK + '\\nimport time; time.sleep(30)'])\n"
+    IGNORE_SIGCHLD
+    + "b = subprocess.Popen([sys.executable, '-c', WORK + '\\n' + WORK + '\\nimport time; time.sleep(30)'])\n"
     "time.sleep(0.2)\nwhile psutil.Process(b.pid).status() != psutil.STATUS_SLEEPING: time.sleep(0.01)\n"
     "print('ready', flush=True); sys.stdin.readline()\n"
-    "b.kill()\nwhile psutil.pid_exists(b.pid): time.sleep(0.01)\n"
-    "signal.signal(signal.SIGCHLD, signal.SIG_DFL)\n"
+    "b.kill()\nb.wait()\n"
     "subprocess.run([sys.executable, '-c', WORK])\n"
 )
 
-# SIGCHLD ignored: the kernel reaps the worker itself, and adds its time to no one's children's times.
-AUTOREAPED = (
-    "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
-    "pid = subprocess.Popen([sys.executable, '-c', WORK]).pid\n"
-    "while psutil.pid_exists(pid): time.sleep(0.01)\n"
-)
+# SIGCHLD ignored: the kernel would reap the worker itself, and add its time to no one's children's times.
+AUTOREAPED = IGNORE_SIGCHLD + "pid = subprocess.Popen([sys.executable, '-c', WORK]).pid\n" + GONE
 
 
 def clocked(experiment: str) -> float:
@@ -111,20 +116,63 @@ def test_work_done_in_the_experiments_tree_is_counted(name: str, baseline: float
     assert clocked(EXPERIMENTS[name]) > 0.5 * baseline
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGCHLD autoreap is Linux")
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="HOLE: an autoreaped process's CPU time is lost (SIGCHLD = SIG_IGN)"
-)
-def test_work_in_a_process_the_kernel_reaps_is_counted(baseline: float) -> None:
+@pytest.mark.skipif(syscalls.unavailable_reason() is not None, reason="needs libseccomp (Linux)")
+def test_work_in_a_process_the_kernel_would_reap_is_counted(baseline: float) -> None:
     assert clocked(AUTOREAPED) > 0.5 * baseline
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGCHLD autoreap is Linux")
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason="HOLE: time burnt pre-clock, then autoreaped, is free budget"
-)
+@pytest.mark.skipif(syscalls.unavailable_reason() is not None, reason="needs libseccomp (Linux)")
 def test_time_that_vanishes_from_the_tree_is_not_free_budget(baseline: float) -> None:
     assert clocked(PREPAID) > 0.5 * baseline
+
+
+# Every way to stop the kernel from handing an ended child's time to a parent that counts it, in the
+# experiment and in a process it starts: each must fail with EPERM, and SIGCHLD must keep its default action.
+CHANGE_SIGCHLD = textwrap.dedent(
+    """
+    import ctypes, signal, subprocess, sys
+
+    class Sigaction(ctypes.Structure):
+        _fields_ = [("handler", ctypes.c_void_p), ("flags", ctypes.c_ulong), ("restorer", ctypes.c_void_p),
+                    ("mask", ctypes.c_ulong)]
+
+    def nocldwait():  # SA_NOCLDWAIT, straight through the system call
+        act = Sigaction(0, 0x00000002 | 0x04000000, 0, 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(13, signal.SIGCHLD, ctypes.byref(act), None, 8) != 0:
+            raise OSError(ctypes.get_errno(), "rt_sigaction")
+
+    tries = {
+        "ignore": lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN),
+        "handler": lambda: signal.signal(signal.SIGCHLD, lambda *a: None),
+        "nocldwait": nocldwait,
+    }
+    for name, attempt in tries.items():
+        try:
+            attempt()
+            print(name, "ALLOWED")
+        except OSError as exc:
+            print(name, "refused", exc.errno)
+    print("action", signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL)
+    if len(sys.argv) == 1:  # once more, in a process it starts
+        sys.stdout.flush()
+        subprocess.run([sys.executable, __file__, "child"])
+    """
+)
+
+
+@pytest.mark.skipif(syscalls.unavailable_reason() is not None, reason="needs libseccomp (Linux)")
+def test_an_experiment_cannot_have_its_ended_children_reaped_by_the_kernel(tmp_path) -> None:
+    script = tmp_path / "change_sigchld.py"
+    script.write_text(CHANGE_SIGCHLD)
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: (signal.signal(signal.SIGCHLD, signal.SIG_IGN), syscalls.install()),
+    ).stdout.splitlines()
+    assert out == 2 * ["ignore refused 1", "handler refused 1", "nocldwait refused 1", "action True"], out
 
 
 # -- the causality probe ---------------------------------------------------------------------------------

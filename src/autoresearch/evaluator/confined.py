@@ -11,25 +11,31 @@ with it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
+import io
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
+import traceback
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 import psutil
 
-from autoresearch.evaluator import sandbox
+from autoresearch.evaluator import joining, sandbox, syscalls
 from autoresearch.wire import CHANNEL_ENV, Channel
 
 LOG_LIMIT = 32 * 2**20  # bytes of output kept per run: a train.py that prints without end cannot fill the disk
 EARLY_OUTPUT_LIMIT = 2**20  # output kept before the run's log file is known
 MAX_PAYLOAD = 2**36  # 64 GiB: the largest model hand-over taken
 PR_SET_CHILD_SUBREAPER = 36
+FORK_ENV = "AUTORESEARCH_FORK_SERVER"  # "0": start every experiment as a new process instead of forking it
 
 
 class Output:
@@ -89,33 +95,97 @@ class Output:
 
 
 class ExperimentProcess:
+    """train.py's process, forked from this one into a fresh sandbox, or started as a new process.
+
+    Forked (the default on Linux): this process has imported torch, the harness and the compiler and
+    rehearsed the export (harness/boot.py `prepare`), and nothing secret is in its memory yet, so the
+    fork starts at once and knows nothing. bubblewrap makes the sandbox around an anchor process; the
+    fork joins it (evaluator/joining.py), forks once more to be inside its PID namespace, drops every
+    capability, and becomes the experiment. Where joining fails, or `AUTORESEARCH_FORK_SERVER=0`, the
+    experiment is `python -m autoresearch.harness.boot` started inside the sandbox instead. Either way
+    it runs under the SIGCHLD filter (evaluator/syscalls.py).
+    """
+
     def __init__(self, box: Path, hidden: list[Path], writable: list[Path], env: dict[str, str]):
-        ours, theirs = socket.socketpair()
-        env = {**sandbox.scrubbed_env(env), CHANNEL_ENV: str(theirs.fileno()), "PYTHONUNBUFFERED": "1"}
-        argv = [sys.executable, "-m", "autoresearch.harness.boot"]
         self.unconfined_reason = sandbox.unavailable_reason()
-        if self.unconfined_reason is None:
-            argv = sandbox.command(argv, workdir=box, writable=writable, hidden=hidden, env=env)
-        else:
+        self.unfiltered_reason = syscalls.unavailable_reason()
+        self._anchor: subprocess.Popen | None = None
+        self.join_error: str | None = None  # why the experiment could not be forked into its sandbox
+        ours, theirs = socket.socketpair()
+        env = {**env, CHANNEL_ENV: str(theirs.fileno()), "PYTHONUNBUFFERED": "1"}
+        if self.unconfined_reason is not None:
             _become_subreaper()
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=box,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            pass_fds=[theirs.fileno()],
-        )
+        started = None
+        if os.environ.get(FORK_ENV, "1") != "0" and sys.platform.startswith("linux"):
+            started = self._fork(box, hidden, writable, env, theirs.fileno())
+        self.forked = started is not None
+        self.proc, stdout = started or self._start(box, hidden, writable, env, theirs.fileno())
         theirs.close()
         self.channel = Channel(ours, max_payload=MAX_PAYLOAD)
-        self.output = Output(self.proc.stdout)
+        self.output = Output(stdout)
         # When the experiment ends, wake whoever waits on the channel (a leftover child could keep it open).
         threading.Thread(target=self._close_on_exit, daemon=True, name="experiment-exit").start()
 
     @property
     def confined(self) -> bool:
         return self.unconfined_reason is None
+
+    def _start(self, box, hidden, writable, env, channel_fd: int) -> tuple[subprocess.Popen, BinaryIO]:
+        argv = [sys.executable, "-m", "autoresearch.harness.boot"]
+        fds, preexec = [channel_fd], None
+        if self.unconfined_reason is None:
+            seccomp = syscalls.bpf_fd() if self.unfiltered_reason is None else None
+            fds += [seccomp] if seccomp is not None else []
+            argv = sandbox.command(argv, workdir=box, writable=writable, hidden=hidden, env=env, seccomp_fd=seccomp)
+        elif self.unfiltered_reason is None:
+            preexec = syscalls.install
+        proc = subprocess.Popen(
+            argv,
+            cwd=box,
+            env=sandbox.box_environment(env, box, writable),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=fds,
+            preexec_fn=preexec,  # only unconfined: loads the filter before exec
+        )
+        for fd in fds[1:]:
+            os.close(fd)
+        return proc, proc.stdout
+
+    def _fork(self, box, hidden, writable, env, channel_fd: int) -> tuple[Forked, BinaryIO] | None:
+        """Fork the experiment into a sandbox of its own; None (and nothing left running) if it cannot join."""
+        from autoresearch.harness import boot
+
+        boot.prepare()
+        anchor_pid = None
+        if self.unconfined_reason is None:
+            self._anchor = _start_anchor(box, hidden, writable, env)
+            anchor_pid = _anchor_pid(self._anchor)
+            if anchor_pid is None:
+                kill_tree(self._anchor)
+                self._anchor = None
+                return None
+        out_r, out_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        box_env = sandbox.box_environment(env, box, writable)
+        pid = os.fork()
+        if pid == 0:
+            _become_experiment(anchor_pid, box, box_env, channel_fd, out_w, ready_w, self.unfiltered_reason is None)
+        os.close(out_w)
+        os.close(ready_w)
+        with os.fdopen(ready_r, "rb") as ready:
+            answer = ready.read()
+        forked = Forked(pid)
+        if answer == b"ok":
+            return forked, os.fdopen(out_r, "rb")
+        os.close(out_r)
+        forked.kill()
+        if self._anchor is not None:
+            kill_tree(self._anchor)
+            self._anchor = None
+        self.join_error = answer.decode(errors="replace")
+        return None
 
     def _close_on_exit(self) -> None:
         self.proc.wait()
@@ -124,6 +194,8 @@ class ExperimentProcess:
 
     def stop(self) -> int:
         """Kill the experiment and everything it started; its exit code (negative: the signal)."""
+        if self._anchor is not None:  # its PID namespace holds the experiment: all in it die with it
+            kill_tree(self._anchor)
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signal.SIGKILL)  # bwrap takes its PID namespace, and all in it, along
         for child in psutil.Process().children(recursive=True):  # unconfined leftovers, reparented to us
@@ -135,6 +207,136 @@ class ExperimentProcess:
 
     def exit_code(self) -> int | None:
         return self.proc.poll()
+
+
+class Forked:
+    """A child made by os.fork, with the part of Popen's interface the evaluator uses."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+        self._lock = threading.Lock()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self) -> int:
+        with self._lock:  # one thread reaps; the others wait for it
+            if self.returncode is None:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.send_signal(signal.SIGKILL)
+        self.wait()
+
+
+def _start_anchor(box: Path, hidden: list[Path], writable: list[Path], env: dict[str, str]) -> subprocess.Popen:
+    """A fresh sandbox around a waiting `sleep`; says "ready" once it is made."""
+    argv = sandbox.command(["/bin/sh", "-c", "echo ready; exec sleep infinity"], workdir=box, writable=writable,
+                           hidden=hidden, env=env)  # fmt: skip
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def _anchor_pid(anchor: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """The pid of the anchor's `sleep` once it runs inside the finished sandbox; None if it never does."""
+    if anchor.stdout.readline() != b"ready\n":
+        return None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            for proc in psutil.Process(anchor.pid).children(recursive=True):
+                if proc.name() == "sleep":
+                    return proc.pid
+        time.sleep(0.005)
+    return None
+
+
+def _become_experiment(anchor: int | None, box: Path, env: dict[str, str], channel_fd: int, out_fd: int,
+                       ready_fd: int, filtered: bool) -> NoReturn:  # fmt: skip
+    """In the child of os.fork: join the sandbox, fork into its PID namespace, wait for that process and
+    exit as it did. The inner process drops its privileges, says "ok" on `ready_fd` and runs the experiment."""
+    try:
+        if anchor is not None:
+            joining.join(anchor)
+        inner = os.fork()
+        if inner == 0:
+            _run_experiment(anchor is not None, box, env, channel_fd, out_fd, ready_fd, filtered)
+        os.close(ready_fd)
+        os.close(out_fd)
+        os.close(channel_fd)
+        code = os.waitstatus_to_exitcode(os.waitpid(inner, 0)[1])
+        if code < 0:  # end as it ended: killed by the same signal
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+        os._exit(code & 0xFF)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(ready_fd, f"{type(exc).__name__}: {exc}".encode())
+        os._exit(126)
+
+
+def _run_experiment(confined: bool, box: Path, env: dict[str, str], channel_fd: int, out_fd: int, ready_fd: int,
+                    filtered: bool) -> NoReturn:  # fmt: skip
+    code = 1
+    try:
+        os.setsid()  # the run cannot push input into a terminal of ours (TIOCSTI)
+        if confined:
+            joining.drop_privileges()
+        if filtered:
+            syscalls.install()
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.write(ready_fd, b"ok")
+        keep = {0, 1, 2, channel_fd}
+        for fd in map(int, os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []):
+            if fd not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(box)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        from autoresearch.harness import boot
+
+        boot.run(Channel(socket.socket(fileno=channel_fd)))
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+    except BaseException:  # reported as `python train.py` would, then exit 1
+        traceback.print_exc()
+    finally:
+        try:
+            atexit._run_exitfuncs()  # what a normal interpreter exit does
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and everything under it; reap it."""
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    proc.wait()
 
 
 def _become_subreaper() -> None:

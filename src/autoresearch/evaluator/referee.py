@@ -23,6 +23,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -39,7 +40,7 @@ from autoresearch.data.shards import REPAIR_HINT, Manifest, open_shard
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
-from autoresearch.evaluator.clock import CpuClock, WallClock
+from autoresearch.evaluator.clock import CPU, CpuClock, TrainingClock, WallClock
 from autoresearch.evaluator.clock import describe as describe_clock
 from autoresearch.evaluator.confined import ExperimentProcess, environment_for
 from autoresearch.evaluator.feeder import Feeder
@@ -72,28 +73,20 @@ class Referee:
             ) from None
         if manifest.preset != self.preset.as_dict():
             raise DataError(f"data in {data_dir} was prepared for other preset settings", hint=REPAIR_HINT)
-        self.tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
-        if self.tokenizer.digest() != manifest.tokenizer_sha256:
-            raise DataError(f"{data_dir / 'tokenizer.json'} does not match the shards", hint=REPAIR_HINT)
-        self.fingerprint = fingerprint(self.apparatus, manifest)
-        self.feeder = Feeder(data_dir, manifest, self.tokenizer.vocab_size)
-        self._val_rows = open_shard(data_dir, manifest.split(VAL)[0], verify=True)[: self.preset.eval_rows]
+        # The experiment first: it may be forked from this process, which must not hold anything secret yet.
+        self.experiment, clock = self._start_experiment(env, data_dir)
+        try:
+            self.tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
+            if self.tokenizer.digest() != manifest.tokenizer_sha256:
+                raise DataError(f"{data_dir / 'tokenizer.json'} does not match the shards", hint=REPAIR_HINT)
+            self.fingerprint = fingerprint(self.apparatus, manifest)
+            self.feeder = Feeder(data_dir, manifest, self.tokenizer.vocab_size)
+            self._val_rows = open_shard(data_dir, manifest.split(VAL)[0], verify=True)[: self.preset.eval_rows]
+        except BaseException:
+            self.experiment.stop()
+            shutil.rmtree(self.box, ignore_errors=True)
+            raise
         self.eval_batch = eval_batch_size(len(self._val_rows), self.preset.seq_len, self.tokenizer.vocab_size)
-        state = self.root / ".autoresearch"
-        state.mkdir(exist_ok=True)
-        self.box = Path(tempfile.mkdtemp(prefix="box-", dir=state))
-        compile_cache = cache_root() / "compile"
-        env = environment_for(env, compile_cache)
-        on_cpu = devices.pick_device().type == "cpu"
-        if on_cpu:  # the experiment gets the cores this process's torch would use; the budget counts them.
-            env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-            # Threads that wait sleep instead of spinning: spinning burns CPU time that does no work, the more
-            # so the busier the machine (3 busy processes beside a run cost it over half its steps).
-            env["OMP_WAIT_POLICY"] = "PASSIVE"
-        writable = [Path(env[k]) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")]
-        for path in writable:
-            path.mkdir(parents=True, exist_ok=True)
-        self.experiment = ExperimentProcess(self.box, _hidden_paths(self.root, data_dir), writable, env)
         constants = {
             "seq_len": self.preset.seq_len,
             "eval_batch_rows": self.eval_batch,
@@ -102,9 +95,22 @@ class Referee:
             "untimed_steps": self.preset.untimed_steps,
             "train_rows": self.feeder.order.num_rows,
         }
-        clock = CpuClock(torch.get_num_threads()) if on_cpu else WallClock()
         self.session = Session(self.experiment.channel, self.feeder, constants, self.apparatus.budget_seconds, clock)
         self.timeline = self.session.timeline
+
+    def _start_experiment(self, env: dict[str, str], data_dir: Path) -> tuple[ExperimentProcess, TrainingClock]:
+        state = self.root / ".autoresearch"
+        state.mkdir(exist_ok=True)
+        self.box = Path(tempfile.mkdtemp(prefix="box-", dir=state))
+        env = environment_for(env, cache_root() / "compile")
+        on_cpu = devices.pick_device().type == "cpu"
+        if on_cpu:  # the experiment gets the cores this process's torch would use; the budget counts them.
+            env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+        writable = [Path(env[k]) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")]
+        for path in writable:
+            path.mkdir(parents=True, exist_ok=True)
+        experiment = ExperimentProcess(self.box, _hidden_paths(self.root, data_dir), writable, env)
+        return experiment, CpuClock(torch.get_num_threads()) if on_cpu else WallClock()
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -117,6 +123,11 @@ class Referee:
                 self.experiment.output.note(
                     f"autoresearch: the experiment runs unconfined ({self.experiment.unconfined_reason}); the "
                     "metric is still computed here, but train.py can read and write what this user can"
+                )
+            if self.experiment.unfiltered_reason and self.session.clock.kind == CPU:
+                self.experiment.output.note(
+                    f"autoresearch: no seccomp filter for the experiment ({self.experiment.unfiltered_reason}); "
+                    "a train.py that ignores SIGCHLD can do work that the CPU clock does not count"
                 )
             shutil.copyfile(train_py, self.box / "train.py")
             self.session.progress_path = progress_path
@@ -261,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--workspace", type=Path, help="prepare a run of this workspace, then read the job on stdin")
     where.add_argument("--train-py", type=Path, help="run and score this train.py now (python train.py by hand)")
     args = parser.parse_args(argv)
+    # What a process that exec'd this one may have left: ignoring SIGCHLD would hide the experiment's ended
+    # processes from the CPU clock and from waiting for them.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     experiment_env = dict(os.environ)
     # This process compiles the handed-over graph with caches of its own: the experiment can write its own
     # compile cache, and a poisoned entry there must never be loaded here.

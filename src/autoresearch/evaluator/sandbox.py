@@ -73,6 +73,31 @@ def scrubbed_env(env: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def box_environment(env: Mapping[str, str], workdir: Path, writable: Sequence[Path] = ()) -> dict[str, str]:
+    """The confined process's environment: `scrubbed_env(env)`, with HOME and TMPDIR where it can write."""
+    box_env = scrubbed_env(env)
+    for name in ("HOME", "TMPDIR"):
+        # Programs write there (caches under ~, gcc under Triton in $TMPDIR): keep it only if it is writable inside.
+        if name in box_env and not _inside(Path(box_env[name]), [workdir, *writable]):
+            box_env[name] = str(_PRIVATE_TMP)
+    box_env.setdefault("HOME", str(_PRIVATE_TMP))
+    return box_env
+
+
+def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
+    """What the evaluator process is started with: the experiment is forked from it, and a forked process keeps
+    its parent's memory, environment block included. So: what train.py may see, our settings, and the paths
+    of the Hugging Face cache (to hide it); no secret, nothing off the allow-list."""
+    ours = {name: value for name, value in env.items() if name.startswith(("AUTORESEARCH_", "HF_HOME", "HF_HUB_CACHE"))}
+    evaluator = {**scrubbed_env(env), **{k: v for k, v in ours.items() if not _SECRET_NAME.search(k)}}
+    # Read once, when torch loads, and inherited by the fork: OpenMP's threads that wait sleep instead of spinning
+    # (spinning burns CPU time, which the CPU clock counts, the more so the busier the machine), and asking
+    # whether a GPU exists does not start CUDA (a CUDA context does not survive a fork).
+    evaluator.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    evaluator["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    return evaluator
+
+
 def _python_paths() -> list[Path]:
     """Where this Python and its packages live: the interpreter's prefixes, the directories on sys.path and
     this package's own (an editable install is found through a hook, not through sys.path)."""
@@ -108,8 +133,10 @@ def command(
     hidden: Sequence[Path] = (),
     env: Mapping[str, str],
     gpu: bool = True,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
-    """The argv that runs `argv` confined, in `workdir`, with `scrubbed_env(env)` (see the module docstring)."""
+    """The argv that runs `argv` confined, in `workdir`, with `box_environment(env, ...)` (see the module
+    docstring), under the seccomp filter in `seccomp_fd` if given (the caller passes the fd on)."""
     workdir = _directory(workdir)
     writable = [_directory(path) for path in writable]
     hidden = [_real(path) for path in hidden]
@@ -139,13 +166,7 @@ def command(
     read_only = [option for path in hidden for option in ("--remount-ro", str(path))]
     masked = [option for path in secret_files for option in ("--ro-bind", "/dev/null", str(path))]
 
-    box_env = scrubbed_env(env)
-    for name in ("HOME", "TMPDIR"):
-        # Programs write there (caches under ~, gcc under Triton in $TMPDIR): keep it only if it is writable inside.
-        if name in box_env and not _inside(Path(box_env[name]), [workdir, *writable]):
-            box_env[name] = str(_PRIVATE_TMP)
-    box_env.setdefault("HOME", str(_PRIVATE_TMP))
-
+    box_env = box_environment(env, workdir, writable)
     devices = [*_nvidia_nodes(), "/dev/dri"] if gpu else []
     return [
         shutil.which("bwrap") or "bwrap",
@@ -180,6 +201,7 @@ def command(
         *[option for _, options in mounts for option in options],
         *read_only,
         *masked,
+        *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),
         "--chdir",
         str(workdir),
         "--clearenv",

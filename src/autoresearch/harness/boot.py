@@ -1,9 +1,11 @@
-"""`python -m autoresearch.harness.boot`: the experiment's process, started by the evaluator.
+"""The experiment's process: what every run imports, then train.py once the evaluator says "go".
 
-It imports what every run needs (torch, the harness, torch's compiler, which torch.export needs too)
-and rehearses the model's export while the previous experiment is still training, waits for "go", then
-runs ./train.py as `python train.py` would. On a CPU that work takes cores from the run that trains
-meanwhile, but not its budget: there the budget is that run's own CPU time (evaluator/clock.py).
+The evaluator forks the experiment from a process that has already imported torch, the harness and
+torch's compiler (which torch.export needs too) and rehearsed the model's export (`prepare`), so a run
+starts at once (evaluator/confined.py). Where it cannot fork into the sandbox, it starts
+`python -m autoresearch.harness.boot` instead, which prepares while the previous experiment is still
+training. On a CPU that work takes cores from the run that trains meanwhile, but not its budget: there
+the budget is that run's own CPU time (evaluator/clock.py).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import sys
 from autoresearch.wire import Channel, ChannelClosed
 
 COMPILER = ("torch._dynamo", "torch._inductor.compile_fx", "torch.nn.attention.flex_attention")
+_prepared = False
 
 
-def main() -> None:
-    channel = Channel.from_env()
-    if channel is None:
-        sys.exit("autoresearch.harness.boot is started by the evaluator, not by hand: run `python train.py`")
+def prepare() -> None:
+    """Import what a run needs and rehearse the export once per process (inherited by forks)."""
+    global _prepared
+    if _prepared:
+        return
     from autoresearch import harness  # noqa: F401  (imports torch)
 
     try:
@@ -31,6 +35,11 @@ def main() -> None:
         rehearse()
     except Exception:
         pass  # the run itself will say what is wrong, if anything
+    _prepared = True
+
+
+def run(channel: Channel) -> None:
+    """Wait for "go", then run ./train.py as `python train.py` would."""
     try:
         header, _ = channel.receive()
     except ChannelClosed:
@@ -38,8 +47,16 @@ def main() -> None:
     if header.get("op") != "go":
         sys.exit(f"autoresearch: expected 'go' from the evaluator, got {header!r}")
     sys.argv = ["train.py"]
-    sys.path[0] = ""  # as `python train.py` in this directory: its own modules first
+    sys.path[0:1] = [""]  # as `python train.py` in this directory: its own modules first
     runpy.run_path("train.py", run_name="__main__")
+
+
+def main() -> None:
+    channel = Channel.from_env()
+    if channel is None:
+        sys.exit("autoresearch.harness.boot is started by the evaluator, not by hand: run `python train.py`")
+    prepare()
+    run(channel)
 
 
 if __name__ == "__main__":

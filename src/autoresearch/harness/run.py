@@ -50,7 +50,10 @@ def _become_referee() -> None:
         raise TrainingFailed("harness.start() must be called from a train.py run as `python train.py`")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "autoresearch.evaluator.referee", "--train-py", str(script)])
+    from autoresearch.evaluator.sandbox import evaluator_env
+
+    argv = [sys.executable, "-m", "autoresearch.evaluator.referee", "--train-py", str(script)]
+    os.execve(sys.executable, argv, evaluator_env(os.environ))
 
 
 class Run:

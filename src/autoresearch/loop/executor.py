@@ -3,10 +3,10 @@
 The `Executor` protocol is what the loop depends on; `LocalExecutor` runs on this machine. Each run is
 an evaluator process (`python -m autoresearch.evaluator.referee`, trusted) that starts train.py
 confined, serves its data, owns its clock and scores what it hands over; the loop only reads the
-result file the evaluator writes, in a place the experiment cannot reach. The next run's evaluator
-and experiment are started while the current one trains, so their imports (torch, its compiler)
-cost no time between experiments. Executors for several GPUs or a cluster plug in behind the same
-interface.
+result file the evaluator writes, in a place the experiment cannot reach. Evaluators are forked from
+a fork server (evaluator/zygote.py) that has imported torch and its compiler once, and the next run's
+evaluator and experiment are started while the current one trains, so a run starts at once. Executors
+for several GPUs or a cluster plug in behind the same interface.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,9 @@ from typing import Protocol
 
 import psutil
 
+from autoresearch.evaluator.confined import FORK_ENV
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, Result
+from autoresearch.evaluator.sandbox import evaluator_env
 
 OK, CRASH, TIMEOUT, INVALID, CHANGED = "ok", "crash", "timeout", "invalid", "apparatus-changed"
 LOG_TAIL_CHARS = 4000
@@ -69,6 +73,9 @@ class LocalExecutor:
         self.python = python
         self.prewarm = os.environ.get(PREWARM_ENV, "1") != "0" if prewarm is None else prewarm
         self._warm: Referee | None = None
+        forking = os.environ.get(FORK_ENV, "1") != "0" and sys.platform.startswith("linux")
+        self._server = ForkServer(python) if forking else None
+        self.fork_failure: str | None = None  # why evaluators are no longer forked, if they are not
 
     def run(self, spec: RunSpec) -> Outcome:
         spec.run_dir.mkdir(parents=True, exist_ok=True)
@@ -83,7 +90,7 @@ class LocalExecutor:
             referee.start(job)
             if self.prewarm:  # once this run trains: before, its start-up would share the cores with the next's
                 referee.wait_for_training(spec.run_dir / PROGRESS_NAME, spec.timeout)
-                self._warm = Referee(self.python, spec.directory)
+                self._warm = self._referee(spec.directory)
             code = referee.wait(max(0.0, spec.timeout - (time.monotonic() - started)))
         except BaseException:  # Ctrl-C or a kill of the loop: take the run down with us
             referee.kill()
@@ -101,12 +108,25 @@ class LocalExecutor:
             return warm
         if warm is not None:
             warm.kill()
-        return Referee(self.python, directory)
+        return self._referee(directory)
+
+    def _referee(self, directory: Path) -> Referee:
+        if self._server is not None:
+            try:
+                return Referee(directory, self._server.fork(directory))
+            except ForkFailed as exc:
+                self.fork_failure = str(exc)
+                self._server.close()
+                self._server = None  # from now on, every evaluator is a new process
+        return Referee(directory, NewProcess(self.python, directory))
 
     def close(self) -> None:
         if self._warm is not None:
             self._warm.kill()
             self._warm = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
 
 def _outcome(code: int, result: Result | None, errors: str, log_tail: str, seconds: float, fingerprint: str) -> Outcome:
@@ -125,18 +145,11 @@ def _outcome(code: int, result: Result | None, errors: str, log_tail: str, secon
 
 
 class Referee:
-    """One run's evaluator process, started ahead of its job: it and its experiment import meanwhile."""
+    """One run's evaluator process, started ahead of its job: it and its experiment get ready meanwhile."""
 
-    def __init__(self, python: str, directory: Path):
+    def __init__(self, directory: Path, proc: NewProcess | ForkedProcess):
         self.directory = directory
-        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process it records
-        self.proc = subprocess.Popen(
-            [python, "-m", "autoresearch.evaluator.referee", "--workspace", str(directory)],
-            stdin=subprocess.PIPE,
-            stdout=self._errors,
-            stderr=self._errors,
-            start_new_session=True,  # its own process group: a kill takes the experiment along
-        )
+        self.proc = proc
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -169,8 +182,140 @@ class Referee:
         kill_group(self.proc)
 
     def errors(self) -> str:
-        self._errors.seek(0)
-        return self._errors.read()[-LOG_TAIL_CHARS:].decode("utf-8", errors="replace")
+        self.proc.captured.seek(0)
+        return self.proc.captured.read()[-LOG_TAIL_CHARS:].decode("utf-8", errors="replace")
+
+
+class NewProcess(subprocess.Popen):
+    """An evaluator started as `python -m autoresearch.evaluator.referee`, its output kept in `captured`."""
+
+    def __init__(self, python: str, directory: Path):
+        self.captured = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process it records
+        super().__init__(
+            [python, "-m", "autoresearch.evaluator.referee", "--workspace", str(directory)],
+            stdin=subprocess.PIPE,
+            stdout=self.captured,
+            stderr=self.captured,
+            env=evaluator_env(os.environ),
+            start_new_session=True,  # its own process group: a kill takes the experiment along
+        )
+
+
+class ForkFailed(RuntimeError):
+    """The fork server is gone or answered nonsense: start evaluators as new processes."""
+
+
+class ForkServer:
+    """The loop's end of the fork server (evaluator/zygote.py), started at once: it imports meanwhile."""
+
+    def __init__(self, python: str):
+        self._sock, theirs = socket.socketpair()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
+        self._proc = subprocess.Popen(
+            [python, "-m", "autoresearch.evaluator.zygote", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=self._stderr,
+            env=evaluator_env(os.environ),
+        )
+        theirs.close()
+        self._buffer = b""
+        self._exits: dict[int, int] = {}
+        self._ready = False
+
+    def fork(self, directory: Path) -> ForkedProcess:
+        """A new evaluator for a run of `directory`; ForkFailed if the server cannot make one."""
+        stdin_r, stdin_w = os.pipe()
+        errors = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process it records
+        try:
+            if not self._ready:
+                self._ready = self._next(timeout=300) == {"ready": True}
+                if not self._ready:
+                    raise ForkFailed("the fork server did not get ready")
+            request = json.dumps({"argv": ["--workspace", str(directory)]}).encode()
+            socket.send_fds(self._sock, [request], [stdin_r, errors.fileno()])
+            reply = self._next(timeout=60)
+            while reply is not None and "exit" in reply:  # another evaluator's end, recorded
+                reply = self._next(timeout=60)
+            if not reply or "pid" not in reply:
+                raise ForkFailed(f"the fork server answered {reply!r}")
+        except (OSError, ValueError, ForkFailed) as exc:
+            os.close(stdin_w)
+            errors.close()
+            self._stderr.seek(0)
+            said = self._stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+            raise ForkFailed(f"{exc}{': ' + said[0] if said else ''}") from exc
+        finally:
+            os.close(stdin_r)
+        return ForkedProcess(self, int(reply["pid"]), os.fdopen(stdin_w, "wb"), errors)
+
+    def exit_code(self, pid: int, timeout: float | None) -> int | None:
+        """The exit code of evaluator `pid`, once it ended; None if it still runs after `timeout` seconds.
+        If the server died meanwhile, the exit code is unknown: 0 once the process is gone (its result,
+        which only it writes, then decides)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pid not in self._exits:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                if self._next(left) is None:
+                    return None
+            except (OSError, ValueError, ForkFailed):
+                with contextlib.suppress(psutil.Error):
+                    psutil.Process(pid).wait(left)
+                return None if psutil.pid_exists(pid) and not _zombie(pid) else 0
+        return self._exits[pid]
+
+    def _next(self, timeout: float | None) -> dict | None:
+        """The server's next message (an exit is also recorded); None after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if b"\n" in self._buffer:
+                line, self._buffer = self._buffer.split(b"\n", 1)
+                message = json.loads(line)
+                if "exit" in message:
+                    self._exits[int(message["pid"])] = int(message["exit"])
+                return message
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self._sock], [], [], left)[0]:
+                return None
+            chunk = self._sock.recv(1 << 16)
+            if not chunk:
+                raise ForkFailed("the fork server exited")
+            self._buffer += chunk
+
+    def close(self) -> None:
+        self._sock.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=5)
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+class ForkedProcess:
+    """An evaluator the fork server made: what the executor needs of a Popen (pid, stdin, poll, wait)."""
+
+    def __init__(self, server: ForkServer, pid: int, stdin, captured):
+        self.server, self.pid, self.stdin, self.captured = server, pid, stdin, captured
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.wait(0) if self.returncode is None else self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if self.returncode is None:
+            self.returncode = self.server.exit_code(self.pid, timeout)
+            if self.returncode is None and timeout is not None and timeout > 0:
+                raise subprocess.TimeoutExpired("evaluator", timeout)
+        return self.returncode
 
 
 def kill_group(proc: subprocess.Popen, wait: float = 10.0) -> None:

@@ -1,0 +1,75 @@
+"""The one system call the experiment may not make: changing what happens when its children end.
+
+On a CPU the budget is the CPU time of the experiment's processes (evaluator/clock.py). A process's time
+reaches its parent's "children's times" when the parent reaps it; a process that ignores SIGCHLD (or sets
+SA_NOCLDWAIT) has its ended children reaped by the kernel, whose time then counts nowhere. A train.py
+could do its work in such short-lived helpers and train for free. So the experiment runs under a seccomp
+filter (libseccomp, through pyseccomp) that refuses `rt_sigaction(SIGCHLD, <new action>)` with EPERM:
+SIGCHLD keeps its default action in every process of the run, and every ended process is reaped by a
+parent that counts it. Reading the action stays allowed; nothing else is filtered. libseccomp kills a
+process that makes a system call of another architecture (the 32-bit entry points), so there is no way
+around it. Linux only; where libseccomp is missing, `unavailable_reason()` says so.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import signal
+import sys
+import tempfile
+
+
+@functools.cache
+def _pyseccomp():
+    import pyseccomp  # raises where libseccomp is not installed
+
+    return pyseccomp
+
+
+def unavailable_reason() -> str | None:
+    """None where the filter can be made; else one line saying why."""
+    if not sys.platform.startswith("linux"):
+        return "seccomp is Linux's"
+    try:
+        _pyseccomp()
+    except (ImportError, OSError, RuntimeError) as exc:
+        return f"libseccomp cannot be loaded ({exc}); install libseccomp2"
+    return None
+
+
+def _filter():
+    seccomp = _pyseccomp()
+    rules = seccomp.SyscallFilter(seccomp.ALLOW)
+    # rt_sigaction(signum, act, oldact): refused when signum is SIGCHLD and act is not NULL.
+    rules.add_rule(
+        seccomp.ERRNO(errno.EPERM),
+        "rt_sigaction",
+        seccomp.Arg(0, seccomp.EQ, signal.SIGCHLD),
+        seccomp.Arg(1, seccomp.NE, 0),
+    )
+    return rules
+
+
+def bpf() -> bytes:
+    """The filter as a BPF program, for `bwrap --seccomp FD`."""
+    with tempfile.TemporaryFile() as out:
+        _filter().export_bpf(out)
+        out.seek(0)
+        return out.read()
+
+
+def install() -> None:
+    """Put this process (and all it will start) under the filter, SIGCHLD reset to its default first.
+    Sets no_new_privs, which the kernel requires of an unprivileged filter. Raises OSError if it cannot."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _filter().load()
+
+
+def bpf_fd() -> int:
+    """A file descriptor holding the BPF program, positioned at its start (for bwrap to read)."""
+    fd = os.memfd_create("autoresearch-seccomp", 0)  # not close-on-exec: bwrap inherits it
+    os.write(fd, bpf())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd

@@ -1,0 +1,151 @@
+"""The experiment forked into a sandbox of its own (evaluator/confined.py, evaluator/joining.py).
+
+The forked experiment must be exactly as confined as one bubblewrap started: it sees the anchor's
+filesystem, PID tree and network, not this process's; it holds no capability and cannot gain one; it
+cannot change what SIGCHLD does. Where joining fails the experiment is started the plain way, still
+confined. Each test forks a real experiment from this process and runs a train.py in it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoresearch.evaluator import joining, sandbox, syscalls
+from autoresearch.evaluator.confined import ExperimentProcess
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forking into a sandbox is Linux's"),
+    pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="bubblewrap cannot confine here"),
+]
+
+PROBE = """
+import json, os, signal, socket, sys
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+out = {"caps": {k: status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs")}}
+out["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+out["hidden"] = os.listdir(HIDDEN)
+out["write"] = {}
+for target in (OUTSIDE, os.path.join(HIDDEN, "ledger.sqlite")):
+    try:
+        open(target, "w").write("pwned")
+        out["write"][target] = "written"
+    except OSError as exc:
+        out["write"][target] = type(exc).__name__
+try:
+    socket.create_connection(("127.0.0.1", PORT), timeout=2)
+    out["network"] = "REACHED"
+except OSError as exc:
+    out["network"] = type(exc).__name__
+try:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    out["sigchld"] = "ALLOWED"
+except OSError as exc:
+    out["sigchld"] = exc.errno
+open("written-inside", "w").write("ok")
+print("PROBE " + json.dumps(out))
+"""
+
+
+def experiment(tmp_path: Path, code: str, hidden: list[Path]) -> tuple[ExperimentProcess, str, int]:
+    """Fork an experiment whose train.py is `code`, tell it "go", and return it, its output and exit code."""
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "train.py").write_text(code)
+    exp = ExperimentProcess(box, hidden, [], dict(os.environ))
+    out = io.BytesIO()
+    exp.output.attach(out)
+    exp.channel.send({"op": "go"})
+    code = exp.proc.wait()
+    exp.stop()
+    return exp, out.getvalue().decode(), code
+
+
+@pytest.fixture
+def layout(tmp_path: Path):
+    hidden = tmp_path / "workspace"
+    hidden.mkdir()
+    (hidden / "ledger.sqlite").write_text("records")
+    listener = socket.create_server(("127.0.0.1", 0))
+    yield hidden, listener.getsockname()[1]
+    listener.close()
+
+
+def test_a_forked_experiment_is_confined_as_one_bubblewrap_started(tmp_path: Path, layout) -> None:
+    hidden, port = layout
+    outside = tmp_path / "outside.txt"
+    code = f"HIDDEN, OUTSIDE, PORT = {str(hidden)!r}, {str(outside)!r}, {port}\n" + PROBE
+    exp, output, exit_code = experiment(tmp_path, code, [hidden])
+    assert exp.forked and exp.confined and exit_code == 0, output
+    probe = json.loads(output.split("PROBE ", 1)[1].splitlines()[0])
+    assert probe["hidden"] == []  # the workspace is an empty directory inside
+    assert probe["write"][str(hidden / "ledger.sqlite")] != "written"
+    assert (hidden / "ledger.sqlite").read_text() == "records"
+    assert not outside.exists()  # written, if at all, into its private /tmp
+    assert probe["network"] != "REACHED"
+    assert max(probe["pids"]) < 10, probe["pids"]  # its own PID namespace: bwrap's init, the anchor, itself
+    assert all(int(v, 16) == 0 for k, v in probe["caps"].items() if k != "NoNewPrivs"), probe["caps"]
+    assert probe["caps"]["NoNewPrivs"] == "1"
+    if syscalls.unavailable_reason() is None:
+        assert probe["sigchld"] == 1  # EPERM
+    assert (tmp_path / "box" / "written-inside").read_text() == "ok"  # its own directory is writable
+
+
+def test_the_forked_experiment_gets_the_scrubbed_environment(tmp_path: Path, layout, monkeypatch) -> None:
+    hidden, _ = layout
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-train-py")
+    code = "import json, os\nprint('ENV ' + json.dumps(dict(os.environ)))\n"
+    _, output, _ = experiment(tmp_path, code, [hidden])
+    env = json.loads(output.split("ENV ", 1)[1].splitlines()[0])
+    assert "OPENAI_API_KEY" not in env and "sk-not-for-train-py" not in json.dumps(env)
+    assert env["HOME"] == "/tmp"  # where it can write
+
+
+def test_a_killed_experiment_takes_everything_it_started_along(tmp_path: Path, layout) -> None:
+    hidden, _ = layout
+    marker = tmp_path / "box" / "still-alive"
+    code = (
+        "import subprocess, time\n"
+        f"subprocess.Popen(['sh', '-c', 'sleep 3; touch {marker}'], start_new_session=True)\n"
+        "time.sleep(60)\n"
+    )
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "train.py").write_text(code)
+    exp = ExperimentProcess(box, [hidden], [], dict(os.environ))
+    exp.output.attach(io.BytesIO())
+    exp.channel.send({"op": "go"})
+    time.sleep(1)
+    assert exp.exit_code() is None
+    assert exp.stop() < 0  # killed
+    time.sleep(4)
+    assert not marker.exists()
+
+
+def test_where_joining_fails_the_experiment_is_started_the_plain_way_still_confined(
+    tmp_path: Path, layout, monkeypatch
+) -> None:
+    hidden, port = layout
+
+    def refuse(pid: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(joining, "join", refuse)
+    outside = tmp_path / "outside.txt"
+    code = f"HIDDEN, OUTSIDE, PORT = {str(hidden)!r}, {str(outside)!r}, {port}\n" + PROBE
+    exp, output, exit_code = experiment(tmp_path, code, [hidden])
+    assert not exp.forked and exp.confined and exit_code == 0, output
+    assert "PermissionError" in exp.join_error
+    probe = json.loads(output.split("PROBE ", 1)[1].splitlines()[0])
+    assert probe["hidden"] == [] and probe["network"] != "REACHED"
+    assert (hidden / "ledger.sqlite").read_text() == "records" and not outside.exists()
+    if syscalls.unavailable_reason() is None:
+        assert probe["sigchld"] == 1  # the filter, through bwrap --seccomp
