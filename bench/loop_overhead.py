@@ -5,10 +5,8 @@
 Runs the real loop (ledger, git, executor, judge) in a fresh workspace on python-source with a
 scripted agent that nudges the learning rates, then splits each experiment's wall time into
 training, the harness's own overhead (start-up, compilation, evaluation: untimed + eval seconds)
-and the loop's (proposing, git, ledger, process start: wall - total seconds). Also the CPU time every
-process of the loop spent per run beyond training (all of it, the fork server's and the next run's
-start-up included), which a busy machine does not change. Needs no Optuna and no network, so it runs
-on the GPU machine as it is.
+and the loop's (proposing, git, ledger, process start: wall - total seconds), and the CPU time of
+the loop's processes per run. Needs no Optuna and no network, so it runs on the GPU machine as it is.
 """
 
 from __future__ import annotations
@@ -78,14 +76,7 @@ def main() -> None:
             }
         )
     loop.executor.close()  # the fork server and a prewarmed run end and are reaped: their CPU time counts
-    everything = loop.ledger.all()
-    runs = sum(len(e.run_values) for e in everything)
-    cores = os.cpu_count() or 1
-    training_cpu = sum(
-        json.loads(e.result).get("training_seconds", 0.0) * len(e.run_values) * cores
-        for e in everything
-        if e.result and "cpu" in str(json.loads(e.result).get("training_clock", "")).lower()
-    )
+    runs = sum(len(e.run_values) for e in loop.ledger.all())
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu_total = sum(u.ru_utime + u.ru_stime for u in usage)
     measured = [r for r in rows if r["runs"]] or [{"harness_overhead_s": 0.0, "loop_overhead_s": 0.0, "runs": 1}]
@@ -98,9 +89,9 @@ def main() -> None:
         "mean_loop_overhead_s": statistics.fmean(r["loop_overhead_s"] / r["runs"] for r in measured),
         "mean_wall_beyond_budget_s": statistics.fmean(r["wall_s"] / r["runs"] - args.budget for r in measured),
         "runs_in_all": runs,
+        # CPU time of this process and of every process reaped under it, per run: the loop, the evaluators, the
+        # fork server, process start-ups. An experiment killed at its end is not always reaped under it.
         "cpu_per_run_s": cpu_total / runs,
-        # On the CPU clock only: every process's CPU time per run, less the training the budget counted.
-        "cpu_beyond_training_per_run_s": (cpu_total - training_cpu) / runs if training_cpu else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"loop_overhead_{args.preset}.json").write_text(json.dumps(summary, indent=1))

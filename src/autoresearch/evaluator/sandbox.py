@@ -90,12 +90,23 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
     of the Hugging Face cache (to hide it); no secret, nothing off the allow-list."""
     ours = {name: value for name, value in env.items() if name.startswith(("AUTORESEARCH_", "HF_HOME", "HF_HUB_CACHE"))}
     evaluator = {**scrubbed_env(env), **{k: v for k, v in ours.items() if not _SECRET_NAME.search(k)}}
-    # Read once, when torch loads, and inherited by the fork: OpenMP's threads that wait sleep instead of spinning
-    # (spinning burns CPU time, which the CPU clock counts, the more so the busier the machine), and asking
-    # whether a GPU exists does not start CUDA (a CUDA context does not survive a fork).
-    evaluator.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Read once, when torch loads, and inherited by the fork. Asking whether a GPU exists does not start CUDA
+    # (a CUDA context does not survive a fork). On a CPU, OpenMP's threads that wait sleep instead of spinning:
+    # spinning burns CPU time, which the CPU clock counts, the more so the busier the machine. (Not where a GPU
+    # trains: there is no CPU clock to protect, and waking sleeping threads only adds latency.)
     evaluator["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    if _trains_on_cpu(env):
+        evaluator.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return evaluator
+
+
+def _trains_on_cpu(env: Mapping[str, str]) -> bool:
+    """Whether runs will train on the CPU (device.pick_device's answer), told without importing torch."""
+    if device := env.get("AUTORESEARCH_DEVICE"):
+        return device.startswith("cpu")
+    if sys.platform == "darwin":
+        return False  # Apple's GPU, mostly; nothing is forked there
+    return env.get("CUDA_VISIBLE_DEVICES") in ("", "-1") or not glob.glob("/dev/nvidia[0-9]*")
 
 
 def _python_paths() -> list[Path]:
