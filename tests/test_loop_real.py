@@ -256,3 +256,14 @@ def test_on_the_cpu_a_busy_machine_trains_as_many_steps_as_an_idle_one(workspace
     wall = [o.result.total_seconds - o.result.untimed_seconds - o.result.eval_seconds for o in (idle, busy)]
     assert wall[1] > 1.4 * wall[0]  # the hogs took the cores half the time: a wall clock would have counted that
     assert 0.7 < busy.result.num_steps / idle.result.num_steps < 1.4
+
+
+def test_when_the_fork_server_dies_runs_start_as_new_processes_and_the_loop_says_so(workspace):
+    events: list[str] = []
+    executor = LocalExecutor(prewarm=False)
+    loop = make_loop(workspace, executor, baseline_runs=1, events=events)
+    executor._server._proc.kill()  # the fork server is gone before the first run
+    exp = loop.baseline()
+    assert exp.status == KEEP and exp.val_bpb is not None
+    assert "exited" in executor.fork_failure
+    assert [e for e in events if "the fork server failed" in e and "new processes" in e]

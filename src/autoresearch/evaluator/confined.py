@@ -306,8 +306,8 @@ def _run_experiment(confined: bool, box: Path, env: dict[str, str], channel_fd: 
         os.environ.clear()
         os.environ.update(env)
         os.chdir(box)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a new Python process
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         from autoresearch.harness import boot
 
         boot.run(Channel(socket.socket(fileno=channel_fd)))

@@ -62,6 +62,7 @@ class ResearchLoop:
         self.git = workspace.git
         self.executor = executor
         self.reporter = reporter
+        self._fork_failure_told = False
         self.config = config
         self.ledger = Ledger(workspace.root)
         budget = workspace.apparatus.budget_seconds
@@ -325,6 +326,9 @@ class ResearchLoop:
         try:
             spec = RunSpec(self.ws.root, self.ws.state / "runs" / f"{exp.id}-{run}", self.timeout, self.fingerprint)
             outcome = self.executor.run(spec)
+            if (failure := getattr(self.executor, "fork_failure", None)) and not self._fork_failure_told:
+                self._fork_failure_told = True
+                self.reporter.message(f"the fork server failed ({failure}); runs now start as new processes, slower")
         finally:
             exp.attempts -= 1
             self.ledger.update(exp.id, attempts=exp.attempts)
