@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from autoresearch.config.paths import cache_root
 from autoresearch.config.presets import get_preset
@@ -15,10 +18,19 @@ from autoresearch.workspace.init import create_workspace
 from autoresearch.workspace.workspace import Workspace
 
 
-def fresh_loop(work: Path, preset_name: str, budget: float | None, baseline_runs: int) -> ResearchLoop:
-    """`work` emptied and made a workspace (data prepared if needed), with a loop that prints each event."""
+def fresh_loop(
+    work: Path,
+    preset_name: str,
+    budget: float | None,
+    baseline_runs: int,
+    train_overrides: dict[str, Any] | None = None,
+) -> ResearchLoop:
+    """`work` emptied and made a workspace (data prepared if needed), with a loop that prints each event.
+    `train_overrides` replaces train.py constants of the preset's starting point (the baseline)."""
     shutil.rmtree(work, ignore_errors=True)
     preset = get_preset(preset_name)
+    if train_overrides:
+        preset = replace(preset, train_defaults=MappingProxyType({**preset.train_defaults, **train_overrides}))
     data_dir = prepare("python-source", preset, cache_root())
     create_workspace(work, preset, "python-source", data_dir, budget, tag="bench")
     return ResearchLoop(

@@ -1,15 +1,17 @@
 """The seed-to-seed noise of a preset's shipped train.py, measured as the loop measures it.
 
-    python bench/seed_noise.py [--preset tiny] [--seeds 5] [--budget SECONDS] [--out DIR]
+    python bench/seed_noise.py [--preset tiny] [--seeds 5] [--budget SECONDS] [--set NAME=VALUE ...] [--out DIR]
 
 A fresh workspace on python-source; the loop's baseline trains the unchanged train.py once per seed.
 Prints each run's val_bpb, steps and seconds, and the noise (their standard deviation) and margin the
-loop would judge with; writes them to OUT/seed_noise_<preset>.json.
+loop would judge with; writes them to OUT/seed_noise_<preset>.json. `--set DEPTH=3` changes a train.py
+constant of the baseline (a Python literal), to measure a candidate starting point for the preset.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import statistics
@@ -21,15 +23,29 @@ from autoresearch.evaluator.result import Result
 from autoresearch.loop.judge import margin_of, noise_of
 
 
+def constant(text: str) -> tuple[str, object]:
+    """NAME=VALUE, the value a Python literal: `TOTAL_BATCH_SIZE=2**11` is not one, `TOTAL_BATCH_SIZE=2048` is."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Python literal") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", type=float, help="default: the preset's")
+    parser.add_argument("--set", type=constant, action="append", default=[], metavar="NAME=VALUE",
+                        help="a train.py constant of the baseline, other than the preset's default")  # fmt: skip
     parser.add_argument("--work", type=Path, default=Path("/tmp/seed-noise"))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
     args = parser.parse_args()
-    loop = fresh_loop(args.work, args.preset, args.budget, args.seeds)
+    overrides = dict(args.set)
+    loop = fresh_loop(args.work, args.preset, args.budget, args.seeds, overrides)
     ws = loop.ws
     baseline = loop.baseline()
     runs = []
@@ -44,6 +60,7 @@ def main() -> None:
     summary = {
         "preset": args.preset,
         "budget_s": ws.apparatus.budget_seconds,
+        "overrides": overrides,
         "device": Result.load(next((ws.state / "runs").glob("*/result.json"))).device,
         "runs": runs,
         "mean_val_bpb": statistics.fmean(values),

@@ -355,7 +355,8 @@ def proposals(ws: Path, seeds: int) -> list[str]:
 
 def test_the_cost_of_a_step_follows_tokens_depth_and_width() -> None:
     base = tiny_cost(TINY_PY)
-    assert tiny_cost(set_constants(TINY_PY, {"TOTAL_BATCH_SIZE": 2**13})) == 2 * base
+    double = 2 * TINY.train_defaults["TOTAL_BATCH_SIZE"]
+    assert tiny_cost(set_constants(TINY_PY, {"TOTAL_BATCH_SIZE": double})) == 2 * base
     assert tiny_cost(set_constants(TINY_PY, {"MATRIX_LR": 0.08})) == base
     for changes in WASTED:  # both far beyond what a CPU affords in a budget that fits ~100 baseline steps
         assert tiny_cost(set_constants(TINY_PY, changes)) > 20 * base
