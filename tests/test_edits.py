@@ -53,7 +53,7 @@ def test_crlf_answer_and_prose_line_before_a_block_are_fine() -> None:
 
 
 def test_empty_replace_deletes_the_lines() -> None:
-    old = "VE_GATE_CHANNELS = 32  # input channels that gate the value embeddings"
+    old = "VE_GATE_CHANNELS = 32  # input channels that gate the value embeddings, at most the width (8-64)"
     source = TRAIN_PY.replace(old, old + "\nEXTRA = 1")
     result = apply_edits(source, parse_edits(block("EXTRA = 1", "").replace("=======\n\n", "=======\n")))
     assert result == TRAIN_PY

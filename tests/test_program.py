@@ -88,6 +88,17 @@ def test_a_model_that_cannot_be_exported_gets_a_reason_naming_what_to_avoid() ->
         Exported(Branchy(), BATCH, SEQ, VOCAB, CPU)
 
 
+def test_a_model_whose_forward_is_broken_is_told_so_not_blamed_on_the_export() -> None:
+    class Mismatched(Tiny):
+        def forward(self, idx):
+            logits = super().forward(idx)
+            return logits @ torch.ones(logits.shape[-1] + 1, 3)  # a shape bug, export or not
+
+    with pytest.raises(HandOverError, match=r"forward fails on a batch of shape \(3, 16\)") as caught:
+        Exported(Mismatched(), BATCH, SEQ, VOCAB, CPU)
+    assert "torch.export" not in str(caught.value)
+
+
 def test_in_place_operations_on_intermediate_tensors_are_handed_over_as_functional_ones() -> None:
     class InPlace(Tiny):
         def forward(self, idx):

@@ -244,3 +244,35 @@ def test_unconfined_a_run_that_writes_outside_train_py_is_a_crash_and_everything
     assert own_refs(ws) == refs
     assert package_digest() == digest and loop.best().id == lab_loop.best().id != exp.id
     assert json.loads((ws.state / "runs" / f"{exp.id}-0" / "result.json").read_text())["confined"] is False
+
+
+# Two train.py files written together: the first leaves something in the only writable place that outlives a
+# run, the compile cache (a checkpoint, say); the second looks for it.
+LEAVE = """\
+    import os
+    with open(os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "carried-over.txt"), "w") as f:
+        f.write("weights from an earlier run")
+    print("LEFT IT")
+"""
+FIND = """\
+    import os
+    found = os.path.exists(os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "carried-over.txt"))
+    print("CARRIED OVER" if found else "nothing carried over")
+"""
+
+
+@pytest.mark.parametrize("mode", ["run", "shared"])
+def test_with_a_compile_cache_per_run_nothing_passes_from_one_run_to_the_next(
+    lab, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, _ = lab
+    monkeypatch.setenv("AUTORESEARCH_COMPILE_CACHE", mode)
+    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)  # its evaluators start with this env
+    left = loop.step(one_edit("leave a file in the compile cache", [(START, START + LEAVE)]))
+    assert "LEFT IT" in run_log(ws, left.id)
+    exp = loop.step(one_edit("look for it", [(START, START + FIND)]))
+    log = run_log(ws, exp.id)
+    if mode == "run":
+        assert "nothing carried over" in log, log
+    else:  # the shared cache (the default, for speed) is the one way across: README, "What is not covered"
+        assert "CARRIED OVER" in log, log

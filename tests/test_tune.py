@@ -174,7 +174,9 @@ def test_ranges_follow_the_rules() -> None:
     batch = make_knob(c["TOTAL_BATCH_SIZE"], [])
     assert batch.pow2 and (batch.dist.low, batch.dist.high) == (12, 20)  # exponents of 2**12-2**20
     head = make_knob(c["VE_GATE_CHANNELS"], [])
-    assert head.pow2 and (head.dist.low, head.dist.high) == (3, 7)  # no comment range: exponent +-2
+    assert head.pow2 and (head.dist.low, head.dist.high) == (3, 6)  # (8-64): exponents of 2**3-2**6
+    channels = make_knob(read_constants("CHANNELS = 32  # no range\n")["CHANNELS"], [])
+    assert channels.pow2 and (channels.dist.low, channels.dist.high) == (3, 7)  # no comment range: exponent +-2
     depth = make_knob(c["DEPTH"], [])
     assert not depth.pow2 and (depth.dist.low, depth.dist.high) == (2, 24)  # DEPTH = 8 is a count
     rope = make_knob(c["ROPE_BASE"], [])

@@ -36,6 +36,7 @@ EARLY_OUTPUT_LIMIT = 2**20  # output kept before the run's log file is known
 MAX_PAYLOAD = 2**36  # 64 GiB: the largest model hand-over taken
 PR_SET_CHILD_SUBREAPER = 36
 FORK_ENV = "AUTORESEARCH_FORK_SERVER"  # "0": start every experiment as a new process instead of forking it
+COMPILE_CACHE_ENV = "AUTORESEARCH_COMPILE_CACHE"  # "run": a compile cache per run (environment_for)
 
 
 class Output:
@@ -345,9 +346,19 @@ def _become_subreaper() -> None:
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def environment_for(base: dict[str, str], compile_cache: Path) -> dict[str, str]:
-    """The run's environment: compile caches in a directory the sandbox lets it write and keep."""
+def environment_for(base: dict[str, str], shared_cache: Path, box: Path) -> tuple[dict[str, str], list[Path]]:
+    """The run's environment, and the directories besides its box that it may write: the compile caches.
+
+    Shared (the default): one cache for every run, so a train.py that compiles what an earlier one did
+    loads it instead (on a GPU, tens of seconds per run); but a run can leave files there that a later
+    run reads. `AUTORESEARCH_COMPILE_CACHE=run`: a cache in the run's own box, gone with it, so nothing
+    passes from one run to the next; every run compiles from scratch."""
     env = dict(base)
-    env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache / "inductor"))
-    env.setdefault("TRITON_CACHE_DIR", str(compile_cache / "triton"))
-    return env
+    private = os.environ.get(COMPILE_CACHE_ENV, "shared") == "run"
+    for name, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+        if private:
+            env[name] = str(box / ".compile" / sub)
+        else:
+            env.setdefault(name, str(shared_cache / sub))
+        Path(env[name]).mkdir(parents=True, exist_ok=True)
+    return env, [] if private else [Path(env["TORCHINDUCTOR_CACHE_DIR"]), Path(env["TRITON_CACHE_DIR"])]

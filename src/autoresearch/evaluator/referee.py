@@ -102,13 +102,10 @@ class Referee:
         state = self.root / ".autoresearch"
         state.mkdir(exist_ok=True)
         self.box = Path(tempfile.mkdtemp(prefix="box-", dir=state))
-        env = environment_for(env, cache_root() / "compile")
+        env, writable = environment_for(env, cache_root() / "compile", self.box)
         on_cpu = devices.pick_device().type == "cpu"
         if on_cpu:  # the experiment gets the cores this process's torch would use; the budget counts them.
             env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-        writable = [Path(env[k]) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")]
-        for path in writable:
-            path.mkdir(parents=True, exist_ok=True)
         experiment = ExperimentProcess(self.box, _hidden_paths(self.root, data_dir), writable, env)
         return experiment, CpuClock(torch.get_num_threads()) if on_cpu else WallClock()
 

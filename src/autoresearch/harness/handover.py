@@ -57,6 +57,9 @@ class Exported:
                     program = program.run_decompositions({})
         except Exception as exc:  # torch raises many kinds; each means the same to the user
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if broken := _eager_failure(model, idx, device):  # not export's doing: the forward itself fails
+                shape = tuple(idx.shape)
+                raise HandOverError(f"the model's forward fails on a batch of shape {shape} ({broken})") from exc
             raise HandOverError(f"the model cannot be exported ({type(exc).__name__}: {first[:400]}); {HINT}") from exc
         finally:
             model.train(was_training)
@@ -118,6 +121,17 @@ class _Rehearsal(torch.nn.Module):
         y = F.scaled_dot_product_attention(q, q, q, is_causal=True).transpose(1, 2).reshape(x.shape)
         x = x + y * self.scale[: idx.shape[1]] + torch.sigmoid(x) * F.relu(x).square()
         return 15 * torch.tanh(self.head(x).float() / 15)
+
+
+def _eager_failure(model: torch.nn.Module, idx: torch.Tensor, device: torch.device) -> str | None:
+    """Why the model's forward fails when simply run, if it does."""
+    try:
+        with torch.no_grad(), devices.autocast(device):
+            model(idx)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"{type(exc).__name__}: {first[:400]}"
+    return None
 
 
 def rehearse() -> None:

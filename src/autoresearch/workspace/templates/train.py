@@ -45,7 +45,7 @@ WARMDOWN_RATIO = 0.6  # fraction of the budget at the end spent lowering it (0.2
 FINAL_LR_FRAC = 0.0  # learning rate at the very end, as a fraction of the peak (0-0.1)
 SEED = 42  # initialisation seed
 
-VE_GATE_CHANNELS = 32  # input channels that gate the value embeddings
+VE_GATE_CHANNELS = 32  # input channels that gate the value embeddings, at most the width (8-64)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -98,8 +98,9 @@ class Attention(nn.Module):
         self.c_k = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.c_v = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        gate_channels = min(VE_GATE_CHANNELS, config.n_embd)
         self.ve_gate = (
-            nn.Linear(VE_GATE_CHANNELS, config.n_head, bias=False) if has_value_embed(layer, config.n_layer) else None
+            nn.Linear(gate_channels, config.n_head, bias=False) if has_value_embed(layer, config.n_layer) else None
         )
 
     def forward(self, x, ve, cos, sin, mask):
@@ -108,7 +109,7 @@ class Attention(nn.Module):
         k = self.c_k(x).view(B, T, self.n_head, self.head_dim)
         v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
         if ve is not None:  # mix a per-token value embedding into v, gated per head (ResFormer-style)
-            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :VE_GATE_CHANNELS]))
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))
             v = v + gate.unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim)
         q, k = norm(rotate(q, cos, sin)), norm(rotate(k, cos, sin))  # QK-norm keeps attention logits tame
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
