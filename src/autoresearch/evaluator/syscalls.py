@@ -18,7 +18,6 @@ import functools
 import os
 import signal
 import sys
-import tempfile
 
 
 @functools.cache
@@ -52,14 +51,6 @@ def _filter():
     return rules
 
 
-def bpf() -> bytes:
-    """The filter as a BPF program, for `bwrap --seccomp FD`."""
-    with tempfile.TemporaryFile() as out:
-        _filter().export_bpf(out)
-        out.seek(0)
-        return out.read()
-
-
 def install() -> None:
     """Put this process (and all it will start) under the filter, SIGCHLD reset to its default first.
     Sets no_new_privs, which the kernel requires of an unprivileged filter. Raises OSError if it cannot."""
@@ -68,8 +59,9 @@ def install() -> None:
 
 
 def bpf_fd() -> int:
-    """A file descriptor holding the BPF program, positioned at its start (for bwrap to read)."""
+    """A file descriptor holding the filter as a BPF program, read from its start (`bwrap --seccomp FD`)."""
     fd = os.memfd_create("autoresearch-seccomp", 0)  # not close-on-exec: bwrap inherits it
-    os.write(fd, bpf())
+    with os.fdopen(fd, "wb", closefd=False) as out:
+        _filter().export_bpf(out)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
