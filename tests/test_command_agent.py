@@ -98,3 +98,9 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))
+
+
+def test_the_ledger_names_the_agents_program_not_its_command_line() -> None:
+    agent = CommandAgent("OPENAI_API_KEY=sk-secret timeout 600 /usr/local/bin/aider --api-key sk-other --yes")
+    assert agent.model == "aider"
+    assert CommandAgent("cd x && ./run.sh").model == "shell command"

@@ -47,7 +47,12 @@ class CommandAgent:
 
     def __init__(self, command: str, timeout_s: float = TIMEOUT_S):
         self.command = command
-        self.model = command
+        # What the ledger and the report name: the program, never the command line (it can carry keys).
+        try:
+            program = command_program(command)
+        except ValueError:
+            program = None
+        self.model = Path(program).name if program else "shell command"
         self.timeout_s = timeout_s
 
     def preflight(self, workspace: Path) -> list[str]:
