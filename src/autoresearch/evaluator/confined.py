@@ -329,15 +329,22 @@ def _run_experiment(confined: bool, box: Path, env: dict[str, str], channel_fd: 
             os._exit(code)
 
 
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL a process and everything under it; reap it."""
-    with contextlib.suppress(psutil.Error):
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                child.kill()
+def kill_tree(proc, wait: float = 10.0) -> None:
+    """Kill a process at once, with its process group (if it leads one) and every process it started (one that
+    left the group too), then reap it. `proc` is a Popen, or anything with its pid and wait(timeout). Nothing
+    of a run is worth a grace period: its result is written by the time it ends by itself."""
+    try:
+        started = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        started = []
     with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-    proc.wait()
+        kill = os.killpg if os.getpgid(proc.pid) == proc.pid else os.kill
+        kill(proc.pid, signal.SIGKILL)
+    for child in started:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=wait)  # a process leaving the GPU can take a moment
 
 
 def _become_subreaper() -> None:

@@ -27,7 +27,7 @@ from typing import Protocol
 
 import psutil
 
-from autoresearch.evaluator.confined import FORK_ENV
+from autoresearch.evaluator.confined import FORK_ENV, kill_tree
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, Result
 from autoresearch.evaluator.sandbox import evaluator_env
 
@@ -179,7 +179,7 @@ class Referee:
             return None
 
     def kill(self) -> None:
-        kill_group(self.proc)
+        kill_tree(self.proc)
 
     def errors(self) -> str:
         self.proc.captured.seek(0)
@@ -316,22 +316,6 @@ class ForkedProcess:
             if self.returncode is None and timeout is not None and timeout > 0:
                 raise subprocess.TimeoutExpired("evaluator", timeout)
         return self.returncode
-
-
-def kill_group(proc: subprocess.Popen, wait: float = 10.0) -> None:
-    """Kill a run at once: its process group and every process it started (one that left the group too).
-    Nothing of a run is worth a grace period: its result is written by the time it ends by itself."""
-    try:
-        started = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        started = []
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    for child in started:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=wait)  # a process leaving the GPU can take a moment
 
 
 def write_pid_file(path: Path, pid: int) -> None:
