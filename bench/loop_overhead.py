@@ -92,6 +92,17 @@ def main() -> None:
         # CPU time of this process and of every process reaped under it, per run: the loop, the evaluators, the
         # fork server, process start-ups. An experiment killed at its end is not always reaped under it.
         "cpu_per_run_s": cpu_total / runs,
+        # Every run, the baseline's seeds too (the first of them compiles with an empty cache): from its result.
+        "runs": [
+            {
+                "run": path.parent.name,
+                **{k: result.get(k) for k in ("untimed_seconds", "eval_seconds", "total_seconds")},
+            }
+            for path in sorted(
+                loop.ws.state.glob("runs/*/result.json"), key=lambda p: [int(x) for x in p.parent.name.split("-")]
+            )
+            for result in [json.loads(path.read_text())]
+        ],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"loop_overhead_{args.preset}.json").write_text(json.dumps(summary, indent=1))

@@ -102,3 +102,21 @@ def quiet_console() -> Console:
 @pytest.fixture
 def console() -> Console:
     return quiet_console()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, tiny_prepared: Path, cache_dir: Path):
+    """A workspace with its baseline measured, and the loop that measured it (the red-team tests' base)."""
+    from loop_support import make_loop, make_workspace
+
+    from autoresearch.loop.executor import LocalExecutor
+    from autoresearch.loop.ledger import KEEP
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTORESEARCH_CACHE", str(cache_dir))
+        ws = make_workspace(tmp_path_factory.mktemp("red-team") / "ws", tiny_prepared)
+        loop = make_loop(ws, LocalExecutor(), baseline_runs=2)
+        assert loop.baseline().status == KEEP
+        yield ws, loop
+        assert loop.executor.fork_failure is None  # every evaluator was forked from the fork server
+        loop.executor.close()

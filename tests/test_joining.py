@@ -60,7 +60,7 @@ def experiment(tmp_path: Path, code: str, hidden: list[Path]) -> tuple[Experimen
     box = tmp_path / "box"
     box.mkdir()
     (box / "train.py").write_text(code)
-    exp = ExperimentProcess(box, hidden, [], dict(os.environ))
+    exp = ExperimentProcess(box, dict(os.environ), sandbox.View(hidden=hidden))
     out = io.BytesIO()
     exp.output.attach(out)
     exp.channel.send({"op": "go"})
@@ -120,7 +120,7 @@ def test_a_killed_experiment_takes_everything_it_started_along(tmp_path: Path, l
     box = tmp_path / "box"
     box.mkdir()
     (box / "train.py").write_text(code)
-    exp = ExperimentProcess(box, [hidden], [], dict(os.environ))
+    exp = ExperimentProcess(box, dict(os.environ), sandbox.View(hidden=[hidden]))
     exp.output.attach(io.BytesIO())
     exp.channel.send({"op": "go"})
     time.sleep(1)

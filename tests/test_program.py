@@ -270,3 +270,21 @@ def test_the_graph_given_to_the_compiler_takes_the_weights_as_inputs_and_compute
     idx = torch.randint(0, VOCAB, (BATCH, SEQ))
     with torch.no_grad():
         assert torch.equal(function(*program.tensors, idx), program.module(idx))
+
+
+@pytest.mark.slow  # Inductor compiles C++ for the CPU: ~10 s
+def test_a_graph_compiled_before_its_weights_exist_scores_with_the_trained_weights() -> None:
+    from autoresearch.evaluator.ahead import CompileAhead
+
+    torch.manual_seed(0)
+    model = Tiny()
+    exported = Exported(model, BATCH, SEQ, VOCAB, CPU)  # the graph, handed over before the clock
+    ahead = CompileAhead(exported.document, CPU, BATCH, SEQ)
+    ahead.start()
+    with torch.no_grad():
+        model.wte.weight.mul_(2.0)  # trained meanwhile
+    compiled = ahead.take(exported.weights())
+    assert compiled is not None and compiled.eager_because is None  # Inductor compiled it, for this shape
+    idx = torch.randint(0, VOCAB, (BATCH, SEQ))
+    with torch.no_grad():
+        assert torch.allclose(compiled(idx), model(idx), atol=1e-5)

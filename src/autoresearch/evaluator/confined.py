@@ -2,7 +2,7 @@
 
 The process is `python -m autoresearch.harness.boot` in a fresh, empty run directory (the "box"),
 inside the sandbox (evaluator/sandbox.py: no network, no view of the workspace, the data or other
-processes, writes only to the box, a compile cache and its own /tmp). It imports torch at once and
+processes, writes only to the box and its own /tmp). It imports torch at once and
 waits on the channel for "go", so a run can be started while the previous one trains. Where no
 sandbox can be made it runs as a plain child; this process then becomes a child subreaper, so
 whatever the experiment detaches (a double fork, `setsid`) is still its descendant and is killed
@@ -36,7 +36,6 @@ EARLY_OUTPUT_LIMIT = 2**20  # output kept before the run's log file is known
 MAX_PAYLOAD = 2**36  # 64 GiB: the largest model hand-over taken
 PR_SET_CHILD_SUBREAPER = 36
 FORK_ENV = "AUTORESEARCH_FORK_SERVER"  # "0": start every experiment as a new process instead of forking it
-COMPILE_CACHE_ENV = "AUTORESEARCH_COMPILE_CACHE"  # "run": a compile cache per run (environment_for)
 
 
 class Output:
@@ -104,10 +103,11 @@ class ExperimentProcess:
     fork joins it (evaluator/joining.py), forks once more to be inside its PID namespace, drops every
     capability, and becomes the experiment. Where joining fails, or `AUTORESEARCH_FORK_SERVER=0`, the
     experiment is `python -m autoresearch.harness.boot` started inside the sandbox instead. Either way
-    it runs under the SIGCHLD filter (evaluator/syscalls.py).
+    it runs under the SIGCHLD filter (evaluator/syscalls.py). It sees what `view` says besides the root
+    (sandbox.View: the workspace and data hidden, the shared compile caches read-only, its own layer of them).
     """
 
-    def __init__(self, box: Path, hidden: list[Path], writable: list[Path], env: dict[str, str]):
+    def __init__(self, box: Path, env: dict[str, str], view: sandbox.View):
         self.unconfined_reason = sandbox.unavailable_reason()
         self.unfiltered_reason = syscalls.unavailable_reason()
         self._anchor: subprocess.Popen | None = None
@@ -118,9 +118,9 @@ class ExperimentProcess:
             _become_subreaper()
         started = None
         if os.environ.get(FORK_ENV, "1") != "0" and sys.platform.startswith("linux"):
-            started = self._fork(box, hidden, writable, env, theirs.fileno())
+            started = self._fork(box, view, env, theirs.fileno())
         self.forked = started is not None
-        self.proc, stdout = started or self._start(box, hidden, writable, env, theirs.fileno())
+        self.proc, stdout = started or self._start(box, view, env, theirs.fileno())
         theirs.close()
         self.channel = Channel(ours, max_payload=MAX_PAYLOAD)
         self.output = Output(stdout)
@@ -131,19 +131,19 @@ class ExperimentProcess:
     def confined(self) -> bool:
         return self.unconfined_reason is None
 
-    def _start(self, box, hidden, writable, env, channel_fd: int) -> tuple[subprocess.Popen, BinaryIO]:
+    def _start(self, box, view, env, channel_fd: int) -> tuple[subprocess.Popen, BinaryIO]:
         argv = [sys.executable, "-m", "autoresearch.harness.boot"]
         fds, preexec = [channel_fd], None
         if self.unconfined_reason is None:
             seccomp = syscalls.bpf_fd() if self.unfiltered_reason is None else None
             fds += [seccomp] if seccomp is not None else []
-            argv = sandbox.command(argv, workdir=box, writable=writable, hidden=hidden, env=env, seccomp_fd=seccomp)
+            argv = _confined(argv, box, view, env, seccomp)
         elif self.unfiltered_reason is None:
             preexec = syscalls.install
         proc = subprocess.Popen(
             argv,
             cwd=box,
-            env=sandbox.box_environment(env, box, writable),
+            env=sandbox.box_environment(env, box),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -154,14 +154,14 @@ class ExperimentProcess:
             os.close(fd)
         return proc, proc.stdout
 
-    def _fork(self, box, hidden, writable, env, channel_fd: int) -> tuple[Forked, BinaryIO] | None:
+    def _fork(self, box, view, env, channel_fd: int) -> tuple[Forked, BinaryIO] | None:
         """Fork the experiment into a sandbox of its own; None (and nothing left running) if it cannot join."""
         from autoresearch.harness import boot
 
         boot.prepare()
         anchor_pid = None
         if self.unconfined_reason is None:
-            self._anchor = _start_anchor(box, hidden, writable, env)
+            self._anchor = _start_anchor(box, view, env, self.unfiltered_reason is None)
             anchor_pid = _anchor_pid(self._anchor)
             if anchor_pid is None:
                 kill_tree(self._anchor)
@@ -169,7 +169,7 @@ class ExperimentProcess:
                 return None
         out_r, out_w = os.pipe()
         ready_r, ready_w = os.pipe()
-        box_env = sandbox.box_environment(env, box, writable)
+        box_env = sandbox.box_environment(env, box)
         pid = os.fork()
         if pid == 0:
             _become_experiment(anchor_pid, box, box_env, channel_fd, out_w, ready_w, self.unfiltered_reason is None)
@@ -199,9 +199,13 @@ class ExperimentProcess:
             kill_tree(self._anchor)
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signal.SIGKILL)  # bwrap takes its PID namespace, and all in it, along
-        for child in psutil.Process().children(recursive=True):  # unconfined leftovers, reparented to us
-            with contextlib.suppress(psutil.Error):
-                child.kill()
+        # Unconfined, what it left running was reparented to this process (a subreaper): all our children die.
+        # Confined, its PID namespace took everything along, and our own children (the compiler's worker pool,
+        # compiling the graph ahead: evaluator/ahead.py) must live on.
+        if not self.confined:
+            for child in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
         code = self.proc.wait()
         self.output.finish()
         return code
@@ -238,11 +242,24 @@ class Forked:
         self.wait()
 
 
-def _start_anchor(box: Path, hidden: list[Path], writable: list[Path], env: dict[str, str]) -> subprocess.Popen:
-    """A fresh sandbox around a waiting `sleep`; says "ready" once it is made."""
-    argv = sandbox.command(["/bin/sh", "-c", "echo ready; exec sleep infinity"], workdir=box, writable=writable,
-                           hidden=hidden, env=env)  # fmt: skip
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+def _confined(argv: list[str], box: Path, view: sandbox.View, env: dict[str, str], seccomp: int | None) -> list[str]:
+    return sandbox.command(argv, workdir=box, hidden=view.hidden, readable=view.readable, binds=view.binds, env=env,
+                           seccomp_fd=seccomp)  # fmt: skip
+
+
+def _start_anchor(box: Path, view: sandbox.View, env: dict[str, str], filtered: bool) -> subprocess.Popen:
+    """A fresh sandbox around a waiting `sleep`; says "ready" once it is made. Under the filter too: the
+    experiment shares its user namespace, so could otherwise trace it and make it ignore SIGCHLD for it."""
+    seccomp = syscalls.bpf_fd() if filtered else None
+    argv = _confined(["/bin/sh", "-c", "echo ready; exec sleep infinity"], box, view, env, seccomp)
+    fds = [seccomp] if seccomp is not None else []
+    try:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, pass_fds=fds
+        )
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _anchor_pid(anchor: subprocess.Popen, timeout: float = 30.0) -> int | None:
@@ -351,21 +368,3 @@ def _become_subreaper() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def environment_for(base: dict[str, str], shared_cache: Path, box: Path) -> tuple[dict[str, str], list[Path]]:
-    """The run's environment, and the directories besides its box that it may write: the compile caches.
-
-    Shared (the default): one cache for every run, so a train.py that compiles what an earlier one did
-    loads it instead (on a GPU, tens of seconds per run); but a run can leave files there that a later
-    run reads. `AUTORESEARCH_COMPILE_CACHE=run`: a cache in the run's own box, gone with it, so nothing
-    passes from one run to the next; every run compiles from scratch."""
-    env = dict(base)
-    private = os.environ.get(COMPILE_CACHE_ENV, "shared") == "run"
-    for name, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
-        if private:
-            env[name] = str(box / ".compile" / sub)
-        else:
-            env.setdefault(name, str(shared_cache / sub))
-        Path(env[name]).mkdir(parents=True, exist_ok=True)
-    return env, [] if private else [Path(env["TORCHINDUCTOR_CACHE_DIR"]), Path(env["TRITON_CACHE_DIR"])]

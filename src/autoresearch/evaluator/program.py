@@ -99,6 +99,16 @@ class ShapeCompiled:
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         idx = idx.contiguous()  # compiled code is specialised to the strides too
+        compiled = self._compile(idx)
+        out = self.program.module(idx) if compiled is None else compiled(*self.program.tensors, idx)
+        return out[0] if isinstance(out, tuple | list) else out
+
+    def prepare(self, rows: int, seq_len: int) -> None:
+        """Compile for batches of `rows` x `seq_len` now (compiling does not run the graph); call it under the
+        autocast the graph will run in."""
+        self._compile(torch.zeros(rows, seq_len, dtype=torch.long, device=self.program.device))
+
+    def _compile(self, idx: torch.Tensor):
         key = tuple(idx.shape)
         if key not in self._compiled:
             from torch._inductor import compile as inductor_compile
@@ -108,9 +118,7 @@ class ShapeCompiled:
             except Exception as exc:  # an operator Inductor cannot lower: eager computes the same function
                 self.eager_because = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
                 self._compiled[key] = None
-        compiled = self._compiled[key]
-        out = self.program.module(idx) if compiled is None else compiled(*self.program.tensors, idx)
-        return out[0] if isinstance(out, tuple | list) else out
+        return self._compiled[key]
 
 
 def lifted(program: Program) -> torch.fx.GraphModule:

@@ -40,9 +40,10 @@ from autoresearch.data.shards import REPAIR_HINT, Manifest, open_shard
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
+from autoresearch.evaluator import ahead, compile_cache, sandbox
 from autoresearch.evaluator.clock import CPU, CpuClock, TrainingClock, WallClock
 from autoresearch.evaluator.clock import describe as describe_clock
-from autoresearch.evaluator.confined import ExperimentProcess, environment_for
+from autoresearch.evaluator.confined import ExperimentProcess
 from autoresearch.evaluator.feeder import Feeder
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.evaluator.program import Program, ProgramRejected, ShapeCompiled, load_program
@@ -97,23 +98,35 @@ class Referee:
         }
         self.session = Session(self.experiment.channel, self.feeder, constants, self.apparatus.budget_seconds, clock)
         self.timeline = self.session.timeline
+        self._ahead: ahead.CompileAhead | None = None
+        if self.experiment.confined and ahead.wanted(devices.pick_device()):  # (unconfined, `stop` kills its pool)
+            self.session.on_clock = self._compile_ahead
+
+    def _compile_ahead(self, document: bytes) -> None:
+        self._ahead = ahead.CompileAhead(document, devices.pick_device(), self.eval_batch, self.preset.seq_len)
+        self._ahead.start()
 
     def _start_experiment(self, env: dict[str, str], data_dir: Path) -> tuple[ExperimentProcess, TrainingClock]:
         state = self.root / ".autoresearch"
         state.mkdir(exist_ok=True)
         self.box = Path(tempfile.mkdtemp(prefix="box-", dir=state))
-        env, writable = environment_for(env, cache_root() / "compile", self.box)
+        shared = [path for path in compile_cache.shared_dirs().values() if path.is_dir()]
+        env, layer = compile_cache.layer(env, self.box, confined=sandbox.unavailable_reason() is None)
         on_cpu = devices.pick_device().type == "cpu"
         if on_cpu:  # the experiment gets the cores this process's torch would use; the budget counts them.
             env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-        experiment = ExperimentProcess(self.box, _hidden_paths(self.root, data_dir), writable, env)
+        view = sandbox.View(hidden=_hidden_paths(self.root, data_dir), readable=shared, binds=layer)
+        experiment = ExperimentProcess(self.box, env, view)
         return experiment, CpuClock(torch.get_num_threads()) if on_cpu else WallClock()
 
     # -- the run --------------------------------------------------------------------------------
 
-    def run(self, train_py: Path, log, result_path: Path, progress_path: Path | None = None) -> int:
+    def run(
+        self, train_py: Path, log, result_path: Path, progress_path: Path | None = None, staged: Path | None = None
+    ) -> int:
         """Run `train_py` once, score what it hands over, write the result; the exit status. While it
-        runs, where it is goes to `progress_path`, if given (Session.progress)."""
+        runs, where it is goes to `progress_path`, if given (Session.progress); what it compiled goes to
+        `staged`, if given, for the loop to add to the shared compile cache or not (compile_cache.settle)."""
         try:
             self.experiment.output.attach(log)
             if not self.experiment.confined:
@@ -127,10 +140,13 @@ class Referee:
                     "a train.py that ignores SIGCHLD can do work that the CPU clock does not count"
                 )
             shutil.copyfile(train_py, self.box / "train.py")
+            compile_cache.fill(self.box)  # now, not when this process started: a run kept since then is in it
             self.session.progress_path = progress_path
             self.session.write_progress(STARTING)
             broken = self.session.serve()
             code = self.experiment.stop()
+            if staged:
+                compile_cache.harvest(self.box, staged)
             self.session.write_progress(EVALUATING)
             result, crashed = self._judge(broken, code)
             result.save(result_path)
@@ -174,8 +190,14 @@ class Referee:
 
     def _score(self) -> tuple[float, str | None]:
         t = self.timeline
-        program = load_program(t.program or b"", t.weights_data or b"", devices.pick_device())
-        bpb, why, eager_because = score_program(program, self._val_rows, self.tokenizer, self.eval_batch)
+        compiled = self._ahead.take(t.weights_data or b"") if self._ahead else None
+        if self._ahead and self._ahead.is_alive():
+            self.experiment.output.note(f"the graph compiled ahead was not ready {ahead.WAIT_S:.0f}s after training")
+        if compiled is None:
+            program = load_program(t.program or b"", t.weights_data or b"", devices.pick_device())
+        else:
+            program = compiled.program
+        bpb, why, eager_because = score_program(program, self._val_rows, self.tokenizer, self.eval_batch, compiled)
         if eager_because:
             self.experiment.output.note(
                 f"evaluation ran the graph eagerly: Inductor could not compile it ({eager_because})"
@@ -219,12 +241,18 @@ class Referee:
 
 
 def score_program(
-    program: Program, val_rows: np.ndarray, tokenizer: Tokenizer, batch_size: int
+    program: Program,
+    val_rows: np.ndarray,
+    tokenizer: Tokenizer,
+    batch_size: int,
+    compiled: ShapeCompiled | None = None,
 ) -> tuple[float, str | None, str | None]:
     """val_bpb of the handed-over model on the validation rows; why it is invalid (the causality probe, or
-    weights it changed while running), if it is; and why the graph ran eagerly on CUDA, if it did."""
+    weights it changed while running), if it is; and why the graph ran eagerly on CUDA, if it did. The
+    program runs `compiled` where given (compiled ahead, evaluator/ahead.py), compiled here on CUDA, else as
+    it is."""
     device = program.device
-    model = ShapeCompiled(program) if device.type == "cuda" else program.module
+    model = compiled or (ShapeCompiled(program) if device.type == "cuda" else program.module)
     scorer = Scorer(model, tokenizer.vocab_size, device)
     # A secret order: the probe takes the first batch, which the model cannot pick out in advance.
     rows = val_rows[np.random.default_rng(secrets.randbits(64)).permutation(len(val_rows))]
@@ -274,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     experiment_env = dict(os.environ)
-    # This process compiles the handed-over graph with caches of its own: the experiment can write its own
-    # compile cache, and a poisoned entry there must never be loaded here.
+    # This process compiles the handed-over graph with caches of its own: what an experiment compiled can
+    # reach the experiments' shared cache (compile_cache), and must never be loaded here.
     for name, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
         os.environ[name] = str(cache_root() / "evaluator-compile" / sub)
     try:
@@ -298,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     job = json.loads(line)
     with open(job["log"], "ab") as log:
         result = Path(job["result"])
-        return referee.run(Path(job["train_py"]), log, result, result.with_name(PROGRESS_NAME))
+        return referee.run(
+            Path(job["train_py"]), log, result, result.with_name(PROGRESS_NAME), result.with_name(compile_cache.STAGED)
+        )
 
 
 if __name__ == "__main__":

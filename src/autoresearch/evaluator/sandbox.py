@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
@@ -55,6 +56,15 @@ _HINT = (
     "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04+ also "
     "kernel.apparmor_restrict_unprivileged_userns=0); in a container, its seccomp profile must allow them"
 )
+
+
+@dataclass(frozen=True)
+class View:
+    """What a confined process sees besides the read-only root and its workdir (`command`'s arguments)."""
+
+    hidden: Sequence[Path] = ()  # empty inside
+    readable: Sequence[Path] = ()  # read-only, wherever they are
+    binds: Sequence[tuple[Path, Path]] = ()  # (outside, inside): writable, at another path
 
 
 class SandboxUnavailable(AutoresearchError):
@@ -141,13 +151,17 @@ def command(
     *,
     workdir: Path,
     writable: Sequence[Path] = (),
+    readable: Sequence[Path] = (),
+    binds: Sequence[tuple[Path, Path]] = (),
     hidden: Sequence[Path] = (),
     env: Mapping[str, str],
     gpu: bool = True,
     seccomp_fd: int | None = None,
 ) -> list[str]:
     """The argv that runs `argv` confined, in `workdir`, with `box_environment(env, ...)` (see the module
-    docstring), under the seccomp filter in `seccomp_fd` if given (the caller passes the fd on)."""
+    docstring), under the seccomp filter in `seccomp_fd` if given (the caller passes the fd on). The `readable`
+    directories are shown read-only even where they lie in the private /tmp or a hidden directory; each of
+    `binds` (outside, inside) shows a writable directory at another path."""
     workdir = _directory(workdir)
     writable = [_directory(path) for path in writable]
     hidden = [_real(path) for path in hidden]
@@ -170,8 +184,13 @@ def command(
     # say): shown again, read-only, or the run could not even start.
     covered = [_PRIVATE_TMP, *hidden]
     shown = [path for path in _python_paths() if _inside(path, covered) and not _reveals(path, covered)]
+    for path in map(_directory, readable):
+        if _reveals(path, hidden):
+            raise ValueError(f"{path} cannot be shown: it holds a hidden directory")
+        shown += [path] if _inside(path, covered) else []
     mounts += [(path, ["--ro-bind", str(path), str(path)]) for path in shown]
     mounts += [(path, ["--bind", str(path), str(path)]) for path in (workdir, *writable)]
+    mounts += [(inside, ["--bind", str(_directory(outside)), str(inside)]) for outside, inside in binds]
     mounts.sort(key=lambda mount: len(mount[0].parts))
     # Last, once bwrap has made the mount points inside them: the empty hidden directories must not be writable.
     read_only = [option for path in hidden for option in ("--remount-ro", str(path))]
@@ -209,6 +228,11 @@ def command(
         *[option for node in devices for option in ("--dev-bind-try", node, node)],
         "--proc",
         "/proc",
+        # Its /proc/sys is the machine's: read-only, or a run as root could set sysctls (a core_pattern that
+        # runs a program outside every namespace, say).
+        "--ro-bind",
+        "/proc/sys",
+        "/proc/sys",
         *[option for _, options in mounts for option in options],
         *read_only,
         *masked,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,7 @@ class Session:
         self.progress_path: Path | None = None  # where `progress()` is written while the run trains
         self._progress_written = 0.0
         self._loss: float | None = None
+        self.on_clock: Callable[[bytes], None] | None = None  # given the handed-over graph when the clock starts
 
     def elapsed(self) -> float:
         """Training-clock seconds since the clock started (0 before)."""
@@ -103,6 +105,8 @@ class Session:
                     if t.clock is None:
                         t.clock, t.on_clock = now, self.clock.read()
                         self.write_progress(TRAINING)
+                        if self.on_clock:
+                            self.on_clock(t.program)
                     channel.send({"ok": True})
                 elif op == "batch":
                     channel.send(*self._batch(header))

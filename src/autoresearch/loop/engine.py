@@ -22,6 +22,7 @@ from pathlib import Path
 from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage, preflight
 from autoresearch.data.shards import Manifest
 from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.loop import guard
 from autoresearch.loop.executor import CHANGED, OK, Executor, Outcome, RunSpec, reap_orphan
@@ -335,6 +336,8 @@ class ResearchLoop:
             why = self._verified(watch, f"experiment {exp.id}").reason()
             if source != exp.source:
                 self.ws.write_train_py(exp.source)
+        if exp.kind == BASELINE:  # the user's own train.py: what it compiled serves the next seeds at once
+            self._settle_compiled(exp, keep=outcome.status == OK and not why)
         if why:  # whatever it scored, a run that reached outside its box is not believed
             return Outcome(
                 RUN_CRASHED, None, f"the run {why}; all of it was put back", outcome.log_tail, outcome.seconds
@@ -389,9 +392,14 @@ class ResearchLoop:
         for key, value in changes.items():
             setattr(exp, key, value)
         self.ledger.write_tsv()  # the verdict is durable before git moves
+        self._settle_compiled(exp, keep=status == KEEP)
         self._apply_git(exp)
         self.reporter.finished(exp, self.best())
         return exp
+
+    def _settle_compiled(self, exp: Experiment, keep: bool) -> None:
+        """What `exp`'s runs compiled joins the shared compile cache if it is kept; is deleted otherwise."""
+        compile_cache.settle(self.ws.state.glob(f"runs/{exp.id}-*/{compile_cache.STAGED}"), keep)
 
     def _apply_git(self, exp: Experiment) -> None:
         if exp.status in (DISCARD, CRASH) and exp.commit and exp.kind != BASELINE:

@@ -1,0 +1,128 @@
+"""The experiments' compile caches: every run reads them; only runs of a train.py that is the best add to them.
+
+Inductor and Triton keep what they compile in a cache directory, so a run whose model (or part of it) was
+compiled before loads it instead of compiling again: on a GPU, 50-75 s per run. A cache every run could
+write would be a way from one run to the next: a train.py could leave compiled code, or trained weights
+dressed up as it, for a later train.py to load, whose result would then not come from its own code.
+
+So a run never writes the shared cache (it is outside the box, and the sandbox's filesystem is read-only).
+It gets a layer of its own in its box (`layer`, `fill`): the shared cache's directories, made anew, with a
+link to each of its files; Inductor and Triton read through the links and write what they compile beside
+them. The sandbox shows the layer at the same path in every run, since Inductor writes absolute paths into
+its entries.
+After the run the evaluator moves the files the run wrote next to its result (`harvest`). The loop adds
+them to the shared cache when the run's train.py is kept, or is the baseline, and deletes them otherwise
+(`settle`); an entry already in the shared cache is never replaced. What is left open (README, threat
+model): a kept train.py could leave files there for a later one. `AUTORESEARCH_COMPILE_CACHE=run` closes
+that too: a run then sees no shared cache at all and compiles everything itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from autoresearch.config.paths import cache_root
+
+MODE_ENV = "AUTORESEARCH_COMPILE_CACHE"  # "run": no shared cache; every run compiles from scratch
+CACHES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}  # variable -> subdirectory
+LAYER = ".compile"  # in the box
+STAGED = "compile"  # in the run's directory, beside its result
+INSIDE = Path("/tmp/autoresearch-compile")  # where a confined run sees its layer (its /tmp is its own)
+MAX_STAGED_BYTES = 2**30  # what one run may add; more is not kept (a run could fill the disk this way)
+
+
+def shared_dirs() -> dict[str, Path]:
+    """The shared cache of each compiler, under the cache root. (Not the variables' values where they are set:
+    importing Inductor sets its own to a default, which a process that forks runs has always done.)"""
+    return {name: cache_root() / "compile" / sub for name, sub in CACHES.items()}
+
+
+def layer(env: Mapping[str, str], box: Path, confined: bool) -> tuple[dict[str, str], list[tuple[Path, Path]]]:
+    """The run's environment with its caches pointed at its own layer, made here in `box`, and where the
+    sandbox shows that layer: one path for every run (INSIDE), because Inductor writes absolute paths into what
+    it caches. Unconfined, a run can write anything this user can anyway: it gets the shared caches as they are
+    (or, per run, a cache in its box)."""
+    own = dict(env)
+    for name, shared in shared_dirs().items():
+        top = box / LAYER / CACHES[name]
+        if not confined and not _per_run():
+            shared.mkdir(parents=True, exist_ok=True)
+            own[name] = str(shared)
+            continue
+        top.mkdir(parents=True, exist_ok=True)
+        own[name] = str(INSIDE / CACHES[name] if confined else top)
+    return own, [(box / LAYER, INSIDE)] if confined else []
+
+
+def fill(box: Path) -> None:
+    """Link the shared caches' files into the layer in `box` (if it has one), as they are now: before the run
+    starts, since its processes (and its layer) are made while the run before it trains."""
+    if _per_run():
+        return
+    for name, shared in shared_dirs().items():
+        if (top := box / LAYER / CACHES[name]).is_dir():
+            _link_tree(shared, top)
+
+
+def harvest(box: Path, staged: Path) -> None:
+    """Move what the run compiled (the files of its layer that are not links to the shared cache) to `staged`."""
+    shutil.rmtree(staged, ignore_errors=True)  # left by an earlier attempt of the same run
+    if _per_run():
+        return
+    found = [(sub, rel) for sub in CACHES.values() for rel in _own_files(box / LAYER / sub)]
+    size = sum((box / LAYER / sub / rel).stat().st_size for sub, rel in found)
+    if size > MAX_STAGED_BYTES:
+        return
+    for sub, rel in found:
+        target = staged / sub / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(box / LAYER / sub / rel, target)
+
+
+def settle(staged: Iterable[Path], keep: bool) -> int:
+    """Add the runs' compiled files to the shared caches (`keep`), or not; either way delete them. Returns how
+    many files were added. A file the shared cache has already stays as it is."""
+    added = 0
+    shared = {CACHES[name]: path for name, path in shared_dirs().items()}
+    for run in staged:
+        if keep:
+            for sub, top in shared.items():
+                for rel in _own_files(run / sub):
+                    target = top / rel
+                    if target.exists() or target.is_symlink():
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(run / sub / rel, target)
+                    added += 1
+        shutil.rmtree(run, ignore_errors=True)
+    return added
+
+
+def _per_run() -> bool:
+    return os.environ.get(MODE_ENV, "shared") == "run"
+
+
+def _link_tree(shared: Path, top: Path) -> None:
+    """Make `shared`'s directories under `top`, each file a link to the shared one."""
+    for directory, subdirs, files in os.walk(shared):
+        here = top / os.path.relpath(directory, shared)
+        here.mkdir(exist_ok=True)
+        for name in files:
+            if not os.path.lexists(here / name):
+                os.symlink(os.path.join(directory, name), here / name)
+        subdirs[:] = [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
+
+
+def _own_files(top: Path) -> list[str]:
+    """The regular files under `top` (links and anything else are not followed or taken), relative to it."""
+    found = []
+    for directory, subdirs, files in os.walk(top):
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path) and os.path.isfile(path):
+                found.append(os.path.relpath(path, top))
+        subdirs[:] = [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
+    return found

@@ -1,0 +1,191 @@
+"""The experiments' compile caches: a run reads the shared one, writes only its own layer, and what it wrote
+reaches the shared cache only when the loop keeps its train.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from loop_support import (
+    BIGRAM_TRAIN_PY,
+    FakeExecutor,
+    ScriptedAgent,
+    constant,
+    make_loop,
+    make_workspace,
+    with_constants,
+)
+
+from autoresearch.evaluator import compile_cache
+from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
+from autoresearch.loop.ledger import DISCARD, KEEP
+
+
+@pytest.fixture
+def shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    monkeypatch.delenv(compile_cache.MODE_ENV, raising=False)
+    dirs = compile_cache.shared_dirs()
+    kernel = dirs["TORCHINDUCTOR_CACHE_DIR"] / "fxgraph" / "ab" / "entry"
+    kernel.parent.mkdir(parents=True)
+    kernel.write_text("compiled by the baseline")
+    return dirs
+
+
+def layer_of(box: Path) -> dict[str, Path]:
+    """A confined run's layer, where it lies outside the sandbox (the run sees it at INSIDE)."""
+    env, binds = compile_cache.layer({"PATH": "/bin"}, box, confined=True)
+    assert env["PATH"] == "/bin" and binds == [(box / compile_cache.LAYER, compile_cache.INSIDE)]
+    for name, sub in compile_cache.CACHES.items():
+        assert env[name] == str(compile_cache.INSIDE / sub)  # the same path in every run
+    compile_cache.fill(box)  # when the run starts
+    return {name: box / compile_cache.LAYER / sub for name, sub in compile_cache.CACHES.items()}
+
+
+def a_run(layer: dict[str, Path]) -> None:
+    """What Inductor does in a run: read a cached entry, write a new one, and replace one atomically."""
+    inductor = layer["TORCHINDUCTOR_CACHE_DIR"]
+    assert (inductor / "fxgraph" / "ab" / "entry").read_text() == "compiled by the baseline"
+    (inductor / "fxgraph" / "cd").mkdir()
+    (inductor / "fxgraph" / "cd" / "new").write_text("compiled by this run")
+    replacement = inductor / "fxgraph" / "ab" / "entry.tmp"
+    replacement.write_text("a different entry under the baseline's key")
+    os.replace(replacement, inductor / "fxgraph" / "ab" / "entry")
+    (layer["TRITON_CACHE_DIR"] / "kernel.cubin").write_bytes(b"\x7fELF")
+
+
+def test_a_run_reads_the_shared_cache_through_its_own_layer_and_leaves_the_shared_one_as_it_was(
+    shared: dict[str, Path], tmp_path: Path
+) -> None:
+    a_run(layer_of(tmp_path / "box"))
+    inductor = shared["TORCHINDUCTOR_CACHE_DIR"]
+    assert (inductor / "fxgraph" / "ab" / "entry").read_text() == "compiled by the baseline"
+    assert not (inductor / "fxgraph" / "cd").exists()
+    assert not list(shared["TRITON_CACHE_DIR"].glob("*"))
+
+
+def test_what_a_kept_run_compiled_joins_the_shared_cache_but_replaces_nothing_in_it(
+    shared: dict[str, Path], tmp_path: Path
+) -> None:
+    box, staged = tmp_path / "box", tmp_path / "runs" / "7-0" / compile_cache.STAGED
+    a_run(layer_of(box))
+    compile_cache.harvest(box, staged)
+    assert compile_cache.settle([staged], keep=True) == 2  # the new entry and the kernel, not the replacement
+    inductor = shared["TORCHINDUCTOR_CACHE_DIR"]
+    assert (inductor / "fxgraph" / "cd" / "new").read_text() == "compiled by this run"
+    assert (inductor / "fxgraph" / "ab" / "entry").read_text() == "compiled by the baseline"
+    assert (shared["TRITON_CACHE_DIR"] / "kernel.cubin").read_bytes() == b"\x7fELF"
+    assert not staged.exists()
+    # The next run sees all of it.
+    inductor = layer_of(tmp_path / "next-box")["TORCHINDUCTOR_CACHE_DIR"]
+    assert (inductor / "fxgraph" / "cd" / "new").read_text() == "compiled by this run"
+
+
+def test_what_a_discarded_run_compiled_is_deleted(shared: dict[str, Path], tmp_path: Path) -> None:
+    box, staged = tmp_path / "box", tmp_path / "runs" / "7-0" / compile_cache.STAGED
+    a_run(layer_of(box))
+    compile_cache.harvest(box, staged)
+    assert compile_cache.settle([staged], keep=False) == 0
+    assert not staged.exists()
+    assert not (layer_of(tmp_path / "next-box")["TORCHINDUCTOR_CACHE_DIR"] / "fxgraph" / "cd").exists()
+
+
+def test_links_and_oversized_output_are_not_taken(
+    shared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    box, staged = tmp_path / "box", tmp_path / "staged"
+    inductor = layer_of(box)["TORCHINDUCTOR_CACHE_DIR"]
+    secret = tmp_path / "elsewhere.txt"
+    secret.write_text("not the run's")
+    (inductor / "link-out").symlink_to(secret)
+    (inductor / "dir-link").symlink_to(tmp_path, target_is_directory=True)
+    compile_cache.harvest(box, staged)
+    assert compile_cache.settle([staged], keep=True) == 0
+    assert secret.read_text() == "not the run's"
+
+    monkeypatch.setattr(compile_cache, "MAX_STAGED_BYTES", 10)
+    (inductor / "big").write_bytes(b"x" * 11)
+    compile_cache.harvest(box, staged)
+    assert compile_cache.settle([staged], keep=True) == 0
+    assert not (shared["TORCHINDUCTOR_CACHE_DIR"] / "big").exists()
+
+
+def test_a_compile_cache_per_run_sees_nothing_shared_and_adds_nothing(
+    shared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(compile_cache.MODE_ENV, "run")
+    box, staged = tmp_path / "box", tmp_path / "staged"
+    inductor = layer_of(box)["TORCHINDUCTOR_CACHE_DIR"]
+    assert inductor.is_dir() and not any(inductor.iterdir())
+    (inductor / "new").write_text("compiled by this run")
+    compile_cache.harvest(box, staged)
+    assert compile_cache.settle([staged], keep=True) == 0
+
+
+def test_an_unconfined_run_uses_the_shared_cache_as_it_is(shared: dict[str, Path], tmp_path: Path) -> None:
+    env, binds = compile_cache.layer({}, tmp_path / "box", confined=False)
+    assert binds == [] and all(env[name] == str(path) for name, path in shared.items())
+
+
+def test_the_shared_cache_is_under_the_cache_root_whatever_inductor_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_someone")  # what importing Inductor does
+    assert compile_cache.shared_dirs()["TORCHINDUCTOR_CACHE_DIR"] == tmp_path / "compile" / "inductor"
+
+
+class CompilingExecutor(FakeExecutor):
+    """Leaves, beside each run's result, an entry named after its train.py, as the evaluator does (referee.run)."""
+
+    def run(self, spec: RunSpec) -> Outcome:
+        outcome = super().run(spec)
+        source = self.calls[-1]
+        entry = f"lr{constant(source, 'LR')}-seed{constant(source, 'SEED')}"
+        (spec.run_dir / compile_cache.STAGED / "inductor").mkdir(parents=True)
+        (spec.run_dir / compile_cache.STAGED / "inductor" / entry).write_text("compiled")
+        return outcome
+
+
+def test_the_loop_adds_what_the_baseline_and_kept_changes_compiled_and_deletes_the_rest(
+    workspace, shared: dict[str, Path]
+) -> None:
+    loop = make_loop(workspace, CompilingExecutor(lambda source: 1.0 + (constant(source, "LR") - 0.2) ** 2))
+    loop.baseline()
+    baseline_lr = constant(workspace.read_train_py(), "LR")
+    agent = ScriptedAgent([lambda ctx: ("LR 0.2", with_constants(ctx.train_py, LR=0.2)),
+                           lambda ctx: ("LR 0.9", with_constants(ctx.train_py, LR=0.9))])  # fmt: skip
+    assert loop.step(agent).status == KEEP
+    assert loop.step(agent).status == DISCARD
+    shared_names = sorted(p.name for p in shared["TORCHINDUCTOR_CACHE_DIR"].iterdir() if p.is_file())
+    assert shared_names == sorted([*(f"lr{baseline_lr}-seed{seed}" for seed in (42, 43, 44)), "lr0.2-seed42"])
+    assert not list(workspace.state.glob(f"runs/*/{compile_cache.STAGED}"))  # nothing left behind either way
+
+
+# The baseline's seeds, through the real loop: each leaves an entry in its compile cache and lists what it
+# found there. The second seed's processes are made while the first trains, before its entry is kept.
+SEEDS_COMPILE = """\
+    import os
+    cache = os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    print("FOUND", sorted(name for name in os.listdir(cache) if name.startswith("seed-")))
+    with open(os.path.join(cache, f"seed-{SEED}"), "w") as f:
+        f.write("compiled")
+"""
+
+
+@pytest.mark.slow
+def test_the_baselines_second_seed_finds_what_the_first_compiled(
+    tmp_path: Path, tiny_prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(compile_cache.MODE_ENV, raising=False)
+    start = "    run = harness.start()\n"
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, BIGRAM_TRAIN_PY.replace(start, start + SEEDS_COMPILE))
+    loop = make_loop(ws, LocalExecutor(), baseline_runs=2)  # the next run's processes start early (prewarm)
+    assert loop.baseline().status == KEEP
+    logs = [(ws.state / "runs" / f"1-{run}" / "log.txt").read_text() for run in (0, 1)]
+    assert "FOUND []" in logs[0] and "FOUND ['seed-42']" in logs[1]
+    assert (tmp_path / "cache" / "compile" / "inductor" / "seed-43").is_file()
