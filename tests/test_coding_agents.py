@@ -9,6 +9,9 @@ reported are in the ledger. Whatever the agent does, `assert_the_loop_owns_the_w
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +19,12 @@ import pytest
 from agent_support import GIT, offline_agent, turn_through_the_loop, use_installed_agents
 from fake_llm import Call, FakeLLM
 from loop_support import constant
+from netns import Offline
 from test_agent_turn import assert_the_loop_owns_the_workspace, quarantined
 
+from autoresearch.agents.recipes.claude_code import ClaudeCode
 from autoresearch.loop.engine import PROPOSAL
-from autoresearch.loop.ledger import CRASH, KEEP
+from autoresearch.loop.ledger import CRASH, KEEP, Ledger
 
 OLD, NEW = "LR = 0.05  # Adam learning rate (0.001-1)", "LR = 0.2  # Adam learning rate (0.001-1)"
 HYPOTHESIS = "Hypothesis: LR 0.05 -> 0.2: the bigram table learns faster in a 1 s budget"
@@ -229,3 +234,41 @@ def test_codex_api_failure_is_recorded_and_the_loop_goes_on(workspace, fake_open
     exp, before = run_turn("codex", fake_openai)
     assert exp.status == CRASH and exp.kind == PROPOSAL and "prompt is too long" in exp.reason.lower()
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+# -- the reference's own mode: Claude Code follows program.md and drives the loop with `autoresearch try` --
+
+
+@pytest.mark.slow  # real training: the baseline twice and the experiment, ~1 s each plus start-up
+def test_claude_code_drives_the_loop_with_autoresearch_try(workspace, fake_anthropic, agent_env, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "autoresearch"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m autoresearch "$@"\n')
+    shim.chmod(0o755)
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"  # put back by monkeypatch (agent_env)
+    train, program = str(workspace.root / "train.py"), str(workspace.root / "program.md")
+    try_it = 'autoresearch try -m "LR 0.05 -> 0.5" --baseline-runs 2'
+    fake_anthropic.reply("I'll follow program.md.", calls=[Call("Read", {"file_path": program})])
+    fake_anthropic.reply("", calls=[Call("Read", {"file_path": train})])
+    fake_anthropic.reply(
+        "", calls=[Call("Edit", {"file_path": train, "old_string": OLD, "new_string": NEW.replace("0.2", "0.5")})]
+    )
+    fake_anthropic.reply(
+        "", calls=[Call("Bash", {"command": try_it, "description": "judge the edit", "timeout": 600000})]
+    )
+    fake_anthropic.reply("The loop judged it; see the verdict above.")
+    offline = Offline(int(fake_anthropic.url.rsplit(":", 1)[1]), tmp_path / "bridge.sock")
+    prompt = "Read program.md and run one experiment: edit train.py, then judge it with `autoresearch try -m`."
+    argv = [*offline.launcher, "claude", "-p", "--bare", "--output-format", "json", "--allowedTools", "Read,Edit,Bash"]
+    env = ClaudeCode().environment(os.environ, tmp_path / "claude")  # the recipe's switches: no telemetry ...
+    done = subprocess.run(argv, cwd=workspace.root, input=prompt, env=env, capture_output=True, text=True, timeout=300)
+    offline.close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert offline.attempts() == []
+    verdict = str(fake_anthropic.requests[-1].body["messages"][-1]["content"])
+    assert "exp 2 " in verdict and "LR 0.05 -> 0.5" in verdict and "best" in verdict
+    rows = Ledger(workspace.root).all()
+    assert [(r.id, r.kind, r.agent) for r in rows] == [(1, "baseline", ""), (2, "experiment", "try")]
+    assert rows[1].val_bpb is not None and constant(rows[1].source, "LR") == 0.5
+    assert workspace.git.head() == [r for r in rows if r.status == KEEP][-1].commit
