@@ -1,9 +1,12 @@
 """Fake Anthropic and OpenAI APIs on 127.0.0.1 that speak the real wire protocols, for hermetic agent tests.
 
-- Anthropic: `POST /v1/messages` answers a Message (`content` text blocks, `stop_reason`, `usage` with
-  input/output tokens); errors use Anthropic's body `{"type": "error", "error": {"type", "message"}}`.
+- Anthropic: `POST /v1/messages` answers a Message (`content` text and `tool_use` blocks, `stop_reason`,
+  `usage` with input/output tokens), as server-sent events when the request asks to stream (Claude Code
+  does); errors use Anthropic's body `{"type": "error", "error": {"type", "message"}}`.
 - OpenAI: `POST /v1/chat/completions` answers a chat completion (`choices[0].message.content`,
-  `finish_reason`, `usage` with prompt/completion tokens); errors use `{"error": {"message", "type", ...}}`.
+  `finish_reason`, `usage` with prompt/completion tokens); `POST /v1/responses` answers the Responses API's
+  event stream (`message` and `function_call` output items, `response.completed` with usage), as Codex
+  reads it; errors use `{"error": {"message", "type", ...}}`.
 
 Each server answers from a scripted queue (`reply(...)`, `error(...)`) and records every request. Use the
 `fake_anthropic` / `fake_openai` fixtures (`pytest_plugins = ["fake_llm"]`): they point the SDKs' environment
@@ -24,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-PATHS = {"anthropic": "/v1/messages", "openai": "/v1/chat/completions"}
+PATHS = {"anthropic": ("/v1/messages",), "openai": ("/v1/chat/completions", "/v1/responses")}
 ANTHROPIC_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -36,11 +39,32 @@ ANTHROPIC_ERROR_TYPES = {
 }
 
 
+@dataclass(frozen=True)
+class Call:
+    """A tool call in a scripted answer: Anthropic `tool_use`, or a Responses API `function_call`."""
+
+    name: str
+    input: dict
+
+
+@dataclass
+class Answer:
+    """A successful answer, written out in the protocol of the request it answers."""
+
+    text: str
+    calls: list[Call]
+    input_tokens: int
+    output_tokens: int
+    truncated: bool
+    number: int  # makes the ids unique
+
+
 @dataclass
 class Scripted:
     status: int
     body: dict
     headers: dict[str, str] = field(default_factory=dict)
+    answer: Answer | None = None  # a success: its body depends on the path and on streaming
 
 
 @dataclass
@@ -60,39 +84,17 @@ class FakeLLM:
     blocked_hosts: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def reply(self, text: str, input_tokens: int = 1200, output_tokens: int = 300, truncated: bool = False) -> None:
-        """Queue a successful answer with `text` and the given token usage."""
-        if self.kind == "anthropic":
-            body = {
-                "id": f"msg_{len(self.queue):04d}",
-                "type": "message",
-                "role": "assistant",
-                "model": "claude-fake",
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": "max_tokens" if truncated else "end_turn",
-                "stop_sequence": None,
-                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
-            }
-        else:
-            body = {
-                "id": f"chatcmpl-{len(self.queue):04d}",
-                "object": "chat.completion",
-                "created": 1_700_000_000,
-                "model": "gpt-fake",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "length" if truncated else "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": input_tokens,
-                    "completion_tokens": output_tokens,
-                    "total_tokens": input_tokens + output_tokens,
-                },
-            }
-        self.queue.append(Scripted(200, body))
+    def reply(
+        self,
+        text: str,
+        input_tokens: int = 1200,
+        output_tokens: int = 300,
+        truncated: bool = False,
+        calls: list[Call] | None = None,
+    ) -> None:
+        """Queue a successful answer with `text`, tool `calls` and the given token usage."""
+        answer = Answer(text, list(calls or []), input_tokens, output_tokens, truncated, len(self.queue))
+        self.queue.append(Scripted(200, {}, answer=answer))
 
     def error(self, status: int, message: str, headers: dict[str, str] | None = None, times: int = 1) -> None:
         """Queue `times` error responses in the provider's error format."""
@@ -118,27 +120,142 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         fake = self.server.fake
         raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.path != PATHS[fake.kind]:
+        path = self.path.split("?", 1)[0]  # Claude Code asks for /v1/messages?beta=true
+        if path not in PATHS[fake.kind]:
             return self._send(Scripted(404, {"error": {"type": "not_found_error", "message": f"no {self.path}"}}))
+        body = json.loads(raw or b"{}")
         with fake.lock:
-            fake.requests.append(
-                Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(raw or b"{}"))
-            )
+            fake.requests.append(Recorded(path, {k.lower(): v for k, v in self.headers.items()}, body))
             scripted = fake.queue.pop(0) if fake.queue else None
         if scripted is None:  # a test asked for more than it scripted: fail at once, without retries
             scripted = Scripted(400, {"error": {"type": "invalid_request_error", "message": "nothing scripted"}})
             scripted.headers["x-should-retry"] = "false"
-        self._send(scripted)
+        if scripted.answer is None:
+            return self._send(scripted)
+        answer = scripted.answer
+        if path == "/v1/responses":
+            return self._send_events(responses_events(answer))
+        if path == "/v1/messages":
+            message = anthropic_message(answer, body.get("model", "claude-fake"))
+            if body.get("stream"):
+                return self._send_events(anthropic_events(message))
+            return self._send(Scripted(200, message))
+        self._send(Scripted(200, chat_completion(answer)))
 
-    def _send(self, scripted: Scripted) -> None:
-        data = json.dumps(scripted.body).encode()
+    def _send_events(self, events: list[dict]) -> None:
+        """Server-sent events, each named by its `type`."""
+        data = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+        self._send(Scripted(200, {}), data, "text/event-stream")
+
+    def _send(self, scripted: Scripted, data: bytes | None = None, content_type: str = "application/json") -> None:
+        data = json.dumps(scripted.body).encode() if data is None else data
         self.send_response(scripted.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in scripted.headers.items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+
+def chat_completion(answer: Answer) -> dict:
+    return {
+        "id": f"chatcmpl-{answer.number:04d}",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "gpt-fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": "length" if answer.truncated else "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": answer.input_tokens,
+            "completion_tokens": answer.output_tokens,
+            "total_tokens": answer.input_tokens + answer.output_tokens,
+        },
+    }
+
+
+def anthropic_message(answer: Answer, model: str) -> dict:
+    content: list[dict] = [{"type": "text", "text": answer.text}] if answer.text else []
+    content += [
+        {"type": "tool_use", "id": f"toolu_{answer.number:04d}_{i}", "name": call.name, "input": call.input}
+        for i, call in enumerate(answer.calls)
+    ]
+    stop = "max_tokens" if answer.truncated else "tool_use" if answer.calls else "end_turn"
+    return {
+        "id": f"msg_{answer.number:04d}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "usage": {"input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens},
+    }
+
+
+def anthropic_events(message: dict) -> list[dict]:
+    """The Messages API's stream for `message`: start, each block (text or tool input as deltas), delta, stop."""
+    start = {**message, "content": [], "stop_reason": None, "usage": {**message["usage"], "output_tokens": 1}}
+    events: list[dict] = [{"type": "message_start", "message": start}]
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "text":
+            opening, delta = {"type": "text", "text": ""}, {"type": "text_delta", "text": block["text"]}
+        else:
+            opening = {**block, "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+        events += [
+            {"type": "content_block_start", "index": index, "content_block": opening},
+            {"type": "content_block_delta", "index": index, "delta": delta},
+            {"type": "content_block_stop", "index": index},
+        ]
+    events += [
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+            "usage": {"output_tokens": message["usage"]["output_tokens"]},
+        },
+        {"type": "message_stop"},
+    ]
+    return events
+
+
+def responses_events(answer: Answer) -> list[dict]:
+    """The Responses API's stream: the answer's message and function calls as output items, then its usage."""
+    rid = f"resp_{answer.number:04d}"
+    items: list[dict] = []
+    if answer.text:
+        content = [{"type": "output_text", "text": answer.text, "annotations": []}]
+        items.append({"type": "message", "id": f"msg_{answer.number:04d}", "role": "assistant", "content": content})
+    items += [
+        {
+            "type": "function_call",
+            "id": f"fc_{answer.number:04d}_{i}",
+            "call_id": f"call_{answer.number:04d}_{i}",
+            "name": call.name,
+            "arguments": json.dumps(call.input),
+        }
+        for i, call in enumerate(answer.calls)
+    ]
+    usage = {
+        "input_tokens": answer.input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": answer.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": answer.input_tokens + answer.output_tokens,
+    }
+    events: list[dict] = [{"type": "response.created", "response": {"id": rid, "status": "in_progress"}}]
+    for index, item in enumerate(items):
+        events += [
+            {"type": "response.output_item.added", "output_index": index, "item": item},
+            {"type": "response.output_item.done", "output_index": index, "item": {**item, "status": "completed"}},
+        ]
+    events.append({"type": "response.completed", "response": {"id": rid, "status": "completed", "usage": usage}})
+    return events
 
 
 class _Server(ThreadingHTTPServer):

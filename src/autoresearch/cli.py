@@ -64,8 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(init)
 
     run = sub.add_parser("run", help="run the research loop in a workspace (Ctrl-C stops; run again to resume)")
-    run.add_argument("--agent", default="tune", help="tune (default, offline), anthropic, openai or command")
-    run.add_argument("--model", help="the LLM for anthropic / openai")
+    run.add_argument(
+        "--agent",
+        default="tune",
+        help="tune (default, offline), anthropic, openai, aider, claude-code, codex, or command (any other CLI agent)",
+    )
+    run.add_argument("--model", help="the LLM for anthropic, openai, aider, claude-code or codex")
     run.add_argument("--command", dest="agent_command", help="for --agent command: the coding agent's command line")
     run.add_argument("--max-experiments", type=int, help="stop after this many experiments (default: never)")
     run.add_argument("--hours", type=float, help="stop after this many hours (default: never)")

@@ -24,7 +24,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from autoresearch.agents.base import Context, Proposal, ProposalError
+from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
 
 PROMPT_ENV = "AUTORESEARCH_PROMPT_FILE"
@@ -90,50 +90,65 @@ class CommandAgent:
         """Run the command once; its train.py is the proposal, its last stdout line the description."""
         workspace = context.workspace
         prompt = build_prompt(context, answer_format="command").as_text()
-        prompt_file = workspace / ".autoresearch" / "prompt.md"
-        prompt_file.parent.mkdir(parents=True, exist_ok=True)
-        prompt_file.write_text(prompt)
-        code, stdout, stderr = self._run(workspace, prompt, prompt_file)
+        prompt_file = write_prompt(workspace, prompt)
+        env = {**os.environ, PROMPT_ENV: str(prompt_file)}
+        code, stdout, stderr = run_process(
+            self.command, workspace, prompt, env, self.timeout_s, f"command agent {self.command!r}"
+        )
         if code in NOT_RUNNABLE:
             raise ProposalError(
                 f"command agent {self.command!r} exited with status {code}: {NOT_RUNNABLE[code]}; the end of its "
-                f"stderr:\n{_tail(stderr or stdout, STDERR_TAIL_CHARS)}",
+                f"stderr:\n{tail(stderr or stdout, STDERR_TAIL_CHARS)}",
                 hint="install the agent's program or give its full path in --command",
                 fatal=True,
             )
         if code != 0:
             raise ProposalError(
                 f"command agent {self.command!r} exited with status {code}; the end of its stderr:\n"
-                f"{_tail(stderr or stdout, STDERR_TAIL_CHARS)}"
+                f"{tail(stderr or stdout, STDERR_TAIL_CHARS)}"
             )
-        return Proposal(_description(stdout), _checked_source(workspace / "train.py", context.train_py, stdout, stderr))
+        source = checked_source(workspace / "train.py", context.train_py, output_tail(stdout, stderr))
+        return Proposal(_description(stdout), source)
 
-    def _run(self, workspace: Path, prompt: str, prompt_file: Path) -> tuple[int, str, str]:
-        """Exit status, stdout and stderr; ProposalError on timeout, after killing the whole process group."""
-        process = subprocess.Popen(
-            self.command,
-            shell=True,
-            cwd=workspace,
-            env={**os.environ, PROMPT_ENV: str(prompt_file)},
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
-            start_new_session=True,  # its own process group, so that a kill reaches everything it started
-        )
-        try:
-            stdout, stderr = process.communicate(prompt, timeout=self.timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            stdout, stderr = _drain(process)
-            raise ProposalError(
-                f"command agent {self.command!r} did not finish within {self.timeout_s:g} s and was killed; "
-                f"the end of its stderr:\n{_tail(stderr, STDERR_TAIL_CHARS)}"
-            ) from None
-        finally:
-            _kill_group(process)  # whatever it left running in the background
-        return process.returncode, stdout, stderr
+
+def write_prompt(workspace: Path, prompt: str) -> Path:
+    """The prompt in <workspace>/.autoresearch/prompt.md, the loop's private state; its path."""
+    prompt_file = workspace / ".autoresearch" / "prompt.md"
+    prompt_file.parent.mkdir(parents=True, exist_ok=True)
+    prompt_file.write_text(prompt)
+    return prompt_file
+
+
+def run_process(
+    command: str | list[str], workspace: Path, prompt: str, env: dict[str, str], timeout_s: float, who: str
+) -> tuple[int, str, str]:
+    """Run `command` (a shell line, or an argv list run without a shell) in the workspace, in its own process
+    group, with `prompt` on stdin: exit status, stdout and stderr. ProposalError on timeout, after killing the
+    whole process group; whatever it left running in the background is killed too."""
+    process = subprocess.Popen(
+        command,
+        shell=isinstance(command, str),
+        cwd=workspace,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # its own process group, so that a kill reaches everything it started
+    )
+    try:
+        stdout, stderr = process.communicate(prompt, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        stdout, stderr = _drain(process)
+        raise ProposalError(
+            f"{who} did not finish within {timeout_s:g} s and was killed; "
+            f"the end of its stderr:\n{tail(stderr, STDERR_TAIL_CHARS)}"
+        ) from None
+    finally:
+        _kill_group(process)
+    return process.returncode, stdout, stderr
 
 
 def command_program(command: str) -> str | None:
@@ -178,20 +193,24 @@ def _drain(process: subprocess.Popen[str]) -> tuple[str, str]:
         return "", ""
 
 
-def _checked_source(train_py: Path, before: str, stdout: str, stderr: str) -> str:
-    """train.py as the command left it, if it changed and still compiles."""
+def checked_source(
+    train_py: Path, before: str, output: str, usage: Usage | None = None, who: str = "the command agent"
+) -> str:
+    """train.py as the agent left it, if it changed and still compiles; else a ProposalError that ends with
+    `output` (the end of what the agent printed) and carries `usage` (what the attempt cost)."""
     if not train_py.is_file():
-        raise ProposalError(f"the command agent deleted train.py; the end of its output:\n{_output(stdout, stderr)}")
+        raise ProposalError(f"{who} deleted train.py; the end of its output:\n{output}", usage=usage)
     source = train_py.read_text()
     if source == before:
         raise ProposalError(
-            f"the command agent exited 0 but left train.py unchanged; the end of its output:\n{_output(stdout, stderr)}"
+            f"{who} exited 0 but left train.py unchanged; the end of its output:\n{output}", usage=usage
         )
     try:
         compile(source, "train.py", "exec")
     except SyntaxError as err:
         raise ProposalError(
-            f"the command agent left train.py invalid: {err.msg} at line {err.lineno}: {(err.text or '').strip()!r}"
+            f"{who} left train.py invalid: {err.msg} at line {err.lineno}: {(err.text or '').strip()!r}",
+            usage=usage,
         ) from None
     return source
 
@@ -204,13 +223,13 @@ def _description(stdout: str) -> str:
     return last if len(last) <= DESCRIPTION_CHARS else last[: DESCRIPTION_CHARS - 3] + "..."
 
 
-def _output(stdout: str, stderr: str) -> str:
+def output_tail(stdout: str, stderr: str) -> str:
     """The ends of both streams, labelled: an agent may say why it did nothing on either."""
     streams = (("stdout", stdout), ("stderr", stderr))
-    parts = [f"[{name}] {_tail(text, STDERR_TAIL_CHARS // 2)}" for name, text in streams if text.strip()]
+    parts = [f"[{name}] {tail(text, STDERR_TAIL_CHARS // 2)}" for name, text in streams if text.strip()]
     return "\n".join(parts) or "(none)"
 
 
-def _tail(text: str, limit: int) -> str:
+def tail(text: str, limit: int) -> str:
     text = text.strip()
     return text[-limit:] if text else "(empty)"

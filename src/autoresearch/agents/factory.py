@@ -5,7 +5,7 @@ from __future__ import annotations
 from autoresearch.agents.base import Agent
 from autoresearch.errors import ConfigError
 
-AGENTS = ("tune", "anthropic", "openai", "command")
+AGENTS = ("tune", "anthropic", "openai", "command", "aider", "claude-code", "codex")
 DEFAULT_MODELS = {"anthropic": "claude-sonnet-4-6", "openai": "gpt-5-mini"}
 
 
@@ -28,4 +28,10 @@ def make_agent(name: str, model: str | None = None, command: str | None = None) 
         from autoresearch.agents.command_agent import CommandAgent
 
         return CommandAgent(command)
+    from autoresearch.agents.recipes import NAMES, recipe
+
+    if name in NAMES:
+        from autoresearch.agents.coding_agent import CodingAgent
+
+        return CodingAgent(recipe(name), model)
     raise ConfigError(f"unknown agent {name!r}", hint=f"choose one of: {', '.join(AGENTS)}")

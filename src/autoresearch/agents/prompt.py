@@ -26,12 +26,16 @@ CRASH_CHARS = 3000  # the end of the latest crash log
 DESCRIPTION_CHARS = 160
 REASON_CHARS = 80
 
-ANSWER_FORMATS = {"edits": "format_edits.md", "command": "format_command.md"}
+ANSWER_FORMATS = {"edits": "format_edits.md", "command": "format_command.md", "agent": "format_agent.md"}
+# A coding agent (aider, Claude Code, Codex) reads train.py from the workspace itself: its task leaves it out.
+TASKS = {"edits": "task.md", "command": "task.md", "agent": "task_agent.md"}
 PLACEHOLDERS = {
     "system.md": set(),
     "task.md": {"program", "train_py", "ledger", "diffs", "crash", "answer_format"},
+    "task_agent.md": {"program", "ledger", "diffs", "crash", "answer_format"},
     "format_edits.md": set(),
     "format_command.md": set(),
+    "format_agent.md": set(),
     "correction.md": {"error"},
 }
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
@@ -49,13 +53,14 @@ class Prompt:
 
 def build_prompt(context: Context, answer_format: str = "edits") -> Prompt:
     """The system and task prompt for one proposal; `answer_format` is "edits" (SEARCH/REPLACE blocks in
-    the answer) or "command" (a tool that edits train.py itself)."""
+    the answer), "command" (a tool that edits train.py itself) or "agent" (a coding agent that also reads
+    train.py itself, and ends its answer with a `Hypothesis:` line)."""
     if answer_format not in ANSWER_FORMATS:
         raise ValueError(f"unknown answer format {answer_format!r}; expected one of {sorted(ANSWER_FORMATS)}")
     ws = context.workspace
     task = fill(
         ws,
-        "task.md",
+        TASKS[answer_format],
         program=context.program.strip() or "(program.md is empty)",
         train_py=context.train_py.rstrip("\n"),
         ledger=ledger_summary(context),

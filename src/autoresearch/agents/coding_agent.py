@@ -1,0 +1,141 @@
+"""A coding agent run from a recipe: aider, Claude Code or Codex, each non-interactive, as it ships.
+
+A `Recipe` knows one program: the command line that runs it once in the workspace without git of its own,
+without update checks or telemetry, with its history and caches under `.autoresearch/agents/<name>/`; the
+environment it needs (keys, base URL); and how to read back what it said (its final message, the tokens it
+used, an API error it reported). `CodingAgent` runs a recipe through the command agent's machinery (its own
+process group, a timeout, the prompt on stdin and in `.autoresearch/prompt.md`), takes train.py as the agent
+left it, and reads the description from the `Hypothesis:` line the prompt asks for. What else the agent did
+in the workspace (commits, staged files, its own files) is for the loop to put back (loop/watch.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
+from autoresearch.agents.command_agent import (
+    NOT_RUNNABLE,
+    STDERR_TAIL_CHARS,
+    TIMEOUT_S,
+    checked_source,
+    output_tail,
+    run_process,
+    tail,
+    write_prompt,
+)
+from autoresearch.agents.prompt import build_prompt
+
+STATE_DIR = Path(".autoresearch") / "agents"  # <workspace>/.autoresearch/agents/<name>/: the agent's own files
+DESCRIPTION_CHARS = 300
+_HYPOTHESIS = re.compile(r"^[\s>*_#`-]*hypothesis[*_`]*\s*:[*_`]*\s*(.+?)[*_`\s]*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one run of a coding agent reported."""
+
+    text: str  # its final message (aider: all it printed)
+    usage: Usage = field(default_factory=Usage)
+    error: str | None = None  # an API failure it reported, even if it exited 0
+
+
+class Recipe(Protocol):
+    name: str  # the agent's name on the command line: "aider", "claude-code", "codex"
+    program: str  # the executable looked up on PATH
+    install: str  # how to install it, for the error when it is missing
+    default_model: str
+
+    def missing(self, environ: Mapping[str, str]) -> str | None:
+        """What the agent lacks to reach a model (a key or a base URL), as a sentence; None if nothing."""
+
+    def command(self, program: str, model: str, workspace: Path, state: Path, prompt_file: Path) -> list[str]:
+        """The argv that runs the agent once; `program` is its resolved path, `state` its private folder."""
+
+    def environment(self, environ: Mapping[str, str], state: Path) -> dict[str, str]:
+        """The agent's environment: `environ` with its keys, base URL and switches set."""
+
+    def read(self, model: str, stdout: str, stderr: str, state: Path) -> Turn:
+        """Its final message, tokens and cost, and any API error, from its output and files."""
+
+
+class CodingAgent:
+    """Runs `recipe` once per proposal; `launcher` is put before its argv (tests run it in a network namespace)."""
+
+    def __init__(
+        self, recipe: Recipe, model: str | None = None, timeout_s: float = TIMEOUT_S, launcher: tuple[str, ...] = ()
+    ):
+        self.recipe = recipe
+        self.name = recipe.name
+        self.model = model or recipe.default_model
+        self.timeout_s = timeout_s
+        self.launcher = launcher
+
+    def preflight(self, workspace: Path) -> list[str]:
+        """A fatal ProposalError naming the missing executable or key; nothing is sent to the model."""
+        self._program()
+        if why := self.recipe.missing(os.environ):
+            raise ProposalError(f"the {self.name} agent cannot reach a model: {why}", fatal=True)
+        return []
+
+    def propose(self, context: Context) -> Proposal:
+        workspace = context.workspace
+        program = self._program()
+        state = workspace / STATE_DIR / self.name
+        state.mkdir(parents=True, exist_ok=True)
+        prompt = build_prompt(context, answer_format="agent").as_text()
+        prompt_file = write_prompt(workspace, prompt)
+        argv = [*self.launcher, *self.recipe.command(program, self.model, workspace, state, prompt_file)]
+        env = self.recipe.environment(os.environ, state)
+        code, stdout, stderr = run_process(argv, workspace, prompt, env, self.timeout_s, f"the {self.name} agent")
+        turn = self.recipe.read(self.model, stdout, stderr, state)
+        if code in NOT_RUNNABLE:
+            raise ProposalError(
+                f"the {self.name} agent exited with status {code}: {NOT_RUNNABLE[code]}; the end of its "
+                f"output:\n{tail(stderr or stdout, STDERR_TAIL_CHARS)}",
+                hint=self.recipe.install,
+                usage=turn.usage,
+                fatal=True,
+            )
+        output = output_tail(turn.error or turn.text or stdout, stderr)  # what it said, readable (not its JSON)
+        if code != 0:
+            raise ProposalError(
+                f"the {self.name} agent exited with status {code}; the end of its output:\n{output}", usage=turn.usage
+            )
+        source = checked_source(workspace / "train.py", context.train_py, output, turn.usage, f"the {self.name} agent")
+        return Proposal(hypothesis(turn.text, self.name), source, turn.usage)
+
+    def _program(self) -> str:
+        found = shutil.which(self.recipe.program)
+        if found is None:
+            raise ProposalError(
+                f"the {self.name} agent cannot start: {self.recipe.program!r} is not a program on PATH",
+                hint=self.recipe.install,
+                fatal=True,
+            )
+        return found
+
+
+def hypothesis(text: str, agent: str) -> str:
+    """The description: the last `Hypothesis:` line of the agent's final message (markdown emphasis allowed),
+    else its last non-empty line, cut to DESCRIPTION_CHARS."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    found = [m[1] for line in lines if (m := _HYPOTHESIS.match(line))]
+    line = found[-1] if found else (lines[-1] if lines else f"train.py edited by {agent} (it gave no hypothesis)")
+    return line if len(line) <= DESCRIPTION_CHARS else line[: DESCRIPTION_CHARS - 3] + "..."
+
+
+def key_or_placeholder(environ: Mapping[str, str], key: str, urls: tuple[str, ...]) -> str | None:
+    """The key to hand the agent: `key` if set, a placeholder when a base URL is (a local server that needs
+    none; the programs insist on some key), else None."""
+    if environ.get(key):
+        return environ[key]
+    if any(environ.get(url) for url in urls):
+        return "no-key"
+    return None

@@ -1,0 +1,123 @@
+"""aider (aider-chat on PyPI) against any OpenAI-compatible API, one message per proposal.
+
+Flags, checked against aider 0.86.2's `--help`: no git at all (`--no-git`: it neither commits, nor writes its
+identity into .git/config, nor adds `.aider*` to .gitignore), `--yes-always` with `--message-file` (one
+message, then exit), SEARCH/REPLACE edits (`--edit-format diff`: what a local model handles best; "whole"
+would send train.py back in full), no repo map (`--map-tokens 0`: one file, and no tags cache), no update
+check, no release notes, no analytics (`--no-analytics` asks nothing and sends nothing; `--analytics-disable`
+would also write to ~/.aider), its chat and input history under the workspace's private state.
+
+aider asks the internet for a model price list unless the model is in a `--model-metadata-file`, and
+litellm fetches its own unless LITELLM_LOCAL_MODEL_COST_MAP is set: both are cut off here. Tokens are read
+from its analytics log (`--analytics-log`: a local file, written even with analytics off), whose
+`message_send` events hold exact prompt and completion token counts; its printed "Tokens: 2.3k sent"
+is rounded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from autoresearch.agents.base import Usage
+from autoresearch.agents.coding_agent import Turn, key_or_placeholder
+from autoresearch.agents.llm import usage_for
+
+CONTEXT_TOKENS = 128_000  # what aider is told of an unknown model: enough for train.py and the prompt
+OUTPUT_TOKENS = 16_384
+URLS = ("OPENAI_API_BASE", "OPENAI_BASE_URL")  # aider's (litellm's) name, then the OpenAI SDK's
+
+
+class Aider:
+    name = "aider"
+    program = "aider"
+    install = "install it apart from autoresearch (its dependencies are pinned): pipx install aider-chat"
+    default_model = "gpt-5-mini"
+
+    def missing(self, environ: Mapping[str, str]) -> str | None:
+        if key_or_placeholder(environ, "OPENAI_API_KEY", URLS) is None:
+            return (
+                "neither OPENAI_API_KEY nor OPENAI_BASE_URL is set (export OPENAI_API_KEY=..., or "
+                "OPENAI_BASE_URL=http://localhost:11434/v1 for a local server)"
+            )
+        return None
+
+    def command(self, program: str, model: str, workspace: Path, state: Path, prompt_file: Path) -> list[str]:
+        metadata = state / "model-metadata.json"
+        metadata.write_text(json.dumps({_litellm_name(model): _metadata()}))
+        (state / "analytics.jsonl").unlink(missing_ok=True)  # this run's tokens only
+        return [
+            program,
+            "--model", _litellm_name(model),
+            "--weak-model", _litellm_name(model),  # one model, the one in the metadata file: nothing to look up
+            "--editor-model", _litellm_name(model),
+            "--edit-format", "diff",
+            "--no-git",
+            "--no-auto-commits",
+            "--yes-always",
+            "--no-check-update",
+            "--no-show-release-notes",
+            "--no-analytics",
+            "--analytics-log", str(state / "analytics.jsonl"),
+            "--no-show-model-warnings",
+            "--model-metadata-file", str(metadata),
+            "--map-tokens", "0",
+            "--no-stream",
+            "--no-pretty",
+            "--no-fancy-input",
+            "--no-detect-urls",
+            "--no-suggest-shell-commands",
+            "--input-history-file", str(state / "input.history"),
+            "--chat-history-file", str(state / "chat.history.md"),
+            "--no-restore-chat-history",
+            "--encoding", "utf-8",
+            "--message-file", str(prompt_file),
+            "train.py",
+        ]  # fmt: skip
+
+    def environment(self, environ: Mapping[str, str], state: Path) -> dict[str, str]:
+        env = dict(environ)
+        env["OPENAI_API_KEY"] = key_or_placeholder(environ, "OPENAI_API_KEY", URLS) or ""
+        if base := environ.get("OPENAI_API_BASE") or environ.get("OPENAI_BASE_URL"):
+            env["OPENAI_API_BASE"] = base
+        env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # litellm's price list from its package, not the internet
+        env["COLUMNS"] = "1000"  # without a terminal aider wraps its output at 80 columns
+        return env
+
+    def read(self, model: str, stdout: str, stderr: str, state: Path) -> Turn:
+        sent = received = 0
+        log = state / "analytics.jsonl"
+        for line in log.read_text().splitlines() if log.exists() else []:
+            event = _json(line)
+            if event.get("event") == "message_send":
+                properties = event.get("properties") or {}
+                sent += int(properties.get("prompt_tokens") or 0)
+                received += int(properties.get("completion_tokens") or 0)
+        usage = usage_for(model.removeprefix("openai/"), sent, received) if sent or received else Usage()
+        return Turn(stdout, usage)
+
+
+def _litellm_name(model: str) -> str:
+    """litellm routes `openai/<name>` to the OpenAI-compatible API at OPENAI_API_BASE."""
+    return model if model.startswith("openai/") else f"openai/{model}"
+
+
+def _metadata() -> dict:
+    return {
+        "max_input_tokens": CONTEXT_TOKENS,
+        "max_output_tokens": OUTPUT_TOKENS,
+        "max_tokens": OUTPUT_TOKENS,
+        "input_cost_per_token": 0.0,  # autoresearch prices the tokens itself (agents/llm.py's table)
+        "output_cost_per_token": 0.0,
+        "litellm_provider": "openai",
+        "mode": "chat",
+    }
+
+
+def _json(line: str) -> dict:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}

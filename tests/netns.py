@@ -1,0 +1,124 @@
+"""Run a program where the only network is a bridge to one server of the test on 127.0.0.1.
+
+`Offline(port)` gives a launcher: `unshare` puts the program in new user and network namespaces, whose only
+interface is loopback, brought up here; this file, run there as a script, listens on 127.0.0.1:<port> inside
+and carries each connection over a Unix socket (a file, which crosses namespaces) to a bridge in the test
+process, which connects to the real server on 127.0.0.1:<port>. The program sees the server at the same URL and
+nothing else: no route, no DNS, so no request can leave 127.0.0.1, whatever it tries.
+
+To see what it tried, HTTP_PROXY and HTTPS_PROXY point at a listener inside that writes down the first line of
+every request it gets (`CONNECT host:443 ...`) and closes the connection: `Offline.attempts()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+
+class Offline:
+    """A bridge from a Unix socket at `path` to 127.0.0.1:`port`; `.launcher` runs a program behind it."""
+
+    def __init__(self, port: int, path: Path):
+        self.port, self.path = port, path
+        self.proxy_log = path.with_suffix(".proxy.log")
+        self.connections = 0  # connections the program made to the server
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(64)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def launcher(self) -> tuple[str, ...]:
+        script = str(Path(__file__).resolve())
+        inside = (sys.executable, script, str(self.path), str(self.port), str(self.proxy_log), "--")
+        return ("unshare", "--user", "--map-root-user", "--net", "--", *inside)
+
+    def attempts(self) -> list[str]:
+        """The requests the program sent to its proxy (anywhere but the server), one line each."""
+        return self.proxy_log.read_text().splitlines() if self.proxy_log.exists() else []
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            pipe(client, socket.create_connection(("127.0.0.1", self.port)))
+
+
+def pipe(a: socket.socket, b: socket.socket) -> None:
+    """Copy bytes both ways between two sockets until either side closes."""
+
+    def copy(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    threading.Thread(target=copy, args=(a, b), daemon=True).start()
+    threading.Thread(target=copy, args=(b, a), daemon=True).start()
+
+
+def loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def _refuse(listener: socket.socket, log: str) -> None:
+    """The proxy: write down what each client asked for, answer 403, close."""
+    while True:
+        client, _ = listener.accept()
+        with client:
+            client.settimeout(5)
+            try:
+                first = client.recv(4096).split(b"\r\n", 1)[0].decode(errors="replace")
+                client.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                first = "(a connection that sent nothing)"
+        with open(log, "a") as f:
+            f.write(first + "\n")
+
+
+def _inside(path: str, port: int, log: str, argv: list[str]) -> int:
+    loopback_up()
+    listener = socket.create_server(("127.0.0.1", port))
+    proxy = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+    threading.Thread(target=_refuse, args=(proxy, log), daemon=True).start()
+    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    env.update({name: url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY")})
+
+    def serve() -> None:
+        while True:
+            client, _ = listener.accept()
+            unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            unix.connect(path)
+            pipe(client, unix)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return subprocess.run(argv, env=env).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(_inside(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[5:]))
