@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.vocabulary import Status
 
 
 class ProposalError(AutoresearchError):
@@ -37,7 +38,7 @@ class PastExperiment:
     """One finished experiment as an agent sees it."""
 
     id: int
-    status: str  # keep, discard or crash
+    status: Status  # KEEP, DISCARD or CRASH
     description: str
     val_bpb: float | None
     diff: str  # unified diff of train.py against the best it was made from

@@ -24,16 +24,15 @@ from autoresearch.data.shards import Manifest
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.loop import guard
-from autoresearch.loop.executor import CHANGED, OK, Executor, Outcome, RunSpec, reap_orphan
-from autoresearch.loop.executor import CRASH as RUN_CRASHED
-from autoresearch.loop.judge import KEEP, RERUN, judge, noise_of
-from autoresearch.loop.ledger import CRASH, DISCARD, RUNNING, Experiment, Ledger
+from autoresearch.loop.executor import Executor, Outcome, RunSpec, reap_orphan
+from autoresearch.loop.judge import judge, noise_of
+from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.reporter import Reporter
 from autoresearch.loop.watch import Verdict, Watch
+from autoresearch.vocabulary import IN_FLIGHT, Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.workspace import TRAIN_PY, Workspace
 
-BASELINE, EXPERIMENT, PROPOSAL = "baseline", "experiment", "proposal"
 CRASHES_BEFORE_MOVING_ON = 3  # after this many crashes in a row the agent no longer sees the crash log
 PAUSE_FIRST_S, PAUSE_MAX_S = 30.0, 900.0  # back-off after failed proposals in a row
 MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
@@ -80,19 +79,19 @@ class ResearchLoop:
     # -- state ------------------------------------------------------------------------------------
 
     def best(self) -> Experiment | None:
-        kept = [e for e in self.ledger.all() if e.status == KEEP]
+        kept = [e for e in self.ledger.all() if e.status == Status.KEEP]
         return kept[-1] if kept else None
 
     def noise(self) -> float | None:
-        baseline = next((e for e in self.ledger.all() if e.kind == BASELINE and e.status == KEEP), None)
+        baseline = next((e for e in self.ledger.all() if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
         return noise_of(baseline.run_values) if baseline else None
 
     def context(self) -> Context:
         best = self._require_best()
-        finished = [e for e in self.ledger.all() if e.status != RUNNING]
+        finished = [e for e in self.ledger.all() if e.status not in IN_FLIGHT]
         crashes = 0
         for e in reversed(finished):
-            if e.status != CRASH:
+            if e.status != Status.CRASH:
                 break
             crashes += 1
         last_crash = finished[-1].log_tail or finished[-1].reason if crashes else None
@@ -118,7 +117,7 @@ class ResearchLoop:
 
     def check_apparatus(self) -> None:
         """Refuse to go on when the harness, data or budget differ from the baseline's."""
-        baseline = next((e for e in self.ledger.all() if e.kind == BASELINE and e.status == KEEP), None)
+        baseline = next((e for e in self.ledger.all() if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
         measured = json.loads(baseline.result).get("harness_fingerprint") if baseline else None
         if measured and measured != self.fingerprint:
             raise LoopError(
@@ -133,13 +132,13 @@ class ResearchLoop:
             for run_dir in self.ws.state.glob(f"runs/{pending.id}-*"):
                 if reap_orphan(run_dir):
                     self.reporter.message(f"killed a training run of experiment {pending.id} left from before")
-            if pending.kind == PROPOSAL:
-                self._finish(pending, CRASH, "interrupted while the agent was proposing")
+            if pending.kind == Kind.PROPOSAL:
+                self._finish(pending, Status.CRASH, "interrupted while the agent was proposing")
                 return None
             if pending.attempts >= MAX_ATTEMPTS:
                 why = f"the loop died {pending.attempts} times while this train.py ran: it is not run again"
-                self._finish(pending, CRASH, why)
-                if pending.kind == BASELINE:
+                self._finish(pending, Status.CRASH, why)
+                if pending.kind == Kind.BASELINE:
                     raise LoopError(f"the baseline train.py failed: {why}", hint="fix train.py, then run again")
                 return None
             if pending.commit is None:
@@ -157,7 +156,7 @@ class ResearchLoop:
         best = self.best()
         if best is not None and self.git.head() != best.commit:
             last = self.ledger.all()[-1]
-            if last.status in (DISCARD, CRASH) and last.commit == self.git.head():
+            if last.status in (Status.DISCARD, Status.CRASH) and last.commit == self.git.head():
                 self._apply_git(last)
             else:
                 raise LoopError(
@@ -199,8 +198,8 @@ class ResearchLoop:
         source = self.ws.read_train_py()
         exp = Experiment(
             id=self.ledger.next_id(),
-            kind=BASELINE,
-            status=RUNNING,
+            kind=Kind.BASELINE,
+            status=Status.RUNNING,
             description="baseline",
             parent=self.git.head(),
             commit=self.git.head(),
@@ -242,7 +241,7 @@ class ResearchLoop:
         """Back off when the agent fails again and again (an API down, a rate limit): 30 s, 1 min, ... 15 min."""
         failures = 0
         for e in reversed(self.ledger.all()):
-            if e.kind != PROPOSAL or e.status != CRASH:
+            if e.kind != Kind.PROPOSAL or e.status != Status.CRASH:
                 break
             failures += 1
         if failures >= 2:
@@ -257,8 +256,8 @@ class ResearchLoop:
         added, removed = guard.diff_stats(best.source, proposal.source)
         exp = Experiment(
             id=self.ledger.next_id(),
-            kind=EXPERIMENT,
-            status=RUNNING,
+            kind=Kind.EXPERIMENT,
+            status=Status.RUNNING,
             description=_one_line(proposal.description),
             parent=best.commit,
             agent=agent,
@@ -282,34 +281,34 @@ class ResearchLoop:
 
     def _evaluate(self, exp: Experiment) -> Experiment:
         runs = exp.run_values
-        wanted = self.config.baseline_runs if exp.kind == BASELINE else 1
+        wanted = self.config.baseline_runs if exp.kind == Kind.BASELINE else 1
         while True:
             outcome = self._train(exp, len(runs))
-            if outcome.status == CHANGED:
+            if outcome.status == RunEnd.CHANGED:
                 raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=APPARATUS_HINT)
-            if outcome.status != OK:
-                if exp.kind == BASELINE:
-                    self._finish(exp, CRASH, f"baseline failed: {outcome.reason}", outcome)
+            if outcome.status != RunEnd.OK:
+                if exp.kind == Kind.BASELINE:
+                    self._finish(exp, Status.CRASH, f"baseline failed: {outcome.reason}", outcome)
                     raise LoopError(
                         f"the baseline train.py failed: {outcome.reason}",
                         hint=f"see {self.ws.state / 'runs'} for the log; fix train.py or the setup, then run again",
                     )
-                return self._finish(exp, CRASH, outcome.reason, outcome)
+                return self._finish(exp, Status.CRASH, outcome.reason, outcome)
             runs.append(outcome.val_bpb)
             exp.runs = json.dumps(runs)
             self.ledger.update(exp.id, runs=exp.runs)
             if len(runs) < wanted:
                 continue
-            if exp.kind == BASELINE:
+            if exp.kind == Kind.BASELINE:
                 reason = f"mean of {len(runs)} seeds; noise (std) {noise_of(runs):.6f}"
-                return self._finish(exp, KEEP, reason, outcome, runs)
+                return self._finish(exp, Status.KEEP, reason, outcome, runs)
             best = self._require_best()
             verdict = judge(best.val_bpb, runs, self.noise(), exp.lines_added, exp.lines_removed)
-            if verdict.decision == RERUN:
+            if verdict.decision == Status.RERUN:
                 self.reporter.message(f"exp {exp.id}: {verdict.reason}")
                 wanted = len(runs) + 1
                 continue
-            return self._finish(exp, KEEP if verdict.decision == KEEP else DISCARD, verdict.reason, outcome, runs)
+            return self._finish(exp, verdict.decision, verdict.reason, outcome, runs)
 
     def _train(self, exp: Experiment, run: int) -> Outcome:
         """Train `exp` once; run k > 0 uses SEED + k, so repeated runs measure seed-to-seed noise."""
@@ -337,7 +336,7 @@ class ResearchLoop:
                 self.ws.write_train_py(exp.source)
         if why:  # whatever it scored, a run that reached outside its box is not believed
             return Outcome(
-                RUN_CRASHED, None, f"the run {why}; all of it was put back", outcome.log_tail, outcome.seconds
+                RunEnd.CRASH, None, f"the run {why}; all of it was put back", outcome.log_tail, outcome.seconds
             )
         return outcome
 
@@ -366,17 +365,22 @@ class ResearchLoop:
         return verdict
 
     def _finish(
-        self, exp: Experiment, status: str, reason: str, outcome: Outcome | None = None, runs: list[float] | None = None
+        self,
+        exp: Experiment,
+        status: Status,
+        reason: str,
+        outcome: Outcome | None = None,
+        runs: list[float] | None = None,
     ) -> Experiment:
         result = outcome.result if outcome else None
-        if exp.status == RUNNING and exp.reason:  # noted when the row was written: what was put back after the agent
+        if exp.status in IN_FLIGHT and exp.reason:  # noted when the row was written: what was put back after the agent
             reason = f"{reason}; {exp.reason}"
         changes = {
             "status": status,
             "reason": reason,
             "finished_at": time.time(),
             "val_bpb": statistics.fmean(runs) if runs else None,
-            "log_tail": outcome.log_tail if outcome and status == CRASH else "",
+            "log_tail": outcome.log_tail if outcome and status == Status.CRASH else "",
         }
         if result is not None:
             changes |= {
@@ -394,7 +398,7 @@ class ResearchLoop:
         return exp
 
     def _apply_git(self, exp: Experiment) -> None:
-        if exp.status in (DISCARD, CRASH) and exp.commit and exp.kind != BASELINE:
+        if exp.status in (Status.DISCARD, Status.CRASH) and exp.commit and exp.kind != Kind.BASELINE:
             self.git.set_ref(f"refs/autoresearch/discarded/{exp.id}", exp.commit)
             self.git.move_to(exp.parent, TRAIN_PY)
 
@@ -411,8 +415,8 @@ class ResearchLoop:
         """A proposal that never ran: recorded as a crash so its cost and reason are not lost."""
         exp = Experiment(
             id=exp_id,
-            kind=PROPOSAL,
-            status=RUNNING,
+            kind=Kind.PROPOSAL,
+            status=Status.RUNNING,
             description=_one_line(description),
             parent=best.commit,
             agent=agent.name,
@@ -424,7 +428,7 @@ class ResearchLoop:
         )
         self.ledger.insert(exp)
         self.ws.write_train_py(best.source)
-        return self._finish(exp, CRASH, f"rejected: {why}")
+        return self._finish(exp, Status.CRASH, f"rejected: {why}")
 
 
 def _as_agent(why: str) -> str:

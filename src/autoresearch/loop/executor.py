@@ -30,8 +30,8 @@ import psutil
 from autoresearch.evaluator.confined import FORK_ENV, kill_tree
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, Result
 from autoresearch.evaluator.sandbox import evaluator_env
+from autoresearch.vocabulary import RunEnd
 
-OK, CRASH, TIMEOUT, INVALID, CHANGED = "ok", "crash", "timeout", "invalid", "apparatus-changed"
 LOG_TAIL_CHARS = 4000
 PREWARM_ENV = "AUTORESEARCH_PREWARM"  # "0": start each run's processes only when it begins
 EXPERIMENT_CRASHED = 3  # the evaluator's exit code when the experiment crashed (evaluator/referee.py)
@@ -47,7 +47,7 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # OK, CRASH, TIMEOUT, INVALID or CHANGED
+    status: RunEnd
     result: Result | None
     reason: str
     log_tail: str
@@ -55,7 +55,7 @@ class Outcome:
 
     @property
     def val_bpb(self) -> float | None:
-        return self.result.val_bpb if self.status == OK and self.result else None
+        return self.result.val_bpb if self.status == RunEnd.OK and self.result else None
 
 
 class Executor(Protocol):
@@ -99,7 +99,7 @@ class LocalExecutor:
         if code is None:
             referee.kill()
             why = f"no result within the hard timeout of {spec.timeout:.0f}s; killed"
-            return Outcome(TIMEOUT, None, why, tail(log_path), seconds)
+            return Outcome(RunEnd.TIMEOUT, None, why, tail(log_path), seconds)
         return _outcome(code, read_result(result_path), referee.errors(), tail(log_path), seconds, spec.fingerprint)
 
     def _take(self, directory: Path) -> Referee:
@@ -132,16 +132,17 @@ class LocalExecutor:
 def _outcome(code: int, result: Result | None, errors: str, log_tail: str, seconds: float, fingerprint: str) -> Outcome:
     if code not in (0, EXPERIMENT_CRASHED):
         last = errors.strip().splitlines()[-1] if errors.strip() else f"exit code {code}"
-        return Outcome(CRASH, None, f"the evaluator could not run: {last}", log_tail + errors, seconds)
+        return Outcome(RunEnd.CRASH, None, f"the evaluator could not run: {last}", log_tail + errors, seconds)
     if result is None:
-        return Outcome(CRASH, None, "the evaluator wrote no result", log_tail + errors, seconds)
+        return Outcome(RunEnd.CRASH, None, "the evaluator wrote no result", log_tail + errors, seconds)
     if result.harness_fingerprint != fingerprint:
-        return Outcome(CHANGED, result, "the apparatus (evaluator code, data or budget) changed", log_tail, seconds)
+        why = "the apparatus (evaluator code, data or budget) changed"
+        return Outcome(RunEnd.CHANGED, result, why, log_tail, seconds)
     if code == EXPERIMENT_CRASHED:  # the reason quotes the experiment's last line of output
-        return Outcome(CRASH, result, result.invalid_reason or "crashed", log_tail, seconds)
+        return Outcome(RunEnd.CRASH, result, result.invalid_reason or "crashed", log_tail, seconds)
     if not result.valid or result.val_bpb is None:
-        return Outcome(INVALID, result, f"invalid result: {result.invalid_reason}", log_tail, seconds)
-    return Outcome(OK, result, "", log_tail, seconds)
+        return Outcome(RunEnd.INVALID, result, f"invalid result: {result.invalid_reason}", log_tail, seconds)
+    return Outcome(RunEnd.OK, result, "", log_tail, seconds)
 
 
 class Referee:

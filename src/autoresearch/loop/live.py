@@ -17,12 +17,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autoresearch.loop.ledger import KEEP, RUNNING, Experiment
+from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.reporter import verdict_line
 from autoresearch.loop.status import EVALUATING, FINISHED, STARTING, TRAINING, WARMING_UP, RunProgress, read_progress
 from autoresearch.report.summary import clip
+from autoresearch.vocabulary import IN_FLIGHT, Status
 
-STYLES = {"keep": "green", "discard": "dim", "crash": "red"}
+STYLES = {Status.KEEP: "green", Status.DISCARD: "dim", Status.CRASH: "red"}
 
 
 class TrainingClock:
@@ -63,7 +64,7 @@ class LiveReporter:
         self.budget = 0.0
         self.best: Experiment | None = None
         self.recent: deque[Experiment] = deque(maxlen=6)
-        self.counts = {"keep": 0, "discard": 0, "crash": 0}
+        self.counts = {Status.KEEP: 0, Status.DISCARD: 0, Status.CRASH: 0}
         self._log: Path | None = None
         self._stale: tuple[int, int] | None = None  # the log as a previous attempt left it: not this run's
         self._run_clock: TrainingClock | None = None
@@ -78,8 +79,8 @@ class LiveReporter:
 
     def resume(self, experiments: list[Experiment]) -> None:
         """Show what a workspace already holds: the best, the counts and the last verdicts (on a resume)."""
-        done = [e for e in experiments if e.status != RUNNING]
-        kept = [e for e in done if e.status == KEEP]
+        done = [e for e in experiments if e.status not in IN_FLIGHT]
+        kept = [e for e in done if e.status == Status.KEEP]
         self.best = kept[-1] if kept else None
         for exp in done:
             self.counts[exp.status] = self.counts.get(exp.status, 0) + 1
@@ -148,7 +149,7 @@ class LiveReporter:
         recent = Table(show_header=False, box=None, padding=(0, 1))
         for e in self.recent:
             bpb = f"{e.val_bpb:.6f}" if e.val_bpb is not None else "-"
-            mark = "*" if e.status == KEEP else " "
+            mark = "*" if e.status == Status.KEEP else " "
             recent.add_row(
                 Text(f"{mark}{e.id}"),
                 Text(e.status, style=STYLES.get(e.status, "")),
