@@ -93,7 +93,7 @@ class FakeExecutor:
     fingerprint: str = ""
 
     def run(self, spec: RunSpec) -> Outcome:
-        source = (spec.directory / "train.py").read_text()
+        source = spec.source.read_text()
         self.calls.append(source)
         value = self.score(source)
         if isinstance(value, Outcome):

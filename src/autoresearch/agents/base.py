@@ -55,6 +55,7 @@ class Context:
     noise: float | None  # run-to-run standard deviation of val_bpb measured on the baseline
     history: list[PastExperiment] = field(default_factory=list)  # oldest first
     last_crash: str | None = None  # log tail of the latest crash: untrusted text
+    in_flight: list[PastExperiment] = field(default_factory=list)  # being trained now: propose something else
 
 
 @dataclass(frozen=True)

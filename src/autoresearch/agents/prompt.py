@@ -104,6 +104,7 @@ def ledger_summary(context: Context) -> str:
         f"{len(history)} experiments: {counts[Status.KEEP]} kept, {counts[Status.DISCARD]} discarded, "
         f"{counts[Status.CRASH]} crashed.",
     ]
+    lines += in_flight_lines(context.in_flight)
     if not history:
         return "\n".join([*lines, "", "No experiments yet: this is the first proposal after the baseline."])
     shown = history[-HISTORY_LINES:]
@@ -112,6 +113,19 @@ def ledger_summary(context: Context) -> str:
     lines += [_history_line(e) for e in shown]
     lines.append("</experiments>")
     return "\n".join(lines)
+
+
+def in_flight_lines(running: list[PastExperiment]) -> list[str]:
+    """The experiments other workers train now, with their diffs: a proposal must try something else."""
+    if not running:
+        return []
+    lines = ["", f"Being trained now on other workers ({len(running)}; propose something different from each):"]
+    lines.append("<in_flight>")
+    for e in running:
+        diff = _escape(_head(e.diff.strip("\n"), DIFF_CHARS), "in_flight")
+        lines.append(f"#{e.id} {_escape(e.description, 'in_flight')}\n{diff}")
+    lines.append("</in_flight>")
+    return lines
 
 
 def recent_diffs(history: list[PastExperiment]) -> str:

@@ -39,6 +39,7 @@ TOTAL_BATCH_SIZE are cut to what fits alone, and a proposal whose changes togeth
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -338,10 +339,13 @@ class TuneAgent:
         if not knobs:
             raise ProposalError("tune: train.py has no numeric hyperparameters to tune")
 
-        step = self.seed * 1_000_003 + len(context.history)
+        step = self.seed * 1_000_003 + len(context.history) + 7919 * len(context.in_flight)
         rng = random.Random(step)
         study = self._study(knobs, past, context, step)
         seen = {fp for _, _, fp in past} | {parse(context.train_py)[1]}
+        for exp in context.in_flight:  # what other workers train now is no new configuration either
+            with contextlib.suppress(SyntaxError, ValueError):
+                seen.add(parse(exp.source)[1])
         record = {n: [0, 0] for n in knobs}  # per knob: past experiments that changed it, and how many were kept
         for exp in context.history:
             for name in set(_DIFF_NAME.findall(exp.diff)) & knobs.keys():

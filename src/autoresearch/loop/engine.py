@@ -105,7 +105,24 @@ class ResearchLoop:
                 PastExperiment(e.id, e.status, e.description, e.val_bpb, e.diff, e.source, e.reason) for e in finished
             ],
             last_crash=last_crash if crashes < CRASHES_BEFORE_MOVING_ON else None,
+            in_flight=[
+                PastExperiment(e.id, e.status, e.description, None, e.diff, e.source)
+                for e in self.ledger.in_flight()
+                if e.kind == Kind.EXPERIMENT
+            ],
         )
+
+    def duplicate_of(self, source: str, base: str) -> str | None:
+        """Why a proposal of `source` made from commit `base` is not run again, or None: the same train.py is
+        in flight, or was already measured on the same base."""
+        for e in self.ledger.all():
+            if e.source != source or e.kind != Kind.EXPERIMENT:
+                continue
+            if e.status in IN_FLIGHT:
+                return f"the same train.py as exp {e.id}, which is being trained now: propose something different"
+            if e.parent == base and e.status != Status.CRASH:
+                return f"the same train.py as exp {e.id}, already measured on this best ({e.status}, {e.reason})"
+        return None
 
     def _require_best(self) -> Experiment:
         best = self.best()
@@ -127,7 +144,13 @@ class ResearchLoop:
     def recover(self) -> Experiment | None:
         """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any."""
         self.check_apparatus()
-        pending = self.ledger.running()
+        in_flight = self.ledger.in_flight()
+        if len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight):
+            raise LoopError(
+                f"{len(in_flight)} experiments of a loop with several workers (or submitted) are still in flight",
+                hint="`autoresearch run` with the same --gpus or --workers finishes them first",
+            )
+        pending = in_flight[0] if in_flight else None
         if pending is not None:
             for run_dir in self.ws.state.glob(f"runs/{pending.id}-*"):
                 if reap_orphan(run_dir):
@@ -153,17 +176,23 @@ class ResearchLoop:
                 pending.commit = commit
             self.git.move_to(pending.commit, TRAIN_PY)
             return pending
+        self.recover_branch()
+        return None
+
+    def recover_branch(self) -> None:
+        """Bring the branch to the best, where a verdict was recorded but the loop died before git followed."""
         best = self.best()
         if best is not None and self.git.head() != best.commit:
             last = self.ledger.all()[-1]
             if last.status in (Status.DISCARD, Status.CRASH) and last.commit == self.git.head():
                 self._apply_git(last)
+            elif best.parent == self.git.head():  # kept, but the loop died before the branch moved to it
+                self._apply_git(best)
             else:
                 raise LoopError(
                     f"the branch is at {self.git.head()[:7]}, but the best experiment is {best.commit[:7]}",
                     hint=f"someone moved the branch by hand; `git reset --hard {best.commit[:7]}` to continue",
                 )
-        return None
 
     def check_clean(self) -> None:
         if TRAIN_PY in self.git.changed_paths():
@@ -195,6 +224,10 @@ class ResearchLoop:
 
     def baseline(self) -> Experiment:
         """Train the unchanged train.py `baseline_runs` times with different seeds to measure the noise."""
+        return self._evaluate(self.new_baseline())
+
+    def new_baseline(self) -> Experiment:
+        """The baseline's row: the branch's train.py, to be trained with several seeds."""
         source = self.ws.read_train_py()
         exp = Experiment(
             id=self.ledger.next_id(),
@@ -206,10 +239,19 @@ class ResearchLoop:
             source=source,
         )
         self.ledger.insert(exp)
-        return self._evaluate(exp)
+        return exp
 
     def step(self, agent: Agent) -> Experiment:
         """One experiment: ask the agent, check the change, commit it, train and judge it."""
+        asked = self.ask(agent)
+        if isinstance(asked, Experiment):
+            return asked
+        proposal, note = asked
+        return self.submit(proposal, agent.name, getattr(agent, "model", ""), note)
+
+    def ask(self, agent: Agent) -> Experiment | tuple[Proposal, str | None]:
+        """The agent's checked proposal and what was put back after it; or, if it has none that may run, the
+        rejected proposal's row. train.py holds the proposal afterwards."""
         best = self._require_best()
         exp_id = self.ledger.next_id()
         self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
@@ -233,31 +275,55 @@ class ResearchLoop:
         note = verdict.tidied()  # the agent's litter: put back, noted, not held against its train.py
         if why := verdict.reason():
             return self._rejected(exp_id, agent, best, proposal.description, _as_agent(why), proposal.usage, note)
-        if why := guard.rejection(best.source, proposal.source):
+        if why := guard.rejection(best.source, proposal.source) or self.duplicate_of(proposal.source, best.commit):
             return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage, note)
-        return self.submit(proposal, agent.name, getattr(agent, "model", ""), note)
+        return proposal, note
 
     def _pause_after_failures(self, agent: Agent) -> None:
         """Back off when the agent fails again and again (an API down, a rate limit): 30 s, 1 min, ... 15 min."""
+        if wait := self.failure_pause(agent):
+            self.sleep(wait)
+
+    def failure_pause(self, agent: Agent) -> float:
+        """How long to wait before asking `agent` again after its latest failures in a row (0: at once)."""
         failures = 0
         for e in reversed(self.ledger.all()):
             if e.kind != Kind.PROPOSAL or e.status != Status.CRASH:
                 break
             failures += 1
-        if failures >= 2:
-            wait = min(PAUSE_MAX_S, PAUSE_FIRST_S * 2 ** (failures - 2))
-            self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
-            self.sleep(wait)
+        if failures < 2:
+            return 0.0
+        wait = min(PAUSE_MAX_S, PAUSE_FIRST_S * 2 ** (failures - 2))
+        self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
+        return wait
 
     def submit(self, proposal: Proposal, agent: str, model: str, note: str | None = None) -> Experiment:
         """Record, commit, train and judge a checked proposal made from the current best; `note` (what was
         put back after the agent) ends the reason it gets."""
-        best = self._require_best()
+        exp = self.record(proposal, agent, model, note)
+        self.ws.write_train_py(proposal.source)
+        exp.commit = self.git.commit(_commit_message(exp), TRAIN_PY)
+        self.ledger.update(exp.id, commit=exp.commit)
+        return self._evaluate(exp)
+
+    def record(
+        self,
+        proposal: Proposal,
+        agent: str,
+        model: str,
+        note: str | None = None,
+        base: Experiment | None = None,
+        status: Status = Status.RUNNING,
+        merged_from: int = 0,
+    ) -> Experiment:
+        """The row of a checked proposal made from `base` (the current best by default), written before any
+        commit of it is made."""
+        best = base or self._require_best()
         added, removed = guard.diff_stats(best.source, proposal.source)
         exp = Experiment(
             id=self.ledger.next_id(),
             kind=Kind.EXPERIMENT,
-            status=Status.RUNNING,
+            status=status,
             description=_one_line(proposal.description),
             parent=best.commit,
             agent=agent,
@@ -270,12 +336,10 @@ class ResearchLoop:
             output_tokens=proposal.usage.output_tokens,
             cost_usd=proposal.usage.cost_usd,
             reason=note or "",  # kept while it runs, so that a resumed experiment still ends its reason with it
+            merged_from=merged_from,
         )
         self.ledger.insert(exp)  # before git is touched
-        self.ws.write_train_py(proposal.source)
-        exp.commit = self.git.commit(_commit_message(exp), TRAIN_PY)
-        self.ledger.update(exp.id, commit=exp.commit)
-        return self._evaluate(exp)
+        return exp
 
     # -- training and judging ---------------------------------------------------------------------
 
@@ -398,9 +462,17 @@ class ResearchLoop:
         return exp
 
     def _apply_git(self, exp: Experiment) -> None:
-        if exp.status in (Status.DISCARD, Status.CRASH) and exp.commit and exp.kind != Kind.BASELINE:
+        """Git after a verdict: a kept experiment becomes the branch; a discarded one is kept under a ref and,
+        where the branch was on it (one worker trains on the branch), the branch goes back to its parent. An
+        experiment trained in a worker's worktree was never on the branch."""
+        if not exp.commit or exp.kind == Kind.BASELINE:
+            return
+        if exp.status == Status.KEEP and self.git.head() != exp.commit:
+            self.git.advance(exp.commit, TRAIN_PY)
+        elif exp.status in (Status.DISCARD, Status.CRASH):
             self.git.set_ref(f"refs/autoresearch/discarded/{exp.id}", exp.commit)
-            self.git.move_to(exp.parent, TRAIN_PY)
+            if self.git.head() == exp.commit:
+                self.git.move_to(exp.parent, TRAIN_PY)
 
     def _rejected(
         self,

@@ -51,6 +51,15 @@ class Experiment:
     source: str = ""  # train.py as run
     diff: str = ""  # against the parent
     attempts: int = 0  # runs of it started that the loop did not see end (it was killed meanwhile)
+    seeds: str = "[]"  # JSON list: the run index (SEED + index) of each value in `runs`, in the same order
+    worker: str = ""  # the device its latest run trained on ("gpu 1"); empty for the one-worker loop
+    merged_from: int = 0  # a win found on an old base, merged onto the best: the experiment it re-validates
+
+    @property
+    def run_indices(self) -> list[int]:
+        """The seed offsets of `runs`; a ledger from before this column had them in order from 0."""
+        seeds = json.loads(self.seeds)
+        return seeds if len(seeds) == len(self.run_values) else list(range(len(self.run_values)))
 
     @property
     def run_values(self) -> list[float]:
@@ -137,6 +146,11 @@ class Ledger:
 
     def get(self, exp_id: int) -> Experiment | None:
         return next(self._rows("SELECT * FROM experiments WHERE id = ?", exp_id), None)
+
+    def in_flight(self) -> list[Experiment]:
+        """Every experiment queued or running (several with several workers), oldest first."""
+        marks = ", ".join("?" * len(IN_FLIGHT))
+        return list(self._rows(f"SELECT * FROM experiments WHERE status IN ({marks}) ORDER BY id", *IN_FLIGHT))
 
     def running(self) -> Experiment | None:
         return next(self._rows("SELECT * FROM experiments WHERE status = ? ORDER BY id", Status.RUNNING), None)
