@@ -268,3 +268,45 @@ def test_when_the_fork_server_dies_runs_start_as_new_processes_and_the_loop_says
     assert exp.status == Status.KEEP and exp.val_bpb is not None
     assert "exited" in executor.fork_failure
     assert [e for e in events if "the fork server failed" in e and "new processes" in e]
+
+
+def test_two_workers_on_fake_gpus_killed_with_two_runs_in_flight_resume_without_loss_or_duplicate(
+    tmp_path, tiny_prepared
+):
+    shows_gpu = "    run = harness.start()\n    import os\n"
+    shows_gpu += "    print('CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'])\n"
+    source = edit(BIGRAM_TRAIN_PY, "    run = harness.start()\n", shows_gpu)
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, train_py=source, budget=3.0)
+    args = ["run", "--agent", "tune", "--baseline-runs", "2", "--plain", "--gpus", "0,1"]
+    loop = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch", *args, "--max-experiments", "4"],
+        cwd=ws.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # until two experiments (not the baseline) train at once
+        ledger = Ledger(ws.root)
+        training = [e for e in ledger.in_flight() if e.kind == "experiment" and e.attempts]
+        ledger.close()
+        if len(training) == 2 and all(list(ws.state.glob(f"runs/{e.id}-0/pid")) for e in training):
+            break
+        time.sleep(0.2)
+    else:
+        loop.kill()
+        raise AssertionError("two experiments never trained at once")
+    loop.send_signal(signal.SIGKILL)
+    loop.wait()
+    assert {e.worker for e in training} == {"gpu 0", "gpu 1"}
+
+    done = cli(*args, "--max-experiments", "0", cwd=ws.root)
+    assert done.returncode == 0, done.stderr
+    rows = Ledger(ws.root).all()
+    assert [r.id for r in rows] == list(range(1, len(rows) + 1)) and all(r.status.final for r in rows)
+    for e in training:  # each taken up again and judged once, from its own commit
+        again = rows[e.id - 1]
+        assert again.commit == e.commit and again.description == e.description and again.val_bpb is not None
+    best = [r for r in rows if r.status == Status.KEEP][-1]
+    assert ws.git.head() == best.commit and ws.read_train_py() == best.source and not ws.git.changed_paths()
+    logs = [p.read_text() for p in ws.state.glob("runs/*/log.txt")]
+    seen = {line for log in logs for line in log.splitlines() if line.startswith("CUDA_VISIBLE_DEVICES=")}
+    assert seen == {"CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"}  # each run saw its own GPU alone
+    assert {json.loads(r.result)["device"].split()[0] for r in rows if r.result != "{}"} == {"CPU"}  # no CUDA
