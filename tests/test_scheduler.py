@@ -12,6 +12,7 @@ from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.inbox import Inbox, wait_for
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.scheduler import Scheduler, make_workers
+from autoresearch.loop.status import status_text
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import Kind, RunEnd, Status
 
@@ -99,6 +100,8 @@ def test_two_workers_train_at_once_each_run_pinned_to_its_own_gpu(workspace):
     assert {rows[1].description, rows[2].description} == {"LR 0.2", "Adam betas 0.8, 0.9"}
     assert all(r.status.final for r in rows) and sched.loop.git.head() == sched.loop.best().commit
     assert sched.loop.ws.git.changed_paths() == set()  # the workspace's train.py is the best's
+    rate = next(line for line in status_text(sched.loop.ws).splitlines() if line.startswith("rate:"))
+    assert "experiments per hour (gpu 0: " in rate and ", gpu 1: " in rate
 
 
 def after_the_first_keep(sched_box: list):
@@ -204,6 +207,8 @@ def test_a_driver_killed_with_two_runs_in_flight_resumes_them_and_loses_or_dupli
         sched.dispatch(worker, sched.next_job())
     in_flight = sched.loop.ledger.in_flight()
     assert [(e.id, e.attempts, bool(e.commit)) for e in in_flight] == [(2, 1, True), (3, 1, True)]
+    told = status_text(workspace)
+    assert "interrupted: exp 2 (LR 0.2)" in told and "interrupted: exp 3 (Adam betas" in told
 
     again, fakes = scheduler(workspace)  # `autoresearch run` again
     again.run(None)

@@ -60,6 +60,8 @@ class LiveReporter:
         self.runs_dir = runs_dir
         self.clock = clock
         self.current = ("", "", "")  # experiment, what it tries, phase
+        self.others: dict[str, tuple[str, str, float]] = {}  # with several workers: the others in flight
+        self._since: dict[str, float] = {}  # when each experiment entered its phase
         self.started = clock()
         self.budget = 0.0
         self.best: Experiment | None = None
@@ -88,6 +90,10 @@ class LiveReporter:
 
     def phase(self, exp_id: int, what: str, text: str) -> None:
         same = self.current[0] == str(exp_id)
+        if self.current[0] and not same and " on " in text:  # another worker's: the current one goes on too
+            self.others[self.current[0]] = (self.current[1], self.current[2], self._since.get(self.current[0], 0.0))
+        self.others.pop(str(exp_id), None)
+        self._since[str(exp_id)] = self.clock()
         self.current = (str(exp_id), what or (self.current[1] if same else ""), text)
         self._run_clock = None
 
@@ -98,6 +104,7 @@ class LiveReporter:
         self._stale = _signature(self._log)
 
     def finished(self, exp: Experiment, best: Experiment | None) -> None:
+        self.others.pop(str(exp.id), None)
         self.best = best
         self.recent.appendleft(exp)
         self.counts[exp.status] = self.counts.get(exp.status, 0) + 1
@@ -140,6 +147,9 @@ class LiveReporter:
             state = self.run_state()
             line = f"exp {exp_id}: {phase}" + (f"  {state}" if state else "")
             head.add_row(Text(line), Text(clip(what, 80), style="italic"))
+        for other, (other_what, other_phase, since) in sorted(self.others.items()):
+            elapsed = f"  {_clock(self.clock() - since)} / {self.budget:g}s budget" if self.budget else ""
+            head.add_row(Text(f"exp {other}: {other_phase}{elapsed}"), Text(clip(other_what, 80), style="italic"))
         if self.best and self.best.val_bpb is not None:
             head.add_row(
                 Text(f"best val_bpb {self.best.val_bpb:.6f} (exp {self.best.id})"),

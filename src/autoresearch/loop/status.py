@@ -180,18 +180,32 @@ def status_text(ws: Workspace) -> str:
     finished = [e for e in experiments if e.finished_at]
     if len(finished) > 1:
         hours = (finished[-1].finished_at - experiments[0].started_at) / 3600
-        lines.append(f"rate: {len(finished) / hours:.1f} experiments per hour")
-    if running := next((e for e in experiments if e.status == Status.RUNNING), None):
-        if ws.is_locked():
+        lines.append(f"rate: {len(finished) / hours:.1f} experiments per hour{_per_worker(finished, hours)}")
+    in_flight = [e for e in experiments if e.status in IN_FLIGHT]
+    if in_flight and ws.is_locked():
+        for running in in_flight:
+            where = f" on {running.worker}" if running.worker else ""
+            if running.status == Status.QUEUED:
+                lines.append(f"queued: exp {running.id}: {running.description}")
+                continue
             lines.append(
-                f"running: exp {running.id} for {time.time() - running.started_at:.0f}s: {running.description}"
+                f"running: exp {running.id}{where} for {time.time() - running.started_at:.0f}s: {running.description}"
             )
             lines.append(running_text(ws, running))
-        else:
+    elif in_flight:
+        for running in in_flight:
             lines.append(f"interrupted: exp {running.id} ({running.description}) will be re-run on the next start")
     elif ws.is_locked():
         lines.append("running: the agent is preparing the next experiment")
     return "\n".join(lines)
+
+
+def _per_worker(finished: list[Experiment], hours: float) -> str:
+    """Experiments per hour of each worker, where there were several."""
+    counts = Counter(e.worker for e in finished if e.worker)
+    if len(counts) < 2:
+        return ""
+    return " (" + ", ".join(f"{worker}: {n / hours:.1f}" for worker, n in sorted(counts.items())) + ")"
 
 
 def _number(text: str) -> float | None:
