@@ -275,7 +275,7 @@ def test_a_run_that_kills_the_loop_is_retried_once_on_the_next_start_then_is_a_c
 
 
 def test_a_try_killed_and_tried_again_is_judged_once(workspace):
-    from autoresearch.loop.engine import try_working_tree
+    from autoresearch.loop.trying import try_working_tree
 
     loop = make_loop(workspace, FakeExecutor(score))
     loop.baseline()

@@ -247,8 +247,8 @@ def _wait(args: argparse.Namespace) -> None:
 
 def _try(args: argparse.Namespace, console: Console) -> None:
     """Progress on stderr; on stdout exactly one line, the verdict on the working tree's train.py."""
-    from autoresearch.loop.engine import try_working_tree
     from autoresearch.loop.reporter import PlainReporter, console_echo, verdict_line
+    from autoresearch.loop.trying import try_working_tree
 
     reporter = PlainReporter(console_echo(console), hold_verdicts=True)
     loop = _loop(args, reporter)
