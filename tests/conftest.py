@@ -110,13 +110,13 @@ def lab(tmp_path_factory, tiny_prepared: Path, cache_dir: Path):
     from loop_support import make_loop, make_workspace
 
     from autoresearch.loop.executor import LocalExecutor
-    from autoresearch.loop.ledger import KEEP
+    from autoresearch.vocabulary import Status
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AUTORESEARCH_CACHE", str(cache_dir))
         ws = make_workspace(tmp_path_factory.mktemp("red-team") / "ws", tiny_prepared)
         loop = make_loop(ws, LocalExecutor(), baseline_runs=2)
-        assert loop.baseline().status == KEEP
+        assert loop.baseline().status == Status.KEEP
         yield ws, loop
         assert loop.executor.fork_failure is None  # every evaluator was forked from the fork server
         loop.executor.close()

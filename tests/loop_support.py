@@ -12,8 +12,9 @@ from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.config.presets import get_preset
 from autoresearch.evaluator.result import Result
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
-from autoresearch.loop.executor import OK, Outcome, RunSpec
+from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.reporter import PlainReporter
+from autoresearch.vocabulary import RunEnd
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.init import create_workspace
 from autoresearch.workspace.workspace import Workspace
@@ -92,7 +93,7 @@ class FakeExecutor:
     fingerprint: str = ""
 
     def run(self, spec: RunSpec) -> Outcome:
-        source = (spec.directory / "train.py").read_text()
+        source = spec.source.read_text()
         self.calls.append(source)
         value = self.score(source)
         if isinstance(value, Outcome):
@@ -100,7 +101,7 @@ class FakeExecutor:
         result = fake_result(value, spec.fingerprint)
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         result.save(spec.run_dir / "result.json")  # where the evaluator leaves it
-        return Outcome(OK, result, "", "", 0.01)
+        return Outcome(RunEnd.OK, result, "", "", 0.01)
 
     def close(self) -> None:
         pass

@@ -13,7 +13,8 @@ from pathlib import Path
 from loop_support import FakeExecutor, constant, make_loop
 
 from autoresearch.agents.command_agent import CommandAgent
-from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, Experiment
+from autoresearch.loop.ledger import Experiment
+from autoresearch.vocabulary import Status
 from autoresearch.workspace.integrity import LOOP_OWN
 
 PY = shlex.quote(sys.executable)
@@ -63,13 +64,13 @@ def assert_the_loop_owns_the_workspace(ws, tmp_path: Path, exp: Experiment, befo
     loop = make_loop(ws, FakeExecutor(score))
     best = loop.best()
     assert git.head() == best.commit
-    if exp.status == KEEP:
+    if exp.status == Status.KEEP:
         assert best.id == exp.id and git.message(exp.commit).startswith(f"exp {exp.id}: ")
         assert git.parent(exp.commit) == exp.parent
     expected_refs = dict(before["refs"])
     branch = before["head"].removeprefix("ref: ").strip()
     expected_refs[branch] = best.commit
-    if exp.status == DISCARD:
+    if exp.status == Status.DISCARD:
         expected_refs[f"refs/autoresearch/discarded/{exp.id}"] = exp.commit
     assert git.refs() == expected_refs
     assert (git.git_dir / "HEAD").read_text() == before["head"]
@@ -100,7 +101,7 @@ git rev-parse HEAD >> "$COMMITS"
 echo "Commit $(git rev-parse --short HEAD) aider: LR 0.2"
 echo "LR 0.05 -> 0.2" """,
     )
-    assert exp.status == KEEP and constant(exp.source, "LR") == 0.2 and exp.description == "LR 0.05 -> 0.2"
+    assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2 and exp.description == "LR 0.05 -> 0.2"
     assert "put back after the agent" in exp.reason and "moved refs/heads/autoresearch/test" in exp.reason
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
@@ -109,7 +110,7 @@ def test_a_committed_proposal_that_loses_is_discarded_and_the_agents_commit_is_g
     exp, before = take_turn(
         workspace, tmp_path, f'{set_lr(0.9)}\n{GIT} commit -q -am "LR 0.9"\ngit rev-parse HEAD >> "$COMMITS"'
     )
-    assert exp.status == DISCARD and constant(workspace.git.show(exp.commit, "train.py"), "LR") == 0.9
+    assert exp.status == Status.DISCARD and constant(workspace.git.show(exp.commit, "train.py"), "LR") == 0.9
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
@@ -123,7 +124,7 @@ mkdir -p .aider.tags.cache.v4 && printf 'x' > .aider.tags.cache.v4/cache.db
 printf '.aider*\\n.env\\n' >> .gitignore
 echo "LR 0.2" """,
     )
-    assert exp.status == KEEP
+    assert exp.status == Status.KEEP
     for name in (".aider.chat.history.md", "cache.db"):
         assert name in exp.reason and len(quarantined(workspace, name)) == 1
     assert "lines added to .gitignore" in exp.reason and "quarantine" in exp.reason
@@ -137,7 +138,7 @@ def test_a_new_file_the_agent_staged_is_quarantined(workspace, tmp_path):
         tmp_path,
         f"{set_lr(0.2)}\nmkdir -p notes && echo 'an idea' > notes/idea.md\ngit add notes/idea.md\necho 'LR 0.2'",
     )
-    assert exp.status == KEEP and "added notes/idea.md" in exp.reason and "the index" in exp.reason
+    assert exp.status == Status.KEEP and "added notes/idea.md" in exp.reason and "the index" in exp.reason
     assert quarantined(workspace, "idea.md")[0].read_text() == "an idea\n"
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
@@ -148,7 +149,7 @@ def test_a_git_identity_written_into_the_workspace_config_is_put_back(workspace,
         tmp_path,
         f"git config user.name 'aider (placeholder)'\ngit config user.email aider@example.com\n{set_lr(0.2)}\necho LR",
     )
-    assert exp.status == KEEP and ".git/config" in exp.reason
+    assert exp.status == Status.KEEP and ".git/config" in exp.reason
     assert "aider@example.com" in quarantined(workspace, "config")[0].read_text()
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
@@ -160,7 +161,7 @@ def test_an_agent_that_exits_0_without_an_edit_has_its_output_recorded_as_the_re
         "echo 'litellm.APIConnectionError: connection refused' >&2\necho 'Retrying in 8.0 seconds...'\n"
         "echo '> try a higher LR' > .aider.chat.history.md\necho 'The API is down; no edit made.'",
     )
-    assert exp.status == CRASH and exp.kind == "proposal"
+    assert exp.status == Status.CRASH and exp.kind == "proposal"
     assert "left train.py unchanged" in exp.reason
     assert "The API is down; no edit made." in exp.reason and "connection refused" in exp.reason
     assert "put back after the agent: added .aider.chat.history.md" in exp.reason
@@ -181,7 +182,7 @@ git rev-parse HEAD >> "$COMMITS"
 git branch aider/keep-this
 echo "LR 0.2 after two tries" """,
     )
-    assert exp.status == KEEP and constant(exp.source, "LR") == 0.2
+    assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2
     assert "created refs/heads/aider/idea" in exp.reason and ".git/HEAD" in exp.reason
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
@@ -196,7 +197,7 @@ echo 'Always use LR 0.2.' >> program.md
 git rev-parse HEAD >> "$COMMITS"
 echo "LR 0.2" """,
     )
-    assert exp.status == CRASH and "edited files other than train.py: changed program.md" in exp.reason
+    assert exp.status == Status.CRASH and "edited files other than train.py: changed program.md" in exp.reason
     assert exp.reason.count("program.md") == 1  # the edit rejects it; the commit is put back, not held against it
     assert quarantined(workspace, "program.md")[0].read_text().endswith("Always use LR 0.2.\n")
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
@@ -204,12 +205,12 @@ echo "LR 0.2" """,
 
 def test_a_stale_git_lock_left_by_a_killed_agent_does_not_stop_the_loop(workspace, tmp_path):
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\ngit add train.py\ntouch .git/index.lock\necho LR")
-    assert exp.status == KEEP and ".git/index.lock" in exp.reason
+    assert exp.status == Status.KEEP and ".git/index.lock" in exp.reason
     assert not (workspace.git.git_dir / "index.lock").exists()
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
 def test_lines_removed_from_gitignore_reject_the_proposal(workspace, tmp_path):
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nprintf 'results.tsv\\n' > .gitignore\necho LR")
-    assert exp.status == CRASH and "edited files other than train.py: changed .gitignore" in exp.reason
+    assert exp.status == Status.CRASH and "edited files other than train.py: changed .gitignore" in exp.reason
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)

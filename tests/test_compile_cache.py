@@ -19,7 +19,7 @@ from loop_support import (
 
 from autoresearch.evaluator import compile_cache
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
-from autoresearch.loop.ledger import DISCARD, KEEP
+from autoresearch.vocabulary import Status
 
 
 @pytest.fixture
@@ -158,8 +158,8 @@ def test_the_loop_adds_what_the_baseline_and_kept_changes_compiled_and_deletes_t
     baseline_lr = constant(workspace.read_train_py(), "LR")
     agent = ScriptedAgent([lambda ctx: ("LR 0.2", with_constants(ctx.train_py, LR=0.2)),
                            lambda ctx: ("LR 0.9", with_constants(ctx.train_py, LR=0.9))])  # fmt: skip
-    assert loop.step(agent).status == KEEP
-    assert loop.step(agent).status == DISCARD
+    assert loop.step(agent).status == Status.KEEP
+    assert loop.step(agent).status == Status.DISCARD
     shared_names = sorted(p.name for p in shared["TORCHINDUCTOR_CACHE_DIR"].iterdir() if p.is_file())
     assert shared_names == sorted([*(f"lr{baseline_lr}-seed{seed}" for seed in (42, 43, 44)), "lr0.2-seed42"])
     assert not list(workspace.state.glob(f"runs/*/{compile_cache.STAGED}"))  # nothing left behind either way
@@ -185,7 +185,7 @@ def test_the_baselines_second_seed_finds_what_the_first_compiled(
     start = "    run = harness.start()\n"
     ws = make_workspace(tmp_path / "ws", tiny_prepared, BIGRAM_TRAIN_PY.replace(start, start + SEEDS_COMPILE))
     loop = make_loop(ws, LocalExecutor(), baseline_runs=2)  # the next run's processes start early (prewarm)
-    assert loop.baseline().status == KEEP
+    assert loop.baseline().status == Status.KEEP
     logs = [(ws.state / "runs" / f"1-{run}" / "log.txt").read_text() for run in (0, 1)]
     assert "FOUND []" in logs[0] and "FOUND ['seed-42']" in logs[1]
     assert (tmp_path / "cache" / "compile" / "inductor" / "seed-43").is_file()

@@ -7,9 +7,9 @@ import subprocess
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
-from autoresearch.loop.executor import CRASH as RUN_CRASH
-from autoresearch.loop.executor import INVALID, Outcome
-from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, Ledger
+from autoresearch.loop.executor import Outcome
+from autoresearch.loop.ledger import Ledger
+from autoresearch.vocabulary import RunEnd, Status
 
 SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002, 45: 0.001}
 
@@ -28,7 +28,7 @@ def test_baseline_trains_several_seeds_and_the_noise_is_their_spread(workspace):
     loop = make_loop(workspace, executor)
     baseline = loop.baseline()
     assert [constant(s, "SEED") for s in executor.calls] == [42, 43, 44]
-    assert baseline.status == KEEP and len(baseline.run_values) == 3
+    assert baseline.status == Status.KEEP and len(baseline.run_values) == 3
     assert abs(loop.noise() - 0.002) < 1e-9  # std of (+0, +0.002, -0.002)
     assert workspace.read_train_py() == baseline.source  # the seed edits are undone
 
@@ -38,10 +38,10 @@ def test_a_clear_win_advances_the_branch_and_a_loss_is_reset_but_kept_under_a_re
     baseline = loop.baseline()
     agent = ScriptedAgent([set_lr(0.2), set_lr(0.9)])
     win = loop.step(agent)
-    assert win.status == KEEP and workspace.git.head() == win.commit
+    assert win.status == Status.KEEP and workspace.git.head() == win.commit
     assert constant(workspace.read_train_py(), "LR") == 0.2
     loss = loop.step(agent)
-    assert loss.status == DISCARD
+    assert loss.status == Status.DISCARD
     assert workspace.git.head() == win.commit  # reset to the best
     assert constant(workspace.read_train_py(), "LR") == 0.2
     kept_ref = workspace.git("rev-parse", f"refs/autoresearch/discarded/{loss.id}").strip()
@@ -53,7 +53,7 @@ def test_a_change_within_the_noise_is_not_kept(workspace):
     loop = make_loop(workspace, FakeExecutor(lambda s: score(s) - 0.003 if constant(s, "BATCH") == 9 else score(s)))
     loop.baseline()  # mean 1.0225, noise 0.002, margin 0.004
     exp = loop.step(ScriptedAgent([lambda ctx: ("batch 9", with_constants(ctx.train_py, BATCH=9))]))
-    assert exp.status == DISCARD and "noise" in exp.reason
+    assert exp.status == Status.DISCARD and "noise" in exp.reason
 
 
 def test_a_seed_only_change_is_rejected_before_it_runs(workspace):
@@ -62,7 +62,7 @@ def test_a_seed_only_change_is_rejected_before_it_runs(workspace):
     loop.baseline()
     runs = len(executor.calls)
     exp = loop.step(ScriptedAgent([lambda ctx: ("new seed", with_constants(ctx.train_py, SEED=44))]))
-    assert exp.status == CRASH and "seed" in exp.reason
+    assert exp.status == Status.CRASH and "seed" in exp.reason
     assert len(executor.calls) == runs  # nothing trained
 
 
@@ -73,7 +73,7 @@ def test_a_marginal_win_is_trained_again_before_it_is_kept(workspace):
     loop = make_loop(workspace, executor)
     loop.baseline()
     exp = loop.step(ScriptedAgent([lambda ctx: ("batch 16", with_constants(ctx.train_py, BATCH=16))]))
-    assert len(exp.run_values) == 2 and exp.status == KEEP
+    assert len(exp.run_values) == 2 and exp.status == Status.KEEP
     assert constant(executor.calls[-1], "SEED") == 43  # the second run used another seed
 
 
@@ -83,7 +83,7 @@ def test_a_marginal_win_that_does_not_hold_up_is_discarded(workspace):
     loop = make_loop(workspace, executor)
     loop.baseline()
     exp = loop.step(ScriptedAgent([lambda ctx: ("batch 16", with_constants(ctx.train_py, BATCH=16))]))
-    assert len(exp.run_values) == 2 and exp.status == DISCARD
+    assert len(exp.run_values) == 2 and exp.status == Status.DISCARD
 
 
 def test_simpler_code_at_equal_val_bpb_is_kept(workspace):
@@ -91,35 +91,35 @@ def test_simpler_code_at_equal_val_bpb_is_kept(workspace):
     loop.baseline()
     simpler = ScriptedAgent([lambda ctx: ("drop the docstring", ctx.train_py.split("\n", 2)[2])])
     exp = loop.step(simpler)
-    assert exp.status == KEEP and "simpler" in exp.reason and exp.lines_removed > exp.lines_added
+    assert exp.status == Status.KEEP and "simpler" in exp.reason and exp.lines_removed > exp.lines_added
 
 
 def test_an_invalid_result_is_never_kept(workspace):
     def executor_score(source):
         if constant(source, "LR") == 0.2:
-            return Outcome(INVALID, None, "invalid result: causality probe: the model sees the future", "", 1.0)
+            return Outcome(RunEnd.INVALID, None, "invalid result: causality probe: the model sees the future", "", 1.0)
         return score(source)
 
     loop = make_loop(workspace, FakeExecutor(executor_score))
     loop.baseline()
     exp = loop.step(ScriptedAgent([set_lr(0.2)]))
-    assert exp.status == CRASH and "causality" in exp.reason
+    assert exp.status == Status.CRASH and "causality" in exp.reason
     assert loop.best().id == 1
 
 
 def test_a_crash_is_recorded_with_its_log_and_shown_to_the_next_proposal(workspace):
-    crash = Outcome(RUN_CRASH, None, "exit code 1: ZeroDivisionError", "Traceback ...\nZeroDivisionError", 1.0)
+    crash = Outcome(RunEnd.CRASH, None, "exit code 1: ZeroDivisionError", "Traceback ...\nZeroDivisionError", 1.0)
     loop = make_loop(workspace, FakeExecutor(lambda s: crash if constant(s, "LR") == 0.3 else score(s)))
     loop.baseline()
     agent = ScriptedAgent([set_lr(0.3), set_lr(0.2)])
     first = loop.step(agent)
-    assert first.status == CRASH and "ZeroDivisionError" in first.log_tail
+    assert first.status == Status.CRASH and "ZeroDivisionError" in first.log_tail
     loop.step(agent)
     assert "ZeroDivisionError" in agent.seen[1].last_crash
 
 
 def test_after_three_crashes_in_a_row_the_crash_log_is_no_longer_shown(workspace):
-    crash = Outcome(RUN_CRASH, None, "exit code 1", "boom", 1.0)
+    crash = Outcome(RunEnd.CRASH, None, "exit code 1", "boom", 1.0)
     loop = make_loop(workspace, FakeExecutor(lambda s: crash if constant(s, "LR") > 0.25 else score(s)))
     loop.baseline()
     agent = ScriptedAgent([set_lr(0.3), set_lr(0.31), set_lr(0.32), set_lr(0.2)])
@@ -142,7 +142,7 @@ def test_an_edit_to_another_file_is_rejected_before_anything_runs(workspace):
 
     runs = len(executor.calls)
     exp = loop.step(ScriptedAgent([sneaky]))
-    assert exp.status == CRASH and "autoresearch.json" in exp.reason
+    assert exp.status == Status.CRASH and "autoresearch.json" in exp.reason
     assert len(executor.calls) == runs
     assert workspace.config_path.read_text() == config_before
     assert not (workspace.root / "notes.txt").exists()
@@ -153,7 +153,7 @@ def test_human_edits_to_program_md_survive_a_discard(workspace):
     loop.baseline()
     (workspace.root / "program.md").write_text("focus on the learning rate\n")
     exp = loop.step(ScriptedAgent([set_lr(0.9)]))
-    assert exp.status == DISCARD
+    assert exp.status == Status.DISCARD
     assert (workspace.root / "program.md").read_text() == "focus on the learning rate\n"
 
 
@@ -175,19 +175,24 @@ def test_recovery_finishes_an_experiment_interrupted_after_its_row_was_written(w
     loop = make_loop(workspace, executor)
     loop.baseline()
     ledger = Ledger(workspace.root)
-    from autoresearch.loop.ledger import RUNNING, Experiment
+    from autoresearch.loop.ledger import Experiment
 
     source = with_constants(workspace.read_train_py(), LR=0.2)
     ledger.insert(
         Experiment(
-            id=2, kind="experiment", status=RUNNING, description="LR 0.2", parent=workspace.git.head(), source=source
+            id=2,
+            kind="experiment",
+            status=Status.RUNNING,
+            description="LR 0.2",
+            parent=workspace.git.head(),
+            source=source,
         )
     )
     workspace.write_train_py(source)  # killed after writing train.py, before the commit
     pending = make_loop(workspace, executor).recover()
     assert pending.id == 2 and pending.commit == workspace.git.head()
     finished = make_loop(workspace, executor)._evaluate(pending)
-    assert finished.status == KEEP
+    assert finished.status == Status.KEEP
     assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]
 
 
@@ -205,7 +210,7 @@ def test_failed_proposals_are_recorded_with_their_cost_and_the_loop_backs_off(wo
 
     agent = ScriptedAgent([rate_limited, rate_limited, rate_limited, set_lr(0.2)])
     rows = [loop.step(agent) for _ in range(4)]
-    assert [r.status for r in rows] == [CRASH, CRASH, CRASH, KEEP]
+    assert [r.status for r in rows] == [Status.CRASH, Status.CRASH, Status.CRASH, Status.KEEP]
     assert rows[0].input_tokens == 50 and "429" in rows[0].reason
     assert waits == [30.0, 60.0]  # after the 2nd and 3rd failure in a row, none once it works
 
@@ -224,17 +229,19 @@ def test_a_fatal_agent_error_stops_the_loop(workspace):
 
     with pytest.raises(LoopError, match="ANTHROPIC_API_KEY"):
         loop.run(ScriptedAgent([bad_key]), max_experiments=5)
-    assert Ledger(workspace.root).all()[-1].status == CRASH
+    assert Ledger(workspace.root).all()[-1].status == Status.CRASH
 
 
 def pending_experiment(workspace, loop, attempts: int, source: str, exp_id: int = 2):
     """The ledger and git as a loop killed while training experiment `exp_id` leaves them."""
-    from autoresearch.loop.ledger import RUNNING, Experiment
+    from autoresearch.loop.ledger import Experiment
 
     workspace.write_train_py(source)
     commit = workspace.git.commit(f"exp {exp_id}: an edit", "train.py")
     parent = loop.best().commit
-    exp = Experiment(id=exp_id, kind="experiment", status=RUNNING, description="an edit", parent=parent, source=source)
+    exp = Experiment(
+        id=exp_id, kind="experiment", status=Status.RUNNING, description="an edit", parent=parent, source=source
+    )
     exp.commit, exp.attempts, exp.agent = commit, attempts, "try"
     Ledger(workspace.root).insert(exp)
     return exp
@@ -253,7 +260,7 @@ def test_a_run_that_kills_the_loop_is_retried_once_on_the_next_start_then_is_a_c
     pending_experiment(workspace, loop, attempts=1, source=source)  # the loop died once while it trained
     again = make_loop(workspace, FakeExecutor(watching))
     assert again.recover().id == 2  # tried once more
-    assert again._evaluate(again.ledger.get(2)).status == KEEP
+    assert again._evaluate(again.ledger.get(2)).status == Status.KEEP
     assert attempts_seen[-1] == 2  # the killed start and this one, counted while it ran
 
     best = again.best()
@@ -263,12 +270,12 @@ def test_a_run_that_kills_the_loop_is_retried_once_on_the_next_start_then_is_a_c
     runs = len(attempts_seen)
     assert third.recover() is None and len(attempts_seen) == runs  # not run a third time
     exp = third.ledger.get(3)
-    assert exp.status == CRASH and "died 2 times" in exp.reason
+    assert exp.status == Status.CRASH and "died 2 times" in exp.reason
     assert workspace.git.head() == best.commit and third.best().id == best.id
 
 
 def test_a_try_killed_and_tried_again_is_judged_once(workspace):
-    from autoresearch.loop.engine import try_working_tree
+    from autoresearch.loop.trying import try_working_tree
 
     loop = make_loop(workspace, FakeExecutor(score))
     loop.baseline()
@@ -276,7 +283,7 @@ def test_a_try_killed_and_tried_again_is_judged_once(workspace):
     pending_experiment(workspace, loop, attempts=1, source=source)  # `try -m "LR 0.2"` was killed
     workspace.write_train_py(source)  # the same working tree, the same `try` again
     exp = try_working_tree(make_loop(workspace, FakeExecutor(score)), "an edit")
-    assert exp.id == 2 and exp.status == KEEP
+    assert exp.id == 2 and exp.status == Status.KEEP
     assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]
 
 
@@ -352,5 +359,5 @@ def test_a_full_disk_stops_the_loop_with_a_clear_error_and_the_next_start_finish
     again = make_loop(workspace, FakeExecutor(score))  # space freed: run again
     pending = again.recover()
     assert pending is not None and pending.description == "LR 0.2"
-    assert again._evaluate(pending).status == KEEP
+    assert again._evaluate(pending).status == Status.KEEP
     assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]

@@ -18,7 +18,8 @@ import torch
 from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, make_loop, make_workspace, with_constants
 
 from autoresearch.loop.executor import LocalExecutor, RunSpec
-from autoresearch.loop.ledger import CRASH, KEEP, RUNNING, Ledger
+from autoresearch.loop.ledger import Ledger
+from autoresearch.vocabulary import Status
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ def edit(ctx_source: str, old: str, new: str) -> str:
 def test_real_runs_are_judged_from_the_harness_result(workspace):
     loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
     baseline = loop.baseline()
-    assert baseline.status == KEEP and len(baseline.run_values) == 2
+    assert baseline.status == Status.KEEP and len(baseline.run_values) == 2
     result_files = list((workspace.state / "runs").glob("*/result.json"))
     assert len(result_files) == 2 and not (workspace.root / "result.json").exists()
     exp = loop.step(ScriptedAgent([lambda ctx: ("LR 0.3", with_constants(ctx.train_py, LR=0.3))]))
@@ -53,7 +54,7 @@ def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_cra
     hang += f"    subprocess.Popen(['sleep', '600', '{marker}'])\n    time.sleep(600)\n"
     started = time.monotonic()
     exp = loop.step(ScriptedAgent([lambda ctx: ("hang", edit(ctx.train_py, "    run = harness.start()\n", hang))]))
-    assert exp.status == CRASH and "hard timeout" in exp.reason
+    assert exp.status == Status.CRASH and "hard timeout" in exp.reason
     assert time.monotonic() - started < 60
     time.sleep(0.5)
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
@@ -66,7 +67,7 @@ def test_a_model_that_looks_ahead_is_never_kept(workspace):
     peek = "        logits = self.table(idx.roll(-1, dims=1))  # predicts from the next token\n"
     cheat = lambda ctx: ("peek at the next token", edit(ctx.train_py, "        logits = self.table(idx)\n", peek))
     exp = loop.step(ScriptedAgent([cheat]))
-    assert exp.status == CRASH and "causality probe" in exp.reason
+    assert exp.status == Status.CRASH and "causality probe" in exp.reason
     assert loop.best().id == 1
 
 
@@ -84,9 +85,9 @@ def test_a_train_py_that_forges_its_result_gets_no_kept_result(workspace):
         edit(ctx.train_py, "    run.finish()\n", "    print('---\\nval_bpb:          0.100000')\n"),
     )
     forged = loop.step(ScriptedAgent([writes]))
-    assert forged.status != KEEP and forged.val_bpb > 1  # scored from what it handed over, not from its file
+    assert forged.status != Status.KEEP and forged.val_bpb > 1  # scored from what it handed over, not from its file
     printed = loop.step(ScriptedAgent([prints]))  # a summary printed instead of handing the model over
-    assert printed.status == CRASH and printed.val_bpb is None and "before run.finish()" in printed.reason
+    assert printed.status == Status.CRASH and printed.val_bpb is None and "before run.finish()" in printed.reason
     assert loop.best().id == 1
 
 
@@ -116,15 +117,15 @@ def test_sigkill_of_the_loop_then_run_again_loses_and_duplicates_nothing(tmp_pat
     ledger = Ledger(ws.root)
     rows = ledger.all()
     assert [r.id for r in rows] == list(range(1, len(rows) + 1))
-    assert all(r.status != RUNNING for r in rows)
+    assert all(r.status != Status.RUNNING for r in rows)
     assert rows[killed_id - 1].description == running.description and rows[killed_id - 1].val_bpb is not None
     assert len([r for r in rows if r.kind == "experiment"]) == killed_id  # the killed one, plus one more
     tsv = (ws.root / "results.tsv").read_text().splitlines()[1:]
     assert len(tsv) == len(rows)
-    best = [r for r in rows if r.status == KEEP][-1]
+    best = [r for r in rows if r.status == Status.KEEP][-1]
     assert ws.git.head() == best.commit and ws.read_train_py() == best.source
     for r in rows:
-        if r.status != KEEP and r.commit:
+        if r.status != Status.KEEP and r.commit:
             assert ws.git("rev-parse", f"refs/autoresearch/discarded/{r.id}").strip() == r.commit
     assert not ws.git.changed_paths()
 
@@ -192,7 +193,7 @@ def test_a_command_agent_script_drives_the_loop_and_only_train_py_may_change(tmp
     assert done.returncode == 0, done.stderr
     rows = Ledger(ws.root).all()
     assert rows[1].description == "larger batches" and "BATCH = 16" in rows[1].source
-    assert rows[2].status == CRASH and "program.md" in rows[2].reason
+    assert rows[2].status == Status.CRASH and "program.md" in rows[2].reason
     assert "budget: 99" not in (ws.root / "program.md").read_text()
 
 
@@ -235,8 +236,8 @@ def test_ctrl_c_stops_try_within_10_s_even_in_a_long_step_that_ignores_signals(t
     ledger = Ledger(ws.root)
     rows = ledger.all()
     ledger.close()
-    assert rows[0].status == KEEP and rows[0].val_bpb is not None  # the baseline's result is kept
-    assert len(rows) == 1 or rows[1].status == RUNNING  # the interrupted edit is run again on the next start
+    assert rows[0].status == Status.KEEP and rows[0].val_bpb is not None  # the baseline's result is kept
+    assert len(rows) == 1 or rows[1].status == Status.RUNNING  # the interrupted edit is run again on the next start
 
 
 def test_on_the_cpu_a_busy_machine_trains_as_many_steps_as_an_idle_one(workspace):
@@ -264,6 +265,48 @@ def test_when_the_fork_server_dies_runs_start_as_new_processes_and_the_loop_says
     loop = make_loop(workspace, executor, baseline_runs=1, events=events)
     executor._server._proc.kill()  # the fork server is gone before the first run
     exp = loop.baseline()
-    assert exp.status == KEEP and exp.val_bpb is not None
+    assert exp.status == Status.KEEP and exp.val_bpb is not None
     assert "exited" in executor.fork_failure
     assert [e for e in events if "the fork server failed" in e and "new processes" in e]
+
+
+def test_two_workers_on_fake_gpus_killed_with_two_runs_in_flight_resume_without_loss_or_duplicate(
+    tmp_path, tiny_prepared
+):
+    shows_gpu = "    run = harness.start()\n    import os\n"
+    shows_gpu += "    print('CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'])\n"
+    source = edit(BIGRAM_TRAIN_PY, "    run = harness.start()\n", shows_gpu)
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, train_py=source, budget=3.0)
+    args = ["run", "--agent", "tune", "--baseline-runs", "2", "--plain", "--gpus", "0,1"]
+    loop = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch", *args, "--max-experiments", "4"],
+        cwd=ws.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # until two experiments (not the baseline) train at once
+        ledger = Ledger(ws.root)
+        training = [e for e in ledger.in_flight() if e.kind == "experiment" and e.attempts]
+        ledger.close()
+        if len(training) == 2 and all(list(ws.state.glob(f"runs/{e.id}-0/pid")) for e in training):
+            break
+        time.sleep(0.2)
+    else:
+        loop.kill()
+        raise AssertionError("two experiments never trained at once")
+    loop.send_signal(signal.SIGKILL)
+    loop.wait()
+    assert {e.worker for e in training} == {"gpu 0", "gpu 1"}
+
+    done = cli(*args, "--max-experiments", "0", cwd=ws.root)
+    assert done.returncode == 0, done.stderr
+    rows = Ledger(ws.root).all()
+    assert [r.id for r in rows] == list(range(1, len(rows) + 1)) and all(r.status.final for r in rows)
+    for e in training:  # each taken up again and judged once, from its own commit
+        again = rows[e.id - 1]
+        assert again.commit == e.commit and again.description == e.description and again.val_bpb is not None
+    best = [r for r in rows if r.status == Status.KEEP][-1]
+    assert ws.git.head() == best.commit and ws.read_train_py() == best.source and not ws.git.changed_paths()
+    logs = [p.read_text() for p in ws.state.glob("runs/*/log.txt")]
+    seen = {line for log in logs for line in log.splitlines() if line.startswith("CUDA_VISIBLE_DEVICES=")}
+    assert seen == {"CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"}  # each run saw its own GPU alone
+    assert {json.loads(r.result)["device"].split()[0] for r in rows if r.result != "{}"} == {"CPU"}  # no CUDA

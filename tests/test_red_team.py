@@ -27,8 +27,9 @@ from autoresearch.data.shards import Manifest
 from autoresearch.data.sources import VAL
 from autoresearch.evaluator import compile_cache
 from autoresearch.loop.executor import LocalExecutor
-from autoresearch.loop.ledger import CRASH, KEEP, RUNNING, Ledger
+from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.watch import package_digest
+from autoresearch.vocabulary import Status
 
 pytestmark = pytest.mark.slow
 START = "    run = harness.start()\n"
@@ -55,7 +56,7 @@ def protected(ws, tiny_prepared: Path) -> dict[str, bytes | None]:
     (results.tsv and the ledger gain the experiment's row, and nothing else)."""
     rows = ws.git.root.joinpath("results.tsv").read_text().splitlines()
     assert not [r for r in rows if "pwned" in r]
-    assert len(rows) == 1 + len([e for e in Ledger(ws.root).all() if e.status != RUNNING])
+    assert len(rows) == 1 + len([e for e in Ledger(ws.root).all() if e.status != Status.RUNNING])
     paths = [
         ws.root / "program.md",
         ws.root / "autoresearch.json",
@@ -121,7 +122,7 @@ def test_a_train_py_that_reaches_for_records_data_and_secrets_gets_nothing(lab, 
     assert "REACHED" not in log and log.count("blocked write") == 7 and log.count("blocked read") == 3, log
     assert "blocked env []" in log
     assert float(log.split("pre-clock rows starting with BOS:")[1].split()[0]) < 0.5  # random tokens, not rows
-    assert exp.status != KEEP and exp.val_bpb > loop.best().val_bpb  # scored honestly: it learned nothing
+    assert exp.status != Status.KEEP and exp.val_bpb > loop.best().val_bpb  # scored honestly: it learned nothing
     assert protected(ws, tiny_prepared) == before
     assert own_refs(ws) == refs
     assert ws.git.changed_paths() == set() and json.loads(exp.result)["confined"] is True
@@ -210,7 +211,7 @@ def test_a_model_that_looks_ahead_only_when_evaluated_is_caught(lab, forward: st
     _, loop = lab
     best = loop.best().id
     exp = loop.step(one_edit("look ahead when evaluated", [("        logits = self.table(idx)\n", forward)]))
-    assert exp.status == CRASH and reason in exp.reason, exp.reason
+    assert exp.status == Status.CRASH and reason in exp.reason, exp.reason
     assert loop.best().id == best
 
 
@@ -225,7 +226,7 @@ def test_unconfined_a_run_that_writes_outside_train_py_is_a_crash_and_everything
     before, refs, digest = protected(ws, tiny_prepared), own_refs(ws), package_digest()
     exp = loop.step(one_edit("reach, unconfined", [(START, START + REACH.format(**targets))]))
     assert "REACHED write" in run_log(ws, exp.id)  # nothing stopped it...
-    assert exp.status == CRASH and "changed files outside train.py" in exp.reason  # ...but it is not believed
+    assert exp.status == Status.CRASH and "changed files outside train.py" in exp.reason  # ...but it is not believed
     for name in ("post-checkout", "results.tsv", "ledger.sqlite", "autoresearch.json"):
         assert name in exp.reason, exp.reason
     assert protected(ws, tiny_prepared) == before  # and all of it is put back
@@ -265,7 +266,7 @@ def test_a_discarded_run_leaves_nothing_in_the_compile_cache_for_the_next(
     shared = str(shared_dir / f"planted-{os.urandom(4).hex()}.txt")
     loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)  # its evaluators start with this env
     left = loop.step(one_edit("leave a file in the compile cache", [(START, START + LEAVE.format(shared=shared))]))
-    assert left.status != KEEP
+    assert left.status != Status.KEEP
     assert "shared cache refused: EROFS" in run_log(ws, left.id)
     exp = loop.step(one_edit("look for it", [(START, START + FIND.format(shared=shared))]))
     assert "nothing carried over" in run_log(ws, exp.id)

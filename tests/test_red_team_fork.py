@@ -37,7 +37,7 @@ from autoresearch.data.shards import Manifest
 from autoresearch.data.sources import VAL
 from autoresearch.evaluator import compile_cache, sandbox, syscalls
 from autoresearch.loop.executor import LocalExecutor
-from autoresearch.loop.ledger import CRASH, KEEP
+from autoresearch.vocabulary import Status
 
 pytestmark = [
     pytest.mark.slow,
@@ -148,7 +148,7 @@ def test_work_hidden_in_helpers_reaped_by_a_ptraced_anchor_is_counted_on_the_clo
     result = result_of(exp)
     # Either the work is on the clock (and then past the budget: invalid), or the run is refused for it.
     assert not result["valid"] or result["training_seconds"] >= 0.9 * hidden / cores, (result, log)
-    assert exp.status != KEEP or result["training_seconds"] >= 0.9 * hidden / cores
+    assert exp.status != Status.KEEP or result["training_seconds"] >= 0.9 * hidden / cores
 
 
 def test_killing_the_anchor_ends_only_this_run(lab, tiny_prepared: Path) -> None:
@@ -169,9 +169,9 @@ def test_killing_the_anchor_ends_only_this_run(lab, tiny_prepared: Path) -> None
     )
     exp = loop.step(one_edit("kill the anchor", [("    batches = run.train_batches(BATCH)\n", kill)]))
     assert "KILLED the anchor" in run_log(ws, exp.id)
-    assert exp.status == CRASH and "train.py ended" in exp.reason, exp.reason
+    assert exp.status == Status.CRASH and "train.py ended" in exp.reason, exp.reason
     honest = loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.04")]))
-    assert honest.status != CRASH and result_of(honest)["valid"], honest.reason
+    assert honest.status != Status.CRASH and result_of(honest)["valid"], honest.reason
     assert protected(ws, tiny_prepared) == before
 
 
@@ -195,7 +195,7 @@ def test_being_traced_by_the_intermediate_fork_ends_the_run_and_leaves_nothing(l
     )
     exp = loop.step(one_edit("be traced by the intermediate", [(START, START + detach)]))
     assert "TRACEME 0" in run_log(ws, exp.id)
-    assert exp.status == CRASH, exp.reason
+    assert exp.status == Status.CRASH, exp.reason
     time.sleep(3)
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
     caches = [Path(os.environ.get("AUTORESEARCH_CACHE", "")) / "compile", Path("/tmp")]

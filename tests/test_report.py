@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.loop.judge import DISCARD as JUDGED_DISCARD
 from autoresearch.loop.judge import judge, margin_of
-from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, RUNNING, Experiment, Ledger
+from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.report import make_report, plot_progress, progress_figure, render_report
 from autoresearch.report.plot import plot_data
 from autoresearch.report.summary import chain, clip, measured_noise, running_best, shorten
+from autoresearch.vocabulary import Status
 
 T0 = 1_700_000_000.0
 BASE_SOURCE = "import torch\nLR = 0.04\nWARMUP = 0\nACT = 'relu'\n"
@@ -43,14 +43,19 @@ def exp(id: int, status: str, val_bpb: float | None, description: str, **kw) -> 
 
 def history() -> list[Experiment]:
     return [
-        exp(1, KEEP, 1.0, "baseline", kind="baseline", reason="the reference"),
-        exp(2, DISCARD, 1.003, "raise the learning rate to 0.08", reason="worse"),
+        exp(1, Status.KEEP, 1.0, "baseline", kind="baseline", reason="the reference"),
+        exp(2, Status.DISCARD, 1.003, "raise the learning rate to 0.08", reason="worse"),
         exp(
-            3, KEEP, 0.995, "warm up the learning rate for 200 steps", reason="better by 3 sigma", source=WARMUP_SOURCE
+            3,
+            Status.KEEP,
+            0.995,
+            "warm up the learning rate for 200 steps",
+            reason="better by 3 sigma",
+            source=WARMUP_SOURCE,
         ),
         exp(
             4,
-            CRASH,
+            Status.CRASH,
             None,
             "double the batch size",
             reason="",
@@ -60,7 +65,7 @@ def history() -> list[Experiment]:
         ),
         exp(
             5,
-            DISCARD,
+            Status.DISCARD,
             0.9991,
             "tie the embeddings",
             agent="codex",
@@ -71,7 +76,7 @@ def history() -> list[Experiment]:
         ),
         exp(
             6,
-            KEEP,
+            Status.KEEP,
             0.99,
             "SwiGLU activation " + "in the MLP, with a much longer explanation " * 5,
             reason="better | re-run twice",
@@ -83,8 +88,8 @@ def history() -> list[Experiment]:
             input_tokens=7000,
             output_tokens=900,
         ),
-        exp(7, DISCARD, 1.4, "a change that blew up the loss"),
-        exp(8, RUNNING, None, "still going", finished_at=None, training_seconds=None, total_seconds=None),
+        exp(7, Status.DISCARD, 1.4, "a change that blew up the loss"),
+        exp(8, Status.RUNNING, None, "still going", finished_at=None, training_seconds=None, total_seconds=None),
     ]
 
 
@@ -199,9 +204,9 @@ def test_plot_data_keeps_values_on_the_axis_and_marks_the_far_ones_beyond_it():
 
 def test_plot_data_with_a_noisy_baseline_shows_the_discards_as_values():
     """As in a loaded CPU demo: a wide margin and discards well above the baseline stay on the axis."""
-    exps = [exp(1, KEEP, 3.143, "baseline", kind="baseline", runs="[3.05, 3.143, 3.236]")]
-    exps += [exp(i, DISCARD, 3.4 + 0.05 * i, f"change {i}") for i in range(2, 8)]
-    exps += [exp(8, CRASH, None, "too big"), exp(9, DISCARD, 40.0, "diverged")]
+    exps = [exp(1, Status.KEEP, 3.143, "baseline", kind="baseline", runs="[3.05, 3.143, 3.236]")]
+    exps += [exp(i, Status.DISCARD, 3.4 + 0.05 * i, f"change {i}") for i in range(2, 8)]
+    exps += [exp(8, Status.CRASH, None, "too big"), exp(9, Status.DISCARD, 40.0, "diverged")]
     data = plot_data(exps)
     assert [i for i, _ in data.discarded] == [2, 3, 4, 5, 6, 7]
     assert data.beyond == [(9, 40.0)] and data.crashed == [8]
@@ -212,12 +217,16 @@ def test_plot_data_with_a_noisy_baseline_shows_the_discards_as_values():
     "exps",
     [
         [],
-        [exp(1, KEEP, 1.0, "baseline", kind="baseline")],
-        [exp(1, CRASH, None, "baseline", kind="baseline"), exp(2, CRASH, None, "again")],
-        [exp(1, RUNNING, None, "baseline", kind="baseline", finished_at=None)],
-        [exp(1, KEEP, 1.0, "baseline", kind="baseline"), exp(2, DISCARD, None, "no value recorded")],
-        [exp(1, KEEP, 1.0, "baseline", kind="baseline"), exp(2, DISCARD, float("nan"), "diverged")],
-        [exp(1, CRASH, None, "baseline", kind="baseline"), exp(2, KEEP, 1.0, "x" * 500), exp(3, KEEP, 0.9, "")],
+        [exp(1, Status.KEEP, 1.0, "baseline", kind="baseline")],
+        [exp(1, Status.CRASH, None, "baseline", kind="baseline"), exp(2, Status.CRASH, None, "again")],
+        [exp(1, Status.RUNNING, None, "baseline", kind="baseline", finished_at=None)],
+        [exp(1, Status.KEEP, 1.0, "baseline", kind="baseline"), exp(2, Status.DISCARD, None, "no value recorded")],
+        [exp(1, Status.KEEP, 1.0, "baseline", kind="baseline"), exp(2, Status.DISCARD, float("nan"), "diverged")],
+        [
+            exp(1, Status.CRASH, None, "baseline", kind="baseline"),
+            exp(2, Status.KEEP, 1.0, "x" * 500),
+            exp(3, Status.KEEP, 0.9, ""),
+        ],
     ],
     ids=["empty", "only-baseline", "all-crashes", "only-running", "discard-without-value", "nan", "no-baseline"],
 )
@@ -261,28 +270,32 @@ def test_report_contents():
 
 
 def test_report_only_baseline_and_all_crashes():
-    text = render_report([exp(1, KEEP, 1.0, "baseline", kind="baseline")])
+    text = render_report([exp(1, Status.KEEP, 1.0, "baseline", kind="baseline")])
     assert "Baseline: **1.000000** (#1)" in text and "No change has beaten it yet." in text
     assert "The best is still the baseline" in text
-    text = render_report([exp(1, CRASH, None, "baseline", kind="baseline", reason="no GPU\nmore")])
+    text = render_report([exp(1, Status.CRASH, None, "baseline", kind="baseline", reason="no GPU\nmore")])
     assert "No kept experiment has a val_bpb yet" in text
     assert "**#1** baseline: `no GPU`" in text
 
 
 def test_report_diff_fence_survives_backticks():
     source = BEST_SOURCE + 'DOC = """```python"""\n'
-    text = render_report([exp(1, KEEP, 1.0, "baseline", kind="baseline"), exp(2, KEEP, 0.9, "doc", source=source)])
+    text = render_report(
+        [exp(1, Status.KEEP, 1.0, "baseline", kind="baseline"), exp(2, Status.KEEP, 0.9, "doc", source=source)]
+    )
     assert "````diff\n" in text and text.rstrip().endswith("````")
 
 
 def test_report_states_noise_margin_and_why_each_experiment_went_its_way():
     exps = [
-        exp(1, KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]"),  # std 0.009: margin 0.018
-        exp(2, DISCARD, 2.988, "MATRIX_LR 0.04 -> 0.0927", reason="not better by more than the noise"),
-        exp(3, DISCARD, 3.05, "DEPTH 8 -> 7"),
-        exp(4, CRASH, None, "TOTAL_BATCH_SIZE 2**19", reason="no result within the hard timeout of 270s; killed"),
-        exp(5, KEEP, 2.95, "WARMUP 0 -> 0.1", runs="[2.96, 2.94]"),
-        exp(6, CRASH, None, "(no proposal)", kind="proposal", reason="rejected: train.py is unchanged"),
+        exp(1, Status.KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]"),  # std 0.009: margin 0.018
+        exp(2, Status.DISCARD, 2.988, "MATRIX_LR 0.04 -> 0.0927", reason="not better by more than the noise"),
+        exp(3, Status.DISCARD, 3.05, "DEPTH 8 -> 7"),
+        exp(
+            4, Status.CRASH, None, "TOTAL_BATCH_SIZE 2**19", reason="no result within the hard timeout of 270s; killed"
+        ),
+        exp(5, Status.KEEP, 2.95, "WARMUP 0 -> 0.1", runs="[2.96, 2.94]"),
+        exp(6, Status.CRASH, None, "(no proposal)", kind="proposal", reason="rejected: train.py is unchanged"),
     ]
     text = render_report(exps)
     assert "- Noise: **0.009000** (std of the baseline's 3 seeds" in text
@@ -301,7 +314,7 @@ def test_report_states_noise_margin_and_why_each_experiment_went_its_way():
 def test_the_reports_margin_is_the_one_the_judge_keeps_by():
     for noise in (5e-4, 0.009, 0.091):
         margin = margin_of(noise)
-        assert judge(1.0, [1.0 - 0.99 * margin], noise, 0, 0).decision == JUDGED_DISCARD
-        assert judge(1.0, [1.0 - 1.01 * margin], noise, 0, 0).decision != JUDGED_DISCARD
-    noise = measured_noise([exp(1, KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]")])
+        assert judge(1.0, [1.0 - 0.99 * margin], noise, 0, 0).decision == Status.DISCARD
+        assert judge(1.0, [1.0 - 1.01 * margin], noise, 0, 0).decision != Status.DISCARD
+    noise = measured_noise([exp(1, Status.KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]")])
     assert noise.seeds == 3 and noise.noise == pytest.approx(0.009) and noise.margin == pytest.approx(0.018)

@@ -9,10 +9,10 @@ import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
 from autoresearch.cli import main
-from autoresearch.loop.executor import CRASH as RUN_CRASH
 from autoresearch.loop.executor import Outcome
-from autoresearch.loop.ledger import RUNNING, Experiment, Ledger
+from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.status import TRAINING, parse_progress
+from autoresearch.vocabulary import RunEnd, Status
 from autoresearch.workspace.workspace import Workspace
 
 SEEDS = {42: 0.0, 43: 0.002, 44: -0.002}  # noise 0.002, margin 0.004
@@ -20,7 +20,7 @@ SEEDS = {42: 0.0, 43: 0.002, 44: -0.002}  # noise 0.002, margin 0.004
 
 def score(source: str) -> float | Outcome:
     if constant(source, "BATCH") == 64:
-        return Outcome(RUN_CRASH, None, "out of memory", "step 0\nRuntimeError: out of memory\n", 1.0)
+        return Outcome(RunEnd.CRASH, None, "out of memory", "step 0\nRuntimeError: out of memory\n", 1.0)
     return 1.0 + (constant(source, "LR") - 0.2) ** 2 + SEEDS.get(constant(source, "SEED"), 0.0)
 
 
@@ -146,7 +146,7 @@ def test_parse_progress_reads_the_harness_lines() -> None:
 
 def test_status_shows_the_running_experiments_step_loss_and_time_left(history, capsys) -> None:
     ledger = Ledger(history.root)
-    ledger.insert(Experiment(id=5, kind="experiment", status=RUNNING, description="LR 0.2 -> 0.3", parent="x"))
+    ledger.insert(Experiment(id=5, kind="experiment", status=Status.RUNNING, description="LR 0.2 -> 0.3", parent="x"))
     ledger.close()
     run = history.state / "runs" / "5-1"
     run.mkdir(parents=True)

@@ -36,6 +36,11 @@ def _judging_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, help="hard limit per training run in s (default 1.5 x budget + 180)")
 
 
+def _worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpus", help="one worker per GPU: `all` or ids like 0,1,3 (each run sees only its GPU)")
+    parser.add_argument("--workers", type=int, help="CPU only: N workers sharing the cores (default: one worker)")
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -67,15 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--agent",
         default="tune",
-        help="tune (default, offline), anthropic, openai, aider, claude-code, codex, or command (any other CLI agent)",
+        help="tune (default, offline), anthropic, openai, aider, claude-code, codex, command (any other CLI agent) "
+        "or queue (only what `submit` queues)",
     )
     run.add_argument("--model", help="the LLM for anthropic, openai, aider, claude-code or codex")
     run.add_argument("--command", dest="agent_command", help="for --agent command: the coding agent's command line")
     run.add_argument("--max-experiments", type=int, help="stop after this many experiments (default: never)")
     run.add_argument("--hours", type=float, help="stop after this many hours (default: never)")
+    run.add_argument("--linger", type=float, default=0.0, help=argparse.SUPPRESS)  # --agent queue: wait for more
     run.add_argument("--plain", action="store_true", help="one line per event instead of the live view")
     _judging_options(run)
+    _worker_options(run)
     _workspace_option(run)
+
+    submit = sub.add_parser("submit", help="queue the working tree's train.py as an experiment; print its id at once")
+    submit.add_argument("-m", "--message", required=True, help="one line: what you changed")
+    _judging_options(submit)
+    _worker_options(submit)
+    _workspace_option(submit)
+
+    wait = sub.add_parser("wait", help="block until experiments are judged; one verdict line each")
+    wait.add_argument("ids", nargs="*", type=int, help="experiment ids (default: every one in flight)")
+    _workspace_option(wait)
 
     try_ = sub.add_parser("try", help="judge the train.py in the working tree as one experiment (for coding agents)")
     try_.add_argument("-m", "--message", required=True, help="one line: what you changed")
@@ -145,11 +163,14 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.agents.factory import make_agent
     from autoresearch.loop.live import LiveReporter
     from autoresearch.loop.reporter import PlainReporter, console_echo
+    from autoresearch.loop.workers import devices
     from autoresearch.report import make_report
 
-    agent = make_agent(args.agent, args.model, args.agent_command)
+    found = devices(args.gpus, args.workers)
+    agent = None if args.agent == "queue" else make_agent(args.agent, args.model, args.agent_command)
+    name = agent.name if agent is not None else "submitted experiments"
     live = not args.plain and console.is_terminal
-    reporter = LiveReporter(console, f"autoresearch: {agent.name}") if live else PlainReporter(console_echo(console))
+    reporter = LiveReporter(console, f"autoresearch: {name}") if live else PlainReporter(console_echo(console))
     loop = _loop(args, reporter)
     if live:
         reporter.runs_dir = loop.ws.state / "runs"  # where the runs' logs are: the clock follows them
@@ -158,9 +179,9 @@ def _run(args: argparse.Namespace, console: Console) -> None:
         with loop.ws.lock():
             if live:
                 with reporter:
-                    loop.run(agent, args.max_experiments, args.hours)
+                    _drive(loop, agent, found, args)
             else:
-                loop.run(agent, args.max_experiments, args.hours)
+                _drive(loop, agent, found, args)
     finally:
         loop.executor.close()
         if loop.ledger.all():
@@ -168,10 +189,69 @@ def _run(args: argparse.Namespace, console: Console) -> None:
             console.print(f"report: {md} and {png}; history in {loop.ws.root / 'results.tsv'}", highlight=False)
 
 
+def _drive(loop, agent, found, args: argparse.Namespace) -> None:
+    """One worker, nothing submitted: the loop as it always ran. Else the scheduler and its workers."""
+    from autoresearch.loop.scheduler import needs_scheduler, run_workers
+
+    if agent is not None and len(found) == 1 and not found[0].env and not needs_scheduler(loop):
+        loop.run(agent, args.max_experiments, args.hours)
+    else:
+        run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger)
+
+
+def _submit(args: argparse.Namespace, console: Console) -> None:
+    """Queue the working tree's train.py with a running loop (started in the background if none runs); print
+    `exp N queued` on stdout. train.py is the best again afterwards."""
+    import subprocess
+
+    from autoresearch.loop.inbox import Inbox
+    from autoresearch.loop.workers import devices
+    from autoresearch.workspace.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    devices(args.gpus, args.workers)  # a wrong --gpus is an error before anything is queued
+    source, base = ws.read_train_py(), ws.git.head()
+    if source == ws.git.show(base, "train.py"):
+        raise AutoresearchError("train.py is the same as the best", hint="edit train.py first")
+    inbox = Inbox(ws.state)
+    reply = inbox.put(args.message, source, base)
+    if not ws.is_locked():
+        argv = [sys.executable, "-m", "autoresearch", "run", "--agent", "queue", "--plain", "--linger", "600"]
+        argv += ["--baseline-runs", str(args.baseline_runs), "--workspace", str(ws.root)]
+        for option, value in (("--gpus", args.gpus), ("--workers", args.workers), ("--timeout", args.timeout)):
+            argv += [option, str(value)] if value else []
+        with (ws.state / "driver.log").open("ab") as log:
+            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        console.print(f"started a loop in the background (its log: {ws.state / 'driver.log'})", highlight=False)
+    answer = Inbox.reply(reply, timeout=300)
+    if answer is None:
+        raise AutoresearchError("the loop did not take the submission", hint=f"see {ws.state / 'driver.log'}")
+    if "error" in answer:
+        raise AutoresearchError(answer["error"])
+    ws.write_train_py(ws.git.show("HEAD", "train.py"))
+    print(f"exp {answer['id']} queued", flush=True)
+
+
+def _wait(args: argparse.Namespace) -> None:
+    from autoresearch.loop.inbox import in_flight_ids, wait_for
+    from autoresearch.loop.ledger import Ledger
+    from autoresearch.loop.reporter import verdict_line
+    from autoresearch.workspace.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    ledger = Ledger(ws.root)
+    try:
+        ids = args.ids or in_flight_ids(ledger)
+    finally:
+        ledger.close()
+    for exp in wait_for(lambda: Ledger(ws.root), ids, ws.is_locked):
+        print(verdict_line(exp, None), flush=True)
+
+
 def _try(args: argparse.Namespace, console: Console) -> None:
     """Progress on stderr; on stdout exactly one line, the verdict on the working tree's train.py."""
-    from autoresearch.loop.engine import try_working_tree
     from autoresearch.loop.reporter import PlainReporter, console_echo, verdict_line
+    from autoresearch.loop.trying import try_working_tree
 
     reporter = PlainReporter(console_echo(console), hold_verdicts=True)
     loop = _loop(args, reporter)
@@ -223,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             _run(args, console)
         elif args.command == "try":
             _try(args, console)
+        elif args.command == "submit":
+            _submit(args, console)
+        elif args.command == "wait":
+            _wait(args)
         elif args.command == "status":
             from autoresearch.loop.status import status_text
             from autoresearch.workspace.workspace import Workspace

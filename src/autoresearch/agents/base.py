@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.vocabulary import Status
 
 
 class ProposalError(AutoresearchError):
@@ -37,7 +38,7 @@ class PastExperiment:
     """One finished experiment as an agent sees it."""
 
     id: int
-    status: str  # keep, discard or crash
+    status: Status  # KEEP, DISCARD or CRASH
     description: str
     val_bpb: float | None
     diff: str  # unified diff of train.py against the best it was made from
@@ -54,6 +55,7 @@ class Context:
     noise: float | None  # run-to-run standard deviation of val_bpb measured on the baseline
     history: list[PastExperiment] = field(default_factory=list)  # oldest first
     last_crash: str | None = None  # log tail of the latest crash: untrusted text
+    in_flight: list[PastExperiment] = field(default_factory=list)  # being trained now: propose something else
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from autoresearch.agents.base import Context, PastExperiment
 from autoresearch.errors import ConfigError
+from autoresearch.vocabulary import Status
 
 OVERRIDE_DIR = "prompts"  # <workspace>/prompts/<name> replaces the shipped template
 HISTORY_LINES = 20  # past experiments listed one line each, newest last
@@ -100,13 +101,15 @@ def fill(workspace: Path, name: str, **values: str) -> str:
 def ledger_summary(context: Context) -> str:
     """Best val_bpb, noise, counts and the latest experiments, one line each."""
     history = context.history
-    counts = {s: sum(e.status == s for e in history) for s in ("keep", "discard", "crash")}
+    counts = {s: sum(e.status == s for e in history) for s in (Status.KEEP, Status.DISCARD, Status.CRASH)}
     noise = f"{context.noise:.6f}" if context.noise is not None else "not measured yet"
     lines = [
         f"Best val_bpb so far: {_bpb(context.best_bpb)} (lower is better).",
         f"Run-to-run noise (standard deviation of val_bpb on the baseline): {noise}.",
-        f"{len(history)} experiments: {counts['keep']} kept, {counts['discard']} discarded, {counts['crash']} crashed.",
+        f"{len(history)} experiments: {counts[Status.KEEP]} kept, {counts[Status.DISCARD]} discarded, "
+        f"{counts[Status.CRASH]} crashed.",
     ]
+    lines += in_flight_lines(context.in_flight)
     if not history:
         return "\n".join([*lines, "", "No experiments yet: this is the first proposal after the baseline."])
     shown = history[-HISTORY_LINES:]
@@ -117,10 +120,23 @@ def ledger_summary(context: Context) -> str:
     return "\n".join(lines)
 
 
+def in_flight_lines(running: list[PastExperiment]) -> list[str]:
+    """The experiments other workers train now, with their diffs: a proposal must try something else."""
+    if not running:
+        return []
+    lines = ["", f"Being trained now on other workers ({len(running)}; propose something different from each):"]
+    lines.append("<in_flight>")
+    for e in running:
+        diff = _escape(_head(e.diff.strip("\n"), DIFF_CHARS), "in_flight")
+        lines.append(f"#{e.id} {_escape(e.description, 'in_flight')}\n{diff}")
+    lines.append("</in_flight>")
+    return lines
+
+
 def recent_diffs(history: list[PastExperiment]) -> str:
     """The latest kept and discarded diffs, each cut to DIFF_CHARS."""
     blocks = []
-    for status in ("keep", "discard"):
+    for status in (Status.KEEP, Status.DISCARD):
         chosen = [e for e in history if e.status == status and e.diff.strip()][-DIFFS_PER_STATUS:]
         for e in chosen:
             diff = _escape(_head(e.diff.strip("\n"), DIFF_CHARS), "diff")

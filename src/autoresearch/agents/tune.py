@@ -39,6 +39,7 @@ TOTAL_BATCH_SIZE are cut to what fits alone, and a proposal whose changes togeth
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -58,6 +59,7 @@ from autoresearch.agents.base import Context, PastExperiment, Proposal, Proposal
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.config.presets import get_preset
 from autoresearch.errors import AutoresearchError
+from autoresearch.vocabulary import Status
 from autoresearch.workspace.constants import Constant, format_value, read_constants, set_constants
 
 NEVER_TUNED = frozenset({"SEED", "DEVICE_BATCH_SIZE"})
@@ -337,15 +339,18 @@ class TuneAgent:
         if not knobs:
             raise ProposalError("tune: train.py has no numeric hyperparameters to tune")
 
-        step = self.seed * 1_000_003 + len(context.history)
+        step = self.seed * 1_000_003 + len(context.history) + 7919 * len(context.in_flight)
         rng = random.Random(step)
         study = self._study(knobs, past, context, step)
         seen = {fp for _, _, fp in past} | {parse(context.train_py)[1]}
+        for exp in context.in_flight:  # what other workers train now is no new configuration either
+            with contextlib.suppress(SyntaxError, ValueError):
+                seen.add(parse(exp.source)[1])
         record = {n: [0, 0] for n in knobs}  # per knob: past experiments that changed it, and how many were kept
         for exp in context.history:
             for name in set(_DIFF_NAME.findall(exp.diff)) & knobs.keys():
                 record[name][0] += 1
-                record[name][1] += exp.status == "keep"
+                record[name][1] += exp.status == Status.KEEP
         for _ in range(_ATTEMPTS):
             trial = study.ask({n: knobs[n].dist for n in self._pick(record, rng)})
             changes = {n: knobs[n].decode(p) for n, p in trial.params.items()}
@@ -366,7 +371,7 @@ class TuneAgent:
             seed=seed, n_startup_trials=self.n_startup_trials, multivariate=False, constant_liar=False
         )
         study = optuna.create_study(direction="minimize", sampler=sampler)
-        runs = [(exp.val_bpb if exp.status != "crash" else None, p) for exp, p, _ in past]
+        runs = [(exp.val_bpb if exp.status != Status.CRASH else None, p) for exp, p, _ in past]
         current, current_print = parse(context.train_py)
         if context.best_bpb is not None and current_print not in {fp for _, _, fp in past}:
             runs.append((context.best_bpb, current))

@@ -25,16 +25,15 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.loop import guard
-from autoresearch.loop.executor import CHANGED, OK, Executor, Outcome, RunSpec, reap_orphan
-from autoresearch.loop.executor import CRASH as RUN_CRASHED
-from autoresearch.loop.judge import KEEP, RERUN, judge, noise_of
-from autoresearch.loop.ledger import CRASH, DISCARD, RUNNING, Experiment, Ledger
+from autoresearch.loop.executor import Executor, Outcome, RunSpec, reap_orphan
+from autoresearch.loop.judge import judge, noise_of
+from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.reporter import Reporter
 from autoresearch.loop.watch import Verdict, Watch
+from autoresearch.vocabulary import IN_FLIGHT, Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.workspace import TRAIN_PY, Workspace
 
-BASELINE, EXPERIMENT, PROPOSAL = "baseline", "experiment", "proposal"
 CRASHES_BEFORE_MOVING_ON = 3  # after this many crashes in a row the agent no longer sees the crash log
 PAUSE_FIRST_S, PAUSE_MAX_S = 30.0, 900.0  # back-off after failed proposals in a row
 MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
@@ -81,19 +80,19 @@ class ResearchLoop:
     # -- state ------------------------------------------------------------------------------------
 
     def best(self) -> Experiment | None:
-        kept = [e for e in self.ledger.all() if e.status == KEEP]
+        kept = [e for e in self.ledger.all() if e.status == Status.KEEP]
         return kept[-1] if kept else None
 
     def noise(self) -> float | None:
-        baseline = next((e for e in self.ledger.all() if e.kind == BASELINE and e.status == KEEP), None)
+        baseline = next((e for e in self.ledger.all() if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
         return noise_of(baseline.run_values) if baseline else None
 
     def context(self) -> Context:
         best = self._require_best()
-        finished = [e for e in self.ledger.all() if e.status != RUNNING]
+        finished = [e for e in self.ledger.all() if e.status not in IN_FLIGHT]
         crashes = 0
         for e in reversed(finished):
-            if e.status != CRASH:
+            if e.status != Status.CRASH:
                 break
             crashes += 1
         last_crash = finished[-1].log_tail or finished[-1].reason if crashes else None
@@ -107,7 +106,24 @@ class ResearchLoop:
                 PastExperiment(e.id, e.status, e.description, e.val_bpb, e.diff, e.source, e.reason) for e in finished
             ],
             last_crash=last_crash if crashes < CRASHES_BEFORE_MOVING_ON else None,
+            in_flight=[
+                PastExperiment(e.id, e.status, e.description, None, e.diff, e.source)
+                for e in self.ledger.in_flight()
+                if e.kind == Kind.EXPERIMENT
+            ],
         )
+
+    def duplicate_of(self, source: str, base: str) -> str | None:
+        """Why a proposal of `source` made from commit `base` is not run again, or None: the same train.py is
+        in flight, or was already measured on the same base."""
+        for e in self.ledger.all():
+            if e.source != source or e.kind != Kind.EXPERIMENT:
+                continue
+            if e.status in IN_FLIGHT:
+                return f"the same train.py as exp {e.id}, which is being trained now: propose something different"
+            if e.parent == base and e.status != Status.CRASH:
+                return f"the same train.py as exp {e.id}, already measured on this best ({e.status}, {e.reason})"
+        return None
 
     def _require_best(self) -> Experiment:
         best = self.best()
@@ -119,7 +135,7 @@ class ResearchLoop:
 
     def check_apparatus(self) -> None:
         """Refuse to go on when the harness, data or budget differ from the baseline's."""
-        baseline = next((e for e in self.ledger.all() if e.kind == BASELINE and e.status == KEEP), None)
+        baseline = next((e for e in self.ledger.all() if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
         measured = json.loads(baseline.result).get("harness_fingerprint") if baseline else None
         if measured and measured != self.fingerprint:
             raise LoopError(
@@ -129,18 +145,24 @@ class ResearchLoop:
     def recover(self) -> Experiment | None:
         """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any."""
         self.check_apparatus()
-        pending = self.ledger.running()
+        in_flight = self.ledger.in_flight()
+        if len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight):
+            raise LoopError(
+                f"{len(in_flight)} experiments of a loop with several workers (or submitted) are still in flight",
+                hint="`autoresearch run` with the same --gpus or --workers finishes them first",
+            )
+        pending = in_flight[0] if in_flight else None
         if pending is not None:
             for run_dir in self.ws.state.glob(f"runs/{pending.id}-*"):
                 if reap_orphan(run_dir):
                     self.reporter.message(f"killed a training run of experiment {pending.id} left from before")
-            if pending.kind == PROPOSAL:
-                self._finish(pending, CRASH, "interrupted while the agent was proposing")
+            if pending.kind == Kind.PROPOSAL:
+                self._finish(pending, Status.CRASH, "interrupted while the agent was proposing")
                 return None
             if pending.attempts >= MAX_ATTEMPTS:
                 why = f"the loop died {pending.attempts} times while this train.py ran: it is not run again"
-                self._finish(pending, CRASH, why)
-                if pending.kind == BASELINE:
+                self._finish(pending, Status.CRASH, why)
+                if pending.kind == Kind.BASELINE:
                     raise LoopError(f"the baseline train.py failed: {why}", hint="fix train.py, then run again")
                 return None
             if pending.commit is None:
@@ -155,17 +177,23 @@ class ResearchLoop:
                 pending.commit = commit
             self.git.move_to(pending.commit, TRAIN_PY)
             return pending
+        self.recover_branch()
+        return None
+
+    def recover_branch(self) -> None:
+        """Bring the branch to the best, where a verdict was recorded but the loop died before git followed."""
         best = self.best()
         if best is not None and self.git.head() != best.commit:
             last = self.ledger.all()[-1]
-            if last.status in (DISCARD, CRASH) and last.commit == self.git.head():
+            if last.status in (Status.DISCARD, Status.CRASH) and last.commit == self.git.head():
                 self._apply_git(last)
+            elif best.parent == self.git.head():  # kept, but the loop died before the branch moved to it
+                self._apply_git(best)
             else:
                 raise LoopError(
                     f"the branch is at {self.git.head()[:7]}, but the best experiment is {best.commit[:7]}",
                     hint=f"someone moved the branch by hand; `git reset --hard {best.commit[:7]}` to continue",
                 )
-        return None
 
     def check_clean(self) -> None:
         if TRAIN_PY in self.git.changed_paths():
@@ -197,21 +225,34 @@ class ResearchLoop:
 
     def baseline(self) -> Experiment:
         """Train the unchanged train.py `baseline_runs` times with different seeds to measure the noise."""
+        return self._evaluate(self.new_baseline())
+
+    def new_baseline(self) -> Experiment:
+        """The baseline's row: the branch's train.py, to be trained with several seeds."""
         source = self.ws.read_train_py()
         exp = Experiment(
             id=self.ledger.next_id(),
-            kind=BASELINE,
-            status=RUNNING,
+            kind=Kind.BASELINE,
+            status=Status.RUNNING,
             description="baseline",
             parent=self.git.head(),
             commit=self.git.head(),
             source=source,
         )
         self.ledger.insert(exp)
-        return self._evaluate(exp)
+        return exp
 
     def step(self, agent: Agent) -> Experiment:
         """One experiment: ask the agent, check the change, commit it, train and judge it."""
+        asked = self.ask(agent)
+        if isinstance(asked, Experiment):
+            return asked
+        proposal, note = asked
+        return self.submit(proposal, agent.name, getattr(agent, "model", ""), note)
+
+    def ask(self, agent: Agent) -> Experiment | tuple[Proposal, str | None]:
+        """The agent's checked proposal and what was put back after it; or, if it has none that may run, the
+        rejected proposal's row. train.py holds the proposal afterwards."""
         best = self._require_best()
         exp_id = self.ledger.next_id()
         self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
@@ -235,31 +276,55 @@ class ResearchLoop:
         note = verdict.tidied()  # the agent's litter: put back, noted, not held against its train.py
         if why := verdict.reason():
             return self._rejected(exp_id, agent, best, proposal.description, _as_agent(why), proposal.usage, note)
-        if why := guard.rejection(best.source, proposal.source):
+        if why := guard.rejection(best.source, proposal.source) or self.duplicate_of(proposal.source, best.commit):
             return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage, note)
-        return self.submit(proposal, agent.name, getattr(agent, "model", ""), note)
+        return proposal, note
 
     def _pause_after_failures(self, agent: Agent) -> None:
         """Back off when the agent fails again and again (an API down, a rate limit): 30 s, 1 min, ... 15 min."""
+        if wait := self.failure_pause(agent):
+            self.sleep(wait)
+
+    def failure_pause(self, agent: Agent) -> float:
+        """How long to wait before asking `agent` again after its latest failures in a row (0: at once)."""
         failures = 0
         for e in reversed(self.ledger.all()):
-            if e.kind != PROPOSAL or e.status != CRASH:
+            if e.kind != Kind.PROPOSAL or e.status != Status.CRASH:
                 break
             failures += 1
-        if failures >= 2:
-            wait = min(PAUSE_MAX_S, PAUSE_FIRST_S * 2 ** (failures - 2))
-            self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
-            self.sleep(wait)
+        if failures < 2:
+            return 0.0
+        wait = min(PAUSE_MAX_S, PAUSE_FIRST_S * 2 ** (failures - 2))
+        self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
+        return wait
 
     def submit(self, proposal: Proposal, agent: str, model: str, note: str | None = None) -> Experiment:
         """Record, commit, train and judge a checked proposal made from the current best; `note` (what was
         put back after the agent) ends the reason it gets."""
-        best = self._require_best()
+        exp = self.record(proposal, agent, model, note)
+        self.ws.write_train_py(proposal.source)
+        exp.commit = self.git.commit(_commit_message(exp), TRAIN_PY)
+        self.ledger.update(exp.id, commit=exp.commit)
+        return self._evaluate(exp)
+
+    def record(
+        self,
+        proposal: Proposal,
+        agent: str,
+        model: str,
+        note: str | None = None,
+        base: Experiment | None = None,
+        status: Status = Status.RUNNING,
+        merged_from: int = 0,
+    ) -> Experiment:
+        """The row of a checked proposal made from `base` (the current best by default), written before any
+        commit of it is made."""
+        best = base or self._require_best()
         added, removed = guard.diff_stats(best.source, proposal.source)
         exp = Experiment(
             id=self.ledger.next_id(),
-            kind=EXPERIMENT,
-            status=RUNNING,
+            kind=Kind.EXPERIMENT,
+            status=status,
             description=_one_line(proposal.description),
             parent=best.commit,
             agent=agent,
@@ -272,45 +337,43 @@ class ResearchLoop:
             output_tokens=proposal.usage.output_tokens,
             cost_usd=proposal.usage.cost_usd,
             reason=note or "",  # kept while it runs, so that a resumed experiment still ends its reason with it
+            merged_from=merged_from,
         )
         self.ledger.insert(exp)  # before git is touched
-        self.ws.write_train_py(proposal.source)
-        exp.commit = self.git.commit(_commit_message(exp), TRAIN_PY)
-        self.ledger.update(exp.id, commit=exp.commit)
-        return self._evaluate(exp)
+        return exp
 
     # -- training and judging ---------------------------------------------------------------------
 
     def _evaluate(self, exp: Experiment) -> Experiment:
         runs = exp.run_values
-        wanted = self.config.baseline_runs if exp.kind == BASELINE else 1
+        wanted = self.config.baseline_runs if exp.kind == Kind.BASELINE else 1
         while True:
             outcome = self._train(exp, len(runs))
-            if outcome.status == CHANGED:
+            if outcome.status == RunEnd.CHANGED:
                 raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=APPARATUS_HINT)
-            if outcome.status != OK:
-                if exp.kind == BASELINE:
-                    self._finish(exp, CRASH, f"baseline failed: {outcome.reason}", outcome)
+            if outcome.status != RunEnd.OK:
+                if exp.kind == Kind.BASELINE:
+                    self._finish(exp, Status.CRASH, f"baseline failed: {outcome.reason}", outcome)
                     raise LoopError(
                         f"the baseline train.py failed: {outcome.reason}",
                         hint=f"see {self.ws.state / 'runs'} for the log; fix train.py or the setup, then run again",
                     )
-                return self._finish(exp, CRASH, outcome.reason, outcome)
+                return self._finish(exp, Status.CRASH, outcome.reason, outcome)
             runs.append(outcome.val_bpb)
             exp.runs = json.dumps(runs)
             self.ledger.update(exp.id, runs=exp.runs)
             if len(runs) < wanted:
                 continue
-            if exp.kind == BASELINE:
+            if exp.kind == Kind.BASELINE:
                 reason = f"mean of {len(runs)} seeds; noise (std) {noise_of(runs):.6f}"
-                return self._finish(exp, KEEP, reason, outcome, runs)
+                return self._finish(exp, Status.KEEP, reason, outcome, runs)
             best = self._require_best()
             verdict = judge(best.val_bpb, runs, self.noise(), exp.lines_added, exp.lines_removed)
-            if verdict.decision == RERUN:
+            if verdict.decision == Status.RERUN:
                 self.reporter.message(f"exp {exp.id}: {verdict.reason}")
                 wanted = len(runs) + 1
                 continue
-            return self._finish(exp, KEEP if verdict.decision == KEEP else DISCARD, verdict.reason, outcome, runs)
+            return self._finish(exp, verdict.decision, verdict.reason, outcome, runs)
 
     def _train(self, exp: Experiment, run: int) -> Outcome:
         """Train `exp` once; run k > 0 uses SEED + k, so repeated runs measure seed-to-seed noise."""
@@ -336,11 +399,11 @@ class ResearchLoop:
             why = self._verified(watch, f"experiment {exp.id}").reason()
             if source != exp.source:
                 self.ws.write_train_py(exp.source)
-        if exp.kind == BASELINE:  # the user's own train.py: what it compiled serves the next seeds at once
-            self._settle_compiled(exp, keep=outcome.status == OK and not why)
+        if exp.kind == Kind.BASELINE:  # the user's own train.py: what it compiled serves the next seeds at once
+            self._settle_compiled(exp, keep=outcome.status == RunEnd.OK and not why)
         if why:  # whatever it scored, a run that reached outside its box is not believed
             return Outcome(
-                RUN_CRASHED, None, f"the run {why}; all of it was put back", outcome.log_tail, outcome.seconds
+                RunEnd.CRASH, None, f"the run {why}; all of it was put back", outcome.log_tail, outcome.seconds
             )
         return outcome
 
@@ -369,17 +432,22 @@ class ResearchLoop:
         return verdict
 
     def _finish(
-        self, exp: Experiment, status: str, reason: str, outcome: Outcome | None = None, runs: list[float] | None = None
+        self,
+        exp: Experiment,
+        status: Status,
+        reason: str,
+        outcome: Outcome | None = None,
+        runs: list[float] | None = None,
     ) -> Experiment:
         result = outcome.result if outcome else None
-        if exp.status == RUNNING and exp.reason:  # noted when the row was written: what was put back after the agent
+        if exp.status in IN_FLIGHT and exp.reason:  # noted when the row was written: what was put back after the agent
             reason = f"{reason}; {exp.reason}"
         changes = {
             "status": status,
             "reason": reason,
             "finished_at": time.time(),
             "val_bpb": statistics.fmean(runs) if runs else None,
-            "log_tail": outcome.log_tail if outcome and status == CRASH else "",
+            "log_tail": outcome.log_tail if outcome and status == Status.CRASH else "",
         }
         if result is not None:
             changes |= {
@@ -392,7 +460,7 @@ class ResearchLoop:
         for key, value in changes.items():
             setattr(exp, key, value)
         self.ledger.write_tsv()  # the verdict is durable before git moves
-        self._settle_compiled(exp, keep=status == KEEP)
+        self._settle_compiled(exp, keep=status == Status.KEEP)
         self._apply_git(exp)
         self.reporter.finished(exp, self.best())
         return exp
@@ -402,9 +470,17 @@ class ResearchLoop:
         compile_cache.settle(self.ws.state.glob(f"runs/{exp.id}-*/{compile_cache.STAGED}"), keep)
 
     def _apply_git(self, exp: Experiment) -> None:
-        if exp.status in (DISCARD, CRASH) and exp.commit and exp.kind != BASELINE:
+        """Git after a verdict: a kept experiment becomes the branch; a discarded one is kept under a ref and,
+        where the branch was on it (one worker trains on the branch), the branch goes back to its parent. An
+        experiment trained in a worker's worktree was never on the branch."""
+        if not exp.commit or exp.kind == Kind.BASELINE:
+            return
+        if exp.status == Status.KEEP and self.git.head() != exp.commit:
+            self.git.advance(exp.commit, TRAIN_PY)
+        elif exp.status in (Status.DISCARD, Status.CRASH):
             self.git.set_ref(f"refs/autoresearch/discarded/{exp.id}", exp.commit)
-            self.git.move_to(exp.parent, TRAIN_PY)
+            if self.git.head() == exp.commit:
+                self.git.move_to(exp.parent, TRAIN_PY)
 
     def _rejected(
         self,
@@ -419,8 +495,8 @@ class ResearchLoop:
         """A proposal that never ran: recorded as a crash so its cost and reason are not lost."""
         exp = Experiment(
             id=exp_id,
-            kind=PROPOSAL,
-            status=RUNNING,
+            kind=Kind.PROPOSAL,
+            status=Status.RUNNING,
             description=_one_line(description),
             parent=best.commit,
             agent=agent.name,
@@ -432,7 +508,7 @@ class ResearchLoop:
         )
         self.ledger.insert(exp)
         self.ws.write_train_py(best.source)
-        return self._finish(exp, CRASH, f"rejected: {why}")
+        return self._finish(exp, Status.CRASH, f"rejected: {why}")
 
 
 def _as_agent(why: str) -> str:
@@ -445,31 +521,3 @@ def _one_line(text: str) -> str:
 
 def _commit_message(exp: Experiment) -> str:
     return f"exp {exp.id}: {exp.description}"
-
-
-def try_working_tree(loop: ResearchLoop, description: str) -> Experiment:
-    """`autoresearch try`: judge the train.py a coding agent left in the working tree, as one experiment."""
-    ws, git = loop.ws, loop.git
-    candidate = ws.read_train_py()
-    if strays := git.changed_paths() - {TRAIN_PY, "program.md"}:
-        raise LoopError(
-            f"only train.py may change, but so did: {', '.join(sorted(strays))}",
-            hint="revert those files (git checkout / rm), then try again; nothing was run",
-        )
-    if (pending := loop.recover()) is not None:  # a `try` that was killed: finish it first
-        finished = loop._evaluate(pending)
-        if finished.source == candidate:  # the same `try` again: it is judged once
-            return finished
-    if loop.best() is None:
-        ws.write_train_py(git.show("HEAD", TRAIN_PY))
-        loop.baseline()
-    best = loop._require_best()
-    if candidate == best.source:
-        ws.write_train_py(candidate)
-        if len(loop.ledger.all()) == 1:
-            return best  # a fresh workspace: the baseline was what there was to measure
-        raise LoopError(f"train.py is the same as the best (exp {best.id})", hint="edit train.py first")
-    if why := guard.rejection(best.source, candidate):
-        ws.write_train_py(candidate)
-        raise LoopError(f"rejected before running: {why}", hint="change train.py and try again")
-    return loop.submit(Proposal(description, candidate), agent="try", model="")

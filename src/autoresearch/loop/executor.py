@@ -6,7 +6,8 @@ confined, serves its data, owns its clock and scores what it hands over; the loo
 result file the evaluator writes, in a place the experiment cannot reach. Evaluators are forked from
 a fork server (evaluator/zygote.py) that has imported torch and its compiler once, and the next run's
 evaluator and experiment are started while the current one trains, so a run starts at once. Executors
-for several GPUs or a cluster plug in behind the same interface.
+for a cluster plug in behind the same interface: a `run(spec) -> Outcome` that may block, one run at a
+time per executor (the scheduler gives each worker its own, pinned to its device by `env`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -30,8 +32,8 @@ import psutil
 from autoresearch.evaluator.confined import FORK_ENV, kill_tree
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, Result
 from autoresearch.evaluator.sandbox import evaluator_env
+from autoresearch.vocabulary import RunEnd
 
-OK, CRASH, TIMEOUT, INVALID, CHANGED = "ok", "crash", "timeout", "invalid", "apparatus-changed"
 LOG_TAIL_CHARS = 4000
 PREWARM_ENV = "AUTORESEARCH_PREWARM"  # "0": start each run's processes only when it begins
 EXPERIMENT_CRASHED = 3  # the evaluator's exit code when the experiment crashed (evaluator/referee.py)
@@ -43,11 +45,16 @@ class RunSpec:
     run_dir: Path  # where this run's log and result file go
     timeout: float  # seconds before the whole process group is killed
     fingerprint: str  # the harness fingerprint the result must carry
+    train_py: Path | None = None  # the file to train, if not `directory / "train.py"` (a worker's worktree)
+
+    @property
+    def source(self) -> Path:
+        return self.train_py or self.directory / "train.py"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # OK, CRASH, TIMEOUT, INVALID or CHANGED
+    status: RunEnd
     result: Result | None
     reason: str
     log_tail: str
@@ -55,7 +62,7 @@ class Outcome:
 
     @property
     def val_bpb(self) -> float | None:
-        return self.result.val_bpb if self.status == OK and self.result else None
+        return self.result.val_bpb if self.status == RunEnd.OK and self.result else None
 
 
 class Executor(Protocol):
@@ -65,16 +72,23 @@ class Executor(Protocol):
     def close(self) -> None:
         """Stop whatever was started ahead for a next run."""
 
+    def stop(self) -> None:
+        """Kill the run in progress, if any (from another thread): its `run` then returns or raises."""
+
 
 class LocalExecutor:
     """Runs each training run through an evaluator process on this machine."""
 
-    def __init__(self, python: str = sys.executable, prewarm: bool | None = None):
+    def __init__(self, python: str = sys.executable, prewarm: bool | None = None, env: Mapping[str, str] | None = None):
+        """`env`: set for this executor's evaluators and experiments (a worker's CUDA_VISIBLE_DEVICES, its
+        OMP_NUM_THREADS), over the loop's own environment."""
         self.python = python
+        self.env = {**os.environ, **(env or {})}
         self.prewarm = os.environ.get(PREWARM_ENV, "1") != "0" if prewarm is None else prewarm
         self._warm: Referee | None = None
+        self._current: Referee | None = None  # the run in progress, for stop()
         forking = os.environ.get(FORK_ENV, "1") != "0" and sys.platform.startswith("linux")
-        self._server = ForkServer(python) if forking else None
+        self._server = ForkServer(python, self.env) if forking else None
         self.fork_failure: str | None = None  # why evaluators are no longer forked, if they are not
 
     def run(self, spec: RunSpec) -> Outcome:
@@ -82,10 +96,10 @@ class LocalExecutor:
         result_path, log_path = spec.run_dir / "result.json", spec.run_dir / "log.txt"
         result_path.unlink(missing_ok=True)
         log_path.write_text("")
-        referee = self._take(spec.directory)
+        referee = self._current = self._take(spec.directory)
         write_pid_file(spec.run_dir / "pid", referee.proc.pid)
         started = time.monotonic()
-        job = {"train_py": str(spec.directory / "train.py"), "log": str(log_path), "result": str(result_path)}
+        job = {"train_py": str(spec.source), "log": str(log_path), "result": str(result_path)}
         try:
             referee.start(job)
             if self.prewarm:  # once this run trains: before, its start-up would share the cores with the next's
@@ -95,11 +109,13 @@ class LocalExecutor:
         except BaseException:  # Ctrl-C or a kill of the loop: take the run down with us
             referee.kill()
             raise
+        finally:
+            self._current = None
         seconds = time.monotonic() - started
         if code is None:
             referee.kill()
             why = f"no result within the hard timeout of {spec.timeout:.0f}s; killed"
-            return Outcome(TIMEOUT, None, why, tail(log_path), seconds)
+            return Outcome(RunEnd.TIMEOUT, None, why, tail(log_path), seconds)
         return _outcome(code, read_result(result_path), referee.errors(), tail(log_path), seconds, spec.fingerprint)
 
     def _take(self, directory: Path) -> Referee:
@@ -118,7 +134,11 @@ class LocalExecutor:
                 self.fork_failure = str(exc)
                 self._server.close()
                 self._server = None  # from now on, every evaluator is a new process
-        return Referee(directory, NewProcess(self.python, directory))
+        return Referee(directory, NewProcess(self.python, directory, self.env))
+
+    def stop(self) -> None:
+        if (current := self._current) is not None:
+            current.kill()
 
     def close(self) -> None:
         if self._warm is not None:
@@ -130,18 +150,21 @@ class LocalExecutor:
 
 
 def _outcome(code: int, result: Result | None, errors: str, log_tail: str, seconds: float, fingerprint: str) -> Outcome:
+    if code < 0 and result is None:  # the evaluator itself was killed by a signal: not the experiment's doing
+        return Outcome(RunEnd.LOST, None, f"the run was killed from outside (signal {-code})", log_tail, seconds)
     if code not in (0, EXPERIMENT_CRASHED):
         last = errors.strip().splitlines()[-1] if errors.strip() else f"exit code {code}"
-        return Outcome(CRASH, None, f"the evaluator could not run: {last}", log_tail + errors, seconds)
+        return Outcome(RunEnd.CRASH, None, f"the evaluator could not run: {last}", log_tail + errors, seconds)
     if result is None:
-        return Outcome(CRASH, None, "the evaluator wrote no result", log_tail + errors, seconds)
+        return Outcome(RunEnd.CRASH, None, "the evaluator wrote no result", log_tail + errors, seconds)
     if result.harness_fingerprint != fingerprint:
-        return Outcome(CHANGED, result, "the apparatus (evaluator code, data or budget) changed", log_tail, seconds)
+        why = "the apparatus (evaluator code, data or budget) changed"
+        return Outcome(RunEnd.CHANGED, result, why, log_tail, seconds)
     if code == EXPERIMENT_CRASHED:  # the reason quotes the experiment's last line of output
-        return Outcome(CRASH, result, result.invalid_reason or "crashed", log_tail, seconds)
+        return Outcome(RunEnd.CRASH, result, result.invalid_reason or "crashed", log_tail, seconds)
     if not result.valid or result.val_bpb is None:
-        return Outcome(INVALID, result, f"invalid result: {result.invalid_reason}", log_tail, seconds)
-    return Outcome(OK, result, "", log_tail, seconds)
+        return Outcome(RunEnd.INVALID, result, f"invalid result: {result.invalid_reason}", log_tail, seconds)
+    return Outcome(RunEnd.OK, result, "", log_tail, seconds)
 
 
 class Referee:
@@ -189,14 +212,14 @@ class Referee:
 class NewProcess(subprocess.Popen):
     """An evaluator started as `python -m autoresearch.evaluator.referee`, its output kept in `captured`."""
 
-    def __init__(self, python: str, directory: Path):
+    def __init__(self, python: str, directory: Path, env: Mapping[str, str]):
         self.captured = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process it records
         super().__init__(
             [python, "-m", "autoresearch.evaluator.referee", "--workspace", str(directory)],
             stdin=subprocess.PIPE,
             stdout=self.captured,
             stderr=self.captured,
-            env=evaluator_env(os.environ),
+            env=evaluator_env(env),
             start_new_session=True,  # its own process group: a kill takes the experiment along
         )
 
@@ -208,7 +231,7 @@ class ForkFailed(RuntimeError):
 class ForkServer:
     """The loop's end of the fork server (evaluator/zygote.py), started at once: it imports meanwhile."""
 
-    def __init__(self, python: str):
+    def __init__(self, python: str, env: Mapping[str, str]):
         self._sock, theirs = socket.socketpair()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self._proc = subprocess.Popen(
@@ -217,7 +240,7 @@ class ForkServer:
             stdin=subprocess.DEVNULL,
             stdout=self._stderr,
             stderr=self._stderr,
-            env=evaluator_env(os.environ),
+            env=evaluator_env(env),
         )
         theirs.close()
         self._buffer = b""

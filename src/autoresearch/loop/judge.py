@@ -12,13 +12,14 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-KEEP, DISCARD, RERUN = "keep", "discard", "rerun"
+from autoresearch.vocabulary import Status
+
 MIN_NOISE = 5e-4  # never trust a spread smaller than this: two baseline runs can agree by chance
 
 
 @dataclass(frozen=True)
 class Verdict:
-    decision: str  # KEEP, DISCARD or RERUN
+    decision: Status  # KEEP, DISCARD or RERUN
     reason: str
 
 
@@ -40,9 +41,9 @@ def judge(best: float, runs: list[float], noise: float, lines_added: int, lines_
     shown = f"{value:.6f} vs best {best:.6f} ({-gain:+.6f}; margin {margin:.6f}"
     shown += f", mean of {len(runs)} runs)" if len(runs) > 1 else ")"
     if gain > 2 * margin or (len(runs) > 1 and gain > margin):
-        return Verdict(KEEP, f"better: {shown}")
+        return Verdict(Status.KEEP, f"better: {shown}")
     if gain > margin:
-        return Verdict(RERUN, f"marginal win, run again: {shown}")
+        return Verdict(Status.RERUN, f"marginal win, run again: {shown}")
     if gain > -margin and lines_removed > lines_added:
-        return Verdict(KEEP, f"simpler at equal val_bpb: {shown}, {lines_removed - lines_added} lines fewer")
-    return Verdict(DISCARD, f"not better by more than the noise: {shown}")
+        return Verdict(Status.KEEP, f"simpler at equal val_bpb: {shown}, {lines_removed - lines_added} lines fewer")
+    return Verdict(Status.DISCARD, f"not better by more than the noise: {shown}")

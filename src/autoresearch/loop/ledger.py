@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 from autoresearch.workspace.disk import disk_full_is_an_error
 
-RUNNING, KEEP, DISCARD, CRASH = "running", "keep", "discard", "crash"
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 
 
 @dataclass
 class Experiment:
     id: int  # the experiment number, from 1
-    kind: str  # "baseline", "experiment"
-    status: str  # RUNNING, KEEP, DISCARD or CRASH
+    kind: Kind
+    status: Status
     description: str
     parent: str  # the best commit it was made from
     commit: str | None = None
@@ -51,6 +51,15 @@ class Experiment:
     source: str = ""  # train.py as run
     diff: str = ""  # against the parent
     attempts: int = 0  # runs of it started that the loop did not see end (it was killed meanwhile)
+    seeds: str = "[]"  # JSON list: the run index (SEED + index) of each value in `runs`, in the same order
+    worker: str = ""  # the device its latest run trained on ("gpu 1"); empty for the one-worker loop
+    merged_from: int = 0  # a win found on an old base, merged onto the best: the experiment it re-validates
+
+    @property
+    def run_indices(self) -> list[int]:
+        """The seed offsets of `runs`; a ledger from before this column had them in order from 0."""
+        seeds = json.loads(self.seeds)
+        return seeds if len(seeds) == len(self.run_values) else list(range(len(self.run_values)))
 
     @property
     def run_values(self) -> list[float]:
@@ -138,14 +147,21 @@ class Ledger:
     def get(self, exp_id: int) -> Experiment | None:
         return next(self._rows("SELECT * FROM experiments WHERE id = ?", exp_id), None)
 
+    def in_flight(self) -> list[Experiment]:
+        """Every experiment queued or running (several with several workers), oldest first."""
+        marks = ", ".join("?" * len(IN_FLIGHT))
+        return list(self._rows(f"SELECT * FROM experiments WHERE status IN ({marks}) ORDER BY id", *IN_FLIGHT))
+
     def running(self) -> Experiment | None:
-        return next(self._rows("SELECT * FROM experiments WHERE status = ? ORDER BY id", RUNNING), None)
+        return next(self._rows("SELECT * FROM experiments WHERE status = ? ORDER BY id", Status.RUNNING), None)
 
     def _rows(self, sql: str, *args: Any) -> Iterator[Experiment]:
         cursor = self._db.execute(sql, args)
         names = [d[0] for d in cursor.description]
         for row in cursor:
-            yield Experiment(**dict(zip(names, row, strict=True)))
+            exp = Experiment(**dict(zip(names, row, strict=True)))
+            exp.kind, exp.status = _word(Kind, exp.kind), _word(Status, exp.status)
+            yield exp
 
     # -- verifying that nobody else wrote it --------------------------------------------------------
 
@@ -190,7 +206,7 @@ class Ledger:
         """Rewrite results.tsv from the database (atomically), one line per finished experiment."""
         lines = [TSV_HEADER]
         for exp in self.all():
-            if exp.status == RUNNING:
+            if exp.status in IN_FLIGHT:
                 continue
             bpb = f"{exp.val_bpb:.6f}" if exp.val_bpb is not None else "0.000000"
             mem = f"{exp.memory_gb:.1f}" if exp.memory_gb is not None else "0.0"
@@ -200,3 +216,11 @@ class Ledger:
         with disk_full_is_an_error("writing results.tsv"):
             tmp.write_text("".join(lines))
             tmp.replace(self.workspace / "results.tsv")
+
+
+def _word(vocabulary, value):
+    """The member a stored word names; a word this version does not know stays the text it is."""
+    try:
+        return vocabulary(value)
+    except ValueError:
+        return value

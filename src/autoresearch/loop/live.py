@@ -17,12 +17,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autoresearch.loop.ledger import KEEP, RUNNING, Experiment
+from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.reporter import verdict_line
 from autoresearch.loop.status import EVALUATING, FINISHED, STARTING, TRAINING, WARMING_UP, RunProgress, read_progress
 from autoresearch.report.summary import clip
+from autoresearch.vocabulary import IN_FLIGHT, Status
 
-STYLES = {"keep": "green", "discard": "dim", "crash": "red"}
+STYLES = {Status.KEEP: "green", Status.DISCARD: "dim", Status.CRASH: "red"}
 
 
 class TrainingClock:
@@ -59,11 +60,13 @@ class LiveReporter:
         self.runs_dir = runs_dir
         self.clock = clock
         self.current = ("", "", "")  # experiment, what it tries, phase
+        self.others: dict[str, tuple[str, str, float]] = {}  # with several workers: the others in flight
+        self._since: dict[str, float] = {}  # when each experiment entered its phase
         self.started = clock()
         self.budget = 0.0
         self.best: Experiment | None = None
         self.recent: deque[Experiment] = deque(maxlen=6)
-        self.counts = {"keep": 0, "discard": 0, "crash": 0}
+        self.counts = {Status.KEEP: 0, Status.DISCARD: 0, Status.CRASH: 0}
         self._log: Path | None = None
         self._stale: tuple[int, int] | None = None  # the log as a previous attempt left it: not this run's
         self._run_clock: TrainingClock | None = None
@@ -78,8 +81,8 @@ class LiveReporter:
 
     def resume(self, experiments: list[Experiment]) -> None:
         """Show what a workspace already holds: the best, the counts and the last verdicts (on a resume)."""
-        done = [e for e in experiments if e.status != RUNNING]
-        kept = [e for e in done if e.status == KEEP]
+        done = [e for e in experiments if e.status not in IN_FLIGHT]
+        kept = [e for e in done if e.status == Status.KEEP]
         self.best = kept[-1] if kept else None
         for exp in done:
             self.counts[exp.status] = self.counts.get(exp.status, 0) + 1
@@ -87,6 +90,10 @@ class LiveReporter:
 
     def phase(self, exp_id: int, what: str, text: str) -> None:
         same = self.current[0] == str(exp_id)
+        if self.current[0] and not same and " on " in text:  # another worker's: the current one goes on too
+            self.others[self.current[0]] = (self.current[1], self.current[2], self._since.get(self.current[0], 0.0))
+        self.others.pop(str(exp_id), None)
+        self._since[str(exp_id)] = self.clock()
         self.current = (str(exp_id), what or (self.current[1] if same else ""), text)
         self._run_clock = None
 
@@ -97,6 +104,7 @@ class LiveReporter:
         self._stale = _signature(self._log)
 
     def finished(self, exp: Experiment, best: Experiment | None) -> None:
+        self.others.pop(str(exp.id), None)
         self.best = best
         self.recent.appendleft(exp)
         self.counts[exp.status] = self.counts.get(exp.status, 0) + 1
@@ -139,6 +147,9 @@ class LiveReporter:
             state = self.run_state()
             line = f"exp {exp_id}: {phase}" + (f"  {state}" if state else "")
             head.add_row(Text(line), Text(clip(what, 80), style="italic"))
+        for other, (other_what, other_phase, since) in sorted(self.others.items()):
+            elapsed = f"  {_clock(self.clock() - since)} / {self.budget:g}s budget" if self.budget else ""
+            head.add_row(Text(f"exp {other}: {other_phase}{elapsed}"), Text(clip(other_what, 80), style="italic"))
         if self.best and self.best.val_bpb is not None:
             head.add_row(
                 Text(f"best val_bpb {self.best.val_bpb:.6f} (exp {self.best.id})"),
@@ -148,7 +159,7 @@ class LiveReporter:
         recent = Table(show_header=False, box=None, padding=(0, 1))
         for e in self.recent:
             bpb = f"{e.val_bpb:.6f}" if e.val_bpb is not None else "-"
-            mark = "*" if e.status == KEEP else " "
+            mark = "*" if e.status == Status.KEEP else " "
             recent.add_row(
                 Text(f"{mark}{e.id}"),
                 Text(e.status, style=STYLES.get(e.status, "")),

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from autoresearch.loop.executor import read_result
-from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, Experiment, Ledger
+from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.git import Git
 
 DISCARDED = "refs/autoresearch/discarded/"
@@ -52,22 +53,22 @@ def _rows(root: Path, git: Git) -> list[Experiment]:
     for exp_id, line in enumerate(lines, start=1):
         short, bpb, memory, status, description = (line.split("\t") + [""] * 5)[:5]
         commit = kept.get(exp_id) or discarded.get(exp_id) or (git.ref(short) if short else None)
-        kind = "baseline" if exp_id == 1 else ("experiment" if commit else "proposal")
+        kind = Kind.BASELINE if exp_id == 1 else (Kind.EXPERIMENT if commit else Kind.PROPOSAL)
         rows[exp_id] = _row(git, exp_id, kind, status, description, commit, _float(bpb), _float(memory))
     for exp_id, commit in [*kept.items(), *discarded.items()]:
         if exp_id not in rows:
-            status = KEEP if exp_id in kept else DISCARD
+            status = Status.KEEP if exp_id in kept else Status.DISCARD
             description = git.message(commit).partition(": ")[2]
-            rows[exp_id] = _row(git, exp_id, "experiment", status, description, commit, None, None)
+            rows[exp_id] = _row(git, exp_id, Kind.EXPERIMENT, status, description, commit, None, None)
             rows[exp_id].reason = "rebuilt from git: results.tsv did not have it"
     return [rows[i] for i in sorted(rows)]
 
 
 def _row(git: Git, exp_id, kind, status, description, commit, bpb, memory) -> Experiment:
     source = git.show(commit, "train.py") if commit else ""
-    parent = (git.parent(commit) if kind != "baseline" else commit) if commit else ""
-    exp = Experiment(id=exp_id, kind=kind, status=status if status in (KEEP, DISCARD, CRASH) else CRASH,
-                     description=description, parent=parent or "", commit=commit)  # fmt: skip
+    parent = (git.parent(commit) if kind != Kind.BASELINE else commit) if commit else ""
+    final = Status(status) if status in (Status.KEEP, Status.DISCARD, Status.CRASH) else Status.CRASH
+    exp = Experiment(id=exp_id, kind=kind, status=final, description=description, parent=parent or "", commit=commit)
     exp.val_bpb, exp.memory_gb, exp.source = bpb, memory, source
     exp.reason = "rebuilt from results.tsv and git"
     exp.runs = json.dumps(_run_values(git.root / ".autoresearch" / "runs", exp_id))

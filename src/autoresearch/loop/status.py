@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autoresearch.evaluator import result
-from autoresearch.loop.ledger import KEEP, RUNNING, Experiment, Ledger
+from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.report.summary import measured_noise
+from autoresearch.vocabulary import IN_FLIGHT, Status
 from autoresearch.workspace.workspace import Workspace
 
 STARTING, WARMING_UP, TRAINING, EVALUATING, FINISHED = "starting", "warming up", "training", "evaluating", "finished"
@@ -162,11 +163,11 @@ def status_text(ws: Workspace) -> str:
     if not experiments:
         return "\n".join([*lines, "no experiments yet: start with `autoresearch run` (or `autoresearch try`)"])
     baseline = experiments[0]
-    kept = [e for e in experiments if e.status == KEEP]
+    kept = [e for e in experiments if e.status == Status.KEEP]
     if kept:
         best = kept[-1]
         lines.append(f"best: exp {best.id} val_bpb {best.val_bpb:.6f} ({(best.commit or '')[:7]}) {best.description}")
-        if baseline.status == KEEP and best is not baseline:
+        if baseline.status == Status.KEEP and best is not baseline:
             gain = baseline.val_bpb - best.val_bpb
             lines.append(f"baseline {baseline.val_bpb:.6f} -> best {best.val_bpb:.6f}: {gain:.6f} better")
         if noise := measured_noise(experiments):
@@ -174,23 +175,37 @@ def status_text(ws: Workspace) -> str:
                 f"noise (std over {noise.seeds} baseline seeds): {noise.noise:.6f}; margin {noise.margin:.6f} "
                 "(a change must beat the best by more than this)"
             )
-    counts = Counter(e.status for e in experiments if e.status != RUNNING)
+    counts = Counter(e.status for e in experiments if e.status not in IN_FLIGHT)
     lines.append("experiments: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     finished = [e for e in experiments if e.finished_at]
     if len(finished) > 1:
         hours = (finished[-1].finished_at - experiments[0].started_at) / 3600
-        lines.append(f"rate: {len(finished) / hours:.1f} experiments per hour")
-    if running := next((e for e in experiments if e.status == RUNNING), None):
-        if ws.is_locked():
+        lines.append(f"rate: {len(finished) / hours:.1f} experiments per hour{_per_worker(finished, hours)}")
+    in_flight = [e for e in experiments if e.status in IN_FLIGHT]
+    if in_flight and ws.is_locked():
+        for running in in_flight:
+            where = f" on {running.worker}" if running.worker else ""
+            if running.status == Status.QUEUED:
+                lines.append(f"queued: exp {running.id}: {running.description}")
+                continue
             lines.append(
-                f"running: exp {running.id} for {time.time() - running.started_at:.0f}s: {running.description}"
+                f"running: exp {running.id}{where} for {time.time() - running.started_at:.0f}s: {running.description}"
             )
             lines.append(running_text(ws, running))
-        else:
+    elif in_flight:
+        for running in in_flight:
             lines.append(f"interrupted: exp {running.id} ({running.description}) will be re-run on the next start")
     elif ws.is_locked():
         lines.append("running: the agent is preparing the next experiment")
     return "\n".join(lines)
+
+
+def _per_worker(finished: list[Experiment], hours: float) -> str:
+    """Experiments per hour of each worker, where there were several."""
+    counts = Counter(e.worker for e in finished if e.worker)
+    if len(counts) < 2:
+        return ""
+    return " (" + ", ".join(f"{worker}: {n / hours:.1f}" for worker, n in sorted(counts.items())) + ")"
 
 
 def _number(text: str) -> float | None:

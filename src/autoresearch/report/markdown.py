@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from autoresearch.loop.judge import MIN_NOISE
-from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, RUNNING, Experiment
+from autoresearch.loop.ledger import Experiment
 from autoresearch.report.summary import (
     Noise,
     Step,
@@ -23,8 +23,9 @@ from autoresearch.report.summary import (
     measured_noise,
     signed,
 )
+from autoresearch.vocabulary import Kind, Status
 
-_STATUS_ORDER = [KEEP, DISCARD, CRASH, RUNNING]
+_STATUS_ORDER = [Status.KEEP, Status.DISCARD, Status.CRASH, Status.RUNNING]
 
 
 def write_report(experiments: list[Experiment], path: Path) -> str:
@@ -70,7 +71,7 @@ def _result(steps: list[Step], noise: Noise | None) -> str:
     if not steps:
         return "No kept experiment has a val_bpb yet, so there is no baseline to compare against."
     first, best = steps[0], steps[-1]
-    start = "Baseline" if first.exp.kind == "baseline" else "First kept experiment"
+    start = "Baseline" if first.exp.kind == Kind.BASELINE else "First kept experiment"
     lines = [f"- {start}: **{first.value:.6f}** (#{first.exp.id})"]
     if best is first:
         lines.append("- No change has beaten it yet.")
@@ -111,7 +112,7 @@ def _kept(steps: list[Step]) -> str:
 
 
 def _crashes(exps: list[Experiment]) -> str:
-    crashed = [e for e in exps if e.status == CRASH]
+    crashed = [e for e in exps if e.status == Status.CRASH]
     if not crashed:
         return "None."
     lines = []
@@ -129,7 +130,7 @@ def _every(exps: list[Experiment], noise: Noise | None) -> str:
     before = best_before(exps)
     rows = ["| # | status | val_bpb | change | why |", "|---:|---|---:|---|---|"]
     for exp in exps:
-        value = f"{exp.val_bpb:.6f}" if isinstance(exp.val_bpb, (int, float)) and exp.status != CRASH else "—"
+        value = f"{exp.val_bpb:.6f}" if isinstance(exp.val_bpb, (int, float)) and exp.status != Status.CRASH else "—"
         why = explain(exp, before.get(exp.id), noise)
         rows.append(f"| {exp.id} | {exp.status} | {value} | {_cell(exp.description, 80)} | {_cell(why, 240)} |")
     return "\n".join(rows)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoresearch.loop.ledger import CRASH, KEEP, Experiment
+from autoresearch.loop.ledger import Experiment
 from autoresearch.report.summary import chain, finished, has_value, measured_noise, running_best, shorten, signed
+from autoresearch.vocabulary import Kind, Status
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -48,10 +49,10 @@ def plot_data(experiments: list[Experiment]) -> PlotData:
     """Decide what to draw: which values sit on the axis, which are beyond it, the crashes, the band."""
     done = finished(experiments)
     valued = [e for e in done if has_value(e)]
-    kept = [(e.id, e.val_bpb) for e in valued if e.status == KEEP]
-    others = [(e.id, e.val_bpb) for e in valued if e.status != KEEP]
-    crashed = [e.id for e in done if not has_value(e) and e.status == CRASH]
-    no_value = [e.id for e in done if not has_value(e) and e.status != CRASH]
+    kept = [(e.id, e.val_bpb) for e in valued if e.status == Status.KEEP]
+    others = [(e.id, e.val_bpb) for e in valued if e.status != Status.KEEP]
+    crashed = [e.id for e in done if not has_value(e) and e.status == Status.CRASH]
+    no_value = [e.id for e in done if not has_value(e) and e.status != Status.CRASH]
     best = running_best(done)
     noise = measured_noise(experiments)
     margin = noise.margin if noise else None
@@ -274,7 +275,7 @@ def _draw_labels(ax: Axes, done: list[Experiment]) -> None:
     labels = []
     for step in reversed(steps):  # from the last, so that each label makes way for the one after it
         if step.previous is None:
-            text = "baseline" if step.exp.kind == "baseline" else shorten(step.exp.description, LABEL_WIDTH)
+            text = "baseline" if step.exp.kind == Kind.BASELINE else shorten(step.exp.description, LABEL_WIDTH)
         else:
             text = f"{shorten(step.exp.description, LABEL_WIDTH)} ({signed(step.delta or 0.0)})"
         px, py = (c * to_points for c in ax.transData.transform((step.exp.id, step.value)))

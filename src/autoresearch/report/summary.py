@@ -10,7 +10,8 @@ import math
 from dataclasses import dataclass
 
 from autoresearch.loop.judge import margin_of, noise_of
-from autoresearch.loop.ledger import CRASH, DISCARD, KEEP, RUNNING, Experiment
+from autoresearch.loop.ledger import Experiment
+from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 
 
 @dataclass(frozen=True)
@@ -37,19 +38,19 @@ class Step:
 
 def finished(experiments: list[Experiment]) -> list[Experiment]:
     """The experiments with a verdict (everything but the one still running), in order."""
-    return [e for e in experiments if e.status != RUNNING]
+    return [e for e in experiments if e.status not in IN_FLIGHT]
 
 
 def has_value(exp: Experiment) -> bool:
     """Whether the experiment has a val_bpb to show: it did not crash and its value is a finite number."""
-    return exp.status != CRASH and isinstance(exp.val_bpb, (int, float)) and math.isfinite(exp.val_bpb)
+    return exp.status != Status.CRASH and isinstance(exp.val_bpb, (int, float)) and math.isfinite(exp.val_bpb)
 
 
 def chain(experiments: list[Experiment]) -> list[Step]:
     """The kept experiments with a value, in order, each with the best it replaced."""
     steps: list[Step] = []
     for exp in sorted(experiments, key=lambda e: e.id):
-        if exp.status == KEEP and has_value(exp):
+        if exp.status == Status.KEEP and has_value(exp):
             steps.append(Step(exp, steps[-1].value if steps else None))
     return steps
 
@@ -59,7 +60,7 @@ def running_best(experiments: list[Experiment]) -> list[tuple[int, float]]:
     series: list[tuple[int, float]] = []
     best: float | None = None
     for exp in sorted(finished(experiments), key=lambda e: e.id):
-        if exp.status == KEEP and has_value(exp):
+        if exp.status == Status.KEEP and has_value(exp):
             best = exp.val_bpb
         if best is not None:
             series.append((exp.id, best))
@@ -109,8 +110,8 @@ class Noise:
 
 def measured_noise(experiments: list[Experiment]) -> Noise | None:
     """The noise the loop judges with: that of the kept baseline's seeds (as ResearchLoop.noise reads it)."""
-    baseline = next((e for e in sorted(experiments, key=lambda e: e.id) if e.kind == "baseline" and e.status == KEEP),
-                    None)  # fmt: skip
+    ordered = sorted(experiments, key=lambda e: e.id)
+    baseline = next((e for e in ordered if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
     if baseline is None:
         return None
     runs = run_values(baseline)
@@ -127,30 +128,30 @@ def best_before(experiments: list[Experiment]) -> dict[int, float]:
     for exp in sorted(experiments, key=lambda e: e.id):
         if best is not None:
             before[exp.id] = best
-        if exp.status == KEEP and has_value(exp):
+        if exp.status == Status.KEEP and has_value(exp):
             best = exp.val_bpb
     return before
 
 
 def explain(exp: Experiment, best: float | None, noise: Noise | None) -> str:
     """Why the experiment was kept, discarded or crashed, in words, against the best before it."""
-    if exp.status == RUNNING:
+    if exp.status == Status.RUNNING:
         return "running"
-    if exp.status == CRASH:
+    if exp.status == Status.CRASH:
         why = first_line(exp.reason) or first_line(exp.log_tail, last=True) or "no reason recorded"
-        return why if exp.kind == "proposal" else f"crash: {why}"
+        return why if exp.kind == Kind.PROPOSAL else f"crash: {why}"
     runs = len(run_values(exp))
     mean = f" (mean of {runs} runs)" if runs > 1 else ""
-    if exp.kind == "baseline" and exp.status == KEEP:
+    if exp.kind == Kind.BASELINE and exp.status == Status.KEEP:
         seeds = f"{runs} seeds; their spread is the noise" if runs > 1 else "1 seed"
         return f"baseline: the mean of {seeds}"
-    if not has_value(exp) or best is None or noise is None or exp.status not in (KEEP, DISCARD):
+    if not has_value(exp) or best is None or noise is None or exp.status not in (Status.KEEP, Status.DISCARD):
         return first_line(exp.reason) or exp.status
     gain = best - exp.val_bpb
     margin = f"the margin {noise.margin:.6f}"
-    if exp.status == KEEP and gain > noise.margin:
+    if exp.status == Status.KEEP and gain > noise.margin:
         return f"{gain:.6f} better than the best {best:.6f}{mean}, beyond {margin}"
-    if exp.status == KEEP:
+    if exp.status == Status.KEEP:
         fewer = exp.lines_removed - exp.lines_added
         return (f"simpler at equal val_bpb: {signed(-gain, '.6f')} against the best {best:.6f}{mean}, within {margin}, "
                 f"{fewer} line{'' if fewer == 1 else 's'} fewer")  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
@@ -83,6 +84,14 @@ class Git:
         self("reset", "-q", "--mixed", commit)
         self("checkout", "-q", commit, "--", path)
 
+    def advance(self, commit: str, path: str) -> None:
+        """Point the branch at `commit` (made from HEAD elsewhere, in a worktree) and check out `path` from it,
+        unless `path` holds an edit of its own: a coding agent may be editing train.py for its next `submit`."""
+        edited = (self.root / path).read_bytes() != self._run(("show", f"HEAD:{path}"))
+        self("reset", "-q", "--mixed", commit)
+        if not edited:
+            self("checkout", "-q", commit, "--", path)
+
     def set_ref(self, ref: str, commit: str) -> None:
         """Create `ref` at `commit`. A ref that already points elsewhere is never moved: a discarded experiment
         kept under its id stays readable even if a lost ledger made the loop count from 1 again."""
@@ -130,6 +139,17 @@ class Git:
 
     def message(self, commit: str) -> str:
         return self("log", "-1", "--format=%s", commit).strip()
+
+    def merge_file(self, base: str, ours: str, theirs: str) -> tuple[str, int]:
+        """Three-way merge of one file's texts (`git merge-file`): the result and how many hunks conflict."""
+        with tempfile.TemporaryDirectory(prefix="autoresearch-merge-") as tmp:
+            paths = [Path(tmp) / name for name in ("ours", "base", "theirs")]
+            for path, text in zip(paths, (ours, base, theirs), strict=True):
+                path.write_text(text)
+            proc = subprocess.run(["git", *SAFE, "merge-file", "-p", *map(str, paths)], capture_output=True)
+        if proc.returncode < 0 or proc.returncode > 127:
+            raise GitError(f"git merge-file failed: {proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout.decode(errors="replace"), proc.returncode
 
     # -- the working tree and the index ----------------------------------------------------------
 

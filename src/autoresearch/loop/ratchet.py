@@ -1,0 +1,110 @@
+"""Judging with several workers: the one rule that keeps parallel research honest about its base.
+
+Each experiment records its base (`parent`: the best it was made from). When its runs are done:
+
+- its base is still the best: judged as the one-worker loop judges (loop/judge.py);
+- another win was kept meanwhile: it is judged against its own base. Not better by the margin: discarded,
+  saying so. Better: its change is merged onto the current best (a three-way merge of train.py). A clean
+  merge becomes a new experiment on the new base, trained and judged there before anything is kept; the
+  original is discarded with a reason that names it. A conflict is a discard whose reason the agent sees.
+
+So a win is never kept on a stale base, and never lost without a word.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoresearch.agents.base import Agent, Proposal
+from autoresearch.loop import guard
+from autoresearch.loop.engine import LoopError, ResearchLoop
+from autoresearch.loop.executor import Outcome
+from autoresearch.loop.judge import judge, noise_of
+from autoresearch.loop.ledger import Experiment
+from autoresearch.vocabulary import Kind, Status
+
+
+@dataclass(frozen=True)
+class Conclusion:
+    """What the scheduler must do after `Ratchet.conclude`: train once more, or train a merge."""
+
+    rerun: bool = False  # a marginal win: one more run before the verdict
+    revalidate: Experiment | None = None  # a stale win merged onto the best: to be trained there
+
+
+class Ratchet:
+    def __init__(self, loop: ResearchLoop):
+        self.loop = loop
+
+    def propose(self, agent: Agent) -> Experiment:
+        """Ask the agent (it sees what is in flight); the recorded experiment, not yet committed, or the
+        rejected proposal's final row. The workspace's train.py is the best again afterwards."""
+        loop = self.loop
+        best = loop._require_best()
+        asked = loop.ask(agent)
+        loop.ws.write_train_py(best.source)
+        if isinstance(asked, Experiment):
+            return asked
+        proposal, note = asked
+        return loop.record(proposal, agent.name, getattr(agent, "model", ""), note)
+
+    def conclude(self, exp: Experiment, outcome: Outcome | None) -> Conclusion:
+        """The verdict on an experiment whose runs are all done (see the module's docstring)."""
+        loop, runs = self.loop, exp.run_values
+        if exp.kind == Kind.BASELINE:
+            reason = f"mean of {len(runs)} seeds; noise (std) {noise_of(runs):.6f}"
+            loop._finish(exp, Status.KEEP, reason, outcome, runs)
+            return Conclusion()
+        best = loop._require_best()
+        base = best if exp.parent == best.commit else self.kept(exp.parent)
+        if base is None:
+            loop._finish(exp, Status.DISCARD, "its base is no longer a kept experiment: not judged", outcome, runs)
+            return Conclusion()
+        verdict = judge(base.val_bpb, runs, loop.noise(), exp.lines_added, exp.lines_removed)
+        if verdict.decision == Status.RERUN:
+            loop.reporter.message(f"exp {exp.id}: {verdict.reason}")
+            return Conclusion(rerun=True)
+        if base is best:
+            loop._finish(exp, verdict.decision, verdict.reason, outcome, runs)
+            return Conclusion()
+        stale = f"exp {best.id} was kept while it trained on exp {base.id}"
+        if verdict.decision != Status.KEEP:
+            why = f"{verdict.reason} (against its base exp {base.id}; {stale})"
+            loop._finish(exp, Status.DISCARD, why, outcome, runs)
+            return Conclusion()
+        return self.merge(exp, base, best, f"{verdict.reason} against its base exp {base.id}, but {stale}", outcome)
+
+    def merge(
+        self, exp: Experiment, base: Experiment, best: Experiment, why: str, outcome: Outcome | None
+    ) -> Conclusion:
+        """A win on a stale base: merged onto the best and re-validated there, or discarded with the reason."""
+        loop, runs = self.loop, exp.run_values
+        earlier = next((e for e in loop.ledger.all() if e.merged_from == exp.id), None)  # a killed loop made it
+        if earlier is not None:
+            loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {earlier.id}", outcome, runs)
+            return Conclusion(revalidate=earlier if not earlier.status.final else None)
+        merged, conflicts = loop.git.merge_file(base.source, best.source, exp.source)
+        if conflicts:
+            why += f"; its change conflicts with exp {best.id}'s in train.py ({conflicts} hunks): not kept"
+            loop._finish(exp, Status.DISCARD, why, outcome, runs)
+            return Conclusion()
+        if problem := guard.rejection(best.source, merged):
+            loop._finish(exp, Status.DISCARD, f"{why}; merged onto it, {problem}: not kept", outcome, runs)
+            return Conclusion()
+        description = f"exp {exp.id} merged onto exp {best.id}: {exp.description}"
+        new = loop.record(Proposal(description, merged), exp.agent, exp.model, base=best, merged_from=exp.id)
+        loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {new.id}, re-validated there", outcome, runs)
+        return Conclusion(revalidate=new)
+
+    def kept(self, commit: str) -> Experiment | None:
+        return next((e for e in self.loop.ledger.all() if e.commit == commit and e.status == Status.KEEP), None)
+
+    def crashed(self, exp: Experiment, why: str, outcome: Outcome | None = None) -> None:
+        """A crash; the baseline's stops the loop."""
+        if exp.kind == Kind.BASELINE:
+            self.loop._finish(exp, Status.CRASH, f"baseline failed: {why}", outcome)
+            raise LoopError(
+                f"the baseline train.py failed: {why}",
+                hint=f"see {self.loop.ws.state / 'runs'} for the log; fix train.py or the setup, then run again",
+            )
+        self.loop._finish(exp, Status.CRASH, why, outcome)

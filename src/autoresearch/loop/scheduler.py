@@ -1,0 +1,334 @@
+"""The loop with several workers: the driver hands training runs to workers and judges what they report.
+
+The driver (this thread) is the only writer of git, the ledger and results.tsv; a worker only trains one
+run at a time, in its own worktree, on its own device (loop/workers.py), and reports the outcome through
+a queue. What to run next is the driver's choice, in this order: runs of experiments already in flight
+(the baseline's seeds, all at once; a marginal win's re-run; what a killed loop left), then experiments
+that `autoresearch submit` queued, then a new proposal from the agent (which sees what is in flight).
+A strategy that wants other runs (a short screening budget, a confirmation elsewhere) adds jobs to that
+queue; the ratchet (loop/ratchet.py: judging, merging a win found on an old base, keeping) stays as it is.
+
+Nothing is lost: an experiment's row is written before its commit is made and its verdict before git
+moves; each run counts an attempt while it trains. Killed at any moment, the next start finds every
+experiment in flight and trains its missing runs again (an experiment whose runs were interrupted twice
+is a crash), or adopts the runs that had ended. A run killed from outside (its evaluator died of a
+signal) is tried once more; a run that failed by itself is a crash at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from autoresearch.agents.base import Agent, preflight
+from autoresearch.errors import AutoresearchError
+from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop
+from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec, reap_orphan
+from autoresearch.loop.inbox import Inbox
+from autoresearch.loop.ratchet import Ratchet
+from autoresearch.loop.workers import Device, Job, Worker, check_out, make_worktree
+from autoresearch.vocabulary import Kind, RunEnd, Status
+from autoresearch.workspace.constants import read_constants, set_constants
+from autoresearch.workspace.git import Git
+from autoresearch.workspace.workspace import TRAIN_PY
+
+POLL_S = 0.5  # how often the driver looks at the inbox while it waits for a run to end
+
+
+@dataclass
+class Active:
+    """An experiment in flight: the runs it still wants and those being trained."""
+
+    exp_id: int
+    wanted: int  # runs it needs before it is judged (more after a marginal win)
+    attempts: int  # its runs the loop saw interrupted before (by its death): one more while any run trains
+    running: set[int] = field(default_factory=set)  # run indices being trained now
+    lost: set[int] = field(default_factory=set)  # run indices once killed from outside: not retried again
+
+
+class Scheduler:
+    def __init__(self, loop: ResearchLoop, workers: list[Worker], inbox: Inbox | None = None, linger: float = 0.0):
+        """`linger`: without an agent, how long to wait for another submission once nothing is left to do."""
+        self.loop, self.workers, self.inbox, self.linger = loop, workers, inbox, linger
+        self.ratchet = Ratchet(loop)
+        self.active: dict[int, Active] = {}
+        self.jobs: deque[Job] = deque()  # runs to start, first first
+        self.events: queue.Queue = queue.Queue()
+        self.propose_after = 0.0  # a failing agent is asked again only after a pause (monotonic time)
+        self.stopping = False
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self, agent: Agent | None, max_experiments: int | None = None, hours: float | None = None) -> None:
+        """Train and judge until the agent has made `max_experiments` proposals or `hours` passed, then finish
+        what is in flight. Without an agent (a coding agent submits), until nothing is queued or in flight."""
+        loop = self.loop
+        if agent is not None:
+            preflight(agent, loop.ws.root, loop.reporter.message)
+        started, proposed = time.monotonic(), 0
+        idle_since = None
+        self.recover()
+        if loop.best() is None and not any(loop.ledger.get(i).kind == Kind.BASELINE for i in self.active):
+            self.start_baseline()
+        try:
+            while True:
+                within = (max_experiments is None or proposed < max_experiments) and (
+                    hours is None or time.monotonic() - started < hours * 3600
+                )
+                proposed += self.fill(agent if within else None)
+                if not self.busy() and not self.jobs and not self._waiting_submissions():
+                    if agent is not None and within:
+                        time.sleep(max(0.0, min(POLL_S, self.propose_after - time.monotonic())))
+                        continue
+                    idle_since = idle_since or time.monotonic()
+                    if agent is not None or time.monotonic() - idle_since >= self.linger:
+                        break
+                    time.sleep(POLL_S)
+                    continue
+                idle_since = None
+                self.handle_next()
+        except BaseException:
+            self.stop_all()
+            raise
+
+    def fill(self, agent: Agent | None) -> int:
+        """Give every idle worker a run; how many proposals the agent made meanwhile."""
+        proposed = 0
+        for worker in self.workers:
+            if worker.job is not None:
+                continue
+            job = self.next_job()
+            if job is None and agent is not None and self.loop.best() is not None:
+                if time.monotonic() < self.propose_after:
+                    break
+                proposed += 1
+                self.propose(agent)
+                job = self.next_job()
+            if job is None:
+                break
+            self.dispatch(worker, job)
+        return proposed
+
+    def next_job(self) -> Job | None:
+        if not self.jobs and self.inbox is not None and self.loop.best() is not None:
+            for exp in self.inbox.take(self.loop):
+                self.activate(exp)
+        return self.jobs.popleft() if self.jobs else None
+
+    def busy(self) -> bool:
+        return any(w.job is not None for w in self.workers)
+
+    def _waiting_submissions(self) -> bool:
+        return self.inbox is not None and self.inbox.pending()
+
+    # -- what to run --------------------------------------------------------------------------------
+
+    def start_baseline(self) -> None:
+        exp = self.loop.new_baseline()
+        self.activate(exp)
+
+    def propose(self, agent: Agent) -> None:
+        """One proposal from the agent; checked, recorded and queued (or recorded as rejected)."""
+        exp = self.ratchet.propose(agent)
+        if exp.status.final:
+            if pause := self.loop.failure_pause(agent):
+                self.propose_after = time.monotonic() + pause
+            return
+        self.activate(exp)
+
+    def activate(self, exp, front: bool = False) -> None:
+        """Queue the runs `exp` still needs: all the baseline's seeds at once, else one."""
+        wanted = self.loop.config.baseline_runs if exp.kind == Kind.BASELINE else max(1, len(exp.run_values))
+        act = self.active.setdefault(exp.id, Active(exp.id, wanted, exp.attempts))
+        self.queue_runs(act, front)
+
+    def queue_runs(self, act: Active, front: bool = False) -> None:
+        exp = self.loop.ledger.get(act.exp_id)
+        done = set(exp.run_indices)
+        queued = {j.run for j in self.jobs if j.exp_id == act.exp_id}
+        missing = act.wanted - len(done) - len(act.running) - len(queued)
+        index = 0
+        new = []
+        while len(new) < missing:
+            if index not in done and index not in act.running and index not in queued:
+                new.append(Job(exp.id, index, _seeded(exp.source, index)))
+            index += 1
+        if front:
+            self.jobs.extendleft(reversed(new))
+        else:
+            self.jobs.extend(new)
+
+    # -- running ------------------------------------------------------------------------------------
+
+    def dispatch(self, worker: Worker, job: Job) -> None:
+        """Check the job's commit out in the worker's worktree (committing the experiment first if it has no
+        commit yet), count the attempt, and start it."""
+        loop = self.loop
+        exp = loop.ledger.get(job.exp_id)
+        if exp.commit is None:
+            check_out(worker.worktree, exp.parent)
+            worker.train_py.write_text(exp.source)
+            exp.commit = Git(worker.worktree).commit(f"exp {exp.id}: {exp.description}", TRAIN_PY)
+            loop.ledger.update(exp.id, commit=exp.commit)
+        else:
+            check_out(worker.worktree, exp.commit)
+        worker.train_py.write_text(job.source)
+        act = self.active[exp.id]
+        act.running.add(job.run)
+        loop.ledger.update(exp.id, status=Status.RUNNING, attempts=act.attempts + 1, worker=worker.device.label)
+        run_dir = loop.ws.state / "runs" / f"{exp.id}-{job.run}"
+        job.spec = RunSpec(loop.ws.root, run_dir, loop.timeout, loop.fingerprint, train_py=worker.train_py)
+        loop.reporter.phase(exp.id, exp.description, f"training run {job.run + 1} on {worker.device.label}")
+        loop.reporter.training(exp.id, job.run, loop.ws.apparatus.budget_seconds)
+        worker.start(job, lambda w, j, outcome: self.events.put((w, j, outcome)))
+
+    def handle_next(self) -> None:
+        """Wait for a run to end (looking at the inbox meanwhile) and act on it."""
+        while True:
+            try:
+                worker, job, outcome = self.events.get(timeout=POLL_S)
+                break
+            except queue.Empty:
+                if not self.busy() or (self.inbox is not None and self.inbox.pending()):
+                    return
+        worker.finished()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self.ended(job, outcome)
+
+    def ended(self, job: Job, outcome: Outcome) -> None:
+        loop = self.loop
+        act = self.active[job.exp_id]
+        act.running.discard(job.run)
+        exp = loop.ledger.get(job.exp_id)
+        if not act.running:
+            loop.ledger.update(exp.id, attempts=act.attempts)
+        if outcome.status == RunEnd.LOST and job.run not in act.lost:
+            act.lost.add(job.run)  # killed twice, it is not run again
+            loop.reporter.message(f"exp {exp.id}: {outcome.reason}; trying that run once more")
+            self.jobs.appendleft(job)
+            return
+        if outcome.status == RunEnd.CHANGED:
+            raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=self.loop_hint())
+        if outcome.status != RunEnd.OK:
+            why = outcome.reason if outcome.status != RunEnd.LOST else f"{outcome.reason}, twice"
+            self.cancel(exp.id)
+            self.ratchet.crashed(exp, why, outcome)
+            return
+        exp.runs = json.dumps([*exp.run_values, outcome.val_bpb])
+        exp.seeds = json.dumps([*exp.run_indices, job.run])
+        loop.ledger.update(exp.id, runs=exp.runs, seeds=exp.seeds)
+        if len(exp.run_values) < act.wanted or act.running:
+            return
+        verdict = self.ratchet.conclude(exp, outcome)
+        if verdict.rerun:
+            act.wanted += 1
+            self.queue_runs(act, front=True)
+            return
+        self.active.pop(exp.id, None)
+        if verdict.revalidate is not None:
+            self.activate(verdict.revalidate, front=True)
+
+    def loop_hint(self) -> str:
+        from autoresearch.loop.engine import APPARATUS_HINT
+
+        return APPARATUS_HINT
+
+    def cancel(self, exp_id: int) -> None:
+        """Drop the queued runs of an experiment that has its verdict (its other runs end unheeded)."""
+        self.jobs = deque(j for j in self.jobs if j.exp_id != exp_id)
+        self.active.pop(exp_id, None)
+
+    def stop_all(self) -> None:
+        """Kill every run in progress (Ctrl-C, an error): their experiments stay in flight for the next start."""
+        for worker in self.workers:
+            worker.stop()
+        for worker in self.workers:
+            if worker.job is not None:
+                if act := self.active.get(worker.job.exp_id):
+                    self.loop.ledger.update(act.exp_id, attempts=act.attempts)
+                worker.finished()
+
+    # -- recovery -----------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Take up what a killed loop left in flight: train the runs it misses, or crash it if its runs were
+        interrupted MAX_ATTEMPTS times."""
+        loop = self.loop
+        loop.check_apparatus()
+        loop.recover_branch()
+        for exp in loop.ledger.in_flight():
+            for run_dir in loop.ws.state.glob(f"runs/{exp.id}-*"):
+                if reap_orphan(run_dir):
+                    loop.reporter.message(f"killed a training run of experiment {exp.id} left from before")
+            if exp.kind == Kind.PROPOSAL:
+                self.ratchet.crashed(exp, "interrupted while the agent was proposing")
+                continue
+            if exp.attempts >= MAX_ATTEMPTS:
+                why = f"the loop died {exp.attempts} times while this train.py ran: it is not run again"
+                self.ratchet.crashed(exp, why)
+                if exp.kind == Kind.BASELINE:
+                    raise LoopError(f"the baseline train.py failed: {why}", hint="fix train.py, then run again")
+                continue
+            if exp.status == Status.RUNNING:
+                loop.reporter.message(f"resuming experiment {exp.id}: {exp.description}")
+            self.activate(exp)
+            if len(exp.run_values) >= self.active[exp.id].wanted:  # every run had ended: judge it now
+                self.active.pop(exp.id)
+                verdict = self.ratchet.conclude(exp, None)
+                if verdict.rerun:
+                    self.activate(exp)
+                    self.active[exp.id].wanted = len(exp.run_values) + 1
+                    self.queue_runs(self.active[exp.id])
+                elif verdict.revalidate is not None:
+                    self.activate(verdict.revalidate, front=True)
+
+
+def needs_scheduler(loop: ResearchLoop) -> bool:
+    """Whether what is in flight was left by a loop with several workers, or submitted: the one-worker loop
+    cannot take it up."""
+    in_flight = loop.ledger.in_flight()
+    return len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight)
+
+
+def run_workers(
+    loop: ResearchLoop,
+    agent: Agent | None,
+    found: list[Device],
+    max_experiments: int | None = None,
+    hours: float | None = None,
+    linger: float = 0.0,
+) -> None:
+    """The loop on `found` devices (the CLI's `run` with --gpus or --workers, or with submissions)."""
+    workers = make_workers(loop, found)
+    try:
+        Scheduler(loop, workers, Inbox(loop.ws.state), linger).run(agent, max_experiments, hours)
+    finally:
+        close_workers(workers)
+
+
+def _seeded(source: str, run: int) -> str:
+    """train.py for run `run` of an experiment: SEED + run, so repeated runs measure seed-to-seed noise."""
+    seed = read_constants(source).get("SEED") if run else None
+    return set_constants(source, {"SEED": seed.value + run}) if seed is not None else source
+
+
+def make_workers(loop: ResearchLoop, found: list[Device], executor_for=None) -> list[Worker]:
+    """One worker per device, each with its executor (`executor_for(device)`, a LocalExecutor by default)
+    and a fresh worktree at the branch's head."""
+    executor_for = executor_for or (lambda device: LocalExecutor(env=device.env))
+    head = loop.git.head()
+    return [
+        Worker(i, device, executor_for(device), make_worktree(loop.git, loop.ws.state, i, head))
+        for i, device in enumerate(found)
+    ]
+
+
+def close_workers(workers: list[Worker]) -> None:
+    for worker in workers:
+        with contextlib.suppress(OSError, AutoresearchError):
+            worker.executor.close()

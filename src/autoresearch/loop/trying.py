@@ -1,0 +1,37 @@
+"""`autoresearch try`: the train.py a coding agent left in the working tree, judged as one experiment."""
+
+from __future__ import annotations
+
+from autoresearch.agents.base import Proposal
+from autoresearch.loop import guard
+from autoresearch.loop.engine import LoopError, ResearchLoop
+from autoresearch.loop.ledger import Experiment
+from autoresearch.workspace.workspace import TRAIN_PY
+
+
+def try_working_tree(loop: ResearchLoop, description: str) -> Experiment:
+    """`autoresearch try`: judge the train.py a coding agent left in the working tree, as one experiment."""
+    ws, git = loop.ws, loop.git
+    candidate = ws.read_train_py()
+    if strays := git.changed_paths() - {TRAIN_PY, "program.md"}:
+        raise LoopError(
+            f"only train.py may change, but so did: {', '.join(sorted(strays))}",
+            hint="revert those files (git checkout / rm), then try again; nothing was run",
+        )
+    if (pending := loop.recover()) is not None:  # a `try` that was killed: finish it first
+        finished = loop._evaluate(pending)
+        if finished.source == candidate:  # the same `try` again: it is judged once
+            return finished
+    if loop.best() is None:
+        ws.write_train_py(git.show("HEAD", TRAIN_PY))
+        loop.baseline()
+    best = loop._require_best()
+    if candidate == best.source:
+        ws.write_train_py(candidate)
+        if len(loop.ledger.all()) == 1:
+            return best  # a fresh workspace: the baseline was what there was to measure
+        raise LoopError(f"train.py is the same as the best (exp {best.id})", hint="edit train.py first")
+    if why := guard.rejection(best.source, candidate):
+        ws.write_train_py(candidate)
+        raise LoopError(f"rejected before running: {why}", hint="change train.py and try again")
+    return loop.submit(Proposal(description, candidate), agent="try", model="")

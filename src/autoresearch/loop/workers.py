@@ -1,0 +1,134 @@
+"""The workers of a parallel loop: one per device, each with its own executor and its own git worktree.
+
+A worker trains one experiment at a time. Its runs are pinned to its device through the environment its
+executor starts evaluators with: `CUDA_VISIBLE_DEVICES=<id>` for a GPU (the process then sees that GPU
+alone, as `cuda:0`), and on a CPU `OMP_NUM_THREADS` = its share of the cores, with CUDA hidden. Its
+worktree (`.autoresearch/workers/<n>`, detached, made by the driver) holds the train.py it trains: two
+experiments never share a file, a device or an executor. Workers never touch git, the ledger or
+results.tsv: the driver checks out and commits in their worktrees and records what they report.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoresearch.errors import AutoresearchError
+from autoresearch.loop.executor import Executor, Outcome, RunSpec
+from autoresearch.workspace.git import Git
+
+WORKERS_DIR = "workers"  # under the workspace's .autoresearch/
+
+
+@dataclass(frozen=True)
+class Device:
+    label: str  # what status and the live view call it: "gpu 1", "cpu 0"
+    env: dict[str, str] = field(default_factory=dict)  # set for its runs, over the loop's environment
+
+
+def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
+    """The GPU ids this machine offers (CUDA_VISIBLE_DEVICES if set, else its NVIDIA device nodes), no torch."""
+    env = os.environ if env is None else env
+    if (visible := env.get("CUDA_VISIBLE_DEVICES")) is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    return sorted((p.removeprefix("/dev/nvidia") for p in glob.glob("/dev/nvidia[0-9]*")), key=int)
+
+
+def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> list[Device]:
+    """The devices of `--gpus all|0,1,3` or `--workers N`; neither: one worker as the loop always had, its
+    environment untouched."""
+    if gpus is not None and workers is not None:
+        raise AutoresearchError("give --gpus or --workers, not both", hint="--workers N is for CPU-only machines")
+    if gpus is not None:
+        ids = visible_gpus() if gpus.strip() == "all" else [g.strip() for g in gpus.split(",") if g.strip()]
+        if not ids:
+            raise AutoresearchError("no GPU found for --gpus all", hint="on a CPU-only machine use --workers N")
+        if len(set(ids)) != len(ids):
+            raise AutoresearchError(f"--gpus {gpus} names a GPU twice: two runs never share a GPU")
+        if not all(g.isdigit() for g in ids):
+            raise AutoresearchError(f"--gpus takes `all` or GPU numbers like 0,1,3, not {gpus!r}")
+        return [Device(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g, **_threads(len(ids), cores)}) for g in ids]
+    if workers is None:
+        return [Device("local")]
+    if workers < 1:
+        raise AutoresearchError("--workers must be at least 1")
+    return [Device(f"cpu {i}", {"CUDA_VISIBLE_DEVICES": "", **_threads(workers, cores)}) for i in range(workers)]
+
+
+def _threads(workers: int, cores: int | None) -> dict[str, str]:
+    """Each worker's share of the cores, for what runs on the CPU (training there; data and scoring beside a GPU)."""
+    cores = cores or os.cpu_count() or 1
+    return {"OMP_NUM_THREADS": str(max(1, cores // workers))}
+
+
+@dataclass
+class Job:
+    """One training run of one experiment, as a worker takes it."""
+
+    exp_id: int
+    run: int  # the run's index: it trains with SEED + run
+    source: str  # train.py as it trains (the seed applied)
+    spec: RunSpec | None = None  # filled in when a worker takes it
+
+
+class Worker:
+    """A device, its executor and its worktree; runs one job at a time on a thread of its own."""
+
+    def __init__(self, index: int, device: Device, executor: Executor, worktree: Path):
+        self.index, self.device, self.executor, self.worktree = index, device, executor, worktree
+        self.job: Job | None = None
+        self.started = 0.0  # time.time() when the current job started
+        self.busy_seconds = 0.0  # time spent running jobs, for the busy fraction
+        self._thread: threading.Thread | None = None
+
+    @property
+    def train_py(self) -> Path:
+        return self.worktree / "train.py"
+
+    def start(self, job: Job, done: Callable[[Worker, Job, Outcome | BaseException], None]) -> None:
+        """Run `job` (its train.py already written to the worktree) and call `done` from the worker's thread."""
+        self.job, self.started = job, time.time()
+
+        def work() -> None:
+            try:
+                outcome: Outcome | BaseException = self.executor.run(job.spec)
+            except BaseException as exc:  # reported to the driver, which decides; never lost in a thread
+                outcome = exc
+            done(self, job, outcome)
+
+        self._thread = threading.Thread(target=work, name=f"autoresearch-{self.device.label}", daemon=True)
+        self._thread.start()
+
+    def finished(self) -> None:
+        self.busy_seconds += time.time() - self.started
+        self.job, self._thread = None, None
+
+    def stop(self) -> None:
+        """Kill the run in progress and wait for the thread to report it."""
+        stop = getattr(self.executor, "stop", None)
+        if self.job is not None and stop is not None:
+            stop()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
+def make_worktree(git: Git, state: Path, index: int, commit: str) -> Path:
+    """The worker's worktree at `commit`, detached, made afresh (what a killed loop left there is gone)."""
+    path = state / WORKERS_DIR / str(index)
+    if path.exists():
+        git("worktree", "remove", "--force", str(path), check=False)
+        shutil.rmtree(path, ignore_errors=True)
+    git("worktree", "prune")
+    git("worktree", "add", "--quiet", "--detach", "--force", str(path), commit)
+    return path
+
+
+def check_out(worktree: Path, commit: str) -> None:
+    """Point the worktree at `commit`, its files as committed."""
+    Git(worktree)("checkout", "--quiet", "--detach", "--force", commit)

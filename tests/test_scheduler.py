@@ -1,0 +1,237 @@
+"""The loop with several workers, against fake executors: devices, parallel judging, retries, resuming, submit."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
+
+from autoresearch.loop.executor import Outcome, RunSpec
+from autoresearch.loop.inbox import Inbox, wait_for
+from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.scheduler import Scheduler, make_workers
+from autoresearch.loop.status import status_text
+from autoresearch.loop.workers import devices
+from autoresearch.vocabulary import Kind, RunEnd, Status
+
+SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002}
+BETAS = "torch.optim.Adam(model.parameters(), lr=LR, betas=(0.8, 0.9))"
+
+
+def score(source: str) -> float:
+    """Best at LR 0.2 and with the betas edit; a seed wobble of 0.002 (noise 0.002, margin 0.004)."""
+    lr, seed = constant(source, "LR"), constant(source, "SEED")
+    return 1.0 + (lr - 0.2) ** 2 + (0 if BETAS in source else 0.05) + SEED_NOISE[seed]
+
+
+def set_lr(value: float):
+    return lambda ctx: (f"LR {value}", with_constants(ctx.train_py, LR=value))
+
+
+def betas(ctx):
+    return "Adam betas 0.8, 0.9", ctx.train_py.replace("torch.optim.Adam(model.parameters(), lr=LR)", BETAS)
+
+
+@dataclass
+class Device:
+    """A fake GPU: records what each run saw, optionally holds a run until `gate(source)` lets it end."""
+
+    env: dict
+    score: callable = score
+    gate: callable = lambda source: None
+    runs: list = field(default_factory=list)  # (CUDA_VISIBLE_DEVICES, OMP_NUM_THREADS, source)
+    fake: FakeExecutor = None
+
+    def __post_init__(self):
+        self.fake = FakeExecutor(self.score)
+
+    def run(self, spec: RunSpec) -> Outcome:
+        source = spec.source.read_text()
+        self.runs.append((self.env.get("CUDA_VISIBLE_DEVICES"), self.env.get("OMP_NUM_THREADS"), source))
+        self.gate(source)
+        return self.fake.run(spec)
+
+    def close(self) -> None:
+        pass
+
+
+def scheduler(workspace, gpus: str = "0,1", baseline_runs: int = 2, inbox: bool = False, **device_args):
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=baseline_runs)
+    fakes: dict[str, Device] = {}
+
+    def executor_for(device):
+        fakes[device.label] = Device(device.env, **device_args)
+        return fakes[device.label]
+
+    workers = make_workers(loop, devices(gpus, None, cores=2), executor_for)
+    return Scheduler(loop, workers, Inbox(workspace.state) if inbox else None), fakes
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def pairs(count: int):
+    """A gate under which each of the first `count` runs ends only once another run trains beside it."""
+    both, started = threading.Barrier(2, timeout=10), []
+
+    def gate(source: str) -> None:
+        started.append(source)
+        if len(started) <= count:
+            both.wait()
+
+    return gate
+
+
+def test_two_workers_train_at_once_each_run_pinned_to_its_own_gpu(workspace):
+    sched, fakes = scheduler(workspace, gate=pairs(4))  # the baseline's 2 seeds, then 2 experiments, in pairs
+    sched.run(ScriptedAgent([set_lr(0.2), betas]), max_experiments=2)
+    runs = {label: fake.runs for label, fake in fakes.items()}
+    assert {(gpu, threads) for gpu, threads, _ in runs["gpu 0"]} == {("0", "1")}  # its GPU, one core of the two
+    assert {(gpu, threads) for gpu, threads, _ in runs["gpu 1"]} == {("1", "1")}
+    assert sorted(constant(r[0][2], "SEED") for r in runs.values()) == [42, 43]  # the baseline's seeds, at once
+    rows = sched.loop.ledger.all()
+    assert rows[0].kind == Kind.BASELINE and rows[0].status == Status.KEEP and len(rows[0].run_values) == 2
+    assert {rows[1].description, rows[2].description} == {"LR 0.2", "Adam betas 0.8, 0.9"}
+    assert all(r.status.final for r in rows) and sched.loop.git.head() == sched.loop.best().commit
+    assert sched.loop.ws.git.changed_paths() == set()  # the workspace's train.py is the best's
+    rate = next(line for line in status_text(sched.loop.ws).splitlines() if line.startswith("rate:"))
+    assert "experiments per hour (gpu 0: " in rate and ", gpu 1: " in rate
+
+
+def after_the_first_keep(sched_box: list):
+    """A gate that holds the second experiment until the first one was kept (another win lands meanwhile)."""
+
+    def gate(source: str) -> None:
+        if (BETAS in source and constant(source, "LR") != 0.2) or constant(source, "LR") == 0.15:
+            loop = sched_box[0].loop
+            wait_until(lambda: Ledger(loop.ws.root).get(2).status == Status.KEEP)
+
+    return gate
+
+
+def test_a_win_on_a_stale_base_is_merged_onto_the_best_and_kept_only_once_revalidated(workspace):
+    box: list = []
+    sched, _ = scheduler(workspace, gate=after_the_first_keep(box))
+    box.append(sched)
+    sched.run(ScriptedAgent([set_lr(0.2), betas]), max_experiments=2)
+    baseline, lr, stale, merged = sched.loop.ledger.all()
+    assert lr.status == Status.KEEP and stale.parent == baseline.commit  # trained on the old best
+    assert stale.status == Status.DISCARD and f"merged onto it as exp {merged.id}" in stale.reason
+    assert f"exp {lr.id} was kept while it trained on exp {baseline.id}" in stale.reason
+    assert merged.merged_from == stale.id and merged.parent == lr.commit and merged.status == Status.KEEP
+    assert BETAS in merged.source and constant(merged.source, "LR") == 0.2  # both changes, trained again
+    assert merged.val_bpb == score(merged.source) and "better" in merged.reason
+    git = sched.loop.git
+    assert git.head() == merged.commit and git.parent(merged.commit) == lr.commit
+    assert git.ref(f"refs/autoresearch/discarded/{stale.id}") == stale.commit
+
+
+def test_a_win_on_a_stale_base_that_conflicts_with_the_best_is_discarded_and_the_agent_sees_why(workspace):
+    box: list = []
+    sched, _ = scheduler(workspace, gate=after_the_first_keep(box))
+    box.append(sched)
+    sched.run(ScriptedAgent([set_lr(0.2), set_lr(0.15)]), max_experiments=2)
+    rows = sched.loop.ledger.all()
+    assert [r.status for r in rows] == [Status.KEEP, Status.KEEP, Status.DISCARD]  # nothing merged, nothing lost
+    assert "conflicts with exp 2's in train.py" in rows[2].reason and "against its base exp 1" in rows[2].reason
+    seen = {e.id: e.reason for e in sched.loop.context().history}
+    assert "conflicts" in seen[3]
+    assert sched.loop.git.head() == rows[1].commit
+
+
+def test_a_run_killed_from_outside_is_tried_once_more_and_twice_killed_is_a_crash(workspace):
+    calls: dict[float, int] = {}
+
+    def killed(source: str):
+        lr = constant(source, "LR")
+        calls[lr] = calls.get(lr, 0) + 1
+        if (lr == 0.2 and calls[lr] == 1) or lr == 0.3:
+            return Outcome(RunEnd.LOST, None, "the run was killed from outside (signal 9)", "", 1.0)
+        return score(source)
+
+    sched, _ = scheduler(workspace, score=killed)
+    sched.run(ScriptedAgent([set_lr(0.2), set_lr(0.3)]), max_experiments=2)
+    _, retried, lost = sched.loop.ledger.all()
+    assert retried.status == Status.KEEP and calls[0.2] == 2 and len(retried.run_values) == 1
+    assert lost.status == Status.CRASH and calls[0.3] == 2 and "killed from outside" in lost.reason
+    assert retried.attempts == lost.attempts == 0
+
+
+def test_a_run_that_crashes_by_itself_is_a_crash_and_not_retried(workspace):
+    calls = []
+
+    def crashes(source: str):
+        calls.append(source)
+        crash = Outcome(RunEnd.CRASH, None, "ZeroDivisionError", "Traceback", 1.0)
+        return crash if "LR = 0.3" in source else score(source)
+
+    sched, _ = scheduler(workspace, score=crashes)
+    sched.run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
+    assert sched.loop.ledger.get(2).status == Status.CRASH and sum("LR = 0.3" in c for c in calls) == 1
+
+
+def test_a_proposal_identical_to_one_in_flight_or_measured_on_the_same_base_is_not_run_again(workspace):
+    sched, fakes = scheduler(workspace, gate=pairs(2))
+    sched.run(ScriptedAgent([set_lr(0.9), set_lr(0.9)]), max_experiments=2)  # the same, while the first trains
+    rows = sched.loop.ledger.all()
+    assert rows[2].kind == Kind.PROPOSAL and "exp 2, which is being trained now" in rows[2].reason
+    assert rows[1].status == Status.DISCARD
+    again = sched.loop.step(ScriptedAgent([set_lr(0.9)]))  # and once measured on this best
+    assert again.kind == Kind.PROPOSAL and "already measured on this best" in again.reason
+    trained = [s for fake in fakes.values() for _, _, s in fake.runs] + sched.loop.executor.calls
+    assert sum(constant(s, "LR") == 0.9 for s in trained) == 1
+
+
+def test_the_agent_sees_the_experiments_in_flight(workspace):
+    sched, _ = scheduler(workspace, gate=pairs(4))
+    agent = ScriptedAgent([set_lr(0.2), betas])
+    sched.run(agent, max_experiments=2)
+    assert agent.seen[0].in_flight == []
+    (running,) = agent.seen[1].in_flight
+    assert running.description == "LR 0.2" and "+LR = 0.2" in running.diff
+
+
+def test_a_driver_killed_with_two_runs_in_flight_resumes_them_and_loses_or_duplicates_nothing(workspace):
+    release = threading.Event()  # the runs the dead driver started never report to it
+    sched, _ = scheduler(workspace, gate=lambda source: release.wait(30) if "LR = 0.05" not in source else None)
+    sched.run(None)  # the baseline
+    agent = ScriptedAgent([set_lr(0.2), betas])
+    for worker in sched.workers:  # two proposals, each training on its GPU, when the driver is SIGKILLed
+        sched.propose(agent)
+        sched.dispatch(worker, sched.next_job())
+    in_flight = sched.loop.ledger.in_flight()
+    assert [(e.id, e.attempts, bool(e.commit)) for e in in_flight] == [(2, 1, True), (3, 1, True)]
+    told = status_text(workspace)
+    assert "interrupted: exp 2 (LR 0.2)" in told and "interrupted: exp 3 (Adam betas" in told
+
+    again, fakes = scheduler(workspace)  # `autoresearch run` again
+    again.run(None)
+    release.set()
+    rows = again.loop.ledger.all()
+    assert [r.id for r in rows] == [1, 2, 3, 4]  # the two, and the merge of the second onto the first
+    assert [r.status for r in rows] == [Status.KEEP, Status.KEEP, Status.DISCARD, Status.KEEP]
+    assert rows[1].commit == in_flight[0].commit and rows[3].merged_from == 3 and rows[3].attempts == 0
+    trained = [constant(s, "LR") for fake in fakes.values() for _, _, s in fake.runs]
+    assert sorted(trained) == [0.05, 0.2, 0.2]  # each resumed once (0.05: exp 3, betas), then the merge
+    assert again.loop.git.head() == again.loop.best().commit == rows[3].commit
+    assert len((workspace.root / "results.tsv").read_text().splitlines()) == 1 + len(rows)
+
+
+def test_submit_queues_a_train_py_with_the_running_loop_and_wait_prints_its_verdict(workspace):
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    ws, inbox = workspace, Inbox(workspace.state)
+    reply = inbox.put("LR 0.2", with_constants(ws.read_train_py(), LR=0.2), ws.git.head())
+    same = inbox.put("LR 0.2 again", with_constants(ws.read_train_py(), LR=0.2), ws.git.head())
+    sched.run(None)  # the running loop takes them, answers, trains and judges
+    assert Inbox.reply(reply, timeout=10) == {"id": 2}
+    assert "being trained now" in Inbox.reply(same, timeout=10)["error"]
+    (exp,) = wait_for(lambda: Ledger(ws.root), [2], driver_alive=lambda: False, poll=0.05)
+    assert exp.status == Status.KEEP and exp.agent == "submit" and ws.git.head() == exp.commit
+    assert not inbox.pending()
