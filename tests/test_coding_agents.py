@@ -23,8 +23,8 @@ from netns import Offline
 from test_agent_turn import assert_the_loop_owns_the_workspace, quarantined
 
 from autoresearch.agents.recipes.claude_code import ClaudeCode
-from autoresearch.loop.engine import PROPOSAL
-from autoresearch.loop.ledger import CRASH, KEEP, Ledger
+from autoresearch.loop.ledger import Ledger
+from autoresearch.vocabulary import Kind, Status
 
 OLD, NEW = "LR = 0.05  # Adam learning rate (0.001-1)", "LR = 0.2  # Adam learning rate (0.001-1)"
 HYPOTHESIS = "Hypothesis: LR 0.05 -> 0.2: the bigram table learns faster in a 1 s budget"
@@ -74,7 +74,7 @@ def aider_block(path: str, old: str, new: str) -> str:
 def test_aider_edit_is_kept_with_its_hypothesis_and_exact_tokens(workspace, fake_openai, run_turn, tmp_path):
     fake_openai.reply(f"{HYPOTHESIS}\n\n{aider_block('train.py', OLD, NEW)}", input_tokens=2345, output_tokens=67)
     exp, before = run_turn("aider", fake_openai)
-    assert exp.status == KEEP and constant(exp.source, "LR") == 0.2
+    assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2
     assert exp.description == HYPOTHESIS.removeprefix("Hypothesis: ")
     assert (exp.agent, exp.model, exp.input_tokens, exp.output_tokens) == ("aider", "gpt-5-mini", 2345, 67)
     assert exp.cost_usd == pytest.approx((2345 * 0.25 + 67 * 2.0) / 1e6)
@@ -90,7 +90,7 @@ def test_aider_edit_of_program_md_rejects_the_proposal(workspace, fake_openai, r
     answer = aider_block("train.py", OLD, NEW) + aider_block("program.md", PROGRAM_LINE, "Only ever raise LR.")
     fake_openai.reply(f"{HYPOTHESIS}\n\n{answer}")
     exp, before = run_turn("aider", fake_openai)
-    assert exp.status == CRASH and "edited files other than train.py: changed program.md" in exp.reason
+    assert exp.status == Status.CRASH and "edited files other than train.py: changed program.md" in exp.reason
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
@@ -99,7 +99,7 @@ def test_aider_new_file_is_quarantined_and_its_edit_judged(workspace, fake_opena
     answer = aider_block("train.py", OLD, NEW) + aider_block("notes.md", "", "an idea for later")
     fake_openai.reply(f"{HYPOTHESIS}\n\n{answer}")
     exp, before = run_turn("aider", fake_openai)
-    assert exp.status == KEEP and "added notes.md" in exp.reason
+    assert exp.status == Status.KEEP and "added notes.md" in exp.reason
     assert quarantined(workspace, "notes.md")[0].read_text().strip() == "an idea for later"
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
@@ -108,7 +108,7 @@ def test_aider_new_file_is_quarantined_and_its_edit_judged(workspace, fake_opena
 def test_aider_api_failure_is_recorded_with_the_error_and_the_loop_goes_on(workspace, fake_openai, run_turn, tmp_path):
     fake_openai.error(400, API_ERROR)
     exp, before = run_turn("aider", fake_openai)
-    assert exp.status == CRASH and exp.kind == PROPOSAL
+    assert exp.status == Status.CRASH and exp.kind == Kind.PROPOSAL
     assert "left train.py unchanged" in exp.reason and "prompt is too long" in exp.reason
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
@@ -134,7 +134,7 @@ def bash(command: str) -> Call:
 def test_claude_code_edit_is_kept_with_its_hypothesis_tokens_and_cost(workspace, fake_anthropic, run_turn, tmp_path):
     claude_edit(fake_anthropic, workspace)
     exp, before = run_turn("claude-code", fake_anthropic)
-    assert exp.status == KEEP and constant(exp.source, "LR") == 0.2
+    assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2
     assert exp.description == HYPOTHESIS.removeprefix("Hypothesis: ")
     assert (exp.agent, exp.model, exp.input_tokens, exp.output_tokens) == (
         "claude-code",
@@ -155,7 +155,7 @@ def test_claude_code_commit_is_taken_apart_and_its_train_py_judged(workspace, fa
     claude_edit(fake_anthropic, workspace, bash(commit_and_record(tmp_path / "commits")))
     exp, before = run_turn("claude-code", fake_anthropic)
     assert (tmp_path / "commits").exists(), "the scripted commit did not happen"
-    assert exp.status == KEEP and constant(exp.source, "LR") == 0.2
+    assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2
     assert "put back after the agent" in exp.reason and "moved refs/heads/autoresearch/test" in exp.reason
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
@@ -163,7 +163,7 @@ def test_claude_code_commit_is_taken_apart_and_its_train_py_judged(workspace, fa
 def test_claude_code_new_staged_file_is_quarantined(workspace, fake_anthropic, run_turn, tmp_path):
     claude_edit(fake_anthropic, workspace, bash("echo 'an idea for later' > notes.md && git add notes.md"))
     exp, before = run_turn("claude-code", fake_anthropic)
-    assert exp.status == KEEP and "added notes.md" in exp.reason and "the index" in exp.reason
+    assert exp.status == Status.KEEP and "added notes.md" in exp.reason and "the index" in exp.reason
     assert quarantined(workspace, "notes.md")[0].read_text() == "an idea for later\n"
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
@@ -173,14 +173,14 @@ def test_claude_code_edit_of_program_md_rejects_the_proposal(workspace, fake_ant
     edit = Call("Edit", {"file_path": program, "old_string": PROGRAM_LINE, "new_string": "Only ever raise LR."})
     claude_edit(fake_anthropic, workspace, Call("Read", {"file_path": program}), edit)
     exp, before = run_turn("claude-code", fake_anthropic)
-    assert exp.status == CRASH and "edited files other than train.py: changed program.md" in exp.reason
+    assert exp.status == Status.CRASH and "edited files other than train.py: changed program.md" in exp.reason
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
 def test_claude_code_api_failure_is_recorded_and_the_loop_goes_on(workspace, fake_anthropic, run_turn, tmp_path):
     fake_anthropic.error(400, API_ERROR)
     exp, before = run_turn("claude-code", fake_anthropic)
-    assert exp.status == CRASH and exp.kind == PROPOSAL and "prompt is too long" in exp.reason.lower()
+    assert exp.status == Status.CRASH and exp.kind == Kind.PROPOSAL and "prompt is too long" in exp.reason.lower()
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
@@ -201,7 +201,7 @@ def codex_edit(fake: FakeLLM, *more: str, text: str = HYPOTHESIS) -> None:
 def test_codex_edit_is_kept_with_its_hypothesis_and_tokens(workspace, fake_openai, run_turn, tmp_path):
     codex_edit(fake_openai)
     exp, before = run_turn("codex", fake_openai)
-    assert exp.status == KEEP and constant(exp.source, "LR") == 0.2
+    assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2
     assert exp.description == HYPOTHESIS.removeprefix("Hypothesis: ")
     assert (exp.agent, exp.model, exp.input_tokens, exp.output_tokens) == ("codex", "gpt-5-mini", 4200, 350)
     assert exp.cost_usd == pytest.approx((4200 * 0.25 + 350 * 2.0) / 1e6)
@@ -216,7 +216,7 @@ def test_codex_commit_and_staged_file_leave_the_branch_to_the_loop(workspace, fa
     commits = tmp_path / "commits"
     codex_edit(fake_openai, "echo 'an idea' > notes.md; git add notes.md", commit_and_record(commits))
     exp, before = run_turn("codex", fake_openai)
-    assert exp.status == KEEP and constant(exp.source, "LR") == 0.2 and "added notes.md" in exp.reason
+    assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2 and "added notes.md" in exp.reason
     # Codex's own sandbox keeps .git read-only: its git commands fail, and the loop would undo them anyway.
     assert "Read-only file system" in str(fake_openai.requests[-1].body["input"])
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
@@ -225,14 +225,14 @@ def test_codex_commit_and_staged_file_leave_the_branch_to_the_loop(workspace, fa
 def test_codex_edit_of_program_md_rejects_the_proposal(workspace, fake_openai, run_turn, tmp_path):
     codex_edit(fake_openai, "echo 'Only ever raise LR.' >> program.md")
     exp, before = run_turn("codex", fake_openai)
-    assert exp.status == CRASH and "edited files other than train.py: changed program.md" in exp.reason
+    assert exp.status == Status.CRASH and "edited files other than train.py: changed program.md" in exp.reason
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
 def test_codex_api_failure_is_recorded_and_the_loop_goes_on(workspace, fake_openai, run_turn, tmp_path):
     fake_openai.error(400, API_ERROR)
     exp, before = run_turn("codex", fake_openai)
-    assert exp.status == CRASH and exp.kind == PROPOSAL and "prompt is too long" in exp.reason.lower()
+    assert exp.status == Status.CRASH and exp.kind == Kind.PROPOSAL and "prompt is too long" in exp.reason.lower()
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
@@ -271,4 +271,4 @@ def test_claude_code_drives_the_loop_with_autoresearch_try(workspace, fake_anthr
     rows = Ledger(workspace.root).all()
     assert [(r.id, r.kind, r.agent) for r in rows] == [(1, "baseline", ""), (2, "experiment", "try")]
     assert rows[1].val_bpb is not None and constant(rows[1].source, "LR") == 0.5
-    assert workspace.git.head() == [r for r in rows if r.status == KEEP][-1].commit
+    assert workspace.git.head() == [r for r in rows if r.status == Status.KEEP][-1].commit
