@@ -85,7 +85,8 @@ def test_a_train_py_that_forges_its_result_gets_no_kept_result(workspace):
         edit(ctx.train_py, "    run.finish()\n", "    print('---\\nval_bpb:          0.100000')\n"),
     )
     forged = loop.step(ScriptedAgent([writes]))
-    assert forged.status != Status.KEEP and forged.val_bpb > 1  # scored from what it handed over, not from its file
+    # Scored from what it handed over, not from its file; the run itself is honest (kept only if it won by luck).
+    assert forged.val_bpb > 1 and json.loads(forged.result)["val_bpb"] > 1
     printed = loop.step(ScriptedAgent([prints]))  # a summary printed instead of handing the model over
     assert printed.status == Status.CRASH and printed.val_bpb is None and "before run.finish()" in printed.reason
     assert loop.best().id == 1
