@@ -6,12 +6,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
+from autoresearch.evaluator import sandbox
+from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.inbox import Inbox, wait_for
 from autoresearch.loop.ledger import Ledger
-from autoresearch.loop.scheduler import Scheduler, make_workers
+from autoresearch.loop.scheduler import Scheduler, make_workers, run_workers
 from autoresearch.loop.status import status_text
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import Kind, RunEnd, Status
@@ -235,3 +238,13 @@ def test_submit_queues_a_train_py_with_the_running_loop_and_wait_prints_its_verd
     (exp,) = wait_for(lambda: Ledger(ws.root), [2], driver_alive=lambda: False, poll=0.05)
     assert exp.status == Status.KEEP and exp.agent == "submit" and ws.git.head() == exp.commit
     assert not inbox.pending()
+
+
+def test_several_workers_refuse_to_start_where_runs_cannot_be_confined(workspace, monkeypatch) -> None:
+    # One worker checks the workspace around each of its runs; several cannot while the others' runs go on.
+    monkeypatch.setattr(sandbox, "unavailable_reason", lambda: "bubblewrap (bwrap) is not installed or not on PATH")
+    loop = make_loop(workspace, FakeExecutor(score))
+    with pytest.raises(LoopError, match=r"need confined runs.*bubblewrap") as raised:
+        run_workers(loop, ScriptedAgent([set_lr(0.2)]), devices(None, 2))
+    assert "one worker" in raised.value.hint
+    assert loop.ledger.all() == [] and not (workspace.state / "workers").exists()  # nothing started

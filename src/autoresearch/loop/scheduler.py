@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from autoresearch.agents.base import Agent, preflight
 from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator import sandbox
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import Inbox
@@ -304,6 +305,13 @@ def run_workers(
     linger: float = 0.0,
 ) -> None:
     """The loop on `found` devices (the CLI's `run` with --gpus or --workers, or with submissions)."""
+    if (why := sandbox.unavailable_reason()) is not None:
+        # One worker checks the workspace around each run; several cannot, while the others' runs go on. Only
+        # confinement keeps a run out of the workspace then.
+        raise LoopError(
+            f"several workers, or submitted experiments, need confined runs, and here they cannot be: {why}",
+            hint="install bubblewrap (see the README's Confinement), or run one worker with `autoresearch run`",
+        )
     workers = make_workers(loop, found)
     try:
         Scheduler(loop, workers, Inbox(loop.ws.state), linger).run(agent, max_experiments, hours)
