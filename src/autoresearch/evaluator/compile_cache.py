@@ -1,7 +1,7 @@
 """The experiments' compile caches: every run reads them; only runs of a train.py that is the best add to them.
 
 Inductor and Triton keep what they compile in a cache directory, so a run whose model (or part of it) was
-compiled before loads it instead of compiling again: on a GPU, 50-75 s per run. A cache every run could
+compiled before loads it instead of compiling again: on an H200, 40-50 s per run. A cache every run could
 write would be a way from one run to the next: a train.py could leave compiled code, or trained weights
 dressed up as it, for a later train.py to load, whose result would then not come from its own code.
 
