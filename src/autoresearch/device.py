@@ -45,8 +45,11 @@ def pick_device() -> torch.device:
 
 
 def describe(device: torch.device) -> str:
+    """The device's name; a GPU's with the start of its UUID, so that runs on several GPUs say which one."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        properties = torch.cuda.get_device_properties(device)
+        uuid = str(getattr(properties, "uuid", "") or "")
+        return f"{properties.name} ({uuid[:8]})" if uuid else properties.name
     if device.type == "mps":
         return "Apple MPS"
     return f"CPU ({os.cpu_count()} cores)"

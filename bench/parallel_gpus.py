@@ -1,0 +1,93 @@
+"""Parallel research on every GPU of one machine (issue 11), or its dry run on the CPU.
+
+    PYTHONPATH=$PWD/src python3 bench/parallel_gpus.py --preset h100 --budget 60 --experiments 16 --gpus all
+    PYTHONPATH=$PWD/src python3 bench/parallel_gpus.py --preset h100 --budget 60 --experiments 8     # one GPU
+    PYTHONPATH=$PWD/src python3 bench/parallel_gpus.py --preset tiny --budget 10 --experiments 4 --workers 2
+
+Runs the real loop with its scheduler (loop/scheduler.py: one worker per device, each in its own worktree)
+in a fresh workspace on python-source, until N experiments after the baseline are judged, then reads the
+ledger and every run's result: experiments per hour, each worker's busy fraction (the seconds its runs
+took from start to score, over the wall time), the driver's own time per experiment (what the workers
+waited for it), and the device each run trained on (its name and UUID: two workers never share one).
+Without --gpus or --workers it runs the one-worker loop, for the comparison. `--agent nudge` needs no
+Optuna (the GPU machine has none unless it is carried there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from common import fresh_loop
+from loop_overhead import NudgeAgent
+
+from autoresearch.agents.factory import make_agent
+from autoresearch.loop.scheduler import run_workers
+from autoresearch.loop.workers import devices
+from autoresearch.vocabulary import Kind
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--preset", default="h100")
+    parser.add_argument("--budget", type=float, default=60)
+    parser.add_argument("--experiments", type=int, default=8, help="judged experiments after the baseline")
+    parser.add_argument("--baseline-runs", type=int, default=2)
+    parser.add_argument("--gpus", help="all, or ids like 0,1")
+    parser.add_argument("--workers", type=int, help="CPU-only dry run: N workers")
+    parser.add_argument("--agent", choices=["tune", "nudge"], default="tune")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/parallel-gpus"))
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
+    args = parser.parse_args()
+
+    loop = fresh_loop(args.work, args.preset, args.budget, args.baseline_runs)
+    loop.executor.close()  # every worker has an executor of its own
+    found = devices(args.gpus, args.workers)
+    agent = NudgeAgent() if args.agent == "nudge" else make_agent("tune")
+    started = time.time()
+    run_workers(loop, agent, found, max_experiments=args.experiments)
+    wall = time.time() - started
+
+    experiments = [e for e in loop.ledger.all() if e.kind != Kind.PROPOSAL]
+    runs = []
+    for exp in experiments:
+        for path in sorted(loop.ws.state.glob(f"runs/{exp.id}-*/result.json")):
+            result = json.loads(path.read_text())
+            runs.append({"run": path.parent.name, "worker": exp.worker or "local", **_picked(result)})
+    busy: dict[str, float] = defaultdict(float)
+    for run in runs:
+        busy[run["worker"]] += run["total_seconds"] or 0.0
+    judged = [e for e in experiments if e.kind == Kind.EXPERIMENT and e.finished_at]
+    summary = {
+        "preset": args.preset,
+        "budget_s": args.budget,
+        "workers": [d.label for d in found],
+        "wall_s": round(wall, 1),
+        "experiments_judged": len(judged),
+        "runs": len(runs),
+        "runs_per_hour": round(3600 * len(runs) / wall, 1),
+        "busy_fraction": {worker: round(seconds / wall, 3) for worker, seconds in sorted(busy.items())},
+        # Worker-seconds not spent from a run's start to its score: proposing, git, the driver, start-up.
+        "idle_worker_s_per_run": round((wall * len(found) - sum(busy.values())) / max(1, len(runs)), 1),
+        "devices_by_worker": {w: sorted({r["device"] for r in runs if r["worker"] == w}) for w in sorted(busy)},
+        "mean_tokens_per_second": round(statistics.fmean(r["tokens_per_second"] for r in runs), 1) if runs else 0,
+        "run_list": runs,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"parallel_{args.preset}_{len(found)}w.json"
+    (args.out / name).write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "run_list"}, indent=1))
+
+
+def _picked(result: dict) -> dict:
+    keys = ("device", "total_seconds", "untimed_seconds", "eval_seconds", "tokens_per_second", "val_bpb")
+    return {key: result.get(key) for key in keys}
+
+
+if __name__ == "__main__":
+    main()
