@@ -9,6 +9,7 @@ from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_
 
 from autoresearch.loop.executor import Outcome
 from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.status import status_text
 from autoresearch.vocabulary import RunEnd, Status
 
 SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002, 45: 0.001}
@@ -84,6 +85,20 @@ def test_a_marginal_win_that_does_not_hold_up_is_discarded(workspace):
     loop.baseline()
     exp = loop.step(ScriptedAgent([lambda ctx: ("batch 16", with_constants(ctx.train_py, BATCH=16))]))
     assert len(exp.run_values) == 2 and exp.status == Status.DISCARD
+
+
+def test_every_train_py_trained_more_than_once_pools_into_the_noise(workspace):
+    values = iter([1.0180, 1.0230])  # a marginal win run again: 0.005 apart
+    executor = FakeExecutor(lambda s: next(values) if constant(s, "BATCH") == 16 else score(s))
+    loop = make_loop(workspace, executor)
+    loop.baseline()
+    assert loop.noise() == pytest.approx(0.002)  # the baseline's seeds: +0, +0.002, -0.002
+    loop.step(ScriptedAgent([lambda ctx: ("batch 16", with_constants(ctx.train_py, BATCH=16))]))
+    # Pooled: (2 x 0.002^2 + 1 x 0.0025^2 x 2) / 3 degrees of freedom, each group around its own mean.
+    assert loop.noise() == pytest.approx(((2 * 0.002**2 + 0.005**2 / 2) / 3) ** 0.5)
+    loop.step(ScriptedAgent([set_lr(0.9)]))  # trained once: measures nothing about the noise
+    assert loop.noise() == pytest.approx(((2 * 0.002**2 + 0.005**2 / 2) / 3) ** 0.5)
+    assert "pooled std of 5 runs of 2 train.py files" in status_text(workspace)
 
 
 def test_simpler_code_at_equal_val_bpb_is_kept(workspace):

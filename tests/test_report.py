@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import statistics
 import struct
 from pathlib import Path
 
 import pytest
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.loop.judge import judge, margin_of
+from autoresearch.loop.judge import judge, margin_of, measured_noise
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.report import make_report, plot_progress, progress_figure, render_report
 from autoresearch.report.plot import plot_data
-from autoresearch.report.summary import chain, clip, measured_noise, running_best, shorten
+from autoresearch.report.summary import chain, clip, running_best, shorten
 from autoresearch.vocabulary import Status
 
 T0 = 1_700_000_000.0
@@ -198,7 +199,7 @@ def test_plot_data_keeps_values_on_the_axis_and_marks_the_far_ones_beyond_it():
     assert data.discarded == [(2, 1.003), (5, 0.9991)]
     low, high = data.ylim
     assert low < 0.99 - data.margin and 1.0 + data.margin < high < 1.4  # the band fits, the blow-up does not
-    assert data.margin == pytest.approx(margin_of(5e-4))  # one baseline seed: the noise's floor
+    assert data.margin == pytest.approx(margin_of(statistics.stdev([0.9895, 0.9905])))  # #6's two runs (#1 has one)
     assert data.best[-1] == (7, 0.99)
 
 
@@ -298,8 +299,9 @@ def test_report_states_noise_margin_and_why_each_experiment_went_its_way():
         exp(6, Status.CRASH, None, "(no proposal)", kind="proposal", reason="rejected: train.py is unchanged"),
     ]
     text = render_report(exps)
-    assert "- Noise: **0.009000** (std of the baseline's 3 seeds" in text
-    assert "- Margin: **0.018000**: a change is kept only if it beats the best by more than this" in text
+    pooled = ((2 * 0.009**2 + 0.02**2 / 2) / 3) ** 0.5  # the baseline's 3 seeds and #5's 2 runs
+    assert f"- Noise: **{pooled:.6f}** (pooled std of 5 runs of 2 train.py files trained more than once" in text
+    assert f"- Margin: **{2 * pooled:.6f}**: a change is kept only if it beats the best by more than this" in text
     rows = {int(line.split("|")[1]): line for line in text.split("## Every experiment", 1)[1].splitlines()
             if line.startswith("| ") and line.split("|")[1].strip().isdigit()}  # fmt: skip
     assert "baseline: the mean of 3 seeds" in rows[1]
@@ -317,4 +319,4 @@ def test_the_reports_margin_is_the_one_the_judge_keeps_by():
         assert judge(1.0, [1.0 - 0.99 * margin], noise, 0, 0).decision == Status.DISCARD
         assert judge(1.0, [1.0 - 1.01 * margin], noise, 0, 0).decision != Status.DISCARD
     noise = measured_noise([exp(1, Status.KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]")])
-    assert noise.seeds == 3 and noise.noise == pytest.approx(0.009) and noise.margin == pytest.approx(0.018)
+    assert noise.runs == 3 and noise.noise == pytest.approx(0.009) and noise.margin == pytest.approx(0.018)

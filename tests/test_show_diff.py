@@ -171,4 +171,4 @@ def test_status_shows_the_running_experiments_step_loss_and_time_left(history, c
         code, out, _ = run_cli(capsys, "status", "--workspace", str(history.root))
     line = next(line for line in out.splitlines() if line.startswith("  run 2: training"))
     assert "step 130, loss 3.1000, 1s of 1s left, 123,456 tokens/s" in line
-    assert "noise (std over 3 baseline seeds): 0.002000; margin 0.004000" in out
+    assert "noise (std of the baseline's 3 seeds): 0.002000; margin 0.004000" in out

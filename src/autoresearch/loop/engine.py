@@ -26,7 +26,7 @@ from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.loop import guard
 from autoresearch.loop.executor import Executor, Outcome, RunSpec, reap_orphan
-from autoresearch.loop.judge import judge, noise_of
+from autoresearch.loop.judge import judge, measured_noise, noise_of
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.reporter import Reporter
 from autoresearch.loop.watch import Verdict, Watch
@@ -84,8 +84,9 @@ class ResearchLoop:
         return kept[-1] if kept else None
 
     def noise(self) -> float | None:
-        baseline = next((e for e in self.ledger.all() if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
-        return noise_of(baseline.run_values) if baseline else None
+        """The noise to judge with now (judge.measured_noise: pooled over every train.py trained more than once)."""
+        measured = measured_noise(self.ledger.all())
+        return measured.noise if measured else None
 
     def context(self) -> Context:
         best = self._require_best()

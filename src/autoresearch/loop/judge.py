@@ -1,6 +1,11 @@
 """Keep or discard, knowing the noise.
 
-The baseline is trained several times with different seeds; the spread of its val_bpb is the noise.
+The baseline is trained several times with different seeds; the spread of its val_bpb is the first measure
+of the noise. Every change trained more than once (a marginal win, run again) measures it again, and the
+noise is the pooled spread of all of them (`measured_noise`): the estimate grows with the night instead of
+resting on the first seeds. (A re-run follows a run that looked good, so it tends to come out worse: if
+anything that widens the noise, and the judge keeps less.)
+
 A change is kept when it beats the best by more than `margin = 2 x noise`. A win of less than twice
 the margin is marginal: the change is trained once more (another seed) and kept only if the mean of its
 runs still beats the best by the margin. A change that removes more lines than it adds is kept when it
@@ -9,10 +14,12 @@ is no worse than the best within the margin: simpler code at equal val_bpb.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
-from autoresearch.vocabulary import Status
+from autoresearch.loop.ledger import Experiment
+from autoresearch.vocabulary import Kind, Status
 
 MIN_NOISE = 5e-4  # never trust a spread smaller than this: two baseline runs can agree by chance
 
@@ -23,9 +30,62 @@ class Verdict:
     reason: str
 
 
-def noise_of(baseline_runs: list[float]) -> float:
-    spread = statistics.stdev(baseline_runs) if len(baseline_runs) > 1 else 0.0
-    return max(spread, MIN_NOISE)
+@dataclass(frozen=True)
+class Noise:
+    """The noise the loop judges with, and what measured it."""
+
+    noise: float  # the pooled seed-to-seed std, at least MIN_NOISE
+    margin: float  # a change must beat the best by more than this to be kept
+    runs: int  # how many runs measured it...
+    repeated: int  # ...of how many train.py files trained more than once (the baseline among them)
+
+
+def described(noise: Noise) -> str:
+    """What measured the noise, in words: "std of 3 baseline seeds" or "pooled std of 7 runs of 3 train.py files"."""
+    if noise.repeated == 1:
+        return f"std of the baseline's {noise.runs} seeds"
+    return f"pooled std of {noise.runs} runs of {noise.repeated} train.py files trained more than once"
+
+
+def noise_of(runs: list[float]) -> float:
+    """The spread of one train.py's runs (different seeds), at least MIN_NOISE."""
+    return pooled_noise([runs])
+
+
+def pooled_noise(groups: list[list[float]]) -> float:
+    """The pooled std of several train.py files' runs, each around its own mean; at least MIN_NOISE."""
+    groups = [g for g in groups if len(g) > 1]
+    freedom = sum(len(g) - 1 for g in groups)
+    if not freedom:
+        return MIN_NOISE
+    squares = sum((len(g) - 1) * statistics.variance(g) for g in groups)
+    return max(math.sqrt(squares / freedom), MIN_NOISE)
+
+
+def measured_noise(experiments: list[Experiment]) -> Noise | None:
+    """The noise from every finished train.py that was trained more than once; None before a kept baseline."""
+    if not any(e.kind == Kind.BASELINE and e.status == Status.KEEP for e in experiments):
+        return None
+    groups = [
+        runs
+        for e in experiments
+        if e.kind in (Kind.BASELINE, Kind.EXPERIMENT)
+        and e.status in (Status.KEEP, Status.DISCARD)
+        and len(runs := run_values(e)) > 1
+    ]
+    if not groups:
+        return None
+    noise = pooled_noise(groups)
+    return Noise(noise, margin_of(noise), sum(len(g) for g in groups), len(groups))
+
+
+def run_values(exp: Experiment) -> list[float]:
+    """The finite val_bpb of each run of the experiment ([] when none is recorded or the record is broken)."""
+    try:
+        runs = exp.run_values
+    except (TypeError, ValueError):
+        return []
+    return [v for v in runs if isinstance(v, int | float) and math.isfinite(v)] if isinstance(runs, list) else []
 
 
 def margin_of(noise: float) -> float:

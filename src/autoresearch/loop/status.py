@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autoresearch.evaluator import result
+from autoresearch.loop.judge import described, measured_noise
 from autoresearch.loop.ledger import Experiment, Ledger
-from autoresearch.report.summary import measured_noise
 from autoresearch.vocabulary import IN_FLIGHT, Status
 from autoresearch.workspace.workspace import Workspace
 
@@ -172,7 +172,7 @@ def status_text(ws: Workspace) -> str:
             lines.append(f"baseline {baseline.val_bpb:.6f} -> best {best.val_bpb:.6f}: {gain:.6f} better")
         if noise := measured_noise(experiments):
             lines.append(
-                f"noise (std over {noise.seeds} baseline seeds): {noise.noise:.6f}; margin {noise.margin:.6f} "
+                f"noise ({described(noise)}): {noise.noise:.6f}; margin {noise.margin:.6f} "
                 "(a change must beat the best by more than this)"
             )
     counts = Counter(e.status for e in experiments if e.status not in IN_FLIGHT)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.loop.judge import run_values
 from autoresearch.loop.ledger import Experiment
-from autoresearch.report.summary import best_before, explain, first_line, measured_noise, run_values, signed
+from autoresearch.report.summary import best_before, explain, first_line, noise_before, signed
 from autoresearch.workspace.git import Git
 
 TRAIN_PY = "train.py"
@@ -57,7 +58,7 @@ def summary_line(exp: Experiment) -> str:
 def show_text(git: Git, experiments: list[Experiment], exp_id: int) -> str:
     """One experiment: its status, val_bpb and runs, why it went that way, where it is in git, its diff."""
     exp = find(experiments, exp_id)
-    why = explain(exp, best_before(experiments).get(exp.id), measured_noise(experiments))
+    why = explain(exp, best_before(experiments).get(exp.id), noise_before(experiments, exp))
     lines = [summary_line(exp), f"why: {why}"]
     if exp.reason and first_line(exp.reason) not in why:
         lines.append(f"the loop's reason: {exp.reason}")

@@ -9,10 +9,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from autoresearch.loop.judge import MIN_NOISE
+from autoresearch.loop.judge import MIN_NOISE, Noise, described, measured_noise
 from autoresearch.loop.ledger import Experiment
 from autoresearch.report.summary import (
-    Noise,
     Step,
     best_before,
     chain,
@@ -20,7 +19,7 @@ from autoresearch.report.summary import (
     explain,
     finished,
     first_line,
-    measured_noise,
+    noise_before,
     signed,
 )
 from autoresearch.vocabulary import Kind, Status
@@ -46,7 +45,7 @@ def render_report(experiments: list[Experiment]) -> str:
         _overview(exps),
         "## Result\n\n" + _result(steps, noise),
         "## Kept changes\n\n" + _kept(steps),
-        "## Every experiment\n\n" + _every(exps, noise),
+        "## Every experiment\n\n" + _every(exps),
         "## Crashes\n\n" + _crashes(exps),
         "## Throughput\n\n" + _throughput(exps),
         "## Tokens and cost by agent\n\n" + _agents(exps),
@@ -87,8 +86,7 @@ def _result(steps: list[Step], noise: Noise | None) -> str:
         lines.append("- Noise: not measured (no kept baseline with its seeds' values)")
     else:
         lines += [
-            f"- Noise: **{noise.noise:.6f}** (std of the baseline's {noise.seeds} seed{_s(noise.seeds)}, "
-            f"taken as at least {MIN_NOISE:g})",
+            f"- Noise: **{noise.noise:.6f}** ({described(noise)}, taken as at least {MIN_NOISE:g})",
             f"- Margin: **{noise.margin:.6f}**: a change is kept only if it beats the best by more than this",
         ]
     return "\n".join(lines)
@@ -124,14 +122,14 @@ def _crashes(exps: list[Experiment]) -> str:
     return "\n".join(lines)
 
 
-def _every(exps: list[Experiment], noise: Noise | None) -> str:
+def _every(exps: list[Experiment]) -> str:
     if not exps:
         return "None yet."
     before = best_before(exps)
     rows = ["| # | status | val_bpb | change | why |", "|---:|---|---:|---|---|"]
     for exp in exps:
         value = f"{exp.val_bpb:.6f}" if isinstance(exp.val_bpb, (int, float)) and exp.status != Status.CRASH else "—"
-        why = explain(exp, before.get(exp.id), noise)
+        why = explain(exp, before.get(exp.id), noise_before(exps, exp))
         rows.append(f"| {exp.id} | {exp.status} | {value} | {_cell(exp.description, 80)} | {_cell(why, 240)} |")
     return "\n".join(rows)
 

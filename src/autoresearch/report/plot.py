@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoresearch.loop.judge import measured_noise
 from autoresearch.loop.ledger import Experiment
-from autoresearch.report.summary import chain, finished, has_value, measured_noise, running_best, shorten, signed
+from autoresearch.report.summary import chain, finished, has_value, running_best, shorten, signed
 from autoresearch.vocabulary import Kind, Status
 
 if TYPE_CHECKING:

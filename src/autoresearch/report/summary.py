@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from autoresearch.loop.judge import margin_of, noise_of
+from autoresearch.loop.judge import Noise, measured_noise, run_values
 from autoresearch.loop.ledger import Experiment
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 
@@ -99,26 +99,9 @@ def signed(value: float, spec: str = ".4f") -> str:
 # -- the noise, the margin, and why each experiment went the way it did ------------------------------
 
 
-@dataclass(frozen=True)
-class Noise:
-    """The baseline's seed-to-seed spread as the loop judges with it (loop/judge.py)."""
-
-    noise: float  # judge.noise_of over the baseline's runs: their std, at least judge.MIN_NOISE
-    margin: float  # a change must beat the best by more than this to be kept
-    seeds: int  # how many baseline runs measured it
-
-
-def measured_noise(experiments: list[Experiment]) -> Noise | None:
-    """The noise the loop judges with: that of the kept baseline's seeds (as ResearchLoop.noise reads it)."""
-    ordered = sorted(experiments, key=lambda e: e.id)
-    baseline = next((e for e in ordered if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
-    if baseline is None:
-        return None
-    runs = run_values(baseline)
-    if not runs:
-        return None
-    noise = noise_of(runs)
-    return Noise(noise, margin_of(noise), len(runs))
+def noise_before(experiments: list[Experiment], exp: Experiment) -> Noise | None:
+    """The noise `exp` was judged with: measured by the experiments before it (it grows with the night)."""
+    return measured_noise([e for e in experiments if e.id < exp.id])
 
 
 def best_before(experiments: list[Experiment]) -> dict[int, float]:
@@ -160,12 +143,3 @@ def explain(exp: Experiment, best: float | None, noise: Noise | None) -> str:
     if gain == 0:
         return f"equal to the best {best:.6f}{mean}"
     return f"worse: {-gain:.6f} above the best {best:.6f}{mean}"
-
-
-def run_values(exp: Experiment) -> list[float]:
-    """The finite val_bpb of each run of the experiment ([] when none is recorded or the record is broken)."""
-    try:
-        runs = exp.run_values
-    except (TypeError, ValueError):
-        return []
-    return [v for v in runs if isinstance(v, (int, float)) and math.isfinite(v)] if isinstance(runs, list) else []
