@@ -395,3 +395,23 @@ def test_a_costly_best_stays_allowed(tmp_path: Path) -> None:
         proposal = TuneAgent(seed=seed).propose(Context(ws, "", best, 2.9, 0.01, history))
         assert 1 <= len(changed(best, proposal.source)) <= 3
         assert tiny_cost(proposal.source) <= tiny_cost(best)
+
+
+def test_experiments_in_flight_are_running_trials_the_constant_liar_samples_away_from(monkeypatch) -> None:
+    import optuna
+
+    studies = []
+    create = optuna.create_study
+    monkeypatch.setattr(optuna, "create_study", lambda **kw: studies.append(create(**kw)) or studies[-1])
+    best, history = lr_history()
+    flying = set_constants(best, {"MATRIX_LR": 0.03})
+    running = PastExperiment(99, "running", "MATRIX_LR 0.03", None, diff(best, flying), flying)
+    ctx = Context(Path("."), "", best, history[-1].val_bpb, 0.001, history, in_flight=[running])
+    proposal = TuneAgent(seed=3).propose(ctx)
+    assert values(proposal.source) != values(flying)
+    (study,) = studies
+    finished = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(finished) == len(history)
+    added = study.trials[len(finished)]  # after the finished ones, before what the agent asked for itself
+    assert added.state == optuna.trial.TrialState.RUNNING and added.params["MATRIX_LR"] == pytest.approx(0.03)
+    assert study.sampler._constant_liar  # running trials count as bad results already in

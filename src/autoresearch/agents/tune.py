@@ -366,9 +366,11 @@ class TuneAgent:
         raise ProposalError("tune: found no new configuration to try")
 
     def _study(self, knobs: dict[str, Knob], past: list, context: Context, seed: int) -> optuna.Study:
-        """An in-memory study holding every past experiment (and the current best) as a finished trial."""
+        """An in-memory study holding every past experiment (and the current best) as a finished trial, and
+        every experiment other workers train now as a running one: with the constant liar, TPE takes those as
+        bad results already in, and samples away from them instead of proposing their neighbourhood again."""
         sampler = optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=self.n_startup_trials, multivariate=False, constant_liar=False
+            seed=seed, n_startup_trials=self.n_startup_trials, multivariate=False, constant_liar=True
         )
         study = optuna.create_study(direction="minimize", sampler=sampler)
         runs = [(exp.val_bpb if exp.status != Status.CRASH else None, p) for exp, p, _ in past]
@@ -378,14 +380,16 @@ class TuneAgent:
         values = [v for v, _ in runs if v is not None and math.isfinite(v)]
         bad = max(values) + max(max(values) - min(values), 0.05) if values else 1.0
         for value, constants in runs:
-            params = {}
-            for name, knob in knobs.items():
-                param = knob.encode(constants[name].value) if name in constants else None
-                if param is not None and knob.dist.low <= param <= knob.dist.high:
-                    params[name] = param
+            params = _params(knobs, constants)
             value = value if value is not None and math.isfinite(value) else bad
             dists = {n: knobs[n].dist for n in params}
             study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+        for exp in context.in_flight:
+            with contextlib.suppress(SyntaxError, ValueError):
+                params = _params(knobs, parse(exp.source)[0])
+                running = optuna.trial.TrialState.RUNNING
+                dists = {n: knobs[n].dist for n in params}
+                study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=running))
         return study
 
     def _pick(self, record: dict[str, list[int]], rng: random.Random) -> list[str]:
@@ -412,3 +416,13 @@ class TuneAgent:
             return False
         changes["DEVICE_BATCH_SIZE"] = device * new // old
         return True
+
+
+def _params(knobs: dict[str, Knob], constants: dict[str, Constant]) -> dict[str, float]:
+    """A train.py's constants as the study's parameters: those of the knobs, where inside their ranges."""
+    params = {}
+    for name, knob in knobs.items():
+        param = knob.encode(constants[name].value) if name in constants else None
+        if param is not None and knob.dist.low <= param <= knob.dist.high:
+            params[name] = param
+    return params
