@@ -203,7 +203,9 @@ class Scheduler:
 
     def ended(self, job: Job, outcome: Outcome) -> None:
         loop = self.loop
-        act = self.active[job.exp_id]
+        act = self.active.get(job.exp_id)
+        if act is None:  # a run of an experiment that has its verdict already (cancel): nothing to do
+            return
         act.running.discard(job.run)
         exp = loop.ledger.get(job.exp_id)
         if not act.running:
