@@ -23,6 +23,7 @@ import queue
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from autoresearch.agents.base import Agent, preflight
 from autoresearch.errors import AutoresearchError
@@ -40,6 +41,30 @@ from autoresearch.workspace.workspace import TRAIN_PY
 POLL_S = 0.5  # how often the driver looks at the inbox while it waits for a run to end
 
 
+class Clock(Protocol):
+    """The driver's time: real here; bench/simulate.py passes a simulated one, so that hours of runs on many
+    workers are scheduled, judged and measured in seconds on a CPU, through this very code."""
+
+    def now(self) -> float:
+        """Seconds, monotonic."""
+
+    def sleep(self, seconds: float) -> None: ...
+
+    def next_event(self, events: queue.Queue, timeout: float) -> Any:
+        """The next report of a worker; queue.Empty after `timeout` seconds without one."""
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def next_event(self, events: queue.Queue, timeout: float) -> Any:
+        return events.get(timeout=timeout)
+
+
 @dataclass
 class Active:
     """An experiment in flight: the runs it still wants and those being trained."""
@@ -52,14 +77,22 @@ class Active:
 
 
 class Scheduler:
-    def __init__(self, loop: ResearchLoop, workers: list[Worker], inbox: Inbox | None = None, linger: float = 0.0):
+    def __init__(
+        self,
+        loop: ResearchLoop,
+        workers: list[Worker],
+        inbox: Inbox | None = None,
+        linger: float = 0.0,
+        clock: Clock | None = None,
+    ):
         """`linger`: without an agent, how long to wait for another submission once nothing is left to do."""
         self.loop, self.workers, self.inbox, self.linger = loop, workers, inbox, linger
+        self.clock = clock or RealClock()
         self.ratchet = Ratchet(loop)
         self.active: dict[int, Active] = {}
         self.jobs: deque[Job] = deque()  # runs to start, first first
         self.events: queue.Queue = queue.Queue()
-        self.propose_after = 0.0  # a failing agent is asked again only after a pause (monotonic time)
+        self.propose_after = 0.0  # a failing agent is asked again only after a pause (the clock's time)
         self.stopping = False
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -70,7 +103,7 @@ class Scheduler:
         loop = self.loop
         if agent is not None:
             preflight(agent, loop.ws.root, loop.reporter.message)
-        started, proposed = time.monotonic(), 0
+        started, proposed = self.clock.now(), 0
         idle_since = None
         self.recover()
         if loop.best() is None and not any(loop.ledger.get(i).kind == Kind.BASELINE for i in self.active):
@@ -78,17 +111,17 @@ class Scheduler:
         try:
             while True:
                 within = (max_experiments is None or proposed < max_experiments) and (
-                    hours is None or time.monotonic() - started < hours * 3600
+                    hours is None or self.clock.now() - started < hours * 3600
                 )
                 proposed += self.fill(agent if within else None)
                 if not self.busy() and not self.jobs and not self._waiting_submissions():
                     if agent is not None and within:
-                        time.sleep(max(0.0, min(POLL_S, self.propose_after - time.monotonic())))
+                        self.clock.sleep(max(0.0, min(POLL_S, self.propose_after - self.clock.now())))
                         continue
-                    idle_since = idle_since or time.monotonic()
-                    if agent is not None or time.monotonic() - idle_since >= self.linger:
+                    idle_since = idle_since or self.clock.now()
+                    if agent is not None or self.clock.now() - idle_since >= self.linger:
                         break
-                    time.sleep(POLL_S)
+                    self.clock.sleep(POLL_S)
                     continue
                 idle_since = None
                 self.handle_next()
@@ -104,7 +137,7 @@ class Scheduler:
                 continue
             job = self.next_job()
             if job is None and agent is not None and self.loop.best() is not None:
-                if time.monotonic() < self.propose_after:
+                if self.clock.now() < self.propose_after:
                     break
                 proposed += 1
                 self.propose(agent)
@@ -137,7 +170,7 @@ class Scheduler:
         exp = self.ratchet.propose(agent)
         if exp.status.final:
             if pause := self.loop.failure_pause(agent):
-                self.propose_after = time.monotonic() + pause
+                self.propose_after = self.clock.now() + pause
             return
         self.activate(exp)
 
@@ -191,7 +224,7 @@ class Scheduler:
         """Wait for a run to end (looking at the inbox meanwhile) and act on it."""
         while True:
             try:
-                worker, job, outcome = self.events.get(timeout=POLL_S)
+                worker, job, outcome = self.clock.next_event(self.events, POLL_S)
                 break
             except queue.Empty:
                 if not self.busy() or (self.inbox is not None and self.inbox.pending()):

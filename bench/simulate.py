@@ -1,0 +1,561 @@
+"""Parallel research, simulated: the real loop and scheduler driving 1 to 64 workers in simulated time.
+
+    PYTHONPATH=$PWD/src python3 bench/simulate.py --workers 1,4,16,64 --hours 12
+
+Everything but the GPUs is real: the ledger and results.tsv, git (a worktree per worker, a commit per
+experiment, three-way merges of stale wins), the judge, the ratchet and the scheduler's dispatching. Each
+worker's executor is simulated: a run does not train, it scores train.py on a known landscape (val_bpb is
+a sum of smooth bowls over five constants of a bench train.py, plus seed noise at the level measured on an
+H100) and lasts a simulated time drawn like the measured runs (budget + ~15 s, 5 % crashes, 3 %
+stragglers). The scheduler runs on a simulated clock (loop/scheduler.py's `Clock`): whenever the driver
+waits for a run, the clock jumps to the end of the next one, so a night of runs takes seconds; the
+driver's own work (git, ledger, judging, the agent) counts at its real speed on this machine.
+
+A scripted agent nudges one or two constants of the best at a time; it sees the experiments in flight and
+does not propose one of them again (as agents are asked), but may repeat an older one. Near the optimum
+most proposals are no better, a few are true wins. One worker runs `--hours` simulated hours; N workers
+run `--hours` x min(1, `--window` / N), long enough to tell the goal "the one-worker run's final best in
+2/N of its time". Measured on that window: experiments per hour, the GPUs' busy fraction, the
+time and GPU-hours until the best's TRUE value reaches the one-worker run's final best, false keeps (kept
+though truly no better than their base), wins lost to merge conflicts, and the driver's CPU per experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import os
+import queue
+import random
+import shutil
+import statistics
+import sysconfig
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from autoresearch.agents.base import Context, Proposal
+from autoresearch.config.presets import get_preset
+from autoresearch.data.prepare import prepare
+from autoresearch.evaluator.result import Result
+from autoresearch.loop.engine import LoopConfig, ResearchLoop
+from autoresearch.loop.executor import Outcome, RunSpec
+from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.scheduler import Scheduler, close_workers, make_workers
+from autoresearch.loop.workers import Device, Worker
+from autoresearch.vocabulary import Kind, RunEnd, Status
+from autoresearch.workspace.constants import read_constants, set_constants
+from autoresearch.workspace.init import create_workspace
+from autoresearch.workspace.workspace import Workspace
+
+TRAIN_PY = '''"""A train.py for bench/simulate.py: never run, only scored on a known landscape by its constants."""
+
+LR = 0.004  # learning rate (0.0005-0.05)
+BATCH = 32  # rows per step (8-512)
+WARMUP_FRAC = 0.0  # fraction of the budget spent warming the learning rate up (0-0.5)
+WEIGHT_DECAY = 0.1  # AdamW weight decay (0.001-1)
+DROPOUT = 0.05  # dropout probability (0-0.5)
+SEED = 42  # initialisation seed
+
+if __name__ == "__main__":
+    raise SystemExit("bench/simulate.py scores this file by its constants; it does not train")
+'''
+
+
+# -- the landscape ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bowl:
+    """val_bpb lost by one constant: `weight` x (distance from the optimum, in units)^2."""
+
+    optimum: float
+    weight: float
+    unit: float  # a factor of 2 is one unit when `log`; else `unit` is one unit
+    log: bool = True
+
+    def loss(self, value: float) -> float:
+        distance = math.log2(value / self.optimum) if self.log else (value - self.optimum) / self.unit
+        return self.weight * distance**2
+
+
+# From the starting train.py 0.0256 above the floor (~17 sigma): LR 0.0052, BATCH 0.008, WARMUP_FRAC 0.003,
+# WEIGHT_DECAY 0.0054, DROPOUT 0.004. One good nudge gains 0.001-0.005, near the judge's margin of 2 sigma.
+BOWLS = {
+    "LR": Bowl(0.01, 0.003, 1.0),
+    "BATCH": Bowl(128, 0.002, 1.0),
+    "WARMUP_FRAC": Bowl(0.1, 0.003, 0.1, log=False),
+    "WEIGHT_DECAY": Bowl(0.02, 0.001, 1.0),
+    "DROPOUT": Bowl(0.0, 0.004, 0.05, log=False),
+}
+FLOOR = 0.55  # val_bpb at the optimum (the h100 preset's train.py scored 0.553 at 5 minutes)
+
+
+@dataclass(frozen=True)
+class Landscape:
+    seed_noise: float = 0.0015  # seed-to-seed std of val_bpb at a 5-minute budget on the H100
+    run_noise: float = 0.00015  # the same train.py and seed again: a tenth of it (H200, 60 s: 0.0007 vs 0.0073)
+
+    def true_bpb(self, source: str) -> float:
+        constants = read_constants(source)
+        return FLOOR + sum(bowl.loss(float(constants[name].value)) for name, bowl in BOWLS.items())
+
+    def measured(self, source: str, draw: random.Random) -> float:
+        """One run's val_bpb: the seed's own noise is a function of train.py (its SEED included), so the
+        same file scores nearly the same again; `draw` adds the small run-to-run noise."""
+        seeded = random.Random(source).gauss(0.0, self.seed_noise)
+        return self.true_bpb(source) + seeded + draw.gauss(0.0, self.run_noise)
+
+
+# -- the runs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """How long a run lasts and whether it crashes, as measured on the H100 (BENCHMARKS.md)."""
+
+    budget: float = 300.0
+    overhead: float = 15.0  # harness 13.8-14.1 s + loop ~1 s per run at a 30 s budget (loop_overhead.py)
+    overhead_sd: float = 1.5
+    crash_rate: float = 0.05  # a changed train.py only: the baseline never crashes
+    straggler_rate: float = 0.03  # a cold compile or a slow node: 30-180 s more
+    straggler_extra: tuple[float, float] = (30.0, 180.0)
+
+    def draw(self, draw: random.Random, may_crash: bool) -> tuple[bool, float]:
+        """(crashed, seconds) of one run. A crash happens anywhere from start-up to the end of training."""
+        overhead = max(5.0, draw.gauss(self.overhead, self.overhead_sd))
+        if may_crash and draw.random() < self.crash_rate:
+            return True, draw.uniform(5.0, self.budget + overhead)
+        if draw.random() < self.straggler_rate:
+            overhead += draw.uniform(*self.straggler_extra)
+        return False, self.budget + overhead
+
+
+class SimClock:
+    """Simulated seconds for the scheduler and its runs.
+
+    A run (on a worker's thread) sleeps on this clock until its simulated end. When the driver waits for a
+    report and every busy worker's run is asleep here, the clock jumps to the earliest end and wakes that run
+    alone, so reports come one at a time in the order of their simulated ends. While the driver works
+    (between waits), the clock runs at `driver_rate` x real time: the driver's own cost is part of the
+    schedule, as it is on a real machine."""
+
+    def __init__(self, driver_rate: float = 1.0):
+        self.driver_rate = driver_rate
+        self.workers: list[Worker] = []  # set once they are made: the busy ones owe a report
+        self._lock = threading.Condition()
+        self._sim, self._mark, self._frozen = 0.0, time.perf_counter(), False
+        self._sleepers: list[tuple[float, int, threading.Event]] = []
+        self._count = 0
+        self._woken = 0  # runs woken whose report the driver has not taken yet
+
+    def reset(self) -> None:
+        """Simulated time 0 is now (what was set up before does not count)."""
+        with self._lock:
+            self._sim, self._mark = 0.0, time.perf_counter()
+
+    def now(self) -> float:
+        with self._lock:
+            return self._now()
+
+    def _now(self) -> float:
+        return self._sim if self._frozen else self._sim + (time.perf_counter() - self._mark) * self.driver_rate
+
+    def sleep(self, seconds: float) -> None:
+        """The driver is blocked `seconds` (an agent thinking, a back-off): the clock moves on that much."""
+        with self._lock:
+            self._sim, self._mark = self._now() + seconds, time.perf_counter()
+
+    def run_for(self, seconds: float) -> tuple[float, float]:
+        """Block a worker's thread for `seconds` of simulated time; its (start, end)."""
+        with self._lock:
+            start = self._now()
+            woken = threading.Event()
+            heapq.heappush(self._sleepers, (start + seconds, self._count, woken))
+            self._count += 1
+            self._lock.notify_all()
+        woken.wait()
+        return start, start + seconds
+
+    def next_event(self, events: queue.Queue, timeout: float) -> Any:
+        with self._lock:
+            self._sim, self._frozen = self._now(), True
+        try:
+            return self._next(events)
+        finally:
+            with self._lock:
+                self._mark, self._frozen = time.perf_counter(), False
+
+    def _next(self, events: queue.Queue) -> Any:
+        while True:
+            try:
+                report = events.get(timeout=5.0) if self._woken else events.get_nowait()
+            except queue.Empty:
+                if self._woken:
+                    raise RuntimeError("a woken run did not report within 5 s") from None
+            else:
+                with self._lock:
+                    self._woken = max(0, self._woken - 1)
+                return report
+            with self._lock:
+                busy = sum(w.job is not None for w in self.workers)
+                if busy == 0:
+                    raise queue.Empty
+                if len(self._sleepers) < busy:  # a run is starting on its thread: let it reach the clock
+                    self._lock.wait(0.05)
+                    continue
+                end, _, woken = heapq.heappop(self._sleepers)
+                self._sim = max(self._sim, end)
+                self._woken += 1
+                woken.set()
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    worker: str
+    run: str  # "<exp>-<run index>"
+    start: float  # simulated seconds
+    end: float
+    crashed: bool
+
+
+class SimExecutor:
+    """A worker's executor: scores train.py on the landscape, after a simulated run time."""
+
+    def __init__(self, sim: Simulation, label: str):
+        self.sim, self.label = sim, label
+
+    def run(self, spec: RunSpec) -> Outcome:
+        sim = self.sim
+        source = spec.source.read_text()
+        draw = random.Random(f"{sim.seed}:{spec.run_dir.name}")  # the same run draws the same, whatever the order
+        crashed, seconds = sim.runs.draw(draw, may_crash=_knobs(source) != sim.baseline_knobs)
+        start, end = sim.clock.run_for(seconds)
+        sim.records.append(RunRecord(self.label, spec.run_dir.name, start, end, crashed))
+        if crashed:
+            return Outcome(RunEnd.CRASH, None, "simulated crash", "RuntimeError: simulated", seconds)
+        value = sim.landscape.measured(source, draw)
+        return Outcome(RunEnd.OK, _result(value, sim.runs, spec.fingerprint), "", "", seconds)
+
+    def close(self) -> None:
+        pass
+
+
+class NoExecutor:
+    """The loop's own executor, which the scheduler never uses."""
+
+    def run(self, spec: RunSpec) -> Outcome:
+        raise AssertionError("the scheduler trains on its workers' executors")
+
+    def close(self) -> None:
+        pass
+
+
+def _result(value: float, runs: RunModel, fingerprint: str) -> Result:
+    return Result(
+        val_bpb=value,
+        valid=True,
+        invalid_reason=None,
+        training_seconds=runs.budget,
+        total_seconds=runs.budget + runs.overhead,
+        untimed_seconds=runs.overhead / 2,
+        eval_seconds=runs.overhead / 2,
+        peak_memory_mb=44_000.0,
+        mfu_percent=43.0,
+        tokens_per_second=1.5e6,
+        total_tokens_M=460.0,
+        num_steps=1760,
+        num_params_M=50.3,
+        epochs=5,
+        device="simulated",
+        preset="tiny",
+        dataset="python-source",
+        budget_seconds=runs.budget,
+        harness_fingerprint=fingerprint,
+        confined=True,
+    )
+
+
+def _knobs(source: str) -> tuple:
+    constants = read_constants(source)
+    return tuple(constants[name].value for name in BOWLS)
+
+
+# -- the agent and what the loop tells ---------------------------------------------------------------
+
+
+class NudgeAgent:
+    """Nudges one constant of the best (two, three times in ten); values rounded as a person writes them.
+    It skips what is in flight, but not what was measured before: the loop rejects those repeats."""
+
+    name, model = "nudge", "scripted"
+
+    def __init__(self, seed: int, clock: SimClock, propose_seconds: float):
+        self.rng, self.clock, self.propose_seconds = random.Random(seed), clock, propose_seconds
+
+    def propose(self, context: Context) -> Proposal:
+        self.clock.sleep(self.propose_seconds)  # the driver waits while an agent thinks
+        taken = {e.source for e in context.in_flight}
+        for _ in range(50):
+            names = self.rng.sample(sorted(BOWLS), 2 if self.rng.random() < 0.3 else 1)
+            current = read_constants(context.train_py)
+            values = {name: self._nudge(name, current[name].value) for name in names}
+            source = set_constants(context.train_py, values)
+            if source != context.train_py and source not in taken:
+                break
+        moves = ", ".join(f"{name} {current[name].value} -> {value}" for name, value in values.items())
+        return Proposal(moves, source)
+
+    def _nudge(self, name: str, value: float) -> float:
+        if name == "BATCH":
+            return min(512, max(8, int(value * self.rng.choice((0.5, 2)))))
+        if name in ("WARMUP_FRAC", "DROPOUT"):
+            return round(min(0.5, max(0.0, value + self.rng.gauss(0.0, 0.05))), 2)
+        return float(f"{value * 2 ** self.rng.gauss(0.0, 0.6):.2g}")
+
+
+class Recorder:
+    """The loop's reporter: silent, it notes the simulated time of every verdict."""
+
+    def __init__(self, clock: SimClock):
+        self.clock = clock
+        self.verdicts: list[tuple[float, int]] = []  # (simulated seconds, experiment id)
+        self.messages: list[str] = []
+
+    def phase(self, exp_id: int, what: str, text: str) -> None:
+        pass
+
+    def training(self, exp_id: int, run: int, budget: float) -> None:
+        pass
+
+    def finished(self, exp: Experiment, best: Experiment | None) -> None:
+        self.verdicts.append((self.clock.now(), exp.id))
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+# -- one simulation ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Simulation:
+    workers: int
+    hours: float
+    seed: int = 0
+    landscape: Landscape = field(default_factory=Landscape)
+    runs: RunModel = field(default_factory=RunModel)
+    propose_seconds: float = 0.0
+    driver_rate: float = 1.0
+    clock: SimClock = field(init=False)
+    records: list[RunRecord] = field(default_factory=list)
+    baseline_knobs: tuple = field(default_factory=lambda: _knobs(TRAIN_PY))
+
+    def __post_init__(self) -> None:
+        self.clock = SimClock(self.driver_rate)
+
+    def run(self, work: Path, data_dir: Path) -> tuple[ResearchLoop, Recorder, float]:
+        """Run the loop in a fresh workspace at `work`; the loop, its recorder and the driver's CPU seconds."""
+        shutil.rmtree(work, ignore_errors=True)
+        create_workspace(work, get_preset("tiny"), "python-source", data_dir, self.runs.budget, tag="sim")
+        ws = Workspace(work)
+        ws.write_train_py(TRAIN_PY)
+        ws.git.commit("the simulation's train.py", "train.py")
+        recorder = Recorder(self.clock)
+        loop = ResearchLoop(ws, NoExecutor(), recorder, LoopConfig(baseline_runs=3), sleep=self.clock.sleep)
+        found = [Device(f"gpu {i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(self.workers)]
+        workers = make_workers(loop, found, lambda device: SimExecutor(self, device.label))
+        self.clock.workers = workers
+        agent = NudgeAgent(self.seed, self.clock, self.propose_seconds)
+        before = os.times()
+        self.clock.reset()
+        try:
+            Scheduler(loop, workers, clock=self.clock).run(agent, hours=self.hours)
+        finally:
+            close_workers(workers)
+        after = os.times()
+        cpu = sum(after[:4]) - sum(before[:4])  # user + system, of the driver and of its git processes
+        return loop, recorder, cpu
+
+
+@dataclass
+class Measure:
+    workers: int
+    hours: float  # the window measured: the agent is asked until then, then what is in flight ends
+    experiments: int  # trained experiments judged within the window (merges re-validated included)
+    experiments_per_hour: float
+    busy: float  # the GPUs' time running, from the executors' own records, over workers x window
+    baseline_idle: float  # of the window's GPU time, the part idle while the baseline's seeds trained
+    best_true: float  # the landscape's value of the final best
+    hours_to_target: float | None  # until the best's true value reached the target (None: not within)
+    gpu_hours_to_target: float | None
+    keeps: int
+    false_keeps: int  # kept, but truly no better than the base they were judged against
+    stale_wins_merged: int
+    merges_kept: int
+    conflicts: int  # wins on a stale base discarded because their change conflicted with the best's
+    true_wins_lost_to_conflicts: int
+    rejected_proposals: int  # repeats of what was measured on the same best: not trained
+    crashes: int
+    driver_cpu_s_per_experiment: float
+    real_seconds: float
+
+    def row(self, one: Measure) -> str:
+        speed = self.experiments_per_hour / one.experiments_per_hour / self.workers
+        reached = f"{self.hours_to_target:.2f} h" if self.hours_to_target is not None else "not reached"
+        ratio = (
+            f"{self.hours_to_target / one.hours_to_target * self.workers / 2:.2f}"
+            if self.hours_to_target is not None and one.hours_to_target
+            else "-"
+        )
+        gpu = (
+            f"{self.gpu_hours_to_target:.1f} ({self.gpu_hours_to_target / one.gpu_hours_to_target:.2f}x)"
+            if self.gpu_hours_to_target is not None and one.gpu_hours_to_target
+            else "-"
+        )
+        return (
+            f"| {self.workers} | {self.hours:g} h | {self.experiments} | {self.experiments_per_hour:.1f} "
+            f"({speed:.2f} x N) | {self.busy:.1%} | {reached} ({ratio}) | {gpu} | {self.false_keeps}/{self.keeps} "
+            f"| {self.conflicts} ({self.true_wins_lost_to_conflicts}) | {self.stale_wins_merged}/{self.merges_kept} "
+            f"| {self.rejected_proposals} | {self.driver_cpu_s_per_experiment:.3f} s |"
+        )
+
+
+HEADER = (
+    "| workers | window | experiments | per hour (vs N x one) | busy | to the 1-worker best (/ 2/N goal) "
+    "| GPU-h to it (vs one) | false keeps / keeps | conflicts (true wins) | stale wins merged / kept "
+    "| repeats rejected | driver CPU per exp |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def measure(sim: Simulation, loop: ResearchLoop, recorder: Recorder, cpu: float, target: float | None) -> Measure:
+    """What the run did, from the ledger, the executors' records and the verdicts' simulated times."""
+    window = sim.hours * 3600
+    rows = {e.id: e for e in loop.ledger.all()}
+    by_commit = {e.commit: e for e in rows.values() if e.commit and e.status == Status.KEEP}
+    true = sim.landscape.true_bpb
+    when = dict((exp_id, t) for t, exp_id in recorder.verdicts)
+    trained = [e for e in rows.values() if e.kind == Kind.EXPERIMENT and when.get(e.id, math.inf) <= window]
+    kept = [e for e in rows.values() if e.kind == Kind.EXPERIMENT and e.status == Status.KEEP]
+    running = sum(max(0.0, min(r.end, window) - r.start) for r in sim.records)
+    baseline_end = when[1]  # the baseline is experiment 1 of a fresh workspace
+    busy_then = sum(max(0.0, min(r.end, baseline_end) - r.start) for r in sim.records)
+    conflicts = [e for e in rows.values() if e.status == Status.DISCARD and "conflicts with exp" in e.reason]
+    reached = _reached(rows, when, true, target) if target is not None else None
+    trained_all = sum(e.kind == Kind.EXPERIMENT for e in rows.values())
+    return Measure(
+        workers=sim.workers,
+        hours=sim.hours,
+        experiments=len(trained),
+        experiments_per_hour=len(trained) / sim.hours,
+        busy=running / (sim.workers * window),
+        baseline_idle=(sim.workers * baseline_end - busy_then) / (sim.workers * window),
+        best_true=true(loop.best().source),
+        hours_to_target=reached / 3600 if reached is not None else None,
+        gpu_hours_to_target=reached / 3600 * sim.workers if reached is not None else None,
+        keeps=len(kept),
+        false_keeps=sum(true(e.source) >= true(by_commit[e.parent].source) for e in kept),
+        stale_wins_merged=sum(e.merged_from > 0 for e in rows.values()),
+        merges_kept=sum(e.merged_from > 0 for e in kept),
+        conflicts=len(conflicts),
+        true_wins_lost_to_conflicts=sum(true(e.source) < true(by_commit[e.parent].source) for e in conflicts),
+        rejected_proposals=sum(e.kind == Kind.PROPOSAL for e in rows.values()),
+        crashes=sum(e.kind == Kind.EXPERIMENT and e.status == Status.CRASH for e in rows.values()),
+        driver_cpu_s_per_experiment=cpu / max(1, trained_all),
+        real_seconds=0.0,
+    )
+
+
+def _reached(rows: dict[int, Experiment], when: dict[int, float], true, target: float) -> float | None:
+    """The simulated time of the first keep after which the best's true value is at or under `target`."""
+    for exp in sorted((e for e in rows.values() if e.status == Status.KEEP), key=lambda e: when[e.id]):
+        if true(exp.source) <= target + 1e-12:
+            return when[exp.id]
+    return None
+
+
+def small_corpus(root: Path) -> Path:
+    """A corpus of a few standard-library packages: enough to prepare the tiny preset's data in a second
+    (the loop checks that data exists; no run reads it)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for package in ("json", "email", "asyncio"):
+        for src in sorted((stdlib / package).rglob("*.py")):
+            dest = root / package / src.relative_to(stdlib / package)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+    return root
+
+
+def prepared_data(work: Path) -> Path:
+    corpus = work / "corpus"
+    if not corpus.exists():
+        small_corpus(corpus)
+    return prepare("python-source", get_preset("tiny"), work / "cache", root=corpus, console=Console(quiet=True))
+
+
+def simulate_all(
+    counts: list[int], hours: float, window: float, work: Path, data_dir: Path, seed: int = 0, **options: Any
+) -> list[Measure]:
+    """The first count for `hours`, then each other count for hours x min(1, window / N), aiming at the first
+    run's final best."""
+    measures: list[Measure] = []
+    target = None
+    for n in counts:
+        sim = Simulation(n, hours if not measures else hours * min(1.0, window / n), seed=seed, **options)
+        started = time.perf_counter()
+        loop, recorder, cpu = sim.run(work / f"workers-{n}", data_dir)
+        if target is None:
+            target = sim.landscape.true_bpb(loop.best().source)
+        result = measure(sim, loop, recorder, cpu, target)
+        result.real_seconds = time.perf_counter() - started
+        measures.append(result)
+        print(f"{n} workers: {result.experiments} experiments in {result.real_seconds:.0f} s", flush=True)
+    return measures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", default="1,4,16,64", help="worker counts, the first is the reference")
+    parser.add_argument("--hours", type=float, default=8.0, help="simulated hours of the first count")
+    parser.add_argument("--window", type=float, default=2.5, help="N workers run hours x min(1, window / N)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--noise", type=float, default=0.0015, help="seed-to-seed std of val_bpb")
+    parser.add_argument("--budget", type=float, default=300.0)
+    parser.add_argument("--propose-seconds", type=float, default=0.0, help="how long the agent thinks (simulated)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/simulate"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/2026-11-30-simulate.json"))
+    args = parser.parse_args()
+    counts = [int(n) for n in args.workers.split(",")]
+    args.work.mkdir(parents=True, exist_ok=True)
+    options = {
+        "landscape": Landscape(seed_noise=args.noise, run_noise=args.noise / 10),
+        "runs": RunModel(budget=args.budget),
+        "propose_seconds": args.propose_seconds,
+    }
+    measures = simulate_all(counts, args.hours, args.window, args.work, prepared_data(args.work), args.seed, **options)
+    print(HEADER)
+    for m in measures:
+        print(m.row(measures[0]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "command": f"bench/simulate.py --workers {args.workers} --hours {args.hours:g} --window {args.window:g} "
+        f"--seed {args.seed} "
+        f"--noise {args.noise:g} --budget {args.budget:g} --propose-seconds {args.propose_seconds:g}",
+        "landscape": {name: asdict(bowl) for name, bowl in BOWLS.items()} | {"floor": FLOOR},
+        "options": {k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in options.items()},
+        "target_true_bpb": measures[0].best_true,
+        "median_run_s": statistics.median([m.real_seconds for m in measures]),
+        "results": [asdict(m) for m in measures],
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""bench/simulate.py: the real scheduler in simulated time, and the accounting its numbers come from."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import queue
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+from autoresearch.vocabulary import Kind, Status
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "simulate.py"
+
+
+def load_simulate():
+    spec = importlib.util.spec_from_file_location("simulate", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["simulate"] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+simulate = load_simulate()
+
+
+def test_the_simulated_clock_hands_reports_over_in_the_order_of_their_simulated_ends():
+    clock = simulate.SimClock(driver_rate=0.0)
+    workers = [SimpleNamespace(job=object()) for _ in range(3)]
+    clock.workers = workers
+    events: queue.Queue = queue.Queue()
+
+    def run(seconds: float) -> None:
+        events.put((seconds, clock.run_for(seconds)))
+
+    for seconds in (30.0, 10.0, 20.0):
+        threading.Thread(target=run, args=(seconds,), daemon=True).start()
+    seen = []
+    for worker in workers:
+        seconds, (start, end) = clock.next_event(events, timeout=1.0)
+        seen.append((seconds, start, end, clock.now()))
+        worker.job = None
+    assert seen == [(10.0, 0.0, 10.0, 10.0), (20.0, 0.0, 20.0, 20.0), (30.0, 0.0, 30.0, 30.0)]
+    clock.sleep(5.0)  # the driver blocked (an agent thinking): simulated time goes on
+    assert clock.now() == 35.0
+
+
+def test_four_workers_run_the_real_loop_and_the_counts_agree_with_the_ledger_and_the_executors(tmp_path, tiny_prepared):
+    noiseless = simulate.Landscape(seed_noise=0.0, run_noise=0.0)
+    sim = simulate.Simulation(4, hours=0.5, seed=1, landscape=noiseless, driver_rate=0.0)
+    loop, recorder, cpu = sim.run(tmp_path / "sim", tiny_prepared)
+    rows = loop.ledger.all()
+    assert rows[0].kind == Kind.BASELINE and all(r.status.final for r in rows)
+    # Every run the executors made is in the ledger: a value of its experiment, or the crash that ended it.
+    values = sum(len(r.run_values) for r in rows)
+    crashed = [r for r in sim.records if r.crashed]
+    assert values + len(crashed) == len(sim.records)
+    assert {r.run.split("-")[0] for r in crashed} <= {str(r.id) for r in rows if r.status == Status.CRASH}
+    # A worker never trains two runs at once, and the four share the work.
+    for label in {r.worker for r in sim.records}:
+        mine = sorted((r.start, r.end) for r in sim.records if r.worker == label)
+        assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(mine))
+    assert len({r.worker for r in sim.records}) == 4
+
+    m = simulate.measure(sim, loop, recorder, cpu, target=sim.landscape.true_bpb(simulate.TRAIN_PY))
+    judged = [r for r in rows if r.kind == Kind.EXPERIMENT]
+    assert 0 < m.experiments <= len(judged)
+    ended = [r for r in sim.records if r.end <= 1800]  # runs that ended within the half hour
+    assert 16 <= len(ended) <= 4 * 1800 / (sim.runs.budget + 5)  # 4 GPUs, runs of 305-500 s
+    assert m.experiments <= len(ended) - 3  # the baseline's three seeds are not experiments
+    assert m.experiments_per_hour == m.experiments / 0.5
+    assert 0.5 < m.busy <= 1.0
+    assert m.hours_to_target == recorder.verdicts[0][0] / 3600  # the baseline itself is that good
+    # Without noise nothing truly worse is kept, and the best improved on the starting train.py.
+    assert m.keeps > 0 and m.false_keeps == 0
+    assert m.best_true < sim.landscape.true_bpb(simulate.TRAIN_PY)
+    assert m.rejected_proposals == sum(r.kind == Kind.PROPOSAL for r in rows)
+
+
+def test_an_agent_that_thinks_long_keeps_the_workers_waiting(tmp_path, tiny_prepared):
+    quick = simulate.Simulation(4, hours=0.4, driver_rate=0.0)
+    slow = simulate.Simulation(4, hours=0.4, driver_rate=0.0, propose_seconds=200.0)
+    busy = []
+    for name, sim in (("quick", quick), ("slow", slow)):
+        loop, recorder, cpu = sim.run(tmp_path / name, tiny_prepared)
+        busy.append(simulate.measure(sim, loop, recorder, cpu, None).busy)
+    # 4 proposals of 200 s each per 315 s run: the driver can keep fewer than 2 workers busy.
+    assert busy[1] < 0.6 < busy[0]
