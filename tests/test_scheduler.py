@@ -248,3 +248,15 @@ def test_several_workers_refuse_to_start_where_runs_cannot_be_confined(workspace
         run_workers(loop, ScriptedAgent([set_lr(0.2)]), devices(None, 2))
     assert "one worker" in raised.value.hint
     assert loop.ledger.all() == [] and not (workspace.state / "workers").exists()  # nothing started
+
+
+def test_a_rejected_proposal_does_not_leave_a_worker_idle_nor_pause_the_agent(workspace):
+    # Experiments train in pairs: while LR 0.9 trains, its repeat is rejected and the next proposal is asked
+    # for at once, so the second GPU trains beside it (the pairs gate would time out otherwise).
+    sched, fakes = scheduler(workspace, gate=pairs(4))
+    sched.run(ScriptedAgent([set_lr(0.9), set_lr(0.9), set_lr(0.9), set_lr(0.2)]), max_experiments=4)
+    rows = sched.loop.ledger.all()
+    assert [r.kind for r in rows].count(Kind.PROPOSAL) == 2  # two repeats, rejected
+    assert sched.loop.failure_pause(ScriptedAgent([])) == 0  # a rejection is no failure of the agent
+    trained = [constant(s, "LR") for fake in fakes.values() for _, _, s in fake.runs]
+    assert sorted(trained) == [0.05, 0.05, 0.2, 0.9]  # the baseline's seeds, then one of each

@@ -49,6 +49,9 @@ class LoopConfig:
     timeout: float | None = None  # hard limit per training run; default: 1.5 x budget + 180 s
 
 
+NO_PROPOSAL = "(no proposal)"  # the description of the row of an agent that failed to propose anything
+
+
 class LoopError(AutoresearchError):
     pass
 
@@ -251,9 +254,10 @@ class ResearchLoop:
         proposal, note = asked
         return self.submit(proposal, agent.name, getattr(agent, "model", ""), note)
 
-    def ask(self, agent: Agent) -> Experiment | tuple[Proposal, str | None]:
+    def ask(self, agent: Agent, wait: bool = True) -> Experiment | tuple[Proposal, str | None]:
         """The agent's checked proposal and what was put back after it; or, if it has none that may run, the
-        rejected proposal's row. train.py holds the proposal afterwards."""
+        rejected proposal's row. train.py holds the proposal afterwards. After failures in a row it waits
+        (`failure_pause`) before it returns, unless `wait` is off: the scheduler waits on its own clock."""
         best = self._require_best()
         exp_id = self.ledger.next_id()
         self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
@@ -264,10 +268,11 @@ class ResearchLoop:
         except ProposalError as exc:
             verdict = self._verified(watch, who)
             why = str(exc) + (f"; it also {_as_agent(other)}" if (other := verdict.reason()) else "")
-            exp = self._rejected(exp_id, agent, best, "(no proposal)", why, exc.usage, verdict.tidied())
+            exp = self._rejected(exp_id, agent, best, NO_PROPOSAL, why, exc.usage, verdict.tidied())
             if exc.fatal:
                 raise LoopError(f"{who} cannot work: {exc}") from None
-            self._pause_after_failures(agent)
+            if wait:
+                self._pause_after_failures(agent)
             return exp
         except BaseException:  # Ctrl-C while the agent works: leave the workspace as the best left it
             self._verified(watch, who)
@@ -287,10 +292,11 @@ class ResearchLoop:
             self.sleep(wait)
 
     def failure_pause(self, agent: Agent) -> float:
-        """How long to wait before asking `agent` again after its latest failures in a row (0: at once)."""
+        """How long to wait before asking `agent` again after its latest failures in a row (0: at once). A
+        proposal that was made but rejected (a repeat, another file edited) is no failure: the agent works."""
         failures = 0
         for e in reversed(self.ledger.all()):
-            if e.kind != Kind.PROPOSAL or e.status != Status.CRASH:
+            if e.kind != Kind.PROPOSAL or e.status != Status.CRASH or e.description != NO_PROPOSAL:
                 break
             failures += 1
         if failures < 2:

@@ -41,7 +41,7 @@ class Ratchet:
         rejected proposal's final row. The workspace's train.py is the best again afterwards."""
         loop = self.loop
         best = loop._require_best()
-        asked = loop.ask(agent)
+        asked = loop.ask(agent, wait=False)  # the scheduler waits after failures, taking reports meanwhile
         loop.ws.write_train_py(best.source)
         if isinstance(asked, Experiment):
             return asked

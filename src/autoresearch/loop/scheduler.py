@@ -39,6 +39,7 @@ from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import TRAIN_PY
 
 POLL_S = 0.5  # how often the driver looks at the inbox while it waits for a run to end
+PROPOSALS_PER_WORKER = 3  # proposals asked for at once for an idle worker while they are rejected
 
 
 class Clock(Protocol):
@@ -136,7 +137,10 @@ class Scheduler:
             if worker.job is not None:
                 continue
             job = self.next_job()
-            if job is None and agent is not None and self.loop.best() is not None:
+            # A rejected proposal (a repeat, say) leaves the worker idle: ask again at once, a few times.
+            for _ in range(PROPOSALS_PER_WORKER):
+                if job is not None or agent is None or self.loop.best() is None:
+                    break
                 if self.clock.now() < self.propose_after:
                     break
                 proposed += 1
