@@ -14,6 +14,7 @@ from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.inbox import Inbox, wait_for
 from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.ratchet import merge_constants
 from autoresearch.loop.scheduler import Scheduler, make_workers, run_workers
 from autoresearch.loop.status import status_text
 from autoresearch.loop.workers import devices
@@ -260,3 +261,17 @@ def test_a_rejected_proposal_does_not_leave_a_worker_idle_nor_pause_the_agent(wo
     assert sched.loop.failure_pause(ScriptedAgent([])) == 0  # a rejection is no failure of the agent
     trained = [constant(s, "LR") for fake in fakes.values() for _, _, s in fake.runs]
     assert sorted(trained) == [0.05, 0.05, 0.2, 0.9]  # the baseline's seeds, then one of each
+
+
+CONSTANTS = 'LR = 0.05  # rate\nBATCH = 8  # rows\nSEED = 42\n\nprint("train")\n'
+
+
+def test_wins_on_adjacent_constants_merge_where_git_sees_a_conflict(workspace):
+    win = CONSTANTS.replace("LR = 0.05", "LR = 0.2")
+    best = CONSTANTS.replace("BATCH = 8", "BATCH = 16")
+    assert workspace.git.merge_file(CONSTANTS, best, win)[1]  # git: adjacent lines conflict
+    assert merge_constants(CONSTANTS, best, win) == CONSTANTS.replace("LR = 0.05", "LR = 0.2").replace(
+        "BATCH = 8", "BATCH = 16"
+    )
+    assert merge_constants(CONSTANTS, CONSTANTS.replace("LR = 0.05", "LR = 0.1"), win) is None  # both set LR
+    assert merge_constants(CONSTANTS, best, win.replace('"train"', '"go"')) is None  # not constants only

@@ -4,7 +4,9 @@ Each experiment records its base (`parent`: the best it was made from). When its
 
 - its base is still the best: judged as the one-worker loop judges (loop/judge.py);
 - another win was kept meanwhile: it is judged against its own base. Not better by the margin: discarded,
-  saying so. Better: its change is merged onto the current best (a three-way merge of train.py). A clean
+  saying so. Better: its change is merged onto the current best (a three-way merge of train.py; where git
+  finds a conflict only because both changed constants on adjacent lines, the win's values are set in the
+  best's train.py: `merge_constants`). A clean
   merge becomes a new experiment on the new base, trained and judged there before anything is kept; the
   original is discarded with a reason that names it. A conflict is a discard whose reason the agent sees.
 
@@ -22,6 +24,7 @@ from autoresearch.loop.executor import Outcome
 from autoresearch.loop.judge import judge, noise_of
 from autoresearch.loop.ledger import Experiment
 from autoresearch.vocabulary import Kind, Status
+from autoresearch.workspace.constants import read_constants, set_constants
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class Ratchet:
             loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {earlier.id}", outcome, runs)
             return Conclusion(revalidate=earlier if not earlier.status.final else None)
         merged, conflicts = loop.git.merge_file(base.source, best.source, exp.source)
+        if conflicts and (by_constants := merge_constants(base.source, best.source, exp.source)) is not None:
+            merged, conflicts = by_constants, 0
         if conflicts:
             why += f"; its change conflicts with exp {best.id}'s in train.py ({conflicts} hunks): not kept"
             loop._finish(exp, Status.DISCARD, why, outcome, runs)
@@ -108,3 +113,20 @@ class Ratchet:
                 hint=f"see {self.loop.ws.state / 'runs'} for the log; fix train.py or the setup, then run again",
             )
         self.loop._finish(exp, Status.CRASH, why, outcome)
+
+
+def merge_constants(base: str, best: str, win: str) -> str | None:
+    """The win's change onto the best where it changed constants only: its new values set in the best's
+    train.py, unless the best changed one of them too (then None, a conflict). `git merge-file` takes changes
+    to adjacent lines for a conflict, and the constants are a block of adjacent lines: without this, a win
+    on LR made on a base older than a kept BATCH change would be lost (bench/simulate.py found most of them)."""
+    try:
+        then, now = read_constants(base), read_constants(best)
+        changes = {n: c.value for n, c in read_constants(win).items() if n in then and c.value != then[n].value}
+        if not changes or set_constants(base, changes) != win:
+            return None  # it changed more than constants (or wrote them in its own way): git's merge stands
+        if any(n not in now or now[n].value != then[n].value for n in changes):
+            return None
+        return set_constants(best, changes)
+    except (SyntaxError, ValueError):
+        return None
