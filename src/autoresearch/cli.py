@@ -39,6 +39,11 @@ def _judging_options(parser: argparse.ArgumentParser) -> None:
 def _worker_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", help="one worker per GPU: `all` or ids like 0,1,3 (each run sees only its GPU)")
     parser.add_argument("--workers", type=int, help="CPU only: N workers sharing the cores (default: one worker)")
+    parser.add_argument(
+        "--ray", nargs="?", const="", metavar="ADDRESS",
+        help="every run a Ray task needing one GPU, on the cluster at ADDRESS (or $RAY_ADDRESS; none: this machine)",
+    )  # fmt: skip
+    parser.add_argument("--accelerator", help="with --ray: the GPU type each run needs (Ray's names, e.g. H100)")
 
 
 def _version() -> str:
@@ -190,10 +195,20 @@ def _run(args: argparse.Namespace, console: Console) -> None:
 
 
 def _drive(loop, agent, found, args: argparse.Namespace) -> None:
-    """One worker, nothing submitted: the loop as it always ran. Else the scheduler and its workers."""
+    """One worker, nothing submitted: the loop as it always ran. Else the scheduler and its workers (on Ray's
+    GPUs with --ray)."""
     from autoresearch.loop.scheduler import needs_scheduler, run_workers
 
-    if agent is not None and len(found) == 1 and not found[0].env and not needs_scheduler(loop):
+    if getattr(args, "ray", None) is not None:
+        from autoresearch.loop.ray_executor import RayExecutor, connect, ray_devices
+
+        if args.gpus or args.workers:
+            raise AutoresearchError("give --ray or --gpus/--workers, not both", hint="Ray picks each run's GPU")
+
+        found = ray_devices(connect(args.ray or None))
+        executor_for = lambda _device: RayExecutor(args.accelerator)
+        run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger, executor_for)
+    elif agent is not None and len(found) == 1 and not found[0].env and not needs_scheduler(loop):
         loop.run(agent, args.max_experiments, args.hours)
     else:
         run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger)
@@ -218,8 +233,10 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
     if not ws.is_locked():
         argv = [sys.executable, "-m", "autoresearch", "run", "--agent", "queue", "--plain", "--linger", "600"]
         argv += ["--baseline-runs", str(args.baseline_runs), "--workspace", str(ws.root)]
-        for option, value in (("--gpus", args.gpus), ("--workers", args.workers), ("--timeout", args.timeout)):
+        for option, value in (("--gpus", args.gpus), ("--workers", args.workers), ("--timeout", args.timeout),
+                              ("--accelerator", args.accelerator)):  # fmt: skip
             argv += [option, str(value)] if value else []
+        argv += ["--ray", *([args.ray] if args.ray else [])] if args.ray is not None else []
         with (ws.state / "driver.log").open("ab") as log:
             subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         console.print(f"started a loop in the background (its log: {ws.state / 'driver.log'})", highlight=False)

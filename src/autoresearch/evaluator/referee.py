@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -291,6 +292,16 @@ def _hidden_paths(root: Path, data_dir: Path) -> list[Path]:
 # -- the process --------------------------------------------------------------------------------
 
 
+def _stop_with_the_loop(referee: Referee) -> None:
+    """The loop keeps this process's stdin open while the run goes on: its end is the loop's (killed, or a Ray
+    worker lost with its node). Then nobody waits for the result: stop the experiment and everything it
+    started, and go, so that no run goes on training on a GPU that the next one is given."""
+    sys.stdin.read()
+    referee.experiment.stop()
+    shutil.rmtree(referee.box, ignore_errors=True)
+    os._exit(CRASHED)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autoresearch.evaluator.referee")
     where = parser.add_mutually_exclusive_group(required=True)
@@ -324,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(referee.box, ignore_errors=True)
         return 0
     job = json.loads(line)
+    threading.Thread(target=_stop_with_the_loop, args=(referee,), daemon=True, name="loop-watch").start()
     with open(job["log"], "ab") as log:
         result = Path(job["result"])
         return referee.run(

@@ -111,6 +111,8 @@ class LocalExecutor:
             raise
         finally:
             self._current = None
+            if referee.proc.poll() is not None:
+                referee.release()
         seconds = time.monotonic() - started
         if code is None:
             referee.kill()
@@ -178,11 +180,17 @@ class Referee:
         return self.proc.poll() is None
 
     def start(self, job: dict) -> None:
+        """Send the job. Its stdin stays open until the run is over (`release`): the evaluator takes the end
+        of its stdin for the end of this process, and stops the run (a loop killed, a Ray worker lost)."""
         try:
             self.proc.stdin.write((json.dumps(job) + "\n").encode())
-            self.proc.stdin.close()
+            self.proc.stdin.flush()
         except OSError:
             pass  # it died starting up; its exit code and errors say why
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
 
     def wait_for_training(self, progress: Path, timeout: float) -> None:
         """Return when the run's clock has started, or it ended, or `timeout` seconds passed."""
@@ -203,6 +211,7 @@ class Referee:
 
     def kill(self) -> None:
         kill_tree(self.proc)
+        self.release()
 
     def errors(self) -> str:
         self.proc.captured.seek(0)

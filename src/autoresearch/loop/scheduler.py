@@ -114,7 +114,8 @@ class Scheduler:
                 within = (max_experiments is None or proposed < max_experiments) and (
                     hours is None or self.clock.now() - started < hours * 3600
                 )
-                proposed += self.fill(agent if within else None)
+                left = None if max_experiments is None else max_experiments - proposed
+                proposed += self.fill(agent if within else None, left)
                 if not self.busy() and not self.jobs and not self._waiting_submissions():
                     if agent is not None and within:
                         self.clock.sleep(max(0.0, min(POLL_S, self.propose_after - self.clock.now())))
@@ -130,8 +131,8 @@ class Scheduler:
             self.stop_all()
             raise
 
-    def fill(self, agent: Agent | None) -> int:
-        """Give every idle worker a run; how many proposals the agent made meanwhile."""
+    def fill(self, agent: Agent | None, left: int | None = None) -> int:
+        """Give every idle worker a run, asking the agent for at most `left` proposals; how many it made."""
         proposed = 0
         for worker in self.workers:
             if worker.job is not None:
@@ -139,7 +140,7 @@ class Scheduler:
             job = self.next_job()
             # A rejected proposal (a repeat, say) leaves the worker idle: ask again at once, a few times.
             for _ in range(PROPOSALS_PER_WORKER):
-                if job is not None or agent is None or self.loop.best() is None:
+                if job is not None or agent is None or self.loop.best() is None or proposed == left:
                     break
                 if self.clock.now() < self.propose_after:
                     break
@@ -342,8 +343,10 @@ def run_workers(
     max_experiments: int | None = None,
     hours: float | None = None,
     linger: float = 0.0,
+    executor_for=None,
 ) -> None:
-    """The loop on `found` devices (the CLI's `run` with --gpus or --workers, or with submissions)."""
+    """The loop on `found` devices (the CLI's `run` with --gpus, --workers or --ray, or with submissions);
+    `executor_for(device)` makes each worker's executor (default: a LocalExecutor pinned to the device)."""
     if (why := sandbox.unavailable_reason()) is not None:
         # One worker checks the workspace around each run; several cannot, while the others' runs go on. Only
         # confinement keeps a run out of the workspace then.
@@ -351,7 +354,7 @@ def run_workers(
             f"several workers, or submitted experiments, need confined runs, and here they cannot be: {why}",
             hint="install bubblewrap (see the README's Confinement), or run one worker with `autoresearch run`",
         )
-    workers = make_workers(loop, found)
+    workers = make_workers(loop, found, executor_for)
     try:
         Scheduler(loop, workers, Inbox(loop.ws.state), linger).run(agent, max_experiments, hours)
     finally:
