@@ -21,6 +21,7 @@ import time
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
+from autoresearch.loop.workers import Device
 from autoresearch.vocabulary import RunEnd
 
 INSTALL_HINT = "pip install 'autoresearch[ray]'"
@@ -41,7 +42,8 @@ def connect(address: str | None) -> int:
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            # A cluster of one's own (no address) needs no dashboard; one that exists keeps its settings.
+            ray.init(address=address, log_to_driver=False, **({} if address else {"include_dashboard": False}))
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise AutoresearchError(
                 f"cannot reach the Ray cluster at {address}: {exc}",
@@ -102,8 +104,6 @@ def _train(spec: RunSpec) -> Outcome:
     return executor.run(spec)
 
 
-def ray_devices(count: int) -> list:
+def ray_devices(count: int) -> list[Device]:
     """One worker per GPU of the cluster; Ray, not the worker, picks the GPU of each run."""
-    from autoresearch.loop.workers import Device
-
     return [Device(f"ray {i}", {}) for i in range(count)]
