@@ -3,12 +3,16 @@
     PYTHONPATH=$PWD/src python3 bench/parallel_gpus.py --preset h100 --budget 60 --experiments 16 --gpus all
     PYTHONPATH=$PWD/src python3 bench/parallel_gpus.py --preset h100 --budget 60 --experiments 8     # one GPU
     PYTHONPATH=$PWD/src python3 bench/parallel_gpus.py --preset tiny --budget 10 --experiments 4 --workers 2
+    PYTHONPATH=$PWD/src python3 bench/parallel_gpus.py --preset h100 --budget 60 --experiments 16 --ray auto
+    PYTHONPATH=$PWD/src python3 bench/parallel_gpus.py --preset tiny --budget 10 --experiments 4 --ray local \
+        --fake-gpus 2
 
 Runs the real loop with its scheduler (loop/scheduler.py: one worker per device, each in its own worktree)
 in a fresh workspace on python-source, until N experiments after the baseline are judged, then reads the
-ledger and every run's result: experiments per hour, each worker's busy fraction (the seconds its runs
-took from start to score, over the wall time), the driver's own time per experiment (what the workers
-waited for it), and the device each run trained on (its name and UUID: two workers never share one).
+ledger and every run's result: runs per hour, the busy fraction (the seconds the runs took from start to
+score, over the workers' wall time), the idle worker-seconds per run (what the workers waited for the
+driver, the agent, start-up), and the same per device each run reports (a GPU's name and UUID: each GPU's
+busy fraction, and proof that no two workers shared one). `--ray` runs them as Ray tasks.
 Without --gpus or --workers it runs the one-worker loop, for the comparison. `--agent nudge` needs no
 Optuna (the GPU machine has none unless it is carried there).
 """
@@ -27,6 +31,7 @@ from common import fresh_loop
 from loop_overhead import NudgeAgent
 
 from autoresearch.agents.factory import make_agent
+from autoresearch.loop.ray_executor import RayExecutor, connect, ray_devices
 from autoresearch.loop.scheduler import run_workers
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import Kind
@@ -40,6 +45,10 @@ def main() -> None:
     parser.add_argument("--baseline-runs", type=int, default=2)
     parser.add_argument("--gpus", help="all, or ids like 0,1")
     parser.add_argument("--workers", type=int, help="CPU-only dry run: N workers")
+    parser.add_argument(
+        "--ray", help="runs as Ray tasks: a cluster's ADDRESS (`auto` after `ray start --head`) or local"
+    )
+    parser.add_argument("--fake-gpus", type=int, help="with --ray local on a CPU: Ray's GPU count (a dry run)")
     parser.add_argument("--agent", choices=["tune", "nudge"], default="tune")
     parser.add_argument("--work", type=Path, default=Path("/tmp/parallel-gpus"))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
@@ -47,10 +56,17 @@ def main() -> None:
 
     loop = fresh_loop(args.work, args.preset, args.budget, args.baseline_runs)
     loop.executor.close()  # every worker has an executor of its own
-    found = devices(args.gpus, args.workers)
+    found, executor_for = devices(args.gpus, args.workers), None
+    if args.ray:
+        if args.ray == "local":
+            import ray
+
+            ray.init(num_gpus=args.fake_gpus, include_dashboard=False, log_to_driver=False)
+        found = ray_devices(connect(None if args.ray == "local" else args.ray))
+        executor_for = lambda _device: RayExecutor()
     agent = NudgeAgent() if args.agent == "nudge" else make_agent("tune")
     started = time.time()
-    run_workers(loop, agent, found, max_experiments=args.experiments)
+    run_workers(loop, agent, found, max_experiments=args.experiments, executor_for=executor_for)
     wall = time.time() - started
 
     experiments = [e for e in loop.ledger.all() if e.kind != Kind.PROPOSAL]
@@ -58,10 +74,10 @@ def main() -> None:
     for exp in experiments:
         for path in sorted(loop.ws.state.glob(f"runs/{exp.id}-*/result.json")):
             result = json.loads(path.read_text())
-            runs.append({"run": path.parent.name, "worker": exp.worker or "local", **_picked(result)})
-    busy: dict[str, float] = defaultdict(float)
+            runs.append({"run": path.parent.name, **_picked(result)})
+    busy: dict[str, float] = defaultdict(float)  # by the device each run reports: a GPU's name and UUID
     for run in runs:
-        busy[run["worker"]] += run["total_seconds"] or 0.0
+        busy[run["device"]] += run["total_seconds"] or 0.0
     judged = [e for e in experiments if e.kind == Kind.EXPERIMENT and e.finished_at]
     summary = {
         "preset": args.preset,
@@ -71,15 +87,16 @@ def main() -> None:
         "experiments_judged": len(judged),
         "runs": len(runs),
         "runs_per_hour": round(3600 * len(runs) / wall, 1),
-        "busy_fraction": {worker: round(seconds / wall, 3) for worker, seconds in sorted(busy.items())},
+        "busy_fraction": round(sum(busy.values()) / (wall * len(found)), 3),
+        # Per device, from the runs' own reports (on a CPU every worker reports the same CPU).
+        "busy_fraction_by_device": {device: round(seconds / wall, 3) for device, seconds in sorted(busy.items())},
         # Worker-seconds not spent from a run's start to its score: proposing, git, the driver, start-up.
         "idle_worker_s_per_run": round((wall * len(found) - sum(busy.values())) / max(1, len(runs)), 1),
-        "devices_by_worker": {w: sorted({r["device"] for r in runs if r["worker"] == w}) for w in sorted(busy)},
         "mean_tokens_per_second": round(statistics.fmean(r["tokens_per_second"] for r in runs), 1) if runs else 0,
         "run_list": runs,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"parallel_{args.preset}_{len(found)}w.json"
+    name = f"parallel_{args.preset}_{len(found)}w{'_ray' if args.ray else ''}.json"
     (args.out / name).write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "run_list"}, indent=1))
 
