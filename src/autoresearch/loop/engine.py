@@ -384,10 +384,7 @@ class ResearchLoop:
 
     def _train(self, exp: Experiment, run: int) -> Outcome:
         """Train `exp` once; run k > 0 uses SEED + k, so repeated runs measure seed-to-seed noise."""
-        source = exp.source
-        seed = read_constants(source).get("SEED") if run else None
-        if seed is not None:
-            source = set_constants(source, {"SEED": seed.value + run})
+        source = seeded(exp.source, run)
         self.ws.write_train_py(source)
         self.reporter.phase(exp.id, exp.description, f"training run {run + 1}")
         self.reporter.training(exp.id, run, self.ws.apparatus.budget_seconds)
@@ -528,3 +525,9 @@ def _one_line(text: str) -> str:
 
 def _commit_message(exp: Experiment) -> str:
     return f"exp {exp.id}: {exp.description}"
+
+
+def seeded(source: str, run: int) -> str:
+    """train.py for run `run` of an experiment: SEED + run, so repeated runs measure seed-to-seed noise."""
+    seed = read_constants(source).get("SEED") if run else None
+    return set_constants(source, {"SEED": seed.value + run}) if seed is not None else source

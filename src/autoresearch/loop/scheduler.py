@@ -28,13 +28,12 @@ from typing import Any, Protocol
 from autoresearch.agents.base import Agent, preflight
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import sandbox
-from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop
+from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop, seeded
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.ratchet import Ratchet
 from autoresearch.loop.workers import Device, Job, Worker, check_out, make_worktree
 from autoresearch.vocabulary import Kind, RunEnd, Status
-from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import TRAIN_PY
 
@@ -194,7 +193,7 @@ class Scheduler:
         new = []
         while len(new) < missing:
             if index not in done and index not in act.running and index not in queued:
-                new.append(Job(exp.id, index, _seeded(exp.source, index)))
+                new.append(Job(exp.id, index, seeded(exp.source, index)))
             index += 1
         if front:
             self.jobs.extendleft(reversed(new))
@@ -359,12 +358,6 @@ def run_workers(
         Scheduler(loop, workers, Inbox(loop.ws.state), linger).run(agent, max_experiments, hours)
     finally:
         close_workers(workers)
-
-
-def _seeded(source: str, run: int) -> str:
-    """train.py for run `run` of an experiment: SEED + run, so repeated runs measure seed-to-seed noise."""
-    seed = read_constants(source).get("SEED") if run else None
-    return set_constants(source, {"SEED": seed.value + run}) if seed is not None else source
 
 
 def make_workers(loop: ResearchLoop, found: list[Device], executor_for=None) -> list[Worker]:
