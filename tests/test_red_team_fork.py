@@ -161,14 +161,14 @@ def test_killing_the_anchor_ends_only_this_run(lab, tiny_prepared: Path) -> None
         import os, signal, time
         for pid in (p for p in os.listdir("/proc") if p.isdigit()):
             if open(f"/proc/{pid}/comm").read().strip() == "sleep":
+                print("KILLING the anchor", pid, flush=True)  # first: the namespace may die before a later print
                 os.kill(int(pid), signal.SIGKILL)
-                print("KILLED the anchor", pid, flush=True)
         os.kill(-1, signal.SIGKILL)
         time.sleep(30)
         """
     )
     exp = loop.step(one_edit("kill the anchor", [("    batches = run.train_batches(BATCH)\n", kill)]))
-    assert "KILLED the anchor" in run_log(ws, exp.id)
+    assert "KILLING the anchor" in run_log(ws, exp.id)
     assert exp.status == Status.CRASH and "train.py ended" in exp.reason, exp.reason
     honest = loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.04")]))
     assert honest.status != Status.CRASH and result_of(honest)["valid"], honest.reason
