@@ -21,6 +21,7 @@ from autoresearch.data import prepare as prepare_module
 from autoresearch.data.prepare import prepare
 from autoresearch.data.shards import Manifest, open_shard, shard_intact
 from autoresearch.data.sources import TRAIN, VAL
+from autoresearch.data.sources.base import split_texts
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import DataError
 from autoresearch.evaluator.feeder import Feeder
@@ -193,10 +194,11 @@ def test_data_prepared_for_other_preset_settings_is_rebuilt_with_the_split_they_
     prepared: Path, corpus: Path, mini_preset: Preset, console: Console
 ) -> None:
     _, val = split_markers(prepared)
+    val_rows = Manifest.load(prepared / "manifest.json").split(VAL)[0].rows
     bigger = dataclasses.replace(mini_preset, eval_tokens=4 * mini_preset.eval_tokens)  # same name, more val text
     prepare(f"local:{corpus}", bigger, prepared.parents[2], console=console)
     train, bigger_val = split_markers(prepared)
-    assert val < bigger_val
+    assert val <= bigger_val and Manifest.load(prepared / "manifest.json").split(VAL)[0].rows > val_rows
     assert not train & bigger_val
     assert Manifest.load(prepared / "manifest.json").preset == bigger.as_dict()
 
@@ -277,3 +279,27 @@ def test_the_tiny_preset_prepares_a_copy_of_the_standard_library(tiny_prepared: 
     assert val.rows >= tiny.eval_rows
     assert sum(s.rows for s in manifest.split(TRAIN)) > 0
     assert all(shard_intact(tiny_prepared, s) for s in manifest.shards)
+
+
+def test_validation_takes_a_middle_piece_of_many_documents_and_trains_on_none_of_them() -> None:
+    """A long validation document gives a piece from its middle, starting at a line: the same validation bytes
+    then span many documents, so a seed that suits a few of them moves val_bpb less. The rest of a validation
+    document is dropped, never trained on."""
+    docs = [document("txt", i, lines=200) for i in range(60)]  # ~13 KB each
+    whole = split_texts(docs, val_bytes=20_000, max_bytes=None)
+    pieces = split_texts(docs, val_bytes=20_000, max_bytes=None, val_piece=1_000)
+    assert len(whole.val) == 2 and len(pieces.val) >= 20
+    for piece in pieces.val:
+        assert len(piece) <= 1_000 and piece.startswith("<DOC_txt_")
+        (source,) = [d for d in docs if piece in d]
+        assert 0 < source.index(piece) < len(source) - len(piece)  # from the middle, not the head
+        assert source not in pieces.train
+    assert len(pieces.train) + len(pieces.val) == len(docs)
+
+
+def test_too_few_documents_for_small_pieces_get_larger_ones() -> None:
+    docs = [document("md", i, lines=400) for i in range(4)]  # ~27 KB each
+    split = split_texts(docs, val_bytes=40_000, max_bytes=None, val_piece=1_000)
+    assert sum(len(v) for v in split.val) >= 40_000 and split.train
+    with pytest.raises(DataError, match="corpus too small"):
+        split_texts(docs, val_bytes=200_000, max_bytes=None, val_piece=1_000)

@@ -11,6 +11,9 @@ from autoresearch.errors import ConfigError
 # Validation text to set aside per evaluation token: about 3-4 bytes per token for code and prose
 # at these vocabulary sizes, so 5 leaves room; prepare checks that enough tokens came out.
 VAL_BYTES_PER_TOKEN = 5
+# A validation document contributes at most a piece of about a row (4 characters per token) from its middle,
+# so the evaluation spans hundreds of documents instead of a few long ones (BENCHMARKS.md, issue 9).
+VAL_PIECE_CHARS_PER_TOKEN = 4
 
 __all__ = ["TRAIN", "VAL", "Part", "Source", "dataset_names", "make_source"]
 
@@ -23,16 +26,17 @@ def dataset_names() -> list[str]:
 
 def make_source(dataset: str, preset: Preset, *, root: Path | None = None, shards: int | None = None) -> Source:
     val_bytes = preset.eval_tokens * VAL_BYTES_PER_TOKEN
+    val_piece = preset.seq_len * VAL_PIECE_CHARS_PER_TOKEN
     if root is not None and dataset != "python-source":
         raise ConfigError("--root applies to --dataset python-source only")
     if dataset == "python-source":
         from autoresearch.data.sources.python_source import PythonSource
 
-        return PythonSource(val_bytes, preset.max_corpus_bytes, root)
+        return PythonSource(val_bytes, preset.max_corpus_bytes, val_piece, root)
     if dataset.startswith("local:"):
         from autoresearch.data.sources.local import LocalSource
 
-        return LocalSource(Path(dataset.removeprefix("local:")), val_bytes, preset.max_corpus_bytes)
+        return LocalSource(Path(dataset.removeprefix("local:")), val_bytes, preset.max_corpus_bytes, val_piece)
     from autoresearch.data.sources.hub import HUB_DATASETS, HubSource
 
     if dataset in HUB_DATASETS:

@@ -45,12 +45,16 @@ class TextSplit:
     duplicates_dropped: int
 
 
-def split_texts(texts: Iterable[str], val_bytes: int, max_bytes: int | None) -> TextSplit:
+def split_texts(texts: Iterable[str], val_bytes: int, max_bytes: int | None, val_piece: int | None = None) -> TextSplit:
     """Deterministic train/val split of a corpus of documents, independent of the order they came in.
 
     Exact duplicates are dropped first, so no validation document can also appear in train. Documents
     are then ordered by the hash of their content; validation takes them in that order until it holds
-    `val_bytes`, train takes the rest (up to `max_bytes` if given).
+    `val_bytes`, train takes the rest (up to `max_bytes` if given). With `val_piece`, validation keeps
+    only a piece of at most that many characters from the middle of each of its documents (the rest is
+    dropped, not trained on): the same `val_bytes` then come from many more documents, so a seed that
+    happens to suit a few of them moves val_bpb less (BENCHMARKS.md, "the validation set"). A corpus
+    of too few documents for that gets larger pieces.
     """
     keyed: dict[bytes, str] = {}
     seen = 0
@@ -58,11 +62,10 @@ def split_texts(texts: Iterable[str], val_bytes: int, max_bytes: int | None) -> 
         seen += 1
         keyed.setdefault(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest(), text)
     ordered = [keyed[k] for k in sorted(keyed)]
-    val: list[str] = []
-    taken = 0
-    while taken < val_bytes and len(val) < len(ordered) - 1:
-        val.append(ordered[len(val)])
-        taken += len(val[-1].encode("utf-8", "surrogatepass"))
+    val, taken = _validation(ordered, val_bytes, val_piece)
+    while val_piece is not None and taken < val_bytes and val_piece < max(map(len, ordered), default=0):
+        val_piece *= 2  # too few documents for pieces this small
+        val, taken = _validation(ordered, val_bytes, val_piece)
     train = ordered[len(val) :]
     if max_bytes is not None:
         kept, total = [], 0
@@ -79,6 +82,24 @@ def split_texts(texts: Iterable[str], val_bytes: int, max_bytes: int | None) -> 
             hint="point the dataset at more text, or use a preset with a smaller evaluation set (--preset tiny)",
         )
     return TextSplit(train=train, val=val, duplicates_dropped=seen - len(keyed))
+
+
+def _validation(ordered: list[str], val_bytes: int, piece: int | None) -> tuple[list[str], int]:
+    """The validation texts (the first documents, or a middle piece of each) and their bytes; one is left to train."""
+    val: list[str] = []
+    taken = 0
+    while taken < val_bytes and len(val) < len(ordered) - 1:
+        val.append(middle_piece(ordered[len(val)], piece))
+        taken += len(val[-1].encode("utf-8", "surrogatepass"))
+    return val, taken
+
+
+def middle_piece(text: str, chars: int | None) -> str:
+    """At most `chars` characters from the middle of `text`, starting at a line's beginning."""
+    if chars is None or len(text) <= chars:
+        return text
+    start = text.rfind("\n", 0, (len(text) - chars) // 2) + 1
+    return text[start : start + chars]
 
 
 def text_parts(split: TextSplit, identity: str, part_bytes: int = 32 * 2**20) -> list[Part]:
@@ -112,8 +133,8 @@ class TextCorpus:
     slug: str
     request: dict[str, Any]
 
-    def __init__(self, val_bytes: int, max_bytes: int | None):
-        self._val_bytes, self._max_bytes = val_bytes, max_bytes
+    def __init__(self, val_bytes: int, max_bytes: int | None, val_piece: int | None = None):
+        self._val_bytes, self._max_bytes, self._val_piece = val_bytes, max_bytes, val_piece
         self._split: TextSplit | None = None
 
     def documents(self) -> Iterator[str]:
@@ -121,7 +142,7 @@ class TextCorpus:
 
     def fetch(self) -> None:
         if self._split is None:
-            self._split = split_texts(self.documents(), self._val_bytes, self._max_bytes)
+            self._split = split_texts(self.documents(), self._val_bytes, self._max_bytes, self._val_piece)
 
     def parts(self) -> list[Part]:
         assert self._split is not None, "fetch() first"

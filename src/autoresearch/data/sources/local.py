@@ -139,14 +139,14 @@ def parquet_texts(path: Path, column: str = "text") -> Iterator[str]:
 
 
 class LocalSource(TextCorpus):
-    def __init__(self, path: Path, val_bytes: int, max_bytes: int | None):
-        super().__init__(val_bytes, max_bytes)
+    def __init__(self, path: Path, val_bytes: int, max_bytes: int | None, val_piece: int | None = None):
+        super().__init__(val_bytes, max_bytes, val_piece)
         self.root = path.expanduser().resolve()
         if not self.root.is_dir():
             raise DataError(f"local dataset {path} is not a directory", hint="use local:/path/to/dir")
         self.name = f"local:{self.root}"
         self.slug = f"local-{path_tag(self.root)}"
-        self.request = {"dataset": self.name, "val_bytes": val_bytes, "max_bytes": max_bytes}
+        self.request = {"dataset": self.name, "val_bytes": val_bytes, "max_bytes": max_bytes, "val_piece": val_piece}
         check_corpus(self.root, val_bytes)
 
     def documents(self) -> Iterator[str]:

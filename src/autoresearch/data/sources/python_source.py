@@ -45,8 +45,8 @@ def read_text_files(roots: list[Path], suffixes: frozenset[str] = SUFFIXES) -> I
 
 
 class PythonSource(TextCorpus):
-    def __init__(self, val_bytes: int, max_bytes: int | None, root: Path | None = None):
-        super().__init__(val_bytes, max_bytes)
+    def __init__(self, val_bytes: int, max_bytes: int | None, val_piece: int | None, root: Path | None = None):
+        super().__init__(val_bytes, max_bytes, val_piece)
         if root is not None and not root.is_dir():
             raise DataError(f"--root {root} is not a directory")
         self.name = "python-source"
@@ -57,6 +57,7 @@ class PythonSource(TextCorpus):
             "roots": [str(r) for r in self.roots],
             "val_bytes": val_bytes,
             "max_bytes": max_bytes,
+            "val_piece": val_piece,
         }
 
     def documents(self) -> Iterator[str]:
