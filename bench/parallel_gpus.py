@@ -31,7 +31,7 @@ from common import fresh_loop
 from loop_overhead import NudgeAgent
 
 from autoresearch.agents.factory import make_agent
-from autoresearch.loop.ray_executor import RayExecutor, connect, ray_devices
+from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, ray_devices
 from autoresearch.loop.scheduler import run_workers
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import Kind
@@ -63,7 +63,8 @@ def main() -> None:
 
             ray.init(num_gpus=args.fake_gpus, include_dashboard=False, log_to_driver=False)
         found = ray_devices(connect(None if args.ray == "local" else args.ray))
-        executor_for = lambda _device: RayExecutor()
+        shipment = Shipment()
+        executor_for = lambda _device: RayExecutor(shipment=shipment)
     agent = NudgeAgent() if args.agent == "nudge" else make_agent("tune")
     started = time.time()
     run_workers(loop, agent, found, max_experiments=args.experiments, executor_for=executor_for)

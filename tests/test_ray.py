@@ -1,61 +1,198 @@
-"""Runs as Ray tasks (loop/ray_executor.py): a local Ray with two fake GPUs, the real loop and evaluator.
+"""Runs as Ray tasks (loop/ray_executor.py): a two-node Ray cluster on this machine, the real loop and evaluator.
 
-Ray pins each task to one of its GPUs with CUDA_VISIBLE_DEVICES; the runs train on the CPU (there is no
-CUDA here), each seeing only the GPU Ray gave it. A run whose Ray worker dies is tried once more.
+Each node has one fake GPU. The head node reads the workspace where the loop wrote it (a shared
+filesystem); the other ("far") node has a cache root of its own and is told to take nothing from the
+loop's paths (AUTORESEARCH_RAY_COPY=1): it trains from what travels through Ray's object store, as a node
+without the loop's filesystem must. Ray pins each task to its node's GPU with CUDA_VISIBLE_DEVICES; the
+runs train on the CPU (there is no CUDA here). A run whose Ray worker dies is tried once more.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 import ray
 from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, make_loop, make_workspace, with_constants
+from ray.cluster_utils import Cluster
 
+from autoresearch.config.paths import ray_dir
+from autoresearch.data.shards import Manifest
+from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator.fingerprint import fingerprint
+from autoresearch.evaluator.result import Result
+from autoresearch.loop import ray_data, ray_executor
+from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import RunSpec
-from autoresearch.loop.ray_executor import RayExecutor, connect, ray_devices
+from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, ray_devices
 from autoresearch.loop.scheduler import run_workers
+from autoresearch.loop.workers import Device
 from autoresearch.vocabulary import RunEnd, Status
 
 pytestmark = pytest.mark.slow
 START = "    run = harness.start()\n"
 SHOWS_GPU = START + "    import os\n    print('CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'])\n"
+SENT_NOTE = "autoresearch: trained on node"  # the first line of the log of a run trained from copies
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+def far_cache(tmp_path_factory) -> Path:
+    """The far node's cache root: its copies of the data and its runs' directories."""
+    return tmp_path_factory.mktemp("far-node-cache")
+
+
+@pytest.fixture(scope="module")
+def cluster(cache_dir, far_cache):
+    near = {"num_cpus": 1, "num_gpus": 1, "resources": {"accelerator_type:NEAR": 1}}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={**near, "include_dashboard": False, "env_vars": {"AUTORESEARCH_CACHE": str(cache_dir)}},
+    )
+    far_env = {"AUTORESEARCH_CACHE": str(far_cache), ray_executor.COPY_ENV: "1"}
+    cluster.add_node(num_cpus=1, num_gpus=1, resources={"accelerator_type:FAR": 1}, env_vars=far_env)
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
     ray.shutdown()
+    cluster.shutdown()
 
 
-def test_every_run_is_a_ray_task_on_a_gpu_of_its_own_and_the_loop_judges_as_ever(cluster, tmp_path, tiny_prepared):
+def copies_on_far_node(far_cache: Path) -> Path:
+    return ray_dir(far_cache) / "data"
+
+
+def fingerprint_of(ws) -> str:
+    return fingerprint(ws.apparatus, Manifest.load(Path(ws.apparatus.data_dir) / "manifest.json"))
+
+
+def test_every_run_is_a_ray_task_on_a_gpu_of_its_own_and_the_loop_judges_as_ever(
+    cluster, tmp_path, tiny_prepared, far_cache
+):
     ws = make_workspace(tmp_path / "ws", tiny_prepared, BIGRAM_TRAIN_PY.replace(START, SHOWS_GPU))
     loop = make_loop(ws, RayExecutor(), baseline_runs=2)
     found = ray_devices(connect(None))
     assert [d.label for d in found] == ["ray 0", "ray 1"]
     agent = ScriptedAgent([lambda ctx: ("LR 0.2", with_constants(ctx.train_py, LR=0.2))])
-    run_workers(loop, agent, found, max_experiments=1, executor_for=lambda _device: RayExecutor())
+    shipment = Shipment()  # the loop's: the data goes into the object store once, for every worker
+    run_workers(loop, agent, found, max_experiments=1, executor_for=lambda _device: RayExecutor(shipment=shipment))
     rows = loop.ledger.all()
     assert [r.status.final for r in rows] == [True, True] and rows[0].status == Status.KEEP
     assert len(rows[0].run_values) == 2 and rows[1].val_bpb is not None
     best = [r for r in rows if r.status == Status.KEEP][-1]
     assert ws.git.head() == best.commit and not ws.git.changed_paths()
-    seen = {
-        line
-        for log in ws.state.glob("runs/*/log.txt")
-        for line in log.read_text().splitlines()
-        if line.startswith("CUDA_VISIBLE_DEVICES=")
-    }
-    assert seen <= {"CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"} and seen  # one GPU each, Ray's
+    logs = [log.read_text() for log in ws.state.glob("runs/*/log.txt")]
+    seen = {line for log in logs for line in log.splitlines() if line.startswith("CUDA_VISIBLE_DEVICES=")}
+    assert seen == {"CUDA_VISIBLE_DEVICES=0"}  # one GPU each, Ray's (each node has one)
+    # The baseline's two runs trained at once, one on each node: one in place, one from copies.
+    sent = [log for log in logs if log.startswith(SENT_NOTE)]
+    assert 1 <= len(sent) < len(logs)
+    digest = Manifest.load(tiny_prepared / "manifest.json").digest()
+    assert (copies_on_far_node(far_cache) / digest / "verified.json").is_file()
+
+
+def test_a_node_without_the_workspace_trains_from_the_data_sent_through_ray_and_the_loop_gets_its_run(
+    cluster, tmp_path, tiny_prepared, far_cache
+):
+    data = shutil.copytree(tiny_prepared, tmp_path / "data")
+    ws = make_workspace(tmp_path / "ws", data)
+    spec = RunSpec(ws.root, ws.state / "runs" / "1-0", 120.0, fingerprint_of(ws))
+    shutil.rmtree(copies_on_far_node(far_cache), ignore_errors=True)  # the far node has no copy yet
+    shipment = Shipment()
+    shipment.request(spec, ship=True)  # the data is in Ray's object store now ...
+    (tmp_path / "gone").mkdir()
+    for name in ("tokenizer.json", "train-00000.bin", "val.bin"):  # ... and nowhere on the loop's filesystem
+        (data / name).rename(tmp_path / "gone" / name)  # (but its manifest): only the sent copy can serve the run
+    outcome = RayExecutor("FAR", shipment).run(spec)
+    assert outcome.status == RunEnd.OK, outcome.reason + outcome.log_tail
+    result = Result.load(spec.run_dir / "result.json")  # the run's directory came back to the loop
+    assert result.harness_fingerprint == spec.fingerprint and result.val_bpb == outcome.val_bpb
+    assert (spec.run_dir / "log.txt").read_text().startswith(SENT_NOTE)
+    (copy,) = copies_on_far_node(far_cache).iterdir()  # fetched once, verified, kept for the next runs
+    assert (copy / "verified.json").is_file() and sorted(p.name for p in copy.glob("*.bin")) == [
+        "train-00000.bin",
+        "val.bin",
+    ]
+    assert not list((ray_dir(far_cache) / "work").glob("*/runs/*"))  # sent back, not left there
+
+
+def test_a_node_whose_copy_of_the_data_fails_its_manifest_refuses_and_nothing_is_judged(
+    cluster, tmp_path, tiny_prepared, far_cache
+):
+    data = shutil.copytree(tiny_prepared, tmp_path / "data")
+    shard = data / "train-00000.bin"
+    damaged = bytearray(shard.read_bytes())
+    damaged[100] ^= 0xFF  # same size: only the SHA-256 tells
+    shard.write_bytes(bytes(damaged))
+    ws = make_workspace(tmp_path / "ws", data)
+    loop = make_loop(ws, RayExecutor("FAR"), baseline_runs=1)
+    # A node with a verified copy of this manifest's data would train from it (it is the same data): this one has none.
+    shutil.rmtree(copies_on_far_node(far_cache), ignore_errors=True)
+    with pytest.raises(LoopError, match=r"refuses the run: the data it received .* shard train-00000") as refused:
+        run_workers(loop, None, [Device("ray 0")], executor_for=lambda _device: RayExecutor("FAR"))
+    assert "autoresearch prepare" in refused.value.hint
+    rows = loop.ledger.all()
+    assert rows and all(r.val_bpb is None and r.status != Status.KEEP for r in rows)
+    assert not list(ws.state.glob("runs/*/result.json"))
+    assert not list(copies_on_far_node(far_cache).iterdir())  # the damaged copy is not kept
+
+
+@pytest.mark.parametrize(
+    ("differs", "said"),
+    [
+        ("__version__", "its autoresearch is .*, the loop's 0.0.0-other"),
+        ("code_digest", "its evaluator's code differs from the loop's"),
+    ],
+)
+def test_a_node_whose_autoresearch_differs_from_the_loops_refuses_the_run(
+    cluster, tmp_path, tiny_prepared, monkeypatch, differs, said
+):
+    ws = make_workspace(tmp_path / "ws", tiny_prepared)
+    # The loop's side is changed here; the nodes' workers import their own, unchanged.
+    monkeypatch.setattr(ray_executor, differs, "0.0.0-other" if differs == "__version__" else lambda: "0" * 64)
+    spec = RunSpec(ws.root, ws.state / "runs" / "1-0", 120.0, fingerprint_of(ws))
+    for accelerator in ("NEAR", "FAR"):  # the node that sees the workspace and the one that does not
+        outcome = RayExecutor(accelerator, Shipment()).run(spec)
+        assert outcome.status == RunEnd.CHANGED and outcome.result is None
+        assert outcome.hint == ray_executor.SAME_HARNESS_HINT
+        assert re.search(f"refuses the run: {said}", outcome.reason), outcome.reason
+    assert not (spec.run_dir / "result.json").exists()
+
+
+def test_a_nodes_copy_of_the_data_is_fetched_once_and_again_only_after_a_file_of_it_changed(tmp_path, tiny_prepared):
+    store: list[bytes] = []  # stands for the object store: a reference is an index into it
+    fetched: list[int] = []
+
+    def get(ref: int) -> bytes:
+        fetched.append(ref)
+        return store[ref]
+
+    text = (tiny_prepared / "manifest.json").read_text()
+    parcel = ray_data.ship_data(
+        tiny_prepared, Manifest.parse(text, "test"), lambda piece: store.append(piece) or len(store) - 1
+    )
+    copy = ray_data.node_copy(text, parcel, tmp_path / "node", get)
+    assert sorted(fetched) == list(range(len(store))) and ray_data.verify(copy, copy.name) is None
+    assert ray_data.node_copy(text, parcel, tmp_path / "node", get) == copy and len(fetched) == len(store)
+    with (copy / "val.bin").open("r+b") as f:  # damaged at rest (the look before each run is size and mtime)
+        f.truncate(100)
+    assert ray_data.node_copy(text, parcel, tmp_path / "node", get) == copy and len(fetched) == 2 * len(store)
+    assert ray_data.verify(copy, copy.name) is None
+
+
+def test_a_file_sent_back_cannot_name_a_path_outside_the_run_directory(tmp_path):
+    with pytest.raises(AutoresearchError, match="outside its directory"):
+        ray_data.unpack(ray_data.Parcel({"../train.py": [b"print('hi')"]}), tmp_path / "run", lambda ref: b"")
+    assert not (tmp_path / "train.py").exists()
 
 
 def test_a_run_whose_ray_worker_dies_is_lost_and_leaves_nothing_running(cluster, tmp_path, tiny_prepared):
     ws = make_workspace(tmp_path / "ws", tiny_prepared, budget=30.0)
-    executor, outcomes = RayExecutor(), []
-    spec = RunSpec(ws.root, ws.state / "runs" / "1-0", 120.0, "x")
+    executor, outcomes = RayExecutor("NEAR"), []
+    spec = RunSpec(ws.root, ws.state / "runs" / "1-0", 120.0, fingerprint_of(ws))
     thread = threading.Thread(target=lambda: outcomes.append(executor.run(spec)))
     thread.start()
     deadline = time.monotonic() + 60

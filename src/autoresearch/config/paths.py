@@ -13,6 +13,12 @@ def cache_root(flag: str | Path | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+def ray_dir(cache: Path) -> Path:
+    """On a Ray node that does not see the loop's workspace: its copies of the data and its runs' directories
+    (loop/ray_executor.py). The experiment never sees it."""
+    return cache / "ray"
+
+
 def prepared_dir(cache: Path, slug: str, preset: str) -> Path:
     """One directory per (dataset, preset): the tokenizer and shards depend on both."""
     return cache / "data" / slug / preset

@@ -61,17 +61,26 @@ class Manifest:
     @classmethod
     def load(cls, path: Path) -> Manifest:
         try:
-            data = json.loads(path.read_text())
+            text = path.read_text()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise DataError(f"cannot read {path}: {exc}", hint=REPAIR_HINT) from exc
+        return cls.parse(text, path)
+
+    @classmethod
+    def parse(cls, text: str, source: str | Path) -> Manifest:
+        """The manifest in `text` (read from `source`, which errors name)."""
+        try:
+            data = json.loads(text)
             if not isinstance(data, dict):
                 raise ValueError(f"expected a JSON object, found {type(data).__name__}")
             if data.get("format") != MANIFEST_FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
             data["shards"] = [ShardInfo(**s) for s in data["shards"]]
             return cls(**data)
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            raise DataError(f"cannot read {path}: {exc}", hint=REPAIR_HINT) from exc
+        except (ValueError, TypeError, KeyError) as exc:
+            raise DataError(f"cannot read {source}: {exc}", hint=REPAIR_HINT) from exc
 
 
 def write_shard(directory: Path, info: ShardInfo, rows: np.ndarray) -> ShardInfo:

@@ -35,7 +35,7 @@ import torch
 
 from autoresearch import device as devices
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
-from autoresearch.config.paths import cache_root
+from autoresearch.config.paths import cache_root, ray_dir
 from autoresearch.config.presets import get_preset
 from autoresearch.data.shards import REPAIR_HINT, Manifest, open_shard
 from autoresearch.data.sources import VAL
@@ -282,8 +282,9 @@ def _parameter_count(weights: bytes | None) -> int:
 
 
 def _hidden_paths(root: Path, data_dir: Path) -> list[Path]:
-    """What the experiment must not see: the workspace, the prepared data and any raw corpus."""
-    hidden = {root.resolve(), data_dir.resolve(), cache_root() / "data"}
+    """What the experiment must not see: the workspace, the prepared data and any raw corpus, and on a Ray node
+    the copies of the data and the other runs' directories (loop/ray_executor.py)."""
+    hidden = {root.resolve(), data_dir.resolve(), cache_root() / "data", ray_dir(cache_root())}
     hf = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"
     hidden.add(Path(hf).expanduser())
     return sorted(p for p in hidden if p.is_dir())

@@ -357,7 +357,7 @@ class ResearchLoop:
         while True:
             outcome = self._train(exp, len(runs))
             if outcome.status == RunEnd.CHANGED:
-                raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=APPARATUS_HINT)
+                raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or APPARATUS_HINT)
             if outcome.status != RunEnd.OK:
                 if exp.kind == Kind.BASELINE:
                     self._finish(exp, Status.CRASH, f"baseline failed: {outcome.reason}", outcome)

@@ -59,6 +59,7 @@ class Outcome:
     reason: str
     log_tail: str
     seconds: float
+    hint: str = ""  # what to do about it, where the loop's own hint would not fit (a Ray node refusing a run)
 
     @property
     def val_bpb(self) -> float | None:

@@ -253,7 +253,7 @@ class Scheduler:
             self.jobs.appendleft(job)
             return
         if outcome.status == RunEnd.CHANGED:
-            raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=self.loop_hint())
+            raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or self.loop_hint())
         if outcome.status != RunEnd.OK:
             why = outcome.reason if outcome.status != RunEnd.LOST else f"{outcome.reason}, twice"
             self.cancel(exp.id)
