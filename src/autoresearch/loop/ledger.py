@@ -5,9 +5,9 @@ killed loop finds on restart exactly which experiment was in flight. `results.ts
 reference's columns and is rewritten from the database after every verdict.
 
 The driver asks for every row many times per experiment (the best, the noise, the agent's context, the
-duplicate check, results.tsv: 16 reads of the whole table each). `all()` reads the table again only when it
-has changed since: a write through this connection, or a commit by any other (SQLite's `data_version`), so
-it is never stale, for this process or another's writes.
+duplicate check, results.tsv: 11.6 times per experiment at 16 workers in bench/simulate.py). `all()` reads
+the table again only when it has changed since: a write through this connection, or a commit by any other
+(SQLite's `data_version`), so it is never stale, for this process or another's writes.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Experiment:
     seeds: str = "[]"  # JSON list: the run index (SEED + index) of each value in `runs`, in the same order
     worker: str = ""  # the device its latest run trained on ("gpu 1"); empty for the one-worker loop
     merged_from: int = 0  # a win found on an old base, merged onto the best: the experiment it re-validates
+    spans: str = "[]"  # JSON list of its runs on workers: {worker, run, start, end} (loop/activity.py)
 
     @property
     def run_indices(self) -> list[int]:
