@@ -9,10 +9,11 @@
 
 Runs the real loop with its scheduler (loop/scheduler.py: one worker per device, each in its own worktree)
 in a fresh workspace on python-source, until N experiments after the baseline are judged, then reads the
-ledger and every run's result: runs per hour, the busy fraction (the seconds the runs took from start to
-score, over the workers' wall time), the idle worker-seconds per run (what the workers waited for the
-driver, the agent, start-up), and the same per device each run reports (a GPU's name and UUID: each GPU's
-busy fraction, and proof that no two workers shared one). `--ray` runs them as Ray tasks.
+ledger and every run's result: runs per hour, the busy fraction overall and per worker (loop/activity.py's,
+the one `status`, the live view and `report` show: the share of the wall time each worker had a run, from
+handing it over to its score), the idle worker-seconds per run (what the workers waited for the driver, the
+agent), and the seconds the harness counted per device each run reports (a GPU's name and UUID: proof that
+no two workers shared one). `--ray` runs them as Ray tasks.
 Without --gpus or --workers it runs the one-worker loop, for the comparison. `--agent nudge` needs no
 Optuna (the GPU machine has none unless it is carried there).
 """
@@ -31,6 +32,7 @@ from common import fresh_loop
 from loop_overhead import NudgeAgent
 
 from autoresearch.agents.factory import make_agent
+from autoresearch.loop.activity import busy_by_worker, overall, spans_of
 from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, ray_devices
 from autoresearch.loop.scheduler import run_workers
 from autoresearch.loop.workers import devices
@@ -76,9 +78,11 @@ def main() -> None:
         for path in sorted(loop.ws.state.glob(f"runs/{exp.id}-*/result.json")):
             result = json.loads(path.read_text())
             runs.append({"run": path.parent.name, **_picked(result)})
-    busy: dict[str, float] = defaultdict(float)  # by the device each run reports: a GPU's name and UUID
+    harness: dict[str, float] = defaultdict(float)  # by the device each run reports: a GPU's name and UUID
     for run in runs:
-        busy[run["device"]] += run["total_seconds"] or 0.0
+        harness[run["device"]] += run["total_seconds"] or 0.0
+    spans = [s for e in experiments for s in spans_of(e)]
+    busy = busy_by_worker(spans, started, started + wall, workers=[d.label for d in found])
     judged = [e for e in experiments if e.kind == Kind.EXPERIMENT and e.finished_at]
     summary = {
         "preset": args.preset,
@@ -88,11 +92,12 @@ def main() -> None:
         "experiments_judged": len(judged),
         "runs": len(runs),
         "runs_per_hour": round(3600 * len(runs) / wall, 1),
-        "busy_fraction": round(sum(busy.values()) / (wall * len(found)), 3),
-        # Per device, from the runs' own reports (on a CPU every worker reports the same CPU).
-        "busy_fraction_by_device": {device: round(seconds / wall, 3) for device, seconds in sorted(busy.items())},
-        # Worker-seconds not spent from a run's start to its score: proposing, git, the driver, start-up.
-        "idle_worker_s_per_run": round((wall * len(found) - sum(busy.values())) / max(1, len(runs)), 1),
+        "busy_fraction": round(overall(busy), 3),
+        "busy_fraction_by_worker": {worker: round(fraction, 3) for worker, fraction in busy.items()},
+        # The harness's own seconds per device each run reports (on a CPU every worker reports the same CPU).
+        "harness_fraction_by_device": {device: round(s / wall, 3) for device, s in sorted(harness.items())},
+        # Worker-seconds without a run: proposing, git, the driver.
+        "idle_worker_s_per_run": round(wall * len(found) * (1 - overall(busy)) / max(1, len(runs)), 1),
         "mean_tokens_per_second": round(statistics.fmean(r["tokens_per_second"] for r in runs), 1) if runs else 0,
         "run_list": runs,
     }

@@ -331,7 +331,10 @@ class Recorder:
     def phase(self, exp_id: int, what: str, text: str) -> None:
         pass
 
-    def training(self, exp_id: int, run: int, budget: float) -> None:
+    def training(self, exp_id: int, run: int, budget: float, worker: str = "") -> None:
+        pass
+
+    def run_ended(self, exp_id: int, run: int, worker: str) -> None:
         pass
 
     def finished(self, exp: Experiment, best: Experiment | None) -> None:

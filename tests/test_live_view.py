@@ -111,3 +111,36 @@ def test_plain_output_keeps_its_exp_prefix_on_a_rich_console():
         "[exp 3] training run 1 (60s budget)",
         "[bold]not markup[/bold]",
     ]
+
+
+def test_with_two_workers_each_has_a_line_its_run_against_the_budget_its_busy_fraction_and_rate(tmp_path: Path):
+    clock = FakeClock()
+    view = LiveReporter(Console(width=160), "autoresearch: tune", runs_dir=tmp_path, clock=clock)
+    view.phase(2, "LR up", "training run 1 on gpu 0")
+    view.training(2, 0, 60, "gpu 0")
+    view.phase(3, "BATCH 64", "training run 1 on gpu 1")
+    view.training(3, 0, 60, "gpu 1")
+    clock.now += 30
+    view.run_ended(3, 0, "gpu 1")
+    done = Experiment(id=3, kind="experiment", status="discard", description="BATCH 64", parent="a", worker="gpu 1")
+    view.finished(done, None)
+    clock.now += 30  # a minute up: gpu 0 trained all of it, gpu 1 half
+    log = tmp_path / "2-0" / "log.txt"
+    log.parent.mkdir()
+    log.write_text("clock started after 5 untimed steps; budget 60s\nstep   120 |  25.0% | loss 3.4100 | 45s left\n")
+    lines = screen(view).splitlines()
+    gpu0 = next(line for line in lines if line.startswith("gpu 0"))
+    assert "exp 2 run 1: 0:15 / 60s budget (step 120, loss 3.4100)" in gpu0 and "LR up" in gpu0
+    assert "busy 100%, 0.0/h" in gpu0
+    gpu1 = next(line for line in lines if line.startswith("gpu 1"))
+    assert "idle" in gpu1 and "busy 50%, 60.0/h" in gpu1  # one verdict in a minute
+    assert any(line.startswith("2 workers") and "busy 75%, 60.0 experiments/h" in line for line in lines)
+    assert not any("training run 1 on gpu" in line for line in lines)  # each run on its worker's line only
+
+
+def test_one_worker_has_no_worker_lines():
+    view = LiveReporter(Console(width=160), "autoresearch: tune", clock=FakeClock())
+    view.phase(2, "LR up", "training run 1")
+    view.training(2, 0, 60)
+    text = screen(view)
+    assert "exp 2: training run 1  60s budget" in text and "busy" not in text and "idle" not in text

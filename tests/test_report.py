@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import struct
 from pathlib import Path
@@ -320,3 +321,23 @@ def test_the_reports_margin_is_the_one_the_judge_keeps_by():
         assert judge(1.0, [1.0 - 1.01 * margin], noise, 0, 0).decision != Status.DISCARD
     noise = measured_noise([exp(1, Status.KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]")])
     assert noise.runs == 3 and noise.noise == pytest.approx(0.009) and noise.margin == pytest.approx(0.018)
+
+
+def test_with_several_workers_the_report_gives_each_its_experiments_rate_runs_and_busy_fraction():
+    def on(worker: str, *runs: tuple[float, float]) -> dict:
+        spans = [{"worker": worker, "run": i, "start": T0 + a, "end": T0 + b} for i, (a, b) in enumerate(runs)]
+        return {"worker": worker, "spans": json.dumps(spans)}
+
+    # From T0 to T0 + 1700 s: gpu 0 trains 0-500 and 1200-1700 (1000 s), gpu 1 600-1100 (500 s).
+    rows = [
+        exp(1, Status.KEEP, 1.0, "baseline", kind="baseline", **on("gpu 0", (0, 500))),
+        exp(2, Status.DISCARD, 1.003, "LR up", **on("gpu 1", (600, 1100))),
+        exp(3, Status.KEEP, 0.995, "warm-up", **on("gpu 0", (1200, 1700))),
+    ]
+    text = render_report(rows).split("## Throughput")[1]
+    assert "2 workers, busy **44%** together" in text  # (1000 + 500) / (2 x 1700)
+    assert f"| gpu 0 | 2 | {2 * 3600 / 1700:.1f} | 2 | 59% |" in text
+    assert f"| gpu 1 | 1 | {3600 / 1700:.1f} | 1 | 29% |" in text
+    assert "Training: 15 min 00 s, **26% of the workers' wall clock**" in text  # 900 s of 2 x 1700 s
+    one = render_report([exp(1, Status.KEEP, 1.0, "baseline", kind="baseline", **on("gpu 0", (0, 500)))])
+    assert "| worker |" not in one and "of wall clock" in one  # one worker: as uncluttered as before

@@ -10,6 +10,7 @@ import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
 from autoresearch.evaluator import sandbox
+from autoresearch.loop.activity import SESSION_NAME, spans_of
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.inbox import Inbox, wait_for
@@ -18,6 +19,7 @@ from autoresearch.loop.ratchet import merge_constants
 from autoresearch.loop.scheduler import Scheduler, make_workers, run_workers
 from autoresearch.loop.status import status_text
 from autoresearch.loop.workers import devices
+from autoresearch.report import render_report
 from autoresearch.vocabulary import Kind, RunEnd, Status
 
 SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002}
@@ -106,6 +108,13 @@ def test_two_workers_train_at_once_each_run_pinned_to_its_own_gpu(workspace):
     assert sched.loop.ws.git.changed_paths() == set()  # the workspace's train.py is the best's
     rate = next(line for line in status_text(sched.loop.ws).splitlines() if line.startswith("rate:"))
     assert "experiments per hour (gpu 0: " in rate and ", gpu 1: " in rate
+    # Every run is in its experiment's row, on the worker that trained it, ended: what busy fractions are made of.
+    spans = [s for r in rows for s in spans_of(r)]
+    assert {label: sum(s.worker == label for s in spans) for label in runs} == {k: len(v) for k, v in runs.items()}
+    assert {s.worker for s in spans if s.exp_id == 1} == {"gpu 0", "gpu 1"} and all(s.end >= s.start for s in spans)
+    throughput = render_report(rows).split("## Throughput")[1]
+    assert "| worker | experiments | per hour | runs | busy |" in throughput and "| gpu 0 | " in throughput
+    assert not (workspace.state / SESSION_NAME).exists()  # the loop has ended: status shows no workers
 
 
 def after_the_first_keep(sched_box: list):
@@ -213,6 +222,7 @@ def test_a_driver_killed_with_two_runs_in_flight_resumes_them_and_loses_or_dupli
     assert [(e.id, e.attempts, bool(e.commit)) for e in in_flight] == [(2, 1, True), (3, 1, True)]
     told = status_text(workspace)
     assert "interrupted: exp 2 (LR 0.2)" in told and "interrupted: exp 3 (Adam betas" in told
+    assert [s.end for e in in_flight for s in spans_of(e)] == [None, None]  # training when the driver died
 
     again, fakes = scheduler(workspace)  # `autoresearch run` again
     again.run(None)
@@ -225,6 +235,8 @@ def test_a_driver_killed_with_two_runs_in_flight_resumes_them_and_loses_or_dupli
     assert sorted(trained) == [0.05, 0.2, 0.2]  # each resumed once (0.05: exp 3, betas), then the merge
     assert again.loop.git.head() == again.loop.best().commit == rows[3].commit
     assert len((workspace.root / "results.tsv").read_text().splitlines()) == 1 + len(rows)
+    assert all(s.end is not None for r in rows for s in spans_of(r))  # the dead driver's runs: their end unknown
+    assert [len(spans_of(r)) for r in rows[1:3]] == [1, 1]  # dropped, not counted busy; each run trained again
 
 
 def test_submit_queues_a_train_py_with_the_running_loop_and_wait_prints_its_verdict(workspace):

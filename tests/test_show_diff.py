@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
 from autoresearch.cli import main
+from autoresearch.loop.activity import start_session
 from autoresearch.loop.executor import Outcome
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.status import TRAINING, parse_progress
@@ -172,3 +174,27 @@ def test_status_shows_the_running_experiments_step_loss_and_time_left(history, c
     line = next(line for line in out.splitlines() if line.startswith("  run 2: training"))
     assert "step 130, loss 3.1000, 1s of 1s left, 123,456 tokens/s" in line
     assert "noise (std of the baseline's 3 seeds): 0.002000; margin 0.004000" in out
+
+
+def test_status_with_several_workers_gives_each_its_run_against_the_budget_or_idle_and_its_busy_fraction(
+    history, capsys
+) -> None:
+    now = time.time()
+    spans = json.dumps([{"worker": "gpu 0", "run": 0, "start": now - 30, "end": None}])
+    ledger = Ledger(history.root)
+    exp = Experiment(5, "experiment", Status.RUNNING, "LR 0.2 -> 0.3", "x", worker="gpu 0", spans=spans)
+    ledger.insert(exp)
+    ledger.close()
+    run = history.state / "runs" / "5-0"
+    run.mkdir(parents=True)
+    (run / "log.txt").write_text(
+        "clock started after 3 untimed steps; budget 60s\nstep  40 | 50.0% | loss 3.21 | 30s left\n"
+    )
+    start_session(history.state, ["gpu 0", "gpu 1"], now - 60)  # what the running loop writes
+    with history.lock():
+        code, out, _ = run_cli(capsys, "status", "--workspace", str(history.root))
+    lines = out.splitlines()
+    assert code == 0 and "workers: 2, busy 25% of the 1:00 since the loop started" in lines  # (30 + 0) / 120 s
+    at = lines.index("  gpu 0 (busy 50%): exp 5 run 1 for 0:30: LR 0.2 -> 0.3")
+    assert lines[at + 1].startswith("    run 1: training, step 40, loss 3.2100, ") and "s of 1s left" in lines[at + 1]
+    assert "  gpu 1 (busy 0%): idle" in lines and "running: exp 5" not in out

@@ -5,10 +5,9 @@ verdict before git moves again, so whatever moment the loop is killed at, `recov
 consistent state: an experiment in flight is trained again, a verdict whose git step did not happen
 is applied. Discarded commits stay readable under refs/autoresearch/discarded/<id>.
 
-An agent's turn is watched like a run (loop/watch.py): afterwards the workspace is put back as the loop left
-it, but for train.py, which is the proposal. What the agent's tools left (its own commits and branches,
-staged and new files, git config, lines added to .gitignore) is not held against it: it is put back, kept in
-the quarantine and noted in the experiment's reason. An edit to any other file that was there rejects it.
+`ResearchLoop` is this module (training, judging, recording verdicts) with its two other parts mixed in:
+asking the agent and checking its proposal (loop/asking.py), and recovery after a kill (loop/recovery.py).
+Its settings and error live in loop/settings.py; they are importable from here as before.
 """
 
 from __future__ import annotations
@@ -16,47 +15,30 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage, preflight
+from autoresearch.agents.base import Agent, Proposal, preflight
 from autoresearch.data.shards import Manifest
-from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.loop import guard
-from autoresearch.loop.executor import Executor, Outcome, RunSpec, reap_orphan
+from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
+from autoresearch.loop.executor import Executor, Outcome, RunSpec
 from autoresearch.loop.judge import judge, measured_noise, noise_of
 from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.recovery import MAX_ATTEMPTS, Recovery, commit_message
 from autoresearch.loop.reporter import Reporter
+from autoresearch.loop.settings import APPARATUS_HINT, LoopConfig, LoopError
 from autoresearch.loop.watch import Verdict, Watch
 from autoresearch.vocabulary import IN_FLIGHT, Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.workspace import TRAIN_PY, Workspace
 
-CRASHES_BEFORE_MOVING_ON = 3  # after this many crashes in a row the agent no longer sees the crash log
-PAUSE_FIRST_S, PAUSE_MAX_S = 30.0, 900.0  # back-off after failed proposals in a row
-MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
-APPARATUS_HINT = (
-    "results measured with another apparatus are not comparable: make a new workspace (autoresearch init) "
-    "for the new harness, data or budget"
-)
+# Imported from here by the CLI, the scheduler, the benches and the tests.
+__all__ = ["APPARATUS_HINT", "MAX_ATTEMPTS", "NO_PROPOSAL", "LoopConfig", "LoopError", "ResearchLoop", "seeded"]
 
 
-@dataclass(frozen=True)
-class LoopConfig:
-    baseline_runs: int = 3  # trainings of the unchanged train.py (seeds SEED, SEED+1, ...) to measure noise
-    timeout: float | None = None  # hard limit per training run; default: 1.5 x budget + 180 s
-
-
-NO_PROPOSAL = "(no proposal)"  # the description of the row of an agent that failed to propose anything
-
-
-class LoopError(AutoresearchError):
-    pass
-
-
-class ResearchLoop:
+class ResearchLoop(Asking, Recovery):
     def __init__(
         self, workspace: Workspace, executor: Executor, reporter: Reporter, config: LoopConfig, sleep=time.sleep
     ):
@@ -91,120 +73,11 @@ class ResearchLoop:
         measured = measured_noise(self.ledger.all())
         return measured.noise if measured else None
 
-    def context(self) -> Context:
-        best = self._require_best()
-        finished = [e for e in self.ledger.all() if e.status not in IN_FLIGHT]
-        crashes = 0
-        for e in reversed(finished):
-            if e.status != Status.CRASH:
-                break
-            crashes += 1
-        last_crash = finished[-1].log_tail or finished[-1].reason if crashes else None
-        return Context(
-            workspace=self.ws.root,
-            program=self.ws.program(),
-            train_py=best.source,
-            best_bpb=best.val_bpb,
-            noise=self.noise(),
-            history=[
-                PastExperiment(e.id, e.status, e.description, e.val_bpb, e.diff, e.source, e.reason) for e in finished
-            ],
-            last_crash=last_crash if crashes < CRASHES_BEFORE_MOVING_ON else None,
-            in_flight=[
-                PastExperiment(e.id, e.status, e.description, None, e.diff, e.source)
-                for e in self.ledger.in_flight()
-                if e.kind == Kind.EXPERIMENT
-            ],
-        )
-
-    def duplicate_of(self, source: str, base: str) -> str | None:
-        """Why a proposal of `source` made from commit `base` is not run again, or None: the same train.py is
-        in flight, or was already measured on the same base."""
-        for e in self.ledger.all():
-            if e.source != source or e.kind != Kind.EXPERIMENT:
-                continue
-            if e.status in IN_FLIGHT:
-                return f"the same train.py as exp {e.id}, which is being trained now: propose something different"
-            if e.parent == base and e.status != Status.CRASH:
-                return f"the same train.py as exp {e.id}, already measured on this best ({e.status}, {e.reason})"
-        return None
-
     def _require_best(self) -> Experiment:
         best = self.best()
         if best is None:
             raise LoopError("no baseline yet", hint="run `autoresearch run` or `autoresearch try` to measure it")
         return best
-
-    # -- recovery -------------------------------------------------------------------------------
-
-    def check_apparatus(self) -> None:
-        """Refuse to go on when the harness, data or budget differ from the baseline's."""
-        baseline = next((e for e in self.ledger.all() if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
-        measured = json.loads(baseline.result).get("harness_fingerprint") if baseline else None
-        if measured and measured != self.fingerprint:
-            raise LoopError(
-                f"the apparatus changed since the baseline ({measured} -> {self.fingerprint})", hint=APPARATUS_HINT
-            )
-
-    def recover(self) -> Experiment | None:
-        """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any."""
-        self.check_apparatus()
-        in_flight = self.ledger.in_flight()
-        if len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight):
-            raise LoopError(
-                f"{len(in_flight)} experiments of a loop with several workers (or submitted) are still in flight",
-                hint="`autoresearch run` with the same --gpus or --workers finishes them first",
-            )
-        pending = in_flight[0] if in_flight else None
-        if pending is not None:
-            for run_dir in self.ws.state.glob(f"runs/{pending.id}-*"):
-                if reap_orphan(run_dir):
-                    self.reporter.message(f"killed a training run of experiment {pending.id} left from before")
-            if pending.kind == Kind.PROPOSAL:
-                self._finish(pending, Status.CRASH, "interrupted while the agent was proposing")
-                return None
-            if pending.attempts >= MAX_ATTEMPTS:
-                why = f"the loop died {pending.attempts} times while this train.py ran: it is not run again"
-                self._finish(pending, Status.CRASH, why)
-                if pending.kind == Kind.BASELINE:
-                    raise LoopError(f"the baseline train.py failed: {why}", hint="fix train.py, then run again")
-                return None
-            if pending.commit is None:
-                head = self.git.head()
-                if head != pending.parent and self.git.message(head).startswith(f"exp {pending.id}:"):
-                    commit = head
-                else:
-                    self.git.move_to(pending.parent, TRAIN_PY)
-                    self.ws.write_train_py(pending.source)
-                    commit = self.git.commit(_commit_message(pending), TRAIN_PY)
-                self.ledger.update(pending.id, commit=commit)
-                pending.commit = commit
-            self.git.move_to(pending.commit, TRAIN_PY)
-            return pending
-        self.recover_branch()
-        return None
-
-    def recover_branch(self) -> None:
-        """Bring the branch to the best, where a verdict was recorded but the loop died before git followed."""
-        best = self.best()
-        if best is not None and self.git.head() != best.commit:
-            last = self.ledger.all()[-1]
-            if last.status in (Status.DISCARD, Status.CRASH) and last.commit == self.git.head():
-                self._apply_git(last)
-            elif best.parent == self.git.head():  # kept, but the loop died before the branch moved to it
-                self._apply_git(best)
-            else:
-                raise LoopError(
-                    f"the branch is at {self.git.head()[:7]}, but the best experiment is {best.commit[:7]}",
-                    hint=f"someone moved the branch by hand; `git reset --hard {best.commit[:7]}` to continue",
-                )
-
-    def check_clean(self) -> None:
-        if TRAIN_PY in self.git.changed_paths():
-            raise LoopError(
-                "train.py has uncommitted changes",
-                hint="revert them (`git checkout train.py`), or test them with `autoresearch try -m ...`",
-            )
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -254,63 +127,12 @@ class ResearchLoop:
         proposal, note = asked
         return self.submit(proposal, agent.name, getattr(agent, "model", ""), note)
 
-    def ask(self, agent: Agent, wait: bool = True) -> Experiment | tuple[Proposal, str | None]:
-        """The agent's checked proposal and what was put back after it; or, if it has none that may run, the
-        rejected proposal's row. train.py holds the proposal afterwards. After failures in a row it waits
-        (`failure_pause`) before it returns, unless `wait` is off: the scheduler waits on its own clock."""
-        best = self._require_best()
-        exp_id = self.ledger.next_id()
-        self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
-        who = f"the {agent.name} agent"
-        watch = self._watch()
-        try:
-            proposal = agent.propose(self.context())
-        except ProposalError as exc:
-            verdict = self._verified(watch, who)
-            why = str(exc) + (f"; it also {_as_agent(other)}" if (other := verdict.reason()) else "")
-            exp = self._rejected(exp_id, agent, best, NO_PROPOSAL, why, exc.usage, verdict.tidied())
-            if exc.fatal:
-                raise LoopError(f"{who} cannot work: {exc}") from None
-            if wait:
-                self._pause_after_failures(agent)
-            return exp
-        except BaseException:  # Ctrl-C while the agent works: leave the workspace as the best left it
-            self._verified(watch, who)
-            self.ws.write_train_py(best.source)
-            raise
-        verdict = self._verified(watch, who)
-        note = verdict.tidied()  # the agent's litter: put back, noted, not held against its train.py
-        if why := verdict.reason():
-            return self._rejected(exp_id, agent, best, proposal.description, _as_agent(why), proposal.usage, note)
-        if why := guard.rejection(best.source, proposal.source) or self.duplicate_of(proposal.source, best.commit):
-            return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage, note)
-        return proposal, note
-
-    def _pause_after_failures(self, agent: Agent) -> None:
-        """Back off when the agent fails again and again (an API down, a rate limit): 30 s, 1 min, ... 15 min."""
-        if wait := self.failure_pause(agent):
-            self.sleep(wait)
-
-    def failure_pause(self, agent: Agent) -> float:
-        """How long to wait before asking `agent` again after its latest failures in a row (0: at once). A
-        proposal that was made but rejected (a repeat, another file edited) is no failure: the agent works."""
-        failures = 0
-        for e in reversed(self.ledger.all()):
-            if e.kind != Kind.PROPOSAL or e.status != Status.CRASH or e.description != NO_PROPOSAL:
-                break
-            failures += 1
-        if failures < 2:
-            return 0.0
-        wait = min(PAUSE_MAX_S, PAUSE_FIRST_S * 2 ** (failures - 2))
-        self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
-        return wait
-
     def submit(self, proposal: Proposal, agent: str, model: str, note: str | None = None) -> Experiment:
         """Record, commit, train and judge a checked proposal made from the current best; `note` (what was
         put back after the agent) ends the reason it gets."""
         exp = self.record(proposal, agent, model, note)
         self.ws.write_train_py(proposal.source)
-        exp.commit = self.git.commit(_commit_message(exp), TRAIN_PY)
+        exp.commit = self.git.commit(commit_message(exp), TRAIN_PY)
         self.ledger.update(exp.id, commit=exp.commit)
         return self._evaluate(exp)
 
@@ -332,7 +154,7 @@ class ResearchLoop:
             id=self.ledger.next_id(),
             kind=Kind.EXPERIMENT,
             status=status,
-            description=_one_line(proposal.description),
+            description=one_line(proposal.description),
             parent=best.commit,
             agent=agent,
             model=model,
@@ -485,46 +307,6 @@ class ResearchLoop:
             self.git.set_ref(f"refs/autoresearch/discarded/{exp.id}", exp.commit)
             if self.git.head() == exp.commit:
                 self.git.move_to(exp.parent, TRAIN_PY)
-
-    def _rejected(
-        self,
-        exp_id: int,
-        agent: Agent,
-        best: Experiment,
-        description: str,
-        why: str,
-        usage: Usage,
-        note: str | None = None,
-    ) -> Experiment:
-        """A proposal that never ran: recorded as a crash so its cost and reason are not lost."""
-        exp = Experiment(
-            id=exp_id,
-            kind=Kind.PROPOSAL,
-            status=Status.RUNNING,
-            description=_one_line(description),
-            parent=best.commit,
-            agent=agent.name,
-            model=getattr(agent, "model", ""),
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cost_usd=usage.cost_usd,
-            reason=note or "",
-        )
-        self.ledger.insert(exp)
-        self.ws.write_train_py(best.source)
-        return self._finish(exp, Status.CRASH, f"rejected: {why}")
-
-
-def _as_agent(why: str) -> str:
-    return why.replace("changed files outside train.py", "edited files other than train.py")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:200] or "(no description)"
-
-
-def _commit_message(exp: Experiment) -> str:
-    return f"exp {exp.id}: {exp.description}"
 
 
 def seeded(source: str, run: int) -> str:

@@ -3,6 +3,10 @@
 The run's clock counts training only: start-up, compilation, the untimed warm-up steps and the evaluation
 are not on it. It follows the run's log (loop/status.py reads it), where the harness prints its step and its
 share of the budget every few seconds, and ticks on between those lines without ever running backwards.
+
+With workers (`--gpus`, `--workers`, `--ray`) it has a line for each: its run against the budget (or idle),
+what it tries, its busy fraction and its experiments per hour since the view opened (loop/activity.py defines
+both); and, for several, one line for them all. The one-worker loop's view has none of this.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console, Group
@@ -17,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from autoresearch.loop.activity import Span, busy_by_worker, overall, per_hour
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.reporter import verdict_line
 from autoresearch.loop.status import EVALUATING, FINISHED, STARTING, TRAINING, WARMING_UP, RunProgress, read_progress
@@ -50,6 +56,39 @@ class TrainingClock:
         return self._shown
 
 
+class RunView:
+    """One run as the view follows it through its log: which it is, since when, its training clock."""
+
+    def __init__(self, exp_id: int, run: int, what: str, log: Path | None, budget: float, since: float):
+        self.exp_id, self.run, self.what, self.log, self.budget, self.since = exp_id, run, what, log, budget, since
+        self.stale = _signature(log)  # the log as a previous attempt left it: not this run's
+        self.clock = TrainingClock(budget)
+
+    def progress(self) -> RunProgress | None:
+        """What the run's log shows, once the run has written to it."""
+        if self.log is None:
+            return None
+        signature = _signature(self.log)
+        if signature is None or signature == self.stale:
+            return None
+        self.stale = None
+        return read_progress(self.log)
+
+    def state(self, now: float) -> str:
+        """The run against its budget: starting up, `0:23 / 60s budget` of training, or evaluating."""
+        progress = self.progress()
+        trained = self.clock.read(progress, now)
+        if trained is None:
+            return "starting up (not counted)" if self.log is not None else f"{self.budget:g}s budget"
+        text = f"{_clock(trained)} / {self.budget:g}s budget"
+        if progress is not None and progress.phase in (EVALUATING, FINISHED):
+            return f"trained {text}; evaluating"
+        if progress is not None and progress.phase == TRAINING and progress.step is not None:
+            loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
+            text += f" (step {progress.step}{loss})"
+        return text
+
+
 class LiveReporter:
     def __init__(
         self, console: Console, title: str, runs_dir: Path | None = None, clock: Callable[[], float] = time.monotonic
@@ -60,16 +99,14 @@ class LiveReporter:
         self.runs_dir = runs_dir
         self.clock = clock
         self.current = ("", "", "")  # experiment, what it tries, phase
-        self.others: dict[str, tuple[str, str, float]] = {}  # with several workers: the others in flight
-        self._since: dict[str, float] = {}  # when each experiment entered its phase
         self.started = clock()
-        self.budget = 0.0
         self.best: Experiment | None = None
         self.recent: deque[Experiment] = deque(maxlen=6)
         self.counts = {Status.KEEP: 0, Status.DISCARD: 0, Status.CRASH: 0}
-        self._log: Path | None = None
-        self._stale: tuple[int, int] | None = None  # the log as a previous attempt left it: not this run's
-        self._run_clock: TrainingClock | None = None
+        self._run: RunView | None = None  # the one-worker loop's run
+        self.workers: dict[str, RunView | None] = {}  # with workers: each one's run, None while it is idle
+        self.spans: list[Span] = []  # their runs since the view opened, on its clock
+        self.done: list[Experiment] = []  # the verdicts since the view opened
         self._live = Live(console=console, refresh_per_second=2, get_renderable=self._render, transient=False)
 
     def __enter__(self) -> LiveReporter:
@@ -90,66 +127,54 @@ class LiveReporter:
 
     def phase(self, exp_id: int, what: str, text: str) -> None:
         same = self.current[0] == str(exp_id)
-        if self.current[0] and not same and " on " in text:  # another worker's: the current one goes on too
-            self.others[self.current[0]] = (self.current[1], self.current[2], self._since.get(self.current[0], 0.0))
-        self.others.pop(str(exp_id), None)
-        self._since[str(exp_id)] = self.clock()
         self.current = (str(exp_id), what or (self.current[1] if same else ""), text)
-        self._run_clock = None
+        self._run = None
 
-    def training(self, exp_id: int, run: int, budget: float) -> None:
-        self.budget = budget
-        self._run_clock = TrainingClock(budget)
-        self._log = self.runs_dir / f"{exp_id}-{run}" / "log.txt" if self.runs_dir is not None else None
-        self._stale = _signature(self._log)
+    def training(self, exp_id: int, run: int, budget: float, worker: str = "") -> None:
+        log = self.runs_dir / f"{exp_id}-{run}" / "log.txt" if self.runs_dir is not None else None
+        ours = self.current[0] == str(exp_id)
+        view = RunView(exp_id, run, self.current[1] if ours else "", log, budget, self.clock())
+        if not worker:
+            self._run = view
+            return
+        self.workers[worker] = view
+        self.spans.append(Span(worker, exp_id, run, view.since))
+        if ours:  # its worker's line shows it from now on
+            self.current = ("", "", "")
+
+    def run_ended(self, exp_id: int, run: int, worker: str) -> None:
+        view = self.workers.get(worker)
+        if view is not None and (view.exp_id, view.run) == (exp_id, run):
+            self.workers[worker] = None
+        now = self.clock()
+        self.spans = [
+            replace(s, end=now) if (s.worker, s.exp_id, s.run, s.end) == (worker, exp_id, run, None) else s
+            for s in self.spans
+        ]
 
     def finished(self, exp: Experiment, best: Experiment | None) -> None:
-        self.others.pop(str(exp.id), None)
         self.best = best
         self.recent.appendleft(exp)
+        self.done.append(exp)
         self.counts[exp.status] = self.counts.get(exp.status, 0) + 1
         self.console.print(Text(verdict_line(exp, best), style=STYLES.get(exp.status, "")))
 
     def message(self, text: str) -> None:
         self.console.print(Text(text))
 
-    def run_progress(self) -> RunProgress | None:
-        """What the current run's log shows, once the run has written to it."""
-        if self._log is None or self._run_clock is None:
-            return None
-        signature = _signature(self._log)
-        if signature is None or signature == self._stale:
-            return None
-        self._stale = None
-        return read_progress(self._log)
-
     def run_state(self) -> str:
-        """The current run against its budget: starting up, `0:23 / 60s budget` of training, or evaluating."""
-        if self._run_clock is None:
-            return ""
-        progress = self.run_progress()
-        trained = self._run_clock.read(progress, self.clock())
-        if trained is None:
-            return "starting up (not counted)" if self._log is not None else f"{self.budget:g}s budget"
-        text = f"{_clock(trained)} / {self.budget:g}s budget"
-        if progress is not None and progress.phase in (EVALUATING, FINISHED):
-            return f"trained {text}; evaluating"
-        if progress is not None and progress.phase == TRAINING and progress.step is not None:
-            loss = f", loss {progress.loss:.4f}" if progress.loss is not None else ""
-            text += f" (step {progress.step}{loss})"
-        return text
+        """The one-worker loop's run against its budget (RunView.state); "" when none trains."""
+        return self._run.state(self.clock()) if self._run is not None else ""
 
     def _render(self) -> Group:
+        now = self.clock()
         head = Table.grid(padding=(0, 2))
-        head.add_row(Text(self.title, style="bold"), Text(f"up {_clock(self.clock() - self.started)}"))
+        head.add_row(Text(self.title, style="bold"), Text(f"up {_clock(now - self.started)}"))
         exp_id, what, phase = self.current
         if exp_id:
             state = self.run_state()
             line = f"exp {exp_id}: {phase}" + (f"  {state}" if state else "")
             head.add_row(Text(line), Text(clip(what, 80), style="italic"))
-        for other, (other_what, other_phase, since) in sorted(self.others.items()):
-            elapsed = f"  {_clock(self.clock() - since)} / {self.budget:g}s budget" if self.budget else ""
-            head.add_row(Text(f"exp {other}: {other_phase}{elapsed}"), Text(clip(other_what, 80), style="italic"))
         if self.best and self.best.val_bpb is not None:
             head.add_row(
                 Text(f"best val_bpb {self.best.val_bpb:.6f} (exp {self.best.id})"),
@@ -166,7 +191,23 @@ class LiveReporter:
                 bpb,
                 Text(clip(e.description, 70)),
             )
-        return Group(head, recent)
+        return Group(head, self._workers(now), recent) if self.workers else Group(head, recent)
+
+    def _workers(self, now: float) -> Table:
+        """A line per worker: its run against the budget, what it tries, its busy fraction and its rate."""
+        busy = busy_by_worker(self.spans, self.started, now, now, list(self.workers))
+        total, rates = per_hour(self.done, now - self.started)
+        table = Table.grid(padding=(0, 2))
+        for worker, view in sorted(self.workers.items()):
+            doing = f"exp {view.exp_id} run {view.run + 1}: {view.state(now)}" if view is not None else "idle"
+            what = clip(view.what, 60) if view is not None else ""
+            rate = f"busy {busy[worker]:.0%}, {rates.get(worker, 0.0):.1f}/h"
+            table.add_row(Text(worker), Text(doing), Text(what, style="italic"), Text(rate))
+        if len(self.workers) > 1:
+            table.add_row(
+                Text(f"{len(self.workers)} workers"), Text(f"busy {overall(busy):.0%}, {total:.1f} experiments/h")
+            )
+        return table
 
 
 def _signature(path: Path | None) -> tuple[int, int] | None:

@@ -15,8 +15,12 @@ class Reporter(Protocol):
     def phase(self, exp_id: int, what: str, text: str) -> None:
         """Experiment `exp_id` (trying `what`) entered a phase: proposing, training run k, ..."""
 
-    def training(self, exp_id: int, run: int, budget: float) -> None:
-        """A training run started; it should take about `budget` seconds plus start-up and evaluation."""
+    def training(self, exp_id: int, run: int, budget: float, worker: str = "") -> None:
+        """A training run started (on `worker`, with several); it should take about `budget` seconds plus
+        start-up and evaluation."""
+
+    def run_ended(self, exp_id: int, run: int, worker: str) -> None:
+        """A run on `worker` ended (with several workers): the worker is free."""
 
     def finished(self, exp: Experiment, best: Experiment | None) -> None:
         """An experiment got its verdict; `best` is the best after it."""
@@ -37,8 +41,11 @@ class PlainReporter:
     def phase(self, exp_id: int, what: str, text: str) -> None:
         self.echo(f"[exp {exp_id}] {text}: {what}" if what else f"[exp {exp_id}] {text}")
 
-    def training(self, exp_id: int, run: int, budget: float) -> None:
+    def training(self, exp_id: int, run: int, budget: float, worker: str = "") -> None:
         self.echo(f"[exp {exp_id}] training run {run + 1} ({budget:g}s budget)")
+
+    def run_ended(self, exp_id: int, run: int, worker: str) -> None:
+        pass  # its verdict, or the next run, says the rest
 
     def finished(self, exp: Experiment, best: Experiment | None) -> None:
         if self.hold_verdicts:

@@ -28,9 +28,11 @@ from typing import Any, Protocol
 from autoresearch.agents.base import Agent, preflight
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import sandbox
+from autoresearch.loop import activity
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop, seeded
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import Inbox
+from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
 from autoresearch.loop.workers import Device, Job, Worker, check_out, make_worktree
 from autoresearch.vocabulary import Kind, RunEnd, Status
@@ -108,6 +110,7 @@ class Scheduler:
         self.recover()
         if loop.best() is None and not any(loop.ledger.get(i).kind == Kind.BASELINE for i in self.active):
             self.start_baseline()
+        activity.start_session(loop.ws.state, [w.device.label for w in self.workers], time.time())
         try:
             while True:
                 within = (max_experiments is None or proposed < max_experiments) and (
@@ -129,6 +132,8 @@ class Scheduler:
         except BaseException:
             self.stop_all()
             raise
+        finally:
+            activity.end_session(loop.ws.state)
 
     def fill(self, agent: Agent | None, left: int | None = None) -> int:
         """Give every idle worker a run, asking the agent for at most `left` proposals; how many it made."""
@@ -217,11 +222,13 @@ class Scheduler:
         worker.train_py.write_text(job.source)
         act = self.active[exp.id]
         act.running.add(job.run)
-        loop.ledger.update(exp.id, status=Status.RUNNING, attempts=act.attempts + 1, worker=worker.device.label)
+        label = worker.device.label
+        spans = activity.with_start(exp, job.run, label, time.time())
+        loop.ledger.update(exp.id, status=Status.RUNNING, attempts=act.attempts + 1, worker=label, spans=spans)
         run_dir = loop.ws.state / "runs" / f"{exp.id}-{job.run}"
         job.spec = RunSpec(loop.ws.root, run_dir, loop.timeout, loop.fingerprint, train_py=worker.train_py)
         loop.reporter.phase(exp.id, exp.description, f"training run {job.run + 1} on {worker.device.label}")
-        loop.reporter.training(exp.id, job.run, loop.ws.apparatus.budget_seconds)
+        loop.reporter.training(exp.id, job.run, loop.ws.apparatus.budget_seconds, label)
         worker.start(job, lambda w, j, outcome: self.events.put((w, j, outcome)))
 
     def handle_next(self) -> None:
@@ -234,19 +241,27 @@ class Scheduler:
                 if not self.busy() or (self.inbox is not None and self.inbox.pending()):
                     return
         worker.finished()
+        self.loop.reporter.run_ended(job.exp_id, job.run, worker.device.label)
         if isinstance(outcome, BaseException):
+            self.close_span(job)
             raise outcome
         self.ended(job, outcome)
+
+    def close_span(self, job: Job, **changes: Any) -> Experiment:
+        """Record when `job`'s run ended (its worker free again), with `changes` to its row; the row."""
+        exp = self.loop.ledger.get(job.exp_id)
+        exp.spans = activity.with_end(exp, job.run, job.ended_at or time.time())
+        self.loop.ledger.update(exp.id, spans=exp.spans, **changes)
+        return exp
 
     def ended(self, job: Job, outcome: Outcome) -> None:
         loop = self.loop
         act = self.active.get(job.exp_id)
-        if act is None:  # a run of an experiment that has its verdict already (cancel): nothing to do
+        if act is None:  # a run of an experiment that has its verdict already (cancel): only its end to note
+            self.close_span(job)
             return
         act.running.discard(job.run)
-        exp = loop.ledger.get(job.exp_id)
-        if not act.running:
-            loop.ledger.update(exp.id, attempts=act.attempts)
+        exp = self.close_span(job, **({} if act.running else {"attempts": act.attempts}))
         if outcome.status == RunEnd.LOST and job.run not in act.lost:
             act.lost.add(job.run)  # killed twice, it is not run again
             loop.reporter.message(f"exp {exp.id}: {outcome.reason}; trying that run once more")
@@ -289,8 +304,8 @@ class Scheduler:
             worker.stop()
         for worker in self.workers:
             if worker.job is not None:
-                if act := self.active.get(worker.job.exp_id):
-                    self.loop.ledger.update(act.exp_id, attempts=act.attempts)
+                act = self.active.get(worker.job.exp_id)
+                self.close_span(worker.job, **({"attempts": act.attempts} if act else {}))
                 worker.finished()
 
     # -- recovery -----------------------------------------------------------------------------------
@@ -305,6 +320,9 @@ class Scheduler:
             for run_dir in loop.ws.state.glob(f"runs/{exp.id}-*"):
                 if reap_orphan(run_dir):
                     loop.reporter.message(f"killed a training run of experiment {exp.id} left from before")
+            if any(span.end is None for span in activity.spans_of(exp)):
+                exp.spans = activity.without_open(exp)
+                loop.ledger.update(exp.id, spans=exp.spans)
             if exp.kind == Kind.PROPOSAL:
                 self.ratchet.crashed(exp, "interrupted while the agent was proposing")
                 continue

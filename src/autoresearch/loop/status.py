@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autoresearch.evaluator import result
+from autoresearch.loop import activity
 from autoresearch.loop.judge import described, measured_noise
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.vocabulary import IN_FLIGHT, Status
@@ -120,10 +121,12 @@ def latest_run(state: Path, exp_id: int) -> tuple[int, Path] | None:
     return max(runs) if runs else None
 
 
-def running_text(ws: Workspace, running: Experiment, now: float | None = None) -> str:
-    """One line on the run in flight: which run, its phase, step, loss, time left and tokens/s."""
+def running_text(ws: Workspace, running: Experiment, now: float | None = None, run: int | None = None) -> str:
+    """One line on a run in flight (`run`, or the experiment's latest): its phase, step, loss, time left and
+    tokens/s."""
     now = time.time() if now is None else now
-    found = latest_run(ws.state, running.id)
+    path = ws.state / "runs" / f"{running.id}-{run}"
+    found = latest_run(ws.state, running.id) if run is None else (run, path) if path.is_dir() else None
     if found is None:
         return "  not training yet"
     index, run_dir = found
@@ -179,10 +182,15 @@ def status_text(ws: Workspace) -> str:
     lines.append("experiments: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     finished = [e for e in experiments if e.finished_at]
     if len(finished) > 1:
-        hours = (finished[-1].finished_at - experiments[0].started_at) / 3600
-        lines.append(f"rate: {len(finished) / hours:.1f} experiments per hour{_per_worker(finished, hours)}")
+        total, by_worker = activity.per_hour(finished, finished[-1].finished_at - experiments[0].started_at)
+        lines.append(f"rate: {total:.1f} experiments per hour{_per_worker(by_worker)}")
     in_flight = [e for e in experiments if e.status in IN_FLIGHT]
-    if in_flight and ws.is_locked():
+    locked = ws.is_locked()
+    session = activity.read_session(ws.state) if locked else None
+    if session is not None and len(session.workers) > 1:  # one line each, idle ones too
+        lines += workers_text(ws, experiments, session, time.time())
+        lines += [f"queued: exp {e.id}: {e.description}" for e in in_flight if e.status == Status.QUEUED]
+    elif in_flight and locked:
         for running in in_flight:
             where = f" on {running.worker}" if running.worker else ""
             if running.status == Status.QUEUED:
@@ -195,17 +203,41 @@ def status_text(ws: Workspace) -> str:
     elif in_flight:
         for running in in_flight:
             lines.append(f"interrupted: exp {running.id} ({running.description}) will be re-run on the next start")
-    elif ws.is_locked():
+    elif locked:
         lines.append("running: the agent is preparing the next experiment")
     return "\n".join(lines)
 
 
-def _per_worker(finished: list[Experiment], hours: float) -> str:
+def workers_text(ws: Workspace, experiments: list[Experiment], session: activity.Session, now: float) -> list[str]:
+    """The running loop's workers: their busy fraction since it started; for each its run and how far it is."""
+    spans = [s for e in experiments for s in activity.spans_of(e)]
+    busy = activity.busy_by_worker(spans, session.started, now, now, session.workers)
+    up = _duration(now - session.started)
+    lines = [f"workers: {len(busy)}, busy {activity.overall(busy):.0%} of the {up} since the loop started"]
+    by_id = {e.id: e for e in experiments}
+    for worker in session.workers:
+        head = f"  {worker} (busy {busy[worker]:.0%})"
+        running = [s for s in spans if s.worker == worker and s.end is None and s.start >= session.started]
+        if not running:
+            lines.append(f"{head}: idle")
+            continue
+        span, exp = running[-1], by_id[running[-1].exp_id]
+        lines.append(f"{head}: exp {exp.id} run {span.run + 1} for {_duration(now - span.start)}: {exp.description}")
+        lines.append("  " + running_text(ws, exp, now, span.run))
+    return lines
+
+
+def _per_worker(by_worker: dict[str, float]) -> str:
     """Experiments per hour of each worker, where there were several."""
-    counts = Counter(e.worker for e in finished if e.worker)
-    if len(counts) < 2:
+    if len(by_worker) < 2:
         return ""
-    return " (" + ", ".join(f"{worker}: {n / hours:.1f}" for worker, n in sorted(counts.items())) + ")"
+    return " (" + ", ".join(f"{worker}: {rate:.1f}" for worker, rate in by_worker.items()) + ")"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(max(0.0, seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _number(text: str) -> float | None:

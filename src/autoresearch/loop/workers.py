@@ -75,6 +75,7 @@ class Job:
     run: int  # the run's index: it trains with SEED + run
     source: str  # train.py as it trains (the seed applied)
     spec: RunSpec | None = None  # filled in when a worker takes it
+    ended_at: float | None = None  # time.time() when its outcome came back, set on the worker's thread
 
 
 class Worker:
@@ -83,8 +84,6 @@ class Worker:
     def __init__(self, index: int, device: Device, executor: Executor, worktree: Path):
         self.index, self.device, self.executor, self.worktree = index, device, executor, worktree
         self.job: Job | None = None
-        self.started = 0.0  # time.time() when the current job started
-        self.busy_seconds = 0.0  # time spent running jobs, for the busy fraction
         self._thread: threading.Thread | None = None
 
     @property
@@ -93,20 +92,20 @@ class Worker:
 
     def start(self, job: Job, done: Callable[[Worker, Job, Outcome | BaseException], None]) -> None:
         """Run `job` (its train.py already written to the worktree) and call `done` from the worker's thread."""
-        self.job, self.started = job, time.time()
+        self.job = job
 
         def work() -> None:
             try:
                 outcome: Outcome | BaseException = self.executor.run(job.spec)
             except BaseException as exc:  # reported to the driver, which decides; never lost in a thread
                 outcome = exc
+            job.ended_at = time.time()  # the worker is free now, whenever the driver takes the report
             done(self, job, outcome)
 
         self._thread = threading.Thread(target=work, name=f"autoresearch-{self.device.label}", daemon=True)
         self._thread.start()
 
     def finished(self) -> None:
-        self.busy_seconds += time.time() - self.started
         self.job, self._thread = None, None
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from autoresearch.loop import activity
 from autoresearch.loop.judge import MIN_NOISE, Noise, described, measured_noise
 from autoresearch.loop.ledger import Experiment
 from autoresearch.report.summary import (
@@ -148,24 +149,49 @@ def _throughput(exps: list[Experiment]) -> str:
         f"- {len(done)} finished experiment{_s(len(done))} in {_duration(wall)} of wall clock ({period}): "
         f"**{len(done) / (wall / 3600):.1f} experiments per hour**"
     ]
+    spans = [s for e in exps for s in activity.spans_of(e)]
+    workers = sorted({s.worker for s in spans} | {e.worker for e in done if e.worker})
+    # With several workers the clock to fill is theirs together: N workers have N x the wall clock to train in.
+    capacity, of = (wall * len(workers), "of the workers' wall clock") if len(workers) > 1 else (wall, "of wall clock")
     training = [e.training_seconds for e in done if e.training_seconds is not None]
     totals = [e.total_seconds for e in done if e.total_seconds is not None]
     if training:
-        spent = sum(training)
+        spent, idle = sum(training), max(capacity - sum(training), 0)
         lines.append(
-            f"- Training: {_duration(spent)}, **{spent / wall:.0%} of wall clock**; overhead "
-            f"(start-up, compilation, evaluation, the agent's turns, git) {_duration(max(wall - spent, 0))}, "
-            f"{max(wall - spent, 0) / wall:.0%}"
+            f"- Training: {_duration(spent)}, **{spent / capacity:.0%} {of}**; overhead "
+            f"(start-up, compilation, evaluation, the agent's turns, git) {_duration(idle)}, {idle / capacity:.0%}"
         )
     if totals:
         lines.append(
             f"- Inside the harness (training plus its own overhead): {_duration(sum(totals))}, "
-            f"{sum(totals) / wall:.0%} of wall clock"
+            f"{sum(totals) / capacity:.0%} {of}"
         )
     missing = len(done) - len(training)
     if missing:
         lines.append(f"- {missing} experiment{_s(missing)} recorded no training time (counted as overhead)")
+    if len(workers) > 1:
+        lines.append("\n" + _workers(done, spans, workers, start, end))
     return "\n".join(lines)
+
+
+def _workers(done: list[Experiment], spans: list[activity.Span], workers: list[str], start: float, end: float) -> str:
+    """A row per worker: its verdicts, their rate, its runs and its busy fraction over the report's span."""
+    busy = activity.busy_by_worker(spans, start, end, workers=workers)
+    _, rates = activity.per_hour(done, end - start)
+    verdicts = Counter(e.worker for e in done if e.worker)
+    runs = Counter(s.worker for s in spans if s.end is not None)
+    rows = [
+        f"{len(workers)} workers, busy **{activity.overall(busy):.0%}** together: the share of the span during "
+        "which each had a run, from handing it over to its score (start-up and scoring included).",
+        "",
+        "| worker | experiments | per hour | runs | busy |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for worker in workers:
+        shown = f"{busy[worker]:.0%}" if runs[worker] else "—"  # a ledger from before spans were recorded
+        rate = rates.get(worker, 0.0)
+        rows.append(f"| {_cell(worker)} | {verdicts[worker]} | {rate:.1f} | {runs[worker]} | {shown} |")
+    return "\n".join(rows)
 
 
 def _agents(exps: list[Experiment]) -> str:

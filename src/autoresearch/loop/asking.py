@@ -1,0 +1,150 @@
+"""Asking the agent: what it is shown (the context), and how its proposal is checked before anything runs.
+
+An agent's turn is watched like a run (loop/watch.py): afterwards the workspace is put back as the loop left
+it, but for train.py, which is the proposal. What the agent's tools left (its own commits and branches,
+staged and new files, git config, lines added to .gitignore) is not held against it: it is put back, kept in
+the quarantine and noted in the experiment's reason. An edit to any other file that was there rejects it, as
+does a repeat of a train.py in flight or already measured on the same best. A part of `ResearchLoop`, which
+it is mixed into.
+"""
+
+from __future__ import annotations
+
+from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage
+from autoresearch.loop import guard
+from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.settings import LoopError
+from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
+
+CRASHES_BEFORE_MOVING_ON = 3  # after this many crashes in a row the agent no longer sees the crash log
+PAUSE_FIRST_S, PAUSE_MAX_S = 30.0, 900.0  # back-off after failed proposals in a row
+NO_PROPOSAL = "(no proposal)"  # the description of the row of an agent that failed to propose anything
+
+
+class Asking:
+    """`ResearchLoop`'s turns of the agent (it has the workspace, the ledger and the verdict steps this uses)."""
+
+    def context(self) -> Context:
+        best = self._require_best()
+        finished = [e for e in self.ledger.all() if e.status not in IN_FLIGHT]
+        crashes = 0
+        for e in reversed(finished):
+            if e.status != Status.CRASH:
+                break
+            crashes += 1
+        last_crash = finished[-1].log_tail or finished[-1].reason if crashes else None
+        return Context(
+            workspace=self.ws.root,
+            program=self.ws.program(),
+            train_py=best.source,
+            best_bpb=best.val_bpb,
+            noise=self.noise(),
+            history=[
+                PastExperiment(e.id, e.status, e.description, e.val_bpb, e.diff, e.source, e.reason) for e in finished
+            ],
+            last_crash=last_crash if crashes < CRASHES_BEFORE_MOVING_ON else None,
+            in_flight=[
+                PastExperiment(e.id, e.status, e.description, None, e.diff, e.source)
+                for e in self.ledger.in_flight()
+                if e.kind == Kind.EXPERIMENT
+            ],
+        )
+
+    def duplicate_of(self, source: str, base: str) -> str | None:
+        """Why a proposal of `source` made from commit `base` is not run again, or None: the same train.py is
+        in flight, or was already measured on the same base."""
+        for e in self.ledger.all():
+            if e.source != source or e.kind != Kind.EXPERIMENT:
+                continue
+            if e.status in IN_FLIGHT:
+                return f"the same train.py as exp {e.id}, which is being trained now: propose something different"
+            if e.parent == base and e.status != Status.CRASH:
+                return f"the same train.py as exp {e.id}, already measured on this best ({e.status}, {e.reason})"
+        return None
+
+    def ask(self, agent: Agent, wait: bool = True) -> Experiment | tuple[Proposal, str | None]:
+        """The agent's checked proposal and what was put back after it; or, if it has none that may run, the
+        rejected proposal's row. train.py holds the proposal afterwards. After failures in a row it waits
+        (`failure_pause`) before it returns, unless `wait` is off: the scheduler waits on its own clock."""
+        best = self._require_best()
+        exp_id = self.ledger.next_id()
+        self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
+        who = f"the {agent.name} agent"
+        watch = self._watch()
+        try:
+            proposal = agent.propose(self.context())
+        except ProposalError as exc:
+            verdict = self._verified(watch, who)
+            why = str(exc) + (f"; it also {_as_agent(other)}" if (other := verdict.reason()) else "")
+            exp = self._rejected(exp_id, agent, best, NO_PROPOSAL, why, exc.usage, verdict.tidied())
+            if exc.fatal:
+                raise LoopError(f"{who} cannot work: {exc}") from None
+            if wait:
+                self._pause_after_failures(agent)
+            return exp
+        except BaseException:  # Ctrl-C while the agent works: leave the workspace as the best left it
+            self._verified(watch, who)
+            self.ws.write_train_py(best.source)
+            raise
+        verdict = self._verified(watch, who)
+        note = verdict.tidied()  # the agent's litter: put back, noted, not held against its train.py
+        if why := verdict.reason():
+            return self._rejected(exp_id, agent, best, proposal.description, _as_agent(why), proposal.usage, note)
+        if why := guard.rejection(best.source, proposal.source) or self.duplicate_of(proposal.source, best.commit):
+            return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage, note)
+        return proposal, note
+
+    def _pause_after_failures(self, agent: Agent) -> None:
+        """Back off when the agent fails again and again (an API down, a rate limit): 30 s, 1 min, ... 15 min."""
+        if wait := self.failure_pause(agent):
+            self.sleep(wait)
+
+    def failure_pause(self, agent: Agent) -> float:
+        """How long to wait before asking `agent` again after its latest failures in a row (0: at once). A
+        proposal that was made but rejected (a repeat, another file edited) is no failure: the agent works."""
+        failures = 0
+        for e in reversed(self.ledger.all()):
+            if e.kind != Kind.PROPOSAL or e.status != Status.CRASH or e.description != NO_PROPOSAL:
+                break
+            failures += 1
+        if failures < 2:
+            return 0.0
+        wait = min(PAUSE_MAX_S, PAUSE_FIRST_S * 2 ** (failures - 2))
+        self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
+        return wait
+
+    def _rejected(
+        self,
+        exp_id: int,
+        agent: Agent,
+        best: Experiment,
+        description: str,
+        why: str,
+        usage: Usage,
+        note: str | None = None,
+    ) -> Experiment:
+        """A proposal that never ran: recorded as a crash so its cost and reason are not lost."""
+        exp = Experiment(
+            id=exp_id,
+            kind=Kind.PROPOSAL,
+            status=Status.RUNNING,
+            description=one_line(description),
+            parent=best.commit,
+            agent=agent.name,
+            model=getattr(agent, "model", ""),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=usage.cost_usd,
+            reason=note or "",
+        )
+        self.ledger.insert(exp)
+        self.ws.write_train_py(best.source)
+        return self._finish(exp, Status.CRASH, f"rejected: {why}")
+
+
+def _as_agent(why: str) -> str:
+    return why.replace("changed files outside train.py", "edited files other than train.py")
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())[:200] or "(no description)"

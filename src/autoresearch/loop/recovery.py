@@ -1,0 +1,95 @@
+"""Recovery: after a crash or a kill, git is brought in line with the ledger before the loop goes on.
+
+The ledger is written before git moves (loop/engine.py), so it says what happened: an experiment in flight
+is trained again (at most MAX_ATTEMPTS times), a proposal interrupted while the agent worked is a crash, a
+verdict whose git step did not happen is applied. A part of `ResearchLoop`, which it is mixed into.
+"""
+
+from __future__ import annotations
+
+import json
+
+from autoresearch.loop.executor import reap_orphan
+from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.settings import APPARATUS_HINT, LoopError
+from autoresearch.vocabulary import Kind, Status
+from autoresearch.workspace.workspace import TRAIN_PY
+
+MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
+
+
+class Recovery:
+    """`ResearchLoop`'s recovery (it has the workspace, git, the ledger and the verdict steps this uses)."""
+
+    def check_apparatus(self) -> None:
+        """Refuse to go on when the harness, data or budget differ from the baseline's."""
+        baseline = next((e for e in self.ledger.all() if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
+        measured = json.loads(baseline.result).get("harness_fingerprint") if baseline else None
+        if measured and measured != self.fingerprint:
+            raise LoopError(
+                f"the apparatus changed since the baseline ({measured} -> {self.fingerprint})", hint=APPARATUS_HINT
+            )
+
+    def recover(self) -> Experiment | None:
+        """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any."""
+        self.check_apparatus()
+        in_flight = self.ledger.in_flight()
+        if len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight):
+            raise LoopError(
+                f"{len(in_flight)} experiments of a loop with several workers (or submitted) are still in flight",
+                hint="`autoresearch run` with the same --gpus or --workers finishes them first",
+            )
+        pending = in_flight[0] if in_flight else None
+        if pending is not None:
+            for run_dir in self.ws.state.glob(f"runs/{pending.id}-*"):
+                if reap_orphan(run_dir):
+                    self.reporter.message(f"killed a training run of experiment {pending.id} left from before")
+            if pending.kind == Kind.PROPOSAL:
+                self._finish(pending, Status.CRASH, "interrupted while the agent was proposing")
+                return None
+            if pending.attempts >= MAX_ATTEMPTS:
+                why = f"the loop died {pending.attempts} times while this train.py ran: it is not run again"
+                self._finish(pending, Status.CRASH, why)
+                if pending.kind == Kind.BASELINE:
+                    raise LoopError(f"the baseline train.py failed: {why}", hint="fix train.py, then run again")
+                return None
+            if pending.commit is None:
+                head = self.git.head()
+                if head != pending.parent and self.git.message(head).startswith(f"exp {pending.id}:"):
+                    commit = head
+                else:
+                    self.git.move_to(pending.parent, TRAIN_PY)
+                    self.ws.write_train_py(pending.source)
+                    commit = self.git.commit(commit_message(pending), TRAIN_PY)
+                self.ledger.update(pending.id, commit=commit)
+                pending.commit = commit
+            self.git.move_to(pending.commit, TRAIN_PY)
+            return pending
+        self.recover_branch()
+        return None
+
+    def recover_branch(self) -> None:
+        """Bring the branch to the best, where a verdict was recorded but the loop died before git followed."""
+        best = self.best()
+        if best is not None and self.git.head() != best.commit:
+            last = self.ledger.all()[-1]
+            if last.status in (Status.DISCARD, Status.CRASH) and last.commit == self.git.head():
+                self._apply_git(last)
+            elif best.parent == self.git.head():  # kept, but the loop died before the branch moved to it
+                self._apply_git(best)
+            else:
+                raise LoopError(
+                    f"the branch is at {self.git.head()[:7]}, but the best experiment is {best.commit[:7]}",
+                    hint=f"someone moved the branch by hand; `git reset --hard {best.commit[:7]}` to continue",
+                )
+
+    def check_clean(self) -> None:
+        if TRAIN_PY in self.git.changed_paths():
+            raise LoopError(
+                "train.py has uncommitted changes",
+                hint="revert them (`git checkout train.py`), or test them with `autoresearch try -m ...`",
+            )
+
+
+def commit_message(exp: Experiment) -> str:
+    return f"exp {exp.id}: {exp.description}"

@@ -1,0 +1,22 @@
+"""What the research loop is configured with, and the error it stops with (every loop module speaks these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoresearch.errors import AutoresearchError
+
+APPARATUS_HINT = (
+    "results measured with another apparatus are not comparable: make a new workspace (autoresearch init) "
+    "for the new harness, data or budget"
+)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    baseline_runs: int = 3  # trainings of the unchanged train.py (seeds SEED, SEED+1, ...) to measure noise
+    timeout: float | None = None  # hard limit per training run; default: 1.5 x budget + 180 s
+
+
+class LoopError(AutoresearchError):
+    pass
