@@ -19,7 +19,7 @@ from rich.console import Console
 from autoresearch.config.presets import Preset, get_preset
 from autoresearch.data import prepare as prepare_module
 from autoresearch.data.prepare import prepare
-from autoresearch.data.shards import Manifest, open_shard, shard_intact
+from autoresearch.data.shards import Manifest, evaluation_rows, open_shard, shard_intact
 from autoresearch.data.sources import TRAIN, VAL
 from autoresearch.data.sources.base import split_texts
 from autoresearch.data.tokenizer import Tokenizer
@@ -303,3 +303,16 @@ def test_too_few_documents_for_small_pieces_get_larger_ones() -> None:
     assert sum(len(v) for v in split.val) >= 40_000 and split.train
     with pytest.raises(DataError, match="corpus too small"):
         split_texts(docs, val_bytes=200_000, max_bytes=None, val_piece=1_000)
+
+
+def test_the_evaluator_scores_rows_spread_over_the_whole_validation_shard(prepared: Path, mini_preset: Preset) -> None:
+    """Packing fills rows longest piece first, so a shard's first rows can all be one long document: the
+    evaluated rows are spread evenly from its first row to near its last instead."""
+    manifest = Manifest.load(prepared / "manifest.json")
+    shard = open_shard(prepared, manifest.split(VAL)[0], verify=True)
+    assert len(shard) > mini_preset.eval_rows
+    rows = evaluation_rows(shard, mini_preset.eval_rows)
+    assert rows.shape == (mini_preset.eval_rows, shard.shape[1])
+    chosen = [next(i for i in range(len(shard)) if (shard[i] == row).all()) for row in rows]
+    assert chosen[0] == 0 and chosen == sorted(set(chosen)) and chosen[-1] >= len(shard) - len(shard) // len(rows) - 1
+    assert (evaluation_rows(shard[:5], mini_preset.eval_rows) == shard[:5]).all()

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from autoresearch.config.presets import get_preset
-from autoresearch.data.shards import Manifest, open_shard
+from autoresearch.data.shards import Manifest, evaluation_rows, open_shard
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.evaluator.program import ProgramRejected, load_program
@@ -117,7 +117,7 @@ def untrained_bpb(workspace: Path) -> float:
     preset = get_preset("tiny")
     manifest = Manifest.load(data_dir / "manifest.json")
     tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
-    rows = open_shard(data_dir, manifest.split(VAL)[0], verify=True)[: preset.eval_rows]
+    rows = evaluation_rows(open_shard(data_dir, manifest.split(VAL)[0], verify=True), preset.eval_rows)
 
     cpu = torch.device("cpu")
     torch.manual_seed(train.SEED)
@@ -208,7 +208,7 @@ class Bigram(torch.nn.Module):
 @pytest.fixture(scope="module")
 def val(tiny_prepared: Path):
     manifest = Manifest.load(tiny_prepared / "manifest.json")
-    rows = open_shard(tiny_prepared, manifest.split(VAL)[0], verify=True)[: get_preset("tiny").eval_rows]
+    rows = evaluation_rows(open_shard(tiny_prepared, manifest.split(VAL)[0], verify=True), get_preset("tiny").eval_rows)
     return rows, Tokenizer.load(tiny_prepared / "tokenizer.json")
 
 

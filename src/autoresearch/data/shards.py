@@ -112,6 +112,14 @@ def shard_intact(directory: Path, info: ShardInfo) -> bool:
         return False
 
 
+def evaluation_rows(val_rows: np.ndarray, count: int) -> np.ndarray:
+    """The `count` rows the evaluator scores: spread evenly over the whole validation shard. Its first rows are
+    the pieces of its longest documents (packing fills rows longest first), so they may all be one file."""
+    if count >= len(val_rows):
+        return np.asarray(val_rows)
+    return np.asarray(val_rows[(np.arange(count) * len(val_rows)) // count])
+
+
 def open_shard(directory: Path, info: ShardInfo, verify: bool) -> np.ndarray:
     """Memory-map a shard as (rows, row_len) uint16, checking its size (and its hash if `verify`)."""
     path = directory / f"{info.name}.bin"

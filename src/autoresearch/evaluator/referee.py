@@ -37,7 +37,7 @@ from autoresearch import device as devices
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.config.paths import cache_root, ray_dir
 from autoresearch.config.presets import get_preset
-from autoresearch.data.shards import REPAIR_HINT, Manifest, open_shard
+from autoresearch.data.shards import REPAIR_HINT, Manifest, evaluation_rows, open_shard
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
@@ -83,7 +83,8 @@ class Referee:
                 raise DataError(f"{data_dir / 'tokenizer.json'} does not match the shards", hint=REPAIR_HINT)
             self.fingerprint = fingerprint(self.apparatus, manifest)
             self.feeder = Feeder(data_dir, manifest, self.tokenizer.vocab_size)
-            self._val_rows = open_shard(data_dir, manifest.split(VAL)[0], verify=True)[: self.preset.eval_rows]
+            val_rows = open_shard(data_dir, manifest.split(VAL)[0], verify=True)
+            self._val_rows = evaluation_rows(val_rows, self.preset.eval_rows)
         except BaseException:
             self.experiment.stop()
             shutil.rmtree(self.box, ignore_errors=True)
