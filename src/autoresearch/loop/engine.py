@@ -332,7 +332,7 @@ class ResearchLoop:
             id=self.ledger.next_id(),
             kind=Kind.EXPERIMENT,
             status=status,
-            description=_one_line(proposal.description),
+            description=one_line(proposal.description),
             parent=best.commit,
             agent=agent,
             model=model,
@@ -501,7 +501,7 @@ class ResearchLoop:
             id=exp_id,
             kind=Kind.PROPOSAL,
             status=Status.RUNNING,
-            description=_one_line(description),
+            description=one_line(description),
             parent=best.commit,
             agent=agent.name,
             model=getattr(agent, "model", ""),
@@ -519,7 +519,7 @@ def _as_agent(why: str) -> str:
     return why.replace("changed files outside train.py", "edited files other than train.py")
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(text.split())[:200] or "(no description)"
 
 

@@ -259,8 +259,9 @@ class Scheduler:
             self.cancel(exp.id)
             self.ratchet.crashed(exp, why, outcome)
             return
+        indices = exp.run_indices  # before `runs` grows: run_indices trusts `seeds` only while their lengths agree
         exp.runs = json.dumps([*exp.run_values, outcome.val_bpb])
-        exp.seeds = json.dumps([*exp.run_indices, job.run])
+        exp.seeds = json.dumps([*indices, job.run])
         loop.ledger.update(exp.id, runs=exp.runs, seeds=exp.seeds)
         if len(exp.run_values) < act.wanted or act.running:
             return
