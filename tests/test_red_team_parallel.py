@@ -10,15 +10,19 @@ from __future__ import annotations
 import json
 import threading
 
+import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
+from autoresearch.evaluator import sandbox
+from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.judge import measured_noise
 from autoresearch.loop.scheduler import Scheduler, make_workers
 from autoresearch.loop.status import status_text
-from autoresearch.loop.workers import devices
+from autoresearch.loop.workers import Device, devices
 from autoresearch.vocabulary import Status
 
+START = "    run = harness.start()\n"
 SABOTAGE = "# sabotage unless SEED == 42"
 SIMPLER = "# two lines fewer"
 
@@ -156,6 +160,22 @@ def test_a_submission_recorded_by_a_driver_killed_before_it_answered_gets_its_id
     assert sum(constant(s, "LR") == 0.5 for w in again.workers for s in w.executor.calls) == 1
 
 
+def test_a_submissions_text_is_fixed_when_it_is_submitted_and_its_base_must_be_kept(workspace):
+    """HOLDS. The request carries train.py's text: the working tree edited after `submit` changes nothing of
+    what trains. A request naming a base that is no kept experiment (a discarded commit) is refused."""
+    sched = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    inbox, head = Inbox(workspace.state), workspace.git.head()
+    submitted = with_constants(workspace.read_train_py(), LR=0.5)
+    reply = inbox.put("LR 0.5", submitted, head)
+    workspace.write_train_py(with_constants(submitted, LR=0.9))  # edited after the submit
+    stale = inbox.put("from nowhere", with_constants(submitted, LR=0.7), "0" * 40)
+    sched.run(None)
+    assert Inbox.reply(reply, timeout=5) == {"id": 2} and sched.loop.ledger.get(2).source == submitted
+    assert "not a kept experiment" in Inbox.reply(stale, timeout=5)["error"]
+    assert sorted(constant(s, "LR") for w in sched.workers for s in w.executor.calls if "SEED = 42" in s) == [0.05, 0.5]
+
+
 # -- a driver killed with runs in flight ----------------------------------------------------------------
 
 
@@ -195,3 +215,33 @@ def test_a_baseline_seed_that_ended_out_of_order_is_not_trained_again_after_a_ki
     assert trained == [42, 44]  # the two that had not ended, once each
     baseline = loop.ledger.get(1)
     assert baseline.status == Status.KEEP and sorted(baseline.run_indices) == [0, 1, 2]
+
+
+# -- a coding agent's turn overlaps the other workers' runs -------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="bubblewrap cannot confine here")
+def test_a_train_py_swapped_in_a_workers_worktree_while_its_evaluator_starts_is_not_what_trains(lab):
+    """BROKE, fixed: with several workers an agent's turn (a coding agent runs as your user, unconfined) goes on
+    while the other workers' runs start, and the loop's watch leaves .autoresearch/ to the loop. The driver
+    wrote an experiment's train.py into its worker's worktree and the evaluator read that file only once it
+    was ready, seconds later: a train.py written there meanwhile was trained and scored as the experiment,
+    whose commit and ledger row hold another. Now the job carries train.py's text itself."""
+    from autoresearch.agents.base import Proposal
+
+    ws, loop = lab
+    honest = ws.read_train_py().replace(START, START + '    print("the honest train.py", flush=True)\n')
+    executor = LocalExecutor(prewarm=False)  # an evaluator that starts with the run, as the first run of a worker
+    try:
+        worker = make_workers(loop, [Device("cpu 0")], lambda device: executor)[0]
+        sched = Scheduler(loop, [worker])
+        exp = loop.record(Proposal("honest", honest), "scripted", "", status=Status.QUEUED)
+        sched.activate(exp)
+        sched.dispatch(worker, sched.next_job())
+        worker.train_py.write_text(honest.replace("the honest train.py", "SWAPPED"))  # the agent, meanwhile
+        sched.handle_next()
+    finally:
+        executor.close()
+    log = (ws.state / "runs" / f"{exp.id}-0" / "log.txt").read_text()
+    assert "the honest train.py" in log and "SWAPPED" not in log, log

@@ -219,7 +219,9 @@ class Scheduler:
         act.running.add(job.run)
         loop.ledger.update(exp.id, status=Status.RUNNING, attempts=act.attempts + 1, worker=worker.device.label)
         run_dir = loop.ws.state / "runs" / f"{exp.id}-{job.run}"
-        job.spec = RunSpec(loop.ws.root, run_dir, loop.timeout, loop.fingerprint, train_py=worker.train_py)
+        job.spec = RunSpec(
+            loop.ws.root, run_dir, loop.timeout, loop.fingerprint, train_py=worker.train_py, code=job.source.encode()
+        )
         loop.reporter.phase(exp.id, exp.description, f"training run {job.run + 1} on {worker.device.label}")
         loop.reporter.training(exp.id, job.run, loop.ws.apparatus.budget_seconds)
         worker.start(job, lambda w, j, outcome: self.events.put((w, j, outcome)))
