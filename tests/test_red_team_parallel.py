@@ -222,7 +222,7 @@ def test_a_baseline_seed_that_ended_out_of_order_is_not_trained_again_after_a_ki
 
 @pytest.mark.slow
 @pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="bubblewrap cannot confine here")
-def test_a_train_py_swapped_in_a_workers_worktree_while_its_evaluator_starts_is_not_what_trains(lab):
+def test_a_train_py_swapped_in_a_workers_worktree_while_its_evaluator_starts_is_not_what_trains(workspace):
     """BROKE, fixed: with several workers an agent's turn (a coding agent runs as your user, unconfined) goes on
     while the other workers' runs start, and the loop's watch leaves .autoresearch/ to the loop. The driver
     wrote an experiment's train.py into its worker's worktree and the evaluator read that file only once it
@@ -230,7 +230,9 @@ def test_a_train_py_swapped_in_a_workers_worktree_while_its_evaluator_starts_is_
     whose commit and ledger row hold another. Now the job carries train.py's text itself."""
     from autoresearch.agents.base import Proposal
 
-    ws, loop = lab
+    ws = workspace
+    scheduler(ws).run(None)  # a baseline, scored by fakes
+    loop = make_loop(ws, FakeExecutor(score), baseline_runs=2)
     honest = ws.read_train_py().replace(START, START + '    print("the honest train.py", flush=True)\n')
     executor = LocalExecutor(prewarm=False)  # an evaluator that starts with the run, as the first run of a worker
     try:
