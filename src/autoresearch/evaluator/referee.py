@@ -9,10 +9,11 @@ experiment's reach.
 The rules of the clock are in evaluator/session.py.
 
 Started by the loop's executor with `--workspace DIR`: the experiment starts at once, so its imports
-overlap the previous run, and the job (one JSON line on stdin: {"train_py", "log", "result"}) comes
-when the run may begin. Started with `--train-py PATH` it runs that file now, the output on this
-terminal: what `python train.py` becomes. Exit status: 0 scored (the result says whether it is
-valid), 3 the experiment crashed or broke the protocol (the result says why), 2 cannot run at all.
+overlap the previous run, and the job (one JSON line on stdin: {"source", "log", "result"}: train.py's
+text itself, which no file read later could replace) comes when the run may begin. Started with
+`--train-py PATH` it runs that file now, the output on this terminal: what `python train.py` becomes.
+Exit status: 0 scored (the result says whether it is valid), 3 the experiment crashed or broke the
+protocol (the result says why), 2 cannot run at all.
 """
 
 from __future__ import annotations
@@ -124,9 +125,9 @@ class Referee:
     # -- the run --------------------------------------------------------------------------------
 
     def run(
-        self, train_py: Path, log, result_path: Path, progress_path: Path | None = None, staged: Path | None = None
+        self, train_py: bytes, log, result_path: Path, progress_path: Path | None = None, staged: Path | None = None
     ) -> int:
-        """Run `train_py` once, score what it hands over, write the result; the exit status. While it
+        """Run `train_py` (its bytes) once, score what it hands over, write the result; the exit status. While it
         runs, where it is goes to `progress_path`, if given (Session.progress); what it compiled goes to
         `staged`, if given, for the loop to add to the shared compile cache or not (compile_cache.settle)."""
         try:
@@ -141,7 +142,7 @@ class Referee:
                     f"autoresearch: no seccomp filter for the experiment ({self.experiment.unfiltered_reason}); "
                     "a train.py that ignores SIGCHLD can do work that the CPU clock does not count"
                 )
-            shutil.copyfile(train_py, self.box / "train.py")
+            (self.box / "train.py").write_bytes(train_py)
             compile_cache.fill(self.box)  # now, not when this process started: a run kept since then is in it
             self.session.progress_path = progress_path
             self.session.write_progress(STARTING)
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch._dynamo
         import torch._inductor.compile_fx  # noqa: F401
     if args.train_py:
-        return referee.run(train_py, sys.stdout.buffer, Path(os.environ.get(RESULT_ENV, "result.json")))
+        return referee.run(train_py.read_bytes(), sys.stdout.buffer, Path(os.environ.get(RESULT_ENV, "result.json")))
     line = sys.stdin.readline()
     if not line:  # the loop stopped before this run was needed
         referee.experiment.stop()
@@ -341,7 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     with open(job["log"], "ab") as log:
         result = Path(job["result"])
         return referee.run(
-            Path(job["train_py"]), log, result, result.with_name(PROGRESS_NAME), result.with_name(compile_cache.STAGED)
+            job["source"].encode("utf-8", errors="surrogateescape"),
+            log,
+            result,
+            result.with_name(PROGRESS_NAME),
+            result.with_name(compile_cache.STAGED),
         )
 
 

@@ -46,10 +46,17 @@ class RunSpec:
     timeout: float  # seconds before the whole process group is killed
     fingerprint: str  # the harness fingerprint the result must carry
     train_py: Path | None = None  # the file to train, if not `directory / "train.py"` (a worker's worktree)
+    # What to train, where the loop knows it (a worker's job): a coding agent's turn overlaps the other workers'
+    # runs, and could rewrite their worktree's train.py before their evaluator has read it.
+    code: bytes | None = None
 
     @property
     def source(self) -> Path:
         return self.train_py or self.directory / "train.py"
+
+    def source_bytes(self) -> bytes:
+        """train.py's bytes as this run trains them: `code`, or the file's now."""
+        return self.code if self.code is not None else self.source.read_bytes()
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,8 @@ class LocalExecutor:
         referee = self._current = self._take(spec.directory)
         write_pid_file(spec.run_dir / "pid", referee.proc.pid)
         started = time.monotonic()
-        job = {"train_py": str(spec.source), "log": str(log_path), "result": str(result_path)}
+        source = spec.source_bytes().decode("utf-8", errors="surrogateescape")
+        job = {"source": source, "log": str(log_path), "result": str(result_path)}
         try:
             referee.start(job)
             if self.prewarm:  # once this run trains: before, its start-up would share the cores with the next's

@@ -20,6 +20,7 @@ from pathlib import Path
 from autoresearch.agents.base import Proposal, Usage
 from autoresearch.errors import AutoresearchError
 from autoresearch.loop import guard
+from autoresearch.loop.asking import one_line
 from autoresearch.loop.ledger import Experiment
 from autoresearch.vocabulary import Kind, Status
 
@@ -73,7 +74,10 @@ class Inbox:
         for request in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
             try:
                 data = json.loads(request.read_text())
-                answer, exp = self._record(loop, data["description"], data["source"], data["base"])
+                fields = [data["description"], data["source"], data["base"]]
+                if not all(isinstance(f, str) for f in fields):
+                    raise TypeError("its description, train.py and base must be text")
+                answer, exp = self._record(loop, *fields)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 answer, exp = {"error": f"the request could not be read ({exc})"}, None
             _write_atomic(request.with_suffix(".reply"), json.dumps(answer))
@@ -84,8 +88,9 @@ class Inbox:
 
     def _record(self, loop, description: str, source: str, base: str) -> tuple[dict, Experiment | None]:
         rows = loop.ledger.all()
+        recorded = one_line(description)  # as the row holds it
         for e in rows:  # already recorded by a driver killed before it answered
-            if e.agent == SUBMITTER and e.parent == base and e.source == source and e.description == description:
+            if e.agent == SUBMITTER and e.parent == base and e.source == source and e.description == recorded:
                 return {"id": e.id}, e
         kept = next((e for e in rows if e.commit == base and e.status == Status.KEEP), None)
         if kept is None:

@@ -22,6 +22,10 @@ from autoresearch.loop.ledger import Experiment
 from autoresearch.vocabulary import Kind, Status
 
 MIN_NOISE = 5e-4  # never trust a spread smaller than this: two baseline runs can agree by chance
+# The noise is at most this many times the baseline's: a train.py reads its own SEED, so one that skips training
+# on its re-run could otherwise make the noise, hence the margin, as large as it likes (no win kept, and a much
+# worse change kept as "simpler at equal val_bpb"). 3 baseline seeds underestimate the noise 4-fold 6 % of the time.
+NOISE_CAP = 4.0
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,15 @@ class Noise:
     margin: float  # a change must beat the best by more than this to be kept
     runs: int  # how many runs measured it...
     repeated: int  # ...of how many train.py files trained more than once (the baseline among them)
+    capped: bool = False  # the pooled spread was larger than NOISE_CAP x the baseline's: this is that cap
 
 
 def described(noise: Noise) -> str:
     """What measured the noise, in words: "std of 3 baseline seeds" or "pooled std of 7 runs of 3 train.py files"."""
     if noise.repeated == 1:
         return f"std of the baseline's {noise.runs} seeds"
-    return f"pooled std of {noise.runs} runs of {noise.repeated} train.py files trained more than once"
+    pooled = f"pooled std of {noise.runs} runs of {noise.repeated} train.py files trained more than once"
+    return f"{pooled}, capped at {NOISE_CAP:g} x the baseline's" if noise.capped else pooled
 
 
 def noise_of(runs: list[float]) -> float:
@@ -63,8 +69,10 @@ def pooled_noise(groups: list[list[float]]) -> float:
 
 
 def measured_noise(experiments: list[Experiment]) -> Noise | None:
-    """The noise from every finished train.py that was trained more than once; None before a kept baseline."""
-    if not any(e.kind == Kind.BASELINE and e.status == Status.KEEP for e in experiments):
+    """The noise from every finished train.py that was trained more than once, at most NOISE_CAP x the
+    baseline's; None before a kept baseline."""
+    baseline = next((e for e in experiments if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
+    if baseline is None:
         return None
     groups = [
         runs
@@ -75,8 +83,10 @@ def measured_noise(experiments: list[Experiment]) -> Noise | None:
     ]
     if not groups:
         return None
-    noise = pooled_noise(groups)
-    return Noise(noise, margin_of(noise), sum(len(g) for g in groups), len(groups))
+    noise, cap = pooled_noise(groups), NOISE_CAP * noise_of(run_values(baseline))
+    capped = noise > cap
+    noise = min(noise, cap)
+    return Noise(noise, margin_of(noise), sum(len(g) for g in groups), len(groups), capped)
 
 
 def run_values(exp: Experiment) -> list[float]:

@@ -93,7 +93,7 @@ class Ratchet:
             why += f"; its change conflicts with exp {best.id}'s in train.py ({conflicts} hunks): not kept"
             loop._finish(exp, Status.DISCARD, why, outcome, runs)
             return Conclusion()
-        if problem := guard.rejection(best.source, merged):
+        if problem := guard.rejection(best.source, merged) or loop.duplicate_of(merged, best.commit):
             loop._finish(exp, Status.DISCARD, f"{why}; merged onto it, {problem}: not kept", outcome, runs)
             return Conclusion()
         description = f"exp {exp.id} merged onto exp {best.id}: {exp.description}"

@@ -121,7 +121,7 @@ class Shipment:
         there yet) or if it was shipped before."""
         try:
             apparatus = (spec.directory / CONFIG_NAME).read_bytes()
-            train_py = spec.source.read_bytes()
+            train_py = spec.source_bytes()
             data_dir = Path(Apparatus(**json.loads(apparatus)).data_dir)
             manifest = (data_dir / MANIFEST).read_text()
         except (OSError, ValueError, TypeError, ConfigError) as exc:

@@ -226,7 +226,9 @@ class Scheduler:
         spans = activity.with_start(exp, job.run, label, time.time())
         loop.ledger.update(exp.id, status=Status.RUNNING, attempts=act.attempts + 1, worker=label, spans=spans)
         run_dir = loop.ws.state / "runs" / f"{exp.id}-{job.run}"
-        job.spec = RunSpec(loop.ws.root, run_dir, loop.timeout, loop.fingerprint, train_py=worker.train_py)
+        job.spec = RunSpec(
+            loop.ws.root, run_dir, loop.timeout, loop.fingerprint, train_py=worker.train_py, code=job.source.encode()
+        )
         loop.reporter.phase(exp.id, exp.description, f"training run {job.run + 1} on {worker.device.label}")
         loop.reporter.training(exp.id, job.run, loop.ws.apparatus.budget_seconds, label)
         worker.start(job, lambda w, j, outcome: self.events.put((w, j, outcome)))
@@ -274,8 +276,9 @@ class Scheduler:
             self.cancel(exp.id)
             self.ratchet.crashed(exp, why, outcome)
             return
+        indices = exp.run_indices  # before `runs` grows: run_indices trusts `seeds` only while their lengths agree
         exp.runs = json.dumps([*exp.run_values, outcome.val_bpb])
-        exp.seeds = json.dumps([*exp.run_indices, job.run])
+        exp.seeds = json.dumps([*indices, job.run])
         loop.ledger.update(exp.id, runs=exp.runs, seeds=exp.seeds)
         if len(exp.run_values) < act.wanted or act.running:
             return

@@ -1,0 +1,249 @@
+"""Red team: the parallel loop (several workers, `submit`, Ray) attacked by a train.py, an agent or a submitter.
+
+Most attacks are on the loop's bookkeeping and run the real scheduler and ratchet with fake executors that
+score train.py by a function of its text (cheap: no training). Those about the sandbox run two real
+confined runs side by side (tiny preset, 1-second budgets).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
+
+from autoresearch.evaluator import sandbox
+from autoresearch.loop.executor import LocalExecutor
+from autoresearch.loop.inbox import Inbox
+from autoresearch.loop.judge import measured_noise
+from autoresearch.loop.scheduler import Scheduler, make_workers
+from autoresearch.loop.status import status_text
+from autoresearch.loop.workers import Device, devices
+from autoresearch.vocabulary import Status
+
+START = "    run = harness.start()\n"
+SABOTAGE = "# sabotage unless SEED == 42"
+SIMPLER = "# two lines fewer"
+
+
+def score(source: str) -> float:
+    """Best at LR 0.2; the baseline's seeds 1.000 and 1.002 (noise 0.0014, margin 0.0028). A train.py marked
+    SABOTAGE trains well on its first seed only (it reads SEED and skips training on any other); one marked
+    SIMPLER is 2 bpb worse."""
+    lr, seed = constant(source, "LR"), constant(source, "SEED")
+    value = 1.0 + (lr - 0.05) * -0.02 + 0.002 * (seed - 42)
+    if SABOTAGE in source and seed != 42:
+        value += 5.0
+    if SIMPLER in source:
+        value += 2.0
+    return value
+
+
+def set_lr(value: float, *marks: str):
+    return lambda ctx: (f"LR {value}", with_constants(ctx.train_py, LR=value) + "".join(f"{m}\n" for m in marks))
+
+
+def scheduler(workspace, workers: int = 2, inbox: bool = False, executor=None) -> Scheduler:
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
+    make = executor or (lambda device: FakeExecutor(score))
+    found = make_workers(loop, devices(None, workers, cores=2), make)
+    return Scheduler(loop, found, Inbox(workspace.state) if inbox else None)
+
+
+def simpler_but_worse(ctx):
+    """Two lines fewer (the docstring and the blank line after it), 2 bpb worse."""
+    source = ctx.train_py.split("\n", 2)[2].replace("# Adam learning rate (0.001-1)", SIMPLER)
+    return "fewer lines", source
+
+
+# -- the pooled noise ---------------------------------------------------------------------------------
+
+
+def test_a_train_py_that_sabotages_its_rerun_cannot_blow_up_the_noise(workspace):
+    """BROKE, fixed: the noise pooled the runs of every train.py trained more than once, and a train.py reads
+    its own SEED. One that wins marginally on its first seed and skips training on the next (a re-run) made
+    its two runs 5 bpb apart: the pooled noise became ~2.5 bpb, so no honest win could be kept again, and a
+    change 2 bpb worse that deletes two lines was kept as "simpler at equal val_bpb". Now the noise is at most
+    NOISE_CAP times what the baseline's seeds measured (the user's own train.py, which the agent did not
+    write), and status says when it is capped."""
+    sched = scheduler(workspace, workers=1)  # one after the other: the sabotage is judged first
+    marginal = 0.05 + 0.0028 * 1.5 / 0.02  # a first run 1.5 margins better: a marginal win, trained again
+    sched.run(ScriptedAgent([set_lr(marginal, SABOTAGE), simpler_but_worse]), max_experiments=2)
+    baseline, sabotaged, simpler = sched.loop.ledger.all()
+    assert len(sabotaged.run_values) == 2 and sabotaged.status == Status.DISCARD  # it got its re-run
+    noise = measured_noise(sched.loop.ledger.all())
+    assert noise.noise <= 4 * 0.0015 and noise.capped
+    assert simpler.status == Status.DISCARD and simpler.val_bpb > baseline.val_bpb + 1.9
+    assert sched.loop.best().id == baseline.id
+    assert "capped at 4 x the baseline's" in status_text(workspace)
+
+
+# -- merging a win found on a stale base ------------------------------------------------------------------
+
+BETAS = "torch.optim.Adam(model.parameters(), lr=LR, betas=(0.8, 0.9))"
+
+
+def betas_score(source: str) -> float:
+    """The betas edit wins by 0.05 at LR 0.05 and loses by 0.01 at any other LR."""
+    if BETAS in source:
+        return score(source) + (-0.05 if constant(source, "LR") == 0.05 else 0.01)
+    return score(source)
+
+
+def betas(ctx):
+    return "Adam betas 0.8, 0.9", ctx.train_py.replace("torch.optim.Adam(model.parameters(), lr=LR)", BETAS)
+
+
+def test_a_stale_win_whose_merge_was_already_measured_on_the_best_is_not_trained_again(workspace):
+    """BROKE, fixed: a train.py already measured on the best is not trained again (a second roll of the dice),
+    but the merge of a win found on a stale base skipped that rule: the betas edit, discarded on the new best,
+    came back as the merge of the same edit won on the old base and was trained (and could be kept by luck).
+    Now the merge is checked like any proposal, and the stale win's reason names the earlier experiment."""
+    from autoresearch.agents.base import Proposal
+
+    loop = make_loop(workspace, FakeExecutor(betas_score), baseline_runs=2)
+    sched = Scheduler(loop, make_workers(loop, devices(None, 1, cores=2), lambda d: FakeExecutor(betas_score)))
+    sched.run(None)  # the baseline
+    baseline = loop.best()
+    assert loop.step(ScriptedAgent([set_lr(0.2)])).status == Status.KEEP  # a new best
+    on_best = loop.step(ScriptedAgent([betas]))
+    assert on_best.status == Status.DISCARD  # the betas edit, measured on the new best
+    stale_source = betas(type("Ctx", (), {"train_py": baseline.source}))[1]
+    loop.record(Proposal("betas, made long ago", stale_source), "scripted", "", base=baseline, status=Status.QUEUED)
+    sched.run(None)  # trains the stale one: a win on its own base, whose merge is exactly `on_best`
+    rows = loop.ledger.all()
+    assert len(rows) == 4, [(r.id, r.description, r.reason) for r in rows]  # no fifth: the merge is not trained
+    assert rows[3].status == Status.DISCARD and f"the same train.py as exp {on_best.id}" in rows[3].reason
+    assert sum(BETAS in s and constant(s, "LR") == 0.2 for w in sched.workers for s in w.executor.calls) == 0
+
+
+# -- submit and the inbox ----------------------------------------------------------------------------------
+
+
+def test_a_request_whose_fields_are_not_text_is_refused_and_does_not_stop_the_loop(workspace):
+    """BROKE, fixed: a request dropped in the inbox by hand (a coding agent writing the file itself) with a
+    number for its description made the driver raise AttributeError, with a traceback; the request stayed in
+    the inbox, so every later start of the loop died on it too. Now it is answered with an error and removed."""
+    sched = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    inbox = Inbox(workspace.state)
+    good = with_constants(workspace.read_train_py(), LR=0.2)
+    inbox.dir.mkdir(parents=True, exist_ok=True)
+    (inbox.dir / "0-odd.json").write_text(json.dumps({"description": 5, "source": good, "base": workspace.git.head()}))
+    (inbox.dir / "1-list.json").write_text(json.dumps([1, 2]))
+    fine = inbox.put("LR 0.2", good, workspace.git.head())
+    sched.run(None)
+    assert "could not be read" in json.loads((inbox.dir / "0-odd.reply").read_text())["error"]
+    assert "could not be read" in json.loads((inbox.dir / "1-list.reply").read_text())["error"]
+    assert Inbox.reply(fine, timeout=5) == {"id": 2} and sched.loop.ledger.get(2).status == Status.KEEP
+    assert not inbox.pending()
+
+
+def test_a_submission_recorded_by_a_driver_killed_before_it_answered_gets_its_id_not_a_refusal(workspace):
+    """BROKE, fixed: a driver killed after it recorded a submission but before it answered finds the request
+    again and answers with the row it wrote, found by description, source and base. The row holds the
+    description on one line and cut to 200 characters, the request the text as typed: a description of two
+    lines (or a long one) matched nothing, the submission was then "the same train.py as exp 2, which is being
+    trained now", and `submit` said it was rejected while exp 2 trained."""
+    sched = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    inbox = Inbox(workspace.state)
+    description = "LR 0.5\n\nbecause the loss curve was flat " + "and so on " * 30
+    source, base = with_constants(workspace.read_train_py(), LR=0.5), workspace.git.head()
+    reply = inbox.put(description, source, base)
+    inbox._record(sched.loop, description, source, base)  # recorded; the driver dies before it answers
+    again = scheduler(workspace, inbox=True)
+    again.run(None)
+    assert Inbox.reply(reply, timeout=5) == {"id": 2}
+    assert [e.id for e in again.loop.ledger.all()] == [1, 2] and again.loop.ledger.get(2).status == Status.KEEP
+    assert sum(constant(s, "LR") == 0.5 for w in again.workers for s in w.executor.calls) == 1
+
+
+def test_a_submissions_text_is_fixed_when_it_is_submitted_and_its_base_must_be_kept(workspace):
+    """HOLDS. The request carries train.py's text: the working tree edited after `submit` changes nothing of
+    what trains. A request naming a base that is no kept experiment (a discarded commit) is refused."""
+    sched = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    inbox, head = Inbox(workspace.state), workspace.git.head()
+    submitted = with_constants(workspace.read_train_py(), LR=0.5)
+    reply = inbox.put("LR 0.5", submitted, head)
+    workspace.write_train_py(with_constants(submitted, LR=0.9))  # edited after the submit
+    stale = inbox.put("from nowhere", with_constants(submitted, LR=0.7), "0" * 40)
+    sched.run(None)
+    assert Inbox.reply(reply, timeout=5) == {"id": 2} and sched.loop.ledger.get(2).source == submitted
+    assert "not a kept experiment" in Inbox.reply(stale, timeout=5)["error"]
+    assert sorted(constant(s, "LR") for w in sched.workers for s in w.executor.calls if "SEED = 42" in s) == [0.05, 0.5]
+
+
+# -- a driver killed with runs in flight ----------------------------------------------------------------
+
+
+class Held(FakeExecutor):
+    """A fake executor whose runs with a SEED in `hold` wait for `release` (a dead driver never hears of them)."""
+
+    def __init__(self, hold=(), release: threading.Event | None = None):
+        super().__init__(score)
+        self.hold, self.release = hold, release
+
+    def run(self, spec):
+        if constant(spec.source.read_text(), "SEED") in self.hold:
+            self.release.wait(30)
+        return super().run(spec)
+
+
+def test_a_baseline_seed_that_ended_out_of_order_is_not_trained_again_after_a_kill(workspace):
+    """BROKE, fixed: each run's seed index was appended after `runs` had grown, so `seeds` was one entry long
+    ([0, 1] after the first run); the ledger then fell back to "runs 0..n-1 are done". With the baseline's seeds
+    trained at once, seed 43 ending first was taken for seed 42: the driver killed then trained seed 43 again
+    and never seed 42, and the noise was measured on a repeated seed."""
+    release = threading.Event()
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=3)
+    sched = Scheduler(loop, make_workers(loop, devices(None, 2, cores=2), lambda d: Held({42, 44}, release)))
+    try:
+        sched.start_baseline()
+        for worker in sched.workers:
+            sched.dispatch(worker, sched.next_job())  # seeds 42 (held) and 43
+        sched.handle_next()  # seed 43 ends first
+        sched.dispatch(sched.workers[1], sched.next_job())  # seed 44 (held): then the driver is killed
+        assert json.loads(loop.ledger.get(1).seeds) == [1]
+        again = Scheduler(loop, make_workers(loop, devices(None, 2, cores=2), lambda d: Held()))
+        again.run(None)
+    finally:
+        release.set()
+    trained = sorted(constant(s, "SEED") for w in again.workers for s in w.executor.calls)
+    assert trained == [42, 44]  # the two that had not ended, once each
+    baseline = loop.ledger.get(1)
+    assert baseline.status == Status.KEEP and sorted(baseline.run_indices) == [0, 1, 2]
+
+
+# -- a coding agent's turn overlaps the other workers' runs -------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="bubblewrap cannot confine here")
+def test_a_train_py_swapped_in_a_workers_worktree_while_its_evaluator_starts_is_not_what_trains(workspace):
+    """BROKE, fixed: with several workers an agent's turn (a coding agent runs as your user, unconfined) goes on
+    while the other workers' runs start, and the loop's watch leaves .autoresearch/ to the loop. The driver
+    wrote an experiment's train.py into its worker's worktree and the evaluator read that file only once it
+    was ready, seconds later: a train.py written there meanwhile was trained and scored as the experiment,
+    whose commit and ledger row hold another. Now the job carries train.py's text itself."""
+    from autoresearch.agents.base import Proposal
+
+    ws = workspace
+    scheduler(ws).run(None)  # a baseline, scored by fakes
+    loop = make_loop(ws, FakeExecutor(score), baseline_runs=2)
+    honest = ws.read_train_py().replace(START, START + '    print("the honest train.py", flush=True)\n')
+    executor = LocalExecutor(prewarm=False)  # an evaluator that starts with the run, as the first run of a worker
+    try:
+        worker = make_workers(loop, [Device("cpu 0")], lambda device: executor)[0]
+        sched = Scheduler(loop, [worker])
+        exp = loop.record(Proposal("honest", honest), "scripted", "", status=Status.QUEUED)
+        sched.activate(exp)
+        sched.dispatch(worker, sched.next_job())
+        worker.train_py.write_text(honest.replace("the honest train.py", "SWAPPED"))  # the agent, meanwhile
+        sched.handle_next()
+    finally:
+        executor.close()
+    log = (ws.state / "runs" / f"{exp.id}-0" / "log.txt").read_text()
+    assert "the honest train.py" in log and "SWAPPED" not in log, log
