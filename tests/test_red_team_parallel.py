@@ -17,10 +17,11 @@ from autoresearch.evaluator import sandbox
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.judge import measured_noise
+from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.scheduler import Scheduler, make_workers
 from autoresearch.loop.status import status_text
 from autoresearch.loop.workers import Device, devices
-from autoresearch.vocabulary import Status
+from autoresearch.vocabulary import Kind, Status
 
 START = "    run = harness.start()\n"
 SABOTAGE = "# sabotage unless SEED == 42"
@@ -76,7 +77,21 @@ def test_a_train_py_that_sabotages_its_rerun_cannot_blow_up_the_noise(workspace)
     assert noise.noise <= 4 * 0.0015 and noise.capped
     assert simpler.status == Status.DISCARD and simpler.val_bpb > baseline.val_bpb + 1.9
     assert sched.loop.best().id == baseline.id
-    assert "capped at 4 x the baseline's" in status_text(workspace)
+    assert "held within 4 x of the baseline's" in status_text(workspace)
+
+
+def test_train_py_files_that_repeat_themselves_exactly_cannot_shrink_the_noise_below_a_quarter(workspace):
+    """BROKE, fixed: a train.py that ignores SEED repeats its value exactly on a GPU; every such train.py trained
+    twice pooled zero spread into the noise, and with enough of them the margin for every later change fell
+    towards nothing. The noise is now held at no less than 1 / NOISE_CAP of the baseline's too."""
+    baseline = Experiment(1, Kind.BASELINE, Status.KEEP, "baseline", "a", runs="[1.0, 1.02]")
+    repeats = [
+        Experiment(i, Kind.EXPERIMENT, Status.DISCARD, f"seedless {i}", "a", runs="[0.999, 0.999]")
+        for i in range(2, 40)
+    ]
+    noise = measured_noise([baseline, *repeats])
+    assert noise.capped and noise.noise == pytest.approx(0.02 / 2**0.5 / 4)
+    assert measured_noise([baseline, *repeats[:2]]).noise == pytest.approx(0.02 / 2**0.5 / 3**0.5)  # within: pooled
 
 
 # -- merging a win found on a stale base ------------------------------------------------------------------

@@ -22,9 +22,10 @@ from autoresearch.loop.ledger import Experiment
 from autoresearch.vocabulary import Kind, Status
 
 MIN_NOISE = 5e-4  # never trust a spread smaller than this: two baseline runs can agree by chance
-# The noise is at most this many times the baseline's: a train.py reads its own SEED, so one that skips training
-# on its re-run could otherwise make the noise, hence the margin, as large as it likes (no win kept, and a much
-# worse change kept as "simpler at equal val_bpb"). 3 baseline seeds underestimate the noise 4-fold 6 % of the time.
+# The noise stays within this factor of the baseline's, either way. A train.py reads its own SEED: one that skips
+# training on its re-run could otherwise make the noise, hence the margin, as large as it likes (no win kept, and a
+# much worse change kept as "simpler at equal val_bpb"); one that ignores SEED repeats itself exactly on a GPU and
+# would shrink the margin for every later change. 3 baseline seeds misjudge the noise 4-fold ~6 % of the time.
 NOISE_CAP = 4.0
 
 
@@ -42,7 +43,7 @@ class Noise:
     margin: float  # a change must beat the best by more than this to be kept
     runs: int  # how many runs measured it...
     repeated: int  # ...of how many train.py files trained more than once (the baseline among them)
-    capped: bool = False  # the pooled spread was larger than NOISE_CAP x the baseline's: this is that cap
+    capped: bool = False  # the pooled spread was beyond NOISE_CAP x the baseline's, or under 1 / NOISE_CAP of it
 
 
 def described(noise: Noise) -> str:
@@ -50,7 +51,7 @@ def described(noise: Noise) -> str:
     if noise.repeated == 1:
         return f"std of the baseline's {noise.runs} seeds"
     pooled = f"pooled std of {noise.runs} runs of {noise.repeated} train.py files trained more than once"
-    return f"{pooled}, capped at {NOISE_CAP:g} x the baseline's" if noise.capped else pooled
+    return f"{pooled}, held within {NOISE_CAP:g} x of the baseline's" if noise.capped else pooled
 
 
 def noise_of(runs: list[float]) -> float:
@@ -69,7 +70,7 @@ def pooled_noise(groups: list[list[float]]) -> float:
 
 
 def measured_noise(experiments: list[Experiment]) -> Noise | None:
-    """The noise from every finished train.py that was trained more than once, at most NOISE_CAP x the
+    """The noise from every finished train.py that was trained more than once, held within NOISE_CAP x of the
     baseline's; None before a kept baseline."""
     baseline = next((e for e in experiments if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
     if baseline is None:
@@ -83,9 +84,9 @@ def measured_noise(experiments: list[Experiment]) -> Noise | None:
     ]
     if not groups:
         return None
-    noise, cap = pooled_noise(groups), NOISE_CAP * noise_of(run_values(baseline))
-    capped = noise > cap
-    noise = min(noise, cap)
+    pooled, own = pooled_noise(groups), noise_of(run_values(baseline))
+    noise = min(max(pooled, own / NOISE_CAP), own * NOISE_CAP)
+    capped = noise != pooled
     return Noise(noise, margin_of(noise), sum(len(g) for g in groups), len(groups), capped)
 
 
