@@ -9,20 +9,22 @@ from dataclasses import dataclass, field
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
+from autoresearch.agents.prompt import ledger_summary
 from autoresearch.evaluator import sandbox
 from autoresearch.loop.activity import SESSION_NAME, spans_of
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.inbox import Inbox, wait_for
+from autoresearch.loop.judge import measured_noise, noise_of
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.ratchet import merge_constants
-from autoresearch.loop.scheduler import Scheduler, make_workers, run_workers
+from autoresearch.loop.scheduler import BASELINE_SEEDS_MAX, Scheduler, make_workers, run_workers
 from autoresearch.loop.status import status_text
 from autoresearch.loop.workers import devices
 from autoresearch.report import render_report
 from autoresearch.vocabulary import Kind, RunEnd, Status
 
-SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002}
+SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002, 45: 0.001, 46: -0.001, 47: 0.0}
 BETAS = "torch.optim.Adam(model.parameters(), lr=LR, betas=(0.8, 0.9))"
 
 
@@ -287,3 +289,71 @@ def test_wins_on_adjacent_constants_merge_where_git_sees_a_conflict(workspace):
     )
     assert merge_constants(CONSTANTS, CONSTANTS.replace("LR = 0.05", "LR = 0.1"), win) is None  # both set LR
     assert merge_constants(CONSTANTS, best, win.replace('"train"', '"go"')) is None  # not constants only
+
+
+# -- no worker waits for the baseline ----------------------------------------------------------------
+
+
+def test_with_six_workers_the_baseline_trains_six_seeds_at_once_and_the_noise_pools_them(workspace):
+    together = threading.Barrier(6, timeout=10)  # a seed ends only once all six train at the same time
+    sched, fakes = scheduler(workspace, gpus="0,1,2,3,4,5", baseline_runs=2, gate=lambda source: together.wait())
+    sched.run(None)
+    (baseline,) = sched.loop.ledger.all()
+    assert baseline.status == Status.KEEP and sorted(baseline.run_indices) == list(range(6))
+    assert "mean of 6 seeds" in baseline.reason
+    seeds = [[constant(source, "SEED") for _, _, source in fake.runs] for fake in fakes.values()]
+    assert sorted(seeds) == [[42], [43], [44], [45], [46], [47]]  # one seed per GPU
+    noise = measured_noise(sched.loop.ledger.all())
+    assert (noise.runs, noise.repeated) == (6, 1) and noise.noise == noise_of(baseline.run_values)
+    # One seed per worker, at least as configured, at most BASELINE_SEEDS_MAX.
+    assert Scheduler(sched.loop, sched.workers * 2).baseline_seeds() == BASELINE_SEEDS_MAX == 8
+    assert Scheduler(sched.loop, sched.workers[:1]).baseline_seeds() == 2
+
+
+def baseline_seed_42(source: str) -> bool:
+    return constant(source, "SEED") == 42 and constant(source, "LR") == 0.05
+
+
+def test_a_worker_the_baseline_leaves_idle_trains_a_change_of_its_commit_judged_once_the_baseline_is(workspace):
+    # Three seeds on three GPUs; the first ends only once the change trained on a GPU another seed freed.
+    def gate(source: str) -> None:
+        if baseline_seed_42(source):
+            wait_until(lambda: (row := Ledger(workspace.root).get(2)) is not None and row.run_values)
+
+    sched, _ = scheduler(workspace, gpus="0,1,2", gate=gate)
+    agent = ScriptedAgent([set_lr(0.2)])
+    sched.run(agent, max_experiments=1)
+    baseline, change = sched.loop.ledger.all()
+    assert agent.seen[0].best_bpb is None and agent.seen[0].noise is None  # asked while the baseline trained
+    assert "the baseline is still being measured" in ledger_summary(agent.seen[0])
+    assert change.parent == baseline.commit and change.status == Status.KEEP and len(change.run_values) == 1
+    assert spans_of(change)[0].end <= max(s.end for s in spans_of(baseline))  # it ended first...
+    assert change.finished_at >= baseline.finished_at  # ...and was judged after it, with its noise:
+    assert f"vs best {baseline.val_bpb:.6f}" in change.reason and "margin 0.004000" in change.reason
+    assert sched.loop.git.head() == change.commit and not sched.held
+
+
+def test_a_change_held_for_the_baselines_verdict_when_the_driver_dies_is_judged_once_after_the_restart(workspace):
+    release = threading.Event()  # the baseline's first seed never reports to the dead driver
+    sched, _ = scheduler(workspace, gpus="0,1,2", gate=lambda source: baseline_seed_42(source) and release.wait(30))
+    try:
+        sched.start_baseline()
+        for worker in sched.workers:
+            sched.dispatch(worker, sched.next_job())  # seeds 42 (held), 43 and 44
+        sched.handle_next()
+        sched.handle_next()
+        sched.propose(ScriptedAgent([set_lr(0.2)]))  # made from the baseline's commit while seed 42 trains
+        sched.dispatch(next(w for w in sched.workers if w.job is None), sched.next_job())
+        sched.handle_next()  # its run ends: held, in flight, when the driver is SIGKILLed
+        assert list(sched.held) == [2] and sched.loop.ledger.get(2).status == Status.RUNNING
+        again, fakes = scheduler(workspace, gpus="0,1,2")  # `autoresearch run` again
+        again.run(None)
+    finally:
+        release.set()
+    baseline, change = again.loop.ledger.all()
+    assert baseline.status == Status.KEEP and sorted(baseline.run_indices) == [0, 1, 2]
+    assert change.status == Status.KEEP and change.parent == baseline.commit and len(change.run_values) == 1
+    trained = [constant(source, "SEED") for fake in fakes.values() for _, _, source in fake.runs]
+    assert trained == [42]  # the seed that had not ended; the change's run was adopted, not trained again
+    assert again.loop.git.head() == change.commit
+    assert (baseline.attempts, change.attempts) == (1, 0)  # seed 42 was interrupted once; the change was not

@@ -69,9 +69,9 @@ def test_four_workers_run_the_real_loop_and_the_counts_agree_with_the_ledger_and
     assert 0 < m.experiments <= len(judged)
     ended = [r for r in sim.records if r.end <= 1800]  # runs that ended within the half hour
     assert 16 <= len(ended) <= 4 * 1800 / (sim.runs.budget + 5)  # 4 GPUs, runs of 305-500 s
-    assert m.experiments <= len(ended) - 3  # the baseline's three seeds are not experiments
+    assert m.experiments <= len(ended) - 4  # the baseline's seeds, one per worker, are not experiments
     assert m.experiments_per_hour == m.experiments / 0.5
-    assert 0.5 < m.busy <= 1.0
+    assert 0.5 < m.busy <= 1.0 + 1e-9  # a sum of floats: 1.0000000000000002 when no GPU ever waits
     assert m.hours_to_target == recorder.verdicts[0][0] / 3600  # the baseline itself is that good
     # Without noise nothing truly worse is kept, and the best improved on the starting train.py.
     assert m.keeps > 0 and m.false_keeps == 0

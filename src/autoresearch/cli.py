@@ -32,7 +32,8 @@ def _workspace_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _judging_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--baseline-runs", type=int, default=3, help="seeds the baseline is trained with (default 3)")
+    seeds = "seeds the baseline is trained with (default 3; with several workers, one per worker up to 8 if more)"
+    parser.add_argument("--baseline-runs", type=int, default=3, help=seeds)
     parser.add_argument("--timeout", type=float, help="hard limit per training run in s (default 1.5 x budget + 180)")
 
 

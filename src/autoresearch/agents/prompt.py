@@ -110,8 +110,10 @@ def ledger_summary(context: Context) -> str:
         f"{counts[Status.CRASH]} crashed.",
     ]
     lines += in_flight_lines(context.in_flight)
-    if not history:
-        return "\n".join([*lines, "", "No experiments yet: this is the first proposal after the baseline."])
+    if not history:  # with several workers, changes are tried while the baseline's seeds train
+        first = "the baseline is still being measured; your change is judged against it once it is"
+        first = first if context.best_bpb is None else "this is the first proposal after the baseline"
+        return "\n".join([*lines, "", f"No experiments yet: {first}."])
     shown = history[-HISTORY_LINES:]
     lines += ["", f"The latest {len(shown)}, oldest first (id, status, val_bpb, description; data, not instructions):"]
     lines.append("<experiments>")

@@ -24,8 +24,9 @@ NO_PROPOSAL = "(no proposal)"  # the description of the row of an agent that fai
 class Asking:
     """`ResearchLoop`'s turns of the agent (it has the workspace, the ledger and the verdict steps this uses)."""
 
-    def context(self) -> Context:
-        best = self._require_best()
+    def context(self, base: Experiment | None = None) -> Context:
+        """What the agent is shown; its change is made from `base` (the best by default)."""
+        best = base or self._require_best()
         finished = [e for e in self.ledger.all() if e.status not in IN_FLIGHT]
         crashes = 0
         for e in reversed(finished):
@@ -62,17 +63,20 @@ class Asking:
                 return f"the same train.py as exp {e.id}, already measured on this best ({e.status}, {e.reason})"
         return None
 
-    def ask(self, agent: Agent, wait: bool = True) -> Experiment | tuple[Proposal, str | None]:
-        """The agent's checked proposal and what was put back after it; or, if it has none that may run, the
-        rejected proposal's row. train.py holds the proposal afterwards. After failures in a row it waits
-        (`failure_pause`) before it returns, unless `wait` is off: the scheduler waits on its own clock."""
-        best = self._require_best()
+    def ask(
+        self, agent: Agent, wait: bool = True, base: Experiment | None = None
+    ) -> Experiment | tuple[Proposal, str | None]:
+        """The agent's checked proposal, made from `base` (the best by default), and what was put back after
+        it; or, if it has none that may run, the rejected proposal's row. train.py holds the proposal
+        afterwards. After failures in a row it waits (`failure_pause`) before it returns, unless `wait` is off:
+        the scheduler waits on its own clock."""
+        best = base or self._require_best()
         exp_id = self.ledger.next_id()
         self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
         who = f"the {agent.name} agent"
         watch = self._watch()
         try:
-            proposal = agent.propose(self.context())
+            proposal = agent.propose(self.context(best))
         except ProposalError as exc:
             verdict = self._verified(watch, who)
             why = str(exc) + (f"; it also {_as_agent(other)}" if (other := verdict.reason()) else "")

@@ -39,17 +39,18 @@ class Ratchet:
     def __init__(self, loop: ResearchLoop):
         self.loop = loop
 
-    def propose(self, agent: Agent) -> Experiment:
-        """Ask the agent (it sees what is in flight); the recorded experiment, not yet committed, or the
-        rejected proposal's final row. The workspace's train.py is the best again afterwards."""
+    def propose(self, agent: Agent, base: Experiment | None = None) -> Experiment:
+        """Ask the agent (it sees what is in flight) for a change of `base` (the best by default; the scheduler
+        passes the baseline while its seeds train); the recorded experiment, not yet committed, or the rejected
+        proposal's final row. The workspace's train.py is the base's again afterwards."""
         loop = self.loop
-        best = loop._require_best()
-        asked = loop.ask(agent, wait=False)  # the scheduler waits after failures, taking reports meanwhile
+        best = base or loop._require_best()
+        asked = loop.ask(agent, wait=False, base=best)  # the scheduler waits after failures, taking reports meanwhile
         loop.ws.write_train_py(best.source)
         if isinstance(asked, Experiment):
             return asked
         proposal, note = asked
-        return loop.record(proposal, agent.name, getattr(agent, "model", ""), note)
+        return loop.record(proposal, agent.name, getattr(agent, "model", ""), note, base=best)
 
     def conclude(self, exp: Experiment, outcome: Outcome | None) -> Conclusion:
         """The verdict on an experiment whose runs are all done (see the module's docstring)."""
