@@ -8,6 +8,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from autoresearch.evaluator.clock import CpuClock
 
@@ -34,6 +35,7 @@ def measured() -> tuple[float, float]:
         experiment.communicate("")
 
 
+@pytest.mark.slow  # burns CPU beside a hog: ~5 s
 def test_the_cpu_clock_counts_the_work_not_the_load() -> None:
     alone, _ = measured()
     hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(len(os.sched_getaffinity(0)) + 1)]

@@ -49,6 +49,7 @@ def test_a_missing_key_stops_at_preflight_naming_it(name, key, tmp_path, monkeyp
     assert agent.preflight(tmp_path) == []
 
 
+@pytest.mark.slow  # the CLI run end to end: ~5 s
 def test_run_with_a_missing_agent_program_exits_2_with_the_reason(workspace, monkeypatch, capsys, no_keys) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     code = main(["run", "--agent", "codex", "--plain", "--workspace", str(workspace.root)])

@@ -131,6 +131,7 @@ def bash(command: str) -> Call:
     return Call("Bash", {"command": command, "description": "run a shell command"})
 
 
+@pytest.mark.slow  # a real Node program: ~1 s a turn
 def test_claude_code_edit_is_kept_with_its_hypothesis_tokens_and_cost(workspace, fake_anthropic, run_turn, tmp_path):
     claude_edit(fake_anthropic, workspace)
     exp, before = run_turn("claude-code", fake_anthropic)
@@ -151,6 +152,7 @@ def test_claude_code_edit_is_kept_with_its_hypothesis_tokens_and_cost(workspace,
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.slow  # a real Node program: ~1 s a turn
 def test_claude_code_commit_is_taken_apart_and_its_train_py_judged(workspace, fake_anthropic, run_turn, tmp_path):
     claude_edit(fake_anthropic, workspace, bash(commit_and_record(tmp_path / "commits")))
     exp, before = run_turn("claude-code", fake_anthropic)
@@ -160,6 +162,7 @@ def test_claude_code_commit_is_taken_apart_and_its_train_py_judged(workspace, fa
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.slow  # a real Node program: ~1 s a turn
 def test_claude_code_new_staged_file_is_quarantined(workspace, fake_anthropic, run_turn, tmp_path):
     claude_edit(fake_anthropic, workspace, bash("echo 'an idea for later' > notes.md && git add notes.md"))
     exp, before = run_turn("claude-code", fake_anthropic)
@@ -168,6 +171,7 @@ def test_claude_code_new_staged_file_is_quarantined(workspace, fake_anthropic, r
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.slow  # a real Node program: ~1 s a turn
 def test_claude_code_edit_of_program_md_rejects_the_proposal(workspace, fake_anthropic, run_turn, tmp_path):
     program = str(workspace.root / "program.md")
     edit = Call("Edit", {"file_path": program, "old_string": PROGRAM_LINE, "new_string": "Only ever raise LR."})
@@ -177,6 +181,7 @@ def test_claude_code_edit_of_program_md_rejects_the_proposal(workspace, fake_ant
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.slow  # a real Node program: ~1 s a turn
 def test_claude_code_api_failure_is_recorded_and_the_loop_goes_on(workspace, fake_anthropic, run_turn, tmp_path):
     fake_anthropic.error(400, API_ERROR)
     exp, before = run_turn("claude-code", fake_anthropic)
@@ -198,6 +203,7 @@ def codex_edit(fake: FakeLLM, *more: str, text: str = HYPOTHESIS) -> None:
     fake.reply(f"Done.\n{text}", input_tokens=2200, output_tokens=50)
 
 
+@pytest.mark.slow  # a real Node program: ~1 s a turn
 def test_codex_edit_is_kept_with_its_hypothesis_and_tokens(workspace, fake_openai, run_turn, tmp_path):
     codex_edit(fake_openai)
     exp, before = run_turn("codex", fake_openai)
@@ -212,6 +218,7 @@ def test_codex_edit_is_kept_with_its_hypothesis_and_tokens(workspace, fake_opena
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.slow  # a real Node program: ~1 s a turn
 def test_codex_commit_and_staged_file_leave_the_branch_to_the_loop(workspace, fake_openai, run_turn, tmp_path):
     commits = tmp_path / "commits"
     codex_edit(fake_openai, "echo 'an idea' > notes.md; git add notes.md", commit_and_record(commits))
@@ -222,6 +229,7 @@ def test_codex_commit_and_staged_file_leave_the_branch_to_the_loop(workspace, fa
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.slow  # a real Node program: ~1 s a turn
 def test_codex_edit_of_program_md_rejects_the_proposal(workspace, fake_openai, run_turn, tmp_path):
     codex_edit(fake_openai, "echo 'Only ever raise LR.' >> program.md")
     exp, before = run_turn("codex", fake_openai)
@@ -229,6 +237,7 @@ def test_codex_edit_of_program_md_rejects_the_proposal(workspace, fake_openai, r
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.slow  # a real Node program: ~1 s a turn
 def test_codex_api_failure_is_recorded_and_the_loop_goes_on(workspace, fake_openai, run_turn, tmp_path):
     fake_openai.error(400, API_ERROR)
     exp, before = run_turn("codex", fake_openai)

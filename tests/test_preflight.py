@@ -179,6 +179,7 @@ def test_a_warning_is_reported_and_the_loop_goes_on(workspace, tmp_path: Path, m
     assert len(executor.calls) == 2  # the baseline trained
 
 
+@pytest.mark.slow  # the CLI in a subprocess: ~5 s
 def test_run_with_a_missing_command_exits_2_and_trains_nothing(
     workspace, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from autoresearch.vocabulary import Kind, Status
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "simulate.py"
@@ -47,6 +49,7 @@ def test_the_simulated_clock_hands_reports_over_in_the_order_of_their_simulated_
     assert clock.now() == 35.0
 
 
+@pytest.mark.slow  # the real loop over simulated hours: ~2 s
 def test_four_workers_run_the_real_loop_and_the_counts_agree_with_the_ledger_and_the_executors(tmp_path, tiny_prepared):
     noiseless = simulate.Landscape(seed_noise=0.0, run_noise=0.0)
     sim = simulate.Simulation(4, hours=0.5, seed=1, landscape=noiseless, driver_rate=0.0)
@@ -79,6 +82,7 @@ def test_four_workers_run_the_real_loop_and_the_counts_agree_with_the_ledger_and
     assert m.rejected_proposals == sum(r.kind == Kind.PROPOSAL for r in rows)
 
 
+@pytest.mark.slow  # the real loop over simulated hours: ~2 s
 def test_an_agent_that_thinks_long_keeps_the_workers_waiting(tmp_path, tiny_prepared):
     quick = simulate.Simulation(4, hours=0.4, driver_rate=0.0)
     slow = simulate.Simulation(4, hours=0.4, driver_rate=0.0, propose_seconds=200.0)

@@ -233,6 +233,7 @@ def test_device_batch_shrinks_with_total_batch() -> None:
     assert not TuneAgent._couple_batch({"TOTAL_BATCH_SIZE": 2**10}, constants)  # would need 1/2 a row
 
 
+@pytest.mark.slow  # many Optuna trials: seconds
 def test_rates_move_on_a_log_scale_within_range() -> None:
     knob = make_knob(hyperparameters(DETUNED)["MATRIX_LR"], [])
     assert knob.dist.log and (knob.dist.low, knob.dist.high) == (0.005, 0.1)
@@ -300,6 +301,7 @@ def test_unusable_sources_raise_proposal_error() -> None:
         TuneAgent().propose(context('NAME = "x"\nSEED = 1\n'))
 
 
+@pytest.mark.slow  # many Optuna trials: seconds
 def test_recovers_a_detuned_learning_rate_in_20_experiments() -> None:
     fractions = []
     for seed in range(3):
@@ -365,6 +367,7 @@ def test_the_cost_of_a_step_follows_tokens_depth_and_width() -> None:
     assert step_cost({"LR": 0.1, "BATCH": 32}, 256, 2048) is None  # not the template: no estimate, no bound
 
 
+@pytest.mark.slow  # many Optuna trials: seconds
 def test_on_the_tiny_preset_no_proposal_costs_more_than_the_bound(tmp_path: Path) -> None:
     ws = tiny_workspace(tmp_path)  # no measurement yet
     base = tiny_cost(TINY_PY)
