@@ -229,7 +229,12 @@ def test_ctrl_c_stops_try_within_10_s_even_in_a_long_step_that_ignores_signals(t
     time.sleep(1.5)  # well into the long step
     os.killpg(loop.pid, signal.SIGINT)
     interrupted = time.monotonic()
-    _, err = loop.communicate(timeout=30)
+    try:
+        _, err = loop.communicate(timeout=30)
+    except subprocess.TimeoutExpired as stuck:
+        left = [" ".join(p.cmdline()[:6]) for p in psutil.Process(loop.pid).children(recursive=True)]
+        loop.kill()
+        raise AssertionError(f"30 s after Ctrl-C these still ran: {left}; stderr: {stuck.stderr}") from None
     assert time.monotonic() - interrupted < 10
     assert loop.returncode == 130 and "interrupted" in err and "Traceback" not in err
     time.sleep(0.5)

@@ -36,6 +36,9 @@ from autoresearch.vocabulary import RunEnd
 
 LOG_TAIL_CHARS = 4000
 PREWARM_ENV = "AUTORESEARCH_PREWARM"  # "0": start each run's processes only when it begins
+# On Ctrl-C and at close, what is killed (SIGKILL, whole process groups) is waited for this long at most: the
+# loop must be gone within seconds, and whatever it leaves is already dead and reaped by its parent or init.
+STOP_WAIT_S = 1.0
 EXPERIMENT_CRASHED = 3  # the evaluator's exit code when the experiment crashed (evaluator/referee.py)
 
 
@@ -115,8 +118,8 @@ class LocalExecutor:
                 referee.wait_for_training(spec.run_dir / PROGRESS_NAME, spec.timeout)
                 self._warm = self._referee(spec.directory)
             code = referee.wait(max(0.0, spec.timeout - (time.monotonic() - started)))
-        except BaseException:  # Ctrl-C or a kill of the loop: take the run down with us
-            referee.kill()
+        except BaseException:  # Ctrl-C or a kill of the loop: take the run down with us, without waiting on it
+            referee.kill(wait=STOP_WAIT_S)
             raise
         finally:
             self._current = None
@@ -153,7 +156,7 @@ class LocalExecutor:
 
     def close(self) -> None:
         if self._warm is not None:
-            self._warm.kill()
+            self._warm.kill(wait=STOP_WAIT_S)  # it never got a job: nothing of it is worth waiting for
             self._warm = None
         if self._server is not None:
             self._server.close()
@@ -218,8 +221,8 @@ class Referee:
         except subprocess.TimeoutExpired:
             return None
 
-    def kill(self) -> None:
-        kill_tree(self.proc)
+    def kill(self, wait: float = 10.0) -> None:
+        kill_tree(self.proc, wait)
         self.release()
 
     def errors(self) -> str:
@@ -328,7 +331,7 @@ class ForkServer:
     def close(self) -> None:
         self._sock.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=5)
+            self._proc.wait(timeout=STOP_WAIT_S)
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
