@@ -20,6 +20,7 @@ import pytest
 
 from autoresearch.evaluator import joining, sandbox, syscalls
 from autoresearch.evaluator.confined import ExperimentProcess
+from autoresearch.evaluator.gpu_nodes import Nodes
 
 pytestmark = [
     pytest.mark.slow,
@@ -149,3 +150,19 @@ def test_where_joining_fails_the_experiment_is_started_the_plain_way_still_confi
     assert (hidden / "ledger.sqlite").read_text() == "records" and not outside.exists()
     if syscalls.unavailable_reason() is None:
         assert probe["sigchld"] == 1  # the filter, through bwrap --seccomp
+
+
+@pytest.mark.parametrize("fork", ["1", "0"])
+def test_the_experiment_numbers_its_gpu_as_it_sees_it_inside(tmp_path: Path, layout, monkeypatch, fork) -> None:
+    """Was a break on a machine of two GPUs: only GPU 1's node is bound for its worker, but the forked experiment
+    kept the evaluator's CUDA_VISIBLE_DEVICES=1, which names no GPU in there: torch found none and trained on the
+    CPU until the hard timeout. Forked or started, the experiment gets the numbering of what it can see."""
+    hidden, _ = layout
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("AUTORESEARCH_FORK_SERVER", fork)
+    mine, every = Nodes([], "0", True), Nodes([], None, False)  # GPU 1 is GPU 0 in there
+    monkeypatch.setattr(sandbox, "own_nodes", lambda env: mine if env.get("CUDA_VISIBLE_DEVICES") == "1" else every)
+    code = "import os\nprint('GPU ' + os.environ['CUDA_VISIBLE_DEVICES'])\n"
+    exp, output, _ = experiment(tmp_path, code, [hidden])
+    assert exp.forked == (fork == "1")
+    assert "GPU 0" in output, output

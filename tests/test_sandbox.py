@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.evaluator import sandbox
+from autoresearch.evaluator.gpu_nodes import Nodes
 
 SECRET = "VALIDATION-SHARD-SECRET-7f3a"
 
@@ -413,7 +414,8 @@ def test_torch_imports_inside_from_the_read_only_venv(layout: Layout) -> None:
 def test_gpu_device_nodes_are_bound_over_the_fresh_dev_only_when_asked(
     layout: Layout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sandbox, "_nvidia_nodes", lambda: ["/dev/nvidia0", "/dev/nvidia-caps", "/dev/nvidiactl"])
+    nodes = Nodes(["/dev/nvidia0", "/dev/nvidia-caps", "/dev/nvidiactl"], None, False)
+    monkeypatch.setattr(sandbox, "own_nodes", lambda env: nodes)
     argv = sandbox.command(["true"], workdir=layout.workdir, env={})
     fresh_dev = argv.index("--dev")
     for node in ["/dev/nvidia0", "/dev/nvidia-caps", "/dev/nvidiactl", "/dev/dri"]:

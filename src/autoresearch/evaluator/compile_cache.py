@@ -31,6 +31,9 @@ CACHES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}  
 LAYER = ".compile"  # in the box
 STAGED = "compile"  # in the run's directory, beside its result
 INSIDE = Path("/tmp/autoresearch-compile")  # where a confined run sees its layer (its /tmp is its own)
+# A compiler's lock files coordinate its processes; they are not compiled code. Linked, a lock cannot be
+# taken (filelock opens it without following links: ELOOP, and Inductor on the CPU failed the run).
+LOCK = ".lock"
 MAX_STAGED_BYTES = 2**30  # what one run may add; more is not kept (a run could fill the disk this way)
 
 
@@ -38,6 +41,18 @@ def shared_dirs() -> dict[str, Path]:
     """The shared cache of each compiler, under the cache root. (Not the variables' values where they are set:
     importing Inductor sets its own to a default, which a process that forks runs has always done.)"""
     return {name: cache_root() / "compile" / sub for name, sub in CACHES.items()}
+
+
+def shown_dirs() -> list[Path]:
+    """The shared caches a confined run is shown, read-only, made first where missing: the run's layer links
+    to their files, which must resolve inside the sandbox also where the cache lies under /tmp (the sandbox's own
+    there), and also for a run whose processes were made before the first files were added (a fresh cache)."""
+    if _per_run():
+        return []
+    dirs = list(shared_dirs().values())
+    for path in dirs:
+        path.mkdir(parents=True, exist_ok=True)
+    return dirs
 
 
 def layer(env: Mapping[str, str], box: Path, confined: bool) -> tuple[dict[str, str], list[tuple[Path, Path]]]:
@@ -111,18 +126,19 @@ def _link_tree(shared: Path, top: Path) -> None:
         here = top / os.path.relpath(directory, shared)
         here.mkdir(exist_ok=True)
         for name in files:
-            if not os.path.lexists(here / name):
+            if not name.endswith(LOCK) and not os.path.lexists(here / name):
                 os.symlink(os.path.join(directory, name), here / name)
         subdirs[:] = [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
 
 
 def _own_files(top: Path) -> list[str]:
-    """The regular files under `top` (links and anything else are not followed or taken), relative to it."""
+    """The regular files under `top` (links, lock files and anything else are not followed or taken), relative
+    to it."""
     found = []
     for directory, subdirs, files in os.walk(top):
         for name in files:
             path = os.path.join(directory, name)
-            if not os.path.islink(path) and os.path.isfile(path):
+            if not name.endswith(LOCK) and not os.path.islink(path) and os.path.isfile(path):
                 found.append(os.path.relpath(path, top))
         subdirs[:] = [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
     return found

@@ -169,7 +169,8 @@ class ExperimentProcess:
                 return None
         out_r, out_w = os.pipe()
         ready_r, ready_w = os.pipe()
-        box_env = sandbox.box_environment(env, box)
+        confined = self.unconfined_reason is None
+        box_env = sandbox.confined_environment(env, box) if confined else sandbox.box_environment(env, box)
         pid = os.fork()
         if pid == 0:
             _become_experiment(anchor_pid, box, box_env, channel_fd, out_w, ready_w, self.unfiltered_reason is None)

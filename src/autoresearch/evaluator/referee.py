@@ -113,12 +113,12 @@ class Referee:
         state = self.root / ".autoresearch"
         state.mkdir(exist_ok=True)
         self.box = Path(tempfile.mkdtemp(prefix="box-", dir=state))
-        shared = [path for path in compile_cache.shared_dirs().values() if path.is_dir()]
         env, layer = compile_cache.layer(env, self.box, confined=sandbox.unavailable_reason() is None)
         on_cpu = devices.pick_device().type == "cpu"
         if on_cpu:  # the experiment gets the cores this process's torch would use; the budget counts them.
             env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
-        view = sandbox.View(hidden=_hidden_paths(self.root, data_dir), readable=shared, binds=layer)
+        shown = compile_cache.shown_dirs()
+        view = sandbox.View(hidden=_hidden_paths(self.root, data_dir), readable=shown, binds=layer)
         experiment = ExperimentProcess(self.box, env, view)
         return experiment, CpuClock(torch.get_num_threads()) if on_cpu else WallClock()
 

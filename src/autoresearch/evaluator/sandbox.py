@@ -3,8 +3,9 @@
 The confined process sees the whole root filesystem read-only, so any Python installation imports as usual,
 except the `hidden` directories (prepared data with its validation shard, the workspace with its ledger, a
 Hugging Face cache, a local corpus), which appear empty. It can write only its `workdir` (also its cwd), the
-`writable` directories and a private `/tmp`. It gets a fresh `/dev` plus the NVIDIA device nodes (so CUDA
-works), its own `/proc`, and a read-only `/sys`. It runs in new PID, network, IPC, UTS and cgroup namespaces
+`writable` directories and a private `/tmp`. It gets a fresh `/dev` plus the NVIDIA device nodes of its own
+GPUs (so CUDA works, and no other worker's GPU can be opened: gpu_nodes.py), its own `/proc`, and a read-only
+`/sys`. It runs in new PID, network, IPC, UTS and cgroup namespaces
 with no capabilities: it cannot see, signal or read the memory or environment of the loop and the evaluator,
 cannot reach any network (its loopback is its own), cannot undo the mounts that hide the data, and everything
 it starts dies with it. Its environment carries no secrets. Why: train.py is written by an LLM agent and is
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator.gpu_nodes import own_nodes
 
 _SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|PASS$|CREDENTIAL|AUTH|PAT$", re.IGNORECASE)
 # What train.py's process gets of the environment: an allow-list (a deny-list let database URLs with
@@ -91,6 +93,15 @@ def box_environment(env: Mapping[str, str], workdir: Path, writable: Sequence[Pa
         if name in box_env and not _inside(Path(box_env[name]), [workdir, *writable]):
             box_env[name] = str(_PRIVATE_TMP)
     box_env.setdefault("HOME", str(_PRIVATE_TMP))
+    return box_env
+
+
+def confined_environment(env: Mapping[str, str], workdir: Path, writable: Sequence[Path] = ()) -> dict[str, str]:
+    """`box_environment` for a process inside the sandbox: only its own GPUs' nodes are there (gpu_nodes.py), so
+    CUDA_VISIBLE_DEVICES numbers those as CUDA sees them; the outside numbers would name no GPU, or the wrong one."""
+    box_env = box_environment(env, workdir, writable)
+    if (visible := own_nodes(env).visible) is not None:
+        box_env.update(CUDA_VISIBLE_DEVICES=visible, CUDA_DEVICE_ORDER="PCI_BUS_ID")
     return box_env
 
 
@@ -196,8 +207,8 @@ def command(
     read_only = [option for path in hidden for option in ("--remount-ro", str(path))]
     masked = [option for path in secret_files for option in ("--ro-bind", "/dev/null", str(path))]
 
-    box_env = box_environment(env, workdir, writable)
-    devices = [*_nvidia_nodes(), "/dev/dri"] if gpu else []
+    box_env = confined_environment(env, workdir, writable) if gpu else box_environment(env, workdir, writable)
+    devices = [*own_nodes(env).paths, "/dev/dri"] if gpu else []
     return [
         shutil.which("bwrap") or "bwrap",
         # New namespaces: its own PID tree (it sees and signals nothing outside, and the death of its init kills
@@ -273,11 +284,6 @@ def ensure_available() -> None:
     reason = unavailable_reason()
     if reason is not None:
         raise SandboxUnavailable(reason)
-
-
-def _nvidia_nodes() -> list[str]:
-    """/dev/nvidia0, nvidiactl, nvidia-uvm, ... and the nvidia-caps directory (binding it brings its nodes)."""
-    return sorted(glob.glob("/dev/nvidia*"))
 
 
 def _real(path: Path) -> Path:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator.gpu_nodes import nvidia_gpus
 from autoresearch.loop.executor import Executor, Outcome, RunSpec
 from autoresearch.workspace.git import Git
 
@@ -33,10 +34,13 @@ class Device:
 
 
 def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
-    """The GPU ids this machine offers (CUDA_VISIBLE_DEVICES if set, else its NVIDIA device nodes), no torch."""
+    """The GPU ids this machine offers (CUDA_VISIBLE_DEVICES if set, else the driver's GPUs, else its NVIDIA
+    device nodes), no torch."""
     env = os.environ if env is None else env
     if (visible := env.get("CUDA_VISIBLE_DEVICES")) is not None:
         return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    if gpus := nvidia_gpus():
+        return [str(i) for i in range(len(gpus))]
     return sorted((p.removeprefix("/dev/nvidia") for p in glob.glob("/dev/nvidia[0-9]*")), key=int)
 
 
@@ -53,7 +57,9 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
             raise AutoresearchError(f"--gpus {gpus} names a GPU twice: two runs never share a GPU")
         if not all(g.isdigit() for g in ids):
             raise AutoresearchError(f"--gpus takes `all` or GPU numbers like 0,1,3, not {gpus!r}")
-        return [Device(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g, **_threads(len(ids), cores)}) for g in ids]
+        # PCI bus order: GPU i is nvidia-smi's i, and the sandbox binds its device node alone (gpu_nodes.py).
+        order = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        return [Device(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g, **order, **_threads(len(ids), cores)}) for g in ids]
     if workers is None:
         return [Device("local")]
     if workers < 1:

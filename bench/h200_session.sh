@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The GPU measurements of issues 8, 10 and 11, as device calls on a machine of two H200s (nvidia-h200-x2):
+#   bash bench/h200_session.sh setup isolation      # a confined run sees its own GPU only
+#   bash bench/h200_session.sh setup parallel ray   # both GPUs, the scheduler, then Ray
+#   bash bench/h200_session.sh setup overhead_paired  # the one-GPU loop's cost; paired seeds
+#   bash bench/h200_session.sh setup verify         # 3 minutes: the loop's cost on GPU 0, one worker on GPU 1
+# Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
+# Carried: .bw (bubblewrap, libseccomp), .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its
+# Java, RLlib, Serve, Tune, Train, Data and LLM parts: its wheel is over the call's 64 MiB). Results go to $OUT.
+set -u
+OUT=${OUT:-/tmp/out}
+here=$PWD
+log() { echo "== $(date +%T) $*"; }
+
+setup() {
+  for f in .bw/*.deb; do dpkg -x "$f" /tmp/bw; done
+  mkdir -p /tmp/site
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  [ -f .whl/ray.tar.xz ] && tar -xJf .whl/ray.tar.xz -C /tmp/site
+  export PATH=/tmp/bw/usr/bin:$PATH LD_LIBRARY_PATH=/tmp/bw/usr/lib/x86_64-linux-gnu
+  export PYTHONPATH=$here/src:$here/bench:$here/.bw/py:/tmp/site AUTORESEARCH_CACHE=/tmp/arcache PYTHONUNBUFFERED=1
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+  nvidia-smi -L
+  python3 -c "
+from autoresearch.config.paths import cache_root
+from autoresearch.config.presets import get_preset
+from autoresearch.data.prepare import prepare
+print(prepare('python-source', get_preset('h100'), cache_root()))"
+}
+
+isolation() {  # a confined run reaches its own GPU only, whatever it sets CUDA_VISIBLE_DEVICES to
+  timeout 120 python3 bench/gpu_isolation.py --out "$OUT"
+}
+
+overhead_paired() {  # issue 8's loop on GPU 0, then a change's seeds there; the baseline's seeds on GPU 1
+  (CUDA_VISIBLE_DEVICES=0 timeout 230 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 2 \
+     --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1
+   CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/seed_noise.py --preset h100 --budget 30 --seeds 3 \
+     --set MATRIX_LR=0.05 --work /tmp/sn1 --out /tmp/sn1-out >>"$OUT/paired.log" 2>&1) &
+  CUDA_VISIBLE_DEVICES=1 timeout 340 python3 bench/seed_noise.py --preset h100 --budget 30 --seeds 5 \
+    --work /tmp/sn0 --out /tmp/sn0-out >>"$OUT/paired.log" 2>&1 &
+  wait
+  python3 bench/collect_runs.py "$OUT/runs_overhead_paired.json" /tmp/lo /tmp/sn0 /tmp/sn1
+}
+
+verify() {  # a short one: issue 8's loop on GPU 0; the one-worker scheduler on GPU 1 (its number inside is 0)
+  CUDA_VISIBLE_DEVICES=0 timeout 185 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 2 \
+    --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1 &
+  timeout 185 python3 bench/parallel_gpus.py --preset h100 --budget 30 --gpus 1 --agent nudge --minutes 1.5 \
+    --experiments 40 --work /tmp/pg1 --out "$OUT" --name _gpu1 >"$OUT/parallel_1w.log" 2>&1 &
+  wait
+  python3 bench/collect_runs.py "$OUT/runs_verify.json" /tmp/lo /tmp/pg1
+}
+
+parallel() {  # both GPUs, the tune agent; one run's evaluator killed 150 s in
+  timeout 280 python3 bench/parallel_gpus.py --preset h100 --budget 30 --gpus all --agent tune --minutes 3.2 \
+    --experiments 40 --kill-after 150 --work /tmp/pg2 --out "$OUT" >"$OUT/parallel_2w.log" 2>&1
+  python3 bench/collect_runs.py "$OUT/runs_parallel.json" /tmp/pg2
+}
+
+ray() {  # the same through Ray on this machine
+  python3 -m ray.scripts.scripts start --head --num-gpus 2 --include-dashboard=false --disable-usage-stats \
+    >"$OUT/ray_start.log" 2>&1
+  timeout 220 python3 bench/parallel_gpus.py --preset h100 --budget 30 --ray auto --agent tune --minutes 2 \
+    --experiments 40 --work /tmp/pg3 --out "$OUT" >"$OUT/parallel_ray.log" 2>&1
+  python3 bench/collect_runs.py "$OUT/runs_ray.json" /tmp/pg3
+  python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1
+}
+
+for phase in "$@"; do
+  log "$phase"
+  "$phase"
+done
+log done

@@ -1,0 +1,85 @@
+"""Which NVIDIA device nodes a confined run gets: those of its own GPUs, not every GPU of the machine.
+
+CUDA_VISIBLE_DEVICES is only a request that the CUDA library honours; a train.py that resets it before CUDA
+starts would see every GPU, and could train on (or fill the memory of) another worker's. A GPU whose device
+node (/dev/nvidiaN) is absent cannot be opened at all, so the sandbox binds the nodes of the GPUs the worker
+was given and none other, and inside the sandbox those are all there is.
+
+The driver lists its GPUs under /proc/driver/nvidia/gpus/<PCI bus id>/information, each with its UUID and
+device minor (the N of /dev/nvidiaN). CUDA numbers GPUs in PCI bus order when CUDA_DEVICE_ORDER=PCI_BUS_ID
+(the workers set it) or where every GPU is the same model; the index i of CUDA_VISIBLE_DEVICES is then the i-th
+bus id. Where that cannot be told (no driver table, an unknown id, mixed models without PCI_BUS_ID) the run
+gets every node, as any CUDA program would, and `own_nodes` says so.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DRIVER_TABLE = Path("/proc/driver/nvidia/gpus")
+_PER_GPU = re.compile(r"nvidia\d+$")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    bus: str  # "0000:1b:00.0"
+    uuid: str  # "GPU-3f1c..."
+    minor: int  # its node is /dev/nvidia<minor>
+    model: str
+
+
+def nvidia_gpus(table: Path = DRIVER_TABLE) -> list[Gpu]:
+    """The driver's GPUs in PCI bus order; [] where there is no driver (or no table)."""
+    gpus = []
+    for info in sorted(table.glob("*/information")):
+        try:
+            fields = dict(_field(line) for line in info.read_text().splitlines() if ":" in line)
+            gpus.append(Gpu(info.parent.name, fields["GPU UUID"], int(fields["Device Minor"]), fields.get("Model", "")))
+        except (OSError, KeyError, ValueError):
+            return []  # a table we cannot read whole cannot map ids to nodes
+    return sorted(gpus, key=lambda gpu: gpu.bus)
+
+
+def _field(line: str) -> tuple[str, str]:
+    name, _, value = line.partition(":")
+    return name.strip(), value.strip()
+
+
+@dataclass(frozen=True)
+class Nodes:
+    paths: list[str]  # device nodes to bind
+    visible: str | None  # CUDA_VISIBLE_DEVICES inside the sandbox (None: leave it as given)
+    own_only: bool  # True: only the given GPUs' nodes
+
+
+def own_nodes(env: Mapping[str, str], dev: Path = Path("/dev"), table: Path = DRIVER_TABLE) -> Nodes:
+    """The nodes for a run whose environment is `env`: the shared ones (nvidiactl, nvidia-uvm, nvidia-caps, ...)
+    and those of the GPUs in its CUDA_VISIBLE_DEVICES; every node where that cannot be told."""
+    every = sorted(glob.glob(str(dev / "nvidia*")))
+    shared = [path for path in every if not _PER_GPU.search(path)]
+    whole = Nodes(every, None, False)
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None or not visible.strip():
+        return whole
+    gpus = nvidia_gpus(table)
+    ordered = env.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID" or len({gpu.model for gpu in gpus}) == 1
+    chosen: list[Gpu] = []
+    for item in (part.strip() for part in visible.split(",")):
+        if item.isdigit() and ordered and int(item) < len(gpus):
+            match = [gpus[int(item)]]
+        else:  # a UUID, or a unique start of one, as CUDA takes them
+            match = [gpu for gpu in gpus if item.startswith("GPU-") and gpu.uuid.startswith(item)]
+        if len(match) != 1 or match[0] in chosen:
+            return whole
+        chosen.append(match[0])
+    nodes = [str(dev / f"nvidia{gpu.minor}") for gpu in chosen]
+    if not all(Path(node).exists() for node in nodes):
+        return whole
+    # Inside, CUDA sees only these, in bus order: keep the order CUDA_VISIBLE_DEVICES asked for.
+    by_bus = sorted(chosen, key=lambda gpu: gpu.bus)
+    inside = ",".join(str(by_bus.index(gpu)) for gpu in chosen)
+    return Nodes(sorted([*shared, *nodes]), inside, True)

@@ -1,0 +1,96 @@
+"""A confined run gets the device nodes of its own GPUs only: resetting CUDA_VISIBLE_DEVICES inside reaches no
+other worker's GPU. The driver's table and /dev are faked here; bench/gpu_isolation.py checks real CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from autoresearch.evaluator import sandbox
+from autoresearch.evaluator.gpu_nodes import nvidia_gpus, own_nodes
+
+# Bus order differs from minor order on purpose: CUDA's index follows the bus, the node the minor.
+GPUS = [("0000:1b:00.0", "GPU-aaaa1111", 1, "NVIDIA H200"), ("0000:9c:00.0", "GPU-bbbb2222", 0, "NVIDIA H200")]
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> tuple[Path, Path]:
+    dev, table = tmp_path / "dev", tmp_path / "gpus"
+    dev.mkdir()
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-caps"):
+        (dev / name).touch()
+    for bus, uuid, minor, model in GPUS:
+        (table / bus).mkdir(parents=True)
+        (table / bus / "information").write_text(
+            f"Model: \t\t {model}\nIRQ: \t\t 0\nGPU UUID: \t {uuid}\nBus Location: \t {bus}\nDevice Minor: \t {minor}\n"
+        )
+    return dev, table
+
+
+def names(paths: list[str]) -> list[str]:
+    return sorted(Path(p).name for p in paths)
+
+
+def test_the_driver_table_is_read_in_bus_order(machine: tuple[Path, Path]) -> None:
+    _, table = machine
+    assert [(g.bus, g.uuid, g.minor) for g in nvidia_gpus(table)] == [g[:3] for g in GPUS]
+    assert nvidia_gpus(table.parent / "missing") == []
+
+
+def test_one_gpu_gets_its_own_node_and_the_shared_ones(machine: tuple[Path, Path]) -> None:
+    dev, table = machine
+    nodes = own_nodes({"CUDA_VISIBLE_DEVICES": "1"}, dev, table)
+    assert nodes.own_only and nodes.visible == "0"
+    assert names(nodes.paths) == ["nvidia-caps", "nvidia-uvm", "nvidia0", "nvidiactl"]  # bus 2nd = minor 0
+    first = own_nodes({"CUDA_VISIBLE_DEVICES": "0"}, dev, table)
+    assert names(first.paths) == ["nvidia-caps", "nvidia-uvm", "nvidia1", "nvidiactl"]
+
+
+def test_several_gpus_keep_the_order_asked_for(machine: tuple[Path, Path]) -> None:
+    dev, table = machine
+    nodes = own_nodes({"CUDA_VISIBLE_DEVICES": "1,0"}, dev, table)
+    assert nodes.own_only and nodes.visible == "1,0"
+    assert "nvidia0" in names(nodes.paths) and "nvidia1" in names(nodes.paths)
+
+
+def test_a_uuid_or_its_start_picks_the_gpu(machine: tuple[Path, Path]) -> None:
+    dev, table = machine
+    nodes = own_nodes({"CUDA_VISIBLE_DEVICES": "GPU-bbbb"}, dev, table)
+    assert nodes.own_only and "nvidia0" in names(nodes.paths) and "nvidia1" not in names(nodes.paths)
+
+
+@pytest.mark.parametrize("visible", ["2", "0,0", "GPU-cccc", "GPU-", "MIG-1234"])
+def test_what_cannot_be_mapped_gets_every_node_and_says_so(machine: tuple[Path, Path], visible: str) -> None:
+    dev, table = machine
+    nodes = own_nodes({"CUDA_VISIBLE_DEVICES": visible}, dev, table)
+    assert not nodes.own_only and nodes.visible is None
+    assert names(nodes.paths) == ["nvidia-caps", "nvidia-uvm", "nvidia0", "nvidia1", "nvidiactl"]
+
+
+def test_mixed_models_need_pci_bus_order_to_map_an_index(machine: tuple[Path, Path]) -> None:
+    dev, table = machine
+    other = table / GPUS[1][0] / "information"
+    other.write_text(other.read_text().replace("H200", "H100"))
+    assert not own_nodes({"CUDA_VISIBLE_DEVICES": "1"}, dev, table).own_only  # CUDA may order by speed
+    assert own_nodes({"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, dev, table).own_only
+
+
+def test_no_driver_table_or_no_gpu_asked_gets_every_node(machine: tuple[Path, Path]) -> None:
+    dev, table = machine
+    assert not own_nodes({"CUDA_VISIBLE_DEVICES": "0"}, dev, table.parent / "none").own_only
+    assert not own_nodes({}, dev, table).own_only
+
+
+def test_the_sandbox_binds_only_the_workers_gpu_and_renumbers_it(
+    machine: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev, table = machine
+    monkeypatch.setattr(sandbox, "own_nodes", lambda env: own_nodes(env, dev, table))
+    workdir = tmp_path / "box"
+    workdir.mkdir()
+    argv = sandbox.command(["true"], workdir=workdir, env={"CUDA_VISIBLE_DEVICES": "1", "PATH": "/usr/bin"})
+    bound = [argv[i + 1] for i, option in enumerate(argv) if option == "--dev-bind-try"]
+    assert str(dev / "nvidia0") in bound and str(dev / "nvidia1") not in bound
+    settings = {argv[i + 1]: argv[i + 2] for i, option in enumerate(argv) if option == "--setenv"}
+    assert settings["CUDA_VISIBLE_DEVICES"] == "0" and settings["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
