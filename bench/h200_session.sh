@@ -33,9 +33,9 @@ isolation() {  # a confined run reaches its own GPU only, whatever it sets CUDA_
 }
 
 overhead_paired() {  # issue 8's loop on GPU 0, then a change's seeds there; the baseline's seeds on GPU 1
-  (CUDA_VISIBLE_DEVICES=0 timeout 230 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 2 \
+  (CUDA_VISIBLE_DEVICES=0 timeout 260 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 2 \
      --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1
-   CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/seed_noise.py --preset h100 --budget 30 --seeds 3 \
+   CUDA_VISIBLE_DEVICES=0 timeout 170 python3 bench/seed_noise.py --preset h100 --budget 30 --seeds 3 \
      --set MATRIX_LR=0.05 --work /tmp/sn1 --out /tmp/sn1-out >>"$OUT/paired.log" 2>&1) &
   CUDA_VISIBLE_DEVICES=1 timeout 340 python3 bench/seed_noise.py --preset h100 --budget 30 --seeds 5 \
     --work /tmp/sn0 --out /tmp/sn0-out >>"$OUT/paired.log" 2>&1 &

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -268,6 +269,7 @@ def test_a_run_not_kept_leaves_nothing_in_the_compile_cache_for_the_next(
     loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)  # its evaluators start with this env
     left = loop.step(one_edit("leave a file in the compile cache", [(START, START + LEAVE.format(shared=shared))]))
     assert left.status == Status.CRASH
-    assert "shared cache refused: EROFS" in run_log(ws, left.id)
+    # Read-only where it is shown, absent where it is not (a per-run cache shows none; the cache is under /tmp here)
+    assert re.search("shared cache refused: (EROFS|ENOENT)", run_log(ws, left.id)), run_log(ws, left.id)
     exp = loop.step(one_edit("look for it", [(START, START + FIND.format(shared=shared))]))
     assert "nothing carried over" in run_log(ws, exp.id)
