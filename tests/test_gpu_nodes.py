@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import sandbox
 from autoresearch.evaluator.gpu_nodes import nvidia_gpus, own_nodes
+from autoresearch.loop.workers import devices
 
 # Bus order differs from minor order on purpose: CUDA's index follows the bus, the node the minor.
 GPUS = [("0000:1b:00.0", "GPU-aaaa1111", 1, "NVIDIA H200"), ("0000:9c:00.0", "GPU-bbbb2222", 0, "NVIDIA H200")]
@@ -94,3 +96,14 @@ def test_the_sandbox_binds_only_the_workers_gpu_and_renumbers_it(
     assert str(dev / "nvidia0") in bound and str(dev / "nvidia1") not in bound
     settings = {argv[i + 1]: argv[i + 2] for i, option in enumerate(argv) if option == "--setenv"}
     assert settings["CUDA_VISIBLE_DEVICES"] == "0" and settings["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
+def test_gpus_all_takes_the_visible_ids_numbers_or_uuids_each_worker_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aaaa1111,GPU-bbbb2222")
+    found = devices("all", None, cores=2)
+    assert [d.env["CUDA_VISIBLE_DEVICES"] for d in found] == ["GPU-aaaa1111", "GPU-bbbb2222"]
+    assert all(d.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" for d in found)  # index i is nvidia-smi's i
+    assert [d.env["CUDA_VISIBLE_DEVICES"] for d in devices("2,0", None, cores=2)] == ["2", "0"]
+    for wrong in ("0,0", "gpu0"):
+        with pytest.raises(AutoresearchError):
+            devices(wrong, None, cores=2)

@@ -55,7 +55,7 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
             raise AutoresearchError("no GPU found for --gpus all", hint="on a CPU-only machine use --workers N")
         if len(set(ids)) != len(ids):
             raise AutoresearchError(f"--gpus {gpus} names a GPU twice: two runs never share a GPU")
-        if not all(g.isdigit() for g in ids):
+        if not all(g.isdigit() or g.startswith(("GPU-", "MIG-")) for g in ids):  # numbers, or UUIDs as CUDA takes
             raise AutoresearchError(f"--gpus takes `all` or GPU numbers like 0,1,3, not {gpus!r}")
         # PCI bus order: GPU i is nvidia-smi's i, and the sandbox binds its device node alone (gpu_nodes.py).
         order = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
