@@ -46,7 +46,9 @@ def test_the_cpu_clock_counts_the_work_not_the_load() -> None:
             hog.kill()
             hog.wait()
     assert loaded_wall > 1.5 * loaded  # the load took the cores away: the wall clock would count it
-    assert 0.5 * alone < loaded < 1.8 * alone  # the training clock did not (caches and clock speed vary)
+    # The training clock did not, or much less: caches, clock speed and a hog on the other hyperthread of the
+    # same core slow the work itself (CI once measured 1.9 x on two cores).
+    assert 0.5 * alone < loaded < 2.5 * alone
     assert alone > 0.3  # it counted the grandchild's work, reaped by its parent before the last reading
 
 

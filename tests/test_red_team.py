@@ -78,6 +78,11 @@ def run_log(ws, exp_id: int) -> str:
     return "".join(p.read_text() for p in sorted((ws.state / "runs").glob(f"{exp_id}-*/log.txt")))
 
 
+def first_run_log(ws, exp_id: int) -> str:
+    """The first run's log alone: what to count in (an honest-looking run can be a marginal win, run again)."""
+    return (ws.state / "runs" / f"{exp_id}-0" / "log.txt").read_text()
+
+
 REACH = """\
     import os
     import sqlite3
@@ -119,8 +124,8 @@ def test_a_train_py_that_reaches_for_records_data_and_secrets_gets_nothing(lab, 
         "reach", [(START, START + REACH.format(**targets)), ("    batches = run.train_batches(BATCH)\n", pre_clock)]
     )
     exp = loop.step(cheat)
-    log = run_log(ws, exp.id)
-    assert "REACHED" not in log and log.count("blocked write") == 7 and log.count("blocked read") == 3, log
+    log, first = run_log(ws, exp.id), first_run_log(ws, exp.id)
+    assert "REACHED" not in log and first.count("blocked write") == 7 and first.count("blocked read") == 3, log
     assert "blocked env []" in log
     assert float(log.split("pre-clock rows starting with BOS:")[1].split()[0]) < 0.5  # random tokens, not rows
     assert exp.status != Status.KEEP and exp.val_bpb > loop.best().val_bpb  # scored honestly: it learned nothing

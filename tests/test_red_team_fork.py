@@ -31,7 +31,7 @@ from pathlib import Path
 import psutil
 import pytest
 from loop_support import make_loop, one_edit
-from test_red_team import SCAN, START, protected, run_log
+from test_red_team import SCAN, START, first_run_log, protected, run_log
 
 from autoresearch.data.shards import Manifest
 from autoresearch.data.sources import VAL
@@ -297,7 +297,7 @@ def test_a_user_namespace_of_its_own_opens_no_way_out(lab, tiny_prepared: Path) 
     head = f"WORKSPACE, TARGETS = {str(ws.root.resolve())!r}, {targets!r}\n"
     exp = loop.step(one_edit("climb out", [(START, START + inside(head + ESCAPE))]))
     log = run_log(ws, exp.id)
-    assert "REACHED" not in log and log.count("blocked") == 3, log
+    assert "REACHED" not in log and first_run_log(ws, exp.id).count("blocked") == 3, log
     assert "workspace shows ['.autoresearch']" in log, log
 
 
@@ -330,7 +330,7 @@ def test_the_experiment_cannot_write_the_machines_sysctls(lab) -> None:
     ws, loop = lab
     exp = loop.step(one_edit("write sysctls", [(START, START + inside(SYSCTL))]))
     log = run_log(ws, exp.id)
-    assert "SYSCTL WRITTEN" not in log and log.count("sysctl refused") == 2, log
+    assert "SYSCTL WRITTEN" not in log and first_run_log(ws, exp.id).count("sysctl refused") == 2, log
 
 
 # -- leaving something for a later run ------------------------------------------------------------------
