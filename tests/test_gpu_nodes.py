@@ -70,6 +70,22 @@ def test_what_cannot_be_mapped_gets_every_node_and_says_so(machine: tuple[Path, 
     assert names(nodes.paths) == ["nvidia-caps", "nvidia-uvm", "nvidia0", "nvidia1", "nvidiactl"]
 
 
+def test_an_index_is_not_mapped_where_a_gpu_of_the_table_cannot_be_opened(machine: tuple[Path, Path]) -> None:
+    """CUDA numbers the GPUs it can open: in a container holding some of the machine's nodes, or under a device
+    cgroup (Slurm), index 0 is not the first bus id, and binding that GPU's node would give the run another
+    worker's GPU or none. A UUID still names its GPU."""
+    dev, table = machine
+    blocked = dev / "nvidia1"  # the first bus id's node: a cgroup refuses it
+    can_open = lambda node: node != blocked
+    for env in ({"CUDA_VISIBLE_DEVICES": "1"}, {"CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}):
+        assert not own_nodes(env, dev, table, openable=can_open).own_only
+    by_uuid = own_nodes({"CUDA_VISIBLE_DEVICES": "GPU-bbbb2222"}, dev, table, openable=can_open)
+    assert by_uuid.own_only and "nvidia0" in names(by_uuid.paths) and "nvidia1" not in names(by_uuid.paths)
+    assert not own_nodes({"CUDA_VISIBLE_DEVICES": "GPU-aaaa1111"}, dev, table, openable=can_open).own_only
+    blocked.unlink()  # a container with the second GPU's node only
+    assert not own_nodes({"CUDA_VISIBLE_DEVICES": "0"}, dev, table).own_only
+
+
 def test_mixed_models_need_pci_bus_order_to_map_an_index(machine: tuple[Path, Path]) -> None:
     dev, table = machine
     other = table / GPUS[1][0] / "information"

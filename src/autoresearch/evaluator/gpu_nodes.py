@@ -8,15 +8,19 @@ was given and none other, and inside the sandbox those are all there is.
 The driver lists its GPUs under /proc/driver/nvidia/gpus/<PCI bus id>/information, each with its UUID and
 device minor (the N of /dev/nvidiaN). CUDA numbers GPUs in PCI bus order when CUDA_DEVICE_ORDER=PCI_BUS_ID
 (the workers set it) or where every GPU is the same model; the index i of CUDA_VISIBLE_DEVICES is then the i-th
-bus id. Where that cannot be told (no driver table, an unknown id, mixed models without PCI_BUS_ID) the run
-gets every node, as any CUDA program would, and `own_nodes` says so.
+bus id, but only where this process can open every GPU the driver lists: CUDA numbers the GPUs it can open,
+so in a container that has some of the machine's nodes, or under a job scheduler's device cgroup (Slurm), the
+index is not the bus order's. Where the mapping cannot be told (no driver table, an unknown id, a GPU of the
+table this process cannot open, mixed models without PCI_BUS_ID) the run gets every node, as any CUDA program
+would, and `own_nodes` says so. A UUID names its GPU wherever it is.
 """
 
 from __future__ import annotations
 
 import glob
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +60,22 @@ class Nodes:
     own_only: bool  # True: only the given GPUs' nodes
 
 
-def own_nodes(env: Mapping[str, str], dev: Path = Path("/dev"), table: Path = DRIVER_TABLE) -> Nodes:
+def _openable(node: Path) -> bool:
+    """Whether this process can open a GPU's device node (a device cgroup refuses it with EPERM). Opening it
+    starts nothing on the GPU."""
+    try:
+        os.close(os.open(node, os.O_RDWR | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
+
+
+def own_nodes(
+    env: Mapping[str, str],
+    dev: Path = Path("/dev"),
+    table: Path = DRIVER_TABLE,
+    openable: Callable[[Path], bool] = _openable,
+) -> Nodes:
     """The nodes for a run whose environment is `env`: the shared ones (nvidiactl, nvidia-uvm, nvidia-caps, ...)
     and those of the GPUs in its CUDA_VISIBLE_DEVICES; every node where that cannot be told."""
     every = sorted(glob.glob(str(dev / "nvidia*")))
@@ -67,6 +86,8 @@ def own_nodes(env: Mapping[str, str], dev: Path = Path("/dev"), table: Path = DR
         return whole
     gpus = nvidia_gpus(table)
     ordered = env.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID" or len({gpu.model for gpu in gpus}) == 1
+    # CUDA's index i is the i-th GPU it can open: the bus order's only where it can open all of them.
+    ordered = ordered and all(openable(dev / f"nvidia{gpu.minor}") for gpu in gpus)
     chosen: list[Gpu] = []
     for item in (part.strip() for part in visible.split(",")):
         if item.isdigit() and ordered and int(item) < len(gpus):
@@ -76,10 +97,10 @@ def own_nodes(env: Mapping[str, str], dev: Path = Path("/dev"), table: Path = DR
         if len(match) != 1 or match[0] in chosen:
             return whole
         chosen.append(match[0])
-    nodes = [str(dev / f"nvidia{gpu.minor}") for gpu in chosen]
-    if not all(Path(node).exists() for node in nodes):
+    nodes = [dev / f"nvidia{gpu.minor}" for gpu in chosen]
+    if not all(openable(node) for node in nodes):
         return whole
     # Inside, CUDA sees only these, in bus order: keep the order CUDA_VISIBLE_DEVICES asked for.
     by_bus = sorted(chosen, key=lambda gpu: gpu.bus)
     inside = ",".join(str(by_bus.index(gpu)) for gpu in chosen)
-    return Nodes(sorted([*shared, *nodes]), inside, True)
+    return Nodes(sorted([*shared, *map(str, nodes)]), inside, True)
