@@ -117,6 +117,15 @@ def start_clock(run: Run) -> None:
     run._start_clock()
 
 
+def train_steps(run: Run, batches, clock: HandClock, count: int, seconds: float, **report) -> None:
+    """`count` steps of `seconds` each on the training clock (hardly any wall time passes), reported as the
+    harness reports them (`report`: its loss, say)."""
+    for _ in range(count):
+        next(batches)
+        clock.now += seconds
+        run._channel.send({"op": "step", **report})
+
+
 def test_batches_are_int64_of_batch_by_seq_len_and_targets_are_inputs_shifted_by_one(dataset, preset) -> None:
     with served(dataset, preset) as (run, _):
         batches = run.train_batches(4)
@@ -248,10 +257,7 @@ def test_the_budget_is_counted_on_the_training_clock_not_the_wall_clock(dataset,
         assert run._cpu_cores == 2  # the harness reads its own CPU time the same way (schedules, time_up)
         batches = run.train_batches(4)
         start_clock(run)
-        for _ in range(4):  # steps of 1 s on the training clock; hardly any wall time passes
-            next(batches)
-            clock.now += 1.0
-            run._channel.send({"op": "step", "loss": 3.0})
+        train_steps(run, batches, clock, 4, 1.0, loss=3.0)
         served_before = session.feeder.rows_served
         next(batches)  # 4 s of 5: still training rows, whatever the wall clock says
         assert session.feeder.rows_served > served_before
@@ -275,10 +281,7 @@ def test_a_last_step_that_ends_within_one_typical_step_past_the_budget_counts(da
     with served(dataset, preset, budget=5.0, clock=clock) as (run, session):
         batches = run.train_batches(4)
         start_clock(run)
-        for _ in range(5):
-            next(batches)
-            clock.now += 1.0
-            run._channel.send({"op": "step"})
+        train_steps(run, batches, clock, 5, 1.0)
         next(batches)  # the last step starts at the budget, and takes as long as the others (and a bit)
         clock.now += 1.3
         run._channel.send({"op": "stop"})
@@ -306,10 +309,7 @@ def test_weights_may_take_one_typical_step_longer_on_a_slowed_machine(dataset, p
     with served(dataset, preset, budget=5.0, clock=clock) as (run, session):
         batches = run.train_batches(4)
         start_clock(run)
-        for _ in range(5):
-            next(batches)
-            clock.now += 0.6  # slow steps
-            run._channel.send({"op": "step"})
+        train_steps(run, batches, clock, 5, 0.6)  # slow steps
         run._channel.send({"op": "stop"})
         time.sleep(0.8)  # past the 0.5 s for a few bytes, within one step more
         run._channel.send({"op": "weights"}, b"w")
