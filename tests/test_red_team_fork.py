@@ -333,6 +333,33 @@ def test_the_experiment_cannot_write_the_machines_sysctls(lab) -> None:
     assert "SYSCTL WRITTEN" not in log and first_run_log(ws, exp.id).count("sysctl refused") == 2, log
 
 
+# A GPU whose node is not bound cannot be opened; the experiment makes the node itself (NVIDIA's major is 195),
+# where it can write and in the fresh /dev, and opens it. (The null device's numbers, 1:3, show whether a device
+# node made there would open at all: no NVIDIA driver is needed for that.)
+MAKE_NODE = """\
+import os, stat
+for where in ("/dev", "/tmp", os.getcwd()):
+    for major, minor in ((195, 1), (1, 3)):
+        path = os.path.join(where, f"node-{major}-{minor}")
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            os.close(os.open(path, os.O_RDWR))
+            print("NODE OPENED", path, flush=True)
+        except OSError as exc:
+            print("node refused", path, exc.errno, flush=True)
+"""
+
+
+def test_the_experiment_cannot_make_the_device_node_of_a_gpu_it_was_not_given(lab) -> None:
+    """HOLDS. Binding only its own GPU's node (evaluator/gpu_nodes.py) keeps another worker's GPU out only if the
+    experiment cannot make that node itself: it has no capability (CAP_MKNOD), and a node it could make would not
+    open."""
+    ws, loop = lab
+    exp = loop.step(one_edit("make a GPU's node", [(START, START + inside(MAKE_NODE))]))
+    log = run_log(ws, exp.id)
+    assert "NODE OPENED" not in log and first_run_log(ws, exp.id).count("node refused") == 6, log
+
+
 # -- leaving something for a later run ------------------------------------------------------------------
 
 LEAVE = """\
