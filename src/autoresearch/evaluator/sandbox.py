@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator.gpu_nodes import own_nodes
+from autoresearch.evaluator.gpu_nodes import Nodes, own_nodes
 
 _SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|PASS$|CREDENTIAL|AUTH|PAT$", re.IGNORECASE)
 # What train.py's process gets of the environment: an allow-list (a deny-list let database URLs with
@@ -96,11 +96,14 @@ def box_environment(env: Mapping[str, str], workdir: Path, writable: Sequence[Pa
     return box_env
 
 
-def confined_environment(env: Mapping[str, str], workdir: Path, writable: Sequence[Path] = ()) -> dict[str, str]:
-    """`box_environment` for a process inside the sandbox: only its own GPUs' nodes are there (gpu_nodes.py), so
-    CUDA_VISIBLE_DEVICES numbers those as CUDA sees them; the outside numbers would name no GPU, or the wrong one."""
+def confined_environment(
+    env: Mapping[str, str], workdir: Path, writable: Sequence[Path] = (), nodes: Nodes | None = None
+) -> dict[str, str]:
+    """`box_environment` for a process inside the sandbox: only its own GPUs' nodes are there (`nodes`, by
+    default `own_nodes(env)`), so CUDA_VISIBLE_DEVICES numbers those as CUDA sees them; the outside numbers would
+    name no GPU, or the wrong one."""
     box_env = box_environment(env, workdir, writable)
-    if (visible := own_nodes(env).visible) is not None:
+    if (visible := (nodes or own_nodes(env)).visible) is not None:
         box_env.update(CUDA_VISIBLE_DEVICES=visible, CUDA_DEVICE_ORDER="PCI_BUS_ID")
     return box_env
 
@@ -207,8 +210,11 @@ def command(
     read_only = [option for path in hidden for option in ("--remount-ro", str(path))]
     masked = [option for path in secret_files for option in ("--ro-bind", "/dev/null", str(path))]
 
-    box_env = confined_environment(env, workdir, writable) if gpu else box_environment(env, workdir, writable)
-    devices = [*own_nodes(env).paths, "/dev/dri"] if gpu else []
+    if gpu:  # the driver's table read, and each GPU's node tried, once
+        nodes = own_nodes(env)
+        box_env, devices = confined_environment(env, workdir, writable, nodes), [*nodes.paths, "/dev/dri"]
+    else:
+        box_env, devices = box_environment(env, workdir, writable), []
     return [
         shutil.which("bwrap") or "bwrap",
         # New namespaces: its own PID tree (it sees and signals nothing outside, and the death of its init kills

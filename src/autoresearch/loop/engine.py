@@ -226,7 +226,7 @@ class ResearchLoop(Asking, Recovery):
             if source != exp.source:
                 self.ws.write_train_py(exp.source)
         if exp.kind == Kind.BASELINE:  # the user's own train.py: what it compiled serves the next seeds at once
-            self._settle_compiled(exp, keep=outcome.status == RunEnd.OK and not why)
+            self._settle_compiled(exp, keep=outcome.status == RunEnd.OK and not why, run=run)
         if why:  # whatever it scored, a run that reached outside its box is not believed
             return Outcome(
                 RunEnd.CRASH, None, f"the run {why}; all of it was put back", outcome.log_tail, outcome.seconds
@@ -291,9 +291,11 @@ class ResearchLoop(Asking, Recovery):
         self.reporter.finished(exp, self.best())
         return exp
 
-    def _settle_compiled(self, exp: Experiment, keep: bool) -> None:
-        """What `exp`'s runs compiled joins the shared compile cache if it is kept; is deleted otherwise."""
-        compile_cache.settle(self.ws.state.glob(f"runs/{exp.id}-*/{compile_cache.STAGED}"), keep)
+    def _settle_compiled(self, exp: Experiment, keep: bool, run: int | None = None) -> None:
+        """What `exp`'s runs (or its run `run` alone) compiled joins the shared compile cache if it is kept; is
+        deleted otherwise."""
+        runs = "*" if run is None else str(run)
+        compile_cache.settle(self.ws.state.glob(f"runs/{exp.id}-{runs}/{compile_cache.STAGED}"), keep)
 
     def _apply_git(self, exp: Experiment) -> None:
         """Git after a verdict: a kept experiment becomes the branch; a discarded one is kept under a ref and,

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from autoresearch.agents.base import Agent, preflight
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import compile_cache, sandbox
+from autoresearch.evaluator import sandbox
 from autoresearch.loop import activity
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop, seeded
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec, reap_orphan
@@ -297,9 +297,8 @@ class Scheduler:
             self.cancel(exp.id)
             self.ratchet.crashed(exp, why, outcome)
             return
-        if exp.kind == Kind.BASELINE:  # the user's own train.py: what it compiled serves the next runs at once
-            staged = loop.ws.state / "runs" / f"{exp.id}-{job.run}" / compile_cache.STAGED
-            compile_cache.settle([staged], keep=True)
+        if exp.kind == Kind.BASELINE:  # as the one-worker loop does; this run alone: others may be harvesting
+            loop._settle_compiled(exp, keep=True, run=job.run)
         indices = exp.run_indices  # before `runs` grows: run_indices trusts `seeds` only while their lengths agree
         exp.runs = json.dumps([*exp.run_values, outcome.val_bpb])
         exp.seeds = json.dumps([*indices, job.run])
