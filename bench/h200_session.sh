@@ -3,6 +3,8 @@
 #   bash bench/h200_session.sh setup isolation      # a confined run sees its own GPU only
 #   bash bench/h200_session.sh setup parallel ray   # both GPUs, the scheduler, then Ray
 #   bash bench/h200_session.sh setup overhead_paired  # the one-GPU loop's cost; paired seeds
+#   bash bench/h200_session.sh setup single         # the one-GPU loop with tune on GPU 0; a change's seeds on GPU 1
+#   bash bench/h200_session.sh setup nudge          # one GPU against two, the same scripted changes, warm cache
 #   bash bench/h200_session.sh setup verify         # 3 minutes: the loop's cost on GPU 0, one worker on GPU 1
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp), .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its
@@ -56,6 +58,23 @@ parallel() {  # both GPUs, the tune agent; one run's evaluator killed 150 s in
   timeout 280 python3 bench/parallel_gpus.py --preset h100 --budget 30 --gpus all --agent tune --minutes 3.2 \
     --experiments 40 --kill-after 150 --work /tmp/pg2 --out "$OUT" >"$OUT/parallel_2w.log" 2>&1
   python3 bench/collect_runs.py "$OUT/runs_parallel.json" /tmp/pg2
+}
+
+single() {  # the one-GPU loop as `parallel` runs it, on GPU 0; MATRIX_LR=0.05's seeds on GPU 1 (paired with sn0's)
+  (CUDA_VISIBLE_DEVICES=1 timeout 270 python3 bench/seed_noise.py --preset h100 --budget 30 --seeds 4 \
+     --set MATRIX_LR=0.05 --work /tmp/sn2 --out /tmp/sn2-out >"$OUT/paired2.log" 2>&1) &
+  timeout 290 python3 bench/parallel_gpus.py --preset h100 --budget 30 --gpus 0 --agent tune --minutes 3.2 \
+    --experiments 40 --work /tmp/pg1 --out "$OUT" --name _1gpu >"$OUT/parallel_1w.log" 2>&1
+  wait
+  python3 bench/collect_runs.py "$OUT/runs_single.json" /tmp/pg1 /tmp/sn2
+}
+
+nudge() {  # the same scripted changes (no recompiles) on one GPU, then on two; a first loop fills the compile cache
+  local p="python3 bench/parallel_gpus.py --preset h100 --budget 30 --agent nudge --experiments 40"
+  timeout 125 $p --gpus all --minutes 0.01 --work /tmp/w --out /tmp/wout >"$OUT/warm.log" 2>&1
+  timeout 195 $p --gpus 0 --minutes 2.2 --work /tmp/n1 --out "$OUT" --name _nudge >"$OUT/n1.log" 2>&1
+  timeout 195 $p --gpus all --minutes 2.2 --work /tmp/n2 --out "$OUT" --name _nudge >"$OUT/n2.log" 2>&1
+  python3 bench/collect_runs.py "$OUT/runs_nudge.json" /tmp/n1 /tmp/n2
 }
 
 ray() {  # the same through Ray on this machine
