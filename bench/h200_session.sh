@@ -5,6 +5,7 @@
 #   bash bench/h200_session.sh setup overhead_paired  # the one-GPU loop's cost; paired seeds
 #   bash bench/h200_session.sh setup single         # the one-GPU loop with tune on GPU 0; a change's seeds on GPU 1
 #   bash bench/h200_session.sh setup nudge          # one GPU against two, the same scripted changes, warm cache
+#   bash bench/h200_session.sh setup overhead ray_nudge  # the one-GPU loop's cost alone; Ray with nudge after it
 #   bash bench/h200_session.sh setup verify         # 3 minutes: the loop's cost on GPU 0, one worker on GPU 1
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp), .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its
@@ -45,6 +46,12 @@ overhead_paired() {  # issue 8's loop on GPU 0, then a change's seeds there; the
   python3 bench/collect_runs.py "$OUT/runs_overhead_paired.json" /tmp/lo /tmp/sn0 /tmp/sn1
 }
 
+overhead() {  # issue 8's loop on GPU 0 with nothing else on the machine (its first seed fills the compile cache)
+  CUDA_VISIBLE_DEVICES=0 timeout 260 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 3 \
+    --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1
+  python3 bench/collect_runs.py "$OUT/runs_overhead.json" /tmp/lo
+}
+
 verify() {  # a short one: issue 8's loop on GPU 0; the one-worker scheduler on GPU 1 (its number inside is 0)
   CUDA_VISIBLE_DEVICES=0 timeout 185 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 2 \
     --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1 &
@@ -83,6 +90,15 @@ ray() {  # the same through Ray on this machine
   timeout 220 python3 bench/parallel_gpus.py --preset h100 --budget 30 --ray auto --agent tune --minutes 2 \
     --experiments 40 --work /tmp/pg3 --out "$OUT" >"$OUT/parallel_ray.log" 2>&1
   python3 bench/collect_runs.py "$OUT/runs_ray.json" /tmp/pg3
+  python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1
+}
+
+ray_nudge() {  # `nudge`'s two-GPU loop through Ray, on a cache an earlier phase filled
+  python3 -m ray.scripts.scripts start --head --num-gpus 2 --include-dashboard=false --disable-usage-stats \
+    >"$OUT/ray_start.log" 2>&1
+  timeout 200 python3 bench/parallel_gpus.py --preset h100 --budget 30 --ray auto --agent nudge --minutes 2.2 \
+    --experiments 40 --work /tmp/rn --out "$OUT" --name _nudge >"$OUT/ray_nudge.log" 2>&1
+  python3 bench/collect_runs.py "$OUT/runs_ray_nudge.json" /tmp/rn
   python3 -m ray.scripts.scripts stop --force >/dev/null 2>&1
 }
 
