@@ -6,6 +6,7 @@
 #   bash bench/h200_session.sh setup single         # the one-GPU loop with tune on GPU 0; a change's seeds on GPU 1
 #   bash bench/h200_session.sh setup nudge          # one GPU against two, the same scripted changes, warm cache
 #   bash bench/h200_session.sh setup overhead ray_nudge  # the one-GPU loop's cost alone; Ray with nudge after it
+#   bash bench/h200_session.sh setup paired60       # paired seeds at 60 s: the baseline and a change, per GPU
 #   bash bench/h200_session.sh setup verify         # 3 minutes: the loop's cost on GPU 0, one worker on GPU 1
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp), .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its
@@ -50,6 +51,17 @@ overhead() {  # issue 8's loop on GPU 0 with nothing else on the machine (its fi
   CUDA_VISIBLE_DEVICES=0 timeout 260 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 3 \
     --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1
   python3 bench/collect_runs.py "$OUT/runs_overhead.json" /tmp/lo
+}
+
+paired60() {  # seeds 0-2 of the baseline, then of MATRIX_LR=0.05, on each GPU: 6 pairs, each on one GPU
+  for g in 0 1; do
+    (CUDA_VISIBLE_DEVICES=$g timeout 290 python3 bench/seed_noise.py --preset h100 --budget 60 --seeds 3 \
+       --work /tmp/p60b$g --out /tmp/p60b$g-out >"$OUT/paired60_gpu$g.log" 2>&1
+     CUDA_VISIBLE_DEVICES=$g timeout 240 python3 bench/seed_noise.py --preset h100 --budget 60 --seeds 3 \
+       --set MATRIX_LR=0.05 --work /tmp/p60c$g --out /tmp/p60c$g-out >>"$OUT/paired60_gpu$g.log" 2>&1) &
+  done
+  wait
+  python3 bench/collect_runs.py "$OUT/runs_paired60.json" /tmp/p60b0 /tmp/p60c0 /tmp/p60b1 /tmp/p60c1
 }
 
 verify() {  # a short one: issue 8's loop on GPU 0; the one-worker scheduler on GPU 1 (its number inside is 0)
