@@ -149,6 +149,7 @@ class SimClock:
     def __init__(self, driver_rate: float = 1.0):
         self.driver_rate = driver_rate
         self.workers: list[Worker] = []  # set once they are made: the busy ones owe a report
+        self.asking = lambda: 0  # the asks in flight on threads, which owe a report too (set with the scheduler)
         self._lock = threading.Condition()
         self._sim, self._mark, self._frozen = 0.0, time.perf_counter(), False
         self._sleepers: list[tuple[float, int, threading.Event]] = []
@@ -204,7 +205,7 @@ class SimClock:
                     self._woken = max(0, self._woken - 1)
                 return report
             with self._lock:
-                busy = sum(w.job is not None for w in self.workers)
+                busy = sum(w.job is not None for w in self.workers) + self.asking()
                 if busy == 0:
                     raise queue.Empty
                 if len(self._sleepers) < busy:  # a run is starting on its thread: let it reach the clock
@@ -296,11 +297,15 @@ class NudgeAgent:
 
     name, model = "nudge", "scripted"
 
-    def __init__(self, seed: int, clock: SimClock, propose_seconds: float):
+    def __init__(self, seed: int, clock: SimClock, propose_seconds: float, answers_only: bool = False):
         self.rng, self.clock, self.propose_seconds = random.Random(seed), clock, propose_seconds
+        self.answers_only = answers_only  # asked on threads, several at once (loop/answers.py), as API agents are
 
     def propose(self, context: Context) -> Proposal:
-        self.clock.sleep(self.propose_seconds)  # the driver waits while an agent thinks
+        if self.answers_only:
+            self.clock.run_for(self.propose_seconds)  # this ask's thread waits; the driver and the runs go on
+        else:
+            self.clock.sleep(self.propose_seconds)  # the driver waits while an agent thinks
         taken = {e.source for e in context.in_flight}
         for _ in range(50):
             names = self.rng.sample(sorted(BOWLS), 2 if self.rng.random() < 0.3 else 1)
@@ -355,6 +360,7 @@ class Simulation:
     landscape: Landscape = field(default_factory=Landscape)
     runs: RunModel = field(default_factory=RunModel)
     propose_seconds: float = 0.0
+    asks_on_threads: bool = False
     driver_rate: float = 1.0
     clock: SimClock = field(init=False)
     records: list[RunRecord] = field(default_factory=list)
@@ -375,11 +381,13 @@ class Simulation:
         found = [Device(f"gpu {i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(self.workers)]
         workers = make_workers(loop, found, lambda device: SimExecutor(self, device.label))
         self.clock.workers = workers
-        agent = NudgeAgent(self.seed, self.clock, self.propose_seconds)
+        agent = NudgeAgent(self.seed, self.clock, self.propose_seconds, self.asks_on_threads)
+        scheduler = Scheduler(loop, workers, clock=self.clock)
+        self.clock.asking = lambda: scheduler.answers.pending
         before = os.times()
         self.clock.reset()
         try:
-            Scheduler(loop, workers, clock=self.clock).run(agent, hours=self.hours)
+            scheduler.run(agent, hours=self.hours)
         finally:
             close_workers(workers)
         after = os.times()
@@ -531,6 +539,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.0015, help="seed-to-seed std of val_bpb")
     parser.add_argument("--budget", type=float, default=300.0)
     parser.add_argument("--propose-seconds", type=float, default=0.0, help="how long the agent thinks (simulated)")
+    parser.add_argument("--asks-on-threads", action="store_true", help="the agent only answers: asked at once")
     parser.add_argument("--work", type=Path, default=Path("/tmp/simulate"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/2026-11-30-simulate.json"))
     args = parser.parse_args()
@@ -540,6 +549,7 @@ def main() -> None:
         "landscape": Landscape(seed_noise=args.noise, run_noise=args.noise / 10),
         "runs": RunModel(budget=args.budget),
         "propose_seconds": args.propose_seconds,
+        "asks_on_threads": args.asks_on_threads,
     }
     measures = simulate_all(counts, args.hours, args.window, args.work, prepared_data(args.work), args.seed, **options)
     print(HEADER)
@@ -549,7 +559,8 @@ def main() -> None:
     report = {
         "command": f"bench/simulate.py --workers {args.workers} --hours {args.hours:g} --window {args.window:g} "
         f"--seed {args.seed} "
-        f"--noise {args.noise:g} --budget {args.budget:g} --propose-seconds {args.propose_seconds:g}",
+        f"--noise {args.noise:g} --budget {args.budget:g} --propose-seconds {args.propose_seconds:g}"
+        + (" --asks-on-threads" if args.asks_on_threads else ""),
         "landscape": {name: asdict(bowl) for name, bowl in BOWLS.items()} | {"floor": FLOOR},
         "options": {k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in options.items()},
         "target_true_bpb": measures[0].best_true,

@@ -198,11 +198,6 @@ def test_a_command_agent_script_drives_the_loop_and_only_train_py_may_change(tmp
     assert "budget: 99" not in (ws.root / "program.md").read_text()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect (issue 9): after the rest of the suite, not alone, `try` is still running 30 s after Ctrl-C, "
-    "with a zombie child; the failure shows its threads' stacks",
-)
 def test_ctrl_c_stops_try_within_10_s_even_in_a_long_step_that_ignores_signals(tmp_path, tiny_prepared):
     ws = make_workspace(tmp_path / "ws", tiny_prepared, budget=3.0)
     marker = f"autoresearch-long-step-{os.getpid()}"

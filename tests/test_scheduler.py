@@ -357,3 +357,73 @@ def test_a_change_held_for_the_baselines_verdict_when_the_driver_dies_is_judged_
     assert trained == [42]  # the seed that had not ended; the change's run was adopted, not trained again
     assert again.loop.git.head() == change.commit
     assert (baseline.attempts, change.attempts) == (1, 0)  # seed 42 was interrupted once; the change was not
+
+
+@dataclass
+class AnsweringAgent(ScriptedAgent):
+    """An agent that only answers (as the API agents do), after `think` seconds: asked on threads, several at once."""
+
+    answers_only = True
+    think: float = 0.0
+    hold: callable = lambda description: None  # called on the ask's thread with the edit's description
+    at_once: list = field(default_factory=lambda: [0, 0])  # [asks now, most at once]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def propose(self, context):
+        with self.lock:
+            self.at_once[0] += 1
+            self.at_once[1] = max(self.at_once)
+        try:
+            time.sleep(self.think)
+            proposal = super().propose(context)
+            self.hold(proposal.description)
+            return proposal
+        finally:
+            with self.lock:
+                self.at_once[0] -= 1
+
+
+def test_an_agent_that_only_answers_is_asked_once_per_idle_worker_at_once(workspace):
+    sched, fakes = scheduler(workspace, gpus="0,1,2,3")  # the baseline trains 4 seeds, then 4 workers are idle
+    agent = AnsweringAgent([set_lr(0.1), set_lr(0.15), set_lr(0.2), set_lr(0.3)], think=0.5)
+    sched.run(agent, max_experiments=4)
+    assert agent.at_once[1] == 4  # four asks in flight together, not one after the other
+    rows = sched.loop.ledger.all()
+    assert sorted(r.description for r in rows[1:]) == ["LR 0.1", "LR 0.15", "LR 0.2", "LR 0.3"]
+    assert all(r.status.final and r.kind == Kind.EXPERIMENT for r in rows[1:]) and len(agent.seen) == 4
+    trained = sorted(constant(s, "LR") for fake in fakes.values() for _, _, s in fake.runs)
+    assert trained == [0.05] * 4 + [0.1, 0.15, 0.2, 0.3]
+    assert sched.loop.best().id > 1 and sched.loop.ws.git.changed_paths() == set()  # a win kept, train.py the best's
+
+
+def test_an_answer_that_arrives_after_another_win_was_kept_is_made_on_that_best_before_it_trains(workspace):
+    def hold(description: str) -> None:  # these answers come back only once LR 0.2 was kept
+        if not description.startswith("LR 0.2"):
+            wait_until(lambda: any(r.status == Status.KEEP for r in Ledger(workspace.root).all()[1:]))
+
+    sched, _ = scheduler(workspace, gpus="0,1,2")  # three asks at once once the baseline's 3 seeds are judged
+    sched.run(AnsweringAgent([set_lr(0.2), betas, set_lr(0.15)], hold=hold), max_experiments=3)
+    rows = {r.description: r for r in sched.loop.ledger.all()}
+    lr, late, clash = rows["LR 0.2"], rows["Adam betas 0.8, 0.9"], rows["LR 0.15"]
+    assert lr.status == Status.KEEP and late.parent == lr.commit  # not trained on the best it was asked on
+    assert "asked on exp 1; merged onto exp 2" in late.reason and late.merged_from == 0
+    assert BETAS in late.source and constant(late.source, "LR") == 0.2 and late.status == Status.KEEP
+    # A change that cannot be made on the new best trains on its own base, and is judged as a stale win.
+    assert clash.parent == rows["baseline"].commit and clash.status == Status.DISCARD
+    assert "conflicts with exp" in clash.reason and "against its base exp 1" in clash.reason
+    assert sched.loop.git.head() == late.commit and sched.loop.ws.git.changed_paths() == set()
+
+
+def test_an_ask_on_a_thread_that_fails_is_recorded_and_a_bug_in_the_agent_stops_the_loop(workspace):
+    sched, _ = scheduler(workspace)
+    sched.run(AnsweringAgent([set_lr(0.2)]), max_experiments=2)  # the second ask: "script exhausted"
+    rows = sched.loop.ledger.all()
+    failed = next(r for r in rows if r.kind == Kind.PROPOSAL)
+    assert failed.status == Status.CRASH and "script exhausted" in failed.reason
+    assert any(r.description == "LR 0.2" and r.status == Status.KEEP for r in rows)
+
+    def broken(context):
+        raise KeyError("a bug in the agent")
+
+    with pytest.raises(KeyError, match="a bug in the agent"):
+        sched.run(AnsweringAgent([broken]), max_experiments=1)

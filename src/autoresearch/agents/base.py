@@ -68,6 +68,9 @@ class Proposal:
 class Agent(Protocol):
     name: str  # "tune", "anthropic", ...
     model: str  # the model or tool behind it, for the ledger
+    # Optional, False when absent: `propose` only reads its context and answers (no file touched, no state kept
+    # between calls), so that with several workers it may be asked several times at once (loop/answers.py).
+    answers_only: bool
 
     def propose(self, context: Context) -> Proposal:
         """A new train.py to try. Raises ProposalError when it cannot make one."""

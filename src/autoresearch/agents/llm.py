@@ -113,6 +113,7 @@ class LLMAgent:
 
     name = "llm"
     model = ""
+    answers_only = True  # an API call per proposal: several may be in flight at once
 
     def propose(self, context: Context) -> Proposal:
         """Ask once; if the answer does not parse or apply, send the error back once; else ProposalError."""

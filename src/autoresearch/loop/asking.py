@@ -79,10 +79,7 @@ class Asking:
             proposal = agent.propose(self.context(best))
         except ProposalError as exc:
             verdict = self._verified(watch, who)
-            why = str(exc) + (f"; it also {_as_agent(other)}" if (other := verdict.reason()) else "")
-            exp = self._rejected(exp_id, agent, best, NO_PROPOSAL, why, exc.usage, verdict.tidied())
-            if exc.fatal:
-                raise LoopError(f"{who} cannot work: {exc}") from None
+            exp = self.failed(agent, best, exp_id, exc, verdict.reason(), verdict.tidied())
             if wait:
                 self._pause_after_failures(agent)
             return exp
@@ -94,9 +91,31 @@ class Asking:
         note = verdict.tidied()  # the agent's litter: put back, noted, not held against its train.py
         if why := verdict.reason():
             return self._rejected(exp_id, agent, best, proposal.description, _as_agent(why), proposal.usage, note)
+        return self.checked(agent, best, exp_id, proposal, note)
+
+    def checked(
+        self, agent: Agent, best: Experiment, exp_id: int, proposal: Proposal, note: str | None = None
+    ) -> Experiment | tuple[Proposal, str | None]:
+        """`proposal`, made from `best`, if it may run; else its rejected row (another file changed, a repeat)."""
         if why := guard.rejection(best.source, proposal.source) or self.duplicate_of(proposal.source, best.commit):
             return self._rejected(exp_id, agent, best, proposal.description, why, proposal.usage, note)
         return proposal, note
+
+    def failed(
+        self,
+        agent: Agent,
+        best: Experiment,
+        exp_id: int,
+        exc: ProposalError,
+        other: str | None = None,
+        note: str | None = None,
+    ) -> Experiment:
+        """The row of an agent that made no proposal (`other`: what else it did wrong); LoopError if it never can."""
+        why = str(exc) + (f"; it also {_as_agent(other)}" if other else "")
+        exp = self._rejected(exp_id, agent, best, NO_PROPOSAL, why, exc.usage, note)
+        if exc.fatal:
+            raise LoopError(f"the {agent.name} agent cannot work: {exc}") from None
+        return exp
 
     def _pause_after_failures(self, agent: Agent) -> None:
         """Back off when the agent fails again and again (an API down, a rate limit): 30 s, 1 min, ... 15 min."""

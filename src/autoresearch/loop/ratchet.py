@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autoresearch.agents.base import Agent, Proposal
+from autoresearch.agents.base import Agent, Proposal, ProposalError
 from autoresearch.loop import guard
+from autoresearch.loop.answers import Answer
 from autoresearch.loop.engine import LoopError, ResearchLoop
 from autoresearch.loop.executor import Outcome
 from autoresearch.loop.judge import judge, noise_of
@@ -51,6 +52,29 @@ class Ratchet:
             return asked
         proposal, note = asked
         return loop.record(proposal, agent.name, getattr(agent, "model", ""), note, base=best)
+
+    def answered(self, answer: Answer) -> Experiment:
+        """The row of an answer of an ask on a thread (loop/answers.py), or its rejected row. Where another win
+        was kept while the agent thought, its change is made on the new best if it merges cleanly, else recorded
+        on the best it was asked on (then judged as a stale win). What the agent raised other than a
+        ProposalError is raised here."""
+        loop, agent, base = self.loop, answer.agent, answer.base
+        exp_id = loop.ledger.next_id()
+        if answer.error is not None:
+            if not isinstance(answer.error, ProposalError):
+                raise answer.error
+            return loop.failed(agent, base, exp_id, answer.error)
+        proposal, note = answer.proposal, None
+        best = loop.best() or base  # before the baseline's verdict, asks are made on the baseline
+        if best.commit != base.commit and (merged := self.merged(base, best, proposal.source)) is not None:
+            # Another win was kept while the agent thought: its change, not yet trained, is made on the best.
+            note = f"asked on exp {base.id}; merged onto exp {best.id}, kept meanwhile, before training"
+            proposal, base = Proposal(proposal.description, merged, proposal.usage), best
+        checked = loop.checked(agent, base, exp_id, proposal, note)
+        if isinstance(checked, Experiment):
+            return checked
+        proposal, note = checked
+        return loop.record(proposal, agent.name, getattr(agent, "model", ""), note, base=base)
 
     def conclude(self, exp: Experiment, outcome: Outcome | None) -> Conclusion:
         """The verdict on an experiment whose runs are all done (see the module's docstring)."""
@@ -87,11 +111,9 @@ class Ratchet:
         if earlier is not None:
             loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {earlier.id}", outcome, runs)
             return Conclusion(revalidate=earlier if not earlier.status.final else None)
-        merged, conflicts = loop.git.merge_file(base.source, best.source, exp.source)
-        if conflicts and (by_constants := merge_constants(base.source, best.source, exp.source)) is not None:
-            merged, conflicts = by_constants, 0
-        if conflicts:
-            why += f"; its change conflicts with exp {best.id}'s in train.py ({conflicts} hunks): not kept"
+        merged = self.merged(base, best, exp.source)
+        if merged is None:
+            why += f"; its change conflicts with exp {best.id}'s in train.py: not kept"
             loop._finish(exp, Status.DISCARD, why, outcome, runs)
             return Conclusion()
         if problem := guard.rejection(best.source, merged) or loop.duplicate_of(merged, best.commit):
@@ -101,6 +123,14 @@ class Ratchet:
         new = loop.record(Proposal(description, merged), exp.agent, exp.model, base=best, merged_from=exp.id)
         loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {new.id}, re-validated there", outcome, runs)
         return Conclusion(revalidate=new)
+
+    def merged(self, base: Experiment, best: Experiment, source: str) -> str | None:
+        """`source`'s change of `base` made on `best` (three-way; constants by value where git sees adjacent
+        lines in conflict), or None where the two changes conflict."""
+        merged, conflicts = self.loop.git.merge_file(base.source, best.source, source)
+        if conflicts:
+            return merge_constants(base.source, best.source, source)
+        return merged
 
     def kept(self, commit: str) -> Experiment | None:
         return next((e for e in self.loop.ledger.all() if e.commit == commit and e.status == Status.KEEP), None)

@@ -4,7 +4,8 @@ The driver (this thread) is the only writer of git, the ledger and results.tsv; 
 run at a time, in its own worktree, on its own device (loop/workers.py), and reports the outcome through
 a queue. What to run next is the driver's choice, in this order: runs of experiments already in flight
 (the baseline's seeds, all at once; a marginal win's re-run; what a killed loop left), then experiments
-that `autoresearch submit` queued, then a new proposal from the agent (which sees what is in flight).
+that `autoresearch submit` queued, then a new proposal from the agent (which sees what is in flight). An
+agent that only answers is asked once per idle worker at once, on threads (loop/answers.py).
 A strategy that wants other runs (a short screening budget, a confirmation elsewhere) adds jobs to that
 queue; the ratchet (loop/ratchet.py: judging, merging a win found on an old base, keeping) stays as it is.
 
@@ -35,6 +36,7 @@ from autoresearch.agents.base import Agent, preflight
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import sandbox
 from autoresearch.loop import activity
+from autoresearch.loop.answers import Answer, Answers, asked_on_threads
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop, seeded
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import Inbox
@@ -106,6 +108,7 @@ class Scheduler:
         self.held: dict[int, Outcome | None] = {}  # experiments made from the baseline, trained, until it is judged
         self.events: queue.Queue = queue.Queue()
         self.propose_after = 0.0  # a failing agent is asked again only after a pause (the clock's time)
+        self.answers = Answers(self.events)  # asks in flight on threads, for an agent that only answers
         self.stopping = False
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -147,17 +150,24 @@ class Scheduler:
             activity.end_session(loop.ws.state)
 
     def fill(self, agent: Agent | None, left: int | None = None) -> int:
-        """Give every idle worker a run, asking the agent for at most `left` proposals; how many it made."""
+        """Give every idle worker a run, asking the agent for at most `left` proposals; how many it made (or
+        asked for, on threads: one ask in flight per idle worker with nothing queued for it)."""
         proposed = 0
+        on_threads = asked_on_threads(agent)
         for worker in self.workers:
             if worker.job is not None:
                 continue
             job = self.next_job()
+            if job is None and on_threads:
+                if self.may_ask(agent, proposed, left) and self.answers.pending < self.idle():
+                    proposed += 1
+                    base = self.base()
+                    self.answers.ask(agent, base, self.loop.context(base))
+                    self.loop.reporter.message(f"asking {agent.name} for a change ({self.answers.pending} in flight)")
+                continue
             # A rejected proposal (a repeat, say) leaves the worker idle: ask again at once, a few times.
             for _ in range(PROPOSALS_PER_WORKER):
-                if job is not None or agent is None or self.base() is None or proposed == left:
-                    break
-                if self.clock.now() < self.propose_after:
+                if job is not None or not self.may_ask(agent, proposed, left):
                     break
                 proposed += 1
                 self.propose(agent)
@@ -167,6 +177,14 @@ class Scheduler:
             self.dispatch(worker, job)
         return proposed
 
+    def may_ask(self, agent: Agent | None, proposed: int, left: int | None) -> bool:
+        if agent is None or proposed == left or self.clock.now() < self.propose_after:
+            return False
+        return self.base() is not None
+
+    def idle(self) -> int:
+        return sum(w.job is None for w in self.workers)
+
     def next_job(self) -> Job | None:
         if not self.jobs and self.inbox is not None and self.loop.best() is not None:
             for exp in self.inbox.take(self.loop):
@@ -174,7 +192,8 @@ class Scheduler:
         return self.jobs.popleft() if self.jobs else None
 
     def busy(self) -> bool:
-        return any(w.job is not None for w in self.workers)
+        """Whether a report is to come: a run in progress, or an ask in flight."""
+        return self.answers.pending > 0 or any(w.job is not None for w in self.workers)
 
     def _waiting_submissions(self) -> bool:
         return self.inbox is not None and self.inbox.pending()
@@ -197,7 +216,10 @@ class Scheduler:
 
     def propose(self, agent: Agent) -> None:
         """One proposal from the agent; checked, recorded and queued (or recorded as rejected)."""
-        exp = self.ratchet.propose(agent, self.base())
+        self.proposed(agent, self.ratchet.propose(agent, self.base()))
+
+    def proposed(self, agent: Agent, exp: Experiment) -> None:
+        """Queue a recorded proposal; after a rejected one, pause the agent if it failed again and again."""
         if exp.status.final:
             if pause := self.loop.failure_pause(agent):
                 self.propose_after = self.clock.now() + pause
@@ -258,11 +280,18 @@ class Scheduler:
         """Wait for a run to end (looking at the inbox meanwhile) and act on it."""
         while True:
             try:
-                worker, job, outcome = self.clock.next_event(self.events, POLL_S)
+                event = self.clock.next_event(self.events, POLL_S)
                 break
             except queue.Empty:
                 if not self.busy() or (self.inbox is not None and self.inbox.pending()):
                     return
+        if isinstance(event, Answer):
+            self.answers.took()
+            exp = self.ratchet.answered(event)
+            self.loop.ws.write_train_py(self.base().source)  # a rejection wrote back the base it was asked on
+            self.proposed(event.agent, exp)
+            return
+        worker, job, outcome = event
         worker.finished()
         self.loop.reporter.run_ended(job.exp_id, job.run, worker.device.label)
         if isinstance(outcome, BaseException):
