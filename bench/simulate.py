@@ -184,16 +184,16 @@ class SimClock:
         woken.wait()
         return start, start + seconds
 
-    def next_event(self, events: queue.Queue, timeout: float) -> Any:
+    def next_event(self, events: queue.Queue, timeout: float, until: float | None = None) -> Any:
         with self._lock:
             self._sim, self._frozen = self._now(), True
         try:
-            return self._next(events)
+            return self._next(events, until)
         finally:
             with self._lock:
                 self._mark, self._frozen = time.perf_counter(), False
 
-    def _next(self, events: queue.Queue) -> Any:
+    def _next(self, events: queue.Queue, until: float | None) -> Any:
         while True:
             try:
                 report = events.get(timeout=5.0) if self._woken else events.get_nowait()
@@ -211,6 +211,9 @@ class SimClock:
                 if len(self._sleepers) < busy:  # a run is starting on its thread: let it reach the clock
                     self._lock.wait(0.05)
                     continue
+                if until is not None and self._sleepers[0][0] > until:  # the driver has something to do then
+                    self._sim = max(self._sim, until)
+                    raise queue.Empty
                 end, _, woken = heapq.heappop(self._sleepers)
                 self._sim = max(self._sim, end)
                 self._woken += 1

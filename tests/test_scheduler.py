@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
-from autoresearch.agents.prompt import ledger_summary
+from autoresearch.agents.base import ProposalError
+from autoresearch.agents.prompt import build_prompt, ledger_summary
 from autoresearch.evaluator import sandbox
 from autoresearch.loop.activity import SESSION_NAME, spans_of
 from autoresearch.loop.engine import LoopError
@@ -384,10 +385,21 @@ class AnsweringAgent(ScriptedAgent):
 
 
 def test_an_agent_that_only_answers_is_asked_once_per_idle_worker_at_once(workspace):
-    sched, fakes = scheduler(workspace, gpus="0,1,2,3")  # the baseline trains 4 seeds, then 4 workers are idle
-    agent = AnsweringAgent([set_lr(0.1), set_lr(0.15), set_lr(0.2), set_lr(0.3)], think=0.5)
+    together, seeds = threading.Barrier(4, timeout=10), []
+
+    def gate(source: str) -> None:  # the baseline's 4 seeds end together: then 4 workers are idle at once
+        seeds.append(source)
+        if len(seeds) <= 4:
+            together.wait()
+
+    sched, fakes = scheduler(workspace, gpus="0,1,2,3", gate=gate)
+    agent = AnsweringAgent([set_lr(0.1), set_lr(0.15), set_lr(0.2), set_lr(0.3)], think=1.0)
     sched.run(agent, max_experiments=4)
     assert agent.at_once[1] == 4  # four asks in flight together, not one after the other
+    # Each is told how many others are being written at that moment, and asked for a less obvious idea.
+    assert sorted(c.unseen for c in agent.seen) == [0, 1, 2, 3]
+    task = build_prompt(next(c for c in agent.seen if c.unseen == 2)).task
+    assert "2 other proposals are being written at this moment" in task and "your 3rd most promising" in task
     rows = sched.loop.ledger.all()
     assert sorted(r.description for r in rows[1:]) == ["LR 0.1", "LR 0.15", "LR 0.2", "LR 0.3"]
     assert all(r.status.final and r.kind == Kind.EXPERIMENT for r in rows[1:]) and len(agent.seen) == 4
@@ -406,7 +418,7 @@ def test_an_answer_that_arrives_after_another_win_was_kept_is_made_on_that_best_
     rows = {r.description: r for r in sched.loop.ledger.all()}
     lr, late, clash = rows["LR 0.2"], rows["Adam betas 0.8, 0.9"], rows["LR 0.15"]
     assert lr.status == Status.KEEP and late.parent == lr.commit  # not trained on the best it was asked on
-    assert "asked on exp 1; merged onto exp 2" in late.reason and late.merged_from == 0
+    assert "asked on exp 1, made on exp 2 to train" in late.reason and late.merged_from == 0
     assert BETAS in late.source and constant(late.source, "LR") == 0.2 and late.status == Status.KEEP
     # A change that cannot be made on the new best trains on its own base, and is judged as a stale win.
     assert clash.parent == rows["baseline"].commit and clash.status == Status.DISCARD
@@ -427,3 +439,47 @@ def test_an_ask_on_a_thread_that_fails_is_recorded_and_a_bug_in_the_agent_stops_
 
     with pytest.raises(KeyError, match="a bug in the agent"):
         sched.run(AnsweringAgent([broken]), max_experiments=1)
+
+
+@pytest.mark.parametrize("gpus", ["0,1", "0"])
+def test_a_worker_about_to_be_free_is_asked_for_ahead_with_several_workers_only(workspace, gpus: str):
+    # Runs take 0.8 s, the agent 0.2 s: once both are known, a worker's next proposal is asked for ~0.2 s
+    # before its run ends, so that it is there when the worker is free. One worker is never asked for ahead.
+    sched, _ = scheduler(workspace, gpus=gpus, gate=lambda source: time.sleep(0.8))
+    asked: list[int] = []
+    agent = AnsweringAgent([set_lr(v) for v in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35)], think=0.2)
+    real_propose = agent.propose
+
+    def propose(context):
+        asked.append(sum(w.job is not None for w in sched.workers))  # the workers training as the ask starts
+        return real_propose(context)
+
+    agent.propose = propose
+    sched.run(agent, max_experiments=6)
+    rows = sched.loop.ledger.all()
+    assert len([r for r in rows if r.kind == Kind.EXPERIMENT]) == 6 and all(r.status.final for r in rows)
+    workers = len(sched.workers)
+    assert (max(asked) == workers) == (workers > 1)  # asked while every worker trained: ahead, with two only
+
+
+def test_a_fatal_answer_after_another_keep_stops_the_loop_with_the_best_in_the_workspace(workspace):
+    def revoked(context):  # the key stops working while LR 0.2 trains and is kept
+        wait_until(lambda: any(r.status == Status.KEEP for r in Ledger(workspace.root).all()[1:]))
+        raise ProposalError("the API key was revoked", fatal=True)
+
+    sched, _ = scheduler(workspace)
+    with pytest.raises(LoopError, match="cannot work: the API key was revoked"):
+        sched.run(AnsweringAgent([set_lr(0.2), revoked]), max_experiments=2)
+    assert sched.loop.best().description == "LR 0.2"
+    assert sched.loop.ws.git.changed_paths() == set()  # train.py is the best's, not the one the ask was made on
+
+
+def test_asks_that_fail_together_count_as_one_failure_for_the_back_off(workspace):
+    def down(context):
+        raise ProposalError("the server is down")
+
+    sched, _ = scheduler(workspace, gpus="0,1,2,3")
+    sched.run(AnsweringAgent([down] * 4, think=0.3), max_experiments=4)  # four asks out at once, all failing
+    rows = [r for r in sched.loop.ledger.all() if r.kind == Kind.PROPOSAL]
+    assert len(rows) == 4 and all("the server is down" in r.reason for r in rows)
+    assert sched.answers.failures == 1 and sched.propose_after == 0.0  # one round: asked again at once

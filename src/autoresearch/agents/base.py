@@ -56,6 +56,7 @@ class Context:
     history: list[PastExperiment] = field(default_factory=list)  # oldest first
     last_crash: str | None = None  # log tail of the latest crash: untrusted text
     in_flight: list[PastExperiment] = field(default_factory=list)  # being trained now: propose something else
+    unseen: int = 0  # other proposals asked for at the same time, not back yet: they cannot be shown
 
 
 @dataclass(frozen=True)

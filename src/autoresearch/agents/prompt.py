@@ -110,6 +110,13 @@ def ledger_summary(context: Context) -> str:
         f"{counts[Status.CRASH]} crashed.",
     ]
     lines += in_flight_lines(context.in_flight)
+    if context.unseen:
+        lines += [
+            "",
+            f"{context.unseen} other proposals are being written at this moment from this same state, and cannot "
+            f"be shown to you. To avoid proposing what they do, propose your {_ordinal(context.unseen + 1)} most "
+            "promising idea, not the first that comes to mind.",
+        ]
     if not history:  # with several workers, changes are tried while the baseline's seeds train
         first = "the baseline is still being measured; your change is judged against it once it is"
         first = first if context.best_bpb is None else "this is the first proposal after the baseline"
@@ -120,6 +127,11 @@ def ledger_summary(context: Context) -> str:
     lines += [_history_line(e) for e in shown]
     lines.append("</experiments>")
     return "\n".join(lines)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def in_flight_lines(running: list[PastExperiment]) -> list[str]:

@@ -130,10 +130,8 @@ class Asking:
             if e.kind != Kind.PROPOSAL or e.status != Status.CRASH or e.description != NO_PROPOSAL:
                 break
             failures += 1
-        if failures < 2:
-            return 0.0
-        wait = min(PAUSE_MAX_S, PAUSE_FIRST_S * 2 ** (failures - 2))
-        self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
+        if wait := backoff(failures):
+            self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
         return wait
 
     def _rejected(
@@ -163,6 +161,11 @@ class Asking:
         self.ledger.insert(exp)
         self.ws.write_train_py(best.source)
         return self._finish(exp, Status.CRASH, f"rejected: {why}")
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after `failures` failures in a row: none after one, then 30 s, 1 min, ... 15 min."""
+    return 0.0 if failures < 2 else min(PAUSE_MAX_S, PAUSE_FIRST_S * 2 ** (failures - 2))
 
 
 def _as_agent(why: str) -> str:

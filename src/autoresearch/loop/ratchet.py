@@ -54,9 +54,8 @@ class Ratchet:
         return loop.record(proposal, agent.name, getattr(agent, "model", ""), note, base=best)
 
     def answered(self, answer: Answer) -> Experiment:
-        """The row of an answer of an ask on a thread (loop/answers.py), or its rejected row. Where another win
-        was kept while the agent thought, its change is made on the new best if it merges cleanly, else recorded
-        on the best it was asked on (then judged as a stale win). What the agent raised other than a
+        """The row of an answer of an ask on a thread (loop/answers.py), on the best it was asked on (`remade`
+        on a newer one when a worker takes it), or its rejected row. What the agent raised other than a
         ProposalError is raised here."""
         loop, agent, base = self.loop, answer.agent, answer.base
         exp_id = loop.ledger.next_id()
@@ -64,13 +63,7 @@ class Ratchet:
             if not isinstance(answer.error, ProposalError):
                 raise answer.error
             return loop.failed(agent, base, exp_id, answer.error)
-        proposal, note = answer.proposal, None
-        best = loop.best() or base  # before the baseline's verdict, asks are made on the baseline
-        if best.commit != base.commit and (merged := self.merged(base, best, proposal.source)) is not None:
-            # Another win was kept while the agent thought: its change, not yet trained, is made on the best.
-            note = f"asked on exp {base.id}; merged onto exp {best.id}, kept meanwhile, before training"
-            proposal, base = Proposal(proposal.description, merged, proposal.usage), best
-        checked = loop.checked(agent, base, exp_id, proposal, note)
+        checked = loop.checked(agent, base, exp_id, answer.proposal)
         if isinstance(checked, Experiment):
             return checked
         proposal, note = checked
@@ -123,6 +116,26 @@ class Ratchet:
         new = loop.record(Proposal(description, merged), exp.agent, exp.model, base=best, merged_from=exp.id)
         loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {new.id}, re-validated there", outcome, runs)
         return Conclusion(revalidate=new)
+
+    def remade(self, exp: Experiment, best: Experiment) -> Experiment:
+        """`exp`, recorded but not yet trained on an older best, made on `best` where its change merges cleanly
+        into a train.py not in flight nor measured there (its row rewritten: nothing of it was measured); else
+        `exp` as it was, to be judged on its own base."""
+        loop, base = self.loop, self.kept(exp.parent)
+        merged = self.merged(base, best, exp.source) if base is not None else None
+        if merged is None or guard.rejection(best.source, merged) or loop.duplicate_of(merged, best.commit):
+            return exp
+        added, removed = guard.diff_stats(best.source, merged)
+        changes = {
+            "source": merged,
+            "parent": best.commit,
+            "diff": guard.diff(best.source, merged),
+            "lines_added": added,
+            "lines_removed": removed,
+            "reason": "; ".join(filter(None, [exp.reason, f"asked on exp {base.id}, made on exp {best.id} to train"])),
+        }
+        loop.ledger.update(exp.id, **changes)
+        return loop.ledger.get(exp.id)
 
     def merged(self, base: Experiment, best: Experiment, source: str) -> str | None:
         """`source`'s change of `base` made on `best` (three-way; constants by value where git sees adjacent

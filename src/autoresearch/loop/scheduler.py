@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -64,8 +65,9 @@ class Clock(Protocol):
 
     def sleep(self, seconds: float) -> None: ...
 
-    def next_event(self, events: queue.Queue, timeout: float) -> Any:
-        """The next report of a worker; queue.Empty after `timeout` seconds without one."""
+    def next_event(self, events: queue.Queue, timeout: float, until: float | None = None) -> Any:
+        """The next report of a worker or an ask; queue.Empty after `timeout` seconds without one (a simulated
+        clock: once its time passes `until`, if given, before the next report)."""
 
 
 class RealClock:
@@ -75,8 +77,8 @@ class RealClock:
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
 
-    def next_event(self, events: queue.Queue, timeout: float) -> Any:
-        return events.get(timeout=timeout)
+    def next_event(self, events: queue.Queue, timeout: float, until: float | None = None) -> Any:
+        return events.get(timeout=timeout)  # `timeout` is short: the caller looks at the time itself
 
 
 @dataclass
@@ -108,7 +110,9 @@ class Scheduler:
         self.held: dict[int, Outcome | None] = {}  # experiments made from the baseline, trained, until it is judged
         self.events: queue.Queue = queue.Queue()
         self.propose_after = 0.0  # a failing agent is asked again only after a pause (the clock's time)
-        self.answers = Answers(self.events)  # asks in flight on threads, for an agent that only answers
+        self.answers = Answers(self.events, self.clock)  # asks in flight on threads, for an agent that only answers
+        self.run_seconds: deque[float] = deque(maxlen=8)  # how long the latest runs took, handed out to reported
+        self.asked: set[int] = set()  # experiments from asks on threads: made on the best when a worker takes them
         self.stopping = False
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -159,12 +163,7 @@ class Scheduler:
                 continue
             job = self.next_job()
             if job is None and on_threads:
-                if self.may_ask(agent, proposed, left) and self.answers.pending < self.idle():
-                    proposed += 1
-                    base = self.base()
-                    self.answers.ask(agent, base, self.loop.context(base))
-                    self.loop.reporter.message(f"asking {agent.name} for a change ({self.answers.pending} in flight)")
-                continue
+                continue  # asked for below, all at once
             # A rejected proposal (a repeat, say) leaves the worker idle: ask again at once, a few times.
             for _ in range(PROPOSALS_PER_WORKER):
                 if job is not None or not self.may_ask(agent, proposed, left):
@@ -175,6 +174,13 @@ class Scheduler:
             if job is None:
                 break
             self.dispatch(worker, job)
+        if on_threads:  # one ask in flight per worker idle now or about to be, less what is queued for them
+            wanted = self.idle() + self.ahead()[0] - len(self.jobs)
+            while self.answers.pending < wanted and self.may_ask(agent, proposed, left):
+                proposed += 1
+                base = self.base()
+                self.answers.ask(agent, base, self.loop.context(base))
+                self.loop.reporter.message(f"asking {agent.name} for a change ({self.answers.pending} in flight)")
         return proposed
 
     def may_ask(self, agent: Agent | None, proposed: int, left: int | None) -> bool:
@@ -184,6 +190,24 @@ class Scheduler:
 
     def idle(self) -> int:
         return sum(w.job is None for w in self.workers)
+
+    def ahead(self) -> tuple[int, float | None]:
+        """With several workers and an agent asked on threads: how many busy workers' runs end within one of
+        the agent's answers (their next proposal is asked for now, so that it is there when they are free), and
+        on the clock when the next one will. A proposal asked ahead has not seen that run's result; with one
+        worker that would be every proposal, so one worker is never asked ahead for."""
+        think = self.answers.think()
+        if think is None or len(self.workers) < 2 or not self.run_seconds:
+            return 0, None
+        lead = statistics.median(self.run_seconds) - think
+        now, due, later = self.clock.now(), 0, []
+        for worker in self.workers:
+            if worker.job is not None and worker.job.handed_at is not None:
+                at = worker.job.handed_at + lead
+                due += at <= now
+                if at > now:
+                    later.append(at)
+        return due, min(later, default=None)
 
     def next_job(self) -> Job | None:
         if not self.jobs and self.inbox is not None and self.loop.best() is not None:
@@ -216,10 +240,7 @@ class Scheduler:
 
     def propose(self, agent: Agent) -> None:
         """One proposal from the agent; checked, recorded and queued (or recorded as rejected)."""
-        self.proposed(agent, self.ratchet.propose(agent, self.base()))
-
-    def proposed(self, agent: Agent, exp: Experiment) -> None:
-        """Queue a recorded proposal; after a rejected one, pause the agent if it failed again and again."""
+        exp = self.ratchet.propose(agent, self.base())
         if exp.status.final:
             if pause := self.loop.failure_pause(agent):
                 self.propose_after = self.clock.now() + pause
@@ -255,6 +276,9 @@ class Scheduler:
         commit yet), count the attempt, and start it."""
         loop = self.loop
         exp = loop.ledger.get(job.exp_id)
+        if job.exp_id in self.asked and exp.commit is None and (best := loop.best()) and exp.parent != best.commit:
+            exp = self.ratchet.remade(exp, best)  # a win was kept while it waited for a worker (asked ahead)
+            job.source = seeded(exp.source, job.run)
         if exp.commit is None:
             check_out(worker.worktree, exp.parent)
             worker.train_py.write_text(exp.source)
@@ -274,24 +298,38 @@ class Scheduler:
         )
         loop.reporter.phase(exp.id, exp.description, f"training run {job.run + 1} on {worker.device.label}")
         loop.reporter.training(exp.id, job.run, loop.ws.apparatus.budget_seconds, label)
+        job.handed_at = self.clock.now()
         worker.start(job, lambda w, j, outcome: self.events.put((w, j, outcome)))
 
     def handle_next(self) -> None:
         """Wait for a run to end (looking at the inbox meanwhile) and act on it."""
+        wake = self.ahead()[1]  # when a proposal is next to be asked for ahead
         while True:
+            timeout = POLL_S if wake is None else min(POLL_S, max(0.01, wake - self.clock.now()))
             try:
-                event = self.clock.next_event(self.events, POLL_S)
+                event = self.clock.next_event(self.events, timeout, until=wake)
                 break
             except queue.Empty:
                 if not self.busy() or (self.inbox is not None and self.inbox.pending()):
                     return
+                if wake is not None and self.clock.now() >= wake:
+                    return
         if isinstance(event, Answer):
-            self.answers.took()
-            exp = self.ratchet.answered(event)
-            self.loop.ws.write_train_py(self.base().source)  # a rejection wrote back the base it was asked on
-            self.proposed(event.agent, exp)
+            if pause := self.answers.took(event):
+                self.propose_after = max(self.propose_after, self.clock.now() + pause)
+                self.loop.reporter.message(
+                    f"{event.agent.name}: {self.answers.failures} rounds of asks failed in a row; waiting {pause:.0f}s"
+                )
+            try:
+                exp = self.ratchet.answered(event)
+            finally:  # a rejection (or a fatal error) wrote back the best the agent was asked on
+                self.loop.ws.write_train_py(self.base().source)
+            self.asked.add(exp.id)
+            if not exp.status.final:
+                self.activate(exp)
             return
         worker, job, outcome = event
+        self.run_seconds.append(self.clock.now() - job.handed_at)
         worker.finished()
         self.loop.reporter.run_ended(job.exp_id, job.run, worker.device.label)
         if isinstance(outcome, BaseException):

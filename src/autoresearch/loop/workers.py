@@ -82,6 +82,7 @@ class Job:
     source: str  # train.py as it trains (the seed applied)
     spec: RunSpec | None = None  # filled in when a worker takes it
     ended_at: float | None = None  # time.time() when its outcome came back, set on the worker's thread
+    handed_at: float | None = None  # the scheduler's clock when a worker took it
 
 
 class Worker:
