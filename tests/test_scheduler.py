@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
-from autoresearch.agents.base import ProposalError
+from autoresearch.agents.base import Proposal, ProposalError
 from autoresearch.agents.prompt import build_prompt, ledger_summary
 from autoresearch.evaluator import sandbox
+from autoresearch.loop import asking
 from autoresearch.loop.activity import SESSION_NAME, spans_of
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import Outcome, RunSpec
@@ -399,7 +400,7 @@ def test_an_agent_that_only_answers_is_asked_once_per_idle_worker_at_once(worksp
     # Each is told how many others are being written at that moment, and asked for a less obvious idea.
     assert sorted(c.unseen for c in agent.seen) == [0, 1, 2, 3]
     task = build_prompt(next(c for c in agent.seen if c.unseen == 2)).task
-    assert "2 other proposals are being written at this moment" in task and "your 3rd most promising" in task
+    assert "2 other proposals are being written at this moment" in task and "unlikely to be one of theirs" in task
     rows = sched.loop.ledger.all()
     assert sorted(r.description for r in rows[1:]) == ["LR 0.1", "LR 0.15", "LR 0.2", "LR 0.3"]
     assert all(r.status.final and r.kind == Kind.EXPERIMENT for r in rows[1:]) and len(agent.seen) == 4
@@ -483,3 +484,44 @@ def test_asks_that_fail_together_count_as_one_failure_for_the_back_off(workspace
     rows = [r for r in sched.loop.ledger.all() if r.kind == Kind.PROPOSAL]
     assert len(rows) == 4 and all("the server is down" in r.reason for r in rows)
     assert sched.answers.failures == 1 and sched.propose_after == 0.0  # one round: asked again at once
+
+
+def test_a_waiting_answer_is_not_made_on_a_best_newer_than_itself(workspace):
+    # One worker: the answer (exp 2) waits while a merge's re-validation (exp 3, queued first) trains and is
+    # kept. Made on exp 3 and kept, exp 2 would sit on top of a best with a higher id: the best is the newest
+    # kept row, so the branch and the best would part, and a restart would refuse.
+    sched, _ = scheduler(workspace, gpus="0")
+    sched.run(None)  # the baseline
+    loop, base = sched.loop, sched.loop.best()
+    answer = loop.record(Proposal("Adam betas", betas(loop.context())[1]), "a", "m", base=base)
+    sched.asked.add(answer.id)
+    sched.activate(answer)
+    merged = loop.record(Proposal("merged: LR 0.2", with_constants(base.source, LR=0.2)), "a", "m", base=base)
+    sched.activate(merged, front=True)
+    sched.run(None)
+    rows = {e.id: e for e in loop.ledger.all()}
+    assert rows[merged.id].status == Status.KEEP and rows[answer.id].parent == base.commit  # trained on its base
+    assert loop.git.head() == loop.best().commit
+    scheduler(workspace, gpus="0")[0].loop.recover_branch()  # a restart finds the branch where the best is
+
+
+def test_an_idle_worker_is_asked_again_when_the_agents_pause_ends_not_when_a_run_does(workspace, monkeypatch):
+    monkeypatch.setattr(asking, "PAUSE_FIRST_S", 0.3)
+    long_run_ended, asked = [], []
+
+    def gate(source: str) -> None:
+        if constant(source, "LR") == 0.3:  # the other worker's run: 3 s
+            time.sleep(3.0)
+            long_run_ended.append(time.monotonic())
+
+    def down(context):
+        time.sleep(0.2)
+        raise ProposalError("the server is down")
+
+    def after_the_pause(context):
+        asked.append(time.monotonic())
+        return set_lr(0.15)(context)
+
+    sched, _ = scheduler(workspace, gate=gate)
+    sched.run(AnsweringAgent([set_lr(0.3), down, down, down, down, after_the_pause]), max_experiments=6)
+    assert asked and asked[0] < long_run_ended[0] - 1.0  # asked once the pause ended, not once the 3 s run did

@@ -113,9 +113,9 @@ def ledger_summary(context: Context) -> str:
     if context.unseen:
         lines += [
             "",
-            f"{context.unseen} other proposals are being written at this moment from this same state, and cannot "
-            f"be shown to you. To avoid proposing what they do, propose your {_ordinal(context.unseen + 1)} most "
-            "promising idea, not the first that comes to mind.",
+            f"{context.unseen} other proposals are being written at this moment and cannot be shown to you; they "
+            "will likely take the most obvious next steps. Propose a promising change that is unlikely to be one "
+            "of theirs.",
         ]
     if not history:  # with several workers, changes are tried while the baseline's seeds train
         first = "the baseline is still being measured; your change is judged against it once it is"
@@ -127,11 +127,6 @@ def ledger_summary(context: Context) -> str:
     lines += [_history_line(e) for e in shown]
     lines.append("</experiments>")
     return "\n".join(lines)
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def in_flight_lines(running: list[PastExperiment]) -> list[str]:

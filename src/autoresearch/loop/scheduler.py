@@ -276,8 +276,11 @@ class Scheduler:
         commit yet), count the attempt, and start it."""
         loop = self.loop
         exp = loop.ledger.get(job.exp_id)
-        if job.exp_id in self.asked and exp.commit is None and (best := loop.best()) and exp.parent != best.commit:
-            exp = self.ratchet.remade(exp, best)  # a win was kept while it waited for a worker (asked ahead)
+        best = loop.best()
+        # A win was kept while it waited for a worker (asked ahead). Only onto a best older than itself: the
+        # best is the newest kept row, and a row kept on a newer one would not be.
+        if job.exp_id in self.asked and exp.commit is None and best and exp.parent != best.commit and best.id < exp.id:
+            exp = self.ratchet.remade(exp, best)
             job.source = seeded(exp.source, job.run)
         if exp.commit is None:
             check_out(worker.worktree, exp.parent)
@@ -303,7 +306,10 @@ class Scheduler:
 
     def handle_next(self) -> None:
         """Wait for a run to end (looking at the inbox meanwhile) and act on it."""
-        wake = self.ahead()[1]  # when a proposal is next to be asked for ahead
+        # When a proposal is next to be asked for ahead, or the agent's pause after failures ends.
+        wake = min(
+            (t for t in (self.ahead()[1], self.propose_after) if t is not None and t > self.clock.now()), default=None
+        )
         while True:
             timeout = POLL_S if wake is None else min(POLL_S, max(0.01, wake - self.clock.now()))
             try:
