@@ -47,8 +47,8 @@ from autoresearch.evaluator.result import Result
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
 from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.ledger import Experiment
-from autoresearch.loop.scheduler import Scheduler, close_workers, make_workers
-from autoresearch.loop.workers import Device, Worker
+from autoresearch.loop.scheduler import Scheduler
+from autoresearch.loop.workers import Device, Worker, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.init import create_workspace

@@ -19,8 +19,8 @@ from loop_support import (
 
 from autoresearch.evaluator import compile_cache
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
-from autoresearch.loop.scheduler import Scheduler, make_workers
-from autoresearch.loop.workers import devices
+from autoresearch.loop.scheduler import Scheduler
+from autoresearch.loop.workers import devices, make_workers
 from autoresearch.vocabulary import Status
 
 

@@ -18,9 +18,9 @@ from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.judge import measured_noise
 from autoresearch.loop.ledger import Experiment
-from autoresearch.loop.scheduler import Scheduler, make_workers
+from autoresearch.loop.scheduler import Scheduler
 from autoresearch.loop.status import status_text
-from autoresearch.loop.workers import Device, devices
+from autoresearch.loop.workers import Device, devices, make_workers
 from autoresearch.vocabulary import Kind, Status
 
 START = "    run = harness.start()\n"

@@ -20,9 +20,9 @@ from autoresearch.loop.inbox import Inbox, wait_for
 from autoresearch.loop.judge import measured_noise, noise_of
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.ratchet import merge_constants
-from autoresearch.loop.scheduler import BASELINE_SEEDS_MAX, Scheduler, make_workers, run_workers
+from autoresearch.loop.scheduler import BASELINE_SEEDS_MAX, Scheduler, run_workers
 from autoresearch.loop.status import status_text
-from autoresearch.loop.workers import devices
+from autoresearch.loop.workers import devices, make_workers
 from autoresearch.report import render_report
 from autoresearch.vocabulary import Kind, RunEnd, Status
 
@@ -444,11 +444,11 @@ def test_an_ask_on_a_thread_that_fails_is_recorded_and_a_bug_in_the_agent_stops_
 
 @pytest.mark.parametrize("gpus", ["0,1", "0"])
 def test_a_worker_about_to_be_free_is_asked_for_ahead_with_several_workers_only(workspace, gpus: str):
-    # Runs take 0.8 s, the agent 0.2 s: once both are known, a worker's next proposal is asked for ~0.2 s
+    # Runs take 0.5 s, the agent 0.15 s: once both are known, a worker's next proposal is asked for ~0.15 s
     # before its run ends, so that it is there when the worker is free. One worker is never asked for ahead.
-    sched, _ = scheduler(workspace, gpus=gpus, gate=lambda source: time.sleep(0.8))
+    sched, _ = scheduler(workspace, gpus=gpus, gate=lambda source: time.sleep(0.5))
     asked: list[int] = []
-    agent = AnsweringAgent([set_lr(v) for v in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35)], think=0.2)
+    agent = AnsweringAgent([set_lr(v) for v in (0.1, 0.15, 0.2, 0.25, 0.3)], think=0.15)
     real_propose = agent.propose
 
     def propose(context):
@@ -456,9 +456,9 @@ def test_a_worker_about_to_be_free_is_asked_for_ahead_with_several_workers_only(
         return real_propose(context)
 
     agent.propose = propose
-    sched.run(agent, max_experiments=6)
+    sched.run(agent, max_experiments=5)
     rows = sched.loop.ledger.all()
-    assert len([r for r in rows if r.kind == Kind.EXPERIMENT]) == 6 and all(r.status.final for r in rows)
+    assert len([r for r in rows if r.kind == Kind.EXPERIMENT]) == 5 and all(r.status.final for r in rows)
     workers = len(sched.workers)
     assert (max(asked) == workers) == (workers > 1)  # asked while every worker trained: ahead, with two only
 

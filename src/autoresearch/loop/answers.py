@@ -15,6 +15,7 @@ run's result. An answer is recorded on the best it was asked on. If another win 
 takes it, it is made on the new best first where its change merges cleanly (Ratchet.remade: nothing of it
 was measured yet); else it trains on its own base and, if it wins there, is merged and re-validated as any
 stale win (loop/ratchet.py).
+
 Stopped (Ctrl-C), the loop does not wait for asks in flight: their threads are abandoned, their answers
 never recorded.
 """

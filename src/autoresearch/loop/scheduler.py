@@ -24,7 +24,6 @@ failed by itself is a crash at once.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import queue
 import statistics
@@ -34,16 +33,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from autoresearch.agents.base import Agent, preflight
-from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import sandbox
 from autoresearch.loop import activity
 from autoresearch.loop.answers import Answer, Answers, asked_on_threads
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop, seeded
-from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec, reap_orphan
+from autoresearch.loop.executor import Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
-from autoresearch.loop.workers import Device, Job, Worker, check_out, make_worktree
+from autoresearch.loop.workers import Device, Job, Worker, check_out, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import TRAIN_PY
@@ -276,12 +274,8 @@ class Scheduler:
         commit yet), count the attempt, and start it."""
         loop = self.loop
         exp = loop.ledger.get(job.exp_id)
-        best = loop.best()
-        # A win was kept while it waited for a worker (asked ahead). Only onto a best older than itself: the
-        # best is the newest kept row, and a row kept on a newer one would not be.
-        if job.exp_id in self.asked and exp.commit is None and best and exp.parent != best.commit and best.id < exp.id:
-            exp = self.ratchet.remade(exp, best)
-            job.source = seeded(exp.source, job.run)
+        if job.exp_id in self.asked and exp.commit is None:
+            exp = self.on_the_best(exp, job)
         if exp.commit is None:
             check_out(worker.worktree, exp.parent)
             worker.train_py.write_text(exp.source)
@@ -304,6 +298,16 @@ class Scheduler:
         job.handed_at = self.clock.now()
         worker.start(job, lambda w, j, outcome: self.events.put((w, j, outcome)))
 
+    def on_the_best(self, exp: Experiment, job: Job) -> Experiment:
+        """An answer not yet trained, made on the best if another win was kept while it waited for a worker
+        (Ratchet.remade). Only onto a best older than itself: the best is the newest kept row."""
+        best = self.loop.best()
+        if best is None or exp.parent == best.commit or best.id > exp.id:
+            return exp
+        exp = self.ratchet.remade(exp, best)
+        job.source = seeded(exp.source, job.run)
+        return exp
+
     def handle_next(self) -> None:
         """Wait for a run to end (looking at the inbox meanwhile) and act on it."""
         # When a proposal is next to be asked for ahead, or the agent's pause after failures ends.
@@ -321,18 +325,7 @@ class Scheduler:
                 if wake is not None and self.clock.now() >= wake:
                     return
         if isinstance(event, Answer):
-            if pause := self.answers.took(event):
-                self.propose_after = max(self.propose_after, self.clock.now() + pause)
-                self.loop.reporter.message(
-                    f"{event.agent.name}: {self.answers.failures} rounds of asks failed in a row; waiting {pause:.0f}s"
-                )
-            try:
-                exp = self.ratchet.answered(event)
-            finally:  # a rejection (or a fatal error) wrote back the best the agent was asked on
-                self.loop.ws.write_train_py(self.base().source)
-            self.asked.add(exp.id)
-            if not exp.status.final:
-                self.activate(exp)
+            self.take_answer(event)
             return
         worker, job, outcome = event
         self.run_seconds.append(self.clock.now() - job.handed_at)
@@ -342,6 +335,20 @@ class Scheduler:
             self.close_span(job)
             raise outcome
         self.ended(job, outcome)
+
+    def take_answer(self, answer: Answer) -> None:
+        """Record an ask's answer (loop/answers.py) and queue it; after failures, pause the agent."""
+        if pause := self.answers.took(answer):
+            self.propose_after = max(self.propose_after, self.clock.now() + pause)
+            rounds = self.answers.failures
+            self.loop.reporter.message(f"{answer.agent.name}: {rounds} rounds of asks failed; waiting {pause:.0f}s")
+        try:
+            exp = self.ratchet.answered(answer)
+        finally:  # a rejection (or a fatal error) wrote back the best the agent was asked on
+            self.loop.ws.write_train_py(self.base().source)
+        self.asked.add(exp.id)
+        if not exp.status.final:
+            self.activate(exp)
 
     def close_span(self, job: Job, **changes: Any) -> Experiment:
         """Record when `job`'s run ended (its worker free again), with `changes` to its row; the row."""
@@ -482,20 +489,3 @@ def run_workers(
         Scheduler(loop, workers, Inbox(loop.ws.state), linger).run(agent, max_experiments, hours)
     finally:
         close_workers(workers)
-
-
-def make_workers(loop: ResearchLoop, found: list[Device], executor_for=None) -> list[Worker]:
-    """One worker per device, each with its executor (`executor_for(device)`, a LocalExecutor by default)
-    and a fresh worktree at the branch's head."""
-    executor_for = executor_for or (lambda device: LocalExecutor(env=device.env))
-    head = loop.git.head()
-    return [
-        Worker(i, device, executor_for(device), make_worktree(loop.git, loop.ws.state, i, head))
-        for i, device in enumerate(found)
-    ]
-
-
-def close_workers(workers: list[Worker]) -> None:
-    for worker in workers:
-        with contextlib.suppress(OSError, AutoresearchError):
-            worker.executor.close()

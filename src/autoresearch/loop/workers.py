@@ -10,6 +10,7 @@ results.tsv: the driver checks out and commits in their worktrees and records wh
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -18,11 +19,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator.gpu_nodes import nvidia_gpus
-from autoresearch.loop.executor import Executor, Outcome, RunSpec
+from autoresearch.loop.executor import Executor, LocalExecutor, Outcome, RunSpec
 from autoresearch.workspace.git import Git
+
+if TYPE_CHECKING:
+    from autoresearch.loop.engine import ResearchLoop
 
 WORKERS_DIR = "workers"  # under the workspace's .autoresearch/
 
@@ -138,3 +143,20 @@ def make_worktree(git: Git, state: Path, index: int, commit: str) -> Path:
 def check_out(worktree: Path, commit: str) -> None:
     """Point the worktree at `commit`, its files as committed."""
     Git(worktree)("checkout", "--quiet", "--detach", "--force", commit)
+
+
+def make_workers(loop: ResearchLoop, found: list[Device], executor_for=None) -> list[Worker]:
+    """One worker per device, each with its executor (`executor_for(device)`, a LocalExecutor by default)
+    and a fresh worktree at the branch's head."""
+    executor_for = executor_for or (lambda device: LocalExecutor(env=device.env))
+    head = loop.git.head()
+    return [
+        Worker(i, device, executor_for(device), make_worktree(loop.git, loop.ws.state, i, head))
+        for i, device in enumerate(found)
+    ]
+
+
+def close_workers(workers: list[Worker]) -> None:
+    for worker in workers:
+        with contextlib.suppress(OSError, AutoresearchError):
+            worker.executor.close()
