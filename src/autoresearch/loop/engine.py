@@ -149,19 +149,14 @@ class ResearchLoop(Asking, Recovery):
         """The row of a checked proposal made from `base` (the current best by default), written before any
         commit of it is made."""
         best = base or self._require_best()
-        added, removed = guard.diff_stats(best.source, proposal.source)
         exp = Experiment(
             id=self.ledger.next_id(),
             kind=Kind.EXPERIMENT,
             status=status,
             description=one_line(proposal.description),
-            parent=best.commit,
             agent=agent,
             model=model,
-            source=proposal.source,
-            diff=guard.diff(best.source, proposal.source),
-            lines_added=added,
-            lines_removed=removed,
+            **change_of(best, proposal.source),
             input_tokens=proposal.usage.input_tokens,
             output_tokens=proposal.usage.output_tokens,
             cost_usd=proposal.usage.cost_usd,
@@ -309,6 +304,18 @@ class ResearchLoop(Asking, Recovery):
             self.git.set_ref(f"refs/autoresearch/discarded/{exp.id}", exp.commit)
             if self.git.head() == exp.commit:
                 self.git.move_to(exp.parent, TRAIN_PY)
+
+
+def change_of(base: Experiment, source: str) -> dict:
+    """The ledger's columns of `source` as a change of `base`: the file, its parent commit, the diff and its size."""
+    added, removed = guard.diff_stats(base.source, source)
+    return {
+        "source": source,
+        "parent": base.commit,
+        "diff": guard.diff(base.source, source),
+        "lines_added": added,
+        "lines_removed": removed,
+    }
 
 
 def seeded(source: str, run: int) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from autoresearch.agents.base import Agent, Proposal, ProposalError
 from autoresearch.loop import guard
 from autoresearch.loop.answers import Answer
-from autoresearch.loop.engine import LoopError, ResearchLoop
+from autoresearch.loop.engine import LoopError, ResearchLoop, change_of
 from autoresearch.loop.executor import Outcome
 from autoresearch.loop.judge import judge, noise_of
 from autoresearch.loop.ledger import Experiment
@@ -125,16 +125,8 @@ class Ratchet:
         merged = self.merged(base, best, exp.source) if base is not None else None
         if merged is None or guard.rejection(best.source, merged) or loop.duplicate_of(merged, best.commit):
             return exp
-        added, removed = guard.diff_stats(best.source, merged)
-        changes = {
-            "source": merged,
-            "parent": best.commit,
-            "diff": guard.diff(best.source, merged),
-            "lines_added": added,
-            "lines_removed": removed,
-            "reason": "; ".join(filter(None, [exp.reason, f"asked on exp {base.id}, made on exp {best.id} to train"])),
-        }
-        loop.ledger.update(exp.id, **changes)
+        note = f"asked on exp {base.id}, made on exp {best.id} to train"
+        loop.ledger.update(exp.id, **change_of(best, merged), reason="; ".join(filter(None, [exp.reason, note])))
         return loop.ledger.get(exp.id)
 
     def merged(self, base: Experiment, best: Experiment, source: str) -> str | None:
