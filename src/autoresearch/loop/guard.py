@@ -5,10 +5,9 @@ Nothing here guards the metric: train.py runs confined and is scored by another 
 
 from __future__ import annotations
 
-import ast
 import difflib
 
-from autoresearch.workspace.constants import read_constants
+from autoresearch.workspace.constants import parse, read_constants
 
 
 def rejection(old: str, new: str) -> str | None:
@@ -16,7 +15,7 @@ def rejection(old: str, new: str) -> str | None:
     if new == old:
         return "train.py is unchanged"
     try:
-        ast.parse(new)
+        parse(new)
     except SyntaxError as exc:
         return f"train.py is not valid Python: {exc.msg} (line {exc.lineno})"
     if only_seed_changed(old, new):
