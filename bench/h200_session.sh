@@ -48,7 +48,7 @@ overhead_paired() {  # issue 8's loop on GPU 0, then a change's seeds there; the
 }
 
 overhead() {  # issue 8's loop on GPU 0 with nothing else on the machine (its first seed fills the compile cache)
-  CUDA_VISIBLE_DEVICES=0 timeout 260 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 3 \
+  CUDA_VISIBLE_DEVICES=0 timeout ${OVERHEAD_S:-420} python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments ${OVERHEAD_EXPERIMENTS:-3} \
     --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1
   python3 bench/collect_runs.py "$OUT/runs_overhead.json" /tmp/lo
 }

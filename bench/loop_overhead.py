@@ -40,6 +40,30 @@ class NudgeAgent:
         return Proposal(f"{name} {value} -> {new}", set_constants(context.train_py, {name: new}))
 
 
+def timed_runs(loop) -> list[dict]:
+    """Each run's call into the executor, the result's writing (its file's time) and the call's return, as
+    wall-clock times; filled in as the loop runs."""
+    calls: list[dict] = []
+    run = loop.executor.run
+
+    def timed(spec):
+        called = time.time()
+        outcome = run(spec)
+        result = spec.run_dir / "result.json"
+        written = result.stat().st_mtime if result.exists() else time.time()
+        total = outcome.result.total_seconds if outcome.result else 0.0
+        calls.append({"run": spec.run_dir.name, "called": called, "written": written, "returned": time.time(),
+                      "total": total})  # fmt: skip
+        return outcome
+
+    loop.executor.run = timed
+    return calls
+
+
+def calls_of(calls: list[dict], exp_id: int) -> list[dict]:
+    return [c for c in calls if c["run"].split("-")[0] == str(exp_id)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="h100")
@@ -49,17 +73,26 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/loop-overhead"))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
     args = parser.parse_args()
+    if args.baseline_runs < 2:
+        parser.error("--baseline-runs must be at least 2: the loop judges a change against the baseline's noise")
     loop = fresh_loop(args.work, args.preset, args.budget, args.baseline_runs)
+    calls = timed_runs(loop)
     marks = []
     loop.baseline()
     for _ in range(args.experiments):
         started = time.time()
         exp = loop.step(NudgeAgent())
-        marks.append((exp, time.time() - started))
+        marks.append((exp, started, time.time() - started))
+        # as it goes, for a call cut short: its start and wall time, and each run's call into the executor
+        print(
+            "timings",
+            json.dumps({"id": exp.id, "started": started, "wall_s": marks[-1][2], "runs": calls_of(calls, exp.id)}),
+        )
     rows = []
-    for exp, wall in marks:
+    for exp, started, wall in marks:
         result = json.loads(exp.result)
         runs = len(exp.run_values)
+        mine = calls_of(calls, exp.id)
         rows.append(
             {
                 "id": exp.id,
@@ -73,6 +106,14 @@ def main() -> None:
                 "untimed_s": result.get("untimed_seconds"),  # go -> clock: train.py's start, export, compile, warm-up
                 "eval_s": result.get("eval_seconds"),  # loading the handed-over graph, evaluation, probe
                 "loop_overhead_s": wall - result.get("total_seconds", 0.0) * runs,
+                # the loop's own, split: before the first run is started, between the result's writing and the
+                # evaluator's end (its exit), and after the last run (checks, ledger, git)
+                "before_run_s": mine[0]["called"] - started if mine else None,
+                "evaluator_exit_s": [round(c["returned"] - c["written"], 3) for c in mine],
+                # inside the run but outside its result's total: the job's hand-over, and between the clock's
+                # stop and the evaluation (the experiment's end, the compile cache's harvest)
+                "run_beyond_total_s": [round(c["written"] - c["called"] - c["total"], 3) for c in mine],
+                "after_run_s": started + wall - mine[-1]["returned"] if mine else None,
             }
         )
     loop.executor.close()  # the fork server and a prewarmed run end and are reaped: their CPU time counts
