@@ -8,6 +8,7 @@
 #   bash bench/h200_session.sh setup overhead ray_nudge  # the one-GPU loop's cost alone; Ray with nudge after it
 #   bash bench/h200_session.sh setup paired60       # paired seeds at 60 s: the baseline and a change, per GPU
 #   bash bench/h200_session.sh setup verify         # 3 minutes: the loop's cost on GPU 0, one worker on GPU 1
+#   bash bench/h200_session.sh setup same_gpu       # the one-worker loop, then --gpus 0, one after the other on GPU 0
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp), .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its
 # Java, RLlib, Serve, Tune, Train, Data and LLM parts: its wheel is over the call's 64 MiB). Results go to $OUT.
@@ -71,6 +72,14 @@ verify() {  # a short one: issue 8's loop on GPU 0; the one-worker scheduler on 
     --experiments 40 --work /tmp/pg1 --out "$OUT" --name _gpu1 >"$OUT/parallel_1w.log" 2>&1 &
   wait
   python3 bench/collect_runs.py "$OUT/runs_verify.json" /tmp/lo /tmp/pg1
+}
+
+same_gpu() {  # issue 10: `--gpus` with one GPU against the one-worker loop, on one machine and GPU, not at once
+  CUDA_VISIBLE_DEVICES=0 timeout 260 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 2 \
+    --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1
+  timeout 220 python3 bench/parallel_gpus.py --preset h100 --budget 30 --gpus 0 --agent nudge --minutes 2 \
+    --experiments 40 --work /tmp/pg1 --out "$OUT" --name _same_gpu >"$OUT/parallel_1w.log" 2>&1
+  python3 bench/collect_runs.py "$OUT/runs_same_gpu.json" /tmp/lo /tmp/pg1
 }
 
 parallel() {  # both GPUs, the tune agent; one run's evaluator killed 150 s in
