@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import threading
+import time
 
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
-from autoresearch.loop.executor import Outcome
+from autoresearch.loop.executor import ForkServer, Outcome, sleep_awake
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.status import status_text
 from autoresearch.vocabulary import RunEnd, Status
@@ -376,3 +379,34 @@ def test_a_full_disk_stops_the_loop_with_a_clear_error_and_the_next_start_finish
     assert pending is not None and pending.description == "LR 0.2"
     assert again._evaluate(pending).status == Status.KEEP
     assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]
+
+
+def _ctrl_c_to_another_thread(after: float) -> None:
+    """SIGINT to a thread that is not the main one, as the kernel may deliver a Ctrl-C (numpy's threads take
+    signals too): Python's handler then only marks it, and the main thread acts on it when it next runs Python."""
+    other = threading.Thread(target=time.sleep, args=(5,), daemon=True)
+    other.start()
+    threading.Timer(after, signal.pthread_kill, (other.ident, signal.SIGINT)).start()
+
+
+def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run(tmp_path):
+    silent = tmp_path / "silent-server"  # a fork server that never says anything: a run that trains on
+    silent.write_text("#!/bin/sh\nexec sleep 60\n")
+    silent.chmod(0o755)
+    server = ForkServer(str(silent), {})
+    _ctrl_c_to_another_thread(after=0.3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.exit_code(12345, timeout=60)
+    finally:
+        server.close()
+    assert time.monotonic() - started < 3
+
+
+def test_a_ctrl_c_taken_by_another_thread_stops_the_loops_pause():
+    _ctrl_c_to_another_thread(after=0.3)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        sleep_awake(60)  # the back-off after an agent's failures
+    assert time.monotonic() - started < 3

@@ -23,7 +23,7 @@ from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.loop import guard
 from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
-from autoresearch.loop.executor import Executor, Outcome, RunSpec
+from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
 from autoresearch.loop.judge import judge, measured_noise, noise_of
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.recovery import MAX_ATTEMPTS, Recovery, commit_message
@@ -40,7 +40,7 @@ __all__ = ["APPARATUS_HINT", "MAX_ATTEMPTS", "NO_PROPOSAL", "LoopConfig", "LoopE
 
 class ResearchLoop(Asking, Recovery):
     def __init__(
-        self, workspace: Workspace, executor: Executor, reporter: Reporter, config: LoopConfig, sleep=time.sleep
+        self, workspace: Workspace, executor: Executor, reporter: Reporter, config: LoopConfig, sleep=sleep_awake
     ):
         self.ws = workspace
         self.sleep = sleep

@@ -39,6 +39,9 @@ PREWARM_ENV = "AUTORESEARCH_PREWARM"  # "0": start each run's processes only whe
 # On Ctrl-C and at close, what is killed (SIGKILL, whole process groups) is waited for this long at most: the
 # loop must be gone within seconds, and whatever it leaves is already dead and reaped by its parent or init.
 STOP_WAIT_S = 1.0
+# A wait of the loop's main thread returns to Python at least this often: a Ctrl-C whose signal came just before
+# the wait began, or went to another thread (numpy's), is acted on only when the main thread runs Python again.
+SIGNAL_CHECK_S = 0.5
 EXPERIMENT_CRASHED = 3  # the evaluator's exit code when the experiment crashed (evaluator/referee.py)
 
 
@@ -321,8 +324,11 @@ class ForkServer:
                     self._exits[int(message["pid"])] = int(message["exit"])
                 return message
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not select.select([self._sock], [], [], left)[0]:
-                return None
+            wait = SIGNAL_CHECK_S if left is None else min(left, SIGNAL_CHECK_S)
+            if not select.select([self._sock], [], [], wait)[0]:
+                if left is not None and left <= SIGNAL_CHECK_S:
+                    return None
+                continue
             chunk = self._sock.recv(1 << 16)
             if not chunk:
                 raise ForkFailed("the fork server exited")
@@ -360,6 +366,13 @@ class ForkedProcess:
             if self.returncode is None and timeout is not None and timeout > 0:
                 raise subprocess.TimeoutExpired("evaluator", timeout)
         return self.returncode
+
+
+def sleep_awake(seconds: float) -> None:
+    """time.sleep, returning to Python every SIGNAL_CHECK_S: a long pause of the loop still stops on Ctrl-C."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, SIGNAL_CHECK_S))
 
 
 def write_pid_file(path: Path, pid: int) -> None:
