@@ -381,6 +381,15 @@ def test_a_full_disk_stops_the_loop_with_a_clear_error_and_the_next_start_finish
     assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt, as in a command started in the foreground (a test run started in the
+    background has it ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def _ctrl_c_to_another_thread(after: float) -> None:
     """SIGINT to a thread that is not the main one, as the kernel may deliver a Ctrl-C (numpy's threads take
     signals too): Python's handler then only marks it, and the main thread acts on it when it next runs Python."""
@@ -389,7 +398,7 @@ def _ctrl_c_to_another_thread(after: float) -> None:
     threading.Timer(after, signal.pthread_kill, (other.ident, signal.SIGINT)).start()
 
 
-def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run(tmp_path):
+def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run(tmp_path, ctrl_c_raises):
     silent = tmp_path / "silent-server"  # a fork server that never says anything: a run that trains on
     silent.write_text("#!/bin/sh\nexec sleep 60\n")
     silent.chmod(0o755)
@@ -404,7 +413,7 @@ def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run(tmp_path):
     assert time.monotonic() - started < 3
 
 
-def test_a_ctrl_c_taken_by_another_thread_stops_the_loops_pause():
+def test_a_ctrl_c_taken_by_another_thread_stops_the_loops_pause(ctrl_c_raises):
     _ctrl_c_to_another_thread(after=0.3)
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):

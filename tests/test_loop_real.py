@@ -21,6 +21,10 @@ from autoresearch.loop.executor import LocalExecutor, RunSpec
 from autoresearch.loop.ledger import Ledger
 from autoresearch.vocabulary import Status
 
+# Runs the command after it with SIGINT at its default. A test run started in the background (`pytest &` in a
+# script) has SIGINT ignored, and its children inherit that, as a background job's should.
+FOREGROUND = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+
 pytestmark = pytest.mark.slow
 
 
@@ -211,9 +215,11 @@ def test_ctrl_c_stops_try_within_10_s_even_in_a_long_step_that_ignores_signals(t
         "            time.sleep(600)\n"
     )
     ws.write_train_py(edit(BIGRAM_TRAIN_PY, "        run.step_done(loss)\n", stuck))
-    # A terminal's Ctrl-C: SIGINT to the foreground process group, which is the command's own here.
+    # A terminal's Ctrl-C: SIGINT to the foreground process group, which is the command's own here; started as a
+    # shell starts a command in the foreground, with SIGINT at its default (FOREGROUND).
+    command = [sys.executable, "-m", "autoresearch", "try", "-m", "a long step", "--baseline-runs", "2"]
     loop = subprocess.Popen(
-        [sys.executable, "-m", "autoresearch", "try", "-m", "a long step", "--baseline-runs", "2"],
+        [sys.executable, "-c", FOREGROUND, *command],
         cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # SIGABRT then prints every thread's stack
     )  # fmt: skip
