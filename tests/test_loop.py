@@ -413,6 +413,24 @@ def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run(tmp_path, ctr
     assert time.monotonic() - started < 3
 
 
+def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run_whose_fork_server_died(tmp_path, ctrl_c_raises):
+    gone = tmp_path / "gone-server"  # a fork server that ends at once; its evaluator trains on
+    gone.write_text("#!/bin/sh\nexit 0\n")
+    gone.chmod(0o755)
+    server = ForkServer(str(gone), {})
+    evaluator = subprocess.Popen(["sleep", "60"])
+    _ctrl_c_to_another_thread(after=0.3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.exit_code(evaluator.pid, timeout=60)
+    finally:
+        evaluator.kill()
+        evaluator.wait()
+        server.close()
+    assert time.monotonic() - started < 3
+
+
 def test_a_ctrl_c_taken_by_another_thread_stops_the_loops_pause(ctrl_c_raises):
     _ctrl_c_to_another_thread(after=0.3)
     started = time.monotonic()

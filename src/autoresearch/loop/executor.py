@@ -308,9 +308,7 @@ class ForkServer:
                 if self._next(left) is None:
                     return None
             except (OSError, ValueError, ForkFailed):
-                with contextlib.suppress(psutil.Error):
-                    psutil.Process(pid).wait(left)
-                return None if psutil.pid_exists(pid) and not _zombie(pid) else 0
+                return _gone(pid, deadline)
         return self._exits[pid]
 
     def _next(self, timeout: float | None) -> dict | None:
@@ -341,6 +339,18 @@ class ForkServer:
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
+
+
+def _gone(pid: int, deadline: float | None) -> int | None:
+    """0 once process `pid` (not our child) has ended; None if it still runs at `deadline`. Waits in steps of
+    SIGNAL_CHECK_S, as `ForkServer._next` does."""
+    while psutil.pid_exists(pid) and not _zombie(pid):
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return None
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).wait(SIGNAL_CHECK_S if left is None else min(left, SIGNAL_CHECK_S))
+    return 0
 
 
 def _zombie(pid: int) -> bool:
