@@ -10,9 +10,20 @@ import json
 import sys
 from pathlib import Path
 
+from common import start_up
+
 from autoresearch.loop.ledger import Ledger
 
-KEYS = ("val_bpb", "device", "total_seconds", "untimed_seconds", "eval_seconds", "training_seconds", "steps")
+KEYS = (
+    "val_bpb",
+    "device",
+    "total_seconds",
+    "untimed_seconds",
+    "eval_seconds",
+    "training_seconds",
+    "num_steps",
+    "tokens_per_second",
+)
 
 
 def collect(workspace: Path) -> dict:
@@ -21,7 +32,7 @@ def collect(workspace: Path) -> dict:
         runs = {}
         for path in sorted(workspace.glob(f".autoresearch/runs/{exp.id}-*/result.json")):
             result = json.loads(path.read_text())
-            runs[path.parent.name] = {key: result.get(key) for key in KEYS}
+            runs[path.parent.name] = {key: result.get(key) for key in KEYS} | start_up(path.parent / "log.txt")
         experiments.append(
             {
                 "id": exp.id,

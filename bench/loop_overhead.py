@@ -19,7 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
-from common import fresh_loop
+from common import fresh_loop, start_up
 
 from autoresearch.agents.base import Context, Proposal
 from autoresearch.workspace.constants import read_constants, set_constants
@@ -138,6 +138,7 @@ def main() -> None:
             {
                 "run": path.parent.name,
                 **{k: result.get(k) for k in ("untimed_seconds", "eval_seconds", "total_seconds")},
+                **start_up(path.parent / "log.txt"),
             }
             for path in sorted(
                 loop.ws.state.glob("runs/*/result.json"), key=lambda p: [int(x) for x in p.parent.name.split("-")]

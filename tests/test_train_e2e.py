@@ -104,7 +104,13 @@ def test_tiny_run_prints_the_summary_block_with_the_results_numbers(trained) -> 
     assert float(lines["val_bpb"]) == pytest.approx(result["val_bpb"], abs=1e-6)
     assert int(lines["num_steps"]) == result["num_steps"]
     assert lines["valid"].strip() == "true"
-    assert "clock started after 1 untimed steps" in proc.stdout
+    assert re.search(r"untimed step 1 of 1: [\d.]+s\nclock started after 1 untimed steps", proc.stdout)
+    # The evaluator says where the start-up went, in order: harness.start(), the graph, the clock.
+    start_up = re.search(
+        r"clock started ([\d.]+)s after go: harness.start\(\) at ([\d.]+)s, the graph at ([\d.]+)s", proc.stdout
+    )
+    assert start_up and float(start_up[2]) <= float(start_up[3]) <= float(start_up[1])
+    assert float(start_up[1]) == pytest.approx(result["untimed_seconds"], abs=0.051)
     assert "evaluation: 65,536 tokens" in proc.stdout  # the preset's fixed validation set, all of it
 
 

@@ -148,6 +148,8 @@ class Referee:
             self.session.write_progress(STARTING)
             broken = self.session.serve()
             code = self.experiment.stop()
+            if start_up := self.timeline.start_up():
+                self.experiment.output.note(start_up)
             if staged:
                 compile_cache.harvest(self.box, staged)
             self.session.write_progress(EVALUATING)

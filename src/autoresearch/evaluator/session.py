@@ -40,6 +40,8 @@ class Timeline:
     (wall) clock; `on_clock`, `trained` and `steps` are the training clock's seconds."""
 
     go: float = 0.0
+    hello: float | None = None  # train.py called harness.start()
+    model: float | None = None  # its graph came
     clock: float | None = None
     stop: float | None = None
     weights: float | None = None
@@ -60,6 +62,15 @@ class Timeline:
     def grace(self) -> float:
         """How far past the budget the last step may end: the clock is read between steps."""
         return 2 * self.typical_step + 1.0
+
+    def start_up(self) -> str | None:
+        """Where the time from "go" to the clock went, for the run's log; None if the clock never started."""
+        if self.clock is None or self.hello is None or self.model is None:
+            return None
+        return (
+            f"start-up: the clock started {self.clock - self.go:.1f}s after go: harness.start() at "
+            f"{self.hello - self.go:.2f}s, the graph at {self.model - self.go:.2f}s, then the untimed steps"
+        )
 
 
 class Session:
@@ -91,11 +102,12 @@ class Session:
                 op = header.get("op")
                 now = time.monotonic()
                 if op == "hello":
+                    t.hello = t.hello or now
                     channel.send(self.constants)
                 elif op == "model":
                     if t.clock is not None or t.program is not None:
                         raise ProtocolBroken("the model was handed over twice, or after the clock started")
-                    t.program = payload
+                    t.program, t.model = payload, now
                     if error := header.get("error"):
                         t.program_error = str(error)[:2000]
                 elif op == "clock":

@@ -77,6 +77,7 @@ class Run:
         self._pending_loss: torch.Tensor | None = None
         self._last_loss = math.nan
         self._last_log = 0.0
+        self._step_began = time.perf_counter()
 
     # -- what train.py reads --------------------------------------------------------------------
 
@@ -125,6 +126,7 @@ class Run:
         if self.batches is not None:
             raise RuntimeError("train_batches() may be called once per run")
         self.batches = TrainBatches(self._channel, batch_size, self.seq_len + 1, self.device)
+        self._step_began = time.perf_counter()  # the untimed steps start now
         print(f"train data: {self._train_rows:,} rows of {self.seq_len} tokens, served by the evaluator", flush=True)
         return self.batches
 
@@ -137,6 +139,10 @@ class Run:
                 raise TrainingFailed(f"training diverged: loss is {self._last_loss} at step {self.step - 1}")
         self._pending_loss = loss.detach().float()
         if self._clock_start is None:
+            devices.synchronize(self.device)  # off the clock: the log says what each warm-up step took
+            now = time.perf_counter()
+            print(f"untimed step {self.step} of {self.untimed_steps}: {now - self._step_began:.1f}s", flush=True)
+            self._step_began = now
             if self.step >= self.untimed_steps:
                 self._start_clock()
             return
