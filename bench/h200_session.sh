@@ -56,11 +56,14 @@ overhead() {  # issue 8's loop on GPU 0 with nothing else on the machine (its fi
   python3 bench/collect_runs.py "$OUT/runs_overhead.json" /tmp/lo
 }
 
-warm_device() {  # issue 8: the loop's cost with CUDA started when train.py uses it, then while the run waits
-  for warm in 0 1; do
-    CUDA_VISIBLE_DEVICES=0 AUTORESEARCH_WARM_DEVICE=$warm timeout $((warm ? 215 : 270)) python3 bench/loop_overhead.py \
+warm_device() {  # issue 8: the loop's cost with CUDA started when train.py uses it, then while the run waits;
+  # WARM_ORDER="1 0" the other way round (the first loop fills the compile cache)
+  local first=1
+  for warm in ${WARM_ORDER:-0 1}; do
+    CUDA_VISIBLE_DEVICES=0 AUTORESEARCH_WARM_DEVICE=$warm timeout $((first ? 270 : 215)) python3 bench/loop_overhead.py \
       --preset h100 --budget 30 --experiments 2 --baseline-runs 2 --work /tmp/lo$warm --out "$OUT/warm$warm" \
       >"$OUT/loop_overhead_warm$warm.log" 2>&1
+    first=0
   done
   python3 bench/collect_runs.py "$OUT/runs_warm_device.json" /tmp/lo0 /tmp/lo1
 }
