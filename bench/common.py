@@ -46,7 +46,6 @@ START_UP_MARKS = {  # what a run's log says about its start-up, in seconds
     "harness_start_s": r"harness\.start\(\) at ([\d.]+)s",  # after "go" (the evaluator's "start-up:" line)
     "graph_s": r"the graph at ([\d.]+)s",  # after "go"
     "export_s": r"graph exported in ([\d.]+)s",  # train.py's set_model()
-    "cuda_before_go_s": r"CUDA started before the run, in ([\d.]+)s",  # harness/boot.py, while it waited
     "first_step_s": r"untimed step 1 of \d+: ([\d.]+)s",  # compilation, mostly
     "second_step_s": r"untimed step 2 of \d+: ([\d.]+)s",
     "third_step_s": r"untimed step 3 of \d+: ([\d.]+)s",

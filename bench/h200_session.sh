@@ -9,7 +9,6 @@
 #   bash bench/h200_session.sh setup paired60       # paired seeds at 60 s: the baseline and a change, per GPU
 #   bash bench/h200_session.sh setup verify         # 3 minutes: the loop's cost on GPU 0, one worker on GPU 1
 #   bash bench/h200_session.sh setup same_gpu       # the one-worker loop, then --gpus 0, one after the other on GPU 0
-#   bash bench/h200_session.sh setup warm_device    # the one-worker loop with CUDA started at "go", then before it
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp), .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its
 # Java, RLlib, Serve, Tune, Train, Data and LLM parts: its wheel is over the call's 64 MiB). Results go to $OUT.
@@ -54,18 +53,6 @@ overhead() {  # issue 8's loop on GPU 0 with nothing else on the machine (its fi
   CUDA_VISIBLE_DEVICES=0 timeout "${OVERHEAD_S:-420}" python3 bench/loop_overhead.py --preset h100 --budget 30 \
     --experiments "${OVERHEAD_EXPERIMENTS:-3}" --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1
   python3 bench/collect_runs.py "$OUT/runs_overhead.json" /tmp/lo
-}
-
-warm_device() {  # issue 8: the loop's cost with CUDA started when train.py uses it, then while the run waits;
-  # WARM_ORDER="1 0" the other way round (the first loop fills the compile cache)
-  local first=1
-  for warm in ${WARM_ORDER:-0 1}; do
-    CUDA_VISIBLE_DEVICES=0 AUTORESEARCH_WARM_DEVICE=$warm timeout $((first ? 270 : 215)) python3 bench/loop_overhead.py \
-      --preset h100 --budget 30 --experiments 2 --baseline-runs 2 --work /tmp/lo$warm --out "$OUT/warm$warm" \
-      >"$OUT/loop_overhead_warm$warm.log" 2>&1
-    first=0
-  done
-  python3 bench/collect_runs.py "$OUT/runs_warm_device.json" /tmp/lo0 /tmp/lo1
 }
 
 paired60() {  # seeds 0-2 of the baseline, then of MATRIX_LR=0.05, on each GPU: 6 pairs, each on one GPU

@@ -33,13 +33,12 @@ from autoresearch.evaluator.gpu_nodes import Nodes, own_nodes
 _SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|PASS$|CREDENTIAL|AUTH|PAT$", re.IGNORECASE)
 # What train.py's process gets of the environment: an allow-list (a deny-list let database URLs with
 # passwords and *_PAT tokens through). Python, the locale, the GPU and the math libraries; of our own
-# settings, the device, the peak FLOP/s, the channel and whether CUDA starts early (harness/boot.py). The
-# rest (result file, config) is the evaluator's.
+# settings, the device, the peak FLOP/s and the channel. The rest (result file, config) is the evaluator's.
 _PASSED_THROUGH = frozenset(
     {
         "PATH", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR", "USER", "LOGNAME", "VIRTUAL_ENV", "CONDA_PREFIX",
         "CONDA_DEFAULT_ENV", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "HOME",
-        "AUTORESEARCH_DEVICE", "AUTORESEARCH_PEAK_FLOPS", "AUTORESEARCH_CHANNEL", "AUTORESEARCH_WARM_DEVICE",
+        "AUTORESEARCH_DEVICE", "AUTORESEARCH_PEAK_FLOPS", "AUTORESEARCH_CHANNEL",
     }
 )  # fmt: skip
 _PASSED_PREFIXES = ("LC_", "PYTHON", "CUDA_", "NVIDIA_", "TORCH", "PYTORCH_", "TRITON_", "MKL_", "OPENBLAS_", "KMP_")

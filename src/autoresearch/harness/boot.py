@@ -11,16 +11,12 @@ the budget is that run's own CPU time (evaluator/clock.py).
 from __future__ import annotations
 
 import importlib
-import os
 import runpy
 import sys
-import time
 
 from autoresearch.wire import Channel, ChannelClosed
 
 COMPILER = ("torch._dynamo", "torch._inductor.compile_fx", "torch.nn.attention.flex_attention")
-# "0": start CUDA only when train.py first uses it, not while this process waits for its "go" (warm_device)
-WARM_DEVICE_ENV = "AUTORESEARCH_WARM_DEVICE"
 _prepared = False
 
 
@@ -42,29 +38,8 @@ def prepare() -> None:
     _prepared = True
 
 
-def warm_device() -> None:
-    """Start CUDA (its context, cuBLAS) while this process waits for "go", in its own GPU's sandbox: the run
-    before it still trains, and train.py then finds CUDA ready. Whatever fails here, train.py meets again."""
-    if os.environ.get(WARM_DEVICE_ENV, "1") == "0":
-        return
-    import torch
-
-    from autoresearch import device as devices
-
-    try:
-        device = devices.pick_device()
-        if device.type == "cuda":
-            started = time.perf_counter()
-            x = torch.ones(16, 16, device=device)
-            (x @ x).sum().item()
-            print(f"CUDA started before the run, in {time.perf_counter() - started:.1f}s", flush=True)
-    except Exception:
-        pass
-
-
 def run(channel: Channel) -> None:
     """Wait for "go", then run ./train.py as `python train.py` would."""
-    warm_device()
     try:
         header, _ = channel.receive()
     except ChannelClosed:
