@@ -44,6 +44,7 @@ from autoresearch.agents.base import Context, Proposal
 from autoresearch.config.presets import get_preset
 from autoresearch.data.prepare import prepare
 from autoresearch.evaluator.result import Result
+from autoresearch.loop import scheduler as scheduler_module
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
 from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.ledger import Experiment
@@ -106,10 +107,11 @@ class Landscape:
         constants = read_constants(source)
         return FLOOR + sum(bowl.loss(float(constants[name].value)) for name, bowl in BOWLS.items())
 
-    def measured(self, source: str, draw: random.Random) -> float:
-        """One run's val_bpb: the seed's own noise is a function of train.py (its SEED included), so the
-        same file scores nearly the same again; `draw` adds the small run-to-run noise."""
-        seeded = random.Random(source).gauss(0.0, self.seed_noise)
+    def measured(self, source: str, draw: random.Random, seed: int = 0) -> float:
+        """One run's val_bpb: the seed's own noise is a function of train.py (its SEED included) and of the
+        simulation's `seed`, so the same file scores nearly the same again within a simulation, and the baseline's
+        seeds measure another noise in each; `draw` adds the small run-to-run noise."""
+        seeded = random.Random(f"{seed}:{source}").gauss(0.0, self.seed_noise)
         return self.true_bpb(source) + seeded + draw.gauss(0.0, self.run_noise)
 
 
@@ -244,7 +246,7 @@ class SimExecutor:
         sim.records.append(RunRecord(self.label, spec.run_dir.name, start, end, crashed))
         if crashed:
             return Outcome(RunEnd.CRASH, None, "simulated crash", "RuntimeError: simulated", seconds)
-        value = sim.landscape.measured(source, draw)
+        value = sim.landscape.measured(source, draw, sim.seed)
         return Outcome(RunEnd.OK, _result(value, sim.runs, spec.fingerprint), "", "", seconds)
 
     def close(self) -> None:
@@ -533,20 +535,55 @@ def simulate_all(
     return measures
 
 
+def across_seeds(per_seed: dict[int, list[Measure]]) -> list[dict]:
+    """Per worker count, over the landscape draws: the median of each goal's ratio (a draw where the target was
+    not reached counts as worse than any that reached it) and how many draws met each goal."""
+    counts = [m.workers for m in next(iter(per_seed.values()))]
+    summary = []
+    for i, n in enumerate(counts[1:], start=1):
+        speed, time_ratio, gpu_ratio = [], [], []
+        for measures in per_seed.values():
+            one, m = measures[0], measures[i]
+            speed.append(m.experiments_per_hour / one.experiments_per_hour / n)
+            reached = m.hours_to_target is not None and one.hours_to_target
+            time_ratio.append(m.hours_to_target / one.hours_to_target * n / 2 if reached else math.inf)
+            gpu_ratio.append(m.gpu_hours_to_target / one.gpu_hours_to_target if reached else math.inf)
+        summary.append(
+            {
+                "workers": n,
+                "draws": len(speed),
+                "per_hour_x_n_median": statistics.median(speed),
+                "time_over_2_n_goal_median": statistics.median(time_ratio),
+                "time_goal_met": sum(r <= 1.0 for r in time_ratio),
+                "gpu_hours_ratio_median": statistics.median(gpu_ratio),
+                "gpu_hours_goal_met": sum(r <= 1.5 for r in gpu_ratio),
+                "not_reached": sum(math.isinf(r) for r in time_ratio),
+                "false_keeps": sum(measures[i].false_keeps for measures in per_seed.values()),
+            }
+        )
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,4,16,64", help="worker counts, the first is the reference")
     parser.add_argument("--hours", type=float, default=8.0, help="simulated hours of the first count")
     parser.add_argument("--window", type=float, default=2.5, help="N workers run hours x min(1, window / N)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", help="several landscape draws, e.g. 0,1,2,3,4,5: each run, then the medians")
     parser.add_argument("--noise", type=float, default=0.0015, help="seed-to-seed std of val_bpb")
     parser.add_argument("--budget", type=float, default=300.0)
     parser.add_argument("--propose-seconds", type=float, default=0.0, help="how long the agent thinks (simulated)")
     parser.add_argument("--asks-on-threads", action="store_true", help="the agent only answers: asked at once")
+    parser.add_argument(
+        "--baseline-seeds-max", type=int, default=None, help="in place of the scheduler's BASELINE_SEEDS_MAX"
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/simulate"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/2026-11-30-simulate.json"))
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
+    if args.baseline_seeds_max is not None:
+        scheduler_module.BASELINE_SEEDS_MAX = args.baseline_seeds_max
     args.work.mkdir(parents=True, exist_ok=True)
     options = {
         "landscape": Landscape(seed_noise=args.noise, run_noise=args.noise / 10),
@@ -554,22 +591,34 @@ def main() -> None:
         "propose_seconds": args.propose_seconds,
         "asks_on_threads": args.asks_on_threads,
     }
-    measures = simulate_all(counts, args.hours, args.window, args.work, prepared_data(args.work), args.seed, **options)
-    print(HEADER)
-    for m in measures:
-        print(m.row(measures[0]))
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    data_dir = prepared_data(args.work)
+    per_seed: dict[int, list[Measure]] = {}
+    for seed in seeds:
+        per_seed[seed] = simulate_all(counts, args.hours, args.window, args.work, data_dir, seed, **options)
+        print(f"seed {seed}\n{HEADER}")
+        for m in per_seed[seed]:
+            print(m.row(per_seed[seed][0]))
+    summary = across_seeds(per_seed) if len(seeds) > 1 else []
+    for line in summary:
+        print(json.dumps(line))
+    measures = per_seed[seeds[0]]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "command": f"bench/simulate.py --workers {args.workers} --hours {args.hours:g} --window {args.window:g} "
-        f"--seed {args.seed} "
-        f"--noise {args.noise:g} --budget {args.budget:g} --propose-seconds {args.propose_seconds:g}"
-        + (" --asks-on-threads" if args.asks_on_threads else ""),
+        + (f"--seeds {args.seeds} " if args.seeds else f"--seed {args.seed} ")
+        + f"--noise {args.noise:g} --budget {args.budget:g} --propose-seconds {args.propose_seconds:g}"
+        + (" --asks-on-threads" if args.asks_on_threads else "")
+        + (f" --baseline-seeds-max {args.baseline_seeds_max}" if args.baseline_seeds_max is not None else ""),
         "landscape": {name: asdict(bowl) for name, bowl in BOWLS.items()} | {"floor": FLOOR},
         "options": {k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in options.items()},
         "target_true_bpb": measures[0].best_true,
         "median_run_s": statistics.median([m.real_seconds for m in measures]),
         "results": [asdict(m) for m in measures],
     }
+    if len(seeds) > 1:
+        report["results"] = {str(seed): [asdict(m) for m in found] for seed, found in per_seed.items()}
+        report["across_seeds"] = summary
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written {args.out}")
 

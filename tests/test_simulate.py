@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import queue
+import random
+import statistics
 import sys
 import threading
 from pathlib import Path
@@ -47,6 +49,20 @@ def test_the_simulated_clock_hands_reports_over_in_the_order_of_their_simulated_
     assert seen == [(10.0, 0.0, 10.0, 10.0), (20.0, 0.0, 20.0, 20.0), (30.0, 0.0, 30.0, 30.0)]
     clock.sleep(5.0)  # the driver blocked (an agent thinking): simulated time goes on
     assert clock.now() == 35.0
+
+
+def test_each_landscape_draw_gives_the_baseline_s_seeds_their_own_noise_and_a_file_the_same_score_again():
+    # The baseline's seeds estimate the judge's noise. Drawn the same in every simulation, they gave the one-worker
+    # reference the same low estimate (0.6-0.7 x the true noise) in every draw: a lenient judge, every time.
+    landscape = simulate.Landscape(seed_noise=0.0015, run_noise=0.0)
+    seeds = [simulate.TRAIN_PY.replace("SEED = 42", f"SEED = {s}") for s in (42, 43, 44)]
+
+    def noise(draw: int) -> float:
+        return statistics.stdev(landscape.measured(source, random.Random(0), draw) for source in seeds)
+
+    estimates = [noise(draw) for draw in range(40)]
+    assert len(set(estimates)) == 40 and noise(7) == noise(7)
+    assert min(estimates) < 0.0015 / 2 and max(estimates) > 0.0015 * 1.5  # spread as 3 seeds' std is
 
 
 @pytest.mark.slow  # the real loop over simulated hours: ~2 s
