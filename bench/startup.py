@@ -1,13 +1,13 @@
 """Where an experiment's time outside training goes on one GPU (issue 2's overhead target).
 
-    PYTHONPATH=src python3 bench/startup.py --budget 10 --warm 2 [--profile] [--phases] [--forked 2 [--forked-cold]]
+    PYTHONPATH=src python3 bench/startup.py --budget 10 --warm 2 [--profile] [--phases]
 
 Prepares the `h100` preset on python-source, writes the default workspace, then runs train.py once
 with an empty compile cache and `--warm` times with the cache it left. `--profile` adds one warm run
 under cProfile (stats in $OUT/startup.prof, top entries printed). `--phases` adds a warm run of a
-train.py that prints when each phase of its start-up ends. `--forked N` adds N warm runs started the
-way the research loop starts them (`autoresearch.loop.launcher`): forked from a process that already
-imported torch and the harness. Prints each run's milestones and overhead.
+train.py that prints when each phase of its start-up ends. Prints each run's milestones and overhead.
+Runs started as the loop starts them (forked from its fork server) are measured by bench/loop_overhead.py,
+whose runs' logs say where their start went.
 """
 
 from __future__ import annotations
@@ -87,22 +87,11 @@ def run_plain(kind: str, ws: Path, out: Path, prefix: list[str], script: str = "
     return summarize(kind, ws, log, wall)
 
 
-def run_forked(kind: str, ws: Path, out: Path, launcher) -> dict:
-    (ws / "result.json").unlink(missing_ok=True)
-    log_path = out / f"{kind}.log"
-    started = time.time()
-    child = launcher.start(ws, dict(os.environ), log_path)
-    child.wait(timeout=600)
-    return summarize(kind, ws, log_path.read_text(), time.time() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--budget", type=float, default=10)
     parser.add_argument("--warm", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--forked", type=int, default=0)
-    parser.add_argument("--forked-cold", action="store_true", help="empty the compile cache before the forked runs")
     parser.add_argument("--phases", action="store_true", help="one more warm run that prints its phases")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench-out")))
     args = parser.parse_args()
@@ -123,14 +112,6 @@ def main() -> None:
         (ws / "train_phases.py").write_text(with_phase_marks((ws / "train.py").read_text()))
         rows.append(run_plain("phases", ws, args.out, python, "train_phases.py"))
         print((args.out / "phases.log").read_text(), flush=True)
-    if args.forked:
-        from autoresearch.loop.launcher import Launcher
-
-        with Launcher() as launcher:
-            time.sleep(15)  # the loop's launcher imports while the previous experiment trains
-            if args.forked_cold:
-                shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"])
-            rows += [run_forked(f"forked{i}", ws, args.out, launcher) for i in range(args.forked)]
     for row in rows:
         print(json.dumps(row), flush=True)
     (args.out / "startup.json").write_text(json.dumps(rows, indent=1))
