@@ -53,7 +53,7 @@ def test_the_simulated_clock_hands_reports_over_in_the_order_of_their_simulated_
 
 def test_each_landscape_draw_gives_the_baseline_s_seeds_their_own_noise_and_a_file_the_same_score_again():
     # The baseline's seeds estimate the judge's noise. Drawn the same in every simulation, they gave the one-worker
-    # reference the same low estimate (0.6-0.7 x the true noise) in every draw: a lenient judge, every time.
+    # reference the same low estimate (0.5-0.7 x the true noise) in every draw: a lenient judge, every time.
     landscape = simulate.Landscape(seed_noise=0.0015, run_noise=0.0)
     seeds = [simulate.TRAIN_PY.replace("SEED = 42", f"SEED = {s}") for s in (42, 43, 44)]
 
