@@ -8,6 +8,7 @@
 #   bash bench/h200_session.sh setup overhead ray_nudge  # the one-GPU loop's cost alone; Ray with nudge after it
 #   bash bench/h200_session.sh setup paired60       # paired seeds at 60 s: the baseline and a change, per GPU
 #   bash bench/h200_session.sh setup verify         # 3 minutes: the loop's cost on GPU 0, one worker on GPU 1
+#   bash bench/h200_session.sh setup nvml           # 2 minutes: no NVML warning in a confined run's log
 #   bash bench/h200_session.sh setup same_gpu       # the one-worker loop, then --gpus 0, one after the other on GPU 0
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp), .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its
@@ -53,6 +54,13 @@ overhead() {  # issue 8's loop on GPU 0 with nothing else on the machine (its fi
   CUDA_VISIBLE_DEVICES=0 timeout "${OVERHEAD_S:-420}" python3 bench/loop_overhead.py --preset h100 --budget 30 \
     --experiments "${OVERHEAD_EXPERIMENTS:-3}" --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1
   python3 bench/collect_runs.py "$OUT/runs_overhead.json" /tmp/lo
+}
+
+nvml() {  # 2 minutes: a confined run's log on the GPU starts with no NVML warning (the tiny preset, compiled)
+  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 bench/loop_overhead.py --preset tiny --budget 5 --experiments 1 \
+    --baseline-runs 2 --work /tmp/nv --out "$OUT" >"$OUT/nvml.log" 2>&1
+  head -3 /tmp/nv/.autoresearch/runs/*/log.txt
+  grep -c "NVML" /tmp/nv/.autoresearch/runs/*/log.txt
 }
 
 paired60() {  # seeds 0-2 of the baseline, then of MATRIX_LR=0.05, on each GPU: 6 pairs, each on one GPU

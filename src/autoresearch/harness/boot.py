@@ -13,11 +13,15 @@ from __future__ import annotations
 import importlib
 import runpy
 import sys
+import warnings
 
 from autoresearch.wire import Channel, ChannelClosed
 
 COMPILER = ("torch._dynamo", "torch._inductor.compile_fx", "torch.nn.attention.flex_attention")
 _prepared = False
+# Torch asks NVML how many GPUs there are before CUDA starts; the sandbox does not offer NVML (CUDA itself works),
+# and its warning would open every run's log. Set on import: forked experiments inherit it.
+warnings.filterwarnings("ignore", message="Can't initialize NVML", category=UserWarning)
 
 
 def prepare() -> None:
