@@ -321,10 +321,9 @@ class ForkServer:
                 if "exit" in message:
                     self._exits[int(message["pid"])] = int(message["exit"])
                 return message
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            wait = SIGNAL_CHECK_S if left is None else min(left, SIGNAL_CHECK_S)
+            wait = _step(deadline)
             if not select.select([self._sock], [], [], wait)[0]:
-                if left is not None and left <= SIGNAL_CHECK_S:
+                if wait < SIGNAL_CHECK_S:  # the deadline has come
                     return None
                 continue
             chunk = self._sock.recv(1 << 16)
@@ -341,15 +340,20 @@ class ForkServer:
             self._proc.wait()
 
 
+def _step(deadline: float | None) -> float:
+    """How long the next wait before `deadline` (None: none) may block: SIGNAL_CHECK_S at most, 0 once it has come."""
+    if deadline is None:
+        return SIGNAL_CHECK_S
+    return max(0.0, min(deadline - time.monotonic(), SIGNAL_CHECK_S))
+
+
 def _gone(pid: int, deadline: float | None) -> int | None:
-    """0 once process `pid` (not our child) has ended; None if it still runs at `deadline`. Waits in steps of
-    SIGNAL_CHECK_S, as `ForkServer._next` does."""
+    """0 once process `pid` (not our child) has ended; None if it still runs at `deadline`. Waits in `_step`s."""
     while psutil.pid_exists(pid) and not _zombie(pid):
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
+        if (wait := _step(deadline)) <= 0:
             return None
         with contextlib.suppress(psutil.Error):
-            psutil.Process(pid).wait(SIGNAL_CHECK_S if left is None else min(left, SIGNAL_CHECK_S))
+            psutil.Process(pid).wait(wait)
     return 0
 
 
@@ -381,8 +385,8 @@ class ForkedProcess:
 def sleep_awake(seconds: float) -> None:
     """time.sleep, returning to Python every SIGNAL_CHECK_S: a long pause of the loop still stops on Ctrl-C."""
     end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        time.sleep(min(left, SIGNAL_CHECK_S))
+    while (wait := _step(end)) > 0:
+        time.sleep(wait)
 
 
 def write_pid_file(path: Path, pid: int) -> None:
