@@ -10,6 +10,7 @@
 #   bash bench/h200_session.sh setup verify         # 3 minutes: the loop's cost on GPU 0, one worker on GPU 1
 #   bash bench/h200_session.sh setup nvml           # 2 minutes: no NVML warning in a confined run's log
 #   bash bench/h200_session.sh setup same_gpu       # the one-worker loop, then --gpus 0, one after the other on GPU 0
+#   ORDER="old new" bash bench/h200_session.sh setup before_after  # issue 8: the loop before the hand-over, then now
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp), .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its
 # Java, RLlib, Serve, Tune, Train, Data and LLM parts: its wheel is over the call's 64 MiB). Results go to $OUT.
@@ -21,7 +22,8 @@ log() { echo "== $(date +%T) $*"; }
 setup() {
   for f in .bw/*.deb; do dpkg -x "$f" /tmp/bw; done
   mkdir -p /tmp/site
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  ls .whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --target /tmp/site .whl/*.whl
   [ -f .whl/ray.tar.xz ] && tar -xJf .whl/ray.tar.xz -C /tmp/site
   export PATH=/tmp/bw/usr/bin:$PATH LD_LIBRARY_PATH=/tmp/bw/usr/lib/x86_64-linux-gnu
   export PYTHONPATH=$here/src:$here/bench:$here/.bw/py:/tmp/site AUTORESEARCH_CACHE=/tmp/arcache PYTHONUNBUFFERED=1
@@ -90,6 +92,22 @@ same_gpu() {  # issue 10: `--gpus` with one GPU against the one-worker loop, on 
     --experiments 40 --work /tmp/pg1 --out "$OUT" --name _same_gpu >"$OUT/parallel_1w.log" 2>&1
   python3 bench/collect_runs.py "$OUT/runs_same_gpu.json" /tmp/lo /tmp/pg1
   cp /tmp/lo/.autoresearch/runs/3-0/log.txt "$OUT/log_same_gpu_3-0.txt"
+}
+
+before_after() {  # issue 8, item 5: the one-worker loop as it was before the hand-over (commit 0163a1a, exported
+  # by `git archive 0163a1a src bench pyproject.toml | tar -x -C .old` and carried) and as it is, in ORDER, on GPU 0
+  for which in ${ORDER:-old new}; do
+    rm -rf "/tmp/lo_$which"
+    if [ "$which" = old ]; then
+      (cd .old && CUDA_VISIBLE_DEVICES=0 PYTHONPATH=$here/.old/src AUTORESEARCH_CACHE=/tmp/arcache_old \
+        timeout "${BA_S:-270}" python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 2 \
+        --baseline-runs 2 --work /tmp/lo_old --out "$OUT/old" >"$OUT/old_$(date +%H%M).log" 2>&1)
+    else
+      CUDA_VISIBLE_DEVICES=0 timeout "${BA_S:-270}" python3 bench/loop_overhead.py --preset h100 --budget 30 \
+        --experiments 2 --baseline-runs 2 --work /tmp/lo_new --out "$OUT/new" >"$OUT/new_$(date +%H%M).log" 2>&1
+    fi
+    grep -h '"wall_s"\|timings' "$OUT"/${which}_*.log | tail -4
+  done
 }
 
 parallel() {  # both GPUs, the tune agent; one run's evaluator killed 150 s in
