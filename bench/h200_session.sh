@@ -12,8 +12,9 @@
 #   bash bench/h200_session.sh setup same_gpu       # the one-worker loop, then --gpus 0, one after the other on GPU 0
 #   ORDER="old new" bash bench/h200_session.sh setup before_after  # issue 8: the loop before the hand-over, then now
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
-# Carried: .bw (bubblewrap, libseccomp; `apt-get download bubblewrap libseccomp2`), .old (before_after only), .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its
-# Java, RLlib, Serve, Tune, Train, Data and LLM parts: its wheel is over the call's 64 MiB). Results go to $OUT.
+# Carried: .bw (bubblewrap, libseccomp: `apt-get download bubblewrap libseccomp2`), .old (before_after only),
+# .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its Java, RLlib, Serve, Tune, Train, Data
+# and LLM parts: its wheel is over the call's 64 MiB). Results go to $OUT.
 set -u
 OUT=${OUT:-/tmp/out}
 here=$PWD
