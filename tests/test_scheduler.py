@@ -241,9 +241,7 @@ def test_a_driver_killed_with_two_runs_in_flight_resumes_them_and_loses_or_dupli
 
     def in_order(source: str) -> None:  # the second's run ends once the first is judged
         if resumed(source) == second:
-            deadline = time.monotonic() + 10
-            while not Ledger(workspace.root).get(first).status.final and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: Ledger(workspace.root).get(first).status.final)
 
     again, fakes = scheduler(workspace, gate=in_order)  # `autoresearch run` again
     again.run(None)
