@@ -54,8 +54,11 @@ def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_cra
     loop = make_loop(workspace, LocalExecutor(), baseline_runs=2, timeout=25)
     loop.baseline()
     marker = f"autoresearch-hang-{os.getpid()}"
-    hang = "    run = harness.start()\n    import subprocess, time\n"
-    hang += f"    subprocess.Popen(['sleep', '600', '{marker}'])\n    time.sleep(600)\n"
+    # It ignores the polite signals, and so does its child, in a session of its own.
+    hang = "    run = harness.start()\n    import signal, subprocess, time\n"
+    hang += "    for sig in (signal.SIGTERM, signal.SIGINT):\n        signal.signal(sig, signal.SIG_IGN)\n"
+    hang += "    child = 'trap \"\" TERM INT HUP; while :; do sleep 1; done'\n"
+    hang += f"    subprocess.Popen(['sh', '-c', child, '{marker}'], start_new_session=True)\n    time.sleep(600)\n"
     started = time.monotonic()
     exp = loop.step(ScriptedAgent([lambda ctx: ("hang", edit(ctx.train_py, "    run = harness.start()\n", hang))]))
     assert exp.status == Status.CRASH and "hard timeout" in exp.reason
