@@ -79,7 +79,7 @@ def scheduler(workspace, gpus: str = "0,1", baseline_runs: int = 2, inbox: bool 
     return Scheduler(loop, workers, Inbox(workspace.state) if inbox else None), fakes
 
 
-def wait_until(condition, timeout: float = 10.0) -> None:
+def wait_until(condition, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
