@@ -99,14 +99,11 @@ before_after() {  # issue 8, item 5: the one-worker loop as it was before the ha
   # by `git archive 0163a1a src bench pyproject.toml | tar -x -C .old` and carried) and as it is, in ORDER, on GPU 0
   for which in ${ORDER:-old new}; do
     rm -rf "/tmp/lo_$which"
-    if [ "$which" = old ]; then
-      (cd .old && CUDA_VISIBLE_DEVICES=0 PYTHONPATH=$here/.old/src AUTORESEARCH_CACHE=/tmp/arcache_old \
-        timeout "${BA_S:-270}" python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 2 \
-        --baseline-runs 2 --work /tmp/lo_old --out "$OUT/old" >"$OUT/old_$(date +%H%M).log" 2>&1)
-    else
-      CUDA_VISIBLE_DEVICES=0 timeout "${BA_S:-270}" python3 bench/loop_overhead.py --preset h100 --budget 30 \
-        --experiments 2 --baseline-runs 2 --work /tmp/lo_new --out "$OUT/new" >"$OUT/new_$(date +%H%M).log" 2>&1
-    fi
+    dir=$here path=$PYTHONPATH cache=$AUTORESEARCH_CACHE  # now: as setup left them
+    [ "$which" = old ] && dir=$here/.old path=$here/.old/src cache=/tmp/arcache_old
+    (cd "$dir" && CUDA_VISIBLE_DEVICES=0 PYTHONPATH=$path AUTORESEARCH_CACHE=$cache timeout "${BA_S:-270}" \
+      python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 2 --baseline-runs 2 \
+      --work "/tmp/lo_$which" --out "$OUT/$which" >"$OUT/${which}_$(date +%H%M).log" 2>&1)
     grep -h '"wall_s"\|timings' "$OUT"/${which}_*.log | tail -4
   done
 }
