@@ -162,6 +162,56 @@ def test_a_win_on_a_stale_base_that_conflicts_with_the_best_is_discarded_and_the
     assert sched.loop.git.head() == rows[1].commit
 
 
+def test_a_stale_win_that_holds_the_change_kept_meanwhile_is_judged_on_the_best_without_training_again(workspace):
+    box: list = []
+
+    def gate(source: str) -> None:
+        if BETAS in source:  # LR 0.2 with the betas: trains until LR 0.2 alone was kept
+            wait_until(lambda: Ledger(box[0].loop.ws.root).get(2).status == Status.KEEP)
+
+    def both(ctx):
+        return "LR 0.2 and Adam betas 0.8, 0.9", betas(ctx)[1].replace(
+            f"LR = {constant(ctx.train_py, 'LR')}", "LR = 0.2"
+        )
+
+    sched, fakes = scheduler(workspace, gate=gate)
+    box.append(sched)
+    sched.run(ScriptedAgent([set_lr(0.2), both]), max_experiments=2)
+    rows = sched.loop.ledger.all()
+    assert len(rows) == 3, [r.reason for r in rows]  # no merge to re-validate: it measured that very train.py
+    _, lr, stale = rows
+    assert BETAS in stale.source and constant(stale.source, "LR") == 0.2
+    assert lr.status == Status.KEEP and stale.status == Status.KEEP and stale.val_bpb == score(stale.source)
+    assert "judged against exp 2" in stale.reason and "trained on exp 1" in stale.reason
+    assert stale.parent == lr.commit and "LR = " not in stale.diff and "betas" in stale.diff  # its change of the best
+    trained = [source for fake in fakes.values() for _, _, source in fake.runs if BETAS in source]
+    assert len(trained) == 1  # one run, on its old base, and none again
+    git = sched.loop.git
+    assert git.head() == stale.commit and git.parent(stale.commit) == lr.commit  # the history holds both keeps
+    assert git.show(stale.commit, "train.py") == stale.source and sched.loop.ws.git.changed_paths() == set()
+
+
+def test_a_stale_win_that_is_the_change_kept_meanwhile_and_a_new_seed_is_not_kept(workspace):
+    """Made on the old best it changed LR and the seed; on the best kept meanwhile (LR alone) only the seed."""
+    box: list = []
+
+    def gate(source: str) -> None:
+        if constant(source, "SEED") >= 45:
+            wait_until(lambda: Ledger(box[0].loop.ws.root).get(2).status == Status.KEEP)
+
+    def lucky(ctx):
+        return "LR 0.2, seed 45", with_constants(ctx.train_py, LR=0.2, SEED=45)
+
+    sched, _ = scheduler(
+        workspace, gate=gate, score=lambda source: score(source) - 0.5 * (constant(source, "SEED") >= 45)
+    )
+    box.append(sched)
+    sched.run(ScriptedAgent([set_lr(0.2), lucky]), max_experiments=2)
+    rows = sched.loop.ledger.all()
+    assert [r.status for r in rows] == [Status.KEEP, Status.KEEP, Status.DISCARD]  # a seed 0.5 better: not kept
+    assert "only the random seed changed" in rows[2].reason and sched.loop.git.head() == rows[1].commit
+
+
 def test_a_run_killed_from_outside_is_tried_once_more_and_twice_killed_is_a_crash(workspace):
     calls: dict[float, int] = {}
 

@@ -51,11 +51,11 @@ class Asking:
             ],
         )
 
-    def duplicate_of(self, source: str, base: str) -> str | None:
+    def duplicate_of(self, source: str, base: str, besides: int | None = None) -> str | None:
         """Why a proposal of `source` made from commit `base` is not run again, or None: the same train.py is
-        in flight, or was already measured on the same base."""
+        in flight (other than experiment `besides`), or was already measured on the same base."""
         for e in self.ledger.all():
-            if e.source != source or e.kind != Kind.EXPERIMENT:
+            if e.source != source or e.kind != Kind.EXPERIMENT or e.id == besides:
                 continue
             if e.status in IN_FLIGHT:
                 return f"the same train.py as exp {e.id}, which is being trained now: propose something different"

@@ -9,6 +9,8 @@ Each experiment records its base (`parent`: the best it was made from). When its
   best's train.py: `merge_constants`). A clean
   merge becomes a new experiment on the new base, trained and judged there before anything is kept; the
   original is discarded with a reason that names it. A conflict is a discard whose reason the agent sees.
+  Where the merge is the very train.py the experiment trained (the change kept meanwhile was part of its
+  own), its runs already measured it: it is moved onto the best and judged there, no run repeated.
 
 So a win is never kept on a stale base, and never lost without a word.
 """
@@ -24,8 +26,10 @@ from autoresearch.loop.engine import LoopError, ResearchLoop, change_of
 from autoresearch.loop.executor import Outcome
 from autoresearch.loop.judge import judge, noise_of
 from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.recovery import commit_message
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.constants import read_constants, set_constants
+from autoresearch.workspace.workspace import TRAIN_PY
 
 
 @dataclass(frozen=True)
@@ -109,13 +113,30 @@ class Ratchet:
             why += f"; its change conflicts with exp {best.id}'s in train.py: not kept"
             loop._finish(exp, Status.DISCARD, why, outcome, runs)
             return Conclusion()
-        if problem := guard.rejection(best.source, merged) or loop.duplicate_of(merged, best.commit):
+        # What a proposal on the best must pass: a change, not of the seed alone, not measured on the best before.
+        problem = guard.rejection(best.source, merged) or loop.duplicate_of(merged, best.commit, besides=exp.id)
+        if problem is None and merged == exp.source and exp.id > best.id:  # the best stays the newest kept row
+            return self.judged_on(exp, base, best, outcome)
+        if problem:
             loop._finish(exp, Status.DISCARD, f"{why}; merged onto it, {problem}: not kept", outcome, runs)
             return Conclusion()
         description = f"exp {exp.id} merged onto exp {best.id}: {exp.description}"
         new = loop.record(Proposal(description, merged), exp.agent, exp.model, base=best, merged_from=exp.id)
         loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {new.id}, re-validated there", outcome, runs)
         return Conclusion(revalidate=new)
+
+    def judged_on(self, exp: Experiment, base: Experiment, best: Experiment, outcome: Outcome | None) -> Conclusion:
+        """`exp`, trained on `base`, holds the change of `best` kept meanwhile: the train.py it measured is the
+        one a merge onto `best` would give. Its row and its commit are made on `best` and it is judged there."""
+        loop = self.loop
+        note = (
+            f"trained on exp {base.id}, whose change by exp {best.id} (kept meanwhile) is part of its own: "
+            f"judged against exp {best.id}"
+        )
+        commit = loop.git.commit_onto(best.commit, TRAIN_PY, exp.source, commit_message(exp))
+        reason = "; ".join(filter(None, [exp.reason, note]))
+        loop.ledger.update(exp.id, **change_of(best, exp.source), commit=commit, reason=reason)
+        return self.conclude(loop.ledger.get(exp.id), outcome)
 
     def remade(self, exp: Experiment, best: Experiment) -> Experiment:
         """`exp`, recorded but not yet trained on an older best, made on `best` where its change merges cleanly

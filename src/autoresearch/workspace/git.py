@@ -78,6 +78,21 @@ class Git:
         self(*IDENTITY, "commit", "-q", "--no-verify", "-m", message, *(["--", *paths] if paths else ["-a"]))
         return self.head()
 
+    def commit_onto(self, parent: str, path: str, text: str, message: str) -> str:
+        """A commit of `parent`'s tree with the top-level file `path` holding `text` (as `git add` would store it),
+        made without touching the work tree, the index or the branch; its hash."""
+        blob = self("hash-object", "-w", f"--path={path}", "--stdin", stdin=text).strip()
+        entries, mode = [], b"100644"
+        for entry in self._run(("ls-tree", "-z", parent)).split(b"\0"):
+            meta, _, name = entry.partition(b"\t")
+            if name == path.encode():
+                mode = meta.split()[0]
+            elif entry:
+                entries.append(entry)
+        entries.append(mode + f" blob {blob}\t{path}".encode())
+        tree = self._run(("mktree", "-z"), stdin=b"\0".join(entries) + b"\0").decode().strip()
+        return self(*IDENTITY, "commit-tree", tree, "-p", parent, "-m", message).strip()
+
     def move_to(self, commit: str, path: str) -> None:
         """Point the branch at `commit` and check out `path` from it; other files in the working tree
         (a program.md being edited, say) are left as they are."""
