@@ -23,8 +23,7 @@ from autoresearch.files import sources_sha256
 from autoresearch.loop.ledger import Ledger
 from autoresearch.workspace import integrity
 from autoresearch.workspace.git import Git
-
-TRAIN_PY = "train.py"
+from autoresearch.workspace.workspace import TRAIN_PY
 
 
 def package_digest() -> str:

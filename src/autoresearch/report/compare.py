@@ -14,8 +14,8 @@ from autoresearch.loop.judge import run_values
 from autoresearch.loop.ledger import Experiment
 from autoresearch.report.summary import best_before, explain, first_line, noise_before, signed
 from autoresearch.workspace.git import Git
+from autoresearch.workspace.workspace import TRAIN_PY
 
-TRAIN_PY = "train.py"
 DISCARDED = "refs/autoresearch/discarded/"
 
 
