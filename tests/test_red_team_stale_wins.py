@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 
 from loop_support import ScriptedAgent, constant, with_constants
-from test_scheduler import BETAS, Ledger, betas, scheduler, score, set_lr, wait_until
+from test_scheduler import BETAS, Ledger, lr_and_betas, scheduler, score, set_lr, wait_until
 
 from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.ratchet import Ratchet
@@ -64,9 +64,6 @@ def test_a_driver_killed_between_judged_on_and_the_verdict_resumes_a_marginal_wi
         if BETAS in source:
             wait_until(lambda: Ledger(box[0].loop.ws.root).get(2).status == Status.KEEP)
 
-    def both(ctx):
-        return "LR 0.2 and betas", betas(ctx)[1].replace(f"LR = {constant(ctx.train_py, 'LR')}", "LR = 0.2")
-
     original = Ratchet.conclude
     killed = []
 
@@ -80,7 +77,7 @@ def test_a_driver_killed_between_judged_on_and_the_verdict_resumes_a_marginal_wi
     sched, _ = scheduler(workspace, gate=gate, score=small)
     box.append(sched)
     with contextlib.suppress(KeyboardInterrupt):
-        sched.run(ScriptedAgent([set_lr(0.2), both]), max_experiments=2)
+        sched.run(ScriptedAgent([set_lr(0.2), lr_and_betas]), max_experiments=2)
     assert killed == [3]
     moved = sched.loop.ledger.get(3)
     assert moved.status == Status.RUNNING and moved.parent == sched.loop.ledger.get(2).commit
@@ -114,12 +111,9 @@ def test_rebuild_ledger_after_judged_on_gives_back_its_rows_on_the_best(workspac
     def noted(ctx):  # LR 0.2 and a comment, on the baseline: a win there, no better than LR 0.2 alone
         return "LR 0.2 and a note", with_constants(ctx.train_py, LR=0.2) + "# a note\n"
 
-    def both(ctx):
-        return "LR 0.2 and betas", betas(ctx)[1].replace(f"LR = {constant(ctx.train_py, 'LR')}", "LR = 0.2")
-
     sched, _ = scheduler(workspace, gpus="0,1,2", gate=gate)
     box.append(sched)
-    sched.run(ScriptedAgent([set_lr(0.2), noted, both]), max_experiments=3)
+    sched.run(ScriptedAgent([set_lr(0.2), noted, lr_and_betas]), max_experiments=3)
     before = sched.loop.ledger.all()
     assert [r.status for r in before] == [Status.KEEP, Status.KEEP, Status.DISCARD, Status.KEEP], [
         r.reason for r in before

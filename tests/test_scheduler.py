@@ -44,6 +44,11 @@ def betas(ctx):
     return "Adam betas 0.8, 0.9", ctx.train_py.replace("torch.optim.Adam(model.parameters(), lr=LR)", BETAS)
 
 
+def lr_and_betas(ctx):
+    """LR 0.2 and the betas edit at once: holds the change of `set_lr(0.2)`, and more."""
+    return "LR 0.2 and Adam betas 0.8, 0.9", with_constants(betas(ctx)[1], LR=0.2)
+
+
 @dataclass
 class Device:
     """A fake GPU: records what each run saw, optionally holds a run until `gate(source)` lets it end."""
@@ -169,14 +174,9 @@ def test_a_stale_win_that_holds_the_change_kept_meanwhile_is_judged_on_the_best_
         if BETAS in source:  # LR 0.2 with the betas: trains until LR 0.2 alone was kept
             wait_until(lambda: Ledger(box[0].loop.ws.root).get(2).status == Status.KEEP)
 
-    def both(ctx):
-        return "LR 0.2 and Adam betas 0.8, 0.9", betas(ctx)[1].replace(
-            f"LR = {constant(ctx.train_py, 'LR')}", "LR = 0.2"
-        )
-
     sched, fakes = scheduler(workspace, gate=gate)
     box.append(sched)
-    sched.run(ScriptedAgent([set_lr(0.2), both]), max_experiments=2)
+    sched.run(ScriptedAgent([set_lr(0.2), lr_and_betas]), max_experiments=2)
     rows = sched.loop.ledger.all()
     assert len(rows) == 3, [r.reason for r in rows]  # no merge to re-validate: it measured that very train.py
     _, lr, stale = rows

@@ -41,6 +41,7 @@ from autoresearch.loop.executor import Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
+from autoresearch.loop.recovery import commit_message
 from autoresearch.loop.workers import Device, Job, Worker, check_out, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.git import Git
@@ -279,7 +280,7 @@ class Scheduler:
         if exp.commit is None:
             check_out(worker.worktree, exp.parent)
             worker.train_py.write_text(exp.source)
-            exp.commit = Git(worker.worktree).commit(f"exp {exp.id}: {exp.description}", TRAIN_PY)
+            exp.commit = Git(worker.worktree).commit(commit_message(exp), TRAIN_PY)
             loop.ledger.update(exp.id, commit=exp.commit)
         else:
             check_out(worker.worktree, exp.commit)
