@@ -8,7 +8,6 @@ prepare again does nothing.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -20,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from autoresearch.config.paths import prepared_dir
 from autoresearch.config.presets import Preset
+from autoresearch.cores import usable_cores
 from autoresearch.data.packing import PackStats, pack_documents
 from autoresearch.data.shards import (
     MANIFEST_FORMAT,
@@ -166,7 +166,7 @@ def _tokenizer(source: Source, parts: list[Part], preset: Preset, out: Path, con
 def _token_arrays(tokenizer: Tokenizer, part: Part) -> Iterator[np.ndarray]:
     """Each document of `part` as a uint16 array that starts with BOS."""
     batch: list[str] = []
-    threads = os.cpu_count() or 1
+    threads = usable_cores()
 
     def flush() -> Iterator[np.ndarray]:
         for ids in tokenizer.encode_batch(batch, num_threads=threads):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoresearch.cores import usable_cores
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator.gpu_nodes import nvidia_gpus
 from autoresearch.loop.executor import Executor, LocalExecutor, Outcome, RunSpec
@@ -74,7 +75,7 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
 
 def _threads(workers: int, cores: int | None) -> dict[str, str]:
     """Each worker's share of the cores, for what runs on the CPU (training there; data and scoring beside a GPU)."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or usable_cores()
     return {"OMP_NUM_THREADS": str(max(1, cores // workers))}
 
 
