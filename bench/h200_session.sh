@@ -11,6 +11,7 @@
 #   bash bench/h200_session.sh setup nvml           # 2 minutes: no NVML warning in a confined run's log
 #   bash bench/h200_session.sh setup same_gpu       # the one-worker loop, then --gpus 0, one after the other on GPU 0
 #   ORDER="old new" bash bench/h200_session.sh setup before_after  # issue 8: the loop before the hand-over, then now
+#   bash bench/h200_session.sh tools cpu_noise    # issue 9: the tiny preset's noise on 2 pinned CPU cores, no GPU
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp: `apt-get download bubblewrap libseccomp2`), .old (before_after only),
 # .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its Java, RLlib, Serve, Tune, Train, Data
@@ -20,7 +21,7 @@ OUT=${OUT:-/tmp/out}
 here=$PWD
 log() { echo "== $(date +%T) $*"; }
 
-setup() {
+tools() {  # bubblewrap and the carried wheels, on the paths; no data prepared
   for f in .bw/*.deb; do dpkg -x "$f" /tmp/bw; done
   mkdir -p /tmp/site
   ls .whl/*.whl >/dev/null 2>&1 && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
@@ -30,11 +31,30 @@ setup() {
   export PYTHONPATH=$here/src:$here/bench:$here/.bw/py:/tmp/site AUTORESEARCH_CACHE=/tmp/arcache PYTHONUNBUFFERED=1
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
   nvidia-smi -L
+}
+
+setup() {
+  tools
   python3 -c "
 from autoresearch.config.paths import cache_root
 from autoresearch.config.presets import get_preset
 from autoresearch.data.prepare import prepare
 print(prepare('python-source', get_preset('h100'), cache_root()))"
+}
+
+cpu_noise() {  # issue 9: the tiny preset's seed noise on two pinned cores of this otherwise idle host (after `tools`)
+  nproc; lscpu | grep -E "Model name|Hypervisor|Thread\(s\) per core" || true
+  local pin="taskset -c 2,3" cpu="env CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu"
+  $cpu OMP_WAIT_POLICY=PASSIVE $pin timeout 80 python3 bench/cpu_clock_jitter.py --threads 2 --windows 5 --seconds 10 \
+    2>&1 | tee "$OUT/cpu_clock_jitter.txt"
+  $cpu timeout 120 python3 -c "
+from autoresearch.config.paths import cache_root
+from autoresearch.config.presets import get_preset
+from autoresearch.data.prepare import prepare
+print(prepare('python-source', get_preset('tiny'), cache_root()))"  # on every core, before the pinned runs
+  $cpu $pin timeout 420 python3 bench/seed_noise.py --preset tiny --seeds 5 --work /tmp/sn --out "$OUT" \
+    >"$OUT/seed_noise.log" 2>&1
+  tail -12 "$OUT/seed_noise.log"
 }
 
 isolation() {  # a confined run reaches its own GPU only, whatever it sets CUDA_VISIBLE_DEVICES to
