@@ -1,4 +1,4 @@
-"""The cores a run may use: its CPUs, capped by a container's CPU quota, which torch does not look at."""
+"""The cores a run may use: its CPUs, and a container's CPU quota, which torch does not look at."""
 
 from __future__ import annotations
 
@@ -8,13 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import cores, device
+from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator import cores
+from autoresearch.evaluator.clock import CpuClock, describe
 from autoresearch.loop.workers import devices
 
 
-def write(path: Path, text: str) -> None:
+def write(path: Path, text: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
+    path.write_bytes(text if isinstance(text, bytes) else (text + "\n").encode())
+
+
+def v2_mount(point: Path, root: str = "/") -> str:
+    """A mountinfo line for cgroup v2 mounted at `point`, showing the hierarchy from `root`."""
+    return f"30 23 0:26 {root} {point} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+
+
+def v1_mount(point: Path, root: str = "/", options: str = "rw,cpu,cpuacct") -> str:
+    return f"32 31 0:29 {root} {point} rw,relatime - cgroup cgroup {options}\n"
 
 
 def test_a_cgroup_v2_quota_anywhere_above_the_process_caps_it(tmp_path: Path) -> None:
@@ -22,61 +33,119 @@ def test_a_cgroup_v2_quota_anywhere_above_the_process_caps_it(tmp_path: Path) ->
     write(tmp_path / "cpu.max", "max 100000")
     write(tmp_path / "slice" / "cpu.max", "400000 100000")
     write(tmp_path / "slice" / "service" / "cpu.max", "max 100000")
-    assert cores.quota_cores(tmp_path, "0::/slice/service\n") == 4
-    write(tmp_path / "slice" / "service" / "cpu.max", "150000 100000")  # 1.5 cores: two threads use all of it
-    assert cores.quota_cores(tmp_path, "0::/slice/service\n") == 2
+    assert cores.quota_of("0::/slice/service\n", v2_mount(tmp_path)) == 4
+    write(tmp_path / "slice" / "service" / "cpu.max", "150000 100000")
+    assert cores.quota_of("0::/slice/service\n", v2_mount(tmp_path)) == 1.5
 
 
-def test_a_cgroup_v1_quota_is_read_from_the_cpu_controllers_hierarchy(tmp_path: Path) -> None:
+def test_a_cgroup_v1_quota_is_read_where_the_cpu_controller_is_mounted(tmp_path: Path) -> None:
     hierarchy = tmp_path / "cpu,cpuacct"
     write(hierarchy / "cpu.cfs_quota_us", "-1")
     write(hierarchy / "cpu.cfs_period_us", "100000")
     write(hierarchy / "docker" / "abc" / "cpu.cfs_quota_us", "200000")
     write(hierarchy / "docker" / "abc" / "cpu.cfs_period_us", "100000")
-    membership = "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n1:name=systemd:/docker/abc\n"
-    assert cores.quota_cores(tmp_path, membership) == 2
+    memory = f"33 31 0:30 / {tmp_path / 'memory'} rw - cgroup cgroup rw,memory\n"
+    for controllers in ("cpu,cpuacct", "cpuacct,cpu"):  # old kernels print the pair the other way round
+        membership = f"12:memory:/docker/abc\n4:{controllers}:/docker/abc\n1:name=systemd:/docker/abc\n"
+        assert cores.quota_of(membership, memory + v1_mount(hierarchy)) == 2
 
 
-def test_inside_a_container_the_mount_point_is_its_own_cgroup(tmp_path: Path) -> None:
-    # Without a cgroup namespace the path names the container from the host's root, but the hierarchy mounted
-    # in the container starts at the container's cgroup: the limit is at the mount point.
+def test_inside_a_container_the_mount_shows_its_own_cgroup(tmp_path: Path) -> None:
+    # Without a cgroup namespace the path names the container from the host's root; the mount's root says which
+    # part of the hierarchy it shows. A child cgroup that a Docker inside made is no ancestor, and is not read.
+    scope = "/system.slice/docker-abc.scope"
     write(tmp_path / "cpu.max", "300000 100000")
-    assert cores.quota_cores(tmp_path, "0::/system.slice/docker-abc.scope\n") == 3
+    write(tmp_path / "system.slice" / "cpu.max", "100000 100000")
+    assert cores.quota_of(f"0::{scope}\n", v2_mount(tmp_path, root=scope)) == 3
+    v1 = tmp_path / "v1"
+    write(v1 / "cpu.cfs_quota_us", "-1")
+    write(v1 / "cpu.cfs_period_us", "100000")
+    write(v1 / "docker" / "cpu.cfs_quota_us", "100000")  # the inner Docker's, beside this process
+    write(v1 / "docker" / "cpu.cfs_period_us", "100000")
+    assert cores.quota_of("4:cpu,cpuacct:/docker/abc\n", v1_mount(v1, root="/docker/abc")) is None
+
+
+def test_a_path_outside_the_mounted_part_is_not_guessed_at(tmp_path: Path) -> None:
+    write(tmp_path / "cpu.max", "100000 100000")
+    assert cores.quota_of("0::/../user.slice\n", v2_mount(tmp_path)) is None
+    assert cores.quota_of("0::/other\n", v2_mount(tmp_path, root="/mine")) is None
+
+
+def test_a_mount_point_with_a_space_is_found(tmp_path: Path) -> None:
+    point = tmp_path / "cgroup fs"
+    write(point / "cpu.max", "200000 100000")
+    assert cores.quota_of("0::/\n", v2_mount(tmp_path / "cgroup\\040fs")) == 2
 
 
 @pytest.mark.parametrize(
-    "membership, files",
+    "text",
     [
-        ("0::/\n", {"cpu.max": "max 100000"}),  # no limit
-        ("0::/\n", {}),  # no cpu controller enabled there
-        ("0::/\n", {"cpu.max": "garbage"}),
-        ("3:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}),
-        ("2:memory:/a\n", {"memory/a/cpu.cfs_quota_us": "100000"}),  # not the cpu controller's
-        ("", {}),  # not Linux, or no cgroups
+        "max 100000",  # no limit
+        "garbage",
+        "1 2 3",
+        "100000 0",
+        "-1 -1",
+        "0 100000",
+        "1e400 1",
+        "9" * 5000 + " 1",
+        b"\xff\xfe 100000",
     ],
 )
-def test_no_quota_is_none(tmp_path: Path, membership: str, files: dict[str, str]) -> None:
-    for name, text in files.items():
-        write(tmp_path / name, text)
-    assert cores.quota_cores(tmp_path, membership) is None
+def test_no_quota_is_none_and_nothing_raises(tmp_path: Path, text: str | bytes) -> None:
+    write(tmp_path / "cpu.max", text)
+    assert cores.quota_of("0::/\n", v2_mount(tmp_path)) is None
+
+
+@pytest.mark.parametrize(
+    "membership, mountinfo",
+    [
+        ("", ""),  # not Linux, or no cgroups
+        ("0::/\n", ""),  # nothing mounted
+        ("2:memory:/a\n", "x - cgroup cgroup rw,memory\n"),  # not the cpu controller's
+        ("nonsense\n0:\n", "also nonsense - \n"),
+        ("0::/a\x00b\n", "30 23 0:26 / /nonexistent/cgroup rw - cgroup2 cgroup2 rw\n"),
+    ],
+)
+def test_odd_cgroup_tables_give_no_quota(membership: str, mountinfo: str) -> None:
+    assert cores.quota_of(membership, mountinfo) is None
 
 
 def test_the_usable_cores_are_the_cpus_the_process_may_run_on() -> None:
     # Pinned to one CPU (taskset, a Slurm job's cpuset): one core, whatever the machine has.
     code = (
         "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
-        "from autoresearch import cores; print(cores.usable_cores())"
+        "from autoresearch.evaluator import cores; print(cores.usable_cores())"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "1\n"
 
 
-def test_a_run_on_the_cpu_takes_no_more_threads_than_the_quota_allows(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(device, "usable_cores", lambda: 1)
-    assert device.cpu_threads() == 1  # torch alone would start a thread per core of the machine
-    monkeypatch.setattr(device, "usable_cores", lambda: 4096)
-    assert device.cpu_threads() == device.torch.get_num_threads()  # and never more than it would
+def test_a_run_takes_no_more_threads_than_the_quota_and_its_clock_counts_the_quota(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(cores, "quota", lambda: 4.0)
+    assert cores.run_cores(64) == (4, 4.0)  # torch alone would start 64 threads on 4 cores' time
+    assert cores.run_cores(2) == (2, 2.0)  # and never more than it would (OMP_NUM_THREADS=2)
+    monkeypatch.setattr(cores, "quota", lambda: 0.5)  # Kubernetes' `limits.cpu: 500m`
+    threads, counted = cores.run_cores(64)
+    assert (threads, counted) == (1, 0.5)  # a budget second is half a CPU second: about one wall second
+    assert describe(CpuClock(counted)) == "CPU time / 0.5 cores"
+    monkeypatch.setattr(cores, "quota", lambda: None)
+    assert cores.run_cores(64) == (64, 64.0)
 
 
-def test_workers_on_the_cpu_share_the_usable_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_to_read_the_quota_never_fails_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(membership: str, mountinfo: str) -> float:
+        raise RuntimeError("an unforeseen cgroup table")
+
+    monkeypatch.setattr(cores, "quota_of", broken)
+    assert cores.quota() is None
+    assert cores.usable_cores() >= 1
+
+
+def test_workers_on_the_cpu_share_the_usable_cores_one_each_at_least(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("autoresearch.loop.workers.usable_cores", lambda: 4)
     assert [d.env["OMP_NUM_THREADS"] for d in devices(None, 2)] == ["2", "2"]
+    with pytest.raises(AutoresearchError, match="--workers 5 needs a core per worker") as refused:
+        devices(None, 5)
+    assert "--workers 4 or fewer" in refused.value.hint

@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from autoresearch.cores import usable_cores
+from autoresearch.evaluator.cores import usable_cores
 
 DEVICE_ENV = "AUTORESEARCH_DEVICE"
 PEAK_FLOPS_ENV = "AUTORESEARCH_PEAK_FLOPS"
@@ -55,12 +55,6 @@ def describe(device: torch.device) -> str:
     if device.type == "mps":
         return "Apple MPS"
     return f"CPU ({usable_cores()} cores)"
-
-
-def cpu_threads() -> int:
-    """The threads a run on the CPU trains with: PyTorch's own count (OMP_NUM_THREADS, else its cores), at most
-    the cores this process may use (a container's CPU quota, which PyTorch does not look at: cores.py)."""
-    return max(1, min(torch.get_num_threads(), usable_cores()))
 
 
 def peak_flops(device: torch.device) -> float | None:

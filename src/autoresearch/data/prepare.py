@@ -19,7 +19,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from autoresearch.config.paths import prepared_dir
 from autoresearch.config.presets import Preset
-from autoresearch.cores import usable_cores
 from autoresearch.data.packing import PackStats, pack_documents
 from autoresearch.data.shards import (
     MANIFEST_FORMAT,
@@ -32,6 +31,7 @@ from autoresearch.data.shards import (
 from autoresearch.data.sources import TRAIN, VAL, Part, Source, make_source
 from autoresearch.data.tokenizer import Tokenizer, capped_texts
 from autoresearch.errors import DataError
+from autoresearch.evaluator.cores import usable_cores
 
 ENCODE_BATCH_DOCS = 1024
 

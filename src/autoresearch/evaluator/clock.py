@@ -20,7 +20,7 @@ WALL, CPU = "wall", "cpu"
 
 class TrainingClock(Protocol):
     kind: str  # WALL or CPU
-    cores: int  # CPU: the cores one budget second stands for; WALL: 1
+    cores: float  # CPU: the cores one budget second stands for (a quota may be a fraction); WALL: 1
 
     def read(self) -> float:
         """Seconds on this clock; only differences mean anything."""
@@ -42,8 +42,8 @@ class CpuClock:
 
     kind = CPU
 
-    def __init__(self, cores: int, root: psutil.Process | None = None):
-        self.cores = max(1, cores)
+    def __init__(self, cores: float, root: psutil.Process | None = None):
+        self.cores = cores if cores > 0 else 1.0
         self.root = root or psutil.Process()
         self._last = 0.0
 
@@ -62,4 +62,4 @@ class CpuClock:
 
 def describe(clock: TrainingClock) -> str:
     """How the budget was counted, for results and logs."""
-    return "wall clock" if clock.kind == WALL else f"CPU time / {clock.cores} cores"
+    return "wall clock" if clock.kind == WALL else f"CPU time / {clock.cores:g} cores"

@@ -46,6 +46,7 @@ from autoresearch.evaluator import ahead, compile_cache, sandbox
 from autoresearch.evaluator.clock import CPU, CpuClock, TrainingClock, WallClock
 from autoresearch.evaluator.clock import describe as describe_clock
 from autoresearch.evaluator.confined import ExperimentProcess
+from autoresearch.evaluator.cores import run_cores
 from autoresearch.evaluator.feeder import Feeder
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.evaluator.program import Program, ProgramRejected, ShapeCompiled, load_program
@@ -115,14 +116,14 @@ class Referee:
         self.box = Path(tempfile.mkdtemp(prefix="box-", dir=state))
         env, layer = compile_cache.layer(env, self.box, confined=sandbox.unavailable_reason() is None)
         on_cpu = devices.pick_device().type == "cpu"
-        threads = devices.cpu_threads()
-        if on_cpu:  # the experiment gets the cores this process's torch would use; the budget counts them.
+        if on_cpu:  # the experiment gets the cores this process's torch would use, within a CPU quota (cores.py)
+            threads, counted = run_cores(torch.get_num_threads())
             env["OMP_NUM_THREADS"] = str(threads)
             torch.set_num_threads(threads)  # scoring, here, within the same cores
         shown = compile_cache.shown_dirs()
         view = sandbox.View(hidden=_hidden_paths(self.root, data_dir), readable=shown, binds=layer)
         experiment = ExperimentProcess(self.box, env, view)
-        return experiment, CpuClock(threads) if on_cpu else WallClock()
+        return experiment, CpuClock(counted) if on_cpu else WallClock()
 
     # -- the run --------------------------------------------------------------------------------
 

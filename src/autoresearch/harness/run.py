@@ -67,7 +67,7 @@ class Run:
         self._train_rows: int = constants["train_rows"]
         # The evaluator's training clock, read here the same way: wall time, or on a CPU this process's
         # CPU time over the cores it is given (evaluator/clock.py). The evaluator's reading is the one that counts.
-        self._cpu_cores: int = constants["clock_cores"] if constants.get("clock") == "cpu" else 0
+        self._cpu_cores: float = constants["clock_cores"] if constants.get("clock") == "cpu" else 0
         self.device = devices.pick_device()
         self.batches: TrainBatches | None = None
         self.step = 0

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoresearch.cores import usable_cores
 from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator.cores import usable_cores
 from autoresearch.evaluator.gpu_nodes import nvidia_gpus
 from autoresearch.loop.executor import Executor, LocalExecutor, Outcome, RunSpec
 from autoresearch.workspace.git import Git
@@ -70,6 +70,12 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
         return [Device("local")]
     if workers < 1:
         raise AutoresearchError("--workers must be at least 1")
+    if workers > (usable := cores or usable_cores()):
+        # Each run's budget is CPU time over its threads: two runs on one core would take twice the wall time.
+        raise AutoresearchError(
+            f"--workers {workers} needs a core per worker, and this machine gives the loop {usable}",
+            hint=f"use --workers {usable} or fewer (a container's CPU limit counts, not the machine's CPUs)",
+        )
     return [Device(f"cpu {i}", {"CUDA_VISIBLE_DEVICES": "", **_threads(workers, cores)}) for i in range(workers)]
 
 

@@ -1,0 +1,129 @@
+"""How many CPU cores a run may use: the CPUs it may run on, and a cgroup's CPU quota, which PyTorch does not see.
+
+`os.cpu_count()` counts the machine's CPUs. A container started with a CPU limit (`docker run --cpus 4`, a
+Kubernetes pod's `limits.cpu`, a systemd slice's `CPUQuota=`) may run on every one of them but gets only its
+quota's share of their time, and PyTorch starts a thread per CPU it may run on. On a CPU the budget is counted
+in CPU time divided by the cores the run is given (evaluator/clock.py); counting 64 cores where the quota
+gives 4 would stretch each budget second to 16 wall seconds, past the run's hard timeout. So a run takes at
+most the quota's cores (rounded up) as threads, and its clock divides by the quota itself where that is less:
+a budget second stays about one wall second even on half a core.
+
+Nothing here may fail a run: whatever the cgroup files say, an unreadable answer is "no quota".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on, at most its CPU quota (rounded up); at least 1."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS has no affinity to ask
+        cpus = os.cpu_count() or 1
+    limit = quota()
+    return max(1, min(cpus, math.ceil(limit)) if limit is not None else cpus)
+
+
+def run_cores(torch_threads: int) -> tuple[int, float]:
+    """(threads, the cores its clock divides by) for a run on the CPU, from the threads PyTorch would start
+    (OMP_NUM_THREADS, else its CPUs): no more threads than usable cores, and a fractional quota counted as it is."""
+    threads = max(1, min(torch_threads, usable_cores()))
+    limit = quota()
+    return threads, min(float(threads), limit) if limit is not None else float(threads)
+
+
+def quota() -> float | None:
+    """This process's tightest CPU quota, in cores; None if there is none or it cannot be read."""
+    try:
+        return quota_of(_text("/proc/self/cgroup"), _text("/proc/self/mountinfo"))
+    except Exception:  # a thread count is never worth a failed run
+        return None
+
+
+def quota_of(membership: str, mountinfo: str) -> float | None:
+    """The tightest CPU quota on the process's cgroup and the cgroups above it that are mounted here, in cores.
+
+    `membership` is /proc/self/cgroup's text, `mountinfo` /proc/self/mountinfo's. cgroup v2 (a `0::/path` line,
+    a `cgroup2` mount) keeps a quota in `cpu.max` ("200000 100000"; "max 100000" for none); v1 (a line whose
+    controllers include `cpu`, a `cgroup` mount with the `cpu` option) in `cpu.cfs_quota_us` (-1 for none) over
+    `cpu.cfs_period_us`. A mount shows the hierarchy from its own root (a container sees its cgroup as `/`), so
+    the process's path is read relative to it, and a path outside the mounted part is not guessed at."""
+    quotas = []
+    for line in membership.splitlines():
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        v2 = controllers == ""
+        if not v2 and "cpu" not in controllers.split(","):
+            continue
+        for mount_root, mount_point in _cgroup_mounts(mountinfo, v2):
+            inside = _relative(PurePosixPath(path), PurePosixPath(mount_root))
+            if inside is None:
+                continue
+            level, top = Path(mount_point, inside), Path(mount_point)
+            while True:  # the process's cgroup, then each one above it up to the mount's root
+                if (found := (_v2_quota if v2 else _v1_quota)(level)) is not None:
+                    quotas.append(found)
+                if level == top:
+                    break
+                level = level.parent
+    return min(quotas, default=None)
+
+
+def _cgroup_mounts(mountinfo: str, v2: bool) -> list[tuple[str, str]]:
+    """(the cgroup path mounted, where) of each mount of the v2 hierarchy, or of the v1 one that has `cpu`."""
+    mounts = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(tail) < 3:
+            continue
+        if (v2 and tail[0] == "cgroup2") or (not v2 and tail[0] == "cgroup" and "cpu" in tail[2].split(",")):
+            mounts.append((_unescape(fields[3]), _unescape(fields[4])))
+    return mounts
+
+
+def _relative(path: PurePosixPath, root: PurePosixPath) -> PurePosixPath | None:
+    if ".." in path.parts:  # outside its namespace's root: not a path under any mount
+        return None
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return None
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes a space, tab, newline or backslash in a path as an octal escape: \\040."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def _v2_quota(directory: Path) -> float | None:
+    fields = _text(directory / "cpu.max").split()
+    return _ratio(fields[0], fields[1]) if len(fields) == 2 else None
+
+
+def _v1_quota(directory: Path) -> float | None:
+    return _ratio(_text(directory / "cpu.cfs_quota_us"), _text(directory / "cpu.cfs_period_us"))
+
+
+def _ratio(quota: str, period: str) -> float | None:
+    """quota / period in cores, None for no limit ("max", -1) or what is not a pair of positive integers."""
+    try:
+        q, p = int(quota), int(period)
+        return q / p if q > 0 and p > 0 else None
+    except (ValueError, OverflowError):
+        return None
+
+
+def _text(path: str | Path) -> str:
+    """A file's text, any bytes kept (as os.fsdecode does a path); "" if it cannot be read."""
+    try:
+        return os.fsdecode(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return ""
