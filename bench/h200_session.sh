@@ -33,13 +33,17 @@ tools() {  # bubblewrap and the carried wheels, on the paths; no data prepared
   nvidia-smi -L
 }
 
-setup() {
-  tools
-  python3 -c "
+prepare_data() {  # python-source for preset $1, from this machine's Python sources, within $2 seconds
+  timeout "${2:-540}" python3 -c "
 from autoresearch.config.paths import cache_root
 from autoresearch.config.presets import get_preset
 from autoresearch.data.prepare import prepare
-print(prepare('python-source', get_preset('h100'), cache_root()))"
+print(prepare('python-source', get_preset('$1'), cache_root()))"
+}
+
+setup() {
+  tools
+  prepare_data h100
 }
 
 cpu_noise() {  # issue 9: the tiny preset's seed noise on two pinned cores of this otherwise idle host (after `tools`)
@@ -47,11 +51,7 @@ cpu_noise() {  # issue 9: the tiny preset's seed noise on two pinned cores of th
   local pin="taskset -c 2,3" cpu="env CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu"
   $cpu OMP_WAIT_POLICY=PASSIVE $pin timeout 80 python3 bench/cpu_clock_jitter.py --threads 2 --windows 5 --seconds 10 \
     2>&1 | tee "$OUT/cpu_clock_jitter.txt"
-  $cpu timeout 120 python3 -c "
-from autoresearch.config.paths import cache_root
-from autoresearch.config.presets import get_preset
-from autoresearch.data.prepare import prepare
-print(prepare('python-source', get_preset('tiny'), cache_root()))"  # on every core, before the pinned runs
+  CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu prepare_data tiny 120  # on every core, before the pinned runs
   $cpu $pin timeout 420 python3 bench/seed_noise.py --preset tiny --seeds 5 --work /tmp/sn --out "$OUT" \
     >"$OUT/seed_noise.log" 2>&1
   tail -12 "$OUT/seed_noise.log"

@@ -21,20 +21,23 @@ from pathlib import Path, PurePosixPath
 
 def usable_cores() -> int:
     """The CPUs this process may run on, at most its CPU quota (rounded up); at least 1."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # macOS has no affinity to ask
-        cpus = os.cpu_count() or 1
-    limit = quota()
-    return max(1, min(cpus, math.ceil(limit)) if limit is not None else cpus)
+    return _usable(quota())
 
 
 def run_cores(torch_threads: int) -> tuple[int, float]:
     """(threads, the cores its clock divides by) for a run on the CPU, from the threads PyTorch would start
     (OMP_NUM_THREADS, else its CPUs): no more threads than usable cores, and a fractional quota counted as it is."""
-    threads = max(1, min(torch_threads, usable_cores()))
     limit = quota()
+    threads = max(1, min(torch_threads, _usable(limit)))
     return threads, min(float(threads), limit) if limit is not None else float(threads)
+
+
+def _usable(limit: float | None) -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS has no affinity to ask
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, math.ceil(limit)) if limit is not None else cpus)
 
 
 def quota() -> float | None:
@@ -62,13 +65,14 @@ def quota_of(membership: str, mountinfo: str) -> float | None:
         v2 = controllers == ""
         if not v2 and "cpu" not in controllers.split(","):
             continue
+        read = _v2_quota if v2 else _v1_quota
         for mount_root, mount_point in _cgroup_mounts(mountinfo, v2):
             inside = _relative(PurePosixPath(path), PurePosixPath(mount_root))
             if inside is None:
                 continue
             level, top = Path(mount_point, inside), Path(mount_point)
             while True:  # the process's cgroup, then each one above it up to the mount's root
-                if (found := (_v2_quota if v2 else _v1_quota)(level)) is not None:
+                if (found := read(level)) is not None:
                     quotas.append(found)
                 if level == top:
                     break

@@ -76,7 +76,7 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
             f"--workers {workers} needs a core per worker, and this machine gives the loop {usable}",
             hint=f"use --workers {usable} or fewer (a container's CPU limit counts, not the machine's CPUs)",
         )
-    return [Device(f"cpu {i}", {"CUDA_VISIBLE_DEVICES": "", **_threads(workers, cores)}) for i in range(workers)]
+    return [Device(f"cpu {i}", {"CUDA_VISIBLE_DEVICES": "", **_threads(workers, usable)}) for i in range(workers)]
 
 
 def _threads(workers: int, cores: int | None) -> dict[str, str]:
