@@ -12,9 +12,8 @@ from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.config.presets import get_preset
 from autoresearch.evaluator.result import Result
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
-from autoresearch.loop.executor import Outcome, RunSpec
+from autoresearch.loop.executor import Outcome, RunSpec, outcome_of
 from autoresearch.loop.reporter import PlainReporter
-from autoresearch.vocabulary import RunEnd
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.init import create_workspace
 from autoresearch.workspace.workspace import Workspace
@@ -90,7 +89,7 @@ class FakeExecutor:
 
     score: Callable[[str], float | Outcome]
     calls: list[str] = field(default_factory=list)
-    fingerprint: str = ""
+    setup: str = "AMD EPYC; CPU time / 2 cores"  # the kind of device and clock its results say they ran on
 
     def run(self, spec: RunSpec) -> Outcome:
         source = spec.source.read_text()
@@ -98,16 +97,16 @@ class FakeExecutor:
         value = self.score(source)
         if isinstance(value, Outcome):
             return value
-        result = fake_result(value, spec.fingerprint)
+        result = fake_result(value, spec.fingerprint, self.setup)
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         result.save(spec.run_dir / "result.json")  # where the evaluator leaves it
-        return Outcome(RunEnd.OK, result, "", "", 0.01)
+        return outcome_of(0, result, "", "", 0.01, spec.fingerprint)  # judged as a real evaluator's result is
 
     def close(self) -> None:
         pass
 
 
-def fake_result(bpb: float, fingerprint: str) -> Result:
+def fake_result(bpb: float, fingerprint: str, setup: str = "AMD EPYC; CPU time / 2 cores") -> Result:
     return Result(
         val_bpb=bpb,
         valid=True,
@@ -129,6 +128,8 @@ def fake_result(bpb: float, fingerprint: str) -> Result:
         budget_seconds=1.0,
         harness_fingerprint=fingerprint,
         confined=True,
+        training_clock=setup.partition("; ")[2],
+        setup=setup,
     )
 
 

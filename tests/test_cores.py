@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from autoresearch.device import cpu_name
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import cores
 from autoresearch.evaluator.clock import CpuClock, describe
@@ -149,3 +151,14 @@ def test_workers_on_the_cpu_share_the_usable_cores_one_each_at_least(monkeypatch
     with pytest.raises(AutoresearchError, match="--workers 5 needs a core per worker") as refused:
         devices(None, 5)
     assert "--workers 4 or fewer" in refused.value.hint
+
+
+def test_the_cpus_name_comes_from_the_kernel_and_else_is_its_architecture(tmp_path):
+    """Part of what a score is compared by (a result's `setup`): a laptop's CPU and a server's are not one."""
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu\n")
+    assert cpu_name(x86) == "AMD EPYC 7B13"
+    arm = tmp_path / "arm"  # ARM kernels name no model
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n")
+    assert cpu_name(arm) == f"CPU ({platform.machine()})"
+    assert cpu_name(tmp_path / "absent") == f"CPU ({platform.machine()})"  # macOS has no /proc

@@ -12,6 +12,7 @@ from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_
 
 from autoresearch.loop.executor import ForkServer, Outcome, sleep_awake
 from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.settings import LoopError
 from autoresearch.loop.status import status_text
 from autoresearch.vocabulary import RunEnd, Status
 
@@ -378,6 +379,27 @@ def test_a_full_disk_stops_the_loop_with_a_clear_error_and_the_next_start_finish
     pending = again.recover()
     assert pending is not None and pending.description == "LR 0.2"
     assert again._evaluate(pending).status == Status.KEEP
+    assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]
+
+
+def test_a_run_measured_on_another_kind_of_device_stops_the_loop_and_is_judged_back_where_the_baseline_ran(workspace):
+    """A workspace moved to another GPU model, other cores or another --workers count: its scores are not
+    comparable with the best's, so the loop stops, records no verdict, and the experiment waits for the next start."""
+    executor = FakeExecutor(score, setup="NVIDIA H200; wall clock")
+    loop = make_loop(workspace, executor)
+    loop.baseline()
+    executor.setup = "NVIDIA A100-SXM4-80GB; wall clock"
+    with pytest.raises(LoopError) as stopped:
+        loop.step(ScriptedAgent([set_lr(0.2)]))
+    moved = "measured on NVIDIA A100-SXM4-80GB; wall clock, the baseline on NVIDIA H200; wall clock"
+    assert moved in str(stopped.value)
+    assert "--accelerator" in stopped.value.hint and "autoresearch init" in stopped.value.hint
+    pending = Ledger(workspace.root).get(2)
+    assert not pending.status.final and pending.run_values == [] and pending.val_bpb is None
+    executor.setup = "NVIDIA H200; wall clock"  # back on the baseline's machine
+    again = make_loop(workspace, executor)
+    resumed = again.recover()
+    assert resumed.id == 2 and again._evaluate(resumed).status == Status.KEEP
     assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]
 
 

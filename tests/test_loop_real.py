@@ -17,8 +17,11 @@ import pytest
 import torch
 from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, make_loop, make_workspace, with_constants
 
+from autoresearch.device import cpu_name
+from autoresearch.evaluator.cores import usable_cores
 from autoresearch.loop.executor import LocalExecutor, RunSpec
 from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.settings import LoopError
 from autoresearch.vocabulary import Status
 
 # Runs the command after it with SIGINT at its default. A test run started in the background (`pytest &` in a
@@ -275,6 +278,19 @@ def test_on_the_cpu_a_busy_machine_trains_as_many_steps_as_an_idle_one(workspace
     assert wall[1] > 1.4 * wall[0]  # the hogs took the cores half the time: a wall clock would have counted that
     # A 1 s budget is ~30 steps: how threads share the cores under load moves it by a few (42 against 30 seen).
     assert 0.7 < busy.result.num_steps / idle.result.num_steps < 1.6
+
+
+def test_a_run_on_fewer_cores_than_the_baseline_had_is_not_compared_with_it(workspace):
+    """Resumed with another --workers count or CPU limit, a run's budget second is another amount of work."""
+    assert usable_cores() >= 2, "the test needs two cores, as CI has"
+    loop = make_loop(workspace, LocalExecutor(env={"OMP_NUM_THREADS": "2"}), baseline_runs=2)
+    baseline = loop.baseline()
+    assert json.loads(baseline.result)["setup"] == f"{cpu_name()}; CPU time / 2 cores"
+    fewer = make_loop(workspace, LocalExecutor(env={"OMP_NUM_THREADS": "1"}))
+    moved = r"measured on .*; CPU time / 1 cores, the baseline on .*; CPU time / 2 cores"
+    with pytest.raises(LoopError, match=moved):
+        fewer.step(ScriptedAgent([lambda ctx: ("LR 0.3", with_constants(ctx.train_py, LR=0.3))]))
+    assert not Ledger(workspace.root).get(2).status.final  # no verdict: it waits for a run on two cores
 
 
 def test_when_the_fork_server_dies_runs_start_as_new_processes_and_the_loop_says_so(workspace):

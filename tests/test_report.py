@@ -290,7 +290,15 @@ def test_report_diff_fence_survives_backticks():
 
 def test_report_states_noise_margin_and_why_each_experiment_went_its_way():
     exps = [
-        exp(1, Status.KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]"),  # std 0.009: margin 0.018
+        exp(
+            1,
+            Status.KEEP,
+            3.0,
+            "baseline",
+            kind="baseline",
+            runs="[2.991, 3.0, 3.009]",  # std 0.009: margin 0.018
+            result=json.dumps({"setup": "NVIDIA H200; wall clock"}),
+        ),
         exp(2, Status.DISCARD, 2.988, "MATRIX_LR 0.04 -> 0.0927", reason="not better by more than the noise"),
         exp(3, Status.DISCARD, 3.05, "DEPTH 8 -> 7"),
         exp(
@@ -303,6 +311,7 @@ def test_report_states_noise_margin_and_why_each_experiment_went_its_way():
     pooled = ((2 * 0.009**2 + 0.02**2 / 2) / 3) ** 0.5  # the baseline's 3 seeds and #5's 2 runs
     assert f"- Noise: **{pooled:.6f}** (pooled std of 5 runs of 2 train.py files trained more than once" in text
     assert f"- Margin: **{2 * pooled:.6f}**: a change is kept only if it beats the best by more than this" in text
+    assert "- Measured on: NVIDIA H200; wall clock (a run measured on another device or clock is not compared)" in text
     rows = {int(line.split("|")[1]): line for line in text.split("## Every experiment", 1)[1].splitlines()
             if line.startswith("| ") and line.split("|")[1].strip().isdigit()}  # fmt: skip
     assert "baseline: the mean of 3 seeds" in rows[1]

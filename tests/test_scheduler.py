@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -307,6 +308,26 @@ def test_a_driver_killed_with_two_runs_in_flight_resumes_them_and_loses_or_dupli
     assert len((workspace.root / "results.tsv").read_text().splitlines()) == 1 + len(rows)
     assert all(s.end is not None for r in rows for s in spans_of(r))  # the dead driver's runs: their end unknown
     assert [len(spans_of(r)) for r in rows[1:3]] == [1, 1]  # dropped, not counted busy; each run trained again
+
+
+def test_baseline_seeds_on_gpus_of_two_models_stop_the_loop_and_the_baseline_is_measured_on_one(workspace):
+    """`--gpus all` on a machine with an RTX 4090 and an RTX 3090: a seed from each would be one noise estimate
+    and one best, and every later comparison would be between models."""
+    sched, fakes = scheduler(workspace, gate=pairs(2))  # the two seeds train at once
+    fakes["gpu 0"].fake.setup = "NVIDIA GeForce RTX 4090; wall clock"
+    fakes["gpu 1"].fake.setup = "NVIDIA GeForce RTX 3090; wall clock"
+    with pytest.raises(LoopError, match=r"measured on NVIDIA GeForce RTX \d090; wall clock, the baseline on") as err:
+        sched.run(None)
+    assert "4090" in str(err.value) and "3090" in str(err.value) and "--gpus" in err.value.hint
+    baseline = Ledger(workspace.root).get(1)
+    assert not baseline.status.final and len(baseline.run_values) == 1  # the seed that ended first, recorded
+    first = json.loads(baseline.result)["setup"]
+    again, fakes = scheduler(workspace)  # run again on GPUs of the model that measured the first seed
+    for fake in fakes.values():
+        fake.fake.setup = first
+    again.run(None)
+    kept = Ledger(workspace.root).get(1)
+    assert kept.status == Status.KEEP and len(kept.run_values) == 2 and json.loads(kept.result)["setup"] == first
 
 
 def test_submit_queues_a_train_py_with_the_running_loop_and_wait_prints_its_verdict(workspace):

@@ -23,6 +23,7 @@ from autoresearch.config.presets import get_preset
 from autoresearch.data.shards import Manifest, evaluation_rows, open_shard
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
+from autoresearch.device import cpu_name
 from autoresearch.evaluator.program import ProgramRejected, load_program
 from autoresearch.evaluator.referee import score_program
 from autoresearch.evaluator.score import NonFiniteLogits, Scorer, score_rows
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.slow
 BUDGET = 4.0
 RESULT_FIELDS = [
     "val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent", "total_tokens_M", "num_steps",
-    "num_params_M", "device", "preset", "dataset", "harness_fingerprint", "valid", "invalid_reason",
+    "num_params_M", "device", "preset", "dataset", "harness_fingerprint", "valid", "invalid_reason", "setup",
 ]  # fmt: skip
 
 
@@ -83,6 +84,9 @@ def test_tiny_run_writes_a_valid_result_with_every_field(trained) -> None:
     assert math.isfinite(result["val_bpb"]) and 0 < result["val_bpb"] < 10
     assert result["preset"] == "tiny" and result["dataset"] == "python-source"
     assert result["device"].startswith("CPU")
+    # What a later score must share with this one to be compared: the kind of CPU and the clock's cores.
+    assert re.fullmatch(r"CPU time / \d+ cores", result["training_clock"])
+    assert result["setup"] == f"{cpu_name()}; {result['training_clock']}"
     assert result["num_steps"] >= 2 and result["total_tokens_M"] > 0 and result["num_params_M"] > 0
     assert result["peak_memory_mb"] > 0
     assert result["mfu_percent"] is None  # no known peak FLOP/s for a CPU

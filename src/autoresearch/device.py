@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import resource
 import sys
+from pathlib import Path
 
 import torch
 
@@ -55,6 +57,27 @@ def describe(device: torch.device) -> str:
     if device.type == "mps":
         return "Apple MPS"
     return f"CPU ({usable_cores()} cores)"
+
+
+def model(device: torch.device) -> str:
+    """The kind of device, without which one of its kind: what its speed, hence a score, depends on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return cpu_name()
+
+
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name as the kernel reports it ("AMD EPYC 7B13"), else the architecture."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return f"CPU ({platform.machine() or 'unknown'})"
 
 
 def peak_flops(device: torch.device) -> float | None:

@@ -245,6 +245,7 @@ class Referee:
             harness_fingerprint=self.fingerprint,
             confined=self.experiment.confined,
             training_clock=describe_clock(self.session.clock),
+            setup=f"{devices.model(device)}; {describe_clock(self.session.clock)}",
         )
 
 

@@ -42,6 +42,8 @@ class Result:
     harness_fingerprint: str
     confined: bool  # the experiment ran in the sandbox (evaluator/sandbox.py)
     training_clock: str = "wall clock"  # what training_seconds counts (evaluator/clock.py)
+    # The kind of device and the clock ("NVIDIA H200; wall clock"): scores measured on another are not compared.
+    setup: str = ""
 
     def save(self, path: Path) -> None:
         write_json_atomic(path, asdict(self))

@@ -26,7 +26,7 @@ from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
 from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
 from autoresearch.loop.judge import judge, measured_noise, noise_of
 from autoresearch.loop.ledger import Experiment, Ledger
-from autoresearch.loop.recovery import MAX_ATTEMPTS, Recovery, commit_message
+from autoresearch.loop.recovery import MAX_ATTEMPTS, Recovery, commit_message, result_columns
 from autoresearch.loop.reporter import Reporter
 from autoresearch.loop.settings import APPARATUS_HINT, LoopConfig, LoopError
 from autoresearch.loop.watch import Verdict, Watch
@@ -185,7 +185,7 @@ class ResearchLoop(Asking, Recovery):
                 return self._finish(exp, Status.CRASH, outcome.reason, outcome)
             runs.append(outcome.val_bpb)
             exp.runs = json.dumps(runs)
-            self.ledger.update(exp.id, runs=exp.runs)
+            self.ledger.update(exp.id, runs=exp.runs, **result_columns(exp, outcome))
             if len(runs) < wanted:
                 continue
             if exp.kind == Kind.BASELINE:
@@ -226,7 +226,7 @@ class ResearchLoop(Asking, Recovery):
             return Outcome(
                 RunEnd.CRASH, None, f"the run {why}; all of it was put back", outcome.log_tail, outcome.seconds
             )
-        return outcome
+        return self.comparable(outcome)
 
     # -- verifying what untrusted steps did ------------------------------------------------------
 

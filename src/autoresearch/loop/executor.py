@@ -133,7 +133,7 @@ class LocalExecutor:
             referee.kill()
             why = f"no result within the hard timeout of {spec.timeout:.0f}s; killed"
             return Outcome(RunEnd.TIMEOUT, None, why, tail(log_path), seconds)
-        return _outcome(code, read_result(result_path), referee.errors(), tail(log_path), seconds, spec.fingerprint)
+        return outcome_of(code, read_result(result_path), referee.errors(), tail(log_path), seconds, spec.fingerprint)
 
     def _take(self, directory: Path) -> Referee:
         warm, self._warm = self._warm, None
@@ -166,7 +166,10 @@ class LocalExecutor:
             self._server = None
 
 
-def _outcome(code: int, result: Result | None, errors: str, log_tail: str, seconds: float, fingerprint: str) -> Outcome:
+def outcome_of(
+    code: int, result: Result | None, errors: str, log_tail: str, seconds: float, fingerprint: str
+) -> Outcome:
+    """What a run came to, from its evaluator's exit code and the result it wrote (None: none)."""
     if code < 0 and result is None:  # the evaluator itself was killed by a signal: not the experiment's doing
         return Outcome(RunEnd.LOST, None, f"the run was killed from outside (signal {-code})", log_tail, seconds)
     if code not in (0, EXPERIMENT_CRASHED):

@@ -71,6 +71,15 @@ class Experiment:
     def run_values(self) -> list[float]:
         return json.loads(self.runs)
 
+    @property
+    def recorded(self) -> dict:
+        """`result` read: the fields of evaluator/result.py its last run wrote ({} where none, or unreadable)."""
+        try:
+            fields = json.loads(self.result or "{}")
+        except ValueError:
+            return {}
+        return fields if isinstance(fields, dict) else {}
+
 
 _COLUMNS = [f.name for f in fields(Experiment)]
 _QUOTED = ", ".join(f'"{name}"' for name in _COLUMNS)

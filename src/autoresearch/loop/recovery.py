@@ -8,11 +8,12 @@ verdict whose git step did not happen is applied. A part of `ResearchLoop`, whic
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
-from autoresearch.loop.executor import reap_orphan
+from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
-from autoresearch.loop.settings import APPARATUS_HINT, LoopError
-from autoresearch.vocabulary import Kind, Status
+from autoresearch.loop.settings import APPARATUS_HINT, SETUP_HINT, LoopError
+from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.workspace import TRAIN_PY
 
 MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
@@ -21,10 +22,28 @@ MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the n
 class Recovery:
     """`ResearchLoop`'s recovery (it has the workspace, git, the ledger and the verdict steps this uses)."""
 
+    def baseline_result(self) -> dict:
+        """What the baseline's last run that ended well recorded (evaluator/result.py's fields), kept or still
+        measuring its seeds; {} before there is one."""
+        measured = [e for e in self.ledger.all() if e.kind == Kind.BASELINE and e.status != Status.CRASH]
+        return measured[-1].recorded if measured else {}
+
+    def comparable(self, outcome: Outcome) -> Outcome:
+        """`outcome`, or an apparatus change if it was measured on another kind of device or another clock than
+        the baseline (Result.setup: an A100's score beside an H200's, or one core's beside two, says nothing of
+        the change). The baseline's first seed to end sets what its other seeds must share too."""
+        result = outcome.result
+        if outcome.status != RunEnd.OK or result is None or not result.setup:
+            return outcome
+        expected = self.baseline_result().get("setup")
+        if expected and result.setup != expected:
+            why = f"it was measured on {result.setup}, the baseline on {expected}"
+            return replace(outcome, status=RunEnd.CHANGED, reason=why, hint=SETUP_HINT)
+        return outcome
+
     def check_apparatus(self) -> None:
-        """Refuse to go on when the harness, data or budget differ from the baseline's."""
-        baseline = next((e for e in self.ledger.all() if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
-        measured = json.loads(baseline.result).get("harness_fingerprint") if baseline else None
+        """Refuse to go on when the harness, data or budget differ from the baseline's (its seeds measured so far)."""
+        measured = self.baseline_result().get("harness_fingerprint")
         if measured and measured != self.fingerprint:
             raise LoopError(
                 f"the apparatus changed since the baseline ({measured} -> {self.fingerprint})", hint=APPARATUS_HINT
@@ -93,3 +112,9 @@ class Recovery:
 
 def commit_message(exp: Experiment) -> str:
     return f"exp {exp.id}: {exp.description}"
+
+
+def result_columns(exp: Experiment, outcome: Outcome) -> dict:
+    """The row's `result` after a run of the baseline that ended well, before the baseline is judged: its other
+    seeds, and every run after, must share its apparatus and setup (Recovery.check_apparatus, comparable)."""
+    return {"result": json.dumps(outcome.result.__dict__)} if exp.kind == Kind.BASELINE and outcome.result else {}

@@ -41,7 +41,7 @@ from autoresearch.loop.executor import Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
-from autoresearch.loop.recovery import commit_message
+from autoresearch.loop.recovery import commit_message, result_columns
 from autoresearch.loop.workers import Device, Job, Worker, check_out, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.git import Git
@@ -371,7 +371,7 @@ class Scheduler:
             loop.reporter.message(f"exp {exp.id}: {outcome.reason}; trying that run once more")
             self.jobs.appendleft(job)
             return
-        if outcome.status == RunEnd.CHANGED:
+        if (outcome := loop.comparable(outcome)).status == RunEnd.CHANGED:
             raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or self.loop_hint())
         if outcome.status != RunEnd.OK:
             why = outcome.reason if outcome.status != RunEnd.LOST else f"{outcome.reason}, twice"
@@ -383,7 +383,7 @@ class Scheduler:
         indices = exp.run_indices  # before `runs` grows: run_indices trusts `seeds` only while their lengths agree
         exp.runs = json.dumps([*exp.run_values, outcome.val_bpb])
         exp.seeds = json.dumps([*indices, job.run])
-        loop.ledger.update(exp.id, runs=exp.runs, seeds=exp.seeds)
+        loop.ledger.update(exp.id, runs=exp.runs, seeds=exp.seeds, **result_columns(exp, outcome))
         if len(exp.run_values) < act.wanted or act.running:
             return
         self.conclude(exp, outcome)

@@ -11,6 +11,12 @@ APPARATUS_HINT = (
     "for the new harness, data or budget"
 )
 
+SETUP_HINT = (
+    "scores from another kind of device or another clock are not comparable with the baseline's: run where it "
+    "ran (--gpus with GPUs of its model; on a CPU as many cores: the same --workers and CPU limit; on a Ray "
+    "cluster of mixed GPUs, --accelerator), or make a new workspace (autoresearch init) for this machine"
+)
+
 
 @dataclass(frozen=True)
 class LoopConfig:

@@ -73,6 +73,8 @@ def _result(steps: list[Step], noise: Noise | None) -> str:
     first, best = steps[0], steps[-1]
     start = "Baseline" if first.exp.kind == Kind.BASELINE else "First kept experiment"
     lines = [f"- {start}: **{first.value:.6f}** (#{first.exp.id})"]
+    if setup := first.exp.recorded.get("setup"):
+        lines.append(f"- Measured on: {setup} (a run measured on another device or clock is not compared)")
     if best is first:
         lines.append("- No change has beaten it yet.")
     else:
