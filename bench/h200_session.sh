@@ -12,6 +12,7 @@
 #   bash bench/h200_session.sh setup same_gpu       # the one-worker loop, then --gpus 0, one after the other on GPU 0
 #   ORDER="old new" bash bench/h200_session.sh setup before_after  # issue 8: the loop before the hand-over, then now
 #   bash bench/h200_session.sh tools cpu_noise    # issue 9: the tiny preset's noise on 2 pinned CPU cores, no GPU
+#   bash bench/h200_session.sh tools same_setup   # 3 minutes: each run's setup on a GPU, as the loop compares them
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp: `apt-get download bubblewrap libseccomp2`), .old (before_after only),
 # .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its Java, RLlib, Serve, Tune, Train, Data
@@ -84,6 +85,19 @@ nvml() {  # 2 minutes: a confined run's log on the GPU starts with no NVML warni
     --baseline-runs 2 --work /tmp/nv --out "$OUT" >"$OUT/nvml.log" 2>&1
   head -3 /tmp/nv/.autoresearch/runs/*/log.txt
   grep -c "NVML" /tmp/nv/.autoresearch/runs/*/log.txt
+}
+
+same_setup() {  # 3 minutes: every run on GPU 0 records the baseline's setup, so the loop judges them (after `tools`)
+  prepare_data tiny 120
+  CUDA_VISIBLE_DEVICES=0 timeout 200 python3 bench/loop_overhead.py --preset tiny --budget 5 --experiments 2 \
+    --baseline-runs 2 --work /tmp/ss --out "$OUT" >"$OUT/same_setup.log" 2>&1
+  tail -3 "$OUT/same_setup.log"
+  python3 -c "
+import glob, json
+from autoresearch.evaluator.gpu_nodes import gpu_model
+for path in sorted(glob.glob('/tmp/ss/.autoresearch/runs/*/result.json')):
+    print(path.split('/')[-2], json.load(open(path)).get('setup'))
+print('the driver table names GPU 0:', gpu_model('0'))" | tee "$OUT/same_setup.txt"
 }
 
 paired60() {  # seeds 0-2 of the baseline, then of MATRIX_LR=0.05, on each GPU: 6 pairs, each on one GPU

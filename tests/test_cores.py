@@ -158,7 +158,7 @@ def test_the_cpus_name_comes_from_the_kernel_and_else_is_its_architecture(tmp_pa
     x86 = tmp_path / "x86"
     x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu\n")
     assert cpu_name(x86) == "AMD EPYC 7B13"
-    arm = tmp_path / "arm"  # ARM kernels name no model
-    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n")
-    assert cpu_name(arm) == f"CPU ({platform.machine()})"
-    assert cpu_name(tmp_path / "absent") == f"CPU ({platform.machine()})"  # macOS has no /proc
+    arm = tmp_path / "arm"  # ARM kernels name no model: the core's designer and part tell a Graviton2 from a 3
+    arm.write_text("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd40\n\nprocessor\t: 1\nCPU part\t: 0xd0c\n")
+    assert cpu_name(arm) == f"CPU ({platform.machine()}, implementer 0x41, part 0xd40)"
+    assert cpu_name(tmp_path / "absent") == f"CPU ({platform.machine()})"  # no /proc (macOS asks sysctl)

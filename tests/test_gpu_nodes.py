@@ -9,7 +9,8 @@ import pytest
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import sandbox
-from autoresearch.evaluator.gpu_nodes import nvidia_gpus, own_nodes
+from autoresearch.evaluator.gpu_nodes import gpu_model, nvidia_gpus, own_nodes
+from autoresearch.loop import workers
 from autoresearch.loop.workers import devices
 
 # Bus order differs from minor order on purpose: CUDA's index follows the bus, the node the minor.
@@ -92,6 +93,25 @@ def test_mixed_models_need_pci_bus_order_to_map_an_index(machine: tuple[Path, Pa
     other.write_text(other.read_text().replace("H200", "H100"))
     assert not own_nodes({"CUDA_VISIBLE_DEVICES": "1"}, dev, table).own_only  # CUDA may order by speed
     assert own_nodes({"CUDA_VISIBLE_DEVICES": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, dev, table).own_only
+
+
+def test_gpus_of_two_models_are_refused_before_anything_runs(
+    machine: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An RTX 4090 and an RTX 3090 in one workstation: their runs would be judged against each other."""
+    dev, table = machine
+    monkeypatch.setattr(workers, "gpu_model", lambda item: gpu_model(item, dev, table))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert len(devices("all", None, cores=2)) == 2  # two H200s
+    other = table / GPUS[1][0] / "information"
+    other.write_text(other.read_text().replace("H200", "H100"))
+    with pytest.raises(
+        AutoresearchError, match=r"--gpus all takes GPUs of different models \(0: NVIDIA H200, 1: NVIDIA H100"
+    ) as err:
+        devices("all", None, cores=2)
+    assert "the GPUs of one model" in err.value.hint
+    assert [d.env["CUDA_VISIBLE_DEVICES"] for d in devices("GPU-bbbb2222", None, cores=2)] == ["GPU-bbbb2222"]
+    assert gpu_model("GPU-bbbb", dev, table) == "NVIDIA H100" and gpu_model("7", dev, table) is None
 
 
 def test_no_driver_table_or_no_gpu_asked_gets_every_node(machine: tuple[Path, Path]) -> None:

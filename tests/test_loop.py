@@ -306,6 +306,31 @@ def test_a_try_killed_and_tried_again_is_judged_once(workspace):
     assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]
 
 
+def test_a_try_on_another_setup_than_the_baselines_keeps_the_edit_and_judges_it_once_back_on_it(workspace):
+    """A baseline measured by `run --workers 2` on 2 cores counts 1 core per run; `try` trains on both."""
+    from autoresearch.loop.trying import try_working_tree
+
+    executor = FakeExecutor(score, setup="AMD EPYC; CPU time / 1 cores")
+    make_loop(workspace, executor).baseline()
+    executor.setup = "AMD EPYC; CPU time / 2 cores"
+    for lr in (0.2, 0.21):  # a coding agent tries, is stopped, edits and tries again
+        edited = with_constants(workspace.read_train_py(), LR=lr)
+        workspace.write_train_py(edited)
+        with pytest.raises(LoopError, match="CPU time / 2 cores, the baseline's runs on") as stopped:
+            try_working_tree(make_loop(workspace, executor), f"LR {lr}")
+        assert "`submit` and `wait`" in stopped.value.hint
+        assert workspace.read_train_py() == edited  # the edit is where the agent left it
+    executor.setup = "AMD EPYC; CPU time / 1 cores"  # as the baseline's runs were measured
+    exp = try_working_tree(make_loop(workspace, executor), "LR 0.21")
+    rows = Ledger(workspace.root).all()
+    assert [(e.id, e.description, e.status.final) for e in rows] == [
+        (1, "baseline", True),
+        (2, "LR 0.2", True),
+        (3, "LR 0.21", True),
+    ]
+    assert exp.id == 3 and len(executor.calls) == 3 + 2 + 2  # the baseline, each stopped run, then one run of each
+
+
 @pytest.mark.parametrize("damage", ["deleted", "emptied", "corrupt"])
 def test_a_lost_or_corrupt_ledger_is_an_error_and_rebuild_ledger_brings_every_experiment_back(workspace, damage):
     from autoresearch.loop.ledger import LedgerError
@@ -341,9 +366,15 @@ def test_a_lost_or_corrupt_ledger_is_an_error_and_rebuild_ledger_brings_every_ex
             old.source,
         )
         assert new.val_bpb == pytest.approx(old.val_bpb, abs=1e-6)
+        # what later runs are checked against: the apparatus and the setup of its runs
+        assert new.recorded["harness_fingerprint"] == old.recorded["harness_fingerprint"]
+        assert new.recorded["setup"] == old.recorded["setup"] == "AMD EPYC; CPU time / 2 cores"
     again = make_loop(workspace, FakeExecutor(score))
     assert again.noise() == pytest.approx(noise) and again.ledger.next_id() == next_id
     assert again.step(ScriptedAgent([set_lr(0.21)])).id == next_id  # and the loop goes on
+    elsewhere = make_loop(workspace, FakeExecutor(score, setup="AMD EPYC; CPU time / 1 cores"))
+    with pytest.raises(LoopError, match="CPU time / 1 cores, the baseline's runs on AMD EPYC; CPU time / 2 cores"):
+        elsewhere.step(ScriptedAgent([set_lr(0.22)]))
 
 
 def test_a_full_disk_stops_the_loop_with_a_clear_error_and_the_next_start_finishes_the_experiment(workspace):
@@ -391,7 +422,7 @@ def test_a_run_measured_on_another_kind_of_device_stops_the_loop_and_is_judged_b
     executor.setup = "NVIDIA A100-SXM4-80GB; wall clock"
     with pytest.raises(LoopError) as stopped:
         loop.step(ScriptedAgent([set_lr(0.2)]))
-    moved = "measured on NVIDIA A100-SXM4-80GB; wall clock, the baseline on NVIDIA H200; wall clock"
+    moved = "measured on NVIDIA A100-SXM4-80GB; wall clock, the baseline's runs on NVIDIA H200; wall clock"
     assert moved in str(stopped.value)
     assert "--accelerator" in stopped.value.hint and "autoresearch init" in stopped.value.hint
     pending = Ledger(workspace.root).get(2)
@@ -459,3 +490,16 @@ def test_a_ctrl_c_taken_by_another_thread_stops_the_loops_pause(ctrl_c_raises):
     with pytest.raises(KeyboardInterrupt):
         sleep_awake(60)  # the back-off after an agent's failures
     assert time.monotonic() - started < 3
+
+
+def test_the_apparatus_fingerprint_covers_the_evaluator_the_wire_and_the_devices_code(monkeypatch):
+    """device.py sets the precision a run trains in and the name its result's setup gives the device: a new
+    version of it is a new apparatus, not a stop for "another device" on the same machine."""
+    from autoresearch.evaluator import fingerprint
+
+    hashed = []
+    monkeypatch.setattr(fingerprint, "sources_sha256", lambda paths, root: hashed.extend(paths) or "digest")
+    fingerprint.code_digest()
+    names = {path.relative_to(hashed[0].parents[1]).as_posix() for path in hashed}
+    assert {"device.py", "wire.py", "evaluator/referee.py", "evaluator/clock.py", "evaluator/cores.py"} <= names
+    assert "loop/engine.py" not in names  # the loop's code may change without a new apparatus

@@ -287,7 +287,7 @@ def test_a_run_on_fewer_cores_than_the_baseline_had_is_not_compared_with_it(work
     baseline = loop.baseline()
     assert json.loads(baseline.result)["setup"] == f"{cpu_name()}; CPU time / 2 cores"
     fewer = make_loop(workspace, LocalExecutor(env={"OMP_NUM_THREADS": "1"}))
-    moved = r"measured on .*; CPU time / 1 cores, the baseline on .*; CPU time / 2 cores"
+    moved = r"measured on .*; CPU time / 1 cores, the baseline's runs on .*; CPU time / 2 cores"
     with pytest.raises(LoopError, match=moved):
         fewer.step(ScriptedAgent([lambda ctx: ("LR 0.3", with_constants(ctx.train_py, LR=0.3))]))
     assert not Ledger(workspace.root).get(2).status.final  # no verdict: it waits for a run on two cores

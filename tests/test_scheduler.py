@@ -27,7 +27,7 @@ from autoresearch.loop.workers import devices, make_workers
 from autoresearch.report import render_report
 from autoresearch.vocabulary import Kind, RunEnd, Status
 
-SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002, 45: 0.001, 46: -0.001, 47: 0.0}
+SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002, 45: 0.001, 46: -0.001, 47: 0.0, 48: 0.001, 49: -0.001}
 BETAS = "torch.optim.Adam(model.parameters(), lr=LR, betas=(0.8, 0.9))"
 
 
@@ -316,7 +316,8 @@ def test_baseline_seeds_on_gpus_of_two_models_stop_the_loop_and_the_baseline_is_
     sched, fakes = scheduler(workspace, gate=pairs(2))  # the two seeds train at once
     fakes["gpu 0"].fake.setup = "NVIDIA GeForce RTX 4090; wall clock"
     fakes["gpu 1"].fake.setup = "NVIDIA GeForce RTX 3090; wall clock"
-    with pytest.raises(LoopError, match=r"measured on NVIDIA GeForce RTX \d090; wall clock, the baseline on") as err:
+    mixed = r"measured on NVIDIA GeForce RTX \d090; wall clock, the baseline's runs on"
+    with pytest.raises(LoopError, match=mixed) as err:
         sched.run(None)
     assert "4090" in str(err.value) and "3090" in str(err.value) and "--gpus" in err.value.hint
     baseline = Ledger(workspace.root).get(1)
@@ -328,6 +329,31 @@ def test_baseline_seeds_on_gpus_of_two_models_stop_the_loop_and_the_baseline_is_
     again.run(None)
     kept = Ledger(workspace.root).get(1)
     assert kept.status == Status.KEEP and len(kept.run_values) == 2 and json.loads(kept.result)["setup"] == first
+
+
+def test_a_change_that_ends_before_the_baselines_first_seed_is_checked_once_that_is_known(workspace):
+    """With more workers than baseline seeds, a change made from the baseline trains at once, and may end first:
+    on a GPU of another model it is not judged (it was kept, once) but trained again where the baseline ran."""
+    h200, a100 = "NVIDIA H200; wall clock", "NVIDIA A100-SXM4-80GB; wall clock"
+
+    def gate(source):
+        if constant(source, "LR") == 0.05:  # a baseline seed: ends only once the change has its run
+            wait_until(lambda: (row := Ledger(workspace.root).get(2)) is not None and row.run_values)
+
+    sched, fakes = scheduler(workspace, gpus=",".join(map(str, range(10))), gate=gate)  # 8 seeds, 2 workers left
+    for label, fake in fakes.items():
+        fake.fake.setup = a100 if label in ("gpu 8", "gpu 9") else h200
+    with pytest.raises(LoopError, match=f"experiment 2 stopped: it was measured on {a100}, the baseline's runs on"):
+        sched.run(ScriptedAgent([set_lr(0.2)]), max_experiments=1)
+    baseline, change = Ledger(workspace.root).all()
+    assert baseline.status == Status.KEEP and baseline.recorded["setup"] == h200
+    assert not change.status.final and change.run_values == [] and change.recorded == {}  # no value kept
+    again, fakes = scheduler(workspace, gpus="0,1")  # only the H200s
+    for fake in fakes.values():
+        fake.fake.setup = h200
+    again.run(None)
+    change = Ledger(workspace.root).get(2)
+    assert change.status == Status.KEEP and change.recorded["setup"] == h200 and len(change.run_values) == 1
 
 
 def test_submit_queues_a_train_py_with_the_running_loop_and_wait_prints_its_verdict(workspace):

@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -64,19 +65,29 @@ def model(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "mps":
-        return "Apple MPS"
+        return f"{cpu_name()} (MPS)"
     return cpu_name()
 
 
 def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name as the kernel reports it ("AMD EPYC 7B13"), else the architecture."""
-    try:
+    """The CPU's model as the system names it ("AMD EPYC 7B13", "Apple M3 Max"); on ARM Linux, which names
+    none, the core's implementer and part; else the architecture."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
         for line in cpuinfo.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
-    except OSError:
-        pass
+            fields.setdefault(key.strip(), value.strip())
+    if fields.get("model name"):
+        return fields["model name"]
+    if fields.get("CPU implementer"):  # the first core's: a big.LITTLE chip lists several parts
+        return f"CPU ({platform.machine()}, implementer {fields['CPU implementer']}, part {fields.get('CPU part')})"
+    if sys.platform == "darwin":
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            brand = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            if brand:
+                return brand
     return f"CPU ({platform.machine() or 'unknown'})"
 
 

@@ -1,9 +1,9 @@
 """The apparatus fingerprint: what decides a score, hashed.
 
-It covers the trusted side's code (this package and the wire protocol: serving data, the clock, loading
-the handed-over model, bits per byte, the probe), the prepared data (through its manifest, which covers
-the tokenizer and the preset) and the budget. Changing a hint string elsewhere in the package leaves it
-alone; changing how a score is computed does not.
+It covers the trusted side's code (this package, the wire protocol and device.py: serving data, the clock,
+loading the handed-over model, bits per byte, the probe, the device's precision and name), the prepared data
+(through its manifest, which covers the tokenizer and the preset) and the budget. Changing a hint string
+elsewhere in the package leaves it alone; changing how a score is computed does not.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from autoresearch.files import sources_sha256
 
 
 def code_digest() -> str:
-    """SHA-256 over the evaluator's source files and the wire protocol."""
+    """SHA-256 over the evaluator's source files, the wire protocol and the device's (its precision, and the name
+    a result's setup gives it)."""
     here = Path(__file__).parent
-    return sources_sha256([*sorted(here.rglob("*.py")), Path(wire.__file__)], here.parent)
+    return sources_sha256([*sorted(here.rglob("*.py")), Path(wire.__file__), here.parent / "device.py"], here.parent)
 
 
 def fingerprint(apparatus: Apparatus, manifest: Manifest) -> str:

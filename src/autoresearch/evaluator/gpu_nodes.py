@@ -70,6 +70,30 @@ def _openable(node: Path) -> bool:
     return True
 
 
+def named(visible: str, gpus: list[Gpu], ordered: bool) -> list[Gpu] | None:
+    """The GPUs of the driver's table that CUDA_VISIBLE_DEVICES=`visible` names, in its order; None where one
+    cannot be told (an index where CUDA's numbering may not be the bus order, an unknown id, a GPU named twice)."""
+    chosen: list[Gpu] = []
+    for item in (part.strip() for part in visible.split(",")):
+        if item.isdigit() and ordered and int(item) < len(gpus):
+            match = [gpus[int(item)]]
+        else:  # a UUID, or a unique start of one, as CUDA takes them
+            match = [gpu for gpu in gpus if item.startswith("GPU-") and gpu.uuid.startswith(item)]
+        if len(match) != 1 or match[0] in chosen:
+            return None
+        chosen.append(match[0])
+    return chosen
+
+
+def gpu_model(item: str, dev: Path = Path("/dev"), table: Path = DRIVER_TABLE) -> str | None:
+    """The model of the GPU a worker given CUDA_VISIBLE_DEVICES=`item` (in PCI bus order) trains on, as the
+    driver names it; None where that cannot be told."""
+    gpus = nvidia_gpus(table)
+    ordered = all(_openable(dev / f"nvidia{gpu.minor}") for gpu in gpus)
+    chosen = named(item, gpus, ordered)
+    return (chosen[0].model or None) if chosen else None
+
+
 def own_nodes(
     env: Mapping[str, str],
     dev: Path = Path("/dev"),
@@ -88,15 +112,8 @@ def own_nodes(
     ordered = env.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID" or len({gpu.model for gpu in gpus}) == 1
     # CUDA's index i is the i-th GPU it can open: the bus order's only where it can open all of them.
     ordered = ordered and all(openable(dev / f"nvidia{gpu.minor}") for gpu in gpus)
-    chosen: list[Gpu] = []
-    for item in (part.strip() for part in visible.split(",")):
-        if item.isdigit() and ordered and int(item) < len(gpus):
-            match = [gpus[int(item)]]
-        else:  # a UUID, or a unique start of one, as CUDA takes them
-            match = [gpu for gpu in gpus if item.startswith("GPU-") and gpu.uuid.startswith(item)]
-        if len(match) != 1 or match[0] in chosen:
-            return whole
-        chosen.append(match[0])
+    if (chosen := named(visible, gpus, ordered)) is None:
+        return whole
     nodes = [dev / f"nvidia{gpu.minor}" for gpu in chosen]
     if not all(openable(node) for node in nodes):
         return whole

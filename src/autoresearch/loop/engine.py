@@ -185,7 +185,7 @@ class ResearchLoop(Asking, Recovery):
                 return self._finish(exp, Status.CRASH, outcome.reason, outcome)
             runs.append(outcome.val_bpb)
             exp.runs = json.dumps(runs)
-            self.ledger.update(exp.id, runs=exp.runs, **result_columns(exp, outcome))
+            self.ledger.update(exp.id, runs=exp.runs, **result_columns(outcome))
             if len(runs) < wanted:
                 continue
             if exp.kind == Kind.BASELINE:
@@ -220,13 +220,14 @@ class ResearchLoop(Asking, Recovery):
             why = self._verified(watch, f"experiment {exp.id}").reason()
             if source != exp.source:
                 self.ws.write_train_py(exp.source)
+        outcome = self.comparable(outcome)
         if exp.kind == Kind.BASELINE:  # the user's own train.py: what it compiled serves the next seeds at once
             self._settle_compiled(exp, keep=outcome.status == RunEnd.OK and not why, run=run)
         if why:  # whatever it scored, a run that reached outside its box is not believed
             return Outcome(
                 RunEnd.CRASH, None, f"the run {why}; all of it was put back", outcome.log_tail, outcome.seconds
             )
-        return self.comparable(outcome)
+        return outcome
 
     # -- verifying what untrusted steps did ------------------------------------------------------
 

@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+from autoresearch.evaluator.result import Result
 from autoresearch.loop.executor import read_result
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.vocabulary import Kind, Status
@@ -71,19 +72,22 @@ def _row(git: Git, exp_id, kind, status, description, commit, bpb, memory) -> Ex
     exp = Experiment(id=exp_id, kind=kind, status=final, description=description, parent=parent or "", commit=commit)
     exp.val_bpb, exp.memory_gb, exp.source = bpb, memory, source
     exp.reason = "rebuilt from results.tsv and git"
-    exp.runs = json.dumps(_run_values(git.root / ".autoresearch" / "runs", exp_id))
+    results = _valid_results(git.root / ".autoresearch" / "runs", exp_id)
+    exp.runs = json.dumps([result.val_bpb for result in results])
+    if results:  # the last run's, as the loop records it: the apparatus and setup later runs are checked against
+        exp.result = json.dumps(results[-1].__dict__)
     exp.started_at = exp.finished_at = time.time()
     return exp
 
 
-def _run_values(runs: Path, exp_id: int) -> list[float]:
-    """val_bpb of each valid run of the experiment, from the evaluator's result files, in run order."""
-    values = []
+def _valid_results(runs: Path, exp_id: int) -> list[Result]:
+    """The evaluator's result of each valid run of the experiment, in run order."""
+    results = []
     for path in sorted(runs.glob(f"{exp_id}-*/result.json"), key=lambda p: int(p.parent.name.split("-")[1])):
         result = read_result(path)
         if result is not None and result.valid and result.val_bpb is not None:
-            values.append(result.val_bpb)
-    return values
+            results.append(result)
+    return results
 
 
 def _float(text: str) -> float | None:

@@ -28,16 +28,18 @@ class Recovery:
         measured = [e for e in self.ledger.all() if e.kind == Kind.BASELINE and e.status != Status.CRASH]
         return measured[-1].recorded if measured else {}
 
-    def comparable(self, outcome: Outcome) -> Outcome:
-        """`outcome`, or an apparatus change if it was measured on another kind of device or another clock than
-        the baseline (Result.setup: an A100's score beside an H200's, or one core's beside two, says nothing of
-        the change). The baseline's first seed to end sets what its other seeds must share too."""
-        result = outcome.result
-        if outcome.status != RunEnd.OK or result is None or not result.setup:
-            return outcome
+    def setup_differs(self, setup: str | None) -> str | None:
+        """Why a run measured on `setup` (Result.setup) is not comparable with the baseline's runs, or None: an
+        A100's score beside an H200's, or one core's beside two, says nothing of the change. The baseline's first
+        seed to end sets what its other seeds must share too."""
         expected = self.baseline_result().get("setup")
-        if expected and result.setup != expected:
-            why = f"it was measured on {result.setup}, the baseline on {expected}"
+        if setup and expected and setup != expected:
+            return f"it was measured on {setup}, the baseline's runs on {expected}"
+        return None
+
+    def comparable(self, outcome: Outcome) -> Outcome:
+        """`outcome`, or an apparatus change where it ended well on another setup than the baseline's runs."""
+        if outcome.status == RunEnd.OK and outcome.result and (why := self.setup_differs(outcome.result.setup)):
             return replace(outcome, status=RunEnd.CHANGED, reason=why, hint=SETUP_HINT)
         return outcome
 
@@ -114,7 +116,8 @@ def commit_message(exp: Experiment) -> str:
     return f"exp {exp.id}: {exp.description}"
 
 
-def result_columns(exp: Experiment, outcome: Outcome) -> dict:
-    """The row's `result` after a run of the baseline that ended well, before the baseline is judged: its other
-    seeds, and every run after, must share its apparatus and setup (Recovery.check_apparatus, comparable)."""
-    return {"result": json.dumps(outcome.result.__dict__)} if exp.kind == Kind.BASELINE and outcome.result else {}
+def result_columns(outcome: Outcome) -> dict:
+    """The row's `result` after a run that ended well, before the verdict: the baseline's other seeds, and every
+    run after, must share its apparatus and setup (Recovery.check_apparatus, setup_differs); a change that ended
+    before the baseline's first seed is checked once that is known (Scheduler.conclude)."""
+    return {"result": json.dumps(outcome.result.__dict__)} if outcome.result else {}

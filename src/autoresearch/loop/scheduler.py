@@ -42,6 +42,7 @@ from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
 from autoresearch.loop.recovery import commit_message, result_columns
+from autoresearch.loop.settings import SETUP_HINT
 from autoresearch.loop.workers import Device, Job, Worker, check_out, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.git import Git
@@ -383,7 +384,7 @@ class Scheduler:
         indices = exp.run_indices  # before `runs` grows: run_indices trusts `seeds` only while their lengths agree
         exp.runs = json.dumps([*exp.run_values, outcome.val_bpb])
         exp.seeds = json.dumps([*indices, job.run])
-        loop.ledger.update(exp.id, runs=exp.runs, seeds=exp.seeds, **result_columns(exp, outcome))
+        loop.ledger.update(exp.id, runs=exp.runs, seeds=exp.seeds, **result_columns(outcome))
         if len(exp.run_values) < act.wanted or act.running:
             return
         self.conclude(exp, outcome)
@@ -395,6 +396,12 @@ class Scheduler:
         if exp.kind != Kind.BASELINE and self.loop.best() is None:
             self.held[exp.id] = outcome
             return
+        setup = self.loop.ledger.get(exp.id).recorded.get("setup")
+        if exp.kind != Kind.BASELINE and (why := self.loop.setup_differs(setup)):
+            # It ended before the baseline's first seed, so its setup is checked only now: its runs are dropped,
+            # and it trains again where the baseline's did.
+            self.loop.ledger.update(exp.id, runs="[]", seeds="[]", result="{}")
+            raise LoopError(f"experiment {exp.id} stopped: {why}", hint=SETUP_HINT)
         verdict = self.ratchet.conclude(exp, outcome)
         act = self.active[exp.id]
         if verdict.rerun:

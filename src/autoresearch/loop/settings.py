@@ -13,8 +13,10 @@ APPARATUS_HINT = (
 
 SETUP_HINT = (
     "scores from another kind of device or another clock are not comparable with the baseline's: run where it "
-    "ran (--gpus with GPUs of its model; on a CPU as many cores: the same --workers and CPU limit; on a Ray "
-    "cluster of mixed GPUs, --accelerator), or make a new workspace (autoresearch init) for this machine"
+    "ran (--gpus with GPUs of its model; on a CPU as many cores: the same --workers and CPU limit, and for a "
+    "baseline measured by several workers `submit` and `wait` beside `autoresearch run --workers N` rather than "
+    "`try`, which trains on every core; on a Ray cluster of mixed GPUs, --accelerator), or make a new workspace "
+    "(autoresearch init) for this machine"
 )
 
 

@@ -18,10 +18,14 @@ def try_working_tree(loop: ResearchLoop, description: str) -> Experiment:
             f"only train.py may change, but so did: {', '.join(sorted(strays))}",
             hint="revert those files (git checkout / rm), then try again; nothing was run",
         )
-    if (pending := loop.recover()) is not None:  # a `try` that was killed: finish it first
-        finished = loop._evaluate(pending)
-        if finished.source == candidate:  # the same `try` again: it is judged once
-            return finished
+    try:
+        if (pending := loop.recover()) is not None:  # a `try` that was killed: finish it first
+            finished = loop._evaluate(pending)
+            if finished.source == candidate:  # the same `try` again: it is judged once
+                return finished
+    except BaseException:  # recovery moved train.py to the unfinished one: the edit stays for the next `try`
+        ws.write_train_py(candidate)
+        raise
     if loop.best() is None:
         ws.write_train_py(git.show("HEAD", TRAIN_PY))
         loop.baseline()
