@@ -331,6 +331,22 @@ def test_a_try_on_another_setup_than_the_baselines_keeps_the_edit_and_judges_it_
     assert exp.id == 3 and len(executor.calls) == 3 + 2 + 2  # the baseline, each stopped run, then one run of each
 
 
+def test_a_try_stopped_while_the_baseline_trains_keeps_the_edit_it_was_given(workspace):
+    """`try` on a fresh workspace trains the committed train.py first; a Ctrl-C then leaves the edit in place."""
+    from autoresearch.loop.trying import try_working_tree
+
+    def interrupted(source: str) -> float:
+        if constant(source, "SEED") == 43:  # the baseline's second seed
+            raise KeyboardInterrupt
+        return score(source)
+
+    edited = with_constants(workspace.read_train_py(), LR=0.2)
+    workspace.write_train_py(edited)
+    with pytest.raises(KeyboardInterrupt):
+        try_working_tree(make_loop(workspace, FakeExecutor(interrupted)), "LR 0.2")
+    assert workspace.read_train_py() == edited
+
+
 @pytest.mark.parametrize("damage", ["deleted", "emptied", "corrupt"])
 def test_a_lost_or_corrupt_ledger_is_an_error_and_rebuild_ledger_brings_every_experiment_back(workspace, damage):
     from autoresearch.loop.ledger import LedgerError

@@ -73,7 +73,9 @@ class Device:
         pass
 
 
-def scheduler(workspace, gpus: str = "0,1", baseline_runs: int = 2, inbox: bool = False, **device_args):
+def scheduler(
+    workspace, gpus: str | None = "0,1", baseline_runs: int = 2, inbox: bool = False, workers=None, **device_args
+):
     loop = make_loop(workspace, FakeExecutor(score), baseline_runs=baseline_runs)
     fakes: dict[str, Device] = {}
 
@@ -81,8 +83,8 @@ def scheduler(workspace, gpus: str = "0,1", baseline_runs: int = 2, inbox: bool 
         fakes[device.label] = Device(device.env, **device_args)
         return fakes[device.label]
 
-    workers = make_workers(loop, devices(gpus, None, cores=2), executor_for)
-    return Scheduler(loop, workers, Inbox(workspace.state) if inbox else None), fakes
+    found = make_workers(loop, devices(gpus, workers, cores=2), executor_for)
+    return Scheduler(loop, found, Inbox(workspace.state) if inbox else None), fakes
 
 
 def wait_until(condition, timeout: float = 30.0) -> None:
@@ -329,6 +331,53 @@ def test_baseline_seeds_on_gpus_of_two_models_stop_the_loop_and_the_baseline_is_
     again.run(None)
     kept = Ledger(workspace.root).get(1)
     assert kept.status == Status.KEEP and len(kept.run_values) == 2 and json.loads(kept.result)["setup"] == first
+
+
+def test_a_refused_seed_is_set_aside_and_rebuild_ledger_does_not_take_it_back(workspace):
+    """Seed 2 on an A100 is refused; resumed on two H200s the baseline wants two seeds and never trains it again."""
+    from autoresearch.loop.rebuild import rebuild
+
+    def gate(source):
+        if constant(source, "SEED") == 44:  # the A100's seed ends once an H200's has set the setup
+            wait_until(lambda: Ledger(workspace.root).get(1).run_values)
+
+    sched, fakes = scheduler(workspace, gpus="0,1,2", gate=gate)
+    fakes["gpu 2"].fake.setup = "NVIDIA A100-SXM4-80GB; wall clock"
+    with pytest.raises(LoopError, match="A100"):
+        sched.run(None)
+    again, _ = scheduler(workspace, gpus="0,1")
+    again.run(None)
+    kept = Ledger(workspace.root).get(1)
+    assert kept.status == Status.KEEP and len(kept.run_values) == 2
+    assert not (workspace.state / "runs" / "1-2" / "result.json").exists()
+    assert (workspace.state / "runs" / "1-2" / "result.refused.json").exists()  # kept to read, not as a run
+    again.loop.ledger.close()
+    (workspace.state / "ledger.sqlite").unlink()
+    rebuild(workspace.root, workspace.git)
+    rebuilt = Ledger(workspace.root).get(1)
+    assert rebuilt.run_values == kept.run_values and rebuilt.recorded["setup"] == kept.recorded["setup"]
+
+
+def test_a_try_stopped_on_another_setup_is_taken_up_by_run_with_the_baselines_workers(workspace):
+    """As the hint says: `try` refused beside a baseline of two workers, then `run --workers 2` trains it."""
+    from autoresearch.loop.trying import try_working_tree
+
+    one_core = "AMD EPYC; CPU time / 1 cores"
+    sched, fakes = scheduler(workspace, gpus=None, workers=2)
+    for fake in fakes.values():
+        fake.fake.setup = one_core
+    sched.run(None)
+    edited = with_constants(workspace.read_train_py(), LR=0.2)
+    workspace.write_train_py(edited)
+    with pytest.raises(LoopError, match="CPU time / 2 cores, the baseline's runs on"):
+        try_working_tree(make_loop(workspace, FakeExecutor(score, setup="AMD EPYC; CPU time / 2 cores")), "LR 0.2")
+    again, fakes = scheduler(workspace, gpus=None, workers=2)  # the branch is on exp 2's commit, in flight
+    for fake in fakes.values():
+        fake.fake.setup = one_core
+    again.run(None)
+    rows = Ledger(workspace.root).all()
+    assert [(e.id, e.status) for e in rows] == [(1, Status.KEEP), (2, Status.KEEP)]
+    assert again.loop.git.head() == rows[1].commit and workspace.read_train_py() == edited
 
 
 def test_a_change_that_ends_before_the_baselines_first_seed_is_checked_once_that_is_known(workspace):

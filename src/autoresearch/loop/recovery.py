@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
@@ -90,7 +91,8 @@ class Recovery:
         return None
 
     def recover_branch(self) -> None:
-        """Bring the branch to the best, where a verdict was recorded but the loop died before git followed."""
+        """Bring the branch to the best, where a verdict was recorded but the loop died before git followed, or
+        where it is on an experiment one worker left in flight (the loop with several workers takes it up)."""
         best = self.best()
         if best is not None and self.git.head() != best.commit:
             last = self.ledger.all()[-1]
@@ -98,6 +100,10 @@ class Recovery:
                 self._apply_git(last)
             elif best.parent == self.git.head():  # kept, but the loop died before the branch moved to it
                 self._apply_git(best)
+            elif not last.status.final and last.commit == self.git.head() and last.parent == best.commit:
+                # one worker was training it on the branch (a `try` or `run` stopped): it trains in a worktree
+                # now; an edit of train.py in the working tree stays
+                self.git.advance(best.commit, TRAIN_PY)
             else:
                 raise LoopError(
                     f"the branch is at {self.git.head()[:7]}, but the best experiment is {best.commit[:7]}",
@@ -121,3 +127,11 @@ def result_columns(outcome: Outcome) -> dict:
     run after, must share its apparatus and setup (Recovery.check_apparatus, setup_differs); a change that ended
     before the baseline's first seed is checked once that is known (Scheduler.conclude)."""
     return {"result": json.dumps(outcome.result.__dict__)} if outcome.result else {}
+
+
+def set_aside(run_dir: Path) -> None:
+    """Rename a refused run's result (measured on another apparatus or setup): `rebuild-ledger` reads every
+    `result.json`, and must not take it for a run of its experiment."""
+    result = run_dir / "result.json"
+    if result.is_file():
+        result.replace(run_dir / "result.refused.json")

@@ -41,7 +41,7 @@ from autoresearch.loop.executor import Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
-from autoresearch.loop.recovery import commit_message, result_columns
+from autoresearch.loop.recovery import commit_message, result_columns, set_aside
 from autoresearch.loop.settings import SETUP_HINT
 from autoresearch.loop.workers import Device, Job, Worker, check_out, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
@@ -373,6 +373,7 @@ class Scheduler:
             self.jobs.appendleft(job)
             return
         if (outcome := loop.comparable(outcome)).status == RunEnd.CHANGED:
+            set_aside(job.spec.run_dir)
             raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or self.loop_hint())
         if outcome.status != RunEnd.OK:
             why = outcome.reason if outcome.status != RunEnd.LOST else f"{outcome.reason}, twice"
@@ -401,6 +402,8 @@ class Scheduler:
             # It ended before the baseline's first seed, so its setup is checked only now: its runs are dropped,
             # and it trains again where the baseline's did.
             self.loop.ledger.update(exp.id, runs="[]", seeds="[]", result="{}")
+            for run_dir in self.loop.ws.state.glob(f"runs/{exp.id}-*"):
+                set_aside(run_dir)
             raise LoopError(f"experiment {exp.id} stopped: {why}", hint=SETUP_HINT)
         verdict = self.ratchet.conclude(exp, outcome)
         act = self.active[exp.id]

@@ -23,12 +23,12 @@ def try_working_tree(loop: ResearchLoop, description: str) -> Experiment:
             finished = loop._evaluate(pending)
             if finished.source == candidate:  # the same `try` again: it is judged once
                 return finished
-    except BaseException:  # recovery moved train.py to the unfinished one: the edit stays for the next `try`
+        if loop.best() is None:
+            ws.write_train_py(git.show("HEAD", TRAIN_PY))
+            loop.baseline()
+    except BaseException:  # train.py is another's now (the unfinished one, the baseline's): the edit stays
         ws.write_train_py(candidate)
         raise
-    if loop.best() is None:
-        ws.write_train_py(git.show("HEAD", TRAIN_PY))
-        loop.baseline()
     best = loop._require_best()
     if candidate == best.source:
         ws.write_train_py(candidate)
