@@ -2,7 +2,9 @@
 
 The ledger is written before git moves (loop/engine.py), so it says what happened: an experiment in flight
 is trained again (at most MAX_ATTEMPTS times), a proposal interrupted while the agent worked is a crash, a
-verdict whose git step did not happen is applied. A part of `ResearchLoop`, which it is mixed into.
+verdict whose git step did not happen is applied. It also holds what every start and every run is checked
+against: the baseline's apparatus and setup, as its runs recorded them. A part of `ResearchLoop`, which it is
+mixed into.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ class Recovery:
         if outcome.status == RunEnd.OK and outcome.result and (why := self.setup_differs(outcome.result.setup)):
             return replace(outcome, status=RunEnd.CHANGED, reason=why, hint=SETUP_HINT)
         return outcome
+
+    def check_setup(self, exp: Experiment) -> None:
+        """Stop before judging a change measured on another setup than the baseline's runs. Only one that ended
+        before the baseline's first seed can be (each later run is checked as it ends; several workers): its runs
+        are dropped, and the next start trains it again where the baseline's ran."""
+        if why := self.setup_differs(self.ledger.get(exp.id).recorded.get("setup")):
+            self.ledger.update(exp.id, runs="[]", seeds="[]", result="{}")
+            for run_dir in self.ws.state.glob(f"runs/{exp.id}-*"):
+                set_aside(run_dir)
+            raise LoopError(f"experiment {exp.id} stopped: {why}", hint=SETUP_HINT)
 
     def check_apparatus(self) -> None:
         """Refuse to go on when the harness, data or budget differ from the baseline's (its seeds measured so far)."""
@@ -125,7 +137,7 @@ def commit_message(exp: Experiment) -> str:
 def result_columns(outcome: Outcome) -> dict:
     """The row's `result` after a run that ended well, before the verdict: the baseline's other seeds, and every
     run after, must share its apparatus and setup (Recovery.check_apparatus, setup_differs); a change that ended
-    before the baseline's first seed is checked once that is known (Scheduler.conclude)."""
+    before the baseline's first seed is checked once that is known (check_setup)."""
     return {"result": json.dumps(outcome.result.__dict__)} if outcome.result else {}
 
 

@@ -42,7 +42,6 @@ from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
 from autoresearch.loop.recovery import commit_message, result_columns, set_aside
-from autoresearch.loop.settings import SETUP_HINT
 from autoresearch.loop.workers import Device, Job, Worker, check_out, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.git import Git
@@ -397,14 +396,8 @@ class Scheduler:
         if exp.kind != Kind.BASELINE and self.loop.best() is None:
             self.held[exp.id] = outcome
             return
-        setup = self.loop.ledger.get(exp.id).recorded.get("setup")
-        if exp.kind != Kind.BASELINE and (why := self.loop.setup_differs(setup)):
-            # It ended before the baseline's first seed, so its setup is checked only now: its runs are dropped,
-            # and it trains again where the baseline's did.
-            self.loop.ledger.update(exp.id, runs="[]", seeds="[]", result="{}")
-            for run_dir in self.loop.ws.state.glob(f"runs/{exp.id}-*"):
-                set_aside(run_dir)
-            raise LoopError(f"experiment {exp.id} stopped: {why}", hint=SETUP_HINT)
+        if exp.kind != Kind.BASELINE:
+            self.loop.check_setup(exp)
         verdict = self.ratchet.conclude(exp, outcome)
         act = self.active[exp.id]
         if verdict.rerun:
