@@ -12,12 +12,13 @@ from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_
 
 from autoresearch.agents.base import Proposal, ProposalError
 from autoresearch.agents.prompt import build_prompt, ledger_summary
+from autoresearch.cli import main
 from autoresearch.evaluator import sandbox
 from autoresearch.loop import asking
 from autoresearch.loop.activity import SESSION_NAME, spans_of
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import Outcome, RunSpec
-from autoresearch.loop.inbox import Inbox, wait_for
+from autoresearch.loop.inbox import Inbox, WaitError, wait_for
 from autoresearch.loop.judge import measured_noise, noise_of
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.ratchet import merge_constants
@@ -417,6 +418,30 @@ def test_submit_queues_a_train_py_with_the_running_loop_and_wait_prints_its_verd
     (exp,) = wait_for(lambda: Ledger(ws.root), [2], driver_alive=lambda: False, poll=0.05)
     assert exp.status == Status.KEEP and exp.agent == "submit" and ws.git.head() == exp.commit
     assert not inbox.pending()
+
+
+def test_wait_on_a_loop_that_stopped_says_why(workspace, capsys):
+    """A coding agent that only sees `wait` learns what stopped the background loop, instead of submitting again."""
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)
+    inbox = Inbox(workspace.state)
+    inbox.put("LR 0.2", with_constants(workspace.read_train_py(), LR=0.2), workspace.git.head())
+    assert [e.id for e in inbox.take(sched.loop)] == [2]  # queued, and then the loop stopped
+    log = workspace.state / "driver.log"
+    log.write_text("exp 2 submitted: LR 0.2\nerror: experiment 2 stopped: it was measured on X, the baseline's runs "
+                   "on Y\n  hint: run where it ran\n")  # fmt: skip
+    with pytest.raises(WaitError, match="no loop is running; it stopped with error: experiment 2 stopped") as err:
+        wait_for(lambda: Ledger(workspace.root), [1, 2], driver_alive=lambda: False, poll=0.05, log=log)
+    assert "on Y hint: run where it ran" in str(err.value) and "once what stopped it is dealt with" in err.value.hint
+    capsys.readouterr()
+    assert main(["wait", "2", "--workspace", str(workspace.root)]) == 2  # the command: one line, then its hint
+    said = capsys.readouterr().err.splitlines()
+    assert said[0].startswith("error: experiments 2 are in flight") and said[0].endswith("hint: run where it ran")
+    assert said[1].startswith("  hint: `autoresearch run --agent queue`") and len(said) == 2
+    log.write_text("exp 2 submitted: LR 0.2\nerror: an old one\n  hint: x\nstarted\ntraining\nstill training\n")
+    with pytest.raises(WaitError) as err:  # a log that does not end on an error says nothing of one
+        wait_for(lambda: Ledger(workspace.root), [2], driver_alive=lambda: False, poll=0.05, log=log)
+    assert "stopped with" not in str(err.value)
 
 
 def test_several_workers_refuse_to_start_where_runs_cannot_be_confined(workspace, monkeypatch) -> None:

@@ -263,7 +263,7 @@ def _wait(args: argparse.Namespace) -> None:
         ids = args.ids or in_flight_ids(ledger)
     finally:
         ledger.close()
-    for exp in wait_for(lambda: Ledger(ws.root), ids, ws.is_locked):
+    for exp in wait_for(lambda: Ledger(ws.root), ids, ws.is_locked, log=ws.state / "driver.log"):
         print(verdict_line(exp, None), flush=True)
 
 
@@ -349,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             kept = f"; the old file is {moved}" if moved else ""
             console.print(f"rebuilt the ledger: {rows} experiments from results.tsv and git{kept}")
     except AutoresearchError as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)  # its text is no markup
+        # its text is no markup; unwrapped, so that a log (`wait` reads the background loop's) holds it whole
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: run the same command again to resume where it stopped")

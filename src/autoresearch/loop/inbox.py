@@ -113,9 +113,10 @@ class WaitError(AutoresearchError):
     pass
 
 
-def wait_for(ledger_of, ids: list[int], driver_alive, poll: float = 1.0) -> list[Experiment]:
-    """Block until every experiment in `ids` has its verdict; `ledger_of()` opens the ledger to read, and
-    `driver_alive()` says whether a loop still runs to give them one."""
+def wait_for(ledger_of, ids: list[int], driver_alive, poll: float = 1.0, log: Path | None = None) -> list[Experiment]:
+    """Block until every experiment in `ids` has its verdict; `ledger_of()` opens the ledger to read,
+    `driver_alive()` says whether a loop still runs to give them one, and `log` is the background loop's, whose
+    error is repeated if it stopped on one."""
     while True:
         ledger = ledger_of()
         try:
@@ -128,11 +129,24 @@ def wait_for(ledger_of, ids: list[int], driver_alive, poll: float = 1.0) -> list
             return [rows[i] for i in ids]
         if not driver_alive():
             waiting = ", ".join(str(i) for i, e in rows.items() if not e.status.final)
+            stopped = last_error(log) if log else None
             raise WaitError(
-                f"experiments {waiting} are in flight but no loop is running",
-                hint="`autoresearch run --agent queue` (with your --gpus or --workers) finishes them",
+                f"experiments {waiting} are in flight but no loop is running"
+                + (f"; it stopped with {stopped}" if stopped else ""),
+                hint="`autoresearch run --agent queue` (with your --gpus or --workers) finishes them"
+                + (", once what stopped it is dealt with" if stopped else ""),
             )
         time.sleep(poll)
+
+
+def last_error(log: Path) -> str | None:
+    """The error a background loop stopped with: its `error: ...` line and hint, where they end its log."""
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-4:]
+    except OSError:
+        return None
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    return " ".join(line.strip() for line in lines[starts[-1] :]) if starts else None
 
 
 def in_flight_ids(ledger) -> list[int]:
