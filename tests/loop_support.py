@@ -62,6 +62,9 @@ if __name__ == "__main__":
 '''
 
 
+FAKE_SETUP = "AMD EPYC; CPU time / 2 cores"  # what a fake result says it was measured on (Result.setup)
+
+
 def make_workspace(path: Path, data_dir: Path, train_py: str = BIGRAM_TRAIN_PY, budget: float = 1.0) -> Workspace:
     create_workspace(path, get_preset("tiny"), "python-source", data_dir, budget, tag="test")
     ws = Workspace(path)
@@ -89,7 +92,7 @@ class FakeExecutor:
 
     score: Callable[[str], float | Outcome]
     calls: list[str] = field(default_factory=list)
-    setup: str = "AMD EPYC; CPU time / 2 cores"  # the kind of device and clock its results say they ran on
+    setup: str = FAKE_SETUP  # the kind of device and clock its results say they ran on
 
     def run(self, spec: RunSpec) -> Outcome:
         source = spec.source.read_text()
@@ -106,7 +109,7 @@ class FakeExecutor:
         pass
 
 
-def fake_result(bpb: float, fingerprint: str, setup: str = "AMD EPYC; CPU time / 2 cores") -> Result:
+def fake_result(bpb: float, fingerprint: str, setup: str = FAKE_SETUP) -> Result:
     return Result(
         val_bpb=bpb,
         valid=True,
