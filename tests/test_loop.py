@@ -320,6 +320,9 @@ def test_a_try_on_another_setup_than_the_baselines_keeps_the_edit_and_judges_it_
             try_working_tree(make_loop(workspace, executor), f"LR {lr}")
         assert "`submit` and `wait`" in stopped.value.hint
         assert workspace.read_train_py() == edited  # the edit is where the agent left it
+    with pytest.raises(LoopError, match="train.py holds an edit, and experiment 2 is in flight") as refused:
+        make_loop(workspace, executor).run(ScriptedAgent([]), max_experiments=0)  # `run` would check exp 2 out
+    assert "`autoresearch try" in refused.value.hint and workspace.read_train_py() == edited
     executor.setup = "AMD EPYC; CPU time / 1 cores"  # as the baseline's runs were measured
     exp = try_working_tree(make_loop(workspace, executor), "LR 0.21")
     rows = Ledger(workspace.root).all()

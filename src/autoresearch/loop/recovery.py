@@ -13,10 +13,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from autoresearch.errors import AutoresearchError
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import APPARATUS_HINT, SETUP_HINT, LoopError
 from autoresearch.vocabulary import Kind, RunEnd, Status
+from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.workspace import TRAIN_PY
 
 MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
@@ -64,8 +66,9 @@ class Recovery:
                 f"the apparatus changed since the baseline ({measured} -> {self.fingerprint})", hint=APPARATUS_HINT
             )
 
-    def recover(self) -> Experiment | None:
-        """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any."""
+    def recover(self, taking_edit: bool = False) -> Experiment | None:
+        """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any.
+        `taking_edit`: the caller has read an edit of train.py and puts it back itself (`try`)."""
         self.check_apparatus()
         in_flight = self.ledger.in_flight()
         if len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight):
@@ -87,6 +90,8 @@ class Recovery:
                 if pending.kind == Kind.BASELINE:
                     raise LoopError(f"the baseline train.py failed: {why}", hint="fix train.py, then run again")
                 return None
+            if not taking_edit:
+                self.check_no_edit(pending)
             if pending.commit is None:
                 head = self.git.head()
                 if head != pending.parent and self.git.message(head).startswith(f"exp {pending.id}:"):
@@ -122,6 +127,16 @@ class Recovery:
                     hint=f"someone moved the branch by hand; `git reset --hard {best.commit[:7]}` to continue",
                 )
 
+    def check_no_edit(self, pending: Experiment) -> None:
+        """Refuse to resume `pending` while train.py holds an edit the loop did not write: its train.py would be
+        checked out over it (a `try` that stopped leaves the edit it was given there)."""
+        if TRAIN_PY in self.git.changed_paths() and not written_for(self.ws.read_train_py(), pending):
+            raise LoopError(
+                f"train.py holds an edit, and experiment {pending.id} is in flight: resuming would overwrite it",
+                hint=f'`autoresearch try -m "..."` finishes experiment {pending.id}, then judges the edit; or '
+                "drop the edit (`git checkout train.py`) and run again",
+            )
+
     def check_clean(self) -> None:
         if TRAIN_PY in self.git.changed_paths():
             raise LoopError(
@@ -147,3 +162,14 @@ def set_aside(run_dir: Path) -> None:
     result = run_dir / "result.json"
     if result.is_file():
         result.replace(run_dir / "result.refused.json")
+
+
+def written_for(text: str, exp: Experiment) -> bool:
+    """Whether train.py's `text` is what the loop wrote for a run of `exp`: its source, or it with another SEED."""
+    if text == exp.source:
+        return True
+    try:
+        seed = read_constants(exp.source).get("SEED")
+        return seed is not None and set_constants(text, {"SEED": seed.value}) == exp.source
+    except (SyntaxError, ValueError, AutoresearchError):  # not a train.py the loop wrote
+        return False

@@ -19,7 +19,7 @@ def try_working_tree(loop: ResearchLoop, description: str) -> Experiment:
             hint="revert those files (git checkout / rm), then try again; nothing was run",
         )
     try:
-        if (pending := loop.recover()) is not None:  # a `try` that was killed: finish it first
+        if (pending := loop.recover(taking_edit=True)) is not None:  # a `try` that was killed: finish it first
             finished = loop._evaluate(pending)
             if finished.source == candidate:  # the same `try` again: it is judged once
                 return finished
