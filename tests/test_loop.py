@@ -8,7 +8,15 @@ import threading
 import time
 
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
+from loop_support import (
+    BIGRAM_TRAIN_PY,
+    FakeExecutor,
+    ScriptedAgent,
+    constant,
+    make_loop,
+    make_workspace,
+    with_constants,
+)
 
 from autoresearch.loop.executor import ForkServer, Outcome, sleep_awake
 from autoresearch.loop.ledger import Ledger
@@ -320,7 +328,7 @@ def test_a_try_on_another_setup_than_the_baselines_keeps_the_edit_and_judges_it_
             try_working_tree(make_loop(workspace, executor), f"LR {lr}")
         assert "`submit` and `wait`" in stopped.value.hint
         assert workspace.read_train_py() == edited  # the edit is where the agent left it
-    with pytest.raises(LoopError, match="train.py holds an edit, and experiment 2 is in flight") as refused:
+    with pytest.raises(LoopError, match=r"train\.py holds an edit, and experiment 2 is in flight") as refused:
         make_loop(workspace, executor).run(ScriptedAgent([]), max_experiments=0)  # `run` would check exp 2 out
     assert "`autoresearch try" in refused.value.hint and workspace.read_train_py() == edited
     executor.setup = "AMD EPYC; CPU time / 1 cores"  # as the baseline's runs were measured
@@ -348,6 +356,55 @@ def test_a_try_stopped_while_the_baseline_trains_keeps_the_edit_it_was_given(wor
     with pytest.raises(KeyboardInterrupt):
         try_working_tree(make_loop(workspace, FakeExecutor(interrupted)), "LR 0.2")
     assert workspace.read_train_py() == edited
+
+
+def test_a_run_resumes_over_the_seeded_train_py_it_wrote_and_refuses_to_overwrite_an_edit(tmp_path, tiny_prepared):
+    """Killed in the baseline's second seed, the loop left `SEED = 1025` in train.py (a SIGKILL skips its
+    restore): its own, however the user spelled 1024. An edit there instead is refused, even for an experiment
+    whose attempts are used up (recording its crash would check its parent out)."""
+    from autoresearch.loop.recovery import seeded
+
+    source = BIGRAM_TRAIN_PY.replace("SEED = 42", "SEED = 1024")
+    workspace = make_workspace(tmp_path / "ws", tiny_prepared, train_py=source)
+
+    def killed(text: str) -> float:
+        if constant(text, "SEED") == 1025:
+            raise KeyboardInterrupt
+        return score(text)
+
+    with pytest.raises(KeyboardInterrupt):
+        make_loop(workspace, FakeExecutor(killed)).baseline()
+    workspace.write_train_py(seeded(source, 1))  # `SEED = 1025`, as the run it died in had it
+    make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+    assert Ledger(workspace.root).get(1).status == Status.KEEP and workspace.read_train_py() == source
+
+    loop = make_loop(workspace, FakeExecutor(score))
+    pending_experiment(workspace, loop, attempts=2, source=with_constants(source, LR=0.2))  # died in it twice
+    edit = with_constants(source, LR=0.3)
+    workspace.write_train_py(edit)
+    with pytest.raises(LoopError, match=r"train\.py holds an edit, and experiment 2 is in flight"):
+        make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+    assert workspace.read_train_py() == edit and not Ledger(workspace.root).get(2).status.final
+
+
+def test_a_full_disk_never_leaves_half_a_train_py(workspace, monkeypatch):
+    """What a start after freeing space resumes is the loop's own train.py, not a cut one it would call an edit."""
+    import errno
+    from pathlib import Path
+
+    from autoresearch.workspace.disk import DiskFullError
+
+    before, real_write = workspace.read_train_py(), Path.write_text
+
+    def fills_up(path, text, *args, **kwargs):
+        real_write(path, text[:100])  # as much as fitted
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", fills_up)
+    with pytest.raises(DiskFullError):
+        workspace.write_train_py(with_constants(before, LR=0.2))
+    monkeypatch.undo()
+    assert workspace.read_train_py() == before and not (workspace.state / "train.py.tmp").exists()
 
 
 @pytest.mark.parametrize("damage", ["deleted", "emptied", "corrupt"])

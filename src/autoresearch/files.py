@@ -1,4 +1,4 @@
-"""Small file helpers with one home: an atomic JSON write, a file's SHA-256, a set of source files' SHA-256."""
+"""Small file helpers with one home: an atomic text or JSON write, a file's SHA-256, a set of source files' SHA-256."""
 
 from __future__ import annotations
 
@@ -11,9 +11,19 @@ from typing import Any
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write `data` as JSON so that a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
+
+
+def write_text_atomic(path: Path, text: str, tmp: Path | None = None) -> None:
+    """Write `text` so that a reader, a kill or a full disk leaves the old file or the new one, never half of
+    one. It is written first to `tmp` (default: beside it; on the same filesystem), removed if that fails."""
+    tmp = tmp or path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def file_sha256(path: Path) -> str:

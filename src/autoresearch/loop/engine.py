@@ -26,12 +26,11 @@ from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
 from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
 from autoresearch.loop.judge import judge, measured_noise, noise_of
 from autoresearch.loop.ledger import Experiment, Ledger
-from autoresearch.loop.recovery import MAX_ATTEMPTS, Recovery, commit_message, result_columns, set_aside
+from autoresearch.loop.recovery import MAX_ATTEMPTS, Recovery, commit_message, result_columns, seeded, set_aside
 from autoresearch.loop.reporter import Reporter
 from autoresearch.loop.settings import APPARATUS_HINT, LoopConfig, LoopError
 from autoresearch.loop.watch import Verdict, Watch
 from autoresearch.vocabulary import IN_FLIGHT, Kind, RunEnd, Status
-from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.workspace import TRAIN_PY, Workspace
 
 # Imported from here by the CLI, the scheduler, the benches and the tests.
@@ -318,9 +317,3 @@ def change_of(base: Experiment, source: str) -> dict:
         "lines_added": added,
         "lines_removed": removed,
     }
-
-
-def seeded(source: str, run: int) -> str:
-    """train.py for run `run` of an experiment: SEED + run, so repeated runs measure seed-to-seed noise."""
-    seed = read_constants(source).get("SEED") if run else None
-    return set_constants(source, {"SEED": seed.value + run}) if seed is not None else source

@@ -13,7 +13,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from autoresearch.errors import AutoresearchError
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import APPARATUS_HINT, SETUP_HINT, LoopError
@@ -84,14 +83,14 @@ class Recovery:
             if pending.kind == Kind.PROPOSAL:
                 self._finish(pending, Status.CRASH, "interrupted while the agent was proposing")
                 return None
+            if not taking_edit:  # before anything checks out another train.py
+                self.check_no_edit(pending)
             if pending.attempts >= MAX_ATTEMPTS:
                 why = f"the loop died {pending.attempts} times while this train.py ran: it is not run again"
                 self._finish(pending, Status.CRASH, why)
                 if pending.kind == Kind.BASELINE:
                     raise LoopError(f"the baseline train.py failed: {why}", hint="fix train.py, then run again")
                 return None
-            if not taking_edit:
-                self.check_no_edit(pending)
             if pending.commit is None:
                 head = self.git.head()
                 if head != pending.parent and self.git.message(head).startswith(f"exp {pending.id}:"):
@@ -130,7 +129,13 @@ class Recovery:
     def check_no_edit(self, pending: Experiment) -> None:
         """Refuse to resume `pending` while train.py holds an edit the loop did not write: its train.py would be
         checked out over it (a `try` that stopped leaves the edit it was given there)."""
-        if TRAIN_PY in self.git.changed_paths() and not written_for(self.ws.read_train_py(), pending):
+        try:
+            text = self.ws.read_train_py()
+        except FileNotFoundError:  # nothing to keep: the checkout puts it back
+            return
+        except (OSError, ValueError):  # unreadable as text: nothing the loop wrote
+            text = None
+        if TRAIN_PY in self.git.changed_paths() and (text is None or not written_for(text, pending)):
             raise LoopError(
                 f"train.py holds an edit, and experiment {pending.id} is in flight: resuming would overwrite it",
                 hint=f'`autoresearch try -m "..."` finishes experiment {pending.id}, then judges the edit; or '
@@ -164,12 +169,15 @@ def set_aside(run_dir: Path) -> None:
         result.replace(run_dir / "result.refused.json")
 
 
+def seeded(source: str, run: int) -> str:
+    """train.py for run `run` of an experiment: SEED + run, so repeated runs measure seed-to-seed noise."""
+    seed = read_constants(source).get("SEED") if run else None
+    return set_constants(source, {"SEED": seed.value + run}) if seed is not None else source
+
+
 def written_for(text: str, exp: Experiment) -> bool:
-    """Whether train.py's `text` is what the loop wrote for a run of `exp`: its source, or it with another SEED."""
-    if text == exp.source:
-        return True
+    """Whether train.py's `text` is what the loop wrote for a run of `exp`: its source, or a seeded run of it."""
     try:
-        seed = read_constants(exp.source).get("SEED")
-        return seed is not None and set_constants(text, {"SEED": seed.value}) == exp.source
-    except (SyntaxError, ValueError, AutoresearchError):  # not a train.py the loop wrote
-        return False
+        return any(text == seeded(exp.source, run) for run in range(len(exp.run_values) + 2))
+    except Exception:  # a source the loop could not seed (a SEED that is no number): it wrote the source alone
+        return text == exp.source

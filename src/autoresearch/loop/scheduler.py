@@ -36,12 +36,12 @@ from autoresearch.agents.base import Agent, preflight
 from autoresearch.evaluator import sandbox
 from autoresearch.loop import activity
 from autoresearch.loop.answers import Answer, Answers, asked_on_threads
-from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop, seeded
+from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop
 from autoresearch.loop.executor import Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
-from autoresearch.loop.recovery import commit_message, result_columns, set_aside
+from autoresearch.loop.recovery import commit_message, result_columns, seeded, set_aside
 from autoresearch.loop.workers import Device, Job, Worker, check_out, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.git import Git

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.errors import AutoresearchError, ConfigError
+from autoresearch.files import write_text_atomic
 from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.git import Git
 
@@ -45,8 +46,9 @@ class Workspace:
         return self.train_py.read_text()
 
     def write_train_py(self, source: str) -> None:
+        """Whole or not at all: a full disk or a kill never leaves half a train.py for the next start to resume."""
         with disk_full_is_an_error("writing train.py"):
-            self.train_py.write_text(source)
+            write_text_atomic(self.train_py, source, self.state / "train.py.tmp")
 
     def program(self) -> str:
         path = self.root / "program.md"
