@@ -9,7 +9,7 @@ import pytest
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import sandbox
-from autoresearch.evaluator.gpu_nodes import gpu_model, nvidia_gpus, own_nodes
+from autoresearch.evaluator.gpu_nodes import gpu_models, nvidia_gpus, own_nodes
 from autoresearch.loop import workers
 from autoresearch.loop.workers import devices
 
@@ -100,7 +100,7 @@ def test_gpus_of_two_models_are_refused_before_anything_runs(
 ) -> None:
     """An RTX 4090 and an RTX 3090 in one workstation: their runs would be judged against each other."""
     dev, table = machine
-    monkeypatch.setattr(workers, "gpu_model", lambda item: gpu_model(item, dev, table))
+    monkeypatch.setattr(workers, "gpu_models", lambda ids: gpu_models(ids, dev, table))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     assert len(devices("all", None, cores=2)) == 2  # two H200s
     other = table / GPUS[1][0] / "information"
@@ -111,7 +111,7 @@ def test_gpus_of_two_models_are_refused_before_anything_runs(
         devices("all", None, cores=2)
     assert "the GPUs of one model" in err.value.hint
     assert [d.env["CUDA_VISIBLE_DEVICES"] for d in devices("GPU-bbbb2222", None, cores=2)] == ["GPU-bbbb2222"]
-    assert gpu_model("GPU-bbbb", dev, table) == "NVIDIA H100" and gpu_model("7", dev, table) is None
+    assert gpu_models(["GPU-bbbb", "7"], dev, table) == {"GPU-bbbb": "NVIDIA H100"}  # 7: no such GPU
 
 
 def test_no_driver_table_or_no_gpu_asked_gets_every_node(machine: tuple[Path, Path]) -> None:

@@ -85,13 +85,13 @@ def named(visible: str, gpus: list[Gpu], ordered: bool) -> list[Gpu] | None:
     return chosen
 
 
-def gpu_model(item: str, dev: Path = Path("/dev"), table: Path = DRIVER_TABLE) -> str | None:
-    """The model of the GPU a worker given CUDA_VISIBLE_DEVICES=`item` (in PCI bus order) trains on, as the
-    driver names it; None where that cannot be told."""
+def gpu_models(ids: list[str], dev: Path = Path("/dev"), table: Path = DRIVER_TABLE) -> dict[str, str]:
+    """The model, as the driver names it, of each GPU a worker given CUDA_VISIBLE_DEVICES=<id> (in PCI bus order)
+    trains on; ids whose GPU cannot be told are left out."""
     gpus = nvidia_gpus(table)
     ordered = all(_openable(dev / f"nvidia{gpu.minor}") for gpu in gpus)
-    chosen = named(item, gpus, ordered)
-    return (chosen[0].model or None) if chosen else None
+    models = {item: chosen[0].model for item in ids if (chosen := named(item, gpus, ordered))}
+    return {item: model for item, model in models.items() if model}
 
 
 def own_nodes(

@@ -223,6 +223,7 @@ class Referee:
         flops = t.reported.get("flops_per_token")
         mfu = 100 * flops * tps / peak if peak and isinstance(flops, int | float) and flops > 0 else None
         memory = t.reported.get("peak_memory_mb")
+        clock = describe_clock(self.session.clock)
         return Result(
             val_bpb=bpb,
             valid=reason is None and bpb is not None,
@@ -244,8 +245,8 @@ class Referee:
             budget_seconds=self.apparatus.budget_seconds,
             harness_fingerprint=self.fingerprint,
             confined=self.experiment.confined,
-            training_clock=describe_clock(self.session.clock),
-            setup=f"{devices.model(device)}; {describe_clock(self.session.clock)}",
+            training_clock=clock,
+            setup=f"{devices.model(device)}; {clock}",
         )
 
 

@@ -26,7 +26,7 @@ from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
 from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
 from autoresearch.loop.judge import judge, measured_noise, noise_of
 from autoresearch.loop.ledger import Experiment, Ledger
-from autoresearch.loop.recovery import MAX_ATTEMPTS, Recovery, commit_message, result_columns, seeded, set_aside
+from autoresearch.loop.recovery import MAX_ATTEMPTS, Recovery, commit_message, result_columns, seeded
 from autoresearch.loop.reporter import Reporter
 from autoresearch.loop.settings import APPARATUS_HINT, LoopConfig, LoopError
 from autoresearch.loop.watch import Verdict, Watch
@@ -219,8 +219,7 @@ class ResearchLoop(Asking, Recovery):
             why = self._verified(watch, f"experiment {exp.id}").reason()
             if source != exp.source:
                 self.ws.write_train_py(exp.source)
-        if (outcome := self.comparable(outcome)).status == RunEnd.CHANGED:
-            set_aside(spec.run_dir)
+        outcome = self.comparable(outcome, spec.run_dir)
         if exp.kind == Kind.BASELINE:  # the user's own train.py: what it compiled serves the next seeds at once
             self._settle_compiled(exp, keep=outcome.status == RunEnd.OK and not why, run=run)
         if why:  # whatever it scored, a run that reached outside its box is not believed

@@ -41,10 +41,13 @@ class Recovery:
             return f"it was measured on {setup}, the baseline's runs on {expected}"
         return None
 
-    def comparable(self, outcome: Outcome) -> Outcome:
-        """`outcome`, or an apparatus change where it ended well on another setup than the baseline's runs."""
+    def comparable(self, outcome: Outcome, run_dir: Path) -> Outcome:
+        """`outcome`, or an apparatus change where it ended well on another setup than the baseline's runs; the
+        result of a run refused either way (another apparatus too) is set aside in `run_dir`."""
         if outcome.status == RunEnd.OK and outcome.result and (why := self.setup_differs(outcome.result.setup)):
-            return replace(outcome, status=RunEnd.CHANGED, reason=why, hint=SETUP_HINT)
+            outcome = replace(outcome, status=RunEnd.CHANGED, reason=why, hint=SETUP_HINT)
+        if outcome.status == RunEnd.CHANGED:
+            set_aside(run_dir)
         return outcome
 
     def check_setup(self, exp: Experiment) -> None:

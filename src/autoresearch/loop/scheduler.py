@@ -41,7 +41,7 @@ from autoresearch.loop.executor import Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
-from autoresearch.loop.recovery import commit_message, result_columns, seeded, set_aside
+from autoresearch.loop.recovery import commit_message, result_columns, seeded
 from autoresearch.loop.workers import Device, Job, Worker, check_out, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.git import Git
@@ -371,8 +371,7 @@ class Scheduler:
             loop.reporter.message(f"exp {exp.id}: {outcome.reason}; trying that run once more")
             self.jobs.appendleft(job)
             return
-        if (outcome := loop.comparable(outcome)).status == RunEnd.CHANGED:
-            set_aside(job.spec.run_dir)
+        if (outcome := loop.comparable(outcome, job.spec.run_dir)).status == RunEnd.CHANGED:
             raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or self.loop_hint())
         if outcome.status != RunEnd.OK:
             why = outcome.reason if outcome.status != RunEnd.LOST else f"{outcome.reason}, twice"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator.cores import usable_cores
-from autoresearch.evaluator.gpu_nodes import gpu_model, nvidia_gpus
+from autoresearch.evaluator.gpu_nodes import gpu_models, nvidia_gpus
 from autoresearch.loop.executor import Executor, LocalExecutor, Outcome, RunSpec
 from autoresearch.workspace.git import Git
 
@@ -63,7 +63,7 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
             raise AutoresearchError(f"--gpus {gpus} names a GPU twice: two runs never share a GPU")
         if not all(g.isdigit() or g.startswith(("GPU-", "MIG-")) for g in ids):  # numbers, or UUIDs as CUDA takes
             raise AutoresearchError(f"--gpus takes `all` or GPU numbers like 0,1,3, not {gpus!r}")
-        models = {g: model for g in ids if (model := gpu_model(g))}
+        models = gpu_models(ids)
         if len(set(models.values())) > 1:  # the runs would be judged against each other
             listing = ", ".join(f"{g}: {model}" for g, model in models.items())
             raise AutoresearchError(
