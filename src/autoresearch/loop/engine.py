@@ -34,7 +34,7 @@ from autoresearch.vocabulary import IN_FLIGHT, Kind, RunEnd, Status
 from autoresearch.workspace.workspace import TRAIN_PY, Workspace
 
 # Imported from here by the CLI, the scheduler, the benches and the tests.
-__all__ = ["APPARATUS_HINT", "MAX_ATTEMPTS", "NO_PROPOSAL", "LoopConfig", "LoopError", "ResearchLoop", "seeded"]
+__all__ = ["APPARATUS_HINT", "MAX_ATTEMPTS", "NO_PROPOSAL", "LoopConfig", "LoopError", "ResearchLoop"]
 
 
 class ResearchLoop(Asking, Recovery):
