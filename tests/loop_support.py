@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,3 +177,22 @@ def make_loop(ws: Workspace, executor, baseline_runs: int = 3, timeout: float | 
         OPEN_EXECUTORS.append(executor)
     echo = events.append if events is not None else (lambda _text: None)
     return ResearchLoop(ws, executor, PlainReporter(echo), LoopConfig(baseline_runs=baseline_runs, timeout=timeout))
+
+
+def killed_loop(workspace: Workspace, body: str) -> subprocess.CompletedProcess:
+    """Run `body` (Python, with `ws` the workspace and this module's names at hand) in a process of its own, which
+    something in it SIGKILLs: what a kill leaves, no `finally` run. Its exit must say it was killed."""
+    preamble = f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from loop_support import *
+        from autoresearch.workspace.workspace import Workspace
+        from pathlib import Path
+        ws = Workspace(Path({str(workspace.root)!r}))
+        def kill():
+            os.kill(os.getpid(), signal.SIGKILL)
+    """
+    code = textwrap.dedent(preamble) + textwrap.dedent(body)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    return proc

@@ -10,10 +10,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from loop_support import FakeExecutor, constant, make_loop
+import pytest
+from loop_support import FakeExecutor, ScriptedAgent, constant, killed_loop, make_loop
 
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.trying import try_working_tree
 from autoresearch.vocabulary import Status
 from autoresearch.workspace.integrity import LOOP_OWN
 
@@ -214,3 +216,50 @@ def test_lines_removed_from_gitignore_reject_the_proposal(workspace, tmp_path):
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nprintf 'results.tsv\\n' > .gitignore\necho LR")
     assert exp.status == Status.CRASH and "edited files other than train.py: changed .gitignore" in exp.reason
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.parametrize("next_start", ["run", "try"])
+def test_a_loop_killed_during_the_agents_turn_is_put_back_on_the_next_start(workspace, tmp_path, next_start):
+    """A SIGKILL (the OOM killer, a reboot) in the middle of a turn: the agent had committed its edit, added a file
+    and written its identity into git's config. The next start puts all of it back, as the turn's end would have,
+    keeping it in the quarantine; `run` puts the unfinished train.py aside too, while `try` judges it."""
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
+    best = loop.baseline()
+    before = state(workspace)
+    agent = tmp_path / "agent.sh"
+    pid = tmp_path / "loop.pid"
+    agent.write_text(
+        f"""set -e
+{set_lr(0.2)}
+{GIT} commit -q -am "aider: LR 0.2"
+echo "half a thought" > notes.txt
+git config user.name agent
+kill -9 "$(cat {shlex.quote(str(pid))})"
+"""
+    )
+    killed_loop(
+        workspace,
+        f"""
+        from autoresearch.agents.command_agent import CommandAgent
+        open({str(pid)!r}, "w").write(str(os.getpid()))
+        loop = make_loop(ws, FakeExecutor(lambda source: 1.0), baseline_runs=2)
+        loop.run(CommandAgent({f"sh {shlex.quote(str(agent))}"!r}, timeout_s=60), max_experiments=1)
+        """,
+    )
+    assert workspace.git.head() != best.commit and (workspace.root / "notes.txt").exists()  # as the kill left it
+
+    events = []
+    loop = make_loop(workspace, FakeExecutor(score), events=events)
+    if next_start == "run":
+        loop.run(ScriptedAgent([]), max_experiments=0)
+        assert workspace.read_train_py() == best.source
+        assert constant(quarantined(workspace, "train.py")[0].read_text(), "LR") == 0.2
+    else:
+        exp = try_working_tree(loop, "LR 0.2")
+        assert (exp.id, exp.status, constant(exp.source, "LR")) == (2, Status.KEEP, 0.2)
+    [told] = [e for e in events if "stopped during the agent's turn" in e]
+    assert "added notes.txt" in told and "refs/heads/autoresearch/test" in told and ".git/config" in told
+    assert quarantined(workspace, "notes.txt")[0].read_text() == "half a thought\n"
+    assert (workspace.git.git_dir / "config").read_bytes() == before["config"]
+    assert workspace.git.status() == {} and workspace.git.untracked(LOOP_OWN) == []
+    assert workspace.git.head() == loop.best().commit and not (workspace.state / "turn.json").exists()

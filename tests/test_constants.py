@@ -153,3 +153,13 @@ def test_the_template_round_trips_through_set_constants_unchanged() -> None:
     values = {name: c.value for name, c in read_constants(source).items()}
     out = set_constants(source, values)
     assert "".join(difflib.unified_diff(source.splitlines(True), out.splitlines(True))) == ""
+
+
+def test_a_value_too_big_to_compute_is_read_as_code_at_once() -> None:
+    """An agent's `9**9**9` would hold the loop for minutes (and 10.0**400 overflow): not a constant's value."""
+    import time
+
+    started = time.monotonic()
+    found = read_constants("A = 9**9**9\nB = 10.0**400\nC = (10**1000)**1000\nD = 2**20\nE = 1.5**-2\n")
+    assert list(found) == ["D", "E"] and found["D"].value == 2**20
+    assert time.monotonic() - started < 1

@@ -13,6 +13,7 @@ from loop_support import (
     FakeExecutor,
     ScriptedAgent,
     constant,
+    killed_loop,
     make_loop,
     make_workspace,
     with_constants,
@@ -76,6 +77,30 @@ def test_a_seed_only_change_is_rejected_before_it_runs(workspace):
     runs = len(executor.calls)
     exp = loop.step(ScriptedAgent([lambda ctx: ("new seed", with_constants(ctx.train_py, SEED=44))]))
     assert exp.status == Status.CRASH and "seed" in exp.reason
+    assert len(executor.calls) == runs  # nothing trained
+
+
+@pytest.mark.parametrize("seed", ['"42"', "42.0", None])
+def test_a_seed_the_loop_cannot_raise_is_refused_in_the_baseline_and_in_a_proposal(tmp_path, tiny_prepared, seed):
+    """The noise is measured over SEED, SEED + 1, ...: a train.py whose SEED is no integer (or is gone) would
+    train the same seed again and again, and make the noise look smaller than it is."""
+    line = "SEED = 42  # initialisation seed\n"
+
+    def spoil(source: str) -> str:
+        return source.replace(line, f"SEED = {seed}\n" if seed else "")
+
+    executor = FakeExecutor(score)
+    workspace = make_workspace(tmp_path / "ws", tiny_prepared, train_py=spoil(BIGRAM_TRAIN_PY))
+    with pytest.raises(LoopError, match=r"the loop trains the baseline with SEED, SEED \+ 1") as refused:
+        make_loop(workspace, executor).run(ScriptedAgent([]), max_experiments=0)
+    assert "SEED = 42" in refused.value.hint and executor.calls == [] and Ledger(workspace.root).all() == []
+
+    workspace = make_workspace(tmp_path / "ws2", tiny_prepared)
+    loop = make_loop(workspace, executor)
+    loop.baseline()
+    runs = len(executor.calls)
+    exp = loop.step(ScriptedAgent([lambda ctx: ("LR 0.2", spoil(with_constants(ctx.train_py, LR=0.2)))]))
+    assert exp.status == Status.CRASH and "keep it an integer constant" in exp.reason
     assert len(executor.calls) == runs  # nothing trained
 
 
@@ -356,6 +381,75 @@ def test_a_try_stopped_while_the_baseline_trains_keeps_the_edit_it_was_given(wor
     with pytest.raises(KeyboardInterrupt):
         try_working_tree(make_loop(workspace, FakeExecutor(interrupted)), "LR 0.2")
     assert workspace.read_train_py() == edited
+
+
+def test_a_try_killed_while_the_baseline_trains_loses_not_the_edit_it_was_given(workspace):
+    """SIGKILL, not Ctrl-C: no `finally` puts the edit back. It waited in the state folder; the next start finds it."""
+    from autoresearch.loop.trying import try_working_tree
+
+    edited = with_constants(workspace.read_train_py(), LR=0.2)
+    workspace.write_train_py(edited)
+    killed_loop(
+        workspace,
+        """
+        from autoresearch.loop.trying import try_working_tree
+        def score(source):
+            if constant(source, "SEED") == 43:  # the baseline's second seed
+                kill()
+            return 1.0 + (constant(source, "LR") - 0.2) ** 2
+        try_working_tree(make_loop(ws, FakeExecutor(score)), "LR 0.2")
+        """,
+    )
+    assert constant(workspace.read_train_py(), "SEED") == 43  # the baseline's run it died in
+    events = []
+    with pytest.raises(LoopError, match=r"train\.py holds an edit, and experiment 1 is in flight"):
+        make_loop(workspace, FakeExecutor(score), events=events).run(ScriptedAgent([]), max_experiments=0)
+    assert workspace.read_train_py() == edited and any("`try` that was stopped" in e for e in events)
+    exp = try_working_tree(make_loop(workspace, FakeExecutor(score)), "LR 0.2")  # as the hint says
+    assert (exp.id, exp.source, exp.status) == (2, edited, Status.KEEP)
+    assert not (workspace.state / "held-train.py").exists()
+
+
+def test_a_try_killed_while_the_baseline_trains_then_a_new_edit_keeps_both(workspace):
+    """The edit held for a killed `try`, and another made since: the loop does not choose between them."""
+    from autoresearch.loop.trying import try_working_tree
+
+    first, second = (with_constants(workspace.read_train_py(), LR=lr) for lr in (0.2, 0.3))
+    workspace.write_train_py(first)
+    killed_loop(
+        workspace,
+        """
+        from autoresearch.loop.trying import try_working_tree
+        def score(source):
+            if constant(source, "SEED") == 43:
+                kill()
+            return 1.0
+        try_working_tree(make_loop(ws, FakeExecutor(score)), "LR 0.2")
+        """,
+    )
+    workspace.write_train_py(second)
+    for start in (
+        lambda: try_working_tree(make_loop(workspace, FakeExecutor(score)), "LR 0.3"),
+        lambda: make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0),
+    ):
+        with pytest.raises(LoopError, match=r"held-train\.py in \.autoresearch") as refused:
+            start()
+        assert "mv .autoresearch/held-train.py train.py" in refused.value.hint
+        assert workspace.read_train_py() == second
+        assert (workspace.state / "held-train.py").read_text() == first
+
+
+def test_a_train_py_committed_with_crlf_line_endings_is_no_edit(tmp_path, tiny_prepared):
+    """The loop reads train.py as text and writes it back with LF: a CRLF commit is the same train.py."""
+    workspace = make_workspace(tmp_path / "ws", tiny_prepared, train_py=BIGRAM_TRAIN_PY.replace("\n", "\r\n"))
+    assert b"\r\n" in workspace.train_py.read_bytes() and workspace.git.status() == {}
+    make_loop(workspace, FakeExecutor(score)).baseline()  # its seeds wrote train.py back with LF
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.run(ScriptedAgent([set_lr(0.2)]), max_experiments=1)  # the next start, then an experiment
+    assert [e.status for e in Ledger(workspace.root).all()] == [Status.KEEP, Status.KEEP]
+    workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.3))
+    with pytest.raises(LoopError, match="uncommitted changes"):  # a real edit still is one
+        make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
 
 
 def test_a_run_resumes_over_the_seeded_train_py_it_wrote_and_refuses_to_overwrite_an_edit(tmp_path, tiny_prepared):

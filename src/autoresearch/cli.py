@@ -228,7 +228,7 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
     ws = Workspace(args.workspace)
     devices(args.gpus, args.workers)  # a wrong --gpus is an error before anything is queued
     source, base = ws.read_train_py(), ws.git.head()
-    if source == ws.git.show(base, "train.py"):
+    if source == ws.committed_train_py(base):
         raise AutoresearchError("train.py is the same as the best", hint="edit train.py first")
     inbox = Inbox(ws.state)
     reply = inbox.put(args.message, source, base)

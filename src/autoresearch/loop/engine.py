@@ -26,11 +26,19 @@ from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
 from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
 from autoresearch.loop.judge import judge, measured_noise, noise_of
 from autoresearch.loop.ledger import Experiment, Ledger
-from autoresearch.loop.recovery import MAX_ATTEMPTS, Recovery, commit_message, result_columns, seeded
+from autoresearch.loop.recovery import (
+    MAX_ATTEMPTS,
+    TURN_SNAPSHOT,
+    Recovery,
+    commit_message,
+    result_columns,
+    seeded,
+)
 from autoresearch.loop.reporter import Reporter
 from autoresearch.loop.settings import APPARATUS_HINT, LoopConfig, LoopError
 from autoresearch.loop.watch import Verdict, Watch
 from autoresearch.vocabulary import IN_FLIGHT, Kind, RunEnd, Status
+from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.workspace import TRAIN_PY, Workspace
 
 # Imported from here by the CLI, the scheduler, the benches and the tests.
@@ -106,6 +114,12 @@ class ResearchLoop(Asking, Recovery):
     def new_baseline(self) -> Experiment:
         """The baseline's row: the branch's train.py, to be trained with several seeds."""
         source = self.ws.read_train_py()
+        if why := guard.seed_problem(source):
+            raise LoopError(
+                f"{why}: the loop trains the baseline with SEED, SEED + 1, ... to measure the noise",
+                hint="put `SEED = 42` among the constants at the top of train.py, seed torch with it "
+                "(torch.manual_seed(SEED)), commit it, then run again",
+            )
         exp = Experiment(
             id=self.ledger.next_id(),
             kind=Kind.BASELINE,
@@ -231,9 +245,14 @@ class ResearchLoop(Asking, Recovery):
     # -- verifying what untrusted steps did ------------------------------------------------------
 
     def _watch(self, train_py: bytes | None = None) -> Watch:
-        """A run (train_py given) or an agent's turn (None), about to start."""
+        """A run (train_py given) or an agent's turn (None), about to start. An agent's turn keeps its snapshot on
+        disk while it lasts: after a kill, the next start puts back what it left (Recovery.recover_workspace)."""
         run = train_py is not None
-        return Watch(self.git, self.ledger, self.ws.state / "quarantine", train_py, human=run, agent=not run)
+        keep = None if run else self.ws.state / TURN_SNAPSHOT
+        with disk_full_is_an_error("saving the workspace's state before the agent's turn"):
+            return Watch(
+                self.git, self.ledger, self.ws.state / "quarantine", train_py, human=run, agent=not run, keep=keep
+            )
 
     def _verified(self, watch: Watch, who: str) -> Verdict:
         """Put back what `who` changed; the verdict's reason() says why it is not believed, if it is not."""

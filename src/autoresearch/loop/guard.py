@@ -20,6 +20,21 @@ def rejection(old: str, new: str) -> str | None:
         return f"train.py is not valid Python: {exc.msg} (line {exc.lineno})"
     if only_seed_changed(old, new):
         return "only the random seed changed: a different seed is not an improvement"
+    if (why := seed_problem(new)) and not seed_problem(old):
+        return f"{why}: keep it an integer constant, which the loop raises by one for each repeated run"
+    return None
+
+
+def seed_problem(source: str) -> str | None:
+    """Why the loop cannot give train.py another seed for each run (how it measures the noise), or None."""
+    try:
+        seed = read_constants(source).get("SEED")
+    except SyntaxError:  # not Python: its run says so
+        return None
+    if seed is None:
+        return "train.py has no SEED constant"
+    if type(seed.value) is not int:
+        return f"train.py's SEED is {seed.text}, not an integer"
     return None
 
 

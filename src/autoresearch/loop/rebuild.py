@@ -20,6 +20,7 @@ from autoresearch.loop.executor import read_result
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.git import Git
+from autoresearch.workspace.workspace import as_read
 
 DISCARDED = "refs/autoresearch/discarded/"
 
@@ -66,7 +67,7 @@ def _rows(root: Path, git: Git) -> list[Experiment]:
 
 
 def _row(git: Git, exp_id, kind, status, description, commit, bpb, memory) -> Experiment:
-    source = git.show(commit, "train.py") if commit else ""
+    source = as_read(git.show(commit, "train.py")) if commit else ""  # as the loop had read it
     parent = (git.parent(commit) if kind != Kind.BASELINE else commit) if commit else ""
     final = Status(status) if status in (Status.KEEP, Status.DISCARD, Status.CRASH) else Status.CRASH
     exp = Experiment(id=exp_id, kind=kind, status=final, description=description, parent=parent or "", commit=commit)

@@ -9,18 +9,28 @@ mixed into.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from autoresearch.files import write_text_atomic
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import APPARATUS_HINT, SETUP_HINT, LoopError
+from autoresearch.loop.watch import put_back_left
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
+from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.workspace import TRAIN_PY
 
 MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
+TURN_SNAPSHOT = "turn.json"  # in the state folder: the workspace as an agent's turn found it, while it lasts
+HELD_EDIT = "held-train.py"  # in the state folder: the edit a `try` was given, while train.py is another's
 
 
 class Recovery:
@@ -70,7 +80,10 @@ class Recovery:
 
     def recover(self, taking_edit: bool = False) -> Experiment | None:
         """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any.
-        `taking_edit`: the caller has read an edit of train.py and puts it back itself (`try`)."""
+        `taking_edit`: the caller has read an edit of train.py and puts it back itself (`try`, which has called
+        recover_workspace itself, before it read the edit)."""
+        if not taking_edit:
+            self.recover_workspace()
         self.check_apparatus()
         in_flight = self.ledger.in_flight()
         if len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight):
@@ -129,15 +142,70 @@ class Recovery:
                     hint=f"someone moved the branch by hand; `git reset --hard {best.commit[:7]}` to continue",
                 )
 
+    def recover_workspace(self, taking_edit: bool = False) -> None:
+        """What a kill left outside the ledger: an agent's turn cut short is put back, an edit held by a `try`
+        comes back to train.py. `taking_edit`: train.py is the edit to judge (`try`), whoever left it."""
+        if (kept := self.ws.state / TURN_SNAPSHOT).exists():
+            self._put_back_turn(kept, keep_train_py=taking_edit)
+        held = self.ws.state / HELD_EDIT
+        if not held.exists():
+            return
+        edit, text = held.read_text(), self._train_py_text()
+        if text not in (None, edit) and not self._loop_wrote(text):
+            raise LoopError(
+                f"train.py holds an edit, and so does {HELD_EDIT} in .autoresearch (the edit given to a `try` "
+                "that was stopped)",
+                hint=f"keep the one you want: `mv .autoresearch/{HELD_EDIT} train.py`, or delete that file; "
+                "then run again",
+            )
+        if text != edit:
+            self.ws.write_train_py(edit)
+            self.reporter.message("train.py holds again the edit given to a `try` that was stopped")
+        held.unlink()
+
+    @contextlib.contextmanager
+    def holding(self, edit: str) -> Iterator[None]:
+        """While the loop trains another train.py (an unfinished experiment, the baseline), `edit` waits in the
+        state folder, so that not even a kill loses it; train.py is `edit` again afterwards, whatever happened."""
+        held = self.ws.state / HELD_EDIT
+        with disk_full_is_an_error("keeping the edit aside"):
+            write_text_atomic(held, edit)
+        try:
+            yield
+        finally:
+            self.ws.write_train_py(edit)
+            held.unlink()
+
+    def _put_back_turn(self, kept: Path, keep_train_py: bool) -> None:
+        """The loop was killed during an agent's turn: put back what the turn changed (saved by its Watch in
+        `kept`), its unfinished edit of train.py too unless `keep_train_py`; all of it is kept in the quarantine."""
+        quarantine = self.ws.state / "quarantine" / time.strftime("%Y%m%d-%H%M%S")
+        what = put_back_left(self.git, quarantine, kept)
+        text = self._train_py_text()
+        if not keep_train_py and text != self.ws.committed_train_py():
+            if self.ws.train_py.exists():
+                quarantine.mkdir(parents=True, exist_ok=True)
+                shutil.move(self.ws.train_py, quarantine / TRAIN_PY)
+            self.ws.write_train_py(self.git.show("HEAD", TRAIN_PY))
+            what.append("its unfinished edit of train.py")
+        if what:
+            self.reporter.message(
+                f"the loop was stopped during the agent's turn: put back {', '.join(what[:8])}"
+                f"{f' and {len(what) - 8} more' if len(what) > 8 else ''} (kept in "
+                f"{os.path.relpath(quarantine, self.ws.root)})"
+            )
+        kept.unlink()
+
+    def _loop_wrote(self, text: str) -> bool:
+        """Whether train.py's `text` is the branch's, or one the loop wrote for a run of an experiment in flight."""
+        return text == self.ws.committed_train_py() or any(written_for(text, e) for e in self.ledger.in_flight())
+
     def check_no_edit(self, pending: Experiment) -> None:
         """Refuse to resume `pending` while train.py holds an edit the loop did not write: its train.py would be
         checked out over it (a `try` that stopped leaves the edit it was given there)."""
-        try:
-            text = self.ws.read_train_py()
-        except FileNotFoundError:  # nothing to keep: the checkout puts it back
+        if not self.ws.train_py.exists():  # nothing to keep: the checkout puts it back
             return
-        except (OSError, ValueError):  # unreadable as text: nothing the loop wrote
-            text = None
+        text = self._train_py_text()
         if TRAIN_PY in self.git.changed_paths() and (text is None or not written_for(text, pending)):
             raise LoopError(
                 f"train.py holds an edit, and experiment {pending.id} is in flight: resuming would overwrite it",
@@ -146,11 +214,19 @@ class Recovery:
             )
 
     def check_clean(self) -> None:
-        if TRAIN_PY in self.git.changed_paths():
+        """Refuse to start experiments over an edit of train.py (line endings alone are none)."""
+        if TRAIN_PY in self.git.changed_paths() and self._train_py_text() != self.ws.committed_train_py():
             raise LoopError(
                 "train.py has uncommitted changes",
                 hint="revert them (`git checkout train.py`), or test them with `autoresearch try -m ...`",
             )
+
+    def _train_py_text(self) -> str | None:
+        """The working tree's train.py, or None where it is missing or no text (nothing the loop wrote)."""
+        try:
+            return self.ws.read_train_py()
+        except (OSError, ValueError):
+            return None
 
 
 def commit_message(exp: Experiment) -> str:
@@ -175,7 +251,8 @@ def set_aside(run_dir: Path) -> None:
 def seeded(source: str, run: int) -> str:
     """train.py for run `run` of an experiment: SEED + run, so repeated runs measure seed-to-seed noise."""
     seed = read_constants(source).get("SEED") if run else None
-    return set_constants(source, {"SEED": seed.value + run}) if seed is not None else source
+    # A baseline without an integer SEED is refused (ResearchLoop.new_baseline), a proposal too (guard.rejection).
+    return set_constants(source, {"SEED": seed.value + run}) if seed is not None and type(seed.value) is int else source
 
 
 def written_for(text: str, exp: Experiment) -> bool:

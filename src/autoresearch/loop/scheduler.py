@@ -437,6 +437,7 @@ class Scheduler:
         """Take up what a killed loop left in flight: train the runs it misses, or crash it if its runs were
         interrupted MAX_ATTEMPTS times."""
         loop = self.loop
+        loop.recover_workspace()
         loop.check_apparatus()
         loop.recover_branch()
         for exp in loop.ledger.in_flight():

@@ -12,23 +12,22 @@ from autoresearch.workspace.workspace import TRAIN_PY
 def try_working_tree(loop: ResearchLoop, description: str) -> Experiment:
     """`autoresearch try`: judge the train.py a coding agent left in the working tree, as one experiment."""
     ws, git = loop.ws, loop.git
+    loop.recover_workspace(taking_edit=True)  # what a kill left: an agent's litter, the edit of a stopped `try`
     candidate = ws.read_train_py()
     if strays := git.changed_paths() - {TRAIN_PY, "program.md"}:
         raise LoopError(
             f"only train.py may change, but so did: {', '.join(sorted(strays))}",
             hint="revert those files (git checkout / rm), then try again; nothing was run",
         )
-    try:
+    with loop.holding(candidate):  # train.py is another's meanwhile (the unfinished one, the baseline's)
         if (pending := loop.recover(taking_edit=True)) is not None:  # a `try` that was killed: finish it first
             finished = loop._evaluate(pending)
-            if finished.source == candidate:  # the same `try` again: it is judged once
-                return finished
         if loop.best() is None:
             ws.write_train_py(git.show("HEAD", TRAIN_PY))
             loop.baseline()
-    except BaseException:  # train.py is another's now (the unfinished one, the baseline's): the edit stays
-        ws.write_train_py(candidate)
-        raise
+    if pending is not None and finished.source == candidate:  # the same `try` again: it is judged once
+        ws.write_train_py(git.show("HEAD", TRAIN_PY))  # as any `try` leaves it: the best
+        return finished
     best = loop._require_best()
     if candidate == best.source:
         ws.write_train_py(candidate)

@@ -67,14 +67,19 @@ class Watch:
         train_py: bytes | None = None,
         human: bool = True,
         agent: bool = False,
+        keep: Path | None = None,
     ):
         """`train_py`: the bytes train.py must still hold afterwards (a run), or None (an agent edits it).
         `human`: an edit of program.md or prompts/ is the person's, put back and reported (during a run);
         without, it counts like any other file (an agent's turn: the agent may edit train.py only).
-        `agent`: an agent's turn, whose tools' litter is put back but not held against it."""
+        `agent`: an agent's turn, whose tools' litter is put back but not held against it.
+        `keep`: where the snapshot is saved until `check()`, for the next start after a kill (put_back_left)."""
         self.git, self.ledger, self.train_py, self.human, self.agent = git, ledger, train_py, human, agent
         self.quarantine = quarantine / time.strftime("%Y%m%d-%H%M%S")
         self.before = integrity.take(git, exclude=frozenset({TRAIN_PY}), human=human)
+        self.keep = keep
+        if keep is not None:
+            integrity.save(self.before, git, keep)
         self.tsv = ledger.workspace / "results.tsv"
         self.tsv_bytes = self.tsv.read_bytes() if self.tsv.exists() else None
         self.rows = ledger.state()
@@ -102,7 +107,19 @@ class Watch:
         verdict.package_changed = package_digest() != self.package
         if self._kept() != kept:
             verdict.quarantine = os.path.relpath(self.quarantine, self.ledger.workspace)
+        if self.keep is not None:
+            self.keep.unlink(missing_ok=True)
         return verdict
 
     def _kept(self) -> set[Path]:
         return set(self.quarantine.rglob("*")) if self.quarantine.exists() else set()
+
+
+def put_back_left(git: Git, quarantine: Path, kept: Path) -> list[str]:
+    """After a kill during an agent's turn (its Watch `kept` its snapshot there): put the workspace back as the
+    turn found it, but for train.py, moving what changed into `quarantine`; what that was."""
+    before = integrity.load(kept)
+    if before is None:  # unreadable (it is written whole, so only a hand could break it): nothing to compare with
+        return []
+    found = integrity.put_back(before, git, quarantine, frozenset({TRAIN_PY}), human=False, agent=True)
+    return [*found.changed, *found.litter]

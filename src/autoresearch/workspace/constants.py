@@ -40,10 +40,16 @@ def parse(source: str) -> ast.Module:
         return ast.parse(source)
 
 
+MAX_POWER_BITS = 4096  # `a ** b` of more bits is no knob's value: 9**9**9 would hold the loop for minutes
+
+
 def _literal(node: ast.expr) -> Any:
     """The value of a literal expression (allowing `a ** b` and unary minus), else raise ValueError."""
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-        return _literal(node.left) ** _literal(node.right)
+        base, exponent = _literal(node.left), _literal(node.right)
+        if isinstance(base, int) and isinstance(exponent, int) and base.bit_length() * abs(exponent) > MAX_POWER_BITS:
+            raise ValueError(f"a power of {base.bit_length() * abs(exponent)} bits")
+        return base**exponent
     return ast.literal_eval(node)
 
 
@@ -64,8 +70,8 @@ def read_constants(source: str) -> dict[str, Constant]:
             continue
         try:
             value = _literal(node.value)
-        except (ValueError, TypeError, SyntaxError):
-            continue
+        except (ValueError, TypeError, SyntaxError, ArithmeticError, MemoryError, RecursionError):
+            continue  # not a value the loop can read or write: the line is code like any other
         line = lines[node.lineno - 1]
         encoded = line.encode()  # ast gives columns as UTF-8 byte offsets
         start = len(encoded[: node.value.col_offset].decode())

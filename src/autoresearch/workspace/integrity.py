@@ -45,6 +45,7 @@ import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from autoresearch.files import write_text_atomic
 from autoresearch.workspace.git import Git
 
 # The loop's own output in a workspace (see workspace/init.py's .gitignore): never the run's doing.
@@ -419,9 +420,7 @@ def save(snap: Snapshot, git: Git, path: Path) -> None:
     data = {k: v for k, v in asdict(snap).items() if k not in ("contents", "sources")}
     data["git_contents"] = {i: base64.b64encode(snap.contents[i]).decode() for i in git_ids if i in snap.contents}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data))
 
 
 def load(path: Path) -> Snapshot | None:

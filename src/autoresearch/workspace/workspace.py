@@ -45,6 +45,11 @@ class Workspace:
     def read_train_py(self) -> str:
         return self.train_py.read_text()
 
+    def committed_train_py(self, commit: str = "HEAD") -> str:
+        """train.py as committed at `commit`, read as `read_train_py` reads the file: with its line endings
+        made "\n" (a train.py committed with CRLF is the same text the loop writes back with LF)."""
+        return as_read(self.git.show(commit, TRAIN_PY))
+
     def write_train_py(self, source: str) -> None:
         """Whole or not at all: a full disk or a kill never leaves half a train.py for the next start to resume."""
         with disk_full_is_an_error("writing train.py"):
@@ -97,3 +102,8 @@ def _try_flock(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def as_read(text: str) -> str:
+    """`text` with its line endings made "\n", as Python reads a file in text mode."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
