@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, killed_loop, make_loop
 
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.scheduler import run_workers
 from autoresearch.loop.trying import try_working_tree
+from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import Status
 from autoresearch.workspace.integrity import LOOP_OWN
 
@@ -218,27 +222,13 @@ def test_lines_removed_from_gitignore_reject_the_proposal(workspace, tmp_path):
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
-@pytest.mark.parametrize("next_start", ["run", "try"])
-def test_a_loop_killed_during_the_agents_turn_is_put_back_on_the_next_start(workspace, tmp_path, next_start):
-    """A SIGKILL (the OOM killer, a reboot) in the middle of a turn: the agent had committed its edit, added a file
-    and written its identity into git's config. The next start puts all of it back, as the turn's end would have,
-    keeping it in the quarantine; `run` puts the unfinished train.py aside too, while `try` judges it."""
-    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
-    best = loop.baseline()
-    before = state(workspace)
-    agent = tmp_path / "agent.sh"
-    pid = tmp_path / "loop.pid"
-    agent.write_text(
-        f"""set -e
-{set_lr(0.2)}
-{GIT} commit -q -am "aider: LR 0.2"
-echo "half a thought" > notes.txt
-git config user.name agent
-kill -9 "$(cat {shlex.quote(str(pid))})"
-"""
-    )
+def kill_during_turn(ws, tmp_path: Path, script: str) -> None:
+    """The loop (in a process of its own) SIGKILLed by its command agent, after `script`, in the middle of a turn
+    made on the best; the agent runs on for a while, as a coding agent does when no one stops it."""
+    agent, pid = tmp_path / "agent.sh", tmp_path / "loop.pid"
+    agent.write_text(f'set -e\n{script}\nkill -9 "$(cat {shlex.quote(str(pid))})"\nsleep 60\n')
     killed_loop(
-        workspace,
+        ws,
         f"""
         from autoresearch.agents.command_agent import CommandAgent
         open({str(pid)!r}, "w").write(str(os.getpid()))
@@ -246,7 +236,30 @@ kill -9 "$(cat {shlex.quote(str(pid))})"
         loop.run(CommandAgent({f"sh {shlex.quote(str(agent))}"!r}, timeout_s=60), max_experiments=1)
         """,
     )
-    assert workspace.git.head() != best.commit and (workspace.root / "notes.txt").exists()  # as the kill left it
+
+
+@pytest.mark.parametrize("next_start", ["run", "try"])
+def test_a_loop_killed_during_the_agents_turn_is_put_back_on_the_next_start(workspace, tmp_path, next_start):
+    """A SIGKILL (the OOM killer, a reboot) in the middle of a turn: the agent had committed its edit, added a file
+    and written its identity into git's config, and it is still running. The next start kills it and puts back
+    what it did, as the turn's end would have, keeping it in the quarantine; `run` puts the unfinished train.py
+    aside too, while `try` judges it. What the person did meanwhile stays: program.md as they edited it, and the
+    commit the branch was on, reachable under refs/autoresearch/left/."""
+    best = make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    before = state(workspace)
+    kill_during_turn(
+        workspace,
+        tmp_path,
+        f"""{set_lr(0.2)}
+{GIT} commit -q -am "aider: LR 0.2"
+echo "half a thought" > notes.txt
+git config user.name agent""",
+    )
+    agent_commit = workspace.git.head()
+    assert agent_commit != best.commit and (workspace.root / "notes.txt").exists()  # as the kill left it
+    agent_pid = int((workspace.state / "agent.pid").read_text().split()[0])
+    assert psutil.pid_exists(agent_pid)
+    (workspace.root / "program.md").write_text("Try a larger batch next.\n")  # the person, after the kill
 
     events = []
     loop = make_loop(workspace, FakeExecutor(score), events=events)
@@ -257,9 +270,36 @@ kill -9 "$(cat {shlex.quote(str(pid))})"
     else:
         exp = try_working_tree(loop, "LR 0.2")
         assert (exp.id, exp.status, constant(exp.source, "LR")) == (2, Status.KEEP, 0.2)
+    assert any("killed an agent" in e for e in events)
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(agent_pid) and psutil.Process(agent_pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the agent still runs"
+        time.sleep(0.05)
     [told] = [e for e in events if "stopped during the agent's turn" in e]
     assert "added notes.txt" in told and "refs/heads/autoresearch/test" in told and ".git/config" in told
+    [left] = workspace.git.refs("refs/autoresearch/left/").items()
+    where, _, ref = left[0].partition("heads/")
+    assert left[1] == agent_commit and ref == "autoresearch/test" and f"kept under {where}" in told
     assert quarantined(workspace, "notes.txt")[0].read_text() == "half a thought\n"
     assert (workspace.git.git_dir / "config").read_bytes() == before["config"]
-    assert workspace.git.status() == {} and workspace.git.untracked(LOOP_OWN) == []
+    assert (workspace.root / "program.md").read_text() == "Try a larger batch next.\n"
+    assert set(workspace.git.status()) == {"program.md"} and workspace.git.untracked(LOOP_OWN) == []
     assert workspace.git.head() == loop.best().commit and not (workspace.state / "turn.json").exists()
+
+
+def test_what_a_killed_agent_set_in_gits_config_runs_nothing_when_several_workers_start(workspace, tmp_path):
+    """A filter the agent configured would run at every checkout: the workers' worktrees are made only after the
+    workspace is put back."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    ran = tmp_path / "the filter ran"
+    kill_during_turn(
+        workspace,
+        tmp_path,
+        f"""git config filter.evil.smudge "touch {shlex.quote(str(ran))}; cat"
+echo "* filter=evil" > .git/info/attributes""",
+    )
+    loop = make_loop(workspace, FakeExecutor(score))
+    run_workers(
+        loop, ScriptedAgent([]), devices(None, 2), max_experiments=0, executor_for=lambda _: FakeExecutor(score)
+    )
+    assert not ran.exists() and "evil" not in (workspace.git.git_dir / "config").read_text()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -80,7 +82,9 @@ def test_a_seed_only_change_is_rejected_before_it_runs(workspace):
     assert len(executor.calls) == runs  # nothing trained
 
 
-@pytest.mark.parametrize("seed", ['"42"', "42.0", None])
+@pytest.mark.parametrize(
+    "seed", ['"42"', "42.0", "-1", "0x" + "7" * 3600, None], ids=["text", "float", "negative", "huge", "missing"]
+)
 def test_a_seed_the_loop_cannot_raise_is_refused_in_the_baseline_and_in_a_proposal(tmp_path, tiny_prepared, seed):
     """The noise is measured over SEED, SEED + 1, ...: a train.py whose SEED is no integer (or is gone) would
     train the same seed again and again, and make the noise look smaller than it is."""
@@ -100,7 +104,7 @@ def test_a_seed_the_loop_cannot_raise_is_refused_in_the_baseline_and_in_a_propos
     loop.baseline()
     runs = len(executor.calls)
     exp = loop.step(ScriptedAgent([lambda ctx: ("LR 0.2", spoil(with_constants(ctx.train_py, LR=0.2)))]))
-    assert exp.status == Status.CRASH and "keep it an integer constant" in exp.reason
+    assert exp.status == Status.CRASH and "keep it such an integer constant" in exp.reason
     assert len(executor.calls) == runs  # nothing trained
 
 
@@ -437,6 +441,56 @@ def test_a_try_killed_while_the_baseline_trains_then_a_new_edit_keeps_both(works
         assert "mv .autoresearch/held-train.py train.py" in refused.value.hint
         assert workspace.read_train_py() == second
         assert (workspace.state / "held-train.py").read_text() == first
+
+
+def test_the_same_try_after_a_kill_during_its_second_run_is_judged_once(workspace):
+    """Killed while the re-run of a marginal win trained, `try` left that run's train.py (SEED + 1): the same
+    `try` again is that experiment, not a new one that changes only the seed."""
+    from autoresearch.loop.recovery import seeded
+    from autoresearch.loop.trying import try_working_tree
+
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    source = with_constants(workspace.read_train_py(), LR=0.2)
+    pending_experiment(workspace, loop, attempts=1, source=source)
+    workspace.write_train_py(seeded(source, 1))  # as the kill left it
+    exp = try_working_tree(make_loop(workspace, FakeExecutor(score)), "LR 0.2")
+    assert (exp.id, exp.source, exp.status) == (2, source, Status.KEEP)
+    assert [e.id for e in Ledger(workspace.root).all()] == [1, 2] and workspace.read_train_py() == source
+
+
+@pytest.mark.parametrize("content", ["", "null", '{"refs": {}'])
+def test_a_turn_snapshot_that_cannot_be_read_stops_the_loop_with_what_to_check(workspace, content):
+    """Only a hand (or an agent that also killed the loop) breaks it: nothing can be put back, so nothing is."""
+    make_loop(workspace, FakeExecutor(score)).baseline()
+    (workspace.state / "turn.json").write_text(content)
+    with pytest.raises(LoopError, match=r"what the turn began from cannot be read \(\.autoresearch/turn\.json\)") as e:
+        make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+    assert "git log --all" in e.value.hint and (workspace.state / "turn.json").exists()
+
+
+def test_a_loop_killed_between_the_agents_turn_and_its_row_goes_on_at_the_next_start(workspace):
+    """The turn was checked, its proposal not yet recorded: the next start puts it aside, as a turn cut short."""
+    make_loop(workspace, FakeExecutor(score)).baseline()
+    edit = (
+        "import re, pathlib; p = pathlib.Path('train.py'); p.write_text(re.sub('LR = 0.05', 'LR = 0.2', p.read_text()))"
+    )
+    agent = f"{shlex.quote(sys.executable)} -c {shlex.quote(edit)} && echo LR 0.2"  # a coding agent's edit
+    killed_loop(
+        workspace,
+        f"""
+        from autoresearch.agents.command_agent import CommandAgent
+        from autoresearch.loop import guard
+        guard.rejection = lambda old, new: kill()  # the first thing after the turn's check
+        make_loop(ws, FakeExecutor(lambda source: 1.0)).run(CommandAgent({agent!r}), max_experiments=1)
+        """,
+    )
+    assert constant(workspace.read_train_py(), "LR") == 0.2 and (workspace.state / "turn.json").exists()
+    events = []
+    loop = make_loop(workspace, FakeExecutor(score), events=events)
+    loop.run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
+    assert any("put back train.py (its unfinished edit)" in e for e in events)
+    assert [(e.id, constant(e.source, "LR")) for e in Ledger(workspace.root).all()] == [(1, 0.05), (2, 0.3)]
 
 
 def test_a_train_py_committed_with_crlf_line_endings_is_no_edit(tmp_path, tiny_prepared):

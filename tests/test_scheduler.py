@@ -712,3 +712,18 @@ def test_an_idle_worker_is_asked_again_when_the_agents_pause_ends_not_when_a_run
     sched, _ = scheduler(workspace, gate=gate)
     sched.run(AnsweringAgent([set_lr(0.3), down, down, down, down, after_the_pause]), max_experiments=6)
     assert asked and asked[0] < long_run_ended[0] - 1.0  # asked once the pause ended, not once the 3 s run did
+
+
+def test_an_edit_held_for_a_stopped_try_is_not_lost_to_the_agents_of_several_workers(workspace):
+    """`try` was killed while it trained something else first; the edit it held comes back to train.py, which an
+    agent's turns would overwrite: with an agent, several workers refuse to start over it, as one worker does.
+    Submissions leave train.py alone: with them the loop goes on."""
+    sched, _ = scheduler(workspace)
+    sched.run(None)  # the baseline
+    edit = with_constants(workspace.read_train_py(), LR=0.2)
+    (workspace.state / "held-train.py").write_text(edit)  # as the kill left it
+    with pytest.raises(LoopError, match=r"train\.py has uncommitted changes"):
+        scheduler(workspace)[0].run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
+    assert workspace.read_train_py() == edit and len(Ledger(workspace.root).all()) == 1
+    scheduler(workspace)[0].run(None)
+    assert workspace.read_train_py() == edit

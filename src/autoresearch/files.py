@@ -14,16 +14,29 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
-def write_text_atomic(path: Path, text: str, tmp: Path | None = None) -> None:
+def write_text_atomic(path: Path, text: str, tmp: Path | None = None, durable: bool = False) -> None:
     """Write `text` so that a reader, a kill or a full disk leaves the old file or the new one, never half of
-    one. It is written first to `tmp` (default: beside it; on the same filesystem), removed if that fails."""
+    one. It is written first to `tmp` (default: beside it; on the same filesystem), removed if that fails.
+    `durable`: a power cut too (the file and its folder are synced to the disk)."""
     tmp = tmp or path.with_name(path.name + ".tmp")
     try:
         tmp.write_text(text)
+        if durable:
+            _sync(tmp)
         os.replace(tmp, path)
+        if durable:
+            _sync(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: Path) -> str:

@@ -26,8 +26,10 @@ from pathlib import Path
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
+from autoresearch.orphans import write_pid_file
 
 PROMPT_ENV = "AUTORESEARCH_PROMPT_FILE"
+AGENT_PID = "agent.pid"  # in the workspace's state folder, while an agent runs
 TIMEOUT_S = 30 * 60.0  # a coding agent may think, read and edit for a long while; a hung one must not stall the loop
 STDERR_TAIL_CHARS = 2000
 DESCRIPTION_CHARS = 300
@@ -137,7 +139,10 @@ def run_process(
         errors="replace",
         start_new_session=True,  # its own process group, so that a kill reaches everything it started
     )
+    pid_file = workspace / ".autoresearch" / AGENT_PID  # a loop killed meanwhile: the next start kills the group
     try:
+        pid_file.parent.mkdir(exist_ok=True)
+        write_pid_file(pid_file, process.pid)
         stdout, stderr = process.communicate(prompt, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _kill_group(process)
@@ -148,6 +153,7 @@ def run_process(
         ) from None
     finally:
         _kill_group(process)
+        pid_file.unlink(missing_ok=True)
     return process.returncode, stdout, stderr
 
 

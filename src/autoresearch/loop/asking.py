@@ -86,6 +86,7 @@ class Asking:
         except BaseException:  # Ctrl-C while the agent works: leave the workspace as the best left it
             self._verified(watch, who)
             self.ws.write_train_py(best.source)
+            self.turn_over()
             raise
         verdict = self._verified(watch, who)
         note = verdict.tidied()  # the agent's litter: put back, noted, not held against its train.py
@@ -160,6 +161,7 @@ class Asking:
         )
         self.ledger.insert(exp)
         self.ws.write_train_py(best.source)
+        self.turn_over()
         return self._finish(exp, Status.CRASH, f"rejected: {why}")
 
 

@@ -177,6 +177,7 @@ class ResearchLoop(Asking, Recovery):
             merged_from=merged_from,
         )
         self.ledger.insert(exp)  # before git is touched
+        self.turn_over()  # the agent's proposal is safe in its row
         return exp
 
     # -- training and judging ---------------------------------------------------------------------

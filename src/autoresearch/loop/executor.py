@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import psutil
 from autoresearch.evaluator.confined import FORK_ENV, kill_tree
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, Result
 from autoresearch.evaluator.sandbox import evaluator_env
+from autoresearch.orphans import reap, write_pid_file
 from autoresearch.vocabulary import RunEnd
 
 LOG_TAIL_CHARS = 4000
@@ -392,24 +392,9 @@ def sleep_awake(seconds: float) -> None:
         time.sleep(wait)
 
 
-def write_pid_file(path: Path, pid: int) -> None:
-    """The run's pid and start time: together they name the process even after the pid is reused."""
-    try:
-        path.write_text(f"{pid} {psutil.Process(pid).create_time()}")
-    except psutil.Error:  # already gone
-        path.write_text(f"{pid} 0")
-
-
 def reap_orphan(run_dir: Path) -> bool:
     """Kill the process group of a run a killed loop left behind (found by its pid file); True if one was."""
-    try:
-        pid, created = (run_dir / "pid").read_text().split()
-        if psutil.Process(int(pid)).create_time() != float(created):
-            return False  # that pid now belongs to another process
-        os.killpg(int(pid), signal.SIGKILL)
-        return True
-    except (OSError, ValueError, psutil.Error):
-        return False
+    return reap(run_dir / "pid")
 
 
 def read_result(path: Path) -> Result | None:

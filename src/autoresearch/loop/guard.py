@@ -9,6 +9,8 @@ import difflib
 
 from autoresearch.workspace.constants import parse, read_constants
 
+MAX_SEED = 2**31 - 1  # any seed torch, numpy and random take, with room for the runs' SEED + k
+
 
 def rejection(old: str, new: str) -> str | None:
     """Why `new` may not run as an experiment made from `old`, or None if it may."""
@@ -21,7 +23,7 @@ def rejection(old: str, new: str) -> str | None:
     if only_seed_changed(old, new):
         return "only the random seed changed: a different seed is not an improvement"
     if (why := seed_problem(new)) and not seed_problem(old):
-        return f"{why}: keep it an integer constant, which the loop raises by one for each repeated run"
+        return f"{why}: keep it such an integer constant, which the loop raises by one for each repeated run"
     return None
 
 
@@ -33,8 +35,8 @@ def seed_problem(source: str) -> str | None:
         return None
     if seed is None:
         return "train.py has no SEED constant"
-    if type(seed.value) is not int:
-        return f"train.py's SEED is {seed.text}, not an integer"
+    if type(seed.value) is not int or not 0 <= seed.value <= MAX_SEED:
+        return f"train.py's SEED is {seed.text[:40]}, not an integer from 0 to 2**31 - 1"
     return None
 
 

@@ -18,11 +18,13 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from autoresearch.agents.command_agent import AGENT_PID
 from autoresearch.files import write_text_atomic
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import APPARATUS_HINT, SETUP_HINT, LoopError
 from autoresearch.loop.watch import put_back_left
+from autoresearch.orphans import reap
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.disk import disk_full_is_an_error
@@ -143,14 +145,25 @@ class Recovery:
                 )
 
     def recover_workspace(self, taking_edit: bool = False) -> None:
-        """What a kill left outside the ledger: an agent's turn cut short is put back, an edit held by a `try`
-        comes back to train.py. `taking_edit`: train.py is the edit to judge (`try`), whoever left it."""
+        """What a kill left outside the ledger: an agent still running is killed, its turn cut short is put back,
+        an edit held by a `try` comes back to train.py. `taking_edit`: train.py is the edit to judge (`try`),
+        whoever left it. Before any other git command: an agent's config could have made one run its code."""
+        if reap(self.ws.state / AGENT_PID):
+            self.reporter.message("killed an agent the loop had started before it was stopped")
+        (self.ws.state / AGENT_PID).unlink(missing_ok=True)
         if (kept := self.ws.state / TURN_SNAPSHOT).exists():
             self._put_back_turn(kept, keep_train_py=taking_edit)
         held = self.ws.state / HELD_EDIT
         if not held.exists():
             return
-        edit, text = held.read_text(), self._train_py_text()
+        try:
+            edit = held.read_text()
+        except (OSError, ValueError):
+            raise LoopError(
+                f"the edit given to a `try` that was stopped cannot be read (.autoresearch/{HELD_EDIT})",
+                hint="look at it, copy what you want of it into train.py, delete it, then run again",
+            ) from None
+        text = self._train_py_text()
         if text not in (None, edit) and not self._loop_wrote(text):
             raise LoopError(
                 f"train.py holds an edit, and so does {HELD_EDIT} in .autoresearch (the edit given to a `try` "
@@ -180,21 +193,33 @@ class Recovery:
         """The loop was killed during an agent's turn: put back what the turn changed (saved by its Watch in
         `kept`), its unfinished edit of train.py too unless `keep_train_py`; all of it is kept in the quarantine."""
         quarantine = self.ws.state / "quarantine" / time.strftime("%Y%m%d-%H%M%S")
-        what = put_back_left(self.git, quarantine, kept)
-        text = self._train_py_text()
-        if not keep_train_py and text != self.ws.committed_train_py():
+        put = put_back_left(self.git, quarantine, kept)
+        if put is None:
+            raise LoopError(
+                f"the loop was stopped during an agent's turn, and what the turn began from cannot be read "
+                f"(.autoresearch/{TURN_SNAPSHOT})",
+                hint="see what the agent left (`git status`, `git log --all`, .git/hooks, .git/config), put it "
+                f"right, delete .autoresearch/{TURN_SNAPSHOT}, then run again",
+            )
+        what, left = put
+        if not keep_train_py and self._train_py_text() != self.ws.committed_train_py():
             if self.ws.train_py.exists():
                 quarantine.mkdir(parents=True, exist_ok=True)
                 shutil.move(self.ws.train_py, quarantine / TRAIN_PY)
             self.ws.write_train_py(self.git.show("HEAD", TRAIN_PY))
-            what.append("its unfinished edit of train.py")
+            what.append("train.py (its unfinished edit)")
         if what:
+            more = f" and {len(what) - 8} more" if len(what) > 8 else ""
+            refs = f"; the commits the refs were on are kept under {left}" if left else ""
             self.reporter.message(
-                f"the loop was stopped during the agent's turn: put back {', '.join(what[:8])}"
-                f"{f' and {len(what) - 8} more' if len(what) > 8 else ''} (kept in "
-                f"{os.path.relpath(quarantine, self.ws.root)})"
+                f"the loop was stopped during the agent's turn: put back {', '.join(what[:8])}{more} (kept in "
+                f"{os.path.relpath(quarantine, self.ws.root)}){refs}"
             )
-        kept.unlink()
+        self.turn_over()
+
+    def turn_over(self) -> None:
+        """What an agent's turn came to is recorded (a row, or the workspace as it was): its snapshot is not needed."""
+        (self.ws.state / TURN_SNAPSHOT).unlink(missing_ok=True)
 
     def _loop_wrote(self, text: str) -> bool:
         """Whether train.py's `text` is the branch's, or one the loop wrote for a run of an experiment in flight."""
@@ -213,9 +238,13 @@ class Recovery:
                 "drop the edit (`git checkout train.py`) and run again",
             )
 
-    def check_clean(self) -> None:
-        """Refuse to start experiments over an edit of train.py (line endings alone are none)."""
-        if TRAIN_PY in self.git.changed_paths() and self._train_py_text() != self.ws.committed_train_py():
+    def check_clean(self, in_flight: bool = False) -> None:
+        """Refuse to start experiments over an edit of train.py (line endings alone are none). `in_flight`: the
+        loop with several workers, which trains them in worktrees: one it wrote for an experiment in flight is none."""
+        if TRAIN_PY not in self.git.changed_paths():
+            return
+        text = self._train_py_text()
+        if text != self.ws.committed_train_py() and not (in_flight and text is not None and self._loop_wrote(text)):
             raise LoopError(
                 "train.py has uncommitted changes",
                 hint="revert them (`git checkout train.py`), or test them with `autoresearch try -m ...`",

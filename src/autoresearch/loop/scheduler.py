@@ -125,6 +125,8 @@ class Scheduler:
         started, proposed = self.clock.now(), 0
         idle_since = None
         self.recover()
+        if agent is not None:  # an agent's turns write train.py here; submissions leave it to the one who submits
+            loop.check_clean(in_flight=True)
         if loop.best() is None and not any(loop.ledger.get(i).kind == Kind.BASELINE for i in self.active):
             self.start_baseline()
         activity.start_session(loop.ws.state, [w.device.label for w in self.workers], time.time())
@@ -488,6 +490,7 @@ def run_workers(
             f"several workers, or submitted experiments, need confined runs, and here they cannot be: {why}",
             hint="install bubblewrap (see the README's Confinement), or run one worker with `autoresearch run`",
         )
+    loop.recover_workspace()  # before the worktrees' git commands, which an agent's config left by a kill could steer
     workers = make_workers(loop, found, executor_for)
     try:
         Scheduler(loop, workers, Inbox(loop.ws.state), linger).run(agent, max_experiments, hours)

@@ -6,6 +6,7 @@ from autoresearch.agents.base import Proposal
 from autoresearch.loop import guard
 from autoresearch.loop.engine import LoopError, ResearchLoop
 from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.recovery import written_for
 from autoresearch.workspace.workspace import TRAIN_PY
 
 
@@ -14,6 +15,9 @@ def try_working_tree(loop: ResearchLoop, description: str) -> Experiment:
     ws, git = loop.ws, loop.git
     loop.recover_workspace(taking_edit=True)  # what a kill left: an agent's litter, the edit of a stopped `try`
     candidate = ws.read_train_py()
+    for exp in loop.ledger.in_flight():  # killed during a run of its own: train.py is that run's, seeded
+        if written_for(candidate, exp):
+            candidate = exp.source
     if strays := git.changed_paths() - {TRAIN_PY, "program.md"}:
         raise LoopError(
             f"only train.py may change, but so did: {', '.join(sorted(strays))}",

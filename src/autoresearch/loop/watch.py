@@ -73,11 +73,11 @@ class Watch:
         `human`: an edit of program.md or prompts/ is the person's, put back and reported (during a run);
         without, it counts like any other file (an agent's turn: the agent may edit train.py only).
         `agent`: an agent's turn, whose tools' litter is put back but not held against it.
-        `keep`: where the snapshot is saved until `check()`, for the next start after a kill (put_back_left)."""
+        `keep`: where the snapshot is saved for the next start after a kill (put_back_left), until the loop has
+        recorded what the step came to and deletes it."""
         self.git, self.ledger, self.train_py, self.human, self.agent = git, ledger, train_py, human, agent
         self.quarantine = quarantine / time.strftime("%Y%m%d-%H%M%S")
         self.before = integrity.take(git, exclude=frozenset({TRAIN_PY}), human=human)
-        self.keep = keep
         if keep is not None:
             integrity.save(self.before, git, keep)
         self.tsv = ledger.workspace / "results.tsv"
@@ -107,19 +107,29 @@ class Watch:
         verdict.package_changed = package_digest() != self.package
         if self._kept() != kept:
             verdict.quarantine = os.path.relpath(self.quarantine, self.ledger.workspace)
-        if self.keep is not None:
-            self.keep.unlink(missing_ok=True)
         return verdict
 
     def _kept(self) -> set[Path]:
         return set(self.quarantine.rglob("*")) if self.quarantine.exists() else set()
 
 
-def put_back_left(git: Git, quarantine: Path, kept: Path) -> list[str]:
+def put_back_left(git: Git, quarantine: Path, kept: Path) -> tuple[list[str], str | None] | None:
     """After a kill during an agent's turn (its Watch `kept` its snapshot there): put the workspace back as the
-    turn found it, but for train.py, moving what changed into `quarantine`; what that was."""
+    turn found it, but for train.py and the person's program.md and prompts/ (edited since, perhaps), moving what
+    changed into `quarantine`. What that was, and where the refs moved back keep what they pointed at reachable
+    (refs/autoresearch/left/...: a commit made after the kill may be the person's); None if the snapshot cannot
+    be read."""
     before = integrity.load(kept)
-    if before is None:  # unreadable (it is written whole, so only a hand could break it): nothing to compare with
-        return []
-    found = integrity.put_back(before, git, quarantine, frozenset({TRAIN_PY}), human=False, agent=True)
-    return [*found.changed, *found.litter]
+    if before is None:
+        return None
+    before.human = integrity.human_contents(git.root, before)  # as they are now: not put back
+    refs = git.refs()
+    found = integrity.put_back(before, git, quarantine, frozenset({TRAIN_PY}), human=True, agent=True)
+    left = f"refs/autoresearch/left/{quarantine.name}/"
+    after = git.refs()
+    moved = {
+        ref: sha for ref, sha in refs.items() if after.get(ref) != sha and not ref.startswith("refs/autoresearch/")
+    }
+    for ref, sha in moved.items():
+        git.force_ref(left + ref.removeprefix("refs/"), sha)
+    return [*found.changed, *found.litter], left if moved else None

@@ -112,7 +112,7 @@ def take(git: Git, exclude: frozenset[str] = frozenset(), human: bool = True) ->
     snap.files = _status_contents(git.root, git.status(), skip, snap)
     snap.untracked = _signatures(git, skip)
     if human:
-        snap.human = _human_contents(git.root, snap)
+        snap.human = human_contents(git.root, snap)
     return snap
 
 
@@ -164,7 +164,8 @@ def _signatures(git: Git, skip) -> dict[str, list[int]]:
     return found
 
 
-def _human_contents(root: Path, snap: Snapshot) -> dict[str, str | None]:
+def human_contents(root: Path, snap: Snapshot) -> dict[str, str | None]:
+    """program.md and prompts/*.md -> content id, their bytes kept in `snap`."""
     found = {PROGRAM: _remember(root / PROGRAM, snap)}
     for path in sorted((root / PROMPTS).glob("*.md")):
         found[f"{PROMPTS}/{path.name}"] = _remember(path, snap)
@@ -341,7 +342,7 @@ def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: F
 
 
 def _put_back_human(before: Snapshot, git: Git, quarantine: Path, found: Findings) -> None:
-    now = _human_contents(git.root, _scratch())
+    now = human_contents(git.root, _scratch())
     for path in sorted(set(before.human) | set(now)):
         old, new = before.human.get(path), now.get(path)
         if old == new:
@@ -420,7 +421,7 @@ def save(snap: Snapshot, git: Git, path: Path) -> None:
     data = {k: v for k, v in asdict(snap).items() if k not in ("contents", "sources")}
     data["git_contents"] = {i: base64.b64encode(snap.contents[i]).decode() for i in git_ids if i in snap.contents}
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data))
+    write_text_atomic(path, json.dumps(data), durable=True)  # a power cut leaves it whole, or the old one
 
 
 def load(path: Path) -> Snapshot | None:
@@ -428,5 +429,5 @@ def load(path: Path) -> Snapshot | None:
         data = json.loads(path.read_text())
         contents = {i: base64.b64decode(b) for i, b in data.pop("git_contents").items()}
         return Snapshot(**data, contents=contents)
-    except (OSError, ValueError, TypeError, KeyError):
+    except Exception:  # missing, cut short, not JSON, not a snapshot's fields: unreadable all the same
         return None
