@@ -6,6 +6,7 @@ real loop with the fake executor: the baseline, one turn, then a fresh loop as t
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -303,3 +304,17 @@ echo "* filter=evil" > .git/info/attributes""",
         loop, ScriptedAgent([]), devices(None, 2), max_experiments=0, executor_for=lambda _: FakeExecutor(score)
     )
     assert not ran.exists() and "evil" not in (workspace.git.git_dir / "config").read_text()
+
+
+def test_a_pid_file_naming_the_loops_own_group_or_no_group_leader_kills_nothing(workspace):
+    """agent.pid is in the agent's reach: one that names the loop (or a process that leads no group) must not
+    make every start kill the loop, or anything else."""
+    from autoresearch.orphans import reap, write_pid_file
+
+    pid_file = workspace.state / "agent.pid"
+    for pid in (os.getpgrp(), os.getpid()):  # the leader of the tests' own group; a process in it (or leading it)
+        write_pid_file(pid_file, pid)
+        assert not reap(pid_file)
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.recover_workspace()  # the loop is alive to go on
+    assert not pid_file.exists()

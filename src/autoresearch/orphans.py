@@ -23,12 +23,16 @@ def write_pid_file(path: Path, pid: int) -> None:
 
 
 def reap(pid_file: Path) -> bool:
-    """Kill the process group named by `pid_file`, if its leader still runs; True if one was killed."""
+    """Kill the process group named by `pid_file`, if its leader still runs; True if one was killed. Never this
+    process's own group, nor one whose named process leads no group: only what the loop started fits."""
     try:
-        pid, created = pid_file.read_text().split()
-        if psutil.Process(int(pid)).create_time() != float(created):
+        text, created = pid_file.read_text().split()
+        pid = int(text)
+        if psutil.Process(pid).create_time() != float(created):
             return False  # that pid now belongs to another process
-        os.killpg(int(pid), signal.SIGKILL)
+        if os.getpgid(pid) != pid or pid == os.getpgrp():
+            return False
+        os.killpg(pid, signal.SIGKILL)
         return True
     except (OSError, ValueError, psutil.Error):
         return False
