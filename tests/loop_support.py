@@ -16,7 +16,9 @@ from autoresearch.config.presets import get_preset
 from autoresearch.evaluator.result import Result
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
 from autoresearch.loop.executor import Outcome, RunSpec, outcome_of
+from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.reporter import PlainReporter
+from autoresearch.vocabulary import Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.init import create_workspace
 from autoresearch.workspace.workspace import Workspace
@@ -196,3 +198,16 @@ def killed_loop(workspace: Workspace, body: str) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr
     return proc
+
+
+def pending_experiment(workspace, loop, attempts: int, source: str, exp_id: int = 2):
+    """The ledger and git as a loop killed while training experiment `exp_id` leaves them."""
+    workspace.write_train_py(source)
+    commit = workspace.git.commit(f"exp {exp_id}: an edit", "train.py")
+    parent = loop.best().commit
+    exp = Experiment(
+        id=exp_id, kind="experiment", status=Status.RUNNING, description="an edit", parent=parent, source=source
+    )
+    exp.commit, exp.attempts, exp.agent = commit, attempts, "try"
+    Ledger(workspace.root).insert(exp)
+    return exp

@@ -221,6 +221,9 @@ def test_lines_removed_from_gitignore_reject_the_proposal(workspace, tmp_path):
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nprintf 'results.tsv\\n' > .gitignore\necho LR")
     assert exp.status == Status.CRASH and "edited files other than train.py: changed .gitignore" in exp.reason
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    # .autoresearch/ was no longer ignored meanwhile: the loop's own files are still its own, where they were
+    assert quarantined(workspace, "ledger.sqlite") == quarantined(workspace, "result.json") == []
+    assert len(make_loop(workspace, FakeExecutor(score)).ledger.all()) == 2
 
 
 def kill_during_turn(ws, tmp_path: Path, script: str) -> None:
@@ -252,8 +255,9 @@ def test_a_loop_killed_during_the_agents_turn_is_put_back_on_the_next_start(work
         workspace,
         tmp_path,
         f"""{set_lr(0.2)}
-{GIT} commit -q -am "aider: LR 0.2"
+{GIT} commit -q -am "exp 2: LR 0.2"
 echo "half a thought" > notes.txt
+printf 'results.tsv\n' > .gitignore
 git config user.name agent""",
     )
     agent_commit = workspace.git.head()
@@ -282,7 +286,9 @@ git config user.name agent""",
     where, _, ref = left[0].partition("heads/")
     assert left[1] == agent_commit and ref == "autoresearch/test" and f"kept under {where}" in told
     assert quarantined(workspace, "notes.txt")[0].read_text() == "half a thought\n"
+    assert quarantined(workspace, "ledger.sqlite") == quarantined(workspace, "result.json") == []
     assert (workspace.git.git_dir / "config").read_bytes() == before["config"]
+    assert (workspace.root / ".gitignore").read_bytes() == before["gitignore"]
     assert (workspace.root / "program.md").read_text() == "Try a larger batch next.\n"
     assert set(workspace.git.status()) == {"program.md"} and workspace.git.untracked(LOOP_OWN) == []
     assert workspace.git.head() == loop.best().commit and not (workspace.state / "turn.json").exists()
@@ -312,9 +318,81 @@ def test_a_pid_file_naming_the_loops_own_group_or_no_group_leader_kills_nothing(
     from autoresearch.orphans import reap, write_pid_file
 
     pid_file = workspace.state / "agent.pid"
-    for pid in (os.getpgrp(), os.getpid()):  # the leader of the tests' own group; a process in it (or leading it)
+    for pid in (os.getpgrp(), os.getpid(), os.getppid()):  # the tests' own group's leader, themselves, their parent
         write_pid_file(pid_file, pid)
         assert not reap(pid_file)
     loop = make_loop(workspace, FakeExecutor(score))
     loop.recover_workspace()  # the loop is alive to go on
     assert not pid_file.exists()
+
+
+def test_an_agents_group_is_killed_even_once_its_leader_has_ended(workspace):
+    """The agent's shell died with the loop (or was reaped by init), its tool runs on in the group."""
+    import subprocess
+
+    from autoresearch.orphans import reap, write_pid_file
+
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 60 & echo $!"], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    pid_file = workspace.state / "agent.pid"
+    write_pid_file(pid_file, leader.pid)
+    tool = int(leader.stdout.readline())
+    leader.wait()  # gone: no process has its pid, the group lives on in `sleep`
+    assert psutil.Process(tool).is_running() and reap(pid_file)
+    psutil.Process(tool).wait(5)  # killed
+
+
+def test_rebuild_ledger_after_a_kill_during_a_turn_takes_no_commit_of_the_agents_for_an_experiment(workspace, tmp_path):
+    """The agent committed with a message like the loop's own ("exp 2: ..."); rebuild-ledger reads the branch."""
+    from autoresearch.cli import main
+
+    best = make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    kill_during_turn(workspace, tmp_path, f'{set_lr(0.2)}\n{GIT} commit -q -am "exp 2: LR 0.2"')
+    assert main(["rebuild-ledger", "--workspace", str(workspace.root)]) == 0
+    rows = make_loop(workspace, FakeExecutor(score)).ledger.all()
+    assert [(e.id, e.status) for e in rows] == [(1, Status.KEEP)] and workspace.git.head() == best.commit
+    assert workspace.read_train_py() == best.source
+
+
+def test_two_recoveries_in_the_same_second_keep_both(workspace, tmp_path, monkeypatch):
+    """Each start that puts a turn back has a quarantine folder, and refs, of its own."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    monkeypatch.setattr(time, "strftime", lambda *_: "20261201-120000")
+    commits = []
+    for lr in (0.2, 0.3):
+        kill_during_turn(workspace, tmp_path, f'{set_lr(lr)}\n{GIT} commit -q -am "LR {lr}"')
+        commits.append(workspace.git.head())
+        make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+    assert sorted(workspace.git.refs("refs/autoresearch/left/").values()) == sorted(commits)
+    assert sorted(constant(p.read_text(), "LR") for p in quarantined(workspace, "train.py")) == [0.2, 0.3]
+
+
+def test_several_workers_killed_between_the_agents_turn_and_its_row_put_the_proposal_aside(workspace):
+    """The driver of several workers writes the best's train.py back only after the proposal's row: killed before,
+    the next start finds the turn to put back, and says so."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    killed_loop(
+        workspace,
+        f"""
+        from autoresearch.agents.command_agent import CommandAgent
+        from autoresearch.loop.ledger import Ledger
+        from autoresearch.loop.scheduler import Scheduler
+        from autoresearch.loop.workers import devices, make_workers
+        from autoresearch.vocabulary import Kind
+        insert = Ledger.insert
+        def dying(self, exp):
+            if exp.kind == Kind.EXPERIMENT:
+                kill()
+            insert(self, exp)
+        Ledger.insert = dying
+        loop = make_loop(ws, FakeExecutor(lambda source: 1.0), baseline_runs=2)
+        workers = make_workers(loop, devices(None, 2, cores=2), lambda device: FakeExecutor(lambda source: 1.0))
+        Scheduler(loop, workers).run(CommandAgent({set_lr(0.2) + " && echo LR 0.2"!r}), max_experiments=1)
+        """,
+    )
+    events = []
+    make_loop(workspace, FakeExecutor(score), events=events).run(ScriptedAgent([]), max_experiments=0)
+    assert any("put back train.py (its unfinished edit)" in e for e in events)
+    assert constant(quarantined(workspace, "train.py")[0].read_text(), "LR") == 0.2
+    assert len(make_loop(workspace, FakeExecutor(score)).ledger.all()) == 1 and workspace.git.status() == {}

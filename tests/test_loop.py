@@ -18,6 +18,7 @@ from loop_support import (
     killed_loop,
     make_loop,
     make_workspace,
+    pending_experiment,
     with_constants,
 )
 
@@ -286,21 +287,6 @@ def test_a_fatal_agent_error_stops_the_loop(workspace):
     with pytest.raises(LoopError, match="ANTHROPIC_API_KEY"):
         loop.run(ScriptedAgent([bad_key]), max_experiments=5)
     assert Ledger(workspace.root).all()[-1].status == Status.CRASH
-
-
-def pending_experiment(workspace, loop, attempts: int, source: str, exp_id: int = 2):
-    """The ledger and git as a loop killed while training experiment `exp_id` leaves them."""
-    from autoresearch.loop.ledger import Experiment
-
-    workspace.write_train_py(source)
-    commit = workspace.git.commit(f"exp {exp_id}: an edit", "train.py")
-    parent = loop.best().commit
-    exp = Experiment(
-        id=exp_id, kind="experiment", status=Status.RUNNING, description="an edit", parent=parent, source=source
-    )
-    exp.commit, exp.attempts, exp.agent = commit, attempts, "try"
-    Ledger(workspace.root).insert(exp)
-    return exp
 
 
 def test_a_run_that_kills_the_loop_is_retried_once_on_the_next_start_then_is_a_crash(workspace):

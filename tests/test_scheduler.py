@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, pending_experiment, with_constants
 
 from autoresearch.agents.base import Proposal, ProposalError
 from autoresearch.agents.prompt import build_prompt, ledger_summary
@@ -727,3 +727,23 @@ def test_an_edit_held_for_a_stopped_try_is_not_lost_to_the_agents_of_several_wor
     assert workspace.read_train_py() == edit and len(Ledger(workspace.root).all()) == 1
     scheduler(workspace)[0].run(None)
     assert workspace.read_train_py() == edit
+
+
+def test_a_train_py_the_loop_wrote_and_a_kill_left_is_put_back_before_an_agent_works(workspace):
+    """An agent's turn edits the workspace's train.py, so it must start from the best, not from what a kill left
+    there: a seeded run's train.py of an experiment the start crashes (a one-worker loop killed twice in its
+    re-run), or the old best's where the branch had moved on (a kill between the two steps of moving it)."""
+    from autoresearch.loop.recovery import seeded
+
+    sched, _ = scheduler(workspace)
+    sched.run(None)  # the baseline
+    source = with_constants(workspace.read_train_py(), LR=0.9)
+    baseline = pending_experiment(workspace, sched.loop, attempts=2, source=source).parent
+    workspace.write_train_py(seeded(source, 1))
+    scheduler(workspace)[0].run(ScriptedAgent([set_lr(0.2)]), max_experiments=1)
+    rows = Ledger(workspace.root).all()
+    assert [(e.id, e.status) for e in rows] == [(1, Status.KEEP), (2, Status.CRASH), (3, Status.KEEP)]
+    assert workspace.read_train_py() == rows[2].source and workspace.git.status() == {}
+    workspace.write_train_py(workspace.git.show(baseline, "train.py"))  # the branch on exp 3, train.py the baseline's
+    scheduler(workspace)[0].run(ScriptedAgent([]), max_experiments=0)
+    assert workspace.read_train_py() == rows[2].source

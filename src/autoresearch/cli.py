@@ -341,10 +341,12 @@ def main(argv: list[str] | None = None) -> int:
             print(_compare(args))
         elif args.command == "rebuild-ledger":
             from autoresearch.loop.rebuild import rebuild
+            from autoresearch.loop.recovery import put_back_turn
             from autoresearch.workspace.workspace import Workspace
 
             ws = Workspace(args.workspace)
-            with ws.lock():
+            with ws.lock():  # what a turn cut short left first: an agent's commit is no experiment
+                put_back_turn(ws, lambda text: console.print(text, markup=False, highlight=False))
                 rows, moved = rebuild(ws.root, ws.git)
             kept = f"; the old file is {moved}" if moved else ""
             console.print(f"rebuilt the ledger: {rows} experiments from results.tsv and git{kept}")

@@ -23,16 +23,29 @@ def write_pid_file(path: Path, pid: int) -> None:
 
 
 def reap(pid_file: Path) -> bool:
-    """Kill the process group named by `pid_file`, if its leader still runs; True if one was killed. Never this
-    process's own group, nor one whose named process leads no group: only what the loop started fits."""
+    """Kill the process group named by `pid_file`; True if one was killed. Its leader may have ended while what it
+    started runs on: the group is killed all the same (its id cannot be a new process's while the group lives).
+    A leader that runs must be the one named (its start time), and lead its group; never the loop's own group, nor
+    an ancestor of the loop: the file is within an agent's reach."""
     try:
         text, created = pid_file.read_text().split()
         pid = int(text)
-        if psutil.Process(pid).create_time() != float(created):
+        created_at = float(created)
+    except (OSError, ValueError):
+        return False
+    mine = psutil.Process()
+    if pid in (os.getpgrp(), mine.pid) or pid in {p.pid for p in mine.parents()}:
+        return False
+    try:
+        leader = psutil.Process(pid)
+        if leader.create_time() != created_at or os.getpgid(pid) != pid:
             return False  # that pid now belongs to another process
-        if os.getpgid(pid) != pid or pid == os.getpgrp():
-            return False
+    except psutil.NoSuchProcess:
+        pass  # the leader is gone; its group may not be
+    except (OSError, psutil.Error):
+        return False
+    try:
         os.killpg(pid, signal.SIGKILL)
         return True
-    except (OSError, ValueError, psutil.Error):
+    except OSError:  # no such group left
         return False

@@ -51,11 +51,12 @@ class Ratchet:
         loop = self.loop
         best = base or loop._require_best()
         asked = loop.ask(agent, wait=False, base=best)  # the scheduler waits after failures, taking reports meanwhile
-        loop.ws.write_train_py(best.source)
-        if isinstance(asked, Experiment):
+        if isinstance(asked, Experiment):  # rejected: the best's train.py is back already
             return asked
         proposal, note = asked
-        return loop.record(proposal, agent.name, getattr(agent, "model", ""), note, base=best)
+        exp = loop.record(proposal, agent.name, getattr(agent, "model", ""), note, base=best)
+        loop.ws.write_train_py(best.source)  # after the row: a kill before it leaves the turn to be put back
+        return exp
 
     def answered(self, answer: Answer) -> Experiment:
         """The row of an answer of an ask on a thread (loop/answers.py), on the best it was asked on (`remade`

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,11 +30,12 @@ from autoresearch.orphans import reap
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.disk import disk_full_is_an_error
-from autoresearch.workspace.workspace import TRAIN_PY
+from autoresearch.workspace.workspace import TRAIN_PY, Workspace
 
 MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
 TURN_SNAPSHOT = "turn.json"  # in the state folder: the workspace as an agent's turn found it, while it lasts
 HELD_EDIT = "held-train.py"  # in the state folder: the edit a `try` was given, while train.py is another's
+_SEED_LINE = re.compile(r"(?m)^SEED\s*=.*$")  # the one line a seeded run's train.py differs in
 
 
 class Recovery:
@@ -148,11 +151,7 @@ class Recovery:
         """What a kill left outside the ledger: an agent still running is killed, its turn cut short is put back,
         an edit held by a `try` comes back to train.py. `taking_edit`: train.py is the edit to judge (`try`),
         whoever left it. Before any other git command: an agent's config could have made one run its code."""
-        if reap(self.ws.state / AGENT_PID):
-            self.reporter.message("killed an agent the loop had started before it was stopped")
-        (self.ws.state / AGENT_PID).unlink(missing_ok=True)
-        if (kept := self.ws.state / TURN_SNAPSHOT).exists():
-            self._put_back_turn(kept, keep_train_py=taking_edit)
+        put_back_turn(self.ws, self.reporter.message, keep_train_py=taking_edit)
         held = self.ws.state / HELD_EDIT
         if not held.exists():
             return
@@ -164,7 +163,7 @@ class Recovery:
                 hint="look at it, copy what you want of it into train.py, delete it, then run again",
             ) from None
         text = self._train_py_text()
-        if text not in (None, edit) and not self._loop_wrote(text):
+        if text not in (None, edit, self.ws.committed_train_py()) and self._written_by_loop(text) is None:
             raise LoopError(
                 f"train.py holds an edit, and so does {HELD_EDIT} in .autoresearch (the edit given to a `try` "
                 "that was stopped)",
@@ -189,41 +188,13 @@ class Recovery:
             self.ws.write_train_py(edit)
             held.unlink()
 
-    def _put_back_turn(self, kept: Path, keep_train_py: bool) -> None:
-        """The loop was killed during an agent's turn: put back what the turn changed (saved by its Watch in
-        `kept`), its unfinished edit of train.py too unless `keep_train_py`; all of it is kept in the quarantine."""
-        quarantine = self.ws.state / "quarantine" / time.strftime("%Y%m%d-%H%M%S")
-        put = put_back_left(self.git, quarantine, kept)
-        if put is None:
-            raise LoopError(
-                f"the loop was stopped during an agent's turn, and what the turn began from cannot be read "
-                f"(.autoresearch/{TURN_SNAPSHOT})",
-                hint="see what the agent left (`git status`, `git log --all`, .git/hooks, .git/config), put it "
-                f"right, delete .autoresearch/{TURN_SNAPSHOT}, then run again",
-            )
-        what, left = put
-        if not keep_train_py and self._train_py_text() != self.ws.committed_train_py():
-            if self.ws.train_py.exists():
-                quarantine.mkdir(parents=True, exist_ok=True)
-                shutil.move(self.ws.train_py, quarantine / TRAIN_PY)
-            self.ws.write_train_py(self.git.show("HEAD", TRAIN_PY))
-            what.append("train.py (its unfinished edit)")
-        if what:
-            more = f" and {len(what) - 8} more" if len(what) > 8 else ""
-            refs = f"; the commits the refs were on are kept under {left}" if left else ""
-            self.reporter.message(
-                f"the loop was stopped during the agent's turn: put back {', '.join(what[:8])}{more} (kept in "
-                f"{os.path.relpath(quarantine, self.ws.root)}){refs}"
-            )
-        self.turn_over()
-
     def turn_over(self) -> None:
         """What an agent's turn came to is recorded (a row, or the workspace as it was): its snapshot is not needed."""
-        (self.ws.state / TURN_SNAPSHOT).unlink(missing_ok=True)
+        turn_over(self.ws)
 
-    def _loop_wrote(self, text: str) -> bool:
-        """Whether train.py's `text` is the branch's, or one the loop wrote for a run of an experiment in flight."""
-        return text == self.ws.committed_train_py() or any(written_for(text, e) for e in self.ledger.in_flight())
+    def _written_by_loop(self, text: str) -> Experiment | None:
+        """The experiment train.py's `text` is, or was written for a run of, if any: the loop's own file."""
+        return next((e for e in reversed(self.ledger.all()) if written_for(text, e)), None)
 
     def check_no_edit(self, pending: Experiment) -> None:
         """Refuse to resume `pending` while train.py holds an edit the loop did not write: its train.py would be
@@ -238,13 +209,19 @@ class Recovery:
                 "drop the edit (`git checkout train.py`) and run again",
             )
 
-    def check_clean(self, in_flight: bool = False) -> None:
-        """Refuse to start experiments over an edit of train.py (line endings alone are none). `in_flight`: the
-        loop with several workers, which trains them in worktrees: one it wrote for an experiment in flight is none."""
+    def check_clean(self, edit_ok: bool = False) -> None:
+        """Before experiments start, train.py must be the branch's (line endings aside). One the loop wrote itself
+        (a seeded run's, an experiment's, as a kill can leave them) is put back; an edit is refused, unless
+        `edit_ok` (several workers fed by submissions: train.py is where the one who submits edits)."""
         if TRAIN_PY not in self.git.changed_paths():
             return
         text = self._train_py_text()
-        if text != self.ws.committed_train_py() and not (in_flight and text is not None and self._loop_wrote(text)):
+        if text == self.ws.committed_train_py():
+            return
+        if text is not None and (exp := self._written_by_loop(text)) is not None:
+            self.ws.write_train_py(self.git.show("HEAD", TRAIN_PY))
+            self.reporter.message(f"train.py was experiment {exp.id}'s, as a stopped loop left it: the best's again")
+        elif not edit_ok:
             raise LoopError(
                 "train.py has uncommitted changes",
                 hint="revert them (`git checkout train.py`), or test them with `autoresearch try -m ...`",
@@ -256,6 +233,52 @@ class Recovery:
             return self.ws.read_train_py()
         except (OSError, ValueError):
             return None
+
+
+def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool = False) -> None:
+    """The loop was killed during an agent's turn: kill the agent if it still runs, put back what its turn changed
+    (saved by its Watch in turn.json), its unfinished edit of train.py too unless `keep_train_py`; all of it kept
+    in the quarantine. Before any other git command: the agent's config could make one run its code."""
+    if reap(ws.state / AGENT_PID):
+        say("killed an agent the loop had started before it was stopped")
+    (ws.state / AGENT_PID).unlink(missing_ok=True)
+    kept = ws.state / TURN_SNAPSHOT
+    if not kept.exists():
+        return
+    (ws.state / "quarantine").mkdir(exist_ok=True)  # a folder of its own: two starts may recover in one second
+    quarantine = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=ws.state / "quarantine"))
+    put = put_back_left(ws.git, quarantine, kept)
+    if put is None:
+        raise LoopError(
+            f"the loop was stopped during an agent's turn, and what the turn began from cannot be read "
+            f"(.autoresearch/{TURN_SNAPSHOT})",
+            hint="see what the agent left (`git status`, `git log --all`, .git/hooks, .git/config), put it "
+            f"right, delete .autoresearch/{TURN_SNAPSHOT}, then run again",
+        )
+    what, left = put
+    try:
+        text = ws.read_train_py()
+    except (OSError, ValueError):  # missing, or no text
+        text = None
+    if not keep_train_py and ws.train_py.exists() and text != ws.committed_train_py():
+        shutil.move(ws.train_py, quarantine / TRAIN_PY)
+        what.append("train.py (its unfinished edit)")
+    if not ws.train_py.exists():
+        ws.write_train_py(ws.git.show("HEAD", TRAIN_PY))
+    with contextlib.suppress(OSError):
+        quarantine.rmdir()  # only if nothing was put there
+    if what:
+        more = f" and {len(what) - 8} more" if len(what) > 8 else ""
+        refs = f"; the commits the refs were on are kept under {left}" if left else ""
+        say(
+            f"the loop was stopped during the agent's turn: put back {', '.join(what[:8])}{more} (kept in "
+            f"{os.path.relpath(quarantine, ws.root)}){refs}"
+        )
+    turn_over(ws)
+
+
+def turn_over(ws: Workspace) -> None:
+    (ws.state / TURN_SNAPSHOT).unlink(missing_ok=True)
 
 
 def commit_message(exp: Experiment) -> str:
@@ -286,6 +309,8 @@ def seeded(source: str, run: int) -> str:
 
 def written_for(text: str, exp: Experiment) -> bool:
     """Whether train.py's `text` is what the loop wrote for a run of `exp`: its source, or a seeded run of it."""
+    if _SEED_LINE.sub("", text) != _SEED_LINE.sub("", exp.source):  # quickly, before any parse: not even close
+        return False
     try:
         return any(text == seeded(exp.source, run) for run in range(len(exp.run_values) + 2))
     except Exception:  # a source the loop could not seed (a SEED that is no number): it wrote the source alone

@@ -125,8 +125,9 @@ class Scheduler:
         started, proposed = self.clock.now(), 0
         idle_since = None
         self.recover()
-        if agent is not None:  # an agent's turns write train.py here; submissions leave it to the one who submits
-            loop.check_clean(in_flight=True)
+        loop.check_clean(
+            edit_ok=agent is None
+        )  # an agent's turns write train.py; submissions leave it to the submitter
         if loop.best() is None and not any(loop.ledger.get(i).kind == Kind.BASELINE for i in self.active):
             self.start_baseline()
         activity.start_session(loop.ws.state, [w.device.label for w in self.workers], time.time())

@@ -117,7 +117,23 @@ def take(git: Git, exclude: frozenset[str] = frozenset(), human: bool = True) ->
 
 
 def _skipper(exclude: frozenset[str], human: bool):
-    return lambda path: path in exclude or (human and is_human(path))
+    return lambda path: path in exclude or is_loop_own(path) or (human and is_human(path))
+
+
+def is_loop_own(path: str) -> bool:
+    """Whether `path` is the loop's own output (LOOP_OWN), whatever the workspace's ignore rules say: `git status`
+    reads those, and an agent that removes `.autoresearch/` from .gitignore must not make the loop quarantine
+    its own ledger."""
+    parts = path.rstrip("/").split("/")
+    for pattern in LOOP_OWN:
+        name = pattern.strip("/")
+        if (
+            (parts[0] == name and (len(parts) == 1 or pattern.endswith("/")))
+            if pattern.startswith("/")
+            else name in parts
+        ):
+            return True
+    return False
 
 
 def is_human(path: str) -> bool:
