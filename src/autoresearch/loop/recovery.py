@@ -2,9 +2,11 @@
 
 The ledger is written before git moves (loop/engine.py), so it says what happened: an experiment in flight
 is trained again (at most MAX_ATTEMPTS times), a proposal interrupted while the agent worked is a crash, a
-verdict whose git step did not happen is applied. It also holds what every start and every run is checked
-against: the baseline's apparatus and setup, as its runs recorded them. A part of `ResearchLoop`, which it is
-mixed into.
+verdict whose git step did not happen is applied. What a kill leaves outside the ledger is put right first
+(`recover_workspace`): an agent still running, the workspace as its turn cut short left it (put back from the
+snapshot the turn kept, TURN_SNAPSHOT), the edit a `try` held aside (HELD_EDIT), a train.py the loop wrote
+for a run. It also holds what every start and every run is checked against: the baseline's apparatus and
+setup, as its runs recorded them. A part of `ResearchLoop`, which it is mixed into.
 """
 
 from __future__ import annotations
@@ -162,7 +164,7 @@ class Recovery:
                 f"the edit given to a `try` that was stopped cannot be read (.autoresearch/{HELD_EDIT})",
                 hint="look at it, copy what you want of it into train.py, delete it, then run again",
             ) from None
-        text = self._train_py_text()
+        text = train_py_text(self.ws)
         if text not in (None, edit, self.ws.committed_train_py()) and self._written_by_loop(text) is None:
             raise LoopError(
                 f"train.py holds an edit, and so does {HELD_EDIT} in .autoresearch (the edit given to a `try` "
@@ -201,7 +203,7 @@ class Recovery:
         checked out over it (a `try` that stopped leaves the edit it was given there)."""
         if not self.ws.train_py.exists():  # nothing to keep: the checkout puts it back
             return
-        text = self._train_py_text()
+        text = train_py_text(self.ws)
         if TRAIN_PY in self.git.changed_paths() and (text is None or not written_for(text, pending)):
             raise LoopError(
                 f"train.py holds an edit, and experiment {pending.id} is in flight: resuming would overwrite it",
@@ -215,7 +217,7 @@ class Recovery:
         `edit_ok` (several workers fed by submissions: train.py is where the one who submits edits)."""
         if TRAIN_PY not in self.git.changed_paths():
             return
-        text = self._train_py_text()
+        text = train_py_text(self.ws)
         if text == self.ws.committed_train_py():
             return
         if text is not None and (exp := self._written_by_loop(text)) is not None:
@@ -226,13 +228,6 @@ class Recovery:
                 "train.py has uncommitted changes",
                 hint="revert them (`git checkout train.py`), or test them with `autoresearch try -m ...`",
             )
-
-    def _train_py_text(self) -> str | None:
-        """The working tree's train.py, or None where it is missing or no text (nothing the loop wrote)."""
-        try:
-            return self.ws.read_train_py()
-        except (OSError, ValueError):
-            return None
 
 
 def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool = False) -> None:
@@ -256,11 +251,7 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
             f"right, delete .autoresearch/{TURN_SNAPSHOT}, then run again",
         )
     what, left = put
-    try:
-        text = ws.read_train_py()
-    except (OSError, ValueError):  # missing, or no text
-        text = None
-    if not keep_train_py and ws.train_py.exists() and text != ws.committed_train_py():
+    if not keep_train_py and ws.train_py.exists() and train_py_text(ws) != ws.committed_train_py():
         shutil.move(ws.train_py, quarantine / TRAIN_PY)
         what.append("train.py (its unfinished edit)")
     if not ws.train_py.exists():
@@ -279,6 +270,14 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
 
 def turn_over(ws: Workspace) -> None:
     (ws.state / TURN_SNAPSHOT).unlink(missing_ok=True)
+
+
+def train_py_text(ws: Workspace) -> str | None:
+    """The working tree's train.py, or None where it is missing or no text (nothing the loop wrote)."""
+    try:
+        return ws.read_train_py()
+    except (OSError, ValueError):
+        return None
 
 
 def commit_message(exp: Experiment) -> str:
