@@ -321,6 +321,9 @@ def test_a_pid_file_naming_the_loops_own_group_or_no_group_leader_kills_nothing(
     for pid in (os.getpgrp(), os.getpid(), os.getppid()):  # the tests' own group's leader, themselves, their parent
         write_pid_file(pid_file, pid)
         assert not reap(pid_file)
+    for text in ("0 0", "-1 0", "1 0", "12 x", "", "99999999999999999999 0"):  # 0: this group; -1, 1: init
+        pid_file.write_text(text)
+        assert not reap(pid_file)
     loop = make_loop(workspace, FakeExecutor(score))
     loop.recover_workspace()  # the loop is alive to go on
     assert not pid_file.exists()

@@ -34,8 +34,8 @@ def reap(pid_file: Path) -> bool:
     except (OSError, ValueError):
         return False
     mine = psutil.Process()
-    if pid in (os.getpgrp(), mine.pid) or pid in {p.pid for p in mine.parents()}:
-        return False
+    if not 1 < pid < 2**22 or pid in (os.getpgrp(), mine.pid) or pid in {p.pid for p in mine.parents()}:
+        return False  # killpg(0) is this group, killpg(1) init's; Linux's pids stay below 2**22
     try:
         leader = psutil.Process(pid)
         if leader.create_time() != created_at or os.getpgid(pid) != pid:
