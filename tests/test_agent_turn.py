@@ -342,7 +342,11 @@ def test_an_agents_group_is_killed_even_once_its_leader_has_ended(workspace):
     write_pid_file(pid_file, leader.pid)
     tool = int(leader.stdout.readline())
     leader.wait()  # gone: no process has its pid, the group lives on in `sleep`
-    assert psutil.Process(tool).is_running() and reap(pid_file)
+    named = pid_file.read_text()
+    pid_file.write_text(f"{leader.pid} {time.time() + 60}")  # a group older than the leader named: not that one
+    assert not reap(pid_file) and psutil.Process(tool).is_running()
+    pid_file.write_text(named)
+    assert reap(pid_file)
     psutil.Process(tool).wait(5)  # killed
 
 

@@ -479,6 +479,40 @@ def test_a_loop_killed_between_the_agents_turn_and_its_row_goes_on_at_the_next_s
     assert [(e.id, constant(e.source, "LR")) for e in Ledger(workspace.root).all()] == [(1, 0.05), (2, 0.3)]
 
 
+def test_a_persons_copy_of_an_older_experiments_train_py_is_an_edit_like_any_other(workspace):
+    """Only what a kill can have left is put back by itself (an experiment then in flight, a run's of it); a
+    discarded experiment's train.py written back on purpose is the person's, and the loop refuses to go over it."""
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.run(ScriptedAgent([set_lr(0.9)]), max_experiments=1)
+    discarded = Ledger(workspace.root).get(2)
+    assert discarded.status == Status.DISCARD
+    workspace.write_train_py(discarded.source)
+    with pytest.raises(LoopError, match="uncommitted changes"):
+        make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+    assert workspace.read_train_py() == discarded.source
+
+
+def test_the_loops_own_seeded_train_py_is_known_however_seed_is_written():
+    """A kill leaves a run's seeded train.py; the next start must know it for the loop's own, not an edit."""
+    from autoresearch.loop.ledger import Experiment
+    from autoresearch.loop.recovery import seeded, written_for
+
+    for spelling in ("X = 1; SEED = 42", "(SEED) = 42", "SEED=42"):
+        source = BIGRAM_TRAIN_PY.replace("SEED = 42  # initialisation seed", spelling)
+        exp = Experiment(id=2, kind="experiment", status=Status.RUNNING, description="", parent="", source=source)
+        assert seeded(source, 1) != source, spelling
+        assert written_for(seeded(source, 1), exp) and written_for(source, exp)
+        assert not written_for(with_constants(seeded(source, 1), LR=0.3), exp)
+
+
+def test_a_quarantine_that_is_no_folder_is_a_clear_error(workspace):
+    make_loop(workspace, FakeExecutor(score)).baseline()
+    (workspace.state / "turn.json").write_text("{}")
+    (workspace.state / "quarantine").write_text("not a folder")
+    with pytest.raises(LoopError, match="cannot be put aside"):
+        make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+
+
 def test_a_train_py_committed_with_crlf_line_endings_is_no_edit(tmp_path, tiny_prepared):
     """The loop reads train.py as text and writes it back with LF: a CRLF commit is the same train.py."""
     workspace = make_workspace(tmp_path / "ws", tiny_prepared, train_py=BIGRAM_TRAIN_PY.replace("\n", "\r\n"))

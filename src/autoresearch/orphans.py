@@ -40,8 +40,9 @@ def reap(pid_file: Path) -> bool:
         leader = psutil.Process(pid)
         if leader.create_time() != created_at or os.getpgid(pid) != pid:
             return False  # that pid now belongs to another process
-    except psutil.NoSuchProcess:
-        pass  # the leader is gone; its group may not be
+    except psutil.NoSuchProcess:  # the leader is gone; its group may not be, if all of it started after the leader
+        if not created_at or any(started < created_at for started in _started(pid)):
+            return False
     except (OSError, psutil.Error):
         return False
     try:
@@ -49,3 +50,15 @@ def reap(pid_file: Path) -> bool:
         return True
     except OSError:  # no such group left
         return False
+
+
+def _started(pgid: int) -> list[float]:
+    """When each process of group `pgid` started."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid:
+                found.append(process.create_time())
+        except (OSError, psutil.Error):  # gone meanwhile
+            continue
+    return found

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -37,7 +36,6 @@ from autoresearch.workspace.workspace import TRAIN_PY, Workspace
 MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
 TURN_SNAPSHOT = "turn.json"  # in the state folder: the workspace as an agent's turn found it, while it lasts
 HELD_EDIT = "held-train.py"  # in the state folder: the edit a `try` was given, while train.py is another's
-_SEED_LINE = re.compile(r"(?m)^SEED\s*=.*$")  # the one line a seeded run's train.py differs in
 
 
 class Recovery:
@@ -154,6 +152,7 @@ class Recovery:
         an edit held by a `try` comes back to train.py. `taking_edit`: train.py is the edit to judge (`try`),
         whoever left it. Before any other git command: an agent's config could have made one run its code."""
         put_back_turn(self.ws, self.reporter.message, keep_train_py=taking_edit)
+        self.left_in_flight = {e.id for e in self.ledger.in_flight()}  # before this start finishes or crashes them
         held = self.ws.state / HELD_EDIT
         if not held.exists():
             return
@@ -165,7 +164,7 @@ class Recovery:
                 hint="look at it, copy what you want of it into train.py, delete it, then run again",
             ) from None
         text = train_py_text(self.ws)
-        if text not in (None, edit, self.ws.committed_train_py()) and self._written_by_loop(text) is None:
+        if text not in (None, edit, self.ws.committed_train_py()) and self._left_by_kill(text) is None:
             raise LoopError(
                 f"train.py holds an edit, and so does {HELD_EDIT} in .autoresearch (the edit given to a `try` "
                 "that was stopped)",
@@ -194,10 +193,6 @@ class Recovery:
         """What an agent's turn came to is recorded (a row, or the workspace as it was): its snapshot is not needed."""
         turn_over(self.ws)
 
-    def _written_by_loop(self, text: str) -> Experiment | None:
-        """The experiment train.py's `text` is, or was written for a run of, if any: the loop's own file."""
-        return next((e for e in reversed(self.ledger.all()) if written_for(text, e)), None)
-
     def check_no_edit(self, pending: Experiment) -> None:
         """Refuse to resume `pending` while train.py holds an edit the loop did not write: its train.py would be
         checked out over it (a `try` that stopped leaves the edit it was given there)."""
@@ -212,22 +207,35 @@ class Recovery:
             )
 
     def check_clean(self, edit_ok: bool = False) -> None:
-        """Before experiments start, train.py must be the branch's (line endings aside). One the loop wrote itself
-        (a seeded run's, an experiment's, as a kill can leave them) is put back; an edit is refused, unless
-        `edit_ok` (several workers fed by submissions: train.py is where the one who submits edits)."""
-        if TRAIN_PY not in self.git.changed_paths():
+        """Before experiments start, train.py must be the branch's (line endings aside). One a kill left (a run's
+        of an experiment in flight or just crashed by this start, the best's parent's where the branch had moved
+        on) is put back; an edit is refused, unless `edit_ok` (several workers fed by submissions: train.py is
+        the submitter's to edit, left alone)."""
+        if TRAIN_PY not in self.git.changed_paths() or edit_ok:
             return
         text = train_py_text(self.ws)
         if text == self.ws.committed_train_py():
             return
-        if text is not None and (exp := self._written_by_loop(text)) is not None:
+        if text is not None and (exp := self._left_by_kill(text)) is not None:
             self.ws.write_train_py(self.git.show("HEAD", TRAIN_PY))
-            self.reporter.message(f"train.py was experiment {exp.id}'s, as a stopped loop left it: the best's again")
-        elif not edit_ok:
-            raise LoopError(
-                "train.py has uncommitted changes",
-                hint="revert them (`git checkout train.py`), or test them with `autoresearch try -m ...`",
+            self.reporter.message(
+                f"train.py was experiment {exp.id}'s, as a stopped loop leaves it: the best's again"
+                + (f" (exp {exp.id}'s is commit {exp.commit[:7]})" if exp.commit else "")
             )
+            return
+        raise LoopError(
+            "train.py has uncommitted changes",
+            hint="revert them (`git checkout train.py`), or test them with `autoresearch try -m ...`",
+        )
+
+    def _left_by_kill(self, text: str) -> Experiment | None:
+        """The experiment whose train.py (or a run's of it) a kill can have left in the working tree, if `text` is
+        that: one in flight when this start began (finished or crashed since), or the best's parent (a branch
+        move cut in half). A person's own copy of an older one is an edit like any other."""
+        best, was = self.best(), getattr(self, "left_in_flight", set())
+        suspects = [e for e in self.ledger.all() if e.id in was or not e.status.final]
+        suspects += [e for e in self.ledger.all() if best and e.commit == best.parent and e.status == Status.KEEP]
+        return next((e for e in suspects if written_for(text, e)), None)
 
 
 def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool = False) -> None:
@@ -240,8 +248,14 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
     kept = ws.state / TURN_SNAPSHOT
     if not kept.exists():
         return
-    (ws.state / "quarantine").mkdir(exist_ok=True)  # a folder of its own: two starts may recover in one second
-    quarantine = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=ws.state / "quarantine"))
+    try:  # a folder of its own: two starts may recover in one second
+        (ws.state / "quarantine").mkdir(exist_ok=True)
+        quarantine = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=ws.state / "quarantine"))
+    except OSError as exc:
+        raise LoopError(
+            f"the loop was stopped during an agent's turn, and what it left cannot be put aside: {exc}",
+            hint="make .autoresearch/quarantine a folder you can write to, then run again",
+        ) from None
     put = put_back_left(ws.git, quarantine, kept)
     if put is None:
         raise LoopError(
@@ -308,8 +322,9 @@ def seeded(source: str, run: int) -> str:
 
 def written_for(text: str, exp: Experiment) -> bool:
     """Whether train.py's `text` is what the loop wrote for a run of `exp`: its source, or a seeded run of it."""
-    if _SEED_LINE.sub("", text) != _SEED_LINE.sub("", exp.source):  # quickly, before any parse: not even close
-        return False
+    lines, source_lines = text.split("\n"), exp.source.split("\n")  # quickly, before any parse: a seeded run's
+    if len(lines) != len(source_lines) or sum(a != b for a, b in zip(lines, source_lines, strict=True)) > 1:
+        return False  # train.py differs from its source in one line at most
     try:
         return any(text == seeded(exp.source, run) for run in range(len(exp.run_values) + 2))
     except Exception:  # a source the loop could not seed (a SEED that is no number): it wrote the source alone
