@@ -125,9 +125,8 @@ class Scheduler:
         started, proposed = self.clock.now(), 0
         idle_since = None
         self.recover()
-        loop.check_clean(
-            edit_ok=agent is None
-        )  # an agent's turns write train.py; submissions leave it to the submitter
+        # An agent's turns write the workspace's train.py; with submissions it is the submitter's.
+        loop.check_clean(edit_ok=agent is None)
         if loop.best() is None and not any(loop.ledger.get(i).kind == Kind.BASELINE for i in self.active):
             self.start_baseline()
         activity.start_session(loop.ws.state, [w.device.label for w in self.workers], time.time())
