@@ -403,3 +403,14 @@ def test_several_workers_killed_between_the_agents_turn_and_its_row_put_the_prop
     assert any("put back train.py (its unfinished edit)" in e for e in events)
     assert constant(quarantined(workspace, "train.py")[0].read_text(), "LR") == 0.2
     assert len(make_loop(workspace, FakeExecutor(score)).ledger.all()) == 1 and workspace.git.status() == {}
+
+
+def test_an_edit_planted_where_try_holds_its_own_rejects_the_proposal(workspace, tmp_path):
+    """.autoresearch/held-train.py is the loop's: a file there comes back into train.py at the next start, as the
+    edit a stopped `try` was given. One an agent wrote is taken away and held against it."""
+    exp, before = take_turn(
+        workspace, tmp_path, f"{set_lr(0.2)}\necho 'LR = 0.9' > .autoresearch/held-train.py\necho LR 0.2"
+    )
+    assert exp.status == Status.CRASH and "added .autoresearch/held-train.py" in exp.reason
+    assert not (workspace.state / "held-train.py").exists() and quarantined(workspace, "held-train.py")
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)

@@ -27,6 +27,7 @@ from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
 from autoresearch.loop.judge import judge, measured_noise, noise_of
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.recovery import (
+    HELD_EDIT,
     MAX_ATTEMPTS,
     TURN_SNAPSHOT,
     Recovery,
@@ -258,6 +259,10 @@ class ResearchLoop(Asking, Recovery):
     def _verified(self, watch: Watch, who: str) -> Verdict:
         """Put back what `who` changed; the verdict's reason() says why it is not believed, if it is not."""
         verdict = watch.check()
+        if watch.agent and (planted := self.ws.state / HELD_EDIT).exists():  # no `try` asks an agent
+            watch.quarantine.mkdir(parents=True, exist_ok=True)
+            planted.replace(watch.quarantine / HELD_EDIT)
+            verdict.changed.append(f"added .autoresearch/{HELD_EDIT}")
         if verdict.human:
             self.reporter.message(
                 f"{', '.join(verdict.human)} changed while {who} worked: put back (the edit is kept in "
