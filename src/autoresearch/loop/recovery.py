@@ -232,9 +232,9 @@ class Recovery:
         """The experiment whose train.py (or a run's of it) a kill can have left in the working tree, if `text` is
         that: one in flight when this start began (finished or crashed since), or the best's parent (a branch
         move cut in half). A person's own copy of an older one is an edit like any other."""
-        best, was = self.best(), getattr(self, "left_in_flight", set())
-        suspects = [e for e in self.ledger.all() if e.id in was or not e.status.final]
-        suspects += [e for e in self.ledger.all() if best and e.commit == best.parent and e.status == Status.KEEP]
+        best, was, rows = self.best(), getattr(self, "left_in_flight", set()), self.ledger.all()
+        suspects = [e for e in rows if e.id in was or not e.status.final]
+        suspects += [e for e in rows if best and e.commit == best.parent and e.status == Status.KEEP]
         return next((e for e in suspects if written_for(text, e)), None)
 
 
