@@ -356,7 +356,10 @@ def test_a_refused_seed_is_set_aside_and_rebuild_ledger_does_not_take_it_back(wo
     (workspace.state / "ledger.sqlite").unlink()
     rebuild(workspace.root, workspace.git)
     rebuilt = Ledger(workspace.root).get(1)
-    assert rebuilt.run_values == kept.run_values and rebuilt.recorded["setup"] == kept.recorded["setup"]
+    by_seed = dict(zip(kept.run_indices, kept.run_values, strict=True))  # the loop records runs as they end
+    assert json.loads(rebuilt.seeds) == sorted(by_seed)  # read from the runs' folders, in run order
+    assert dict(zip(rebuilt.run_indices, rebuilt.run_values, strict=True)) == by_seed
+    assert rebuilt.recorded["setup"] == kept.recorded["setup"]
 
 
 def test_a_try_stopped_on_another_setup_is_taken_up_by_run_with_the_baselines_workers(workspace):
@@ -478,6 +481,11 @@ def test_wins_on_adjacent_constants_merge_where_git_sees_a_conflict(workspace):
     )
     assert merge_constants(CONSTANTS, CONSTANTS.replace("LR = 0.05", "LR = 0.1"), win) is None  # both set LR
     assert merge_constants(CONSTANTS, best, win.replace('"train"', '"go"')) is None  # not constants only
+    # Both set BATCH to 16, the win LR too: its LR is what the best lacks.
+    both = win.replace("BATCH = 8", "BATCH = 16")
+    assert workspace.git.merge_file(CONSTANTS, best, both)[1]
+    assert merge_constants(CONSTANTS, best, both) == both
+    assert merge_constants(CONSTANTS, best.replace("BATCH = 16", "BATCH = 32"), both) is None  # BATCH 16 vs 32
 
 
 # -- no worker waits for the baseline ----------------------------------------------------------------

@@ -175,16 +175,18 @@ class Ratchet:
 
 def merge_constants(base: str, best: str, win: str) -> str | None:
     """The win's change onto the best where it changed constants only: its new values set in the best's
-    train.py, unless the best changed one of them too (then None, a conflict). `git merge-file` takes changes
-    to adjacent lines for a conflict, and the constants are a block of adjacent lines: without this, a win
-    on LR made on a base older than a kept BATCH change would be lost (bench/simulate.py found most of them)."""
+    train.py, unless the best changed one of them to another value (then None, a conflict); one both set to
+    the same value is the best's already. `git merge-file` takes changes to adjacent lines for a conflict, and
+    the constants are a block of adjacent lines: without this, a win on LR made on a base older than a kept
+    BATCH change would be lost, and so would a win on LR and BATCH beside a kept change of BATCH and
+    WEIGHT_DECAY with the same BATCH (bench/simulate.py found both)."""
     try:
         then, now = read_constants(base), read_constants(best)
         changes = {n: c.value for n, c in read_constants(win).items() if n in then and c.value != then[n].value}
         if not changes or set_constants(base, changes) != win:
             return None  # it changed more than constants (or wrote them in its own way): git's merge stands
-        if any(n not in now or now[n].value != then[n].value for n in changes):
+        if any(n not in now or now[n].value not in (then[n].value, value) for n, value in changes.items()):
             return None
-        return set_constants(best, changes)
+        return set_constants(best, {n: v for n, v in changes.items() if now[n].value != v})
     except (SyntaxError, ValueError):
         return None

@@ -73,21 +73,23 @@ def _row(git: Git, exp_id, kind, status, description, commit, bpb, memory) -> Ex
     exp = Experiment(id=exp_id, kind=kind, status=final, description=description, parent=parent or "", commit=commit)
     exp.val_bpb, exp.memory_gb, exp.source = bpb, memory, source
     exp.reason = "rebuilt from results.tsv and git"
-    results = _valid_results(git.root / ".autoresearch" / "runs", exp_id)
-    exp.runs = json.dumps([result.val_bpb for result in results])
-    if results:  # the last run's, as the loop records it: the apparatus and setup later runs are checked against
-        exp.result = json.dumps(results[-1].__dict__)
+    valid = _valid_results(git.root / ".autoresearch" / "runs", exp_id)
+    exp.runs = json.dumps([result.val_bpb for _, result in valid])
+    exp.seeds = json.dumps([index for index, _ in valid])  # a refused or failed run leaves a gap in the indices
+    if valid:  # the last run's, as the loop records it: the apparatus and setup later runs are checked against
+        exp.result = json.dumps(valid[-1][1].__dict__)
     exp.started_at = exp.finished_at = time.time()
     return exp
 
 
-def _valid_results(runs: Path, exp_id: int) -> list[Result]:
-    """The evaluator's result of each valid run of the experiment, in run order."""
+def _valid_results(runs: Path, exp_id: int) -> list[tuple[int, Result]]:
+    """The run index (its seed offset) and the evaluator's result of each valid run of the experiment, in run
+    order."""
     results = []
     for path in sorted(runs.glob(f"{exp_id}-*/result.json"), key=lambda p: int(p.parent.name.split("-")[1])):
         result = read_result(path)
         if result is not None and result.valid and result.val_bpb is not None:
-            results.append(result)
+            results.append((int(path.parent.name.split("-")[1]), result))
     return results
 
 
