@@ -13,11 +13,12 @@ driver's own work (git, ledger, judging, the agent) counts at its real speed on 
 
 A scripted agent nudges one or two constants of the best at a time; it sees the experiments in flight and
 does not propose one of them again (as agents are asked), but may repeat an older one. Near the optimum
-most proposals are no better, a few are true wins. One worker runs `--hours` simulated hours; N workers
-run `--hours` x min(1, `--window` / N), long enough to tell the goal "the one-worker run's final best in
-2/N of its time". Measured on that window: experiments per hour, the GPUs' busy fraction, the
-time and GPU-hours until the best's TRUE value reaches the one-worker run's final best, false keeps (kept
-though truly no better than their base), wins lost to merge conflicts, and the driver's CPU per experiment.
+most proposals are no better, a few are true wins (`--agent tune`: the package's Optuna agent instead).
+One worker runs `--hours` simulated hours; N workers run `--hours` x min(1, `--window` / N), long enough
+to tell the goal "the one-worker run's final best in 2/N of its time". Measured on that window:
+experiments per hour, the GPUs' busy fraction, the time and GPU-hours until the best's TRUE value reaches
+the one-worker run's final best, false keeps (kept though truly no better than their base), wins lost to
+merge conflicts, and the driver's CPU per experiment.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 from rich.console import Console
 
 from autoresearch.agents.base import Context, Proposal
+from autoresearch.agents.tune import TuneAgent
 from autoresearch.config.presets import get_preset
 from autoresearch.data.prepare import prepare
 from autoresearch.evaluator.result import Result
@@ -366,6 +368,7 @@ class Simulation:
     runs: RunModel = field(default_factory=RunModel)
     propose_seconds: float = 0.0
     asks_on_threads: bool = False
+    agent: str = "nudge"  # or "tune": the package's own Optuna agent, asked as the loop asks it
     driver_rate: float = 1.0
     clock: SimClock = field(init=False)
     records: list[RunRecord] = field(default_factory=list)
@@ -386,7 +389,10 @@ class Simulation:
         found = [Device(f"gpu {i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(self.workers)]
         workers = make_workers(loop, found, lambda device: SimExecutor(self, device.label))
         self.clock.workers = workers
-        agent = NudgeAgent(self.seed, self.clock, self.propose_seconds, self.asks_on_threads)
+        if self.agent == "tune":
+            agent = TuneAgent(seed=self.seed)
+        else:
+            agent = NudgeAgent(self.seed, self.clock, self.propose_seconds, self.asks_on_threads)
         scheduler = Scheduler(loop, workers, clock=self.clock)
         self.clock.asking = lambda: scheduler.answers.pending
         before = os.times()
@@ -574,6 +580,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.0015, help="seed-to-seed std of val_bpb")
     parser.add_argument("--budget", type=float, default=300.0)
     parser.add_argument("--propose-seconds", type=float, default=0.0, help="how long the agent thinks (simulated)")
+    parser.add_argument("--agent", choices=("nudge", "tune"), default="nudge", help="who proposes (see above)")
     parser.add_argument("--asks-on-threads", action="store_true", help="the agent only answers: asked at once")
     parser.add_argument(
         "--baseline-seeds-max", type=int, default=None, help="in place of the scheduler's BASELINE_SEEDS_MAX"
@@ -590,6 +597,7 @@ def main() -> None:
         "runs": RunModel(budget=args.budget),
         "propose_seconds": args.propose_seconds,
         "asks_on_threads": args.asks_on_threads,
+        "agent": args.agent,
     }
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     data_dir = prepared_data(args.work)
@@ -609,6 +617,7 @@ def main() -> None:
         + (f"--seeds {args.seeds} " if args.seeds else f"--seed {args.seed} ")
         + f"--noise {args.noise:g} --budget {args.budget:g} --propose-seconds {args.propose_seconds:g}"
         + (" --asks-on-threads" if args.asks_on_threads else "")
+        + (f" --agent {args.agent}" if args.agent != "nudge" else "")
         + (f" --baseline-seeds-max {args.baseline_seeds_max}" if args.baseline_seeds_max is not None else ""),
         "landscape": {name: asdict(bowl) for name, bowl in BOWLS.items()} | {"floor": FLOOR},
         "options": {k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in options.items()},
