@@ -46,9 +46,11 @@ from autoresearch.agents.tune import TuneAgent
 from autoresearch.config.presets import get_preset
 from autoresearch.data.prepare import prepare
 from autoresearch.evaluator.result import Result
+from autoresearch.loop import ratchet as ratchet_module
 from autoresearch.loop import scheduler as scheduler_module
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
 from autoresearch.loop.executor import Outcome, RunSpec
+from autoresearch.loop.judge import Verdict, judge
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.scheduler import Scheduler
 from autoresearch.loop.workers import Device, Worker, close_workers, make_workers
@@ -369,6 +371,7 @@ class Simulation:
     propose_seconds: float = 0.0
     asks_on_threads: bool = False
     agent: str = "nudge"  # or "tune": the package's own Optuna agent, asked as the loop asks it
+    eager: bool = False  # a what-if, never the loop's rule: a marginal win is kept without its re-run
     driver_rate: float = 1.0
     clock: SimClock = field(init=False)
     records: list[RunRecord] = field(default_factory=list)
@@ -397,13 +400,23 @@ class Simulation:
         self.clock.asking = lambda: scheduler.answers.pending
         before = os.times()
         self.clock.reset()
+        if self.eager:
+            ratchet_module.judge = _eager_judge
         try:
             scheduler.run(agent, hours=self.hours)
         finally:
+            ratchet_module.judge = judge
             close_workers(workers)
         after = os.times()
         cpu = sum(after[:4]) - sum(before[:4])  # user + system, of the driver and of its git processes
         return loop, recorder, cpu
+
+
+def _eager_judge(*args: Any) -> Verdict:
+    """The judge, but keeping a marginal win at once: how much sooner N workers would get there if a marginal win
+    cost no second run (an upper bound on speculating on it; it lets false keeps in)."""
+    verdict = judge(*args)
+    return Verdict(Status.KEEP, verdict.reason) if verdict.decision == Status.RERUN else verdict
 
 
 @dataclass
@@ -522,14 +535,22 @@ def prepared_data(work: Path) -> Path:
 
 
 def simulate_all(
-    counts: list[int], hours: float, window: float, work: Path, data_dir: Path, seed: int = 0, **options: Any
+    counts: list[int],
+    hours: float,
+    window: float,
+    work: Path,
+    data_dir: Path,
+    seed: int = 0,
+    eager: bool = False,
+    **options: Any,
 ) -> list[Measure]:
     """The first count for `hours`, then each other count for hours x min(1, window / N), aiming at the first
-    run's final best."""
+    run's final best (`eager`: the other counts keep marginal wins without a re-run)."""
     measures: list[Measure] = []
     target = None
     for n in counts:
-        sim = Simulation(n, hours if not measures else hours * min(1.0, window / n), seed=seed, **options)
+        hours_n = hours if not measures else hours * min(1.0, window / n)
+        sim = Simulation(n, hours_n, seed=seed, **options, eager=eager and bool(measures))  # the reference as is
         started = time.perf_counter()
         loop, recorder, cpu = sim.run(work / f"workers-{n}", data_dir)
         if target is None:
@@ -581,6 +602,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=300.0)
     parser.add_argument("--propose-seconds", type=float, default=0.0, help="how long the agent thinks (simulated)")
     parser.add_argument("--agent", choices=("nudge", "tune"), default="nudge", help="who proposes (see above)")
+    parser.add_argument(
+        "--eager", action="store_true", help="what if: all but the first count keep marginal wins without a re-run"
+    )
     parser.add_argument("--asks-on-threads", action="store_true", help="the agent only answers: asked at once")
     parser.add_argument(
         "--baseline-seeds-max", type=int, default=None, help="in place of the scheduler's BASELINE_SEEDS_MAX"
@@ -603,7 +627,7 @@ def main() -> None:
     data_dir = prepared_data(args.work)
     per_seed: dict[int, list[Measure]] = {}
     for seed in seeds:
-        per_seed[seed] = simulate_all(counts, args.hours, args.window, args.work, data_dir, seed, **options)
+        per_seed[seed] = simulate_all(counts, args.hours, args.window, args.work, data_dir, seed, args.eager, **options)
         print(f"seed {seed}\n{HEADER}")
         for m in per_seed[seed]:
             print(m.row(per_seed[seed][0]))
@@ -618,6 +642,7 @@ def main() -> None:
         + f"--noise {args.noise:g} --budget {args.budget:g} --propose-seconds {args.propose_seconds:g}"
         + (" --asks-on-threads" if args.asks_on_threads else "")
         + (f" --agent {args.agent}" if args.agent != "nudge" else "")
+        + (" --eager" if args.eager else "")
         + (f" --baseline-seeds-max {args.baseline_seeds_max}" if args.baseline_seeds_max is not None else ""),
         "landscape": {name: asdict(bowl) for name, bowl in BOWLS.items()} | {"floor": FLOOR},
         "options": {k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in options.items()},
