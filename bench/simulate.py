@@ -334,6 +334,51 @@ class NudgeAgent:
         return float(f"{value * 2 ** self.rng.gauss(0.0, 0.6):.2g}")
 
 
+class CombiningAgent:
+    """Before asking its agent: the changes of the experiments on the best that came out better than it but within
+    the noise (near-wins), on constants none of the others changed, combined into one proposal, the best first.
+    One combination in flight at a time."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.model = inner, inner.name, inner.model
+        self.answers_only = getattr(inner, "answers_only", False)
+
+    def propose(self, context: Context) -> Proposal:
+        if context.best_bpb is not None and not any(e.description.startswith("combined") for e in context.in_flight):
+            combined = self._combined(context)
+            if combined is not None:
+                return combined
+        return self.inner.propose(context)
+
+    def _combined(self, context: Context) -> Proposal | None:
+        best = read_constants(context.train_py)
+        near = []
+        for exp in context.history:
+            if exp.val_bpb is None or exp.status.value != "discard" or exp.val_bpb >= context.best_bpb:
+                continue
+            try:
+                changes = {
+                    n: c.value for n, c in read_constants(exp.source).items() if n in best and c.value != best[n].value
+                }
+            except (SyntaxError, ValueError):
+                continue
+            if changes and "SEED" not in changes and set_constants(context.train_py, changes) == exp.source:
+                near.append((exp.val_bpb, exp.id, changes))
+        chosen, names, ids = {}, set(), []
+        for _, exp_id, changes in sorted(near):
+            if not names & changes.keys():
+                chosen |= changes
+                names |= changes.keys()
+                ids.append(exp_id)
+        if len(ids) < 2:
+            return None
+        source = set_constants(context.train_py, chosen)
+        taken = {e.source for e in context.history} | {e.source for e in context.in_flight}
+        if source in taken:
+            return None
+        return Proposal("combined near-wins of exp " + ", ".join(map(str, ids)), source)
+
+
 class Recorder:
     """The loop's reporter: silent, it notes the simulated time of every verdict."""
 
@@ -372,6 +417,7 @@ class Simulation:
     asks_on_threads: bool = False
     agent: str = "nudge"  # or "tune": the package's own Optuna agent, asked as the loop asks it
     eager: bool = False  # a what-if, never the loop's rule: a marginal win is kept without its re-run
+    combine: bool = False  # the agent's proposals preceded by combinations of near-wins (CombiningAgent)
     driver_rate: float = 1.0
     clock: SimClock = field(init=False)
     records: list[RunRecord] = field(default_factory=list)
@@ -396,6 +442,8 @@ class Simulation:
             agent = TuneAgent(seed=self.seed)
         else:
             agent = NudgeAgent(self.seed, self.clock, self.propose_seconds, self.asks_on_threads)
+        if self.combine:
+            agent = CombiningAgent(agent)
         scheduler = Scheduler(loop, workers, clock=self.clock)
         self.clock.asking = lambda: scheduler.answers.pending
         before = os.times()
@@ -605,6 +653,7 @@ def main() -> None:
     parser.add_argument(
         "--eager", action="store_true", help="what if: all but the first count keep marginal wins without a re-run"
     )
+    parser.add_argument("--combine", action="store_true", help="combine near-wins before asking the agent")
     parser.add_argument("--asks-on-threads", action="store_true", help="the agent only answers: asked at once")
     parser.add_argument(
         "--baseline-seeds-max", type=int, default=None, help="in place of the scheduler's BASELINE_SEEDS_MAX"
@@ -622,6 +671,7 @@ def main() -> None:
         "propose_seconds": args.propose_seconds,
         "asks_on_threads": args.asks_on_threads,
         "agent": args.agent,
+        "combine": args.combine,
     }
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     data_dir = prepared_data(args.work)
@@ -643,6 +693,7 @@ def main() -> None:
         + (" --asks-on-threads" if args.asks_on_threads else "")
         + (f" --agent {args.agent}" if args.agent != "nudge" else "")
         + (" --eager" if args.eager else "")
+        + (" --combine" if args.combine else "")
         + (f" --baseline-seeds-max {args.baseline_seeds_max}" if args.baseline_seeds_max is not None else ""),
         "landscape": {name: asdict(bowl) for name, bowl in BOWLS.items()} | {"floor": FLOOR},
         "options": {k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in options.items()},
