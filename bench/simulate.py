@@ -339,7 +339,7 @@ class CombiningAgent:
     the noise (near-wins), on constants none of the others changed, combined into one proposal, the best first.
     One combination in flight at a time."""
 
-    def __init__(self, inner):
+    def __init__(self, inner: NudgeAgent | TuneAgent):
         self.inner, self.name, self.model = inner, inner.name, inner.model
         self.answers_only = getattr(inner, "answers_only", False)
 
@@ -354,7 +354,7 @@ class CombiningAgent:
         best = read_constants(context.train_py)
         near = []
         for exp in context.history:
-            if exp.val_bpb is None or exp.status.value != "discard" or exp.val_bpb >= context.best_bpb:
+            if exp.val_bpb is None or exp.status != Status.DISCARD or exp.val_bpb >= context.best_bpb:
                 continue
             try:
                 changes = {
