@@ -162,7 +162,8 @@ def test_a_win_on_a_stale_base_that_conflicts_with_the_best_is_discarded_and_the
     box: list = []
     sched, _ = scheduler(workspace, gate=after_the_first_keep(box))
     box.append(sched)
-    sched.run(ScriptedAgent([set_lr(0.2), set_lr(0.15)]), max_experiments=2)
+    # LR 0.2 with the betas is kept while LR 0.15 trains: both set LR, and the kept one changed the code too.
+    sched.run(ScriptedAgent([lr_and_betas, set_lr(0.15)]), max_experiments=2)
     rows = sched.loop.ledger.all()
     assert [r.status for r in rows] == [Status.KEEP, Status.KEEP, Status.DISCARD]  # nothing merged, nothing lost
     assert "conflicts with exp 2's in train.py" in rows[2].reason and "against its base exp 1" in rows[2].reason
@@ -193,6 +194,27 @@ def test_a_stale_win_that_holds_the_change_kept_meanwhile_is_judged_on_the_best_
     git = sched.loop.git
     assert git.head() == stale.commit and git.parent(stale.commit) == lr.commit  # the history holds both keeps
     assert git.show(stale.commit, "train.py") == stale.source and sched.loop.ws.git.changed_paths() == set()
+
+
+def test_a_stale_win_that_set_the_kept_changes_constants_its_own_way_is_judged_against_it_without_a_run(workspace):
+    """LR 0.1 is kept while LR 0.2, made on the same base, trains: LR 0.2 is then a change of LR 0.1 that its run
+    measured already, and a better one."""
+    box: list = []
+
+    def gate(source: str) -> None:
+        if constant(source, "LR") == 0.2:
+            wait_until(lambda: Ledger(box[0].loop.ws.root).get(2).status == Status.KEEP)
+
+    sched, fakes = scheduler(workspace, gate=gate)
+    box.append(sched)
+    sched.run(ScriptedAgent([set_lr(0.1), set_lr(0.2)]), max_experiments=2)
+    rows = sched.loop.ledger.all()
+    assert len(rows) == 3, [r.reason for r in rows]  # no merge to train
+    _, first, second = rows
+    assert first.status == second.status == Status.KEEP and "judged against exp 2" in second.reason
+    assert second.parent == first.commit and "-LR = 0.1" in second.diff and "+LR = 0.2" in second.diff
+    assert [constant(s, "LR") for fake in fakes.values() for _, _, s in fake.runs].count(0.2) == 1
+    assert sched.loop.git.head() == second.commit and sched.loop.best().id == second.id
 
 
 def test_a_stale_win_that_is_the_change_kept_meanwhile_and_a_new_seed_is_not_kept(workspace):

@@ -10,7 +10,9 @@ Each experiment records its base (`parent`: the best it was made from). When its
   merge becomes a new experiment on the new base, trained and judged there before anything is kept; the
   original is discarded with a reason that names it. A conflict is a discard whose reason the agent sees.
   Where the merge is the very train.py the experiment trained (the change kept meanwhile was part of its
-  own), its runs already measured it: it is moved onto the best and judged there, no run repeated.
+  own), or the experiment set every constant the best changed to values of its own (LR 0.15 against a kept
+  LR 0.2), its runs already measured a change of the best: it is moved onto the best and judged there, no
+  run repeated.
 
 So a win is never kept on a stale base, and never lost without a word.
 """
@@ -110,6 +112,8 @@ class Ratchet:
             loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {earlier.id}", outcome, runs)
             return Conclusion(revalidate=earlier if not earlier.status.final else None)
         merged = self.merged(base, best, exp.source)
+        if merged is None and merge_constants(base.source, best.source, exp.source, overriding=True) == exp.source:
+            merged = exp.source  # it set each constant the best changed, to values of its own: its runs measured that
         if merged is None:
             why += f"; its change conflicts with exp {best.id}'s in train.py: not kept"
             loop._finish(exp, Status.DISCARD, why, outcome, runs)
@@ -127,12 +131,13 @@ class Ratchet:
         return Conclusion(revalidate=new)
 
     def judged_on(self, exp: Experiment, base: Experiment, best: Experiment, outcome: Outcome | None) -> Conclusion:
-        """`exp`, trained on `base`, holds the change of `best` kept meanwhile: the train.py it measured is the
-        one a merge onto `best` would give. Its row and its commit are made on `best` and it is judged there."""
+        """`exp`, trained on `base`, changed every line that `best` (kept meanwhile) changed, the same way (the
+        change of `best` is part of its own) or its own way (other values of the same constants): the train.py it
+        measured is a change of `best`. Its row and its commit are made on `best` and it is judged there."""
         loop = self.loop
         note = (
-            f"trained on exp {base.id}, whose change by exp {best.id} (kept meanwhile) is part of its own: "
-            f"judged against exp {best.id}"
+            f"trained on exp {base.id}; it changed every line exp {best.id} (kept meanwhile) changed, so it is a "
+            f"change of exp {best.id}: judged against exp {best.id}"
         )
         commit = loop.git.commit_onto(best.commit, TRAIN_PY, exp.source, commit_message(exp))
         reason = "; ".join(filter(None, [exp.reason, note]))
@@ -173,19 +178,21 @@ class Ratchet:
         self.loop._finish(exp, Status.CRASH, why, outcome)
 
 
-def merge_constants(base: str, best: str, win: str) -> str | None:
+def merge_constants(base: str, best: str, win: str, overriding: bool = False) -> str | None:
     """The win's change onto the best where it changed constants only: its new values set in the best's
-    train.py, unless the best changed one of them to another value (then None, a conflict); one both set to
-    the same value is the best's already. `git merge-file` takes changes to adjacent lines for a conflict, and
-    the constants are a block of adjacent lines: without this, a win on LR made on a base older than a kept
-    BATCH change would be lost, and so would a win on LR and BATCH beside a kept change of BATCH and
-    WEIGHT_DECAY with the same BATCH (bench/simulate.py found both)."""
+    train.py, unless the best changed one of them to another value (then None, a conflict; `overriding`: the
+    win's value); one both set to the same value is the best's already. `git merge-file` takes changes to
+    adjacent lines for a conflict, and the constants are a block of adjacent lines: without this, a win on LR
+    made on a base older than a kept BATCH change would be lost, and so would a win on LR and BATCH beside a
+    kept change of BATCH and WEIGHT_DECAY with the same BATCH (bench/simulate.py found both)."""
     try:
         then, now = read_constants(base), read_constants(best)
         changes = {n: c.value for n, c in read_constants(win).items() if n in then and c.value != then[n].value}
         if not changes or set_constants(base, changes) != win:
             return None  # it changed more than constants (or wrote them in its own way): git's merge stands
-        if any(n not in now or now[n].value not in (then[n].value, value) for n, value in changes.items()):
+        if any(n not in now for n in changes):
+            return None
+        if not overriding and any(now[n].value not in (then[n].value, value) for n, value in changes.items()):
             return None
         return set_constants(best, {n: v for n, v in changes.items() if now[n].value != v})
     except (SyntaxError, ValueError):
