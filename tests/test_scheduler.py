@@ -217,6 +217,26 @@ def test_a_stale_win_that_set_the_kept_changes_constants_its_own_way_is_judged_a
     assert sched.loop.git.head() == second.commit and sched.loop.best().id == second.id
 
 
+def test_an_older_stale_win_that_set_the_kept_constant_its_own_way_is_trained_again_on_the_best(workspace):
+    """The same, the other way round: LR 0.2 (exp 2) trains until LR 0.1 (exp 3) is kept. Judged with its own run it
+    would become a best older than exp 3, so its train.py is trained on exp 3 as a merge is."""
+    box: list = []
+
+    def gate(source: str) -> None:
+        if constant(source, "LR") == 0.2 and not Ledger(box[0].loop.ws.root).get(2).run_values:
+            wait_until(lambda: (exp := Ledger(box[0].loop.ws.root).get(3)) is not None and exp.status == Status.KEEP)
+
+    sched, fakes = scheduler(workspace, gate=gate)
+    box.append(sched)
+    sched.run(ScriptedAgent([set_lr(0.2), set_lr(0.1)]), max_experiments=2)
+    rows = sched.loop.ledger.all()
+    assert [(r.id, r.status) for r in rows[1:]] == [(2, Status.DISCARD), (3, Status.KEEP), (4, Status.KEEP)]
+    assert "merged onto it as exp 4" in rows[1].reason and rows[3].merged_from == 2
+    assert rows[3].parent == rows[2].commit and constant(rows[3].source, "LR") == 0.2
+    assert [constant(s, "LR") for fake in fakes.values() for _, _, s in fake.runs].count(0.2) == 2
+    assert sched.loop.best().id == 4
+
+
 def test_a_stale_win_that_is_the_change_kept_meanwhile_and_a_new_seed_is_not_kept(workspace):
     """Made on the old best it changed LR and the seed; on the best kept meanwhile (LR alone) only the seed."""
     box: list = []
