@@ -12,7 +12,7 @@ Each experiment records its base (`parent`: the best it was made from). When its
   Where the merge is the very train.py the experiment trained (the change kept meanwhile was part of its
   own), or the experiment set every constant the best changed to values of its own (LR 0.15 against a kept
   LR 0.2), its runs already measured a change of the best: it is moved onto the best and judged there, no
-  run repeated.
+  run repeated (one older than the best is trained there as a merge is: the best is the newest kept row).
 
 So a win is never kept on a stale base, and never lost without a word.
 """
