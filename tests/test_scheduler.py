@@ -651,8 +651,12 @@ def test_an_answer_that_arrives_after_another_win_was_kept_is_made_on_that_best_
         if not description.startswith("LR 0.2"):
             wait_until(lambda: any(r.status == Status.KEEP for r in Ledger(workspace.root).all()[1:]))
 
+    def clash(ctx):  # LR's line rewritten, comment and all: no constant merge can make it on LR 0.2
+        line = "LR = 0.05  # Adam learning rate (0.001-1)"
+        return "LR 0.15", ctx.train_py.replace(line, "LR = 0.15  # Adam learning rate, lower (0.001-1)")
+
     sched, _ = scheduler(workspace, gpus="0,1,2")  # three asks at once once the baseline's 3 seeds are judged
-    sched.run(AnsweringAgent([set_lr(0.2), betas, set_lr(0.15)], hold=hold), max_experiments=3)
+    sched.run(AnsweringAgent([set_lr(0.2), betas, clash], hold=hold), max_experiments=3)
     rows = {r.description: r for r in sched.loop.ledger.all()}
     lr, late, clash = rows["LR 0.2"], rows["Adam betas 0.8, 0.9"], rows["LR 0.15"]
     assert lr.status == Status.KEEP and late.parent == lr.commit  # not trained on the best it was asked on
