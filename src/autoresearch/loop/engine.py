@@ -58,6 +58,7 @@ class ResearchLoop(Asking, Recovery):
         self._fork_failure_told = False
         self.config = config
         self.ledger = Ledger(workspace.root)
+        self.left_in_flight: set[int] = set()  # set by recover_workspace: in flight when this start began
         budget = workspace.apparatus.budget_seconds
         self.timeout = config.timeout or 1.5 * budget + 180
         a = workspace.apparatus

@@ -86,10 +86,10 @@ def _valid_results(runs: Path, exp_id: int) -> list[tuple[int, Result]]:
     """The run index (its seed offset) and the evaluator's result of each valid run of the experiment, in run
     order."""
     results = []
-    for path in sorted(runs.glob(f"{exp_id}-*/result.json"), key=lambda p: int(p.parent.name.split("-")[1])):
+    for index, path in sorted((int(p.parent.name.split("-")[1]), p) for p in runs.glob(f"{exp_id}-*/result.json")):
         result = read_result(path)
         if result is not None and result.valid and result.val_bpb is not None:
-            results.append((int(path.parent.name.split("-")[1]), result))
+            results.append((index, result))
     return results
 
 

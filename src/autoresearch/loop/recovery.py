@@ -232,7 +232,7 @@ class Recovery:
         """The experiment whose train.py (or a run's of it) a kill can have left in the working tree, if `text` is
         that: one in flight when this start began (finished or crashed since), or the best's parent (a branch
         move cut in half). A person's own copy of an older one is an edit like any other."""
-        best, was, rows = self.best(), getattr(self, "left_in_flight", set()), self.ledger.all()
+        best, was, rows = self.best(), self.left_in_flight, self.ledger.all()
         suspects = [e for e in rows if e.id in was or not e.status.final]
         suspects += [e for e in rows if best and e.commit == best.parent and e.status == Status.KEEP]
         return next((e for e in suspects if written_for(text, e)), None)
