@@ -54,6 +54,7 @@ def round_trip(model: torch.nn.Module) -> tuple[torch.nn.Module, Exported]:
     return load_program(exported.document, exported.weights(), CPU).module, exported
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("window", [None, 4], ids=["sdpa", "flex-window"])
 def test_an_honest_model_comes_back_with_exactly_its_logits(window) -> None:
     torch.manual_seed(0)

@@ -405,6 +405,7 @@ def test_the_exit_code_of_the_confined_command_is_bwraps(layout: Layout) -> None
     assert confined(layout, "pass").returncode == 0
 
 
+@pytest.mark.slow
 def test_torch_imports_inside_from_the_read_only_venv(layout: Layout) -> None:
     run = confined(layout, "import torch; print(torch.ones(3).sum().item())")
     assert run.returncode == 0, run.stderr

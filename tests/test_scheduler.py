@@ -685,11 +685,11 @@ def test_an_ask_on_a_thread_that_fails_is_recorded_and_a_bug_in_the_agent_stops_
 
 @pytest.mark.parametrize("gpus", ["0,1", "0"])
 def test_a_worker_about_to_be_free_is_asked_for_ahead_with_several_workers_only(workspace, gpus: str):
-    # Runs take 0.5 s, the agent 0.15 s: once both are known, a worker's next proposal is asked for ~0.15 s
+    # Runs take 0.3 s, the agent 0.1 s: once both are known, a worker's next proposal is asked for ~0.1 s
     # before its run ends, so that it is there when the worker is free. One worker is never asked for ahead.
-    sched, _ = scheduler(workspace, gpus=gpus, gate=lambda source: time.sleep(0.5))
+    sched, _ = scheduler(workspace, gpus=gpus, gate=lambda source: time.sleep(0.3))
     asked: list[int] = []
-    agent = AnsweringAgent([set_lr(v) for v in (0.1, 0.15, 0.2, 0.25, 0.3)], think=0.15)
+    agent = AnsweringAgent([set_lr(v) for v in (0.1, 0.15, 0.2, 0.25, 0.3)], think=0.1)
     real_propose = agent.propose
 
     def propose(context):
@@ -747,16 +747,16 @@ def test_a_waiting_answer_is_not_made_on_a_best_newer_than_itself(workspace):
 
 
 def test_an_idle_worker_is_asked_again_when_the_agents_pause_ends_not_when_a_run_does(workspace, monkeypatch):
-    monkeypatch.setattr(asking, "PAUSE_FIRST_S", 0.3)
+    monkeypatch.setattr(asking, "PAUSE_FIRST_S", 0.15)
     long_run_ended, asked = [], []
 
     def gate(source: str) -> None:
-        if constant(source, "LR") == 0.3:  # the other worker's run: 3 s
-            time.sleep(3.0)
+        if constant(source, "LR") == 0.3:  # the other worker's run: 2 s
+            time.sleep(2.0)
             long_run_ended.append(time.monotonic())
 
     def down(context):
-        time.sleep(0.2)
+        time.sleep(0.1)
         raise ProposalError("the server is down")
 
     def after_the_pause(context):
@@ -765,7 +765,7 @@ def test_an_idle_worker_is_asked_again_when_the_agents_pause_ends_not_when_a_run
 
     sched, _ = scheduler(workspace, gate=gate)
     sched.run(AnsweringAgent([set_lr(0.3), down, down, down, down, after_the_pause]), max_experiments=6)
-    assert asked and asked[0] < long_run_ended[0] - 1.0  # asked once the pause ended, not once the 3 s run did
+    assert asked and asked[0] < long_run_ended[0] - 0.5  # asked once the pause ended, not once the 2 s run did
 
 
 def test_an_edit_held_for_a_stopped_try_is_not_lost_to_the_agents_of_several_workers(workspace):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, make_workspace, with_constants
 
 from autoresearch.cli import main
 from autoresearch.loop.activity import start_session
@@ -30,16 +31,29 @@ def edit(description: str, **values):
     return lambda ctx: (description, with_constants(ctx.train_py, **values))
 
 
+@pytest.fixture(scope="module")
+def history_built(tmp_path_factory: pytest.TempPathFactory, tiny_prepared: Path, cache_dir: Path) -> Path:
+    """exp 1 baseline, 2 LR 0.2 (kept), 3 LR 0.9 (discarded), 4 BATCH 64 (crash); made once per module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTORESEARCH_CACHE", str(cache_dir))
+        workspace = make_workspace(tmp_path_factory.mktemp("history") / "ws", tiny_prepared)
+        loop = make_loop(workspace, FakeExecutor(score))
+        loop.baseline()
+        agent = ScriptedAgent(
+            [edit("LR 0.05 -> 0.2", LR=0.2), edit("LR 0.2 -> 0.9", LR=0.9), edit("BATCH 64", BATCH=64)]
+        )
+        for _ in range(3):
+            loop.step(agent)
+        loop.ledger.close()
+    return workspace.root
+
+
 @pytest.fixture
-def history(workspace: Workspace) -> Workspace:
-    """exp 1 baseline, 2 LR 0.2 (kept), 3 LR 0.9 (discarded), 4 BATCH 64 (crash)."""
-    loop = make_loop(workspace, FakeExecutor(score))
-    loop.baseline()
-    agent = ScriptedAgent([edit("LR 0.05 -> 0.2", LR=0.2), edit("LR 0.2 -> 0.9", LR=0.9), edit("BATCH 64", BATCH=64)])
-    for _ in range(3):
-        loop.step(agent)
-    loop.ledger.close()
-    return workspace
+def history(history_built: Path, tmp_path: Path) -> Workspace:
+    """A copy of the module's history, for a test to read or change."""
+    root = tmp_path / "ws"
+    shutil.copytree(history_built, root, symlinks=True)
+    return Workspace(root)
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -196,6 +196,7 @@ def test_hyperparameter_block_ends_at_the_next_section() -> None:
     assert set(read_constants(source)) == {"A", "B", "C"} and set(hyperparameters(source)) == {"A", "B"}
 
 
+@pytest.mark.slow
 def test_proposals_are_small_valid_edits() -> None:
     best, history = lr_history()
     seen_names: set[str] = set()
@@ -377,6 +378,7 @@ def test_on_the_tiny_preset_no_proposal_costs_more_than_the_bound(tmp_path: Path
     assert cost_limit(Context(ws, "", TINY_PY, 3.0, 0.01, tiny_history())).limit == BLIND_COST_RATIO * base
 
 
+@pytest.mark.slow
 def test_each_proposal_keeps_a_dozen_steps_by_the_baselines_measured_count(tmp_path: Path) -> None:
     ws = tiny_workspace(tmp_path, baseline_steps=[52, 48, 50])  # median 50 steps in the budget
     base = tiny_cost(TINY_PY)
