@@ -237,6 +237,35 @@ def test_an_older_stale_win_that_set_the_kept_constant_its_own_way_is_trained_ag
     assert sched.loop.best().id == 4
 
 
+def test_a_marginal_win_on_a_stale_base_is_not_run_again_there_its_merge_is_judged_on_the_best(workspace):
+    """BATCH 16 wins by 1-2 margins on the baseline while LR 0.2 is kept: run again there it could only be merged
+    onto LR 0.2 and trained again, so it is merged at once, and the merge's runs on the best decide."""
+    box: list = []
+
+    def gate(source: str) -> None:
+        if constant(source, "BATCH") == 16 and constant(source, "LR") != 0.2:
+            wait_until(lambda: Ledger(box[0].loop.ws.root).get(2).status == Status.KEEP)
+
+    def batch(ctx):
+        return "BATCH 16", with_constants(ctx.train_py, BATCH=16)
+
+    # The baseline's seeds 42 and 43: noise 0.0014, margin 0.0028; BATCH 16 is 0.004 better: a marginal win.
+    sched, fakes = scheduler(
+        workspace, gate=gate, score=lambda source: score(source) - 0.004 * (constant(source, "BATCH") == 16)
+    )
+    box.append(sched)
+    sched.run(ScriptedAgent([set_lr(0.2), batch]), max_experiments=2)
+    baseline, lr, stale, merged = sched.loop.ledger.all()
+    assert lr.status == Status.KEEP and stale.parent == baseline.commit and len(stale.run_values) == 1
+    assert stale.status == Status.DISCARD and stale.reason.startswith("marginal win: ")
+    assert f"but exp {lr.id} was kept while it trained on exp {baseline.id}" in stale.reason
+    assert f"merged onto it as exp {merged.id}" in stale.reason and merged.merged_from == stale.id
+    assert merged.status == Status.KEEP and len(merged.run_values) == 2  # marginal on the best too: run again there
+    trained = [s for fake in fakes.values() for _, _, s in fake.runs if constant(s, "BATCH") == 16]
+    assert sorted(constant(s, "LR") for s in trained) == [0.05, 0.2, 0.2]  # once on its old base, twice merged
+    assert sched.loop.best().id == merged.id and sched.loop.git.head() == merged.commit
+
+
 def test_a_stale_win_that_is_the_change_kept_meanwhile_and_a_new_seed_is_not_kept(workspace):
     """Made on the old best it changed LR and the seed; on the best kept meanwhile (LR alone) only the seed."""
     box: list = []

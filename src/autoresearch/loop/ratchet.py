@@ -89,18 +89,20 @@ class Ratchet:
             loop._finish(exp, Status.DISCARD, "its base is no longer a kept experiment: not judged", outcome, runs)
             return Conclusion()
         verdict = judge(base.val_bpb, runs, loop.noise(), exp.lines_added, exp.lines_removed)
-        if verdict.decision == Status.RERUN:
+        if verdict.decision == Status.RERUN and base is best:
             loop.reporter.message(f"exp {exp.id}: {verdict.reason}")
             return Conclusion(rerun=True)
         if base is best:
             loop._finish(exp, verdict.decision, verdict.reason, outcome, runs)
             return Conclusion()
         stale = f"exp {best.id} was kept while it trained on exp {base.id}"
-        if verdict.decision != Status.KEEP:
+        if verdict.decision == Status.DISCARD:
             why = f"{verdict.reason} (against its base exp {base.id}; {stale})"
             loop._finish(exp, Status.DISCARD, why, outcome, runs)
             return Conclusion()
-        return self.merge(exp, base, best, f"{verdict.reason} against its base exp {base.id}, but {stale}", outcome)
+        # A marginal win is not run again on the old base: the runs of its merge on the best decide.
+        won = verdict.reason.replace("marginal win, run again", "marginal win")
+        return self.merge(exp, base, best, f"{won} against its base exp {base.id}, but {stale}", outcome)
 
     def merge(
         self, exp: Experiment, base: Experiment, best: Experiment, why: str, outcome: Outcome | None
