@@ -3,11 +3,17 @@
 Each source part becomes one shard, written atomically, so an interrupted run resumes at the first
 unfinished part. `manifest.json` is written last: once it exists and matches the request, running
 prepare again does nothing.
+
+Data that cannot be prepared is refused before anything is written where the source can tell
+(`Source.check`: a local corpus is read and split first); a build that fails on the data later (a
+vocabulary the text cannot fill) removes what it wrote, unless it was resuming earlier work.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -28,7 +34,8 @@ from autoresearch.data.shards import (
     shard_intact,
     write_shard,
 )
-from autoresearch.data.sources import TRAIN, VAL, Part, Source, make_source
+from autoresearch.data.sources import TRAIN, VAL, VAL_BYTES_PER_TOKEN, Part, Source, make_source, smaller_presets
+from autoresearch.data.sources.base import smaller_preset_hint
 from autoresearch.data.tokenizer import Tokenizer, capped_texts
 from autoresearch.errors import DataError
 from autoresearch.evaluator.cores import usable_cores
@@ -50,29 +57,42 @@ def prepare(
     console = console or Console(stderr=True)
     source = make_source(dataset, preset, root=root, shards=shards)
     out = prepared_dir(cache, source.slug, preset.name)
-    out.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out / ".lock"):
-        manifest_path = out / "manifest.json"
-        if not force and manifest_path.exists():
-            manifest = _readable_manifest(manifest_path)
-            if manifest and manifest.dataset.get("request") == source.request and manifest.preset == preset.as_dict():
-                damaged = [s.name for s in manifest.shards if not shard_intact(out, s)]
-                if not _tokenizer_matches(out / "tokenizer.json", manifest.tokenizer_sha256):
-                    damaged.append("tokenizer.json")
-                if not damaged:
-                    console.print(f"[green]already prepared[/] {dataset} / {preset.name} in {out}")
-                    return out
-                console.print(f"[yellow]damaged shards {', '.join(damaged)}: rebuilding them[/]")
-            elif manifest is None or manifest.preset != preset.as_dict():
-                # A shard's identity names its source part, not the row length or the train/val split
-                # (local corpora are split by the preset's eval_tokens): none of it may be reused.
-                console.print(f"[yellow]{manifest_path} is unreadable or for other preset settings: rebuilding all[/]")
-                force = True
-        if force:
-            for stale in out.glob("*.json"):
-                stale.unlink()
-        _build(source, preset, out, console)
+    if force or not _current(out, source, preset):
+        with console.status(f"reading {source.name}"):
+            source.check()  # before anything is written: a local corpus too small is refused here
+    created = _first_missing(out)
+    with _exclusive(out):
+        fresh = all(p.name == ".lock" for p in out.iterdir())
+        try:
+            _prepare_locked(dataset, source, preset, out, force, console)
+        except DataError:
+            if fresh:  # nothing was there to resume: leave nothing behind
+                _remove(out, created)
+            raise
     return out
+
+
+def _prepare_locked(dataset: str, source: Source, preset: Preset, out: Path, force: bool, console: Console) -> None:
+    manifest_path = out / "manifest.json"
+    if not force and manifest_path.exists():
+        manifest = _readable_manifest(manifest_path)
+        if manifest and manifest.dataset.get("request") == source.request and manifest.preset == preset.as_dict():
+            damaged = [s.name for s in manifest.shards if not shard_intact(out, s)]
+            if not _tokenizer_matches(out / "tokenizer.json", manifest.tokenizer_sha256):
+                damaged.append("tokenizer.json")
+            if not damaged:
+                console.print(f"[green]already prepared[/] {dataset} / {preset.name} in {out}")
+                return
+            console.print(f"[yellow]damaged shards {', '.join(damaged)}: rebuilding them[/]")
+        elif manifest is None or manifest.preset != preset.as_dict():
+            # A shard's identity names its source part, not the row length or the train/val split
+            # (local corpora are split by the preset's eval_tokens): none of it may be reused.
+            console.print(f"[yellow]{manifest_path} is unreadable or for other preset settings: rebuilding all[/]")
+            force = True
+    if force:
+        for stale in out.glob("*.json"):
+            stale.unlink()
+    _build(source, preset, out, console)
 
 
 def _build(source: Source, preset: Preset, out: Path, console: Console) -> None:
@@ -109,10 +129,15 @@ def _build(source: Source, preset: Preset, out: Path, console: Console) -> None:
 
     val_rows = sum(i.rows for i in infos if i.split == VAL)
     if val_rows < preset.eval_rows:
+        # Validation takes a set number of bytes whatever the corpus's size: it fell short in tokens because
+        # the text compresses to more bytes a token than VAL_BYTES_PER_TOKEN allows for.
+        val_tokens = sum(i.stats.get("tokens_in", 0) for i in infos if i.split == VAL)
+        other = smaller_preset_hint(None, smaller_presets(preset))
         raise DataError(
             f"validation split has {val_rows} rows of {preset.seq_len} tokens; preset {preset.name} "
             f"evaluates on {preset.eval_rows}",
-            hint="use a larger corpus or a preset with a smaller evaluation set",
+            hint=f"its text came to {val_tokens:,} tokens, over {VAL_BYTES_PER_TOKEN} bytes a token: text this "
+            "repetitive is too little to evaluate on; use more varied text" + (f", or {other}" if other else ""),
         )
     if not any(i.split == TRAIN and i.rows for i in infos):
         raise DataError("no training rows came out of the corpus", hint="use a larger corpus")
@@ -127,6 +152,35 @@ def _build(source: Source, preset: Preset, out: Path, console: Console) -> None:
     _remove_unlisted(out, {i.name for i in infos})
     manifest.save(out / "manifest.json")
     _report(manifest, time.monotonic() - started, console)
+
+
+def _current(out: Path, source: Source, preset: Preset) -> bool:
+    """Whether `out` holds a manifest for this request and preset (its shards are checked under the lock)."""
+    try:
+        manifest = Manifest.load(out / "manifest.json")
+    except (FileNotFoundError, DataError):
+        return False
+    return manifest.dataset.get("request") == source.request and manifest.preset == preset.as_dict()
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of `path` that does not exist yet (`path` itself, or one above it), or None."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def _remove(out: Path, created: Path | None) -> None:
+    """Remove `out` and what it holds, then the directories above it up to `created` that are left empty."""
+    shutil.rmtree(out, ignore_errors=True)
+    if created is None or (created != out and created not in out.parents):
+        return
+    for directory in [out.parent, *out.parent.parents]:
+        if directory == created.parent:
+            break
+        with contextlib.suppress(OSError):  # not empty: another prepare uses it
+            directory.rmdir()
 
 
 def _readable_manifest(path: Path) -> Manifest | None:
@@ -200,16 +254,36 @@ def _report(manifest: Manifest, seconds: float, console: Console) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock so two prepares of the same data never interleave (POSIX only)."""
+def _exclusive(out: Path) -> Iterator[None]:
+    """Make `out` and hold an exclusive lock on its `.lock`, so two prepares of the same data never interleave
+    (POSIX only). A prepare that failed may have removed `out` while another waited: that one makes it again."""
     try:
         import fcntl
     except ImportError:  # Windows: no lock, as before
+        out.mkdir(parents=True, exist_ok=True)
         yield
         return
-    with lock_path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    lock_path = out / ".lock"
+    while True:
+        out.mkdir(parents=True, exist_ok=True)
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            f = lock_path.open("w")
+        except FileNotFoundError:  # removed between mkdir and open
+            continue
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                if _same_file(f.fileno(), lock_path):
+                    yield
+                    return
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (st.st_dev, st.st_ino)

@@ -15,7 +15,7 @@ VAL_BYTES_PER_TOKEN = 5
 # so the evaluation spans hundreds of documents instead of a few long ones (BENCHMARKS.md, issue 9).
 VAL_PIECE_CHARS_PER_TOKEN = 4
 
-__all__ = ["TRAIN", "VAL", "Part", "Source", "dataset_names", "make_source"]
+__all__ = ["TRAIN", "VAL", "Part", "Source", "dataset_names", "make_source", "smaller_presets"]
 
 
 def dataset_names() -> list[str]:
@@ -24,19 +24,28 @@ def dataset_names() -> list[str]:
     return ["python-source", "local:PATH", *HUB_DATASETS]
 
 
+def smaller_presets(preset: Preset) -> dict[str, int]:
+    """The built-in presets with a smaller evaluation set than `preset`: name -> validation bytes."""
+    from autoresearch.config.presets import PRESETS
+
+    return {p.name: p.eval_tokens * VAL_BYTES_PER_TOKEN for p in PRESETS.values() if p.eval_tokens < preset.eval_tokens}
+
+
 def make_source(dataset: str, preset: Preset, *, root: Path | None = None, shards: int | None = None) -> Source:
     val_bytes = preset.eval_tokens * VAL_BYTES_PER_TOKEN
     val_piece = preset.seq_len * VAL_PIECE_CHARS_PER_TOKEN
+    smaller = smaller_presets(preset)
     if root is not None and dataset != "python-source":
         raise ConfigError("--root applies to --dataset python-source only")
     if dataset == "python-source":
         from autoresearch.data.sources.python_source import PythonSource
 
-        return PythonSource(val_bytes, preset.max_corpus_bytes, val_piece, root)
+        return PythonSource(val_bytes, preset.max_corpus_bytes, val_piece, root, smaller=smaller)
     if dataset.startswith("local:"):
         from autoresearch.data.sources.local import LocalSource
 
-        return LocalSource(Path(dataset.removeprefix("local:")), val_bytes, preset.max_corpus_bytes, val_piece)
+        path = Path(dataset.removeprefix("local:"))
+        return LocalSource(path, val_bytes, preset.max_corpus_bytes, val_piece, smaller=smaller)
     from autoresearch.data.sources.hub import HUB_DATASETS, HubSource
 
     if dataset in HUB_DATASETS:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +28,10 @@ class Source(Protocol):
     slug: str  # a directory-safe name for the cache
     request: dict[str, Any]  # what the user asked for; prepared data is reused while it matches
 
+    def check(self) -> None:
+        """Refuse data that cannot be prepared (a DataError), before `prepare` writes anything. Safe to call
+        again; `fetch` reuses what it read."""
+
     def fetch(self) -> None:
         """Make the raw data available locally (download, scan). Safe to call again."""
 
@@ -45,7 +49,13 @@ class TextSplit:
     duplicates_dropped: int
 
 
-def split_texts(texts: Iterable[str], val_bytes: int, max_bytes: int | None, val_piece: int | None = None) -> TextSplit:
+def split_texts(
+    texts: Iterable[str],
+    val_bytes: int,
+    max_bytes: int | None,
+    val_piece: int | None = None,
+    smaller: Mapping[str, int] | None = None,
+) -> TextSplit:
     """Deterministic train/val split of a corpus of documents, independent of the order they came in.
 
     Exact duplicates are dropped first, so no validation document can also appear in train. Documents
@@ -54,7 +64,8 @@ def split_texts(texts: Iterable[str], val_bytes: int, max_bytes: int | None, val
     only a piece of at most that many characters from the middle of each of its documents (the rest is
     dropped, not trained on): the same `val_bytes` then come from many more documents, so a seed that
     happens to suit a few of them moves val_bpb less (BENCHMARKS.md, "the validation set"). A corpus
-    of too few documents for that gets larger pieces.
+    of too few documents for that gets larger pieces. A corpus too small for validation plus training
+    is a DataError; its hint names the presets of `smaller` (name -> validation bytes) that it would fit.
     """
     keyed: dict[bytes, str] = {}
     seen = 0
@@ -76,12 +87,54 @@ def split_texts(texts: Iterable[str], val_bytes: int, max_bytes: int | None, val
             total += len(text.encode("utf-8", "surrogatepass"))
         train = kept
     if not train or taken < val_bytes:
+        have = sum(len(text.encode("utf-8", "surrogatepass")) for text in ordered)
+        dropped = f", {seen - len(keyed)} exact duplicates dropped" if seen > len(keyed) else ""
         raise DataError(
-            f"corpus too small: {len(ordered)} distinct documents, {taken} bytes for validation "
-            f"where {val_bytes} are needed, plus training text",
-            hint="point the dataset at more text, or use a preset with a smaller evaluation set (--preset tiny)",
+            f"corpus too small: {have:,} bytes of distinct text ({len(ordered)} documents{dropped}), where "
+            f"validation alone takes {val_bytes:,} bytes and training needs more",
+            hint=too_small_hint(have, val_bytes, smaller),
         )
     return TextSplit(train=train, val=val, duplicates_dropped=seen - len(keyed))
+
+
+def too_small_hint(have: int, val_bytes: int, smaller: Mapping[str, int] | None) -> str:
+    """What to do about a corpus of `have` bytes, too small for a validation set of `val_bytes`."""
+    hint = f"point the dataset at more text: validation takes {val_bytes:,} bytes, and training wants many times that"
+    other = smaller_preset_hint(have, smaller)
+    return f"{hint}; or {other}" if other else hint
+
+
+def smaller_preset_hint(have: int | None, smaller: Mapping[str, int] | None) -> str | None:
+    """Advice to use the largest preset of `smaller` (name -> validation bytes) whose validation set a corpus of
+    `have` bytes holds (any, where `have` is None); None where there is none."""
+    fits = sorted(((need, name) for name, need in (smaller or {}).items() if have is None or need < have), reverse=True)
+    if not fits:
+        return None
+    need, name = fits[0]
+    return f"use a preset with a smaller evaluation set: --preset {name} (validation takes {need:,} bytes)"
+
+
+def cut_long_documents(texts: Iterable[str], chars: int, longer_than: int) -> Iterator[str]:
+    """Each text, except that one longer than `longer_than` characters comes as consecutive chunks of at most
+    `chars` (`line_chunks`): one big file (a book) then splits into train and validation like many documents."""
+    for text in texts:
+        if len(text) <= longer_than:
+            yield text
+        else:
+            yield from (chunk for chunk in line_chunks(text, chars) if chunk.strip())
+
+
+def line_chunks(text: str, chars: int) -> Iterator[str]:
+    """`text` as consecutive chunks of at most `chars` characters that join back to it exactly. Each chunk ends
+    at the last line break of its second half, else at its last space there, else after `chars` characters."""
+    start = 0
+    while len(text) - start > chars:
+        end = start + chars
+        cut = text.rfind("\n", start + chars // 2, end) + 1 or text.rfind(" ", start + chars // 2, end) + 1 or end
+        yield text[start:cut]
+        start = cut
+    if start < len(text):
+        yield text[start:]
 
 
 def _validation(ordered: list[str], val_bytes: int, piece: int | None) -> tuple[list[str], int]:
@@ -127,29 +180,60 @@ def corpus_digest(texts: Iterable[str]) -> str:
 
 class TextCorpus:
     """A source small enough to hold in memory: its documents are read, deduplicated and split by content
-    hash (`split_texts`), then cut into parts. Subclasses set name, slug and request, and give `documents`."""
+    hash (`split_texts`), then cut into parts. Subclasses set name, slug and request, and give `documents`.
+
+    With `cut`, (chars, longer_than), a document longer than `longer_than` characters is first cut into chunks
+    of at most `chars` at line breaks (`cut_long_documents`), and each chunk is a document from then on.
+    `smaller` (preset name -> validation bytes) is for the hint of a corpus too small (`too_small_hint`)."""
 
     name: str
     slug: str
     request: dict[str, Any]
 
-    def __init__(self, val_bytes: int, max_bytes: int | None, val_piece: int | None = None):
+    def __init__(
+        self,
+        val_bytes: int,
+        max_bytes: int | None,
+        val_piece: int | None = None,
+        *,
+        cut: tuple[int, int] | None = None,
+        smaller: Mapping[str, int] | None = None,
+    ):
         self._val_bytes, self._max_bytes, self._val_piece = val_bytes, max_bytes, val_piece
+        self._cut, self._smaller = cut, smaller
         self._split: TextSplit | None = None
+        self._documents_cut = 0
 
     def documents(self) -> Iterator[str]:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Read and split the corpus: one too small for validation and training is refused here."""
+        self.fetch()
+
     def fetch(self) -> None:
         if self._split is None:
-            self._split = split_texts(self.documents(), self._val_bytes, self._max_bytes, self._val_piece)
+            texts: Iterable[str] = self.documents()
+            if self._cut is not None:
+                texts = cut_long_documents(self._counted(texts, self._cut[1]), *self._cut)
+            self._split = split_texts(texts, self._val_bytes, self._max_bytes, self._val_piece, self._smaller)
+
+    def _counted(self, texts: Iterable[str], longer_than: int) -> Iterator[str]:
+        self._documents_cut = 0
+        for text in texts:
+            if len(text) > longer_than:
+                self._documents_cut += 1
+            yield text
 
     def parts(self) -> list[Part]:
         assert self._split is not None, "fetch() first"
         return text_parts(self._split, corpus_digest(self._split.val + self._split.train))
 
     def describe(self) -> dict[str, Any]:
-        return {**self.request, **(split_stats(self._split) if self._split else {})}
+        if self._split is None:
+            return dict(self.request)
+        cut = {} if self._cut is None else {"documents_cut": self._documents_cut, "cut_chars": self._cut[0]}
+        return {**self.request, **split_stats(self._split), **cut}
 
 
 def split_stats(split: TextSplit) -> dict[str, Any]:

@@ -123,6 +123,9 @@ class HubSource:
         self._files = [*dataset.train_files(n), dataset.val_file]
         self._cached: dict[str, CachedFile] = {}
 
+    def check(self) -> None:
+        """Nothing to check before `prepare` writes: the files' problems are found as `fetch` downloads them."""
+
     def fetch(self) -> None:
         settings = HubSettings.from_env()
         for k, filename in enumerate(self._files, 1):

@@ -3,7 +3,13 @@
 The directory is checked when the source is made, before `prepare` writes anything (`check_corpus`): a
 file that is not text (not UTF-8, or mostly control characters: random bytes named .txt) is refused, a
 corpus smaller than the validation set alone is refused, and one whose training part is tiny next to
-the validation set is warned about.
+the validation set is warned about. `prepare` then reads and splits it (`LocalSource.check`), still before
+writing anything: a corpus with too little distinct text is refused there.
+
+Each .txt or .md file, .jsonl line and .parquet row is a document. A document longer than `CUT_OVER_PIECES`
+validation pieces (a book, a whole corpus in one file) is cut at line breaks into chunks of at most a piece,
+each a document from then on: one or two big files then split into train and validation by content hash like
+many small ones, validation gets whole chunks from all over them, and the tokenizer sees all their text.
 """
 
 from __future__ import annotations
@@ -11,10 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from autoresearch.data.sources.base import TextCorpus, path_tag
+from autoresearch.data.sources.base import TextCorpus, path_tag, too_small_hint
 from autoresearch.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -26,6 +32,8 @@ MAX_BAD_FRACTION = 0.05  # of a sample's characters: undecodable bytes or contro
 TINY_FACTOR = 10  # training text under this many times the validation text is "tiny": a warning
 PARQUET_TEXT_PER_BYTE = 3  # rough text bytes per byte of a compressed parquet file, for the warning only
 _TEXT_CONTROLS = frozenset("\t\n\r\f\v")
+CUT_OVER_PIECES = 16  # a document longer than this many validation pieces is cut into chunks of a piece
+CUT_CHARS = 4096  # the chunk size where no validation piece is given
 
 
 def corpus_files(root: Path) -> list[Path]:
@@ -47,9 +55,9 @@ def bad_fraction(sample: bytes) -> float:
     return bad / len(text)
 
 
-def check_corpus(root: Path, val_bytes: int) -> None:
+def check_corpus(root: Path, val_bytes: int, smaller: Mapping[str, int] | None = None) -> None:
     """Refuse files that are not text and a corpus too small for the validation set; warn when it is tiny.
-    DataError names the file or the sizes, and what to do."""
+    DataError names the file or the sizes, and what to do (`smaller`: other presets' validation bytes, by name)."""
     files = corpus_files(root)
     step = max(1, len(files) / SAMPLE_FILES)
     for path in dict.fromkeys(files[int(i * step)] for i in range(min(len(files), SAMPLE_FILES))):
@@ -75,7 +83,7 @@ def check_corpus(root: Path, val_bytes: int) -> None:
         raise DataError(
             f"corpus too small: {plain:,} bytes in {len(files)} files under {root}, where validation alone "
             f"takes {val_bytes:,} bytes and training needs more",
-            hint="point the dataset at more text, or use a preset with a smaller evaluation set (--preset tiny)",
+            hint=too_small_hint(plain, val_bytes, smaller),
         )
     train = plain + PARQUET_TEXT_PER_BYTE * packed - val_bytes
     if train < TINY_FACTOR * val_bytes:
@@ -139,15 +147,24 @@ def parquet_texts(path: Path, column: str = "text") -> Iterator[str]:
 
 
 class LocalSource(TextCorpus):
-    def __init__(self, path: Path, val_bytes: int, max_bytes: int | None, val_piece: int | None = None):
-        super().__init__(val_bytes, max_bytes, val_piece)
+    def __init__(
+        self,
+        path: Path,
+        val_bytes: int,
+        max_bytes: int | None,
+        val_piece: int | None = None,
+        *,
+        smaller: Mapping[str, int] | None = None,
+    ):
+        chunk = val_piece or CUT_CHARS
+        super().__init__(val_bytes, max_bytes, val_piece, cut=(chunk, CUT_OVER_PIECES * chunk), smaller=smaller)
         self.root = path.expanduser().resolve()
         if not self.root.is_dir():
             raise DataError(f"local dataset {path} is not a directory", hint="use local:/path/to/dir")
         self.name = f"local:{self.root}"
         self.slug = f"local-{path_tag(self.root)}"
         self.request = {"dataset": self.name, "val_bytes": val_bytes, "max_bytes": max_bytes, "val_piece": val_piece}
-        check_corpus(self.root, val_bytes)
+        check_corpus(self.root, val_bytes, smaller)
 
     def documents(self) -> Iterator[str]:
         return iter_local_documents(self.root)

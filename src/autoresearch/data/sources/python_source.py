@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from autoresearch.data.sources.base import TextCorpus, path_tag
@@ -45,8 +45,16 @@ def read_text_files(roots: list[Path], suffixes: frozenset[str] = SUFFIXES) -> I
 
 
 class PythonSource(TextCorpus):
-    def __init__(self, val_bytes: int, max_bytes: int | None, val_piece: int | None, root: Path | None = None):
-        super().__init__(val_bytes, max_bytes, val_piece)
+    def __init__(
+        self,
+        val_bytes: int,
+        max_bytes: int | None,
+        val_piece: int | None,
+        root: Path | None = None,
+        *,
+        smaller: Mapping[str, int] | None = None,
+    ):
+        super().__init__(val_bytes, max_bytes, val_piece, smaller=smaller)
         if root is not None and not root.is_dir():
             raise DataError(f"--root {root} is not a directory")
         self.name = "python-source"
