@@ -1,9 +1,11 @@
-"""`--version`, `show N`, `diff A B`, `try`'s one verdict line and `status` of a running experiment."""
+"""`--version`, `show N`, `diff A B`, `try`'s one verdict line, `status` of a running experiment, and bad input."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -212,3 +214,29 @@ def test_status_with_several_workers_gives_each_its_run_against_the_budget_or_id
     at = lines.index("  gpu 0 (busy 50%): exp 5 run 1 for 0:30: LR 0.2 -> 0.3")
     assert lines[at + 1].startswith("    run 1: training, step 40, loss 3.2100, ") and "s of 1s left" in lines[at + 1]
     assert "  gpu 1 (busy 0%): idle" in lines and "running: exp 5" not in out
+
+
+def test_output_piped_into_a_reader_that_has_gone_ends_quietly(history, subprocess_env) -> None:
+    """`autoresearch show 3 | head -1`: the reader may close the pipe before the command prints."""
+    argv = [sys.executable, "-m", "autoresearch", "show", "3", "--workspace", str(history.root)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env)
+    proc.stdout.close()  # gone before the command has imported anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--timeout", "-5"], "a hard timeout of -5s per run is not longer than the budget of 1s"),
+        (["--timeout", "0"], "a hard timeout of 0s per run"),
+        (["--timeout", "1"], "a hard timeout of 1s per run"),
+        (["--max-experiments", "-1"], "--max-experiments must be positive (got -1)"),
+        (["--hours", "0"], "--hours must be positive (got 0)"),
+    ],
+)
+def test_run_refuses_a_timeout_within_the_budget_and_limits_that_stop_at_once(history, capsys, args, said) -> None:
+    before = Ledger(history.root).all()
+    code, _, err = run_cli(capsys, "run", "--agent", "tune", "--plain", *args, "--workspace", str(history.root))
+    assert code == 2 and said in " ".join(err.split()) and "Traceback" not in err
+    assert len(Ledger(history.root).all()) == len(before)  # nothing ran, nothing was recorded

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -172,6 +173,9 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.loop.workers import devices
     from autoresearch.report import make_report
 
+    for option, value in (("--max-experiments", args.max_experiments), ("--hours", args.hours)):
+        if value is not None and value <= 0:
+            raise AutoresearchError(f"{option} must be positive (got {value:g}); leave it out to run until stopped")
     found = devices(args.gpus, args.workers)
     agent = None if args.agent == "queue" else make_agent(args.agent, args.model, args.agent_command)
     name = agent.name if agent is not None else "submitted experiments"
@@ -357,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("interrupted: run the same command again to resume where it stopped")
         return 130
+    except BrokenPipeError:  # `autoresearch status | head -1`: the reader has gone; as git does, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 141
     return 0
 
 

@@ -60,6 +60,12 @@ class ResearchLoop(Asking, Recovery):
         self.ledger = Ledger(workspace.root)
         self.left_in_flight: set[int] = set()  # set by recover_workspace: in flight when this start began
         budget = workspace.apparatus.budget_seconds
+        if config.timeout is not None and config.timeout <= budget:
+            raise LoopError(
+                f"a hard timeout of {config.timeout:g}s per run is not longer than the budget of {budget:g}s: "
+                "every run would be killed",
+                hint=f"leave --timeout out (the default is 1.5 x budget + 180 s: {1.5 * budget + 180:g}s) or give more",
+            )
         self.timeout = config.timeout or 1.5 * budget + 180
         a = workspace.apparatus
         try:
