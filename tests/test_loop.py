@@ -598,9 +598,9 @@ def test_a_lost_or_corrupt_ledger_is_an_error_and_rebuild_ledger_brings_every_ex
     with pytest.raises(LedgerError, match="rebuild-ledger"):
         Ledger(workspace.root)  # never a silent fresh start that would count from 1 again
 
-    rows, moved = rebuild(workspace.root, workspace.git)
+    rows, moved, skipped = rebuild(workspace.root, workspace.git)
     after = Ledger(workspace.root).all()
-    assert rows == len(before) == 3 and (moved is not None) == (damage != "deleted")
+    assert rows == len(before) == 3 and (moved is not None) == (damage != "deleted") and skipped == []
     for old, new in zip(before, after, strict=True):
         assert (new.id, new.kind, new.status, new.commit, new.source) == (
             old.id,
@@ -619,6 +619,41 @@ def test_a_lost_or_corrupt_ledger_is_an_error_and_rebuild_ledger_brings_every_ex
     elsewhere = make_loop(workspace, FakeExecutor(score, setup="AMD EPYC; CPU time / 1 cores"))
     with pytest.raises(LoopError, match="CPU time / 1 cores, the baseline's runs on AMD EPYC; CPU time / 2 cores"):
         elsewhere.step(ScriptedAgent([set_lr(0.22)]))
+
+
+def test_rebuild_ledger_places_each_results_line_by_its_commit_never_by_its_position(workspace):
+    """A junk line and a line overwritten in results.tsv must not shift the lines after them onto other
+    experiments' ids: a crash row would carry another's value, and the branch would move to an unmeasured commit."""
+    from autoresearch.loop.rebuild import rebuild
+
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    for value in (0.2, 0.9, 0.9, 0.3):  # exp 2 kept, 3 and 5 discarded, 4 a duplicate of 3: a row, no commit
+        loop.step(ScriptedAgent([set_lr(value)]))
+    before = {e.id: e for e in loop.ledger.all()}
+    assert before[4].commit is None and len(before) == 5
+    loop.ledger.close()
+    tsv = workspace.root / "results.tsv"
+    lines = tsv.read_text().splitlines(keepends=True)  # the header, then exps 1-5
+    lines[3] = "garbage\twith\ttoo\n"  # exp 3's line overwritten
+    lines.insert(3, "a line someone pasted\n")
+    tsv.write_text("".join(lines))
+    for path in workspace.state.glob("ledger.sqlite*"):
+        path.unlink()
+
+    rows, _, skipped = rebuild(workspace.root, workspace.git)
+    assert rows == 5 and skipped == [4, 5]  # the pasted line and the overwritten one, by their line numbers
+    after = {e.id: e for e in Ledger(workspace.root).all()}
+    for exp_id, exp in after.items():
+        assert (exp.commit, exp.status, exp.description) == (
+            before[exp_id].commit, before[exp_id].status, before[exp_id].description
+        ), exp_id  # fmt: skip
+        if exp.commit and exp_id > 1:  # the baseline's is the workspace's own commit
+            assert workspace.git.exp_number(exp.commit) == exp_id
+    assert after[3].val_bpb is None and "results.tsv did not have it" in after[3].reason  # from git alone
+    assert after[5].val_bpb == pytest.approx(before[5].val_bpb)
+    again = make_loop(workspace, FakeExecutor(score))
+    assert again.best().id == 2 and again.ledger.next_id() == 6
 
 
 def test_a_full_disk_stops_the_loop_with_a_clear_error_and_the_next_start_finishes_the_experiment(workspace):

@@ -351,9 +351,14 @@ def main(argv: list[str] | None = None) -> int:
             ws = Workspace(args.workspace)
             with ws.lock():  # what a turn cut short left first: an agent's commit is no experiment
                 put_back_turn(ws, lambda text: console.print(text, markup=False, highlight=False))
-                rows, moved = rebuild(ws.root, ws.git)
+                rows, moved, skipped = rebuild(ws.root, ws.git)
             kept = f"; the old file is {moved}" if moved else ""
             console.print(f"rebuilt the ledger: {rows} experiments from results.tsv and git{kept}")
+            if skipped:
+                console.print(
+                    f"[yellow]skipped results.tsv lines {', '.join(map(str, skipped))}[/]: not lines the loop writes "
+                    "(or no experiment of theirs left in git); each experiment's commit was taken from git instead"
+                )
     except AutoresearchError as exc:
         # its text is no markup; unwrapped, so that a log (`wait` reads the background loop's) holds it whole
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)

@@ -1,16 +1,18 @@
 """`autoresearch rebuild-ledger`: a lost, emptied or corrupt ledger made again from what survives it.
 
-results.tsv has one line per finished experiment, in id order (line k is experiment k), with its commit,
-val_bpb, memory, status and description; git has every experiment's train.py (kept ones on the branch as
-`exp N: ...`, discarded ones under refs/autoresearch/discarded/N); each run's directory still holds the
-evaluator's result (`.autoresearch/runs/N-k/result.json`), so the baseline's seeds, and with them the
-noise, come back too. Experiments that only git knows (results.tsv lost too) come back with their status
-from where git keeps them and no val_bpb. Ids are never reused: the next id is past every id either
-source names.
+results.tsv has one line per finished experiment, in id order, with its commit, val_bpb, memory, status
+and description. A line is placed by its commit's subject (`exp N: ...`), not by its position: the file
+leaves out what was in flight when it was written, and a line that is not the loop's is skipped, never
+taken for its neighbour's. git has every experiment's train.py (kept ones on the branch as `exp N: ...`,
+discarded ones under refs/autoresearch/discarded/N); each run's directory still holds the evaluator's
+result (`.autoresearch/runs/N-k/result.json`), so the baseline's seeds, and with them the noise, come back
+too. Experiments that only git knows (results.tsv lost too) come back with their status from where git
+keeps them and no val_bpb. Ids are never reused: the next id is past every id either source names.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -25,8 +27,9 @@ from autoresearch.workspace.workspace import as_read
 DISCARDED = "refs/autoresearch/discarded/"
 
 
-def rebuild(root: Path, git: Git) -> tuple[int, Path | None]:
-    """Move the present ledger aside and write a new one; how many rows it has, and where the old one went."""
+def rebuild(root: Path, git: Git) -> tuple[int, Path | None, list[int]]:
+    """Move the present ledger aside and write a new one; how many rows it has, where the old one went, and the
+    numbers of results.tsv's lines it could not place (not a row the loop writes, or no free id for it)."""
     state = root / ".autoresearch"
     old = state / "ledger.sqlite"
     moved = None
@@ -35,7 +38,7 @@ def rebuild(root: Path, git: Git) -> tuple[int, Path | None]:
         old.replace(moved)
     for suffix in ("-wal", "-shm"):
         Path(f"{old}{suffix}").unlink(missing_ok=True)
-    rows = _rows(root, git)
+    rows, skipped = _rows(root, git)
     ledger = Ledger(root, check_history=False)
     try:
         for exp in rows:
@@ -43,27 +46,63 @@ def rebuild(root: Path, git: Git) -> tuple[int, Path | None]:
         ledger.write_tsv()
     finally:
         ledger.close()
-    return len(rows), moved
+    return len(rows), moved, skipped
 
 
-def _rows(root: Path, git: Git) -> list[Experiment]:
+def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
+    """The rows, and results.tsv's lines that could not be placed. A line's id is its commit's (`exp N: ...`);
+    one without a commit (a rejected proposal) takes the first id after the line before it that no other line
+    and no commit has: lines are in id order, but an experiment in flight when the file was written has none."""
     kept = git.exp_commits()
     discarded = {int(ref.removeprefix(DISCARDED)): sha for ref, sha in git.refs(DISCARDED).items()}
-    rows: dict[int, Experiment] = {}
+    known = {**discarded, **kept}
     tsv = root / "results.tsv"
-    lines = tsv.read_text().splitlines()[1:] if tsv.exists() else []
-    for exp_id, line in enumerate(lines, start=1):
-        short, bpb, memory, status, description = (line.split("\t") + [""] * 5)[:5]
-        commit = kept.get(exp_id) or discarded.get(exp_id) or (git.ref(short) if short else None)
+    lines = tsv.read_text(errors="replace").splitlines()[1:] if tsv.exists() else []
+    parsed: list[tuple[int, int | None, list[str], str | None]] = []  # line number, its commit's id, fields, commit
+    skipped: list[int] = []
+    for number, line in enumerate(lines, start=2):
+        fields = line.split("\t")
+        if len(fields) != 5 or fields[3] not in (Status.KEEP, Status.DISCARD, Status.CRASH) or not _numbers(fields):
+            skipped.append(number)
+            continue
+        commit = git.ref(fields[0]) if fields[0] else None
+        if fields[0] and commit is None:  # no such commit
+            skipped.append(number)
+            continue
+        parsed.append((number, git.exp_number(commit) if commit else None, fields, commit))  # the baseline: no number
+    claimed = set(known) | {exp_id for _, exp_id, _, _ in parsed if exp_id is not None}
+    rows: dict[int, Experiment] = {}
+    last = 0
+    for k, (number, exp_id, fields, commit) in enumerate(parsed):
+        if exp_id is None:
+            following = next((i for _, i, _, _ in parsed[k + 1 :] if i is not None), None)
+            exp_id = next(i for i in itertools.count(last + 1) if i not in claimed)
+            if following is not None and exp_id >= following:
+                skipped.append(number)  # more lines than ids between two experiments: not the loop's lines
+                continue
+            claimed.add(exp_id)
+        if exp_id in rows:
+            skipped.append(number)
+            continue
+        last = max(last, exp_id)
+        _, bpb, memory, status, description = fields
         kind = Kind.BASELINE if exp_id == 1 else (Kind.EXPERIMENT if commit else Kind.PROPOSAL)
         rows[exp_id] = _row(git, exp_id, kind, status, description, commit, _float(bpb), _float(memory))
-    for exp_id, commit in [*kept.items(), *discarded.items()]:
+    for exp_id, commit in known.items():
         if exp_id not in rows:
             status = Status.KEEP if exp_id in kept else Status.DISCARD
             description = git.message(commit).partition(": ")[2]
             rows[exp_id] = _row(git, exp_id, Kind.EXPERIMENT, status, description, commit, None, None)
             rows[exp_id].reason = "rebuilt from git: results.tsv did not have it"
-    return [rows[i] for i in sorted(rows)]
+    return [rows[i] for i in sorted(rows)], sorted(skipped)
+
+
+def _numbers(fields: list[str]) -> bool:
+    try:
+        float(fields[1]), float(fields[2])
+    except ValueError:
+        return False
+    return True
 
 
 def _row(git: Git, exp_id, kind, status, description, commit, bpb, memory) -> Experiment:

@@ -155,6 +155,11 @@ class Git:
     def message(self, commit: str) -> str:
         return self("log", "-1", "--format=%s", commit).strip()
 
+    def exp_number(self, commit: str) -> int | None:
+        """N of an experiment's commit (`exp N: ...`), else None."""
+        match = _EXP_SUBJECT.match(self.message(commit))
+        return int(match[1]) if match else None
+
     def merge_file(self, base: str, ours: str, theirs: str) -> tuple[str, int]:
         """Three-way merge of one file's texts (`git merge-file`): the result and how many hunks conflict."""
         with tempfile.TemporaryDirectory(prefix="autoresearch-merge-") as tmp:
