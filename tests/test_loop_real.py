@@ -139,6 +139,7 @@ def test_sigkill_of_the_loop_then_run_again_loses_and_duplicates_nothing(tmp_pat
         if r.status != Status.KEEP and r.commit:
             assert ws.git("rev-parse", f"refs/autoresearch/discarded/{r.id}").strip() == r.commit
     assert not ws.git.changed_paths()
+    assert not list(ws.state.glob("box-*"))  # the experiments' folders of the killed evaluators, and of the last
 
 
 def test_try_runs_the_baseline_first_then_judges_the_edit(tmp_path, tiny_prepared):

@@ -171,6 +171,7 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.loop.live import LiveReporter
     from autoresearch.loop.reporter import PlainReporter, console_echo
     from autoresearch.loop.workers import devices
+    from autoresearch.orphans import remove_left_boxes
     from autoresearch.report import make_report
 
     for option, value in (("--max-experiments", args.max_experiments), ("--hours", args.hours)):
@@ -194,6 +195,7 @@ def _run(args: argparse.Namespace, console: Console) -> None:
                 _drive(loop, agent, found, args)
     finally:
         loop.executor.close()
+        remove_left_boxes(loop.ws.state)  # what the evaluators started ahead for runs that never came
         if loop.ledger.all():
             png, md = make_report(loop.ws.root)
             console.print(f"report: {md} and {png}; history in {loop.ws.root / 'results.tsv'}", highlight=False)
@@ -275,6 +277,7 @@ def _try(args: argparse.Namespace, console: Console) -> None:
     """Progress on stderr; on stdout exactly one line, the verdict on the working tree's train.py."""
     from autoresearch.loop.reporter import PlainReporter, console_echo, verdict_line
     from autoresearch.loop.trying import try_working_tree
+    from autoresearch.orphans import remove_left_boxes
 
     reporter = PlainReporter(console_echo(console), hold_verdicts=True)
     loop = _loop(args, reporter)
@@ -285,6 +288,7 @@ def _try(args: argparse.Namespace, console: Console) -> None:
                 exp = try_working_tree(loop, args.message)
             finally:
                 loop.executor.close()
+                remove_left_boxes(loop.ws.state)
     finally:  # other verdicts (the baseline measured first) go with the progress, on stderr
         for other, best in reporter.held:
             if exp is None or other.id != exp.id:

@@ -1,4 +1,4 @@
-"""Processes a killed loop leaves behind: a training run's, a coding agent's.
+"""What a killed loop leaves behind: a training run's processes, a coding agent's, an evaluator's box.
 
 Each is started in a process group of its own, whose leader's pid and start time go into a pid file; the next
 start kills that group (`reap`), before anything else touches what it could still be writing to. The start
@@ -8,7 +8,9 @@ time tells a leader from an unrelated process that got its pid since.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -62,3 +64,45 @@ def _started(pgid: int) -> list[float]:
         except (OSError, psutil.Error):  # gone meanwhile
             continue
     return found
+
+
+BOX_GRACE_S = 600  # a box with no owner file yet is its evaluator's for this long (it writes the file at once)
+
+
+def owned_box(state: Path, pid: int) -> Path:
+    """A new working directory for an evaluator's experiment under `state` (`box-*`), with the evaluator named
+    beside it (`box-*.owner`), so that the box of one killed is found and removed (`remove_left_boxes`)."""
+    import tempfile
+
+    box = Path(tempfile.mkdtemp(prefix="box-", dir=state))
+    write_pid_file(box.with_name(box.name + ".owner"), pid)
+    return box
+
+
+def remove_left_boxes(state: Path) -> int:
+    """Remove the boxes under `state` whose evaluator has ended (killed before it could remove its own); how many."""
+    removed = 0
+    for box in state.glob("box-*"):
+        if box.suffix == ".owner" or not box.is_dir():
+            continue
+        owner = box.with_name(box.name + ".owner")
+        if _running(owner) or (not owner.exists() and time.time() - box.stat().st_mtime < BOX_GRACE_S):
+            continue
+        remove_box(box)
+        removed += 1
+    return removed
+
+
+def remove_box(box: Path) -> None:
+    """A box and its owner file."""
+    shutil.rmtree(box, ignore_errors=True)
+    box.with_name(box.name + ".owner").unlink(missing_ok=True)
+
+
+def _running(pid_file: Path) -> bool:
+    """Whether the process named by `pid_file` (pid and start time) still runs."""
+    try:
+        text, created = pid_file.read_text().split()
+        return psutil.Process(int(text)).create_time() == float(created)
+    except (OSError, ValueError, psutil.Error):
+        return False

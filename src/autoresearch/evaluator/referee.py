@@ -23,10 +23,8 @@ import json
 import math
 import os
 import secrets
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -53,6 +51,7 @@ from autoresearch.evaluator.program import Program, ProgramRejected, ShapeCompil
 from autoresearch.evaluator.result import EVALUATING, PROGRESS_NAME, RESULT_ENV, STARTING, Result
 from autoresearch.evaluator.score import NonFiniteLogits, Scorer, causality_violation, eval_batch_size, score_rows
 from autoresearch.evaluator.session import Session, Timeline
+from autoresearch.orphans import owned_box, remove_box
 
 CRASHED = 3
 
@@ -89,7 +88,7 @@ class Referee:
             self._val_rows = evaluation_rows(val_rows, self.preset.eval_rows)
         except BaseException:
             self.experiment.stop()
-            shutil.rmtree(self.box, ignore_errors=True)
+            remove_box(self.box)
             raise
         self.eval_batch = eval_batch_size(len(self._val_rows), self.preset.seq_len, self.tokenizer.vocab_size)
         constants = {
@@ -113,7 +112,7 @@ class Referee:
     def _start_experiment(self, env: dict[str, str], data_dir: Path) -> tuple[ExperimentProcess, TrainingClock]:
         state = self.root / ".autoresearch"
         state.mkdir(exist_ok=True)
-        self.box = Path(tempfile.mkdtemp(prefix="box-", dir=state))
+        self.box = owned_box(state, os.getpid())  # removed at the end of the run, or by the next start if killed
         env, layer = compile_cache.layer(env, self.box, confined=sandbox.unavailable_reason() is None)
         on_cpu = devices.pick_device().type == "cpu"
         if on_cpu:  # the experiment gets the cores this process's torch would use, within a CPU quota (cores.py)
@@ -164,7 +163,7 @@ class Referee:
             return CRASHED if crashed else 0
         finally:
             self.experiment.stop()
-            shutil.rmtree(self.box, ignore_errors=True)
+            remove_box(self.box)
 
     # -- the verdict ----------------------------------------------------------------------------
 
@@ -308,7 +307,7 @@ def _stop_with_the_loop(referee: Referee) -> None:
     started, and go, so that no run goes on training on a GPU that the next one is given."""
     sys.stdin.read()
     referee.experiment.stop()
-    shutil.rmtree(referee.box, ignore_errors=True)
+    remove_box(referee.box)
     os._exit(CRASHED)
 
 
@@ -342,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     line = sys.stdin.readline()
     if not line:  # the loop stopped before this run was needed
         referee.experiment.stop()
-        shutil.rmtree(referee.box, ignore_errors=True)
+        remove_box(referee.box)
         return 0
     job = json.loads(line)
     threading.Thread(target=_stop_with_the_loop, args=(referee,), daemon=True, name="loop-watch").start()

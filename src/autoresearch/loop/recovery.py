@@ -27,7 +27,7 @@ from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import APPARATUS_HINT, SETUP_HINT, LoopError
 from autoresearch.loop.watch import put_back_left
-from autoresearch.orphans import reap
+from autoresearch.orphans import reap, remove_left_boxes
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.disk import disk_full_is_an_error
@@ -152,6 +152,7 @@ class Recovery:
         an edit held by a `try` comes back to train.py. `taking_edit`: train.py is the edit to judge (`try`),
         whoever left it. Before any other git command: an agent's config could have made one run its code."""
         put_back_turn(self.ws, self.reporter.message, keep_train_py=taking_edit)
+        remove_left_boxes(self.ws.state)  # the experiments' folders of evaluators killed with the loop
         self.left_in_flight = {e.id for e in self.ledger.in_flight()}  # before this start finishes or crashes them
         held = self.ws.state / HELD_EDIT
         if not held.exists():
