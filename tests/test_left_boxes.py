@@ -27,7 +27,5 @@ def test_a_start_removes_the_boxes_of_evaluators_that_ended_and_keeps_those_in_u
     os.utime(old, (time.time() - 3600, time.time() - 3600))
 
     make_loop(workspace, FakeExecutor(lambda source: 1.0)).recover_workspace()
-    assert sorted(p.name for p in state.glob("box-*")) == sorted(
-        [in_use.name, in_use.name + ".owner", just_made.name]
-    )
+    assert sorted(p.name for p in state.glob("box-*")) == sorted([in_use.name, in_use.name + ".owner", just_made.name])
     assert remove_left_boxes(state) == 0  # nothing more to take
