@@ -4,7 +4,8 @@ Each experiment records its base (`parent`: the best it was made from). When its
 
 - its base is still the best: judged as the one-worker loop judges (loop/judge.py);
 - another win was kept meanwhile: it is judged against its own base. Not better by the margin: discarded,
-  saying so. Better: its change is merged onto the current best (a three-way merge of train.py; where git
+  saying so. Better (a marginal win too: not trained again on the old base, since only a run on the best
+  can decide it): its change is merged onto the current best (a three-way merge of train.py; where git
   finds a conflict only because both changed constants on adjacent lines, the win's values are set in the
   best's train.py: `merge_constants`). A clean
   merge becomes a new experiment on the new base, trained and judged there before anything is kept; the
