@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import subprocess
@@ -640,6 +641,8 @@ def test_rebuild_ledger_places_each_results_line_by_its_commit_never_by_its_posi
     tsv.write_text("".join(lines))
     for path in workspace.state.glob("ledger.sqlite*"):
         path.unlink()
+    for result in workspace.state.glob("runs/*/result.json"):  # as if the night had been an hour ago
+        os.utime(result, (result.stat().st_mtime - 3600,) * 2)
 
     rows, _, skipped = rebuild(workspace.root, workspace.git)
     assert rows == 5 and skipped == [4, 5]  # the pasted line and the overwritten one, by their line numbers
@@ -652,6 +655,9 @@ def test_rebuild_ledger_places_each_results_line_by_its_commit_never_by_its_posi
             assert workspace.git.exp_number(exp.commit) == exp_id
     assert after[3].val_bpb is None and "results.tsv did not have it" in after[3].reason  # from git alone
     assert after[5].val_bpb == pytest.approx(before[5].val_bpb)
+    # Dated by their runs' result files (a rejected proposal by the row before it): the rate stays a rate.
+    assert all(abs(after[i].finished_at - (before[i].finished_at - 3600)) < 5 for i in after)
+    assert after[1].started_at <= after[4].started_at <= after[5].finished_at
     again = make_loop(workspace, FakeExecutor(score))
     assert again.best().id == 2 and again.ledger.next_id() == 6
 

@@ -94,7 +94,9 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
             description = git.message(commit).partition(": ")[2]
             rows[exp_id] = _row(git, exp_id, Kind.EXPERIMENT, status, description, commit, None, None)
             rows[exp_id].reason = "rebuilt from git: results.tsv did not have it"
-    return [rows[i] for i in sorted(rows)], sorted(skipped)
+    ordered = [rows[i] for i in sorted(rows)]
+    _fill_times(ordered)
+    return ordered, sorted(skipped)
 
 
 def _numbers(fields: list[str]) -> bool:
@@ -117,8 +119,33 @@ def _row(git: Git, exp_id, kind, status, description, commit, bpb, memory) -> Ex
     exp.seeds = json.dumps([index for index, _ in valid])  # a refused or failed run leaves a gap in the indices
     if valid:  # the last run's, as the loop records it: the apparatus and setup later runs are checked against
         exp.result = json.dumps(valid[-1][1].__dict__)
-    exp.started_at = exp.finished_at = time.time()
+    exp.started_at, exp.finished_at = _when(git, exp_id, commit)
     return exp
+
+
+def _when(git: Git, exp_id: int, commit: str | None) -> tuple[float, float]:
+    """When the experiment started and ended, as its runs' result files tell (written as each run ended, with
+    the run's seconds), else when its commit was made; (0, 0) where neither tells (`_fill_times` fills it)."""
+    spans = []
+    for path in (git.root / ".autoresearch" / "runs").glob(f"{exp_id}-*/result.json"):
+        result = read_result(path)
+        ended = path.stat().st_mtime
+        spans.append((ended - (result.total_seconds if result is not None else 0.0), ended))
+    if spans:
+        return min(s for s, _ in spans), max(e for _, e in spans)
+    made = git.commit_time(commit) if commit else 0.0
+    return made, made
+
+
+def _fill_times(rows: list[Experiment]) -> None:
+    """A row no file dates (a rejected proposal) takes the end of the row before it, or the start of the first
+    dated one: throughput is counted over the rows' times."""
+    dated = [e.started_at for e in rows if e.started_at]
+    last = min(dated) if dated else time.time()
+    for exp in rows:
+        if not exp.started_at:
+            exp.started_at = exp.finished_at = last
+        last = max(last, exp.finished_at)
 
 
 def _valid_results(runs: Path, exp_id: int) -> list[tuple[int, Result]]:

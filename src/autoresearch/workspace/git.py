@@ -155,6 +155,10 @@ class Git:
     def message(self, commit: str) -> str:
         return self("log", "-1", "--format=%s", commit).strip()
 
+    def commit_time(self, commit: str) -> float:
+        """When `commit` was made (seconds since the epoch)."""
+        return float(self("log", "-1", "--format=%ct", commit).strip())
+
     def exp_number(self, commit: str) -> int | None:
         """N of an experiment's commit (`exp N: ...`), else None."""
         match = _EXP_SUBJECT.match(self.message(commit))
