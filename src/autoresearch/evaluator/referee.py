@@ -274,11 +274,13 @@ def score_program(
 
 
 def _no_hand_over(t: Timeline, exit_code: int) -> str:
+    # A signal is the stop's own SIGKILL of what was left (a confined run's namespace outlives train.py): no news.
+    ended = f"train.py ended (exit code {exit_code})" if exit_code >= 0 else "train.py ended"
     if t.program is None:
-        return f"train.py ended (exit code {exit_code}) without handing a model over"
+        return f"{ended} without handing a model over"
     if t.stop is None:
-        return f"train.py ended (exit code {exit_code}) before run.finish()"
-    return f"train.py ended (exit code {exit_code}) before its weights were handed over"
+        return f"{ended} before run.finish()"
+    return f"{ended} before its weights were handed over"
 
 
 def _parameter_count(weights: bytes | None) -> int:
