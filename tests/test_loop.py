@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -653,13 +654,89 @@ def test_rebuild_ledger_places_each_results_line_by_its_commit_never_by_its_posi
         ), exp_id  # fmt: skip
         if exp.commit and exp_id > 1:  # the baseline's is the workspace's own commit
             assert workspace.git.exp_number(exp.commit) == exp_id
-    assert after[3].val_bpb is None and "results.tsv did not have it" in after[3].reason  # from git alone
+    assert "results.tsv did not have it" in after[3].reason  # from git, and its value from its runs' results
+    assert after[3].val_bpb == pytest.approx(before[3].val_bpb)
     assert after[5].val_bpb == pytest.approx(before[5].val_bpb)
     # Dated by their runs' result files (a rejected proposal by the row before it): the rate stays a rate.
     assert all(abs(after[i].finished_at - (before[i].finished_at - 3600)) < 5 for i in after)
     assert after[1].started_at <= after[4].started_at <= after[5].finished_at
     again = make_loop(workspace, FakeExecutor(score))
     assert again.best().id == 2 and again.ledger.next_id() == 6
+
+
+def _keep_line_for_a_discard(ws, before):
+    lines = (ws.root / "results.tsv").read_text().splitlines(keepends=True)
+    lines[5] = lines[5].replace("\tdiscard\t", "\tkeep\t")  # exp 5 (discarded) says keep
+    (ws.root / "results.tsv").write_text("".join(lines))
+
+
+def _baseline_named_twice(ws, before):
+    with (ws.root / "results.tsv").open("a") as tsv:
+        tsv.write(f"{before[1].commit[:7]}\t0.500000\t0.0\tkeep\tforged\nHEAD~3\t0.100000\t0.0\tkeep\tforged\n")
+
+
+def _infinite_best_and_a_crash_with_a_value(ws, before):
+    lines = (ws.root / "results.tsv").read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace(lines[2].split("\t")[1], "inf")
+    lines[3] = lines[3].replace("\tdiscard\t", "\tcrash\t")
+    (ws.root / "results.tsv").write_text("".join(lines))
+
+
+def _a_folder_not_the_loops(ws, before):
+    shutil.copytree(ws.state / "runs" / "2-0", ws.state / "runs" / "2-0.bak")
+
+
+def _in_flight_on_the_branch(ws, before):  # one worker trains exp 6, committed on the branch
+    ws.write_train_py(with_constants(before[2].source, LR=0.95))
+    ws.git.commit("exp 6: LR 0.95", "train.py")
+
+
+def _in_flight_on_a_worktree(ws, before):  # exp 6 trained on a worker's worktree: only its run folders are left
+    shutil.copytree(ws.state / "runs" / "5-0", ws.state / "runs" / "6-0")
+
+
+def _results_tsv_lost_too(ws, before):
+    (ws.root / "results.tsv").unlink()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _keep_line_for_a_discard,
+        _baseline_named_twice,
+        _infinite_best_and_a_crash_with_a_value,
+        _a_folder_not_the_loops,
+        _in_flight_on_the_branch,
+        _in_flight_on_a_worktree,
+        _results_tsv_lost_too,
+    ],
+)
+def test_rebuild_ledger_from_damaged_records_keeps_the_true_best_and_the_loop_goes_on(workspace, damage):
+    from autoresearch.loop.rebuild import rebuild
+
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    for value in (0.2, 0.9, 0.9, 0.3):  # exp 2 kept, 3 and 5 discarded, 4 a duplicate of 3: a row, no commit
+        loop.step(ScriptedAgent([set_lr(value)]))
+    before = {e.id: e for e in loop.ledger.all()}
+    loop.ledger.close()
+    for path in workspace.state.glob("ledger.sqlite*"):
+        path.unlink()
+    damage(workspace, before)
+
+    rebuild(workspace.root, workspace.git)
+    rows = {e.id: e for e in Ledger(workspace.root).all()}
+    assert all(e.val_bpb is None for e in rows.values() if e.status == Status.CRASH)
+    again = make_loop(workspace, FakeExecutor(score))
+    best = again.best()
+    assert best.id == 2 and best.val_bpb == pytest.approx(before[2].val_bpb) and best.commit == before[2].commit
+    ran = {int(p.name.split("-")[0]) for p in workspace.state.glob("runs/*-*") if p.name.split("-")[1].isdigit()}
+    again.run(ScriptedAgent([set_lr(0.97)]), max_experiments=1)  # resumes what was in flight, then one more
+    last = again.ledger.all()[-1]
+    assert last.description == "LR 0.97" and last.status == Status.DISCARD  # far worse
+    assert last.id > max(ran)  # no id whose runs are on disk is given again
+    assert again.best().id == 2 and workspace.git.head() == before[2].commit
+    assert all(e.status.final for e in again.ledger.all())
 
 
 def test_a_full_disk_stops_the_loop_with_a_clear_error_and_the_next_start_finishes_the_experiment(workspace):

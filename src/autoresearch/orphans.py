@@ -7,6 +7,7 @@ time tells a leader from an unrelated process that got its pid since.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -83,20 +84,32 @@ def remove_left_boxes(state: Path) -> int:
     """Remove the boxes under `state` whose evaluator has ended (killed before it could remove its own); how many."""
     removed = 0
     for box in state.glob("box-*"):
-        if box.suffix == ".owner" or not box.is_dir():
+        if box.suffix == ".owner" or box.is_symlink() or not box.is_dir():
             continue
         owner = box.with_name(box.name + ".owner")
-        if _running(owner) or (not owner.exists() and time.time() - box.stat().st_mtime < BOX_GRACE_S):
+        try:
+            if _running(owner) or (not owner.exists() and time.time() - box.stat().st_mtime < BOX_GRACE_S):
+                continue
+        except OSError:  # removed meanwhile by its own evaluator
             continue
-        remove_box(box)
-        removed += 1
+        removed += remove_box(box)
     return removed
 
 
-def remove_box(box: Path) -> None:
-    """A box and its owner file."""
-    shutil.rmtree(box, ignore_errors=True)
-    box.with_name(box.name + ".owner").unlink(missing_ok=True)
+def remove_box(box: Path) -> bool:
+    """A box and its owner file, folders train.py made read-only included; whether the box is gone."""
+
+    def writable(func, path, _) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(path), 0o700)
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, 0o700)
+            func(path)
+
+    shutil.rmtree(box, onerror=writable)
+    with contextlib.suppress(OSError):
+        box.with_name(box.name + ".owner").unlink(missing_ok=True)
+    return not box.exists()
 
 
 def _running(pid_file: Path) -> bool:

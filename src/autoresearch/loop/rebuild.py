@@ -6,14 +6,22 @@ leaves out what was in flight when it was written, and a line that is not the lo
 taken for its neighbour's. git has every experiment's train.py (kept ones on the branch as `exp N: ...`,
 discarded ones under refs/autoresearch/discarded/N); each run's directory still holds the evaluator's
 result (`.autoresearch/runs/N-k/result.json`), so the baseline's seeds, and with them the noise, come back
-too. Experiments that only git knows (results.tsv lost too) come back with their status from where git
-keeps them and no val_bpb. Ids are never reused: the next id is past every id either source names.
+too. What git and the runs' files know wins over a line: the status is where git keeps the commit (a
+`keep` line for a discarded commit is no keep), and val_bpb is the mean of the runs' results where they
+survive (a crash has none). Experiments that only git knows (results.tsv lost too) come back with their
+status from where git keeps them, the baseline as the commit the first experiment was made on; the branch
+tip missing from a results.tsv that has lines was in flight (one worker trains on the branch): it is
+trained again at the next start. Ids are never reused: the next id is past every id the file, git or the
+run folders name.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
+import re
+import statistics
 import time
 from pathlib import Path
 
@@ -25,6 +33,7 @@ from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import as_read
 
 DISCARDED = "refs/autoresearch/discarded/"
+RUN_FOLDER = re.compile(r"^(\d+)-(\d+)$")  # runs/<experiment>-<run index>, as the loop names them
 
 
 def rebuild(root: Path, git: Git) -> tuple[int, Path | None, list[int]]:
@@ -77,8 +86,8 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
         if exp_id is None:
             following = next((i for _, i, _, _ in parsed[k + 1 :] if i is not None), None)
             exp_id = next(i for i in itertools.count(last + 1) if i not in claimed)
-            if following is not None and exp_id >= following:
-                skipped.append(number)  # more lines than ids between two experiments: not the loop's lines
+            if (following is not None and exp_id >= following) or (commit and exp_id != 1):
+                skipped.append(number)  # not the loop's lines: only the baseline's commit is no `exp N: ...`
                 continue
             claimed.add(exp_id)
         if exp_id in rows:
@@ -86,17 +95,37 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
             continue
         last = max(last, exp_id)
         _, bpb, memory, status, description = fields
+        if exp_id in kept:  # where git keeps the commit says whether it was kept, not the line
+            status = Status.KEEP
+        elif exp_id in discarded and status == Status.KEEP:
+            status = Status.DISCARD
         kind = Kind.BASELINE if exp_id == 1 else (Kind.EXPERIMENT if commit else Kind.PROPOSAL)
         rows[exp_id] = _row(git, exp_id, kind, status, description, commit, _float(bpb), _float(memory))
+    head, newest = git.head(), max(rows, default=0)
     for exp_id, commit in known.items():
         if exp_id not in rows:
             status = Status.KEEP if exp_id in kept else Status.DISCARD
             description = git.message(commit).partition(": ")[2]
             rows[exp_id] = _row(git, exp_id, Kind.EXPERIMENT, status, description, commit, None, None)
             rows[exp_id].reason = "rebuilt from git: results.tsv did not have it"
+            if newest and commit == head and exp_id in kept and exp_id > newest:  # one worker's, training
+                rows[exp_id].status = Status.RUNNING  # the next start trains it again, as after any kill
+                rows[exp_id].reason = "rebuilt from git: in flight when the ledger was lost"
+    if 1 not in rows and known:  # results.tsv lost too: the baseline is the commit the first experiment was made on
+        first = git.parent(known[min(known)])
+        if first is not None and git.exp_number(first) is None:
+            rows[1] = _row(git, 1, Kind.BASELINE, Status.KEEP, "baseline", first, None, None)
+            rows[1].reason = "rebuilt from git and its runs: results.tsv did not have it"
+    for exp_id in sorted(_run_ids(root / ".autoresearch" / "runs") - set(rows)):  # its id is never given again
+        rows[exp_id] = Experiment(exp_id, Kind.PROPOSAL, Status.CRASH, "(unknown)", parent="")
+        rows[exp_id].reason = "rebuilt: only its run folders are left (in flight when the ledger was lost)"
     ordered = [rows[i] for i in sorted(rows)]
     _fill_times(ordered)
     return ordered, sorted(skipped)
+
+
+def _run_ids(runs: Path) -> set[int]:
+    return {int(m[1]) for p in runs.glob("*-*") if (m := RUN_FOLDER.match(p.name))}
 
 
 def _numbers(fields: list[str]) -> bool:
@@ -112,10 +141,13 @@ def _row(git: Git, exp_id, kind, status, description, commit, bpb, memory) -> Ex
     parent = (git.parent(commit) if kind != Kind.BASELINE else commit) if commit else ""
     final = Status(status) if status in (Status.KEEP, Status.DISCARD, Status.CRASH) else Status.CRASH
     exp = Experiment(id=exp_id, kind=kind, status=final, description=description, parent=parent or "", commit=commit)
-    exp.val_bpb, exp.memory_gb, exp.source = bpb, memory, source
+    exp.memory_gb, exp.source = memory, source
     exp.reason = "rebuilt from results.tsv and git"
     valid = _valid_results(git.root / ".autoresearch" / "runs", exp_id)
-    exp.runs = json.dumps([result.val_bpb for _, result in valid])
+    values = [result.val_bpb for _, result in valid]
+    # The runs' own results, where they survive, over the line's number; a crash has none.
+    exp.val_bpb = None if final == Status.CRASH else statistics.fmean(values) if values else bpb
+    exp.runs = json.dumps(values)
     exp.seeds = json.dumps([index for index, _ in valid])  # a refused or failed run leaves a gap in the indices
     if valid:  # the last run's, as the loop records it: the apparatus and setup later runs are checked against
         exp.result = json.dumps(valid[-1][1].__dict__)
@@ -128,6 +160,8 @@ def _when(git: Git, exp_id: int, commit: str | None) -> tuple[float, float]:
     the run's seconds), else when its commit was made; (0, 0) where neither tells (`_fill_times` fills it)."""
     spans = []
     for path in (git.root / ".autoresearch" / "runs").glob(f"{exp_id}-*/result.json"):
+        if not RUN_FOLDER.match(path.parent.name):
+            continue
         result = read_result(path)
         ended = path.stat().st_mtime
         spans.append((ended - (result.total_seconds if result is not None else 0.0), ended))
@@ -152,7 +186,8 @@ def _valid_results(runs: Path, exp_id: int) -> list[tuple[int, Result]]:
     """The run index (its seed offset) and the evaluator's result of each valid run of the experiment, in run
     order."""
     results = []
-    for index, path in sorted((int(p.parent.name.split("-")[1]), p) for p in runs.glob(f"{exp_id}-*/result.json")):
+    found = [(int(m[2]), p) for p in runs.glob(f"{exp_id}-*/result.json") if (m := RUN_FOLDER.match(p.parent.name))]
+    for index, path in sorted(found):
         result = read_result(path)
         if result is not None and result.valid and result.val_bpb is not None:
             results.append((index, result))
@@ -164,4 +199,4 @@ def _float(text: str) -> float | None:
         value = float(text)
     except ValueError:
         return None
-    return value if value > 0 else None
+    return value if math.isfinite(value) and value > 0 else None
