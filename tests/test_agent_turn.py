@@ -329,6 +329,7 @@ def test_a_pid_file_naming_the_loops_own_group_or_no_group_leader_kills_nothing(
     assert not pid_file.exists()
 
 
+@pytest.mark.slow
 def test_an_agents_group_is_killed_even_once_its_leader_has_ended(workspace):
     """The agent's shell died with the loop (or was reaped by init), its tool runs on in the group."""
     import subprocess
@@ -362,6 +363,7 @@ def test_rebuild_ledger_after_a_kill_during_a_turn_takes_no_commit_of_the_agents
     assert workspace.read_train_py() == best.source
 
 
+@pytest.mark.slow
 def test_two_recoveries_in_the_same_second_keep_both(workspace, tmp_path, monkeypatch):
     """Each start that puts a turn back has a quarantine folder, and refs, of its own."""
     make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()

@@ -61,6 +61,7 @@ def test_non_zero_exit_is_a_proposal_error_with_the_stderr_tail(tmp_path: Path, 
         agent(tmp_path, script).propose(context)
 
 
+@pytest.mark.slow
 def test_a_hanging_command_is_killed_with_its_whole_process_group(tmp_path: Path, context: Context) -> None:
     script = "sleep 300 &\necho $! > child.pid\necho 'still thinking' >&2\nsleep 300"
     start = time.monotonic()

@@ -224,6 +224,7 @@ def test_the_clock_does_not_start_before_the_model_is_handed_over(dataset, prese
         assert session.timeline.clock is None
 
 
+@pytest.mark.slow
 def test_no_training_rows_are_served_past_the_deadline_and_a_late_stop_is_invalid(dataset, preset) -> None:
     with served(dataset, preset, budget=0.2) as (run, session):
         batches = run.train_batches(4)
@@ -291,6 +292,7 @@ def test_a_last_step_that_ends_within_one_typical_step_past_the_budget_counts(da
         assert session.elapsed() == pytest.approx(6.3)
 
 
+@pytest.mark.slow
 def test_weights_that_come_long_after_the_stop_are_invalid(dataset, preset) -> None:
     with served(dataset, preset) as (run, session):
         run.train_batches(4)
@@ -302,6 +304,7 @@ def test_weights_that_come_long_after_the_stop_are_invalid(dataset, preset) -> N
         assert "after the clock stopped" in session.late()
 
 
+@pytest.mark.slow
 def test_weights_may_take_one_typical_step_longer_on_a_slowed_machine(dataset, preset) -> None:
     """Was a break on two H200s: a CPU hog beside a GPU run slowed its hand-over to 0.9 s of the 0.8 s allowed,
     and an honest run was invalid. Its steps were slowed too: the weights may take one typical step longer."""

@@ -55,6 +55,7 @@ def cache_contents(cache: Path) -> list[str]:
     return sorted(str(p.relative_to(cache)) for p in cache.rglob("*")) if cache.exists() else []
 
 
+@pytest.mark.slow
 def test_one_large_file_prepares_and_none_of_its_validation_text_is_trained_on(
     tmp_path: Path, console: Console
 ) -> None:

@@ -699,6 +699,7 @@ def _results_tsv_lost_too(ws, before):
     (ws.root / "results.tsv").unlink()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage",
     [
@@ -813,6 +814,7 @@ def _ctrl_c_to_another_thread(after: float) -> None:
     threading.Timer(after, signal.pthread_kill, (other.ident, signal.SIGINT)).start()
 
 
+@pytest.mark.slow
 def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run(tmp_path, ctrl_c_raises):
     silent = tmp_path / "silent-server"  # a fork server that never says anything: a run that trains on
     silent.write_text("#!/bin/sh\nexec sleep 60\n")

@@ -121,6 +121,7 @@ def test_work_in_a_process_the_kernel_would_reap_is_counted(baseline: float) -> 
     assert clocked(AUTOREAPED) > 0.5 * baseline
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(syscalls.unavailable_reason() is not None, reason="needs libseccomp (Linux)")
 def test_time_that_vanishes_from_the_tree_is_not_free_budget(baseline: float) -> None:
     assert clocked(PREPAID) > 0.5 * baseline

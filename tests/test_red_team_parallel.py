@@ -167,7 +167,8 @@ def test_a_submission_recorded_by_a_driver_killed_before_it_answered_gets_its_id
     description = "LR 0.5\n\nbecause the loss curve was flat " + "and so on " * 30
     source, base = with_constants(workspace.read_train_py(), LR=0.5), workspace.git.head()
     reply = inbox.put(description, source, base)
-    inbox._record(sched.loop, description, source, base)  # recorded; the driver dies before it answers
+    reply.request.rename(reply.taken)  # the driver takes it (Inbox.take),
+    inbox._record(sched.loop, description, source, base)  # records it, and dies before it answers
     again = scheduler(workspace, inbox=True)
     again.run(None)
     assert Inbox.reply(reply, timeout=5) == {"id": 2}

@@ -651,6 +651,7 @@ class AnsweringAgent(ScriptedAgent):
                 self.at_once[0] -= 1
 
 
+@pytest.mark.slow
 def test_an_agent_that_only_answers_is_asked_once_per_idle_worker_at_once(workspace):
     together, seeds = threading.Barrier(4, timeout=10), []
 
@@ -775,6 +776,7 @@ def test_a_waiting_answer_is_not_made_on_a_best_newer_than_itself(workspace):
     scheduler(workspace, gpus="0")[0].loop.recover_branch()  # a restart finds the branch where the best is
 
 
+@pytest.mark.slow
 def test_an_idle_worker_is_asked_again_when_the_agents_pause_ends_not_when_a_run_does(workspace, monkeypatch):
     monkeypatch.setattr(asking, "PAUSE_FIRST_S", 0.15)
     long_run_ended, asked = [], []

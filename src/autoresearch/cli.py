@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     _workspace_option(submit)
 
     wait = sub.add_parser("wait", help="block until experiments are judged; one verdict line each")
-    wait.add_argument("ids", nargs="*", type=int, help="experiment ids (default: every one in flight)")
+    unreported = "experiment ids (default: every submitted one whose verdict no `wait` has printed yet)"
+    wait.add_argument("ids", nargs="*", type=int, help=unreported)
     _workspace_option(wait)
 
     try_ = sub.add_parser("try", help="judge the train.py in the working tree as one experiment (for coding agents)")
@@ -224,10 +225,12 @@ def _drive(loop, agent, found, args: argparse.Namespace) -> None:
 
 def _submit(args: argparse.Namespace, console: Console) -> None:
     """Queue the working tree's train.py with a running loop (started in the background if none runs); print
-    `exp N queued` on stdout. train.py is the best again afterwards."""
+    `exp N queued` on stdout, within a second or two while the loop runs, whether or not a worker is free.
+    train.py is the best again at once (the loop reads the branch's train.py, never the working tree's); if the
+    submission is refused or no loop takes it (then withdrawn: it never trains), the change is put back."""
     import subprocess
 
-    from autoresearch.loop.inbox import Inbox
+    from autoresearch.loop.inbox import send
     from autoresearch.loop.workers import devices
     from autoresearch.workspace.workspace import Workspace
 
@@ -236,9 +239,9 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
     source, base = ws.read_train_py(), ws.git.head()
     if source == ws.committed_train_py(base):
         raise AutoresearchError("train.py is the same as the best", hint="edit train.py first")
-    inbox = Inbox(ws.state)
-    reply = inbox.put(args.message, source, base)
-    if not ws.is_locked():
+    edit = ws.train_py.read_bytes().decode()  # as it is on disk, line endings and all, to put back on a failure
+
+    def start() -> subprocess.Popen:
         argv = [sys.executable, "-m", "autoresearch", "run", "--agent", "queue", "--plain", "--linger", "600"]
         argv += ["--baseline-runs", str(args.baseline_runs), "--workspace", str(ws.root)]
         for option, value in (("--gpus", args.gpus), ("--workers", args.workers), ("--timeout", args.timeout),
@@ -246,31 +249,38 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
             argv += [option, str(value)] if value else []
         argv += ["--ray", *([args.ray] if args.ray else [])] if args.ray is not None else []
         with (ws.state / "driver.log").open("ab") as log:
-            subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         console.print(f"started a loop in the background (its log: {ws.state / 'driver.log'})", highlight=False)
-    answer = Inbox.reply(reply, timeout=300)
-    if answer is None:
-        raise AutoresearchError("the loop did not take the submission", hint=f"see {ws.state / 'driver.log'}")
-    if "error" in answer:
-        raise AutoresearchError(answer["error"])
-    ws.write_train_py(ws.git.show("HEAD", "train.py"))
-    print(f"exp {answer['id']} queued", flush=True)
+        return proc
+
+    ws.write_train_py(ws.git.show(base, "train.py"))
+    try:
+        exp_id = send(ws, args.message, source, base, start)
+    except BaseException:
+        ws.write_train_py(edit)
+        raise
+    print(f"exp {exp_id} queued", flush=True)
 
 
-def _wait(args: argparse.Namespace) -> None:
-    from autoresearch.loop.inbox import in_flight_ids, wait_for
+def _wait(args: argparse.Namespace, console: Console) -> None:
+    """One verdict line on stdout for each experiment, as it is judged. With no ids: every submitted experiment
+    whose verdict no `wait` has printed yet."""
+    from autoresearch.loop.inbox import reported, unreported, wait_for
     from autoresearch.loop.ledger import Ledger
     from autoresearch.loop.reporter import verdict_line
     from autoresearch.workspace.workspace import Workspace
 
     ws = Workspace(args.workspace)
-    ledger = Ledger(ws.root)
-    try:
-        ids = args.ids or in_flight_ids(ledger)
-    finally:
-        ledger.close()
-    for exp in wait_for(lambda: Ledger(ws.root), ids, ws.is_locked, log=ws.state / "driver.log"):
+    ids = args.ids or unreported(ws.state)
+    if not ids:
+        console.print("no submitted experiment waits to be reported (`wait N` waits for experiment N)")
+        return
+
+    def judged(exp) -> None:
         print(verdict_line(exp, None), flush=True)
+        reported(ws.state, exp.id)
+
+    wait_for(lambda: Ledger(ws.root), ids, ws.is_locked, log=ws.state / "driver.log", judged=judged)
 
 
 def _try(args: argparse.Namespace, console: Console) -> None:
@@ -333,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "submit":
             _submit(args, console)
         elif args.command == "wait":
-            _wait(args)
+            _wait(args, console)
         elif args.command == "status":
             from autoresearch.loop.status import status_text
             from autoresearch.workspace.workspace import Workspace

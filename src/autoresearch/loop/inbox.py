@@ -2,10 +2,22 @@
 
 The loop (the driver) is the only writer of the ledger, so `submit` does not write it: it drops a request
 (description, train.py, the best it was made from) in `.autoresearch/inbox/` and waits for the driver's
-reply, the experiment's id (or why it was refused), which comes within a second or two. The driver
-records the request as a queued experiment before it replies and removes it only after: a driver killed
-in between finds the request again on its next start and answers it with the row it had written.
-`wait` reads the ledger until the experiments have their verdicts.
+reply, the experiment's id (or why it was refused). The driver looks at the inbox whenever it waits for a
+run (every POLL_S) and records every request as a queued experiment at once, whether or not a worker is
+free: the reply comes within a second while the loop runs, and the experiment trains when a worker frees.
+
+Who has a request is settled by one atomic rename. The driver takes it by renaming `<name>.json` to
+`<name>.taken`; `submit` withdraws it by deleting `<name>.json`. Exactly one of the two succeeds: a
+`submit` that gives up (no loop runs, or the one running does not answer) and withdraws it has queued
+nothing, and no driver can take it later; one that finds it taken waits for the reply, which comes
+within milliseconds. The driver records the row, then replies, then removes `<name>.taken`: a driver
+killed in between finds it again on its next start and answers it with the row it had written (a
+`submit` that finds the driver gone meanwhile settles it under the workspace's lock, reading the ledger).
+
+A `submit` holds an flock on `<name>.lock` while it waits: a request whose `submit` was killed is dropped
+unrecorded, and a reply nobody will read is removed with that lock file. Each submitted experiment leaves
+an empty `.autoresearch/unreported/<id>`, removed when `wait` prints its verdict: `wait` with no ids waits
+for those, so that a verdict judged while the agent did something else is never lost to it.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +34,18 @@ from autoresearch.agents.base import Proposal, Usage
 from autoresearch.errors import AutoresearchError
 from autoresearch.loop import guard
 from autoresearch.loop.asking import one_line
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.vocabulary import Kind, Status
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a request is then never taken for one whose `submit` has gone
+    fcntl = None
+
 INBOX_DIR = "inbox"
+UNREPORTED_DIR = "unreported"  # an empty file per submitted experiment whose verdict no `wait` has printed
 SUBMITTER = "submit"  # the ledger's agent for submitted experiments
+TAKE_TIMEOUT_S = 60.0  # how long `submit` waits for a running loop to take its request before it withdraws it
 
 
 @dataclass(frozen=True)
@@ -36,23 +56,118 @@ class Submitter:
     model: str = ""
 
 
+class SubmitError(AutoresearchError):
+    """The submission was not queued: it was refused, or withdrawn before any loop took it."""
+
+
+class Submission:
+    """One request in the inbox, seen from the `submit` that made it (which holds its lock while it lives)."""
+
+    def __init__(self, directory: Path, name: str, lock_fd: int | None):
+        self.dir, self.name, self.lock_fd = directory, name, lock_fd
+        self.settled = False  # answered or withdrawn: no driver looks at its lock file again
+
+    def path(self, suffix: str) -> Path:
+        return self.dir / f"{self.name}{suffix}"
+
+    @property
+    def request(self) -> Path:
+        return self.path(".json")
+
+    @property
+    def taken(self) -> Path:
+        return self.path(".taken")
+
+    @property
+    def reply_path(self) -> Path:
+        return self.path(".reply")
+
+    def answer(self) -> dict | None:
+        """The driver's reply ({"id": N} or {"error": why}) if it has come; read once."""
+        try:
+            answer = json.loads(self.reply_path.read_text())
+        except (OSError, ValueError):  # not yet (it is written whole, by a rename)
+            return None
+        self.reply_path.unlink(missing_ok=True)
+        self.settled = True
+        return answer
+
+    def withdraw(self) -> bool:
+        """Take the request back: True if no driver had taken it (then none ever will), False if one had."""
+        try:
+            self.request.unlink()
+        except FileNotFoundError:
+            return False
+        self.settled = True
+        return True
+
+    def settle(self, ws) -> dict | None:
+        """With the driver gone after it took the request: under the workspace's lock (no driver starts
+        meanwhile), its id if it had recorded it (a later start trains it), else withdrawn ({"error": ...}).
+        None if a loop has started meanwhile (it answers)."""
+        lock = ws.lock()
+        try:
+            lock.__enter__()
+        except AutoresearchError:  # another loop holds the workspace now
+            return None
+        try:
+            if (answer := self.answer()) is not None:
+                return answer
+            try:
+                data = json.loads(self.taken.read_text())
+            except (OSError, ValueError):
+                return {"error": "the loop stopped while it took the submission, and its request is gone"}
+            ledger = Ledger(ws.root)
+            try:
+                exp = recorded(ledger.all(), data["description"], data["source"], data["base"])
+            finally:
+                ledger.close()
+            self.taken.unlink(missing_ok=True)  # the row, if any, is in flight: any start trains it
+            self.settled = True
+            if exp is None:
+                return {"error": "the loop stopped before it recorded the submission (withdrawn: nothing was queued)"}
+            mark_unreported(ws.state, exp.id)
+            return {"id": exp.id}
+        finally:
+            lock.__exit__(None, None, None)
+
+    def close(self) -> None:
+        """Done with it (answered, refused, or given up: Ctrl-C): withdrawn if no driver has taken it. Its lock
+        file goes (before the lock) unless a driver took it and has not answered: then it stays, unheld, so that
+        the driver drops the request if it has not recorded it, and its reply goes with it (Inbox._sweep)."""
+        if self.settled or self.withdraw():
+            self.path(".lock").unlink(missing_ok=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
 class Inbox:
     def __init__(self, state: Path):
+        self.state = state
         self.dir = state / INBOX_DIR
 
     # -- the submitter's side -------------------------------------------------------------------------
 
-    def put(self, description: str, source: str, base: str) -> Path:
-        """Drop a request; the path its reply will have."""
+    def put(self, description: str, source: str, base: str) -> Submission:
+        """Drop a request, held by this process (an flock on its lock file) until it is closed or this process
+        ends."""
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns()}-{os.getpid()}-{secrets.token_hex(3)}"
+        lock_fd = None
+        if fcntl is not None:  # locked before it has its name: no driver ever sees it unlocked while we live
+            tmp = self.dir / f".{name}.lock.tmp"
+            lock_fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            tmp.replace(self.dir / f"{name}.lock")
         request = {"description": description, "source": source, "base": base}
         _write_atomic(self.dir / f"{name}.json", json.dumps(request))
-        return self.dir / f"{name}.reply"
+        return Submission(self.dir, name, lock_fd)
 
     @staticmethod
-    def reply(path: Path, timeout: float) -> dict | None:
+    def reply(submission: Submission | Path, timeout: float) -> dict | None:
         """The driver's reply to a request ({"id": N} or {"error": why}); None after `timeout` seconds."""
+        path = submission.reply_path if isinstance(submission, Submission) else submission
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -66,41 +181,117 @@ class Inbox:
     # -- the driver's side ------------------------------------------------------------------------
 
     def pending(self) -> bool:
-        return self.dir.is_dir() and any(self.dir.glob("*.json"))
+        """Whether a request waits to be taken (or to be answered, left taken by a driver killed meanwhile)."""
+        return self.dir.is_dir() and any(p.suffix in (".json", ".taken") for p in self.dir.iterdir())
 
     def take(self, loop) -> list[Experiment]:
-        """Record every request as a queued experiment (or refuse it), answer it, remove it; the queued ones."""
+        """Take every request: record it as a queued experiment (or refuse it), answer it, remove it; the queued
+        ones. First those a driver killed while it took them left, then the new ones, oldest first."""
+        if not self.dir.is_dir():
+            return []
+        self._sweep()
         queued = []
-        for request in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
+        for taken in sorted(self.dir.glob("*.taken")):
+            queued += self._take(loop, taken, resumed=True)
+        for request in sorted(self.dir.glob("*.json")):
+            taken = request.with_suffix(".taken")
             try:
-                data = json.loads(request.read_text())
-                fields = [data["description"], data["source"], data["base"]]
-                if not all(isinstance(f, str) for f in fields):
-                    raise TypeError("its description, train.py and base must be text")
-                answer, exp = self._record(loop, *fields)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                answer, exp = {"error": f"the request could not be read ({exc})"}, None
-            _write_atomic(request.with_suffix(".reply"), json.dumps(answer))
-            request.unlink(missing_ok=True)
-            if exp is not None and not exp.status.final:
-                queued.append(exp)
+                request.rename(taken)  # taken: from here its `submit` cannot withdraw it
+            except FileNotFoundError:
+                continue  # withdrawn meanwhile
+            queued += self._take(loop, taken, resumed=False)
         return queued
+
+    def _take(self, loop, taken: Path, resumed: bool) -> list[Experiment]:
+        answer, exp = self._answer(loop, taken, resumed)
+        if answer is not None:
+            _write_atomic(taken.with_suffix(".reply"), json.dumps(answer))
+        taken.unlink(missing_ok=True)  # last: a kill before it leaves the request to answer on the next start
+        return [exp] if exp is not None and not exp.status.final else []
+
+    def _answer(self, loop, taken: Path, resumed: bool) -> tuple[dict | None, Experiment | None]:
+        """The reply to a taken request (None: nobody to give it to) and the experiment it made, if any."""
+        try:
+            data = json.loads(taken.read_text())
+            fields = [data["description"], data["source"], data["base"]]
+            if not all(isinstance(f, str) for f in fields):
+                raise TypeError("its description, train.py and base must be text")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return {"error": f"the request could not be read ({exc})"}, None
+        alive = self._submitter_alive(taken)
+        if resumed and (exp := recorded(loop.ledger.all(), *fields)) is not None:  # before the kill
+            mark_unreported(self.state, exp.id)
+            return ({"id": exp.id} if alive else None), exp
+        if not alive:  # its `submit` was killed while the request waited: nobody learns of it, so it is not run
+            taken.with_suffix(".lock").unlink(missing_ok=True)
+            loop.reporter.message(f"dropped a submission whose `submit` has gone: {one_line(fields[0])}")
+            return None, None
+        return self._record(loop, *fields)
 
     def _record(self, loop, description: str, source: str, base: str) -> tuple[dict, Experiment | None]:
         rows = loop.ledger.all()
-        recorded = one_line(description)  # as the row holds it
-        for e in rows:  # already recorded by a driver killed before it answered
-            if e.agent == SUBMITTER and e.parent == base and e.source == source and e.description == recorded:
-                return {"id": e.id}, e
-        kept = next((e for e in rows if e.commit == base and e.status == Status.KEEP), None)
-        if kept is None:
+        # Made from a kept experiment, or from the baseline being measured (then judged once it is)
+        made_from = next(
+            (
+                e
+                for e in rows
+                if e.commit == base and (e.status == Status.KEEP or (e.kind == Kind.BASELINE and not e.status.final))
+            ),
+            None,
+        )
+        if made_from is None:
             return {"error": f"train.py was made from {base[:7]}, which is not a kept experiment"}, None
-        why = guard.rejection(kept.source, source) or loop.duplicate_of(source, base)
+        why = guard.rejection(made_from.source, source) or loop.duplicate_of(source, base)
         if why:
             return {"error": f"rejected before running: {why}"}, None
-        exp = loop.record(Proposal(description, source, Usage()), SUBMITTER, "", base=kept, status=Status.QUEUED)
+        exp = loop.record(Proposal(description, source, Usage()), SUBMITTER, "", base=made_from, status=Status.QUEUED)
+        mark_unreported(self.state, exp.id)  # after the row: a kill before it leaves the request, answered later
         loop.reporter.message(f"exp {exp.id} submitted: {exp.description}")
         return {"id": exp.id}, exp
+
+    def _submitter_alive(self, request: Path) -> bool:
+        """Whether the `submit` of a request still waits: it holds the lock on its lock file. A request with no
+        lock file at all (written by hand) is answered as one whose writer reads the reply."""
+        lock = request.with_suffix(".lock")
+        if fcntl is None or not lock.exists():
+            return True
+        return _held(lock)
+
+    def _sweep(self) -> None:
+        """What `submit`s killed left: their lock files, and the replies that came after they had gone (a `submit`
+        removes its reply before its lock file, so a reply beside an unheld lock file is nobody's)."""
+        if fcntl is None:
+            return
+        for lock in self.dir.glob("*.lock"):
+            if _held(lock) or lock.with_suffix(".json").exists() or lock.with_suffix(".taken").exists():
+                continue  # alive; or its request is still to take (and drop, with the lock file)
+            lock.with_suffix(".reply").unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)
+
+
+def recorded(rows: list[Experiment], description: str, source: str, base: str) -> Experiment | None:
+    """The queued or running row a driver killed after it took a request, and before it replied, had written for
+    it (the row holds the description on one line)."""
+    line = one_line(description)
+    for e in rows:
+        if e.agent == SUBMITTER and not e.status.final and (e.parent, e.source, e.description) == (base, source, line):
+            return e
+    return None
+
+
+def _held(path: Path) -> bool:
+    """Whether another open file holds an flock on `path`."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases it, if it was ours
+    return False
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -109,14 +300,103 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def send(ws, description: str, source: str, base: str, start: Callable[[], object] | None = None,
+         timeout: float | None = None, poll: float = 0.05) -> int:  # fmt: skip
+    """`submit`: queue `source` with the loop running in workspace `ws` (if none runs, `start()` starts one in the
+    background and returns its Popen); the experiment's id, within a second or two while the loop runs. A
+    SubmitError if it was refused, or if no loop took it (none runs, or the one running did not take it within
+    `timeout` seconds, default TAKE_TIMEOUT_S): withdrawn then, so that nothing of it is ever trained."""
+    timeout = TAKE_TIMEOUT_S if timeout is None else timeout
+    submission = Inbox(ws.state).put(description, source, base)
+    started, probed = None, (-1.0, False)
+
+    def alive() -> bool:
+        """Our background loop runs (starting, or holding the lock), or another holds the workspace's lock. While
+        one does, the lock is probed at most once a second, and not while ours runs: a probe holds it for an
+        instant, and a loop starting in that instant would stop ("another autoresearch process is working")."""
+        nonlocal probed
+        if started is not None and started.poll() is None:
+            return True
+        if not probed[1] or time.monotonic() - probed[0] >= 1.0:
+            probed = (time.monotonic(), ws.is_locked())
+        return probed[1]
+
+    try:
+        since = time.monotonic()
+        while (answer := submission.answer()) is None:
+            running = alive()
+            if not running and started is None and start is not None:  # none runs (or the one running just ended)
+                started, since = start(), time.monotonic()
+                continue
+            if running and time.monotonic() - since < timeout:
+                time.sleep(poll)
+                continue
+            if submission.withdraw():  # no loop had taken it: not queued, and no loop ever will take it
+                raise SubmitError(*_not_taken(ws, running, timeout))
+            if not running:  # taken, then the loop stopped: was the row written?
+                answer = submission.settle(ws)
+                if answer is not None:
+                    break
+            time.sleep(poll)  # taken by the running loop: its reply comes at once
+        if "error" in answer:
+            raise SubmitError(answer["error"], hint="change train.py (it holds your change again) and submit it")
+        return int(answer["id"])
+    finally:
+        submission.close()
+
+
+def _not_taken(ws, alive: bool, timeout: float) -> tuple[str, str]:
+    from autoresearch.loop.activity import read_session
+
+    log = ws.state / "driver.log"
+    if alive:
+        takes_none = " (it is a `try` or a one-worker `autoresearch run`, which take none)"
+        return (
+            f"the loop running in this workspace did not take the submission within {timeout:.0f}s"
+            + ("" if read_session(ws.state) is not None else takes_none),
+            f"nothing was queued and train.py holds your change again; submit it once the loop answers (see {log})",
+        )
+    stopped = last_error(log)
+    return (
+        "no loop is running to take the submission" + (f"; the loop stopped with {stopped}" if stopped else ""),
+        f"nothing was queued and train.py holds your change again; see {log}",
+    )
+
+
+def mark_unreported(state: Path, exp_id: int) -> None:
+    directory = state / UNREPORTED_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / str(exp_id)).touch()
+
+
+def unreported(state: Path) -> list[int]:
+    """Submitted experiments whose verdict no `wait` has printed yet, oldest first."""
+    directory = state / UNREPORTED_DIR
+    found = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+    return sorted(int(n) for n in found if n.isdigit())
+
+
+def reported(state: Path, exp_id: int) -> None:
+    (state / UNREPORTED_DIR / str(exp_id)).unlink(missing_ok=True)
+
+
 class WaitError(AutoresearchError):
     pass
 
 
-def wait_for(ledger_of, ids: list[int], driver_alive, poll: float = 1.0, log: Path | None = None) -> list[Experiment]:
+def wait_for(
+    ledger_of,
+    ids: list[int],
+    driver_alive,
+    poll: float = 1.0,
+    log: Path | None = None,
+    judged: Callable[[Experiment], None] | None = None,
+) -> list[Experiment]:
     """Block until every experiment in `ids` has its verdict; `ledger_of()` opens the ledger to read,
     `driver_alive()` says whether a loop still runs to give them one, and `log` is the background loop's, whose
-    error is repeated if it stopped on one."""
+    error is repeated if it stopped on one. `judged(exp)` is called for each as soon as it has its verdict (before
+    a WaitError for the others)."""
+    told: set[int] = set()
     while True:
         ledger = ledger_of()
         try:
@@ -125,6 +405,11 @@ def wait_for(ledger_of, ids: list[int], driver_alive, poll: float = 1.0, log: Pa
             ledger.close()
         if missing := [i for i, e in rows.items() if e is None]:
             raise WaitError(f"no experiment {', '.join(map(str, missing))} in the ledger")
+        for i, e in rows.items():
+            if e.status.final and i not in told:
+                told.add(i)
+                if judged is not None:
+                    judged(e)
         if all(e.status.final for e in rows.values()):
             return [rows[i] for i in ids]
         if not driver_alive():
@@ -147,8 +432,3 @@ def last_error(log: Path) -> str | None:
         return None
     starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
     return " ".join(line.strip() for line in lines[starts[-1] :]) if starts else None
-
-
-def in_flight_ids(ledger) -> list[int]:
-    """What `wait` with no ids waits for: every experiment queued or running."""
-    return [e.id for e in ledger.in_flight() if e.kind != Kind.PROPOSAL]

@@ -158,6 +158,7 @@ class Scheduler:
         """Give every idle worker a run, asking the agent for at most `left` proposals; how many it made (or
         asked for, on threads: one ask in flight per idle worker with nothing queued for it)."""
         proposed = 0
+        self.take_submissions()
         on_threads = asked_on_threads(agent)
         for worker in self.workers:
             if worker.job is not None:
@@ -211,10 +212,16 @@ class Scheduler:
         return due, min(later, default=None)
 
     def next_job(self) -> Job | None:
-        if not self.jobs and self.inbox is not None and self.loop.best() is not None:
+        self.take_submissions()  # between an agent's turns too: a submission is answered at once
+        return self.jobs.popleft() if self.jobs else None
+
+    def take_submissions(self) -> None:
+        """Record what `submit` left in the inbox and queue it, whether or not a worker is free (it trains when
+        one frees): `submit` is answered within a poll of the inbox, not when a run ends. Made from the best,
+        or from the baseline while it is measured (then judged once it is)."""
+        if self.inbox is not None and self.base() is not None:
             for exp in self.inbox.take(self.loop):
                 self.activate(exp)
-        return self.jobs.popleft() if self.jobs else None
 
     def busy(self) -> bool:
         """Whether a report is to come: a run in progress, or an ask in flight."""

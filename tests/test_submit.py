@@ -1,0 +1,361 @@
+"""`autoresearch submit` and `wait` against a loop with two workers and fake executors: `submit` answers at once
+whether or not a worker is free, a submission no loop takes is withdrawn (never trained), duplicates are refused,
+and `wait` with no ids prints every submitted experiment's verdict once.
+
+The driver runs on the test's main thread (the ledger's connection is the thread's that opened it), holding the
+workspace's lock as `autoresearch run` does; the coding agent's commands (`main(["submit", ...])`) run beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+from loop_support import constant, with_constants
+from test_scheduler import scheduler, wait_until
+
+from autoresearch.cli import main
+from autoresearch.loop import inbox as inbox_module
+from autoresearch.loop.inbox import Inbox, SubmitError, send, unreported
+from autoresearch.loop.ledger import Ledger
+from autoresearch.vocabulary import Status
+
+pytestmark = pytest.mark.slow  # a second or more each: real driver threads and `submit` processes waiting
+
+AT_ONCE_S = 5.0  # `submit` answers within a poll of the inbox (0.5 s); generous for a loaded machine
+
+
+def held(release: threading.Event, lrs=(0.9, 0.8, 0.7)):
+    """A gate that holds the runs of train.py files with these LRs until `release` (the baseline's run freely)."""
+    return lambda source: release.wait(30) if constant(source, "LR") in lrs else None
+
+
+def timed(fn, limit: float = 20.0):
+    """fn()'s result and how long it took; fails (rather than hangs) if it takes more than `limit` seconds."""
+    box: list = []
+
+    def body():
+        t0 = time.monotonic()
+        try:
+            box.append(("ok", fn(), time.monotonic() - t0))
+        except BaseException as exc:  # handed to the test's thread
+            box.append(("raised", exc, time.monotonic() - t0))
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    thread.join(limit)
+    assert box, f"took more than {limit:.0f}s"
+    outcome, value, took = box[0]
+    if outcome == "raised":
+        raise value
+    return value, took
+
+
+def beside(sched, scenario, started: threading.Event | None = None, releases=()) -> None:
+    """Run the driver here (`sched.run(None)`, under the workspace's lock; once `started` is set, if given) and
+    `scenario()` on a thread beside it; the driver stops once the scenario is over and nothing is in flight."""
+    failures: list[BaseException] = []
+
+    def body():
+        try:
+            scenario()
+        except BaseException as exc:  # re-raised on the test's thread
+            failures.append(exc)
+        finally:
+            for release in releases:
+                release.set()
+            sched.linger = 0
+            if started is not None:
+                started.set()
+
+    sched.linger = 120  # the driver waits for more submissions until the scenario is over
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    if started is not None:
+        started.wait(30)
+    with sched.loop.ws.lock():
+        sched.run(None)
+    thread.join(30)
+    if failures:
+        raise failures[0]
+
+
+def background_loop(monkeypatch, fake) -> None:
+    """`submit` starts `fake(argv, **popen_args)` instead of a loop in the background; git runs as ever."""
+    real = subprocess.Popen
+
+    def popen(argv, *args, **kwargs):
+        if argv[1:3] == ["-m", "autoresearch"]:
+            return fake(argv, **kwargs)
+        return real(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+
+
+def submit(ws, capsys, lr: float, message: str | None = None):
+    """The agent edits train.py and submits it: (exit code, stdout, stderr, seconds)."""
+    ws.write_train_py(with_constants(ws.committed_train_py(), LR=lr))
+    rc, took = timed(lambda: main(["submit", "-m", message or f"LR {lr}", "--workspace", str(ws.root)]))
+    said = capsys.readouterr()
+    return rc, said.out, said.err, took
+
+
+def rows(ws):
+    ledger = Ledger(ws.root)
+    try:
+        return ledger.all()
+    finally:
+        ledger.close()
+
+
+def inbox_files(ws) -> list[str]:
+    directory = ws.state / "inbox"
+    return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+
+
+def test_submit_answers_at_once_while_every_worker_is_busy_and_it_trains_when_one_frees(workspace, capsys):
+    """BROKE, fixed: the driver read the inbox only for an idle worker, so with both busy the third `submit` waited
+    for a run to end (minutes on a GPU)."""
+    release = threading.Event()
+    sched, _ = scheduler(workspace, inbox=True, gate=held(release))
+    sched.run(None)  # the baseline
+    best = workspace.read_train_py()
+
+    def scenario():
+        for n, lr in enumerate((0.9, 0.8, 0.7), start=2):
+            rc, out, err, took = submit(workspace, capsys, lr)
+            assert (rc, out) == (0, f"exp {n} queued\n"), err
+            assert took < AT_ONCE_S, f"submit {n - 1} took {took:.1f}s"
+            assert workspace.read_train_py() == best  # the best again, for the next change
+        statuses = [r.status for r in rows(workspace)[1:]]
+        assert sorted(statuses) == [Status.QUEUED, Status.RUNNING, Status.RUNNING]  # both workers busy, one queued
+
+    beside(sched, scenario, releases=[release])
+    assert [(r.id, r.status) for r in rows(workspace)] == [(1, "keep")] + [(i, "discard") for i in (2, 3, 4)]
+
+
+def test_a_submission_no_loop_takes_is_withdrawn_and_never_trained(workspace, capsys, monkeypatch):
+    """BROKE, fixed: `submit` said "the loop did not take the submission" after 300 s and left the request in the
+    inbox: the loop took it later and trained it anyway, and its reply stayed in the inbox for ever."""
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    monkeypatch.setattr(inbox_module, "TAKE_TIMEOUT_S", 1.0)
+    with workspace.lock():  # a process works in the workspace but takes no submission (a `try`, say)
+        rc, out, err, took = submit(workspace, capsys, 0.2)
+    assert (rc, out) == (2, "") and took < AT_ONCE_S
+    assert "did not take the submission within 1s (it is a `try` or a one-worker" in err
+    assert "nothing was queued and train.py holds your change again" in err
+    assert constant(workspace.read_train_py(), "LR") == 0.2  # the change, to submit again
+    assert inbox_files(workspace) == []
+    sched.run(None)  # the loop starts afterwards: there is nothing for it to take
+    assert [r.id for r in rows(workspace)] == [1] and inbox_files(workspace) == []
+
+
+def test_a_submission_whose_background_loop_stops_is_withdrawn_with_the_loops_error(workspace, capsys, monkeypatch):
+    """No loop runs: `submit` starts one, which stops at once; `submit` fails with its error, not after minutes."""
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)
+
+    class Stopped:
+        def __init__(self, argv, stdout, **_):
+            stdout.write(b"error: the apparatus changed since the baseline (a -> b)\n  hint: run where it ran\n")
+
+        def poll(self):
+            return 2
+
+    background_loop(monkeypatch, Stopped)
+    rc, out, err, took = submit(workspace, capsys, 0.2)
+    assert (rc, out) == (2, "") and took < AT_ONCE_S
+    assert "no loop is running to take the submission; the loop stopped with error: the apparatus changed" in err
+    assert constant(workspace.read_train_py(), "LR") == 0.2 and inbox_files(workspace) == []
+    sched.run(None)
+    assert [r.id for r in rows(workspace)] == [1]
+
+
+def test_the_first_submit_starts_a_loop_which_answers_while_the_baseline_trains_and_measures_the_branchs_train_py(
+    workspace, capsys, monkeypatch
+):
+    """BROKE, fixed: the loop `submit` started measured the baseline from the working tree, which held the
+    submitted change: the baseline was the change, and the change was then refused as "unchanged". And no
+    submission was taken before the baseline was judged."""
+    baseline_go = threading.Event()
+    sched, _ = scheduler(workspace, inbox=True, gate=lambda source: baseline_go.wait(30))
+    committed = workspace.committed_train_py()
+    started = threading.Event()
+
+    class Background:  # what `subprocess.Popen` starts: the loop, which the test's main thread runs
+        def __init__(self, argv, **_):
+            assert argv[3:6] == ["run", "--agent", "queue"]
+            started.set()
+
+        def poll(self):
+            return None  # running (until the workspace's lock says so)
+
+    background_loop(monkeypatch, Background)
+
+    def scenario():
+        rc, out, err, took = submit(workspace, capsys, 0.2)
+        assert (rc, out) == (0, "exp 2 queued\n"), err
+        assert "started a loop in the background" in err and took < AT_ONCE_S
+        assert [(r.id, r.status) for r in rows(workspace)] == [(1, "running"), (2, "queued")]
+        baseline_go.set()
+        wait_until(lambda: rows(workspace)[1].status.final)
+
+    beside(sched, scenario, started=started, releases=[baseline_go])
+    baseline, change = rows(workspace)
+    assert baseline.status == Status.KEEP and baseline.source == committed
+    assert change.status == Status.KEEP and change.parent == baseline.commit and constant(change.source, "LR") == 0.2
+
+
+def test_a_submit_that_finds_the_loop_ending_starts_another(workspace, capsys, monkeypatch):
+    """The loop running when `submit` came stops before it takes the request (its 10 minutes after the last
+    verdict ran out): `submit` starts another, which takes it."""
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)
+    started, holding, ends = threading.Event(), threading.Event(), threading.Event()
+
+    class Background:
+        def __init__(self, argv, **_):
+            started.set()
+
+        def poll(self):
+            return None
+
+    background_loop(monkeypatch, Background)
+
+    def ending_loop():
+        with workspace.lock():
+            holding.set()
+            ends.wait(10)
+
+    threading.Thread(target=ending_loop, daemon=True).start()
+    holding.wait(10)
+
+    def scenario():
+        threading.Timer(0.5, ends.set).start()
+        rc, out, err, _ = submit(workspace, capsys, 0.9)
+        assert (rc, out) == (0, "exp 2 queued\n") and "started a loop in the background" in err, err
+
+    beside(sched, scenario, started=started)
+    assert [(r.id, r.status) for r in rows(workspace)] == [(1, "keep"), (2, "discard")]
+
+
+def test_a_duplicate_submission_is_refused_with_the_reason(workspace, capsys):
+    """BROKE, fixed: the same train.py with the same message, submitted again after it was judged (or while it
+    trained), got `exp N queued` for the old experiment, after a wait for a free worker."""
+    release = threading.Event()
+    sched, _ = scheduler(workspace, inbox=True, gate=held(release))
+    sched.run(None)
+
+    def scenario():
+        assert submit(workspace, capsys, 0.9)[:2] == (0, "exp 2 queued\n")
+        rc, out, err, took = submit(workspace, capsys, 0.9)  # the same, while it trains
+        assert (rc, out) == (2, "") and took < AT_ONCE_S
+        assert "the same train.py as exp 2, which is being trained now" in err
+        assert constant(workspace.read_train_py(), "LR") == 0.9  # refused: the change is back in train.py
+        release.set()
+        wait_until(lambda: rows(workspace)[1].status.final)
+        rc, out, err, _ = submit(workspace, capsys, 0.9)  # the same, once judged on this best
+        assert (rc, out) == (2, "") and "the same train.py as exp 2, already measured on this best (discard" in err
+
+    beside(sched, scenario, releases=[release])
+    assert [r.id for r in rows(workspace)] == [1, 2] and inbox_files(workspace) == []
+
+
+def test_wait_with_no_ids_prints_every_submitted_verdict_not_yet_printed(workspace, capsys):
+    """BROKE, fixed: `wait` with no ids waited only for experiments in flight: one judged while the agent was
+    submitting others was never printed."""
+    release = threading.Event()
+    sched, _ = scheduler(workspace, inbox=True, gate=held(release, lrs=(0.8,)))
+    sched.run(None)
+    lines = []
+
+    def scenario():
+        assert submit(workspace, capsys, 0.9)[:2] == (0, "exp 2 queued\n")
+        wait_until(lambda: rows(workspace)[1].status.final)  # judged while the agent goes on
+        assert submit(workspace, capsys, 0.8)[:2] == (0, "exp 3 queued\n")
+        waiting = threading.Thread(target=lambda: lines.append(main(["wait", "--workspace", str(workspace.root)])))
+        waiting.start()
+        time.sleep(1.5)
+        release.set()
+        waiting.join(20)
+        lines.extend(capsys.readouterr().out.splitlines())
+
+    beside(sched, scenario, releases=[release])
+    assert lines[0] == 0 and [line.split(" ")[:3] for line in lines[1:]] == [
+        ["exp", "2", "DISCARD"],
+        ["exp", "3", "DISCARD"],
+    ]
+    assert unreported(workspace.state) == []
+    assert main(["wait", "--workspace", str(workspace.root)]) == 0  # nothing left to report: said so, at once
+    said = capsys.readouterr()
+    assert said.out == "" and "no submitted experiment waits to be reported" in said.err
+    assert main(["wait", "2", "--workspace", str(workspace.root)]) == 0  # an id given: printed again
+    assert capsys.readouterr().out.startswith("exp 2 DISCARD")
+
+
+def test_a_request_whose_submit_was_killed_is_dropped_and_a_reply_nobody_reads_is_removed(workspace):
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)
+    inbox, head = Inbox(workspace.state), workspace.git.head()
+    killed = inbox.put("LR 0.9", with_constants(workspace.read_train_py(), LR=0.9), head)
+    os.close(killed.lock_fd)  # its `submit` is killed before the loop takes it: its lock goes, its files stay
+    late = inbox.put("LR 0.8", with_constants(workspace.read_train_py(), LR=0.8), head)
+    sched.run(None)
+    assert [(r.id, r.description) for r in rows(workspace)] == [(1, "baseline"), (2, "LR 0.8")]  # not LR 0.9
+    assert inbox_files(workspace) == [f"{late.name}.lock", f"{late.name}.reply"]
+    os.close(late.lock_fd)  # killed before it read its reply
+    answered = inbox.put("LR 0.7", with_constants(workspace.read_train_py(), LR=0.7), head)
+    sched.run(None)  # the next take removes what nobody will read
+    assert answered.answer() == {"id": 3}
+    answered.close()
+    assert not any(late.name in name or killed.name in name for name in inbox_files(workspace))
+    # Ctrl-C: withdrawn if not taken yet; taken and not yet recorded, dropped by the driver
+    inbox.put("LR 0.6", with_constants(workspace.read_train_py(), LR=0.6), head).close()
+    interrupted = inbox.put("LR 0.5", with_constants(workspace.read_train_py(), LR=0.5), head)
+    interrupted.request.rename(interrupted.taken)  # a driver took it, and stopped before it recorded it
+    interrupted.close()
+    sched.run(None)
+    assert [r.description for r in rows(workspace)][-1] == "LR 0.7" and inbox_files(workspace) == []
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_submit_whose_loop_stops_after_taking_its_request_learns_whether_it_was_recorded(workspace, recorded):
+    """A loop took the request and was killed before it replied: `submit` settles it under the workspace's lock.
+    Recorded: its id (the next start trains it, once). Not recorded: withdrawn, never trained."""
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)
+    inbox = Inbox(workspace.state)
+    source, head = with_constants(workspace.read_train_py(), LR=0.9), workspace.git.head()
+    box: list = []
+
+    def submitter():
+        try:
+            box.append(send(workspace, "LR 0.9", source, head))
+        except SubmitError as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=submitter, daemon=True)
+    with workspace.lock():  # the driver, on this thread (where the loop's ledger was opened)
+        thread.start()
+        wait_until(lambda: any(inbox.dir.glob("*.json")))
+        taken = next(inbox.dir.glob("*.json")).with_suffix(".taken")
+        next(inbox.dir.glob("*.json")).rename(taken)  # taken (Inbox.take) ...
+        if recorded:  # ... and recorded
+            data = json.loads(taken.read_text())
+            inbox._record(sched.loop, data["description"], data["source"], data["base"])
+    # killed here, before it replied
+    thread.join(20)
+    assert box and inbox_files(workspace) == []
+    if recorded:
+        assert box == [2] and unreported(workspace.state) == [2]
+        sched.run(None)  # the next start trains it, once
+        assert [(r.id, r.status) for r in rows(workspace)] == [(1, "keep"), (2, "discard")]
+    else:
+        assert isinstance(box[0], SubmitError) and "before it recorded the submission (withdrawn" in str(box[0])
+        sched.run(None)
+        assert [r.id for r in rows(workspace)] == [1]
