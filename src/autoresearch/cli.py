@@ -176,8 +176,8 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.report import make_report
 
     for option, value in (("--max-experiments", args.max_experiments), ("--hours", args.hours)):
-        if value is not None and value <= 0:
-            raise AutoresearchError(f"{option} must be positive (got {value:g}); leave it out to run until stopped")
+        if value is not None and value < 0:  # 0: finish what is in flight, start nothing new
+            raise AutoresearchError(f"{option} cannot be negative (got {value:g}); leave it out to run until stopped")
     found = devices(args.gpus, args.workers)
     agent = None if args.agent == "queue" else make_agent(args.agent, args.model, args.agent_command)
     name = agent.name if agent is not None else "submitted experiments"
