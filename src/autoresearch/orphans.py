@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,12 +31,9 @@ def reap(pid_file: Path) -> bool:
     started runs on: the group is killed all the same (its id cannot be a new process's while the group lives).
     A leader that runs must be the one named (its start time), and lead its group; never the loop's own group, nor
     an ancestor of the loop: the file is within an agent's reach."""
-    try:
-        text, created = pid_file.read_text().split()
-        pid = int(text)
-        created_at = float(created)
-    except (OSError, ValueError):
+    if (named := _named(pid_file)) is None:
         return False
+    pid, created_at = named
     mine = psutil.Process()
     if not 1 < pid < 2**22 or pid in (os.getpgrp(), mine.pid) or pid in {p.pid for p in mine.parents()}:
         return False  # killpg(0) is this group, killpg(1) init's; Linux's pids stay below 2**22
@@ -73,8 +71,6 @@ BOX_GRACE_S = 600  # a box with no owner file yet is its evaluator's for this lo
 def owned_box(state: Path, pid: int) -> Path:
     """A new working directory for an evaluator's experiment under `state` (`box-*`), with the evaluator named
     beside it (`box-*.owner`), so that the box of one killed is found and removed (`remove_left_boxes`)."""
-    import tempfile
-
     box = Path(tempfile.mkdtemp(prefix="box-", dir=state))
     write_pid_file(box.with_name(box.name + ".owner"), pid)
     return box
@@ -112,10 +108,20 @@ def remove_box(box: Path) -> bool:
     return not box.exists()
 
 
-def _running(pid_file: Path) -> bool:
-    """Whether the process named by `pid_file` (pid and start time) still runs."""
+def _named(pid_file: Path) -> tuple[int, float] | None:
+    """The pid and start time a pid file names (`write_pid_file`); None if it cannot be read."""
     try:
         text, created = pid_file.read_text().split()
-        return psutil.Process(int(text)).create_time() == float(created)
-    except (OSError, ValueError, psutil.Error):
+        return int(text), float(created)
+    except (OSError, ValueError):
+        return None
+
+
+def _running(pid_file: Path) -> bool:
+    """Whether the process named by `pid_file` still runs."""
+    if (named := _named(pid_file)) is None:
+        return False
+    try:
+        return psutil.Process(named[0]).create_time() == named[1]
+    except psutil.Error:
         return False

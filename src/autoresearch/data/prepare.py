@@ -76,7 +76,7 @@ def _prepare_locked(dataset: str, source: Source, preset: Preset, out: Path, for
     manifest_path = out / "manifest.json"
     if not force and manifest_path.exists():
         manifest = _readable_manifest(manifest_path)
-        if manifest and manifest.dataset.get("request") == source.request and manifest.preset == preset.as_dict():
+        if manifest and _matches(manifest, source, preset):
             damaged = [s.name for s in manifest.shards if not shard_intact(out, s)]
             if not _tokenizer_matches(out / "tokenizer.json", manifest.tokenizer_sha256):
                 damaged.append("tokenizer.json")
@@ -160,6 +160,11 @@ def _current(out: Path, source: Source, preset: Preset) -> bool:
         manifest = Manifest.load(out / "manifest.json")
     except (FileNotFoundError, DataError):
         return False
+    return _matches(manifest, source, preset)
+
+
+def _matches(manifest: Manifest, source: Source, preset: Preset) -> bool:
+    """Whether `manifest` was made for this request and preset."""
     return manifest.dataset.get("request") == source.request and manifest.preset == preset.as_dict()
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from autoresearch.agents.base import Proposal, Usage
 from autoresearch.errors import AutoresearchError
+from autoresearch.files import write_text_atomic
 from autoresearch.loop import guard
 from autoresearch.loop.asking import one_line
 from autoresearch.loop.ledger import Experiment, Ledger
@@ -161,7 +162,7 @@ class Inbox:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             tmp.replace(self.dir / f"{name}.lock")
         request = {"description": description, "source": source, "base": base}
-        _write_atomic(self.dir / f"{name}.json", json.dumps(request))
+        write_text_atomic(self.dir / f"{name}.json", json.dumps(request))
         return Submission(self.dir, name, lock_fd)
 
     @staticmethod
@@ -205,7 +206,7 @@ class Inbox:
     def _take(self, loop, taken: Path, resumed: bool) -> list[Experiment]:
         answer, exp = self._answer(loop, taken, resumed)
         if answer is not None:
-            _write_atomic(taken.with_suffix(".reply"), json.dumps(answer))
+            write_text_atomic(taken.with_suffix(".reply"), json.dumps(answer))
         taken.unlink(missing_ok=True)  # last: a kill before it leaves the request to answer on the next start
         return [exp] if exp is not None and not exp.status.final else []
 
@@ -292,12 +293,6 @@ def _held(path: Path) -> bool:
     finally:
         os.close(fd)  # releases it, if it was ours
     return False
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def send(ws, description: str, source: str, base: str, start: Callable[[], object] | None = None,

@@ -90,10 +90,10 @@ class Ratchet:
             loop._finish(exp, Status.DISCARD, "its base is no longer a kept experiment: not judged", outcome, runs)
             return Conclusion()
         verdict = judge(base.val_bpb, runs, loop.noise(), exp.lines_added, exp.lines_removed)
-        if verdict.decision == Status.RERUN and base is best:
-            loop.reporter.message(f"exp {exp.id}: {verdict.reason}")
-            return Conclusion(rerun=True)
         if base is best:
+            if verdict.decision == Status.RERUN:
+                loop.reporter.message(f"exp {exp.id}: {verdict.reason}")
+                return Conclusion(rerun=True)
             loop._finish(exp, verdict.decision, verdict.reason, outcome, runs)
             return Conclusion()
         stale = f"exp {best.id} was kept while it trained on exp {base.id}"

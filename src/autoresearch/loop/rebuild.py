@@ -143,7 +143,8 @@ def _row(git: Git, exp_id, kind, status, description, commit, bpb, memory) -> Ex
     exp = Experiment(id=exp_id, kind=kind, status=final, description=description, parent=parent or "", commit=commit)
     exp.memory_gb, exp.source = memory, source
     exp.reason = "rebuilt from results.tsv and git"
-    valid = _valid_results(git.root / ".autoresearch" / "runs", exp_id)
+    found = _run_results(git.root / ".autoresearch" / "runs", exp_id)
+    valid = [(index, r) for index, _, r in found if r is not None and r.valid and r.val_bpb is not None]
     values = [result.val_bpb for _, result in valid]
     # The runs' own results, where they survive, over the line's number; a crash has none.
     exp.val_bpb = None if final == Status.CRASH else statistics.fmean(values) if values else bpb
@@ -151,18 +152,15 @@ def _row(git: Git, exp_id, kind, status, description, commit, bpb, memory) -> Ex
     exp.seeds = json.dumps([index for index, _ in valid])  # a refused or failed run leaves a gap in the indices
     if valid:  # the last run's, as the loop records it: the apparatus and setup later runs are checked against
         exp.result = json.dumps(valid[-1][1].__dict__)
-    exp.started_at, exp.finished_at = _when(git, exp_id, commit)
+    exp.started_at, exp.finished_at = _when(git, commit, found)
     return exp
 
 
-def _when(git: Git, exp_id: int, commit: str | None) -> tuple[float, float]:
+def _when(git: Git, commit: str | None, found: list[tuple[int, Path, Result | None]]) -> tuple[float, float]:
     """When the experiment started and ended, as its runs' result files tell (written as each run ended, with
     the run's seconds), else when its commit was made; (0, 0) where neither tells (`_fill_times` fills it)."""
     spans = []
-    for path in (git.root / ".autoresearch" / "runs").glob(f"{exp_id}-*/result.json"):
-        if not RUN_FOLDER.match(path.parent.name):
-            continue
-        result = read_result(path)
+    for _, path, result in found:
         ended = path.stat().st_mtime
         spans.append((ended - (result.total_seconds if result is not None else 0.0), ended))
     if spans:
@@ -182,16 +180,11 @@ def _fill_times(rows: list[Experiment]) -> None:
         last = max(last, exp.finished_at)
 
 
-def _valid_results(runs: Path, exp_id: int) -> list[tuple[int, Result]]:
-    """The run index (its seed offset) and the evaluator's result of each valid run of the experiment, in run
-    order."""
-    results = []
+def _run_results(runs: Path, exp_id: int) -> list[tuple[int, Path, Result | None]]:
+    """The run index (its seed offset), the result file and the evaluator's result (None: unreadable) of each
+    run of the experiment that left one, in run order; folders the loop did not name are not its runs."""
     found = [(int(m[2]), p) for p in runs.glob(f"{exp_id}-*/result.json") if (m := RUN_FOLDER.match(p.parent.name))]
-    for index, path in sorted(found):
-        result = read_result(path)
-        if result is not None and result.valid and result.val_bpb is not None:
-            results.append((index, result))
-    return results
+    return [(index, path, read_result(path)) for index, path in sorted(found)]
 
 
 def _float(text: str) -> float | None:
