@@ -7,7 +7,7 @@ experiment, three-way merges of stale wins), the judge, the ratchet and the sche
 worker's executor is simulated: a run does not train, it scores train.py on a known landscape (val_bpb is
 a sum of smooth bowls over five constants of a bench train.py, plus seed noise at the level measured on an
 H100) and lasts a simulated time drawn like the measured runs (budget + ~15 s, 5 % crashes, 3 %
-stragglers). The scheduler runs on a simulated clock (loop/scheduler.py's `Clock`): whenever the driver
+stragglers). The scheduler runs on a simulated clock (loop/clock.py's `Clock`): whenever the driver
 waits for a run, the clock jumps to the end of the next one, so a night of runs takes seconds; the
 driver's own work (git, ledger, judging, the agent) counts at its real speed on this machine.
 

@@ -52,6 +52,15 @@ def test_baseline_trains_several_seeds_and_the_noise_is_their_spread(workspace):
     assert workspace.read_train_py() == baseline.source  # the seed edits are undone
 
 
+def test_the_baselines_row_is_the_committed_train_py_not_an_edit_left_in_the_working_tree(workspace):
+    """With several workers fed by `submit`, the working tree may hold the submitter's next edit while the
+    baseline is recorded: the baseline is the branch's commit, whatever the file says."""
+    committed = workspace.read_train_py()
+    workspace.write_train_py(with_constants(committed, LR=0.2))
+    baseline = make_loop(workspace, FakeExecutor(score)).new_baseline()
+    assert baseline.source == committed and baseline.commit == workspace.git.head()
+
+
 def test_a_clear_win_advances_the_branch_and_a_loss_is_reset_but_kept_under_a_ref(workspace):
     loop = make_loop(workspace, FakeExecutor(score))
     baseline = loop.baseline()

@@ -151,7 +151,7 @@ def test_a_request_whose_fields_are_not_text_is_refused_and_does_not_stop_the_lo
     sched.run(None)
     assert "could not be read" in json.loads((inbox.dir / "0-odd.reply").read_text())["error"]
     assert "could not be read" in json.loads((inbox.dir / "1-list.reply").read_text())["error"]
-    assert Inbox.reply(fine, timeout=5) == {"id": 2} and sched.loop.ledger.get(2).status == Status.KEEP
+    assert fine.answer() == {"id": 2} and sched.loop.ledger.get(2).status == Status.KEEP
     assert not inbox.pending()
 
 
@@ -171,7 +171,7 @@ def test_a_submission_recorded_by_a_driver_killed_before_it_answered_gets_its_id
     inbox._record(sched.loop, description, source, base)  # records it, and dies before it answers
     again = scheduler(workspace, inbox=True)
     again.run(None)
-    assert Inbox.reply(reply, timeout=5) == {"id": 2}
+    assert reply.answer() == {"id": 2}
     assert [e.id for e in again.loop.ledger.all()] == [1, 2] and again.loop.ledger.get(2).status == Status.KEEP
     assert sum(constant(s, "LR") == 0.5 for w in again.workers for s in w.executor.calls) == 1
 
@@ -187,8 +187,8 @@ def test_a_submissions_text_is_fixed_when_it_is_submitted_and_its_base_must_be_k
     workspace.write_train_py(with_constants(submitted, LR=0.9))  # edited after the submit
     stale = inbox.put("from nowhere", with_constants(submitted, LR=0.7), "0" * 40)
     sched.run(None)
-    assert Inbox.reply(reply, timeout=5) == {"id": 2} and sched.loop.ledger.get(2).source == submitted
-    assert "not a kept experiment" in Inbox.reply(stale, timeout=5)["error"]
+    assert reply.answer() == {"id": 2} and sched.loop.ledger.get(2).source == submitted
+    assert "not a kept experiment" in stale.answer()["error"]
     assert sorted(constant(s, "LR") for w in sched.workers for s in w.executor.calls if "SEED = 42" in s) == [0.05, 0.5]
 
 

@@ -42,7 +42,7 @@ def test_a_train_py_measured_and_discarded_on_the_best_is_not_judged_there_again
     assert sched.loop.ledger.get(3).status == Status.DISCARD  # S measured on the best: not better (unlucky)
     again = inbox.put("LR 0.2 and betas", both, baseline)  # the same S, as a change of the baseline
     sched.run(None)
-    answer = Inbox.reply(again, timeout=5)
+    answer = again.answer()  # the run above answered it
     rows = sched.loop.ledger.all()
     repeat = rows[3] if len(rows) > 3 else None
     assert "error" in answer or repeat.status != Status.KEEP, (answer, repeat.status, repeat.reason)

@@ -487,8 +487,8 @@ def test_submit_queues_a_train_py_with_the_running_loop_and_wait_prints_its_verd
     reply = inbox.put("LR 0.2", with_constants(ws.read_train_py(), LR=0.2), ws.git.head())
     same = inbox.put("LR 0.2 again", with_constants(ws.read_train_py(), LR=0.2), ws.git.head())
     sched.run(None)  # the running loop takes them, answers, trains and judges
-    assert Inbox.reply(reply, timeout=10) == {"id": 2}
-    assert "being trained now" in Inbox.reply(same, timeout=10)["error"]
+    assert reply.answer() == {"id": 2}  # answered by the run above
+    assert "being trained now" in same.answer()["error"]
     (exp,) = wait_for(lambda: Ledger(ws.root), [2], driver_alive=lambda: False, poll=0.05)
     assert exp.status == Status.KEEP and exp.agent == "submit" and ws.git.head() == exp.commit
     assert not inbox.pending()

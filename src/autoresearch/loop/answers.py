@@ -27,14 +27,11 @@ import statistics
 import threading
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from autoresearch.agents.base import Agent, Context, Proposal
 from autoresearch.loop.asking import backoff
+from autoresearch.loop.clock import Clock
 from autoresearch.loop.ledger import Experiment
-
-if TYPE_CHECKING:
-    from autoresearch.loop.scheduler import Clock
 
 
 @dataclass(frozen=True)

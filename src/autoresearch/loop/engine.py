@@ -120,8 +120,9 @@ class ResearchLoop(Asking, Recovery):
         return self._evaluate(self.new_baseline())
 
     def new_baseline(self) -> Experiment:
-        """The baseline's row: the branch's train.py, to be trained with several seeds."""
-        source = self.ws.read_train_py()
+        """The baseline's row: the branch's committed train.py (not an edit in the working tree, which `submit`
+        may leave there), to be trained with several seeds."""
+        source = self.ws.committed_train_py()
         if why := guard.seed_problem(source):
             raise LoopError(
                 f"{why}: the loop trains the baseline with SEED, SEED + 1, ... to measure the noise",

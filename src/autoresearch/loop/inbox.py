@@ -165,20 +165,6 @@ class Inbox:
         write_text_atomic(self.dir / f"{name}.json", json.dumps(request))
         return Submission(self.dir, name, lock_fd)
 
-    @staticmethod
-    def reply(submission: Submission | Path, timeout: float) -> dict | None:
-        """The driver's reply to a request ({"id": N} or {"error": why}); None after `timeout` seconds."""
-        path = submission.reply_path if isinstance(submission, Submission) else submission
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                answer = json.loads(path.read_text())
-                path.unlink(missing_ok=True)
-                return answer
-            except (OSError, ValueError):
-                time.sleep(0.1)
-        return None
-
     # -- the driver's side ------------------------------------------------------------------------
 
     def pending(self) -> bool:

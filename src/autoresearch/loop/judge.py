@@ -33,6 +33,7 @@ NOISE_CAP = 4.0
 class Verdict:
     decision: Status  # KEEP, DISCARD or RERUN
     reason: str
+    measured: str = ""  # the comparison the reason is built on: "<mean> vs best <best> (<delta>; margin <m>...)"
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,10 @@ def judge(best: float, runs: list[float], noise: float, lines_added: int, lines_
     shown = f"{value:.6f} vs best {best:.6f} ({-gain:+.6f}; margin {margin:.6f}"
     shown += f", mean of {len(runs)} runs)" if len(runs) > 1 else ")"
     if gain > 2 * margin or (len(runs) > 1 and gain > margin):
-        return Verdict(Status.KEEP, f"better: {shown}")
+        return Verdict(Status.KEEP, f"better: {shown}", shown)
     if gain > margin:
-        return Verdict(Status.RERUN, f"marginal win, run again: {shown}")
+        return Verdict(Status.RERUN, f"marginal win, run again: {shown}", shown)
     if gain > -margin and lines_removed > lines_added:
-        return Verdict(Status.KEEP, f"simpler at equal val_bpb: {shown}, {lines_removed - lines_added} lines fewer")
-    return Verdict(Status.DISCARD, f"not better by more than the noise: {shown}")
+        why = f"simpler at equal val_bpb: {shown}, {lines_removed - lines_added} lines fewer"
+        return Verdict(Status.KEEP, why, shown)
+    return Verdict(Status.DISCARD, f"not better by more than the noise: {shown}", shown)

@@ -102,7 +102,7 @@ class Ratchet:
             loop._finish(exp, Status.DISCARD, why, outcome, runs)
             return Conclusion()
         # A marginal win is not run again on the old base: the runs of its merge on the best decide.
-        won = verdict.reason.replace("marginal win, run again", "marginal win")
+        won = f"marginal win: {verdict.measured}" if verdict.decision == Status.RERUN else verdict.reason
         return self.merge(exp, base, best, f"{won} against its base exp {base.id}, but {stale}", outcome)
 
     def merge(

@@ -30,12 +30,13 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from autoresearch.agents.base import Agent, preflight
 from autoresearch.evaluator import sandbox
 from autoresearch.loop import activity
 from autoresearch.loop.answers import Answer, Answers, asked_on_threads
+from autoresearch.loop.clock import Clock, RealClock
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop
 from autoresearch.loop.executor import Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import Inbox
@@ -53,31 +54,6 @@ PROPOSALS_PER_WORKER = 3  # proposals asked for at once for an idle worker while
 # of 3 seeds is under half the true noise 22 % of the time (chi-square, 2 degrees of freedom), of 8 seeds 3 %;
 # more than 8 would gain little and delay the first verdict (each seed may straggle).
 BASELINE_SEEDS_MAX = 8
-
-
-class Clock(Protocol):
-    """The driver's time: real here; bench/simulate.py passes a simulated one, so that hours of runs on many
-    workers are scheduled, judged and measured in seconds on a CPU, through this very code."""
-
-    def now(self) -> float:
-        """Seconds, monotonic."""
-
-    def sleep(self, seconds: float) -> None: ...
-
-    def next_event(self, events: queue.Queue, timeout: float, until: float | None = None) -> Any:
-        """The next report of a worker or an ask; queue.Empty after `timeout` seconds without one (a simulated
-        clock: once its time passes `until`, if given, before the next report)."""
-
-
-class RealClock:
-    def now(self) -> float:
-        return time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
-
-    def next_event(self, events: queue.Queue, timeout: float, until: float | None = None) -> Any:
-        return events.get(timeout=timeout)  # `timeout` is short: the caller looks at the time itself
 
 
 @dataclass
