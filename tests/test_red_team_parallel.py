@@ -264,3 +264,24 @@ def test_a_train_py_swapped_in_a_workers_worktree_while_its_evaluator_starts_is_
         executor.close()
     log = (ws.state / "runs" / f"{exp.id}-0" / "log.txt").read_text()
     assert "the honest train.py" in log and "SWAPPED" not in log, log
+
+
+# -- a workspace changed by hand while the loop runs --------------------------------------------------------
+
+
+def test_a_workers_worktree_deleted_by_hand_while_the_loop_runs_is_made_again(workspace):
+    """BROKE, fixed: `.autoresearch/workers` deleted while the loop ran (a tidy-up by hand) stopped the loop at the
+    next run with "git is not installed" (git was started in the worktree's folder, which had gone). Now a worker
+    whose worktree has gone gets a new one when it takes its next run."""
+    import shutil
+
+    sched = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    shutil.rmtree(workspace.state / "workers")
+    submission = Inbox(workspace.state).put(
+        "LR 0.2", with_constants(workspace.read_train_py(), LR=0.2), workspace.git.head()
+    )
+    sched.run(None)  # the same workers, as a loop that lingers for submissions
+    assert submission.answer() == {"id": 2} and sched.loop.ledger.get(2).status == Status.KEEP
+    assert any((w.worktree / ".git").is_file() for w in sched.workers)  # the one that trained it
+    assert workspace.git.head() == sched.loop.best().commit

@@ -263,12 +263,12 @@ class Scheduler:
         if job.exp_id in self.asked and exp.commit is None:
             exp = self.on_the_best(exp, job)
         if exp.commit is None:
-            check_out(worker.worktree, exp.parent)
+            check_out(loop.git, worker.worktree, exp.parent)
             worker.train_py.write_text(exp.source)
             exp.commit = Git(worker.worktree).commit(commit_message(exp), TRAIN_PY)
             loop.ledger.update(exp.id, commit=exp.commit)
         else:
-            check_out(worker.worktree, exp.commit)
+            check_out(loop.git, worker.worktree, exp.commit)
         worker.train_py.write_text(job.source)
         act = self.active[exp.id]
         act.running.add(job.run)

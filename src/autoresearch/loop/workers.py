@@ -144,9 +144,8 @@ class Worker:
             self._thread.join(timeout=30)
 
 
-def make_worktree(git: Git, state: Path, index: int, commit: str) -> Path:
-    """The worker's worktree at `commit`, detached, made afresh (what a killed loop left there is gone)."""
-    path = state / WORKERS_DIR / str(index)
+def make_worktree(git: Git, path: Path, commit: str) -> Path:
+    """A worker's worktree at `commit`, detached, made afresh (what a killed loop left there is gone)."""
     if path.exists():
         git("worktree", "remove", "--force", str(path), check=False)
         shutil.rmtree(path, ignore_errors=True)
@@ -155,8 +154,12 @@ def make_worktree(git: Git, state: Path, index: int, commit: str) -> Path:
     return path
 
 
-def check_out(worktree: Path, commit: str) -> None:
-    """Point the worktree at `commit`, its files as committed."""
+def check_out(git: Git, worktree: Path, commit: str) -> None:
+    """Point the worktree at `commit`, its files as committed; made again where it has gone (its folder deleted
+    by hand while the loop runs: git, run there, would fail)."""
+    if not (worktree / ".git").is_file():
+        make_worktree(git, worktree, commit)
+        return
     Git(worktree)("checkout", "--quiet", "--detach", "--force", commit)
 
 
@@ -166,7 +169,7 @@ def make_workers(loop: ResearchLoop, found: list[Device], executor_for=None) -> 
     executor_for = executor_for or (lambda device: LocalExecutor(env=device.env))
     head = loop.git.head()
     return [
-        Worker(i, device, executor_for(device), make_worktree(loop.git, loop.ws.state, i, head))
+        Worker(i, device, executor_for(device), make_worktree(loop.git, loop.ws.state / WORKERS_DIR / str(i), head))
         for i, device in enumerate(found)
     ]
 
