@@ -285,3 +285,23 @@ def test_a_workers_worktree_deleted_by_hand_while_the_loop_runs_is_made_again(wo
     assert submission.answer() == {"id": 2} and sched.loop.ledger.get(2).status == Status.KEEP
     assert any((w.worktree / ".git").is_file() for w in sched.workers)  # the one that trained it
     assert workspace.git.head() == sched.loop.best().commit
+
+
+def test_wait_alone_prints_the_verdict_of_a_submitted_stale_wins_merge_too(workspace):
+    """BROKE, fixed: a submitted change that won on a stale base was discarded ("merged onto it as exp 4,
+    re-validated there") and exp 4, its change on the best, was trained and judged; but only the original was
+    left for `wait` with no ids, which printed its discard and returned. Whether the change was kept in the end
+    never reached the agent that submitted it. The merge is now marked as the submitter's to wait for too."""
+    from autoresearch.loop.inbox import unreported
+
+    loop = make_loop(workspace, FakeExecutor(betas_score), baseline_runs=2)
+    one = make_workers(loop, devices(None, 1, cores=2), lambda device: FakeExecutor(betas_score))
+    sched = Scheduler(loop, one, Inbox(workspace.state))
+    sched.run(None)  # the baseline
+    inbox, head, source = Inbox(workspace.state), workspace.git.head(), workspace.read_train_py()
+    inbox.put("LR 0.2", with_constants(source, LR=0.2), head)  # kept first: the betas edit's base is stale then
+    inbox.put("betas", betas(type("Ctx", (), {"train_py": source}))[1], head)
+    sched.run(None)
+    merged = loop.ledger.get(4)
+    assert merged.merged_from == 3 and merged.status.final and "merged onto it as exp 4" in loop.ledger.get(3).reason
+    assert unreported(workspace.state) == [2, 3, 4]

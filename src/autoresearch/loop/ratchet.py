@@ -27,6 +27,7 @@ from autoresearch.loop import guard
 from autoresearch.loop.answers import Answer
 from autoresearch.loop.engine import LoopError, ResearchLoop, change_of
 from autoresearch.loop.executor import Outcome
+from autoresearch.loop.inbox import SUBMITTER, mark_unreported
 from autoresearch.loop.judge import judge, noise_of
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.recovery import commit_message
@@ -112,6 +113,7 @@ class Ratchet:
         loop, runs = self.loop, exp.run_values
         earlier = next((e for e in loop.ledger.all() if e.merged_from == exp.id), None)  # a killed loop made it
         if earlier is not None:
+            self.followed(exp, earlier)
             loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {earlier.id}", outcome, runs)
             return Conclusion(revalidate=earlier if not earlier.status.final else None)
         merged = self.merged(base, best, exp.source)
@@ -130,8 +132,15 @@ class Ratchet:
             return Conclusion()
         description = f"exp {exp.id} merged onto exp {best.id}: {exp.description}"
         new = loop.record(Proposal(description, merged), exp.agent, exp.model, base=best, merged_from=exp.id)
+        self.followed(exp, new)
         loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {new.id}, re-validated there", outcome, runs)
         return Conclusion(revalidate=new)
+
+    def followed(self, exp: Experiment, merge: Experiment) -> None:
+        """The merge of a submitted experiment is its submitter's to `wait` for too (before the original's verdict,
+        which names it): the merge's verdict, not the original's discard, says whether the change is kept."""
+        if exp.agent == SUBMITTER and not merge.status.final:
+            mark_unreported(self.loop.ws.state, merge.id)
 
     def judged_on(self, exp: Experiment, base: Experiment, best: Experiment, outcome: Outcome | None) -> Conclusion:
         """`exp`, trained on `base`, changed every line that `best` (kept meanwhile) changed, the same way (the
