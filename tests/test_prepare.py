@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import json
 import random
@@ -166,6 +167,31 @@ def test_a_truncated_shard_is_refused_with_a_hint_to_run_prepare_which_repairs_i
     assert all(shard_intact(prepared, s) for s in manifest.shards)
     feeder = feeder_for(prepared)
     assert len(feeder.rows(4)) == 4 * manifest.row_len * 2 and feeder.problem() is None
+
+
+def test_a_read_only_cache_serves_prepared_data_and_refuses_to_build_with_a_hint(
+    prepared: Path, corpus: Path, mini_preset: Preset, console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, opened = prepared.parents[2], Path.open
+
+    def read_only(path: Path, mode: str = "r", *args, **kwargs):  # a read-only mount, also for root
+        if path.is_relative_to(cache) and set(mode) & set("wax+"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return opened(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", read_only)
+    assert prepare(f"local:{corpus}", mini_preset, cache, console=console) == prepared
+    assert "already prepared" in console.file.getvalue()
+    with pytest.raises(DataError, match="cannot write the prepared data") as err:
+        prepare(f"local:{corpus}", dataclasses.replace(mini_preset, name="other"), cache, console=console)
+    assert "--cache-dir" in str(err.value) and "Read-only file system" in str(err.value)
+
+
+def test_a_cache_dir_that_cannot_be_made_is_a_data_error(tmp_path: Path, corpus: Path, mini_preset: Preset) -> None:
+    (tmp_path / "file").write_text("not a directory\n")
+    with pytest.raises(DataError, match="cannot write the prepared data") as err:
+        prepare(f"local:{corpus}", mini_preset, tmp_path / "file" / "cache")
+    assert "Not a directory" in str(err.value)
 
 
 @pytest.mark.parametrize("content", [b"", b"{broken", b"[]", b'{"format": "something-else"}'])

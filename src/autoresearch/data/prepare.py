@@ -12,6 +12,7 @@ vocabulary the text cannot fill) removes what it wrote, unless it was resuming e
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import time
@@ -41,6 +42,8 @@ from autoresearch.errors import DataError
 from autoresearch.evaluator.cores import usable_cores
 
 ENCODE_BATCH_DOCS = 1024
+# What a cache we may not write raises: a read-only mount, no permission, a file or /proc on the path.
+_UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOENT, errno.EEXIST}
 
 
 def prepare(
@@ -61,14 +64,23 @@ def prepare(
         with console.status(f"reading {source.name}"):
             source.check()  # before anything is written: a local corpus too small is refused here
     created = _first_missing(out)
-    with _exclusive(out):
-        fresh = all(p.name == ".lock" for p in out.iterdir())
-        try:
-            _prepare_locked(dataset, source, preset, out, force, console)
-        except DataError:
-            if fresh:  # nothing was there to resume: leave nothing behind
-                _remove(out, created)
-            raise
+    try:
+        with _exclusive(out):
+            fresh = all(p.name == ".lock" for p in out.iterdir())
+            try:
+                _prepare_locked(dataset, source, preset, out, force, console)
+            except DataError:
+                if fresh:  # nothing was there to resume: leave nothing behind
+                    _remove(out, created)
+                raise
+    except OSError as exc:
+        if exc.errno in _UNWRITABLE and _on_path(exc.filename, out):
+            raise DataError(
+                f"cannot write the prepared data in {out}: {exc.strerror}",
+                hint="give --cache-dir (or $AUTORESEARCH_CACHE) a directory you can write; "
+                "a read-only one works once the data in it is prepared",
+            ) from exc
+        raise
     return out
 
 
@@ -166,6 +178,14 @@ def _current(out: Path, source: Source, preset: Preset) -> bool:
 def _matches(manifest: Manifest, source: Source, preset: Preset) -> bool:
     """Whether `manifest` was made for this request and preset."""
     return manifest.dataset.get("request") == source.request and manifest.preset == preset.as_dict()
+
+
+def _on_path(filename: str | None, out: Path) -> bool:
+    """Whether `filename` is `out`, in it or a directory above it (not a file of the source being read)."""
+    if filename is None:
+        return False
+    path = Path(filename)
+    return path == out or out in path.parents or path in out.parents
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -275,6 +295,10 @@ def _exclusive(out: Path) -> Iterator[None]:
             f = lock_path.open("w")
         except FileNotFoundError:  # removed between mkdir and open
             continue
+        except OSError:  # a read-only cache: the lock made when it was prepared is held open for reading
+            if not lock_path.is_file():
+                raise
+            f = lock_path.open("r")
         with f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
