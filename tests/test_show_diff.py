@@ -192,6 +192,17 @@ def test_status_shows_the_running_experiments_step_loss_and_time_left(history, c
     assert "noise (std of the baseline's 3 seeds): 0.002000; margin 0.004000" in out
 
 
+def test_status_while_the_baseline_trains_says_none_finished_yet(workspace, capsys) -> None:
+    ledger = Ledger(workspace.root)
+    ledger.insert(Experiment(id=1, kind="baseline", status=Status.RUNNING, description="baseline", parent=None))
+    ledger.close()
+    with workspace.lock():
+        code, out, _ = run_cli(capsys, "status", "--workspace", str(workspace.root))
+    assert code == 0
+    assert "experiments: none finished yet" in out.splitlines()
+    assert "running: exp 1 for" in out
+
+
 def test_status_with_several_workers_gives_each_its_run_against_the_budget_or_idle_and_its_busy_fraction(
     history, capsys
 ) -> None:

@@ -179,7 +179,7 @@ def status_text(ws: Workspace) -> str:
                 "(a change must beat the best by more than this)"
             )
     counts = Counter(e.status for e in experiments if e.status not in IN_FLIGHT)
-    lines.append("experiments: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    lines.append("experiments: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none finished yet"))
     finished = [e for e in experiments if e.finished_at]
     if len(finished) > 1:
         total, by_worker = activity.per_hour(finished, finished[-1].finished_at - experiments[0].started_at)
