@@ -305,3 +305,31 @@ def test_wait_alone_prints_the_verdict_of_a_submitted_stale_wins_merge_too(works
     merged = loop.ledger.get(4)
     assert merged.merged_from == 3 and merged.status.final and "merged onto it as exp 4" in loop.ledger.get(3).reason
     assert unreported(workspace.state) == [2, 3, 4]
+
+
+def test_a_verdict_recorded_by_a_driver_killed_before_results_tsv_followed_reaches_results_tsv(workspace, monkeypatch):
+    """BROKE, fixed: the ledger takes a verdict before results.tsv is rewritten from it. A driver killed between
+    the two left results.tsv without the verdict, and the next start (which moved the branch onto the kept
+    experiment) never wrote it: with nothing else to judge, results.tsv disagreed with the ledger, status and
+    report for good. Every start now writes results.tsv from the ledger before anything else."""
+    import contextlib
+
+    from autoresearch.loop.ledger import Ledger
+
+    sched = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    Inbox(workspace.state).put("LR 0.2", with_constants(workspace.read_train_py(), LR=0.2), workspace.git.head())
+
+    def killed(self):
+        if (exp := self.get(2)) is not None and exp.status.final:
+            raise KeyboardInterrupt  # the driver dies after the verdict's row, before results.tsv
+
+    with monkeypatch.context() as patch, contextlib.suppress(KeyboardInterrupt):
+        patch.setattr(Ledger, "write_tsv", killed)
+        sched.run(None)
+    assert sched.loop.ledger.get(2).status == Status.KEEP
+    again = scheduler(workspace, inbox=True)
+    again.run(None)
+    lines = (workspace.root / "results.tsv").read_text().splitlines()
+    assert [line.split("\t")[3] for line in lines[1:]] == ["keep", "keep"]
+    assert workspace.git.head() == again.loop.ledger.get(2).commit

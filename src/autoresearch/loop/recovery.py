@@ -129,7 +129,9 @@ class Recovery:
 
     def recover_branch(self) -> None:
         """Bring the branch to the best, where a verdict was recorded but the loop died before git followed, or
-        where it is on an experiment one worker left in flight (the loop with several workers takes it up)."""
+        where it is on an experiment one worker left in flight (the loop with several workers takes it up).
+        results.tsv follows the ledger first: a verdict's row is written before it, and a kill can come between."""
+        self.ledger.write_tsv()
         best = self.best()
         if best is not None and self.git.head() != best.commit:
             last = self.ledger.all()[-1]
