@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from autoresearch.cli import main
 from autoresearch.config.apparatus import CONFIG_NAME
 from autoresearch.config.presets import get_preset
 from autoresearch.workspace.init import train_py_for
+from autoresearch.workspace.workspace import Workspace
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -103,3 +106,21 @@ def test_a_data_error_exits_2_with_its_hint(tmp_path: Path, capsys: pytest.Captu
     assert main(["prepare", "--preset", "tiny", "--dataset", f"local:{tmp_path / 'small'}"]) == 2
     err = words(capsys.readouterr().err)
     assert "corpus too small" in err and "hint:" in err
+
+
+def test_a_read_only_workspace_is_a_clear_error_not_a_traceback(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.rmtree(workspace.state)  # as `init` leaves it, on a read-only mount (also for root, who may write anything)
+    made = Path.mkdir
+
+    def read_only(path: Path, *args, **kwargs) -> None:
+        if path.is_relative_to(workspace.root):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        made(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main(["status", "--workspace", str(workspace.root)]) == 2
+    err = words(capsys.readouterr().err)
+    assert f"error: Read-only file system: {workspace.state}" in err
+    assert "hint: autoresearch writes its state" in err

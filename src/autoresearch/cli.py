@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -12,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from autoresearch.errors import AutoresearchError
+
+_NOT_ALLOWED = {errno.EROFS, errno.EACCES, errno.EPERM}  # what a file system or its owner refuses
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -383,6 +386,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `autoresearch status | head -1`: the reader has gone; as git does, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
         return 141
+    except OSError as exc:
+        if exc.errno not in _NOT_ALLOWED:
+            raise
+        # a read-only mount, another user's file: the person's to fix, so a message and no traceback
+        error = AutoresearchError(
+            f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc),
+            hint="autoresearch writes its state, results.tsv and reports into the workspace and prepared data into "
+            "the cache: run it where both may be written (nothing was lost)",
+        )
+        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+        return 2
     return 0
 
 
