@@ -333,3 +333,19 @@ def test_a_verdict_recorded_by_a_driver_killed_before_results_tsv_followed_reach
     lines = (workspace.root / "results.tsv").read_text().splitlines()
     assert [line.split("\t")[3] for line in lines[1:]] == ["keep", "keep"]
     assert workspace.git.head() == again.loop.ledger.get(2).commit
+
+
+def test_a_loop_that_ends_leaves_no_worktree_of_its_own_or_of_an_earlier_loop_with_more_workers(workspace):
+    """BROKE, fixed: every worker's worktree stayed after the loop ended (in `.autoresearch/workers` and in `git
+    worktree list`), and those of a loop with four workers stayed for good once the loop ran with two (a start
+    makes again only its own). A loop that ends with nothing in flight now removes them all."""
+    from autoresearch.loop.scheduler import run_workers
+
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
+    run_workers(loop, None, devices(None, 2, cores=2), executor_for=lambda device: FakeExecutor(score))
+    assert loop.best() is not None and not (workspace.state / "workers").exists()
+    make_workers(loop, devices(None, 2, cores=2), lambda device: FakeExecutor(score))  # left by a loop killed
+    agent = ScriptedAgent([set_lr(0.2)])
+    run_workers(loop, agent, [Device("cpu 0")], max_experiments=1, executor_for=lambda device: FakeExecutor(score))
+    assert loop.ledger.get(2).status == Status.KEEP and not (workspace.state / "workers").exists()
+    assert workspace.git("worktree", "list").count("\n") == 1  # the workspace's own

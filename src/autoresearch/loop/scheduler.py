@@ -43,7 +43,7 @@ from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
 from autoresearch.loop.recovery import commit_message, result_columns, seeded
-from autoresearch.loop.workers import Device, Job, Worker, check_out, close_workers, make_workers
+from autoresearch.loop.workers import Device, Job, Worker, check_out, close_workers, make_workers, remove_worktrees
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import TRAIN_PY
@@ -479,3 +479,5 @@ def run_workers(
         Scheduler(loop, workers, Inbox(loop.ws.state), linger).run(agent, max_experiments, hours)
     finally:
         close_workers(workers)
+        if not loop.ledger.in_flight():  # a loop that has ended leaves no worktree behind
+            remove_worktrees(loop.git, loop.ws.state)

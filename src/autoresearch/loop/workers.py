@@ -154,6 +154,18 @@ def make_worktree(git: Git, path: Path, commit: str) -> Path:
     return path
 
 
+def remove_worktrees(git: Git, state: Path) -> None:
+    """Every worker's worktree, this loop's and any an earlier loop with more workers left. Only once nothing is in
+    flight: the commit of an experiment in flight may be in a worktree alone, where git's gc cannot take it."""
+    folder = state / WORKERS_DIR
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        git("worktree", "remove", "--force", str(path), check=False)
+    shutil.rmtree(folder, ignore_errors=True)
+    git("worktree", "prune", check=False)
+
+
 def check_out(git: Git, worktree: Path, commit: str) -> None:
     """Point the worktree at `commit`, its files as committed; made again where it has gone (its folder deleted
     by hand while the loop runs: git, run there, would fail)."""
