@@ -142,6 +142,23 @@ def test_sigkill_of_the_loop_then_run_again_loses_and_duplicates_nothing(tmp_pat
     assert not list(ws.state.glob("box-*"))  # the experiments' folders of the killed evaluators, and of the last
 
 
+def test_kill_of_the_loop_stops_it_as_ctrl_c_does_and_writes_the_report(tmp_path, tiny_prepared):
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, budget=3.0)
+    args = ["run", "--baseline-runs", "2", "--plain"]
+    loop = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch", *args], cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (ws.state / "runs" / "1-1" / "pid").exists():  # its second run
+        time.sleep(0.2)
+    loop.terminate()  # `kill PID`
+    _, err = loop.communicate(timeout=60)
+    assert loop.returncode == 128 + signal.SIGTERM and "interrupted" in err and "Traceback" not in err
+    assert "1 experiment in the ledger: 1 running" in (ws.root / "report.md").read_text()  # written on the way out
+    assert not list(ws.state.glob("box-*"))  # its evaluators' boxes removed, as after Ctrl-C
+
+
 def test_try_runs_the_baseline_first_then_judges_the_edit(tmp_path, tiny_prepared):
     ws = make_workspace(tmp_path / "ws", tiny_prepared)
     ws.write_train_py(BIGRAM_TRAIN_PY.replace("LR = 0.05", "LR = 0.5"))

@@ -6,6 +6,7 @@ import argparse
 import errno
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -321,10 +322,28 @@ def _compare(args: argparse.Namespace) -> str:
     return diff_text(ws.git, experiments, args.a, args.b)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`), taken as Ctrl-C: the loop stops its runs, removes what they left and writes the
+    report, where the default action would end it at once with a stale report.md."""
+
+
+def _terminated(signum: int, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    console = Console(stderr=True)
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_DFL:  # one ignored (nohup-like) stays ignored
+        signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _main(args, Console(stderr=True))
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # main() called in-process (tests) leaves the handler as it was
+
+
+def _main(args: argparse.Namespace, console: Console) -> int:
     try:
         if args.command == "prepare":
             _prepare(args, console)
@@ -380,9 +399,9 @@ def main(argv: list[str] | None = None) -> int:
         # its text is no markup; unwrapped, so that a log (`wait` reads the background loop's) holds it whole
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         console.print("interrupted: run the same command again to resume where it stopped")
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     except BrokenPipeError:  # `autoresearch status | head -1`: the reader has gone; as git does, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
         return 141
