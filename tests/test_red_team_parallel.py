@@ -349,3 +349,39 @@ def test_a_loop_that_ends_leaves_no_worktree_of_its_own_or_of_an_earlier_loop_wi
     run_workers(loop, agent, [Device("cpu 0")], max_experiments=1, executor_for=lambda device: FakeExecutor(score))
     assert loop.ledger.get(2).status == Status.KEEP and not (workspace.state / "workers").exists()
     assert workspace.git("worktree", "list").count("\n") == 1  # the workspace's own
+
+
+def test_a_driver_killed_between_a_stale_wins_merge_and_its_verdict_trains_the_merge_once(workspace, monkeypatch):
+    """HOLDS. The merge of a stale win is recorded before the win's discard that names it; a driver killed between
+    the two finds both in flight. Run again, the win is discarded naming that merge (no second merge is made), the
+    merge is trained once and judged, and both stay the submitter's to `wait` for."""
+    import contextlib
+
+    from autoresearch.loop.engine import ResearchLoop
+    from autoresearch.loop.inbox import unreported
+
+    def one_worker() -> Scheduler:
+        loop = make_loop(workspace, FakeExecutor(betas_score), baseline_runs=2)
+        found = make_workers(loop, devices(None, 1, cores=2), lambda device: FakeExecutor(betas_score))
+        return Scheduler(loop, found, Inbox(workspace.state))
+
+    one_worker().run(None)  # the baseline
+    inbox, head, source = Inbox(workspace.state), workspace.git.head(), workspace.read_train_py()
+    inbox.put("LR 0.2", with_constants(source, LR=0.2), head)
+    inbox.put("betas", betas(type("Ctx", (), {"train_py": source}))[1], head)
+    finish = ResearchLoop._finish
+
+    def killed(self, exp, status, reason, *args, **kwargs):
+        if "merged onto it as exp" in reason:
+            raise KeyboardInterrupt  # the merge is recorded, the win's verdict not
+        return finish(self, exp, status, reason, *args, **kwargs)
+
+    with monkeypatch.context() as patch, contextlib.suppress(KeyboardInterrupt):
+        patch.setattr(ResearchLoop, "_finish", killed)
+        one_worker().run(None)
+    again = one_worker()
+    again.run(None)
+    rows = again.loop.ledger.all()
+    assert [(r.id, r.status, r.merged_from) for r in rows[2:]] == [(3, Status.DISCARD, 0), (4, Status.DISCARD, 3)]
+    assert "merged onto it as exp 4" in rows[2].reason and unreported(workspace.state) == [2, 3, 4]
+    assert [constant(s, "LR") for w in again.workers for s in w.executor.calls] == [0.2]  # the merge, once

@@ -88,7 +88,6 @@ class Scheduler:
         self.answers = Answers(self.events, self.clock)  # asks in flight on threads, for an agent that only answers
         self.run_seconds: deque[float] = deque(maxlen=8)  # how long the latest runs took, handed out to reported
         self.asked: set[int] = set()  # experiments from asks on threads: made on the best when a worker takes them
-        self.stopping = False
 
     # -- the loop ---------------------------------------------------------------------------------
 
