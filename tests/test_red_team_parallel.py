@@ -385,3 +385,29 @@ def test_a_driver_killed_between_a_stale_wins_merge_and_its_verdict_trains_the_m
     assert [(r.id, r.status, r.merged_from) for r in rows[2:]] == [(3, Status.DISCARD, 0), (4, Status.DISCARD, 3)]
     assert "merged onto it as exp 4" in rows[2].reason and unreported(workspace.state) == [2, 3, 4]
     assert [constant(s, "LR") for w in again.workers for s in w.executor.calls] == [0.2]  # the merge, once
+
+
+def test_a_ledger_rebuilt_while_a_submission_was_queued_never_gives_its_id_again(workspace):
+    """BROKE, fixed: a submission recorded and queued, not yet trained, has no commit and no run folder; a ledger
+    lost then and rebuilt had no row for it and gave its id to the next experiment. `wait` (its mark was still
+    there) said "no experiment 2 in the ledger" on every call, then printed the next experiment's verdict as the
+    submission's. Its id now comes back as a crash that says to submit it again."""
+    from autoresearch.loop.inbox import unreported, wait_for
+    from autoresearch.loop.ledger import Ledger
+    from autoresearch.loop.rebuild import rebuild
+
+    sched = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    Inbox(workspace.state).put("LR 0.2", with_constants(workspace.read_train_py(), LR=0.2), workspace.git.head())
+    sched.take_submissions()  # exp 2, queued: then the driver dies, and the ledger is lost
+    sched.loop.ledger.close()
+    (workspace.state / "ledger.sqlite").unlink()
+    rebuild(workspace.root, workspace.git)
+    told = []
+    wait_for(lambda: Ledger(workspace.root), unreported(workspace.state), lambda: False, poll=0.01, judged=told.append)
+    assert [(e.id, e.status) for e in told] == [(2, Status.CRASH)] and "submit it again" in told[0].reason
+    ledger = Ledger(workspace.root)
+    try:
+        assert ledger.next_id() == 3
+    finally:
+        ledger.close()

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from autoresearch.evaluator.result import Result
 from autoresearch.loop.executor import read_result
+from autoresearch.loop.inbox import unreported
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.git import Git
@@ -116,9 +117,14 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
         if first is not None and git.exp_number(first) is None:
             rows[1] = _row(git, 1, Kind.BASELINE, Status.KEEP, "baseline", first, None, None)
             rows[1].reason = "rebuilt from git and its runs: results.tsv did not have it"
-    for exp_id in sorted(_run_ids(root / ".autoresearch" / "runs") - set(rows)):  # its id is never given again
+    # In flight when the ledger was lost, its id is never given again: one with run folders, or a submission queued
+    # and not yet trained, which has only its mark for `wait` (that would wait for no row, or print another's verdict)
+    state = root / ".autoresearch"
+    left = {i: "only its run folders are left" for i in _run_ids(state / "runs")}
+    left |= {i: "submitted, not yet trained: submit it again" for i in unreported(state) if i not in left}
+    for exp_id in sorted(set(left) - set(rows)):
         rows[exp_id] = Experiment(exp_id, Kind.PROPOSAL, Status.CRASH, "(unknown)", parent="")
-        rows[exp_id].reason = "rebuilt: only its run folders are left (in flight when the ledger was lost)"
+        rows[exp_id].reason = f"rebuilt: {left[exp_id]} (in flight when the ledger was lost)"
     ordered = [rows[i] for i in sorted(rows)]
     _fill_times(ordered)
     return ordered, sorted(skipped)
