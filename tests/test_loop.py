@@ -327,6 +327,23 @@ def test_a_run_that_kills_the_loop_is_retried_once_on_the_next_start_then_is_a_c
     assert workspace.git.head() == best.commit and third.best().id == best.id
 
 
+@pytest.mark.parametrize("committed", [True, False])
+def test_a_commit_made_by_hand_while_an_experiment_is_in_flight_is_not_reset_away(workspace, committed):
+    """Stopped while it trained experiment 2 (committed or not yet), then a person commits on the branch: the
+    next start refuses, as for any branch moved by hand, rather than reset the person's commit away unsaid."""
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    pending = pending_experiment(workspace, loop, attempts=1, source=with_constants(workspace.read_train_py(), LR=0.2))
+    if not committed:
+        workspace.git.move_to(pending.parent, "train.py")
+        Ledger(workspace.root).update(2, commit=None)
+    workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.3))
+    mine = workspace.git.commit("my own change", "train.py")
+    with pytest.raises(LoopError, match="moved the branch by hand"):
+        make_loop(workspace, FakeExecutor(score)).recover()
+    assert workspace.git.head() == mine
+
+
 def test_a_try_killed_and_tried_again_is_judged_once(workspace):
     from autoresearch.loop.trying import try_working_tree
 

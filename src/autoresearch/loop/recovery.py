@@ -101,6 +101,7 @@ class Recovery:
             for run_dir in self.ws.state.glob(f"runs/{pending.id}-*"):
                 if reap_orphan(run_dir):
                     self.reporter.message(f"killed a training run of experiment {pending.id} left from before")
+            self.check_branch(pending)
             if pending.kind == Kind.PROPOSAL:
                 self._finish(pending, Status.CRASH, "interrupted while the agent was proposing")
                 return None
@@ -195,6 +196,19 @@ class Recovery:
     def turn_over(self) -> None:
         """What an agent's turn came to is recorded (a row, or the workspace as it was): its snapshot is not needed."""
         turn_over(self.ws)
+
+    def check_branch(self, pending: Experiment) -> None:
+        """Refuse to resume `pending` where the branch is on neither the commit it was made from nor its own: a
+        person committed there since, and resuming (or crashing it) would reset that commit away unsaid."""
+        head = self.git.head()
+        if head in (pending.parent, pending.commit) or self.git.message(head).startswith(f"exp {pending.id}:"):
+            return
+        back = (pending.commit or pending.parent)[:7]
+        raise LoopError(
+            f"the branch is at {head[:7]}, but experiment {pending.id} in flight is {back}",
+            hint=f"someone moved the branch by hand; keep that commit (`git branch mine {head[:7]}`), then "
+            f"`git reset --hard {back}` to continue",
+        )
 
     def check_no_edit(self, pending: Experiment) -> None:
         """Refuse to resume `pending` while train.py holds an edit the loop did not write: its train.py would be
