@@ -411,3 +411,33 @@ def test_a_ledger_rebuilt_while_a_submission_was_queued_never_gives_its_id_again
         assert ledger.next_id() == 3
     finally:
         ledger.close()
+
+
+def test_a_disk_that_fills_during_a_run_stops_the_loop_with_a_message_and_the_run_is_trained_again(workspace):
+    """BROKE, fixed: an executor that failed for lack of space (its run's folder, log or pid file) raised OSError
+    on the driver's thread: a traceback, and the attempt counted against the experiment as if train.py had killed
+    the loop (twice, and it would be a crash). Now the loop stops with the full disk's message and hint, and the
+    next start trains the experiment again, no attempt counted."""
+    import errno
+
+    from autoresearch.workspace.disk import DiskFullError
+
+    full = threading.Event()
+    full.set()
+
+    class FillsUp(FakeExecutor):
+        def run(self, spec):
+            if full.is_set() and constant(spec.source.read_text(), "LR") == 0.2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().run(spec)
+
+    sched = scheduler(workspace, inbox=True, executor=lambda device: FillsUp(score))
+    sched.run(None)  # the baseline
+    Inbox(workspace.state).put("LR 0.2", with_constants(workspace.read_train_py(), LR=0.2), workspace.git.head())
+    with pytest.raises(DiskFullError, match="the disk is full"):
+        sched.run(None)
+    stopped = sched.loop.ledger.get(2)
+    assert stopped.status == Status.RUNNING and stopped.attempts == 0
+    full.clear()  # space freed
+    scheduler(workspace, inbox=True, executor=lambda device: FillsUp(score)).run(None)
+    assert sched.loop.ledger.get(2).status == Status.KEEP

@@ -316,8 +316,9 @@ class Scheduler:
         self.run_seconds.append(self.clock.now() - job.handed_at)
         worker.finished()
         self.loop.reporter.run_ended(job.exp_id, job.run, worker.device.label)
-        if isinstance(outcome, BaseException):
-            self.close_span(job)
+        if isinstance(outcome, BaseException):  # the loop stops (a full disk, say): not the run's doing
+            act = self.active.get(job.exp_id)
+            self.close_span(job, **({"attempts": act.attempts} if act else {}))
             raise outcome
         self.ended(job, outcome)
 

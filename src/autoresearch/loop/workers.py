@@ -25,6 +25,7 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator.cores import usable_cores
 from autoresearch.evaluator.gpu_nodes import gpu_models, nvidia_gpus
 from autoresearch.loop.executor import Executor, LocalExecutor, Outcome, RunSpec
+from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.git import Git
 
 if TYPE_CHECKING:
@@ -123,7 +124,8 @@ class Worker:
 
         def work() -> None:
             try:
-                outcome: Outcome | BaseException = self.executor.run(job.spec)
+                with disk_full_is_an_error("writing a training run's files"):  # the loop stops saying so
+                    outcome: Outcome | BaseException = self.executor.run(job.spec)
             except BaseException as exc:  # reported to the driver, which decides; never lost in a thread
                 outcome = exc
             job.ended_at = time.time()  # the worker is free now, whenever the driver takes the report
