@@ -192,6 +192,22 @@ def test_status_shows_the_running_experiments_step_loss_and_time_left(history, c
     assert "noise (std of the baseline's 3 seeds): 0.002000; margin 0.004000" in out
 
 
+@pytest.mark.parametrize("tsv_too", [False, True])
+def test_with_the_ledger_deleted_status_report_and_show_name_rebuild_ledger(workspace, capsys, tsv_too) -> None:
+    """Not "run `autoresearch run` first", nor "no experiments yet": a run would count from 1 again."""
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    loop.ledger.close()
+    for path in workspace.state.glob("ledger.sqlite*"):
+        path.unlink()
+    if tsv_too:  # the runs' folders are left
+        (workspace.root / "results.tsv").unlink()
+    for command in (["status"], ["report"], ["show", "1"]):
+        code, _, err = run_cli(capsys, *command, "--workspace", str(workspace.root))
+        assert code == 2 and "autoresearch rebuild-ledger" in err, (command, err)
+    assert not list(workspace.state.glob("ledger.sqlite*"))
+
+
 def test_status_while_the_baseline_trains_says_none_finished_yet(workspace, capsys) -> None:
     ledger = Ledger(workspace.root)
     ledger.insert(Experiment(id=1, kind="baseline", status=Status.RUNNING, description="baseline", parent=None))

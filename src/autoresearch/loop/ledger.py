@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -95,6 +96,16 @@ class LedgerError(AutoresearchError):
     pass
 
 
+def has_history(workspace: Path) -> bool:
+    """Whether the workspace ran experiments: results.tsv lists one, or a run's folder is left (results.tsv
+    deleted with the ledger). Without its ledger, a start from experiment 1 would reuse their ids."""
+    tsv = workspace / "results.tsv"
+    if tsv.exists() and len(tsv.read_text().splitlines()) > 1:
+        return True
+    runs = workspace / ".autoresearch" / "runs"
+    return any(re.fullmatch(r"\d+-\d+", path.name) for path in runs.iterdir()) if runs.is_dir() else False
+
+
 class Ledger:
     def __init__(self, workspace: Path, check_history: bool = True):
         """Open the workspace's ledger. A missing or empty ledger in a workspace whose results.tsv lists
@@ -110,14 +121,13 @@ class Ledger:
             count = self._db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"the ledger {self.db_path} cannot be read ({exc})", hint=REBUILD_HINT) from None
-        tsv = workspace / "results.tsv"
-        if check_history and count == 0 and tsv.exists() and len(tsv.read_text().splitlines()) > 1:
+        if check_history and count == 0 and has_history(workspace):
             self._db.close()
             if not existed:  # leave no empty ledger behind
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
-            raise LedgerError(f"the ledger {self.db_path} is missing or empty, but results.tsv lists experiments",
-                              hint=REBUILD_HINT)  # fmt: skip
+            raise LedgerError(f"the ledger {self.db_path} is missing or empty, but this workspace has experiments "
+                              "(results.tsv, .autoresearch/runs)", hint=REBUILD_HINT)  # fmt: skip
 
     def _open(self) -> None:
         self._writes += 1  # a new connection counts its data_version afresh

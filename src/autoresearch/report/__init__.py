@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.ledger import Experiment, Ledger, has_history
 from autoresearch.report.markdown import render_report, write_report
 from autoresearch.report.plot import plot_progress, progress_figure
 
@@ -19,7 +19,7 @@ def read_experiments(workspace: Path) -> list[Experiment]:
     """Every experiment in the workspace's ledger; an error that says what to do when it has none yet."""
     workspace = Path(workspace)
     db_path = workspace / ".autoresearch" / "ledger.sqlite"  # where Ledger keeps it
-    if not db_path.is_file():  # check first: opening a Ledger would create an empty one
+    if not db_path.is_file() and not has_history(workspace):  # opening a Ledger would create an empty one
         raise AutoresearchError(
             f"{workspace} has no experiment ledger yet ({db_path} is missing)",
             hint="run `autoresearch run` in this workspace first",
