@@ -638,6 +638,10 @@ def test_a_lost_or_corrupt_ledger_is_an_error_and_rebuild_ledger_brings_every_ex
             old.source,
         )
         assert new.val_bpb == pytest.approx(old.val_bpb, abs=1e-6)
+        # as the last run recorded them (results.tsv rounds the memory to 0.1 GB; show gives the seconds)
+        assert (new.memory_gb, new.training_seconds, new.total_seconds) == (
+            old.memory_gb, old.training_seconds, old.total_seconds
+        )  # fmt: skip
         # what later runs are checked against: the apparatus and the setup of its runs
         assert new.recorded["harness_fingerprint"] == old.recorded["harness_fingerprint"]
         assert new.recorded["setup"] == old.recorded["setup"] == "AMD EPYC; CPU time / 2 cores"

@@ -157,7 +157,11 @@ def _row(git: Git, exp_id, kind, status, description, commit, bpb, memory) -> Ex
     exp.runs = json.dumps(values)
     exp.seeds = json.dumps([index for index, _ in valid])  # a refused or failed run leaves a gap in the indices
     if valid:  # the last run's, as the loop records it: the apparatus and setup later runs are checked against
-        exp.result = json.dumps(valid[-1][1].__dict__)
+        last = valid[-1][1]
+        exp.result = json.dumps(last.__dict__)
+        exp.memory_gb, exp.training_seconds, exp.total_seconds = (
+            last.peak_memory_mb / 1024, last.training_seconds, last.total_seconds
+        )  # fmt: skip
     exp.started_at, exp.finished_at = _when(git, commit, found)
     return exp
 
