@@ -359,3 +359,36 @@ def test_a_submit_whose_loop_stops_after_taking_its_request_learns_whether_it_wa
         assert isinstance(box[0], SubmitError) and "before it recorded the submission (withdrawn" in str(box[0])
         sched.run(None)
         assert [r.id for r in rows(workspace)] == [1]
+
+
+def test_an_edit_left_in_train_py_by_a_keep_is_submitted_as_made_from_the_best_it_was_made_from(workspace):
+    """BROKE, fixed: `submit` puts the best back in train.py, and the agent edits it for its next change. A win kept
+    meanwhile moves the branch and leaves that edit as it is; the next `submit` sent it as made from the new best,
+    so its diff undid the change just kept (LR 0.2 back to 0.05), and it was kept for its own gain with the
+    kept win lost. The driver now notes the best the edit was made from, and `submit` sends it as made from
+    there: judged against it, and merged onto the new best."""
+    release = threading.Event()
+    sched, _ = scheduler(workspace, inbox=True, gate=held(release, lrs=(0.2,)))
+    sched.run(None)  # the baseline
+    baseline = sched.loop.best()
+
+    def submits(message: str) -> int:  # what `autoresearch submit` does with the working tree's train.py
+        source, head = workspace.read_train_py(), workspace.git.head()
+        workspace.write_train_py(workspace.committed_train_py(head))
+        return send(workspace, message, source, head, timeout=10)
+
+    def scenario():
+        workspace.write_train_py(with_constants(baseline.source, LR=0.2))
+        assert submits("LR 0.2") == 2
+        workspace.write_train_py(baseline.source.replace("lr=LR)", "lr=LR, betas=(0.8, 0.9))"))  # the next edit
+        release.set()
+        wait_until(lambda: rows(workspace)[1].status == Status.KEEP)  # kept meanwhile: the edit stays as it was
+        wait_until(lambda: (workspace.state / inbox_module.EDIT_BASE).exists())
+        assert submits("Adam betas") == 3
+
+    beside(sched, scenario, releases=[release])
+    stale = rows(workspace)[2]
+    assert stale.parent == baseline.commit and "merged onto it as exp 4" in stale.reason
+    best = sched.loop.best()
+    assert best.id == 4 and constant(best.source, "LR") == 0.2 and "betas=(0.8, 0.9)" in best.source
+    assert not (workspace.state / inbox_module.EDIT_BASE).exists()

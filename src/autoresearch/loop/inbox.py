@@ -18,6 +18,11 @@ A `submit` holds an flock on `<name>.lock` while it waits: a request whose `subm
 unrecorded, and a reply nobody will read is removed with that lock file. Each submitted experiment leaves
 an empty `.autoresearch/unreported/<id>`, removed when `wait` prints its verdict: `wait` with no ids waits
 for those, so that a verdict judged while the agent did something else is never lost to it.
+
+A win kept while the agent edits train.py for its next `submit` moves the branch and leaves the edit alone
+(Git.advance): the edit was made from the best before. The driver notes that best (`note_moved`), and
+`submit` sends the edit as made from it: judged against it, then merged onto the new best, never a change of
+the new best that undoes the win just kept.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ INBOX_DIR = "inbox"
 UNREPORTED_DIR = "unreported"  # an empty file per submitted experiment whose verdict no `wait` has printed
 SUBMITTER = "submit"  # the ledger's agent for submitted experiments
 TAKE_TIMEOUT_S = 60.0  # how long `submit` waits for a running loop to take its request before it withdraws it
+EDIT_BASE = "edit-base.json"  # the best an edit left in train.py by a keep was made from (`note_moved`)
 
 
 @dataclass(frozen=True)
@@ -288,6 +294,7 @@ def send(ws, description: str, source: str, base: str, start: Callable[[], objec
     SubmitError if it was refused, or if no loop took it (none runs, or the one running did not take it within
     `timeout` seconds, default TAKE_TIMEOUT_S): withdrawn then, so that nothing of it is ever trained."""
     timeout = TAKE_TIMEOUT_S if timeout is None else timeout
+    base = edit_base(ws.state, base)
     submission = Inbox(ws.state).put(description, source, base)
     started, probed = None, (-1.0, False)
 
@@ -321,6 +328,7 @@ def send(ws, description: str, source: str, base: str, start: Callable[[], objec
             time.sleep(poll)  # taken by the running loop: its reply comes at once
         if "error" in answer:
             raise SubmitError(answer["error"], hint="change train.py (it holds your change again) and submit it")
+        (ws.state / EDIT_BASE).unlink(missing_ok=True)  # train.py is the best's again: a new edit is made from it
         return int(answer["id"])
     finally:
         submission.close()
@@ -342,6 +350,28 @@ def _not_taken(ws, alive: bool, timeout: float) -> tuple[str, str]:
         "no loop is running to take the submission" + (f"; the loop stopped with {stopped}" if stopped else ""),
         f"nothing was queued and train.py holds your change again; see {log}",
     )
+
+
+def note_moved(ws, before: str) -> None:
+    """The driver moved the branch from `before` to a new best. An edit in train.py is left as it is (the next
+    submission's), and it was made from `before`, or from the older best noted when the branch moved under it
+    before: `submit` sends it as made from there (a stale base, judged against it and merged onto the best), not
+    as a change of the new best that would undo the change just kept."""
+    path = ws.state / EDIT_BASE
+    if ws.read_train_py() == ws.committed_train_py():
+        path.unlink(missing_ok=True)
+        return
+    write_text_atomic(path, json.dumps({"base": edit_base(ws.state, before), "head": ws.git.head()}))
+
+
+def edit_base(state: Path, head: str) -> str:
+    """What the edit in train.py was made from, where the branch is at `head`: the best noted by `note_moved`
+    while the branch has not moved since, else `head`."""
+    try:
+        noted = json.loads((state / EDIT_BASE).read_text())
+        return noted["base"] if noted["head"] == head and isinstance(noted["base"], str) else head
+    except (OSError, ValueError, KeyError, TypeError):
+        return head
 
 
 def mark_unreported(state: Path, exp_id: int) -> None:

@@ -39,7 +39,7 @@ from autoresearch.loop.answers import Answer, Answers, asked_on_threads
 from autoresearch.loop.clock import Clock, RealClock
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop
 from autoresearch.loop.executor import Outcome, RunSpec, reap_orphan
-from autoresearch.loop.inbox import Inbox
+from autoresearch.loop.inbox import Inbox, note_moved
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
 from autoresearch.loop.recovery import commit_message, result_columns, seeded
@@ -382,7 +382,10 @@ class Scheduler:
             return
         if exp.kind != Kind.BASELINE:
             self.loop.check_setup(exp)
+        head = self.loop.git.head()
         verdict = self.ratchet.conclude(exp, outcome)
+        if self.loop.git.head() != head:
+            note_moved(self.loop.ws, head)
         act = self.active[exp.id]
         if verdict.rerun:
             act.wanted = len(exp.run_values) + 1
