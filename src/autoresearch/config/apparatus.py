@@ -50,22 +50,29 @@ class Apparatus:
     data_dir: str  # the prepared (dataset, preset) directory, absolute
 
     def __post_init__(self) -> None:
-        if not self.budget_seconds > 0:
-            raise ConfigError(f"budget_seconds must be positive, got {self.budget_seconds}")
+        if not all(isinstance(value, str) for value in (self.preset, self.dataset, self.data_dir)):
+            raise ConfigError("preset, dataset and data_dir must be strings")
+        budget = self.budget_seconds
+        number = isinstance(budget, int | float) and not isinstance(budget, bool)
+        if not (number and math.isfinite(budget) and budget > 0):
+            raise ConfigError(f"budget_seconds must be a positive number of seconds, got {budget!r}")
 
     def save(self, path: Path) -> None:
         write_json_atomic(path, asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> Apparatus:
+        restore = f"it is written by `autoresearch init` and committed: `git checkout {CONFIG_NAME}` puts it back"
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"cannot read {path}: {exc}", hint=restore) from exc
         known = {f.name for f in fields(cls)}
         if not isinstance(data, dict) or set(data) != known:
-            raise ConfigError(
-                f"{path} must have exactly the keys {sorted(known)}",
-                hint="it is written by `autoresearch init`; do not edit it by hand",
-            )
-        return cls(**data)
+            raise ConfigError(f"{path} must have exactly the keys {sorted(known)}", hint=restore)
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}", hint=restore) from None
