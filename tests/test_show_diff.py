@@ -95,6 +95,19 @@ def test_show_of_a_crash_says_why_and_quotes_its_log(history, capsys) -> None:
     assert "  | RuntimeError: out of memory" in out and "+BATCH = 64" in out
 
 
+def test_show_of_a_crash_quotes_the_runs_own_output_not_the_summary_block_after_it(history, capsys) -> None:
+    traceback = 'Traceback (most recent call last):\n  File "train.py", line 26\n    DEPTH = = 3\n'
+    traceback += "SyntaxError: invalid syntax\n"
+    summary = "---\nval_bpb:            nan\n" + "".join(f"field_{i}:    0\n" for i in range(12))  # the evaluator's
+    ledger = Ledger(history.root)
+    ledger.update(4, log_tail=traceback + summary)
+    ledger.close()
+    code, out, _ = run_cli(capsys, "show", "4", "--workspace", str(history.root))
+    assert code == 0
+    assert '  |   File "train.py", line 26' in out and "  | SyntaxError: invalid syntax" in out
+    assert "val_bpb:" not in out and "field_11" not in out
+
+
 def test_show_of_the_baseline_has_no_parent(history, capsys) -> None:
     code, out, _ = run_cli(capsys, "show", "1", "--workspace", str(history.root))
     assert code == 0 and "why: baseline: the mean of 3 seeds" in out and "no parent to compare against" in out

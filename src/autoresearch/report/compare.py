@@ -74,11 +74,18 @@ def show_text(git: Git, experiments: list[Experiment], exp_id: int) -> str:
     if exp.training_seconds is not None:
         total = f" of {exp.total_seconds:.1f}s in the harness" if exp.total_seconds is not None else ""
         lines.append(f"training: {exp.training_seconds:.1f}s{total}")
-    if exp.log_tail.strip():
-        tail = exp.log_tail.strip().splitlines()[-8:]
+    if own := own_output(exp.log_tail).strip():
+        tail = own.splitlines()[-8:]
         lines += ["its log ends (the run's own output, untrusted):", *(f"  | {line}" for line in tail)]
     lines += ["", _parent_diff(git, experiments, exp)]
     return "\n".join(lines)
+
+
+def own_output(log: str) -> str:
+    """A run's log less the summary block the evaluator writes at its end (`---`, `val_bpb: ...`): what a crash
+    says of itself (a traceback) comes before it, and the block's `invalid_reason` is the `why` already shown."""
+    head, sep, block = log.rpartition("\n---\n")
+    return head if sep and block.startswith("val_bpb:") else log
 
 
 def diff_text(git: Git, experiments: list[Experiment], a: int, b: int) -> str:
