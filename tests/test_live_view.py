@@ -113,6 +113,18 @@ def test_plain_output_keeps_its_exp_prefix_on_a_rich_console():
     ]
 
 
+def test_plain_output_to_a_log_is_one_line_per_event_however_long():
+    """Piped to a file, a console is 80 columns wide: a verdict wrapped over three lines breaks `grep 'exp 7 '`."""
+    console = Console(record=True, width=80)
+    plain = PlainReporter(console_echo(console))
+    exp = kept(7, 2.9, "tune: EMBEDDING_LR 0.8 -> 1.81", status="discard")
+    exp.reason = "not better by more than the noise: 2.936287 vs best 2.842110 (+0.094177; margin 0.079820)"
+    plain.finished(exp, kept(1, 2.842110, "baseline"))
+    plain.phase(7, "tune: " + "a long description " * 6, "training run 1")
+    lines = console.export_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("exp 7 DISCARD") and lines[0].endswith("margin 0.079820)")
+
+
 def test_with_two_workers_each_has_a_line_its_run_against_the_budget_its_busy_fraction_and_rate(tmp_path: Path):
     clock = FakeClock()
     view = LiveReporter(Console(width=160), "autoresearch: tune", runs_dir=tmp_path, clock=clock)

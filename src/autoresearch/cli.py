@@ -203,7 +203,8 @@ def _run(args: argparse.Namespace, console: Console) -> None:
         remove_left_boxes(loop.ws.state)  # what the evaluators started ahead for runs that never came
         if loop.ledger.all():
             png, md = make_report(loop.ws.root)
-            console.print(f"report: {md} and {png}; history in {loop.ws.root / 'results.tsv'}", highlight=False)
+            history = loop.ws.root / "results.tsv"  # one line, also in a log
+            console.print(f"report: {md} and {png}; history in {history}", highlight=False, soft_wrap=True)
 
 
 def _drive(loop, agent, found, args: argparse.Namespace) -> None:

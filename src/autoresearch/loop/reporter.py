@@ -58,8 +58,9 @@ class PlainReporter:
 
 
 def console_echo(console: Console) -> Callable[[str], None]:
-    """Print text on a rich console as it is: `[exp 3]` and any bracket in a description are not markup."""
-    return lambda text: console.print(text, markup=False, highlight=False)
+    """Print text on a rich console as it is: `[exp 3]` and any bracket in a description are not markup, and a
+    line stays one line in a log (not wrapped at the 80 columns rich assumes off a terminal)."""
+    return lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def verdict_line(exp: Experiment, best: Experiment | None) -> str:
