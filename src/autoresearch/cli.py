@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -335,13 +336,16 @@ def _terminated(signum: int, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous == signal.SIG_DFL:  # one ignored (nohup-like) stays ignored
+    # One ignored (nohup-like) stays ignored; only the main thread may set a handler (main() called on another
+    # thread, as tests and embedders do, leaves signals alone).
+    taken = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if taken:
         signal.signal(signal.SIGTERM, _terminated)
     try:
         return _main(args, Console(stderr=True))
     finally:
-        signal.signal(signal.SIGTERM, previous)  # main() called in-process (tests) leaves the handler as it was
+        if taken:  # main() called in-process leaves the handler as it was
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _main(args: argparse.Namespace, console: Console) -> int:
