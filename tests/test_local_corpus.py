@@ -81,6 +81,8 @@ def test_one_large_file_prepares_and_none_of_its_validation_text_is_trained_on(
     again = prepare(f"local:{tmp_path / 'book'}", tiny, tmp_path / "cache-2", console=console)
     assert Manifest.load(again / "manifest.json").digest() == manifest.digest()  # the same data, every time
     assert (again / "val.bin").read_bytes() == (out / "val.bin").read_bytes()
+    alone = prepare(f"local:{tmp_path / 'book' / 'book.txt'}", tiny, tmp_path / "cache-3", console=console)
+    assert (alone / "val.bin").read_bytes() == (out / "val.bin").read_bytes()  # the file named alone: the same
 
 
 def test_the_same_text_in_two_files_prepares(tmp_path: Path, console: Console) -> None:

@@ -281,7 +281,9 @@ def test_a_directory_without_text_files_is_a_clear_error(tmp_path: Path, mini_pr
     (tmp_path / "corpus" / "data.csv").write_text("a,b\n")
     with pytest.raises(DataError, match=r"no \.txt, \.md, \.jsonl, \.parquet files"):
         prepare(f"local:{tmp_path / 'corpus'}", mini_preset, tmp_path / "cache", console=console)
-    with pytest.raises(DataError, match="not a directory"):
+    with pytest.raises(DataError, match=r"data\.csv is not a \.txt, \.md, \.jsonl, \.parquet file"):
+        prepare(f"local:{tmp_path / 'corpus' / 'data.csv'}", mini_preset, tmp_path / "cache", console=console)
+    with pytest.raises(DataError, match="does not exist"):
         prepare(f"local:{tmp_path / 'nowhere'}", mini_preset, tmp_path / "cache", console=console)
 
 

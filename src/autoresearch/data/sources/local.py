@@ -1,4 +1,4 @@
-"""`local:PATH`: a user's own directory of .txt, .md, .jsonl (`text` field) or .parquet (`text` column).
+"""`local:PATH`: a user's own directory (or one file) of .txt, .md, .jsonl (`text` field) or .parquet (`text` column).
 
 The directory is checked when the source is made, before `prepare` writes anything (`check_corpus`): a
 file that is not text (not UTF-8, or mostly control characters: random bytes named .txt) is refused, a
@@ -37,6 +37,11 @@ CUT_CHARS = 4096  # the chunk size where no validation piece is given
 
 
 def corpus_files(root: Path) -> list[Path]:
+    """The corpus's files: those under a directory, or the one file `root` names."""
+    if root.is_file():
+        if not root.name.endswith(SUFFIXES):
+            raise DataError(f"{root} is not a {', '.join(SUFFIXES)} file")
+        return [root]
     files = sorted(Path(d, f) for d, _, names in os.walk(root) for f in names if f.endswith(SUFFIXES))
     if not files:
         raise DataError(f"no {', '.join(SUFFIXES)} files under {root}")
@@ -159,8 +164,10 @@ class LocalSource(TextCorpus):
         chunk = val_piece or CUT_CHARS
         super().__init__(val_bytes, max_bytes, val_piece, cut=(chunk, CUT_OVER_PIECES * chunk), smaller=smaller)
         self.root = path.expanduser().resolve()
-        if not self.root.is_dir():
-            raise DataError(f"local dataset {path} is not a directory", hint="use local:/path/to/dir")
+        if not self.root.exists():
+            raise DataError(
+                f"local dataset {path} does not exist", hint="use local:/path/to/dir (or local:/path/to/file.txt)"
+            )
         self.name = f"local:{self.root}"
         self.slug = f"local-{path_tag(self.root)}"
         self.request = {"dataset": self.name, "val_bytes": val_bytes, "max_bytes": max_bytes, "val_piece": val_piece}
