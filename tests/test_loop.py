@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import shutil
@@ -29,6 +30,7 @@ from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.status import status_text
 from autoresearch.vocabulary import RunEnd, Status
+from autoresearch.workspace.disk import DiskFullError
 
 SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002, 45: 0.001}
 
@@ -59,6 +61,24 @@ def test_the_baselines_row_is_the_committed_train_py_not_an_edit_left_in_the_wor
     workspace.write_train_py(with_constants(committed, LR=0.2))
     baseline = make_loop(workspace, FakeExecutor(score)).new_baseline()
     assert baseline.source == committed and baseline.commit == workspace.git.head()
+
+
+def test_a_disk_that_fills_as_a_run_starts_stops_the_one_worker_loop_with_its_message_and_counts_no_attempt(workspace):
+    """The run's folder, log or pid file found no space: the loop stops saying the disk is full (an OSError
+    traceback before), and the experiment is left in flight with no attempt counted, to be trained again."""
+
+    class FillsUp(FakeExecutor):
+        def run(self, spec):
+            if constant(workspace.read_train_py(), "LR") == 0.2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().run(spec)
+
+    loop = make_loop(workspace, FillsUp(score))
+    loop.baseline()
+    with pytest.raises(DiskFullError, match="the disk is full"):
+        loop.step(ScriptedAgent([set_lr(0.2)]))
+    stopped = Ledger(workspace.root).get(2)
+    assert stopped.status == Status.RUNNING and stopped.attempts == 0
 
 
 def test_a_clear_win_advances_the_branch_and_a_loss_is_reset_but_kept_under_a_ref(workspace):

@@ -233,7 +233,8 @@ class ResearchLoop(Asking, Recovery):
         self.ledger.update(exp.id, attempts=exp.attempts)
         try:
             spec = RunSpec(self.ws.root, self.ws.state / "runs" / f"{exp.id}-{run}", self.timeout, self.fingerprint)
-            outcome = self.executor.run(spec)
+            with disk_full_is_an_error("writing a training run's files"):  # the loop stops saying so
+                outcome = self.executor.run(spec)
             if (failure := getattr(self.executor, "fork_failure", None)) and not self._fork_failure_told:
                 self._fork_failure_told = True
                 self.reporter.message(f"the fork server failed ({failure}); runs now start as new processes, slower")

@@ -40,7 +40,12 @@ class Git:
     def _run(self, args: tuple[str, ...], check: bool = True, stdin: bytes | None = None) -> bytes:
         try:
             proc = subprocess.run(["git", *SAFE, *args], cwd=self.root, capture_output=True, input=stdin)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            if not self.root.is_dir():  # the folder to run in, not git, is missing
+                raise GitError(
+                    f"the folder {self.root} is gone (deleted or moved while autoresearch used it)",
+                    hint="put it back, or start again from the workspace's root",
+                ) from None
             raise GitError(
                 "git is not installed", hint="install git: the workspace keeps experiments as commits"
             ) from None
@@ -102,7 +107,10 @@ class Git:
     def advance(self, commit: str, path: str) -> None:
         """Point the branch at `commit` (made from HEAD elsewhere, in a worktree) and check out `path` from it,
         unless `path` holds an edit of its own: a coding agent may be editing train.py for its next `submit`."""
-        edited = (self.root / path).read_bytes() != self._run(("show", f"HEAD:{path}"))
+        try:
+            edited = (self.root / path).read_bytes() != self._run(("show", f"HEAD:{path}"))
+        except FileNotFoundError:  # deleted (by an agent at work): nothing to keep, the checkout puts it back
+            edited = False
         self("reset", "-q", "--mixed", commit)
         if not edited:
             self("checkout", "-q", commit, "--", path)
