@@ -441,3 +441,16 @@ def test_a_disk_that_fills_during_a_run_stops_the_loop_with_a_message_and_the_ru
     full.clear()  # space freed
     scheduler(workspace, inbox=True, executor=lambda device: FillsUp(score)).run(None)
     assert sched.loop.ledger.get(2).status == Status.KEEP
+
+
+def test_a_keep_while_the_agent_has_deleted_train_py_notes_no_edit_and_raises_nothing(workspace):
+    """BROKE, fixed: the driver, moving the branch onto a win, read train.py to tell whether it held the submitter's
+    next edit; an agent that had deleted it at that moment raised FileNotFoundError out of the loop."""
+    from autoresearch.loop.inbox import EDIT_BASE, note_moved
+
+    before = workspace.git.head()
+    win = workspace.git.commit_onto(before, "train.py", with_constants(workspace.read_train_py(), LR=0.2), "exp 2")
+    workspace.train_py.unlink()
+    workspace.git("reset", "-q", "--mixed", win)
+    note_moved(workspace, before)
+    assert not (workspace.state / EDIT_BASE).exists()

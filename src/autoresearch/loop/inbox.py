@@ -358,7 +358,11 @@ def note_moved(ws, before: str) -> None:
     before: `submit` sends it as made from there (a stale base, judged against it and merged onto the best), not
     as a change of the new best that would undo the change just kept."""
     path = ws.state / EDIT_BASE
-    if ws.read_train_py() == ws.committed_train_py():
+    try:
+        edited = ws.read_train_py() != ws.committed_train_py()
+    except FileNotFoundError:  # deleted by the agent at work: Git.advance put the best's back
+        edited = False
+    if not edited:
         path.unlink(missing_ok=True)
         return
     write_text_atomic(path, json.dumps({"base": edit_base(ws.state, before), "head": ws.git.head()}))
