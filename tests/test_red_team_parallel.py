@@ -7,21 +7,28 @@ confined runs side by side (tiny preset, 1-second budgets).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import shutil
 import threading
 
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
+from autoresearch.agents.base import Proposal
 from autoresearch.evaluator import sandbox
+from autoresearch.loop.engine import ResearchLoop
 from autoresearch.loop.executor import LocalExecutor
-from autoresearch.loop.inbox import Inbox
+from autoresearch.loop.inbox import EDIT_BASE, Inbox, note_moved, unreported, wait_for
 from autoresearch.loop.judge import measured_noise
-from autoresearch.loop.ledger import Experiment
-from autoresearch.loop.scheduler import Scheduler
+from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.rebuild import rebuild
+from autoresearch.loop.scheduler import Scheduler, run_workers
 from autoresearch.loop.status import status_text
 from autoresearch.loop.workers import Device, devices, make_workers
 from autoresearch.vocabulary import Kind, Status
+from autoresearch.workspace.disk import DiskFullError
 
 START = "    run = harness.start()\n"
 SABOTAGE = "# sabotage unless SEED == 42"
@@ -115,7 +122,6 @@ def test_a_stale_win_whose_merge_was_already_measured_on_the_best_is_not_trained
     but the merge of a win found on a stale base skipped that rule: the betas edit, discarded on the new best,
     came back as the merge of the same edit won on the old base and was trained (and could be kept by luck).
     Now the merge is checked like any proposal, and the stale win's reason names the earlier experiment."""
-    from autoresearch.agents.base import Proposal
 
     loop = make_loop(workspace, FakeExecutor(betas_score), baseline_runs=2)
     sched = Scheduler(loop, make_workers(loop, devices(None, 1, cores=2), lambda d: FakeExecutor(betas_score)))
@@ -244,7 +250,6 @@ def test_a_train_py_swapped_in_a_workers_worktree_while_its_evaluator_starts_is_
     wrote an experiment's train.py into its worker's worktree and the evaluator read that file only once it
     was ready, seconds later: a train.py written there meanwhile was trained and scored as the experiment,
     whose commit and ledger row hold another. Now the job carries train.py's text itself."""
-    from autoresearch.agents.base import Proposal
 
     ws = workspace
     scheduler(ws).run(None)  # a baseline, scored by fakes
@@ -273,7 +278,6 @@ def test_a_workers_worktree_deleted_by_hand_while_the_loop_runs_is_made_again(wo
     """BROKE, fixed: `.autoresearch/workers` deleted while the loop ran (a tidy-up by hand) stopped the loop at the
     next run with "git is not installed" (git was started in the worktree's folder, which had gone). Now a worker
     whose worktree has gone gets a new one when it takes its next run."""
-    import shutil
 
     sched = scheduler(workspace, inbox=True)
     sched.run(None)  # the baseline
@@ -292,7 +296,6 @@ def test_wait_alone_prints_the_verdict_of_a_submitted_stale_wins_merge_too(works
     re-validated there") and exp 4, its change on the best, was trained and judged; but only the original was
     left for `wait` with no ids, which printed its discard and returned. Whether the change was kept in the end
     never reached the agent that submitted it. The merge is now marked as the submitter's to wait for too."""
-    from autoresearch.loop.inbox import unreported
 
     loop = make_loop(workspace, FakeExecutor(betas_score), baseline_runs=2)
     one = make_workers(loop, devices(None, 1, cores=2), lambda device: FakeExecutor(betas_score))
@@ -312,9 +315,6 @@ def test_a_verdict_recorded_by_a_driver_killed_before_results_tsv_followed_reach
     the two left results.tsv without the verdict, and the next start (which moved the branch onto the kept
     experiment) never wrote it: with nothing else to judge, results.tsv disagreed with the ledger, status and
     report for good. Every start now writes results.tsv from the ledger before anything else."""
-    import contextlib
-
-    from autoresearch.loop.ledger import Ledger
 
     sched = scheduler(workspace, inbox=True)
     sched.run(None)  # the baseline
@@ -339,7 +339,6 @@ def test_a_loop_that_ends_leaves_no_worktree_of_its_own_or_of_an_earlier_loop_wi
     """BROKE, fixed: every worker's worktree stayed after the loop ended (in `.autoresearch/workers` and in `git
     worktree list`), and those of a loop with four workers stayed for good once the loop ran with two (a start
     makes again only its own). A loop that ends with nothing in flight now removes them all."""
-    from autoresearch.loop.scheduler import run_workers
 
     loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
     run_workers(loop, None, devices(None, 2, cores=2), executor_for=lambda device: FakeExecutor(score))
@@ -355,10 +354,6 @@ def test_a_driver_killed_between_a_stale_wins_merge_and_its_verdict_trains_the_m
     """HOLDS. The merge of a stale win is recorded before the win's discard that names it; a driver killed between
     the two finds both in flight. Run again, the win is discarded naming that merge (no second merge is made), the
     merge is trained once and judged, and both stay the submitter's to `wait` for."""
-    import contextlib
-
-    from autoresearch.loop.engine import ResearchLoop
-    from autoresearch.loop.inbox import unreported
 
     def one_worker() -> Scheduler:
         loop = make_loop(workspace, FakeExecutor(betas_score), baseline_runs=2)
@@ -392,9 +387,6 @@ def test_a_ledger_rebuilt_while_a_submission_was_queued_never_gives_its_id_again
     lost then and rebuilt had no row for it and gave its id to the next experiment. `wait` (its mark was still
     there) said "no experiment 2 in the ledger" on every call, then printed the next experiment's verdict as the
     submission's. Its id now comes back as a crash that says to submit it again."""
-    from autoresearch.loop.inbox import unreported, wait_for
-    from autoresearch.loop.ledger import Ledger
-    from autoresearch.loop.rebuild import rebuild
 
     sched = scheduler(workspace, inbox=True)
     sched.run(None)  # the baseline
@@ -418,9 +410,6 @@ def test_a_disk_that_fills_during_a_run_stops_the_loop_with_a_message_and_the_ru
     on the driver's thread: a traceback, and the attempt counted against the experiment as if train.py had killed
     the loop (twice, and it would be a crash). Now the loop stops with the full disk's message and hint, and the
     next start trains the experiment again, no attempt counted."""
-    import errno
-
-    from autoresearch.workspace.disk import DiskFullError
 
     full = threading.Event()
     full.set()
@@ -446,7 +435,6 @@ def test_a_disk_that_fills_during_a_run_stops_the_loop_with_a_message_and_the_ru
 def test_a_keep_while_the_agent_has_deleted_train_py_notes_no_edit_and_raises_nothing(workspace):
     """BROKE, fixed: the driver, moving the branch onto a win, read train.py to tell whether it held the submitter's
     next edit; an agent that had deleted it at that moment raised FileNotFoundError out of the loop."""
-    from autoresearch.loop.inbox import EDIT_BASE, note_moved
 
     before = workspace.git.head()
     win = workspace.git.commit_onto(before, "train.py", with_constants(workspace.read_train_py(), LR=0.2), "exp 2")
