@@ -8,6 +8,7 @@ workspace's lock as `autoresearch run` does; the coding agent's commands (`main(
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -15,13 +16,15 @@ import threading
 import time
 
 import pytest
-from loop_support import constant, with_constants
-from test_scheduler import scheduler, wait_until
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
+from test_scheduler import scheduler, score, wait_until
 
-from autoresearch.cli import main
+from autoresearch.cli import _drive, main
+from autoresearch.loop import activity
 from autoresearch.loop import inbox as inbox_module
 from autoresearch.loop.inbox import Inbox, SubmitError, send, unreported
 from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import Status
 
 pytestmark = pytest.mark.slow  # a second or more each: real driver threads and `submit` processes waiting
@@ -147,12 +150,37 @@ def test_a_submission_no_loop_takes_is_withdrawn_and_never_trained(workspace, ca
     with workspace.lock():  # a process works in the workspace but takes no submission (a `try`, say)
         rc, out, err, took = submit(workspace, capsys, 0.2)
     assert (rc, out) == (2, "") and took < AT_ONCE_S
-    assert "did not take the submission within 1s (it is a `try` or a one-worker" in err
+    assert "did not take the submission within 1s" in err
     assert "nothing was queued and train.py holds your change again" in err
     assert constant(workspace.read_train_py(), "LR") == 0.2  # the change, to submit again
     assert inbox_files(workspace) == []
     sched.run(None)  # the loop starts afterwards: there is nothing for it to take
     assert [r.id for r in rows(workspace)] == [1] and inbox_files(workspace) == []
+
+
+@pytest.mark.parametrize("command", ["try", "run"])
+def test_a_loop_that_takes_no_submissions_refuses_one_at_once(workspace, capsys, command):
+    """BROKE, fixed: with a `try` or a one-worker `run` working in the workspace, `submit` waited its whole 60 s
+    for a take that never comes. Such a loop says so (its session), and `submit` is refused within a poll."""
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    workers = [] if command == "try" else ["cpu"]
+    with workspace.lock(), activity.session(workspace.state, workers, submissions=False):
+        rc, out, err, took = submit(workspace, capsys, 0.2)
+    assert (rc, out) == (2, "") and took < AT_ONCE_S
+    assert "takes no submissions: it is a `try` or a one-worker `autoresearch run`" in err
+    assert "start it with --workers or --gpus" in err
+    assert constant(workspace.read_train_py(), "LR") == 0.2 and inbox_files(workspace) == []
+
+
+def test_a_one_worker_run_says_while_it_runs_that_it_takes_no_submissions(workspace):
+    """What `submit` reads above: the one-worker loop's session says so while it runs, and is gone after."""
+    loop, seen = make_loop(workspace, FakeExecutor(score)), []
+    loop.run = lambda *_: seen.append(activity.read_session(workspace.state))
+    args = argparse.Namespace(ray=None, gpus=None, workers=None, max_experiments=1, hours=None, linger=0.0)
+    _drive(loop, ScriptedAgent([]), devices(None, None), args)
+    assert len(seen) == 1 and seen[0].submissions is False and seen[0].pid == os.getpid()
+    assert activity.read_session(workspace.state) is None
 
 
 def test_a_submission_whose_background_loop_stops_is_withdrawn_with_the_loops_error(workspace, capsys, monkeypatch):

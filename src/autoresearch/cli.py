@@ -211,6 +211,7 @@ def _run(args: argparse.Namespace, console: Console) -> None:
 def _drive(loop, agent, found, args: argparse.Namespace) -> None:
     """One worker, nothing submitted: the loop as it always ran. Else the scheduler and its workers (on Ray's
     GPUs with --ray)."""
+    from autoresearch.loop import activity
     from autoresearch.loop.scheduler import needs_scheduler, run_workers
 
     if getattr(args, "ray", None) is not None:
@@ -224,7 +225,8 @@ def _drive(loop, agent, found, args: argparse.Namespace) -> None:
         executor_for = lambda _device: RayExecutor(args.accelerator, shipment)
         run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger, executor_for)
     elif agent is not None and len(found) == 1 and not found[0].env and not needs_scheduler(loop):
-        loop.run(agent, args.max_experiments, args.hours)
+        with activity.session(loop.ws.state, [found[0].label], submissions=False):  # `submit` is told at once
+            loop.run(agent, args.max_experiments, args.hours)
     else:
         run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger)
 
@@ -291,6 +293,7 @@ def _wait(args: argparse.Namespace, console: Console) -> None:
 
 def _try(args: argparse.Namespace, console: Console) -> None:
     """Progress on stderr; on stdout exactly one line, the verdict on the working tree's train.py."""
+    from autoresearch.loop import activity
     from autoresearch.loop.reporter import PlainReporter, console_echo, verdict_line
     from autoresearch.loop.trying import try_working_tree
     from autoresearch.orphans import remove_left_boxes
@@ -299,7 +302,7 @@ def _try(args: argparse.Namespace, console: Console) -> None:
     loop = _loop(args, reporter)
     exp = None
     try:
-        with loop.ws.lock():
+        with loop.ws.lock(), activity.session(loop.ws.state, [], submissions=False):
             try:
                 exp = try_working_tree(loop, args.message)
             finally:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,14 +107,25 @@ class Session:
     pid: int
     started: float  # time.time()
     workers: list[str]  # their labels: "gpu 0", "cpu 1", "ray 3"
+    submissions: bool = True  # whether it takes what `submit` queues (a `try` or a one-worker `run` does not)
 
 
-def start_session(state: Path, workers: list[str], started: float) -> None:
-    """Tell `status` which workers the loop runs with, and since when."""
+def start_session(state: Path, workers: list[str], started: float, submissions: bool = True) -> None:
+    """Tell `status` which workers the loop runs with, and since when; `submit` whether the loop takes its request."""
     path = state / SESSION_NAME
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "started": started, "workers": workers}))
+    record = {"pid": os.getpid(), "started": started, "workers": workers, "submissions": submissions}
+    tmp.write_text(json.dumps(record))
     tmp.replace(path)
+
+
+@contextmanager
+def session(state: Path, workers: list[str], submissions: bool = True) -> Iterator[None]:
+    start_session(state, workers, time.time(), submissions)
+    try:
+        yield
+    finally:
+        end_session(state)
 
 
 def end_session(state: Path) -> None:
@@ -123,7 +136,8 @@ def read_session(state: Path) -> Session | None:
     """The running loop's session; None when there is none, or the loop that wrote it is gone (killed)."""
     try:
         data = json.loads((state / SESSION_NAME).read_text())
-        session = Session(int(data["pid"]), float(data["started"]), [str(w) for w in data["workers"]])
+        workers, submissions = [str(w) for w in data["workers"]], data.get("submissions", True) is not False
+        session = Session(int(data["pid"]), float(data["started"]), workers, submissions)
         os.kill(session.pid, 0)
     except ProcessLookupError:
         return None

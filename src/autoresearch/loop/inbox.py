@@ -316,11 +316,12 @@ def send(ws, description: str, source: str, base: str, start: Callable[[], objec
             if not running and started is None and start is not None:  # none runs (or the one running just ended)
                 started, since = start(), time.monotonic()
                 continue
-            if running and time.monotonic() - since < timeout:
+            refusing = running and started is None and not takes_submissions(ws.state)
+            if running and not refusing and time.monotonic() - since < timeout:
                 time.sleep(poll)
                 continue
             if submission.withdraw():  # no loop had taken it: not queued, and no loop ever will take it
-                raise SubmitError(*_not_taken(ws, running, timeout))
+                raise SubmitError(*_not_taken(ws, running, timeout, refusing))
             if not running:  # taken, then the loop stopped: was the row written?
                 answer = submission.settle(ws)
                 if answer is not None:
@@ -334,15 +335,26 @@ def send(ws, description: str, source: str, base: str, start: Callable[[], objec
         submission.close()
 
 
-def _not_taken(ws, alive: bool, timeout: float) -> tuple[str, str]:
+def takes_submissions(state: Path) -> bool:
+    """False while the loop running says it takes none (a `try`, a one-worker `run`); True otherwise (one that
+    takes them, or one still starting, before it says which)."""
     from autoresearch.loop.activity import read_session
 
+    session = read_session(state)
+    return session is None or session.submissions
+
+
+def _not_taken(ws, alive: bool, timeout: float, refusing: bool = False) -> tuple[str, str]:
     log = ws.state / "driver.log"
-    if alive:
-        takes_none = " (it is a `try` or a one-worker `autoresearch run`, which take none)"
+    if refusing:
         return (
-            f"the loop running in this workspace did not take the submission within {timeout:.0f}s"
-            + ("" if read_session(ws.state) is not None else takes_none),
+            "the loop running in this workspace takes no submissions: it is a `try` or a one-worker `autoresearch run`",
+            "nothing was queued and train.py holds your change again; stop that loop and submit again (submit then "
+            "starts one that takes them), or start it with --workers or --gpus",
+        )
+    if alive:
+        return (
+            f"the loop running in this workspace did not take the submission within {timeout:.0f}s",
             f"nothing was queued and train.py holds your change again; submit it once the loop answers (see {log})",
         )
     stopped = last_error(log)
