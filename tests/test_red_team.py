@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -278,3 +280,43 @@ def test_a_run_not_kept_leaves_nothing_in_the_compile_cache_for_the_next(
     assert re.search("shared cache refused: (EROFS|ENOENT)", run_log(ws, left.id)), run_log(ws, left.id)
     exp = loop.step(one_edit("look for it", [(START, START + FIND.format(shared=shared))]))
     assert "nothing carried over" in run_log(ws, exp.id)
+
+
+READ_CORPUS = """\
+    import os
+    for top, _, names in os.walk({corpus!r}):
+        for name in names:
+            print("REACHED the corpus:", os.path.join(top, name), open(os.path.join(top, name)).read(40)[:20])
+    print("corpus walked")
+"""
+
+
+def test_a_train_py_cannot_read_the_raw_corpus_its_validation_rows_were_cut_from(
+    tmp_path: Path, corpus_dir: Path, cache_dir: Path, subprocess_env: dict[str, str]
+) -> None:
+    """BROKE, fixed: a `local:PATH` corpus (or `python-source --root DIR`) stayed readable to train.py, which
+    could split it as `prepare` does and train on the validation text; only the prepared data was hidden.
+    (The tests' corpora all lay under /tmp, which is private to the run, so none showed it.) The evaluator now
+    hides the corpus the manifest names, unless Python itself lives there (python-source's default)."""
+    from conftest import quiet_console
+    from loop_support import make_workspace
+
+    from autoresearch.config.presets import get_preset
+    from autoresearch.data.prepare import prepare
+
+    outside_tmp = Path(tempfile.mkdtemp(prefix="autoresearch-red-team-corpus-", dir="/var/tmp"))
+    try:
+        corpus = outside_tmp / "corpus"
+        for i, path in enumerate(sorted(corpus_dir.rglob("*.py"))):  # as text: what local:PATH reads
+            corpus.joinpath(f"{i // 100}").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, corpus / f"{i // 100}" / f"{i}.txt")
+        data = prepare(f"local:{corpus}", get_preset("tiny"), cache_dir, console=quiet_console())
+        ws = make_workspace(tmp_path / "ws", data)
+        source = ws.root.joinpath("train.py").read_text().replace(START, START + READ_CORPUS.format(corpus=str(corpus)))
+        ws.root.joinpath("train.py").write_text(source)
+        proc = subprocess.run([sys.executable, "train.py"], cwd=ws.root, env=subprocess_env, capture_output=True,
+                              text=True, timeout=240, check=False)  # fmt: skip
+    finally:
+        shutil.rmtree(outside_tmp)
+    assert "corpus walked" in proc.stdout, proc.stdout + proc.stderr
+    assert "REACHED" not in proc.stdout, proc.stdout

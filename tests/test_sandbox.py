@@ -426,9 +426,10 @@ def test_gpu_device_nodes_are_bound_over_the_fresh_dev_only_when_asked(
     assert "--dev-bind-try" not in sandbox.command(["true"], workdir=layout.workdir, env={}, gpu=False)
 
 
-def test_hiding_a_file_or_a_writable_directory_is_refused(layout: Layout) -> None:
-    with pytest.raises(ValueError, match="only directories"):
-        sandbox.command(["true"], workdir=layout.workdir, hidden=[layout.shard], env={})
+def test_a_hidden_file_is_masked_and_hiding_a_writable_directory_is_refused(layout: Layout) -> None:
+    code = "import sys\ntry:\n    print(repr(open(sys.argv[1]).read()))\nexcept OSError as exc:\n    print(exc.errno)"
+    run = confined(layout, code, layout.shard, hidden=[layout.shard])  # a one-file corpus: masked by /dev/null
+    assert run.returncode == 0 and run.stdout == "13\n", run.stdout + run.stderr  # (bound nodev: EACCES)
     with pytest.raises(ValueError, match="both hidden and writable"):
         sandbox.command(["true"], workdir=layout.workdir, hidden=[layout.workdir], env={})
 

@@ -77,7 +77,7 @@ class Referee:
         if manifest.preset != self.preset.as_dict():
             raise DataError(f"data in {data_dir} was prepared for other preset settings", hint=REPAIR_HINT)
         # The experiment first: it may be forked from this process, which must not hold anything secret yet.
-        self.experiment, clock = self._start_experiment(env, data_dir)
+        self.experiment, clock = self._start_experiment(env, data_dir, manifest)
         try:
             self.tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
             if self.tokenizer.digest() != manifest.tokenizer_sha256:
@@ -109,7 +109,9 @@ class Referee:
         self._ahead = ahead.CompileAhead(document, devices.pick_device(), self.eval_batch, self.preset.seq_len)
         self._ahead.start()
 
-    def _start_experiment(self, env: dict[str, str], data_dir: Path) -> tuple[ExperimentProcess, TrainingClock]:
+    def _start_experiment(
+        self, env: dict[str, str], data_dir: Path, manifest: Manifest
+    ) -> tuple[ExperimentProcess, TrainingClock]:
         state = self.root / ".autoresearch"
         state.mkdir(exist_ok=True)
         self.box = owned_box(state, os.getpid())  # removed at the end of the run, or by the next start if killed
@@ -120,7 +122,8 @@ class Referee:
             env["OMP_NUM_THREADS"] = str(threads)
             torch.set_num_threads(threads)  # scoring, here, within the same cores
         shown = compile_cache.shown_dirs()
-        view = sandbox.View(hidden=_hidden_paths(self.root, data_dir), readable=shown, binds=layer)
+        hidden = _hidden_paths(self.root, data_dir) + _corpus_paths(manifest)
+        view = sandbox.View(hidden=hidden, readable=shown, binds=layer)
         experiment = ExperimentProcess(self.box, env, view)
         return experiment, CpuClock(counted) if on_cpu else WallClock()
 
@@ -298,6 +301,19 @@ def _hidden_paths(root: Path, data_dir: Path) -> list[Path]:
     hf = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"
     hidden.add(Path(hf).expanduser())
     return sorted(p for p in hidden if p.is_dir())
+
+
+def _corpus_paths(manifest: Manifest) -> list[Path]:
+    """The raw text the data was prepared from (`local:PATH`, `python-source --root DIR`): train.py could split it
+    as `prepare` does and train on the validation text. Not where Python itself lives (python-source's default,
+    the interpreter's own files: README, what is not covered)."""
+    request = manifest.dataset.get("request") or manifest.dataset
+    name = request.get("dataset")
+    if isinstance(name, str) and name.startswith("local:"):
+        paths = [name.removeprefix("local:")]
+    else:
+        paths = request.get("roots") or []
+    return [Path(p) for p in paths if isinstance(p, str) and Path(p).exists() and not sandbox.python_needs(Path(p))]
 
 
 # -- the process --------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ _HINT = (
 class View:
     """What a confined process sees besides the read-only root and its workdir (`command`'s arguments)."""
 
-    hidden: Sequence[Path] = ()  # empty inside
+    hidden: Sequence[Path] = ()  # empty inside (a file: an empty file)
     readable: Sequence[Path] = ()  # read-only, wherever they are
     binds: Sequence[tuple[Path, Path]] = ()  # (outside, inside): writable, at another path
 
@@ -144,6 +144,12 @@ def _python_paths() -> list[Path]:
     return sorted({p.resolve() for p in paths if p.is_dir()} | {p.absolute() for p in paths if p.is_dir()})
 
 
+def python_needs(path: Path) -> bool:
+    """Whether Python inside the sandbox needs `path` to import anything: it is one of the directories it imports
+    from, or lies inside one (hiding it would break every run; a directory that holds them can be hidden)."""
+    return _inside(path, _python_paths())
+
+
 def _reveals(path: Path, hidden: Sequence[Path]) -> bool:
     """Whether showing `path` would show a hidden directory (it is one, or holds one)."""
     return any(path == h or path in h.parents for h in hidden)
@@ -180,12 +186,14 @@ def command(
     writable = [_directory(path) for path in writable]
     hidden = [_real(path) for path in hidden]
     for path in hidden:
-        if path.exists() and not path.is_dir():
-            raise ValueError(f"cannot hide {path}: only directories can be hidden (hide its parent)")
         if path in (workdir, *writable):
             raise ValueError(f"{path} cannot be both hidden and writable")
     # A missing directory has nothing to hide, and bwrap could not create its mount point in the read-only root.
-    hidden = [path for path in hidden if path.exists()]
+    # A file (a one-file corpus) is masked by an empty one, as credential files are, unless a hidden directory or
+    # the private /tmp already holds it.
+    hidden_files = [path for path in hidden if path.is_file()]
+    hidden = [path for path in hidden if path.is_dir()]
+    hidden_files = [path for path in hidden_files if not _inside(path, [_PRIVATE_TMP, *hidden])]
     home = env.get("HOME")
     secret_dirs, secret_files = _credentials(Path(home) if home else None)
     hidden += [d for d in secret_dirs if d not in hidden and not _inside(workdir, [d])]
@@ -208,7 +216,7 @@ def command(
     mounts.sort(key=lambda mount: len(mount[0].parts))
     # Last, once bwrap has made the mount points inside them: the empty hidden directories must not be writable.
     read_only = [option for path in hidden for option in ("--remount-ro", str(path))]
-    masked = [option for path in secret_files for option in ("--ro-bind", "/dev/null", str(path))]
+    masked = [option for path in (*secret_files, *hidden_files) for option in ("--ro-bind", "/dev/null", str(path))]
 
     if gpu:  # the driver's table read, and each GPU's node tried, once
         nodes = own_nodes(env)
