@@ -124,7 +124,7 @@ def score(out: Path) -> None:
     result = score_rows(scorer, rows, token_bytes, batch)
     _sync(device)
     mark("evaluate")
-    causality_violation(scorer, rows[:batch], result.first_batch)
+    causality_violation(scorer, rows, result.per_token, batch)
     _sync(device)
     mark("probe")
     print(json.dumps(marks))

@@ -103,7 +103,7 @@ def one(pattern: str, preset, eval_tokens: int, batch_rows: int, skip_eager: boo
         scorer = Scorer(fn, preset.vocab_size, device)
         score, seconds = timed(lambda s=scorer: score_rows(s, rows, token_bytes, size))
         _, again = timed(lambda s=scorer: score_rows(s, rows, token_bytes, size))
-        _, probe_s = timed(lambda s=scorer, f=score.first_batch: causality_violation(s, rows[:size], f))
+        _, probe_s = timed(lambda s=scorer, f=score.per_token: causality_violation(s, rows, f, size))
         out[name] = {"eval_first_s": seconds, "eval_again_s": again, "probe_s": probe_s, "bpb": score.bpb}
         print(pattern, name, out[name], flush=True)
     print(json.dumps(out), flush=True)

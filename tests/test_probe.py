@@ -144,15 +144,15 @@ def test_a_model_that_looks_ahead_only_during_the_evaluation_is_caught(rows: np.
 
     scorer = Scorer(peeks_while_evaluated, VOCAB, CPU)
     score = score_rows(scorer, rows, torch.ones(VOCAB, dtype=torch.int64), batch_size=4)
-    assert causality_violation(scorer, rows[:4]) is None  # on its own, the probe sees an honest model
-    reason = causality_violation(scorer, rows[:4], score.first_batch)
+    assert causality_violation(scorer, rows, batch_size=4) is None  # on its own, the probe sees an honest model
+    reason = causality_violation(scorer, rows, score.per_token, 4)
     assert reason is not None and "better than the same rows when probed" in reason
 
 
 def test_a_sampling_model_scores_the_same_during_the_evaluation_and_the_probe(rows: np.ndarray) -> None:
     scorer = Scorer(NoisyCopy(boost=0.0, noise=3.0, private_generator=False), VOCAB, CPU)
     score = score_rows(scorer, rows, torch.ones(VOCAB, dtype=torch.int64), batch_size=4)
-    assert causality_violation(scorer, rows[:4], score.first_batch) is None
+    assert causality_violation(scorer, rows, score.per_token, 4) is None
 
 
 def _template_module():

@@ -183,9 +183,9 @@ VOCAB, SEQ = 64, 32
 
 
 class FirstBatchAware:
-    """Causal on the first batch it is shown, and on anything that resembles it (the probe only ever
-    reuses that batch, whole or cut); on every other batch it copies its target from the next input.
-    It keeps state from call to call: the probe alone cannot see it; Program.changed() must."""
+    """Causal on the first batch it is shown, and on anything that resembles it (the probe once reused only
+    that batch, whole or cut); on every other batch it copies its target from the next input. It keeps state
+    from call to call, which Program.changed() sees; the probe, which now cuts every batch, sees it too."""
 
     def __init__(self) -> None:
         gen = torch.Generator().manual_seed(0)
@@ -203,7 +203,7 @@ class FirstBatchAware:
         return logits + 20 * torch.nn.functional.one_hot(torch.roll(idx, -1, dims=1), VOCAB)
 
 
-def test_a_stateful_model_that_looks_ahead_off_the_first_batch_passes_the_probe_alone() -> None:
+def test_a_stateful_model_that_looks_ahead_off_the_first_batch_is_caught_by_the_probe_too() -> None:
     from autoresearch.evaluator.score import score_rows
 
     rng = np.random.default_rng(0)
@@ -212,16 +212,16 @@ def test_a_stateful_model_that_looks_ahead_off_the_first_batch_passes_the_probe_
     model = FirstBatchAware()
     scorer = Scorer(model, VOCAB, CPU)
     score = score_rows(scorer, rows, torch.ones(VOCAB, dtype=torch.int64), 8)
-    first = score.first_batch.mean().item()
+    first = score.per_token[:8].mean().item()
     assert score.nats / score.tokens < 0.5 * first  # it looked ahead on the other batches
-    # The probe passes it: only the state check (Program.changed) stands between it and a score.
-    assert causality_violation(scorer, rows[:8], score.first_batch) is None
+    reason = causality_violation(scorer, rows, score.per_token, 8)  # as the state check (Program.changed) does
+    assert reason is not None and "sees the future" in reason
 
 
 class FirstBatchAwareThatCleansUp(FirstBatchAware):
-    """As above, its state kept in one of its own weights (zero as handed over), and put back to zero in
-    the probe's last call (the cut batch: like the first batch, but not the same), so that the weights
-    after the evaluation equal those bound before it."""
+    """As above, its state kept in one of its own weights (zero as handed over), and put back to zero when
+    the first batch comes cut (like the first batch, but not the same: once the probe's last call), so that
+    the weights after the evaluation equal those bound before it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -238,16 +238,42 @@ class FirstBatchAwareThatCleansUp(FirstBatchAware):
         return logits
 
 
-def test_a_model_that_keeps_state_in_a_weight_and_restores_it_passes_probe_and_state_check() -> None:
+def test_a_model_that_keeps_state_in_a_weight_and_restores_it_is_caught_by_the_probe() -> None:
     from autoresearch.evaluator.score import score_rows
 
     rng = np.random.default_rng(0)
     rows = rng.integers(1, VOCAB, size=(24, SEQ + 1))
     rows[:, 0] = 0
     model = FirstBatchAwareThatCleansUp()
-    bound = model.state.clone()  # Program.bind's snapshot
     scorer = Scorer(model, VOCAB, CPU)
     score = score_rows(scorer, rows, torch.ones(VOCAB, dtype=torch.int64), 8)
-    assert score.nats / score.tokens < 0.5 * score.first_batch.mean().item()  # it looked ahead
-    assert causality_violation(scorer, rows[:8], score.first_batch) is None
-    assert torch.equal(model.state, bound)  # Program.changed() would say False
+    assert score.nats / score.tokens < 0.5 * score.per_token[:8].mean().item()  # it looked ahead
+    reason = causality_violation(scorer, rows, score.per_token, 8)  # every batch cut, not just the first
+    assert reason is not None and "sees the future" in reason
+
+
+class SparsePeek(torch.nn.Module):
+    """Causal, but copies its target from the next input at about 1 position in 97 (where its two last
+    tokens hash to 0): a cut at one position per row finds such a position in few rows."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*idx.shape, VOCAB)
+        gate = ((idx * 31 + torch.roll(idx, 1, dims=1)) % 97 == 0).unsqueeze(-1)
+        return logits + 30 * gate * torch.nn.functional.one_hot(torch.roll(idx, -1, dims=1), VOCAB)
+
+
+def test_a_model_that_reads_its_target_at_a_few_positions_is_caught_by_the_probe() -> None:
+    """BROKE, fixed: the probe cut only the evaluation's first batch, one position tested per row: a model that
+    reads its target at a fraction f of positions passed with a chance of (1 - f) ** rows (78 % here, 72 %
+    with the h100 preset's 64 rows at f = 0.5 %) and scored f of its loss better (2 % of val_bpb on the tiny
+    data, where 16 rows were probed). Every row of the evaluation is cut now."""
+    from autoresearch.evaluator.score import score_rows
+
+    rng = np.random.default_rng(0)
+    rows = rng.integers(1, VOCAB, size=(1024, SEQ + 1))
+    rows[:, 0] = 0
+    scorer = Scorer(SparsePeek(), VOCAB, CPU)
+    score = score_rows(scorer, rows, torch.ones(VOCAB, dtype=torch.int64), 16)
+    assert score.nats / score.tokens < 0.995 * np.log(VOCAB)  # it read its target somewhere
+    reason = causality_violation(scorer, rows, score.per_token, 16)
+    assert reason is not None and "sees the future" in reason  # passes (0.99 ** 1024): 3e-5

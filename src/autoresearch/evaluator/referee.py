@@ -270,7 +270,7 @@ def score_program(
     rows = val_rows[np.random.default_rng(secrets.randbits(64)).permutation(len(val_rows))]
     token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(device)
     score = score_rows(scorer, rows, token_bytes, batch_size)
-    why = causality_violation(scorer, rows[:batch_size], score.first_batch)
+    why = causality_violation(scorer, rows, score.per_token, batch_size)
     if program.changed():
         why = "the model changed its own weights while it was evaluated (it keeps state from call to call)"
     return score.bpb, why, getattr(model, "eager_because", None)

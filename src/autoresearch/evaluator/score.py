@@ -23,7 +23,7 @@ from autoresearch.device import autocast
 
 CE_CHUNK_ELEMENTS = 2**27  # eager scoring takes logits this many at a time: a 512 MiB float32 copy at most
 EVAL_LOGITS_ELEMENTS = 2**30  # cap on batch x seq x vocab per evaluation batch (2 GiB of bf16 logits)
-EVAL_MIN_BATCHES = 16  # batches per evaluation at least: the probe (two batches) costs at most 1/8 of it
+EVAL_MIN_BATCHES = 16  # batches per evaluation at least: the probe's re-scored first batch is at most 1/16 of it
 NONDETERMINISM_LIMIT = 0.1  # nats of one input may differ this much between calls (kernel noise)
 PROBE_SIGMAS = 4.0  # a mean rise this many standard errors above the noise is a look-ahead
 
@@ -37,7 +37,7 @@ class Score:
     nats: float
     bytes: int
     tokens: int
-    first_batch: torch.Tensor | None = None  # per-token nats of the first batch, for the causality probe
+    per_token: torch.Tensor | None = None  # per-token nats of every row, in order, for the causality probe
 
     @property
     def bpb(self) -> float:
@@ -103,7 +103,7 @@ def _scored_reseeded(scorer: Scorer, x: torch.Tensor, y: torch.Tensor) -> torch.
 def eval_batch_size(rows: int, seq_len: int, vocab_size: int) -> int:
     """Rows per evaluation batch, fixed by the apparatus (the graph is exported for exactly this shape):
     the logits of a batch stay under EVAL_LOGITS_ELEMENTS, the evaluation has at least EVAL_MIN_BATCHES
-    batches (the probe's two batches cost at most 1/8 of it), and the batches divide the rows exactly."""
+    batches, and the batches divide the rows exactly."""
     cap = max(1, EVAL_LOGITS_ELEMENTS // (seq_len * vocab_size))
     return batch_size_for(rows, min(cap, max(1, rows // EVAL_MIN_BATCHES)))
 
@@ -114,49 +114,52 @@ def score_rows(scorer: Scorer, rows: np.ndarray, token_bytes: torch.Tensor, batc
     device = scorer.device
     nats = torch.zeros((), dtype=torch.float64, device=device)
     nbytes = torch.zeros((), dtype=torch.int64, device=device)
-    first_batch = None
+    per_token = torch.zeros(rows.shape[0], rows.shape[1] - 1, dtype=torch.float32, device=device)
     for start in range(0, len(rows), batch_size):
         batch = torch.from_numpy(rows[start : start + batch_size].astype(np.int64)).to(device)
         x, y = batch[:, :-1], batch[:, 1:]
-        per_token = _scored_reseeded(scorer, x, y)
-        if first_batch is None:
-            first_batch = per_token
+        per_token[start : start + batch_size] = _scored_reseeded(scorer, x, y)
         counted = token_bytes[y]
-        nats += (per_token.double() * (counted > 0)).sum()
+        nats += (per_token[start : start + batch_size].double() * (counted > 0)).sum()
         nbytes += counted.sum()
     total = nats.item()
     if not math.isfinite(total):
         raise NonFiniteLogits("the loss on the validation set is not finite (NaN or inf logits)")
-    return Score(nats=total, bytes=int(nbytes.item()), tokens=len(rows) * (rows.shape[1] - 1), first_batch=first_batch)
+    return Score(nats=total, bytes=int(nbytes.item()), tokens=len(rows) * (rows.shape[1] - 1), per_token=per_token)
 
 
 @torch.inference_mode()
-def causality_violation(scorer: Scorer, rows: np.ndarray, evaluated: torch.Tensor | None = None) -> str | None:
+def causality_violation(
+    scorer: Scorer, rows: np.ndarray, evaluated: torch.Tensor | None = None, batch_size: int | None = None
+) -> str | None:
     """Why the model looks ahead, or None if it does not.
 
     Every call starts from the same random state, so a model that samples from PyTorch's, NumPy's or
-    Python's generator repeats itself. `evaluated` is the per-token loss the evaluation took of these rows
-    (its first batch; scored here if not given). The probe scores the batch again, unchanged: what moved
-    is the noise left, and a model that scored better in the evaluation than here looks ahead only when
-    it is not probed. Then it cuts every row at a random point and replaces every input and target from
-    there on by a random token (inputs and targets separately: the input at the cut is the target of the
-    position before it, and keeping it would let a model that reads its own target pass). Two checks:
+    Python's generator repeats itself. `evaluated` is the per-token loss the evaluation took of `rows`
+    (scored here if not given), `batch_size` rows at a time (all of them by default). The probe scores the
+    first batch again, unchanged: what moved is the noise left, and a model that scored better in the
+    evaluation than here looks ahead only when it is not probed. Then it cuts every row at a random point and
+    replaces every input and target from there on by a random token (inputs and targets separately: the
+    input at the cut is the target of the position before it, and keeping it would let a model that reads
+    its own target pass). Two checks:
 
     1. The loss at every position before a cut may not move beyond the noise.
     2. A look-ahead that helps, at any distance, raises the loss at the last position before the cut in
        every row; noise does not. The mean rise over the rows may not exceed PROBE_SIGMAS standard
        errors: this catches a look-ahead hidden in noise too large for check 1 to see at any position.
 
-    Two calls of the evaluation's batch shape, so the probe costs two evaluation batches.
+    Each row tests one position, the one before its cut, so every row the evaluation scored is cut: a model
+    that reads its target at a small fraction f of positions passes with a chance of (1 - f) ** rows, which
+    one batch of rows left high enough to gain several per cent of val_bpb. It costs a call per batch, and one.
     """
-    batch = torch.from_numpy(rows.astype(np.int64)).to(scorer.device)
-    x, y = batch[:, :-1], batch[:, 1:]
-    n_rows, seq = x.shape
+    batch_size = batch_size or len(rows)
     gen = torch.Generator().manual_seed(secrets.randbits(63))
+    batches = [torch.from_numpy(rows[i : i + batch_size].astype(np.int64)).to(scorer.device)
+               for i in range(0, len(rows), batch_size)]  # fmt: skip
     if evaluated is None:
-        evaluated = _scored_reseeded(scorer, x, y)
-    again = _scored_reseeded(scorer, x, y)
-    drift = again - evaluated.float()  # positive where the evaluation scored lower
+        evaluated = torch.cat([_scored_reseeded(scorer, b[:, :-1], b[:, 1:]) for b in batches])
+    first = evaluated[:batch_size].float()
+    drift = _scored_reseeded(scorer, batches[0][:, :-1], batches[0][:, 1:]) - first  # > 0: the evaluation scored lower
     jitter = drift.abs().max().item()
     if not jitter <= NONDETERMINISM_LIMIT:
         return (
@@ -169,21 +172,24 @@ def causality_violation(scorer: Scorer, rows: np.ndarray, evaluated: torch.Tenso
             f"causality probe: the evaluation's first batch scored {mean:.3g} nats per token better than the "
             f"same rows when probed (standard error {error:.3g}); the model behaves differently when probed"
         )
-    cuts = torch.randint(1, seq, (n_rows, 1), generator=gen).to(scorer.device)
-    kept = torch.arange(seq, device=scorer.device) < cuts
-    after = _scored_with_noise(scorer, x, y, kept, gen)
-    moved = torch.where(kept, (after - again).abs(), 0.0).max().item()
+    moved, rises = 0.0, []
+    for batch, before in zip(batches, evaluated.split(batch_size), strict=True):
+        x, y = batch[:, :-1], batch[:, 1:]
+        cuts = torch.randint(1, x.shape[1], (len(x), 1), generator=gen).to(scorer.device)
+        kept = torch.arange(x.shape[1], device=scorer.device) < cuts
+        change = _scored_with_noise(scorer, x, y, kept, gen) - before.float()
+        moved = max(moved, torch.where(kept, change.abs(), 0.0).max().item())
+        rises.append(change.gather(1, cuts - 1))  # per row: the change at the last position before its cut
     sees_future = f"the model sees the future (run-to-run noise {jitter:.3g})"
     if not moved <= 1e-3 + 10 * jitter:
         return (
             f"causality probe: the loss before a cut changed by up to {moved:.3g} nats when only later tokens "
             f"(or other rows) changed; {sees_future}"
         )
-    rise = (after - again).gather(1, cuts - 1)  # per row: the change at the last position before its cut
-    mean, error = _mean_and_error(rise.flatten())
+    mean, error = _mean_and_error(torch.cat(rises).flatten())
     if not mean <= 1e-3 + PROBE_SIGMAS * error:
         return (
-            f"causality probe: the loss just before a cut rose by {mean:.3g} nats on average over {n_rows} rows "
+            f"causality probe: the loss just before a cut rose by {mean:.3g} nats on average over {len(rows)} rows "
             f"(standard error {error:.3g}) when only later tokens changed; {sees_future}"
         )
     return None
