@@ -228,14 +228,21 @@ def test_lines_removed_from_gitignore_reject_the_proposal(workspace, tmp_path):
 
 def kill_during_turn(ws, tmp_path: Path, script: str) -> None:
     """The loop (in a process of its own) SIGKILLed by its command agent, after `script`, in the middle of a turn
-    made on the best; the agent runs on for a while, as a coding agent does when no one stops it."""
-    agent, pid = tmp_path / "agent.sh", tmp_path / "loop.pid"
-    agent.write_text(f'set -e\n{script}\nkill -9 "$(cat {shlex.quote(str(pid))})"\nsleep 60\n')
+    made on the best; the agent runs on for a while, as a coding agent does when no one stops it. (The agent asks
+    for the kill: in a PID namespace of its own it cannot see the loop to kill it itself.)"""
+    agent, asked = tmp_path / "agent.sh", tmp_path / "kill the loop"
+    agent.write_text(f"set -e\n{script}\ntouch {shlex.quote(str(asked))}\nsleep 60\n")
+    asked.unlink(missing_ok=True)
     killed_loop(
         ws,
         f"""
+        import threading, time
         from autoresearch.agents.command_agent import CommandAgent
-        open({str(pid)!r}, "w").write(str(os.getpid()))
+        def killer():
+            while not os.path.exists({str(asked)!r}):
+                time.sleep(0.02)
+            kill()
+        threading.Thread(target=killer, daemon=True).start()
         loop = make_loop(ws, FakeExecutor(lambda source: 1.0), baseline_runs=2)
         loop.run(CommandAgent({f"sh {shlex.quote(str(agent))}"!r}, timeout_s=60), max_experiments=1)
         """,

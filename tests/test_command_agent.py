@@ -63,7 +63,10 @@ def test_non_zero_exit_is_a_proposal_error_with_the_stderr_tail(tmp_path: Path, 
 
 @pytest.mark.slow
 def test_a_hanging_command_is_killed_with_its_whole_process_group(tmp_path: Path, context: Context) -> None:
-    script = "sleep 300 &\necho $! > child.pid\necho 'still thinking' >&2\nsleep 300"
+    child_pid = (
+        "import os; open('child.pid', 'w').write(os.readlink('/proc/self')); os.execvp('sleep', ['sleep', '300'])"
+    )
+    script = f"{sys.executable} -c {shlex.quote(child_pid)} &\necho 'still thinking' >&2\nsleep 300"  # the pid outside
     start = time.monotonic()
     with pytest.raises(ProposalError, match=r"(?s)did not finish within 1 s.*still thinking"):
         agent(tmp_path, script, timeout_s=1).propose(context)

@@ -16,6 +16,7 @@ could not find or run a program), which waiting cannot cure.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shlex
@@ -27,13 +28,19 @@ from pathlib import Path
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.orphans import write_pid_file
+from autoresearch.workspace.workspace import as_read
 
 PROMPT_ENV = "AUTORESEARCH_PROMPT_FILE"
 AGENT_PID = "agent.pid"  # in the workspace's state folder, while an agent runs
 TIMEOUT_S = 30 * 60.0  # a coding agent may think, read and edit for a long while; a hung one must not stall the loop
 STDERR_TAIL_CHARS = 2000
 DESCRIPTION_CHARS = 300
+MAX_TRAIN_PY_BYTES = 4 << 20  # a train.py is tens of kB: a larger one (a link to a data file) is read no further
 PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pipes
+# Where a user namespace can be made (Linux, unless a container forbids it), the agent runs in a PID namespace of
+# its own: when it ends the kernel kills everything it left, a process that left its group (setsid, a daemon)
+# too, which could otherwise edit train.py, the ledger or a result after the loop has checked the turn.
+PID_NAMESPACE = ("unshare", "--user", "--map-current-user", "--pid", "--fork", "--kill-child")
 NOT_RUNNABLE = {126: "a program was found but could not be run", 127: "the shell found no such program"}
 # Words before the program: they run what follows (their options, and timeout's duration, are skipped).
 _WRAPPERS = {"exec", "command", "nohup", "nice", "env", "time", "timeout", "stdbuf"}
@@ -126,10 +133,11 @@ def run_process(
 ) -> tuple[int, str, str]:
     """Run `command` (a shell line, or an argv list run without a shell) in the workspace, in its own process
     group, with `prompt` on stdin: exit status, stdout and stderr. ProposalError on timeout, after killing the
-    whole process group; whatever it left running in the background is killed too."""
+    whole process group; whatever it left running in the background is killed too (all of it where
+    `pid_namespace()` is had)."""
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
     process = subprocess.Popen(
-        command,
-        shell=isinstance(command, str),
+        [*pid_namespace(), *argv],
         cwd=workspace,
         env=env,
         stdin=subprocess.PIPE,
@@ -155,6 +163,16 @@ def run_process(
         _kill_group(process)
         pid_file.unlink(missing_ok=True)
     return process.returncode, stdout, stderr
+
+
+@functools.cache
+def pid_namespace() -> tuple[str, ...]:
+    """PID_NAMESPACE if it can be made here, else nothing (the agent's process group is all that is killed)."""
+    try:
+        made = subprocess.run([*PID_NAMESPACE, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        made = False
+    return PID_NAMESPACE if made else ()
 
 
 def command_program(command: str) -> str | None:
@@ -204,9 +222,17 @@ def checked_source(
 ) -> str:
     """train.py as the agent left it, if it changed and still compiles; else a ProposalError that ends with
     `output` (the end of what the agent printed) and carries `usage` (what the attempt cost)."""
-    if not train_py.is_file():
-        raise ProposalError(f"{who} deleted train.py; the end of its output:\n{output}", usage=usage)
-    source = train_py.read_text()
+    if not train_py.is_file():  # a directory, a FIFO (reading would wait forever), a link to /dev/zero: no file
+        what = "left train.py not a file" if os.path.lexists(train_py) else "deleted train.py"
+        raise ProposalError(f"{who} {what}; the end of its output:\n{output}", usage=usage)
+    with train_py.open("rb") as file:
+        data = file.read(MAX_TRAIN_PY_BYTES + 1)
+    if len(data) > MAX_TRAIN_PY_BYTES:
+        raise ProposalError(f"{who} left train.py larger than {MAX_TRAIN_PY_BYTES >> 20} MiB", usage=usage)
+    try:
+        source = as_read(data.decode())
+    except UnicodeDecodeError as err:
+        raise ProposalError(f"{who} left train.py not UTF-8 text (at byte {err.start})", usage=usage) from None
     if source == before:
         raise ProposalError(
             f"{who} exited 0 but left train.py unchanged; the end of its output:\n{output}", usage=usage
@@ -218,6 +244,8 @@ def checked_source(
             f"{who} left train.py invalid: {err.msg} at line {err.lineno}: {(err.text or '').strip()!r}",
             usage=usage,
         ) from None
+    except ValueError as err:  # Python 3.10's word for a NUL byte
+        raise ProposalError(f"{who} left train.py invalid: {err}", usage=usage) from None
     return source
 
 

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -26,7 +25,7 @@ from autoresearch.files import write_text_atomic
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import APPARATUS_HINT, SETUP_HINT, LoopError
-from autoresearch.loop.watch import put_back_left
+from autoresearch.loop.watch import fresh_folder, put_back_left
 from autoresearch.orphans import reap, remove_left_boxes
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
@@ -266,8 +265,7 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
     if not kept.exists():
         return
     try:  # a folder of its own: two starts may recover in one second
-        (ws.state / "quarantine").mkdir(exist_ok=True)
-        quarantine = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=ws.state / "quarantine"))
+        quarantine = fresh_folder(ws.state / "quarantine", time.strftime("%Y%m%d-%H%M%S"))
     except OSError as exc:
         raise LoopError(
             f"the loop was stopped during an agent's turn, and what it left cannot be put aside: {exc}",

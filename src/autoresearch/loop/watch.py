@@ -14,6 +14,7 @@ against it; a change to any file that was there before rejects the proposal. See
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,18 +77,19 @@ class Watch:
         `keep`: where the snapshot is saved for the next start after a kill (put_back_left), until the loop has
         recorded what the step came to and deletes it."""
         self.git, self.ledger, self.train_py, self.human, self.agent = git, ledger, train_py, human, agent
-        self.quarantine = quarantine / time.strftime("%Y%m%d-%H%M%S")
+        self.quarantines = quarantine
+        self.quarantine = quarantine / time.strftime("%Y%m%d-%H%M%S")  # made afresh by check()
         self.before = integrity.take(git, exclude=frozenset({TRAIN_PY}), human=human)
         if keep is not None:
             integrity.save(self.before, git, keep)
         self.tsv = ledger.workspace / "results.tsv"
-        self.tsv_bytes = self.tsv.read_bytes() if self.tsv.exists() else None
+        self.tsv_id = integrity.content_id(self.tsv)
         self.rows = ledger.state()
         self.package = package_digest()
 
     def check(self) -> Verdict:
         expected = {TRAIN_PY: self.train_py} if self.train_py is not None else None
-        kept = self._kept()  # another step of the same second may have used the folder
+        self.quarantine = fresh_folder(self.quarantines, self.quarantine.name)
         found = integrity.put_back(
             self.before,
             self.git,
@@ -100,17 +102,25 @@ class Watch:
         verdict = Verdict(changed=list(found.changed), human=list(found.human), litter=list(found.litter))
         if why := self.ledger.put_back(self.rows, self.quarantine):
             verdict.changed.append(why.replace("the ledger", "ledger.sqlite"))
-        now = self.tsv.read_bytes() if self.tsv.exists() else None
-        if now != self.tsv_bytes:
+        now = integrity.content_id(self.tsv)  # not read as it comes: a FIFO put there would never end
+        if now != self.tsv_id:
             verdict.changed.append(f"{'changed' if now is not None else 'deleted'} results.tsv")
             self.ledger.write_tsv()
         verdict.package_changed = package_digest() != self.package
-        if self._kept() != kept:
+        if any(self.quarantine.iterdir()):
             verdict.quarantine = os.path.relpath(self.quarantine, self.ledger.workspace)
+        else:
+            self.quarantine.rmdir()
         return verdict
 
-    def _kept(self) -> set[Path]:
-        return set(self.quarantine.rglob("*")) if self.quarantine.exists() else set()
+
+def fresh_folder(parent: Path, prefix: str) -> Path:
+    """A new, empty folder in `parent` for what a step left: never one the step made (with a link in it to send
+    what is put aside into .git, say). `parent` itself is made a folder again if the step made it a link."""
+    if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
+        parent.unlink()
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=parent))
 
 
 def put_back_left(git: Git, quarantine: Path, kept: Path) -> tuple[list[str], str | None] | None:

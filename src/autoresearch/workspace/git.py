@@ -16,8 +16,16 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.workspace.disk import GIT_FULL_MESSAGES, DiskFullError
 
 IDENTITY = ("-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost")
-# No hook and no fsmonitor command runs from the loop's git calls, whatever .git/config or ~/.gitconfig say.
-SAFE = ("-c", f"core.hooksPath={os.devnull}", "-c", "core.fsmonitor=false")
+# No hook, no fsmonitor command and no attribute from outside the workspace (~/.config/git/attributes could give
+# train.py another encoding or line endings) acts in the loop's git calls, whatever .git/config says; gc, where
+# a commit triggers it, runs in that call, not in the background while the next step is watched.
+SAFE = (
+    "-c", f"core.hooksPath={os.devnull}", "-c", "core.fsmonitor=false", "-c", f"core.attributesFile={os.devnull}",
+    "-c", "gc.autoDetach=false",
+)  # fmt: skip
+# Nor does the user's own configuration (~/.gitconfig, ~/.config/git/config), which an agent can write too: a
+# filter, gpg.program with commit.gpgsign or an include there would run at every commit the loop makes.
+NO_GLOBAL_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull}
 NO_COMMIT = "0" * 40
 _EXP_SUBJECT = re.compile(r"^exp (\d+): ")
 
@@ -39,7 +47,13 @@ class Git:
 
     def _run(self, args: tuple[str, ...], check: bool = True, stdin: bytes | None = None) -> bytes:
         try:
-            proc = subprocess.run(["git", *SAFE, *args], cwd=self.root, capture_output=True, input=stdin)
+            proc = subprocess.run(
+                ["git", *SAFE, *args],
+                cwd=self.root,
+                capture_output=True,
+                input=stdin,
+                env={**os.environ, **NO_GLOBAL_CONFIG},
+            )
         except (FileNotFoundError, NotADirectoryError):
             if not self.root.is_dir():  # the folder to run in, not git, is missing
                 raise GitError(
@@ -178,7 +192,11 @@ class Git:
             paths = [Path(tmp) / name for name in ("ours", "base", "theirs")]
             for path, text in zip(paths, (ours, base, theirs), strict=True):
                 path.write_text(text)
-            proc = subprocess.run(["git", *SAFE, "merge-file", "-p", *map(str, paths)], capture_output=True)
+            proc = subprocess.run(
+                ["git", *SAFE, "merge-file", "-p", *map(str, paths)],
+                capture_output=True,
+                env={**os.environ, **NO_GLOBAL_CONFIG},
+            )
         if proc.returncode < 0 or proc.returncode > 127:
             raise GitError(f"git merge-file failed: {proc.stderr.decode(errors='replace').strip()}")
         return proc.stdout.decode(errors="replace"), proc.returncode
@@ -205,11 +223,13 @@ class Git:
         return set(filter(None, self("ls-files", "-z").split("\0")))
 
     def index_listing(self) -> str:
-        """The index as mode, blob and path per file: it changes when anything is staged."""
-        return self("ls-files", "-s", "-z")
+        """The index as flag, mode, blob and path per file: it changes when anything is staged, or marked
+        assume-unchanged or skip-worktree (which hide a file's edits from `git status`)."""
+        return self("ls-files", "-s", "-v", "-z")
 
     def reset_index(self) -> None:
-        self("reset", "-q", "--mixed", "HEAD")
+        """The index as HEAD has it, without flags (`reset` would keep assume-unchanged and skip-worktree)."""
+        self("read-tree", "HEAD")
 
     def checkout_from_index(self, path: str) -> None:
         self("checkout", "-q", "--", path)

@@ -1,7 +1,9 @@
 """Verify, don't trust: what a training run or an agent changed in the workspace, and putting it back.
 
-`take()` records, cheaply, what the loop relies on: every ref and the index; the git files that can run code
-or hide files (.git/HEAD, config, hooks/, info/, objects/info/alternates), with their contents; the files
+`take()` records, cheaply, what the loop relies on: every ref and the index (its flags too); every file under .git
+that git reads and the loop's git commands do not write (HEAD, config, hooks/, info/, objects/info/, and whatever
+else is there or appears: a commondir, shallow or MERGE_HEAD file redirects or stops the loop's git), with their
+contents; the files
 `git status` reports, with their contents; every other untracked file, including ignored ones, by size,
 times and mode; and the person's files (program.md, prompts/*.md). `put_back()` compares the workspace with
 a snapshot, puts it back as it was, and says what had changed.
@@ -50,8 +52,11 @@ from autoresearch.workspace.git import Git
 
 # The loop's own output in a workspace (see workspace/init.py's .gitignore): never the run's doing.
 LOOP_OWN = ("/.autoresearch/", "/results.tsv", "/results.tsv.tmp", "/progress.png", "/report.md", "__pycache__/")
-GUARDED_GIT = ("HEAD", "config", "hooks", "info", "objects/info/alternates")
 HISTORY_GIT = ("logs", "ORIG_HEAD")  # what git's own commands write about moves; put back after the loop's
+# Under .git, not guarded as files: what the loop's git writes and put_back restores its own way (refs, the index,
+# reflogs), the objects (too many to copy; objects/info, which can point git elsewhere, is guarded) and the workers'
+# worktrees. Everything else there, present or new, is.
+UNGUARDED_GIT = frozenset({"objects", "refs", "packed-refs", "index", "worktrees", *HISTORY_GIT})
 GITIGNORE = ".gitignore"
 PROGRAM, PROMPTS = "program.md", "prompts"
 DIRECTORY = "dir"  # the content id of a directory git reports as one path (a nested repository)
@@ -97,7 +102,7 @@ def take(git: Git, exclude: frozenset[str] = frozenset(), human: bool = True) ->
     With `human`, program.md and prompts/*.md are recorded apart from the other files (see the module's
     docstring); without, they are files like any other."""
     skip = _skipper(exclude, human)
-    git_files, contents, _ = _read_git_files(git.git_dir)
+    git_files, contents, _ = _read_git_files(git.git_dir, guarded_git(git.git_dir))
     history, history_contents, _ = _read_git_files(git.git_dir, HISTORY_GIT)
     snap = Snapshot(
         refs=git.refs(),
@@ -142,9 +147,17 @@ def is_human(path: str) -> bool:
     return path == PROGRAM or (head == PROMPTS and name.endswith(".md") and "/" not in name)
 
 
-def _read_git_files(
-    git_dir: Path, names: tuple[str, ...] = GUARDED_GIT
-) -> tuple[dict[str, list], dict[str, bytes], dict[str, Path]]:
+def guarded_git(git_dir: Path) -> tuple[str, ...]:
+    """What is guarded under .git as files: every entry but UNGUARDED_GIT and lock files (put back on their own),
+    with objects/info."""
+    try:
+        names = sorted(p.name for p in git_dir.iterdir())
+    except OSError:
+        names = []
+    return ("objects/info", *(n for n in names if n not in UNGUARDED_GIT and not n.endswith(".lock")))
+
+
+def _read_git_files(git_dir: Path, names: tuple[str, ...]) -> tuple[dict[str, list], dict[str, bytes], dict[str, Path]]:
     """The files under .git named by `names` (files or directories): relative path -> [content id, mode],
     their contents and paths."""
     listing, contents, sources = {}, {}, {}
@@ -203,7 +216,8 @@ def _read(path: Path) -> tuple[str, bytes | None, int] | None:
     """(content id, bytes of a regular file, mode), or None if nothing is there.
 
     A regular file's id is its git blob id, so a snapshot saved to disk can find the bytes in the object
-    store; a symlink's is "link:<target>", a directory's DIRECTORY."""
+    store; a symlink's is "link:<target>", a directory's DIRECTORY, anything else's (a FIFO, which reading would
+    wait on forever; a socket) "special:<mode>"."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -212,8 +226,16 @@ def _read(path: Path) -> tuple[str, bytes | None, int] | None:
         return "link:" + os.readlink(path), None, mode
     if stat.S_ISDIR(mode):
         return DIRECTORY, None, mode
+    if not stat.S_ISREG(mode):
+        return f"special:{mode:o}", None, mode
     data = path.read_bytes()
     return blob_id(data), data, mode
+
+
+def content_id(path: Path) -> str | None:
+    """What `path` holds, as `_read` names it (None: nothing there), read only if it is a regular file."""
+    read = _read(path)
+    return read[0] if read else None
 
 
 def blob_id(data: bytes) -> str:
@@ -248,7 +270,9 @@ def put_back(
     found = Findings()
     held = found.litter if agent else found.changed  # git's own state: an agent's tools change it, a run may not
     git_quarantine = quarantine / ".git"
-    for rel in _put_back_git_files(before.git_files, GUARDED_GIT, before, git.git_dir, git_quarantine, found):
+    for rel in _put_back_git_files(
+        before.git_files, guarded_git(git.git_dir), before, git.git_dir, git_quarantine, found
+    ):
         held.append(f".git/{rel}")  # before any git command runs
     _put_back_locks(git.git_dir, git_quarantine, held)  # a git that was killed: the loop's git commands would fail
     left_history, _, _ = _read_git_files(git.git_dir, HISTORY_GIT)  # before the loop's own commands write to it
@@ -259,6 +283,10 @@ def put_back(
     _put_back_files(before, git, quarantine, _skipper(exclude, human), found, agent)
     if human:
         _put_back_human(before, git, quarantine, found)
+    for path in exclude - set(expected or {}):  # an agent's train.py is its proposal, read as a file only
+        if (now := _read(git.root / path)) is not None and not stat.S_ISREG(now[2]):
+            found.litter.append(f"{path} left as {_kind(now[2])}")
+            _quarantine(git.root, path, quarantine)
     for path, data in (expected or {}).items():
         now = _read(git.root / path)
         if now is None or now[1] != data:
@@ -379,6 +407,10 @@ def _only_lines_added(git: Git, path: str) -> bool:
     return all(op in ("equal", "insert") for op, *_ in difflib.SequenceMatcher(None, old, new).get_opcodes())
 
 
+def _kind(mode: int) -> str:
+    return "a link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "a special file"
+
+
 def _what(path: str, was_there: bool, is_there: bool) -> str:
     if not was_there:
         return f"added {path}"
@@ -396,7 +428,7 @@ def _restore(path: Path, content_id: str, snap: Snapshot, git: Git | None) -> bo
     if content_id.startswith("link:"):
         os.symlink(content_id[len("link:") :], path)
         return True
-    if content_id == DIRECTORY:
+    if content_id == DIRECTORY or content_id.startswith("special:"):
         return False
     data = snap.contents.get(content_id)
     if data is None and git is not None:
