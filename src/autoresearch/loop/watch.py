@@ -13,6 +13,7 @@ against it; a change to any file that was there before rejects the proposal. See
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -109,15 +110,17 @@ class Watch:
         verdict.package_changed = package_digest() != self.package
         if any(self.quarantine.iterdir()):
             verdict.quarantine = os.path.relpath(self.quarantine, self.ledger.workspace)
-        else:
+        else:  # nothing put aside: no folder left for it
             self.quarantine.rmdir()
+            with contextlib.suppress(OSError):  # others there
+                self.quarantines.rmdir()
         return verdict
 
 
 def fresh_folder(parent: Path, prefix: str) -> Path:
     """A new, empty folder in `parent` for what a step left: never one the step made (with a link in it to send
     what is put aside into .git, say). `parent` itself is made a folder again if the step made it a link."""
-    if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
+    if parent.is_symlink():
         parent.unlink()
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=parent))
