@@ -6,6 +6,7 @@ have planted a hook or a `core.fsmonitor` command, and the loop's own git calls 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -26,6 +27,21 @@ SAFE = (
 # Nor does the user's own configuration (~/.gitconfig, ~/.config/git/config), which an agent can write too: a
 # filter, gpg.program with commit.gpgsign or an include there would run at every commit the loop makes.
 NO_GLOBAL_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull}
+
+
+@functools.cache
+def trusted_directories() -> tuple[str, ...]:
+    """The `safe.directory` entries of the user's own configuration, as `-c` options: the one setting of it the
+    loop's git keeps (a workspace owned by another user, as a container's mounted folder often is, is refused
+    without it). Read once, before any agent has run; reading runs nothing."""
+    try:
+        proc = subprocess.run(["git", "config", "--global", "--get-all", "safe.directory"], capture_output=True)
+    except OSError:
+        return ()
+    values = proc.stdout.decode(errors="replace").splitlines() if proc.returncode == 0 else []
+    return tuple(option for value in values if value for option in ("-c", f"safe.directory={value}"))
+
+
 NO_COMMIT = "0" * 40
 _EXP_SUBJECT = re.compile(r"^exp (\d+): ")
 
@@ -48,7 +64,7 @@ class Git:
     def _run(self, args: tuple[str, ...], check: bool = True, stdin: bytes | None = None) -> bytes:
         try:
             proc = subprocess.run(
-                ["git", *SAFE, *args],
+                ["git", *SAFE, *trusted_directories(), *args],
                 cwd=self.root,
                 capture_output=True,
                 input=stdin,
