@@ -292,16 +292,20 @@ def test_a_last_step_that_ends_within_one_typical_step_past_the_budget_counts(da
         assert session.elapsed() == pytest.approx(6.3)
 
 
-@pytest.mark.slow
-def test_weights_that_come_long_after_the_stop_are_invalid(dataset, preset) -> None:
-    with served(dataset, preset) as (run, session):
-        run.train_batches(4)
+def test_weights_that_come_past_the_budget_its_grace_and_the_hand_over_are_invalid(dataset, preset) -> None:
+    """The hand-over is on the training clock: training on after `stop` (in the time a padded model's size once
+    bought, tests/test_red_team_clock.py) ends no later than any other training."""
+    clock = HandClock()
+    with served(dataset, preset, budget=5.0, clock=clock) as (run, session):
+        batches = run.train_batches(4)
         start_clock(run)
+        train_steps(run, batches, clock, 5, 1.0)
         run._channel.send({"op": "stop"})
-        time.sleep(0.8)  # an honest hand-over of a few bytes takes milliseconds; 0.5 s are allowed
+        run._channel.request({"op": "hello"})  # `stop` is in
+        clock.now += 2 * 1.0 + 1.0 + 0.5 + 0.1  # past the grace (two typical steps and 1 s) and the 0.5 s
         run._channel.send({"op": "weights"}, b"w")
         time.sleep(0.2)
-        assert "after the clock stopped" in session.late()
+        assert "the weights came 8.6s after the clock started (at most 8.5s" in session.late()
 
 
 @pytest.mark.slow

@@ -277,3 +277,23 @@ def test_a_model_that_reads_its_target_at_a_few_positions_is_caught_by_the_probe
     assert score.nats / score.tokens < 0.995 * np.log(VOCAB)  # it read its target somewhere
     reason = causality_violation(scorer, rows, score.per_token, 16)
     assert reason is not None and "sees the future" in reason  # passes (0.99 ** 1024): 3e-5
+
+
+def test_training_on_after_stop_while_padded_weights_come_in_is_late_whatever_their_size() -> None:
+    """BROKE, fixed: the weights were allowed 0.5 s, one step and their size at 500 MB/s after `stop`, on no
+    clock; a model padded with a buffer its graph barely reads (up to the 64 GiB taken) bought that much training
+    after the clock stopped, handing over the buffer's zeros first while it trained and the trained weights last
+    (measured: 2 GB of padding, 24 steps after `stop` beside 30 in a 1 s budget, valid). The hand-over is now on
+    the training clock: from its start to the weights' arrival, the budget, the last step's grace and 0.5 s."""
+    from autoresearch.evaluator.clock import WallClock
+    from autoresearch.evaluator.session import Session, Timeline
+
+    session = Session(None, None, {}, budget_seconds=300.0, clock=WallClock())
+    steps = [i * 0.3 for i in range(1001)]  # wall clock (a GPU): steps of 0.3 s, the last at the budget
+    session.timeline = Timeline(go=0.0, clock=0.0, stop=300.0, weights=303.0, trained=300.0, steps=steps)
+    session.timeline.handed_over = 303.0  # 3 s after `stop`, on the clock as on the wall
+    session.timeline.weights_data = bytearray(2 * 10**9)  # 2 GB (of untouched pages): 4 s "to hand over"
+    why = session.late()
+    assert why is not None and "weights came 303.0s after the clock started" in why, why
+    session.timeline.handed_over = session.timeline.weights = 301.0  # a hand-over within the last step's grace
+    assert session.late() is None

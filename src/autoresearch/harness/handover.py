@@ -65,6 +65,7 @@ class Exported:
             model.train(was_training)
         self.model = model
         self.names: list[str] = []
+        self.nbytes = 0  # of the weights handed over at the end
         self.constants = dict(program.constants)
         self.document = json.dumps(self._document(program)).encode()
 
@@ -99,6 +100,7 @@ class Exported:
                 placeholders[spec.arg.name] = {"op": "tensor", "index": len(tensors)}
                 tensors.append({"name": spec.target, "dtype": _enum_name(value.dtype), "shape": list(value.shape)})
                 self.names.append(spec.target)
+                self.nbytes += value.numel() * value.element_size()
             else:
                 raise HandOverError(f"the model's graph takes a {kind.lower()} input the evaluator cannot take; {HINT}")
         subgraphs: dict[str, dict] = {}

@@ -28,6 +28,10 @@ from autoresearch.harness.batches import TrainBatches
 from autoresearch.wire import Channel
 
 LOSS_LIMIT = 100.0  # a training loss above this (or NaN) means the run has diverged: stop at once
+# The weights must be in within the budget, the last step's grace (1 s and two steps) and 0.5 s, on the training
+# clock (evaluator/session.py): a model whose hand-over takes longer, at this rate, stops training that much earlier.
+HANDOVER_BYTES_PER_S = 250e6
+HANDOVER_GRACE_S = 1.0
 
 
 class TrainingFailed(RuntimeError):
@@ -72,6 +76,7 @@ class Run:
         self.batches: TrainBatches | None = None
         self.step = 0
         self._exported = None
+        self._handover = 0.0  # seconds of the budget kept for handing the weights over (a large model's)
         self._clock_start: float | None = None
         self._clock_stop: float | None = None
         self._pending_loss: torch.Tensor | None = None
@@ -95,7 +100,7 @@ class Run:
 
     @property
     def time_up(self) -> bool:
-        return self._clock_start is not None and self.elapsed >= self.budget_seconds
+        return self._clock_start is not None and self.elapsed >= self.budget_seconds - self._handover
 
     def autocast(self):
         """The precision context for forward passes: bf16 autocast on CUDA, none elsewhere."""
@@ -118,6 +123,7 @@ class Run:
             self._channel.send({"op": "model", "error": str(exc)})
             raise TrainingFailed(str(exc)) from None
         self._channel.send({"op": "model"}, self._exported.document)
+        self._handover = max(0.0, self._exported.nbytes / HANDOVER_BYTES_PER_S - HANDOVER_GRACE_S)
         print(f"model handed over: graph exported in {time.perf_counter() - started:.1f}s", flush=True)
 
     def train_batches(self, batch_size: int) -> TrainBatches:
