@@ -64,7 +64,7 @@ _HINT = (
 class View:
     """What a confined process sees besides the read-only root and its workdir (`command`'s arguments)."""
 
-    hidden: Sequence[Path] = ()  # empty inside (a file: an empty file)
+    hidden: Sequence[Path] = ()  # empty inside (a file: unreadable)
     readable: Sequence[Path] = ()  # read-only, wherever they are
     binds: Sequence[tuple[Path, Path]] = ()  # (outside, inside): writable, at another path
 
@@ -189,8 +189,8 @@ def command(
         if path in (workdir, *writable):
             raise ValueError(f"{path} cannot be both hidden and writable")
     # A missing directory has nothing to hide, and bwrap could not create its mount point in the read-only root.
-    # A file (a one-file corpus) is masked by an empty one, as credential files are, unless a hidden directory or
-    # the private /tmp already holds it.
+    # A file (a one-file corpus) is masked by /dev/null, bound nodev (unreadable), as credential files are, unless
+    # a hidden directory or the private /tmp already holds it.
     hidden_files = [path for path in hidden if path.is_file()]
     hidden = [path for path in hidden if path.is_dir()]
     hidden_files = [path for path in hidden_files if not _inside(path, [_PRIVATE_TMP, *hidden])]
