@@ -320,3 +320,46 @@ def test_a_train_py_cannot_read_the_raw_corpus_its_validation_rows_were_cut_from
         shutil.rmtree(outside_tmp)
     assert "corpus walked" in proc.stdout, proc.stdout + proc.stderr
     assert "REACHED" not in proc.stdout, proc.stdout
+
+
+# Replaces its compile-cache layer with a link to a directory it cannot even see: the evaluator, which collects
+# what a run compiled from that layer after it ends, resolves the link outside the sandbox.
+LINK_LAYER = """\
+    import os, shutil
+    layer = os.environ["TORCHINDUCTOR_CACHE_DIR"] if {which!r} == "inductor" else ".compile"  # the box is the cwd
+    shutil.rmtree(layer)
+    os.symlink({victim!r}, layer)
+    print("layer linked to", os.readlink(layer), flush=True)
+"""
+
+
+@pytest.mark.parametrize("which", ["inductor", "layer"])
+def test_a_compile_cache_layer_replaced_by_a_link_takes_nothing_from_where_it_points(
+    tmp_path: Path, tiny_prepared: Path, subprocess_env: dict[str, str], which: str
+) -> None:
+    """BROKE, fixed: the evaluator collected the run's compiled files by walking its layer's top directories,
+    following a top that the run had replaced by a link: what lay where it pointed (here a stand-in for ~/.ssh;
+    the validation shard, the workspace's files) was moved out of there, into the run's staged files, then into
+    the shared compile cache for later runs to read if the run was kept, or deleted if not. A top that is not a
+    directory of the box's own is not collected now."""
+    from loop_support import make_workspace
+
+    victim = tmp_path / "victim" / "inductor"
+    victim.mkdir(parents=True)
+    (victim / "id_ed25519").write_text("the user's key")
+    ws = make_workspace(tmp_path / "ws", tiny_prepared)
+    linked = LINK_LAYER.format(which=which, victim=str(victim if which == "inductor" else victim.parent))
+    source = ws.root.joinpath("train.py").read_text().replace(START, START + linked)
+    run_dir = ws.state / "runs" / "1-0"
+    run_dir.mkdir(parents=True)
+    job = {"source": source, "log": str(run_dir / "log.txt"), "result": str(run_dir / "result.json")}
+    referee = subprocess.Popen([sys.executable, "-m", "autoresearch.evaluator.referee", "--workspace", str(ws.root)],
+                               stdin=subprocess.PIPE, env=subprocess_env, text=True)  # fmt: skip
+    referee.stdin.write(json.dumps(job) + "\n")
+    referee.stdin.flush()  # and kept open: its end is the loop's, which stops the run
+    referee.wait(timeout=240)
+    referee.stdin.close()
+    log = (run_dir / "log.txt").read_text()
+    assert "layer linked to" in log, log
+    assert (victim / "id_ed25519").read_text() == "the user's key"
+    assert not [p for p in run_dir.rglob("*") if p.name == "id_ed25519"]

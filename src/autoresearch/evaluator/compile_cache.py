@@ -85,7 +85,9 @@ def fill(box: Path) -> None:
 def harvest(box: Path, staged: Path) -> None:
     """Move what the run compiled (the files of its layer that are not links to the shared cache) to `staged`."""
     shutil.rmtree(staged, ignore_errors=True)  # left by an earlier attempt of the same run
-    if _per_run():
+    # The run may have replaced its layer, or a compiler's directory in it, by a link: followed, it would lead to
+    # files of the user's (a key, the validation shard), moved here and on into the shared cache.
+    if _per_run() or (box / LAYER).is_symlink():
         return
     found = [(sub, rel) for sub in CACHES.values() for rel in _own_files(box / LAYER / sub)]
     size = sum((box / LAYER / sub / rel).stat().st_size for sub, rel in found)
@@ -133,8 +135,10 @@ def _link_tree(shared: Path, top: Path) -> None:
 
 def _own_files(top: Path) -> list[str]:
     """The regular files under `top` (links, lock files and anything else are not followed or taken), relative
-    to it."""
+    to it; none if `top` itself is a link."""
     found = []
+    if os.path.islink(top):
+        return found
     for directory, subdirs, files in os.walk(top):
         for name in files:
             path = os.path.join(directory, name)
