@@ -297,3 +297,19 @@ def test_training_on_after_stop_while_padded_weights_come_in_is_late_whatever_th
     assert why is not None and "weights came 303.0s after the clock started" in why, why
     session.timeline.handed_over = session.timeline.weights = 301.0  # a hand-over within the last step's grace
     assert session.late() is None
+
+
+def test_step_reports_spaced_out_buy_no_grace_past_the_budget() -> None:
+    """BROKE, fixed: the grace past the budget (for a last step that began before it) was two typical steps and
+    1 s, the typical step being the median gap between the experiment's own `step` reports: a train.py that
+    reported a step every 100 s of a 300 s budget could train (and was served rows) until 501 s. The step the
+    grace allows for is at most 2 % of the budget now (6 s of 300), or 1 s."""
+    from autoresearch.evaluator.clock import WallClock
+    from autoresearch.evaluator.session import Session, Timeline
+
+    session = Session(None, None, {}, budget_seconds=300.0, clock=WallClock())
+    session.timeline = Timeline(go=0.0, clock=0.0, stop=450.0, weights=450.1, trained=450.0, handed_over=450.1)
+    session.timeline.steps = [0.0, 100.0, 200.0, 300.0, 400.0]
+    why = session.late()
+    assert why is not None and "trained 450.0s, past the 300s budget" in why, why
+    assert session.timeline.grace(300.0) == 2 * 6.0 + 1.0

@@ -27,6 +27,8 @@ from autoresearch.files import write_json_atomic
 from autoresearch.wire import Channel, ChannelClosed
 
 PROGRESS_EVERY = 1.0  # seconds between writes of the progress file
+MAX_STEP_SHARE = 0.02  # of the budget (at least MIN_STEP_S): the longest step the grace past it allows for
+MIN_STEP_S = 1.0
 HANDOVER_SECONDS = 0.5  # past the budget and the last step's grace, on the training clock, the weights must be in
 
 
@@ -60,9 +62,11 @@ class Timeline:
         gaps = [b - a for a, b in zip(self.steps, self.steps[1:], strict=False)]
         return statistics.median(gaps) if gaps else 0.0
 
-    def grace(self) -> float:
-        """How far past the budget the last step may end: the clock is read between steps."""
-        return 2 * self.typical_step + 1.0
+    def grace(self, budget: float) -> float:
+        """How far past the budget the last step may end: the clock is read between steps. The steps are the
+        experiment's own reports, which it may space out as it likes: the step allowed for is at most
+        `longest_step(budget)` (the harness starts no longer step that would end past it: harness/run.py)."""
+        return 2 * min(self.typical_step, longest_step(budget)) + 1.0
 
     def start_up(self) -> str | None:
         """Where the time from "go" to the clock went, for the run's log; None if the clock never started."""
@@ -74,10 +78,16 @@ class Timeline:
         )
 
 
+def longest_step(budget: float) -> float:
+    """The longest step the grace past the budget allows for."""
+    return max(MAX_STEP_SHARE * budget, MIN_STEP_S)
+
+
 class Session:
     def __init__(self, channel: Channel, feeder: Feeder, constants: dict, budget_seconds: float, clock: TrainingClock):
         self.channel, self.feeder, self.clock = channel, feeder, clock
         self.constants = {**constants, "clock": clock.kind, "clock_cores": clock.cores}
+        self.constants["longest_step"] = longest_step(budget_seconds)
         self.budget = budget_seconds
         self.timeline = Timeline()
         self.progress_path: Path | None = None  # where `progress()` is written while the run trains
@@ -177,7 +187,7 @@ class Session:
         t = self.timeline
         if t.clock is None or t.stop is not None:
             return {"data": False}, self.feeder.noise(n)
-        if self.elapsed() > self.budget + t.grace():
+        if self.elapsed() > self.budget + t.grace(self.budget):
             return {"data": False, "time_up": True}, self.feeder.noise(n)
         t.timed_rows += n
         return {"data": True}, self.feeder.rows(n)
@@ -190,12 +200,12 @@ class Session:
         if t.clock is None:
             return "the clock never started: training before it gains nothing, and there was no training after it"
         trained = t.trained if t.trained is not None else 0.0
-        if trained > self.budget + t.grace():
+        if trained > self.budget + t.grace(self.budget):
             return f"trained {trained:.1f}s, past the {self.budget:g}s budget"
         # Not a time by the weights' size after `stop`: a model padded with a buffer its graph barely reads bought
         # as much training after the clock stopped as it liked (up to the 64 GiB taken).
         handed = t.handed_over if t.handed_over is not None else 0.0
-        allowed = self.budget + t.grace() + HANDOVER_SECONDS
+        allowed = self.budget + t.grace(self.budget) + HANDOVER_SECONDS
         if handed > allowed:
             return (
                 f"the weights came {handed:.1f}s after the clock started (at most {allowed:.1f}s: the budget, the "

@@ -77,6 +77,9 @@ class Run:
         self.step = 0
         self._exported = None
         self._handover = 0.0  # seconds of the budget kept for handing the weights over (a large model's)
+        self._last_step = 0.0  # the last timed step's length on the training clock
+        self._longest_step: float = constants["longest_step"]  # the evaluator's grace allows for no longer one
+        self._last_step_done: float | None = None
         self._clock_start: float | None = None
         self._clock_stop: float | None = None
         self._pending_loss: torch.Tensor | None = None
@@ -100,7 +103,10 @@ class Run:
 
     @property
     def time_up(self) -> bool:
-        return self._clock_start is not None and self.elapsed >= self.budget_seconds - self._handover
+        """Whether to stop now: the budget has passed, or the next step (as long as the last) would end further
+        past it than the evaluator's grace allows for (a step longer than its `longest_step`)."""
+        late_step = max(0.0, self._last_step - self._longest_step)
+        return self._clock_start is not None and self.elapsed + late_step >= self.budget_seconds - self._handover
 
     def autocast(self):
         """The precision context for forward passes: bf16 autocast on CUDA, none elsewhere."""
@@ -153,6 +159,9 @@ class Run:
                 self._start_clock()
             return
         self._channel.send({"op": "step", "loss": self._last_loss if math.isfinite(self._last_loss) else None})
+        done = self.elapsed
+        self._last_step = done - (self._last_step_done or 0.0)
+        self._last_step_done = done
         now = time.perf_counter()
         if now - self._last_log >= (10 if self.device.type == "cuda" else 5):
             self._last_log = now
