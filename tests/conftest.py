@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from autoresearch.agents import command_agent
 from autoresearch.config.presets import Preset, get_preset
 from autoresearch.data.prepare import prepare
+from autoresearch.evaluator import sandbox
 
 pytest_plugins = ["fake_hub", "fake_llm", "loop_support"]  # fixtures: fake HF hub, fake LLM APIs, workspaces
 
@@ -76,6 +78,12 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path):
 
     while OPEN_EXECUTORS:  # the evaluator a loop started ahead for its next run
         OPEN_EXECUTORS.pop().close()
+    # Probes cached per process: one a test made while its PATH pointed nowhere (bwrap, unshare "missing") would
+    # hold for every later test of this pytest worker.
+    if sandbox.unavailable_reason.cache_info().currsize and sandbox.unavailable_reason() is not None:
+        sandbox.unavailable_reason.cache_clear()
+    if command_agent.pid_namespace.cache_info().currsize and not command_agent.pid_namespace():
+        command_agent.pid_namespace.cache_clear()
 
 
 @pytest.fixture
