@@ -49,7 +49,14 @@ from autoresearch.evaluator.feeder import Feeder
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.evaluator.program import Program, ProgramRejected, ShapeCompiled, load_program
 from autoresearch.evaluator.result import EVALUATING, PROGRESS_NAME, RESULT_ENV, STARTING, Result
-from autoresearch.evaluator.score import NonFiniteLogits, Scorer, causality_violation, eval_batch_size, score_rows
+from autoresearch.evaluator.score import (
+    NonFiniteLogits,
+    Scorer,
+    causality_violation,
+    eval_batch_size,
+    probed_rows,
+    score_rows,
+)
 from autoresearch.evaluator.session import Session, Timeline
 from autoresearch.orphans import owned_box, remove_box
 
@@ -270,7 +277,8 @@ def score_program(
     rows = val_rows[np.random.default_rng(secrets.randbits(64)).permutation(len(val_rows))]
     token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(device)
     score = score_rows(scorer, rows, token_bytes, batch_size)
-    why = causality_violation(scorer, rows, score.per_token, batch_size)
+    probed = probed_rows(len(rows), batch_size)
+    why = causality_violation(scorer, rows[:probed], score.per_token[:probed], batch_size)
     if program.changed():
         why = "the model changed its own weights while it was evaluated (it keeps state from call to call)"
     return score.bpb, why, getattr(model, "eager_because", None)
