@@ -79,11 +79,10 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path):
     while OPEN_EXECUTORS:  # the evaluator a loop started ahead for its next run
         OPEN_EXECUTORS.pop().close()
     # Probes cached per process: one a test made while its PATH pointed nowhere (bwrap, unshare "missing") would
-    # hold for every later test of this pytest worker.
-    if sandbox.unavailable_reason.cache_info().currsize and sandbox.unavailable_reason() is not None:
-        sandbox.unavailable_reason.cache_clear()
-    if command_agent.pid_namespace.cache_info().currsize and not command_agent.pid_namespace():
-        command_agent.pid_namespace.cache_clear()
+    # hold for every later test of this pytest worker. (A test may have replaced a probe: it is put back later.)
+    for probe, works in ((sandbox.unavailable_reason, lambda why: why is None), (command_agent.pid_namespace, bool)):
+        if hasattr(probe, "cache_info") and probe.cache_info().currsize and not works(probe()):
+            probe.cache_clear()
 
 
 @pytest.fixture
