@@ -63,19 +63,16 @@ def test_non_zero_exit_is_a_proposal_error_with_the_stderr_tail(tmp_path: Path, 
 
 @pytest.mark.slow
 def test_a_hanging_command_is_killed_with_its_whole_process_group(tmp_path: Path, context: Context) -> None:
-    child_pid = (
-        "import os; open('child.pid', 'w').write(os.readlink('/proc/self')); os.execvp('sleep', ['sleep', '300'])"
-    )
-    script = f"{sys.executable} -c {shlex.quote(child_pid)} &\necho 'still thinking' >&2\nsleep 300"  # the pid outside
+    marker = f"autoresearch-hanging-child-{os.getpid()}-{time.monotonic_ns()}"  # found from outside its namespace
+    script = f"sh -c 'sleep 300; :' {marker} &\necho 'still thinking' >&2\nsleep 300"
     start = time.monotonic()
     with pytest.raises(ProposalError, match=r"(?s)did not finish within 1 s.*still thinking"):
         agent(tmp_path, script, timeout_s=1).propose(context)
     assert time.monotonic() - start < 10
-    child = int((context.workspace / "child.pid").read_text())
     deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
+    while _with_marker(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child)
+    assert not _with_marker(marker)
 
 
 def test_train_py_left_unchanged_is_a_proposal_error(tmp_path: Path, context: Context) -> None:
@@ -92,6 +89,18 @@ def test_train_py_left_invalid_is_a_proposal_error_and_stays_as_left(tmp_path: P
 def test_missing_description_falls_back_to_a_generic_one(tmp_path: Path, context: Context) -> None:
     proposal = agent(tmp_path, EDIT).propose(context)
     assert "no description" in proposal.description
+
+
+def _with_marker(marker: str) -> list[int]:
+    """Live processes (zombies aside) whose command line holds `marker`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "cmdline").read_bytes() and _alive(int(proc.name)):
+                found.append(int(proc.name))
+        except OSError:  # ended meanwhile
+            continue
+    return found
 
 
 def _alive(pid: int) -> bool:
