@@ -144,3 +144,13 @@ def test_an_apparatus_config_edited_by_hand_is_a_clear_error_naming_how_to_resto
     assert main(["status", "--workspace", str(workspace.root)]) == 2
     err = words(capsys.readouterr().err)
     assert str(path) in err and f"`git checkout {CONFIG_NAME}` puts it back" in err
+
+
+def test_a_library_warning_reads_as_the_clis_own_without_the_modules_name() -> None:
+    """The tiny-corpus warning printed `WARNING autoresearch.data.sources.local: ...`."""
+    code = (
+        "import logging; from autoresearch.cli import configure_logging; configure_logging(); "
+        "logging.getLogger('autoresearch.data.sources.local').warning('the corpus under x is tiny')"
+    )
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert err == "warning: the corpus under x is tiny\n"

@@ -336,9 +336,16 @@ def _terminated(signum: int, frame) -> None:
     raise Terminated
 
 
+def configure_logging() -> None:
+    """A library module's warning reads as the CLI's own do ("warning: ..."), without the module's name."""
+    for level in (logging.WARNING, logging.ERROR):
+        logging.addLevelName(level, logging.getLevelName(level).lower())
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     # One ignored (nohup-like) stays ignored; only the main thread may set a handler (main() called on another
     # thread, as tests and embedders do, leaves signals alone).
     taken = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
