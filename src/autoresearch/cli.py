@@ -411,9 +411,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
                     "(or no experiment of theirs left in git); each experiment's commit was taken from git instead"
                 )
     except AutoresearchError as exc:
-        # its text is no markup; unwrapped, so that a log (`wait` reads the background loop's) holds it whole
-        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return 2
+        return _error(console, exc)
     except KeyboardInterrupt as exc:
         console.print("interrupted: run the same command again to resume where it stopped")
         return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
@@ -429,9 +427,14 @@ def _main(args: argparse.Namespace, console: Console) -> int:
             hint="autoresearch writes its state, results.tsv and reports into the workspace and prepared data into "
             "the cache: run it where both may be written (nothing was lost)",
         )
-        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-        return 2
+        return _error(console, error)
     return 0
+
+
+def _error(console: Console, exc: AutoresearchError) -> int:
+    # its text is no markup; unwrapped, so that a log (`wait` reads the background loop's) holds it whole
+    console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    return 2
 
 
 if __name__ == "__main__":
