@@ -6,13 +6,19 @@ Each test runs one scripted `command` agent turn through the real loop with the 
 
 from __future__ import annotations
 
+import json
+import math
 import shlex
 import time
 
 import pytest
+from loop_support import fake_result, make_loop
 from test_agent_turn import assert_the_loop_owns_the_workspace, set_lr, take_turn
 
-from autoresearch.vocabulary import Status
+from autoresearch.evaluator.result import SEAL, ForgedResult, Result
+from autoresearch.loop import executor as executors
+from autoresearch.loop.executor import LocalExecutor, RunSpec
+from autoresearch.vocabulary import RunEnd, Status
 
 
 @pytest.mark.parametrize(
@@ -124,3 +130,53 @@ def test_a_fifo_left_where_the_loop_reads_does_not_wedge_it(workspace, tmp_path,
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nrm {path} && mkfifo {path}\necho x")
     assert exp.status == Status.CRASH and path in exp.reason
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("forge", ["unsealed", "sealed with another key", "a field changed"])
+def test_a_result_file_replaced_before_the_loop_reads_it_is_not_counted(workspace, monkeypatch, forge):
+    """BROKE, fixed: a run's result.json lies in the workspace's private state, and the loop took whatever it held
+    when the evaluator exited. A coding agent's turn overlaps the other workers' runs, so it (or a process it left
+    where no PID namespace holds it) could watch for the file and replace it: a forged val_bpb, counted. The loop
+    now takes a result only with the seal of the key it gave that run's evaluator."""
+    loop = make_loop(workspace, LocalExecutor(prewarm=False), baseline_runs=2)
+    spec = RunSpec(workspace.root, workspace.state / "runs" / "1-0", 120, loop.fingerprint)
+    honest = loop.executor.run(spec)
+    assert honest.status == RunEnd.OK and honest.result is not None, honest.reason
+
+    real_wait = executors.Referee.wait
+
+    def wait_then_forge(self, timeout):  # the racing process wins: it writes after the evaluator, before the loop
+        code = real_wait(self, timeout)
+        path = spec.run_dir / "result.json"
+        data = json.loads(path.read_text())
+        if forge == "unsealed":
+            data.pop(SEAL)
+            data["val_bpb"] = 0.5
+        elif forge == "sealed with another key":
+            data.pop(SEAL)
+            data["val_bpb"] = 0.5
+            Result(**data).save(path, key="a key the forger made up")
+            return code
+        else:
+            data["val_bpb"] = data["val_bpb"] - 0.2  # the evaluator's seal left on a better score
+        path.write_text(json.dumps(data))
+        return code
+
+    monkeypatch.setattr(executors.Referee, "wait", wait_then_forge)
+    forged = loop.executor.run(spec)
+    assert forged.status == RunEnd.CRASH and forged.result is None
+    assert "seal" in forged.reason and "not counted" in forged.reason
+
+
+@pytest.mark.parametrize("bpb", [1.2345678901234567, float("nan"), float("inf")])
+def test_a_sealed_result_reads_back_with_its_key_only(tmp_path, bpb):
+    """The seal survives the JSON round trip of every value a run can score, and no other key opens it; a reader
+    without a key (`rebuild-ledger`, from the records) still reads the file."""
+    path = tmp_path / "result.json"
+    fake_result(bpb, "fingerprint").save(path, key="k1")
+    back = Result.load(path, key="k1")
+    assert back.val_bpb == bpb or (math.isnan(bpb) and math.isnan(back.val_bpb))
+    assert Result.load(path).harness_fingerprint == "fingerprint"
+    with pytest.raises(ForgedResult, match="seal"):
+        Result.load(path, key="k2")

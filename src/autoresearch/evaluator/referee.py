@@ -9,9 +9,10 @@ experiment's reach.
 The rules of the clock are in evaluator/session.py.
 
 Started by the loop's executor with `--workspace DIR`: the experiment starts at once, so its imports
-overlap the previous run, and the job (one JSON line on stdin: {"source", "log", "result"}: train.py's
-text itself, which no file read later could replace) comes when the run may begin. Started with
-`--train-py PATH` it runs that file now, the output on this terminal: what `python train.py` becomes.
+overlap the previous run, and the job (one JSON line on stdin: {"source", "log", "result", "key"}: train.py's
+text itself, which no file read later could replace, and the key that seals the result) comes when the run
+may begin. Started with `--train-py PATH` it runs that file now, the output on this terminal: what
+`python train.py` becomes.
 Exit status: 0 scored (the result says whether it is valid), 3 the experiment crashed or broke the
 protocol (the result says why), 2 cannot run at all.
 """
@@ -137,11 +138,18 @@ class Referee:
     # -- the run --------------------------------------------------------------------------------
 
     def run(
-        self, train_py: bytes, log, result_path: Path, progress_path: Path | None = None, staged: Path | None = None
+        self,
+        train_py: bytes,
+        log,
+        result_path: Path,
+        progress_path: Path | None = None,
+        staged: Path | None = None,
+        key: str | None = None,
     ) -> int:
-        """Run `train_py` (its bytes) once, score what it hands over, write the result; the exit status. While it
-        runs, where it is goes to `progress_path`, if given (Session.progress); what it compiled goes to
-        `staged`, if given, for the loop to add to the shared compile cache or not (compile_cache.settle)."""
+        """Run `train_py` (its bytes) once, score what it hands over, write the result (sealed with `key`, if
+        given: evaluator/result.py); the exit status. While it runs, where it is goes to `progress_path`, if given
+        (Session.progress); what it compiled goes to `staged`, if given, for the loop to add to the shared compile
+        cache or not (compile_cache.settle)."""
         try:
             self.experiment.output.attach(log)
             if not self.experiment.confined:
@@ -166,7 +174,7 @@ class Referee:
                 compile_cache.harvest(self.box, staged)
             self.session.write_progress(EVALUATING)
             result, crashed = self._judge(broken, code)
-            result.save(result_path)
+            result.save(result_path, key)
             if progress_path:
                 progress_path.unlink(missing_ok=True)
             self.experiment.output.note(result.summary())
@@ -379,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             result,
             result.with_name(PROGRESS_NAME),
             result.with_name(compile_cache.STAGED),
+            job.get("key"),
         )
 
 

@@ -2,10 +2,18 @@
 
 The evaluator writes it, in a place the experiment cannot reach; the research loop reads the metric
 from this file only. Nothing train.py prints counts.
+
+The file lies in the workspace's private state, where a process of the same user (a coding agent whose
+turn overlaps other workers' runs, say) could replace it between the evaluator's write and the loop's
+read. So the loop gives each run's evaluator a secret key with the job, over a pipe, and takes the
+result only if it carries that key's seal (an HMAC over its fields): a result written by anyone else
+is refused. At rest, after the run, the file is a record (`rebuild-ledger` reads it), not a proof.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import os
@@ -17,6 +25,17 @@ from autoresearch.files import write_json_atomic
 RESULT_ENV = "AUTORESEARCH_RESULT"
 PROGRESS_NAME = "progress.json"  # beside the result while a run goes (evaluator/session.py: Session.progress)
 STARTING, TRAINING, EVALUATING = "starting", "training", "evaluating"  # its phases: before, on, after the clock
+
+
+SEAL = "seal"  # the result file's field that holds the HMAC of the others
+
+
+class ForgedResult(ValueError):
+    """A result file without its run's seal: not what the evaluator wrote."""
+
+
+def _seal(data: dict, key: str) -> str:
+    return hmac.new(key.encode(), json.dumps(data, sort_keys=True).encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -45,12 +64,19 @@ class Result:
     # The kind of device and the clock ("NVIDIA H200; wall clock"): scores measured on another are not compared.
     setup: str = ""
 
-    def save(self, path: Path) -> None:
-        write_json_atomic(path, asdict(self))
+    def save(self, path: Path, key: str | None = None) -> None:
+        """Write the result; with `key`, sealed with it (the loop's run: see the module's docstring)."""
+        data = asdict(self)
+        write_json_atomic(path, {**data, SEAL: _seal(data, key)} if key else data)
 
     @classmethod
-    def load(cls, path: Path) -> Result:
+    def load(cls, path: Path, key: str | None = None) -> Result:
+        """The result in `path`; with `key`, only if it carries that key's seal (ForgedResult if not)."""
         data = json.loads(Path(path).read_text())
+        if key is not None:
+            seal = data.pop(SEAL, None)
+            if not isinstance(seal, str) or not hmac.compare_digest(seal, _seal(data, key)):
+                raise ForgedResult(f"{path} does not carry its evaluator's seal: written or changed by another process")
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING})
 
     def summary(self) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import select
 import socket
 import subprocess
@@ -29,7 +30,7 @@ from typing import Protocol
 import psutil
 
 from autoresearch.evaluator.confined import FORK_ENV, kill_tree
-from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, Result
+from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, ForgedResult, Result
 from autoresearch.evaluator.sandbox import evaluator_env
 from autoresearch.orphans import reap, write_pid_file
 from autoresearch.vocabulary import RunEnd
@@ -114,7 +115,8 @@ class LocalExecutor:
         write_pid_file(spec.run_dir / "pid", referee.proc.pid)
         started = time.monotonic()
         source = spec.source_bytes().decode("utf-8", errors="surrogateescape")
-        job = {"source": source, "log": str(log_path), "result": str(result_path)}
+        key = secrets.token_hex(32)  # seals the result: no other process can write one the loop takes
+        job = {"source": source, "log": str(log_path), "result": str(result_path), "key": key}
         try:
             referee.start(job)
             if self.prewarm:  # once this run trains: before, its start-up would share the cores with the next's
@@ -133,7 +135,11 @@ class LocalExecutor:
             referee.kill()
             why = f"no result within the hard timeout of {spec.timeout:.0f}s; killed"
             return Outcome(RunEnd.TIMEOUT, None, why, tail(log_path), seconds)
-        return outcome_of(code, read_result(result_path), referee.errors(), tail(log_path), seconds, spec.fingerprint)
+        try:
+            result = read_result(result_path, key)
+        except ForgedResult as exc:
+            return Outcome(RunEnd.CRASH, None, f"not counted: {exc}", tail(log_path), seconds)
+        return outcome_of(code, result, referee.errors(), tail(log_path), seconds, spec.fingerprint)
 
     def _take(self, directory: Path) -> Referee:
         warm, self._warm = self._warm, None
@@ -397,9 +403,12 @@ def reap_orphan(run_dir: Path) -> bool:
     return reap(run_dir / "pid")
 
 
-def read_result(path: Path) -> Result | None:
+def read_result(path: Path, key: str | None = None) -> Result | None:
+    """The result in `path`, None if there is none to read; with `key`, ForgedResult if it lacks that key's seal."""
     try:
-        return Result.load(path)
+        return Result.load(path, key)
+    except ForgedResult:
+        raise
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         return None
 
