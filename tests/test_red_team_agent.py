@@ -12,8 +12,8 @@ import shlex
 import time
 
 import pytest
-from loop_support import fake_result, make_loop
-from test_agent_turn import assert_the_loop_owns_the_workspace, set_lr, take_turn
+from loop_support import FakeExecutor, fake_result, make_loop
+from test_agent_turn import GIT, PY, assert_the_loop_owns_the_workspace, score, set_lr, take_turn
 
 from autoresearch.evaluator.result import SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
@@ -180,3 +180,40 @@ def test_a_sealed_result_reads_back_with_its_key_only(tmp_path, bpb):
     assert Result.load(path).harness_fingerprint == "fingerprint"
     with pytest.raises(ForgedResult, match="seal"):
         Result.load(path, key="k2")
+
+
+REWRITE_OBJECT = """
+import pathlib, subprocess, zlib
+blob = subprocess.run(["git", "rev-parse", "HEAD:train.py"], capture_output=True, text=True, check=True).stdout.strip()
+text = subprocess.run(["git", "cat-file", "blob", blob], capture_output=True, check=True).stdout
+forged = text.replace(b"LR = 0.05", b"LR = 0.2")  # the best's history now holds the agent's change, never measured
+path = pathlib.Path(".git/objects") / blob[:2] / blob[2:]
+path.unlink()
+path.write_bytes(zlib.compress(b"blob %d\\0" % len(forged) + forged))
+"""
+
+
+def test_an_object_of_the_history_rewritten_by_the_agent_is_put_back(workspace, tmp_path):
+    """BROKE, fixed: git does not check an object against its name when it reads it, and .git/objects was not
+    guarded. An agent that rewrote the best's train.py blob in place changed what the history (and every
+    checkout of the best) says was measured: the branch then showed a train.py no run had trained."""
+    baseline_source = workspace.read_train_py()
+    script = workspace.root.parent / "rewrite.py"
+    script.write_text(REWRITE_OBJECT)
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.1)}\n{PY} {script}\necho LR 0.1")
+    assert exp.status == Status.CRASH and ".git/objects/" in exp.reason, exp.reason
+    baseline = make_loop(workspace, FakeExecutor(score)).best()
+    assert workspace.git.show(baseline.commit, "train.py") == baseline_source
+    workspace.git("fsck", "--strict")  # every object is whole again
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_an_agent_that_packs_the_objects_away_is_not_held_to_it(workspace, tmp_path):
+    """`git gc` (a tool may run it) packs the loose objects and deletes them: nothing rewritten, so the proposal
+    stands; the loose objects are written back all the same."""
+    loose = sorted(p.relative_to(workspace.git.git_dir) for p in (workspace.git.git_dir / "objects").glob("??/*"))
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{GIT} gc -q --prune=now\necho LR 0.2")
+    assert exp.status == Status.KEEP, exp.reason
+    assert all((workspace.git.git_dir / rel).is_file() for rel in loose)
+    workspace.git("fsck", "--strict")
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)

@@ -3,7 +3,8 @@
 `take()` records, cheaply, what the loop relies on: every ref and the index (its flags too); every file under .git
 that git reads and the loop's git commands do not write (HEAD, config, hooks/, info/, objects/info/, and whatever
 else is there or appears: a commondir, shallow or MERGE_HEAD file redirects or stops the loop's git), with their
-contents; the files
+contents; every object file (git does not check an object against its name as it reads it, so a rewritten one
+would change what the history says was measured; their bytes are read once and kept while unchanged); the files
 `git status` reports, with their contents; every other untracked file, including ignored ones, by size,
 times and mode; and the person's files (program.md, prompts/*.md). `put_back()` compares the workspace with
 a snapshot, puts it back as it was, and says what had changed.
@@ -57,6 +58,7 @@ HISTORY_GIT = ("logs", "ORIG_HEAD")  # what git's own commands write about moves
 # reflogs), the objects (too many to copy; objects/info, which can point git elsewhere, is guarded) and the workers'
 # worktrees. Everything else there, present or new, is.
 UNGUARDED_GIT = frozenset({"objects", "refs", "packed-refs", "index", "worktrees", *HISTORY_GIT})
+OBJECTS = "objects"  # .git/objects: each file there is guarded by its signature, its bytes kept (_read_objects)
 GITIGNORE = ".gitignore"
 PROGRAM, PROMPTS = "program.md", "prompts"
 DIRECTORY = "dir"  # the content id of a directory git reports as one path (a nested repository)
@@ -72,6 +74,9 @@ class Snapshot:
     git_files: dict[str, list]  # under .git -> [content id, mode]
     human: dict[str, str | None]  # program.md, prompts/*.md -> content id (None: absent); empty if not watched
     history: dict[str, list] = field(default_factory=dict)  # .git/logs/**, .git/ORIG_HEAD -> [content id, mode]
+    # Every file under .git/objects but info/ -> [content id, inode, size, mtime_ns, ctime_ns, mode]. Not saved for the
+    # next start (save()): a snapshot read back from disk has none, and leaves the objects as they are.
+    objects: dict[str, list] = field(default_factory=dict)
     contents: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)  # content id -> bytes
     sources: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)  # content id -> its file
 
@@ -114,6 +119,7 @@ def take(git: Git, exclude: frozenset[str] = frozenset(), human: bool = True) ->
         history=history,
         contents=contents | history_contents,
     )
+    snap.objects = _read_objects(git.git_dir, snap)
     snap.files = _status_contents(git.root, git.status(), skip, snap)
     snap.untracked = _signatures(git, skip)
     if human:
@@ -176,6 +182,42 @@ def _read_git_files(git_dir: Path, names: tuple[str, ...]) -> tuple[dict[str, li
             if data is not None:
                 contents[content_id], sources[content_id] = data, path
     return listing, contents, sources
+
+
+# The bytes of the object files last read under each .git/objects: (path, inode, size, mtime_ns, ctime_ns) -> (content
+# id, bytes). A file whose signature is unchanged holds the same bytes (a write or rename changes its ctime, which no
+# process can set back), so each object is read once, not at every step of the night.
+_object_bytes: dict[Path, dict[tuple, tuple[str, bytes]]] = {}
+
+
+def _read_objects(git_dir: Path, snap: Snapshot) -> dict[str, list]:
+    """Every regular file under .git/objects but info/ (guarded with the other git files) -> [content id, inode, size,
+    mtime_ns, ctime_ns, mode], their bytes kept in `snap`."""
+    top = git_dir / OBJECTS
+    known, seen, listing = _object_bytes.get(top, {}), {}, {}
+    for folder, dirs, names in os.walk(top):
+        if folder == str(top):
+            dirs[:] = [d for d in dirs if d != "info"]
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            key = (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if (entry := known.get(key)) is None:
+                try:
+                    data = Path(path).read_bytes()
+                except OSError:
+                    continue
+                entry = (blob_id(data), data)
+            seen[key] = entry
+            listing[os.path.relpath(path, top)] = [entry[0], *key[1:], st.st_mode]
+            snap.contents[entry[0]] = entry[1]
+    _object_bytes[top] = seen  # only what is there now: the cache holds no more than the object store
+    return listing
 
 
 def _status_contents(root: Path, status: dict[str, str], skip, snap: Snapshot) -> dict[str, str | None]:
@@ -275,6 +317,7 @@ def put_back(
     ):
         held.append(f".git/{rel}")  # before any git command runs
     _put_back_locks(git.git_dir, git_quarantine, held)  # a git that was killed: the loop's git commands would fail
+    _put_back_objects(before, git.git_dir, git_quarantine, found, held)  # before a git command reads them
     left_history, _, _ = _read_git_files(git.git_dir, HISTORY_GIT)  # before the loop's own commands write to it
     _put_back_refs(before, git, held)
     if _sha256(git.index_listing()) != before.index:
@@ -323,6 +366,31 @@ def _put_back_git_files(
             elif not stat.S_ISLNK(mode):
                 os.chmod(git_dir / rel, stat.S_IMODE(mode))
     return sorted(differed)
+
+
+def _put_back_objects(before: Snapshot, git_dir: Path, quarantine: Path, found: Findings, held: list[str]) -> None:
+    """Write back every object file that changed or went since `before`. A rewritten one is a change (the history
+    would say something else was measured); a deleted one is `held` (`git gc` packs loose objects away). Object
+    files that appeared are left: git adds them for every commit, and none of the history's refers to them."""
+    top = git_dir / OBJECTS
+    for rel, (content_id, *signature) in sorted(before.objects.items()):
+        path = top / rel
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(path)
+            if [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode] == signature:
+                continue
+        now = _read(path)
+        if now is not None and now[0] == content_id:
+            continue  # touched, not changed
+        if now is None:
+            held.append(f"deleted .git/objects/{rel}")
+        else:
+            found.changed.append(f"changed .git/objects/{rel}")
+            _quarantine(top, rel, quarantine / OBJECTS, tidy=False)
+        if not _restore(path, content_id, before, None):
+            found.not_restored.append(f".git/objects/{rel}")
+            continue
+        os.chmod(path, stat.S_IMODE(signature[-1]))
 
 
 def _put_back_locks(git_dir: Path, quarantine: Path, held: list[str]) -> None:
@@ -466,7 +534,7 @@ def save(snap: Snapshot, git: Git, path: Path) -> None:
     git_ids = {content_id for content_id, _ in (*snap.git_files.values(), *snap.history.values())}
     stored = [i for i in {*snap.files.values(), *snap.human.values()} if i in snap.sources and i not in git_ids]
     git.store_blobs([snap.sources[i] for i in stored])
-    data = {k: v for k, v in asdict(snap).items() if k not in ("contents", "sources")}
+    data = {k: v for k, v in asdict(snap).items() if k not in ("contents", "sources", "objects")}
     data["git_contents"] = {i: base64.b64encode(snap.contents[i]).decode() for i in git_ids if i in snap.contents}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(data), durable=True)  # a power cut leaves it whole, or the old one
