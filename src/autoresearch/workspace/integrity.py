@@ -55,8 +55,8 @@ from autoresearch.workspace.git import Git
 LOOP_OWN = ("/.autoresearch/", "/results.tsv", "/results.tsv.tmp", "/progress.png", "/report.md", "__pycache__/")
 HISTORY_GIT = ("logs", "ORIG_HEAD")  # what git's own commands write about moves; put back after the loop's
 # Under .git, not guarded as files: what the loop's git writes and put_back restores its own way (refs, the index,
-# reflogs), the objects (too many to copy; objects/info, which can point git elsewhere, is guarded) and the workers'
-# worktrees. Everything else there, present or new, is.
+# reflogs), the objects (guarded their own way: OBJECTS; objects/info, which can point git elsewhere, is guarded as a
+# file) and the workers' worktrees. Everything else there, present or new, is.
 UNGUARDED_GIT = frozenset({"objects", "refs", "packed-refs", "index", "worktrees", *HISTORY_GIT})
 OBJECTS = "objects"  # .git/objects: each file there is guarded by its signature, its bytes kept (_read_objects)
 GITIGNORE = ".gitignore"
