@@ -238,12 +238,18 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
     submission is refused or no loop takes it (then withdrawn: it never trains), the change is put back."""
     import subprocess
 
-    from autoresearch.loop.inbox import send
+    from autoresearch.loop.inbox import HeldEdit, put_back_edits, send
     from autoresearch.loop.workers import devices
     from autoresearch.workspace.workspace import Workspace
 
     ws = Workspace(args.workspace)
     devices(args.gpus, args.workers)  # a wrong --gpus is an error before anything is queued
+    if (lost := put_back_edits(ws, lambda text: console.print(text, markup=False, highlight=False))) is not None:
+        raise AutoresearchError(
+            f"a `submit` killed before it queued its change ({lost}) had taken it out of train.py; it is back in "
+            "train.py",
+            hint="check it and submit it again",
+        )
     source, base = ws.read_train_py(), ws.git.head()
     if source == ws.committed_train_py(base):
         raise AutoresearchError("train.py is the same as the best", hint="edit train.py first")
@@ -261,12 +267,15 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
         console.print(f"started a loop in the background (its log: {ws.state / 'driver.log'})", highlight=False)
         return proc
 
-    ws.write_train_py(ws.git.show(base, "train.py"))
+    held = HeldEdit(ws.state, edit, source, args.message, base)  # from here a kill loses nothing (put_back_edits)
     try:
+        ws.write_train_py(ws.git.show(base, "train.py"))
         exp_id = send(ws, args.message, source, base, start)
     except BaseException:
         ws.write_train_py(edit)
+        held.release()
         raise
+    held.release()
     print(f"exp {exp_id} queued", flush=True)
 
 
