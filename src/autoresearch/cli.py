@@ -192,8 +192,10 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     if live:
         reporter.runs_dir = loop.ws.state / "runs"  # where the runs' logs are: the clock follows them
         reporter.resume(loop.ledger.all())
+    ran = False
     try:
         with loop.ws.lock():
+            ran = True
             if live:
                 with reporter:
                     _drive(loop, agent, found, args)
@@ -202,7 +204,7 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     finally:
         loop.executor.close()
         remove_left_boxes(loop.ws.state)  # what the evaluators started ahead for runs that never came
-        if loop.ledger.all():
+        if ran and loop.ledger.all():  # not a `run` refused beside another: that loop writes its own report
             png, md = make_report(loop.ws.root)
             history = loop.ws.root / "results.tsv"  # one line, also in a log
             console.print(f"report: {md} and {png}; history in {history}", highlight=False, soft_wrap=True)
