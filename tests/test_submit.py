@@ -295,7 +295,7 @@ def test_a_duplicate_submission_is_refused_with_the_reason(workspace, capsys):
     assert [r.id for r in rows(workspace)] == [1, 2] and inbox_files(workspace) == []
 
 
-def test_wait_with_no_ids_prints_every_submitted_verdict_not_yet_printed(workspace, capsys):
+def test_wait_with_no_ids_prints_every_submitted_verdict_not_yet_printed_as_try_prints_one(workspace, capsys):
     """BROKE, fixed: `wait` with no ids waited only for experiments in flight: one judged while the agent was
     submitting others was never printed."""
     release = threading.Event()
@@ -319,6 +319,8 @@ def test_wait_with_no_ids_prints_every_submitted_verdict_not_yet_printed(workspa
         ["exp", "2", "DISCARD"],
         ["exp", "3", "DISCARD"],
     ]
+    # in the format of `try` (BROKE, fixed: without its `best` field, so an agent reading both misread the fields)
+    assert [line.split(" | ")[1] for line in lines[1:]] == ["best 1.073500 (exp 1)"] * 2
     assert unreported(workspace.state) == []
     assert main(["wait", "--workspace", str(workspace.root)]) == 0  # nothing left to report: said so, at once
     said = capsys.readouterr()

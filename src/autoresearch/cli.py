@@ -287,6 +287,7 @@ def _wait(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.loop.inbox import reported, unreported, wait_for
     from autoresearch.loop.ledger import Ledger
     from autoresearch.loop.reporter import verdict_line
+    from autoresearch.vocabulary import Status
     from autoresearch.workspace.workspace import Workspace
 
     ws = Workspace(args.workspace)
@@ -295,8 +296,13 @@ def _wait(args: argparse.Namespace, console: Console) -> None:
         console.print("no submitted experiment waits to be reported (`wait N` waits for experiment N)")
         return
 
-    def judged(exp) -> None:
-        print(verdict_line(exp, None), flush=True)
+    def judged(exp) -> None:  # as `try` prints it: with the best now
+        ledger = Ledger(ws.root)
+        try:
+            kept = [e for e in ledger.all() if e.status == Status.KEEP]
+        finally:
+            ledger.close()
+        print(verdict_line(exp, kept[-1] if kept else None), flush=True)
         reported(ws.state, exp.id)
 
     wait_for(lambda: Ledger(ws.root), ids, ws.is_locked, log=ws.state / "driver.log", judged=judged)
