@@ -37,6 +37,7 @@ from autoresearch.data.shards import (
 )
 from autoresearch.data.sources import TRAIN, VAL, VAL_BYTES_PER_TOKEN, Part, Source, make_source, smaller_presets
 from autoresearch.data.sources.base import smaller_preset_hint
+from autoresearch.data.sources.hub import note_cache
 from autoresearch.data.tokenizer import Tokenizer, capped_texts
 from autoresearch.errors import DataError
 from autoresearch.evaluator.cores import usable_cores
@@ -111,6 +112,8 @@ def _build(source: Source, preset: Preset, out: Path, console: Console) -> None:
     started = time.monotonic()
     console.print(f"preparing [bold]{source.name}[/] for preset [bold]{preset.name}[/] in {out}")
     source.fetch()
+    if (hub_cache := getattr(source, "cache_dir", None)) is not None:  # a hub dataset: its files stay readable there
+        note_cache(out, hub_cache)  # the referee hides it from train.py, whatever the variables when it runs
     parts = source.parts()
     tokenizer = _tokenizer(source, parts, preset, out, console)
     row_len = preset.seq_len + 1
