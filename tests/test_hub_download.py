@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 import re
 import socket
 from pathlib import Path
@@ -213,3 +214,39 @@ def test_shard_counts_and_the_pinned_validation_files() -> None:
     for dataset, bad in ((climbmix, 0), (climbmix, 6543), (fineweb, 14)):
         with pytest.raises(ConfigError, match=f"choose 1 to {dataset.max_shards}"):
             HubSource(dataset, bad)
+
+
+def test_the_hub_cache_is_hidden_from_train_py_wherever_a_variable_or_the_prepare_put_it(
+    fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mini_preset
+) -> None:
+    """BROKE, fixed: the referee hid only the cache its own HF_HUB_CACHE or HF_HOME named (else ~/.cache/huggingface):
+    the one HUGGINGFACE_HUB_CACHE or XDG_CACHE_HOME placed, or the one a `prepare` run with other variables had
+    downloaded into, stayed readable by train.py, validation file and all."""
+    from autoresearch.data.prepare import prepare
+    from autoresearch.data.sources.hub import HubSettings
+    from autoresearch.evaluator.referee import _hidden_paths
+    from autoresearch.evaluator.sandbox import evaluator_env
+
+    rng = random.Random(0)  # text varied enough to learn the mini preset's 300 tokens from
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8))) for _ in range(400)]
+    for name in ("data/train-00.parquet", "data/train-01.parquet", "data/val.parquet"):
+        texts = [" ".join(rng.choice(words) for _ in range(300)) for _ in range(8)]
+        fake_hub.add(REPO, name, parquet_bytes(texts))
+    monkeypatch.setitem(HUB_DATASETS, "tiny", TINY)
+    prepared = prepare("tiny", mini_preset, tmp_path / "cache")  # into the fake hub's HF_HUB_CACHE
+    downloaded = cache_dir()
+    assert list(downloaded.glob("datasets--*/snapshots/*/data/val.parquet"))
+    legacy, xdg, home = tmp_path / "legacy-hub", tmp_path / "xdg", tmp_path / "home"
+    for place in (legacy, xdg / "huggingface" / "hub", home):
+        place.mkdir(parents=True)
+    assert HubSettings.from_env({"HUGGINGFACE_HUB_CACHE": str(legacy)}).cache_dir == legacy  # as huggingface_hub
+    for name in ("HF_HOME", "HF_HUB_CACHE"):  # the loop runs with other variables than the prepare did
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(legacy))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    seen = evaluator_env(os.environ)  # what the referee, which hides them, is started with
+    assert seen["HUGGINGFACE_HUB_CACHE"] == str(legacy) and seen["XDG_CACHE_HOME"] == str(xdg)
+    monkeypatch.setattr(os, "environ", seen)
+    hidden = _hidden_paths(tmp_path / "ws", prepared)
+    assert {downloaded, legacy, xdg / "huggingface" / "hub"} <= set(hidden)

@@ -344,3 +344,28 @@ def test_the_evaluator_scores_rows_spread_over_the_whole_validation_shard(prepar
     chosen = [next(i for i in range(len(shard)) if (shard[i] == row).all()) for row in rows]
     assert chosen[0] == 0 and chosen == sorted(set(chosen)) and chosen[-1] >= len(shard) - len(shard) // len(rows) - 1
     assert (evaluation_rows(shard[:5], mini_preset.eval_rows) == shard[:5]).all()
+
+
+def test_progress_says_which_shard_it_tokenizes_how_many_are_done_and_the_tokens_as_they_come(
+    corpus: Path, mini_preset: Preset, tmp_path: Path, console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BROKE, fixed: the bar ended as `tokenizing val 2/2 0.2M tokens` (val's 2 of 2? shards, train and val
+    together), and its tokens moved only when a whole shard was done (minutes for a hub shard)."""
+    import autoresearch.data.prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "ENCODE_BATCH_DOCS", 2)  # several batches in each shard
+    updates: list[dict] = []
+    real_update = prepare_module.Progress.update
+    monkeypatch.setattr(
+        prepare_module.Progress, "update", lambda self, task, **kw: updates.append(kw) or real_update(self, task, **kw)
+    )
+    out = prepare(f"local:{corpus}", mini_preset, tmp_path / "cache", console=console)
+    said = console.file.getvalue()
+    assert "tokenized 2 shards (1 train, 1 val)" in said and "2/2 shards, " in said and "M tokens" in said
+    assert "tokenizing val" not in said  # the end state says what was made, not what it was doing
+    described = [kw["description"] for kw in updates if "description" in kw]
+    assert described[:2] == ["tokenizing shard train-00000", "tokenizing shard val"]
+    within_train = [kw["tokens"] for kw in updates[1 : updates.index({"description": "tokenizing shard val"})]]
+    assert len(within_train) > 2 and within_train == sorted(within_train)  # it grows batch by batch
+    manifest = Manifest.load(out / "manifest.json")
+    assert updates[-2]["tokens"] * 1e6 == pytest.approx(sum(s.stats["tokens_in"] for s in manifest.shards))

@@ -350,3 +350,26 @@ def test_with_several_workers_the_report_gives_each_its_experiments_rate_runs_an
     assert "Training: 15 min 00 s, **26% of the workers' wall clock**" in text  # 900 s of 2 x 1700 s
     one = render_report([exp(1, Status.KEEP, 1.0, "baseline", kind="baseline", **on("gpu 0", (0, 500)))])
     assert "| worker |" not in one and "of wall clock" in one  # one worker: as uncluttered as before
+
+
+def test_an_experiment_trained_on_an_older_best_is_explained_against_the_base_it_was_judged_against():
+    """BROKE, fixed: with several workers, exp 3 (made from the baseline, judged against it while exp 2 was kept)
+    read "worse: 0.040000 above the best 2.950000" in `show` and the report, beside the loop's reason that it was
+    inside the margin of its base 3.0; and a win on a stale base, merged onto the best, read "inside the margin"."""
+    exps = [
+        exp(1, Status.KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]", commit="c1", parent=""),
+        exp(2, Status.KEEP, 2.95, "LR", parent="c1", commit="c2"),
+        exp(3, Status.DISCARD, 2.99, "betas", parent="c1", commit="c3", reason="not better (against its base exp 1)"),
+        exp(4, Status.DISCARD, 2.9, "depth", parent="c1", commit="c4", reason="better: ...; merged onto it as exp 5"),
+        exp(5, Status.KEEP, 2.89, "exp 4 merged onto exp 2: depth", parent="c2", commit="c5"),
+    ]
+    text = render_report(exps)
+    rows = {int(line.split("|")[1]): line for line in text.split("## Every experiment", 1)[1].splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip().isdigit()}  # fmt: skip
+    assert "0.050000 better than the best 3.000000, beyond the margin 0.018000" in rows[2]
+    assert "0.010000 better than the best 3.000000 but inside the margin 0.018000" in rows[3]
+    assert (
+        "0.100000 better than the best 3.000000, beyond the margin 0.018000, yet discarded: better: ...; merged onto "
+        "it as exp 5" in rows[4]
+    )
+    assert "0.060000 better than the best 2.950000" in rows[5]

@@ -280,3 +280,13 @@ def test_run_refuses_a_timeout_within_the_budget_and_limits_that_stop_at_once(hi
     code, _, err = run_cli(capsys, "run", "--agent", "tune", "--plain", *args, "--workspace", str(history.root))
     assert code == 2 and said in " ".join(err.split()) and "Traceback" not in err
     assert len(Ledger(history.root).all()) == len(before)  # nothing ran, nothing was recorded
+
+
+def test_a_second_run_while_a_loop_runs_is_refused_and_writes_no_report(history: Workspace, capsys) -> None:
+    """BROKE, fixed: the refused `run` wrote report.md and progress.png on its way out and printed `report: ...`
+    above its error, as if it had run: under the running loop's feet, and misleading."""
+    with history.lock():  # a loop works in the workspace
+        assert main(["run", "--plain", "--workspace", str(history.root)]) == 2
+    said = capsys.readouterr()
+    assert "another autoresearch process is working" in said.err and "report:" not in said.err + said.out
+    assert not (history.root / "report.md").exists() and not (history.root / "progress.png").exists()

@@ -12,17 +12,18 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
+from loop_support import FakeExecutor, ScriptedAgent, constant, killed_loop, make_loop, with_constants
 from test_scheduler import scheduler, score, wait_until
 
 from autoresearch.cli import _drive, main
 from autoresearch.loop import activity
 from autoresearch.loop import inbox as inbox_module
-from autoresearch.loop.inbox import Inbox, SubmitError, send, unreported
+from autoresearch.loop.inbox import HeldEdit, Inbox, SubmitError, put_back_edits, send, unreported
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import Status
@@ -294,7 +295,7 @@ def test_a_duplicate_submission_is_refused_with_the_reason(workspace, capsys):
     assert [r.id for r in rows(workspace)] == [1, 2] and inbox_files(workspace) == []
 
 
-def test_wait_with_no_ids_prints_every_submitted_verdict_not_yet_printed(workspace, capsys):
+def test_wait_with_no_ids_prints_every_submitted_verdict_not_yet_printed_as_try_prints_one(workspace, capsys):
     """BROKE, fixed: `wait` with no ids waited only for experiments in flight: one judged while the agent was
     submitting others was never printed."""
     release = threading.Event()
@@ -318,6 +319,8 @@ def test_wait_with_no_ids_prints_every_submitted_verdict_not_yet_printed(workspa
         ["exp", "2", "DISCARD"],
         ["exp", "3", "DISCARD"],
     ]
+    # in the format of `try` (BROKE, fixed: without its `best` field, so an agent reading both misread the fields)
+    assert [line.split(" | ")[1] for line in lines[1:]] == ["best 1.073500 (exp 1)"] * 2
     assert unreported(workspace.state) == []
     assert main(["wait", "--workspace", str(workspace.root)]) == 0  # nothing left to report: said so, at once
     said = capsys.readouterr()
@@ -420,3 +423,59 @@ def test_an_edit_left_in_train_py_by_a_keep_is_submitted_as_made_from_the_best_i
     best = sched.loop.best()
     assert best.id == 4 and constant(best.source, "LR") == 0.2 and "betas=(0.8, 0.9)" in best.source
     assert not (workspace.state / inbox_module.EDIT_BASE).exists()
+
+
+@pytest.mark.parametrize("when", ["before it is queued", "while it waits for the loop"])
+def test_a_submit_killed_before_its_change_is_queued_leaves_it_for_the_next_submit_to_put_back(workspace, capsys, when):
+    """BROKE, fixed: `submit` puts the best back in train.py before it queues the change; SIGKILLed in between (an
+    agent's tool timeout, the OOM killer), the change was in neither train.py nor the ledger: lost. It is now kept
+    in .autoresearch/submitting/ from before train.py is touched, and the next `submit` puts it back."""
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    best = workspace.read_train_py()
+    edit = with_constants(best, LR=0.2)
+    workspace.write_train_py(edit)
+    argv = repr(["submit", "-m", "LR 0.2", "--workspace", str(workspace.root)])
+    if when == "before it is queued":  # killed as the request is put in the inbox
+        killed_loop(workspace, f"""
+            from autoresearch.loop import inbox
+            inbox.send = lambda *args, **kwargs: kill()
+            from autoresearch.cli import main
+            main({argv})
+        """)  # fmt: skip
+    else:  # a loop runs (this test holds its lock) and has not taken the request yet
+        with workspace.lock():
+            child = subprocess.Popen([sys.executable, "-m", "autoresearch", *eval(argv)], stderr=subprocess.PIPE)
+            wait_until(lambda: any((workspace.state / "inbox").glob("*.json")))
+            child.kill()
+            child.wait(10)
+        sched.run(None)  # the loop drops the request whose `submit` has gone
+        assert [r.id for r in rows(workspace)] == [1]
+    assert workspace.read_train_py() == best  # what the killed `submit` left
+    assert main(["submit", "-m", "again", "--workspace", str(workspace.root)]) == 2
+    said = capsys.readouterr()
+    assert said.out == "" and "(LR 0.2)" in said.err and "it is back in train.py" in said.err
+    assert workspace.read_train_py() == edit
+    assert list((workspace.state / "submitting").iterdir()) == []
+
+
+def test_a_killed_submits_change_the_loop_queued_is_not_put_back_and_one_that_meets_another_change_is_kept_aside(
+    workspace,
+):
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    best, head = workspace.read_train_py(), workspace.git.head()
+    queued, lost, working = (with_constants(best, LR=lr) for lr in (0.9, 0.8, 0.7))
+    os.close(HeldEdit(workspace.state, queued, queued, "LR 0.9", head).fd)  # killed once the loop had queued it
+    Inbox(workspace.state)._record(sched.loop, "LR 0.9", queued, head)
+    os.close(HeldEdit(workspace.state, lost, lost, "LR 0.8", head).fd)  # killed before
+    alive = HeldEdit(workspace.state, working, working, "LR 0.7", head)  # a `submit` at work: not its to touch
+    workspace.write_train_py(working)  # the agent's next change
+    said: list[str] = []
+    assert put_back_edits(workspace, said.append) is None
+    assert workspace.read_train_py() == working
+    [kept] = (workspace.state / "unsubmitted").iterdir()
+    assert kept.read_text() == lost and len(said) == 1 and "(LR 0.8)" in said[0] and str(kept) in said[0]
+    assert list((workspace.state / "submitting").iterdir()) == [alive.path]
+    alive.release()
+    assert list((workspace.state / "submitting").iterdir()) == []

@@ -192,8 +192,10 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     if live:
         reporter.runs_dir = loop.ws.state / "runs"  # where the runs' logs are: the clock follows them
         reporter.resume(loop.ledger.all())
+    ran = False
     try:
         with loop.ws.lock():
+            ran = True
             if live:
                 with reporter:
                     _drive(loop, agent, found, args)
@@ -202,7 +204,7 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     finally:
         loop.executor.close()
         remove_left_boxes(loop.ws.state)  # what the evaluators started ahead for runs that never came
-        if loop.ledger.all():
+        if ran and loop.ledger.all():  # not a `run` refused beside another: that loop writes its own report
             png, md = make_report(loop.ws.root)
             history = loop.ws.root / "results.tsv"  # one line, also in a log
             console.print(f"report: {md} and {png}; history in {history}", highlight=False, soft_wrap=True)
@@ -238,12 +240,18 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
     submission is refused or no loop takes it (then withdrawn: it never trains), the change is put back."""
     import subprocess
 
-    from autoresearch.loop.inbox import send
+    from autoresearch.loop.inbox import HeldEdit, put_back_edits, send
     from autoresearch.loop.workers import devices
     from autoresearch.workspace.workspace import Workspace
 
     ws = Workspace(args.workspace)
     devices(args.gpus, args.workers)  # a wrong --gpus is an error before anything is queued
+    if (lost := put_back_edits(ws, lambda text: console.print(text, markup=False, highlight=False))) is not None:
+        raise AutoresearchError(
+            f"a `submit` killed before it queued its change ({lost}) had taken it out of train.py; it is back in "
+            "train.py",
+            hint="check it and submit it again",
+        )
     source, base = ws.read_train_py(), ws.git.head()
     if source == ws.committed_train_py(base):
         raise AutoresearchError("train.py is the same as the best", hint="edit train.py first")
@@ -261,12 +269,15 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
         console.print(f"started a loop in the background (its log: {ws.state / 'driver.log'})", highlight=False)
         return proc
 
-    ws.write_train_py(ws.git.show(base, "train.py"))
+    held = HeldEdit(ws.state, edit, source, args.message, base)  # from here a kill loses nothing (put_back_edits)
     try:
+        ws.write_train_py(ws.git.show(base, "train.py"))
         exp_id = send(ws, args.message, source, base, start)
     except BaseException:
         ws.write_train_py(edit)
+        held.release()
         raise
+    held.release()
     print(f"exp {exp_id} queued", flush=True)
 
 
@@ -276,6 +287,7 @@ def _wait(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.loop.inbox import reported, unreported, wait_for
     from autoresearch.loop.ledger import Ledger
     from autoresearch.loop.reporter import verdict_line
+    from autoresearch.vocabulary import Status
     from autoresearch.workspace.workspace import Workspace
 
     ws = Workspace(args.workspace)
@@ -284,8 +296,13 @@ def _wait(args: argparse.Namespace, console: Console) -> None:
         console.print("no submitted experiment waits to be reported (`wait N` waits for experiment N)")
         return
 
-    def judged(exp) -> None:
-        print(verdict_line(exp, None), flush=True)
+    def judged(exp) -> None:  # as `try` prints it: with the best now
+        ledger = Ledger(ws.root)
+        try:
+            kept = [e for e in ledger.all() if e.status == Status.KEEP]
+        finally:
+            ledger.close()
+        print(verdict_line(exp, kept[-1] if kept else None), flush=True)
         reported(ws.state, exp.id)
 
     wait_for(lambda: Ledger(ws.root), ids, ws.is_locked, log=ws.state / "driver.log", judged=judged)

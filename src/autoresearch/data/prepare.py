@@ -16,7 +16,7 @@ import errno
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from autoresearch.data.shards import (
 )
 from autoresearch.data.sources import TRAIN, VAL, VAL_BYTES_PER_TOKEN, Part, Source, make_source, smaller_presets
 from autoresearch.data.sources.base import smaller_preset_hint
+from autoresearch.data.sources.hub import note_cache
 from autoresearch.data.tokenizer import Tokenizer, capped_texts
 from autoresearch.errors import DataError
 from autoresearch.evaluator.cores import usable_cores
@@ -111,33 +112,41 @@ def _build(source: Source, preset: Preset, out: Path, console: Console) -> None:
     started = time.monotonic()
     console.print(f"preparing [bold]{source.name}[/] for preset [bold]{preset.name}[/] in {out}")
     source.fetch()
+    if (hub_cache := getattr(source, "cache_dir", None)) is not None:  # a hub dataset: its files stay readable there
+        note_cache(out, hub_cache)  # the referee hides it from train.py, whatever the variables when it runs
     parts = source.parts()
     tokenizer = _tokenizer(source, parts, preset, out, console)
     row_len = preset.seq_len + 1
     infos: list[ShardInfo] = []
+    # One bar over the shards (a source part each): the one at work by name, how many are done, and the tokens so
+    # far, counted as each batch of documents is encoded (a hub shard takes minutes). Done, it says what it made.
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[tokens]}"),
+        TextColumn("shards, {task.fields[tokens]:.1f}M tokens"),
         TimeElapsedColumn(),
         console=console,
         transient=False,
     ) as progress:
-        task = progress.add_task("tokenizing", total=len(parts), tokens="")
-        total_tokens = 0
+        task = progress.add_task("tokenizing", total=len(parts), tokens=0.0)
+        done_tokens = 0
         for part in parts:
-            progress.update(task, description=f"tokenizing {part.name}")
+            progress.update(task, description=f"tokenizing shard {part.name}")
             info = read_shard_record(out, part.name)
             if info is None or info.identity != part.identity or info.tokenizer_sha256 != tokenizer.digest():
-                rows, stats = pack_documents(list(_token_arrays(tokenizer, part)), row_len, tokenizer.bos_id)
+                seen = _Counter(lambda n, at=done_tokens: progress.update(task, tokens=(at + n) / 1e6))
+                arrays = list(_token_arrays(tokenizer, part, seen))
+                rows, stats = pack_documents(arrays, row_len, tokenizer.bos_id)
                 info = ShardInfo(
                     part.name, part.split, len(rows), row_len, "", part.identity, tokenizer.digest(), asdict(stats)
                 )
                 info = write_shard(out, info, rows)
-            total_tokens += info.rows * info.row_len
-            progress.update(task, advance=1, tokens=f"{total_tokens / 1e6:.1f}M tokens")
+            done_tokens += info.stats.get("tokens_in", info.rows * info.row_len)
+            progress.update(task, advance=1, tokens=done_tokens / 1e6)
             infos.append(info)
+        splits = [sum(i.split == split for i in infos) for split in (TRAIN, VAL)]
+        progress.update(task, description=f"tokenized {len(infos)} shards ({splits[0]} train, {splits[1]} val)")
 
     val_rows = sum(i.rows for i in infos if i.split == VAL)
     if val_rows < preset.eval_rows:
@@ -242,15 +251,31 @@ def _tokenizer(source: Source, parts: list[Part], preset: Preset, out: Path, con
     return tokenizer
 
 
-def _token_arrays(tokenizer: Tokenizer, part: Part) -> Iterator[np.ndarray]:
-    """Each document of `part` as a uint16 array that starts with BOS."""
+class _Counter:
+    """Adds up tokens and tells `report` the sum so far."""
+
+    def __init__(self, report: Callable[[int], object]):
+        self.total, self.report = 0, report
+
+    def __call__(self, tokens: int) -> None:
+        self.total += tokens
+        self.report(self.total)
+
+
+def _token_arrays(tokenizer: Tokenizer, part: Part, seen: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+    """Each document of `part` as a uint16 array that starts with BOS; `seen(n)` after each batch of n tokens."""
     batch: list[str] = []
     threads = usable_cores()
 
     def flush() -> Iterator[np.ndarray]:
-        for ids in tokenizer.encode_batch(batch, num_threads=threads):
-            yield np.array([tokenizer.bos_id, *ids], dtype=np.uint16)
+        arrays = [
+            np.array([tokenizer.bos_id, *ids], dtype=np.uint16)
+            for ids in tokenizer.encode_batch(batch, num_threads=threads)
+        ]
         batch.clear()
+        if seen is not None:
+            seen(sum(len(a) for a in arrays))
+        yield from arrays
 
     for text in part.documents():
         batch.append(text)

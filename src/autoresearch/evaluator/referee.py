@@ -39,6 +39,7 @@ from autoresearch.config.paths import cache_root, ray_dir
 from autoresearch.config.presets import get_preset
 from autoresearch.data.shards import REPAIR_HINT, Manifest, evaluation_rows, open_shard
 from autoresearch.data.sources import VAL
+from autoresearch.data.sources.hub import hub_caches
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
 from autoresearch.evaluator import ahead, compile_cache, sandbox
@@ -314,8 +315,7 @@ def _hidden_paths(root: Path, data_dir: Path) -> list[Path]:
     """What the experiment must not see: the workspace, the prepared data and any raw corpus, and on a Ray node
     the copies of the data and the other runs' directories (loop/ray_executor.py)."""
     hidden = {root.resolve(), data_dir.resolve(), cache_root() / "data", ray_dir(cache_root())}
-    hf = os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub"
-    hidden.add(Path(hf).expanduser())
+    hidden |= set(hub_caches(os.environ, data_dir))  # a hub dataset's files, its validation file among them
     return sorted(p for p in hidden if p.is_dir())
 
 

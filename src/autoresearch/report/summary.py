@@ -105,12 +105,15 @@ def noise_before(experiments: list[Experiment], exp: Experiment) -> Noise | None
 
 
 def best_before(experiments: list[Experiment]) -> dict[int, float]:
-    """For each experiment, the best val_bpb it was judged against: that of the last kept one before it."""
+    """For each experiment, the best val_bpb it was judged against: that of the kept experiment it was made from
+    (with several workers, one trained beside a change kept meanwhile is judged against its own base, an older
+    best), else that of the last kept one before it."""
+    kept = {e.commit: e.val_bpb for e in experiments if e.status == Status.KEEP and has_value(e) and e.commit}
     best: float | None = None
     before: dict[int, float] = {}
     for exp in sorted(experiments, key=lambda e: e.id):
-        if best is not None:
-            before[exp.id] = best
+        if (base := kept.get(exp.parent)) is not None or best is not None:
+            before[exp.id] = base if base is not None else best
         if exp.status == Status.KEEP and has_value(exp):
             best = exp.val_bpb
     return before
@@ -138,6 +141,9 @@ def explain(exp: Experiment, best: float | None, noise: Noise | None) -> str:
         fewer = exp.lines_removed - exp.lines_added
         return (f"simpler at equal val_bpb: {signed(-gain, '.6f')} against the best {best:.6f}{mean}, within {margin}, "
                 f"{fewer} line{'' if fewer == 1 else 's'} fewer")  # fmt: skip
+    if gain > noise.margin:  # a win on a stale base, merged onto the best (or in conflict with it)
+        why = first_line(exp.reason)
+        return f"{gain:.6f} better than the best {best:.6f}{mean}, beyond {margin}, yet discarded: {why}"
     if gain > 0:
         return f"{gain:.6f} better than the best {best:.6f}{mean} but inside {margin}"
     if gain == 0:

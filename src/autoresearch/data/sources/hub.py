@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 from autoresearch.data.sources.base import TRAIN, VAL, Part
 from autoresearch.data.sources.local import parquet_texts
 from autoresearch.errors import ConfigError, DataError
+from autoresearch.files import write_text_atomic
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 RETRIES, BACKOFF_S = 3, 2.0  # our extra attempts, and the first wait between them (it doubles)
@@ -39,6 +40,7 @@ CACHE_HINT = (
     "unset HF_HUB_OFFLINE to download it, point HF_HUB_CACHE or HF_HOME at a cache that holds it, "
     "or use --dataset python-source or --dataset local:PATH"
 )
+NOTED_CACHES = "hub-caches.txt"  # in the prepared data's folder: the hub caches its files came from
 NOT_FOUND = dict(
     RepositoryNotFoundError="dataset repository", RevisionNotFoundError="revision", EntryNotFoundError="file"
 )
@@ -81,15 +83,46 @@ class HubSettings:
     offline: bool
 
     @classmethod
-    def from_env(cls) -> HubSettings:
-        """What huggingface_hub would use if it were imported now: same variables, same defaults."""
-        env = os.environ
+    def from_env(cls, env: Mapping[str, str] | None = None) -> HubSettings:
+        """What huggingface_hub would use if it were imported now: same variables (its legacy
+        HUGGINGFACE_HUB_CACHE too), same defaults."""
+        env = os.environ if env is None else env
         home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+        hub = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
         return cls(
             endpoint=(env.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"),
-            cache_dir=Path(os.path.expandvars(env.get("HF_HUB_CACHE") or os.path.join(home, "hub"))).expanduser(),
+            cache_dir=_path(hub),
             offline=env.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"},
         )
+
+
+def hub_caches(env: Mapping[str, str], data_dir: Path) -> list[Path]:
+    """Every place a hub dataset's files (its validation file among them) may lie, to hide from train.py: where
+    `prepare` found or downloaded the data in `data_dir` (noted there: it may have run with other variables), and
+    wherever huggingface_hub's cache would be under each of the variables in `env` that can place it."""
+    noted = data_dir / NOTED_CACHES
+    places = noted.read_text().splitlines() if noted.is_file() else []
+    home = env.get("HOME") or "~"
+    places += [
+        env.get("HF_HUB_CACHE"),
+        env.get("HUGGINGFACE_HUB_CACHE"),
+        env.get("HF_HOME") and f"{env['HF_HOME']}/hub",
+    ]
+    places += [os.path.join(env.get("XDG_CACHE_HOME") or f"{home}/.cache", "huggingface", "hub")]
+    places += [f"{home}/.cache/huggingface/hub", HubSettings.from_env(env).cache_dir]
+    return sorted({_path(p) for p in places if p})
+
+
+def note_cache(data_dir: Path, cache: Path) -> None:
+    """Note in the prepared data's folder the hub cache its files came from (`hub_caches`)."""
+    noted = data_dir / NOTED_CACHES
+    known = noted.read_text().splitlines() if noted.is_file() else []
+    if str(cache) not in known:
+        write_text_atomic(noted, "".join(f"{p}\n" for p in [*known, str(cache)]))
+
+
+def _path(text: str | Path) -> Path:
+    return Path(os.path.expandvars(str(text))).expanduser().absolute()
 
 
 @dataclass(frozen=True)
@@ -122,12 +155,14 @@ class HubSource:
         self.request = {"dataset": dataset.name, "repo": dataset.repo_id, "revision": dataset.revision, "shards": n}
         self._files = [*dataset.train_files(n), dataset.val_file]
         self._cached: dict[str, CachedFile] = {}
+        self.cache_dir: Path | None = None  # where `fetch` found or put the files
 
     def check(self) -> None:
         """Nothing to check before `prepare` writes: the files' problems are found as `fetch` downloads them."""
 
     def fetch(self) -> None:
         settings = HubSettings.from_env()
+        self.cache_dir = settings.cache_dir
         for k, filename in enumerate(self._files, 1):
             if filename not in self._cached:
                 self._cached[filename] = self._fetch_file(filename, f"[{k}/{len(self._files)}]", settings)
