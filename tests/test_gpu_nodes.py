@@ -3,6 +3,7 @@ other worker's GPU. The driver's table and /dev are faked here; bench/gpu_isolat
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,37 @@ def test_gpus_all_takes_the_visible_ids_numbers_or_uuids_each_worker_pinned(monk
     for wrong in ("0,0", "gpu0"):
         with pytest.raises(AutoresearchError):
             devices(wrong, None, cores=2)
+
+
+@pytest.mark.slow  # a real evaluator, its experiment started (and stopped at once): ~3 s
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="needs bubblewrap")
+@pytest.mark.parametrize(("device", "bound"), [("cpu", False), ("cuda", True)])
+def test_a_run_on_the_cpu_clock_is_given_no_gpu_node(
+    device: str, bound: bool, machine: tuple[Path, Path], tmp_path: Path, tiny_prepared: Path, monkeypatch
+) -> None:
+    """BROKE, fixed: the sandbox bound the GPUs' nodes whatever the device, and every node where it could not tell
+    which GPU was the run's (CUDA_VISIBLE_DEVICES="", as `--workers N` sets for CPU workers). On the CPU clock,
+    which counts the CPU time of the experiment's processes and no GPU's work, a train.py could set
+    CUDA_VISIBLE_DEVICES back and train on any GPU of the machine for free. Now a run on the CPU gets no node."""
+    from loop_support import make_workspace
+
+    from autoresearch.evaluator.confined import FORK_ENV
+    from autoresearch.evaluator.referee import Referee
+    from autoresearch.orphans import remove_box
+
+    dev, table = machine
+    monkeypatch.setattr(sandbox, "own_nodes", lambda env: own_nodes(env, dev, table))
+    made = []
+    command = sandbox.command
+    monkeypatch.setattr(sandbox, "command", lambda argv, **kwargs: made.append(command(argv, **kwargs)) or made[-1])
+    monkeypatch.setenv(FORK_ENV, "0")  # the experiment started as a new process: pytest is not forked
+    monkeypatch.setenv("AUTORESEARCH_DEVICE", device)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    ws = make_workspace(tmp_path / "ws", tiny_prepared)
+    referee = Referee(ws.root / "train.py", dict(os.environ))
+    referee.experiment.stop()
+    remove_box(referee.box)
+    assert made
+    for argv in made:
+        nodes = [argv[i + 1] for i, option in enumerate(argv) if option == "--dev-bind-try"]
+        assert (str(dev / "nvidia0") in nodes) == bound and ("/dev/dri" in nodes) == bound, nodes

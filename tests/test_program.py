@@ -259,6 +259,107 @@ def test_huge_integers_and_deep_nesting_are_refused() -> None:
             load_program(text.encode(), weights, CPU)
 
 
+def call(target: str, *args, **kwargs) -> dict:
+    return {"op": "call", "target": target, "args": list(args), "kwargs": kwargs}
+
+
+def zeros(*shape: int) -> dict:
+    return call("aten.zeros.default", {"list": list(shape)})
+
+
+def ones(*shape: int) -> dict:
+    return call("aten.ones.default", {"list": list(shape)})
+
+
+def with_nodes(doc: dict, nodes: list[dict]) -> dict:
+    """`doc` with `nodes` added after its own, each referring to the earlier ones by their offset from the first
+    ({"new": i}), the last one's first output made the output."""
+    base = len(doc["graph"]["nodes"])
+    encoded = json.dumps(nodes)
+    for i in range(len(nodes)):
+        encoded = encoded.replace(f'{{"new": {i}}}', f'{{"node": {base + i}}}')
+    doc["graph"]["nodes"] += json.loads(encoded)
+    doc["graph"]["nodes"].append(call("operator.getitem", {"node": len(doc["graph"]["nodes"]) - 1}, 0))
+    doc["graph"]["output"] = {"node": len(doc["graph"]["nodes"]) - 1}
+    return doc
+
+
+BATCH_NORM = "aten._native_batch_norm_legit_no_training.default"
+CPU_ATTENTION = "aten._scaled_dot_product_flash_attention_for_cpu.default"
+
+
+@pytest.mark.parametrize(
+    "nodes",
+    [
+        # Statistics of one channel for an input of 4,096: the kernel read the other 4,095 past their end.
+        [
+            zeros(1, 4096, 1),
+            zeros(1),
+            ones(1),
+            call(BATCH_NORM, {"new": 0}, None, None, {"new": 1}, {"new": 2}, 0.1, 0.0),
+        ],
+        [
+            ones(1, 4096, 1),
+            ones(1),
+            zeros(4096),
+            ones(4096),
+            call(BATCH_NORM, {"new": 0}, {"new": 1}, None, {"new": 2}, {"new": 3}, 0.1, 0.0),
+        ],
+        # Keys and values of one row for queries of 64 rows: the kernel read 63 rows' worth past their end.
+        [zeros(64, 1, 4, 8), ones(1, 1, 4, 8), call(CPU_ATTENTION, {"new": 0}, {"new": 1}, {"new": 1})],
+        [
+            zeros(1, 1, 4, 8),
+            ones(1, 1, 64, 8),
+            ones(1, 1, 4, 8),
+            call(CPU_ATTENTION, {"new": 0}, {"new": 1}, {"new": 2}),
+        ],
+    ],
+    ids=["batch-norm-statistics", "batch-norm-weight", "attention-batch", "attention-length"],
+)
+def test_a_fused_kernel_given_a_tensor_smaller_than_the_others_say_reads_nothing_past_it(nodes) -> None:
+    """BROKE, fixed: these kernels take the shapes of their arguments on trust, and read past the end of the
+    smaller tensor, into the evaluator's memory (the validation rows, the probe's uncut rows), as numbers the
+    graph could use. Now such a call is refused when it runs, saying which shapes."""
+    doc, weights = honest()
+    program = load_program(json.dumps(with_nodes(doc, nodes)).encode(), weights, CPU)
+    with pytest.raises(ProgramRejected, match="would read outside those tensors"), torch.no_grad():
+        program.module(torch.zeros(BATCH, SEQ, dtype=torch.long))
+
+
+def test_the_fused_kernels_run_as_before_on_tensors_of_the_shapes_they_expect() -> None:
+    class Normed(Tiny):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(SEQ)
+
+        def forward(self, idx):  # in place: made functional, attention becomes the CPU kernel's own operator
+            x = self.wte(idx)
+            q, k, v = self.qkv(x).view(*idx.shape, 3, 2, 16).unbind(2)
+            y = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True)
+            x = self.norm(x + y.transpose(1, 2).reshape(x.shape))
+            return F.linear(x, self.wte.weight).mul_(2.0)
+
+    torch.manual_seed(0)
+    model = Normed().eval()
+    torch.nn.init.normal_(model.norm.running_mean)
+    graph, exported = round_trip(model)
+    targets = {node.get("target") for node in json.loads(exported.document)["graph"]["nodes"]}
+    assert BATCH_NORM in targets
+    idx = torch.randint(0, VOCAB, (BATCH, SEQ))
+    with torch.no_grad():
+        assert torch.equal(graph(idx), model(idx))
+    doc, weights = honest()
+    grouped = [
+        zeros(BATCH, 4, SEQ, 8),
+        ones(BATCH, 2, SEQ, 8),
+        ones(SEQ, 1),
+        call(CPU_ATTENTION, {"new": 0}, {"new": 1}, {"new": 1}, attn_mask={"new": 2}),
+    ]
+    program = load_program(json.dumps(with_nodes(doc, grouped)).encode(), weights, CPU)
+    with torch.no_grad():  # two query heads per key head, a mask broadcast over the keys: as the kernel allows
+        assert torch.equal(program.module(idx), torch.ones(BATCH, 4, SEQ, 8))
+
+
 @pytest.mark.parametrize("window", [None, 4], ids=["sdpa", "flex-window"])
 def test_the_graph_given_to_the_compiler_takes_the_weights_as_inputs_and_computes_the_same(window) -> None:
     # What Inductor compiles must not depend on the weights, or its cache would never serve the next run.

@@ -170,7 +170,7 @@ class ExperimentProcess:
         out_r, out_w = os.pipe()
         ready_r, ready_w = os.pipe()
         confined = self.unconfined_reason is None
-        box_env = sandbox.confined_environment(env, box) if confined else sandbox.box_environment(env, box)
+        box_env = sandbox.confined_environment(env, box) if confined and view.gpu else sandbox.box_environment(env, box)
         pid = os.fork()
         if pid == 0:
             _become_experiment(anchor_pid, box, box_env, channel_fd, out_w, ready_w, self.unfiltered_reason is None)
@@ -245,7 +245,7 @@ class Forked:
 
 def _confined(argv: list[str], box: Path, view: sandbox.View, env: dict[str, str], seccomp: int | None) -> list[str]:
     return sandbox.command(argv, workdir=box, hidden=view.hidden, readable=view.readable, binds=view.binds, env=env,
-                           seccomp_fd=seccomp)  # fmt: skip
+                           gpu=view.gpu, seccomp_fd=seccomp)  # fmt: skip
 
 
 def _start_anchor(box: Path, view: sandbox.View, env: dict[str, str], filtered: bool) -> subprocess.Popen:

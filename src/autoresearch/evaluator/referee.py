@@ -132,7 +132,7 @@ class Referee:
             torch.set_num_threads(threads)  # scoring, here, within the same cores
         shown = compile_cache.shown_dirs()
         hidden = _hidden_paths(self.root, data_dir) + _corpus_paths(manifest)
-        view = sandbox.View(hidden=hidden, readable=shown, binds=layer)
+        view = sandbox.View(hidden=hidden, readable=shown, binds=layer, gpu=not on_cpu)  # no GPU on the CPU clock
         experiment = ExperimentProcess(self.box, env, view)
         return experiment, CpuClock(counted) if on_cpu else WallClock()
 

@@ -67,6 +67,9 @@ class View:
     hidden: Sequence[Path] = ()  # empty inside (a file: unreadable)
     readable: Sequence[Path] = ()  # read-only, wherever they are
     binds: Sequence[tuple[Path, Path]] = ()  # (outside, inside): writable, at another path
+    # Its GPUs' device nodes. Not where it trains on the CPU: the CPU clock counts no GPU's work, and a run given
+    # CUDA_VISIBLE_DEVICES="" (CPU workers) was bound every node, to train on any GPU of the machine for free.
+    gpu: bool = True
 
 
 class SandboxUnavailable(AutoresearchError):
