@@ -303,7 +303,7 @@ def test_step_reports_spaced_out_buy_no_grace_past_the_budget() -> None:
     """BROKE, fixed: the grace past the budget (for a last step that began before it) was two typical steps and
     1 s, the typical step being the median gap between the experiment's own `step` reports: a train.py that
     reported a step every 100 s of a 300 s budget could train (and was served rows) until 501 s. The step the
-    grace allows for is at most 2 % of the budget now (6 s of 300), or 1 s."""
+    grace allows for is at most 0.5 % of the budget now (1.5 s of 300), or 1 s."""
     from autoresearch.evaluator.clock import WallClock
     from autoresearch.evaluator.session import Session, Timeline
 
@@ -312,4 +312,4 @@ def test_step_reports_spaced_out_buy_no_grace_past_the_budget() -> None:
     session.timeline.steps = [0.0, 100.0, 200.0, 300.0, 400.0]
     why = session.late()
     assert why is not None and "trained 450.0s, past the 300s budget" in why, why
-    assert session.timeline.grace(300.0) == 2 * 6.0 + 1.0
+    assert session.timeline.grace(300.0) == 1.5 * 1.5 + 0.25

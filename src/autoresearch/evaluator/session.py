@@ -27,8 +27,14 @@ from autoresearch.files import write_json_atomic
 from autoresearch.wire import Channel, ChannelClosed
 
 PROGRESS_EVERY = 1.0  # seconds between writes of the progress file
-MAX_STEP_SHARE = 0.02  # of the budget (at least MIN_STEP_S): the longest step the grace past it allows for
+# The grace past the budget for the last step is the experiment's to use as it likes: a train.py that reports a step
+# only every `longest_step` trains that much longer (~1.5 of it), and 1 % more training is about half the margin of
+# a 5-minute run. So the step allowed for is short (0.5 % of the budget, at least MIN_STEP_S): an honest longer
+# step costs only its excess (the harness starts no step that would end past the grace), the cheat gains ~1 %.
+MAX_STEP_SHARE = 0.005
 MIN_STEP_S = 1.0
+LAST_STEP_FACTOR = 1.5  # the last step may take this many typical steps (it began before the budget passed)
+GRACE_SLACK_S = 0.25  # and this much more: a pause of Python's or the clock's granularity
 HANDOVER_SECONDS = 0.5  # past the budget and the last step's grace, on the training clock, the weights must be in
 
 
@@ -66,7 +72,7 @@ class Timeline:
         """How far past the budget the last step may end: the clock is read between steps. The steps are the
         experiment's own reports, which it may space out as it likes: the step allowed for is at most
         `longest_step(budget)` (the harness starts no longer step that would end past it: harness/run.py)."""
-        return 2 * min(self.typical_step, longest_step(budget)) + 1.0
+        return LAST_STEP_FACTOR * min(self.typical_step, longest_step(budget)) + GRACE_SLACK_S
 
     def start_up(self) -> str | None:
         """Where the time from "go" to the clock went, for the run's log; None if the clock never started."""

@@ -28,10 +28,11 @@ from autoresearch.harness.batches import TrainBatches
 from autoresearch.wire import Channel
 
 LOSS_LIMIT = 100.0  # a training loss above this (or NaN) means the run has diverged: stop at once
-# The weights must be in within the budget, the last step's grace (1 s and two steps) and 0.5 s, on the training
-# clock (evaluator/session.py): a model whose hand-over takes longer, at this rate, stops training that much earlier.
+# The weights must be in within the budget, the last step's grace (1.5 steps and 0.25 s) and 0.5 s, on the training
+# clock (evaluator/session.py): a model whose hand-over takes longer than the 0.5 s, at this rate, stops training
+# that much earlier.
 HANDOVER_BYTES_PER_S = 250e6
-HANDOVER_GRACE_S = 1.0
+HANDOVER_GRACE_S = 0.5
 
 
 class TrainingFailed(RuntimeError):
