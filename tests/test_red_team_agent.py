@@ -9,16 +9,34 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import subprocess
+import sys
 import time
 
 import pytest
-from loop_support import fake_result, make_loop
-from test_agent_turn import assert_the_loop_owns_the_workspace, set_lr, take_turn
+from loop_support import FakeExecutor, fake_result, make_loop
+from test_agent_turn import assert_the_loop_owns_the_workspace, score, set_lr, take_turn
 
 from autoresearch.evaluator.result import SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
+from autoresearch.loop import watch as watches
 from autoresearch.loop.executor import LocalExecutor, RunSpec
+from autoresearch.loop.recovery import TURN_SNAPSHOT
+from autoresearch.loop.settings import LoopError
 from autoresearch.vocabulary import RunEnd, Status
+
+# An agent's rewrite of the turn's snapshot (.autoresearch/turn.json): one more ".git file" to put back, two folders
+# above .git, i.e. beside the workspace. Any file the user can write would do as well (the ledger, say).
+FORGE_SNAPSHOT = """
+import base64, hashlib, json, pathlib
+path = pathlib.Path('.autoresearch/turn.json'); snapshot = json.loads(path.read_text())
+data = b'written by the next start'
+blob = hashlib.sha1(b'blob %d\\0' % len(data) + data).hexdigest()
+snapshot['git_files']['../../PLANTED'] = [blob, 0o100644]
+snapshot['git_contents'][blob] = base64.b64encode(data).decode()
+path.write_text(json.dumps(snapshot))
+"""
+FORGE = f"{shlex.quote(sys.executable)} -c {shlex.quote(FORGE_SNAPSHOT)}"
 
 
 @pytest.mark.parametrize(
@@ -180,3 +198,34 @@ def test_a_sealed_result_reads_back_with_its_key_only(tmp_path, bpb):
     assert Result.load(path).harness_fingerprint == "fingerprint"
     with pytest.raises(ForgedResult, match="seal"):
         Result.load(path, key="k2")
+
+
+def test_a_turn_snapshot_the_agent_rewrote_is_not_what_the_next_start_puts_back(workspace, tmp_path, monkeypatch):
+    """BROKE, fixed: the snapshot a turn keeps on disk for the next start after a kill lies in .autoresearch/, which
+    the check after the turn leaves alone. When the loop then stopped on an error (here: the agent edited the
+    installed package, which stops the loop with "reinstall"), the agent's version of it stayed, and the next start
+    wrote what it named, wherever it pointed, after every check: a file beside the workspace here."""
+    edited = tmp_path / "package edited"  # stands for an edit of the installed package's files
+    digest = watches.package_digest
+    monkeypatch.setattr(watches, "package_digest", lambda: digest() + ("edited" if edited.exists() else ""))
+    with pytest.raises(LoopError, match="package"):
+        take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{FORGE}\ntouch {shlex.quote(str(edited))}\necho x")
+    edited.unlink()  # the person reinstalls it, and starts again
+    loop = make_loop(workspace, FakeExecutor(score))
+    assert loop.recover() is None
+    loop.check_clean()
+    assert not (tmp_path / "PLANTED").exists() and not (workspace.state / TURN_SNAPSHOT).exists()
+    assert workspace.read_train_py() == loop.best().source and workspace.git.status() == {}
+
+
+def test_a_turn_snapshot_rewritten_before_a_kill_is_refused_by_the_next_start(workspace, tmp_path):
+    """BROKE, fixed: where the agent had the loop killed in its turn (see the README), its rewrite of the snapshot
+    was put back as it said: files outside the workspace written, at any path. A snapshot naming a path outside the
+    workspace (or the loop's own files) is refused, saying what to look at."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    watches.Watch(workspace.git, make_loop(workspace, FakeExecutor(score)).ledger, tmp_path / "q", agent=True,
+                  keep=workspace.state / TURN_SNAPSHOT)  # fmt: skip
+    subprocess.run(FORGE, shell=True, cwd=workspace.root, check=True)  # the agent, before the kill
+    with pytest.raises(LoopError, match="cannot be read"):
+        make_loop(workspace, FakeExecutor(score)).recover()
+    assert not (tmp_path / "PLANTED").exists()
