@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from loop_support import FakeExecutor, fake_result, make_loop
 from test_agent_turn import assert_the_loop_owns_the_workspace, score, set_lr, take_turn
 
+from autoresearch.agents.command_agent import pid_namespace
 from autoresearch.evaluator.result import SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
@@ -229,3 +231,19 @@ def test_a_turn_snapshot_rewritten_before_a_kill_is_refused_by_the_next_start(wo
     with pytest.raises(LoopError, match="cannot be read"):
         make_loop(workspace, FakeExecutor(score)).recover()
     assert not (tmp_path / "PLANTED").exists()
+
+
+@pytest.mark.skipif(not pid_namespace(), reason="no PID namespace can be made here (unshare)")
+def test_an_agent_that_unmounts_its_proc_still_sees_no_process_of_the_loop(workspace, tmp_path):
+    """BROKE, fixed: the agent's PID namespace had /proc mounted over the machine's, and the agent, root in its own
+    user namespace, could unmount it: the loop, its evaluators and every process of the user were there again, to
+    read (their command lines, environment, open files; their memory where no Yama forbids) and to name in a pid
+    file for the next start to kill. Its /proc is now locked under a second user namespace."""
+    seen = tmp_path / "seen"
+    loop_cmdline = f"/proc/{os.getpid()}/cmdline"  # the loop runs in this test's process
+    unmount = "(umount /proc || umount -l /proc) 2>/dev/null || true"
+    look = f"cat {loop_cmdline} > {seen} || true"
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{unmount}\n{look}\necho x")
+    assert exp.status == Status.KEEP and seen.exists()
+    assert b"pytest" not in seen.read_bytes()
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)

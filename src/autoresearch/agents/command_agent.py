@@ -40,8 +40,14 @@ PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pip
 # Where a user namespace can be made (Linux, unless a container forbids it), the agent runs in a PID namespace of
 # its own: when it ends the kernel kills everything it left, a process that left its group (setsid, a daemon)
 # too, which could otherwise edit train.py, the ledger or a result after the loop has checked the turn. Its own
-# /proc, so that /proc/<pid> is the process getpid() names (Codex waited for ever on the outer one's).
-PID_NAMESPACE = ("unshare", "--user", "--map-current-user", "--pid", "--fork", "--mount-proc", "--kill-child")
+# /proc, so that /proc/<pid> is the process getpid() names (Codex waited for ever on the outer one's). The agent
+# runs in a second user namespace, with a mount namespace of its own: there every mount it was given is locked, so
+# that it cannot unmount its /proc (root in the first one, it could) and see the machine's, whose processes (the
+# loop's, the evaluators', the user's) it could then read, or name in a pid file for the next start to kill.
+PID_NAMESPACE = (
+    *("unshare", "--user", "--map-current-user", "--pid", "--fork", "--mount-proc", "--kill-child"),
+    *("unshare", "--user", "--map-current-user", "--mount"),
+)
 NOT_RUNNABLE = {126: "a program was found but could not be run", 127: "the shell found no such program"}
 # Words before the program: they run what follows (their options, and timeout's duration, are skipped).
 _WRAPPERS = {"exec", "command", "nohup", "nice", "env", "time", "timeout", "stdbuf"}
