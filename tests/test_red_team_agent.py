@@ -6,19 +6,21 @@ Each test runs one scripted `command` agent turn through the real loop with the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from loop_support import FakeExecutor, fake_result, make_loop
+from loop_support import FakeExecutor, constant, fake_result, make_loop
 from test_agent_turn import assert_the_loop_owns_the_workspace, score, set_lr, take_turn
 
-from autoresearch.agents.command_agent import pid_namespace
+from autoresearch.agents.command_agent import CommandAgent, pid_namespace
 from autoresearch.evaluator.result import SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
@@ -247,3 +249,48 @@ def test_an_agent_that_unmounts_its_proc_still_sees_no_process_of_the_loop(works
     assert exp.status == Status.KEEP and seen.exists()
     assert b"pytest" not in seen.read_bytes()
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@contextlib.contextmanager
+def within(seconds: int):
+    """Fail, rather than hang the suite, where the loop waits for ever (a FIFO opened to write waits for a reader)."""
+
+    def wedged(_signum, _frame):
+        raise TimeoutError(f"the loop was still waiting after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, wedged)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        "mkfifo results.tsv.tmp",  # results.tsv is written through it after the verdict
+        "mkfifo .autoresearch/train.py.tmp",  # train.py is, when the loop puts the best's back
+        "rm -f .autoresearch/prompt.md && mkfifo .autoresearch/prompt.md",  # the next turn's prompt
+        "rm -rf .autoresearch/quarantine && touch .autoresearch/quarantine",  # what the turn left is moved there
+        "rm .autoresearch/agent.pid && mkdir .autoresearch/agent.pid",  # removed when the agent has ended
+    ],
+)
+def test_what_the_agent_leaves_where_the_loop_writes_its_own_files_neither_wedges_nor_stops_it(
+    workspace, tmp_path, plant
+):
+    """BROKE, fixed: the loop's private state and results.tsv's temporary file are left to the loop by the check
+    after a turn, and the loop wrote its files there as it found them: a FIFO an agent made in the place of one
+    wedged the loop for good (opened to write, it waits for a reader), a folder or file in the place of another
+    stopped it with a traceback (FileExistsError, IsADirectoryError), in this turn or the next."""
+    with within(60):
+        exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        next_turn = tmp_path / "next.sh"
+        next_turn.write_text(f"{set_lr(0.3)}\necho LR 0.3\n")
+        loop = make_loop(workspace, FakeExecutor(score))
+        loop.run(CommandAgent(f"sh {shlex.quote(str(next_turn))}", timeout_s=60), max_experiments=1)
+    last = loop.ledger.all()[-1]
+    assert (last.id, last.status, constant(last.source, "LR")) == (3, Status.DISCARD, 0.3)
+    assert (workspace.root / "results.tsv").read_text().count("\n") == 4  # the header, the baseline, two verdicts

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
+from autoresearch.files import clear, write_text_atomic
 from autoresearch.orphans import write_pid_file
 from autoresearch.workspace.workspace import as_read
 
@@ -131,7 +132,8 @@ def write_prompt(workspace: Path, prompt: str) -> Path:
     """The prompt in <workspace>/.autoresearch/prompt.md, the loop's private state; its path."""
     prompt_file = workspace / ".autoresearch" / "prompt.md"
     prompt_file.parent.mkdir(parents=True, exist_ok=True)
-    prompt_file.write_text(prompt)
+    clear(prompt_file)  # the last agent's turn may have left a FIFO there (a write would wait for ever), or a link
+    write_text_atomic(prompt_file, prompt)
     return prompt_file
 
 
@@ -168,7 +170,7 @@ def run_process(
         ) from None
     finally:
         _kill_group(process)
-        pid_file.unlink(missing_ok=True)
+        clear(pid_file)  # whatever the agent made of it
     return process.returncode, stdout, stderr
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import autoresearch
-from autoresearch.files import sources_sha256
+from autoresearch.files import clear, sources_sha256
 from autoresearch.loop.ledger import Ledger
 from autoresearch.workspace import integrity
 from autoresearch.workspace.git import Git
@@ -139,8 +139,8 @@ class Watch:
 def fresh_folder(parent: Path, prefix: str) -> Path:
     """A new, empty folder in `parent` for what a step left: never one the step made (with a link in it to send
     what is put aside into .git, say). `parent` itself is made a folder again if the step made it a link."""
-    if parent.is_symlink():
-        parent.unlink()
+    if parent.is_symlink() or (os.path.lexists(parent) and not parent.is_dir()):  # a FIFO or a file, say
+        clear(parent)
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=parent))
 
