@@ -553,12 +553,14 @@ def test_the_loops_own_seeded_train_py_is_known_however_seed_is_written():
         assert not written_for(with_constants(seeded(source, 1), LR=0.3), exp)
 
 
-def test_a_quarantine_that_is_no_folder_is_a_clear_error(workspace):
+def test_a_quarantine_that_is_no_folder_is_made_one_again(workspace):
+    """The loop's own folder, in its private state: a file there is an agent's doing (test_red_team_agent.py)."""
     make_loop(workspace, FakeExecutor(score)).baseline()
     (workspace.state / "turn.json").write_text("{}")
     (workspace.state / "quarantine").write_text("not a folder")
-    with pytest.raises(LoopError, match="cannot be put aside"):
+    with pytest.raises(LoopError, match="what the turn began from cannot be read"):
         make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+    assert (workspace.state / "quarantine").is_dir()
 
 
 def test_a_train_py_committed_with_crlf_line_endings_is_no_edit(tmp_path, tiny_prepared):

@@ -6,19 +6,41 @@ Each test runs one scripted `command` agent turn through the real loop with the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shlex
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
-from loop_support import FakeExecutor, fake_result, make_loop
+from loop_support import FakeExecutor, constant, fake_result, make_loop
 from test_agent_turn import GIT, PY, assert_the_loop_owns_the_workspace, score, set_lr, take_turn
 
+from autoresearch.agents.command_agent import CommandAgent, pid_namespace
 from autoresearch.evaluator.result import SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
+from autoresearch.loop import watch as watches
 from autoresearch.loop.executor import LocalExecutor, RunSpec
+from autoresearch.loop.recovery import TURN_SNAPSHOT
+from autoresearch.loop.settings import LoopError
 from autoresearch.vocabulary import RunEnd, Status
+
+# An agent's rewrite of the turn's snapshot (.autoresearch/turn.json): one more ".git file" to put back, two folders
+# above .git, i.e. beside the workspace. Any file the user can write would do as well (the ledger, say).
+FORGE_SNAPSHOT = """
+import base64, hashlib, json, pathlib
+path = pathlib.Path('.autoresearch/turn.json'); snapshot = json.loads(path.read_text())
+data = b'written by the next start'
+blob = hashlib.sha1(b'blob %d\\0' % len(data) + data).hexdigest()
+snapshot['git_files']['../../PLANTED'] = [blob, 0o100644]
+snapshot['git_contents'][blob] = base64.b64encode(data).decode()
+path.write_text(json.dumps(snapshot))
+"""
+FORGE = f"{shlex.quote(sys.executable)} -c {shlex.quote(FORGE_SNAPSHOT)}"
 
 
 @pytest.mark.parametrize(
@@ -217,3 +239,95 @@ def test_an_agent_that_packs_the_objects_away_is_not_held_to_it(workspace, tmp_p
     assert all((workspace.git.git_dir / rel).is_file() for rel in loose)
     workspace.git("fsck", "--strict")
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_a_turn_snapshot_the_agent_rewrote_is_not_what_the_next_start_puts_back(workspace, tmp_path, monkeypatch):
+    """BROKE, fixed: the snapshot a turn keeps on disk for the next start after a kill lies in .autoresearch/, which
+    the check after the turn leaves alone. When the loop then stopped on an error (here: the agent edited the
+    installed package, which stops the loop with "reinstall"), the agent's version of it stayed, and the next start
+    wrote what it named, wherever it pointed, after every check: a file beside the workspace here."""
+    edited = tmp_path / "package edited"  # stands for an edit of the installed package's files
+    digest = watches.package_digest
+    monkeypatch.setattr(watches, "package_digest", lambda: digest() + ("edited" if edited.exists() else ""))
+    with pytest.raises(LoopError, match="package"):
+        take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{FORGE}\ntouch {shlex.quote(str(edited))}\necho x")
+    edited.unlink()  # the person reinstalls it, and starts again
+    loop = make_loop(workspace, FakeExecutor(score))
+    assert loop.recover() is None
+    loop.check_clean()
+    assert not (tmp_path / "PLANTED").exists() and not (workspace.state / TURN_SNAPSHOT).exists()
+    assert workspace.read_train_py() == loop.best().source and workspace.git.status() == {}
+
+
+def test_a_turn_snapshot_rewritten_before_a_kill_is_refused_by_the_next_start(workspace, tmp_path):
+    """BROKE, fixed: where the agent had the loop killed in its turn (see the README), its rewrite of the snapshot
+    was put back as it said: files outside the workspace written, at any path. A snapshot naming a path outside the
+    workspace (or the loop's own files) is refused, saying what to look at."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    watches.Watch(workspace.git, make_loop(workspace, FakeExecutor(score)).ledger, tmp_path / "q", agent=True,
+                  keep=workspace.state / TURN_SNAPSHOT)  # fmt: skip
+    subprocess.run(FORGE, shell=True, cwd=workspace.root, check=True)  # the agent, before the kill
+    with pytest.raises(LoopError, match="cannot be read"):
+        make_loop(workspace, FakeExecutor(score)).recover()
+    assert not (tmp_path / "PLANTED").exists()
+
+
+@pytest.mark.skipif(not pid_namespace(), reason="no PID namespace can be made here (unshare)")
+def test_an_agent_that_unmounts_its_proc_still_sees_no_process_of_the_loop(workspace, tmp_path):
+    """BROKE, fixed: the agent's PID namespace had /proc mounted over the machine's, and the agent, root in its own
+    user namespace, could unmount it: the loop, its evaluators and every process of the user were there again, to
+    read (their command lines, environment, open files; their memory where no Yama forbids) and to name in a pid
+    file for the next start to kill. Its /proc is now locked under a second user namespace."""
+    seen = tmp_path / "seen"
+    loop_cmdline = f"/proc/{os.getpid()}/cmdline"  # the loop runs in this test's process
+    unmount = "(umount /proc || umount -l /proc) 2>/dev/null || true"
+    look = f"cat {loop_cmdline} > {seen} || true"
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{unmount}\n{look}\necho x")
+    assert exp.status == Status.KEEP and seen.exists()
+    assert b"pytest" not in seen.read_bytes()
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@contextlib.contextmanager
+def within(seconds: int):
+    """Fail, rather than hang the suite, where the loop waits for ever (a FIFO opened to write waits for a reader)."""
+
+    def wedged(_signum, _frame):
+        raise TimeoutError(f"the loop was still waiting after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, wedged)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        "mkfifo results.tsv.tmp",  # results.tsv is written through it after the verdict
+        "mkfifo .autoresearch/train.py.tmp",  # train.py is, when the loop puts the best's back
+        "rm -f .autoresearch/prompt.md && mkfifo .autoresearch/prompt.md",  # the next turn's prompt
+        "rm -rf .autoresearch/quarantine && touch .autoresearch/quarantine",  # what the turn left is moved there
+        "rm .autoresearch/agent.pid && mkdir .autoresearch/agent.pid",  # removed when the agent has ended
+    ],
+)
+def test_what_the_agent_leaves_where_the_loop_writes_its_own_files_neither_wedges_nor_stops_it(
+    workspace, tmp_path, plant
+):
+    """BROKE, fixed: the loop's private state and results.tsv's temporary file are left to the loop by the check
+    after a turn, and the loop wrote its files there as it found them: a FIFO an agent made in the place of one
+    wedged the loop for good (opened to write, it waits for a reader), a folder or file in the place of another
+    stopped it with a traceback (FileExistsError, IsADirectoryError), in this turn or the next."""
+    with within(60):
+        exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        next_turn = tmp_path / "next.sh"
+        next_turn.write_text(f"{set_lr(0.3)}\necho LR 0.3\n")
+        loop = make_loop(workspace, FakeExecutor(score))
+        loop.run(CommandAgent(f"sh {shlex.quote(str(next_turn))}", timeout_s=60), max_experiments=1)
+    last = loop.ledger.all()[-1]
+    assert (last.id, last.status, constant(last.source, "LR")) == (3, Status.DISCARD, 0.3)
+    assert (workspace.root / "results.tsv").read_text().count("\n") == 4  # the header, the baseline, two verdicts

@@ -1,10 +1,13 @@
-"""Small file helpers with one home: an atomic text or JSON write, a file's SHA-256, a set of source files' SHA-256."""
+"""Small file helpers with one home: an atomic text or JSON write, a file's SHA-256, a set of source files' SHA-256,
+clearing a path the loop writes its own file at."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ def write_text_atomic(path: Path, text: str, tmp: Path | None = None, durable: b
     `durable`: a power cut too (the file and its folder are synced to the disk)."""
     tmp = tmp or path.with_name(path.name + ".tmp")
     try:
+        clear(tmp)  # made anew below: never what was found there
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
         tmp.write_text(text)
         if durable:
             _sync(tmp)
@@ -29,6 +34,28 @@ def write_text_atomic(path: Path, text: str, tmp: Path | None = None, durable: b
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def clear(path: Path) -> None:
+    """Remove whatever is at `path`: a file, a link, a FIFO, a folder with all it holds. Where the loop writes a file
+    of its own (in its private state, or results.tsv's temporary file), an agent may have put something else first:
+    a FIFO, which opening to write waits on for ever; a link, which a write follows; a folder, which it cannot
+    write."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def make_folder(path: Path, within: Path) -> None:
+    """Make `path` a folder, and each folder between `within` and it: a link, file or FIFO found in the place of one
+    of them is removed first (`clear`)."""
+    for folder in [*reversed(path.relative_to(within).parents), Path(path.relative_to(within))][1:]:
+        here = within / folder
+        if os.path.islink(here) or (os.path.lexists(here) and not os.path.isdir(here)):
+            clear(here)
+        here.mkdir(exist_ok=True)
 
 
 def _sync(path: Path) -> None:

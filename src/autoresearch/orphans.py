@@ -17,13 +17,16 @@ from pathlib import Path
 
 import psutil
 
+from autoresearch.files import write_text_atomic
+
 
 def write_pid_file(path: Path, pid: int) -> None:
     """The process's pid and start time: together they name it even after the pid is reused."""
     try:
-        path.write_text(f"{pid} {psutil.Process(pid).create_time()}")
+        created = psutil.Process(pid).create_time()
     except psutil.Error:  # already gone
-        path.write_text(f"{pid} 0")
+        created = 0
+    write_text_atomic(path, f"{pid} {created}")
 
 
 def reap(pid_file: Path) -> bool:

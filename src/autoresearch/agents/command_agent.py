@@ -27,6 +27,7 @@ from pathlib import Path
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
+from autoresearch.files import clear, write_text_atomic
 from autoresearch.orphans import write_pid_file
 from autoresearch.workspace.workspace import as_read
 
@@ -40,8 +41,14 @@ PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pip
 # Where a user namespace can be made (Linux, unless a container forbids it), the agent runs in a PID namespace of
 # its own: when it ends the kernel kills everything it left, a process that left its group (setsid, a daemon)
 # too, which could otherwise edit train.py, the ledger or a result after the loop has checked the turn. Its own
-# /proc, so that /proc/<pid> is the process getpid() names (Codex waited for ever on the outer one's).
-PID_NAMESPACE = ("unshare", "--user", "--map-current-user", "--pid", "--fork", "--mount-proc", "--kill-child")
+# /proc, so that /proc/<pid> is the process getpid() names (Codex waited for ever on the outer one's). The agent
+# runs in a second user namespace, with a mount namespace of its own: there every mount it was given is locked, so
+# that it cannot unmount its /proc (root in the first one, it could) and see the machine's, whose processes (the
+# loop's, the evaluators', the user's) it could then read, or name in a pid file for the next start to kill.
+PID_NAMESPACE = (
+    *("unshare", "--user", "--map-current-user", "--pid", "--fork", "--mount-proc", "--kill-child"),
+    *("unshare", "--user", "--map-current-user", "--mount"),
+)
 NOT_RUNNABLE = {126: "a program was found but could not be run", 127: "the shell found no such program"}
 # Words before the program: they run what follows (their options, and timeout's duration, are skipped).
 _WRAPPERS = {"exec", "command", "nohup", "nice", "env", "time", "timeout", "stdbuf"}
@@ -125,7 +132,8 @@ def write_prompt(workspace: Path, prompt: str) -> Path:
     """The prompt in <workspace>/.autoresearch/prompt.md, the loop's private state; its path."""
     prompt_file = workspace / ".autoresearch" / "prompt.md"
     prompt_file.parent.mkdir(parents=True, exist_ok=True)
-    prompt_file.write_text(prompt)
+    clear(prompt_file)  # the last agent's turn may have left a FIFO there (a write would wait for ever), or a link
+    write_text_atomic(prompt_file, prompt)
     return prompt_file
 
 
@@ -162,7 +170,7 @@ def run_process(
         ) from None
     finally:
         _kill_group(process)
-        pid_file.unlink(missing_ok=True)
+        clear(pid_file)  # whatever the agent made of it
     return process.returncode, stdout, stderr
 
 

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoresearch.files import write_text_atomic
 from autoresearch.loop.ledger import Experiment
 
 SESSION_NAME = "loop.json"  # under .autoresearch/: the running loop's workers and when it started
@@ -113,10 +114,8 @@ class Session:
 def start_session(state: Path, workers: list[str], started: float, submissions: bool = True) -> None:
     """Tell `status` which workers the loop runs with, and since when; `submit` whether the loop takes its request."""
     path = state / SESSION_NAME
-    tmp = path.with_name(f".{path.name}.tmp")
     record = {"pid": os.getpid(), "started": started, "workers": workers, "submissions": submissions}
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(record), path.with_name(f".{path.name}.tmp"))
 
 
 @contextmanager

@@ -32,6 +32,7 @@ import psutil
 from autoresearch.evaluator.confined import FORK_ENV, kill_tree
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, ForgedResult, Result
 from autoresearch.evaluator.sandbox import evaluator_env
+from autoresearch.files import clear, make_folder, write_text_atomic
 from autoresearch.orphans import reap, write_pid_file
 from autoresearch.vocabulary import RunEnd
 
@@ -107,10 +108,13 @@ class LocalExecutor:
         self.fork_failure: str | None = None  # why evaluators are no longer forked, if they are not
 
     def run(self, spec: RunSpec) -> Outcome:
-        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        # The run's folder lies in the workspace's private state, within an agent's reach, and its name is known
+        # ahead: what is found in the place of the folder or its files (a FIFO would wedge the write) goes first.
+        make_folder(spec.run_dir, spec.run_dir.parent.parent)
         result_path, log_path = spec.run_dir / "result.json", spec.run_dir / "log.txt"
-        result_path.unlink(missing_ok=True)
-        log_path.write_text("")
+        for path in (result_path, log_path, spec.run_dir / PROGRESS_NAME):
+            clear(path)
+        write_text_atomic(log_path, "")
         referee = self._current = self._take(spec.directory)
         write_pid_file(spec.run_dir / "pid", referee.proc.pid)
         started = time.monotonic()

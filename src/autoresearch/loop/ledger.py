@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.files import write_text_atomic
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 from autoresearch.workspace.disk import disk_full_is_an_error
 
@@ -248,10 +249,8 @@ class Ledger:
             mem = f"{exp.memory_gb:.1f}" if exp.memory_gb is not None else "0.0"
             desc = " ".join(exp.description.split())
             lines.append(f"{(exp.commit or '')[:7]}\t{bpb}\t{mem}\t{exp.status}\t{desc}\n")
-        tmp = self.workspace / "results.tsv.tmp"
         with disk_full_is_an_error("writing results.tsv"):
-            tmp.write_text("".join(lines))
-            tmp.replace(self.workspace / "results.tsv")
+            write_text_atomic(self.workspace / "results.tsv", "".join(lines), self.workspace / "results.tsv.tmp")
 
 
 def _copy(exp: Experiment) -> Experiment:

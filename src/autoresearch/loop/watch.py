@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import autoresearch
-from autoresearch.files import sources_sha256
+from autoresearch.files import clear, sources_sha256
 from autoresearch.loop.ledger import Ledger
 from autoresearch.workspace import integrity
 from autoresearch.workspace.git import Git
@@ -81,6 +81,7 @@ class Watch:
         self.quarantines = quarantine
         self.quarantine = quarantine / time.strftime("%Y%m%d-%H%M%S")  # made afresh by check()
         self.before = integrity.take(git, exclude=frozenset({TRAIN_PY}), human=human)
+        self.keep = keep
         if keep is not None:
             integrity.save(self.before, git, keep)
         self.tsv = ledger.workspace / "results.tsv"
@@ -89,6 +90,24 @@ class Watch:
         self.package = package_digest()
 
     def check(self) -> Verdict:
+        try:
+            return self._check()
+        finally:
+            if self.keep is not None:
+                self._keep_again()
+
+    def _keep_again(self) -> None:
+        """The saved snapshot lies in .autoresearch/, which the agent could write: it may be the agent's by now, and
+        the next start would put the workspace back as it says (after a stop on an error here, or a kill before the
+        row is written). Saved again from the one in memory, or else deleted: the next start then refuses a
+        workspace it cannot vouch for rather than trust the agent's."""
+        try:
+            integrity.save(self.before, self.git, self.keep, store_blobs=False)  # stored before the turn
+        except Exception:
+            with contextlib.suppress(OSError):
+                self.keep.unlink(missing_ok=True)
+
+    def _check(self) -> Verdict:
         expected = {TRAIN_PY: self.train_py} if self.train_py is not None else None
         self.quarantine = fresh_folder(self.quarantines, self.quarantine.name)
         found = integrity.put_back(
@@ -120,8 +139,8 @@ class Watch:
 def fresh_folder(parent: Path, prefix: str) -> Path:
     """A new, empty folder in `parent` for what a step left: never one the step made (with a link in it to send
     what is put aside into .git, say). `parent` itself is made a folder again if the step made it a link."""
-    if parent.is_symlink():
-        parent.unlink()
+    if parent.is_symlink() or (os.path.lexists(parent) and not parent.is_dir()):  # a FIFO or a file, say
+        clear(parent)
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=parent))
 

@@ -528,12 +528,14 @@ def _quarantine(root: Path, rel: str, quarantine: Path, tidy: bool = True) -> No
 # -- a snapshot on disk, for the next start after a kill ------------------------------------------
 
 
-def save(snap: Snapshot, git: Git, path: Path) -> None:
-    """Keep `snap` where the next start finds it: the working files' contents go into git's object store,
-    the git files' (small, and needed before git can be trusted) into the file itself."""
+def save(snap: Snapshot, git: Git, path: Path, store_blobs: bool = True) -> None:
+    """Keep `snap` where the next start finds it: the working files' contents go into git's object store (unless
+    `store_blobs` is off: they were, by an earlier save of it), the git files' (small, and needed before git can be
+    trusted) into the file itself."""
     git_ids = {content_id for content_id, _ in (*snap.git_files.values(), *snap.history.values())}
-    stored = [i for i in {*snap.files.values(), *snap.human.values()} if i in snap.sources and i not in git_ids]
-    git.store_blobs([snap.sources[i] for i in stored])
+    if store_blobs:
+        stored = [i for i in {*snap.files.values(), *snap.human.values()} if i in snap.sources and i not in git_ids]
+        git.store_blobs([snap.sources[i] for i in stored])
     data = {k: v for k, v in asdict(snap).items() if k not in ("contents", "sources", "objects")}
     data["git_contents"] = {i: base64.b64encode(snap.contents[i]).decode() for i in git_ids if i in snap.contents}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -541,9 +543,20 @@ def save(snap: Snapshot, git: Git, path: Path) -> None:
 
 
 def load(path: Path) -> Snapshot | None:
+    """The snapshot `save` kept in `path`; None if it cannot be read, or names a path that no snapshot of a workspace
+    holds: the file lies within an agent's reach, and what it names is written back."""
     try:
         data = json.loads(path.read_text())
         contents = {i: base64.b64decode(b) for i, b in data.pop("git_contents").items()}
-        return Snapshot(**data, contents=contents)
+        snap = Snapshot(**data, contents=contents)
     except Exception:  # missing, cut short, not JSON, not a snapshot's fields: unreadable all the same
         return None
+    work = [*snap.files, *snap.untracked, *snap.human]
+    if all(map(_inside, [*work, *snap.git_files, *snap.history])) and not any(map(is_loop_own, work)):
+        return snap
+    return None
+
+
+def _inside(rel: object) -> bool:
+    """Whether `rel` is a relative path that stays inside the folder it is taken from."""
+    return isinstance(rel, str) and bool(rel) and not os.path.isabs(rel) and ".." not in rel.split("/")
