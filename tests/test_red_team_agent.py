@@ -204,25 +204,48 @@ def test_a_sealed_result_reads_back_with_its_key_only(tmp_path, bpb):
         Result.load(path, key="k2")
 
 
-REWRITE_OBJECT = """
-import pathlib, subprocess, zlib
+FORGE_BLOB = """
+import hashlib, pathlib, struct, subprocess, sys, zlib
 blob = subprocess.run(["git", "rev-parse", "HEAD:train.py"], capture_output=True, text=True, check=True).stdout.strip()
 text = subprocess.run(["git", "cat-file", "blob", blob], capture_output=True, check=True).stdout
 forged = text.replace(b"LR = 0.05", b"LR = 0.2")  # the best's history now holds the agent's change, never measured
-path = pathlib.Path(".git/objects") / blob[:2] / blob[2:]
-path.unlink()
-path.write_bytes(zlib.compress(b"blob %d\\0" % len(forged) + forged))
+if sys.argv[1] == "loose":  # the object's own file rewritten
+    path = pathlib.Path(".git/objects") / blob[:2] / blob[2:]
+    path.unlink()
+    path.write_bytes(zlib.compress(b"blob %d\\0" % len(forged) + forged))
+else:  # a new pack holding other bytes under the object's name: git looks in packs first
+    size, head = len(forged), bytearray()
+    byte = (3 << 4) | (size & 0x0F)
+    size >>= 4
+    while size:
+        head.append(byte | 0x80)
+        byte, size = size & 0x7F, size >> 7
+    head.append(byte)
+    entry = bytes(head) + zlib.compress(forged)
+    body = b"PACK" + struct.pack(">II", 2, 1) + entry
+    pack = body + hashlib.sha1(body).digest()
+    oid = bytes.fromhex(blob)
+    idx = b"\\377tOc" + struct.pack(">I", 2) + b"".join(struct.pack(">I", int(oid[0] <= i)) for i in range(256))
+    idx += oid + struct.pack(">II", zlib.crc32(entry), 12) + pack[-20:]
+    idx += hashlib.sha1(idx).digest()
+    folder = pathlib.Path(".git/objects/pack")
+    folder.mkdir(exist_ok=True)
+    (folder / f"pack-{pack[-20:].hex()}.pack").write_bytes(pack)
+    (folder / f"pack-{pack[-20:].hex()}.idx").write_bytes(idx)
+assert subprocess.run(["git", "show", "HEAD:train.py"], capture_output=True, check=True).stdout == forged
 """
 
 
-def test_an_object_of_the_history_rewritten_by_the_agent_is_put_back(workspace, tmp_path):
+@pytest.mark.parametrize("how", ["loose", "pack"])
+def test_an_object_of_the_history_forged_by_the_agent_is_put_back(workspace, tmp_path, how):
     """BROKE, fixed: git does not check an object against its name when it reads it, and .git/objects was not
-    guarded. An agent that rewrote the best's train.py blob in place changed what the history (and every
-    checkout of the best) says was measured: the branch then showed a train.py no run had trained."""
+    guarded. An agent that rewrote the best's train.py blob in place, or planted a pack holding other bytes under
+    its name (git looks in packs before loose objects), changed what the history (and every checkout of the best)
+    says was measured: the branch then showed a train.py no run had trained."""
     baseline_source = workspace.read_train_py()
-    script = workspace.root.parent / "rewrite.py"
-    script.write_text(REWRITE_OBJECT)
-    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.1)}\n{PY} {script}\necho LR 0.1")
+    script = workspace.root.parent / "forge.py"
+    script.write_text(FORGE_BLOB)
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.1)}\n{PY} {script} {how}\necho LR 0.1")
     assert exp.status == Status.CRASH and ".git/objects/" in exp.reason, exp.reason
     baseline = make_loop(workspace, FakeExecutor(score)).best()
     assert workspace.git.show(baseline.commit, "train.py") == baseline_source

@@ -45,11 +45,12 @@ import json
 import os
 import shutil
 import stat
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoresearch.files import write_text_atomic
-from autoresearch.workspace.git import Git
+from autoresearch.workspace.git import Git, GitError
 
 # The loop's own output in a workspace (see workspace/init.py's .gitignore): never the run's doing.
 LOOP_OWN = ("/.autoresearch/", "/results.tsv", "/results.tsv.tmp", "/progress.png", "/report.md", "__pycache__/")
@@ -75,8 +76,8 @@ class Snapshot:
     human: dict[str, str | None]  # program.md, prompts/*.md -> content id (None: absent); empty if not watched
     history: dict[str, list] = field(default_factory=dict)  # .git/logs/**, .git/ORIG_HEAD -> [content id, mode]
     # Every file under .git/objects but info/ -> [content id, inode, size, mtime_ns, ctime_ns, mode]. Not saved for the
-    # next start (save()): a snapshot read back from disk has none, and leaves the objects as they are.
-    objects: dict[str, list] = field(default_factory=dict)
+    # next start (save()): a snapshot read back from disk has None, and leaves the objects as they are.
+    objects: dict[str, list] | None = None
     contents: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)  # content id -> bytes
     sources: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)  # content id -> its file
 
@@ -195,29 +196,34 @@ def _read_objects(git_dir: Path, snap: Snapshot) -> dict[str, list]:
     mtime_ns, ctime_ns, mode], their bytes kept in `snap`."""
     top = git_dir / OBJECTS
     known, seen, listing = _object_bytes.get(top, {}), {}, {}
+    for rel, st in _object_files(top).items():
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        key = (str(top / rel), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if (entry := known.get(key)) is None:
+            try:
+                data = (top / rel).read_bytes()
+            except OSError:
+                continue
+            entry = (blob_id(data), data)
+        seen[key] = entry
+        listing[rel] = [entry[0], *key[1:], st.st_mode]
+        snap.contents[entry[0]] = entry[1]
+    _object_bytes[top] = seen  # only what is there now: the cache holds no more than the object store
+    return listing
+
+
+def _object_files(top: Path) -> dict[str, os.stat_result]:
+    """Everything but folders under .git/objects, but info/: relative path -> its lstat."""
+    found = {}
     for folder, dirs, names in os.walk(top):
         if folder == str(top):
             dirs[:] = [d for d in dirs if d != "info"]
         for name in names:
-            path = os.path.join(folder, name)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            key = (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            if (entry := known.get(key)) is None:
-                try:
-                    data = Path(path).read_bytes()
-                except OSError:
-                    continue
-                entry = (blob_id(data), data)
-            seen[key] = entry
-            listing[os.path.relpath(path, top)] = [entry[0], *key[1:], st.st_mode]
-            snap.contents[entry[0]] = entry[1]
-    _object_bytes[top] = seen  # only what is there now: the cache holds no more than the object store
-    return listing
+            with contextlib.suppress(FileNotFoundError):
+                path = os.path.join(folder, name)
+                found[os.path.relpath(path, top)] = os.lstat(path)
+    return found
 
 
 def _status_contents(root: Path, status: dict[str, str], skip, snap: Snapshot) -> dict[str, str | None]:
@@ -317,7 +323,7 @@ def put_back(
     ):
         held.append(f".git/{rel}")  # before any git command runs
     _put_back_locks(git.git_dir, git_quarantine, held)  # a git that was killed: the loop's git commands would fail
-    _put_back_objects(before, git.git_dir, git_quarantine, found, held)  # before a git command reads them
+    _put_back_objects(before, git, git_quarantine, found, held)  # before a git command reads them
     left_history, _, _ = _read_git_files(git.git_dir, HISTORY_GIT)  # before the loop's own commands write to it
     _put_back_refs(before, git, held)
     if _sha256(git.index_listing()) != before.index:
@@ -368,11 +374,30 @@ def _put_back_git_files(
     return sorted(differed)
 
 
-def _put_back_objects(before: Snapshot, git_dir: Path, quarantine: Path, found: Findings, held: list[str]) -> None:
-    """Write back every object file that changed or went since `before`. A rewritten one is a change (the history
-    would say something else was measured); a deleted one is `held` (`git gc` packs loose objects away). Object
-    files that appeared are left: git adds them for every commit, and none of the history's refers to them."""
-    top = git_dir / OBJECTS
+def _put_back_objects(before: Snapshot, git: Git, quarantine: Path, found: Findings, held: list[str]) -> None:
+    """Write back every object file that changed or went since `before`, and take away the new ones that could
+    shadow an object of the history. A rewritten object is a change (the history would say something else was
+    measured); a deleted one is `held` (`git gc` packs loose objects away). A new loose object whose bytes are what
+    its name says stays (git adds them for every commit), one whose are not is a change; a new pack, which git
+    reads before loose objects, goes (a pack of `git gc`'s, whose objects are whole, is `held`; one that is not,
+    a change), and so does anything else new there."""
+    if before.objects is None:  # a snapshot read back from disk: the objects were not recorded
+        return
+    top = git.git_dir / OBJECTS
+    for rel, st in sorted(_object_files(top).items()):
+        if rel in before.objects:
+            continue
+        if _loose_object(rel):
+            if stat.S_ISREG(st.st_mode) and _whole(top / rel, rel.replace("/", "")):
+                continue
+            forged = True
+        else:  # a pack's index is checked while its pack is still there: sorted, "x.idx" comes before "x.pack"
+            forged = rel.endswith(".idx") and not _pack_whole(git, top / rel)
+        if forged:
+            found.changed.append(f"added .git/objects/{rel}, whose objects are not what their names say")
+        else:
+            held.append(f"added .git/objects/{rel}")
+        _quarantine(top, rel, quarantine / OBJECTS, tidy=False)
     for rel, (content_id, *signature) in sorted(before.objects.items()):
         path = top / rel
         with contextlib.suppress(FileNotFoundError):
@@ -391,6 +416,30 @@ def _put_back_objects(before: Snapshot, git_dir: Path, quarantine: Path, found: 
             found.not_restored.append(f".git/objects/{rel}")
             continue
         os.chmod(path, stat.S_IMODE(signature[-1]))
+
+
+def _loose_object(rel: str) -> bool:
+    """Whether `rel` (under .git/objects) is named as a loose object is: two hex digits, a folder, the rest."""
+    folder, _, name = rel.partition("/")
+    return len(folder) == 2 and len(folder + name) in (40, 64) and all(c in "0123456789abcdef" for c in folder + name)
+
+
+def _whole(path: Path, oid: str) -> bool:
+    """Whether the loose object file `path` holds what its id `oid` names."""
+    try:
+        data = zlib.decompress(path.read_bytes())
+    except (OSError, zlib.error):
+        return False
+    return hashlib.new("sha1" if len(oid) == 40 else "sha256", data).hexdigest() == oid
+
+
+def _pack_whole(git: Git, idx: Path) -> bool:
+    """Whether every object of the pack indexed by `idx` is what its name says (`git verify-pack` hashes each)."""
+    try:
+        git("verify-pack", str(idx))
+    except GitError:
+        return False
+    return True
 
 
 def _put_back_locks(git_dir: Path, quarantine: Path, held: list[str]) -> None:
