@@ -20,12 +20,13 @@ from autoresearch.agents.base import Proposal
 from autoresearch.evaluator import sandbox
 from autoresearch.loop.engine import ResearchLoop
 from autoresearch.loop.executor import LocalExecutor
-from autoresearch.loop.inbox import EDIT_BASE, Inbox, note_moved, unreported, wait_for
+from autoresearch.loop.inbox import EDIT_BASE, Inbox, note_moved
 from autoresearch.loop.judge import measured_noise
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.rebuild import rebuild
 from autoresearch.loop.scheduler import Scheduler, run_workers
 from autoresearch.loop.status import status_text
+from autoresearch.loop.waiting import unreported, wait_for
 from autoresearch.loop.workers import Device, devices, make_workers
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.disk import DiskFullError

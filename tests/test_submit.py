@@ -23,8 +23,10 @@ from test_scheduler import scheduler, score, wait_until
 from autoresearch.cli import _drive, main
 from autoresearch.loop import activity
 from autoresearch.loop import inbox as inbox_module
-from autoresearch.loop.inbox import HeldEdit, Inbox, SubmitError, put_back_edits, send, unreported
+from autoresearch.loop.held_edits import HeldEdit, put_back_edits
+from autoresearch.loop.inbox import Inbox, SubmitError, send
 from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.waiting import unreported
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import Status
 

@@ -1,5 +1,5 @@
 """Small file helpers with one home: an atomic text or JSON write, a file's SHA-256, a set of source files' SHA-256,
-clearing a path the loop writes its own file at."""
+clearing a path the loop writes its own file at, whether a file is flocked."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -81,3 +86,18 @@ def sources_sha256(paths: list[Path], root: Path) -> str:
         h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def flock_held(path: Path) -> bool:
+    """Whether another open file holds an flock on `path`."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases it, if it was ours
+    return False
