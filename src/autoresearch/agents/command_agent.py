@@ -28,7 +28,7 @@ from pathlib import Path
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.files import clear, write_text_atomic
-from autoresearch.orphans import write_pid_file
+from autoresearch.orphans import marked, write_pid_file
 from autoresearch.workspace.workspace import as_read
 
 PROMPT_ENV = "AUTORESEARCH_PROMPT_FILE"
@@ -148,7 +148,7 @@ def run_process(
     process = subprocess.Popen(
         [*pid_namespace(), *argv],
         cwd=workspace,
-        env=env,
+        env=marked(env),  # a later start kills what a killed loop left (`reap`)
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
