@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
+import os
 import shutil
 import threading
 
@@ -154,12 +156,17 @@ def test_a_request_whose_fields_are_not_text_is_refused_and_does_not_stop_the_lo
     inbox.dir.mkdir(parents=True, exist_ok=True)
     (inbox.dir / "0-odd.json").write_text(json.dumps({"description": 5, "source": good, "base": workspace.git.head()}))
     (inbox.dir / "1-list.json").write_text(json.dumps([1, 2]))
+    writers = [os.open(inbox.dir / f"{name}.lock", os.O_RDWR | os.O_CREAT) for name in ("0-odd", "1-list")]
+    for fd in writers:  # held, as by a `submit` that waits for its reply (one that holds none is dropped unread)
+        fcntl.flock(fd, fcntl.LOCK_EX)
     fine = inbox.put("LR 0.2", good, workspace.git.head())
     sched.run(None)
     assert "could not be read" in json.loads((inbox.dir / "0-odd.reply").read_text())["error"]
     assert "could not be read" in json.loads((inbox.dir / "1-list.reply").read_text())["error"]
     assert fine.answer() == {"id": 2} and sched.loop.ledger.get(2).status == Status.KEEP
     assert not inbox.pending()
+    for fd in writers:
+        os.close(fd)
 
 
 def test_a_submission_recorded_by_a_driver_killed_before_it_answered_gets_its_id_not_a_refusal(workspace):

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from autoresearch.agents.base import Proposal, Usage
 from autoresearch.errors import AutoresearchError
-from autoresearch.files import flock_held, write_text_atomic
+from autoresearch.files import clear, flock_held, read_regular, write_text_atomic
 from autoresearch.loop import guard
 from autoresearch.loop.asking import one_line
 from autoresearch.loop.ledger import Experiment, Ledger
@@ -53,6 +53,10 @@ INBOX_DIR = "inbox"
 SUBMITTER = "submit"  # the ledger's agent for submitted experiments
 TAKE_TIMEOUT_S = 60.0  # how long `submit` waits for a running loop to take its request before it withdraws it
 EDIT_BASE = "edit-base.json"  # the best an edit left in train.py by a keep was made from (`note_moved`)
+# A request carries train.py (4 MiB at most) as JSON text, each byte 6 at worst (\u0000): one larger is no request
+# of `submit`'s, and is read no further (a planted file of gigabytes would fill the loop's memory).
+REQUEST_LIMIT = 32 << 20
+REPLY_LIMIT = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -89,13 +93,18 @@ class Submission:
     def reply_path(self) -> Path:
         return self.path(".reply")
 
-    def answer(self) -> dict | None:
-        """The driver's reply ({"id": N} or {"error": why}) if it has come; read once."""
+    def answer(self, check: Callable[[int], bool] | None = None) -> dict | None:
+        """The driver's reply ({"id": N} or {"error": why}) if it has come; read once. The inbox is within an agent's
+        reach, which can see the lock file of a `submit` and write its reply first: `check(N)` says whether the
+        ledger has experiment N as this request's (the driver records the row before it replies); a reply that
+        fails it, or is no reply at all, is removed and waited past."""
         try:
-            answer = json.loads(self.reply_path.read_text())
-        except (OSError, ValueError):  # not yet (it is written whole, by a rename)
+            answer = json.loads(read_regular(self.reply_path, REPLY_LIMIT))
+        except (OSError, ValueError):  # not yet (written whole, by a rename); or no file: the reply replaces it
             return None
-        self.reply_path.unlink(missing_ok=True)
+        clear(self.reply_path)
+        if not _is_reply(answer) or ("id" in answer and check is not None and not check(answer["id"])):
+            return None
         self.settled = True
         return answer
 
@@ -108,7 +117,7 @@ class Submission:
         self.settled = True
         return True
 
-    def settle(self, ws) -> dict | None:
+    def settle(self, ws, check: Callable[[int], bool] | None = None) -> dict | None:
         """With the driver gone after it took the request: under the workspace's lock (no driver starts
         meanwhile), its id if it had recorded it (a later start trains it), else withdrawn ({"error": ...}).
         None if a loop has started meanwhile (it answers)."""
@@ -118,10 +127,10 @@ class Submission:
         except AutoresearchError:  # another loop holds the workspace now
             return None
         try:
-            if (answer := self.answer()) is not None:
+            if (answer := self.answer(check)) is not None:
                 return answer
             try:
-                data = json.loads(self.taken.read_text())
+                data = json.loads(read_regular(self.taken, REQUEST_LIMIT))
             except (OSError, ValueError):
                 return {"error": "the loop stopped while it took the submission, and its request is gone"}
             ledger = Ledger(ws.root)
@@ -198,25 +207,26 @@ class Inbox:
     def _take(self, loop, taken: Path, resumed: bool) -> list[Experiment]:
         answer, exp = self._answer(loop, taken, resumed)
         if answer is not None:
+            clear(taken.with_suffix(".reply"))  # a folder put there first would stop the write
             write_text_atomic(taken.with_suffix(".reply"), json.dumps(answer))
-        taken.unlink(missing_ok=True)  # last: a kill before it leaves the request to answer on the next start
+        clear(taken)  # last: a kill before it leaves the request to answer on the next start (a folder too)
         return [exp] if exp is not None and not exp.status.final else []
 
     def _answer(self, loop, taken: Path, resumed: bool) -> tuple[dict | None, Experiment | None]:
         """The reply to a taken request (None: nobody to give it to) and the experiment it made, if any."""
+        alive = self._submitter_alive(taken)
         try:
-            data = json.loads(taken.read_text())
+            data = json.loads(read_regular(taken, REQUEST_LIMIT))
             fields = [data["description"], data["source"], data["base"]]
             if not all(isinstance(f, str) for f in fields):
                 raise TypeError("its description, train.py and base must be text")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return {"error": f"the request could not be read ({exc})"}, None
-        alive = self._submitter_alive(taken)
+            return ({"error": f"the request could not be read ({exc})"} if alive else None), None
         if resumed and (exp := recorded(loop.ledger.all(), *fields)) is not None:  # before the kill
             mark_unreported(self.state, exp.id)
             return ({"id": exp.id} if alive else None), exp
         if not alive:  # its `submit` was killed while the request waited: nobody learns of it, so it is not run
-            taken.with_suffix(".lock").unlink(missing_ok=True)
+            clear(taken.with_suffix(".lock"))
             loop.reporter.message(f"dropped a submission whose `submit` has gone: {one_line(fields[0])}")
             return None, None
         return self._record(loop, *fields)
@@ -243,23 +253,50 @@ class Inbox:
         return {"id": exp.id}, exp
 
     def _submitter_alive(self, request: Path) -> bool:
-        """Whether the `submit` of a request still waits: it holds the lock on its lock file. A request with no
-        lock file at all (written by hand) is answered as one whose writer reads the reply."""
-        lock = request.with_suffix(".lock")
-        if fcntl is None or not lock.exists():
-            return True
-        return flock_held(lock)
+        """Whether the `submit` of a request still waits: it holds the lock on its lock file. A request with no lock
+        file held is nobody's: one written by hand, or planted by an agent during its turn (the loop's own files are
+        not the turn's to check) to be trained after it, outside any turn; it is dropped."""
+        return fcntl is None or flock_held(request.with_suffix(".lock"))
 
     def _sweep(self) -> None:
         """What `submit`s killed left: their lock files, and the replies that came after they had gone (a `submit`
         removes its reply before its lock file, so a reply beside an unheld lock file is nobody's)."""
         if fcntl is None:
             return
-        for lock in self.dir.glob("*.lock"):
-            if flock_held(lock) or lock.with_suffix(".json").exists() or lock.with_suffix(".taken").exists():
+        for lock in self.dir.glob("*.lock"):  # a FIFO or link planted there is no `submit`'s: never held
+            if flock_held(lock) or any(os.path.lexists(lock.with_suffix(s)) for s in (".json", ".taken")):
                 continue  # alive; or its request is still to take (and drop, with the lock file)
-            lock.with_suffix(".reply").unlink(missing_ok=True)
-            lock.unlink(missing_ok=True)
+            clear(lock.with_suffix(".reply"))
+            clear(lock)
+        for reply in self.dir.glob("*.reply"):  # one beside no lock file at all: nobody's (planted)
+            if not os.path.lexists(reply.with_suffix(".lock")):
+                clear(reply)
+
+
+def _is_reply(answer) -> bool:
+    """Whether `answer` is a reply the driver writes: an experiment's id, or why the request was refused."""
+    if not isinstance(answer, dict) or len(answer) != 1:
+        return False
+    if "id" in answer:
+        return type(answer["id"]) is int and answer["id"] > 0
+    return isinstance(answer.get("error"), str)
+
+
+def is_submitted(ws, exp_id: int, description: str, source: str, base: str) -> bool:
+    """Whether the ledger has experiment `exp_id` as the submission of this train.py, made from `base`."""
+    if not (ws.state / "ledger.sqlite").exists():
+        return False
+    ledger = Ledger(ws.root)
+    try:
+        exp = ledger.get(exp_id)
+    finally:
+        ledger.close()
+    return (
+        exp is not None
+        and exp.agent == SUBMITTER
+        and (exp.parent, exp.source) == (base, source)
+        and (exp.description == one_line(description))
+    )
 
 
 def recorded(rows: list[Experiment], description: str, source: str, base: str) -> Experiment | None:
@@ -283,6 +320,9 @@ def send(ws, description: str, source: str, base: str, start: Callable[[], objec
     submission = Inbox(ws.state).put(description, source, base)
     started, probed = None, (-1.0, False)
 
+    def check(exp_id: int) -> bool:
+        return is_submitted(ws, exp_id, description, source, base)
+
     def alive() -> bool:
         """Our background loop runs (starting, or holding the lock), or another holds the workspace's lock. While
         one does, the lock is probed at most once a second, and not while ours runs: a probe holds it for an
@@ -296,7 +336,7 @@ def send(ws, description: str, source: str, base: str, start: Callable[[], objec
 
     try:
         since = time.monotonic()
-        while (answer := submission.answer()) is None:
+        while (answer := submission.answer(check)) is None:
             running = alive()
             if not running and started is None and start is not None:  # none runs (or the one running just ended)
                 started, since = start(), time.monotonic()
@@ -308,7 +348,7 @@ def send(ws, description: str, source: str, base: str, start: Callable[[], objec
             if submission.withdraw():  # no loop had taken it: not queued, and no loop ever will take it
                 raise SubmitError(*_not_taken(ws, running, timeout, refusing))
             if not running:  # taken, then the loop stopped: was the row written?
-                answer = submission.settle(ws)
+                answer = submission.settle(ws, check)
                 if answer is not None:
                     break
             time.sleep(poll)  # taken by the running loop: its reply comes at once
