@@ -571,3 +571,44 @@ def test_a_reply_planted_for_a_waiting_submit_is_not_taken_for_the_loops(workspa
         inbox.take(sched.loop)
         got.join(10)
     assert said == [2] and rows(workspace)[1].source == source
+
+
+def test_fifos_and_odd_files_left_where_submit_and_the_next_start_read_wedge_neither(workspace):
+    """BROKE, fixed: what `submit` and the next start read of the loop's private state was opened to read as it
+    came, and an agent's turn can write there: a FIFO at a killed submit's held change, at edit-base.json (read by
+    the driver each time it keeps a win), at loop.json, at held-train.py, at a run's pid file or at agent.pid waited
+    for a writer for ever; a held change whose fields were numbers stopped `submit` with a traceback. Each is now
+    passed over, or an error that says what to do."""
+    from autoresearch.loop.activity import read_session
+    from autoresearch.loop.executor import reap_orphan
+    from autoresearch.loop.inbox import edit_base, note_moved
+    from autoresearch.loop.settings import LoopError
+
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    state, best = workspace.state, workspace.read_train_py()
+    (state / "submitting").mkdir()
+    os.mkfifo(state / "submitting" / "1-1.json")
+    odd = {"edit": 5, "source": best, "description": ["x"], "base": workspace.git.head()}
+    (state / "submitting" / "2-2.json").write_text(json.dumps(odd))
+    os.mkfifo(state / "edit-base.json")
+    os.mkfifo(state / "loop.json")
+    os.mkfifo(state / "agent.pid")
+    (state / "runs" / "9-0").mkdir(parents=True)
+    os.mkfifo(state / "runs" / "9-0" / "pid")
+    with within(20):
+        assert put_back_edits(workspace, print) is None and workspace.read_train_py() == best
+        assert edit_base(state, "abc") == "abc" and read_session(state) is None
+        workspace.write_train_py(with_constants(best, LR=0.3))  # an edit in train.py as the loop keeps a win
+        note_moved(workspace, workspace.git.head())
+        assert edit_base(state, workspace.git.head()) == workspace.git.head()
+        workspace.write_train_py(best)
+        make_loop(workspace, FakeExecutor(score)).recover_workspace()  # agent.pid
+        assert not reap_orphan(state / "runs" / "9-0")
+        os.mkfifo(state / "held-train.py")
+        with pytest.raises(LoopError, match="cannot be read"):
+            make_loop(workspace, FakeExecutor(score)).recover_workspace()
+        (state / "held-train.py").unlink()
+        os.mkfifo(state / "turn.json")  # the turn's snapshot, left by a loop killed during the turn
+        with pytest.raises(LoopError):
+            make_loop(workspace, FakeExecutor(score)).recover_workspace()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from autoresearch.files import write_text_atomic
+from autoresearch.files import read_regular, write_text_atomic
 
 MARK = "AUTORESEARCH_STARTED_BY_LOOP"  # in the environment of each evaluator and agent the loop starts
 
@@ -135,7 +135,7 @@ def remove_box(box: Path) -> bool:
 def _named(pid_file: Path) -> tuple[int, float] | None:
     """The pid and start time a pid file names (`write_pid_file`); None if it cannot be read."""
     try:
-        text, created = pid_file.read_text().split()
+        text, created = read_regular(pid_file, 256).decode().split()  # a FIFO there is never waited on
         return int(text), float(created)
     except (OSError, ValueError):
         return None

@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from autoresearch.files import flock_held, write_text_atomic
+from autoresearch.files import flock_held, read_regular, write_text_atomic
 from autoresearch.loop.asking import one_line
-from autoresearch.loop.inbox import EDIT_BASE, SUBMITTER, edit_base
+from autoresearch.loop.inbox import EDIT_BASE, REQUEST_LIMIT, SUBMITTER, edit_base
 from autoresearch.loop.ledger import Ledger
 
 try:
@@ -70,8 +70,10 @@ def put_back_edits(ws, say: Callable[[str], None]) -> str | None:
         if flock_held(path):
             continue  # its `submit` lives
         try:
-            held = json.loads(path.read_text())
+            held = json.loads(read_regular(path, REQUEST_LIMIT))  # planted: a FIFO, a link, gigabytes are not read
             edit, source, description, base = (held[k] for k in ("edit", "source", "description", "base"))
+            if not all(isinstance(f, str) for f in (edit, source, description, base)):
+                raise TypeError("not text")
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if _queued(ws, source, description):

@@ -409,7 +409,7 @@ def edit_base(state: Path, head: str) -> str:
     """What the edit in train.py was made from, where the branch is at `head`: the best noted by `note_moved`
     while the branch has not moved since, else `head`."""
     try:
-        noted = json.loads((state / EDIT_BASE).read_text())
+        noted = json.loads(read_regular(state / EDIT_BASE, REPLY_LIMIT))  # a FIFO there would wedge the loop
         return noted["base"] if noted["head"] == head and isinstance(noted["base"], str) else head
     except (OSError, ValueError, KeyError, TypeError):
         return head
