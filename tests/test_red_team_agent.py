@@ -354,3 +354,40 @@ def test_what_the_agent_leaves_where_the_loop_writes_its_own_files_neither_wedge
     last = loop.ledger.all()[-1]
     assert (last.id, last.status, constant(last.source, "LR")) == (3, Status.DISCARD, 0.3)
     assert (workspace.root / "results.tsv").read_text().count("\n") == 4  # the header, the baseline, two verdicts
+
+
+SHADOW_PACK = """
+import glob, hashlib, os, shutil, struct, subprocess, tempfile
+run = lambda *a, **k: subprocess.run(["git", *a], capture_output=True, check=True, **k).stdout
+blob = run("rev-parse", "HEAD:train.py").strip().decode()
+forged = run("cat-file", "blob", blob).replace(b"LR = 0.05", b"LR = 0.2")  # never measured
+other = run("hash-object", "-w", "--stdin", input=forged).strip()
+out = tempfile.mkdtemp()
+run("pack-objects", "-q", out + "/p", input=other + b"\\n")
+idx = glob.glob(out + "/p-*.idx")[0]
+data = bytearray(open(idx, "rb").read())  # one object: its name becomes the best's blob's, the fan-out to match
+name = bytes.fromhex(blob)
+data[8:1032] = b"".join(struct.pack(">I", int(b >= name[0])) for b in range(256))
+data[1032:1052] = name
+data[-20:] = hashlib.sha1(bytes(data[:-20])).digest()
+stem = os.path.basename(idx)[:-4]
+shutil.copy(idx[:-4] + ".pack", f".git/objects/pack/{stem}.pack")
+open(f".git/objects/pack/{stem}.idx", "wb").write(data)
+assert run("show", "HEAD:train.py") == forged  # git reads the pack first: the history now says LR 0.2
+"""
+
+
+def test_a_pack_the_agent_adds_to_shadow_an_object_of_the_history_is_taken_out(workspace, tmp_path):
+    """BROKE, fixed: object files that appeared during a turn were left (git adds some for every commit), but git
+    reads an object from the packs before the loose files and checks none against its name: a pack holding the
+    agent's train.py under the name of the best's blob made the history (every checkout of the best) say a train.py
+    no run had trained was measured. A pack that appeared is now verified by git, and one that fails is taken out."""
+    baseline_source = workspace.read_train_py()
+    script = workspace.root.parent / "shadow.py"
+    script.write_text(SHADOW_PACK)
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.1)}\n{PY} {script}\necho LR 0.1")
+    assert exp.status == Status.CRASH and ".pack, whose objects are not what their names say" in exp.reason, exp.reason
+    baseline = make_loop(workspace, FakeExecutor(score)).best()
+    assert workspace.git.show(baseline.commit, "train.py") == baseline_source
+    workspace.git("fsck", "--strict")
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoresearch.files import read_regular, write_text_atomic
-from autoresearch.workspace.git import Git
+from autoresearch.workspace.git import Git, GitError
 
 # The loop's own output in a workspace (see workspace/init.py's .gitignore): never the run's doing.
 LOOP_OWN = ("/.autoresearch/", "/results.tsv", "/results.tsv.tmp", "/progress.png", "/report.md", "__pycache__/")
@@ -319,6 +319,7 @@ def put_back(
         held.append(f".git/{rel}")  # before any git command runs
     _put_back_locks(git.git_dir, git_quarantine, held)  # a git that was killed: the loop's git commands would fail
     _put_back_objects(before, git.git_dir, git_quarantine, found, held)  # before a git command reads them
+    _put_back_new_packs(before, git, git_quarantine, found, held)
     left_history, _, _ = _read_git_files(git.git_dir, HISTORY_GIT)  # before the loop's own commands write to it
     _put_back_refs(before, git, held)
     if _sha256(git.index_listing()) != before.index:
@@ -372,7 +373,8 @@ def _put_back_git_files(
 def _put_back_objects(before: Snapshot, git_dir: Path, quarantine: Path, found: Findings, held: list[str]) -> None:
     """Write back every object file that changed or went since `before`. A rewritten one is a change (the history
     would say something else was measured); a deleted one is `held` (`git gc` packs loose objects away). Object
-    files that appeared are left: git adds them for every commit, and none of the history's refers to them."""
+    files that appeared are left: git adds them for every commit (a pack that appeared is verified first:
+    _put_back_new_packs)."""
     top = git_dir / OBJECTS
     for rel, (content_id, *signature) in sorted(before.objects.items()):
         path = top / rel
@@ -392,6 +394,33 @@ def _put_back_objects(before: Snapshot, git_dir: Path, quarantine: Path, found: 
             found.not_restored.append(f".git/objects/{rel}")
             continue
         os.chmod(path, stat.S_IMODE(signature[-1]))
+
+
+def _put_back_new_packs(before: Snapshot, git: Git, quarantine: Path, found: Findings, held: list[str]) -> None:
+    """Git reads an object from the packs before the loose files, and from a multi-pack index before the packs it
+    names, and checks none against its name: a pack that appeared with another content under the name of an object
+    of the history (the best's train.py blob) would shadow it. Each pack that appeared is verified by git (every
+    object's name recomputed from its content; `git gc` writes honest ones) and taken out if it fails; a multi-pack
+    index that appeared is taken out (git reads the packs' own indexes without it, so nothing is lost)."""
+    top = git.git_dir / OBJECTS
+    for path in sorted((top / "pack").glob("multi-pack-index*")):
+        rel = path.relative_to(top).as_posix()
+        if rel not in before.objects:
+            held.append(f"added .git/objects/{rel}")
+            _quarantine(top, rel, quarantine / OBJECTS, tidy=False)
+    for idx in sorted((top / "pack").glob("*.idx")):
+        rel = idx.relative_to(top).as_posix()
+        if rel in before.objects and f"{rel[:-4]}.pack" in before.objects:
+            continue  # both there before, and put back as they were (_put_back_objects)
+        try:
+            git._run(("verify-pack", str(idx)))
+            continue
+        except GitError:
+            pass
+        found.changed.append(f"added .git/objects/{rel[:-4]}.pack, whose objects are not what their names say")
+        for sibling in sorted((top / "pack").glob(f"{idx.stem}.*")):
+            if sibling.relative_to(top).as_posix() not in before.objects:
+                _quarantine(top, sibling.relative_to(top).as_posix(), quarantine / OBJECTS, tidy=False)
 
 
 def _put_back_locks(git_dir: Path, quarantine: Path, held: list[str]) -> None:
