@@ -391,3 +391,16 @@ def test_a_pack_the_agent_adds_to_shadow_an_object_of_the_history_is_taken_out(w
     assert workspace.git.show(baseline.commit, "train.py") == baseline_source
     workspace.git("fsck", "--strict")
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_the_loops_git_reads_no_replace_ref_nor_graft_an_agent_leaves_while_the_driver_works(workspace):
+    """BROKE, fixed: with several workers the driver reads and writes git while an agent's turn runs, before the turn
+    is checked and its refs put back. A replace ref (`git replace <best's train.py blob> <another>`) made every git
+    command of the loop read the agent's train.py as the best's meanwhile. The loop's git now reads none (nor a
+    grafts file)."""
+    git = workspace.git
+    best = git.show(git.head(), "train.py")
+    blob = git("rev-parse", "HEAD:train.py").strip()
+    other = git("hash-object", "-w", "--stdin", stdin=best.replace("LR = 0.05", "LR = 0.2")).strip()
+    git("update-ref", f"refs/replace/{blob}", other)
+    assert git.show(git.head(), "train.py") == best and workspace.committed_train_py() == best
