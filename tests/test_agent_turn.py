@@ -341,10 +341,14 @@ def test_an_agents_group_is_killed_even_once_its_leader_has_ended(workspace):
     """The agent's shell died with the loop (or was reaped by init), its tool runs on in the group."""
     import subprocess
 
-    from autoresearch.orphans import reap, write_pid_file
+    from autoresearch.orphans import marked, reap, write_pid_file
 
     leader = subprocess.Popen(
-        ["sh", "-c", "sleep 60 & echo $!"], stdout=subprocess.PIPE, text=True, start_new_session=True
+        ["sh", "-c", "sleep 60 & echo $!"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=marked(dict(os.environ)),  # as the loop starts an agent
     )
     pid_file = workspace.state / "agent.pid"
     write_pid_file(pid_file, leader.pid)
@@ -356,6 +360,35 @@ def test_an_agents_group_is_killed_even_once_its_leader_has_ended(workspace):
     pid_file.write_text(named)
     assert reap(pid_file)
     psutil.Process(tool).wait(5)  # killed
+
+
+@pytest.mark.parametrize("leader", ["runs", "has ended"])
+def test_a_pid_file_naming_a_process_group_the_loop_did_not_start_kills_nothing(workspace, leader):
+    """BROKE, fixed: agent.pid (and a run's pid file) is in the agent's reach, and the next start killed the group it
+    named once its leader's start time matched and it led its group: an agent that sees the machine's processes
+    (no PID namespace, or through a way out) named one of the user's (a tmux server, an editor) and the next start
+    killed it. Now only a group the loop started (its leader's environment, or with the leader gone one of its
+    processes', carries the loop's mark) is killed."""
+    import subprocess
+
+    from autoresearch.orphans import MARK, reap, write_pid_file
+
+    users = {k: v for k, v in os.environ.items() if k != MARK}  # started by the user, not by a loop
+    script = "sleep 60 & echo $!" + ("; wait" if leader == "runs" else "")
+    shell = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True, env=users)
+    tool = psutil.Process(int(shell.stdout.readline()))
+    pid_file = workspace.state / "agent.pid"
+    try:
+        write_pid_file(pid_file, shell.pid)  # its true pid and start time, as an agent that sees it reads them
+        if leader == "has ended":
+            shell.wait()
+        assert not reap(pid_file)
+        time.sleep(0.1)
+        assert tool.is_running() and tool.status() != psutil.STATUS_ZOMBIE
+        assert leader == "has ended" or shell.poll() is None
+    finally:
+        os.killpg(shell.pid, 9)
+        shell.wait()
 
 
 def test_rebuild_ledger_after_a_kill_during_a_turn_takes_no_commit_of_the_agents_for_an_experiment(workspace, tmp_path):

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from loop_support import FakeExecutor, constant, fake_result, make_loop
@@ -311,6 +312,28 @@ def test_an_agent_that_unmounts_its_proc_still_sees_no_process_of_the_loop(works
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.skipif(not pid_namespace(), reason="no PID namespace can be made here (unshare)")
+@pytest.mark.skipif(not (BUSES := [p for p in (f"/run/user/{os.getuid()}", "/run/dbus") if os.path.isdir(p)]),
+                    reason="no user runtime folder nor system bus folder here")  # fmt: skip
+def test_an_agent_cannot_reach_the_user_or_system_bus_to_start_a_process_outside_its_namespace(workspace, tmp_path):
+    """BROKE, fixed: in its PID namespace the agent still reached /run/user/<uid>/bus (and systemd's private socket
+    beside it) and /run/dbus/system_bus_socket: `systemd-run --user` started a process outside the namespace, which
+    outlived the turn to edit train.py or a result after the loop checked it. Both folders are now an empty tmpfs
+    for the agent, locked: unmounting it shows nothing more."""
+    seen = tmp_path / "seen"
+    unmount = " ".join(f"(umount {p} || umount -l {p}) 2>/dev/null || true;" for p in BUSES)
+    mine = Path(BUSES[0]) / f"autoresearch-test-{os.getpid()}-{time.time_ns()}"
+    look = f"ls -A {' '.join(BUSES)} > {seen}; touch {mine} && echo writable >> {seen}"
+    try:
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{unmount} true\n{look}\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        assert [line for line in seen.read_text().splitlines() if line and not line.endswith(":")] == ["writable"]
+        assert not mine.exists()  # written in the agent's own tmpfs, not the user's folder
+    finally:
+        mine.unlink(missing_ok=True)
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
 @contextlib.contextmanager
 def within(seconds: int):
     """Fail, rather than hang the suite, where the loop waits for ever (a FIFO opened to write waits for a reader)."""
@@ -354,3 +377,16 @@ def test_what_the_agent_leaves_where_the_loop_writes_its_own_files_neither_wedge
     last = loop.ledger.all()[-1]
     assert (last.id, last.status, constant(last.source, "LR")) == (3, Status.DISCARD, 0.3)
     assert (workspace.root / "results.tsv").read_text().count("\n") == 4  # the header, the baseline, two verdicts
+
+
+def test_the_loops_git_reads_no_replace_ref_nor_graft_an_agent_leaves_while_the_driver_works(workspace):
+    """BROKE, fixed: with several workers the driver reads and writes git while an agent's turn runs, before the turn
+    is checked and its refs put back. A replace ref (`git replace <best's train.py blob> <another>`) made every git
+    command of the loop read the agent's train.py as the best's meanwhile. The loop's git now reads none (nor a
+    grafts file)."""
+    git = workspace.git
+    best = git.show(git.head(), "train.py")
+    blob = git("rev-parse", "HEAD:train.py").strip()
+    other = git("hash-object", "-w", "--stdin", stdin=best.replace("LR = 0.05", "LR = 0.2")).strip()
+    git("update-ref", f"refs/replace/{blob}", other)
+    assert git.show(git.head(), "train.py") == best and workspace.committed_train_py() == best

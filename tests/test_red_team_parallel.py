@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
+import os
 import shutil
 import threading
 
@@ -20,12 +22,13 @@ from autoresearch.agents.base import Proposal
 from autoresearch.evaluator import sandbox
 from autoresearch.loop.engine import ResearchLoop
 from autoresearch.loop.executor import LocalExecutor
-from autoresearch.loop.inbox import EDIT_BASE, Inbox, note_moved, unreported, wait_for
+from autoresearch.loop.inbox import EDIT_BASE, Inbox, note_moved
 from autoresearch.loop.judge import measured_noise
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.rebuild import rebuild
 from autoresearch.loop.scheduler import Scheduler, run_workers
 from autoresearch.loop.status import status_text
+from autoresearch.loop.waiting import unreported, wait_for
 from autoresearch.loop.workers import Device, devices, make_workers
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.disk import DiskFullError
@@ -153,12 +156,17 @@ def test_a_request_whose_fields_are_not_text_is_refused_and_does_not_stop_the_lo
     inbox.dir.mkdir(parents=True, exist_ok=True)
     (inbox.dir / "0-odd.json").write_text(json.dumps({"description": 5, "source": good, "base": workspace.git.head()}))
     (inbox.dir / "1-list.json").write_text(json.dumps([1, 2]))
+    writers = [os.open(inbox.dir / f"{name}.lock", os.O_RDWR | os.O_CREAT) for name in ("0-odd", "1-list")]
+    for fd in writers:  # held, as by a `submit` that waits for its reply (one that holds none is dropped unread)
+        fcntl.flock(fd, fcntl.LOCK_EX)
     fine = inbox.put("LR 0.2", good, workspace.git.head())
     sched.run(None)
     assert "could not be read" in json.loads((inbox.dir / "0-odd.reply").read_text())["error"]
     assert "could not be read" in json.loads((inbox.dir / "1-list.reply").read_text())["error"]
     assert fine.answer() == {"id": 2} and sched.loop.ledger.get(2).status == Status.KEEP
     assert not inbox.pending()
+    for fd in writers:
+        os.close(fd)
 
 
 def test_a_submission_recorded_by_a_driver_killed_before_it_answered_gets_its_id_not_a_refusal(workspace):

@@ -18,12 +18,13 @@ from autoresearch.loop import asking
 from autoresearch.loop.activity import SESSION_NAME, spans_of
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import Outcome, RunSpec
-from autoresearch.loop.inbox import Inbox, WaitError, wait_for
+from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.judge import measured_noise, noise_of
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.ratchet import merge_constants
 from autoresearch.loop.scheduler import BASELINE_SEEDS_MAX, Scheduler, run_workers
 from autoresearch.loop.status import status_text
+from autoresearch.loop.waiting import WaitError, wait_for
 from autoresearch.loop.workers import devices, make_workers
 from autoresearch.report import render_report
 from autoresearch.vocabulary import Kind, RunEnd, Status

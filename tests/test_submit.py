@@ -9,8 +9,10 @@ workspace's lock as `autoresearch run` does; the coding agent's commands (`main(
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -23,8 +25,10 @@ from test_scheduler import scheduler, score, wait_until
 from autoresearch.cli import _drive, main
 from autoresearch.loop import activity
 from autoresearch.loop import inbox as inbox_module
-from autoresearch.loop.inbox import HeldEdit, Inbox, SubmitError, put_back_edits, send, unreported
+from autoresearch.loop.held_edits import HeldEdit, put_back_edits
+from autoresearch.loop.inbox import Inbox, SubmitError, send
 from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.waiting import unreported
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import Status
 
@@ -57,6 +61,22 @@ def timed(fn, limit: float = 20.0):
     if outcome == "raised":
         raise value
     return value, took
+
+
+@contextlib.contextmanager
+def within(seconds: float):
+    """Fails (rather than hangs) if the block takes more than `seconds`: a blocked open or read is interrupted."""
+
+    def late(*_):
+        raise AssertionError(f"took more than {seconds:.0f}s")
+
+    before = signal.signal(signal.SIGALRM, late)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
 
 
 def beside(sched, scenario, started: threading.Event | None = None, releases=()) -> None:
@@ -479,3 +499,116 @@ def test_a_killed_submits_change_the_loop_queued_is_not_put_back_and_one_that_me
     assert list((workspace.state / "submitting").iterdir()) == [alive.path]
     alive.release()
     assert list((workspace.state / "submitting").iterdir()) == []
+
+
+def test_files_planted_in_the_inbox_neither_wedge_nor_stop_the_loop_nor_queue_anything(workspace):
+    """BROKE, fixed: the inbox lies in the loop's private state, which an agent's turn can write and the turn's check
+    does not look at. A FIFO for a lock file wedged the loop's next look at the inbox for good (opened to probe the
+    lock, it waits for a writer); a request with no lock file counted as one whose `submit` waits, so an agent could
+    queue experiments after its turn, outside any turn; a request that was a FIFO wedged the loop too, one of
+    gigabytes filled its memory, a folder stopped it with a traceback. Each is now dropped, or refused where a live
+    `submit` holds its lock, and the loop goes on."""
+    import fcntl
+
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    inbox, head = Inbox(workspace.state), workspace.git.head()
+    request = json.dumps({"description": "planted", "source": with_constants(workspace.read_train_py(), LR=0.3),
+                          "base": head})  # fmt: skip
+    inbox.dir.mkdir(exist_ok=True)
+    (inbox.dir / "a.json").write_text(request)
+    os.mkfifo(inbox.dir / "a.lock")  # a lock file that is a FIFO
+    (inbox.dir / "b.json").write_text(request)  # no lock file at all
+    elsewhere = workspace.root.parent / "request.json"
+    elsewhere.write_text(request)
+    (inbox.dir / "c.json").symlink_to(elsewhere)  # a link to a request
+    os.mkfifo(inbox.dir / "d.json")  # a request that is a FIFO
+    with open(inbox.dir / "e.json", "wb") as huge:  # 64 MiB that read whole would fill the memory (sparse here)
+        huge.truncate(64 << 20)
+    (inbox.dir / "f.json").write_bytes(b'{"description": "\xff"}')  # not UTF-8
+    (inbox.dir / "g.json").mkdir()  # a folder
+    (inbox.dir / "h.lock").mkdir()
+    (inbox.dir / "i.reply").write_text('{"id": 1}')  # a reply beside no lock file: nobody's
+    locks = []
+    for name in "cdefg":  # held, as by a `submit` that waits: each read is tried, and refused
+        locks.append(os.open(inbox.dir / f"{name}.lock", os.O_RDWR | os.O_CREAT))
+        fcntl.flock(locks[-1], fcntl.LOCK_EX)
+    try:
+        with within(20):
+            sched.run(None)
+        assert [r.id for r in rows(workspace)] == [1]  # nothing queued
+        for name in "cdefg":
+            assert "could not be read" in json.loads((inbox.dir / f"{name}.reply").read_text())["error"]
+            (inbox.dir / f"{name}.reply").unlink()
+    finally:
+        for fd in locks:
+            os.close(fd)
+    with within(20):
+        sched.run(None)  # what is left is nobody's
+    assert inbox_files(workspace) == [] and not inbox.pending() and elsewhere.read_text() == request
+
+
+def test_a_reply_planted_for_a_waiting_submit_is_not_taken_for_the_loops(workspace):
+    """BROKE, fixed: an agent that sees a `submit`'s lock file appear in the inbox could write its reply first: `exp 1
+    queued` (the baseline, whose verdict `wait 1` then prints) for a change the loop was about to queue as exp 2, or a
+    reply that is no reply ({"id": "x"}: a traceback). A reply now counts only where the ledger has that experiment
+    as this very submission (the loop records the row before it replies); others are removed and waited past."""
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    source, head = with_constants(workspace.read_train_py(), LR=0.2), workspace.git.head()
+    inbox = Inbox(workspace.state)
+    with workspace.lock():  # a loop runs
+        got = threading.Thread(target=lambda: said.append(send(workspace, "LR 0.2", source, head, timeout=20)))
+        said: list[int] = []
+        got.start()
+        wait_until(lambda: any(inbox.dir.glob("*.lock")))
+        name = next(inbox.dir.glob("*.lock")).stem
+        for forged in ({"id": "x"}, [1], {"id": 1}):
+            (inbox.dir / f".{name}.tmp").write_text(json.dumps(forged))
+            (inbox.dir / f".{name}.tmp").rename(inbox.dir / f"{name}.reply")
+            wait_until(lambda: not (inbox.dir / f"{name}.reply").exists() or not got.is_alive(), timeout=5)
+        assert got.is_alive() and not said  # still waiting for the loop's answer
+        inbox.take(sched.loop)
+        got.join(10)
+    assert said == [2] and rows(workspace)[1].source == source
+
+
+def test_fifos_and_odd_files_left_where_submit_and_the_next_start_read_wedge_neither(workspace):
+    """BROKE, fixed: what `submit` and the next start read of the loop's private state was opened to read as it
+    came, and an agent's turn can write there: a FIFO at a killed submit's held change, at edit-base.json (read by
+    the driver each time it keeps a win), at loop.json, at held-train.py, at a run's pid file or at agent.pid waited
+    for a writer for ever; a held change whose fields were numbers stopped `submit` with a traceback. Each is now
+    passed over, or an error that says what to do."""
+    from autoresearch.loop.activity import read_session
+    from autoresearch.loop.executor import reap_orphan
+    from autoresearch.loop.inbox import edit_base, note_moved
+    from autoresearch.loop.settings import LoopError
+
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    state, best = workspace.state, workspace.read_train_py()
+    (state / "submitting").mkdir()
+    os.mkfifo(state / "submitting" / "1-1.json")
+    odd = {"edit": 5, "source": best, "description": ["x"], "base": workspace.git.head()}
+    (state / "submitting" / "2-2.json").write_text(json.dumps(odd))
+    os.mkfifo(state / "edit-base.json")
+    os.mkfifo(state / "loop.json")
+    os.mkfifo(state / "agent.pid")
+    (state / "runs" / "9-0").mkdir(parents=True)
+    os.mkfifo(state / "runs" / "9-0" / "pid")
+    with within(20):
+        assert put_back_edits(workspace, print) is None and workspace.read_train_py() == best
+        assert edit_base(state, "abc") == "abc" and read_session(state) is None
+        workspace.write_train_py(with_constants(best, LR=0.3))  # an edit in train.py as the loop keeps a win
+        note_moved(workspace, workspace.git.head())
+        assert edit_base(state, workspace.git.head()) == workspace.git.head()
+        workspace.write_train_py(best)
+        make_loop(workspace, FakeExecutor(score)).recover_workspace()  # agent.pid
+        assert not reap_orphan(state / "runs" / "9-0")
+        os.mkfifo(state / "held-train.py")
+        with pytest.raises(LoopError, match="cannot be read"):
+            make_loop(workspace, FakeExecutor(score)).recover_workspace()
+        (state / "held-train.py").unlink()
+        os.mkfifo(state / "turn.json")  # the turn's snapshot, left by a loop killed during the turn
+        with pytest.raises(LoopError):
+            make_loop(workspace, FakeExecutor(score)).recover_workspace()

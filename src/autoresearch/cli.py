@@ -240,7 +240,8 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
     submission is refused or no loop takes it (then withdrawn: it never trains), the change is put back."""
     import subprocess
 
-    from autoresearch.loop.inbox import HeldEdit, put_back_edits, send
+    from autoresearch.loop.held_edits import HeldEdit, put_back_edits
+    from autoresearch.loop.inbox import send
     from autoresearch.loop.workers import devices
     from autoresearch.workspace.workspace import Workspace
 
@@ -284,9 +285,9 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
 def _wait(args: argparse.Namespace, console: Console) -> None:
     """One verdict line on stdout for each experiment, as it is judged. With no ids: every submitted experiment
     whose verdict no `wait` has printed yet."""
-    from autoresearch.loop.inbox import reported, unreported, wait_for
     from autoresearch.loop.ledger import Ledger
     from autoresearch.loop.reporter import verdict_line
+    from autoresearch.loop.waiting import reported, unreported, wait_for
     from autoresearch.vocabulary import Status
     from autoresearch.workspace.workspace import Workspace
 

@@ -1,15 +1,23 @@
 """Small file helpers with one home: an atomic text or JSON write, a file's SHA-256, a set of source files' SHA-256,
-clearing a path the loop writes its own file at."""
+clearing a path the loop writes its own file at, reading a file an agent could have planted, whether a file is
+flocked."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -81,3 +89,42 @@ def sources_sha256(paths: list[Path], root: Path) -> str:
         h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+# Opens what an agent could have put in the place of a file: never a link's target, never waiting on a FIFO's writer
+_UNTRUSTED_OPEN = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of the file at `path`, a file the loop's private state holds and an agent could have planted or
+    replaced: OSError if it is not a regular file (a FIFO, which a read waits on for ever; a link, not followed; a
+    folder), ValueError if it is over `limit` bytes (read no further: it would fill the memory)."""
+    fd = os.open(path, _UNTRUSTED_OPEN)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"{path.name} is over {limit >> 20} MiB")
+    return data
+
+
+def flock_held(path: Path) -> bool:
+    """Whether another open file holds an flock on the regular file at `path` (False for anything else there: a FIFO,
+    which opening could wait on for ever, a link, a folder)."""
+    try:
+        fd = os.open(path, _UNTRUSTED_OPEN)
+    except OSError:  # gone, or a link
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases it, if it was ours
+    return False

@@ -2,7 +2,10 @@
 
 Each is started in a process group of its own, whose leader's pid and start time go into a pid file; the next
 start kills that group (`reap`), before anything else touches what it could still be writing to. The start
-time tells a leader from an unrelated process that got its pid since.
+time tells a leader from an unrelated process that got its pid since. The pid files lie in the workspace's private
+state, within an agent's reach: one could name a process of the user's (a tmux server, an editor) that leads its
+group and whose start time it read. So the loop marks the environment of what it starts (MARK), and `reap` kills
+only a group whose leader, or (the leader gone) one of whose processes, carries the mark.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from pathlib import Path
 
 import psutil
 
-from autoresearch.files import write_text_atomic
+from autoresearch.files import read_regular, write_text_atomic
+
+MARK = "AUTORESEARCH_STARTED_BY_LOOP"  # in the environment of each evaluator and agent the loop starts
+
+
+def marked(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a process the loop starts and a later start may kill (`reap`)."""
+    return {**env, MARK: "1"}
 
 
 def write_pid_file(path: Path, pid: int) -> None:
@@ -32,8 +42,8 @@ def write_pid_file(path: Path, pid: int) -> None:
 def reap(pid_file: Path) -> bool:
     """Kill the process group named by `pid_file`; True if one was killed. Its leader may have ended while what it
     started runs on: the group is killed all the same (its id cannot be a new process's while the group lives).
-    A leader that runs must be the one named (its start time), and lead its group; never the loop's own group, nor
-    an ancestor of the loop: the file is within an agent's reach."""
+    A leader that runs must be the one named (its start time), lead its group and have been started by a loop (MARK);
+    never the loop's own group, nor an ancestor of the loop: the file is within an agent's reach."""
     if (named := _named(pid_file)) is None:
         return False
     pid, created_at = named
@@ -42,10 +52,11 @@ def reap(pid_file: Path) -> bool:
         return False  # killpg(0) is this group, killpg(1) init's; Linux's pids stay below 2**22
     try:
         leader = psutil.Process(pid)
-        if leader.create_time() != created_at or os.getpgid(pid) != pid:
-            return False  # that pid now belongs to another process
+        if leader.create_time() != created_at or os.getpgid(pid) != pid or not _ours(leader):
+            return False  # that pid now belongs to another process, or never was one the loop started
     except psutil.NoSuchProcess:  # the leader is gone; its group may not be, if all of it started after the leader
-        if not created_at or any(started < created_at for started in _started(pid)):
+        members = _members(pid)
+        if not created_at or any(p.create_time() < created_at for p in members) or not any(map(_ours, members)):
             return False
     except (OSError, psutil.Error):
         return False
@@ -56,16 +67,26 @@ def reap(pid_file: Path) -> bool:
         return False
 
 
-def _started(pgid: int) -> list[float]:
-    """When each process of group `pgid` started."""
+def _members(pgid: int) -> list[psutil.Process]:
+    """The processes of group `pgid` (their start times read: `create_time` is cached)."""
     found = []
     for process in psutil.process_iter():
         try:
             if os.getpgid(process.pid) == pgid:
-                found.append(process.create_time())
+                process.create_time()
+                found.append(process)
         except (OSError, psutil.Error):  # gone meanwhile
             continue
     return found
+
+
+def _ours(process: psutil.Process) -> bool:
+    """Whether the loop started `process`, or a process it started did: the environment it was started with carries
+    MARK. No process can add it to another's later (short of writing its memory, which could kill it anyway)."""
+    try:
+        return process.environ().get(MARK) == "1"
+    except (OSError, psutil.Error):  # gone, or not ours to read
+        return False
 
 
 BOX_GRACE_S = 600  # a box with no owner file yet is its evaluator's for this long (it writes the file at once)
@@ -114,7 +135,7 @@ def remove_box(box: Path) -> bool:
 def _named(pid_file: Path) -> tuple[int, float] | None:
     """The pid and start time a pid file names (`write_pid_file`); None if it cannot be read."""
     try:
-        text, created = pid_file.read_text().split()
+        text, created = read_regular(pid_file, 256).decode().split()  # a FIFO there is never waited on
         return int(text), float(created)
     except (OSError, ValueError):
         return None

@@ -28,7 +28,7 @@ from pathlib import Path
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.files import clear, write_text_atomic
-from autoresearch.orphans import write_pid_file
+from autoresearch.orphans import marked, write_pid_file
 from autoresearch.workspace.workspace import as_read
 
 PROMPT_ENV = "AUTORESEARCH_PROMPT_FILE"
@@ -44,11 +44,26 @@ PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pip
 # /proc, so that /proc/<pid> is the process getpid() names (Codex waited for ever on the outer one's). The agent
 # runs in a second user namespace, with a mount namespace of its own: there every mount it was given is locked, so
 # that it cannot unmount its /proc (root in the first one, it could) and see the machine's, whose processes (the
-# loop's, the evaluators', the user's) it could then read, or name in a pid file for the next start to kill.
-PID_NAMESPACE = (
-    *("unshare", "--user", "--map-current-user", "--pid", "--fork", "--mount-proc", "--kill-child"),
-    *("unshare", "--user", "--map-current-user", "--mount"),
+# loop's, the evaluators', the user's) it could then read, or name in a pid file for the next start to kill. In
+# the first, an empty tmpfs covers the user's runtime folder and the system bus's (locked in the second too): their
+# sockets (the user's bus, systemd's private socket, the system bus) let `systemd-run` start a process outside
+# the namespace, which outlives the turn. XDG_RUNTIME_DIR still names a folder the agent can write.
+_HIDE_BUSES = (
+    'u=$1 g=$2; shift 2; for d in "/run/user/$u" /run/dbus; do if [ -d "$d" ]; then '
+    'mount -t tmpfs -o mode=0700 tmpfs "$d" || exit 1; fi; done; '  # not hidden: not this way
+    'exec unshare --user --map-user="$u" --map-group="$g" --mount "$@"'
 )
+
+
+def _namespaces() -> tuple[tuple[str, ...], ...]:
+    """The ways to start the agent in its namespaces, best first: with the buses hidden (util-linux 2.36 or later,
+    for --map-user), else without."""
+    outer = ("unshare", "--user", "--pid", "--fork", "--mount-proc", "--kill-child")
+    hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE_BUSES, "sh", str(os.getuid()), str(os.getgid()))
+    return hidden, (*outer, "--map-current-user", *PID_NAMESPACE_INNER)
+
+
+PID_NAMESPACE_INNER = ("unshare", "--user", "--map-current-user", "--mount")
 NOT_RUNNABLE = {126: "a program was found but could not be run", 127: "the shell found no such program"}
 # Words before the program: they run what follows (their options, and timeout's duration, are skipped).
 _WRAPPERS = {"exec", "command", "nohup", "nice", "env", "time", "timeout", "stdbuf"}
@@ -148,7 +163,7 @@ def run_process(
     process = subprocess.Popen(
         [*pid_namespace(), *argv],
         cwd=workspace,
-        env=env,
+        env=marked(env),  # a later start kills what a killed loop left (`reap`)
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -176,12 +191,15 @@ def run_process(
 
 @functools.cache
 def pid_namespace() -> tuple[str, ...]:
-    """PID_NAMESPACE if it can be made here, else nothing (the agent's process group is all that is killed)."""
-    try:
-        made = subprocess.run([*PID_NAMESPACE, "true"], capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        made = False
-    return PID_NAMESPACE if made else ()
+    """The first of `_namespaces()` that can be made here, else nothing (the agent's process group is all that is
+    killed)."""
+    for way in _namespaces():
+        try:
+            if subprocess.run([*way, "true"], capture_output=True, timeout=30).returncode == 0:
+                return way
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    return ()
 
 
 def command_program(command: str) -> str | None:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoresearch.files import write_text_atomic
+from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop.ledger import Experiment
 
 SESSION_NAME = "loop.json"  # under .autoresearch/: the running loop's workers and when it started
@@ -134,7 +134,7 @@ def end_session(state: Path) -> None:
 def read_session(state: Path) -> Session | None:
     """The running loop's session; None when there is none, or the loop that wrote it is gone (killed)."""
     try:
-        data = json.loads((state / SESSION_NAME).read_text())
+        data = json.loads(read_regular(state / SESSION_NAME, 1 << 16))  # never waits on a FIFO put there
         workers, submissions = [str(w) for w in data["workers"]], data.get("submissions", True) is not False
         session = Session(int(data["pid"]), float(data["started"]), workers, submissions)
         os.kill(session.pid, 0)

@@ -33,7 +33,7 @@ from autoresearch.evaluator.confined import FORK_ENV, kill_tree
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, ForgedResult, Result
 from autoresearch.evaluator.sandbox import evaluator_env
 from autoresearch.files import clear, make_folder, write_text_atomic
-from autoresearch.orphans import reap, write_pid_file
+from autoresearch.orphans import marked, reap, write_pid_file
 from autoresearch.vocabulary import RunEnd
 
 LOG_TAIL_CHARS = 4000
@@ -99,7 +99,7 @@ class LocalExecutor:
         """`env`: set for this executor's evaluators and experiments (a worker's CUDA_VISIBLE_DEVICES, its
         OMP_NUM_THREADS), over the loop's own environment."""
         self.python = python
-        self.env = {**os.environ, **(env or {})}
+        self.env = marked({**os.environ, **(env or {})})  # a later start kills what a killed loop left (`reap`)
         self.prewarm = os.environ.get(PREWARM_ENV, "1") != "0" if prewarm is None else prewarm
         self._warm: Referee | None = None
         self._current: Referee | None = None  # the run in progress, for stop()

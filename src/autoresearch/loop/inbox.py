@@ -15,9 +15,9 @@ killed in between finds it again on its next start and answers it with the row i
 `submit` that finds the driver gone meanwhile settles it under the workspace's lock, reading the ledger).
 
 A `submit` holds an flock on `<name>.lock` while it waits: a request whose `submit` was killed is dropped
-unrecorded, and a reply nobody will read is removed with that lock file. Each submitted experiment leaves
-an empty `.autoresearch/unreported/<id>`, removed when `wait` prints its verdict: `wait` with no ids waits
-for those, so that a verdict judged while the agent did something else is never lost to it.
+unrecorded, and a reply nobody will read is removed with that lock file. Each submitted experiment is marked
+unreported until `wait` prints its verdict (loop/waiting.py); the change a `submit` took out of train.py waits
+in `.autoresearch/submitting/` until it is queued (loop/held_edits.py).
 
 A win kept while the agent edits train.py for its next `submit` moves the branch and leaves the edit alone
 (Git.advance): the edit was made from the best before. The driver notes that best (`note_moved`), and
@@ -37,10 +37,11 @@ from pathlib import Path
 
 from autoresearch.agents.base import Proposal, Usage
 from autoresearch.errors import AutoresearchError
-from autoresearch.files import write_text_atomic
+from autoresearch.files import clear, flock_held, read_regular, write_text_atomic
 from autoresearch.loop import guard
 from autoresearch.loop.asking import one_line
 from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.waiting import last_error, mark_unreported
 from autoresearch.vocabulary import Kind, Status
 
 try:
@@ -49,12 +50,13 @@ except ImportError:  # Windows: no flock; a request is then never taken for one 
     fcntl = None
 
 INBOX_DIR = "inbox"
-UNREPORTED_DIR = "unreported"  # an empty file per submitted experiment whose verdict no `wait` has printed
 SUBMITTER = "submit"  # the ledger's agent for submitted experiments
 TAKE_TIMEOUT_S = 60.0  # how long `submit` waits for a running loop to take its request before it withdraws it
-HELD_DIR = "submitting"  # the change each `submit` has taken out of train.py, until it is queued (HeldEdit)
-UNSUBMITTED_DIR = "unsubmitted"  # such a change that a killed `submit` left and that could not be put back
 EDIT_BASE = "edit-base.json"  # the best an edit left in train.py by a keep was made from (`note_moved`)
+# A request carries train.py (4 MiB at most) as JSON text, each byte 6 at worst (\u0000): one larger is no request
+# of `submit`'s, and is read no further (a planted file of gigabytes would fill the loop's memory).
+REQUEST_LIMIT = 32 << 20
+REPLY_LIMIT = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -91,13 +93,18 @@ class Submission:
     def reply_path(self) -> Path:
         return self.path(".reply")
 
-    def answer(self) -> dict | None:
-        """The driver's reply ({"id": N} or {"error": why}) if it has come; read once."""
+    def answer(self, check: Callable[[int], bool] | None = None) -> dict | None:
+        """The driver's reply ({"id": N} or {"error": why}) if it has come; read once. The inbox is within an agent's
+        reach, which can see the lock file of a `submit` and write its reply first: `check(N)` says whether the
+        ledger has experiment N as this request's (the driver records the row before it replies); a reply that
+        fails it, or is no reply at all, is removed and waited past."""
         try:
-            answer = json.loads(self.reply_path.read_text())
-        except (OSError, ValueError):  # not yet (it is written whole, by a rename)
+            answer = json.loads(read_regular(self.reply_path, REPLY_LIMIT))
+        except (OSError, ValueError):  # not yet (written whole, by a rename); or no file: the reply replaces it
             return None
-        self.reply_path.unlink(missing_ok=True)
+        clear(self.reply_path)
+        if not _is_reply(answer) or ("id" in answer and check is not None and not check(answer["id"])):
+            return None
         self.settled = True
         return answer
 
@@ -110,7 +117,7 @@ class Submission:
         self.settled = True
         return True
 
-    def settle(self, ws) -> dict | None:
+    def settle(self, ws, check: Callable[[int], bool] | None = None) -> dict | None:
         """With the driver gone after it took the request: under the workspace's lock (no driver starts
         meanwhile), its id if it had recorded it (a later start trains it), else withdrawn ({"error": ...}).
         None if a loop has started meanwhile (it answers)."""
@@ -120,10 +127,10 @@ class Submission:
         except AutoresearchError:  # another loop holds the workspace now
             return None
         try:
-            if (answer := self.answer()) is not None:
+            if (answer := self.answer(check)) is not None:
                 return answer
             try:
-                data = json.loads(self.taken.read_text())
+                data = json.loads(read_regular(self.taken, REQUEST_LIMIT))
             except (OSError, ValueError):
                 return {"error": "the loop stopped while it took the submission, and its request is gone"}
             ledger = Ledger(ws.root)
@@ -200,25 +207,26 @@ class Inbox:
     def _take(self, loop, taken: Path, resumed: bool) -> list[Experiment]:
         answer, exp = self._answer(loop, taken, resumed)
         if answer is not None:
+            clear(taken.with_suffix(".reply"))  # a folder put there first would stop the write
             write_text_atomic(taken.with_suffix(".reply"), json.dumps(answer))
-        taken.unlink(missing_ok=True)  # last: a kill before it leaves the request to answer on the next start
+        clear(taken)  # last: a kill before it leaves the request to answer on the next start (a folder too)
         return [exp] if exp is not None and not exp.status.final else []
 
     def _answer(self, loop, taken: Path, resumed: bool) -> tuple[dict | None, Experiment | None]:
         """The reply to a taken request (None: nobody to give it to) and the experiment it made, if any."""
+        alive = self._submitter_alive(taken)
         try:
-            data = json.loads(taken.read_text())
+            data = json.loads(read_regular(taken, REQUEST_LIMIT))
             fields = [data["description"], data["source"], data["base"]]
             if not all(isinstance(f, str) for f in fields):
                 raise TypeError("its description, train.py and base must be text")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return {"error": f"the request could not be read ({exc})"}, None
-        alive = self._submitter_alive(taken)
+            return ({"error": f"the request could not be read ({exc})"} if alive else None), None
         if resumed and (exp := recorded(loop.ledger.all(), *fields)) is not None:  # before the kill
             mark_unreported(self.state, exp.id)
             return ({"id": exp.id} if alive else None), exp
         if not alive:  # its `submit` was killed while the request waited: nobody learns of it, so it is not run
-            taken.with_suffix(".lock").unlink(missing_ok=True)
+            clear(taken.with_suffix(".lock"))
             loop.reporter.message(f"dropped a submission whose `submit` has gone: {one_line(fields[0])}")
             return None, None
         return self._record(loop, *fields)
@@ -245,23 +253,50 @@ class Inbox:
         return {"id": exp.id}, exp
 
     def _submitter_alive(self, request: Path) -> bool:
-        """Whether the `submit` of a request still waits: it holds the lock on its lock file. A request with no
-        lock file at all (written by hand) is answered as one whose writer reads the reply."""
-        lock = request.with_suffix(".lock")
-        if fcntl is None or not lock.exists():
-            return True
-        return _held(lock)
+        """Whether the `submit` of a request still waits: it holds the lock on its lock file. A request with no lock
+        file held is nobody's: one written by hand, or planted by an agent during its turn (the loop's own files are
+        not the turn's to check) to be trained after it, outside any turn; it is dropped."""
+        return fcntl is None or flock_held(request.with_suffix(".lock"))
 
     def _sweep(self) -> None:
         """What `submit`s killed left: their lock files, and the replies that came after they had gone (a `submit`
         removes its reply before its lock file, so a reply beside an unheld lock file is nobody's)."""
         if fcntl is None:
             return
-        for lock in self.dir.glob("*.lock"):
-            if _held(lock) or lock.with_suffix(".json").exists() or lock.with_suffix(".taken").exists():
+        for lock in self.dir.glob("*.lock"):  # a FIFO or link planted there is no `submit`'s: never held
+            if flock_held(lock) or any(os.path.lexists(lock.with_suffix(s)) for s in (".json", ".taken")):
                 continue  # alive; or its request is still to take (and drop, with the lock file)
-            lock.with_suffix(".reply").unlink(missing_ok=True)
-            lock.unlink(missing_ok=True)
+            clear(lock.with_suffix(".reply"))
+            clear(lock)
+        for reply in self.dir.glob("*.reply"):  # one beside no lock file at all: nobody's (planted)
+            if not os.path.lexists(reply.with_suffix(".lock")):
+                clear(reply)
+
+
+def _is_reply(answer) -> bool:
+    """Whether `answer` is a reply the driver writes: an experiment's id, or why the request was refused."""
+    if not isinstance(answer, dict) or len(answer) != 1:
+        return False
+    if "id" in answer:
+        return type(answer["id"]) is int and answer["id"] > 0
+    return isinstance(answer.get("error"), str)
+
+
+def is_submitted(ws, exp_id: int, description: str, source: str, base: str) -> bool:
+    """Whether the ledger has experiment `exp_id` as the submission of this train.py, made from `base`."""
+    if not (ws.state / "ledger.sqlite").exists():
+        return False
+    ledger = Ledger(ws.root)
+    try:
+        exp = ledger.get(exp_id)
+    finally:
+        ledger.close()
+    return (
+        exp is not None
+        and exp.agent == SUBMITTER
+        and (exp.parent, exp.source) == (base, source)
+        and (exp.description == one_line(description))
+    )
 
 
 def recorded(rows: list[Experiment], description: str, source: str, base: str) -> Experiment | None:
@@ -274,104 +309,6 @@ def recorded(rows: list[Experiment], description: str, source: str, base: str) -
     return None
 
 
-def _held(path: Path) -> bool:
-    """Whether another open file holds an flock on `path`."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # releases it, if it was ours
-    return False
-
-
-class HeldEdit:
-    """The change a `submit` takes out of train.py, in `.autoresearch/submitting/` from before train.py is touched
-    until the change is queued or back in train.py, locked (an flock) by that `submit` while it lives. A `submit`
-    killed in between (SIGKILL: an agent's tool timeout, the OOM killer) had the change in neither train.py nor the
-    ledger; it leaves it here, and the next `submit` puts it back (`put_back_edits`)."""
-
-    def __init__(self, state: Path, edit: str, source: str, description: str, base: str):
-        directory = state / HELD_DIR
-        directory.mkdir(parents=True, exist_ok=True)
-        name = f"{time.time_ns()}-{os.getpid()}"
-        tmp, self.path = directory / f".{name}.tmp", directory / f"{name}.json"
-        self.fd: int | None = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            if fcntl is not None:  # locked before it has its name: no `submit` ever sees it unlocked while we live
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
-            with open(os.dup(self.fd), "w") as f:
-                held = {"edit": edit, "source": source, "description": description, "base": edit_base(state, base)}
-                json.dump(held, f)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            self.release()
-            raise
-
-    def release(self) -> None:
-        """The change is queued, or back in train.py: this copy goes."""
-        self.path.unlink(missing_ok=True)
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def put_back_edits(ws, say: Callable[[str], None]) -> str | None:
-    """What `submit`s killed before their change was queued left (HeldEdit): a change the ledger has (queued before
-    the kill) is dropped; else, oldest first, put back in train.py if it holds the best (a note of the best it was
-    made from, for `submit`), or else moved to `.autoresearch/unsubmitted/` and named. The description of the change
-    put back, if one was."""
-    directory = ws.state / HELD_DIR
-    if fcntl is None or not directory.is_dir():  # without flock a live `submit`'s change cannot be told apart
-        return None
-    restored = None
-    for path in sorted(directory.glob("*.json")):
-        if _held(path):
-            continue  # its `submit` lives
-        try:
-            held = json.loads(path.read_text())
-            edit, source, description, base = (held[k] for k in ("edit", "source", "description", "base"))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if _queued(ws, source, description):
-            path.unlink(missing_ok=True)
-        elif restored is None and ws.read_train_py() == ws.committed_train_py():
-            ws.write_train_py(edit)
-            if base != (head := ws.git.head()):  # a keep moved the branch since: submitted as made from its base
-                write_text_atomic(ws.state / EDIT_BASE, json.dumps({"base": base, "head": head}))
-            path.unlink(missing_ok=True)
-            restored = description
-        else:
-            kept = ws.state / UNSUBMITTED_DIR / f"{path.stem}.py"
-            kept.parent.mkdir(exist_ok=True)
-            write_text_atomic(kept, edit)
-            path.unlink(missing_ok=True)
-            say(
-                f"warning: a `submit` killed before it queued its change ({one_line(description)}) had taken it out "
-                f"of train.py; train.py holds another change, so it is in {kept}"
-            )
-    return restored
-
-
-def _queued(ws, source: str, description: str) -> bool:
-    """Whether the ledger has a submitted experiment of this train.py and description (queued before a kill)."""
-    if not (ws.state / "ledger.sqlite").exists():
-        return False
-    ledger = Ledger(ws.root)
-    try:
-        line = one_line(description)
-        return any(e.agent == SUBMITTER and e.source == source and e.description == line for e in ledger.all())
-    finally:
-        ledger.close()
-
-
 def send(ws, description: str, source: str, base: str, start: Callable[[], object] | None = None,
          timeout: float | None = None, poll: float = 0.05) -> int:  # fmt: skip
     """`submit`: queue `source` with the loop running in workspace `ws` (if none runs, `start()` starts one in the
@@ -382,6 +319,9 @@ def send(ws, description: str, source: str, base: str, start: Callable[[], objec
     base = edit_base(ws.state, base)
     submission = Inbox(ws.state).put(description, source, base)
     started, probed = None, (-1.0, False)
+
+    def check(exp_id: int) -> bool:
+        return is_submitted(ws, exp_id, description, source, base)
 
     def alive() -> bool:
         """Our background loop runs (starting, or holding the lock), or another holds the workspace's lock. While
@@ -396,7 +336,7 @@ def send(ws, description: str, source: str, base: str, start: Callable[[], objec
 
     try:
         since = time.monotonic()
-        while (answer := submission.answer()) is None:
+        while (answer := submission.answer(check)) is None:
             running = alive()
             if not running and started is None and start is not None:  # none runs (or the one running just ended)
                 started, since = start(), time.monotonic()
@@ -408,7 +348,7 @@ def send(ws, description: str, source: str, base: str, start: Callable[[], objec
             if submission.withdraw():  # no loop had taken it: not queued, and no loop ever will take it
                 raise SubmitError(*_not_taken(ws, running, timeout, refusing))
             if not running:  # taken, then the loop stopped: was the row written?
-                answer = submission.settle(ws)
+                answer = submission.settle(ws, check)
                 if answer is not None:
                     break
             time.sleep(poll)  # taken by the running loop: its reply comes at once
@@ -469,78 +409,7 @@ def edit_base(state: Path, head: str) -> str:
     """What the edit in train.py was made from, where the branch is at `head`: the best noted by `note_moved`
     while the branch has not moved since, else `head`."""
     try:
-        noted = json.loads((state / EDIT_BASE).read_text())
+        noted = json.loads(read_regular(state / EDIT_BASE, REPLY_LIMIT))  # a FIFO there would wedge the loop
         return noted["base"] if noted["head"] == head and isinstance(noted["base"], str) else head
     except (OSError, ValueError, KeyError, TypeError):
         return head
-
-
-def mark_unreported(state: Path, exp_id: int) -> None:
-    directory = state / UNREPORTED_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / str(exp_id)).touch()
-
-
-def unreported(state: Path) -> list[int]:
-    """Submitted experiments whose verdict no `wait` has printed yet, oldest first."""
-    directory = state / UNREPORTED_DIR
-    found = [p.name for p in directory.iterdir()] if directory.is_dir() else []
-    return sorted(int(n) for n in found if n.isdigit())
-
-
-def reported(state: Path, exp_id: int) -> None:
-    (state / UNREPORTED_DIR / str(exp_id)).unlink(missing_ok=True)
-
-
-class WaitError(AutoresearchError):
-    pass
-
-
-def wait_for(
-    ledger_of,
-    ids: list[int],
-    driver_alive,
-    poll: float = 1.0,
-    log: Path | None = None,
-    judged: Callable[[Experiment], None] | None = None,
-) -> list[Experiment]:
-    """Block until every experiment in `ids` has its verdict; `ledger_of()` opens the ledger to read,
-    `driver_alive()` says whether a loop still runs to give them one, and `log` is the background loop's, whose
-    error is repeated if it stopped on one. `judged(exp)` is called for each as soon as it has its verdict (before
-    a WaitError for the others)."""
-    told: set[int] = set()
-    while True:
-        ledger = ledger_of()
-        try:
-            rows = {i: ledger.get(i) for i in ids}
-        finally:
-            ledger.close()
-        if missing := [i for i, e in rows.items() if e is None]:
-            raise WaitError(f"no experiment {', '.join(map(str, missing))} in the ledger")
-        for i, e in rows.items():
-            if e.status.final and i not in told:
-                told.add(i)
-                if judged is not None:
-                    judged(e)
-        if all(e.status.final for e in rows.values()):
-            return [rows[i] for i in ids]
-        if not driver_alive():
-            waiting = ", ".join(str(i) for i, e in rows.items() if not e.status.final)
-            stopped = last_error(log) if log else None
-            raise WaitError(
-                f"experiments {waiting} are in flight but no loop is running"
-                + (f"; it stopped with {stopped}" if stopped else ""),
-                hint="`autoresearch run --agent queue` (with your --gpus or --workers) finishes them"
-                + (", once what stopped it is dealt with" if stopped else ""),
-            )
-        time.sleep(poll)
-
-
-def last_error(log: Path) -> str | None:
-    """The error a background loop stopped with: its `error: ...` line and hint, where they end its log."""
-    try:
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-4:]
-    except OSError:
-        return None
-    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
-    return " ".join(line.strip() for line in lines[starts[-1] :]) if starts else None

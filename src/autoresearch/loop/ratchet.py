@@ -27,10 +27,11 @@ from autoresearch.loop import guard
 from autoresearch.loop.answers import Answer
 from autoresearch.loop.engine import LoopError, ResearchLoop, change_of
 from autoresearch.loop.executor import Outcome
-from autoresearch.loop.inbox import SUBMITTER, mark_unreported
+from autoresearch.loop.inbox import SUBMITTER
 from autoresearch.loop.judge import judge, noise_of
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.recovery import commit_message
+from autoresearch.loop.waiting import mark_unreported
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.workspace import TRAIN_PY

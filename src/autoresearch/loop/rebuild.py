@@ -27,8 +27,8 @@ from pathlib import Path
 
 from autoresearch.evaluator.result import Result
 from autoresearch.loop.executor import read_result
-from autoresearch.loop.inbox import unreported
 from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.waiting import unreported
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import as_read

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from autoresearch.agents.command_agent import AGENT_PID
-from autoresearch.files import write_text_atomic
+from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import APPARATUS_HINT, SETUP_HINT, LoopError
@@ -160,7 +160,7 @@ class Recovery:
         if not held.exists():
             return
         try:
-            edit = held.read_text()
+            edit = read_regular(held, 64 << 20).decode()  # not a FIFO an agent left there, which would wedge
         except (OSError, ValueError):
             raise LoopError(
                 f"the edit given to a `try` that was stopped cannot be read (.autoresearch/{HELD_EDIT})",

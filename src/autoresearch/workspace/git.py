@@ -26,7 +26,9 @@ SAFE = (
 )  # fmt: skip
 # Nor does the user's own configuration (~/.gitconfig, ~/.config/git/config), which an agent can write too: a
 # filter, gpg.program with commit.gpgsign or an include there would run at every commit the loop makes.
-NO_GLOBAL_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull}
+# Nor replace refs (refs/replace/, `git replace`) nor a grafts file, through which an agent whose turn overlaps the
+# driver's work (several workers) would have the loop read another object than the one named, or other parents.
+NO_GLOBAL_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_NO_REPLACE_OBJECTS": "1", "GIT_GRAFT_FILE": os.devnull}
 
 
 @functools.cache

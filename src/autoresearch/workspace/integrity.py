@@ -49,7 +49,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from autoresearch.files import write_text_atomic
+from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.workspace.git import Git, GitError
 
 # The loop's own output in a workspace (see workspace/init.py's .gitignore): never the run's doing.
@@ -64,6 +64,7 @@ GITIGNORE = ".gitignore"
 PROGRAM, PROMPTS = "program.md", "prompts"
 DIRECTORY = "dir"  # the content id of a directory git reports as one path (a nested repository)
 _CLEAN = "clean"  # a path `git status` does not report: as in the index, or absent if untracked
+SNAPSHOT_LIMIT = 4 << 30  # a saved turn (`save`) larger than this is no snapshot of ours: read no further
 
 
 @dataclass
@@ -595,7 +596,7 @@ def load(path: Path) -> Snapshot | None:
     """The snapshot `save` kept in `path`; None if it cannot be read, or names a path that no snapshot of a workspace
     holds: the file lies within an agent's reach, and what it names is written back."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_regular(path, SNAPSHOT_LIMIT))  # not a FIFO left in its place, which would wedge
         contents = {i: base64.b64decode(b) for i, b in data.pop("git_contents").items()}
         snap = Snapshot(**data, contents=contents)
     except Exception:  # missing, cut short, not JSON, not a snapshot's fields: unreadable all the same

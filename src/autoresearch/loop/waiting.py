@@ -1,0 +1,88 @@
+"""`autoresearch wait`: the verdicts of submitted experiments, each printed once.
+
+Each submitted experiment leaves an empty `.autoresearch/unreported/<id>` (`mark_unreported`), removed when `wait`
+prints its verdict (`reported`): `wait` with no ids waits for those, so that a verdict judged while the agent did
+something else is never lost to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from autoresearch.errors import AutoresearchError
+from autoresearch.loop.ledger import Experiment
+
+UNREPORTED_DIR = "unreported"  # an empty file per submitted experiment whose verdict no `wait` has printed
+
+
+def mark_unreported(state: Path, exp_id: int) -> None:
+    directory = state / UNREPORTED_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / str(exp_id)).touch()
+
+
+def unreported(state: Path) -> list[int]:
+    """Submitted experiments whose verdict no `wait` has printed yet, oldest first."""
+    directory = state / UNREPORTED_DIR
+    found = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+    return sorted(int(n) for n in found if n.isdigit())
+
+
+def reported(state: Path, exp_id: int) -> None:
+    (state / UNREPORTED_DIR / str(exp_id)).unlink(missing_ok=True)
+
+
+class WaitError(AutoresearchError):
+    pass
+
+
+def wait_for(
+    ledger_of,
+    ids: list[int],
+    driver_alive,
+    poll: float = 1.0,
+    log: Path | None = None,
+    judged: Callable[[Experiment], None] | None = None,
+) -> list[Experiment]:
+    """Block until every experiment in `ids` has its verdict; `ledger_of()` opens the ledger to read,
+    `driver_alive()` says whether a loop still runs to give them one, and `log` is the background loop's, whose
+    error is repeated if it stopped on one. `judged(exp)` is called for each as soon as it has its verdict (before
+    a WaitError for the others)."""
+    told: set[int] = set()
+    while True:
+        ledger = ledger_of()
+        try:
+            rows = {i: ledger.get(i) for i in ids}
+        finally:
+            ledger.close()
+        if missing := [i for i, e in rows.items() if e is None]:
+            raise WaitError(f"no experiment {', '.join(map(str, missing))} in the ledger")
+        for i, e in rows.items():
+            if e.status.final and i not in told:
+                told.add(i)
+                if judged is not None:
+                    judged(e)
+        if all(e.status.final for e in rows.values()):
+            return [rows[i] for i in ids]
+        if not driver_alive():
+            waiting = ", ".join(str(i) for i, e in rows.items() if not e.status.final)
+            stopped = last_error(log) if log else None
+            raise WaitError(
+                f"experiments {waiting} are in flight but no loop is running"
+                + (f"; it stopped with {stopped}" if stopped else ""),
+                hint="`autoresearch run --agent queue` (with your --gpus or --workers) finishes them"
+                + (", once what stopped it is dealt with" if stopped else ""),
+            )
+        time.sleep(poll)
+
+
+def last_error(log: Path) -> str | None:
+    """The error a background loop stopped with: its `error: ...` line and hint, where they end its log."""
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-4:]
+    except OSError:
+        return None
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    return " ".join(line.strip() for line in lines[starts[-1] :]) if starts else None
