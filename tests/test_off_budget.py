@@ -102,11 +102,21 @@ def test_a_file_left_in_the_shared_compile_cache_is_a_change_but_the_loops_own_a
     assert environment.changes(start) == [f"added {cache / 'fxgraph-weights'}"]
 
 
+def test_what_runs_do_not_see_is_not_walked(tmp_path) -> None:
+    hidden = tmp_path / "lib" / "python3" / "site-packages"  # the base Python's, not on sys.path: hidden in runs
+    hidden.mkdir(parents=True)
+    environment = Environment([tmp_path], skip=[hidden])
+    start = environment.start()
+    (hidden / "weights.bin").write_bytes(WEIGHTS)
+    (tmp_path / "lib" / "weights.bin").write_bytes(WEIGHTS)
+    assert environment.changes(start) == [f"added {tmp_path / 'lib' / 'weights.bin'}"]
+
+
 def test_each_turn_walks_the_environment_once(tmp_path, monkeypatch) -> None:
     import autoresearch.loop.environment as module
 
     walks = []
-    monkeypatch.setattr(module, "signature", lambda roots: walks.extend(roots) or {})
+    monkeypatch.setattr(module, "signature", lambda roots, skip=(): walks.extend(roots) or {})
     environment = Environment([tmp_path])
     for _ in range(3):  # a turn starts where the last one ended: one walk each, and one at the first start
         assert environment.changes(environment.start()) == []
@@ -122,4 +132,3 @@ def test_weights_an_agent_leaves_in_the_home_or_var_tmp_cannot_be_read_by_its_ru
         log = (ws.state / "runs" / f"{exp.id}-0" / "log.txt").read_text()
         assert plant.read_bytes() == WEIGHTS  # it is there, outside
         assert "blocked weights FileNotFoundError" in log and "REACHED" not in log, log
-

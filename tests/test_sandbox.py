@@ -144,6 +144,20 @@ def test_only_the_system_and_pythons_paths_are_shown_not_the_home_var_tmp_or_opt
     assert {"usr", "etc", "dev", "proc", "sys", "tmp", "var"} <= top  # (/var holds only the layout's path)
 
 
+def test_the_interpreters_own_site_packages_off_sys_path_are_hidden(
+    shown_layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A venv's base Python: its lib is shown (the standard library, libpython), its site-packages is not on the
+    # run's sys.path and could hold what an agent left there.
+    unused = shown_layout.workspace.parent / "lib" / "python3" / "site-packages"
+    unused.mkdir(parents=True)
+    (unused / "weights.bin").write_text(SECRET)
+    monkeypatch.setattr(sandbox.shown_paths, "unused_site_packages", lambda: [unused])
+    run = confined(shown_layout, "import os, sys; print(os.listdir(sys.argv[1]))", unused)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
 def test_a_python_path_reached_through_a_link_is_importable_at_its_linked_path(
     layout: Layout, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -194,6 +194,7 @@ def command(
     home = env.get("HOME")
     secret_dirs, secret_files = _credentials(Path(home) if home else None)
     hidden += [d for d in secret_dirs if d not in hidden and not _inside(workdir, [d])]
+    hidden += [d for d in shown_paths.unused_site_packages() if d not in hidden and not _inside(workdir, [d])]
     shown = [path for path in shown_paths.readable(env) if path not in (_PRIVATE_TMP, *hidden)]
     for path in map(_directory, readable):
         if _reveals(path, hidden):

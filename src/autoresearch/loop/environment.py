@@ -7,14 +7,14 @@ a package's file, for train.py to load (red team, 2026-12-02). `pip install` by 
 So the loop records every file's signature (size, mtime_ns, ctime_ns, inode) there before an agent's turn and
 compares after it; a difference stops the loop, naming what changed.
 
-What one check costs: a stat of every file. The venv of this project (torch, 97,000 files under sys.path with
-the interpreter's own) takes 0.75 s on a busy 2-core machine, so each turn walks it once: a turn starts from the
-signature the previous turn ended with (nothing but an agent or you changes it meanwhile: a run cannot write
-it, and a change between turns is caught at the next turn's end). Byte-code caches (`__pycache__/*.pyc`) that
-Python writes as it imports (the loop's own processes, or an agent that tries train.py, in a venv installed
-without them, as uv does) are allowed where they hold exactly their source, compiled. The shared compile cache,
-which every run reads too, is checked the same way, walked at both ends of a turn: the loop adds a kept run's
-compiled files to it between turns.
+What one check costs: a stat of every file. This project's venv (torch; 55,000 files with the interpreter's
+standard library) takes 0.3-0.4 s on a 2-core machine shared with other work, so each turn walks it once: a
+turn starts from the signature the previous turn ended with (nothing but an agent or you changes it meanwhile:
+a run cannot write it, and a change between turns is caught at the next turn's end). Byte-code caches
+(`__pycache__/*.pyc`) that Python writes as it imports (the loop's own processes, or an agent that tries
+train.py, in a venv installed without them, as uv does) are allowed where they hold exactly their source,
+compiled. The shared compile cache, which every run reads too, is checked the same way, walked at both ends of
+a turn: the loop adds a kept run's compiled files to it between turns.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ Signature = dict[str, tuple[int, int, int, int]]  # path -> (size, mtime_ns, cti
 MAX_SOURCE_BYTES = 4 << 20  # a byte-code cache of a larger source is not compiled to be checked: it counts as a change
 
 
-def signature(roots: Iterable[Path]) -> Signature:
-    """Every file, link and other non-directory under `roots` with its stat (links are not followed)."""
+def signature(roots: Iterable[Path], skip: Iterable[Path] = ()) -> Signature:
+    """Every file, link and other non-directory under `roots`, but for the directories `skip`, with its stat
+    (links are not followed)."""
+    skipped = set(map(str, skip))
     found: Signature = {}
     stack = []
     for root in map(str, roots):
@@ -54,7 +56,8 @@ def signature(roots: Iterable[Path]) -> Signature:
             for entry in entries:
                 with contextlib.suppress(OSError):
                     if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
+                        if entry.path not in skipped:
+                            stack.append(entry.path)
                         continue
                     st = entry.stat(follow_symlinks=False)
                     found[entry.path] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
@@ -101,11 +104,13 @@ class Environment:
     """The files a run reads that an agent may write, outside the workspace (which workspace/integrity.py checks).
     `start()` before an agent's turn, `changes(start)` after it."""
 
-    def __init__(self, roots: Iterable[Path], fresh: Iterable[Path] = ()):
+    def __init__(self, roots: Iterable[Path], fresh: Iterable[Path] = (), skip: Iterable[Path] = ()):
         """`roots` change only by an agent's or your hand; `fresh` also by the loop's, between turns (the shared
-        compile cache, which a kept run adds to): walked at both ends of a turn."""
+        compile cache, which a kept run adds to): walked at both ends of a turn. `skip`: directories in them that
+        runs do not see."""
         self.roots = shown.outermost(Path(root) for root in roots)
         self.fresh = shown.outermost(Path(root) for root in fresh)
+        self.skip = list(skip)
         self._last: Signature | None = None
         self._lock = threading.Lock()
 
@@ -113,18 +118,19 @@ class Environment:
     def of_runs(cls, env: Mapping[str, str], workspace: Path) -> Environment:
         """What this Python's runs are shown (evaluator/shown.py) that an agent may write, and the shared compile
         cache, which every run reads (evaluator/compile_cache.py)."""
-        return cls(shown.writable_by_agents(env, exclude=[workspace]), fresh=compile_cache.shown_dirs())
+        roots, skip = shown.writable_by_agents(env, exclude=[workspace]), shown.unused_site_packages()
+        return cls(roots, fresh=compile_cache.shown_dirs(), skip=skip)
 
     def start(self) -> Signature:
         """The signature a turn starts from: the one the last turn ended with (taken now, the first time)."""
         with self._lock:
             if self._last is None:
-                self._last = signature(self.roots)
+                self._last = signature(self.roots, self.skip)
             return {**self._last, **signature(self.fresh)}
 
     def changes(self, start: Signature) -> list[str]:
         """What changed since `start` (see `differences`); what there is now is where the next turn starts."""
-        now = signature(self.roots)
+        now = signature(self.roots, self.skip)
         with self._lock:
             self._last = now
         return differences(start, {**now, **signature(self.fresh)})
