@@ -14,9 +14,11 @@ import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop
 
 from autoresearch.agents.base import Context
+from autoresearch.loop import guard
 from autoresearch.loop.environment import Environment, differences, signature
 from autoresearch.loop.settings import LoopError
 from autoresearch.vocabulary import Status
+from autoresearch.workspace.workspace import MAX_TRAIN_PY_BYTES
 
 WEIGHTS = b"int8 weights trained during the agent's turn"
 
@@ -121,6 +123,23 @@ def test_each_turn_walks_the_environment_once(tmp_path, monkeypatch) -> None:
     for _ in range(3):  # a turn starts where the last one ended: one walk each, and one at the first start
         assert environment.changes(environment.start()) == []
     assert len(walks) == 4
+
+
+def test_a_train_py_over_256_kib_is_rejected_before_anything_runs(workspace) -> None:
+    best = workspace.read_train_py()
+    padded = best + "# " + "x" * (MAX_TRAIN_PY_BYTES - len(best.encode())) + "\n"  # just over, in a comment
+    assert "over the 256 KiB a train.py may be" in guard.rejection(best, padded)
+    assert guard.rejection(best, best + "# a comment\n") is None
+
+
+def test_a_baseline_over_256_kib_is_refused(workspace) -> None:
+    workspace.write_train_py(workspace.read_train_py() + "#" * MAX_TRAIN_PY_BYTES + "\n")
+    workspace.git.commit("weights in a comment", "train.py")
+    loop = make_loop(
+        workspace, FakeExecutor(lambda source: 1.0 + 0.001 * (constant(source, "SEED") % 2)), baseline_runs=2
+    )
+    with pytest.raises(LoopError, match=r"baseline's train.py is \d+ KiB, over the 256 KiB"):
+        loop.baseline()
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ from autoresearch.loop.settings import APPARATUS_HINT, LoopConfig, LoopError
 from autoresearch.loop.watch import Verdict, Watch
 from autoresearch.vocabulary import IN_FLIGHT, Kind, RunEnd, Status
 from autoresearch.workspace.disk import disk_full_is_an_error
-from autoresearch.workspace.workspace import TRAIN_PY, Workspace
+from autoresearch.workspace.workspace import TRAIN_PY, Workspace, too_large
 
 # Imported from here by the CLI, the scheduler, the benches and the tests.
 __all__ = ["APPARATUS_HINT", "MAX_ATTEMPTS", "NO_PROPOSAL", "LoopConfig", "LoopError", "ResearchLoop"]
@@ -134,6 +134,8 @@ class ResearchLoop(Asking, Recovery):
         """The baseline's row: the branch's committed train.py (not an edit in the working tree, which `submit`
         may leave there), to be trained with several seeds."""
         source = self.ws.committed_train_py()
+        if why := too_large(source):
+            raise LoopError(f"the baseline's {why}", hint="commit a train.py of ordinary size, then run again")
         if why := guard.seed_problem(source):
             raise LoopError(
                 f"{why}: the loop trains the baseline with SEED, SEED + 1, ... to measure the noise",
