@@ -8,7 +8,7 @@ So the loop records every file's signature (size, mtime_ns, ctime_ns, inode) the
 compares after it; a difference stops the loop, naming what changed.
 
 What one check costs: a stat of every file. This project's venv (torch; 55,000 files with the interpreter's
-standard library) takes 0.3-0.4 s on a 2-core machine shared with other work, so each turn walks it once: a
+standard library) takes 0.3-0.45 s on a 2-core machine, idle or shared, so each turn walks it once: a
 turn starts from the signature the previous turn ended with (nothing but an agent or you changes it meanwhile:
 a run cannot write it, and a change between turns is caught at the next turn's end). Byte-code caches
 (`__pycache__/*.pyc`) that Python writes as it imports (the loop's own processes, or an agent that tries
