@@ -49,6 +49,7 @@ from autoresearch.evaluator.result import Result
 from autoresearch.loop import ratchet as ratchet_module
 from autoresearch.loop import scheduler as scheduler_module
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
+from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.judge import Verdict, judge
 from autoresearch.loop.ledger import Experiment
@@ -434,7 +435,10 @@ class Simulation:
         ws.write_train_py(TRAIN_PY)
         ws.git.commit("the simulation's train.py", "train.py")
         recorder = Recorder(self.clock)
-        loop = ResearchLoop(ws, NoExecutor(), recorder, LoopConfig(baseline_runs=3), sleep=self.clock.sleep)
+        # No environment check around the turns (Environment(())): the tune agent writes no file, and a walk of
+        # this Python's files would add real CPU seconds to the simulated driver's.
+        config = LoopConfig(baseline_runs=3)
+        loop = ResearchLoop(ws, NoExecutor(), recorder, config, sleep=self.clock.sleep, environment=Environment(()))
         found = [Device(f"gpu {i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(self.workers)]
         workers = make_workers(loop, found, lambda device: SimExecutor(self, device.label))
         self.clock.workers = workers

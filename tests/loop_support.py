@@ -15,6 +15,7 @@ from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.config.presets import get_preset
 from autoresearch.evaluator.result import Result
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
+from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Outcome, RunSpec, outcome_of
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.reporter import PlainReporter
@@ -174,11 +175,21 @@ def one_edit(description: str, replacements: list[tuple[str, str]]) -> ScriptedA
 OPEN_EXECUTORS: list = []  # closed after each test (conftest): a warm evaluator must not outlive its test
 
 
-def make_loop(ws: Workspace, executor, baseline_runs: int = 3, timeout: float | None = None, events=None):
+def make_loop(
+    ws: Workspace,
+    executor,
+    baseline_runs: int = 3,
+    timeout: float | None = None,
+    events=None,
+    environment: Environment | None = None,
+):
+    """A loop on `ws`; the files outside the workspace it checks around agent turns are `environment`'s, by default
+    none (walking this Python's costs most of a second a turn: test_environment.py checks that)."""
     if hasattr(executor, "close"):
         OPEN_EXECUTORS.append(executor)
     echo = events.append if events is not None else (lambda _text: None)
-    return ResearchLoop(ws, executor, PlainReporter(echo), LoopConfig(baseline_runs=baseline_runs, timeout=timeout))
+    config = LoopConfig(baseline_runs=baseline_runs, timeout=timeout)
+    return ResearchLoop(ws, executor, PlainReporter(echo), config, environment=environment or Environment(()))
 
 
 def killed_loop(workspace: Workspace, body: str) -> subprocess.CompletedProcess:

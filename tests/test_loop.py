@@ -287,10 +287,13 @@ def test_recovery_finishes_an_experiment_interrupted_after_its_row_was_written(w
 def test_failed_proposals_are_recorded_with_their_cost_and_the_loop_backs_off(workspace):
     from autoresearch.agents.base import ProposalError, Usage
     from autoresearch.loop.engine import LoopConfig, ResearchLoop
+    from autoresearch.loop.environment import Environment
     from autoresearch.loop.reporter import PlainReporter
 
     waits = []
-    loop = ResearchLoop(workspace, FakeExecutor(score), PlainReporter(lambda _: None), LoopConfig(), sleep=waits.append)
+    loop = ResearchLoop(
+        workspace, FakeExecutor(score), PlainReporter(lambda _: None), LoopConfig(), waits.append, Environment(())
+    )
     loop.baseline()
 
     def rate_limited(ctx):

@@ -48,7 +48,7 @@ FORGE = f"{shlex.quote(sys.executable)} -c {shlex.quote(FORGE_SNAPSHOT)}"
     ("leave", "why"),
     [
         ("printf 'x = \"\\377\"\\n' >> train.py", "not UTF-8"),
-        ("head -c 5000000 /dev/zero | tr '\\0' '#' >> train.py", "larger than 4 MiB"),
+        ("head -c 300000 /dev/zero | tr '\\0' '#' >> train.py", "larger than 256 KiB"),
         ("rm train.py && mkdir train.py", "not a file"),
         ("rm train.py && mkfifo train.py", "not a file"),
     ],

@@ -6,6 +6,7 @@ sandbox test would hide that the untrusted run is not confined.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -65,12 +66,21 @@ def layout() -> Iterator[Layout]:
     shutil.rmtree(base)
 
 
+@pytest.fixture
+def shown_layout(layout: Layout, monkeypatch: pytest.MonkeyPatch) -> Layout:
+    """The layout with its folder on sys.path, so shown to the run (as a venv's folder in the home would be): what
+    is hidden in it must be hidden by its own mount, not merely left out of the view."""
+    monkeypatch.setattr(sys, "path", [*sys.path, str(layout.workspace.parent)])
+    return layout
+
+
 def confined(
     layout: Layout,
     code: str,
     *args: object,
     env: Mapping[str, str] | None = None,
     hidden: Sequence[Path] | None = None,
+    readable: Sequence[Path] = (),
     **run_options: object,
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -c code args...` confined the way a real run is."""
@@ -78,13 +88,15 @@ def confined(
         [sys.executable, "-c", code, *map(str, args)],
         workdir=layout.workdir,
         writable=[layout.cache],
+        readable=readable,
         hidden=[layout.workspace, layout.data] if hidden is None else hidden,
         env=os.environ if env is None else env,
     )
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, **run_options)  # type: ignore[call-overload]
 
 
-def test_a_hidden_directory_is_empty_and_its_files_cannot_be_read(layout: Layout) -> None:
+def test_a_hidden_directory_is_empty_and_its_files_cannot_be_read(shown_layout: Layout) -> None:
+    layout = shown_layout
     code = (
         "import os, sys\n"
         "print(os.listdir(sys.argv[1]), os.listdir(sys.argv[2]))\n"
@@ -99,6 +111,67 @@ def test_a_hidden_directory_is_empty_and_its_files_cannot_be_read(layout: Layout
     assert run.stdout.split("\n")[:2] == ["[] ['.autoresearch']", "FileNotFoundError"]
     # The control: without hiding, the same snippet does read it, so the test above is not vacuous.
     assert SECRET in confined(layout, code, layout.data, layout.workspace, layout.shard, hidden=[]).stdout
+
+
+def test_only_the_system_and_pythons_paths_are_shown_not_the_home_var_tmp_or_opt(
+    layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What an agent could leave there, trained off the budget, for train.py to load (red team, 2026-12-02): a file
+    # in the home, in /var/tmp (the layout lies there), in a folder like /opt. Only what is on sys.path is shown.
+    base = layout.workspace.parent
+    home, opt, venv = base / "home", base / "opt", base / "home" / "venv" / "site-packages"
+    venv.mkdir(parents=True)
+    opt.mkdir()
+    for folder in (home, opt, venv):
+        (folder / "weights.bin").write_text(SECRET)
+    monkeypatch.setattr(sys, "path", [*sys.path, str(venv)])
+    code = (
+        "import os, sys\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        print(open(path).read())\n"
+        "    except OSError as error:\n"
+        "        print(type(error).__name__)\n"
+        "print(sorted(os.listdir('/')))\n"
+    )
+    run = confined(layout, code, home / "weights.bin", opt / "weights.bin", venv / "weights.bin",
+                   env={**os.environ, "HOME": str(home)})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[:3] == ["FileNotFoundError", "FileNotFoundError", SECRET]  # only the one on sys.path
+    top = set(ast.literal_eval(lines[3]))
+    assert not top & {"home", "opt", "srv", "mnt", "media", "run", "boot"}, top
+    assert {"usr", "etc", "dev", "proc", "sys", "tmp", "var"} <= top  # (/var holds only the layout's path)
+
+
+def test_the_interpreters_own_site_packages_off_sys_path_are_hidden(
+    shown_layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A venv's base Python: its lib is shown (the standard library, libpython), its site-packages is not on the
+    # run's sys.path and could hold what an agent left there.
+    unused = shown_layout.workspace.parent / "lib" / "python3" / "site-packages"
+    unused.mkdir(parents=True)
+    (unused / "weights.bin").write_text(SECRET)
+    monkeypatch.setattr(sandbox.shown_paths, "unused_site_packages", lambda: [unused])
+    run = confined(shown_layout, "import os, sys; print(os.listdir(sys.argv[1]))", unused)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_a_python_path_reached_through_a_link_is_importable_at_its_linked_path(
+    layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = layout.workspace.parent / "real-venv"
+    real.mkdir()
+    (real / "linked_module.py").write_text("VALUE = 'imported through the link'\n")
+    link = layout.workspace.parent / "venv-link"
+    link.symlink_to(real)  # a venv that is a link to another, as sys.path names it
+    monkeypatch.setattr(sys, "path", [*sys.path, str(link)])
+    run = confined(
+        layout, "import sys, linked_module; print(linked_module.VALUE)", env={**os.environ, "PYTHONPATH": str(link)}
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "imported through the link"
 
 
 def test_writing_outside_workdir_writable_dirs_and_tmp_fails(layout: Layout) -> None:
@@ -222,7 +295,8 @@ def test_the_run_has_its_own_namespaces_no_capabilities_and_no_controlling_termi
     assert inside["sys_ro"] and inside["sys"]  # /sys readable for CUDA/NVML, not writable
 
 
-def test_the_run_cannot_unmount_a_hidden_directory_or_remount_the_root_writable(layout: Layout) -> None:
+def test_the_run_cannot_unmount_a_hidden_directory_or_remount_the_root_writable(shown_layout: Layout) -> None:
+    layout = shown_layout
     code = (
         "import ctypes, os, sys\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -343,7 +417,9 @@ def test_secrets_and_autoresearch_settings_are_removed_but_device_and_peak_flops
     }
 
 
-def test_credentials_in_the_home_directory_and_system_password_files_cannot_be_read(layout: Layout) -> None:
+def test_credentials_in_the_home_directory_and_system_password_files_cannot_be_read(
+    layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
     home = layout.workspace.parent / "home"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_ed25519").write_text(SECRET)
@@ -357,6 +433,7 @@ def test_credentials_in_the_home_directory_and_system_password_files_cannot_be_r
         "    print(p, f.read_text() if f.is_file() else 'absent')\n"
     )
     paths = [home / ".ssh" / "id_ed25519", home / ".netrc", home / ".venv-like" / "site.py", "/etc/shadow"]
+    monkeypatch.setattr(sys, "path", [*sys.path, str(home / ".venv-like")])  # on sys.path: shown
     run = confined(layout, code, *paths, env={**os.environ, "HOME": str(home)})
     assert run.returncode == 0, run.stderr
     assert SECRET not in run.stdout
@@ -426,7 +503,8 @@ def test_gpu_device_nodes_are_bound_over_the_fresh_dev_only_when_asked(
     assert "--dev-bind-try" not in sandbox.command(["true"], workdir=layout.workdir, env={}, gpu=False)
 
 
-def test_a_hidden_file_is_masked_and_hiding_a_writable_directory_is_refused(layout: Layout) -> None:
+def test_a_hidden_file_is_masked_and_hiding_a_writable_directory_is_refused(shown_layout: Layout) -> None:
+    layout = shown_layout
     code = "import sys\ntry:\n    print(repr(open(sys.argv[1]).read()))\nexcept OSError as exc:\n    print(exc.errno)"
     run = confined(layout, code, layout.shard, hidden=[layout.shard])  # a one-file corpus: masked by /dev/null
     assert run.returncode == 0 and run.stdout == "13\n", run.stdout + run.stderr  # (bound nodev: EACCES)
@@ -450,12 +528,10 @@ def test_unavailable_reason_says_bwrap_is_missing_when_it_is_not_on_path(
     assert sandbox.unavailable_reason() is None
 
 
-def test_the_bus_sockets_under_run_are_hidden(layout: Layout) -> None:
+def test_the_bus_sockets_under_run_are_not_shown(layout: Layout) -> None:
     # Through the session or system bus a run could have work started outside its sandbox (and its clock).
     buses = [d for d in sandbox.SYSTEM_SOCKET_DIRS if Path(d).is_dir()]
-    argv = sandbox.command(["true"], workdir=layout.workdir, env=dict(os.environ))
-    assert all(f"--tmpfs {d}" in " ".join(argv) for d in buses)
-    code = "import os, sys\nfor d in sys.argv[1:]:\n    print(d, len(os.listdir(d)))\n"
+    code = "import os, sys\nfor d in sys.argv[1:]:\n    print(d, len(os.listdir(d)) if os.path.isdir(d) else 0)\n"
     run = confined(layout, code, *buses)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == [word for d in buses for word in (d, "0")]  # empty inside, whatever is there

@@ -29,14 +29,13 @@ from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.files import clear, write_text_atomic
 from autoresearch.orphans import marked, write_pid_file
-from autoresearch.workspace.workspace import as_read
+from autoresearch.workspace.workspace import MAX_TRAIN_PY_BYTES, as_read
 
 PROMPT_ENV = "AUTORESEARCH_PROMPT_FILE"
 AGENT_PID = "agent.pid"  # in the workspace's state folder, while an agent runs
 TIMEOUT_S = 30 * 60.0  # a coding agent may think, read and edit for a long while; a hung one must not stall the loop
 STDERR_TAIL_CHARS = 2000
 DESCRIPTION_CHARS = 300
-MAX_TRAIN_PY_BYTES = 4 << 20  # a train.py is tens of kB: a larger one (a link to a data file) is read no further
 PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pipes
 # Where a user namespace can be made (Linux, unless a container forbids it), the agent runs in a PID namespace of
 # its own: when it ends the kernel kills everything it left, a process that left its group (setsid, a daemon)
@@ -255,7 +254,11 @@ def checked_source(
     with train_py.open("rb") as file:
         data = file.read(MAX_TRAIN_PY_BYTES + 1)
     if len(data) > MAX_TRAIN_PY_BYTES:
-        raise ProposalError(f"{who} left train.py larger than {MAX_TRAIN_PY_BYTES >> 20} MiB", usage=usage)
+        raise ProposalError(  # read no further: a link to a data file, weights trained elsewhere
+            f"{who} left train.py larger than {MAX_TRAIN_PY_BYTES >> 10} KiB (the template is 17 KiB): a file that "
+            "large could carry weights trained outside the budget",
+            usage=usage,
+        )
     try:
         source = as_read(data.decode())
     except UnicodeDecodeError as err:

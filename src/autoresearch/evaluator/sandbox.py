@@ -1,16 +1,18 @@
 """Confinement for the untrusted training process, built on bubblewrap (`bwrap`).
 
-The confined process sees the whole root filesystem read-only, so any Python installation imports as usual,
-except the `hidden` directories (prepared data with its validation shard, the workspace with its ledger, a
-Hugging Face cache, a local corpus), which appear empty. It can write only its `workdir` (also its cwd), the
-`writable` directories and a private `/tmp`. It gets a fresh `/dev` plus the NVIDIA device nodes of its own
-GPUs (so CUDA works, and no other worker's GPU can be opened: gpu_nodes.py), its own `/proc`, and a read-only
-`/sys`. It runs in new PID, network, IPC, UTS and cgroup namespaces
-with no capabilities: it cannot see, signal or read the memory or environment of the loop and the evaluator,
-cannot reach any network (its loopback is its own), cannot undo the mounts that hide the data, and everything
-it starts dies with it. Its environment carries no secrets. Why: train.py is written by an LLM agent and is
-scored by trusted code; it must not be able to read the validation data, edit the record of past runs, talk
-to the scorer other than through the socket it is handed, or leave anything running after its budget.
+The confined process sees, read-only, only what it needs of the filesystem (evaluator/shown.py: the system's
+programs and libraries, a few files of /etc, /sys, and its Python: the interpreter's installation and what is
+on sys.path), not the home directory, /var/tmp, /opt and the like, where an agent could leave weights trained
+off the budget. Within what it sees, the `hidden` directories (prepared data with its validation shard, the
+workspace with its ledger, a Hugging Face cache, a local corpus) appear empty. It can write only its `workdir`
+(also its cwd), the `writable` directories and a private `/tmp`. It gets a fresh `/dev` plus the NVIDIA device
+nodes of its own GPUs (so CUDA works, and no other worker's GPU can be opened: gpu_nodes.py), its own `/proc`,
+and a read-only `/sys`. It runs in new PID, network, IPC, UTS and cgroup namespaces with no capabilities: it
+cannot see, signal or read the memory or environment of the loop and the evaluator, cannot reach any network
+(its loopback is its own), cannot undo the mounts that hide the data, and everything it starts dies with it.
+Its environment carries no secrets. Why: train.py is written by an LLM agent and is scored by trusted code; it
+must not be able to read the validation data or weights trained off the budget, edit the record of past runs,
+talk to the scorer other than through the socket it is handed, or leave anything running after its budget.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator import shown as shown_paths
 from autoresearch.evaluator.gpu_nodes import Nodes, own_nodes
 
 _SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|PASS$|CREDENTIAL|AUTH|PAT$", re.IGNORECASE)
@@ -137,21 +140,10 @@ def _trains_on_cpu(env: Mapping[str, str]) -> bool:
     return env.get("CUDA_VISIBLE_DEVICES") in ("", "-1") or not glob.glob("/dev/nvidia[0-9]*")
 
 
-def _python_paths() -> list[Path]:
-    """Where this Python and its packages live: the interpreter's prefixes, the directories on sys.path and
-    this package's own (an editable install is found through a hook, not through sys.path)."""
-    import autoresearch
-
-    paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(sys.executable).parent}
-    paths |= {Path(p) for p in sys.path[1:] if p}  # not [0]: the current directory, which may be a workspace
-    paths.add(Path(autoresearch.__file__).parent.parent)
-    return sorted({p.resolve() for p in paths if p.is_dir()} | {p.absolute() for p in paths if p.is_dir()})
-
-
 def python_needs(path: Path) -> bool:
     """Whether Python inside the sandbox needs `path` to import anything: it is one of the directories it imports
     from, or lies inside one (hiding it would break every run; a directory that holds them can be hidden)."""
-    return _inside(path, _python_paths())
+    return _inside(path, shown_paths.python_paths())
 
 
 def _reveals(path: Path, hidden: Sequence[Path]) -> bool:
@@ -192,35 +184,47 @@ def command(
     for path in hidden:
         if path in (workdir, *writable):
             raise ValueError(f"{path} cannot be both hidden and writable")
-    # A missing directory has nothing to hide, and bwrap could not create its mount point in the read-only root.
-    # A file (a one-file corpus) is masked by /dev/null, bound nodev (unreadable), as credential files are, unless
-    # a hidden directory or the private /tmp already holds it.
-    hidden_files = [path for path in hidden if path.is_file()]
-    hidden = [path for path in hidden if path.is_dir()]
-    hidden_files = [path for path in hidden_files if not _inside(path, [_PRIVATE_TMP, *hidden])]
+    # Deny by default: the root is an empty tmpfs (bwrap's), made read-only once everything is mounted on it;
+    # shown in it are the system's directories and files and what the run's Python needs (shown.py), each at its
+    # own path, and the `readable` directories. (Not a Python path that is itself hidden, the workspace on
+    # PYTHONPATH, say: shown after its tmpfs, it would show what that hides. One inside a hidden directory, a venv
+    # in the workspace, is shown: Python needs it.)
+    hidden_files = [path for path in hidden if path.is_file()]  # a one-file corpus
+    hidden = [path for path in hidden if path.is_dir()]  # a missing directory has nothing to hide
     home = env.get("HOME")
     secret_dirs, secret_files = _credentials(Path(home) if home else None)
     hidden += [d for d in secret_dirs if d not in hidden and not _inside(workdir, [d])]
-
-    # Mount a directory before anything inside it, so an inner mount stays visible: the workdir of a run lies
-    # inside the hidden workspace, a workdir under /tmp inside the private /tmp. Sorting by depth (stable) does it.
-    mounts = [(_PRIVATE_TMP, ["--tmpfs", str(_PRIVATE_TMP)])]
-    mounts += [(path, ["--tmpfs", str(path)]) for path in hidden]
-    # The Python that runs inside may live under /tmp or a hidden directory (a venv in a checkout under /tmp,
-    # say): shown again, read-only, or the run could not even start.
-    covered = [_PRIVATE_TMP, *hidden]
-    shown = [path for path in _python_paths() if _inside(path, covered) and not _reveals(path, covered)]
+    hidden += [d for d in shown_paths.unused_site_packages() if d not in hidden and not _inside(workdir, [d])]
+    shown = [path for path in shown_paths.readable(env) if path not in (_PRIVATE_TMP, *hidden)]
     for path in map(_directory, readable):
         if _reveals(path, hidden):
             raise ValueError(f"{path} cannot be shown: it holds a hidden directory")
-        shown += [path] if _inside(path, covered) else []
+        shown.append(path)
+    system = shown_paths.system()
+    # What is to be hidden needs hiding only where something shown holds it (a venv's folder in the home, say) or
+    # in the private /tmp (else the run could write there at its path, as if in it): a directory gets an empty
+    # read-only tmpfs, a file is masked by /dev/null, bound nodev (unreadable), unless a hidden directory or the
+    # private /tmp already holds it.
+    visible = [*shown, *(path for path in system if not path.is_symlink())]
+    hidden = [path for path in hidden if _inside(path, [*visible, _PRIVATE_TMP])]
+    masked_files = [path for path in (*secret_files, *hidden_files) if _inside(path, visible)]
+    masked_files = [path for path in masked_files if not _inside(path, [_PRIVATE_TMP, *hidden])]
+
+    # A directory is mounted before anything inside it, so an inner mount stays visible: a hidden directory inside
+    # a Python path, the workdir of a run inside the hidden workspace, a venv under /tmp inside the private /tmp.
+    # Sorting by depth (stable) does it.
+    mounts = [(path, _system_mount(path)) for path in system]
+    mounts += [(_PRIVATE_TMP, ["--tmpfs", str(_PRIVATE_TMP)])]
+    mounts += [(path, ["--tmpfs", str(path)]) for path in hidden]
     mounts += [(path, ["--ro-bind", str(path), str(path)]) for path in shown]
+    links = shown_paths.links(env, visible)
+    mounts += [(path, ["--symlink", target, str(path)]) for path, target in links if not _inside(path, hidden)]
     mounts += [(path, ["--bind", str(path), str(path)]) for path in (workdir, *writable)]
     mounts += [(inside, ["--bind", str(_directory(outside)), str(inside)]) for outside, inside in binds]
     mounts.sort(key=lambda mount: len(mount[0].parts))
     # Last, once bwrap has made the mount points inside them: the empty hidden directories must not be writable.
     read_only = [option for path in hidden for option in ("--remount-ro", str(path))]
-    masked = [option for path in (*secret_files, *hidden_files) for option in ("--ro-bind", "/dev/null", str(path))]
+    masked = [option for path in masked_files for option in ("--ro-bind", "/dev/null", str(path))]
 
     if gpu:  # the driver's table read, and each GPU's node tried, once
         nodes = own_nodes(env)
@@ -248,10 +252,7 @@ def command(
         "--die-with-parent",
         # setsid(): the run cannot push input into our terminal (TIOCSTI).
         "--new-session",
-        # Everything read-only (submounts too, /sys among them), then a fresh /dev with the GPU nodes over it.
-        "--ro-bind",
-        "/",
-        "/",
+        # A fresh /dev with the GPU nodes over it (the rest of the view is in `mounts`, below).
         "--dev",
         "/dev",
         *[option for node in devices for option in ("--dev-bind-try", node, node)],
@@ -265,6 +266,8 @@ def command(
         *[option for _, options in mounts for option in options],
         *read_only,
         *masked,
+        "--remount-ro",  # the empty root itself, with the mount points made in it
+        "/",
         *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []),
         "--chdir",
         str(workdir),
@@ -273,6 +276,13 @@ def command(
         "--",
         *argv,
     ]
+
+
+def _system_mount(path: Path) -> list[str]:
+    """A system directory or file at its own path: a link (merged /usr: /bin -> usr/bin) as the same link."""
+    if path.is_symlink() and path.parent == Path("/"):
+        return ["--symlink", os.readlink(path), str(path)]
+    return ["--ro-bind", str(path), str(path)]
 
 
 @functools.cache

@@ -74,7 +74,7 @@ class Asking:
         exp_id = self.ledger.next_id()
         self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
         who = f"the {agent.name} agent"
-        watch = self._watch()
+        watch = self._watch(shell=not getattr(agent, "answers_only", False))  # an LLM's API writes no file
         try:
             proposal = agent.propose(self.context(best))
         except ProposalError as exc:

@@ -13,6 +13,7 @@ Its settings and error live in loop/settings.py; they are importable from here a
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.loop import guard
 from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
+from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
 from autoresearch.loop.judge import judge, measured_noise, noise_of
 from autoresearch.loop.ledger import Experiment, Ledger
@@ -40,7 +42,7 @@ from autoresearch.loop.settings import APPARATUS_HINT, LoopConfig, LoopError
 from autoresearch.loop.watch import Verdict, Watch
 from autoresearch.vocabulary import IN_FLIGHT, Kind, RunEnd, Status
 from autoresearch.workspace.disk import disk_full_is_an_error
-from autoresearch.workspace.workspace import TRAIN_PY, Workspace
+from autoresearch.workspace.workspace import TRAIN_PY, Workspace, too_large
 
 # Imported from here by the CLI, the scheduler, the benches and the tests.
 __all__ = ["APPARATUS_HINT", "MAX_ATTEMPTS", "NO_PROPOSAL", "LoopConfig", "LoopError", "ResearchLoop"]
@@ -48,9 +50,18 @@ __all__ = ["APPARATUS_HINT", "MAX_ATTEMPTS", "NO_PROPOSAL", "LoopConfig", "LoopE
 
 class ResearchLoop(Asking, Recovery):
     def __init__(
-        self, workspace: Workspace, executor: Executor, reporter: Reporter, config: LoopConfig, sleep=sleep_awake
+        self,
+        workspace: Workspace,
+        executor: Executor,
+        reporter: Reporter,
+        config: LoopConfig,
+        sleep=sleep_awake,
+        environment: Environment | None = None,
     ):
+        """`environment`: what the runs read outside the workspace that an agent could write, checked around each
+        agent turn (loop/environment.py); by default what this Python's runs are shown."""
         self.ws = workspace
+        self.environment = environment or Environment.of_runs(os.environ, workspace.root)
         self.sleep = sleep
         self.git = workspace.git
         self.executor = executor
@@ -123,6 +134,8 @@ class ResearchLoop(Asking, Recovery):
         """The baseline's row: the branch's committed train.py (not an edit in the working tree, which `submit`
         may leave there), to be trained with several seeds."""
         source = self.ws.committed_train_py()
+        if why := too_large(source):
+            raise LoopError(f"the baseline's {why}", hint="commit a train.py of ordinary size, then run again")
         if why := guard.seed_problem(source):
             raise LoopError(
                 f"{why}: the loop trains the baseline with SEED, SEED + 1, ... to measure the noise",
@@ -255,14 +268,23 @@ class ResearchLoop(Asking, Recovery):
 
     # -- verifying what untrusted steps did ------------------------------------------------------
 
-    def _watch(self, train_py: bytes | None = None) -> Watch:
+    def _watch(self, train_py: bytes | None = None, shell: bool = True) -> Watch:
         """A run (train_py given) or an agent's turn (None), about to start. An agent's turn keeps its snapshot on
-        disk while it lasts: after a kill, the next start puts back what it left (Recovery.recover_workspace)."""
+        disk while it lasts: after a kill, the next start puts back what it left (Recovery.recover_workspace). The
+        files the runs read outside the workspace are checked too, unless the agent has no `shell` (it only
+        answers) or it is a run, which cannot write them (they are read-only inside)."""
         run = train_py is not None
         keep = None if run else self.ws.state / TURN_SNAPSHOT
         with disk_full_is_an_error("saving the workspace's state before the agent's turn"):
             return Watch(
-                self.git, self.ledger, self.ws.state / "quarantine", train_py, human=run, agent=not run, keep=keep
+                self.git,
+                self.ledger,
+                self.ws.state / "quarantine",
+                train_py,
+                human=run,
+                agent=not run,
+                keep=keep,
+                environment=self.environment if shell and not run else None,
             )
 
     def _verified(self, watch: Watch, who: str) -> Verdict:
@@ -281,6 +303,15 @@ class ResearchLoop(Asking, Recovery):
             raise LoopError(
                 f"the autoresearch package's own files changed while {who} worked",
                 hint="reinstall autoresearch (pip install --force-reinstall) before going on",
+            )
+        if changed := verdict.environment:
+            more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+            raise LoopError(
+                f"the Python environment the runs read changed while {who} worked: {', '.join(changed[:8])}{more}. "
+                "An agent may change train.py only: a file it leaves there (weights trained during its turn, say) "
+                "a run could read, and a package it installs is not in the apparatus",
+                hint="undo it: remove what was added (`pip uninstall` what the agent installed) or reinstall the "
+                "environment, then run again; tell the agent not to install packages or write outside the workspace",
             )
         if note := verdict.tidied():
             self.reporter.message(f"{who}: {note}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 
 from autoresearch.workspace.constants import parse, read_constants
+from autoresearch.workspace.workspace import too_large
 
 MAX_SEED = 2**31 - 1  # any seed torch, numpy and random take, with room for the runs' SEED + k
 
@@ -16,6 +17,8 @@ def rejection(old: str, new: str) -> str | None:
     """Why `new` may not run as an experiment made from `old`, or None if it may."""
     if new == old:
         return "train.py is unchanged"
+    if why := too_large(new):
+        return why
     try:
         parse(new)
     except SyntaxError as exc:

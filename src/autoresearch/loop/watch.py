@@ -22,6 +22,7 @@ from pathlib import Path
 
 import autoresearch
 from autoresearch.files import clear, sources_sha256
+from autoresearch.loop.environment import Environment
 from autoresearch.loop.ledger import Ledger
 from autoresearch.workspace import integrity
 from autoresearch.workspace.git import Git
@@ -40,11 +41,14 @@ class Verdict:
     human: list[str] = field(default_factory=list)  # program.md or prompts/ edited meanwhile: put back, reported
     litter: list[str] = field(default_factory=list)  # an agent's tooling: put back, reported, not held against it
     package_changed: bool = False  # the installed package itself: cannot be put back
+    environment: list[str] = field(default_factory=list)  # what changed where the runs read Python (environment.py)
     quarantine: str | None = None  # where what was moved away lies, relative to the workspace, if anything was
 
     def reason(self) -> str | None:
         if self.package_changed:
             return "the autoresearch package's own files changed"
+        if self.environment:
+            return f"the Python environment the runs read changed: {', '.join(self.environment[:8])}"
         if self.changed:
             return f"changed files outside train.py: {', '.join(self.changed[:8])}"
         return None
@@ -70,13 +74,15 @@ class Watch:
         human: bool = True,
         agent: bool = False,
         keep: Path | None = None,
+        environment: Environment | None = None,
     ):
         """`train_py`: the bytes train.py must still hold afterwards (a run), or None (an agent edits it).
         `human`: an edit of program.md or prompts/ is the person's, put back and reported (during a run);
         without, it counts like any other file (an agent's turn: the agent may edit train.py only).
         `agent`: an agent's turn, whose tools' litter is put back but not held against it.
         `keep`: where the snapshot is saved for the next start after a kill (put_back_left), until the loop has
-        recorded what the step came to and deletes it."""
+        recorded what the step came to and deletes it.
+        `environment`: the files the runs read outside the workspace, to check too (an agent's turn)."""
         self.git, self.ledger, self.train_py, self.human, self.agent = git, ledger, train_py, human, agent
         self.quarantines = quarantine
         self.quarantine = quarantine / time.strftime("%Y%m%d-%H%M%S")  # made afresh by check()
@@ -88,6 +94,8 @@ class Watch:
         self.tsv_id = integrity.content_id(self.tsv)
         self.rows = ledger.state()
         self.package = package_digest()
+        self.environment = environment
+        self.environment_start = environment.start() if environment is not None else None
 
     def check(self) -> Verdict:
         try:
@@ -127,6 +135,8 @@ class Watch:
             verdict.changed.append(f"{'changed' if now is not None else 'deleted'} results.tsv")
             self.ledger.write_tsv()
         verdict.package_changed = package_digest() != self.package
+        if self.environment is not None and self.environment_start is not None:
+            verdict.environment = self.environment.changes(self.environment_start)
         if any(self.quarantine.iterdir()):
             verdict.quarantine = os.path.relpath(self.quarantine, self.ledger.workspace)
         else:  # nothing put aside: no folder left for it

@@ -19,6 +19,21 @@ except ImportError:  # Windows: no locking
     fcntl = None
 
 TRAIN_PY = "train.py"
+# The largest train.py taken. The template is 17 KiB and a rich one a few times that; a larger one could carry
+# weights trained elsewhere, off the budget, for the run to load (int8 weights of a small model fit in 4 MiB, the
+# cap until 2026-12-02): at 256 KiB, about 260,000 int8 parameters, under a tenth of the template's smallest model.
+MAX_TRAIN_PY_BYTES = 256 << 10
+
+
+def too_large(source: str) -> str | None:
+    """Why `source` is too large to be a train.py, or None."""
+    size = len(source.encode())
+    if size <= MAX_TRAIN_PY_BYTES:
+        return None
+    return (
+        f"train.py is {size >> 10} KiB, over the {MAX_TRAIN_PY_BYTES >> 10} KiB a train.py may be (the template is "
+        "17 KiB): a file that large could carry weights trained outside the budget"
+    )
 
 
 class Workspace:

@@ -1,0 +1,136 @@
+"""The Python environment the runs read, checked unchanged around every agent turn.
+
+A confined run is shown only what it needs (evaluator/shown.py), but that includes its Python: the directories
+on sys.path, the interpreter's installation, LD_LIBRARY_PATH. Where an agent can write those (a venv in your
+home, run as you), it could train a model during its turn, off the budget, and leave the weights there, or in
+a package's file, for train.py to load (red team, 2026-12-02). `pip install` by an agent is the same change.
+So the loop records every file's signature (size, mtime_ns, ctime_ns, inode) there before an agent's turn and
+compares after it; a difference stops the loop, naming what changed.
+
+What one check costs: a stat of every file. This project's venv (torch; 55,000 files with the interpreter's
+standard library) takes 0.3-0.45 s on a 2-core machine, idle or shared, so each turn walks it once: a
+turn starts from the signature the previous turn ended with (nothing but an agent or you changes it meanwhile:
+a run cannot write it, and a change between turns is caught at the next turn's end). Byte-code caches
+(`__pycache__/*.pyc`) that Python writes as it imports (the loop's own processes, or an agent that tries
+train.py, in a venv installed without them, as uv does) are allowed where they hold exactly their source,
+compiled. The shared compile cache, which every run reads too, is checked the same way, walked at both ends of
+a turn: the loop adds a kept run's compiled files to it between turns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import marshal
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from autoresearch.evaluator import compile_cache, shown
+
+Signature = dict[str, tuple[int, int, int, int]]  # path -> (size, mtime_ns, ctime_ns, inode)
+MAX_SOURCE_BYTES = 4 << 20  # a byte-code cache of a larger source is not compiled to be checked: it counts as a change
+
+
+def signature(roots: Iterable[Path], skip: Iterable[Path] = ()) -> Signature:
+    """Every file, link and other non-directory under `roots`, but for the directories `skip`, with its stat
+    (links are not followed)."""
+    skipped = set(map(str, skip))
+    found: Signature = {}
+    stack = []
+    for root in map(str, roots):
+        if os.path.isdir(root):
+            stack.append(root)
+        elif os.path.lexists(root):  # a file shown on its own: a venv's pyvenv.cfg
+            st = os.lstat(root)
+            found[root] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = os.scandir(folder)
+        except OSError:  # gone, or unreadable: unreadable to a run as well
+            continue
+        with entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        if entry.path not in skipped:
+                            stack.append(entry.path)
+                        continue
+                    st = entry.stat(follow_symlinks=False)
+                    found[entry.path] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    return found
+
+
+def differences(before: Signature, after: Signature) -> list[str]:
+    """What changed from `before` to `after`, one phrase per file ("added PATH", "changed PATH", "deleted PATH"),
+    but for byte-code caches that hold their source compiled, and deleted ones."""
+    if before == after:  # the common case, at C speed: a sorted walk through 100,000 paths takes 0.1 s
+        return []
+    found = []
+    for path in sorted(before.keys() | after.keys()):
+        old, new = before.get(path), after.get(path)
+        if old == new or (_is_bytecode_cache(path) and (new is None or _faithful_cache(path))):
+            continue
+        found.append(f"{'added' if old is None else 'deleted' if new is None else 'changed'} {path}")
+    return found
+
+
+def _is_bytecode_cache(path: str) -> bool:
+    return path.endswith(".pyc") and os.path.basename(os.path.dirname(path)) == "__pycache__"
+
+
+def _faithful_cache(path: str) -> bool:
+    """Whether the byte-code cache at `path` is what Python would write for its source: the magic number, and
+    nothing but its source's code object (compiled here to compare). Anything else could carry data."""
+    try:
+        source = Path(importlib.util.source_from_cache(path))
+        data = Path(path).read_bytes()
+        if data[:4] != importlib.util.MAGIC_NUMBER or source.stat().st_size > MAX_SOURCE_BYTES:
+            return False
+        optimize = int(path.rsplit(".opt-", 1)[1].split(".")[0]) if ".opt-" in os.path.basename(path) else 0
+        stream = io.BytesIO(data[16:])
+        code = marshal.load(stream)
+        if stream.tell() != len(data) - 16:  # something after the code object
+            return False
+        return code == compile(source.read_bytes(), str(source), "exec", dont_inherit=True, optimize=optimize)
+    except (OSError, ValueError, EOFError, TypeError, SyntaxError, IndexError):
+        return False
+
+
+class Environment:
+    """The files a run reads that an agent may write, outside the workspace (which workspace/integrity.py checks).
+    `start()` before an agent's turn, `changes(start)` after it."""
+
+    def __init__(self, roots: Iterable[Path], fresh: Iterable[Path] = (), skip: Iterable[Path] = ()):
+        """`roots` change only by an agent's or your hand; `fresh` also by the loop's, between turns (the shared
+        compile cache, which a kept run adds to): walked at both ends of a turn. `skip`: directories in them that
+        runs do not see."""
+        self.roots = shown.outermost(Path(root) for root in roots)
+        self.fresh = shown.outermost(Path(root) for root in fresh)
+        self.skip = list(skip)
+        self._last: Signature | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of_runs(cls, env: Mapping[str, str], workspace: Path) -> Environment:
+        """What this Python's runs are shown (evaluator/shown.py) that an agent may write, and the shared compile
+        cache, which every run reads (evaluator/compile_cache.py)."""
+        roots, skip = shown.writable_by_agents(env, exclude=[workspace]), shown.unused_site_packages()
+        return cls(roots, fresh=compile_cache.shown_dirs(), skip=skip)
+
+    def start(self) -> Signature:
+        """The signature a turn starts from: the one the last turn ended with (taken now, the first time)."""
+        with self._lock:
+            if self._last is None:
+                self._last = signature(self.roots, self.skip)
+            return {**self._last, **signature(self.fresh)}
+
+    def changes(self, start: Signature) -> list[str]:
+        """What changed since `start` (see `differences`); what there is now is where the next turn starts."""
+        now = signature(self.roots, self.skip)
+        with self._lock:
+            self._last = now
+        return differences(start, {**now, **signature(self.fresh)})
