@@ -21,7 +21,8 @@ import pytest
 from loop_support import FakeExecutor, constant, fake_result, make_loop
 from test_agent_turn import GIT, PY, assert_the_loop_owns_the_workspace, score, set_lr, take_turn
 
-from autoresearch.agents.command_agent import CommandAgent, pid_namespace
+from autoresearch.agents.command_agent import CommandAgent, pid_namespace, with_hidden
+from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.evaluator.result import SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
@@ -390,3 +391,20 @@ def test_the_loops_git_reads_no_replace_ref_nor_graft_an_agent_leaves_while_the_
     other = git("hash-object", "-w", "--stdin", stdin=best.replace("LR = 0.05", "LR = 0.2")).strip()
     git("update-ref", f"refs/replace/{blob}", other)
     assert git.show(git.head(), "train.py") == best and workspace.committed_train_py() == best
+
+
+@pytest.mark.skipif(with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can hide a place")
+def test_an_agent_cannot_read_the_validation_data_nor_the_corpus_it_was_prepared_from(workspace, tmp_path, corpus_dir):
+    """BROKE, fixed: an agent is not confined, and read the prepared validation shard (or the raw corpus it was
+    split from) as the user can: written into train.py, the validation text trains a model that scores as no honest
+    one can, and no probe sees it. In its namespace these places are now an empty folder, locked."""
+    data_dir = Path(Apparatus.load(workspace.root / CONFIG_NAME).data_dir)
+    assert (data_dir / "manifest.json").is_file() and any(corpus_dir.iterdir())  # there for the loop
+    seen = tmp_path / "seen"
+    unmount = f"(umount {data_dir} || umount -l {data_dir}) 2>/dev/null || true"
+    look = f"(ls -A {data_dir}; ls -A {corpus_dir}; cat {data_dir}/manifest.json) > {seen} 2>&1 || true"
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{unmount}\n{look}\necho x")
+    assert exp.status == Status.KEEP, exp.reason
+    shown = [line for line in seen.read_text().splitlines() if "No such file or directory" not in line]
+    assert shown == [], shown  # the data folder is not there, the corpus an empty folder
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
+from autoresearch.evaluator.hidden import workspace_data_places
 from autoresearch.files import clear, write_text_atomic
 from autoresearch.orphans import marked, write_pid_file
 from autoresearch.workspace.workspace import MAX_TRAIN_PY_BYTES, as_read
@@ -46,20 +47,32 @@ PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pip
 # loop's, the evaluators', the user's) it could then read, or name in a pid file for the next start to kill. In
 # the first, an empty tmpfs covers the user's runtime folder and the system bus's (locked in the second too): their
 # sockets (the user's bus, systemd's private socket, the system bus) let `systemd-run` start a process outside
-# the namespace, which outlives the turn. XDG_RUNTIME_DIR still names a folder the agent can write.
-_HIDE_BUSES = (
-    'u=$1 g=$2; shift 2; for d in "/run/user/$u" /run/dbus; do if [ -d "$d" ]; then '
+# the namespace, which outlives the turn. XDG_RUNTIME_DIR still names a folder the agent can write. So are the
+# places that hold the data (evaluator/hidden.py: a folder under an empty tmpfs, a file under /dev/null): an agent
+# that read the validation text could write it into train.py. A place that cannot be hidden stops the agent.
+_HIDE = (
+    'u=$1 g=$2 n=$3; shift 3; for d in "/run/user/$u" /run/dbus; do if [ -d "$d" ]; then '
     'mount -t tmpfs -o mode=0700 tmpfs "$d" || exit 1; fi; done; '  # not hidden: not this way
+    'while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
+    'if [ -d "$p" ]; then mount -t tmpfs -o mode=0700 tmpfs "$p"; elif [ -e "$p" ]; then mount --bind /dev/null "$p"; '
+    'fi || { echo "autoresearch: could not hide $p from the agent" >&2; exit 1; }; done; '
     'exec unshare --user --map-user="$u" --map-group="$g" --mount "$@"'
 )
 
 
 def _namespaces() -> tuple[tuple[str, ...], ...]:
-    """The ways to start the agent in its namespaces, best first: with the buses hidden (util-linux 2.36 or later,
-    for --map-user), else without."""
+    """The ways to start the agent in its namespaces, best first: with the buses and the data hidden (util-linux
+    2.36 or later, for --map-user; `with_hidden` adds the places), else without."""
     outer = ("unshare", "--user", "--pid", "--fork", "--mount-proc", "--kill-child")
-    hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE_BUSES, "sh", str(os.getuid()), str(os.getgid()))
+    hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE, "sh", str(os.getuid()), str(os.getgid()))
     return hidden, (*outer, "--map-current-user", *PID_NAMESPACE_INNER)
+
+
+def with_hidden(way: tuple[str, ...], places: list[Path]) -> tuple[str, ...]:
+    """`way` (one of `_namespaces()`, or none) with `places` hidden from the agent, where that way can hide them."""
+    if not way or way[-4:-2] != (_HIDE, "sh"):
+        return way
+    return (*way, str(len(places)), *map(str, places))
 
 
 PID_NAMESPACE_INNER = ("unshare", "--user", "--map-current-user", "--mount")
@@ -160,7 +173,7 @@ def run_process(
     `pid_namespace()` is had)."""
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
     process = subprocess.Popen(
-        [*pid_namespace(), *argv],
+        [*with_hidden(pid_namespace(), workspace_data_places(workspace)), *argv],
         cwd=workspace,
         env=marked(env),  # a later start kills what a killed loop left (`reap`)
         stdin=subprocess.PIPE,
@@ -194,7 +207,7 @@ def pid_namespace() -> tuple[str, ...]:
     killed)."""
     for way in _namespaces():
         try:
-            if subprocess.run([*way, "true"], capture_output=True, timeout=30).returncode == 0:
+            if subprocess.run([*with_hidden(way, []), "true"], capture_output=True, timeout=30).returncode == 0:
                 return way
         except (OSError, subprocess.TimeoutExpired):
             continue

@@ -35,11 +35,10 @@ import torch
 
 from autoresearch import device as devices
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
-from autoresearch.config.paths import cache_root, ray_dir
+from autoresearch.config.paths import cache_root
 from autoresearch.config.presets import get_preset
 from autoresearch.data.shards import REPAIR_HINT, Manifest, evaluation_rows, open_shard
 from autoresearch.data.sources import VAL
-from autoresearch.data.sources.hub import hub_caches
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
 from autoresearch.evaluator import ahead, compile_cache, sandbox
@@ -49,6 +48,7 @@ from autoresearch.evaluator.confined import ExperimentProcess
 from autoresearch.evaluator.cores import run_cores
 from autoresearch.evaluator.feeder import Feeder
 from autoresearch.evaluator.fingerprint import fingerprint
+from autoresearch.evaluator.hidden import data_places
 from autoresearch.evaluator.program import Program, ProgramRejected, ShapeCompiled, load_program
 from autoresearch.evaluator.result import EVALUATING, PROGRESS_NAME, RESULT_ENV, STARTING, Result
 from autoresearch.evaluator.score import (
@@ -131,7 +131,7 @@ class Referee:
             env["OMP_NUM_THREADS"] = str(threads)
             torch.set_num_threads(threads)  # scoring, here, within the same cores
         shown = compile_cache.shown_dirs()
-        hidden = _hidden_paths(self.root, data_dir) + _corpus_paths(manifest)
+        hidden = [self.root.resolve(), *data_places(data_dir, manifest, os.environ)]
         view = sandbox.View(hidden=hidden, readable=shown, binds=layer, gpu=not on_cpu)  # no GPU on the CPU clock
         experiment = ExperimentProcess(self.box, env, view)
         return experiment, CpuClock(counted) if on_cpu else WallClock()
@@ -309,27 +309,6 @@ def _parameter_count(weights: bytes | None) -> int:
     from safetensors.torch import load
 
     return sum(t.numel() for t in load(weights).values())
-
-
-def _hidden_paths(root: Path, data_dir: Path) -> list[Path]:
-    """What the experiment must not see: the workspace, the prepared data and any raw corpus, and on a Ray node
-    the copies of the data and the other runs' directories (loop/ray_executor.py)."""
-    hidden = {root.resolve(), data_dir.resolve(), cache_root() / "data", ray_dir(cache_root())}
-    hidden |= set(hub_caches(os.environ, data_dir))  # a hub dataset's files, its validation file among them
-    return sorted(p for p in hidden if p.is_dir())
-
-
-def _corpus_paths(manifest: Manifest) -> list[Path]:
-    """The raw text the data was prepared from (`local:PATH`, `python-source --root DIR`): train.py could split it
-    as `prepare` does and train on the validation text. Not where Python itself lives (python-source's default,
-    the interpreter's own files: README, what is not covered)."""
-    request = manifest.dataset.get("request") or manifest.dataset
-    name = request.get("dataset")
-    if isinstance(name, str) and name.startswith("local:"):
-        paths = [name.removeprefix("local:")]
-    else:
-        paths = request.get("roots") or []
-    return [Path(p) for p in paths if isinstance(p, str) and Path(p).exists() and not sandbox.python_needs(Path(p))]
 
 
 # -- the process --------------------------------------------------------------------------------
