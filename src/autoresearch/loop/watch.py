@@ -25,6 +25,7 @@ from autoresearch.files import clear, sources_sha256
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.ledger import Ledger
 from autoresearch.workspace import integrity
+from autoresearch.workspace.contents import content_id
 from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import TRAIN_PY
 
@@ -91,7 +92,7 @@ class Watch:
         if keep is not None:
             integrity.save(self.before, git, keep)
         self.tsv = ledger.workspace / "results.tsv"
-        self.tsv_id = integrity.content_id(self.tsv)
+        self.tsv_id = content_id(self.tsv)
         self.rows = ledger.state()
         self.package = package_digest()
         self.environment = environment
@@ -130,7 +131,7 @@ class Watch:
         verdict = Verdict(changed=list(found.changed), human=list(found.human), litter=list(found.litter))
         if why := self.ledger.put_back(self.rows, self.quarantine):
             verdict.changed.append(why.replace("the ledger", "ledger.sqlite"))
-        now = integrity.content_id(self.tsv)  # not read as it comes: a FIFO put there would never end
+        now = content_id(self.tsv)  # not read as it comes: a FIFO put there would never end
         if now != self.tsv_id:
             verdict.changed.append(f"{'changed' if now is not None else 'deleted'} results.tsv")
             self.ledger.write_tsv()

@@ -3,8 +3,8 @@
 `take()` records, cheaply, what the loop relies on: every ref and the index (its flags too); every file under .git
 that git reads and the loop's git commands do not write (HEAD, config, hooks/, info/, objects/info/, and whatever
 else is there or appears: a commondir, shallow or MERGE_HEAD file redirects or stops the loop's git), with their
-contents; every object file (git does not check an object against its name as it reads it, so a rewritten one
-would change what the history says was measured; their bytes are read once and kept while unchanged); the files
+contents; every object file (workspace/objects.py: git does not check an object against its name as it reads
+it); the files
 `git status` reports, with their contents; every other untracked file, including ignored ones, by size,
 times and mode; and the person's files (program.md, prompts/*.md). `put_back()` compares the workspace with
 a snapshot, puts it back as it was, and says what had changed.
@@ -43,14 +43,16 @@ import difflib
 import hashlib
 import json
 import os
-import shutil
 import stat
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoresearch.files import read_regular, write_text_atomic
-from autoresearch.workspace.git import Git, GitError
+from autoresearch.workspace import objects
+from autoresearch.workspace.contents import kind, restore
+from autoresearch.workspace.contents import quarantine as set_aside
+from autoresearch.workspace.contents import read as read_file
+from autoresearch.workspace.git import Git
 
 # The loop's own output in a workspace (see workspace/init.py's .gitignore): never the run's doing.
 LOOP_OWN = ("/.autoresearch/", "/results.tsv", "/results.tsv.tmp", "/progress.png", "/report.md", "__pycache__/")
@@ -59,10 +61,8 @@ HISTORY_GIT = ("logs", "ORIG_HEAD")  # what git's own commands write about moves
 # reflogs), the objects (guarded their own way: OBJECTS; objects/info, which can point git elsewhere, is guarded as a
 # file) and the workers' worktrees. Everything else there, present or new, is.
 UNGUARDED_GIT = frozenset({"objects", "refs", "packed-refs", "index", "worktrees", *HISTORY_GIT})
-OBJECTS = "objects"  # .git/objects: each file there is guarded by its signature, its bytes kept (_read_objects)
 GITIGNORE = ".gitignore"
 PROGRAM, PROMPTS = "program.md", "prompts"
-DIRECTORY = "dir"  # the content id of a directory git reports as one path (a nested repository)
 _CLEAN = "clean"  # a path `git status` does not report: as in the index, or absent if untracked
 SNAPSHOT_LIMIT = 4 << 30  # a saved turn (`save`) larger than this is no snapshot of ours: read no further
 
@@ -121,7 +121,7 @@ def take(git: Git, exclude: frozenset[str] = frozenset(), human: bool = True) ->
         history=history,
         contents=contents | history_contents,
     )
-    snap.objects = _read_objects(git.git_dir, snap)
+    snap.objects = objects.record(git.git_dir, snap.contents)
     snap.files = _status_contents(git.root, git.status(), skip, snap)
     snap.untracked = _signatures(git, skip)
     if human:
@@ -175,7 +175,7 @@ def _read_git_files(git_dir: Path, names: tuple[str, ...]) -> tuple[dict[str, li
         for path in paths:
             if path.is_dir() and not path.is_symlink():
                 continue
-            read = _read(path)
+            read = read_file(path)
             if read is None:
                 continue
             content_id, data, mode = read
@@ -184,47 +184,6 @@ def _read_git_files(git_dir: Path, names: tuple[str, ...]) -> tuple[dict[str, li
             if data is not None:
                 contents[content_id], sources[content_id] = data, path
     return listing, contents, sources
-
-
-# The bytes of the object files last read under each .git/objects: (path, inode, size, mtime_ns, ctime_ns) -> (content
-# id, bytes). A file whose signature is unchanged holds the same bytes (a write or rename changes its ctime, which no
-# process can set back), so each object is read once, not at every step of the night.
-_object_bytes: dict[Path, dict[tuple, tuple[str, bytes]]] = {}
-
-
-def _read_objects(git_dir: Path, snap: Snapshot) -> dict[str, list]:
-    """Every regular file under .git/objects but info/ (guarded with the other git files) -> [content id, inode, size,
-    mtime_ns, ctime_ns, mode], their bytes kept in `snap`."""
-    top = git_dir / OBJECTS
-    known, seen, listing = _object_bytes.get(top, {}), {}, {}
-    for rel, st in _object_files(top).items():
-        if not stat.S_ISREG(st.st_mode):
-            continue
-        key = (str(top / rel), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        if (entry := known.get(key)) is None:
-            try:
-                data = (top / rel).read_bytes()
-            except OSError:
-                continue
-            entry = (blob_id(data), data)
-        seen[key] = entry
-        listing[rel] = [entry[0], *key[1:], st.st_mode]
-        snap.contents[entry[0]] = entry[1]
-    _object_bytes[top] = seen  # only what is there now: the cache holds no more than the object store
-    return listing
-
-
-def _object_files(top: Path) -> dict[str, os.stat_result]:
-    """Everything but folders under .git/objects, but info/: relative path -> its lstat."""
-    found = {}
-    for folder, dirs, names in os.walk(top):
-        if folder == str(top):
-            dirs[:] = [d for d in dirs if d != "info"]
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                path = os.path.join(folder, name)
-                found[os.path.relpath(path, top)] = os.lstat(path)
-    return found
 
 
 def _status_contents(root: Path, status: dict[str, str], skip, snap: Snapshot) -> dict[str, str | None]:
@@ -252,7 +211,7 @@ def human_contents(root: Path, snap: Snapshot) -> dict[str, str | None]:
 
 def _remember(path: Path, snap: Snapshot) -> str | None:
     """The content id of `path` (None if absent), keeping its bytes in the snapshot."""
-    read = _read(path)
+    read = read_file(path)
     if read is None:
         return None
     content_id, data, _ = read
@@ -261,42 +220,8 @@ def _remember(path: Path, snap: Snapshot) -> str | None:
     return content_id
 
 
-def _read(path: Path) -> tuple[str, bytes | None, int] | None:
-    """(content id, bytes of a regular file, mode), or None if nothing is there.
-
-    A regular file's id is its git blob id, so a snapshot saved to disk can find the bytes in the object
-    store; a symlink's is "link:<target>", a directory's DIRECTORY, anything else's (a FIFO, which reading would
-    wait on forever; a socket) "special:<mode>"."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return None
-    if stat.S_ISLNK(mode):
-        return "link:" + os.readlink(path), None, mode
-    if stat.S_ISDIR(mode):
-        return DIRECTORY, None, mode
-    if not stat.S_ISREG(mode):
-        return f"special:{mode:o}", None, mode
-    data = path.read_bytes()
-    return blob_id(data), data, mode
-
-
-def content_id(path: Path) -> str | None:
-    """What `path` holds, as `_read` names it (None: nothing there), read only if it is a regular file."""
-    read = _read(path)
-    return read[0] if read else None
-
-
-def blob_id(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _exists(path: Path) -> bool:
-    return os.path.lexists(path)
 
 
 # -- putting it back ------------------------------------------------------------------------------
@@ -324,7 +249,8 @@ def put_back(
     ):
         held.append(f".git/{rel}")  # before any git command runs
     _put_back_locks(git.git_dir, git_quarantine, held)  # a git that was killed: the loop's git commands would fail
-    _put_back_objects(before, git, git_quarantine, found, held)  # before a git command reads them
+    if before.objects is not None:  # before a git command reads them (a snapshot read from disk has none)
+        objects.put_back(before.objects, before.contents, git, git_quarantine, found.changed, held, found.not_restored)
     left_history, _, _ = _read_git_files(git.git_dir, HISTORY_GIT)  # before the loop's own commands write to it
     _put_back_refs(before, git, held)
     if _sha256(git.index_listing()) != before.index:
@@ -334,14 +260,14 @@ def put_back(
     if human:
         _put_back_human(before, git, quarantine, found)
     for path in exclude - set(expected or {}):  # an agent's train.py is its proposal, read as a file only
-        if (now := _read(git.root / path)) is not None and not stat.S_ISREG(now[2]):
-            found.litter.append(f"{path} left as {_kind(now[2])}")
-            _quarantine(git.root, path, quarantine)
+        if (now := read_file(git.root / path)) is not None and not stat.S_ISREG(now[2]):
+            found.litter.append(f"{path} left as {kind(now[2])}")
+            set_aside(git.root, path, quarantine)
     for path, data in (expected or {}).items():
-        now = _read(git.root / path)
+        now = read_file(git.root / path)
         if now is None or now[1] != data:
             found.changed.append(f"changed {path}" if now else f"deleted {path}")
-            _quarantine(git.root, path, quarantine)
+            set_aside(git.root, path, quarantine)
             (git.root / path).write_bytes(data)
     wrote = {rel for rel in {*left_history, *before.history} if left_history.get(rel) != before.history.get(rel)}
     history_quarantine = git_quarantine if wrote else None  # else only the loop's own commands above wrote there
@@ -362,85 +288,17 @@ def _put_back_git_files(
             continue
         differed.append(rel)
         if quarantine is not None:
-            _quarantine(git_dir, rel, quarantine)
+            set_aside(git_dir, rel, quarantine)
         else:
             (git_dir / rel).unlink(missing_ok=True)  # a file or link: directories are not listed
     for rel in sorted(listing):
         if listing[rel] != now.get(rel):
             content_id, mode = listing[rel]
-            if not _restore(git_dir / rel, content_id, before, None):
+            if not restore(git_dir / rel, content_id, before.contents, None):
                 found.not_restored.append(f".git/{rel}")
             elif not stat.S_ISLNK(mode):
                 os.chmod(git_dir / rel, stat.S_IMODE(mode))
     return sorted(differed)
-
-
-def _put_back_objects(before: Snapshot, git: Git, quarantine: Path, found: Findings, held: list[str]) -> None:
-    """Write back every object file that changed or went since `before`, and take away the new ones that could
-    shadow an object of the history. A rewritten object is a change (the history would say something else was
-    measured); a deleted one is `held` (`git gc` packs loose objects away). A new loose object whose bytes are what
-    its name says stays (git adds them for every commit), one whose are not is a change; a new pack, which git
-    reads before loose objects, goes (a pack of `git gc`'s, whose objects are whole, is `held`; one that is not,
-    a change), and so does anything else new there."""
-    if before.objects is None:  # a snapshot read back from disk: the objects were not recorded
-        return
-    top = git.git_dir / OBJECTS
-    for rel, st in sorted(_object_files(top).items()):
-        if rel in before.objects:
-            continue
-        if _loose_object(rel):
-            if stat.S_ISREG(st.st_mode) and _whole(top / rel, rel.replace("/", "")):
-                continue
-            forged = True
-        else:  # a pack's index is checked while its pack is still there: sorted, "x.idx" comes before "x.pack"
-            forged = rel.endswith(".idx") and not _pack_whole(git, top / rel)
-        if forged:
-            found.changed.append(f"added .git/objects/{rel}, whose objects are not what their names say")
-        else:
-            held.append(f"added .git/objects/{rel}")
-        _quarantine(top, rel, quarantine / OBJECTS, tidy=False)
-    for rel, (content_id, *signature) in sorted(before.objects.items()):
-        path = top / rel
-        with contextlib.suppress(FileNotFoundError):
-            st = os.lstat(path)
-            if [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode] == signature:
-                continue
-        now = _read(path)
-        if now is not None and now[0] == content_id:
-            continue  # touched, not changed
-        if now is None:
-            held.append(f"deleted .git/objects/{rel}")
-        else:
-            found.changed.append(f"changed .git/objects/{rel}")
-            _quarantine(top, rel, quarantine / OBJECTS, tidy=False)
-        if not _restore(path, content_id, before, None):
-            found.not_restored.append(f".git/objects/{rel}")
-            continue
-        os.chmod(path, stat.S_IMODE(signature[-1]))
-
-
-def _loose_object(rel: str) -> bool:
-    """Whether `rel` (under .git/objects) is named as a loose object is: two hex digits, a folder, the rest."""
-    folder, _, name = rel.partition("/")
-    return len(folder) == 2 and len(folder + name) in (40, 64) and all(c in "0123456789abcdef" for c in folder + name)
-
-
-def _whole(path: Path, oid: str) -> bool:
-    """Whether the loose object file `path` holds what its id `oid` names."""
-    try:
-        data = zlib.decompress(path.read_bytes())
-    except (OSError, zlib.error):
-        return False
-    return hashlib.new("sha1" if len(oid) == 40 else "sha256", data).hexdigest() == oid
-
-
-def _pack_whole(git: Git, idx: Path) -> bool:
-    """Whether every object of the pack indexed by `idx` is what its name says (`git verify-pack` hashes each)."""
-    try:
-        git("verify-pack", str(idx))
-    except GitError:
-        return False
-    return True
 
 
 def _put_back_locks(git_dir: Path, quarantine: Path, held: list[str]) -> None:
@@ -448,7 +306,7 @@ def _put_back_locks(git_dir: Path, quarantine: Path, held: list[str]) -> None:
     for path in sorted([*git_dir.glob("*.lock"), *(git_dir / "refs").rglob("*.lock")]):
         rel = path.relative_to(git_dir).as_posix()
         held.append(f".git/{rel}")
-        _quarantine(git_dir, rel, quarantine, tidy=False)  # an emptied refs/ directory must stay
+        set_aside(git_dir, rel, quarantine, tidy=False)  # an emptied refs/ directory must stay
 
 
 def _put_back_refs(before: Snapshot, git: Git, held: list[str]) -> None:
@@ -492,14 +350,14 @@ def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: F
         else:  # an ignored file that existed: its content was not kept
             found.not_restored.append(path)
     for path in sorted(differ, reverse=True):  # the deepest first, so a file replaced by a directory goes
-        _quarantine(git.root, path.rstrip("/"), quarantine)
+        set_aside(git.root, path.rstrip("/"), quarantine)
     tracked = git.tracked()
     for path in differ:
         old = before.files.get(path, _CLEAN)
         if old == _CLEAN:
             if path in tracked:
                 git.checkout_from_index(path)
-        elif old is not None and not _restore(git.root / path.rstrip("/"), old, before, git):
+        elif old is not None and not restore(git.root / path.rstrip("/"), old, before.contents, git):
             found.not_restored.append(path)
 
 
@@ -510,8 +368,8 @@ def _put_back_human(before: Snapshot, git: Git, quarantine: Path, found: Finding
         if old == new:
             continue
         found.human.append(path)
-        _quarantine(git.root, path, quarantine)
-        if old is not None and not _restore(git.root / path, old, before, git):
+        set_aside(git.root, path, quarantine)
+        if old is not None and not restore(git.root / path, old, before.contents, git):
             found.not_restored.append(path)
 
 
@@ -525,10 +383,6 @@ def _only_lines_added(git: Git, path: str) -> bool:
     return all(op in ("equal", "insert") for op, *_ in difflib.SequenceMatcher(None, old, new).get_opcodes())
 
 
-def _kind(mode: int) -> str:
-    return "a link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "a special file"
-
-
 def _what(path: str, was_there: bool, is_there: bool) -> str:
     if not was_there:
         return f"added {path}"
@@ -538,41 +392,6 @@ def _what(path: str, was_there: bool, is_there: bool) -> str:
 def _scratch() -> Snapshot:
     """An empty snapshot to read the current contents into."""
     return Snapshot(refs={}, index="", files={}, untracked={}, git_files={}, human={})
-
-
-def _restore(path: Path, content_id: str, snap: Snapshot, git: Git | None) -> bool:
-    """Write `content_id` back at `path`; False if its content is not known."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if content_id.startswith("link:"):
-        os.symlink(content_id[len("link:") :], path)
-        return True
-    if content_id == DIRECTORY or content_id.startswith("special:"):
-        return False
-    data = snap.contents.get(content_id)
-    if data is None and git is not None:
-        data = git.blob(content_id)
-    if data is None:
-        return False
-    path.write_bytes(data)
-    return True
-
-
-def _quarantine(root: Path, rel: str, quarantine: Path, tidy: bool = True) -> None:
-    """Move `root/rel` (a file, link or directory) to `quarantine/rel`, then (`tidy`) drop directories it left
-    empty."""
-    source = root / rel
-    if not _exists(source):
-        return
-    target = quarantine / rel
-    n = 1
-    while _exists(target):
-        target, n = quarantine / f"{rel}.{n}", n + 1
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(source, target)
-    parent = source.parent
-    while tidy and parent != root and parent.is_dir() and not any(parent.iterdir()):
-        parent.rmdir()
-        parent = parent.parent
 
 
 # -- a snapshot on disk, for the next start after a kill ------------------------------------------

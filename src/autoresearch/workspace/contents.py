@@ -1,0 +1,86 @@
+"""A file's content as a snapshot of the workspace names it, and the two moves made with it: aside into a quarantine
+folder (what an untrusted step wrote), and back (what it changed). Used by workspace/integrity.py and objects.py."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from autoresearch.workspace.git import Git
+
+DIRECTORY = "dir"  # the content id of a directory git reports as one path (a nested repository)
+
+
+def read(path: Path) -> tuple[str, bytes | None, int] | None:
+    """(content id, bytes of a regular file, mode), or None if nothing is there.
+
+    A regular file's id is its git blob id, so a snapshot saved to disk can find the bytes in the object
+    store; a symlink's is "link:<target>", a directory's DIRECTORY, anything else's (a FIFO, which reading would
+    wait on forever; a socket) "special:<mode>"."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(mode):
+        return "link:" + os.readlink(path), None, mode
+    if stat.S_ISDIR(mode):
+        return DIRECTORY, None, mode
+    if not stat.S_ISREG(mode):
+        return f"special:{mode:o}", None, mode
+    data = path.read_bytes()
+    return blob_id(data), data, mode
+
+
+def content_id(path: Path) -> str | None:
+    """What `path` holds, as `read` names it (None: nothing there), read only if it is a regular file."""
+    found = read(path)
+    return found[0] if found else None
+
+
+def blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def exists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def kind(mode: int) -> str:
+    return "a link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "a special file"
+
+
+def restore(path: Path, content_id: str, contents: dict[str, bytes], git: Git | None) -> bool:
+    """Write `content_id` back at `path`, its bytes from `contents` (or git's object store); False if not known."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if content_id.startswith("link:"):
+        os.symlink(content_id[len("link:") :], path)
+        return True
+    if content_id == DIRECTORY or content_id.startswith("special:"):
+        return False
+    data = contents.get(content_id)
+    if data is None and git is not None:
+        data = git.blob(content_id)
+    if data is None:
+        return False
+    path.write_bytes(data)
+    return True
+
+
+def quarantine(root: Path, rel: str, folder: Path, tidy: bool = True) -> None:
+    """Move `root/rel` (a file, link or directory) to `folder/rel`, then (`tidy`) drop directories it left empty."""
+    source = root / rel
+    if not exists(source):
+        return
+    target = folder / rel
+    n = 1
+    while exists(target):
+        target, n = folder / f"{rel}.{n}", n + 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(source, target)
+    parent = source.parent
+    while tidy and parent != root and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent

@@ -1,0 +1,136 @@
+"""Git's object store, guarded around an untrusted step (workspace/integrity.py).
+
+Git does not check an object against its name as it reads it: an object file rewritten, or a pack planted beside
+them holding other bytes under an object's name (git reads packs before loose objects), changes what the history
+says was measured. So every object file is recorded by its signature (inode, size, mtime, ctime, mode), with its
+bytes, read once and kept while the signature holds; afterwards a changed or deleted one is written back, and a
+new one that could shadow an object of the history is taken away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import zlib
+from pathlib import Path
+
+from autoresearch.workspace.contents import blob_id, quarantine, read, restore
+from autoresearch.workspace.git import Git, GitError
+
+OBJECTS = "objects"  # under .git; its info/ is guarded with the other git files
+
+# The bytes of the object files last read under each .git/objects: (path, inode, size, mtime_ns, ctime_ns) -> (content
+# id, bytes). A file whose signature is unchanged holds the same bytes (a write or rename changes its ctime, which no
+# process can set back), so each object is read once, not at every step of the night.
+_object_bytes: dict[Path, dict[tuple, tuple[str, bytes]]] = {}
+
+
+def record(git_dir: Path, contents: dict[str, bytes]) -> dict[str, list]:
+    """Every regular file under .git/objects but info/ -> [content id, inode, size, mtime_ns, ctime_ns, mode], their
+    bytes kept in `contents` (content id -> bytes)."""
+    top = git_dir / OBJECTS
+    known, seen, listing = _object_bytes.get(top, {}), {}, {}
+    for rel, st in _files(top).items():
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        key = (str(top / rel), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if (entry := known.get(key)) is None:
+            try:
+                data = (top / rel).read_bytes()
+            except OSError:
+                continue
+            entry = (blob_id(data), data)
+        seen[key] = entry
+        listing[rel] = [entry[0], *key[1:], st.st_mode]
+        contents[entry[0]] = entry[1]
+    _object_bytes[top] = seen  # only what is there now: the cache holds no more than the object store
+    return listing
+
+
+def put_back(
+    listing: dict[str, list],
+    contents: dict[str, bytes],
+    git: Git,
+    folder: Path,
+    changed: list[str],
+    held: list[str],
+    not_restored: list[str],
+) -> None:
+    """Write back every object file that changed or went since `listing` (`record`), and take away (into `folder`)
+    the new ones that could shadow an object of the history. A rewritten object is `changed` (the history would say
+    something else was measured); a deleted one is `held` (`git gc` packs loose objects away). A new loose object
+    whose bytes are what its name says stays (git adds them for every commit), one whose are not is `changed`; a new
+    pack goes (one of `git gc`'s, whose objects are whole, is `held`; one that is not, `changed`), and so does
+    anything else new there."""
+    top = git.git_dir / OBJECTS
+    for rel, st in sorted(_files(top).items()):
+        if rel in listing:
+            continue
+        if _loose_object(rel):
+            if stat.S_ISREG(st.st_mode) and _whole(top / rel, rel.replace("/", "")):
+                continue
+            forged = True
+        else:  # a pack's index is checked while its pack is still there: sorted, "x.idx" comes before "x.pack"
+            forged = rel.endswith(".idx") and not _pack_whole(git, top / rel)
+        if forged:
+            changed.append(f"added .git/objects/{rel}, whose objects are not what their names say")
+        else:
+            held.append(f"added .git/objects/{rel}")
+        quarantine(top, rel, folder / OBJECTS, tidy=False)
+    for rel, (content_id, *signature) in sorted(listing.items()):
+        path = top / rel
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(path)
+            if [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode] == signature:
+                continue
+        now = read(path)
+        if now is not None and now[0] == content_id:
+            continue  # touched, not changed
+        if now is None:
+            held.append(f"deleted .git/objects/{rel}")
+        else:
+            changed.append(f"changed .git/objects/{rel}")
+            quarantine(top, rel, folder / OBJECTS, tidy=False)
+        if not restore(path, content_id, contents, None):
+            not_restored.append(f".git/objects/{rel}")
+            continue
+        os.chmod(path, stat.S_IMODE(signature[-1]))
+
+
+def _files(top: Path) -> dict[str, os.stat_result]:
+    """Everything but folders under .git/objects, but info/: relative path -> its lstat."""
+    found = {}
+    for parent, dirs, names in os.walk(top):
+        if parent == str(top):
+            dirs[:] = [d for d in dirs if d != "info"]
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                path = os.path.join(parent, name)
+                found[os.path.relpath(path, top)] = os.lstat(path)
+    return found
+
+
+def _loose_object(rel: str) -> bool:
+    """Whether `rel` (under .git/objects) is named as a loose object is: two hex digits, a folder, the rest."""
+    prefix, _, name = rel.partition("/")
+    return len(prefix) == 2 and len(prefix + name) in (40, 64) and all(c in "0123456789abcdef" for c in prefix + name)
+
+
+def _whole(path: Path, oid: str) -> bool:
+    """Whether the loose object file `path` holds what its id `oid` names."""
+    try:
+        data = zlib.decompress(path.read_bytes())
+    except (OSError, zlib.error):
+        return False
+    return hashlib.new("sha1" if len(oid) == 40 else "sha256", data).hexdigest() == oid
+
+
+def _pack_whole(git: Git, idx: Path) -> bool:
+    """Whether every object of the pack indexed by `idx` is what its name says (`git verify-pack` hashes each)."""
+    try:
+        git("verify-pack", str(idx))
+    except GitError:
+        return False
+    return True
