@@ -94,3 +94,20 @@ def _loose_objects(git_dir: Path, prefix: str, count: int) -> None:
             made += 1
         if made == count:
             return
+
+
+def test_a_gc_an_agent_runs_while_the_loop_commits_loses_none_of_the_loops_objects(tmp_path: Path) -> None:
+    # An agent's `git gc` (a tool may run it) during a turn of a loop with several workers packs the objects of the
+    # commit the driver has just made and deletes them: the check after the turn takes the new pack away; what it
+    # holds that the store lacks is written back, each object under the name its bytes have.
+    git = repo(tmp_path / "ws")
+    git("worktree", "add", "--detach", str(tmp_path / "worker"))
+    before = integrity.take(git, exclude=frozenset({"train.py"}))
+    (tmp_path / "worker" / "train.py").write_text("LR = 0.2\n")
+    commit = Git(tmp_path / "worker").commit("exp 2: LR 0.2", "train.py")
+    git("gc", "-q", "--prune=now")  # the agent's
+    found = integrity.put_back(before, git, tmp_path / "quarantine", exclude=frozenset({"train.py"}), agent=True)
+    assert not found.changed and not found.not_restored
+    assert not list((git.git_dir / "objects" / "pack").glob("*.pack"))  # taken away: git reads packs first
+    assert git("cat-file", "-t", commit).strip() == "commit"
+    git("fsck", "--strict")

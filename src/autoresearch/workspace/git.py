@@ -119,6 +119,22 @@ class Git:
         self(*IDENTITY, "commit", "-q", "--no-verify", "-m", message, *(["--", *paths] if paths else ["-a"]))
         return self.head()
 
+    def unpack(self, pack: Path) -> bool:
+        """Write the objects of the pack file `pack` that the repository lacks as loose objects, each under the name
+        git computes from its bytes; whether git could read the pack."""
+        try:
+            with pack.open("rb") as file:
+                proc = subprocess.run(
+                    ["git", *SAFE, *trusted_directories(), "unpack-objects", "-q"],
+                    cwd=self.root,
+                    stdin=file,
+                    capture_output=True,
+                    env={**os.environ, **NO_GLOBAL_CONFIG},
+                )
+        except OSError:
+            return False
+        return proc.returncode == 0
+
     def commit_onto(self, parent: str, path: str, text: str, message: str) -> str:
         """A commit of `parent`'s tree with the top-level file `path` holding `text` (as `git add` would store it),
         made without touching the work tree, the index or the branch; its hash."""

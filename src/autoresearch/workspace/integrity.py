@@ -380,11 +380,12 @@ def _put_back_objects(before: Snapshot, git: Git, quarantine: Path, found: Findi
     shadow an object of the history. A rewritten object is a change (the history would say something else was
     measured); a deleted one is `held` (`git gc` packs loose objects away). A new loose object whose bytes are what
     its name says stays (git adds them for every commit), one whose are not is a change; a new pack, which git
-    reads before loose objects, goes (a pack of `git gc`'s, whose objects are whole, is `held`; one that is not,
-    a change), and so does anything else new there."""
+    reads before loose objects, goes (a pack of `git gc`'s, whose objects are whole, is `held`, and what only it
+    holds is written back loose; one that is not, a change), and so does anything else new there."""
     if before.objects is None:  # a snapshot read back from disk: the objects were not recorded
         return
     top = git.git_dir / OBJECTS
+    verified, whole_packs = set(), []  # the new packs' indexes verify-pack passed; those packs, taken away
     for rel, st in sorted(_object_files(top).items()):
         if rel in before.objects:
             continue
@@ -394,11 +395,15 @@ def _put_back_objects(before: Snapshot, git: Git, quarantine: Path, found: Findi
             forged = True
         else:  # a pack's index is checked while its pack is still there: sorted, "x.idx" comes before "x.pack"
             forged = rel.endswith(".idx") and not _pack_whole(git, top / rel)
+            if rel.endswith(".idx") and not forged:
+                verified.add(rel.removesuffix(".idx"))
         if forged:
             found.changed.append(f"added .git/objects/{rel}, whose objects are not what their names say")
         else:
             held.append(f"added .git/objects/{rel}")
-        _quarantine(top, rel, quarantine / OBJECTS, tidy=False)
+        moved = _quarantine(top, rel, quarantine / OBJECTS, tidy=False)
+        if rel.removesuffix(".pack") in verified and moved is not None:
+            whole_packs.append(moved)
     for rel, (content_id, *signature) in sorted(before.objects.items()):
         path = top / rel
         with contextlib.suppress(FileNotFoundError):
@@ -417,6 +422,11 @@ def _put_back_objects(before: Snapshot, git: Git, quarantine: Path, found: Findi
             found.not_restored.append(f".git/objects/{rel}")
             continue
         os.chmod(path, stat.S_IMODE(signature[-1]))
+    for pack in whole_packs:  # what only they hold: objects made while the step was watched (the driver's commits,
+        # with several workers), which a `git gc` then packed and deleted. Written loose, each under the name its bytes
+        # have (git hashes them), so none can shadow an object of the history.
+        if not git.unpack(pack):
+            found.not_restored.append(f"the objects of .git/objects/{pack.name} (kept in the quarantine)")
 
 
 def _loose_object(rel: str) -> bool:
@@ -557,12 +567,12 @@ def _restore(path: Path, content_id: str, snap: Snapshot, git: Git | None) -> bo
     return True
 
 
-def _quarantine(root: Path, rel: str, quarantine: Path, tidy: bool = True) -> None:
+def _quarantine(root: Path, rel: str, quarantine: Path, tidy: bool = True) -> Path | None:
     """Move `root/rel` (a file, link or directory) to `quarantine/rel`, then (`tidy`) drop directories it left
-    empty."""
+    empty; where it went (None: it was not there)."""
     source = root / rel
     if not _exists(source):
-        return
+        return None
     target = quarantine / rel
     n = 1
     while _exists(target):
@@ -573,6 +583,7 @@ def _quarantine(root: Path, rel: str, quarantine: Path, tidy: bool = True) -> No
     while tidy and parent != root and parent.is_dir() and not any(parent.iterdir()):
         parent.rmdir()
         parent = parent.parent
+    return target
 
 
 # -- a snapshot on disk, for the next start after a kill ------------------------------------------
