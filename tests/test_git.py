@@ -3,13 +3,17 @@ missing (a coding agent at work deleted it)."""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import pytest
 
 from autoresearch.workspace import git as git_module
+from autoresearch.workspace import integrity
 from autoresearch.workspace.git import Git, GitError
 
 
@@ -59,3 +63,51 @@ def test_a_workspace_owned_by_another_user_and_trusted_in_the_users_git_config_s
         assert len(git.head()) == 40
     finally:
         git_module.trusted_directories.cache_clear()
+
+
+def test_the_loops_commit_while_an_agents_turn_is_watched_starts_no_gc_that_would_lose_it(tmp_path: Path) -> None:
+    # With several workers the driver commits in a worker's worktree while an agent's turn is watched. Where the
+    # commit started git's automatic gc (more than 6,700 loose objects: a long night; here the repository's gc.auto,
+    # which an agent can also set during its turn), gc packed the commit's objects and deleted them; the check after
+    # the turn takes a new pack away, and with it the only copy of the commit the ledger names.
+    git = repo(tmp_path / "ws")
+    git("config", "gc.auto", "1")
+    _loose_objects(git.git_dir, prefix="17", count=3)
+    git("worktree", "add", "--detach", str(tmp_path / "worker"))
+    before = integrity.take(git, exclude=frozenset({"train.py"}))
+    (tmp_path / "worker" / "train.py").write_text("LR = 0.2\n")
+    commit = Git(tmp_path / "worker").commit("exp 2: LR 0.2", "train.py")
+    integrity.put_back(before, git, tmp_path / "quarantine", exclude=frozenset({"train.py"}), agent=True)
+    assert git("cat-file", "-t", commit).strip() == "commit"
+    git("fsck", "--strict")
+
+
+def _loose_objects(git_dir: Path, prefix: str, count: int) -> None:
+    """Write `count` loose blobs whose ids start with `prefix` (gc estimates the loose objects from one folder)."""
+    made = 0
+    for i in itertools.count():
+        data = b"blob %d\0%d" % (len(str(i)), i)
+        oid = hashlib.sha1(data).hexdigest()
+        if oid.startswith(prefix) and made < count:
+            (git_dir / "objects" / oid[:2]).mkdir(exist_ok=True)
+            (git_dir / "objects" / oid[:2] / oid[2:]).write_bytes(zlib.compress(data))
+            made += 1
+        if made == count:
+            return
+
+
+def test_a_gc_an_agent_runs_while_the_loop_commits_loses_none_of_the_loops_objects(tmp_path: Path) -> None:
+    # An agent's `git gc` (a tool may run it) during a turn of a loop with several workers packs the objects of the
+    # commit the driver has just made and deletes them: the check after the turn takes the new pack away; what it
+    # holds that the store lacks is written back, each object under the name its bytes have.
+    git = repo(tmp_path / "ws")
+    git("worktree", "add", "--detach", str(tmp_path / "worker"))
+    before = integrity.take(git, exclude=frozenset({"train.py"}))
+    (tmp_path / "worker" / "train.py").write_text("LR = 0.2\n")
+    commit = Git(tmp_path / "worker").commit("exp 2: LR 0.2", "train.py")
+    git("gc", "-q", "--prune=now")  # the agent's
+    found = integrity.put_back(before, git, tmp_path / "quarantine", exclude=frozenset({"train.py"}), agent=True)
+    assert not found.changed and not found.not_restored
+    assert not list((git.git_dir / "objects" / "pack").glob("*.pack"))  # taken away: git reads packs first
+    assert git("cat-file", "-t", commit).strip() == "commit"
+    git("fsck", "--strict")

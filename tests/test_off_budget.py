@@ -6,7 +6,10 @@ around every agent turn (loop/environment.py), and a train.py is too small to ca
 
 from __future__ import annotations
 
+import importlib.util
+import marshal
 import py_compile
+import struct
 import tempfile
 from pathlib import Path
 
@@ -89,6 +92,51 @@ def test_byte_code_python_writes_is_no_change_but_a_cache_carrying_anything_else
     assert differences(before, signature([tmp_path])) == [f"added {cache}"]  # (other's own cache is faithful)
     (tmp_path / "__pycache__" / "weights.pyc").write_bytes(WEIGHTS)  # no source of that name
     assert f"added {tmp_path / '__pycache__' / 'weights.pyc'}" in differences(before, signature([tmp_path]))
+
+
+def _cache_of(source: Path, code, header: bytes | None = None) -> Path:
+    """Write the byte-code cache Python would read for `source`: its header (by default the one Python writes,
+    the source's mtime and size), then `code`."""
+    stat = source.stat()
+    header = header or struct.pack("<III", 0, int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF)
+    cache = Path(importlib.util.cache_from_source(str(source)))
+    cache.parent.mkdir(exist_ok=True)
+    cache.write_bytes(importlib.util.MAGIC_NUMBER + header + marshal.dumps(code))
+    return cache
+
+
+@pytest.mark.parametrize("where", ["co_filename", "co_qualname", "co_stacksize", "a function's co_qualname", "header"])
+def test_a_cache_of_its_source_with_weights_where_code_equality_does_not_look_is_a_change(tmp_path, where) -> None:
+    # Code objects compare equal whatever their file name, qualified name and stack size, of any length: a run can
+    # read the cache file itself (marshal.load) and take weights from there; or from its header's mtime and size.
+    source = tmp_path / "mod.py"
+    source.write_text("def f():\n    return 41 + 1\n")
+    before = signature([tmp_path])
+    code = compile(source.read_bytes(), str(source), "exec", dont_inherit=True)
+    payload = WEIGHTS.hex() * 100
+    if where == "co_filename":
+        code = code.replace(co_filename=payload)
+    elif where == "co_qualname":
+        code = code.replace(co_qualname=payload)
+    elif where == "co_stacksize":
+        code = code.replace(co_stacksize=2**31 - 1)
+    elif where == "a function's co_qualname":
+        inner = code.co_consts[0].replace(co_qualname=payload)
+        code = code.replace(co_consts=(inner, *code.co_consts[1:]))
+    cache = _cache_of(source, code, header=struct.pack("<III", 0, 0xDEADBEEF, 0xCAFE) if where == "header" else None)
+    assert code == compile(source.read_bytes(), str(source), "exec", dont_inherit=True)  # what was checked
+    assert differences(before, signature([tmp_path])) == [f"added {cache}"]
+
+
+def test_a_cache_python_writes_as_it_imports_or_checked_by_hash_is_no_change(tmp_path) -> None:
+    source = tmp_path / "mod.py"
+    source.write_text("def f():\n    return 41 + 1\n")
+    before = signature([tmp_path])
+    code = compile(source.read_bytes(), str(source), "exec", dont_inherit=True)
+    _cache_of(source, code)
+    assert differences(before, signature([tmp_path])) == []
+    _cache_of(source, code, header=struct.pack("<I", 3) + importlib.util.source_hash(source.read_bytes()))
+    assert differences(before, signature([tmp_path])) == []
 
 
 def test_a_file_left_in_the_shared_compile_cache_is_a_change_but_the_loops_own_additions_between_turns_are_not(

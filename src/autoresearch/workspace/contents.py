@@ -69,11 +69,12 @@ def restore(path: Path, content_id: str, contents: dict[str, bytes], git: Git | 
     return True
 
 
-def quarantine(root: Path, rel: str, folder: Path, tidy: bool = True) -> None:
-    """Move `root/rel` (a file, link or directory) to `folder/rel`, then (`tidy`) drop directories it left empty."""
+def quarantine(root: Path, rel: str, folder: Path, tidy: bool = True) -> Path | None:
+    """Move `root/rel` (a file, link or directory) to `folder/rel`, then (`tidy`) drop directories it left empty;
+    where it went (None: it was not there)."""
     source = root / rel
     if not exists(source):
-        return
+        return None
     target = folder / rel
     n = 1
     while exists(target):
@@ -84,3 +85,4 @@ def quarantine(root: Path, rel: str, folder: Path, tidy: bool = True) -> None:
     while tidy and parent != root and parent.is_dir() and not any(parent.iterdir()):
         parent.rmdir()
         parent = parent.parent
+    return target

@@ -18,11 +18,15 @@ from autoresearch.workspace.disk import GIT_FULL_MESSAGES, DiskFullError
 
 IDENTITY = ("-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost")
 # No hook, no fsmonitor command and no attribute from outside the workspace (~/.config/git/attributes could give
-# train.py another encoding or line endings) acts in the loop's git calls, whatever .git/config says; gc, where
-# a commit triggers it, runs in that call, not in the background while the next step is watched.
+# train.py another encoding or line endings) acts in the loop's git calls, whatever .git/config says. Nor does
+# git's automatic gc (or maintenance), which a commit starts past 6,700 loose objects (a long night with several
+# workers) or where .git/config's gc.auto says (an agent can set it): the driver commits while an agent's turn is
+# watched, and gc packed the new commit's objects away; the check after the turn takes a new pack away (a pack
+# can shadow the history's objects), and with it the only copy of a commit the ledger names. Loose objects only
+# cost disk (about 1 KiB each, 3 an experiment).
 SAFE = (
     "-c", f"core.hooksPath={os.devnull}", "-c", "core.fsmonitor=false", "-c", f"core.attributesFile={os.devnull}",
-    "-c", "gc.autoDetach=false",
+    "-c", "gc.auto=0", "-c", "maintenance.auto=false",
 )  # fmt: skip
 # Nor does the user's own configuration (~/.gitconfig, ~/.config/git/config), which an agent can write too: a
 # filter, gpg.program with commit.gpgsign or an include there would run at every commit the loop makes.
@@ -114,6 +118,22 @@ class Git:
             self("add", "--", *paths)
         self(*IDENTITY, "commit", "-q", "--no-verify", "-m", message, *(["--", *paths] if paths else ["-a"]))
         return self.head()
+
+    def unpack(self, pack: Path) -> bool:
+        """Write the objects of the pack file `pack` that the repository lacks as loose objects, each under the name
+        git computes from its bytes; whether git could read the pack."""
+        try:
+            with pack.open("rb") as file:
+                proc = subprocess.run(
+                    ["git", *SAFE, *trusted_directories(), "unpack-objects", "-q"],
+                    cwd=self.root,
+                    stdin=file,
+                    capture_output=True,
+                    env={**os.environ, **NO_GLOBAL_CONFIG},
+                )
+        except OSError:
+            return False
+        return proc.returncode == 0
 
     def commit_onto(self, parent: str, path: str, text: str, message: str) -> str:
         """A commit of `parent`'s tree with the top-level file `path` holding `text` (as `git add` would store it),

@@ -62,9 +62,10 @@ def put_back(
     the new ones that could shadow an object of the history. A rewritten object is `changed` (the history would say
     something else was measured); a deleted one is `held` (`git gc` packs loose objects away). A new loose object
     whose bytes are what its name says stays (git adds them for every commit), one whose are not is `changed`; a new
-    pack goes (one of `git gc`'s, whose objects are whole, is `held`; one that is not, `changed`), and so does
-    anything else new there."""
+    pack goes (one of `git gc`'s, whose objects are whole, is `held`, and what only it holds is written back loose;
+    one that is not, `changed`), and so does anything else new there."""
     top = git.git_dir / OBJECTS
+    verified, whole_packs = set(), []  # the new packs' indexes verify-pack passed; those packs, taken away
     for rel, st in sorted(_files(top).items()):
         if rel in listing:
             continue
@@ -74,11 +75,15 @@ def put_back(
             forged = True
         else:  # a pack's index is checked while its pack is still there: sorted, "x.idx" comes before "x.pack"
             forged = rel.endswith(".idx") and not _pack_whole(git, top / rel)
+            if rel.endswith(".idx") and not forged:
+                verified.add(rel.removesuffix(".idx"))
         if forged:
             changed.append(f"added .git/objects/{rel}, whose objects are not what their names say")
         else:
             held.append(f"added .git/objects/{rel}")
-        quarantine(top, rel, folder / OBJECTS, tidy=False)
+        moved = quarantine(top, rel, folder / OBJECTS, tidy=False)
+        if rel.removesuffix(".pack") in verified and moved is not None:
+            whole_packs.append(moved)
     for rel, (content_id, *signature) in sorted(listing.items()):
         path = top / rel
         with contextlib.suppress(FileNotFoundError):
@@ -97,6 +102,11 @@ def put_back(
             not_restored.append(f".git/objects/{rel}")
             continue
         os.chmod(path, stat.S_IMODE(signature[-1]))
+    for pack in whole_packs:  # what only they hold: objects made while the step was watched (the driver's commits,
+        # with several workers), which a `git gc` then packed and deleted. Written loose, each under the name its bytes
+        # have (git hashes them), so none can shadow an object of the history.
+        if not git.unpack(pack):
+            not_restored.append(f"the objects of .git/objects/{pack.name} (kept in the quarantine)")
 
 
 def _files(top: Path) -> dict[str, os.stat_result]:
