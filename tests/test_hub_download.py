@@ -224,7 +224,7 @@ def test_the_hub_cache_is_hidden_from_train_py_wherever_a_variable_or_the_prepar
     downloaded into, stayed readable by train.py, validation file and all."""
     from autoresearch.data.prepare import prepare
     from autoresearch.data.sources.hub import HubSettings
-    from autoresearch.evaluator.referee import _hidden_paths
+    from autoresearch.evaluator.hidden import data_places
     from autoresearch.evaluator.sandbox import evaluator_env
 
     rng = random.Random(0)  # text varied enough to learn the mini preset's 300 tokens from
@@ -248,5 +248,5 @@ def test_the_hub_cache_is_hidden_from_train_py_wherever_a_variable_or_the_prepar
     seen = evaluator_env(os.environ)  # what the referee, which hides them, is started with
     assert seen["HUGGINGFACE_HUB_CACHE"] == str(legacy) and seen["XDG_CACHE_HOME"] == str(xdg)
     monkeypatch.setattr(os, "environ", seen)
-    hidden = _hidden_paths(tmp_path / "ws", prepared)
+    hidden = data_places(prepared, None, os.environ)  # what the referee hides, and an agent's namespace too
     assert {downloaded, legacy, xdg / "huggingface" / "hub"} <= set(hidden)
