@@ -53,8 +53,9 @@ INBOX_DIR = "inbox"
 SUBMITTER = "submit"  # the ledger's agent for submitted experiments
 TAKE_TIMEOUT_S = 60.0  # how long `submit` waits for a running loop to take its request before it withdraws it
 EDIT_BASE = "edit-base.json"  # the best an edit left in train.py by a keep was made from (`note_moved`)
-# A request carries train.py (4 MiB at most) as JSON text, each byte 6 at worst (\u0000): one larger is no request
-# of `submit`'s, and is read no further (a planted file of gigabytes would fill the loop's memory).
+# A request carries train.py as JSON text, each byte 6 at worst (\u0000), and a killed submit's held change two of
+# them: far more than a train.py a proposal may be (workspace.MAX_TRAIN_PY_BYTES) is no request of `submit`'s, and
+# is read no further (a planted file of gigabytes would fill the loop's memory).
 REQUEST_LIMIT = 32 << 20
 REPLY_LIMIT = 1 << 16
 
