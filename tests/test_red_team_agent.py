@@ -27,6 +27,7 @@ from autoresearch.evaluator.result import SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
 from autoresearch.loop.executor import LocalExecutor, RunSpec
+from autoresearch.loop.held_edits import put_back_edits
 from autoresearch.loop.recovery import TURN_SNAPSHOT
 from autoresearch.loop.settings import LoopError
 from autoresearch.vocabulary import RunEnd, Status
@@ -407,4 +408,20 @@ def test_an_agent_cannot_read_the_validation_data_nor_the_corpus_it_was_prepared
     assert exp.status == Status.KEEP, exp.reason
     shown = [line for line in seen.read_text().splitlines() if "No such file or directory" not in line]
     assert shown == [], shown  # the data folder is not there, the corpus an empty folder
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_a_held_change_an_agent_plants_for_the_next_submit_is_taken_away(workspace, tmp_path):
+    """BROKE, fixed: a `submit` killed before it queued its change leaves it in .autoresearch/submitting/, and the
+    next `submit` puts it into a clean train.py. An agent could write one there in its turn: its own train.py, with a
+    description of its choosing, put before the person (or the coding agent that drives `submit`) as their lost
+    change. A file written there during a turn that no live `submit` holds is now taken away, and rejects the turn."""
+    held = {"edit": "LR = 0.9\n", "source": "LR = 0.9\n", "description": "your change", "base": workspace.git.head()}
+    folder = ".autoresearch/submitting"
+    plant = f"mkdir -p {folder} && echo {shlex.quote(json.dumps(held))} > {folder}/1-1.json"
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho LR 0.2")
+    assert exp.status == Status.CRASH and "added .autoresearch/submitting/1-1.json" in exp.reason, exp.reason
+    assert not list((workspace.state / "submitting").glob("*"))
+    best = make_loop(workspace, FakeExecutor(score)).best()
+    assert put_back_edits(workspace, print) is None and workspace.read_train_py() == best.source
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)

@@ -22,10 +22,11 @@ from autoresearch.agents.base import Agent, Proposal, preflight
 from autoresearch.data.shards import Manifest
 from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
-from autoresearch.loop import guard
+from autoresearch.loop import guard, held_edits
 from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
+from autoresearch.loop.held_edits import HELD_DIR
 from autoresearch.loop.judge import judge, measured_noise, noise_of
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.recovery import (
@@ -294,6 +295,10 @@ class ResearchLoop(Asking, Recovery):
             watch.quarantine.mkdir(parents=True, exist_ok=True)
             planted.replace(watch.quarantine / HELD_EDIT)
             verdict.changed.append(f"added .autoresearch/{HELD_EDIT}")
+        for path in held_edits.planted(self.ws.state, watch.started_ns) if watch.agent else []:
+            (watch.quarantine / HELD_DIR).mkdir(parents=True, exist_ok=True)
+            path.replace(watch.quarantine / HELD_DIR / path.name)
+            verdict.changed.append(f"added .autoresearch/{HELD_DIR}/{path.name}")
         if verdict.human:
             self.reporter.message(
                 f"{', '.join(verdict.human)} changed while {who} worked: put back (the edit is kept in "

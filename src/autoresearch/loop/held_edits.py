@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -106,3 +107,16 @@ def _queued(ws, source: str, description: str) -> bool:
         return any(e.agent == SUBMITTER and e.source == source and e.description == line for e in ledger.all())
     finally:
         ledger.close()
+
+
+def planted(state: Path, since_ns: int) -> list[Path]:
+    """The files in `.autoresearch/submitting/` written since `since_ns` (their ctime, which no process can set back)
+    that no live `submit` holds: an agent's, during its turn, for the next `submit` to put into train.py as a killed
+    submit's change."""
+    directory = state / HELD_DIR
+    found = []
+    for path in sorted(directory.iterdir()) if directory.is_dir() and not directory.is_symlink() else []:
+        with contextlib.suppress(OSError):
+            if path.lstat().st_ctime_ns >= since_ns and not flock_held(path):
+                found.append(path)
+    return found

@@ -87,6 +87,7 @@ class Watch:
         self.git, self.ledger, self.train_py, self.human, self.agent = git, ledger, train_py, human, agent
         self.quarantines = quarantine
         self.quarantine = quarantine / time.strftime("%Y%m%d-%H%M%S")  # made afresh by check()
+        self.started_ns = time.time_ns()  # a file whose ctime is later was written during the step
         self.before = integrity.take(git, exclude=frozenset({TRAIN_PY}), human=human)
         self.keep = keep
         if keep is not None:
