@@ -48,6 +48,11 @@ def trusted_directories() -> tuple[str, ...]:
     return tuple(option for value in values if value for option in ("-c", f"safe.directory={value}"))
 
 
+def _environment() -> dict[str, str]:
+    """The environment of every git command the loop runs (NO_GLOBAL_CONFIG over its own)."""
+    return {**os.environ, **NO_GLOBAL_CONFIG}
+
+
 NO_COMMIT = "0" * 40
 _EXP_SUBJECT = re.compile(r"^exp (\d+): ")
 
@@ -74,7 +79,7 @@ class Git:
                 cwd=self.root,
                 capture_output=True,
                 input=stdin,
-                env={**os.environ, **NO_GLOBAL_CONFIG},
+                env=_environment(),
             )
         except (FileNotFoundError, NotADirectoryError):
             if not self.root.is_dir():  # the folder to run in, not git, is missing
@@ -123,17 +128,10 @@ class Git:
         """Write the objects of the pack file `pack` that the repository lacks as loose objects, each under the name
         git computes from its bytes; whether git could read the pack."""
         try:
-            with pack.open("rb") as file:
-                proc = subprocess.run(
-                    ["git", *SAFE, *trusted_directories(), "unpack-objects", "-q"],
-                    cwd=self.root,
-                    stdin=file,
-                    capture_output=True,
-                    env={**os.environ, **NO_GLOBAL_CONFIG},
-                )
-        except OSError:
+            self._run(("unpack-objects", "-q"), stdin=pack.read_bytes())
+        except (OSError, GitError, DiskFullError):
             return False
-        return proc.returncode == 0
+        return True
 
     def commit_onto(self, parent: str, path: str, text: str, message: str) -> str:
         """A commit of `parent`'s tree with the top-level file `path` holding `text` (as `git add` would store it),
@@ -233,7 +231,7 @@ class Git:
             proc = subprocess.run(
                 ["git", *SAFE, "merge-file", "-p", *map(str, paths)],
                 capture_output=True,
-                env={**os.environ, **NO_GLOBAL_CONFIG},
+                env=_environment(),
             )
         if proc.returncode < 0 or proc.returncode > 127:
             raise GitError(f"git merge-file failed: {proc.stderr.decode(errors='replace').strip()}")
