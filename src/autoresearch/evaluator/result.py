@@ -30,7 +30,7 @@ STARTING, TRAINING, EVALUATING = "starting", "training", "evaluating"  # its pha
 SEAL = "seal"  # the result file's field that holds the HMAC of the others
 
 
-class ForgedResult(ValueError):
+class ForgedResult(Exception):
     """A result file without its run's seal: not what the evaluator wrote."""
 
 

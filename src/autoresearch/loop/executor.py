@@ -411,8 +411,6 @@ def read_result(path: Path, key: str | None = None) -> Result | None:
     """The result in `path`, None if there is none to read; with `key`, ForgedResult if it lacks that key's seal."""
     try:
         return Result.load(path, key)
-    except ForgedResult:
-        raise
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
         return None
 
