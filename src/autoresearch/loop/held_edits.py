@@ -12,7 +12,7 @@ from pathlib import Path
 
 from autoresearch.files import flock_held, read_regular, write_text_atomic
 from autoresearch.loop.asking import one_line
-from autoresearch.loop.inbox import EDIT_BASE, REQUEST_LIMIT, SUBMITTER, edit_base
+from autoresearch.loop.inbox import EDIT_BASE, REQUEST_LIMIT, edit_base, is_submission
 from autoresearch.loop.ledger import Ledger
 
 try:
@@ -103,8 +103,7 @@ def _queued(ws, source: str, description: str) -> bool:
         return False
     ledger = Ledger(ws.root)
     try:
-        line = one_line(description)
-        return any(e.agent == SUBMITTER and e.source == source and e.description == line for e in ledger.all())
+        return any(is_submission(e, description, source) for e in ledger.all())
     finally:
         ledger.close()
 

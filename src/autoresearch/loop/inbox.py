@@ -292,22 +292,23 @@ def is_submitted(ws, exp_id: int, description: str, source: str, base: str) -> b
         exp = ledger.get(exp_id)
     finally:
         ledger.close()
+    return exp is not None and is_submission(exp, description, source, base)
+
+
+def is_submission(exp: Experiment, description: str, source: str, base: str | None = None) -> bool:
+    """Whether `exp` is the row the driver wrote for a `submit` of this train.py and description (the row holds it on
+    one line), made from `base` where it is given."""
     return (
-        exp is not None
-        and exp.agent == SUBMITTER
-        and (exp.parent, exp.source) == (base, source)
-        and (exp.description == one_line(description))
+        exp.agent == SUBMITTER
+        and (exp.source, exp.description) == (source, one_line(description))
+        and base in (None, exp.parent)
     )
 
 
 def recorded(rows: list[Experiment], description: str, source: str, base: str) -> Experiment | None:
     """The queued or running row a driver killed after it took a request, and before it replied, had written for
-    it (the row holds the description on one line)."""
-    line = one_line(description)
-    for e in rows:
-        if e.agent == SUBMITTER and not e.status.final and (e.parent, e.source, e.description) == (base, source, line):
-            return e
-    return None
+    it."""
+    return next((e for e in rows if not e.status.final and is_submission(e, description, source, base)), None)
 
 
 def send(ws, description: str, source: str, base: str, start: Callable[[], object] | None = None,
