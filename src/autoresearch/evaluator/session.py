@@ -94,6 +94,7 @@ class Session:
         self.channel, self.feeder, self.clock = channel, feeder, clock
         self.constants = {**constants, "clock": clock.kind, "clock_cores": clock.cores}
         self.constants["longest_step"] = longest_step(budget_seconds)
+        self.constants["handover_seconds"] = HANDOVER_SECONDS
         self.budget = budget_seconds
         self.timeline = Timeline()
         self.progress_path: Path | None = None  # where `progress()` is written while the run trains

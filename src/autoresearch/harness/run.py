@@ -28,11 +28,10 @@ from autoresearch.harness.batches import TrainBatches
 from autoresearch.wire import Channel
 
 LOSS_LIMIT = 100.0  # a training loss above this (or NaN) means the run has diverged: stop at once
-# The weights must be in within the budget, the last step's grace (1.5 steps and 0.25 s) and 0.5 s, on the training
-# clock (evaluator/session.py): a model whose hand-over takes longer than the 0.5 s, at this rate, stops training
+# The weights must be in within the budget, the last step's grace and the evaluator's `handover_seconds`, on the
+# training clock (evaluator/session.py): a model whose hand-over takes longer than that, at this rate, stops training
 # that much earlier.
 HANDOVER_BYTES_PER_S = 250e6
-HANDOVER_GRACE_S = 0.5
 
 
 class TrainingFailed(RuntimeError):
@@ -80,6 +79,7 @@ class Run:
         self._handover = 0.0  # seconds of the budget kept for handing the weights over (a large model's)
         self._last_step = 0.0  # the last timed step's length on the training clock
         self._longest_step: float = constants["longest_step"]  # the evaluator's grace allows for no longer one
+        self._handover_allowed: float = constants["handover_seconds"]  # past that grace, for the weights to come in
         self._last_step_done: float | None = None
         self._clock_start: float | None = None
         self._clock_stop: float | None = None
@@ -130,7 +130,7 @@ class Run:
             self._channel.send({"op": "model", "error": str(exc)})
             raise TrainingFailed(str(exc)) from None
         self._channel.send({"op": "model"}, self._exported.document)
-        self._handover = max(0.0, self._exported.nbytes / HANDOVER_BYTES_PER_S - HANDOVER_GRACE_S)
+        self._handover = max(0.0, self._exported.nbytes / HANDOVER_BYTES_PER_S - self._handover_allowed)
         print(f"model handed over: graph exported in {time.perf_counter() - started:.1f}s", flush=True)
 
     def train_batches(self, batch_size: int) -> TrainBatches:
