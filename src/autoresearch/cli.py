@@ -285,10 +285,9 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
 def _wait(args: argparse.Namespace, console: Console) -> None:
     """One verdict line on stdout for each experiment, as it is judged. With no ids: every submitted experiment
     whose verdict no `wait` has printed yet."""
-    from autoresearch.loop.ledger import Ledger
+    from autoresearch.loop.ledger import Ledger, best_of
     from autoresearch.loop.reporter import verdict_line
     from autoresearch.loop.waiting import reported, unreported, wait_for
-    from autoresearch.vocabulary import Status
     from autoresearch.workspace.workspace import Workspace
 
     ws = Workspace(args.workspace)
@@ -300,10 +299,10 @@ def _wait(args: argparse.Namespace, console: Console) -> None:
     def judged(exp) -> None:  # as `try` prints it: with the best now
         ledger = Ledger(ws.root)
         try:
-            kept = [e for e in ledger.all() if e.status == Status.KEEP]
+            best = best_of(ledger.all())
         finally:
             ledger.close()
-        print(verdict_line(exp, kept[-1] if kept else None), flush=True)
+        print(verdict_line(exp, best), flush=True)
         reported(ws.state, exp.id)
 
     wait_for(lambda: Ledger(ws.root), ids, ws.is_locked, log=ws.state / "driver.log", judged=judged)

@@ -28,7 +28,7 @@ from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
 from autoresearch.loop.held_edits import HELD_DIR
 from autoresearch.loop.judge import judge, measured_noise, noise_of
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.ledger import Experiment, Ledger, best_of
 from autoresearch.loop.recovery import (
     HELD_EDIT,
     MAX_ATTEMPTS,
@@ -92,8 +92,7 @@ class ResearchLoop(Asking, Recovery):
     # -- state ------------------------------------------------------------------------------------
 
     def best(self) -> Experiment | None:
-        kept = [e for e in self.ledger.all() if e.status == Status.KEEP]
-        return kept[-1] if kept else None
+        return best_of(self.ledger.all())
 
     def noise(self) -> float | None:
         """The noise to judge with now (judge.measured_noise: pooled over every train.py trained more than once)."""

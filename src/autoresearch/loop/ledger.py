@@ -253,6 +253,11 @@ class Ledger:
             write_text_atomic(self.workspace / "results.tsv", "".join(lines), self.workspace / "results.tsv.tmp")
 
 
+def best_of(rows: list[Experiment]) -> Experiment | None:
+    """The best: the newest kept experiment (each keep is better than the best before it)."""
+    return next((e for e in reversed(rows) if e.status == Status.KEEP), None)
+
+
 def _copy(exp: Experiment) -> Experiment:
     """A shallow copy (every field is a str, a number or None), in half the time of `copy.copy`."""
     new = object.__new__(Experiment)

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autoresearch.loop.activity import Span, busy_by_worker, overall, per_hour
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.ledger import Experiment, best_of
 from autoresearch.loop.reporter import verdict_line
 from autoresearch.loop.status import EVALUATING, FINISHED, STARTING, TRAINING, WARMING_UP, RunProgress, read_progress
 from autoresearch.report.summary import clip
@@ -119,8 +119,7 @@ class LiveReporter:
     def resume(self, experiments: list[Experiment]) -> None:
         """Show what a workspace already holds: the best, the counts and the last verdicts (on a resume)."""
         done = [e for e in experiments if e.status not in IN_FLIGHT]
-        kept = [e for e in done if e.status == Status.KEEP]
-        self.best = kept[-1] if kept else None
+        self.best = best_of(done)
         for exp in done:
             self.counts[exp.status] = self.counts.get(exp.status, 0) + 1
         self.recent.extend(reversed(done[-self.recent.maxlen :]))

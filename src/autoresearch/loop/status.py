@@ -19,7 +19,7 @@ from pathlib import Path
 from autoresearch.evaluator import result
 from autoresearch.loop import activity
 from autoresearch.loop.judge import described, measured_noise
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.ledger import Experiment, Ledger, best_of
 from autoresearch.vocabulary import IN_FLIGHT, Status
 from autoresearch.workspace.workspace import Workspace
 
@@ -166,9 +166,7 @@ def status_text(ws: Workspace) -> str:
     if not experiments:
         return "\n".join([*lines, "no experiments yet: start with `autoresearch run` (or `autoresearch try`)"])
     baseline = experiments[0]
-    kept = [e for e in experiments if e.status == Status.KEEP]
-    if kept:
-        best = kept[-1]
+    if best := best_of(experiments):
         lines.append(f"best: exp {best.id} val_bpb {best.val_bpb:.6f} ({(best.commit or '')[:7]}) {best.description}")
         if baseline.status == Status.KEEP and best is not baseline:
             gain = baseline.val_bpb - best.val_bpb
