@@ -159,9 +159,10 @@ def causality_violation(
        every row; noise does not. The mean rise over the rows may not exceed PROBE_SIGMAS standard
        errors: this catches a look-ahead hidden in noise too large for check 1 to see at any position.
 
-    Each row tests one position, the one before its cut, so every row the evaluation scored is cut: a model
-    that reads its target at a small fraction f of positions passes with a chance of (1 - f) ** rows, which
-    one batch of rows left high enough to gain several per cent of val_bpb. It costs a call per batch, and one.
+    Each row tests one position, the one before its cut, so many rows are cut (the caller passes
+    `probed_rows` of the evaluation's: PROBE_MIN_ROWS at least): a model that reads its target at a small
+    fraction f of positions passes with a chance of (1 - f) ** rows, which one batch of rows left high enough
+    to gain several per cent of val_bpb. It costs a call per batch, and one.
     """
     batch_size = batch_size or len(rows)
     gen = torch.Generator().manual_seed(secrets.randbits(63))
