@@ -425,3 +425,22 @@ def test_a_held_change_an_agent_plants_for_the_next_submit_is_taken_away(workspa
     best = make_loop(workspace, FakeExecutor(score)).best()
     assert put_back_edits(workspace, print) is None and workspace.read_train_py() == best.source
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_a_held_change_planted_through_a_linked_submitting_folder_is_taken_away(workspace, tmp_path):
+    """BROKE, fixed: a planted held change was looked for in .autoresearch/submitting/ only where it is a folder; the
+    agent made it a link to a folder of its own elsewhere, its turn was kept, and the next `submit` followed the link
+    and put the agent's train.py into train.py as the person's lost change. The link is taken away now, the turn
+    rejected, and `submit` follows no such link."""
+    held = {"edit": "LR = 0.9\n", "source": "LR = 0.9\n", "description": "your change", "base": workspace.git.head()}
+    outside = tmp_path / "elsewhere"
+    plant = (
+        f"mkdir -p {outside} && printf %s {shlex.quote(json.dumps(held))} > {outside}/1-1.json && "
+        f"rm -rf .autoresearch/submitting && ln -s {outside} .autoresearch/submitting"
+    )
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho LR 0.2")
+    assert exp.status == Status.CRASH and "added .autoresearch/submitting" in exp.reason, exp.reason
+    assert not os.path.lexists(workspace.state / "submitting")
+    best = make_loop(workspace, FakeExecutor(score)).best()
+    assert put_back_edits(workspace, print) is None and workspace.read_train_py() == best.source
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)

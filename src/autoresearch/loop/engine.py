@@ -26,7 +26,6 @@ from autoresearch.loop import guard, held_edits
 from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
-from autoresearch.loop.held_edits import HELD_DIR
 from autoresearch.loop.judge import judge, measured_noise, noise_of
 from autoresearch.loop.ledger import Experiment, Ledger, best_of
 from autoresearch.loop.recovery import (
@@ -295,9 +294,10 @@ class ResearchLoop(Asking, Recovery):
             planted.replace(watch.quarantine / HELD_EDIT)
             verdict.changed.append(f"added .autoresearch/{HELD_EDIT}")
         for path in held_edits.planted(self.ws.state, watch.started_ns) if watch.agent else []:
-            (watch.quarantine / HELD_DIR).mkdir(parents=True, exist_ok=True)
-            path.replace(watch.quarantine / HELD_DIR / path.name)
-            verdict.changed.append(f"added .autoresearch/{HELD_DIR}/{path.name}")
+            where = path.relative_to(self.ws.state)  # submitting/NAME, or submitting where it is a link
+            (watch.quarantine / where).parent.mkdir(parents=True, exist_ok=True)
+            path.replace(watch.quarantine / where)
+            verdict.changed.append(f"added .autoresearch/{where.as_posix()}")
         if verdict.human:
             self.reporter.message(
                 f"{', '.join(verdict.human)} changed while {who} worked: put back (the edit is kept in "

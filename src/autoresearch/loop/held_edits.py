@@ -64,7 +64,8 @@ def put_back_edits(ws, say: Callable[[str], None]) -> str | None:
     made from, for `submit`), or else moved to `.autoresearch/unsubmitted/` and named. The description of the change
     put back, if one was."""
     directory = ws.state / HELD_DIR
-    if fcntl is None or not directory.is_dir():  # without flock a live `submit`'s change cannot be told apart
+    if fcntl is None or not directory.is_dir() or directory.is_symlink():  # without flock a live `submit`'s change
+        # cannot be told apart; a link is not followed (a planted folder elsewhere)
         return None
     restored = None
     for path in sorted(directory.glob("*.json")):
@@ -111,10 +112,12 @@ def _queued(ws, source: str, description: str) -> bool:
 def planted(state: Path, since_ns: int) -> list[Path]:
     """The files in `.autoresearch/submitting/` written since `since_ns` (their ctime, which no process can set back)
     that no live `submit` holds: an agent's, during its turn, for the next `submit` to put into train.py as a killed
-    submit's change."""
+    submit's change. The folder itself where it is a link (to a folder of such files elsewhere)."""
     directory = state / HELD_DIR
+    if directory.is_symlink():  # never the loop's: the next `submit` would not follow it, but it is the agent's
+        return [directory]
     found = []
-    for path in sorted(directory.iterdir()) if directory.is_dir() and not directory.is_symlink() else []:
+    for path in sorted(directory.iterdir()) if directory.is_dir() else []:
         with contextlib.suppress(OSError):
             if path.lstat().st_ctime_ns >= since_ns and not flock_held(path):
                 found.append(path)
