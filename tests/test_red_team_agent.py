@@ -418,7 +418,7 @@ def test_a_held_change_an_agent_plants_for_the_next_submit_is_taken_away(workspa
     change. A file written there during a turn that no live `submit` holds is now taken away, and rejects the turn."""
     held = {"edit": "LR = 0.9\n", "source": "LR = 0.9\n", "description": "your change", "base": workspace.git.head()}
     folder = ".autoresearch/submitting"
-    plant = f"mkdir -p {folder} && echo {shlex.quote(json.dumps(held))} > {folder}/1-1.json"
+    plant = f"mkdir -p {folder} && printf %s {shlex.quote(json.dumps(held))} > {folder}/1-1.json"
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho LR 0.2")
     assert exp.status == Status.CRASH and "added .autoresearch/submitting/1-1.json" in exp.reason, exp.reason
     assert not list((workspace.state / "submitting").glob("*"))
