@@ -444,3 +444,28 @@ def test_a_held_change_planted_through_a_linked_submitting_folder_is_taken_away(
     best = make_loop(workspace, FakeExecutor(score)).best()
     assert put_back_edits(workspace, print) is None and workspace.read_train_py() == best.source
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.skipif(
+    with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can make a place read-only"
+)
+def test_an_agent_cannot_write_the_python_the_runs_load_nor_as_root_the_system(workspace, tmp_path):
+    """BROKE, fixed: the agent could write this Python's site-packages (a venv of the user's: a change only caught
+    after the turn, which then stops the whole night) and, where the loop runs as root (a container), /usr, /lib and
+    /etc: /etc/ld.so.preload alone loads a library of its choice into the evaluator. In its namespace these are now
+    read-only, locked: the write fails at once and the turn goes on."""
+    site = Path(next(p for p in sys.path if p.endswith("site-packages")))
+    name = f"autoresearch-test-{os.getpid()}-{time.time_ns()}"
+    places = [site / name] + ([Path("/usr/lib") / name, Path("/etc") / name] if os.geteuid() == 0 else [])
+    seen = tmp_path / "seen"
+    tries = " ".join(f"(touch {p} 2>>{seen} && echo wrote {p} >> {seen}; true);" for p in places)
+    remount = " ".join(f"(mount -o remount,rw {p.parent} || umount -l {p.parent} || true) 2>/dev/null;" for p in places)
+    try:
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{remount} true\n{tries} true\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        assert not [p for p in places if p.exists()]
+        assert seen.read_text().count("Read-only file system") == len(places), seen.read_text()
+    finally:
+        for p in places:
+            p.unlink(missing_ok=True)
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)

@@ -23,10 +23,12 @@ import shlex
 import shutil
 import signal
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
+from autoresearch.evaluator import shown
 from autoresearch.evaluator.hidden import workspace_data_places
 from autoresearch.files import clear, write_text_atomic
 from autoresearch.orphans import marked, write_pid_file
@@ -56,8 +58,19 @@ _HIDE = (
     'while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
     'if [ -d "$p" ]; then mount -t tmpfs -o mode=0700 tmpfs "$p"; elif [ -e "$p" ]; then mount --bind /dev/null "$p"; '
     'fi || { echo "autoresearch: could not hide $p from the agent" >&2; exit 1; }; done; '
+    'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
+    'if [ -e "$p" ]; then mount --rbind "$p" "$p" && for t in $(findmnt -rn -o TARGET -R "$p"); do '
+    'mount -o remount,bind,ro "$t" || { echo "autoresearch: could not make $t read-only for the agent" >&2; exit 1; }; '
+    'done; fi || { echo "autoresearch: could not make $p read-only for the agent" >&2; exit 1; }; done; '
     'exec unshare --user --map-user="$u" --map-group="$g" --mount "$@"'
 )
+# Where the agent may read but not write (made read-only, then locked as the hidden places are): the system, which
+# is the agent's to write where the loop runs as root (/etc/ld.so.preload would load a library of its choice into
+# the evaluator), /etc with it (cron, systemd units, the linker's configuration, Debian's sitecustomize), the
+# cron and at spools (a job there runs outside the namespace), and what runs and the evaluator load
+# (evaluator/shown.py): the Python environment, whose change would stop the loop after the turn (`pip install`
+# fails at once instead), and the library directories.
+SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS[:-1], "/etc", "/opt", "/boot", "/var/spool")  # SYSTEM_DIRS but /sys
 
 
 def _namespaces() -> tuple[tuple[str, ...], ...]:
@@ -68,11 +81,20 @@ def _namespaces() -> tuple[tuple[str, ...], ...]:
     return hidden, (*outer, "--map-current-user", *PID_NAMESPACE_INNER)
 
 
-def with_hidden(way: tuple[str, ...], places: list[Path]) -> tuple[str, ...]:
-    """`way` (one of `_namespaces()`, or none) with `places` hidden from the agent, where that way can hide them."""
+def with_hidden(way: tuple[str, ...], places: list[Path], read_only: list[Path] = ()) -> tuple[str, ...]:
+    """`way` (one of `_namespaces()`, or none) with `places` hidden from the agent and `read_only` made read-only
+    for it, where that way can do so."""
     if not way or way[-4:-2] != (_HIDE, "sh"):
         return way
-    return (*way, str(len(places)), *map(str, places))
+    return (*way, str(len(places)), *map(str, places), str(len(read_only)), *map(str, read_only))
+
+
+def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
+    """What the agent may not write (SYSTEM_READ_ONLY, and what runs are shown: `shown.readable`), outermost, real
+    paths, but for a place that holds the workspace (the environment check still watches it)."""
+    inside = workspace.resolve()
+    places = {Path(p).resolve() for p in SYSTEM_READ_ONLY if os.path.exists(p)} | set(shown.readable(env))
+    return shown.outermost(p for p in places if p != inside and p not in inside.parents)
 
 
 PID_NAMESPACE_INNER = ("unshare", "--user", "--map-current-user", "--mount")
@@ -173,7 +195,7 @@ def run_process(
     `pid_namespace()` is had)."""
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
     process = subprocess.Popen(
-        [*with_hidden(pid_namespace(), workspace_data_places(workspace)), *argv],
+        [*with_hidden(pid_namespace(), workspace_data_places(workspace), read_only_places(workspace, env)), *argv],
         cwd=workspace,
         env=marked(env),  # a later start kills what a killed loop left (`reap`)
         stdin=subprocess.PIPE,
