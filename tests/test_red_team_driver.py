@@ -1,0 +1,62 @@
+"""A coding agent that drives the loop itself (`autoresearch try`, `submit`) and wants its change kept.
+
+It works from your shell, outside any turn the loop controls: nothing it does between calls is watched as a turn
+is. What these tests check is what the loop can still refuse or see through: it trains the bytes it records, and
+a run its caller took out of the sandbox is not judged against a confined baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import pytest
+from loop_support import constant, fake_result, make_loop, with_constants
+
+from autoresearch.loop.executor import RunSpec, outcome_of
+from autoresearch.loop.trying import try_working_tree
+
+
+def score(source: str) -> float:
+    """Best at LR = 0.2; no seed noise (the margin is the floor, 0.001)."""
+    return 1.0 + (constant(source, "LR") - 0.2) ** 2
+
+
+@dataclass
+class RacedExecutor:
+    """Reads train.py as the local executor does (`spec.source_bytes()`, once its evaluator is at hand), while a
+    process the agent left swaps it: `swap(source) -> source` is what the file holds when it is read, and the file
+    is put back before the run ends, so the loop finds train.py as it wrote it."""
+
+    swap: object = None
+    confined: bool = True
+    trained: list[str] = field(default_factory=list)
+
+    def run(self, spec: RunSpec) -> object:
+        written = spec.source.read_text()
+        if self.swap is not None:
+            spec.source.write_text(self.swap(written))
+        source = spec.source_bytes().decode()
+        spec.source.write_text(written)  # put back before the run ends
+        self.trained.append(source)
+        result = replace(fake_result(score(source), spec.fingerprint), confined=self.confined)
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        result.save(spec.run_dir / "result.json")
+        return outcome_of(0, result, "", "", 0.01, spec.fingerprint)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_train_py_swapped_while_try_trains_it_is_not_what_is_trained(workspace):
+    """BROKE, fixed: the loop wrote train.py, and the executor read the file again when the run's evaluator was at
+    hand (seconds later, on a run whose fork server still imports torch). A process the agent started beside `try`
+    could put a better train.py there in between and the recorded one back before the run ended: the loop checks
+    train.py only at the end. The record then showed LR 0.1 kept with the score of LR 0.2. The loop now hands the
+    executor the bytes it recorded."""
+    executor = RacedExecutor()
+    make_loop(workspace, executor).baseline()
+    executor.swap = lambda written: with_constants(written, LR=0.2)  # the change the agent did not submit
+    workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.1))
+    exp = try_working_tree(make_loop(workspace, executor), "LR 0.1")
+    assert constant(executor.trained[-1], "LR") == 0.1
+    assert exp.val_bpb == pytest.approx(score(exp.source)) and constant(exp.source, "LR") == 0.1
