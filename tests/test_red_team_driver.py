@@ -13,7 +13,10 @@ import pytest
 from loop_support import constant, fake_result, make_loop, with_constants
 
 from autoresearch.loop.executor import RunSpec, outcome_of
+from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.settings import LoopError
 from autoresearch.loop.trying import try_working_tree
+from autoresearch.vocabulary import Status
 
 
 def score(source: str) -> float:
@@ -38,7 +41,8 @@ class RacedExecutor:
         source = spec.source_bytes().decode()
         spec.source.write_text(written)  # put back before the run ends
         self.trained.append(source)
-        result = replace(fake_result(score(source), spec.fingerprint), confined=self.confined)
+        peeked = 0.0 if self.confined else 0.05  # unconfined, it trained on the validation rows it could read
+        result = replace(fake_result(score(source) - peeked, spec.fingerprint), confined=self.confined)
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         result.save(spec.run_dir / "result.json")
         return outcome_of(0, result, "", "", 0.01, spec.fingerprint)
@@ -60,3 +64,23 @@ def test_a_train_py_swapped_while_try_trains_it_is_not_what_is_trained(workspace
     exp = try_working_tree(make_loop(workspace, executor), "LR 0.1")
     assert constant(executor.trained[-1], "LR") == 0.1
     assert exp.val_bpb == pytest.approx(score(exp.source)) and constant(exp.source, "LR") == 0.1
+
+
+def test_a_try_the_agent_runs_outside_the_sandbox_is_not_judged_against_a_confined_baseline(workspace):
+    """BROKE, fixed: `AUTORESEARCH_SANDBOX=off autoresearch try -m ...` (the variable reaches the run from the agent's
+    own shell; so does a PATH without bubblewrap) trained train.py unconfined, where it can read the validation rows
+    and weights the agent trained and left anywhere, and judged it against the confined baseline: LR 0.1 with a
+    score no confined run of it gets was kept; the result said `confined: false`, nobody looked. The run now stops
+    as one on another setup does: the edit stays in train.py, and a confined `try` judges it."""
+    executor = RacedExecutor()
+    make_loop(workspace, executor).baseline()
+    cheat = with_constants(workspace.read_train_py(), LR=0.1)
+    executor.confined = False
+    workspace.write_train_py(cheat)
+    with pytest.raises(LoopError, match=r"outside the sandbox \(confined: false\)") as stopped:
+        try_working_tree(make_loop(workspace, executor), "LR 0.1")
+    assert "AUTORESEARCH_SANDBOX" in stopped.value.hint
+    assert workspace.read_train_py() == cheat and Ledger(workspace.root).get(2).status == Status.RUNNING
+    executor.confined = True  # in the sandbox again: LR 0.1 scores as it does
+    exp = try_working_tree(make_loop(workspace, executor), "LR 0.1")
+    assert exp.id == 2 and exp.status == Status.KEEP and exp.val_bpb == pytest.approx(score(cheat))
