@@ -13,15 +13,15 @@ import pytest
 from loop_support import constant, fake_result, make_loop, with_constants
 
 from autoresearch.loop.executor import RunSpec, outcome_of
-from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.ledger import Ledger, LedgerError
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.trying import try_working_tree
 from autoresearch.vocabulary import Status
 
 
 def score(source: str) -> float:
-    """Best at LR = 0.2; no seed noise (the margin is the floor, 0.001)."""
-    return 1.0 + (constant(source, "LR") - 0.2) ** 2
+    """Best at LR = 0.2; the baseline's second seed scores 0.002 worse (its noise)."""
+    return 1.0 + (constant(source, "LR") - 0.2) ** 2 + (0.002 if constant(source, "SEED") == 43 else 0.0)
 
 
 @dataclass
@@ -84,3 +84,48 @@ def test_a_try_the_agent_runs_outside_the_sandbox_is_not_judged_against_a_confin
     executor.confined = True  # in the sandbox again: LR 0.1 scores as it does
     exp = try_working_tree(make_loop(workspace, executor), "LR 0.1")
     assert exp.id == 2 and exp.status == Status.KEEP and exp.val_bpb == pytest.approx(score(cheat))
+
+
+@pytest.mark.parametrize(
+    ("forge", "named"),
+    [
+        ("UPDATE experiments SET val_bpb = val_bpb + 0.01 WHERE id = 1", "changed 1"),  # a worse best to beat
+        ("UPDATE experiments SET runs = '[1.0225, 1.0225, 1.0225]' WHERE id = 1", "changed 1"),  # a smaller noise
+        ("UPDATE experiments SET status = 'keep', val_bpb = 1.0 WHERE id = 2", "changed 2"),  # a discard made the best
+        ("DELETE FROM experiments WHERE id = 2", "deleted 2"),  # a discard hidden
+    ],
+)
+def test_a_ledger_the_agent_edits_between_two_trys_is_refused(workspace, forge, named):
+    """BROKE, fixed: the ledger is the loop's memory and the agent's to write between two `try` calls (sqlite3 from
+    its shell). A best made worse, or a noise made smaller, let the next `try` keep a change that beats neither; a
+    discard rewritten as kept became the best. The loop read the rows as it found them. Each row is now sealed as
+    the loop writes it, and a `try` over rows it did not write stops, naming them, before anything is trained."""
+    import sqlite3
+
+    executor = RacedExecutor()
+    make_loop(workspace, executor).baseline()
+    workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.5))
+    assert try_working_tree(make_loop(workspace, executor), "LR 0.5").status == Status.DISCARD
+    with sqlite3.connect(workspace.state / "ledger.sqlite") as db:
+        db.execute(forge)
+    trained = len(executor.trained)
+    workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.045))  # not better than the real best
+    with pytest.raises(LedgerError, match=f"written by another hand.*experiments {named}") as refused:
+        try_working_tree(make_loop(workspace, executor), "LR 0.045")
+    assert "rebuild-ledger" in refused.value.hint and len(executor.trained) == trained
+
+
+def test_a_ledger_row_the_agent_edits_while_the_loop_serves_submissions_is_refused(workspace):
+    """`run` serving `submit`s reads the ledger for every decision while the agent works beside it. A row written by
+    another process since the loop last read the file is checked against its seal before the loop uses it."""
+    import sqlite3
+
+    loop = make_loop(workspace, RacedExecutor())
+    loop.baseline()
+    assert loop.best().id == 1
+    with sqlite3.connect(workspace.state / "ledger.sqlite") as db:
+        db.execute("UPDATE experiments SET val_bpb = 2.0 WHERE id = 1")
+    with pytest.raises(LedgerError, match=r"written by another hand.*experiments changed 1"):
+        loop.best()
+    with pytest.raises(LedgerError, match="written by another hand"):  # nor does its next write seal the forgery
+        loop.ledger.update(1, reason="a reason")

@@ -69,6 +69,7 @@ class ResearchLoop(Asking, Recovery):
         self._fork_failure_told = False
         self.config = config
         self.ledger = Ledger(workspace.root)
+        self.ledger.verify()  # its rows are the loop's own, as it last wrote them: what it judges by
         self.left_in_flight: set[int] = set()  # set by recover_workspace: in flight when this start began
         budget = workspace.apparatus.budget_seconds
         if config.timeout is not None and config.timeout <= budget:
