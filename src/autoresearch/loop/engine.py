@@ -69,6 +69,7 @@ class ResearchLoop(Asking, Recovery):
         self._fork_failure_told = False
         self.config = config
         self.ledger = Ledger(workspace.root)
+        self.ledger.verify()  # its rows are the loop's own, as it last wrote them: what it judges by
         self.left_in_flight: set[int] = set()  # set by recover_workspace: in flight when this start began
         budget = workspace.apparatus.budget_seconds
         if config.timeout is not None and config.timeout <= budget:
@@ -244,7 +245,10 @@ class ResearchLoop(Asking, Recovery):
         exp.attempts += 1  # counted until the run ends: a run that kills the loop is found at the next start
         self.ledger.update(exp.id, attempts=exp.attempts)
         try:
-            spec = RunSpec(self.ws.root, self.ws.state / "runs" / f"{exp.id}-{run}", self.timeout, self.fingerprint)
+            # The bytes recorded are the bytes trained: train.py is read here, once, not by the executor from the
+            # file, which an agent driving the loop (`try`, outside any turn) could swap meanwhile and put back.
+            run_dir = self.ws.state / "runs" / f"{exp.id}-{run}"
+            spec = RunSpec(self.ws.root, run_dir, self.timeout, self.fingerprint, code=source.encode())
             with disk_full_is_an_error("writing a training run's files"):  # the loop stops saying so
                 outcome = self.executor.run(spec)
             if (failure := getattr(self.executor, "fork_failure", None)) and not self._fork_failure_told:

@@ -8,11 +8,19 @@ The driver asks for every row many times per experiment (the best, the noise, th
 duplicate check, results.tsv: 11.6 times per experiment at 16 workers in bench/simulate.py). `all()` reads
 the table again only when it has changed since: a write through this connection, or a commit by any other
 (SQLite's `data_version`), so it is never stale, for this process or another's writes.
+
+Each row is sealed as it is written: its digest goes into the `seals` table in the same transaction. A coding agent
+that drives the loop (`try`, `submit`) works from your shell between the loop's calls, and could edit a row with
+sqlite3 to make a best look worse, a noise look smaller, a discard look kept. The loop checks every row against its
+seal as it starts (`verify`) and whenever another process has written the file since it last read it, and refuses
+a ledger it did not write. This is a tripwire, not a proof: the seals lie in the same file, which the agent can
+write too, so one that reads this code can forge them (see the README's "What is not covered").
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import sqlite3
@@ -116,6 +124,7 @@ class Ledger:
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         existed = self.db_path.exists()
         self._writes = 0  # writes through this object: each makes the cached rows stale
+        self._verifying = False  # set by verify(): rows another process wrote are checked against their seals
         self._cached: tuple[tuple[int, int], list[Experiment]] | None = None  # (version, rows) of the last read
         try:
             self._open()
@@ -130,6 +139,56 @@ class Ledger:
             raise LedgerError(f"the ledger {self.db_path} is missing or empty, but this workspace has experiments "
                               "(results.tsv, .autoresearch/runs)", hint=REBUILD_HINT)  # fmt: skip
 
+    def verify(self) -> None:
+        """Refuse (LedgerError) a ledger whose rows are not the ones this program wrote: a row changed, added or
+        deleted by another hand since (an agent with sqlite3, say). A ledger from before the seals is sealed as it
+        is. From now on, rows another process writes are checked as they are read (`all`)."""
+        self._verifying = True
+        self._check_seals()
+
+    def _check_seals(self) -> None:
+        self._writes += 1  # read again, whatever was cached
+        rows = self._db.execute("SELECT * FROM experiments ORDER BY id").fetchall()
+        if not self._sealed():
+            self._db.execute("BEGIN IMMEDIATE")
+            self._reseal()
+            self._db.execute("COMMIT")
+            return
+        seals = dict(self._db.execute("SELECT id, digest FROM seals"))
+        ids = {row[0] for row in rows}
+        changed = sorted(row[0] for row in rows if seals.get(row[0]) not in (None, _digest(row)))
+        added = sorted(ids - set(seals))
+        deleted = sorted(set(seals) - ids)
+        if changed or added or deleted:
+            what = [
+                f"{how} {', '.join(map(str, ids[:8]))}{' ...' if len(ids) > 8 else ''}"
+                for how, ids in (("changed", changed), ("added", added), ("deleted", deleted))
+                if ids
+            ]
+            raise LedgerError(
+                f"the ledger {self.db_path} was written by another hand since the loop last wrote it: rows of "
+                f"experiments {'; '.join(what)}. The loop's decisions (the best, the noise) come from these rows",
+                hint="if a coding agent drives the loop, it edited its record: do not trust what it reported since. "
+                + REBUILD_HINT.replace("run ", "To go on, run ", 1),
+            )
+
+    def _sealed(self) -> bool:
+        return (
+            self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'seals'").fetchone()
+            is not None
+        )
+
+    def _reseal(self, exp_id: int | None = None) -> None:
+        """Seal row `exp_id` (every row where None) as it now is; within the caller's transaction."""
+        if exp_id is None or not self._sealed():  # a ledger from before the seals: sealed whole on its first write
+            self._db.execute("DROP TABLE IF EXISTS seals")
+            self._db.execute("CREATE TABLE seals (id INTEGER PRIMARY KEY, digest TEXT)")
+            rows = self._db.execute("SELECT * FROM experiments").fetchall()
+        else:
+            rows = self._db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchall()
+            self._db.execute("DELETE FROM seals WHERE id = ?", (exp_id,))
+        self._db.executemany("INSERT INTO seals (id, digest) VALUES (?, ?)", [(r[0], _digest(r)) for r in rows])
+
     def _open(self) -> None:
         self._writes += 1  # a new connection counts its data_version afresh
         self._db = sqlite3.connect(self.db_path, isolation_level=None)  # autocommit: each write is durable
@@ -142,6 +201,8 @@ class Ledger:
             if name not in have:  # a ledger written by an older version: the new column starts at its default
                 default = getattr(Experiment(0, "", "", "", ""), name)
                 self._db.execute(f'ALTER TABLE experiments ADD COLUMN "{name}" ANY DEFAULT {default!r}')
+        # Not resealed here: a sealed ledger lacks no column of this version, unless one was dropped to have the
+        # rows sealed again as they are. A later version that adds a column must check the seals first, then reseal.
 
     def close(self) -> None:
         self._db.close()
@@ -154,28 +215,44 @@ class Ledger:
     def insert(self, exp: Experiment) -> None:
         exp.started_at = exp.started_at or time.time()
         values = asdict(exp)
-        self._writes += 1
-        with disk_full_is_an_error("writing the ledger"):
-            self._db.execute(
-                f"INSERT INTO experiments ({_QUOTED}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                [values[c] for c in _COLUMNS],
-            )
+        self._write(
+            exp.id,
+            f"INSERT INTO experiments ({_QUOTED}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+            [values[c] for c in _COLUMNS],
+        )
 
     def update(self, exp_id: int, **changes: Any) -> None:
         unknown = set(changes) - set(_COLUMNS)
         if unknown:
             raise KeyError(f"no ledger column {', '.join(sorted(unknown))}")
         sets = ", ".join(f'"{k}" = ?' for k in changes)
+        self._write(exp_id, f"UPDATE experiments SET {sets} WHERE id = ?", [*changes.values(), exp_id])
+
+    def _write(self, exp_id: int, sql: str, args: list) -> None:
+        """One write of row `exp_id` and its seal, in one transaction. The loop's ledger checks first that nobody
+        else wrote since it last read: its write would seal what they wrote."""
+        if self._verifying:
+            self.all()
         self._writes += 1
         with disk_full_is_an_error("writing the ledger"):
-            self._db.execute(f"UPDATE experiments SET {sets} WHERE id = ?", [*changes.values(), exp_id])
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(sql, args)
+                self._reseal(exp_id)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # -- reads ----------------------------------------------------------------------------------
 
     def all(self) -> list[Experiment]:
         """Every experiment, oldest first: read from the database when it changed since the last call, else
         copies of the rows read then (a caller may change what it gets; the next caller gets the rows)."""
-        version = (self._writes, self._db.execute("PRAGMA data_version").fetchone()[0])
+        data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if self._verifying and self._cached is not None and self._cached[0][1] != data_version:
+            self._check_seals()  # another process wrote the file since: not one of the loop's
+        version = (self._writes, data_version)
         if self._cached is None or self._cached[0] != version:
             self._cached = (version, list(self._rows("SELECT * FROM experiments ORDER BY id")))
         return [_copy(exp) for exp in self._cached[1]]
@@ -228,7 +305,17 @@ class Ledger:
             self._db.executemany(f"INSERT INTO experiments ({_QUOTED}) VALUES ({marks})", rows)
             self._db.execute("COMMIT")
             changed = changed or "changed the ledger"
+        if changed or self._seals() != {r[0]: _digest(r) for r in rows}:  # the rows are the loop's: so are their seals
+            self._db.execute("BEGIN")
+            self._reseal()
+            self._db.execute("COMMIT")
+            changed = changed or "changed the ledger's seals"
+        if self._cached is not None:  # what this process reads next is its own
+            self._cached = None
         return changed
+
+    def _seals(self) -> dict[int, str]:
+        return dict(self._db.execute("SELECT id, digest FROM seals")) if self._sealed() else {}
 
     def _identity(self) -> tuple[int, int] | None:
         try:
@@ -251,6 +338,12 @@ class Ledger:
             lines.append(f"{(exp.commit or '')[:7]}\t{bpb}\t{mem}\t{exp.status}\t{desc}\n")
         with disk_full_is_an_error("writing results.tsv"):
             write_text_atomic(self.workspace / "results.tsv", "".join(lines), self.workspace / "results.tsv.tmp")
+
+
+def _digest(row: tuple) -> str:
+    """A row's seal: SHA-256 of its values as stored (types included: 1 and "1" differ)."""
+    typed = [[type(v).__name__, v.hex() if isinstance(v, bytes) else v] for v in row]
+    return hashlib.sha256(json.dumps(typed).encode()).hexdigest()
 
 
 def best_of(rows: list[Experiment]) -> Experiment | None:

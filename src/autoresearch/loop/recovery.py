@@ -24,7 +24,7 @@ from autoresearch.agents.command_agent import AGENT_PID
 from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
-from autoresearch.loop.settings import APPARATUS_HINT, SETUP_HINT, LoopError
+from autoresearch.loop.settings import APPARATUS_HINT, CONFINEMENT_HINT, SETUP_HINT, LoopError
 from autoresearch.loop.watch import fresh_folder, put_back_left
 from autoresearch.orphans import reap, remove_left_boxes
 from autoresearch.vocabulary import Kind, RunEnd, Status
@@ -55,11 +55,28 @@ class Recovery:
             return f"it was measured on {setup}, the baseline's runs on {expected}"
         return None
 
+    def confinement_differs(self, confined: bool | None) -> str | None:
+        """Why a run that was not confined (`confined` False: AUTORESEARCH_SANDBOX=off in the environment of the
+        `try` an agent called, or bubblewrap failing) is not comparable with a confined baseline's runs, or None.
+        Unconfined, train.py reads what your user can: the validation rows, weights an agent trained and left."""
+        if confined is False and self.baseline_result().get("confined") is True:
+            return "it ran outside the sandbox (confined: false), the baseline's runs inside it"
+        return None
+
+    def incomparable(self, recorded: dict) -> tuple[str, str] | None:
+        """Why a run's result (its fields) is not comparable with the baseline's runs, and what to do; or None."""
+        if why := self.setup_differs(recorded.get("setup")):
+            return why, SETUP_HINT
+        if why := self.confinement_differs(recorded.get("confined")):
+            return why, CONFINEMENT_HINT
+        return None
+
     def comparable(self, outcome: Outcome, run_dir: Path) -> Outcome:
-        """`outcome`, or an apparatus change where it ended well on another setup than the baseline's runs; the
-        result of a run refused either way (another apparatus too) is set aside in `run_dir`."""
-        if outcome.status == RunEnd.OK and outcome.result and (why := self.setup_differs(outcome.result.setup)):
-            outcome = replace(outcome, status=RunEnd.CHANGED, reason=why, hint=SETUP_HINT)
+        """`outcome`, or an apparatus change where it ended well on another setup than the baseline's runs, or
+        outside the sandbox where they ran in it; the result of a run refused either way (another apparatus too)
+        is set aside in `run_dir`."""
+        if outcome.status == RunEnd.OK and outcome.result and (refused := self.incomparable(outcome.result.__dict__)):
+            outcome = replace(outcome, status=RunEnd.CHANGED, reason=refused[0], hint=refused[1])
         if outcome.status == RunEnd.CHANGED:
             set_aside(run_dir)
         return outcome
@@ -68,11 +85,11 @@ class Recovery:
         """Stop before judging a change measured on another setup than the baseline's runs. Only one that ended
         before the baseline's first seed can be (each later run is checked as it ends; several workers): its runs
         are dropped, and the next start trains it again where the baseline's ran."""
-        if why := self.setup_differs(self.ledger.get(exp.id).recorded.get("setup")):
+        if refused := self.incomparable(self.ledger.get(exp.id).recorded):
             self.ledger.update(exp.id, runs="[]", seeds="[]", result="{}")
             for run_dir in self.ws.state.glob(f"runs/{exp.id}-*"):
                 set_aside(run_dir)
-            raise LoopError(f"experiment {exp.id} stopped: {why}", hint=SETUP_HINT)
+            raise LoopError(f"experiment {exp.id} stopped: {refused[0]}", hint=refused[1])
 
     def check_apparatus(self) -> None:
         """Refuse to go on when the harness, data or budget differ from the baseline's (its seeds measured so far)."""

@@ -19,6 +19,12 @@ SETUP_HINT = (
     "(autoresearch init) for this machine"
 )
 
+CONFINEMENT_HINT = (
+    "a run outside the sandbox can read the validation data and what an agent left anywhere, so its score is not "
+    "compared with the confined baseline's: run with AUTORESEARCH_SANDBOX unset, and where bubblewrap itself "
+    "failed, see the run's log"
+)
+
 
 @dataclass(frozen=True)
 class LoopConfig:
