@@ -23,6 +23,7 @@ from test_agent_turn import GIT, PY, assert_the_loop_owns_the_workspace, score, 
 
 from autoresearch.agents.command_agent import CommandAgent, pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
+from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.result import SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
@@ -443,4 +444,26 @@ def test_a_held_change_planted_through_a_linked_submitting_folder_is_taken_away(
     assert not os.path.lexists(workspace.state / "submitting")
     best = make_loop(workspace, FakeExecutor(score)).best()
     assert put_back_edits(workspace, print) is None and workspace.read_train_py() == best.source
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.skipif(with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can hide a place")
+def test_an_agent_cannot_write_where_the_evaluators_compile(workspace, tmp_path):
+    """BROKE, fixed: the evaluator compiles the handed-over graph with Inductor, whose cache lay in
+    $AUTORESEARCH_CACHE/evaluator-compile, open to the agent: Inductor imports a generated module it finds already
+    written instead of writing it, so an agent's edit of one ran in the next evaluator that compiled the same graph
+    (a score of its choosing). Each evaluator now compiles in a folder of its own there, and in an agent's turn the
+    place is an empty folder: what another worker's evaluator compiles meanwhile is out of its reach too."""
+    caches = compile_cache.evaluator_dir()
+    running = caches / "box-running" / "inductor"  # an evaluator of another worker, compiling during the turn
+    running.mkdir(parents=True, exist_ok=True)
+    seen = tmp_path / "seen"
+    plant = (
+        f"(ls -A {running} > {seen} 2>&1; mkdir -p {running}/ab; echo 'import os' > {running}/ab/planted.py; "
+        f"echo 'import os' > {caches}/sitecustomize.py) || true"
+    )
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho LR 0.2")
+    assert exp.status == Status.KEEP, exp.reason
+    assert "No such file or directory" in seen.read_text()  # the place is empty in the agent's namespace
+    assert os.listdir(running) == [] and not (caches / "sitecustomize.py").exists()
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
