@@ -23,7 +23,7 @@ from test_agent_turn import GIT, PY, assert_the_loop_owns_the_workspace, score, 
 
 from autoresearch.agents.command_agent import CommandAgent, pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
-from autoresearch.evaluator import compile_cache
+from autoresearch.evaluator import compile_cache, sandbox
 from autoresearch.evaluator.result import SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
@@ -467,3 +467,31 @@ def test_an_agent_cannot_write_where_the_evaluators_compile(workspace, tmp_path)
     assert "No such file or directory" in seen.read_text()  # the place is empty in the agent's namespace
     assert os.listdir(running) == [] and not (caches / "sitecustomize.py").exists()
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_no_trusted_process_imports_from_the_working_directory_an_agent_can_write(tmp_path, monkeypatch):
+    """BROKE, fixed: the evaluators started as new processes (no fork server), the fork server and `submit`'s loop
+    in the background ran as `python -m ...`, which puts the working directory first on sys.path for the process's
+    whole life; the loop's is the workspace (`cd demo; autoresearch run`), where an agent whose turn overlaps other
+    workers' runs (or that drives `submit`) could leave an `autoresearch` package of its own: an evaluator started
+    meanwhile ran it, and sealed whatever score it liked. They import nothing from there now."""
+    planted = tmp_path / "autoresearch"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("import sys; print('PLANTED RAN'); sys.exit(9)\n")
+    monkeypatch.chdir(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())}
+    evaluator = executors.NewProcess(sys.executable, tmp_path / "no-workspace", env)
+    evaluator.stdin.close()
+    assert evaluator.wait(timeout=120) == 2  # the real evaluator: no workspace there
+    evaluator.captured.seek(0)
+    said = evaluator.captured.read().decode()
+    assert "PLANTED" not in said and "autoresearch.json" in said, said
+    server = executors.ForkServer(sys.executable, env)
+    try:
+        assert server._next(timeout=120) == {"ready": True}
+    finally:
+        server.close()
+    cli = subprocess.run(
+        [*sandbox.module_command(sys.executable, "autoresearch"), "--help"], env=env, capture_output=True, text=True
+    )
+    assert cli.returncode == 0 and "PLANTED" not in cli.stdout and "usage" in cli.stdout
