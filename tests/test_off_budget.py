@@ -199,3 +199,20 @@ def test_weights_an_agent_leaves_in_the_home_or_var_tmp_cannot_be_read_by_its_ru
         log = (ws.state / "runs" / f"{exp.id}-0" / "log.txt").read_text()
         assert plant.read_bytes() == WEIGHTS  # it is there, outside
         assert "blocked weights FileNotFoundError" in log and "REACHED" not in log, log
+
+
+def test_a_user_site_packages_an_agent_makes_where_none_was_is_a_change(tmp_path, monkeypatch) -> None:
+    """BROKE, fixed: outside a venv Python reads the user's site-packages (~/.local/lib/python3.X/site-packages)
+    where it exists, and runs its .pth files and usercustomize.py in every process it starts: the evaluators, the
+    fork server, the loop's next start. Where it did not exist when the loop started it was on no sys.path, so
+    not watched, and an agent could make it in its turn, code for every later evaluator to run unconfined."""
+    import site
+
+    user_site = tmp_path / "home" / ".local" / "lib" / "python3" / "site-packages"
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", True)
+    monkeypatch.setattr(site, "USER_SITE", str(user_site))
+    environment = Environment.of_runs({}, tmp_path / "workspace")
+    start = environment.start()
+    user_site.mkdir(parents=True)
+    (user_site / "usercustomize.py").write_text("import autoresearch.evaluator.score  # and change it\n")
+    assert environment.changes(start) == [f"added {user_site / 'usercustomize.py'}"]

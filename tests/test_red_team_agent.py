@@ -23,6 +23,7 @@ from test_agent_turn import GIT, PY, assert_the_loop_owns_the_workspace, score, 
 
 from autoresearch.agents.command_agent import CommandAgent, pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
+from autoresearch.evaluator import compile_cache, sandbox
 from autoresearch.evaluator.result import SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
@@ -469,3 +470,53 @@ def test_an_agent_cannot_write_the_python_the_runs_load_nor_as_root_the_system(w
         for p in places:
             p.unlink(missing_ok=True)
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.skipif(with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can hide a place")
+def test_an_agent_cannot_write_where_the_evaluators_compile(workspace, tmp_path):
+    """BROKE, fixed: the evaluator compiles the handed-over graph with Inductor, whose cache lay in
+    $AUTORESEARCH_CACHE/evaluator-compile, open to the agent: Inductor imports a generated module it finds already
+    written instead of writing it, so an agent's edit of one ran in the next evaluator that compiled the same graph
+    (a score of its choosing). Each evaluator now compiles in a folder of its own there, and in an agent's turn the
+    place is an empty folder: what another worker's evaluator compiles meanwhile is out of its reach too."""
+    caches = compile_cache.evaluator_dir()
+    running = caches / "box-running" / "inductor"  # an evaluator of another worker, compiling during the turn
+    running.mkdir(parents=True, exist_ok=True)
+    seen = tmp_path / "seen"
+    plant = (
+        f"(ls -A {running} > {seen} 2>&1; mkdir -p {running}/ab; echo 'import os' > {running}/ab/planted.py; "
+        f"echo 'import os' > {caches}/sitecustomize.py) || true"
+    )
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho LR 0.2")
+    assert exp.status == Status.KEEP, exp.reason
+    assert "No such file or directory" in seen.read_text()  # the place is empty in the agent's namespace
+    assert os.listdir(running) == [] and not (caches / "sitecustomize.py").exists()
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_no_trusted_process_imports_from_the_working_directory_an_agent_can_write(tmp_path, monkeypatch):
+    """BROKE, fixed: the evaluators started as new processes (no fork server), the fork server and `submit`'s loop
+    in the background ran as `python -m ...`, which puts the working directory first on sys.path for the process's
+    whole life; the loop's is the workspace (`cd demo; autoresearch run`), where an agent whose turn overlaps other
+    workers' runs (or that drives `submit`) could leave an `autoresearch` package of its own: an evaluator started
+    meanwhile ran it, and sealed whatever score it liked. They import nothing from there now."""
+    planted = tmp_path / "autoresearch"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("import sys; print('PLANTED RAN'); sys.exit(9)\n")
+    monkeypatch.chdir(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())}
+    evaluator = executors.NewProcess(sys.executable, tmp_path / "no-workspace", env)
+    evaluator.stdin.close()
+    assert evaluator.wait(timeout=120) == 2  # the real evaluator: no workspace there
+    evaluator.captured.seek(0)
+    said = evaluator.captured.read().decode()
+    assert "PLANTED" not in said and "autoresearch.json" in said, said
+    server = executors.ForkServer(sys.executable, env)
+    try:
+        assert server._next(timeout=120) == {"ready": True}
+    finally:
+        server.close()
+    cli = subprocess.run(
+        [*sandbox.module_command(sys.executable, "autoresearch"), "--help"], env=env, capture_output=True, text=True
+    )
+    assert cli.returncode == 0 and "PLANTED" not in cli.stdout and "usage" in cli.stdout

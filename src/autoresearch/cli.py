@@ -259,7 +259,17 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
     edit = ws.train_py.read_bytes().decode()  # as it is on disk, line endings and all, to put back on a failure
 
     def start() -> subprocess.Popen:
-        argv = [sys.executable, "-m", "autoresearch", "run", "--agent", "queue", "--plain", "--linger", "600"]
+        from autoresearch.evaluator.sandbox import module_command
+
+        argv = [
+            *module_command(sys.executable, "autoresearch"),
+            "run",
+            "--agent",
+            "queue",
+            "--plain",
+            "--linger",
+            "600",
+        ]
         argv += ["--baseline-runs", str(args.baseline_runs), "--workspace", str(ws.root)]
         for option, value in (("--gpus", args.gpus), ("--workers", args.workers), ("--timeout", args.timeout),
                               ("--accelerator", args.accelerator)):  # fmt: skip

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
-from autoresearch.evaluator import shown
+from autoresearch.evaluator import compile_cache, shown
 from autoresearch.evaluator.hidden import workspace_data_places
 from autoresearch.files import clear, write_text_atomic
 from autoresearch.orphans import marked, write_pid_file
@@ -195,7 +195,7 @@ def run_process(
     `pid_namespace()` is had)."""
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
     process = subprocess.Popen(
-        [*with_hidden(pid_namespace(), workspace_data_places(workspace), read_only_places(workspace, env)), *argv],
+        [*with_hidden(pid_namespace(), hidden_places(workspace), read_only_places(workspace, env)), *argv],
         cwd=workspace,
         env=marked(env),  # a later start kills what a killed loop left (`reap`)
         stdin=subprocess.PIPE,
@@ -221,6 +221,18 @@ def run_process(
         _kill_group(process)
         clear(pid_file)  # whatever the agent made of it
     return process.returncode, stdout, stderr
+
+
+def hidden_places(workspace: Path) -> list[Path]:
+    """What an agent's turn is not shown: the data (evaluator/hidden.py), and the folder of the evaluators' own
+    compiler caches (made here where missing, so that what is made there later is hidden too): an evaluator runs
+    what its compilers find there (evaluator/compile_cache.py), and another worker's evaluator may be compiling
+    while the agent works."""
+    caches = compile_cache.evaluator_dir()
+    caches.mkdir(parents=True, exist_ok=True)
+    inside = workspace.resolve()
+    held = [] if caches == inside or caches in inside.parents else [caches]
+    return [*workspace_data_places(workspace), *held]
 
 
 @functools.cache

@@ -15,16 +15,24 @@ them to the shared cache when the run's train.py is kept, or is the baseline, an
 (`settle`); an entry already in the shared cache is never replaced. What is left open (README, threat
 model): a kept train.py could leave files there for a later one. `AUTORESEARCH_COMPILE_CACHE=run` closes
 that too: a run then sees no shared cache at all and compiles everything itself.
+
+The evaluator compiles the handed-over graph too (on CUDA), never with these caches (what an experiment compiled
+reaches them), and never with a cache that outlives it (`evaluator_caches`): Inductor does not rewrite a generated
+module it finds already written and imports it, and unpickles its graph cache's entries. A cache kept from run to
+run lay where a coding agent could write during its turn, edited modules for the next run's evaluator to run: a
+score forged (red team, 2026-12-03). What one loses: the evaluation's compile is a cold one, in the thread that
+compiles ahead while the experiment trains (evaluator/ahead.py).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
 from autoresearch.config.paths import cache_root
+from autoresearch.orphans import owned_box, remove_left_boxes
 
 MODE_ENV = "AUTORESEARCH_COMPILE_CACHE"  # "run": no shared cache; every run compiles from scratch
 CACHES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}  # variable -> subdirectory
@@ -35,6 +43,14 @@ INSIDE = Path("/tmp/autoresearch-compile")  # where a confined run sees its laye
 # taken (filelock opens it without following links: ELOOP, and Inductor on the CPU failed the run).
 LOCK = ".lock"
 MAX_STAGED_BYTES = 2**30  # what one run may add; more is not kept (a run could fill the disk this way)
+EVALUATOR = "evaluator-compile"  # under the cache root: each evaluator's own caches, a folder per process
+# The evaluator's compilers and the CUDA driver, and where each keeps what it compiled (in its folder): the
+# driver's JIT cache (~/.nv/ComputeCache) and torch's of the kernels it builds at run time (~/.cache/torch/kernels)
+# are loaded as they are found, like Inductor's and Triton's.
+EVALUATOR_CACHES = {
+    "TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton", "CUDA_CACHE_PATH": "nv",
+    "PYTORCH_KERNEL_CACHE_PATH": "torch-kernels",
+}  # fmt: skip
 
 
 def shared_dirs() -> dict[str, Path]:
@@ -116,6 +132,25 @@ def settle(staged: Iterable[Path], keep: bool) -> int:
                     added += 1
         shutil.rmtree(run, ignore_errors=True)
     return added
+
+
+def evaluator_dir() -> Path:
+    """Where the evaluators' caches lie (a coding agent's turn does not see it: agents/command_agent.py)."""
+    return cache_root() / EVALUATOR
+
+
+def evaluator_caches(env: MutableMapping[str, str]) -> Path:
+    """A new, empty folder for the caches of this process's compilers, set in `env` (os.environ: read as they
+    compile); the folders of evaluators that ended without removing theirs (killed) go. The caller removes the
+    folder (orphans.remove_box) when it is done."""
+    top = evaluator_dir()
+    top.mkdir(parents=True, exist_ok=True)
+    remove_left_boxes(top)
+    folder = owned_box(top, os.getpid())
+    for name, sub in EVALUATOR_CACHES.items():
+        (folder / sub).mkdir()
+        env[name] = str(folder / sub)
+    return folder
 
 
 def _per_run() -> bool:

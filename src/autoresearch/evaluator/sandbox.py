@@ -131,6 +131,20 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
     return evaluator
 
 
+# `python -m MODULE ARGS...` without the working directory on sys.path: -m puts it first, for the process's whole
+# life, and the loop's is often the workspace, where an agent (a turn overlapping other workers' runs, `submit`'s
+# at any time) could leave an `autoresearch` package or a `ray.py` of its own for a trusted process started or
+# importing meanwhile. (-P does the same from Python 3.11 on.)
+_RUN_MODULE = (
+    "import sys; del sys.path[0]; import runpy; runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+
+
+def module_command(python: str, module: str) -> list[str]:
+    """The command line that runs `module` as `python -m` does, but imports nothing from the working directory."""
+    return [python, "-c", _RUN_MODULE, module]
+
+
 def _trains_on_cpu(env: Mapping[str, str]) -> bool:
     """Whether runs will train on the CPU (device.pick_device's answer), told without importing torch."""
     if device := env.get("AUTORESEARCH_DEVICE"):

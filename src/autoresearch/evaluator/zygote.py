@@ -111,8 +111,7 @@ def _evaluator(sock: socket.socket, main, argv: list[str], fds: list[int]) -> No
 
 
 def main() -> None:
-    if not getattr(sys.flags, "safe_path", False):
-        del sys.path[0]  # `-m` put the loop's working directory there
+    # Started without the working directory on sys.path (sandbox.module_command)
     serve(socket.socket(fileno=int(sys.argv[1])))
 
 

@@ -25,6 +25,7 @@ import io
 import marshal
 import os
 import struct
+import sys
 import threading
 import types
 from collections.abc import Iterable, Mapping
@@ -133,6 +134,20 @@ def _same_code(cached: types.CodeType, compiled: types.CodeType, source: Path) -
     return all(_same_code(a, b, source) for a, b in nested)
 
 
+def would_be_paths() -> list[Path]:
+    """Where a Python started later (an evaluator, the fork server, the loop's next start) would look for code
+    that is not there now, outside the system's directories: the user's site-packages, where Python reads it
+    (`site.ENABLE_USER_SITE`: outside a venv, or in one that includes the system's packages), and the entries of
+    sys.path that do not exist (a PYTHONPATH folder, the standard library's zip). Made by an agent, a .pth file or
+    usercustomize.py there runs in every one of them, trusted ones too: watched as they are, nothing at first."""
+    import site
+
+    paths = [Path(p) for p in sys.path[1:] if p and not os.path.exists(p)]
+    if site.ENABLE_USER_SITE:
+        paths.append(Path(site.getusersitepackages()))
+    return [p.absolute() for p in paths if not shown.is_system(p.absolute())]
+
+
 class Environment:
     """The files a run reads that an agent may write, outside the workspace (which workspace/integrity.py checks).
     `start()` before an agent's turn, `changes(start)` after it."""
@@ -152,7 +167,7 @@ class Environment:
         """What this Python's runs are shown (evaluator/shown.py) that an agent may write, and the shared compile
         cache, which every run reads (evaluator/compile_cache.py)."""
         roots, skip = shown.writable_by_agents(env, exclude=[workspace]), shown.unused_site_packages()
-        return cls(roots, fresh=compile_cache.shown_dirs(), skip=skip)
+        return cls([*roots, *would_be_paths()], fresh=compile_cache.shown_dirs(), skip=skip)
 
     def start(self) -> Signature:
         """The signature a turn starts from: the one the last turn ended with (taken now, the first time)."""

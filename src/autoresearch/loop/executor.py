@@ -31,7 +31,7 @@ import psutil
 
 from autoresearch.evaluator.confined import FORK_ENV, kill_tree
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, ForgedResult, Result
-from autoresearch.evaluator.sandbox import evaluator_env
+from autoresearch.evaluator.sandbox import evaluator_env, module_command
 from autoresearch.files import clear, make_folder, write_text_atomic
 from autoresearch.orphans import marked, reap, write_pid_file
 from autoresearch.vocabulary import RunEnd
@@ -252,7 +252,7 @@ class NewProcess(subprocess.Popen):
     def __init__(self, python: str, directory: Path, env: Mapping[str, str]):
         self.captured = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process it records
         super().__init__(
-            [python, "-m", "autoresearch.evaluator.referee", "--workspace", str(directory)],
+            [*module_command(python, "autoresearch.evaluator.referee"), "--workspace", str(directory)],
             stdin=subprocess.PIPE,
             stdout=self.captured,
             stderr=self.captured,
@@ -272,7 +272,7 @@ class ForkServer:
         self._sock, theirs = socket.socketpair()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self._proc = subprocess.Popen(
-            [python, "-m", "autoresearch.evaluator.zygote", str(theirs.fileno())],
+            [*module_command(python, "autoresearch.evaluator.zygote"), str(theirs.fileno())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             stdout=self._stderr,
