@@ -3,6 +3,7 @@ reaches the shared cache only when the loop keeps its train.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def test_what_a_kept_run_compiled_joins_the_shared_cache_but_replaces_nothing_in
 ) -> None:
     box, staged = tmp_path / "box", tmp_path / "runs" / "7-0" / compile_cache.STAGED
     a_run(layer_of(box))
-    compile_cache.harvest(box, staged)
+    compile_cache.vouch(staged, compile_cache.harvest(box, staged))
     assert compile_cache.settle([staged], keep=True) == 2  # the new entry and the kernel, not the replacement
     inductor = shared["TORCHINDUCTOR_CACHE_DIR"]
     assert (inductor / "fxgraph" / "cd" / "new").read_text() == "compiled by this run"
@@ -89,10 +90,34 @@ def test_what_a_kept_run_compiled_joins_the_shared_cache_but_replaces_nothing_in
 def test_what_a_discarded_run_compiled_is_deleted(shared: dict[str, Path], tmp_path: Path) -> None:
     box, staged = tmp_path / "box", tmp_path / "runs" / "7-0" / compile_cache.STAGED
     a_run(layer_of(box))
-    compile_cache.harvest(box, staged)
+    compile_cache.vouch(staged, compile_cache.harvest(box, staged))
     assert compile_cache.settle([staged], keep=False) == 0
     assert not staged.exists()
     assert not (layer_of(tmp_path / "next-box")["TORCHINDUCTOR_CACHE_DIR"] / "fxgraph" / "cd").exists()
+
+
+@pytest.mark.parametrize("after", ["plants a file", "edits a file", "no result vouched"])
+def test_files_an_agent_adds_to_a_kept_runs_staged_output_do_not_reach_the_shared_cache(
+    shared: dict[str, Path], tmp_path: Path, after: str
+) -> None:
+    """BROKE, fixed: what a run compiled waits in the workspace's state until the verdict, and a coding agent whose
+    turn fell meanwhile (several workers, a re-run) could add a file there, or change one: kept, it joined the shared
+    cache, for every later run to load (weights dressed up as a kernel). Only what the run's sealed result vouched
+    for joins it now; a run whose result said nothing (a loop started again since) adds nothing."""
+    box, staged = tmp_path / "box", tmp_path / "runs" / "7-0" / compile_cache.STAGED
+    a_run(layer_of(box))
+    compiled = compile_cache.harvest(box, staged)
+    if after != "no result vouched":
+        compile_cache.vouch(staged, compiled)
+    if after == "plants a file":
+        (staged / "inductor" / "fxgraph" / "ef").mkdir()
+        (staged / "inductor" / "fxgraph" / "ef" / "weights").write_bytes(b"trained during the turn")
+    elif after == "edits a file":
+        (staged / "triton" / "kernel.cubin").write_bytes(b"trained during the turn")
+    assert compile_cache.settle([staged], keep=True) == 0
+    assert not staged.exists()
+    assert not (shared["TORCHINDUCTOR_CACHE_DIR"] / "fxgraph" / "cd").exists()
+    assert not (shared["TRITON_CACHE_DIR"] / "kernel.cubin").exists()
 
 
 def test_links_and_oversized_output_are_not_taken(
@@ -104,13 +129,13 @@ def test_links_and_oversized_output_are_not_taken(
     secret.write_text("not the run's")
     (inductor / "link-out").symlink_to(secret)
     (inductor / "dir-link").symlink_to(tmp_path, target_is_directory=True)
-    compile_cache.harvest(box, staged)
+    compile_cache.vouch(staged, compile_cache.harvest(box, staged))
     assert compile_cache.settle([staged], keep=True) == 0
     assert secret.read_text() == "not the run's"
 
     monkeypatch.setattr(compile_cache, "MAX_STAGED_BYTES", 10)
     (inductor / "big").write_bytes(b"x" * 11)
-    compile_cache.harvest(box, staged)
+    compile_cache.vouch(staged, compile_cache.harvest(box, staged))
     assert compile_cache.settle([staged], keep=True) == 0
     assert not (shared["TORCHINDUCTOR_CACHE_DIR"] / "big").exists()
 
@@ -123,7 +148,7 @@ def test_lock_files_are_neither_taken_nor_linked(shared: dict[str, Path], tmp_pa
     (inductor / "locks").mkdir()
     (inductor / "locks" / "abc.lock").write_text("")
     (inductor / "kernel.py").write_text("compiled")
-    compile_cache.harvest(box, staged)
+    compile_cache.vouch(staged, compile_cache.harvest(box, staged))
     assert compile_cache.settle([staged], keep=True) == 1
     assert not (shared["TORCHINDUCTOR_CACHE_DIR"] / "locks" / "abc.lock").exists()
     (shared["TORCHINDUCTOR_CACHE_DIR"] / "locks").mkdir(exist_ok=True)
@@ -140,7 +165,7 @@ def test_a_compile_cache_per_run_sees_nothing_shared_and_adds_nothing(
     inductor = layer_of(box)["TORCHINDUCTOR_CACHE_DIR"]
     assert inductor.is_dir() and not any(inductor.iterdir())
     (inductor / "new").write_text("compiled by this run")
-    compile_cache.harvest(box, staged)
+    compile_cache.vouch(staged, compile_cache.harvest(box, staged))
     assert compile_cache.settle([staged], keep=True) == 0
 
 
@@ -164,9 +189,12 @@ class CompilingExecutor(FakeExecutor):
         outcome = super().run(spec)
         source = self.calls[-1]
         entry = f"lr{constant(source, 'LR')}-seed{constant(source, 'SEED')}"
-        (spec.run_dir / compile_cache.STAGED / "inductor").mkdir(parents=True)
-        (spec.run_dir / compile_cache.STAGED / "inductor" / entry).write_text("compiled")
-        return outcome
+        staged = spec.run_dir / compile_cache.STAGED
+        (staged / "inductor").mkdir(parents=True)
+        (staged / "inductor" / entry).write_text("compiled")
+        return dataclasses.replace(
+            outcome, result=dataclasses.replace(outcome.result, compiled=compile_cache.digest(staged))
+        )
 
 
 def test_the_loop_adds_what_the_baseline_and_kept_changes_compiled_and_deletes_the_rest(

@@ -26,8 +26,10 @@ compiles ahead while the experiment trains (evaluator/ahead.py).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import threading
 from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
@@ -98,30 +100,61 @@ def fill(box: Path) -> None:
             _link_tree(shared, top)
 
 
-def harvest(box: Path, staged: Path) -> None:
-    """Move what the run compiled (the files of its layer that are not links to the shared cache) to `staged`."""
+def harvest(box: Path, staged: Path) -> str:
+    """Move what the run compiled (the files of its layer that are not links to the shared cache) to `staged`; its
+    `digest`, which the evaluator seals into the run's result."""
     shutil.rmtree(staged, ignore_errors=True)  # left by an earlier attempt of the same run
     # The run may have replaced its layer, or a compiler's directory in it, by a link: followed, it would lead to
     # files of the user's (a key, the validation shard), moved here and on into the shared cache.
     if _per_run() or (box / LAYER).is_symlink():
-        return
+        return ""
     found = [(sub, rel) for sub in CACHES.values() for rel in _own_files(box / LAYER / sub)]
     size = sum((box / LAYER / sub / rel).stat().st_size for sub, rel in found)
     if size > MAX_STAGED_BYTES:
-        return
+        return ""
     for sub, rel in found:
         target = staged / sub / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(box / LAYER / sub / rel, target)
+    return digest(staged)
+
+
+def digest(staged: Path) -> str:
+    """What a run compiled, as one SHA-256 over the path and content of every file staged; "" where none is."""
+    files = [(sub, rel) for sub in CACHES.values() for rel in sorted(_own_files(staged / sub))]
+    if not files:
+        return ""
+    whole = hashlib.sha256()
+    for sub, rel in files:
+        whole.update(f"{sub}/{rel}\0".encode())
+        with open(staged / sub / rel, "rb") as f:
+            whole.update(hashlib.file_digest(f, "sha256").digest())
+    return whole.hexdigest()
+
+
+# What a run's sealed result says it compiled, by its staged folder, in this process: the files wait there, in the
+# workspace's state, until the verdict, where a coding agent whose turn falls meanwhile (several workers, a re-run)
+# could add its own, for the shared cache and every later run. Only files still as the result sealed them join it.
+_vouched: dict[str, str] = {}
+_vouched_lock = threading.Lock()  # workers report their runs from their threads
+
+
+def vouch(staged: Path, compiled: str | None) -> None:
+    """Record the digest (`Result.compiled`) the run's sealed result gave for what it staged in `staged`."""
+    with _vouched_lock:
+        _vouched[str(staged.absolute())] = compiled or ""
 
 
 def settle(staged: Iterable[Path], keep: bool) -> int:
-    """Add the runs' compiled files to the shared caches (`keep`), or not; either way delete them. Returns how
-    many files were added. A file the shared cache has already stays as it is."""
+    """Add the runs' compiled files to the shared caches (`keep`) where they are still what the run's result
+    vouched for (`vouch`; after a restart nothing is), or not; either way delete them. Returns how many files were
+    added. A file the shared cache has already stays as it is."""
     added = 0
     shared = {CACHES[name]: path for name, path in shared_dirs().items()}
     for run in staged:
-        if keep:
+        with _vouched_lock:
+            vouched = _vouched.pop(str(run.absolute()), "")
+        if keep and vouched and digest(run) == vouched:
             for sub, top in shared.items():
                 for rel in _own_files(run / sub):
                     target = top / rel

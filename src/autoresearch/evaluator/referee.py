@@ -20,6 +20,7 @@ protocol (the result says why), 2 cannot run at all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -170,10 +171,10 @@ class Referee:
             code = self.experiment.stop()
             if start_up := self.timeline.start_up():
                 self.experiment.output.note(start_up)
-            if staged:
-                compile_cache.harvest(self.box, staged)
+            compiled = compile_cache.harvest(self.box, staged) if staged else ""
             self.session.write_progress(EVALUATING)
             result, crashed = self._judge(broken, code)
+            result = dataclasses.replace(result, compiled=compiled)
             result.save(result_path, key)
             if progress_path:
                 progress_path.unlink(missing_ok=True)

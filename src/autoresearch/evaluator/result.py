@@ -63,6 +63,8 @@ class Result:
     training_clock: str = "wall clock"  # what training_seconds counts (evaluator/clock.py)
     # The kind of device and the clock ("NVIDIA H200; wall clock"): scores measured on another are not compared.
     setup: str = ""
+    # What the run compiled, staged beside this result (compile_cache.digest): joins the shared cache only as sealed.
+    compiled: str = ""
 
     def save(self, path: Path, key: str | None = None) -> None:
         """Write the result; with `key`, sealed with it (the loop's run: see the module's docstring)."""

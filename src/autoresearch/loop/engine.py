@@ -251,6 +251,7 @@ class ResearchLoop(Asking, Recovery):
             spec = RunSpec(self.ws.root, run_dir, self.timeout, self.fingerprint, code=source.encode())
             with disk_full_is_an_error("writing a training run's files"):  # the loop stops saying so
                 outcome = self.executor.run(spec)
+            compile_cache.vouch(spec.run_dir / compile_cache.STAGED, outcome.result and outcome.result.compiled)
             if (failure := getattr(self.executor, "fork_failure", None)) and not self._fork_failure_told:
                 self._fork_failure_told = True
                 self.reporter.message(f"the fork server failed ({failure}); runs now start as new processes, slower")

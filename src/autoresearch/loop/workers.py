@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.cores import usable_cores
 from autoresearch.evaluator.gpu_nodes import gpu_models, nvidia_gpus
 from autoresearch.loop.executor import Executor, LocalExecutor, Outcome, RunSpec
@@ -126,6 +127,8 @@ class Worker:
             try:
                 with disk_full_is_an_error("writing a training run's files"):  # the loop stops saying so
                     outcome: Outcome | BaseException = self.executor.run(job.spec)
+                result = outcome.result
+                compile_cache.vouch(job.spec.run_dir / compile_cache.STAGED, result and result.compiled)
             except BaseException as exc:  # reported to the driver, which decides; never lost in a thread
                 outcome = exc
             job.ended_at = time.time()  # the worker is free now, whenever the driver takes the report
