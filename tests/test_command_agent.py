@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.agents.base import Context, ProposalError
-from autoresearch.agents.command_agent import PROMPT_ENV, CommandAgent
+from autoresearch.agents.command_agent import PROMPT_ENV, CommandAgent, pid_namespace, with_hidden
 
 TRAIN_PY = resources.files("autoresearch.workspace").joinpath("templates", "train.py").read_text()
 PY = shlex.quote(sys.executable)
@@ -89,6 +89,26 @@ def test_train_py_left_invalid_is_a_proposal_error_and_stays_as_left(tmp_path: P
 def test_missing_description_falls_back_to_a_generic_one(tmp_path: Path, context: Context) -> None:
     proposal = agent(tmp_path, EDIT).propose(context)
     assert "no description" in proposal.description
+
+
+@pytest.mark.skipif(with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can hide a place")
+def test_an_agent_sees_no_ray_token_nor_rays_folder(tmp_path: Path, context: Context, monkeypatch) -> None:
+    """BROKE, fixed: an agent read the token the loop joins a Ray cluster with (RAY_AUTH_TOKEN, the file
+    RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token) and Ray's folder (the cluster's address, its nodes' sockets). Its
+    shell shares this machine's network: with them it joined the cluster, whose tasks run as the user, outside its
+    namespace, where the validation data can be read (loop/ray_executor.py)."""
+    home, temp, token_file = tmp_path / "home", tmp_path / "tmp", tmp_path / "cluster-token"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("token in the home")
+    (temp / "ray").mkdir(parents=True)
+    (temp / "ray" / "ray_current_cluster").write_text("10.0.0.1:6379")
+    token_file.write_text("token in a file")
+    for name, value in (("HOME", home), ("RAY_TMPDIR", temp), ("RAY_AUTH_TOKEN_PATH", token_file)):
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "token in the environment")
+    look = 'cat ~/.ray/auth_token "$RAY_AUTH_TOKEN_PATH" "$RAY_TMPDIR/ray/ray_current_cluster"'
+    agent(tmp_path, f'({look}; echo "$RAY_AUTH_TOKEN") > seen 2>/dev/null || true\n{EDIT}').propose(context)
+    assert (context.workspace / "seen").read_text().strip() == ""
 
 
 def _with_marker(marker: str) -> list[int]:

@@ -7,6 +7,7 @@ import io
 import os
 import random
 import re
+import shutil
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -250,3 +251,46 @@ def test_the_hub_cache_is_hidden_from_train_py_wherever_a_variable_or_the_prepar
     monkeypatch.setattr(os, "environ", seen)
     hidden = data_places(prepared, None, os.environ)  # what the referee hides, and an agent's namespace too
     assert {downloaded, legacy, xdg / "huggingface" / "hub"} <= set(hidden)
+
+
+def test_hf_xets_chunk_cache_is_hidden_from_runs_and_agents_wherever_a_variable_or_the_prepare_put_it(
+    fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mini_preset
+) -> None:
+    """BROKE, fixed: hf_xet keeps the chunks of the files it downloads in a cache of its own ($HF_XET_CACHE, else
+    $HF_HOME/xet, else ~/.cache/huggingface/xet, as huggingface_hub's constants say), the validation file's text
+    among them. Neither a run nor an agent's namespace hid it; both do now, wherever it was at the `prepare` or
+    would be under the variables at the run."""
+    from loop_support import make_workspace
+
+    from autoresearch.data.prepare import prepare
+    from autoresearch.evaluator.hidden import data_places, workspace_data_places
+    from autoresearch.evaluator.sandbox import evaluator_env
+
+    rng = random.Random(1)  # text varied enough to learn the mini preset's 300 tokens from
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8))) for _ in range(400)]
+    for name in ("data/train-00.parquet", "data/train-01.parquet", "data/val.parquet"):
+        fake_hub.add(REPO, name, parquet_bytes([" ".join(rng.choice(words) for _ in range(300)) for _ in range(8)]))
+    monkeypatch.setitem(HUB_DATASETS, "tiny", TINY)
+    at_prepare = tmp_path / "xet-at-prepare"
+    monkeypatch.setenv("HF_XET_CACHE", str(at_prepare))
+    prepared = prepare("tiny", mini_preset, tmp_path / "cache")
+    workspace = make_workspace(tmp_path / "ws", prepared)
+    for name in ("HF_HOME", "HF_HUB_CACHE", "HF_XET_CACHE", "XDG_CACHE_HOME"):  # the loop runs with other variables
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+    ways = {
+        "prepare": ({}, at_prepare),
+        "HF_XET_CACHE": ({"HF_XET_CACHE": str(tmp_path / "xet")}, tmp_path / "xet"),
+        "HF_HOME": ({"HF_HOME": str(tmp_path / "hf")}, tmp_path / "hf" / "xet"),
+        "XDG_CACHE_HOME": ({"XDG_CACHE_HOME": str(tmp_path / "xdg")}, tmp_path / "xdg" / "huggingface" / "xet"),
+        "HOME": ({"HOME": str(tmp_path / "home")}, tmp_path / "home" / ".cache" / "huggingface" / "xet"),
+    }
+    for way, (variables, xet) in ways.items():
+        xet.mkdir(parents=True)  # chunks were downloaded there
+        with monkeypatch.context() as m:
+            for name, value in variables.items():
+                m.setenv(name, value)
+            run = data_places(prepared, None, evaluator_env(os.environ))  # what the referee is started with hides
+            assert xet in run, way
+            assert xet in workspace_data_places(workspace.root), way  # what the agent's namespace covers
+        shutil.rmtree(xet)

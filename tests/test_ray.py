@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -21,6 +22,7 @@ import ray
 from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, make_loop, make_workspace, with_constants
 from ray.cluster_utils import Cluster
 
+from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.config.paths import ray_dir
 from autoresearch.data.shards import Manifest
 from autoresearch.errors import AutoresearchError
@@ -160,6 +162,14 @@ def test_a_node_whose_autoresearch_differs_from_the_loops_refuses_the_run(
         assert outcome.hint == ray_executor.SAME_HARNESS_HINT
         assert re.search(f"refuses the run: {said}", outcome.reason), outcome.reason
     assert not (spec.run_dir / "result.json").exists()
+
+
+def test_the_loop_warns_at_its_start_that_a_cluster_without_token_authentication_would_run_an_agents_task(cluster):
+    """This cluster asks for no token: an agent with a shell could send it a task (tests/test_ray_agent.py)."""
+    warning = ray_executor.open_to_agent(CommandAgent("true"))
+    assert warning and "runs without token authentication" in warning and "the command agent" in warning
+    assert ray_executor.open_to_agent(SimpleNamespace(name="anthropic", answers_only=True)) is None  # an API call
+    assert ray_executor.open_to_agent(None) is None  # submitted experiments only
 
 
 def test_a_nodes_copy_of_the_data_is_fetched_once_and_again_only_after_a_file_of_it_changed(tmp_path, tiny_prepared):

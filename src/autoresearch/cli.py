@@ -217,12 +217,14 @@ def _drive(loop, agent, found, args: argparse.Namespace) -> None:
     from autoresearch.loop.scheduler import needs_scheduler, run_workers
 
     if getattr(args, "ray", None) is not None:
-        from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, ray_devices
+        from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, open_to_agent, ray_devices
 
         if args.gpus or args.workers:
             raise AutoresearchError("give --ray or --gpus/--workers, not both", hint="Ray picks each run's GPU")
 
         found = ray_devices(connect(args.ray or None))
+        if warning := open_to_agent(agent):
+            loop.reporter.message(warning)
         shipment = Shipment()  # what nodes without the workspace need, sent once for all the workers
         executor_for = lambda _device: RayExecutor(args.accelerator, shipment)
         run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger, executor_for)

@@ -31,6 +31,7 @@ from autoresearch.agents.prompt import build_prompt
 from autoresearch.evaluator import compile_cache, shown
 from autoresearch.evaluator.hidden import workspace_data_places
 from autoresearch.files import clear, write_text_atomic
+from autoresearch.loop.ray_executor import AUTH_TOKEN, hidden_from_agents
 from autoresearch.orphans import marked, write_pid_file
 from autoresearch.workspace.workspace import MAX_TRAIN_PY_BYTES, as_read
 
@@ -51,7 +52,8 @@ PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pip
 # sockets (the user's bus, systemd's private socket, the system bus) let `systemd-run` start a process outside
 # the namespace, which outlives the turn. XDG_RUNTIME_DIR still names a folder the agent can write. So are the
 # places that hold the data (evaluator/hidden.py: a folder under an empty tmpfs, a file under /dev/null): an agent
-# that read the validation text could write it into train.py. A place that cannot be hidden stops the agent.
+# that read the validation text could write it into train.py. And Ray's folder and token files: a task it sent the
+# loop's Ray would run outside, as the user (loop/ray_executor.py). A place that cannot be hidden stops the agent.
 _HIDE = (
     'u=$1 g=$2 n=$3; shift 3; for d in "/run/user/$u" /run/dbus; do if [ -d "$d" ]; then '
     'mount -t tmpfs -o mode=0700 tmpfs "$d" || exit 1; fi; done; '  # not hidden: not this way
@@ -192,10 +194,12 @@ def run_process(
     """Run `command` (a shell line, or an argv list run without a shell) in the workspace, in its own process
     group, with `prompt` on stdin: exit status, stdout and stderr. ProposalError on timeout, after killing the
     whole process group; whatever it left running in the background is killed too (all of it where
-    `pid_namespace()` is had)."""
+    `pid_namespace()` is had). Without the token of the loop's Ray, if it has one."""
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
+    way = with_hidden(pid_namespace(), hidden_places(workspace, env), read_only_places(workspace, env))
+    env = {name: value for name, value in env.items() if name != AUTH_TOKEN}
     process = subprocess.Popen(
-        [*with_hidden(pid_namespace(), hidden_places(workspace), read_only_places(workspace, env)), *argv],
+        [*way, *argv],
         cwd=workspace,
         env=marked(env),  # a later start kills what a killed loop left (`reap`)
         stdin=subprocess.PIPE,
@@ -223,16 +227,17 @@ def run_process(
     return process.returncode, stdout, stderr
 
 
-def hidden_places(workspace: Path) -> list[Path]:
-    """What an agent's turn is not shown: the data (evaluator/hidden.py), and the folder of the evaluators' own
-    compiler caches (made here where missing, so that what is made there later is hidden too): an evaluator runs
-    what its compilers find there (evaluator/compile_cache.py), and another worker's evaluator may be compiling
-    while the agent works."""
+def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
+    """What an agent's turn is not shown: the data (evaluator/hidden.py), Ray's folder and token files (a task
+    sent to the loop's Ray runs outside: loop/ray_executor.py), and the folder of the evaluators' own compiler
+    caches (made here where missing, so that what is made there later is hidden too): an evaluator runs what its
+    compilers find there (evaluator/compile_cache.py), and another worker's evaluator may be compiling while the
+    agent works."""
     caches = compile_cache.evaluator_dir()
     caches.mkdir(parents=True, exist_ok=True)
     inside = workspace.resolve()
     held = [] if caches == inside or caches in inside.parents else [caches]
-    return [*workspace_data_places(workspace), *held]
+    return [*workspace_data_places(workspace), *hidden_from_agents(env), *held]
 
 
 @functools.cache

@@ -113,7 +113,8 @@ def _build(source: Source, preset: Preset, out: Path, console: Console) -> None:
     console.print(f"preparing [bold]{source.name}[/] for preset [bold]{preset.name}[/] in {out}")
     source.fetch()
     if (hub_cache := getattr(source, "cache_dir", None)) is not None:  # a hub dataset: its files stay readable there
-        note_cache(out, hub_cache)  # the referee hides it from train.py, whatever the variables when it runs
+        xet = getattr(source, "xet_dir", None) or hub_cache  # and in hf_xet's chunks of them
+        note_cache(out, hub_cache, xet)  # the referee hides them from train.py, whatever the variables when it runs
     parts = source.parts()
     tokenizer = _tokenizer(source, parts, preset, out, console)
     row_len = preset.seq_len + 1

@@ -1,9 +1,10 @@
 """Where the text a model is scored on lies: what neither train.py's run nor a coding agent's turn may read.
 
 The prepared data (the workspace's and every other dataset's, under the cache), the Ray nodes' copies of it, the
-Hugging Face caches a hub dataset came from (its validation file among them), and the raw corpus a `local:PATH` or
-`python-source --root DIR` dataset was prepared from, which could be split as `prepare` splits it. Not Python's own
-files (python-source's default corpus), which every process needs: README, "What is not covered".
+Hugging Face caches a hub dataset came from (its validation file among them, and hf_xet's chunks of it), and the raw
+corpus a `local:PATH` or `python-source --root DIR` dataset was prepared from, which could be split as `prepare`
+splits it. Not Python's own files (python-source's default corpus), which every process needs: README, "What is not
+covered".
 
 An agent that read the validation text could write it into train.py, and a model trained on it scores as no honest
 one can; the causality probe cannot see that. So the agent's namespace covers these places too

@@ -118,7 +118,7 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
     """What the evaluator process is started with: the experiment is forked from it, and a forked process keeps
     its parent's memory, environment block included. So: what train.py may see, our settings, and the paths
     of the Hugging Face cache (to hide it: every variable that can place it); no secret, nothing off the allow-list."""
-    places = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME")
+    places = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_XET_CACHE", "XDG_CACHE_HOME")
     ours = {name: value for name, value in env.items() if name.startswith("AUTORESEARCH_") or name in places}
     evaluator = {**scrubbed_env(env), **{k: v for k, v in ours.items() if not _SECRET_NAME.search(k)}}
     # Read once, when torch loads, and inherited by the fork. Asking whether a GPU exists does not start CUDA

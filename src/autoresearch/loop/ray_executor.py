@@ -15,6 +15,13 @@ once into `<cache>/ray/data/<manifest digest>` and verifies it against the manif
 it. The run's directory (result, log, compiled files) comes back as data and is written into the loop's run
 directory, so the loop judges it exactly as a run of its own.
 
+The Ray the loop starts (no address) asks every driver and worker that joins it for a token (Ray's token
+authentication), one the loop makes and hands to its own processes only in their environment: an agent's shell
+shares this machine's network, and a task it submitted to the loop's Ray would run outside its namespace, as the
+user, where the validation data can be read. The agent's namespace covers the rest (`hidden_from_agents`). A cluster
+the user runs is as safe as its own settings: one without token authentication takes tasks from anyone who reaches
+it, and the loop says so at the start (`open_to_agent`).
+
 A node refuses a run, before training, when its autoresearch differs from the loop's (version or
 evaluator code), when the loop's apparatus changed since it started, or when the data it received does
 not match the manifest: the outcome is "apparatus changed", with the node's reason and what to do, and
@@ -28,8 +35,10 @@ import json
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +63,7 @@ COPY_ENV = "AUTORESEARCH_RAY_COPY"  # "1" on a node: train from copies even wher
 TOKEN_NAME = "ray-token"  # in the workspace's .autoresearch/: a node that reads the loop's token sees its files
 PRODUCTS = ("result.json", "log.txt", PROGRESS_NAME, STAGED)  # what a run leaves in its directory for the loop
 _executors: dict[str, LocalExecutor] = {}  # in a Ray worker process: one per GPU it was given, kept warm
+AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"  # Ray's variables
 
 
 def ray_module():
@@ -69,6 +79,8 @@ def connect(address: str | None) -> int:
     ray = ray_module()
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
+        if not address:
+            _own_token()
         try:
             # A cluster of one's own (no address) needs no dashboard; one that exists keeps its settings.
             ray.init(address=address, log_to_driver=False, **({} if address else {"include_dashboard": False}))
@@ -81,6 +93,55 @@ def connect(address: str | None) -> int:
     if gpus < 1:
         raise AutoresearchError("the Ray cluster has no GPU", hint="every run is a Ray task that needs one GPU")
     return gpus
+
+
+def _own_token() -> None:
+    """Token authentication for the Ray this process is about to start, with a fresh token in this process's
+    environment (its Ray processes inherit it; an agent's is without it). Ray's own default, where it has one, writes
+    a token to ~/.ray/auth_token, which an agent could read. Not where the user turned it off (RAY_AUTH_MODE) or where
+    this Ray has none (an older one): `open_to_agent` says so then."""
+    if os.environ.get(AUTH_MODE, "token").strip().lower() != "token":
+        return
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:
+        return
+    os.environ[AUTH_MODE] = "token"
+    os.environ[AUTH_TOKEN] = secrets.token_hex(32)
+    Config.initialize("")  # Ray read RAY_AUTH_MODE when it was imported: read it again
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def open_to_agent(agent) -> str | None:
+    """What the loop warns of at its start where `agent` has a shell (it is not `answers_only`) and the Ray cluster
+    this process joined would run a task it sent: one without token authentication. None where neither."""
+    if agent is None or getattr(agent, "answers_only", False):
+        return None
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+    except ImportError:
+        why = f"Ray {ray_module().__version__} has no token authentication"
+    else:
+        if get_authentication_mode() == AuthenticationMode.TOKEN:
+            return None
+        why = "the Ray cluster runs without token authentication"
+    return (
+        f"warning: {why}: during its turn the {agent.name} agent, whose shell shares this machine's network, could "
+        "send it a task, which runs outside the agent's namespace as whoever started the Ray node, where the "
+        "validation data can be read. Turn on Ray's token authentication (RAY_AUTH_MODE=token on every node and for "
+        "this loop), or use an agent without a shell"
+    )
+
+
+def hidden_from_agents(env: Mapping[str, str]) -> list[Path]:
+    """What of Ray an agent's namespace covers (agents/command_agent.py), where it exists: the token files a driver
+    joins a cluster with (RAY_AUTH_TOKEN_PATH's, ~/.ray), and Ray's folder on this machine: `ray_current_cluster`
+    (where `ray.init(address="auto")` looks), and each session's sockets of the node's raylet and object store (which
+    may hold the data sent to nodes). The token itself, RAY_AUTH_TOKEN, is not in the agent's environment."""
+    home = Path(env.get("HOME") or Path.home())
+    temp = env.get("RAY_TMPDIR") or (env.get("TMPDIR") if sys.platform.startswith("linux") else None) or "/tmp"
+    places = [home / ".ray", Path(temp) / "ray", *([Path(env[AUTH_TOKEN_PATH])] if env.get(AUTH_TOKEN_PATH) else [])]
+    return [p.absolute() for p in places if p.exists()]
 
 
 @dataclass(frozen=True)

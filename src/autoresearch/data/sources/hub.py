@@ -1,9 +1,11 @@
 """Hub datasets (`climbmix`, `fineweb-edu`): parquet files downloaded into the Hugging Face cache.
 
 huggingface_hub reads HF_ENDPOINT, HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE when it is imported, so they are
-read here at call time and passed explicitly. Retries are left to huggingface_hub where it has them; `_transient`
-says where it has none. A file already in the cache is used without asking the server. A new download is
-verified (sha256 against an LFS ETag, then the parquet footer); a bad one is evicted and fetched once more.
+read here at call time and passed explicitly. Where a file is stored with Xet, hf_xet keeps the chunks it
+downloaded in a cache of its own (HF_XET_CACHE, else HF_HOME's `xet`): the validation file's text may lie there
+too. Retries are left to huggingface_hub where it has them; `_transient` says where it has none. A file already in
+the cache is used without asking the server. A new download is verified (sha256 against an LFS ETag, then the
+parquet footer); a bad one is evicted and fetched once more.
 """
 
 from __future__ import annotations
@@ -81,10 +83,11 @@ class HubSettings:
     endpoint: str
     cache_dir: Path
     offline: bool
+    xet_dir: Path  # hf_xet's cache of downloaded chunks
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HubSettings:
-        """What huggingface_hub would use if it were imported now: same variables (its legacy
+        """What huggingface_hub (and hf_xet) would use if it were imported now: same variables (its legacy
         HUGGINGFACE_HUB_CACHE too), same defaults."""
         env = os.environ if env is None else env
         home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
@@ -93,32 +96,37 @@ class HubSettings:
             endpoint=(env.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"),
             cache_dir=_path(hub),
             offline=env.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"},
+            xet_dir=_path(env.get("HF_XET_CACHE") or os.path.join(home, "xet")),
         )
 
 
 def hub_caches(env: Mapping[str, str], data_dir: Path) -> list[Path]:
-    """Every place a hub dataset's files (its validation file among them) may lie, to hide from train.py: where
-    `prepare` found or downloaded the data in `data_dir` (noted there: it may have run with other variables), and
-    wherever huggingface_hub's cache would be under each of the variables in `env` that can place it."""
+    """Every place a hub dataset's files (its validation file among them) or hf_xet's chunks of them may lie, to
+    hide from train.py: where `prepare` found or downloaded the data in `data_dir` (noted there: it may have run
+    with other variables), and wherever huggingface_hub's cache and hf_xet's would be under each of the variables in
+    `env` that can place them."""
     noted = data_dir / NOTED_CACHES
     places = noted.read_text().splitlines() if noted.is_file() else []
     home = env.get("HOME") or "~"
-    places += [
-        env.get("HF_HUB_CACHE"),
-        env.get("HUGGINGFACE_HUB_CACHE"),
-        env.get("HF_HOME") and f"{env['HF_HOME']}/hub",
-    ]
-    places += [os.path.join(env.get("XDG_CACHE_HOME") or f"{home}/.cache", "huggingface", "hub")]
-    places += [f"{home}/.cache/huggingface/hub", HubSettings.from_env(env).cache_dir]
+    places += [env.get("HF_HUB_CACHE"), env.get("HUGGINGFACE_HUB_CACHE"), env.get("HF_XET_CACHE")]
+    for hf_home in (
+        env.get("HF_HOME"),
+        os.path.join(env.get("XDG_CACHE_HOME") or f"{home}/.cache", "huggingface"),
+        f"{home}/.cache/huggingface",
+    ):
+        places += [hf_home and f"{hf_home}/hub", hf_home and f"{hf_home}/xet"]
+    settings = HubSettings.from_env(env)
+    places += [settings.cache_dir, settings.xet_dir]
     return sorted({_path(p) for p in places if p})
 
 
-def note_cache(data_dir: Path, cache: Path) -> None:
-    """Note in the prepared data's folder the hub cache its files came from (`hub_caches`)."""
+def note_cache(data_dir: Path, *caches: Path) -> None:
+    """Note in the prepared data's folder the hub cache its files came from, and hf_xet's (`hub_caches`)."""
     noted = data_dir / NOTED_CACHES
     known = noted.read_text().splitlines() if noted.is_file() else []
-    if str(cache) not in known:
-        write_text_atomic(noted, "".join(f"{p}\n" for p in [*known, str(cache)]))
+    new = [str(c) for c in dict.fromkeys(caches) if str(c) not in known]
+    if new:
+        write_text_atomic(noted, "".join(f"{p}\n" for p in [*known, *new]))
 
 
 def _path(text: str | Path) -> Path:
@@ -156,13 +164,14 @@ class HubSource:
         self._files = [*dataset.train_files(n), dataset.val_file]
         self._cached: dict[str, CachedFile] = {}
         self.cache_dir: Path | None = None  # where `fetch` found or put the files
+        self.xet_dir: Path | None = None  # where hf_xet kept the chunks of the files `fetch` downloaded
 
     def check(self) -> None:
         """Nothing to check before `prepare` writes: the files' problems are found as `fetch` downloads them."""
 
     def fetch(self) -> None:
         settings = HubSettings.from_env()
-        self.cache_dir = settings.cache_dir
+        self.cache_dir, self.xet_dir = settings.cache_dir, settings.xet_dir
         for k, filename in enumerate(self._files, 1):
             if filename not in self._cached:
                 self._cached[filename] = self._fetch_file(filename, f"[{k}/{len(self._files)}]", settings)
