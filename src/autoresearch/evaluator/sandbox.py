@@ -92,8 +92,9 @@ def scrubbed_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def box_environment(env: Mapping[str, str], workdir: Path, writable: Sequence[Path] = ()) -> dict[str, str]:
-    """The confined process's environment: `scrubbed_env(env)`, with HOME and TMPDIR where it can write."""
-    box_env = scrubbed_env(env)
+    """The confined process's environment: `scrubbed_env(env)`, with HOME and TMPDIR where it can write, and what
+    its Python needs to find its packages without the real HOME (shown.py: the user's site)."""
+    box_env = {**shown_paths.python_environment(), **scrubbed_env(env)}
     for name in ("HOME", "TMPDIR"):
         # Programs write there (caches under ~, gcc under Triton in $TMPDIR): keep it only if it is writable inside.
         if name in box_env and not _inside(Path(box_env[name]), [workdir, *writable]):

@@ -2,7 +2,9 @@
 
 A run needs the system's programs and libraries (CUDA's driver among them, and the compiler Inductor and
 Triton build with), the dynamic linker's configuration, the user database, and the Python it runs on: the
-interpreter's installation and the directories on its `sys.path`. Nothing else of the filesystem is shown:
+interpreter's installation and the directories on its `sys.path` (a `pip install --user` site and the folders
+.pth files add among them), a conda environment whole, the folders of packages installed in editable mode
+through an import hook. Nothing else of the filesystem is shown:
 not the home directory, /var/tmp, /opt, /srv, /mnt, /media, /run, other users' homes. Why: an agent has a
 shell and the time of its turn; it could train a model there, off the budget, and leave the weights anywhere
 it can write for train.py to load (red team, 2026-12-02). What is shown and lies where an agent can write (a
@@ -31,21 +33,73 @@ SYSTEM_FILES = (
 # More places a run needs, where a Python or CUDA lives elsewhere (NixOS's /nix/store, a CUDA under /opt): set by
 # the person who starts the loop, never by an agent (a run's environment is the loop's).
 EXTRA_ENV = "AUTORESEARCH_SANDBOX_READ"
+# Of a conda installation (conda, mamba, micromamba, pixi: a prefix with conda-meta/), what is not the environment
+# Python runs in: the package cache and, in a base installation, the other environments.
+CONDA_NOT_THE_ENVIRONMENT = ("pkgs", "envs")
 
 
 def python_paths() -> list[Path]:
-    """Where this Python and its packages live: the directories on sys.path, of each of the interpreter's prefixes
-    its programs, libraries and headers (Triton and Inductor compile against Python.h) and a venv's pyvenv.cfg,
-    and this package's own directory (an editable install is found through a hook, not through sys.path)."""
+    """Where this Python and its packages live: the directories on sys.path (the user's site of `pip install
+    --user` and what .pth files add among them), of each of the interpreter's prefixes its programs, libraries and
+    headers (Triton and Inductor compile against Python.h) and a venv's pyvenv.cfg, or all of it where it is a
+    conda environment, the folders of packages installed in editable mode through an import hook, and this
+    package's own directory (which may be one of those)."""
     import autoresearch
 
     paths = {Path(sys.executable).parent, Path(sys.executable).resolve().parent}
     paths |= {Path(p) for p in sys.path[1:] if p}  # not [0]: the current directory, which may be a workspace
     for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
         paths |= {Path(prefix, part) for part in ("bin", "lib", "lib64", "include", "pyvenv.cfg")}
+        paths |= set(conda_environment(Path(prefix)))
     paths |= {Path(sysconfig.get_paths()[name]) for name in ("include", "platinclude")}
+    paths |= set(editable_paths())
     paths.add(Path(autoresearch.__file__).parent.parent)
     return sorted({p.absolute() for p in paths if p.exists()})
+
+
+def conda_environment(prefix: Path) -> list[Path]:
+    """What of `prefix` is shown besides its bin, lib and include where it is a conda environment: the rest of it,
+    but for conda's package cache and other environments (a base installation's pkgs/ and envs/). Its libraries
+    are links into it (conda-forge's CUDA: lib/libcudart.so.12 -> ../targets/x86_64-linux/lib/...), its compilers
+    run programs and headers of libexec/ and a sysroot of their own. Nothing where it is not one."""
+    if not (prefix / "conda-meta").is_dir():
+        return []
+    return sorted(child for child in prefix.iterdir() if child.name not in CONDA_NOT_THE_ENVIRONMENT)
+
+
+def editable_paths() -> list[Path]:
+    """The folders (a module: its file) of the packages installed in editable mode through an import hook rather
+    than a .pth file's line, so not on sys.path: setuptools' (`pip install -e` of a project not laid out in src/:
+    module `__editable___NAME_finder`, its MAPPING of top-level names to folders and NAMESPACES) and the editables
+    library's (hatchling). Only those: not the project's folder around them (a checkout in the home, with whatever
+    else lies there)."""
+    from importlib.machinery import all_suffixes
+
+    found: list[Path] = []
+    for finder in sys.meta_path:
+        module = sys.modules.get(getattr(finder, "__module__", None) or "")
+        if module is not None and module.__name__.startswith("__editable__"):
+            mapping, namespaces = getattr(module, "MAPPING", None), getattr(module, "NAMESPACES", None)
+            for target in map(Path, mapping.values() if isinstance(mapping, dict) else ()):
+                # A package's folder; a module's path without its suffix, which the finder adds.
+                found += [target] if target.is_dir() else [target.with_suffix(suffix) for suffix in all_suffixes()]
+            for folders in namespaces.values() if isinstance(namespaces, dict) else ():
+                found += map(Path, folders)
+        redirections = getattr(finder, "_redirections", None)  # editables' RedirectingFinder: name -> file
+        for target in map(Path, redirections.values() if isinstance(redirections, dict) else ()):
+            found.append(target.parent if target.name == "__init__.py" else target)
+    return [path for path in found if path.is_absolute() and path.exists()]
+
+
+def python_environment() -> dict[str, str]:
+    """The variables a run needs to find this Python's packages: where the user's site (`pip install --user`) is,
+    when it is on sys.path. Python finds it from $HOME, and a run's HOME is its own (the real one is not shown), so
+    a run started afresh (not forked), or a Python it starts, would lack it. Nothing where it is not used."""
+    import site
+
+    if not site.ENABLE_USER_SITE or os.path.abspath(site.getusersitepackages()) not in map(os.path.abspath, sys.path):
+        return {}
+    return {"PYTHONUSERBASE": site.getuserbase()}
 
 
 def unused_site_packages() -> list[Path]:
