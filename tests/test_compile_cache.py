@@ -261,36 +261,26 @@ def test_the_baselines_second_seed_finds_what_the_first_compiled(
     assert (tmp_path / "cache" / "compile" / "inductor" / "seed-43").is_file()
 
 
-def test_each_evaluator_compiles_in_a_new_empty_folder_of_its_own_that_goes_with_it(
+def test_the_evaluator_compiles_with_caches_of_its_own_kept_warm_from_run_to_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """BROKE, fixed: every evaluator compiled the handed-over graph with one cache kept from run to run
-    ($AUTORESEARCH_CACHE/evaluator-compile), where a coding agent could write: Inductor imports a generated module
-    it finds already written, and unpickles its graph cache's entries, so an edited one ran in the next evaluator
-    that compiled the same graph. Now each evaluator's compilers (and the CUDA driver's and torch's kernel caches)
-    get a new, empty folder, removed when it ends, and a folder left by a killed one goes at the next start."""
+    """The evaluator's compilers, the CUDA driver's JIT cache and torch's kernel cache all point into one folder of
+    the evaluators' own (never the experiments' shared cache, never ~/.nv or ~/.cache/torch, where an agent could
+    write unseen), the same for every evaluator, so that the next evaluation finds its compiled graph (4 s an
+    evaluation on an H200). An agent's turn does not see it: test_red_team_agent.py."""
     from autoresearch.evaluator import referee
 
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
-    old = tmp_path / "cache" / "evaluator-compile"
-    (old / "inductor" / "ab").mkdir(parents=True)
-    (old / "inductor" / "ab" / "planted.py").write_text("print('forged')\n")
-    left = old / "box-killed"  # an evaluator killed before it removed its folder: no owner runs
-    (left / "inductor").mkdir(parents=True)
-    os.utime(left, (1, 1))
-    seen: list[dict[str, str]] = []
     for name in compile_cache.EVALUATOR_CACHES:  # main sets them in this process's environment: put back after
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, str(tmp_path / "home" / name))
+    seen: list[dict[str, str]] = []
 
     class Seen:
         def __init__(self, train_py: Path, env: dict[str, str]):
             self.experiment = None
 
         def run(self, *args) -> int:
-            places = {name: os.environ[name] for name in compile_cache.EVALUATOR_CACHES}
-            for place in places.values():
-                assert Path(place).is_dir() and os.listdir(place) == []
-            seen.append(places)
+            seen.append({name: os.environ[name] for name in compile_cache.EVALUATOR_CACHES})
             return 0
 
     monkeypatch.setattr(referee, "Referee", Seen)
@@ -298,6 +288,7 @@ def test_each_evaluator_compiles_in_a_new_empty_folder_of_its_own_that_goes_with
     for _ in range(2):
         assert referee.main(["--train-py", str(tmp_path / "train.py")]) == 0
     first, second = seen
-    assert set(first.values()).isdisjoint(second.values())  # nothing of one run's is the next's
-    assert not any(Path(place).exists() for place in [*first.values(), *second.values()])
-    assert not left.exists() and (old / "inductor" / "ab" / "planted.py").exists()  # never read, never walked
+    assert first == second and len(set(first.values())) == len(first)
+    mine, shared = compile_cache.evaluator_dir(), list(compile_cache.shared_dirs().values())
+    for place in map(Path, first.values()):
+        assert place.is_dir() and mine in place.parents and not any(s == place or s in place.parents for s in shared)

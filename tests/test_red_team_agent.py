@@ -477,20 +477,20 @@ def test_an_agent_cannot_write_where_the_evaluators_compile(workspace, tmp_path)
     """BROKE, fixed: the evaluator compiles the handed-over graph with Inductor, whose cache lay in
     $AUTORESEARCH_CACHE/evaluator-compile, open to the agent: Inductor imports a generated module it finds already
     written instead of writing it, so an agent's edit of one ran in the next evaluator that compiled the same graph
-    (a score of its choosing). Each evaluator now compiles in a folder of its own there, and in an agent's turn the
-    place is an empty folder: what another worker's evaluator compiles meanwhile is out of its reach too."""
+    (a score of its choosing). In an agent's turn the place is now an empty folder."""
     caches = compile_cache.evaluator_dir()
-    running = caches / "box-running" / "inductor"  # an evaluator of another worker, compiling during the turn
-    running.mkdir(parents=True, exist_ok=True)
+    entry = caches / "inductor" / "ab" / "compiled.py"  # what an evaluator compiled before the turn
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.write_text("# compiled\n")
     seen = tmp_path / "seen"
     plant = (
-        f"(ls -A {running} > {seen} 2>&1; mkdir -p {running}/ab; echo 'import os' > {running}/ab/planted.py; "
-        f"echo 'import os' > {caches}/sitecustomize.py) || true"
+        f"(ls -A {caches} > {seen} 2>&1; echo 'import os' >> {entry}; mkdir -p {caches}/inductor/cd; "
+        f"echo 'import os' > {caches}/inductor/cd/planted.py) || true"
     )
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho LR 0.2")
     assert exp.status == Status.KEEP, exp.reason
-    assert "No such file or directory" in seen.read_text()  # the place is empty in the agent's namespace
-    assert os.listdir(running) == [] and not (caches / "sitecustomize.py").exists()
+    assert seen.read_text() == ""  # the place is empty in the agent's namespace
+    assert entry.read_text() == "# compiled\n" and not (caches / "inductor" / "cd").exists()
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 

@@ -17,11 +17,12 @@ model): a kept train.py could leave files there for a later one. `AUTORESEARCH_C
 that too: a run then sees no shared cache at all and compiles everything itself.
 
 The evaluator compiles the handed-over graph too (on CUDA), never with these caches (what an experiment compiled
-reaches them), and never with a cache that outlives it (`evaluator_caches`): Inductor does not rewrite a generated
-module it finds already written and imports it, and unpickles its graph cache's entries. A cache kept from run to
-run lay where a coding agent could write during its turn, edited modules for the next run's evaluator to run: a
-score forged (red team, 2026-12-03). What one loses: the evaluation's compile is a cold one, in the thread that
-compiles ahead while the experiment trains (evaluator/ahead.py).
+reaches them), but with caches of its own (`evaluator_caches`), kept from run to run and out of a coding agent's
+reach: Inductor does not rewrite a generated module it finds already written and imports it, and unpickles its graph
+cache's entries, so a module an agent edited there would run in the next evaluator that compiled the same graph: a
+score forged (red team, 2026-12-02). In the agent's namespace the folder is an empty tmpfs
+(agents/command_agent.py); where no namespace can be made, or for an agent that drives `try` from your shell, it is
+in reach as the validation data is (README, "What is not covered").
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
 from autoresearch.config.paths import cache_root
-from autoresearch.orphans import owned_box, remove_left_boxes
 
 MODE_ENV = "AUTORESEARCH_COMPILE_CACHE"  # "run": no shared cache; every run compiles from scratch
 CACHES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}  # variable -> subdirectory
@@ -45,8 +45,8 @@ INSIDE = Path("/tmp/autoresearch-compile")  # where a confined run sees its laye
 # taken (filelock opens it without following links: ELOOP, and Inductor on the CPU failed the run).
 LOCK = ".lock"
 MAX_STAGED_BYTES = 2**30  # what one run may add; more is not kept (a run could fill the disk this way)
-EVALUATOR = "evaluator-compile"  # under the cache root: each evaluator's own caches, a folder per process
-# The evaluator's compilers and the CUDA driver, and where each keeps what it compiled (in its folder): the
+EVALUATOR = "evaluator-compile"  # under the cache root: the evaluators' own caches
+# The evaluator's compilers and the CUDA driver, and where each keeps what it compiled (in that folder): the
 # driver's JIT cache (~/.nv/ComputeCache) and torch's of the kernels it builds at run time (~/.cache/torch/kernels)
 # are loaded as they are found, like Inductor's and Triton's.
 EVALUATOR_CACHES = {
@@ -173,15 +173,12 @@ def evaluator_dir() -> Path:
 
 
 def evaluator_caches(env: MutableMapping[str, str]) -> Path:
-    """A new, empty folder for the caches of this process's compilers, set in `env` (os.environ: read as they
-    compile); the folders of evaluators that ended without removing theirs (killed) go. The caller removes the
-    folder (orphans.remove_box) when it is done."""
-    top = evaluator_dir()
-    top.mkdir(parents=True, exist_ok=True)
-    remove_left_boxes(top)
-    folder = owned_box(top, os.getpid())
+    """The caches of this process's compilers, set in `env` (os.environ: read as they compile): one folder kept from
+    run to run (warm, it saves ~4 s of every evaluation on an H200: BENCHMARKS.md), which neither a run nor a coding
+    agent's turn can write (agents/command_agent.py hides it)."""
+    folder = evaluator_dir()
     for name, sub in EVALUATOR_CACHES.items():
-        (folder / sub).mkdir()
+        (folder / sub).mkdir(parents=True, exist_ok=True)
         env[name] = str(folder / sub)
     return folder
 

@@ -335,19 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     experiment_env = dict(os.environ)
-    # This process compiles the handed-over graph with caches of its own, new and empty: what an experiment
-    # compiled can reach the experiments' shared cache, and a cache kept from run to run one a coding agent could
-    # have written (compile_cache.evaluator_caches). Made again when the job comes: a warm evaluator waits through
-    # an agent's turn.
-    caches = [compile_cache.evaluator_caches(os.environ)]
-    try:
-        return _main(args, experiment_env, caches)
-    finally:
-        for folder in caches:
-            remove_box(folder)
-
-
-def _main(args: argparse.Namespace, experiment_env: dict[str, str], caches: list[Path]) -> int:
+    # This process compiles the handed-over graph with caches of its own (compile_cache.evaluator_caches): what an
+    # experiment compiled can reach the experiments' shared cache, and must never be loaded here.
+    compile_cache.evaluator_caches(os.environ)
     try:
         train_py = (args.train_py or args.workspace / "train.py").resolve()
         referee = Referee(train_py, experiment_env)
@@ -366,8 +356,6 @@ def _main(args: argparse.Namespace, experiment_env: dict[str, str], caches: list
         remove_box(referee.box)
         return 0
     job = json.loads(line)
-    remove_box(caches[0])
-    caches.append(compile_cache.evaluator_caches(os.environ))
     threading.Thread(target=_stop_with_the_loop, args=(referee,), daemon=True, name="loop-watch").start()
     with open(job["log"], "ab") as log:
         result = Path(job["result"])
