@@ -12,6 +12,7 @@
 #   bash bench/h200_session.sh setup same_gpu       # the one-worker loop, then --gpus 0, one after the other on GPU 0
 #   ORDER="old new" bash bench/h200_session.sh setup before_after  # issue 8: the loop before the hand-over, then now
 #   bash bench/h200_session.sh tools cpu_noise    # issue 9: the tiny preset's noise on 2 pinned CPU cores, no GPU
+#   CONFIGS="a= b=WARMUP_RATIO=0.05" bash bench/h200_session.sh tools noise_configs  # the same, several settings at once
 #   bash bench/h200_session.sh tools same_setup   # 3 minutes: each run's setup on a GPU, as the loop compares them
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp: `apt-get download bubblewrap libseccomp2`), .old (before_after only),
@@ -45,6 +46,29 @@ print(prepare('python-source', get_preset('$1'), cache_root()))"
 setup() {
   tools
   prepare_data h100
+}
+
+noise_configs() {  # issue 9: the tiny preset's seed noise for several train.py settings at once, two cores each
+  # CONFIGS="name=NAME=VALUE,NAME=VALUE ..." (nothing after the first = : as shipped); one config per core pair from 2
+  nproc; lscpu | grep -E "Model name|Hypervisor" || true
+  CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu prepare_data tiny 120  # on every core, before the pinned runs
+  local core=2 pids=() config name sets args kv s
+  for config in ${CONFIGS:-shipped=}; do
+    name=${config%%=*} sets=${config#*=} args=()
+    IFS=, read -ra kv <<< "$sets"
+    for s in "${kv[@]}"; do [ -n "$s" ] && args+=(--set "$s"); done
+    mkdir -p "$OUT/$name"
+    env CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu taskset -c "$core,$((core + 1))" timeout "${NOISE_S:-460}" \
+      python3 bench/seed_noise.py --preset tiny --seeds "${SEEDS:-5}" --work "/tmp/sn-$name" --out "$OUT/$name" \
+      "${args[@]}" >"$OUT/$name/log.txt" 2>&1 &
+    pids+=($!) core=$((core + 2))
+  done
+  wait "${pids[@]}"
+  python3 -c "
+import json, pathlib, statistics
+for f in sorted(pathlib.Path('$OUT').glob('*/seed_noise_tiny.json')):
+    d = json.loads(f.read_text())
+    print(f.parent.name, d['overrides'], [(round(r['val_bpb'], 4), r['steps']) for r in d['runs']], round(d['noise'], 4))"
 }
 
 cpu_noise() {  # issue 9: the tiny preset's seed noise on two pinned cores of this otherwise idle host (after `tools`)
