@@ -92,10 +92,16 @@ def with_hidden(way: tuple[str, ...], places: list[Path], read_only: list[Path] 
 
 
 def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
-    """What the agent may not write (SYSTEM_READ_ONLY, and what runs are shown: `shown.readable`), outermost, real
-    paths, but for a place that holds the workspace (the environment check still watches it)."""
+    """What the agent may not write (SYSTEM_READ_ONLY, what runs are shown: `shown.readable`, and the experiments'
+    shared compile cache, made here where missing), outermost, real paths, but for a place that holds the workspace
+    (the environment check still watches it). The shared compile cache is the loop's alone to write, and is checked
+    only at the ends of a turn: a file planted there and taken away meanwhile left no trace, and a run of another
+    worker that started in between linked it into its layer and loaded it."""
     inside = workspace.resolve()
+    compiled = compile_cache.shared_root()
+    compiled.mkdir(parents=True, exist_ok=True)
     places = {Path(p).resolve() for p in SYSTEM_READ_ONLY if os.path.exists(p)} | set(shown.readable(env))
+    places.add(compiled.resolve())
     return shown.outermost(p for p in places if p != inside and p not in inside.parents)
 
 
