@@ -60,8 +60,12 @@ _HIDE = (
     'while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
     'if [ -d "$p" ]; then mount -t tmpfs -o mode=0700 tmpfs "$p"; elif [ -e "$p" ]; then mount --bind /dev/null "$p"; '
     'fi || { echo "autoresearch: could not hide $p from the agent" >&2; exit 1; }; done; '
+    # findmnt escapes a space (a blank, a backslash, what is not printable) in a path as \xHH: `x` decodes it.
+    r'x() { s=$1; o=; while :; do case $s in *\\x[0-9a-f][0-9a-f]*) o=$o${s%%\\x*}; s=${s#*\\x}; h=${s%"${s#??}"}; '
+    r's=${s#??}; o=$o$(printf "\\$(printf %o "0x$h")");; *) break;; esac; done; printf "%s" "$o$s"; }; '
     'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
-    'if [ -e "$p" ]; then mount --rbind "$p" "$p" && for t in $(findmnt -rn -o TARGET -R "$p"); do '
+    'if [ -e "$p" ]; then mount --rbind "$p" "$p" && mount -o remount,bind,ro "$p" && '
+    't=$(findmnt -rn -o TARGET -R "$p") && printf "%s\\n" "$t" | while IFS= read -r t; do t=$(x "$t"); '
     'mount -o remount,bind,ro "$t" || { echo "autoresearch: could not make $t read-only for the agent" >&2; exit 1; }; '
     'done; fi || { echo "autoresearch: could not make $p read-only for the agent" >&2; exit 1; }; done; '
     'exec unshare --user --map-user="$u" --map-group="$g" --mount "$@"'
@@ -71,7 +75,8 @@ _HIDE = (
 # the evaluator), /etc with it (cron, systemd units, the linker's configuration, Debian's sitecustomize), the
 # cron and at spools (a job there runs outside the namespace), and what runs and the evaluator load
 # (evaluator/shown.py): the Python environment, whose change would stop the loop after the turn (`pip install`
-# fails at once instead), and the library directories.
+# fails at once instead), and the library directories. Each place is remounted by its own path, then every mount
+# findmnt finds under it: a findmnt that cannot be run stops the agent (it listed nothing, and left all writable).
 SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS[:-1], "/etc", "/opt", "/boot", "/var/spool")  # SYSTEM_DIRS but /sys
 
 
