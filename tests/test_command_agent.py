@@ -179,3 +179,23 @@ def test_without_findmnt_a_read_only_place_is_still_read_only(tmp_path: Path, co
     except ProposalError as err:
         assert "read-only" in str(err)
     assert not (libs / "planted").exists()
+
+
+@_NAMESPACE_READ_ONLY
+def test_an_agent_cannot_plant_a_pth_file_in_the_users_site_that_does_not_exist_yet(
+    tmp_path: Path, context: Context, monkeypatch
+) -> None:
+    """BROKE, fixed: outside a venv Python reads the user's site-packages (`pip install --user`) as it starts; where
+    that folder did not exist it was neither shown to runs nor made read-only, only watched at the ends of a turn.
+    An agent could make it with a .pth file, whose code runs in every Python started meanwhile (an evaluator of
+    another worker, as the user, outside any namespace), and take it away before the turn ended. The folder is
+    made, and made read-only, before the turn."""
+    import site
+
+    user_site = tmp_path / "home" / ".local" / "lib" / "python3" / "site-packages"
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", True)
+    monkeypatch.setattr(site, "USER_SITE", str(user_site))
+    plant = f'(mkdir -p "{user_site}" && echo "import os" > "{user_site}/planted.pth") 2> seen || true'
+    agent(tmp_path, f"{plant}\n{EDIT}").propose(context)
+    assert "Read-only file system" in (context.workspace / "seen").read_text()
+    assert not (user_site / "planted.pth").exists()

@@ -106,8 +106,24 @@ def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     compiled = compile_cache.shared_root()
     compiled.mkdir(parents=True, exist_ok=True)
     places = {Path(p).resolve() for p in SYSTEM_READ_ONLY if os.path.exists(p)} | set(shown.readable(env))
-    places.add(compiled.resolve())
+    places |= {compiled.resolve(), *_would_be_read()}
     return shown.outermost(p for p in places if p != inside and p not in inside.parents)
+
+
+def _would_be_read() -> list[Path]:
+    """Where a Python started later (an evaluator of another worker, the loop's next start) reads code that is not
+    there now (loop/environment.py: `would_be_paths`), where it can be made read-only: what exists of it, and the
+    user's site-packages, made here where missing (empty, it changes nothing Python does). Made in a turn, a .pth
+    file there ran in every Python started meanwhile, and taken away before its end, left the check nothing to see."""
+    import site
+
+    from autoresearch.loop.environment import would_be_paths
+
+    if site.ENABLE_USER_SITE:
+        user_site = Path(site.getusersitepackages())
+        with contextlib.suppress(OSError):  # a home not of this user's to write: nor of an agent's
+            user_site.mkdir(parents=True, exist_ok=True)
+    return [path.resolve() for path in would_be_paths() if path.exists()]
 
 
 PID_NAMESPACE_INNER = ("unshare", "--user", "--map-current-user", "--mount")
