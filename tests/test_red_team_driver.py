@@ -166,3 +166,28 @@ def test_a_trigger_planted_during_an_agents_turn_is_dropped_when_the_ledger_is_p
     ledger.update(1, reason="a reason")
     assert ledger.get(1).val_bpb != 0.5
     ledger.verify()
+
+
+def test_a_ray_node_training_from_its_own_copy_trains_the_bytes_the_loop_sent(tmp_path, monkeypatch):
+    """BROKE, fixed: a node that does not see the workspace wrote the request's train.py into its work folder and
+    then ran a RunSpec without the bytes, so its evaluator read the file again later: what lay there then (the folder
+    is under the cache root, where the folder can be made, or a file swapped, by whoever shares the node) was
+    trained. The node now hands its executor the bytes it was sent."""
+    from autoresearch.loop import ray_executor
+    from autoresearch.loop.executor import RunSpec
+
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    trained = []
+
+    class Swapped:
+        def run(self, spec: RunSpec):
+            spec.source.write_text("print('swapped in')\n")  # what another hand left there meanwhile
+            trained.append(spec.source_bytes())
+            return outcome_of(1, None, "", "", 0.0, spec.fingerprint)
+
+    monkeypatch.setattr(ray_executor, "_executor", Swapped)
+    monkeypatch.setattr(ray_executor, "Apparatus", lambda **fields: type("A", (), {"save": lambda self, p: None})())
+    spec = RunSpec(tmp_path / "ws", tmp_path / "ws" / ".autoresearch" / "runs" / "1-0", 60.0, "fp")
+    request = ray_executor.Request("v", "c", "t", b'{"data_dir": "/nowhere"}', b"print('sent')\n", "{}", None)
+    ray_executor._train_apart(spec, request, tmp_path / "data", "node")
+    assert trained == [b"print('sent')\n"]
