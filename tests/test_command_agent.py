@@ -137,3 +137,65 @@ def test_the_ledger_names_the_agents_program_not_its_command_line() -> None:
     agent = CommandAgent("OPENAI_API_KEY=sk-secret timeout 600 /usr/local/bin/aider --api-key sk-other --yes")
     assert agent.model == "aider"
     assert CommandAgent("cd x && ./run.sh").model == "shell command"
+
+
+_NAMESPACE_READ_ONLY = pytest.mark.skipif(
+    with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can make a place read-only"
+)
+
+
+@_NAMESPACE_READ_ONLY
+def test_a_read_only_place_whose_path_holds_a_space_or_a_mount_is_read_only_and_the_agent_runs(
+    tmp_path: Path, context: Context, monkeypatch
+) -> None:
+    """BROKE, fixed: the places made read-only were remounted by the paths `findmnt` printed, which escapes a space
+    as \\x20: a venv or library folder whose path held one could not be made read-only, and every turn failed."""
+    libs = tmp_path / "my libs"
+    libs.mkdir()
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(libs))
+    agent(tmp_path, f'(touch "{libs}/planted" 2> seen) || true\n{EDIT}').propose(context)
+    assert "Read-only file system" in (context.workspace / "seen").read_text()
+    assert not (libs / "planted").exists()
+
+
+@_NAMESPACE_READ_ONLY
+def test_without_findmnt_a_read_only_place_is_still_read_only(tmp_path: Path, context: Context, monkeypatch) -> None:
+    """BROKE, fixed: the read-only places were remounted one by one as `findmnt` listed them, and where it could not
+    be run (a system with util-linux's unshare and mount but not its findmnt: Alpine packs it apart) it listed none:
+    every place stayed writable, silently. The place itself is now remounted by its own path, and a findmnt that
+    fails stops the agent."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        for program in Path(folder).glob("*") if os.path.isdir(folder) else ():
+            if program.name != "findmnt" and not (bin_dir / program.name).exists():
+                (bin_dir / program.name).symlink_to(program)
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(libs))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    try:
+        agent(tmp_path, f'(touch "{libs}/planted" 2> seen) || true\n{EDIT}').propose(context)
+    except ProposalError as err:
+        assert "read-only" in str(err)
+    assert not (libs / "planted").exists()
+
+
+@_NAMESPACE_READ_ONLY
+def test_an_agent_cannot_plant_a_pth_file_in_the_users_site_that_does_not_exist_yet(
+    tmp_path: Path, context: Context, monkeypatch
+) -> None:
+    """BROKE, fixed: outside a venv Python reads the user's site-packages (`pip install --user`) as it starts; where
+    that folder did not exist it was neither shown to runs nor made read-only, only watched at the ends of a turn.
+    An agent could make it with a .pth file, whose code runs in every Python started meanwhile (an evaluator of
+    another worker, as the user, outside any namespace), and take it away before the turn ended. The folder is
+    made, and made read-only, before the turn."""
+    import site
+
+    user_site = tmp_path / "home" / ".local" / "lib" / "python3" / "site-packages"
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", True)
+    monkeypatch.setattr(site, "USER_SITE", str(user_site))
+    plant = f'(mkdir -p "{user_site}" && echo "import os" > "{user_site}/planted.pth") 2> seen || true'
+    agent(tmp_path, f"{plant}\n{EDIT}").propose(context)
+    assert "Read-only file system" in (context.workspace / "seen").read_text()
+    assert not (user_site / "planted.pth").exists()

@@ -292,3 +292,42 @@ def test_the_evaluator_compiles_with_caches_of_its_own_kept_warm_from_run_to_run
     mine, shared = compile_cache.evaluator_dir(), list(compile_cache.shared_dirs().values())
     for place in map(Path, first.values()):
         assert place.is_dir() and mine in place.parents and not any(s == place or s in place.parents for s in shared)
+
+
+@pytest.mark.parametrize("swap", ["a file rewritten", "a folder made a link", "the staged folder made a link"])
+def test_what_an_agent_swaps_in_after_the_digest_is_checked_does_not_reach_the_shared_cache(
+    shared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: str
+) -> None:
+    """BROKE, fixed: `settle` checked the staged files' digest, then moved them, by path, from the workspace's state,
+    where an agent whose turn overlaps the verdict (several workers) can write: a file rewritten (or a folder, or
+    the staged folder itself, made a link to a copy of its own) between the check and the move joined the shared
+    cache unchecked, weights dressed up as a kernel for every later run. What joins it now is a private copy, whose
+    digest is checked after it is made."""
+    box, staged = tmp_path / "box", tmp_path / "runs" / "7-0" / compile_cache.STAGED
+    a_run(layer_of(box))
+    compile_cache.vouch(staged, compile_cache.harvest(box, staged))
+    forged = tmp_path / "forged"
+    real_digest, checked = compile_cache.digest, []
+
+    def digest_then_swap(folder: Path) -> str:
+        found = real_digest(folder)
+        if not checked:  # the agent's turn, right after the check
+            checked.append(folder)
+            if swap == "a file rewritten":
+                (staged / "triton" / "kernel.cubin").write_bytes(b"trained during the turn")
+            else:
+                forged.mkdir(exist_ok=True)
+                (forged / "kernel.cubin").write_bytes(b"trained during the turn")
+                copy = tmp_path / "copy"
+                os.rename(staged if swap == "the staged folder made a link" else staged / "triton", copy)
+                if swap == "the staged folder made a link":
+                    (copy / "triton" / "kernel.cubin").write_bytes(b"trained during the turn")
+                    staged.symlink_to(copy, target_is_directory=True)
+                else:
+                    (staged / "triton").symlink_to(forged, target_is_directory=True)
+        return found
+
+    monkeypatch.setattr(compile_cache, "digest", digest_then_swap)
+    compile_cache.settle([staged], keep=True)
+    kernel = shared["TRITON_CACHE_DIR"] / "kernel.cubin"
+    assert not kernel.exists() or kernel.read_bytes() == b"\x7fELF"

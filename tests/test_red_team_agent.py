@@ -494,6 +494,24 @@ def test_an_agent_cannot_write_where_the_evaluators_compile(workspace, tmp_path)
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.skipif(
+    with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can make a place read-only"
+)
+def test_an_agent_cannot_plant_in_the_shared_compile_cache_that_other_workers_runs_read(workspace, tmp_path):
+    """BROKE, fixed: the experiments' shared compile cache was the agent's to write during its turn, checked only
+    at its two ends: a file planted there and taken away before the turn ended left no trace, and a run of another
+    worker that started meanwhile linked it into its layer and loaded it (weights trained in the turn, dressed up as
+    a kernel). Only the loop writes it: in an agent's namespace it is read-only now, as the evaluators' is hidden."""
+    inductor = compile_cache.shared_dirs()["TORCHINDUCTOR_CACHE_DIR"]
+    inductor.mkdir(parents=True, exist_ok=True)
+    seen = tmp_path / "seen"
+    plant = f"(mkdir -p {inductor}/ab && echo weights > {inductor}/ab/planted) 2>{seen} || true; rm -rf {inductor}/ab"
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho LR 0.2")
+    assert exp.status == Status.KEEP, exp.reason
+    assert "Read-only file system" in seen.read_text(), seen.read_text()
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
 def test_no_trusted_process_imports_from_the_working_directory_an_agent_can_write(tmp_path, monkeypatch):
     """BROKE, fixed: the evaluators started as new processes (no fork server), the fork server and `submit`'s loop
     in the background ran as `python -m ...`, which puts the working directory first on sys.path for the process's

@@ -129,3 +129,65 @@ def test_a_ledger_row_the_agent_edits_while_the_loop_serves_submissions_is_refus
         loop.best()
     with pytest.raises(LedgerError, match="written by another hand"):  # nor does its next write seal the forgery
         loop.ledger.update(1, reason="a reason")
+
+
+def test_a_trigger_the_agent_plants_in_the_ledger_does_not_make_the_loop_seal_its_forgery(workspace):
+    """BROKE, fixed: the seals cover the rows, not the schema. A trigger planted between two `try` calls (sqlite3
+    from the agent's shell, or a command agent's turn: the loop puts the rows back, not the schema) leaves every row
+    and seal as it was, so the check passed; it fired inside the loop's own next write, whose seal then covered what
+    the trigger made of the row: a discard became kept, and the best. The loop now refuses a ledger whose schema
+    holds anything it did not make."""
+    import sqlite3
+
+    executor = RacedExecutor()
+    make_loop(workspace, executor).baseline()
+    with sqlite3.connect(workspace.state / "ledger.sqlite") as db:
+        db.execute(
+            "CREATE TRIGGER forge AFTER UPDATE OF status ON experiments WHEN new.status = 'discard' BEGIN "
+            "UPDATE experiments SET status = 'keep', val_bpb = 0.5 WHERE id = new.id; END"
+        )
+    workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.5))  # worse than the baseline
+    with pytest.raises(LedgerError, match="trigger forge"):
+        try_working_tree(make_loop(workspace, executor), "LR 0.5")
+    assert all(exp.status != Status.KEEP or exp.id == 1 for exp in Ledger(workspace.root, check_history=False).all())
+
+
+def test_a_trigger_planted_during_an_agents_turn_is_dropped_when_the_ledger_is_put_back(workspace, tmp_path):
+    """BROKE, fixed: after a turn the loop put the ledger's rows and seals back as they were, and left the schema
+    as the agent made it: a trigger stayed, to fire in the loop's next write."""
+    import sqlite3
+
+    make_loop(workspace, RacedExecutor()).baseline()
+    ledger = Ledger(workspace.root)
+    before = ledger.state()
+    with sqlite3.connect(workspace.state / "ledger.sqlite") as db:
+        db.execute('CREATE TRIGGER "a""b" AFTER UPDATE ON experiments BEGIN UPDATE experiments SET val_bpb = 0.5; END')
+    assert ledger.put_back(before, tmp_path / "quarantine") == "changed the ledger's schema"
+    ledger.update(1, reason="a reason")
+    assert ledger.get(1).val_bpb != 0.5
+    ledger.verify()
+
+
+def test_a_ray_node_training_from_its_own_copy_trains_the_bytes_the_loop_sent(tmp_path, monkeypatch):
+    """BROKE, fixed: a node that does not see the workspace wrote the request's train.py into its work folder and
+    then ran a RunSpec without the bytes, so its evaluator read the file again later: what lay there then (the folder
+    is under the cache root, where the folder can be made, or a file swapped, by whoever shares the node) was
+    trained. The node now hands its executor the bytes it was sent."""
+    from autoresearch.loop import ray_executor
+    from autoresearch.loop.executor import RunSpec
+
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    trained = []
+
+    class Swapped:
+        def run(self, spec: RunSpec):
+            spec.source.write_text("print('swapped in')\n")  # what another hand left there meanwhile
+            trained.append(spec.source_bytes())
+            return outcome_of(1, None, "", "", 0.0, spec.fingerprint)
+
+    monkeypatch.setattr(ray_executor, "_executor", Swapped)
+    monkeypatch.setattr(ray_executor, "Apparatus", lambda **fields: type("A", (), {"save": lambda self, p: None})())
+    spec = RunSpec(tmp_path / "ws", tmp_path / "ws" / ".autoresearch" / "runs" / "1-0", 60.0, "fp")
+    request = ray_executor.Request("v", "c", "t", b'{"data_dir": "/nowhere"}', b"print('sent')\n", "{}", None)
+    ray_executor._train_apart(spec, request, tmp_path / "data", "node")
+    assert trained == [b"print('sent')\n"]

@@ -60,8 +60,12 @@ _HIDE = (
     'while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
     'if [ -d "$p" ]; then mount -t tmpfs -o mode=0700 tmpfs "$p"; elif [ -e "$p" ]; then mount --bind /dev/null "$p"; '
     'fi || { echo "autoresearch: could not hide $p from the agent" >&2; exit 1; }; done; '
+    # findmnt escapes a space (a blank, a backslash, what is not printable) in a path as \xHH: `x` decodes it.
+    r'x() { s=$1; o=; while :; do case $s in *\\x[0-9a-f][0-9a-f]*) o=$o${s%%\\x*}; s=${s#*\\x}; h=${s%"${s#??}"}; '
+    r's=${s#??}; o=$o$(printf "\\$(printf %o "0x$h")");; *) break;; esac; done; printf "%s" "$o$s"; }; '
     'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
-    'if [ -e "$p" ]; then mount --rbind "$p" "$p" && for t in $(findmnt -rn -o TARGET -R "$p"); do '
+    'if [ -e "$p" ]; then mount --rbind "$p" "$p" && mount -o remount,bind,ro "$p" && '
+    't=$(findmnt -rn -o TARGET -R "$p") && printf "%s\\n" "$t" | while IFS= read -r t; do t=$(x "$t"); '
     'mount -o remount,bind,ro "$t" || { echo "autoresearch: could not make $t read-only for the agent" >&2; exit 1; }; '
     'done; fi || { echo "autoresearch: could not make $p read-only for the agent" >&2; exit 1; }; done; '
     'exec unshare --user --map-user="$u" --map-group="$g" --mount "$@"'
@@ -71,7 +75,8 @@ _HIDE = (
 # the evaluator), /etc with it (cron, systemd units, the linker's configuration, Debian's sitecustomize), the
 # cron and at spools (a job there runs outside the namespace), and what runs and the evaluator load
 # (evaluator/shown.py): the Python environment, whose change would stop the loop after the turn (`pip install`
-# fails at once instead), and the library directories.
+# fails at once instead), and the library directories. Each place is remounted by its own path, then every mount
+# findmnt finds under it: a findmnt that cannot be run stops the agent (it listed nothing, and left all writable).
 SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS[:-1], "/etc", "/opt", "/boot", "/var/spool")  # SYSTEM_DIRS but /sys
 
 
@@ -92,11 +97,33 @@ def with_hidden(way: tuple[str, ...], places: list[Path], read_only: list[Path] 
 
 
 def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
-    """What the agent may not write (SYSTEM_READ_ONLY, and what runs are shown: `shown.readable`), outermost, real
-    paths, but for a place that holds the workspace (the environment check still watches it)."""
+    """What the agent may not write (SYSTEM_READ_ONLY, what runs are shown: `shown.readable`, and the experiments'
+    shared compile cache, made here where missing), outermost, real paths, but for a place that holds the workspace
+    (the environment check still watches it). The shared compile cache is the loop's alone to write, and is checked
+    only at the ends of a turn: a file planted there and taken away meanwhile left no trace, and a run of another
+    worker that started in between linked it into its layer and loaded it."""
     inside = workspace.resolve()
+    compiled = compile_cache.shared_root()
+    compiled.mkdir(parents=True, exist_ok=True)
     places = {Path(p).resolve() for p in SYSTEM_READ_ONLY if os.path.exists(p)} | set(shown.readable(env))
+    places |= {compiled.resolve(), *_would_be_read()}
     return shown.outermost(p for p in places if p != inside and p not in inside.parents)
+
+
+def _would_be_read() -> list[Path]:
+    """Where a Python started later (an evaluator of another worker, the loop's next start) reads code that is not
+    there now (loop/environment.py: `would_be_paths`), where it can be made read-only: what exists of it, and the
+    user's site-packages, made here where missing (empty, it changes nothing Python does). Made in a turn, a .pth
+    file there ran in every Python started meanwhile, and taken away before its end, left the check nothing to see."""
+    import site
+
+    from autoresearch.loop.environment import would_be_paths
+
+    if site.ENABLE_USER_SITE:
+        user_site = Path(site.getusersitepackages())
+        with contextlib.suppress(OSError):  # a home not of this user's to write: nor of an agent's
+            user_site.mkdir(parents=True, exist_ok=True)
+    return [path.resolve() for path in would_be_paths() if path.exists()]
 
 
 PID_NAMESPACE_INNER = ("unshare", "--user", "--map-current-user", "--mount")

@@ -30,6 +30,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
+import tempfile
 import threading
 from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
@@ -55,10 +57,16 @@ EVALUATOR_CACHES = {
 }  # fmt: skip
 
 
+def shared_root() -> Path:
+    """The folder of the shared caches (`shared_dirs`), and of what `settle` copies on its way there: the loop's
+    alone to write (read-only in a coding agent's namespace: agents/command_agent.py)."""
+    return cache_root() / "compile"
+
+
 def shared_dirs() -> dict[str, Path]:
     """The shared cache of each compiler, under the cache root. (Not the variables' values where they are set:
     importing Inductor sets its own to a default, which a process that forks runs has always done.)"""
-    return {name: cache_root() / "compile" / sub for name, sub in CACHES.items()}
+    return {name: shared_root() / sub for name, sub in CACHES.items()}
 
 
 def shown_dirs() -> list[Path]:
@@ -150,21 +158,64 @@ def settle(staged: Iterable[Path], keep: bool) -> int:
     vouched for (`vouch`; after a restart nothing is), or not; either way delete them. Returns how many files were
     added. A file the shared cache has already stays as it is."""
     added = 0
-    shared = {CACHES[name]: path for name, path in shared_dirs().items()}
     for run in staged:
         with _vouched_lock:
             vouched = _vouched.pop(str(run.absolute()), "")
-        if keep and vouched and digest(run) == vouched:
-            for sub, top in shared.items():
-                for rel in _own_files(run / sub):
-                    target = top / rel
-                    if target.exists() or target.is_symlink():
-                        continue
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.move(run / sub / rel, target)
-                    added += 1
+        if keep and vouched:
+            added += _add(run, vouched)
         shutil.rmtree(run, ignore_errors=True)
     return added
+
+
+def _add(run: Path, vouched: str) -> int:
+    """Add `run`'s files to the shared caches if they are what `vouched` says. The staged folder is in the
+    workspace's state, where an agent whose turn overlaps the verdict can write at any moment: a file checked there
+    and then moved could be another by then (or reached through a link made meanwhile). So they are copied first into
+    a folder of the loop's own, beside the shared caches (out of an agent's reach: agents/command_agent.py), and it is
+    the copies that are checked and moved."""
+    root = shared_root()
+    root.mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix=".settling-", dir=root))
+    try:
+        if not _copy_own(run, private) or digest(private) != vouched:
+            return 0
+        added = 0
+        for name, top in shared_dirs().items():
+            sub = CACHES[name]
+            for rel in _own_files(private / sub):
+                target = top / rel
+                if target.exists() or target.is_symlink():
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(private / sub / rel, target)
+                added += 1
+        return added
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _copy_own(run: Path, private: Path) -> bool:
+    """Copy the regular files of `run`'s compilers' folders into `private`, neither following a link at the end of
+    a path nor waiting on a FIFO, and no more than MAX_STAGED_BYTES in all; False where that was exceeded or a file
+    could not be read (it changed meanwhile: nothing is taken)."""
+    budget = MAX_STAGED_BYTES
+    for sub in CACHES.values():
+        for rel in _own_files(run / sub):
+            target = private / sub / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(run / sub / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                return False
+            with open(fd, "rb") as source, open(target, "xb") as copy:
+                if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                    return False
+                while chunk := source.read(min(budget + 1, 1 << 20)):
+                    budget -= len(chunk)
+                    if budget < 0:
+                        return False
+                    copy.write(chunk)
+    return True
 
 
 def evaluator_dir() -> Path:

@@ -148,6 +148,13 @@ class Ledger:
 
     def _check_seals(self) -> None:
         self._writes += 1  # read again, whatever was cached
+        if foreign := self._foreign():
+            raise LedgerError(
+                f"the ledger {self.db_path} holds what the loop never makes: {', '.join(foreign)}. A trigger runs "
+                "inside the loop's own writes, which would seal what it made of a row",
+                hint="if a coding agent drives the loop, it edited its record: do not trust what it reported since. "
+                + REBUILD_HINT.replace("run ", "To go on, run ", 1),
+            )
         rows = self._db.execute("SELECT * FROM experiments ORDER BY id").fetchall()
         if not self._sealed():
             self._db.execute("BEGIN IMMEDIATE")
@@ -171,6 +178,31 @@ class Ledger:
                 hint="if a coding agent drives the loop, it edited its record: do not trust what it reported since. "
                 + REBUILD_HINT.replace("run ", "To go on, run ", 1),
             )
+
+    def _foreign(self) -> list[str]:
+        """What the file's schema holds that the loop did not make ("trigger NAME", "view NAME", "column NAME"...):
+        the seals cover rows, not the schema, and a trigger fires inside the loop's own writes, before their seal."""
+        found = [
+            f"{kind} {name}"
+            for kind, name in self._db.execute("SELECT type, name FROM sqlite_master")
+            if (kind, name) not in (("table", "experiments"), ("table", "seals"))
+            and not (kind == "index" and name.startswith("sqlite_autoindex_"))
+        ]
+        columns = [(row[1], row[-1]) for row in self._db.execute("PRAGMA table_xinfo(experiments)")]
+        found += [f"column {name}" for name, hidden in columns if name not in _COLUMNS or hidden]
+        if self._sealed():
+            seals = [row[1] for row in self._db.execute("PRAGMA table_xinfo(seals)")]
+            found += [] if seals == ["id", "digest"] else [f"seals columns {', '.join(seals)}"]
+        return found
+
+    def _drop_foreign(self) -> bool:
+        """Drop the triggers, views and indexes the loop did not make; whether there were any."""
+        dropped = False
+        for kind, name in self._db.execute("SELECT type, name FROM sqlite_master").fetchall():
+            if kind in ("trigger", "view", "index") and not name.startswith("sqlite_autoindex_"):
+                self._db.execute(f'DROP {kind.upper()} IF EXISTS "{name.replace(chr(34), chr(34) * 2)}"')
+                dropped = True
+        return dropped
 
     def _sealed(self) -> bool:
         return (
@@ -286,7 +318,7 @@ class Ledger:
         """Make the ledger what it was in `state` (taken by this process); what had changed, if anything."""
         rows, identity = state
         self._writes += 1
-        changed = None
+        changed = "changed the ledger's schema" if self._drop_foreign() else None
         if self._identity() != identity:  # deleted or replaced: this connection still holds the real one
             if self.db_path.exists():
                 quarantine.mkdir(parents=True, exist_ok=True)

@@ -334,7 +334,8 @@ def _train_apart(spec: RunSpec, request: Request, data_dir: Path, node: str) -> 
     apparatus = json.loads(request.apparatus)
     Apparatus(**{**apparatus, "data_dir": str(data_dir)}).save(work / CONFIG_NAME)
     (work / "train.py").write_bytes(request.train_py)
-    here = RunSpec(work, work / "runs" / spec.run_dir.name, spec.timeout, spec.fingerprint)
+    # The bytes sent, not the file read again when the evaluator is at hand: what lies there by then is not the loop's.
+    here = RunSpec(work, work / "runs" / spec.run_dir.name, spec.timeout, spec.fingerprint, code=request.train_py)
     ray_data.remove_tree(here.run_dir)
     outcome = executor.run(here)
     names = [name for name in PRODUCTS if (here.run_dir / name).is_file()]
