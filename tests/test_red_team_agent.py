@@ -538,3 +538,24 @@ def test_no_trusted_process_imports_from_the_working_directory_an_agent_can_writ
         [*sandbox.module_command(sys.executable, "autoresearch"), "--help"], env=env, capture_output=True, text=True
     )
     assert cli.returncode == 0 and "PLANTED" not in cli.stdout and "usage" in cli.stdout
+
+
+@pytest.mark.skipif(with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can hide a place")
+def test_an_agent_has_neither_your_ssh_keys_nor_your_ssh_agent(workspace, tmp_path, monkeypatch):
+    """BROKE, fixed: where your key logs you in, `ssh localhost` from the agent's shell ran a shell outside its
+    namespace (the data readable there, nothing ending with the turn). Its namespace now hides ~/.ssh and the
+    SSH agent's socket, and its environment has no SSH_AUTH_SOCK."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    sock = tmp_path / "ssh-agent" / "agent.1"
+    sock.parent.mkdir()
+    sock.write_text("a socket\n")  # where ssh would connect: a file stands in for it
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+    seen = tmp_path / "seen"
+    look = f'(cat {home}/.ssh/id_ed25519 {sock}; echo "sock=$SSH_AUTH_SOCK") > {seen} 2>/dev/null || true'
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{look}\necho x")
+    assert exp.status == Status.KEEP, exp.reason
+    assert seen.read_text() == "sock=\n", seen.read_text()
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)

@@ -36,6 +36,7 @@ from autoresearch.orphans import marked, write_pid_file
 from autoresearch.workspace.workspace import MAX_TRAIN_PY_BYTES, as_read
 
 PROMPT_ENV = "AUTORESEARCH_PROMPT_FILE"
+SSH_AGENT = "SSH_AUTH_SOCK"
 AGENT_PID = "agent.pid"  # in the workspace's state folder, while an agent runs
 TIMEOUT_S = 30 * 60.0  # a coding agent may think, read and edit for a long while; a hung one must not stall the loop
 STDERR_TAIL_CHARS = 2000
@@ -221,10 +222,10 @@ def run_process(
     """Run `command` (a shell line, or an argv list run without a shell) in the workspace, in its own process
     group, with `prompt` on stdin: exit status, stdout and stderr. ProposalError on timeout, after killing the
     whole process group; whatever it left running in the background is killed too (all of it where
-    `pid_namespace()` is had). Without the token of the loop's Ray, if it has one."""
+    `pid_namespace()` is had). Without the token of the loop's Ray, if it has one, nor your SSH agent."""
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
     way = with_hidden(pid_namespace(), hidden_places(workspace, env), read_only_places(workspace, env))
-    env = {name: value for name, value in env.items() if name != AUTH_TOKEN}
+    env = {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)}
     process = subprocess.Popen(
         [*way, *argv],
         cwd=workspace,
@@ -256,15 +257,24 @@ def run_process(
 
 def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     """What an agent's turn is not shown: the data (evaluator/hidden.py), Ray's folder and token files (a task
-    sent to the loop's Ray runs outside: loop/ray_executor.py), and the folder of the evaluators' own compiler
-    caches (made here where missing, so that what is made there later is hidden too): an evaluator runs what its
-    compilers find there (evaluator/compile_cache.py), and another worker's evaluator may be compiling while the
-    agent works."""
+    sent to the loop's Ray runs outside: loop/ray_executor.py), your SSH keys and agent (`_ssh_places`), and the
+    folder of the evaluators' own compiler caches (made here where missing, so that what is made there later is
+    hidden too): an evaluator runs what its compilers find there (evaluator/compile_cache.py), and another worker's
+    evaluator may be compiling while the agent works."""
     caches = compile_cache.evaluator_dir()
     caches.mkdir(parents=True, exist_ok=True)
     inside = workspace.resolve()
     held = [] if caches == inside or caches in inside.parents else [caches]
-    return [*workspace_data_places(workspace), *hidden_from_agents(env), *held]
+    return [*workspace_data_places(workspace), *hidden_from_agents(env), *_ssh_places(env), *held]
+
+
+def _ssh_places(env: Mapping[str, str]) -> list[Path]:
+    """Your SSH keys and your SSH agent's socket: with them `ssh localhost` (where your key logs you in) would run a
+    shell outside the agent's namespace, where the data can be read and nothing ends with its turn."""
+    places = [Path(env.get("HOME") or Path.home()) / ".ssh"]
+    if sock := env.get(SSH_AGENT):
+        places.append(Path(sock))
+    return [p.absolute() for p in places if p.exists()]
 
 
 @functools.cache
