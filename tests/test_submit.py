@@ -23,6 +23,7 @@ from loop_support import FakeExecutor, ScriptedAgent, constant, killed_loop, mak
 from test_scheduler import scheduler, score, wait_until
 
 from autoresearch.cli import _drive, main
+from autoresearch.evaluator.sandbox import module_command
 from autoresearch.loop import activity
 from autoresearch.loop import inbox as inbox_module
 from autoresearch.loop.held_edits import HeldEdit, put_back_edits
@@ -108,12 +109,15 @@ def beside(sched, scenario, started: threading.Event | None = None, releases=())
         raise failures[0]
 
 
+LOOP = module_command(sys.executable, "autoresearch")  # how `submit` starts its loop in the background
+
+
 def background_loop(monkeypatch, fake) -> None:
     """`submit` starts `fake(argv, **popen_args)` instead of a loop in the background; git runs as ever."""
     real = subprocess.Popen
 
     def popen(argv, *args, **kwargs):
-        if argv[1:3] == ["-m", "autoresearch"]:
+        if argv[: len(LOOP)] == [argv[0], *LOOP[1:]]:
             return fake(argv, **kwargs)
         return real(argv, *args, **kwargs)
 
@@ -238,7 +242,7 @@ def test_the_first_submit_starts_a_loop_which_answers_while_the_baseline_trains_
 
     class Background:  # what `subprocess.Popen` starts: the loop, which the test's main thread runs
         def __init__(self, argv, **_):
-            assert argv[3:6] == ["run", "--agent", "queue"]
+            assert argv[len(LOOP) : len(LOOP) + 3] == ["run", "--agent", "queue"]
             started.set()
 
         def poll(self):

@@ -241,9 +241,11 @@ class ResearchLoop(Asking, Recovery):
         self.ws.write_train_py(source)
         self.reporter.phase(exp.id, exp.description, f"training run {run + 1}")
         self.reporter.training(exp.id, run, self.ws.apparatus.budget_seconds)
-        watch = self._watch(train_py=source.encode())
         exp.attempts += 1  # counted until the run ends: a run that kills the loop is found at the next start
         self.ledger.update(exp.id, attempts=exp.attempts)
+        # After the count: the loop's own writes to the ledger come before and after the watch, never during it (one
+        # there would find, and seal, what a run wrote meanwhile; the watch puts that back).
+        watch = self._watch(train_py=source.encode())
         try:
             # The bytes recorded are the bytes trained: train.py is read here, once, not by the executor from the
             # file, which an agent driving the loop (`try`, outside any turn) could swap meanwhile and put back.
@@ -256,11 +258,13 @@ class ResearchLoop(Asking, Recovery):
                 self._fork_failure_told = True
                 self.reporter.message(f"the fork server failed ({failure}); runs now start as new processes, slower")
         finally:
-            exp.attempts -= 1
-            self.ledger.update(exp.id, attempts=exp.attempts)
-            why = self._verified(watch, f"experiment {exp.id}").reason()
-            if source != exp.source:
-                self.ws.write_train_py(exp.source)
+            try:
+                why = self._verified(watch, f"experiment {exp.id}").reason()
+            finally:
+                exp.attempts -= 1
+                self.ledger.update(exp.id, attempts=exp.attempts)
+                if source != exp.source:
+                    self.ws.write_train_py(exp.source)
         outcome = self.comparable(outcome, spec.run_dir)
         if exp.kind == Kind.BASELINE:  # the user's own train.py: what it compiled serves the next seeds at once
             self._settle_compiled(exp, keep=outcome.status == RunEnd.OK and not why, run=run)
