@@ -922,3 +922,15 @@ def test_the_apparatus_fingerprint_covers_the_evaluator_the_wire_and_the_devices
     names = {path.relative_to(hashed[0].parents[1]).as_posix() for path in hashed}
     assert {"device.py", "wire.py", "evaluator/referee.py", "evaluator/clock.py", "evaluator/cores.py"} <= names
     assert "loop/engine.py" not in names  # the loop's code may change without a new apparatus
+
+
+def test_deleted_data_names_the_cache_it_was_prepared_in(tmp_path, monkeypatch) -> None:
+    cache = tmp_path / "old-cache"
+    ws = make_workspace(tmp_path / "ws", cache / "data" / "python-source-0123abcd" / "tiny")
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "another-cache"))  # prepare alone would write there
+    with pytest.raises(LoopError, match="no prepared data") as err:
+        make_loop(ws, FakeExecutor(lambda source: 1.0))
+    assert (
+        f"--cache-dir {cache.resolve()}`" in err.value.hint
+        and "with the Python the workspace was made with" in err.value.hint
+    )

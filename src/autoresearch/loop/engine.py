@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from autoresearch.agents.base import Agent, Proposal, preflight
+from autoresearch.config.apparatus import Apparatus
 from autoresearch.data.shards import Manifest
 from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
@@ -47,6 +48,16 @@ from autoresearch.workspace.workspace import TRAIN_PY, Workspace, too_large
 # Imported from here by the CLI, the scheduler, the benches and the tests.
 __all__ = ["APPARATUS_HINT", "MAX_ATTEMPTS", "NO_PROPOSAL", "LoopConfig", "LoopError", "ResearchLoop"]
 
+
+
+def prepare_again_hint(a: Apparatus) -> str:
+    """How to make the data a workspace reads again, where it reads it: into the cache it was prepared in (the one
+    of today's $AUTORESEARCH_CACHE may be another) and, for python-source, from the same Python's files."""
+    cache = Path(a.data_dir).parents[2]  # <cache>/data/<dataset>/<preset>
+    hint = f"prepare it again: `autoresearch prepare --dataset {a.dataset} --preset {a.preset} --cache-dir {cache}`"
+    if a.dataset == "python-source":
+        hint += " with the Python the workspace was made with (another Python's files are another corpus)"
+    return hint + "; the same corpus gives the same data, another one a new workspace"
 
 class ResearchLoop(Asking, Recovery):
     def __init__(
@@ -82,10 +93,7 @@ class ResearchLoop(Asking, Recovery):
         try:
             manifest = Manifest.load(Path(a.data_dir) / "manifest.json")
         except FileNotFoundError:
-            raise LoopError(
-                f"no prepared data in {a.data_dir}",
-                hint=f"run `autoresearch prepare --dataset {a.dataset} --preset {a.preset}` (it is the same data)",
-            ) from None
+            raise LoopError(f"no prepared data in {a.data_dir}", hint=prepare_again_hint(a)) from None
         self.fingerprint = fingerprint(a, manifest)
 
     # -- state ------------------------------------------------------------------------------------
