@@ -25,7 +25,7 @@ from loop_support import (
     with_constants,
 )
 
-from autoresearch.loop.executor import ForkServer, Outcome, sleep_awake
+from autoresearch.loop.executor import SETUP_FAILED, ForkServer, Outcome, outcome_of, sleep_awake
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.status import status_text
@@ -934,3 +934,23 @@ def test_deleted_data_names_the_cache_it_was_prepared_in(tmp_path, monkeypatch) 
         f"--cache-dir {cache.resolve()}`" in err.value.hint
         and "with the Python the workspace was made with" in err.value.hint
     )
+
+
+def test_data_the_evaluator_finds_damaged_stops_the_loop_and_the_experiment_waits_in_flight(workspace):
+    """The evaluator exits 2 with its error and hint when it cannot set a run up (a shard truncated): the proposal
+    was a crash of its own before, its reason the hint alone, and every later one crashed the same way."""
+    printed = "error: shard /c/train-00001.bin is truncated or damaged: 10 bytes, expected 20\n  hint: run prepare\n"
+
+    class DamagedData(FakeExecutor):
+        def run(self, spec):
+            if constant(workspace.read_train_py(), "LR") == 0.2:
+                return outcome_of(SETUP_FAILED, None, printed, "", 0.5, spec.fingerprint)
+            return super().run(spec)
+
+    loop = make_loop(workspace, DamagedData(score))
+    loop.baseline()
+    with pytest.raises(LoopError, match=r"train-00001\.bin is truncated or damaged") as err:
+        loop.step(ScriptedAgent([set_lr(0.2)]))
+    assert err.value.hint == "run prepare"
+    stopped = Ledger(workspace.root).get(2)
+    assert stopped.status == Status.RUNNING and stopped.attempts == 0
