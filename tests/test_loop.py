@@ -306,6 +306,29 @@ def test_failed_proposals_are_recorded_with_their_cost_and_the_loop_backs_off(wo
     assert waits == [30.0, 60.0]  # after the 2nd and 3rd failure in a row, none once it works
 
 
+def test_a_loop_at_its_limit_stops_at_once_after_failures_rather_than_back_off_first(workspace):
+    """`run --max-experiments 2` whose agent failed twice waited 30 s (then 60 s, ...) before it stopped."""
+    from autoresearch.agents.base import ProposalError
+    from autoresearch.loop.engine import LoopConfig, ResearchLoop
+    from autoresearch.loop.environment import Environment
+    from autoresearch.loop.reporter import PlainReporter
+
+    waits = []
+    loop = ResearchLoop(
+        workspace, FakeExecutor(score), PlainReporter(lambda _: None), LoopConfig(), waits.append, Environment(())
+    )
+    loop.baseline()
+
+    def unreachable(ctx):
+        raise ProposalError("could not reach OpenAI API at http://127.0.0.1:9/v1/")
+
+    loop.run(ScriptedAgent([unreachable] * 2), max_experiments=2)
+    assert waits == []
+    loop.run(ScriptedAgent([unreachable] * 2 + [set_lr(0.2)]), max_experiments=3)
+    assert waits == [60.0, 120.0]  # 4 and 5 failures in a row before the 2nd and 3rd asks; none after the win
+    assert Ledger(workspace.root).all()[-1].status == Status.KEEP
+
+
 def test_a_fatal_agent_error_stops_the_loop(workspace):
     import pytest
 

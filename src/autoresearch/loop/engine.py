@@ -127,10 +127,12 @@ class ResearchLoop(Asking, Recovery):
             self.baseline()
         done = 0
         while max_experiments is None or done < max_experiments:
+            if done:  # the back-off after the agent's failures in a row comes before asking again, not before stopping
+                self._pause_after_failures(agent)
             if hours is not None and time.monotonic() - started >= hours * 3600:
                 self.reporter.message(f"stopping: the {hours:g} h limit is reached")
                 break
-            self.step(agent)
+            self.step(agent, wait=False)
             done += 1
 
     def baseline(self) -> Experiment:
@@ -161,9 +163,10 @@ class ResearchLoop(Asking, Recovery):
         self.ledger.insert(exp)
         return exp
 
-    def step(self, agent: Agent) -> Experiment:
-        """One experiment: ask the agent, check the change, commit it, train and judge it."""
-        asked = self.ask(agent)
+    def step(self, agent: Agent, wait: bool = True) -> Experiment:
+        """One experiment: ask the agent, check the change, commit it, train and judge it (`wait`: back off after
+        the agent's failures in a row before returning; `run` does so before the next step instead)."""
+        asked = self.ask(agent, wait=wait)
         if isinstance(asked, Experiment):
             return asked
         proposal, note = asked
