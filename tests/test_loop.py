@@ -977,3 +977,19 @@ def test_data_the_evaluator_finds_damaged_stops_the_loop_and_the_experiment_wait
     assert err.value.hint == "run prepare"
     stopped = Ledger(workspace.root).get(2)
     assert stopped.status == Status.RUNNING and stopped.attempts == 0
+
+
+def test_a_detached_head_goes_back_on_the_branch_at_its_commit_and_elsewhere_stops_the_loop(workspace):
+    """A person's `git checkout <commit>` left HEAD detached: the loop ran on, and a kept change moved no branch."""
+    loop = make_loop(workspace, FakeExecutor(score))
+    baseline = loop.baseline()
+    workspace.git("checkout", "-q", "--detach", "HEAD")
+    win = loop.run(ScriptedAgent([set_lr(0.2)]), max_experiments=1)
+    assert win is None and workspace.git.branch() == "autoresearch/test"
+    assert workspace.git("rev-parse", "autoresearch/test").strip() == Ledger(workspace.root).get(2).commit
+    workspace.git("checkout", "-q", baseline.commit)  # detached at an older experiment
+    with pytest.raises(LoopError, match="HEAD is detached") as err:
+        make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
+    assert "git checkout autoresearch/test" in err.value.hint
+    assert len(Ledger(workspace.root).all()) == 2  # nothing was asked or trained meanwhile
+

@@ -89,6 +89,7 @@ class Recovery:
         if not taking_edit:
             self.recover_workspace()
         self.check_apparatus()
+        self.check_attached()
         in_flight = self.ledger.in_flight()
         if len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight):
             raise LoopError(
@@ -126,6 +127,25 @@ class Recovery:
             return pending
         self.recover_branch()
         return None
+
+    def check_attached(self) -> None:
+        """The loop keeps its experiments on its branch, so HEAD must be on it: detached (a person's `git checkout
+        <commit>` to look at an experiment), kept experiments would move no branch and the next checkout of it would
+        drop them out of sight. Where one branch of the loop's is at that very commit HEAD goes back onto it, which
+        changes no file; elsewhere the loop stops."""
+        if self.git.branch() != "HEAD":
+            return
+        head = self.git.head()
+        at = self.git("for-each-ref", "--points-at", head, "--format=%(refname:short)", "refs/heads/autoresearch/")
+        if len(names := at.split()) == 1:
+            self.git("symbolic-ref", "HEAD", f"refs/heads/{names[0]}")
+            self.reporter.message(f"git's HEAD was detached at {head[:7]}, where branch {names[0]} is: on it again")
+            return
+        ours = self.git("for-each-ref", "--format=%(refname:short)", "refs/heads/autoresearch/").split()
+        raise LoopError(
+            f"git's HEAD is detached (at {head[:7]}): the loop keeps its experiments on its branch",
+            hint=f"`git checkout {ours[0] if len(ours) == 1 else 'autoresearch/<tag>'}`, then run again",
+        )
 
     def recover_branch(self) -> None:
         """Bring the branch to the best, where a verdict was recorded but the loop died before git followed, or
