@@ -993,3 +993,14 @@ def test_a_detached_head_goes_back_on_the_branch_at_its_commit_and_elsewhere_sto
     assert "git checkout autoresearch/test" in err.value.hint
     assert len(Ledger(workspace.root).all()) == 2  # nothing was asked or trained meanwhile
 
+
+def test_an_edited_budget_in_the_locked_config_says_to_check_it_out_again(workspace):
+    """The hint was to make a new workspace, for what `git checkout autoresearch.json` undoes."""
+    from autoresearch.workspace.workspace import Workspace
+
+    make_loop(workspace, FakeExecutor(score)).baseline()
+    config = workspace.root / "autoresearch.json"
+    config.write_text(config.read_text().replace('"budget_seconds": 1.0', '"budget_seconds": 2.0'))
+    with pytest.raises(LoopError, match="the apparatus changed") as err:
+        make_loop(Workspace(workspace.root), FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+    assert "`git checkout autoresearch.json` to go on" in err.value.hint

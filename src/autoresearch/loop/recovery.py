@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from autoresearch.agents.command_agent import AGENT_PID
+from autoresearch.config.apparatus import CONFIG_NAME
 from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
@@ -78,9 +79,13 @@ class Recovery:
         """Refuse to go on when the harness, data or budget differ from the baseline's (its seeds measured so far)."""
         measured = self.baseline_result().get("harness_fingerprint")
         if measured and measured != self.fingerprint:
-            raise LoopError(
-                f"the apparatus changed since the baseline ({measured} -> {self.fingerprint})", hint=APPARATUS_HINT
-            )
+            hint = APPARATUS_HINT
+            if CONFIG_NAME in self.git.changed_paths():  # an edit of the locked config, not a new harness or data
+                hint = (
+                    f"{CONFIG_NAME} differs from its commit (the budget and data are locked at init): "
+                    f"`git checkout {CONFIG_NAME}` to go on, or make a new workspace (autoresearch init) for others"
+                )
+            raise LoopError(f"the apparatus changed since the baseline ({measured} -> {self.fingerprint})", hint=hint)
 
     def recover(self, taking_edit: bool = False) -> Experiment | None:
         """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any.
