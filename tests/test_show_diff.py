@@ -221,6 +221,19 @@ def test_with_the_ledger_deleted_status_report_and_show_name_rebuild_ledger(work
     assert not list(workspace.state.glob("ledger.sqlite*"))
 
 
+def test_rebuild_ledger_refuses_a_ledger_that_reads_fine_unless_forced(history, capsys) -> None:
+    """It moved a sound ledger aside as ".broken" and kept only what results.tsv and git hold: crash reasons,
+    agents, tokens and timings were gone without a word."""
+    before = [(e.id, e.reason) for e in Ledger(history.root).all()]
+    code, _, err = run_cli(capsys, "rebuild-ledger", "--workspace", str(history.root))
+    assert code == 2 and "the ledger reads fine" in err and "--force" in err
+    assert [(e.id, e.reason) for e in Ledger(history.root).all()] == before
+    assert not list(history.state.glob("ledger.sqlite.broken-*"))
+    code, out, err = run_cli(capsys, "rebuild-ledger", "--force", "--workspace", str(history.root))
+    assert code == 0 and "rebuilt the ledger" in err + out
+    assert [e.id for e in Ledger(history.root).all()] == [e for e, _ in before]
+
+
 def test_status_while_the_baseline_trains_says_none_finished_yet(workspace, capsys) -> None:
     ledger = Ledger(workspace.root)
     ledger.insert(Experiment(id=1, kind="baseline", status=Status.RUNNING, description="baseline", parent=None))

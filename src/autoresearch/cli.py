@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     _workspace_option(diff)
 
     rebuild = sub.add_parser("rebuild-ledger", help="make a lost or corrupt ledger again from results.tsv and git")
+    rebuild.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild a ledger that reads fine too (what only it holds is lost; the file is kept beside it)",
+    )
     _workspace_option(rebuild)
     return parser
 
@@ -418,6 +423,14 @@ def _main(args: argparse.Namespace, console: Console) -> int:
 
             ws = Workspace(args.workspace)
             with ws.lock():  # what a turn cut short left first: an agent's commit is no experiment
+                if not args.force and (count := _readable_rows(ws.root)):
+                    raise AutoresearchError(
+                        f"the ledger reads fine ({count} experiments): rebuild-ledger is for one lost, emptied or "
+                        "corrupt",
+                        hint="rebuilt, it would hold only what results.tsv, git and the runs' results keep (crash "
+                        "reasons, agents, tokens and cost, timings would be lost); --force rebuilds it anyway, "
+                        "keeping the present file beside it",
+                    )
                 put_back_turn(ws, lambda text: console.print(text, markup=False, highlight=False))
                 rows, moved, skipped = rebuild(ws.root, ws.git)
             kept = f"; the old file is {moved}" if moved else ""
@@ -446,6 +459,27 @@ def _main(args: argparse.Namespace, console: Console) -> int:
         )
         return _error(console, error)
     return 0
+
+
+def _readable_rows(root: Path) -> int:
+    """How many experiments the workspace's ledger holds, where it reads fine; 0 where it is missing, empty or
+    corrupt (what `rebuild-ledger` is for)."""
+    import sqlite3
+
+    from autoresearch.loop.ledger import Ledger
+
+    if not (root / ".autoresearch" / "ledger.sqlite").is_file():
+        return 0
+    try:
+        ledger = Ledger(root)
+    except (AutoresearchError, sqlite3.Error):
+        return 0
+    try:
+        return len(ledger.all())
+    except (sqlite3.Error, ValueError, TypeError):
+        return 0
+    finally:
+        ledger.close()
 
 
 def _error(console: Console, exc: AutoresearchError) -> int:
