@@ -286,6 +286,8 @@ def test_output_piped_into_a_reader_that_has_gone_ends_quietly(history, subproce
         (["--timeout", "1"], "a hard timeout of 1s per run"),
         (["--max-experiments", "-1"], "--max-experiments cannot be negative (got -1)"),
         (["--hours", "-0.5"], "--hours cannot be negative (got -0.5)"),
+        (["--hours", "nan"], "--hours takes a number (got nan)"),
+        (["--accelerator", "H100"], "--accelerator goes with --ray"),
     ],
 )
 def test_run_refuses_a_timeout_within_the_budget_and_limits_that_stop_at_once(history, capsys, args, said) -> None:

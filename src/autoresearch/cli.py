@@ -188,6 +188,10 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     for option, value in (("--max-experiments", args.max_experiments), ("--hours", args.hours)):
         if value is not None and value < 0:  # 0: finish what is in flight, start nothing new
             raise AutoresearchError(f"{option} cannot be negative (got {value:g}); leave it out to run until stopped")
+        if value is not None and value != value:  # nan: no time is ever past it, so the loop never stopped
+            raise AutoresearchError(f"{option} takes a number (got {value:g}); leave it out to run until stopped")
+    if args.accelerator and args.ray is None:  # it would be dropped without a word: runs on whatever is here
+        raise AutoresearchError("--accelerator goes with --ray", hint="e.g. --ray --accelerator H100")
     found = devices(args.gpus, args.workers)
     agent = None if args.agent == "queue" else make_agent(args.agent, args.model, args.agent_command)
     name = agent.name if agent is not None else "submitted experiments"
