@@ -221,6 +221,16 @@ def test_with_the_ledger_deleted_status_report_and_show_name_rebuild_ledger(work
     assert not list(workspace.state.glob("ledger.sqlite*"))
 
 
+def test_a_run_refused_beside_a_background_loop_names_its_process(history: Workspace, capsys) -> None:
+    """A loop `submit` started has no terminal: "stop it (Ctrl-C)" told no way to stop it."""
+    import os
+
+    with history.lock():
+        start_session(history.state, ["local"], time.time())
+        code, _, err = run_cli(capsys, "run", "--plain", "--workspace", str(history.root))
+    assert code == 2 and f"it is process {os.getpid()} (`kill {os.getpid()}` stops it" in " ".join(err.split())
+
+
 def test_rebuild_ledger_refuses_a_ledger_that_reads_fine_unless_forced(history, capsys) -> None:
     """It moved a sound ledger aside as ".broken" and kept only what results.tsv and git hold: crash reasons,
     agents, tokens and timings were gone without a word."""
