@@ -1004,3 +1004,28 @@ def test_an_edited_budget_in_the_locked_config_says_to_check_it_out_again(worksp
     with pytest.raises(LoopError, match="the apparatus changed") as err:
         make_loop(Workspace(workspace.root), FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
     assert "`git checkout autoresearch.json` to go on" in err.value.hint
+
+
+@pytest.mark.parametrize("confined", [True, False])
+def test_train_py_edited_beside_a_confined_run_is_the_persons_and_the_runs_score_stands(workspace, confined):
+    """An agent that sent `try` to the background and went on editing train.py: the experiment was a crash, "the
+    run changed files outside train.py: changed train.py", though the sandbox hides the workspace from the run."""
+    from dataclasses import replace
+
+    class EditedMeanwhile(FakeExecutor):
+        def run(self, spec):
+            outcome = super().run(spec)
+            if constant(spec.source.read_text(), "LR") == 0.2:
+                spec.source.write_text(with_constants(spec.source.read_text(), LR=0.3))  # the next idea, begun
+            return replace(outcome, result=replace(outcome.result, confined=confined)) if outcome.result else outcome
+
+    events = []
+    loop = make_loop(workspace, EditedMeanwhile(score), events=events)
+    loop.baseline()
+    exp = loop.step(ScriptedAgent([set_lr(0.2)]))
+    kept = [q / "train.py" for q in (workspace.state / "quarantine").iterdir()]
+    assert [constant(k.read_text(), "LR") for k in kept] == [0.3]  # the edit is not lost
+    if confined:
+        assert exp.status == Status.KEEP and "train.py was edited while experiment 2 trained" in " ".join(events)
+    else:  # a run that could reach the workspace is not believed
+        assert exp.status == Status.CRASH and "changed train.py" in exp.reason

@@ -50,6 +50,14 @@ __all__ = ["APPARATUS_HINT", "MAX_ATTEMPTS", "NO_PROPOSAL", "LoopConfig", "LoopE
 
 
 
+def _edited_beside(verdict: Verdict, outcome: Outcome) -> bool:
+    """Whether train.py alone changed during a run that was confined: the sandbox hides the workspace from it, so
+    the edit is someone else's (a person's, an agent's that sent `try` to the background to go on editing), and the
+    run's score stands; the run that could reach the workspace is not believed."""
+    trained_confined = outcome.result is not None and outcome.result.confined
+    return trained_confined and verdict.changed in ([f"changed {TRAIN_PY}"], [f"deleted {TRAIN_PY}"])
+
+
 def prepare_again_hint(a: Apparatus) -> str:
     """How to make the data a workspace reads again, where it reads it: into the cache it was prepared in (the one
     of today's $AUTORESEARCH_CACHE may be another) and, for python-source, from the same Python's files."""
@@ -264,10 +272,17 @@ class ResearchLoop(Asking, Recovery):
         finally:
             exp.attempts -= 1
             self.ledger.update(exp.id, attempts=exp.attempts)
-            why = self._verified(watch, f"experiment {exp.id}").reason()
+            verdict = self._verified(watch, f"experiment {exp.id}")
+            why = verdict.reason()
             if source != exp.source:
                 self.ws.write_train_py(exp.source)
         outcome = self.comparable(outcome, spec.run_dir)
+        if why and _edited_beside(verdict, outcome):  # the person's edit (`try` in the background): not the run's
+            why = None
+            self.reporter.message(
+                f"train.py was edited while experiment {exp.id} trained (its run, confined, cannot reach it): "
+                f"put back, the edit kept in {verdict.quarantine}; edit train.py between experiments"
+            )
         if exp.kind == Kind.BASELINE:  # the user's own train.py: what it compiled serves the next seeds at once
             self._settle_compiled(exp, keep=outcome.status == RunEnd.OK and not why, run=run)
         if why:  # whatever it scored, a run that reached outside its box is not believed
