@@ -397,7 +397,7 @@ def test_rebuild_ledger_after_a_kill_during_a_turn_takes_no_commit_of_the_agents
 
     best = make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
     kill_during_turn(workspace, tmp_path, f'{set_lr(0.2)}\n{GIT} commit -q -am "exp 2: LR 0.2"')
-    assert main(["rebuild-ledger", "--workspace", str(workspace.root)]) == 0
+    assert main(["rebuild-ledger", "--force", "--workspace", str(workspace.root)]) == 0
     rows = make_loop(workspace, FakeExecutor(score)).ledger.all()
     assert [(e.id, e.status) for e in rows] == [(1, Status.KEEP)] and workspace.git.head() == best.commit
     assert workspace.read_train_py() == best.source

@@ -83,6 +83,18 @@ def test_a_file_in_place_of_the_folder_is_refused(corpus_dir: Path, tmp_path: Pa
     assert (tmp_path / "ws").read_text() == "x"
 
 
+@pytest.mark.parametrize("where", ["under-a-file", "in-proc"])
+def test_a_directory_that_cannot_be_made_is_refused_before_any_data(
+    where: str, corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes").write_text("x")
+    ws = tmp_path / "notes" / "ws" if where == "under-a-file" else Path("/proc/autoresearch-test-ws")
+    cache = tmp_path / "cache"
+    assert main([*init_args(ws, corpus_dir), "--cache-dir", str(cache)]) == 2
+    assert f"cannot make {ws}" in words(capsys.readouterr().err)
+    assert prepared_dirs(cache) == [] and not ws.exists()
+
+
 def test_an_empty_folder_is_fine(corpus_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "ws").mkdir()
     assert main(init_args(tmp_path / "ws", corpus_dir, "--budget", "5")) == 0

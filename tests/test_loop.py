@@ -25,7 +25,7 @@ from loop_support import (
     with_constants,
 )
 
-from autoresearch.loop.executor import ForkServer, Outcome, sleep_awake
+from autoresearch.loop.executor import SETUP_FAILED, ForkServer, Outcome, outcome_of, sleep_awake
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.status import status_text
@@ -304,6 +304,29 @@ def test_failed_proposals_are_recorded_with_their_cost_and_the_loop_backs_off(wo
     assert [r.status for r in rows] == [Status.CRASH, Status.CRASH, Status.CRASH, Status.KEEP]
     assert rows[0].input_tokens == 50 and "429" in rows[0].reason
     assert waits == [30.0, 60.0]  # after the 2nd and 3rd failure in a row, none once it works
+
+
+def test_a_loop_at_its_limit_stops_at_once_after_failures_rather_than_back_off_first(workspace):
+    """`run --max-experiments 2` whose agent failed twice waited 30 s (then 60 s, ...) before it stopped."""
+    from autoresearch.agents.base import ProposalError
+    from autoresearch.loop.engine import LoopConfig, ResearchLoop
+    from autoresearch.loop.environment import Environment
+    from autoresearch.loop.reporter import PlainReporter
+
+    waits = []
+    loop = ResearchLoop(
+        workspace, FakeExecutor(score), PlainReporter(lambda _: None), LoopConfig(), waits.append, Environment(())
+    )
+    loop.baseline()
+
+    def unreachable(ctx):
+        raise ProposalError("could not reach OpenAI API at http://127.0.0.1:9/v1/")
+
+    loop.run(ScriptedAgent([unreachable] * 2), max_experiments=2)
+    assert waits == []
+    loop.run(ScriptedAgent([unreachable] * 2 + [set_lr(0.2)]), max_experiments=3)
+    assert waits == [60.0, 120.0]  # 4 and 5 failures in a row before the 2nd and 3rd asks; none after the win
+    assert Ledger(workspace.root).all()[-1].status == Status.KEEP
 
 
 def test_a_fatal_agent_error_stops_the_loop(workspace):
@@ -922,3 +945,87 @@ def test_the_apparatus_fingerprint_covers_the_evaluator_the_wire_and_the_devices
     names = {path.relative_to(hashed[0].parents[1]).as_posix() for path in hashed}
     assert {"device.py", "wire.py", "evaluator/referee.py", "evaluator/clock.py", "evaluator/cores.py"} <= names
     assert "loop/engine.py" not in names  # the loop's code may change without a new apparatus
+
+
+def test_deleted_data_names_the_cache_it_was_prepared_in(tmp_path, monkeypatch) -> None:
+    cache = tmp_path / "old-cache"
+    ws = make_workspace(tmp_path / "ws", cache / "data" / "python-source-0123abcd" / "tiny")
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "another-cache"))  # prepare alone would write there
+    with pytest.raises(LoopError, match="no prepared data") as err:
+        make_loop(ws, FakeExecutor(lambda source: 1.0))
+    assert (
+        f"--cache-dir {cache.resolve()}`" in err.value.hint
+        and "with the Python the workspace was made with" in err.value.hint
+    )
+
+
+def test_data_the_evaluator_finds_damaged_stops_the_loop_and_the_experiment_waits_in_flight(workspace):
+    """The evaluator exits 2 with its error and hint when it cannot set a run up (a shard truncated): the proposal
+    was a crash of its own before, its reason the hint alone, and every later one crashed the same way."""
+    printed = "error: shard /c/train-00001.bin is truncated or damaged: 10 bytes, expected 20\n  hint: run prepare\n"
+
+    class DamagedData(FakeExecutor):
+        def run(self, spec):
+            if constant(workspace.read_train_py(), "LR") == 0.2:
+                return outcome_of(SETUP_FAILED, None, printed, "", 0.5, spec.fingerprint)
+            return super().run(spec)
+
+    loop = make_loop(workspace, DamagedData(score))
+    loop.baseline()
+    with pytest.raises(LoopError, match=r"train-00001\.bin is truncated or damaged") as err:
+        loop.step(ScriptedAgent([set_lr(0.2)]))
+    assert err.value.hint == "run prepare"
+    stopped = Ledger(workspace.root).get(2)
+    assert stopped.status == Status.RUNNING and stopped.attempts == 0
+
+
+def test_a_detached_head_goes_back_on_the_branch_at_its_commit_and_elsewhere_stops_the_loop(workspace):
+    """A person's `git checkout <commit>` left HEAD detached: the loop ran on, and a kept change moved no branch."""
+    loop = make_loop(workspace, FakeExecutor(score))
+    baseline = loop.baseline()
+    workspace.git("checkout", "-q", "--detach", "HEAD")
+    win = loop.run(ScriptedAgent([set_lr(0.2)]), max_experiments=1)
+    assert win is None and workspace.git.branch() == "autoresearch/test"
+    assert workspace.git("rev-parse", "autoresearch/test").strip() == Ledger(workspace.root).get(2).commit
+    workspace.git("checkout", "-q", baseline.commit)  # detached at an older experiment
+    with pytest.raises(LoopError, match="HEAD is detached") as err:
+        make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
+    assert "git checkout autoresearch/test" in err.value.hint
+    assert len(Ledger(workspace.root).all()) == 2  # nothing was asked or trained meanwhile
+
+
+def test_an_edited_budget_in_the_locked_config_says_to_check_it_out_again(workspace):
+    """The hint was to make a new workspace, for what `git checkout autoresearch.json` undoes."""
+    from autoresearch.workspace.workspace import Workspace
+
+    make_loop(workspace, FakeExecutor(score)).baseline()
+    config = workspace.root / "autoresearch.json"
+    config.write_text(config.read_text().replace('"budget_seconds": 1.0', '"budget_seconds": 2.0'))
+    with pytest.raises(LoopError, match="the apparatus changed") as err:
+        make_loop(Workspace(workspace.root), FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+    assert "`git checkout autoresearch.json` to go on" in err.value.hint
+
+
+@pytest.mark.parametrize("confined", [True, False])
+def test_train_py_edited_beside_a_confined_run_is_the_persons_and_the_runs_score_stands(workspace, confined):
+    """An agent that sent `try` to the background and went on editing train.py: the experiment was a crash, "the
+    run changed files outside train.py: changed train.py", though the sandbox hides the workspace from the run."""
+    from dataclasses import replace
+
+    class EditedMeanwhile(FakeExecutor):
+        def run(self, spec):
+            outcome = super().run(spec)
+            if constant(spec.source.read_text(), "LR") == 0.2:
+                spec.source.write_text(with_constants(spec.source.read_text(), LR=0.3))  # the next idea, begun
+            return replace(outcome, result=replace(outcome.result, confined=confined)) if outcome.result else outcome
+
+    events = []
+    loop = make_loop(workspace, EditedMeanwhile(score), events=events)
+    loop.baseline()
+    exp = loop.step(ScriptedAgent([set_lr(0.2)]))
+    kept = [q / "train.py" for q in (workspace.state / "quarantine").iterdir()]
+    assert [constant(k.read_text(), "LR") for k in kept] == [0.3]  # the edit is not lost
+    if confined:
+        assert exp.status == Status.KEEP and "train.py was edited while experiment 2 trained" in " ".join(events)
+    else:  # a run that could reach the workspace is not believed
+        assert exp.status == Status.CRASH and "changed train.py" in exp.reason

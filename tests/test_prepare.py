@@ -24,7 +24,7 @@ from autoresearch.data.shards import Manifest, evaluation_rows, open_shard, shar
 from autoresearch.data.sources import TRAIN, VAL
 from autoresearch.data.sources.base import split_texts
 from autoresearch.data.tokenizer import Tokenizer
-from autoresearch.errors import DataError
+from autoresearch.errors import ConfigError, DataError
 from autoresearch.evaluator.feeder import Feeder
 
 WORDS = [f"{a}{b}" for a in ("ka", "lo", "mi", "ru", "te", "sa", "vo") for b in ("n", "ra", "ve", "x", "lt")]
@@ -285,6 +285,38 @@ def test_a_directory_without_text_files_is_a_clear_error(tmp_path: Path, mini_pr
         prepare(f"local:{tmp_path / 'corpus' / 'data.csv'}", mini_preset, tmp_path / "cache", console=console)
     with pytest.raises(DataError, match="does not exist"):
         prepare(f"local:{tmp_path / 'nowhere'}", mini_preset, tmp_path / "cache", console=console)
+
+
+def test_python_source_of_another_interpreter_does_not_rebuild_the_first_ones_data(
+    tmp_path: Path, mini_preset: Preset, console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoresearch.data.sources import python_source
+
+    venvs = [tmp_path / "venv-a", tmp_path / "venv-b"]
+    for n, venv in enumerate(venvs):
+        write_corpus(venv)
+        (venv / "extra.txt").write_text(document("txt", 90 + n))  # the second venv holds other files
+    monkeypatch.setattr(python_source, "default_roots", lambda: [venvs[0]])
+    first = prepare("python-source", mini_preset, tmp_path / "cache", console=console)
+    before = (first / "manifest.json").read_bytes()
+    monkeypatch.setattr(python_source, "default_roots", lambda: [venvs[1]])
+    second = prepare("python-source", mini_preset, tmp_path / "cache", console=console)
+    assert second != first  # a workspace made with the first Python still finds the data it was measured on
+    assert (first / "manifest.json").read_bytes() == before
+    monkeypatch.setattr(python_source, "default_roots", lambda: [venvs[0]])
+    assert prepare("python-source", mini_preset, tmp_path / "cache", console=console) == first
+
+
+@pytest.mark.parametrize("named", ["", "  "])
+def test_local_without_a_path_is_refused_not_read_as_the_current_directory(
+    named: str, tmp_path: Path, mini_preset: Preset, console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "private.txt").write_text("not a corpus\n" * 100_000)
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(ConfigError, match="names no path"):
+        prepare(f"local:{named}", mini_preset, tmp_path / "cache", console=console)
+    assert not (tmp_path / "cache").exists()
 
 
 def test_a_parquet_file_without_a_text_column_or_damaged_is_a_clear_error(

@@ -221,6 +221,29 @@ def test_with_the_ledger_deleted_status_report_and_show_name_rebuild_ledger(work
     assert not list(workspace.state.glob("ledger.sqlite*"))
 
 
+def test_a_run_refused_beside_a_background_loop_names_its_process(history: Workspace, capsys) -> None:
+    """A loop `submit` started has no terminal: "stop it (Ctrl-C)" told no way to stop it."""
+    import os
+
+    with history.lock():
+        start_session(history.state, ["local"], time.time())
+        code, _, err = run_cli(capsys, "run", "--plain", "--workspace", str(history.root))
+    assert code == 2 and f"it is process {os.getpid()} (`kill {os.getpid()}` stops it" in " ".join(err.split())
+
+
+def test_rebuild_ledger_refuses_a_ledger_that_reads_fine_unless_forced(history, capsys) -> None:
+    """It moved a sound ledger aside as ".broken" and kept only what results.tsv and git hold: crash reasons,
+    agents, tokens and timings were gone without a word."""
+    before = [(e.id, e.reason) for e in Ledger(history.root).all()]
+    code, _, err = run_cli(capsys, "rebuild-ledger", "--workspace", str(history.root))
+    assert code == 2 and "the ledger reads fine" in err and "--force" in err
+    assert [(e.id, e.reason) for e in Ledger(history.root).all()] == before
+    assert not list(history.state.glob("ledger.sqlite.broken-*"))
+    code, out, err = run_cli(capsys, "rebuild-ledger", "--force", "--workspace", str(history.root))
+    assert code == 0 and "rebuilt the ledger" in err + out
+    assert [e.id for e in Ledger(history.root).all()] == [e for e, _ in before]
+
+
 def test_status_while_the_baseline_trains_says_none_finished_yet(workspace, capsys) -> None:
     ledger = Ledger(workspace.root)
     ledger.insert(Experiment(id=1, kind="baseline", status=Status.RUNNING, description="baseline", parent=None))
@@ -273,6 +296,8 @@ def test_output_piped_into_a_reader_that_has_gone_ends_quietly(history, subproce
         (["--timeout", "1"], "a hard timeout of 1s per run"),
         (["--max-experiments", "-1"], "--max-experiments cannot be negative (got -1)"),
         (["--hours", "-0.5"], "--hours cannot be negative (got -0.5)"),
+        (["--hours", "nan"], "--hours takes a number (got nan)"),
+        (["--accelerator", "H100"], "--accelerator goes with --ray"),
     ],
 )
 def test_run_refuses_a_timeout_within_the_budget_and_limits_that_stop_at_once(history, capsys, args, said) -> None:

@@ -107,6 +107,8 @@ def test_tiny_run_prints_the_summary_block_with_the_results_numbers(trained) -> 
     lines = dict(line.split(":", 1) for line in summary.strip().splitlines())
     assert float(lines["val_bpb"]) == pytest.approx(result["val_bpb"], abs=1e-6)
     assert int(lines["num_steps"]) == result["num_steps"]
+    # the harness's own count agrees with the summary's (it said one more: the untimed step)
+    assert f"training done: {result['num_steps']} steps in " in proc.stdout and "(after 1 untimed)" in proc.stdout
     assert lines["valid"].strip() == "true"
     assert re.search(r"untimed step 1 of 1: [\d.]+s\nclock started after 1 untimed steps", proc.stdout)
     # The evaluator says where the start-up went, in order: harness.start(), the graph, the clock.

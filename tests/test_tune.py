@@ -210,6 +210,7 @@ def test_proposals_are_small_valid_edits() -> None:
 
 def test_description_names_each_change() -> None:
     proposal = TuneAgent(seed=3).propose(context(DETUNED))
+    assert proposal.usage.cost_usd == 0.0  # offline: the report's cost for it is $0.00, not "unknown"
     changes = changed(DETUNED, proposal.source)
     for name in changes:
         assert f"{name} {read_constants(DETUNED)[name].text} -> " in proposal.description

@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     _workspace_option(diff)
 
     rebuild = sub.add_parser("rebuild-ledger", help="make a lost or corrupt ledger again from results.tsv and git")
+    rebuild.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild a ledger that reads fine too (what only it holds is lost; the file is kept beside it)",
+    )
     _workspace_option(rebuild)
     return parser
 
@@ -183,6 +188,10 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     for option, value in (("--max-experiments", args.max_experiments), ("--hours", args.hours)):
         if value is not None and value < 0:  # 0: finish what is in flight, start nothing new
             raise AutoresearchError(f"{option} cannot be negative (got {value:g}); leave it out to run until stopped")
+        if value is not None and value != value:  # nan: no time is ever past it, so the loop never stopped
+            raise AutoresearchError(f"{option} takes a number (got {value:g}); leave it out to run until stopped")
+    if args.accelerator and args.ray is None:  # it would be dropped without a word: runs on whatever is here
+        raise AutoresearchError("--accelerator goes with --ray", hint="e.g. --ray --accelerator H100")
     found = devices(args.gpus, args.workers)
     agent = None if args.agent == "queue" else make_agent(args.agent, args.model, args.agent_command)
     name = agent.name if agent is not None else "submitted experiments"
@@ -430,6 +439,14 @@ def _main(args: argparse.Namespace, console: Console) -> int:
 
             ws = Workspace(args.workspace)
             with ws.lock():  # what a turn cut short left first: an agent's commit is no experiment
+                if not args.force and (count := _readable_rows(ws.root)):
+                    raise AutoresearchError(
+                        f"the ledger reads fine ({count} experiments): rebuild-ledger is for one lost, emptied or "
+                        "corrupt",
+                        hint="rebuilt, it would hold only what results.tsv, git and the runs' results keep (crash "
+                        "reasons, agents, tokens and cost, timings would be lost); --force rebuilds it anyway, "
+                        "keeping the present file beside it",
+                    )
                 put_back_turn(ws, lambda text: console.print(text, markup=False, highlight=False))
                 rows, moved, skipped = rebuild(ws.root, ws.git)
             kept = f"; the old file is {moved}" if moved else ""
@@ -458,6 +475,27 @@ def _main(args: argparse.Namespace, console: Console) -> int:
         )
         return _error(console, error)
     return 0
+
+
+def _readable_rows(root: Path) -> int:
+    """How many experiments the workspace's ledger holds, where it reads fine; 0 where it is missing, empty or
+    corrupt (what `rebuild-ledger` is for)."""
+    import sqlite3
+
+    from autoresearch.loop.ledger import Ledger
+
+    if not (root / ".autoresearch" / "ledger.sqlite").is_file():
+        return 0
+    try:
+        ledger = Ledger(root)
+    except (AutoresearchError, sqlite3.Error):
+        return 0
+    try:
+        return len(ledger.all())
+    except (sqlite3.Error, ValueError, TypeError):
+        return 0
+    finally:
+        ledger.close()
 
 
 def _error(console: Console, exc: AutoresearchError) -> int:

@@ -55,7 +55,7 @@ from pathlib import Path
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
-from autoresearch.agents.base import Context, PastExperiment, Proposal, ProposalError
+from autoresearch.agents.base import Context, PastExperiment, Proposal, ProposalError, Usage
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.config.presets import get_preset
 from autoresearch.errors import AutoresearchError
@@ -75,6 +75,8 @@ _ATTEMPTS = 64
 _NUMBER = r"\d[\d_]*(?:\.\d*)?(?:[eE][+-]?\d+)?(?:\*\*\d+)?"
 _RANGE = re.compile(rf"\(\s*({_NUMBER})\s*-\s*({_NUMBER})\s*\)")
 _DIFF_NAME = re.compile(r"^[+-]([A-Z][A-Z0-9_]*)\s*=", re.MULTILINE)
+
+FREE = Usage(0, 0, 0.0)  # offline: no tokens, no cost (the report says $0.00 for it, not "unknown")
 
 
 def _number(text: str) -> float:
@@ -362,7 +364,7 @@ class TuneAgent:
             source = set_constants(context.train_py, changes)
             if changes and parse(source)[1] not in seen:
                 moves = ", ".join(f"{n} {constants[n].text} -> {format_value(v)}" for n, v in changes.items())
-                return Proposal(f"tune: {moves}", source)
+                return Proposal(f"tune: {moves}", source, FREE)
         raise ProposalError("tune: found no new configuration to try")
 
     def _study(self, knobs: dict[str, Knob], past: list, context: Context, seed: int) -> optuna.Study:

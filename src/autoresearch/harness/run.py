@@ -186,7 +186,13 @@ class Run:
             }
         )
         self._channel.send({"op": "weights"}, self._exported.weights())
-        print(f"training done: {self.step} steps in {self.elapsed:.1f}s; weights handed over", flush=True)
+        # The steps on the clock, as the summary's num_steps counts them (the untimed ones trained on random tokens).
+        timed = self.step - self.untimed_steps if self._clock_start is not None else 0
+        print(
+            f"training done: {timed} steps in {self.elapsed:.1f}s (after {self.step - timed} untimed); weights handed "
+            "over",
+            flush=True,
+        )
 
     # -- internals ------------------------------------------------------------------------------
 

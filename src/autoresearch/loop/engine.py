@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from autoresearch.agents.base import Agent, Proposal, preflight
+from autoresearch.config.apparatus import Apparatus
 from autoresearch.data.shards import Manifest
 from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
@@ -47,6 +48,24 @@ from autoresearch.workspace.workspace import TRAIN_PY, Workspace, too_large
 # Imported from here by the CLI, the scheduler, the benches and the tests.
 __all__ = ["APPARATUS_HINT", "MAX_ATTEMPTS", "NO_PROPOSAL", "LoopConfig", "LoopError", "ResearchLoop"]
 
+
+
+def _edited_beside(verdict: Verdict, outcome: Outcome) -> bool:
+    """Whether train.py alone changed during a run that was confined: the sandbox hides the workspace from it, so
+    the edit is someone else's (a person's, an agent's that sent `try` to the background to go on editing), and the
+    run's score stands; the run that could reach the workspace is not believed."""
+    trained_confined = outcome.result is not None and outcome.result.confined
+    return trained_confined and verdict.changed in ([f"changed {TRAIN_PY}"], [f"deleted {TRAIN_PY}"])
+
+
+def prepare_again_hint(a: Apparatus) -> str:
+    """How to make the data a workspace reads again, where it reads it: into the cache it was prepared in (the one
+    of today's $AUTORESEARCH_CACHE may be another) and, for python-source, from the same Python's files."""
+    cache = Path(a.data_dir).parents[2]  # <cache>/data/<dataset>/<preset>
+    hint = f"prepare it again: `autoresearch prepare --dataset {a.dataset} --preset {a.preset} --cache-dir {cache}`"
+    if a.dataset == "python-source":
+        hint += " with the Python the workspace was made with (another Python's files are another corpus)"
+    return hint + "; the same corpus gives the same data, another one a new workspace"
 
 class ResearchLoop(Asking, Recovery):
     def __init__(
@@ -83,10 +102,7 @@ class ResearchLoop(Asking, Recovery):
         try:
             manifest = Manifest.load(Path(a.data_dir) / "manifest.json")
         except FileNotFoundError:
-            raise LoopError(
-                f"no prepared data in {a.data_dir}",
-                hint=f"run `autoresearch prepare --dataset {a.dataset} --preset {a.preset}` (it is the same data)",
-            ) from None
+            raise LoopError(f"no prepared data in {a.data_dir}", hint=prepare_again_hint(a)) from None
         self.fingerprint = fingerprint(a, manifest)
 
     # -- state ------------------------------------------------------------------------------------
@@ -120,10 +136,12 @@ class ResearchLoop(Asking, Recovery):
             self.baseline()
         done = 0
         while max_experiments is None or done < max_experiments:
+            if done:  # the back-off after the agent's failures in a row comes before asking again, not before stopping
+                self._pause_after_failures(agent)
             if hours is not None and time.monotonic() - started >= hours * 3600:
                 self.reporter.message(f"stopping: the {hours:g} h limit is reached")
                 break
-            self.step(agent)
+            self.step(agent, wait=False)
             done += 1
 
     def baseline(self) -> Experiment:
@@ -154,9 +172,10 @@ class ResearchLoop(Asking, Recovery):
         self.ledger.insert(exp)
         return exp
 
-    def step(self, agent: Agent) -> Experiment:
-        """One experiment: ask the agent, check the change, commit it, train and judge it."""
-        asked = self.ask(agent)
+    def step(self, agent: Agent, wait: bool = True) -> Experiment:
+        """One experiment: ask the agent, check the change, commit it, train and judge it (`wait`: back off after
+        the agent's failures in a row before returning; `run` does so before the next step instead)."""
+        asked = self.ask(agent, wait=wait)
         if isinstance(asked, Experiment):
             return asked
         proposal, note = asked
@@ -259,13 +278,20 @@ class ResearchLoop(Asking, Recovery):
                 self.reporter.message(f"the fork server failed ({failure}); runs now start as new processes, slower")
         finally:
             try:
-                why = self._verified(watch, f"experiment {exp.id}").reason()
+                verdict = self._verified(watch, f"experiment {exp.id}")
+                why = verdict.reason()
             finally:
                 exp.attempts -= 1
                 self.ledger.update(exp.id, attempts=exp.attempts)
                 if source != exp.source:
                     self.ws.write_train_py(exp.source)
         outcome = self.comparable(outcome, spec.run_dir)
+        if why and _edited_beside(verdict, outcome):  # the person's edit (`try` in the background): not the run's
+            why = None
+            self.reporter.message(
+                f"train.py was edited while experiment {exp.id} trained (its run, confined, cannot reach it): "
+                f"put back, the edit kept in {verdict.quarantine}; edit train.py between experiments"
+            )
         if exp.kind == Kind.BASELINE:  # the user's own train.py: what it compiled serves the next seeds at once
             self._settle_compiled(exp, keep=outcome.status == RunEnd.OK and not why, run=run)
         if why:  # whatever it scored, a run that reached outside its box is not believed

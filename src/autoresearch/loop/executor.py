@@ -45,6 +45,9 @@ STOP_WAIT_S = 1.0
 # the wait began, or went to another thread (numpy's), is acted on only when the main thread runs Python again.
 SIGNAL_CHECK_S = 0.5
 EXPERIMENT_CRASHED = 3  # the evaluator's exit code when the experiment crashed (evaluator/referee.py)
+# Its exit code when it could not set a run up (no config, damaged or missing data: an error of ours, printed as
+# "error: ..." and "  hint: ..." before train.py was given a line to run): no fault of the experiment's.
+SETUP_FAILED = 2
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,11 @@ def outcome_of(
     """What a run came to, from its evaluator's exit code and the result it wrote (None: none)."""
     if code < 0 and result is None:  # the evaluator itself was killed by a signal: not the experiment's doing
         return Outcome(RunEnd.LOST, None, f"the run was killed from outside (signal {-code})", log_tail, seconds)
+    if code == SETUP_FAILED and result is None:
+        # Every run would fail so (a shard truncated, the data deleted): the loop stops, the experiment stays in
+        # flight and is trained once that is repaired, rather than be recorded as a crash of its own.
+        error, hint = setup_error(errors)
+        return Outcome(RunEnd.CHANGED, None, f"the evaluator could not run: {error}", log_tail + errors, seconds, hint)
     if code not in (0, EXPERIMENT_CRASHED):
         last = errors.strip().splitlines()[-1] if errors.strip() else f"exit code {code}"
         return Outcome(RunEnd.CRASH, None, f"the evaluator could not run: {last}", log_tail + errors, seconds)
@@ -195,6 +203,17 @@ def outcome_of(
     if not result.valid or result.val_bpb is None:
         return Outcome(RunEnd.INVALID, result, f"invalid result: {result.invalid_reason}", log_tail, seconds)
     return Outcome(RunEnd.OK, result, "", log_tail, seconds)
+
+
+def setup_error(errors: str) -> tuple[str, str]:
+    """The message and hint of the error an evaluator printed as it failed to set up (cli-like "error: ..." then
+    "  hint: ..." lines), where its last line alone would be the hint."""
+    lines = [line.strip() for line in errors.strip().splitlines()]
+    at = max((i for i, line in enumerate(lines) if line.startswith("error:")), default=None)
+    if at is None:
+        return (lines[-1] if lines else f"exit code {SETUP_FAILED}"), ""
+    hints = [line.removeprefix("hint:").strip() for line in lines[at + 1 :] if line.startswith("hint:")]
+    return lines[at].removeprefix("error:").strip(), " ".join(hints)
 
 
 class Referee:

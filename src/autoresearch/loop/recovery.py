@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from autoresearch.agents.command_agent import AGENT_PID
+from autoresearch.config.apparatus import CONFIG_NAME
 from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
@@ -95,9 +96,13 @@ class Recovery:
         """Refuse to go on when the harness, data or budget differ from the baseline's (its seeds measured so far)."""
         measured = self.baseline_result().get("harness_fingerprint")
         if measured and measured != self.fingerprint:
-            raise LoopError(
-                f"the apparatus changed since the baseline ({measured} -> {self.fingerprint})", hint=APPARATUS_HINT
-            )
+            hint = APPARATUS_HINT
+            if CONFIG_NAME in self.git.changed_paths():  # an edit of the locked config, not a new harness or data
+                hint = (
+                    f"{CONFIG_NAME} differs from its commit (the budget and data are locked at init): "
+                    f"`git checkout {CONFIG_NAME}` to go on, or make a new workspace (autoresearch init) for others"
+                )
+            raise LoopError(f"the apparatus changed since the baseline ({measured} -> {self.fingerprint})", hint=hint)
 
     def recover(self, taking_edit: bool = False) -> Experiment | None:
         """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any.
@@ -106,6 +111,7 @@ class Recovery:
         if not taking_edit:
             self.recover_workspace()
         self.check_apparatus()
+        self.check_attached()
         in_flight = self.ledger.in_flight()
         if len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight):
             raise LoopError(
@@ -143,6 +149,25 @@ class Recovery:
             return pending
         self.recover_branch()
         return None
+
+    def check_attached(self) -> None:
+        """The loop keeps its experiments on its branch, so HEAD must be on it: detached (a person's `git checkout
+        <commit>` to look at an experiment), kept experiments would move no branch and the next checkout of it would
+        drop them out of sight. Where one branch of the loop's is at that very commit HEAD goes back onto it, which
+        changes no file; elsewhere the loop stops."""
+        if self.git.branch() != "HEAD":
+            return
+        head = self.git.head()
+        at = self.git("for-each-ref", "--points-at", head, "--format=%(refname:short)", "refs/heads/autoresearch/")
+        if len(names := at.split()) == 1:
+            self.git("symbolic-ref", "HEAD", f"refs/heads/{names[0]}")
+            self.reporter.message(f"git's HEAD was detached at {head[:7]}, where branch {names[0]} is: on it again")
+            return
+        ours = self.git("for-each-ref", "--format=%(refname:short)", "refs/heads/autoresearch/").split()
+        raise LoopError(
+            f"git's HEAD is detached (at {head[:7]}): the loop keeps its experiments on its branch",
+            hint=f"`git checkout {ours[0] if len(ours) == 1 else 'autoresearch/<tag>'}`, then run again",
+        )
 
     def recover_branch(self) -> None:
         """Bring the branch to the best, where a verdict was recorded but the loop died before git followed, or

@@ -427,6 +427,7 @@ class Scheduler:
         loop = self.loop
         loop.recover_workspace()
         loop.check_apparatus()
+        loop.check_attached()
         loop.recover_branch()
         for exp in loop.ledger.in_flight():
             for run_dir in loop.ws.state.glob(f"runs/{exp.id}-*"):

@@ -56,6 +56,23 @@ def check_directory(directory: Path) -> None:
     if held:
         shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
         raise ConfigError(f"{directory} already exists and is not empty (it holds {shown})", hint=_elsewhere(directory))
+    _check_makeable(directory)
+
+
+def _check_makeable(directory: Path) -> None:
+    """A new directory must be one that can be made (under a file, in /proc or a read-only mount it cannot): made
+    and removed again here, so that init says so before it prepares any data rather than with a traceback after."""
+    created = _highest_missing(directory)
+    if created is None:
+        return
+    try:
+        created.mkdir()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot make {directory}: {err.strerror} ({created})",
+            hint="give init a directory in a folder you can write, e.g. under your home",
+        ) from None
+    created.rmdir()
 
 
 def _elsewhere(directory: Path) -> str:

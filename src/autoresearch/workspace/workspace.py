@@ -88,12 +88,21 @@ class Workspace:
         try:
             if not _try_flock(fd):
                 raise AutoresearchError(
-                    f"another autoresearch process is working in {self.root}",
-                    hint="wait for it, or stop it (Ctrl-C) first; `autoresearch status` shows what it runs",
+                    f"another autoresearch process is working in {self.root}", hint=self._holder_hint()
                 )
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock
+
+    def _holder_hint(self) -> str:
+        """What to do about the loop that holds the lock: one `submit` started in the background has no terminal
+        to press Ctrl-C in, so its process is named where the loop wrote it down (loop/activity.py)."""
+        from autoresearch.loop.activity import read_session
+
+        hint = "wait for it, or stop it (Ctrl-C) first; `autoresearch status` shows what it runs"
+        if (session := read_session(self.state)) is not None:
+            hint += f"; it is process {session.pid} (`kill {session.pid}` stops it as Ctrl-C does, losing nothing)"
+        return hint
 
     def is_locked(self) -> bool:
         """Whether a loop (or `try`) holds the workspace's lock now."""

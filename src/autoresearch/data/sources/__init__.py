@@ -44,7 +44,12 @@ def make_source(dataset: str, preset: Preset, *, root: Path | None = None, shard
     if dataset.startswith("local:"):
         from autoresearch.data.sources.local import LocalSource
 
-        path = Path(dataset.removeprefix("local:"))
+        named = dataset.removeprefix("local:")
+        if not named.strip():  # Path("") is the current directory: a home folder would be read as the corpus
+            raise ConfigError(
+                "--dataset local: names no path", hint="use local:/path/to/dir (or local:/path/to/file.txt)"
+            )
+        path = Path(named)
         return LocalSource(path, val_bytes, preset.max_corpus_bytes, val_piece, smaller=smaller)
     from autoresearch.data.sources.hub import HUB_DATASETS, HubSource
 

@@ -6,6 +6,7 @@ docstrings, documentation). `--root DIR` reads another directory tree instead.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sysconfig
 from collections.abc import Iterator, Mapping
@@ -44,6 +45,11 @@ def read_text_files(roots: list[Path], suffixes: frozenset[str] = SUFFIXES) -> I
                     yield text
 
 
+def roots_tag(roots: list[Path]) -> str:
+    """A short directory-safe name for the default corpus read from `roots` (an interpreter's directories)."""
+    return hashlib.sha256("\n".join(map(str, roots)).encode()).hexdigest()[:8]
+
+
 class PythonSource(TextCorpus):
     def __init__(
         self,
@@ -59,7 +65,9 @@ class PythonSource(TextCorpus):
             raise DataError(f"--root {root} is not a directory")
         self.name = "python-source"
         self.roots = [root.resolve()] if root else default_roots()
-        self.slug = "python-source" if root is None else f"python-source-{path_tag(self.roots[0])}"
+        # The default corpus is this interpreter's: another Python (a second venv) reads other files, and must not
+        # rebuild the data, in the same directory, that workspaces made with the first one are measured on.
+        self.slug = f"python-source-{path_tag(self.roots[0])}" if root else f"python-source-{roots_tag(self.roots)}"
         self.request = {
             "dataset": self.name,
             "roots": [str(r) for r in self.roots],
