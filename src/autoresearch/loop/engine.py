@@ -49,7 +49,6 @@ from autoresearch.workspace.workspace import TRAIN_PY, Workspace, too_large
 __all__ = ["APPARATUS_HINT", "MAX_ATTEMPTS", "NO_PROPOSAL", "LoopConfig", "LoopError", "ResearchLoop"]
 
 
-
 def _edited_beside(verdict: Verdict, outcome: Outcome) -> bool:
     """Whether train.py alone changed during a run that was confined: the sandbox hides the workspace from it, so
     the edit is someone else's (a person's, an agent's that sent `try` to the background to go on editing), and the
@@ -66,6 +65,7 @@ def prepare_again_hint(a: Apparatus) -> str:
     if a.dataset == "python-source":
         hint += " with the Python the workspace was made with (another Python's files are another corpus)"
     return hint + "; the same corpus gives the same data, another one a new workspace"
+
 
 class ResearchLoop(Asking, Recovery):
     def __init__(
