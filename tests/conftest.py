@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from autoresearch.agents import command_agent
+from autoresearch.agents import namespace
 from autoresearch.config.presets import Preset, get_preset
 from autoresearch.data.prepare import prepare
 from autoresearch.evaluator import sandbox
@@ -80,7 +80,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path):
         OPEN_EXECUTORS.pop().close()
     # Probes cached per process: one a test made while its PATH pointed nowhere (bwrap, unshare "missing") would
     # hold for every later test of this pytest worker. (A test may have replaced a probe: it is put back later.)
-    for probe, works in ((sandbox.unavailable_reason, lambda why: why is None), (command_agent.pid_namespace, bool)):
+    for probe, works in ((sandbox.unavailable_reason, lambda why: why is None), (namespace.pid_namespace, bool)):
         if hasattr(probe, "cache_info") and probe.cache_info().currsize and not works(probe()):
             probe.cache_clear()
 

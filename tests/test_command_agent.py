@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from autoresearch.agents.base import Context, ProposalError
-from autoresearch.agents.command_agent import PROMPT_ENV, CommandAgent, pid_namespace, with_hidden
+from autoresearch.agents.command_agent import PROMPT_ENV, CommandAgent
+from autoresearch.agents.namespace import pid_namespace, with_hidden
 
 TRAIN_PY = resources.files("autoresearch.workspace").joinpath("templates", "train.py").read_text()
 PY = shlex.quote(sys.executable)

@@ -21,7 +21,8 @@ import pytest
 from loop_support import FakeExecutor, constant, fake_result, make_loop
 from test_agent_turn import GIT, PY, assert_the_loop_owns_the_workspace, score, set_lr, take_turn
 
-from autoresearch.agents.command_agent import CommandAgent, pid_namespace, with_hidden
+from autoresearch.agents.command_agent import CommandAgent
+from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.evaluator import compile_cache, sandbox
 from autoresearch.evaluator.result import SEAL, ForgedResult, Result

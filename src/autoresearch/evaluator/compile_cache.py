@@ -21,7 +21,7 @@ reaches them), but with caches of its own (`evaluator_caches`), kept from run to
 reach: Inductor does not rewrite a generated module it finds already written and imports it, and unpickles its graph
 cache's entries, so a module an agent edited there would run in the next evaluator that compiled the same graph: a
 score forged (red team, 2026-12-02). In the agent's namespace the folder is an empty tmpfs
-(agents/command_agent.py); where no namespace can be made, or for an agent that drives `try` from your shell, it is
+(agents/namespace.py); where no namespace can be made, or for an agent that drives `try` from your shell, it is
 in reach as the validation data is (README, "What is not covered").
 """
 
@@ -59,7 +59,7 @@ EVALUATOR_CACHES = {
 
 def shared_root() -> Path:
     """The folder of the shared caches (`shared_dirs`), and of what `settle` copies on its way there: the loop's
-    alone to write (read-only in a coding agent's namespace: agents/command_agent.py)."""
+    alone to write (read-only in a coding agent's namespace: agents/namespace.py)."""
     return cache_root() / "compile"
 
 
@@ -171,7 +171,7 @@ def _add(run: Path, vouched: str) -> int:
     """Add `run`'s files to the shared caches if they are what `vouched` says. The staged folder is in the
     workspace's state, where an agent whose turn overlaps the verdict can write at any moment: a file checked there
     and then moved could be another by then (or reached through a link made meanwhile). So they are copied first into
-    a folder of the loop's own, beside the shared caches (out of an agent's reach: agents/command_agent.py), and it is
+    a folder of the loop's own, beside the shared caches (out of an agent's reach: agents/namespace.py), and it is
     the copies that are checked and moved."""
     root = shared_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -219,14 +219,14 @@ def _copy_own(run: Path, private: Path) -> bool:
 
 
 def evaluator_dir() -> Path:
-    """Where the evaluators' caches lie (a coding agent's turn does not see it: agents/command_agent.py)."""
+    """Where the evaluators' caches lie (a coding agent's turn does not see it: agents/namespace.py)."""
     return cache_root() / EVALUATOR
 
 
 def evaluator_caches(env: MutableMapping[str, str]) -> Path:
     """The caches of this process's compilers, set in `env` (os.environ: read as they compile): one folder kept from
     run to run (warm, it saves ~4 s of every evaluation on an H200: BENCHMARKS.md), which neither a run nor a coding
-    agent's turn can write (agents/command_agent.py hides it)."""
+    agent's turn can write (agents/namespace.py hides it)."""
     folder = evaluator_dir()
     for name, sub in EVALUATOR_CACHES.items():
         (folder / sub).mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ covered".
 
 An agent that read the validation text could write it into train.py, and a model trained on it scores as no honest
 one can; the causality probe cannot see that. So the agent's namespace covers these places too
-(agents/command_agent.py), where it can be made.
+(agents/namespace.py), where it can be made.
 """
 
 from __future__ import annotations

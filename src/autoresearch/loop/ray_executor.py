@@ -134,7 +134,7 @@ def open_to_agent(agent) -> str | None:
 
 
 def hidden_from_agents(env: Mapping[str, str]) -> list[Path]:
-    """What of Ray an agent's namespace covers (agents/command_agent.py), where it exists: the token files a driver
+    """What of Ray an agent's namespace covers (agents/namespace.py), where it exists: the token files a driver
     joins a cluster with (RAY_AUTH_TOKEN_PATH's, ~/.ray), and Ray's folder on this machine: `ray_current_cluster`
     (where `ray.init(address="auto")` looks), and each session's sockets of the node's raylet and object store (which
     may hold the data sent to nodes). The token itself, RAY_AUTH_TOKEN, is not in the agent's environment."""

@@ -1,0 +1,146 @@
+"""The namespaces a shell agent's turn runs in: what it cannot see, what it cannot write, and that nothing it
+starts outlives the turn (agents/command_agent.py runs the command in them; README, "What is covered")."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from autoresearch.evaluator import compile_cache, shown
+from autoresearch.evaluator.hidden import workspace_data_places
+from autoresearch.loop.ray_executor import AUTH_TOKEN, hidden_from_agents
+
+SSH_AGENT = "SSH_AUTH_SOCK"
+
+# Where a user namespace can be made (Linux, unless a container forbids it), the agent runs in a PID namespace of
+# its own: when it ends the kernel kills everything it left, a process that left its group (setsid, a daemon)
+# too, which could otherwise edit train.py, the ledger or a result after the loop has checked the turn. Its own
+# /proc, so that /proc/<pid> is the process getpid() names (Codex waited for ever on the outer one's). The agent
+# runs in a second user namespace, with a mount namespace of its own: there every mount it was given is locked, so
+# that it cannot unmount its /proc (root in the first one, it could) and see the machine's, whose processes (the
+# loop's, the evaluators', the user's) it could then read, or name in a pid file for the next start to kill. In
+# the first, an empty tmpfs covers the user's runtime folder and the system bus's (locked in the second too): their
+# sockets (the user's bus, systemd's private socket, the system bus) let `systemd-run` start a process outside
+# the namespace, which outlives the turn. XDG_RUNTIME_DIR still names a folder the agent can write. So are the
+# places that hold the data (evaluator/hidden.py: a folder under an empty tmpfs, a file under /dev/null): an agent
+# that read the validation text could write it into train.py. And Ray's folder and token files: a task it sent the
+# loop's Ray would run outside, as the user (loop/ray_executor.py). A place that cannot be hidden stops the agent.
+_HIDE = (
+    'u=$1 g=$2 n=$3; shift 3; for d in "/run/user/$u" /run/dbus; do if [ -d "$d" ]; then '
+    'mount -t tmpfs -o mode=0700 tmpfs "$d" || exit 1; fi; done; '  # not hidden: not this way
+    'while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
+    'if [ -d "$p" ]; then mount -t tmpfs -o mode=0700 tmpfs "$p"; elif [ -e "$p" ]; then mount --bind /dev/null "$p"; '
+    'fi || { echo "autoresearch: could not hide $p from the agent" >&2; exit 1; }; done; '
+    # findmnt escapes a space (a blank, a backslash, what is not printable) in a path as \xHH: `x` decodes it.
+    r'x() { s=$1; o=; while :; do case $s in *\\x[0-9a-f][0-9a-f]*) o=$o${s%%\\x*}; s=${s#*\\x}; h=${s%"${s#??}"}; '
+    r's=${s#??}; o=$o$(printf "\\$(printf %o "0x$h")");; *) break;; esac; done; printf "%s" "$o$s"; }; '
+    'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
+    'if [ -e "$p" ]; then mount --rbind "$p" "$p" && mount -o remount,bind,ro "$p" && '
+    't=$(findmnt -rn -o TARGET -R "$p") && printf "%s\\n" "$t" | while IFS= read -r t; do t=$(x "$t"); '
+    'mount -o remount,bind,ro "$t" || { echo "autoresearch: could not make $t read-only for the agent" >&2; exit 1; }; '
+    'done; fi || { echo "autoresearch: could not make $p read-only for the agent" >&2; exit 1; }; done; '
+    'exec unshare --user --map-user="$u" --map-group="$g" --mount "$@"'
+)
+# Where the agent may read but not write (made read-only, then locked as the hidden places are): the system, which
+# is the agent's to write where the loop runs as root (/etc/ld.so.preload would load a library of its choice into
+# the evaluator), /etc with it (cron, systemd units, the linker's configuration, Debian's sitecustomize), the
+# cron and at spools (a job there runs outside the namespace), and what runs and the evaluator load
+# (evaluator/shown.py): the Python environment, whose change would stop the loop after the turn (`pip install`
+# fails at once instead), and the library directories. Each place is remounted by its own path, then every mount
+# findmnt finds under it: a findmnt that cannot be run stops the agent (it listed nothing, and left all writable).
+SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS[:-1], "/etc", "/opt", "/boot", "/var/spool")  # SYSTEM_DIRS but /sys
+
+
+def _namespaces() -> tuple[tuple[str, ...], ...]:
+    """The ways to start the agent in its namespaces, best first: with the buses and the data hidden (util-linux
+    2.36 or later, for --map-user; `with_hidden` adds the places), else without."""
+    outer = ("unshare", "--user", "--pid", "--fork", "--mount-proc", "--kill-child")
+    hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE, "sh", str(os.getuid()), str(os.getgid()))
+    return hidden, (*outer, "--map-current-user", *PID_NAMESPACE_INNER)
+
+
+def with_hidden(way: tuple[str, ...], places: list[Path], read_only: list[Path] = ()) -> tuple[str, ...]:
+    """`way` (one of `_namespaces()`, or none) with `places` hidden from the agent and `read_only` made read-only
+    for it, where that way can do so."""
+    if not way or way[-4:-2] != (_HIDE, "sh"):
+        return way
+    return (*way, str(len(places)), *map(str, places), str(len(read_only)), *map(str, read_only))
+
+
+def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
+    """What the agent may not write (SYSTEM_READ_ONLY, what runs are shown: `shown.readable`, and the experiments'
+    shared compile cache, made here where missing), outermost, real paths, but for a place that holds the workspace
+    (the environment check still watches it). The shared compile cache is the loop's alone to write, and is checked
+    only at the ends of a turn: a file planted there and taken away meanwhile left no trace, and a run of another
+    worker that started in between linked it into its layer and loaded it."""
+    inside = workspace.resolve()
+    compiled = compile_cache.shared_root()
+    compiled.mkdir(parents=True, exist_ok=True)
+    places = {Path(p).resolve() for p in SYSTEM_READ_ONLY if os.path.exists(p)} | set(shown.readable(env))
+    places |= {compiled.resolve(), *_would_be_read()}
+    return shown.outermost(p for p in places if p != inside and p not in inside.parents)
+
+
+def _would_be_read() -> list[Path]:
+    """Where a Python started later (an evaluator of another worker, the loop's next start) reads code that is not
+    there now (loop/environment.py: `would_be_paths`), where it can be made read-only: what exists of it, and the
+    user's site-packages, made here where missing (empty, it changes nothing Python does). Made in a turn, a .pth
+    file there ran in every Python started meanwhile, and taken away before its end, left the check nothing to see."""
+    import site
+
+    from autoresearch.loop.environment import would_be_paths
+
+    if site.ENABLE_USER_SITE:
+        user_site = Path(site.getusersitepackages())
+        with contextlib.suppress(OSError):  # a home not of this user's to write: nor of an agent's
+            user_site.mkdir(parents=True, exist_ok=True)
+    return [path.resolve() for path in would_be_paths() if path.exists()]
+
+
+PID_NAMESPACE_INNER = ("unshare", "--user", "--map-current-user", "--mount")
+
+
+def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
+    """What an agent's turn is not shown: the data (evaluator/hidden.py), Ray's folder and token files (a task
+    sent to the loop's Ray runs outside: loop/ray_executor.py), your SSH keys and agent (`_ssh_places`), and the
+    folder of the evaluators' own compiler caches (made here where missing, so that what is made there later is
+    hidden too): an evaluator runs what its compilers find there (evaluator/compile_cache.py), and another worker's
+    evaluator may be compiling while the agent works."""
+    caches = compile_cache.evaluator_dir()
+    caches.mkdir(parents=True, exist_ok=True)
+    inside = workspace.resolve()
+    held = [] if caches == inside or caches in inside.parents else [caches]
+    return [*workspace_data_places(workspace), *hidden_from_agents(env), *_ssh_places(env), *held]
+
+
+def _ssh_places(env: Mapping[str, str]) -> list[Path]:
+    """Your SSH keys and your SSH agent's socket: with them `ssh localhost` (where your key logs you in) would run a
+    shell outside the agent's namespace, where the data can be read and nothing ends with its turn."""
+    places = [Path(env.get("HOME") or Path.home()) / ".ssh"]
+    if sock := env.get(SSH_AGENT):
+        places.append(Path(sock))
+    return [p.absolute() for p in places if p.exists()]
+
+
+@functools.cache
+def pid_namespace() -> tuple[str, ...]:
+    """The first of `_namespaces()` that can be made here, else nothing (the agent's process group is all that is
+    killed)."""
+    for way in _namespaces():
+        try:
+            if subprocess.run([*with_hidden(way, []), "true"], capture_output=True, timeout=30).returncode == 0:
+                return way
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    return ()
+
+
+def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The words that start a command in the agent's namespaces (none where none can be made), and its environment:
+    `env` without the token of the loop's Ray, if it has one, nor your SSH agent."""
+    way = with_hidden(pid_namespace(), hidden_places(workspace, env), read_only_places(workspace, env))
+    return way, {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)}
