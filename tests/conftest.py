@@ -127,3 +127,13 @@ def lab(tmp_path_factory, tiny_prepared: Path, cache_dir: Path):
         yield ws, loop
         assert loop.executor.fork_failure is None  # every evaluator was forked from the fork server
         loop.executor.close()
+
+
+@pytest.fixture
+def agent_unhidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shell agent's turn where its namespace can neither hide a place nor make one read-only (util-linux before
+    2.36, say): what it leaves in the workspace's private state is then for the loop's check after the turn."""
+    from autoresearch.agents import namespace
+
+    way = namespace._namespaces()[1]
+    monkeypatch.setattr(namespace, "pid_namespace", lambda: way)

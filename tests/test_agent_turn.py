@@ -447,6 +447,7 @@ def test_several_workers_killed_between_the_agents_turn_and_its_row_put_the_prop
     assert len(make_loop(workspace, FakeExecutor(score)).ledger.all()) == 1 and workspace.git.status() == {}
 
 
+@pytest.mark.usefixtures("agent_unhidden")
 def test_an_edit_planted_where_try_holds_its_own_rejects_the_proposal(workspace, tmp_path):
     """.autoresearch/held-train.py is the loop's: a file there comes back into train.py at the next start, as the
     edit a stopped `try` was given. One an agent wrote is taken away and held against it."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from loop_support import FakeExecutor, constant, fake_result, make_loop
-from test_agent_turn import GIT, PY, assert_the_loop_owns_the_workspace, score, set_lr, take_turn
+from test_agent_turn import GIT, PY, assert_the_loop_owns_the_workspace, quarantined, score, set_lr, take_turn
 
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
@@ -139,6 +139,7 @@ def test_a_process_the_agent_left_outside_its_group_is_killed_with_the_turn(work
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.usefixtures("agent_unhidden")
 def test_a_quarantine_folder_made_a_link_into_git_puts_nothing_there(workspace, tmp_path):
     """BROKE, fixed: the folder what a turn left is moved into is named by the second; one the agent made ahead as a
     link to .git received its new file `commondir` after .git was checked, and the loop's git broke for good."""
@@ -269,6 +270,7 @@ def test_an_agent_that_packs_the_objects_away_is_not_held_to_it(workspace, tmp_p
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.usefixtures("agent_unhidden")
 def test_a_turn_snapshot_the_agent_rewrote_is_not_what_the_next_start_puts_back(workspace, tmp_path, monkeypatch):
     """BROKE, fixed: the snapshot a turn keeps on disk for the next start after a kill lies in .autoresearch/, which
     the check after the turn leaves alone. When the loop then stopped on an error (here: the agent edited the
@@ -287,6 +289,7 @@ def test_a_turn_snapshot_the_agent_rewrote_is_not_what_the_next_start_puts_back(
     assert workspace.read_train_py() == loop.best().source and workspace.git.status() == {}
 
 
+@pytest.mark.usefixtures("agent_unhidden")
 def test_a_turn_snapshot_rewritten_before_a_kill_is_refused_by_the_next_start(workspace, tmp_path):
     """BROKE, fixed: where the agent had the loop killed in its turn (see the README), its rewrite of the snapshot
     was put back as it said: files outside the workspace written, at any path. A snapshot naming a path outside the
@@ -364,6 +367,7 @@ def within(seconds: int):
         "rm .autoresearch/agent.pid && mkdir .autoresearch/agent.pid",  # removed when the agent has ended
     ],
 )
+@pytest.mark.usefixtures("agent_unhidden")
 def test_what_the_agent_leaves_where_the_loop_writes_its_own_files_neither_wedges_nor_stops_it(
     workspace, tmp_path, plant
 ):
@@ -413,6 +417,7 @@ def test_an_agent_cannot_read_the_validation_data_nor_the_corpus_it_was_prepared
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.usefixtures("agent_unhidden")
 def test_a_held_change_an_agent_plants_for_the_next_submit_is_taken_away(workspace, tmp_path):
     """BROKE, fixed: a `submit` killed before it queued its change leaves it in .autoresearch/submitting/, and the
     next `submit` puts it into a clean train.py. An agent could write one there in its turn: its own train.py, with a
@@ -429,6 +434,7 @@ def test_a_held_change_an_agent_plants_for_the_next_submit_is_taken_away(workspa
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.usefixtures("agent_unhidden")
 def test_a_held_change_planted_through_a_linked_submitting_folder_is_taken_away(workspace, tmp_path):
     """BROKE, fixed: a planted held change was looked for in .autoresearch/submitting/ only where it is a folder; the
     agent made it a link to a folder of its own elsewhere, its turn was kept, and the next `submit` followed the link
@@ -559,4 +565,31 @@ def test_an_agent_has_neither_your_ssh_keys_nor_your_ssh_agent(workspace, tmp_pa
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{look}\necho x")
     assert exp.status == Status.KEEP, exp.reason
     assert seen.read_text() == "sock=\n", seen.read_text()
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.skipif(
+    with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can make a place read-only"
+)
+def test_an_agent_reads_the_workspaces_private_state_but_cannot_write_it(workspace, tmp_path):
+    """The ledger, the runs' results and logs, the turn's snapshot and the inbox are the loop's: what an agent planted
+    there was put back after its turn (the tests above, where no namespace can be made), but meanwhile other
+    workers' verdicts met it (a ledger edited mid-turn stopped the loop at its next write). In the agent's namespace
+    the folder is now read-only: its runs' logs stay readable."""
+    seen = tmp_path / "seen"
+    tries = " ".join(
+        f"{command} 2>> {seen} || true;"
+        for command in (
+            "touch .autoresearch/ledger.sqlite",
+            "touch .autoresearch/planted",
+            "mkfifo .autoresearch/x.tmp",
+        )
+    )
+    tries = f"ls .autoresearch/ledger.sqlite > {seen}; {tries}"
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
+    assert exp.status == Status.KEEP, exp.reason
+    said = seen.read_text()
+    assert said.startswith(".autoresearch/ledger.sqlite\n") and said.count("Read-only file system") == 3, said
+    assert not (workspace.state / "planted").exists() and not (workspace.state / "x.tmp").exists()
+    assert quarantined(workspace, "ledger.sqlite") == []  # nothing to put back: nothing was written
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)

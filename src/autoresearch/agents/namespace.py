@@ -15,6 +15,7 @@ from autoresearch.evaluator.hidden import workspace_data_places
 from autoresearch.loop.ray_executor import AUTH_TOKEN, hidden_from_agents
 
 SSH_AGENT = "SSH_AUTH_SOCK"
+STATE = ".autoresearch"  # the workspace's private state (workspace.Workspace.state)
 
 # Where a user namespace can be made (Linux, unless a container forbids it), the agent runs in a PID namespace of
 # its own: when it ends the kernel kills everything it left, a process that left its group (setsid, a daemon)
@@ -43,6 +44,10 @@ _HIDE = (
     't=$(findmnt -rn -o TARGET -R "$p") && printf "%s\\n" "$t" | while IFS= read -r t; do t=$(x "$t"); '
     'mount -o remount,bind,ro "$t" || { echo "autoresearch: could not make $t read-only for the agent" >&2; exit 1; }; '
     'done; fi || { echo "autoresearch: could not make $p read-only for the agent" >&2; exit 1; }; done; '
+    # Within a read-only place, a folder the agent writes after all (a coding agent's own files in the state).
+    'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
+    'if [ -d "$p" ]; then mount --bind "$p" "$p" && mount -o remount,bind,rw "$p"; '
+    'fi || { echo "autoresearch: could not let the agent write $p" >&2; exit 1; }; done; '
     'exec unshare --user --map-user="$u" --map-group="$g" --mount "$@"'
 )
 # Where the agent may read but not write (made read-only, then locked as the hidden places are): the system, which
@@ -63,12 +68,15 @@ def _namespaces() -> tuple[tuple[str, ...], ...]:
     return hidden, (*outer, "--map-current-user", *PID_NAMESPACE_INNER)
 
 
-def with_hidden(way: tuple[str, ...], places: list[Path], read_only: list[Path] = ()) -> tuple[str, ...]:
-    """`way` (one of `_namespaces()`, or none) with `places` hidden from the agent and `read_only` made read-only
-    for it, where that way can do so."""
+def with_hidden(
+    way: tuple[str, ...], places: list[Path], read_only: list[Path] = (), writable: list[Path] = ()
+) -> tuple[str, ...]:
+    """`way` (one of `_namespaces()`, or none) with `places` hidden from the agent, `read_only` made read-only for
+    it, and `writable` (folders inside those) writable again, where that way can do so."""
     if not way or way[-4:-2] != (_HIDE, "sh"):
         return way
-    return (*way, str(len(places)), *map(str, places), str(len(read_only)), *map(str, read_only))
+    lists = (places, read_only, writable)
+    return (*way, *(word for paths in lists for word in (str(len(paths)), *map(str, paths))))
 
 
 def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
@@ -76,13 +84,19 @@ def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     shared compile cache, made here where missing), outermost, real paths, but for a place that holds the workspace
     (the environment check still watches it). The shared compile cache is the loop's alone to write, and is checked
     only at the ends of a turn: a file planted there and taken away meanwhile left no trace, and a run of another
-    worker that started in between linked it into its layer and loaded it."""
+    worker that started in between linked it into its layer and loaded it. And the workspace's private state
+    (`.autoresearch/`: the ledger, the runs' results and logs, the turn's snapshot, the inbox): the agent reads its
+    runs' logs there, and writes nothing but a coding agent's own files (`entered`; what it planted there was put
+    back after the turn, but meanwhile other workers' verdicts met it)."""
     inside = workspace.resolve()
     compiled = compile_cache.shared_root()
     compiled.mkdir(parents=True, exist_ok=True)
     places = {Path(p).resolve() for p in SYSTEM_READ_ONLY if os.path.exists(p)} | set(shown.readable(env))
     places |= {compiled.resolve(), *_would_be_read()}
-    return shown.outermost(p for p in places if p != inside and p not in inside.parents)
+    places = {p for p in places if p != inside and p not in inside.parents}
+    if (state := workspace / STATE).is_dir() and not state.is_symlink():
+        places.add(state.resolve())
+    return shown.outermost(places)
 
 
 def _would_be_read() -> list[Path]:
@@ -142,5 +156,7 @@ def pid_namespace() -> tuple[str, ...]:
 def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
     """The words that start a command in the agent's namespaces (none where none can be made), and its environment:
     `env` without the token of the loop's Ray, if it has one, nor your SSH agent."""
-    way = with_hidden(pid_namespace(), hidden_places(workspace, env), read_only_places(workspace, env))
+    own = workspace / STATE / "agents"  # a coding agent's history and caches (agents/coding_agent.py STATE_DIR)
+    writable = [own.resolve()] if own.is_dir() and not own.is_symlink() else []
+    way = with_hidden(pid_namespace(), hidden_places(workspace, env), read_only_places(workspace, env), writable)
     return way, {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)}
