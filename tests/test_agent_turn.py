@@ -250,6 +250,7 @@ def kill_during_turn(ws, tmp_path: Path, script: str) -> None:
 
 
 @pytest.mark.parametrize("next_start", ["run", "try"])
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_loop_killed_during_the_agents_turn_is_put_back_on_the_next_start(workspace, tmp_path, next_start):
     """A SIGKILL (the OOM killer, a reboot) in the middle of a turn: the agent had committed its edit, added a file
     and written its identity into git's config, and it is still running. The next start kills it and puts back
@@ -301,6 +302,7 @@ git config user.name agent""",
     assert workspace.git.head() == loop.best().commit and not (workspace.state / "turn.json").exists()
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_what_a_killed_agent_set_in_gits_config_runs_nothing_when_several_workers_start(workspace, tmp_path):
     """A filter the agent configured would run at every checkout: the workers' worktrees are made only after the
     workspace is put back."""
@@ -391,6 +393,7 @@ def test_a_pid_file_naming_a_process_group_the_loop_did_not_start_kills_nothing(
         shell.wait()
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_rebuild_ledger_after_a_kill_during_a_turn_takes_no_commit_of_the_agents_for_an_experiment(workspace, tmp_path):
     """The agent committed with a message like the loop's own ("exp 2: ..."); rebuild-ledger reads the branch."""
     from autoresearch.cli import main
@@ -417,6 +420,7 @@ def test_two_recoveries_in_the_same_second_keep_both(workspace, tmp_path, monkey
     assert sorted(constant(p.read_text(), "LR") for p in quarantined(workspace, "train.py")) == [0.2, 0.3]
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_several_workers_killed_between_the_agents_turn_and_its_row_put_the_proposal_aside(workspace):
     """The driver of several workers writes the best's train.py back only after the proposal's row: killed before,
     the next start finds the turn to put back, and says so."""

@@ -85,6 +85,7 @@ def test_one_large_file_prepares_and_none_of_its_validation_text_is_trained_on(
     assert (alone / "val.bin").read_bytes() == (out / "val.bin").read_bytes()  # the file named alone: the same
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_the_same_text_in_two_files_prepares(tmp_path: Path, console: Console) -> None:
     tiny = get_preset("tiny")
     text = stdlib_text(1_200_000)

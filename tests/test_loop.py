@@ -447,6 +447,7 @@ def test_a_try_stopped_while_the_baseline_trains_keeps_the_edit_it_was_given(wor
     assert workspace.read_train_py() == edited
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_try_killed_while_the_baseline_trains_loses_not_the_edit_it_was_given(workspace):
     """SIGKILL, not Ctrl-C: no `finally` puts the edit back. It waited in the state folder; the next start finds it."""
     from autoresearch.loop.trying import try_working_tree
@@ -529,6 +530,7 @@ def test_a_turn_snapshot_that_cannot_be_read_stops_the_loop_with_what_to_check(w
     assert "git log --all" in e.value.hint and (workspace.state / "turn.json").exists()
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_loop_killed_between_the_agents_turn_and_its_row_goes_on_at_the_next_start(workspace):
     """The turn was checked, its proposal not yet recorded: the next start puts it aside, as a turn cut short."""
     make_loop(workspace, FakeExecutor(score)).baseline()
@@ -652,6 +654,7 @@ def test_a_full_disk_never_leaves_half_a_train_py(workspace, monkeypatch):
 
 
 @pytest.mark.parametrize("damage", ["deleted", "emptied", "corrupt"])
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_lost_or_corrupt_ledger_is_an_error_and_rebuild_ledger_brings_every_experiment_back(workspace, damage):
     from autoresearch.loop.ledger import LedgerError
     from autoresearch.loop.rebuild import rebuild

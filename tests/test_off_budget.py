@@ -201,6 +201,7 @@ def test_weights_an_agent_leaves_in_the_home_or_var_tmp_cannot_be_read_by_its_ru
         assert "blocked weights FileNotFoundError" in log and "REACHED" not in log, log
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_user_site_packages_an_agent_makes_where_none_was_is_a_change(tmp_path, monkeypatch) -> None:
     """BROKE, fixed: outside a venv Python reads the user's site-packages (~/.local/lib/python3.X/site-packages)
     where it exists, and runs its .pth files and usercustomize.py in every process it starts: the evaluators, the

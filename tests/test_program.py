@@ -66,6 +66,7 @@ def test_an_honest_model_comes_back_with_exactly_its_logits(window) -> None:
             assert torch.equal(graph(idx), model(idx))
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_the_weights_are_taken_at_finish_not_when_the_graph_was_exported() -> None:
     model = Tiny()
     exported = Exported(model, BATCH, SEQ, VOCAB, CPU)
@@ -77,6 +78,7 @@ def test_the_weights_are_taken_at_finish_not_when_the_graph_was_exported() -> No
         assert torch.equal(graph(idx), model(idx))
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_model_that_cannot_be_exported_gets_a_reason_naming_what_to_avoid() -> None:
     class Branchy(Tiny):
         def forward(self, idx):
@@ -361,6 +363,7 @@ def test_the_fused_kernels_run_as_before_on_tensors_of_the_shapes_they_expect() 
 
 
 @pytest.mark.parametrize("window", [None, 4], ids=["sdpa", "flex-window"])
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_the_graph_given_to_the_compiler_takes_the_weights_as_inputs_and_computes_the_same(window) -> None:
     # What Inductor compiles must not depend on the weights, or its cache would never serve the next run.
     torch.manual_seed(0)

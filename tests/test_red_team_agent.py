@@ -34,6 +34,8 @@ from autoresearch.loop.recovery import TURN_SNAPSHOT
 from autoresearch.loop.settings import LoopError
 from autoresearch.vocabulary import RunEnd, Status
 
+pytestmark = pytest.mark.slow  # a real agent turn in its namespaces each, ~0.5-8 s: not in the fast subset
+
 # An agent's rewrite of the turn's snapshot (.autoresearch/turn.json): one more ".git file" to put back, two folders
 # above .git, i.e. beside the workspace. Any file the user can write would do as well (the ledger, say).
 FORGE_SNAPSHOT = """

@@ -112,6 +112,7 @@ def baseline() -> float:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="subreaper and /proc are Linux")
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_work_done_in_the_experiments_tree_is_counted(name: str, baseline: float) -> None:
     assert clocked(EXPERIMENTS[name]) > 0.5 * baseline
 
@@ -279,6 +280,7 @@ def test_a_model_that_reads_its_target_at_a_few_positions_is_caught_by_the_probe
     assert reason is not None and "sees the future" in reason  # passes (0.99 ** 1024): 3e-5
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_training_on_after_stop_while_padded_weights_come_in_is_late_whatever_their_size() -> None:
     """BROKE, fixed: the weights were allowed 0.5 s, one step and their size at 500 MB/s after `stop`, on no
     clock; a model padded with a buffer its graph barely reads (up to the 64 GiB taken) bought that much training

@@ -140,6 +140,7 @@ def test_shorten_and_clip_cut_at_a_word_boundary():
 # -- make_report ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_make_report_writes_both_files(workspace: Path):
     plot, report = make_report(workspace)
     assert plot == workspace / "progress.png" and report == workspace / "report.md"

@@ -456,6 +456,7 @@ def test_a_try_stopped_on_another_setup_is_taken_up_by_run_with_the_baselines_wo
     assert again.loop.git.head() == rows[1].commit and workspace.read_train_py() == edited
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_change_that_ends_before_the_baselines_first_seed_is_checked_once_that_is_known(workspace):
     """With more workers than baseline seeds, a change made from the baseline trains at once, and may end first:
     on a GPU of another model it is not judged (it was kept, once) but trained again where the baseline ran."""
@@ -715,6 +716,7 @@ def test_an_ask_on_a_thread_that_fails_is_recorded_and_a_bug_in_the_agent_stops_
 
 
 @pytest.mark.parametrize("gpus", ["0,1", "0"])
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_worker_about_to_be_free_is_asked_for_ahead_with_several_workers_only(workspace, gpus: str):
     # Runs take 0.3 s, the agent 0.1 s: once both are known, a worker's next proposal is asked for ~0.1 s
     # before its run ends, so that it is there when the worker is free. One worker is never asked for ahead.

@@ -149,6 +149,7 @@ def test_show_in_a_workspace_without_experiments_exits_2(workspace, capsys) -> N
     assert code == 2 and "no experiment ledger yet" in " ".join(err.split())
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_try_prints_one_verdict_line_on_stdout_and_its_progress_with_prefixes_on_stderr(
     workspace, capsys, monkeypatch
 ) -> None:
@@ -221,6 +222,7 @@ def test_with_the_ledger_deleted_status_report_and_show_name_rebuild_ledger(work
     assert not list(workspace.state.glob("ledger.sqlite*"))
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_run_refused_beside_a_background_loop_names_its_process(history: Workspace, capsys) -> None:
     """A loop `submit` started has no terminal: "stop it (Ctrl-C)" told no way to stop it."""
     import os
@@ -307,6 +309,7 @@ def test_run_refuses_a_timeout_within_the_budget_and_limits_that_stop_at_once(hi
     assert len(Ledger(history.root).all()) == len(before)  # nothing ran, nothing was recorded
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_second_run_while_a_loop_runs_is_refused_and_writes_no_report(history: Workspace, capsys) -> None:
     """BROKE, fixed: the refused `run` wrote report.md and progress.png on its way out and printed `report: ...`
     above its error, as if it had run: under the running loop's feet, and misleading."""

@@ -250,6 +250,7 @@ def test_rates_move_on_a_log_scale_within_range() -> None:
     assert sum(lr < math.sqrt(0.005 * 0.1) for lr in lrs) >= 0.3 * len(lrs)
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_deterministic_for_seed_and_history() -> None:
     best, history = lr_history()
     a = TuneAgent(seed=7).propose(context(best, 1.0, history))
@@ -259,6 +260,7 @@ def test_deterministic_for_seed_and_history() -> None:
     assert len(others) > 1
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_proposal_depends_on_history() -> None:
     best, history = lr_history()
     with_history = [TuneAgent(seed=s).propose(context(best, 1.0, history)).source for s in range(4)]
@@ -266,6 +268,7 @@ def test_proposal_depends_on_history() -> None:
     assert with_history != without
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_resuming_follows_what_worked() -> None:
     """After a ledger where larger MATRIX_LR kept winning, the agent keeps varying it and mostly upwards."""
     best, history = lr_history()
@@ -280,6 +283,7 @@ def test_resuming_follows_what_worked() -> None:
     assert up > 2 * down
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_crashes_are_learned_as_bad_values() -> None:
     best, history = lr_history()
     deep = set_constants(best, {"DEPTH": 20})
@@ -387,12 +391,14 @@ def test_each_proposal_keeps_a_dozen_steps_by_the_baselines_measured_count(tmp_p
         assert 50 * base / tiny_cost(source) >= MIN_STEPS * (1 - 1e-9)
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_slow_baseline_allows_no_costlier_step(tmp_path: Path) -> None:
     ws = tiny_workspace(tmp_path, baseline_steps=[9, 11])
     base = tiny_cost(TINY_PY)
     assert all(tiny_cost(source) <= base for source in proposals(ws, seeds=10))
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_costly_best_stays_allowed(tmp_path: Path) -> None:
     ws = tiny_workspace(tmp_path)
     best = set_constants(TINY_PY, {"TOTAL_BATCH_SIZE": 2**15, "DEVICE_BATCH_SIZE": 128})  # 8x the baseline
@@ -403,6 +409,7 @@ def test_a_costly_best_stays_allowed(tmp_path: Path) -> None:
         assert tiny_cost(proposal.source) <= tiny_cost(best)
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_experiments_in_flight_are_running_trials_the_constant_liar_samples_away_from(monkeypatch) -> None:
     import optuna
 
