@@ -300,6 +300,8 @@ def test_output_piped_into_a_reader_that_has_gone_ends_quietly(history, subproce
         (["--hours", "-0.5"], "--hours cannot be negative (got -0.5)"),
         (["--hours", "nan"], "--hours takes a number (got nan)"),
         (["--accelerator", "H100"], "--accelerator goes with --ray"),
+        (["--model", "gpt-5"], "--model goes with an LLM agent, not --agent tune"),
+        (["--command", "claude -p"], "--command goes with --agent command, not --agent tune"),
     ],
 )
 def test_run_refuses_a_timeout_within_the_budget_and_limits_that_stop_at_once(history, capsys, args, said) -> None:

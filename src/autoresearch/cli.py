@@ -192,6 +192,16 @@ def _run(args: argparse.Namespace, console: Console) -> None:
             raise AutoresearchError(f"{option} takes a number (got {value:g}); leave it out to run until stopped")
     if args.accelerator and args.ray is None:  # it would be dropped without a word: runs on whatever is here
         raise AutoresearchError("--accelerator goes with --ray", hint="e.g. --ray --accelerator H100")
+    if args.model and args.agent in ("tune", "command", "queue"):  # dropped without a word, too
+        raise AutoresearchError(
+            f"--model goes with an LLM agent, not --agent {args.agent}",
+            hint="e.g. --agent anthropic --model claude-sonnet-4-6; with --agent command, name it in --command",
+        )
+    if args.agent_command and args.agent != "command":
+        raise AutoresearchError(
+            f"--command goes with --agent command, not --agent {args.agent}",
+            hint='e.g. --agent command --command "claude -p"',
+        )
     found = devices(args.gpus, args.workers)
     agent = None if args.agent == "queue" else make_agent(args.agent, args.model, args.agent_command)
     name = agent.name if agent is not None else "submitted experiments"

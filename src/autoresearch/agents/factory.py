@@ -34,4 +34,7 @@ def make_agent(name: str, model: str | None = None, command: str | None = None) 
         from autoresearch.agents.coding_agent import CodingAgent
 
         return CodingAgent(recipe(name), model)
-    raise ConfigError(f"unknown agent {name!r}", hint=f"choose one of: {', '.join(AGENTS)}")
+    raise ConfigError(
+        f"unknown agent {name!r}",
+        hint=f"choose one of: {', '.join(AGENTS)}; or, for `run`, queue (what `submit` queues)",
+    )
