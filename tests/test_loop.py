@@ -284,17 +284,24 @@ def test_recovery_finishes_an_experiment_interrupted_after_its_row_was_written(w
     assert [e.id for e in Ledger(workspace.root).all()] == [1, 2]
 
 
-def test_failed_proposals_are_recorded_with_their_cost_and_the_loop_backs_off(workspace):
-    from autoresearch.agents.base import ProposalError, Usage
+def loop_recording_waits(workspace) -> tuple:
+    """A loop after its baseline whose back-off waits are recorded (seconds, in a list), not slept."""
     from autoresearch.loop.engine import LoopConfig, ResearchLoop
     from autoresearch.loop.environment import Environment
     from autoresearch.loop.reporter import PlainReporter
 
-    waits = []
+    waits: list[float] = []
     loop = ResearchLoop(
         workspace, FakeExecutor(score), PlainReporter(lambda _: None), LoopConfig(), waits.append, Environment(())
     )
     loop.baseline()
+    return loop, waits
+
+
+def test_failed_proposals_are_recorded_with_their_cost_and_the_loop_backs_off(workspace):
+    from autoresearch.agents.base import ProposalError, Usage
+
+    loop, waits = loop_recording_waits(workspace)
 
     def rate_limited(ctx):
         raise ProposalError("openai kept rate-limiting (HTTP 429)", usage=Usage(50, 0, 0.0001))
@@ -309,15 +316,8 @@ def test_failed_proposals_are_recorded_with_their_cost_and_the_loop_backs_off(wo
 def test_a_loop_at_its_limit_stops_at_once_after_failures_rather_than_back_off_first(workspace):
     """`run --max-experiments 2` whose agent failed twice waited 30 s (then 60 s, ...) before it stopped."""
     from autoresearch.agents.base import ProposalError
-    from autoresearch.loop.engine import LoopConfig, ResearchLoop
-    from autoresearch.loop.environment import Environment
-    from autoresearch.loop.reporter import PlainReporter
 
-    waits = []
-    loop = ResearchLoop(
-        workspace, FakeExecutor(score), PlainReporter(lambda _: None), LoopConfig(), waits.append, Environment(())
-    )
-    loop.baseline()
+    loop, waits = loop_recording_waits(workspace)
 
     def unreachable(ctx):
         raise ProposalError("could not reach OpenAI API at http://127.0.0.1:9/v1/")
