@@ -595,3 +595,26 @@ def test_an_agent_reads_the_workspaces_private_state_but_cannot_write_it(workspa
     assert not (workspace.state / "planted").exists() and not (workspace.state / "x.tmp").exists()
     assert quarantined(workspace, "ledger.sqlite") == []  # nothing to put back: nothing was written
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.skipif(
+    with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can make a place read-only"
+)
+def test_a_coding_agents_own_folder_is_no_way_into_the_rest_of_the_state(workspace, tmp_path):
+    """The one folder of the state an agent may write (a coding agent's history, `.autoresearch/agents/`) leads
+    nowhere else: a link from it to the ledger, or a file moved from it, meets the read-only state."""
+    own = workspace.state / "agents"
+    own.mkdir(exist_ok=True)
+    seen = tmp_path / "seen"
+    tries = " ".join(
+        f"{command} 2>> {seen} || true;"
+        for command in (
+            "ln -s ../ledger.sqlite .autoresearch/agents/ledger && sh -c 'echo x >> .autoresearch/agents/ledger'",
+            "echo x > .autoresearch/agents/planted && mv .autoresearch/agents/planted .autoresearch/planted",
+        )
+    )
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
+    assert exp.status == Status.KEEP, exp.reason
+    assert seen.read_text().count("Read-only file system") == 2, seen.read_text()
+    assert (own / "planted").exists() and not (workspace.state / "planted").exists()  # written where it may write
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
