@@ -10,6 +10,11 @@ A change is kept when it beats the best by more than `margin = 2 x noise`. A win
 the margin is marginal: the change is trained once more (another seed) and kept only if the mean of its
 runs still beats the best by the margin. A change that removes more lines than it adds is kept when it
 is no worse than the best within the margin: simpler code at equal val_bpb.
+
+That second run is evidence only if it is another draw of the seed. A train.py that seeds itself with a number
+of its own, not SEED (an agent's "seed for reproducibility", or one searching for a lucky initialisation), trains
+the same model on every run: its re-run repeats the first, lucky or not. So runs that agree far more closely than
+seeds do are run again with yet another seed, up to `MAX_RUNS`; if they still agree, they count as one run.
 """
 
 from __future__ import annotations
@@ -27,6 +32,12 @@ MIN_NOISE = 5e-4  # never trust a spread smaller than this: two baseline runs ca
 # much worse change kept as "simpler at equal val_bpb"); one that ignores SEED repeats itself exactly on a GPU and
 # would shrink the margin for every later change. 3 baseline seeds misjudge the noise 4-fold ~6 % of the time.
 NOISE_CAP = 4.0
+# Runs of different seeds whose std is under this x the noise look like copies of one run. Honest seeds fall
+# that close: 2 runs 16 % of the time, 3 runs 4 %, 5 runs 0.3 % (chi-square); copies on a GPU, whose
+# same-seed runs differ by ~0.1 x the seeds' std (BENCHMARKS.md), almost always. On a CPU the clock's jitter
+# makes copies differ more, and they can pass as seeds.
+COPY_SPREAD = 0.2
+MAX_RUNS = 5  # of a marginal win whose runs look like copies; then they are judged as one run
 
 
 @dataclass(frozen=True)
@@ -71,8 +82,8 @@ def pooled_noise(groups: list[list[float]]) -> float:
 
 
 def measured_noise(experiments: list[Experiment]) -> Noise | None:
-    """The noise from every finished train.py that was trained more than once, held within NOISE_CAP x of the
-    baseline's; None before a kept baseline."""
+    """The noise from every finished train.py that was trained more than once (but runs judged copies of one
+    another: they measure no seed), held within NOISE_CAP x of the baseline's; None before a kept baseline."""
     baseline = next((e for e in experiments if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
     if baseline is None:
         return None
@@ -83,9 +94,11 @@ def measured_noise(experiments: list[Experiment]) -> Noise | None:
         and e.status in (Status.KEEP, Status.DISCARD)
         and len(runs := run_values(e)) > 1
     ]
+    own = noise_of(run_values(baseline))
+    groups = [g for g in groups if not (len(g) >= MAX_RUNS and copies(g, own))]
     if not groups:
         return None
-    pooled, own = pooled_noise(groups), noise_of(run_values(baseline))
+    pooled = pooled_noise(groups)
     noise = min(max(pooled, own / NOISE_CAP), own * NOISE_CAP)
     capped = noise != pooled
     return Noise(noise, margin_of(noise), sum(len(g) for g in groups), len(groups), capped)
@@ -105,6 +118,11 @@ def margin_of(noise: float) -> float:
     return 2 * noise
 
 
+def copies(runs: list[float], noise: float) -> bool:
+    """Whether the runs (of different seeds) agree so closely that they look like one run repeated."""
+    return len(runs) > 1 and statistics.stdev(runs) < COPY_SPREAD * noise
+
+
 def judge(best: float, runs: list[float], noise: float, lines_added: int, lines_removed: int) -> Verdict:
     """The verdict on a change whose runs gave `runs`, against the current best."""
     margin = margin_of(noise)
@@ -112,6 +130,13 @@ def judge(best: float, runs: list[float], noise: float, lines_added: int, lines_
     gain = best - value
     shown = f"{value:.6f} vs best {best:.6f} ({-gain:+.6f}; margin {margin:.6f}"
     shown += f", mean of {len(runs)} runs)" if len(runs) > 1 else ")"
+    if margin < gain <= 2 * margin and copies(runs, noise):
+        alike = f"its {len(runs)} runs, each with another SEED, agree within a std of {statistics.stdev(runs):.6f}"
+        if len(runs) < MAX_RUNS:
+            return Verdict(Status.RERUN, f"marginal win, {alike}: run again: {shown}", shown)
+        why = f"{alike}, as if train.py seeded itself with something other than SEED: they count as one run"
+        why += f", a marginal win: {shown}"
+        return Verdict(Status.DISCARD, why, shown)
     if gain > 2 * margin or (len(runs) > 1 and gain > margin):
         return Verdict(Status.KEEP, f"better: {shown}", shown)
     if gain > margin:
