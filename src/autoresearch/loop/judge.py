@@ -33,9 +33,10 @@ MIN_NOISE = 5e-4  # never trust a spread smaller than this: two baseline runs ca
 # would shrink the margin for every later change. 3 baseline seeds misjudge the noise 4-fold ~6 % of the time.
 NOISE_CAP = 4.0
 # Runs of different seeds whose std is under this x the noise look like copies of one run. Honest seeds fall
-# that close: 2 runs 16 % of the time, 3 runs 4 %, 5 runs 0.3 % (chi-square); copies on a GPU, whose
-# same-seed runs differ by ~0.1 x the seeds' std (BENCHMARKS.md), almost always. On a CPU the clock's jitter
-# makes copies differ more, and they can pass as seeds.
+# that close: 2 runs 16 % of the time, 3 runs 4 %, 5 runs 0.3 % (chi-square); copies almost always where a run
+# repeats itself closely (an H200 at 60 s: 0.0007 between runs of one seed, 0.0073 between seeds). Where a run's
+# own noise is as large as the seed's (other H200 calls, the CPU clock: BENCHMARKS.md), copies pass as seeds, but
+# there a re-run is close to a fresh draw anyway, and a lucky initialisation buys only its share of the noise.
 COPY_SPREAD = 0.2
 MAX_RUNS = 5  # of a marginal win whose runs look like copies; then they are judged as one run
 
