@@ -29,6 +29,7 @@ from autoresearch.loop.executor import SETUP_FAILED, ForkServer, Outcome, outcom
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.status import status_text
+from autoresearch.report import render_report
 from autoresearch.vocabulary import RunEnd, Status
 from autoresearch.workspace.disk import DiskFullError
 
@@ -205,6 +206,37 @@ def test_simpler_code_at_equal_val_bpb_is_kept(workspace):
     simpler = ScriptedAgent([lambda ctx: ("drop the docstring", ctx.train_py.split("\n", 2)[2])])
     exp = loop.step(simpler)
     assert exp.status == Status.KEEP and "simpler" in exp.reason and exp.lines_removed > exp.lines_added
+
+
+def test_simpler_changes_each_a_little_worse_cannot_add_up_past_the_margin(workspace):
+    """Each deletion of a line of code costs 0.003 (margin 0.004): the first is simpler at equal val_bpb; the second
+    is within the margin of the best it was made from, but 0.006 above the lowest val_bpb kept, so not kept. Else a
+    train.py could get worse by most of a margin per step, each step "simpler"."""
+    original = BIGRAM_TRAIN_PY.count("\n")
+    loop = make_loop(workspace, FakeExecutor(lambda s: score(s) + 0.003 * (original - s.count("\n"))))
+    loop.baseline()
+
+    def drop(line: str) -> ScriptedAgent:
+        return ScriptedAgent([lambda ctx: (f"drop {line}", ctx.train_py.replace(line + "\n", ""))])
+
+    first = loop.step(drop("import torch.nn as nn"))
+    assert first.status == Status.KEEP and "simpler at equal val_bpb" in first.reason
+    second = loop.step(drop("import torch.nn.functional as F"))
+    assert second.status == Status.DISCARD and "above the lowest val_bpb kept, 1.022500" in second.reason
+    assert loop.best().id == first.id
+    assert "simpler, but +0.006000 above the lowest val_bpb kept" in render_report(Ledger(workspace.root).all())
+
+
+def test_deleting_a_comment_beside_a_worse_change_does_not_make_it_simpler(tmp_path, tiny_prepared):
+    comment = "# the initialisation's seed; the loop raises it per run\n"
+    commented = BIGRAM_TRAIN_PY.replace("SEED = 42", comment + "SEED = 42")
+    workspace = make_workspace(tmp_path / "ws", tiny_prepared, train_py=commented)
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    worse = with_constants(commented, LR=0.045).replace(comment, "")
+    exp = loop.step(ScriptedAgent([lambda ctx: ("LR 0.045, one line fewer", worse)]))
+    assert exp.lines_removed > exp.lines_added  # fewer lines, but no fewer lines of code
+    assert exp.status == Status.DISCARD and "not better by more than the noise" in exp.reason
 
 
 def test_an_invalid_result_is_never_kept(workspace):

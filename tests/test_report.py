@@ -327,8 +327,8 @@ def test_report_states_noise_margin_and_why_each_experiment_went_its_way():
 def test_the_reports_margin_is_the_one_the_judge_keeps_by():
     for noise in (5e-4, 0.009, 0.091):
         margin = margin_of(noise)
-        assert judge(1.0, [1.0 - 0.99 * margin], noise, 0, 0).decision == Status.DISCARD
-        assert judge(1.0, [1.0 - 1.01 * margin], noise, 0, 0).decision != Status.DISCARD
+        assert judge(1.0, [1.0 - 0.99 * margin], noise).decision == Status.DISCARD
+        assert judge(1.0, [1.0 - 1.01 * margin], noise).decision != Status.DISCARD
     noise = measured_noise([exp(1, Status.KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]")])
     assert noise.runs == 3 and noise.noise == pytest.approx(0.009) and noise.margin == pytest.approx(0.018)
 

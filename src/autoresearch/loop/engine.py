@@ -27,8 +27,9 @@ from autoresearch.loop import guard, held_edits
 from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
+from autoresearch.loop.judge import Verdict as Judgement
 from autoresearch.loop.judge import judge, measured_noise, noise_of
-from autoresearch.loop.ledger import Experiment, Ledger, best_of
+from autoresearch.loop.ledger import Experiment, Ledger, best_of, lowest_kept
 from autoresearch.loop.recovery import (
     HELD_EDIT,
     MAX_ATTEMPTS,
@@ -114,6 +115,11 @@ class ResearchLoop(Asking, Recovery):
         """The noise to judge with now (judge.measured_noise: pooled over every train.py trained more than once)."""
         measured = measured_noise(self.ledger.all())
         return measured.noise if measured else None
+
+    def verdict_on(self, exp: Experiment, base: Experiment, runs: list[float]) -> Judgement:
+        """The judge's verdict on `exp`'s runs against `base`, the kept experiment it was made from."""
+        fewer = guard.fewer_code_lines(base.source, exp.source)
+        return judge(base.val_bpb, runs, self.noise(), fewer, lowest_kept(self.ledger.all()))
 
     def _require_best(self) -> Experiment:
         best = self.best()
@@ -247,7 +253,7 @@ class ResearchLoop(Asking, Recovery):
                 reason = f"mean of {len(runs)} seeds; noise (std) {noise_of(runs):.6f}"
                 return self._finish(exp, Status.KEEP, reason, outcome, runs)
             best = self._require_best()
-            verdict = judge(best.val_bpb, runs, self.noise(), exp.lines_added, exp.lines_removed)
+            verdict = self.verdict_on(exp, best, runs)
             if verdict.decision == Status.RERUN:
                 self.reporter.message(f"exp {exp.id}: {verdict.reason}")
                 wanted = len(runs) + 1

@@ -58,6 +58,16 @@ def only_seed_changed(old: str, new: str) -> bool:
     return differing == [new_seed.line - 1]
 
 
+def fewer_code_lines(old: str, new: str) -> int:
+    """How many fewer lines of code `new` has than `old`. Blank lines and comment lines do not count: deleting a
+    comment beside a change does not make it simpler."""
+
+    def code(source: str) -> int:
+        return sum(1 for line in source.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+
+    return code(old) - code(new)
+
+
 def diff(old: str, new: str) -> str:
     return "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "a/train.py", "b/train.py"))
 

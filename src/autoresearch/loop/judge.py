@@ -8,8 +8,9 @@ anything that widens the noise, and the judge keeps less.)
 
 A change is kept when it beats the best by more than `margin = 2 x noise`. A win of less than twice
 the margin is marginal: the change is trained once more (another seed) and kept only if the mean of its
-runs still beats the best by the margin. A change that removes more lines than it adds is kept when it
-is no worse than the best within the margin: simpler code at equal val_bpb.
+runs still beats the best by the margin. A change with fewer lines of code is kept when it is no worse than
+the best within the margin, nor than the lowest val_bpb ever kept: simpler code at equal val_bpb, and
+simplifications that cannot add up, each a little worse, to a train.py worse by more than one margin.
 
 That second run is evidence only if it is another draw of the seed. A train.py that seeds itself with a number
 of its own, not SEED (an agent's "seed for reproducibility", or one searching for a lucky initialisation), trains
@@ -124,8 +125,9 @@ def copies(runs: list[float], noise: float) -> bool:
     return len(runs) > 1 and statistics.stdev(runs) < COPY_SPREAD * noise
 
 
-def judge(best: float, runs: list[float], noise: float, lines_added: int, lines_removed: int) -> Verdict:
-    """The verdict on a change whose runs gave `runs`, against the current best."""
+def judge(best: float, runs: list[float], noise: float, fewer_lines: int = 0, lowest: float | None = None) -> Verdict:
+    """The verdict on a change whose runs gave `runs`, against the best it was made from; `fewer_lines`: the lines of
+    code it removed, net; `lowest`: the lowest val_bpb ever kept (ledger.lowest_kept)."""
     margin = margin_of(noise)
     value = statistics.fmean(runs)
     gain = best - value
@@ -142,7 +144,11 @@ def judge(best: float, runs: list[float], noise: float, lines_added: int, lines_
         return Verdict(Status.KEEP, f"better: {shown}", shown)
     if gain > margin:
         return Verdict(Status.RERUN, f"marginal win, run again: {shown}", shown)
-    if gain > -margin and lines_removed > lines_added:
-        why = f"simpler at equal val_bpb: {shown}, {lines_removed - lines_added} lines fewer"
-        return Verdict(Status.KEEP, why, shown)
+    if gain > -margin and fewer_lines > 0:
+        fewer = f"{fewer_lines} line{'' if fewer_lines == 1 else 's'} of code fewer"
+        if lowest is not None and value - lowest >= margin:
+            drift = f"{value - lowest:+.6f} above the lowest val_bpb kept, {lowest:.6f}"
+            why = f"simpler, but {drift}: simpler changes may not add up to more than the margin: {shown}"
+            return Verdict(Status.DISCARD, why, shown)
+        return Verdict(Status.KEEP, f"simpler at equal val_bpb: {shown}, {fewer}", shown)
     return Verdict(Status.DISCARD, f"not better by more than the noise: {shown}", shown)

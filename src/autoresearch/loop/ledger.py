@@ -379,8 +379,15 @@ def _digest(row: tuple) -> str:
 
 
 def best_of(rows: list[Experiment]) -> Experiment | None:
-    """The best: the newest kept experiment (each keep is better than the best before it)."""
+    """The best: the newest kept experiment (each keep is better than the best before it, or simpler and within
+    the margin of it and of `lowest_kept`)."""
     return next((e for e in reversed(rows) if e.status == Status.KEEP), None)
+
+
+def lowest_kept(rows: list[Experiment]) -> float | None:
+    """The lowest val_bpb ever kept. A change kept as simpler at equal val_bpb may be worse than the best within
+    the margin; measured against this as well, such changes cannot add up to a train.py worse by more than that."""
+    return min((e.val_bpb for e in rows if e.status == Status.KEEP and e.val_bpb is not None), default=None)
 
 
 def _copy(exp: Experiment) -> Experiment:

@@ -28,7 +28,7 @@ from autoresearch.loop.answers import Answer
 from autoresearch.loop.engine import LoopError, ResearchLoop, change_of
 from autoresearch.loop.executor import Outcome
 from autoresearch.loop.inbox import SUBMITTER
-from autoresearch.loop.judge import judge, noise_of
+from autoresearch.loop.judge import noise_of
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.recovery import commit_message
 from autoresearch.loop.waiting import mark_unreported
@@ -91,7 +91,7 @@ class Ratchet:
         if base is None:
             loop._finish(exp, Status.DISCARD, "its base is no longer a kept experiment: not judged", outcome, runs)
             return Conclusion()
-        verdict = judge(base.val_bpb, runs, loop.noise(), exp.lines_added, exp.lines_removed)
+        verdict = loop.verdict_on(exp, base, runs)
         if base is best:
             if verdict.decision == Status.RERUN:
                 loop.reporter.message(f"exp {exp.id}: {verdict.reason}")

@@ -138,9 +138,9 @@ def explain(exp: Experiment, best: float | None, noise: Noise | None) -> str:
     if exp.status == Status.KEEP and gain > noise.margin:
         return f"{gain:.6f} better than the best {best:.6f}{mean}, beyond {margin}"
     if exp.status == Status.KEEP:
-        fewer = exp.lines_removed - exp.lines_added
-        return (f"simpler at equal val_bpb: {signed(-gain, '.6f')} against the best {best:.6f}{mean}, within {margin}, "
-                f"{fewer} line{'' if fewer == 1 else 's'} fewer")  # fmt: skip
+        return f"simpler at equal val_bpb: {signed(-gain, '.6f')} against the best {best:.6f}{mean}, within {margin}"
+    if exp.reason.startswith("simpler, but"):  # within the margin of the best, not of the lowest val_bpb kept
+        return first_line(exp.reason)
     if gain > noise.margin:  # a win on a stale base, merged onto the best (or in conflict with it)
         why = first_line(exp.reason)
         return f"{gain:.6f} better than the best {best:.6f}{mean}, beyond {margin}, yet discarded: {why}"
