@@ -127,11 +127,15 @@ def copies(runs: list[float], noise: float) -> bool:
 
 def judge(best: float, runs: list[float], noise: float, fewer_lines: int = 0, lowest: float | None = None) -> Verdict:
     """The verdict on a change whose runs gave `runs`, against the best it was made from; `fewer_lines`: the lines of
-    code it removed, net; `lowest`: the lowest val_bpb ever kept (ledger.lowest_kept)."""
+    code it removed, net; `lowest`: the lowest val_bpb kept up to that best (ledger.lowest_kept). A win must beat the
+    lower of the two: a best kept as simpler at equal val_bpb may have drawn up to a margin high, and a change that
+    beat that draw would be kept for beating nothing (the train.py before the simplification, measured again)."""
     margin = margin_of(noise)
     value = statistics.fmean(runs)
-    gain = best - value
-    shown = f"{value:.6f} vs best {best:.6f} ({-gain:+.6f}; margin {margin:.6f}"
+    bar = best if lowest is None else min(best, lowest)
+    gain = bar - value
+    against = f"best {best:.6f}" if bar == best else f"{bar:.6f}, the lowest kept (best {best:.6f}, kept as simpler)"
+    shown = f"{value:.6f} vs {against} ({-gain:+.6f}; margin {margin:.6f}"
     shown += f", mean of {len(runs)} runs)" if len(runs) > 1 else ")"
     if margin < gain <= 2 * margin and copies(runs, noise):
         alike = f"its {len(runs)} runs, each with another SEED, agree within a std of {statistics.stdev(runs):.6f}"
@@ -144,7 +148,7 @@ def judge(best: float, runs: list[float], noise: float, fewer_lines: int = 0, lo
         return Verdict(Status.KEEP, f"better: {shown}", shown)
     if gain > margin:
         return Verdict(Status.RERUN, f"marginal win, run again: {shown}", shown)
-    if gain > -margin and fewer_lines > 0:
+    if best - value > -margin and fewer_lines > 0:
         fewer = f"{fewer_lines} line{'' if fewer_lines == 1 else 's'} of code fewer"
         if lowest is not None and value - lowest >= margin:
             drift = f"{value - lowest:+.6f} above the lowest val_bpb kept, {lowest:.6f}"
