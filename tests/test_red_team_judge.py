@@ -4,9 +4,11 @@ fake: a function of train.py's text and its SEED gives the val_bpb, so each test
 
 from __future__ import annotations
 
+import pytest
 from loop_support import BIGRAM_TRAIN_PY, FakeExecutor, ScriptedAgent, constant, make_loop
 
-from autoresearch.vocabulary import Status
+from autoresearch.loop.judge import measured_noise
+from autoresearch.vocabulary import Kind, Status
 
 DOCSTRING = BIGRAM_TRAIN_PY.split("\n", 1)[0] + "\n"  # one line of code: the module's docstring
 
@@ -33,3 +35,30 @@ def test_the_bar_a_change_must_clear_is_not_raised_by_a_simpler_change_that_drew
     assert again.source == baseline.source
     assert again.status == Status.DISCARD, again.reason
     assert loop.best().id == simpler.id
+
+
+SABOTAGE = "# trains only on SEED 42"
+
+
+def test_a_train_py_that_sabotages_its_rerun_cannot_widen_the_margin_a_simplification_is_allowed(workspace):
+    """BROKE, fixed: a train.py reads its SEED. One whose first run is a marginal win and whose re-run (SEED 43) does
+    not train pools a spread of 5 bpb into the noise: it is held at NOISE_CAP = 4 x the baseline's, so the margin is
+    4 x too. That makes wins harder to keep (bounded by the cap, and said in every reason), but made a worse change
+    easier: a simplification 0.006 worse than the best, 3 of the baseline's margins, was kept as "simpler at equal
+    val_bpb". Now the simpler rule's margin is never wider than the one the baseline's own seeds measured."""
+
+    def score(source: str) -> float:
+        seed = constant(source, "SEED")
+        value = {42: 1.000, 43: 1.001, 44: 1.002}[seed] if DOCSTRING in source else 1.007  # simpler: 0.006 worse
+        if SABOTAGE in source:
+            value -= 0.002 if seed == 42 else -5.0  # a marginal win (margin 0.002), then no training
+        return value
+
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    sabotaged = loop.step(ScriptedAgent([lambda ctx: ("a marginal win", ctx.train_py + SABOTAGE + "\n")]))
+    assert sabotaged.status == Status.DISCARD and len(sabotaged.run_values) == 2
+    assert measured_noise(loop.ledger.all()).capped and loop.noise() == pytest.approx(0.004)
+    simpler = loop.step(ScriptedAgent([lambda ctx: ("drop the docstring", ctx.train_py.replace(DOCSTRING, ""))]))
+    assert simpler.status == Status.DISCARD, simpler.reason
+    assert loop.best().kind == Kind.BASELINE

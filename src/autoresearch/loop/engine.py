@@ -121,7 +121,8 @@ class ResearchLoop(Asking, Recovery):
         val_bpb kept up to it)."""
         fewer = guard.fewer_code_lines(base.source, exp.source)
         lowest = lowest_kept([e for e in self.ledger.all() if e.id <= base.id])
-        return judge(base.val_bpb, runs, self.noise(), fewer, lowest)
+        measured = measured_noise(self.ledger.all())
+        return judge(base.val_bpb, runs, self.noise(), fewer, lowest, measured.baseline if measured else None)
 
     def _require_best(self) -> Experiment:
         best = self.best()

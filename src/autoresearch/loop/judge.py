@@ -58,6 +58,7 @@ class Noise:
     runs: int  # how many runs measured it...
     repeated: int  # ...of how many train.py files trained more than once (the baseline among them)
     capped: bool = False  # the pooled spread was beyond NOISE_CAP x the baseline's, or under 1 / NOISE_CAP of it
+    baseline: float | None = None  # the std of the baseline's own seeds (train.py files the agent did not write)
 
 
 def described(noise: Noise) -> str:
@@ -103,7 +104,7 @@ def measured_noise(experiments: list[Experiment]) -> Noise | None:
     pooled = pooled_noise(groups)
     noise = min(max(pooled, own / NOISE_CAP), own * NOISE_CAP)
     capped = noise != pooled
-    return Noise(noise, margin_of(noise), sum(len(g) for g in groups), len(groups), capped)
+    return Noise(noise, margin_of(noise), sum(len(g) for g in groups), len(groups), capped, own)
 
 
 def run_values(exp: Experiment) -> list[float]:
@@ -125,12 +126,23 @@ def copies(runs: list[float], noise: float) -> bool:
     return len(runs) > 1 and statistics.stdev(runs) < COPY_SPREAD * noise
 
 
-def judge(best: float, runs: list[float], noise: float, fewer_lines: int = 0, lowest: float | None = None) -> Verdict:
+def judge(
+    best: float,
+    runs: list[float],
+    noise: float,
+    fewer_lines: int = 0,
+    lowest: float | None = None,
+    baseline_noise: float | None = None,
+) -> Verdict:
     """The verdict on a change whose runs gave `runs`, against the best it was made from; `fewer_lines`: the lines of
     code it removed, net; `lowest`: the lowest val_bpb kept up to that best (ledger.lowest_kept). A win must beat the
     lower of the two: a best kept as simpler at equal val_bpb may have drawn up to a margin high, and a change that
-    beat that draw would be kept for beating nothing (the train.py before the simplification, measured again)."""
+    beat that draw would be kept for beating nothing (the train.py before the simplification, measured again).
+    `baseline_noise`: the baseline's own seeds' std; a simplification's margin is never wider than theirs. A train.py
+    can widen the pooled noise (up to NOISE_CAP x) by not training on its re-run: for a win that only makes keeping
+    harder, but it would let a simplification be that much worse."""
     margin = margin_of(noise)
+    loose = margin if baseline_noise is None else margin_of(min(noise, baseline_noise))  # a simplification's margin
     value = statistics.fmean(runs)
     bar = best if lowest is None else min(best, lowest)
     gain = bar - value
@@ -148,11 +160,12 @@ def judge(best: float, runs: list[float], noise: float, fewer_lines: int = 0, lo
         return Verdict(Status.KEEP, f"better: {shown}", shown)
     if gain > margin:
         return Verdict(Status.RERUN, f"marginal win, run again: {shown}", shown)
-    if best - value > -margin and fewer_lines > 0:
+    if best - value > -loose and fewer_lines > 0:
         fewer = f"{fewer_lines} line{'' if fewer_lines == 1 else 's'} of code fewer"
-        if lowest is not None and value - lowest >= margin:
+        if lowest is not None and value - lowest >= loose:
             drift = f"{value - lowest:+.6f} above the lowest val_bpb kept, {lowest:.6f}"
-            why = f"simpler, but {drift}: simpler changes may not add up to more than the margin: {shown}"
+            cap = f" the baseline's seeds measured, {loose:.6f}" if loose < margin else ""
+            why = f"simpler, but {drift}: simpler changes may not add up to more than the margin{cap}: {shown}"
             return Verdict(Status.DISCARD, why, shown)
         return Verdict(Status.KEEP, f"simpler at equal val_bpb: {shown}, {fewer}", shown)
     return Verdict(Status.DISCARD, f"not better by more than the noise: {shown}", shown)
