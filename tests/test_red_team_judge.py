@@ -62,3 +62,26 @@ def test_a_train_py_that_sabotages_its_rerun_cannot_widen_the_margin_a_simplific
     simpler = loop.step(ScriptedAgent([lambda ctx: ("drop the docstring", ctx.train_py.replace(DOCSTRING, ""))]))
     assert simpler.status == Status.DISCARD, simpler.reason
     assert loop.best().kind == Kind.BASELINE
+
+
+def test_a_noise_widened_by_a_sabotaged_rerun_does_not_make_honest_seeds_look_like_copies(workspace):
+    """BROKE, fixed: runs of a marginal win whose std is under COPY_SPREAD x the noise count as copies of one run, and
+    the noise a train.py can widen 4-fold (a re-run that does not train). Then honest seeds with a std 0.4 x the
+    baseline's were copies: a change 10 of the baseline's std better was run five times and discarded "as if train.py
+    seeded itself" (honest seeds fall within 0.8 std of each other in 5 runs ~37 % of the time). Copies are now told
+    from seeds by the baseline's own seeds' spread, as the pooled noise already leaves them out by it."""
+
+    def score(source: str) -> float:
+        seed = constant(source, "SEED")
+        if SABOTAGE in source:
+            return 0.999 if seed == 42 else 6.0  # a marginal win (margin 0.002), then no training
+        if "LR = 0.1 " in source:  # a real win: 0.0107 better, its seeds' std 0.4 x the baseline's
+            return {42: 0.9900, 43: 0.9906, 44: 0.9900, 45: 0.9904, 46: 0.9902}[seed]
+        return {42: 1.000, 43: 1.001, 44: 1.002}[seed]
+
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    loop.step(ScriptedAgent([lambda ctx: ("a marginal win", ctx.train_py + SABOTAGE + "\n")]))
+    assert loop.noise() == pytest.approx(0.004)  # held at 4 x the baseline's: margin 0.008
+    win = loop.step(ScriptedAgent([lambda ctx: ("LR 0.1", ctx.train_py.replace("LR = 0.05 ", "LR = 0.1 "))]))
+    assert win.status == Status.KEEP and len(win.run_values) == 2, win.reason

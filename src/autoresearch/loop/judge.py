@@ -33,7 +33,8 @@ MIN_NOISE = 5e-4  # never trust a spread smaller than this: two baseline runs ca
 # much worse change kept as "simpler at equal val_bpb"); one that ignores SEED repeats itself exactly on a GPU and
 # would shrink the margin for every later change. 3 baseline seeds misjudge the noise 4-fold ~6 % of the time.
 NOISE_CAP = 4.0
-# Runs of different seeds whose std is under this x the noise look like copies of one run. Honest seeds fall
+# Runs of different seeds whose std is under this x the baseline's look like copies of one run (not the pooled noise's,
+# which a train.py can widen: honest seeds would look like copies). Honest seeds fall
 # that close: 2 runs 16 % of the time, 3 runs 4 %, 5 runs 0.3 % (chi-square); copies almost always where a run
 # repeats itself closely (an H200 at 60 s: 0.0007 between runs of one seed, 0.0073 between seeds). Where a run's
 # own noise is as large as the seed's (other H200 calls, the CPU clock: BENCHMARKS.md), copies pass as seeds, but
@@ -138,9 +139,10 @@ def judge(
     code it removed, net; `lowest`: the lowest val_bpb kept up to that best (ledger.lowest_kept). A win must beat the
     lower of the two: a best kept as simpler at equal val_bpb may have drawn up to a margin high, and a change that
     beat that draw would be kept for beating nothing (the train.py before the simplification, measured again).
-    `baseline_noise`: the baseline's own seeds' std; a simplification's margin is never wider than theirs. A train.py
-    can widen the pooled noise (up to NOISE_CAP x) by not training on its re-run: for a win that only makes keeping
-    harder, but it would let a simplification be that much worse."""
+    `baseline_noise`: the baseline's own seeds' std; a simplification's margin is never wider than theirs, and copies
+    are told from seeds by it. A train.py can widen the pooled noise (up to NOISE_CAP x) by not training on its
+    re-run: for a win that only makes keeping harder, but it would let a simplification be that much worse, and make
+    honest seeds of a win look like copies of one run."""
     margin = margin_of(noise)
     loose = margin if baseline_noise is None else margin_of(min(noise, baseline_noise))  # a simplification's margin
     value = statistics.fmean(runs)
@@ -149,7 +151,7 @@ def judge(
     against = f"best {best:.6f}" if bar == best else f"{bar:.6f}, the lowest kept (best {best:.6f}, kept as simpler)"
     shown = f"{value:.6f} vs {against} ({-gain:+.6f}; margin {margin:.6f}"
     shown += f", mean of {len(runs)} runs)" if len(runs) > 1 else ")"
-    if margin < gain <= 2 * margin and copies(runs, noise):
+    if margin < gain <= 2 * margin and copies(runs, noise if baseline_noise is None else baseline_noise):
         alike = f"its {len(runs)} runs, each with another SEED, agree within a std of {statistics.stdev(runs):.6f}"
         if len(runs) < MAX_RUNS:
             return Verdict(Status.RERUN, f"marginal win, {alike}: run again: {shown}", shown)
