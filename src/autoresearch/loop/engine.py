@@ -117,9 +117,12 @@ class ResearchLoop(Asking, Recovery):
         return measured.noise if measured else None
 
     def verdict_on(self, exp: Experiment, base: Experiment, runs: list[float]) -> Judgement:
-        """The judge's verdict on `exp`'s runs against `base`, the kept experiment it was made from."""
+        """The judge's verdict on `exp`'s runs against `base`, the kept experiment it was made from (and the lowest
+        val_bpb kept up to it)."""
         fewer = guard.fewer_code_lines(base.source, exp.source)
-        return judge(base.val_bpb, runs, self.noise(), fewer, lowest_kept(self.ledger.all()))
+        lowest = lowest_kept([e for e in self.ledger.all() if e.id <= base.id])
+        measured = measured_noise(self.ledger.all())
+        return judge(base.val_bpb, runs, self.noise(), fewer, lowest, measured.baseline if measured else None)
 
     def _require_best(self) -> Experiment:
         best = self.best()

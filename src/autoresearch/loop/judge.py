@@ -33,7 +33,8 @@ MIN_NOISE = 5e-4  # never trust a spread smaller than this: two baseline runs ca
 # much worse change kept as "simpler at equal val_bpb"); one that ignores SEED repeats itself exactly on a GPU and
 # would shrink the margin for every later change. 3 baseline seeds misjudge the noise 4-fold ~6 % of the time.
 NOISE_CAP = 4.0
-# Runs of different seeds whose std is under this x the noise look like copies of one run. Honest seeds fall
+# Runs of different seeds whose std is under this x the baseline's look like copies of one run (not the pooled noise's,
+# which a train.py can widen: honest seeds would look like copies). Honest seeds fall
 # that close: 2 runs 16 % of the time, 3 runs 4 %, 5 runs 0.3 % (chi-square); copies almost always where a run
 # repeats itself closely (an H200 at 60 s: 0.0007 between runs of one seed, 0.0073 between seeds). Where a run's
 # own noise is as large as the seed's (other H200 calls, the CPU clock: BENCHMARKS.md), copies pass as seeds, but
@@ -58,6 +59,7 @@ class Noise:
     runs: int  # how many runs measured it...
     repeated: int  # ...of how many train.py files trained more than once (the baseline among them)
     capped: bool = False  # the pooled spread was beyond NOISE_CAP x the baseline's, or under 1 / NOISE_CAP of it
+    baseline: float | None = None  # the std of the baseline's own seeds (train.py files the agent did not write)
 
 
 def described(noise: Noise) -> str:
@@ -103,7 +105,7 @@ def measured_noise(experiments: list[Experiment]) -> Noise | None:
     pooled = pooled_noise(groups)
     noise = min(max(pooled, own / NOISE_CAP), own * NOISE_CAP)
     capped = noise != pooled
-    return Noise(noise, margin_of(noise), sum(len(g) for g in groups), len(groups), capped)
+    return Noise(noise, margin_of(noise), sum(len(g) for g in groups), len(groups), capped, own)
 
 
 def run_values(exp: Experiment) -> list[float]:
@@ -125,15 +127,31 @@ def copies(runs: list[float], noise: float) -> bool:
     return len(runs) > 1 and statistics.stdev(runs) < COPY_SPREAD * noise
 
 
-def judge(best: float, runs: list[float], noise: float, fewer_lines: int = 0, lowest: float | None = None) -> Verdict:
+def judge(
+    best: float,
+    runs: list[float],
+    noise: float,
+    fewer_lines: int = 0,
+    lowest: float | None = None,
+    baseline_noise: float | None = None,
+) -> Verdict:
     """The verdict on a change whose runs gave `runs`, against the best it was made from; `fewer_lines`: the lines of
-    code it removed, net; `lowest`: the lowest val_bpb ever kept (ledger.lowest_kept)."""
+    code it removed, net; `lowest`: the lowest val_bpb kept up to that best (ledger.lowest_kept). A win must beat the
+    lower of the two: a best kept as simpler at equal val_bpb may have drawn up to a margin high, and a change that
+    beat that draw would be kept for beating nothing (the train.py before the simplification, measured again).
+    `baseline_noise`: the baseline's own seeds' std; a simplification's margin is never wider than theirs, and copies
+    are told from seeds by it. A train.py can widen the pooled noise (up to NOISE_CAP x) by not training on its
+    re-run: for a win that only makes keeping harder, but it would let a simplification be that much worse, and make
+    honest seeds of a win look like copies of one run."""
     margin = margin_of(noise)
+    loose = margin if baseline_noise is None else margin_of(min(noise, baseline_noise))  # a simplification's margin
     value = statistics.fmean(runs)
-    gain = best - value
-    shown = f"{value:.6f} vs best {best:.6f} ({-gain:+.6f}; margin {margin:.6f}"
+    bar = best if lowest is None else min(best, lowest)
+    gain = bar - value
+    against = f"best {best:.6f}" if bar == best else f"{bar:.6f}, the lowest kept (best {best:.6f}, kept as simpler)"
+    shown = f"{value:.6f} vs {against} ({-gain:+.6f}; margin {margin:.6f}"
     shown += f", mean of {len(runs)} runs)" if len(runs) > 1 else ")"
-    if margin < gain <= 2 * margin and copies(runs, noise):
+    if margin < gain <= 2 * margin and copies(runs, noise if baseline_noise is None else baseline_noise):
         alike = f"its {len(runs)} runs, each with another SEED, agree within a std of {statistics.stdev(runs):.6f}"
         if len(runs) < MAX_RUNS:
             return Verdict(Status.RERUN, f"marginal win, {alike}: run again: {shown}", shown)
@@ -144,11 +162,12 @@ def judge(best: float, runs: list[float], noise: float, fewer_lines: int = 0, lo
         return Verdict(Status.KEEP, f"better: {shown}", shown)
     if gain > margin:
         return Verdict(Status.RERUN, f"marginal win, run again: {shown}", shown)
-    if gain > -margin and fewer_lines > 0:
+    if best - value > -loose and fewer_lines > 0:
         fewer = f"{fewer_lines} line{'' if fewer_lines == 1 else 's'} of code fewer"
-        if lowest is not None and value - lowest >= margin:
+        if lowest is not None and value - lowest >= loose:
             drift = f"{value - lowest:+.6f} above the lowest val_bpb kept, {lowest:.6f}"
-            why = f"simpler, but {drift}: simpler changes may not add up to more than the margin: {shown}"
+            cap = f" the baseline's seeds measured, {loose:.6f}" if loose < margin else ""
+            why = f"simpler, but {drift}: simpler changes may not add up to more than the margin{cap}: {shown}"
             return Verdict(Status.DISCARD, why, shown)
         return Verdict(Status.KEEP, f"simpler at equal val_bpb: {shown}, {fewer}", shown)
     return Verdict(Status.DISCARD, f"not better by more than the noise: {shown}", shown)
