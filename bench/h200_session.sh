@@ -14,6 +14,8 @@
 #   bash bench/h200_session.sh tools cpu_noise    # issue 9: the tiny preset's noise on 2 pinned CPU cores, no GPU
 #   CONFIGS="a= b=WARMUP_RATIO=0.05" bash bench/h200_session.sh tools noise_configs  # the same, several settings at once
 #   bash bench/h200_session.sh tools same_setup   # 3 minutes: each run's setup on a GPU, as the loop compares them
+#   bash bench/h200_session.sh setup copies       # how closely the runs of a train.py that ignores SEED repeat one
+#                                                 # another, against honest seeds (GPU and CPU)
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp: `apt-get download bubblewrap libseccomp2`), .old (before_after only),
 # .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its Java, RLlib, Serve, Tune, Train, Data
@@ -80,6 +82,26 @@ cpu_noise() {  # issue 9: the tiny preset's seed noise on two pinned cores of th
   $cpu $pin timeout 420 python3 bench/seed_noise.py --preset tiny --seeds 5 --work /tmp/sn --out "$OUT" \
     >"$OUT/seed_noise.log" 2>&1
   tail -12 "$OUT/seed_noise.log"
+}
+
+copies() {  # 3 seeds of the h100 baseline at 60 s, then 3 of the same with torch seeded by a fixed 42, on GPU 0;
+  # meanwhile the same for the tiny preset on two pinned CPU cores each (loop/judge.py's COPY_SPREAD)
+  CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu prepare_data tiny 120
+  local sn="python3 bench/seed_noise.py --seeds 3" cpu="env CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu"
+  (CUDA_VISIBLE_DEVICES=0 timeout 240 $sn --preset h100 --budget 60 --work /tmp/cg --out "$OUT/gpu_seeds" \
+     >"$OUT/gpu_seeds.log" 2>&1
+   CUDA_VISIBLE_DEVICES=0 timeout 240 $sn --preset h100 --budget 60 --fixed-seed 42 --work /tmp/cgc \
+     --out "$OUT/gpu_copies" >"$OUT/gpu_copies.log" 2>&1) &
+  $cpu taskset -c 8,9 timeout 330 $sn --preset tiny --work /tmp/cc --out "$OUT/cpu_seeds" >"$OUT/cpu_seeds.log" 2>&1 &
+  $cpu taskset -c 10,11 timeout 330 $sn --preset tiny --fixed-seed 42 --work /tmp/ccc --out "$OUT/cpu_copies" \
+    >"$OUT/cpu_copies.log" 2>&1 &
+  wait
+  python3 bench/collect_runs.py "$OUT/runs_copies.json" /tmp/cg /tmp/cgc /tmp/cc /tmp/ccc
+  python3 -c "
+import json, pathlib
+for f in sorted(pathlib.Path('$OUT').glob('*/seed_noise_*.json')):
+    d = json.loads(f.read_text())
+    print(f.parent.name, [(round(r['val_bpb'], 5), r['steps']) for r in d['runs']], 'std', round(d['noise'], 5))"
 }
 
 isolation() {  # a confined run reaches its own GPU only, whatever it sets CUDA_VISIBLE_DEVICES to

@@ -1,11 +1,14 @@
 """The seed-to-seed noise of a preset's shipped train.py, measured as the loop measures it.
 
-    python bench/seed_noise.py [--preset tiny] [--seeds 5] [--budget SECONDS] [--set NAME=VALUE ...] [--out DIR]
+    python bench/seed_noise.py [--preset tiny] [--seeds 5] [--budget SECONDS] [--set NAME=VALUE ...] [--fixed-seed N]
+        [--out DIR]
 
 A fresh workspace on python-source; the loop's baseline trains the unchanged train.py once per seed.
 Prints each run's val_bpb, steps and seconds, and the noise (their standard deviation) and margin the
 loop would judge with; writes them to OUT/seed_noise_<preset>.json. `--set DEPTH=3` changes a train.py
 constant of the baseline (a Python literal), to measure a candidate starting point for the preset.
+`--fixed-seed N` makes train.py seed torch with N whatever its SEED: a copy, as a train.py that ignores SEED
+is, to measure how closely its runs repeat one another (loop/judge.py's COPY_SPREAD).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import ast
 import json
 import os
 import statistics
+import subprocess
 from pathlib import Path
 
 from common import fresh_loop
@@ -41,12 +45,18 @@ def main() -> None:
     parser.add_argument("--budget", type=float, help="default: the preset's")
     parser.add_argument("--set", type=constant, action="append", default=[], metavar="NAME=VALUE",
                         help="a train.py constant of the baseline, other than the preset's default")  # fmt: skip
+    parser.add_argument("--fixed-seed", type=int, help="train.py seeds torch with this, not SEED")
     parser.add_argument("--work", type=Path, default=Path("/tmp/seed-noise"))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
     args = parser.parse_args()
     overrides = dict(args.set)
     loop = fresh_loop(args.work, args.preset, args.budget, args.seeds, overrides)
     ws = loop.ws
+    if args.fixed_seed is not None:
+        source = ws.train_py.read_text()
+        assert "torch.manual_seed(SEED)" in source, "train.py does not seed torch with SEED as the template does"
+        ws.train_py.write_text(source.replace("torch.manual_seed(SEED)", f"torch.manual_seed({args.fixed_seed})"))
+        subprocess.run(["git", "-C", str(ws.root), "commit", "-qam", "a fixed seed"], check=True)
     baseline = loop.baseline()
     runs = []
     for result_file in sorted((ws.state / "runs").glob(f"{baseline.id}-*/result.json")):
@@ -58,6 +68,7 @@ def main() -> None:
     values = [r["val_bpb"] for r in runs if r["val_bpb"] is not None]
     noise = noise_of(values)
     summary = {
+        "fixed_seed": args.fixed_seed,
         "preset": args.preset,
         "budget_s": ws.apparatus.budget_seconds,
         "overrides": overrides,

@@ -119,10 +119,13 @@ class ResearchLoop(Asking, Recovery):
     def verdict_on(self, exp: Experiment, base: Experiment, runs: list[float]) -> Judgement:
         """The judge's verdict on `exp`'s runs against `base`, the kept experiment it was made from (and the lowest
         val_bpb kept up to it)."""
+        rows = self.ledger.all()
+        noise = measured_noise(rows)
+        if noise is None:
+            raise LoopError("no noise measured yet", hint="the baseline's seeds measure it: run `autoresearch run`")
         fewer = guard.fewer_code_lines(base.source, exp.source)
-        lowest = lowest_kept([e for e in self.ledger.all() if e.id <= base.id])
-        measured = measured_noise(self.ledger.all())
-        return judge(base.val_bpb, runs, self.noise(), fewer, lowest, measured.baseline if measured else None)
+        lowest = lowest_kept([e for e in rows if e.id <= base.id])
+        return judge(base.val_bpb, runs, noise.noise, fewer, lowest, noise.baseline)
 
     def _require_best(self) -> Experiment:
         best = self.best()

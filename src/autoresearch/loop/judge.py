@@ -33,12 +33,13 @@ MIN_NOISE = 5e-4  # never trust a spread smaller than this: two baseline runs ca
 # much worse change kept as "simpler at equal val_bpb"); one that ignores SEED repeats itself exactly on a GPU and
 # would shrink the margin for every later change. 3 baseline seeds misjudge the noise 4-fold ~6 % of the time.
 NOISE_CAP = 4.0
-# Runs of different seeds whose std is under this x the baseline's look like copies of one run (not the pooled noise's,
-# which a train.py can widen: honest seeds would look like copies). Honest seeds fall
-# that close: 2 runs 16 % of the time, 3 runs 4 %, 5 runs 0.3 % (chi-square); copies almost always where a run
-# repeats itself closely (an H200 at 60 s: 0.0007 between runs of one seed, 0.0073 between seeds). Where a run's
-# own noise is as large as the seed's (other H200 calls, the CPU clock: BENCHMARKS.md), copies pass as seeds, but
-# there a re-run is close to a fresh draw anyway, and a lucky initialisation buys only its share of the noise.
+# Runs of different seeds whose std is under this x the baseline's look like copies of one run (not the pooled
+# noise's, which a train.py can widen: honest seeds would look like copies). Honest seeds fall that close: 2 runs
+# 16 % of the time, 3 runs 4 %, 5 runs 0.3 % (chi-square); copies almost always where a run repeats itself closely
+# (an H200 at 60 s in the issue: 0.0007 between runs of one seed, 0.0073 between seeds). Where a run's own noise is
+# as large as the seed's (this project's H200 calls: one initialisation's runs 0.001-0.010 apart; the CPU clock;
+# BENCHMARKS.md), copies pass as seeds, but there a re-run is a fresh draw anyway and a lucky initialisation buys
+# little.
 COPY_SPREAD = 0.2
 MAX_RUNS = 5  # of a marginal win whose runs look like copies; then they are judged as one run
 
