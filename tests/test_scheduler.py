@@ -154,6 +154,7 @@ def test_a_win_on_a_stale_base_is_merged_onto_the_best_and_kept_only_once_revali
     assert merged.merged_from == stale.id and merged.parent == lr.commit and merged.status == Status.KEEP
     assert BETAS in merged.source and constant(merged.source, "LR") == 0.2  # both changes, trained again
     assert merged.val_bpb == score(merged.source) and "better" in merged.reason
+    assert merged.cost_usd == 0.0  # the loop merged it, asking no agent: not a cost the report calls unknown
     git = sched.loop.git
     assert git.head() == merged.commit and git.parent(merged.commit) == lr.commit
     assert git.ref(f"refs/autoresearch/discarded/{stale.id}") == stale.commit
