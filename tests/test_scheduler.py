@@ -513,7 +513,7 @@ def test_wait_on_a_loop_that_stopped_says_why(workspace, capsys):
     capsys.readouterr()
     assert main(["wait", "2", "--workspace", str(workspace.root)]) == 2  # the command: one line, then its hint
     said = capsys.readouterr().err.splitlines()
-    assert said[0].startswith("error: experiments 2 are in flight") and said[0].endswith("hint: run where it ran")
+    assert said[0].startswith("error: experiment 2 is in flight") and said[0].endswith("hint: run where it ran")
     assert said[1].startswith("  hint: `autoresearch run --agent queue`") and len(said) == 2
     log.write_text("exp 2 submitted: LR 0.2\nerror: an old one\n  hint: x\nstarted\ntraining\nstill training\n")
     with pytest.raises(WaitError) as err:  # a log that does not end on an error says nothing of one
