@@ -296,6 +296,8 @@ def test_output_piped_into_a_reader_that_has_gone_ends_quietly(history, subproce
         (["--timeout", "-5"], "a hard timeout of -5s per run is not longer than the budget of 1s"),
         (["--timeout", "0"], "a hard timeout of 0s per run"),
         (["--timeout", "1"], "a hard timeout of 1s per run"),
+        (["--timeout", "nan"], "--timeout takes a number of seconds (got nan)"),  # every run was a crash at once
+        (["--timeout", "inf"], "--timeout takes a number of seconds (got inf)"),
         (["--max-experiments", "-1"], "--max-experiments cannot be negative (got -1)"),
         (["--hours", "-0.5"], "--hours cannot be negative (got -0.5)"),
         (["--hours", "nan"], "--hours takes a number (got nan)"),
