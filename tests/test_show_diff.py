@@ -313,6 +313,21 @@ def test_run_refuses_a_timeout_within_the_budget_and_limits_that_stop_at_once(hi
     assert len(Ledger(history.root).all()) == len(before)  # nothing ran, nothing was recorded
 
 
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_gpu_ids_where_the_machine_shows_no_gpu_are_refused(history, capsys, monkeypatch, command) -> None:
+    """BROKE, fixed: `--gpus 0` on a CPU-only machine trained on the CPU under the name "gpu 0" (`--gpus all` was
+    refused): a workspace measured with --workers stopped after the run, with two setups to compare."""
+    import autoresearch.loop.workers as workers
+
+    monkeypatch.setattr(workers, "visible_gpus", lambda env=None: [])
+    before = Ledger(history.root).all()
+    (history.root / "train.py").write_text(history.read_train_py() + "# a change to submit\n")
+    options = ["-m", "x"] if command == "submit" else ["--plain"]
+    code, _, err = run_cli(capsys, command, *options, "--gpus", "0", "--workspace", str(history.root))
+    assert code == 2 and "no GPU found for --gpus 0: this machine shows none" in err and "--workers N" in err
+    assert len(Ledger(history.root).all()) == len(before) and not (history.state / "inbox").exists()
+
+
 @pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_second_run_while_a_loop_runs_is_refused_and_writes_no_report(history: Workspace, capsys) -> None:
     """BROKE, fixed: the refused `run` wrote report.md and progress.png on its way out and printed `report: ...`
