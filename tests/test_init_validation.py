@@ -77,6 +77,28 @@ def test_a_folder_with_files_is_refused_naming_a_new_one(
     assert [p.name for p in ws.iterdir()] == ["notes.txt"] and (ws / "notes.txt").read_text() == "my own notes\n"
 
 
+@pytest.mark.parametrize("given", [".", "", "..", "/"])
+def test_the_folder_one_is_in_with_files_is_refused_naming_a_new_one(
+    given: str,
+    corpus_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    here = tmp_path / "research" / "inner"
+    here.mkdir(parents=True)
+    (here / "notes.txt").write_text("my own notes\n")
+    monkeypatch.chdir(here)
+    cache = tmp_path / "cache"
+    assert main([*init_args(Path(given), corpus_dir), "--cache-dir", str(cache)]) == 2  # no ValueError from a hint
+    err = words(capsys.readouterr().err)
+    assert "already exists and is not empty" in err and "choose a new directory" in err
+    named = {".": here, "": here, "..": here.parent, "/": None}[given]
+    if named is not None:
+        assert f"autoresearch init {named.with_name(named.name + '-2')}`" in err
+    assert prepared_dirs(cache) == []
+
+
 def test_a_file_in_place_of_the_folder_is_refused(corpus_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "ws").write_text("x")
     assert main(init_args(tmp_path / "ws", corpus_dir)) == 2

@@ -986,6 +986,29 @@ def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run_whose_fork_se
     assert time.monotonic() - started < 3
 
 
+def test_the_driver_and_a_workers_thread_waiting_for_one_run_both_get_its_exit(tmp_path):
+    """BROKE, fixed: Ctrl-C with --workers 2 hung the loop for good. The driver kills each worker's run and waits for
+    its exit while the worker's thread waits for that run too: both read the fork server's socket, one took the
+    message and the other blocked in recv() on data that was gone."""
+    one_exit = tmp_path / "one-exit-server"  # a fork server that reports one evaluator's end, then idles
+    one_exit.write_text(
+        f"#!{sys.executable}\nimport os, sys, time\ntime.sleep(0.5)\n"
+        'os.write(int(sys.argv[-1]), b\'{"pid": 4242, "exit": -9}\\n\')\ntime.sleep(60)\n'
+    )
+    one_exit.chmod(0o755)
+    server = ForkServer(str(one_exit), {})
+    codes: list[int | None] = []
+    waiting = [threading.Thread(target=lambda: codes.append(server.exit_code(4242, 10)), daemon=True) for _ in "ab"]
+    try:
+        for thread in waiting:
+            thread.start()
+        for thread in waiting:
+            thread.join(timeout=5)
+        assert codes == [-9, -9]
+    finally:
+        server.close()
+
+
 def test_a_ctrl_c_taken_by_another_thread_stops_the_loops_pause(ctrl_c_raises):
     _ctrl_c_to_another_thread(after=0.3)
     started = time.monotonic()

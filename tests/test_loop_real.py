@@ -325,8 +325,9 @@ def test_when_the_fork_server_dies_runs_start_as_new_processes_and_the_loop_says
 
 
 def test_two_workers_on_fake_gpus_killed_with_two_runs_in_flight_resume_without_loss_or_duplicate(
-    tmp_path, tiny_prepared
+    tmp_path, tiny_prepared, monkeypatch
 ):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the GPUs the loop is shown (this machine has none)
     shows_gpu = "    run = harness.start()\n    import os\n"
     shows_gpu += "    print('CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'])\n"
     source = edit(BIGRAM_TRAIN_PY, "    run = harness.start()\n", shows_gpu)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop
 
-from autoresearch.agents.base import Context
+from autoresearch.agents.base import Context, Proposal
+from autoresearch.agents.tune import TuneAgent
 from autoresearch.loop import guard
 from autoresearch.loop.environment import Environment, differences, signature
 from autoresearch.loop.settings import LoopError
@@ -59,6 +60,28 @@ def test_a_file_an_agent_leaves_where_the_runs_read_python_stops_the_loop_naming
         loop.step(planting_agent(site / "weights.bin", site / "weights.bin"))
     assert "pip uninstall" in str(raised.value.hint)
     assert [e.status for e in loop.ledger.all()] == [Status.KEEP]  # nothing of the proposal ran or was recorded
+
+
+def test_tunes_turn_runs_no_program_so_a_change_made_meanwhile_by_someone_else_does_not_stop_the_loop(
+    workspace, tmp_path
+) -> None:
+    site = tmp_path / "venv" / "site-packages"
+    site.mkdir(parents=True)
+
+    class Tune(TuneAgent):  # Optuna in the loop's own process, while you `pip install` into the venv
+        def propose(self, context: Context) -> Proposal:
+            (site / "newpkg.py").write_text("VALUE = 1\n")
+            return super().propose(context)
+
+    loop = make_loop(
+        workspace,
+        FakeExecutor(lambda source: 1.0 + 0.001 * (constant(source, "SEED") % 2)),
+        baseline_runs=2,
+        environment=Environment([site]),
+    )
+    loop.baseline()
+    exp = loop.step(Tune())  # not "the environment the runs read changed while the tune agent worked"
+    assert exp.description.startswith("tune: ") and exp.status in (Status.KEEP, Status.DISCARD)
 
 
 def test_a_package_an_agent_installs_or_a_file_it_edits_there_is_a_change_too(tmp_path) -> None:

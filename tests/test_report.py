@@ -43,9 +43,12 @@ def exp(id: int, status: str, val_bpb: float | None, description: str, **kw) -> 
     return Experiment(id=id, status=status, description=description, val_bpb=val_bpb, **{**defaults, **kw})
 
 
+NO_AGENT = dict(agent="", model="", input_tokens=0, output_tokens=0, cost_usd=None)  # the baseline's, as recorded
+
+
 def history() -> list[Experiment]:
     return [
-        exp(1, Status.KEEP, 1.0, "baseline", kind="baseline", reason="the reference"),
+        exp(1, Status.KEEP, 1.0, "baseline", kind="baseline", reason="the reference", **NO_AGENT),
         exp(2, Status.DISCARD, 1.003, "raise the learning rate to 0.08", reason="worse"),
         exp(
             3,
@@ -260,10 +263,11 @@ def test_report_contents():
     # throughput: 7 finished from T0 to T0 + 3600 + 500 s
     assert f"**{7 / (4100 / 3600):.1f} experiments per hour**" in text
     assert "Training: 30 min 00 s, **44% of wall clock**" in text  # #4 recorded no training time
-    # tokens and cost per agent; codex's cost is unknown
-    assert "| claude | claude-x | 6 | 6,000 | 600 | $1.50 |" in text
+    # tokens and cost per agent; codex's cost is unknown; the baseline is no agent's and costs nothing
+    assert "| claude | claude-x | 5 | 5,000 | 500 | $1.25 |" in text
     assert "| codex | gpt-y | 2 | 12,000 | 1,600 | unknown |" in text
-    assert "| **total** | | 8 | 18,000 | 2,200 | $1.50 (+ 2 unknown) |" in text
+    assert "| **total** | | 7 | 17,000 | 2,100 | $1.25 (+ 2 unknown) |" in text
+    assert "(none)" not in text
     # the diff of train.py, best vs baseline
     diff = text.split("```diff\n", 1)[1].split("\n```", 1)[0]
     lines = diff.splitlines()
@@ -276,6 +280,7 @@ def test_report_only_baseline_and_all_crashes():
     text = render_report([exp(1, Status.KEEP, 1.0, "baseline", kind="baseline")])
     assert "Baseline: **1.000000** (#1)" in text and "No change has beaten it yet." in text
     assert "The best is still the baseline" in text
+    assert "No agent has run yet." in text
     text = render_report([exp(1, Status.CRASH, None, "baseline", kind="baseline", reason="no GPU\nmore")])
     assert "No kept experiment has a val_bpb yet" in text
     assert "**#1** baseline: `no GPU`" in text

@@ -154,6 +154,7 @@ def test_a_win_on_a_stale_base_is_merged_onto_the_best_and_kept_only_once_revali
     assert merged.merged_from == stale.id and merged.parent == lr.commit and merged.status == Status.KEEP
     assert BETAS in merged.source and constant(merged.source, "LR") == 0.2  # both changes, trained again
     assert merged.val_bpb == score(merged.source) and "better" in merged.reason
+    assert merged.cost_usd == 0.0  # the loop merged it, asking no agent: not a cost the report calls unknown
     git = sched.loop.git
     assert git.head() == merged.commit and git.parent(merged.commit) == lr.commit
     assert git.ref(f"refs/autoresearch/discarded/{stale.id}") == stale.commit
@@ -512,7 +513,7 @@ def test_wait_on_a_loop_that_stopped_says_why(workspace, capsys):
     capsys.readouterr()
     assert main(["wait", "2", "--workspace", str(workspace.root)]) == 2  # the command: one line, then its hint
     said = capsys.readouterr().err.splitlines()
-    assert said[0].startswith("error: experiments 2 are in flight") and said[0].endswith("hint: run where it ran")
+    assert said[0].startswith("error: experiment 2 is in flight") and said[0].endswith("hint: run where it ran")
     assert said[1].startswith("  hint: `autoresearch run --agent queue`") and len(said) == 2
     log.write_text("exp 2 submitted: LR 0.2\nerror: an old one\n  hint: x\nstarted\ntraining\nstill training\n")
     with pytest.raises(WaitError) as err:  # a log that does not end on an error says nothing of one

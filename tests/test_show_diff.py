@@ -296,6 +296,8 @@ def test_output_piped_into_a_reader_that_has_gone_ends_quietly(history, subproce
         (["--timeout", "-5"], "a hard timeout of -5s per run is not longer than the budget of 1s"),
         (["--timeout", "0"], "a hard timeout of 0s per run"),
         (["--timeout", "1"], "a hard timeout of 1s per run"),
+        (["--timeout", "nan"], "--timeout takes a number of seconds (got nan)"),  # every run was a crash at once
+        (["--timeout", "inf"], "--timeout takes a number of seconds (got inf)"),
         (["--max-experiments", "-1"], "--max-experiments cannot be negative (got -1)"),
         (["--hours", "-0.5"], "--hours cannot be negative (got -0.5)"),
         (["--hours", "nan"], "--hours takes a number (got nan)"),
@@ -309,6 +311,21 @@ def test_run_refuses_a_timeout_within_the_budget_and_limits_that_stop_at_once(hi
     code, _, err = run_cli(capsys, "run", "--agent", "tune", "--plain", *args, "--workspace", str(history.root))
     assert code == 2 and said in " ".join(err.split()) and "Traceback" not in err
     assert len(Ledger(history.root).all()) == len(before)  # nothing ran, nothing was recorded
+
+
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_gpu_ids_where_the_machine_shows_no_gpu_are_refused(history, capsys, monkeypatch, command) -> None:
+    """BROKE, fixed: `--gpus 0` on a CPU-only machine trained on the CPU under the name "gpu 0" (`--gpus all` was
+    refused): a workspace measured with --workers stopped after the run, with two setups to compare."""
+    import autoresearch.loop.workers as workers
+
+    monkeypatch.setattr(workers, "visible_gpus", lambda env=None: [])
+    before = Ledger(history.root).all()
+    (history.root / "train.py").write_text(history.read_train_py() + "# a change to submit\n")
+    options = ["-m", "x"] if command == "submit" else ["--plain"]
+    code, _, err = run_cli(capsys, command, *options, "--gpus", "0", "--workspace", str(history.root))
+    assert code == 2 and "no GPU found for --gpus 0: this machine shows none" in err and "--workers N" in err
+    assert len(Ledger(history.root).all()) == len(before) and not (history.state / "inbox").exists()
 
 
 @pytest.mark.slow  # seconds: the fast subset stays under a minute

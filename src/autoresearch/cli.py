@@ -181,7 +181,7 @@ def _run(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.agents.factory import make_agent
     from autoresearch.loop.live import LiveReporter
     from autoresearch.loop.reporter import PlainReporter, console_echo
-    from autoresearch.loop.workers import devices
+    from autoresearch.loop.workers import devices, require_gpus
     from autoresearch.orphans import remove_left_boxes
     from autoresearch.report import make_report
 
@@ -202,6 +202,7 @@ def _run(args: argparse.Namespace, console: Console) -> None:
             f"--command goes with --agent command, not --agent {args.agent}",
             hint='e.g. --agent command --command "claude -p"',
         )
+    require_gpus(args.gpus)
     found = devices(args.gpus, args.workers)
     agent = None if args.agent == "queue" else make_agent(args.agent, args.model, args.agent_command)
     name = agent.name if agent is not None else "submitted experiments"
@@ -263,11 +264,12 @@ def _submit(args: argparse.Namespace, console: Console) -> None:
 
     from autoresearch.loop.held_edits import HeldEdit, put_back_edits
     from autoresearch.loop.inbox import send
-    from autoresearch.loop.workers import devices
+    from autoresearch.loop.workers import devices, require_gpus
     from autoresearch.workspace.workspace import Workspace
 
     ws = Workspace(args.workspace)
-    devices(args.gpus, args.workers)  # a wrong --gpus is an error before anything is queued
+    require_gpus(args.gpus)  # a wrong --gpus is an error before anything is queued
+    devices(args.gpus, args.workers)
     if (lost := put_back_edits(ws, lambda text: console.print(text, markup=False, highlight=False))) is not None:
         raise AutoresearchError(
             f"a `submit` killed before it queued its change ({lost}) had taken it out of train.py; it is back in "

@@ -72,6 +72,10 @@ class Agent(Protocol):
     # Optional, False when absent: `propose` only reads its context and answers (no file touched, no state kept
     # between calls), so that with several workers it may be asked several times at once (loop/answers.py).
     answers_only: bool
+    # Optional, `not answers_only` when absent: the agent runs programs of its own that could write outside the
+    # workspace, so the files the runs read there are checked around its turn (loop/environment.py). `tune`, Optuna
+    # in the loop's own process, runs none.
+    shell: bool
 
     def propose(self, context: Context) -> Proposal:
         """A new train.py to try. Raises ProposalError when it cannot make one."""

@@ -301,6 +301,7 @@ class TuneAgent:
 
     name = "tune"
     model = "optuna-tpe"
+    shell = False  # in the loop's own process, writing no file: nothing outside the workspace to check after it
 
     def __init__(
         self, seed: int = 0, max_changes: int = MAX_CHANGES, n_startup_trials: int = 5, min_steps: int = MIN_STEPS

@@ -74,7 +74,8 @@ class Asking:
         exp_id = self.ledger.next_id()
         self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
         who = f"the {agent.name} agent"
-        watch = self._watch(shell=not getattr(agent, "answers_only", False))  # an LLM's API writes no file
+        shell = getattr(agent, "shell", not getattr(agent, "answers_only", False))  # an LLM's API writes no file
+        watch = self._watch(shell=shell)
         try:
             proposal = agent.propose(self.context(best))
         except ProposalError as exc:

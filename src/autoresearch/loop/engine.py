@@ -13,6 +13,7 @@ Its settings and error live in loop/settings.py; they are importable from here a
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -92,6 +93,11 @@ class ResearchLoop(Asking, Recovery):
         self.ledger.verify()  # its rows are the loop's own, as it last wrote them: what it judges by
         self.left_in_flight: set[int] = set()  # set by recover_workspace: in flight when this start began
         budget = workspace.apparatus.budget_seconds
+        if config.timeout is not None and not math.isfinite(config.timeout):  # nan: every run "timed out" at once
+            raise LoopError(
+                f"--timeout takes a number of seconds (got {config.timeout:g})",
+                hint=f"leave --timeout out (the default is 1.5 x budget + 180 s: {1.5 * budget + 180:g}s) or give one",
+            )
         if config.timeout is not None and config.timeout <= budget:
             raise LoopError(
                 f"a hard timeout of {config.timeout:g}s per run is not longer than the budget of {budget:g}s: "

@@ -21,7 +21,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +303,8 @@ class ForkServer:
         theirs.close()
         self._buffer = b""
         self._exits: dict[int, int] = {}
+        self._replies: deque[dict] = deque()  # what is no exit: `ready`, a fork's pid
+        self._reading = threading.Lock()  # a worker's thread waits for its run while Ctrl-C kills it from the driver
         self._ready = False
 
     def fork(self, directory: Path) -> ForkedProcess:
@@ -315,8 +319,6 @@ class ForkServer:
             request = json.dumps({"argv": ["--workspace", str(directory)]}).encode()
             socket.send_fds(self._sock, [request], [stdin_r, errors.fileno()])
             reply = self._next(timeout=60)
-            while reply is not None and "exit" in reply:  # another evaluator's end, recorded
-                reply = self._next(timeout=60)
             if not reply or "pid" not in reply:
                 raise ForkFailed(f"the fork server answered {reply!r}")
         except (OSError, ValueError, ForkFailed) as exc:
@@ -335,33 +337,46 @@ class ForkServer:
         which only it writes, then decides)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while pid not in self._exits:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                if self._next(left) is None:
+                if not self._read(deadline):
                     return None
             except (OSError, ValueError, ForkFailed):
                 return _gone(pid, deadline)
         return self._exits[pid]
 
-    def _next(self, timeout: float | None) -> dict | None:
-        """The server's next message (an exit is also recorded); None after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if b"\n" in self._buffer:
+    def _next(self, timeout: float) -> dict | None:
+        """The server's next message that is no evaluator's exit (those are recorded as they are read, by whichever
+        thread reads them); None after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self._replies:
+            if not self._read(deadline):
+                return None
+        return self._replies.popleft()
+
+    def _read(self, deadline: float | None) -> bool:
+        """Take in what the server sent within SIGNAL_CHECK_S (less where `deadline`, None: none, comes first): exits
+        into `_exits`, other messages into `_replies`. False once the deadline has come with nothing read. Two
+        threads may read at once (the driver kills a run its worker's thread waits for): neither blocks on data
+        the other took, and each message is taken whole by one of them."""
+        wait = _step(deadline)
+        if not select.select([self._sock], [], [], wait)[0]:
+            return wait >= SIGNAL_CHECK_S  # the deadline has come, or not yet
+        with self._reading:
+            try:
+                chunk = self._sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return True  # the other thread took it: the caller looks again at what it waits for
+            if not chunk:
+                raise ForkFailed("the fork server exited")
+            self._buffer += chunk
+            while b"\n" in self._buffer:
                 line, self._buffer = self._buffer.split(b"\n", 1)
                 message = json.loads(line)
                 if "exit" in message:
                     self._exits[int(message["pid"])] = int(message["exit"])
-                return message
-            wait = _step(deadline)
-            if not select.select([self._sock], [], [], wait)[0]:
-                if wait < SIGNAL_CHECK_S:  # the deadline has come
-                    return None
-                continue
-            chunk = self._sock.recv(1 << 16)
-            if not chunk:
-                raise ForkFailed("the fork server exited")
-            self._buffer += chunk
+                else:
+                    self._replies.append(message)
+        return True
 
     def close(self) -> None:
         self._sock.close()

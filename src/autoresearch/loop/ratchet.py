@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autoresearch.agents.base import Agent, Proposal, ProposalError
+from autoresearch.agents.base import Agent, Proposal, ProposalError, Usage
 from autoresearch.loop import guard
 from autoresearch.loop.answers import Answer
 from autoresearch.loop.engine import LoopError, ResearchLoop, change_of
@@ -132,7 +132,8 @@ class Ratchet:
             loop._finish(exp, Status.DISCARD, f"{why}; merged onto it, {problem}: not kept", outcome, runs)
             return Conclusion()
         description = f"exp {exp.id} merged onto exp {best.id}: {exp.description}"
-        new = loop.record(Proposal(description, merged), exp.agent, exp.model, base=best, merged_from=exp.id)
+        free = Usage(cost_usd=0.0)  # the loop merged it: no call of the agent's (its proposal's cost is on exp)
+        new = loop.record(Proposal(description, merged, free), exp.agent, exp.model, base=best, merged_from=exp.id)
         self.followed(exp, new)
         loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {new.id}, re-validated there", outcome, runs)
         return Conclusion(revalidate=new)

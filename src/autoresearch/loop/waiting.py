@@ -67,11 +67,11 @@ def wait_for(
         if all(e.status.final for e in rows.values()):
             return [rows[i] for i in ids]
         if not driver_alive():
-            waiting = ", ".join(str(i) for i, e in rows.items() if not e.status.final)
+            waiting = [str(i) for i, e in rows.items() if not e.status.final]
+            which = f"experiment {waiting[0]} is" if len(waiting) == 1 else f"experiments {', '.join(waiting)} are"
             stopped = last_error(log) if log else None
             raise WaitError(
-                f"experiments {waiting} are in flight but no loop is running"
-                + (f"; it stopped with {stopped}" if stopped else ""),
+                f"{which} in flight but no loop is running" + (f"; it stopped with {stopped}" if stopped else ""),
                 hint="`autoresearch run --agent queue` (with your --gpus or --workers) finishes them"
                 + (", once what stopped it is dealt with" if stopped else ""),
             )

@@ -52,6 +52,15 @@ def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
     return sorted((p.removeprefix("/dev/nvidia") for p in glob.glob("/dev/nvidia[0-9]*")), key=int)
 
 
+def require_gpus(gpus: str | None) -> None:
+    """`--gpus 0,1` where the machine shows no GPU at all: its runs would train on the CPU, each worker on a share of
+    the cores, under a GPU's name (`--gpus all` says so in `devices`)."""
+    if gpus is not None and gpus.strip() != "all" and not visible_gpus():
+        raise AutoresearchError(
+            f"no GPU found for --gpus {gpus}: this machine shows none", hint="on a CPU-only machine use --workers N"
+        )
+
+
 def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> list[Device]:
     """The devices of `--gpus all|0,1,3` or `--workers N`; neither: one worker as the loop always had, its
     environment untouched."""

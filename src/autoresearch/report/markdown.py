@@ -197,6 +197,7 @@ def _workers(done: list[Experiment], spans: list[activity.Span], workers: list[s
 
 
 def _agents(exps: list[Experiment]) -> str:
+    exps = [e for e in exps if e.kind != Kind.BASELINE]  # the loop's own run of train.py: no agent's, and free
     if not exps:
         return "No agent has run yet."
     groups: dict[str, list[Experiment]] = {}

@@ -76,6 +76,10 @@ def _check_makeable(directory: Path) -> None:
 
 
 def _elsewhere(directory: Path) -> str:
+    if directory.name in ("", ".."):  # `.`, `..`, `/`: named by where they are, as with_name cannot take them
+        directory = Path(os.path.abspath(directory))
+    if not directory.name:  # the root: no folder beside it
+        return "init never writes among other files: choose a new directory"
     free = next(
         directory.with_name(f"{directory.name}-{n}")
         for n in range(2, 1000)
