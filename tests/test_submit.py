@@ -22,7 +22,8 @@ import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, killed_loop, make_loop, with_constants
 from test_scheduler import scheduler, score, wait_until
 
-from autoresearch.cli import _drive, main
+from autoresearch.cli import main
+from autoresearch.cli.commands import drive
 from autoresearch.evaluator.sandbox import module_command
 from autoresearch.loop import activity
 from autoresearch.loop import inbox as inbox_module
@@ -203,7 +204,7 @@ def test_a_one_worker_run_says_while_it_runs_that_it_takes_no_submissions(worksp
     loop, seen = make_loop(workspace, FakeExecutor(score)), []
     loop.run = lambda *_: seen.append(activity.read_session(workspace.state))
     args = argparse.Namespace(ray=None, gpus=None, workers=None, max_experiments=1, hours=None, linger=0.0)
-    _drive(loop, ScriptedAgent([]), devices(None, None), args)
+    drive(loop, ScriptedAgent([]), devices(None, None), args)
     assert len(seen) == 1 and seen[0].submissions is False and seen[0].pid == os.getpid()
     assert activity.read_session(workspace.state) is None
 

@@ -1,0 +1,160 @@
+"""The `autoresearch` command line: parse, dispatch, and turn errors into messages (never a traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from autoresearch.cli.commands import compare, prepare_data, run, submit, try_change, wait
+from autoresearch.cli.parser import build_parser
+from autoresearch.errors import AutoresearchError
+
+_NOT_ALLOWED = {errno.EROFS, errno.EACCES, errno.EPERM}  # what a file system or its owner refuses
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`), taken as Ctrl-C: the loop stops its runs, removes what they left and writes the
+    report, where the default action would end it at once with a stale report.md."""
+
+
+def _terminated(signum: int, frame) -> None:
+    raise Terminated
+
+
+def configure_logging() -> None:
+    """A library module's warning reads as the CLI's own do ("warning: ..."), without the module's name."""
+    for level in (logging.WARNING, logging.ERROR):
+        logging.addLevelName(level, logging.getLevelName(level).lower())
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    # One ignored (nohup-like) stays ignored; only the main thread may set a handler (main() called on another
+    # thread, as tests and embedders do, leaves signals alone).
+    taken = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if taken:
+        signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _main(args, Console(stderr=True))
+    finally:
+        if taken:  # main() called in-process leaves the handler as it was
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _main(args: argparse.Namespace, console: Console) -> int:
+    try:
+        if args.command == "prepare":
+            prepare_data(args, console)
+        elif args.command == "init":
+            from autoresearch.config.presets import default_preset_name, get_preset
+            from autoresearch.workspace.init import check_init, create_workspace
+
+            check_init(args.directory, get_preset(args.preset or default_preset_name()), args.budget, args.tag)
+            preset, dataset, data_dir = prepare_data(args, console)
+            branch = create_workspace(args.directory, preset, dataset, data_dir, args.budget, args.tag)
+            console.print(
+                f"[green]workspace ready[/] in {args.directory} on branch {branch}: "
+                "cd there and run `autoresearch run` (or `python train.py` for one training run)"
+            )
+        elif args.command == "run":
+            run(args, console)
+        elif args.command == "try":
+            try_change(args, console)
+        elif args.command == "submit":
+            submit(args, console)
+        elif args.command == "wait":
+            wait(args, console)
+        elif args.command == "status":
+            from autoresearch.loop.status import status_text
+            from autoresearch.workspace.workspace import Workspace
+
+            print(status_text(Workspace(args.workspace)))
+        elif args.command == "report":
+            from autoresearch.report import make_report
+            from autoresearch.workspace.workspace import Workspace
+
+            png, md = make_report(Workspace(args.workspace).root)
+            console.print(f"wrote {md} and {png}")
+        elif args.command in ("show", "diff"):
+            print(compare(args))
+        elif args.command == "rebuild-ledger":
+            from autoresearch.loop.rebuild import rebuild
+            from autoresearch.loop.recovery import put_back_turn
+            from autoresearch.workspace.workspace import Workspace
+
+            ws = Workspace(args.workspace)
+            with ws.lock():  # what a turn cut short left first: an agent's commit is no experiment
+                if not args.force and (count := _readable_rows(ws.root)):
+                    raise AutoresearchError(
+                        f"the ledger reads fine ({count} experiments): rebuild-ledger is for one lost, emptied or "
+                        "corrupt",
+                        hint="rebuilt, it would hold only what results.tsv, git and the runs' results keep (crash "
+                        "reasons, agents, tokens and cost, timings would be lost); --force rebuilds it anyway, "
+                        "keeping the present file beside it",
+                    )
+                put_back_turn(ws, lambda text: console.print(text, markup=False, highlight=False))
+                rows, moved, skipped = rebuild(ws.root, ws.git)
+            kept = f"; the old file is {moved}" if moved else ""
+            console.print(f"rebuilt the ledger: {rows} experiments from results.tsv and git{kept}")
+            if skipped:
+                console.print(
+                    f"[yellow]skipped results.tsv lines {', '.join(map(str, skipped))}[/]: not lines the loop writes "
+                    "(or no experiment of theirs left in git); each experiment's commit was taken from git instead"
+                )
+    except AutoresearchError as exc:
+        return _error(console, exc)
+    except KeyboardInterrupt as exc:
+        console.print("interrupted: run the same command again to resume where it stopped")
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    except BrokenPipeError:  # `autoresearch status | head -1`: the reader has gone; as git does, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return 141
+    except OSError as exc:
+        if exc.errno not in _NOT_ALLOWED:
+            raise
+        # a read-only mount, another user's file: the person's to fix, so a message and no traceback
+        error = AutoresearchError(
+            f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc),
+            hint="autoresearch writes its state, results.tsv and reports into the workspace and prepared data into "
+            "the cache: run it where both may be written (nothing was lost)",
+        )
+        return _error(console, error)
+    return 0
+
+
+def _readable_rows(root: Path) -> int:
+    """How many experiments the workspace's ledger holds, where it reads fine; 0 where it is missing, empty or
+    corrupt (what `rebuild-ledger` is for)."""
+    import sqlite3
+
+    from autoresearch.loop.ledger import Ledger
+
+    if not (root / ".autoresearch" / "ledger.sqlite").is_file():
+        return 0
+    try:
+        ledger = Ledger(root)
+    except (AutoresearchError, sqlite3.Error):
+        return 0
+    try:
+        return len(ledger.all())
+    except (sqlite3.Error, ValueError, TypeError):
+        return 0
+    finally:
+        ledger.close()
+
+
+def _error(console: Console, exc: AutoresearchError) -> int:
+    # its text is no markup; unwrapped, so that a log (`wait` reads the background loop's) holds it whole
+    console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    return 2

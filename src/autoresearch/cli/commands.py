@@ -1,0 +1,249 @@
+"""What `run`, `submit`, `wait`, `try`, `show` and `diff` do, called with the parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+from autoresearch.errors import AutoresearchError
+
+
+def prepare_data(args: argparse.Namespace, console: Console):
+    from autoresearch.config.paths import cache_root
+    from autoresearch.config.presets import default_dataset_name, default_preset_name, get_preset
+    from autoresearch.data.prepare import prepare
+
+    preset = get_preset(args.preset or default_preset_name())
+    dataset = args.dataset or default_dataset_name()
+    out = prepare(
+        dataset,
+        preset,
+        cache_root(args.cache_dir),
+        root=args.root,
+        shards=args.shards,
+        force=args.force,
+        console=console,
+    )
+    return preset, dataset, out
+
+
+def make_loop(args: argparse.Namespace, reporter):
+    from autoresearch.loop.engine import LoopConfig, ResearchLoop
+    from autoresearch.loop.executor import LocalExecutor
+    from autoresearch.workspace.workspace import Workspace
+
+    if args.baseline_runs < 2:
+        raise AutoresearchError("--baseline-runs must be at least 2: one run cannot measure the noise")
+    from autoresearch.evaluator import sandbox
+
+    config = LoopConfig(baseline_runs=args.baseline_runs, timeout=args.timeout)
+    loop = ResearchLoop(Workspace(args.workspace), LocalExecutor(), reporter, config)
+    if why := sandbox.unavailable_reason():
+        reporter.message(
+            f"warning: train.py runs unconfined here ({why}). Its score is still computed outside it and the "
+            "workspace is checked after every run, but it can read what you can (the validation data too). "
+            "To confine it: install bubblewrap and allow unprivileged user namespaces"
+        )
+    return loop
+
+
+def run(args: argparse.Namespace, console: Console) -> None:
+    from autoresearch.agents.factory import make_agent
+    from autoresearch.loop.live import LiveReporter
+    from autoresearch.loop.reporter import PlainReporter, console_echo
+    from autoresearch.loop.workers import devices, require_gpus
+    from autoresearch.orphans import remove_left_boxes
+    from autoresearch.report import make_report
+
+    for option, value in (("--max-experiments", args.max_experiments), ("--hours", args.hours)):
+        if value is not None and value < 0:  # 0: finish what is in flight, start nothing new
+            raise AutoresearchError(f"{option} cannot be negative (got {value:g}); leave it out to run until stopped")
+        if value is not None and value != value:  # nan: no time is ever past it, so the loop never stopped
+            raise AutoresearchError(f"{option} takes a number (got {value:g}); leave it out to run until stopped")
+    if args.accelerator and args.ray is None:  # it would be dropped without a word: runs on whatever is here
+        raise AutoresearchError("--accelerator goes with --ray", hint="e.g. --ray --accelerator H100")
+    if args.model and args.agent in ("tune", "command", "queue"):  # dropped without a word, too
+        raise AutoresearchError(
+            f"--model goes with an LLM agent, not --agent {args.agent}",
+            hint="e.g. --agent anthropic --model claude-sonnet-4-6; with --agent command, name it in --command",
+        )
+    if args.agent_command and args.agent != "command":
+        raise AutoresearchError(
+            f"--command goes with --agent command, not --agent {args.agent}",
+            hint='e.g. --agent command --command "claude -p"',
+        )
+    require_gpus(args.gpus)
+    found = devices(args.gpus, args.workers)
+    agent = None if args.agent == "queue" else make_agent(args.agent, args.model, args.agent_command)
+    name = agent.name if agent is not None else "submitted experiments"
+    live = not args.plain and console.is_terminal
+    reporter = LiveReporter(console, f"autoresearch: {name}") if live else PlainReporter(console_echo(console))
+    loop = make_loop(args, reporter)
+    if live:
+        reporter.runs_dir = loop.ws.state / "runs"  # where the runs' logs are: the clock follows them
+        reporter.resume(loop.ledger.all())
+    ran = False
+    try:
+        with loop.ws.lock():
+            ran = True
+            if live:
+                with reporter:
+                    drive(loop, agent, found, args)
+            else:
+                drive(loop, agent, found, args)
+    finally:
+        loop.executor.close()
+        remove_left_boxes(loop.ws.state)  # what the evaluators started ahead for runs that never came
+        if ran and loop.ledger.all():  # not a `run` refused beside another: that loop writes its own report
+            png, md = make_report(loop.ws.root)
+            history = loop.ws.root / "results.tsv"  # one line, also in a log
+            console.print(f"report: {md} and {png}; history in {history}", highlight=False, soft_wrap=True)
+
+
+def drive(loop, agent, found, args: argparse.Namespace) -> None:
+    """One worker, nothing submitted: the loop as it always ran. Else the scheduler and its workers (on Ray's
+    GPUs with --ray)."""
+    from autoresearch.loop import activity
+    from autoresearch.loop.scheduler import needs_scheduler, run_workers
+
+    if getattr(args, "ray", None) is not None:
+        from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, open_to_agent, ray_devices
+
+        if args.gpus or args.workers:
+            raise AutoresearchError("give --ray or --gpus/--workers, not both", hint="Ray picks each run's GPU")
+
+        found = ray_devices(connect(args.ray or None))
+        if warning := open_to_agent(agent):
+            loop.reporter.message(warning)
+        shipment = Shipment()  # what nodes without the workspace need, sent once for all the workers
+        executor_for = lambda _device: RayExecutor(args.accelerator, shipment)
+        run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger, executor_for)
+    elif agent is not None and len(found) == 1 and not found[0].env and not needs_scheduler(loop):
+        with activity.session(loop.ws.state, [found[0].label], submissions=False):  # `submit` is told at once
+            loop.run(agent, args.max_experiments, args.hours)
+    else:
+        run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger)
+
+
+def submit(args: argparse.Namespace, console: Console) -> None:
+    """Queue the working tree's train.py with a running loop (started in the background if none runs); print
+    `exp N queued` on stdout, within a second or two while the loop runs, whether or not a worker is free.
+    train.py is the best again at once (the loop reads the branch's train.py, never the working tree's); if the
+    submission is refused or no loop takes it (then withdrawn: it never trains), the change is put back."""
+    import subprocess
+
+    from autoresearch.loop.held_edits import HeldEdit, put_back_edits
+    from autoresearch.loop.inbox import send
+    from autoresearch.loop.workers import devices, require_gpus
+    from autoresearch.workspace.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    require_gpus(args.gpus)  # a wrong --gpus is an error before anything is queued
+    devices(args.gpus, args.workers)
+    if (lost := put_back_edits(ws, lambda text: console.print(text, markup=False, highlight=False))) is not None:
+        raise AutoresearchError(
+            f"a `submit` killed before it queued its change ({lost}) had taken it out of train.py; it is back in "
+            "train.py",
+            hint="check it and submit it again",
+        )
+    source, base = ws.read_train_py(), ws.git.head()
+    if source == ws.committed_train_py(base):
+        raise AutoresearchError("train.py is the same as the best", hint="edit train.py first")
+    edit = ws.train_py.read_bytes().decode()  # as it is on disk, line endings and all, to put back on a failure
+
+    def start() -> subprocess.Popen:
+        from autoresearch.evaluator.sandbox import module_command
+
+        argv = [
+            *module_command(sys.executable, "autoresearch"),
+            "run",
+            "--agent",
+            "queue",
+            "--plain",
+            "--linger",
+            "600",
+        ]
+        argv += ["--baseline-runs", str(args.baseline_runs), "--workspace", str(ws.root)]
+        for option, value in (("--gpus", args.gpus), ("--workers", args.workers), ("--timeout", args.timeout),
+                              ("--accelerator", args.accelerator)):  # fmt: skip
+            argv += [option, str(value)] if value else []
+        argv += ["--ray", *([args.ray] if args.ray else [])] if args.ray is not None else []
+        with (ws.state / "driver.log").open("ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        console.print(f"started a loop in the background (its log: {ws.state / 'driver.log'})", highlight=False)
+        return proc
+
+    held = HeldEdit(ws.state, edit, source, args.message, base)  # from here a kill loses nothing (put_back_edits)
+    try:
+        ws.write_train_py(ws.git.show(base, "train.py"))
+        exp_id = send(ws, args.message, source, base, start)
+    except BaseException:
+        ws.write_train_py(edit)
+        held.release()
+        raise
+    held.release()
+    print(f"exp {exp_id} queued", flush=True)
+
+
+def wait(args: argparse.Namespace, console: Console) -> None:
+    """One verdict line on stdout for each experiment, as it is judged. With no ids: every submitted experiment
+    whose verdict no `wait` has printed yet."""
+    from autoresearch.loop.ledger import Ledger, best_of
+    from autoresearch.loop.reporter import verdict_line
+    from autoresearch.loop.waiting import reported, unreported, wait_for
+    from autoresearch.workspace.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    ids = args.ids or unreported(ws.state)
+    if not ids:
+        console.print("no submitted experiment waits to be reported (`wait N` waits for experiment N)")
+        return
+
+    def judged(exp) -> None:  # as `try` prints it: with the best now
+        ledger = Ledger(ws.root)
+        try:
+            best = best_of(ledger.all())
+        finally:
+            ledger.close()
+        print(verdict_line(exp, best), flush=True)
+        reported(ws.state, exp.id)
+
+    wait_for(lambda: Ledger(ws.root), ids, ws.is_locked, log=ws.state / "driver.log", judged=judged)
+
+
+def try_change(args: argparse.Namespace, console: Console) -> None:
+    """Progress on stderr; on stdout exactly one line, the verdict on the working tree's train.py."""
+    from autoresearch.loop import activity
+    from autoresearch.loop.reporter import PlainReporter, console_echo, verdict_line
+    from autoresearch.loop.trying import try_working_tree
+    from autoresearch.orphans import remove_left_boxes
+
+    reporter = PlainReporter(console_echo(console), hold_verdicts=True)
+    loop = make_loop(args, reporter)
+    exp = None
+    try:
+        with loop.ws.lock(), activity.session(loop.ws.state, [], submissions=False):
+            try:
+                exp = try_working_tree(loop, args.message)
+            finally:
+                loop.executor.close()
+                remove_left_boxes(loop.ws.state)
+    finally:  # other verdicts (the baseline measured first) go with the progress, on stderr
+        for other, best in reporter.held:
+            if exp is None or other.id != exp.id:
+                reporter.echo(verdict_line(other, best))
+    print(verdict_line(exp, loop.best()), flush=True)
+
+
+def compare(args: argparse.Namespace) -> str:
+    from autoresearch.report import read_experiments
+    from autoresearch.report.compare import diff_text, show_text
+    from autoresearch.workspace.workspace import Workspace
+
+    ws = Workspace(args.workspace)
+    experiments = read_experiments(ws.root)
+    if args.command == "show":
+        return show_text(ws.git, experiments, args.experiment)
+    return diff_text(ws.git, experiments, args.a, args.b)
