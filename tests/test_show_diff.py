@@ -206,6 +206,28 @@ def test_status_shows_the_running_experiments_step_loss_and_time_left(history, c
     assert "noise (std of the baseline's 3 seeds): 0.002000; margin 0.004000" in out
 
 
+def test_an_experiment_in_flight_reads_interrupted_in_report_and_show_once_no_loop_runs(history, capsys) -> None:
+    """As `status` says: a report written when the loop stopped (or by `report` with no loop running) said the
+    experiment the loop was training was "running"."""
+    ledger = Ledger(history.root)
+    ledger.insert(Experiment(id=5, kind="experiment", status=Status.RUNNING, description="LR 0.2 -> 0.3", parent="x"))
+    ledger.close()
+
+    def row_and_why() -> tuple[str, str]:
+        assert run_cli(capsys, "report", "--workspace", str(history.root))[0] == 0
+        report = (history.root / "report.md").read_text()
+        row = next(line for line in report.splitlines() if line.startswith("| 5 |"))
+        _, out, _ = run_cli(capsys, "show", "5", "--workspace", str(history.root))
+        return row, next(line for line in out.splitlines() if line.startswith("why: "))
+
+    with history.lock():  # a loop runs
+        row, why = row_and_why()
+    assert row.endswith("| running |") and why == "why: running"
+    row, why = row_and_why()
+    assert "| interrupted: trained again on the next start |" in row
+    assert why == "why: interrupted: trained again on the next start"
+
+
 @pytest.mark.parametrize("tsv_too", [False, True])
 def test_with_the_ledger_deleted_status_report_and_show_name_rebuild_ledger(workspace, capsys, tsv_too) -> None:
     """Not "run `autoresearch run` first", nor "no experiments yet": a run would count from 1 again."""

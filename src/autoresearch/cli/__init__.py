@@ -84,7 +84,8 @@ def _main(args: argparse.Namespace, console: Console) -> int:
             from autoresearch.report import make_report
             from autoresearch.workspace.workspace import Workspace
 
-            png, md = make_report(Workspace(args.workspace).root)
+            ws = Workspace(args.workspace)
+            png, md = make_report(ws.root, stopped=not ws.is_locked())
             console.print(f"wrote {md} and {png}")
         elif args.command in ("show", "diff"):
             print(compare(args))

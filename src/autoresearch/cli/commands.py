@@ -97,7 +97,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
         loop.executor.close()
         remove_left_boxes(loop.ws.state)  # what the evaluators started ahead for runs that never came
         if ran and loop.ledger.all():  # not a `run` refused beside another: that loop writes its own report
-            png, md = make_report(loop.ws.root)
+            png, md = make_report(loop.ws.root, stopped=True)
             history = loop.ws.root / "results.tsv"  # one line, also in a log
             console.print(f"report: {md} and {png}; history in {history}", highlight=False, soft_wrap=True)
 
@@ -245,5 +245,5 @@ def compare(args: argparse.Namespace) -> str:
     ws = Workspace(args.workspace)
     experiments = read_experiments(ws.root)
     if args.command == "show":
-        return show_text(ws.git, experiments, args.experiment)
+        return show_text(ws.git, experiments, args.experiment, stopped=not ws.is_locked())
     return diff_text(ws.git, experiments, args.a, args.b)

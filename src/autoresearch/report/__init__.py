@@ -31,11 +31,12 @@ def read_experiments(workspace: Path) -> list[Experiment]:
         ledger.close()
 
 
-def make_report(workspace: Path) -> tuple[Path, Path]:
-    """Read the workspace's ledger and write progress.png and report.md into it; return (plot, report)."""
+def make_report(workspace: Path, stopped: bool = False) -> tuple[Path, Path]:
+    """Read the workspace's ledger and write progress.png and report.md into it; return (plot, report). `stopped`:
+    no loop runs now (an experiment in flight was interrupted)."""
     workspace = Path(workspace)
     experiments = read_experiments(workspace)
     plot_path, report_path = workspace / PLOT_NAME, workspace / REPORT_NAME
     plot_progress(experiments, plot_path)
-    write_report(experiments, report_path)
+    write_report(experiments, report_path, stopped)
     return plot_path, report_path

@@ -55,10 +55,11 @@ def summary_line(exp: Experiment) -> str:
     return f"exp {exp.id} {exp.status.upper()} {bpb} | {exp.description}"
 
 
-def show_text(git: Git, experiments: list[Experiment], exp_id: int) -> str:
-    """One experiment: its status, val_bpb and runs, why it went that way, where it is in git, its diff."""
+def show_text(git: Git, experiments: list[Experiment], exp_id: int, stopped: bool = False) -> str:
+    """One experiment: its status, val_bpb and runs, why it went that way, where it is in git, its diff; `stopped`:
+    no loop runs now."""
     exp = find(experiments, exp_id)
-    why = explain(exp, best_before(experiments).get(exp.id), noise_before(experiments, exp))
+    why = explain(exp, best_before(experiments).get(exp.id), noise_before(experiments, exp), stopped)
     lines = [summary_line(exp), f"why: {why}"]
     if exp.reason and first_line(exp.reason) not in why:
         lines.append(f"the loop's reason: {exp.reason}")

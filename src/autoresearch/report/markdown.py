@@ -28,16 +28,16 @@ from autoresearch.vocabulary import Kind, Status
 _STATUS_ORDER = [Status.KEEP, Status.DISCARD, Status.CRASH, Status.RUNNING]
 
 
-def write_report(experiments: list[Experiment], path: Path) -> str:
+def write_report(experiments: list[Experiment], path: Path, stopped: bool = False) -> str:
     """Write the Markdown report of these experiments to path and return its text."""
-    text = render_report(experiments)
+    text = render_report(experiments, stopped)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
 
 
-def render_report(experiments: list[Experiment]) -> str:
-    """The Markdown report of these experiments (any order; sorted by id here)."""
+def render_report(experiments: list[Experiment], stopped: bool = False) -> str:
+    """The Markdown report of these experiments (any order; sorted by id here); `stopped`: no loop runs now."""
     exps = sorted(experiments, key=lambda e: e.id)
     steps = chain(finished(exps))
     noise = measured_noise(exps)
@@ -46,7 +46,7 @@ def render_report(experiments: list[Experiment]) -> str:
         _overview(exps),
         "## Result\n\n" + _result(steps, noise),
         "## Kept changes\n\n" + _kept(steps),
-        "## Every experiment\n\n" + _every(exps),
+        "## Every experiment\n\n" + _every(exps, stopped),
         "## Crashes\n\n" + _crashes(exps),
         "## Throughput\n\n" + _throughput(exps),
         "## Tokens and cost by agent\n\n" + _agents(exps),
@@ -125,14 +125,14 @@ def _crashes(exps: list[Experiment]) -> str:
     return "\n".join(lines)
 
 
-def _every(exps: list[Experiment]) -> str:
+def _every(exps: list[Experiment], stopped: bool) -> str:
     if not exps:
         return "None yet."
     before = best_before(exps)
     rows = ["| # | status | val_bpb | change | why |", "|---:|---|---:|---|---|"]
     for exp in exps:
         value = f"{exp.val_bpb:.6f}" if isinstance(exp.val_bpb, (int, float)) and exp.status != Status.CRASH else "—"
-        why = explain(exp, before.get(exp.id), noise_before(exps, exp))
+        why = explain(exp, before.get(exp.id), noise_before(exps, exp), stopped)
         rows.append(f"| {exp.id} | {exp.status} | {value} | {_cell(exp.description, 80)} | {_cell(why, 240)} |")
     return "\n".join(rows)
 

@@ -119,10 +119,11 @@ def best_before(experiments: list[Experiment]) -> dict[int, float]:
     return before
 
 
-def explain(exp: Experiment, best: float | None, noise: Noise | None) -> str:
-    """Why the experiment was kept, discarded or crashed, in words, against the best before it."""
-    if exp.status == Status.RUNNING:
-        return "running"
+def explain(exp: Experiment, best: float | None, noise: Noise | None, stopped: bool = False) -> str:
+    """Why the experiment was kept, discarded or crashed, in words, against the best before it; `stopped`: no loop
+    runs now, so an experiment in flight was interrupted (as `status` says)."""
+    if exp.status in IN_FLIGHT:
+        return "interrupted: trained again on the next start" if stopped else str(exp.status)
     if exp.status == Status.CRASH:
         why = first_line(exp.reason) or first_line(exp.log_tail, last=True) or "no reason recorded"
         return why if exp.kind == Kind.PROPOSAL else f"crash: {why}"
