@@ -348,6 +348,11 @@ def test_gpu_ids_where_the_machine_shows_no_gpu_are_refused(history, capsys, mon
     code, _, err = run_cli(capsys, command, *options, "--gpus", "0", "--workspace", str(history.root))
     assert code == 2 and "no GPU found for --gpus 0: this machine shows none" in err and "--workers N" in err
     assert len(Ledger(history.root).all()) == len(before) and not (history.state / "inbox").exists()
+    # A number past the GPUs it shows: the first run trained on a setup unlike the baseline's and the loop stopped.
+    monkeypatch.setattr(workers, "visible_gpus", lambda env=None: ["0", "1"])
+    code, _, err = run_cli(capsys, command, *options, "--gpus", "1,5", "--workspace", str(history.root))
+    assert code == 2 and "--gpus 1,5: no GPU 5 here; this machine shows 0, 1" in " ".join(err.split())
+    assert len(Ledger(history.root).all()) == len(before) and not (history.state / "inbox").exists()
 
 
 @pytest.mark.slow  # seconds: the fast subset stays under a minute

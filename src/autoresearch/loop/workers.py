@@ -53,11 +53,20 @@ def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
 
 
 def require_gpus(gpus: str | None) -> None:
-    """`--gpus 0,1` where the machine shows no GPU at all: its runs would train on the CPU, each worker on a share of
-    the cores, under a GPU's name (`--gpus all` says so in `devices`)."""
-    if gpus is not None and gpus.strip() != "all" and not visible_gpus():
+    """`--gpus 0,1` naming GPUs the machine does not show: with none at all its runs would train on the CPU, each
+    worker on a share of the cores, under a GPU's name (`--gpus all` says so in `devices`); a number past its GPUs
+    would stop the loop after the first run, on a setup unlike the baseline's. (UUIDs are CUDA's to check.)"""
+    if gpus is None or gpus.strip() == "all":
+        return
+    shown = visible_gpus()
+    if not shown:
         raise AutoresearchError(
             f"no GPU found for --gpus {gpus}: this machine shows none", hint="on a CPU-only machine use --workers N"
+        )
+    if unknown := [g.strip() for g in gpus.split(",") if g.strip().isdigit() and g.strip() not in shown]:
+        raise AutoresearchError(
+            f"--gpus {gpus}: no GPU {', '.join(unknown)} here; this machine shows {', '.join(shown)}",
+            hint="give --gpus numbers it shows, or `all`",
         )
 
 
