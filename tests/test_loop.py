@@ -1009,6 +1009,31 @@ def test_the_driver_and_a_workers_thread_waiting_for_one_run_both_get_its_exit(t
         server.close()
 
 
+def test_an_evaluator_given_the_pid_of_one_that_ended_earlier_is_not_taken_for_ended(tmp_path):
+    """BROKE, fixed: pids wrap (pid_max is 32768 on many machines; this project's busy 2-core one went through them
+    in under a minute), and an evaluator forked under the pid of one that had ended got that one's exit code at once:
+    its run was over before it trained, a crash ("the evaluator wrote no result"), and the run was stopped."""
+    reused = tmp_path / "reused-pid-server"  # forks every evaluator as pid 4242; the first one ends at once
+    reused.write_text(
+        f"#!{sys.executable}\nimport json, os, socket, sys, time\n"
+        "sock = socket.socket(fileno=int(sys.argv[-1]))\n"
+        "sock.sendall(b'{\"ready\": true}\\n')\n"
+        "for n in range(2):\n"
+        "    socket.recv_fds(sock, 1 << 16, 2)\n"
+        '    sock.sendall(b\'{"pid": 4242}\\n\' + (b\'{"pid": 4242, "exit": 0}\\n\' if n == 0 else b""))\n'
+        "time.sleep(60)\n"
+    )
+    reused.chmod(0o755)
+    server = ForkServer(str(reused), {})
+    try:
+        first = server.fork(tmp_path)
+        assert first.wait(10) == 0
+        second = server.fork(tmp_path)  # the same pid, given again: this evaluator runs
+        assert second.pid == first.pid and second.poll() is None
+    finally:
+        server.close()
+
+
 def test_a_ctrl_c_taken_by_another_thread_stops_the_loops_pause(ctrl_c_raises):
     _ctrl_c_to_another_thread(after=0.3)
     started = time.monotonic()

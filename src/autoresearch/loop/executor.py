@@ -374,8 +374,10 @@ class ForkServer:
                 message = json.loads(line)
                 if "exit" in message:
                     self._exits[int(message["pid"])] = int(message["exit"])
-                else:
-                    self._replies.append(message)
+                    continue
+                if "pid" in message:  # pids wrap: an earlier evaluator's exit under this pid is not this one's
+                    self._exits.pop(int(message["pid"]), None)
+                self._replies.append(message)
         return True
 
     def close(self) -> None:
