@@ -355,6 +355,18 @@ def test_gpu_ids_where_the_machine_shows_no_gpu_are_refused(history, capsys, mon
     assert len(Ledger(history.root).all()) == len(before) and not (history.state / "inbox").exists()
 
 
+@pytest.mark.parametrize("shown", [["0", "1"], []])
+@pytest.mark.parametrize("gpus", ["", " , "])
+def test_gpus_given_as_nothing_are_refused_as_what_they_are(history, capsys, monkeypatch, shown, gpus) -> None:
+    """BROKE, fixed: `--gpus ""` was refused as "no GPU found for --gpus all" on a machine with GPUs, and as "no GPU
+    found for --gpus :" on one without: neither says what was wrong."""
+    import autoresearch.loop.workers as workers
+
+    monkeypatch.setattr(workers, "visible_gpus", lambda env=None: shown)
+    code, _, err = run_cli(capsys, "run", "--plain", "--gpus", gpus, "--workspace", str(history.root))
+    assert code == 2 and f"--gpus takes `all` or GPU numbers like 0,1,3, not {gpus!r}" in " ".join(err.split())
+
+
 @pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_second_run_while_a_loop_runs_is_refused_and_writes_no_report(history: Workspace, capsys) -> None:
     """BROKE, fixed: the refused `run` wrote report.md and progress.png on its way out and printed `report: ...`
