@@ -213,17 +213,19 @@ def test_an_experiment_in_flight_reads_interrupted_in_report_and_show_once_no_lo
     ledger.insert(Experiment(id=5, kind="experiment", status=Status.RUNNING, description="LR 0.2 -> 0.3", parent="x"))
     ledger.close()
 
-    def row_and_why() -> tuple[str, str]:
+    def row_and_why() -> tuple[str, str, str]:
         assert run_cli(capsys, "report", "--workspace", str(history.root))[0] == 0
         report = (history.root / "report.md").read_text()
+        overview = next(line for line in report.splitlines() if "in the ledger:" in line)
         row = next(line for line in report.splitlines() if line.startswith("| 5 |"))
         _, out, _ = run_cli(capsys, "show", "5", "--workspace", str(history.root))
-        return row, next(line for line in out.splitlines() if line.startswith("why: "))
+        return overview, row, next(line for line in out.splitlines() if line.startswith("why: "))
 
     with history.lock():  # a loop runs
-        row, why = row_and_why()
-    assert row.endswith("| running |") and why == "why: running"
-    row, why = row_and_why()
+        overview, row, why = row_and_why()
+    assert overview.endswith(", 1 running.") and row.endswith("| running |") and why == "why: running"
+    overview, row, why = row_and_why()
+    assert overview.endswith(", 1 interrupted.")  # BROKE, fixed: the report's first line still said "1 running"
     assert "| interrupted: trained again on the next start |" in row
     assert why == "why: interrupted: trained again on the next start"
 
