@@ -154,3 +154,12 @@ def test_a_library_warning_reads_as_the_clis_own_without_the_modules_name() -> N
     )
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
     assert err == "warning: the corpus under x is tiny\n"
+
+
+@pytest.mark.parametrize("module", ["autoresearch", "autoresearch.cli"])
+def test_python_m_runs_the_command_line(module: str, subprocess_env: dict[str, str]) -> None:
+    """`python -m autoresearch.cli` ran it while the command line was a module; it stays so as a package."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, env=subprocess_env, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("autoresearch "), proc.stderr

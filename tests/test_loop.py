@@ -25,7 +25,15 @@ from loop_support import (
     with_constants,
 )
 
-from autoresearch.loop.executor import SETUP_FAILED, ForkServer, Outcome, outcome_of, sleep_awake
+from autoresearch.loop.executor import (
+    SETUP_FAILED,
+    ForkServer,
+    LocalExecutor,
+    Outcome,
+    RunSpec,
+    outcome_of,
+    sleep_awake,
+)
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.status import status_text
@@ -1005,6 +1013,63 @@ def test_the_driver_and_a_workers_thread_waiting_for_one_run_both_get_its_exit(t
         for thread in waiting:
             thread.join(timeout=5)
         assert codes == [-9, -9]
+    finally:
+        server.close()
+
+
+def test_a_stop_while_the_fork_server_starts_up_ends_the_run_at_once_and_starts_nothing(tmp_path):
+    """BROKE, fixed: Ctrl-C of `run --workers 2` in its first seconds (the fork server importing torch) took 37 s: each
+    worker's thread waited for the server to get ready, where the driver's stop() found no run to kill, then trained
+    its run while the driver waited 30 s for the thread."""
+    silent = tmp_path / "silent-server"  # a fork server still importing: it never says `ready`
+    silent.write_text("#!/bin/sh\nexec sleep 60\n")
+    silent.chmod(0o755)
+    (tmp_path / "train.py").write_text("print('trained')\n")
+    (tmp_path / "state").mkdir()
+    executor = LocalExecutor(python=str(silent))
+    spec = RunSpec(tmp_path, tmp_path / "state" / "runs" / "1-0", timeout=120, fingerprint="")
+    ended: list[object] = []
+
+    def run() -> None:
+        try:
+            ended.append(executor.run(spec))
+        except BaseException as exc:  # what the worker's thread reports
+            ended.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    try:
+        worker.start()
+        time.sleep(0.5)
+        stopped = time.monotonic()
+        executor.stop()
+        worker.join(timeout=5)
+        assert ended and time.monotonic() - stopped < 2
+        assert executor.fork_failure is None  # no evaluator started as a new process instead
+    finally:
+        executor.close()
+
+
+def test_an_evaluator_given_the_pid_of_one_that_ended_earlier_is_not_taken_for_ended(tmp_path):
+    """BROKE, fixed: pids wrap (pid_max is 32768 on many machines; this project's busy 2-core one went through them
+    in under a minute), and an evaluator forked under the pid of one that had ended got that one's exit code at once:
+    its run was over before it trained, a crash ("the evaluator wrote no result"), and the run was stopped."""
+    reused = tmp_path / "reused-pid-server"  # forks every evaluator as pid 4242; the first one ends at once
+    reused.write_text(
+        f"#!{sys.executable}\nimport json, os, socket, sys, time\n"
+        "sock = socket.socket(fileno=int(sys.argv[-1]))\n"
+        "sock.sendall(b'{\"ready\": true}\\n')\n"
+        "for n in range(2):\n"
+        "    socket.recv_fds(sock, 1 << 16, 2)\n"
+        '    sock.sendall(b\'{"pid": 4242}\\n\' + (b\'{"pid": 4242, "exit": 0}\\n\' if n == 0 else b""))\n'
+        "time.sleep(60)\n"
+    )
+    reused.chmod(0o755)
+    server = ForkServer(str(reused), {})
+    try:
+        first = server.fork(tmp_path)
+        assert first.wait(10) == 0
+        second = server.fork(tmp_path)  # the same pid, given again: this evaluator runs
+        assert second.pid == first.pid and second.poll() is None
     finally:
         server.close()
 

@@ -240,3 +240,11 @@ def test_a_user_site_packages_an_agent_makes_where_none_was_is_a_change(tmp_path
     user_site.mkdir(parents=True)
     (user_site / "usercustomize.py").write_text("import autoresearch.evaluator.score  # and change it\n")
     assert environment.changes(start) == [f"added {user_site / 'usercustomize.py'}"]
+
+
+def test_the_ray_warning_about_an_agents_shell_is_not_given_for_tune() -> None:
+    """BROKE, fixed: `run --ray` with the default agent, on a cluster without token authentication, warned that
+    "the tune agent, whose shell shares this machine's network" could send the cluster a task: tune has no shell."""
+    from autoresearch.loop.ray_executor import open_to_agent
+
+    assert open_to_agent(TuneAgent()) is None

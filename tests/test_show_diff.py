@@ -213,17 +213,19 @@ def test_an_experiment_in_flight_reads_interrupted_in_report_and_show_once_no_lo
     ledger.insert(Experiment(id=5, kind="experiment", status=Status.RUNNING, description="LR 0.2 -> 0.3", parent="x"))
     ledger.close()
 
-    def row_and_why() -> tuple[str, str]:
+    def row_and_why() -> tuple[str, str, str]:
         assert run_cli(capsys, "report", "--workspace", str(history.root))[0] == 0
         report = (history.root / "report.md").read_text()
+        overview = next(line for line in report.splitlines() if "in the ledger:" in line)
         row = next(line for line in report.splitlines() if line.startswith("| 5 |"))
         _, out, _ = run_cli(capsys, "show", "5", "--workspace", str(history.root))
-        return row, next(line for line in out.splitlines() if line.startswith("why: "))
+        return overview, row, next(line for line in out.splitlines() if line.startswith("why: "))
 
     with history.lock():  # a loop runs
-        row, why = row_and_why()
-    assert row.endswith("| running |") and why == "why: running"
-    row, why = row_and_why()
+        overview, row, why = row_and_why()
+    assert overview.endswith(", 1 running.") and row.endswith("| running |") and why == "why: running"
+    overview, row, why = row_and_why()
+    assert overview.endswith(", 1 interrupted.")  # BROKE, fixed: the report's first line still said "1 running"
     assert "| interrupted: trained again on the next start |" in row
     assert why == "why: interrupted: trained again on the next start"
 
@@ -353,6 +355,18 @@ def test_gpu_ids_where_the_machine_shows_no_gpu_are_refused(history, capsys, mon
     code, _, err = run_cli(capsys, command, *options, "--gpus", "1,5", "--workspace", str(history.root))
     assert code == 2 and "--gpus 1,5: no GPU 5 here; this machine shows 0, 1" in " ".join(err.split())
     assert len(Ledger(history.root).all()) == len(before) and not (history.state / "inbox").exists()
+
+
+@pytest.mark.parametrize("shown", [["0", "1"], []])
+@pytest.mark.parametrize("gpus", ["", " , "])
+def test_gpus_given_as_nothing_are_refused_as_what_they_are(history, capsys, monkeypatch, shown, gpus) -> None:
+    """BROKE, fixed: `--gpus ""` was refused as "no GPU found for --gpus all" on a machine with GPUs, and as "no GPU
+    found for --gpus :" on one without: neither says what was wrong."""
+    import autoresearch.loop.workers as workers
+
+    monkeypatch.setattr(workers, "visible_gpus", lambda env=None: shown)
+    code, _, err = run_cli(capsys, "run", "--plain", "--gpus", gpus, "--workspace", str(history.root))
+    assert code == 2 and f"--gpus takes `all` or GPU numbers like 0,1,3, not {gpus!r}" in " ".join(err.split())
 
 
 @pytest.mark.slow  # seconds: the fast subset stays under a minute

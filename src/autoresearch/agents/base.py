@@ -86,6 +86,12 @@ class Agent(Protocol):
         waiting; returns warnings for what may (a server that does not answer yet)."""
 
 
+def has_shell(agent: Agent) -> bool:
+    """Whether `agent` runs programs of its own (`shell`, else not `answers_only`): its turn is checked for the files
+    the runs read outside the workspace, and a Ray cluster without token authentication is open to it."""
+    return bool(getattr(agent, "shell", not getattr(agent, "answers_only", False)))
+
+
 def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> None:
     """Run `agent.preflight` if the agent has one: its warnings go to `warn`, a fatal error propagates
     (an AutoresearchError: the command line prints it and exits 2)."""

@@ -10,7 +10,7 @@ it is mixed into.
 
 from __future__ import annotations
 
-from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage
+from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage, has_shell
 from autoresearch.loop import guard
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import LoopError
@@ -74,8 +74,7 @@ class Asking:
         exp_id = self.ledger.next_id()
         self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
         who = f"the {agent.name} agent"
-        shell = getattr(agent, "shell", not getattr(agent, "answers_only", False))  # an LLM's API writes no file
-        watch = self._watch(shell=shell)
+        watch = self._watch(shell=has_shell(agent))  # an LLM's API writes no file, nor does tune
         try:
             proposal = agent.propose(self.context(best))
         except ProposalError as exc:

@@ -97,6 +97,10 @@ class Executor(Protocol):
         """Kill the run in progress, if any (from another thread): its `run` then returns or raises."""
 
 
+class RunStopped(Exception):
+    """stop() came while the run's evaluator was being made (the fork server still starting up): it never ran."""
+
+
 class LocalExecutor:
     """Runs each training run through an evaluator process on this machine."""
 
@@ -108,8 +112,10 @@ class LocalExecutor:
         self.prewarm = os.environ.get(PREWARM_ENV, "1") != "0" if prewarm is None else prewarm
         self._warm: Referee | None = None
         self._current: Referee | None = None  # the run in progress, for stop()
+        # Set by stop(), from the driver's thread: a run whose evaluator is still being made has none to kill yet.
+        self._stopped = threading.Event()
         forking = os.environ.get(FORK_ENV, "1") != "0" and sys.platform.startswith("linux")
-        self._server = ForkServer(python, self.env) if forking else None
+        self._server = ForkServer(python, self.env, self._stopped) if forking else None
         self.fork_failure: str | None = None  # why evaluators are no longer forked, if they are not
 
     def run(self, spec: RunSpec) -> Outcome:
@@ -127,6 +133,8 @@ class LocalExecutor:
         key = secrets.token_hex(32)  # seals the result: no other process can write one the loop takes
         job = {"source": source, "log": str(log_path), "result": str(result_path), "key": key}
         try:
+            if self._stopped.is_set():  # stop() came as it was made, and found no run to kill
+                raise RunStopped("the loop is stopping")
             referee.start(job)
             if self.prewarm:  # once this run trains: before, its start-up would share the cores with the next's
                 referee.wait_for_training(spec.run_dir / PROGRESS_NAME, spec.timeout)
@@ -159,16 +167,23 @@ class LocalExecutor:
         return self._referee(directory)
 
     def _referee(self, directory: Path) -> Referee:
+        if self._stopped.is_set():
+            raise RunStopped("the loop is stopping")
         if self._server is not None:
             try:
                 return Referee(directory, self._server.fork(directory))
             except ForkFailed as exc:
+                if self._stopped.is_set():  # the fork gave up waiting for the server: no new process either
+                    raise RunStopped("the loop is stopping") from None
                 self.fork_failure = str(exc)
                 self._server.close()
                 self._server = None  # from now on, every evaluator is a new process
         return Referee(directory, NewProcess(self.python, directory, self.env))
 
     def stop(self) -> None:
+        """The loop is stopping (Ctrl-C, an error): kill the run in progress, and start no evaluator from now on (a
+        run whose evaluator is still being made ends as soon as it is, untrained)."""
+        self._stopped.set()  # before looking for the run: `run` sets its run, then looks at this
         if (current := self._current) is not None:
             current.kill()
 
@@ -289,7 +304,9 @@ class ForkFailed(RuntimeError):
 class ForkServer:
     """The loop's end of the fork server (evaluator/zygote.py), started at once: it imports meanwhile."""
 
-    def __init__(self, python: str, env: Mapping[str, str]):
+    def __init__(self, python: str, env: Mapping[str, str], stopped: threading.Event | None = None):
+        """`stopped`: once set, a fork waits for the server no longer (the loop is stopping)."""
+        self._stopped = stopped or threading.Event()
         self._sock, theirs = socket.socketpair()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self._proc = subprocess.Popen(
@@ -349,7 +366,7 @@ class ForkServer:
         thread reads them); None after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while not self._replies:
-            if not self._read(deadline):
+            if self._stopped.is_set() or not self._read(deadline):
                 return None
         return self._replies.popleft()
 
@@ -374,8 +391,10 @@ class ForkServer:
                 message = json.loads(line)
                 if "exit" in message:
                     self._exits[int(message["pid"])] = int(message["exit"])
-                else:
-                    self._replies.append(message)
+                    continue
+                if "pid" in message:  # pids wrap: an earlier evaluator's exit under this pid is not this one's
+                    self._exits.pop(int(message["pid"]), None)
+                self._replies.append(message)
         return True
 
     def close(self) -> None:

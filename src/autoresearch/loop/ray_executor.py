@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch import __version__
+from autoresearch.agents.base import has_shell
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.config.paths import cache_root, ray_dir
 from autoresearch.data.shards import Manifest
@@ -113,9 +114,9 @@ def _own_token() -> None:
 
 
 def open_to_agent(agent) -> str | None:
-    """What the loop warns of at its start where `agent` has a shell (it is not `answers_only`) and the Ray cluster
-    this process joined would run a task it sent: one without token authentication. None where neither."""
-    if agent is None or getattr(agent, "answers_only", False):
+    """What the loop warns of at its start where `agent` has a shell (agents/base.py, `has_shell`) and the Ray
+    cluster this process joined would run a task it sent: one without token authentication. None where neither."""
+    if agent is None or not has_shell(agent):
         return None
     try:
         from ray._raylet import AuthenticationMode, get_authentication_mode

@@ -58,12 +58,14 @@ def require_gpus(gpus: str | None) -> None:
     would stop the loop after the first run, on a setup unlike the baseline's. (UUIDs are CUDA's to check.)"""
     if gpus is None or gpus.strip() == "all":
         return
+    if not (ids := [g.strip() for g in gpus.split(",") if g.strip()]):  # not `all`, nor "no GPU found"
+        raise AutoresearchError(f"--gpus takes `all` or GPU numbers like 0,1,3, not {gpus!r}")
     shown = visible_gpus()
     if not shown:
         raise AutoresearchError(
             f"no GPU found for --gpus {gpus}: this machine shows none", hint="on a CPU-only machine use --workers N"
         )
-    if unknown := [g.strip() for g in gpus.split(",") if g.strip().isdigit() and g.strip() not in shown]:
+    if unknown := list(dict.fromkeys(g for g in ids if g.isdigit() and g not in shown)):
         raise AutoresearchError(
             f"--gpus {gpus}: no GPU {', '.join(unknown)} here; this machine shows {', '.join(shown)}",
             hint="give --gpus numbers it shows, or `all`",

@@ -43,7 +43,7 @@ def render_report(experiments: list[Experiment], stopped: bool = False) -> str:
     noise = measured_noise(exps)
     sections = [
         "# Research report",
-        _overview(exps),
+        _overview(exps, stopped),
         "## Result\n\n" + _result(steps, noise),
         "## Kept changes\n\n" + _kept(steps),
         "## Every experiment\n\n" + _every(exps, stopped),
@@ -58,12 +58,13 @@ def render_report(experiments: list[Experiment], stopped: bool = False) -> str:
 # -- sections -------------------------------------------------------------------------------------
 
 
-def _overview(exps: list[Experiment]) -> str:
+def _overview(exps: list[Experiment], stopped: bool) -> str:
     if not exps:
         return "The ledger has no experiments yet."
     counts = Counter(e.status for e in exps)
     order = _STATUS_ORDER + sorted(set(counts) - set(_STATUS_ORDER))
-    by_status = ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
+    named = {Status.RUNNING: "interrupted"} if stopped else {}  # no loop runs it: as `status` and the rows say
+    by_status = ", ".join(f"{counts[s]} {named.get(s, s)}" for s in order if counts[s])
     return f"{len(exps)} experiment{_s(len(exps))} in the ledger: {by_status}."
 
 
