@@ -836,3 +836,20 @@ def test_a_train_py_the_loop_wrote_and_a_kill_left_is_put_back_before_an_agent_w
     workspace.write_train_py(workspace.git.show(baseline, "train.py"))  # the branch on exp 3, train.py the baseline's
     scheduler(workspace)[0].run(ScriptedAgent([]), max_experiments=0)
     assert workspace.read_train_py() == rows[2].source
+
+
+def test_stopping_kills_every_workers_run_at_once_not_one_after_the_other(workspace):
+    """Ctrl-C with a run on each of 8 GPUs: each kill waits for its evaluator's end (seconds on a GPU), and the
+    workers were stopped one after the other, so the waits added up past the 10 s a Ctrl-C should take."""
+    sched, _ = scheduler(workspace, gpus="0,1,2,3,4,5,6,7")
+    ended: list[float] = []
+
+    def slow_stop() -> None:
+        time.sleep(0.5)  # the evaluator's end
+        ended.append(time.monotonic())
+
+    for worker in sched.workers:
+        worker.stop = slow_stop
+    start = time.monotonic()
+    sched.stop_all()
+    assert len(ended) == 8 and max(ended) - start < 2.0  # one after the other: 4 s

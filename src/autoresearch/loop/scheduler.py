@@ -43,7 +43,16 @@ from autoresearch.loop.inbox import Inbox, note_moved
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
 from autoresearch.loop.recovery import commit_message, result_columns, seeded
-from autoresearch.loop.workers import Device, Job, Worker, check_out, close_workers, make_workers, remove_worktrees
+from autoresearch.loop.workers import (
+    Device,
+    Job,
+    Worker,
+    check_out,
+    close_workers,
+    make_workers,
+    remove_worktrees,
+    stop_workers,
+)
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import TRAIN_PY
@@ -411,8 +420,7 @@ class Scheduler:
 
     def stop_all(self) -> None:
         """Kill every run in progress (Ctrl-C, an error): their experiments stay in flight for the next start."""
-        for worker in self.workers:
-            worker.stop()
+        stop_workers(self.workers)
         for worker in self.workers:
             if worker.job is not None:
                 act = self.active.get(worker.job.exp_id)

@@ -169,6 +169,26 @@ class Worker:
             self._thread.join(timeout=30)
 
 
+def stop_workers(workers: list[Worker]) -> None:
+    """Stop every worker at once: each kill waits for its evaluator's end (seconds on a GPU), which one after the
+    other would add up past what a Ctrl-C should take. What one raised is raised once all are stopped."""
+    failed: list[BaseException] = []
+
+    def stop(worker: Worker) -> None:
+        try:
+            worker.stop()
+        except BaseException as exc:  # not lost in a thread
+            failed.append(exc)
+
+    stopping = [threading.Thread(target=stop, args=(worker,), name="autoresearch-stop") for worker in workers]
+    for thread in stopping:
+        thread.start()
+    for thread in stopping:
+        thread.join()
+    if failed:
+        raise failed[0]
+
+
 def make_worktree(git: Git, path: Path, commit: str) -> Path:
     """A worker's worktree at `commit`, detached, made afresh (what a killed loop left there is gone)."""
     if path.exists():
