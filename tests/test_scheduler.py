@@ -853,3 +853,30 @@ def test_stopping_kills_every_workers_run_at_once_not_one_after_the_other(worksp
     start = time.monotonic()
     sched.stop_all()
     assert len(ended) == 8 and max(ended) - start < 2.0  # one after the other: 4 s
+
+
+def test_a_ray_run_stopped_before_its_task_is_sent_is_cancelled_as_it_is_sent(monkeypatch):
+    """Ctrl-C while a Ray run's request was made (its data shipped, seconds): stop() found no task to cancel, and the
+    task then trained its whole budget while the loop waited to stop."""
+    from autoresearch.loop import ray_executor
+
+    class FakeRay:  # ray itself, and the task a RayExecutor sends
+        def __init__(self):
+            self.cancelled: list[str] = []
+
+        def remote(self, spec, request):
+            return "task 1"
+
+        def cancel(self, ref):
+            self.cancelled.append(ref)
+
+        def get(self, ref):
+            return "cancelled" if ref in self.cancelled else "trained"
+
+    fake = FakeRay()
+    monkeypatch.setattr(ray_executor, "ray_module", lambda: fake)
+    monkeypatch.setattr(ray_executor.RayExecutor, "__init__", lambda self: None)
+    executor = ray_executor.RayExecutor()
+    executor._task, executor._running, executor._stopped = fake, None, threading.Event()
+    executor.stop()  # nothing sent yet
+    assert executor._ask(None, None) == "cancelled" and fake.cancelled == ["task 1"]

@@ -220,6 +220,7 @@ class RayExecutor:
         self._task = ray.remote(_train).options(**options)
         self._shipment = shipment or Shipment()
         self._running = None
+        self._stopped = threading.Event()  # set by stop(): a task sent after it is cancelled at once
 
     def run(self, spec: RunSpec) -> Outcome:
         ray = ray_module()
@@ -247,10 +248,14 @@ class RayExecutor:
 
     def _ask(self, spec: RunSpec, request: Request) -> Answer:
         self._running = self._task.remote(spec, request)
+        if self._stopped.is_set():  # stop() came while the request was made (the data shipped): it found no task
+            ray_module().cancel(self._running)
         return ray_module().get(self._running)
 
     def stop(self) -> None:
-        """Cancel the run in progress: the task's executor kills its evaluator and everything it started."""
+        """Cancel the run in progress: the task's executor kills its evaluator and everything it started. A run whose
+        task is not sent yet is cancelled as it is sent (the loop is stopping)."""
+        self._stopped.set()  # before looking for the task: `_ask` sends it, then looks at this
         if (running := self._running) is not None:
             ray_module().cancel(running)
 
