@@ -45,17 +45,19 @@ def planting_agent(plant: Path, read_from: Path) -> ScriptedAgent:
     return ScriptedAgent([edit])
 
 
+def watching(workspace, site: Path):
+    """A loop past its baseline that checks `site` (where the runs read Python) around each agent's turn."""
+    score = FakeExecutor(lambda source: 1.0 + 0.001 * (constant(source, "SEED") % 2))
+    loop = make_loop(workspace, score, baseline_runs=2, environment=Environment([site]))
+    loop.baseline()
+    return loop
+
+
 def test_a_file_an_agent_leaves_where_the_runs_read_python_stops_the_loop_naming_it(workspace, tmp_path) -> None:
     site = tmp_path / "venv" / "site-packages"  # a venv in the home: on sys.path, so shown to every run
     (site / "torch").mkdir(parents=True)
     (site / "torch" / "__init__.py").write_text("")
-    loop = make_loop(
-        workspace,
-        FakeExecutor(lambda source: 1.0 + 0.001 * (constant(source, "SEED") % 2)),
-        baseline_runs=2,
-        environment=Environment([site]),
-    )
-    loop.baseline()
+    loop = watching(workspace, site)
     with pytest.raises(LoopError, match=r"environment the runs read changed .* added .*weights\.bin") as raised:
         loop.step(planting_agent(site / "weights.bin", site / "weights.bin"))
     assert "pip uninstall" in str(raised.value.hint)
@@ -73,13 +75,7 @@ def test_tunes_turn_runs_no_program_so_a_change_made_meanwhile_by_someone_else_d
             (site / "newpkg.py").write_text("VALUE = 1\n")
             return super().propose(context)
 
-    loop = make_loop(
-        workspace,
-        FakeExecutor(lambda source: 1.0 + 0.001 * (constant(source, "SEED") % 2)),
-        baseline_runs=2,
-        environment=Environment([site]),
-    )
-    loop.baseline()
+    loop = watching(workspace, site)
     exp = loop.step(Tune())  # not "the environment the runs read changed while the tune agent worked"
     assert exp.description.startswith("tune: ") and exp.status in (Status.KEEP, Status.DISCARD)
 
