@@ -994,6 +994,7 @@ def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run_whose_fork_se
     assert time.monotonic() - started < 3
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_the_driver_and_a_workers_thread_waiting_for_one_run_both_get_its_exit(tmp_path):
     """BROKE, fixed: Ctrl-C with --workers 2 hung the loop for good. The driver kills each worker's run and waits for
     its exit while the worker's thread waits for that run too: both read the fork server's socket, one took the
@@ -1017,6 +1018,7 @@ def test_the_driver_and_a_workers_thread_waiting_for_one_run_both_get_its_exit(t
         server.close()
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_stop_while_the_fork_server_starts_up_ends_the_run_at_once_and_starts_nothing(tmp_path):
     """BROKE, fixed: Ctrl-C of `run --workers 2` in its first seconds (the fork server importing torch) took 37 s: each
     worker's thread waited for the server to get ready, where the driver's stop() found no run to kill, then trained
@@ -1049,6 +1051,7 @@ def test_a_stop_while_the_fork_server_starts_up_ends_the_run_at_once_and_starts_
         executor.close()
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_an_evaluator_given_the_pid_of_one_that_ended_earlier_is_not_taken_for_ended(tmp_path):
     """BROKE, fixed: pids wrap (pid_max is 32768 on many machines; this project's busy 2-core one went through them
     in under a minute), and an evaluator forked under the pid of one that had ended got that one's exit code at once:

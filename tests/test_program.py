@@ -91,6 +91,7 @@ def test_a_model_that_cannot_be_exported_gets_a_reason_naming_what_to_avoid() ->
         Exported(Branchy(), BATCH, SEQ, VOCAB, CPU)
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_model_whose_forward_is_broken_is_told_so_not_blamed_on_the_export() -> None:
     class Mismatched(Tiny):
         def forward(self, idx):

@@ -838,6 +838,7 @@ def test_a_train_py_the_loop_wrote_and_a_kill_left_is_put_back_before_an_agent_w
     assert workspace.read_train_py() == rows[2].source
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_stopping_kills_every_workers_run_at_once_not_one_after_the_other(workspace):
     """Ctrl-C with a run on each of 8 GPUs: each kill waits for its evaluator's end (seconds on a GPU), and the
     workers were stopped one after the other, so the waits added up past the 10 s a Ctrl-C should take."""

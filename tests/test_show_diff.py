@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, make_workspace, with_constants
 
@@ -206,6 +207,7 @@ def test_status_shows_the_running_experiments_step_loss_and_time_left(history, c
     assert "noise (std of the baseline's 3 seeds): 0.002000; margin 0.004000" in out
 
 
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_an_experiment_in_flight_reads_interrupted_in_report_and_show_once_no_loop_runs(history, capsys) -> None:
     """As `status` says: a report written when the loop stopped (or by `report` with no loop running) said the
     experiment the loop was training was "running"."""
@@ -335,6 +337,8 @@ def test_run_refuses_a_timeout_within_the_budget_and_limits_that_stop_at_once(hi
     code, _, err = run_cli(capsys, "run", "--agent", "tune", "--plain", *args, "--workspace", str(history.root))
     assert code == 2 and said in " ".join(err.split()) and "Traceback" not in err
     assert len(Ledger(history.root).all()) == len(before)  # nothing ran, nothing was recorded
+    # Nor is anything left running: the fork server a refused loop had started (importing torch) is gone.
+    assert not [p for p in psutil.Process().children(recursive=True) if "zygote" in " ".join(p.cmdline())]
 
 
 @pytest.mark.parametrize("command", ["run", "submit"])

@@ -39,7 +39,13 @@ def make_loop(args: argparse.Namespace, reporter):
     from autoresearch.evaluator import sandbox
 
     config = LoopConfig(baseline_runs=args.baseline_runs, timeout=args.timeout)
-    loop = ResearchLoop(Workspace(args.workspace), LocalExecutor(), reporter, config)
+    ws = Workspace(args.workspace)
+    executor = LocalExecutor()  # its fork server starts importing at once
+    try:
+        loop = ResearchLoop(ws, executor, reporter, config)
+    except BaseException:  # refused (a bad --timeout, a ledger it cannot trust): nothing of it left running
+        executor.close()
+        raise
     if why := sandbox.unavailable_reason():
         reporter.message(
             f"warning: train.py runs unconfined here ({why}). Its score is still computed outside it and the "
