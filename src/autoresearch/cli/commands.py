@@ -44,7 +44,7 @@ def make_loop(args: argparse.Namespace, reporter):
     try:
         loop = ResearchLoop(ws, executor, reporter, config)
     except BaseException:  # refused (a bad --timeout, a ledger it cannot trust): nothing of it left running
-        executor.close()
+        executor.close(wait=0)  # it is still importing: nothing of it is worth waiting for
         raise
     if why := sandbox.unavailable_reason():
         reporter.message(

@@ -187,12 +187,13 @@ class LocalExecutor:
         if (current := self._current) is not None:
             current.kill()
 
-    def close(self) -> None:
+    def close(self, wait: float = STOP_WAIT_S) -> None:
+        """Kill what was started ahead (`wait`: how long the fork server may take to end by itself)."""
         if self._warm is not None:
             self._warm.kill(wait=STOP_WAIT_S)  # it never got a job: nothing of it is worth waiting for
             self._warm = None
         if self._server is not None:
-            self._server.close()
+            self._server.close(wait)
             self._server = None
 
 
@@ -397,10 +398,10 @@ class ForkServer:
                 self._replies.append(message)
         return True
 
-    def close(self) -> None:
+    def close(self, wait: float = STOP_WAIT_S) -> None:
         self._sock.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=STOP_WAIT_S)
+            self._proc.wait(timeout=wait)
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
