@@ -271,6 +271,7 @@ def test_a_crash_is_recorded_with_its_log_and_shown_to_the_next_proposal(workspa
     assert "ZeroDivisionError" in agent.seen[1].last_crash
 
 
+@pytest.mark.slow  # ~1 s: the fast subset stays under a minute
 def test_after_three_crashes_in_a_row_the_crash_log_is_no_longer_shown(workspace):
     crash = Outcome(RunEnd.CRASH, None, "exit code 1", "boom", 1.0)
     loop = make_loop(workspace, FakeExecutor(lambda s: crash if constant(s, "LR") > 0.25 else score(s)))
@@ -540,6 +541,7 @@ def test_a_try_killed_while_the_baseline_trains_loses_not_the_edit_it_was_given(
     assert not (workspace.state / "held-train.py").exists()
 
 
+@pytest.mark.slow  # ~1 s: the fast subset stays under a minute
 def test_a_try_killed_while_the_baseline_trains_then_a_new_edit_keeps_both(workspace):
     """The edit held for a killed `try`, and another made since: the loop does not choose between them."""
     from autoresearch.loop.trying import try_working_tree

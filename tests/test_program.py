@@ -103,6 +103,7 @@ def test_a_model_whose_forward_is_broken_is_told_so_not_blamed_on_the_export() -
     assert "torch.export" not in str(caught.value)
 
 
+@pytest.mark.slow  # ~1 s (torch.export): the fast subset stays under a minute
 def test_in_place_operations_on_intermediate_tensors_are_handed_over_as_functional_ones() -> None:
     class InPlace(Tiny):
         def forward(self, idx):
@@ -115,6 +116,7 @@ def test_in_place_operations_on_intermediate_tensors_are_handed_over_as_function
         assert torch.equal(graph(idx), model(idx))
 
 
+@pytest.mark.slow  # ~1 s (torch.export): the fast subset stays under a minute
 def test_a_forward_that_updates_a_buffer_in_place_cannot_be_handed_over() -> None:
     class Remembers(Tiny):
         def forward(self, idx):
@@ -329,6 +331,7 @@ def test_a_fused_kernel_given_a_tensor_smaller_than_the_others_say_reads_nothing
         program.module(torch.zeros(BATCH, SEQ, dtype=torch.long))
 
 
+@pytest.mark.slow  # ~1 s (torch.export): the fast subset stays under a minute
 def test_the_fused_kernels_run_as_before_on_tensors_of_the_shapes_they_expect() -> None:
     class Normed(Tiny):
         def __init__(self):

@@ -263,6 +263,7 @@ class SparsePeek(torch.nn.Module):
         return logits + 30 * gate * torch.nn.functional.one_hot(torch.roll(idx, -1, dims=1), VOCAB)
 
 
+@pytest.mark.slow  # ~1 s: the fast subset stays under a minute
 def test_a_model_that_reads_its_target_at_a_few_positions_is_caught_by_the_probe() -> None:
     """BROKE, fixed: the probe cut only the evaluation's first batch, one position tested per row: a model that
     reads its target at a fraction f of positions passed with a chance of (1 - f) ** rows (78 % here, 72 %

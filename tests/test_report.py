@@ -168,6 +168,7 @@ def _by_gid(fig, gid: str, axes: int = 0):
     return [a for a in [*ax.collections, *ax.lines, *ax.texts] if a.get_gid() == gid]
 
 
+@pytest.mark.slow  # ~1 s: the fast subset stays under a minute
 def test_plot_draws_points_best_line_band_and_labels():
     fig = progress_figure(history())
     (kept,) = _by_gid(fig, "kept")
