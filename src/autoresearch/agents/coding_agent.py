@@ -30,9 +30,9 @@ from autoresearch.agents.command_agent import (
     tail,
     write_prompt,
 )
+from autoresearch.agents.namespace import AGENT_FILES
 from autoresearch.agents.prompt import build_prompt
 
-STATE_DIR = Path(".autoresearch") / "agents"  # <workspace>/.autoresearch/agents/<name>/: the agent's own files
 DESCRIPTION_CHARS = 300
 _HYPOTHESIS = re.compile(r"^[\s>*_#`-]*hypothesis[*_`]*\s*:[*_`]*\s*(.+?)[*_`\s]*$", re.IGNORECASE)
 
@@ -87,7 +87,7 @@ class CodingAgent:
     def propose(self, context: Context) -> Proposal:
         workspace = context.workspace
         program = self._program()
-        state = workspace / STATE_DIR / self.name
+        state = workspace / AGENT_FILES / self.name
         state.mkdir(parents=True, exist_ok=True)
         prompt = build_prompt(context, answer_format="agent").as_text()
         prompt_file = write_prompt(workspace, prompt)

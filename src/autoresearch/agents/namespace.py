@@ -16,6 +16,7 @@ from autoresearch.loop.ray_executor import AUTH_TOKEN, hidden_from_agents
 
 SSH_AGENT = "SSH_AUTH_SOCK"
 STATE = ".autoresearch"  # the workspace's private state (workspace.Workspace.state)
+AGENT_FILES = Path(STATE) / "agents"  # <workspace>/.autoresearch/agents/<name>/: a coding agent's own files, writable
 
 # Where a user namespace can be made (Linux, unless a container forbids it), the agent runs in a PID namespace of
 # its own: when it ends the kernel kills everything it left, a process that left its group (setsid, a daemon)
@@ -156,7 +157,7 @@ def pid_namespace() -> tuple[str, ...]:
 def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
     """The words that start a command in the agent's namespaces (none where none can be made), and its environment:
     `env` without the token of the loop's Ray, if it has one, nor your SSH agent."""
-    own = workspace / STATE / "agents"  # a coding agent's history and caches (agents/coding_agent.py STATE_DIR)
+    own = workspace / AGENT_FILES  # a coding agent's history and caches
     writable = [own.resolve()] if own.is_dir() and not own.is_symlink() else []
     way = with_hidden(pid_namespace(), hidden_places(workspace, env), read_only_places(workspace, env), writable)
     return way, {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)}
