@@ -52,13 +52,18 @@ def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
     return sorted((p.removeprefix("/dev/nvidia") for p in glob.glob("/dev/nvidia[0-9]*")), key=int)
 
 
+def _named_gpus(gpus: str) -> list[str]:
+    """The GPU ids `--gpus 0,1,3` names, as given."""
+    return [g.strip() for g in gpus.split(",") if g.strip()]
+
+
 def require_gpus(gpus: str | None) -> None:
     """`--gpus 0,1` naming GPUs the machine does not show: with none at all its runs would train on the CPU, each
     worker on a share of the cores, under a GPU's name (`--gpus all` says so in `devices`); a number past its GPUs
     would stop the loop after the first run, on a setup unlike the baseline's. (UUIDs are CUDA's to check.)"""
     if gpus is None or gpus.strip() == "all":
         return
-    if not (ids := [g.strip() for g in gpus.split(",") if g.strip()]):  # not `all`, nor "no GPU found"
+    if not (ids := _named_gpus(gpus)):  # not `all`, nor "no GPU found"
         raise AutoresearchError(f"--gpus takes `all` or GPU numbers like 0,1,3, not {gpus!r}")
     shown = visible_gpus()
     if not shown:
@@ -78,7 +83,7 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
     if gpus is not None and workers is not None:
         raise AutoresearchError("give --gpus or --workers, not both", hint="--workers N is for CPU-only machines")
     if gpus is not None:
-        ids = visible_gpus() if gpus.strip() == "all" else [g.strip() for g in gpus.split(",") if g.strip()]
+        ids = visible_gpus() if gpus.strip() == "all" else _named_gpus(gpus)
         if not ids:
             raise AutoresearchError("no GPU found for --gpus all", hint="on a CPU-only machine use --workers N")
         if len(set(ids)) != len(ids):
