@@ -42,6 +42,7 @@ NOISE_CAP = 4.0
 # little.
 COPY_SPREAD = 0.2
 MAX_RUNS = 5  # of a marginal win whose runs look like copies; then they are judged as one run
+SIMPLER_BUT = "simpler, but"  # how the reason of a simplification too far above the lowest val_bpb kept begins
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def judge(
         if lowest is not None and value - lowest >= loose:
             drift = f"{value - lowest:+.6f} above the lowest val_bpb kept, {lowest:.6f}"
             cap = f" the baseline's seeds measured, {loose:.6f}" if loose < margin else ""
-            why = f"simpler, but {drift}: simpler changes may not add up to more than the margin{cap}: {shown}"
+            why = f"{SIMPLER_BUT} {drift}: simpler changes may not add up to more than the margin{cap}: {shown}"
             return Verdict(Status.DISCARD, why, shown)
         return Verdict(Status.KEEP, f"simpler at equal val_bpb: {shown}, {fewer}", shown)
     return Verdict(Status.DISCARD, f"not better by more than the noise: {shown}", shown)
