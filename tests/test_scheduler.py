@@ -7,6 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import psutil
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, pending_experiment, with_constants
 
@@ -17,7 +18,7 @@ from autoresearch.evaluator import sandbox
 from autoresearch.loop import asking
 from autoresearch.loop.activity import SESSION_NAME, spans_of
 from autoresearch.loop.engine import LoopError
-from autoresearch.loop.executor import Outcome, RunSpec
+from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
 from autoresearch.loop.inbox import Inbox
 from autoresearch.loop.judge import measured_noise, noise_of
 from autoresearch.loop.ledger import Ledger
@@ -25,7 +26,7 @@ from autoresearch.loop.ratchet import merge_constants
 from autoresearch.loop.scheduler import BASELINE_SEEDS_MAX, Scheduler, run_workers
 from autoresearch.loop.status import status_text
 from autoresearch.loop.waiting import WaitError, wait_for
-from autoresearch.loop.workers import devices, make_workers
+from autoresearch.loop.workers import close_workers, devices, make_workers
 from autoresearch.report import render_report
 from autoresearch.vocabulary import Kind, RunEnd, Status
 
@@ -140,6 +141,25 @@ def after_the_first_keep(sched_box: list):
             wait_until(lambda: Ledger(loop.ws.root).get(2).status == Status.KEEP)
 
     return gate
+
+
+@pytest.mark.slow
+def test_the_loops_own_fork_server_serves_the_first_worker_or_is_gone_before_the_workers_start(workspace):
+    """The loop's executor starts its fork server (importing torch) as the loop is made: one worker with the
+    loop's environment takes it; workers pinned to their own share of the machine leave none of it running."""
+    own = LocalExecutor()
+    loop = make_loop(workspace, own)
+    one = make_workers(loop, devices(None, None))
+    assert one[0].executor is own
+    close_workers(one)
+
+    loop.executor = own = LocalExecutor()
+    two = make_workers(loop, devices(None, 2, cores=2))
+    try:
+        servers = [p for p in psutil.Process().children(recursive=True) if "zygote" in " ".join(p.cmdline())]
+        assert own not in [w.executor for w in two] and len(servers) == 2  # the workers' own two, nothing more
+    finally:
+        close_workers(two)
 
 
 def test_a_win_on_a_stale_base_is_merged_onto_the_best_and_kept_only_once_revalidated(workspace):

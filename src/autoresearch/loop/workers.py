@@ -227,12 +227,25 @@ def check_out(git: Git, worktree: Path, commit: str) -> None:
 
 def make_workers(loop: ResearchLoop, found: list[Device], executor_for=None) -> list[Worker]:
     """One worker per device, each with its executor (`executor_for(device)`, a LocalExecutor by default)
-    and a fresh worktree at the branch's head."""
-    executor_for = executor_for or (lambda device: LocalExecutor(env=device.env))
+    and a fresh worktree at the branch's head. The loop's own executor, whose fork server started importing as
+    the loop was made, is the first worker's where the device asks nothing of the environment; else it is
+    closed at once, so no unused fork server holds a core or the exit."""
+    own = loop.executor
+
+    def local(device: Device) -> Executor:
+        if not device.env and isinstance(own, LocalExecutor) and own not in executors:
+            return own
+        return LocalExecutor(env=device.env)
+
+    executors: list[Executor] = []
+    for device in found:
+        executors.append((executor_for or local)(device))
+    if own not in executors and isinstance(own, LocalExecutor):
+        own.close(wait=0)
     head = loop.git.head()
     return [
-        Worker(i, device, executor_for(device), make_worktree(loop.git, loop.ws.state / WORKERS_DIR / str(i), head))
-        for i, device in enumerate(found)
+        Worker(i, device, executor, make_worktree(loop.git, loop.ws.state / WORKERS_DIR / str(i), head))
+        for i, (device, executor) in enumerate(zip(found, executors, strict=True))
     ]
 
 
