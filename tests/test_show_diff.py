@@ -382,3 +382,24 @@ def test_a_second_run_while_a_loop_runs_is_refused_and_writes_no_report(history:
     said = capsys.readouterr()
     assert "another autoresearch process is working" in said.err and "report:" not in said.err + said.out
     assert not (history.root / "report.md").exists() and not (history.root / "progress.png").exists()
+
+
+@pytest.mark.slow  # a process that imports the package, then half a second of loops starting
+def test_a_loop_starting_while_status_or_wait_probes_the_lock_is_not_refused(history: Workspace) -> None:
+    """BROKE, fixed: `status`, `wait` and `report` ask whether a loop runs by taking the workspace's lock for an
+    instant; a loop starting in that instant was refused as if another loop worked there."""
+    probe = "import pathlib, sys\nfrom autoresearch.workspace.workspace import Workspace\n"
+    probe += "ws = Workspace(pathlib.Path(sys.argv[1]))\n"
+    probe += "print('probing', flush=True)\nwhile True: ws.is_locked()"
+    prober = subprocess.Popen([sys.executable, "-c", probe, str(history.root)], stdout=subprocess.PIPE)  # `status`s
+    try:
+        assert prober.stdout.readline() == b"probing\n"
+        until = time.monotonic() + 0.3  # thousands of loops starting (before, ~5 % of them were refused)
+        while time.monotonic() < until:
+            with history.lock():
+                pass
+    finally:
+        prober.kill()
+        prober.wait()
+    with history.lock():  # and a loop that does hold it is still seen
+        assert Workspace(history.root).is_locked()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from autoresearch.errors import AutoresearchError, ConfigError
 from autoresearch.files import write_text_atomic
 from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.git import Git
+
+LOCK_PATIENCE_S = 0.5  # how long a loop waits for the workspace's lock before it says another process holds it
 
 try:
     import fcntl
@@ -86,7 +89,7 @@ class Workspace:
             yield
             return
         try:
-            if not _try_flock(fd):
+            if not _try_flock(fd, patience=LOCK_PATIENCE_S):
                 raise AutoresearchError(
                     f"another autoresearch process is working in {self.root}", hint=self._holder_hint()
                 )
@@ -120,12 +123,19 @@ class Workspace:
         return os.open(self.root, os.O_RDONLY)  # not inherited by training runs (Python's default)
 
 
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+def _try_flock(fd: int, patience: float = 0.0) -> bool:
+    """Take the lock if it is free now or within `patience` seconds (a `status`, `wait` or `report` probing
+    whether a loop runs holds it for an instant: a loop starting then is not refused for it)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        else:
+            return True
 
 
 def as_read(text: str) -> str:
