@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -403,3 +405,14 @@ def test_a_loop_starting_while_status_or_wait_probes_the_lock_is_not_refused(his
         prober.wait()
     with history.lock():  # and a loop that does hold it is still seen
         assert Workspace(history.root).is_locked()
+
+
+def test_two_probes_of_the_lock_at_once_do_not_take_each_other_for_a_loop(history: Workspace) -> None:
+    """`report` says "interrupted" and `wait` gives up on a loop by what the probe finds: two such commands
+    at once (two terminals' `status`) must both find no loop where none runs."""
+    fd = os.open(history.root, os.O_RDONLY)  # what another probe holds for its instant
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        assert not history.is_locked()
+    finally:
+        os.close(fd)

@@ -112,8 +112,8 @@ class Workspace:
         fd = self._lock_fd()
         if fd is None:
             return False
-        try:
-            return not _try_flock(fd)
+        try:  # shared: two such probes at once (two `status`) do not take each other for a loop
+            return not _try_flock(fd, shared=True)
         finally:
             os.close(fd)
 
@@ -123,13 +123,13 @@ class Workspace:
         return os.open(self.root, os.O_RDONLY)  # not inherited by training runs (Python's default)
 
 
-def _try_flock(fd: int, patience: float = 0.0) -> bool:
+def _try_flock(fd: int, patience: float = 0.0, shared: bool = False) -> bool:
     """Take the lock if it is free now or within `patience` seconds (a `status`, `wait` or `report` probing
     whether a loop runs holds it for an instant: a loop starting then is not refused for it)."""
     deadline = time.monotonic() + patience
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 return False
