@@ -24,7 +24,7 @@ from autoresearch.config.apparatus import Apparatus
 from autoresearch.data.shards import Manifest
 from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
-from autoresearch.loop import guard, held_edits
+from autoresearch.loop import guard, held_edits, run_logs
 from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
@@ -405,8 +405,16 @@ class ResearchLoop(Asking, Recovery):
         self.ledger.write_tsv()  # the verdict is durable before git moves
         self._settle_compiled(exp, keep=status == Status.KEEP)
         self._apply_git(exp)
+        self._tidy()
         self.reporter.finished(exp, self.best())
         return exp
+
+    def _tidy(self) -> None:
+        """After a verdict, where no run or agent's turn is watched: pack git's loose objects and refs once there are
+        many (workspace/git.py), and cut the oldest run logs down once they take more than their share of the disk
+        (loop/run_logs.py). Neither loses what a command or the report reads."""
+        self.git.pack()
+        run_logs.trim(self.ws.state / "runs", self.ledger.all())
 
     def _settle_compiled(self, exp: Experiment, keep: bool, run: int | None = None) -> None:
         """What `exp`'s runs (or its run `run` alone) compiled joins the shared compile cache if it is kept; is

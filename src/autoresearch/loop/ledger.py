@@ -19,6 +19,7 @@ write too, so one that reads this code can forge them (see the README's "What is
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
@@ -99,6 +100,10 @@ REBUILD_HINT = (
     "run `autoresearch rebuild-ledger`: it makes the ledger again from results.tsv, git and the runs' results "
     "(the present file is kept beside it)"
 )
+
+
+# What `Ledger.state` records and `Ledger.put_back` restores: the rows, the file's (device, inode), the seals.
+LedgerState = tuple[list[tuple], tuple[int, int] | None, dict[int, str]]
 
 
 class LedgerError(AutoresearchError):
@@ -265,6 +270,8 @@ class Ledger:
         else wrote since it last read: its write would seal what they wrote."""
         if self._verifying:
             self.all()
+        version = self._data_version()
+        current = self._cached is not None and self._cached[0] == (self._writes, version)
         self._writes += 1
         with disk_full_is_an_error("writing the ledger"):
             self._db.execute("BEGIN IMMEDIATE")
@@ -275,13 +282,36 @@ class Ledger:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        if current and self._data_version() == version:  # nobody else wrote meanwhile: the other rows are as cached
+            self._recache(exp_id)
+
+    def _recache(self, exp_id: int) -> None:
+        """Put row `exp_id` as it now is into the cached rows, which are otherwise current: a write reads back the
+        one row it wrote, not the whole table (at 5,000 rows, reading all of them after every write cost the
+        driver seconds per experiment: BENCHMARKS.md, "What a long night leaves behind")."""
+        assert self._cached is not None
+        rows = self._cached[1]
+        ids = [exp.id for exp in rows]
+        at = bisect.bisect_left(ids, exp_id)
+        row = self.get(exp_id)
+        if at < len(rows) and rows[at].id == exp_id:
+            if row is None:
+                del rows[at]
+            else:
+                rows[at] = row
+        elif row is not None:
+            rows.insert(at, row)
+        self._cached = ((self._writes, self._data_version()), rows)
+
+    def _data_version(self) -> int:
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
 
     # -- reads ----------------------------------------------------------------------------------
 
     def all(self) -> list[Experiment]:
         """Every experiment, oldest first: read from the database when it changed since the last call, else
         copies of the rows read then (a caller may change what it gets; the next caller gets the rows)."""
-        data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        data_version = self._data_version()
         if self._verifying and self._cached is not None and self._cached[0][1] != data_version:
             self._check_seals()  # another process wrote the file since: not one of the loop's
         version = (self._writes, data_version)
@@ -310,14 +340,15 @@ class Ledger:
 
     # -- verifying that nobody else wrote it --------------------------------------------------------
 
-    def state(self) -> tuple[list[tuple], tuple[int, int] | None]:
-        """Every row, and the identity of the file they live in: what an untrusted step must not change."""
-        return self._db.execute("SELECT * FROM experiments ORDER BY id").fetchall(), self._identity()
+    def state(self) -> LedgerState:
+        """Every row, the identity of the file they live in, and the rows' seals: what an untrusted step must not
+        change."""
+        rows = self._db.execute("SELECT * FROM experiments ORDER BY id").fetchall()
+        return rows, self._identity(), self._seals()
 
-    def put_back(self, state: tuple[list[tuple], tuple[int, int] | None], quarantine: Path) -> str | None:
+    def put_back(self, state: LedgerState, quarantine: Path) -> str | None:
         """Make the ledger what it was in `state` (taken by this process); what had changed, if anything."""
-        rows, identity = state
-        self._writes += 1
+        rows, identity, seals = state
         changed = "changed the ledger's schema" if self._drop_foreign() else None
         if self._identity() != identity:  # deleted or replaced: this connection still holds the real one
             if self.db_path.exists():
@@ -337,12 +368,15 @@ class Ledger:
             self._db.executemany(f"INSERT INTO experiments ({_QUOTED}) VALUES ({marks})", rows)
             self._db.execute("COMMIT")
             changed = changed or "changed the ledger"
-        if changed or self._seals() != {r[0]: _digest(r) for r in rows}:  # the rows are the loop's: so are their seals
+        # The rows are the loop's again: so are their seals. Compared with the seals as they were, not digested from
+        # every row at every check (at 5,000 rows that cost most of a second per run and per agent turn).
+        if changed or self._seals() != seals:
             self._db.execute("BEGIN")
             self._reseal()
             self._db.execute("COMMIT")
             changed = changed or "changed the ledger's seals"
-        if self._cached is not None:  # what this process reads next is its own
+        if changed:  # what this process reads next is its own; where nothing changed, the rows it read still are
+            self._writes += 1
             self._cached = None
         return changed
 

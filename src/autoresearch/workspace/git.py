@@ -22,8 +22,8 @@ IDENTITY = ("-c", "user.name=autoresearch", "-c", "user.email=autoresearch@local
 # git's automatic gc (or maintenance), which a commit starts past 6,700 loose objects (a long night with several
 # workers) or where .git/config's gc.auto says (an agent can set it): the driver commits while an agent's turn is
 # watched, and gc packed the new commit's objects away; the check after the turn takes a new pack away (a pack
-# can shadow the history's objects), and with it the only copy of a commit the ledger names. Loose objects only
-# cost disk (about 1 KiB each, 3 an experiment).
+# can shadow the history's objects), and with it the only copy of a commit the ledger names. The loop packs them
+# itself instead (`Git.pack`), between steps, where nothing is watched.
 SAFE = (
     "-c", f"core.hooksPath={os.devnull}", "-c", "core.fsmonitor=false", "-c", f"core.attributesFile={os.devnull}",
     "-c", "gc.auto=0", "-c", "maintenance.auto=false",
@@ -33,6 +33,12 @@ SAFE = (
 # Nor replace refs (refs/replace/, `git replace`) nor a grafts file, through which an agent whose turn overlaps the
 # driver's work (several workers) would have the loop read another object than the one named, or other parents.
 NO_GLOBAL_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_NO_REPLACE_OBJECTS": "1", "GIT_GRAFT_FILE": os.devnull}
+
+
+# Loose objects (git's estimate: those in objects/17, times 256) past which `pack` packs them: 3 an experiment, each a
+# file of its own (a 4 KiB block at least), and every run and agent turn lists every object file (integrity.take).
+LOOSE_OBJECTS_MAX = 768
+LOOSE_REFS_MAX = 256  # loose refs under refs/autoresearch past which `pack` packs them too (one per discard)
 
 
 @functools.cache
@@ -278,6 +284,30 @@ class Git:
             return []
         out = self("hash-object", "-w", "--no-filters", "--stdin-paths", stdin="".join(f"{p}\n" for p in paths))
         return out.split()
+
+    def loose_objects(self) -> int:
+        """About how many loose objects there are (as `git gc --auto` counts: those in objects/17, times 256)."""
+        try:
+            return 256 * sum(1 for entry in os.scandir(self.git_dir / "objects" / "17") if len(entry.name) >= 38)
+        except OSError:
+            return 0
+
+    def pack(self) -> bool:
+        """Pack the loose objects and refs once there are many (LOOSE_OBJECTS_MAX, LOOSE_REFS_MAX), as the `git gc` the
+        loop switches off would (see SAFE), losing nothing: every object, reachable or not, goes into a pack before
+        its loose file is deleted, and packs are merged so that there are few (`--geometric`). Only where no run or
+        agent's turn is watched: a new pack found after one is taken away (workspace/objects.py). Whether it packed."""
+        refs = self.git_dir / "refs" / "autoresearch"
+        loose_refs = sum(len(files) for _, _, files in os.walk(refs)) if refs.is_dir() else 0
+        if self.loose_objects() < LOOSE_OBJECTS_MAX and loose_refs < LOOSE_REFS_MAX:
+            return False
+        try:
+            # -n: no objects/info/packs (for dumb transports); -d: the loose objects and packs rolled up, deleted.
+            self("repack", "-q", "-d", "-n", "--geometric=2")
+            self("pack-refs", "--all")
+        except GitError:
+            return False  # packing is a saving, never a reason to stop: the next verdict tries again
+        return True
 
     def blob(self, blob_id: str) -> bytes | None:
         """The content of a stored blob, or None if the object store does not have it."""

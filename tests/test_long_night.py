@@ -1,0 +1,65 @@
+"""A long night leaves no more behind than it must: old runs' logs are cut, git's loose objects and refs packed."""
+
+from __future__ import annotations
+
+import pytest
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
+
+from autoresearch.loop import run_logs
+from autoresearch.vocabulary import Status
+from autoresearch.workspace import git as git_module
+
+KIB = 1 << 10
+CHATTY = b"step 0.1234\n" * (64 * KIB // 12)  # what a chatty run prints: 64 KiB
+
+
+def lr_edits(*values: float) -> list:
+    return [lambda ctx, lr=lr: (f"LR {lr}", with_constants(ctx.train_py, LR=lr)) for lr in values]
+
+
+class ChattyExecutor(FakeExecutor):
+    """A fake executor whose runs print 64 KiB each."""
+
+    def run(self, spec):
+        outcome = super().run(spec)
+        (spec.run_dir / "log.txt").write_bytes(CHATTY)
+        return outcome
+
+
+@pytest.mark.slow
+def test_the_loop_cuts_old_discarded_runs_logs_after_each_verdict(workspace, monkeypatch) -> None:
+    monkeypatch.setattr(run_logs, "MAX_BYTES", 400 * KIB)
+    monkeypatch.setattr(run_logs, "NEWEST_WHOLE", 1)
+    monkeypatch.setattr(run_logs, "TAIL", 4 * KIB)
+    loop = make_loop(workspace, ChattyExecutor(lambda source: 3.0 + constant(source, "LR")))
+    loop.baseline()  # three runs, kept
+    edits = lr_edits(0.3, 0.4, 0.5, 0.6)
+    agent = ScriptedAgent(list(edits))
+    for _ in edits:
+        assert loop.step(agent).status == Status.DISCARD
+    runs = workspace.state / "runs"
+    sizes = {path.parent.name: path.stat().st_size for path in runs.glob("*/log.txt")}
+    assert sum(sizes.values()) <= 400 * KIB
+    assert all(sizes[f"1-{run}"] == len(CHATTY) for run in range(3)) and sizes["5-0"] == len(CHATTY)
+    assert sizes["2-0"] < 5 * KIB
+
+
+@pytest.mark.slow
+def test_the_loop_packs_gits_objects_after_a_verdict_and_the_next_watch_keeps_the_pack(workspace, monkeypatch) -> None:
+    monkeypatch.setattr(git_module, "LOOSE_OBJECTS_MAX", 1)  # pack after every verdict
+    monkeypatch.setattr(git_module, "LOOSE_REFS_MAX", 1)
+    loop = make_loop(workspace, FakeExecutor(lambda source: 3.0 + constant(source, "LR")))
+    loop.baseline()
+    edits = lr_edits(0.01, 0.3, 0.005, 0.4)
+    agent = ScriptedAgent(list(edits))
+    done = [loop.step(agent) for _ in edits]
+    assert [e.status for e in done] == [Status.KEEP, Status.DISCARD, Status.KEEP, Status.DISCARD]
+    assert not [e.reason for e in done if "put back" in e.reason]  # no watch took a pack for the run's or agent's
+    git = workspace.git
+    assert list((git.git_dir / "objects").glob("??/*")) == [] and list(
+        (git.git_dir / "objects" / "pack").glob("*.pack")
+    )
+    for exp in loop.ledger.all()[1:]:  # every experiment's train.py, kept or discarded, still reads from git
+        assert git.show(exp.commit, "train.py") == exp.source
+    assert git.ref("refs/autoresearch/discarded/5") == done[3].commit
+    git("fsck", "--strict")
