@@ -6,6 +6,8 @@ import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
 from autoresearch.loop import run_logs
+from autoresearch.loop.scheduler import Scheduler
+from autoresearch.loop.workers import close_workers, devices, make_workers
 from autoresearch.vocabulary import Status
 from autoresearch.workspace import git as git_module
 
@@ -62,4 +64,32 @@ def test_the_loop_packs_gits_objects_after_a_verdict_and_the_next_watch_keeps_th
     for exp in loop.ledger.all()[1:]:  # every experiment's train.py, kept or discarded, still reads from git
         assert git.show(exp.commit, "train.py") == exp.source
     assert git.ref("refs/autoresearch/discarded/5") == done[3].commit
+    git("fsck", "--strict")
+
+
+@pytest.mark.slow
+def test_with_two_workers_packing_after_verdicts_loses_no_commit_and_no_watch_takes_the_pack(
+    workspace, monkeypatch
+) -> None:
+    """The driver records verdicts while the other worker trains and between the agent's turns: a pack made then
+    must not be found by an agent's turn's check and taken away, nor lose a commit a worker's worktree holds."""
+    monkeypatch.setattr(git_module, "LOOSE_OBJECTS_MAX", 1)
+    monkeypatch.setattr(git_module, "LOOSE_REFS_MAX", 1)
+    loop = make_loop(workspace, FakeExecutor(lambda source: 3.0), baseline_runs=2)
+    workers = make_workers(
+        loop, devices("0,1", None, cores=2), lambda d: FakeExecutor(lambda s: 3.0 + constant(s, "LR"))
+    )
+    agent = ScriptedAgent(lr_edits(0.01, 0.3, 0.005, 0.4, 0.002, 0.6))
+    try:
+        Scheduler(loop, workers).run(agent, max_experiments=6)
+    finally:
+        close_workers(workers)
+    rows = loop.ledger.all()
+    assert len(rows) == 7 and all(r.status.final for r in rows)
+    assert not [r.reason for r in rows if "put back" in r.reason]
+    git = workspace.git
+    assert list((git.git_dir / "objects" / "pack").glob("*.pack"))
+    for exp in rows[1:]:
+        assert git.show(exp.commit, "train.py") == exp.source
+    assert git.head() == loop.best().commit
     git("fsck", "--strict")
