@@ -14,6 +14,7 @@
 #   bash bench/h200_session.sh tools cpu_noise    # issue 9: the tiny preset's noise on 2 pinned CPU cores, no GPU
 #   CONFIGS="a= b=WARMUP_RATIO=0.05" bash bench/h200_session.sh tools noise_configs  # the same, several settings at once
 #   bash bench/h200_session.sh tools same_setup   # 3 minutes: each run's setup on a GPU, as the loop compares them
+#   bash bench/h200_session.sh setup disk         # bytes the compile caches and the state gain per experiment
 #   bash bench/h200_session.sh setup copies       # how closely the runs of a train.py that ignores SEED repeat one
 #                                                 # another, against honest seeds (GPU and CPU)
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
@@ -124,6 +125,14 @@ overhead() {  # issue 8's loop on GPU 0 with nothing else on the machine (its fi
   CUDA_VISIBLE_DEVICES=0 timeout "${OVERHEAD_S:-420}" python3 bench/loop_overhead.py --preset h100 --budget 30 \
     --experiments "${OVERHEAD_EXPERIMENTS:-3}" --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1
   python3 bench/collect_runs.py "$OUT/runs_overhead.json" /tmp/lo
+}
+
+disk() {  # what a night leaves on a GPU machine: the compile caches and the state after each experiment, each a
+  # model of another width (a new graph to compile); the lines `disk {...}` of disk.log
+  CUDA_VISIBLE_DEVICES=0 timeout "${DISK_S:-420}" python3 bench/loop_overhead.py --preset h100 --budget 10 --shapes \
+    --experiments "${DISK_EXPERIMENTS:-3}" --baseline-runs 2 --work /tmp/dk --out "$OUT" >"$OUT/disk.log" 2>&1
+  grep "^disk" "$OUT/disk.log"
+  du -sb /tmp/arcache/evaluator-compile/* /tmp/arcache/compile/* 2>/dev/null
 }
 
 nvml() {  # 2 minutes: a confined run's log on the GPU starts with no NVML warning (the tiny preset, compiled)

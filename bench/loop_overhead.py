@@ -22,22 +22,45 @@ from pathlib import Path
 from common import fresh_loop, start_up
 
 from autoresearch.agents.base import Context, Proposal
+from autoresearch.config.paths import cache_root
+from autoresearch.evaluator import compile_cache
 from autoresearch.workspace.constants import read_constants, set_constants
+
+RATES = [("MATRIX_LR", 1.25), ("EMBEDDING_LR", 0.8), ("UNEMBEDDING_LR", 1.25), ("MATRIX_LR", 0.8)]
+# Each a model of another width (the h100 preset's 8 x 64 = 512 becomes 640, 768, 384, 896): a new graph to compile.
+SHAPES = [("ASPECT_RATIO", 1.25), ("ASPECT_RATIO", 1.5), ("ASPECT_RATIO", 0.6), ("ASPECT_RATIO", 1.75)]
 
 
 class NudgeAgent:
-    """Scales one learning rate up or down per proposal: real edits, no model or API involved."""
+    """Scales one learning rate (or, with `shapes`, the model's width) up or down per proposal: real edits, no
+    model or API involved."""
 
     name, model = "nudge", "scripted"
 
-    def __init__(self) -> None:
-        self.moves = [("MATRIX_LR", 1.25), ("EMBEDDING_LR", 0.8), ("UNEMBEDDING_LR", 1.25), ("MATRIX_LR", 0.8)]
+    def __init__(self, shapes: bool = False) -> None:
+        self.moves = SHAPES if shapes else RATES
 
     def propose(self, context: Context) -> Proposal:
         name, factor = self.moves[len(context.history) % len(self.moves)]
         value = read_constants(context.train_py)[name].value
-        new = round(value * factor, 6)
+        new = round(value * factor) if isinstance(value, int) else round(value * factor, 6)
         return Proposal(f"{name} {value} -> {new}", set_constants(context.train_py, {name: new}))
+
+
+def tree_bytes(path: Path) -> int:
+    """The bytes of the regular files under `path` (0 where it is missing)."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def disk_use(work: Path) -> dict[str, int]:
+    """What the night has left so far: the compile caches (the evaluators' own, the shared one) and the state."""
+    root = cache_root()
+    return {
+        "evaluator_compile": tree_bytes(root / compile_cache.EVALUATOR),
+        "shared_compile": tree_bytes(compile_cache.shared_root()),
+        "state": tree_bytes(work / ".autoresearch"),
+        "git": tree_bytes(work / ".git"),
+    }
 
 
 def timed_runs(loop) -> list[dict]:
@@ -72,6 +95,7 @@ def main() -> None:
     parser.add_argument("--baseline-runs", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/loop-overhead"))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
+    parser.add_argument("--shapes", action="store_true", help="change the width, not the rates: a new graph each")
     args = parser.parse_args()
     if args.baseline_runs < 2:
         parser.error("--baseline-runs must be at least 2: the loop judges a change against the baseline's noise")
@@ -79,15 +103,17 @@ def main() -> None:
     calls = timed_runs(loop)
     marks = []
     loop.baseline()
+    print("disk", json.dumps({"id": 1, **disk_use(args.work)}))
     for _ in range(args.experiments):
         started = time.time()
-        exp = loop.step(NudgeAgent())
+        exp = loop.step(NudgeAgent(args.shapes))
         marks.append((exp, started, time.time() - started))
         # as it goes, for a call cut short: its start and wall time, and each run's call into the executor
         print(
             "timings",
             json.dumps({"id": exp.id, "started": started, "wall_s": marks[-1][2], "runs": calls_of(calls, exp.id)}),
         )
+        print("disk", json.dumps({"id": exp.id, "description": exp.description, **disk_use(args.work)}))
     rows = []
     for exp, started, wall in marks:
         result = json.loads(exp.result)
