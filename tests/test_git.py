@@ -135,10 +135,13 @@ def test_pack_packs_loose_objects_and_refs_once_there_are_many_and_loses_no_obje
     assert git.show(refs["refs/autoresearch/discarded/3"], "train.py") == "LR = 0.3\n"
     git("fsck", "--strict")
     for n in range(6, 12):  # packs are merged as they come: few, whatever the night's length
-        git._run(("hash-object", "-w", "--stdin"), stdin=f"{n}\n".encode())
+        objects.append(git._run(("hash-object", "-w", "--stdin"), stdin=f"{n}\n".encode()).decode().strip())
         _loose_objects(git.git_dir, prefix="17", count=2 + n)
         assert git.pack()
     assert len(list((git.git_dir / "objects" / "pack").glob("*.pack"))) <= 3
+    # Packs rolled into one keep what nothing reaches too (a turn's snapshot, a discarded run's objects before its ref)
+    kept = git("cat-file", "--batch-all-objects", "--batch-check=%(objectname)").split()
+    assert set(objects) <= set(kept) and unreachable in kept
 
 
 def test_a_turns_snapshot_is_saved_without_copying_the_object_store_it_holds(tmp_path: Path) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from autoresearch.loop import ledger as ledger_module
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.ledger import Experiment, Ledger, LedgerError
 from autoresearch.vocabulary import Status
 
 
@@ -73,3 +76,87 @@ def test_putting_back_an_untouched_ledger_digests_no_row_and_a_forged_seal_is_st
         db.execute("UPDATE seals SET digest = 'forged' WHERE id = 2")
     assert ledger.put_back(before, tmp_path / "quarantine") == "changed the ledger's seals"
     ledger.verify()
+
+
+class Interleaved:
+    """The loop's connection, with another process's commit slipped in before its statement number `at` (or the first
+    after it outside a transaction, when another connection can commit): a process writing the ledger in a loop (an
+    agent's shell beside `submit`'s loop, what an unconfined run left running) may hit any of these moments."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path, at: int, sql: str) -> None:
+        self.db, self.path, self.at, self.sql, self.count, self.done = db, path, at, sql, 0, False
+
+    def execute(self, sql: str, *args):
+        if not self.done and self.count >= self.at and not self.db.in_transaction:
+            self.done = True
+            with sqlite3.connect(self.path) as db:
+                db.execute(self.sql)
+        self.count += 1
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.db, name)
+
+
+def test_a_row_another_process_writes_around_the_loops_own_write_is_still_found(tmp_path: Path) -> None:
+    """BROKE, fixed: a write that read back its one row (4cd690e) checked the file's data_version, then read the row
+    and took the data_version again as the cache's: a commit between the two was cached as the loop's, never checked
+    against its seal, and sealed by the loop's next write of the row (a discard kept, at 0.5). A commit between the
+    check before a write and its BEGIN (older) was sealed by that write. Any moment between the loop's statements."""
+    forged = "UPDATE experiments SET val_bpb = 0.5, status = 'keep' WHERE id = 2"  # its seal not forged
+    moments = None
+    at = 0
+    while moments is None or at < moments:
+        ledger = Ledger(tmp_path / (str(at) if moments is not None else "count"))
+        ledger.verify()
+        for exp_id in range(1, 4):
+            ledger.insert(row(exp_id))
+        ledger.all()
+        ledger._db = Interleaved(ledger._db, ledger.db_path, at if moments is not None else 10**9, forged)
+        with pytest.raises(LedgerError, match="changed 2") if moments is not None else contextlib.nullcontext():
+            # e.g. right after the loop's COMMIT, before it read its row back: cached as the loop's, never checked;
+            # right before its BEGIN, after it checked: sealed by the loop's own write of that row.
+            ledger.update(2, val_bpb=1.5, status=Status.DISCARD)
+            ledger.all()
+            ledger.all()
+        if moments is None:
+            moments = ledger._db.count  # a first pass counts the statements, between which the write can fall
+        else:
+            assert ledger._db.done
+            at += 1
+
+
+def test_a_row_another_process_writes_after_a_step_was_put_back_is_still_found(tmp_path: Path) -> None:
+    """BROKE, fixed: putting a step back dropped the cached rows, and a read with none cached checked no seal."""
+    ledger = Ledger(tmp_path)
+    ledger.verify()
+    for exp_id in range(1, 4):
+        ledger.insert(row(exp_id))
+    before = ledger.state()
+    with sqlite3.connect(ledger.db_path) as db:  # during the step: put back
+        db.execute("UPDATE experiments SET val_bpb = 0.5 WHERE id = 2")
+    assert ledger.put_back(before, tmp_path / "quarantine") == "changed the ledger"
+    with sqlite3.connect(ledger.db_path) as db:  # after it, by what the step left running
+        db.execute("UPDATE experiments SET val_bpb = 0.5 WHERE id = 2")
+    with pytest.raises(LedgerError, match="changed 2"):
+        ledger.all()
+
+
+def test_a_row_another_process_wrote_before_a_step_is_not_sealed_by_putting_the_step_back(tmp_path: Path) -> None:
+    """BROKE, fixed: the rows a step must not change were taken as they were, unchecked; a step that changed the
+    ledger had them all put back and sealed again, a forgery from before it too."""
+    ledger = Ledger(tmp_path)
+    ledger.verify()
+    for exp_id in range(1, 4):
+        ledger.insert(row(exp_id))
+    ledger.all()
+    with sqlite3.connect(ledger.db_path) as db:  # before the step, its seal not forged
+        db.execute("UPDATE experiments SET val_bpb = 0.5, status = 'keep' WHERE id = 2")
+    with contextlib.suppress(LedgerError):  # found as the step starts, or at the latest at the next read
+        before = ledger.state()
+        with sqlite3.connect(ledger.db_path) as db:  # the step changes something: all the rows are sealed again
+            db.execute("UPDATE experiments SET reason = 'x' WHERE id = 3")
+        ledger.put_back(before, tmp_path / "quarantine")
+        ledger.all()
+    with pytest.raises(LedgerError, match="changed 2"):
+        Ledger(tmp_path).verify()

@@ -7,6 +7,7 @@ from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_
 
 from autoresearch.loop import run_logs
 from autoresearch.loop.scheduler import Scheduler
+from autoresearch.loop.trying import try_working_tree
 from autoresearch.loop.workers import close_workers, devices, make_workers
 from autoresearch.vocabulary import Status
 from autoresearch.workspace import git as git_module
@@ -93,3 +94,20 @@ def test_with_two_workers_packing_after_verdicts_loses_no_commit_and_no_watch_ta
         assert git.show(exp.commit, "train.py") == exp.source
     assert git.head() == loop.best().commit
     git("fsck", "--strict")
+
+
+def test_a_lock_a_killed_pack_refs_left_is_not_held_against_the_next_run(workspace, monkeypatch) -> None:
+    """BROKE, fixed: `git pack-refs` after a verdict holds .git/packed-refs.lock while it writes; killed then (a coding
+    agent's tool timing out kills `try`'s whole group, the OOM killer, a power cut), it leaves it. The next run's
+    check found it, and an honest change by `try` was a crash: "the run changed files outside train.py". A lock that
+    was there before a step is set aside after it, not held against it."""
+    executor = FakeExecutor(lambda source: 3.0 + constant(source, "LR"))
+    make_loop(workspace, executor).baseline()
+    monkeypatch.setattr(git_module, "LOOSE_OBJECTS_MAX", 0)  # the next verdict packs
+    git = workspace.git
+    (git.git_dir / "packed-refs.lock").write_text(f"{git.head()} refs/heads/half-written\n")
+    workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.001))
+    exp = try_working_tree(make_loop(workspace, executor), "LR 0.001")
+    assert exp.status == Status.KEEP, exp.reason
+    assert not (git.git_dir / "packed-refs.lock").exists()  # set aside before the verdict's pack-refs
+    assert "refs/heads/half-written" not in (git.git_dir / "packed-refs").read_text()

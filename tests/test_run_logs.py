@@ -75,3 +75,34 @@ def test_a_link_or_fifo_in_place_of_a_log_is_neither_followed_nor_read(tmp_path:
     run_logs.trim(runs, rows, max_bytes=KIB)
     assert outside.read_bytes() == b"x" * (64 * KIB) and (runs / "1-0" / "log.txt").is_symlink()
     assert (runs / "4-0" / "log.txt").stat().st_size < 17 * KIB
+
+
+def test_a_second_name_for_a_runs_folder_cuts_no_log_of_a_kept_experiment_nor_one_outside(tmp_path: Path) -> None:
+    """BROKE, fixed: a run's folder was found by any name that reads as `<exp>-<run>` ("05-0", "٥-0"), and its log then
+    cut through the name the loop writes ("5-0"), following it where it was a link: a process that can write the
+    runs' folder (an unconfined run, an agent driving `submit` from its shell) had the log of a kept experiment cut,
+    or any file named log.txt outside, by making "5-0" a link there and leaving a large log in "05-0"."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "log.txt").write_bytes(CHATTY)
+    runs = tmp_path / "runs"
+    kept = write_log(runs, "1-0", 64 * KIB)
+    for alias, target in (("05-0", runs / "1-0"), ("٦-0", outside)):  # 5 and 6: discarded, old
+        write_log(runs, alias, 512 * KIB)
+        (runs / f"{int(alias.split('-')[0])}-0").symlink_to(target)
+    rows = [experiment(1, Status.KEEP)] + [experiment(i, Status.DISCARD) for i in range(2, 40)]
+    run_logs.trim(runs, rows, max_bytes=KIB)
+    assert kept.read_bytes() == write_log(tmp_path / "again", "1-0", 64 * KIB).read_bytes()
+    assert (outside / "log.txt").read_bytes() == CHATTY and not (outside / "log.txt.cut").exists()
+
+
+def test_a_folder_where_the_cut_is_written_stops_neither_trim_nor_the_cuts_of_other_logs(tmp_path: Path) -> None:
+    """BROKE, fixed: a folder `log.txt.cut` left in a run's folder (where the cut log is written first) made `trim`
+    raise IsADirectoryError after every verdict: the loop stopped, and stopped again at each start."""
+    runs = tmp_path / "runs"
+    write_log(runs, "1-0", 64 * KIB)
+    (runs / "1-0" / "log.txt.cut" / "x").mkdir(parents=True)
+    other = write_log(runs, "2-0", 64 * KIB)
+    rows = [experiment(i, Status.DISCARD) for i in range(1, 3)] + [experiment(i, Status.KEEP) for i in range(3, 30)]
+    run_logs.trim(runs, rows, max_bytes=KIB)
+    assert other.stat().st_size < 17 * KIB

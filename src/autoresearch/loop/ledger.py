@@ -130,6 +130,7 @@ class Ledger:
         existed = self.db_path.exists()
         self._writes = 0  # writes through this object: each makes the cached rows stale
         self._verifying = False  # set by verify(): rows another process wrote are checked against their seals
+        self._trusted: int | None = None  # the data_version at which the file was last checked (verify)
         self._cached: tuple[tuple[int, int], list[Experiment]] | None = None  # (version, rows) of the last read
         try:
             self._open()
@@ -153,6 +154,7 @@ class Ledger:
 
     def _check_seals(self) -> None:
         self._writes += 1  # read again, whatever was cached
+        trusted = self._data_version()  # read first: a commit during the check is checked at the next read
         if foreign := self._foreign():
             raise LedgerError(
                 f"the ledger {self.db_path} holds what the loop never makes: {', '.join(foreign)}. A trigger runs "
@@ -165,6 +167,7 @@ class Ledger:
             self._db.execute("BEGIN IMMEDIATE")
             self._reseal()
             self._db.execute("COMMIT")
+            self._trusted = trusted
             return
         seals = dict(self._db.execute("SELECT id, digest FROM seals"))
         ids = {row[0] for row in rows}
@@ -183,6 +186,7 @@ class Ledger:
                 hint="if a coding agent drives the loop, it edited its record: do not trust what it reported since. "
                 + REBUILD_HINT.replace("run ", "To go on, run ", 1),
             )
+        self._trusted = trusted  # found as the loop left it: checked again once another process writes
 
     def _foreign(self) -> list[str]:
         """What the file's schema holds that the loop did not make ("trigger NAME", "view NAME", "column NAME"...):
@@ -228,6 +232,7 @@ class Ledger:
 
     def _open(self) -> None:
         self._writes += 1  # a new connection counts its data_version afresh
+        self._trusted = None  # so the loop's ledger checks the file again at its next read
         self._db = sqlite3.connect(self.db_path, isolation_level=None)  # autocommit: each write is durable
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -268,32 +273,40 @@ class Ledger:
     def _write(self, exp_id: int, sql: str, args: list) -> None:
         """One write of row `exp_id` and its seal, in one transaction. The loop's ledger checks first that nobody
         else wrote since it last read: its write would seal what they wrote."""
-        if self._verifying:
-            self.all()
-        version = self._data_version()
-        current = self._cached is not None and self._cached[0] == (self._writes, version)
-        self._writes += 1
-        with disk_full_is_an_error("writing the ledger"):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(sql, args)
-                self._reseal(exp_id)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        if current and self._data_version() == version:  # nobody else wrote meanwhile: the other rows are as cached
-            self._recache(exp_id)
+        while True:
+            if self._verifying:
+                self.all()
+            writes = self._writes
+            self._writes += 1
+            with disk_full_is_an_error("writing the ledger"):
+                self._db.execute("BEGIN IMMEDIATE")  # from here until COMMIT no other connection commits
+                version = self._data_version()
+                if self._verifying and version != self._trusted:  # another wrote since all() checked: check that
+                    self._db.execute("ROLLBACK")  # first, or this write would seal what it wrote to this row
+                    continue
+                current = self._cached is not None and self._cached[0] == (writes, version)
+                try:
+                    self._db.execute(sql, args)
+                    self._reseal(exp_id)
+                    row = self.get(exp_id) if current else None  # read in the transaction: nobody else's yet
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            if current:  # nobody else wrote since the rows were read: the other rows are as cached
+                self._recache(exp_id, row, version)
+            return
 
-    def _recache(self, exp_id: int) -> None:
-        """Put row `exp_id` as it now is into the cached rows, which are otherwise current: a write reads back the
-        one row it wrote, not the whole table (at 5,000 rows, reading all of them after every write cost the
-        driver seconds per experiment: BENCHMARKS.md, "What a long night leaves behind")."""
+    def _recache(self, exp_id: int, row: Experiment | None, version: int) -> None:
+        """Put row `exp_id` as this process wrote it into the cached rows, which are otherwise current: a write reads
+        back the one row it wrote, not the whole table (at 5,000 rows, reading all of them after every write cost the
+        driver seconds per experiment: BENCHMARKS.md, "What a long night leaves behind"). The rows are as the file
+        was at `version` (its data_version in the write's transaction), plus this write: a commit of another process
+        since then makes the next read check and read them all again."""
         assert self._cached is not None
         rows = self._cached[1]
         ids = [exp.id for exp in rows]
         at = bisect.bisect_left(ids, exp_id)
-        row = self.get(exp_id)
         if at < len(rows) and rows[at].id == exp_id:
             if row is None:
                 del rows[at]
@@ -301,7 +314,7 @@ class Ledger:
                 rows[at] = row
         elif row is not None:
             rows.insert(at, row)
-        self._cached = ((self._writes, self._data_version()), rows)
+        self._cached = ((self._writes, version), rows)
 
     def _data_version(self) -> int:
         return self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -312,8 +325,8 @@ class Ledger:
         """Every experiment, oldest first: read from the database when it changed since the last call, else
         copies of the rows read then (a caller may change what it gets; the next caller gets the rows)."""
         data_version = self._data_version()
-        if self._verifying and self._cached is not None and self._cached[0][1] != data_version:
-            self._check_seals()  # another process wrote the file since: not one of the loop's
+        if self._verifying and self._trusted != data_version:
+            self._check_seals()  # another process wrote the file since it was checked: not one of the loop's
         version = (self._writes, data_version)
         if self._cached is None or self._cached[0] != version:
             self._cached = (version, list(self._rows("SELECT * FROM experiments ORDER BY id")))
@@ -343,8 +356,13 @@ class Ledger:
     def state(self) -> LedgerState:
         """Every row, the identity of the file they live in, and the rows' seals: what an untrusted step must not
         change."""
-        rows = self._db.execute("SELECT * FROM experiments ORDER BY id").fetchall()
-        return rows, self._identity(), self._seals()
+        while True:
+            if self._verifying:  # what another process wrote before the step is found now, not sealed by put_back
+                self.all()
+            rows = self._db.execute("SELECT * FROM experiments ORDER BY id").fetchall()
+            seals = self._seals()
+            if not self._verifying or self._data_version() == self._trusted:  # nobody wrote since the check
+                return rows, self._identity(), seals
 
     def put_back(self, state: LedgerState, quarantine: Path) -> str | None:
         """Make the ledger what it was in `state` (taken by this process); what had changed, if anything."""

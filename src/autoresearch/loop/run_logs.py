@@ -28,8 +28,11 @@ MAX_BYTES = 2 << 30  # all the runs' logs together, before the oldest are cut
 TAIL = 256 << 10  # what the first cut keeps of a log: its end
 SHORT_TAIL = 16 << 10  # what the second keeps, where cutting all to TAIL was not enough
 NEWEST_WHOLE = 20  # the latest experiments whose logs stay whole
-_RUN = re.compile(r"(\d+)-(\d+)")
-_OPEN = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)  # a link or FIFO an agent left is not followed
+_RUN = re.compile(r"([0-9]+)-([0-9]+)")
+CUT = LOG + ".cut"  # where a cut log is written before it takes the log's place
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_OPEN = os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW  # a link or FIFO an agent left is not followed
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY
 
 
 def trim(runs: Path, rows: Iterable[Experiment], max_bytes: int | None = None) -> int:
@@ -48,7 +51,7 @@ def trim(runs: Path, rows: Iterable[Experiment], max_bytes: int | None = None) -
             if total - freed <= max_bytes:
                 return freed
             if size > keep + _HEADER_BYTES:
-                freed += cut(runs / f"{exp}-{run}" / LOG, keep, max_bytes)
+                freed += cut(runs, f"{exp}-{run}", keep, max_bytes)
         cuttable = [(exp, run, min(size, keep)) for exp, run, size in cuttable]
     return freed
 
@@ -67,8 +70,9 @@ def _logs(runs: Path) -> list[tuple[int, int, int]]:
     except OSError:
         return found
     for entry in entries:
-        if (match := _RUN.fullmatch(entry.name)) is None or not entry.is_dir(follow_symlinks=False):
-            continue
+        match = _RUN.fullmatch(entry.name)
+        if match is None or entry.name != f"{int(match[1])}-{int(match[2])}" or not entry.is_dir(follow_symlinks=False):
+            continue  # only the name the loop gives a run's folder ("05-0" is another folder than 5-0's), not a link
         try:
             st = os.lstat(os.path.join(entry.path, LOG))
         except OSError:
@@ -82,14 +86,33 @@ _HEADER = "[the first {cut} bytes of this log were cut after the run: the loop k
 _HEADER_BYTES = 200
 
 
-def cut(log: Path, keep: int, cap: int) -> int:
-    """Replace `log` by its last `keep` bytes (from the first line that begins in them), headed by a line saying so;
-    the bytes freed. A log that is no regular file (a link, a FIFO an agent left there) is left as it is."""
+def cut(runs: Path, name: str, keep: int, cap: int) -> int:
+    """Replace the log in the run's folder `name` under `runs` by its last `keep` bytes (from the first line that
+    begins in them), headed by a line saying so; the bytes freed. Each step is taken inside that very folder, opened
+    without following a link there or in its place (one an agent made after `_logs` looked); a log that is no regular
+    file (a link, a FIFO an agent left there) is left as it is, and so is one whose cut cannot be written."""
     try:
-        fd = os.open(log, _OPEN)
+        top = os.open(runs, _DIRECTORY)
     except OSError:
         return 0
-    with open(fd, "rb") as f:
+    try:
+        folder = os.open(name, _DIRECTORY | _NOFOLLOW, dir_fd=top)
+    except OSError:
+        return 0
+    finally:
+        os.close(top)
+    try:
+        return _cut(folder, keep, cap)
+    except OSError:  # a folder `log.txt.cut`, no room, no permission: the log stays whole, the loop goes on
+        with contextlib.suppress(OSError):
+            os.unlink(CUT, dir_fd=folder)
+        return 0
+    finally:
+        os.close(folder)
+
+
+def _cut(folder: int, keep: int, cap: int) -> int:
+    with open(os.open(LOG, _OPEN, dir_fd=folder), "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode) or st.st_size <= keep:
             return 0
@@ -98,15 +121,9 @@ def cut(log: Path, keep: int, cap: int) -> int:
     if (newline := end.find(b"\n")) != -1 and newline < len(end) - 1:
         end = end[newline + 1 :]
     header = _HEADER.format(cut=st.st_size - len(end), cap=f"{cap / 2**30:g} GiB").encode()
-    tmp = log.with_name(LOG + ".cut")
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    try:
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644), "wb") as f:
-            f.write(header + end)
-        os.replace(tmp, log)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        return 0
+        os.unlink(CUT, dir_fd=folder)
+    with open(os.open(CUT, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644, dir_fd=folder), "wb") as f:
+        f.write(header + end)
+    os.replace(CUT, LOG, src_dir_fd=folder, dst_dir_fd=folder)
     return st.st_size - len(header) - len(end)

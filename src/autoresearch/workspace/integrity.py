@@ -79,6 +79,9 @@ class Snapshot:
     # Every file under .git/objects but info/ -> [content id, inode, size, mtime_ns, ctime_ns, mode]. Not saved for the
     # next start (save()): a snapshot read back from disk has None, and leaves the objects as they are.
     objects: dict[str, list] | None = None
+    # Lock files under .git a killed git left before the step (`git pack-refs` after a verdict, say) -> [inode,
+    # ctime_ns]: set aside after the step, as every lock is, but not the step's doing.
+    locks: dict[str, list] = field(default_factory=dict)
     contents: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)  # content id -> bytes
     sources: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)  # content id -> its file
 
@@ -122,6 +125,7 @@ def take(git: Git, exclude: frozenset[str] = frozenset(), human: bool = True) ->
         contents=contents | history_contents,
     )
     snap.objects = objects.record(git.git_dir, snap.contents)
+    snap.locks = _locks(git.git_dir)
     snap.files = _status_contents(git.root, git.status(), skip, snap)
     snap.untracked = _signatures(git, skip)
     if human:
@@ -248,7 +252,7 @@ def put_back(
         before.git_files, guarded_git(git.git_dir), before, git.git_dir, git_quarantine, found
     ):
         held.append(f".git/{rel}")  # before any git command runs
-    _put_back_locks(git.git_dir, git_quarantine, held)  # a git that was killed: the loop's git commands would fail
+    _put_back_locks(git.git_dir, git_quarantine, held, before.locks)  # a git that was killed: the loop's would fail
     if before.objects is not None:  # before a git command reads them (a snapshot read from disk has none)
         objects.put_back(before.objects, before.contents, git, git_quarantine, found.changed, held, found.not_restored)
     left_history, _, _ = _read_git_files(git.git_dir, HISTORY_GIT)  # before the loop's own commands write to it
@@ -301,11 +305,22 @@ def _put_back_git_files(
     return sorted(differed)
 
 
-def _put_back_locks(git_dir: Path, quarantine: Path, held: list[str]) -> None:
-    """Lock files a git command leaves when it is killed: while they are there, git refuses to work."""
+def _locks(git_dir: Path) -> dict[str, list]:
+    """The lock files under .git (relative path -> [inode, ctime_ns])."""
+    found = {}
     for path in sorted([*git_dir.glob("*.lock"), *(git_dir / "refs").rglob("*.lock")]):
-        rel = path.relative_to(git_dir).as_posix()
-        held.append(f".git/{rel}")
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            found[path.relative_to(git_dir).as_posix()] = [st.st_ino, st.st_ctime_ns]
+    return found
+
+
+def _put_back_locks(git_dir: Path, quarantine: Path, held: list[str], before: dict[str, list]) -> None:
+    """Lock files a git command leaves when it is killed: while they are there, git refuses to work. Those that were
+    there before the step (`before`), as they were, are not held against it."""
+    for rel, signature in _locks(git_dir).items():
+        if before.get(rel) != signature:
+            held.append(f".git/{rel}")
         set_aside(git_dir, rel, quarantine, tidy=False)  # an emptied refs/ directory must stay
 
 
@@ -424,7 +439,7 @@ def load(path: Path) -> Snapshot | None:
     except Exception:  # missing, cut short, not JSON, not a snapshot's fields: unreadable all the same
         return None
     work = [*snap.files, *snap.untracked, *snap.human]
-    if all(map(_inside, [*work, *snap.git_files, *snap.history])) and not any(map(is_loop_own, work)):
+    if all(map(_inside, [*work, *snap.git_files, *snap.history, *snap.locks])) and not any(map(is_loop_own, work)):
         return snap
     return None
 
