@@ -174,14 +174,14 @@ def alive(pid: int, created: float) -> psutil.Process | None:
     return None
 
 
-def marked_processes(cache: Path) -> list[psutil.Process]:
-    """Processes whose environment names this fuzzer's cache: only what its loops started."""
+def marked_processes(cache: Path) -> list[tuple[int, str]]:
+    """Processes (pid, command line) whose environment names this fuzzer's cache: only what its loops started."""
     found = []
     for process in psutil.process_iter():
         try:
-            if process.environ().get("AUTORESEARCH_CACHE") == str(cache):
-                found.append(process)
-        except psutil.Error:
+            if process.environ().get("AUTORESEARCH_CACHE") == str(cache) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append((process.pid, " ".join(process.cmdline())[:200]))
+        except psutil.Error:  # gone, or a zombie meanwhile
             continue
     return found
 
@@ -224,7 +224,7 @@ class Fuzzer:
         end = time.monotonic() + grace
         while True:
             left = [(pid, cmd) for pid, (created, cmd) in watched.descendants.items() if alive(pid, created)]
-            left += [(p.pid, " ".join(p.cmdline())[:200]) for p in marked_processes(self.cache) if p.pid != os.getpid()]
+            left += [(pid, cmd) for pid, cmd in marked_processes(self.cache) if pid != os.getpid()]
             left = list(dict(left).items())
             if not left or time.monotonic() > end:
                 break
