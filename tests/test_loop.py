@@ -439,6 +439,22 @@ def test_a_run_that_kills_the_loop_is_retried_once_on_the_next_start_then_is_a_c
     assert workspace.git.head() == best.commit and third.best().id == best.id
 
 
+def test_a_baseline_the_loop_was_killed_in_twice_says_so_and_the_next_start_measures_it_anew(workspace):
+    """BROKE, fixed: two kills of the loop while the user's own baseline trained (the machine out of memory, say)
+    stopped the next start with "the baseline train.py failed ... fix train.py", blaming a train.py that is fine."""
+    loop = make_loop(workspace, FakeExecutor(score))
+    baseline = loop.new_baseline()
+    loop.ledger.update(baseline.id, attempts=2)  # as two kills in its runs leave it
+    with pytest.raises(LoopError) as stopped:
+        make_loop(workspace, FakeExecutor(score)).recover()
+    said = str(stopped.value) + stopped.value.hint
+    assert "killed 2 times while the baseline (exp 1) trained" in said and "run again to measure the baseline" in said
+    assert "failed" not in said and "fix train.py" not in said
+    again = make_loop(workspace, FakeExecutor(score))
+    assert again.recover() is None and again.baseline().status == Status.KEEP  # as the error says
+    assert [e.status for e in again.ledger.all()] == [Status.CRASH, Status.KEEP]
+
+
 @pytest.mark.parametrize("committed", [True, False])
 def test_a_commit_made_by_hand_while_an_experiment_is_in_flight_is_not_reset_away(workspace, committed):
     """Stopped while it trained experiment 2 (committed or not yet), then a person commits on the branch: the

@@ -901,3 +901,13 @@ def test_a_ray_run_stopped_before_its_task_is_sent_is_cancelled_as_it_is_sent(mo
     executor._task, executor._running, executor._stopped = fake, None, threading.Event()
     executor.stop()  # nothing sent yet
     assert executor._ask(None, None) == "cancelled" and fake.cancelled == ["task 1"]
+
+
+def test_with_workers_a_baseline_the_loop_was_killed_in_twice_says_so_and_blames_no_train_py(workspace):
+    sched, _ = scheduler(workspace)
+    sched.loop.ledger.update(sched.loop.new_baseline().id, attempts=2)  # as two kills in its seeds' runs leave it
+    with pytest.raises(LoopError) as stopped:
+        sched.run(ScriptedAgent([set_lr(0.2)]), max_experiments=1)
+    said = str(stopped.value) + stopped.value.hint
+    assert "killed 2 times while the baseline (exp 1) trained" in said and "fix train.py" not in said
+    assert sched.loop.ledger.get(1).status == Status.CRASH

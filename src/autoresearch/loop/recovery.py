@@ -130,10 +130,9 @@ class Recovery:
             if not taking_edit:  # before anything checks out another train.py
                 self.check_no_edit(pending)
             if pending.attempts >= MAX_ATTEMPTS:
-                why = f"the loop died {pending.attempts} times while this train.py ran: it is not run again"
-                self._finish(pending, Status.CRASH, why)
+                self._finish(pending, Status.CRASH, died_running(pending))
                 if pending.kind == Kind.BASELINE:
-                    raise LoopError(f"the baseline train.py failed: {why}", hint="fix train.py, then run again")
+                    raise baseline_died(pending, self.ws)
                 return None
             if pending.commit is None:
                 head = self.git.head()
@@ -294,6 +293,23 @@ class Recovery:
         suspects = [e for e in rows if e.id in was or not e.status.final]
         suspects += [e for e in rows if best and e.commit == best.parent and e.status == Status.KEEP]
         return next((e for e in suspects if written_for(text, e)), None)
+
+
+def died_running(exp: Experiment) -> str:
+    """Why an experiment whose runs the loop died in MAX_ATTEMPTS times is a crash."""
+    return f"the loop died {exp.attempts} times while this train.py ran: it is not run again"
+
+
+def baseline_died(exp: Experiment, ws: Workspace) -> LoopError:
+    """The error that stops a loop whose baseline it died in MAX_ATTEMPTS times: the baseline is the user's own
+    train.py, and what killed the loop may have been the user, the machine or the run."""
+    return LoopError(
+        f"the loop was killed {exp.attempts} times while the baseline (exp {exp.id}) trained, so it is recorded as a "
+        "crash",
+        hint="run again to measure the baseline anew. If the loop dies again, look for what kills it: the machine "
+        "running out of memory (`dmesg`; a smaller DEVICE_BATCH_SIZE in train.py) or the runs' logs in "
+        f"{ws.state / 'runs'}",
+    )
 
 
 def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool = False) -> None:

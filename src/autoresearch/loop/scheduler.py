@@ -42,7 +42,7 @@ from autoresearch.loop.executor import Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import Inbox, note_moved
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
-from autoresearch.loop.recovery import commit_message, result_columns, seeded
+from autoresearch.loop.recovery import baseline_died, commit_message, died_running, result_columns, seeded
 from autoresearch.loop.workers import (
     Device,
     Job,
@@ -448,10 +448,10 @@ class Scheduler:
                 self.ratchet.crashed(exp, "interrupted while the agent was proposing")
                 continue
             if exp.attempts >= MAX_ATTEMPTS:
-                why = f"the loop died {exp.attempts} times while this train.py ran: it is not run again"
-                self.ratchet.crashed(exp, why)
-                if exp.kind == Kind.BASELINE:
-                    raise LoopError(f"the baseline train.py failed: {why}", hint="fix train.py, then run again")
+                if exp.kind == Kind.BASELINE:  # not "the baseline train.py failed": the loop was killed in it
+                    loop._finish(exp, Status.CRASH, died_running(exp))
+                    raise baseline_died(exp, loop.ws)
+                self.ratchet.crashed(exp, died_running(exp))
                 continue
             if exp.status == Status.RUNNING:
                 loop.reporter.message(f"resuming experiment {exp.id}: {exp.description}")
