@@ -390,7 +390,7 @@ class Fuzzer:
         if watched.proc.poll() is not None:
             self.stats.exited_before_kill += 1
             tail = watched.output()[-800:]
-            if watched.proc.returncode == 2 and "the baseline train.py failed: the loop died" in tail:
+            if watched.proc.returncode == 2 and "while the baseline (exp" in " ".join(tail.split()):
                 self.stats.baseline_refusals += 1  # by design (README: a run the loop died in twice is a crash)
             elif watched.proc.returncode != 0:
                 self.fail(f"the loop exited {watched.proc.returncode} by itself (before its kill): {tail}")
