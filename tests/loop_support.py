@@ -88,6 +88,11 @@ def with_constants(source: str, **values) -> str:
     return set_constants(source, values)
 
 
+def set_lr(value: float):
+    """A ScriptedAgent's edit: LR set to `value`."""
+    return lambda ctx: (f"LR {value}", with_constants(ctx.train_py, LR=value))
+
+
 def constant(source: str, name: str):
     return read_constants(source)[name].value
 

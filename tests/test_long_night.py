@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, set_lr, with_constants
 
 from autoresearch.loop import run_logs
 from autoresearch.loop.scheduler import Scheduler
@@ -14,10 +14,6 @@ from autoresearch.workspace import git as git_module
 
 KIB = 1 << 10
 CHATTY = b"step 0.1234\n" * (64 * KIB // 12)  # what a chatty run prints: 64 KiB
-
-
-def lr_edits(*values: float) -> list:
-    return [lambda ctx, lr=lr: (f"LR {lr}", with_constants(ctx.train_py, LR=lr)) for lr in values]
 
 
 class ChattyExecutor(FakeExecutor):
@@ -36,7 +32,7 @@ def test_the_loop_cuts_old_discarded_runs_logs_after_each_verdict(workspace, mon
     monkeypatch.setattr(run_logs, "TAIL", 4 * KIB)
     loop = make_loop(workspace, ChattyExecutor(lambda source: 3.0 + constant(source, "LR")))
     loop.baseline()  # three runs, kept
-    edits = lr_edits(0.3, 0.4, 0.5, 0.6)
+    edits = [set_lr(v) for v in (0.3, 0.4, 0.5, 0.6)]
     agent = ScriptedAgent(list(edits))
     for _ in edits:
         assert loop.step(agent).status == Status.DISCARD
@@ -53,7 +49,7 @@ def test_the_loop_packs_gits_objects_after_a_verdict_and_the_next_watch_keeps_th
     monkeypatch.setattr(git_module, "LOOSE_REFS_MAX", 1)
     loop = make_loop(workspace, FakeExecutor(lambda source: 3.0 + constant(source, "LR")))
     loop.baseline()
-    edits = lr_edits(0.01, 0.3, 0.005, 0.4)
+    edits = [set_lr(v) for v in (0.01, 0.3, 0.005, 0.4)]
     agent = ScriptedAgent(list(edits))
     done = [loop.step(agent) for _ in edits]
     assert [e.status for e in done] == [Status.KEEP, Status.DISCARD, Status.KEEP, Status.DISCARD]
@@ -80,7 +76,7 @@ def test_with_two_workers_packing_after_verdicts_loses_no_commit_and_no_watch_ta
     workers = make_workers(
         loop, devices("0,1", None, cores=2), lambda d: FakeExecutor(lambda s: 3.0 + constant(s, "LR"))
     )
-    agent = ScriptedAgent(lr_edits(0.01, 0.3, 0.005, 0.4, 0.002, 0.6))
+    agent = ScriptedAgent([set_lr(v) for v in (0.01, 0.3, 0.005, 0.4, 0.002, 0.6)])
     try:
         Scheduler(loop, workers).run(agent, max_experiments=6)
     finally:

@@ -22,6 +22,7 @@ from loop_support import (
     make_loop,
     make_workspace,
     pending_experiment,
+    set_lr,
     with_constants,
 )
 
@@ -47,10 +48,6 @@ SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002, 45: 0.001}
 def score(source: str) -> float:
     """A fake val_bpb: best at LR = 0.2, plus a seed-dependent wobble of about 0.002."""
     return 1.0 + (constant(source, "LR") - 0.2) ** 2 + SEED_NOISE.get(constant(source, "SEED"), 0.0)
-
-
-def set_lr(value: float):
-    return lambda ctx: (f"LR {value}", with_constants(ctx.train_py, LR=value))
 
 
 def test_baseline_trains_several_seeds_and_the_noise_is_their_spread(workspace):

@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 
 import psutil
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, pending_experiment, with_constants
+from loop_support import (
+    FakeExecutor,
+    ScriptedAgent,
+    constant,
+    make_loop,
+    pending_experiment,
+    set_lr,
+    with_constants,
+)
 
 from autoresearch.agents.base import Proposal, ProposalError
 from autoresearch.agents.prompt import build_prompt, ledger_summary
@@ -38,10 +46,6 @@ def score(source: str) -> float:
     """Best at LR 0.2 and with the betas edit; a seed wobble of 0.002 (noise 0.002, margin 0.004)."""
     lr, seed = constant(source, "LR"), constant(source, "SEED")
     return 1.0 + (lr - 0.2) ** 2 + (0 if BETAS in source else 0.05) + SEED_NOISE[seed]
-
-
-def set_lr(value: float):
-    return lambda ctx: (f"LR {value}", with_constants(ctx.train_py, LR=value))
 
 
 def betas(ctx):
