@@ -119,6 +119,8 @@ def lab(tmp_path_factory, tiny_prepared: Path, cache_dir: Path):
     from autoresearch.loop.executor import LocalExecutor
     from autoresearch.vocabulary import Status
 
+    if (reason := sandbox.unavailable_reason()) is not None:  # unconfined, its runs would write this package's files
+        pytest.fail(f"the sandbox does not work on this machine: {reason}")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AUTORESEARCH_CACHE", str(cache_dir))
         ws = make_workspace(tmp_path_factory.mktemp("red-team") / "ws", tiny_prepared)

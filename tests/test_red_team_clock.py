@@ -61,9 +61,9 @@ EXPERIMENTS = {
     'pid = subprocess.Popen([sys.executable, "-c", sys.argv[1]]).pid; print(pid, flush=True)\', WORK], '
     "stdout=subprocess.PIPE, text=True)\npid = int(p.stdout.readline()); p.wait()\n" + GONE,
     # A worker that is still alive at the reading.
-    "alive_worker": "p = subprocess.Popen([sys.executable, '-c', WORK + '\\nimport time; time.sleep(30)'])\n"
-    "time.sleep(0.1)\nwhile psutil.Process(p.pid).cpu_times().user < 0.2: time.sleep(0.01)\n"
-    "time.sleep(0.5)\n",
+    # (It says when its work is done: a CPU time to wait for would never come where the work takes less.)
+    "alive_worker": "p = subprocess.Popen([sys.executable, '-c', WORK + '\\nprint(1, flush=True); import time; "
+    "time.sleep(30)'], stdout=subprocess.PIPE)\np.stdout.readline()\ntime.sleep(0.5)\n",
     # The parent dies without reaping its finished worker: the zombie goes to the subreaper.
     "parent_dies_unreaped": "p = subprocess.Popen([sys.executable, '-c', 'import subprocess, sys, time; "
     'w = subprocess.Popen([sys.executable, "-c", sys.argv[1]]); print(w.pid, flush=True); '
