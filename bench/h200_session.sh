@@ -67,6 +67,9 @@ noise_configs() {  # issue 9: the tiny preset's seed noise for several train.py 
     pids+=($!) core=$((core + 2))
   done
   wait "${pids[@]}"
+  for config in ${CONFIGS:-shipped=}; do  # every run that ended, also of a config cut by NOISE_S
+    python3 bench/collect_runs.py "$OUT/${config%%=*}/runs.json" "/tmp/sn-${config%%=*}" >/dev/null 2>&1
+  done
   python3 -c "
 import json, pathlib, statistics
 for f in sorted(pathlib.Path('$OUT').glob('*/seed_noise_tiny.json')):

@@ -7,6 +7,7 @@ import logging
 import random
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from autoresearch.data.prepare import prepare
 from autoresearch.data.sources.local import bad_fraction, check_corpus
 from autoresearch.errors import ConfigError, DataError
 from autoresearch.workspace import init as init_module
+from autoresearch.workspace.constants import read_constants
 from autoresearch.workspace.git import Git, GitError
 from autoresearch.workspace.init import check_init, create_workspace
 
@@ -154,6 +156,37 @@ def test_a_gpu_preset_is_refused_without_cuda(
         check_init(tmp_path / "ws", h100, None)
     monkeypatch.setattr(init_module, "cuda_available", lambda: pytest.fail("tiny needs no CUDA check"))
     check_init(tmp_path / "ws", get_preset("tiny"), None)
+
+
+def compile_setting(ws: Path) -> object:
+    return read_constants((ws / "train.py").read_text())["COMPILE"].value
+
+
+@pytest.mark.parametrize("lacking", ["compiler", "headers"])
+def test_without_a_cpu_compiler_train_py_is_set_not_to_compile_and_init_says_how_to_get_one(
+    lacking: str, tiny_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("AUTORESEARCH_DEVICE", "cpu")
+    with caplog.at_level(logging.WARNING):
+        create_workspace(tmp_path / "with", get_preset("tiny"), "python-source", tiny_prepared, None)
+    assert compile_setting(tmp_path / "with") is True and caplog.text == ""  # this machine has both
+    if lacking == "compiler":
+        monkeypatch.setenv("CXX", "no-such-compiler++")
+    else:
+        real = sysconfig.get_paths
+        monkeypatch.setattr(sysconfig, "get_paths", lambda: {**real(), "include": str(tmp_path / "nowhere")})
+    with caplog.at_level(logging.WARNING):
+        create_workspace(tmp_path / "without", get_preset("tiny"), "python-source", tiny_prepared, None)
+    assert compile_setting(tmp_path / "without") is False
+    said = words(caplog.text)
+    why = "no C++ compiler (no-such-compiler++)" if lacking == "compiler" else "Python's C headers are missing"
+    assert why in said
+    assert "apt-get install g++ python3-dev" in said and "set COMPILE = True" in said
+    caplog.clear()
+    monkeypatch.setenv("AUTORESEARCH_DEVICE", "cuda")  # a GPU's compiler is not this check's business
+    with caplog.at_level(logging.WARNING):
+        create_workspace(tmp_path / "gpu", get_preset("tiny"), "python-source", tiny_prepared, None)
+    assert compile_setting(tmp_path / "gpu") is True and caplog.text == ""
 
 
 @pytest.mark.parametrize("budget", [0.0, -1.0, 10**7])

@@ -173,7 +173,7 @@ def test_a_train_py_that_ignores_time_up_and_overruns_the_budget_is_invalid(
 ) -> None:
     # Small steps (4 rows), so that 6 s past a 1 s budget is many steps, even on a busy machine.
     overrun = "while run.elapsed < run.budget_seconds + 6:"
-    small = {"TOTAL_BATCH_SIZE": 2**10, "DEVICE_BATCH_SIZE": 4}
+    small = {"TOTAL_BATCH_SIZE": 2**10, "DEVICE_BATCH_SIZE": 4, "COMPILE": False}  # a new shape: not compiled anew
     ws = variant(workspace, tmp_path / "overrun", "while not run.time_up:", overrun, budget=1, constants=small)
     proc = python(["train.py"], ws, subprocess_env)
     result = json.loads((ws / "result.json").read_text())

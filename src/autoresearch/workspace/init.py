@@ -6,9 +6,12 @@ and that this machine can run the preset. A failure while writing removes what w
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
+import sys
+import sysconfig
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -21,14 +24,39 @@ from autoresearch.workspace.git import Git
 
 DEVICE_ENV = "AUTORESEARCH_DEVICE"  # as in autoresearch.device, which imports torch
 
+log = logging.getLogger(__name__)
+
 
 def template(name: str) -> str:
     return resources.files("autoresearch.workspace").joinpath("templates", name).read_text()
 
 
-def train_py_for(preset: Preset) -> str:
-    """The train.py template with the preset's starting model constants filled in."""
-    return set_constants(template("train.py"), dict(preset.train_defaults))
+def train_py_for(preset: Preset, compile_model: bool = True) -> str:
+    """The train.py template with the preset's starting model constants filled in (and COMPILE)."""
+    return set_constants(template("train.py"), {**preset.train_defaults, "COMPILE": compile_model})
+
+
+def trains_on_cpu(preset: Preset) -> bool:
+    """Whether python train.py will pick the CPU here (as autoresearch.device.pick_device does)."""
+    if preset.needs_cuda:
+        return False
+    if forced := os.environ.get(DEVICE_ENV):
+        return forced == "cpu"
+    import torch  # only for a preset that may train on the CPU
+
+    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
+
+
+def cpu_compiler_missing() -> str | None:
+    """Why torch.compile cannot build train.py's model for the CPU here, or None: Inductor compiles C++ with
+    $CXX (else g++, clang++ on macOS) against Python's headers."""
+    compiler = os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler}) is on PATH"
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.is_file():
+        return f"Python's C headers are missing ({headers})"
+    return None
 
 
 # Files the loop writes that are not part of any experiment.
@@ -188,8 +216,15 @@ def write_workspace_files(directory: Path, preset: Preset, dataset: str, data_di
         budget_seconds=float(budget if budget is not None else preset.budget_seconds),
         data_dir=str(data_dir.resolve()),
     )
+    missing = cpu_compiler_missing() if trains_on_cpu(preset) else None
+    if missing:
+        log.warning(
+            "%s, so train.py is set not to compile its model (COMPILE = False): on the CPU a compiled model trains "
+            "~1.45x the steps. Install one (Debian/Ubuntu: apt-get install g++ python3-dev) and set COMPILE = True.",
+            missing,
+        )
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "train.py").write_text(train_py_for(preset))
+    (directory / "train.py").write_text(train_py_for(preset, compile_model=not missing))
     (directory / "program.md").write_text(template("program.md"))
     (directory / ".gitignore").write_text(GITIGNORE)
     apparatus.save(directory / CONFIG_NAME)
