@@ -1,15 +1,14 @@
 """The seed-to-seed noise of a preset's shipped train.py, measured as the loop measures it.
 
     python bench/seed_noise.py [--preset tiny] [--seeds 5] [--budget SECONDS] [--set NAME=VALUE ...] [--fixed-seed N]
-        [--edit OLD=>NEW ...] [--out DIR]
+        [--out DIR]
 
 A fresh workspace on python-source; the loop's baseline trains the unchanged train.py once per seed.
 Prints each run's val_bpb, steps and seconds, and the noise (their standard deviation) and margin the
 loop would judge with; writes them to OUT/seed_noise_<preset>.json. `--set DEPTH=3` changes a train.py
 constant of the baseline (a Python literal), to measure a candidate starting point for the preset.
 `--fixed-seed N` makes train.py seed torch with N whatever its SEED: a copy, as a train.py that ignores SEED
-is, to measure how closely its runs repeat one another (loop/judge.py's COPY_SPREAD). `--edit OLD=>NEW`
-replaces text in the baseline's train.py, e.g. to compile the model on the CPU too.
+is, to measure how closely its runs repeat one another (loop/judge.py's COPY_SPREAD).
 """
 
 from __future__ import annotations
@@ -39,14 +38,6 @@ def constant(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{value!r} is not a Python literal") from None
 
 
-def edit(text: str) -> tuple[str, str]:
-    """OLD=>NEW, a literal replacement in train.py: `--edit "if cuda:  # one graph=>if True:  # one graph"`."""
-    old, sep, new = text.partition("=>")
-    if not sep or not old:
-        raise argparse.ArgumentTypeError(f"expected OLD=>NEW, got {text!r}")
-    return old, new
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="tiny")
@@ -55,8 +46,6 @@ def main() -> None:
     parser.add_argument("--set", type=constant, action="append", default=[], metavar="NAME=VALUE",
                         help="a train.py constant of the baseline, other than the preset's default")  # fmt: skip
     parser.add_argument("--fixed-seed", type=int, help="train.py seeds torch with this, not SEED")
-    parser.add_argument("--edit", type=edit, action="append", default=[], metavar="OLD=>NEW",
-                        help="replace the text OLD of the baseline's train.py by NEW (each must occur)")  # fmt: skip
     parser.add_argument("--work", type=Path, default=Path("/tmp/seed-noise"))
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
     args = parser.parse_args()
@@ -68,13 +57,6 @@ def main() -> None:
         assert "torch.manual_seed(SEED)" in source, "train.py does not seed torch with SEED as the template does"
         ws.train_py.write_text(source.replace("torch.manual_seed(SEED)", f"torch.manual_seed({args.fixed_seed})"))
         subprocess.run(["git", "-C", str(ws.root), "commit", "-qam", "a fixed seed"], check=True)
-    if args.edit:
-        source = ws.train_py.read_text()
-        for old, new in args.edit:
-            assert old in source, f"{old!r} is not in train.py"
-            source = source.replace(old, new)
-        ws.train_py.write_text(source)
-        subprocess.run(["git", "-C", str(ws.root), "commit", "-qam", "edited for the benchmark"], check=True)
     baseline = loop.baseline()
     runs = []
     for result_file in sorted((ws.state / "runs").glob(f"{baseline.id}-*/result.json")):
@@ -87,7 +69,6 @@ def main() -> None:
     noise = noise_of(values)
     summary = {
         "fixed_seed": args.fixed_seed,
-        "edits": args.edit,
         "preset": args.preset,
         "budget_s": ws.apparatus.budget_seconds,
         "overrides": overrides,
