@@ -65,9 +65,10 @@ def test_non_zero_exit_is_a_proposal_error_with_the_stderr_tail(tmp_path: Path, 
 @pytest.mark.slow
 def test_a_hanging_command_is_killed_with_its_whole_process_group(tmp_path: Path, context: Context) -> None:
     marker = f"autoresearch-hanging-child-{os.getpid()}-{time.monotonic_ns()}"  # found from outside its namespace
-    script = f"sh -c 'sleep 300; :' {marker} &\necho 'still thinking' >&2\nsleep 300"
+    script = f"sh -c 'sleep 300; :' {marker} &\necho 'editing train.py'\necho 'still thinking' >&2\nsleep 300"
     start = time.monotonic()
-    with pytest.raises(ProposalError, match=r"(?s)did not finish within 1 s.*still thinking"):
+    said = r"(?s)did not finish within 1 s.*\[stdout\] editing train.py\n\[stderr\] still thinking"
+    with pytest.raises(ProposalError, match=said):  # what it was doing, from either stream
         agent(tmp_path, script, timeout_s=1).propose(context)
     assert time.monotonic() - start < 10
     deadline = time.monotonic() + 5

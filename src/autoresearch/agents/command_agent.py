@@ -153,9 +153,9 @@ def run_process(
     except subprocess.TimeoutExpired:
         _kill_group(process)
         stdout, stderr = _drain(process)
-        raise ProposalError(
-            f"{who} did not finish within {timeout_s:g} s and was killed; "
-            f"the end of its stderr:\n{tail(stderr, STDERR_TAIL_CHARS)}"
+        raise ProposalError(  # both streams: a coding agent's JSON events say what it was doing (the command)
+            f"{who} did not finish within {timeout_s:g} s and was killed; the end of its output:\n"
+            f"{output_tail(stdout, stderr)}"
         ) from None
     finally:
         _kill_group(process)
