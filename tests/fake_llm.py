@@ -260,6 +260,7 @@ def responses_events(answer: Answer) -> list[dict]:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # Codex opens a connection per request
     fake: FakeLLM
 
 

@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
@@ -32,6 +33,7 @@ class Offline:
         self.port, self.path = port, path
         self.proxy_log = path.with_suffix(".proxy.log")
         self.connections = 0  # connections the program made to the server
+        self.failures: list[str] = []  # connections that could not reach the server: why, and who listens there
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(path))
         self.listener.listen(64)
@@ -57,7 +59,42 @@ class Offline:
             except OSError:
                 return
             self.connections += 1
-            pipe(client, socket.create_connection(("127.0.0.1", self.port)))
+            threading.Thread(target=self._bridge, args=(client,), daemon=True).start()
+
+    def _bridge(self, client: socket.socket) -> None:
+        """Connect `client` to the server. A refusal is tried again for 5 s (a listen queue that overflowed refuses
+        where net.ipv4.tcp_abort_on_overflow is set), then written down with what listens on the port, and the
+        program's connection is closed: it is told at once, not left waiting for an answer."""
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                server = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                break
+            except ConnectionRefusedError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                why = exc
+            except OSError as exc:
+                why = exc
+            overflow = Path("/proc/sys/net/ipv4/tcp_abort_on_overflow")
+            self.failures.append(
+                f"{why}; listening on 127.0.0.1:{self.port}: {listening(self.port)}; "
+                f"tcp_abort_on_overflow {overflow.read_text().strip() if overflow.exists() else '?'}"
+            )
+            client.close()
+            return
+        server.settimeout(None)
+        pipe(client, server)
+
+
+def listening(port: int) -> str:
+    """Whether a socket of this network namespace listens on 127.0.0.1:`port`, and its inode (from /proc/net/tcp)."""
+    wanted = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    found = [row[9] for row in rows if row[1] == wanted and row[3] == "0A"]  # 0A: LISTEN
+    return f"yes, socket inode {found[0]}" if found else "nothing"
 
 
 def pipe(a: socket.socket, b: socket.socket) -> None:

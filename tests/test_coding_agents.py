@@ -49,6 +49,7 @@ def run_turn(workspace, agent_env, tmp_path) -> Iterator:
         agent, offline = offline_agent(name, fake.url, tmp_path)
         bridges.append(offline)
         exp, before = turn_through_the_loop(workspace, agent)
+        assert offline.failures == [], f"the bridge could not reach the scripted server: {offline.failures}"
         assert offline.attempts() == [], f"{name} tried to reach another host: {offline.attempts()}"
         assert offline.connections >= 1  # it did talk to the scripted server, through the bridge
         return exp, before
@@ -274,7 +275,7 @@ def test_claude_code_drives_the_loop_with_autoresearch_try(workspace, fake_anthr
     done = subprocess.run(argv, cwd=workspace.root, input=prompt, env=env, capture_output=True, text=True, timeout=300)
     offline.close()
     assert done.returncode == 0, done.stdout + done.stderr
-    assert offline.attempts() == []
+    assert offline.failures == [] and offline.attempts() == []
     verdict = str(fake_anthropic.requests[-1].body["messages"][-1]["content"])
     assert "exp 2 " in verdict and "LR 0.05 -> 0.5" in verdict and "best" in verdict
     rows = Ledger(workspace.root).all()
