@@ -15,6 +15,7 @@
 #   CONFIGS="a= b=WARMUP_RATIO=0.05" bash bench/h200_session.sh tools noise_configs  # the same, several settings at once
 #   bash bench/h200_session.sh tools same_setup   # 3 minutes: each run's setup on a GPU, as the loop compares them
 #   bash bench/h200_session.sh setup disk         # bytes the compile caches and the state gain per experiment
+#   bash bench/h200_session.sh tools cpu_fork     # 8 minutes: forked CPU runs and torch's thread pool (torch 2.11)
 #   bash bench/h200_session.sh setup copies       # how closely the runs of a train.py that ignores SEED repeat one
 #                                                 # another, against honest seeds (GPU and CPU)
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
@@ -86,6 +87,17 @@ cpu_noise() {  # issue 9: the tiny preset's seed noise on two pinned cores of th
   $cpu $pin timeout 420 python3 bench/seed_noise.py --preset tiny --seeds 5 --work /tmp/sn --out "$OUT" \
     >"$OUT/seed_noise.log" 2>&1
   tail -12 "$OUT/seed_noise.log"
+}
+
+cpu_fork() {  # torch's thread pool after a fork (bench/fork_thread_pool.py), then tiny runs on the CPU through
+  # the fork server on every core, unpinned, where with torch 2.11 each run died at its first step (stop 36)
+  python3 bench/fork_thread_pool.py --forks 300 2>&1 | tail -1 | tee "$OUT/fork_thread_pool.txt"
+  CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu prepare_data tiny 120
+  CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu timeout "${FORK_S:-400}" python3 bench/seed_noise.py --preset tiny \
+    --seeds 2 --work /tmp/cf --out "$OUT" >"$OUT/cpu_fork.log" 2>&1
+  python3 bench/collect_runs.py "$OUT/runs_cpu_fork.json" /tmp/cf
+  grep -rh -m3 -i "invalid thread pool\|leaking" /tmp/cf/.autoresearch || echo "no thread-pool error in the runs' logs"
+  tail -5 "$OUT/cpu_fork.log"
 }
 
 copies() {  # 3 seeds of the h100 baseline at 60 s, then 3 of the same with torch seeded by a fixed 42, on GPU 0;
