@@ -4,6 +4,7 @@ key, the hypothesis line read back, and the tokens each program reports read fro
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def test_a_missing_key_stops_at_preflight_naming_it(name, key, tmp_path, monkeyp
     program = tmp_path / recipe(name).program
     program.write_text("#!/bin/sh\nexit 0\n")
     program.chmod(0o755)
-    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")  # unshare too, for codex's check
     agent = make_agent(name)
     with pytest.raises(ProposalError, match=f"{key} is not set|neither {key}") as info:
         agent.preflight(tmp_path)

@@ -10,8 +10,11 @@ reported are in the ledger. Whatever the agent does, `assert_the_loop_owns_the_w
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from loop_support import constant
 from netns import Offline
 from test_agent_turn import assert_the_loop_owns_the_workspace, quarantined
 
+from autoresearch.agents import coding_agent
 from autoresearch.agents.recipes.claude_code import ClaudeCode
 from autoresearch.loop.ledger import Ledger
 from autoresearch.vocabulary import Kind, Status
@@ -235,6 +239,51 @@ def test_codex_edit_of_program_md_rejects_the_proposal(workspace, fake_openai, r
     codex_edit(fake_openai, "echo 'Only ever raise LR.' >> program.md")
     exp, before = run_turn("codex", fake_openai)
     assert exp.status == Status.CRASH and "edited files other than train.py: changed program.md" in exp.reason
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+BWRAP_THAT = {  # a bubblewrap first on PATH (Codex takes that one), answering only --help (Codex's version probe)
+    "hangs": "sleep 1000",  # as on an autofs mount
+    "fails": "echo 'bwrap: Creating new namespace failed: Operation not permitted' >&2; exit 1",  # a container
+}
+
+
+@pytest.fixture
+def bin_dir() -> Iterator[Path]:
+    """A folder for programs put first on PATH, outside /tmp: Codex takes no bubblewrap from there (its commands
+    may write /tmp)."""
+    folder = Path(tempfile.mkdtemp(prefix="autoresearch-test-bin-", dir="/var/tmp"))
+    yield folder
+    shutil.rmtree(folder)
+
+
+@pytest.mark.slow  # a real Node program, and its sandbox check waits 2 s where bubblewrap hangs
+@pytest.mark.parametrize("bwrap", sorted(BWRAP_THAT))
+def test_codex_whose_own_sandbox_cannot_run_a_command_runs_without_it(
+    bwrap, workspace, fake_openai, agent_env, bin_dir, tmp_path, monkeypatch
+):
+    calls = tmp_path / "bwrap-calls"
+    (bin_dir / "bwrap").write_text(
+        f'#!/bin/sh\ncase "$1" in --help) exec {shutil.which("bwrap")} "$@";; esac\n'
+        f'echo "$*" >> {calls}\n{BWRAP_THAT[bwrap]}\n'
+    )
+    (bin_dir / "bwrap").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(coding_agent, "SANDBOX_CHECK_S", 2.0)
+    codex_edit(fake_openai)
+    agent, offline = offline_agent("codex", fake_openai.url, tmp_path)
+    warnings = agent.preflight(workspace.root)
+    said = {"hangs": "did not finish within 2 s", "fails": "exited 1: bwrap: Creating new namespace failed"}[bwrap]
+    assert len(warnings) == 1 and "codex's own sandbox cannot run a command here" in warnings[0]
+    assert said in warnings[0] and "runs its commands without it" in warnings[0]
+    checked = calls.read_text().splitlines()
+    assert checked  # the check did call bubblewrap
+    start = time.monotonic()
+    exp, before = turn_through_the_loop(workspace, agent)  # not a turn that hangs or fails in every command
+    offline.close()
+    assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2, exp.reason
+    assert time.monotonic() - start < 60 and calls.read_text().splitlines() == checked  # the turn used none
+    assert offline.failures == [] and offline.attempts() == []
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 

@@ -34,6 +34,7 @@ from autoresearch.agents.namespace import AGENT_FILES
 from autoresearch.agents.prompt import build_prompt
 
 DESCRIPTION_CHARS = 300
+SANDBOX_CHECK_S = 30.0  # `true` in the agent's own sandbox takes ~0.2 s
 _HYPOTHESIS = re.compile(r"^[\s>*_#`-]*hypothesis[*_`]*\s*:[*_`]*\s*(.+?)[*_`\s]*$", re.IGNORECASE)
 
 
@@ -64,6 +65,12 @@ class Recipe(Protocol):
     def read(self, model: str, stdout: str, stderr: str, state: Path) -> Turn:
         """Its final message, tokens and cost, and any API error, from its output and files."""
 
+    def sandbox_check(self, program: str) -> list[str] | None:
+        """The argv that runs `true` in the sandbox the agent puts its own commands in; None if it has none."""
+
+    def drop_sandbox(self) -> None:
+        """Run the agent's commands without its own sandbox from now on: `sandbox_check` failed here."""
+
 
 class CodingAgent:
     """Runs `recipe` once per proposal; `launcher` is put before its argv (tests run it in a network namespace)."""
@@ -78,17 +85,40 @@ class CodingAgent:
         self.launcher = launcher
 
     def preflight(self, workspace: Path) -> list[str]:
-        """A fatal ProposalError naming the missing executable or key; nothing is sent to the model."""
-        self._program()
+        """A fatal ProposalError naming the missing executable or key; nothing is sent to the model. A warning
+        where the agent's own sandbox cannot run a command here (`_sandbox_fails`)."""
+        program = self._program()
         if why := self.recipe.missing(os.environ):
             raise ProposalError(f"the {self.name} agent cannot reach a model: {why}", fatal=True)
-        return []
+        if (why := self._sandbox_fails(program, workspace)) is None:
+            return []
+        self.recipe.drop_sandbox()
+        return [
+            f"{self.name}'s own sandbox cannot run a command here ({why}), so {self.name} runs its commands without "
+            "it (with the network, and .git writable): what they change is checked after each turn, as for any agent"
+        ]
+
+    def _sandbox_fails(self, program: str, workspace: Path) -> str | None:
+        """Why the agent's own sandbox cannot run `true` here, as its turns would run it (in the loop's namespaces,
+        with its environment), or None if it can or it has none. Codex's bubblewrap fails where user namespaces
+        are not allowed (a container) and hangs where a mount makes it wait (an autofs); every command of every
+        turn would then fail, or hang until the turn's timeout."""
+        argv = self.recipe.sandbox_check(program)
+        if argv is None:
+            return None
+        env = self.recipe.environment(os.environ, self._state(workspace))
+        try:
+            code, stdout, stderr = run_process(
+                [*self.launcher, *argv], workspace, "", env, SANDBOX_CHECK_S, f"`{' '.join(argv[1:])}`"
+            )
+        except ProposalError as exc:  # it hung
+            return str(exc).split(";")[0]
+        return None if code == 0 else f"`true` in it exited {code}: {tail(stderr or stdout, 300)}"
 
     def propose(self, context: Context) -> Proposal:
         workspace = context.workspace
         program = self._program()
-        state = workspace / AGENT_FILES / self.name
-        state.mkdir(parents=True, exist_ok=True)
+        state = self._state(workspace)
         prompt = build_prompt(context, answer_format="agent").as_text()
         prompt_file = write_prompt(workspace, prompt)
         argv = [*self.launcher, *self.recipe.command(program, self.model, workspace, state, prompt_file)]
@@ -110,6 +140,12 @@ class CodingAgent:
             )
         source = checked_source(workspace / "train.py", context.train_py, output, turn.usage, f"the {self.name} agent")
         return Proposal(hypothesis(turn.text, self.name), source, turn.usage)
+
+    def _state(self, workspace: Path) -> Path:
+        """The agent's own folder: its history, caches and config."""
+        state = workspace / AGENT_FILES / self.name
+        state.mkdir(parents=True, exist_ok=True)
+        return state
 
     def _program(self) -> str:
         found = shutil.which(self.recipe.program)

@@ -85,6 +85,12 @@ class Aider:
         env["COLUMNS"] = "1000"  # without a terminal aider wraps its output at 80 columns
         return env
 
+    def sandbox_check(self, program: str) -> None:
+        return None  # it has no sandbox of its own (the loop's namespaces confine it)
+
+    def drop_sandbox(self) -> None:
+        pass
+
     def read(self, model: str, stdout: str, stderr: str, state: Path) -> Turn:
         sent = received = 0
         log = state / "analytics.jsonl"

@@ -60,6 +60,12 @@ class ClaudeCode:
         env["CLAUDE_CONFIG_DIR"] = str(state / "config")
         return env
 
+    def sandbox_check(self, program: str) -> None:
+        return None  # it has no sandbox of its own (the loop's namespaces confine it)
+
+    def drop_sandbox(self) -> None:
+        pass
+
     def read(self, model: str, stdout: str, stderr: str, state: Path) -> Turn:
         result = _last_json(stdout)
         if result is None:

@@ -4,7 +4,8 @@ Flags, checked against codex-cli 0.171.0's `codex exec --help`: the prompt on st
 stdout, one a line: the agent's messages, `turn.completed` with token usage, `turn.failed` and `error`);
 `--ephemeral` (no session files); `--ignore-user-config` and `--ignore-rules` (the user's config.toml and
 exec-policy rules do not change what runs); `--sandbox workspace-write` (its commands may write the workspace,
-not .git, and reach no network). The model provider is given in full with `-c`: the Responses API at
+not .git, and reach no network), or `danger-full-access` where the preflight found that sandbox unable to run
+`true` (coding_agent.py). The model provider is given in full with `-c`: the Responses API at
 OPENAI_BASE_URL (default api.openai.com) with the key in OPENAI_API_KEY. Its home (CODEX_HOME: logs, state
 databases) is the workspace's private state; analytics, the update check, web search and the features that
 reach OpenAI's or GitHub's servers by themselves (`OFF`) are off.
@@ -23,6 +24,7 @@ from autoresearch.agents.llm import usage_for
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PROVIDER = "autoresearch"
+SANDBOX = "workspace-write"  # its commands may write the workspace, not .git, and reach no network (bubblewrap)
 # Features (`codex features list`) that reach github.com, api.github.com or chatgpt.com at start-up, whatever the
 # provider: the plugin marketplace, remote plugins, apps, model discovery and in-app updates. Found by running
 # codex 0.171.0 behind a proxy that records every request (tests/netns.py).
@@ -34,6 +36,9 @@ class Codex:
     program = "codex"
     install = "install it with: npm install -g @openai/codex"
     default_model = "gpt-5-mini"
+
+    def __init__(self) -> None:
+        self.sandbox = SANDBOX
 
     def missing(self, environ: Mapping[str, str]) -> str | None:
         if key_or_placeholder(environ, "OPENAI_API_KEY", ("OPENAI_BASE_URL",)) is None:
@@ -54,7 +59,7 @@ class Codex:
             "--ignore-user-config",
             "--ignore-rules",
             "--color", "never",
-            "--sandbox", "workspace-write",
+            "--sandbox", self.sandbox,
             "--model", model,
             "-c", f"model_provider={json.dumps(PROVIDER)}",
             "-c", f"{provider}.name={json.dumps('autoresearch: OpenAI Responses API')}",
@@ -78,6 +83,14 @@ class Codex:
         for folder in ("home", "tmp"):
             (state / folder).mkdir(parents=True, exist_ok=True)
         return env
+
+    def sandbox_check(self, program: str) -> list[str] | None:
+        if self.sandbox != SANDBOX:  # dropped already
+            return None
+        return [program, "sandbox", "-c", f"sandbox_mode={json.dumps(SANDBOX)}", "--", "true"]
+
+    def drop_sandbox(self) -> None:
+        self.sandbox = "danger-full-access"
 
     def read(self, model: str, stdout: str, stderr: str, state: Path) -> Turn:
         messages, errors = [], []
