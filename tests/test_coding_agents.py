@@ -287,6 +287,19 @@ def test_codex_whose_own_sandbox_cannot_run_a_command_runs_without_it(
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
+@pytest.mark.slow  # a real Node program
+def test_a_codex_config_the_agent_wrote_into_its_home_cannot_make_the_loop_drop_codex_sandbox(
+    workspace, fake_openai, agent_env, tmp_path
+):
+    home = workspace.root / ".autoresearch" / "agents" / "codex" / "home"  # CODEX_HOME: the agent writes there
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text("this is = not [ toml\n")  # `codex sandbox` reading it would exit 1
+    agent, offline = offline_agent("codex", fake_openai.url, tmp_path)
+    assert agent.preflight(workspace.root) == []
+    assert "workspace-write" in agent.recipe.command("codex", "m", home, home, home)
+    offline.close()
+
+
 @pytest.mark.slow  # a real Node program: ~1 s a turn
 def test_codex_api_failure_is_recorded_and_the_loop_goes_on(workspace, fake_openai, run_turn, tmp_path):
     fake_openai.error(400, API_ERROR)

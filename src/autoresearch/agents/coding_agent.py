@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,8 +66,9 @@ class Recipe(Protocol):
     def read(self, model: str, stdout: str, stderr: str, state: Path) -> Turn:
         """Its final message, tokens and cost, and any API error, from its output and files."""
 
-    def sandbox_check(self, program: str) -> list[str] | None:
-        """The argv that runs `true` in the sandbox the agent puts its own commands in; None if it has none."""
+    def sandbox_check(self, program: str, home: Path) -> list[str] | None:
+        """The argv that runs `true` in the sandbox the agent puts its own commands in, reading its configuration
+        from `home` (an empty folder: not its own folder, which it writes); None if it has no sandbox."""
 
     def drop_sandbox(self) -> None:
         """Run the agent's commands without its own sandbox from now on: `sandbox_check` failed here."""
@@ -103,16 +105,16 @@ class CodingAgent:
         with its environment), or None if it can or it has none. Codex's bubblewrap fails where user namespaces
         are not allowed (a container) and hangs where a mount makes it wait (an autofs); every command of every
         turn would then fail, or hang until the turn's timeout."""
-        argv = self.recipe.sandbox_check(program)
-        if argv is None:
-            return None
-        env = self.recipe.environment(os.environ, self._state(workspace))
-        try:
-            code, stdout, stderr = run_process(
-                [*self.launcher, *argv], workspace, "", env, SANDBOX_CHECK_S, f"`{' '.join(argv[1:])}`"
-            )
-        except ProposalError as exc:  # it hung
-            return str(exc).split(";")[0]
+        with tempfile.TemporaryDirectory(prefix="autoresearch-sandbox-check-") as home:
+            argv = self.recipe.sandbox_check(program, Path(home))
+            if argv is None:
+                return None
+            env = self.recipe.environment(os.environ, self._state(workspace))
+            who = f"`{' '.join(word for word in argv if not word.startswith(home))}`"
+            try:
+                code, stdout, stderr = run_process([*self.launcher, *argv], workspace, "", env, SANDBOX_CHECK_S, who)
+            except ProposalError as exc:  # it hung
+                return str(exc).split(";")[0]
         return None if code == 0 else f"`true` in it exited {code}: {tail(stderr or stdout, 300)}"
 
     def propose(self, context: Context) -> Proposal:

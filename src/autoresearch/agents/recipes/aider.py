@@ -85,7 +85,7 @@ class Aider:
         env["COLUMNS"] = "1000"  # without a terminal aider wraps its output at 80 columns
         return env
 
-    def sandbox_check(self, program: str) -> None:
+    def sandbox_check(self, program: str, home: Path) -> None:
         return None  # it has no sandbox of its own (the loop's namespaces confine it)
 
     def drop_sandbox(self) -> None:

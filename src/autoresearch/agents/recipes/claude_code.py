@@ -60,7 +60,7 @@ class ClaudeCode:
         env["CLAUDE_CONFIG_DIR"] = str(state / "config")
         return env
 
-    def sandbox_check(self, program: str) -> None:
+    def sandbox_check(self, program: str, home: Path) -> None:
         return None  # it has no sandbox of its own (the loop's namespaces confine it)
 
     def drop_sandbox(self) -> None:

@@ -84,10 +84,12 @@ class Codex:
             (state / folder).mkdir(parents=True, exist_ok=True)
         return env
 
-    def sandbox_check(self, program: str) -> list[str] | None:
+    def sandbox_check(self, program: str, home: Path) -> list[str] | None:
         if self.sandbox != SANDBOX:  # dropped already
             return None
-        return [program, "sandbox", "-c", f"sandbox_mode={json.dumps(SANDBOX)}", "--", "true"]
+        # `codex sandbox` has no --ignore-user-config: an empty home, not CODEX_HOME, whose config.toml the agent writes
+        mode = f"sandbox_mode={json.dumps(SANDBOX)}"
+        return ["env", f"CODEX_HOME={home}", program, "sandbox", "-c", mode, "--", "true"]
 
     def drop_sandbox(self) -> None:
         self.sandbox = "danger-full-access"
