@@ -28,6 +28,7 @@ from autoresearch.evaluator import compile_cache, sandbox
 from autoresearch.evaluator.result import SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
+from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import LocalExecutor, RunSpec
 from autoresearch.loop.held_edits import put_back_edits
 from autoresearch.loop.recovery import TURN_SNAPSHOT
@@ -618,3 +619,58 @@ def test_a_coding_agents_own_folder_is_no_way_into_the_rest_of_the_state(workspa
     assert seen.read_text().count("Read-only file system") == 2, seen.read_text()
     assert (own / "planted").exists() and not (workspace.state / "planted").exists()  # written where it may write
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.skipif(
+    with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can make a place read-only"
+)
+@pytest.mark.parametrize("folder", ["there", "missing", "link"])
+def test_a_program_an_agent_puts_in_a_folder_of_path_never_runs_as_the_loop(workspace, tmp_path, monkeypatch, folder):
+    """BROKE, fixed: the loop runs git (and starts the agent's namespace with unshare, its runs' sandbox with
+    bubblewrap) by name, outside any namespace. A folder of PATH before /usr/bin that the agent could write (your
+    ~/.local/bin, which Debian's ~/.profile puts first; one on PATH that does not exist yet, which it could make; the
+    folder a `git` there links to, as Homebrew's does) got its `git`, and the loop's check of the turn ran it, as
+    you: the data, the ledger, anything. In the agent's namespace such folders are read-only now (made, empty, where
+    missing), and a program added there stops the loop where no namespace can be made."""
+    bin_dir, tools = tmp_path / "home-bin", tmp_path / "tools"
+    ran, seen = tmp_path / "planted-git-ran", tmp_path / "seen"
+    target = bin_dir / "git"
+    if folder != "missing":
+        bin_dir.mkdir()
+    if folder == "link":  # the user's own git, linked from a folder of PATH
+        tools.mkdir()
+        (tools / "git").write_text('#!/bin/sh\nexec /usr/bin/git "$@"\n')
+        (tools / "git").chmod(0o755)
+        target.symlink_to(tools / "git")
+        target = tools / "git"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    planted = f'#!/bin/sh\\necho "$@" >> {ran}\\nexec /usr/bin/git "$@"\\n'
+    plant = f"(mkdir -p {bin_dir} && printf '{planted}' > {target} && chmod +x {target}) 2>{seen} || true"
+    kept = target.read_text() if target.exists() else None
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho LR 0.2")
+    assert not ran.exists(), f"the loop ran the agent's git: {ran.read_text()}"
+    assert exp.status == Status.KEEP, exp.reason
+    assert "Read-only file system" in seen.read_text(), seen.read_text()
+    assert (target.read_text() if target.exists() else None) == kept
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+def test_where_no_namespace_makes_path_read_only_a_program_put_there_stops_the_loop_unrun(
+    workspace, tmp_path, monkeypatch, agent_unhidden
+):
+    """The same agent where its namespace cannot make a place read-only: its `git` lands, but the loop found git
+    before any agent ran and never runs that one, and the check after the turn stops the loop naming it."""
+    bin_dir = tmp_path / "home-bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    ran = tmp_path / "planted-git-ran"
+    planted = f'#!/bin/sh\\necho "$@" >> {ran}\\nexec /usr/bin/git "$@"\\n'
+    script = tmp_path / "agent.sh"
+    script.write_text(f"set -e\n{set_lr(0.2)}\nprintf '{planted}' > {bin_dir}/git && chmod +x {bin_dir}/git\necho x\n")
+    loop = make_loop(
+        workspace, FakeExecutor(score), baseline_runs=2, environment=Environment.of_runs(os.environ, workspace.root)
+    )
+    loop.baseline()
+    with pytest.raises(LoopError, match=r"folder of PATH.*: added .*home-bin/git"):
+        loop.run(CommandAgent(f"sh {shlex.quote(str(script))}", timeout_s=60), max_experiments=1)
+    assert (bin_dir / "git").exists() and not ran.exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -64,9 +65,10 @@ SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS[:-1], "/etc", "/opt", "/boot", "/var/spoo
 def _namespaces() -> tuple[tuple[str, ...], ...]:
     """The ways to start the agent in its namespaces, best first: with the buses and the data hidden (util-linux
     2.36 or later, for --map-user; `with_hidden` adds the places), else without."""
-    outer = ("unshare", "--user", "--pid", "--fork", "--mount-proc", "--kill-child")
+    unshare = shutil.which("unshare") or "unshare"  # found once (`pid_namespace`), as git is (workspace/git.py)
+    outer = (unshare, "--user", "--pid", "--fork", "--mount-proc", "--kill-child")
     hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE, "sh", str(os.getuid()), str(os.getgid()))
-    return hidden, (*outer, "--map-current-user", *PID_NAMESPACE_INNER)
+    return hidden, (*outer, "--map-current-user", unshare, *PID_NAMESPACE_INNER[1:])
 
 
 def with_hidden(
@@ -81,11 +83,12 @@ def with_hidden(
 
 
 def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
-    """What the agent may not write (SYSTEM_READ_ONLY, what runs are shown: `shown.readable`, and the experiments'
-    shared compile cache, made here where missing), outermost, real paths, but for a place that holds the workspace
-    (the environment check still watches it). The shared compile cache is the loop's alone to write, and is checked
-    only at the ends of a turn: a file planted there and taken away meanwhile left no trace, and a run of another
-    worker that started in between linked it into its layer and loaded it. And the workspace's private state
+    """What the agent may not write (SYSTEM_READ_ONLY, what runs are shown: `shown.readable`, the experiments'
+    shared compile cache, made here where missing, and the folders of PATH: `_program_folders`), outermost, real
+    paths, but for a place that holds the workspace (the environment check still watches it). The shared compile
+    cache is the loop's alone to write, and is checked only at the ends of a turn: a file planted there and taken
+    away meanwhile left no trace, and a run of another worker that started in between linked it into its layer and
+    loaded it. And the workspace's private state
     (`.autoresearch/`: the ledger, the runs' results and logs, the turn's snapshot, the inbox): the agent reads its
     runs' logs there, and writes nothing but a coding agent's own files (`entered`; what it planted there was put
     back after the turn, but meanwhile other workers' verdicts met it)."""
@@ -93,11 +96,24 @@ def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     compiled = compile_cache.shared_root()
     compiled.mkdir(parents=True, exist_ok=True)
     places = {Path(p).resolve() for p in SYSTEM_READ_ONLY if os.path.exists(p)} | set(shown.readable(env))
-    places |= {compiled.resolve(), *_would_be_read()}
+    places |= {compiled.resolve(), *_would_be_read(), *_program_folders(env, workspace)}
     places = {p for p in places if p != inside and p not in inside.parents}
     if (state := workspace / STATE).is_dir() and not state.is_symlink():
         places.add(state.resolve())
     return shown.outermost(places)
+
+
+def _program_folders(env: Mapping[str, str], workspace: Path) -> list[Path]:
+    """The folders of PATH an agent could put a program in that the loop would run as you (loop/environment.py:
+    `program_folders`), made here where missing (empty, they change nothing): made in a turn, a `git` there ran in
+    the loop's check of that very turn."""
+    from autoresearch.loop.environment import program_folders
+
+    folders = program_folders(env, workspace)
+    for folder in folders:
+        with contextlib.suppress(OSError):  # a folder under one not ours to write: nor an agent's
+            folder.mkdir(parents=True, exist_ok=True)
+    return [folder for folder in folders if folder.is_dir()]
 
 
 def _would_be_read() -> list[Path]:

@@ -364,9 +364,10 @@ class ResearchLoop(Asking, Recovery):
         if changed := verdict.environment:
             more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
             raise LoopError(
-                f"the Python environment the runs read changed while {who} worked: {', '.join(changed[:8])}{more}. "
-                "An agent may change train.py only: a file it leaves there (weights trained during its turn, say) "
-                "a run could read, and a package it installs is not in the apparatus",
+                f"the Python environment the runs read changed (or a folder of PATH, whose programs the loop runs) "
+                f"while {who} worked: {', '.join(changed[:8])}{more}. An agent may change train.py only: a file it "
+                "leaves there (weights trained during its turn, a `git` of its own) a run or the loop could read, "
+                "and a package it installs is not in the apparatus",
                 hint="undo it: remove what was added (`pip uninstall` what the agent installed) or reinstall the "
                 "environment, then run again; tell the agent not to install packages or write outside the workspace",
             )

@@ -1,4 +1,4 @@
-"""The Python environment the runs read, checked unchanged around every agent turn.
+"""The Python environment the runs read, and the folders of PATH, checked unchanged around every agent turn.
 
 A confined run is shown only what it needs (evaluator/shown.py), but that includes its Python: the directories
 on sys.path, the interpreter's installation, LD_LIBRARY_PATH. Where an agent can write those (a venv in your
@@ -24,6 +24,7 @@ import importlib.util
 import io
 import marshal
 import os
+import shutil
 import struct
 import sys
 import threading
@@ -148,6 +149,23 @@ def would_be_paths() -> list[Path]:
     return [p.absolute() for p in paths if not shown.is_system(p.absolute())]
 
 
+LOOP_PROGRAMS = ("git", "unshare", "bwrap")  # what the loop and its evaluators run by name, outside any namespace
+
+
+def program_folders(env: Mapping[str, str], workspace: Path) -> list[Path]:
+    """The folders of PATH outside the system's directories (absolute, resolved) and outside the workspace (which
+    workspace/integrity.py checks), those missing too, and the folders the loop's programs really are in (a link's
+    target: Homebrew's git): the loop and its evaluators run git, unshare and bubblewrap by name, as you, outside
+    any namespace, so a program an agent put or changed there (your ~/.local/bin, which Debian's ~/.profile puts
+    first) would run instead. A folder that holds the workspace (PATH naming your home) is left out: not walked."""
+    inside = workspace.resolve()
+    path = env.get("PATH", "")
+    folders = [Path(d).resolve() for d in path.split(os.pathsep) if d]
+    folders += [Path(found).resolve().parent for name in LOOP_PROGRAMS if (found := shutil.which(name, path=path))]
+    return [p for p in dict.fromkeys(folders) if not shown.is_system(p) and p != inside and p not in inside.parents
+            and inside not in p.parents]  # fmt: skip
+
+
 class Environment:
     """The files a run reads that an agent may write, outside the workspace (which workspace/integrity.py checks).
     `start()` before an agent's turn, `changes(start)` after it."""
@@ -164,10 +182,11 @@ class Environment:
 
     @classmethod
     def of_runs(cls, env: Mapping[str, str], workspace: Path) -> Environment:
-        """What this Python's runs are shown (evaluator/shown.py) that an agent may write, and the shared compile
-        cache, which every run reads (evaluator/compile_cache.py)."""
+        """What this Python's runs are shown (evaluator/shown.py) that an agent may write, the shared compile
+        cache, which every run reads (evaluator/compile_cache.py), and the folders of PATH (`program_folders`)."""
         roots, skip = shown.writable_by_agents(env, exclude=[workspace]), shown.unused_site_packages()
-        return cls([*roots, *would_be_paths()], fresh=compile_cache.shown_dirs(), skip=skip)
+        roots += [*would_be_paths(), *program_folders(env, workspace)]
+        return cls(roots, fresh=compile_cache.shown_dirs(), skip=skip)
 
     def start(self) -> Signature:
         """The signature a turn starts from: the one the last turn ended with (taken now, the first time)."""

@@ -42,14 +42,14 @@ class Verdict:
     human: list[str] = field(default_factory=list)  # program.md or prompts/ edited meanwhile: put back, reported
     litter: list[str] = field(default_factory=list)  # an agent's tooling: put back, reported, not held against it
     package_changed: bool = False  # the installed package itself: cannot be put back
-    environment: list[str] = field(default_factory=list)  # what changed where the runs read Python (environment.py)
+    environment: list[str] = field(default_factory=list)  # what changed where runs read Python, or PATH: environment.py
     quarantine: str | None = None  # where what was moved away lies, relative to the workspace, if anything was
 
     def reason(self) -> str | None:
         if self.package_changed:
             return "the autoresearch package's own files changed"
         if self.environment:
-            return f"the Python environment the runs read changed: {', '.join(self.environment[:8])}"
+            return f"the Python environment the runs read (or PATH) changed: {', '.join(self.environment[:8])}"
         if self.changed:
             return f"changed files outside train.py: {', '.join(self.changed[:8])}"
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -42,12 +43,19 @@ LOOSE_REFS_MAX = 256  # loose refs under refs/autoresearch past which `pack` pac
 
 
 @functools.cache
+def program() -> str:
+    """git's path, found on PATH once, at the loop's first git command, before any agent has run: a `git` an agent
+    put in a folder of PATH later (loop/environment.py: `program_folders`) is never the one the loop runs."""
+    return shutil.which("git") or "git"
+
+
+@functools.cache
 def trusted_directories() -> tuple[str, ...]:
     """The `safe.directory` entries of the user's own configuration, as `-c` options: the one setting of it the
     loop's git keeps (a workspace owned by another user, as a container's mounted folder often is, is refused
     without it). Read once, before any agent has run; reading runs nothing."""
     try:
-        proc = subprocess.run(["git", "config", "--global", "--get-all", "safe.directory"], capture_output=True)
+        proc = subprocess.run([program(), "config", "--global", "--get-all", "safe.directory"], capture_output=True)
     except OSError:
         return ()
     values = proc.stdout.decode(errors="replace").splitlines() if proc.returncode == 0 else []
@@ -81,7 +89,7 @@ class Git:
     def _run(self, args: tuple[str, ...], check: bool = True, stdin: bytes | None = None) -> bytes:
         try:
             proc = subprocess.run(
-                ["git", *SAFE, *trusted_directories(), *args],
+                [program(), *SAFE, *trusted_directories(), *args],
                 cwd=self.root,
                 capture_output=True,
                 input=stdin,
@@ -235,7 +243,7 @@ class Git:
             for path, text in zip(paths, (ours, base, theirs), strict=True):
                 path.write_text(text)
             proc = subprocess.run(
-                ["git", *SAFE, "merge-file", "-p", *map(str, paths)],
+                [program(), *SAFE, "merge-file", "-p", *map(str, paths)],
                 capture_output=True,
                 env=_environment(),
             )
