@@ -32,7 +32,9 @@ from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import LocalExecutor, RunSpec
 from autoresearch.loop.held_edits import put_back_edits
 from autoresearch.loop.recovery import TURN_SNAPSHOT
+from autoresearch.loop.scheduler import run_workers
 from autoresearch.loop.settings import LoopError
+from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import RunEnd, Status
 
 pytestmark = pytest.mark.slow  # a real agent turn in its namespaces each, ~0.5-8 s: not in the fast subset
@@ -674,3 +676,30 @@ def test_where_no_namespace_makes_path_read_only_a_program_put_there_stops_the_l
     with pytest.raises(LoopError, match=r"folder of PATH.*: added .*home-bin/git"):
         loop.run(CommandAgent(f"sh {shlex.quote(str(script))}", timeout_s=60), max_experiments=1)
     assert (bin_dir / "git").exists() and not ran.exists()
+
+
+def test_a_workers_worktree_pointed_by_the_agent_at_a_repository_of_its_own_runs_nothing(workspace, tmp_path):
+    """BROKE: with several workers, an agent rewrote `.git/worktrees/<n>/commondir` (git's files of the workers'
+    worktrees were not guarded) to name a repository of its own, whose objects are the workspace's (alternates) and
+    whose config and attributes put a filter on every file: the driver's checkout of the proposal in that worktree,
+    right after the turn, ran the filter as you, outside the agent's namespace."""
+    evil, ran = tmp_path / "evil", tmp_path / "the filter ran"
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    script = tmp_path / "agent.sh"
+    script.write_text(
+        f"""set -e
+{set_lr(0.2)}
+git init -q {evil}
+echo "$PWD/.git/objects" > {evil}/.git/objects/info/alternates
+echo '* filter=evil' > {evil}/.git/info/attributes
+git -C {evil} config filter.evil.smudge "touch {shlex.quote(str(ran))}; cat"
+git -C {evil} config filter.evil.clean "touch {shlex.quote(str(ran))}; cat"
+for d in .git/worktrees/*/; do echo {evil}/.git > "$d/commondir"; done
+echo LR 0.2
+"""
+    )
+    loop = make_loop(workspace, FakeExecutor(score))
+    agent = CommandAgent(f"sh {shlex.quote(str(script))}", timeout_s=60)
+    run_workers(loop, agent, devices(None, 2, cores=2), max_experiments=1, executor_for=lambda _: FakeExecutor(score))
+    assert not ran.exists(), "the loop ran the filter of the agent's repository"
+    assert loop.ledger.get(2).status == Status.KEEP, loop.ledger.get(2).reason

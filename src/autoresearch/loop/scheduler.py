@@ -54,7 +54,6 @@ from autoresearch.loop.workers import (
     stop_workers,
 )
 from autoresearch.vocabulary import Kind, RunEnd, Status
-from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import TRAIN_PY
 
 POLL_S = 0.5  # how often the driver looks at the inbox while it waits for a run to end
@@ -273,7 +272,7 @@ class Scheduler:
         if exp.commit is None:
             check_out(loop.git, worker.worktree, exp.parent)
             worker.train_py.write_text(exp.source)
-            exp.commit = Git(worker.worktree).commit(commit_message(exp), TRAIN_PY)
+            exp.commit = loop.git.worktree(worker.worktree).commit(commit_message(exp), TRAIN_PY)
             loop.ledger.update(exp.id, commit=exp.commit)
         else:
             check_out(loop.git, worker.worktree, exp.commit)

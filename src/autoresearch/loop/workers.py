@@ -222,7 +222,7 @@ def check_out(git: Git, worktree: Path, commit: str) -> None:
     if not (worktree / ".git").is_file():
         make_worktree(git, worktree, commit)
         return
-    Git(worktree)("checkout", "--quiet", "--detach", "--force", commit)
+    git.worktree(worktree)("checkout", "--quiet", "--detach", "--force", commit)
 
 
 def make_workers(loop: ResearchLoop, found: list[Device], executor_for=None) -> list[Worker]:

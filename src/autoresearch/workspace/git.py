@@ -80,8 +80,15 @@ class RefExistsError(GitError):
 
 
 class Git:
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, common: Path | None = None):
+        """`common`: the repository whose worktree `root` is (`worktree`)."""
+        self.root, self.common = root, common
+
+    def worktree(self, path: Path) -> Git:
+        """Git in a worktree of this repository (a worker's), which reads this repository's config, attributes and
+        objects whatever its `commondir` file says: that file (.git/worktrees/<n>/) is in an agent's reach, and named
+        a repository of the agent's, whose filter ran at the driver's checkout of the proposal (red team)."""
+        return Git(path, common=self.git_dir)
 
     def __call__(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
         return self._run(args, check, stdin.encode() if stdin is not None else None).decode(errors="replace")
@@ -93,7 +100,7 @@ class Git:
                 cwd=self.root,
                 capture_output=True,
                 input=stdin,
-                env=_environment(),
+                env={**_environment(), **({"GIT_COMMON_DIR": str(self.common)} if self.common else {})},
             )
         except (FileNotFoundError, NotADirectoryError):
             if not self.root.is_dir():  # the folder to run in, not git, is missing
