@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -703,3 +704,33 @@ echo LR 0.2
     run_workers(loop, agent, devices(None, 2, cores=2), max_experiments=1, executor_for=lambda _: FakeExecutor(score))
     assert not ran.exists(), "the loop ran the filter of the agent's repository"
     assert loop.ledger.get(2).status == Status.KEEP, loop.ledger.get(2).reason
+
+
+@pytest.mark.parametrize("entry", ["", "."])
+def test_a_program_an_agent_leaves_in_the_workspace_never_runs_where_path_names_the_working_directory(
+    workspace, tmp_path, monkeypatch, entry
+):
+    """BROKE, fixed: where PATH names the working directory before /usr/bin ('.', or an empty entry, which
+    `export PATH=$X:$PATH` leaves where X is unset) and the loop runs in the workspace (its default), `shutil.which`
+    answered a bare "bwrap" for a `bwrap` the agent wrote there, and an evaluator starting a run during the turn
+    (another worker's) ran it, as you, unconfined. Its folder is the workspace, which no read-only PATH folder
+    covers. The loop now looks programs up in PATH's absolute folders only (git and unshare too)."""
+    from autoresearch.agents import namespace
+    from autoresearch.workspace import git as gits
+
+    real = {name: shutil.which(name) for name in ("bwrap", "git", "unshare")}
+    monkeypatch.chdir(workspace.root)
+    monkeypatch.setenv("PATH", f"{entry}{os.pathsep}{os.environ['PATH']}")
+    for name in real:
+        (workspace.root / name).write_text("#!/bin/sh\necho ran >> ran\n")
+        (workspace.root / name).chmod(0o755)
+    gits.program.cache_clear()
+    try:
+        found = {
+            "bwrap": sandbox.command(["true"], workdir=tmp_path, env=dict(os.environ), gpu=False)[0],
+            "git": gits.program(),
+            "unshare": namespace._namespaces()[0][0],
+        }
+    finally:
+        gits.program.cache_clear()
+    assert found == {name: path or name for name, path in real.items()}

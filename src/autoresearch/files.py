@@ -1,6 +1,6 @@
 """Small file helpers with one home: an atomic text or JSON write, a file's SHA-256, a set of source files' SHA-256,
 clearing a path the loop writes its own file at, reading a file an agent could have planted, whether a file is
-flocked."""
+flocked, a program's path on PATH."""
 
 from __future__ import annotations
 
@@ -128,3 +128,11 @@ def flock_held(path: Path) -> bool:
     finally:
         os.close(fd)  # releases it, if it was ours
     return False
+
+
+def program_path(name: str) -> str | None:
+    """`name`'s path, found in PATH's absolute folders (None if not there): a relative one ('.', an empty entry, which
+    `export PATH=$X:$PATH` leaves where X is unset) is the working directory, often the workspace, where an agent
+    writes; there `shutil.which` answered a bare "bwrap", which the process then ran from the workspace (red team)."""
+    folders = [d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if os.path.isabs(d)]
+    return shutil.which(name, path=os.pathsep.join(folders))

@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
 from autoresearch.evaluator import compile_cache, shown
 from autoresearch.evaluator.hidden import workspace_data_places
+from autoresearch.files import program_path
 from autoresearch.loop.ray_executor import AUTH_TOKEN, hidden_from_agents
 
 SSH_AGENT = "SSH_AUTH_SOCK"
@@ -65,7 +65,7 @@ SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS[:-1], "/etc", "/opt", "/boot", "/var/spoo
 def _namespaces() -> tuple[tuple[str, ...], ...]:
     """The ways to start the agent in its namespaces, best first: with the buses and the data hidden (util-linux
     2.36 or later, for --map-user; `with_hidden` adds the places), else without."""
-    unshare = shutil.which("unshare") or "unshare"  # found once (`pid_namespace`), as git is (workspace/git.py)
+    unshare = program_path("unshare") or "unshare"  # found once (`pid_namespace`), as git is (workspace/git.py)
     outer = (unshare, "--user", "--pid", "--fork", "--mount-proc", "--kill-child")
     hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE, "sh", str(os.getuid()), str(os.getgid()))
     return hidden, (*outer, "--map-current-user", unshare, *PID_NAMESPACE_INNER[1:])

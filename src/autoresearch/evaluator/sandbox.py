@@ -21,7 +21,6 @@ import functools
 import glob
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import shown as shown_paths
 from autoresearch.evaluator.gpu_nodes import Nodes, own_nodes
+from autoresearch.files import program_path
 
 _SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|PASS$|CREDENTIAL|AUTH|PAT$", re.IGNORECASE)
 # What train.py's process gets of the environment: an allow-list (a deny-list let database URLs with
@@ -247,7 +247,7 @@ def command(
     else:
         box_env, devices = box_environment(env, workdir, writable), []
     return [
-        shutil.which("bwrap") or "bwrap",
+        program_path("bwrap") or "bwrap",
         # New namespaces: its own PID tree (it sees and signals nothing outside, and the death of its init kills
         # everything it started), no network, its own IPC, hostname and cgroup view. A user namespace where one
         # can be made, which is what lets an unprivileged user create the others; as root bwrap makes one too.
@@ -305,7 +305,7 @@ def unavailable_reason() -> str | None:
     """None when confinement works on this machine; else one line saying why. Probes once per process."""
     if os.environ.get(SWITCH_ENV, "").lower() == "off":
         return f"confinement is switched off (${SWITCH_ENV}=off)"
-    if shutil.which("bwrap") is None:
+    if program_path("bwrap") is None:
         return "bubblewrap (bwrap) is not installed or not on PATH"
     # Run `true` with the options a real run gets, including a workdir inside a hidden directory.
     with tempfile.TemporaryDirectory(prefix="autoresearch-sandbox-probe-") as tmp:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.files import program_path
 from autoresearch.workspace.disk import GIT_FULL_MESSAGES, DiskFullError
 
 IDENTITY = ("-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost")
@@ -46,7 +46,7 @@ LOOSE_REFS_MAX = 256  # loose refs under refs/autoresearch past which `pack` pac
 def program() -> str:
     """git's path, found on PATH once, at the loop's first git command, before any agent has run: a `git` an agent
     put in a folder of PATH later (loop/environment.py: `program_folders`) is never the one the loop runs."""
-    return shutil.which("git") or "git"
+    return program_path("git") or "git"
 
 
 @functools.cache
