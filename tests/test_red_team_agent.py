@@ -734,3 +734,26 @@ def test_a_program_an_agent_leaves_in_the_workspace_never_runs_where_path_names_
     finally:
         gits.program.cache_clear()
     assert found == {name: path or name for name, path in real.items()}
+
+
+@pytest.mark.parametrize("entry", ["", "."])
+def test_no_evaluator_imports_from_the_working_directory_that_pythonpath_names(tmp_path, monkeypatch, entry):
+    """BROKE, fixed: a PYTHONPATH that names the working directory (an empty entry, which `export
+    PYTHONPATH=$PYTHONPATH:/x` leaves where it was unset, or '.') put the loop's, the workspace (`cd demo;
+    autoresearch run`), on the sys.path of every evaluator, before site-packages: an `autoresearch` package an agent
+    left there during its turn was what an evaluator started meanwhile (another worker's) ran, unconfined. The
+    evaluators' PATH and PYTHONPATH keep their absolute entries only."""
+    planted = tmp_path / "autoresearch"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("import sys; print('PLANTED RAN'); sys.exit(9)\n")
+    monkeypatch.chdir(tmp_path)
+    paths = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
+    env = {**os.environ, "PYTHONPATH": f"{entry}{os.pathsep}{paths}"}
+    env["PATH"] = f"{entry}{os.pathsep}{env['PATH']}"
+    assert all(map(os.path.isabs, sandbox.evaluator_env(env)["PATH"].split(os.pathsep)))
+    evaluator = executors.NewProcess(sys.executable, tmp_path / "no-workspace", env)
+    evaluator.stdin.close()
+    assert evaluator.wait(timeout=120) == 2  # the real evaluator: no workspace there
+    evaluator.captured.seek(0)
+    said = evaluator.captured.read().decode()
+    assert "PLANTED" not in said and "autoresearch.json" in said, said

@@ -122,6 +122,12 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
     places = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_XET_CACHE", "XDG_CACHE_HOME")
     ours = {name: value for name, value in env.items() if name.startswith("AUTORESEARCH_") or name in places}
     evaluator = {**scrubbed_env(env), **{k: v for k, v in ours.items() if not _SECRET_NAME.search(k)}}
+    # Their absolute entries only: a relative one ('.', an empty one, which `export PYTHONPATH=$PYTHONPATH:/x` leaves
+    # where it was unset) is the working directory, often the workspace, where an agent writes, and an evaluator
+    # started during its turn (another worker's) imported the `autoresearch` it left there (red team).
+    for name in ("PATH", "PYTHONPATH"):
+        if name in evaluator:
+            evaluator[name] = os.pathsep.join(d for d in evaluator[name].split(os.pathsep) if os.path.isabs(d))
     # Read once, when torch loads, and inherited by the fork. Asking whether a GPU exists does not start CUDA
     # (a CUDA context does not survive a fork). On a CPU, OpenMP's threads that wait sleep instead of spinning:
     # spinning burns CPU time, which the CPU clock counts, the more so the busier the machine. (Not where a GPU
