@@ -757,3 +757,27 @@ def test_no_evaluator_imports_from_the_working_directory_that_pythonpath_names(t
     evaluator.captured.seek(0)
     said = evaluator.captured.read().decode()
     assert "PLANTED" not in said and "autoresearch.json" in said, said
+
+
+@pytest.mark.slow  # the command line twice in new processes: ~3 s each
+@pytest.mark.parametrize("started", ["python -m", "script, PYTHONPATH with an empty entry"])
+def test_a_module_an_agent_leaves_in_the_workspace_is_not_imported_by_the_loop_started_there(
+    workspace, tmp_path, started
+):
+    """BROKE, fixed: `python -m autoresearch` in the workspace (or the `autoresearch` script with a PYTHONPATH whose
+    empty entry names the working directory) had the workspace on the loop's own sys.path, before site-packages. A
+    `matplotlib/` an agent left there was imported by the loop, outside any namespace, at its first plot (the report
+    after a verdict; with several workers, during another worker's turn)."""
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
+    loop.baseline()
+    imported = tmp_path / "planted-matplotlib-imported"
+    planted = workspace.root / "matplotlib"
+    planted.mkdir()
+    (planted / "__init__.py").write_text(f"open({str(imported)!r}, 'w').write('ran')\nraise ImportError('planted')\n")
+    script = Path(sys.executable).parent / "autoresearch"
+    argv, env = [sys.executable, "-m", "autoresearch"], dict(os.environ)
+    if started.startswith("script"):
+        argv, env["PYTHONPATH"] = [str(script)], os.pathsep + env.get("PYTHONPATH", "")  # "" first: the working dir
+    done = subprocess.run([*argv, "report", "--workspace", "."], cwd=workspace.root, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert not imported.exists() and (workspace.root / "progress.png").stat().st_size > 0

@@ -1,3 +1,3 @@
-from autoresearch.cli import main
+from autoresearch.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

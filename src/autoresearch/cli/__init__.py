@@ -37,6 +37,24 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
+def entry() -> int:
+    """The command line (`autoresearch`, `python -m autoresearch`): `main`, without the working directory on
+    sys.path (`drop_working_directory`)."""
+    drop_working_directory()
+    return main()
+
+
+def drop_working_directory() -> None:
+    """Take the working directory off sys.path, unless PYTHONPATH names it by its absolute path. `python -m` puts it
+    first, and so does a relative PYTHONPATH entry (`.`, or an empty one: `export PYTHONPATH=$PYTHONPATH:/x`). It is
+    often the workspace, where an agent writes: a `matplotlib/` it left there was imported by the loop itself at its
+    first plot, outside any namespace (red team). The package is imported already; what it imports later comes from
+    the environment's folders."""
+    here = os.path.realpath(os.getcwd())
+    chosen = {os.path.realpath(d) for d in os.environ.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(d)}
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != here or os.path.realpath(p) in chosen]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging()
