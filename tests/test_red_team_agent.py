@@ -781,3 +781,21 @@ def test_a_module_an_agent_leaves_in_the_workspace_is_not_imported_by_the_loop_s
     done = subprocess.run([*argv, "report", "--workspace", "."], cwd=workspace.root, env=env, capture_output=True)
     assert done.returncode == 0, done.stderr.decode()
     assert not imported.exists() and (workspace.root / "progress.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("entry", ["~/.local/bin", "bin"])
+def test_a_relative_folder_of_path_is_neither_made_nor_watched(tmp_path, monkeypatch, entry):
+    """BROKE: a relative entry of PATH (`export PATH="~/.local/bin:$PATH"`, whose quotes leave the `~` unexpanded)
+    was taken as a folder under the loop's working directory, watched, and made there where missing: `autoresearch
+    run --workspace demo` from your home made a folder named `~` in it (the folder whose `rm -rf ~` takes your home).
+    The loop looks programs up in PATH's absolute folders only (files.program_path): a relative one is none of its."""
+    from autoresearch.agents.namespace import read_only_places
+    from autoresearch.loop.environment import program_folders
+
+    here, ws = tmp_path / "here", tmp_path / "ws"
+    here.mkdir(), ws.mkdir()
+    monkeypatch.chdir(here)
+    env = {**os.environ, "PATH": f"{entry}{os.pathsep}{os.environ['PATH']}"}
+    assert not [p for p in program_folders(env, ws) if here in p.parents]
+    read_only_places(ws, env)
+    assert not list(here.iterdir())

@@ -130,9 +130,14 @@ def flock_held(path: Path) -> bool:
     return False
 
 
-def program_path(name: str) -> str | None:
-    """`name`'s path, found in PATH's absolute folders (None if not there): a relative one ('.', an empty entry, which
-    `export PATH=$X:$PATH` leaves where X is unset) is the working directory, often the workspace, where an agent
-    writes; there `shutil.which` answered a bare "bwrap", which the process then ran from the workspace (red team)."""
-    folders = [d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if os.path.isabs(d)]
+def absolute_entries(value: str) -> list[str]:
+    """The absolute entries of a search path (PATH, PYTHONPATH): a relative one ('.', an empty entry, which `export
+    PATH=$X:$PATH` leaves where X is unset) is the working directory, often the workspace, where an agent writes."""
+    return [d for d in value.split(os.pathsep) if os.path.isabs(d)]
+
+
+def program_path(name: str, path: str | None = None) -> str | None:
+    """`name`'s path, found in the absolute folders of `path` (default: PATH), or None: in a relative one
+    `shutil.which` answered a bare "bwrap", which the process then ran from the workspace (red team)."""
+    folders = absolute_entries(os.environ.get("PATH", os.defpath) if path is None else path)
     return shutil.which(name, path=os.pathsep.join(folders))

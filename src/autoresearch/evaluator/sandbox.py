@@ -31,7 +31,7 @@ from pathlib import Path
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import shown as shown_paths
 from autoresearch.evaluator.gpu_nodes import Nodes, own_nodes
-from autoresearch.files import program_path
+from autoresearch.files import absolute_entries, program_path
 
 _SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|PASS$|CREDENTIAL|AUTH|PAT$", re.IGNORECASE)
 # What train.py's process gets of the environment: an allow-list (a deny-list let database URLs with
@@ -127,7 +127,7 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
     # started during its turn (another worker's) imported the `autoresearch` it left there (red team).
     for name in ("PATH", "PYTHONPATH"):
         if name in evaluator:
-            evaluator[name] = os.pathsep.join(d for d in evaluator[name].split(os.pathsep) if os.path.isabs(d))
+            evaluator[name] = os.pathsep.join(absolute_entries(evaluator[name]))
     # Read once, when torch loads, and inherited by the fork. Asking whether a GPU exists does not start CUDA
     # (a CUDA context does not survive a fork). On a CPU, OpenMP's threads that wait sleep instead of spinning:
     # spinning burns CPU time, which the CPU clock counts, the more so the busier the machine. (Not where a GPU

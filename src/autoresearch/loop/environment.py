@@ -24,7 +24,6 @@ import importlib.util
 import io
 import marshal
 import os
-import shutil
 import struct
 import sys
 import threading
@@ -33,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from autoresearch.evaluator import compile_cache, shown
+from autoresearch.files import absolute_entries, program_path
 
 Signature = dict[str, tuple[int, int, int, int]]  # path -> (size, mtime_ns, ctime_ns, inode)
 MAX_SOURCE_BYTES = 4 << 20  # a byte-code cache of a larger source is not compiled to be checked: it counts as a change
@@ -159,9 +159,9 @@ def program_folders(env: Mapping[str, str], workspace: Path) -> list[Path]:
     any namespace, so a program an agent put or changed there (your ~/.local/bin, which Debian's ~/.profile puts
     first) would run instead. A folder that holds the workspace (PATH naming your home) is left out: not walked."""
     inside = workspace.resolve()
-    path = env.get("PATH", "")
-    folders = [Path(d).resolve() for d in path.split(os.pathsep) if d]
-    folders += [Path(found).resolve().parent for name in LOOP_PROGRAMS if (found := shutil.which(name, path=path))]
+    path = env.get("PATH", "")  # its absolute folders only, where the loop looks (a relative one is no folder here)
+    folders = [Path(d).resolve() for d in absolute_entries(path)]
+    folders += [Path(found).resolve().parent for name in LOOP_PROGRAMS if (found := program_path(name, path))]
     return [p for p in dict.fromkeys(folders) if not shown.is_system(p) and p != inside and p not in inside.parents
             and inside not in p.parents]  # fmt: skip
 
