@@ -799,3 +799,27 @@ def test_a_relative_folder_of_path_is_neither_made_nor_watched(tmp_path, monkeyp
     assert not [p for p in program_folders(env, ws) if here in p.parents]
     read_only_places(ws, env)
     assert not list(here.iterdir())
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="no bubblewrap here")
+def test_an_evaluator_runs_the_bubblewrap_the_loop_found_before_any_agent(tmp_path, monkeypatch):
+    """BROKE: each evaluator looked bubblewrap up on PATH anew. A folder of PATH is read-only in the agent's
+    namespace, but the folder that holds it is not, and a mount below does not stop its rename: an agent ran `mv
+    ~/.local ~/.local.old; mkdir -p ~/.local/bin` and wrote a `bwrap` there, which an evaluator started during its
+    turn (another worker's) would run, as you, unconfined. The loop finds it once, before any agent runs, and hands
+    it to its evaluators."""
+    bin_dir = tmp_path / "home-bin"
+    bin_dir.mkdir()
+    real = shutil.which("bwrap")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    sandbox.bwrap.cache_clear()
+    try:
+        sandbox.evaluator_env(os.environ)  # the loop's first evaluator, before any agent
+        (bin_dir / "bwrap").write_text("#!/bin/sh\nexit 9\n")  # the agent's, during its turn
+        (bin_dir / "bwrap").chmod(0o755)
+        env = sandbox.evaluator_env(os.environ)  # an evaluator started meanwhile
+    finally:
+        sandbox.bwrap.cache_clear()
+    probe = "from autoresearch.evaluator import sandbox as s; print(s.command(['true'], workdir=s.Path(), env={})[0])"
+    seen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert seen.stdout.strip() == real, seen.stderr

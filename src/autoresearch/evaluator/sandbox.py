@@ -56,6 +56,7 @@ SYSTEM_SECRET_FILES = ("/etc/shadow", "/etc/gshadow")
 SYSTEM_SOCKET_DIRS = ("/run/user", "/run/dbus")
 _PRIVATE_TMP = Path("/tmp")
 SWITCH_ENV = "AUTORESEARCH_SANDBOX"  # "off": run train.py unconfined (say, where bwrap misbehaves); the loop warns
+BWRAP_ENV = "AUTORESEARCH_BWRAP"  # bubblewrap's path, as the loop found it (`bwrap`): set in `evaluator_env`
 _HINT = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) and allow "
     "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04+ also "
@@ -128,6 +129,8 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
     for name in ("PATH", "PYTHONPATH"):
         if name in evaluator:
             evaluator[name] = os.pathsep.join(absolute_entries(evaluator[name]))
+    if found := bwrap():  # as the loop found it, before any agent ran
+        evaluator[BWRAP_ENV] = found
     # Read once, when torch loads, and inherited by the fork. Asking whether a GPU exists does not start CUDA
     # (a CUDA context does not survive a fork). On a CPU, OpenMP's threads that wait sleep instead of spinning:
     # spinning burns CPU time, which the CPU clock counts, the more so the busier the machine. (Not where a GPU
@@ -253,7 +256,7 @@ def command(
     else:
         box_env, devices = box_environment(env, workdir, writable), []
     return [
-        program_path("bwrap") or "bwrap",
+        bwrap() or "bwrap",
         # New namespaces: its own PID tree (it sees and signals nothing outside, and the death of its init kills
         # everything it started), no network, its own IPC, hostname and cgroup view. A user namespace where one
         # can be made, which is what lets an unprivileged user create the others; as root bwrap makes one too.
@@ -307,11 +310,20 @@ def _system_mount(path: Path) -> list[str]:
 
 
 @functools.cache
+def bwrap() -> str | None:
+    """bubblewrap's path: the loop's (BWRAP_ENV: found once, before any agent ran, as git and unshare are), else
+    found on PATH now. A folder of PATH is read-only in an agent's namespace, but the folder that holds it is not, and
+    a mount below does not stop its rename: `mv ~/.local ~/.local.old; mkdir -p ~/.local/bin` and a `bwrap` there
+    was run by an evaluator started during the turn (another worker's), as you, unconfined (red team)."""
+    return os.environ.get(BWRAP_ENV) or program_path("bwrap")
+
+
+@functools.cache
 def unavailable_reason() -> str | None:
     """None when confinement works on this machine; else one line saying why. Probes once per process."""
     if os.environ.get(SWITCH_ENV, "").lower() == "off":
         return f"confinement is switched off (${SWITCH_ENV}=off)"
-    if program_path("bwrap") is None:
+    if bwrap() is None:
         return "bubblewrap (bwrap) is not installed or not on PATH"
     # Run `true` with the options a real run gets, including a workdir inside a hidden directory.
     with tempfile.TemporaryDirectory(prefix="autoresearch-sandbox-probe-") as tmp:
