@@ -276,6 +276,7 @@ def test_codex_whose_own_sandbox_cannot_run_a_command_runs_without_it(
     said = {"hangs": "did not finish within 2 s", "fails": "exited 1: bwrap: Creating new namespace failed"}[bwrap]
     assert len(warnings) == 1 and "codex's own sandbox cannot run a command here" in warnings[0]
     assert said in warnings[0] and "runs its commands without it" in warnings[0]
+    assert "autoresearch-sandbox-check-" not in warnings[0]  # its empty home: a path that says nothing
     checked = calls.read_text().splitlines()
     assert checked  # the check did call bubblewrap
     start = time.monotonic()

@@ -110,7 +110,7 @@ class CodingAgent:
             if argv is None:
                 return None
             env = self.recipe.environment(os.environ, self._state(workspace))
-            who = f"`{' '.join(word for word in argv if not word.startswith(home))}`"
+            who = f"`{' '.join(word for word in argv if home not in word)}`"  # not CODEX_HOME=<home>
             try:
                 code, stdout, stderr = run_process([*self.launcher, *argv], workspace, "", env, SANDBOX_CHECK_S, who)
             except ProposalError as exc:  # it hung
