@@ -163,3 +163,13 @@ def test_python_m_runs_the_command_line(module: str, subprocess_env: dict[str, s
         [sys.executable, "-m", module, "--version"], capture_output=True, text=True, env=subprocess_env, timeout=120
     )
     assert proc.returncode == 0 and proc.stdout.startswith("autoresearch "), proc.stderr
+
+
+def test_the_command_line_starts_in_a_working_directory_that_was_removed(tmp_path):
+    """`autoresearch --help` in a folder removed meanwhile: there is no working directory to take off sys.path
+    (`drop_working_directory`), which is no reason for a traceback."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = "import os, sys; os.rmdir(os.getcwd()); sys.argv = ['autoresearch', '--help']; import autoresearch.__main__"
+    done = subprocess.run([sys.executable, "-c", code], cwd=gone, capture_output=True, text=True)
+    assert done.returncode == 0 and "usage" in done.stdout, done.stderr

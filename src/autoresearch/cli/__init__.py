@@ -50,7 +50,10 @@ def drop_working_directory() -> None:
     often the workspace, where an agent writes: a `matplotlib/` it left there was imported by the loop itself at its
     first plot, outside any namespace (red team). The package is imported already; what it imports later comes from
     the environment's folders."""
-    here = os.path.realpath(os.getcwd())
+    try:
+        here = os.path.realpath(os.getcwd())
+    except FileNotFoundError:  # removed: nothing is imported from it
+        return
     chosen = {os.path.realpath(d) for d in os.environ.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(d)}
     sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != here or os.path.realpath(p) in chosen]
 
