@@ -627,7 +627,7 @@ def test_a_coding_agents_own_folder_is_no_way_into_the_rest_of_the_state(workspa
 @pytest.mark.skipif(
     with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can make a place read-only"
 )
-@pytest.mark.parametrize("folder", ["there", "missing", "link"])
+@pytest.mark.parametrize("folder", ["there", "missing", "link", "renamed"])
 def test_a_program_an_agent_puts_in_a_folder_of_path_never_runs_as_the_loop(workspace, tmp_path, monkeypatch, folder):
     """BROKE, fixed: the loop runs git (and starts the agent's namespace with unshare, its runs' sandbox with
     bubblewrap) by name, outside any namespace. A folder of PATH before /usr/bin that the agent could write (your
@@ -635,11 +635,11 @@ def test_a_program_an_agent_puts_in_a_folder_of_path_never_runs_as_the_loop(work
     folder a `git` there links to, as Homebrew's does) got its `git`, and the loop's check of the turn ran it, as
     you: the data, the ledger, anything. In the agent's namespace such folders are read-only now (made, empty, where
     missing), and a program added there stops the loop where no namespace can be made."""
-    bin_dir, tools = tmp_path / "home-bin", tmp_path / "tools"
+    bin_dir, tools = tmp_path / "home" / ".local" / "bin", tmp_path / "tools"
     ran, seen = tmp_path / "planted-git-ran", tmp_path / "seen"
     target = bin_dir / "git"
     if folder != "missing":
-        bin_dir.mkdir()
+        bin_dir.mkdir(parents=True)
     if folder == "link":  # the user's own git, linked from a folder of PATH
         tools.mkdir()
         (tools / "git").write_text('#!/bin/sh\nexec /usr/bin/git "$@"\n')
@@ -649,12 +649,16 @@ def test_a_program_an_agent_puts_in_a_folder_of_path_never_runs_as_the_loop(work
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     planted = f'#!/bin/sh\\necho "$@" >> {ran}\\nexec /usr/bin/git "$@"\\n'
     plant = f"(mkdir -p {bin_dir} && printf '{planted}' > {target} && chmod +x {target}) 2>{seen} || true"
+    if folder == "renamed":  # the read-only folder moved away whole, and a writable one made at its path
+        local = bin_dir.parent
+        plant = f"(mv {local} {local}.old && {plant.removeprefix('(')}"
     kept = target.read_text() if target.exists() else None
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho LR 0.2")
     assert not ran.exists(), f"the loop ran the agent's git: {ran.read_text()}"
     assert exp.status == Status.KEEP, exp.reason
-    assert "Read-only file system" in seen.read_text(), seen.read_text()
-    assert (target.read_text() if target.exists() else None) == kept
+    said = "Device or resource busy" if folder == "renamed" else "Read-only file system"
+    assert said in seen.read_text(), seen.read_text()
+    assert (target.read_text() if target.exists() else None) == kept and bin_dir.is_dir()
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 

@@ -32,8 +32,13 @@ AGENT_FILES = Path(STATE) / "agents"  # <workspace>/.autoresearch/agents/<name>/
 # places that hold the data (evaluator/hidden.py: a folder under an empty tmpfs, a file under /dev/null): an agent
 # that read the validation text could write it into train.py. And Ray's folder and token files: a task it sent the
 # loop's Ray would run outside, as the user (loop/ray_executor.py). A place that cannot be hidden stops the agent.
+# First, every folder above a hidden or read-only place is bound onto itself: a mount point cannot be renamed, and
+# `mv ~/.local ~/.local.old; mkdir -p ~/.local/bin` left a read-only folder of PATH under another name and a writable
+# one of the agent's at its path (red team); so could a venv in the home be swapped for another.
 _HIDE = (
-    'u=$1 g=$2 n=$3; shift 3; for d in "/run/user/$u" /run/dbus; do if [ -d "$d" ]; then '
+    'u=$1 g=$2 n=$3; shift 3; while [ "$n" -gt 0 ]; do a=$1; shift; n=$((n - 1)); '
+    'if [ -d "$a" ]; then mount --rbind "$a" "$a"; fi || { echo "autoresearch: could not pin $a" >&2; exit 1; }; done; '
+    'n=$1; shift; for d in "/run/user/$u" /run/dbus; do if [ -d "$d" ]; then '
     'mount -t tmpfs -o mode=0700 tmpfs "$d" || exit 1; fi; done; '  # not hidden: not this way
     'while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
     'if [ -d "$p" ]; then mount -t tmpfs -o mode=0700 tmpfs "$p"; elif [ -e "$p" ]; then mount --bind /dev/null "$p"; '
@@ -72,14 +77,28 @@ def _namespaces() -> tuple[tuple[str, ...], ...]:
 
 
 def with_hidden(
-    way: tuple[str, ...], places: list[Path], read_only: list[Path] = (), writable: list[Path] = ()
+    way: tuple[str, ...],
+    places: list[Path],
+    read_only: list[Path] = (),
+    writable: list[Path] = (),
+    pinned: list[Path] = (),
 ) -> tuple[str, ...]:
     """`way` (one of `_namespaces()`, or none) with `places` hidden from the agent, `read_only` made read-only for
-    it, and `writable` (folders inside those) writable again, where that way can do so."""
+    it, `writable` (folders inside those) writable again, and `pinned` folders made mount points first, which cannot
+    be renamed, where that way can do so."""
     if not way or way[-4:-2] != (_HIDE, "sh"):
         return way
-    lists = (places, read_only, writable)
+    lists = (pinned, places, read_only, writable)
     return (*way, *(word for paths in lists for word in (str(len(paths)), *map(str, paths))))
+
+
+def _above(places: list[Path], workspace: Path) -> list[Path]:
+    """The folders above `places`, outermost first, but the root and the workspace and the folders that hold it (see
+    _HIDE: they are bound onto themselves; the agent works in the workspace, and a folder bound over its working
+    directory would leave it below the mounts made after, where nothing is read-only)."""
+    inside = workspace.resolve()
+    found = {parent for place in places for parent in Path(place).absolute().parents if parent != parent.parent}
+    return sorted(found - {inside, *inside.parents}, key=lambda p: len(p.parts))
 
 
 def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
@@ -175,5 +194,6 @@ def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], d
     `env` without the token of the loop's Ray, if it has one, nor your SSH agent."""
     own = workspace / AGENT_FILES  # a coding agent's history and caches
     writable = [own.resolve()] if own.is_dir() and not own.is_symlink() else []
-    way = with_hidden(pid_namespace(), hidden_places(workspace, env), read_only_places(workspace, env), writable)
+    hidden, read_only = hidden_places(workspace, env), read_only_places(workspace, env)
+    way = with_hidden(pid_namespace(), hidden, read_only, writable, _above([*hidden, *read_only], workspace))
     return way, {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)}
