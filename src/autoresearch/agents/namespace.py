@@ -107,10 +107,10 @@ def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     paths, but for a place that holds the workspace (the environment check still watches it). The shared compile
     cache is the loop's alone to write, and is checked only at the ends of a turn: a file planted there and taken
     away meanwhile left no trace, and a run of another worker that started in between linked it into its layer and
-    loaded it. And the workspace's private state
-    (`.autoresearch/`: the ledger, the runs' results and logs, the turn's snapshot, the inbox): the agent reads its
-    runs' logs there, and writes nothing but a coding agent's own files (`entered`; what it planted there was put
-    back after the turn, but meanwhile other workers' verdicts met it)."""
+    loaded it. And the workspace's private state (`.autoresearch/`: the ledger, the runs' results and logs, the
+    turn's snapshot, the inbox): the agent reads its runs' logs there, and writes nothing but a coding agent's own
+    files (`entered`; what it planted there was put back after the turn, but meanwhile other workers' verdicts met
+    it)."""
     inside = workspace.resolve()
     compiled = compile_cache.shared_root()
     compiled.mkdir(parents=True, exist_ok=True)
