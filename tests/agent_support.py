@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fake_llm import FakeLLM
 from loop_support import FakeExecutor, make_loop
 from netns import Offline
 from test_agent_turn import score, state
@@ -48,10 +49,10 @@ def use_installed_agents(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def offline_agent(name: str, url: str, tmp_path: Path, model: str | None = None) -> tuple[CodingAgent, Offline]:
-    """The recipe `name`, run with no network but a bridge to the fake server at `url`."""
-    port = int(url.split(":")[2].split("/")[0])
-    offline = Offline(port, tmp_path / "bridge.sock")
+def offline_agent(name: str, fake: FakeLLM, tmp_path: Path, model: str | None = None) -> tuple[CodingAgent, Offline]:
+    """The recipe `name`, run with no network but a bridge to the fake server `fake` (to its Unix socket)."""
+    port = int(fake.url.split(":")[2].split("/")[0])
+    offline = Offline(port, tmp_path / "bridge.sock", fake.socket_path)
     return CodingAgent(recipe(name), model, timeout_s=120, launcher=offline.launcher), offline
 
 

@@ -17,13 +17,17 @@ recording the delays asked for in `.sleeps`, and refuse to resolve any host name
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import ThreadingUnixStreamServer
 
 import pytest
 
@@ -78,6 +82,7 @@ class Recorded:
 class FakeLLM:
     kind: str  # "anthropic" or "openai"
     url: str = ""  # the base URL the SDK is given
+    socket_path: str = ""  # the same server on a Unix socket: where tests/netns.py's bridge connects a program
     queue: list[Scripted] = field(default_factory=list)
     requests: list[Recorded] = field(default_factory=list)
     sleeps: list[float] = field(default_factory=list)  # retry back-offs the SDK asked for
@@ -264,21 +269,35 @@ class _Server(ThreadingHTTPServer):
     fake: FakeLLM
 
 
+class _UnixServer(ThreadingUnixStreamServer):
+    """The same server on a Unix socket: the bridge to a program in a network namespace needs no TCP of the host's
+    (in CI, its second connection to the TCP port was once refused, and Codex waited for ever)."""
+
+    daemon_threads = True
+    request_queue_size = 64
+    fake: FakeLLM
+
+
 @contextmanager
 def _serving(fake: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLM]:
     server = _Server(("127.0.0.1", 0), _Handler)
-    server.fake = fake
+    folder = tempfile.mkdtemp(prefix="fake-llm-")
+    fake.socket_path = os.path.join(folder, "llm.sock")
+    unix = _UnixServer(fake.socket_path, _Handler)
+    server.fake = unix.fake = fake
     root = f"http://127.0.0.1:{server.server_address[1]}"
     fake.url = root if fake.kind == "anthropic" else root + "/v1"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    for served in (server, unix):
+        threading.Thread(target=served.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     _quick_sleep(fake, monkeypatch)
     _loopback_only(fake, monkeypatch)
     try:
         yield fake
     finally:
-        server.shutdown()
-        server.server_close()
+        for served in (server, unix):
+            served.shutdown()
+            served.server_close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _quick_sleep(fake: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> None:

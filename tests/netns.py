@@ -3,8 +3,9 @@
 `Offline(port)` gives a launcher: `unshare` puts the program in new user and network namespaces, whose only
 interface is loopback, brought up here; this file, run there as a script, listens on 127.0.0.1:<port> inside
 and carries each connection over a Unix socket (a file, which crosses namespaces) to a bridge in the test
-process, which connects to the real server on 127.0.0.1:<port>. The program sees the server at the same URL and
-nothing else: no route, no DNS, so no request can leave 127.0.0.1, whatever it tries.
+process, which connects to the real server on 127.0.0.1:<port>, or on its own Unix socket where it has one. The
+program sees the server at the same URL and nothing else: no route, no DNS, so no request can leave 127.0.0.1,
+whatever it tries.
 
 To see what it tried, HTTP_PROXY and HTTPS_PROXY point at a listener inside that writes down the first line of
 every request it gets (`CONNECT host:443 ...`) and closes the connection: `Offline.attempts()`.
@@ -29,8 +30,10 @@ SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 class Offline:
     """A bridge from a Unix socket at `path` to 127.0.0.1:`port`; `.launcher` runs a program behind it."""
 
-    def __init__(self, port: int, path: Path):
-        self.port, self.path = port, path
+    def __init__(self, port: int, path: Path, server: str = ""):
+        """`server`: the server's Unix socket, where the bridge connects instead of 127.0.0.1:`port` (the program
+        still sees the server at 127.0.0.1:`port`)."""
+        self.port, self.path, self.server = port, path, server
         self.proxy_log = path.with_suffix(".proxy.log")
         self.connections = 0  # connections the program made to the server
         self.failures: list[str] = []  # connections that could not reach the server: why, and who listens there
@@ -68,7 +71,7 @@ class Offline:
         deadline = time.monotonic() + 5
         while True:
             try:
-                server = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                server = self._connect()
                 break
             except ConnectionRefusedError as exc:
                 if time.monotonic() < deadline:
@@ -78,14 +81,31 @@ class Offline:
             except OSError as exc:
                 why = exc
             overflow = Path("/proc/sys/net/ipv4/tcp_abort_on_overflow")
-            self.failures.append(
-                f"{why}; listening on 127.0.0.1:{self.port}: {listening(self.port)}; "
-                f"tcp_abort_on_overflow {overflow.read_text().strip() if overflow.exists() else '?'}"
+            there = (
+                f"{self.server} exists: {os.path.exists(self.server)}"
+                if self.server
+                else (
+                    f"listening on 127.0.0.1:{self.port}: {listening(self.port)}; "
+                    f"tcp_abort_on_overflow {overflow.read_text().strip() if overflow.exists() else '?'}"
+                )
             )
+            self.failures.append(f"{why}; {there}")
             client.close()
             return
         server.settimeout(None)
         pipe(client, server)
+
+    def _connect(self) -> socket.socket:
+        if not self.server:
+            return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.settimeout(10)
+        try:
+            unix.connect(self.server)
+        except OSError:
+            unix.close()
+            raise
+        return unix
 
 
 def listening(port: int) -> str:

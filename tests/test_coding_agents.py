@@ -50,7 +50,7 @@ def run_turn(workspace, agent_env, tmp_path) -> Iterator:
     bridges = []
 
     def run(name: str, fake: FakeLLM):
-        agent, offline = offline_agent(name, fake.url, tmp_path)
+        agent, offline = offline_agent(name, fake, tmp_path)
         bridges.append(offline)
         exp, before = turn_through_the_loop(workspace, agent)
         assert offline.failures == [], f"the bridge could not reach the scripted server: {offline.failures}"
@@ -271,7 +271,7 @@ def test_codex_whose_own_sandbox_cannot_run_a_command_runs_without_it(
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(coding_agent, "SANDBOX_CHECK_S", 2.0)
     codex_edit(fake_openai)
-    agent, offline = offline_agent("codex", fake_openai.url, tmp_path)
+    agent, offline = offline_agent("codex", fake_openai, tmp_path)
     warnings = agent.preflight(workspace.root)
     said = {"hangs": "did not finish within 2 s", "fails": "exited 1: bwrap: Creating new namespace failed"}[bwrap]
     assert len(warnings) == 1 and "codex's own sandbox cannot run a command here" in warnings[0]
@@ -295,7 +295,7 @@ def test_a_codex_config_the_agent_wrote_into_its_home_cannot_make_the_loop_drop_
     home = workspace.root / ".autoresearch" / "agents" / "codex" / "home"  # CODEX_HOME: the agent writes there
     home.mkdir(parents=True)
     (home / "config.toml").write_text("this is = not [ toml\n")  # `codex sandbox` reading it would exit 1
-    agent, offline = offline_agent("codex", fake_openai.url, tmp_path)
+    agent, offline = offline_agent("codex", fake_openai, tmp_path)
     assert agent.preflight(workspace.root) == []
     assert "workspace-write" in agent.recipe.command("codex", "m", home, home, home)
     offline.close()
@@ -331,7 +331,7 @@ def test_claude_code_drives_the_loop_with_autoresearch_try(workspace, fake_anthr
         "", calls=[Call("Bash", {"command": try_it, "description": "judge the edit", "timeout": 600000})]
     )
     fake_anthropic.reply("The loop judged it; see the verdict above.")
-    offline = Offline(int(fake_anthropic.url.rsplit(":", 1)[1]), tmp_path / "bridge.sock")
+    offline = Offline(int(fake_anthropic.url.rsplit(":", 1)[1]), tmp_path / "bridge.sock", fake_anthropic.socket_path)
     prompt = "Read program.md and run one experiment: edit train.py, then judge it with `autoresearch try -m`."
     argv = [*offline.launcher, "claude", "-p", "--bare", "--output-format", "json", "--allowedTools", "Read,Edit,Bash"]
     env = ClaudeCode().environment(os.environ, tmp_path / "claude")  # the recipe's switches: no telemetry ...
