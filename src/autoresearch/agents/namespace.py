@@ -93,12 +93,13 @@ def with_hidden(
 
 
 def _above(places: list[Path], workspace: Path) -> list[Path]:
-    """The folders above `places`, outermost first, but the root and the workspace and the folders that hold it (see
-    _HIDE: they are bound onto themselves; the agent works in the workspace, and a folder bound over its working
-    directory would leave it below the mounts made after, where nothing is read-only)."""
+    """The folders above `places`, outermost first, to be bound onto themselves (see _HIDE), but the workspace and
+    the folders that hold it (the agent works in the workspace, and a folder bound over its working directory would
+    leave it below the mounts made after, where nothing is read-only), and mount points already (the root, /home on
+    autofs: a mount point cannot be renamed already, and binding an autofs could wait on it)."""
     inside = workspace.resolve()
-    found = {parent for place in places for parent in Path(place).absolute().parents if parent != parent.parent}
-    return sorted(found - {inside, *inside.parents}, key=lambda p: len(p.parts))
+    found = {parent for place in places for parent in Path(place).absolute().parents}
+    return sorted((p for p in found - {inside, *inside.parents} if not os.path.ismount(p)), key=lambda p: len(p.parts))
 
 
 def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
