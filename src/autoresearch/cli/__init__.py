@@ -17,6 +17,7 @@ from rich.markup import escape
 from autoresearch.cli.commands import compare, prepare_data, run, submit, try_change, wait
 from autoresearch.cli.parser import build_parser
 from autoresearch.errors import AutoresearchError
+from autoresearch.files import absolute_entries
 
 _NOT_ALLOWED = {errno.EROFS, errno.EACCES, errno.EPERM}  # what a file system or its owner refuses
 
@@ -54,7 +55,7 @@ def drop_working_directory() -> None:
         here = os.path.realpath(os.getcwd())
     except FileNotFoundError:  # removed: nothing is imported from it
         return
-    chosen = {os.path.realpath(d) for d in os.environ.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(d)}
+    chosen = {os.path.realpath(d) for d in absolute_entries(os.environ.get("PYTHONPATH", ""))}
     sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != here or os.path.realpath(p) in chosen]
 
 
