@@ -525,23 +525,33 @@ def test_an_agent_cannot_plant_in_the_shared_compile_cache_that_other_workers_ru
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
 
 
-def test_no_trusted_process_imports_from_the_working_directory_an_agent_can_write(tmp_path, monkeypatch):
-    """BROKE, fixed: the evaluators started as new processes (no fork server), the fork server and `submit`'s loop
-    in the background ran as `python -m ...`, which puts the working directory first on sys.path for the process's
-    whole life; the loop's is the workspace (`cd demo; autoresearch run`), where an agent whose turn overlaps other
-    workers' runs (or that drives `submit`) could leave an `autoresearch` package of its own: an evaluator started
-    meanwhile ran it, and sealed whatever score it liked. They import nothing from there now."""
+def plant_autoresearch_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An `autoresearch` package of an agent's in `tmp_path`, the working directory now: run, it exits 9."""
     planted = tmp_path / "autoresearch"
     planted.mkdir()
     (planted / "__init__.py").write_text("import sys; print('PLANTED RAN'); sys.exit(9)\n")
     monkeypatch.chdir(tmp_path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())}
+
+
+def assert_a_new_evaluator_runs_the_real_package(tmp_path: Path, env: dict[str, str]) -> None:
+    """An evaluator started as a new process with `env` runs the installed package, not the planted one."""
     evaluator = executors.NewProcess(sys.executable, tmp_path / "no-workspace", env)
     evaluator.stdin.close()
     assert evaluator.wait(timeout=120) == 2  # the real evaluator: no workspace there
     evaluator.captured.seek(0)
     said = evaluator.captured.read().decode()
     assert "PLANTED" not in said and "autoresearch.json" in said, said
+
+
+def test_no_trusted_process_imports_from_the_working_directory_an_agent_can_write(tmp_path, monkeypatch):
+    """BROKE, fixed: the evaluators started as new processes (no fork server), the fork server and `submit`'s loop
+    in the background ran as `python -m ...`, which puts the working directory first on sys.path for the process's
+    whole life; the loop's is the workspace (`cd demo; autoresearch run`), where an agent whose turn overlaps other
+    workers' runs (or that drives `submit`) could leave an `autoresearch` package of its own: an evaluator started
+    meanwhile ran it, and sealed whatever score it liked. They import nothing from there now."""
+    plant_autoresearch_in_the_working_directory(tmp_path, monkeypatch)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())}
+    assert_a_new_evaluator_runs_the_real_package(tmp_path, env)
     server = executors.ForkServer(sys.executable, env)
     try:
         assert server._next(timeout=120) == {"ready": True}
@@ -747,20 +757,12 @@ def test_no_evaluator_imports_from_the_working_directory_that_pythonpath_names(t
     autoresearch run`), on the sys.path of every evaluator, before site-packages: an `autoresearch` package an agent
     left there during its turn was what an evaluator started meanwhile (another worker's) ran, unconfined. The
     evaluators' PATH and PYTHONPATH keep their absolute entries only."""
-    planted = tmp_path / "autoresearch"
-    planted.mkdir()
-    (planted / "__init__.py").write_text("import sys; print('PLANTED RAN'); sys.exit(9)\n")
-    monkeypatch.chdir(tmp_path)
+    plant_autoresearch_in_the_working_directory(tmp_path, monkeypatch)
     paths = os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())
     env = {**os.environ, "PYTHONPATH": f"{entry}{os.pathsep}{paths}"}
     env["PATH"] = f"{entry}{os.pathsep}{env['PATH']}"
     assert all(map(os.path.isabs, sandbox.evaluator_env(env)["PATH"].split(os.pathsep)))
-    evaluator = executors.NewProcess(sys.executable, tmp_path / "no-workspace", env)
-    evaluator.stdin.close()
-    assert evaluator.wait(timeout=120) == 2  # the real evaluator: no workspace there
-    evaluator.captured.seek(0)
-    said = evaluator.captured.read().decode()
-    assert "PLANTED" not in said and "autoresearch.json" in said, said
+    assert_a_new_evaluator_runs_the_real_package(tmp_path, env)
 
 
 @pytest.mark.slow  # the command line twice in new processes: ~3 s each
