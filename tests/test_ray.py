@@ -9,8 +9,13 @@ runs train on the CPU (there is no CUDA here). A run whose Ray worker dies is tr
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -170,6 +175,32 @@ def test_the_loop_warns_at_its_start_that_a_cluster_without_token_authentication
     assert warning and "runs without token authentication" in warning and "the command agent" in warning
     assert ray_executor.open_to_agent(SimpleNamespace(name="anthropic", answers_only=True)) is None  # an API call
     assert ray_executor.open_to_agent(None) is None  # submitted experiments only
+
+
+def test_with_no_address_the_loop_starts_a_ray_of_its_own_even_where_someone_elses_runs_on_this_machine(tmp_path):
+    """Ray's own `ray.init()` joins a Ray running on the machine (`ray start --head`, here without token
+    authentication, with a GPU): the loop must not send its runs there, but start its own as the README says (with a
+    token only it holds), which here has no GPU."""
+    mark = f"autoresearch-test-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"AUTORESEARCH_TEST_MARK": mark}
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    ray_cli = [sys.executable, "-m", "ray.scripts.scripts"]
+    start = [*ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=1", "--include-dashboard=false",
+             "--disable-usage-stats"]  # fmt: skip
+    try:
+        subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+        joined = subprocess.run(
+            [sys.executable, "-c", "from autoresearch.loop.ray_executor import connect; print(connect(None))"],
+            env=env | {"AUTORESEARCH_CACHE": str(tmp_path)}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        for process in psutil.process_iter():  # that Ray's processes only (`ray stop` would stop every Ray here)
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("AUTORESEARCH_TEST_MARK") == mark:
+                    process.kill()
+    assert joined.returncode != 0 and "the Ray cluster has no GPU" in joined.stderr, joined.stdout + joined.stderr
 
 
 def test_a_nodes_copy_of_the_data_is_fetched_once_and_again_only_after_a_file_of_it_changed(tmp_path, tiny_prepared):

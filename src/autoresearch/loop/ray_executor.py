@@ -32,6 +32,7 @@ or node is reported as lost; the scheduler tries it once more.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -76,23 +77,29 @@ def ray_module():
 
 
 def connect(address: str | None) -> int:
-    """Join the Ray cluster at `address` (or RAY_ADDRESS; none: start Ray on this machine); its GPU count."""
+    """Join the Ray cluster at `address` (or RAY_ADDRESS; none: start a Ray of this loop's own on this machine, not
+    the one Ray itself would join there); its GPU count."""
     ray = ray_module()
+    address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
         if not address:
             _own_token()
         try:
-            # A cluster of one's own (no address) needs no dashboard; one that exists keeps its settings.
-            ray.init(address=address, log_to_driver=False, **({} if address else {"include_dashboard": False}))
+            # A cluster of one's own needs no dashboard; one that exists keeps its settings. Ray's "Connecting to ..."
+            # lines would interleave with the loop's own; its warnings still show.
+            own = {} if address else {"include_dashboard": False}
+            ray.init(address=address or "local", log_to_driver=False, logging_level=logging.WARNING, **own)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise AutoresearchError(
-                f"cannot reach the Ray cluster at {address}: {exc}",
+                f"cannot reach the Ray cluster at {address}: {exc}" if address else f"cannot start Ray here: {exc}",
                 hint="start it with `ray start --head` (and `ray start --address=HEAD:6379` on the other machines)",
             ) from None
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus < 1:
-        raise AutoresearchError("the Ray cluster has no GPU", hint="every run is a Ray task that needs one GPU")
+        hint = "every run is a Ray task that needs one GPU"
+        if not address:
+            hint += "; with no address the loop starts a Ray of its own: `--ray auto` joins the one `ray start` made"
+        raise AutoresearchError("the Ray cluster has no GPU", hint=hint)
     return gpus
 
 
