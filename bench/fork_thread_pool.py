@@ -1,12 +1,14 @@
 """torch's thread pool after a fork: how many forked children crash when several threads start parallel work at once.
 
-A process that used torch's thread pool forks; each child starts THREADS threads that call torch.set_num_threads
-together (what each new thread does on its first parallel operation). torch rebuilds the pool after a fork in the
-first thread that asks for it; were a second thread asking meanwhile given none, the child would die on `Invalid
-thread pool!`, as the loop's forked CPU runs did at their first step on the H200 host (torch 2.11). BENCHMARKS.md
-has what it found: no child crashed, so that race is not the cause.
+A process that used torch's thread pool forks; each child starts THREADS threads that, all at once, make their first
+call into torch's thread pool: `torch.set_num_threads` (`--first set`), or a small operation (`--first op`: each new
+thread sets up its threads on its first parallel operation, with the GIL released). `--fresh` has each child call
+`boot.fresh_thread_pool()` first, as the loop's forked experiments do. The loop's forked CPU runs died at their first
+step on a 16-core H200 host (torch 2.11) with `Invalid thread pool!` until they did that; no child of this script
+crashed there or here, either way (BENCHMARKS.md): Python threads reach torch one at a time (the GIL), while the
+threads of a training step are torch's own.
 
-    python bench/fork_thread_pool.py --forks 300
+    PYTHONPATH=$PWD/src python bench/fork_thread_pool.py --forks 300 --first op --threads 16 [--fresh]
 """
 
 from __future__ import annotations
@@ -17,15 +19,22 @@ import threading
 
 import torch
 
+from autoresearch.harness import boot
 
-def child(threads: int) -> int:
+
+def child(threads: int, first: str, fresh: bool) -> int:
+    if fresh:
+        boot.fresh_thread_pool()
     start = threading.Barrier(threads)
     failed: list[str] = []
 
     def work() -> None:
         start.wait()
         try:
-            torch.set_num_threads(torch.get_num_threads())
+            if first == "set":
+                torch.set_num_threads(torch.get_num_threads())
+            else:
+                torch.ones(1 << 12).add_(1)
         except RuntimeError as exc:
             failed.append(str(exc).splitlines()[0])
 
@@ -43,15 +52,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--forks", type=int, default=300)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--first", choices=("set", "op"), default="set")
+    parser.add_argument("--fresh", action="store_true", help="boot.fresh_thread_pool() in each child first")
     args = parser.parse_args()
-    torch.ones(1 << 20).add_(1)  # the pool exists before the forks, as in the fork server's evaluators
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.ones(16).add_(1)  # the pool exists before the forks, as in the fork server; no OpenMP region
     crashed = 0
     for _ in range(args.forks):
         pid = os.fork()
         if pid == 0:
-            os._exit(child(args.threads))
+            os._exit(child(args.threads, args.first, args.fresh))
         crashed += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs: {crashed} of {args.forks} children crashed")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, --first {args.first}, {args.threads} threads"
+          f"{', fresh pool' if args.fresh else ''}: {crashed} of {args.forks} children crashed")  # fmt: skip
 
 
 if __name__ == "__main__":

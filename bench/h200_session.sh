@@ -15,7 +15,7 @@
 #   CONFIGS="a= b=WARMUP_RATIO=0.05" bash bench/h200_session.sh tools noise_configs  # the same, several settings at once
 #   bash bench/h200_session.sh tools same_setup   # 3 minutes: each run's setup on a GPU, as the loop compares them
 #   bash bench/h200_session.sh setup disk         # bytes the compile caches and the state gain per experiment
-#   bash bench/h200_session.sh tools cpu_fork     # 8 minutes: forked CPU runs and torch's thread pool (torch 2.11)
+#   bash bench/h200_session.sh tools cpu_fork     # 9 minutes: forked CPU runs and torch's thread pool (torch 2.11)
 #   bash bench/h200_session.sh setup copies       # how closely the runs of a train.py that ignores SEED repeat one
 #                                                 # another, against honest seeds (GPU and CPU)
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
@@ -90,13 +90,24 @@ cpu_noise() {  # issue 9: the tiny preset's seed noise on two pinned cores of th
 }
 
 cpu_fork() {  # torch's thread pool after a fork (bench/fork_thread_pool.py), then tiny runs on the CPU through
-  # the fork server on every core, unpinned, where with torch 2.11 each run died at its first step (stop 36)
-  python3 bench/fork_thread_pool.py --forks 300 2>&1 | tail -1 | tee "$OUT/fork_thread_pool.txt"
+  # the fork server on every core, unpinned, where with torch 2.11 each run died at its first step until the
+  # experiment set its thread count after the fork. With .old (`git archive REV src | tar -x -C .old`, carried) one
+  # run of that loop first, then two of this one (a run takes ~150 s there).
+  for fresh in "" --fresh; do
+    timeout 120 python3 bench/fork_thread_pool.py --forks 200 --first op --threads 16 $fresh 2>&1 | tail -1
+  done | tee "$OUT/fork_thread_pool.txt"
   CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu prepare_data tiny 120
+  if [ -d .old/src ]; then
+    CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu PYTHONPATH=$here/.old/src:${PYTHONPATH#*:} timeout 110 \
+      python3 bench/seed_noise.py --preset tiny --seeds 1 --work /tmp/cfo --out "$OUT" >"$OUT/cpu_fork_old.log" 2>&1
+    grep -rh -m4 -i "invalid thread pool\|terminate\|num_steps\|invalid_reason" /tmp/cfo/.autoresearch/runs \
+      | sed 's/^/old: /'
+  fi
   CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu timeout "${FORK_S:-400}" python3 bench/seed_noise.py --preset tiny \
     --seeds 2 --work /tmp/cf --out "$OUT" >"$OUT/cpu_fork.log" 2>&1
   python3 bench/collect_runs.py "$OUT/runs_cpu_fork.json" /tmp/cf
-  grep -rh -m3 -i "invalid thread pool\|leaking" /tmp/cf/.autoresearch || echo "no thread-pool error in the runs' logs"
+  grep -rh -i "invalid thread pool\|terminate\|num_steps\|val_bpb:\|invalid_reason" /tmp/cf/.autoresearch/runs \
+    | sed 's/^/new: /'
   tail -5 "$OUT/cpu_fork.log"
 }
 

@@ -42,8 +42,19 @@ def prepare() -> None:
     _prepared = True
 
 
+def fresh_thread_pool() -> None:
+    """Set torch's thread count again in the forked experiment while it runs one thread, which has torch make its
+    thread pool anew here rather than in the many threads of train.py's first parallel step. Without it every forked
+    CPU run on a 16-core H200 host died at that step, on `Invalid thread pool!` and `terminate called recursively`
+    (torch 2.11, BENCHMARKS.md); a run started as a new process (AUTORESEARCH_FORK_SERVER=0) never did."""
+    import torch
+
+    torch.set_num_threads(torch.get_num_threads())
+
+
 def run(channel: Channel) -> None:
     """Wait for "go", then run ./train.py as `python train.py` would."""
+    fresh_thread_pool()
     try:
         header, _ = channel.receive()
     except ChannelClosed:
