@@ -174,13 +174,20 @@ def alive(pid: int, created: float) -> psutil.Process | None:
     return None
 
 
+# With `--ray` the fuzzer's own Ray node carries its cache in its environment too: its daemons and its idle workers
+# are the node's, not a loop's. A worker still running a task of a killed loop shows the task's name instead.
+RAY_OWN = re.compile(r"raylet|gcs_server|dashboard|log_monitor|monitor\.py|runtime_env|ray::IDLE|ray_client_server")
+
+
 def marked_processes(cache: Path) -> list[tuple[int, str]]:
     """Processes (pid, command line) whose environment names this fuzzer's cache: only what its loops started."""
     found = []
     for process in psutil.process_iter():
         try:
             if process.environ().get("AUTORESEARCH_CACHE") == str(cache) and process.status() != psutil.STATUS_ZOMBIE:
-                found.append((process.pid, " ".join(process.cmdline())[:200]))
+                command = " ".join(process.cmdline())
+                if not RAY_OWN.search(command):
+                    found.append((process.pid, command[:200]))
         except psutil.Error:  # gone, or a zombie meanwhile
             continue
     return found
@@ -205,6 +212,7 @@ class Fuzzer:
         self.episode = 0
         self.kill_no = 0
         self.edit: tuple[str, str] | None = None  # `try`: the edit being tried (description, train.py)
+        self.ray_address = ""
 
     # ----- the checks
 
@@ -329,9 +337,29 @@ class Fuzzer:
 
     def run_args(self, max_experiments: int) -> list[str]:
         args = ["run", "--agent", "tune", "--plain", "--baseline-runs", "2", "--max-experiments", str(max_experiments)]
-        if self.args.workers > 1:
+        if self.args.ray:
+            args += ["--ray", self.ray_address]
+        elif self.args.workers > 1:
             args += ["--workers", str(self.args.workers)]
         return args
+
+    def start_ray(self) -> None:
+        """A Ray node of this machine with two pretend GPUs (the runs train on the CPU), in the loops' environment, so
+        that its workers run the package under test and are marked with the fuzzer's cache."""
+        port = 20000 + self.rng.randint(0, 9999)
+        subprocess.run(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--num-cpus=2",
+             "--num-gpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+            env=self.env, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        self.ray_address = f"127.0.0.1:{port}"
+
+    def stop_ray(self) -> None:
+        """Kill this fuzzer's Ray node (`ray stop` would stop every Ray of the machine's user)."""
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("AUTORESEARCH_CACHE") == str(self.cache) and process.pid != os.getpid():
+                    process.kill()
 
     def start(self, ws: Path, args: list[str]) -> Watched:
         self.stats.starts += 1
@@ -505,6 +533,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--try", dest="try_", action="store_true", help="kill `autoresearch try` instead of `run`")
+    parser.add_argument("--ray", action="store_true", help="`run --ray` on a Ray node of this machine, 2 fake GPUs")
     parser.add_argument("--budget", type=float, default=1.0, help="each run's training budget, seconds")
     parser.add_argument("--horizon", type=float, default=40.0, help="the latest moment of a kill, s after start")
     parser.add_argument("--episode-kills", type=int, default=12, help="at most this many kills per workspace")
@@ -523,10 +552,15 @@ def main() -> int:
     scratch.mkdir(parents=True, exist_ok=True)
     fuzzer = Fuzzer(args, scratch)
     started = time.monotonic()
+    if args.ray:
+        fuzzer.start_ray()
     try:
         stats = fuzzer.run()
     except KeyboardInterrupt:
         stats = fuzzer.stats
+    finally:
+        if args.ray:
+            fuzzer.stop_ray()
     summary = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "scratch": str(scratch),
