@@ -3,15 +3,16 @@
     PYTHONPATH=$PWD/src .venv/bin/python bench/kill_fuzz.py --kills 200 --seed 1 --workers 1
 
 Each episode makes a fresh workspace (the tests' bigram train.py, a budget of `--budget` seconds on the tiny
-preset), then repeatedly starts `autoresearch run --agent tune --plain --baseline-runs 2` (or `try` on an edit),
-and signals it after a random delay: SIGKILL mostly, SIGINT and SIGTERM sometimes. The delay is either drawn over
-the whole life of a start, or taken a few milliseconds after a random event line of `--plain` (a verdict, a run's
-start, the agent's turn), so that the short windows between a ledger write and a git move are hit too. After each
-kill: no process the killed loop started is left running; `status`, `report` and `show` run without a traceback;
-the rows written before the kill are all there, unchanged where final; what was in flight is taken up again under
-its id. At the end of an episode a start that is not killed finishes (`--max-experiments`), and then: every row
-final, ids consecutive, no proposal judged twice, results.tsv agrees with the ledger, the branch head is the last
-kept row's commit with train.py equal to it, git status clean, no worktree or stray file left.
+preset), then repeatedly starts `autoresearch run --agent tune --plain --baseline-runs 2` (or `try` on an edit, or
+`run --ray` on a Ray node of this machine with two pretend GPUs), and signals it after a random delay: SIGKILL
+mostly, SIGINT and SIGTERM sometimes. The delay is either drawn over the whole life of a start, or taken a few
+milliseconds after a random event line of `--plain` (a verdict, a run's start, the agent's turn), so that the short
+windows between a ledger write and a git move are hit too. After each kill: no process the killed loop started is
+left running; `status`, `report` and `show` run without a traceback; the rows written before the kill are all there,
+unchanged where final; what was in flight is taken up again under its id. At the end of an episode a start that is
+not killed finishes (`--max-experiments`), and then: every row final, ids consecutive, no proposal judged twice,
+results.tsv agrees with the ledger, the branch head is the last kept row's commit with train.py equal to it, git
+status clean, no worktree or stray file left.
 
 Writes a JSON summary (`--out`); exits 1 if any invariant broke. One fuzzer at a time on a small machine.
 """
