@@ -760,14 +760,14 @@ class SubmitFuzzer(Fuzzer):
         before = rows_of(ws)
         driver = self.driver(ws)
         waiting = driver is not None and (self.agent.queued or any(r["status"] not in FINAL for r in before))
-        action = "wait" if waiting and self.rng.random() < 0.4 else "submit"
+        action = "wait" if waiting and self.rng.random() < 0.5 else "submit"
         if action == "submit" and self.rng.random() < 0.25 and driver is not None:  # two edits before one wait
             argv = self.submit_args(ws, fresh=True)
             edit = (ws / "train.py").read_text()
             first = self.command(ws, *argv)
             self.finished(first, 120, "submit")
             self.after_submit(ws, first, False, edit)
-        target = self.rng.choice(["command", "driver"]) if driver is not None or action == "submit" else "command"
+        target = self.rng.choices(["command", "driver"], weights=[0.55, 0.45])[0]
         argv = self.submit_args(ws) if action == "submit" else ["wait"]
         edit = (ws / "train.py").read_text()
         name = self.rng.choices(["KILL", "INT", "TERM"], weights=[0.7, 0.15, 0.15])[0]
@@ -831,7 +831,7 @@ class SubmitFuzzer(Fuzzer):
             def running() -> bool:
                 return watched.proc.poll() is None
 
-            horizon, early = (3.0, 0.8) if watched.proc.args[3] == "submit" else (self.args.horizon, 8.0)
+            horizon, early = (3.0, 0.8) if watched.proc.args[3] == "submit" else (10.0, 2.0)  # `wait`: while it waits
         end = started + (self.rng.uniform(0, horizon) if trigger == "uniform" else self.rng.uniform(0, early))
         if trigger == "write":
             k, writes, seen = self.rng.randint(1, 40 if driver else 8), 0, self.stamps(ws)
@@ -920,8 +920,11 @@ class SubmitFuzzer(Fuzzer):
         """The changes killed `submit`s left in .autoresearch/submitting/: `submit` run again on the best puts each
         back in train.py (README), and the agent gives it up."""
         held = ws / ".autoresearch" / "submitting"
+        temporary = [*held.glob(".*.tmp"), *(ws / ".autoresearch" / "inbox").glob(".*.lock.tmp")]
+        with contextlib.suppress(OSError):  # removed once 10 s old and unheld (inbox.STALE_TMP_S): let them age
+            time.sleep(max([0.0] + [p.lstat().st_mtime + 11 - time.time() for p in temporary]))
         for _ in range(8):
-            if not (held.is_dir() and any(held.glob("*.json"))):
+            if not (held.is_dir() and (any(held.glob("*.json")) or any(held.glob(".*.tmp")))):
                 return
             if (ws / "train.py").read_text() != self.committed(ws):
                 self.drop_edit(ws)
@@ -955,6 +958,7 @@ class SubmitFuzzer(Fuzzer):
             code = self.finished(last, self.args.finish_timeout, "wait")
             self.after_wait(ws, last, False)
             if code == 0:
+                time.sleep(1)  # a poll of the loop's: it sweeps the inbox
                 break
         if (driver := self.driver(ws)) is not None:
             self.note_trees(ws)
@@ -975,6 +979,15 @@ class SubmitFuzzer(Fuzzer):
         self.stats.experiments += len(after)
 
     def run(self) -> Stats:
+        try:
+            return self.episodes()
+        finally:  # cut short (Ctrl-C): no background loop of ours lingers its 10 minutes
+            for pid, cmd in marked_processes(self.cache):
+                if " run --agent queue" in cmd:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGINT)
+
+    def episodes(self) -> Stats:
         started = time.monotonic()
         while self.kill_no < self.args.kills and time.monotonic() - started < self.args.minutes * 60:
             self.episode += 1
