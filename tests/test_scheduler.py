@@ -19,7 +19,7 @@ from loop_support import (
     with_constants,
 )
 
-from autoresearch.agents.base import Proposal, ProposalError
+from autoresearch.agents.base import Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt, ledger_summary
 from autoresearch.cli import main
 from autoresearch.evaluator import sandbox
@@ -27,7 +27,7 @@ from autoresearch.loop import asking
 from autoresearch.loop.activity import SESSION_NAME, spans_of
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
-from autoresearch.loop.inbox import Inbox
+from autoresearch.loop.inbox import SUBMITTER, Inbox
 from autoresearch.loop.judge import measured_noise, noise_of
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.ratchet import merge_constants
@@ -915,3 +915,30 @@ def test_with_workers_a_baseline_the_loop_was_killed_in_twice_says_so_and_blames
     said = str(stopped.value) + stopped.value.hint
     assert "killed 2 times while the baseline (exp 1) trained" in said and "fix train.py" not in said
     assert sched.loop.ledger.get(1).status == Status.CRASH
+
+
+def test_a_submission_made_from_a_baseline_that_crashed_is_a_crash_to_submit_again_not_kept_behind_the_next(workspace):
+    """A submission queued while the baseline trained, which the loop was then killed in twice (bench/kill_fuzz.py
+    --submit found it): the next start measures a new baseline, a later row. Judged against it and kept, the older
+    row was no best (the newest kept row is), and the branch was left on its commit: the start after refused, "the
+    branch is at ..., but the best experiment is ...". It is a crash whose reason says to submit it again."""
+    sched, _ = scheduler(workspace, inbox=True)
+    loop = sched.loop
+    baseline = loop.new_baseline()
+    source = with_constants(workspace.read_train_py(), LR=0.2)  # better than the baseline by far
+    loop.record(Proposal("LR 0.2", source, Usage()), SUBMITTER, "", base=baseline, status=Status.QUEUED)
+    loop.ledger.update(baseline.id, attempts=2)  # as two kills in its seeds' runs leave it
+    with pytest.raises(LoopError, match="killed 2 times while the baseline"):
+        sched.run(None)
+    again, _ = scheduler(workspace, inbox=True)
+    again.run(None)
+    rows = again.loop.ledger.all()
+    assert [(e.id, e.kind, e.status) for e in rows] == [
+        (1, Kind.BASELINE, Status.CRASH),
+        (2, Kind.EXPERIMENT, Status.CRASH),
+        (3, Kind.BASELINE, Status.KEEP),
+    ]
+    assert "baseline exp 1" in rows[1].reason and "submit it again" in rows[1].reason
+    assert workspace.git.head() == rows[2].commit == again.loop.best().commit
+    third, _ = scheduler(workspace, inbox=True)
+    third.run(None)  # starts: the branch is where the best is

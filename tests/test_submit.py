@@ -484,6 +484,33 @@ def test_a_submit_killed_before_its_change_is_queued_leaves_it_for_the_next_subm
     assert list((workspace.state / "submitting").iterdir()) == []
 
 
+def test_the_temporary_files_of_a_submit_killed_before_it_named_them_are_removed_and_a_live_ones_are_not(workspace):
+    """BROKE, fixed: `submit` makes its lock file in the inbox and its copy of the change in submitting/ under a
+    temporary name, locks it, then names it. SIGKILLed in between (bench/kill_fuzz.py --submit hit it), the temporary
+    file stayed for ever: nothing looked at `.<name>.lock.tmp` or `.<name>.tmp`. The driver's sweep and the next
+    `submit` now remove such files no process holds, once older than a live `submit` takes to lock one."""
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    inbox, held = workspace.state / "inbox", workspace.state / "submitting"
+    inbox.mkdir(exist_ok=True)
+    held.mkdir(exist_ok=True)
+    old = time.time() - 60
+    killed = [inbox / ".1-2-abc.lock.tmp", held / ".1-2.tmp"]
+    fresh = [inbox / ".3-4-def.lock.tmp", held / ".3-4.tmp"]  # a live `submit`'s, an instant before it locks them
+    for path in killed + fresh:
+        path.write_text("")
+    for path in killed:
+        os.utime(path, (old, old))
+    live = HeldEdit(workspace.state, "x", "x", "LR 0.7", workspace.git.head())  # a `submit` at work, locked
+    live.path.rename(held / ".5-6.tmp")
+    os.utime(held / ".5-6.tmp", (old, old))
+    sched.run(None)  # the driver sweeps the inbox
+    assert not killed[0].exists() and fresh[0].exists()
+    assert put_back_edits(workspace, lambda _text: None) is None  # the next `submit`
+    assert not killed[1].exists() and fresh[1].exists() and (held / ".5-6.tmp").exists()
+    live.release()
+
+
 def test_a_killed_submits_change_the_loop_queued_is_not_put_back_and_one_that_meets_another_change_is_kept_aside(
     workspace,
 ):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from autoresearch.files import flock_held, read_regular, write_text_atomic
 from autoresearch.loop.asking import one_line
-from autoresearch.loop.inbox import EDIT_BASE, REQUEST_LIMIT, edit_base, is_submission
+from autoresearch.loop.inbox import EDIT_BASE, REQUEST_LIMIT, clear_stale_tmp, edit_base, is_submission
 from autoresearch.loop.ledger import Ledger
 
 try:
@@ -67,6 +67,7 @@ def put_back_edits(ws, say: Callable[[str], None]) -> str | None:
     if fcntl is None or not directory.is_dir() or directory.is_symlink():  # without flock a live `submit`'s change
         # cannot be told apart; a link is not followed (a planted folder elsewhere)
         return None
+    clear_stale_tmp(directory, ".*.tmp")  # a `submit` killed before it named its copy: the change was still in train.py
     restored = None
     for path in sorted(directory.glob("*.json")):
         if flock_held(path):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +59,9 @@ EDIT_BASE = "edit-base.json"  # the best an edit left in train.py by a keep was 
 # is read no further (a planted file of gigabytes would fill the loop's memory).
 REQUEST_LIMIT = 32 << 20
 REPLY_LIMIT = 1 << 16
+# A `submit` locks each file it makes within microseconds, under a temporary name (`.<name>...tmp`), then names it: one
+# unheld and older than this is a killed `submit`'s, which nothing else would ever remove.
+STALE_TMP_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,7 @@ class Inbox:
         removes its reply before its lock file, so a reply beside an unheld lock file is nobody's)."""
         if fcntl is None:
             return
+        clear_stale_tmp(self.dir, ".*.lock.tmp")
         for lock in self.dir.glob("*.lock"):  # a FIFO or link planted there is no `submit`'s: never held
             if flock_held(lock) or any(os.path.lexists(lock.with_suffix(s)) for s in (".json", ".taken")):
                 continue  # alive; or its request is still to take (and drop, with the lock file)
@@ -272,6 +277,20 @@ class Inbox:
         for reply in self.dir.glob("*.reply"):  # one beside no lock file at all: nobody's (planted)
             if not os.path.lexists(reply.with_suffix(".lock")):
                 clear(reply)
+
+
+def clear_stale_tmp(directory: Path, pattern: str) -> None:
+    """Remove the temporary files a `submit` killed between making one and naming it left in `directory`: plain files
+    no process holds an flock on, made more than STALE_TMP_S ago (a live `submit` holds its own within
+    microseconds)."""
+    now = time.time()
+    for tmp in directory.glob(pattern):
+        try:
+            made = tmp.lstat()
+            if stat.S_ISREG(made.st_mode) and now - made.st_mtime > STALE_TMP_S and not flock_held(tmp):
+                tmp.unlink()
+        except OSError:  # gone meanwhile
+            continue
 
 
 def _is_reply(answer) -> bool:

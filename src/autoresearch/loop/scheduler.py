@@ -39,7 +39,7 @@ from autoresearch.loop.answers import Answer, Answers, asked_on_threads
 from autoresearch.loop.clock import Clock, RealClock
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop
 from autoresearch.loop.executor import Outcome, RunSpec, reap_orphan
-from autoresearch.loop.inbox import Inbox, note_moved
+from autoresearch.loop.inbox import SUBMITTER, Inbox, note_moved
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
 from autoresearch.loop.recovery import baseline_died, commit_message, died_running, result_columns, seeded
@@ -216,7 +216,20 @@ class Scheduler:
     # -- what to run --------------------------------------------------------------------------------
 
     def start_baseline(self) -> None:
-        exp = self.loop.new_baseline()
+        """A new baseline, after crashing what is in flight: with no best and no baseline in flight, a change in
+        flight was made from a baseline that crashed (it failed, or the loop was killed in it twice). Judged against
+        the new one, a later row, and kept, it would be a keep older than the best (the newest kept row), its commit
+        on the branch under the best's."""
+        loop = self.loop
+        for exp_id in list(self.active):
+            exp = loop.ledger.get(exp_id)
+            self.cancel(exp_id)
+            self.held.pop(exp_id, None)
+            base = next((e for e in loop.ledger.all() if e.kind == Kind.BASELINE and e.commit == exp.parent), None)
+            why = f"made from the baseline exp {base.id}, which crashed" if base else "made from no kept experiment"
+            again = "submit it again" if exp.agent == SUBMITTER else "it may be proposed again"
+            self.ratchet.crashed(exp, f"{why}: nothing to judge it against; {again}, on the new baseline")
+        exp = loop.new_baseline()
         self.activate(exp)
 
     def base(self) -> Experiment | None:
