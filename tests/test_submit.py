@@ -354,6 +354,35 @@ def test_wait_with_no_ids_prints_every_submitted_verdict_not_yet_printed_as_try_
     assert capsys.readouterr().out.startswith("exp 2 DISCARD")
 
 
+def test_a_ctrl_c_while_wait_prints_a_verdict_lets_it_mark_the_verdict_printed_first(workspace, capsys, monkeypatch):
+    """BROKE, fixed: a Ctrl-C (or SIGTERM) between the verdict's line and its mark left the mark, and the next `wait`
+    printed the verdict a second time, to an agent told each comes once."""
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)
+
+    def scenario():
+        assert submit(workspace, capsys, 0.9)[:2] == (0, "exp 2 queued\n")
+        wait_until(lambda: rows(workspace)[1].status.final)
+
+    beside(sched, scenario)
+    capsys.readouterr()
+    from autoresearch.loop import waiting
+
+    real = waiting.reported
+
+    def interrupted(state, exp_id):  # Ctrl-C just after the line was printed, before its mark is removed
+        os.kill(os.getpid(), signal.SIGINT)
+        real(state, exp_id)
+
+    monkeypatch.setattr(waiting, "reported", interrupted)
+    assert main(["wait", "--workspace", str(workspace.root)]) == 130  # stopped, as Ctrl-C asked
+    assert capsys.readouterr().out.startswith("exp 2 ")
+    assert unreported(workspace.state) == []  # printed once: the next `wait` has nothing to print again
+    monkeypatch.setattr(waiting, "reported", real)
+    assert main(["wait", "--workspace", str(workspace.root)]) == 0
+    assert capsys.readouterr().out == ""
+
+
 def test_a_request_whose_submit_was_killed_is_dropped_and_a_reply_nobody_reads_is_removed(workspace):
     sched, _ = scheduler(workspace, inbox=True)
     sched.run(None)

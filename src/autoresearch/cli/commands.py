@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from rich.console import Console
@@ -213,8 +214,15 @@ def wait(args: argparse.Namespace, console: Console) -> None:
             best = best_of(ledger.all())
         finally:
             ledger.close()
-        print(verdict_line(exp, best), flush=True)
-        reported(ws.state, exp.id)
+        # A Ctrl-C or SIGTERM between the line and its mark would have the next `wait` print the verdict again: it
+        # waits until both are done (a SIGKILL there can still do it; printed twice beats never printed).
+        stops = {signal.SIGINT, signal.SIGTERM}
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        try:
+            print(verdict_line(exp, best), flush=True)
+            reported(ws.state, exp.id)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     wait_for(lambda: Ledger(ws.root), ids, ws.is_locked, log=ws.state / "driver.log", judged=judged)
 
