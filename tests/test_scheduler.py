@@ -33,7 +33,7 @@ from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.ratchet import merge_constants
 from autoresearch.loop.scheduler import BASELINE_SEEDS_MAX, Scheduler, run_workers
 from autoresearch.loop.status import status_text
-from autoresearch.loop.waiting import WaitError, wait_for
+from autoresearch.loop.waiting import LOOP_STARTED, WaitError, wait_for
 from autoresearch.loop.workers import close_workers, devices, make_workers
 from autoresearch.report import render_report
 from autoresearch.vocabulary import Kind, RunEnd, Status
@@ -541,6 +541,12 @@ def test_wait_on_a_loop_that_stopped_says_why(workspace, capsys):
     assert said[1].startswith("  hint: `autoresearch run --agent queue`") and len(said) == 2
     log.write_text("exp 2 submitted: LR 0.2\nerror: an old one\n  hint: x\nstarted\ntraining\nstill training\n")
     with pytest.raises(WaitError) as err:  # a log that does not end on an error says nothing of one
+        wait_for(lambda: Ledger(workspace.root), [2], driver_alive=lambda: False, poll=0.05, log=log)
+    assert "stopped with" not in str(err.value)
+    # An error of an earlier loop, above the line `submit` writes before starting the next, which was then killed
+    # outright, writing one line: not what stopped the latest (BROKE, fixed: it was repeated as that loop's).
+    log.write_text(f"error: an old one\n  hint: x\n{LOOP_STARTED}, 2026-12-02 17:00:00: run\nexp 3 submitted\n")
+    with pytest.raises(WaitError) as err:
         wait_for(lambda: Ledger(workspace.root), [2], driver_alive=lambda: False, poll=0.05, log=log)
     assert "stopped with" not in str(err.value)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from rich.console import Console
 
@@ -140,9 +143,11 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     train.py is the best again at once (the loop reads the branch's train.py, never the working tree's); if the
     submission is refused or no loop takes it (then withdrawn: it never trains), the change is put back."""
     import subprocess
+    import time
 
     from autoresearch.loop.held_edits import HeldEdit, put_back_edits
     from autoresearch.loop.inbox import send
+    from autoresearch.loop.waiting import LOOP_STARTED
     from autoresearch.loop.workers import devices, require_gpus
     from autoresearch.workspace.workspace import Workspace
 
@@ -178,6 +183,8 @@ def submit(args: argparse.Namespace, console: Console) -> None:
             argv += [option, str(value)] if value else []
         argv += ["--ray", *([args.ray] if args.ray else [])] if args.ray is not None else []
         with (ws.state / "driver.log").open("ab") as log:
+            log.write(f"{LOOP_STARTED}, {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n".encode())
+            log.flush()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         console.print(f"started a loop in the background (its log: {ws.state / 'driver.log'})", highlight=False)
         return proc
@@ -216,15 +223,29 @@ def wait(args: argparse.Namespace, console: Console) -> None:
             ledger.close()
         # A Ctrl-C or SIGTERM between the line and its mark would have the next `wait` print the verdict again: it
         # waits until both are done (a SIGKILL there can still do it; printed twice beats never printed).
-        stops = {signal.SIGINT, signal.SIGTERM}
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-        try:
+        with deferred(signal.SIGINT, signal.SIGTERM):
             print(verdict_line(exp, best), flush=True)
             reported(ws.state, exp.id)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     wait_for(lambda: Ledger(ws.root), ids, ws.is_locked, log=ws.state / "driver.log", judged=judged)
+
+
+@contextlib.contextmanager
+def deferred(*signums: int) -> Iterator[None]:
+    """These signals, arriving during the block, take effect (their handlers run) at its end. Elsewhere than in the
+    main thread, which alone runs signal handlers, nothing to defer."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    handlers = {signum: signal.signal(signum, lambda signum, _frame: arrived.append(signum)) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)
 
 
 def try_change(args: argparse.Namespace, console: Console) -> None:

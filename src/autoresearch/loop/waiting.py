@@ -15,6 +15,9 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.loop.ledger import Experiment
 
 UNREPORTED_DIR = "unreported"  # an empty file per submitted experiment whose verdict no `wait` has printed
+# The line `submit` writes into driver.log (appended to by each background loop) before it starts one there: an error
+# above it is an earlier loop's.
+LOOP_STARTED = "=== a loop started by `submit`"
 
 
 def mark_unreported(state: Path, exp_id: int) -> None:
@@ -79,10 +82,13 @@ def wait_for(
 
 
 def last_error(log: Path) -> str | None:
-    """The error a background loop stopped with: its `error: ...` line and hint, where they end its log."""
+    """The error the latest background loop stopped with: its `error: ...` line and hint, where they end its log (not
+    an earlier loop's, above the line `submit` wrote before starting the latest)."""
     try:
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-4:]
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return None
+    starts = [i for i, line in enumerate(lines) if line.startswith(LOOP_STARTED)]
+    lines = lines[starts[-1] + 1 :][-4:] if starts else lines[-4:]
     starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
     return " ".join(line.strip() for line in lines[starts[-1] :]) if starts else None
