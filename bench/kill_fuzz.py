@@ -353,12 +353,14 @@ class Fuzzer:
 
     def start_ray(self) -> None:
         """A Ray node of this machine with two pretend GPUs (the runs train on the CPU), in the loops' environment, so
-        that its workers run the package under test and are marked with the fuzzer's cache."""
+        that its workers run the package under test and are marked with the fuzzer's cache. `--ray-copies`: the node
+        trains from copies of the data sent through Ray's object store, as a node without the workspace does."""
         port = 20000 + self.rng.randint(0, 9999)
+        env = {**self.env, "AUTORESEARCH_RAY_COPY": "1"} if self.args.ray_copies else self.env
         subprocess.run(
             [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--num-cpus=2",
              "--num-gpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-            env=self.env, check=True, capture_output=True, timeout=120,
+            env=env, check=True, capture_output=True, timeout=120,
         )  # fmt: skip
         self.ray_address = f"127.0.0.1:{port}"
 
@@ -542,6 +544,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--try", dest="try_", action="store_true", help="kill `autoresearch try` instead of `run`")
     parser.add_argument("--ray", action="store_true", help="`run --ray` on a Ray node of this machine, 2 fake GPUs")
+    parser.add_argument("--ray-copies", action="store_true", help="--ray, the node training from copies of the data")
     parser.add_argument("--submit", action="store_true", help="play a coding agent: kill `submit`, `wait`, the loop")
     parser.add_argument("--budget", type=float, default=1.0, help="each run's training budget, seconds")
     parser.add_argument("--horizon", type=float, default=40.0, help="the latest moment of a kill, s after start")
@@ -554,6 +557,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep every workspace (default: only broken ones)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "kill_fuzz.json")
     args = parser.parse_args()
+    args.ray = args.ray or args.ray_copies
     # Started in the background by a shell (`&`), this process ignores SIGINT, and so would every loop it starts
     # (Python leaves an ignored SIGINT ignored): a handler here makes theirs the default again.
     signal.signal(signal.SIGINT, signal.default_int_handler)
