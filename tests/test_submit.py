@@ -375,7 +375,11 @@ def test_a_ctrl_c_while_wait_prints_a_verdict_lets_it_mark_the_verdict_printed_f
         real(state, exp_id)
 
     monkeypatch.setattr(waiting, "reported", interrupted)
-    assert main(["wait", "--workspace", str(workspace.root)]) == 130  # stopped, as Ctrl-C asked
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a shell; pytest-xdist's workers ignore it
+    try:
+        assert main(["wait", "--workspace", str(workspace.root)]) == 130  # stopped, as Ctrl-C asked
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert capsys.readouterr().out.startswith("exp 2 ")
     assert unreported(workspace.state) == []  # printed once: the next `wait` has nothing to print again
     monkeypatch.setattr(waiting, "reported", real)
