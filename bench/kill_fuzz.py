@@ -462,26 +462,29 @@ class Fuzzer:
         print(f"  kill {self.kill_no}: SIG{name} ({trigger}) rows {len(after)} "
               f"[{', '.join(r['status'][0] for r in after)}]", flush=True)  # fmt: skip
 
+    def recording(self, ws: Path) -> list[Path]:
+        """The files that record what happened: the ledger, results.tsv, git's index and branch, train.py."""
+        return [ws / ".autoresearch" / "ledger.sqlite-wal", ws / "results.tsv", ws / ".git" / "index", ws / "train.py",
+                ws / ".git" / "refs" / "heads" / "autoresearch" / "fuzz"]  # fmt: skip
+
+    def stamps(self, ws: Path) -> list[tuple[int, int]]:
+        """The mtime and size of each of `recording(ws)` ((0, 0) for one missing)."""
+        out = []
+        for path in self.recording(ws):
+            try:
+                st = path.stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((0, 0))
+        return out
+
     def after_writes(self, ws: Path, watched: Watched, k: int) -> None:
         """Return as soon as the loop has written one of the files that record what happened `k` times (each file's
         size and mtime polled every millisecond or so), or after the horizon."""
-        paths = [ws / ".autoresearch" / "ledger.sqlite-wal", ws / "results.tsv", ws / ".git" / "index", ws / "train.py"]
-        paths += [ws / ".git" / "refs" / "heads" / "autoresearch" / "fuzz"]
-
-        def stamps() -> list[tuple[int, int]]:
-            out = []
-            for path in paths:
-                try:
-                    st = path.stat()
-                    out.append((st.st_mtime_ns, st.st_size))
-                except OSError:
-                    out.append((0, 0))
-            return out
-
-        seen, writes = stamps(), 0
+        seen, writes = self.stamps(ws), 0
         end, tick = time.monotonic() + self.args.horizon, 0
         while time.monotonic() < end and watched.proc.poll() is None:
-            now = stamps()
+            now = self.stamps(ws)
             writes += sum(a != b for a, b in zip(seen, now, strict=True))
             seen = now
             if writes >= k:

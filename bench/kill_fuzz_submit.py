@@ -378,21 +378,10 @@ class SubmitFuzzer(Fuzzer):
             return driver if driver is not None else watched.proc
         return None
 
-    def stamps(self, ws: Path) -> list[tuple[int, int]]:
-        """Size and mtime of what records: the ledger, results.tsv, git's index and branch, train.py, the inbox, the
-        held changes, the unreported marks."""
+    def recording(self, ws: Path) -> list[Path]:
+        """Also the inbox, the held changes and the unreported marks."""
         state = ws / ".autoresearch"
-        paths = [state / "ledger.sqlite-wal", ws / "results.tsv", ws / ".git" / "index", ws / "train.py"]
-        paths += [ws / ".git" / "refs" / "heads" / "autoresearch" / "fuzz", state / "inbox", state / "submitting"]
-        paths += [state / "unreported"]
-        out = []
-        for path in paths:
-            try:
-                st = path.stat()
-                out.append((st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((0, 0))
-        return out
+        return [*super().recording(ws), state / "inbox", state / "submitting", state / "unreported"]
 
     def check_driver_exit(self, ws: Path, driver: psutil.Process, name: str, log_from: int) -> None:
         """A background loop signalled ends within 90 s: SIGINT 130, SIGTERM 143 (the CLI's exits for an interrupted
