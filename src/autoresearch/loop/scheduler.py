@@ -221,11 +221,12 @@ class Scheduler:
         the new one, a later row, and kept, it would be a keep older than the best (the newest kept row), its commit
         on the branch under the best's."""
         loop = self.loop
+        baselines = {e.commit: e for e in loop.ledger.all() if e.kind == Kind.BASELINE}
         for exp_id in list(self.active):
             exp = loop.ledger.get(exp_id)
             self.cancel(exp_id)
             self.held.pop(exp_id, None)
-            base = next((e for e in loop.ledger.all() if e.kind == Kind.BASELINE and e.commit == exp.parent), None)
+            base = baselines.get(exp.parent)
             why = f"made from the baseline exp {base.id}, which crashed" if base else "made from no kept experiment"
             again = "submit it again" if exp.agent == SUBMITTER else "it may be proposed again"
             self.ratchet.crashed(exp, f"{why}: nothing to judge it against; {again}, on the new baseline")
