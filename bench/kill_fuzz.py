@@ -517,15 +517,19 @@ class Fuzzer:
         self.check_final(ws, after)
         self.stats.experiments += len(after)
 
+    def next_episode(self) -> tuple[Path, int]:
+        """The next episode's fresh workspace, and how many kills it gets."""
+        self.episode += 1
+        self.stats.episodes += 1
+        ws = self.scratch / f"ws{self.episode}"
+        make_workspace(ws, self.data, self.args.budget)
+        return ws, self.rng.randint(3, self.args.episode_kills)
+
     def run(self) -> Stats:
         started = time.monotonic()
         while self.kill_no < self.args.kills and time.monotonic() - started < self.args.minutes * 60:
-            self.episode += 1
-            self.stats.episodes += 1
-            ws = self.scratch / f"ws{self.episode}"
-            make_workspace(ws, self.data, self.args.budget)
+            ws, kills = self.next_episode()
             self.edit = None
-            kills = self.rng.randint(3, self.args.episode_kills)
             print(f"episode {self.episode}: {ws}, {kills} kills, workers {self.args.workers}", flush=True)
             for _ in range(kills):
                 if self.kill_no >= self.args.kills:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from kill_fuzz import FINAL, SIGNALS, Fuzzer, Stats, Watched, alive, git, make_workspace, marked_processes, rows_of
+from kill_fuzz import FINAL, SIGNALS, Fuzzer, Stats, Watched, alive, git, marked_processes, rows_of
 
 VERDICT = re.compile(r"^exp (\d+) (KEEP|DISCARD|CRASH)\b", re.M)
 QUEUED = re.compile(r"^exp (\d+) queued$", re.M)
@@ -494,12 +494,8 @@ class SubmitFuzzer(Fuzzer):
     def episodes(self) -> Stats:
         started = time.monotonic()
         while self.kill_no < self.args.kills and time.monotonic() - started < self.args.minutes * 60:
-            self.episode += 1
-            self.stats.episodes += 1
-            ws = self.scratch / f"ws{self.episode}"
-            make_workspace(ws, self.data, self.args.budget)
+            ws, kills = self.next_episode()
             self.agent = Agent()
-            kills = self.rng.randint(3, self.args.episode_kills)
             print(f"episode {self.episode}: {ws}, {kills} kills, `submit --workers 2` and `wait`", flush=True)
             goal, steps = min(self.kill_no + kills, self.args.kills), 0
             while self.kill_no < goal and steps < 3 * kills and time.monotonic() - started < self.args.minutes * 60:
