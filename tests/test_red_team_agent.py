@@ -728,11 +728,12 @@ def test_a_program_an_agent_leaves_in_the_workspace_never_runs_where_path_names_
     `export PATH=$X:$PATH` leaves where X is unset) and the loop runs in the workspace (its default), `shutil.which`
     answered a bare "bwrap" for a `bwrap` the agent wrote there, and an evaluator starting a run during the turn
     (another worker's) ran it, as you, unconfined. Its folder is the workspace, which no read-only PATH folder
-    covers. The loop now looks programs up in PATH's absolute folders only (git and unshare too)."""
+    covers. The loop now looks programs up in PATH's absolute folders only (git and unshare too). So does the script
+    that makes the agent's namespace: it ran `mount` and `findmnt` by name, as you, before the data was hidden."""
     from autoresearch.agents import namespace
     from autoresearch.workspace import git as gits
 
-    real = {name: shutil.which(name) for name in ("bwrap", "git", "unshare")}
+    real = {name: shutil.which(name) for name in ("bwrap", "git", "unshare", "mount", "findmnt")}
     monkeypatch.chdir(workspace.root)
     monkeypatch.setenv("PATH", f"{entry}{os.pathsep}{os.environ['PATH']}")
     for name in real:
@@ -745,9 +746,19 @@ def test_a_program_an_agent_leaves_in_the_workspace_never_runs_where_path_names_
             "git": gits.program(),
             "unshare": namespace._namespaces()[0][0],
         }
+        namespace.pid_namespace.cache_clear()
+        way = namespace.pid_namespace()
+        hidden = tmp_path / "hidden"
+        hidden.mkdir()
+        (hidden / "data").write_text("secret")
+        shown = subprocess.run([*namespace.with_hidden(way, [hidden]), "ls", hidden], capture_output=True, text=True)
     finally:
         gits.program.cache_clear()
-    assert found == {name: path or name for name, path in real.items()}
+        namespace.pid_namespace.cache_clear()
+    assert found == {name: path or name for name, path in real.items() if name in found}
+    assert not (workspace.root / "ran").exists(), "a program left in the workspace ran"
+    if namespace.with_hidden(way, [hidden]) != way:  # a namespace that hides places is made here
+        assert shown.returncode == 0 and "data" not in shown.stdout, shown
 
 
 @pytest.mark.parametrize("entry", ["", "."])

@@ -36,26 +36,26 @@ AGENT_FILES = Path(STATE) / "agents"  # <workspace>/.autoresearch/agents/<name>/
 # `mv ~/.local ~/.local.old; mkdir -p ~/.local/bin` left a read-only folder of PATH under another name and a writable
 # one of the agent's at its path (red team); so could a venv in the home be swapped for another.
 _HIDE = (
-    'u=$1 g=$2 n=$3; shift 3; while [ "$n" -gt 0 ]; do a=$1; shift; n=$((n - 1)); '
-    'if [ -d "$a" ]; then mount --rbind "$a" "$a"; fi || { echo "autoresearch: could not pin $a" >&2; exit 1; }; done; '
+    'm=$1 f=$2 un=$3 u=$4 g=$5 n=$6; shift 6; while [ "$n" -gt 0 ]; do a=$1; shift; n=$((n - 1)); '
+    'if [ -d "$a" ]; then "$m" --rbind "$a" "$a"; fi || { echo "autoresearch: could not pin $a" >&2; exit 1; }; done; '
     'n=$1; shift; for d in "/run/user/$u" /run/dbus; do if [ -d "$d" ]; then '
-    'mount -t tmpfs -o mode=0700 tmpfs "$d" || exit 1; fi; done; '  # not hidden: not this way
+    '"$m" -t tmpfs -o mode=0700 tmpfs "$d" || exit 1; fi; done; '  # not hidden: not this way
     'while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
-    'if [ -d "$p" ]; then mount -t tmpfs -o mode=0700 tmpfs "$p"; elif [ -e "$p" ]; then mount --bind /dev/null "$p"; '
+    'if [ -d "$p" ]; then "$m" -t tmpfs -o mode=0700 tmpfs "$p"; elif [ -e "$p" ]; then "$m" --bind /dev/null "$p"; '
     'fi || { echo "autoresearch: could not hide $p from the agent" >&2; exit 1; }; done; '
     # findmnt escapes a space (a blank, a backslash, what is not printable) in a path as \xHH: `x` decodes it.
     r'x() { s=$1; o=; while :; do case $s in *\\x[0-9a-f][0-9a-f]*) o=$o${s%%\\x*}; s=${s#*\\x}; h=${s%"${s#??}"}; '
     r's=${s#??}; o=$o$(printf "\\$(printf %o "0x$h")");; *) break;; esac; done; printf "%s" "$o$s"; }; '
     'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
-    'if [ -e "$p" ]; then mount --rbind "$p" "$p" && mount -o remount,bind,ro "$p" && '
-    't=$(findmnt -rn -o TARGET -R "$p") && printf "%s\\n" "$t" | while IFS= read -r t; do t=$(x "$t"); '
-    'mount -o remount,bind,ro "$t" || { echo "autoresearch: could not make $t read-only for the agent" >&2; exit 1; }; '
+    'if [ -e "$p" ]; then "$m" --rbind "$p" "$p" && "$m" -o remount,bind,ro "$p" && '
+    't=$("$f" -rn -o TARGET -R "$p") && printf "%s\\n" "$t" | while IFS= read -r t; do t=$(x "$t"); '
+    '"$m" -o remount,bind,ro "$t" || { echo "autoresearch: could not make $t read-only for the agent" >&2; exit 1; }; '
     'done; fi || { echo "autoresearch: could not make $p read-only for the agent" >&2; exit 1; }; done; '
     # Within a read-only place, a folder the agent writes after all (a coding agent's own files in the state).
     'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
-    'if [ -d "$p" ]; then mount --bind "$p" "$p" && mount -o remount,bind,rw "$p"; '
+    'if [ -d "$p" ]; then "$m" --bind "$p" "$p" && "$m" -o remount,bind,rw "$p"; '
     'fi || { echo "autoresearch: could not let the agent write $p" >&2; exit 1; }; done; '
-    'exec unshare --user --map-user="$u" --map-group="$g" --mount "$@"'
+    'exec "$un" --user --map-user="$u" --map-group="$g" --mount "$@"'
 )
 # Where the agent may read but not write (made read-only, then locked as the hidden places are): the system, which
 # is the agent's to write where the loop runs as root (/etc/ld.so.preload would load a library of its choice into
@@ -70,9 +70,12 @@ SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS[:-1], "/etc", "/opt", "/boot", "/var/spoo
 def _namespaces() -> tuple[tuple[str, ...], ...]:
     """The ways to start the agent in its namespaces, best first: with the buses and the data hidden (util-linux
     2.36 or later, for --map-user; `with_hidden` adds the places), else without."""
-    unshare = program_path("unshare") or "unshare"  # found once (`pid_namespace`), as git is (workspace/git.py)
+    # Found once (`pid_namespace`), as git is (workspace/git.py), in PATH's absolute folders: run by name from the
+    # script, a `mount` the agent left in a working directory that PATH names ran as you, the data not hidden yet.
+    unshare, mount, findmnt = (program_path(name) or name for name in ("unshare", "mount", "findmnt"))
     outer = (unshare, "--user", "--pid", "--fork", "--mount-proc", "--kill-child")
-    hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE, "sh", str(os.getuid()), str(os.getgid()))
+    ids = (str(os.getuid()), str(os.getgid()))
+    hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE, "sh", mount, findmnt, unshare, *ids)
     return hidden, (*outer, "--map-current-user", unshare, *PID_NAMESPACE_INNER[1:])
 
 
@@ -86,7 +89,7 @@ def with_hidden(
     """`way` (one of `_namespaces()`, or none) with `places` hidden from the agent, `read_only` made read-only for
     it, `writable` (folders inside those) writable again, and `pinned` folders made mount points first, which cannot
     be renamed, where that way can do so."""
-    if not way or way[-4:-2] != (_HIDE, "sh"):
+    if _HIDE not in way:
         return way
     lists = (pinned, places, read_only, writable)
     return (*way, *(word for paths in lists for word in (str(len(paths)), *map(str, paths))))
