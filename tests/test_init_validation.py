@@ -140,6 +140,24 @@ def test_a_tag_git_cannot_take_is_refused(corpus_dir: Path, tmp_path: Path, caps
     assert not (tmp_path / "ws").exists()
 
 
+def test_without_git_init_says_to_install_it(
+    corpus_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fresh machine without git (a slim container): a clear error before anything is written, no traceback."""
+    from autoresearch.workspace import git as gits
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs-here"))
+    gits.program.cache_clear()
+    try:
+        assert main([*init_args(tmp_path / "ws", corpus_dir), "--cache-dir", str(cache)]) == 2
+    finally:
+        gits.program.cache_clear()
+    err = words(capsys.readouterr().err)
+    assert "git is not installed" in err and "install git" in err and "Traceback" not in err, err
+    assert prepared_dirs(cache) == [] and not (tmp_path / "ws").exists()
+
+
 def test_a_gpu_preset_is_refused_without_cuda(
     tiny_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,7 +20,7 @@ from autoresearch.config.apparatus import CONFIG_NAME, Apparatus, check_budget
 from autoresearch.config.presets import Preset
 from autoresearch.errors import ConfigError
 from autoresearch.workspace.constants import set_constants
-from autoresearch.workspace.git import Git
+from autoresearch.workspace.git import Git, program
 
 DEVICE_ENV = "AUTORESEARCH_DEVICE"  # as in autoresearch.device, which imports torch
 
@@ -143,7 +143,7 @@ def check_device(preset: Preset) -> None:
 def check_tag(tag: str) -> None:
     """The branch `autoresearch/<tag>` must be a name git accepts (and git must be installed)."""
     try:
-        proc = subprocess.run(["git", "check-ref-format", f"refs/heads/autoresearch/{tag}"], capture_output=True)
+        proc = subprocess.run([program(), "check-ref-format", f"refs/heads/autoresearch/{tag}"], capture_output=True)
     except FileNotFoundError:
         raise ConfigError(
             "git is not installed", hint="install git: the workspace keeps experiments as commits"
