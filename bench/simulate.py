@@ -303,13 +303,18 @@ def _knobs(source: str) -> tuple:
 
 class NudgeAgent:
     """Nudges one constant of the best (two, three times in ten); values rounded as a person writes them.
-    It skips what is in flight, but not what was measured before: the loop rejects those repeats."""
+    It skips what is in flight, but not what was measured before: the loop rejects those repeats. `apart`: it
+    also skips a move in flight (the same constants moved the same way from the best, by other amounts), as the
+    prompt asks ("propose something different from each"); without it, only an identical train.py is skipped."""
 
     name, model = "nudge", "scripted"
 
-    def __init__(self, seed: int, clock: SimClock, propose_seconds: float, answers_only: bool = False):
+    def __init__(
+        self, seed: int, clock: SimClock, propose_seconds: float, answers_only: bool = False, apart: bool = False
+    ):
         self.rng, self.clock, self.propose_seconds = random.Random(seed), clock, propose_seconds
         self.answers_only = answers_only  # asked on threads, several at once (loop/answers.py), as API agents are
+        self.apart = apart
 
     def propose(self, context: Context) -> Proposal:
         if self.answers_only:
@@ -317,12 +322,13 @@ class NudgeAgent:
         else:
             self.clock.sleep(self.propose_seconds)  # the driver waits while an agent thinks
         taken = {e.source for e in context.in_flight}
+        moving = {_moves(context.train_py, e.source) for e in context.in_flight} if self.apart else set()
+        current = read_constants(context.train_py)
         for _ in range(50):
             names = self.rng.sample(sorted(BOWLS), 2 if self.rng.random() < 0.3 else 1)
-            current = read_constants(context.train_py)
             values = {name: self._nudge(name, current[name].value) for name in names}
             source = set_constants(context.train_py, values)
-            if source != context.train_py and source not in taken:
+            if source != context.train_py and source not in taken and _moves(context.train_py, source) not in moving:
                 break
         moves = ", ".join(f"{name} {current[name].value} -> {value}" for name, value in values.items())
         return Proposal(moves, source)
@@ -333,6 +339,14 @@ class NudgeAgent:
         if name in ("WARMUP_FRAC", "DROPOUT"):
             return round(min(0.5, max(0.0, value + self.rng.gauss(0.0, 0.05))), 2)
         return float(f"{value * 2 ** self.rng.gauss(0.0, 0.6):.2g}")
+
+
+def _moves(before: str, after: str) -> frozenset:
+    """Which of the landscape's constants train.py `after` moves from `before`'s, and which way: {(name, up)}."""
+    old, new = read_constants(before), read_constants(after)
+    return frozenset(
+        (name, float(new[name].value) > float(old[name].value)) for name in BOWLS if new[name].value != old[name].value
+    )
 
 
 class CombiningAgent:
@@ -416,7 +430,7 @@ class Simulation:
     runs: RunModel = field(default_factory=RunModel)
     propose_seconds: float = 0.0
     asks_on_threads: bool = False
-    agent: str = "nudge"  # or "tune": the package's own Optuna agent, asked as the loop asks it
+    agent: str = "nudge"  # "nudge-apart" (NudgeAgent's `apart`), or "tune": the package's Optuna agent
     eager: bool = False  # a what-if, never the loop's rule: a marginal win is kept without its re-run
     combine: bool = False  # the agent's proposals preceded by combinations of near-wins (CombiningAgent)
     driver_rate: float = 1.0
@@ -445,7 +459,8 @@ class Simulation:
         if self.agent == "tune":
             agent = TuneAgent(seed=self.seed)
         else:
-            agent = NudgeAgent(self.seed, self.clock, self.propose_seconds, self.asks_on_threads)
+            apart = self.agent == "nudge-apart"
+            agent = NudgeAgent(self.seed, self.clock, self.propose_seconds, self.asks_on_threads, apart)
         if self.combine:
             agent = CombiningAgent(agent)
         scheduler = Scheduler(loop, workers, clock=self.clock)
@@ -653,7 +668,9 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.0015, help="seed-to-seed std of val_bpb")
     parser.add_argument("--budget", type=float, default=300.0)
     parser.add_argument("--propose-seconds", type=float, default=0.0, help="how long the agent thinks (simulated)")
-    parser.add_argument("--agent", choices=("nudge", "tune"), default="nudge", help="who proposes (see above)")
+    parser.add_argument(
+        "--agent", choices=("nudge", "nudge-apart", "tune"), default="nudge", help="who proposes (see above)"
+    )
     parser.add_argument(
         "--eager", action="store_true", help="what if: all but the first count keep marginal wins without a re-run"
     )
