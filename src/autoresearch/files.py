@@ -130,6 +130,11 @@ def flock_held(path: Path) -> bool:
     return False
 
 
+def holds(folder: Path, path: Path) -> bool:
+    """Whether `folder` is `path` or a folder above it (both as given: resolve them first where links matter)."""
+    return folder == path or folder in path.parents
+
+
 def absolute_entries(value: str) -> list[str]:
     """The absolute entries of a search path (PATH, PYTHONPATH): a relative one ('.', an empty entry, which `export
     PATH=$X:$PATH` leaves where X is unset) is the working directory, often the workspace, where an agent writes."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from autoresearch.evaluator import compile_cache, shown
 from autoresearch.evaluator.hidden import workspace_data_places
-from autoresearch.files import program_path
+from autoresearch.files import holds, program_path
 from autoresearch.loop.ray_executor import AUTH_TOKEN, hidden_from_agents
 
 SSH_AGENT = "SSH_AUTH_SOCK"
@@ -102,7 +102,7 @@ def _above(places: list[Path], workspace: Path) -> list[Path]:
     autofs: a mount point cannot be renamed already, and binding an autofs could wait on it)."""
     inside = workspace.resolve()
     found = {parent for place in places for parent in Path(place).absolute().parents}
-    return sorted((p for p in found - {inside, *inside.parents} if not os.path.ismount(p)), key=lambda p: len(p.parts))
+    return sorted((p for p in found if not holds(p, inside) and not os.path.ismount(p)), key=lambda p: len(p.parts))
 
 
 def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
@@ -120,7 +120,7 @@ def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     compiled.mkdir(parents=True, exist_ok=True)
     places = {Path(p).resolve() for p in SYSTEM_READ_ONLY if os.path.exists(p)} | set(shown.readable(env))
     places |= {compiled.resolve(), *_would_be_read(), *_program_folders(env, workspace)}
-    places = {p for p in places if p != inside and p not in inside.parents}
+    places = {p for p in places if not holds(p, inside)}
     if (state := workspace / STATE).is_dir() and not state.is_symlink():
         places.add(state.resolve())
     return shown.outermost(places)
@@ -167,7 +167,7 @@ def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     caches = compile_cache.evaluator_dir()
     caches.mkdir(parents=True, exist_ok=True)
     inside = workspace.resolve()
-    held = [] if caches == inside or caches in inside.parents else [caches]
+    held = [] if holds(caches, inside) else [caches]
     return [*workspace_data_places(workspace), *hidden_from_agents(env), *_ssh_places(env), *held]
 
 

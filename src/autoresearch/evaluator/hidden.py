@@ -22,6 +22,7 @@ from autoresearch.config.paths import cache_root, ray_dir
 from autoresearch.data.shards import Manifest
 from autoresearch.data.sources.hub import hub_caches
 from autoresearch.evaluator.sandbox import python_needs
+from autoresearch.files import holds
 
 
 def data_places(data_dir: Path, manifest: Manifest | None, env: Mapping[str, str]) -> list[Path]:
@@ -54,4 +55,4 @@ def workspace_data_places(workspace: Path) -> list[Path]:
     except Exception:  # no workspace config or manifest yet, or unreadable: the loop says so elsewhere
         pass
     inside = workspace.resolve()
-    return [p for p in data_places(data_dir, manifest, os.environ) if p != inside and p not in inside.parents]
+    return [p for p in data_places(data_dir, manifest, os.environ) if not holds(p, inside)]

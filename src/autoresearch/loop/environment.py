@@ -32,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from autoresearch.evaluator import compile_cache, shown
-from autoresearch.files import absolute_entries, program_path
+from autoresearch.files import absolute_entries, holds, program_path
 
 Signature = dict[str, tuple[int, int, int, int]]  # path -> (size, mtime_ns, ctime_ns, inode)
 MAX_SOURCE_BYTES = 4 << 20  # a byte-code cache of a larger source is not compiled to be checked: it counts as a change
@@ -162,8 +162,8 @@ def program_folders(env: Mapping[str, str], workspace: Path) -> list[Path]:
     path = env.get("PATH", "")  # its absolute folders only, where the loop looks (a relative one is no folder here)
     folders = [Path(d).resolve() for d in absolute_entries(path)]
     folders += [Path(found).resolve().parent for name in LOOP_PROGRAMS if (found := program_path(name, path))]
-    return [p for p in dict.fromkeys(folders) if not shown.is_system(p) and p != inside and p not in inside.parents
-            and inside not in p.parents]  # fmt: skip
+    outside = (p for p in dict.fromkeys(folders) if not holds(p, inside) and not holds(inside, p))
+    return [p for p in outside if not shown.is_system(p)]
 
 
 class Environment:
