@@ -12,7 +12,8 @@ waits for a run, the clock jumps to the end of the next one, so a night of runs 
 driver's own work (git, ledger, judging, the agent) counts at its real speed on this machine.
 
 A scripted agent nudges one or two constants of the best at a time; it sees the experiments in flight and
-does not propose one of them again (as agents are asked), but may repeat an older one. Near the optimum
+does not propose one of them again, but may repeat an older one (`--agent nudge-apart`: nor a move one of
+them makes, the same constants moved the same way, as the prompt asks agents). Near the optimum
 most proposals are no better, a few are true wins (`--agent tune`: the package's Optuna agent instead).
 One worker runs `--hours` simulated hours; N workers run `--hours` x min(1, `--window` / N), long enough
 to tell the goal "the one-worker run's final best in 2/N of its time". Measured on that window:

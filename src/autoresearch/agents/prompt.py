@@ -133,7 +133,12 @@ def in_flight_lines(running: list[PastExperiment]) -> list[str]:
     """The experiments other workers train now, with their diffs: a proposal must try something else."""
     if not running:
         return []
-    lines = ["", f"Being trained now on other workers ({len(running)}; propose something different from each):"]
+    lines = [
+        "",
+        f"Being trained now on other workers ({len(running)}). Propose something different from each: not a "
+        "setting one of them moves, moved the same way by another amount (it ends with yours, and only one of two "
+        "such alternatives can be kept); move it the other way, change another setting, or try another idea.",
+    ]
     lines.append("<in_flight>")
     for e in running:
         diff = _escape(_head(e.diff.strip("\n"), DIFF_CHARS), "in_flight")
