@@ -323,13 +323,14 @@ class NudgeAgent:
         else:
             self.clock.sleep(self.propose_seconds)  # the driver waits while an agent thinks
         taken = {e.source for e in context.in_flight}
-        moving = {_moves(context.train_py, e.source) for e in context.in_flight} if self.apart else set()
         current = read_constants(context.train_py)
+        moving = {_moves(current, read_constants(e.source)) for e in context.in_flight} if self.apart else set()
         for _ in range(50):
             names = self.rng.sample(sorted(BOWLS), 2 if self.rng.random() < 0.3 else 1)
             values = {name: self._nudge(name, current[name].value) for name in names}
             source = set_constants(context.train_py, values)
-            if source != context.train_py and source not in taken and _moves(context.train_py, source) not in moving:
+            fresh = not moving or _moves(current, read_constants(source)) not in moving
+            if source != context.train_py and source not in taken and fresh:
                 break
         moves = ", ".join(f"{name} {current[name].value} -> {value}" for name, value in values.items())
         return Proposal(moves, source)
@@ -342,9 +343,9 @@ class NudgeAgent:
         return float(f"{value * 2 ** self.rng.gauss(0.0, 0.6):.2g}")
 
 
-def _moves(before: str, after: str) -> frozenset:
-    """Which of the landscape's constants train.py `after` moves from `before`'s, and which way: {(name, up)}."""
-    old, new = read_constants(before), read_constants(after)
+def _moves(old: dict, new: dict) -> frozenset:
+    """Which of the landscape's constants (`read_constants` of two train.py) `new` moves from `old`, and which way:
+    {(name, up)}."""
     return frozenset(
         (name, float(new[name].value) > float(old[name].value)) for name in BOWLS if new[name].value != old[name].value
     )
