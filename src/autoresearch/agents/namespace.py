@@ -34,10 +34,16 @@ AGENT_FILES = Path(STATE) / "agents"  # <workspace>/.autoresearch/agents/<name>/
 # loop's Ray would run outside, as the user (loop/ray_executor.py). A place that cannot be hidden stops the agent.
 # First, every folder above a hidden or read-only place is bound onto itself: a mount point cannot be renamed, and
 # `mv ~/.local ~/.local.old; mkdir -p ~/.local/bin` left a read-only folder of PATH under another name and a writable
-# one of the agent's at its path (red team); so could a venv in the home be swapped for another.
+# one of the agent's at its path (red team); so could a venv in the home be swapped for another. Where the loop runs
+# as root, / itself is read-only, its folders bound onto themselves first (`_root_folders`): where /usr is merged,
+# /bin, /sbin, /lib and /lib64 are links in /, and an agent replaced /lib64 with a folder of its own, dynamic linker
+# and all, which every program started outside then ran, as root (red team).
 _HIDE = (
     'm=$1 f=$2 un=$3 u=$4 g=$5 n=$6; shift 6; while [ "$n" -gt 0 ]; do a=$1; shift; n=$((n - 1)); '
     'if [ -d "$a" ]; then "$m" --rbind "$a" "$a"; fi || { echo "autoresearch: could not pin $a" >&2; exit 1; }; done; '
+    # As root, / itself read-only (its folders were bound onto themselves above); the working directory found anew.
+    'if [ "$u" = 0 ]; then "$m" -o remount,bind,ro / && cd "$PWD" || { '
+    'echo "autoresearch: could not make / read-only for the agent" >&2; exit 1; }; fi; '
     'n=$1; shift; for d in "/run/user/$u" /run/dbus; do if [ -d "$d" ]; then '
     '"$m" -t tmpfs -o mode=0700 tmpfs "$d" || exit 1; fi; done; '  # not hidden: not this way
     'while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
@@ -105,6 +111,14 @@ def _above(places: list[Path], workspace: Path) -> list[Path]:
     return sorted((p for p in found if not holds(p, inside) and not os.path.ismount(p)), key=lambda p: len(p.parts))
 
 
+def _root_folders() -> list[Path]:
+    """Where the loop runs as root, the folders in / (not links, nor mount points already, which / being read-only
+    leaves as they are): bound onto themselves before / is made read-only (see _HIDE), they stay writable."""
+    if os.getuid() != 0:
+        return []
+    return sorted(p for p in Path("/").iterdir() if p.is_dir() and not p.is_symlink() and not os.path.ismount(p))
+
+
 def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     """What the agent may not write (SYSTEM_READ_ONLY, what runs are shown: `shown.readable`, the experiments'
     shared compile cache, made here where missing, and the folders of PATH: `_program_folders`), outermost, real
@@ -168,7 +182,8 @@ def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     caches.mkdir(parents=True, exist_ok=True)
     inside = workspace.resolve()
     held = [] if holds(caches, inside) else [caches]
-    return [*workspace_data_places(workspace), *hidden_from_agents(env), *_ssh_places(env), *held]
+    places = [*workspace_data_places(workspace), *hidden_from_agents(env), *_ssh_places(env), *_terminal_places(env)]
+    return [*places, *held]
 
 
 def _ssh_places(env: Mapping[str, str]) -> list[Path]:
@@ -178,6 +193,24 @@ def _ssh_places(env: Mapping[str, str]) -> list[Path]:
     if sock := env.get(SSH_AGENT):
         places.append(Path(sock))
     return [p.absolute() for p in places if p.exists()]
+
+
+def _terminal_places(env: Mapping[str, str]) -> list[Path]:
+    """Your tmux and screen servers' sockets: a loop left running in one hands its agent the server (`$TMUX`, and
+    tmux's folder of them, in `$TMUX_TMPDIR` or /tmp), and `tmux run-shell` from the agent's shell ran a command in
+    it, as you, outside the agent's namespace, where the data can be read and nothing ends with the turn (red team)."""
+    uid = os.getuid()
+    places = [Path(folder) / f"tmux-{uid}" for folder in (env.get("TMUX_TMPDIR"), "/tmp") if folder]
+    if tmux := env.get("TMUX"):  # the socket, the server's pid, the session
+        places.append(Path(tmux.rsplit(",", 2)[0]))
+    if screens := env.get("SCREENDIR"):
+        places.append(Path(screens))
+    with contextlib.suppress(KeyError, ImportError):
+        import pwd
+
+        user = pwd.getpwuid(uid).pw_name
+        places += [Path(folder) / f"S-{user}" for folder in ("/run/screen", "/var/run/screen", "/tmp/screens")]
+    return [p.absolute() for p in dict.fromkeys(places) if p.is_absolute() and p.exists()]
 
 
 @functools.cache
@@ -199,5 +232,6 @@ def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], d
     own = workspace / AGENT_FILES  # a coding agent's history and caches
     writable = [own.resolve()] if own.is_dir() and not own.is_symlink() else []
     hidden, read_only = hidden_places(workspace, env), read_only_places(workspace, env)
-    way = with_hidden(pid_namespace(), hidden, read_only, writable, _above([*hidden, *read_only], workspace))
+    pinned = [*_root_folders(), *_above([*hidden, *read_only], workspace)]
+    way = with_hidden(pid_namespace(), hidden, read_only, writable, list(dict.fromkeys(pinned)))
     return way, {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)}

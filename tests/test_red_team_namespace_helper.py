@@ -1,0 +1,88 @@
+"""A shell agent's turn against the namespaces it runs in (agents/namespace.py): what it reaches that runs outside
+them, and what of the system it can still change when the loop runs as root.
+
+Each test runs one scripted `command` agent turn through the real loop with the fake executor (test_agent_turn.py's
+`take_turn`), then checks that nothing the agent reached ran outside its turn, or changed."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from test_agent_turn import assert_the_loop_owns_the_workspace, set_lr, take_turn
+
+from autoresearch.agents.namespace import pid_namespace, with_hidden
+from autoresearch.evaluator import shown
+from autoresearch.vocabulary import Status
+
+pytestmark = pytest.mark.slow  # a real agent turn in its namespaces each: not in the fast subset
+
+HIDES = with_hidden(pid_namespace(), []) != pid_namespace()
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can hide a place")
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="no tmux here")
+@pytest.mark.parametrize("named", ["by $TMUX", "by default"])
+def test_an_agent_cannot_have_your_tmux_server_run_a_process_outside_its_namespace(
+    workspace, tmp_path, monkeypatch, named
+):
+    """BROKE, fixed: a loop left running overnight in tmux (or screen) hands its agent the server's socket, in
+    `$TMUX` and at tmux's default path: `tmux run-shell -b` from the agent's shell ran a command in the server, as
+    you, outside the agent's namespaces, where the data can be read and nothing ends with the turn (it wrote a file
+    after the turn was over). The agent's namespace now hides the socket and tmux's (and screen's) folder of them."""
+    sockets = Path(tempfile.mkdtemp(prefix="tmux", dir="/tmp"))  # a socket's path is short (108 bytes)
+    monkeypatch.setenv("TMUX_TMPDIR", str(sockets))
+    monkeypatch.delenv("TMUX", raising=False)
+    socket = sockets / f"tmux-{os.getuid()}" / "default"  # tmux's default
+    if named == "by $TMUX":  # the loop runs in the server, at a path of the user's choice that only $TMUX names
+        socket = sockets / "elsewhere"
+        monkeypatch.setenv("TMUX", f"{socket},1,0")
+    ran = tmp_path / "ran-outside"
+    try:
+        server = ["-S", str(socket)] if named == "by $TMUX" else []
+        subprocess.run(["tmux", *server, "new-session", "-d", "sleep 600"], check=True, env=dict(os.environ))
+        assert socket.exists()
+        outside = f"tmux run-shell -b 'sleep 2; touch {ran}' 2>/dev/null || true"
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{outside}\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        time.sleep(3)  # the turn is over: a process it left outside would write now
+        assert not ran.exists(), "the agent's command ran in your tmux server, outside its namespace"
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    finally:
+        subprocess.run(["tmux", "-S", str(socket), "kill-server"], capture_output=True)
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+ROOT_LINKS = [d for d in shown.SYSTEM_DIRS if os.path.islink(d) and os.path.dirname(d) == "/"]
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the loop runs as root: only root can change /")
+@pytest.mark.skipif(not ROOT_LINKS, reason="no system folder here is a link in / (merged /usr)")
+def test_an_agent_of_a_loop_run_as_root_cannot_replace_the_systems_links_in_the_root(workspace, tmp_path):
+    """BROKE, fixed: where /usr is merged, /bin, /sbin, /lib and /lib64 are links in /, and / held the workspace, so
+    it was not made read-only: an agent of a loop run as root could `rm /lib64 && mkdir /lib64` and put its own
+    dynamic linker there (every program the loop, git and the evaluators start runs it, as root, outside any
+    namespace), or its own /bin/sh. The read-only /usr/lib64 it links to did not stop that. Now / itself is read-only
+    in the agent's namespace (its folders are not: each is bound onto itself first, the workspace's with them).
+    Each link is renamed onto itself here, which changes nothing where it is allowed."""
+    seen = tmp_path / "seen"
+    rename = (
+        "import os, sys\nfor d in sys.argv[1:]:\n"
+        " try: os.rename(d, d); print(d, 'renamed')\n except OSError as e: print(d, e.strerror)"
+    )
+    planted = tmp_path / "planted"
+    tries = f"{sys.executable} -c {shlex.quote(rename)} {' '.join(ROOT_LINKS)} > {seen}; touch {planted} 2>> {seen}"
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
+    assert exp.status == Status.KEEP, exp.reason
+    said = seen.read_text().splitlines()
+    assert said == [f"{d} Read-only file system" for d in ROOT_LINKS], said
+    assert planted.exists()  # a folder on /'s filesystem (the test's, the workspace's) is still the agent's to write
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
