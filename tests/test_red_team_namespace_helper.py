@@ -16,10 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_agent_turn import assert_the_loop_owns_the_workspace, set_lr, take_turn
+from loop_support import FakeExecutor, make_loop
+from test_agent_turn import assert_the_loop_owns_the_workspace, score, set_lr, take_turn
 
+from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.evaluator import shown
+from autoresearch.loop.environment import Environment
+from autoresearch.loop.settings import LoopError
 from autoresearch.vocabulary import Status
 
 pytestmark = pytest.mark.slow  # a real agent turn in its namespaces each: not in the fast subset
@@ -86,3 +90,26 @@ def test_an_agent_of_a_loop_run_as_root_cannot_replace_the_systems_links_in_the_
     assert said == [f"{d} Read-only file system" for d in ROOT_LINKS], said
     assert planted.exists()  # a folder on /'s filesystem (the test's, the workspace's) is still the agent's to write
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+def test_a_folder_of_path_that_is_a_link_swapped_by_the_agent_stops_the_loop(workspace, tmp_path, monkeypatch):
+    """BROKE, fixed: a folder of PATH that is a link (`~/bin` -> `~/dotfiles/bin`) was made read-only where it
+    leads, but the link itself lies in your home, the agent's to write: `rm ~/bin && mkdir ~/bin` and a `git` there,
+    which the loop's next start (and your shell) found first and ran, as you. The check after the turn walked only
+    where the link had led, and saw nothing. It now walks the folder as PATH names it too: the swap stops the loop."""
+    home = tmp_path / "home"
+    (home / "dotfiles" / "bin").mkdir(parents=True)
+    (home / "bin").symlink_to(home / "dotfiles" / "bin")
+    monkeypatch.setenv("PATH", f"{home / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    planted = "#!/bin/sh\\necho planted\\n"
+    swap = f"rm {home}/bin && mkdir {home}/bin && printf '{planted}' > {home}/bin/git && chmod +x {home}/bin/git"
+    script = tmp_path / "agent.sh"
+    script.write_text(f"set -e\n{set_lr(0.2)}\n{swap}\necho x\n")
+    loop = make_loop(
+        workspace, FakeExecutor(score), baseline_runs=2, environment=Environment.of_runs(os.environ, workspace.root)
+    )
+    loop.baseline()
+    with pytest.raises(LoopError, match=r"folder of PATH.*home/bin/git"):
+        loop.run(CommandAgent(f"sh {shlex.quote(str(script))}", timeout_s=60), max_experiments=1)
+    assert (home / "bin" / "git").is_file()  # the swap is in reach (the link is in your home): it is seen

@@ -157,11 +157,16 @@ def program_folders(env: Mapping[str, str], workspace: Path) -> list[Path]:
     workspace/integrity.py checks), those missing too, and the folders the loop's programs really are in (a link's
     target: Homebrew's git): the loop and its evaluators run git, unshare and bubblewrap by name, as you, outside
     any namespace, so a program an agent put or changed there (your ~/.local/bin, which Debian's ~/.profile puts
-    first) would run instead. A folder that holds the workspace (PATH naming your home) is left out: not walked."""
+    first) would run instead. A folder that holds the workspace (PATH naming your home) is left out: not walked. A
+    folder reached through a link is there twice: where it leads, and as PATH names it (the link swapped is seen)."""
     inside = workspace.resolve()
     path = env.get("PATH", "")  # its absolute folders only, where the loop looks (a relative one is no folder here)
-    folders = [Path(d).resolve() for d in absolute_entries(path)]
+    given = [Path(os.path.normpath(d)) for d in absolute_entries(path)]
+    folders = [d.resolve() for d in given]
     folders += [Path(found).resolve().parent for name in LOOP_PROGRAMS if (found := program_path(name, path))]
+    # and as PATH names them where a link leads there (`~/bin` -> `~/dotfiles/bin`): read-only is where it leads, but
+    # the link lies in a folder the agent writes, and `rm ~/bin && mkdir ~/bin` put its `git` first (red team)
+    folders += [d for d in given if d != d.resolve()]
     outside = (p for p in dict.fromkeys(folders) if not holds(p, inside) and not holds(inside, p))
     return [p for p in outside if not shown.is_system(p)]
 
