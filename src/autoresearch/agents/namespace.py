@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import stat
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -174,15 +175,20 @@ PID_NAMESPACE_INNER = ("unshare", "--user", "--map-current-user", "--mount")
 
 def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     """What an agent's turn is not shown: the data (evaluator/hidden.py), Ray's folder and token files (a task
-    sent to the loop's Ray runs outside: loop/ray_executor.py), your SSH keys and agent (`_ssh_places`), and the
-    folder of the evaluators' own compiler caches (made here where missing, so that what is made there later is
-    hidden too): an evaluator runs what its compilers find there (evaluator/compile_cache.py), and another worker's
-    evaluator may be compiling while the agent works."""
+    sent to the loop's Ray runs outside: loop/ray_executor.py), your SSH keys and agent (`_ssh_places`), the sockets
+    of servers that run what they are sent (`_server_sockets`), and the folder of the evaluators' own compiler caches
+    (made here where missing, so that what is made there later is hidden too): an evaluator runs what its compilers
+    find there (evaluator/compile_cache.py), and another worker's evaluator may be compiling while the agent works."""
     caches = compile_cache.evaluator_dir()
     caches.mkdir(parents=True, exist_ok=True)
     inside = workspace.resolve()
     held = [] if holds(caches, inside) else [caches]
-    places = [*workspace_data_places(workspace), *hidden_from_agents(env), *_ssh_places(env), *_terminal_places(env)]
+    places = [
+        *workspace_data_places(workspace),
+        *hidden_from_agents(env),
+        *_ssh_places(env),
+        *_server_sockets(env, workspace),
+    ]
     return [*places, *held]
 
 
@@ -195,22 +201,50 @@ def _ssh_places(env: Mapping[str, str]) -> list[Path]:
     return [p.absolute() for p in places if p.exists()]
 
 
-def _terminal_places(env: Mapping[str, str]) -> list[Path]:
-    """Your tmux and screen servers' sockets: a loop left running in one hands its agent the server (`$TMUX`, and
-    tmux's folder of them, in `$TMUX_TMPDIR` or /tmp), and `tmux run-shell` from the agent's shell ran a command in
-    it, as you, outside the agent's namespace, where the data can be read and nothing ends with the turn (red team)."""
-    uid = os.getuid()
-    places = [Path(folder) / f"tmux-{uid}" for folder in (env.get("TMUX_TMPDIR"), "/tmp") if folder]
-    if tmux := env.get("TMUX"):  # the socket, the server's pid, the session
-        places.append(Path(tmux.rsplit(",", 2)[0]))
-    if screens := env.get("SCREENDIR"):
-        places.append(Path(screens))
-    with contextlib.suppress(KeyError, ImportError):
-        import pwd
+# Where servers keep the sockets through which they run what they are sent: tmux's and screen's (a loop left running in
+# one hands its agent the server: `tmux run-shell` ran a command there, red team), emacs's, VS Code's, a forwarded SSH
+# agent's, X11's, a database's (PostgreSQL's `COPY ... TO PROGRAM`), Docker's and Podman's (a container of the agent's
+# with / mounted, as root). Every socket found within SOCKET_DEPTH folders of these is hidden from the agent.
+SOCKET_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/run")
+SOCKET_DEPTH = 3  # /tmp/screens/S-<user>/<session>
+# but those the agent's own programs need to look names up and to log (systemd's resolver, user database and journal,
+# nscd): they run nothing they are sent. systemd's own socket, /run/systemd/private, is hidden: as root, `systemd-run`
+# starts a service through it.
+NAME_SERVICES = ("/run/systemd/resolve", "/run/systemd/userdb", "/run/systemd/journal", "/run/nscd")
 
-        user = pwd.getpwuid(uid).pw_name
-        places += [Path(folder) / f"S-{user}" for folder in ("/run/screen", "/var/run/screen", "/tmp/screens")]
-    return [p.absolute() for p in dict.fromkeys(places) if p.is_absolute() and p.exists()]
+
+def _server_sockets(env: Mapping[str, str], workspace: Path) -> list[Path]:
+    """The sockets of servers that run what they are sent (SOCKET_FOLDERS), and those your environment names
+    elsewhere: tmux's (`$TMUX`, and its folder in `$TMUX_TMPDIR`), screen's (`$SCREENDIR`), Docker's and Podman's
+    (`$DOCKER_HOST`, `$CONTAINER_HOST`). Not those in the workspace, which are the agent's own. Through one of them a
+    command of the agent's would run outside its namespace, as you or as root, where the data can be read and nothing
+    ends with its turn. (Abstract sockets, which have no file, stay in reach: README.)"""
+    inside = workspace.resolve()
+    named = [env.get("TMUX", "").rsplit(",", 2)[0], env.get("TMUX_TMPDIR"), env.get("SCREENDIR")]
+    named += [env.get(host, "").removeprefix("unix://") for host in ("DOCKER_HOST", "CONTAINER_HOST")]
+    found = [Path(p) for p in named if p and os.path.isabs(p) and os.path.exists(p)]
+    for folder in SOCKET_FOLDERS:
+        found += _sockets_within(Path(folder), SOCKET_DEPTH, inside)
+    spared = [Path(p) for p in NAME_SERVICES]
+    return [p for p in dict.fromkeys(found) if not holds(inside, p) and not any(holds(s, p) for s in spared)]
+
+
+def _sockets_within(folder: Path, depth: int, workspace: Path) -> list[Path]:
+    """The sockets in `folder` and its folders `depth` deep, links not followed, the workspace not walked."""
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # not ours to read: nor the agent's to connect to through it
+        return found
+    for entry in entries:
+        path = Path(entry.path)
+        with contextlib.suppress(OSError):  # gone meanwhile
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISSOCK(mode):
+                found.append(path)
+            elif stat.S_ISDIR(mode) and depth > 1 and not holds(workspace, path):
+                found += _sockets_within(path, depth - 1, workspace)
+    return found
 
 
 @functools.cache

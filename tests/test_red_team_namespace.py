@@ -6,12 +6,15 @@ Each test runs one scripted `command` agent turn through the real loop with the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +65,43 @@ def test_an_agent_cannot_have_your_tmux_server_run_a_process_outside_its_namespa
     finally:
         subprocess.run(["tmux", "-S", str(socket), "kill-server"], capture_output=True)
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can hide a place")
+def test_an_agent_cannot_reach_a_server_of_yours_that_runs_what_it_is_sent_through_a_socket_in_tmp(workspace, tmp_path):
+    """BROKE, fixed: a server of yours that runs what it is sent, listening on a socket in /tmp (an emacs server's
+    `/tmp/emacs<uid>/server`, VS Code's, a forwarded SSH agent's, X11's), ran the agent's command outside its
+    namespace. No variable names this one: the agent found it by listing /tmp. Every socket within three folders
+    of /tmp, /var/tmp, /dev/shm and /run is now hidden from the agent (/dev/null bound over it)."""
+    folder = Path(tempfile.mkdtemp(prefix="server", dir="/tmp"))  # a socket's path is short (108 bytes)
+    address, ran = folder / "server", tmp_path / "ran-outside"
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(address))
+    listening.listen()
+    heard: list[bytes] = []
+
+    def serve() -> None:  # what an emacs server is to `emacsclient -e '(shell-command ...)'`
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listening.accept()
+                with connection:
+                    heard.append(command := connection.recv(4096))
+                    subprocess.run(command.decode(), shell=True)
+
+    threading.Thread(target=serve, daemon=True).start()
+    send = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(address)!r}); s.sendall(b'touch {ran}')"
+    try:
+        with socket.socket(socket.AF_UNIX) as probe:  # the server answers anyone who reaches it: the test can fail
+            probe.connect(str(address))
+            probe.sendall(b"true")
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{sys.executable} -c {shlex.quote(send)} || true")
+        assert exp.status == Status.KEEP, exp.reason
+        time.sleep(0.5)
+        assert heard == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    finally:
+        listening.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 ROOT_LINKS = [d for d in shown.SYSTEM_DIRS if os.path.islink(d) and os.path.dirname(d) == "/"]
