@@ -761,6 +761,29 @@ def test_a_program_an_agent_leaves_in_the_workspace_never_runs_where_path_names_
         assert shown.returncode == 0 and "data" not in shown.stdout, shown
 
 
+def test_a_program_the_namespace_needs_is_never_run_by_name_where_only_the_working_directory_has_it(
+    workspace, tmp_path, monkeypatch
+):
+    """BROKE, fixed (red team): where `mount` and `findmnt` (or `unshare`) were in no absolute folder of PATH, the
+    agent's namespace ran them by name, and a `.` in PATH found the ones an agent left in the workspace. Such a way is
+    not offered now: without `mount` and `findmnt` the namespace hides nothing (as where util-linux is too old),
+    without `unshare` there is none."""
+    from autoresearch.agents import namespace
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "unshare").symlink_to(shutil.which("unshare"))
+    for name in ("unshare", "mount", "findmnt"):
+        (workspace.root / name).write_text("#!/bin/sh\necho ran >> ran\n")
+        (workspace.root / name).chmod(0o755)
+    monkeypatch.chdir(workspace.root)
+    monkeypatch.setenv("PATH", f".{os.pathsep}{folder}")
+    (plain,) = namespace._namespaces()  # unshare alone is found: the namespace that hides nothing
+    assert plain[0] == str(folder / "unshare") and not {"mount", "findmnt", "unshare"} & set(plain)
+    monkeypatch.setenv("PATH", ".")
+    assert namespace._namespaces() == ()
+
+
 @pytest.mark.parametrize("entry", ["", "."])
 def test_no_evaluator_imports_from_the_working_directory_that_pythonpath_names(tmp_path, monkeypatch, entry):
     """BROKE, fixed: a PYTHONPATH that names the working directory (an empty entry, which `export

@@ -79,11 +79,15 @@ def _namespaces() -> tuple[tuple[str, ...], ...]:
     2.36 or later, for --map-user; `with_hidden` adds the places), else without."""
     # Found once (`pid_namespace`), as git is (workspace/git.py), in PATH's absolute folders: run by name from the
     # script, a `mount` the agent left in a working directory that PATH names ran as you, the data not hidden yet.
-    unshare, mount, findmnt = (program_path(name) or name for name in ("unshare", "mount", "findmnt"))
+    # One not found there is not run by name either (a relative folder of PATH would find the agent's): no such way.
+    unshare, mount, findmnt = (program_path(name) for name in ("unshare", "mount", "findmnt"))
+    if unshare is None:
+        return ()
     outer = (unshare, "--user", "--pid", "--fork", "--mount-proc", "--kill-child")
     ids = (str(os.getuid()), str(os.getgid()))
     hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE, "sh", mount, findmnt, unshare, *ids)
-    return hidden, (*outer, "--map-current-user", unshare, *PID_NAMESPACE_INNER[1:])
+    plain = (*outer, "--map-current-user", unshare, *PID_NAMESPACE_INNER[1:])
+    return (hidden, plain) if mount and findmnt else (plain,)
 
 
 def with_hidden(
