@@ -42,13 +42,12 @@ class Conclusion:
     """What the scheduler must do after `Ratchet.conclude`: train once more, or train a merge."""
 
     rerun: bool = False  # a marginal win: one more run before the verdict
-    train: tuple[Experiment, ...] = ()  # a stale win merged onto the best (and combined): to be trained there
+    revalidate: Experiment | None = None  # a stale win merged onto the best: to be trained there
 
 
 class Ratchet:
     def __init__(self, loop: ResearchLoop):
         self.loop = loop
-        self.combined: dict[int, tuple[int, ...]] = {}  # a merge or combination of stale wins: the wins in it
 
     def propose(self, agent: Agent, base: Experiment | None = None) -> Experiment:
         """Ask the agent (it sees what is in flight) for a change of `base` (the best by default; the scheduler
@@ -117,7 +116,7 @@ class Ratchet:
         if earlier is not None:
             self.followed(exp, earlier)
             loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {earlier.id}", outcome, runs)
-            return Conclusion(train=() if earlier.status.final else (earlier,))
+            return Conclusion(revalidate=earlier if not earlier.status.final else None)
         merged = self.merged(base, best, exp.source)
         if merged is None and merge_constants(base.source, best.source, exp.source, overriding=True) == exp.source:
             merged = exp.source  # it set each constant the best changed, to values of its own: its runs measured that
@@ -136,39 +135,8 @@ class Ratchet:
         free = Usage(cost_usd=0.0)  # the loop merged it: no call of the agent's (its proposal's cost is on exp)
         new = loop.record(Proposal(description, merged, free), exp.agent, exp.model, base=best, merged_from=exp.id)
         self.followed(exp, new)
-        self.combined[new.id] = (exp.id,)
-        why += f"; merged onto it as exp {new.id}"
-        if combination := self.combine(new, best):
-            why += f", combined with exp {', exp '.join(map(str, self.combined[combination.id][:-1]))} as exp "
-            why += str(combination.id)
-        loop._finish(exp, Status.DISCARD, why + ", re-validated there", outcome, runs)
-        return Conclusion(train=(new, combination) if combination else (new,))
-
-    def combine(self, new: Experiment, best: Experiment) -> Experiment | None:
-        """`new`, a stale win merged onto `best`, combined with the latest merge (or combination) of other stale
-        wins still in flight on `best`: trained beside the merges, so that wins found in the same round can be
-        kept in one round rather than one a round. Each merge is still trained alone: a combination that does
-        not add up loses no win."""
-        loop = self.loop
-        partner = max(
-            (
-                e
-                for e in loop.ledger.all()
-                if e.id in self.combined and e.id != new.id and e.parent == best.commit and not e.status.final
-            ),
-            key=lambda e: e.id,
-            default=None,
-        )
-        if partner is None:
-            return None
-        source = self.merged(best, partner, new.source)
-        if source is None or guard.rejection(best.source, source) or loop.duplicate_of(source, best.commit):
-            return None
-        wins = (*self.combined[partner.id], *self.combined[new.id])
-        description = f"exp {', exp '.join(map(str, wins))} combined onto exp {best.id}"
-        combination = loop.record(Proposal(description, source, Usage(cost_usd=0.0)), new.agent, new.model, base=best)
-        self.combined[combination.id] = wins
-        return combination
+        loop._finish(exp, Status.DISCARD, f"{why}; merged onto it as exp {new.id}, re-validated there", outcome, runs)
+        return Conclusion(revalidate=new)
 
     def followed(self, exp: Experiment, merge: Experiment) -> None:
         """The merge of a submitted experiment is its submitter's to `wait` for too (before the original's verdict,

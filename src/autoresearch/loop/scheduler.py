@@ -414,8 +414,8 @@ class Scheduler:
             self.queue_runs(act, front=True)
             return
         self.active.pop(exp.id, None)
-        for merged in reversed(verdict.train):  # the merge first
-            self.activate(merged, front=True)
+        if verdict.revalidate is not None:
+            self.activate(verdict.revalidate, front=True)
         if exp.kind == Kind.BASELINE:
             held, self.held = self.held, {}
             for exp_id, last in held.items():
