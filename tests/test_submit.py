@@ -354,6 +354,44 @@ def test_wait_with_no_ids_prints_every_submitted_verdict_not_yet_printed_as_try_
     assert capsys.readouterr().out.startswith("exp 2 DISCARD")
 
 
+def test_wait_run_beside_the_first_submit_waits_for_its_experiment(workspace, capsys, monkeypatch):
+    """BROKE, fixed: `submit -m x & wait`, the first submit still starting its loop: `wait` found nothing submitted
+    yet and said "no submitted experiment waits to be reported" at once, and the agent never heard the verdict. A
+    `wait` with no ids now waits first for a `submit` that is queuing its change (it holds its request's lock)."""
+    sched, _ = scheduler(workspace, inbox=True)
+    asked, started = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    class Background:  # the loop `submit` starts: the test's main thread runs it, once `wait` has begun
+        def __init__(self, argv, **_):
+            asked.set()
+            started.wait(30)
+
+        def poll(self):
+            return None
+
+    background_loop(monkeypatch, Background)
+    workspace.write_train_py(with_constants(workspace.committed_train_py(), LR=0.2))
+    args = ["--workspace", str(workspace.root)]
+
+    def scenario():
+        submitting = threading.Thread(target=lambda: results.update(submit=main(["submit", "-m", "LR 0.2", *args])))
+        submitting.start()
+        assert asked.wait(20)  # its request is in the inbox, no loop runs yet
+        waiting = threading.Thread(target=lambda: results.update(wait=main(["wait", *args])))
+        waiting.start()
+        time.sleep(1.0)  # `wait` has looked for submitted experiments by now
+        started.set()
+        submitting.join(30)
+        waiting.join(30)
+
+    beside(sched, scenario, started=started)
+    out = capsys.readouterr().out.splitlines()
+    assert results == {"submit": 0, "wait": 0}
+    assert out[0] == "exp 2 queued" and out[1].startswith("exp 2 KEEP"), out
+    assert unreported(workspace.state) == []
+
+
 def test_a_ctrl_c_while_wait_prints_a_verdict_lets_it_mark_the_verdict_printed_first(workspace, capsys, monkeypatch):
     """BROKE, fixed: a Ctrl-C (or SIGTERM) between the verdict's line and its mark left the mark, and the next `wait`
     printed the verdict a second time, to an agent told each comes once."""

@@ -7,6 +7,7 @@ import contextlib
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 from rich.console import Console
@@ -143,7 +144,6 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     train.py is the best again at once (the loop reads the branch's train.py, never the working tree's); if the
     submission is refused or no loop takes it (then withdrawn: it never trains), the change is put back."""
     import subprocess
-    import time
 
     from autoresearch.loop.held_edits import HeldEdit, put_back_edits
     from autoresearch.loop.inbox import send
@@ -204,12 +204,17 @@ def submit(args: argparse.Namespace, console: Console) -> None:
 def wait(args: argparse.Namespace, console: Console) -> None:
     """One verdict line on stdout for each experiment, as it is judged. With no ids: every submitted experiment
     whose verdict no `wait` has printed yet."""
+    from autoresearch.loop.inbox import TAKE_TIMEOUT_S, Inbox
     from autoresearch.loop.ledger import Ledger, best_of
     from autoresearch.loop.reporter import verdict_line
     from autoresearch.loop.waiting import reported, unreported, wait_for
     from autoresearch.workspace.workspace import Workspace
 
     ws = Workspace(args.workspace)
+    if not args.ids:  # a `submit` run beside it (`submit ... & wait`) first: its experiment is to be waited for too
+        deadline = time.monotonic() + TAKE_TIMEOUT_S
+        while Inbox(ws.state).submitting() and time.monotonic() < deadline:
+            time.sleep(0.1)
     ids = args.ids or unreported(ws.state)
     if not ids:
         console.print("no submitted experiment waits to be reported (`wait N` waits for experiment N)")

@@ -185,6 +185,10 @@ class Inbox:
         write_text_atomic(self.dir / f"{name}.json", json.dumps(request))
         return Submission(self.dir, name, lock_fd)
 
+    def submitting(self) -> bool:
+        """Whether a `submit` waits now for its request to be taken and answered (it holds its lock file)."""
+        return fcntl is not None and self.dir.is_dir() and any(map(flock_held, self.dir.glob("*.lock")))
+
     # -- the driver's side ------------------------------------------------------------------------
 
     def pending(self) -> bool:
