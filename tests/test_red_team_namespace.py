@@ -97,7 +97,8 @@ def test_an_agent_cannot_reach_a_server_of_yours_that_runs_what_it_is_sent_throu
         exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{sys.executable} -c {shlex.quote(send)} || true")
         assert exp.status == Status.KEEP, exp.reason
         time.sleep(0.5)
-        assert heard == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
+        said = [command for command in heard if command]  # the loop's probe (is it served?) says nothing
+        assert said == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
         assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
     finally:
         listening.close()
@@ -153,3 +154,75 @@ def test_a_folder_of_path_that_is_a_link_swapped_by_the_agent_stops_the_loop(wor
     with pytest.raises(LoopError, match=r"folder of PATH.*home/bin/git"):
         loop.run(CommandAgent(f"sh {shlex.quote(str(script))}", timeout_s=60), max_experiments=1)
     assert (home / "bin" / "git").is_file()  # the swap is in reach (the link is in your home): it is seen
+
+
+FLOOD = """import os, socket, sys
+top = sys.argv[1]  # each socket within three folders of /tmp, at a path of some 700 bytes: 3000 of them, 2 MiB
+deep = os.path.join(top, "B" * 250)
+os.makedirs(deep)
+os.chdir(deep)
+for i in range(3000):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind("s")  # left behind: no server listens on it once the turn is over
+    os.rename("s", f"{i:06d}" + "C" * 244)
+"""
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can hide a place")
+def test_sockets_an_agent_leaves_in_tmp_do_not_stop_the_next_turn(workspace, tmp_path):
+    """BROKE, fixed: every socket within three folders of /tmp was hidden from the agent, each a word of the command
+    that starts the next turn: 3000 sockets that one turn left in /tmp, at long paths, made it longer than the kernel
+    takes (ARG_MAX, 2 MiB), and the next turn did not start (OSError, which stopped the loop); fewer made each turn
+    slow (a mount each). A socket no server listens on runs nothing: only those that answer are hidden now."""
+    top = Path(tempfile.mkdtemp(prefix="flood" + "A" * 230, dir="/tmp"))
+    top.rmdir()  # the agent's to make
+    try:
+        flood = f"{sys.executable} -c {shlex.quote(FLOOD)} {top}"
+        loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
+        loop.baseline()
+        for turn, script in enumerate([f"{set_lr(0.2)}\n{flood}\necho x", f"{set_lr(0.3)}\necho y"]):
+            path = tmp_path / f"agent{turn}.sh"
+            path.write_text(f"set -e\n{script}\n")
+            started = time.monotonic()
+            loop.run(CommandAgent(f"sh {shlex.quote(str(path))}", timeout_s=60), max_experiments=1)
+            exp = loop.ledger.all()[-1]
+            assert exp.status != Status.CRASH, exp.reason
+        assert time.monotonic() - started < 20, "the next turn hid every socket the last one left, one mount each"
+        assert sum(1 for _ in (top / ("B" * 250)).iterdir()) == 3000
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+SERVE_MANY = """import os, socket, sys, time
+top = sys.argv[1]  # as FLOOD, but served: another worker's agent, in its turn while this one's starts
+deep = os.path.join(top, "B" * 250)
+os.makedirs(deep)
+os.chdir(deep)
+held = []
+for i in range(4000):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(f"{i:06d}" + "C" * 100)
+    s.listen()
+    held.append(s)
+print("listening", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can hide a place")
+def test_thousands_of_served_sockets_in_tmp_fail_the_turn_not_the_loop(workspace, tmp_path):
+    """BROKE, fixed: while one worker's agent listened on 4000 sockets within three folders of /tmp, at long paths,
+    another worker's turn started: each socket a word of its command, longer than the kernel takes (ARG_MAX), and
+    the OSError stopped the loop. That turn fails now (it cannot start with them all hidden); the loop goes on."""
+    top = Path(tempfile.mkdtemp(prefix="flood" + "A" * 230, dir="/tmp"))
+    top.rmdir()
+    server = subprocess.Popen([sys.executable, "-c", SERVE_MANY, str(top)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline() == "listening\n"
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\necho x")
+        assert exp.status == Status.CRASH and "longer than the system takes" in exp.reason, exp.reason
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(top, ignore_errors=True)

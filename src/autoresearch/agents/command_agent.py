@@ -16,6 +16,7 @@ could not find or run a program), which waiting cannot cure.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shlex
@@ -134,17 +135,25 @@ def run_process(
     `namespace.pid_namespace()` is had). Without the token of the loop's Ray, if it has one, nor your SSH agent."""
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
     way, env = namespace.entered(workspace, env)
-    process = subprocess.Popen(
-        [*way, *argv],
-        cwd=workspace,
-        env=marked(env),  # a later start kills what a killed loop left (`reap`)
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,  # its own process group, so that a kill reaches everything it started
-    )
+    try:
+        process = subprocess.Popen(
+            [*way, *argv],
+            cwd=workspace,
+            env=marked(env),  # a later start kills what a killed loop left (`reap`)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # its own process group, so that a kill reaches everything it started
+        )
+    except OSError as err:  # each place hidden from it is a word: thousands of sockets served in /tmp (red team)
+        if err.errno != errno.E2BIG:
+            raise
+        raise ProposalError(
+            f"{who} could not start: its command, with the {len(way)} words that hide places from it (the sockets "
+            "in /tmp and the like that a server listens on), is longer than the system takes"
+        ) from None
     pid_file = workspace / ".autoresearch" / AGENT_PID  # a loop killed meanwhile: the next start kills the group
     try:
         pid_file.parent.mkdir(exist_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import socket
 import stat
 import subprocess
 from collections.abc import Mapping
@@ -244,11 +245,37 @@ def _sockets_within(folder: Path, depth: int, workspace: Path) -> list[Path]:
         path = Path(entry.path)
         with contextlib.suppress(OSError):  # gone meanwhile
             mode = entry.stat(follow_symlinks=False).st_mode
-            if stat.S_ISSOCK(mode):
+            if stat.S_ISSOCK(mode) and _served(path):
                 found.append(path)
             elif stat.S_ISDIR(mode) and depth > 1 and not holds(workspace, path):
                 found += _sockets_within(path, depth - 1, workspace)
     return found
+
+
+def _served(path: Path) -> bool:
+    """Whether a server holds the socket at `path`: one that refuses a connection has none (the file outlived it), and
+    runs nothing. Nothing is sent. Those were hidden too, one mount each, and an agent that left thousands in /tmp made
+    the next turn's command longer than the kernel takes (ARG_MAX): it did not start, and the loop stopped (red team).
+    Reached through /proc/self/fd, as an agent would reach one at a path longer than a socket's address takes."""
+    if not hasattr(os, "O_PATH") or not os.path.isdir("/proc/self/fd"):
+        return True
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.setblocking(False)  # a server's full backlog: EAGAIN, served
+            probe.connect(f"/proc/self/fd/{fd}")
+    except ConnectionRefusedError:
+        return False
+    except OSError:  # another type of socket (EPROTOTYPE), not ours to connect to (EACCES): hidden all the same
+        return True
+    finally:
+        os.close(fd)
+    return True
 
 
 @functools.cache
