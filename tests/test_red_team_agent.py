@@ -564,20 +564,30 @@ def test_no_trusted_process_imports_from_the_working_directory_an_agent_can_writ
 
 
 @pytest.mark.skipif(with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can hide a place")
-def test_an_agent_has_neither_your_ssh_keys_nor_your_ssh_agent(workspace, tmp_path, monkeypatch):
+def test_an_agent_has_neither_your_ssh_keys_nor_your_ssh_agent_nor_your_x_displays_cookie(
+    workspace, tmp_path, monkeypatch
+):
     """BROKE, fixed: where your key logs you in, `ssh localhost` from the agent's shell ran a shell outside its
     namespace (the data readable there, nothing ending with the turn). Its namespace now hides ~/.ssh and the
-    SSH agent's socket, and its environment has no SSH_AUTH_SOCK."""
+    SSH agent's socket, and its environment has no SSH_AUTH_SOCK. Likewise your X display's cookie (~/.Xauthority,
+    $XAUTHORITY): X11's abstract socket is in reach of the agent, and the cookie lets `xdotool type` type a command
+    into a terminal of yours."""
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (home / ".Xauthority").write_text("MIT-MAGIC-COOKIE-1\n")
+    cookie = tmp_path / "xauth" / "cookie"  # a display manager's, named by $XAUTHORITY
+    cookie.parent.mkdir()
+    cookie.write_text("MIT-MAGIC-COOKIE-1\n")
     sock = tmp_path / "ssh-agent" / "agent.1"
     sock.parent.mkdir()
     sock.write_text("a socket\n")  # where ssh would connect: a file stands in for it
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+    monkeypatch.setenv("XAUTHORITY", str(cookie))
     seen = tmp_path / "seen"
-    look = f'(cat {home}/.ssh/id_ed25519 {sock}; echo "sock=$SSH_AUTH_SOCK") > {seen} 2>/dev/null || true'
+    secrets = f"{home}/.ssh/id_ed25519 {sock} {home}/.Xauthority {cookie}"
+    look = f'(cat {secrets}; echo "sock=$SSH_AUTH_SOCK") > {seen} 2>/dev/null || true'
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{look}\necho x")
     assert exp.status == Status.KEEP, exp.reason
     assert seen.read_text() == "sock=\n", seen.read_text()

@@ -180,10 +180,11 @@ PID_NAMESPACE_INNER = ("unshare", "--user", "--map-current-user", "--mount")
 
 def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     """What an agent's turn is not shown: the data (evaluator/hidden.py), Ray's folder and token files (a task
-    sent to the loop's Ray runs outside: loop/ray_executor.py), your SSH keys and agent (`_ssh_places`), the sockets
-    of servers that run what they are sent (`_server_sockets`), and the folder of the evaluators' own compiler caches
-    (made here where missing, so that what is made there later is hidden too): an evaluator runs what its compilers
-    find there (evaluator/compile_cache.py), and another worker's evaluator may be compiling while the agent works."""
+    sent to the loop's Ray runs outside: loop/ray_executor.py), your SSH keys and agent and your X display's cookie
+    (`_login_places`), the sockets of servers that run what they are sent (`_server_sockets`), and the folder of the
+    evaluators' own compiler caches (made here where missing, so that what is made there later is hidden too): an
+    evaluator runs what its compilers find there (evaluator/compile_cache.py), and another worker's evaluator may be
+    compiling while the agent works."""
     caches = compile_cache.evaluator_dir()
     caches.mkdir(parents=True, exist_ok=True)
     inside = workspace.resolve()
@@ -191,18 +192,23 @@ def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     places = [
         *workspace_data_places(workspace),
         *hidden_from_agents(env),
-        *_ssh_places(env),
+        *_login_places(env),
         *_server_sockets(env, workspace),
     ]
     return [*places, *held]
 
 
-def _ssh_places(env: Mapping[str, str]) -> list[Path]:
+def _login_places(env: Mapping[str, str]) -> list[Path]:
     """Your SSH keys and your SSH agent's socket: with them `ssh localhost` (where your key logs you in) would run a
-    shell outside the agent's namespace, where the data can be read and nothing ends with its turn."""
-    places = [Path(env.get("HOME") or Path.home()) / ".ssh"]
-    if sock := env.get(SSH_AGENT):
-        places.append(Path(sock))
+    shell outside the agent's namespace, where the data can be read and nothing ends with its turn. And your X
+    display's cookie (`~/.Xauthority`, `$XAUTHORITY`): X11's abstract socket stays in reach (README), and with the
+    cookie `xdotool type` would type a command into a terminal of yours."""
+    home = Path(env.get("HOME") or Path.home())
+    places = [
+        home / ".ssh",
+        home / ".Xauthority",
+        *(Path(env[name]) for name in (SSH_AGENT, "XAUTHORITY") if env.get(name)),
+    ]
     return [p.absolute() for p in places if p.exists()]
 
 
