@@ -43,7 +43,8 @@ def test_an_agent_cannot_have_your_tmux_server_run_a_process_outside_its_namespa
     """BROKE, fixed: a loop left running overnight in tmux (or screen) hands its agent the server's socket, in
     `$TMUX` and at tmux's default path: `tmux run-shell -b` from the agent's shell ran a command in the server, as
     you, outside the agent's namespaces, where the data can be read and nothing ends with the turn (it wrote a file
-    after the turn was over). The agent's namespace now hides the socket and tmux's (and screen's) folder of them."""
+    after the turn was over). The agent's namespace now hides the socket `$TMUX` names, the folder `$TMUX_TMPDIR` names,
+    and every socket within three folders of /tmp (tmux's default)."""
     sockets = Path(tempfile.mkdtemp(prefix="tmux", dir="/tmp"))  # a socket's path is short (108 bytes)
     monkeypatch.setenv("TMUX_TMPDIR", str(sockets))
     monkeypatch.delenv("TMUX", raising=False)
@@ -193,8 +194,10 @@ def test_sockets_an_agent_leaves_in_tmp_do_not_stop_the_next_turn(workspace, tmp
         shutil.rmtree(top, ignore_errors=True)
 
 
-SERVE_MANY = """import os, socket, sys, time
+SERVE_MANY = """import os, resource, socket, sys, time
 top = sys.argv[1]  # as FLOOD, but served: another worker's agent, in its turn while this one's starts
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # 1024 by default on some machines: 4000 are needed
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 8192, hard))
 deep = os.path.join(top, "B" * 250)
 os.makedirs(deep)
 os.chdir(deep)
