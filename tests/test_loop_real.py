@@ -157,6 +157,7 @@ def test_kill_of_the_loop_stops_it_as_ctrl_c_does_and_writes_the_report(tmp_path
     assert loop.returncode == 128 + signal.SIGTERM and "interrupted" in err and "Traceback" not in err
     report = (ws.root / "report.md").read_text()  # written on the way out, when no loop runs the baseline any more
     assert "1 experiment in the ledger: 1 interrupted" in report and "interrupted: trained again" in report
+    assert "| 1 | interrupted |" in report  # the table says so too (BROKE, fixed: it said running)
     assert not list(ws.state.glob("box-*"))  # its evaluators' boxes removed, as after Ctrl-C
 
 

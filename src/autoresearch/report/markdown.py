@@ -55,6 +55,12 @@ def render_report(experiments: list[Experiment], stopped: bool = False) -> str:
     return "\n\n".join(sections) + "\n"
 
 
+def _status(status: Status, stopped: bool) -> str:
+    """A status as the report names it: a running experiment is interrupted where no loop runs it (as `status`
+    says)."""
+    return "interrupted" if stopped and status == Status.RUNNING else str(status)
+
+
 # -- sections -------------------------------------------------------------------------------------
 
 
@@ -63,8 +69,7 @@ def _overview(exps: list[Experiment], stopped: bool) -> str:
         return "The ledger has no experiments yet."
     counts = Counter(e.status for e in exps)
     order = _STATUS_ORDER + sorted(set(counts) - set(_STATUS_ORDER))
-    named = {Status.RUNNING: "interrupted"} if stopped else {}  # no loop runs it: as `status` and the rows say
-    by_status = ", ".join(f"{counts[s]} {named.get(s, s)}" for s in order if counts[s])
+    by_status = ", ".join(f"{counts[s]} {_status(s, stopped)}" for s in order if counts[s])
     return f"{len(exps)} experiment{_s(len(exps))} in the ledger: {by_status}."
 
 
@@ -134,7 +139,8 @@ def _every(exps: list[Experiment], stopped: bool) -> str:
     for exp in exps:
         value = f"{exp.val_bpb:.6f}" if isinstance(exp.val_bpb, (int, float)) and exp.status != Status.CRASH else "—"
         why = explain(exp, before.get(exp.id), noise_before(exps, exp), stopped)
-        rows.append(f"| {exp.id} | {exp.status} | {value} | {_cell(exp.description, 80)} | {_cell(why, 240)} |")
+        status = _status(exp.status, stopped)
+        rows.append(f"| {exp.id} | {status} | {value} | {_cell(exp.description, 80)} | {_cell(why, 240)} |")
     return "\n".join(rows)
 
 
