@@ -210,27 +210,38 @@ def test_status_shows_the_running_experiments_step_loss_and_time_left(history, c
 
 
 @pytest.mark.slow  # seconds: the fast subset stays under a minute
-def test_an_experiment_in_flight_reads_interrupted_in_report_and_show_once_no_loop_runs(history, capsys) -> None:
+def test_an_experiment_in_flight_reads_interrupted_in_report_show_and_diff_once_no_loop_runs(history, capsys) -> None:
     """As `status` says: a report written when the loop stopped (or by `report` with no loop running) said the
-    experiment the loop was training was "running"."""
+    experiment the loop was training was "running"; so did its row's status, and `show` and `diff`."""
+    source = history.committed_train_py().replace("LR = 0.2", "LR = 0.3")
     ledger = Ledger(history.root)
-    ledger.insert(Experiment(id=5, kind="experiment", status=Status.RUNNING, description="LR 0.2 -> 0.3", parent="x"))
+    ledger.insert(
+        Experiment(
+            id=5, kind="experiment", status=Status.RUNNING, description="LR 0.2 -> 0.3", parent="x", source=source
+        )
+    )
     ledger.close()
 
-    def row_and_why() -> tuple[str, str, str]:
+    def seen() -> tuple[str, str, str, str, str]:
+        """The report's overview and row, `show 5`'s first two lines, and `diff 1 5`'s second."""
         assert run_cli(capsys, "report", "--workspace", str(history.root))[0] == 0
         report = (history.root / "report.md").read_text()
         overview = next(line for line in report.splitlines() if "in the ledger:" in line)
         row = next(line for line in report.splitlines() if line.startswith("| 5 |"))
         _, out, _ = run_cli(capsys, "show", "5", "--workspace", str(history.root))
-        return overview, row, next(line for line in out.splitlines() if line.startswith("why: "))
+        _, compared, _ = run_cli(capsys, "diff", "1", "5", "--workspace", str(history.root))
+        head, why = out.splitlines()[:2]
+        return overview, row, head, why, compared.splitlines()[1]
 
     with history.lock():  # a loop runs
-        overview, row, why = row_and_why()
-    assert overview.endswith(", 1 running.") and row.endswith("| running |") and why == "why: running"
-    overview, row, why = row_and_why()
+        overview, row, head, why, compared = seen()
+    assert overview.endswith(", 1 running.") and row.startswith("| 5 | running |") and row.endswith("| running |")
+    assert head.startswith("exp 5 RUNNING") and why == "why: running" and compared.startswith("exp 5 RUNNING")
+    overview, row, head, why, compared = seen()
     assert overview.endswith(", 1 interrupted.")  # BROKE, fixed: the report's first line still said "1 running"
+    assert row.startswith("| 5 | interrupted |")  # BROKE, fixed: the row's status still said running
     assert "| interrupted: trained again on the next start |" in row
+    assert head.startswith("exp 5 INTERRUPTED") and compared.startswith("exp 5 INTERRUPTED")  # BROKE, fixed: too
     assert why == "why: interrupted: trained again on the next start"
 
 

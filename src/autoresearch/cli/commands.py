@@ -286,4 +286,4 @@ def compare(args: argparse.Namespace) -> str:
     experiments = read_experiments(ws.root)
     if args.command == "show":
         return show_text(ws.git, experiments, args.experiment, stopped=not ws.is_locked())
-    return diff_text(ws.git, experiments, args.a, args.b)
+    return diff_text(ws.git, experiments, args.a, args.b, stopped=not ws.is_locked())

@@ -12,7 +12,7 @@ import difflib
 from autoresearch.errors import AutoresearchError
 from autoresearch.loop.judge import run_values
 from autoresearch.loop.ledger import Experiment
-from autoresearch.report.summary import best_before, explain, first_line, noise_before, signed
+from autoresearch.report.summary import best_before, explain, first_line, noise_before, signed, status_word
 from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import TRAIN_PY
 
@@ -50,9 +50,9 @@ def diff(old: str, new: str, old_name: str, new_name: str) -> str:
     return text or f"train.py is the same in {old_name} and {new_name}"
 
 
-def summary_line(exp: Experiment) -> str:
+def summary_line(exp: Experiment, stopped: bool = False) -> str:
     bpb = f"val_bpb {exp.val_bpb:.6f}" if isinstance(exp.val_bpb, (int, float)) else "no val_bpb"
-    return f"exp {exp.id} {exp.status.upper()} {bpb} | {exp.description}"
+    return f"exp {exp.id} {status_word(exp.status, stopped).upper()} {bpb} | {exp.description}"
 
 
 def show_text(git: Git, experiments: list[Experiment], exp_id: int, stopped: bool = False) -> str:
@@ -60,7 +60,7 @@ def show_text(git: Git, experiments: list[Experiment], exp_id: int, stopped: boo
     no loop runs now."""
     exp = find(experiments, exp_id)
     why = explain(exp, best_before(experiments).get(exp.id), noise_before(experiments, exp), stopped)
-    lines = [summary_line(exp), f"why: {why}"]
+    lines = [summary_line(exp, stopped), f"why: {why}"]
     if exp.reason and first_line(exp.reason) not in why:
         lines.append(f"the loop's reason: {exp.reason}")
     if len(runs := run_values(exp)) > 1:
@@ -89,10 +89,11 @@ def own_output(log: str) -> str:
     return head if sep and block.startswith("val_bpb:") else log
 
 
-def diff_text(git: Git, experiments: list[Experiment], a: int, b: int) -> str:
-    """Two experiments' results, then the diff of train.py from the first to the second."""
+def diff_text(git: Git, experiments: list[Experiment], a: int, b: int, stopped: bool = False) -> str:
+    """Two experiments' results, then the diff of train.py from the first to the second; `stopped`: no loop runs
+    now."""
     first, second = find(experiments, a), find(experiments, b)
-    lines = [summary_line(first), summary_line(second)]
+    lines = [summary_line(first, stopped), summary_line(second, stopped)]
     if isinstance(first.val_bpb, (int, float)) and isinstance(second.val_bpb, (int, float)):
         change = second.val_bpb - first.val_bpb
         lines.append(f"val_bpb {first.val_bpb:.6f} -> {second.val_bpb:.6f} ({signed(change, '.6f')})")

@@ -22,6 +22,7 @@ from autoresearch.report.summary import (
     first_line,
     noise_before,
     signed,
+    status_word,
 )
 from autoresearch.vocabulary import Kind, Status
 
@@ -55,12 +56,6 @@ def render_report(experiments: list[Experiment], stopped: bool = False) -> str:
     return "\n\n".join(sections) + "\n"
 
 
-def _status(status: Status, stopped: bool) -> str:
-    """A status as the report names it: a running experiment is interrupted where no loop runs it (as `status`
-    says)."""
-    return "interrupted" if stopped and status == Status.RUNNING else str(status)
-
-
 # -- sections -------------------------------------------------------------------------------------
 
 
@@ -69,7 +64,7 @@ def _overview(exps: list[Experiment], stopped: bool) -> str:
         return "The ledger has no experiments yet."
     counts = Counter(e.status for e in exps)
     order = _STATUS_ORDER + sorted(set(counts) - set(_STATUS_ORDER))
-    by_status = ", ".join(f"{counts[s]} {_status(s, stopped)}" for s in order if counts[s])
+    by_status = ", ".join(f"{counts[s]} {status_word(s, stopped)}" for s in order if counts[s])
     return f"{len(exps)} experiment{_s(len(exps))} in the ledger: {by_status}."
 
 
@@ -139,7 +134,7 @@ def _every(exps: list[Experiment], stopped: bool) -> str:
     for exp in exps:
         value = f"{exp.val_bpb:.6f}" if isinstance(exp.val_bpb, (int, float)) and exp.status != Status.CRASH else "—"
         why = explain(exp, before.get(exp.id), noise_before(exps, exp), stopped)
-        status = _status(exp.status, stopped)
+        status = status_word(exp.status, stopped)
         rows.append(f"| {exp.id} | {status} | {value} | {_cell(exp.description, 80)} | {_cell(why, 240)} |")
     return "\n".join(rows)
 

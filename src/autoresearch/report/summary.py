@@ -36,6 +36,12 @@ class Step:
         return None if self.previous is None or self.previous == 0 else self.value / self.previous - 1
 
 
+def status_word(status: Status, stopped: bool) -> str:
+    """A status as the report, `show` and `diff` name it; `stopped`: no loop runs now, so a running experiment is
+    interrupted (as `status` says: the next start trains it again)."""
+    return "interrupted" if stopped and status == Status.RUNNING else str(status)
+
+
 def finished(experiments: list[Experiment]) -> list[Experiment]:
     """The experiments with a verdict (everything but the one still running), in order."""
     return [e for e in experiments if e.status not in IN_FLIGHT]
