@@ -137,5 +137,5 @@ def agent_unhidden(monkeypatch: pytest.MonkeyPatch) -> None:
     2.36, say): what it leaves in the workspace's private state is then for the loop's check after the turn."""
     from autoresearch.agents import namespace
 
-    way = namespace._namespaces()[1]
+    way = namespace._namespaces()[-1]  # the last: the one that hides nothing
     monkeypatch.setattr(namespace, "pid_namespace", lambda: way)
