@@ -68,13 +68,37 @@ def test_an_agent_cannot_have_your_tmux_server_run_a_process_outside_its_namespa
         shutil.rmtree(sockets, ignore_errors=True)
 
 
+def server_folder(where: str) -> Path:
+    """A new folder for a server's socket (a socket's path is short: 108 bytes): in /tmp, or, for a loop run as root,
+    four folders deep in another user's runtime folder, where systemd's private socket is (beyond the walk's depth)."""
+    if where == "in /tmp":
+        return Path(tempfile.mkdtemp(prefix="server", dir="/tmp"))
+    folder = Path("/run/user") / str(60000 + os.getpid() % 5000) / "systemd"
+    folder.mkdir(parents=True)
+    return folder
+
+
 @pytest.mark.skipif(not HIDES, reason="no namespace here can hide a place")
-def test_an_agent_cannot_reach_a_server_of_yours_that_runs_what_it_is_sent_through_a_socket_in_tmp(workspace, tmp_path):
+@pytest.mark.parametrize(
+    "where",
+    [
+        "in /tmp",
+        pytest.param(
+            "in another user's runtime folder",
+            marks=pytest.mark.skipif(
+                os.geteuid() != 0 or not os.path.isdir("/run/user"), reason="a loop run as root, /run/user"
+            ),
+        ),
+    ],
+)
+def test_an_agent_cannot_reach_a_server_of_yours_that_runs_what_it_is_sent_through_a_socket(workspace, tmp_path, where):
     """BROKE, fixed: a server of yours that runs what it is sent, listening on a socket in /tmp (an emacs server's
     `/tmp/emacs<uid>/server`, VS Code's, a forwarded SSH agent's, X11's), ran the agent's command outside its
     namespace. No variable names this one: the agent found it by listing /tmp. Every socket within three folders
-    of /tmp, /var/tmp, /dev/shm and /run is now hidden from the agent (/dev/null bound over it)."""
-    folder = Path(tempfile.mkdtemp(prefix="server", dir="/tmp"))  # a socket's path is short (108 bytes)
+    of /tmp, /var/tmp, /dev/shm and /run is now hidden from the agent (/dev/null bound over it). As root, so was
+    another user's systemd (`/run/user/<uid>/systemd/private`, four folders deep): every user's runtime folder is
+    now an empty tmpfs for an agent of a loop run as root, as yours always was."""
+    folder = server_folder(where)
     address, ran = folder / "server", tmp_path / "ran-outside"
     listening = socket.socket(socket.AF_UNIX)
     listening.bind(str(address))
@@ -103,7 +127,7 @@ def test_an_agent_cannot_reach_a_server_of_yours_that_runs_what_it_is_sent_throu
         assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
     finally:
         listening.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder if where == "in /tmp" else folder.parent, ignore_errors=True)
 
 
 ROOT_LINKS = [d for d in shown.SYSTEM_DIRS if os.path.islink(d) and os.path.dirname(d) == "/"]

@@ -30,7 +30,8 @@ AGENT_FILES = Path(STATE) / "agents"  # <workspace>/.autoresearch/agents/<name>/
 # loop's, the evaluators', the user's) it could then read, or name in a pid file for the next start to kill. In
 # the first, an empty tmpfs covers the user's runtime folder and the system bus's (locked in the second too): their
 # sockets (the user's bus, systemd's private socket, the system bus) let `systemd-run` start a process outside
-# the namespace, which outlives the turn. XDG_RUNTIME_DIR still names a folder the agent can write. So are the
+# the namespace, which outlives the turn. As root, every user's runtime folder: through another user's systemd the
+# agent's command ran as that user, outside. XDG_RUNTIME_DIR still names a folder the agent can write. So are the
 # places that hold the data (evaluator/hidden.py: a folder under an empty tmpfs, a file under /dev/null): an agent
 # that read the validation text could write it into train.py. And Ray's folder and token files: a task it sent the
 # loop's Ray would run outside, as the user (loop/ray_executor.py). A place that cannot be hidden stops the agent.
@@ -46,8 +47,9 @@ _HIDE = (
     # As root, / itself read-only (its folders were bound onto themselves above); the working directory found anew.
     'if [ "$u" = 0 ]; then "$m" -o remount,bind,ro / && cd "$PWD" || { '
     'echo "autoresearch: could not make / read-only for the agent" >&2; exit 1; }; fi; '
-    'n=$1; shift; for d in "/run/user/$u" /run/dbus; do if [ -d "$d" ]; then '
-    '"$m" -t tmpfs -o mode=0700 tmpfs "$d" || exit 1; fi; done; '  # not hidden: not this way
+    # The runtime folders (RUNTIME_FOLDERS): yours, and as root every user's (their systemd's private socket).
+    'n=$1; shift; r="/run/user/$u"; if [ "$u" = 0 ]; then r="/run/user/*"; fi; for d in $r /run/dbus; do '
+    'if [ -d "$d" ]; then "$m" -t tmpfs -o mode=0700 tmpfs "$d" || exit 1; fi; done; '  # not hidden: not this way
     'while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
     'if [ -d "$p" ]; then "$m" -t tmpfs -o mode=0700 tmpfs "$p"; elif [ -e "$p" ]; then "$m" --bind /dev/null "$p"; '
     'fi || { echo "autoresearch: could not hide $p from the agent" >&2; exit 1; }; done; '
@@ -222,6 +224,7 @@ SOCKET_DEPTH = 3  # /tmp/screens/S-<user>/<session>
 # nscd): they run nothing they are sent. systemd's own socket, /run/systemd/private, is hidden: as root, `systemd-run`
 # starts a service through it.
 NAME_SERVICES = ("/run/systemd/resolve", "/run/systemd/userdb", "/run/systemd/journal", "/run/nscd")
+RUNTIME_FOLDERS = ("/run/user", "/run/dbus")  # covered whole by _HIDE: not walked (nor your session's sockets probed)
 
 
 def _server_sockets(env: Mapping[str, str], workspace: Path) -> list[Path]:
@@ -253,7 +256,7 @@ def _sockets_within(folder: Path, depth: int, workspace: Path) -> list[Path]:
             mode = entry.stat(follow_symlinks=False).st_mode
             if stat.S_ISSOCK(mode) and _served(path):
                 found.append(path)
-            elif stat.S_ISDIR(mode) and depth > 1 and not holds(workspace, path):
+            elif stat.S_ISDIR(mode) and depth > 1 and not holds(workspace, path) and str(path) not in RUNTIME_FOLDERS:
                 found += _sockets_within(path, depth - 1, workspace)
     return found
 
