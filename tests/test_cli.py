@@ -133,14 +133,16 @@ def test_a_read_only_workspace_is_a_clear_error_not_a_traceback(
         lambda config: json.dumps({**config, "budget_seconds": "60"}),
         lambda config: json.dumps({**config, "budget_seconds": float("inf")}),
         lambda config: json.dumps({**config, "data_dir": None}),
+        lambda config: b"\xff\xfe{}",
     ],
-    ids=["not-json", "budget-a-string", "budget-infinite", "data-dir-null"],
+    ids=["not-json", "budget-a-string", "budget-infinite", "data-dir-null", "not-utf8"],
 )
 def test_an_apparatus_config_edited_by_hand_is_a_clear_error_naming_how_to_restore_it(
     edit, workspace: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = workspace.root / CONFIG_NAME
-    path.write_text(edit(json.loads(path.read_text())))
+    text = edit(json.loads(path.read_text()))
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     assert main(["status", "--workspace", str(workspace.root)]) == 2
     err = words(capsys.readouterr().err)
     assert str(path) in err and f"`git checkout {CONFIG_NAME}` puts it back" in err
