@@ -27,7 +27,7 @@ from pathlib import Path
 
 from autoresearch.evaluator.result import Result
 from autoresearch.loop.executor import read_result
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.ledger import Experiment, Ledger, read_tsv
 from autoresearch.loop.waiting import unreported
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.git import Git
@@ -66,8 +66,7 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
     kept = git.exp_commits()
     discarded = {int(ref.removeprefix(DISCARDED)): sha for ref, sha in git.refs(DISCARDED).items()}
     known = {**discarded, **kept}
-    tsv = root / "results.tsv"
-    lines = tsv.read_text(errors="replace").splitlines()[1:] if tsv.exists() else []
+    lines = read_tsv(root).splitlines()[1:]
     parsed: list[tuple[int, int | None, list[str], str | None]] = []  # line number, its commit's id, fields, commit
     skipped: list[int] = []
     for number, line in enumerate(lines, start=2):
