@@ -359,6 +359,8 @@ class Ledger:
         return [_copy(exp) for exp in self._cached[1]]
 
     def get(self, exp_id: int) -> Experiment | None:
+        if not -(1 << 63) <= exp_id < 1 << 63:  # past SQLite's integers (`wait 99999999999999999999`): none
+            return None
         return next(self._rows("SELECT * FROM experiments WHERE id = ?", exp_id), None)
 
     def in_flight(self) -> list[Experiment]:
