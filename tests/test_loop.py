@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from loop_support import (
@@ -850,6 +851,31 @@ def _a_folder_not_the_loops(ws, before):
 def _in_flight_on_the_branch(ws, before):  # one worker trains exp 6, committed on the branch
     ws.write_train_py(with_constants(before[2].source, LR=0.95))
     ws.git.commit("exp 6: LR 0.95", "train.py")
+
+
+def test_rebuild_ledger_keeps_each_old_ledger_whole_beside_its_write_ahead_log(workspace, monkeypatch):
+    """BROKE, fixed: the old ledger was moved aside under a name of the second, so a second rebuild in the same
+    second replaced the first one's file (or stopped with an IsADirectoryError where that was a folder), and its
+    -wal, which holds the latest rows SQLite has not yet moved into the file, was deleted (a folder in its place was
+    an IsADirectoryError traceback)."""
+    from autoresearch.loop.rebuild import rebuild
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *args: "20260101-000000")  # the same second, both times
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    loop.ledger.close()
+    db = workspace.state / "ledger.sqlite"
+    first = db.read_bytes()
+    (workspace.state / "ledger.sqlite-wal").write_bytes(b"the latest rows")
+    (workspace.state / "ledger.sqlite-shm").mkdir()
+    rows, moved, _ = rebuild(workspace.root, workspace.git)
+    assert rows == 1 and moved == workspace.state / "ledger.sqlite.broken-20260101-000000"
+    assert moved.read_bytes() == first and Path(f"{moved}-wal").read_bytes() == b"the latest rows"
+    assert Path(f"{moved}-shm").is_dir()
+    _, again, _ = rebuild(workspace.root, workspace.git)
+    assert again == workspace.state / "ledger.sqlite.broken-20260101-000000-2" and again.is_file()
+    assert moved.read_bytes() == first  # the first one's left as it was
+    assert [e.id for e in Ledger(workspace.root).all()] == [1]
 
 
 def _in_flight_on_a_worktree(ws, before):  # exp 6 trained on a worker's worktree: only its run folders are left
