@@ -309,6 +309,46 @@ def test_human_edits_to_program_md_survive_a_discard(workspace):
     assert (workspace.root / "program.md").read_text() == "focus on the learning rate\n"
 
 
+@pytest.mark.parametrize("put", ["not-utf8", "folder", "fifo"])
+def test_a_program_md_that_cannot_be_read_as_text_is_an_error_naming_it_not_a_traceback(workspace, put):
+    """BROKE, fixed: `run` read program.md for the agent's prompt as it came: bytes that are no UTF-8 were a
+    UnicodeDecodeError traceback, a folder an IsADirectoryError one, and a FIFO a wait for ever."""
+    from autoresearch.errors import ConfigError
+
+    path = workspace.root / "program.md"
+    path.unlink()
+    if put == "not-utf8":
+        path.write_bytes(b"\xff\xfe focus on the learning rate")
+    elif put == "folder":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    raised: list[BaseException] = []
+    reading = threading.Thread(target=lambda: raised.extend(_raised(workspace.program)), daemon=True)
+    reading.start()
+    reading.join(30)
+    assert not reading.is_alive(), "it waits on the FIFO"
+    assert len(raised) == 1 and isinstance(raised[0], ConfigError), raised
+    assert f"cannot read {path}" in str(raised[0]) and "git checkout program.md" in str(raised[0])
+
+
+def test_a_program_md_that_is_a_link_the_person_made_is_read_and_a_missing_one_is_none(workspace, tmp_path):
+    shared = tmp_path / "shared-program.md"
+    shared.write_bytes(b"focus on the learning rate\r\n")
+    (workspace.root / "program.md").unlink()
+    assert workspace.program() == ""
+    (workspace.root / "program.md").symlink_to(shared)
+    assert workspace.program() == "focus on the learning rate\n"
+
+
+def _raised(call) -> list[BaseException]:
+    try:
+        call()
+    except BaseException as exc:
+        return [exc]
+    return []
+
+
 def test_results_tsv_has_the_reference_columns_and_a_row_per_experiment(workspace):
     loop = make_loop(workspace, FakeExecutor(score))
     loop.baseline()

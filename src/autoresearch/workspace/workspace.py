@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ TRAIN_PY = "train.py"
 # weights trained elsewhere, off the budget, for the run to load (int8 weights of a small model fit in 4 MiB, the
 # cap until 2026-12-02): at 256 KiB, about 260,000 int8 parameters, under a tenth of the template's smallest model.
 MAX_TRAIN_PY_BYTES = 256 << 10
+MAX_PROGRAM_BYTES = 4 << 20  # program.md goes into each of the agent's prompts: more than any model reads
 
 
 def too_large(source: str) -> str | None:
@@ -74,8 +76,28 @@ class Workspace:
             write_text_atomic(self.train_py, source, self.state / "train.py.tmp")
 
     def program(self) -> str:
+        """program.md, the person's instructions to the agent ("" where there is none); ConfigError where it cannot be
+        read as text: a folder, a FIFO (which a read would wait on for ever), bytes that are no UTF-8."""
         path = self.root / "program.md"
-        return path.read_text() if path.exists() else ""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a link the person made is followed
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:
+            raise _unreadable_program(path, exc.strerror) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _unreadable_program(path, "it is not a regular file")
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read(MAX_PROGRAM_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(data) > MAX_PROGRAM_BYTES:
+            raise _unreadable_program(path, f"it is over {MAX_PROGRAM_BYTES >> 20} MiB")
+        try:
+            return as_read(data.decode())
+        except UnicodeDecodeError:
+            raise _unreadable_program(path, "it is not UTF-8 text") from None
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -136,6 +158,14 @@ def _try_flock(fd: int, patience: float = 0.0, shared: bool = False) -> bool:
             time.sleep(0.01)
         else:
             return True
+
+
+def _unreadable_program(path: Path, why: str) -> ConfigError:
+    return ConfigError(
+        f"cannot read {path}: {why}",
+        hint="program.md holds your instructions to the agent: make it a UTF-8 text file (`git checkout program.md` "
+        "puts back the one init wrote), or remove it to run without one",
+    )
 
 
 def as_read(text: str) -> str:
