@@ -175,3 +175,33 @@ def test_the_command_line_starts_in_a_working_directory_that_was_removed(tmp_pat
     code = "import os, sys; os.rmdir(os.getcwd()); sys.argv = ['autoresearch', '--help']; import autoresearch.__main__"
     done = subprocess.run([sys.executable, "-c", code], cwd=gone, capture_output=True, text=True)
     assert done.returncode == 0 and "usage" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing", "folder", "fifo", "not-utf8"])
+@pytest.mark.parametrize("command", ["try", "submit"])
+def test_try_and_submit_over_a_train_py_that_is_no_text_say_how_to_put_it_back(
+    command: str, damage: str, workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed: they read train.py as it came: missing it was a FileNotFoundError traceback, a folder an
+    IsADirectoryError one, bytes that are no UTF-8 a UnicodeDecodeError one, and a FIFO a wait for ever (so was
+    the driver's read of it after a keep, where an agent at work had left one)."""
+    import os
+    import threading
+
+    workspace.train_py.unlink()
+    if damage == "folder":
+        workspace.train_py.mkdir()
+    elif damage == "fifo":
+        os.mkfifo(workspace.train_py)
+    elif damage == "not-utf8":
+        workspace.train_py.write_bytes(b"\xff\xfe LR = 0.1\n")
+    codes: list[int] = []
+    running = threading.Thread(
+        target=lambda: codes.append(main([command, "-m", "x", "--workspace", str(workspace.root)])), daemon=True
+    )
+    running.start()
+    running.join(60)
+    assert not running.is_alive(), "it waits on the FIFO"
+    err = words(capsys.readouterr().err)
+    assert codes == [2] and "train.py" in err and "`git checkout train.py` puts back" in err, err
+    assert "Traceback" not in err

@@ -41,6 +41,17 @@ def too_large(source: str) -> str | None:
     )
 
 
+class TrainPyUnreadable(AutoresearchError):
+    """The working tree's train.py cannot be read as text."""
+
+    def __init__(self, message: str):
+        super().__init__(
+            message,
+            hint="`git checkout train.py` puts back the best's (remove what is in its place first), then make your "
+            "change in it again",
+        )
+
+
 class Workspace:
     def __init__(self, root: Path):
         self.root = root.resolve()
@@ -63,7 +74,25 @@ class Workspace:
         return self.root / TRAIN_PY
 
     def read_train_py(self) -> str:
-        return self.train_py.read_text()
+        """The working tree's train.py, with its line endings made "\n"; TrainPyUnreadable where it is missing, no
+        regular file (a folder; a FIFO, which a read would wait on for ever) or no UTF-8 text."""
+        try:
+            fd = os.open(self.train_py, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise TrainPyUnreadable("train.py is missing") from None
+        except OSError as exc:
+            raise TrainPyUnreadable(f"cannot read train.py: {exc.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TrainPyUnreadable("train.py is not a regular file (a folder or a FIFO is in its place)")
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read()
+        finally:
+            os.close(fd)
+        try:
+            return as_read(data.decode())
+        except UnicodeDecodeError:
+            raise TrainPyUnreadable("train.py is not UTF-8 text") from None
 
     def committed_train_py(self, commit: str = "HEAD") -> str:
         """train.py as committed at `commit`, read as `read_train_py` reads the file: with its line endings
