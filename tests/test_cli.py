@@ -205,3 +205,15 @@ def test_try_and_submit_over_a_train_py_that_is_no_text_say_how_to_put_it_back(
     err = words(capsys.readouterr().err)
     assert codes == [2] and "train.py" in err and "`git checkout train.py` puts back" in err, err
     assert "Traceback" not in err
+
+
+def test_a_file_in_place_of_the_state_folder_is_an_error_saying_to_move_it(
+    workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed: every command was a FileExistsError traceback where .autoresearch was a file."""
+    shutil.rmtree(workspace.state)
+    workspace.state.write_text("x")
+    assert main(["status", "--workspace", str(workspace.root)]) == 2
+    err = words(capsys.readouterr().err)
+    assert ".autoresearch is not a folder" in err and "mv .autoresearch" in err
+    assert workspace.state.read_text() == "x"

@@ -67,6 +67,12 @@ class Workspace:
         if not self.git.is_repo():
             raise ConfigError(f"{self.root} is not a git repository", hint="make workspaces with `autoresearch init`")
         self.state = self.root / ".autoresearch"
+        if os.path.lexists(self.state) and not self.state.is_dir():
+            raise ConfigError(
+                f"{self.state} is not a folder: it holds the loop's own state (its ledger, its runs)",
+                hint="move it away (`mv .autoresearch .autoresearch.away`) and run the command again; without the "
+                "ledger, `autoresearch rebuild-ledger` makes it again from results.tsv and git",
+            )
         self.state.mkdir(exist_ok=True)
 
     @property
