@@ -133,14 +133,16 @@ def test_a_read_only_workspace_is_a_clear_error_not_a_traceback(
         lambda config: json.dumps({**config, "budget_seconds": "60"}),
         lambda config: json.dumps({**config, "budget_seconds": float("inf")}),
         lambda config: json.dumps({**config, "data_dir": None}),
+        lambda config: b"\xff\xfe{}",
     ],
-    ids=["not-json", "budget-a-string", "budget-infinite", "data-dir-null"],
+    ids=["not-json", "budget-a-string", "budget-infinite", "data-dir-null", "not-utf8"],
 )
 def test_an_apparatus_config_edited_by_hand_is_a_clear_error_naming_how_to_restore_it(
     edit, workspace: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = workspace.root / CONFIG_NAME
-    path.write_text(edit(json.loads(path.read_text())))
+    text = edit(json.loads(path.read_text()))
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     assert main(["status", "--workspace", str(workspace.root)]) == 2
     err = words(capsys.readouterr().err)
     assert str(path) in err and f"`git checkout {CONFIG_NAME}` puts it back" in err
@@ -173,3 +175,45 @@ def test_the_command_line_starts_in_a_working_directory_that_was_removed(tmp_pat
     code = "import os, sys; os.rmdir(os.getcwd()); sys.argv = ['autoresearch', '--help']; import autoresearch.__main__"
     done = subprocess.run([sys.executable, "-c", code], cwd=gone, capture_output=True, text=True)
     assert done.returncode == 0 and "usage" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing", "folder", "fifo", "not-utf8"])
+@pytest.mark.parametrize("command", ["try", "submit"])
+def test_try_and_submit_over_a_train_py_that_is_no_text_say_how_to_put_it_back(
+    command: str, damage: str, workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed: they read train.py as it came: missing it was a FileNotFoundError traceback, a folder an
+    IsADirectoryError one, bytes that are no UTF-8 a UnicodeDecodeError one, and a FIFO a wait for ever (so was
+    the driver's read of it after a keep, where an agent at work had left one)."""
+    import os
+    import threading
+
+    workspace.train_py.unlink()
+    if damage == "folder":
+        workspace.train_py.mkdir()
+    elif damage == "fifo":
+        os.mkfifo(workspace.train_py)
+    elif damage == "not-utf8":
+        workspace.train_py.write_bytes(b"\xff\xfe LR = 0.1\n")
+    codes: list[int] = []
+    running = threading.Thread(
+        target=lambda: codes.append(main([command, "-m", "x", "--workspace", str(workspace.root)])), daemon=True
+    )
+    running.start()
+    running.join(60)
+    assert not running.is_alive(), "it waits on the FIFO"
+    err = words(capsys.readouterr().err)
+    assert codes == [2] and "train.py" in err and "`git checkout train.py` puts back" in err, err
+    assert "Traceback" not in err
+
+
+def test_a_file_in_place_of_the_state_folder_is_an_error_saying_to_move_it(
+    workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed: every command was a FileExistsError traceback where .autoresearch was a file."""
+    shutil.rmtree(workspace.state)
+    workspace.state.write_text("x")
+    assert main(["status", "--workspace", str(workspace.root)]) == 2
+    err = words(capsys.readouterr().err)
+    assert ".autoresearch is not a folder" in err and "mv .autoresearch" in err
+    assert workspace.state.read_text() == "x"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,42 @@ def test_a_row_another_process_wrote_before_a_step_is_not_sealed_by_putting_the_
         ledger.all()
     with pytest.raises(LedgerError, match="changed 2"):
         Ledger(tmp_path).verify()
+
+
+@pytest.mark.parametrize("put", [os.mkdir, os.mkfifo], ids=["folder", "fifo"])
+def test_a_results_tsv_that_is_no_file_is_an_error_saying_to_move_it_away(tmp_path: Path, put) -> None:
+    """BROKE, fixed: with the ledger lost, opening it read results.tsv to see whether experiments were run: a folder
+    there was an IsADirectoryError traceback (`status`, `show`, `rebuild-ledger`), and a FIFO a wait for ever."""
+    put(tmp_path / "results.tsv")
+    raised: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            Ledger(tmp_path)
+        except BaseException as exc:
+            raised.append(exc)
+
+    opening = threading.Thread(target=open_it, daemon=True)  # a read of the FIFO would never end
+    opening.start()
+    opening.join(30)
+    assert not opening.is_alive(), "it waits on the FIFO"
+    assert len(raised) == 1 and isinstance(raised[0], LedgerError), raised
+    assert "cannot read" in str(raised[0]) and "mv results.tsv" in str(raised[0])
+    assert (tmp_path / "results.tsv").exists()  # left for the person to look at
+
+
+def test_a_results_tsv_of_bytes_that_are_no_utf8_still_says_experiments_were_run(tmp_path: Path) -> None:
+    """BROKE, fixed: it was a UnicodeDecodeError traceback; rebuild-ledger reads such lines and skips them."""
+    (tmp_path / "results.tsv").write_bytes(b"commit\tval_bpb\n\xff\xfe\t1.0\n")
+    with pytest.raises(LedgerError, match="missing or empty"):
+        Ledger(tmp_path)
+
+
+def test_writing_results_tsv_over_a_folder_is_an_error_saying_to_move_it_away(tmp_path: Path) -> None:
+    """BROKE, fixed: the loop's rewrite of results.tsv after a verdict was an IsADirectoryError traceback."""
+    ledger = Ledger(tmp_path)
+    ledger.insert(row(1))
+    (tmp_path / "results.tsv").mkdir()
+    with pytest.raises(LedgerError, match=r"cannot write .*results\.tsv: a folder is in its place") as err:
+        ledger.write_tsv()
+    assert "mv results.tsv" in str(err.value)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from loop_support import (
@@ -306,6 +307,46 @@ def test_human_edits_to_program_md_survive_a_discard(workspace):
     exp = loop.step(ScriptedAgent([set_lr(0.9)]))
     assert exp.status == Status.DISCARD
     assert (workspace.root / "program.md").read_text() == "focus on the learning rate\n"
+
+
+@pytest.mark.parametrize("put", ["not-utf8", "folder", "fifo"])
+def test_a_program_md_that_cannot_be_read_as_text_is_an_error_naming_it_not_a_traceback(workspace, put):
+    """BROKE, fixed: `run` read program.md for the agent's prompt as it came: bytes that are no UTF-8 were a
+    UnicodeDecodeError traceback, a folder an IsADirectoryError one, and a FIFO a wait for ever."""
+    from autoresearch.errors import ConfigError
+
+    path = workspace.root / "program.md"
+    path.unlink()
+    if put == "not-utf8":
+        path.write_bytes(b"\xff\xfe focus on the learning rate")
+    elif put == "folder":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    raised: list[BaseException] = []
+    reading = threading.Thread(target=lambda: raised.extend(_raised(workspace.program)), daemon=True)
+    reading.start()
+    reading.join(30)
+    assert not reading.is_alive(), "it waits on the FIFO"
+    assert len(raised) == 1 and isinstance(raised[0], ConfigError), raised
+    assert f"cannot read {path}" in str(raised[0]) and "git checkout program.md" in str(raised[0])
+
+
+def test_a_program_md_that_is_a_link_the_person_made_is_read_and_a_missing_one_is_none(workspace, tmp_path):
+    shared = tmp_path / "shared-program.md"
+    shared.write_bytes(b"focus on the learning rate\r\n")
+    (workspace.root / "program.md").unlink()
+    assert workspace.program() == ""
+    (workspace.root / "program.md").symlink_to(shared)
+    assert workspace.program() == "focus on the learning rate\n"
+
+
+def _raised(call) -> list[BaseException]:
+    try:
+        call()
+    except BaseException as exc:
+        return [exc]
+    return []
 
 
 def test_results_tsv_has_the_reference_columns_and_a_row_per_experiment(workspace):
@@ -850,6 +891,31 @@ def _a_folder_not_the_loops(ws, before):
 def _in_flight_on_the_branch(ws, before):  # one worker trains exp 6, committed on the branch
     ws.write_train_py(with_constants(before[2].source, LR=0.95))
     ws.git.commit("exp 6: LR 0.95", "train.py")
+
+
+def test_rebuild_ledger_keeps_each_old_ledger_whole_beside_its_write_ahead_log(workspace, monkeypatch):
+    """BROKE, fixed: the old ledger was moved aside under a name of the second, so a second rebuild in the same
+    second replaced the first one's file (or stopped with an IsADirectoryError where that was a folder), and its
+    -wal, which holds the latest rows SQLite has not yet moved into the file, was deleted (a folder in its place was
+    an IsADirectoryError traceback)."""
+    from autoresearch.loop.rebuild import rebuild
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *args: "20260101-000000")  # the same second, both times
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.baseline()
+    loop.ledger.close()
+    db = workspace.state / "ledger.sqlite"
+    first = db.read_bytes()
+    (workspace.state / "ledger.sqlite-wal").write_bytes(b"the latest rows")
+    (workspace.state / "ledger.sqlite-shm").mkdir()
+    rows, moved, _ = rebuild(workspace.root, workspace.git)
+    assert rows == 1 and moved == workspace.state / "ledger.sqlite.broken-20260101-000000"
+    assert moved.read_bytes() == first and Path(f"{moved}-wal").read_bytes() == b"the latest rows"
+    assert Path(f"{moved}-shm").is_dir()
+    _, again, _ = rebuild(workspace.root, workspace.git)
+    assert again == workspace.state / "ledger.sqlite.broken-20260101-000000-2" and again.is_file()
+    assert moved.read_bytes() == first  # the first one's left as it was
+    assert [e.id for e in Ledger(workspace.root).all()] == [1]
 
 
 def _in_flight_on_a_worktree(ws, before):  # exp 6 trained on a worker's worktree: only its run folders are left

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,11 +27,11 @@ from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.evaluator import compile_cache, sandbox
-from autoresearch.evaluator.result import SEAL, ForgedResult, Result
+from autoresearch.evaluator.result import RESULT_LIMIT, SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
 from autoresearch.loop.environment import Environment
-from autoresearch.loop.executor import LocalExecutor, RunSpec
+from autoresearch.loop.executor import LocalExecutor, RunSpec, read_result
 from autoresearch.loop.held_edits import put_back_edits
 from autoresearch.loop.recovery import TURN_SNAPSHOT
 from autoresearch.loop.scheduler import run_workers
@@ -214,6 +215,27 @@ def test_a_sealed_result_reads_back_with_its_key_only(tmp_path, bpb):
     assert Result.load(path).harness_fingerprint == "fingerprint"
     with pytest.raises(ForgedResult, match="seal"):
         Result.load(path, key="k2")
+
+
+@pytest.mark.parametrize("put", ["fifo", "folder", "huge"])
+def test_a_result_file_that_is_no_file_reads_as_no_result_without_waiting(tmp_path, put):
+    """BROKE, fixed: a FIFO in place of a run's result.json made `rebuild-ledger` (and the loop, reading a run's
+    result) wait for a writer for ever; a file of gigabytes would have filled the memory."""
+    path = tmp_path / "result.json"
+    if put == "fifo":
+        os.mkfifo(path)
+    elif put == "folder":
+        path.mkdir()
+    else:  # a result, then blanks: JSON that reads, but only after the whole file is in memory
+        fake_result(1.0, "fingerprint").save(path)
+        with path.open("a") as f:
+            f.write(" " * RESULT_LIMIT)
+    read: list = []
+    reading = threading.Thread(target=lambda: read.append(read_result(path)), daemon=True)
+    reading.start()
+    reading.join(30)
+    assert not reading.is_alive(), "it waits on the FIFO"
+    assert read == [None]
 
 
 FORGE_BLOB = """

@@ -715,3 +715,25 @@ def test_fifos_and_odd_files_left_where_submit_and_the_next_start_read_wedge_nei
         os.mkfifo(state / "turn.json")  # the turn's snapshot, left by a loop killed during the turn
         with pytest.raises(LoopError):
             make_loop(workspace, FakeExecutor(score)).recover_workspace()
+
+
+def test_wait_over_odd_leftovers_answers_with_a_message_not_a_traceback_nor_waits_for_ever(tmp_path, workspace, capsys):
+    """BROKE, fixed: `wait 99999999999999999999` was an OverflowError traceback (no SQLite integer), and so was a
+    file of that name left among the unreported ones; one named "²" (a digit to isdigit) was a ValueError; and with
+    a FIFO at driver.log, `wait` for an experiment no loop runs read it for the error the loop stopped with for ever."""
+    from autoresearch.loop.waiting import UNREPORTED_DIR, last_error
+
+    (tmp_path / UNREPORTED_DIR).mkdir()
+    for name in ("3", "²", "99999999999999999999999", "abc", "-1"):
+        (tmp_path / UNREPORTED_DIR / name).touch()
+    assert unreported(tmp_path) == [3]
+    assert Ledger(workspace.root).get(10**20) is None
+    assert main(["wait", "99999999999999999999", "--workspace", str(workspace.root)]) == 2
+    assert "no experiment 99999999999999999999" in capsys.readouterr().err
+    log = tmp_path / "driver.log"
+    log.write_bytes(b"x" * (3 << 20) + b"\nerror: it stopped\n  hint: do this\n")  # the end of a long night's log
+    assert last_error(log) == "error: it stopped hint: do this"
+    log.unlink()
+    os.mkfifo(log)
+    with within(20):
+        assert last_error(log) is None

@@ -67,7 +67,7 @@ class Apparatus:
             data = json.loads(path.read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from exc
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # garbled, or bytes that are no UTF-8 text
             raise ConfigError(f"cannot read {path}: {exc}", hint=restore) from exc
         known = {f.name for f in fields(cls)}
         if not isinstance(data, dict) or set(data) != known:

@@ -20,13 +20,14 @@ import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
-from autoresearch.files import write_json_atomic
+from autoresearch.files import read_regular, write_json_atomic
 
 RESULT_ENV = "AUTORESEARCH_RESULT"
 PROGRESS_NAME = "progress.json"  # beside the result while a run goes (evaluator/session.py: Session.progress)
 STARTING, TRAINING, EVALUATING = "starting", "training", "evaluating"  # its phases: before, on, after the clock
 
 
+RESULT_LIMIT = 1 << 20  # the largest result file read: one is under 2 KiB
 SEAL = "seal"  # the result file's field that holds the HMAC of the others
 
 
@@ -74,7 +75,7 @@ class Result:
     @classmethod
     def load(cls, path: Path, key: str | None = None) -> Result:
         """The result in `path`; with `key`, only if it carries that key's seal (ForgedResult if not)."""
-        data = json.loads(Path(path).read_text())
+        data = json.loads(read_regular(Path(path), RESULT_LIMIT))  # a FIFO put in its place would wedge the reader
         if key is not None:
             seal = data.pop(SEAL, None)
             if not isinstance(seal, str) or not hmac.compare_digest(seal, _seal(data, key)):

@@ -44,6 +44,7 @@ from autoresearch.loop.asking import one_line
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.waiting import last_error, mark_unreported
 from autoresearch.vocabulary import Kind, Status
+from autoresearch.workspace.workspace import TrainPyUnreadable
 
 try:
     import fcntl
@@ -422,7 +423,7 @@ def note_moved(ws, before: str) -> None:
     path = ws.state / EDIT_BASE
     try:
         edited = ws.read_train_py() != ws.committed_train_py()
-    except FileNotFoundError:  # deleted by the agent at work: Git.advance put the best's back
+    except TrainPyUnreadable:  # deleted (or a FIFO left) by the agent at work: Git.advance put the best's back
         edited = False
     if not edited:
         path.unlink(missing_ok=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.files import write_text_atomic
+from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 from autoresearch.workspace.disk import disk_full_is_an_error
 
@@ -110,11 +110,37 @@ class LedgerError(AutoresearchError):
     pass
 
 
+TSV_LIMIT = 1 << 30  # a results.tsv line is about 100 bytes: ten million experiments
+
+
+def _not_a_tsv(message: str) -> LedgerError:
+    return LedgerError(
+        message,
+        hint="move it away (e.g. `mv results.tsv results.tsv.away`) and run the command again: nothing is lost, the "
+        "loop writes results.tsv anew from its ledger (and `autoresearch rebuild-ledger` remakes a lost ledger from "
+        "git and the runs' results)",
+    )
+
+
+def read_tsv(workspace: Path) -> str:
+    """results.tsv's text, "" where there is none; bytes that are no UTF-8 read as U+FFFD. LedgerError for what
+    cannot be read as a file: a folder, or a FIFO (which a read would wait on for ever)."""
+    path = workspace / "results.tsv"
+    try:
+        data = read_regular(path, TSV_LIMIT)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise _not_a_tsv(f"cannot read {path}: {exc.strerror} (a folder or a FIFO is in its place)") from None
+    except ValueError:
+        raise _not_a_tsv(f"cannot read {path}: it is over {TSV_LIMIT >> 20} MiB") from None
+    return data.decode(errors="replace")
+
+
 def has_history(workspace: Path) -> bool:
     """Whether the workspace ran experiments: results.tsv lists one, or a run's folder is left (results.tsv
     deleted with the ledger). Without its ledger, a start from experiment 1 would reuse their ids."""
-    tsv = workspace / "results.tsv"
-    if tsv.exists() and len(tsv.read_text().splitlines()) > 1:
+    if len(read_tsv(workspace).splitlines()) > 1:
         return True
     runs = workspace / ".autoresearch" / "runs"
     return any(re.fullmatch(r"\d+-\d+", path.name) for path in runs.iterdir()) if runs.is_dir() else False
@@ -333,6 +359,8 @@ class Ledger:
         return [_copy(exp) for exp in self._cached[1]]
 
     def get(self, exp_id: int) -> Experiment | None:
+        if not -(1 << 63) <= exp_id < 1 << 63:  # past SQLite's integers (`wait 99999999999999999999`): none
+            return None
         return next(self._rows("SELECT * FROM experiments WHERE id = ?", exp_id), None)
 
     def in_flight(self) -> list[Experiment]:
@@ -420,6 +448,9 @@ class Ledger:
             mem = f"{exp.memory_gb:.1f}" if exp.memory_gb is not None else "0.0"
             desc = " ".join(exp.description.split())
             lines.append(f"{(exp.commit or '')[:7]}\t{bpb}\t{mem}\t{exp.status}\t{desc}\n")
+        tsv = self.workspace / "results.tsv"
+        if tsv.is_dir() and not tsv.is_symlink():  # a file cannot replace it; a FIFO or a link is replaced
+            raise _not_a_tsv(f"cannot write {tsv}: a folder is in its place")
         with disk_full_is_an_error("writing results.tsv"):
             write_text_atomic(self.workspace / "results.tsv", "".join(lines), self.workspace / "results.tsv.tmp")
 

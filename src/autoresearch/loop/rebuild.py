@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
 import statistics
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from autoresearch.evaluator.result import Result
 from autoresearch.loop.executor import read_result
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.ledger import Experiment, Ledger, read_tsv
 from autoresearch.loop.waiting import unreported
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.git import Git
@@ -42,12 +43,12 @@ def rebuild(root: Path, git: Git) -> tuple[int, Path | None, list[int]]:
     numbers of results.tsv's lines it could not place (not a row the loop writes, or no free id for it)."""
     state = root / ".autoresearch"
     old = state / "ledger.sqlite"
-    moved = None
-    if old.exists():
-        moved = state / f"ledger.sqlite.broken-{time.strftime('%Y%m%d-%H%M%S')}"
-        old.replace(moved)
-    for suffix in ("-wal", "-shm"):
-        Path(f"{old}{suffix}").unlink(missing_ok=True)
+    # the old file and its -wal (which holds its latest rows) and -shm, all under one new name: kept whole
+    found = [suffix for suffix in ("", "-wal", "-shm") if os.path.lexists(f"{old}{suffix}")]
+    aside = _aside(old) if found else None
+    for suffix in found:
+        os.rename(f"{old}{suffix}", f"{aside}{suffix}")
+    moved = aside if "" in found else None
     rows, skipped = _rows(root, git)
     ledger = Ledger(root, check_history=False)
     try:
@@ -59,6 +60,14 @@ def rebuild(root: Path, git: Git) -> tuple[int, Path | None, list[int]]:
     return len(rows), moved, skipped
 
 
+def _aside(ledger: Path) -> Path:
+    """Where to move the ledger aside: a name that no file has yet, nor its -wal or -shm (a second rebuild in the
+    same second replaced the first one's file)."""
+    stem = f"{ledger.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}"
+    names = (ledger.with_name(stem if n == 1 else f"{stem}-{n}") for n in itertools.count(1))
+    return next(p for p in names if not any(os.path.lexists(f"{p}{suffix}") for suffix in ("", "-wal", "-shm")))
+
+
 def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
     """The rows, and results.tsv's lines that could not be placed. A line's id is its commit's (`exp N: ...`);
     one without a commit (a rejected proposal) takes the first id after the line before it that no other line
@@ -66,8 +75,7 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
     kept = git.exp_commits()
     discarded = {int(ref.removeprefix(DISCARDED)): sha for ref, sha in git.refs(DISCARDED).items()}
     known = {**discarded, **kept}
-    tsv = root / "results.tsv"
-    lines = tsv.read_text(errors="replace").splitlines()[1:] if tsv.exists() else []
+    lines = read_tsv(root).splitlines()[1:]
     parsed: list[tuple[int, int | None, list[str], str | None]] = []  # line number, its commit's id, fields, commit
     skipped: list[int] = []
     for number, line in enumerate(lines, start=2):

@@ -31,7 +31,7 @@ from autoresearch.orphans import reap, remove_left_boxes
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.disk import disk_full_is_an_error
-from autoresearch.workspace.workspace import TRAIN_PY, Workspace
+from autoresearch.workspace.workspace import TRAIN_PY, TrainPyUnreadable, Workspace
 
 MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
 TURN_SNAPSHOT = "turn.json"  # in the state folder: the workspace as an agent's turn found it, while it lasts
@@ -363,7 +363,7 @@ def train_py_text(ws: Workspace) -> str | None:
     """The working tree's train.py, or None where it is missing or no text (nothing the loop wrote)."""
     try:
         return ws.read_train_py()
-    except (OSError, ValueError):
+    except TrainPyUnreadable:
         return None
 
 

@@ -7,6 +7,10 @@ something else is never lost to it.
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +21,7 @@ from autoresearch.loop.ledger import Experiment
 UNREPORTED_DIR = "unreported"  # an empty file per submitted experiment whose verdict no `wait` has printed
 # The line `submit` writes into driver.log (appended to by each background loop) before it starts one there: an error
 # above it is an earlier loop's.
+LOG_TAIL = 1 << 20  # how much of driver.log's end is read for the error the loop stopped with
 LOOP_STARTED = "=== a loop started by `submit`"
 
 
@@ -30,7 +35,8 @@ def unreported(state: Path) -> list[int]:
     """Submitted experiments whose verdict no `wait` has printed yet, oldest first."""
     directory = state / UNREPORTED_DIR
     found = [p.name for p in directory.iterdir()] if directory.is_dir() else []
-    return sorted(int(n) for n in found if n.isdigit())
+    # the names the loop writes; not any other file left there ("²" is a digit to isdigit, and int() refuses it)
+    return sorted(int(n) for n in found if re.fullmatch(r"[1-9][0-9]{0,17}", n))
 
 
 def reported(state: Path, exp_id: int) -> None:
@@ -81,13 +87,28 @@ def wait_for(
         time.sleep(poll)
 
 
+def log_tail(log: Path) -> str:
+    """The last LOG_TAIL bytes of the log, as text; OSError where it is no regular file (a FIFO there would be waited
+    on for ever)."""
+    fd = os.open(log, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(log))
+        with open(fd, "rb", closefd=False) as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL))
+            return f.read().decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
 def last_error(log: Path) -> str | None:
     """The error the latest background loop stopped with: its `error: ...` line and hint, where they end its log (not
     an earlier loop's, above the line `submit` wrote before starting the latest)."""
     try:
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        text = log_tail(log)
     except OSError:
         return None
+    lines = [line for line in text.splitlines() if line.strip()]
     starts = [i for i, line in enumerate(lines) if line.startswith(LOOP_STARTED)]
     lines = lines[starts[-1] + 1 :][-4:] if starts else lines[-4:]
     starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ TRAIN_PY = "train.py"
 # weights trained elsewhere, off the budget, for the run to load (int8 weights of a small model fit in 4 MiB, the
 # cap until 2026-12-02): at 256 KiB, about 260,000 int8 parameters, under a tenth of the template's smallest model.
 MAX_TRAIN_PY_BYTES = 256 << 10
+MAX_PROGRAM_BYTES = 4 << 20  # program.md goes into each of the agent's prompts: more than any model reads
 
 
 def too_large(source: str) -> str | None:
@@ -37,6 +39,17 @@ def too_large(source: str) -> str | None:
         f"train.py is {size >> 10} KiB, over the {MAX_TRAIN_PY_BYTES >> 10} KiB a train.py may be (the template is "
         "17 KiB): a file that large could carry weights trained outside the budget"
     )
+
+
+class TrainPyUnreadable(AutoresearchError):
+    """The working tree's train.py cannot be read as text."""
+
+    def __init__(self, message: str):
+        super().__init__(
+            message,
+            hint="`git checkout train.py` puts back the best's (remove what is in its place first), then make your "
+            "change in it again",
+        )
 
 
 class Workspace:
@@ -54,6 +67,12 @@ class Workspace:
         if not self.git.is_repo():
             raise ConfigError(f"{self.root} is not a git repository", hint="make workspaces with `autoresearch init`")
         self.state = self.root / ".autoresearch"
+        if os.path.lexists(self.state) and not self.state.is_dir():
+            raise ConfigError(
+                f"{self.state} is not a folder: it holds the loop's own state (its ledger, its runs)",
+                hint="move it away (`mv .autoresearch .autoresearch.away`) and run the command again; without the "
+                "ledger, `autoresearch rebuild-ledger` makes it again from results.tsv and git",
+            )
         self.state.mkdir(exist_ok=True)
 
     @property
@@ -61,7 +80,25 @@ class Workspace:
         return self.root / TRAIN_PY
 
     def read_train_py(self) -> str:
-        return self.train_py.read_text()
+        """The working tree's train.py, with its line endings made "\n"; TrainPyUnreadable where it is missing, no
+        regular file (a folder; a FIFO, which a read would wait on for ever) or no UTF-8 text."""
+        try:
+            fd = os.open(self.train_py, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise TrainPyUnreadable("train.py is missing") from None
+        except OSError as exc:
+            raise TrainPyUnreadable(f"cannot read train.py: {exc.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TrainPyUnreadable("train.py is not a regular file (a folder or a FIFO is in its place)")
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read()
+        finally:
+            os.close(fd)
+        try:
+            return as_read(data.decode())
+        except UnicodeDecodeError:
+            raise TrainPyUnreadable("train.py is not UTF-8 text") from None
 
     def committed_train_py(self, commit: str = "HEAD") -> str:
         """train.py as committed at `commit`, read as `read_train_py` reads the file: with its line endings
@@ -74,8 +111,28 @@ class Workspace:
             write_text_atomic(self.train_py, source, self.state / "train.py.tmp")
 
     def program(self) -> str:
+        """program.md, the person's instructions to the agent ("" where there is none); ConfigError where it cannot be
+        read as text: a folder, a FIFO (which a read would wait on for ever), bytes that are no UTF-8."""
         path = self.root / "program.md"
-        return path.read_text() if path.exists() else ""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a link the person made is followed
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:
+            raise _unreadable_program(path, exc.strerror) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _unreadable_program(path, "it is not a regular file")
+            with open(fd, "rb", closefd=False) as f:
+                data = f.read(MAX_PROGRAM_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(data) > MAX_PROGRAM_BYTES:
+            raise _unreadable_program(path, f"it is over {MAX_PROGRAM_BYTES >> 20} MiB")
+        try:
+            return as_read(data.decode())
+        except UnicodeDecodeError:
+            raise _unreadable_program(path, "it is not UTF-8 text") from None
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -136,6 +193,14 @@ def _try_flock(fd: int, patience: float = 0.0, shared: bool = False) -> bool:
             time.sleep(0.01)
         else:
             return True
+
+
+def _unreadable_program(path: Path, why: str) -> ConfigError:
+    return ConfigError(
+        f"cannot read {path}: {why}",
+        hint="program.md holds your instructions to the agent: make it a UTF-8 text file (`git checkout program.md` "
+        "puts back the one init wrote), or remove it to run without one",
+    )
 
 
 def as_read(text: str) -> str:
