@@ -245,6 +245,22 @@ def test_an_experiment_in_flight_reads_interrupted_in_report_show_and_diff_once_
     assert why == "why: interrupted: trained again on the next start"
 
 
+@pytest.mark.parametrize("damage", ["report.md a folder", "progress.png a folder", "report.md a FIFO"])
+def test_report_over_a_folder_or_a_fifo_says_to_move_it_away(history, capsys, damage) -> None:
+    """BROKE, fixed: a folder at report.md or progress.png was an IsADirectoryError traceback from `report` (and from
+    the loop's report on its way out), and a FIFO at report.md a wait for ever."""
+    name, kind = damage.split(" a ")
+    path = history.root / name
+    path.unlink(missing_ok=True)
+    os.mkfifo(path) if kind == "FIFO" else path.mkdir()
+    code, out, err = run_cli(capsys, "report", "--workspace", str(history.root))
+    assert code == 2 and f"{path} is not a file" in err and "mv " in err and "Traceback" not in err + out
+    path.rmdir() if kind == "folder" else path.unlink()
+    assert run_cli(capsys, "report", "--workspace", str(history.root))[0] == 0  # moved away: written as before
+    assert (history.root / "report.md").is_file() and (history.root / "progress.png").stat().st_size > 0
+    assert not list(history.root.glob("*.tmp"))
+
+
 @pytest.mark.parametrize("tsv_too", [False, True])
 def test_with_the_ledger_deleted_status_report_and_show_name_rebuild_ledger(workspace, capsys, tsv_too) -> None:
     """Not "run `autoresearch run` first", nor "no experiments yet": a run would count from 1 again."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
@@ -37,6 +38,12 @@ def make_report(workspace: Path, stopped: bool = False) -> tuple[Path, Path]:
     workspace = Path(workspace)
     experiments = read_experiments(workspace)
     plot_path, report_path = workspace / PLOT_NAME, workspace / REPORT_NAME
+    for path in (plot_path, report_path):  # each is replaced whole: a file, or a link to one, and nothing else
+        if os.path.lexists(path) and not path.is_file():
+            raise AutoresearchError(
+                f"{path} is not a file (a folder, a FIFO, ...): the report cannot be written there",
+                hint=f"move it away (`mv {path} {path}.old`), then run `autoresearch report`; the ledger lost nothing",
+            )
     plot_progress(experiments, plot_path)
     write_report(experiments, report_path, stopped)
     return plot_path, report_path

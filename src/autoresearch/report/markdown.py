@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from autoresearch.files import write_text_atomic
 from autoresearch.loop import activity
 from autoresearch.loop.judge import MIN_NOISE, Noise, described, measured_noise
 from autoresearch.loop.ledger import Experiment
@@ -33,7 +34,7 @@ def write_report(experiments: list[Experiment], path: Path, stopped: bool = Fals
     """Write the Markdown report of these experiments to path and return its text."""
     text = render_report(experiments, stopped)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_text_atomic(path, text)  # a reader, or a kill, meets the old report or the new one
     return text
 
 

@@ -11,10 +11,12 @@ module costs nothing, needs no display and leaves pyplot's global backend alone.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoresearch.files import clear
 from autoresearch.loop.judge import measured_noise
 from autoresearch.loop.ledger import Experiment
 from autoresearch.report.summary import chain, finished, has_value, running_best, shorten, signed
@@ -143,7 +145,13 @@ def plot_progress(experiments: list[Experiment], path: Path) -> None:
     """Write the progress chart of these experiments to path (a PNG)."""
     fig = progress_figure(experiments)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        clear(tmp)  # made anew: never what was found there
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)  # a viewer, or a kill, meets the old chart or the new one
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _centre_note(ax: Axes, text: str) -> None:
