@@ -17,8 +17,10 @@ import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, killed_loop, make_loop
 
 from autoresearch.agents.command_agent import CommandAgent
+from autoresearch.loop.environment import Environment
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.scheduler import run_workers
+from autoresearch.loop.settings import LoopError
 from autoresearch.loop.trying import try_working_tree
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import Status
@@ -62,6 +64,18 @@ def take_turn(ws, tmp_path: Path, script: str) -> tuple[Experiment, dict]:
     path.write_text(f"set -e\nCOMMITS={shlex.quote(str(tmp_path / 'commits'))}\n{script}\n")
     loop.run(CommandAgent(f"sh {shlex.quote(str(path))}", timeout_s=60), max_experiments=1)  # it returns
     return loop.ledger.all()[-1], before
+
+
+def turn_stops_the_loop(ws, tmp_path: Path, script: str, match: str) -> None:
+    """The baseline, then one turn of an agent running `script`, the loop watching the folders of PATH as `run` does
+    (`Environment.of_runs`): the turn must stop the loop with a LoopError matching `match`."""
+    environment = Environment.of_runs(os.environ, ws.root)
+    loop = make_loop(ws, FakeExecutor(score), baseline_runs=2, environment=environment)
+    loop.baseline()
+    path = tmp_path / "agent.sh"
+    path.write_text(f"set -e\n{script}\n")
+    with pytest.raises(LoopError, match=match):
+        loop.run(CommandAgent(f"sh {shlex.quote(str(path))}", timeout_s=60), max_experiments=1)
 
 
 def assert_the_loop_owns_the_workspace(ws, tmp_path: Path, exp: Experiment, before: dict) -> None:

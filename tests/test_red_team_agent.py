@@ -21,7 +21,16 @@ from pathlib import Path
 
 import pytest
 from loop_support import FakeExecutor, constant, fake_result, make_loop
-from test_agent_turn import GIT, PY, assert_the_loop_owns_the_workspace, quarantined, score, set_lr, take_turn
+from test_agent_turn import (
+    GIT,
+    PY,
+    assert_the_loop_owns_the_workspace,
+    quarantined,
+    score,
+    set_lr,
+    take_turn,
+    turn_stops_the_loop,
+)
 
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
@@ -30,7 +39,6 @@ from autoresearch.evaluator import compile_cache, sandbox
 from autoresearch.evaluator.result import RESULT_LIMIT, SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
-from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import LocalExecutor, RunSpec, read_result
 from autoresearch.loop.held_edits import put_back_edits
 from autoresearch.loop.recovery import TURN_SNAPSHOT
@@ -714,14 +722,10 @@ def test_where_no_namespace_makes_path_read_only_a_program_put_there_stops_the_l
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     ran = tmp_path / "planted-git-ran"
     planted = f'#!/bin/sh\\necho "$@" >> {ran}\\nexec /usr/bin/git "$@"\\n'
-    script = tmp_path / "agent.sh"
-    script.write_text(f"set -e\n{set_lr(0.2)}\nprintf '{planted}' > {bin_dir}/git && chmod +x {bin_dir}/git\necho x\n")
-    loop = make_loop(
-        workspace, FakeExecutor(score), baseline_runs=2, environment=Environment.of_runs(os.environ, workspace.root)
+    plant = f"printf '{planted}' > {bin_dir}/git && chmod +x {bin_dir}/git"
+    turn_stops_the_loop(
+        workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho x", r"folder of PATH.*: added .*home-bin/git"
     )
-    loop.baseline()
-    with pytest.raises(LoopError, match=r"folder of PATH.*: added .*home-bin/git"):
-        loop.run(CommandAgent(f"sh {shlex.quote(str(script))}", timeout_s=60), max_experiments=1)
     assert (bin_dir / "git").exists() and not ran.exists()
 
 

@@ -20,13 +20,11 @@ from pathlib import Path
 
 import pytest
 from loop_support import FakeExecutor, make_loop
-from test_agent_turn import assert_the_loop_owns_the_workspace, score, set_lr, take_turn
+from test_agent_turn import assert_the_loop_owns_the_workspace, score, set_lr, take_turn, turn_stops_the_loop
 
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.evaluator import shown
-from autoresearch.loop.environment import Environment
-from autoresearch.loop.settings import LoopError
 from autoresearch.vocabulary import Status
 
 pytestmark = pytest.mark.slow  # a real agent turn in its namespaces each: not in the fast subset
@@ -170,14 +168,7 @@ def test_a_folder_of_path_that_is_a_link_swapped_by_the_agent_stops_the_loop(wor
     monkeypatch.setenv("PATH", f"{home / 'bin'}{os.pathsep}{os.environ['PATH']}")
     planted = "#!/bin/sh\\necho planted\\n"
     swap = f"rm {home}/bin && mkdir {home}/bin && printf '{planted}' > {home}/bin/git && chmod +x {home}/bin/git"
-    script = tmp_path / "agent.sh"
-    script.write_text(f"set -e\n{set_lr(0.2)}\n{swap}\necho x\n")
-    loop = make_loop(
-        workspace, FakeExecutor(score), baseline_runs=2, environment=Environment.of_runs(os.environ, workspace.root)
-    )
-    loop.baseline()
-    with pytest.raises(LoopError, match=r"folder of PATH.*home/bin/git"):
-        loop.run(CommandAgent(f"sh {shlex.quote(str(script))}", timeout_s=60), max_experiments=1)
+    turn_stops_the_loop(workspace, tmp_path, f"{set_lr(0.2)}\n{swap}\necho x", r"folder of PATH.*home/bin/git")
     assert (home / "bin" / "git").is_file()  # the swap is in reach (the link is in your home): it is seen
 
 
