@@ -95,19 +95,20 @@ def sources_sha256(paths: list[Path], root: Path) -> str:
 _UNTRUSTED_OPEN = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
 
 
-def read_regular(path: Path, limit: int) -> bytes:
+def read_regular(path: Path, limit: int | None, follow: bool = False) -> bytes:
     """The bytes of the file at `path`, a file the loop's private state holds and an agent could have planted or
-    replaced: OSError if it is not a regular file (a FIFO, which a read waits on for ever; a link, not followed; a
-    folder), ValueError if it is over `limit` bytes (read no further: it would fill the memory)."""
-    fd = os.open(path, _UNTRUSTED_OPEN)
+    replaced: OSError if it is not a regular file (a FIFO, which a read waits on for ever; a link, not followed unless
+    `follow`: one the person made, to their program.md; a folder), ValueError if it is over `limit` bytes (read no
+    further: it would fill the memory; None: no limit)."""
+    fd = os.open(path, (os.O_RDONLY | os.O_NONBLOCK) if follow else _UNTRUSTED_OPEN)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
         with open(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
+            data = f.read() if limit is None else f.read(limit + 1)
     finally:
         os.close(fd)
-    if len(data) > limit:
+    if limit is not None and len(data) > limit:
         raise ValueError(f"{path.name} is over {limit >> 20} MiB")
     return data
 

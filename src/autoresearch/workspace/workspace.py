@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.errors import AutoresearchError, ConfigError
-from autoresearch.files import write_text_atomic
+from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.git import Git
 
@@ -83,18 +83,13 @@ class Workspace:
         """The working tree's train.py, with its line endings made "\n"; TrainPyUnreadable where it is missing, no
         regular file (a folder; a FIFO, which a read would wait on for ever) or no UTF-8 text."""
         try:
-            fd = os.open(self.train_py, os.O_RDONLY | os.O_NONBLOCK)
+            data = read_regular(self.train_py, None, follow=True)
         except FileNotFoundError:
             raise TrainPyUnreadable("train.py is missing") from None
         except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise TrainPyUnreadable("train.py is not a regular file (a folder or a FIFO is in its place)") from None
             raise TrainPyUnreadable(f"cannot read train.py: {exc.strerror}") from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise TrainPyUnreadable("train.py is not a regular file (a folder or a FIFO is in its place)")
-            with open(fd, "rb", closefd=False) as f:
-                data = f.read()
-        finally:
-            os.close(fd)
         try:
             return as_read(data.decode())
         except UnicodeDecodeError:
@@ -115,20 +110,14 @@ class Workspace:
         read as text: a folder, a FIFO (which a read would wait on for ever), bytes that are no UTF-8."""
         path = self.root / "program.md"
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a link the person made is followed
+            data = read_regular(path, MAX_PROGRAM_BYTES, follow=True)
         except FileNotFoundError:
             return ""
         except OSError as exc:
-            raise _unreadable_program(path, exc.strerror) from None
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise _unreadable_program(path, "it is not a regular file")
-            with open(fd, "rb", closefd=False) as f:
-                data = f.read(MAX_PROGRAM_BYTES + 1)
-        finally:
-            os.close(fd)
-        if len(data) > MAX_PROGRAM_BYTES:
-            raise _unreadable_program(path, f"it is over {MAX_PROGRAM_BYTES >> 20} MiB")
+            why = "it is not a regular file" if exc.errno == errno.EINVAL else exc.strerror
+            raise _unreadable_program(path, why) from None
+        except ValueError:
+            raise _unreadable_program(path, f"it is over {MAX_PROGRAM_BYTES >> 20} MiB") from None
         try:
             return as_read(data.decode())
         except UnicodeDecodeError:
