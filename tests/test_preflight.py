@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 from loop_support import FakeExecutor, make_loop
 
+from autoresearch.agents import fence
 from autoresearch.agents.anthropic_agent import AnthropicAgent
 from autoresearch.agents.base import Context, ProposalError, preflight
 from autoresearch.agents.command_agent import CommandAgent, command_program
@@ -156,6 +157,39 @@ def test_the_tune_agent_and_agents_without_preflight_pass(tmp_path: Path) -> Non
     assert checked(object(), tmp_path) == []
 
 
+def test_an_agent_may_connect_to_dns_http_https_and_the_endpoints_its_environment_names() -> None:
+    env = {
+        "OPENAI_BASE_URL": "http://localhost:11434/v1",
+        "ANTHROPIC_BASE_URL": "https://llm.example.com",  # 443, already allowed
+        "OPENAI_API_BASE": "http://127.0.0.1:8000",
+        "https_proxy": "http://proxy.internal:3128",
+        "AUTORESEARCH_AGENT_PORTS": "9000, 9001",
+        # servers that run what they are sent: not endpoints of an agent's
+        "DATABASE_URL": "postgres://me:secret@localhost:5432/db",
+        "DOCKER_HOST": "tcp://127.0.0.1:2375",
+        "JUPYTER_SERVER_URL": "http://127.0.0.1:8888/?token=abc",
+        "WEIRD_BASE_URL": "http://[::1:bad",  # not a URL: ignored
+    }
+    assert fence.allowed_ports(env) == [53, 80, 443, 3128, 8000, 9000, 9001, 11434]
+
+
+@pytest.mark.parametrize("ports", ["8000,http", "70000", "-1"])
+def test_ports_that_are_not_ports_are_fatal_for_an_agent_with_a_shell(ports: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(fence.PORTS_ENV, ports)
+    with pytest.raises(ProposalError, match="is not a TCP port") as err:
+        checked(CommandAgent("true"), tmp_path)
+    assert err.value.fatal and "AUTORESEARCH_AGENT_PORTS=8000,11434" in (err.value.hint or "")
+    assert checked(TuneAgent(), tmp_path) == []  # it has no shell: nothing to fence
+
+
+def test_a_kernel_that_cannot_fence_the_agent_is_a_warning(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(fence, "abi", lambda: 3)
+    (warning,) = checked(CommandAgent("true"), tmp_path)
+    assert "the agent's connections cannot be fenced" in warning and "ABI 3" in warning
+    assert fence.launcher({}) == []  # its turns run as before
+    assert checked(TuneAgent(), tmp_path) == []
+
+
 # -- in the loop --------------------------------------------------------------------------------------
 
 
@@ -188,4 +222,16 @@ def test_run_with_a_missing_command_exits_2_and_trains_nothing(
     err = " ".join(capsys.readouterr().err.split())
     assert "'no-such-agent-7b1' is not a program on PATH" in err and "Traceback" not in err
     assert not (workspace.root / "results.tsv").exists()
+    assert not (workspace.root / ".autoresearch" / "runs").exists()
+
+
+@pytest.mark.slow  # the CLI in a subprocess: ~5 s
+def test_run_with_ports_that_are_not_ports_exits_2_and_trains_nothing(
+    workspace, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.setenv(fence.PORTS_ENV, "11434;8000")
+    args = ["run", "--agent", "command", "--command", "true", "--plain", "--workspace", str(workspace.root)]
+    assert main(args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "AUTORESEARCH_AGENT_PORTS lists '11434;8000', which is not a TCP port" in err and "Traceback" not in err
     assert not (workspace.root / ".autoresearch" / "runs").exists()

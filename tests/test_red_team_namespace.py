@@ -22,6 +22,7 @@ import pytest
 from loop_support import FakeExecutor, make_loop
 from test_agent_turn import assert_the_loop_owns_the_workspace, score, set_lr, take_turn, turn_stops_the_loop
 
+from autoresearch.agents import fence
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.evaluator import shown
@@ -244,3 +245,78 @@ def test_thousands_of_served_sockets_in_tmp_fail_the_turn_not_the_loop(workspace
         server.kill()
         server.wait()
         shutil.rmtree(top, ignore_errors=True)
+
+
+class RunsWhatItIsSent:
+    """A server of yours that runs what it is sent, as a Jupyter kernel runs a cell: on a TCP port of 127.0.0.1, or on
+    an abstract socket (no file: X11's, some D-Bus sessions'). `heard`: what each connection sent."""
+
+    def __init__(self, family: int, address: object):
+        self.listening = socket.socket(family)
+        self.listening.bind(address)
+        self.listening.listen()
+        self.address = self.listening.getsockname()
+        self.heard: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.listening.accept()
+                with connection:
+                    self.heard.append(command := connection.recv(4096))
+                    subprocess.run(command.decode(), shell=True)
+
+    def reached_from_outside(self) -> bool:
+        with socket.socket(self.listening.family) as probe:  # it answers anyone who reaches it: the test can fail
+            probe.connect(self.address)
+            probe.sendall(b"true")
+        time.sleep(0.2)
+        return self.heard == [b"true"]
+
+    def sender(self, command: str) -> str:
+        """A shell line by which the agent sends `command` (and says on stdout whether it could connect)."""
+        family = "socket.AF_UNIX" if self.listening.family == socket.AF_UNIX else "socket.AF_INET"
+        send = (
+            f"import socket; s = socket.socket({family})\n"
+            f"try: s.connect({self.address!r}); s.sendall({command.encode()!r}); print('sent')\n"
+            "except OSError as e: print('refused:', e.strerror)"
+        )
+        return f"{sys.executable} -c {shlex.quote(send)}"
+
+
+@pytest.mark.skipif(fence.unavailable_reason() is not None, reason="no Landlock here that restricts TCP (Linux 6.7)")
+def test_an_agent_cannot_reach_a_server_of_yours_on_a_tcp_port_of_this_machine(workspace, tmp_path, monkeypatch):
+    """BROKE, fixed: the agent shares your network, and a Jupyter server of yours (its token in your home, which the
+    agent reads), a Ray dashboard's job API or a Docker daemon on TCP runs what it is sent, as you, outside the
+    agent's namespace. Its turn is now fenced by Landlock (agents/fence.py): TCP connections only to DNS, HTTP, HTTPS
+    and the ports of the endpoints its environment names, which it still reaches (here OPENAI_BASE_URL's)."""
+    jupyter = RunsWhatItIsSent(socket.AF_INET, ("127.0.0.1", 0))
+    endpoint = RunsWhatItIsSent(socket.AF_INET, ("127.0.0.1", 0))
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{endpoint.address[1]}/v1")
+    ran, said = tmp_path / "ran-outside", tmp_path / "said"
+    assert jupyter.reached_from_outside() and endpoint.reached_from_outside()
+    tries = f"{jupyter.sender(f'touch {ran}')} > {said}\n{endpoint.sender('echo hello')} >> {said}"
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
+    assert exp.status == Status.KEEP, exp.reason
+    time.sleep(0.5)
+    assert said.read_text() == "refused: Permission denied\nsent\n"
+    assert jupyter.heard == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
+    assert endpoint.heard == [b"true", b"echo hello"]  # the endpoint its environment names: reached
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.skipif(fence.abi() < fence.SCOPE_ABI, reason="no Landlock here that scopes abstract sockets (Linux 6.12)")
+def test_an_agent_cannot_reach_a_server_of_yours_on_an_abstract_socket(workspace, tmp_path):
+    """BROKE, fixed: an abstract socket has no file to hide (X11's `@/tmp/.X11-unix/X0`, a D-Bus session's at
+    `unix:abstract=`), and a server on one that ran what it was sent ran the agent's command outside its namespace.
+    Landlock now scopes the turn's abstract sockets to itself (agents/fence.py)."""
+    server = RunsWhatItIsSent(socket.AF_UNIX, f"\0autoresearch-test-{os.getpid()}")
+    ran, said = tmp_path / "ran-outside", tmp_path / "said"
+    assert server.reached_from_outside()
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{server.sender(f'touch {ran}')} > {said}\necho x")
+    assert exp.status == Status.KEEP, exp.reason
+    time.sleep(0.5)
+    assert said.read_text() == "refused: Operation not permitted\n"
+    assert server.heard == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)

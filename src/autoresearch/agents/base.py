@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from autoresearch.agents import fence
 from autoresearch.errors import AutoresearchError
 from autoresearch.vocabulary import Status
 
@@ -94,7 +96,18 @@ def has_shell(agent: Agent) -> bool:
 
 def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> None:
     """Run `agent.preflight` if the agent has one: its warnings go to `warn`, a fatal error propagates
-    (an AutoresearchError: the command line prints it and exits 2)."""
+    (an AutoresearchError: the command line prints it and exits 2). For an agent with a shell: its fence
+    (agents/fence.py), the ports AUTORESEARCH_AGENT_PORTS lists, and a warning where this kernel has none."""
+    if has_shell(agent):
+        try:
+            fence.allowed_ports(os.environ)
+        except ValueError as err:
+            raise ProposalError(str(err), hint=f"e.g. {fence.PORTS_ENV}=8000,11434", fatal=True) from None
+        if (why := fence.unavailable_reason()) is not None:
+            warn(
+                f"warning: the agent's connections cannot be fenced ({why}): a server of yours on this machine that "
+                "runs what it is sent over TCP (Jupyter, a Ray dashboard) is in its reach"
+            )
     check = getattr(agent, "preflight", None)
     if check is None:
         return

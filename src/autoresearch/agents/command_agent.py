@@ -25,7 +25,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from autoresearch.agents import namespace
+from autoresearch.agents import fence, namespace
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.files import clear, write_text_atomic
@@ -134,7 +134,10 @@ def run_process(
     whole process group; whatever it left running in the background is killed too (all of it where
     `namespace.pid_namespace()` is had). Without the token of the loop's Ray, if it has one, nor your SSH agent."""
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
-    way, env = namespace.entered(workspace, env)
+    try:
+        way, env = namespace.entered(workspace, env)
+    except ValueError as err:  # AUTORESEARCH_AGENT_PORTS
+        raise ProposalError(str(err), hint=f"list ports in {fence.PORTS_ENV}, e.g. 8000,11434", fatal=True) from None
     try:
         process = subprocess.Popen(
             [*way, *argv],

@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from autoresearch.agents import fence
 from autoresearch.evaluator import compile_cache, shown
 from autoresearch.evaluator.hidden import workspace_data_places
 from autoresearch.files import holds, program_path
@@ -301,11 +302,14 @@ def pid_namespace() -> tuple[str, ...]:
 
 
 def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
-    """The words that start a command in the agent's namespaces (none where none can be made), and its environment:
-    `env` without the token of the loop's Ray, if it has one, nor your SSH agent."""
+    """The words that start a command in the agent's namespaces (none where none can be made) and behind its fence
+    (agents/fence.py: the TCP ports, abstract sockets and signals it may reach), and its environment: `env` without
+    the token of the loop's Ray, if it has one, nor your SSH agent. ValueError for an AUTORESEARCH_AGENT_PORTS that
+    lists something other than ports."""
     own = workspace / AGENT_FILES  # a coding agent's history and caches
     writable = [own.resolve()] if own.is_dir() and not own.is_symlink() else []
     hidden, read_only = hidden_places(workspace, env), read_only_places(workspace, env)
     pinned = [*_root_folders(), *_above([*hidden, *read_only], workspace)]
     way = with_hidden(pid_namespace(), hidden, read_only, writable, list(dict.fromkeys(pinned)))
-    return way, {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)}
+    env = {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)}
+    return (*way, *fence.launcher(env)), env

@@ -1,0 +1,159 @@
+"""What a shell agent's processes may connect to: Landlock, the Linux security module, run as a launcher.
+
+The agent shares your network (its LLM is on the internet), so a server of yours on this machine was in its reach:
+a Jupyter server, whose token is in your home, runs the code it is sent, as you, outside the agent's namespace (where
+the data can be read and nothing ends with its turn); so do a Ray dashboard's job API, a Docker daemon on TCP, a
+database with `COPY ... TO PROGRAM`, and, through an abstract socket (one with no file to hide), an X server or a
+D-Bus session. A user namespace of its own would cut the agent off from the internet too. Landlock cuts finer, and
+needs no privilege: the turn's command starts through this file (`python fence.py PORTS -- COMMAND...`), which
+restricts itself, then runs the command, and everything it starts inherits the restriction for good.
+
+- TCP connections (Linux 6.7, Landlock ABI 4) only to the ports an agent needs: DNS, HTTP and HTTPS (ALWAYS), the
+  ports of the endpoints and proxies its environment names (`allowed_ports`: `OPENAI_BASE_URL=http://localhost:11434`
+  for a local server), and those in AUTORESEARCH_AGENT_PORTS. Ports, not addresses: a server of yours on port 443 of
+  this machine stays in reach, and a server anywhere on another port is out of it.
+- Abstract Unix sockets and signals (Linux 6.12, ABI 6) only within the turn: not X11's `@/tmp/.X11-unix/X0`, not
+  a D-Bus session's, and no signal to a process the turn did not start.
+
+Sockets with a file (a tmux server's) are hidden by agents/namespace.py. UDP is not restricted. This file runs with
+`python -I -S` (nothing from the environment, no site), so it imports nothing but the standard library. Where the
+kernel has no Landlock (`abi()` is 0), or one older than ABI 4, the command runs without it, as the README says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import struct
+import sys
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+PORTS_ENV = "AUTORESEARCH_AGENT_PORTS"  # more ports an agent may connect to, comma-separated: "8000,11434"
+ALWAYS = (53, 80, 443)  # DNS over TCP, HTTP, HTTPS
+# Variables that name an endpoint an agent talks to (their URL's port is allowed): OPENAI_BASE_URL, ANTHROPIC_BASE_URL,
+# OPENAI_API_BASE (aider's), AZURE_OPENAI_ENDPOINT, HTTP(S)_PROXY and ALL_PROXY. Not any *_URL or *_HOST: DATABASE_URL
+# and DOCKER_HOST name servers that run what they are sent.
+ENDPOINT_SUFFIXES = ("_BASE_URL", "_API_BASE", "_ENDPOINT", "_PROXY")
+DEFAULT_PORTS = {"http": 80, "https": 443, "socks5": 1080, "socks5h": 1080}
+
+NET_ABI, SCOPE_ABI = 4, 6  # the Landlock ABI versions that restrict TCP connections, and abstract sockets and signals
+_CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446  # the same system call numbers on every architecture
+_VERSION = 1  # LANDLOCK_CREATE_RULESET_VERSION
+_CONNECT_TCP = 1 << 1  # LANDLOCK_ACCESS_NET_CONNECT_TCP
+_RULE_NET_PORT = 2  # LANDLOCK_RULE_NET_PORT
+_SCOPES = (1 << 0) | (1 << 1)  # LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL
+_NO_NEW_PRIVS = 38  # PR_SET_NO_NEW_PRIVS: restrict_self needs it (or CAP_SYS_ADMIN)
+
+
+class FenceError(OSError):
+    """The kernel refused a step of the restriction."""
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def _call(number: int, *args: object) -> int:
+    result = _libc().syscall(ctypes.c_long(number), *args)
+    if result < 0:
+        code = ctypes.get_errno()
+        raise FenceError(code, os.strerror(code))
+    return result
+
+
+@functools.cache
+def abi() -> int:
+    """The kernel's Landlock ABI version: 0 where it has none (or it is turned off, or this is not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        return _call(_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(_VERSION))
+    except (OSError, AttributeError):
+        return 0
+
+
+def unavailable_reason() -> str | None:
+    """None where agents' TCP connections can be restricted here; else one line saying why not."""
+    version = abi()
+    if version >= NET_ABI:
+        return None
+    if version == 0:
+        return "this kernel has no Landlock (Linux 6.7 or later, with landlock in its lsm= list)"
+    return f"this kernel's Landlock (ABI {version}) cannot restrict TCP connections (Linux 6.7 or later can)"
+
+
+def allowed_ports(env: Mapping[str, str]) -> list[int]:
+    """The TCP ports an agent with environment `env` may connect to: ALWAYS, the ports of the endpoints and proxies
+    its variables name (ENDPOINT_SUFFIXES), and those listed in AUTORESEARCH_AGENT_PORTS. ValueError for a port there
+    that is not one."""
+    ports = set(ALWAYS)
+    for name, value in env.items():
+        if name.upper().endswith(ENDPOINT_SUFFIXES) and "://" in value:
+            with contextlib.suppress(ValueError):  # not a URL after all
+                url = urlsplit(value.strip())
+                port = url.port or DEFAULT_PORTS.get(url.scheme.lower())
+                if port:
+                    ports.add(port)
+    for word in env.get(PORTS_ENV, "").replace(",", " ").split():
+        if not word.isdigit() or not 0 < int(word) < 65536:
+            raise ValueError(f"{PORTS_ENV} lists {word!r}, which is not a TCP port (1-65535)")
+        ports.add(int(word))
+    return sorted(ports)
+
+
+def launcher(env: Mapping[str, str]) -> list[str]:
+    """The words that start a command behind the fence (before the command's own), for an agent with environment
+    `env`; none where the kernel cannot restrict TCP connections."""
+    if unavailable_reason() is not None:
+        return []
+    ports = ",".join(map(str, allowed_ports(env)))
+    return [sys.executable, "-I", "-S", os.path.abspath(__file__), ports, "--"]
+
+
+def restrict(ports: list[int]) -> None:
+    """Restrict this process, and all it starts from now on, for good: TCP connections to `ports` only, and where the
+    kernel can, abstract sockets and signals to what it starts."""
+    version = abi()
+    if version < NET_ABI:
+        raise FenceError(0, unavailable_reason())
+    scoped = _SCOPES if version >= SCOPE_ABI else 0
+    # struct landlock_ruleset_attr: handled_access_fs (none: namespace.py does the files), handled_access_net, scoped
+    attr = struct.pack("=QQQ", 0, _CONNECT_TCP, scoped) if scoped else struct.pack("=QQ", 0, _CONNECT_TCP)
+    ruleset = _call(_CREATE_RULESET, attr, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    try:
+        for port in ports:
+            rule = struct.pack("=QQ", _CONNECT_TCP, port)  # struct landlock_net_port_attr
+            _call(_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_NET_PORT), rule, ctypes.c_uint32(0))
+        if _libc().prctl(_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            code = ctypes.get_errno()
+            raise FenceError(code, os.strerror(code))
+        _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
+    finally:
+        os.close(ruleset)
+
+
+def main(argv: list[str]) -> int:
+    """`fence.py PORTS -- COMMAND...`: restrict, then become the command (126 or 127 where it cannot be run)."""
+    if len(argv) < 3 or argv[1] != "--":
+        print("usage: fence.py PORT,PORT,... -- COMMAND [ARG...]", file=sys.stderr)
+        return 2
+    try:
+        restrict([int(port) for port in argv[0].split(",") if port])
+    except (OSError, ValueError) as err:
+        print(f"autoresearch: could not restrict the agent's connections: {err}", file=sys.stderr)
+        return 126
+    try:
+        os.execvp(argv[2], argv[2:])
+    except OSError as err:
+        print(f"autoresearch: could not run {argv[2]}: {err.strerror}", file=sys.stderr)
+        return 127 if isinstance(err, FileNotFoundError) else 126
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
