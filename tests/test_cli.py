@@ -217,3 +217,43 @@ def test_a_file_in_place_of_the_state_folder_is_an_error_saying_to_move_it(
     err = words(capsys.readouterr().err)
     assert ".autoresearch is not a folder" in err and "mv .autoresearch" in err
     assert workspace.state.read_text() == "x"
+
+
+@pytest.mark.parametrize("damage", ["missing", "folder"])
+def test_run_over_a_train_py_that_is_missing_or_a_folder_says_so(
+    damage: str, workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed: `run` said "train.py has uncommitted changes" and to revert them, for a train.py deleted or made a
+    folder."""
+    workspace.train_py.unlink()
+    if damage == "folder":
+        workspace.train_py.mkdir()
+    args = ["run", "--agent", "tune", "--max-experiments", "1", "--plain", "--workspace", str(workspace.root)]
+    assert main(args) == 2
+    err = words(capsys.readouterr().err)
+    said = "train.py is missing" if damage == "missing" else "train.py is not a regular file (a folder"
+    assert said in err and "`git checkout train.py` puts back" in err and "uncommitted" not in err, err
+    assert "Traceback" not in err and not (workspace.state / "runs").exists()
+
+
+@pytest.mark.parametrize("damage", ["folder", "fifo", "broken link"])
+def test_a_settings_file_that_is_no_file_is_an_error_saying_to_move_it(
+    damage: str, workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed: a folder in place of autoresearch.json read as "not a research workspace (no autoresearch.json)",
+    and its hint was to make one with `autoresearch init`."""
+    import os
+
+    config = workspace.config_path
+    config.unlink()
+    if damage == "folder":
+        config.mkdir()
+    elif damage == "fifo":
+        os.mkfifo(config)
+    else:
+        config.symlink_to("gone.json")
+    for command in ("status", "run"):
+        assert main([command, "--workspace", str(workspace.root)]) == 2
+        err = words(capsys.readouterr().err)
+        assert "autoresearch.json is not a file" in err and "git checkout autoresearch.json" in err, err
+        assert "not a research workspace" not in err and "Traceback" not in err

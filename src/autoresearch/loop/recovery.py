@@ -267,13 +267,14 @@ class Recovery:
         """Before experiments start, train.py must be the branch's (line endings aside). One a kill left (a run's
         of an experiment in flight or just crashed by this start, the best's parent's where the branch had moved
         on) is put back; an edit is refused, unless `edit_ok` (several workers fed by submissions: train.py is
-        the submitter's to edit, left alone)."""
+        the submitter's to edit, left alone). TrainPyUnreadable where it is missing, a folder or no text: not an
+        edit to revert."""
         if TRAIN_PY not in self.git.changed_paths() or edit_ok:
             return
-        text = train_py_text(self.ws)
+        text = self.ws.read_train_py()
         if text == self.ws.committed_train_py():
             return
-        if text is not None and (exp := self._left_by_kill(text)) is not None:
+        if (exp := self._left_by_kill(text)) is not None:
             self.ws.write_train_py(self.git.show("HEAD", TRAIN_PY))
             self.reporter.message(
                 f"train.py was experiment {exp.id}'s, as a stopped loop leaves it: the best's again"

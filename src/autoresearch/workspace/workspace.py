@@ -56,6 +56,13 @@ class Workspace:
     def __init__(self, root: Path):
         self.root = root.resolve()
         config = self.root / CONFIG_NAME
+        if os.path.lexists(config) and not config.is_file():
+            raise ConfigError(
+                f"{config} is not a file (a folder, a FIFO or a broken link is in its place): it holds the workspace's "
+                "settings",
+                hint=f"move it away (`mv {CONFIG_NAME} {CONFIG_NAME}.away`), then `git checkout {CONFIG_NAME}` puts "
+                "back the committed one",
+            )
         if not config.is_file():
             raise ConfigError(
                 f"{self.root} is not a research workspace (no {CONFIG_NAME})",
