@@ -320,3 +320,76 @@ def test_an_agent_cannot_reach_a_server_of_yours_on_an_abstract_socket(workspace
     assert said.read_text() == "refused: Operation not permitted\n"
     assert server.heard == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+SIDE_DOORS = {  # TCP connections Landlock's rule never sees (Linux 6.18): how the agent's Python opens one
+    "TCP Fast Open": "s = socket.socket(); s.sendto({command!r}, socket.MSG_FASTOPEN, {address!r})",
+    "TCP Fast Open, IPv6": "s = socket.socket(socket.AF_INET6); s.sendto({command!r}, 0x20000000, ('::1', {port}))",
+    "an MPTCP socket": "s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262); s.connect({address!r}); "
+    "s.sendall({command!r})",
+}
+
+
+@pytest.mark.skipif(fence.unavailable_reason() is not None, reason="no Landlock here that restricts TCP (Linux 6.7)")
+@pytest.mark.parametrize("door", SIDE_DOORS)
+def test_an_agent_cannot_reach_a_server_of_yours_on_a_tcp_port_by_a_side_door(workspace, tmp_path, door):
+    """BROKE, fixed: Landlock's TCP rule sees connect() on a TCP socket, and nothing else: `sendto` with
+    MSG_FASTOPEN (TCP Fast Open) connects as it sends, and a socket of protocol IPPROTO_MPTCP (Multipath TCP) is
+    no TCP socket to it, and both reached a server of yours on a port the fence had closed (a Jupyter server's),
+    which ran the agent's command outside its namespace. The fence now also installs a seccomp filter
+    (agents/fence.py): no MSG_FASTOPEN, no socket of another protocol than TCP, UDP or ICMP (MPTCP, SMC, SCTP), no
+    io_uring (whose operations make sockets and send without the system calls the filter sees)."""
+    family = socket.AF_INET6 if "IPv6" in door else socket.AF_INET
+    jupyter = RunsWhatItIsSent(family, ("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+    ran, said = tmp_path / "ran-outside", tmp_path / "said"
+    assert jupyter.reached_from_outside()
+    address = jupyter.address[:2]
+    line = SIDE_DOORS[door].format(command=f"touch {ran}".encode(), address=address, port=address[1])
+    send = f"import socket\ntry:\n {line}; print('sent')\nexcept OSError as e: print('refused:', e.strerror)"
+    exp, before = take_turn(
+        workspace, tmp_path, f"{set_lr(0.2)}\n{sys.executable} -c {shlex.quote(send)} > {said}\necho x"
+    )
+    assert exp.status == Status.KEEP, exp.reason
+    time.sleep(0.5)
+    assert said.read_text().startswith("refused:"), said.read_text()
+    assert jupyter.heard == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the loop runs as root: only root can write /run")
+@pytest.mark.skipif(not os.path.isdir("/run"), reason="no /run here")
+def test_an_agent_of_a_loop_run_as_root_cannot_configure_what_root_runs_in_run(workspace, tmp_path):
+    """BROKE, fixed: /run (a tmpfs mount point, or a folder of / bound onto itself) stayed writable for the agent of
+    a loop run as root, and what runs as root outside reads its configuration there: modprobe (`/run/modprobe.d`:
+    an `install` line runs a command as root when the module is asked for, which a socket of its family does,
+    from the agent too), udev (`/run/udev/rules.d`: RUN+= on the next device event), systemd (`/run/systemd/system`:
+    a drop-in to a service). Now /run is read-only in the agent's namespace, but for its own runtime folder
+    (XDG_RUNTIME_DIR's, an empty tmpfs)."""
+    planted = [
+        Path("/run/modprobe.d") / f"autoresearch-test-{os.getpid()}.conf",
+        Path(f"/run/autoresearch-{os.getpid()}"),
+    ]
+    seen, own = tmp_path / "seen", Path(f"/run/user/{os.getuid()}/autoresearch-test")
+    tries = "; ".join(
+        f"{{ mkdir -p {p.parent} && echo 'install smc /bin/touch {tmp_path}/ran' > {p} && echo {p} written; }} "
+        f">> {seen} 2>&1 || true"
+        for p in planted
+    )
+    tries += f"; touch {own} && echo own written >> {seen} || true" if own.parent.is_dir() else ""
+    made = not os.path.exists("/run/modprobe.d")
+    try:
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        assert not any(p.exists() for p in planted), seen.read_text()
+        assert "written" not in seen.read_text().replace("own written", ""), seen.read_text()
+        if own.parent.is_dir():
+            assert "own written" in seen.read_text()  # its runtime folder is still its own to write
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    finally:
+        for p in planted:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        if made:
+            with contextlib.suppress(OSError):
+                Path("/run/modprobe.d").rmdir()

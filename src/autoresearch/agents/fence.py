@@ -15,6 +15,12 @@ restricts itself, then runs the command, and everything it starts inherits the r
 - Abstract Unix sockets and signals (Linux 6.12, ABI 6) only within the turn: not X11's `@/tmp/.X11-unix/X0`, not
   a D-Bus session's, and no signal to a process the turn did not start.
 
+- What Landlock's TCP rule does not see (`side_doors`, a seccomp filter, where the architecture is one it knows):
+  `sendto` with MSG_FASTOPEN (TCP Fast Open connects as it sends), a socket of another protocol than TCP, UDP or
+  ICMP (Multipath TCP's is no TCP socket to Landlock; SMC's connects from the kernel), io_uring (its operations
+  make sockets and send without the system calls a filter sees), and the other architecture's system calls (i386's
+  `socketcall` hides its arguments). Each reached a server on a closed port (red team).
+
 Sockets with a file (a tmux server's) are hidden by agents/namespace.py. UDP is not restricted. This file runs with
 `python -I -S` (nothing from the environment, no site), so it imports nothing but the standard library. Where the
 kernel has no Landlock (`abi()` is 0), or one older than ABI 4, the command runs without it, as the README says.
@@ -46,6 +52,21 @@ _CONNECT_TCP = 1 << 1  # LANDLOCK_ACCESS_NET_CONNECT_TCP
 _RULE_NET_PORT = 2  # LANDLOCK_RULE_NET_PORT
 _SCOPES = (1 << 0) | (1 << 1)  # LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL
 _NO_NEW_PRIVS = 38  # PR_SET_NO_NEW_PRIVS: restrict_self needs it (or CAP_SYS_ADMIN)
+
+# The seccomp filter (`side_doors`): per architecture, its AUDIT_ARCH value and the numbers of socket, sendto,
+# sendmsg and sendmmsg; io_uring_setup is 425 on both. x86_64's x32 calls (bit 30 set) are refused with the others.
+_ARCHES = {
+    "x86_64": (0xC000003E, 41, 44, 46, 307),
+    "aarch64": (0xC00000B7, 198, 206, 211, 269),
+}
+_IO_URING_SETUP, _X32 = 425, 0x40000000
+_MSG_FASTOPEN = 0x20000000
+_AF_INET, _AF_INET6, _AF_SMC = 2, 10, 43
+_PROTOCOLS = (0, 1, 6, 17, 58, 136)  # the default, ICMP, TCP, UDP, ICMPv6, UDP-Lite
+_EPERM, _EAFNOSUPPORT, _EPROTONOSUPPORT, _ENOSYS = 1, 97, 93, 38
+_SET_SECCOMP, _MODE_FILTER = 22, 2  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+_ALLOW, _ERRNO = 0x7FFF0000, 0x00050000  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
+_LD, _JEQ, _JSET, _JGE, _RET = 0x20, 0x15, 0x45, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, JSET, JGE, BPF_RET|K
 
 
 class FenceError(OSError):
@@ -136,6 +157,58 @@ def restrict(ports: list[int]) -> None:
         _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
+    side_doors()
+
+
+def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int) -> bytes:
+    """The seccomp program of `side_doors` (classic BPF over struct seccomp_data: nr at 0, arch at 4, the low half of
+    argument i at 16 + 8i), assembled with labels: a jump names the label (always further on) it goes to when
+    its test holds, else the next instruction runs."""
+    arg = lambda i: (_LD, 16 + 8 * i)
+    refuse = lambda code: [(_RET, _ERRNO | code)]
+    program = {
+        "start": [(_LD, 4), (_JEQ, arch, "native"), *refuse(_ENOSYS)],
+        "native": [(_LD, 0), (_JGE, _X32, "nosys"), (_JEQ, socket, "socket"), (_JEQ, _IO_URING_SETUP, "nosys")],
+        "sends": [(_JEQ, sendto, "flags3"), (_JEQ, sendmmsg, "flags3"), (_JEQ, sendmsg, "flags2"), (_RET, _ALLOW)],
+        "flags3": [arg(3), (_JSET, _MSG_FASTOPEN, "eperm"), (_RET, _ALLOW)],
+        "flags2": [arg(2), (_JSET, _MSG_FASTOPEN, "eperm"), (_RET, _ALLOW)],
+        "socket": [
+            arg(0),
+            (_JEQ, _AF_INET, "protocol"),
+            (_JEQ, _AF_INET6, "protocol"),
+            (_JEQ, _AF_SMC, "noaf"),
+            (_RET, _ALLOW),
+        ],
+        "protocol": [arg(2), *((_JEQ, p, "allow") for p in _PROTOCOLS), *refuse(_EPROTONOSUPPORT)],
+        "allow": [(_RET, _ALLOW)],
+        "noaf": refuse(_EAFNOSUPPORT),
+        "eperm": refuse(_EPERM),
+        "nosys": refuse(_ENOSYS),
+    }
+    flat = [(label if i == 0 else None, op) for label, ops in program.items() for i, op in enumerate(ops)]
+    where = {label: n for n, (label, _) in enumerate(flat) if label}
+    code = b""
+    for n, (_, (op, k, *to)) in enumerate(flat):
+        jump = where[to[0]] - n - 1 if to else 0
+        code += struct.pack("=HBBI", op, jump, 0, k)
+    return code
+
+
+def side_doors() -> bool:
+    """Refuse, for good, the ways to a TCP connection that Landlock's rule does not see (a seccomp filter: see the
+    module's docstring); False where this architecture is not one the filter knows (nothing is refused). Needs
+    no_new_privs, which `restrict` sets."""
+    import platform
+
+    numbers = _ARCHES.get(platform.machine())
+    if numbers is None:
+        return False
+    code = ctypes.create_string_buffer(_filter(*numbers))
+    prog = struct.pack("=HxxxxxxQ", len(code.raw) // 8, ctypes.addressof(code))  # struct sock_fprog
+    if _libc().prctl(_SET_SECCOMP, _MODE_FILTER, ctypes.c_char_p(prog), 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise FenceError(code, os.strerror(code))
+    return True
 
 
 def main(argv: list[str]) -> int:

@@ -75,7 +75,10 @@ _HIDE = (
 # (evaluator/shown.py): the Python environment, whose change would stop the loop after the turn (`pip install`
 # fails at once instead), and the library directories. Each place is remounted by its own path, then every mount
 # findmnt finds under it: a findmnt that cannot be run stops the agent (it listed nothing, and left all writable).
-SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS[:-1], "/etc", "/opt", "/boot", "/var/spool")  # SYSTEM_DIRS but /sys
+# And /run, which root's daemons read their configuration from too (written by an agent of a loop run as root,
+# `/run/modprobe.d`: an `install` line ran a command as root when a module was asked for, which a socket of its
+# family does; `/run/udev/rules.d`, `/run/systemd/system`: red team), but for the agent's runtime folder (`entered`).
+SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS[:-1], "/etc", "/opt", "/boot", "/var/spool", "/run")  # SYSTEM_DIRS but /sys
 
 
 def _namespaces() -> tuple[tuple[str, ...], ...]:
@@ -308,6 +311,9 @@ def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], d
     lists something other than ports."""
     own = workspace / AGENT_FILES  # a coding agent's history and caches
     writable = [own.resolve()] if own.is_dir() and not own.is_symlink() else []
+    # Its runtime folder (XDG_RUNTIME_DIR) and the system bus's: an empty tmpfs each (_HIDE), in a read-only /run
+    runtime = [Path(RUNTIME_FOLDERS[0]) / str(os.getuid()), Path(RUNTIME_FOLDERS[1])]
+    writable += [p for p in runtime if p.is_dir() and not p.is_symlink()]
     hidden, read_only = hidden_places(workspace, env), read_only_places(workspace, env)
     pinned = [*_root_folders(), *_above([*hidden, *read_only], workspace)]
     way = with_hidden(pid_namespace(), hidden, read_only, writable, list(dict.fromkeys(pinned)))
