@@ -54,7 +54,7 @@ from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.judge import Verdict, judge
 from autoresearch.loop.ledger import Experiment
-from autoresearch.loop.scheduler import Scheduler
+from autoresearch.loop.scheduler import Active, Scheduler
 from autoresearch.loop.workers import Device, Worker, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
@@ -434,6 +434,7 @@ class Simulation:
     asks_on_threads: bool = False
     agent: str = "nudge"  # "nudge-apart" (NudgeAgent's `apart`), or "tune": the package's Optuna agent
     eager: bool = False  # a what-if, never the loop's rule: a marginal win is kept without its re-run
+    at_once: int = 1  # a what-if, never the loop's rule: every change trained on this many seeds at once
     combine: bool = False  # the agent's proposals preceded by combinations of near-wins (CombiningAgent)
     driver_rate: float = 1.0
     clock: SimClock = field(init=False)
@@ -471,6 +472,8 @@ class Simulation:
         self.clock.reset()
         if self.eager:
             ratchet_module.judge = _eager_judge
+        if self.at_once > 1:
+            scheduler.activate = _at_once(scheduler, self.at_once)
         try:
             scheduler.run(agent, hours=self.hours)
         finally:
@@ -479,6 +482,19 @@ class Simulation:
         after = os.times()
         cpu = sum(after[:4]) - sum(before[:4])  # user + system, of the driver and of its git processes
         return loop, recorder, cpu
+
+
+def _at_once(scheduler: Scheduler, runs: int) -> Any:
+    """The scheduler's `activate`, but a change not yet trained wants `runs` runs (seeds) at once, judged on their mean
+    when all have ended: no marginal win waits a round for its re-run (fewer changes per round)."""
+    activate = scheduler.activate
+
+    def at_once(exp: Experiment, front: bool = False) -> None:
+        if exp.kind != Kind.EXPERIMENT or exp.run_values:
+            return activate(exp, front)
+        scheduler.queue_runs(scheduler.active.setdefault(exp.id, Active(exp.id, runs, exp.attempts)), front)
+
+    return at_once
 
 
 def _eager_judge(*args: Any) -> Verdict:
@@ -611,15 +627,18 @@ def simulate_all(
     data_dir: Path,
     seed: int = 0,
     eager: bool = False,
+    at_once: int = 1,
     **options: Any,
 ) -> list[Measure]:
     """The first count for `hours`, then each other count for hours x min(1, window / N), aiming at the first
-    run's final best (`eager`: the other counts keep marginal wins without a re-run)."""
+    run's final best (`eager`: the other counts keep marginal wins without a re-run; `at_once`: they train every
+    change on that many seeds at once)."""
     measures: list[Measure] = []
     target = None
     for n in counts:
         hours_n = hours if not measures else hours * min(1.0, window / n)
-        sim = Simulation(n, hours_n, seed=seed, **options, eager=eager and bool(measures))  # the reference as is
+        what_if = {"eager": eager, "at_once": at_once} if measures else {}  # the reference as is
+        sim = Simulation(n, hours_n, seed=seed, **options, **what_if)
         started = time.perf_counter()
         loop, recorder, cpu = sim.run(work / f"workers-{n}", data_dir)
         if target is None:
@@ -676,6 +695,9 @@ def main() -> None:
     parser.add_argument(
         "--eager", action="store_true", help="what if: all but the first count keep marginal wins without a re-run"
     )
+    parser.add_argument(
+        "--seeds-at-once", type=int, default=1, help="what if: all but the first count train each change on K seeds"
+    )
     parser.add_argument("--combine", action="store_true", help="combine near-wins before asking the agent")
     parser.add_argument("--asks-on-threads", action="store_true", help="the agent only answers: asked at once")
     parser.add_argument(
@@ -700,7 +722,9 @@ def main() -> None:
     data_dir = prepared_data(args.work)
     per_seed: dict[int, list[Measure]] = {}
     for seed in seeds:
-        per_seed[seed] = simulate_all(counts, args.hours, args.window, args.work, data_dir, seed, args.eager, **options)
+        per_seed[seed] = simulate_all(
+            counts, args.hours, args.window, args.work, data_dir, seed, args.eager, args.seeds_at_once, **options
+        )
         print(f"seed {seed}\n{HEADER}")
         for m in per_seed[seed]:
             print(m.row(per_seed[seed][0]))
@@ -716,6 +740,7 @@ def main() -> None:
         + (" --asks-on-threads" if args.asks_on_threads else "")
         + (f" --agent {args.agent}" if args.agent != "nudge" else "")
         + (" --eager" if args.eager else "")
+        + (f" --seeds-at-once {args.seeds_at_once}" if args.seeds_at_once > 1 else "")
         + (" --combine" if args.combine else "")
         + (f" --baseline-seeds-max {args.baseline_seeds_max}" if args.baseline_seeds_max is not None else ""),
         "landscape": {name: asdict(bowl) for name, bowl in BOWLS.items()} | {"floor": FLOOR},
