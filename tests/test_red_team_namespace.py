@@ -70,8 +70,8 @@ def test_an_agent_cannot_have_your_tmux_server_run_a_process_outside_its_namespa
 def server_folder(where: str) -> Path:
     """A new folder for a server's socket (a socket's path is short: 108 bytes): in /tmp, or, for a loop run as root,
     four folders deep in another user's runtime folder, where systemd's private socket is (beyond the walk's depth)."""
-    if where == "in /tmp":
-        return Path(tempfile.mkdtemp(prefix="server", dir="/tmp"))
+    if where in ("in /tmp", "in /var/tmp"):
+        return Path(tempfile.mkdtemp(prefix="server", dir=where.removeprefix("in ")))
     folder = Path("/run/user") / str(60000 + os.getpid() % 5000) / "systemd"
     folder.mkdir(parents=True)
     return folder
@@ -82,6 +82,7 @@ def server_folder(where: str) -> Path:
     "where",
     [
         "in /tmp",
+        "in /var/tmp",  # a folder the agent writes in a read-only /var: the sockets there stay hidden
         pytest.param(
             "in another user's runtime folder",
             marks=pytest.mark.skipif(
@@ -126,7 +127,7 @@ def test_an_agent_cannot_reach_a_server_of_yours_that_runs_what_it_is_sent_throu
         assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
     finally:
         listening.close()
-        shutil.rmtree(folder if where == "in /tmp" else folder.parent, ignore_errors=True)
+        shutil.rmtree(folder if where != "in another user's runtime folder" else folder.parent, ignore_errors=True)
 
 
 ROOT_LINKS = [d for d in shown.SYSTEM_DIRS if os.path.islink(d) and os.path.dirname(d) == "/"]
@@ -393,3 +394,26 @@ def test_an_agent_of_a_loop_run_as_root_cannot_configure_what_root_runs_in_run(w
         if made:
             with contextlib.suppress(OSError):
                 Path("/run/modprobe.d").rmdir()
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the loop runs as root: only root can write /var")
+def test_an_agent_of_a_loop_run_as_root_cannot_leave_what_root_runs_later_in_var(workspace, tmp_path):
+    """BROKE, fixed: /var was writable for the agent of a loop run as root, and a maintainer script it wrote in
+    /var/lib/dpkg/info (`touch /var/lib/dpkg/info/zz.postinst`) runs as root at the next `apt`, outside its turn (red
+    team). Now /var is read-only in its namespace, but for /var/tmp, its to write as /tmp is."""
+    planted = Path("/var/lib") / f"autoresearch-test-{os.getpid()}"
+    own = Path(tempfile.mkdtemp(prefix="agent", dir="/var/tmp")) / "written"
+    seen = tmp_path / "seen"
+    tries = f"{{ touch {planted} && echo planted; }} >> {seen} 2>&1 || true; touch {own} && echo own >> {seen} || true"
+    try:
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        said = seen.read_text()
+        assert not planted.exists() and "Read-only file system" in said and "planted" not in said, said
+        assert own.exists() and said.endswith("own\n"), said  # /var/tmp is still its own to write
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    finally:
+        with contextlib.suppress(OSError):
+            planted.unlink()
+        shutil.rmtree(own.parent, ignore_errors=True)

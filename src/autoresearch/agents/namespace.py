@@ -64,7 +64,7 @@ _HIDE = (
     'done; fi || { echo "autoresearch: could not make $p read-only for the agent" >&2; exit 1; }; done; '
     # Within a read-only place, a folder the agent writes after all (a coding agent's own files in the state).
     'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
-    'if [ -d "$p" ]; then "$m" --bind "$p" "$p" && "$m" -o remount,bind,rw "$p"; '
+    'if [ -d "$p" ]; then "$m" --rbind "$p" "$p" && "$m" -o remount,bind,rw "$p"; '
     'fi || { echo "autoresearch: could not let the agent write $p" >&2; exit 1; }; done; '
     'exec "$un" --user --map-user="$u" --map-group="$g" --mount "$@"'
 )
@@ -78,7 +78,9 @@ _HIDE = (
 # And /run, which root's daemons read their configuration from too (written by an agent of a loop run as root,
 # `/run/modprobe.d`: an `install` line ran a command as root when a module was asked for, which a socket of its
 # family does; `/run/udev/rules.d`, `/run/systemd/system`: red team), but for the agent's runtime folder (`entered`).
-SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS[:-1], "/etc", "/opt", "/boot", "/var/spool", "/run")  # SYSTEM_DIRS but /sys
+# And /var but /var/tmp (`entered`): as root, a maintainer script it wrote in /var/lib/dpkg/info ran as root at the
+# next `apt` (red team). The spools stay read-only where /var cannot be (it holds the workspace).
+SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS[:-1], "/etc", "/opt", "/boot", "/var", "/var/spool", "/run")  # but /sys
 
 
 def _namespaces() -> tuple[tuple[str, ...], ...]:
@@ -315,6 +317,8 @@ def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], d
     runtime = [Path(RUNTIME_FOLDERS[0]) / str(os.getuid()), Path(RUNTIME_FOLDERS[1])]
     writable += [p for p in runtime if p.is_dir() and not p.is_symlink()]
     hidden, read_only = hidden_places(workspace, env), read_only_places(workspace, env)
+    if (temporary := Path("/var/tmp")).is_dir() and not temporary.is_symlink() and Path("/var") in read_only:
+        writable.append(temporary)  # its temporary files, in a read-only /var (with the sockets there still hidden)
     pinned = [*_root_folders(), *_above([*hidden, *read_only], workspace)]
     way = with_hidden(pid_namespace(), hidden, read_only, writable, list(dict.fromkeys(pinned)))
     env = {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)}
