@@ -41,7 +41,8 @@ def program_dir(program: str) -> Path:
 
 
 def use_installed_agents(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A home of its own (the agents write there: ~/.aider, ~/.claude.json), and the agents on PATH."""
+    """A home of its own (read-only to them in their namespace, which ~/.aider and ~/.claude.json would be written in
+    where it is not), and the agents on PATH."""
     monkeypatch.setenv("HOME", str(home))
     for program in INSTALLED:
         monkeypatch.setenv("PATH", f"{program_dir(program)}{os.pathsep}{os.environ['PATH']}")

@@ -158,6 +158,25 @@ def test_claude_code_edit_is_kept_with_its_hypothesis_tokens_and_cost(workspace,
 
 
 @pytest.mark.slow  # a real Node program: ~1 s a turn
+def test_claude_code_works_in_your_read_only_home_where_it_keeps_its_config(
+    workspace, fake_anthropic, run_turn, monkeypatch
+):
+    """Your home is read-only to an agent's turn (agents/namespace.py). Claude Code run as `--command "claude -p ..."`
+    keeps its config there (~/.claude.json, ~/.claude/), not in CLAUDE_CONFIG_DIR: it still edits, and writes
+    nothing there."""
+    environment = ClaudeCode.environment
+
+    def as_a_plain_command(self, environ, state):
+        return {k: v for k, v in environment(self, environ, state).items() if k != "CLAUDE_CONFIG_DIR"}
+
+    monkeypatch.setattr(ClaudeCode, "environment", as_a_plain_command)
+    claude_edit(fake_anthropic, workspace)
+    exp, _ = run_turn("claude-code", fake_anthropic)
+    assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2, exp.reason
+    assert os.listdir(os.environ["HOME"]) == []
+
+
+@pytest.mark.slow  # a real Node program: ~1 s a turn
 def test_claude_code_commit_is_taken_apart_and_its_train_py_judged(workspace, fake_anthropic, run_turn, tmp_path):
     claude_edit(fake_anthropic, workspace, bash(commit_and_record(tmp_path / "commits")))
     exp, before = run_turn("claude-code", fake_anthropic)

@@ -417,3 +417,34 @@ def test_an_agent_of_a_loop_run_as_root_cannot_leave_what_root_runs_later_in_var
         with contextlib.suppress(OSError):
             planted.unlink()
         shutil.rmtree(own.parent, ignore_errors=True)
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+def test_an_agent_cannot_write_your_home_but_its_workspace_there(workspace, tmp_path, monkeypatch):
+    """BROKE, fixed: the agent wrote your home as you can, and a `~/.bashrc` line, a `~/.config/autostart` entry or a
+    systemd user unit it wrote runs at your next shell or login, outside its turn (red team). Now your home is
+    read-only in its namespace, but for the workspace in it (its state still read-only): here the home holds the
+    workspace, and a path relative to its working directory (`../`) meets the read-only home too."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # the workspace is tmp_path / "ws"
+    seen = Path(tempfile.mkdtemp(prefix="seen", dir="/var/tmp")) / "seen"
+    tries = [
+        f"echo evil >> {tmp_path}/.bashrc",
+        "echo evil >> ../.profile",
+        f"mkdir -p {tmp_path}/.config/systemd/user",
+        f"mv {workspace.root} {tmp_path}/moved",
+        "echo planted > .autoresearch/planted",
+        "echo notes > notes.txt",
+    ]
+    script = "\n".join(f"{{ {line} && echo '{line}: written'; }} >> {seen} 2>&1 || true" for line in tries)
+    try:
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{script}\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        said = seen.read_text()
+        assert said.count("Read-only file system") == 5 and said.count(": written") == 1, said
+        assert f"{tries[-1]}: written" in said  # the workspace is still its own to write (notes.txt: put back)
+        assert not (tmp_path / ".bashrc").exists() and not (tmp_path / ".profile").exists()
+        assert not (tmp_path / ".config").exists() and not (workspace.root / ".autoresearch" / "planted").exists()
+        assert not (workspace.root / "notes.txt").exists()
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    finally:
+        shutil.rmtree(seen.parent, ignore_errors=True)

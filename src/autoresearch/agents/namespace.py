@@ -21,6 +21,7 @@ from autoresearch.loop.ray_executor import AUTH_TOKEN, hidden_from_agents
 SSH_AGENT = "SSH_AUTH_SOCK"
 STATE = ".autoresearch"  # the workspace's private state (workspace.Workspace.state)
 AGENT_FILES = Path(STATE) / "agents"  # <workspace>/.autoresearch/agents/<name>/: a coding agent's own files, writable
+CACHE = "cache"  # in AGENT_FILES: XDG_CACHE_HOME and npm's cache for every agent's tools
 
 # Where a user namespace can be made (Linux, unless a container forbids it), the agent runs in a PID namespace of
 # its own: when it ends the kernel kills everything it left, a process that left its group (setsid, a daemon)
@@ -66,7 +67,8 @@ _HIDE = (
     'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
     'if [ -d "$p" ]; then "$m" --rbind "$p" "$p" && "$m" -o remount,bind,rw "$p"; '
     'fi || { echo "autoresearch: could not let the agent write $p" >&2; exit 1; }; done; '
-    'exec "$un" --user --map-user="$u" --map-group="$g" --mount "$@"'
+    # The working directory found anew: the workspace made writable again in a read-only home is a mount over it.
+    'cd "$PWD" || exit 1; exec "$un" --user --map-user="$u" --map-group="$g" --mount "$@"'
 )
 # Where the agent may read but not write (made read-only, then locked as the hidden places are): the system, which
 # is the agent's to write where the loop runs as root (/etc/ld.so.preload would load a library of its choice into
@@ -136,7 +138,9 @@ def _root_folders() -> list[Path]:
 def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     """What the agent may not write (SYSTEM_READ_ONLY, what runs are shown: `shown.readable`, the experiments'
     shared compile cache, made here where missing, and the folders of PATH: `_program_folders`), outermost, real
-    paths, but for a place that holds the workspace (the environment check still watches it). The shared compile
+    paths, but for a place that holds the workspace (the environment check still watches it). And your home
+    (`_home`), even where it holds the workspace, which `entered` makes writable again: a `~/.bashrc` or a systemd
+    user unit the agent wrote ran outside its turn, as you, at your next shell or login (red team). The shared compile
     cache is the loop's alone to write, and is checked only at the ends of a turn: a file planted there and taken
     away meanwhile left no trace, and a run of another worker that started in between linked it into its layer and
     loaded it. And the workspace's private state (`.autoresearch/`: the ledger, the runs' results and logs, the
@@ -148,10 +152,16 @@ def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     compiled.mkdir(parents=True, exist_ok=True)
     places = {Path(p).resolve() for p in SYSTEM_READ_ONLY if os.path.exists(p)} | set(shown.readable(env))
     places |= {compiled.resolve(), *_would_be_read(), *_program_folders(env, workspace)}
-    places = {p for p in places if not holds(p, inside)}
-    if (state := workspace / STATE).is_dir() and not state.is_symlink():
-        places.add(state.resolve())
-    return shown.outermost(places)
+    places = {p for p in places if not holds(p, inside)} | set(_home(env))
+    # The state last, even within a read-only place (the home): the workspace made writable again carries it.
+    state = [s.resolve()] if (s := workspace / STATE).is_dir() and not s.is_symlink() else []
+    return [*shown.outermost(places), *state]
+
+
+def _home(env: Mapping[str, str]) -> list[Path]:
+    """Your home, real path, where it is a folder of its own (not /)."""
+    home = Path(env.get("HOME") or Path.home()).resolve()
+    return [home] if home.is_dir() and home != Path("/") else []
 
 
 def _program_folders(env: Mapping[str, str], workspace: Path) -> list[Path]:
@@ -309,17 +319,24 @@ def pid_namespace() -> tuple[str, ...]:
 def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
     """The words that start a command in the agent's namespaces (none where none can be made) and behind its fence
     (agents/fence.py: the TCP ports, abstract sockets and signals it may reach), and its environment: `env` without
-    the token of the loop's Ray, if it has one, nor your SSH agent. ValueError for an AUTORESEARCH_AGENT_PORTS that
-    lists something other than ports."""
+    the token of the loop's Ray, if it has one, nor your SSH agent, with its tools' caches (XDG_CACHE_HOME, npm's) in
+    its own files. ValueError for an AUTORESEARCH_AGENT_PORTS that lists something other than ports."""
     own = workspace / AGENT_FILES  # a coding agent's history and caches
+    if (workspace / STATE).is_dir() and not (workspace / STATE).is_symlink() and not own.is_symlink():
+        with contextlib.suppress(OSError):  # where its tools cache what they fetch (`npx`, `pip`): home is read-only
+            (own / CACHE).mkdir(parents=True, exist_ok=True)
     writable = [own.resolve()] if own.is_dir() and not own.is_symlink() else []
+    caches = {"XDG_CACHE_HOME": str(own / CACHE), "npm_config_cache": str(own / CACHE / "npm")} if writable else {}
     # Its runtime folder (XDG_RUNTIME_DIR) and the system bus's: an empty tmpfs each (_HIDE), in a read-only /run
     runtime = [Path(RUNTIME_FOLDERS[0]) / str(os.getuid()), Path(RUNTIME_FOLDERS[1])]
     writable += [p for p in runtime if p.is_dir() and not p.is_symlink()]
     hidden, read_only = hidden_places(workspace, env), read_only_places(workspace, env)
+    inside = workspace.resolve()
+    if any(holds(place, inside) for place in read_only):  # in your home: the agent's to write, its state not
+        writable.insert(0, inside)
     if (temporary := Path("/var/tmp")).is_dir() and not temporary.is_symlink() and Path("/var") in read_only:
         writable.append(temporary)  # its temporary files, in a read-only /var (with the sockets there still hidden)
     pinned = [*_root_folders(), *_above([*hidden, *read_only], workspace)]
     way = with_hidden(pid_namespace(), hidden, read_only, writable, list(dict.fromkeys(pinned)))
-    env = {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)}
+    env = {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)} | caches
     return (*way, *fence.launcher(env)), env
