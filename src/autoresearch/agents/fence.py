@@ -104,6 +104,8 @@ def unavailable_reason() -> str | None:
     version = abi()
     if version >= NET_ABI:
         return None
+    if not sys.platform.startswith("linux"):
+        return "Landlock is Linux's"
     if version == 0:
         return "this kernel has no Landlock (Linux 6.7 or later, with landlock in its lsm= list)"
     return f"this kernel's Landlock (ABI {version}) cannot restrict TCP connections (Linux 6.7 or later can)"
