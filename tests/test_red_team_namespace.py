@@ -448,3 +448,39 @@ def test_an_agent_cannot_write_your_home_but_its_workspace_there(workspace, tmp_
         assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
     finally:
         shutil.rmtree(seen.parent, ignore_errors=True)
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+@pytest.mark.parametrize("link", ["the file", "the folder"])
+def test_an_agent_cannot_have_the_loop_write_your_home_through_its_own_files(workspace, tmp_path, monkeypatch, link):
+    """BROKE, fixed: a coding agent's own files (.autoresearch/agents/<name>/) are the agent's to write, and the loop
+    writes there too, outside its namespace, before the next turn (aider's model-metadata.json): a link the agent
+    left there, for the file or for the folder, had the loop write through it into your read-only home (a JSON over
+    your ~/.bashrc, say). Now the loop makes that folder anew where it is a link, and replaces the file it writes."""
+    home = tmp_path / "home"
+    home.mkdir()
+    bashrc = home / ".bashrc"
+    bashrc.write_text("# yours\n")
+    monkeypatch.setenv("HOME", str(home))
+    own = workspace.root / ".autoresearch" / "agents" / "aider"
+    plant = (
+        f"rm -rf {own} && ln -s {home} {own}"
+        if link == "the folder"
+        else f"mkdir -p {own} && ln -sf {bashrc} {own}/model-metadata.json"
+    )
+    exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho planted")
+    assert exp.status == Status.KEEP, exp.reason
+    # The next turn is aider's (any program called aider: the loop writes before it starts)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aider").write_text("#!/bin/sh\ncat > /dev/null\necho 'Hypothesis: nothing'\n")
+    (bin_dir / "aider").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    from autoresearch.agents.coding_agent import CodingAgent
+    from autoresearch.agents.recipes.aider import Aider
+
+    make_loop(workspace, FakeExecutor(score)).run(CodingAgent(Aider(), timeout_s=60), max_experiments=1)
+    assert bashrc.read_text() == "# yours\n"
+    assert sorted(p.name for p in home.iterdir()) == [".bashrc"]
+    assert (own / "model-metadata.json").is_file() and not own.is_symlink()
