@@ -484,3 +484,40 @@ def test_an_agent_cannot_have_the_loop_write_your_home_through_its_own_files(wor
     assert bashrc.read_text() == "# yours\n"
     assert sorted(p.name for p in home.iterdir()) == [".bashrc"]
     assert (own / "model-metadata.json").is_file() and not own.is_symlink()
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+def test_an_agent_cannot_write_your_login_home_when_home_names_another(workspace, tmp_path, monkeypatch):
+    """BROKE, fixed: only $HOME was read-only to the agent, and a loop started with another HOME (`sudo` keeping
+    yours, a service's or a script's HOME) left your home of the user database (/etc/passwd: where your shell starts
+    and reads ~/.bashrc) writable; and, as root, every other user's home (/home/<them>, a folder of / bound onto
+    itself: writable), whose ~/.bashrc runs as them at their next login. Now both are read-only for it too."""
+    import pwd
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    login = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    targets = [login / f"autoresearch-test-{os.getpid()}"] if login.is_dir() and login != Path("/") else []
+    if os.getuid() == 0:  # another user of this machine, with a login shell
+        theirs = tmp_path / "alice"
+        theirs.mkdir()
+        alice = pwd.struct_passwd(("alice", "x", 4242, 4242, "", str(theirs), "/bin/bash"))
+        real = pwd.getpwall
+        monkeypatch.setattr(pwd, "getpwall", lambda: [*real(), alice])
+        targets.append(theirs / ".bashrc")
+    if not targets:
+        pytest.skip("no home of yours in the user database")
+    seen = Path(tempfile.mkdtemp(prefix="seen", dir="/var/tmp")) / "seen"
+    tries = "\n".join(f"{{ touch {t} && echo '{t}: written'; }} >> {seen} 2>&1 || true" for t in targets)
+    try:
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        said = seen.read_text()
+        assert not any(t.exists() for t in targets) and said.count("Read-only file system") == len(targets), said
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    finally:
+        for t in targets:
+            with contextlib.suppress(OSError):
+                t.unlink()
+        shutil.rmtree(seen.parent, ignore_errors=True)

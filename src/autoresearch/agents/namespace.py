@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import pwd
 import socket
 import stat
 import subprocess
@@ -159,9 +160,20 @@ def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
 
 
 def _home(env: Mapping[str, str]) -> list[Path]:
-    """Your home, real path, where it is a folder of its own (not /)."""
-    home = Path(env.get("HOME") or Path.home()).resolve()
-    return [home] if home.is_dir() and home != Path("/") else []
+    """Your homes, real paths, where each is a folder of its own (not /, nor a temporary folder): $HOME's, and
+    yours in the user database, where your shell starts (a loop started with another HOME left it writable: `sudo`
+    keeping HOME, a service's; red team). As root, every user's who has a login shell: /home/<them>, a folder of /
+    bound onto itself, stayed writable, and their ~/.bashrc runs as them at their next login (red team)."""
+    homes = {Path(env.get("HOME") or Path.home())}
+    with contextlib.suppress(KeyError):
+        homes.add(Path(pwd.getpwuid(os.getuid()).pw_dir))
+    if os.getuid() == 0:  # not the system users' (their "home" is /dev, /bin, /var/mail: no one logs in there)
+        homes |= {Path(user.pw_dir) for user in pwd.getpwall() if Path(user.pw_shell).name not in NO_LOGIN}
+    found = {home.resolve() for home in homes if home.is_absolute()}
+    return sorted(p for p in found if p.is_dir() and p != Path("/") and str(p) not in SOCKET_FOLDERS[:3])
+
+
+NO_LOGIN = ("nologin", "false", "sync")  # the shells of users who do not log in (none: /bin/sh)
 
 
 def _program_folders(env: Mapping[str, str], workspace: Path) -> list[Path]:
