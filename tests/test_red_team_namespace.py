@@ -521,3 +521,28 @@ def test_an_agent_cannot_write_your_login_home_when_home_names_another(workspace
             with contextlib.suppress(OSError):
                 t.unlink()
         shutil.rmtree(seen.parent, ignore_errors=True)
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+@pytest.mark.parametrize(
+    "link",
+    [".git/refs/heads", ".git/index", ".git/packed-refs", ".git/refs"],
+)
+def test_an_agent_cannot_have_the_loop_s_git_write_your_home_through_a_link_in_git(
+    workspace, tmp_path, monkeypatch, link
+):
+    """BROKE, fixed: where git writes under .git (refs/, objects/, logs/, the index, packed-refs) a link the agent
+    left was followed by the loop's own git after the turn, outside its namespace: `.git/refs/heads` a link to your
+    home, read-only to the agent, and the loop's putting back of its branch wrote `~/autoresearch/<tag>` there; the
+    index or packed-refs a link to a file of yours (or refs/ gone), and the loop stopped. Now those links are set
+    aside before the loop's first git command, and the turn is judged."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # the workspace is tmp_path / "ws"
+    (tmp_path / ".bashrc").write_text("# yours\n")
+    target = tmp_path if link.startswith(".git/refs") else tmp_path / ".bashrc"
+    plant = f"rm -rf {link} && ln -s {target} {link}"
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho x")
+    assert exp.status == Status.KEEP, exp.reason
+    assert f"{link} left as a link" in exp.reason
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bashrc", "agent.sh", "ws"]
+    assert (tmp_path / ".bashrc").read_text() == "# yours\n"
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
