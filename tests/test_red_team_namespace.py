@@ -546,3 +546,31 @@ def test_an_agent_cannot_have_the_loop_s_git_write_your_home_through_a_link_in_g
     assert sorted(p.name for p in tmp_path.iterdir()) == [".bashrc", "agent.sh", "ws"]
     assert (tmp_path / ".bashrc").read_text() == "# yours\n"
     assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can hide a place")
+def test_an_agent_cannot_leave_code_in_your_inductor_cache_in_tmp(workspace, tmp_path):
+    """BROKE, fixed: /tmp is the agent's to write, and torch.compile outside the loop (yours, later, as you) reads
+    Inductor's default cache there, /tmp/torchinductor_<you>: it imports a generated module it finds already written
+    and unpickles its graph cache's entries, so what the agent left there ran as you outside its turn (red team). In
+    its namespace that folder is now an empty tmpfs: its own torch.compile still writes one, which goes with it."""
+    import getpass
+    import re
+
+    cache = Path("/tmp") / ("torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser()))
+    planted = cache / f"autoresearch-test-{os.getpid()}.py"
+    seen = tmp_path / "seen"
+    tries = f"{{ mkdir -p {cache} && echo 'import os' > {planted} && echo written; }} >> {seen} 2>&1 || true"
+    made = not cache.exists()
+    try:
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        assert seen.read_text() == "written\n"  # its own, for its turn
+        assert not planted.exists()
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    finally:
+        with contextlib.suppress(OSError):
+            planted.unlink()
+        if made:
+            with contextlib.suppress(OSError):
+                cache.rmdir()

@@ -214,11 +214,12 @@ def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     (`_login_places`), the sockets of servers that run what they are sent (`_server_sockets`), and the folder of the
     evaluators' own compiler caches (made here where missing, so that what is made there later is hidden too): an
     evaluator runs what its compilers find there (evaluator/compile_cache.py), and another worker's evaluator may be
-    compiling while the agent works."""
+    compiling while the agent works. So is Inductor's default cache in /tmp, for your own torch.compile later
+    (`_inductor_defaults`)."""
     caches = compile_cache.evaluator_dir()
     caches.mkdir(parents=True, exist_ok=True)
     inside = workspace.resolve()
-    held = [] if holds(caches, inside) else [caches]
+    held = [p for p in (caches, *_inductor_defaults()) if not holds(p, inside)]
     places = [
         *workspace_data_places(workspace),
         *hidden_from_agents(env),
@@ -226,6 +227,30 @@ def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
         *_server_sockets(env, workspace),
     ]
     return [*places, *held]
+
+
+def _inductor_defaults() -> list[Path]:
+    """Inductor's default caches, in the temporary folders (`/tmp/torchinductor_<you>`, torch's
+    `default_cache_dir`), made here where missing: the agent writes /tmp, and a torch.compile of yours outside the
+    loop, later, imports a generated module it finds already written there and unpickles its graph cache's entries
+    (red team). Hidden, the agent has an empty one of its own for its turn."""
+    import getpass
+    import re
+    import tempfile
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid_{os.getuid()}"
+    name = "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user)
+    found = []
+    for folder in dict.fromkeys((Path("/tmp"), Path(tempfile.gettempdir()))):
+        cache = folder / name
+        with contextlib.suppress(OSError):  # a temporary folder not ours to write: nor the agent's
+            cache.mkdir(mode=0o700, exist_ok=True)
+        if cache.is_dir() and not cache.is_symlink():
+            found.append(cache)
+    return found
 
 
 def _login_places(env: Mapping[str, str]) -> list[Path]:
