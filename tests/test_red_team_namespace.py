@@ -448,3 +448,129 @@ def test_an_agent_cannot_write_your_home_but_its_workspace_there(workspace, tmp_
         assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
     finally:
         shutil.rmtree(seen.parent, ignore_errors=True)
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+@pytest.mark.parametrize("link", ["the file", "the folder"])
+def test_an_agent_cannot_have_the_loop_write_your_home_through_its_own_files(workspace, tmp_path, monkeypatch, link):
+    """BROKE, fixed: a coding agent's own files (.autoresearch/agents/<name>/) are the agent's to write, and the loop
+    writes there too, outside its namespace, before the next turn (aider's model-metadata.json): a link the agent
+    left there, for the file or for the folder, had the loop write through it into your read-only home (a JSON over
+    your ~/.bashrc, say). Now the loop makes that folder anew where it is a link, and replaces the file it writes."""
+    home = tmp_path / "home"
+    home.mkdir()
+    bashrc = home / ".bashrc"
+    bashrc.write_text("# yours\n")
+    monkeypatch.setenv("HOME", str(home))
+    own = workspace.root / ".autoresearch" / "agents" / "aider"
+    plant = (
+        f"rm -rf {own} && ln -s {home} {own}"
+        if link == "the folder"
+        else f"mkdir -p {own} && ln -sf {bashrc} {own}/model-metadata.json"
+    )
+    exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho planted")
+    assert exp.status == Status.KEEP, exp.reason
+    # The next turn is aider's (any program called aider: the loop writes before it starts)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aider").write_text("#!/bin/sh\ncat > /dev/null\necho 'Hypothesis: nothing'\n")
+    (bin_dir / "aider").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    from autoresearch.agents.coding_agent import CodingAgent
+    from autoresearch.agents.recipes.aider import Aider
+
+    make_loop(workspace, FakeExecutor(score)).run(CodingAgent(Aider(), timeout_s=60), max_experiments=1)
+    assert bashrc.read_text() == "# yours\n"
+    assert sorted(p.name for p in home.iterdir()) == [".bashrc"]
+    assert (own / "model-metadata.json").is_file() and not own.is_symlink()
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+def test_an_agent_cannot_write_your_login_home_when_home_names_another(workspace, tmp_path, monkeypatch):
+    """BROKE, fixed: only $HOME was read-only to the agent, and a loop started with another HOME (`sudo` keeping
+    yours, a service's or a script's HOME) left your home of the user database (/etc/passwd: where your shell starts
+    and reads ~/.bashrc) writable; and, as root, every other user's home (/home/<them>, a folder of / bound onto
+    itself: writable), whose ~/.bashrc runs as them at their next login. Now both are read-only for it too."""
+    import pwd
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    login = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    targets = [login / f"autoresearch-test-{os.getpid()}"] if login.is_dir() and login != Path("/") else []
+    if os.getuid() == 0:  # another user of this machine, with a login shell
+        theirs = tmp_path / "alice"
+        theirs.mkdir()
+        alice = pwd.struct_passwd(("alice", "x", 4242, 4242, "", str(theirs), "/bin/bash"))
+        real = pwd.getpwall
+        monkeypatch.setattr(pwd, "getpwall", lambda: [*real(), alice])
+        targets.append(theirs / ".bashrc")
+    if not targets:
+        pytest.skip("no home of yours in the user database")
+    seen = Path(tempfile.mkdtemp(prefix="seen", dir="/var/tmp")) / "seen"
+    tries = "\n".join(f"{{ touch {t} && echo '{t}: written'; }} >> {seen} 2>&1 || true" for t in targets)
+    try:
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        said = seen.read_text()
+        assert not any(t.exists() for t in targets) and said.count("Read-only file system") == len(targets), said
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    finally:
+        for t in targets:
+            with contextlib.suppress(OSError):
+                t.unlink()
+        shutil.rmtree(seen.parent, ignore_errors=True)
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+@pytest.mark.parametrize(
+    "link",
+    [".git/refs/heads", ".git/index", ".git/packed-refs", ".git/refs"],
+)
+def test_an_agent_cannot_have_the_loop_s_git_write_your_home_through_a_link_in_git(
+    workspace, tmp_path, monkeypatch, link
+):
+    """BROKE, fixed: where git writes under .git (refs/, objects/, logs/, the index, packed-refs) a link the agent
+    left was followed by the loop's own git after the turn, outside its namespace: `.git/refs/heads` a link to your
+    home, read-only to the agent, and the loop's putting back of its branch wrote `~/autoresearch/<tag>` there; the
+    index or packed-refs a link to a file of yours (or refs/ gone), and the loop stopped. Now those links are set
+    aside before the loop's first git command, and the turn is judged."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # the workspace is tmp_path / "ws"
+    (tmp_path / ".bashrc").write_text("# yours\n")
+    target = tmp_path if link.startswith(".git/refs") else tmp_path / ".bashrc"
+    plant = f"rm -rf {link} && ln -s {target} {link}"
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho x")
+    assert exp.status == Status.KEEP, exp.reason
+    assert f"{link} left as a link" in exp.reason
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bashrc", "agent.sh", "ws"]
+    assert (tmp_path / ".bashrc").read_text() == "# yours\n"
+    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can hide a place")
+def test_an_agent_cannot_leave_code_in_your_inductor_cache_in_tmp(workspace, tmp_path):
+    """BROKE, fixed: /tmp is the agent's to write, and torch.compile outside the loop (yours, later, as you) reads
+    Inductor's default cache there, /tmp/torchinductor_<you>: it imports a generated module it finds already written
+    and unpickles its graph cache's entries, so what the agent left there ran as you outside its turn (red team). In
+    its namespace that folder is now an empty tmpfs: its own torch.compile still writes one, which goes with it."""
+    import getpass
+    import re
+
+    cache = Path("/tmp") / ("torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser()))
+    planted = cache / f"autoresearch-test-{os.getpid()}.py"
+    seen = tmp_path / "seen"
+    tries = f"{{ mkdir -p {cache} && echo 'import os' > {planted} && echo written; }} >> {seen} 2>&1 || true"
+    made = not cache.exists()
+    try:
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        assert seen.read_text() == "written\n"  # its own, for its turn
+        assert not planted.exists()
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    finally:
+        with contextlib.suppress(OSError):
+            planted.unlink()
+        if made:
+            with contextlib.suppress(OSError):
+                cache.rmdir()

@@ -33,6 +33,7 @@ from autoresearch.agents.command_agent import (
 )
 from autoresearch.agents.namespace import AGENT_FILES
 from autoresearch.agents.prompt import build_prompt
+from autoresearch.files import make_folder
 
 DESCRIPTION_CHARS = 300
 SANDBOX_CHECK_S = 30.0  # `true` in the agent's own sandbox takes ~0.2 s
@@ -144,9 +145,11 @@ class CodingAgent:
         return Proposal(hypothesis(turn.text, self.name), source, turn.usage)
 
     def _state(self, workspace: Path) -> Path:
-        """The agent's own folder: its history, caches and config."""
+        """The agent's own folder: its history, caches and config. The agent writes it, and the loop does too, outside
+        its namespace: a link it left in the place of this folder (or of one above it) is removed first, so that the
+        loop's writes stay in it (red team: the link led into your home, read-only to the agent)."""
         state = workspace / AGENT_FILES / self.name
-        state.mkdir(parents=True, exist_ok=True)
+        make_folder(state, workspace)
         return state
 
     def _program(self) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import pwd
 import socket
 import stat
 import subprocess
@@ -159,9 +160,20 @@ def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
 
 
 def _home(env: Mapping[str, str]) -> list[Path]:
-    """Your home, real path, where it is a folder of its own (not /)."""
-    home = Path(env.get("HOME") or Path.home()).resolve()
-    return [home] if home.is_dir() and home != Path("/") else []
+    """Your homes, real paths, where each is a folder of its own (not /, nor a temporary folder): $HOME's, and
+    yours in the user database, where your shell starts (a loop started with another HOME left it writable: `sudo`
+    keeping HOME, a service's; red team). As root, every user's who has a login shell: /home/<them>, a folder of /
+    bound onto itself, stayed writable, and their ~/.bashrc runs as them at their next login (red team)."""
+    homes = {Path(env.get("HOME") or Path.home())}
+    with contextlib.suppress(KeyError):
+        homes.add(Path(pwd.getpwuid(os.getuid()).pw_dir))
+    if os.getuid() == 0:  # not the system users' (their "home" is /dev, /bin, /var/mail: no one logs in there)
+        homes |= {Path(user.pw_dir) for user in pwd.getpwall() if Path(user.pw_shell).name not in NO_LOGIN}
+    found = {home.resolve() for home in homes if home.is_absolute()}
+    return sorted(p for p in found if p.is_dir() and p != Path("/") and str(p) not in SOCKET_FOLDERS[:3])
+
+
+NO_LOGIN = ("nologin", "false", "sync")  # the shells of users who do not log in (none: /bin/sh)
 
 
 def _program_folders(env: Mapping[str, str], workspace: Path) -> list[Path]:
@@ -202,11 +214,12 @@ def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     (`_login_places`), the sockets of servers that run what they are sent (`_server_sockets`), and the folder of the
     evaluators' own compiler caches (made here where missing, so that what is made there later is hidden too): an
     evaluator runs what its compilers find there (evaluator/compile_cache.py), and another worker's evaluator may be
-    compiling while the agent works."""
+    compiling while the agent works. So is Inductor's default cache in /tmp, for your own torch.compile later
+    (`_inductor_defaults`)."""
     caches = compile_cache.evaluator_dir()
     caches.mkdir(parents=True, exist_ok=True)
     inside = workspace.resolve()
-    held = [] if holds(caches, inside) else [caches]
+    held = [p for p in (caches, *_inductor_defaults()) if not holds(p, inside)]
     places = [
         *workspace_data_places(workspace),
         *hidden_from_agents(env),
@@ -214,6 +227,30 @@ def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
         *_server_sockets(env, workspace),
     ]
     return [*places, *held]
+
+
+def _inductor_defaults() -> list[Path]:
+    """Inductor's default caches, in the temporary folders (`/tmp/torchinductor_<you>`, torch's
+    `default_cache_dir`), made here where missing: the agent writes /tmp, and a torch.compile of yours outside the
+    loop, later, imports a generated module it finds already written there and unpickles its graph cache's entries
+    (red team). Hidden, the agent has an empty one of its own for its turn."""
+    import getpass
+    import re
+    import tempfile
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid_{os.getuid()}"
+    name = "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user)
+    found = []
+    for folder in dict.fromkeys((Path("/tmp"), Path(tempfile.gettempdir()))):
+        cache = folder / name
+        with contextlib.suppress(OSError):  # a temporary folder not ours to write: nor the agent's
+            cache.mkdir(mode=0o700, exist_ok=True)
+        if cache.is_dir() and not cache.is_symlink():
+            found.append(cache)
+    return found
 
 
 def _login_places(env: Mapping[str, str]) -> list[Path]:

@@ -252,6 +252,7 @@ def put_back(
         before.git_files, guarded_git(git.git_dir), before, git.git_dir, git_quarantine, found
     ):
         held.append(f".git/{rel}")  # before any git command runs
+    _put_back_links(git.git_dir, git_quarantine, held)  # before a git command of the loop's writes through one
     _put_back_locks(git.git_dir, git_quarantine, held, before.locks)  # a git that was killed: the loop's would fail
     if before.objects is not None:  # before a git command reads them (a snapshot read from disk has none)
         objects.put_back(before.objects, before.contents, git, git_quarantine, found.changed, held, found.not_restored)
@@ -313,6 +314,28 @@ def _locks(git_dir: Path) -> dict[str, list]:
             st = os.lstat(path)
             found[path.relative_to(git_dir).as_posix()] = [st.st_ino, st.st_ctime_ns]
     return found
+
+
+def _put_back_links(git_dir: Path, quarantine: Path, held: list[str]) -> None:
+    """Links where git writes (UNGUARDED_GIT: refs/, objects/, logs/, the index, packed-refs), which git makes none
+    of: the loop's git wrote through them, wherever they led (`.git/refs/heads` a link to your home, read-only to the
+    agent: the branch's ref went there; red team), or read them (the index a link to a file: the loop stopped). Each
+    is moved into `quarantine`, a folder where one was made again, and refs/ where it is gone (git knows no
+    repository without it: the loop stopped; its refs are put back after)."""
+    for name in sorted(UNGUARDED_GIT):
+        top = git_dir / name
+        found = [top] if top.is_symlink() else []
+        for folder, folders, files in os.walk(top) if not found else ():  # links not followed
+            found += [Path(folder, entry) for entry in (*folders, *files) if os.path.islink(Path(folder, entry))]
+        for link in found:
+            rel = link.relative_to(git_dir).as_posix()
+            held.append(f".git/{rel} left as a link")
+            was_folder = link.is_dir()
+            set_aside(git_dir, rel, quarantine, tidy=False)
+            if was_folder:
+                link.mkdir()
+    if not os.path.lexists(git_dir / "refs"):
+        (git_dir / "refs").mkdir()
 
 
 def _put_back_locks(git_dir: Path, quarantine: Path, held: list[str], before: dict[str, list]) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from autoresearch.agents.base import Usage
 from autoresearch.agents.coding_agent import Turn, key_or_placeholder
 from autoresearch.agents.llm import usage_for
+from autoresearch.files import write_text_atomic
 
 CONTEXT_TOKENS = 128_000  # what aider is told of an unknown model: enough for train.py and the prompt
 OUTPUT_TOKENS = 16_384
@@ -45,7 +46,7 @@ class Aider:
 
     def command(self, program: str, model: str, workspace: Path, state: Path, prompt_file: Path) -> list[str]:
         metadata = state / "model-metadata.json"
-        metadata.write_text(json.dumps({_litellm_name(model): _metadata()}))
+        write_text_atomic(metadata, json.dumps({_litellm_name(model): _metadata()}))  # not through a link it left
         (state / "analytics.jsonl").unlink(missing_ok=True)  # this run's tokens only
         return [
             program,

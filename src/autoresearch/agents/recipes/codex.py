@@ -21,6 +21,7 @@ from pathlib import Path
 from autoresearch.agents.base import Usage
 from autoresearch.agents.coding_agent import Turn, key_or_placeholder
 from autoresearch.agents.llm import usage_for
+from autoresearch.files import make_folder
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PROVIDER = "autoresearch"
@@ -81,7 +82,7 @@ class Codex:
         # in /tmp): its temporary directory is its own, so that the home never lies inside it.
         env["TMPDIR"] = str(state / "tmp")
         for folder in ("home", "tmp"):
-            (state / folder).mkdir(parents=True, exist_ok=True)
+            make_folder(state / folder, state)  # a link the agent left there is not followed
         return env
 
     def sandbox_check(self, program: str, home: Path) -> list[str] | None:
