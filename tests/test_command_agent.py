@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import sys
 import time
 from importlib import resources
@@ -13,7 +14,7 @@ import pytest
 
 from autoresearch.agents.base import Context, ProposalError
 from autoresearch.agents.command_agent import PROMPT_ENV, CommandAgent
-from autoresearch.agents.namespace import pid_namespace, with_hidden
+from autoresearch.agents.namespace import DECODE, pid_namespace, with_hidden
 
 TRAIN_PY = resources.files("autoresearch.workspace").joinpath("templates", "train.py").read_text()
 PY = shlex.quote(sys.executable)
@@ -201,3 +202,20 @@ def test_an_agent_cannot_plant_a_pth_file_in_the_users_site_that_does_not_exist_
     agent(tmp_path, f"{plant}\n{EDIT}").propose(context)
     assert "Read-only file system" in (context.workspace / "seen").read_text()
     assert not (user_site / "planted.pth").exists()
+
+
+@pytest.mark.parametrize(
+    ("escaped", "path"),
+    [
+        (r"/home/me/my\x20runs", "/home/me/my runs"),
+        (r"/mnt/a\x0ab", "/mnt/a\nb"),  # BROKE, fixed: a newline was dropped ("/mnt/ab" was remounted instead)
+        (r"/mnt/ends\x0a", "/mnt/ends\n"),
+        (r"/mnt/back\x5cx41", "/mnt/back\\x41"),  # a backslash decoded is not decoded again
+        (r"/mnt/tab\x09", "/mnt/tab\t"),
+        ("/plain", "/plain"),
+    ],
+)
+def test_the_agents_namespace_decodes_the_mount_points_findmnt_escapes(escaped: str, path: str) -> None:
+    """Each mount point under a read-only place is remounted read-only by the path findmnt prints, escaped."""
+    decode = DECODE + 't=$(x "$1"; echo .); t=${t%.}; printf "%s" "$t"'
+    assert subprocess.run(["/bin/sh", "-c", decode, "sh", escaped], capture_output=True).stdout == path.encode()

@@ -44,6 +44,13 @@ CACHE = "cache"  # in AGENT_FILES: XDG_CACHE_HOME and npm's cache for every agen
 # as root, / itself is read-only, its folders bound onto themselves first (`_root_folders`): where /usr is merged,
 # /bin, /sbin, /lib and /lib64 are links in /, and an agent replaced /lib64 with a folder of its own, dynamic linker
 # and all, which every program started outside then ran, as root (red team).
+# `x PATH`, a shell function of _HIDE's: PATH as findmnt escapes it, each \xHH made that byte again. A command
+# substitution drops the newlines its output ends with, so each byte's, and the caller's, has a "." after it (a
+# newline in a mount point's path was dropped, and another path remounted, which could leave the first writable).
+DECODE = (
+    r'x() { s=$1; o=; while :; do case $s in *\\x[0-9a-f][0-9a-f]*) o=$o${s%%\\x*}; s=${s#*\\x}; h=${s%"${s#??}"}; '
+    r's=${s#??}; c=$(printf "\\$(printf %o "0x$h")."); o=$o${c%.};; *) break;; esac; done; printf "%s" "$o$s"; }; '
+)
 _HIDE = (
     'm=$1 f=$2 un=$3 u=$4 g=$5 n=$6; shift 6; while [ "$n" -gt 0 ]; do a=$1; shift; n=$((n - 1)); '
     'if [ -d "$a" ]; then "$m" --rbind "$a" "$a"; fi || { echo "autoresearch: could not pin $a" >&2; exit 1; }; done; '
@@ -57,11 +64,10 @@ _HIDE = (
     'if [ -d "$p" ]; then "$m" -t tmpfs -o mode=0700 tmpfs "$p"; elif [ -e "$p" ]; then "$m" --bind /dev/null "$p"; '
     'fi || { echo "autoresearch: could not hide $p from the agent" >&2; exit 1; }; done; '
     # findmnt escapes a space (a blank, a backslash, what is not printable) in a path as \xHH: `x` decodes it.
-    r'x() { s=$1; o=; while :; do case $s in *\\x[0-9a-f][0-9a-f]*) o=$o${s%%\\x*}; s=${s#*\\x}; h=${s%"${s#??}"}; '
-    r's=${s#??}; o=$o$(printf "\\$(printf %o "0x$h")");; *) break;; esac; done; printf "%s" "$o$s"; }; '
-    'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
+    + DECODE
+    + 'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
     'if [ -e "$p" ]; then "$m" --rbind "$p" "$p" && "$m" -o remount,bind,ro "$p" && '
-    't=$("$f" -rn -o TARGET -R "$p") && printf "%s\\n" "$t" | while IFS= read -r t; do t=$(x "$t"); '
+    't=$("$f" -rn -o TARGET -R "$p") && printf "%s\\n" "$t" | while IFS= read -r t; do t=$(x "$t"; echo .); t=${t%.}; '
     '"$m" -o remount,bind,ro "$t" || { echo "autoresearch: could not make $t read-only for the agent" >&2; exit 1; }; '
     'done; fi || { echo "autoresearch: could not make $p read-only for the agent" >&2; exit 1; }; done; '
     # Within a read-only place, a folder the agent writes after all (a coding agent's own files in the state).
