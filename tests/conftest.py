@@ -7,10 +7,12 @@ always there without a network. It is prepared once per session (under a second 
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import shutil
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,18 @@ def subprocess_env(cache_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ISOLATED_ENV}
     env.update(AUTORESEARCH_CACHE=str(cache_dir), COLUMNS="300", PYTHONUNBUFFERED="1")
     return env
+
+
+# A test that fills /tmp with sockets (marked `floods_tmp`) has it to itself: every agent turn of the other pytest
+# worker meanwhile hid its thousands of sockets too, and failed to start (its command too long), at random.
+FLOOD_LOCK = Path(tempfile.gettempdir()) / "autoresearch-tests-floods-tmp.lock"
+
+
+@pytest.fixture(autouse=True)
+def _tmp_not_flooded_by_another_test(request: pytest.FixtureRequest):
+    with FLOOD_LOCK.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if request.node.get_closest_marker("floods_tmp") else fcntl.LOCK_SH)
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -187,6 +187,7 @@ for i in range(3000):
 
 
 @pytest.mark.skipif(not HIDES, reason="no namespace here can hide a place")
+@pytest.mark.floods_tmp
 def test_sockets_an_agent_leaves_in_tmp_do_not_stop_the_next_turn(workspace, tmp_path):
     """BROKE, fixed: every socket within three folders of /tmp was hidden from the agent, each a word of the command
     that starts the next turn: 3000 sockets that one turn left in /tmp, at long paths, made it longer than the kernel
@@ -230,6 +231,7 @@ time.sleep(600)
 
 
 @pytest.mark.skipif(not HIDES, reason="no namespace here can hide a place")
+@pytest.mark.floods_tmp
 def test_thousands_of_served_sockets_in_tmp_fail_the_turn_not_the_loop(workspace, tmp_path):
     """BROKE, fixed: while one worker's agent listened on 4000 sockets within three folders of /tmp, at long paths,
     another worker's turn started: each socket a word of its command, longer than the kernel takes (ARG_MAX), and
