@@ -182,6 +182,20 @@ def test_ports_that_are_not_ports_are_fatal_for_an_agent_with_a_shell(ports: str
     assert checked(TuneAgent(), tmp_path) == []  # it has no shell: nothing to fence
 
 
+@pytest.mark.parametrize("listed", ["relative/folder", "/etc/agent", "~/../elsewhere"])
+def test_writable_folders_that_are_not_in_your_home_are_fatal_for_an_agent_with_a_shell(
+    listed: str, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("AUTORESEARCH_AGENT_WRITABLE", f"~/.gemini:{listed}")
+    with pytest.raises(ProposalError, match="which is not a folder in your home") as err:
+        checked(CommandAgent("true"), tmp_path)
+    assert err.value.fatal and "AUTORESEARCH_AGENT_WRITABLE=~/.gemini" in (err.value.hint or "")
+    assert not (tmp_path / "elsewhere").exists()
+    assert checked(TuneAgent(), tmp_path) == []  # it has no shell
+
+
 def test_a_kernel_that_cannot_fence_the_agent_is_a_warning(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(fence, "abi", lambda: 3)
     (warning,) = checked(CommandAgent("true"), tmp_path)

@@ -576,3 +576,26 @@ def test_an_agent_cannot_leave_code_in_your_inductor_cache_in_tmp(workspace, tmp
         if made:
             with contextlib.suppress(OSError):
                 cache.rmdir()
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+def test_the_folders_of_your_home_you_list_are_the_agents_to_write_and_no_more(workspace, tmp_path, monkeypatch):
+    """A CLI agent that keeps its sessions in your home (`~/.gemini`) may write there when you list the folder in
+    AUTORESEARCH_AGENT_WRITABLE (made where missing); the rest of your home stays read-only to it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("AUTORESEARCH_AGENT_WRITABLE", "~/.gemini:~/.local/share/opencode")
+    seen = Path(tempfile.mkdtemp(prefix="seen", dir="/var/tmp")) / "seen"
+    tries = [f"echo s > {home}/.gemini/session", f"echo s > {home}/.local/share/opencode/s"]
+    tries.append(f"echo x >> {home}/.bashrc")
+    script = "\n".join(f"{{ {line} && echo written; }} >> {seen} 2>&1 || true" for line in tries)
+    try:
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{script}\necho x")
+        assert exp.status == Status.KEEP, exp.reason
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+        said = seen.read_text()
+        assert said.count("written") == 2 and "Read-only file system" in said, said
+        assert (home / ".gemini" / "session").read_text() == "s\n" and not (home / ".bashrc").exists()
+    finally:
+        shutil.rmtree(seen.parent, ignore_errors=True)

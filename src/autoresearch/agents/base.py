@@ -96,13 +96,18 @@ def has_shell(agent: Agent) -> bool:
 
 def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> None:
     """Run `agent.preflight` if the agent has one: its warnings go to `warn`, a fatal error propagates
-    (an AutoresearchError: the command line prints it and exits 2). For an agent with a shell: its fence
-    (agents/fence.py), the ports AUTORESEARCH_AGENT_PORTS lists, and a warning where this kernel has none."""
+    (an AutoresearchError: the command line prints it and exits 2). For an agent with a shell: the ports
+    AUTORESEARCH_AGENT_PORTS lists, the folders AUTORESEARCH_AGENT_WRITABLE does, and a warning where this kernel
+    cannot fence its connections (agents/fence.py)."""
     if has_shell(agent):
+        from autoresearch.agents import namespace  # not at the top: it imports the Ray executor, which imports this
+
         try:
             fence.allowed_ports(os.environ)
+            namespace.agent_writable(os.environ)
         except ValueError as err:
-            raise ProposalError(str(err), hint=f"e.g. {fence.PORTS_ENV}=8000,11434", fatal=True) from None
+            hint = f"e.g. {fence.PORTS_ENV}=8000,11434, {namespace.WRITABLE_ENV}=~/.gemini:~/.local/share/opencode"
+            raise ProposalError(str(err), hint=hint, fatal=True) from None
         if (why := fence.unavailable_reason()) is not None:
             warn(
                 f"warning: the agent's connections cannot be fenced ({why}): a server of yours on this machine that "

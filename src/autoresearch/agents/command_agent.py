@@ -25,7 +25,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from autoresearch.agents import fence, namespace
+from autoresearch.agents import namespace
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.files import clear, write_text_atomic
@@ -136,8 +136,8 @@ def run_process(
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
     try:
         way, env = namespace.entered(workspace, env)
-    except ValueError as err:  # AUTORESEARCH_AGENT_PORTS
-        raise ProposalError(str(err), hint=f"list ports in {fence.PORTS_ENV}, e.g. 8000,11434", fatal=True) from None
+    except ValueError as err:  # AUTORESEARCH_AGENT_PORTS or AUTORESEARCH_AGENT_WRITABLE: preflight said so
+        raise ProposalError(str(err), fatal=True) from None
     try:
         process = subprocess.Popen(
             [*way, *argv],

@@ -23,6 +23,7 @@ SSH_AGENT = "SSH_AUTH_SOCK"
 STATE = ".autoresearch"  # the workspace's private state (workspace.Workspace.state)
 AGENT_FILES = Path(STATE) / "agents"  # <workspace>/.autoresearch/agents/<name>/: a coding agent's own files, writable
 CACHE = "cache"  # in AGENT_FILES: XDG_CACHE_HOME and npm's cache for every agent's tools
+WRITABLE_ENV = "AUTORESEARCH_AGENT_WRITABLE"  # folders of your home an agent may write after all, ":"-separated
 
 # Where a user namespace can be made (Linux, unless a container forbids it), the agent runs in a PID namespace of
 # its own: when it ends the kernel kills everything it left, a process that left its group (setsid, a daemon)
@@ -177,6 +178,23 @@ def _home(env: Mapping[str, str]) -> list[Path]:
         homes |= {Path(user.pw_dir) for user in pwd.getpwall() if Path(user.pw_shell).name not in NO_LOGIN}
     found = {home.resolve() for home in homes if home.is_absolute()}
     return sorted(p for p in found if p.is_dir() and p != Path("/") and str(p) not in SOCKET_FOLDERS[:3])
+
+
+def agent_writable(env: Mapping[str, str]) -> list[Path]:
+    """The folders of your home that AUTORESEARCH_AGENT_WRITABLE lists (`~` expanded; made where missing), which an
+    agent's turn may write after all (a CLI agent that keeps its sessions there: `~/.gemini`). ValueError for one
+    that is not a folder in your home."""
+    homes, found = _home(env), []
+    for word in filter(None, env.get(WRITABLE_ENV, "").split(os.pathsep)):
+        path = Path(word).expanduser()
+        if not path.is_absolute() or not any(holds(home, path.resolve()) for home in homes):
+            raise ValueError(f"{WRITABLE_ENV} lists {word!r}, which is not a folder in your home")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"{WRITABLE_ENV} lists {word!r}, which cannot be made a folder: {err.strerror}") from None
+        found.append(path.resolve())
+    return found
 
 
 NO_LOGIN = ("nologin", "false", "sync")  # the shells of users who do not log in (none: /bin/sh)
@@ -363,7 +381,8 @@ def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], d
     """The words that start a command in the agent's namespaces (none where none can be made) and behind its fence
     (agents/fence.py: the TCP ports, abstract sockets and signals it may reach), and its environment: `env` without
     the token of the loop's Ray, if it has one, nor your SSH agent, with its tools' caches (XDG_CACHE_HOME, npm's) in
-    its own files. ValueError for an AUTORESEARCH_AGENT_PORTS that lists something other than ports."""
+    its own files. ValueError for an AUTORESEARCH_AGENT_PORTS that lists something other than ports, or an
+    AUTORESEARCH_AGENT_WRITABLE something other than folders in your home."""
     own = workspace / AGENT_FILES  # a coding agent's history and caches
     if (workspace / STATE).is_dir() and not (workspace / STATE).is_symlink() and not own.is_symlink():
         with contextlib.suppress(OSError):  # where its tools cache what they fetch (`npx`, `pip`): home is read-only
@@ -377,6 +396,7 @@ def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], d
     inside = workspace.resolve()
     if any(holds(place, inside) for place in read_only):  # in your home: the agent's to write, its state not
         writable.insert(0, inside)
+    writable += agent_writable(env)
     if (temporary := Path("/var/tmp")).is_dir() and not temporary.is_symlink() and Path("/var") in read_only:
         writable.append(temporary)  # its temporary files, in a read-only /var (with the sockets there still hidden)
     pinned = [*_root_folders(), *_above([*hidden, *read_only], workspace)]
