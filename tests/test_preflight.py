@@ -3,6 +3,7 @@ unknown model) stops at once with a clear error; what may heal (no connection ye
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import sys
@@ -189,11 +190,31 @@ def test_writable_folders_that_are_not_in_your_home_are_fatal_for_an_agent_with_
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("AUTORESEARCH_AGENT_WRITABLE", f"~/.gemini:{listed}")
+    workspace = tmp_path / "ws"  # not holding the home: a folder inside the workspace is the agent's already
+    workspace.mkdir()
     with pytest.raises(ProposalError, match="which is not a folder in your home") as err:
-        checked(CommandAgent("true"), tmp_path)
+        checked(CommandAgent("true"), workspace)
     assert err.value.fatal and "AUTORESEARCH_AGENT_WRITABLE=~/.gemini" in (err.value.hint or "")
     assert not (tmp_path / "elsewhere").exists()
-    assert checked(TuneAgent(), tmp_path) == []  # it has no shell
+    assert checked(TuneAgent(), workspace) == []  # it has no shell
+
+
+@pytest.mark.parametrize(
+    ("listed", "said"),
+    [("~", "your home itself"), ("~/.gemini:~/.gemini/tmp", "inside another"), ("~/.local", "stays read-only")],
+)
+def test_writable_folders_the_agent_must_not_have_are_fatal(listed: str, said: str, tmp_path: Path, monkeypatch):
+    """Your home itself, a folder inside another listed one (the agent plants a link there), and one that holds a
+    place that stays read-only (~/.local holds ~/.local/bin, a folder of PATH): refused before the baseline."""
+    home, workspace = tmp_path / "home", tmp_path / "ws"
+    (home / ".local" / "bin").mkdir(parents=True)
+    workspace.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{home}/.local/bin:{os.environ['PATH']}")
+    monkeypatch.setenv("AUTORESEARCH_AGENT_WRITABLE", listed)
+    with pytest.raises(ProposalError, match=said) as err:
+        checked(CommandAgent("true"), workspace)
+    assert err.value.fatal
 
 
 def test_a_kernel_that_cannot_fence_the_agent_is_a_warning(tmp_path: Path, monkeypatch) -> None:

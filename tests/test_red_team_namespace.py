@@ -599,3 +599,43 @@ def test_the_folders_of_your_home_you_list_are_the_agents_to_write_and_no_more(w
         assert (home / ".gemini" / "session").read_text() == "s\n" and not (home / ".bashrc").exists()
     finally:
         shutil.rmtree(seen.parent, ignore_errors=True)
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+@pytest.mark.parametrize("listed", ["~", "~/.local"])
+def test_a_folder_you_list_that_holds_what_stays_read_only_stops_the_loop(workspace, tmp_path, monkeypatch, listed):
+    """BROKE, fixed: AUTORESEARCH_AGENT_WRITABLE took your home itself (`~`: it is "in" your home), and a folder
+    of it that holds a place that must stay read-only (`~/.local`, which holds ~/.local/bin, a folder of PATH, and
+    your user site-packages): the home is made read-only as one mount, those places with it, and the listed folder
+    made writable again carried them. The agent wrote ~/.bashrc (run at your next shell, as you) and a `git` in
+    ~/.local/bin (run by the loop's own check of that turn, outside). Such a listing now stops the loop."""
+    home = tmp_path / "home"
+    (home / ".local" / "bin").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", f"{home}/.local/bin:{os.environ['PATH']}")
+    monkeypatch.setenv("AUTORESEARCH_AGENT_WRITABLE", listed)
+    tries = f"echo x >> {home}/.bashrc || true\necho x > {home}/.local/bin/git || true"
+    with pytest.raises(Exception, match="AUTORESEARCH_AGENT_WRITABLE lists"):
+        take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
+    assert not (home / ".bashrc").exists() and not (home / ".local" / "bin" / "git").exists()
+
+
+def test_a_folder_you_list_inside_another_cannot_be_swapped_for_a_link_by_the_agent(tmp_path, monkeypatch):
+    """BROKE, fixed: a listed folder inside another (`~/.gemini:~/.gemini/tmp`) lies where the agent writes, and
+    each turn's start took it as it found it: the agent replaced `~/.gemini/tmp` with a link to `~/.config` (to your
+    systemd user units, run at your next login), which its next turn then had writable (and a worker's agent that
+    swapped it between another's check and its mount had wherever the link led, /etc as root). A listed folder inside
+    another listed one, or inside the workspace, is now refused."""
+    from autoresearch.agents import namespace
+
+    home = tmp_path / "home"
+    (home / ".config").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    env = {**os.environ, "AUTORESEARCH_AGENT_WRITABLE": "~/.gemini:~/.gemini/tmp"}
+    with contextlib.suppress(ValueError):
+        namespace.agent_writable(env)
+    with contextlib.suppress(FileNotFoundError):
+        (home / ".gemini" / "tmp").rmdir()
+    (home / ".gemini" / "tmp").symlink_to(home / ".config")  # as the agent would, in the folder it writes
+    with pytest.raises(ValueError, match="inside another"):
+        assert home / ".config" not in namespace.agent_writable(env)

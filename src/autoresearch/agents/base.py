@@ -104,7 +104,7 @@ def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> Non
 
         try:
             fence.allowed_ports(os.environ)
-            namespace.agent_writable(os.environ)
+            namespace.agent_writable(os.environ, workspace)
         except ValueError as err:
             hint = f"e.g. {fence.PORTS_ENV}=8000,11434, {namespace.WRITABLE_ENV}=~/.gemini:~/.local/share/opencode"
             raise ProposalError(str(err), hint=hint, fatal=True) from None

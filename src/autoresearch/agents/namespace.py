@@ -155,15 +155,21 @@ def read_only_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     turn's snapshot, the inbox): the agent reads its runs' logs there, and writes nothing but a coding agent's own
     files (`entered`; what it planted there was put back after the turn, but meanwhile other workers' verdicts met
     it)."""
+    places = set(_kept_read_only(workspace, env)) | set(_home(env))
+    # The state last, even within a read-only place (the home): the workspace made writable again carries it.
+    state = [s.resolve()] if (s := workspace / STATE).is_dir() and not s.is_symlink() else []
+    return [*shown.outermost(places), *state]
+
+
+def _kept_read_only(workspace: Path, env: Mapping[str, str]) -> list[Path]:
+    """`read_only_places` but your home, each one: within the home they are one read-only mount with it, which a
+    folder made writable again there (`agent_writable`) would carry."""
     inside = workspace.resolve()
     compiled = compile_cache.shared_root()
     compiled.mkdir(parents=True, exist_ok=True)
     places = {Path(p).resolve() for p in SYSTEM_READ_ONLY if os.path.exists(p)} | set(shown.readable(env))
     places |= {compiled.resolve(), *_would_be_read(), *_program_folders(env, workspace)}
-    places = {p for p in places if not holds(p, inside)} | set(_home(env))
-    # The state last, even within a read-only place (the home): the workspace made writable again carries it.
-    state = [s.resolve()] if (s := workspace / STATE).is_dir() and not s.is_symlink() else []
-    return [*shown.outermost(places), *state]
+    return sorted(p for p in places if not holds(p, inside))
 
 
 def _home(env: Mapping[str, str]) -> list[Path]:
@@ -180,20 +186,41 @@ def _home(env: Mapping[str, str]) -> list[Path]:
     return sorted(p for p in found if p.is_dir() and p != Path("/") and str(p) not in SOCKET_FOLDERS[:3])
 
 
-def agent_writable(env: Mapping[str, str]) -> list[Path]:
+def agent_writable(env: Mapping[str, str], workspace: Path | None = None) -> list[Path]:
     """The folders of your home that AUTORESEARCH_AGENT_WRITABLE lists (`~` expanded; made where missing), which an
     agent's turn may write after all (a CLI agent that keeps its sessions there: `~/.gemini`). ValueError for one
-    that is not a folder in your home."""
+    that is not a folder in your home; for your home itself (`~`: your ~/.bashrc, red team); for one inside another
+    listed one or inside the workspace, where the agent writes (it swapped it for a link to ~/.config, which the next
+    turn took as listed: red team); and, given the workspace, for one that holds a place that stays read-only to the
+    agent (`_kept_read_only`: `~/.local` holds ~/.local/bin, a folder of PATH, whose `git` the loop runs; red team)."""
+    words = list(filter(None, env.get(WRITABLE_ENV, "").split(os.pathsep)))
+    if not words:
+        return []
     homes, found = _home(env), []
-    for word in filter(None, env.get(WRITABLE_ENV, "").split(os.pathsep)):
-        path = Path(word).expanduser()
+    listed = [Path(word).expanduser() for word in words]
+    # Where the agent writes, as listed (normalized, links not followed: it plants them) and where that leads.
+    writes = {Path(os.path.normpath(p)) for p in listed if p.is_absolute()} | {p.resolve() for p in listed}
+    if workspace is not None:
+        writes |= {Path(os.path.normpath(workspace.absolute())), workspace.resolve()}
+    for word, path in zip(words, listed, strict=True):
         if not path.is_absolute() or not any(holds(home, path.resolve()) for home in homes):
             raise ValueError(f"{WRITABLE_ENV} lists {word!r}, which is not a folder in your home")
+        given, real = Path(os.path.normpath(path)), path.resolve()
+        if outer := next((w for w in sorted(writes) if w not in (given, real) and holds(w, given)), None):
+            raise ValueError(
+                f"{WRITABLE_ENV} lists {word!r}, which is inside another folder the agent writes ({outer})"
+            )
+        if any(holds(real, home) for home in homes):
+            raise ValueError(f"{WRITABLE_ENV} lists {word!r}, which is your home itself, not a folder in it")
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise ValueError(f"{WRITABLE_ENV} lists {word!r}, which cannot be made a folder: {err.strerror}") from None
         found.append(path.resolve())
+    kept = _kept_read_only(workspace, env) if workspace is not None else []
+    for word, folder in zip(words, found, strict=True):
+        if held := next((p for p in kept if holds(folder, p)), None):
+            raise ValueError(f"{WRITABLE_ENV} lists {word!r}, which holds {held}, which stays read-only to the agent")
     return found
 
 
@@ -396,7 +423,7 @@ def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], d
     inside = workspace.resolve()
     if any(holds(place, inside) for place in read_only):  # in your home: the agent's to write, its state not
         writable.insert(0, inside)
-    writable += agent_writable(env)
+    writable += agent_writable(env, workspace)
     if (temporary := Path("/var/tmp")).is_dir() and not temporary.is_symlink() and Path("/var") in read_only:
         writable.append(temporary)  # its temporary files, in a read-only /var (with the sockets there still hidden)
     pinned = [*_root_folders(), *_above([*hidden, *read_only], workspace)]
