@@ -205,8 +205,8 @@ def side_doors() -> bool:
     numbers = _ARCHES.get(platform.machine())
     if numbers is None:
         return False
-    code = ctypes.create_string_buffer(_filter(*numbers))
-    prog = struct.pack("=HxxxxxxQ", len(code.raw) // 8, ctypes.addressof(code))  # struct sock_fprog
+    program = ctypes.create_string_buffer(_filter(*numbers))
+    prog = struct.pack("=HxxxxxxQ", len(program.raw) // 8, ctypes.addressof(program))  # struct sock_fprog
     if _libc().prctl(_SET_SECCOMP, _MODE_FILTER, ctypes.c_char_p(prog), 0, 0) != 0:
         code = ctypes.get_errno()
         raise FenceError(code, os.strerror(code))
