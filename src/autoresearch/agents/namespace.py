@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import getpass
 import os
 import pwd
+import re
 import socket
 import stat
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -172,6 +175,9 @@ def _kept_read_only(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     return sorted(p for p in places if not holds(p, inside))
 
 
+NO_LOGIN = ("nologin", "false", "sync")  # the shells of users who do not log in (none: /bin/sh)
+
+
 def _home(env: Mapping[str, str]) -> list[Path]:
     """Your homes, real paths, where each is a folder of its own (not /, nor a temporary folder): $HOME's, and
     yours in the user database, where your shell starts (a loop started with another HOME left it writable: `sudo`
@@ -222,9 +228,6 @@ def agent_writable(env: Mapping[str, str], workspace: Path | None = None) -> lis
         if held := next((p for p in kept if holds(folder, p)), None):
             raise ValueError(f"{WRITABLE_ENV} lists {word!r}, which holds {held}, which stays read-only to the agent")
     return found
-
-
-NO_LOGIN = ("nologin", "false", "sync")  # the shells of users who do not log in (none: /bin/sh)
 
 
 def _program_folders(env: Mapping[str, str], workspace: Path) -> list[Path]:
@@ -285,10 +288,6 @@ def _inductor_defaults() -> list[Path]:
     `default_cache_dir`), made here where missing: the agent writes /tmp, and a torch.compile of yours outside the
     loop, later, imports a generated module it finds already written there and unpickles its graph cache's entries
     (red team). Hidden, the agent has an empty one of its own for its turn."""
-    import getpass
-    import re
-    import tempfile
-
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
