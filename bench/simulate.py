@@ -54,6 +54,7 @@ from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.judge import Verdict, judge
 from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.recovery import seeded
 from autoresearch.loop.scheduler import Active, Scheduler
 from autoresearch.loop.workers import Device, Worker, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
@@ -117,8 +118,8 @@ class Landscape:
         """One run's val_bpb: the seed's own noise is a function of train.py (its SEED included) and of the
         simulation's `seed`, so the same file scores nearly the same again within a simulation, and the baseline's
         seeds measure another noise in each; `draw` adds the small run-to-run noise."""
-        seeded = random.Random(f"{seed}:{source}").gauss(0.0, self.seed_noise)
-        return self.true_bpb(source) + seeded + draw.gauss(0.0, self.run_noise)
+        noise = random.Random(f"{seed}:{source}").gauss(0.0, self.seed_noise)
+        return self.true_bpb(source) + noise + draw.gauss(0.0, self.run_noise)
 
 
 # -- the runs -------------------------------------------------------------------------------------
@@ -435,6 +436,7 @@ class Simulation:
     agent: str = "nudge"  # "nudge-apart" (NudgeAgent's `apart`), or "tune": the package's Optuna agent
     eager: bool = False  # a what-if, never the loop's rule: a marginal win is kept without its re-run
     at_once: int = 1  # a what-if, never the loop's rule: every change trained on this many seeds at once
+    remeasure: int = 0  # a what-if: a kept change measured this many times more at once, at no cost (a bound)
     combine: bool = False  # the agent's proposals preceded by combinations of near-wins (CombiningAgent)
     driver_rate: float = 1.0
     clock: SimClock = field(init=False)
@@ -474,6 +476,8 @@ class Simulation:
             ratchet_module.judge = _eager_judge
         if self.at_once > 1:
             scheduler.activate = _at_once(scheduler, self.at_once)
+        if self.remeasure:
+            loop._finish = self._remeasured(loop)
         try:
             scheduler.run(agent, hours=self.hours)
         finally:
@@ -482,6 +486,26 @@ class Simulation:
         after = os.times()
         cpu = sum(after[:4]) - sum(before[:4])  # user + system, of the driver and of its git processes
         return loop, recorder, cpu
+
+    def _remeasured(self, loop: ResearchLoop) -> Any:
+        """The loop's `_finish`, but a change it keeps gets `remeasure` more runs (seeds) first, drawn at once and
+        costing no time: its value, the bar every later change must beat, is then the mean of them all. A kept change
+        was kept because its run came out low (the winner's curse); this bounds what measuring it again would buy."""
+        finish = loop._finish
+
+        def remeasured(exp: Experiment, status: Status, reason: str, outcome: Any = None, runs: Any = None) -> Any:
+            if status == Status.KEEP and exp.kind == Kind.EXPERIMENT and runs:
+                more = range(len(runs), len(runs) + self.remeasure)
+                runs = [*runs, *(self._measure(exp, i) for i in more)]
+                exp.runs = json.dumps(runs)
+                loop.ledger.update(exp.id, runs=exp.runs, seeds=json.dumps(list(range(len(runs)))))
+            return finish(exp, status, reason, outcome, runs)
+
+        return remeasured
+
+    def _measure(self, exp: Experiment, run: int) -> float:
+        draw = random.Random(f"{self.seed}:remeasure:{exp.id}-{run}")
+        return self.landscape.measured(seeded(exp.source, run), draw, self.seed)
 
 
 def _at_once(scheduler: Scheduler, runs: int) -> Any:
@@ -628,16 +652,17 @@ def simulate_all(
     seed: int = 0,
     eager: bool = False,
     at_once: int = 1,
+    remeasure: int = 0,
     **options: Any,
 ) -> list[Measure]:
     """The first count for `hours`, then each other count for hours x min(1, window / N), aiming at the first
     run's final best (`eager`: the other counts keep marginal wins without a re-run; `at_once`: they train every
-    change on that many seeds at once)."""
+    change on that many seeds at once; `remeasure`: they measure a kept change that many times more, free)."""
     measures: list[Measure] = []
     target = None
     for n in counts:
         hours_n = hours if not measures else hours * min(1.0, window / n)
-        what_if = {"eager": eager, "at_once": at_once} if measures else {}  # the reference as is
+        what_if = {"eager": eager, "at_once": at_once, "remeasure": remeasure} if measures else {}  # reference as is
         sim = Simulation(n, hours_n, seed=seed, **options, **what_if)
         started = time.perf_counter()
         loop, recorder, cpu = sim.run(work / f"workers-{n}", data_dir)
@@ -698,6 +723,9 @@ def main() -> None:
     parser.add_argument(
         "--seeds-at-once", type=int, default=1, help="what if: all but the first count train each change on K seeds"
     )
+    parser.add_argument(
+        "--remeasure", type=int, default=0, help="what if: all but the first count measure a kept change K more times"
+    )
     parser.add_argument("--combine", action="store_true", help="combine near-wins before asking the agent")
     parser.add_argument("--asks-on-threads", action="store_true", help="the agent only answers: asked at once")
     parser.add_argument(
@@ -723,7 +751,16 @@ def main() -> None:
     per_seed: dict[int, list[Measure]] = {}
     for seed in seeds:
         per_seed[seed] = simulate_all(
-            counts, args.hours, args.window, args.work, data_dir, seed, args.eager, args.seeds_at_once, **options
+            counts,
+            args.hours,
+            args.window,
+            args.work,
+            data_dir,
+            seed,
+            args.eager,
+            args.seeds_at_once,
+            args.remeasure,
+            **options,
         )
         print(f"seed {seed}\n{HEADER}")
         for m in per_seed[seed]:
@@ -741,6 +778,7 @@ def main() -> None:
         + (f" --agent {args.agent}" if args.agent != "nudge" else "")
         + (" --eager" if args.eager else "")
         + (f" --seeds-at-once {args.seeds_at_once}" if args.seeds_at_once > 1 else "")
+        + (f" --remeasure {args.remeasure}" if args.remeasure else "")
         + (" --combine" if args.combine else "")
         + (f" --baseline-seeds-max {args.baseline_seeds_max}" if args.baseline_seeds_max is not None else ""),
         "landscape": {name: asdict(bowl) for name, bowl in BOWLS.items()} | {"floor": FLOOR},
