@@ -12,7 +12,6 @@ import io
 import os
 import shutil
 import sysconfig
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -70,12 +69,14 @@ def subprocess_env(cache_dir: Path) -> dict[str, str]:
 
 
 # A test that fills /tmp with sockets (marked `floods_tmp`) has it to itself: every agent turn of the other pytest
-# worker meanwhile hid its thousands of sockets too, and failed to start (its command too long), at random.
-FLOOD_LOCK = Path(tempfile.gettempdir()) / "autoresearch-tests-floods-tmp.lock"
+# worker meanwhile hid its thousands of sockets too, and failed to start (its command too long), at random. The lock
+# file is in your home, which an agent turn of a test cannot write (in /tmp it could delete it).
+FLOOD_LOCK = Path.home() / ".cache" / "autoresearch-tests-floods-tmp.lock"
 
 
 @pytest.fixture(autouse=True)
 def _tmp_not_flooded_by_another_test(request: pytest.FixtureRequest):
+    FLOOD_LOCK.parent.mkdir(parents=True, exist_ok=True)
     with FLOOD_LOCK.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX if request.node.get_closest_marker("floods_tmp") else fcntl.LOCK_SH)
         yield
