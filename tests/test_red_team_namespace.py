@@ -639,3 +639,20 @@ def test_a_folder_you_list_inside_another_cannot_be_swapped_for_a_link_by_the_ag
     (home / ".gemini" / "tmp").symlink_to(home / ".config")  # as the agent would, in the folder it writes
     with pytest.raises(ValueError, match="inside another"):
         assert home / ".config" not in namespace.agent_writable(env)
+
+
+@pytest.mark.skipif(fence.unavailable_reason() is not None, reason="no Landlock here that restricts TCP (Linux 6.7)")
+def test_behind_the_fence_a_tcp_socket_cannot_take_an_upper_layer_but_keeps_its_other_options():
+    """Where an smc module still offers SMC as a TCP upper layer (kernels before ~6.10), `setsockopt(TCP_ULP, "smc")`
+    made a TCP socket SMC's, which connects from the kernel, unseen by Landlock (red team; not shown on this kernel).
+    The fence's filter refuses TCP_ULP; every other option of a socket stays the agent's to set."""
+    probe = (
+        "import socket\ns = socket.socket()\n"
+        "try: s.setsockopt(socket.IPPROTO_TCP, 31, b'smc'); print('ulp set')\n"
+        "except OSError as e: print('ulp', e.errno)\n"
+        "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        "print('others', s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))"
+    )
+    fenced = subprocess.run([*fence.launcher({}), sys.executable, "-c", probe], capture_output=True, text=True)
+    assert fenced.stdout.split("\n")[:2] == ["ulp 1", "others 1"], fenced.stdout + fenced.stderr

@@ -19,7 +19,8 @@ restricts itself, then runs the command, and everything it starts inherits the r
   `sendto` with MSG_FASTOPEN (TCP Fast Open connects as it sends), a socket of another protocol than TCP, UDP or
   ICMP (Multipath TCP's is no TCP socket to Landlock; SMC's connects from the kernel), io_uring (its operations
   make sockets and send without the system calls a filter sees), and the other architecture's system calls (i386's
-  `socketcall` hides its arguments). Each reached a server on a closed port (red team).
+  `socketcall` hides its arguments). Each reached a server on a closed port (red team). And a TCP socket's upper
+  layer (TCP_ULP): where an smc module still offers one, it makes the socket SMC's, which connects from the kernel.
 
 Sockets with a file (a tmux server's) are hidden by agents/namespace.py. UDP is not restricted. This file runs with
 `python -I -S` (nothing from the environment, no site), so it imports nothing but the standard library. Where the
@@ -54,13 +55,14 @@ _SCOPES = (1 << 0) | (1 << 1)  # LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_
 _NO_NEW_PRIVS = 38  # PR_SET_NO_NEW_PRIVS: restrict_self needs it (or CAP_SYS_ADMIN)
 
 # The seccomp filter (`side_doors`): per architecture, its AUDIT_ARCH value and the numbers of socket, sendto,
-# sendmsg and sendmmsg; io_uring_setup is 425 on both. x86_64's x32 calls (bit 30 set) are refused with the others.
+# sendmsg, sendmmsg and setsockopt; io_uring_setup is 425 on both. x86_64's x32 calls (bit 30 set) are refused too.
 _ARCHES = {
-    "x86_64": (0xC000003E, 41, 44, 46, 307),
-    "aarch64": (0xC00000B7, 198, 206, 211, 269),
+    "x86_64": (0xC000003E, 41, 44, 46, 307, 54),
+    "aarch64": (0xC00000B7, 198, 206, 211, 269, 208),
 }
 _IO_URING_SETUP, _X32 = 425, 0x40000000
 _MSG_FASTOPEN = 0x20000000
+_IPPROTO_TCP, _TCP_ULP = 6, 31  # setsockopt(TCP_ULP, "smc") made a TCP socket SMC's (kernels before ~6.10)
 _AF_INET, _AF_INET6, _AF_SMC = 2, 10, 43
 _PROTOCOLS = (0, 1, 6, 17, 58, 136)  # the default, ICMP, TCP, UDP, ICMPv6, UDP-Lite
 _EPERM, _EAFNOSUPPORT, _EPROTONOSUPPORT, _ENOSYS = 1, 97, 93, 38
@@ -162,7 +164,7 @@ def restrict(ports: list[int]) -> None:
     side_doors()
 
 
-def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int) -> bytes:
+def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, setsockopt: int) -> bytes:
     """The seccomp program of `side_doors` (classic BPF over struct seccomp_data: nr at 0, arch at 4, the low half of
     argument i at 16 + 8i), assembled with labels: a jump names the label (always further on) it goes to when
     its test holds, else the next instruction runs."""
@@ -170,10 +172,18 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int) ->
     refuse = lambda code: [(_RET, _ERRNO | code)]
     program = {
         "start": [(_LD, 4), (_JEQ, arch, "native"), *refuse(_ENOSYS)],
-        "native": [(_LD, 0), (_JGE, _X32, "nosys"), (_JEQ, socket, "socket"), (_JEQ, _IO_URING_SETUP, "nosys")],
+        "native": [
+            (_LD, 0),
+            (_JGE, _X32, "nosys"),
+            (_JEQ, socket, "socket"),
+            (_JEQ, setsockopt, "option"),
+            (_JEQ, _IO_URING_SETUP, "nosys"),
+        ],
         "sends": [(_JEQ, sendto, "flags3"), (_JEQ, sendmmsg, "flags3"), (_JEQ, sendmsg, "flags2"), (_RET, _ALLOW)],
         "flags3": [arg(3), (_JSET, _MSG_FASTOPEN, "eperm"), (_RET, _ALLOW)],
         "flags2": [arg(2), (_JSET, _MSG_FASTOPEN, "eperm"), (_RET, _ALLOW)],
+        "option": [arg(1), (_JEQ, _IPPROTO_TCP, "optname"), (_RET, _ALLOW)],
+        "optname": [arg(2), (_JEQ, _TCP_ULP, "eperm"), (_RET, _ALLOW)],
         "socket": [
             arg(0),
             (_JEQ, _AF_INET, "protocol"),
