@@ -33,6 +33,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import platform
 import struct
 import sys
 from collections.abc import Mapping
@@ -85,9 +86,18 @@ def _libc() -> ctypes.CDLL:
 def _call(number: int, *args: object) -> int:
     result = _libc().syscall(ctypes.c_long(number), *args)
     if result < 0:
-        code = ctypes.get_errno()
-        raise FenceError(code, os.strerror(code))
+        raise _failed()
     return result
+
+
+def _prctl(option: int, *args: object) -> None:
+    if _libc().prctl(option, *args, *(0,) * (4 - len(args))) != 0:
+        raise _failed()
+
+
+def _failed() -> FenceError:
+    code = ctypes.get_errno()
+    return FenceError(code, os.strerror(code))
 
 
 @functools.cache
@@ -155,9 +165,7 @@ def restrict(ports: list[int]) -> None:
         for port in ports:
             rule = struct.pack("=QQ", _CONNECT_TCP, port)  # struct landlock_net_port_attr
             _call(_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_NET_PORT), rule, ctypes.c_uint32(0))
-        if _libc().prctl(_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            code = ctypes.get_errno()
-            raise FenceError(code, os.strerror(code))
+        _prctl(_NO_NEW_PRIVS, 1)
         _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
@@ -206,21 +214,16 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
     return code
 
 
-def side_doors() -> bool:
+def side_doors() -> None:
     """Refuse, for good, the ways to a TCP connection that Landlock's rule does not see (a seccomp filter: see the
-    module's docstring); False where this architecture is not one the filter knows (nothing is refused). Needs
-    no_new_privs, which `restrict` sets."""
-    import platform
-
+    module's docstring); nothing where this architecture is not one the filter knows. Needs no_new_privs, which
+    `restrict` sets."""
     numbers = _ARCHES.get(platform.machine())
     if numbers is None:
-        return False
+        return
     program = ctypes.create_string_buffer(_filter(*numbers))
     prog = struct.pack("=HxxxxxxQ", len(program.raw) // 8, ctypes.addressof(program))  # struct sock_fprog
-    if _libc().prctl(_SET_SECCOMP, _MODE_FILTER, ctypes.c_char_p(prog), 0, 0) != 0:
-        code = ctypes.get_errno()
-        raise FenceError(code, os.strerror(code))
-    return True
+    _prctl(_SET_SECCOMP, _MODE_FILTER, ctypes.c_char_p(prog))
 
 
 def main(argv: list[str]) -> int:
