@@ -3,13 +3,13 @@
     PYTHONPATH=$PWD/src python3 bench/simulate.py --workers 1,4,16,64 --hours 12
 
 Everything but the GPUs is real: the ledger and results.tsv, git (a worktree per worker, a commit per
-experiment, three-way merges of stale wins), the judge, the ratchet and the scheduler's dispatching. Each
-worker's executor is simulated: a run does not train, it scores train.py on a known landscape (val_bpb is
-a sum of smooth bowls over five constants of a bench train.py, plus seed noise at the level measured on an
-H100) and lasts a simulated time drawn like the measured runs (budget + ~15 s, 5 % crashes, 3 %
-stragglers). The scheduler runs on a simulated clock (loop/clock.py's `Clock`): whenever the driver
-waits for a run, the clock jumps to the end of the next one, so a night of runs takes seconds; the
-driver's own work (git, ledger, judging, the agent) counts at its real speed on this machine.
+experiment, three-way merges of stale wins), the judge, the ratchet and the scheduler's dispatching (a kept
+change measured again on more seeds too). Each worker's executor is simulated: a run does not train, it scores
+train.py on a known landscape (val_bpb is a sum of smooth bowls over five constants of a bench train.py, plus
+seed noise at the level measured on an H100) and lasts a simulated time drawn like the measured runs (budget +
+~15 s, 5 % crashes, 3 % stragglers). The scheduler runs on a simulated clock (loop/clock.py's `Clock`):
+whenever the driver waits for a run, the clock jumps to the end of the next one, so a night of runs takes
+seconds; the driver's own work (git, ledger, judging, the agent) counts at its real speed on this machine.
 
 A scripted agent nudges one or two constants of the best at a time; it sees the experiments in flight and
 does not propose one of them again, but may repeat an older one (`--agent nudge-apart`: nor a move one of
@@ -54,9 +54,8 @@ from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.judge import Verdict, judge
 from autoresearch.loop.ledger import Experiment
-from autoresearch.loop.recovery import seeded
-from autoresearch.loop.scheduler import Active, Scheduler
-from autoresearch.loop.workers import Device, Worker, close_workers, make_workers
+from autoresearch.loop.scheduler import Scheduler
+from autoresearch.loop.workers import Active, Device, Worker, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.init import create_workspace
@@ -436,7 +435,7 @@ class Simulation:
     agent: str = "nudge"  # "nudge-apart" (NudgeAgent's `apart`), or "tune": the package's Optuna agent
     eager: bool = False  # a what-if, never the loop's rule: a marginal win is kept without its re-run
     at_once: int = 1  # a what-if, never the loop's rule: every change trained on this many seeds at once
-    remeasure: int = 0  # a what-if: a kept change measured this many times more at once, at no cost (a bound)
+    confirm_runs: int | None = None  # the runs a kept change gets in all (None: the scheduler's own rule)
     combine: bool = False  # the agent's proposals preceded by combinations of near-wins (CombiningAgent)
     driver_rate: float = 1.0
     clock: SimClock = field(init=False)
@@ -468,7 +467,7 @@ class Simulation:
             agent = NudgeAgent(self.seed, self.clock, self.propose_seconds, self.asks_on_threads, apart)
         if self.combine:
             agent = CombiningAgent(agent)
-        scheduler = Scheduler(loop, workers, clock=self.clock)
+        scheduler = Scheduler(loop, workers, clock=self.clock, confirm_runs=self.confirm_runs)
         self.clock.asking = lambda: scheduler.answers.pending
         before = os.times()
         self.clock.reset()
@@ -476,8 +475,6 @@ class Simulation:
             ratchet_module.judge = _eager_judge
         if self.at_once > 1:
             scheduler.activate = _at_once(scheduler, self.at_once)
-        if self.remeasure:
-            loop._finish = self._remeasured(loop)
         try:
             scheduler.run(agent, hours=self.hours)
         finally:
@@ -486,26 +483,6 @@ class Simulation:
         after = os.times()
         cpu = sum(after[:4]) - sum(before[:4])  # user + system, of the driver and of its git processes
         return loop, recorder, cpu
-
-    def _remeasured(self, loop: ResearchLoop) -> Any:
-        """The loop's `_finish`, but a change it keeps gets `remeasure` more runs (seeds) first, drawn at once and
-        costing no time: its value, the bar every later change must beat, is then the mean of them all. A kept change
-        was kept because its run came out low (the winner's curse); this bounds what measuring it again would buy."""
-        finish = loop._finish
-
-        def remeasured(exp: Experiment, status: Status, reason: str, outcome: Any = None, runs: Any = None) -> Any:
-            if status == Status.KEEP and exp.kind == Kind.EXPERIMENT and runs:
-                more = range(len(runs), len(runs) + self.remeasure)
-                runs = [*runs, *(self._measure(exp, i) for i in more)]
-                exp.runs = json.dumps(runs)
-                loop.ledger.update(exp.id, runs=exp.runs, seeds=json.dumps(list(range(len(runs)))))
-            return finish(exp, status, reason, outcome, runs)
-
-        return remeasured
-
-    def _measure(self, exp: Experiment, run: int) -> float:
-        draw = random.Random(f"{self.seed}:remeasure:{exp.id}-{run}")
-        return self.landscape.measured(seeded(exp.source, run), draw, self.seed)
 
 
 def _at_once(scheduler: Scheduler, runs: int) -> Any:
@@ -652,17 +629,19 @@ def simulate_all(
     seed: int = 0,
     eager: bool = False,
     at_once: int = 1,
-    remeasure: int = 0,
+    confirm_runs: tuple[int | None, int | None] = (None, None),
     **options: Any,
 ) -> list[Measure]:
     """The first count for `hours`, then each other count for hours x min(1, window / N), aiming at the first
     run's final best (`eager`: the other counts keep marginal wins without a re-run; `at_once`: they train every
-    change on that many seeds at once; `remeasure`: they measure a kept change that many times more, free)."""
+    change on that many seeds at once; `confirm_runs`: the runs a kept change gets in all, in the first count and
+    in the others, None where the scheduler's own rule)."""
     measures: list[Measure] = []
     target = None
     for n in counts:
         hours_n = hours if not measures else hours * min(1.0, window / n)
-        what_if = {"eager": eager, "at_once": at_once, "remeasure": remeasure} if measures else {}  # reference as is
+        what_if = {"eager": eager, "at_once": at_once} if measures else {}  # the reference as it is
+        what_if["confirm_runs"] = confirm_runs[1 if measures else 0]
         sim = Simulation(n, hours_n, seed=seed, **options, **what_if)
         started = time.perf_counter()
         loop, recorder, cpu = sim.run(work / f"workers-{n}", data_dir)
@@ -724,7 +703,16 @@ def main() -> None:
         "--seeds-at-once", type=int, default=1, help="what if: all but the first count train each change on K seeds"
     )
     parser.add_argument(
-        "--remeasure", type=int, default=0, help="what if: all but the first count measure a kept change K more times"
+        "--confirm-runs",
+        type=int,
+        default=None,
+        help="all but the first count measure a kept change K runs in all (default: the scheduler's own rule)",
+    )
+    parser.add_argument(
+        "--reference-confirm-runs",
+        type=int,
+        default=None,
+        help="the first count measures a kept change K runs in all (default: the scheduler's: 1 with one worker)",
     )
     parser.add_argument("--combine", action="store_true", help="combine near-wins before asking the agent")
     parser.add_argument("--asks-on-threads", action="store_true", help="the agent only answers: asked at once")
@@ -759,7 +747,7 @@ def main() -> None:
             seed,
             args.eager,
             args.seeds_at_once,
-            args.remeasure,
+            (args.reference_confirm_runs, args.confirm_runs),
             **options,
         )
         print(f"seed {seed}\n{HEADER}")
@@ -778,7 +766,8 @@ def main() -> None:
         + (f" --agent {args.agent}" if args.agent != "nudge" else "")
         + (" --eager" if args.eager else "")
         + (f" --seeds-at-once {args.seeds_at_once}" if args.seeds_at_once > 1 else "")
-        + (f" --remeasure {args.remeasure}" if args.remeasure else "")
+        + (f" --confirm-runs {args.confirm_runs}" if args.confirm_runs is not None else "")
+        + (f" --reference-confirm-runs {n}" if (n := args.reference_confirm_runs) is not None else "")
         + (" --combine" if args.combine else "")
         + (f" --baseline-seeds-max {args.baseline_seeds_max}" if args.baseline_seeds_max is not None else ""),
         "landscape": {name: asdict(bowl) for name, bowl in BOWLS.items()} | {"floor": FLOOR},

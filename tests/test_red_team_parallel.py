@@ -59,7 +59,7 @@ def scheduler(workspace, workers: int = 2, inbox: bool = False, executor=None) -
     loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
     make = executor or (lambda device: FakeExecutor(score))
     found = make_workers(loop, devices(None, workers, cores=2), make)
-    return Scheduler(loop, found, Inbox(workspace.state) if inbox else None)
+    return Scheduler(loop, found, Inbox(workspace.state) if inbox else None, confirm_runs=0)
 
 
 def simpler_but_worse(ctx):

@@ -9,6 +9,9 @@ agent that only answers is asked once per idle worker at once, on threads (loop/
 A strategy that wants other runs (a short screening budget, a confirmation elsewhere) adds jobs to that
 queue; the ratchet (loop/ratchet.py: judging, merging a win found on an old base, keeping) stays as it is.
 
+With several workers a kept change is measured again (loop/confirmation.py): its runs on more seeds are queued
+first, and its value, the bar every later change must beat, becomes their mean.
+
 No worker waits for the baseline: it trains one seed per worker (up to BASELINE_SEEDS_MAX, at least the
 configured number), and workers left over train changes made from the baseline's own commit while its
 seeds train. Such a change whose runs end first is held, in flight, until the baseline is judged, then
@@ -29,7 +32,6 @@ import queue
 import statistics
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from autoresearch.agents.base import Agent, preflight
@@ -37,6 +39,7 @@ from autoresearch.evaluator import sandbox
 from autoresearch.loop import activity
 from autoresearch.loop.answers import Answer, Answers, asked_on_threads
 from autoresearch.loop.clock import Clock, RealClock
+from autoresearch.loop.confirmation import CONFIRMED_RUNS, Confirmations
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop
 from autoresearch.loop.executor import Outcome, RunSpec, reap_orphan
 from autoresearch.loop.inbox import SUBMITTER, Inbox, note_moved
@@ -44,6 +47,7 @@ from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
 from autoresearch.loop.recovery import baseline_died, commit_message, died_running, result_columns, seeded
 from autoresearch.loop.workers import (
+    Active,
     Device,
     Job,
     Worker,
@@ -64,17 +68,6 @@ PROPOSALS_PER_WORKER = 3  # proposals asked for at once for an idle worker while
 BASELINE_SEEDS_MAX = 8
 
 
-@dataclass
-class Active:
-    """An experiment in flight: the runs it still wants and those being trained."""
-
-    exp_id: int
-    wanted: int  # runs it needs before it is judged (more after a marginal win)
-    attempts: int  # its runs the loop saw interrupted before (by its death): one more while any run trains
-    running: set[int] = field(default_factory=set)  # run indices being trained now
-    lost: set[int] = field(default_factory=set)  # run indices once killed from outside: not retried again
-
-
 class Scheduler:
     def __init__(
         self,
@@ -83,8 +76,11 @@ class Scheduler:
         inbox: Inbox | None = None,
         linger: float = 0.0,
         clock: Clock | None = None,
+        confirm_runs: int | None = None,
     ):
-        """`linger`: without an agent, how long to wait for another submission once nothing is left to do."""
+        """`linger`: without an agent, how long to wait for another submission once nothing is left to do;
+        `confirm_runs`: the runs a kept change gets in all (default: CONFIRMED_RUNS with several workers, else 0: one
+        worker's each would be a whole run of its night)."""
         self.loop, self.workers, self.inbox, self.linger = loop, workers, inbox, linger
         self.clock = clock or RealClock()
         self.ratchet = Ratchet(loop)
@@ -96,6 +92,9 @@ class Scheduler:
         self.answers = Answers(self.events, self.clock)  # asks in flight on threads, for an agent that only answers
         self.run_seconds: deque[float] = deque(maxlen=8)  # how long the latest runs took, handed out to reported
         self.asked: set[int] = set()  # experiments from asks on threads: made on the best when a worker takes them
+        if confirm_runs is None:
+            confirm_runs = CONFIRMED_RUNS if len(workers) > 1 else 0
+        self.confirmations = Confirmations(loop, confirm_runs)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -291,16 +290,19 @@ class Scheduler:
         else:
             check_out(loop.git, worker.worktree, exp.commit)
         worker.train_py.write_text(job.source)
-        act = self.active[exp.id]
+        confirming = exp.id in self.confirmations
+        act = self.runs_of(exp.id)
         act.running.add(job.run)
         label = worker.device.label
         spans = activity.with_start(exp, job.run, label, time.time())
-        loop.ledger.update(exp.id, status=Status.RUNNING, attempts=act.attempts + 1, worker=label, spans=spans)
+        status = {} if confirming else {"status": Status.RUNNING}  # a kept row stays kept while measured again
+        loop.ledger.update(exp.id, **status, attempts=act.attempts + 1, worker=label, spans=spans)
         run_dir = loop.ws.state / "runs" / f"{exp.id}-{job.run}"
         job.spec = RunSpec(
             loop.ws.root, run_dir, loop.timeout, loop.fingerprint, train_py=worker.train_py, code=job.source.encode()
         )
-        loop.reporter.phase(exp.id, exp.description, f"training run {job.run + 1} on {worker.device.label}")
+        what = "measuring the best again: run" if confirming else "training run"
+        loop.reporter.phase(exp.id, exp.description, f"{what} {job.run + 1} on {worker.device.label}")
         loop.reporter.training(exp.id, job.run, loop.ws.apparatus.budget_seconds, label)
         job.handed_at = self.clock.now()
         worker.start(job, lambda w, j, outcome: self.events.put((w, j, outcome)))
@@ -339,7 +341,7 @@ class Scheduler:
         worker.finished()
         self.loop.reporter.run_ended(job.exp_id, job.run, worker.device.label)
         if isinstance(outcome, BaseException):  # the loop stops (a full disk, say): not the run's doing
-            act = self.active.get(job.exp_id)
+            act = self.runs_of(job.exp_id)
             self.close_span(job, **({"attempts": act.attempts} if act else {}))
             raise outcome
         self.ended(job, outcome)
@@ -358,6 +360,10 @@ class Scheduler:
         if not exp.status.final:
             self.activate(exp)
 
+    def runs_of(self, exp_id: int) -> Active | None:
+        """The runs wanted and training of an experiment in flight, or of a kept one measured again."""
+        return self.active.get(exp_id) or self.confirmations.active.get(exp_id)
+
     def close_span(self, job: Job, **changes: Any) -> Experiment:
         """Record when `job`'s run ended (its worker free again), with `changes` to its row; the row."""
         exp = self.loop.ledger.get(job.exp_id)
@@ -367,7 +373,8 @@ class Scheduler:
 
     def ended(self, job: Job, outcome: Outcome) -> None:
         loop = self.loop
-        act = self.active.get(job.exp_id)
+        confirming = job.exp_id in self.confirmations
+        act = self.runs_of(job.exp_id)
         if act is None:  # a run of an experiment that has its verdict already (cancel): only its end to note
             self.close_span(job)
             return
@@ -380,6 +387,12 @@ class Scheduler:
             return
         if (outcome := loop.comparable(outcome, job.spec.run_dir)).status == RunEnd.CHANGED:
             raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or self.loop_hint())
+        if confirming:
+            if outcome.status != RunEnd.OK:  # its measuring again ends: its other runs are not started
+                self.jobs = deque(j for j in self.jobs if j.exp_id != exp.id)
+            self.confirmations.took(exp, job.run, outcome)
+            self.confirm()
+            return
         if outcome.status != RunEnd.OK:
             why = outcome.reason if outcome.status != RunEnd.LOST else f"{outcome.reason}, twice"
             self.cancel(exp.id)
@@ -416,10 +429,19 @@ class Scheduler:
         self.active.pop(exp.id, None)
         if verdict.revalidate is not None:
             self.activate(verdict.revalidate, front=True)
+        self.confirm()
         if exp.kind == Kind.BASELINE:
             held, self.held = self.held, {}
             for exp_id, last in held.items():
                 self.conclude(self.loop.ledger.get(exp_id), last)
+
+    def confirm(self) -> None:
+        """Queue first the runs the best is to be measured again with (loop/confirmation.py), and drop those not
+        started of a best that another keep replaced."""
+        dropped, act = self.confirmations.due()
+        self.jobs = deque(j for j in self.jobs if j.exp_id not in dropped)
+        if act is not None:
+            self.queue_runs(act, front=True)
 
     def loop_hint(self) -> str:
         from autoresearch.loop.engine import APPARATUS_HINT
@@ -436,7 +458,7 @@ class Scheduler:
         stop_workers(self.workers)
         for worker in self.workers:
             if worker.job is not None:
-                act = self.active.get(worker.job.exp_id)
+                act = self.runs_of(worker.job.exp_id)
                 self.close_span(worker.job, **({"attempts": act.attempts} if act else {}))
                 worker.finished()
 
@@ -450,13 +472,11 @@ class Scheduler:
         loop.check_apparatus()
         loop.check_attached()
         loop.recover_branch()
+        for exp in loop.ledger.all():  # a kept row measured again, or one whose verdict came before its last run ended
+            if exp.status.final and any(span.end is None for span in activity.spans_of(exp)):
+                self.left_running(exp)
         for exp in loop.ledger.in_flight():
-            for run_dir in loop.ws.state.glob(f"runs/{exp.id}-*"):
-                if reap_orphan(run_dir):
-                    loop.reporter.message(f"killed a training run of experiment {exp.id} left from before")
-            if any(span.end is None for span in activity.spans_of(exp)):
-                exp.spans = activity.without_open(exp)
-                loop.ledger.update(exp.id, spans=exp.spans)
+            self.left_running(exp)
             if exp.kind == Kind.PROPOSAL:
                 self.ratchet.crashed(exp, "interrupted while the agent was proposing")
                 continue
@@ -471,13 +491,25 @@ class Scheduler:
             self.activate(exp)
             if len(exp.run_values) >= self.active[exp.id].wanted:  # every run had ended: judge it now
                 self.conclude(exp, None)
+        self.confirm()
+
+    def left_running(self, exp: Experiment) -> None:
+        """Kill what is left of `exp`'s runs that a dead loop had in progress, and forget when they started."""
+        for run_dir in self.loop.ws.state.glob(f"runs/{exp.id}-*"):
+            if reap_orphan(run_dir):
+                self.loop.reporter.message(f"killed a training run of experiment {exp.id} left from before")
+        if any(span.end is None for span in activity.spans_of(exp)):
+            exp.spans = activity.without_open(exp)
+            self.loop.ledger.update(exp.id, spans=exp.spans)
 
 
 def needs_scheduler(loop: ResearchLoop) -> bool:
-    """Whether what is in flight was left by a loop with several workers, or submitted: the one-worker loop
-    cannot take it up."""
+    """Whether what is in flight was left by a loop with several workers, or submitted, or such a loop died with a
+    run of a judged experiment in progress (the best measured again): the one-worker loop cannot take it up."""
     in_flight = loop.ledger.in_flight()
-    return len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight)
+    if len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight):
+        return True
+    return any(span.end is None for e in loop.ledger.all() if e.status.final for span in activity.spans_of(e))
 
 
 def run_workers(

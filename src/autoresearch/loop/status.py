@@ -220,7 +220,9 @@ def workers_text(ws: Workspace, experiments: list[Experiment], session: activity
             lines.append(f"{head}: idle")
             continue
         span, exp = running[-1], by_id[running[-1].exp_id]
-        lines.append(f"{head}: exp {exp.id} run {span.run + 1} for {_duration(now - span.start)}: {exp.description}")
+        again = " (kept, measured again)" if exp.status == Status.KEEP else ""
+        took = _duration(now - span.start)
+        lines.append(f"{head}: exp {exp.id}{again} run {span.run + 1} for {took}: {exp.description}")
         lines.append("  " + running_text(ws, exp, now, span.run))
     return lines
 

@@ -132,6 +132,17 @@ class Job:
     handed_at: float | None = None  # the scheduler's clock when a worker took it
 
 
+@dataclass
+class Active:
+    """An experiment in flight (or a kept one measured again): the runs it still wants and those being trained."""
+
+    exp_id: int
+    wanted: int  # runs it needs before it is judged (more after a marginal win)
+    attempts: int  # its runs the loop saw interrupted before (by its death): one more while any run trains
+    running: set[int] = field(default_factory=set)  # run indices being trained now
+    lost: set[int] = field(default_factory=set)  # run indices once killed from outside: not retried again
+
+
 class Worker:
     """A device, its executor and its worktree; runs one job at a time on a thread of its own."""
 
