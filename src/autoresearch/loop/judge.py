@@ -43,6 +43,7 @@ NOISE_CAP = 4.0
 COPY_SPREAD = 0.2
 MAX_RUNS = 5  # of a marginal win whose runs look like copies; then they are judged as one run
 SIMPLER_BUT = "simpler, but"  # how the reason of a simplification too far above the lowest val_bpb kept begins
+SIMPLER_KEPT = "simpler at equal val_bpb"  # how the reason of a simplification kept begins
 
 
 @dataclass(frozen=True)
@@ -96,14 +97,16 @@ def measured_noise(experiments: list[Experiment]) -> Noise | None:
     own = noise_of(run_values(baseline))
     # The agent's train.py files, but three runs or more that look like copies: a marginal win's, run up to MAX_RUNS,
     # or a kept change's measured again (loop/scheduler.py), whose copies would shrink the margin. Two honest seeds
-    # look like copies too often (16 %) to leave them out; three 4 % of the time.
+    # look like copies too often (16 %) to leave them out; three 4 % of the time. But a kept change with two runs
+    # that look like copies is left out: the judge trains such runs again, so only its measuring again ends there (its
+    # third run failed, or trains now), and a train.py that ignores SEED would pool them.
     groups = [
         runs
         for e in experiments
         if e.kind in (Kind.BASELINE, Kind.EXPERIMENT)
         and e.status in (Status.KEEP, Status.DISCARD)
         and len(runs := run_values(e)) > 1
-        and (e.kind == Kind.BASELINE or len(runs) < 3 or not copies(runs, own))
+        and (e.kind == Kind.BASELINE or (len(runs) < 3 and e.status != Status.KEEP) or not copies(runs, own))
     ]
     if not groups:
         return None
@@ -174,5 +177,5 @@ def judge(
             cap = f" the baseline's seeds measured, {loose:.6f}" if loose < margin else ""
             why = f"{SIMPLER_BUT} {drift}: simpler changes may not add up to more than the margin{cap}: {shown}"
             return Verdict(Status.DISCARD, why, shown)
-        return Verdict(Status.KEEP, f"simpler at equal val_bpb: {shown}, {fewer}", shown)
+        return Verdict(Status.KEEP, f"{SIMPLER_KEPT}: {shown}, {fewer}", shown)
     return Verdict(Status.DISCARD, f"not better by more than the noise: {shown}", shown)

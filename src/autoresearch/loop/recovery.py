@@ -23,6 +23,7 @@ from pathlib import Path
 from autoresearch.agents.command_agent import AGENT_PID
 from autoresearch.config.apparatus import CONFIG_NAME
 from autoresearch.files import read_regular, write_text_atomic
+from autoresearch.loop import activity
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import APPARATUS_HINT, CONFINEMENT_HINT, SETUP_HINT, LoopError
@@ -118,6 +119,7 @@ class Recovery:
                 f"{len(in_flight)} experiments of a loop with several workers (or submitted) are still in flight",
                 hint="`autoresearch run` with the same --gpus or --workers finishes them first",
             )
+        self.reap_judged()  # `try` after a loop with several workers killed while it measured the best again
         pending = in_flight[0] if in_flight else None
         if pending is not None:
             for run_dir in self.ws.state.glob(f"runs/{pending.id}-*"):
@@ -148,6 +150,22 @@ class Recovery:
             return pending
         self.recover_branch()
         return None
+
+    def reap_judged(self) -> None:
+        """Kill the runs a dead loop with several workers had in progress of experiments judged already (the best
+        measured again, or one whose verdict came before its last run ended), and forget when they started."""
+        for exp in self.ledger.all():
+            if exp.status.final and any(span.end is None for span in activity.spans_of(exp)):
+                self.left_running(exp)
+
+    def left_running(self, exp: Experiment) -> None:
+        """Kill what is left of `exp`'s runs that a dead loop had in progress, and forget when they started."""
+        for run_dir in self.ws.state.glob(f"runs/{exp.id}-*"):
+            if reap_orphan(run_dir):
+                self.reporter.message(f"killed a training run of experiment {exp.id} left from before")
+        if any(span.end is None for span in activity.spans_of(exp)):
+            exp.spans = activity.without_open(exp)
+            self.ledger.update(exp.id, spans=exp.spans)
 
     def check_attached(self) -> None:
         """The loop keeps its experiments on its branch, so HEAD must be on it: detached (a person's `git checkout

@@ -41,7 +41,7 @@ from autoresearch.loop.answers import Answer, Answers, asked_on_threads
 from autoresearch.loop.clock import Clock, RealClock
 from autoresearch.loop.confirmation import CONFIRMED_RUNS, Confirmations
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop
-from autoresearch.loop.executor import Outcome, RunSpec, reap_orphan
+from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.inbox import SUBMITTER, Inbox, note_moved
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
@@ -384,10 +384,13 @@ class Scheduler:
             act.lost.add(job.run)  # killed twice, it is not run again
             loop.reporter.message(f"exp {exp.id}: {outcome.reason}; trying that run once more")
             self.jobs.appendleft(job)
+            if confirming:  # a best that another keep replaced while it trained is measured no further
+                self.confirm()
             return
         if (outcome := loop.comparable(outcome, job.spec.run_dir)).status == RunEnd.CHANGED:
             raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or self.loop_hint())
-        if confirming:
+        if confirming:  # after its verdict, which settled what its first runs compiled: this run's is settled here
+            loop._settle_compiled(exp, keep=outcome.status == RunEnd.OK, run=job.run)
             if outcome.status != RunEnd.OK:  # its measuring again ends: its other runs are not started
                 self.jobs = deque(j for j in self.jobs if j.exp_id != exp.id)
             self.confirmations.took(exp, job.run, outcome)
@@ -472,11 +475,9 @@ class Scheduler:
         loop.check_apparatus()
         loop.check_attached()
         loop.recover_branch()
-        for exp in loop.ledger.all():  # a kept row measured again, or one whose verdict came before its last run ended
-            if exp.status.final and any(span.end is None for span in activity.spans_of(exp)):
-                self.left_running(exp)
+        loop.reap_judged()
         for exp in loop.ledger.in_flight():
-            self.left_running(exp)
+            loop.left_running(exp)
             if exp.kind == Kind.PROPOSAL:
                 self.ratchet.crashed(exp, "interrupted while the agent was proposing")
                 continue
@@ -492,15 +493,6 @@ class Scheduler:
             if len(exp.run_values) >= self.active[exp.id].wanted:  # every run had ended: judge it now
                 self.conclude(exp, None)
         self.confirm()
-
-    def left_running(self, exp: Experiment) -> None:
-        """Kill what is left of `exp`'s runs that a dead loop had in progress, and forget when they started."""
-        for run_dir in self.loop.ws.state.glob(f"runs/{exp.id}-*"):
-            if reap_orphan(run_dir):
-                self.loop.reporter.message(f"killed a training run of experiment {exp.id} left from before")
-        if any(span.end is None for span in activity.spans_of(exp)):
-            exp.spans = activity.without_open(exp)
-            self.loop.ledger.update(exp.id, spans=exp.spans)
 
 
 def needs_scheduler(loop: ResearchLoop) -> bool:

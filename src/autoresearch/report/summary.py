@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from autoresearch.loop.judge import SIMPLER_BUT, Noise, measured_noise, run_values
+from autoresearch.loop.judge import SIMPLER_BUT, SIMPLER_KEPT, Noise, measured_noise, run_values
 from autoresearch.loop.ledger import Experiment
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 
@@ -144,8 +144,11 @@ def explain(exp: Experiment, best: float | None, noise: Noise | None, stopped: b
     margin = f"the margin {noise.margin:.6f}"
     if exp.status == Status.KEEP and gain > noise.margin:
         return f"{gain:.6f} better than the best {best:.6f}{mean}, beyond {margin}"
+    if exp.status == Status.KEEP and exp.reason.startswith("better"):  # on a lucky run: measured again, it is not
+        now = f"{signed(-gain, '.6f')} against the best {best:.6f}{mean}"
+        return f"kept as better when judged; now {now}, within {margin}"
     if exp.status == Status.KEEP:
-        return f"simpler at equal val_bpb: {signed(-gain, '.6f')} against the best {best:.6f}{mean}, within {margin}"
+        return f"{SIMPLER_KEPT}: {signed(-gain, '.6f')} against the best {best:.6f}{mean}, within {margin}"
     if exp.reason.startswith(SIMPLER_BUT):  # within the margin of the best, not of the lowest val_bpb kept
         return first_line(exp.reason)
     if gain > noise.margin:  # a win on a stale base, merged onto the best (or in conflict with it)
