@@ -179,3 +179,33 @@ def test_the_report_does_not_call_a_change_kept_on_a_lucky_run_simpler(workspace
     assert kept.status == Status.KEEP and kept.val_bpb == pytest.approx(1.0966667)
     why = explain(kept, best_before(rows)[kept.id], noise_before(rows, kept))
     assert "simpler" not in why and "kept as better when judged" in why, why
+
+
+SABOTAGE = "# trains only on SEED 42"
+
+
+def test_a_kept_train_py_that_sabotages_its_runs_measured_again_does_not_lower_the_bar_for_worse_changes(workspace):
+    """BROKE, fixed: a kept change is judged on its first run (SEED 42) alone; a train.py that skips training on any
+    other SEED (NOISE_CAP's threat) drew runs measured again 5 bpb worse, its mean with them. Its bar, min(its mean,
+    the lowest kept), fell back to the best before it, and a change of it 0.020 worse on every seed (sabotaging the
+    same way) was kept, the branch moved off the better train.py. A run measured again that comes out worse than the
+    runs judged by more than NOISE_CAP x the baseline's margin is no seed's draw: it ends the measuring, not joined."""
+    values = {**TRUE, 0.5: 1.020, 0.45: 1.040}
+
+    def sabotaging(source: str) -> float:
+        value = values[constant(source, "LR")] + SEED_NOISE[constant(source, "SEED")]
+        return value + 5.0 if SABOTAGE in source and constant(source, "SEED") != 42 else value
+
+    def sabotaged(ctx):
+        return "LR 0.5", set_lr(0.5)(ctx)[1] + f"{SABOTAGE}\n"
+
+    sched = scheduler(workspace, score=sabotaging)
+    sched.run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
+    sched.run(ScriptedAgent([sabotaged]), max_experiments=1)
+    b = sched.loop.best()
+    assert b.id == 3 and b.status == Status.KEEP
+    assert b.val_bpb == pytest.approx(1.020) and "not measured again" in b.reason
+    sched.run(ScriptedAgent([set_lr(0.45)]), max_experiments=1)
+    worse = sched.loop.ledger.get(4)
+    assert SABOTAGE in worse.source and worse.status == Status.DISCARD, worse.reason
+    assert sched.loop.best().id == 3 and sched.loop.git.head() == b.commit

@@ -8,8 +8,9 @@ value joins the row's runs and its mean becomes its val_bpb. Its verdict stands:
 branch does not move.
 
 A run of it that fails (a train.py that diverges on another seed) ends its measuring: the row's reason says so, and
-its value rests on the runs it has. So do MAX_ATTEMPTS kills of the loop while its runs train (`attempts` counts
-them, as for an experiment in flight). A best that another keep replaced is measured no further: its runs not yet
+its value rests on the runs it has. So does a run far worse than the runs judged (`beyond_seeds`), not joined to
+them, and so do MAX_ATTEMPTS kills of the loop while its runs train (`attempts` counts them, as for an experiment in
+flight). A best that another keep replaced is measured no further: its runs not yet
 started are dropped, those training are recorded. A killed loop's next start finds the best's missing runs again.
 """
 
@@ -20,6 +21,7 @@ import statistics
 
 from autoresearch.loop.engine import MAX_ATTEMPTS, ResearchLoop
 from autoresearch.loop.executor import Outcome
+from autoresearch.loop.judge import NOISE_CAP, margin_of, measured_noise
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.recovery import died_running
 from autoresearch.loop.workers import Active
@@ -64,7 +66,10 @@ class Confirmations:
         """Run `run` of `exp` ended (OK, or failed by itself): its value joins the others' mean, or its measuring
         ends; once no run of it trains and none is wanted, it is forgotten."""
         act = self.active[exp.id]
-        if outcome.status == RunEnd.OK:
+        if outcome.status == RunEnd.OK and (why := self.beyond_seeds(exp, outcome.val_bpb)):
+            if NOT_CONFIRMED not in exp.reason:
+                self.stop(exp, f"its run {run + 1} {why}")
+        elif outcome.status == RunEnd.OK:
             first, indices = exp.val_bpb, exp.run_indices
             exp.runs = json.dumps([*exp.run_values, outcome.val_bpb])
             exp.seeds = json.dumps([*indices, run])
@@ -79,6 +84,19 @@ class Confirmations:
             self.stop(exp, f"its run {run + 1} failed: {outcome.reason}")
         if not act.running and (len(exp.run_values) >= act.wanted or NOT_CONFIRMED in exp.reason):
             del self.active[exp.id]
+
+    def beyond_seeds(self, exp: Experiment, value: float) -> str | None:
+        """Why a run's value is no other seed's draw of the runs judged, or None: worse than their mean by more than
+        NOISE_CAP x the margin of the baseline's seeds. A train.py reads SEED: one that skips training on any seed
+        but the first (the one judged) would raise its mean at will, and with it its bar, min(its mean, the lowest
+        kept), back to the best before it: a change of it worse on every seed would be kept."""
+        noise = measured_noise(self.loop.ledger.all())
+        if noise is None or noise.baseline is None:
+            return None
+        limit = NOISE_CAP * margin_of(noise.baseline)
+        if value - exp.val_bpb <= limit:
+            return None
+        return f"came out {value:.6f}, {value - exp.val_bpb:+.6f} from its mean, beyond {limit:.6f}: no seed's draw"
 
     def stop(self, exp: Experiment, why: str) -> None:
         """End `exp`'s measuring: its reason says why, and that its value rests on the runs it has (and any

@@ -39,7 +39,7 @@ from autoresearch.evaluator import sandbox
 from autoresearch.loop import activity
 from autoresearch.loop.answers import Answer, Answers, asked_on_threads
 from autoresearch.loop.clock import Clock, RealClock
-from autoresearch.loop.confirmation import CONFIRMED_RUNS, Confirmations
+from autoresearch.loop.confirmation import CONFIRMED_RUNS, NOT_CONFIRMED, Confirmations
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop
 from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.inbox import SUBMITTER, Inbox, note_moved
@@ -391,9 +391,9 @@ class Scheduler:
             raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or self.loop_hint())
         if confirming:  # after its verdict, which settled what its first runs compiled: this run's is settled here
             loop._settle_compiled(exp, keep=outcome.status == RunEnd.OK, run=job.run)
-            if outcome.status != RunEnd.OK:  # its measuring again ends: its other runs are not started
-                self.jobs = deque(j for j in self.jobs if j.exp_id != exp.id)
             self.confirmations.took(exp, job.run, outcome)
+            if NOT_CONFIRMED in exp.reason:  # its measuring again ended: its other runs are not started
+                self.jobs = deque(j for j in self.jobs if j.exp_id != exp.id)
             self.confirm()
             return
         if outcome.status != RunEnd.OK:
