@@ -95,11 +95,10 @@ def measured_noise(experiments: list[Experiment]) -> Noise | None:
     if baseline is None:
         return None
     own = noise_of(run_values(baseline))
-    # The agent's train.py files, but three runs or more that look like copies: a marginal win's, run up to MAX_RUNS,
-    # or a kept change's measured again (loop/scheduler.py), whose copies would shrink the margin. Two honest seeds
-    # look like copies too often (16 %) to leave them out; three 4 % of the time. But a kept change with two runs
-    # that look like copies is left out: the judge trains such runs again, so only its measuring again ends there (its
-    # third run failed, or trains now), and a train.py that ignores SEED would pool them.
+    # The agent's train.py files, less runs that look like copies (one that ignores SEED would pool a spread of
+    # nothing): three or more (a marginal win's, run up to MAX_RUNS; a kept change's measured again,
+    # loop/confirmation.py), or a kept change's two (the judge trains a marginal pair of copies again: only measuring
+    # again ends there). Two honest seeds look like copies too often (16 %) to leave out a discarded pair; three 4 %.
     groups = [
         runs
         for e in experiments
