@@ -60,6 +60,11 @@ def with_end(exp: Experiment, run: int, at: float) -> str:
     return json.dumps(spans)
 
 
+def left_open(exp: Experiment) -> bool:
+    """Whether a run of `exp` has no end recorded: it trains now, or the loop died during it."""
+    return any(s["end"] is None for s in json.loads(exp.spans))
+
+
 def without_open(exp: Experiment) -> str:
     """`exp.spans` less the runs a dead loop left open: when they ended is not known."""
     return json.dumps([s for s in json.loads(exp.spans) if s["end"] is not None])

@@ -44,6 +44,7 @@ COPY_SPREAD = 0.2
 MAX_RUNS = 5  # of a marginal win whose runs look like copies; then they are judged as one run
 SIMPLER_BUT = "simpler, but"  # how the reason of a simplification too far above the lowest val_bpb kept begins
 SIMPLER_KEPT = "simpler at equal val_bpb"  # how the reason of a simplification kept begins
+BETTER = "better"  # how the reason of a change kept for beating the best by the margin begins
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def judge(
         why += f", a marginal win: {shown}"
         return Verdict(Status.DISCARD, why, shown)
     if gain > 2 * margin or (len(runs) > 1 and gain > margin):
-        return Verdict(Status.KEEP, f"better: {shown}", shown)
+        return Verdict(Status.KEEP, f"{BETTER}: {shown}", shown)
     if gain > margin:
         return Verdict(Status.RERUN, f"marginal win, run again: {shown}", shown)
     if best - value > -loose and fewer_lines > 0:

@@ -122,9 +122,7 @@ class Recovery:
         self.reap_judged()  # `try` after a loop with several workers killed while it measured the best again
         pending = in_flight[0] if in_flight else None
         if pending is not None:
-            for run_dir in self.ws.state.glob(f"runs/{pending.id}-*"):
-                if reap_orphan(run_dir):
-                    self.reporter.message(f"killed a training run of experiment {pending.id} left from before")
+            self.left_running(pending)
             self.check_branch(pending)
             if pending.kind == Kind.PROPOSAL:
                 self._finish(pending, Status.CRASH, "interrupted while the agent was proposing")
@@ -155,7 +153,7 @@ class Recovery:
         """Kill the runs a dead loop with several workers had in progress of experiments judged already (the best
         measured again, or one whose verdict came before its last run ended), and forget when they started."""
         for exp in self.ledger.all():
-            if exp.status.final and any(span.end is None for span in activity.spans_of(exp)):
+            if exp.status.final and activity.left_open(exp):
                 self.left_running(exp)
 
     def left_running(self, exp: Experiment) -> None:
@@ -163,7 +161,7 @@ class Recovery:
         for run_dir in self.ws.state.glob(f"runs/{exp.id}-*"):
             if reap_orphan(run_dir):
                 self.reporter.message(f"killed a training run of experiment {exp.id} left from before")
-        if any(span.end is None for span in activity.spans_of(exp)):
+        if activity.left_open(exp):
             exp.spans = activity.without_open(exp)
             self.ledger.update(exp.id, spans=exp.spans)
 

@@ -501,7 +501,7 @@ def needs_scheduler(loop: ResearchLoop) -> bool:
     in_flight = loop.ledger.in_flight()
     if len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight):
         return True
-    return any(span.end is None for e in loop.ledger.all() if e.status.final for span in activity.spans_of(e))
+    return any(e.status.final and activity.left_open(e) for e in loop.ledger.all())
 
 
 def run_workers(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from autoresearch.loop.judge import SIMPLER_BUT, SIMPLER_KEPT, Noise, measured_noise, run_values
+from autoresearch.loop.judge import BETTER, SIMPLER_BUT, SIMPLER_KEPT, Noise, measured_noise, run_values
 from autoresearch.loop.ledger import Experiment
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 
@@ -144,7 +144,7 @@ def explain(exp: Experiment, best: float | None, noise: Noise | None, stopped: b
     margin = f"the margin {noise.margin:.6f}"
     if exp.status == Status.KEEP and gain > noise.margin:
         return f"{gain:.6f} better than the best {best:.6f}{mean}, beyond {margin}"
-    if exp.status == Status.KEEP and exp.reason.startswith("better"):  # on a lucky run: measured again, it is not
+    if exp.status == Status.KEEP and exp.reason.startswith(BETTER):  # on a lucky run: measured again, it is not
         now = f"{signed(-gain, '.6f')} against the best {best:.6f}{mean}"
         return f"kept as better when judged; now {now}, within {margin}"
     if exp.status == Status.KEEP:
