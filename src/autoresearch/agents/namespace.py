@@ -14,6 +14,7 @@ import stat
 import subprocess
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.agents import fence
@@ -56,7 +57,17 @@ DECODE = (
     r's=${s#??}; c=$(printf "\\$(printf %o "0x$h")."); o=$o${c%.};; *) break;; esac; done; printf "%s" "$o$s"; }; '
 )
 _HIDE = (
-    'm=$1 f=$2 un=$3 u=$4 g=$5 n=$6; shift 6; while [ "$n" -gt 0 ]; do a=$1; shift; n=$((n - 1)); '
+    'm=$1 f=$2 un=$3 mk=$4 u=$5 g=$6; shift 6; w=$PWD; '
+    # The temporary folders (`own_temporary`): each an overlay of itself, whose writes are the turn's alone (on an
+    # empty tmpfs over it, made with the folder's mode), and in it, bound back from the folder as it is (the working
+    # directory, below those mounts; `-c`: the path taken as given), the places under it the agent writes for real.
+    'n=$1; shift; while [ "$n" -gt 0 ]; do t=$1 o=$2 k=$3; shift 3; n=$((n - 1)); '
+    'cd "$t" && "$m" -t tmpfs -o mode=0700 tmpfs "$t" && "$mk" "$t/.l" "$t/.w" && "$mk" -m "$o" "$t/.u" && '
+    '"$m" -c --bind . "$t/.l" && "$m" -t overlay -o "lowerdir=$t/.l,upperdir=$t/.u,workdir=$t/.w,userxattr" '
+    'overlay "$t" || { echo "autoresearch: could not give the agent a $t of its own" >&2; exit 1; }; '
+    'while [ "$k" -gt 0 ]; do p=$1; shift; k=$((k - 1)); "$m" -c --rbind "./${p#"$t"/}" "$p" || { '
+    'echo "autoresearch: could not let the agent write $p" >&2; exit 1; }; done; done; cd "$w" || exit 1; '
+    'n=$1; shift; while [ "$n" -gt 0 ]; do a=$1; shift; n=$((n - 1)); '
     'if [ -d "$a" ]; then "$m" --rbind "$a" "$a"; fi || { echo "autoresearch: could not pin $a" >&2; exit 1; }; done; '
     # As root, / itself read-only (its folders were bound onto themselves above); the working directory found anew.
     'if [ "$u" = 0 ]; then "$m" -o remount,bind,ro / && cd "$PWD" || { '
@@ -72,7 +83,9 @@ _HIDE = (
     + 'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
     'if [ -e "$p" ]; then "$m" --rbind "$p" "$p" && "$m" -o remount,bind,ro "$p" && '
     't=$("$f" -rn -o TARGET -R "$p") && printf "%s\\n" "$t" | while IFS= read -r t; do t=$(x "$t"; echo .); t=${t%.}; '
-    '"$m" -o remount,bind,ro "$t" || { echo "autoresearch: could not make $t read-only for the agent" >&2; exit 1; }; '
+    # (but for one no path reaches: what a temporary folder's overlay covers)
+    '[ ! -e "$t" ] || "$m" -o remount,bind,ro "$t" || { echo "autoresearch: could not make $t read-only for the agent" >&2; '
+    'exit 1; }; '
     'done; fi || { echo "autoresearch: could not make $p read-only for the agent" >&2; exit 1; }; done; '
     # Within a read-only place, a folder the agent writes after all (a coding agent's own files in the state).
     'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
@@ -102,14 +115,14 @@ def _namespaces() -> tuple[tuple[str, ...], ...]:
     # Found once (`pid_namespace`), as git is (workspace/git.py), in PATH's absolute folders: run by name from the
     # script, a `mount` the agent left in a working directory that PATH names ran as you, the data not hidden yet.
     # One not found there is not run by name either (a relative folder of PATH would find the agent's): no such way.
-    unshare, mount, findmnt = (program_path(name) for name in ("unshare", "mount", "findmnt"))
+    unshare, mount, findmnt, mkdir = (program_path(name) for name in ("unshare", "mount", "findmnt", "mkdir"))
     if unshare is None:
         return ()
     outer = (unshare, "--user", "--pid", "--fork", "--mount-proc", "--kill-child")
     ids = (str(os.getuid()), str(os.getgid()))
-    hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE, "sh", mount, findmnt, unshare, *ids)
+    hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE, "sh", mount, findmnt, unshare, mkdir, *ids)
     plain = (*outer, "--map-current-user", unshare, *PID_NAMESPACE_INNER[1:])
-    return (hidden, plain) if mount and findmnt else (plain,)
+    return (hidden, plain) if mount and findmnt and mkdir else (plain,)
 
 
 def with_hidden(
@@ -118,14 +131,74 @@ def with_hidden(
     read_only: list[Path] = (),
     writable: list[Path] = (),
     pinned: list[Path] = (),
+    temporary: list[Temporary] = (),
 ) -> tuple[str, ...]:
     """`way` (one of `_namespaces()`, or none) with `places` hidden from the agent, `read_only` made read-only for
-    it, `writable` (folders inside those) writable again, and `pinned` folders made mount points first, which cannot
-    be renamed, where that way can do so."""
+    it, `writable` (folders inside those) writable again, `pinned` folders made mount points first, which cannot
+    be renamed, and, before all that, the `temporary` folders made its own, where that way can do so."""
     if _HIDE not in way:
         return way
+    own = [str(len(temporary))]
+    for folder in temporary:
+        own += [str(folder.path), folder.mode, str(len(folder.real)), *map(str, folder.real)]
     lists = (pinned, places, read_only, writable)
-    return (*way, *(word for paths in lists for word in (str(len(paths)), *map(str, paths))))
+    return (*way, *own, *(word for paths in lists for word in (str(len(paths)), *map(str, paths))))
+
+
+# The temporary folders the agent gets a copy of its own of: it reads what is there, and what it writes there is gone at
+# the end of its turn. Shared, a file it left there was loaded later by a program of yours that looks there (Inductor's
+# default cache; a `python` started in /tmp imports what lies beside it).
+TEMPORARY = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+@dataclass(frozen=True)
+class Temporary:
+    """A temporary folder made the agent's own (see _HIDE): its real path, its mode (octal, as `mkdir -m` takes it),
+    and the places under it that the agent writes for real (the workspace), bound back."""
+
+    path: Path
+    mode: str
+    real: tuple[Path, ...] = ()
+
+
+def temporary_folders(
+    env: Mapping[str, str], workspace: Path | None = None, writable: list[Path] = (), read_only: list[Path] = ()
+) -> list[Temporary]:
+    """TEMPORARY and `$TMPDIR`, those that are folders (not links: /var/tmp may name /tmp), not inside one another,
+    nor the workspace or inside it, nor inside a read-only place but where made writable again (as root, /var/tmp in
+    a read-only /var; a `$TMPDIR` in your home stays read-only), at paths an overlay's options can name. In each, the
+    workspace and the `writable` places that lie in it (outermost)."""
+    inside = [workspace.resolve()] if workspace is not None else []
+    named = [Path(p) for p in (*TEMPORARY, env.get("TMPDIR", "")) if os.path.isabs(p)]
+    found: list[Temporary] = []
+    for folder in named:
+        if folder.is_symlink() or not folder.is_dir() or not re.fullmatch(r"[\w/.@+-]+", str(folder)):
+            continue
+        real = folder.resolve()
+        if any(holds(w, real) for w in inside) or any(holds(f.path, real) or holds(real, f.path) for f in found):
+            continue
+        if any(holds(p, real) for p in read_only) and not any(holds(p, real) for p in writable):
+            continue
+        kept = [p for p in (*inside, *writable) if p != real and holds(real, p)]
+        found.append(Temporary(real, f"{stat.S_IMODE(real.stat().st_mode):o}", tuple(shown.outermost(kept))))
+    return found
+
+
+@functools.cache
+def temporary_unavailable() -> str | None:
+    """Why the agent cannot have temporary folders of its own here (no namespace that hides places; an overlay this
+    kernel does not mount in one: before Linux 5.11), else None."""
+    way = pid_namespace()
+    if _HIDE not in way:
+        return "no user namespace can be made here"
+    folders = temporary_folders({})
+    try:
+        done = subprocess.run([*with_hidden(way, [], temporary=folders), "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return str(err)
+    if done.returncode != 0:
+        return done.stderr.decode(errors="replace").strip().splitlines()[-1] if done.stderr.strip() else "it failed"
+    return None
 
 
 def _above(places: list[Path], workspace: Path) -> list[Path]:
@@ -189,7 +262,7 @@ def _home(env: Mapping[str, str]) -> list[Path]:
     if os.getuid() == 0:  # not the system users' (their "home" is /dev, /bin, /var/mail: no one logs in there)
         homes |= {Path(user.pw_dir) for user in pwd.getpwall() if Path(user.pw_shell).name not in NO_LOGIN}
     found = {home.resolve() for home in homes if home.is_absolute()}
-    return sorted(p for p in found if p.is_dir() and p != Path("/") and str(p) not in SOCKET_FOLDERS[:3])
+    return sorted(p for p in found if p.is_dir() and p != Path("/") and str(p) not in TEMPORARY)
 
 
 def agent_writable(env: Mapping[str, str], workspace: Path | None = None) -> list[Path]:
@@ -426,6 +499,7 @@ def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], d
     if (temporary := Path("/var/tmp")).is_dir() and not temporary.is_symlink() and Path("/var") in read_only:
         writable.append(temporary)  # its temporary files, in a read-only /var (with the sockets there still hidden)
     pinned = [*_root_folders(), *_above([*hidden, *read_only], workspace)]
-    way = with_hidden(pid_namespace(), hidden, read_only, writable, list(dict.fromkeys(pinned)))
+    temporary = temporary_folders(env, workspace, writable, read_only) if temporary_unavailable() is None else []
+    way = with_hidden(pid_namespace(), hidden, read_only, writable, list(dict.fromkeys(pinned)), temporary)
     env = {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)} | caches
     return (*way, *fence.launcher(env)), env
