@@ -14,6 +14,7 @@ from autoresearch.loop.activity import spans_of
 from autoresearch.loop.executor import Outcome
 from autoresearch.loop.judge import measured_noise
 from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.rebuild import rebuild
 from autoresearch.loop.scheduler import Scheduler
 from autoresearch.loop.trying import try_working_tree
 from autoresearch.loop.workers import devices, make_workers
@@ -209,3 +210,26 @@ def test_a_kept_train_py_that_sabotages_its_runs_measured_again_does_not_lower_t
     worse = sched.loop.ledger.get(4)
     assert SABOTAGE in worse.source and worse.status == Status.DISCARD, worse.reason
     assert sched.loop.best().id == 3 and sched.loop.git.head() == b.commit
+
+
+def test_rebuild_ledger_leaves_out_a_sabotaged_run_measured_again_as_the_loop_did(workspace):
+    """BROKE, fixed: `rebuild-ledger` joined every run a kept change left a result for, the one measured again that
+    no seed draws (the test above) with them: its val_bpb came back 5 bpb worse, the bar with it, and its reason lost
+    "not measured again", so the next start measured it again. The rebuilt row leaves that run out, as the loop did."""
+
+    def sabotaging(source: str) -> float:
+        value = {**TRUE, 0.5: 1.020}[constant(source, "LR")] + SEED_NOISE[constant(source, "SEED")]
+        return value + 5.0 if SABOTAGE in source and constant(source, "SEED") != 42 else value
+
+    sched = scheduler(workspace, score=sabotaging)
+    sched.run(ScriptedAgent([lambda ctx: ("LR 0.5", set_lr(0.5)(ctx)[1] + f"{SABOTAGE}\n")]), max_experiments=1)
+    before = sched.loop.best()
+    assert before.run_values == [pytest.approx(1.020)] and "not measured again" in before.reason
+    sched.loop.ledger.close()
+    rebuild(workspace.root, workspace.git)
+    rows = Ledger(workspace.root).all()
+    after = rows[-1]
+    assert after.id == before.id and after.status == Status.KEEP
+    assert after.run_values == [pytest.approx(1.020)] and after.val_bpb == pytest.approx(1.020)
+    assert "not measured again: its run 2 came out 6.02" in after.reason, after.reason
+    assert len(list((workspace.state / "runs").glob(f"{after.id}-*/result.json"))) == 3  # the loop trained three

@@ -8,7 +8,7 @@ value joins the row's runs and its mean becomes its val_bpb. Its verdict stands:
 branch does not move.
 
 A run of it that fails (a train.py that diverges on another seed) ends its measuring: the row's reason says so, and
-its value rests on the runs it has. So does a run far worse than the runs judged (`beyond_seeds`), not joined to
+its value rests on the runs it has. So does a run far worse than the runs judged (judge.beyond_seeds), not joined to
 them, and so do MAX_ATTEMPTS kills of the loop while its runs train (`attempts` counts them, as for an experiment in
 flight). A best that another keep replaced is measured no further: its runs not yet
 started are dropped, those training are recorded. A killed loop's next start finds the best's missing runs again.
@@ -21,7 +21,7 @@ import statistics
 
 from autoresearch.loop.engine import MAX_ATTEMPTS, ResearchLoop
 from autoresearch.loop.executor import Outcome
-from autoresearch.loop.judge import NOISE_CAP, margin_of, measured_noise
+from autoresearch.loop.judge import beyond_seeds, measured_noise
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.recovery import died_running
 from autoresearch.loop.workers import Active
@@ -31,6 +31,11 @@ from autoresearch.vocabulary import Kind, RunEnd
 # each would be a whole run of its night.
 CONFIRMED_RUNS = 3
 NOT_CONFIRMED = "not measured again:"  # how the note that ends a kept row's measuring begins, in its reason
+
+
+def not_confirmed(why: str) -> str:
+    """The note that ends a kept row's measuring, in its reason."""
+    return f"{NOT_CONFIRMED} {why}; its val_bpb is the mean of its runs that ended well"
 
 
 class Confirmations:
@@ -66,7 +71,8 @@ class Confirmations:
         """Run `run` of `exp` ended (OK, or failed by itself): its value joins the others' mean, or its measuring
         ends; once no run of it trains and none is wanted, it is forgotten."""
         act = self.active[exp.id]
-        if outcome.status == RunEnd.OK and (why := self.beyond_seeds(exp, outcome.val_bpb)):
+        noise = measured_noise(self.loop.ledger.all()) if outcome.status == RunEnd.OK else None
+        if outcome.status == RunEnd.OK and (why := beyond_seeds(exp.val_bpb, outcome.val_bpb, noise)):
             if NOT_CONFIRMED not in exp.reason:
                 self.stop(exp, f"its run {run + 1} {why}")
         elif outcome.status == RunEnd.OK:
@@ -85,23 +91,10 @@ class Confirmations:
         if not act.running and (len(exp.run_values) >= act.wanted or NOT_CONFIRMED in exp.reason):
             del self.active[exp.id]
 
-    def beyond_seeds(self, exp: Experiment, value: float) -> str | None:
-        """Why a run's value is no other seed's draw of the runs judged, or None: worse than their mean by more than
-        NOISE_CAP x the margin of the baseline's seeds. A train.py reads SEED: one that skips training on any seed
-        but the first (the one judged) would raise its mean at will, and with it its bar, min(its mean, the lowest
-        kept), back to the best before it: a change of it worse on every seed would be kept."""
-        noise = measured_noise(self.loop.ledger.all())
-        if noise is None or noise.baseline is None:
-            return None
-        limit = NOISE_CAP * margin_of(noise.baseline)
-        if value - exp.val_bpb <= limit:
-            return None
-        return f"came out {value:.6f}, {value - exp.val_bpb:+.6f} from its mean, beyond {limit:.6f}: no seed's draw"
-
     def stop(self, exp: Experiment, why: str) -> None:
         """End `exp`'s measuring: its reason says why, and that its value rests on the runs it has (and any
         training now, recorded as they end)."""
-        note = f"{NOT_CONFIRMED} {why}; its val_bpb is the mean of its runs that ended well"
+        note = not_confirmed(why)
         exp.reason = f"{exp.reason}; {note}"
         self.loop.ledger.update(exp.id, reason=exp.reason)
         self.loop.ledger.write_tsv()

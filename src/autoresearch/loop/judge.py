@@ -130,6 +130,19 @@ def margin_of(noise: float) -> float:
     return 2 * noise
 
 
+def beyond_seeds(mean: float, value: float, noise: Noise | None) -> str | None:
+    """Why a run's value is no other seed's draw of runs whose mean is `mean`, or None: worse than it by more than
+    NOISE_CAP x the margin of the baseline's seeds. A train.py reads SEED: a kept one that skips training on any seed
+    but the one judged would raise its mean when measured again (loop/confirmation.py), and with it its bar, min(its
+    mean, the lowest kept), back to the best before it: a change of it worse on every seed would be kept."""
+    if noise is None or noise.baseline is None:
+        return None
+    limit = NOISE_CAP * margin_of(noise.baseline)
+    if value - mean <= limit:
+        return None
+    return f"came out {value:.6f}, {value - mean:+.6f} from its mean, beyond {limit:.6f}: no seed's draw"
+
+
 def copies(runs: list[float], noise: float) -> bool:
     """Whether the runs (of different seeds) agree so closely that they look like one run repeated."""
     return len(runs) > 1 and statistics.stdev(runs) < COPY_SPREAD * noise

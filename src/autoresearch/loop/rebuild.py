@@ -8,11 +8,11 @@ discarded ones under refs/autoresearch/discarded/N); each run's directory still 
 result (`.autoresearch/runs/N-k/result.json`), so the baseline's seeds, and with them the noise, come back
 too. What git and the runs' files know wins over a line: the status is where git keeps the commit (a
 `keep` line for a discarded commit is no keep), and val_bpb is the mean of the runs' results where they
-survive (a crash has none). Experiments that only git knows (results.tsv lost too) come back with their
-status from where git keeps them, the baseline as the commit the first experiment was made on; the branch
-tip missing from a results.tsv that has lines was in flight (one worker trains on the branch): it is
-trained again at the next start. Ids are never reused: the next id is past every id the file, git or the
-run folders name.
+survive (a crash has none; a kept change's runs measured again as the loop joined them). Experiments that
+only git knows (results.tsv lost too) come back with their status from where git keeps them, the baseline
+as the commit the first experiment was made on; the branch tip missing from a results.tsv that has lines
+was in flight (one worker trains on the branch): it is trained again at the next start. Ids are never
+reused: the next id is past every id the file, git or the run folders name.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ import time
 from pathlib import Path
 
 from autoresearch.evaluator.result import Result
+from autoresearch.loop.confirmation import not_confirmed
 from autoresearch.loop.executor import read_result
+from autoresearch.loop.judge import beyond_seeds, measured_noise
 from autoresearch.loop.ledger import Experiment, Ledger, read_tsv
 from autoresearch.loop.waiting import unreported
 from autoresearch.vocabulary import Kind, Status
@@ -134,8 +136,35 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
         rows[exp_id] = Experiment(exp_id, Kind.PROPOSAL, Status.CRASH, "(unknown)", parent="")
         rows[exp_id].reason = f"rebuilt: {left[exp_id]} (in flight when the ledger was lost)"
     ordered = [rows[i] for i in sorted(rows)]
+    _measured_again(state / "runs", ordered)
     _fill_times(ordered)
     return ordered, sorted(skipped)
+
+
+def _measured_again(runs: Path, rows: list[Experiment]) -> None:
+    """A kept change's runs after its first: measuring it again (loop/confirmation.py), which a run that failed or one
+    far worse than the runs before it (judge.beyond_seeds) ended, the latter not joined to its mean. So here too: a
+    train.py that trains only on the seed it was judged on would otherwise raise its bar with that run, and the next
+    start would measure it again."""
+    noise = measured_noise(rows)
+    for exp in rows:
+        if exp.kind != Kind.EXPERIMENT or exp.status != Status.KEEP:
+            continue
+        values, seeds, why = [], [], None
+        for index, _, result in _run_results(runs, exp.id):
+            if result is None:  # unreadable: it tells nothing
+                continue
+            if not result.valid or result.val_bpb is None:
+                if values:  # one before the first that ended well was the judge's
+                    why = why or f"its run {index + 1} failed: {result.invalid_reason}"
+            elif values and (beyond := beyond_seeds(statistics.fmean(values), result.val_bpb, noise)):
+                why = why or f"its run {index + 1} {beyond}"
+            else:
+                values.append(result.val_bpb)
+                seeds.append(index)
+        if why is not None:
+            exp.val_bpb, exp.runs, exp.seeds = statistics.fmean(values), json.dumps(values), json.dumps(seeds)
+            exp.reason = f"{exp.reason}; {not_confirmed(why)}"
 
 
 def _run_ids(runs: Path) -> set[int]:
