@@ -38,7 +38,8 @@ class Offline:
         self.connections = 0  # connections the program made to the server
         self.failures: list[str] = []  # connections that could not reach the server: why, and who listens there
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(path))
+        self.folder, address = short_address(path)
+        self.listener.bind(address)
         self.listener.listen(64)
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -54,6 +55,8 @@ class Offline:
 
     def close(self) -> None:
         self.listener.close()
+        with contextlib.suppress(OSError):
+            os.close(self.folder)
 
     def _serve(self) -> None:
         while True:
@@ -106,6 +109,13 @@ class Offline:
             unix.close()
             raise
         return unix
+
+
+def short_address(path: Path | str) -> tuple[int, str]:
+    """A socket's address for `path`, however long (an address takes 108 bytes): a descriptor of its folder, which
+    the caller keeps open while it binds or connects, and the path through it in /proc."""
+    folder = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY)
+    return folder, f"/proc/self/fd/{folder}/{os.path.basename(path)}"
 
 
 def listening(port: int) -> str:
@@ -166,11 +176,13 @@ def _inside(path: str, port: int, log: str, argv: list[str]) -> int:
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     env.update({name: url for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY")})
 
+    _, address = short_address(path)
+
     def serve() -> None:
         while True:
             client, _ = listener.accept()
             unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            unix.connect(path)
+            unix.connect(address)
             pipe(client, unix)
 
     threading.Thread(target=serve, daemon=True).start()

@@ -98,7 +98,7 @@ def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> Non
     """Run `agent.preflight` if the agent has one: its warnings go to `warn`, a fatal error propagates
     (an AutoresearchError: the command line prints it and exits 2). For an agent with a shell: the ports
     AUTORESEARCH_AGENT_PORTS lists, the folders AUTORESEARCH_AGENT_WRITABLE does, and a warning where this kernel
-    cannot fence its connections (agents/fence.py)."""
+    cannot fence its connections (agents/fence.py) or give it temporary folders of its own (agents/namespace.py)."""
     if has_shell(agent):
         from autoresearch.agents import namespace  # not at the top: it imports the Ray executor, which imports this
 
@@ -112,6 +112,11 @@ def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> Non
             warn(
                 f"warning: the agent's connections cannot be fenced ({why}): a server of yours on this machine that "
                 "runs what it is sent over TCP (Jupyter, a Ray dashboard) is in its reach"
+            )
+        if (why := namespace.temporary_unavailable()) is not None:
+            warn(
+                f"warning: the agent cannot have temporary folders of its own ({why}): what it leaves in /tmp, "
+                "/var/tmp or /dev/shm stays there for the programs of yours that look there"
             )
     check = getattr(agent, "preflight", None)
     if check is None:

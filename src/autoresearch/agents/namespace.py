@@ -57,8 +57,8 @@ DECODE = (
     r's=${s#??}; c=$(printf "\\$(printf %o "0x$h")."); o=$o${c%.};; *) break;; esac; done; printf "%s" "$o$s"; }; '
 )
 _HIDE = (
-    'm=$1 f=$2 un=$3 mk=$4 u=$5 g=$6; shift 6; w=$PWD; '
-    # The temporary folders (`own_temporary`): each an overlay of itself, whose writes are the turn's alone (on an
+    "m=$1 f=$2 un=$3 mk=$4 u=$5 g=$6; shift 6; w=$PWD; "
+    # The temporary folders (`temporary_folders`): each an overlay of itself, whose writes are the turn's alone (on an
     # empty tmpfs over it, made with the folder's mode), and in it, bound back from the folder as it is (the working
     # directory, below those mounts; `-c`: the path taken as given), the places under it the agent writes for real.
     'n=$1; shift; while [ "$n" -gt 0 ]; do t=$1 o=$2 k=$3; shift 3; n=$((n - 1)); '
@@ -84,8 +84,8 @@ _HIDE = (
     'if [ -e "$p" ]; then "$m" --rbind "$p" "$p" && "$m" -o remount,bind,ro "$p" && '
     't=$("$f" -rn -o TARGET -R "$p") && printf "%s\\n" "$t" | while IFS= read -r t; do t=$(x "$t"; echo .); t=${t%.}; '
     # (but for one no path reaches: what a temporary folder's overlay covers)
-    '[ ! -e "$t" ] || "$m" -o remount,bind,ro "$t" || { echo "autoresearch: could not make $t read-only for the agent" >&2; '
-    'exit 1; }; '
+    '[ ! -e "$t" ] || "$m" -o remount,bind,ro "$t" || { '
+    'echo "autoresearch: could not make $t read-only for the agent" >&2; exit 1; }; '
     'done; fi || { echo "autoresearch: could not make $p read-only for the agent" >&2; exit 1; }; done; '
     # Within a read-only place, a folder the agent writes after all (a coding agent's own files in the state).
     'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '

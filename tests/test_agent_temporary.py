@@ -1,0 +1,151 @@
+"""The temporary folders a shell agent's turn gets of its own (agents/namespace.py: `temporary_folders`): it reads
+what is in /tmp, /var/tmp and /dev/shm, and what it writes there is gone when its turn ends."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_agent_turn import assert_the_loop_owns_the_workspace, set_lr, take_turn
+
+from autoresearch.agents import namespace
+from autoresearch.agents.base import preflight
+from autoresearch.agents.command_agent import CommandAgent
+from autoresearch.files import holds
+from autoresearch.vocabulary import Status
+
+OWN = namespace.temporary_unavailable() is None
+
+
+@pytest.mark.slow  # a real agent turn in its namespaces
+@pytest.mark.skipif(not OWN, reason="no namespace here can give the agent temporary folders of its own")
+def test_what_an_agent_writes_in_the_temporary_folders_is_gone_after_its_turn(workspace, tmp_path):
+    """BROKE, fixed: /tmp, /var/tmp and /dev/shm were the agent's to write as they are yours, and a file it left there
+    was loaded later by a program of yours that looks there (a `json.py` beside a `python` you start in /tmp;
+    Inductor's default cache, which was hidden on its own). Now each is an overlay of itself in its namespace: it reads
+    what is there, what it writes, changes or deletes there is its own for the turn, and none of it reaches the
+    folder. Unmounting its copy does not uncover the folder. The workspace here lies in /tmp: its edit of train.py
+    is made for real."""
+    assert holds(Path("/tmp"), workspace.root.resolve())
+    folders = [Path(tempfile.mkdtemp(prefix="autoresearch-own-", dir=t)) for t in namespace.TEMPORARY]
+    lines = [set_lr(0.2), "umount /tmp /var/tmp /dev/shm 2>/dev/null || true; umount -l /tmp 2>/dev/null || true"]
+    for folder in folders:
+        (folder / "note").write_text("yours\n")
+        (folder / "other").write_text("kept\n")
+        lines += [
+            f'seen="$seen $(cat {folder}/note)"',  # what is there
+            f"echo agent > {folder}/note && rm {folder}/other && mkdir {folder}/made",
+            f"echo 'raise SystemExit(\"planted\")' > {folder}/json.py",
+            f'seen="$seen $(cat {folder}/note)"',  # its own copy
+        ]
+    lines.append('echo "saw$seen"')
+    try:
+        exp, before = take_turn(workspace, tmp_path, "\n".join(lines))
+        assert exp.status == Status.KEEP, exp.reason
+        assert "saw yours agent yours agent yours agent" in exp.description, exp.description
+        for folder in folders:
+            assert sorted(p.name for p in folder.iterdir()) == ["note", "other"], folder
+            assert (folder / "note").read_text() == "yours\n" and (folder / "other").read_text() == "kept\n"
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow  # a real agent turn in its namespaces
+@pytest.mark.skipif(not OWN, reason="no namespace here can give the agent temporary folders of its own")
+def test_a_server_that_listens_in_tmp_from_the_middle_of_the_turn_is_out_of_the_agents_reach(workspace, tmp_path):
+    """BROKE, fixed: the sockets in /tmp are hidden as a turn starts, and one a server made while the agent worked
+    (an emacs server started, a tmux session opened meanwhile) was in its reach at its path: it ran the agent's command
+    outside its namespace. Through the agent's own /tmp (an overlay), no socket made outside it is reached."""
+    folder = Path(tempfile.mkdtemp(prefix="server", dir="/tmp"))  # there before the turn, empty: nothing to hide
+    address, ran, started = folder / "server", tmp_path / "ran-outside", workspace.root / ".autoresearch" / "agents"
+    started = started / "started"  # the agent's own files: written for real, and not an edit of the workspace
+    listening = socket.socket(socket.AF_UNIX)
+    heard: list[bytes] = []
+
+    def serve() -> None:  # once the turn has started, what an emacs server is to `emacsclient -e '(shell-command ...)'`
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        listening.bind(str(address))
+        listening.listen()
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listening.accept()
+                with connection:
+                    heard.append(command := connection.recv(4096))
+                    subprocess.run(command.decode(), shell=True)
+
+    threading.Thread(target=serve, daemon=True).start()
+    send = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(address)!r}); s.sendall(b'touch {ran}')"
+    script = [
+        set_lr(0.2),
+        f"touch {started}",
+        f"for i in $(seq 100); do [ -S {address} ] && break; sleep 0.05; done",
+        f"{sys.executable} -c {shlex.quote(send)} || true",
+        "echo x",
+    ]
+    try:
+        exp, before = take_turn(workspace, tmp_path, "\n".join(script))
+        assert exp.status == Status.KEEP, exp.reason
+        with socket.socket(socket.AF_UNIX) as probe:  # the server answers anyone who reaches it: the test can fail
+            probe.connect(str(address))
+            probe.sendall(b"true")
+        time.sleep(0.5)
+        assert heard == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
+        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    finally:
+        listening.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_temporary_folders_made_the_agents_own(tmp_path, monkeypatch):
+    """TEMPORARY and `$TMPDIR`, each a folder (not a link: /var/tmp may name /tmp) at a path an overlay's options can
+    name, with its mode; not one that lies in another, in the workspace, or in a place that stays read-only to the
+    agent (a `$TMPDIR` in your home; but root's /var/tmp, in a read-only /var, is made writable again). The workspace
+    and the folders the agent writes for real that lie in one are bound back, outermost."""
+    tmp, shm, var = tmp_path / "tmp", tmp_path / "shm", tmp_path / "var"
+    home = tmp / "home"
+    workspace, listed, scratch = home / "ws", home / ".gemini", tmp_path / "scratch"
+    for folder in (workspace / ".autoresearch" / "agents", listed, shm, var / "tmp", scratch, tmp_path / "a,b"):
+        folder.mkdir(parents=True)
+    tmp.chmod(0o1777)
+    (tmp_path / "link").symlink_to(tmp)
+    monkeypatch.setattr(namespace, "TEMPORARY", (str(tmp), str(tmp_path / "link"), str(shm)))
+
+    def found(tmpdir: object = None, read_only: list[Path] = (), writable: list[Path] = ()) -> dict[Path, tuple]:
+        env = {"TMPDIR": str(tmpdir)} if tmpdir else {}
+        return {f.path: f.real for f in namespace.temporary_folders(env, workspace, writable, read_only)}
+
+    assert found() == {tmp: (workspace,), shm: ()}
+    agents = workspace / ".autoresearch" / "agents"
+    assert found(None, [home], [workspace, agents, listed]) == {tmp: (listed, workspace), shm: ()}
+    assert found(scratch) == {tmp: (workspace,), shm: (), scratch: ()}
+    assert found(var / "tmp", [var]) == found(tmp / "sub") == found(agents) == found(listed, [home]) == found()
+    assert found(var / "tmp", [var], [var / "tmp"])[var / "tmp"] == ()  # as root: /var/tmp in a read-only /var
+    assert found("relative") == found(tmp_path / "a,b") == found()
+    assert {f.path: f.mode for f in namespace.temporary_folders({})}[tmp] == "1777"
+
+
+def test_preflight_warns_where_the_agent_cannot_have_temporary_folders_of_its_own(workspace, monkeypatch):
+    """Where this kernel cannot mount them (an overlay in a user namespace: Linux 5.11 or later), `run` says so before
+    the baseline trains, and the agent's turns work with your temporary folders, as before."""
+    monkeypatch.setattr(namespace, "temporary_unavailable", lambda: "overlay: Operation not permitted")
+    said: list[str] = []
+    preflight(CommandAgent("true", timeout_s=10), workspace.root, said.append)
+    assert any("temporary folders of its own (overlay: Operation not permitted)" in s for s in said), said
+    given = []
+    real = namespace.with_hidden
+    monkeypatch.setattr(namespace, "with_hidden", lambda *args: given.append(args[5]) or real(*args))
+    namespace.entered(workspace.root, {"PATH": "/usr/bin:/bin"})
+    assert given == [[]]
