@@ -133,6 +133,9 @@ def test_the_temporary_folders_made_the_agents_own(tmp_path, monkeypatch):
     assert found(scratch) == {tmp: (workspace,), shm: (), scratch: ()}
     assert found(var / "tmp", [var]) == found(tmp / "sub") == found(agents) == found(listed, [home]) == found()
     assert found(var / "tmp", [var], [var / "tmp"])[var / "tmp"] == ()  # as root: /var/tmp in a read-only /var
+    inner = scratch / ".gemini" / "tmp"  # in a folder made writable again in a read-only home: a mount in it stays so
+    inner.mkdir(parents=True)
+    assert found(inner, [scratch], [scratch / ".gemini"]) == found()
     assert found("relative") == found(tmp_path / "a,b") == found()
     assert {f.path: f.mode for f in namespace.temporary_folders({})}[tmp] == "1777"
 

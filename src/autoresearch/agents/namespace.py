@@ -165,19 +165,21 @@ def temporary_folders(
     env: Mapping[str, str], workspace: Path | None = None, writable: list[Path] = (), read_only: list[Path] = ()
 ) -> list[Temporary]:
     """TEMPORARY and `$TMPDIR`, those that are folders (not links: /var/tmp may name /tmp), not inside one another,
-    nor the workspace or inside it, nor inside a read-only place but where made writable again (as root, /var/tmp in
-    a read-only /var; a `$TMPDIR` in your home stays read-only), at paths an overlay's options can name. In each, the
-    workspace and the `writable` places that lie in it (outermost)."""
+    nor the workspace or inside it, nor inside a read-only place unless made writable again itself (as root, /var/tmp
+    in a read-only /var; a `$TMPDIR` in your home stays as it is), at real paths an overlay's options can name. In each,
+    the workspace and the `writable` places that lie in it (outermost)."""
     inside = [workspace.resolve()] if workspace is not None else []
     named = [Path(p) for p in (*TEMPORARY, env.get("TMPDIR", "")) if os.path.isabs(p)]
     found: list[Temporary] = []
     for folder in named:
-        if folder.is_symlink() or not folder.is_dir() or not re.fullmatch(r"[\w/.@+-]+", str(folder)):
+        if folder.is_symlink() or not folder.is_dir():
             continue
         real = folder.resolve()
-        if any(holds(w, real) for w in inside) or any(holds(f.path, real) or holds(real, f.path) for f in found):
+        if not re.fullmatch(r"[\w/.@+-]+", str(real)) or any(holds(w, real) for w in inside):
             continue
-        if any(holds(p, real) for p in read_only) and not any(holds(p, real) for p in writable):
+        if any(holds(f.path, real) or holds(real, f.path) for f in found):
+            continue
+        if any(holds(p, real) for p in read_only) and real not in writable:  # a mount in it would stay read-only
             continue
         kept = [p for p in (*inside, *writable) if p != real and holds(real, p)]
         found.append(Temporary(real, f"{stat.S_IMODE(real.stat().st_mode):o}", tuple(shown.outermost(kept))))
