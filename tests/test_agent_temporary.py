@@ -4,6 +4,9 @@ what is in /tmp, /var/tmp and /dev/shm, and what it writes there is gone when it
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import secrets
 import shlex
 import shutil
 import socket
@@ -102,7 +105,8 @@ def test_a_server_that_listens_in_tmp_from_the_middle_of_the_turn_is_out_of_the_
             probe.connect(str(address))
             probe.sendall(b"true")
         time.sleep(0.5)
-        assert heard == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
+        # (an empty one: a probe of whether it is served, by an agent turn starting meanwhile: `namespace._served`)
+        assert [h for h in heard if h] == [b"true"] and not ran.exists(), "the agent's command ran outside"
         assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
     finally:
         listening.close()
@@ -152,3 +156,107 @@ def test_preflight_warns_where_the_agent_cannot_have_temporary_folders_of_its_ow
     monkeypatch.setattr(namespace, "with_hidden", lambda *args: given.append(args[5]) or real(*args))
     namespace.entered(workspace.root, {"PATH": "/usr/bin:/bin"})
     assert given == [[]]
+
+
+def _in_the_agents_namespace(workspace: Path, command: str) -> subprocess.CompletedProcess:
+    """`command` run by sh in the namespaces of a shell agent's turn in `workspace` (as `entered` makes them)."""
+    words, env = namespace.entered(workspace, dict(os.environ))
+    return subprocess.run([*words, "sh", "-c", command], cwd=workspace, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.skipif(not OWN, reason="no namespace here can give the agent temporary folders of its own")
+def test_the_memory_the_agents_own_folders_take_is_bounded(workspace):
+    """BROKE, fixed: the copy of each temporary folder was written in a tmpfs of half the machine's memory, as was each
+    empty tmpfs that hides a place or covers the runtime folder. An agent that filled /tmp and /var/tmp held more
+    memory than the machine has, which no process gives back before its turn ends, and the kernel's OOM killer
+    killed the loop or an evaluator instead (an honest one's large download into /tmp too). Now its temporary
+    folders hold a quarter of the memory together, and each other tmpfs of its namespace one hundredth."""
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    runtime = [Path(namespace.RUNTIME_FOLDERS[0]) / str(os.getuid()), Path(namespace.RUNTIME_FOLDERS[1])]
+    others = [str(p) for p in [*namespace._inductor_defaults(), *runtime] if p.is_dir()]
+    done = _in_the_agents_namespace(workspace.root, f"df -k --output=size {' '.join([*namespace.TEMPORARY, *others])}")
+    assert done.returncode == 0, done.stderr
+    sizes = [int(word) * 1024 for word in done.stdout.split()[1:]]
+    temporary, rest = sizes[: len(namespace.TEMPORARY)], sizes[len(namespace.TEMPORARY) :]
+    assert sum(temporary) <= memory / 4 + 2**20 * len(temporary), (temporary, memory)
+    assert rest and max(rest) <= memory / 100 + 2**20, (rest, memory)
+
+
+def test_shared_memory_the_agent_leaves_is_gone_after_its_turn(workspace):
+    """BROKE, fixed: System V shared memory (and POSIX message queues) belong to an IPC namespace, not to a folder,
+    and the agent's was yours: a segment it made (`ipcmk -M`) outlived its turn, holding memory nothing freed but a
+    reboot (as much as it liked: no limit), under a key a program of yours may attach to later. Now its turn has an
+    IPC namespace of its own, and what it made there is gone with it."""
+    if _in_the_agents_namespace(workspace.root, "true").returncode != 0 or not namespace.pid_namespace():
+        pytest.skip("no namespace can be made here")
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = secrets.randbits(30) + 1
+    make = f"import ctypes; print(ctypes.CDLL(None).shmget({key}, 1 << 20, 0o1600))"
+    done = _in_the_agents_namespace(workspace.root, f"{shlex.quote(sys.executable)} -c {shlex.quote(make)}")
+    assert done.returncode == 0 and int(done.stdout) >= 0, (done.stdout, done.stderr)
+    left = libc.shmget(key, 0, 0)
+    if left >= 0:
+        libc.shmctl(left, 0, None)  # IPC_RMID
+    assert left < 0, "the agent's shared memory segment outlived its turn"
+
+
+@pytest.mark.skipif(not OWN, reason="no namespace here can give the agent temporary folders of its own")
+def test_something_mounted_in_a_temporary_folder_does_not_fail_the_turn(tmp_path):
+    """BROKE, fixed: in a user namespace the kernel binds a folder, or makes it an overlay's layer, only with what is
+    mounted in it, and a temporary folder with a mount in it (a running AppImage's FUSE mount in /tmp, an sshfs of
+    yours there) failed every turn from then on ("could not give the agent a /tmp of its own"): the loop lost the
+    night. Now such a folder stays yours while something is mounted in it, as where no overlay can be made."""
+    folder, mounted = tmp_path / "tmp", tmp_path / "tmp" / "mounted"
+    mounted.mkdir(parents=True)
+    turn = (  # in a namespace of the test's own, where the mount is one the agent's namespace cannot take apart
+        "import subprocess, sys; from autoresearch.agents import namespace as n; "
+        f"n.TEMPORARY = ({str(folder)!r},); found = n.temporary_folders({{}}); "
+        "way = n.with_hidden(n._namespaces()[0], [], temporary=found); "
+        f"sys.exit(subprocess.run([*way, 'sh', '-c', 'cat mounted/file'], cwd={str(folder)!r}).returncode)"
+    )
+    mount = (
+        f"mount -t tmpfs tmpfs {mounted} && echo yours > {mounted}/file && exec {sys.executable} -c {shlex.quote(turn)}"
+    )
+    done = subprocess.run(["unshare", "-r", "-m", "sh", "-c", mount], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "yours\n", (done.stdout, done.stderr)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/mqueue"), reason="no message queues mounted at /dev/mqueue here")
+@pytest.mark.skipif(not OWN, reason="no namespace here can give the agent temporary folders of its own")
+def test_a_message_queue_the_agent_leaves_is_gone_after_its_turn(workspace):
+    """BROKE, fixed: /dev/mqueue, where systemd mounts your POSIX message queues, stayed yours in the agent's IPC
+    namespace: a queue it made there (`touch /dev/mqueue/q`) outlived its turn, for a program of yours that opens it
+    by that name. Now its own IPC namespace's queues are mounted there."""
+    name = f"autoresearch-{secrets.token_hex(4)}"
+    done = _in_the_agents_namespace(workspace.root, f"touch /dev/mqueue/{name} && ls /dev/mqueue")
+    left = Path("/dev/mqueue", name)
+    try:
+        assert done.returncode == 0 and name in done.stdout, (done.stdout, done.stderr)
+        assert not left.exists(), "the agent's message queue outlived its turn"
+    finally:
+        left.unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(not OWN, reason="no namespace here can give the agent temporary folders of its own")
+def test_the_folder_beneath_the_agents_copy_cannot_be_uncovered(workspace):
+    """HOLDS: in a namespace of its own (`unshare -rm`), the agent cannot take its copy of /tmp off (`umount -l`), nor
+    the copy off a clone of its whole tree (open_tree, move_mount, umount): every mount it was given is locked. What it
+    writes there stays its own."""
+    names = [f"autoresearch-under-{secrets.token_hex(4)}" for _ in range(2)]
+    # open_tree(OPEN_TREE_CLONE | AT_RECURSIVE), move_mount(MOVE_MOUNT_F_EMPTY_PATH): numbered alike everywhere
+    uncover = (
+        "import ctypes, os; c = ctypes.CDLL(None); fd = c.syscall(428, -100, b'/', 0x8001); os.makedirs('/tmp/c'); "
+        "c.syscall(429, fd, b'', -100, b'/tmp/c', 4); [c.umount2(b'/tmp/c/tmp', 2) for _ in range(4)]; "
+        f"open('/tmp/c/tmp/{names[0]}', 'w').close()"
+    )
+    script = (
+        f"unshare -rm {shlex.quote(sys.executable)} -c {shlex.quote(uncover)} || true; "
+        f"unshare -rm sh -c 'umount -l /tmp; umount -l /tmp; touch /tmp/{names[1]}' || true"
+    )
+    try:
+        done = _in_the_agents_namespace(workspace.root, script)
+        assert done.returncode == 0, done.stderr
+        assert not any(Path("/tmp", name).exists() for name in names), done.stderr
+    finally:
+        for name in names:
+            Path("/tmp", name).unlink(missing_ok=True)

@@ -49,6 +49,14 @@ WRITABLE_ENV = "AUTORESEARCH_AGENT_WRITABLE"  # folders of your home an agent ma
 # as root, / itself is read-only, its folders bound onto themselves first (`_root_folders`): where /usr is merged,
 # /bin, /sbin, /lib and /lib64 are links in /, and an agent replaced /lib64 with a folder of its own, dynamic linker
 # and all, which every program started outside then ran, as root (red team).
+# Each tmpfs the agent's namespace is given, where what it writes is memory, not disk: one that is full is "No space
+# left on device" to it. Unbounded, each held half the machine's memory, which no process gives back before the turn
+# ends: an agent that filled /tmp and /var/tmp (or the runtime folder, a hidden place's tmpfs) left the loop and the
+# evaluators less than they need, and the kernel's OOM killer kills one of them, not the agent (red team). The
+# temporary folders hold TEMPORARY_MEMORY percent of it together; each tmpfs that hides a place or covers a runtime
+# folder, EMPTY.
+TEMPORARY_MEMORY = 25
+EMPTY = "size=1%,nr_inodes=65536"
 # `x PATH`, a shell function of _HIDE's: PATH as findmnt escapes it, each \xHH made that byte again. A command
 # substitution drops the newlines its output ends with, so each byte's, and the caller's, has a "." after it (a
 # newline in a mount point's path was dropped, and another path remounted, which could leave the first writable).
@@ -58,11 +66,13 @@ DECODE = (
 )
 _HIDE = (
     "m=$1 f=$2 un=$3 mk=$4 u=$5 g=$6; shift 6; w=$PWD; "
+    f"e=mode=0700,{EMPTY}; "  # each empty tmpfs's options
     # The temporary folders (`temporary_folders`): each an overlay of itself, whose writes are the turn's alone (on an
-    # empty tmpfs over it, made with the folder's mode), and in it, bound back from the folder as it is (the working
-    # directory, below those mounts; `-c`: the path taken as given), the places under it the agent writes for real.
-    'n=$1; shift; while [ "$n" -gt 0 ]; do t=$1 o=$2 k=$3; shift 3; n=$((n - 1)); '
-    'cd "$t" && "$m" -t tmpfs -o mode=0700 tmpfs "$t" && "$mk" "$t/.l" "$t/.w" && "$mk" -m "$o" "$t/.u" && '
+    # empty tmpfs over it, made with the folder's mode, of a bounded size: `s`), and in it, bound back from the folder
+    # as it is (the working directory, below those mounts; `-c`: the path taken as given), the places under it the
+    # agent writes for real.
+    'n=$1 s=$2; shift 2; while [ "$n" -gt 0 ]; do t=$1 o=$2 k=$3; shift 3; n=$((n - 1)); '
+    'cd "$t" && "$m" -t tmpfs -o "mode=0700,$s" tmpfs "$t" && "$mk" "$t/.l" "$t/.w" && "$mk" -m "$o" "$t/.u" && '
     '"$m" -c --bind . "$t/.l" && "$m" -t overlay -o "lowerdir=$t/.l,upperdir=$t/.u,workdir=$t/.w,userxattr" '
     'overlay "$t" || { echo "autoresearch: could not give the agent a $t of its own" >&2; exit 1; }; '
     'while [ "$k" -gt 0 ]; do p=$1; shift; k=$((k - 1)); "$m" -c --rbind "./${p#"$t"/}" "$p" || { '
@@ -72,11 +82,15 @@ _HIDE = (
     # As root, / itself read-only (its folders were bound onto themselves above); the working directory found anew.
     'if [ "$u" = 0 ]; then "$m" -o remount,bind,ro / && cd "$PWD" || { '
     'echo "autoresearch: could not make / read-only for the agent" >&2; exit 1; }; fi; '
+    # The message queues of its IPC namespace at /dev/mqueue (`_namespaces`), where yours are mounted: there a queue
+    # it made was yours, and outlived its turn (red team).
+    'if [ -d /dev/mqueue ]; then "$m" -t mqueue mqueue /dev/mqueue || { '
+    'echo "autoresearch: could not give the agent message queues of its own" >&2; exit 1; }; fi; '
     # The runtime folders (RUNTIME_FOLDERS): yours, and as root every user's (their systemd's private socket).
     'n=$1; shift; r="/run/user/$u"; if [ "$u" = 0 ]; then r="/run/user/*"; fi; for d in $r /run/dbus; do '
-    'if [ -d "$d" ]; then "$m" -t tmpfs -o mode=0700 tmpfs "$d" || exit 1; fi; done; '  # not hidden: not this way
+    'if [ -d "$d" ]; then "$m" -t tmpfs -o "$e" tmpfs "$d" || exit 1; fi; done; '  # not hidden: not this way
     'while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
-    'if [ -d "$p" ]; then "$m" -t tmpfs -o mode=0700 tmpfs "$p"; elif [ -e "$p" ]; then "$m" --bind /dev/null "$p"; '
+    'if [ -d "$p" ]; then "$m" -t tmpfs -o "$e" tmpfs "$p"; elif [ -e "$p" ]; then "$m" --bind /dev/null "$p"; '
     'fi || { echo "autoresearch: could not hide $p from the agent" >&2; exit 1; }; done; '
     # findmnt escapes a space (a blank, a backslash, what is not printable) in a path as \xHH: `x` decodes it.
     + DECODE
@@ -118,7 +132,10 @@ def _namespaces() -> tuple[tuple[str, ...], ...]:
     unshare, mount, findmnt, mkdir = (program_path(name) for name in ("unshare", "mount", "findmnt", "mkdir"))
     if unshare is None:
         return ()
-    outer = (unshare, "--user", "--pid", "--fork", "--mount-proc", "--kill-child")
+    # An IPC namespace too: System V shared memory and POSIX message queues are the namespace's, not a folder's, and a
+    # segment an agent made in yours outlived its turn (memory nothing freed but a reboot, under a key a program of
+    # yours may attach to: red team). Its own is gone with the turn.
+    outer = (unshare, "--user", "--pid", "--ipc", "--fork", "--mount-proc", "--kill-child")
     ids = (str(os.getuid()), str(os.getgid()))
     hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE, "sh", mount, findmnt, unshare, mkdir, *ids)
     plain = (*outer, "--map-current-user", unshare, *PID_NAMESPACE_INNER[1:])
@@ -138,7 +155,7 @@ def with_hidden(
     be renamed, and, before all that, the `temporary` folders made its own, where that way can do so."""
     if _HIDE not in way:
         return way
-    own = [str(len(temporary))]
+    own = [str(len(temporary)), f"size={max(1, TEMPORARY_MEMORY // max(1, len(temporary)))}%,nr_inodes=1m"]
     for folder in temporary:
         own += [str(folder.path), folder.mode, str(len(folder.real)), *map(str, folder.real)]
     lists = (pinned, places, read_only, writable)
@@ -166,9 +183,10 @@ def temporary_folders(
 ) -> list[Temporary]:
     """TEMPORARY and `$TMPDIR`, those that are folders (not links: /var/tmp may name /tmp), not inside one another,
     nor the workspace or inside it, nor inside a read-only place unless made writable again itself (as root, /var/tmp
-    in a read-only /var; a `$TMPDIR` in your home stays as it is), at real paths an overlay's options can name. In each,
-    the workspace and the `writable` places that lie in it (outermost)."""
+    in a read-only /var; a `$TMPDIR` in your home stays as it is), at real paths an overlay's options can name, with
+    nothing mounted in them. In each, the workspace and the `writable` places that lie in it (outermost)."""
     inside = [workspace.resolve()] if workspace is not None else []
+    mounted = _mount_points()
     named = [Path(p) for p in (*TEMPORARY, env.get("TMPDIR", "")) if os.path.isabs(p)]
     found: list[Temporary] = []
     for folder in named:
@@ -181,9 +199,24 @@ def temporary_folders(
             continue
         if any(holds(p, real) for p in read_only) and real not in writable:  # a mount in it would stay read-only
             continue
+        # In a user namespace, the kernel binds a folder, or makes it an overlay's layer, only with what is mounted in
+        # it (locked there): one with a mount in it (a running AppImage's in /tmp, an sshfs of yours) failed every turn
+        # from then on, and the loop lost the night. It stays yours meanwhile, as where no overlay can be made.
+        if any(m != real and holds(real, m) for m in mounted):
+            continue
         kept = [p for p in (*inside, *writable) if p != real and holds(real, p)]
         found.append(Temporary(real, f"{stat.S_IMODE(real.stat().st_mode):o}", tuple(shown.outermost(kept))))
     return found
+
+
+def _mount_points() -> list[Path]:
+    """Where something is mounted here (/proc/self/mountinfo, its escapes undone)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    unescaped = (re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4]) for line in lines)
+    return [Path(p) for p in unescaped]
 
 
 @functools.cache
