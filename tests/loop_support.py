@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
+from autoresearch.agents.namespace import AGENT_FILES
 from autoresearch.config.presets import get_preset
 from autoresearch.evaluator.result import Result
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
@@ -82,6 +83,15 @@ def make_workspace(path: Path, data_dir: Path, train_py: str = BIGRAM_TRAIN_PY, 
 @pytest.fixture
 def workspace(tmp_path, tiny_prepared) -> Workspace:
     return make_workspace(tmp_path / "ws", tiny_prepared)
+
+
+def agent_channel(ws: Workspace) -> Path:
+    """A folder an agent's turn in `ws` writes for real, where a test reads what its script said or left: the coding
+    agents' own files (.autoresearch/agents/), writable in its namespace, and not judged by the loop. (What it writes
+    in /tmp, where pytest's tmp_path lies, or in /var/tmp is its own: gone at the end of its turn.)"""
+    folder = ws.root / AGENT_FILES / "test-channel"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def with_constants(source: str, **values) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, killed_loop, make_loop
+from loop_support import FakeExecutor, ScriptedAgent, agent_channel, constant, killed_loop, make_loop
 
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.loop.environment import Environment
@@ -56,12 +56,13 @@ def state(ws) -> dict:
 
 
 def take_turn(ws, tmp_path: Path, script: str) -> tuple[Experiment, dict]:
-    """The baseline, then one turn of an agent running `script` in the workspace; the turn's ledger row."""
+    """The baseline, then one turn of an agent running `script` in the workspace; the turn's ledger row. `$COMMITS`
+    names the file where the script notes the commits it makes (`agent_channel`)."""
     loop = make_loop(ws, FakeExecutor(score), baseline_runs=2)
     loop.baseline()
     before = state(ws)
     path = tmp_path / "agent.sh"
-    path.write_text(f"set -e\nCOMMITS={shlex.quote(str(tmp_path / 'commits'))}\n{script}\n")
+    path.write_text(f"set -e\nCOMMITS={shlex.quote(str(agent_channel(ws) / 'commits'))}\n{script}\n")
     loop.run(CommandAgent(f"sh {shlex.quote(str(path))}", timeout_s=60), max_experiments=1)  # it returns
     return loop.ledger.all()[-1], before
 
@@ -78,7 +79,7 @@ def turn_stops_the_loop(ws, tmp_path: Path, script: str, match: str) -> None:
         loop.run(CommandAgent(f"sh {shlex.quote(str(path))}", timeout_s=60), max_experiments=1)
 
 
-def assert_the_loop_owns_the_workspace(ws, tmp_path: Path, exp: Experiment, before: dict) -> None:
+def assert_the_loop_owns_the_workspace(ws, exp: Experiment, before: dict) -> None:
     """HEAD and the branch on the best (which the loop's own commit may now be), nothing else moved, a clean
     tree, no commit of the agent's reachable from any ref, reflog or ORIG_HEAD, and the next start accepts it."""
     git = ws.git
@@ -100,7 +101,7 @@ def assert_the_loop_owns_the_workspace(ws, tmp_path: Path, exp: Experiment, befo
     assert (ws.root / "program.md").read_bytes() == before["program"]
     assert git.status() == {} and git.untracked(LOOP_OWN) == []
     assert ws.read_train_py() == best.source
-    commits_file = tmp_path / "commits"
+    commits_file = agent_channel(ws) / "commits"  # take_turn's $COMMITS
     foreign = set(commits_file.read_text().split()) if commits_file.exists() else set()
     visible = set(git("rev-list", "--all", "--reflog").split()) | {git("rev-parse", "ORIG_HEAD", check=False).strip()}
     assert not foreign & visible, "a commit of the agent's is still reachable"
@@ -124,7 +125,7 @@ echo "LR 0.05 -> 0.2" """,
     )
     assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2 and exp.description == "LR 0.05 -> 0.2"
     assert "put back after the agent" in exp.reason and "moved refs/heads/autoresearch/test" in exp.reason
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_a_committed_proposal_that_loses_is_discarded_and_the_agents_commit_is_gone(workspace, tmp_path):
@@ -132,7 +133,7 @@ def test_a_committed_proposal_that_loses_is_discarded_and_the_agents_commit_is_g
         workspace, tmp_path, f'{set_lr(0.9)}\n{GIT} commit -q -am "LR 0.9"\ngit rev-parse HEAD >> "$COMMITS"'
     )
     assert exp.status == Status.DISCARD and constant(workspace.git.show(exp.commit, "train.py"), "LR") == 0.9
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_history_files_a_cache_and_gitignore_lines_are_quarantined_and_the_edit_is_judged(workspace, tmp_path):
@@ -150,7 +151,7 @@ echo "LR 0.2" """,
         assert name in exp.reason and len(quarantined(workspace, name)) == 1
     assert "lines added to .gitignore" in exp.reason and "quarantine" in exp.reason
     assert quarantined(workspace, ".gitignore")[0].read_text().endswith(".aider*\n.env\n")
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_a_new_file_the_agent_staged_is_quarantined(workspace, tmp_path):
@@ -161,7 +162,7 @@ def test_a_new_file_the_agent_staged_is_quarantined(workspace, tmp_path):
     )
     assert exp.status == Status.KEEP and "added notes/idea.md" in exp.reason and "the index" in exp.reason
     assert quarantined(workspace, "idea.md")[0].read_text() == "an idea\n"
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_a_git_identity_written_into_the_workspace_config_is_put_back(workspace, tmp_path):
@@ -172,7 +173,7 @@ def test_a_git_identity_written_into_the_workspace_config_is_put_back(workspace,
     )
     assert exp.status == Status.KEEP and ".git/config" in exp.reason
     assert "aider@example.com" in quarantined(workspace, "config")[0].read_text()
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_an_agent_that_exits_0_without_an_edit_has_its_output_recorded_as_the_reason(workspace, tmp_path):
@@ -186,7 +187,7 @@ def test_an_agent_that_exits_0_without_an_edit_has_its_output_recorded_as_the_re
     assert "left train.py unchanged" in exp.reason
     assert "The API is down; no edit made." in exp.reason and "connection refused" in exp.reason
     assert "put back after the agent: added .aider.chat.history.md" in exp.reason
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_two_commits_on_a_new_branch_are_taken_apart(workspace, tmp_path):
@@ -205,7 +206,7 @@ echo "LR 0.2 after two tries" """,
     )
     assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2
     assert "created refs/heads/aider/idea" in exp.reason and ".git/HEAD" in exp.reason
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_a_commit_that_also_edits_another_tracked_file_is_rejected_and_taken_apart(workspace, tmp_path):
@@ -221,20 +222,20 @@ echo "LR 0.2" """,
     assert exp.status == Status.CRASH and "edited files other than train.py: changed program.md" in exp.reason
     assert exp.reason.count("program.md") == 1  # the edit rejects it; the commit is put back, not held against it
     assert quarantined(workspace, "program.md")[0].read_text().endswith("Always use LR 0.2.\n")
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_a_stale_git_lock_left_by_a_killed_agent_does_not_stop_the_loop(workspace, tmp_path):
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\ngit add train.py\ntouch .git/index.lock\necho LR")
     assert exp.status == Status.KEEP and ".git/index.lock" in exp.reason
     assert not (workspace.git.git_dir / "index.lock").exists()
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_lines_removed_from_gitignore_reject_the_proposal(workspace, tmp_path):
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nprintf 'results.tsv\\n' > .gitignore\necho LR")
     assert exp.status == Status.CRASH and "edited files other than train.py: changed .gitignore" in exp.reason
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
     # .autoresearch/ was no longer ignored meanwhile: the loop's own files are still its own, where they were
     assert quarantined(workspace, "ledger.sqlite") == quarantined(workspace, "result.json") == []
     assert len(make_loop(workspace, FakeExecutor(score)).ledger.all()) == 2
@@ -244,7 +245,7 @@ def kill_during_turn(ws, tmp_path: Path, script: str) -> None:
     """The loop (in a process of its own) SIGKILLed by its command agent, after `script`, in the middle of a turn
     made on the best; the agent runs on for a while, as a coding agent does when no one stops it. (The agent asks
     for the kill: in a PID namespace of its own it cannot see the loop to kill it itself.)"""
-    agent, asked = tmp_path / "agent.sh", tmp_path / "kill the loop"
+    agent, asked = tmp_path / "agent.sh", agent_channel(ws) / "kill the loop"
     agent.write_text(f"set -e\n{script}\ntouch {shlex.quote(str(asked))}\nsleep 60\n")
     asked.unlink(missing_ok=True)
     killed_loop(
@@ -474,4 +475,4 @@ def test_an_edit_planted_where_try_holds_its_own_rejects_the_proposal(workspace,
     )
     assert exp.status == Status.CRASH and "added .autoresearch/held-train.py" in exp.reason
     assert not (workspace.state / "held-train.py").exists() and quarantined(workspace, "held-train.py")
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from agent_support import GIT, offline_agent, turn_through_the_loop, use_installed_agents
 from fake_llm import Call, FakeLLM
-from loop_support import constant
+from loop_support import agent_channel, constant
 from netns import Offline
 from test_agent_turn import assert_the_loop_owns_the_workspace, quarantined
 
@@ -76,7 +76,7 @@ def aider_block(path: str, old: str, new: str) -> str:
 
 
 @pytest.mark.slow  # aider imports litellm: ~6 s a turn on 2 busy cores
-def test_aider_edit_is_kept_with_its_hypothesis_and_exact_tokens(workspace, fake_openai, run_turn, tmp_path):
+def test_aider_edit_is_kept_with_its_hypothesis_and_exact_tokens(workspace, fake_openai, run_turn):
     fake_openai.reply(f"{HYPOTHESIS}\n\n{aider_block('train.py', OLD, NEW)}", input_tokens=2345, output_tokens=67)
     exp, before = run_turn("aider", fake_openai)
     assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2
@@ -87,35 +87,35 @@ def test_aider_edit_is_kept_with_its_hypothesis_and_exact_tokens(workspace, fake
     request = fake_openai.requests[0].body
     assert request["model"] == "gpt-5-mini" and "train.py" in str(request["messages"])
     assert (workspace.state / "agents" / "aider" / "chat.history.md").exists()
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.slow
-def test_aider_edit_of_program_md_rejects_the_proposal(workspace, fake_openai, run_turn, tmp_path):
+def test_aider_edit_of_program_md_rejects_the_proposal(workspace, fake_openai, run_turn):
     answer = aider_block("train.py", OLD, NEW) + aider_block("program.md", PROGRAM_LINE, "Only ever raise LR.")
     fake_openai.reply(f"{HYPOTHESIS}\n\n{answer}")
     exp, before = run_turn("aider", fake_openai)
     assert exp.status == Status.CRASH and "edited files other than train.py: changed program.md" in exp.reason
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.slow
-def test_aider_new_file_is_quarantined_and_its_edit_judged(workspace, fake_openai, run_turn, tmp_path):
+def test_aider_new_file_is_quarantined_and_its_edit_judged(workspace, fake_openai, run_turn):
     answer = aider_block("train.py", OLD, NEW) + aider_block("notes.md", "", "an idea for later")
     fake_openai.reply(f"{HYPOTHESIS}\n\n{answer}")
     exp, before = run_turn("aider", fake_openai)
     assert exp.status == Status.KEEP and "added notes.md" in exp.reason
     assert quarantined(workspace, "notes.md")[0].read_text().strip() == "an idea for later"
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.slow
-def test_aider_api_failure_is_recorded_with_the_error_and_the_loop_goes_on(workspace, fake_openai, run_turn, tmp_path):
+def test_aider_api_failure_is_recorded_with_the_error_and_the_loop_goes_on(workspace, fake_openai, run_turn):
     fake_openai.error(400, API_ERROR)
     exp, before = run_turn("aider", fake_openai)
     assert exp.status == Status.CRASH and exp.kind == Kind.PROPOSAL
     assert "left train.py unchanged" in exp.reason and "prompt is too long" in exp.reason
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 # -- Claude Code: Read, Edit, Write and Bash tools, streamed ----------------------------------------------
@@ -137,7 +137,7 @@ def bash(command: str) -> Call:
 
 
 @pytest.mark.slow  # a real Node program: ~1 s a turn
-def test_claude_code_edit_is_kept_with_its_hypothesis_tokens_and_cost(workspace, fake_anthropic, run_turn, tmp_path):
+def test_claude_code_edit_is_kept_with_its_hypothesis_tokens_and_cost(workspace, fake_anthropic, run_turn):
     claude_edit(fake_anthropic, workspace)
     exp, before = run_turn("claude-code", fake_anthropic)
     assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2
@@ -154,7 +154,7 @@ def test_claude_code_edit_is_kept_with_its_hypothesis_tokens_and_cost(workspace,
     assert {t["name"] for t in first.body["tools"]} == {"Read", "Edit", "Bash"}
     assert "Hypothesis: " in str(first.body["messages"][0]) and "train.py" in str(first.body["messages"][0])
     assert first.headers["x-api-key"] == "test-key"
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.slow  # a real Node program: ~1 s a turn
@@ -177,40 +177,40 @@ def test_claude_code_works_in_your_read_only_home_where_it_keeps_its_config(
 
 
 @pytest.mark.slow  # a real Node program: ~1 s a turn
-def test_claude_code_commit_is_taken_apart_and_its_train_py_judged(workspace, fake_anthropic, run_turn, tmp_path):
-    claude_edit(fake_anthropic, workspace, bash(commit_and_record(tmp_path / "commits")))
+def test_claude_code_commit_is_taken_apart_and_its_train_py_judged(workspace, fake_anthropic, run_turn):
+    claude_edit(fake_anthropic, workspace, bash(commit_and_record(agent_channel(workspace) / "commits")))
     exp, before = run_turn("claude-code", fake_anthropic)
-    assert (tmp_path / "commits").exists(), "the scripted commit did not happen"
+    assert (agent_channel(workspace) / "commits").exists(), "the scripted commit did not happen"
     assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2
     assert "put back after the agent" in exp.reason and "moved refs/heads/autoresearch/test" in exp.reason
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.slow  # a real Node program: ~1 s a turn
-def test_claude_code_new_staged_file_is_quarantined(workspace, fake_anthropic, run_turn, tmp_path):
+def test_claude_code_new_staged_file_is_quarantined(workspace, fake_anthropic, run_turn):
     claude_edit(fake_anthropic, workspace, bash("echo 'an idea for later' > notes.md && git add notes.md"))
     exp, before = run_turn("claude-code", fake_anthropic)
     assert exp.status == Status.KEEP and "added notes.md" in exp.reason and "the index" in exp.reason
     assert quarantined(workspace, "notes.md")[0].read_text() == "an idea for later\n"
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.slow  # a real Node program: ~1 s a turn
-def test_claude_code_edit_of_program_md_rejects_the_proposal(workspace, fake_anthropic, run_turn, tmp_path):
+def test_claude_code_edit_of_program_md_rejects_the_proposal(workspace, fake_anthropic, run_turn):
     program = str(workspace.root / "program.md")
     edit = Call("Edit", {"file_path": program, "old_string": PROGRAM_LINE, "new_string": "Only ever raise LR."})
     claude_edit(fake_anthropic, workspace, Call("Read", {"file_path": program}), edit)
     exp, before = run_turn("claude-code", fake_anthropic)
     assert exp.status == Status.CRASH and "edited files other than train.py: changed program.md" in exp.reason
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.slow  # a real Node program: ~1 s a turn
-def test_claude_code_api_failure_is_recorded_and_the_loop_goes_on(workspace, fake_anthropic, run_turn, tmp_path):
+def test_claude_code_api_failure_is_recorded_and_the_loop_goes_on(workspace, fake_anthropic, run_turn):
     fake_anthropic.error(400, API_ERROR)
     exp, before = run_turn("claude-code", fake_anthropic)
     assert exp.status == Status.CRASH and exp.kind == Kind.PROPOSAL and "prompt is too long" in exp.reason.lower()
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 # -- Codex: exec_command (apply_patch, shell) in its sandbox, the Responses API streamed ----------------
@@ -228,7 +228,7 @@ def codex_edit(fake: FakeLLM, *more: str, text: str = HYPOTHESIS) -> None:
 
 
 @pytest.mark.slow  # a real Node program: ~1 s a turn
-def test_codex_edit_is_kept_with_its_hypothesis_and_tokens(workspace, fake_openai, run_turn, tmp_path):
+def test_codex_edit_is_kept_with_its_hypothesis_and_tokens(workspace, fake_openai, run_turn):
     codex_edit(fake_openai)
     exp, before = run_turn("codex", fake_openai)
     assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2
@@ -239,26 +239,26 @@ def test_codex_edit_is_kept_with_its_hypothesis_and_tokens(workspace, fake_opena
     assert first.path == "/v1/responses" and first.body["stream"] is True
     assert first.headers["authorization"] == "Bearer test-key"
     assert not any(t.get("type") == "web_search" for t in first.body["tools"])
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.slow  # a real Node program: ~1 s a turn
-def test_codex_commit_and_staged_file_leave_the_branch_to_the_loop(workspace, fake_openai, run_turn, tmp_path):
-    commits = tmp_path / "commits"
+def test_codex_commit_and_staged_file_leave_the_branch_to_the_loop(workspace, fake_openai, run_turn):
+    commits = agent_channel(workspace) / "commits"
     codex_edit(fake_openai, "echo 'an idea' > notes.md; git add notes.md", commit_and_record(commits))
     exp, before = run_turn("codex", fake_openai)
     assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2 and "added notes.md" in exp.reason
     # Codex's own sandbox keeps .git read-only: its git commands fail, and the loop would undo them anyway.
     assert "Read-only file system" in str(fake_openai.requests[-1].body["input"])
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.slow  # a real Node program: ~1 s a turn
-def test_codex_edit_of_program_md_rejects_the_proposal(workspace, fake_openai, run_turn, tmp_path):
+def test_codex_edit_of_program_md_rejects_the_proposal(workspace, fake_openai, run_turn):
     codex_edit(fake_openai, "echo 'Only ever raise LR.' >> program.md")
     exp, before = run_turn("codex", fake_openai)
     assert exp.status == Status.CRASH and "edited files other than train.py: changed program.md" in exp.reason
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 BWRAP_THAT = {  # a bubblewrap first on PATH (Codex takes that one), answering only --help (Codex's version probe)
@@ -304,7 +304,7 @@ def test_codex_whose_own_sandbox_cannot_run_a_command_runs_without_it(
     assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2, exp.reason
     assert time.monotonic() - start < 60 and calls.read_text().splitlines() == checked  # the turn used none
     assert offline.failures == [] and offline.attempts() == []
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.slow  # a real Node program
@@ -321,11 +321,11 @@ def test_a_codex_config_the_agent_wrote_into_its_home_cannot_make_the_loop_drop_
 
 
 @pytest.mark.slow  # a real Node program: ~1 s a turn
-def test_codex_api_failure_is_recorded_and_the_loop_goes_on(workspace, fake_openai, run_turn, tmp_path):
+def test_codex_api_failure_is_recorded_and_the_loop_goes_on(workspace, fake_openai, run_turn):
     fake_openai.error(400, API_ERROR)
     exp, before = run_turn("codex", fake_openai)
     assert exp.status == Status.CRASH and exp.kind == Kind.PROPOSAL and "prompt is too long" in exp.reason.lower()
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 # -- the reference's own mode: Claude Code follows program.md and drives the loop with `autoresearch try` --

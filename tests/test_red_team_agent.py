@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from loop_support import FakeExecutor, constant, fake_result, make_loop
+from loop_support import FakeExecutor, agent_channel, constant, fake_result, make_loop
 from test_agent_turn import (
     GIT,
     PY,
@@ -77,19 +77,23 @@ def test_a_train_py_that_is_no_text_file_is_rejected(workspace, tmp_path, leave,
     an IsADirectoryError as the loop wrote the best's back, a huge one was read whole into memory."""
     exp, before = take_turn(workspace, tmp_path, f"{leave}\necho broke it")
     assert exp.status == Status.CRASH and why in exp.reason
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
-def test_a_train_py_made_a_link_to_a_file_outside_is_committed_as_a_file(workspace, tmp_path):
+def test_a_train_py_made_a_link_to_a_file_outside_is_committed_as_a_file(workspace, tmp_path, monkeypatch):
     """HOLDS. The link's text is the proposal; the loop writes it back as a file, and commits a file (the link is now
-    named among what was put back after the agent)."""
-    outside = tmp_path / "outside.py"
+    named among what was put back after the agent). The file lies in a folder of your home the agent may write
+    (AUTORESEARCH_AGENT_WRITABLE): what it writes in /tmp is its own, gone at the end of its turn."""
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AUTORESEARCH_AGENT_WRITABLE", "~/outside")
+    outside = tmp_path / "home" / "outside" / "outside.py"
     exp, before = take_turn(
         workspace, tmp_path, f"{set_lr(0.2)}\nmv train.py {outside}\nln -s {outside} train.py\nchmod +x {outside}"
     )
     assert exp.status == Status.KEEP and "train.py left as a link" in exp.reason
     assert workspace.git("ls-tree", "HEAD", "train.py").startswith("100644 ")
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.parametrize(
@@ -108,7 +112,7 @@ def test_a_file_planted_under_git_is_put_back(workspace, tmp_path, plant):
     assert exp.status == Status.KEEP, exp.reason
     left = {"commondir", "shallow", "MERGE_HEAD", "rebase-merge"} & {p.name for p in workspace.git.git_dir.iterdir()}
     assert not left and list(workspace.state.glob("quarantine/*/.git/*")), left
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.parametrize("flag", ["--assume-unchanged", "--skip-worktree"])
@@ -120,13 +124,14 @@ def test_an_edit_hidden_from_git_status_by_an_index_flag_is_caught(workspace, tm
     )
     assert exp.status == Status.CRASH and "changed program.md" in exp.reason
     assert "h " not in workspace.git("ls-files", "-v") and "S " not in workspace.git("ls-files", "-v")
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_the_users_git_config_and_attributes_written_by_the_agent_run_nothing(workspace, tmp_path, monkeypatch):
     """BROKE, fixed: a filter in ~/.gitconfig on train.py (by ~/.config/git/attributes) ran at the loop's every
-    `git add` and `git status`, after the turn was checked."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    `git add` and `git status`, after the turn was checked. (Its HOME here, missing, is made by the agent where it
+    writes for real: your home is read-only to it, and its /tmp its own, gone at the end of its turn.)"""
+    monkeypatch.setenv("HOME", str(agent_channel(workspace) / "home"))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     ran = tmp_path / "the filter ran"
     script = f"""mkdir -p "$HOME/.config/git"
@@ -138,20 +143,20 @@ echo 'train.py filter=evil' > "$HOME/.config/git/attributes"
 echo LR 0.2"""
     exp, before = take_turn(workspace, tmp_path, script)
     assert exp.status == Status.KEEP and not ran.exists()
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.slow
 def test_a_process_the_agent_left_outside_its_group_is_killed_with_the_turn(workspace, tmp_path):
     """BROKE, fixed: a `setsid` process outlived the killing of the agent's process group and edited train.py a
     second later, when the run reads it (it could as well have rewritten the ledger between two checks)."""
-    edited = tmp_path / "edited"
+    edited = agent_channel(workspace) / "edited"
     later = f"sleep 1; echo 'LR = 0.9' >> train.py; touch {shlex.quote(str(edited))}"
     script = f"{set_lr(0.2)}\nsetsid sh -c {shlex.quote(later)} </dev/null >/dev/null 2>&1 &\nsleep 0.3\necho LR 0.2"
     exp, before = take_turn(workspace, tmp_path, script)
     time.sleep(2)
     assert not edited.exists() and exp.status == Status.KEEP
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.usefixtures("agent_unhidden")
@@ -163,7 +168,7 @@ def test_a_quarantine_folder_made_a_link_into_git_puts_nothing_there(workspace, 
         workspace, tmp_path, f"{set_lr(0.2)}\nmkdir -p .autoresearch/quarantine\n{plant}\necho x > commondir\necho x"
     )
     assert not (workspace.git.git_dir / "commondir").exists()
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.parametrize("path", ["results.tsv", "program.md"])
@@ -172,7 +177,7 @@ def test_a_fifo_left_where_the_loop_reads_does_not_wedge_it(workspace, tmp_path,
     for a writer forever."""
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nrm {path} && mkfifo {path}\necho x")
     assert exp.status == Status.CRASH and path in exp.reason
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.slow
@@ -292,7 +297,7 @@ def test_an_object_of_the_history_forged_by_the_agent_is_put_back(workspace, tmp
     baseline = make_loop(workspace, FakeExecutor(score)).best()
     assert workspace.git.show(baseline.commit, "train.py") == baseline_source
     workspace.git("fsck", "--strict")  # every object is whole again
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_an_agent_that_packs_the_objects_away_is_not_held_to_it(workspace, tmp_path):
@@ -303,7 +308,7 @@ def test_an_agent_that_packs_the_objects_away_is_not_held_to_it(workspace, tmp_p
     assert exp.status == Status.KEEP, exp.reason
     assert all((workspace.git.git_dir / rel).is_file() for rel in loose)
     workspace.git("fsck", "--strict")
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.usefixtures("agent_unhidden")
@@ -345,14 +350,14 @@ def test_an_agent_that_unmounts_its_proc_still_sees_no_process_of_the_loop(works
     user namespace, could unmount it: the loop, its evaluators and every process of the user were there again, to
     read (their command lines, environment, open files; their memory where no Yama forbids) and to name in a pid
     file for the next start to kill. Its /proc is now locked under a second user namespace."""
-    seen = tmp_path / "seen"
+    seen = agent_channel(workspace) / "seen"
     loop_cmdline = f"/proc/{os.getpid()}/cmdline"  # the loop runs in this test's process
     unmount = "(umount /proc || umount -l /proc) 2>/dev/null || true"
     look = f"cat {loop_cmdline} > {seen} || true"
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{unmount}\n{look}\necho x")
     assert exp.status == Status.KEEP and seen.exists()
     assert b"pytest" not in seen.read_bytes()
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.skipif(not pid_namespace(), reason="no PID namespace can be made here (unshare)")
@@ -363,7 +368,7 @@ def test_an_agent_cannot_reach_the_user_or_system_bus_to_start_a_process_outside
     beside it) and /run/dbus/system_bus_socket: `systemd-run --user` started a process outside the namespace, which
     outlived the turn to edit train.py or a result after the loop checked it. Both folders are now an empty tmpfs
     for the agent, locked: unmounting it shows nothing more."""
-    seen = tmp_path / "seen"
+    seen = agent_channel(workspace) / "seen"
     unmount = " ".join(f"(umount {p} || umount -l {p}) 2>/dev/null || true;" for p in BUSES)
     mine = Path(BUSES[0]) / f"autoresearch-test-{os.getpid()}-{time.time_ns()}"
     look = f"ls -A {' '.join(BUSES)} > {seen}; touch {mine} && echo writable >> {seen}"
@@ -374,7 +379,7 @@ def test_an_agent_cannot_reach_the_user_or_system_bus_to_start_a_process_outside
         assert not mine.exists()  # written in the agent's own tmpfs, not the user's folder
     finally:
         mine.unlink(missing_ok=True)
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @contextlib.contextmanager
@@ -443,14 +448,14 @@ def test_an_agent_cannot_read_the_validation_data_nor_the_corpus_it_was_prepared
     one can, and no probe sees it. In its namespace these places are now an empty folder, locked."""
     data_dir = Path(Apparatus.load(workspace.root / CONFIG_NAME).data_dir)
     assert (data_dir / "manifest.json").is_file() and any(corpus_dir.iterdir())  # there for the loop
-    seen = tmp_path / "seen"
+    seen = agent_channel(workspace) / "seen"
     unmount = f"(umount {data_dir} || umount -l {data_dir}) 2>/dev/null || true"
     look = f"(ls -A {data_dir}; ls -A {corpus_dir}; cat {data_dir}/manifest.json) > {seen} 2>&1 || true"
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{unmount}\n{look}\necho x")
     assert exp.status == Status.KEEP, exp.reason
     shown = [line for line in seen.read_text().splitlines() if "No such file or directory" not in line]
     assert shown == [], shown  # the data folder is not there, the corpus an empty folder
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.usefixtures("agent_unhidden")
@@ -467,7 +472,7 @@ def test_a_held_change_an_agent_plants_for_the_next_submit_is_taken_away(workspa
     assert not list((workspace.state / "submitting").glob("*"))
     best = make_loop(workspace, FakeExecutor(score)).best()
     assert put_back_edits(workspace, print) is None and workspace.read_train_py() == best.source
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.usefixtures("agent_unhidden")
@@ -487,7 +492,7 @@ def test_a_held_change_planted_through_a_linked_submitting_folder_is_taken_away(
     assert not os.path.lexists(workspace.state / "submitting")
     best = make_loop(workspace, FakeExecutor(score)).best()
     assert put_back_edits(workspace, print) is None and workspace.read_train_py() == best.source
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.skipif(
@@ -501,7 +506,7 @@ def test_an_agent_cannot_write_the_python_the_runs_load_nor_as_root_the_system(w
     site = Path(next(p for p in sys.path if p.endswith("site-packages")))
     name = f"autoresearch-test-{os.getpid()}-{time.time_ns()}"
     places = [site / name] + ([Path("/usr/lib") / name, Path("/etc") / name] if os.geteuid() == 0 else [])
-    seen = tmp_path / "seen"
+    seen = agent_channel(workspace) / "seen"
     tries = " ".join(f"(touch {p} 2>>{seen} && echo wrote {p} >> {seen}; true);" for p in places)
     remount = " ".join(f"(mount -o remount,rw {p.parent} || umount -l {p.parent} || true) 2>/dev/null;" for p in places)
     try:
@@ -512,7 +517,7 @@ def test_an_agent_cannot_write_the_python_the_runs_load_nor_as_root_the_system(w
     finally:
         for p in places:
             p.unlink(missing_ok=True)
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.skipif(with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can hide a place")
@@ -525,7 +530,7 @@ def test_an_agent_cannot_write_where_the_evaluators_compile(workspace, tmp_path)
     entry = caches / "inductor" / "ab" / "compiled.py"  # what an evaluator compiled before the turn
     entry.parent.mkdir(parents=True, exist_ok=True)
     entry.write_text("# compiled\n")
-    seen = tmp_path / "seen"
+    seen = agent_channel(workspace) / "seen"
     plant = (
         f"(ls -A {caches} > {seen} 2>&1; echo 'import os' >> {entry}; mkdir -p {caches}/inductor/cd; "
         f"echo 'import os' > {caches}/inductor/cd/planted.py) || true"
@@ -534,7 +539,7 @@ def test_an_agent_cannot_write_where_the_evaluators_compile(workspace, tmp_path)
     assert exp.status == Status.KEEP, exp.reason
     assert seen.read_text() == ""  # the place is empty in the agent's namespace
     assert entry.read_text() == "# compiled\n" and not (caches / "inductor" / "cd").exists()
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.skipif(
@@ -547,12 +552,12 @@ def test_an_agent_cannot_plant_in_the_shared_compile_cache_that_other_workers_ru
     a kernel). Only the loop writes it: in an agent's namespace it is read-only now, as the evaluators' is hidden."""
     inductor = compile_cache.shared_dirs()["TORCHINDUCTOR_CACHE_DIR"]
     inductor.mkdir(parents=True, exist_ok=True)
-    seen = tmp_path / "seen"
+    seen = agent_channel(workspace) / "seen"
     plant = f"(mkdir -p {inductor}/ab && echo weights > {inductor}/ab/planted) 2>{seen} || true; rm -rf {inductor}/ab"
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{plant}\necho LR 0.2")
     assert exp.status == Status.KEEP, exp.reason
     assert "Read-only file system" in seen.read_text(), seen.read_text()
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def plant_autoresearch_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -615,13 +620,13 @@ def test_an_agent_has_neither_your_ssh_keys_nor_your_ssh_agent_nor_your_x_displa
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
     monkeypatch.setenv("XAUTHORITY", str(cookie))
-    seen = tmp_path / "seen"
+    seen = agent_channel(workspace) / "seen"
     secrets = f"{home}/.ssh/id_ed25519 {sock} {home}/.Xauthority {cookie}"
     look = f'(cat {secrets}; echo "sock=$SSH_AUTH_SOCK") > {seen} 2>/dev/null || true'
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{look}\necho x")
     assert exp.status == Status.KEEP, exp.reason
     assert seen.read_text() == "sock=\n", seen.read_text()
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.skipif(
@@ -632,7 +637,7 @@ def test_an_agent_reads_the_workspaces_private_state_but_cannot_write_it(workspa
     there was put back after its turn (the tests above, where no namespace can be made), but meanwhile other
     workers' verdicts met it (a ledger edited mid-turn stopped the loop at its next write). In the agent's namespace
     the folder is now read-only: its runs' logs stay readable."""
-    seen = tmp_path / "seen"
+    seen = agent_channel(workspace) / "seen"
     tries = " ".join(
         f"{command} 2>> {seen} || true;"
         for command in (
@@ -648,7 +653,7 @@ def test_an_agent_reads_the_workspaces_private_state_but_cannot_write_it(workspa
     assert said.startswith(".autoresearch/ledger.sqlite\n") and said.count("Read-only file system") == 3, said
     assert not (workspace.state / "planted").exists() and not (workspace.state / "x.tmp").exists()
     assert quarantined(workspace, "ledger.sqlite") == []  # nothing to put back: nothing was written
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.skipif(
@@ -659,7 +664,7 @@ def test_a_coding_agents_own_folder_is_no_way_into_the_rest_of_the_state(workspa
     nowhere else: a link from it to the ledger, or a file moved from it, meets the read-only state."""
     own = workspace.state / "agents"
     own.mkdir(exist_ok=True)
-    seen = tmp_path / "seen"
+    seen = agent_channel(workspace) / "seen"
     tries = " ".join(
         f"{command} 2>> {seen} || true;"
         for command in (
@@ -671,7 +676,7 @@ def test_a_coding_agents_own_folder_is_no_way_into_the_rest_of_the_state(workspa
     assert exp.status == Status.KEEP, exp.reason
     assert seen.read_text().count("Read-only file system") == 2, seen.read_text()
     assert (own / "planted").exists() and not (workspace.state / "planted").exists()  # written where it may write
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.skipif(
@@ -686,7 +691,7 @@ def test_a_program_an_agent_puts_in_a_folder_of_path_never_runs_as_the_loop(work
     you: the data, the ledger, anything. In the agent's namespace such folders are read-only now (made, empty, where
     missing), and a program added there stops the loop where no namespace can be made."""
     bin_dir, tools = tmp_path / "home" / ".local" / "bin", tmp_path / "tools"
-    ran, seen = tmp_path / "planted-git-ran", tmp_path / "seen"
+    ran, seen = tmp_path / "planted-git-ran", agent_channel(workspace) / "seen"
     target = bin_dir / "git"
     if folder != "missing":
         bin_dir.mkdir(parents=True)
@@ -709,7 +714,7 @@ def test_a_program_an_agent_puts_in_a_folder_of_path_never_runs_as_the_loop(work
     said = "Device or resource busy" if folder == "renamed" else "Read-only file system"
     assert said in seen.read_text(), seen.read_text()
     assert (target.read_text() if target.exists() else None) == kept and bin_dir.is_dir()
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_where_no_namespace_makes_path_read_only_a_program_put_there_stops_the_loop_unrun(
@@ -733,8 +738,9 @@ def test_a_workers_worktree_pointed_by_the_agent_at_a_repository_of_its_own_runs
     """BROKE: with several workers, an agent rewrote `.git/worktrees/<n>/commondir` (git's files of the workers'
     worktrees were not guarded) to name a repository of its own, whose objects are the workspace's (alternates) and
     whose config and attributes put a filter on every file: the driver's checkout of the proposal in that worktree,
-    right after the turn, ran the filter as you, outside the agent's namespace."""
-    evil, ran = tmp_path / "evil", tmp_path / "the filter ran"
+    right after the turn, ran the filter as you, outside the agent's namespace. (Its repository lies here in its own
+    files, which it writes for real: what it writes in /tmp is gone at the end of its turn.)"""
+    evil, ran = agent_channel(workspace) / "evil", tmp_path / "the filter ran"
     make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
     script = tmp_path / "agent.sh"
     script.write_text(

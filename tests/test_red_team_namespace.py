@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
-from loop_support import FakeExecutor, make_loop
+from loop_support import FakeExecutor, agent_channel, make_loop
 from test_agent_turn import assert_the_loop_owns_the_workspace, score, set_lr, take_turn, turn_stops_the_loop
 
-from autoresearch.agents import fence
+from autoresearch.agents import fence, namespace
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.evaluator import shown
@@ -31,6 +31,9 @@ from autoresearch.vocabulary import Status
 pytestmark = pytest.mark.slow  # a real agent turn in its namespaces each: not in the fast subset
 
 HIDES = with_hidden(pid_namespace(), []) != pid_namespace()
+# The agent's /tmp, /var/tmp and /dev/shm are its own (an overlay each), what it writes there gone with its turn, where
+# they can be made so (not before Linux 5.11); elsewhere it shares them.
+OWN_TEMPORARY = namespace.temporary_unavailable() is None
 
 
 @pytest.mark.skipif(not HIDES, reason="no namespace here can hide a place")
@@ -61,7 +64,7 @@ def test_an_agent_cannot_have_your_tmux_server_run_a_process_outside_its_namespa
         assert exp.status == Status.KEEP, exp.reason
         time.sleep(3)  # the turn is over: a process it left outside would write now
         assert not ran.exists(), "the agent's command ran in your tmux server, outside its namespace"
-        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+        assert_the_loop_owns_the_workspace(workspace, exp, before)
     finally:
         subprocess.run(["tmux", "-S", str(socket), "kill-server"], capture_output=True)
         shutil.rmtree(sockets, ignore_errors=True)
@@ -124,7 +127,7 @@ def test_an_agent_cannot_reach_a_server_of_yours_that_runs_what_it_is_sent_throu
         time.sleep(0.5)
         said = [command for command in heard if command]  # the loop's probe (is it served?) says nothing
         assert said == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
-        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+        assert_the_loop_owns_the_workspace(workspace, exp, before)
     finally:
         listening.close()
         shutil.rmtree(folder if where != "in another user's runtime folder" else folder.parent, ignore_errors=True)
@@ -143,19 +146,19 @@ def test_an_agent_of_a_loop_run_as_root_cannot_replace_the_systems_links_in_the_
     namespace), or its own /bin/sh. The read-only /usr/lib64 it links to did not stop that. Now / itself is read-only
     in the agent's namespace (its folders are not: each is bound onto itself first, the workspace's with them).
     Each link is renamed onto itself here, which changes nothing where it is allowed."""
-    seen = tmp_path / "seen"
+    seen = agent_channel(workspace) / "seen"
     rename = (
         "import os, sys\nfor d in sys.argv[1:]:\n"
         " try: os.rename(d, d); print(d, 'renamed')\n except OSError as e: print(d, e.strerror)"
     )
-    planted = tmp_path / "planted"
+    planted = agent_channel(workspace) / "planted"
     tries = f"{sys.executable} -c {shlex.quote(rename)} {' '.join(ROOT_LINKS)} > {seen}; touch {planted} 2>> {seen}"
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
     assert exp.status == Status.KEEP, exp.reason
     said = seen.read_text().splitlines()
     assert said == [f"{d} Read-only file system" for d in ROOT_LINKS], said
-    assert planted.exists()  # a folder on /'s filesystem (the test's, the workspace's) is still the agent's to write
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert planted.exists()  # a folder on /'s filesystem (the workspace's) is still the agent's to write
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
@@ -163,7 +166,10 @@ def test_a_folder_of_path_that_is_a_link_swapped_by_the_agent_stops_the_loop(wor
     """BROKE, fixed: a folder of PATH that is a link (`~/bin` -> `~/dotfiles/bin`) was made read-only where it
     leads, but the link itself lies in your home, the agent's to write: `rm ~/bin && mkdir ~/bin` and a `git` there,
     which the loop's next start (and your shell) found first and ran, as you. The check after the turn walked only
-    where the link had led, and saw nothing. It now walks the folder as PATH names it too: the swap stops the loop."""
+    where the link had led, and saw nothing. It now walks the folder as PATH names it too: the swap stops the loop.
+    (Your home is read-only to the agent now, and its /tmp its own: the link lies here in a /tmp it shares, as where
+    that cannot be made (before Linux 5.11), standing for any folder of yours it writes.)"""
+    monkeypatch.setattr(namespace, "temporary_unavailable", lambda: "no overlay here (the test's)")
     home = tmp_path / "home"
     (home / "dotfiles" / "bin").mkdir(parents=True)
     (home / "bin").symlink_to(home / "dotfiles" / "bin")
@@ -192,14 +198,21 @@ def test_sockets_an_agent_leaves_in_tmp_do_not_stop_the_next_turn(workspace, tmp
     """BROKE, fixed: every socket within three folders of /tmp was hidden from the agent, each a word of the command
     that starts the next turn: 3000 sockets that one turn left in /tmp, at long paths, made it longer than the kernel
     takes (ARG_MAX, 2 MiB), and the next turn did not start (OSError, which stopped the loop); fewer made each turn
-    slow (a mount each). A socket no server listens on runs nothing: only those that answer are hidden now."""
+    slow (a mount each). A socket no server listens on runs nothing: only those that answer are hidden now. And the
+    agent's /tmp is now its own: what a turn leaves there is gone with it. The next turn here meets as many left by
+    the test instead, as a program of yours leaves them, or a turn where its /tmp cannot be its own (before Linux
+    5.11)."""
     top = Path(tempfile.mkdtemp(prefix="flood" + "A" * 230, dir="/tmp"))
     top.rmdir()  # the agent's to make
     try:
-        flood = f"{sys.executable} -c {shlex.quote(FLOOD)} {top}"
+        flood = [sys.executable, "-c", FLOOD, str(top)]
         loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
         loop.baseline()
-        for turn, script in enumerate([f"{set_lr(0.2)}\n{flood}\necho x", f"{set_lr(0.3)}\necho y"]):
+        for turn, script in enumerate([f"{set_lr(0.2)}\n{shlex.join(flood)}\necho x", f"{set_lr(0.3)}\necho y"]):
+            if turn == 1:
+                assert top.exists() != OWN_TEMPORARY  # what the first turn left in /tmp went with it, its /tmp its own
+                if not top.exists():
+                    subprocess.run(flood, check=True)  # as many left there by another, for the next turn
             path = tmp_path / f"agent{turn}.sh"
             path.write_text(f"set -e\n{script}\n")
             started = time.monotonic()
@@ -243,7 +256,7 @@ def test_thousands_of_served_sockets_in_tmp_fail_the_turn_not_the_loop(workspace
         assert server.stdout.readline() == "listening\n"
         exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\necho x")
         assert exp.status == Status.CRASH and "longer than the system takes" in exp.reason, exp.reason
-        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+        assert_the_loop_owns_the_workspace(workspace, exp, before)
     finally:
         server.kill()
         server.wait()
@@ -297,7 +310,7 @@ def test_an_agent_cannot_reach_a_server_of_yours_on_a_tcp_port_of_this_machine(w
     jupyter = RunsWhatItIsSent(socket.AF_INET, ("127.0.0.1", 0))
     endpoint = RunsWhatItIsSent(socket.AF_INET, ("127.0.0.1", 0))
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{endpoint.address[1]}/v1")
-    ran, said = tmp_path / "ran-outside", tmp_path / "said"
+    ran, said = tmp_path / "ran-outside", agent_channel(workspace) / "said"
     assert jupyter.reached_from_outside() and endpoint.reached_from_outside()
     tries = f"{jupyter.sender(f'touch {ran}')} > {said}\n{endpoint.sender('echo hello')} >> {said}"
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
@@ -306,7 +319,7 @@ def test_an_agent_cannot_reach_a_server_of_yours_on_a_tcp_port_of_this_machine(w
     assert said.read_text() == "refused: Permission denied\nsent\n"
     assert jupyter.heard == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
     assert endpoint.heard == [b"true", b"echo hello"]  # the endpoint its environment names: reached
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.skipif(fence.abi() < fence.SCOPE_ABI, reason="no Landlock here that scopes abstract sockets (Linux 6.12)")
@@ -315,14 +328,14 @@ def test_an_agent_cannot_reach_a_server_of_yours_on_an_abstract_socket(workspace
     `unix:abstract=`), and a server on one that ran what it was sent ran the agent's command outside its namespace.
     Landlock now scopes the turn's abstract sockets to itself (agents/fence.py)."""
     server = RunsWhatItIsSent(socket.AF_UNIX, f"\0autoresearch-test-{os.getpid()}")
-    ran, said = tmp_path / "ran-outside", tmp_path / "said"
+    ran, said = tmp_path / "ran-outside", agent_channel(workspace) / "said"
     assert server.reached_from_outside()
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{server.sender(f'touch {ran}')} > {said}\necho x")
     assert exp.status == Status.KEEP, exp.reason
     time.sleep(0.5)
     assert said.read_text() == "refused: Operation not permitted\n"
     assert server.heard == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 SIDE_DOORS = {  # TCP connections Landlock's rule never sees (Linux 6.18): how the agent's Python opens one
@@ -344,7 +357,7 @@ def test_an_agent_cannot_reach_a_server_of_yours_on_a_tcp_port_by_a_side_door(wo
     io_uring (whose operations make sockets and send without the system calls the filter sees)."""
     family = socket.AF_INET6 if "IPv6" in door else socket.AF_INET
     jupyter = RunsWhatItIsSent(family, ("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
-    ran, said = tmp_path / "ran-outside", tmp_path / "said"
+    ran, said = tmp_path / "ran-outside", agent_channel(workspace) / "said"
     assert jupyter.reached_from_outside()
     address = jupyter.address[:2]
     line = SIDE_DOORS[door].format(command=f"touch {ran}".encode(), address=address, port=address[1])
@@ -356,7 +369,7 @@ def test_an_agent_cannot_reach_a_server_of_yours_on_a_tcp_port_by_a_side_door(wo
     time.sleep(0.5)
     assert said.read_text().startswith("refused:"), said.read_text()
     assert jupyter.heard == [b"true"] and not ran.exists(), "the agent's command ran in a server of yours, outside"
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
@@ -373,7 +386,7 @@ def test_an_agent_of_a_loop_run_as_root_cannot_configure_what_root_runs_in_run(w
         Path("/run/modprobe.d") / f"autoresearch-test-{os.getpid()}.conf",
         Path(f"/run/autoresearch-{os.getpid()}"),
     ]
-    seen, own = tmp_path / "seen", Path(f"/run/user/{os.getuid()}/autoresearch-test")
+    seen, own = agent_channel(workspace) / "seen", Path(f"/run/user/{os.getuid()}/autoresearch-test")
     tries = "; ".join(
         f"{{ mkdir -p {p.parent} && echo 'install smc /bin/touch {tmp_path}/ran' > {p} && echo {p} written; }} "
         f">> {seen} 2>&1 || true"
@@ -388,7 +401,7 @@ def test_an_agent_of_a_loop_run_as_root_cannot_configure_what_root_runs_in_run(w
         assert "written" not in seen.read_text().replace("own written", ""), seen.read_text()
         if own.parent.is_dir():
             assert "own written" in seen.read_text()  # its runtime folder is still its own to write
-        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+        assert_the_loop_owns_the_workspace(workspace, exp, before)
     finally:
         for p in planted:
             with contextlib.suppress(OSError):
@@ -403,18 +416,20 @@ def test_an_agent_of_a_loop_run_as_root_cannot_configure_what_root_runs_in_run(w
 def test_an_agent_of_a_loop_run_as_root_cannot_leave_what_root_runs_later_in_var(workspace, tmp_path):
     """BROKE, fixed: /var was writable for the agent of a loop run as root, and a maintainer script it wrote in
     /var/lib/dpkg/info (`touch /var/lib/dpkg/info/zz.postinst`) runs as root at the next `apt`, outside its turn (red
-    team). Now /var is read-only in its namespace, but for /var/tmp, its to write as /tmp is."""
+    team). Now /var is read-only in its namespace, but for /var/tmp, its to write as /tmp is: a copy of its own, what
+    it writes there gone at the end of its turn."""
     planted = Path("/var/lib") / f"autoresearch-test-{os.getpid()}"
     own = Path(tempfile.mkdtemp(prefix="agent", dir="/var/tmp")) / "written"
-    seen = tmp_path / "seen"
+    seen = agent_channel(workspace) / "seen"
     tries = f"{{ touch {planted} && echo planted; }} >> {seen} 2>&1 || true; touch {own} && echo own >> {seen} || true"
     try:
         exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
         assert exp.status == Status.KEEP, exp.reason
         said = seen.read_text()
         assert not planted.exists() and "Read-only file system" in said and "planted" not in said, said
-        assert own.exists() and said.endswith("own\n"), said  # /var/tmp is still its own to write
-        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+        assert said.endswith("own\n"), said  # /var/tmp is still its own to write
+        assert own.exists() != OWN_TEMPORARY  # for its turn: the real /var/tmp is as it was
+        assert_the_loop_owns_the_workspace(workspace, exp, before)
     finally:
         with contextlib.suppress(OSError):
             planted.unlink()
@@ -428,7 +443,7 @@ def test_an_agent_cannot_write_your_home_but_its_workspace_there(workspace, tmp_
     read-only in its namespace, but for the workspace in it (its state still read-only): here the home holds the
     workspace, and a path relative to its working directory (`../`) meets the read-only home too."""
     monkeypatch.setenv("HOME", str(tmp_path))  # the workspace is tmp_path / "ws"
-    seen = Path(tempfile.mkdtemp(prefix="seen", dir="/var/tmp")) / "seen"
+    seen = agent_channel(workspace) / "seen"
     tries = [
         f"echo evil >> {tmp_path}/.bashrc",
         "echo evil >> ../.profile",
@@ -438,18 +453,15 @@ def test_an_agent_cannot_write_your_home_but_its_workspace_there(workspace, tmp_
         "echo notes > notes.txt",
     ]
     script = "\n".join(f"{{ {line} && echo '{line}: written'; }} >> {seen} 2>&1 || true" for line in tries)
-    try:
-        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{script}\necho x")
-        assert exp.status == Status.KEEP, exp.reason
-        said = seen.read_text()
-        assert said.count("Read-only file system") == 5 and said.count(": written") == 1, said
-        assert f"{tries[-1]}: written" in said  # the workspace is still its own to write (notes.txt: put back)
-        assert not (tmp_path / ".bashrc").exists() and not (tmp_path / ".profile").exists()
-        assert not (tmp_path / ".config").exists() and not (workspace.root / ".autoresearch" / "planted").exists()
-        assert not (workspace.root / "notes.txt").exists()
-        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
-    finally:
-        shutil.rmtree(seen.parent, ignore_errors=True)
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{script}\necho x")
+    assert exp.status == Status.KEEP, exp.reason
+    said = seen.read_text()
+    assert said.count("Read-only file system") == 5 and said.count(": written") == 1, said
+    assert f"{tries[-1]}: written" in said  # the workspace is still its own to write (notes.txt: put back)
+    assert not (tmp_path / ".bashrc").exists() and not (tmp_path / ".profile").exists()
+    assert not (tmp_path / ".config").exists() and not (workspace.root / ".autoresearch" / "planted").exists()
+    assert not (workspace.root / "notes.txt").exists()
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
@@ -510,19 +522,18 @@ def test_an_agent_cannot_write_your_login_home_when_home_names_another(workspace
         targets.append(theirs / ".bashrc")
     if not targets:
         pytest.skip("no home of yours in the user database")
-    seen = Path(tempfile.mkdtemp(prefix="seen", dir="/var/tmp")) / "seen"
+    seen = agent_channel(workspace) / "seen"
     tries = "\n".join(f"{{ touch {t} && echo '{t}: written'; }} >> {seen} 2>&1 || true" for t in targets)
     try:
         exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
         assert exp.status == Status.KEEP, exp.reason
         said = seen.read_text()
         assert not any(t.exists() for t in targets) and said.count("Read-only file system") == len(targets), said
-        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+        assert_the_loop_owns_the_workspace(workspace, exp, before)
     finally:
         for t in targets:
             with contextlib.suppress(OSError):
                 t.unlink()
-        shutil.rmtree(seen.parent, ignore_errors=True)
 
 
 @pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
@@ -547,7 +558,7 @@ def test_an_agent_cannot_have_the_loop_s_git_write_your_home_through_a_link_in_g
     assert f"{link} left as a link" in exp.reason
     assert sorted(p.name for p in tmp_path.iterdir()) == [".bashrc", "agent.sh", "ws"]
     assert (tmp_path / ".bashrc").read_text() == "# yours\n"
-    assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.skipif(not HIDES, reason="no namespace here can hide a place")
@@ -555,24 +566,31 @@ def test_an_agent_cannot_leave_code_in_your_inductor_cache_in_tmp(workspace, tmp
     """BROKE, fixed: /tmp is the agent's to write, and torch.compile outside the loop (yours, later, as you) reads
     Inductor's default cache there, /tmp/torchinductor_<you>: it imports a generated module it finds already written
     and unpickles its graph cache's entries, so what the agent left there ran as you outside its turn (red team). In
-    its namespace that folder is now an empty tmpfs: its own torch.compile still writes one, which goes with it."""
+    its namespace that folder is now an empty tmpfs: its own torch.compile still writes one, which goes with it. And
+    /tmp itself is now its own: what it writes anywhere there (a module where your `python` started in /tmp imports
+    it) is gone at the end of its turn."""
     import getpass
     import re
 
     cache = Path("/tmp") / ("torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser()))
     planted = cache / f"autoresearch-test-{os.getpid()}.py"
-    seen = tmp_path / "seen"
-    tries = f"{{ mkdir -p {cache} && echo 'import os' > {planted} && echo written; }} >> {seen} 2>&1 || true"
+    beside = Path("/tmp") / f"autoresearch-test-{os.getpid()}-{time.time_ns()}.py"
+    seen = agent_channel(workspace) / "seen"
+    tries = "\n".join(
+        f"{{ {write} && echo written; }} >> {seen} 2>&1 || true"
+        for write in (f"mkdir -p {cache} && echo 'import os' > {planted}", f"echo 'import os' > {beside}")
+    )
     made = not cache.exists()
     try:
         exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
         assert exp.status == Status.KEEP, exp.reason
-        assert seen.read_text() == "written\n"  # its own, for its turn
-        assert not planted.exists()
-        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+        assert seen.read_text() == "written\nwritten\n"  # its own, for its turn
+        assert not planted.exists() and beside.exists() != OWN_TEMPORARY
+        assert_the_loop_owns_the_workspace(workspace, exp, before)
     finally:
-        with contextlib.suppress(OSError):
-            planted.unlink()
+        for path in (planted, beside):
+            with contextlib.suppress(OSError):
+                path.unlink()
         if made:
             with contextlib.suppress(OSError):
                 cache.rmdir()
@@ -586,19 +604,16 @@ def test_the_folders_of_your_home_you_list_are_the_agents_to_write_and_no_more(w
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("AUTORESEARCH_AGENT_WRITABLE", "~/.gemini:~/.local/share/opencode")
-    seen = Path(tempfile.mkdtemp(prefix="seen", dir="/var/tmp")) / "seen"
+    seen = agent_channel(workspace) / "seen"
     tries = [f"echo s > {home}/.gemini/session", f"echo s > {home}/.local/share/opencode/s"]
     tries.append(f"echo x >> {home}/.bashrc")
     script = "\n".join(f"{{ {line} && echo written; }} >> {seen} 2>&1 || true" for line in tries)
-    try:
-        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{script}\necho x")
-        assert exp.status == Status.KEEP, exp.reason
-        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
-        said = seen.read_text()
-        assert said.count("written") == 2 and "Read-only file system" in said, said
-        assert (home / ".gemini" / "session").read_text() == "s\n" and not (home / ".bashrc").exists()
-    finally:
-        shutil.rmtree(seen.parent, ignore_errors=True)
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{script}\necho x")
+    assert exp.status == Status.KEEP, exp.reason
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
+    said = seen.read_text()
+    assert said.count("written") == 2 and "Read-only file system" in said, said
+    assert (home / ".gemini" / "session").read_text() == "s\n" and not (home / ".bashrc").exists()
 
 
 @pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
