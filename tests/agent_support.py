@@ -18,7 +18,6 @@ from netns import Offline
 from test_agent_turn import score, state
 
 from autoresearch.agents.coding_agent import CodingAgent
-from autoresearch.agents.namespace import AGENT_FILES
 from autoresearch.agents.recipes import recipe
 from autoresearch.loop.ledger import Experiment
 
@@ -51,19 +50,12 @@ def use_installed_agents(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def agent_reaches(workspace: Path) -> Path:
-    """A folder an agent's turn reaches for real, made where missing: its own files in the workspace's state. (What
-    it writes in /tmp is its own copy, and no socket made outside its turn is reached there: agents/namespace.py.)"""
-    folder = workspace / AGENT_FILES
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def offline_agent(name: str, fake: FakeLLM, workspace: Path, model: str | None = None) -> tuple[CodingAgent, Offline]:
-    """The recipe `name`, run with no network but a bridge to the fake server `fake` (to its Unix socket), in a
-    folder of `workspace` the agent's turn reaches."""
+def offline_agent(name: str, fake: FakeLLM, folder: Path, model: str | None = None) -> tuple[CodingAgent, Offline]:
+    """The recipe `name`, run with no network but a bridge to the fake server `fake` (to its Unix socket), whose
+    socket and log lie in `folder`: one the agent's turn reaches (`agent_channel`; what it writes in /tmp is its own
+    copy, and no socket made outside its turn is reached there: agents/namespace.py)."""
     port = int(fake.url.split(":")[2].split("/")[0])
-    offline = Offline(port, agent_reaches(workspace) / "bridge.sock", fake.socket_path)
+    offline = Offline(port, folder / "bridge.sock", fake.socket_path)
     return CodingAgent(recipe(name), model, timeout_s=120, launcher=offline.launcher), offline
 
 

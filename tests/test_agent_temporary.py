@@ -58,7 +58,7 @@ def test_what_an_agent_writes_in_the_temporary_folders_is_gone_after_its_turn(wo
         for folder in folders:
             assert sorted(p.name for p in folder.iterdir()) == ["note", "other"], folder
             assert (folder / "note").read_text() == "yours\n" and (folder / "other").read_text() == "kept\n"
-        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+        assert_the_loop_owns_the_workspace(workspace, exp, before)
     finally:
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
@@ -107,7 +107,7 @@ def test_a_server_that_listens_in_tmp_from_the_middle_of_the_turn_is_out_of_the_
         time.sleep(0.5)
         # (an empty one: a probe of whether it is served, by an agent turn starting meanwhile: `namespace._served`)
         assert [h for h in heard if h] == [b"true"] and not ran.exists(), "the agent's command ran outside"
-        assert_the_loop_owns_the_workspace(workspace, tmp_path, exp, before)
+        assert_the_loop_owns_the_workspace(workspace, exp, before)
     finally:
         listening.close()
         shutil.rmtree(folder, ignore_errors=True)

@@ -45,12 +45,12 @@ def agent_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def run_turn(workspace, agent_env, tmp_path) -> Iterator:
+def run_turn(workspace, agent_env) -> Iterator:
     """`run_turn(name, fake)`: one turn of agent `name` against `fake`, offline; its row, the state before it."""
     bridges = []
 
     def run(name: str, fake: FakeLLM):
-        agent, offline = offline_agent(name, fake, tmp_path)
+        agent, offline = offline_agent(name, fake, agent_channel(workspace))
         bridges.append(offline)
         exp, before = turn_through_the_loop(workspace, agent)
         assert offline.failures == [], f"the bridge could not reach the scripted server: {offline.failures}"
@@ -279,9 +279,9 @@ def bin_dir() -> Iterator[Path]:
 @pytest.mark.slow  # a real Node program, and its sandbox check waits 2 s where bubblewrap hangs
 @pytest.mark.parametrize("bwrap", sorted(BWRAP_THAT))
 def test_codex_whose_own_sandbox_cannot_run_a_command_runs_without_it(
-    bwrap, workspace, fake_openai, agent_env, bin_dir, tmp_path, monkeypatch
+    bwrap, workspace, fake_openai, agent_env, bin_dir, monkeypatch
 ):
-    calls = tmp_path / "bwrap-calls"
+    calls = agent_channel(workspace) / "bwrap-calls"  # written in the agent's namespaces
     (bin_dir / "bwrap").write_text(
         f'#!/bin/sh\ncase "$1" in --help) exec {shutil.which("bwrap")} "$@";; esac\n'
         f'echo "$*" >> {calls}\n{BWRAP_THAT[bwrap]}\n'
@@ -290,7 +290,7 @@ def test_codex_whose_own_sandbox_cannot_run_a_command_runs_without_it(
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(coding_agent, "SANDBOX_CHECK_S", 2.0)
     codex_edit(fake_openai)
-    agent, offline = offline_agent("codex", fake_openai, tmp_path)
+    agent, offline = offline_agent("codex", fake_openai, agent_channel(workspace))
     warnings = agent.preflight(workspace.root)
     said = {"hangs": "did not finish within 2 s", "fails": "exited 1: bwrap: Creating new namespace failed"}[bwrap]
     assert len(warnings) == 1 and "codex's own sandbox cannot run a command here" in warnings[0]
@@ -309,12 +309,12 @@ def test_codex_whose_own_sandbox_cannot_run_a_command_runs_without_it(
 
 @pytest.mark.slow  # a real Node program
 def test_a_codex_config_the_agent_wrote_into_its_home_cannot_make_the_loop_drop_codex_sandbox(
-    workspace, fake_openai, agent_env, tmp_path
+    workspace, fake_openai, agent_env
 ):
     home = workspace.root / ".autoresearch" / "agents" / "codex" / "home"  # CODEX_HOME: the agent writes there
     home.mkdir(parents=True)
     (home / "config.toml").write_text("this is = not [ toml\n")  # `codex sandbox` reading it would exit 1
-    agent, offline = offline_agent("codex", fake_openai, tmp_path)
+    agent, offline = offline_agent("codex", fake_openai, agent_channel(workspace))
     assert agent.preflight(workspace.root) == []
     assert "workspace-write" in agent.recipe.command("codex", "m", home, home, home)
     offline.close()
