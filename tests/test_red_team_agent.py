@@ -762,6 +762,21 @@ echo LR 0.2
     assert loop.ledger.get(2).status == Status.KEEP, loop.ledger.get(2).reason
 
 
+def test_a_workers_worktree_whose_files_in_git_the_agent_broke_is_made_again(workspace, tmp_path):
+    """BROKE, fixed: with several workers, an agent wrote what is no commit into `.git/worktrees/<n>/HEAD`: git, run
+    in that worktree, took it for no repository ("not a git repository"), the driver's checkout of the proposal there
+    failed, and the error stopped the loop. A worktree where git fails is made again."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    script = tmp_path / "agent.sh"
+    broken = "for d in .git/worktrees/*/; do echo garbage > $d/HEAD; done"
+    script.write_text(f"set -e\n{set_lr(0.2)}\n{broken}\necho LR")
+    loop = make_loop(workspace, FakeExecutor(score))
+    agent = CommandAgent(f"sh {shlex.quote(str(script))}", timeout_s=60)
+    run_workers(loop, agent, devices(None, 2, cores=2), max_experiments=1, executor_for=lambda _: FakeExecutor(score))
+    assert loop.ledger.get(2).status == Status.KEEP, loop.ledger.get(2).reason
+    assert loop.git.head() == loop.ledger.get(2).commit
+
+
 @pytest.mark.parametrize("entry", ["", "."])
 def test_a_program_an_agent_leaves_in_the_workspace_never_runs_where_path_names_the_working_directory(
     workspace, tmp_path, monkeypatch, entry

@@ -27,7 +27,7 @@ from autoresearch.evaluator.cores import usable_cores
 from autoresearch.evaluator.gpu_nodes import gpu_models, nvidia_gpus
 from autoresearch.loop.executor import Executor, LocalExecutor, Outcome, RunSpec
 from autoresearch.workspace.disk import disk_full_is_an_error
-from autoresearch.workspace.git import Git
+from autoresearch.workspace.git import Git, GitError
 
 if TYPE_CHECKING:
     from autoresearch.loop.engine import ResearchLoop
@@ -229,11 +229,15 @@ def remove_worktrees(git: Git, state: Path) -> None:
 
 def check_out(git: Git, worktree: Path, commit: str) -> None:
     """Point the worktree at `commit`, its files as committed; made again where it has gone (its folder deleted
-    by hand while the loop runs: git, run there, would fail)."""
-    if not (worktree / ".git").is_file():
-        make_worktree(git, worktree, commit)
-        return
-    git.worktree(worktree)("checkout", "--quiet", "--detach", "--force", commit)
+    by hand while the loop runs: git, run there, would fail), or where git fails there: its files in
+    .git/worktrees/<n>/ are in an agent's reach, and a HEAD there that named no commit stopped the loop (red team)."""
+    if (worktree / ".git").is_file():
+        try:
+            git.worktree(worktree)("checkout", "--quiet", "--detach", "--force", commit)
+            return
+        except GitError:
+            pass
+    make_worktree(git, worktree, commit)
 
 
 def make_workers(loop: ResearchLoop, found: list[Device], executor_for=None) -> list[Worker]:
