@@ -151,6 +151,12 @@ def test_preflight_warns_where_the_agent_cannot_have_temporary_folders_of_its_ow
     said: list[str] = []
     preflight(CommandAgent("true", timeout_s=10), workspace.root, said.append)
     assert any("temporary folders of its own (overlay: Operation not permitted)" in s for s in said), said
+    monkeypatch.setattr(namespace, "temporary_unavailable", lambda: None)
+    monkeypatch.setattr(namespace, "_mount_points", lambda: [Path("/tmp").resolve() / "an-appimage-mount"])
+    said.clear()
+    preflight(CommandAgent("true", timeout_s=10), workspace.root, said.append)
+    assert any(f"shares {Path('/tmp').resolve()} with you while something is mounted in it" in s for s in said), said
+    monkeypatch.setattr(namespace, "temporary_unavailable", lambda: "overlay: Operation not permitted")
     given = []
     real = namespace.with_hidden
     monkeypatch.setattr(namespace, "with_hidden", lambda *args: given.append(args[5]) or real(*args))

@@ -118,6 +118,11 @@ def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> Non
                 f"warning: the agent cannot have temporary folders of its own ({why}): what it leaves in /tmp, "
                 "/var/tmp or /dev/shm stays there for the programs of yours that look there"
             )
+        elif shared := namespace.shared_for_a_mount():
+            warn(
+                f"warning: the agent shares {', '.join(map(str, shared))} with you while something is mounted in it "
+                "(no overlay can be made of it): what it leaves there stays for the programs of yours that look there"
+            )
     check = getattr(agent, "preflight", None)
     if check is None:
         return

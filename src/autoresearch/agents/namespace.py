@@ -202,11 +202,22 @@ def temporary_folders(
         # In a user namespace, the kernel binds a folder, or makes it an overlay's layer, only with what is mounted in
         # it (locked there): one with a mount in it (a running AppImage's in /tmp, an sshfs of yours) failed every turn
         # from then on, and the loop lost the night. It stays yours meanwhile, as where no overlay can be made.
-        if any(m != real and holds(real, m) for m in mounted):
+        if _holds_a_mount(real, mounted):
             continue
         kept = [p for p in (*inside, *writable) if p != real and holds(real, p)]
         found.append(Temporary(real, f"{stat.S_IMODE(real.stat().st_mode):o}", tuple(shown.outermost(kept))))
     return found
+
+
+def _holds_a_mount(folder: Path, mounted: list[Path]) -> bool:
+    return any(m != folder and holds(folder, m) for m in mounted)
+
+
+def shared_for_a_mount() -> list[Path]:
+    """The folders of TEMPORARY the agent shares with you now, for something mounted in them (`temporary_folders`)."""
+    mounted = _mount_points()
+    folders = [Path(p).resolve() for p in TEMPORARY if Path(p).is_dir() and not Path(p).is_symlink()]
+    return [folder for folder in folders if _holds_a_mount(folder, mounted)]
 
 
 def _mount_points() -> list[Path]:
