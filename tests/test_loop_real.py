@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, make_loop, make_workspace, with_constants
+from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, agent_channel, make_loop, make_workspace, with_constants
 
 from autoresearch.device import cpu_name
 from autoresearch.evaluator.cores import usable_cores
@@ -208,14 +208,14 @@ def test_an_llm_agent_drives_the_loop_over_the_real_api_protocol(workspace, fake
 
 def test_a_command_agent_script_drives_the_loop_and_only_train_py_may_change(tmp_path, tiny_prepared):
     ws = make_workspace(tmp_path / "ws", tiny_prepared)
-    script = tmp_path / "agent.sh"
+    script, second = tmp_path / "agent.sh", agent_channel(ws) / "second"  # what it writes in /tmp is its turn's
     script.write_text(
         "#!/bin/sh\n"
         'grep -q "Research program" "$AUTORESEARCH_PROMPT_FILE" || exit 3\n'
-        f"if [ -f {tmp_path / 'second'} ]; then\n"
+        f"if [ -f {second} ]; then\n"
         "  sed -i 's/^LR = 0.05 /LR = 0.06 /' train.py; echo 'budget: 99' >> program.md; echo 'longer budget'\n"
         "  exit 0\nfi\n"
-        f"touch {tmp_path / 'second'}\n"
+        f"touch {second}\n"
         "sed -i 's/^BATCH = 8 /BATCH = 16 /' train.py\n"
         "echo 'thinking out loud'\necho 'larger batches'\n"
     )

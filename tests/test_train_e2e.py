@@ -157,7 +157,7 @@ def test_a_diverging_train_py_stops_at_once_invalid_with_the_reason(
     result_file.parent.mkdir()
     started = time.monotonic()
     proc = python(["train.py"], ws, {**subprocess_env, "AUTORESEARCH_RESULT": str(result_file)})
-    assert time.monotonic() - started < 60  # far less than the 120 s budget
+    assert time.monotonic() - started < 110  # less than the 120 s budget: the first step's compile may take 75 s
     assert proc.returncode != 0
     assert not (ws / "result.json").exists()  # AUTORESEARCH_RESULT says where the result goes
     result = json.loads(result_file.read_text())
