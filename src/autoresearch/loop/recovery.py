@@ -39,6 +39,18 @@ TURN_SNAPSHOT = "turn.json"  # in the state folder: the workspace as an agent's 
 HELD_EDIT = "held-train.py"  # in the state folder: the edit a `try` was given, while train.py is another's
 
 
+def left_by_workers(in_flight: list[Experiment]) -> bool:
+    """Whether the experiments in flight were left by a loop with several workers, or submitted: the one-worker
+    loop cannot take them up."""
+    return len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight)
+
+
+def judged_left_open(experiments: list[Experiment]) -> list[Experiment]:
+    """The experiments judged already with a run in progress when a loop with several workers died (the best measured
+    again, or one whose verdict came before its last run ended)."""
+    return [e for e in experiments if e.status.final and activity.left_open(e)]
+
+
 class Recovery:
     """`ResearchLoop`'s recovery (it has the workspace, git, the ledger and the verdict steps this uses)."""
 
@@ -114,7 +126,7 @@ class Recovery:
         self.check_apparatus()
         self.check_attached()
         in_flight = self.ledger.in_flight()
-        if len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight):
+        if left_by_workers(in_flight):
             raise LoopError(
                 f"{len(in_flight)} experiments of a loop with several workers (or submitted) are still in flight",
                 hint="`autoresearch run` with the same --gpus or --workers finishes them first",
@@ -152,9 +164,8 @@ class Recovery:
     def reap_judged(self) -> None:
         """Kill the runs a dead loop with several workers had in progress of experiments judged already (the best
         measured again, or one whose verdict came before its last run ended), and forget when they started."""
-        for exp in self.ledger.all():
-            if exp.status.final and activity.left_open(exp):
-                self.left_running(exp)
+        for exp in judged_left_open(self.ledger.all()):
+            self.left_running(exp)
 
     def left_running(self, exp: Experiment) -> None:
         """Kill what is left of `exp`'s runs that a dead loop had in progress, and forget when they started."""

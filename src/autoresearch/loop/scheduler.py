@@ -45,7 +45,15 @@ from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.inbox import SUBMITTER, Inbox, note_moved
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
-from autoresearch.loop.recovery import baseline_died, commit_message, died_running, result_columns, seeded
+from autoresearch.loop.recovery import (
+    baseline_died,
+    commit_message,
+    died_running,
+    judged_left_open,
+    left_by_workers,
+    result_columns,
+    seeded,
+)
 from autoresearch.loop.workers import (
     Active,
     Device,
@@ -498,10 +506,7 @@ class Scheduler:
 def needs_scheduler(loop: ResearchLoop) -> bool:
     """Whether what is in flight was left by a loop with several workers, or submitted, or such a loop died with a
     run of a judged experiment in progress (the best measured again): the one-worker loop cannot take it up."""
-    in_flight = loop.ledger.in_flight()
-    if len(in_flight) > 1 or any(e.worker or e.status == Status.QUEUED for e in in_flight):
-        return True
-    return any(e.status.final and activity.left_open(e) for e in loop.ledger.all())
+    return left_by_workers(loop.ledger.in_flight()) or bool(judged_left_open(loop.ledger.all()))
 
 
 def run_workers(
