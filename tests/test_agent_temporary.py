@@ -3,7 +3,6 @@ what is in /tmp, /var/tmp and /dev/shm, and what it writes there is gone when it
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import secrets
@@ -18,7 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from loop_support import agent_channel
 from test_agent_turn import assert_the_loop_owns_the_workspace, set_lr, take_turn
+from test_red_team_namespace import run_what_it_is_sent, sending
 
 from autoresearch.agents import namespace
 from autoresearch.agents.base import preflight
@@ -71,8 +72,8 @@ def test_a_server_that_listens_in_tmp_from_the_middle_of_the_turn_is_out_of_the_
     (an emacs server started, a tmux session opened meanwhile) was in its reach at its path: it ran the agent's command
     outside its namespace. Through the agent's own /tmp (an overlay), no socket made outside it is reached."""
     folder = Path(tempfile.mkdtemp(prefix="server", dir="/tmp"))  # there before the turn, empty: nothing to hide
-    address, ran, started = folder / "server", tmp_path / "ran-outside", workspace.root / ".autoresearch" / "agents"
-    started = started / "started"  # the agent's own files: written for real, and not an edit of the workspace
+    address, ran = folder / "server", tmp_path / "ran-outside"
+    started = agent_channel(workspace) / "started"  # written for real, and not an edit of the workspace
     listening = socket.socket(socket.AF_UNIX)
     heard: list[bytes] = []
 
@@ -82,15 +83,10 @@ def test_a_server_that_listens_in_tmp_from_the_middle_of_the_turn_is_out_of_the_
             time.sleep(0.02)
         listening.bind(str(address))
         listening.listen()
-        with contextlib.suppress(OSError):
-            while True:
-                connection, _ = listening.accept()
-                with connection:
-                    heard.append(command := connection.recv(4096))
-                    subprocess.run(command.decode(), shell=True)
+        run_what_it_is_sent(listening, heard)
 
     threading.Thread(target=serve, daemon=True).start()
-    send = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(address)!r}); s.sendall(b'touch {ran}')"
+    send = sending(address, f"touch {ran}")
     script = [
         set_lr(0.2),
         f"touch {started}",

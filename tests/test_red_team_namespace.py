@@ -107,17 +107,8 @@ def test_an_agent_cannot_reach_a_server_of_yours_that_runs_what_it_is_sent_throu
     listening.bind(str(address))
     listening.listen()
     heard: list[bytes] = []
-
-    def serve() -> None:  # what an emacs server is to `emacsclient -e '(shell-command ...)'`
-        with contextlib.suppress(OSError):
-            while True:
-                connection, _ = listening.accept()
-                with connection:
-                    heard.append(command := connection.recv(4096))
-                    subprocess.run(command.decode(), shell=True)
-
-    threading.Thread(target=serve, daemon=True).start()
-    send = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(address)!r}); s.sendall(b'touch {ran}')"
+    threading.Thread(target=run_what_it_is_sent, args=(listening, heard), daemon=True).start()
+    send = sending(address, f"touch {ran}")
     try:
         with socket.socket(socket.AF_UNIX) as probe:  # the server answers anyone who reaches it: the test can fail
             probe.connect(str(address))
@@ -131,6 +122,22 @@ def test_an_agent_cannot_reach_a_server_of_yours_that_runs_what_it_is_sent_throu
     finally:
         listening.close()
         shutil.rmtree(folder if where != "in another user's runtime folder" else folder.parent, ignore_errors=True)
+
+
+def run_what_it_is_sent(listening: socket.socket, heard: list[bytes]) -> None:
+    """A server that runs each command it is sent, as you (what an emacs server is to `emacsclient -e
+    '(shell-command ...)'`), noting it in `heard`; until `listening` is closed."""
+    with contextlib.suppress(OSError):
+        while True:
+            connection, _ = listening.accept()
+            with connection:
+                heard.append(command := connection.recv(4096))
+                subprocess.run(command.decode(), shell=True)
+
+
+def sending(address: Path, command: str) -> str:
+    """Python that sends `command` to the server on the Unix socket at `address`."""
+    return f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(address)!r}); s.sendall(b{command!r})"
 
 
 ROOT_LINKS = [d for d in shown.SYSTEM_DIRS if os.path.islink(d) and os.path.dirname(d) == "/"]
