@@ -13,8 +13,11 @@ seconds; the driver's own work (git, ledger, judging, the agent) counts at its r
 
 A scripted agent nudges one or two constants of the best at a time; it sees the experiments in flight and
 does not propose one of them again, but may repeat an older one (`--agent nudge-apart`: nor a move one of
-them makes, the same constants moved the same way, as the prompt asks agents). Near the optimum
-most proposals are no better, a few are true wins (`--agent tune`: the package's Optuna agent instead).
+them makes, the same constants moved the same way). `--agent wave` sweeps, as the prompt asks agents with
+several workers: with changes in flight, it sets the constant the fewest of them move to another value of a
+grid around the best's, both ways, nearest first (with none in flight, it nudges as `nudge-apart` does, so
+the one-worker reference is the same run). Near the optimum most proposals are no better, a few are true
+wins (`--agent tune`: the package's Optuna agent instead).
 One worker runs `--hours` simulated hours; N workers run `--hours` x min(1, `--window` / N), long enough
 to tell the goal "the one-worker run's final best in 2/N of its time". Measured on that window:
 experiments per hour, the GPUs' busy fraction, the time and GPU-hours until the best's TRUE value reaches
@@ -306,16 +309,24 @@ class NudgeAgent:
     """Nudges one constant of the best (two, three times in ten); values rounded as a person writes them.
     It skips what is in flight, but not what was measured before: the loop rejects those repeats. `apart`: it
     also skips a move in flight (the same constants moved the same way from the best, by other amounts), as the
-    prompt asks ("propose something different from each"); without it, only an identical train.py is skipped."""
+    prompt once asked; without it, only an identical train.py is skipped. `wave`: with changes in flight, a value of
+    a sweep (`_wave`), as the prompt asks now; the loop combines the sweeps' near-wins (loop/combining.py)."""
 
     name, model = "nudge", "scripted"
 
     def __init__(
-        self, seed: int, clock: SimClock, propose_seconds: float, answers_only: bool = False, apart: bool = False
+        self,
+        seed: int,
+        clock: SimClock,
+        propose_seconds: float,
+        answers_only: bool = False,
+        apart: bool = False,
+        wave: bool = False,
     ):
         self.rng, self.clock, self.propose_seconds = random.Random(seed), clock, propose_seconds
         self.answers_only = answers_only  # asked on threads, several at once (loop/answers.py), as API agents are
         self.apart = apart
+        self.wave = wave
 
     def propose(self, context: Context) -> Proposal:
         if self.answers_only:
@@ -324,6 +335,8 @@ class NudgeAgent:
             self.clock.sleep(self.propose_seconds)  # the driver waits while an agent thinks
         taken = {e.source for e in context.in_flight}
         current = read_constants(context.train_py)
+        if self.wave and (swept := self._wave(context, current)) is not None:
+            return swept
         moving = {_moves(current, read_constants(e.source)) for e in context.in_flight} if self.apart else set()
         for _ in range(50):
             names = self.rng.sample(sorted(BOWLS), 2 if self.rng.random() < 0.3 else 1)
@@ -334,6 +347,44 @@ class NudgeAgent:
                 break
         moves = ", ".join(f"{name} {current[name].value} -> {value}" for name, value in values.items())
         return Proposal(moves, source)
+
+    def _wave(self, context: Context, current: dict) -> Proposal | None:
+        """With other changes in flight, one value of a sweep: the constant the fewest changes in flight move alone
+        from the best, set to the nearest value of its grid (`_grid`) that no change in flight or measured holds."""
+        if not context.in_flight:
+            return None
+        held: dict[str, set] = {name: set() for name in BOWLS}
+        moving = dict.fromkeys(BOWLS, 0)
+        for exp, flying in [(e, True) for e in context.in_flight] + [(e, False) for e in context.history]:
+            try:
+                theirs = read_constants(exp.source)
+            except (SyntaxError, ValueError):
+                continue
+            if not theirs.keys() >= BOWLS.keys():
+                continue
+            moved = [name for name in BOWLS if theirs[name].value != current[name].value]
+            others = [n for n, c in theirs.items() if n not in BOWLS and c.value != current.get(n, c).value]
+            if len(moved) == 1 and not others:
+                held[moved[0]].add(float(theirs[moved[0]].value))
+                moving[moved[0]] += flying
+        for name in sorted(BOWLS, key=lambda n: (moving[n], self.rng.random())):
+            for value in self._grid(name, float(current[name].value)):
+                if value not in held[name]:
+                    source = set_constants(context.train_py, {name: value})
+                    return Proposal(f"sweep {name} {current[name].value} -> {value}", source)
+        return None
+
+    @staticmethod
+    def _grid(name: str, value: float) -> list[float]:
+        """A sweep's values around `value`, nearest first, both ways, rounded as a person writes them."""
+        if name == "BATCH":
+            values = [value * 2, value / 2, value * 4, value / 4]
+            values = [min(512, max(8, int(v))) for v in values]
+        elif name in ("WARMUP_FRAC", "DROPOUT"):
+            values = [round(min(0.5, max(0.0, value + step)), 2) for step in (0.04, -0.04, 0.08, -0.08, 0.12, -0.12)]
+        else:
+            values = [float(f"{value * 2 ** (step / 2):.2g}") for step in (1, -1, 2, -2, 3, -3)]
+        return [v for i, v in enumerate(values) if v != value and v not in values[:i]]
 
     def _nudge(self, name: str, value: float) -> float:
         if name == "BATCH":
@@ -432,7 +483,7 @@ class Simulation:
     runs: RunModel = field(default_factory=RunModel)
     propose_seconds: float = 0.0
     asks_on_threads: bool = False
-    agent: str = "nudge"  # "nudge-apart" (NudgeAgent's `apart`), or "tune": the package's Optuna agent
+    agent: str = "nudge"  # "nudge-apart", "wave" (NudgeAgent's `apart`, `wave`), or "tune": the package's Optuna agent
     eager: bool = False  # a what-if, never the loop's rule: a marginal win is kept without its re-run
     at_once: int = 1  # a what-if, never the loop's rule: every change trained on this many seeds at once
     confirm_runs: int | None = None  # the runs a kept change gets in all (None: the scheduler's own rule)
@@ -463,8 +514,8 @@ class Simulation:
         if self.agent == "tune":
             agent = TuneAgent(seed=self.seed)
         else:
-            apart = self.agent == "nudge-apart"
-            agent = NudgeAgent(self.seed, self.clock, self.propose_seconds, self.asks_on_threads, apart)
+            apart, wave = self.agent in ("nudge-apart", "wave"), self.agent == "wave"
+            agent = NudgeAgent(self.seed, self.clock, self.propose_seconds, self.asks_on_threads, apart, wave)
         if self.combine:
             agent = CombiningAgent(agent)
         scheduler = Scheduler(loop, workers, clock=self.clock, confirm_runs=self.confirm_runs)
@@ -694,7 +745,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=300.0)
     parser.add_argument("--propose-seconds", type=float, default=0.0, help="how long the agent thinks (simulated)")
     parser.add_argument(
-        "--agent", choices=("nudge", "nudge-apart", "tune"), default="nudge", help="who proposes (see above)"
+        "--agent", choices=("nudge", "nudge-apart", "wave", "tune"), default="nudge", help="who proposes (see above)"
     )
     parser.add_argument(
         "--eager", action="store_true", help="what if: all but the first count keep marginal wins without a re-run"

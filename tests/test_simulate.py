@@ -108,3 +108,31 @@ def test_an_agent_that_thinks_long_keeps_the_workers_waiting(tmp_path, tiny_prep
         busy.append(simulate.measure(sim, loop, recorder, cpu, None).busy)
     # 4 proposals of 200 s each per 315 s run: the driver can keep fewer than 2 workers busy.
     assert busy[1] < 0.6 < busy[0]
+
+
+def test_the_wave_agent_sweeps_the_setting_fewest_changes_in_flight_move_at_values_none_holds(tmp_path):
+    """With changes in flight, `--agent wave` proposes one value of a sweep: the constant the fewest of them move
+    alone, at the nearest value of its grid that no change in flight or measured holds; with none in flight, a
+    nudge, as `nudge-apart` makes it (the one-worker reference is the same run)."""
+    from autoresearch.agents.base import Context, PastExperiment
+    from autoresearch.workspace.constants import read_constants, set_constants
+
+    base = simulate.TRAIN_PY
+
+    def past(values: dict, exp_id: int, status: str = "running") -> PastExperiment:
+        return PastExperiment(exp_id, status, "", None, "", set_constants(base, values))
+
+    others = {"LR": [0.0057, 0.0028], "BATCH": [64], "WARMUP_FRAC": [0.04], "WEIGHT_DECAY": [0.14]}
+    flying = [past({name: v}, i) for i, (name, vs) in enumerate(others.items()) for v in vs]
+    measured = [past({"DROPOUT": 0.09}, 10, "discard")]  # DROPOUT's nearest value, measured on this best already
+    context = Context(tmp_path, "", base, 0.58, 0.0015, history=measured, in_flight=flying)
+    agent = simulate.NudgeAgent(0, simulate.SimClock(), 0.0, apart=True, wave=True)
+    proposal = agent.propose(context)
+    assert proposal.description == "sweep DROPOUT 0.05 -> 0.01"  # no DROPOUT in flight; 0.09 measured
+    assert read_constants(proposal.source)["DROPOUT"].value == 0.01
+    assert simulate.NudgeAgent._grid("LR", 0.004) == [0.0057, 0.0028, 0.008, 0.002, 0.011, 0.0014]
+
+    alone = Context(tmp_path, "", base, 0.58, 0.0015)
+    nudge = simulate.NudgeAgent(3, simulate.SimClock(), 0.0, apart=True)
+    wave = simulate.NudgeAgent(3, simulate.SimClock(), 0.0, apart=True, wave=True)
+    assert [wave.propose(alone) for _ in range(5)] == [nudge.propose(alone) for _ in range(5)]

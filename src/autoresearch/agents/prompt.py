@@ -130,14 +130,16 @@ def ledger_summary(context: Context) -> str:
 
 
 def in_flight_lines(running: list[PastExperiment]) -> list[str]:
-    """The experiments other workers train now, with their diffs: a proposal must try something else."""
+    """The experiments other workers train now, with their diffs: a proposal must try something else, and may
+    sweep a setting one of them moves (bench/simulate.py's `--agent wave`, with loop/combining.py)."""
     if not running:
         return []
     lines = [
         "",
-        f"Being trained now on other workers ({len(running)}). Propose something different from each: not a "
-        "setting one of them moves, moved the same way by another amount (it ends with yours, and only one of two "
-        "such alternatives can be kept); move it the other way, change another setting, or try another idea.",
+        f"Being trained now on other workers ({len(running)}). Propose something none of them trains. The workers "
+        "can sweep a setting in one round: where one of them moves a setting, another value of it (the other way, "
+        "nearer or further) is a good proposal, as is another setting or idea. The loop itself combines changes of "
+        "settings that each came out better than their base by more than the noise, and trains the combination.",
     ]
     lines.append("<in_flight>")
     for e in running:

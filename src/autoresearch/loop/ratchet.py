@@ -33,7 +33,7 @@ from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.recovery import commit_message
 from autoresearch.loop.waiting import mark_unreported
 from autoresearch.vocabulary import Kind, Status
-from autoresearch.workspace.constants import read_constants, set_constants
+from autoresearch.workspace.constants import changed_constants, read_constants, set_constants
 from autoresearch.workspace.workspace import TRAIN_PY
 
 
@@ -199,11 +199,11 @@ def merge_constants(base: str, best: str, win: str, overriding: bool = False) ->
     adjacent lines for a conflict, and the constants are a block of adjacent lines: without this, a win on LR
     made on a base older than a kept BATCH change would be lost, and so would a win on LR and BATCH beside a
     kept change of BATCH and WEIGHT_DECAY with the same BATCH (bench/simulate.py found both)."""
+    changes = changed_constants(base, win)
+    if changes is None:
+        return None  # it changed more than constants (or wrote them in its own way): git's merge stands
     try:
         then, now = read_constants(base), read_constants(best)
-        changes = {n: c.value for n, c in read_constants(win).items() if n in then and c.value != then[n].value}
-        if not changes or set_constants(base, changes) != win:
-            return None  # it changed more than constants (or wrote them in its own way): git's merge stands
         if any(n not in now for n in changes):
             return None
         if not overriding and any(now[n].value not in (then[n].value, value) for n, value in changes.items()):

@@ -39,6 +39,7 @@ from autoresearch.evaluator import sandbox
 from autoresearch.loop import activity
 from autoresearch.loop.answers import Answer, Answers, asked_on_threads
 from autoresearch.loop.clock import Clock, RealClock
+from autoresearch.loop.combining import COMBINER, combination
 from autoresearch.loop.confirmation import CONFIRMED_RUNS, NOT_CONFIRMED, Confirmations
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop
 from autoresearch.loop.executor import Outcome, RunSpec
@@ -150,10 +151,16 @@ class Scheduler:
         proposed = 0
         self.take_submissions()
         on_threads = asked_on_threads(agent)
+        combining = True  # one combination in flight at most: tried once per fill
         for worker in self.workers:
             if worker.job is not None:
                 continue
             job = self.next_job()
+            if job is None and combining:
+                combining = False
+                if self.combine(agent, proposed, left):
+                    proposed += 1
+                    job = self.next_job()
             if job is None and on_threads:
                 continue  # asked for below, all at once
             # A rejected proposal (a repeat, say) leaves the worker idle: ask again at once, a few times.
@@ -174,6 +181,17 @@ class Scheduler:
                 self.answers.ask(agent, base, self.loop.context(base))
                 self.loop.reporter.message(f"asking {agent.name} for a change ({self.answers.pending} in flight)")
         return proposed
+
+    def combine(self, agent: Agent | None, proposed: int, left: int | None) -> bool:
+        """With several workers, queue the near-wins of the latest rounds combined (loop/combining.py) where
+        there are such; whether it did. It counts as a proposal."""
+        if len(self.workers) < 2 or not self.may_ask(agent, proposed, left):
+            return False
+        combined = combination(self.loop)
+        if combined is None:
+            return False
+        self.activate(self.loop.record(combined, COMBINER, "", base=self.loop.best()))
+        return True
 
     def may_ask(self, agent: Agent | None, proposed: int, left: int | None) -> bool:
         if agent is None or proposed == left or self.clock.now() < self.propose_after:

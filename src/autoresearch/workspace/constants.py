@@ -105,3 +105,14 @@ def set_constants(source: str, values: dict[str, Any]) -> str:
         line = lines[c.line - 1]
         lines[c.line - 1] = line[: c.start] + format_value(value) + line[c.end :]
     return "".join(lines)
+
+
+def changed_constants(base: str, source: str) -> dict[str, Any] | None:
+    """The constants `source` sets otherwise than `base`, where that is all it changed (written as
+    `set_constants` writes them); None where it changed anything else, or is not Python."""
+    try:
+        then = read_constants(base)
+        changes = {n: c.value for n, c in read_constants(source).items() if n in then and c.value != then[n].value}
+        return changes if changes and set_constants(base, changes) == source else None
+    except (SyntaxError, ValueError):
+        return None

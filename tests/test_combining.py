@@ -1,0 +1,83 @@
+"""With several workers the loop combines the near-wins of the latest rounds (loop/combining.py)."""
+
+from __future__ import annotations
+
+from loop_support import ScriptedAgent, constant, set_lr, with_constants
+from test_scheduler import SEED_NOISE, pairs, scheduler
+
+from autoresearch.loop.combining import COMBINER
+from autoresearch.loop.executor import Outcome
+from autoresearch.vocabulary import RunEnd, Status
+
+
+def near_wins(source: str) -> float:
+    """LR 0.06 and BATCH 16 are each 0.0015 better: more than the noise (0.0014) over the baseline's two seeds,
+    less than the margin (0.0028). Together they win by more than the margin."""
+    lr, batch = constant(source, "LR"), constant(source, "BATCH")
+    return (
+        1.05
+        - 0.0015 * (lr == 0.06)
+        - 0.0015 * (batch == 16)
+        + 0.02 * (lr == 0.3)
+        + SEED_NOISE[constant(source, "SEED")]
+    )
+
+
+def batch(value: int):
+    return lambda ctx: (f"BATCH {value}", with_constants(ctx.train_py, BATCH=value))
+
+
+def test_two_near_wins_of_one_round_are_combined_by_the_loop_trained_and_kept(workspace):
+    sched, fakes = scheduler(workspace, gate=pairs(4), score=near_wins)
+    agent = ScriptedAgent([set_lr(0.06), batch(16), set_lr(0.3), set_lr(0.3)])
+    sched.run(agent, max_experiments=4)
+    rows = sched.loop.ledger.all()
+    lr, bs = rows[1], rows[2]
+    assert lr.status == bs.status == Status.DISCARD and "not better by more than the noise" in lr.reason
+    combined = [r for r in rows if r.agent == COMBINER]
+    assert len(combined) == 1, [(r.id, r.description, r.reason) for r in rows]
+    exp = combined[0]
+    assert exp.description == "near-wins of exp 2, 3 combined: LR 0.05 -> 0.06, BATCH 8 -> 16"
+    assert constant(exp.source, "LR") == 0.06 and constant(exp.source, "BATCH") == 16
+    assert exp.parent == rows[0].commit and exp.status == Status.KEEP and exp.cost_usd == 0.0
+    assert sched.loop.best().id == exp.id and sched.loop.git.head() == exp.commit
+    trained = [
+        s for fake in fakes.values() for _, _, s in fake.runs if s.replace("SEED = 43", "SEED = 42") == exp.source
+    ]
+    assert len(trained) == len(exp.run_values) >= 1  # trained itself, not kept on its parts' runs
+
+
+def test_changes_of_code_are_not_combined(workspace):
+    def code(ctx):
+        return "BATCH 16 and a comment", with_constants(ctx.train_py, BATCH=16) + "\n# a comment\n"
+
+    sched, _ = scheduler(workspace, gate=pairs(4), score=near_wins)
+    sched.run(ScriptedAgent([set_lr(0.06), code, set_lr(0.3), set_lr(0.3)]), max_experiments=4)
+    rows = sched.loop.ledger.all()
+    assert rows[2].description == "BATCH 16 and a comment" and rows[2].status == Status.DISCARD  # a near-win too
+    assert not [r for r in rows if r.agent == COMBINER]
+
+
+def test_one_worker_does_not_combine(workspace):
+    """One worker's agent has seen every result before its next proposal: it combines what it wants itself."""
+    sched, _ = scheduler(workspace, gpus=None, workers=1, score=near_wins)
+    sched.run(ScriptedAgent([set_lr(0.06), batch(16), set_lr(0.3)]), max_experiments=3)
+    rows = sched.loop.ledger.all()
+    assert [r.status for r in rows[1:3]] == [Status.DISCARD, Status.DISCARD]  # two near-wins
+    assert not [r for r in rows if r.agent == COMBINER]
+
+
+def test_a_combination_that_crashed_is_not_combined_again(workspace):
+    """A crash is not a measurement: a repeat of a crashed proposal may run. A combination is the loop's own
+    proposal, though: made again after each crash, one that always crashes (too large a BATCH for the GPU, say)
+    would take a worker for ever."""
+
+    def crashing(source: str):
+        if constant(source, "LR") == 0.06 and constant(source, "BATCH") == 16:
+            return Outcome(RunEnd.CRASH, None, "CUDA out of memory", "", 1.0)
+        return near_wins(source)
+
+    sched, _ = scheduler(workspace, gate=pairs(4), score=crashing)
+    sched.run(ScriptedAgent([set_lr(0.06), batch(16)] + [set_lr(0.3 + i / 100) for i in range(6)]), max_experiments=8)
+    combined = [r for r in sched.loop.ledger.all() if r.agent == COMBINER]
+    assert [r.status for r in combined] == [Status.CRASH]
