@@ -28,6 +28,7 @@ merge conflicts, and the driver's CPU per experiment.
 from __future__ import annotations
 
 import argparse
+import functools
 import heapq
 import json
 import math
@@ -327,6 +328,7 @@ class NudgeAgent:
         self.answers_only = answers_only  # asked on threads, several at once (loop/answers.py), as API agents are
         self.apart = apart
         self.wave = wave
+        self.constants = functools.lru_cache(maxsize=65536)(read_constants)  # a sweep reads the whole history
 
     def propose(self, context: Context) -> Proposal:
         if self.answers_only:
@@ -357,7 +359,7 @@ class NudgeAgent:
         moving = dict.fromkeys(BOWLS, 0)
         for exp, flying in [(e, True) for e in context.in_flight] + [(e, False) for e in context.history]:
             try:
-                theirs = read_constants(exp.source)
+                theirs = self.constants(exp.source)
             except (SyntaxError, ValueError):
                 continue
             if not theirs.keys() >= BOWLS.keys():
