@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from loop_support import ScriptedAgent, constant, set_lr, with_constants
-from test_scheduler import SEED_NOISE, pairs, scheduler
+from test_scheduler import SEED_NOISE, pairs, scheduler, wait_until
 
 from autoresearch.loop.combining import COMBINER
 from autoresearch.loop.executor import Outcome
+from autoresearch.loop.ledger import Ledger
 from autoresearch.vocabulary import RunEnd, Status
 
 
@@ -18,7 +19,7 @@ def near_wins(source: str) -> float:
         1.05
         - 0.0015 * (lr == 0.06)
         - 0.0015 * (batch == 16)
-        + 0.02 * (lr == 0.3)
+        + 0.02 * (lr >= 0.3)
         + SEED_NOISE[constant(source, "SEED")]
     )
 
@@ -27,10 +28,29 @@ def batch(value: int):
     return lambda ctx: (f"BATCH {value}", with_constants(ctx.train_py, BATCH=value))
 
 
+def fillers(count: int) -> list:
+    """Changes that lose (LR 0.3, 0.31, ...), each a train.py of its own."""
+    return [set_lr(round(0.3 + i / 100, 2)) for i in range(count)]
+
+
+def round_of_two(workspace):
+    """The baseline's seeds, then exp 2 and 3, in pairs; a filler (LR >= 0.3) ends only after exp 2 and 3 were judged,
+    so that it cannot take the place of the combination however the threads are scheduled."""
+    paired = pairs(4)
+
+    def gate(source: str) -> None:
+        if constant(source, "LR") >= 0.3:
+            ledger = Ledger(workspace.root)
+            wait_until(lambda: all(ledger.get(i).status.final for i in (2, 3)))
+        else:
+            paired(source)
+
+    return gate
+
+
 def test_two_near_wins_of_one_round_are_combined_by_the_loop_trained_and_kept(workspace):
-    sched, fakes = scheduler(workspace, gate=pairs(4), score=near_wins)
-    agent = ScriptedAgent([set_lr(0.06), batch(16), set_lr(0.3), set_lr(0.3)])
-    sched.run(agent, max_experiments=4)
+    sched, fakes = scheduler(workspace, gate=round_of_two(workspace), score=near_wins)
+    sched.run(ScriptedAgent([set_lr(0.06), batch(16), *fillers(2)]), max_experiments=5)
     rows = sched.loop.ledger.all()
     lr, bs = rows[1], rows[2]
     assert lr.status == bs.status == Status.DISCARD and "not better by more than the noise" in lr.reason
@@ -51,8 +71,8 @@ def test_changes_of_code_are_not_combined(workspace):
     def code(ctx):
         return "BATCH 16 and a comment", with_constants(ctx.train_py, BATCH=16) + "\n# a comment\n"
 
-    sched, _ = scheduler(workspace, gate=pairs(4), score=near_wins)
-    sched.run(ScriptedAgent([set_lr(0.06), code, set_lr(0.3), set_lr(0.3)]), max_experiments=4)
+    sched, _ = scheduler(workspace, gate=round_of_two(workspace), score=near_wins)
+    sched.run(ScriptedAgent([set_lr(0.06), code, *fillers(2)]), max_experiments=4)
     rows = sched.loop.ledger.all()
     assert rows[2].description == "BATCH 16 and a comment" and rows[2].status == Status.DISCARD  # a near-win too
     assert not [r for r in rows if r.agent == COMBINER]
@@ -61,7 +81,7 @@ def test_changes_of_code_are_not_combined(workspace):
 def test_one_worker_does_not_combine(workspace):
     """One worker's agent has seen every result before its next proposal: it combines what it wants itself."""
     sched, _ = scheduler(workspace, gpus=None, workers=1, score=near_wins)
-    sched.run(ScriptedAgent([set_lr(0.06), batch(16), set_lr(0.3)]), max_experiments=3)
+    sched.run(ScriptedAgent([set_lr(0.06), batch(16), *fillers(1)]), max_experiments=3)
     rows = sched.loop.ledger.all()
     assert [r.status for r in rows[1:3]] == [Status.DISCARD, Status.DISCARD]  # two near-wins
     assert not [r for r in rows if r.agent == COMBINER]
@@ -77,7 +97,7 @@ def test_a_combination_that_crashed_is_not_combined_again(workspace):
             return Outcome(RunEnd.CRASH, None, "CUDA out of memory", "", 1.0)
         return near_wins(source)
 
-    sched, _ = scheduler(workspace, gate=pairs(4), score=crashing)
-    sched.run(ScriptedAgent([set_lr(0.06), batch(16)] + [set_lr(0.3 + i / 100) for i in range(6)]), max_experiments=8)
+    sched, _ = scheduler(workspace, gate=round_of_two(workspace), score=crashing)
+    sched.run(ScriptedAgent([set_lr(0.06), batch(16), *fillers(6)]), max_experiments=8)
     combined = [r for r in sched.loop.ledger.all() if r.agent == COMBINER]
     assert [r.status for r in combined] == [Status.CRASH]
