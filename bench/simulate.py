@@ -61,7 +61,7 @@ from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.scheduler import Scheduler
 from autoresearch.loop.workers import Active, Device, Worker, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
-from autoresearch.workspace.constants import read_constants, set_constants
+from autoresearch.workspace.constants import changed_constants, read_constants, set_constants
 from autoresearch.workspace.init import create_workspace
 from autoresearch.workspace.workspace import Workspace
 
@@ -421,18 +421,12 @@ class CombiningAgent:
         return self.inner.propose(context)
 
     def _combined(self, context: Context) -> Proposal | None:
-        best = read_constants(context.train_py)
         near = []
         for exp in context.history:
             if exp.val_bpb is None or exp.status != Status.DISCARD or exp.val_bpb >= context.best_bpb:
                 continue
-            try:
-                changes = {
-                    n: c.value for n, c in read_constants(exp.source).items() if n in best and c.value != best[n].value
-                }
-            except (SyntaxError, ValueError):
-                continue
-            if changes and "SEED" not in changes and set_constants(context.train_py, changes) == exp.source:
+            changes = changed_constants(context.train_py, exp.source)
+            if changes and "SEED" not in changes:
                 near.append((exp.val_bpb, exp.id, changes))
         chosen, names, ids = {}, set(), []
         for _, exp_id, changes in sorted(near):

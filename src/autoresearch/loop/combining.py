@@ -14,6 +14,8 @@ from __future__ import annotations
 from autoresearch.agents.base import Proposal, Usage
 from autoresearch.loop import guard
 from autoresearch.loop.engine import ResearchLoop
+from autoresearch.loop.judge import measured_noise
+from autoresearch.loop.ledger import best_of
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 from autoresearch.workspace.constants import changed_constants, read_constants, set_constants
 
@@ -25,10 +27,11 @@ def combination(loop: ResearchLoop) -> Proposal | None:
     """The near-wins measured on the best and on the best before it, combined on the best; None where fewer
     than two combine, one is in flight, or that train.py is in flight, was measured on the best, or was combined
     before."""
-    rows = loop.ledger.all()
-    noise, best = loop.noise(), loop.best()
-    if noise is None or best is None or best.val_bpb is None:
+    rows = loop.ledger.all()  # read once: the best and the noise are asked of these rows
+    measured, best = measured_noise(rows), best_of(rows)
+    if measured is None or best is None or best.val_bpb is None:
         return None
+    noise = measured.noise
     if any(e.agent == COMBINER and e.status in IN_FLIGHT for e in rows):
         return None
     kept = [e for e in rows if e.status == Status.KEEP and e.val_bpb is not None and e.id < best.id]

@@ -190,7 +190,7 @@ class Scheduler:
         combined = combination(self.loop)
         if combined is None:
             return False
-        self.activate(self.loop.record(combined, COMBINER, "", base=self.loop.best()))
+        self.activate(self.loop.record(combined, COMBINER, ""))  # made on the best
         return True
 
     def may_ask(self, agent: Agent | None, proposed: int, left: int | None) -> bool:
