@@ -101,3 +101,18 @@ def test_a_combination_that_crashed_is_not_combined_again(workspace):
     sched.run(ScriptedAgent([set_lr(0.06), batch(16), *fillers(6)]), max_experiments=8)
     combined = [r for r in sched.loop.ledger.all() if r.agent == COMBINER]
     assert [r.status for r in combined] == [Status.CRASH]
+
+
+def test_a_near_win_that_also_changed_the_seed_is_not_combined(workspace):
+    """An agent that games the judge: BATCH 9 changes nothing, but with SEED 46 it scores 0.002 better, a near-win
+    of seed luck (a change of the seed alone is refused). Combined, that seed would travel into the combination."""
+
+    def lucky(ctx):
+        return "BATCH 9, seed 46", with_constants(ctx.train_py, BATCH=9, SEED=46)
+
+    sched, _ = scheduler(workspace, gate=round_of_two(workspace), score=near_wins)
+    sched.run(ScriptedAgent([set_lr(0.06), lucky, *fillers(2)]), max_experiments=4)
+    rows = sched.loop.ledger.all()
+    assert rows[2].description == "BATCH 9, seed 46" and rows[2].val_bpb < rows[0].val_bpb - 0.0014  # a near-win
+    assert rows[2].status == Status.DISCARD
+    assert not [r for r in rows if r.agent == COMBINER]
