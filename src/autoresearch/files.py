@@ -1,6 +1,6 @@
 """Small file helpers with one home: an atomic text or JSON write, a file's SHA-256, a set of source files' SHA-256,
 clearing a path the loop writes its own file at, reading a file an agent could have planted, whether a file is
-flocked, a program's path on PATH."""
+flocked, a program's path on PATH, every entry under a folder."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,28 @@ def sources_sha256(paths: list[Path], root: Path) -> str:
         h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+def entries(top: Path, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, os.DirEntry]]:
+    """Everything under the folder `top`, as (path relative to it with "/", its directory entry), a folder before
+    what it holds. Links are listed, not followed; folders that cannot be read are passed over, as `os.walk` does;
+    `skip`: names of folders right under `top` left out. Cheaper than `os.walk` with a `Path` or `relpath` per
+    entry: the driver walks .git/objects, thousands of files by the end of a night, around every agent's turn."""
+    folders = [("", os.fspath(top))]
+    while folders:
+        prefix, folder = folders.pop()
+        try:
+            listing = os.scandir(folder)
+        except OSError:
+            continue
+        with listing:
+            for entry in listing:
+                if not prefix and entry.name in skip:
+                    continue
+                yield prefix + entry.name, entry
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append((f"{prefix}{entry.name}/", entry.path))
 
 
 # Opens what an agent could have put in the place of a file: never a link's target, never waiting on a FIFO's writer

@@ -14,6 +14,7 @@ against it; a change to any file that was there before rejects the proposal. See
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import autoresearch
-from autoresearch.files import clear, sources_sha256
+from autoresearch.files import clear
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.ledger import Ledger
 from autoresearch.workspace import integrity
@@ -29,11 +30,28 @@ from autoresearch.workspace.contents import content_id
 from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import TRAIN_PY
 
+# Each package file's SHA-256 by its signature (path, inode, size, mtime_ns, ctime_ns): a file whose signature holds
+# has the same bytes (a write changes its ctime, which no process can set back), so it is read once, not twice a turn.
+_file_digests: dict[tuple, bytes] = {}
+
 
 def package_digest() -> str:
-    """SHA-256 over the installed package's Python files: the loop, the judge and the evaluator."""
+    """SHA-256 over the installed package's Python files (names and contents): the loop, the judge and the
+    evaluator."""
     root = Path(autoresearch.__file__).parent
-    return sources_sha256(sorted(root.rglob("*.py")), root)
+    whole, seen = hashlib.sha256(), {}
+    for path in sorted(root.rglob("*.py")):
+        try:
+            st = path.stat()
+            key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            digest = _file_digests.get(key) or hashlib.sha256(path.read_bytes()).digest()
+        except OSError:  # gone meanwhile: as it differs
+            key, digest = (str(path),), b"unreadable"
+        seen[key] = digest
+        whole.update(path.relative_to(root).as_posix().encode() + b"\0" + digest)
+    _file_digests.clear()
+    _file_digests.update(seen)
+    return whole.hexdigest()
 
 
 @dataclass

@@ -47,7 +47,7 @@ import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from autoresearch.files import read_regular, write_text_atomic
+from autoresearch.files import entries, read_regular, write_text_atomic
 from autoresearch.workspace import objects
 from autoresearch.workspace.contents import kind, restore
 from autoresearch.workspace.contents import quarantine as set_aside
@@ -325,8 +325,9 @@ def _put_back_links(git_dir: Path, quarantine: Path, held: list[str]) -> None:
     for name in sorted(UNGUARDED_GIT):
         top = git_dir / name
         found = [top] if top.is_symlink() else []
-        for folder, folders, files in os.walk(top) if not found else ():  # links not followed
-            found += [Path(folder, entry) for entry in (*folders, *files) if os.path.islink(Path(folder, entry))]
+        for rel, entry in entries(top) if not found else ():  # links not followed
+            if entry.is_symlink():
+                found.append(top / rel)
         for link in found:
             rel = link.relative_to(git_dir).as_posix()
             held.append(f".git/{rel} left as a link")
@@ -389,7 +390,7 @@ def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: F
             found.not_restored.append(path)
     for path in sorted(differ, reverse=True):  # the deepest first, so a file replaced by a directory goes
         set_aside(git.root, path.rstrip("/"), quarantine)
-    tracked = git.tracked()
+    tracked = git.tracked() if differ else set()
     for path in differ:
         old = before.files.get(path, _CLEAN)
         if old == _CLEAN:

@@ -16,6 +16,7 @@ import stat
 import zlib
 from pathlib import Path
 
+from autoresearch.files import entries
 from autoresearch.workspace.contents import blob_id, quarantine, read, restore
 from autoresearch.workspace.git import Git, GitError
 
@@ -112,13 +113,10 @@ def put_back(
 def _files(top: Path) -> dict[str, os.stat_result]:
     """Everything but folders under .git/objects, but info/: relative path -> its lstat."""
     found = {}
-    for parent, dirs, names in os.walk(top):
-        if parent == str(top):
-            dirs[:] = [d for d in dirs if d != "info"]
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                path = os.path.join(parent, name)
-                found[os.path.relpath(path, top)] = os.lstat(path)
+    for rel, entry in entries(top, skip=frozenset({"info"})):
+        with contextlib.suppress(OSError):
+            if not entry.is_dir(follow_symlinks=False):
+                found[rel] = entry.stat(follow_symlinks=False)
     return found
 
 
