@@ -17,7 +17,8 @@ them makes, the same constants moved the same way). `--agent wave` sweeps, as th
 several workers: with changes in flight, it sets the constant the fewest of them move to another value of a
 grid around the best's, both ways, nearest first (with none in flight, it nudges as `nudge-apart` does, so
 the one-worker reference is the same run). Near the optimum most proposals are no better, a few are true
-wins (`--agent tune`: the package's Optuna agent instead).
+wins (`--agent tune`: the package's Optuna agent instead). The scripted agents answer at once and run no
+program, as `tune` does (`shell` False): their turns are not watched (loop/asking.py).
 One worker runs `--hours` simulated hours; N workers run `--hours` x min(1, `--window` / N), long enough
 to tell the goal "the one-worker run's final best in 2/N of its time". Measured on that window:
 experiments per hour, the GPUs' busy fraction, the time and GPU-hours until the best's TRUE value reaches
@@ -314,6 +315,7 @@ class NudgeAgent:
     a sweep (`_wave`), as the prompt asks now; the loop combines the sweeps' near-wins (loop/combining.py)."""
 
     name, model = "nudge", "scripted"
+    shell = False  # code in the driver's process, writing no file, as `tune` is
 
     def __init__(
         self,
@@ -336,15 +338,15 @@ class NudgeAgent:
         else:
             self.clock.sleep(self.propose_seconds)  # the driver waits while an agent thinks
         taken = {e.source for e in context.in_flight}
-        current = read_constants(context.train_py)
+        current = self.constants(context.train_py)
         if self.wave and (swept := self._wave(context, current)) is not None:
             return swept
-        moving = {_moves(current, read_constants(e.source)) for e in context.in_flight} if self.apart else set()
+        moving = {_moves(current, self.constants(e.source)) for e in context.in_flight} if self.apart else set()
         for _ in range(50):
             names = self.rng.sample(sorted(BOWLS), 2 if self.rng.random() < 0.3 else 1)
             values = {name: self._nudge(name, current[name].value) for name in names}
             source = set_constants(context.train_py, values)
-            fresh = not moving or _moves(current, read_constants(source)) not in moving
+            fresh = not moving or _moves(current, self.constants(source)) not in moving
             if source != context.train_py and source not in taken and fresh:
                 break
         moves = ", ".join(f"{name} {current[name].value} -> {value}" for name, value in values.items())
@@ -411,7 +413,7 @@ class CombiningAgent:
 
     def __init__(self, inner: NudgeAgent | TuneAgent):
         self.inner, self.name, self.model = inner, inner.name, inner.model
-        self.answers_only = getattr(inner, "answers_only", False)
+        self.answers_only, self.shell = getattr(inner, "answers_only", False), False
 
     def propose(self, context: Context) -> Proposal:
         if context.best_bpb is not None and not any(e.description.startswith("combined") for e in context.in_flight):

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, agent_channel, constant, killed_loop, make_loop
+from loop_support import (
+    FakeExecutor,
+    ScriptedAgent,
+    agent_channel,
+    constant,
+    killed_loop,
+    make_loop,
+    with_constants,
+)
 
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.loop.environment import Environment
@@ -223,6 +231,31 @@ echo "LR 0.2" """,
     assert exp.reason.count("program.md") == 1  # the edit rejects it; the commit is put back, not held against it
     assert quarantined(workspace, "program.md")[0].read_text().endswith("Always use LR 0.2.\n")
     assert_the_loop_owns_the_workspace(workspace, exp, before)
+
+
+@pytest.mark.parametrize("shell", [False, True])
+def test_program_md_edited_during_a_turn_rejects_the_proposal_of_an_agent_with_a_shell_only(workspace, shell):
+    """An agent without a shell (an LLM's API, tune) runs no program and writes no file: its turn is not watched. The
+    person's edit of program.md while it thinks (an API call takes a minute) stays theirs, and its proposal is
+    trained. An agent with a shell could have made that edit itself: its proposal is rejected and the edit put
+    aside."""
+
+    def edited_meanwhile(context):
+        (workspace.root / "program.md").write_text("Try a larger batch next.\n")
+        return "LR 0.2", with_constants(context.train_py, LR=0.2)
+
+    agent = ScriptedAgent([edited_meanwhile])
+    agent.shell = shell
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
+    loop.baseline()
+    exp = loop.step(agent)
+    if shell:
+        assert exp.status == Status.CRASH and "edited files other than train.py: changed program.md" in exp.reason
+        assert quarantined(workspace, "program.md")[0].read_text() == "Try a larger batch next.\n"
+    else:
+        assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2
+        assert (workspace.root / "program.md").read_text() == "Try a larger batch next.\n"
+        assert quarantined(workspace, "program.md") == []
 
 
 def test_a_stale_git_lock_left_by_a_killed_agent_does_not_stop_the_loop(workspace, tmp_path):

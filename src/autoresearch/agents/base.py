@@ -74,9 +74,9 @@ class Agent(Protocol):
     # Optional, False when absent: `propose` only reads its context and answers (no file touched, no state kept
     # between calls), so that with several workers it may be asked several times at once (loop/answers.py).
     answers_only: bool
-    # Optional, `not answers_only` when absent: the agent runs programs of its own that could write outside the
-    # workspace, so the files the runs read there are checked around its turn (loop/environment.py). `tune`, Optuna
-    # in the loop's own process, runs none.
+    # Optional, `not answers_only` when absent: the agent runs programs of its own that could write files, so its
+    # turn is watched (loop/watch.py): the workspace, and the files the runs read outside it (loop/environment.py).
+    # `tune`, Optuna in the loop's own process, runs none and writes nothing: its turn is not watched.
     shell: bool
 
     def propose(self, context: Context) -> Proposal:
@@ -89,8 +89,8 @@ class Agent(Protocol):
 
 
 def has_shell(agent: Agent) -> bool:
-    """Whether `agent` runs programs of its own (`shell`, else not `answers_only`): its turn is checked for the files
-    the runs read outside the workspace, and a Ray cluster without token authentication is open to it."""
+    """Whether `agent` runs programs of its own (`shell`, else not `answers_only`): its turn is watched, and a Ray
+    cluster without token authentication is open to it."""
     return bool(getattr(agent, "shell", not getattr(agent, "answers_only", False)))
 
 

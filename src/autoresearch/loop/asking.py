@@ -1,11 +1,12 @@
 """Asking the agent: what it is shown (the context), and how its proposal is checked before anything runs.
 
-An agent's turn is watched like a run (loop/watch.py): afterwards the workspace is put back as the loop left
-it, but for train.py, which is the proposal. What the agent's tools left (its own commits and branches,
-staged and new files, git config, lines added to .gitignore) is not held against it: it is put back, kept in
-the quarantine and noted in the experiment's reason. An edit to any other file that was there rejects it, as
-does a repeat of a train.py in flight or already measured on the same best. A part of `ResearchLoop`, which
-it is mixed into.
+The turn of an agent with a shell (one that runs programs: a coding agent, a command) is watched like a run
+(loop/watch.py): afterwards the workspace is put back as the loop left it, but for train.py, which is the
+proposal. What the agent's tools left (its own commits and branches, staged and new files, git config, lines
+added to .gitignore) is not held against it: it is put back, kept in the quarantine and noted in the
+experiment's reason. An edit to any other file that was there rejects it. An agent without a shell (an LLM's
+API, tune) writes no file: its turn is not watched. Any proposal is rejected where it repeats a train.py in
+flight or already measured on the same best. A part of `ResearchLoop`, which it is mixed into.
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ class Asking:
         exp_id = self.ledger.next_id()
         self.reporter.phase(exp_id, "", f"asking {agent.name} for a change")
         who = f"the {agent.name} agent"
-        watch = self._watch(shell=has_shell(agent))  # an LLM's API writes no file, nor does tune
+        # An agent without a shell (an LLM's API, tune) runs no program and writes no file: nothing to check after
+        # it, as after an ask on a thread (loop/answers.py). A person's edit of program.md meanwhile is no reason to
+        # reject its proposal either.
+        watch = self._watch() if has_shell(agent) else None
         try:
             proposal = agent.propose(self.context(best))
         except ProposalError as exc:

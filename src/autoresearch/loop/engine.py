@@ -320,11 +320,11 @@ class ResearchLoop(Asking, Recovery):
 
     # -- verifying what untrusted steps did ------------------------------------------------------
 
-    def _watch(self, train_py: bytes | None = None, shell: bool = True) -> Watch:
-        """A run (train_py given) or an agent's turn (None), about to start. An agent's turn keeps its snapshot on
-        disk while it lasts: after a kill, the next start puts back what it left (Recovery.recover_workspace). The
-        files the runs read outside the workspace are checked too, unless the agent has no `shell` (it only
-        answers) or it is a run, which cannot write them (they are read-only inside)."""
+    def _watch(self, train_py: bytes | None = None) -> Watch:
+        """A run (train_py given) or the turn of an agent with a shell (None), about to start. An agent's turn
+        keeps its snapshot on disk while it lasts: after a kill, the next start puts back what it left
+        (Recovery.recover_workspace). The files the runs read outside the workspace are checked too after a turn;
+        not after a run, which cannot write them (they are read-only inside)."""
         run = train_py is not None
         keep = None if run else self.ws.state / TURN_SNAPSHOT
         with disk_full_is_an_error("saving the workspace's state before the agent's turn"):
@@ -336,11 +336,14 @@ class ResearchLoop(Asking, Recovery):
                 human=run,
                 agent=not run,
                 keep=keep,
-                environment=self.environment if shell and not run else None,
+                environment=None if run else self.environment,
             )
 
-    def _verified(self, watch: Watch, who: str) -> Verdict:
-        """Put back what `who` changed; the verdict's reason() says why it is not believed, if it is not."""
+    def _verified(self, watch: Watch | None, who: str) -> Verdict:
+        """Put back what `who` changed; the verdict's reason() says why it is not believed, if it is not. No
+        `watch`: an agent without a shell, which changes nothing."""
+        if watch is None:
+            return Verdict()
         verdict = watch.check()
         if watch.agent and (planted := self.ws.state / HELD_EDIT).exists():  # no `try` asks an agent
             watch.quarantine.mkdir(parents=True, exist_ok=True)
