@@ -1,6 +1,6 @@
 """The driver's time per experiment, and what git and the ledger hold, at a ledger of N rows.
 
-    PYTHONPATH=$PWD/src:$PWD/tests python3 bench/long_night.py --rows 5000 --steps 8
+    PYTHONPATH=$PWD/src:$PWD/tests python3 bench/long_night.py --rows 5000 --steps 8 [--no-shell]
 
 The real loop (ledger, git, the watches around each run and agent turn, the judge) with the tests' fake executor and
 a scripted agent, on a workspace whose train.py is the H100 template (17.7 KB). N discarded experiments are first
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--work", type=Path, default=Path("/tmp/long_night"))
+    parser.add_argument("--no-shell", action="store_true", help="the agent runs no program, as tune: not watched")
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     parser.add_argument("--corpus", type=Path, default=stdlib / "asyncio", help="the python-source corpus's root")
     args = parser.parse_args()
@@ -81,6 +82,7 @@ def main() -> None:
         return f"MATRIX_LR {lr}", with_constants(context.train_py, MATRIX_LR=lr)
 
     agent = ScriptedAgent([edit] * args.steps)
+    agent.shell = not args.no_shell
     loop.step(agent)  # the first after the rows were written (it packs what they left, where the loop packs)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(args.steps - 1):
