@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from loop_support import ScriptedAgent, constant, set_lr, with_constants
+import time
+
+from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, constant, make_workspace, set_lr, with_constants
 from test_scheduler import SEED_NOISE, pairs, scheduler, wait_until
 
 from autoresearch.loop.combining import COMBINER
@@ -116,3 +118,35 @@ def test_a_near_win_that_also_changed_the_seed_is_not_combined(workspace):
     assert rows[2].description == "BATCH 9, seed 46" and rows[2].val_bpb < rows[0].val_bpb - 0.0014  # a near-win
     assert rows[2].status == Status.DISCARD
     assert not [r for r in rows if r.agent == COMBINER]
+
+
+def test_a_combination_of_more_near_wins_starts_while_a_smaller_one_trains(tmp_path, tiny_prepared):
+    """A near-win judged while a combination trains does not wait for it: the near-wins combined with it start
+    beside it, setting more settings than it does."""
+    train_py = BIGRAM_TRAIN_PY.replace("SEED = 42", "DECAY = 0.0  # (0-1)\nSEED = 42")
+    workspace = make_workspace(tmp_path / "ws", tiny_prepared, train_py)
+    paired = pairs(4)  # the baseline's seeds, then exp 2 and 3
+
+    def combinations() -> list:  # read on the runs' threads too: a ledger of each thread's own
+        return [e for e in Ledger(workspace.root).all() if e.agent == COMBINER]
+
+    def gate(source: str) -> None:
+        if (constant(source, "LR"), constant(source, "BATCH"), constant(source, "DECAY")) == (0.06, 16, 0.0):
+            deadline = time.monotonic() + 10  # the first combination trains until a second one is made, or 10 s
+            while len(combinations()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        elif constant(source, "DECAY") == 0.0 and constant(source, "LR") < 0.3:
+            paired(source)
+
+    def score(source: str) -> float:
+        return near_wins(source) - 0.0015 * (constant(source, "DECAY") == 0.1)
+
+    decay = lambda ctx: ("DECAY 0.1", with_constants(ctx.train_py, DECAY=0.1))
+    sched, _ = scheduler(workspace, gate=gate, score=score)
+    sched.run(ScriptedAgent([set_lr(0.06), batch(16), decay, *fillers(2)]), max_experiments=5)
+    made = combinations()
+    assert [e.description.split(" combined: ")[1] for e in made] == [
+        "LR 0.05 -> 0.06, BATCH 8 -> 16",
+        "LR 0.05 -> 0.06, BATCH 8 -> 16, DECAY 0.0 -> 0.1",
+    ]  # the second, made after a keep of the first, would have been none: its best holds LR and BATCH already
+    assert "trained on exp 1" in made[1].reason  # the baseline: made while the first trained

@@ -6,7 +6,8 @@ first; one worker would have built on each in turn. Where such changes set const
 setting over several values does, which the prompt asks of agents with several workers), the best of them on
 the latest two bests, on settings no better one of them set, are set at once in the best's train.py. That
 train.py is trained and judged as any proposal is (the margin, a re-run, measuring it again): it is only a
-proposal, made from measurements. One is in flight at a time.
+proposal, made from measurements. A new one starts while others train only where it sets more settings than
+each of them (a near-win judged meanwhile joins them), so that near-wins do not wait a round for a worker.
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ MIN_NEAR_WINS = 2  # one alone is a merge, which the ratchet makes already
 
 def combination(loop: ResearchLoop) -> Proposal | None:
     """The near-wins measured on the best and on the best before it, combined on the best; None where fewer
-    than two combine, one is in flight, or that train.py is in flight, was measured on the best, or was combined
-    before."""
+    than two combine, a combination in flight sets as many settings, or that train.py is in flight, was measured
+    on the best, or was combined before."""
     rows = loop.ledger.all()  # read once: the best and the noise are asked of these rows
     measured, best = measured_noise(rows), best_of(rows)
     if measured is None or best is None or best.val_bpb is None:
         return None
     noise = measured.noise
-    if any(e.agent == COMBINER and e.status in IN_FLIGHT for e in rows):
-        return None
+    flying = [e for e in rows if e.agent == COMBINER and e.status in IN_FLIGHT]
     kept = [e for e in rows if e.status == Status.KEEP and e.val_bpb is not None and e.id < best.id]
     bases = {e.commit: e for e in [*kept[-1:], best]}
     now = read_constants(best.source)
@@ -63,6 +63,8 @@ def combination(loop: ResearchLoop) -> Proposal | None:
             ids.append(exp_id)
     if len(ids) < MIN_NEAR_WINS:
         return None
+    if any(len(changed_constants(best.source, e.source) or ()) >= len(chosen) for e in flying):
+        return None  # one that sets as many trains already
     source = set_constants(best.source, chosen)
     if guard.rejection(best.source, source) or loop.duplicate_of(source, best.commit):
         return None

@@ -151,7 +151,7 @@ class Scheduler:
         proposed = 0
         self.take_submissions()
         on_threads = asked_on_threads(agent)
-        combining = True  # one combination in flight at most: tried once per fill
+        combining = True  # a combination of near-wins (loop/combining.py): looked for once per fill
         for worker in self.workers:
             if worker.job is not None:
                 continue
