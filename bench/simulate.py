@@ -357,7 +357,7 @@ class NudgeAgent:
         from the best, set to the nearest value of its grid (`_grid`) that no change in flight or measured holds."""
         if not context.in_flight:
             return None
-        held: dict[str, set] = {name: set() for name in BOWLS}
+        held: set[frozenset] = set()  # the moves from the best in flight or measured: {(name, value)}
         moving = dict.fromkeys(BOWLS, 0)
         for exp, flying in [(e, True) for e in context.in_flight] + [(e, False) for e in context.history]:
             try:
@@ -368,14 +368,29 @@ class NudgeAgent:
                 continue
             moved = [name for name in BOWLS if theirs[name].value != current[name].value]
             others = [n for n, c in theirs.items() if n not in BOWLS and c.value != current.get(n, c).value]
+            if moved and not others:
+                held.add(frozenset((name, float(theirs[name].value)) for name in moved))
             if len(moved) == 1 and not others:
-                held[moved[0]].add(float(theirs[moved[0]].value))
                 moving[moved[0]] += flying
-        for name in sorted(BOWLS, key=lambda n: (moving[n], self.rng.random())):
-            for value in self._grid(name, float(current[name].value)):
-                if value not in held[name]:
-                    source = set_constants(context.train_py, {name: value})
-                    return Proposal(f"sweep {name} {current[name].value} -> {value}", source)
+        names = sorted(BOWLS, key=lambda n: (moving[n], self.rng.random()))
+        grids = {name: self._grid(name, float(current[name].value)) for name in names}
+        singles = [{name: value} for name in names for value in grids[name]]
+        # Every value of every sweep held (many workers use them up within a round): two settings at once, the
+        # nearest values first, as a factorial grid.
+        pairs = sorted(
+            (
+                (i + j, {a: va, b: vb})
+                for k, a in enumerate(names)
+                for b in names[k + 1 :]
+                for i, va in enumerate(grids[a])
+                for j, vb in enumerate(grids[b])
+            ),
+            key=lambda pair: pair[0],
+        )
+        for values in [*singles, *(values for _, values in pairs)]:
+            if frozenset((name, float(value)) for name, value in values.items()) not in held:
+                moves = ", ".join(f"{name} {current[name].value} -> {value}" for name, value in values.items())
+                return Proposal(f"sweep {moves}", set_constants(context.train_py, values))
         return None
 
     @staticmethod

@@ -113,7 +113,8 @@ def test_an_agent_that_thinks_long_keeps_the_workers_waiting(tmp_path, tiny_prep
 def test_the_wave_agent_sweeps_the_setting_fewest_changes_in_flight_move_at_values_none_holds(tmp_path):
     """With changes in flight, `--agent wave` proposes one value of a sweep: the constant the fewest of them move
     alone, at the nearest value of its grid that no change in flight or measured holds; with none in flight, a
-    nudge, as `nudge-apart` makes it (the one-worker reference is the same run)."""
+    nudge, as `nudge-apart` makes it (the one-worker reference is the same run). Every value held, two settings
+    at once."""
     from autoresearch.agents.base import Context, PastExperiment
     from autoresearch.workspace.constants import read_constants, set_constants
 
@@ -131,6 +132,18 @@ def test_the_wave_agent_sweeps_the_setting_fewest_changes_in_flight_move_at_valu
     assert proposal.description == "sweep DROPOUT 0.05 -> 0.01"  # no DROPOUT in flight; 0.09 measured
     assert read_constants(proposal.source)["DROPOUT"].value == 0.01
     assert simulate.NudgeAgent._grid("LR", 0.004) == [0.0057, 0.0028, 0.008, 0.002, 0.011, 0.0014]
+
+    # Every value of every sweep measured (64 workers use them up within a round): two settings at once, each at
+    # its grid's nearest value, not a repeat for the loop to refuse.
+    current = {name: float(c.value) for name, c in read_constants(base).items() if name in simulate.BOWLS}
+    swept = [
+        past({name: v}, 100 + i)
+        for i, (name, v) in enumerate((n, v) for n in current for v in simulate.NudgeAgent._grid(n, current[n]))
+    ]
+    used_up = Context(tmp_path, "", base, 0.58, 0.0015, history=swept, in_flight=flying[:1])
+    pair = read_constants(agent.propose(used_up).source)
+    moved = {name: pair[name].value for name in current if pair[name].value != current[name]}
+    assert len(moved) == 2 and all(v == simulate.NudgeAgent._grid(n, current[n])[0] for n, v in moved.items())
 
     alone = Context(tmp_path, "", base, 0.58, 0.0015)
     nudge = simulate.NudgeAgent(3, simulate.SimClock(), 0.0, apart=True)
