@@ -15,10 +15,11 @@ A scripted agent nudges one or two constants of the best at a time; it sees the 
 does not propose one of them again, but may repeat an older one (`--agent nudge-apart`: nor a move one of
 them makes, the same constants moved the same way). `--agent wave` sweeps, as the prompt asks agents with
 several workers: with changes in flight, it sets the constant the fewest of them move to another value of a
-grid around the best's, both ways, nearest first (with none in flight, it nudges as `nudge-apart` does, so
-the one-worker reference is the same run). Near the optimum most proposals are no better, a few are true
-wins (`--agent tune`: the package's Optuna agent instead). The scripted agents answer at once and run no
-program, as `tune` does (`shell` False): their turns are not watched (loop/asking.py).
+grid around the best's, both ways, nearest first, then two constants at once once those are held (with none in
+flight, it nudges as `nudge-apart` does, so the one-worker reference is the same run). Near the optimum most
+proposals are no better, a few are true wins (`--agent tune`: the package's Optuna agent instead). The scripted
+agents answer at once and run no program, as `tune` does (`shell` False): their turns are not watched
+(loop/asking.py).
 One worker runs `--hours` simulated hours; N workers run `--hours` x min(1, `--window` / N), long enough
 to tell the goal "the one-worker run's final best in 2/N of its time". Measured on that window:
 experiments per hour, the GPUs' busy fraction, the time and GPU-hours until the best's TRUE value reaches

@@ -22,6 +22,7 @@ from autoresearch.workspace.constants import changed_constants, read_constants, 
 
 COMBINER = "combine"  # the ledger's agent for these proposals
 MIN_NEAR_WINS = 2  # one alone is a merge, which the ratchet makes already
+NEAR_WIN = 1.0  # how much better than its base a change must be to be combined, in noise std (0.5, 1.5: worse)
 
 
 def combination(loop: ResearchLoop) -> Proposal | None:
@@ -45,7 +46,7 @@ def combination(loop: ResearchLoop) -> Proposal | None:
         if exp.kind != Kind.EXPERIMENT or exp.status != Status.DISCARD or base is None or exp.val_bpb is None:
             continue
         gain = exp.val_bpb - base.val_bpb
-        if gain >= -noise:
+        if gain >= -NEAR_WIN * noise:
             continue
         changes = changed_constants(base.source, exp.source)
         if changes is None or "SEED" in changes:
