@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -108,6 +109,16 @@ def test_the_forked_experiment_gets_the_scrubbed_environment(tmp_path: Path, lay
     env = json.loads(output.split("ENV ", 1)[1].splitlines()[0])
     assert "OPENAI_API_KEY" not in env and "sk-not-for-train-py" not in json.dumps(env)
     assert env["HOME"] == "/tmp"  # where it can write
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM", "SIGSEGV"])
+def test_an_experiment_killed_by_a_signal_ends_as_killed_by_it(tmp_path: Path, layout, sig: str) -> None:
+    """The out-of-memory killer's SIGKILL too: the run is reported killed, not as a program that could not start."""
+    hidden, _ = layout
+    code = f"import os, signal\nos.kill(os.getpid(), signal.{sig})\n"
+    exp, output, exit_code = experiment(tmp_path, code, [hidden])
+    assert exp.forked, output
+    assert exit_code == -getattr(signal, sig), output
 
 
 def test_a_killed_experiment_takes_everything_it_started_along(tmp_path: Path, layout) -> None:

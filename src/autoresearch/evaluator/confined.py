@@ -291,8 +291,9 @@ def _become_experiment(anchor: int | None, box: Path, env: dict[str, str], chann
         os.close(out_fd)
         os.close(channel_fd)
         code = os.waitstatus_to_exitcode(os.waitpid(inner, 0)[1])
-        if code < 0:  # end as it ended: killed by the same signal
-            signal.signal(-code, signal.SIG_DFL)
+        if code < 0:  # end as it ended: killed by the same signal (SIGKILL and SIGSTOP have no handler to reset)
+            if -code not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(-code, signal.SIG_DFL)
             os.kill(os.getpid(), -code)
         os._exit(code & 0xFF)
     except BaseException as exc:
