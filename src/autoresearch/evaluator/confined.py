@@ -291,8 +291,8 @@ def _become_experiment(anchor: int | None, box: Path, env: dict[str, str], chann
         os.close(out_fd)
         os.close(channel_fd)
         code = os.waitstatus_to_exitcode(os.waitpid(inner, 0)[1])
-        if code < 0:  # end as it ended: killed by the same signal (SIGKILL and SIGSTOP have no handler to reset)
-            if -code not in (signal.SIGKILL, signal.SIGSTOP):
+        if code < 0:  # end as it ended: killed by the same signal (SIGKILL has no handler to reset)
+            if -code != signal.SIGKILL:
                 signal.signal(-code, signal.SIG_DFL)
             os.kill(os.getpid(), -code)
         os._exit(code & 0xFF)
