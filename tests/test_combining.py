@@ -131,11 +131,12 @@ def test_a_combination_of_more_near_wins_starts_while_a_smaller_one_trains(tmp_p
         return [e for e in Ledger(workspace.root).all() if e.agent == COMBINER]
 
     def gate(source: str) -> None:
-        if (constant(source, "LR"), constant(source, "BATCH"), constant(source, "DECAY")) == (0.06, 16, 0.0):
+        settings = (constant(source, "LR"), constant(source, "BATCH"), constant(source, "DECAY"))
+        if settings == (0.06, 16, 0.0):
             deadline = time.monotonic() + 30  # the first combination trains until a second one is made, or 30 s
             while len(combinations()) < 2 and time.monotonic() < deadline:
                 time.sleep(0.02)
-        elif (constant(source, "LR"), constant(source, "BATCH"), constant(source, "DECAY")) == (0.06, 16, 0.1):
+        elif settings == (0.06, 16, 0.1):
             wait_until(lambda: combinations()[0].status.final)  # judged after the first, which is kept meanwhile
         elif constant(source, "DECAY") == 0.0 and constant(source, "LR") < 0.3:
             paired(source)
