@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, constant, make_workspace, set_lr, with_constants
@@ -153,3 +154,36 @@ def test_a_combination_of_more_near_wins_starts_while_a_smaller_one_trains(tmp_p
         "LR 0.05 -> 0.06, BATCH 8 -> 16, DECAY 0.0 -> 0.1",
     ]  # the second, made after a keep of the first, would have been none: its best holds LR and BATCH already
     assert "trained on exp 1" in made[1].reason  # the baseline: made while the first trained
+
+
+def test_a_driver_killed_with_a_combination_in_flight_resumes_it_under_its_id_and_makes_no_second(workspace):
+    """The combination is the loop's own row: taken up again as any row is, and not made again beside itself."""
+    release, paired, combined_runs = threading.Event(), pairs(4), []
+
+    def gate(source: str) -> None:  # the dead driver's run of the combination never reports to it
+        if (constant(source, "LR"), constant(source, "BATCH")) == (0.06, 16):
+            combined_runs.append(source)
+            if len(combined_runs) == 1:
+                release.wait(30)
+        elif constant(source, "LR") < 0.3:
+            paired(source)
+
+    sched, _ = scheduler(workspace, gate=gate, score=near_wins)
+    try:
+        sched.run(ScriptedAgent([set_lr(0.06), batch(16)]), max_experiments=2)  # two near-wins, discarded
+        assert sched.fill(ScriptedAgent([]), left=1) == 1  # the combination, on a worker, when the driver dies
+        (flying,) = sched.loop.ledger.in_flight()
+        assert flying.agent == COMBINER and flying.status == Status.RUNNING
+        again, fakes = scheduler(workspace, gate=gate, score=near_wins)  # `autoresearch run` again
+        again.run(ScriptedAgent(fillers(2)), max_experiments=2)
+    finally:
+        release.set()
+    rows = again.loop.ledger.all()
+    assert [r.id for r in rows] == [1, 2, 3, 4, 5, 6] and all(r.status.final for r in rows)
+    assert [r.id for r in rows if r.agent == COMBINER] == [flying.id] == [4]
+    assert rows[3].status == Status.KEEP and rows[3].commit == flying.commit and rows[3].attempts == 1
+    assert [r.description for r in rows[4:]] == ["LR 0.3", "LR 0.31"]  # the agent's, not a second combination
+    trained = [s for fake in fakes.values() for _, _, s in fake.runs if constant(s, "LR") == 0.06]
+    assert len(trained) == len(rows[3].run_values)  # trained again once per run it kept, under its id
+    assert again.loop.git.head() == again.loop.best().commit == rows[3].commit
+    assert len((workspace.root / "results.tsv").read_text().splitlines()) == 1 + len(rows)
