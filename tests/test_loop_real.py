@@ -102,6 +102,26 @@ def test_a_train_py_that_forges_its_result_gets_no_kept_result(workspace):
     assert loop.best().id in (1, forged.id) and loop.best().val_bpb > 1  # never the forged 0.1
 
 
+def test_a_train_py_killed_or_exiting_before_the_hand_over_is_told_how_it_ended(workspace):
+    """The out-of-memory killer's SIGKILL reaches train.py from outside; its own exit code is the other news. The
+    stop's kill of what was left comes after either and must not be reported instead (it was, racing them)."""
+    loop = make_loop(workspace, LocalExecutor(), baseline_runs=1)
+    loop.baseline()
+    ends = {
+        "killed": "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
+        "exits": "    import sys\n    sys.exit(7)\n",
+    }
+    reasons = {}
+    for what, code in ends.items():
+        agent = ScriptedAgent([lambda ctx, w=what, c=code: (w, edit(ctx.train_py, "    run.finish()\n", c))])
+        exp = loop.step(agent)
+        assert exp.status == Status.CRASH, exp.reason
+        reasons[what] = exp.reason
+    assert reasons["killed"].startswith("train.py was killed by SIGKILL (the out-of-memory killer"), reasons
+    assert "before run.finish()" in reasons["killed"]
+    assert reasons["exits"].startswith("train.py ended (exit code 7) before run.finish()"), reasons
+
+
 def test_sigkill_of_the_loop_then_run_again_loses_and_duplicates_nothing(tmp_path, tiny_prepared):
     ws = make_workspace(tmp_path / "ws", tiny_prepared, budget=3.0)
     args = ["run", "--agent", "tune", "--baseline-runs", "2", "--plain", "--max-experiments", "3"]

@@ -169,7 +169,7 @@ def test_killing_the_anchor_ends_only_this_run(lab, tiny_prepared: Path) -> None
     )
     exp = loop.step(one_edit("kill the anchor", [("    batches = run.train_batches(BATCH)\n", kill)]))
     assert "KILLING the anchor" in run_log(ws, exp.id)
-    assert exp.status == Status.CRASH and "train.py ended" in exp.reason, exp.reason
+    assert exp.status == Status.CRASH and "train.py was killed by SIGKILL" in exp.reason, exp.reason
     honest = loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.04")]))
     assert honest.status != Status.CRASH and result_of(honest)["valid"], honest.reason
     assert protected(ws, tiny_prepared) == before

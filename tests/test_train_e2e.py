@@ -301,12 +301,14 @@ def test_a_model_that_looks_for_the_evaluator_on_the_stack_runs_its_honest_path(
     assert reason is None and bpb == pytest.approx(honest)  # traced once, by train.py's own process
 
 
-def test_a_train_py_that_ends_early_is_told_its_exit_code_not_the_stops_own_kill() -> None:
-    """Confined, train.py's namespace is killed by the stop after it ended: -9 is ours, not the experiment's."""
+def test_a_train_py_that_ends_early_is_told_its_exit_code_or_signal() -> None:
+    """None: train.py closed its channel and went on, and the stop killed it: that kill is ours, not news."""
     from types import SimpleNamespace
 
     from autoresearch.evaluator.referee import _no_hand_over
 
     nothing = SimpleNamespace(program=None, stop=None)
     assert _no_hand_over(nothing, 1) == "train.py ended (exit code 1) without handing a model over"
-    assert _no_hand_over(nothing, -9) == "train.py ended without handing a model over"
+    assert _no_hand_over(nothing, None) == "train.py ended without handing a model over"
+    assert _no_hand_over(nothing, -11) == "train.py was killed by SIGSEGV without handing a model over"
+    assert _no_hand_over(nothing, -9).startswith("train.py was killed by SIGKILL (the out-of-memory killer sends")

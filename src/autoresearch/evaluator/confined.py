@@ -124,6 +124,7 @@ class ExperimentProcess:
         theirs.close()
         self.channel = Channel(ours, max_payload=MAX_PAYLOAD)
         self.output = Output(stdout)
+        self._ended = threading.Event()  # set once its process has ended and been waited for
         # When the experiment ends, wake whoever waits on the channel (a leftover child could keep it open).
         threading.Thread(target=self._close_on_exit, daemon=True, name="experiment-exit").start()
 
@@ -191,8 +192,14 @@ class ExperimentProcess:
 
     def _close_on_exit(self) -> None:
         self.proc.wait()
+        self._ended.set()
         with contextlib.suppress(OSError):
             self.channel.sock.shutdown(socket.SHUT_RDWR)
+
+    def ends_by_itself(self, within: float) -> bool:
+        """Whether the experiment ends within `within` seconds unstopped; then `stop` returns its own exit code,
+        not the one of the stop's kill (which, confined, can reach the process reporting it before it reports)."""
+        return self._ended.wait(within)
 
     def stop(self) -> int:
         """Kill the experiment and everything it started; its exit code (negative: the signal)."""

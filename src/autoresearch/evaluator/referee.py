@@ -63,6 +63,7 @@ from autoresearch.evaluator.session import Session, Timeline
 from autoresearch.orphans import owned_box, remove_box
 
 CRASHED = 3
+ENDING_S = 2.0  # how long a train.py whose channel closed is given to end by itself: its own exit code is news
 
 
 class Referee:
@@ -168,12 +169,14 @@ class Referee:
             self.session.progress_path = progress_path
             self.session.write_progress(STARTING)
             broken = self.session.serve()
+            # Without a hand-over the channel closed: train.py ended, or closed it and goes on (then stopped).
+            ended = not broken and self.timeline.weights_data is None and self.experiment.ends_by_itself(ENDING_S)
             code = self.experiment.stop()
             if start_up := self.timeline.start_up():
                 self.experiment.output.note(start_up)
             compiled = compile_cache.harvest(self.box, staged) if staged else ""
             self.session.write_progress(EVALUATING)
-            result, crashed = self._judge(broken, code)
+            result, crashed = self._judge(broken, code if ended else None)
             result = dataclasses.replace(result, compiled=compiled)
             result.save(result_path, key)
             if progress_path:
@@ -186,8 +189,9 @@ class Referee:
 
     # -- the verdict ----------------------------------------------------------------------------
 
-    def _judge(self, broken: str | None, exit_code: int) -> tuple[Result, bool]:
-        """The result of the run, and whether the experiment crashed (rather than scored, or not)."""
+    def _judge(self, broken: str | None, exit_code: int | None) -> tuple[Result, bool]:
+        """The result of the run, and whether the experiment crashed (rather than scored, or not); `exit_code`
+        is train.py's where it ended by itself without handing a model over."""
         t = self.timeline
         if broken:
             return self._result(None, f"the experiment broke the protocol: {broken}"), True
@@ -293,9 +297,20 @@ def score_program(
     return score.bpb, why, getattr(model, "eager_because", None)
 
 
-def _no_hand_over(t: Timeline, exit_code: int) -> str:
-    # A signal is the stop's own SIGKILL of what was left (a confined run's namespace outlives train.py): no news.
-    ended = f"train.py ended (exit code {exit_code})" if exit_code >= 0 else "train.py ended"
+def _no_hand_over(t: Timeline, exit_code: int | None) -> str:
+    """Why there is no model, for the ledger's reason; `exit_code` None: train.py was stopped (it had closed its
+    channel and gone on)."""
+    if exit_code is None:
+        ended = "train.py ended"
+    elif exit_code >= 0:
+        ended = f"train.py ended (exit code {exit_code})"
+    else:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        why = " (the out-of-memory killer sends it when the machine runs out of memory)" if name == "SIGKILL" else ""
+        ended = f"train.py was killed by {name}{why}"
     if t.program is None:
         return f"{ended} without handing a model over"
     if t.stop is None:
