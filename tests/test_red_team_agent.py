@@ -171,6 +171,25 @@ def test_a_quarantine_folder_made_a_link_into_git_puts_nothing_there(workspace, 
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+@pytest.mark.parametrize(
+    "replace",
+    [
+        "mv .git /tmp/moved && ln -s /tmp/moved .git",  # the turn's own /tmp: the link leads nowhere after it
+        "mv .git .moved && ln -s .moved .git",  # a folder the agent may write after the loop's check
+        "mv .git .moved && echo 'gitdir: .moved' > .git",  # as a worktree's .git names its folder
+    ],
+)
+def test_a_git_folder_replaced_by_a_link_or_a_file_is_made_again(workspace, tmp_path, replace):
+    """BROKE, fixed: the check after the turn made the folders of .git's files again, and stopped with a traceback
+    where .git was a link to a folder gone with the turn's /tmp. Where it leads anywhere, the loop's git would follow
+    it: the history in a folder of the agent's."""
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{replace}\necho LR 0.2")
+    assert exp.status == Status.KEEP and "put back after the agent: .git left as a " in exp.reason, exp.reason
+    assert workspace.git.git_dir.is_dir() and not workspace.git.git_dir.is_symlink()
+    assert not [p for p in (workspace.root / ".moved").rglob("*") if not p.is_dir()]  # the copy: set aside
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
+
+
 @pytest.mark.parametrize("path", ["results.tsv", "program.md"])
 def test_a_fifo_left_where_the_loop_reads_does_not_wedge_it(workspace, tmp_path, path):
     """BROKE, fixed: the check after the turn read a FIFO put in place of results.tsv or a tracked file, and waited
