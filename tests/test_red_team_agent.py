@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -641,6 +642,14 @@ def test_an_agent_has_neither_your_ssh_keys_nor_your_ssh_agent_nor_your_x_displa
     monkeypatch.setenv("XAUTHORITY", str(cookie))
     seen = agent_channel(workspace) / "seen"
     secrets = f"{home}/.ssh/id_ed25519 {sock} {home}/.Xauthority {cookie}"
+    if os.getuid() == 0:  # BROKE, fixed: as root, another user's keys, which log into their account
+        theirs = tmp_path / "alice"
+        (theirs / ".ssh").mkdir(parents=True)
+        (theirs / ".ssh" / "id_ed25519").write_text("ALICE'S KEY\n")
+        alice = pwd.struct_passwd(("alice", "x", 4242, 4242, "", str(theirs), "/bin/bash"))
+        real = pwd.getpwall
+        monkeypatch.setattr(pwd, "getpwall", lambda: [*real(), alice])
+        secrets += f" {theirs}/.ssh/id_ed25519"
     look = f'(cat {secrets}; echo "sock=$SSH_AUTH_SOCK") > {seen} 2>/dev/null || true'
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{look}\necho x")
     assert exp.status == Status.KEEP, exp.reason

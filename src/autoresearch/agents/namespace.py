@@ -426,14 +426,15 @@ def _login_places(env: Mapping[str, str]) -> list[Path]:
     """Your SSH keys and your SSH agent's socket: with them `ssh localhost` (where your key logs you in) would run a
     shell outside the agent's namespace, where the data can be read and nothing ends with its turn. And your X
     display's cookie (`~/.Xauthority`, `$XAUTHORITY`): X11's abstract socket stays in reach (README), and with the
-    cookie `xdotool type` would type a command into a terminal of yours."""
-    home = Path(env.get("HOME") or Path.home())
+    cookie `xdotool type` would type a command into a terminal of yours. Those of every home of yours (`_home`): as
+    root, every user's who logs in, whose key logs into their account (red team)."""
+    homes = [Path(env.get("HOME") or Path.home()), *_home(env)]
     places = [
-        home / ".ssh",
-        home / ".Xauthority",
+        *(home / name for home in homes for name in (".ssh", ".Xauthority")),
         *(Path(env[name]) for name in (SSH_AGENT, "XAUTHORITY") if env.get(name)),
     ]
-    return [p.absolute() for p in places if p.exists()]
+    found = {p.resolve(): p.absolute() for p in reversed(places) if p.exists()}  # once each, as first named
+    return list(reversed(found.values()))
 
 
 # Where servers keep the sockets through which they run what they are sent: tmux's and screen's (a loop left running in
