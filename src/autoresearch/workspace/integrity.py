@@ -248,9 +248,9 @@ def put_back(
     found = Findings()
     held = found.litter if agent else found.changed  # git's own state: an agent's tools change it, a run may not
     git_quarantine = quarantine / ".git"
-    if os.path.lexists(git.git_dir) and (git.git_dir.is_symlink() or not git.git_dir.is_dir()):
-        # A link (to a folder the turn's private /tmp took along, say) or a file: made a folder again, and filled
-        # from the snapshot below as if .git had been deleted.
+    if before.git_files and os.path.lexists(git.git_dir) and (git.git_dir.is_symlink() or not git.git_dir.is_dir()):
+        # A folder before, now a link (to a folder the turn's private /tmp took along, say) or a file: made a folder
+        # again, and filled from the snapshot below as if .git had been deleted.
         held.append(f".git left as {'a link' if git.git_dir.is_symlink() else 'a file'}")
         set_aside(git.root, ".git", quarantine / "replaced", tidy=False)
         git.git_dir.mkdir()
