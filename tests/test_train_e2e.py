@@ -152,12 +152,14 @@ def test_training_lowers_val_bpb_below_the_untrained_models(trained, workspace: 
 def test_a_diverging_train_py_stops_at_once_invalid_with_the_reason(
     workspace: Path, tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:
-    ws = variant(workspace, tmp_path / "nan", "loss = model(x, y)", 'loss = model(x, y) * float("nan")', budget=120)
+    nan = 'loss = model(x, y) * float("nan")'
+    # Not compiled: the check is in the loop, and a compile of the changed graph takes a minute on two cores.
+    ws = variant(workspace, tmp_path / "nan", "loss = model(x, y)", nan, budget=120, constants={"COMPILE": False})
     result_file = tmp_path / "elsewhere" / "result.json"
     result_file.parent.mkdir()
     started = time.monotonic()
     proc = python(["train.py"], ws, {**subprocess_env, "AUTORESEARCH_RESULT": str(result_file)})
-    assert time.monotonic() - started < 110  # less than the 120 s budget: the first step's compile may take 75 s
+    assert time.monotonic() - started < 60  # far less than the 120 s budget
     assert proc.returncode != 0
     assert not (ws / "result.json").exists()  # AUTORESEARCH_RESULT says where the result goes
     result = json.loads(result_file.read_text())
