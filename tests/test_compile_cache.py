@@ -4,7 +4,9 @@ reaches the shared cache only when the loop keeps its train.py."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,23 @@ def a_run(layer: dict[str, Path]) -> None:
     replacement.write_text("a different entry under the baseline's key")
     os.replace(replacement, inductor / "fxgraph" / "ab" / "entry")
     (layer["TRITON_CACHE_DIR"] / "kernel.cubin").write_bytes(b"\x7fELF")
+
+
+def cached(path: Path, size: int, days_old: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    then = time.time() - days_old * 86400
+    os.utime(path, (then, then))
+    return path
+
+
+@pytest.fixture
+def new_evaluator(monkeypatch: pytest.MonkeyPatch):
+    """This process as a new evaluator would be: not yet marking the caches in use; its mark let go after."""
+    monkeypatch.setattr(compile_cache, "_held", None)
+    yield
+    if compile_cache._held is not None:
+        os.close(compile_cache._held)
 
 
 def test_a_run_reads_the_shared_cache_through_its_own_layer_and_leaves_the_shared_one_as_it_was(
@@ -262,7 +281,7 @@ def test_the_baselines_second_seed_finds_what_the_first_compiled(
 
 
 def test_the_evaluator_compiles_with_caches_of_its_own_kept_warm_from_run_to_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_evaluator
 ) -> None:
     """The evaluator's compilers, the CUDA driver's JIT cache and torch's kernel cache all point into one folder of
     the evaluators' own (never the experiments' shared cache, never ~/.nv or ~/.cache/torch, where an agent could
@@ -331,3 +350,71 @@ def test_what_an_agent_swaps_in_after_the_digest_is_checked_does_not_reach_the_s
     compile_cache.settle([staged], keep=True)
     kernel = shared["TRITON_CACHE_DIR"] / "kernel.cubin"
     assert not kernel.exists() or kernel.read_bytes() == b"\x7fELF"
+
+
+def test_the_compile_caches_are_trimmed_oldest_first_to_their_limit_only_where_no_other_evaluator_runs(
+    shared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_evaluator
+) -> None:
+    """They grew without end: ~60 MB a kept model shape, a few GB a week of nights. An entry is a folder's files (a
+    Triton kernel's are one folder), as old as its newest file: a kernel read back yesterday is not the oldest."""
+    inductor, triton = shared["TORCHINDUCTOR_CACHE_DIR"], shared["TRITON_CACHE_DIR"]
+    os.utime(inductor / "fxgraph" / "ab" / "entry", (time.time() - 5 * 86400,) * 2)  # 24 bytes, 5 days old
+    kernel = [cached(triton / "k1" / "k1.cubin", 600, 9), cached(triton / "k1" / "k1.json", 100, 1)]
+    evaluators = cached(compile_cache.evaluator_dir() / "inductor" / "xy" / "graph.py", 800, 3)
+    newest = cached(triton / "k2" / "k2.cubin", 900, 0.5)
+    lock = cached(inductor / "locks" / "a.lock", 50, 10)
+    yours = cached(tmp_path / "yours" / "weights.pt", 5000, 20)  # a link in a cache leads there: never followed
+    (triton / "k3").symlink_to(yours.parent)
+    compile_cache.evaluator_dir().joinpath("triton").symlink_to(yours.parent)  # a whole cache made a link, too
+    monkeypatch.setenv(compile_cache.LIMIT_ENV, "0.000002")  # 2,000 bytes: 2,424 are there
+
+    other = os.open(compile_cache.evaluator_dir() / compile_cache.IN_USE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(other, fcntl.LOCK_SH)  # another evaluator: its run reads through links to these files
+        assert compile_cache.in_use() == 0
+        assert (inductor / "fxgraph" / "ab" / "entry").exists() and evaluators.exists()
+    finally:
+        os.close(other)
+        os.close(compile_cache._held)
+        compile_cache._held = None
+
+    assert compile_cache.in_use() == 24 + 800  # the two oldest entries, and no more than that
+    assert not (inductor / "fxgraph" / "ab" / "entry").exists() and not evaluators.exists()
+    assert all(p.exists() for p in [*kernel, newest, lock, yours])
+    # It marks them in use now: an evaluator started next finds it so, trims nothing, and goes on.
+    monkeypatch.setenv(compile_cache.LIMIT_ENV, "0")
+    second = os.open(compile_cache.evaluator_dir() / compile_cache.IN_USE, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(second, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(second, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    finally:
+        os.close(second)
+
+
+def test_every_evaluator_marks_the_caches_in_use_and_a_limit_that_is_not_a_size_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], new_evaluator
+) -> None:
+    from autoresearch.evaluator import referee
+
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    for name in compile_cache.EVALUATOR_CACHES:
+        monkeypatch.setenv(name, str(tmp_path / "home" / name))
+    old = cached(compile_cache.evaluator_dir() / "triton" / "k" / "k.cubin", 100, 1)
+
+    class Scores:
+        def __init__(self, train_py: Path, env: dict[str, str]):
+            self.experiment = None
+
+        def run(self, *args) -> int:
+            return 0
+
+    monkeypatch.setattr(referee, "Referee", Scores)
+    (tmp_path / "train.py").write_text("print(1)\n")
+    monkeypatch.setenv(compile_cache.LIMIT_ENV, "lots")
+    assert referee.main(["--train-py", str(tmp_path / "train.py")]) == 2
+    assert "AUTORESEARCH_COMPILE_CACHE_GB takes a size in GB (got 'lots')" in capsys.readouterr().err
+    assert old.exists()
+    monkeypatch.setenv(compile_cache.LIMIT_ENV, "0")
+    assert referee.main(["--train-py", str(tmp_path / "train.py")]) == 0
+    assert not old.exists() and compile_cache._held is not None

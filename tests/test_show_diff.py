@@ -370,6 +370,16 @@ def test_run_refuses_a_timeout_within_the_budget_and_limits_that_stop_at_once(hi
     assert not [p for p in psutil.Process().children(recursive=True) if "zygote" in " ".join(p.cmdline())]
 
 
+@pytest.mark.parametrize("command", [["run", "--plain"], ["try", "-m", "a change"]])
+def test_a_compile_cache_limit_that_is_not_a_size_is_refused_before_any_run(history, capsys, monkeypatch, command):
+    monkeypatch.setenv("AUTORESEARCH_COMPILE_CACHE_GB", "-1")
+    before = Ledger(history.root).all()
+    code, _, err = run_cli(capsys, *command, "--workspace", str(history.root))
+    assert code == 2 and "AUTORESEARCH_COMPILE_CACHE_GB takes a size in GB (got '-1')" in " ".join(err.split())
+    assert "Traceback" not in err
+    assert len(Ledger(history.root).all()) == len(before)
+
+
 @pytest.mark.parametrize("command", ["run", "submit"])
 def test_gpu_ids_where_the_machine_shows_no_gpu_are_refused(history, capsys, monkeypatch, command) -> None:
     """BROKE, fixed: `--gpus 0` on a CPU-only machine trained on the CPU under the name "gpu 0" (`--gpus all` was

@@ -41,8 +41,9 @@ def make_loop(args: argparse.Namespace, reporter):
 
     if args.baseline_runs < 2:
         raise AutoresearchError("--baseline-runs must be at least 2: one run cannot measure the noise")
-    from autoresearch.evaluator import sandbox
+    from autoresearch.evaluator import compile_cache, sandbox
 
+    compile_cache.limit_bytes()  # a bad $AUTORESEARCH_COMPILE_CACHE_GB is said now, not as every run's crash
     config = LoopConfig(baseline_runs=args.baseline_runs, timeout=args.timeout)
     ws = Workspace(args.workspace)
     executor = LocalExecutor()  # its fork server starts importing at once

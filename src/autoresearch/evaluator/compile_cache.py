@@ -23,11 +23,19 @@ cache's entries, so a module an agent edited there would run in the next evaluat
 score forged (red team, 2026-12-02). In the agent's namespace the folder is an empty tmpfs
 (agents/namespace.py); where no namespace can be made, or for an agent that drives `try` from your shell, it is
 in reach as the validation data is (README, "What is not covered").
+
+Both grow with every new model shape, night after night. Every evaluator marks them in use while it lives
+(`in_use`); one that finds no other evaluator on this machine doing so (a loop's first, a `try`) first deletes their
+oldest entries down to $AUTORESEARCH_COMPILE_CACHE_GB (`trim`). Not while another runs: its run's layer links to the
+shared files, and a compiler that found half an entry could fail the run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import math
 import os
 import shutil
 import stat
@@ -37,6 +45,7 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
 from autoresearch.config.paths import cache_root
+from autoresearch.errors import ConfigError
 
 MODE_ENV = "AUTORESEARCH_COMPILE_CACHE"  # "run": no shared cache; every run compiles from scratch
 CACHES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}  # variable -> subdirectory
@@ -48,6 +57,9 @@ INSIDE = Path("/tmp/autoresearch-compile")  # where a confined run sees its laye
 LOCK = ".lock"
 MAX_STAGED_BYTES = 2**30  # what one run may add; more is not kept (a run could fill the disk this way)
 EVALUATOR = "evaluator-compile"  # under the cache root: the evaluators' own caches
+LIMIT_ENV = "AUTORESEARCH_COMPILE_CACHE_GB"  # what the compile caches may hold together, in GB (10^9 bytes)
+DEFAULT_LIMIT_GB = 20.0  # ~300 kept model shapes of the h100 preset on an H200 (~60 MB each)
+IN_USE = ".in-use"  # in the evaluators' folder: every evaluator holds it shared; a trim holds it alone
 # The evaluator's compilers and the CUDA driver, and where each keeps what it compiled (in that folder): the
 # driver's JIT cache (~/.nv/ComputeCache) and torch's of the kernels it builds at run time (~/.cache/torch/kernels)
 # are loaded as they are found, like Inductor's and Triton's.
@@ -232,6 +244,83 @@ def evaluator_caches(env: MutableMapping[str, str]) -> Path:
         (folder / sub).mkdir(parents=True, exist_ok=True)
         env[name] = str(folder / sub)
     return folder
+
+
+def limit_bytes() -> int:
+    """What the compile caches may hold together ($AUTORESEARCH_COMPILE_CACHE_GB); ConfigError for a value that is
+    not a size."""
+    raw = os.environ.get(LIMIT_ENV, "").strip()
+    try:
+        gb = float(raw) if raw else DEFAULT_LIMIT_GB
+    except ValueError:
+        gb = math.nan
+    if not 0 <= gb < math.inf:
+        raise ConfigError(
+            f"{LIMIT_ENV} takes a size in GB (got {raw!r})",
+            hint=f"e.g. {LIMIT_ENV}=50; unset, the compile caches keep {DEFAULT_LIMIT_GB:g} GB",
+        )
+    return int(gb * 1e9)
+
+
+_held: int | None = None  # this process's descriptor of IN_USE, once `in_use` took it
+
+
+def in_use() -> int:
+    """Mark the compile caches in use by this process (an evaluator) until it ends; where no other process on this
+    machine marks them, `trim` them first. The bytes trimmed."""
+    global _held
+    if _held is not None:
+        return 0
+    folder = evaluator_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    limit = limit_bytes()
+    _held = os.open(folder / IN_USE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    trimmed = 0
+    try:
+        fcntl.flock(_held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # another evaluator is running: trimming waits for a moment when none is
+        pass
+    else:
+        trimmed = trim(limit)
+    fcntl.flock(_held, fcntl.LOCK_SH)  # (waits while another evaluator trims)
+    return trimmed
+
+
+def trim(limit: int) -> int:
+    """Delete the oldest entries of Inductor's and Triton's caches, the shared ones and the evaluators', until they
+    hold no more than `limit` bytes together; the bytes deleted. An entry is a folder's files (a folder of Triton's is
+    one kernel), its age that of its newest file. Only while no evaluator runs (`in_use`). Through folder descriptors
+    (`os.fwalk`): a folder made a link meanwhile (where an agent can write the caches) leads nowhere."""
+    tops = [str(p) for p in [*shared_dirs().values(), *(evaluator_dir() / sub for sub in CACHES.values())]]
+    tops = [top for top in tops if os.path.lexists(top)]  # (os.fwalk raises for a missing one)
+    entries: list[tuple[float, int, str, str, list[str]]] = []  # age, bytes, top, folder under it, its files
+    for top in tops:
+        for directory, _, files, folder in os.fwalk(top):
+            newest, size, names = 0.0, 0, []
+            for name in files:
+                try:
+                    st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and not name.endswith(LOCK):
+                    newest, size = max(newest, st.st_mtime), size + st.st_size
+                    names.append(name)
+            if names:
+                entries.append((newest, size, top, os.path.relpath(directory, top), names))
+    excess = sum(entry[1] for entry in entries) - limit
+    doomed: dict[tuple[str, str], list[str]] = {}
+    freed = 0
+    for _, size, top, under, names in sorted(entries):
+        if freed >= excess:
+            break
+        doomed[top, under] = names
+        freed += size
+    for top in tops if doomed else []:
+        for directory, _, _, folder in os.fwalk(top):
+            for name in doomed.get((top, os.path.relpath(directory, top)), []):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=folder)
+    return freed
 
 
 def _per_run() -> bool:

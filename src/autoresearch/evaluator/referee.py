@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     # experiment compiled can reach the experiments' shared cache, and must never be loaded here.
     compile_cache.evaluator_caches(os.environ)
     try:
+        compile_cache.in_use()  # held until this process ends; trims the caches where no other evaluator runs
         train_py = (args.train_py or args.workspace / "train.py").resolve()
         referee = Referee(train_py, experiment_env)
     except AutoresearchError as exc:
