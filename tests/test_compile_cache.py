@@ -416,5 +416,10 @@ def test_every_evaluator_marks_the_caches_in_use_and_a_limit_that_is_not_a_size_
     assert "AUTORESEARCH_COMPILE_CACHE_GB takes a size in GB (got 'lots')" in capsys.readouterr().err
     assert old.exists()
     monkeypatch.setenv(compile_cache.LIMIT_ENV, "0")
+    mark = compile_cache.evaluator_dir() / compile_cache.IN_USE
+    mark.symlink_to(tmp_path / "train.py")  # where an agent can write there: never opened through a link
+    assert referee.main(["--train-py", str(tmp_path / "train.py")]) == 2
+    assert f"cannot open {mark}" in capsys.readouterr().err and old.exists()
+    mark.unlink()
     assert referee.main(["--train-py", str(tmp_path / "train.py")]) == 0
     assert not old.exists() and compile_cache._held is not None

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
 from autoresearch.config.paths import cache_root
-from autoresearch.errors import ConfigError
+from autoresearch.errors import AutoresearchError, ConfigError
 
 MODE_ENV = "AUTORESEARCH_COMPILE_CACHE"  # "run": no shared cache; every run compiles from scratch
 CACHES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}  # variable -> subdirectory
@@ -274,7 +274,11 @@ def in_use() -> int:
     folder = evaluator_dir()
     folder.mkdir(parents=True, exist_ok=True)
     limit = limit_bytes()
-    _held = os.open(folder / IN_USE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:  # (a link there, where an agent could make one, is not followed)
+        _held = os.open(folder / IN_USE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        why = f"cannot open {folder / IN_USE}: {exc.strerror}"
+        raise AutoresearchError(why, hint="remove it; it is made again") from exc
     trimmed = 0
     try:
         fcntl.flock(_held, fcntl.LOCK_EX | fcntl.LOCK_NB)
