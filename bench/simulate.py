@@ -61,6 +61,7 @@ from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.judge import Verdict, judge
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.scheduler import Scheduler
+from autoresearch.loop.settings import BASELINE_RUNS
 from autoresearch.loop.workers import Active, Device, Worker, close_workers, make_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import changed_constants, read_constants, set_constants
@@ -502,6 +503,7 @@ class Simulation:
     at_once: int = 1  # a what-if, never the loop's rule: every change trained on this many seeds at once
     confirm_runs: int | None = None  # the runs a kept change gets in all (None: the scheduler's own rule)
     combine: bool = False  # the agent's proposals preceded by combinations of near-wins (CombiningAgent)
+    baseline_runs: int = BASELINE_RUNS  # the loop's --baseline-runs
     driver_rate: float = 1.0
     clock: SimClock = field(init=False)
     records: list[RunRecord] = field(default_factory=list)
@@ -520,7 +522,7 @@ class Simulation:
         recorder = Recorder(self.clock)
         # No environment check around the turns (Environment(())): the tune agent writes no file, and a walk of
         # this Python's files would add real CPU seconds to the simulated driver's.
-        config = LoopConfig(baseline_runs=3)
+        config = LoopConfig(baseline_runs=self.baseline_runs)
         loop = ResearchLoop(ws, NoExecutor(), recorder, config, sleep=self.clock.sleep, environment=Environment(()))
         found = [Device(f"gpu {i}", {"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(self.workers)]
         workers = make_workers(loop, found, lambda device: SimExecutor(self, device.label))
@@ -695,14 +697,14 @@ def simulate_all(
     eager: bool = False,
     at_once: int = 1,
     confirm_runs: tuple[int | None, int | None] = (None, None),
+    target: float | None = None,
     **options: Any,
 ) -> list[Measure]:
     """The first count for `hours`, then each other count for hours x min(1, window / N), aiming at the first
     run's final best (`eager`: the other counts keep marginal wins without a re-run; `at_once`: they train every
     change on that many seeds at once; `confirm_runs`: the runs a kept change gets in all, in the first count and
-    in the others, None where the scheduler's own rule)."""
+    in the others, None where the scheduler's own rule; `target`: every count aims at this true val_bpb instead)."""
     measures: list[Measure] = []
-    target = None
     for n in counts:
         hours_n = hours if not measures else hours * min(1.0, window / n)
         what_if = {"eager": eager, "at_once": at_once} if measures else {}  # the reference as it is
@@ -748,6 +750,24 @@ def across_seeds(per_seed: dict[int, list[Measure]]) -> list[dict]:
     return summary
 
 
+def against_given(per_seed: dict[int, list[Measure]], given: dict) -> dict:
+    """The first count against the first count of `--target-from`'s file, aiming at its final best: the time to it
+    over that run's (a draw where it was not reached counts as worse than any), and how many draws were sooner."""
+    ratios = []
+    for seed, measures in per_seed.items():
+        theirs = given[str(seed)][0]["hours_to_target"]
+        ours = measures[0].hours_to_target
+        ratios.append(ours / theirs if ours is not None else math.inf)
+    return {
+        "workers": per_seed[next(iter(per_seed))][0].workers,
+        "draws": len(ratios),
+        "time_to_given_best_over_theirs_median": statistics.median(ratios),
+        "sooner": sum(r < 1 for r in ratios),
+        "later": sum(r > 1 for r in ratios),
+        "not_reached": sum(math.isinf(r) for r in ratios),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", default="1,4,16,64", help="worker counts, the first is the reference")
@@ -782,7 +802,15 @@ def main() -> None:
     parser.add_argument("--combine", action="store_true", help="combine near-wins before asking the agent")
     parser.add_argument("--asks-on-threads", action="store_true", help="the agent only answers: asked at once")
     parser.add_argument(
+        "--baseline-runs", type=int, default=BASELINE_RUNS, help="the loop's --baseline-runs, at every count"
+    )
+    parser.add_argument(
         "--baseline-seeds-max", type=int, default=None, help="in place of the scheduler's BASELINE_SEEDS_MAX"
+    )
+    parser.add_argument(
+        "--target-from",
+        type=Path,
+        help="a results file of the same draws: every count aims at its first count's final best, draw by draw",
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/simulate"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/2026-11-30-simulate.json"))
@@ -798,10 +826,12 @@ def main() -> None:
         "asks_on_threads": args.asks_on_threads,
         "agent": args.agent,
         "combine": args.combine,
+        "baseline_runs": args.baseline_runs,
     }
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     data_dir = prepared_data(args.work)
     per_seed: dict[int, list[Measure]] = {}
+    given = json.loads(args.target_from.read_text())["results"] if args.target_from else {}
     for seed in seeds:
         per_seed[seed] = simulate_all(
             counts,
@@ -813,12 +843,15 @@ def main() -> None:
             args.eager,
             args.seeds_at_once,
             (args.reference_confirm_runs, args.confirm_runs),
+            given[str(seed)][0]["best_true"] if given else None,
             **options,
         )
         print(f"seed {seed}\n{HEADER}")
         for m in per_seed[seed]:
             print(m.row(per_seed[seed][0]))
     summary = across_seeds(per_seed) if len(seeds) > 1 else []
+    if given:
+        summary.insert(0, against_given(per_seed, given))
     for line in summary:
         print(json.dumps(line))
     measures = per_seed[seeds[0]]
@@ -834,7 +867,9 @@ def main() -> None:
         + (f" --confirm-runs {args.confirm_runs}" if args.confirm_runs is not None else "")
         + (f" --reference-confirm-runs {n}" if (n := args.reference_confirm_runs) is not None else "")
         + (" --combine" if args.combine else "")
-        + (f" --baseline-seeds-max {args.baseline_seeds_max}" if args.baseline_seeds_max is not None else ""),
+        + (f" --baseline-runs {args.baseline_runs}" if args.baseline_runs != BASELINE_RUNS else "")
+        + (f" --baseline-seeds-max {args.baseline_seeds_max}" if args.baseline_seeds_max is not None else "")
+        + (f" --target-from {args.target_from}" if args.target_from else ""),
         "landscape": {name: asdict(bowl) for name, bowl in BOWLS.items()} | {"floor": FLOOR},
         "options": {k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in options.items()},
         "target_true_bpb": measures[0].best_true,

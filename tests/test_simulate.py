@@ -149,3 +149,22 @@ def test_the_wave_agent_sweeps_the_setting_fewest_changes_in_flight_move_at_valu
     nudge = simulate.NudgeAgent(3, simulate.SimClock(), 0.0, apart=True)
     wave = simulate.NudgeAgent(3, simulate.SimClock(), 0.0, apart=True, wave=True)
     assert [wave.propose(alone) for _ in range(5)] == [nudge.propose(alone) for _ in range(5)]
+
+
+@pytest.mark.slow  # the real loop over one simulated hour, then two: ~3 s
+def test_a_reference_of_more_baseline_seeds_is_measured_against_another_runs_final_best(tmp_path, tiny_prepared):
+    """`--baseline-runs` and `--target-from`: how BENCHMARKS.md tells a slower reference from a cheaper loop."""
+    noiseless = simulate.Landscape(seed_noise=0.0, run_noise=0.0)
+    options = {"landscape": noiseless, "driver_rate": 0.0}
+    theirs = simulate.simulate_all([1], 1.0, 2.5, tmp_path / "theirs", tiny_prepared, seed=3, **options)[0]
+    ours = simulate.simulate_all(
+        [1], 2.0, 2.5, tmp_path / "ours", tiny_prepared, seed=3, target=theirs.best_true, baseline_runs=5, **options
+    )[0]
+    assert ours.hours_to_target is not None and theirs.hours_to_target is not None
+    # Without noise the climb is the same, two baseline runs (of 305-500 s) later; it went on past that best.
+    assert 2 * 305 <= (ours.hours_to_target - theirs.hours_to_target) * 3600 <= 2 * 500
+    assert ours.best_true < theirs.best_true
+    given = {"3": [{"hours_to_target": theirs.hours_to_target}]}
+    summary = simulate.against_given({3: [ours]}, given)
+    assert summary["later"] == 1 and summary["sooner"] == 0 and summary["not_reached"] == 0
+    assert summary["time_to_given_best_over_theirs_median"] == ours.hours_to_target / theirs.hours_to_target

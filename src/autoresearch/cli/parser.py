@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from autoresearch.loop.settings import BASELINE_RUNS
+
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="apparatus preset: h100 or tiny (default: h100 with CUDA, else tiny)")
@@ -25,8 +27,8 @@ def _workspace_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _judging_options(parser: argparse.ArgumentParser) -> None:
-    seeds = "seeds the baseline is trained with (default 3; with several workers, one per worker up to 8 if more)"
-    parser.add_argument("--baseline-runs", type=int, default=3, help=seeds)
+    seeds = f"seeds the baseline is trained with (default {BASELINE_RUNS}; with several workers, one each up to 8)"
+    parser.add_argument("--baseline-runs", type=int, default=BASELINE_RUNS, help=seeds)
     parser.add_argument("--timeout", type=float, help="hard limit per training run in s (default 1.5 x budget + 180)")
 
 
