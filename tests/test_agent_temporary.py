@@ -101,7 +101,7 @@ def test_a_server_that_listens_in_tmp_from_the_middle_of_the_turn_is_out_of_the_
             probe.connect(str(address))
             probe.sendall(b"true")
         time.sleep(0.5)
-        # (an empty one: a probe of whether it is served, by an agent turn starting meanwhile: `namespace._served`)
+        # (an empty one: a probe of whether it is served, by an agent turn starting meanwhile: `server_sockets._served`)
         assert [h for h in heard if h] == [b"true"] and not ran.exists(), "the agent's command ran outside"
         assert_the_loop_owns_the_workspace(workspace, exp, before)
     finally:

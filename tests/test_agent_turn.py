@@ -27,7 +27,7 @@ from loop_support import (
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.ledger import Experiment
-from autoresearch.loop.scheduler import run_workers
+from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.trying import try_working_tree
 from autoresearch.loop.workers import devices

@@ -12,7 +12,8 @@ from autoresearch.loop.confirmation import CONFIRMED_RUNS, NOT_CONFIRMED
 from autoresearch.loop.executor import Outcome
 from autoresearch.loop.judge import measured_noise
 from autoresearch.loop.ledger import Ledger
-from autoresearch.loop.scheduler import Scheduler, needs_scheduler
+from autoresearch.loop.parallel import needs_scheduler
+from autoresearch.loop.scheduler import Scheduler
 from autoresearch.loop.status import workers_text
 from autoresearch.loop.workers import devices, make_workers
 from autoresearch.vocabulary import RunEnd, Status

@@ -36,8 +36,8 @@ from autoresearch.evaluator.result import Result
 from autoresearch.loop import ray_data, ray_executor
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import RunSpec
+from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, ray_devices
-from autoresearch.loop.scheduler import run_workers
 from autoresearch.loop.workers import Device
 from autoresearch.vocabulary import RunEnd, Status
 

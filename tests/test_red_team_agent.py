@@ -42,8 +42,8 @@ from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
 from autoresearch.loop.executor import LocalExecutor, RunSpec, read_result
 from autoresearch.loop.held_edits import put_back_edits
+from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.recovery import TURN_SNAPSHOT
-from autoresearch.loop.scheduler import run_workers
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import RunEnd, Status

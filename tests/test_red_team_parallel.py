@@ -25,8 +25,9 @@ from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.inbox import EDIT_BASE, Inbox, note_moved
 from autoresearch.loop.judge import measured_noise
 from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.rebuild import rebuild
-from autoresearch.loop.scheduler import Scheduler, run_workers
+from autoresearch.loop.scheduler import Scheduler
 from autoresearch.loop.status import status_text
 from autoresearch.loop.waiting import unreported, wait_for
 from autoresearch.loop.workers import Device, devices, make_workers

@@ -30,8 +30,10 @@ from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
 from autoresearch.loop.inbox import SUBMITTER, Inbox
 from autoresearch.loop.judge import measured_noise, noise_of
 from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.ratchet import merge_constants
-from autoresearch.loop.scheduler import BASELINE_SEEDS_MAX, Scheduler, run_workers
+from autoresearch.loop.scheduler import Scheduler
+from autoresearch.loop.settings import BASELINE_SEEDS_MAX
 from autoresearch.loop.status import status_text
 from autoresearch.loop.waiting import LOOP_STARTED, WaitError, wait_for
 from autoresearch.loop.workers import close_workers, devices, make_workers

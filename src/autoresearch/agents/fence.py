@@ -22,9 +22,10 @@ restricts itself, then runs the command, and everything it starts inherits the r
   `socketcall` hides its arguments). Each reached a server on a closed port (red team). And a TCP socket's upper
   layer (TCP_ULP): where an smc module still offers one, it makes the socket SMC's, which connects from the kernel.
 
-Sockets with a file (a tmux server's) are hidden by agents/namespace.py. UDP is not restricted. This file runs with
-`python -I -S` (nothing from the environment, no site), so it imports nothing but the standard library. Where the
-kernel has no Landlock (`abi()` is 0), or one older than ABI 4, the command runs without it, as the README says.
+Sockets with a file (a tmux server's) are hidden by agents/namespace.py (agents/server_sockets.py finds them). UDP
+is not restricted. This file runs with `python -I -S` (nothing from the environment, no site), so it imports nothing
+but the standard library. Where the kernel has no Landlock (`abi()` is 0), or one older than ABI 4, the command runs
+without it, as the README says.
 """
 
 from __future__ import annotations

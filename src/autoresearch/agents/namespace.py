@@ -9,7 +9,6 @@ import getpass
 import os
 import pwd
 import re
-import socket
 import stat
 import subprocess
 import tempfile
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.agents import fence
+from autoresearch.agents.server_sockets import RUNTIME_FOLDERS, server_sockets
 from autoresearch.evaluator import compile_cache, shown
 from autoresearch.evaluator.hidden import workspace_data_places
 from autoresearch.files import holds, program_path
@@ -384,11 +384,11 @@ PID_NAMESPACE_INNER = ("unshare", "--user", "--map-current-user", "--mount")
 def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     """What an agent's turn is not shown: the data (evaluator/hidden.py), Ray's folder and token files (a task
     sent to the loop's Ray runs outside: loop/ray_executor.py), your SSH keys and agent and your X display's cookie
-    (`_login_places`), the sockets of servers that run what they are sent (`_server_sockets`), and the folder of the
-    evaluators' own compiler caches (made here where missing, so that what is made there later is hidden too): an
-    evaluator runs what its compilers find there (evaluator/compile_cache.py), and another worker's evaluator may be
-    compiling while the agent works. So is Inductor's default cache in /tmp, for your own torch.compile later
-    (`_inductor_defaults`)."""
+    (`_login_places`), the sockets of servers that run what they are sent (agents/server_sockets.py), and the
+    folder of the evaluators' own compiler caches (made here where missing, so that what is made there later is
+    hidden too): an evaluator runs what its compilers find there (evaluator/compile_cache.py), and another
+    worker's evaluator may be compiling while the agent works. So is Inductor's default cache in /tmp, for your
+    own torch.compile later (`_inductor_defaults`)."""
     caches = compile_cache.evaluator_dir()
     caches.mkdir(parents=True, exist_ok=True)
     inside = workspace.resolve()
@@ -397,7 +397,7 @@ def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
         *workspace_data_places(workspace),
         *hidden_from_agents(env),
         *_login_places(env),
-        *_server_sockets(env, workspace),
+        *server_sockets(env, workspace),
     ]
     return [*places, *held]
 
@@ -435,79 +435,6 @@ def _login_places(env: Mapping[str, str]) -> list[Path]:
     ]
     found = {p.resolve(): p.absolute() for p in reversed(places) if p.exists()}  # once each, as first named
     return list(reversed(found.values()))
-
-
-# Where servers keep the sockets through which they run what they are sent: tmux's and screen's (a loop left running in
-# one hands its agent the server: `tmux run-shell` ran a command there, red team), emacs's, VS Code's, a forwarded SSH
-# agent's, X11's, a database's (PostgreSQL's `COPY ... TO PROGRAM`), Docker's and Podman's (a container of the agent's
-# with / mounted, as root). Every socket found within SOCKET_DEPTH folders of these is hidden from the agent.
-SOCKET_FOLDERS = ("/tmp", "/var/tmp", "/dev/shm", "/run")
-SOCKET_DEPTH = 3  # /tmp/screens/S-<user>/<session>
-# but those the agent's own programs need to look names up and to log (systemd's resolver, user database and journal,
-# nscd): they run nothing they are sent. systemd's own socket, /run/systemd/private, is hidden: as root, `systemd-run`
-# starts a service through it.
-NAME_SERVICES = ("/run/systemd/resolve", "/run/systemd/userdb", "/run/systemd/journal", "/run/nscd")
-RUNTIME_FOLDERS = ("/run/user", "/run/dbus")  # covered whole by _HIDE: not walked (nor your session's sockets probed)
-
-
-def _server_sockets(env: Mapping[str, str], workspace: Path) -> list[Path]:
-    """The sockets of servers that run what they are sent (SOCKET_FOLDERS), and those your environment names
-    elsewhere: tmux's (`$TMUX`, and its folder in `$TMUX_TMPDIR`), screen's (`$SCREENDIR`), Docker's and Podman's
-    (`$DOCKER_HOST`, `$CONTAINER_HOST`). Not those in the workspace, which are the agent's own. Through one of them a
-    command of the agent's would run outside its namespace, as you or as root, where the data can be read and nothing
-    ends with its turn. (Abstract sockets, which have no file, stay in reach: README.)"""
-    inside = workspace.resolve()
-    named = [env.get("TMUX", "").rsplit(",", 2)[0], env.get("TMUX_TMPDIR"), env.get("SCREENDIR")]
-    named += [env.get(host, "").removeprefix("unix://") for host in ("DOCKER_HOST", "CONTAINER_HOST")]
-    found = [Path(p) for p in named if p and os.path.isabs(p) and os.path.exists(p)]
-    for folder in SOCKET_FOLDERS:
-        found += _sockets_within(Path(folder), SOCKET_DEPTH, inside)
-    spared = [Path(p) for p in NAME_SERVICES]
-    return [p for p in dict.fromkeys(found) if not holds(inside, p) and not any(holds(s, p) for s in spared)]
-
-
-def _sockets_within(folder: Path, depth: int, workspace: Path) -> list[Path]:
-    """The sockets in `folder` and its folders `depth` deep, links not followed, the workspace not walked."""
-    found = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:  # not ours to read: nor the agent's to connect to through it
-        return found
-    for entry in entries:
-        path = Path(entry.path)
-        with contextlib.suppress(OSError):  # gone meanwhile
-            mode = entry.stat(follow_symlinks=False).st_mode
-            if stat.S_ISSOCK(mode) and _served(path):
-                found.append(path)
-            elif stat.S_ISDIR(mode) and depth > 1 and not holds(workspace, path) and str(path) not in RUNTIME_FOLDERS:
-                found += _sockets_within(path, depth - 1, workspace)
-    return found
-
-
-def _served(path: Path) -> bool:
-    """Whether a server holds the socket at `path`: one that refuses a connection has none (the file outlived it), and
-    runs nothing. Nothing is sent. Those were hidden too, one mount each, and an agent that left thousands in /tmp made
-    the next turn's command longer than the kernel takes (ARG_MAX): it did not start, and the loop stopped (red team).
-    Reached through /proc/self/fd, as an agent would reach one at a path longer than a socket's address takes."""
-    if not hasattr(os, "O_PATH") or not os.path.isdir("/proc/self/fd"):
-        return True
-    try:
-        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-    try:
-        with socket.socket(socket.AF_UNIX) as probe:
-            probe.setblocking(False)  # a server's full backlog: EAGAIN, served
-            probe.connect(f"/proc/self/fd/{fd}")
-    except ConnectionRefusedError:
-        return False
-    except OSError:  # another type of socket (EPROTOTYPE), not ours to connect to (EACCES): hidden all the same
-        return True
-    finally:
-        os.close(fd)
-    return True
 
 
 @functools.cache

@@ -118,7 +118,7 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
     """One worker, nothing submitted: the loop as it always ran. Else the scheduler and its workers (on Ray's
     GPUs with --ray)."""
     from autoresearch.loop import activity
-    from autoresearch.loop.scheduler import needs_scheduler, run_workers
+    from autoresearch.loop.parallel import needs_scheduler, run_workers
 
     if getattr(args, "ray", None) is not None:
         from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, open_to_agent, ray_devices

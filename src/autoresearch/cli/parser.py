@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoresearch.loop.settings import BASELINE_RUNS
+from autoresearch.loop.settings import BASELINE_RUNS, BASELINE_SEEDS_MAX
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,10 @@ def _workspace_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _judging_options(parser: argparse.ArgumentParser) -> None:
-    seeds = f"seeds the baseline is trained with (default {BASELINE_RUNS}; with several workers, one each up to 8)"
+    seeds = (
+        f"seeds the baseline is trained with (default {BASELINE_RUNS}; with several workers, one each up to "
+        f"{BASELINE_SEEDS_MAX})"
+    )
     parser.add_argument("--baseline-runs", type=int, default=BASELINE_RUNS, help=seeds)
     parser.add_argument("--timeout", type=float, help="hard limit per training run in s (default 1.5 x budget + 180)")
 

@@ -35,7 +35,6 @@ from collections import deque
 from typing import Any
 
 from autoresearch.agents.base import Agent, preflight
-from autoresearch.evaluator import sandbox
 from autoresearch.loop import activity
 from autoresearch.loop.answers import Answer, Answers, asked_on_threads
 from autoresearch.loop.clock import Clock, RealClock
@@ -50,20 +49,15 @@ from autoresearch.loop.recovery import (
     baseline_died,
     commit_message,
     died_running,
-    judged_left_open,
-    left_by_workers,
     result_columns,
     seeded,
 )
+from autoresearch.loop.settings import APPARATUS_HINT, BASELINE_SEEDS_MAX
 from autoresearch.loop.workers import (
     Active,
-    Device,
     Job,
     Worker,
     check_out,
-    close_workers,
-    make_workers,
-    remove_worktrees,
     stop_workers,
 )
 from autoresearch.vocabulary import Kind, RunEnd, Status
@@ -71,10 +65,6 @@ from autoresearch.workspace.workspace import TRAIN_PY
 
 POLL_S = 0.5  # how often the driver looks at the inbox while it waits for a run to end
 PROPOSALS_PER_WORKER = 3  # proposals asked for at once for an idle worker while they are rejected
-# The baseline's seeds on workers that would otherwise wait for it: one per worker, at most this many. The std
-# of 3 seeds is under half the true noise 22 % of the time (chi-square, 2 degrees of freedom), of 8 seeds 3 %;
-# more than 8 would gain little and delay the first verdict (each seed may straggle).
-BASELINE_SEEDS_MAX = 8
 
 
 class Scheduler:
@@ -414,7 +404,7 @@ class Scheduler:
                 self.confirm()
             return
         if (outcome := loop.comparable(outcome, job.spec.run_dir)).status == RunEnd.CHANGED:
-            raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or self.loop_hint())
+            raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or APPARATUS_HINT)
         if confirming:  # after its verdict, which settled what its first runs compiled: this run's is settled here
             loop._settle_compiled(exp, keep=outcome.status == RunEnd.OK, run=job.run)
             self.confirmations.took(exp, job.run, outcome)
@@ -472,11 +462,6 @@ class Scheduler:
         if act is not None:
             self.queue_runs(act, front=True)
 
-    def loop_hint(self) -> str:
-        from autoresearch.loop.engine import APPARATUS_HINT
-
-        return APPARATUS_HINT
-
     def cancel(self, exp_id: int) -> None:
         """Drop the queued runs of an experiment that has its verdict (its other runs end unheeded)."""
         self.jobs = deque(j for j in self.jobs if j.exp_id != exp_id)
@@ -519,37 +504,3 @@ class Scheduler:
             if len(exp.run_values) >= self.active[exp.id].wanted:  # every run had ended: judge it now
                 self.conclude(exp, None)
         self.confirm()
-
-
-def needs_scheduler(loop: ResearchLoop) -> bool:
-    """Whether what is in flight was left by a loop with several workers, or submitted, or such a loop died with a
-    run of a judged experiment in progress (the best measured again): the one-worker loop cannot take it up."""
-    return left_by_workers(loop.ledger.in_flight()) or bool(judged_left_open(loop.ledger.all()))
-
-
-def run_workers(
-    loop: ResearchLoop,
-    agent: Agent | None,
-    found: list[Device],
-    max_experiments: int | None = None,
-    hours: float | None = None,
-    linger: float = 0.0,
-    executor_for=None,
-) -> None:
-    """The loop on `found` devices (the CLI's `run` with --gpus, --workers or --ray, or with submissions);
-    `executor_for(device)` makes each worker's executor (default: a LocalExecutor pinned to the device)."""
-    if (why := sandbox.unavailable_reason()) is not None:
-        # One worker checks the workspace around each run; several cannot, while the others' runs go on. Only
-        # confinement keeps a run out of the workspace then.
-        raise LoopError(
-            f"several workers, or submitted experiments, need confined runs, and here they cannot be: {why}",
-            hint="install bubblewrap (see the README's Confinement), or run one worker with `autoresearch run`",
-        )
-    loop.recover_workspace()  # before the worktrees' git commands, which an agent's config left by a kill could steer
-    workers = make_workers(loop, found, executor_for)
-    try:
-        Scheduler(loop, workers, Inbox(loop.ws.state), linger).run(agent, max_experiments, hours)
-    finally:
-        close_workers(workers)
-        if not loop.ledger.in_flight():  # a loop that has ended leaves no worktree behind
-            remove_worktrees(loop.git, loop.ws.state)

@@ -31,6 +31,9 @@ CONFINEMENT_HINT = (
 # later: simulated, it reached the final best of a 3-seed night later in 110 nights of 120 (BENCHMARKS.md, "Tried,
 # not adopted: eight baseline seeds").
 BASELINE_RUNS = 3
+# With several workers, the baseline's seeds on workers that would otherwise wait for it: one per worker, at most this
+# many. More than 8 would gain little and delay the first verdict (each seed may straggle).
+BASELINE_SEEDS_MAX = 8
 
 
 @dataclass(frozen=True)
