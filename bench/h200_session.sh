@@ -202,7 +202,7 @@ verify() {  # a short one: issue 8's loop on GPU 0; the one-worker scheduler on 
 }
 
 same_gpu() {  # issue 10: `--gpus` with one GPU against the one-worker loop, on one machine and GPU, not at once
-  CUDA_VISIBLE_DEVICES=0 timeout 260 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 2 \
+  CUDA_VISIBLE_DEVICES=0 timeout 300 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 2 \
     --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1
   timeout 220 python3 bench/parallel_gpus.py --preset h100 --budget 30 --gpus 0 --agent nudge --minutes 2 \
     --experiments 40 --work /tmp/pg1 --out "$OUT" --name _same_gpu >"$OUT/parallel_1w.log" 2>&1
