@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD/src python3 bench/reference_noise.py bench/results/2026-12-02-simulate-60-draws-nudge-apart-*.json
 
-One worker measures the noise on the baseline's 3 seeds, 16 workers on 8 (one per worker, at most
+One worker measures the noise on the baseline's 3 seeds, 16 workers on 8 (half the workers, at most
 settings.BASELINE_SEEDS_MAX). The seeds' values are a function of the landscape draw (simulate.Landscape.measured),
 so each draw's first estimates can be computed without running the loop. Per draw: those stds over the true noise,
 and the time the 16 workers took to the one-worker run's best over the 2/N goal; then the draws grouped by the

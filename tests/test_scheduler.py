@@ -28,7 +28,7 @@ from autoresearch.loop.activity import SESSION_NAME, spans_of
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
 from autoresearch.loop.inbox import SUBMITTER, Inbox
-from autoresearch.loop.judge import measured_noise, noise_of
+from autoresearch.loop.judge import margin_of, measured_noise, noise_of
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.ratchet import merge_constants
@@ -447,7 +447,7 @@ def test_a_refused_seed_is_set_aside_and_rebuild_ledger_does_not_take_it_back(wo
         if constant(source, "SEED") == 44:  # the A100's seed ends once an H200's has set the setup
             wait_until(lambda: Ledger(workspace.root).get(1).run_values)
 
-    sched, fakes = scheduler(workspace, gpus="0,1,2", gate=gate)
+    sched, fakes = scheduler(workspace, gpus="0,1,2", baseline_runs=3, gate=gate)
     fakes["gpu 2"].fake.setup = "NVIDIA A100-SXM4-80GB; wall clock"
     with pytest.raises(LoopError, match="A100"):
         sched.run(None)
@@ -499,9 +499,9 @@ def test_a_change_that_ends_before_the_baselines_first_seed_is_checked_once_that
         if constant(source, "LR") == 0.05:  # a baseline seed: ends only once the change has its run
             wait_until(lambda: (row := Ledger(workspace.root).get(2)) is not None and row.run_values)
 
-    sched, fakes = scheduler(workspace, gpus=",".join(map(str, range(10))), gate=gate)  # 8 seeds, 2 workers left
+    sched, fakes = scheduler(workspace, gpus=",".join(map(str, range(8))), gate=gate)  # 4 seeds, 4 workers left
     for label, fake in fakes.items():
-        fake.fake.setup = a100 if label in ("gpu 8", "gpu 9") else h200
+        fake.fake.setup = a100 if label in ("gpu 4", "gpu 5", "gpu 6", "gpu 7") else h200
     with pytest.raises(LoopError, match=f"experiment 2 stopped: it was measured on {a100}, the baseline's runs on"):
         sched.run(ScriptedAgent([set_lr(0.2)]), max_experiments=1)
     baseline, change = Ledger(workspace.root).all()
@@ -603,20 +603,21 @@ def test_wins_on_adjacent_constants_merge_where_git_sees_a_conflict(workspace):
 # -- no worker waits for the baseline ----------------------------------------------------------------
 
 
-def test_with_six_workers_the_baseline_trains_six_seeds_at_once_and_the_noise_pools_them(workspace):
-    together = threading.Barrier(6, timeout=10)  # a seed ends only once all six train at the same time
-    sched, fakes = scheduler(workspace, gpus="0,1,2,3,4,5", baseline_runs=2, gate=lambda source: together.wait())
+def test_with_eight_workers_the_baseline_trains_four_seeds_at_once_and_the_noise_pools_them(workspace):
+    together = threading.Barrier(4, timeout=10)  # a seed ends only once all four train at the same time
+    sched, fakes = scheduler(workspace, gpus="0,1,2,3,4,5,6,7", baseline_runs=2, gate=lambda source: together.wait())
     sched.run(None)
     (baseline,) = sched.loop.ledger.all()
-    assert baseline.status == Status.KEEP and sorted(baseline.run_indices) == list(range(6))
-    assert "mean of 6 seeds" in baseline.reason
+    assert baseline.status == Status.KEEP and sorted(baseline.run_indices) == list(range(4))
+    assert "mean of 4 seeds" in baseline.reason
     seeds = [[constant(source, "SEED") for _, _, source in fake.runs] for fake in fakes.values()]
-    assert sorted(seeds) == [[42], [43], [44], [45], [46], [47]]  # one seed per GPU
+    assert sorted(seeds) == [[], [], [], [], [42], [43], [44], [45]]  # one seed per GPU, on half the GPUs
     noise = measured_noise(sched.loop.ledger.all())
-    assert (noise.runs, noise.repeated) == (6, 1) and noise.noise == noise_of(baseline.run_values)
-    # One seed per worker, at least as configured, at most BASELINE_SEEDS_MAX.
-    assert Scheduler(sched.loop, sched.workers * 2).baseline_seeds() == BASELINE_SEEDS_MAX == 8
-    assert Scheduler(sched.loop, sched.workers[:1]).baseline_seeds() == 2
+    assert (noise.runs, noise.repeated) == (4, 1) and noise.noise == noise_of(baseline.run_values)
+    # A seed on each of half the workers (of up to 4 below 8 workers), at least as configured, at most
+    # BASELINE_SEEDS_MAX: the others train changes while the seeds train (the test below).
+    seeds = {n: Scheduler(sched.loop, (sched.workers * 3)[:n]).baseline_seeds() for n in (1, 2, 3, 4, 6, 8, 12, 16, 24)}
+    assert seeds == {1: 2, 2: 2, 3: 3, 4: 4, 6: 4, 8: 4, 12: 6, 16: 8, 24: 8} and BASELINE_SEEDS_MAX == 8
 
 
 def baseline_seed_42(source: str) -> bool:
@@ -624,12 +625,12 @@ def baseline_seed_42(source: str) -> bool:
 
 
 def test_a_worker_the_baseline_leaves_idle_trains_a_change_of_its_commit_judged_once_the_baseline_is(workspace):
-    # Three seeds on three GPUs; the first ends only once the change trained on a GPU another seed freed.
+    # Four seeds on half of eight GPUs, a change on another from the start; the first seed ends only once it has.
     def gate(source: str) -> None:
         if baseline_seed_42(source):
             wait_until(lambda: (row := Ledger(workspace.root).get(2)) is not None and row.run_values)
 
-    sched, _ = scheduler(workspace, gpus="0,1,2", gate=gate)
+    sched, _ = scheduler(workspace, gpus="0,1,2,3,4,5,6,7", gate=gate)
     agent = ScriptedAgent([set_lr(0.2)])
     sched.run(agent, max_experiments=1)
     baseline, change = sched.loop.ledger.all()
@@ -638,13 +639,15 @@ def test_a_worker_the_baseline_leaves_idle_trains_a_change_of_its_commit_judged_
     assert change.parent == baseline.commit and change.status == Status.KEEP and len(change.run_values) == 1
     assert spans_of(change)[0].end <= max(s.end for s in spans_of(baseline))  # it ended first...
     assert change.finished_at >= baseline.finished_at  # ...and was judged after it, with its noise:
-    assert f"vs best {baseline.val_bpb:.6f}" in change.reason and "margin 0.004000" in change.reason
+    margin = margin_of(noise_of(baseline.run_values))  # the noise of its four seeds
+    assert f"vs best {baseline.val_bpb:.6f}" in change.reason and f"margin {margin:.6f}" in change.reason
     assert sched.loop.git.head() == change.commit and not sched.held
 
 
 def test_a_change_held_for_the_baselines_verdict_when_the_driver_dies_is_judged_once_after_the_restart(workspace):
     release = threading.Event()  # the baseline's first seed never reports to the dead driver
-    sched, _ = scheduler(workspace, gpus="0,1,2", gate=lambda source: baseline_seed_42(source) and release.wait(30))
+    gate = lambda source: baseline_seed_42(source) and release.wait(30)
+    sched, _ = scheduler(workspace, gpus="0,1,2", baseline_runs=3, gate=gate)
     try:
         sched.start_baseline()
         for worker in sched.workers:
@@ -655,7 +658,7 @@ def test_a_change_held_for_the_baselines_verdict_when_the_driver_dies_is_judged_
         sched.dispatch(next(w for w in sched.workers if w.job is None), sched.next_job())
         sched.handle_next()  # its run ends: held, in flight, when the driver is SIGKILLed
         assert list(sched.held) == [2] and sched.loop.ledger.get(2).status == Status.RUNNING
-        again, fakes = scheduler(workspace, gpus="0,1,2")  # `autoresearch run` again
+        again, fakes = scheduler(workspace, gpus="0,1,2", baseline_runs=3)  # `autoresearch run` again
         again.run(None)
     finally:
         release.set()
@@ -701,7 +704,7 @@ def test_an_agent_that_only_answers_is_asked_once_per_idle_worker_at_once(worksp
         if len(seeds) <= 4:
             together.wait()
 
-    sched, fakes = scheduler(workspace, gpus="0,1,2,3", gate=gate)
+    sched, fakes = scheduler(workspace, gpus="0,1,2,3", baseline_runs=4, gate=gate)
     agent = AnsweringAgent([set_lr(0.1), set_lr(0.15), set_lr(0.2), set_lr(0.3)], think=1.0)
     sched.run(agent, max_experiments=4)
     assert agent.at_once[1] == 4  # four asks in flight together, not one after the other
