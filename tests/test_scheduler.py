@@ -644,6 +644,37 @@ def test_a_worker_the_baseline_leaves_idle_trains_a_change_of_its_commit_judged_
     assert sched.loop.git.head() == change.commit and not sched.held
 
 
+def test_a_change_held_beside_a_baseline_that_crashes_on_a_seed_is_never_judged_against_the_seeds_that_ended(workspace):
+    """Red team: on 8 GPUs a change trains beside the baseline's 4 seeds from the start, and is held once it ends. A
+    train.py that crashes on one seed (45) is no baseline: the loop stops on it, the held change far better than
+    the 3 seeds that ended is not judged against them, and the next start crashes it, to be proposed again."""
+    baseline_seed = lambda source: constant(source, "LR") == 0.05
+
+    def crashes(source: str):
+        if baseline_seed(source) and constant(source, "SEED") == 45:
+            wait_until(lambda: (row := Ledger(workspace.root).get(2)) is not None and row.run_values)  # held by now
+            return Outcome(RunEnd.CRASH, None, "RuntimeError: CUDA error", "Traceback", 1.0)
+        return score(source)
+
+    sched, _ = scheduler(workspace, gpus=",".join(map(str, range(8))), score=crashes)
+    with pytest.raises(LoopError, match=r"the baseline train\.py failed"):
+        sched.run(ScriptedAgent([set_lr(0.2)]), max_experiments=1)
+    baseline, change = Ledger(workspace.root).all()
+    assert baseline.status == Status.CRASH and baseline.val_bpb is None
+    assert not change.status.final and change.run_values == [1.05]  # held, not judged: no verdict on 3 seeds
+    assert workspace.git.head() == baseline.commit  # nothing kept
+    again, _ = scheduler(workspace, gpus=",".join(map(str, range(8))))  # the crash gone (a flaky seed)
+    again.run(None)
+    rows = again.loop.ledger.all()
+    assert [(e.id, e.kind, e.status) for e in rows] == [
+        (1, Kind.BASELINE, Status.CRASH),
+        (2, Kind.EXPERIMENT, Status.CRASH),
+        (3, Kind.BASELINE, Status.KEEP),
+    ]
+    assert "made from the baseline exp 1, which crashed" in rows[1].reason and "proposed again" in rows[1].reason
+    assert workspace.git.head() == rows[2].commit == again.loop.best().commit and len(rows[2].run_values) == 4
+
+
 def test_a_change_held_for_the_baselines_verdict_when_the_driver_dies_is_judged_once_after_the_restart(workspace):
     release = threading.Event()  # the baseline's first seed never reports to the dead driver
     gate = lambda source: baseline_seed_42(source) and release.wait(30)
