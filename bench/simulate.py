@@ -54,7 +54,6 @@ from autoresearch.config.presets import get_preset
 from autoresearch.data.prepare import prepare
 from autoresearch.evaluator.result import Result
 from autoresearch.loop import ratchet as ratchet_module
-from autoresearch.loop import scheduler as scheduler_module
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Outcome, RunSpec
@@ -504,6 +503,7 @@ class Simulation:
     confirm_runs: int | None = None  # the runs a kept change gets in all (None: the scheduler's own rule)
     combine: bool = False  # the agent's proposals preceded by combinations of near-wins (CombiningAgent)
     baseline_runs: int = BASELINE_RUNS  # the loop's --baseline-runs
+    baseline_seeds_max: int | None = None  # in place of the scheduler's BASELINE_SEEDS_MAX, at every count
     driver_rate: float = 1.0
     clock: SimClock = field(init=False)
     records: list[RunRecord] = field(default_factory=list)
@@ -534,7 +534,8 @@ class Simulation:
             agent = NudgeAgent(self.seed, self.clock, self.propose_seconds, self.asks_on_threads, apart, wave)
         if self.combine:
             agent = CombiningAgent(agent)
-        scheduler = Scheduler(loop, workers, clock=self.clock, confirm_runs=self.confirm_runs)
+        seeds_max = {} if self.baseline_seeds_max is None else {"baseline_seeds_max": self.baseline_seeds_max}
+        scheduler = Scheduler(loop, workers, clock=self.clock, confirm_runs=self.confirm_runs, **seeds_max)
         self.clock.asking = lambda: scheduler.answers.pending
         before = os.times()
         self.clock.reset()
@@ -816,8 +817,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/2026-11-30-simulate.json"))
     args = parser.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
-    if args.baseline_seeds_max is not None:
-        scheduler_module.BASELINE_SEEDS_MAX = args.baseline_seeds_max
     args.work.mkdir(parents=True, exist_ok=True)
     options = {
         "landscape": Landscape(seed_noise=args.noise, run_noise=args.noise / 10),
@@ -827,6 +826,7 @@ def main() -> None:
         "agent": args.agent,
         "combine": args.combine,
         "baseline_runs": args.baseline_runs,
+        "baseline_seeds_max": args.baseline_seeds_max,
     }
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     data_dir = prepared_data(args.work)

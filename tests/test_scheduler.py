@@ -618,6 +618,10 @@ def test_with_eight_workers_the_baseline_trains_four_seeds_at_once_and_the_noise
     # BASELINE_SEEDS_MAX: the others train changes while the seeds train (the test below).
     seeds = {n: Scheduler(sched.loop, (sched.workers * 3)[:n]).baseline_seeds() for n in (1, 2, 3, 4, 6, 8, 12, 16, 24)}
     assert seeds == {1: 2, 2: 2, 3: 3, 4: 4, 6: 4, 8: 4, 12: 6, 16: 8, 24: 8} and BASELINE_SEEDS_MAX == 8
+    # The cap is the scheduler's own (bench/simulate.py --baseline-seeds-max), never below the configured seeds.
+    capped = {n: Scheduler(sched.loop, (sched.workers * 3)[:n], baseline_seeds_max=3).baseline_seeds() for n in (4, 16)}
+    assert capped == {4: 3, 16: 3}
+    assert Scheduler(sched.loop, sched.workers * 2, baseline_seeds_max=1).baseline_seeds() == 2
 
 
 def baseline_seed_42(source: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from autoresearch.loop.settings import BASELINE_RUNS, BASELINE_SEEDS_MAX
+from autoresearch.loop.settings import BASELINE_RUNS, BASELINE_SEEDS_MAX, BASELINE_SEEDS_MIN
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,8 @@ def _workspace_option(parser: argparse.ArgumentParser) -> None:
 def _judging_options(parser: argparse.ArgumentParser) -> None:
     seeds = (
         f"seeds the baseline is trained with (default {BASELINE_RUNS}; with several workers, if that is more, one on "
-        f"each of half of them, on each of up to 4 with fewer than 8, at most {BASELINE_SEEDS_MAX})"
+        f"each of half of them, on each of up to {BASELINE_SEEDS_MIN} with fewer than "
+        f"{2 * BASELINE_SEEDS_MIN}, at most {BASELINE_SEEDS_MAX})"
     )
     parser.add_argument("--baseline-runs", type=int, default=BASELINE_RUNS, help=seeds)
     parser.add_argument("--timeout", type=float, help="hard limit per training run in s (default 1.5 x budget + 180)")

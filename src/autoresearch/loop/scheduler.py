@@ -53,7 +53,7 @@ from autoresearch.loop.recovery import (
     result_columns,
     seeded,
 )
-from autoresearch.loop.settings import APPARATUS_HINT, BASELINE_SEEDS_MAX
+from autoresearch.loop.settings import APPARATUS_HINT, BASELINE_SEEDS_MAX, BASELINE_SEEDS_MIN
 from autoresearch.loop.workers import (
     Active,
     Job,
@@ -77,11 +77,14 @@ class Scheduler:
         linger: float = 0.0,
         clock: Clock | None = None,
         confirm_runs: int | None = None,
+        baseline_seeds_max: int = BASELINE_SEEDS_MAX,
     ):
         """`linger`: without an agent, how long to wait for another submission once nothing is left to do;
         `confirm_runs`: the runs a kept change gets in all (default: CONFIRMED_RUNS with several workers, else 0: one
-        worker's each would be a whole run of its night)."""
+        worker's each would be a whole run of its night); `baseline_seeds_max`: the most seeds the baseline trains at
+        once beyond the configured number."""
         self.loop, self.workers, self.inbox, self.linger = loop, workers, inbox, linger
+        self.baseline_seeds_max = baseline_seeds_max
         self.clock = clock or RealClock()
         self.ratchet = Ratchet(loop)
         self.active: dict[int, Active] = {}
@@ -256,10 +259,11 @@ class Scheduler:
         return next((e for e in map(self.loop.ledger.get, self.active) if e.kind == Kind.BASELINE), None)
 
     def baseline_seeds(self) -> int:
-        """The baseline's seeds: one on each of half the workers (on each of up to 4, where there are fewer than 8),
-        at least as configured, at most BASELINE_SEEDS_MAX beyond that."""
+        """The baseline's seeds: one on each of half the workers, on BASELINE_SEEDS_MIN at least (every worker where
+        there are fewer), at most `baseline_seeds_max`; never fewer than configured."""
         workers = len(self.workers)
-        return max(self.loop.config.baseline_runs, min(BASELINE_SEEDS_MAX, max(workers // 2, min(workers, 4))))
+        wanted = max(workers // 2, min(workers, BASELINE_SEEDS_MIN))
+        return max(self.loop.config.baseline_runs, min(self.baseline_seeds_max, wanted))
 
     def propose(self, agent: Agent) -> None:
         """One proposal from the agent; checked, recorded and queued (or recorded as rejected)."""

@@ -31,13 +31,14 @@ CONFINEMENT_HINT = (
 # later: simulated, it reached the final best of a 3-seed night later in 110 nights of 120 (BENCHMARKS.md, "Tried,
 # not adopted: eight baseline seeds").
 BASELINE_RUNS = 3
-# With several workers, the baseline's seeds train at once on half the workers (on up to 4 of fewer than 8), at most
-# this many, at least BASELINE_RUNS; the others train changes made from the baseline, judged once it is, a round
-# sooner than after the seeds. More than 8 would gain little and delay the first verdict (each seed may straggle).
-# Simulated (BENCHMARKS.md, "Half the workers on the baseline's seeds"): 8 workers reached the one-worker night's best
-# with 1.49 x its GPU-hours on 4 seeds, 1.77 x on 8, which left no worker for a change; 4 workers on 3 seeds sooner
-# than on 4, but with 5 false keeps in 120 nights in place of 2.
+# With several workers, the baseline's seeds train at once on half the workers, on BASELINE_SEEDS_MIN at least (every
+# worker where there are fewer), at most BASELINE_SEEDS_MAX, never fewer than BASELINE_RUNS; the others train changes
+# made from the baseline, judged once it is, a round sooner than after the seeds. More than 8 would gain little and
+# delay the first verdict (each seed may straggle). Simulated (BENCHMARKS.md, "Half the workers on the baseline's
+# seeds"): 8 workers reached the one-worker night's best with 1.49 x its GPU-hours on 4 seeds, 1.77 x on 8, which left
+# no worker for a change; 4 workers on 3 seeds sooner than on 4, but with 5 false keeps in 120 nights in place of 2.
 BASELINE_SEEDS_MAX = 8
+BASELINE_SEEDS_MIN = 4
 
 
 @dataclass(frozen=True)
