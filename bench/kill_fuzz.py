@@ -4,8 +4,9 @@
 
 Each episode makes a fresh workspace (the tests' bigram train.py, a budget of `--budget` seconds on the tiny
 preset), then repeatedly starts `autoresearch run --agent tune --plain --baseline-runs 2` (or `try` on an edit, or
-`run --ray` on a Ray node of this machine with two pretend GPUs), and signals it after a random delay: SIGKILL
-mostly, SIGINT and SIGTERM sometimes. The delay is either drawn over the whole life of a start, or taken a few
+`run --ray` on a Ray node of this machine with `--ray-gpus` pretend GPUs, 2 by default; with 6 the baseline trains 4
+seeds and 2 changes wait beside it for its verdict), and signals it after a random delay: SIGKILL mostly, SIGINT
+and SIGTERM sometimes. The delay is either drawn over the whole life of a start, or taken a few
 milliseconds after a random event line of `--plain` (a verdict, a run's start, the agent's turn), so that the short
 windows between a ledger write and a git move are hit too. After each kill: no process the killed loop started is
 left running; `status`, `report` and `show` run without a traceback; the rows written before the kill are all there,
@@ -106,6 +107,11 @@ def make_workspace(path: Path, data: Path, budget: float) -> None:
 
 def git(ws: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=ws, capture_output=True, text=True, check=True).stdout
+
+
+def baseline_refused(watched: Watched) -> bool:
+    """Whether a start stopped on a baseline that kills before it had crashed (the loop died in it twice)."""
+    return "while the baseline (exp" in " ".join(watched.output()[-800:].split())
 
 
 def rows_of(ws: Path) -> list[dict]:
@@ -368,14 +374,16 @@ class Fuzzer:
         return args
 
     def start_ray(self) -> None:
-        """A Ray node of this machine with two pretend GPUs (the runs train on the CPU), in the loops' environment, so
-        that its workers run the package under test and are marked with the fuzzer's cache. `--ray-copies`: the node
-        trains from copies of the data sent through Ray's object store, as a node without the workspace does."""
+        """A Ray node of this machine with `--ray-gpus` pretend GPUs (the runs train on the CPU), in the loops'
+        environment, so that its workers run the package under test and are marked with the fuzzer's cache.
+        `--ray-copies`: the node trains from copies of the data sent through Ray's object store, as a node without
+        the workspace does. A CPU per GPU, however few the machine has: a run is a task of one of each."""
+        gpus = self.args.ray_gpus
         port = 20000 + self.rng.randint(0, 9999)
         env = {**self.env, "AUTORESEARCH_RAY_COPY": "1"} if self.args.ray_copies else self.env
         subprocess.run(
-            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--num-cpus=2",
-             "--num-gpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}",
+             f"--num-cpus={max(2, gpus)}", f"--num-gpus={gpus}", "--include-dashboard=false", "--disable-usage-stats"],
             env=env, check=True, capture_output=True, timeout=120,
         )  # fmt: skip
         self.ray_address = f"127.0.0.1:{port}"
@@ -450,10 +458,10 @@ class Fuzzer:
             return
         if watched.proc.poll() is not None:
             self.stats.exited_before_kill += 1
-            tail = watched.output()[-800:]
-            if watched.proc.returncode == 2 and "while the baseline (exp" in " ".join(tail.split()):
+            if watched.proc.returncode == 2 and baseline_refused(watched):
                 self.stats.baseline_refusals += 1  # by design (README: a run the loop died in twice is a crash)
             elif watched.proc.returncode != 0:
+                tail = watched.output()[-800:]
                 self.fail(f"the loop exited {watched.proc.returncode} by itself (before its kill): {tail}")
             return
         self.kill_no += 1
@@ -521,6 +529,12 @@ class Fuzzer:
             self.fail(f"the finishing start did not end within {self.args.finish_timeout} s")
             watched.proc.kill()
             watched.wait(10)
+        elif code == 2 and not self.args.try_ and baseline_refused(watched):
+            self.stats.baseline_refusals += 1  # the kills before it crashed the baseline: the next start measures anew
+            self.check_no_leftovers(watched, grace=10)
+            self.check_history_kept(before, rows_of(ws), "after a start refused on the baseline")
+            self.finish(ws)
+            return
         elif code != 0:
             self.fail(f"the finishing start exited {code}: {watched.output()[-1500:]}")
         self.check_no_leftovers(watched, grace=10)
@@ -563,8 +577,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--try", dest="try_", action="store_true", help="kill `autoresearch try` instead of `run`")
-    parser.add_argument("--ray", action="store_true", help="`run --ray` on a Ray node of this machine, 2 fake GPUs")
+    parser.add_argument("--ray", action="store_true", help="`run --ray` on a Ray node of this machine, fake GPUs")
     parser.add_argument("--ray-copies", action="store_true", help="--ray, the node training from copies of the data")
+    parser.add_argument(
+        "--ray-gpus", type=int, default=2, help="--ray: the node's pretend GPUs (6: 4 baseline seeds, 2 changes beside)"
+    )
     parser.add_argument("--submit", action="store_true", help="play a coding agent: kill `submit`, `wait`, the loop")
     parser.add_argument("--budget", type=float, default=1.0, help="each run's training budget, seconds")
     parser.add_argument("--horizon", type=float, default=40.0, help="the latest moment of a kill, s after start")
