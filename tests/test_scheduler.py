@@ -29,7 +29,7 @@ from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
 from autoresearch.loop.inbox import SUBMITTER, Inbox
 from autoresearch.loop.judge import margin_of, measured_noise, noise_of
-from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.ratchet import merge_constants
 from autoresearch.loop.scheduler import Scheduler
@@ -624,6 +624,19 @@ def test_with_eight_workers_the_baseline_trains_four_seeds_at_once_and_the_noise
     assert Scheduler(sched.loop, sched.workers * 2, baseline_seeds_max=1).baseline_seeds() == 2
 
 
+def measured_anew(loop) -> list[Experiment]:
+    """The rows after the start that followed a crashed baseline (exp 1) and a change made from it (exp 2): both
+    crashes, a new baseline kept, the branch on it."""
+    rows = loop.ledger.all()
+    assert [(e.id, e.kind, e.status) for e in rows] == [
+        (1, Kind.BASELINE, Status.CRASH),
+        (2, Kind.EXPERIMENT, Status.CRASH),
+        (3, Kind.BASELINE, Status.KEEP),
+    ]
+    assert loop.git.head() == rows[2].commit == loop.best().commit
+    return rows
+
+
 def baseline_seed_42(source: str) -> bool:
     return constant(source, "SEED") == 42 and constant(source, "LR") == 0.05
 
@@ -669,14 +682,9 @@ def test_a_change_held_beside_a_baseline_that_crashes_on_a_seed_is_never_judged_
     assert workspace.git.head() == baseline.commit  # nothing kept
     again, _ = scheduler(workspace, gpus=",".join(map(str, range(8))))  # the crash gone (a flaky seed)
     again.run(None)
-    rows = again.loop.ledger.all()
-    assert [(e.id, e.kind, e.status) for e in rows] == [
-        (1, Kind.BASELINE, Status.CRASH),
-        (2, Kind.EXPERIMENT, Status.CRASH),
-        (3, Kind.BASELINE, Status.KEEP),
-    ]
+    rows = measured_anew(again.loop)
     assert "made from the baseline exp 1, which crashed" in rows[1].reason and "proposed again" in rows[1].reason
-    assert workspace.git.head() == rows[2].commit == again.loop.best().commit and len(rows[2].run_values) == 4
+    assert len(rows[2].run_values) == 4
 
 
 def test_a_change_held_for_the_baselines_verdict_when_the_driver_dies_is_judged_once_after_the_restart(workspace):
@@ -984,13 +992,7 @@ def test_a_submission_made_from_a_baseline_that_crashed_is_a_crash_to_submit_aga
         sched.run(None)
     again, _ = scheduler(workspace, inbox=True)
     again.run(None)
-    rows = again.loop.ledger.all()
-    assert [(e.id, e.kind, e.status) for e in rows] == [
-        (1, Kind.BASELINE, Status.CRASH),
-        (2, Kind.EXPERIMENT, Status.CRASH),
-        (3, Kind.BASELINE, Status.KEEP),
-    ]
+    rows = measured_anew(again.loop)
     assert "baseline exp 1" in rows[1].reason and "submit it again" in rows[1].reason
-    assert workspace.git.head() == rows[2].commit == again.loop.best().commit
     third, _ = scheduler(workspace, inbox=True)
     third.run(None)  # starts: the branch is where the best is
