@@ -12,11 +12,11 @@ queue; the ratchet (loop/ratchet.py: judging, merging a win found on an old base
 With several workers a kept change is measured again (loop/confirmation.py): its runs on more seeds are queued
 first, and its value, the bar every later change must beat, becomes their mean.
 
-No worker waits for the baseline: it trains a seed on each of half the workers (on each of up to 4 where there
-are fewer than 8; up to BASELINE_SEEDS_MAX, at least the configured number), and the workers left over train
-changes made from the baseline's own commit while its seeds train. Such a change whose runs end first is held, in
-flight, until the baseline is judged, then judged against it with the noise measured then: its base is the
-baseline, the first best.
+No worker waits for the baseline: it trains a seed on each of half the workers (on BASELINE_SEEDS_MIN at least,
+every worker where there are fewer; up to BASELINE_SEEDS_MAX, at least the configured number), and the workers left
+over train changes made from the baseline's own commit while its seeds train. Such a change whose runs end first
+is held, in flight, until the baseline is judged, then judged against it with the noise measured then: its base is
+the baseline, the first best.
 
 Nothing is lost: an experiment's row is written before its commit is made and its verdict before git
 moves; each run counts an attempt while it trains. Killed at any moment, the next start finds every
