@@ -6,6 +6,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,6 +14,7 @@ from autoresearch.device import cpu_name
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import cores
 from autoresearch.evaluator.clock import CpuClock, describe
+from autoresearch.loop import ray_executor
 from autoresearch.loop.workers import devices
 
 
@@ -162,3 +164,60 @@ def test_the_cpus_name_comes_from_the_kernel_and_else_is_its_architecture(tmp_pa
     arm.write_text("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd40\n\nprocessor\t: 1\nCPU part\t: 0xd0c\n")
     assert cpu_name(arm) == f"CPU ({platform.machine()}, implementer 0x41, part 0xd40)"
     assert cpu_name(tmp_path / "absent") == f"CPU ({platform.machine()})"  # no /proc (macOS asks sysctl)
+
+
+# -- each worker's own CPUs ------------------------------------------------------------------------------------
+
+
+def eight_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine of 4 cores with 2 hyperthreads each, numbered as Linux does (core 0 is CPUs 0 and 4)."""
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    for cpu in range(8):
+        write(tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list", f"{cpu % 4},{cpu % 4 + 4}")
+    monkeypatch.setattr(cores, "TOPOLOGY", tmp_path)
+
+
+def test_each_worker_gets_whole_cores_of_its_own_and_too_few_cpus_pin_none(tmp_path, monkeypatch) -> None:
+    """A core's hyperthreads share its units: split by number, every worker would get half of every core."""
+    eight_cpus(tmp_path, monkeypatch)
+    assert cores.shares(2) == [(0, 1, 4, 5), (2, 3, 6, 7)]
+    assert cores.shares(3) == [(0, 1, 4, 5), (2, 6), (3, 7)]
+    assert cores.shares(8) == [(cpu,) for cpu in range(8)]  # more workers than cores: a hyperthread each
+    assert cores.shares(9) is None
+    pins = [d.env.get(cores.RUN_CPUS_ENV) for d in devices(None, 2, cores=8)]
+    assert pins == ["0,1,4,5", "2,3,6,7"]
+    assert cores.RUN_CPUS_ENV not in devices(None, 1, cores=8)[0].env  # one worker: every CPU, as ever
+
+
+def test_the_runs_on_each_gpu_of_a_ray_node_get_its_share_of_that_nodes_cpus(tmp_path, monkeypatch) -> None:
+    eight_cpus(tmp_path, monkeypatch)
+    nodes = [{"NodeID": "other", "Resources": {"GPU": 8.0}}, {"NodeID": "this", "Resources": {"GPU": 2.0}}]
+    context = SimpleNamespace(get_node_id=lambda: "this")
+    ray = SimpleNamespace(get_runtime_context=lambda: context, nodes=lambda: nodes)
+    monkeypatch.setattr(ray_executor, "ray_module", lambda: ray)
+    assert [ray_executor._cpus_of(gpu) for gpu in ("0", "1")] == [
+        {cores.RUN_CPUS_ENV: "0,1,4,5"},
+        {cores.RUN_CPUS_ENV: "2,3,6,7"},
+    ]
+    nodes[1]["Resources"]["GPU"] = 1.0  # a node of one GPU: its runs keep every CPU
+    assert ray_executor._cpus_of("0") == {}
+
+
+PINNED = """
+import os, subprocess, sys, threading, time
+from autoresearch.evaluator import cores
+early = threading.Thread(target=time.sleep, args=(1,))
+early.start()  # a thread started before the pin (torch's, imported first) is pinned too
+cores.pin()
+print(sorted(os.sched_getaffinity(0)), sorted(os.sched_getaffinity(early.native_id)))
+subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"])
+"""
+
+
+@pytest.mark.skipif(len(getattr(cores.os, "sched_getaffinity", lambda pid: ())(0)) < 2, reason="needs 2 CPUs")
+def test_an_evaluator_pins_itself_its_threads_and_what_it_starts_and_a_bad_list_pins_nothing() -> None:
+    last = max(cores.os.sched_getaffinity(0))
+    for value, expected in ((str(last), [last]), ("not-a-list", sorted(cores.os.sched_getaffinity(0)))):
+        env = {**cores.os.environ, cores.RUN_CPUS_ENV: value}
+        out = subprocess.run([sys.executable, "-c", PINNED], env=env, capture_output=True, text=True, timeout=60)
+        assert out.stdout.splitlines() == [f"{expected} {expected}", f"{expected}"], out.stderr

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import threading
 
@@ -19,7 +20,7 @@ import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
 from autoresearch.agents.base import Proposal
-from autoresearch.evaluator import sandbox
+from autoresearch.evaluator import cores, sandbox, syscalls
 from autoresearch.loop.engine import ResearchLoop
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.inbox import EDIT_BASE, Inbox, note_moved
@@ -278,6 +279,41 @@ def test_a_train_py_swapped_in_a_workers_worktree_while_its_evaluator_starts_is_
         executor.close()
     log = (ws.state / "runs" / f"{exp.id}-0" / "log.txt").read_text()
     assert "the honest train.py" in log and "SWAPPED" not in log, log
+
+
+# -- a train.py beside the other workers' runs -------------------------------------------------------------
+
+GRAB_EVERY_CORE = (
+    "    try:\n"
+    "        os.sched_setaffinity(0, range(os.cpu_count()))\n"
+    "        print('cores: widened', flush=True)\n"
+    "    except OSError as exc:\n"
+    "        print('cores: refused', exc.errno, flush=True)\n"
+    "    print('cores:', sorted(os.sched_getaffinity(0)), flush=True)\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    syscalls.unavailable_reason() is not None or len(os.sched_getaffinity(0)) < 2, reason="needs libseccomp, 2 CPUs"
+)
+def test_a_train_py_cannot_take_the_cores_of_the_runs_beside_it(workspace):
+    """BROKE, fixed: every run could use every core of the machine. On an H200 a run beside a train.py that kept
+    them all busy (bench/neighbour_hog.py) took 180 steps in place of 189, and its weights came too late to count:
+    a baseline's seeds so slowed are a bar that a change clears without being better. Now each worker's runs are
+    pinned to CPUs of their own, and a run that asks for every core back is refused."""
+
+    ws = workspace
+    ws.train_py.write_text("import os\n" + ws.read_train_py().replace(START, GRAB_EVERY_CORE + START))
+    ws.git.commit("takes every core", "train.py")
+    run_workers(make_loop(ws, FakeExecutor(score), baseline_runs=2), None, devices(None, 2), max_experiments=0)
+    seen = []
+    for run in range(2):  # the baseline's two seeds, one on each worker
+        log = (ws.state / "runs" / f"1-{run}" / "log.txt").read_text()
+        assert f"cores: refused {errno.EPERM}" in log and "widened" not in log, log
+        seen.append(re.search(r"cores: \[(.*)\]", log)[1])
+    assert sorted(seen) == sorted(", ".join(map(str, cpus)) for cpus in cores.shares(2)), seen
+    assert Ledger(ws.root).get(1).status == Status.KEEP
 
 
 # -- a workspace changed by hand while the loop runs --------------------------------------------------------

@@ -1,4 +1,5 @@
-"""How many CPU cores a run may use: the CPUs it may run on, and a cgroup's CPU quota, which PyTorch does not see.
+"""Which CPU cores a run may use: the CPUs it may run on, a cgroup's CPU quota (which PyTorch does not see), and a
+worker's own share of the CPUs.
 
 `os.cpu_count()` counts the machine's CPUs. A container started with a CPU limit (`docker run --cpus 4`, a
 Kubernetes pod's `limits.cpu`, a systemd slice's `CPUQuota=`) may run on every one of them but gets only its
@@ -8,15 +9,26 @@ gives 4 would stretch each budget second to 16 wall seconds, past the run's hard
 most the quota's cores (rounded up) as threads, and its clock divides by the quota itself where that is less:
 a budget second stays about one wall second even on half a core.
 
+Several workers on one machine each get CPUs of their own (`shares`; RUN_CPUS_ENV in their evaluators' environment,
+which `pin` applies). A train.py that kept every core busy beside the others' runs slowed them (measured on an H200:
+a run beside it took 180 steps in place of 189, and its weights came too late to count), and would be judged
+against a baseline so handicapped. Pinned apart, the runs took the steps they take alone; a run cannot widen its
+pin (evaluator/syscalls.py refuses it `sched_setaffinity`).
+
 Nothing here may fail a run: whatever the cgroup files say, an unreadable answer is "no quota".
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
+
+RUN_CPUS_ENV = "AUTORESEARCH_RUN_CPUS"  # "0,1,2,3": the CPUs a worker's evaluators and runs are pinned to
+TOPOLOGY = Path("/sys/devices/system/cpu")
 
 
 def usable_cores() -> int:
@@ -38,6 +50,64 @@ def _usable(limit: float | None) -> int:
     except (AttributeError, OSError):  # macOS has no affinity to ask
         cpus = os.cpu_count() or 1
     return max(1, min(cpus, math.ceil(limit)) if limit is not None else cpus)
+
+
+def shares(count: int) -> list[tuple[int, ...]] | None:
+    """The CPUs this process may run on, split in order into `count` disjoint shares of whole cores (a core's
+    hyperthreads share its units, so they go to one worker); None where there are fewer cores than shares (then
+    fewer CPUs than shares too: None) or the CPUs cannot be asked for."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    cores: dict[frozenset[int], list[int]] = {}
+    for cpu in cpus:  # by the CPUs of its core, as the kernel lists them ("0,64" or "0-1"); alone where unreadable
+        siblings = _cpu_list(_text(TOPOLOGY / f"cpu{cpu}" / "topology" / "thread_siblings_list")) or {cpu}
+        cores.setdefault(frozenset(siblings), []).append(cpu)
+    units = list(cores.values()) if len(cores) >= count else [[cpu] for cpu in cpus]
+    if count < 1 or len(units) < count:
+        return None
+    size, extra = divmod(len(units), count)
+    split, start = [], 0
+    for i in range(count):
+        end = start + size + (i < extra)
+        split.append(tuple(sorted(cpu for unit in units[start:end] for cpu in unit)))
+        start = end
+    return split
+
+
+def share_env(index: int, count: int) -> dict[str, str]:
+    """RUN_CPUS_ENV for the `index`th of `count` workers on this machine: its share of the CPUs (`shares`); {} for
+    one worker, or where they cannot be split so."""
+    split = shares(count) if count > 1 else None
+    return {RUN_CPUS_ENV: ",".join(map(str, split[index]))} if split and 0 <= index < count else {}
+
+
+def pin(env: Mapping[str, str] = os.environ) -> None:
+    """Pin every thread of this process, and so all it starts, to the CPUs RUN_CPUS_ENV names; nothing where it
+    names none or they cannot be had."""
+    cpus = _cpu_list(env.get(RUN_CPUS_ENV, ""))
+    if not cpus:
+        return
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except (OSError, ValueError):
+        threads = [0]
+    for tid in threads:
+        with contextlib.suppress(OSError, AttributeError):  # a thread that ended; not Linux
+            os.sched_setaffinity(tid, cpus)
+
+
+def _cpu_list(text: str) -> set[int]:
+    """The CPUs of a kernel CPU list ("0-3,8,10-11"); empty where it is not one."""
+    cpus: set[int] = set()
+    try:
+        for part in text.strip().split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        return set()
+    return cpus
 
 
 def quota() -> float | None:

@@ -41,7 +41,7 @@ from autoresearch.data.shards import REPAIR_HINT, Manifest, evaluation_rows, ope
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
-from autoresearch.evaluator import ahead, compile_cache, sandbox
+from autoresearch.evaluator import ahead, compile_cache, cores, sandbox
 from autoresearch.evaluator.clock import CPU, CpuClock, TrainingClock, WallClock
 from autoresearch.evaluator.clock import describe as describe_clock
 from autoresearch.evaluator.confined import ExperimentProcess
@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--workspace", type=Path, help="prepare a run of this workspace, then read the job on stdin")
     where.add_argument("--train-py", type=Path, help="run and score this train.py now (python train.py by hand)")
     args = parser.parse_args(argv)
+    cores.pin()  # on its worker's CPUs (several workers on one machine), the experiment it starts with it
     # What a process that exec'd this one may have left: ignoring SIGCHLD would hide the experiment's ended
     # processes from the CPU clock and from waiting for them.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

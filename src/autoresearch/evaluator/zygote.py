@@ -25,6 +25,8 @@ import sys
 import time
 import traceback
 
+from autoresearch.evaluator import cores
+
 
 def serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loop's: it stops its runs itself
@@ -112,6 +114,7 @@ def _evaluator(sock: socket.socket, main, argv: list[str], fds: list[int]) -> No
 
 def main() -> None:
     # Started without the working directory on sys.path (sandbox.module_command)
+    cores.pin()  # on the worker's CPUs before anything starts a thread: every evaluator forked inherits them
     serve(socket.socket(fileno=int(sys.argv[1])))
 
 

@@ -51,6 +51,7 @@ from autoresearch.config.paths import cache_root, ray_dir
 from autoresearch.data.shards import Manifest
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
 from autoresearch.evaluator.compile_cache import STAGED
+from autoresearch.evaluator.cores import share_env
 from autoresearch.evaluator.fingerprint import code_digest, fingerprint
 from autoresearch.evaluator.result import PROGRESS_NAME
 from autoresearch.loop import ray_data
@@ -371,8 +372,22 @@ def _executor() -> LocalExecutor:
     """This worker's executor for the GPU Ray gave the task, kept warm between tasks."""
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     if (executor := _executors.get(gpu)) is None:
-        executor = _executors[gpu] = LocalExecutor(prewarm=False, env={"CUDA_VISIBLE_DEVICES": gpu})
+        env = {"CUDA_VISIBLE_DEVICES": gpu, **_cpus_of(gpu)}
+        executor = _executors[gpu] = LocalExecutor(prewarm=False, env=env)
     return executor
+
+
+def _cpus_of(gpu: str) -> dict[str, str]:
+    """The share of this node's CPUs that the runs on its GPU `gpu` are pinned to, split by the GPUs Ray gives the
+    node, as local workers are (evaluator/cores.py); {} where that cannot be told (GPU ids Ray took from a
+    CUDA_VISIBLE_DEVICES that skips some)."""
+    ray = ray_module()
+    try:
+        node = ray.get_runtime_context().get_node_id()
+        gpus = next((n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("NodeID") == node), 0)
+    except Exception:  # the cluster's state not at hand: a pin is never worth a lost run
+        return {}
+    return share_env(int(gpu), int(gpus)) if gpu.isdigit() else {}
 
 
 def ray_devices(count: int) -> list[Device]:

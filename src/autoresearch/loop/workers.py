@@ -2,7 +2,8 @@
 
 A worker trains one experiment at a time. Its runs are pinned to its device through the environment its
 executor starts evaluators with: `CUDA_VISIBLE_DEVICES=<id>` for a GPU (the process then sees that GPU
-alone, as `cuda:0`), and on a CPU `OMP_NUM_THREADS` = its share of the cores, with CUDA hidden. Its
+alone, as `cuda:0`), and on a CPU `OMP_NUM_THREADS` = its share of the cores, with CUDA hidden; with several
+workers, each is pinned to CPUs of its own (`AUTORESEARCH_RUN_CPUS`, evaluator/cores.py). Its
 worktree (`.autoresearch/workers/<n>`, detached, made by the driver) holds the train.py it trains: two
 experiments never share a file, a device or an executor. Workers never touch git, the ledger or
 results.tsv: the driver checks out and commits in their worktrees and records what they report.
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import compile_cache
-from autoresearch.evaluator.cores import usable_cores
+from autoresearch.evaluator.cores import share_env, usable_cores
 from autoresearch.evaluator.gpu_nodes import gpu_models, nvidia_gpus
 from autoresearch.loop.executor import Executor, LocalExecutor, Outcome, RunSpec
 from autoresearch.workspace.disk import disk_full_is_an_error
@@ -99,8 +100,11 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
                 "research on the others in a workspace of their own",
             )
         # PCI bus order: GPU i is nvidia-smi's i, and the sandbox binds its device node alone (gpu_nodes.py).
-        order = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-        return [Device(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g, **order, **_threads(len(ids), cores)}) for g in ids]
+        order, threads = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, _threads(len(ids), cores)
+        return [
+            Device(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g, **order, **threads, **share_env(i, len(ids))})
+            for i, g in enumerate(ids)
+        ]
     if workers is None:
         return [Device("local")]
     if workers < 1:
@@ -111,7 +115,10 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
             f"--workers {workers} needs a core per worker, and this machine gives the loop {usable}",
             hint=f"use --workers {usable} or fewer (a container's CPU limit counts, not the machine's CPUs)",
         )
-    return [Device(f"cpu {i}", {"CUDA_VISIBLE_DEVICES": "", **_threads(workers, usable)}) for i in range(workers)]
+    return [
+        Device(f"cpu {i}", {"CUDA_VISIBLE_DEVICES": "", **_threads(workers, usable), **share_env(i, workers)})
+        for i in range(workers)
+    ]
 
 
 def _threads(workers: int, cores: int | None) -> dict[str, str]:
