@@ -54,19 +54,19 @@ def _usable(limit: float | None) -> int:
 
 def shares(count: int) -> list[tuple[int, ...]] | None:
     """The CPUs this process may run on, split in order into `count` disjoint shares of whole cores (a core's
-    hyperthreads share its units, so they go to one worker); None where there are fewer cores than shares (then
-    fewer CPUs than shares too: None) or the CPUs cannot be asked for."""
+    hyperthreads share its units, so they go to one worker); with fewer cores than shares, of single CPUs; None
+    with fewer CPUs than shares, or where the CPUs cannot be asked for."""
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
+        return None
+    if count < 1 or len(cpus) < count:
         return None
     cores: dict[frozenset[int], list[int]] = {}
     for cpu in cpus:  # by the CPUs of its core, as the kernel lists them ("0,64" or "0-1"); alone where unreadable
         siblings = _cpu_list(_text(TOPOLOGY / f"cpu{cpu}" / "topology" / "thread_siblings_list")) or {cpu}
         cores.setdefault(frozenset(siblings), []).append(cpu)
     units = list(cores.values()) if len(cores) >= count else [[cpu] for cpu in cpus]
-    if count < 1 or len(units) < count:
-        return None
     size, extra = divmod(len(units), count)
     split, start = [], 0
     for i in range(count):
