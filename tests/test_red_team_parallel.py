@@ -290,6 +290,12 @@ GRAB_EVERY_CORE = (
     "    except OSError as exc:\n"
     "        print('cores: refused', exc.errno, flush=True)\n"
     "    print('cores:', sorted(os.sched_getaffinity(0)), flush=True)\n"
+    # An io_uring polling thread spins on the CPU its ring names, whatever the process is pinned to.
+    "    import ctypes\n"
+    "    libc = ctypes.CDLL(None, use_errno=True)\n"
+    "    params = ctypes.create_string_buffer(bytes(8) + (6).to_bytes(4, 'little'), 120)\n"
+    "    ok = libc.syscall(425, 4, params) >= 0\n"  # io_uring_setup(4, SQPOLL | SQ_AFF), on every CPU's number
+    "    print('io_uring:', 'set up' if ok else f'refused {ctypes.get_errno()}', flush=True)\n"
 )
 
 
@@ -301,7 +307,8 @@ def test_a_train_py_cannot_take_the_cores_of_the_runs_beside_it(workspace):
     """BROKE, fixed: every run could use every core of the machine. On an H200 a run beside a train.py that kept
     them all busy (bench/neighbour_hog.py) took 180 steps in place of 189, and its weights came too late to count:
     a baseline's seeds so slowed are a bar that a change clears without being better. Now each worker's runs are
-    pinned to CPUs of their own, and a run that asks for every core back is refused."""
+    pinned to CPUs of their own, and a run that asks for every core back is refused. BROKE too, fixed: pinned, a
+    run could still keep another CPU busy with an io_uring polling thread bound to it (now refused)."""
 
     ws = workspace
     ws.train_py.write_text("import os\n" + ws.read_train_py().replace(START, GRAB_EVERY_CORE + START))
@@ -311,6 +318,7 @@ def test_a_train_py_cannot_take_the_cores_of_the_runs_beside_it(workspace):
     for run in range(2):  # the baseline's two seeds, one on each worker
         log = (ws.state / "runs" / f"1-{run}" / "log.txt").read_text()
         assert f"cores: refused {errno.EPERM}" in log and "widened" not in log, log
+        assert f"io_uring: refused {errno.EPERM}" in log, log
         seen.append(re.search(r"cores: \[(.*)\]", log)[1])
     assert sorted(seen) == sorted(", ".join(map(str, cpus)) for cpus in cores.shares(2)), seen
     assert Ledger(ws.root).get(1).status == Status.KEEP

@@ -1,5 +1,5 @@
-"""The system calls the experiment may not make: changing what happens when its children end, keyrings, and
-the CPUs it runs on.
+"""The system calls the experiment may not make: changing what happens when its children end, keyrings, the
+CPUs it runs on, and io_uring.
 
 On a CPU the budget is the CPU time of the experiment's processes (evaluator/clock.py). A process's time
 reaches its parent's "children's times" when the parent reaps it; a process that ignores SIGCHLD (or sets
@@ -8,15 +8,17 @@ could do its work in such short-lived helpers and train for free. So the experim
 filter (libseccomp, through pyseccomp) that refuses `rt_sigaction(SIGCHLD, <new action>)` with EPERM:
 SIGCHLD keeps its default action in every process of the run, and every ended process is reaped by a
 parent that counts it. Reading the action stays allowed. The filter also refuses the kernel keyrings'
-calls (KEYRING_CALLS), and `sched_setaffinity`: with several workers on a machine each run is pinned to its
-worker's CPUs (evaluator/cores.py), and one that took every core back slowed the runs beside it. Nothing else is
-filtered. libseccomp kills a
+calls (KEYRING_CALLS), `sched_setaffinity` and io_uring's (CPU_CALLS): with several workers on a machine each
+run is pinned to its worker's CPUs (evaluator/cores.py), and one that took every core back slowed the runs beside
+it; an io_uring polling thread spins on whichever CPU its ring names (`IORING_SETUP_SQ_AFF`), pinned or not (red
+team: a process pinned to CPU 0 kept CPU 1 busy). Nothing else is filtered. libseccomp kills a
 process that makes a system call of another architecture (the 32-bit entry points), so there is no way
 around it. Linux only; where libseccomp is missing, `unavailable_reason()` says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -26,7 +28,7 @@ import sys
 # The kernel's keyrings belong to no namespace: a session keyring the loop has (a login through pam_keyinit)
 # would be shared with the run, which could read its keys and leave one for the next run.
 KEYRING_CALLS = ("add_key", "request_key", "keyctl")
-REFUSED_CALLS = (*KEYRING_CALLS, "sched_setaffinity")
+CPU_CALLS = ("sched_setaffinity", "io_uring_setup", "io_uring_enter", "io_uring_register")
 
 
 @functools.cache
@@ -50,8 +52,11 @@ def unavailable_reason() -> str | None:
 def _filter():
     seccomp = _pyseccomp()
     rules = seccomp.SyscallFilter(seccomp.ALLOW)
-    for call in REFUSED_CALLS:
+    for call in KEYRING_CALLS:
         rules.add_rule(seccomp.ERRNO(errno.EPERM), call)
+    for call in CPU_CALLS:
+        with contextlib.suppress(OSError):  # a libseccomp before 2.5 has no name for io_uring's calls
+            rules.add_rule(seccomp.ERRNO(errno.EPERM), call)
     # rt_sigaction(signum, act, oldact): refused when signum is SIGCHLD and act is not NULL.
     rules.add_rule(
         seccomp.ERRNO(errno.EPERM),
