@@ -20,7 +20,7 @@
 #                                                 # another, against honest seeds (GPU and CPU)
 #   bash bench/h200_session.sh setup neighbour    # 7 minutes: runs alone, beside a neighbour that takes every core
 #                                                 # and the memory bus (bench/neighbour_hog.py), and both pinned apart
-#   bash bench/h200_session.sh setup neighbour_pinned  # 4 minutes: the run pinned by the loop (AUTORESEARCH_RUN_CPUS,
+#   bash bench/h200_session.sh setup neighbour_pinned  # 5 minutes: the run pinned by the loop (AUTORESEARCH_RUN_CPUS,
 #                                                 # sched_setaffinity refused inside), the neighbour on the other cores
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp: `apt-get download bubblewrap libseccomp2`), .old (before_after only),
@@ -159,9 +159,10 @@ neighbour_pinned() {  # the run pinned as the loop pins a worker's runs (its eva
   # the experiment under the filter that refuses sched_setaffinity), the neighbour on the other cores as a second
   # worker's would be
   local sn="python3 bench/seed_noise.py --preset h100 --budget 30 --seeds 2" hog=bench/neighbour_hog.py
-  CUDA_VISIBLE_DEVICES=0 timeout 120 $sn --seeds 1 --work /tmp/nw --out /tmp/nw-out >"$OUT/warm.log" 2>&1
-  taskset -c 8-15 python3 $hog --busy 16 --stream 8 --seconds 140 & local pid=$!
-  AUTORESEARCH_RUN_CPUS=0,1,2,3,4,5,6,7 CUDA_VISIBLE_DEVICES=0 timeout 130 $sn --work /tmp/nl --out "$OUT/loop_pinned" \
+  # the warm-up compiles from nothing (51 s of a first step on one machine): 120 s was too short there
+  CUDA_VISIBLE_DEVICES=0 timeout 170 $sn --seeds 1 --work /tmp/nw --out /tmp/nw-out >"$OUT/warm.log" 2>&1
+  taskset -c 8-15 python3 $hog --busy 16 --stream 8 --seconds 150 & local pid=$!
+  AUTORESEARCH_RUN_CPUS=0,1,2,3,4,5,6,7 CUDA_VISIBLE_DEVICES=0 timeout 140 $sn --work /tmp/nl --out "$OUT/loop_pinned" \
     >"$OUT/loop_pinned.log" 2>&1
   kill $pid; wait $pid
   python3 bench/collect_runs.py "$OUT/runs_neighbour_pinned.json" /tmp/nl >/dev/null
