@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -214,10 +215,10 @@ subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffin
 """
 
 
-@pytest.mark.skipif(len(getattr(cores.os, "sched_getaffinity", lambda pid: ())(0)) < 2, reason="needs 2 CPUs")
+@pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda pid: ())(0)) < 2, reason="needs 2 CPUs")
 def test_an_evaluator_pins_itself_its_threads_and_what_it_starts_and_a_bad_list_pins_nothing() -> None:
-    last = max(cores.os.sched_getaffinity(0))
-    for value, expected in ((str(last), [last]), ("not-a-list", sorted(cores.os.sched_getaffinity(0)))):
-        env = {**cores.os.environ, cores.RUN_CPUS_ENV: value}
+    last = max(os.sched_getaffinity(0))
+    for value, expected in ((str(last), [last]), ("not-a-list", sorted(os.sched_getaffinity(0)))):
+        env = {**os.environ, cores.RUN_CPUS_ENV: value}
         out = subprocess.run([sys.executable, "-c", PINNED], env=env, capture_output=True, text=True, timeout=60)
         assert out.stdout.splitlines() == [f"{expected} {expected}", f"{expected}"], out.stderr
