@@ -1,5 +1,5 @@
-"""The system calls the experiment may not make: changing what happens when its children end, keyrings, the
-CPUs it runs on, and io_uring.
+"""The system calls the experiment may not make: changing what happens when its children end, keyrings, and
+the ways off the CPUs it is pinned to.
 
 On a CPU the budget is the CPU time of the experiment's processes (evaluator/clock.py). A process's time
 reaches its parent's "children's times" when the parent reaps it; a process that ignores SIGCHLD (or sets
@@ -8,10 +8,14 @@ could do its work in such short-lived helpers and train for free. So the experim
 filter (libseccomp, through pyseccomp) that refuses `rt_sigaction(SIGCHLD, <new action>)` with EPERM:
 SIGCHLD keeps its default action in every process of the run, and every ended process is reaped by a
 parent that counts it. Reading the action stays allowed. The filter also refuses the kernel keyrings'
-calls (KEYRING_CALLS), `sched_setaffinity` and io_uring's (CPU_CALLS): with several workers on a machine each
-run is pinned to its worker's CPUs (evaluator/cores.py), and one that took every core back slowed the runs beside
-it; an io_uring polling thread spins on whichever CPU its ring names (`IORING_SETUP_SQ_AFF`), pinned or not (red
-team: a process pinned to CPU 0 kept CPU 1 busy). Nothing else is filtered. libseccomp kills a
+calls (KEYRING_CALLS) and the ways off a pin: with several workers on a machine each run is pinned to its
+worker's CPUs (evaluator/cores.py), and one that took every core back slowed the runs beside it. So
+`sched_setaffinity`; io_uring (CPU_CALLS), whose polling thread spins on whichever CPU its ring names
+(`IORING_SETUP_SQ_AFF`; red team: a process pinned to CPU 0 kept CPU 1 busy); a user namespace of its own and
+mounts (NAMESPACE_CALLS, `clone` with CLONE_NEWUSER, `clone3`, whose flags the filter cannot read and which glibc
+then replaces with `clone`), in which a run as root mounted the cgroup filesystem and moved itself into a cpuset
+of the other worker's CPUs (red team); and `prctl(PR_SCHED_CORE)`, which can keep a core's other hyperthread idle.
+Nothing else is filtered. libseccomp kills a
 process that makes a system call of another architecture (the 32-bit entry points), so there is no way
 around it. Linux only; where libseccomp is missing, `unavailable_reason()` says so.
 """
@@ -29,6 +33,10 @@ import sys
 # would be shared with the run, which could read its keys and leave one for the next run.
 KEYRING_CALLS = ("add_key", "request_key", "keyctl")
 CPU_CALLS = ("sched_setaffinity", "io_uring_setup", "io_uring_enter", "io_uring_register")
+NAMESPACE_CALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick")
+NAMESPACE_CALLS += ("move_mount", "open_tree", "mount_setattr")
+_CLONE_NEWUSER = 0x10000000
+_PR_SCHED_CORE = 62
 
 
 @functools.cache
@@ -54,9 +62,15 @@ def _filter():
     rules = seccomp.SyscallFilter(seccomp.ALLOW)
     for call in KEYRING_CALLS:
         rules.add_rule(seccomp.ERRNO(errno.EPERM), call)
-    for call in CPU_CALLS:
-        with contextlib.suppress(OSError):  # a libseccomp before 2.5 has no name for io_uring's calls
+    for call in (*CPU_CALLS, *NAMESPACE_CALLS):
+        with contextlib.suppress(OSError):  # an older libseccomp has no name for io_uring's or the new mount calls
             rules.add_rule(seccomp.ERRNO(errno.EPERM), call)
+    rules.add_rule(
+        seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, _CLONE_NEWUSER, _CLONE_NEWUSER)
+    )
+    with contextlib.suppress(OSError):
+        rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    rules.add_rule(seccomp.ERRNO(errno.EPERM), "prctl", seccomp.Arg(0, seccomp.EQ, _PR_SCHED_CORE))
     # rt_sigaction(signum, act, oldact): refused when signum is SIGCHLD and act is not NULL.
     rules.add_rule(
         seccomp.ERRNO(errno.EPERM),
