@@ -8,15 +8,14 @@ could do its work in such short-lived helpers and train for free. So the experim
 filter (libseccomp, through pyseccomp) that refuses `rt_sigaction(SIGCHLD, <new action>)` with EPERM:
 SIGCHLD keeps its default action in every process of the run, and every ended process is reaped by a
 parent that counts it. Reading the action stays allowed. The filter also refuses the kernel keyrings'
-calls (KEYRING_CALLS) and the ways off a pin: with several workers on a machine each run is pinned to its
-worker's CPUs (evaluator/cores.py), and one that took every core back slowed the runs beside it. So
-`sched_setaffinity`; io_uring (CPU_CALLS), whose polling thread spins on whichever CPU its ring names
-(`IORING_SETUP_SQ_AFF`; red team: a process pinned to CPU 0 kept CPU 1 busy); a user namespace of its own and
-mounts (NAMESPACE_CALLS, `clone` with CLONE_NEWUSER, `clone3`, whose flags the filter cannot read and which glibc
-then replaces with `clone`), in which a run as root mounted the cgroup filesystem and moved itself into a cpuset
-of the other worker's CPUs (red team); and `prctl(PR_SCHED_CORE)`, which can keep a core's other hyperthread idle.
-Nothing else is filtered. libseccomp kills a
-process that makes a system call of another architecture (the 32-bit entry points), so there is no way
+calls (KEYRING_CALLS), and every way off the CPUs a run is pinned to (with several workers on a machine, its
+worker's: evaluator/cores.py; one that took every core back slowed the runs beside it): `sched_setaffinity` and
+io_uring (CPU_CALLS), whose polling thread spins on whichever CPU its ring names (`IORING_SETUP_SQ_AFF`; red team:
+pinned to CPU 0, it kept CPU 1 busy); a user namespace of its own and mounts (NAMESPACE_CALLS, `clone` with
+CLONE_NEWUSER, and `clone3`, whose flags the filter cannot read: it answers ENOSYS and glibc uses `clone`), in
+which a run as root mounted the cgroup filesystem and moved into a cpuset of the other worker's CPUs (red team);
+and `prctl(PR_SCHED_CORE)`, which can keep a core's other hyperthread idle. Nothing else is filtered. libseccomp
+kills a process that makes a system call of another architecture (the 32-bit entry points), so there is no way
 around it. Linux only; where libseccomp is missing, `unavailable_reason()` says so.
 """
 
