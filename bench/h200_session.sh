@@ -135,11 +135,25 @@ for f in sorted(pathlib.Path('$OUT').glob('*/seed_noise_*.json')):
     print(f.parent.name, [(round(r['val_bpb'], 5), r['steps']) for r in d['runs']], 'std', round(d['noise'], 5))"
 }
 
+neighbour_warm() {  # the shipped train.py once, compiling from nothing (51 s of a first step on one machine: 120 s
+  # was too short there), so that the runs after it start from the compile cache
+  CUDA_VISIBLE_DEVICES=0 timeout 170 python3 bench/seed_noise.py --preset h100 --budget 30 --seeds 1 --work /tmp/nw \
+    --out /tmp/nw-out >"$OUT/warm.log" 2>&1
+}
+
+seed_runs() {  # each seed_noise result under $OUT: its folder's name, and (val_bpb, steps) per run
+  python3 -c "
+import json, pathlib
+for f in sorted(pathlib.Path('$OUT').glob('*/seed_noise_*.json')):
+    d = json.loads(f.read_text())
+    print(f.parent.name, [(round(r['val_bpb'], 5), r['steps']) for r in d['runs']])"
+}
+
 neighbour() {  # what a train.py on another worker costs a run by taking the CPU: the shipped train.py at 30 s,
   # 2 seeds each alone, beside bench/neighbour_hog.py, and with the run on cores 0-7 and the neighbour on 8-15
   nproc; echo "autogroup: $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo none)"
   local sn="python3 bench/seed_noise.py --preset h100 --budget 30 --seeds 2" hog=bench/neighbour_hog.py
-  CUDA_VISIBLE_DEVICES=0 timeout 120 $sn --seeds 1 --work /tmp/nw --out /tmp/nw-out >"$OUT/warm.log" 2>&1
+  neighbour_warm
   CUDA_VISIBLE_DEVICES=0 timeout 130 $sn --work /tmp/na --out "$OUT/alone" >"$OUT/alone.log" 2>&1
   python3 $hog --seconds 140 & local pid=$!
   CUDA_VISIBLE_DEVICES=0 timeout 130 $sn --work /tmp/nh --out "$OUT/beside" >"$OUT/beside.log" 2>&1
@@ -148,29 +162,21 @@ neighbour() {  # what a train.py on another worker costs a run by taking the CPU
   CUDA_VISIBLE_DEVICES=0 taskset -c 0-7 timeout 130 $sn --work /tmp/np --out "$OUT/pinned" >"$OUT/pinned.log" 2>&1
   kill $pid; wait $pid
   python3 bench/collect_runs.py "$OUT/runs_neighbour.json" /tmp/na /tmp/nh /tmp/np >/dev/null
-  python3 -c "
-import json, pathlib
-for f in sorted(pathlib.Path('$OUT').glob('*/seed_noise_*.json')):
-    d = json.loads(f.read_text())
-    print(f.parent.name, [(round(r['val_bpb'], 5), r['steps']) for r in d['runs']])"
+  seed_runs
 }
 
 neighbour_pinned() {  # the run pinned as the loop pins a worker's runs (its evaluator reads AUTORESEARCH_RUN_CPUS;
   # the experiment under the filter that refuses sched_setaffinity), the neighbour on the other cores as a second
   # worker's would be
   local sn="python3 bench/seed_noise.py --preset h100 --budget 30 --seeds 2" hog=bench/neighbour_hog.py
-  # the warm-up compiles from nothing (51 s of a first step on one machine): 120 s was too short there
-  CUDA_VISIBLE_DEVICES=0 timeout 170 $sn --seeds 1 --work /tmp/nw --out /tmp/nw-out >"$OUT/warm.log" 2>&1
+  neighbour_warm
   taskset -c 8-15 python3 $hog --busy 16 --stream 8 --seconds 150 & local pid=$!
   AUTORESEARCH_RUN_CPUS=0,1,2,3,4,5,6,7 CUDA_VISIBLE_DEVICES=0 timeout 140 $sn --work /tmp/nl --out "$OUT/loop_pinned" \
     >"$OUT/loop_pinned.log" 2>&1
   kill $pid; wait $pid
   python3 bench/collect_runs.py "$OUT/runs_neighbour_pinned.json" /tmp/nl >/dev/null
   grep -h "^device:\|^num_steps:\|^val_bpb:" /tmp/nl/.autoresearch/runs/*/log.txt
-  python3 -c "
-import json
-d = json.load(open('$OUT/loop_pinned/seed_noise_h100.json'))
-print('loop_pinned', [(round(r['val_bpb'], 5), r['steps']) for r in d['runs']])"
+  seed_runs
 }
 
 isolation() {  # a confined run reaches its own GPU only, whatever it sets CUDA_VISIBLE_DEVICES to

@@ -76,11 +76,11 @@ def shares(count: int) -> list[tuple[int, ...]] | None:
     return split
 
 
-def share_env(index: int, count: int) -> dict[str, str]:
-    """RUN_CPUS_ENV for the `index`th of `count` workers on this machine: its share of the CPUs (`shares`); {} for
-    one worker, or where they cannot be split so."""
+def pins(count: int) -> list[dict[str, str]]:
+    """RUN_CPUS_ENV for each of `count` workers on this machine, in order: its share of the CPUs (`shares`); {} for
+    each where there is one worker, or where the CPUs cannot be split so."""
     split = shares(count) if count > 1 else None
-    return {RUN_CPUS_ENV: ",".join(map(str, split[index]))} if split and 0 <= index < count else {}
+    return [{RUN_CPUS_ENV: ",".join(map(str, cpus))} for cpus in split] if split else [{} for _ in range(count)]
 
 
 def pin(env: Mapping[str, str] = os.environ) -> None:

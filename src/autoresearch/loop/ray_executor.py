@@ -51,7 +51,7 @@ from autoresearch.config.paths import cache_root, ray_dir
 from autoresearch.data.shards import Manifest
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
 from autoresearch.evaluator.compile_cache import STAGED
-from autoresearch.evaluator.cores import share_env
+from autoresearch.evaluator.cores import pins
 from autoresearch.evaluator.fingerprint import code_digest, fingerprint
 from autoresearch.evaluator.result import PROGRESS_NAME
 from autoresearch.loop import ray_data
@@ -387,7 +387,8 @@ def _cpus_of(gpu: str) -> dict[str, str]:
         gpus = next((n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("NodeID") == node), 0)
     except Exception:  # the cluster's state not at hand: a pin is never worth a lost run
         return {}
-    return share_env(int(gpu), int(gpus)) if gpu.isdigit() else {}
+    index, found = int(gpu) if gpu.isdigit() else -1, pins(int(gpus))
+    return found[index] if 0 <= index < len(found) else {}
 
 
 def ray_devices(count: int) -> list[Device]:

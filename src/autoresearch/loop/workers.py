@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import compile_cache
-from autoresearch.evaluator.cores import share_env, usable_cores
+from autoresearch.evaluator.cores import pins, usable_cores
 from autoresearch.evaluator.gpu_nodes import gpu_models, nvidia_gpus
 from autoresearch.loop.executor import Executor, LocalExecutor, Outcome, RunSpec
 from autoresearch.workspace.disk import disk_full_is_an_error
@@ -102,8 +102,8 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
         # PCI bus order: GPU i is nvidia-smi's i, and the sandbox binds its device node alone (gpu_nodes.py).
         order, threads = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, _threads(len(ids), cores)
         return [
-            Device(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g, **order, **threads, **share_env(i, len(ids))})
-            for i, g in enumerate(ids)
+            Device(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g, **order, **threads, **pinned})
+            for g, pinned in zip(ids, pins(len(ids)), strict=True)
         ]
     if workers is None:
         return [Device("local")]
@@ -116,8 +116,8 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
             hint=f"use --workers {usable} or fewer (a container's CPU limit counts, not the machine's CPUs)",
         )
     return [
-        Device(f"cpu {i}", {"CUDA_VISIBLE_DEVICES": "", **_threads(workers, usable), **share_env(i, workers)})
-        for i in range(workers)
+        Device(f"cpu {i}", {"CUDA_VISIBLE_DEVICES": "", **_threads(workers, usable), **pinned})
+        for i, pinned in enumerate(pins(workers))
     ]
 
 
