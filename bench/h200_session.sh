@@ -22,6 +22,8 @@
 #                                                 # and the memory bus (bench/neighbour_hog.py), and both pinned apart
 #   bash bench/h200_session.sh setup neighbour_pinned  # 5 minutes: the run pinned by the loop (AUTORESEARCH_RUN_CPUS,
 #                                                 # sched_setaffinity refused inside), the neighbour on the other cores
+#   bash bench/h200_session.sh setup agent_cores  # 7 minutes: a run on every CPU; on the loop's split with a shell
+#                                                 # agent, beside a neighbour on the agents' core; on 4 and 2 CPUs
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp: `apt-get download bubblewrap libseccomp2`), .old (before_after only),
 # .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its Java, RLlib, Serve, Tune, Train, Data
@@ -176,6 +178,30 @@ neighbour_pinned() {  # the run pinned as the loop pins a worker's runs (its eva
   kill $pid; wait $pid
   python3 bench/collect_runs.py "$OUT/runs_neighbour_pinned.json" /tmp/nl >/dev/null
   grep -h "^device:\|^num_steps:\|^val_bpb:" /tmp/nl/.autoresearch/runs/*/log.txt
+  seed_runs
+}
+
+agent_cores() {  # a shell agent's turns get a core of their own (evaluator/cores.py): what the run keeps on the rest,
+  # beside a neighbour that keeps the agents' core busy, against a run on every CPU; and runs on 4 and 2 CPUs only
+  lscpu | grep -E "^(CPU\(s\)|Thread|Core|Socket)"
+  local split sn="python3 bench/seed_noise.py --preset h100 --budget 30" hog=bench/neighbour_hog.py
+  split=$(python3 -c "
+from autoresearch.evaluator.cores import AGENT_CPUS_ENV, RUN_CPUS_ENV, agent_cores, pins
+runs, theirs = pins(1, agent_cores(1, True))
+print(runs[0].get(RUN_CPUS_ENV, ''), theirs.get(AGENT_CPUS_ENV, ''))")
+  echo "runs, agents: $split"
+  set -- $split
+  neighbour_warm
+  CUDA_VISIBLE_DEVICES=0 timeout 75 $sn --seeds 1 --work /tmp/ca --out "$OUT/all_cpus" >"$OUT/all_cpus.log" 2>&1
+  taskset -c "$2" python3 $hog --busy 4 --stream 4 --seconds 150 & local pid=$!
+  AUTORESEARCH_RUN_CPUS=$1 CUDA_VISIBLE_DEVICES=0 timeout 140 $sn --seeds 2 --work /tmp/cs --out "$OUT/split" \
+    >"$OUT/split.log" 2>&1
+  kill $pid; wait $pid
+  for cpus in 0-3 0-1; do
+    AUTORESEARCH_RUN_CPUS=$cpus CUDA_VISIBLE_DEVICES=0 timeout 75 $sn --seeds 1 --work /tmp/c$cpus \
+      --out "$OUT/cpus_$cpus" >"$OUT/cpus_$cpus.log" 2>&1
+  done
+  python3 bench/collect_runs.py "$OUT/runs_agent_cores.json" /tmp/ca /tmp/cs /tmp/c0-3 /tmp/c0-1 >/dev/null
   seed_runs
 }
 

@@ -16,7 +16,7 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import cores
 from autoresearch.evaluator.clock import CpuClock, describe
 from autoresearch.loop import ray_executor
-from autoresearch.loop.workers import devices
+from autoresearch.loop.workers import LOCAL, Device, devices, placed
 
 
 def write(path: Path, text: str | bytes) -> None:
@@ -222,3 +222,55 @@ def test_an_evaluator_pins_itself_its_threads_and_what_it_starts_and_a_bad_list_
         env = {**os.environ, cores.RUN_CPUS_ENV: value}
         out = subprocess.run([sys.executable, "-c", PINNED], env=env, capture_output=True, text=True, timeout=60)
         assert out.stdout.splitlines() == [f"{expected} {expected}", f"{expected}"], out.stderr
+
+
+def sixteen_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int = 16) -> None:
+    """A machine of `count` cores with 2 hyperthreads each (core i is CPUs i and i + count)."""
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(2 * count)), raising=False)
+    for cpu in range(2 * count):
+        write(tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list", f"{cpu % count},{cpu % count + count}")
+    monkeypatch.setattr(cores, "TOPOLOGY", tmp_path)
+
+
+def test_a_shell_agents_turns_get_a_whole_core_per_worker_where_runs_train_on_gpus(tmp_path, monkeypatch) -> None:
+    """A coding agent's turn runs beside the runs, one worker's too: one that kept every core busy would slow the
+    baseline's seeds as a neighbour's train.py did. Where the runs train on GPUs, the last whole core per worker is
+    the agents', as long as each run keeps RUN_CORES; the runs split the rest, one worker's run pinned too."""
+    monkeypatch.delenv(cores.AGENT_CORES_ENV, raising=False)
+    sixteen_cores(tmp_path, monkeypatch)
+    assert [cores.agent_cores(n, on_gpu=True) for n in (1, 2, 3, 4)] == [1, 2, 3, 0]  # 16 - 4 < 4 x RUN_CORES
+    assert cores.agent_cores(1, on_gpu=False) == 0  # a run on the CPU would lose its share of the compute
+    runs, theirs = cores.pins(1, 1)
+    assert theirs == {cores.AGENT_CPUS_ENV: "15,31"}  # a core and its hyperthread
+    assert runs == [{cores.RUN_CPUS_ENV: ",".join(map(str, [*range(15), *range(16, 31)]))}]
+    runs, theirs = cores.pins(2, 2)
+    assert theirs == {cores.AGENT_CPUS_ENV: "14,15,30,31"}
+    assert runs == [{cores.RUN_CPUS_ENV: "0,1,2,3,4,5,6,16,17,18,19,20,21,22"},
+                    {cores.RUN_CPUS_ENV: "7,8,9,10,11,12,13,23,24,25,26,27,28,29"}]  # fmt: skip
+    halves = [[*range(8), *range(16, 24)], [*range(8, 16), *range(24, 32)]]  # no agent: every core the runs'
+    assert cores.pins(2) == ([{cores.RUN_CPUS_ENV: ",".join(map(str, cpus))} for cpus in halves], {})
+    with pytest.raises(ValueError, match="16 of 16 cores for the agents leave fewer than one for each of 1 runs"):
+        cores.pins(1, 16)
+
+
+def test_agent_cores_can_be_set_and_a_bad_setting_is_refused_before_anything_runs(tmp_path, monkeypatch) -> None:
+    sixteen_cores(tmp_path, monkeypatch, count=2)
+    monkeypatch.setattr("autoresearch.loop.workers.runs_train_on_cpu", lambda env: False)
+    monkeypatch.delenv(cores.AGENT_CORES_ENV, raising=False)
+    found, theirs = placed(None, None, agents=True)  # 2 cores: too few to set one aside by default
+    assert found == [Device(LOCAL)] and theirs == {}
+    monkeypatch.setenv(cores.AGENT_CORES_ENV, "1")  # asked for: on a laptop's GPU, or on the CPU
+    found, theirs = placed(None, None, agents=True)
+    assert found == [Device(LOCAL, {cores.RUN_CPUS_ENV: "0,2"})] and theirs == {cores.AGENT_CPUS_ENV: "1,3"}
+    assert placed(None, None, agents=False) == ([Device(LOCAL)], {})  # no shell: nothing set aside
+    found, theirs = placed(None, 1, agents=True)
+    assert found[0].env[cores.RUN_CPUS_ENV] == "0,2" and theirs == {cores.AGENT_CPUS_ENV: "1,3"}
+    monkeypatch.setenv(cores.AGENT_CORES_ENV, "0")
+    sixteen_cores(tmp_path, monkeypatch)
+    assert placed(None, None, agents=True) == ([Device(LOCAL)], {})
+    for value, said in (("2", "leave fewer than one for each of 2 runs"), ("two", "'two' is not a number of cores")):
+        monkeypatch.setenv(cores.AGENT_CORES_ENV, value)
+        sixteen_cores(tmp_path, monkeypatch, count=2)
+        with pytest.raises(AutoresearchError, match=said) as refused:
+            placed(None, 2, agents=True)
+        assert cores.AGENT_CORES_ENV in refused.value.hint

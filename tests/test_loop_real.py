@@ -26,14 +26,15 @@ from autoresearch.vocabulary import Status
 
 # Runs the command after it with SIGINT at its default. A test run started in the background (`pytest &` in a
 # script) has SIGINT ignored, and its children inherit that, as a background job's should.
+START = "    run = harness.start()\n"
 FOREGROUND = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
 
 pytestmark = pytest.mark.slow
 
 
-def cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path, timeout: float = 240, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "autoresearch", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "autoresearch", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -246,6 +247,28 @@ def test_a_command_agent_script_drives_the_loop_and_only_train_py_may_change(tmp
     assert rows[1].description == "larger batches" and "BATCH = 16" in rows[1].source
     assert rows[2].status == Status.CRASH and "program.md" in rows[2].reason
     assert "budget: 99" not in (ws.root / "program.md").read_text()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_a_shell_agents_turns_and_the_runs_each_get_cores_of_their_own(tmp_path, tiny_prepared):
+    """`run` with a shell agent sets cores aside for its turns (by default where runs train on GPUs; here asked for,
+    on the CPU): the baseline's runs train on the other cores, one worker's too, and the turn runs on its own."""
+    show = "    run = harness.start()\n    print('cores:', *sorted(os.sched_getaffinity(0)), flush=True)\n"
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, "import os\n" + edit(BIGRAM_TRAIN_PY, START, show))
+    said = agent_channel(ws) / "cores"
+    script = tmp_path / "agent.sh"
+    script.write_text(
+        f"grep Cpus_allowed_list /proc/self/status | cut -f2 > {said}\n"
+        "sed -i 's/^BATCH = 8 /BATCH = 16 /' train.py\necho 'larger batches'\n"
+    )
+    args = ["run", "--agent", "command", "--command", f"sh {script}", "--baseline-runs", "2", "--plain"]
+    done = cli(*args, "--max-experiments", "1", cwd=ws.root, env={**os.environ, "AUTORESEARCH_AGENT_CORES": "1"})
+    assert done.returncode == 0, done.stderr
+    first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
+    assert f"the agent's turns run on CPUs {last}, the runs on the others" in done.stdout + done.stderr
+    assert said.read_text().strip() == str(last)
+    runs = sorted((ws.state / "runs").glob("*/log.txt"))
+    assert len(runs) == 3 and all(f"cores: {first}\n" in run.read_text() for run in runs), [r.read_text() for r in runs]
 
 
 def test_ctrl_c_stops_try_within_10_s_even_in_a_long_step_that_ignores_signals(tmp_path, tiny_prepared):

@@ -7,6 +7,7 @@ Each test runs one scripted `command` agent turn through the real loop with the 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -33,10 +34,11 @@ from test_agent_turn import (
     turn_stops_the_loop,
 )
 
+from autoresearch.agents import fence
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
-from autoresearch.evaluator import compile_cache, sandbox
+from autoresearch.evaluator import compile_cache, cores, sandbox
 from autoresearch.evaluator.result import RESULT_LIMIT, SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
@@ -158,6 +160,44 @@ def test_a_process_the_agent_left_outside_its_group_is_killed_with_the_turn(work
     time.sleep(2)
     assert not edited.exists() and exp.status == Status.KEEP
     assert_the_loop_owns_the_workspace(workspace, exp, before)
+
+
+TAKE_EVERY_CORE = """
+import ctypes, os
+try:
+    os.sched_setaffinity(0, range(os.cpu_count()))
+    print("widened")
+except OSError as exc:
+    print("refused", exc.errno)
+params = ctypes.create_string_buffer(bytes(8) + (6).to_bytes(4, "little"), 120)  # SQPOLL | SQ_AFF
+print("io_uring", "set up" if ctypes.CDLL(None).syscall(425, 4, params) >= 0 else "refused")
+print(*sorted(os.sched_getaffinity(0)))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+@pytest.mark.parametrize("landlock", ["here", "not here"])
+def test_an_agents_turn_stays_on_the_cores_set_aside_for_it(workspace, tmp_path, monkeypatch, landlock):
+    """BROKE, fixed: a shell agent's turn ran on every core, beside the runs (one worker's too), so a turn that kept
+    them busy while the baseline's seeds trained (a test of its own, `torch` on every thread) slowed them as a
+    neighbour's train.py did, and lowered the bar its changes are judged by. Now the turn runs on the CPUs the loop
+    set aside for agents (AUTORESEARCH_AGENT_CPUS, evaluator/cores.py), and every process it starts stays there: asking
+    for the other CPUs is refused, and so is an io_uring ring, whose polling thread runs on the CPU it names. Where
+    the kernel cannot fence its connections (no Landlock), it is pinned all the same."""
+    if landlock == "not here":
+        monkeypatch.setattr(fence, "abi", lambda: 3)
+    theirs = max(os.sched_getaffinity(0))
+    monkeypatch.setenv(cores.AGENT_CPUS_ENV, str(theirs))
+    said = agent_channel(workspace) / "cores"
+    script = (
+        f"{set_lr(0.2)}\n"
+        f"grep Cpus_allowed_list /proc/self/status | cut -f2 > {shlex.quote(str(said))}\n"
+        f"{PY} -c {shlex.quote(TAKE_EVERY_CORE)} >> {shlex.quote(str(said))}\n"
+        "echo LR 0.2"
+    )
+    exp, _ = take_turn(workspace, tmp_path, script)
+    assert said.read_text().split("\n") == [str(theirs), f"refused {errno.EPERM}", "io_uring refused", str(theirs), ""]
+    assert exp.status == Status.KEEP  # the turn itself went as ever
 
 
 @pytest.mark.usefixtures("agent_unhidden")

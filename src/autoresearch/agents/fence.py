@@ -1,11 +1,12 @@
-"""What a shell agent's processes may connect to: Landlock, the Linux security module, run as a launcher.
+"""What a shell agent's processes may connect to, and the CPUs they run on: Landlock, the Linux security module,
+and a CPU pin, run as a launcher.
 
 The agent shares your network (its LLM is on the internet), so a server of yours on this machine was in its reach:
 a Jupyter server, whose token is in your home, runs the code it is sent, as you, outside the agent's namespace (where
 the data can be read and nothing ends with its turn); so do a Ray dashboard's job API, a Docker daemon on TCP, a
 database with `COPY ... TO PROGRAM`, and, through an abstract socket (one with no file to hide), an X server or a
 D-Bus session. A user namespace of its own would cut the agent off from the internet too. Landlock cuts finer, and
-needs no privilege: the turn's command starts through this file (`python fence.py PORTS -- COMMAND...`), which
+needs no privilege: the turn's command starts through this file (`python fence.py PORTS CPUS -- COMMAND...`), which
 restricts itself, then runs the command, and everything it starts inherits the restriction for good.
 
 - TCP connections (Linux 6.7, Landlock ABI 4) only to the ports an agent needs: DNS, HTTP and HTTPS (ALWAYS), the
@@ -22,10 +23,14 @@ restricts itself, then runs the command, and everything it starts inherits the r
   `socketcall` hides its arguments). Each reached a server on a closed port (red team). And a TCP socket's upper
   layer (TCP_ULP): where an smc module still offers one, it makes the socket SMC's, which connects from the kernel.
 
+- The CPUs it runs on, where the loop set some aside for agents (evaluator/cores.py, AGENT_CPUS_ENV): a turn that
+  kept every core busy would slow the runs it overlaps, the baseline's seeds among them. The filter then refuses
+  `sched_setaffinity` too (as it refuses io_uring, whose polling thread runs on the CPU its ring names).
+
 Sockets with a file (a tmux server's) are hidden by agents/namespace.py (agents/server_sockets.py finds them). UDP
 is not restricted. This file runs with `python -I -S` (nothing from the environment, no site), so it imports nothing
 but the standard library. Where the kernel has no Landlock (`abi()` is 0), or one older than ABI 4, the command runs
-without it, as the README says.
+without it, as the README says (pinned still, where it is to be).
 """
 
 from __future__ import annotations
@@ -57,10 +62,11 @@ _SCOPES = (1 << 0) | (1 << 1)  # LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_
 _NO_NEW_PRIVS = 38  # PR_SET_NO_NEW_PRIVS: restrict_self needs it (or CAP_SYS_ADMIN)
 
 # The seccomp filter (`side_doors`): per architecture, its AUDIT_ARCH value and the numbers of socket, sendto,
-# sendmsg, sendmmsg and setsockopt; io_uring_setup is 425 on both. x86_64's x32 calls (bit 30 set) are refused too.
+# sendmsg, sendmmsg, setsockopt and sched_setaffinity; io_uring_setup is 425 on both. x86_64's x32 calls (bit 30
+# set) are refused too.
 _ARCHES = {
-    "x86_64": (0xC000003E, 41, 44, 46, 307, 54),
-    "aarch64": (0xC00000B7, 198, 206, 211, 269, 208),
+    "x86_64": (0xC000003E, 41, 44, 46, 307, 54, 203),
+    "aarch64": (0xC00000B7, 198, 206, 211, 269, 208, 122),
 }
 _IO_URING_SETUP, _X32 = 425, 0x40000000
 _MSG_FASTOPEN = 0x20000000
@@ -145,16 +151,30 @@ def allowed_ports(env: Mapping[str, str]) -> list[int]:
 
 def launcher(env: Mapping[str, str]) -> list[str]:
     """The words that start a command behind the fence (before the command's own), for an agent with environment
-    `env`; none where the kernel cannot restrict TCP connections."""
-    if unavailable_reason() is not None:
+    `env`: its TCP connections restricted where the kernel can, and its processes pinned to the CPUs AGENT_CPUS_ENV
+    names, if it names some; none where neither is to be done."""
+    from autoresearch.evaluator.cores import AGENT_CPUS_ENV  # not at the top: this file also runs alone (`main`)
+
+    ports = ",".join(map(str, allowed_ports(env))) if unavailable_reason() is None else ""
+    cpus = env.get(AGENT_CPUS_ENV, "") if sys.platform.startswith("linux") else ""
+    if not ports and not cpus:
         return []
-    ports = ",".join(map(str, allowed_ports(env)))
-    return [sys.executable, "-I", "-S", os.path.abspath(__file__), ports, "--"]
+    return [sys.executable, "-I", "-S", os.path.abspath(__file__), ports or "-", cpus or "-", "--"]
 
 
-def restrict(ports: list[int]) -> None:
+def restrict(ports: list[int] | None, cpus: list[int] | None = None) -> None:
     """Restrict this process, and all it starts from now on, for good: TCP connections to `ports` only, and where the
-    kernel can, abstract sockets and signals to what it starts."""
+    kernel can, abstract sockets and signals to what it starts (None: connections unrestricted); pinned to `cpus`,
+    if given; and the filter of `side_doors`."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    _prctl(_NO_NEW_PRIVS, 1)  # what Landlock's restrict_self and an unprivileged filter need
+    if ports is not None:
+        _landlock(ports)
+    side_doors(pinned=bool(cpus))
+
+
+def _landlock(ports: list[int]) -> None:
     version = abi()
     if version < NET_ABI:
         raise FenceError(0, unavailable_reason())
@@ -166,17 +186,16 @@ def restrict(ports: list[int]) -> None:
         for port in ports:
             rule = struct.pack("=QQ", _CONNECT_TCP, port)  # struct landlock_net_port_attr
             _call(_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(_RULE_NET_PORT), rule, ctypes.c_uint32(0))
-        _prctl(_NO_NEW_PRIVS, 1)
         _call(_RESTRICT_SELF, ctypes.c_int(ruleset), ctypes.c_uint32(0))
     finally:
         os.close(ruleset)
-    side_doors()
 
 
-def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, setsockopt: int) -> bytes:
+def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, setsockopt: int, setaffinity: int,
+            pinned: bool) -> bytes:  # fmt: skip
     """The seccomp program of `side_doors` (classic BPF over struct seccomp_data: nr at 0, arch at 4, the low half of
     argument i at 16 + 8i), assembled with labels: a jump names the label (always further on) it goes to when
-    its test holds, else the next instruction runs."""
+    its test holds, else the next instruction runs. `pinned`: sched_setaffinity refused too."""
     arg = lambda i: (_LD, 16 + 8 * i)
     refuse = lambda code: [(_RET, _ERRNO | code)]
     program = {
@@ -187,6 +206,7 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
             (_JEQ, socket, "socket"),
             (_JEQ, setsockopt, "option"),
             (_JEQ, _IO_URING_SETUP, "nosys"),
+            *([(_JEQ, setaffinity, "eperm")] if pinned else []),
         ],
         "sends": [(_JEQ, sendto, "flags3"), (_JEQ, sendmmsg, "flags3"), (_JEQ, sendmsg, "flags2"), (_RET, _ALLOW)],
         "flags3": [arg(3), (_JSET, _MSG_FASTOPEN, "eperm"), (_RET, _ALLOW)],
@@ -215,32 +235,34 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
     return code
 
 
-def side_doors() -> None:
-    """Refuse, for good, the ways to a TCP connection that Landlock's rule does not see (a seccomp filter: see the
-    module's docstring); nothing where this architecture is not one the filter knows. Needs no_new_privs, which
-    `restrict` sets."""
+def side_doors(pinned: bool = False) -> None:
+    """Refuse, for good, the ways to a TCP connection that Landlock's rule does not see, and with `pinned`,
+    `sched_setaffinity` (a seccomp filter: see the module's docstring); nothing where this architecture is not one
+    the filter knows. Needs no_new_privs, which `restrict` sets."""
     numbers = _ARCHES.get(platform.machine())
     if numbers is None:
         return
-    program = ctypes.create_string_buffer(_filter(*numbers))
+    program = ctypes.create_string_buffer(_filter(*numbers, pinned))
     prog = struct.pack("=HxxxxxxQ", len(program.raw) // 8, ctypes.addressof(program))  # struct sock_fprog
     _prctl(_SET_SECCOMP, _MODE_FILTER, ctypes.c_char_p(prog))
 
 
 def main(argv: list[str]) -> int:
-    """`fence.py PORTS -- COMMAND...`: restrict, then become the command (126 or 127 where it cannot be run)."""
-    if len(argv) < 3 or argv[1] != "--":
-        print("usage: fence.py PORT,PORT,... -- COMMAND [ARG...]", file=sys.stderr)
+    """`fence.py PORTS CPUS -- COMMAND...` (each of PORTS and CPUS a comma-separated list, or - for none): restrict,
+    then become the command (126 or 127 where it cannot be run)."""
+    if len(argv) < 4 or argv[2] != "--":
+        print("usage: fence.py PORT,PORT,...|- CPU,CPU,...|- -- COMMAND [ARG...]", file=sys.stderr)
         return 2
     try:
-        restrict([int(port) for port in argv[0].split(",") if port])
+        ports, cpus = ([int(n) for n in word.split(",") if n] if word != "-" else None for word in argv[:2])
+        restrict(ports, cpus)
     except (OSError, ValueError) as err:
-        print(f"autoresearch: could not restrict the agent's connections: {err}", file=sys.stderr)
+        print(f"autoresearch: could not fence the agent's turn: {err}", file=sys.stderr)
         return 126
     try:
-        os.execvp(argv[2], argv[2:])
+        os.execvp(argv[3], argv[3:])
     except OSError as err:
-        print(f"autoresearch: could not run {argv[2]}: {err.strerror}", file=sys.stderr)
+        print(f"autoresearch: could not run {argv[3]}: {err.strerror}", file=sys.stderr)
         return 127 if isinstance(err, FileNotFoundError) else 126
 
 

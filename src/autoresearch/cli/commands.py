@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -34,7 +35,8 @@ def prepare_data(args: argparse.Namespace, console: Console):
     return preset, dataset, out
 
 
-def make_loop(args: argparse.Namespace, reporter):
+def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = None):
+    """The loop of the workspace `args` name, its executor's runs started with `env` over the loop's environment."""
     from autoresearch.loop.engine import LoopConfig, ResearchLoop
     from autoresearch.loop.executor import LocalExecutor
     from autoresearch.workspace.workspace import Workspace
@@ -46,7 +48,7 @@ def make_loop(args: argparse.Namespace, reporter):
     compile_cache.limit_bytes()  # a bad $AUTORESEARCH_COMPILE_CACHE_GB is said now, not as every run's crash
     config = LoopConfig(baseline_runs=args.baseline_runs, timeout=args.timeout)
     ws = Workspace(args.workspace)
-    executor = LocalExecutor()  # its fork server starts importing at once
+    executor = LocalExecutor(env=env)  # its fork server starts importing at once
     try:
         loop = ResearchLoop(ws, executor, reporter, config)
     except BaseException:  # refused (a bad --timeout, a ledger it cannot trust): nothing of it left running
@@ -62,10 +64,12 @@ def make_loop(args: argparse.Namespace, reporter):
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
+    from autoresearch.agents.base import has_shell
     from autoresearch.agents.factory import make_agent
+    from autoresearch.evaluator.cores import AGENT_CPUS_ENV
     from autoresearch.loop.live import LiveReporter
     from autoresearch.loop.reporter import PlainReporter, console_echo
-    from autoresearch.loop.workers import devices, require_gpus
+    from autoresearch.loop.workers import LOCAL, placed, require_gpus
     from autoresearch.orphans import remove_left_boxes
     from autoresearch.report import make_report
 
@@ -87,12 +91,20 @@ def run(args: argparse.Namespace, console: Console) -> None:
             hint='e.g. --agent command --command "claude -p"',
         )
     require_gpus(args.gpus)
-    found = devices(args.gpus, args.workers)
     agent = None if args.agent == "queue" else make_agent(args.agent, args.model, args.agent_command)
+    shell = agent is not None and has_shell(agent) and args.ray is None  # Ray's runs are on its nodes' CPUs
+    found, theirs = placed(args.gpus, args.workers, agents=shell)
+    os.environ.pop(AGENT_CPUS_ENV, None)  # the loop's to set: the agents' turns are pinned to what it says
+    os.environ.update(theirs)
     name = agent.name if agent is not None else "submitted experiments"
     live = not args.plain and console.is_terminal
     reporter = LiveReporter(console, f"autoresearch: {name}") if live else PlainReporter(console_echo(console))
-    loop = make_loop(args, reporter)
+    loop = make_loop(args, reporter, found[0].env if found[0].label == LOCAL else None)
+    if theirs:
+        reporter.message(
+            f"the agent's turns run on CPUs {theirs[AGENT_CPUS_ENV]}, the runs on the others (a turn that kept "
+            "every core busy would slow the runs it overlaps)"
+        )
     if live:
         reporter.runs_dir = loop.ws.state / "runs"  # where the runs' logs are: the clock follows them
         reporter.resume(loop.ledger.all())
@@ -119,6 +131,7 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
     GPUs with --ray)."""
     from autoresearch.loop import activity
     from autoresearch.loop.parallel import needs_scheduler, run_workers
+    from autoresearch.loop.workers import LOCAL
 
     if getattr(args, "ray", None) is not None:
         from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, open_to_agent, ray_devices
@@ -132,7 +145,7 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
         shipment = Shipment()  # what nodes without the workspace need, sent once for all the workers
         executor_for = lambda _device: RayExecutor(args.accelerator, shipment)
         run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger, executor_for)
-    elif agent is not None and len(found) == 1 and not found[0].env and not needs_scheduler(loop):
+    elif agent is not None and len(found) == 1 and found[0].label == LOCAL and not needs_scheduler(loop):
         with activity.session(loop.ws.state, [found[0].label], submissions=False):  # `submit` is told at once
             loop.run(agent, args.max_experiments, args.hours)
     else:

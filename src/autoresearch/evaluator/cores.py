@@ -13,7 +13,9 @@ Several workers on one machine each get CPUs of their own (`shares`; RUN_CPUS_EN
 which `pin` applies). A train.py that kept every core busy beside the others' runs slowed them (measured on an H200:
 a run beside it took 180 steps in place of 189, and its weights came too late to count), and would be judged
 against a baseline so handicapped. Pinned apart, the runs took the steps they take alone; a run cannot widen its
-pin (evaluator/syscalls.py refuses it `sched_setaffinity`).
+pin (evaluator/syscalls.py refuses it `sched_setaffinity`). A coding agent's turn runs beside the runs too (one
+worker's as well), and could load the CPU as much: where runs train on GPUs, the agents get whole cores of their own
+(`agent_cores`, `pins`; AGENT_CPUS_ENV, applied by agents/fence.py), the runs the rest.
 
 Nothing here may fail a run: whatever the cgroup files say, an unreadable answer is "no quota".
 """
@@ -21,13 +23,18 @@ Nothing here may fail a run: whatever the cgroup files say, an unreadable answer
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 RUN_CPUS_ENV = "AUTORESEARCH_RUN_CPUS"  # "0,1,2,3": the CPUs a worker's evaluators and runs are pinned to
+AGENT_CPUS_ENV = "AUTORESEARCH_AGENT_CPUS"  # "15,31": the CPUs a shell agent's turn is pinned to; the loop sets it
+AGENT_CORES_ENV = "AUTORESEARCH_AGENT_CORES"  # whole cores set aside for agents' turns ("0": none), over `agent_cores`
+RUN_CORES = 4  # the fewest whole cores a GPU run keeps where agents get one of their own by default (BENCHMARKS.md)
 TOPOLOGY = Path("/sys/devices/system/cpu")
 
 
@@ -56,17 +63,64 @@ def shares(count: int) -> list[tuple[int, ...]] | None:
     """The CPUs this process may run on, split in order into `count` disjoint shares of whole cores (a core's
     hyperthreads share its units, so they go to one worker); with fewer cores than shares, of single CPUs; None
     with fewer CPUs than shares, or where the CPUs cannot be asked for."""
+    cores = _cores()
+    if cores is None or count < 1 or sum(map(len, cores)) < count:
+        return None
+    units = cores if len(cores) >= count else [[cpu] for cpu in sorted(cpu for core in cores for cpu in core)]
+    return _split(units, count)
+
+
+def agent_cores(count: int, on_gpu: bool, env: Mapping[str, str] = os.environ) -> int:
+    """The whole cores set aside for a shell agent's turns beside `count` workers: AGENT_CORES_ENV where it is set
+    (ValueError for what is not a number); else, where the runs train on GPUs, one per worker if each run keeps
+    RUN_CORES; else none (a run on the CPU would lose its share of the compute)."""
+    if asked := env.get(AGENT_CORES_ENV, "").strip():
+        if not asked.isdigit():
+            raise ValueError(f"{AGENT_CORES_ENV}={asked!r} is not a number of cores")
+        return int(asked)
+    return count if on_gpu and len(_cores() or []) - count >= count * RUN_CORES else 0
+
+
+def pins(count: int, aside: int = 0) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """RUN_CPUS_ENV for each of `count` workers on this machine, in order, and AGENT_CPUS_ENV for the agents' turns.
+    The last `aside` whole cores are the agents', and the runs split the rest, one worker's too (ValueError where a
+    run would have no core). With none aside, each worker gets its share (`shares`), the agents every CPU; {} for each
+    where there is one worker, or the CPUs cannot be split so."""
+    if aside and (cores := _cores()) is not None:
+        if len(cores) - aside < count:
+            raise ValueError(
+                f"{aside} of {len(cores)} cores for the agents leave fewer than one for each of {count} runs"
+            )
+        runs, theirs = _split(cores[:-aside], count), [cpu for core in cores[-aside:] for cpu in core]
+        return [{RUN_CPUS_ENV: _listed(cpus)} for cpus in runs], {AGENT_CPUS_ENV: _listed(theirs)}
+    split = shares(count) if count > 1 else None
+    return ([{RUN_CPUS_ENV: _listed(cpus)} for cpus in split] if split else [{} for _ in range(count)]), {}
+
+
+def runs_train_on_cpu(env: Mapping[str, str]) -> bool:
+    """Whether runs will train on the CPU (device.pick_device's answer), told without importing torch."""
+    if device := env.get("AUTORESEARCH_DEVICE"):
+        return device.startswith("cpu")
+    if sys.platform == "darwin":
+        return False  # Apple's GPU, mostly
+    return env.get("CUDA_VISIBLE_DEVICES") in ("", "-1") or not glob.glob("/dev/nvidia[0-9]*")
+
+
+def _cores() -> list[list[int]] | None:
+    """The CPUs this process may run on, by core, in order; None where they cannot be asked for."""
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return None
-    if count < 1 or len(cpus) < count:
         return None
     cores: dict[frozenset[int], list[int]] = {}
     for cpu in cpus:  # by the CPUs of its core, as the kernel lists them ("0,64" or "0-1"); alone where unreadable
         siblings = _cpu_list(_text(TOPOLOGY / f"cpu{cpu}" / "topology" / "thread_siblings_list")) or {cpu}
         cores.setdefault(frozenset(siblings), []).append(cpu)
-    units = list(cores.values()) if len(cores) >= count else [[cpu] for cpu in cpus]
+    return list(cores.values())
+
+
+def _split(units: list[list[int]], count: int) -> list[tuple[int, ...]]:
+    """`units` (cores, or single CPUs) split in order into `count` shares, as even as they can be."""
     size, extra = divmod(len(units), count)
     split, start = [], 0
     for i in range(count):
@@ -76,11 +130,8 @@ def shares(count: int) -> list[tuple[int, ...]] | None:
     return split
 
 
-def pins(count: int) -> list[dict[str, str]]:
-    """RUN_CPUS_ENV for each of `count` workers on this machine, in order: its share of the CPUs (`shares`); {} for
-    each where there is one worker, or where the CPUs cannot be split so."""
-    split = shares(count) if count > 1 else None
-    return [{RUN_CPUS_ENV: ",".join(map(str, cpus))} for cpus in split] if split else [{} for _ in range(count)]
+def _listed(cpus) -> str:
+    return ",".join(map(str, sorted(cpus)))
 
 
 def pin(env: Mapping[str, str] = os.environ) -> None:

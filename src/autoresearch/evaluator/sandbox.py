@@ -18,11 +18,9 @@ talk to the scorer other than through the socket it is handed, or leave anything
 from __future__ import annotations
 
 import functools
-import glob
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import shown as shown_paths
+from autoresearch.evaluator.cores import runs_train_on_cpu
 from autoresearch.evaluator.gpu_nodes import Nodes, own_nodes
 from autoresearch.files import absolute_entries, program_path
 
@@ -136,7 +135,7 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
     # spinning burns CPU time, which the CPU clock counts, the more so the busier the machine. (Not where a GPU
     # trains: there is no CPU clock to protect, and waking sleeping threads only adds latency.)
     evaluator["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
-    if _trains_on_cpu(env):
+    if runs_train_on_cpu(env):
         evaluator.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return evaluator
 
@@ -153,15 +152,6 @@ _RUN_MODULE = (
 def module_command(python: str, module: str) -> list[str]:
     """The command line that runs `module` as `python -m` does, but imports nothing from the working directory."""
     return [python, "-c", _RUN_MODULE, module]
-
-
-def _trains_on_cpu(env: Mapping[str, str]) -> bool:
-    """Whether runs will train on the CPU (device.pick_device's answer), told without importing torch."""
-    if device := env.get("AUTORESEARCH_DEVICE"):
-        return device.startswith("cpu")
-    if sys.platform == "darwin":
-        return False  # Apple's GPU, mostly; nothing is forked there
-    return env.get("CUDA_VISIBLE_DEVICES") in ("", "-1") or not glob.glob("/dev/nvidia[0-9]*")
 
 
 def python_needs(path: Path) -> bool:

@@ -108,7 +108,8 @@ class LocalExecutor:
         """`env`: set for this executor's evaluators and experiments (a worker's CUDA_VISIBLE_DEVICES, its
         OMP_NUM_THREADS), over the loop's own environment."""
         self.python = python
-        self.env = marked({**os.environ, **(env or {})})  # a later start kills what a killed loop left (`reap`)
+        self.asked = dict(env or {})
+        self.env = marked({**os.environ, **self.asked})  # a later start kills what a killed loop left (`reap`)
         self.prewarm = os.environ.get(PREWARM_ENV, "1") != "0" if prewarm is None else prewarm
         self._warm: Referee | None = None
         self._current: Referee | None = None  # the run in progress, for stop()

@@ -387,7 +387,7 @@ def _cpus_of(gpu: str) -> dict[str, str]:
         gpus = next((n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("NodeID") == node), 0)
     except Exception:  # the cluster's state not at hand: a pin is never worth a lost run
         return {}
-    index, found = int(gpu) if gpu.isdigit() else -1, pins(int(gpus))
+    index, found = int(gpu) if gpu.isdigit() else -1, pins(int(gpus))[0]
     return found[index] if 0 <= index < len(found) else {}
 
 

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import compile_cache
-from autoresearch.evaluator.cores import pins, usable_cores
+from autoresearch.evaluator.cores import (
+    AGENT_CORES_ENV,
+    agent_cores,
+    pins,
+    runs_train_on_cpu,
+    usable_cores,
+)
 from autoresearch.evaluator.gpu_nodes import gpu_models, nvidia_gpus
 from autoresearch.loop.executor import Executor, LocalExecutor, Outcome, RunSpec
 from autoresearch.workspace.disk import disk_full_is_an_error
@@ -34,6 +40,7 @@ if TYPE_CHECKING:
     from autoresearch.loop.engine import ResearchLoop
 
 WORKERS_DIR = "workers"  # under the workspace's .autoresearch/
+LOCAL = "local"  # the device of the one-worker loop, as it always ran: no --gpus, --workers or --ray
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,15 @@ def require_gpus(gpus: str | None) -> None:
 def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> list[Device]:
     """The devices of `--gpus all|0,1,3` or `--workers N`; neither: one worker as the loop always had, its
     environment untouched."""
+    return placed(gpus, workers, cores)[0]
+
+
+def placed(
+    gpus: str | None, workers: int | None, cores: int | None = None, agents: bool = False
+) -> tuple[list[Device], dict[str, str]]:
+    """`devices`, and the agents' pin (AGENT_CPUS_ENV, or {}): with `agents` (a shell agent's turns run beside the
+    runs), the agents get the whole cores evaluator/cores.py's `agent_cores` says, and every run, one worker's too,
+    is pinned off them."""
     if gpus is not None and workers is not None:
         raise AutoresearchError("give --gpus or --workers, not both", hint="--workers N is for CPU-only machines")
     if gpus is not None:
@@ -101,12 +117,14 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
             )
         # PCI bus order: GPU i is nvidia-smi's i, and the sandbox binds its device node alone (gpu_nodes.py).
         order, threads = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, _threads(len(ids), cores)
+        runs, theirs = _pins(len(ids), agents, True)
         return [
             Device(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g, **order, **threads, **pinned})
-            for g, pinned in zip(ids, pins(len(ids)), strict=True)
-        ]
+            for g, pinned in zip(ids, runs, strict=True)
+        ], theirs
     if workers is None:
-        return [Device("local")]
+        runs, theirs = _pins(1, agents, not runs_train_on_cpu(os.environ))
+        return [Device(LOCAL, runs[0])], theirs
     if workers < 1:
         raise AutoresearchError("--workers must be at least 1")
     if workers > (usable := cores or usable_cores()):
@@ -115,10 +133,19 @@ def devices(gpus: str | None, workers: int | None, cores: int | None = None) -> 
             f"--workers {workers} needs a core per worker, and this machine gives the loop {usable}",
             hint=f"use --workers {usable} or fewer (a container's CPU limit counts, not the machine's CPUs)",
         )
+    runs, theirs = _pins(workers, agents, False)
     return [
         Device(f"cpu {i}", {"CUDA_VISIBLE_DEVICES": "", **_threads(workers, usable), **pinned})
-        for i, pinned in enumerate(pins(workers))
-    ]
+        for i, pinned in enumerate(runs)
+    ], theirs
+
+
+def _pins(count: int, agents: bool, on_gpu: bool) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """evaluator/cores.py's `pins` for `count` workers, with the agents' cores aside where they have a shell."""
+    try:
+        return pins(count, agent_cores(count, on_gpu) if agents else 0)
+    except ValueError as err:
+        raise AutoresearchError(str(err), hint=f"set {AGENT_CORES_ENV} to fewer cores, or 0 for none") from None
 
 
 def _threads(workers: int, cores: int | None) -> dict[str, str]:
@@ -250,12 +277,12 @@ def check_out(git: Git, worktree: Path, commit: str) -> None:
 def make_workers(loop: ResearchLoop, found: list[Device], executor_for=None) -> list[Worker]:
     """One worker per device, each with its executor (`executor_for(device)`, a LocalExecutor by default)
     and a fresh worktree at the branch's head. The loop's own executor, whose fork server started importing as
-    the loop was made, is the first worker's where the device asks nothing of the environment; else it is
-    closed at once, so no unused fork server holds a core or the exit."""
+    the loop was made, is the first worker's where the device asks of the environment what it was made with; else it
+    is closed at once, so no unused fork server holds a core or the exit."""
     own = loop.executor
 
     def local(device: Device) -> Executor:
-        if not device.env and isinstance(own, LocalExecutor) and own not in executors:
+        if isinstance(own, LocalExecutor) and device.env == own.asked and own not in executors:
             return own
         return LocalExecutor(env=device.env)
 
