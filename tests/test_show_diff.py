@@ -158,7 +158,7 @@ def test_try_prints_one_verdict_line_on_stdout_and_its_progress_with_prefixes_on
 ) -> None:
     import autoresearch.loop.executor as executor
 
-    monkeypatch.setattr(executor, "LocalExecutor", lambda: FakeExecutor(score))
+    monkeypatch.setattr(executor, "LocalExecutor", lambda env=None: FakeExecutor(score))
     workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.2))
     code, out, err = run_cli(capsys, "try", "-m", "LR [0.05] -> 0.2", "--workspace", str(workspace.root))
     assert code == 0, err
