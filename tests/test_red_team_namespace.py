@@ -418,6 +418,36 @@ def test_an_agent_of_a_loop_run_as_root_cannot_configure_what_root_runs_in_run(w
                 Path("/run/modprobe.d").rmdir()
 
 
+KERNEL_SETTINGS = [  # each written back with the value it has: a no-op where the write is let through
+    "/proc/sys/kernel/core_pattern",
+    "/proc/irq/default_smp_affinity",
+    f"/sys/devices/system/cpu/cpu{max(os.sched_getaffinity(0))}/online",
+    "/sys/kernel/mm/ksm/run",
+]
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the loop runs as root: only root can write the kernel's settings")
+def test_an_agent_of_a_loop_run_as_root_cannot_change_the_kernels_settings(workspace, tmp_path):
+    """BROKE, fixed (red team): /sys and the settings in the turn's /proc were writable for the agent of a loop run as
+    root, whose user namespace maps root to root, and writing them checks the file's owner only. Pinned to the CPUs
+    set aside for agents, it moved itself into a cpuset of the runs' CPUs (a victim there took 2.0 x as long), took
+    its own CPU offline to be moved onto theirs (2.0 x), and sent the interrupts and the kernel's unbound work to
+    them (1.3 x); and /proc/sys/kernel/core_pattern, had it set a program there, would run it as root, outside every
+    namespace, at the next crash of any process. Now /sys, /proc/sys, /proc/irq, /proc/bus, /proc/fs and
+    /proc/sysrq-trigger are read-only in the agent's namespace."""
+    there = [f for f in KERNEL_SETTINGS if os.path.isfile(f)]
+    seen = agent_channel(workspace) / "seen"
+    tries = "; ".join(
+        f"{{ v=$(cat {f}) && printf '%s\\n' \"$v\" > {f} && echo written {f}; }} >> {seen} 2>&1 || true" for f in there
+    )
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{tries}\necho x")
+    assert exp.status == Status.KEEP, exp.reason
+    said = seen.read_text()
+    assert "written" not in said and said.count("Read-only file system") == len(there), said
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
+
+
 @pytest.mark.skipif(not HIDES, reason="no namespace here can make a place read-only")
 @pytest.mark.skipif(os.geteuid() != 0, reason="the loop runs as root: only root can write /var")
 def test_an_agent_of_a_loop_run_as_root_cannot_leave_what_root_runs_later_in_var(workspace, tmp_path):

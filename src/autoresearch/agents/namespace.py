@@ -120,7 +120,14 @@ _HIDE = (
 # family does; `/run/udev/rules.d`, `/run/systemd/system`: red team), but for the agent's runtime folder (`entered`).
 # And /var but /var/tmp (`entered`): as root, a maintainer script it wrote in /var/lib/dpkg/info ran as root at the
 # next `apt` (red team). The spools stay read-only where /var cannot be (it holds the workspace).
-SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS[:-1], "/etc", "/opt", "/boot", "/var", "/var/spool", "/run")  # but /sys
+# And the kernel's settings: /sys (one of shown.SYSTEM_DIRS), and of the turn's own /proc what sets the machine, not
+# the turn (KERNEL_SETTINGS). Writing them checks the file's owner only, and an agent of a loop run as root is root
+# to them (its user namespace maps root to root): it moved itself into a cpuset of the runs' CPUs (/sys/fs/cgroup),
+# took its own CPU offline to be moved onto theirs, sent the machine's interrupts and unbound kernel work there
+# (/proc/irq, the workqueues' cpumask: red team, all), and could set /proc/sys/kernel/core_pattern to a program that
+# the next crash of any process runs as root, outside every namespace, or reboot the machine (/proc/sysrq-trigger).
+KERNEL_SETTINGS = ("/proc/sys", "/proc/irq", "/proc/bus", "/proc/fs", "/proc/sysrq-trigger")
+SYSTEM_READ_ONLY = (*shown.SYSTEM_DIRS, "/etc", "/opt", "/boot", "/var", "/var/spool", "/run", *KERNEL_SETTINGS)
 
 
 def _namespaces() -> tuple[tuple[str, ...], ...]:
