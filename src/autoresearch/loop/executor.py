@@ -108,8 +108,8 @@ class LocalExecutor:
         """`env`: set for this executor's evaluators and experiments (a worker's CUDA_VISIBLE_DEVICES, its
         OMP_NUM_THREADS), over the loop's own environment."""
         self.python = python
-        self.asked = dict(env or {})
-        self.env = marked({**os.environ, **self.asked})  # a later start kills what a killed loop left (`reap`)
+        self.device_env = dict(env or {})
+        self.env = marked({**os.environ, **self.device_env})  # a later start kills what a killed loop left (`reap`)
         self.prewarm = os.environ.get(PREWARM_ENV, "1") != "0" if prewarm is None else prewarm
         self._warm: Referee | None = None
         self._current: Referee | None = None  # the run in progress, for stop()

@@ -282,7 +282,7 @@ def make_workers(loop: ResearchLoop, found: list[Device], executor_for=None) -> 
     own = loop.executor
 
     def local(device: Device) -> Executor:
-        if isinstance(own, LocalExecutor) and device.env == own.asked and own not in executors:
+        if isinstance(own, LocalExecutor) and device.env == own.device_env and own not in executors:
             return own
         return LocalExecutor(env=device.env)
 
