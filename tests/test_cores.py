@@ -224,7 +224,7 @@ def test_an_evaluator_pins_itself_its_threads_and_what_it_starts_and_a_bad_list_
         assert out.stdout.splitlines() == [f"{expected} {expected}", f"{expected}"], out.stderr
 
 
-def sixteen_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int = 16) -> None:
+def smt_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int = 16) -> None:
     """A machine of `count` cores with 2 hyperthreads each (core i is CPUs i and i + count)."""
     monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(2 * count)), raising=False)
     for cpu in range(2 * count):
@@ -237,7 +237,7 @@ def test_a_shell_agents_turns_get_a_whole_core_per_worker_where_runs_train_on_gp
     baseline's seeds as a neighbour's train.py did. Where the runs train on GPUs, the last whole core per worker is
     the agents', as long as each run keeps RUN_CORES; the runs split the rest, one worker's run pinned too."""
     monkeypatch.delenv(cores.AGENT_CORES_ENV, raising=False)
-    sixteen_cores(tmp_path, monkeypatch)
+    smt_machine(tmp_path, monkeypatch)
     assert [cores.agent_cores(n, on_gpu=True) for n in (1, 2, 3, 4)] == [1, 2, 3, 0]  # 16 - 4 < 4 x RUN_CORES
     assert cores.agent_cores(1, on_gpu=False) == 0  # a run on the CPU would lose its share of the compute
     runs, theirs = cores.pins(1, 1)
@@ -254,7 +254,7 @@ def test_a_shell_agents_turns_get_a_whole_core_per_worker_where_runs_train_on_gp
 
 
 def test_agent_cores_can_be_set_and_a_bad_setting_is_refused_before_anything_runs(tmp_path, monkeypatch) -> None:
-    sixteen_cores(tmp_path, monkeypatch, count=2)
+    smt_machine(tmp_path, monkeypatch, count=2)
     monkeypatch.setattr("autoresearch.loop.workers.runs_train_on_cpu", lambda env: False)
     monkeypatch.delenv(cores.AGENT_CORES_ENV, raising=False)
     found, theirs = placed(None, None, agents=True)  # 2 cores: too few to set one aside by default
@@ -266,11 +266,11 @@ def test_agent_cores_can_be_set_and_a_bad_setting_is_refused_before_anything_run
     found, theirs = placed(None, 1, agents=True)
     assert found[0].env[cores.RUN_CPUS_ENV] == "0,2" and theirs == {cores.AGENT_CPUS_ENV: "1,3"}
     monkeypatch.setenv(cores.AGENT_CORES_ENV, "0")
-    sixteen_cores(tmp_path, monkeypatch)
+    smt_machine(tmp_path, monkeypatch)
     assert placed(None, None, agents=True) == ([Device(LOCAL)], {})
     for value, said in (("2", "leave fewer than one for each of 2 runs"), ("two", "'two' is not a number of cores")):
         monkeypatch.setenv(cores.AGENT_CORES_ENV, value)
-        sixteen_cores(tmp_path, monkeypatch, count=2)
+        smt_machine(tmp_path, monkeypatch, count=2)
         with pytest.raises(AutoresearchError, match=said) as refused:
             placed(None, 2, agents=True)
         assert cores.AGENT_CORES_ENV in refused.value.hint

@@ -435,7 +435,8 @@ def test_an_agent_of_a_loop_run_as_root_cannot_change_the_kernels_settings(works
     its own CPU offline to be moved onto theirs (2.0 x), and sent the interrupts and the kernel's unbound work to
     them (1.3 x); and /proc/sys/kernel/core_pattern, had it set a program there, would run it as root, outside every
     namespace, at the next crash of any process. Now /sys, /proc/sys, /proc/irq, /proc/bus, /proc/fs and
-    /proc/sysrq-trigger are read-only in the agent's namespace."""
+    /proc/sysrq-trigger are read-only in the agent's namespace. (A cgroup filesystem it mounts afresh, in user and
+    cgroup namespaces of its own, still took it into a cpuset of the runs' CPUs: README, "Many GPUs".)"""
     there = [f for f in KERNEL_SETTINGS if os.path.isfile(f)]
     seen = agent_channel(workspace) / "seen"
     tries = "; ".join(
