@@ -308,6 +308,41 @@ def test_weights_that_come_past_the_budget_its_grace_and_the_hand_over_are_inval
         assert "the weights came 52.3s after the clock started (at most 52.2s" in session.late()
 
 
+class SlowToRead(HandClock):
+    """A hand clock whose reader, once `slow`, is kept waiting for a CPU for a moment before it reads."""
+
+    slow = False
+
+    def read(self) -> float:
+        if self.slow:
+            time.sleep(0.3)
+        return self.now
+
+
+def test_what_the_experiment_does_after_stop_is_not_training_however_late_the_evaluator_reads(dataset, preset):
+    """Was a flake of the Ray test under CI load: an honest run of a 1 s budget "trained 1.4 s". The evaluator
+    reads the clock when `stop` reaches it; kept waiting for a CPU meanwhile, it counted on a CPU clock what the
+    experiment did after `stop` (exporting the weights, tearing down). Now it answers `stop` once it has read the
+    clock, and the harness hands the weights over only then."""
+    clock = SlowToRead()
+
+    class Exported:
+        def weights(self) -> bytes:
+            clock.now += 0.3  # the CPU time an export takes
+            return b"w"
+
+    with served(dataset, preset, budget=50.0, clock=clock) as (run, session):
+        batches = run.train_batches(4)
+        start_clock(run)
+        train_steps(run, batches, clock, 50, 1.0)
+        run._exported = Exported()  # type: ignore[assignment]
+        clock.slow = True
+        run.finish()
+        time.sleep(0.5)
+        assert session.timeline.trained == 50.0 and session.timeline.handed_over == pytest.approx(50.3)
+        assert session.late() is None
+
+
 @pytest.mark.slow
 def test_weights_may_take_one_typical_step_longer_on_a_slowed_machine(dataset, preset) -> None:
     """Was a break on two H200s: a CPU hog beside a GPU run slowed its hand-over to 0.9 s of the 0.8 s allowed,

@@ -177,7 +177,7 @@ class Run:
             raise TrainingFailed("no model to score: call run.set_model(model) before training")
         if self._pending_loss is not None and not self._pending_loss.item() <= LOSS_LIMIT:
             raise TrainingFailed(f"training diverged: loss is {self._pending_loss.item()} at step {self.step}")
-        self._channel.send(
+        self._channel.request(  # answered once the evaluator has read its clock: what follows is not training
             {
                 "op": "stop",
                 "steps": self.step,
