@@ -170,17 +170,17 @@ def test_the_cpus_name_comes_from_the_kernel_and_else_is_its_architecture(tmp_pa
 # -- each worker's own CPUs ------------------------------------------------------------------------------------
 
 
-def eight_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A machine of 4 cores with 2 hyperthreads each, numbered as Linux does (core 0 is CPUs 0 and 4)."""
-    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    for cpu in range(8):
-        write(tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list", f"{cpu % 4},{cpu % 4 + 4}")
+def smt_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int = 16) -> None:
+    """A machine of `count` cores with 2 hyperthreads each (core i is CPUs i and i + count)."""
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(2 * count)), raising=False)
+    for cpu in range(2 * count):
+        write(tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list", f"{cpu % count},{cpu % count + count}")
     monkeypatch.setattr(cores, "TOPOLOGY", tmp_path)
 
 
 def test_each_worker_gets_whole_cores_of_its_own_and_too_few_cpus_pin_none(tmp_path, monkeypatch) -> None:
     """A core's hyperthreads share its units: split by number, every worker would get half of every core."""
-    eight_cpus(tmp_path, monkeypatch)
+    smt_machine(tmp_path, monkeypatch, count=4)  # core 0 is CPUs 0 and 4
     assert cores.shares(2) == [(0, 1, 4, 5), (2, 3, 6, 7)]
     assert cores.shares(3) == [(0, 1, 4, 5), (2, 6), (3, 7)]
     assert cores.shares(8) == [(cpu,) for cpu in range(8)]  # more workers than cores: a hyperthread each
@@ -191,7 +191,7 @@ def test_each_worker_gets_whole_cores_of_its_own_and_too_few_cpus_pin_none(tmp_p
 
 
 def test_the_runs_on_each_gpu_of_a_ray_node_get_its_share_of_that_nodes_cpus(tmp_path, monkeypatch) -> None:
-    eight_cpus(tmp_path, monkeypatch)
+    smt_machine(tmp_path, monkeypatch, count=4)  # core 0 is CPUs 0 and 4
     nodes = [{"NodeID": "other", "Resources": {"GPU": 8.0}}, {"NodeID": "this", "Resources": {"GPU": 2.0}}]
     context = SimpleNamespace(get_node_id=lambda: "this")
     ray = SimpleNamespace(get_runtime_context=lambda: context, nodes=lambda: nodes)
@@ -222,14 +222,6 @@ def test_an_evaluator_pins_itself_its_threads_and_what_it_starts_and_a_bad_list_
         env = {**os.environ, cores.RUN_CPUS_ENV: value}
         out = subprocess.run([sys.executable, "-c", PINNED], env=env, capture_output=True, text=True, timeout=60)
         assert out.stdout.splitlines() == [f"{expected} {expected}", f"{expected}"], out.stderr
-
-
-def smt_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int = 16) -> None:
-    """A machine of `count` cores with 2 hyperthreads each (core i is CPUs i and i + count)."""
-    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(2 * count)), raising=False)
-    for cpu in range(2 * count):
-        write(tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list", f"{cpu % count},{cpu % count + count}")
-    monkeypatch.setattr(cores, "TOPOLOGY", tmp_path)
 
 
 def test_a_shell_agents_turns_get_a_whole_core_per_worker_where_runs_train_on_gpus(tmp_path, monkeypatch) -> None:
