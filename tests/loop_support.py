@@ -72,6 +72,28 @@ if __name__ == "__main__":
 FAKE_SETUP = "AMD EPYC; CPU time / 2 cores"  # what a fake result says it was measured on (Result.setup)
 
 
+# What a process does to take the CPUs it is not pinned to (a run beside other workers' runs, an agent's turn beside
+# the runs): every CPU asked for; an io_uring ring whose polling thread spins on the CPU it names (SQPOLL | SQ_AFF),
+# whatever the process is pinned to; a user namespace of its own, where a run as root mounted the cgroup filesystem
+# and moved into another cpuset. Its lines: "cores: widened" or "cores: refused ERRNO", "io_uring: set up" or
+# "io_uring: refused ERRNO", "user namespace: made" or "... refused ERRNO", then "cores: CPU CPU ...".
+TAKE_EVERY_CORE = """
+import ctypes, os
+try:
+    os.sched_setaffinity(0, range(os.cpu_count()))
+    print("cores: widened", flush=True)
+except OSError as exc:
+    print("cores: refused", exc.errno, flush=True)
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(bytes(8) + (6).to_bytes(4, "little"), 120)
+ok = libc.syscall(425, 4, params) >= 0
+print("io_uring:", "set up" if ok else f"refused {ctypes.get_errno()}", flush=True)
+ok = libc.unshare(0x10000000) == 0
+print("user namespace:", "made" if ok else f"refused {ctypes.get_errno()}", flush=True)
+print("cores:", *sorted(os.sched_getaffinity(0)), flush=True)
+"""
+
+
 def make_workspace(path: Path, data_dir: Path, train_py: str = BIGRAM_TRAIN_PY, budget: float = 1.0) -> Workspace:
     create_workspace(path, get_preset("tiny"), "python-source", data_dir, budget, tag="test")
     ws = Workspace(path)

@@ -14,10 +14,11 @@ import json
 import os
 import re
 import shutil
+import textwrap
 import threading
 
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
+from loop_support import TAKE_EVERY_CORE, FakeExecutor, ScriptedAgent, constant, make_loop, with_constants
 
 from autoresearch.agents.base import Proposal
 from autoresearch.evaluator import cores, sandbox, syscalls
@@ -283,24 +284,6 @@ def test_a_train_py_swapped_in_a_workers_worktree_while_its_evaluator_starts_is_
 
 # -- a train.py beside the other workers' runs -------------------------------------------------------------
 
-GRAB_EVERY_CORE = (
-    "    try:\n"
-    "        os.sched_setaffinity(0, range(os.cpu_count()))\n"
-    "        print('cores: widened', flush=True)\n"
-    "    except OSError as exc:\n"
-    "        print('cores: refused', exc.errno, flush=True)\n"
-    "    print('cores:', sorted(os.sched_getaffinity(0)), flush=True)\n"
-    # An io_uring polling thread spins on the CPU its ring names, whatever the process is pinned to.
-    "    import ctypes\n"
-    "    libc = ctypes.CDLL(None, use_errno=True)\n"
-    "    params = ctypes.create_string_buffer(bytes(8) + (6).to_bytes(4, 'little'), 120)\n"
-    "    ok = libc.syscall(425, 4, params) >= 0\n"  # io_uring_setup(4, SQPOLL | SQ_AFF), on every CPU's number
-    "    print('io_uring:', 'set up' if ok else f'refused {ctypes.get_errno()}', flush=True)\n"
-    # In a user namespace of its own, a run as root mounted the cgroup filesystem and moved into another cpuset.
-    "    ok = libc.unshare(0x10000000) == 0\n"  # CLONE_NEWUSER
-    "    print('user namespace:', 'made' if ok else f'refused {ctypes.get_errno()}', flush=True)\n"
-)
-
 
 @pytest.mark.slow
 @pytest.mark.skipif(
@@ -316,7 +299,7 @@ def test_a_train_py_cannot_take_the_cores_of_the_runs_beside_it(workspace):
     CPUs (both now refused; that cgroup is not at hand here, so the first step is what is asserted)."""
 
     ws = workspace
-    ws.train_py.write_text("import os\n" + ws.read_train_py().replace(START, GRAB_EVERY_CORE + START))
+    ws.train_py.write_text(ws.read_train_py().replace(START, textwrap.indent(TAKE_EVERY_CORE, "    ") + START))
     ws.git.commit("takes every core", "train.py")
     run_workers(make_loop(ws, FakeExecutor(score), baseline_runs=2), None, devices(None, 2), max_experiments=0)
     seen = []
@@ -324,8 +307,8 @@ def test_a_train_py_cannot_take_the_cores_of_the_runs_beside_it(workspace):
         log = (ws.state / "runs" / f"1-{run}" / "log.txt").read_text()
         assert f"cores: refused {errno.EPERM}" in log and "widened" not in log, log
         assert f"io_uring: refused {errno.EPERM}" in log and f"user namespace: refused {errno.EPERM}" in log, log
-        seen.append(re.search(r"cores: \[(.*)\]", log)[1])
-    assert sorted(seen) == sorted(", ".join(map(str, cpus)) for cpus in cores.shares(2)), seen
+        seen.append(re.search(r"cores: ([\d ]+)\n", log)[1])
+    assert sorted(seen) == sorted(" ".join(map(str, cpus)) for cpus in cores.shares(2)), seen
     assert Ledger(ws.root).get(1).status == Status.KEEP
 
 
