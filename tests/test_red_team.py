@@ -28,7 +28,7 @@ from loop_support import make_loop, one_edit
 import autoresearch.loop.judge as judge_module
 from autoresearch.data.shards import Manifest
 from autoresearch.data.sources import VAL
-from autoresearch.evaluator import compile_cache
+from autoresearch.evaluator import cgroups, compile_cache, tasks
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.watch import package_digest
@@ -149,6 +149,38 @@ def test_a_process_left_behind_to_edit_files_later_dies_with_the_run(lab, tiny_p
     time.sleep(3)
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
     assert protected(ws, tiny_prepared) == before
+
+
+# Forks until refused, each child an exec'd `sleep` with a number of its own (to be found if it outlived the run).
+FORK_WITHOUT_END = """\
+    import os
+    for forked in range(200):
+        if os.fork() == 0:
+            os.execv("/bin/sleep", ["sleep", "{marker}"])
+        print("FORKED", forked + 1, flush=True)
+"""
+
+
+def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab, monkeypatch) -> None:
+    """A fork bomb fills the machine's process table within a second: the loop then cannot start git, another
+    worker's honest run cannot start its compiler's workers (a crash, not retried). A run gets at most
+    AUTORESEARCH_RUN_TASKS tasks (evaluator/tasks.py: a pids cgroup for a loop run as root, RLIMIT_NPROC in the
+    run's user namespace otherwise), says so in its log, and leaves neither a process nor its group behind.
+    BROKE before: all 200 forks went through."""
+    ws, _ = lab
+    monkeypatch.setenv(tasks.TASKS_ENV, "48")
+    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)  # its evaluators start with this env
+    marker = f"{os.getpid() % 1000}.{time.time_ns() % 10**6}"
+    exp = loop.step(one_edit("fork without end", [(START, START + FORK_WITHOUT_END.format(marker=marker))]))
+    log = first_run_log(ws, exp.id)
+    forked = int(re.findall(r"FORKED (\d+)", log)[-1])
+    assert 0 < forked < 48 and "Resource temporarily unavailable" in log, log
+    assert "the run reached its cap of 48 tasks at once" in log, log
+    assert exp.status == Status.CRASH
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
+    groups = [folder for own, _ in cgroups.own_folders("pids") for folder in own.glob(f"{tasks.GROUP_PREFIX}*")]
+    assert [g for g in groups if not psutil.pid_exists(int(g.name.removeprefix(tasks.GROUP_PREFIX)))] == []
+    assert loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.06")])).status != Status.CRASH
 
 
 # The experiment is forked from the evaluator: whatever is in the evaluator's memory when it forks is in the

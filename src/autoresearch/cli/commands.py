@@ -43,9 +43,10 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
 
     if args.baseline_runs < 2:
         raise AutoresearchError("--baseline-runs must be at least 2: one run cannot measure the noise")
-    from autoresearch.evaluator import compile_cache, sandbox
+    from autoresearch.evaluator import compile_cache, sandbox, tasks
 
     compile_cache.limit_bytes()  # a bad $AUTORESEARCH_COMPILE_CACHE_GB is said now, not as every run's crash
+    run_tasks = tasks.run_tasks()  # and so is a bad $AUTORESEARCH_RUN_TASKS
     config = LoopConfig(baseline_runs=args.baseline_runs, timeout=args.timeout)
     ws = Workspace(args.workspace)
     executor = LocalExecutor(env=env)  # its fork server starts importing at once
@@ -59,6 +60,13 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
             f"warning: train.py runs unconfined here ({why}). Its score is still computed outside it and the "
             "workspace is checked after every run, but it can read what you can (the validation data too). "
             "To confine it: install bubblewrap and allow unprivileged user namespaces"
+        )
+    if not tasks.capped(sandbox.unavailable_reason() is None, run_tasks):
+        reporter.message(
+            "warning: a run's processes are not capped here (RLIMIT_NPROC does not bind a loop run as root, nor "
+            "count per user namespace before Linux 5.14, and no pids cgroup can be made below the loop's): a train.py "
+            "that starts processes without end can fill the machine's process table until its run's timeout. Run the "
+            "loop as another user, or within a pids limit (docker run --pids-limit, systemd's TasksMax=)"
         )
     return loop
 

@@ -28,7 +28,7 @@ from typing import BinaryIO, NoReturn
 
 import psutil
 
-from autoresearch.evaluator import joining, sandbox, syscalls
+from autoresearch.evaluator import joining, sandbox, syscalls, tasks
 from autoresearch.wire import CHANNEL_ENV, Channel
 
 LOG_LIMIT = 32 * 2**20  # bytes of output kept per run: a train.py that prints without end cannot fill the disk
@@ -111,6 +111,12 @@ class ExperimentProcess:
         self.unconfined_reason = sandbox.unavailable_reason()
         self.unfiltered_reason = syscalls.unavailable_reason()
         self._anchor: subprocess.Popen | None = None
+        # At most so many tasks at once (evaluator/tasks.py): by its group, entered before it starts anything, or by
+        # RLIMIT_NPROC, which `task_limit` asks the harness to set in the run's own user namespace.
+        self.tasks = tasks.run_tasks()
+        self.group = tasks.Group.make(self.tasks)
+        self._group_refused = False  # whether its group refused a task, read before the group is removed
+        self.task_limit = self.tasks if self.tasks and self.unconfined_reason is None and tasks.by_limit() else None
         self.join_error: str | None = None  # why the experiment could not be forked into its sandbox
         ours, theirs = socket.socketpair()
         env = {**env, CHANNEL_ENV: str(theirs.fileno()), "PYTHONUNBUFFERED": "1"}
@@ -134,13 +140,20 @@ class ExperimentProcess:
 
     def _start(self, box, view, env, channel_fd: int) -> tuple[subprocess.Popen, BinaryIO]:
         argv = [sys.executable, "-m", "autoresearch.harness.boot"]
-        fds, preexec = [channel_fd], None
+        fds, filter_here = [channel_fd], False
         if self.unconfined_reason is None:
             seccomp = syscalls.bpf_fd() if self.unfiltered_reason is None else None
             fds += [seccomp] if seccomp is not None else []
             argv = _confined(argv, box, view, env, seccomp)
-        elif self.unfiltered_reason is None:
-            preexec = syscalls.install
+        else:
+            filter_here = self.unfiltered_reason is None
+
+        def preexec() -> None:
+            if self.group is not None:
+                self.group.enter()
+            if filter_here:
+                syscalls.install()
+
         proc = subprocess.Popen(
             argv,
             cwd=box,
@@ -149,7 +162,7 @@ class ExperimentProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             pass_fds=fds,
-            preexec_fn=preexec,  # only unconfined: loads the filter before exec
+            preexec_fn=preexec,  # enters the group; unconfined, loads the filter before exec
         )
         for fd in fds[1:]:
             os.close(fd)
@@ -174,7 +187,8 @@ class ExperimentProcess:
         box_env = sandbox.confined_environment(env, box) if confined and view.gpu else sandbox.box_environment(env, box)
         pid = os.fork()
         if pid == 0:
-            _become_experiment(anchor_pid, box, box_env, channel_fd, out_w, ready_w, self.unfiltered_reason is None)
+            filtered = self.unfiltered_reason is None
+            _become_experiment(anchor_pid, self.group, box, box_env, channel_fd, out_w, ready_w, filtered)
         os.close(out_w)
         os.close(ready_w)
         with os.fdopen(ready_r, "rb") as ready:
@@ -216,10 +230,23 @@ class ExperimentProcess:
                     child.kill()
         code = self.proc.wait()
         self.output.finish()
+        if self.group is not None:
+            self._group_refused = self._group_refused or self.group.reached()
+            self.group.remove()
         return code
+
+    def reached_task_cap(self) -> bool:
+        """Whether the run was refused a process or thread for its cap of `tasks` (as far as can be told: by its
+        group's count; under RLIMIT_NPROC, by the error its output ends with)."""
+        if self._group_refused:
+            return True
+        return self.task_limit is not None and any(e in self.output.last_line() for e in _TASK_REFUSED)
 
     def exit_code(self) -> int | None:
         return self.proc.poll()
+
+
+_TASK_REFUSED = ("Resource temporarily unavailable", "can't start new thread")  # fork's and a thread's EAGAIN
 
 
 class Forked:
@@ -284,11 +311,14 @@ def _anchor_pid(anchor: subprocess.Popen, timeout: float = 30.0) -> int | None:
     return None
 
 
-def _become_experiment(anchor: int | None, box: Path, env: dict[str, str], channel_fd: int, out_fd: int,
-                       ready_fd: int, filtered: bool) -> NoReturn:  # fmt: skip
-    """In the child of os.fork: join the sandbox, fork into its PID namespace, wait for that process and
-    exit as it did. The inner process drops its privileges, says "ok" on `ready_fd` and runs the experiment."""
+def _become_experiment(anchor: int | None, group: tasks.Group | None, box: Path, env: dict[str, str],
+                       channel_fd: int, out_fd: int, ready_fd: int, filtered: bool) -> NoReturn:  # fmt: skip
+    """In the child of os.fork: enter the run's group, join the sandbox, fork into its PID namespace, wait for that
+    process and exit as it did. The inner process drops its privileges, says "ok" on `ready_fd` and runs the
+    experiment."""
     try:
+        if group is not None:  # before it joins the sandbox, where /sys is read-only
+            group.enter()
         if anchor is not None:
             joining.join(anchor)
         inner = os.fork()

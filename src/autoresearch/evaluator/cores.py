@@ -26,10 +26,11 @@ import contextlib
 import glob
 import math
 import os
-import re
 import sys
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+
+from autoresearch.evaluator.cgroups import folders, text
 
 RUN_CPUS_ENV = "AUTORESEARCH_RUN_CPUS"  # "0,1,2,3": the CPUs a worker's evaluators and runs are pinned to
 AGENT_CPUS_ENV = "AUTORESEARCH_AGENT_CPUS"  # "15,31": the CPUs a shell agent's turn is pinned to; the loop sets it
@@ -114,7 +115,7 @@ def _cores() -> list[list[int]] | None:
         return None
     cores: dict[frozenset[int], list[int]] = {}
     for cpu in cpus:  # by the CPUs of its core, as the kernel lists them ("0,64" or "0-1"); alone where unreadable
-        siblings = _cpu_list(_text(TOPOLOGY / f"cpu{cpu}" / "topology" / "thread_siblings_list")) or {cpu}
+        siblings = _cpu_list(text(TOPOLOGY / f"cpu{cpu}" / "topology" / "thread_siblings_list")) or {cpu}
         cores.setdefault(frozenset(siblings), []).append(cpu)
     return list(cores.values())
 
@@ -164,77 +165,34 @@ def _cpu_list(text: str) -> set[int]:
 def quota() -> float | None:
     """This process's tightest CPU quota, in cores; None if there is none or it cannot be read."""
     try:
-        return quota_of(_text("/proc/self/cgroup"), _text("/proc/self/mountinfo"))
+        return quota_of(text("/proc/self/cgroup"), text("/proc/self/mountinfo"))
     except Exception:  # a thread count is never worth a failed run
         return None
 
 
 def quota_of(membership: str, mountinfo: str) -> float | None:
-    """The tightest CPU quota on the process's cgroup and the cgroups above it that are mounted here, in cores.
-
-    `membership` is /proc/self/cgroup's text, `mountinfo` /proc/self/mountinfo's. cgroup v2 (a `0::/path` line,
-    a `cgroup2` mount) keeps a quota in `cpu.max` ("200000 100000"; "max 100000" for none); v1 (a line whose
-    controllers include `cpu`, a `cgroup` mount with the `cpu` option) in `cpu.cfs_quota_us` (-1 for none) over
-    `cpu.cfs_period_us`. A mount shows the hierarchy from its own root (a container sees its cgroup as `/`), so
-    the process's path is read relative to it, and a path outside the mounted part is not guessed at."""
+    """The tightest CPU quota on the process's cgroup and the cgroups above it that are mounted here, in cores
+    (`membership`, `mountinfo`: as `folders` takes them). cgroup v2 keeps a quota in `cpu.max` ("200000
+    100000"; "max 100000" for none); v1 in `cpu.cfs_quota_us` (-1 for none) over `cpu.cfs_period_us`."""
     quotas = []
-    for line in membership.splitlines():
-        fields = line.split(":", 2)
-        if len(fields) != 3:
-            continue
-        _, controllers, path = fields
-        v2 = controllers == ""
-        if not v2 and "cpu" not in controllers.split(","):
-            continue
-        read = _v2_quota if v2 else _v1_quota
-        for mount_root, mount_point in _cgroup_mounts(mountinfo, v2):
-            inside = _relative(PurePosixPath(path), PurePosixPath(mount_root))
-            if inside is None:
-                continue
-            level, top = Path(mount_point, inside), Path(mount_point)
-            while True:  # the process's cgroup, then each one above it up to the mount's root
-                if (found := read(level)) is not None:
-                    quotas.append(found)
-                if level == top:
-                    break
-                level = level.parent
+    for level, top in folders("cpu", membership, mountinfo):
+        read = _v1_quota if (level / "cpu.cfs_quota_us").exists() else _v2_quota
+        while True:  # the process's cgroup, then each one above it up to the mount's root
+            if (found := read(level)) is not None:
+                quotas.append(found)
+            if level == top:
+                break
+            level = level.parent
     return min(quotas, default=None)
 
 
-def _cgroup_mounts(mountinfo: str, v2: bool) -> list[tuple[str, str]]:
-    """(the cgroup path mounted, where) of each mount of the v2 hierarchy, or of the v1 one that has `cpu`."""
-    mounts = []
-    for line in mountinfo.splitlines():
-        left, sep, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if not sep or len(fields) < 5 or len(tail) < 3:
-            continue
-        if (v2 and tail[0] == "cgroup2") or (not v2 and tail[0] == "cgroup" and "cpu" in tail[2].split(",")):
-            mounts.append((_unescape(fields[3]), _unescape(fields[4])))
-    return mounts
-
-
-def _relative(path: PurePosixPath, root: PurePosixPath) -> PurePosixPath | None:
-    if ".." in path.parts:  # outside its namespace's root: not a path under any mount
-        return None
-    try:
-        return path.relative_to(root)
-    except ValueError:
-        return None
-
-
-def _unescape(field: str) -> str:
-    """mountinfo writes a space, tab, newline or backslash in a path as an octal escape: \\040."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
-
-
 def _v2_quota(directory: Path) -> float | None:
-    fields = _text(directory / "cpu.max").split()
+    fields = text(directory / "cpu.max").split()
     return _ratio(fields[0], fields[1]) if len(fields) == 2 else None
 
 
 def _v1_quota(directory: Path) -> float | None:
-    return _ratio(_text(directory / "cpu.cfs_quota_us"), _text(directory / "cpu.cfs_period_us"))
+    return _ratio(text(directory / "cpu.cfs_quota_us"), text(directory / "cpu.cfs_period_us"))
 
 
 def _ratio(quota: str, period: str) -> float | None:
@@ -244,11 +202,3 @@ def _ratio(quota: str, period: str) -> float | None:
         return q / p if q > 0 and p > 0 else None
     except (ValueError, OverflowError):
         return None
-
-
-def _text(path: str | Path) -> str:
-    """A file's text, any bytes kept (as os.fsdecode does a path); "" if it cannot be read."""
-    try:
-        return os.fsdecode(Path(path).read_bytes())
-    except (OSError, ValueError):
-        return ""

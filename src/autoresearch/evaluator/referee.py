@@ -41,7 +41,7 @@ from autoresearch.data.shards import REPAIR_HINT, Manifest, evaluation_rows, ope
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
-from autoresearch.evaluator import ahead, compile_cache, cores, sandbox
+from autoresearch.evaluator import ahead, compile_cache, cores, sandbox, tasks
 from autoresearch.evaluator.clock import CPU, CpuClock, TrainingClock, WallClock
 from autoresearch.evaluator.clock import describe as describe_clock
 from autoresearch.evaluator.confined import ExperimentProcess
@@ -109,7 +109,14 @@ class Referee:
             "untimed_steps": self.preset.untimed_steps,
             "train_rows": self.feeder.order.num_rows,
         }
-        self.session = Session(self.experiment.channel, self.feeder, constants, self.apparatus.budget_seconds, clock)
+        self.session = Session(
+            self.experiment.channel,
+            self.feeder,
+            constants,
+            self.apparatus.budget_seconds,
+            clock,
+            self.experiment.task_limit,
+        )
         self.timeline = self.session.timeline
         self._ahead: ahead.CompileAhead | None = None
         if self.experiment.confined and ahead.wanted(devices.pick_device()):  # (unconfined, `stop` kills its pool)
@@ -172,6 +179,11 @@ class Referee:
             # Without a hand-over the channel closed: train.py ended, or closed it and goes on (then stopped).
             ended = not broken and self.timeline.weights_data is None and self.experiment.ends_by_itself(ENDING_S)
             code = self.experiment.stop()
+            if self.experiment.reached_task_cap():
+                self.experiment.output.note(
+                    f"autoresearch: the run reached its cap of {self.experiment.tasks} tasks at once (processes and "
+                    f"threads together) and was refused more; where a run needs more, set {tasks.TASKS_ENV}"
+                )
             if start_up := self.timeline.start_up():
                 self.experiment.output.note(start_up)
             compiled = compile_cache.harvest(self.box, staged) if staged else ""

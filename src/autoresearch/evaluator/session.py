@@ -90,8 +90,11 @@ def longest_step(budget: float) -> float:
 
 
 class Session:
-    def __init__(self, channel: Channel, feeder: Feeder, constants: dict, budget_seconds: float, clock: TrainingClock):
+    def __init__(self, channel: Channel, feeder: Feeder, constants: dict, budget_seconds: float, clock: TrainingClock,
+                 task_limit: int | None = None):  # fmt: skip
         self.channel, self.feeder, self.clock = channel, feeder, clock
+        # "go" carries the RLIMIT_NPROC the harness sets before train.py runs (evaluator/tasks.py), where it applies.
+        self.go = {"op": "go", **({"tasks": task_limit} if task_limit else {})}
         self.constants = {**constants, "clock": clock.kind, "clock_cores": clock.cores}
         self.constants["longest_step"] = longest_step(budget_seconds)
         self.constants["handover_seconds"] = HANDOVER_SECONDS
@@ -114,7 +117,7 @@ class Session:
         channel, t = self.channel, self.timeline
         try:
             t.go = time.monotonic()
-            channel.send({"op": "go"})
+            channel.send(self.go)
             while True:
                 header, payload = channel.receive()
                 op = header.get("op")

@@ -11,6 +11,7 @@ the budget is that run's own CPU time (evaluator/clock.py).
 from __future__ import annotations
 
 import importlib
+import resource
 import runpy
 import sys
 import warnings
@@ -52,6 +53,16 @@ def fresh_thread_pool() -> None:
     torch.set_num_threads(torch.get_num_threads())
 
 
+def cap_tasks(tasks: int) -> None:
+    """At most `tasks` processes and threads for this run and all it starts (evaluator/tasks.py), set before train.py
+    runs, where this process is in a user namespace of its own: in the machine's, the kernel would count every
+    process of the user."""
+    with open("/proc/self/uid_map") as mapping:
+        if mapping.read().split() == ["0", "0", "4294967295"]:  # the machine's own namespace
+            return
+    resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))
+
+
 def run(channel: Channel) -> None:
     """Wait for "go", then run ./train.py as `python train.py` would."""
     fresh_thread_pool()
@@ -61,6 +72,8 @@ def run(channel: Channel) -> None:
         sys.exit(0)  # the evaluator went away before this run was needed
     if header.get("op") != "go":
         sys.exit(f"autoresearch: expected 'go' from the evaluator, got {header!r}")
+    if tasks := header.get("tasks"):
+        cap_tasks(int(tasks))
     sys.argv = ["train.py"]
     sys.path[0:1] = [""]  # as `python train.py` in this directory: its own modules first
     runpy.run_path("train.py", run_name="__main__")

@@ -31,6 +31,7 @@ from typing import Protocol
 
 import psutil
 
+from autoresearch.evaluator import tasks
 from autoresearch.evaluator.confined import FORK_ENV, kill_tree
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, ForgedResult, Result
 from autoresearch.evaluator.sandbox import evaluator_env, module_command
@@ -278,6 +279,7 @@ class Referee:
     def kill(self, wait: float = 10.0) -> None:
         kill_tree(self.proc, wait)
         self.release()
+        tasks.remove_group_of(self.proc.pid)
 
     def errors(self) -> str:
         self.proc.captured.seek(0)

@@ -1,0 +1,73 @@
+"""Where this process's cgroups are mounted here: cores.py reads a CPU quota there, tasks.py makes a run's group.
+
+/proc/self/cgroup names the process's cgroup in each hierarchy (v1: `4:cpu,cpuacct:/docker/abc`, one hierarchy
+per set of controllers; v2: `0::/user.slice/session-1.scope`, one for all), /proc/self/mountinfo where each is
+mounted. A mount shows the hierarchy from its own root (a container sees its cgroup as `/`), so the process's
+path is read relative to it, and a path outside the mounted part is not guessed at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+
+def folders(controller: str, membership: str, mountinfo: str) -> list[tuple[Path, Path]]:
+    """(the process's cgroup folder, the top of the mount that shows it) in each hierarchy mounted here that may
+    hold `controller`: v1's that has it, and v2's, whichever controllers it has (the caller reads its files).
+    `membership` is /proc/self/cgroup's text, `mountinfo` /proc/self/mountinfo's."""
+    found = []
+    for line in membership.splitlines():
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        v2 = controllers == ""
+        if not v2 and controller not in controllers.split(","):
+            continue
+        for mount_root, mount_point in _mounts(mountinfo, v2, controller):
+            inside = _relative(PurePosixPath(path), PurePosixPath(mount_root))
+            if inside is not None:
+                found.append((Path(mount_point, inside), Path(mount_point)))
+    return found
+
+
+def own_folders(controller: str) -> list[tuple[Path, Path]]:
+    """`folders(controller, ...)` of this process; [] where they cannot be read (not Linux)."""
+    return folders(controller, text("/proc/self/cgroup"), text("/proc/self/mountinfo"))
+
+
+def _mounts(mountinfo: str, v2: bool, controller: str) -> list[tuple[str, str]]:
+    """(the cgroup path mounted, where) of each mount of the v2 hierarchy, or of the v1 one that has `controller`."""
+    mounts = []
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if not sep or len(fields) < 5 or len(tail) < 3:
+            continue
+        if (v2 and tail[0] == "cgroup2") or (not v2 and tail[0] == "cgroup" and controller in tail[2].split(",")):
+            mounts.append((_unescape(fields[3]), _unescape(fields[4])))
+    return mounts
+
+
+def _relative(path: PurePosixPath, root: PurePosixPath) -> PurePosixPath | None:
+    if ".." in path.parts:  # outside its namespace's root: not a path under any mount
+        return None
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return None
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes a space, tab, newline or backslash in a path as an octal escape: \\040."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def text(path: str | Path) -> str:
+    """A file's text, any bytes kept (as os.fsdecode does a path); "" if it cannot be read."""
+    try:
+        return os.fsdecode(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return ""

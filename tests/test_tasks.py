@@ -1,0 +1,116 @@
+"""A run's cap on tasks (evaluator/tasks.py): the setting, RLIMIT_NPROC in a user namespace, and the run's pids group.
+
+A whole run that forks without end is test_red_team.py's `test_a_train_py_that_forks_without_end_...`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator import tasks
+
+# Forks until refused (40 at most), kills what it started, tries to raise its limit again: "FORKED RAISED-OR-KEPT".
+FORKS = """\
+import os, resource, time
+children = []
+try:
+    while len(children) < 40:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        children.append(pid)
+except OSError:
+    pass
+for pid in children:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+try:
+    resource.setrlimit(resource.RLIMIT_NPROC, (1000, 1000))
+    raised = "raised"
+except (OSError, ValueError):
+    raised = "kept"
+print(len(children), raised)
+"""
+# The harness's cap (harness/boot.py) as a run of a loop not run as root gets it: as nobody where this is root (root is
+# not bound by RLIMIT_NPROC), in a user namespace of its own ("own") or in the machine's ("machine"). Imported first
+# (nobody may not read this Python), then in a fork: a process of one thread, as a new user namespace needs.
+CAPPED_FORKS = """\
+import ctypes, os, resource, sys, time
+from autoresearch.harness.boot import cap_tasks
+libc = ctypes.CDLL(None, use_errno=True)
+if os.fork():
+    sys.exit(os.waitstatus_to_exitcode(os.wait()[1]))
+if os.getuid() == 0:
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+    libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, which the change of user cleared: else /proc/self is root's
+if sys.argv[1] == "own":
+    if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+        sys.exit("no user namespace: " + os.strerror(ctypes.get_errno()))
+    with open("/proc/self/uid_map", "w") as mapping:
+        mapping.write(f"{os.getuid()} {os.getuid()} 1")
+cap_tasks(16)
+"""
+
+
+def test_the_cap_is_a_number_of_tasks_or_0_for_none() -> None:
+    assert tasks.run_tasks({}) == tasks.DEFAULT_TASKS
+    assert tasks.run_tasks({tasks.TASKS_ENV: " 8192 "}) == 8192
+    assert tasks.run_tasks({tasks.TASKS_ENV: "0"}) == 0
+    with pytest.raises(AutoresearchError, match="AUTORESEARCH_RUN_TASKS takes a number") as refused:
+        tasks.run_tasks({tasks.TASKS_ENV: "lots"})
+    assert "0 for no cap" in refused.value.hint
+    assert tasks.Group.make(0) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_NPROC per user namespace is Linux's")
+def test_not_root_a_run_in_its_own_user_namespace_gets_the_cap_and_cannot_raise_it() -> None:
+    def forks(namespace: str) -> list[str]:
+        script = textwrap.dedent(CAPPED_FORKS) + textwrap.dedent(FORKS)
+        done = subprocess.run([sys.executable, "-c", script, namespace], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    forked, raised = forks("own")
+    assert 0 < int(forked) < 16 and raised == "kept"
+    # In the machine's own user namespace the kernel would count every process of the user: not set there.
+    assert forks("machine")[0] == "40"
+
+
+GROUPS = tasks.Group.make(tasks.DEFAULT_TASKS)
+if GROUPS is not None:
+    GROUPS.remove()
+
+
+@pytest.mark.skipif(GROUPS is None, reason="no pids cgroup can be made below this process's (root, cgroup v1: CI)")
+def test_a_runs_group_caps_what_it_starts_and_one_its_killed_evaluator_left_is_swept() -> None:
+    # A process in a group of 12 forks until refused; its evaluator is then "killed": the group stays behind.
+    ready_r, ready_w = os.pipe()
+    left = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys; os.read(int(sys.argv[1]), 1)", str(ready_r)], pass_fds=[ready_r]
+    )
+    os.close(ready_r)
+    group = tasks.Group(GROUPS.folder.with_name(f"{tasks.GROUP_PREFIX}{left.pid}"))
+    group.folder.mkdir()
+    (group.folder / "pids.max").write_text("12")
+    forks = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FORKS)], capture_output=True, text=True, timeout=60, check=True,
+        preexec_fn=group.enter,
+    )  # fmt: skip
+    assert 0 < int(forks.stdout.split()[0]) < 12 and group.reached(), forks.stdout
+    os.close(ready_w)
+    left.wait(timeout=30)
+    assert group.folder.is_dir()
+    made = tasks.Group.make(tasks.DEFAULT_TASKS)  # the next run's evaluator sweeps it
+    try:
+        assert not group.folder.exists() and made is not None and not made.reached()
+    finally:
+        made.remove()
+        group.remove(wait=0)
