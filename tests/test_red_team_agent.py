@@ -34,7 +34,7 @@ from test_agent_turn import (
     turn_stops_the_loop,
 )
 
-from autoresearch.agents import fence
+from autoresearch.agents import cpu_group, fence
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
@@ -187,6 +187,48 @@ def test_an_agents_turn_stays_on_the_cores_set_aside_for_it(workspace, tmp_path,
     assert (pinned, asked, after, end) == (str(theirs), f"cores: refused {errno.EPERM}", f"cores: {theirs}", "")
     assert ring.startswith("io_uring: refused"), ring
     assert exp.status == Status.KEEP  # the turn itself went as ever
+
+
+# In user, cgroup and mount namespaces of its own, the cpuset hierarchy mounted afresh: a cpuset of the runs' CPUs made
+# and entered, then the one the turn is in set to them. Its CPUs after each: where the CPUs it asked for (its pin) are
+# none of its cpuset's, a task runs on the cpuset's.
+LEAVE_BY_A_CPUSET = r"""
+set -u
+mounted=$(mktemp -d)
+mount -t cgroup -o cpuset none "$mounted" || { echo "no mount"; exit 0; }
+mkdir -p "$mounted/theirs"
+cat "$mounted/cpuset.mems" > "$mounted/theirs/cpuset.mems"
+echo RUNS > "$mounted/theirs/cpuset.cpus" 2>/dev/null
+echo $$ > "$mounted/theirs/cgroup.procs" 2>/dev/null
+echo "entered: $(grep Cpus_allowed_list /proc/self/status | cut -f2)"
+echo $$ > "$mounted/cgroup.procs"
+echo RUNS > "$mounted/cpuset.cpus" 2>/dev/null
+echo "changed: $(grep Cpus_allowed_list /proc/self/status | cut -f2)"
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+@pytest.mark.skipif(cpu_group.turn_group(str(max(os.sched_getaffinity(0)))) is None,
+                    reason="a loop run as root, with a cgroup v1 cpuset hierarchy to write (CI's)")  # fmt: skip
+def test_an_agent_of_a_loop_run_as_root_cannot_leave_its_cores_through_a_cgroup_it_mounts(workspace, tmp_path,
+                                                                                       monkeypatch):  # fmt: skip
+    """BROKE, fixed: the turn of a loop run as root is root in its user namespace; in cgroup and mount namespaces of
+    its own it mounted the cpuset hierarchy afresh, made a cpuset of the runs' CPUs and moved into it, or set the
+    cpuset it was in to them (a task whose pin names none of its cpuset's CPUs runs on the cpuset's), and so ran
+    there (`unshare` and `mount` are its to use: the coding agents' own sandboxes need them). Now such a loop starts
+    each turn in a cpuset of the agents' CPUs below another of them (agents/cpu_group.py): its own mount shows the
+    inner one as its root, whose CPUs cannot leave those of the outer one, which it cannot see."""
+    theirs = max(os.sched_getaffinity(0))
+    monkeypatch.setenv(cores.AGENT_CPUS_ENV, str(theirs))
+    said = agent_channel(workspace) / "cores"
+    runs = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)) if cpu != theirs)
+    leave = "unshare --user --map-root-user --cgroup --mount sh -c " + shlex.quote(
+        LEAVE_BY_A_CPUSET.replace("RUNS", runs)
+    )
+    script = f"{set_lr(0.2)}\n{leave} > {shlex.quote(str(said))} 2>&1\necho LR 0.2"
+    exp, _ = take_turn(workspace, tmp_path, script)
+    assert said.read_text().split("\n") == [f"entered: {theirs}", f"changed: {theirs}", ""], said.read_text()
+    assert exp.status == Status.KEEP
 
 
 @pytest.mark.usefixtures("agent_unhidden")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import shlex
@@ -25,9 +26,10 @@ import signal
 import subprocess
 from pathlib import Path
 
-from autoresearch.agents import namespace
+from autoresearch.agents import cpu_group, namespace
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
+from autoresearch.evaluator.cores import AGENT_CPUS_ENV
 from autoresearch.files import clear, write_text_atomic
 from autoresearch.orphans import marked, write_pid_file
 from autoresearch.workspace.workspace import MAX_TRAIN_PY_BYTES, as_read
@@ -138,6 +140,7 @@ def run_process(
         way, env = namespace.entered(workspace, env)
     except ValueError as err:  # AUTORESEARCH_AGENT_PORTS or AUTORESEARCH_AGENT_WRITABLE: preflight said so
         raise ProposalError(str(err), fatal=True) from None
+    group = cpu_group.turn_group(env.get(AGENT_CPUS_ENV, ""))  # a loop run as root's (agents/cpu_group.py)
     try:
         process = subprocess.Popen(
             [*way, *argv],
@@ -149,6 +152,7 @@ def run_process(
             text=True,
             errors="replace",
             start_new_session=True,  # its own process group, so that a kill reaches everything it started
+            preexec_fn=functools.partial(cpu_group.enter, group) if group else None,  # before it starts anything
         )
     except OSError as err:  # each place hidden from it is a word: thousands of sockets served in /tmp (red team)
         if err.errno != errno.E2BIG:

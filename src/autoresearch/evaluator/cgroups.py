@@ -8,6 +8,7 @@ path is read relative to it, and a path outside the mounted part is not guessed 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -36,6 +37,41 @@ def folders(controller: str, membership: str, mountinfo: str) -> list[tuple[Path
 def own_folders(controller: str) -> list[tuple[Path, Path]]:
     """`folders(controller, ...)` of this process; [] where they cannot be read (not Linux)."""
     return folders(controller, text("/proc/self/cgroup"), text("/proc/self/mountinfo"))
+
+
+def sweep(own: Path, prefix: str) -> None:
+    """Remove the cgroups below `own` named `prefix` + the pid of a process that no longer runs (killed before it
+    removed them; more may follow a "-"), with the groups inside them; one that still holds a process stays."""
+    with contextlib.suppress(OSError):
+        for folder in own.glob(f"{prefix}*"):
+            pid = folder.name.removeprefix(prefix).split("-")[0]
+            if pid.isdigit() and not _running(int(pid)):
+                remove(folder)
+
+
+def remove(folder: Path) -> bool:
+    """Remove the cgroup `folder` and those inside it, innermost first; whether it is gone (one that holds a process
+    stays, as do the groups above it)."""
+    with contextlib.suppress(OSError):
+        for inner in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            inner.rmdir()
+    try:
+        folder.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _mounts(mountinfo: str, v2: bool, controller: str) -> list[tuple[str, str]]:

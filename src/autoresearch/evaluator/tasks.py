@@ -18,7 +18,6 @@ Elsewhere (root, and no such cgroup) a run is not capped, and `run` says so (`ca
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import re
@@ -85,7 +84,7 @@ class Group:
             v1 = (own / "tasks").exists()  # v1 gives every group the pids controller; v2 those it is handed down to
             if not v1 and "pids" not in cgroups.text(own / "cgroup.subtree_control").split():
                 continue
-            _sweep(own)
+            cgroups.sweep(own, GROUP_PREFIX)
             group = cls(own / f"{GROUP_PREFIX}{os.getpid()}")
             try:
                 group.folder.mkdir()
@@ -109,39 +108,11 @@ class Group:
         """Remove the group once the run's tasks have left it; left for a later run's `make` to sweep if they
         have not within `wait` seconds."""
         deadline = time.monotonic() + wait
-        while True:
-            try:
-                self.folder.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                if time.monotonic() >= deadline:
-                    return
-                time.sleep(0.02)
+        while not cgroups.remove(self.folder) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def remove_group_of(pid: int) -> None:
     """Remove the group of the evaluator `pid`, killed before it could (a run started ahead and never used)."""
     for own, _ in cgroups.own_folders("pids"):
         Group(own / f"{GROUP_PREFIX}{pid}").remove()
-
-
-def _sweep(own: Path) -> None:
-    """Remove the groups that evaluators which no longer run left below `own` (killed before removing them)."""
-    with contextlib.suppress(OSError):
-        for folder in own.glob(f"{GROUP_PREFIX}*"):
-            pid = folder.name.removeprefix(GROUP_PREFIX)
-            if pid.isdigit() and not _running(int(pid)):
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
