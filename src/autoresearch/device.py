@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from autoresearch.evaluator.cores import usable_cores
+from autoresearch.evaluator.cores import DEVICE_ENV, usable_cores
 
-DEVICE_ENV = "AUTORESEARCH_DEVICE"
 PEAK_FLOPS_ENV = "AUTORESEARCH_PEAK_FLOPS"
 
 # Dense bf16 tensor-core peak by GPU name, from the vendors' datasheets (no sparsity).

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from autoresearch.evaluator.cgroups import folders, text
 
+DEVICE_ENV = "AUTORESEARCH_DEVICE"  # the device train.py trains on ("cpu", "cuda:1"), over device.pick_device's choice
 RUN_CPUS_ENV = "AUTORESEARCH_RUN_CPUS"  # "0,1,2,3": the CPUs a worker's evaluators and runs are pinned to
 AGENT_CPUS_ENV = "AUTORESEARCH_AGENT_CPUS"  # "15,31": the CPUs a shell agent's turn is pinned to; the loop sets it
 AGENT_CORES_ENV = "AUTORESEARCH_AGENT_CORES"  # whole cores set aside for agents' turns ("0": none), over `agent_cores`
@@ -100,7 +101,7 @@ def pins(count: int, aside: int = 0) -> tuple[list[dict[str, str]], dict[str, st
 
 def runs_train_on_cpu(env: Mapping[str, str]) -> bool:
     """Whether runs will train on the CPU (device.pick_device's answer), told without importing torch."""
-    if device := env.get("AUTORESEARCH_DEVICE"):
+    if device := env.get(DEVICE_ENV):
         return device.startswith("cpu")
     if sys.platform == "darwin":
         return False  # Apple's GPU, mostly

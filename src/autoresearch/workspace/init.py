@@ -19,10 +19,9 @@ from pathlib import Path
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus, check_budget
 from autoresearch.config.presets import Preset
 from autoresearch.errors import ConfigError
+from autoresearch.evaluator.cores import DEVICE_ENV
 from autoresearch.workspace.constants import set_constants
 from autoresearch.workspace.git import Git, program
-
-DEVICE_ENV = "AUTORESEARCH_DEVICE"  # as in autoresearch.device, which imports torch
 
 log = logging.getLogger(__name__)
 
