@@ -18,6 +18,7 @@ Four of these failed when written (the break is in the test's docstring, with it
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -151,25 +152,57 @@ def test_work_hidden_in_helpers_reaped_by_a_ptraced_anchor_is_counted_on_the_clo
     assert exp.status != Status.KEEP or result["training_seconds"] >= 0.9 * hidden / cores
 
 
-def test_killing_the_anchor_ends_only_this_run(lab, tiny_prepared: Path) -> None:
-    """HOLDS. The experiment kills the anchor's `sleep` (and everything else it may signal): bwrap sees its
-    command end, its init dies with it and takes the PID namespace along. The run is a crash; the next is not."""
+# Whether the experiment can write the anchor's memory or trace it, either of which would have it run what it is given.
+REACH_THE_ANCHOR = """\
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+reached = []
+try:
+    open("/proc/1/mem", "r+b", 0).close()
+    reached.append("mem")
+except OSError:
+    pass
+if libc.ptrace(16, 1, None, None) == 0:  # PTRACE_ATTACH
+    reached.append("ptrace")
+    libc.ptrace(17, 1, None, None)
+print("ANCHOR REACHED", reached, flush=True)
+"""
+
+
+def test_the_experiment_can_neither_write_nor_trace_the_anchor(lab) -> None:
+    """BROKE, fixed: the anchor was bwrap's init and a `sleep`, dumpable and without a capability, as the experiment
+    is: through /proc/2/mem (no ptrace needed) the experiment rewrote the `sleep` to run a program of its own, which
+    forked 300 times under a cap of 48 tasks, outside the run's group and its RLIMIT_NPROC (red team), and could as
+    well have worked off the clock. The anchor is now a process of ours, the namespace's init, and not dumpable."""
+    ws, loop = lab
+    exp = loop.step(one_edit("reach the anchor", [(START, START + inside(REACH_THE_ANCHOR))]))
+    assert "ANCHOR REACHED []" in run_log(ws, exp.id), run_log(ws, exp.id)
+
+
+def test_the_anchor_cannot_be_killed_from_inside(lab, tiny_prepared: Path) -> None:
+    """HOLDS. The anchor is its PID namespace's init, and a signal from inside reaches an init only where it has a
+    handler, which it has not: SIGKILL to pid 1 does nothing, and SIGKILL to every process the experiment may signal
+    finds none (an init and itself are spared). The run goes on, and so does the next. (Before, the anchor was
+    bwrap's init and a `sleep`, pid 2: killed, it took the run along, a crash.)"""
     ws, loop = lab
     before = protected(ws, tiny_prepared)
     kill = inside(
         """\
         import os, signal, time
-        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-            if open(f"/proc/{pid}/comm").read().strip() == "sleep":
-                print("KILLING the anchor", pid, flush=True)  # first: the namespace may die before a later print
-                os.kill(int(pid), signal.SIGKILL)
-        os.kill(-1, signal.SIGKILL)
-        time.sleep(30)
+        os.kill(1, signal.SIGKILL)
+        time.sleep(0.2)
+        try:
+            os.kill(-1, signal.SIGKILL)
+            others = "killed"
+        except ProcessLookupError:
+            others = "none"
+        print("KILLING the anchor:", "alive" if os.path.exists("/proc/1") else "gone", "others:", others, flush=True)
         """
     )
-    exp = loop.step(one_edit("kill the anchor", [("    batches = run.train_batches(BATCH)\n", kill)]))
-    assert "KILLING the anchor" in run_log(ws, exp.id)
-    assert exp.status == Status.CRASH and "train.py was killed by SIGKILL" in exp.reason, exp.reason
+    batches = "    batches = run.train_batches(BATCH)\n"
+    exp = loop.step(one_edit("kill the anchor", [(batches, kill + batches)]))
+    assert "KILLING the anchor: alive others: none" in run_log(ws, exp.id), run_log(ws, exp.id)
+    assert exp.status != Status.CRASH and result_of(exp)["valid"], exp.reason
     honest = loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.04")]))
     assert honest.status != Status.CRASH and result_of(honest)["valid"], honest.reason
     assert protected(ws, tiny_prepared) == before
@@ -231,18 +264,19 @@ print("SEEN " + json.dumps(seen), flush=True)
 def test_the_experiment_inherits_no_descriptor_and_sees_no_process_of_the_trusted_side(lab) -> None:
     """HOLDS. Of the evaluator's and the fork server's descriptors only its output and the channel are left;
     its directory is its box, its root the sandbox's; its parent (the intermediate fork) is outside its PID
-    namespace, which holds bwrap's init, the anchor and its own processes only."""
+    namespace, which holds the anchor, its init, and its own processes only."""
     ws, loop = lab
     exp = loop.step(one_edit("look around", [(START, START + inside(LOOK))]))
     seen = json.loads(run_log(ws, exp.id).split("SEEN ", 1)[1].splitlines()[0])
     assert seen["fds"] == [seen["channel"]], seen
     assert seen["listed"]["0"] == "/dev/null" and seen["listed"][str(seen["channel"])].startswith("socket:")
     assert {seen["listed"]["1"], seen["listed"]["2"]} == {seen["listed"]["1"]} and "pipe:" in seen["listed"]["1"]
-    assert seen["cwd"].startswith(str(ws.state.resolve() / "box-")) and seen["root"] == seen["init_root"] == "/"
+    assert seen["cwd"].startswith(str(ws.state.resolve() / "box-")) and seen["root"] == "/"
+    assert seen["init_root"] == f"error {errno.EACCES}"  # the anchor's, not dumpable: not the experiment's to look into
     assert seen["ppid"] == 0
     assert max(map(int, seen["procs"])) < 10, seen["procs"]
-    programs = sorted(Path(command.split()[0]).name for command in seen["procs"].values())
-    assert programs == ["bwrap", "sleep"], seen["procs"]  # bwrap's init and the anchor: nothing of the trusted side
+    # The anchor, its init, and nothing of the trusted side.
+    assert list(seen["procs"]) == ["1"] and seen["procs"]["1"].startswith(f"{sys.executable} -I -S -c"), seen["procs"]
 
 
 def test_the_experiments_memory_holds_no_validation_rows_and_no_runs_job(lab, tiny_prepared: Path) -> None:
@@ -409,6 +443,7 @@ def test_nothing_passes_to_the_next_run_through_tmp_shm_ipc_or_sockets(lab, monk
 
 KEYS = """\
 import ctypes
+import errno
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 def keys(ring):  # keyctl(KEYCTL_READ, ring): the serials it links

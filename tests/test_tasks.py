@@ -67,6 +67,9 @@ def test_the_cap_is_a_number_of_tasks_or_0_for_none() -> None:
     with pytest.raises(AutoresearchError, match="AUTORESEARCH_RUN_TASKS takes a number") as refused:
         tasks.run_tasks({tasks.TASKS_ENV: "lots"})
     assert "0 for no cap" in refused.value.hint
+    for beyond in ("²", "-1", str(tasks.MOST_TASKS + 1)):  # a pids cgroup takes no more than the kernel's most
+        with pytest.raises(AutoresearchError, match="up to 4194304"):
+            tasks.run_tasks({tasks.TASKS_ENV: beyond})
     assert tasks.Group.make(0) is None
 
 
@@ -111,6 +114,10 @@ def test_a_runs_group_caps_what_it_starts_and_one_its_killed_evaluator_left_is_s
     made = tasks.Group.make(tasks.DEFAULT_TASKS)  # the next run's evaluator sweeps it
     try:
         assert not group.folder.exists() and made is not None and not made.reached()
+        made.folder.rmdir()
+        made.folder.mkdir()  # as an earlier process of this pid may have left it: made again all the same
+        again = tasks.Group.make(12)
+        assert again is not None and (again.folder / "pids.max").read_text().strip() == "12"
     finally:
         made.remove()
         group.remove(wait=0)

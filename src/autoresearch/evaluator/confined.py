@@ -175,7 +175,7 @@ class ExperimentProcess:
         boot.prepare()
         anchor_pid = None
         if self.unconfined_reason is None:
-            self._anchor = _start_anchor(box, view, env, self.unfiltered_reason is None)
+            self._anchor = _start_anchor(box, view, env, self.unfiltered_reason is None, self.group)
             anchor_pid = _anchor_pid(self._anchor)
             if anchor_pid is None:
                 kill_tree(self._anchor)
@@ -277,20 +277,52 @@ class Forked:
         self.wait()
 
 
-def _confined(argv: list[str], box: Path, view: sandbox.View, env: dict[str, str], seccomp: int | None) -> list[str]:
+def _confined(argv: list[str], box: Path, view: sandbox.View, env: dict[str, str], seccomp: int | None,
+              own_init: bool = False) -> list[str]:  # fmt: skip
     return sandbox.command(argv, workdir=box, hidden=view.hidden, readable=view.readable, binds=view.binds, env=env,
-                           gpu=view.gpu, seccomp_fd=seccomp)  # fmt: skip
+                           gpu=view.gpu, seccomp_fd=seccomp, own_init=own_init)  # fmt: skip
 
 
-def _start_anchor(box: Path, view: sandbox.View, env: dict[str, str], filtered: bool) -> subprocess.Popen:
-    """A fresh sandbox around a waiting `sleep`; says "ready" once it is made. Under the filter too: the
-    experiment shares its user namespace, so could otherwise trace it and make it ignore SIGCHLD for it."""
+# The anchor: pid 1 of a fresh sandbox (bwrap --as-pid-1), which the experiment joins. It says "ready", then reaps
+# what is orphaned there, as an init must (their CPU time then shows on the clock), and does nothing else. It is not
+# dumpable: the experiment, in its user namespace without a capability, can neither trace it nor write its memory
+# (/proc/1/mem), and so cannot have it work, or start processes, beyond the run's clock and cap. bwrap's own init
+# and a `sleep`, the anchor before, could be made to (red team: a `sleep` rewritten through /proc/2/mem forked 300
+# times under a cap of 48, outside the run's group and RLIMIT_NPROC). As init it takes no signal from inside.
+ANCHOR_NAME = "ar-anchor"
+_ANCHOR = f"""
+import ctypes, os, signal
+libc = ctypes.CDLL(None)
+libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE: off
+libc.prctl(15, b"{ANCHOR_NAME}", 0, 0, 0)  # PR_SET_NAME
+signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGCHLD}})
+print("ready", flush=True)
+while True:
+    signal.sigwaitinfo({{signal.SIGCHLD}})
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+"""
+
+
+def _start_anchor(
+    box: Path, view: sandbox.View, env: dict[str, str], filtered: bool, group: tasks.Group | None
+) -> subprocess.Popen:
+    """A fresh sandbox around the anchor (`_ANCHOR`), in the run's group; says "ready" once it is made. Under the
+    filter too, as the experiment is."""
     seccomp = syscalls.bpf_fd() if filtered else None
-    argv = _confined(["/bin/sh", "-c", "echo ready; exec sleep infinity"], box, view, env, seccomp)
+    argv = _confined([sys.executable, "-I", "-S", "-c", _ANCHOR], box, view, env, seccomp, own_init=True)
     fds = [seccomp] if seccomp is not None else []
     try:
         return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, pass_fds=fds
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            pass_fds=fds,
+            preexec_fn=group.enter if group is not None else None,
         )
     finally:
         for fd in fds:
@@ -298,14 +330,14 @@ def _start_anchor(box: Path, view: sandbox.View, env: dict[str, str], filtered: 
 
 
 def _anchor_pid(anchor: subprocess.Popen, timeout: float = 30.0) -> int | None:
-    """The pid of the anchor's `sleep` once it runs inside the finished sandbox; None if it never does."""
+    """The pid of the anchor once it runs inside the finished sandbox; None if it never does."""
     if anchor.stdout.readline() != b"ready\n":
         return None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(psutil.Error):
             for proc in psutil.Process(anchor.pid).children(recursive=True):
-                if proc.name() == "sleep":
+                if proc.name() == ANCHOR_NAME:
                     return proc.pid
         time.sleep(0.005)
     return None

@@ -181,8 +181,9 @@ class Referee:
             code = self.experiment.stop()
             if self.experiment.reached_task_cap():
                 self.experiment.output.note(
-                    f"autoresearch: the run reached its cap of {self.experiment.tasks} tasks at once (processes and "
-                    f"threads together) and was refused more; where a run needs more, set {tasks.TASKS_ENV}"
+                    f"autoresearch: the run was refused a new process or thread: it may have {self.experiment.tasks} "
+                    f"tasks at once (processes and threads together; {tasks.TASKS_ENV}), within the machine's own "
+                    "limits"
                 )
             if start_up := self.timeline.start_up():
                 self.experiment.output.note(start_up)

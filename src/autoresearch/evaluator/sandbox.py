@@ -187,11 +187,13 @@ def command(
     env: Mapping[str, str],
     gpu: bool = True,
     seccomp_fd: int | None = None,
+    own_init: bool = False,
 ) -> list[str]:
     """The argv that runs `argv` confined, in `workdir`, with `box_environment(env, ...)` (see the module
     docstring), under the seccomp filter in `seccomp_fd` if given (the caller passes the fd on). The `readable`
     directories are shown read-only even where they lie in the private /tmp or a hidden directory; each of
-    `binds` (outside, inside) shows a writable directory at another path."""
+    `binds` (outside, inside) shows a writable directory at another path. `own_init`: the command is the PID
+    namespace's init (pid 1), where bwrap's would be, and reaps what is orphaned there itself."""
     workdir = _directory(workdir)
     writable = [_directory(path) for path in writable]
     hidden = [_real(path) for path in hidden]
@@ -264,6 +266,7 @@ def command(
         # init keeps reaping until no process is left, so this is also what kills a daemon the command left behind
         # (the init dies, the kernel kills the rest of the PID namespace). And when the evaluator dies, so does all.
         "--die-with-parent",
+        *(["--as-pid-1"] if own_init else []),
         # setsid(): the run cannot push input into our terminal (TIOCSTI).
         "--new-session",
         # A fresh /dev with the GPU nodes over it (the rest of the view is in `mounts`, below).

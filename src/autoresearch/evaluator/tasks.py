@@ -32,6 +32,7 @@ from autoresearch.evaluator import cgroups
 TASKS_ENV = "AUTORESEARCH_RUN_TASKS"  # the most tasks a run may have at once; "0": no cap
 # A GPU run has a few hundred: torch's threads, CUDA's, the compiler's pool of workers and theirs.
 DEFAULT_TASKS = 4096
+MOST_TASKS = 4_194_304  # the kernel's own most (PID_MAX_LIMIT): a pids cgroup takes no higher limit
 GROUP_PREFIX = "autoresearch-run-"  # + the evaluator's pid
 REMOVE_WAIT_S = 5.0  # how long a finished run's group is given to empty: its tasks leave as the kernel reaps them
 
@@ -41,9 +42,9 @@ def run_tasks(env: Mapping[str, str] = os.environ) -> int:
     raw = env.get(TASKS_ENV, "").strip()
     if not raw:
         return DEFAULT_TASKS
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MOST_TASKS:
         raise AutoresearchError(
-            f"{TASKS_ENV} takes a number of tasks, processes and threads together (got {raw!r})",
+            f"{TASKS_ENV} takes a number of tasks, processes and threads together, up to {MOST_TASKS} (got {raw!r})",
             hint=f"e.g. {TASKS_ENV}=8192, or 0 for no cap; unset, a run may have {DEFAULT_TASKS}",
         )
     return int(raw)
@@ -86,6 +87,7 @@ class Group:
                 continue
             cgroups.sweep(own, GROUP_PREFIX)
             group = cls(own / f"{GROUP_PREFIX}{os.getpid()}")
+            cgroups.remove(group.folder)  # one left by an earlier process of this pid, empty
             try:
                 group.folder.mkdir()
                 (group.folder / "pids.max").write_text(str(tasks))
