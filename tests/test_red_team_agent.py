@@ -34,11 +34,11 @@ from test_agent_turn import (
     turn_stops_the_loop,
 )
 
-from autoresearch.agents import cpu_group, fence
+from autoresearch.agents import fence, turn_cgroups
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
-from autoresearch.evaluator import compile_cache, cores, sandbox
+from autoresearch.evaluator import cgroups, compile_cache, cores, sandbox
 from autoresearch.evaluator.result import RESULT_LIMIT, SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
@@ -191,7 +191,7 @@ def test_an_agents_turn_stays_on_the_cores_set_aside_for_it(workspace, tmp_path,
 
 # In user, cgroup and mount namespaces of its own, the cpuset hierarchy mounted afresh: a cpuset of the runs' CPUs made
 # and entered, then the one the turn is in set to them. Its CPUs after each: where the CPUs it asked for (its pin) are
-# none of its cpuset's, a task runs on the cpuset's.
+# none of its cpuset's, a task runs on the cpuset's. Then the pids hierarchy, and a run's group there set to 1 task.
 LEAVE_BY_A_CPUSET = r"""
 set -u
 mounted=$(mktemp -d)
@@ -204,30 +204,41 @@ echo "entered: $(grep Cpus_allowed_list /proc/self/status | cut -f2)"
 echo $$ > "$mounted/cgroup.procs"
 echo RUNS > "$mounted/cpuset.cpus" 2>/dev/null
 echo "changed: $(grep Cpus_allowed_list /proc/self/status | cut -f2)"
+pids=$(mktemp -d)
+mount -t cgroup -o pids none "$pids" || { echo "no pids mount"; exit 0; }
+{ echo 1 > "$pids/DECOY/pids.max"; } 2>/dev/null && echo "a run's group: reached" || echo "a run's group: out of sight"
 """
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
-@pytest.mark.skipif(cpu_group.turn_group(str(max(os.sched_getaffinity(0)))) is None,
-                    reason="a loop run as root, with a cgroup v1 cpuset hierarchy to write (CI's)")  # fmt: skip
+@pytest.mark.skipif(not turn_cgroups.turn_groups(str(max(os.sched_getaffinity(0)))),
+                    reason="a loop run as root, with cgroup v1 hierarchies to write (CI's)")  # fmt: skip
 def test_an_agent_of_a_loop_run_as_root_cannot_leave_its_cores_through_a_cgroup_it_mounts(workspace, tmp_path,
                                                                                        monkeypatch):  # fmt: skip
     """BROKE, fixed: the turn of a loop run as root is root in its user namespace; in cgroup and mount namespaces of
     its own it mounted the cpuset hierarchy afresh, made a cpuset of the runs' CPUs and moved into it, or set the
     cpuset it was in to them (a task whose pin names none of its cpuset's CPUs runs on the cpuset's), and so ran
-    there (`unshare` and `mount` are its to use: the coding agents' own sandboxes need them). Now such a loop starts
-    each turn in a cpuset of the agents' CPUs below another of them (agents/cpu_group.py): its own mount shows the
-    inner one as its root, whose CPUs cannot leave those of the outer one, which it cannot see."""
+    there (`unshare` and `mount` are its to use: the coding agents' own sandboxes need them); and in the pids
+    hierarchy it could set a run's group to 1 task, as in any other the files below the loop's cgroup (red team).
+    Now such a loop starts each turn, in every hierarchy, in a group below another of its own (agents/turn_cgroups.py,
+    in cpuset's of the agents' CPUs): its own mount shows only its group, whose CPUs cannot leave the outer one's."""
     theirs = max(os.sched_getaffinity(0))
     monkeypatch.setenv(cores.AGENT_CPUS_ENV, str(theirs))
     said = agent_channel(workspace) / "cores"
     runs = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)) if cpu != theirs)
-    leave = "unshare --user --map-root-user --cgroup --mount sh -c " + shlex.quote(
-        LEAVE_BY_A_CPUSET.replace("RUNS", runs)
-    )
-    script = f"{set_lr(0.2)}\n{leave} > {shlex.quote(str(said))} 2>&1\necho LR 0.2"
-    exp, _ = take_turn(workspace, tmp_path, script)
-    assert said.read_text().split("\n") == [f"entered: {theirs}", f"changed: {theirs}", ""], said.read_text()
+    (pids, _), *_ = cgroups.own_folders("pids")
+    decoy = pids / f"decoy-{os.getpid()}"  # as another worker's run's group (evaluator/tasks.py) lies
+    decoy.mkdir()
+    try:
+        attack = LEAVE_BY_A_CPUSET.replace("RUNS", runs).replace("DECOY", decoy.name)
+        leave = "unshare --user --map-root-user --cgroup --mount sh -c " + shlex.quote(attack)
+        script = f"{set_lr(0.2)}\n{leave} > {shlex.quote(str(said))} 2>&1\necho LR 0.2"
+        exp, _ = take_turn(workspace, tmp_path, script)
+        assert (decoy / "pids.max").read_text().strip() == "max"
+    finally:
+        decoy.rmdir()
+    seen = said.read_text().split("\n")
+    assert seen == [f"entered: {theirs}", f"changed: {theirs}", "a run's group: out of sight", ""], seen
     assert exp.status == Status.KEEP
 
 

@@ -180,28 +180,36 @@ def test_the_experiment_can_neither_write_nor_trace_the_anchor(lab) -> None:
 
 
 def test_the_anchor_cannot_be_killed_from_inside(lab, tiny_prepared: Path) -> None:
-    """HOLDS. The anchor is its PID namespace's init, and a signal from inside reaches an init only where it has a
-    handler, which it has not: SIGKILL to pid 1 does nothing, and SIGKILL to every process the experiment may signal
-    finds none (an init and itself are spared). The run goes on, and so does the next. (Before, the anchor was
-    bwrap's init and a `sleep`, pid 2: killed, it took the run along, a crash.)"""
+    """BROKE, fixed: the anchor is its PID namespace's init, and a signal from inside reaches an init only where it
+    has a handler, but Python's for SIGINT was left in it; and the experiment, of the anchor's user, set its CPU limit
+    (red team). Now SIGKILL, SIGINT, SIGTERM and SIGSTOP to pid 1 do nothing, prlimit on it is refused, and SIGKILL to
+    every process the experiment may signal finds none (an init and itself are spared). The run goes on, and so does
+    the next."""
     ws, loop = lab
     before = protected(ws, tiny_prepared)
     kill = inside(
         """\
-        import os, signal, time
-        os.kill(1, signal.SIGKILL)
+        import os, resource, signal, time
+        for sig in (signal.SIGKILL, signal.SIGINT, signal.SIGTERM, signal.SIGSTOP):
+            os.kill(1, sig)
+        try:  # a CPU limit of 1 s, then kept busy reaping: the kernel would kill it
+            resource.prlimit(1, resource.RLIMIT_CPU, (1, 1))
+            limit = "set"
+        except OSError:
+            limit = "refused"
         time.sleep(0.2)
         try:
             os.kill(-1, signal.SIGKILL)
             others = "killed"
         except ProcessLookupError:
             others = "none"
-        print("KILLING the anchor:", "alive" if os.path.exists("/proc/1") else "gone", "others:", others, flush=True)
+        alive = "alive" if os.path.exists("/proc/1") else "gone"
+        print("KILLING the anchor:", alive, "limit:", limit, "others:", others, flush=True)
         """
     )
     batches = "    batches = run.train_batches(BATCH)\n"
     exp = loop.step(one_edit("kill the anchor", [(batches, kill + batches)]))
-    assert "KILLING the anchor: alive others: none" in run_log(ws, exp.id), run_log(ws, exp.id)
+    assert "KILLING the anchor: alive limit: refused others: none" in run_log(ws, exp.id), run_log(ws, exp.id)
     assert exp.status != Status.CRASH and result_of(exp)["valid"], exp.reason
     honest = loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.04")]))
     assert honest.status != Status.CRASH and result_of(honest)["valid"], honest.reason

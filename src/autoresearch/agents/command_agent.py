@@ -26,7 +26,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from autoresearch.agents import cpu_group, namespace
+from autoresearch.agents import namespace, turn_cgroups
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.evaluator.cores import AGENT_CPUS_ENV
@@ -140,7 +140,7 @@ def run_process(
         way, env = namespace.entered(workspace, env)
     except ValueError as err:  # AUTORESEARCH_AGENT_PORTS or AUTORESEARCH_AGENT_WRITABLE: preflight said so
         raise ProposalError(str(err), fatal=True) from None
-    group = cpu_group.turn_group(env.get(AGENT_CPUS_ENV, ""))  # a loop run as root's (agents/cpu_group.py)
+    groups = turn_cgroups.turn_groups(env.get(AGENT_CPUS_ENV, ""))  # a loop run as root's
     try:
         process = subprocess.Popen(
             [*way, *argv],
@@ -152,7 +152,7 @@ def run_process(
             text=True,
             errors="replace",
             start_new_session=True,  # its own process group, so that a kill reaches everything it started
-            preexec_fn=functools.partial(cpu_group.enter, group) if group else None,  # before it starts anything
+            preexec_fn=functools.partial(turn_cgroups.enter, groups) if groups else None,  # before it starts any
         )
     except OSError as err:  # each place hidden from it is a word: thousands of sockets served in /tmp (red team)
         if err.errno != errno.E2BIG:

@@ -18,25 +18,40 @@ def folders(controller: str, membership: str, mountinfo: str) -> list[tuple[Path
     """(the process's cgroup folder, the top of the mount that shows it) in each hierarchy mounted here that may
     hold `controller`: v1's that has it, and v2's, whichever controllers it has (the caller reads its files).
     `membership` is /proc/self/cgroup's text, `mountinfo` /proc/self/mountinfo's."""
-    found = []
+    return [(f, top) for held, f, top in _placed(membership, mountinfo) if not held or controller in held.split(",")]
+
+
+def every_folder(membership: str, mountinfo: str) -> list[tuple[str, Path]]:
+    """(its controllers, the process's cgroup folder) in every hierarchy mounted here, at one mount each: v1's
+    ("cpu,cpuacct", "name=systemd") and v2's ("")."""
+    found: dict[str, Path] = {}
+    for held, folder, _ in _placed(membership, mountinfo):
+        found.setdefault(held, folder)
+    return list(found.items())
+
+
+def _placed(membership: str, mountinfo: str):
+    """(the hierarchy's controllers, the process's cgroup folder, the mount's top) at each mount of each of its
+    hierarchies."""
     for line in membership.splitlines():
         fields = line.split(":", 2)
         if len(fields) != 3:
             continue
-        _, controllers, path = fields
-        v2 = controllers == ""
-        if not v2 and controller not in controllers.split(","):
-            continue
-        for mount_root, mount_point in _mounts(mountinfo, v2, controller):
+        _, held, path = fields
+        for mount_root, mount_point in _mounts(mountinfo, held):
             inside = _relative(PurePosixPath(path), PurePosixPath(mount_root))
             if inside is not None:
-                found.append((Path(mount_point, inside), Path(mount_point)))
-    return found
+                yield held, Path(mount_point, inside), Path(mount_point)
 
 
 def own_folders(controller: str) -> list[tuple[Path, Path]]:
     """`folders(controller, ...)` of this process; [] where they cannot be read (not Linux)."""
     return folders(controller, text("/proc/self/cgroup"), text("/proc/self/mountinfo"))
+
+
+def own_every_folder() -> list[tuple[str, Path]]:
+    """`every_folder(...)` of this process; [] where they cannot be read (not Linux)."""
+    return every_folder(text("/proc/self/cgroup"), text("/proc/self/mountinfo"))
 
 
 def sweep(own: Path, prefix: str) -> None:
@@ -74,15 +89,17 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _mounts(mountinfo: str, v2: bool, controller: str) -> list[tuple[str, str]]:
-    """(the cgroup path mounted, where) of each mount of the v2 hierarchy, or of the v1 one that has `controller`."""
+def _mounts(mountinfo: str, held: str) -> list[tuple[str, str]]:
+    """(the cgroup path mounted, where) of each mount of the hierarchy of the controllers `held`: v2's for "", else
+    v1's whose options name them all."""
     mounts = []
     for line in mountinfo.splitlines():
         left, sep, right = line.partition(" - ")
         fields, tail = left.split(), right.split()
         if not sep or len(fields) < 5 or len(tail) < 3:
             continue
-        if (v2 and tail[0] == "cgroup2") or (not v2 and tail[0] == "cgroup" and controller in tail[2].split(",")):
+        v2 = tail[0] == "cgroup2"
+        if (not held and v2) or (held and tail[0] == "cgroup" and set(held.split(",")) <= set(tail[2].split(","))):
             mounts.append((_unescape(fields[3]), _unescape(fields[4])))
     return mounts
 

@@ -288,13 +288,15 @@ def _confined(argv: list[str], box: Path, view: sandbox.View, env: dict[str, str
 # dumpable: the experiment, in its user namespace without a capability, can neither trace it nor write its memory
 # (/proc/1/mem), and so cannot have it work, or start processes, beyond the run's clock and cap. bwrap's own init
 # and a `sleep`, the anchor before, could be made to (red team: a `sleep` rewritten through /proc/2/mem forked 300
-# times under a cap of 48, outside the run's group and RLIMIT_NPROC). As init it takes no signal from inside.
+# times under a cap of 48, outside the run's group and RLIMIT_NPROC). As init, with no handler, it takes no signal
+# from inside; its limits are not the experiment's to set (evaluator/syscalls.py refuses prlimit on another process).
 ANCHOR_NAME = "ar-anchor"
 _ANCHOR = f"""
 import ctypes, os, signal
 libc = ctypes.CDLL(None)
 libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE: off
 libc.prctl(15, b"{ANCHOR_NAME}", 0, 0, 0)  # PR_SET_NAME
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python's handler: the one signal from inside an init would take
 signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGCHLD}})
 print("ready", flush=True)
 while True:

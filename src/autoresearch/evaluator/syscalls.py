@@ -14,7 +14,8 @@ io_uring (CPU_CALLS), whose polling thread spins on whichever CPU its ring names
 pinned to CPU 0, it kept CPU 1 busy); a user namespace of its own and mounts (NAMESPACE_CALLS, `clone` with
 CLONE_NEWUSER, and `clone3`, whose flags the filter cannot read: it answers ENOSYS and glibc uses `clone`), in
 which a run as root mounted the cgroup filesystem and moved into a cpuset of the other worker's CPUs (red team);
-and `prctl(PR_SCHED_CORE)`, which can keep a core's other hyperthread idle. Nothing else is filtered. libseccomp
+`prctl(PR_SCHED_CORE)`, which can keep a core's other hyperthread idle; and `prlimit` on another process, the
+sandbox's anchor (evaluator/confined.py), which a run killed so (red team). Nothing else is filtered. libseccomp
 kills a process that makes a system call of another architecture (the 32-bit entry points), so there is no way
 around it. Linux only; where libseccomp is missing, `unavailable_reason()` says so.
 """
@@ -70,6 +71,11 @@ def _filter():
     with contextlib.suppress(OSError):
         rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     rules.add_rule(seccomp.ERRNO(errno.EPERM), "prctl", seccomp.Arg(0, seccomp.EQ, _PR_SCHED_CORE))
+    # prlimit64(pid, resource, new, old): refused when it sets another process's limits (setrlimit passes pid 0). A
+    # run set the anchor's CPU limit to 1 s, then kept it busy reaping until the kernel killed it (red team).
+    rules.add_rule(
+        seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(0, seccomp.NE, 0), seccomp.Arg(2, seccomp.NE, 0)
+    )
     # rt_sigaction(signum, act, oldact): refused when signum is SIGCHLD and act is not NULL.
     rules.add_rule(
         seccomp.ERRNO(errno.EPERM),

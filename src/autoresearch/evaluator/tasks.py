@@ -59,7 +59,8 @@ def by_limit() -> bool:
 
 
 def capped(confined: bool, tasks: int) -> bool:
-    """Whether a run started by this process gets a cap of `tasks`: by RLIMIT_NPROC, or by a group it can make."""
+    """Whether a run started by this process gets its cap of `tasks`, by RLIMIT_NPROC or by a group it can make (0:
+    none is wanted, and none is missing)."""
     if tasks == 0 or (confined and by_limit()):
         return True
     group = Group.make(tasks)

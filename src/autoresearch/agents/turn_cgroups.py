@@ -1,0 +1,64 @@
+"""The cgroups a shell agent's turns start in, where a loop run as root can make them.
+
+A turn of a loop run as root is root in its user namespace. In cgroup and mount namespaces of its own (which the
+coding agents' own sandboxes need, so they are not refused) it may mount any cgroup hierarchy afresh, whose root is
+then the cgroup it started in, and, as the owner of their files (cgroup v1 checks no more), change what lies below
+(red team): move into a cpuset of the runs' CPUs, where its pin named none of the cpuset's (a task then runs on the
+cpuset's); set `pids.max` to 1 on a run's pids group (evaluator/tasks.py), so that every process or thread another
+worker's run starts is refused; change the memory limit of the loop's own cgroup; freeze another service. So such a
+loop starts each turn, in every hierarchy, in a group that lies in another of its own: the turn's own mount shows
+only its group and what it makes in it, and the outer group, the loop's and the runs' are out of its sight. In the
+cpuset hierarchy both are of the agents' CPUs, which a cpuset inside cannot leave. cgroup v2 keeps a cgroup
+namespace's root from its processes (`nsdelegate`), but not what lies below it: its hierarchy gets the same groups.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import os
+from pathlib import Path
+
+from autoresearch.evaluator import cgroups
+
+PREFIX = "autoresearch-agents-"  # + the loop's pid, "-", the CPUs
+TURN = "turn"
+
+
+@functools.cache
+def turn_groups(cpus: str) -> tuple[Path, ...]:
+    """The groups a turn starts in, one per hierarchy, in cpuset's of `cpus` (a kernel CPU list; "": the loop's
+    own), made once per loop and removed when it exits; none where the loop is not run as root, and in a hierarchy
+    that cannot be written (a container's read-only /sys/fs/cgroup)."""
+    if os.getuid() != 0:
+        return ()
+    made = []
+    for held, own in cgroups.own_every_folder():
+        cgroups.sweep(own, PREFIX)
+        outer = own / f"{PREFIX}{os.getpid()}-{cpus.replace(',', '_') or 'all'}"
+        try:
+            for folder in (outer, outer / TURN):
+                folder.mkdir(exist_ok=True)
+                if "cpuset" in held.split(","):  # a cpuset takes no task before it has CPUs and memory nodes
+                    (folder / "cpuset.cpus").write_text(cpus or cgroups.text(own / "cpuset.cpus").strip())
+                    (folder / "cpuset.mems").write_text(cgroups.text(own / "cpuset.mems").strip())
+        except OSError:
+            cgroups.remove(outer)
+            continue
+        atexit.register(_remove, outer, os.getpid())
+        made.append(outer / TURN)
+    return tuple(made)
+
+
+def enter(groups: tuple[Path, ...]) -> None:
+    """Put this process, and so all it starts from now on, in `groups` (in a turn's first process). Where one is
+    gone (removed by hand), the turn runs outside it there."""
+    for group in groups:
+        with contextlib.suppress(OSError):
+            (group / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def _remove(outer: Path, maker: int) -> None:
+    if os.getpid() == maker:  # not a process forked from the loop's, ending before it
+        cgroups.remove(outer)
