@@ -1,4 +1,4 @@
-"""How many tasks (processes and threads) a run has at most: what AUTORESEARCH_RUN_TASKS must leave room for.
+"""How many tasks (processes and threads) a run has at most: what AUTORESEARCH_TASKS must leave room for.
 
     python bench/task_peak.py --seconds S [--every 0.05]
 

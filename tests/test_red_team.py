@@ -164,7 +164,7 @@ FORK_WITHOUT_END = """\
 def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab, monkeypatch) -> None:
     """A fork bomb fills the machine's process table within a second: the loop then cannot start git, another
     worker's honest run cannot start its compiler's workers (a crash, not retried). A run gets at most
-    AUTORESEARCH_RUN_TASKS tasks (evaluator/tasks.py: a pids cgroup for a loop run as root, RLIMIT_NPROC in the
+    AUTORESEARCH_TASKS tasks (evaluator/tasks.py: a pids cgroup for a loop run as root, RLIMIT_NPROC in the
     run's user namespace otherwise), says so in its log, and leaves neither a process nor its group behind.
     BROKE before: all 200 forks went through."""
     ws, _ = lab

@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from loop_support import TAKE_EVERY_CORE, FakeExecutor, agent_channel, constant, fake_result, make_loop
 from test_agent_turn import (
@@ -38,7 +39,7 @@ from autoresearch.agents import fence, turn_cgroups
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
-from autoresearch.evaluator import cgroups, compile_cache, cores, sandbox
+from autoresearch.evaluator import cgroups, compile_cache, cores, sandbox, tasks
 from autoresearch.evaluator.result import RESULT_LIMIT, SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
@@ -240,6 +241,37 @@ def test_an_agent_of_a_loop_run_as_root_cannot_leave_its_cores_through_a_cgroup_
     seen = said.read_text().split("\n")
     assert seen == [f"entered: {theirs}", f"changed: {theirs}", "a run's group: out of sight", ""], seen
     assert exp.status == Status.KEEP
+
+
+# Forks until refused (200 at most), each child a `sleep` with a number of its own; how many it started.
+FORK_WITHOUT_END = """
+import os, sys
+forked = 0
+try:
+    while forked < 200:
+        if os.fork() == 0:
+            os.execv("/bin/sleep", ["sleep", sys.argv[1]])
+        forked += 1
+except OSError:
+    pass
+print(forked)
+"""
+
+
+@pytest.mark.skipif(not (turn_cgroups.turn_groups("") or tasks.by_limit()), reason="no cap can be set here")
+def test_an_agents_turn_that_forks_without_end_gets_its_cap_of_tasks(workspace, tmp_path, monkeypatch):
+    """BROKE, fixed: a turn that forked without end filled the machine's process table, as a run's train.py could:
+    the loop could not start git, nor a run its compiler's workers. The turns now have at most AUTORESEARCH_TASKS tasks
+    together: a pids group of theirs under a loop run as root (agents/turn_cgroups.py), RLIMIT_NPROC in their user
+    namespace otherwise (agents/fence.py). Nothing it started outlives the turn, and the turn goes on."""
+    monkeypatch.setenv(tasks.TASKS_ENV, "48")
+    said, marker = agent_channel(workspace) / "forked", f"{os.getpid() % 1000}.{time.time_ns() % 10**6}"
+    forks = f"{PY} -c {shlex.quote(FORK_WITHOUT_END)} {marker} > {shlex.quote(str(said))}"
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{forks}\necho LR 0.2")
+    assert 0 < int(said.read_text()) < 48, said.read_text()
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
+    assert exp.status == Status.KEEP
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 @pytest.mark.usefixtures("agent_unhidden")

@@ -37,11 +37,13 @@ except (OSError, ValueError):
     raised = "kept"
 print(len(children), raised)
 """
-# The harness's cap (harness/boot.py) as a run of a loop not run as root gets it: as nobody where this is root (root is
-# not bound by RLIMIT_NPROC), in a user namespace of its own ("own") or in the machine's ("machine"). Imported first
-# (nobody may not read this Python), then in a fork: a process of one thread, as a new user namespace needs.
+# The cap as a run (harness/boot.py) or an agent's turn (agents/fence.py) of a loop not run as root gets it: as nobody
+# where this is root (root is not bound by RLIMIT_NPROC), in a user namespace of its own ("own") or the machine's.
+# Imported first (nobody may not read this Python), then in a fork: a process of one thread, as a new user namespace
+# needs.
 CAPPED_FORKS = """\
 import ctypes, os, resource, sys, time
+from autoresearch.agents.fence import restrict
 from autoresearch.harness.boot import cap_tasks
 libc = ctypes.CDLL(None, use_errno=True)
 if os.fork():
@@ -56,7 +58,10 @@ if sys.argv[1] == "own":
         sys.exit("no user namespace: " + os.strerror(ctypes.get_errno()))
     with open("/proc/self/uid_map", "w") as mapping:
         mapping.write(f"{os.getuid()} {os.getuid()} 1")
-cap_tasks(16)
+if sys.argv[2] == "run":
+    cap_tasks(16)  # as the harness does on "go"
+else:
+    restrict(None, None, 16)  # as the agent's fence does
 """
 
 
@@ -64,7 +69,7 @@ def test_the_cap_is_a_number_of_tasks_or_0_for_none() -> None:
     assert tasks.run_tasks({}) == tasks.DEFAULT_TASKS
     assert tasks.run_tasks({tasks.TASKS_ENV: " 8192 "}) == 8192
     assert tasks.run_tasks({tasks.TASKS_ENV: "0"}) == 0
-    with pytest.raises(AutoresearchError, match="AUTORESEARCH_RUN_TASKS takes a number") as refused:
+    with pytest.raises(AutoresearchError, match="AUTORESEARCH_TASKS takes a number") as refused:
         tasks.run_tasks({tasks.TASKS_ENV: "lots"})
     assert "0 for no cap" in refused.value.hint
     for beyond in ("²", "-1", str(tasks.MOST_TASKS + 1)):  # a pids cgroup takes no more than the kernel's most
@@ -74,10 +79,12 @@ def test_the_cap_is_a_number_of_tasks_or_0_for_none() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_NPROC per user namespace is Linux's")
-def test_not_root_a_run_in_its_own_user_namespace_gets_the_cap_and_cannot_raise_it() -> None:
+@pytest.mark.parametrize("who", ["run", "agent"])
+def test_not_root_a_run_or_an_agents_turn_in_its_own_user_namespace_gets_the_cap_and_cannot_raise_it(who) -> None:
     def forks(namespace: str) -> list[str]:
         script = textwrap.dedent(CAPPED_FORKS) + textwrap.dedent(FORKS)
-        done = subprocess.run([sys.executable, "-c", script, namespace], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([sys.executable, "-c", script, namespace, who], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
         assert done.returncode == 0, done.stderr
         return done.stdout.split()
 

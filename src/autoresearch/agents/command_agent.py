@@ -30,6 +30,7 @@ from autoresearch.agents import namespace, turn_cgroups
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.evaluator.cores import AGENT_CPUS_ENV
+from autoresearch.evaluator.tasks import run_tasks
 from autoresearch.files import clear, write_text_atomic
 from autoresearch.orphans import marked, write_pid_file
 from autoresearch.workspace.workspace import MAX_TRAIN_PY_BYTES, as_read
@@ -152,7 +153,7 @@ def run_process(
             text=True,
             errors="replace",
             start_new_session=True,  # its own process group, so that a kill reaches everything it started
-            preexec_fn=functools.partial(turn_cgroups.enter, groups) if groups else None,  # before it starts any
+            preexec_fn=functools.partial(turn_cgroups.enter, groups, run_tasks()) if groups else None,
         )
     except OSError as err:  # each place hidden from it is a word: thousands of sockets served in /tmp (red team)
         if err.errno != errno.E2BIG:

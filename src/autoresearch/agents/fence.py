@@ -6,8 +6,8 @@ a Jupyter server, whose token is in your home, runs the code it is sent, as you,
 the data can be read and nothing ends with its turn); so do a Ray dashboard's job API, a Docker daemon on TCP, a
 database with `COPY ... TO PROGRAM`, and, through an abstract socket (one with no file to hide), an X server or a
 D-Bus session. A user namespace of its own would cut the agent off from the internet too. Landlock cuts finer, and
-needs no privilege: the turn's command starts through this file (`python fence.py PORTS CPUS -- COMMAND...`), which
-restricts itself, then runs the command, and everything it starts inherits the restriction for good.
+needs no privilege: the turn's command starts through this file (`python fence.py PORTS CPUS TASKS -- COMMAND...`),
+which restricts itself, then runs the command, and everything it starts inherits the restriction for good.
 
 - TCP connections (Linux 6.7, Landlock ABI 4) only to the ports an agent needs: DNS, HTTP and HTTPS (ALWAYS), the
   ports of the endpoints and proxies its environment names (`allowed_ports`: `OPENAI_BASE_URL=http://localhost:11434`
@@ -27,6 +27,10 @@ restricts itself, then runs the command, and everything it starts inherits the r
   kept every core busy would slow the runs it overlaps, the baseline's seeds among them. The filter then refuses
   `sched_setaffinity` too (as it refuses io_uring, whose polling thread runs on the CPU its ring names).
 
+- Its tasks, under a loop not run as root: at most AUTORESEARCH_TASKS (evaluator/tasks.py), by RLIMIT_NPROC in the
+  turn's user namespace, as a run's are: an agent that forked without end would fill the process table. (A loop run
+  as root caps them by a pids cgroup instead: agents/turn_cgroups.py.)
+
 Sockets with a file (a tmux server's) are hidden by agents/namespace.py (agents/server_sockets.py finds them). UDP
 is not restricted. This file runs with `python -I -S` (nothing from the environment, no site), so it imports nothing
 but the standard library. Where the kernel has no Landlock (`abi()` is 0), or one older than ABI 4, the command runs
@@ -40,6 +44,7 @@ import ctypes
 import functools
 import os
 import platform
+import resource
 import struct
 import sys
 from collections.abc import Mapping
@@ -151,27 +156,38 @@ def allowed_ports(env: Mapping[str, str]) -> list[int]:
 
 def launcher(env: Mapping[str, str]) -> list[str]:
     """The words that start a command behind the fence (before the command's own), for an agent with environment
-    `env`: its TCP connections restricted where the kernel can, and its processes pinned to the CPUs AGENT_CPUS_ENV
-    names, if it names some; none where neither is to be done."""
-    from autoresearch.evaluator.cores import AGENT_CPUS_ENV  # not at the top: this file also runs alone (`main`)
+    `env`: its TCP connections restricted where the kernel can, its processes pinned to the CPUs AGENT_CPUS_ENV
+    names, if it names some, and their tasks capped by RLIMIT_NPROC where that caps a loop's (evaluator/tasks.py); none
+    where none of it is to be done."""
+    from autoresearch.evaluator import tasks  # not at the top: this file also runs alone (`main`)
+    from autoresearch.evaluator.cores import AGENT_CPUS_ENV
 
     ports = ",".join(map(str, allowed_ports(env))) if unavailable_reason() is None else ""
     cpus = env.get(AGENT_CPUS_ENV, "") if sys.platform.startswith("linux") else ""
-    if not ports and not cpus:
+    cap = str(tasks.run_tasks() or "") if tasks.by_limit() else ""
+    if not ports and not cpus and not cap:
         return []
-    return [sys.executable, "-I", "-S", os.path.abspath(__file__), ports or "-", cpus or "-", "--"]
+    return [sys.executable, "-I", "-S", os.path.abspath(__file__), ports or "-", cpus or "-", cap or "-", "--"]
 
 
-def restrict(ports: list[int] | None, cpus: list[int] | None = None) -> None:
+def restrict(ports: list[int] | None, cpus: list[int] | None = None, tasks: int = 0) -> None:
     """Restrict this process, and all it starts from now on, for good: TCP connections to `ports` only, and where the
     kernel can, abstract sockets and signals to what it starts (None: connections unrestricted); pinned to `cpus`,
-    if given; and the filter of `side_doors`."""
+    if given; at most `tasks` tasks, where this process is in a user namespace of its own (in the machine's the kernel
+    would count every process of the user); and the filter of `side_doors`."""
     if cpus:
         os.sched_setaffinity(0, cpus)
+    if tasks and _own_user_namespace():
+        resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))
     _prctl(_NO_NEW_PRIVS, 1)  # what Landlock's restrict_self and an unprivileged filter need
     if ports is not None:
         _landlock(ports)
     side_doors(pinned=bool(cpus))
+
+
+def _own_user_namespace() -> bool:
+    with open("/proc/self/uid_map") as mapping:
+        return mapping.read().split() != ["0", "0", "4294967295"]
 
 
 def _landlock(ports: list[int]) -> None:
@@ -248,21 +264,21 @@ def side_doors(pinned: bool = False) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`fence.py PORTS CPUS -- COMMAND...` (each of PORTS and CPUS a comma-separated list, or - for none): restrict,
-    then become the command (126 or 127 where it cannot be run)."""
-    if len(argv) < 4 or argv[2] != "--":
-        print("usage: fence.py PORT,PORT,...|- CPU,CPU,...|- -- COMMAND [ARG...]", file=sys.stderr)
+    """`fence.py PORTS CPUS TASKS -- COMMAND...` (PORTS and CPUS comma-separated lists, TASKS a number, each - for
+    none): restrict, then become the command (126 or 127 where it cannot be run)."""
+    if len(argv) < 5 or argv[3] != "--":
+        print("usage: fence.py PORT,PORT,...|- CPU,CPU,...|- TASKS|- -- COMMAND [ARG...]", file=sys.stderr)
         return 2
     try:
         ports, cpus = ([int(n) for n in word.split(",") if n] if word != "-" else None for word in argv[:2])
-        restrict(ports, cpus)
+        restrict(ports, cpus, int(argv[2]) if argv[2] != "-" else 0)
     except (OSError, ValueError) as err:
         print(f"autoresearch: could not fence the agent's turn: {err}", file=sys.stderr)
         return 126
     try:
-        os.execvp(argv[3], argv[3:])
+        os.execvp(argv[4], argv[4:])
     except OSError as err:
-        print(f"autoresearch: could not run {argv[3]}: {err.strerror}", file=sys.stderr)
+        print(f"autoresearch: could not run {argv[4]}: {err.strerror}", file=sys.stderr)
         return 127 if isinstance(err, FileNotFoundError) else 126
 
 

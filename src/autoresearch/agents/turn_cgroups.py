@@ -10,6 +10,8 @@ loop starts each turn, in every hierarchy, in a group that lies in another of it
 only its group and what it makes in it, and the outer group, the loop's and the runs' are out of its sight. In the
 cpuset hierarchy both are of the agents' CPUs, which a cpuset inside cannot leave. cgroup v2 keeps a cgroup
 namespace's root from its processes (`nsdelegate`), but not what lies below it: its hierarchy gets the same groups.
+The outer pids group caps the turns' tasks together (evaluator/tasks.py): an agent that forked without end would fill
+the process table, as a run would.
 """
 
 from __future__ import annotations
@@ -51,11 +53,13 @@ def turn_groups(cpus: str) -> tuple[Path, ...]:
     return tuple(made)
 
 
-def enter(groups: tuple[Path, ...]) -> None:
-    """Put this process, and so all it starts from now on, in `groups` (in a turn's first process). Where one is
-    gone (removed by hand), the turn runs outside it there."""
+def enter(groups: tuple[Path, ...], tasks: int) -> None:
+    """Put this process, and so all it starts from now on, in `groups` (in a turn's first process), the turns at most
+    `tasks` tasks together (0: no cap). Where a group is gone (removed by hand), the turn runs outside it there."""
     for group in groups:
         with contextlib.suppress(OSError):
+            if (group.parent / "pids.max").exists():
+                (group.parent / "pids.max").write_text(str(tasks or "max"))
             (group / "cgroup.procs").write_text(str(os.getpid()))
 
 

@@ -46,7 +46,7 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
     from autoresearch.evaluator import compile_cache, sandbox, tasks
 
     compile_cache.limit_bytes()  # a bad $AUTORESEARCH_COMPILE_CACHE_GB is said now, not as every run's crash
-    run_tasks = tasks.run_tasks()  # and so is a bad $AUTORESEARCH_RUN_TASKS
+    run_tasks = tasks.run_tasks()  # and so is a bad $AUTORESEARCH_TASKS
     config = LoopConfig(baseline_runs=args.baseline_runs, timeout=args.timeout)
     ws = Workspace(args.workspace)
     executor = LocalExecutor(env=env)  # its fork server starts importing at once
