@@ -104,7 +104,7 @@ class Group:
         (self.folder / "cgroup.procs").write_text(str(os.getpid()))
 
     def reached(self) -> bool:
-        """Whether a task was refused for the cap (pids.events' count)."""
+        """Whether a task was refused, for this cap or one above it (pids.events' count, which v1 keeps for both)."""
         events = dict(line.split(None, 1) for line in cgroups.text(self.folder / "pids.events").splitlines() if line)
         return events.get("max", "0").strip() not in ("", "0")
 
