@@ -79,7 +79,7 @@ def remove(folder: Path) -> bool:
     return True
 
 
-def _running(pid: int) -> bool:
+def _running(pid: int) -> bool:  # psutil.pid_exists's twin: cores.py imports this module, standard library only
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
