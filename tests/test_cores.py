@@ -13,7 +13,7 @@ import pytest
 
 from autoresearch.device import cpu_name
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import cores
+from autoresearch.evaluator import cores, memory
 from autoresearch.evaluator.clock import CpuClock, describe
 from autoresearch.loop import ray_executor
 from autoresearch.loop.workers import LOCAL, Device, devices, placed
@@ -190,18 +190,20 @@ def test_each_worker_gets_whole_cores_of_its_own_and_too_few_cpus_pin_none(tmp_p
     assert cores.RUN_CPUS_ENV not in devices(None, 1, cores=8)[0].env  # one worker: every CPU, as ever
 
 
-def test_the_runs_on_each_gpu_of_a_ray_node_get_its_share_of_that_nodes_cpus(tmp_path, monkeypatch) -> None:
+def test_the_runs_on_each_gpu_of_a_ray_node_get_its_share_of_that_nodes_cpus_and_memory(tmp_path, monkeypatch) -> None:
     smt_machine(tmp_path, monkeypatch, count=4)  # core 0 is CPUs 0 and 4
+    monkeypatch.delenv(memory.MEMORY_ENV, raising=False)
     nodes = [{"NodeID": "other", "Resources": {"GPU": 8.0}}, {"NodeID": "this", "Resources": {"GPU": 2.0}}]
     context = SimpleNamespace(get_node_id=lambda: "this")
     ray = SimpleNamespace(get_runtime_context=lambda: context, nodes=lambda: nodes)
     monkeypatch.setattr(ray_executor, "ray_module", lambda: ray)
-    assert [ray_executor._cpus_of(gpu) for gpu in ("0", "1")] == [
-        {cores.RUN_CPUS_ENV: "0,1,4,5"},
-        {cores.RUN_CPUS_ENV: "2,3,6,7"},
+    half = {memory.MEMORY_ENV: str(memory.share(2))}
+    assert [ray_executor._share_of(gpu) for gpu in ("0", "1")] == [
+        {cores.RUN_CPUS_ENV: "0,1,4,5", **half},
+        {cores.RUN_CPUS_ENV: "2,3,6,7", **half},
     ]
-    nodes[1]["Resources"]["GPU"] = 1.0  # a node of one GPU: its runs keep every CPU
-    assert ray_executor._cpus_of("0") == {}
+    nodes[1]["Resources"]["GPU"] = 1.0  # a node of one GPU: its runs keep every CPU, and all but the reserve
+    assert ray_executor._share_of("0") == {memory.MEMORY_ENV: str(memory.share(1))}
 
 
 PINNED = """

@@ -28,7 +28,7 @@ from loop_support import make_loop, one_edit
 import autoresearch.loop.judge as judge_module
 from autoresearch.data.shards import Manifest
 from autoresearch.data.sources import VAL
-from autoresearch.evaluator import cgroups, compile_cache, tasks
+from autoresearch.evaluator import cgroups, compile_cache, memory, run_group, tasks
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.watch import package_digest
@@ -178,9 +178,41 @@ def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab
     assert "the run was refused a new process or thread: it may have 48 tasks at once" in log, log
     assert exp.status == Status.CRASH
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
-    groups = [folder for own, _ in cgroups.own_folders("pids") for folder in own.glob(f"{tasks.GROUP_PREFIX}*")]
-    assert [g for g in groups if not psutil.pid_exists(int(g.name.removeprefix(tasks.GROUP_PREFIX)))] == []
+    groups = [folder for own, _ in cgroups.own_folders("pids") for folder in own.glob(f"{run_group.PREFIX}*")]
+    assert [g for g in groups if not psutil.pid_exists(int(g.name.removeprefix(run_group.PREFIX)))] == []
     assert loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.06")])).status != Status.CRASH
+
+
+# Spreads 1.2 GB over 8 processes of 150 MB each, none of them bigger than the loop, then trains as shipped.
+SPREAD_MEMORY = """\
+    import os, time
+    for _ in range(8):
+        if os.fork() == 0:
+            held = b"\\x01" * (150 << 20)
+            time.sleep(600)
+"""
+MEMORY_GROUPS = run_group.RunGroup.make(memory.limits(1 << 30))
+if MEMORY_GROUPS is not None:
+    MEMORY_GROUPS.remove()
+
+
+@pytest.mark.skipif(MEMORY_GROUPS is None, reason="no memory cgroup can be made below this process's (root: CI)")
+def test_a_train_py_that_spreads_its_memory_over_many_processes_is_killed_within_its_share(lab, monkeypatch) -> None:
+    """When the machine runs out of memory the kernel kills the process that holds the most; a train.py that spread
+    its memory over many small processes left the loop as the biggest, and the night ended there. A run now holds at
+    most its share (evaluator/memory.py, AUTORESEARCH_RUN_MEMORY), by a memory cgroup of its own: the kernel kills
+    within the run once it has its share, the log says why, and the loop goes on."""
+    ws, _ = lab
+    monkeypatch.setenv(memory.MEMORY_ENV, "640M")
+    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)  # its evaluators start with this env
+    exp = loop.step(one_edit("hold memory in many processes", [(START, START + SPREAD_MEMORY)]))
+    log = first_run_log(ws, exp.id)
+    assert "the kernel killed a process of the run for its memory: the run may hold 0.6 GiB" in log, log
+    assert exp.status == Status.CRASH and "killed a process of the run for its memory" in exp.reason, exp.reason
+    assert not [g for own, _ in cgroups.own_folders("memory") for g in own.glob(f"{run_group.PREFIX}*")
+                if not psutil.pid_exists(int(g.name.removeprefix(run_group.PREFIX)))]  # fmt: skip
+    honest = loop.step(one_edit("an honest change", [(START, START + "    honest = 1\n")]))
+    assert honest.status != Status.CRASH, honest.reason
 
 
 # The experiment is forked from the evaluator: whatever is in the evaluator's memory when it forks is in the

@@ -12,7 +12,8 @@ import textwrap
 import pytest
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import tasks
+from autoresearch.evaluator import run_group, tasks
+from autoresearch.evaluator.run_group import RunGroup
 
 # Forks until refused (40 at most), kills what it started, tries to raise its limit again: "FORKED RAISED-OR-KEPT".
 FORKS = """\
@@ -75,7 +76,7 @@ def test_the_cap_is_a_number_of_tasks_or_0_for_none() -> None:
     for beyond in ("²", "-1", str(tasks.MOST_TASKS + 1)):  # a pids cgroup takes no more than the kernel's most
         with pytest.raises(AutoresearchError, match="up to 4194304"):
             tasks.run_tasks({tasks.TASKS_ENV: beyond})
-    assert tasks.Group.make(0) is None
+    assert tasks.limits(0) == {} and RunGroup.make(tasks.limits(0)) is None
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_NPROC per user namespace is Linux's")
@@ -94,7 +95,7 @@ def test_not_root_a_run_or_an_agents_turn_in_its_own_user_namespace_gets_the_cap
     assert forks("machine")[0] == "40"
 
 
-GROUPS = tasks.Group.make(tasks.DEFAULT_TASKS)
+GROUPS = RunGroup.make(tasks.limits(tasks.DEFAULT_TASKS))
 if GROUPS is not None:
     GROUPS.remove()
 
@@ -107,24 +108,27 @@ def test_a_runs_group_caps_what_it_starts_and_one_its_killed_evaluator_left_is_s
         [sys.executable, "-c", "import os, sys; os.read(int(sys.argv[1]), 1)", str(ready_r)], pass_fds=[ready_r]
     )
     os.close(ready_r)
-    group = tasks.Group(GROUPS.folder.with_name(f"{tasks.GROUP_PREFIX}{left.pid}"))
-    group.folder.mkdir()
-    (group.folder / "pids.max").write_text("12")
+    (mine,) = GROUPS.folders
+    folder = mine.with_name(f"{run_group.PREFIX}{left.pid}")
+    folder.mkdir()
+    (folder / "pids.max").write_text("12")
+    group = RunGroup({folder: GROUPS.folders[mine]}, frozenset({"pids"}))
     forks = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(FORKS)], capture_output=True, text=True, timeout=60, check=True,
         preexec_fn=group.enter,
     )  # fmt: skip
-    assert 0 < int(forks.stdout.split()[0]) < 12 and group.reached(), forks.stdout
+    assert 0 < int(forks.stdout.split()[0]) < 12 and tasks.refused(group), forks.stdout
     os.close(ready_w)
     left.wait(timeout=30)
-    assert group.folder.is_dir()
-    made = tasks.Group.make(tasks.DEFAULT_TASKS)  # the next run's evaluator sweeps it
+    assert folder.is_dir()
+    made = RunGroup.make(tasks.limits(tasks.DEFAULT_TASKS))  # the next run's evaluator sweeps it
     try:
-        assert not group.folder.exists() and made is not None and not made.reached()
-        made.folder.rmdir()
-        made.folder.mkdir()  # as an earlier process of this pid may have left it: made again all the same
-        again = tasks.Group.make(12)
-        assert again is not None and (again.folder / "pids.max").read_text().strip() == "12"
+        assert not folder.exists() and made is not None and not tasks.refused(made)
+        (made_folder,) = made.folders
+        made_folder.rmdir()
+        made_folder.mkdir()  # as an earlier process of this pid may have left it: made again all the same
+        again = RunGroup.make(tasks.limits(12))
+        assert again is not None and (made_folder / "pids.max").read_text().strip() == "12"
     finally:
         made.remove()
         group.remove(wait=0)

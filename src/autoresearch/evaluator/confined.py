@@ -28,7 +28,8 @@ from typing import BinaryIO, NoReturn
 
 import psutil
 
-from autoresearch.evaluator import joining, sandbox, syscalls, tasks
+from autoresearch.evaluator import joining, memory, sandbox, syscalls, tasks
+from autoresearch.evaluator.run_group import RunGroup
 from autoresearch.wire import CHANNEL_ENV, Channel
 
 LOG_LIMIT = 32 * 2**20  # bytes of output kept per run: a train.py that prints without end cannot fill the disk
@@ -112,10 +113,11 @@ class ExperimentProcess:
         self.unfiltered_reason = syscalls.unavailable_reason()
         self._anchor: subprocess.Popen | None = None
         # At most so many tasks at once (evaluator/tasks.py): by its group, entered before it starts anything, or by
-        # RLIMIT_NPROC, which `task_limit` asks the harness to set in the run's own user namespace.
-        self.tasks = tasks.run_tasks()
-        self.group = tasks.Group.make(self.tasks)
-        self._group_refused = False  # whether its group refused a task, read before the group is removed
+        # RLIMIT_NPROC, which `task_limit` asks the harness to set in the run's own user namespace. Its share of
+        # memory (evaluator/memory.py): by its group alone.
+        self.tasks, self.memory = tasks.run_tasks(), memory.run_memory()
+        self.group = RunGroup.make({**tasks.limits(self.tasks), **memory.limits(self.memory)})
+        self._group_refused = self._group_killed = False  # what its group counted, read before it is removed
         self.task_limit = self.tasks if self.tasks and self.unconfined_reason is None and tasks.by_limit() else None
         self.join_error: str | None = None  # why the experiment could not be forked into its sandbox
         ours, theirs = socket.socketpair()
@@ -231,7 +233,8 @@ class ExperimentProcess:
         code = self.proc.wait()
         self.output.finish()
         if self.group is not None:
-            self._group_refused = self._group_refused or self.group.reached()
+            self._group_refused = self._group_refused or tasks.refused(self.group)
+            self._group_killed = self._group_killed or memory.killed(self.group)
             self.group.remove()
         return code
 
@@ -241,6 +244,10 @@ class ExperimentProcess:
         if self._group_refused:
             return True
         return self.task_limit is not None and any(e in self.output.last_line() for e in _TASK_REFUSED)
+
+    def killed_for_memory(self) -> bool:
+        """Whether the kernel killed a process of the run for its share of memory (its group's count)."""
+        return self._group_killed
 
     def exit_code(self) -> int | None:
         return self.proc.poll()
@@ -310,7 +317,7 @@ while True:
 
 
 def _start_anchor(
-    box: Path, view: sandbox.View, env: dict[str, str], filtered: bool, group: tasks.Group | None
+    box: Path, view: sandbox.View, env: dict[str, str], filtered: bool, group: RunGroup | None
 ) -> subprocess.Popen:
     """A fresh sandbox around the anchor (`_ANCHOR`), in the run's group; says "ready" once it is made. Under the
     filter too, as the experiment is."""
@@ -345,7 +352,7 @@ def _anchor_pid(anchor: subprocess.Popen, timeout: float = 30.0) -> int | None:
     return None
 
 
-def _become_experiment(anchor: int | None, group: tasks.Group | None, box: Path, env: dict[str, str],
+def _become_experiment(anchor: int | None, group: RunGroup | None, box: Path, env: dict[str, str],
                        channel_fd: int, out_fd: int, ready_fd: int, filtered: bool) -> NoReturn:  # fmt: skip
     """In the child of os.fork: enter the run's group, join the sandbox, fork into its PID namespace, wait for that
     process and exit as it did. The inner process drops its privileges, says "ok" on `ready_fd` and runs the

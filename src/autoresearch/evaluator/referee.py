@@ -41,7 +41,7 @@ from autoresearch.data.shards import REPAIR_HINT, Manifest, evaluation_rows, ope
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
-from autoresearch.evaluator import ahead, compile_cache, cores, sandbox, tasks
+from autoresearch.evaluator import ahead, compile_cache, cores, memory, sandbox, tasks
 from autoresearch.evaluator.clock import CPU, CpuClock, TrainingClock, WallClock
 from autoresearch.evaluator.clock import describe as describe_clock
 from autoresearch.evaluator.confined import ExperimentProcess
@@ -185,6 +185,12 @@ class Referee:
                     f"tasks at once (processes and threads together; {tasks.TASKS_ENV}), within the machine's own "
                     "limits"
                 )
+            if self.experiment.killed_for_memory():
+                self.experiment.output.note(
+                    "autoresearch: the kernel killed a process of the run for its memory: the run may hold "
+                    f"{memory.amount(self.experiment.memory)} ({memory.MEMORY_ENV}; unset, each worker's share of "
+                    "this machine's, less a reserve for the loop and the system)"
+                )
             if start_up := self.timeline.start_up():
                 self.experiment.output.note(start_up)
             compiled = compile_cache.harvest(self.box, staged) if staged else ""
@@ -208,6 +214,9 @@ class Referee:
         t = self.timeline
         if broken:
             return self._result(None, f"the experiment broke the protocol: {broken}"), True
+        if self.experiment.killed_for_memory():  # it trained, if at all, with its memory taken back and thrashing
+            limit = memory.amount(self.experiment.memory)
+            return self._result(None, f"the kernel killed a process of the run for its memory (at most {limit})"), True
         if t.program_error:
             return self._result(None, t.program_error), False
         if t.weights_data is None:
@@ -257,7 +266,7 @@ class Referee:
         peak = devices.peak_flops(device)
         flops = t.reported.get("flops_per_token")
         mfu = 100 * flops * tps / peak if peak and isinstance(flops, int | float) and flops > 0 else None
-        memory = t.reported.get("peak_memory_mb")
+        peak_mb = t.reported.get("peak_memory_mb")
         clock = describe_clock(self.session.clock)
         return Result(
             val_bpb=bpb,
@@ -267,7 +276,7 @@ class Referee:
             total_seconds=round(end - t.go + eval_seconds, 3),
             untimed_seconds=round((t.clock or end) - t.go, 3),
             eval_seconds=round(eval_seconds, 3),
-            peak_memory_mb=round(float(memory), 1) if isinstance(memory, int | float) else 0.0,
+            peak_memory_mb=round(float(peak_mb), 1) if isinstance(peak_mb, int | float) else 0.0,
             mfu_percent=None if mfu is None or not math.isfinite(mfu) else round(mfu, 2),
             tokens_per_second=round(tps, 1),
             total_tokens_M=round(tokens / 1e6, 3),

@@ -31,7 +31,7 @@ from typing import Protocol
 
 import psutil
 
-from autoresearch.evaluator import tasks
+from autoresearch.evaluator import run_group
 from autoresearch.evaluator.confined import FORK_ENV, kill_tree
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, ForgedResult, Result
 from autoresearch.evaluator.sandbox import evaluator_env, module_command
@@ -279,7 +279,7 @@ class Referee:
     def kill(self, wait: float = 10.0) -> None:
         kill_tree(self.proc, wait)
         self.release()
-        tasks.remove_group_of(self.proc.pid)
+        run_group.remove_group_of(self.proc.pid)
 
     def errors(self) -> str:
         self.proc.captured.seek(0)

@@ -50,6 +50,7 @@ from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.config.paths import cache_root, ray_dir
 from autoresearch.data.shards import Manifest
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
+from autoresearch.evaluator import memory
 from autoresearch.evaluator.compile_cache import STAGED
 from autoresearch.evaluator.cores import pins
 from autoresearch.evaluator.fingerprint import code_digest, fingerprint
@@ -372,15 +373,15 @@ def _executor() -> LocalExecutor:
     """This worker's executor for the GPU Ray gave the task, kept warm between tasks."""
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     if (executor := _executors.get(gpu)) is None:
-        env = {"CUDA_VISIBLE_DEVICES": gpu, **_cpus_of(gpu)}
+        env = {"CUDA_VISIBLE_DEVICES": gpu, **_share_of(gpu)}
         executor = _executors[gpu] = LocalExecutor(prewarm=False, env=env)
     return executor
 
 
-def _cpus_of(gpu: str) -> dict[str, str]:
-    """The share of this node's CPUs that the runs on its GPU `gpu` are pinned to, split by the GPUs Ray gives the
-    node, as local workers are (evaluator/cores.py); {} where that cannot be told (GPU ids Ray took from a
-    CUDA_VISIBLE_DEVICES that skips some)."""
+def _share_of(gpu: str) -> dict[str, str]:
+    """The share of this node's CPUs that the runs on its GPU `gpu` are pinned to, and of its memory, split by the
+    GPUs Ray gives the node, as local workers' are (evaluator/cores.py, evaluator/memory.py); {} where that cannot be
+    told (GPU ids Ray took from a CUDA_VISIBLE_DEVICES that skips some)."""
     ray = ray_module()
     try:
         node = ray.get_runtime_context().get_node_id()
@@ -388,7 +389,7 @@ def _cpus_of(gpu: str) -> dict[str, str]:
     except Exception:  # the cluster's state not at hand: a pin is never worth a lost run
         return {}
     index, found = int(gpu) if gpu.isdigit() else -1, pins(int(gpus))[0]
-    return found[index] if 0 <= index < len(found) else {}
+    return {**found[index], **memory.shares(int(gpus))} if 0 <= index < len(found) else {}
 
 
 def ray_devices(count: int) -> list[Device]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import compile_cache
+from autoresearch.evaluator import compile_cache, memory
 from autoresearch.evaluator.cores import (
     AGENT_CORES_ENV,
     agent_cores,
@@ -118,8 +118,9 @@ def placed(
         # PCI bus order: GPU i is nvidia-smi's i, and the sandbox binds its device node alone (gpu_nodes.py).
         order, threads = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, _threads(len(ids), cores)
         runs, theirs = _pins(len(ids), agents, True)
+        share = memory.shares(len(ids))
         return [
-            Device(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g, **order, **threads, **pinned})
+            Device(f"gpu {g}", {"CUDA_VISIBLE_DEVICES": g, **order, **threads, **pinned, **share})
             for g, pinned in zip(ids, runs, strict=True)
         ], theirs
     if workers is None:
@@ -134,8 +135,9 @@ def placed(
             hint=f"use --workers {usable} or fewer (a container's CPU limit counts, not the machine's CPUs)",
         )
     runs, theirs = _pins(workers, agents, False)
+    share = memory.shares(workers)
     return [
-        Device(f"cpu {i}", {"CUDA_VISIBLE_DEVICES": "", **_threads(workers, usable), **pinned})
+        Device(f"cpu {i}", {"CUDA_VISIBLE_DEVICES": "", **_threads(workers, usable), **pinned, **share})
         for i, pinned in enumerate(runs)
     ], theirs
 

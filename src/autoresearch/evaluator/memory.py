@@ -1,0 +1,88 @@
+"""How much memory one run may hold: its share of the machine's, so that a train.py that takes all of it is killed
+for it, and not the loop, another worker's run or your session.
+
+When the machine runs out of memory, the kernel's OOM killer kills the process that holds the most. A train.py that
+spreads its memory over many small processes (within its cap of tasks, evaluator/tasks.py) left the loop itself as
+the biggest one: the night ended there. So where a run's cgroup can be made (evaluator/run_group.py: a loop run as
+root, or a cgroup that hands the memory controller down) its memory is limited: to MEMORY_ENV, else to its worker's
+share of what the machine has (or the container's limit, if lower), less a reserve for the loop, its evaluators and
+the system (`share`; the loop sets MEMORY_ENV for each of several workers: loop/workers.py). At the limit the
+kernel takes the run's cache back, then kills within the run: the whole run at once under cgroup v2, its biggest
+process under v1. Swap is not limited.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator import cgroups
+from autoresearch.evaluator.run_group import RunGroup
+
+MEMORY_ENV = "AUTORESEARCH_RUN_MEMORY"  # the most memory one run may hold: "24G", "512M", bytes; "0": no limit
+RESERVE_SHARE, RESERVE_LEAST = 0.1, 2 << 30  # the machine's memory kept from the runs: a tenth, at least 2 GiB
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_UNLIMITED = 1 << 60  # v1's "no limit" is 2^63 rounded down to a page; v2 writes "max"
+
+
+def run_memory(env: Mapping[str, str] = os.environ) -> int:
+    """The most memory, in bytes, a run may hold (MEMORY_ENV; `share(1)` where unset), 0 for no limit."""
+    raw = env.get(MEMORY_ENV, "").strip()
+    if not raw:
+        return share(1)
+    found = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:I?B)?", raw.upper()) if raw.isascii() else None
+    if found is None:
+        raise AutoresearchError(
+            f"{MEMORY_ENV} takes an amount of memory, such as 24G or 512M (got {raw!r})",
+            hint=f"or 0 for no limit; unset, a run may hold {amount(share(1))}, this machine's less a reserve",
+        )
+    return int(found[1]) * _UNITS[found[2]]
+
+
+def share(workers: int, machine: int | None = None) -> int:
+    """Each of `workers` runs' share of `machine` bytes (this machine's, or its container's limit) less the reserve;
+    0 (no limit) where the machine's memory cannot be read."""
+    machine = machine if machine is not None else total()
+    if not machine:
+        return 0
+    return max(machine - max(RESERVE_LEAST, int(machine * RESERVE_SHARE)), 1 << 30) // max(workers, 1)
+
+
+def shares(workers: int, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """MEMORY_ENV for each of `workers` runs on this machine: {} where you set it (each run gets that) or the
+    machine's memory cannot be read."""
+    if env.get(MEMORY_ENV, "").strip() or not (each := share(workers)):
+        return {}
+    return {MEMORY_ENV: str(each)}
+
+
+def total() -> int:
+    """The memory this process's processes may hold together, in bytes: the machine's, or its cgroup's limit if
+    lower (a container's); 0 where neither can be read."""
+    found = re.search(r"^MemTotal:\s+(\d+) kB", cgroups.text("/proc/meminfo"), re.MULTILINE)
+    machine = int(found[1]) << 10 if found else 0
+    for own, _ in cgroups.own_folders("memory"):
+        for name in ("memory.limit_in_bytes", "memory.max"):  # v1's, v2's
+            limit = cgroups.text(own / name).strip()
+            if limit.isdigit() and int(limit) < _UNLIMITED:
+                machine = min(machine, int(limit)) if machine else int(limit)
+    return machine
+
+
+def limits(memory: int) -> dict[str, dict[str, str]]:
+    """A run's group's limits (evaluator/run_group.py) for `memory` bytes (0: none); under v2 an OOM kill takes the
+    whole run (memory.oom.group), as its score would be lost anyway."""
+    return {"memory": {"memory.max": str(memory), "memory.oom.group": "1"}} if memory else {}
+
+
+def killed(group: RunGroup) -> bool:
+    """Whether the kernel killed a process of the run for its limit (the count memory.events keeps; v1's in
+    memory.oom_control)."""
+    return group.count("memory.events", "oom_kill") > 0
+
+
+def amount(memory: int) -> str:
+    """`memory` bytes as a person reads them."""
+    return f"{memory / (1 << 30):.1f} GiB" if memory else "any amount"

@@ -1,0 +1,98 @@
+"""The cgroups one run is held in, where this process can make them: its cap of tasks (evaluator/tasks.py) and its
+share of memory (evaluator/memory.py).
+
+A group below the evaluator's own cgroup in each hierarchy that holds one of those controllers: cgroup v1's pids and
+memory hierarchies (a loop run as root), or v2's one where the evaluator's cgroup hands the controller down. The run's
+first processes (the sandbox's anchor, the experiment) enter it before they start anything, so all the run starts is
+in it; it is removed once the run has ended. The run cannot leave it: /sys is read-only in the sandbox, and its filter
+refuses mounts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from autoresearch.evaluator import cgroups
+
+PREFIX = "autoresearch-run-"  # + the evaluator's pid
+REMOVE_WAIT_S = 5.0  # how long a finished run's group is given to empty: its tasks leave as the kernel reaps them
+# A file by cgroup v2's name: v1's, where it differs (None: v1 has no such file). v1 counts OOM kills in
+# memory.oom_control (`oom_kill N`, Linux 4.13 and later), v2 in memory.events.
+_V1 = {"memory.max": "memory.limit_in_bytes", "memory.oom.group": None, "memory.events": "memory.oom_control"}
+
+
+class RunGroup:
+    """One run's cgroup in each hierarchy it is limited in; `limited` names the controllers whose limits are set."""
+
+    def __init__(self, folders: Mapping[Path, bool], limited: frozenset[str]):
+        self.folders = dict(folders)  # the group's folder in each hierarchy: whether that is cgroup v1
+        self.limited = limited
+
+    @classmethod
+    def make(cls, limits: Mapping[str, Mapping[str, str]]) -> RunGroup | None:
+        """A group limited as `limits` says (controller: its files, by cgroup v2's names, and their values), in the
+        first hierarchy below this process's cgroup that holds each controller; None where no limit could be set."""
+        wanted: dict[Path, tuple[bool, dict[str, Mapping[str, str]]]] = {}
+        for controller, files in limits.items():
+            for own, _ in cgroups.own_folders(controller):
+                v1 = (own / "tasks").exists()  # v1 gives every group its controllers; v2 those handed down to it
+                if v1 or controller in cgroups.text(own / "cgroup.subtree_control").split():
+                    wanted.setdefault(own, (v1, {}))[1][controller] = files
+                    break
+        folders, limited = {}, set()
+        for own, (v1, controllers) in wanted.items():
+            cgroups.sweep(own, PREFIX)
+            folder = own / f"{PREFIX}{os.getpid()}"
+            cgroups.remove(folder)  # one left by an earlier process of this pid, empty
+            try:
+                folder.mkdir()
+            except OSError:  # no right to write there
+                continue
+            folders[folder] = v1
+            for controller, files in controllers.items():
+                try:
+                    for name, value in files.items():
+                        if (written := _V1.get(name, name) if v1 else name) is not None:
+                            (folder / written).write_text(value)
+                except OSError:
+                    continue
+                limited.add(controller)
+        group = cls(folders, frozenset(limited))
+        if not limited:
+            group.remove(wait=0)
+            return None
+        return group
+
+    def enter(self) -> None:
+        """Put this process in the group, and so everything it starts from now on."""
+        for folder in self.folders:
+            (folder / "cgroup.procs").write_text(str(os.getpid()))
+
+    def count(self, file: str, key: str) -> int:
+        """A count the kernel keeps in `file` (by cgroup v2's name) under `key`: `count("pids.events", "max")`, the
+        tasks refused for this group's cap or one above it; 0 where there is none."""
+        total = 0
+        for folder, v1 in self.folders.items():
+            if (name := _V1.get(file, file) if v1 else file) is None:
+                continue
+            for line in cgroups.text(folder / name).splitlines():
+                fields = line.split()
+                if len(fields) == 2 and fields[0] == key and fields[1].isdigit():
+                    total += int(fields[1])
+        return total
+
+    def remove(self, wait: float = REMOVE_WAIT_S) -> None:
+        """Remove the group once the run's tasks have left it; left for a later run's `make` to sweep if they
+        have not within `wait` seconds."""
+        deadline = time.monotonic() + wait
+        for folder in self.folders:
+            while not cgroups.remove(folder) and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+
+def remove_group_of(pid: int) -> None:
+    """Remove the group of the evaluator `pid`, killed before it could (a run started ahead and never used)."""
+    RunGroup({own / f"{PREFIX}{pid}": False for _, own in cgroups.own_every_folder()}, frozenset()).remove()
