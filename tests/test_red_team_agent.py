@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import math
 import os
@@ -241,6 +242,41 @@ def test_an_agent_of_a_loop_run_as_root_cannot_leave_its_cores_through_a_cgroup_
     seen = said.read_text().split("\n")
     assert seen == [f"entered: {theirs}", f"changed: {theirs}", "a run's group: out of sight", ""], seen
     assert exp.status == Status.KEEP
+
+
+# Mounts the pids hierarchy in namespaces of its own, whose root is the group the turn started in, and caps that group
+# at 1 task: all that was in it could start no more.
+CAP_ITS_ROOT = """
+mounted=$(mktemp -d)
+mount -t cgroup -o pids none "$mounted" && echo 1 > "$mounted/pids.max" && echo capped
+"""
+
+
+@pytest.mark.skipif(not turn_cgroups.turn_groups(""), reason="a loop run as root, with cgroup v1 hierarchies to write")
+def test_a_turn_of_a_loop_run_as_root_cannot_cap_or_freeze_the_turns_beside_it(workspace, tmp_path):
+    """BROKE, fixed: the turns of several workers of a loop run as root started in one group per hierarchy, which a
+    turn could write as the root of its own mount (agents/turn_cgroups.py): set to 1 task, or frozen, it stopped the
+    turns beside it. Each turn now starts in a group of its own, removed after it."""
+    groups = turn_cgroups.turn_groups("")
+    beside = subprocess.Popen(  # another worker's turn, under way
+        ["sleep", "60"], preexec_fn=functools.partial(turn_cgroups.enter, groups, 0)
+    )
+    try:
+        (theirs,) = (line.split(":", 2)[2] for line in Path(f"/proc/{beside.pid}/cgroup").read_text().splitlines()
+                     if line.split(":")[1] == "pids")  # fmt: skip
+        said = agent_channel(workspace) / "capped"
+        attack = "unshare --user --map-root-user --cgroup --mount sh -c " + shlex.quote(CAP_ITS_ROOT)
+        take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{attack} > {shlex.quote(str(said))} 2>&1 || true")
+        assert said.read_text().strip() == "capped"  # its own group
+        (pids, top), *_ = cgroups.own_folders("pids")
+        assert (top / theirs.lstrip("/") / "pids.max").read_text().strip() == "max"
+        assert (top / theirs.lstrip("/")).name == f"{turn_cgroups.TURN}{beside.pid}"
+        # The turn's own group is gone with it.
+        assert [g.name for g in pids.glob(f"{turn_cgroups.PREFIX}*/{turn_cgroups.TURN}*")] == [theirs.split("/")[-1]]
+    finally:
+        beside.kill()
+        beside.wait()
+        turn_cgroups.leave(groups, beside.pid)
 
 
 # Forks until refused (200 at most), each child a `sleep` with a number of its own; how many it started.

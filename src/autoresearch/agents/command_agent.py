@@ -177,6 +177,7 @@ def run_process(
     finally:
         _kill_group(process)
         clear(pid_file)  # whatever the agent made of it
+        turn_cgroups.leave(groups, process.pid)
     return process.returncode, stdout, stderr
 
 

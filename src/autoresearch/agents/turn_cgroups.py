@@ -6,8 +6,9 @@ then the cgroup it started in, and, as the owner of their files (cgroup v1 check
 (red team): move into a cpuset of the runs' CPUs, where its pin named none of the cpuset's (a task then runs on the
 cpuset's); set `pids.max` to 1 on a run's pids group (evaluator/tasks.py), so that every process or thread another
 worker's run starts is refused; change the memory limit of the loop's own cgroup; freeze another service. So such a
-loop starts each turn, in every hierarchy, in a group that lies in another of its own: the turn's own mount shows
-only its group and what it makes in it, and the outer group, the loop's and the runs' are out of its sight. In the
+loop starts each turn, in every hierarchy, in a group of the turn's own that lies in another of the loop's: the
+turn's own mount shows only its group and what it makes in it, and the outer group, the other workers' turns', the
+loop's and the runs' are out of its sight (one group for every turn let a turn freeze the turns beside it). In the
 cpuset hierarchy both are of the agents' CPUs, which a cpuset inside cannot leave. cgroup v2 keeps a cgroup
 namespace's root from its processes (`nsdelegate`), but not what lies below it: its hierarchy gets the same groups.
 The outer pids group caps the turns' tasks together (evaluator/tasks.py): an agent that forked without end would fill
@@ -20,17 +21,19 @@ import atexit
 import contextlib
 import functools
 import os
+import time
 from pathlib import Path
 
 from autoresearch.evaluator import cgroups
 
 PREFIX = "autoresearch-agents-"  # + the loop's pid, "-", the CPUs
-TURN = "turn"
+TURN = "turn-"  # + the pid of the turn's first process
+LEAVE_WAIT_S = 2.0  # how long a turn's group is given to empty once the turn has been killed
 
 
 @functools.cache
 def turn_groups(cpus: str) -> tuple[Path, ...]:
-    """The groups a turn starts in, one per hierarchy, in cpuset's of `cpus` (a kernel CPU list; "": the loop's
+    """The groups the turns' own lie in, one per hierarchy, in cpuset's of `cpus` (a kernel CPU list; "": the loop's
     own), made once per loop and removed when it exits; none where the loop is not run as root, and in a hierarchy
     that cannot be written (a container's read-only /sys/fs/cgroup)."""
     if os.getuid() != 0:
@@ -40,27 +43,41 @@ def turn_groups(cpus: str) -> tuple[Path, ...]:
         cgroups.sweep(own, PREFIX)
         outer = own / f"{PREFIX}{os.getpid()}-{cpus.replace(',', '_') or 'all'}"
         try:
-            for folder in (outer, outer / TURN):
-                folder.mkdir(exist_ok=True)
-                if "cpuset" in held.split(","):  # a cpuset takes no task before it has CPUs and memory nodes
-                    (folder / "cpuset.cpus").write_text(cpus or cgroups.text(own / "cpuset.cpus").strip())
-                    (folder / "cpuset.mems").write_text(cgroups.text(own / "cpuset.mems").strip())
+            outer.mkdir(exist_ok=True)
+            if "cpuset" in held.split(","):  # a cpuset takes no task before it has CPUs and memory nodes
+                (outer / "cpuset.cpus").write_text(cpus or cgroups.text(own / "cpuset.cpus").strip())
+                (outer / "cpuset.mems").write_text(cgroups.text(own / "cpuset.mems").strip())
         except OSError:
             cgroups.remove(outer)
             continue
         atexit.register(_remove, outer, os.getpid())
-        made.append(outer / TURN)
+        made.append(outer)
     return tuple(made)
 
 
 def enter(groups: tuple[Path, ...], tasks: int) -> None:
-    """Put this process, and so all it starts from now on, in `groups` (in a turn's first process), the turns at most
-    `tasks` tasks together (0: no cap). Where a group is gone (removed by hand), the turn runs outside it there."""
-    for group in groups:
+    """Put this process (a turn's first), and so all it starts from now on, in a group of its own in each of
+    `groups`, the turns at most `tasks` tasks together (0: no cap). Where a group is gone (removed by hand), the turn
+    runs outside it there."""
+    for outer in groups:
         with contextlib.suppress(OSError):
-            if (group.parent / "pids.max").exists():
-                (group.parent / "pids.max").write_text(str(tasks or "max"))
-            (group / "cgroup.procs").write_text(str(os.getpid()))
+            if (outer / "pids.max").exists():
+                (outer / "pids.max").write_text(str(tasks or "max"))
+            own = outer / f"{TURN}{os.getpid()}"
+            own.mkdir(exist_ok=True)
+            for name in ("cpuset.cpus", "cpuset.mems"):  # v1 leaves a new cpuset's empty
+                if (outer / name).exists():
+                    (own / name).write_text(cgroups.text(outer / name).strip())
+            (own / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def leave(groups: tuple[Path, ...], pid: int) -> None:
+    """Remove the groups of the turn whose first process was `pid`, once the turn has been killed and its processes
+    have left them (else they go with the outer group when the loop exits)."""
+    deadline = time.monotonic() + LEAVE_WAIT_S
+    for outer in groups:
+        while not cgroups.remove(outer / f"{TURN}{pid}") and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def _remove(outer: Path, maker: int) -> None:
