@@ -12,6 +12,7 @@ import functools
 import json
 import math
 import os
+import platform
 import pwd
 import shlex
 import shutil
@@ -46,6 +47,7 @@ from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
 from autoresearch.loop.executor import LocalExecutor, RunSpec, read_result
 from autoresearch.loop.held_edits import put_back_edits
+from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.recovery import TURN_SNAPSHOT
 from autoresearch.loop.settings import LoopError
@@ -277,6 +279,132 @@ def test_a_turn_of_a_loop_run_as_root_cannot_cap_or_freeze_the_turns_beside_it(w
         beside.kill()
         beside.wait()
         turn_cgroups.leave(groups, beside.pid)
+
+
+# Runs system calls in another process of the turn, as it (x86_64): `inject(pid, [(number, *arguments), ...])`.
+PTRACE = r"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.restype = ctypes.c_long
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+class Regs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_ulonglong) for name in "r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi "
+                "orig_rax rip cs eflags rsp ss fs_base gs_base ds es fs gs".split()]
+def ptrace(request, pid, data=0):
+    ctypes.set_errno(0)
+    if libc.ptrace(request, pid, None, ctypes.c_void_p(data)) == -1 and ctypes.get_errno():
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+def inject(pid, calls):  # the process waits in a system call (a shell's wait4)
+    ptrace(0x4206, pid)  # PTRACE_SEIZE
+    ptrace(0x4207, pid)  # PTRACE_INTERRUPT
+    os.waitpid(pid, 0x40000000)
+    saved = Regs()
+    ptrace(12, pid, ctypes.addressof(saved))  # PTRACE_GETREGS
+    for number, *arguments in calls:
+        regs = Regs.from_buffer_copy(saved)
+        regs.rax, regs.orig_rax, regs.rip = number, 2**64 - 1, saved.rip - 2  # the `syscall` it returned from
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), arguments):
+            setattr(regs, name, value)
+        ptrace(13, pid, ctypes.addressof(regs))  # PTRACE_SETREGS
+        ptrace(9, pid)  # PTRACE_SINGLESTEP
+        os.waitpid(pid, 0x40000000)
+    ptrace(13, pid, ctypes.addressof(saved))
+    ptrace(17, pid)  # PTRACE_DETACH
+"""
+# Leaves the turn's process group, has its PID namespace's init (the command's shell, pid 1) drop the parent-death
+# signal `unshare --kill-child` gave it and leave the group too, then holds 40 sleeping tasks: it waits for the timeout.
+OUTLIVE = (
+    PTRACE
+    + r"""
+import sys, time
+os.setsid()
+inject(1, [(157, 1, 0), (112,)])  # prctl(PR_SET_PDEATHSIG, 0), setsid()
+for _ in range(40):
+    if os.fork() == 0:
+        os.execv("/bin/sleep", ["sleep", sys.argv[1]])
+time.sleep(600)
+"""
+)
+
+
+def turn_within(ws, tmp_path: Path, script: str, timeout_s: float) -> tuple[Experiment, float]:
+    """`take_turn` with the agent's timeout `timeout_s`: the turn's ledger row, and how long the turn took."""
+    loop = make_loop(ws, FakeExecutor(score), baseline_runs=2)
+    loop.baseline()
+    path = tmp_path / "agent.sh"
+    path.write_text(f"set -e\n{script}\n")
+    started = time.monotonic()
+    loop.run(CommandAgent(f"sh {shlex.quote(str(path))}", timeout_s=timeout_s), max_experiments=1)
+    return loop.ledger.all()[-1], time.monotonic() - started
+
+
+def marked_processes(marker: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the injected system calls are x86_64's")
+def test_a_turn_that_keeps_its_namespaces_init_from_dying_with_it_does_not_outlive_its_timeout(workspace, tmp_path):
+    """BROKE, fixed: at its timeout the loop killed the turn's process group, the first `unshare` among it, and the
+    namespace's init was to die of the parent-death signal that gave it. Through ptrace (the same user, dumpable) the
+    turn had the init drop that signal and leave the group: 41 tasks outlived the turn and the loop, writing in the
+    workspace, each timed-out turn's more (their RLIMIT_NPROC counts per turn; red team). The loop now kills the
+    namespace's init itself."""
+    marker = f"{os.getpid() % 1000}.{time.time_ns() % 10**6}"
+    try:
+        exp, _ = turn_within(workspace, tmp_path, f"{set_lr(0.2)}\nexec {PY} -c {shlex.quote(OUTLIVE)} {marker}", 6)
+        assert "did not finish within 6 s" in exp.reason, exp.reason
+        time.sleep(0.5)
+        assert marked_processes(marker) == []
+    finally:
+        for process in marked_processes(marker):
+            process.kill()
+
+
+# In namespaces of its own, mounts the freezer hierarchy, whose root is the turn's group, and freezes 40 sleeping
+# tasks in a group it makes there, or the turn's group itself: cgroup v1 keeps a frozen task from dying of SIGKILL.
+FREEZE = r"""
+d=$(mktemp -d) && mount -t cgroup -o freezer none "$d" && mkdir "$d/ice" || { echo "no freezer"; exit 0; }
+for i in $(seq 40); do sleep MARKER & echo $! > "$d/ice/cgroup.procs"; done
+echo FROZEN > "$d/ice/freezer.state" && echo frozen
+"""
+FREEZE_ITSELF = 'd=$(mktemp -d) && mount -t cgroup -o freezer none "$d" && echo FROZEN > "$d/freezer.state"; sleep 5'
+
+
+@pytest.mark.skipif(not turn_cgroups.turn_groups(""), reason="a loop run as root, with cgroup v1 hierarchies to write")
+@pytest.mark.parametrize("freeze", [FREEZE, FREEZE_ITSELF], ids=["tasks in a group it made", "its own group"])
+def test_a_turn_that_freezes_its_processes_leaves_none_and_does_not_hang_the_loop(workspace, tmp_path, monkeypatch,
+                                                                                  freeze):  # fmt: skip
+    """BROKE, fixed: a turn of a loop run as root mounts the freezer hierarchy as it can any other (its root is the
+    turn's group) and freezes its processes, which cgroup v1 then keeps from dying of SIGKILL: 40 frozen tasks outlived
+    the turn in the turns' pids group, so that the next turn could start 3 under a cap of 48; and a turn that froze
+    its own group froze the loop's child with it, for which the loop waited for ever (red team). The loop now thaws
+    what the turn froze once it has killed it, and the next turn gets its whole cap."""
+    monkeypatch.setenv(tasks.TASKS_ENV, "48")
+    marker = f"{os.getpid() % 1000}.{time.time_ns() % 10**6}"
+    said = agent_channel(workspace) / "forked"
+    frozen = "unshare --user --map-root-user --cgroup --mount sh -c " + shlex.quote(freeze.replace("MARKER", marker))
+    rescue = threading.Timer(60, thaw_every_turn)  # a loop that waits for ever fails the test, not the suite
+    rescue.start()
+    try:
+        exp, took = turn_within(workspace, tmp_path, f"{set_lr(0.2)}\n{frozen} || true\necho LR 0.2", 6)
+        assert rescue.is_alive() and took < 30, (took, exp.reason)
+        time.sleep(0.5)
+        assert marked_processes(marker) == []
+        forks = f"{PY} -c {shlex.quote(FORK_WITHOUT_END)} {marker} > {shlex.quote(str(said))}"
+        take_turn(workspace, tmp_path, f"{set_lr(0.3)}\n{forks}\necho LR 0.3")
+        assert 40 < int(said.read_text()) < 48, said.read_text()
+    finally:
+        rescue.cancel()
+        thaw_every_turn()
+        for process in marked_processes(marker):
+            process.kill()
+
+
+def thaw_every_turn() -> None:
+    for own, _ in cgroups.own_folders("freezer"):
+        for state in own.glob(f"{turn_cgroups.PREFIX}*/**/freezer.state"):
+            with contextlib.suppress(OSError):
+                state.write_text("THAWED")
 
 
 # Forks until refused (200 at most), each child a `sleep` with a number of its own; how many it started.

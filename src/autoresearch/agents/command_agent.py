@@ -24,7 +24,10 @@ import shlex
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
+
+import psutil
 
 from autoresearch.agents import namespace, turn_cgroups
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
@@ -41,6 +44,7 @@ TIMEOUT_S = 30 * 60.0  # a coding agent may think, read and edit for a long whil
 STDERR_TAIL_CHARS = 2000
 DESCRIPTION_CHARS = 300
 PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pipes
+END_WAIT_S = 10.0  # after a kill, how long to thaw a turn's frozen first process for it to die
 NOT_RUNNABLE = {126: "a program was found but could not be run", 127: "the shell found no such program"}
 # Words before the program: they run what follows (their options, and timeout's duration, are skipped).
 _WRAPPERS = {"exec", "command", "nohup", "nice", "env", "time", "timeout", "stdbuf"}
@@ -168,14 +172,14 @@ def run_process(
         write_pid_file(pid_file, process.pid)
         stdout, stderr = process.communicate(prompt, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        _kill_group(process)
+        _end(process, groups)
         stdout, stderr = _drain(process)
         raise ProposalError(  # both streams: a coding agent's JSON events say what it was doing (the command)
             f"{who} did not finish within {timeout_s:g} s and was killed; the end of its output:\n"
             f"{output_tail(stdout, stderr)}"
         ) from None
     finally:
-        _kill_group(process)
+        _end(process, groups)
         clear(pid_file)  # whatever the agent made of it
         turn_cgroups.leave(groups, process.pid)
     return process.returncode, stdout, stderr
@@ -205,9 +209,23 @@ def command_program(command: str) -> str | None:
     return None
 
 
-def _kill_group(process: subprocess.Popen[str]) -> None:
+def _end(process: subprocess.Popen[str], groups: tuple[Path, ...]) -> None:
+    """Kill all the turn started: first its PID namespace's init, whose end takes the whole namespace along (the turn
+    can have it drop the parent-death signal `unshare --kill-child` gave it, and leave the process group, through
+    ptrace: its namespace then outlived the turn and the loop, red team), then the process group; and thaw what the
+    turn froze (`turn_cgroups.thaw`) until the turn's first process has ended, or END_WAIT_S have passed."""
+    if process.poll() is None:  # else its pid may be another process's now; and its namespace is gone with it
+        with contextlib.suppress(psutil.Error):
+            for init in psutil.Process(process.pid).children():
+                with contextlib.suppress(psutil.Error):
+                    init.kill()
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
         os.killpg(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + END_WAIT_S
+    while process.poll() is None and groups and time.monotonic() < deadline:
+        turn_cgroups.thaw(groups, process.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(0.05)
 
 
 def _drain(process: subprocess.Popen[str]) -> tuple[str, str]:
@@ -219,7 +237,8 @@ def _drain(process: subprocess.Popen[str]) -> tuple[str, str]:
         for pipe in (process.stdout, process.stderr):
             if pipe:
                 pipe.close()
-        process.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # still frozen: `_end` thaws it again
+            process.wait(PIPE_DRAIN_S)
         return "", ""
 
 

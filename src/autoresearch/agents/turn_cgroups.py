@@ -71,12 +71,26 @@ def enter(groups: tuple[Path, ...], tasks: int) -> None:
             (own / "cgroup.procs").write_text(str(os.getpid()))
 
 
+def thaw(groups: tuple[Path, ...], pid: int) -> None:
+    """Thaw the groups of the turn whose first process was `pid`, and every group the turn made in them, outermost
+    first: a turn can mount the freezer hierarchy as it can any other and freeze its processes (its own group too),
+    which cgroup v1 then keeps from dying of SIGKILL: they outlived the turn in its pids group, and the loop waited for
+    a frozen first process for ever (red team). Killed, they die once thawed."""
+    for outer in groups:
+        own = outer / f"{TURN}{pid}"
+        for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):  # v1's, v2's
+            for state in sorted(own.glob(f"**/{name}"), key=lambda path: len(path.parts)):
+                with contextlib.suppress(OSError):
+                    state.write_text(thawed)
+
+
 def leave(groups: tuple[Path, ...], pid: int) -> None:
     """Remove the groups of the turn whose first process was `pid`, once the turn has been killed and its processes
-    have left them (else they go with the outer group when the loop exits)."""
+    have left them, thawed (else they go with the outer group when the loop exits)."""
     deadline = time.monotonic() + LEAVE_WAIT_S
     for outer in groups:
         while not cgroups.remove(outer / f"{TURN}{pid}") and time.monotonic() < deadline:
+            thaw(groups, pid)
             time.sleep(0.02)
 
 

@@ -1,5 +1,5 @@
 """How many tasks (processes and threads, as the kernel counts them) one run may have at once; and a shell agent's
-turns, together (agents/turn_cgroups.py for a loop run as root, agents/fence.py otherwise).
+turn (agents/fence.py), or under a loop run as root its turns together (agents/turn_cgroups.py).
 
 A train.py that forks without end (a fork bomb, or a pool started in a loop) fills the machine's process table
 (32,768 entries on many machines) within a second. The sandbox's PID namespace kills all of it when the run ends,
@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator.run_group import RunGroup
 
-TASKS_ENV = "AUTORESEARCH_TASKS"  # the most tasks a run, or an agent's turns together, may have at once; "0": none
+TASKS_ENV = "AUTORESEARCH_TASKS"  # the most tasks a run, or an agent's turn, may have at once; "0": none
 # A GPU run has a few hundred: torch's threads, CUDA's, the compiler's pool of workers and theirs.
 DEFAULT_TASKS = 4096
 MOST_TASKS = 4_194_304  # the kernel's own most (PID_MAX_LIMIT): a pids cgroup takes no higher limit
