@@ -183,6 +183,33 @@ def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab
     assert loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.06")])).status != Status.CRASH
 
 
+# Asks for core dumps of any size again, then crashes a child of its own.
+DUMP_CORES = """\
+    import os, resource
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        print("CORE raised", flush=True)
+    except (OSError, ValueError):
+        print("CORE kept", resource.getrlimit(resource.RLIMIT_CORE), flush=True)
+    if (child := os.fork()) == 0:
+        os.abort()
+    print("CORE dumped" if os.WCOREDUMP(os.waitpid(child, 0)[1]) else "CORE none", flush=True)
+"""
+
+
+def test_a_train_py_gets_no_core_dump_and_cannot_ask_for_one(lab) -> None:
+    """A crashing process's core dump is piped to the system's crash reporter where `core_pattern` names one
+    (systemd-coredump, apport), which the kernel starts as root outside the run's cgroups, for each crash: gigabytes
+    left behind the run, and as many reporters as a train.py crashes processes. A run's core limit is 1 byte (no dump,
+    piped or not: harness/boot.py `no_core_dumps`), and it cannot raise it."""
+    ws, _ = lab
+    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
+    exp = loop.step(one_edit("crash a child", [(START, START + DUMP_CORES)]))
+    log = first_run_log(ws, exp.id)
+    assert "CORE kept (1, 1)" in log and "CORE none" in log, log
+    assert exp.status != Status.CRASH, exp.reason
+
+
 # Spreads 1.2 GB over 8 processes of 150 MB each, none of them bigger than the loop, then trains as shipped.
 SPREAD_MEMORY = """\
     import os, time

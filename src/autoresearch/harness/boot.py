@@ -63,9 +63,20 @@ def cap_tasks(tasks: int) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))
 
 
+def no_core_dumps() -> None:
+    """No core dump of this run or of anything it starts, neither a file nor one piped to the system's crash
+    reporter (`core_pattern` `|systemd-coredump`, apport), which the kernel starts as root, outside the run's cgroups,
+    for each crashing process: a crash would leave gigabytes behind the run, and a train.py that crashed its processes
+    without end would have the machine run as many reporters. The kernel pipes no dump where the limit is 1 byte
+    (0 stops the files only), and a confined run cannot raise it again: that takes CAP_SYS_RESOURCE outside its
+    namespace."""
+    resource.setrlimit(resource.RLIMIT_CORE, (1, 1))
+
+
 def run(channel: Channel) -> None:
     """Wait for "go", then run ./train.py as `python train.py` would."""
     fresh_thread_pool()
+    no_core_dumps()
     try:
         header, _ = channel.receive()
     except ChannelClosed:
