@@ -7,7 +7,9 @@ Session over a socket pair, in one process.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -365,3 +367,25 @@ def test_a_model_handed_over_after_the_clock_started_breaks_the_protocol(dataset
         run._channel.send({"op": "model"}, b"a graph trained on the clock")
         time.sleep(0.3)
         assert session.timeline.program == b"graph"  # the graph handed over before the clock stays the one scored
+
+
+@pytest.mark.parametrize(
+    ("op", "size"), [("hello", 1 << 30), ("batch", 1), ("model", 65), ("weights", 1 << 40), ("nonsense", 1)]
+)
+def test_a_payload_its_request_may_not_carry_is_refused_unread(dataset, preset, op, size) -> None:
+    """What the experiment sends is read into the evaluator's memory, outside the run's share of it: a train.py
+    made its evaluator hold 2.2 GiB beyond its 640 MiB with a `hello` of 1 GiB (red team). Only the graph and the
+    weights carry bytes, each up to its most; a payload announced beyond that breaks the protocol, unread."""
+    ours, theirs = socket.socketpair()
+    session = Session(Channel(ours, payloads={"model": 64, "weights": 64}), None, {}, 30.0, WallClock())
+    answered: list[str | None] = []
+    thread = threading.Thread(target=lambda: answered.append(session.serve()), daemon=True)
+    thread.start()
+    channel = Channel(theirs)
+    channel.receive()  # go
+    header = json.dumps({"op": op, "payload": size}).encode()
+    theirs.sendall(struct.pack(">I", len(header)) + header)  # and not one byte of it
+    thread.join(5)
+    most = {"model": 64, "weights": 64}.get(op, 0)
+    assert answered == [f"a payload of {size:,} bytes for {op!r}, which may carry {most:,} at most"]
+    theirs.close()

@@ -94,3 +94,10 @@ def test_a_killed_evaluators_groups_are_removed_in_every_hierarchy(tmp_path, mon
     )
     run_group.remove_group_of(4242)
     assert not any(folder.exists() for folder in folders)
+
+
+def test_a_run_hands_over_at_most_a_quarter_of_its_share_in_weights() -> None:
+    # The evaluator holds about three copies of them as it takes them in, outside the run's group.
+    assert memory.most_weights({memory.MEMORY_ENV: "640M"}) == 160 << 20
+    assert memory.most_weights({memory.MEMORY_ENV: "0"}) == memory.MOST_WEIGHTS
+    assert memory.most_weights({memory.MEMORY_ENV: "1T"}) == memory.MOST_WEIGHTS

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import save
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+from autoresearch.evaluator import memory
 from autoresearch.evaluator.program import ProgramRejected, lifted, load_program
 from autoresearch.harness.handover import Exported, HandOverError
 
@@ -397,3 +398,14 @@ def test_a_graph_compiled_before_its_weights_exist_scores_with_the_trained_weigh
     idx = torch.randint(0, VOCAB, (BATCH, SEQ))
     with torch.no_grad():
         assert torch.allclose(compiled(idx), model(idx), atol=1e-5)
+
+
+def test_a_graph_that_declares_more_weights_than_a_quarter_of_the_runs_memory_is_refused_unallocated(
+    monkeypatch,
+) -> None:
+    """The evaluator allocates the declared tensors, outside the run's share of memory (evaluator/memory.py): a
+    graph may declare a quarter of that share at most, as the weights handed over may carry."""
+    doc, weights = honest()
+    monkeypatch.setenv(memory.MEMORY_ENV, "4M")  # 1 MiB of weights at most
+    doc["tensors"][0]["shape"] = [1024, 1024]  # 4 MiB of float32
+    assert "declares 4 MiB of weights, more than 1 MiB" in refused(doc, weights)

@@ -210,6 +210,28 @@ def test_a_train_py_gets_no_core_dump_and_cannot_ask_for_one(lab) -> None:
     assert exp.status != Status.CRASH, exp.reason
 
 
+# Announces a `hello` of 1 GiB on the harness's own channel, to be read into the evaluator's memory.
+FLOOD_THE_EVALUATOR = """\
+    import json, struct
+    head = json.dumps({"op": "hello", "payload": 1 << 30}).encode()
+    with run._channel._lock:
+        run._channel.sock.sendall(struct.pack(">I", len(head)) + head + bytes(1 << 20))
+        run._channel.receive()
+"""
+
+
+def test_a_train_py_cannot_have_its_evaluator_hold_memory_for_it(lab) -> None:
+    """The evaluator, outside the run's share of memory, read any request's payload whole, up to 64 GiB: a train.py
+    sent a `hello` of 1 GiB and made it hold 2.2 GiB beyond its 640 MiB, at no cost, as its run was judged as any
+    other (red team). Only the graph and the weights may carry bytes now, up to their most (wire.py's `payloads`):
+    the run broke the protocol, unread."""
+    ws, _ = lab
+    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
+    exp = loop.step(one_edit("flood the evaluator", [(START, START + FLOOD_THE_EVALUATOR)]))
+    assert exp.status == Status.CRASH, exp.reason
+    assert "broke the protocol: a payload of 1,073,741,824 bytes for 'hello', which may carry 0 at most" in exp.reason
+
+
 # Spreads 1.2 GB over 8 processes of 150 MB each, none of them bigger than the loop, then trains as shipped.
 SPREAD_MEMORY = """\
     import os, time
@@ -234,7 +256,7 @@ def test_a_train_py_that_spreads_its_memory_over_many_processes_is_killed_within
     loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)  # its evaluators start with this env
     exp = loop.step(one_edit("hold memory in many processes", [(START, START + SPREAD_MEMORY)]))
     log = first_run_log(ws, exp.id)
-    assert "the kernel killed a process of the run for its memory: the run may hold 0.6 GiB" in log, log
+    assert "the kernel killed a process of the run for its memory: the run may hold 640 MiB" in log, log
     assert exp.status == Status.CRASH and "killed a process of the run for its memory" in exp.reason, exp.reason
     assert not [g for own, _ in cgroups.own_folders("memory") for g in own.glob(f"{run_group.PREFIX}*")
                 if not psutil.pid_exists(int(g.name.removeprefix(run_group.PREFIX)))]  # fmt: skip

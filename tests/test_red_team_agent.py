@@ -401,11 +401,48 @@ def test_a_turn_that_freezes_its_processes_leaves_none_and_does_not_hang_the_loo
             process.kill()
 
 
+# The freezer hierarchy mounted as in FREEZE, a chain of 1,100 groups made in it, a `sleep` frozen in the deepest.
+NEST = r"""
+d=$(mktemp -d) && mount -t cgroup -o freezer none "$d" || { echo "no freezer"; exit 0; }
+deep="$d/$(printf 'n/%.0s' $(seq 1100))"
+mkdir -p "$deep" || exit 1
+sleep MARKER &
+echo $! > "$deep/cgroup.procs" && echo FROZEN > "$deep/freezer.state" && echo frozen
+"""
+
+
+@pytest.mark.skipif(not turn_cgroups.turn_groups(""), reason="a loop run as root, with cgroup v1 hierarchies to write")
+def test_a_turn_that_nests_its_cgroups_deep_leaves_none_and_does_not_stop_the_loop(workspace, tmp_path):
+    """BROKE, fixed: the loop walked the groups a turn made (to thaw them, then remove them) with pathlib's `glob`,
+    which Python's recursion limit stopped at about 1,000 levels: a turn that nested 1,100 raised RecursionError out
+    of the loop, the night's end, and left its groups, and a frozen `sleep` in the deepest (red team). The loop now
+    walks them one level at a time, by descriptors."""
+    marker = f"{os.getpid() % 1000}.{time.time_ns() % 10**6}"
+    nested = "unshare --user --map-root-user --cgroup --mount sh -c " + shlex.quote(NEST.replace("MARKER", marker))
+    said = agent_channel(workspace) / "nested"
+    rescue = threading.Timer(60, thaw_every_turn)
+    rescue.start()
+    try:
+        exp, _ = turn_within(workspace, tmp_path, f"{set_lr(0.2)}\n{nested} > {said} 2>&1 || true\necho LR 0.2", 6)
+        assert rescue.is_alive() and said.read_text() == "frozen\n", (said.read_text(), exp.reason)
+        time.sleep(0.5)
+        assert marked_processes(marker) == []
+        (outer,) = (group for group in turn_cgroups.turn_groups("") if "freezer" in group.parent.parts)
+        assert [p for p in outer.iterdir() if p.is_dir()] == []
+    finally:
+        rescue.cancel()
+        thaw_every_turn()
+        for process in marked_processes(marker):
+            process.kill()
+        for group in turn_cgroups.turn_groups(""):
+            for turn in group.glob(f"{turn_cgroups.TURN}*"):
+                cgroups.remove(turn)
+
+
 def thaw_every_turn() -> None:
-    for own, _ in cgroups.own_folders("freezer"):
-        for state in own.glob(f"{turn_cgroups.PREFIX}*/**/freezer.state"):
-            with contextlib.suppress(OSError):
-                state.write_text("THAWED")
+    for group in turn_cgroups.turn_groups(""):
+        for turn in group.glob(f"{turn_cgroups.TURN}*"):
+            turn_cgroups.thaw((group,), int(turn.name.removeprefix(turn_cgroups.TURN)))
 
 
 # Forks until refused (200 at most), each child a `sleep` with a number of its own; how many it started.

@@ -24,6 +24,7 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 CHANNEL_ENV = "AUTORESEARCH_CHANNEL"
@@ -36,12 +37,18 @@ class ChannelClosed(ConnectionError):
     """The other side is gone (or sent something that is not a frame)."""
 
 
-class Channel:
-    """Frames over a connected stream socket; `request` is safe to call from several threads."""
+class PayloadRefused(ChannelClosed):
+    """The other side announced a payload its request may not carry, or one larger than it may: not read."""
 
-    def __init__(self, sock: socket.socket, max_payload: int = 1 << 40):
+
+class Channel:
+    """Frames over a connected stream socket; `request` is safe to call from several threads. `payloads`, for a side
+    that is not trusted, names the most bytes each request may carry (one it does not name, none): a payload is read
+    into this process's memory, which is not the sender's to fill."""
+
+    def __init__(self, sock: socket.socket, payloads: Mapping[str, int] | None = None):
         self.sock = sock
-        self.max_payload = max_payload
+        self.payloads = payloads
         self._lock = threading.Lock()
 
     @classmethod
@@ -77,8 +84,13 @@ class Channel:
         if not isinstance(header, dict):
             raise ChannelClosed("a frame header that is not an object")
         size = header.get("payload", 0)
-        if not isinstance(size, int) or not 0 <= size <= self.max_payload:
+        if not isinstance(size, int) or size < 0:
             raise ChannelClosed(f"a payload size of {size!r}")
+        if self.payloads is not None and size > self.payloads.get(str(header.get("op")), 0):
+            most = self.payloads.get(str(header.get("op")), 0)
+            raise PayloadRefused(
+                f"a payload of {size:,} bytes for {str(header.get('op'))[:40]!r}, which may carry {most:,} at most"
+            )
         return header, self._exactly(size) if size else b""
 
     def close(self) -> None:

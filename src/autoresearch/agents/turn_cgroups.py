@@ -77,11 +77,17 @@ def thaw(groups: tuple[Path, ...], pid: int) -> None:
     which cgroup v1 then keeps from dying of SIGKILL: they outlived the turn in its pids group, and the loop waited for
     a frozen first process for ever (red team). Killed, they die once thawed."""
     for outer in groups:
-        own = outer / f"{TURN}{pid}"
-        for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):  # v1's, v2's
-            for state in sorted(own.glob(f"**/{name}"), key=lambda path: len(path.parts)):
-                with contextlib.suppress(OSError):
-                    state.write_text(thawed)
+        cgroups.walk(outer / f"{TURN}{pid}", _thawed)
+
+
+def _thawed(folder: int) -> None:
+    for name, thawed in (("freezer.state", b"THAWED"), ("cgroup.freeze", b"0")):  # v1's, v2's
+        with contextlib.suppress(OSError):
+            state = os.open(name, os.O_WRONLY, dir_fd=folder)
+            try:
+                os.write(state, thawed)
+            finally:
+                os.close(state)
 
 
 def leave(groups: tuple[Path, ...], pid: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 
@@ -67,9 +68,7 @@ def sweep(own: Path, prefix: str) -> None:
 def remove(folder: Path) -> bool:
     """Remove the cgroup `folder` and those inside it, innermost first; whether it is gone (one that holds a process
     stays, as do the groups above it)."""
-    with contextlib.suppress(OSError):
-        for inner in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            inner.rmdir()
+    walk(folder, remove=True)
     try:
         folder.rmdir()
     except FileNotFoundError:
@@ -77,6 +76,54 @@ def remove(folder: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def walk(folder: Path, visit: Callable[[int], None] | None = None, remove: bool = False) -> None:
+    """`visit` each group of the tree at `folder`, an open descriptor of its folder, outermost first; with `remove`,
+    remove the groups below `folder` once visited, innermost first (those that hold a process stay). By descriptors
+    and one level at a time, with no recursion: an agent's turn nested its groups 1,100 deep, where Python's
+    recursion stopped `rglob` (and deeper, a path would be too long to name them)."""
+    try:
+        here = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    names: list[str] = []  # the way down from `folder` to `here`
+    pending = [_visited(here, visit)]  # per level, the groups below still to go into
+    try:
+        while pending:
+            if pending[-1]:
+                name = pending[-1].pop()
+                with contextlib.suppress(OSError):
+                    inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=here)
+                    os.close(here)
+                    here = inner
+                    names.append(name)
+                    pending.append(_visited(here, visit))
+                continue
+            pending.pop()
+            if not names:
+                break
+            above = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=here)
+            os.close(here)
+            here, name = above, names.pop()
+            if remove:
+                with contextlib.suppress(OSError):
+                    os.rmdir(name, dir_fd=here)
+    except OSError:  # a group above moved away meanwhile: what is left goes with a later sweep
+        pass
+    finally:
+        os.close(here)
+
+
+def _visited(fd: int, visit: Callable[[int], None] | None) -> list[str]:
+    """The groups in the open folder `fd`, once `visit` has seen it."""
+    if visit is not None:
+        visit(fd)
+    try:
+        with os.scandir(fd) as entries:
+            return [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
 
 
 def _running(pid: int) -> bool:  # psutil.pid_exists's twin: cores.py imports this module, standard library only

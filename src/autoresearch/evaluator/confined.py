@@ -34,7 +34,6 @@ from autoresearch.wire import CHANNEL_ENV, Channel
 
 LOG_LIMIT = 32 * 2**20  # bytes of output kept per run: a train.py that prints without end cannot fill the disk
 EARLY_OUTPUT_LIMIT = 2**20  # output kept before the run's log file is known
-MAX_PAYLOAD = 2**36  # 64 GiB: the largest model hand-over taken
 PR_SET_CHILD_SUBREAPER = 36
 FORK_ENV = "AUTORESEARCH_FORK_SERVER"  # "0": start every experiment as a new process instead of forking it
 
@@ -130,7 +129,10 @@ class ExperimentProcess:
         self.forked = started is not None
         self.proc, stdout = started or self._start(box, view, env, theirs.fileno())
         theirs.close()
-        self.channel = Channel(ours, max_payload=MAX_PAYLOAD)
+        from autoresearch.evaluator.program import MAX_DOCUMENT_BYTES  # torch's: the loop imports this module too
+
+        # What it may send is read into this process, outside its group: the graph and the weights alone.
+        self.channel = Channel(ours, payloads={"model": MAX_DOCUMENT_BYTES, "weights": memory.most_weights()})
         self.output = Output(stdout)
         self._ended = threading.Event()  # set once its process has ended and been waited for
         # When the experiment ends, wake whoever waits on the channel (a leftover child could keep it open).

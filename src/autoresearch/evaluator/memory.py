@@ -23,6 +23,7 @@ from autoresearch.evaluator.run_group import RunGroup
 
 MEMORY_ENV = "AUTORESEARCH_RUN_MEMORY"  # the most memory one run may hold: "24G", "512M", bytes; "0": no limit
 RESERVE_SHARE, RESERVE_LEAST = 0.1, 2 << 30  # the machine's memory kept from the runs: a tenth, at least 2 GiB
+MOST_WEIGHTS = 2**36  # 64 GiB: the largest hand-over taken where memory is not limited
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _UNLIMITED = 1 << 60  # v1's "no limit" is 2^63 rounded down to a page; v2 writes "max"
 
@@ -71,6 +72,15 @@ def total() -> int:
     return machine
 
 
+def most_weights(env: Mapping[str, str] = os.environ) -> int:
+    """The most bytes of weights a run may hand over (and its graph declare): the evaluator holds about three copies
+    of them as it takes them in (the bytes received, their copy, the tensors they load into), outside the run's group,
+    so a quarter of the run's share keeps that within it (a run made its evaluator hold 2.2 GiB beyond its 640 MiB,
+    red team); MOST_WEIGHTS where memory is not limited."""
+    memory = run_memory(env)
+    return min(MOST_WEIGHTS, memory // 4) if memory else MOST_WEIGHTS
+
+
 def limits(memory: int) -> dict[str, dict[str, str]]:
     """A run's group's limits (evaluator/run_group.py) for `memory` bytes (0: none); under v2 an OOM kill takes the
     whole run (memory.oom.group), as its score would be lost anyway."""
@@ -85,4 +95,6 @@ def killed(group: RunGroup) -> bool:
 
 def amount(memory: int) -> str:
     """`memory` bytes as a person reads them."""
-    return f"{memory / (1 << 30):.1f} GiB" if memory else "any amount"
+    if not memory:
+        return "any amount"
+    return f"{memory / (1 << 20):.0f} MiB" if memory < 1 << 30 else f"{memory / (1 << 30):.1f} GiB"

@@ -21,12 +21,12 @@ import re
 
 import torch
 
+from autoresearch.evaluator import memory
 from autoresearch.evaluator.operators import ALLOWED
 
 FORMAT = "autoresearch-graph/1"
 MAX_DOCUMENT_BYTES = 256 * 2**20
 MAX_NODES = 200_000
-MAX_WEIGHT_BYTES = 2**36  # 64 GiB, as the largest hand-over the channel takes
 MAX_STRING = 256
 HIGHER_ORDER = ("flex_attention", "wrap_with_autocast", "wrap_with_set_grad_enabled")
 OPERATOR_FUNCTIONS = (
@@ -64,8 +64,11 @@ class Program:
         self.declared = doc["tensors"]
         shapes = [(_shape(spec), _dtype(spec)) for spec in self.declared]
         size = sum(math.prod(shape) * dtype.itemsize for shape, dtype in shapes)
-        if size > MAX_WEIGHT_BYTES:
-            raise ProgramRejected(f"the model's graph declares {size / 2**30:.0f} GiB of weights")
+        if size > (most := memory.most_weights()):
+            raise ProgramRejected(
+                f"the model's graph declares {memory.amount(size)} of weights, more than {memory.amount(most)} "
+                f"(a quarter of the run's memory, {memory.MEMORY_ENV})"
+            )
         zeros = [torch.zeros(shape, dtype=dtype, device=device) for shape, dtype in shapes]
         self.module = _Builder(doc, zeros, device).build()
         self.tensors, self.device = zeros, device

@@ -24,7 +24,7 @@ from autoresearch.evaluator.clock import TrainingClock, describe
 from autoresearch.evaluator.feeder import MAX_ROWS_PER_BATCH, Feeder
 from autoresearch.evaluator.result import TRAINING
 from autoresearch.files import write_json_atomic
-from autoresearch.wire import Channel, ChannelClosed
+from autoresearch.wire import Channel, ChannelClosed, PayloadRefused
 
 PROGRESS_EVERY = 1.0  # seconds between writes of the progress file
 # The grace past the budget for the last step is the experiment's to use as it likes: a train.py that reports a step
@@ -170,6 +170,8 @@ class Session:
                     return None
                 else:
                     raise ProtocolBroken(f"unknown request {op!r}")
+        except PayloadRefused as exc:  # before its bytes were read
+            return str(exc)
         except ChannelClosed:
             return None  # the experiment ended; what it did decides the verdict
         except ProtocolBroken as exc:
