@@ -37,6 +37,7 @@ def test_each_worker_gets_an_even_share_of_what_the_reserve_leaves() -> None:
     assert memory.share(1, 100 * GIB) == 90 * GIB
     assert memory.share(4, 100 * GIB) == 90 * GIB // 4
     assert memory.share(1, 8 * GIB) == 6 * GIB
+    assert memory.share(8, 8 * GIB) == 2 * GIB  # at least enough for an honest run: more than the machine has
     assert memory.share(2, 0) == 0  # the machine's memory unknown: no limit
     assert 0 < memory.total() <= int(Path("/proc/meminfo").read_text().split()[1]) << 10
     assert memory.shares(2, {}) == {memory.MEMORY_ENV: str(memory.share(2))}

@@ -232,6 +232,33 @@ def test_a_train_py_cannot_have_its_evaluator_hold_memory_for_it(lab) -> None:
     assert "broke the protocol: a payload of 1,073,741,824 bytes for 'hello', which may carry 0 at most" in exp.reason
 
 
+# A graph that, as the evaluator scores it (never as the run trains), allocates 2 GiB on the evaluator's CPU.
+BIG_WHEN_SCORED = (
+    ("        self.table = nn.Embedding(vocab_size, vocab_size)\n",
+     "        self.table = nn.Embedding(vocab_size, vocab_size)\n        self.big = False\n"),
+    ("        logits = self.table(idx)\n",
+     "        logits = self.table(idx)\n"
+     "        if self.big:\n"
+     "            logits = logits + torch.ones(1 << 29, device='cpu')[:1].sum() * 0\n"),
+    ("    run.set_model(model)\n", "    model.big = True\n    run.set_model(model)\n    model.big = False\n"),
+)  # fmt: skip
+
+
+def test_a_graph_cannot_have_its_evaluator_hold_memory_beyond_the_runs_share(lab, monkeypatch) -> None:
+    """The graph a run hands over is built and run in its evaluator, outside the run's group: one that allocated
+    1.5 GiB as it was scored (`torch.ones` of any size passes the operator check) grew the evaluator so, and was
+    judged as any other (red team). The evaluator now holds the run's share with the run (its group is the run's
+    group's parent): the kernel kills it there, and the loop records a crash."""
+    ws, _ = lab
+    monkeypatch.setenv(memory.MEMORY_ENV, "1536M")
+    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
+    exp = loop.step(one_edit("a big graph", BIG_WHEN_SCORED))
+    assert exp.status == Status.CRASH, exp.reason
+    assert "memory" in exp.reason, exp.reason
+    honest = loop.step(one_edit("an honest change", [(START, START + "    honest = 2\n")]))
+    assert honest.status != Status.CRASH, honest.reason
+
+
 # Spreads 1.2 GB over 8 processes of 150 MB each, none of them bigger than the loop, then trains as shipped.
 SPREAD_MEMORY = """\
     import os, time

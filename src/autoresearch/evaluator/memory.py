@@ -5,10 +5,12 @@ When the machine runs out of memory, the kernel's OOM killer kills the process t
 spreads its memory over many small processes (within its cap of tasks, evaluator/tasks.py) left the loop itself as
 the biggest one: the night ended there. So where a run's cgroup can be made (evaluator/run_group.py: a loop run as
 root, or a cgroup that hands the memory controller down) its memory is limited: to MEMORY_ENV, else to its worker's
-share of what the machine has (or the container's limit, if lower), less a reserve for the loop, its evaluators and
-the system (`share`; the loop sets MEMORY_ENV for each of several workers: loop/workers.py). At the limit the
-kernel takes the run's cache back, then kills within the run: the whole run at once under cgroup v2, its biggest
-process under v1. Swap is not limited.
+share of what the machine has (or the container's limit, if lower), less a reserve for the loop and the system
+(`share`; the loop sets MEMORY_ENV for each of several workers: loop/workers.py). The run's evaluator holds the same
+share, the run's group inside its own (referee.py's `_hold_the_share`): what the run sends, and the graph it hands
+over, are taken in and run there, where a train.py could otherwise have memory held for it. At the limit the kernel
+takes the group's cache back, then kills within it: the whole run at once under cgroup v2, its biggest process under
+v1 (the loop records a crash either way). Swap is not limited.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from autoresearch.evaluator.run_group import RunGroup
 
 MEMORY_ENV = "AUTORESEARCH_RUN_MEMORY"  # the most memory one run may hold: "24G", "512M", bytes; "0": no limit
 RESERVE_SHARE, RESERVE_LEAST = 0.1, 2 << 30  # the machine's memory kept from the runs: a tenth, at least 2 GiB
+LEAST_SHARE = 2 << 30  # the least a run and its evaluator are given
 MOST_WEIGHTS = 2**36  # 64 GiB: the largest hand-over taken where memory is not limited
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _UNLIMITED = 1 << 60  # v1's "no limit" is 2^63 rounded down to a page; v2 writes "max"
@@ -43,12 +46,14 @@ def run_memory(env: Mapping[str, str] = os.environ) -> int:
 
 
 def share(workers: int, machine: int | None = None) -> int:
-    """Each of `workers` runs' share of `machine` bytes (this machine's, or its container's limit) less the reserve;
-    0 (no limit) where the machine's memory cannot be read."""
+    """Each of `workers` runs' share of `machine` bytes (this machine's, or its container's limit) less the reserve,
+    its evaluator's memory with it, and at least LEAST_SHARE (an honest tiny run and its evaluator held up to 1.2 GiB,
+    page cache included: many workers on a small machine share more than it has, rather than fail honest runs); 0 (no
+    limit) where the machine's memory cannot be read."""
     machine = machine if machine is not None else total()
     if not machine:
         return 0
-    return max(machine - max(RESERVE_LEAST, int(machine * RESERVE_SHARE)), 1 << 30) // max(workers, 1)
+    return max((machine - max(RESERVE_LEAST, int(machine * RESERVE_SHARE))) // max(workers, 1), LEAST_SHARE)
 
 
 def shares(workers: int, env: Mapping[str, str] = os.environ) -> dict[str, str]:

@@ -51,6 +51,7 @@ from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.evaluator.hidden import data_places
 from autoresearch.evaluator.program import Program, ProgramRejected, ShapeCompiled, load_program
 from autoresearch.evaluator.result import EVALUATING, PROGRESS_NAME, RESULT_ENV, STARTING, Result
+from autoresearch.evaluator.run_group import RunGroup
 from autoresearch.evaluator.score import (
     NonFiniteLogits,
     Scorer,
@@ -119,8 +120,13 @@ class Referee:
         )
         self.timeline = self.session.timeline
         self._ahead: ahead.CompileAhead | None = None
+        self.own_group: RunGroup | None = None  # this process's memory group (`_hold_the_share`), where it has one
         if self.experiment.confined and ahead.wanted(devices.pick_device()):  # (unconfined, `stop` kills its pool)
             self.session.on_clock = self._compile_ahead
+
+    def _killed_for_memory(self) -> bool:
+        """Whether the kernel killed a process of the run, or one of this process's, for the run's share."""
+        return self.experiment.killed_for_memory() or (self.own_group is not None and memory.killed(self.own_group))
 
     def _compile_ahead(self, document: bytes) -> None:
         self._ahead = ahead.CompileAhead(document, devices.pick_device(), self.eval_batch, self.preset.seq_len)
@@ -185,7 +191,7 @@ class Referee:
                     f"tasks at once (processes and threads together; {tasks.TASKS_ENV}), within the machine's own "
                     "limits"
                 )
-            if self.experiment.killed_for_memory():
+            if self._killed_for_memory():
                 self.experiment.output.note(
                     "autoresearch: the kernel killed a process of the run for its memory: the run may hold "
                     f"{memory.amount(self.experiment.memory)} ({memory.MEMORY_ENV}; unset, each worker's share of "
@@ -214,7 +220,7 @@ class Referee:
         t = self.timeline
         if broken:
             return self._result(None, f"the experiment broke the protocol: {broken}"), True
-        if self.experiment.killed_for_memory():  # it trained, if at all, with its memory taken back and thrashing
+        if self._killed_for_memory():  # it trained, if at all, with its memory taken back and thrashing
             limit = memory.amount(self.experiment.memory)
             return self._result(None, f"the kernel killed a process of the run for its memory (at most {limit})"), True
         if t.program_error:
@@ -351,6 +357,19 @@ def _parameter_count(weights: bytes | None) -> int:
 # -- the process --------------------------------------------------------------------------------
 
 
+def _hold_the_share() -> RunGroup | None:
+    """Put this process, and so the run it starts, in a memory group of the run's share (evaluator/memory.py): what
+    the experiment sends is read here, and the graph it hands over builds and runs here, so a train.py could have
+    this process hold memory for it, beyond its share (a graph that allocated 1.5 GiB as it was scored; a graph
+    document that parsed to 25 times its size; red team). The run's own group lies inside, of the same share."""
+    share = memory.run_memory()
+    os.environ[memory.MEMORY_ENV] = str(share)  # the run's, not a share of what is left in this group
+    group = RunGroup.make(memory.limits(share))
+    if group is not None:
+        group.enter()
+    return group
+
+
 def _stop_with_the_loop(referee: Referee) -> None:
     """The loop keeps this process's stdin open while the run goes on: its end is the loop's (killed, or a Ray
     worker lost with its node). Then nobody waits for the result: stop the experiment and everything it
@@ -368,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--train-py", type=Path, help="run and score this train.py now (python train.py by hand)")
     args = parser.parse_args(argv)
     cores.pin()  # on its worker's CPUs (several workers on one machine), the experiment it starts with it
+    try:
+        own_group = _hold_the_share()
+    except AutoresearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # What a process that exec'd this one may have left: ignoring SIGCHLD would hide the experiment's ended
     # processes from the CPU clock and from waiting for them.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -380,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         compile_cache.in_use()  # held until this process ends; trims the caches where no other evaluator runs
         train_py = (args.train_py or args.workspace / "train.py").resolve()
         referee = Referee(train_py, experiment_env)
+        referee.own_group = own_group
     except AutoresearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -93,6 +93,12 @@ class RunGroup:
                 time.sleep(0.02)
 
 
+def group_of(pid: int) -> RunGroup:
+    """The group the evaluator `pid` made below this process's cgroups (its own, in the memory hierarchy: see
+    evaluator/memory.py), as found now: to read what it counted, and to remove it once the evaluator has ended."""
+    return RunGroup({own / f"{PREFIX}{pid}": bool(held) for held, own in cgroups.own_every_folder()}, frozenset())
+
+
 def remove_group_of(pid: int) -> None:
-    """Remove the group of the evaluator `pid`, killed before it could (a run started ahead and never used)."""
-    RunGroup({own / f"{PREFIX}{pid}": False for _, own in cgroups.own_every_folder()}, frozenset()).remove()
+    """Remove the group of the evaluator `pid`, once it has ended (it cannot remove the one it is in itself)."""
+    group_of(pid).remove()

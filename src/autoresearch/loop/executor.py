@@ -31,7 +31,7 @@ from typing import Protocol
 
 import psutil
 
-from autoresearch.evaluator import run_group
+from autoresearch.evaluator import memory, run_group
 from autoresearch.evaluator.confined import FORK_ENV, kill_tree
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, ForgedResult, Result
 from autoresearch.evaluator.sandbox import evaluator_env, module_command
@@ -154,6 +154,12 @@ class LocalExecutor:
             referee.kill()
             why = f"no result within the hard timeout of {spec.timeout:.0f}s; killed"
             return Outcome(RunEnd.TIMEOUT, None, why, tail(log_path), seconds)
+        group = run_group.group_of(referee.proc.pid)  # the evaluator's own (evaluator/memory.py), the run's inside
+        if code < 0 and memory.killed(group):  # its own doing: a run that had it hold memory for it
+            why = f"the run went past its share of memory ({memory.MEMORY_ENV}), its evaluator with it; killed"
+            group.remove()
+            return Outcome(RunEnd.CRASH, None, why, tail(log_path), seconds)
+        group.remove()
         try:
             result = read_result(result_path, key)
         except ForgedResult as exc:
