@@ -24,8 +24,9 @@
 #                                                 # sched_setaffinity refused inside), the neighbour on the other cores
 #   bash bench/h200_session.sh setup agent_cores  # 7 minutes: a run on every CPU; on the loop's split with a shell
 #                                                 # agent, beside a neighbour on the agents' core; on 4 and 2 CPUs
-#   bash bench/h200_session.sh setup tasks        # 6 minutes: the most tasks a real run has (bench/task_peak.py), and
-#                                                 # a run under a cap of 512 (AUTORESEARCH_TASKS)
+#   bash bench/h200_session.sh setup tasks        # 6 minutes: the most tasks a real run has and the most memory its
+#                                                 # evaluator's group holds (bench/task_peak.py), and a run under a
+#                                                 # cap of 512 tasks (AUTORESEARCH_TASKS) and 16 GiB of memory
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp: `apt-get download bubblewrap libseccomp2`), .old (before_after only),
 # .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its Java, RLlib, Serve, Tune, Train, Data
@@ -215,10 +216,11 @@ tasks() {  # a run's cap on tasks (evaluator/tasks.py): how many a real run has 
   python3 bench/task_peak.py --seconds 90 > "$OUT/task_peak.txt" & local pid=$!
   CUDA_VISIBLE_DEVICES=0 timeout 85 $sn --work /tmp/tp --out "$OUT/uncapped" >"$OUT/uncapped.log" 2>&1
   kill -TERM $pid; wait $pid; cat "$OUT/task_peak.txt"
-  AUTORESEARCH_TASKS=512 CUDA_VISIBLE_DEVICES=0 timeout 85 $sn --work /tmp/t512 --out "$OUT/capped" \
+  AUTORESEARCH_TASKS=512 AUTORESEARCH_RUN_MEMORY=16G CUDA_VISIBLE_DEVICES=0 timeout 85 $sn --work /tmp/t512 --out "$OUT/capped" \
     >"$OUT/capped.log" 2>&1
   python3 bench/collect_runs.py "$OUT/runs_tasks.json" /tmp/tp /tmp/t512 >/dev/null
-  grep -h "reached its cap\|^val_bpb:\|^num_steps:" /tmp/tp/.autoresearch/runs/*/log.txt /tmp/t512/.autoresearch/runs/*/log.txt
+  grep -h "refused a new process\|for its memory\|^val_bpb:\|^num_steps:" /tmp/tp/.autoresearch/runs/*/log.txt \
+    /tmp/t512/.autoresearch/runs/*/log.txt
   seed_runs
 }
 

@@ -1,12 +1,14 @@
 """How many tasks (processes and threads) a run has at most: what AUTORESEARCH_TASKS must leave room for; and the
-most memory a run's group held (evaluator/memory.py), where it has one: what AUTORESEARCH_RUN_MEMORY must leave.
+most memory a run and its evaluator held (their group, evaluator/memory.py), where they have one: what
+AUTORESEARCH_RUN_MEMORY must leave room for.
 
     python bench/task_peak.py --seconds S [--every 0.05]
 
 Counts the tasks of the whole machine (/proc/*/task) every `--every` seconds for S seconds (or until SIGTERM) and
 prints the count at the start, the peak and their difference: run beside one training run and nothing else, the
 difference is that run's evaluator, experiment and compiler workers together (more than the run alone is capped at).
-The memory is the largest `memory.current` (v2) or `memory.usage_in_bytes` (v1) of a run's group seen, cache included.
+The memory is the largest `memory.current` (v2) or `memory.usage_in_bytes` (v1) of an evaluator's group seen (the run's
+lies inside), page cache included.
 Used by bench/h200_session.sh's `tasks` phase.
 """
 
@@ -31,7 +33,7 @@ def count() -> int:
 
 
 def run_memory() -> int:
-    """The most memory any run's group below this process's memory cgroup holds now."""
+    """The most memory any evaluator's group below this process's memory cgroup holds now."""
     most = 0
     for own, _ in cgroups.own_folders("memory"):
         for group in own.glob(f"{run_group.PREFIX}*"):
@@ -55,7 +57,7 @@ def main() -> None:
         peak, held = max(peak, count()), max(held, run_memory())
         time.sleep(args.every)
     print(f"tasks: {start} at the start, {peak} at the peak, {peak - start} more", flush=True)
-    print(f"memory: a run's group held {held / 2**30:.2f} GiB at most", flush=True)
+    print(f"memory: a run and its evaluator held {held / 2**30:.2f} GiB at most", flush=True)
 
 
 if __name__ == "__main__":
