@@ -102,3 +102,33 @@ def test_a_run_hands_over_at_most_a_quarter_of_its_share_in_weights() -> None:
     assert memory.most_weights({memory.MEMORY_ENV: "640M"}) == 160 << 20
     assert memory.most_weights({memory.MEMORY_ENV: "0"}) == memory.MOST_WEIGHTS
     assert memory.most_weights({memory.MEMORY_ENV: "1T"}) == memory.MOST_WEIGHTS
+
+
+LEFT = """
+import sys
+from autoresearch.evaluator import memory
+from autoresearch.evaluator.run_group import RunGroup
+group = RunGroup.make(memory.limits(1 << 30))
+group.enter()
+print(*group.folders)
+group.leave()
+"""
+
+
+@pytest.mark.skipif(GROUP is None, reason="no memory cgroup can be made below this process's (root: CI)")
+def test_an_evaluator_run_by_hand_leaves_its_group_and_removes_it() -> None:
+    done = subprocess.run([sys.executable, "-c", LEFT], capture_output=True, text=True, timeout=60, check=True)
+    (folder,) = done.stdout.split()
+    assert not Path(folder).exists()
+
+
+@pytest.mark.skipif(GROUP is None, reason="no memory cgroup can be made below this process's (root: CI)")
+def test_an_evaluator_run_by_hand_that_fails_leaves_no_group(tmp_path) -> None:
+    (tmp_path / "train.py").write_text("print('not in a workspace')\n")
+    evaluator = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch.evaluator.referee", "--train-py", str(tmp_path / "train.py")],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _, stderr = evaluator.communicate(timeout=120)
+    assert evaluator.returncode == 2 and "no autoresearch.json" in stderr, stderr
+    assert [folder for folder in run_group.group_of(evaluator.pid).folders if folder.exists()] == []

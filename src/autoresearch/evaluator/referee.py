@@ -392,6 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     except AutoresearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _serve(args, own_group)
+    finally:  # by hand: no loop removes the group once this process has ended
+        if args.train_py and own_group is not None:
+            own_group.leave()
+
+
+def _serve(args: argparse.Namespace, own_group: RunGroup | None) -> int:
     # What a process that exec'd this one may have left: ignoring SIGCHLD would hide the experiment's ended
     # processes from the CPU clock and from waiting for them.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -10,6 +10,7 @@ refuses mounts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -70,6 +71,14 @@ class RunGroup:
         """Put this process in the group, and so everything it starts from now on."""
         for folder in self.folders:
             (folder / "cgroup.procs").write_text(str(os.getpid()))
+
+    def leave(self) -> None:
+        """Move this process back to the cgroups above the group, and remove the group (an evaluator run by hand,
+        which no loop removes the group of)."""
+        for folder in self.folders:
+            with contextlib.suppress(OSError):
+                (folder.parent / "cgroup.procs").write_text(str(os.getpid()))
+        self.remove()
 
     def count(self, file: str, key: str) -> int:
         """A count the kernel keeps in `file` (by cgroup v2's name) under `key`: `count("pids.events", "max")`, the
