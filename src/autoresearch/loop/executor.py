@@ -155,11 +155,11 @@ class LocalExecutor:
             why = f"no result within the hard timeout of {spec.timeout:.0f}s; killed"
             return Outcome(RunEnd.TIMEOUT, None, why, tail(log_path), seconds)
         group = run_group.group_of(referee.proc.pid)  # the evaluator's own (evaluator/memory.py), the run's inside
-        if code < 0 and memory.killed(group):  # its own doing: a run that had it hold memory for it
+        killed = code < 0 and memory.killed(group)  # its own doing: a run that had it hold memory for it
+        group.remove(wait=0)  # not waited for: what lingers goes with the next evaluator's sweep
+        if killed:
             why = f"the run went past its share of memory ({memory.MEMORY_ENV}), its evaluator with it; killed"
-            group.remove()
             return Outcome(RunEnd.CRASH, None, why, tail(log_path), seconds)
-        group.remove()
         try:
             result = read_result(result_path, key)
         except ForgedResult as exc:
