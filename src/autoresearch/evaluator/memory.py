@@ -47,7 +47,7 @@ def run_memory(env: Mapping[str, str] = os.environ) -> int:
 
 def share(workers: int, machine: int | None = None) -> int:
     """Each of `workers` runs' share of `machine` bytes (this machine's, or its container's limit) less the reserve,
-    its evaluator's memory with it, and at least LEAST_SHARE (an honest tiny run and its evaluator held up to 1.2 GiB,
+    its evaluator's memory with it, and at least LEAST_SHARE (an honest tiny run and its evaluator held up to 0.85 GiB,
     page cache included: many workers on a small machine share more than it has, rather than fail honest runs); 0 (no
     limit) where the machine's memory cannot be read."""
     machine = machine if machine is not None else total()
