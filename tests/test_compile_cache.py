@@ -295,7 +295,7 @@ def test_the_evaluator_compiles_with_caches_of_its_own_kept_warm_from_run_to_run
     seen: list[dict[str, str]] = []
 
     class Seen:
-        def __init__(self, train_py: Path, env: dict[str, str]):
+        def __init__(self, train_py: Path, env: dict[str, str], own_group=None):
             self.experiment = None
 
         def run(self, *args) -> int:
@@ -403,7 +403,7 @@ def test_every_evaluator_marks_the_caches_in_use_and_a_limit_that_is_not_a_size_
     old = cached(compile_cache.evaluator_dir() / "triton" / "k" / "k.cubin", 100, 1)
 
     class Scores:
-        def __init__(self, train_py: Path, env: dict[str, str]):
+        def __init__(self, train_py: Path, env: dict[str, str], own_group=None):
             self.experiment = None
 
         def run(self, *args) -> int:

@@ -86,11 +86,8 @@ class Channel:
         size = header.get("payload", 0)
         if not isinstance(size, int) or size < 0:
             raise ChannelClosed(f"a payload size of {size!r}")
-        if self.payloads is not None and size > self.payloads.get(str(header.get("op")), 0):
-            most = self.payloads.get(str(header.get("op")), 0)
-            raise PayloadRefused(
-                f"a payload of {size:,} bytes for {str(header.get('op'))[:40]!r}, which may carry {most:,} at most"
-            )
+        if self.payloads is not None and size > (most := self.payloads.get(op := str(header.get("op")), 0)):
+            raise PayloadRefused(f"a payload of {size:,} bytes for {op[:40]!r}, which may carry {most:,} at most")
         return header, self._exactly(size) if size else b""
 
     def close(self) -> None:

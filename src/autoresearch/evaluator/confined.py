@@ -131,7 +131,8 @@ class ExperimentProcess:
         theirs.close()
         from autoresearch.evaluator.program import MAX_DOCUMENT_BYTES  # torch's: the loop imports this module too
 
-        # What it may send is read into this process, outside its group: the graph and the weights alone.
+        # What it may send is read into this process, outside its own group (within the evaluator's share, referee.py
+        # `_hold_the_share`): the graph and the weights alone, each up to its most.
         self.channel = Channel(ours, payloads={"model": MAX_DOCUMENT_BYTES, "weights": memory.most_weights()})
         self.output = Output(stdout)
         self._ended = threading.Event()  # set once its process has ended and been waited for

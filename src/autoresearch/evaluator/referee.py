@@ -68,8 +68,9 @@ ENDING_S = 2.0  # how long a train.py whose channel closed is given to end by it
 
 
 class Referee:
-    def __init__(self, train_py: Path, env: dict[str, str]):
+    def __init__(self, train_py: Path, env: dict[str, str], own_group: RunGroup | None = None):
         self.root = train_py.parent
+        self.own_group = own_group  # this process's memory group (`_hold_the_share`), where it has one
         if not (self.root / CONFIG_NAME).is_file():
             raise ConfigError(
                 f"no {CONFIG_NAME} in {self.root}",
@@ -120,7 +121,6 @@ class Referee:
         )
         self.timeline = self.session.timeline
         self._ahead: ahead.CompileAhead | None = None
-        self.own_group: RunGroup | None = None  # this process's memory group (`_hold_the_share`), where it has one
         if self.experiment.confined and ahead.wanted(devices.pick_device()):  # (unconfined, `stop` kills its pool)
             self.session.on_clock = self._compile_ahead
 
@@ -411,8 +411,7 @@ def _serve(args: argparse.Namespace, own_group: RunGroup | None) -> int:
     try:
         compile_cache.in_use()  # held until this process ends; trims the caches where no other evaluator runs
         train_py = (args.train_py or args.workspace / "train.py").resolve()
-        referee = Referee(train_py, experiment_env)
-        referee.own_group = own_group
+        referee = Referee(train_py, experiment_env, own_group)
     except AutoresearchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
