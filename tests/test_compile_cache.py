@@ -20,7 +20,7 @@ from loop_support import (
     with_constants,
 )
 
-from autoresearch.evaluator import compile_cache
+from autoresearch.evaluator import compile_cache, memory
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
 from autoresearch.loop.scheduler import Scheduler
 from autoresearch.loop.workers import devices, make_workers
@@ -72,8 +72,10 @@ def cached(path: Path, size: int, days_old: float) -> Path:
 
 @pytest.fixture
 def new_evaluator(monkeypatch: pytest.MonkeyPatch):
-    """This process as a new evaluator would be: not yet marking the caches in use; its mark let go after."""
+    """This process as a new evaluator would be: not yet marking the caches in use; its mark let go after; the run's
+    share of memory it sets in the environment taken back after (it would reach the next test's workers)."""
     monkeypatch.setattr(compile_cache, "_held", None)
+    monkeypatch.setenv(memory.MEMORY_ENV, str(memory.share(1)))
     yield
     if compile_cache._held is not None:
         os.close(compile_cache._held)

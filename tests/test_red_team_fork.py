@@ -339,7 +339,9 @@ def test_a_user_namespace_of_its_own_opens_no_way_out(lab, tiny_prepared: Path) 
     head = f"WORKSPACE, TARGETS = {str(ws.root.resolve())!r}, {targets!r}\n"
     exp = loop.step(one_edit("climb out", [(START, START + inside(head + ESCAPE))]))
     log = run_log(ws, exp.id)
-    assert "REACHED" not in log and first_run_log(ws, exp.id).count("blocked") == 3, log
+    # A line of its own: an earlier test's train.py, kept by chance, may print "ANCHOR REACHED []" in this run too.
+    assert not [line for line in log.splitlines() if line.startswith("REACHED")], log
+    assert first_run_log(ws, exp.id).count("blocked") == 3, log
     assert "workspace shows ['.autoresearch']" in log, log
 
 
