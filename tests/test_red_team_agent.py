@@ -236,7 +236,7 @@ def test_an_agent_of_a_loop_run_as_root_cannot_leave_its_cores_through_a_cgroup_
     try:
         attack = LEAVE_BY_A_CPUSET.replace("RUNS", runs).replace("DECOY", decoy.name)
         leave = "unshare --user --map-root-user --cgroup --mount sh -c " + shlex.quote(attack)
-        script = f"{set_lr(0.2)}\n{leave} > {shlex.quote(str(said))} 2>&1\necho LR 0.2"
+        script = f"{set_lr(0.2)}\n{leave} > {shlex.quote(str(said))} 2>/dev/null\necho LR 0.2"
         exp, _ = take_turn(workspace, tmp_path, script)
         assert (decoy / "pids.max").read_text().strip() == "max"
     finally:
@@ -258,7 +258,7 @@ mount -t cgroup -o pids none "$mounted" && echo 1 > "$mounted/pids.max" && echo 
 def test_a_turn_of_a_loop_run_as_root_cannot_cap_or_freeze_the_turns_beside_it(workspace, tmp_path):
     """BROKE, fixed: the turns of several workers of a loop run as root started in one group per hierarchy, which a
     turn could write as the root of its own mount (agents/turn_cgroups.py): set to 1 task, or frozen, it stopped the
-    turns beside it. Each turn now starts in a group of its own, removed after it."""
+    turns beside it. Each turn now starts in a group of its own, removed after it, and not the turn's to write."""
     groups = turn_cgroups.turn_groups("")
     beside = subprocess.Popen(  # another worker's turn, under way
         ["sleep", "60"], preexec_fn=functools.partial(turn_cgroups.enter, groups, 0)
@@ -269,7 +269,7 @@ def test_a_turn_of_a_loop_run_as_root_cannot_cap_or_freeze_the_turns_beside_it(w
         said = agent_channel(workspace) / "capped"
         attack = "unshare --user --map-root-user --cgroup --mount sh -c " + shlex.quote(CAP_ITS_ROOT)
         take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{attack} > {shlex.quote(str(said))} 2>&1 || true")
-        assert said.read_text().strip() == "capped"  # its own group
+        assert said.read_text().strip().endswith("Permission denied"), said.read_text()  # not even its own group
         (pids, top), *_ = cgroups.own_folders("pids")
         assert (top / theirs.lstrip("/") / "pids.max").read_text().strip() == "max"
         assert (top / theirs.lstrip("/")).name == f"{turn_cgroups.TURN}{beside.pid}"
@@ -280,6 +280,40 @@ def test_a_turn_of_a_loop_run_as_root_cannot_cap_or_freeze_the_turns_beside_it(w
         beside.kill()
         beside.wait()
         turn_cgroups.leave(groups, beside.pid)
+
+
+# In namespaces of its own, mounts each hierarchy MOUNTS names (whose root is then the turn's own group there), and
+# tries to make a group in it and to open each of its files for writing: one line per hierarchy, what it could.
+WRITE_ITS_GROUPS = r"""
+for how in MOUNTS; do
+  d=$(mktemp -d)
+  mount -t ${how%%:*} -o "${how#*:}" none "$d" || { echo "$how not mounted"; continue; }
+  could=""
+  mkdir "$d/more" 2>/dev/null && could="$could made"
+  chmod 777 "$d" 2>/dev/null && could="$could chmod"
+  for f in "$d"/*; do [ -f "$f" ] && (: >> "$f") 2>/dev/null && could="$could ${f##*/}"; done
+  echo "$how:$could"
+done
+"""
+
+
+@pytest.mark.skipif(not turn_cgroups.turn_groups(""), reason="a loop run as root, with cgroup hierarchies to write")
+def test_a_turn_of_a_loop_run_as_root_can_neither_make_nor_change_a_cgroup_in_any_hierarchy(workspace, tmp_path):
+    """BROKE, fixed: in each hierarchy, the turn's own group was the root of its mount, and the turn, root there, could
+    make groups in it without end (each costs kernel memory; cgroup v1 has 65,535 memory-group ids per machine, and
+    past them a run's memory group could not be made: it would run unlimited), freeze its processes (which v1 keeps
+    from dying), cap or unlimit itself. The turn's group is now owned by a user its namespace does not map, with no
+    write bit: in no hierarchy can the turn make a group, open a file for writing, or change the modes."""
+    mounts = []
+    for held, own in cgroups.own_every_folder():
+        if any(group.is_relative_to(own) for group in turn_cgroups.turn_groups("")):
+            mounts.append(f"cgroup:{held}" if held else "cgroup2:rw")
+    said = agent_channel(workspace) / "groups"
+    attack = WRITE_ITS_GROUPS.replace("MOUNTS", " ".join(mounts))
+    turn = "unshare --user --map-root-user --cgroup --mount sh -c " + shlex.quote(attack)
+    take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{turn} > {shlex.quote(str(said))} 2>/dev/null || true")
+    assert said.read_text().splitlines() == [f"{how}:" for how in mounts], said.read_text()
+    assert {"cgroup:pids", "cgroup:memory", "cgroup:freezer"} <= set(mounts), mounts
 
 
 # Runs system calls in another process of the turn, as it (x86_64): `inject(pid, [(number, *arguments), ...])`.
@@ -379,7 +413,9 @@ def test_a_turn_that_freezes_its_processes_leaves_none_and_does_not_hang_the_loo
     turn's group) and freezes its processes, which cgroup v1 then keeps from dying of SIGKILL: 40 frozen tasks outlived
     the turn in the turns' pids group, so that the next turn could start 3 under a cap of 48; and a turn that froze
     its own group froze the loop's child with it, for which the loop waited for ever (red team). The loop now thaws
-    what the turn froze once it has killed it, and the next turn gets its whole cap."""
+    what the turn froze once it has killed it, and the next turn gets its whole cap. (Where the turn's group can be
+    locked, the turn cannot freeze it: this is a loop where it cannot, root in a user namespace of its own.)"""
+    monkeypatch.setattr(turn_cgroups, "_lock", lambda group: None)
     monkeypatch.setenv(tasks.TASKS_ENV, "48")
     marker = f"{os.getpid() % 1000}.{time.time_ns() % 10**6}"
     said = agent_channel(workspace) / "forked"
@@ -412,11 +448,12 @@ echo $! > "$deep/cgroup.procs" && echo FROZEN > "$deep/freezer.state" && echo fr
 
 
 @pytest.mark.skipif(not turn_cgroups.turn_groups(""), reason="a loop run as root, with cgroup v1 hierarchies to write")
-def test_a_turn_that_nests_its_cgroups_deep_leaves_none_and_does_not_stop_the_loop(workspace, tmp_path):
+def test_a_turn_that_nests_its_cgroups_deep_leaves_none_and_does_not_stop_the_loop(workspace, tmp_path, monkeypatch):
     """BROKE, fixed: the loop walked the groups a turn made (to thaw them, then remove them) with pathlib's `glob`,
     which Python's recursion limit stopped at about 1,000 levels: a turn that nested 1,100 raised RecursionError out
     of the loop, the night's end, and left its groups, and a frozen `sleep` in the deepest (red team). The loop now
-    walks them one level at a time, by descriptors."""
+    walks them one level at a time, by descriptors. (A loop where the turn's group cannot be locked, as above.)"""
+    monkeypatch.setattr(turn_cgroups, "_lock", lambda group: None)
     marker = f"{os.getpid() % 1000}.{time.time_ns() % 10**6}"
     nested = "unshare --user --map-root-user --cgroup --mount sh -c " + shlex.quote(NEST.replace("MARKER", marker))
     said = agent_channel(workspace) / "nested"
@@ -458,6 +495,20 @@ except OSError:
     pass
 print(forked)
 """
+
+
+# What the turn's processes are to the kernel when memory runs out, and whether they can take it back.
+OOM_FIRST = "a=/proc/self/oom_score_adj; cat $a; echo -1000 > $a && echo lowered; cat $a"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="a loop not run as root lets the turn lower it back to the loop's own")
+def test_an_agents_turn_is_the_first_the_kernel_kills_for_memory_and_cannot_change_that(workspace, tmp_path):
+    """A turn's processes have no memory limit (the runs hold their shares): when the machine ran out, the kernel
+    killed its biggest process, a run of another worker or the loop. A turn's processes are now the first to go
+    (oom_score_adj 1000, inherited), and cannot lower it, not even root in their user namespace."""
+    said = agent_channel(workspace) / "oom"
+    take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n({OOM_FIRST}) > {shlex.quote(str(said))} 2>/dev/null\necho LR 0.2")
+    assert said.read_text().split() == ["1000", "1000"], said.read_text()
 
 
 @pytest.mark.skipif(not (turn_cgroups.turn_groups("") or tasks.by_limit()), reason="no cap can be set here")

@@ -45,6 +45,11 @@ STDERR_TAIL_CHARS = 2000
 DESCRIPTION_CHARS = 300
 PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pipes
 END_WAIT_S = 10.0  # after a kill, how long to thaw a turn's frozen first process for it to die
+# A turn's processes are the kernel's first to kill when the machine runs out of memory: the runs hold at most their
+# shares (evaluator/memory.py), but a turn has no limit, and the biggest process, a neighbour's run or the loop, would
+# go for it. The turn may raise it, not lower it: under a loop run as root, which sets it with CAP_SYS_RESOURCE, that
+# is the turn's least; under another loop, the turn may take it back down to the loop's own.
+OOM_SCORE_ADJ = 1000
 NOT_RUNNABLE = {126: "a program was found but could not be run", 127: "the shell found no such program"}
 # Words before the program: they run what follows (their options, and timeout's duration, are skipped).
 _WRAPPERS = {"exec", "command", "nohup", "nice", "env", "time", "timeout", "stdbuf"}
@@ -157,7 +162,7 @@ def run_process(
             text=True,
             errors="replace",
             start_new_session=True,  # its own process group, so that a kill reaches everything it started
-            preexec_fn=functools.partial(turn_cgroups.enter, groups, run_tasks()) if groups else None,
+            preexec_fn=functools.partial(_start_turn, groups, run_tasks()),
         )
     except OSError as err:  # each place hidden from it is a word: thousands of sockets served in /tmp (red team)
         if err.errno != errno.E2BIG:
@@ -183,6 +188,14 @@ def run_process(
         clear(pid_file)  # whatever the agent made of it
         turn_cgroups.leave(groups, process.pid)
     return process.returncode, stdout, stderr
+
+
+def _start_turn(groups: tuple[Path, ...], tasks: int) -> None:
+    """In the turn's first process, before it runs anything: the first the kernel kills for memory, in its cgroups."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text(str(OOM_SCORE_ADJ))
+    if groups:
+        turn_cgroups.enter(groups, tasks)
 
 
 def command_program(command: str) -> str | None:

@@ -13,6 +13,11 @@ cpuset hierarchy both are of the agents' CPUs, which a cpuset inside cannot leav
 namespace's root from its processes (`nsdelegate`), but not what lies below it: its hierarchy gets the same groups.
 The outer pids group caps the turns' tasks together (evaluator/tasks.py): an agent that forked without end would fill
 the process table, as a run would.
+
+The turn's own group is then not the turn's to write either (`_lock`): it could freeze its processes there, which
+cgroup v1 keeps from dying (the loop thaws them, `thaw`, where the lock cannot be set), and make groups without end:
+each holds kernel memory, and cgroup v1 has 65,535 memory-group ids per machine, past which a run's memory group
+(evaluator/run_group.py) could not be made and the run would hold what it liked.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from autoresearch.evaluator import cgroups
 PREFIX = "autoresearch-agents-"  # + the loop's pid, "-", the CPUs
 TURN = "turn-"  # + the pid of the turn's first process
 LEAVE_WAIT_S = 2.0  # how long a turn's group is given to empty once the turn has been killed
+NOBODY = 65534  # the owner of a turn's own group: no turn's user namespace maps it (they map root alone)
 
 
 @functools.cache
@@ -68,14 +74,27 @@ def enter(groups: tuple[Path, ...], tasks: int) -> None:
             for name in ("cpuset.cpus", "cpuset.mems"):  # v1 leaves a new cpuset's empty
                 if (outer / name).exists():
                     (own / name).write_text(cgroups.text(outer / name).strip())
+            _lock(own)
             (own / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def _lock(group: Path) -> None:
+    """Make `group` and its files no user's to write, none but root outside every user namespace: owned by NOBODY,
+    which the turn's user namespace does not map, so that its root's capabilities do not reach them, and no write bit
+    left for NOBODY itself. Left as it is where this process cannot (a loop that is root in a user namespace of its
+    own, where NOBODY is not mapped either)."""
+    with contextlib.suppress(OSError):
+        for path in (group, *group.iterdir()):
+            os.chown(path, NOBODY, NOBODY)
+            os.chmod(path, os.stat(path).st_mode & 0o555)
 
 
 def thaw(groups: tuple[Path, ...], pid: int) -> None:
     """Thaw the groups of the turn whose first process was `pid`, and every group the turn made in them, outermost
     first: a turn can mount the freezer hierarchy as it can any other and freeze its processes (its own group too),
     which cgroup v1 then keeps from dying of SIGKILL: they outlived the turn in its pids group, and the loop waited for
-    a frozen first process for ever (red team). Killed, they die once thawed."""
+    a frozen first process for ever (red team). Killed, they die once thawed. Needed where the turn's group could not
+    be locked (`_lock`)."""
     for outer in groups:
         cgroups.walk(outer / f"{TURN}{pid}", _thawed)
 
