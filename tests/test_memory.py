@@ -64,6 +64,9 @@ def test_a_runs_group_kills_within_it_past_its_share_and_counts_it() -> None:
         limit = next(f for f, v1 in group.folders.items() if "memory" in str(f))
         name = "memory.limit_in_bytes" if group.folders[limit] else "memory.max"
         assert (limit / name).read_text().strip() == str(200 << 20)
+        # No swap beyond it, where the kernel accounts swap (v1: memory and swap together; v2: swap alone).
+        swap = limit / ("memory.memsw.limit_in_bytes" if group.folders[limit] else "memory.swap.max")
+        assert not swap.exists() or swap.read_text().strip() == (str(200 << 20) if group.folders[limit] else "0")
         # Four processes of 100 MB each: neither holds more than the share, together they do.
         hold = textwrap.dedent("""\
             import os, time

@@ -87,9 +87,10 @@ def most_weights(env: Mapping[str, str] = os.environ) -> int:
 
 
 def limits(memory: int) -> dict[str, dict[str, str]]:
-    """A run's group's limits (evaluator/run_group.py) for `memory` bytes (0: none); under v2 an OOM kill takes the
-    whole run (memory.oom.group), as its score would be lost anyway."""
-    return {"memory": {"memory.max": str(memory), "memory.oom.group": "1"}} if memory else {}
+    """A run's group's limits (evaluator/run_group.py) for `memory` bytes (0: none): no swap, where the kernel
+    accounts it (a run at its share would go on in swap, as much as the machine has, slowing every run beside it);
+    under v2 an OOM kill takes the whole run (memory.oom.group), as its score would be lost anyway."""
+    return {"memory": {"memory.max": str(memory), "memory.swap.max": "0", "memory.oom.group": "1"}} if memory else {}
 
 
 def killed(group: RunGroup) -> bool:

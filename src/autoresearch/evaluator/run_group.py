@@ -21,8 +21,14 @@ from autoresearch.evaluator import cgroups
 PREFIX = "autoresearch-run-"  # + the evaluator's pid
 REMOVE_WAIT_S = 5.0  # how long a finished run's group is given to empty: its tasks leave as the kernel reaps them
 # A file by cgroup v2's name: v1's, where it differs (None: v1 has no such file). v1 counts OOM kills in
-# memory.oom_control (`oom_kill N`, Linux 4.13 and later), v2 in memory.events.
-_V1 = {"memory.max": "memory.limit_in_bytes", "memory.oom.group": None, "memory.events": "memory.oom_control"}
+# memory.oom_control (`oom_kill N`, Linux 4.13 and later), v2 in memory.events. v1 limits memory and swap together
+# (`_written`).
+_V1 = {
+    "memory.max": "memory.limit_in_bytes",
+    "memory.swap.max": "memory.memsw.limit_in_bytes",
+    "memory.oom.group": None,
+    "memory.events": "memory.oom_control",
+}
 
 
 class RunGroup:
@@ -34,8 +40,9 @@ class RunGroup:
 
     @classmethod
     def make(cls, limits: Mapping[str, Mapping[str, str]]) -> RunGroup | None:
-        """A group limited as `limits` says (controller: its files, by cgroup v2's names, and their values), in the
-        first hierarchy below this process's cgroup that holds each controller; None where no limit could be set."""
+        """A group limited as `limits` says (controller: its files, by cgroup v2's names, its limit first, and their
+        values; those after the limit that this kernel has not are left out), in the first hierarchy below this
+        process's cgroup that holds each controller; None where no limit could be set."""
         wanted: dict[Path, tuple[bool, dict[str, Mapping[str, str]]]] = {}
         for controller, files in limits.items():
             for own, _ in cgroups.own_folders(controller):
@@ -56,8 +63,14 @@ class RunGroup:
             for controller, files in controllers.items():
                 try:
                     for name, value in files.items():
-                        if (written := _V1.get(name, name) if v1 else name) is not None:
-                            (folder / written).write_text(value)
+                        if (written := _V1.get(name, name) if v1 else name) is None:
+                            continue
+                        try:
+                            (folder / written).write_text(_written(name, value, files) if v1 else value)
+                        except FileNotFoundError:
+                            if name == next(iter(files)):  # the limit itself
+                                raise
+                            # Else one this kernel has not (swap not accounted): the limit holds without it.
                 except OSError:
                     continue
                 limited.add(controller)
@@ -100,6 +113,11 @@ class RunGroup:
         for folder in self.folders:
             while not cgroups.remove(folder) and time.monotonic() < deadline:
                 time.sleep(0.02)
+
+
+def _written(name: str, value: str, files: Mapping[str, str]) -> str:
+    """What v1's file for `name` takes: its memory.memsw limit is of memory and swap together."""
+    return str(int(files["memory.max"]) + int(value)) if name == "memory.swap.max" else value
 
 
 def group_of(pid: int) -> RunGroup:
