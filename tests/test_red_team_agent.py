@@ -316,6 +316,39 @@ def test_a_turn_of_a_loop_run_as_root_can_neither_make_nor_change_a_cgroup_in_an
     assert {"cgroup:pids", "cgroup:memory", "cgroup:freezer"} <= set(mounts), mounts
 
 
+# clone3 with CLONE_INTO_CGROUP, into the cgroup v2 group at argv[1]: the child says which group it started in.
+CLONE_INTO = r"""
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+group = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+# struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid, its size, cgroup
+args = struct.pack("=11Q", 0x200000000, 0, 0, 0, 17, 0, 0, 0, 0, 0, group)
+pid = libc.syscall(435, args, len(args))
+if pid == 0:
+    os.write(1, b"started in " + open("/proc/self/cgroup", "rb").read().split(b"0::")[-1])
+    os._exit(0)
+print("clone3", pid, ctypes.get_errno(), flush=True)
+if pid > 0:
+    os.waitpid(pid, 0)
+"""
+V2 = [own for held, own in cgroups.own_every_folder() if held == ""]
+
+
+@pytest.mark.skipif(not (turn_cgroups.turn_groups("") and V2), reason="a loop run as root, with a cgroup v2 hierarchy")
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="the fence's filter knows these")
+def test_a_turn_of_a_loop_run_as_root_cannot_start_a_process_in_another_cgroup(workspace, tmp_path):
+    """BROKE, fixed: clone3 with CLONE_INTO_CGROUP starts the child in the group an open folder names, where the
+    caller may write its `cgroup.procs`: the read-only /sys/fs/cgroup did not stop it, and to the kernel a turn of a
+    loop run as root is root. A turn started a process in the v2 hierarchy's root, out of its own group, mounted the
+    whole hierarchy from there, made groups in it and froze another's (red team). The fence's filter now answers
+    clone3 "not implemented", as glibc expects of an older kernel (it then uses clone)."""
+    said = agent_channel(workspace) / "clone3"
+    attack = f"{PY} -c {shlex.quote(CLONE_INTO)} {shlex.quote(str(V2[0]))}"
+    take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{attack} > {shlex.quote(str(said))} 2>&1\necho LR 0.2")
+    assert said.read_text() == "clone3 -1 38\n", said.read_text()  # ENOSYS
+
+
 # Runs system calls in another process of the turn, as it (x86_64): `inject(pid, [(number, *arguments), ...])`.
 PTRACE = r"""
 import ctypes, os

@@ -23,6 +23,12 @@ which restricts itself, then runs the command, and everything it starts inherits
   `socketcall` hides its arguments). Each reached a server on a closed port (red team). And a TCP socket's upper
   layer (TCP_ULP): where an smc module still offers one, it makes the socket SMC's, which connects from the kernel.
 
+- `clone3`, which answers "not implemented" (glibc then uses `clone`): with CLONE_INTO_CGROUP it starts a process
+  in any cgroup v2 group whose `cgroup.procs` the turn's user may write, the read-only /sys/fs/cgroup
+  notwithstanding. A turn of a loop run as root (root, to the kernel's permission checks) started one in the
+  hierarchy's root, out of its own group (agents/turn_cgroups.py), and from there could mount the whole hierarchy
+  and freeze or cap any group of it, a run's too (red team).
+
 - The CPUs it runs on, where the loop set some aside for agents (evaluator/cores.py, AGENT_CPUS_ENV): a turn that
   kept every core busy would slow the runs it overlaps, the baseline's seeds among them. The filter then refuses
   `sched_setaffinity` too (as it refuses io_uring, whose polling thread runs on the CPU its ring names).
@@ -67,13 +73,13 @@ _SCOPES = (1 << 0) | (1 << 1)  # LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_
 _NO_NEW_PRIVS = 38  # PR_SET_NO_NEW_PRIVS: restrict_self needs it (or CAP_SYS_ADMIN)
 
 # The seccomp filter (`side_doors`): per architecture, its AUDIT_ARCH value and the numbers of socket, sendto,
-# sendmsg, sendmmsg, setsockopt and sched_setaffinity; io_uring_setup is 425 on both. x86_64's x32 calls (bit 30
-# set) are refused too.
+# sendmsg, sendmmsg, setsockopt and sched_setaffinity; io_uring_setup is 425 on both, clone3 435. x86_64's x32 calls
+# (bit 30 set) are refused too.
 _ARCHES = {
     "x86_64": (0xC000003E, 41, 44, 46, 307, 54, 203),
     "aarch64": (0xC00000B7, 198, 206, 211, 269, 208, 122),
 }
-_IO_URING_SETUP, _X32 = 425, 0x40000000
+_IO_URING_SETUP, _CLONE3, _X32 = 425, 435, 0x40000000
 _MSG_FASTOPEN = 0x20000000
 _IPPROTO_TCP, _TCP_ULP = 6, 31  # setsockopt(TCP_ULP, "smc") made a TCP socket SMC's (kernels before ~6.10)
 _AF_INET, _AF_INET6, _AF_SMC = 2, 10, 43
@@ -157,16 +163,16 @@ def allowed_ports(env: Mapping[str, str]) -> list[int]:
 def launcher(env: Mapping[str, str]) -> list[str]:
     """The words that start a command behind the fence (before the command's own), for an agent with environment
     `env`: its TCP connections restricted where the kernel can, its processes pinned to the CPUs AGENT_CPUS_ENV
-    names, if it names some, and their tasks capped by RLIMIT_NPROC where that caps a loop's (evaluator/tasks.py); none
-    where none of it is to be done."""
+    names, if it names some, their tasks capped by RLIMIT_NPROC where that caps a loop's (evaluator/tasks.py), and
+    the filter of `side_doors`; none where none of it is to be done (not Linux)."""
     from autoresearch.evaluator import tasks  # not at the top: this file also runs alone (`main`)
     from autoresearch.evaluator.cores import AGENT_CPUS_ENV
 
-    ports = ",".join(map(str, allowed_ports(env))) if unavailable_reason() is None else ""
-    cpus = env.get(AGENT_CPUS_ENV, "") if sys.platform.startswith("linux") else ""
-    cap = str(tasks.run_tasks() or "") if tasks.by_limit() else ""
-    if not ports and not cpus and not cap:
+    if not sys.platform.startswith("linux"):
         return []
+    ports = ",".join(map(str, allowed_ports(env))) if unavailable_reason() is None else ""
+    cpus = env.get(AGENT_CPUS_ENV, "")
+    cap = str(tasks.run_tasks() or "") if tasks.by_limit() else ""
     return [sys.executable, "-I", "-S", os.path.abspath(__file__), ports or "-", cpus or "-", cap or "-", "--"]
 
 
@@ -222,6 +228,7 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
             (_JEQ, socket, "socket"),
             (_JEQ, setsockopt, "option"),
             (_JEQ, _IO_URING_SETUP, "nosys"),
+            (_JEQ, _CLONE3, "nosys"),
             *([(_JEQ, setaffinity, "eperm")] if pinned else []),
         ],
         "sends": [(_JEQ, sendto, "flags3"), (_JEQ, sendmmsg, "flags3"), (_JEQ, sendmsg, "flags2"), (_RET, _ALLOW)],
@@ -252,7 +259,7 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
 
 
 def side_doors(pinned: bool = False) -> None:
-    """Refuse, for good, the ways to a TCP connection that Landlock's rule does not see, and with `pinned`,
+    """Refuse, for good, the ways to a TCP connection that Landlock's rule does not see, `clone3`, and with `pinned`,
     `sched_setaffinity` (a seccomp filter: see the module's docstring); nothing where this architecture is not one
     the filter knows. Needs no_new_privs, which `restrict` sets."""
     numbers = _ARCHES.get(platform.machine())
