@@ -30,6 +30,12 @@ def test_the_setting_is_an_amount_of_memory_or_0_for_none() -> None:
     for bad in ("lots", "1.5G", "-1G", "12 parsecs", "２G"):
         with pytest.raises(AutoresearchError, match="takes an amount of memory"):
             memory.run_memory({memory.MEMORY_ENV: bad})
+    # A shell agent's turn (a loop run as root): unset, what the runs' shares leave.
+    assert memory.agent_memory({memory.AGENT_MEMORY_ENV: "3G"}) == 3 * GIB
+    assert memory.agent_memory({}) == memory.reserve() > 0
+    assert memory.reserve(100 * GIB) == 10 * GIB and memory.reserve(8 * GIB) == 2 * GIB
+    with pytest.raises(AutoresearchError, match="AUTORESEARCH_AGENT_MEMORY takes an amount of memory"):
+        memory.agent_memory({memory.AGENT_MEMORY_ENV: "lots"})
 
 
 def test_each_worker_gets_an_even_share_of_what_the_reserve_leaves() -> None:

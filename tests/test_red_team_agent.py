@@ -41,7 +41,7 @@ from autoresearch.agents import fence, turn_cgroups
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
-from autoresearch.evaluator import cgroups, compile_cache, cores, sandbox, tasks
+from autoresearch.evaluator import cgroups, compile_cache, cores, memory, sandbox, tasks
 from autoresearch.evaluator.result import RESULT_LIMIT, SEAL, ForgedResult, Result
 from autoresearch.loop import executor as executors
 from autoresearch.loop import watch as watches
@@ -530,18 +530,53 @@ print(forked)
 """
 
 
-# What the turn's processes are to the kernel when memory runs out, and whether they can take it back.
-OOM_FIRST = "a=/proc/self/oom_score_adj; cat $a; echo -1000 > $a && echo lowered; cat $a"
+# 400 MB held by a process of the turn, or written in a tmpfs the turn mounts (held by no process).
+HOLD = {
+    "a process": f"{PY} -c 'import time; held = bytes(1) * (400 << 20); time.sleep(1)'",
+    "a tmpfs": "unshare --user --map-root-user --mount sh -c "
+    + shlex.quote('d=$(mktemp -d) && mount -t tmpfs -o size=90% none "$d" && head -c 400M /dev/zero > "$d/held"'),
+}
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="a loop not run as root lets the turn lower it back to the loop's own")
-def test_an_agents_turn_is_the_first_the_kernel_kills_for_memory_and_cannot_change_that(workspace, tmp_path):
-    """A turn's processes have no memory limit (the runs hold their shares): when the machine ran out, the kernel
-    killed its biggest process, a run of another worker or the loop. A turn's processes are now the first to go
-    (oom_score_adj 1000, inherited), and cannot lower it, not even root in their user namespace."""
+MEMORY_TURNS = [g for g in turn_cgroups.turn_groups("") if {"memory.limit_in_bytes", "memory.max"} & set(os.listdir(g))]
+
+
+@pytest.mark.skipif(not MEMORY_TURNS, reason="a loop run as root, with a memory hierarchy to write")
+@pytest.mark.parametrize("where", HOLD)
+def test_an_agents_turn_that_holds_more_than_its_memory_is_killed_for_it_and_the_next_turn_runs(
+    workspace, tmp_path, monkeypatch, where
+):
+    """BROKE, fixed: a turn's memory had no limit, and a turn could hold memory no process's size shows, in a tmpfs it
+    mounted (90 % of the machine: red team): when the machine ran out, the kernel killed its biggest process, a run
+    of another worker or the loop. A turn of a loop run as root now holds at most AUTORESEARCH_AGENT_MEMORY (unset,
+    what the runs' shares leave), what it writes in a tmpfs included; past it the kernel kills within the turn, and
+    the loop says why."""
+    monkeypatch.setenv(memory.AGENT_MEMORY_ENV, "200M")
+    exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{HOLD[where]}\necho LR 0.2")
+    assert "went past the memory a turn may hold (200 MiB" in exp.reason, exp.reason
+    exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.3)}\necho LR 0.3")
+    assert exp.status == Status.KEEP, exp.reason
+
+
+# What the turn's processes are to the kernel when memory runs out, and whether they can take it back to OWN.
+OOM_FIRST = "a=/proc/self/oom_score_adj; cat $a; echo OWN > $a && echo lowered; cat $a"
+CAP_SYS_RESOURCE = 24
+
+
+def test_an_agents_turn_is_the_first_the_kernel_kills_for_memory(workspace, tmp_path):
+    """A turn's processes are the first the kernel kills when the machine runs out of memory (oom_score_adj 1000,
+    inherited): not a run of another worker, nor the loop. A loop with CAP_SYS_RESOURCE (root, outside a container
+    that drops it) makes that the least the turn may set; without it (a container's root, this machine's: red team)
+    the turn may take it back to the loop's own, and there, under a loop run as root, its memory limit holds it
+    (`test_an_agents_turn_that_holds_more_than_its_memory...`)."""
+    own = Path("/proc/self/oom_score_adj").read_text().strip()
+    capabilities = int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                            if line.startswith("CapEff:")).split()[1], 16)  # fmt: skip
     said = agent_channel(workspace) / "oom"
-    take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n({OOM_FIRST}) > {shlex.quote(str(said))} 2>/dev/null\necho LR 0.2")
-    assert said.read_text().split() == ["1000", "1000"], said.read_text()
+    attack = OOM_FIRST.replace("OWN", own)
+    take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n({attack}) > {shlex.quote(str(said))} 2>/dev/null\necho LR 0.2")
+    held = capabilities >> CAP_SYS_RESOURCE & 1
+    assert said.read_text().split() == (["1000", "1000"] if held else ["1000", "lowered", own]), said.read_text()
 
 
 @pytest.mark.skipif(not (turn_cgroups.turn_groups("") or tasks.by_limit()), reason="no cap can be set here")

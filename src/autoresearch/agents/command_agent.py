@@ -32,6 +32,7 @@ import psutil
 from autoresearch.agents import namespace, turn_cgroups
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
+from autoresearch.evaluator import memory
 from autoresearch.evaluator.cores import AGENT_CPUS_ENV
 from autoresearch.evaluator.tasks import run_tasks
 from autoresearch.files import clear, write_text_atomic
@@ -47,8 +48,9 @@ PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pip
 END_WAIT_S = 10.0  # after a kill, how long to thaw a turn's frozen first process for it to die
 # A turn's processes are the kernel's first to kill when the machine runs out of memory: the runs hold at most their
 # shares (evaluator/memory.py), but a turn has no limit, and the biggest process, a neighbour's run or the loop, would
-# go for it. The turn may raise it, not lower it: under a loop run as root, which sets it with CAP_SYS_RESOURCE, that
-# is the turn's least; under another loop, the turn may take it back down to the loop's own.
+# go for it. The turn may raise it, not lower it where the loop has CAP_SYS_RESOURCE (which makes it the turn's least);
+# elsewhere (a container's root too) the turn may take it back to the loop's own, and then, under a loop run as root,
+# the turn's memory limit holds it (memory.agent_memory).
 OOM_SCORE_ADJ = 1000
 NOT_RUNNABLE = {126: "a program was found but could not be run", 127: "the shell found no such program"}
 # Words before the program: they run what follows (their options, and timeout's duration, are skipped).
@@ -151,6 +153,7 @@ def run_process(
     except ValueError as err:  # AUTORESEARCH_AGENT_PORTS or AUTORESEARCH_AGENT_WRITABLE: preflight said so
         raise ProposalError(str(err), fatal=True) from None
     groups = turn_cgroups.turn_groups(env.get(AGENT_CPUS_ENV, ""))  # a loop run as root's
+    held = memory.agent_memory(env) if groups else 0
     try:
         process = subprocess.Popen(
             [*way, *argv],
@@ -162,7 +165,7 @@ def run_process(
             text=True,
             errors="replace",
             start_new_session=True,  # its own process group, so that a kill reaches everything it started
-            preexec_fn=functools.partial(_start_turn, groups, run_tasks()),
+            preexec_fn=functools.partial(_start_turn, groups, run_tasks(), held),
         )
     except OSError as err:  # each place hidden from it is a word: thousands of sockets served in /tmp (red team)
         if err.errno != errno.E2BIG:
@@ -186,16 +189,23 @@ def run_process(
     finally:
         _end(process, groups)
         clear(pid_file)  # whatever the agent made of it
+        over = turn_cgroups.killed_for_memory(groups, process.pid)
         turn_cgroups.leave(groups, process.pid)
+    if over:
+        raise ProposalError(
+            f"{who} went past the memory a turn may hold ({memory.amount(held)}, {memory.AGENT_MEMORY_ENV}), its "
+            f"processes and what it wrote in a tmpfs together, and the kernel killed it; the end of its output:\n"
+            f"{output_tail(stdout, stderr)}"
+        )
     return process.returncode, stdout, stderr
 
 
-def _start_turn(groups: tuple[Path, ...], tasks: int) -> None:
+def _start_turn(groups: tuple[Path, ...], tasks: int, held: int) -> None:
     """In the turn's first process, before it runs anything: the first the kernel kills for memory, in its cgroups."""
     with contextlib.suppress(OSError):
         Path("/proc/self/oom_score_adj").write_text(str(OOM_SCORE_ADJ))
     if groups:
-        turn_cgroups.enter(groups, tasks)
+        turn_cgroups.enter(groups, tasks, held)
 
 
 def command_program(command: str) -> str | None:

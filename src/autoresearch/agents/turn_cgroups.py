@@ -29,7 +29,8 @@ import os
 import time
 from pathlib import Path
 
-from autoresearch.evaluator import cgroups
+from autoresearch.evaluator import cgroups, memory
+from autoresearch.evaluator.run_group import RunGroup, write_limits
 
 PREFIX = "autoresearch-agents-"  # + the loop's pid, "-", the CPUs
 TURN = "turn-"  # + the pid of the turn's first process
@@ -61,9 +62,10 @@ def turn_groups(cpus: str) -> tuple[Path, ...]:
     return tuple(made)
 
 
-def enter(groups: tuple[Path, ...], tasks: int) -> None:
+def enter(groups: tuple[Path, ...], tasks: int, held: int = 0) -> None:
     """Put this process (a turn's first), and so all it starts from now on, in a group of its own in each of
-    `groups`, the turns at most `tasks` tasks together (0: no cap). Where a group is gone (removed by hand), the turn
+    `groups`, the turns at most `tasks` tasks together (0: no cap), this one at most `held` bytes of memory (0: no
+    limit), its processes' and what it writes in a tmpfs together. Where a group is gone (removed by hand), the turn
     runs outside it there."""
     for outer in groups:
         with contextlib.suppress(OSError):
@@ -74,6 +76,9 @@ def enter(groups: tuple[Path, ...], tasks: int) -> None:
             for name in ("cpuset.cpus", "cpuset.mems"):  # v1 leaves a new cpuset's empty
                 if (outer / name).exists():
                     (own / name).write_text(cgroups.text(outer / name).strip())
+            v1 = (own / "tasks").exists()
+            if held and (own / ("memory.limit_in_bytes" if v1 else "memory.max")).exists():
+                write_limits(own, v1, memory.limits(held)["memory"])
             _lock(own)
             (own / "cgroup.procs").write_text(str(os.getpid()))
 
@@ -107,6 +112,12 @@ def _thawed(folder: int) -> None:
                 os.write(state, thawed)
             finally:
                 os.close(state)
+
+
+def killed_for_memory(groups: tuple[Path, ...], pid: int) -> bool:
+    """Whether the kernel killed a process of the turn whose first process was `pid` for its memory."""
+    turn = RunGroup({outer / f"{TURN}{pid}": (outer / "tasks").exists() for outer in groups}, frozenset())
+    return memory.killed(turn)
 
 
 def leave(groups: tuple[Path, ...], pid: int) -> None:

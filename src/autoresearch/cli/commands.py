@@ -48,6 +48,7 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
     compile_cache.limit_bytes()  # a bad $AUTORESEARCH_COMPILE_CACHE_GB is said now, not as every run's crash
     run_tasks = tasks.run_tasks()  # and so is a bad $AUTORESEARCH_TASKS
     memory.run_memory()  # or $AUTORESEARCH_RUN_MEMORY
+    memory.agent_memory()  # or $AUTORESEARCH_AGENT_MEMORY, as the first turn's error
     config = LoopConfig(baseline_runs=args.baseline_runs, timeout=args.timeout)
     ws = Workspace(args.workspace)
     executor = LocalExecutor(env=env)  # its fork server starts importing at once

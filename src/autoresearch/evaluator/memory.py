@@ -10,7 +10,10 @@ share of what the machine has (or the container's limit, if lower), less a reser
 share, the run's group inside its own (referee.py's `_hold_the_share`): what the run sends, and the graph it hands
 over, are taken in and run there, where a train.py could otherwise have memory held for it. At the limit the kernel
 takes the group's cache back, then kills within it: the whole run at once under cgroup v2, its biggest process under
-v1 (the loop records a crash either way). Swap is not limited.
+v1 (the loop records a crash either way). The share holds swap too, where the kernel accounts it.
+
+A shell agent's turn of a loop run as root holds at most AGENT_MEMORY_ENV (`agent_memory`; unset, the reserve), its
+processes and what it writes in a tmpfs together (agents/turn_cgroups.py): what the runs' shares leave.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from autoresearch.evaluator import cgroups
 from autoresearch.evaluator.run_group import RunGroup
 
 MEMORY_ENV = "AUTORESEARCH_RUN_MEMORY"  # the most memory one run may hold: "24G", "512M", bytes; "0": no limit
+AGENT_MEMORY_ENV = "AUTORESEARCH_AGENT_MEMORY"  # the most one shell agent's turn may hold, as MEMORY_ENV
 RESERVE_SHARE, RESERVE_LEAST = 0.1, 2 << 30  # the machine's memory kept from the runs: a tenth, at least 2 GiB
 LEAST_SHARE = 2 << 30  # the least a run and its evaluator are given
 MOST_WEIGHTS = 2**36  # 64 GiB: the largest hand-over taken where memory is not limited
@@ -33,16 +37,33 @@ _UNLIMITED = 1 << 60  # v1's "no limit" is 2^63 rounded down to a page; v2 write
 
 def run_memory(env: Mapping[str, str] = os.environ) -> int:
     """The most memory, in bytes, a run may hold (MEMORY_ENV; `share(1)` where unset), 0 for no limit."""
-    raw = env.get(MEMORY_ENV, "").strip()
+    return _limit_in(env, MEMORY_ENV, share(1), "a run", "this machine's less a reserve")
+
+
+def agent_memory(env: Mapping[str, str] = os.environ) -> int:
+    """The most memory, in bytes, a shell agent's turn may hold (AGENT_MEMORY_ENV; unset, what the runs' shares
+    leave: `reserve()`), 0 for no limit."""
+    return _limit_in(env, AGENT_MEMORY_ENV, reserve(), "an agent's turn", "what the runs' shares leave")
+
+
+def _limit_in(env: Mapping[str, str], name: str, unset: int, who: str, what: str) -> int:
+    raw = env.get(name, "").strip()
     if not raw:
-        return share(1)
+        return unset
     found = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:I?B)?", raw.upper()) if raw.isascii() else None
     if found is None:
         raise AutoresearchError(
-            f"{MEMORY_ENV} takes an amount of memory, such as 24G or 512M (got {raw!r})",
-            hint=f"or 0 for no limit; unset, a run may hold {amount(share(1))}, this machine's less a reserve",
+            f"{name} takes an amount of memory, such as 24G or 512M (got {raw!r})",
+            hint=f"or 0 for no limit; unset, {who} may hold {amount(unset)}, {what}",
         )
     return int(found[1]) * _UNITS[found[2]]
+
+
+def reserve(machine: int | None = None) -> int:
+    """What the runs' shares leave of `machine` bytes (this machine's, or its container's limit): RESERVE_SHARE of it,
+    at least RESERVE_LEAST; 0 where the machine's memory cannot be read."""
+    machine = machine if machine is not None else total()
+    return max(RESERVE_LEAST, int(machine * RESERVE_SHARE)) if machine else 0
 
 
 def share(workers: int, machine: int | None = None) -> int:
@@ -53,7 +74,7 @@ def share(workers: int, machine: int | None = None) -> int:
     machine = machine if machine is not None else total()
     if not machine:
         return 0
-    return max((machine - max(RESERVE_LEAST, int(machine * RESERVE_SHARE))) // max(workers, 1), LEAST_SHARE)
+    return max((machine - reserve(machine)) // max(workers, 1), LEAST_SHARE)
 
 
 def shares(workers: int, env: Mapping[str, str] = os.environ) -> dict[str, str]:

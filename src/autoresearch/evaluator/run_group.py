@@ -40,9 +40,8 @@ class RunGroup:
 
     @classmethod
     def make(cls, limits: Mapping[str, Mapping[str, str]]) -> RunGroup | None:
-        """A group limited as `limits` says (controller: its files, by cgroup v2's names, its limit first, and their
-        values; those after the limit that this kernel has not are left out), in the first hierarchy below this
-        process's cgroup that holds each controller; None where no limit could be set."""
+        """A group limited as `limits` says (controller: its files, as `write_limits` takes them), in the first
+        hierarchy below this process's cgroup that holds each controller; None where no limit could be set."""
         wanted: dict[Path, tuple[bool, dict[str, Mapping[str, str]]]] = {}
         for controller, files in limits.items():
             for own, _ in cgroups.own_folders(controller):
@@ -62,15 +61,7 @@ class RunGroup:
             folders[folder] = v1
             for controller, files in controllers.items():
                 try:
-                    for name, value in files.items():
-                        if (written := _V1.get(name, name) if v1 else name) is None:
-                            continue
-                        try:
-                            (folder / written).write_text(_written(name, value, files) if v1 else value)
-                        except FileNotFoundError:
-                            if name == next(iter(files)):  # the limit itself
-                                raise
-                            # Else one this kernel has not (swap not accounted): the limit holds without it.
+                    write_limits(folder, v1, files)
                 except OSError:
                     continue
                 limited.add(controller)
@@ -113,6 +104,20 @@ class RunGroup:
         for folder in self.folders:
             while not cgroups.remove(folder) and time.monotonic() < deadline:
                 time.sleep(0.02)
+
+
+def write_limits(folder: Path, v1: bool, files: Mapping[str, str]) -> None:
+    """Write one controller's `files` (by cgroup v2's names, its limit first, and their values) in the group at
+    `folder`; OSError where the limit cannot be set. A file after the limit that this kernel has not (swap not
+    accounted) is left out: the limit holds without it."""
+    for name, value in files.items():
+        if (written := _V1.get(name, name) if v1 else name) is None:
+            continue
+        try:
+            (folder / written).write_text(_written(name, value, files) if v1 else value)
+        except FileNotFoundError:
+            if name == next(iter(files)):
+                raise
 
 
 def _written(name: str, value: str, files: Mapping[str, str]) -> str:
