@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.agents.base import ProposalError
+from autoresearch.agents.base import ProposalError, Usage
 from autoresearch.agents.coding_agent import CodingAgent, hypothesis
 from autoresearch.agents.factory import make_agent
 from autoresearch.agents.recipes import NAMES, recipe
@@ -81,6 +81,10 @@ def test_usage_is_read_from_each_programs_own_report(tmp_path: Path) -> None:
     turn = recipe("aider").read("gpt-4o", "Tokens: 1.2k sent, 80 received.", "", aider)
     assert (turn.usage.input_tokens, turn.usage.output_tokens) == (2400, 160)
     assert turn.usage.cost_usd == pytest.approx((2400 * 2.5 + 160 * 10) / 1e6)
+    # The log is the agent's to write: a FIFO there (a read would wait for ever) is no usage, read at once.
+    (aider / "analytics.jsonl").unlink()
+    os.mkfifo(aider / "analytics.jsonl")
+    assert recipe("aider").read("gpt-4o", "", "", aider).usage == Usage()
 
     usage = {
         "input_tokens": 10,

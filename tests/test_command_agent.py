@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from importlib import resources
 from pathlib import Path
 
+import psutil
 import pytest
 
 from autoresearch.agents.base import Context, ProposalError
-from autoresearch.agents.command_agent import PROMPT_ENV, CommandAgent
+from autoresearch.agents.command_agent import MAX_OUTPUT_BYTES, PROMPT_ENV, CommandAgent
 from autoresearch.agents.namespace import DECODE, pid_namespace, with_hidden
 
 TRAIN_PY = resources.files("autoresearch.workspace").joinpath("templates", "train.py").read_text()
@@ -61,6 +64,37 @@ def test_non_zero_exit_is_a_proposal_error_with_the_stderr_tail(tmp_path: Path, 
     script = "echo 'working' ; echo 'error: model quota exhausted' >&2 ; exit 3"
     with pytest.raises(ProposalError, match=r"(?s)status 3.*model quota exhausted"):
         agent(tmp_path, script).propose(context)
+
+
+def test_a_turn_that_prints_without_end_has_its_last_line_read_and_holds_no_more_of_the_loops_memory(
+    tmp_path: Path, context: Context
+) -> None:
+    """BROKE, fixed: the loop kept all a turn printed, and a turn that printed without end filled its memory (the
+    kernel then kills the biggest process: the loop). It keeps the end of each stream, MAX_OUTPUT_BYTES."""
+    loop = psutil.Process()
+    grown, done = [0], threading.Event()
+
+    def watch(start: int) -> None:
+        while not done.is_set():
+            grown[0] = max(grown[0], loop.memory_info().rss - start)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, args=(loop.memory_info().rss,))
+    watcher.start()
+    try:
+        flood = "head -c 400000000 /dev/zero | tr '\\0' x; head -c 400000000 /dev/zero | tr '\\0' y >&2"
+        proposal = agent(tmp_path, f"{flood}\n{EDIT}\necho\necho 'Deeper model: DEPTH 8 -> 10'").propose(context)
+    finally:
+        done.set()
+        watcher.join()
+    assert proposal.description == "Deeper model: DEPTH 8 -> 10"
+    assert MAX_OUTPUT_BYTES <= 16 << 20 and grown[0] < 200 << 20, grown[0]  # of 800 MB printed, all kept before
+
+
+def test_a_turn_that_reads_none_of_its_long_prompt_still_ends(tmp_path: Path, context: Context) -> None:
+    long = dataclasses.replace(context, program=context.program + "x" * (4 << 20))  # far past a pipe's 64 KiB
+    proposal = agent(tmp_path, f"{EDIT}\necho 'Deeper model: DEPTH 8 -> 10'", timeout_s=20).propose(long)
+    assert proposal.description == "Deeper model: DEPTH 8 -> 10"
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ could not find or run a program), which waiting cannot cure.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -24,8 +25,10 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import psutil
 
@@ -45,6 +48,9 @@ TIMEOUT_S = 30 * 60.0  # a coding agent may think, read and edit for a long whil
 STDERR_TAIL_CHARS = 2000
 DESCRIPTION_CHARS = 300
 PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pipes
+# What the loop keeps of each of a turn's streams, its end: a coding agent's result is its last line, and a person
+# reads the tail. All of it was kept, and a turn that printed without end filled the loop's memory.
+MAX_OUTPUT_BYTES = 16 << 20
 END_WAIT_S = 10.0  # after a kill, how long to thaw a turn's frozen first process for it to die
 # A turn's processes are the kernel's first to kill when the machine runs out of memory: the runs hold at most their
 # shares (evaluator/memory.py), but a turn has no limit, and the biggest process, a neighbour's run or the loop, would
@@ -162,8 +168,6 @@ def run_process(
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
-            errors="replace",
             start_new_session=True,  # its own process group, so that a kill reaches everything it started
             preexec_fn=functools.partial(_start_turn, groups, run_tasks(), held),
         )
@@ -175,22 +179,25 @@ def run_process(
             "in /tmp and the like that a server listens on), is longer than the system takes"
         ) from None
     pid_file = workspace / ".autoresearch" / AGENT_PID  # a loop killed meanwhile: the next start kills the group
+    streams, timed_out = (_Kept(process.stdout), _Kept(process.stderr)), False
     try:
         pid_file.parent.mkdir(exist_ok=True)
         write_pid_file(pid_file, process.pid)
-        stdout, stderr = process.communicate(prompt, timeout=timeout_s)
+        _feed(process.stdin, prompt)
+        process.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        _end(process, groups)
-        stdout, stderr = _drain(process)
-        raise ProposalError(  # both streams: a coding agent's JSON events say what it was doing (the command)
-            f"{who} did not finish within {timeout_s:g} s and was killed; the end of its output:\n"
-            f"{output_tail(stdout, stderr)}"
-        ) from None
+        timed_out = True
     finally:
-        _end(process, groups)
+        _end(process, groups)  # and what it left running in the background
         clear(pid_file)  # whatever the agent made of it
         over = turn_cgroups.killed_for_memory(groups, process.pid)
         turn_cgroups.leave(groups, process.pid)
+    stdout, stderr = (kept.text(PIPE_DRAIN_S) for kept in streams)
+    if timed_out:
+        raise ProposalError(  # both streams: a coding agent's JSON events say what it was doing (the command)
+            f"{who} did not finish within {timeout_s:g} s and was killed; the end of its output:\n"
+            f"{output_tail(stdout, stderr)}"
+        )
     if over:
         raise ProposalError(
             f"{who} went past the memory a turn may hold ({memory.amount(held)}, {memory.AGENT_MEMORY_ENV}), its "
@@ -232,7 +239,7 @@ def command_program(command: str) -> str | None:
     return None
 
 
-def _end(process: subprocess.Popen[str], groups: tuple[Path, ...]) -> None:
+def _end(process: subprocess.Popen[bytes], groups: tuple[Path, ...]) -> None:
     """Kill all the turn started: first its PID namespace's init, whose end takes the whole namespace along (the turn
     can have it drop the parent-death signal `unshare --kill-child` gave it, and leave the process group, through
     ptrace: its namespace then outlived the turn and the loop, red team), then the process group; and thaw what the
@@ -251,18 +258,45 @@ def _end(process: subprocess.Popen[str], groups: tuple[Path, ...]) -> None:
             process.wait(0.05)
 
 
-def _drain(process: subprocess.Popen[str]) -> tuple[str, str]:
-    """What is left in the pipes of a killed process; gives up after PIPE_DRAIN_S if something that left the
-    process group still holds them open."""
-    try:
-        return process.communicate(timeout=PIPE_DRAIN_S)
-    except subprocess.TimeoutExpired:
-        for pipe in (process.stdout, process.stderr):
-            if pipe:
-                pipe.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):  # still frozen: `_end` thaws it again
-            process.wait(PIPE_DRAIN_S)
-        return "", ""
+def _feed(pipe: IO[bytes] | None, prompt: str) -> None:
+    """Write `prompt` to the turn's stdin and close it, in a thread: a turn that reads none of it must not stop the
+    loop once the pipe is full."""
+
+    def feed(pipe: IO[bytes]) -> None:
+        with contextlib.suppress(OSError, ValueError), pipe:  # the turn ended, or closed its stdin
+            pipe.write(prompt.encode())
+
+    if pipe is not None:
+        threading.Thread(target=feed, args=(pipe,), daemon=True).start()
+
+
+class _Kept:
+    """The last MAX_OUTPUT_BYTES of a turn's stream, read in a thread until the stream ends. The thread closes the
+    pipe itself: something that left the turn's groups may hold it open past the turn, and `text` does not wait."""
+
+    def __init__(self, pipe: IO[bytes] | None) -> None:
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.size, self.lock = 0, threading.Lock()
+        self.reader = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self.reader.start()
+
+    def _read(self, pipe: IO[bytes] | None) -> None:
+        if pipe is None:
+            return
+        with pipe, contextlib.suppress(OSError, ValueError):
+            while chunk := os.read(pipe.fileno(), 1 << 16):
+                with self.lock:
+                    self.chunks.append(chunk)
+                    self.size += len(chunk)
+                    while self.size - len(self.chunks[0]) >= MAX_OUTPUT_BYTES:
+                        self.size -= len(self.chunks.popleft())
+
+    def text(self, wait: float) -> str:
+        """What was kept, once the stream has ended, or after `wait` seconds."""
+        self.reader.join(wait)
+        with self.lock:
+            kept = b"".join(self.chunks)[-MAX_OUTPUT_BYTES:]
+        return kept.decode(errors="replace").replace("\r\n", "\n")
 
 
 def checked_source(

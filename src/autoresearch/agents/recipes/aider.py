@@ -22,8 +22,9 @@ from pathlib import Path
 
 from autoresearch.agents.base import Usage
 from autoresearch.agents.coding_agent import Turn, key_or_placeholder
+from autoresearch.agents.command_agent import MAX_OUTPUT_BYTES
 from autoresearch.agents.llm import usage_for
-from autoresearch.files import write_text_atomic
+from autoresearch.files import read_regular, write_text_atomic
 
 CONTEXT_TOKENS = 128_000  # what aider is told of an unknown model: enough for train.py and the prompt
 OUTPUT_TOKENS = 16_384
@@ -94,8 +95,11 @@ class Aider:
 
     def read(self, model: str, stdout: str, stderr: str, state: Path) -> Turn:
         sent = received = 0
-        log = state / "analytics.jsonl"
-        for line in log.read_text().splitlines() if log.exists() else []:
+        try:  # the agent's to write: not a FIFO (a read would wait for ever), nor without end
+            log = read_regular(state / "analytics.jsonl", MAX_OUTPUT_BYTES).decode(errors="replace")
+        except (OSError, ValueError):
+            log = ""
+        for line in log.splitlines():
             event = _json(line)
             if event.get("event") == "message_send":
                 properties = event.get("properties") or {}
