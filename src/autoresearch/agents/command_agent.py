@@ -150,9 +150,10 @@ def run_process(
     command: str | list[str], workspace: Path, prompt: str, env: dict[str, str], timeout_s: float, who: str
 ) -> tuple[int, str, str]:
     """Run `command` (a shell line, or an argv list run without a shell) in the workspace, in its own process
-    group, with `prompt` on stdin: exit status, stdout and stderr. ProposalError on timeout, after killing the
-    whole process group; whatever it left running in the background is killed too (all of it where
-    `namespace.pid_namespace()` is had). Without the token of the loop's Ray, if it has one, nor your SSH agent."""
+    group, with `prompt` on stdin: exit status, and the last MAX_OUTPUT_BYTES of stdout and of stderr. ProposalError
+    on timeout, after killing the whole process group, and where the kernel killed the turn for its memory; whatever
+    it left running in the background is killed once it ends (all of it where `namespace.pid_namespace()` is had).
+    Without the token of the loop's Ray, if it has one, nor your SSH agent."""
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
     try:
         way, env = namespace.entered(workspace, env)
