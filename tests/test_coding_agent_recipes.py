@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.agents.base import ProposalError, Usage
-from autoresearch.agents.coding_agent import CodingAgent, hypothesis
+from autoresearch.agents.coding_agent import CodingAgent, Turn, hypothesis
 from autoresearch.agents.factory import make_agent
 from autoresearch.agents.recipes import NAMES, recipe
 from autoresearch.cli import main
@@ -71,6 +71,27 @@ def test_the_hypothesis_line_is_read_back_through_markdown_and_chatter() -> None
     assert hypothesis("no marker here\nlast line", "x") == "last line"
     assert hypothesis("", "codex") == "train.py edited by codex (it gave no hypothesis)"
     assert len(hypothesis("Hypothesis: " + "x" * 1000, "x")) == 300
+
+
+@pytest.mark.parametrize(
+    ("name", "printed", "logged"),
+    [
+        ("claude-code", "[" * 100_000, ""),  # RecursionError from json
+        ("claude-code", json.dumps({"result": "Hypothesis: x", "usage": {"input_tokens": "lots"}}), ""),
+        ("claude-code", json.dumps({"result": "Hypothesis: x", "usage": [1]}), ""),
+        ("codex", json.dumps({"type": "turn.completed", "usage": "s"}), ""),
+        ("aider", "", json.dumps({"event": "message_send", "properties": {"prompt_tokens": 1e999}})),
+        ("aider", "", json.dumps({"event": "message_send", "properties": [1]})),
+    ],
+)
+def test_a_report_of_a_shape_the_recipe_does_not_read_is_no_usage_not_the_loops_end(
+    name: str, printed: str, logged: str, tmp_path: Path
+) -> None:
+    """BROKE, fixed: what a coding agent prints, and the log aider writes in its own folder, are the agent's to
+    shape: each of these raised out of the loop (red team). They are read as no text and no usage."""
+    (tmp_path / "analytics.jsonl").write_text(logged)
+    agent = make_agent(name, "gpt-4o")
+    assert agent._read(printed, "", tmp_path) == Turn("", Usage())
 
 
 def test_usage_is_read_from_each_programs_own_report(tmp_path: Path) -> None:

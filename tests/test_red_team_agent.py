@@ -37,7 +37,7 @@ from test_agent_turn import (
     turn_stops_the_loop,
 )
 
-from autoresearch.agents import fence, turn_cgroups
+from autoresearch.agents import fence, namespace, turn_cgroups
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
@@ -53,6 +53,7 @@ from autoresearch.loop.recovery import TURN_SNAPSHOT
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import RunEnd, Status
+from autoresearch.workspace import contents
 
 pytestmark = pytest.mark.slow  # a real agent turn in its namespaces each, ~0.5-8 s: not in the fast subset
 
@@ -349,6 +350,44 @@ def test_a_turn_of_a_loop_run_as_root_cannot_start_a_process_in_another_cgroup(w
     assert said.read_text() == "clone3 -1 38\n", said.read_text()  # ENOSYS
 
 
+@pytest.mark.skipif(with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can hide a place")
+@pytest.mark.skipif(not os.path.exists(namespace.FUSE_DEVICE), reason="no FUSE here")
+def test_an_agents_turn_has_no_fuse_device_to_mount_a_file_system_that_never_answers(workspace, tmp_path):
+    """BROKE, fixed: a turn mounted a FUSE file system of its own, served by a process of its own that never answered:
+    the process that then asked it stayed in the kernel for good, past SIGKILL and the turn's end, holding the memory
+    it held (300 MiB of a tmpfs), so that the turn lasted its whole timeout and its groups could not be removed (red
+    team). The turn's /dev/fuse is /dev/null."""
+    said = agent_channel(workspace) / "fuse"
+    device = f"{PY} -c 'import os; d = os.stat(\"/dev/fuse\").st_rdev; print(os.major(d), os.minor(d))'"
+    take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{device} > {shlex.quote(str(said))}\necho LR 0.2")
+    null = os.stat("/dev/null").st_rdev
+    assert said.read_text().split() == [str(os.major(null)), str(os.minor(null))], said.read_text()
+
+
+# add_key("user", NAME, "x", 1, the session keyring): the key's serial number, or -1 and the error.
+ADD_KEY = r"""
+import ctypes, platform, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+number = {"x86_64": 248, "aarch64": 217}[platform.machine()]
+serial = libc.syscall(number, b"user", sys.argv[1].encode(), b"x", ctypes.c_size_t(1), ctypes.c_int(-3))
+print("add_key", serial if serial >= 0 else -1, ctypes.get_errno() if serial < 0 else 0)
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="the fence's filter knows these")
+def test_an_agents_turn_cannot_leave_keys_in_a_keyring_that_outlives_it(workspace, tmp_path):
+    """BROKE, fixed: the kernel's keyrings belong to no namespace: a turn added 20,000 keys to the loop's session
+    keyring (a loop started from an SSH login has one), which stayed after the turn, near root's whole quota; and the
+    user keyring of a loop run as root is the machine's root's (red team). The fence's filter refuses the keyrings'
+    calls, as the runs' does."""
+    said = agent_channel(workspace) / "keys"
+    name = f"autoresearch-test-{os.getpid()}"
+    attack = f"{PY} -c {shlex.quote(ADD_KEY)} {name}"
+    take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{attack} > {shlex.quote(str(said))} 2>&1\necho LR 0.2")
+    assert said.read_text() == "add_key -1 38\n", said.read_text()  # ENOSYS
+
+
 # Runs system calls in another process of the turn, as it (x86_64): `inject(pid, [(number, *arguments), ...])`.
 PTRACE = r"""
 import ctypes, os
@@ -556,6 +595,44 @@ def test_an_agents_turn_that_holds_more_than_its_memory_is_killed_for_it_and_the
     assert "went past the memory a turn may hold (200 MiB" in exp.reason, exp.reason
     exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.3)}\necho LR 0.3")
     assert exp.status == Status.KEEP, exp.reason
+
+
+def test_a_folder_nested_deep_in_git_neither_stops_this_start_nor_the_next(workspace, tmp_path):
+    """BROKE, fixed: the loop listed what a turn left in .git with `rglob`, which recursed: a folder nested 1,100 deep
+    there raised RecursionError out of the loop, at that start and at every later one (red team)."""
+    try:
+        deep = "mkdir -p .git/$(printf 'deep/%.0s' $(seq 1100))"
+        exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{deep}\necho LR 0.2")
+        assert exp.status == Status.KEEP, exp.reason
+        exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.3)}\necho LR 0.3")  # a new start, the same workspace
+        assert exp.status in (Status.KEEP, Status.DISCARD) and exp.description == "LR 0.3", exp.reason  # judged
+    finally:  # pytest's own clean-up recurses too
+        subprocess.run(["rm", "-rf", str(workspace.root)], check=False)
+
+
+def test_many_files_a_turn_leaves_in_one_folder_are_set_aside_in_a_time_that_grows_with_their_number(tmp_path):
+    """BROKE, fixed: after setting each file aside the loop asked whether its folder was now empty by listing the
+    folder whole: 20,000 files a turn left in one folder kept the loop 3 minutes, 300,000 would have kept it hours
+    (red team). It asks for the folder's first entry alone."""
+    root, aside = tmp_path / "ws", tmp_path / "aside"
+    (root / "litter").mkdir(parents=True)
+    names = [f"litter/{n}" for n in range(20_000)]
+    for name in names:
+        (root / name).touch()
+    started = time.monotonic()
+    for name in names:
+        contents.quarantine(root, name, aside)
+    assert time.monotonic() - started < 20 and not (root / "litter").exists()  # 60 s and more, listing it whole
+    assert len(os.listdir(aside / "litter")) == 20_000
+
+
+# A turn's description with a NUL in it, which git refuses in a commit's message.
+def test_a_description_with_a_nul_or_a_control_character_is_recorded_without_it(workspace, tmp_path):
+    """BROKE, fixed: a last line of `printf 'LR 0.2\\0\\n'` raised ValueError out of the loop when git was given it
+    as the commit's message (red team). A proposal's description is one line of printable text."""
+    exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nprintf 'LR\\0 0.2\\033[2J\\n'")
+    assert exp.status == Status.KEEP and exp.description.isprintable(), (exp.description, exp.reason)
+    assert exp.description.replace(" ", "") == "LR0.2[2J", exp.description
 
 
 # What the turn's processes are to the kernel when memory runs out, and whether they can take it back to OWN.

@@ -67,6 +67,13 @@ class Proposal:
     source: str  # the complete new train.py
     usage: Usage = Usage()
 
+    def __post_init__(self) -> None:
+        # One line of printable text, whatever the agent said: a NUL in it ended the loop where git took it as the
+        # commit's message (red team).
+        if not self.description.isprintable():
+            printable = "".join(ch if ch.isprintable() else " " for ch in self.description)
+            object.__setattr__(self, "description", printable.strip())
+
 
 class Agent(Protocol):
     name: str  # "tune", "anthropic", ...

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.command_agent import (
+    LAST_LINES_CHARS,
     NOT_RUNNABLE,
     STDERR_TAIL_CHARS,
     TIMEOUT_S,
@@ -127,7 +128,7 @@ class CodingAgent:
         argv = [*self.launcher, *self.recipe.command(program, self.model, workspace, state, prompt_file)]
         env = self.recipe.environment(os.environ, state)
         code, stdout, stderr = run_process(argv, workspace, prompt, env, self.timeout_s, f"the {self.name} agent")
-        turn = self.recipe.read(self.model, stdout, stderr, state)
+        turn = self._read(stdout, stderr, state)
         if code in NOT_RUNNABLE:
             raise ProposalError(
                 f"the {self.name} agent exited with status {code}: {NOT_RUNNABLE[code]}; the end of its "
@@ -143,6 +144,15 @@ class CodingAgent:
             )
         source = checked_source(workspace / "train.py", context.train_py, output, turn.usage, f"the {self.name} agent")
         return Proposal(hypothesis(turn.text, self.name), source, turn.usage)
+
+    def _read(self, stdout: str, stderr: str, state: Path) -> Turn:
+        """The recipe's reading of the turn; nothing read (no text, no usage) where what the agent printed or left in
+        its folder does not have the shape the recipe reads: a JSON line of 100,000 `[`, a token count that was text
+        or a list, each ended the loop (red team)."""
+        try:
+            return self.recipe.read(self.model, stdout, stderr, state)
+        except Exception:  # the agent's output: any shape, any depth
+            return Turn("", Usage())
 
     def _state(self, workspace: Path) -> Path:
         """The agent's own folder: its history, caches and config. The agent writes it, and the loop does too, outside
@@ -166,7 +176,7 @@ class CodingAgent:
 def hypothesis(text: str, agent: str) -> str:
     """The description: the last `Hypothesis:` line of the agent's final message (markdown emphasis allowed),
     else its last non-empty line, cut to DESCRIPTION_CHARS."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text[-LAST_LINES_CHARS:].splitlines() if line.strip()]
     found = [m[1] for line in lines if (m := _HYPOTHESIS.match(line))]
     line = found[-1] if found else (lines[-1] if lines else f"train.py edited by {agent} (it gave no hypothesis)")
     return line if len(line) <= DESCRIPTION_CHARS else line[: DESCRIPTION_CHARS - 3] + "..."

@@ -47,6 +47,7 @@ AGENT_PID = "agent.pid"  # in the workspace's state folder, while an agent runs
 TIMEOUT_S = 30 * 60.0  # a coding agent may think, read and edit for a long while; a hung one must not stall the loop
 STDERR_TAIL_CHARS = 2000
 DESCRIPTION_CHARS = 300
+LAST_LINES_CHARS = 1 << 16  # where the description is looked for, at the end of what the agent printed
 PIPE_DRAIN_S = 5.0  # after a kill, how long to wait for output still in the pipes
 # What the loop keeps of each of a turn's streams, its end: a coding agent's result is its last line, and a person
 # reads the tail. All of it was kept, and a turn that printed without end filled the loop's memory.
@@ -337,7 +338,7 @@ def checked_source(
 
 
 def _description(stdout: str) -> str:
-    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    lines = [line.strip() for line in stdout[-LAST_LINES_CHARS:].splitlines() if line.strip()]
     if not lines:
         return "train.py edited by the command agent (it printed no description)"
     last = lines[-1]

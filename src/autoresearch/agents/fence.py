@@ -29,6 +29,10 @@ which restricts itself, then runs the command, and everything it starts inherits
   hierarchy's root, out of its own group (agents/turn_cgroups.py), and from there could mount the whole hierarchy
   and freeze or cap any group of it, a run's too (red team).
 
+- The kernel's keyrings (`add_key`, `request_key`, `keyctl`: "not implemented"), which belong to no namespace: a
+  turn added 20,000 keys to the loop's session keyring, which outlived it, near root's whole quota (red team), and
+  the user keyring of a loop run as root is the machine's root's.
+
 - The CPUs it runs on, where the loop set some aside for agents (evaluator/cores.py, AGENT_CPUS_ENV): a turn that
   kept every core busy would slow the runs it overlaps, the baseline's seeds among them. The filter then refuses
   `sched_setaffinity` too (as it refuses io_uring, whose polling thread runs on the CPU its ring names).
@@ -79,6 +83,7 @@ _ARCHES = {
     "x86_64": (0xC000003E, 41, 44, 46, 307, 54, 203),
     "aarch64": (0xC00000B7, 198, 206, 211, 269, 208, 122),
 }
+_KEYRINGS = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}  # add_key, request_key, keyctl
 _IO_URING_SETUP, _CLONE3, _X32 = 425, 435, 0x40000000
 _MSG_FASTOPEN = 0x20000000
 _IPPROTO_TCP, _TCP_ULP = 6, 31  # setsockopt(TCP_ULP, "smc") made a TCP socket SMC's (kernels before ~6.10)
@@ -214,7 +219,7 @@ def _landlock(ports: list[int]) -> None:
 
 
 def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, setsockopt: int, setaffinity: int,
-            pinned: bool) -> bytes:  # fmt: skip
+            pinned: bool, keyrings: tuple[int, ...] = ()) -> bytes:  # fmt: skip
     """The seccomp program of `side_doors` (classic BPF over struct seccomp_data: nr at 0, arch at 4, the low half of
     argument i at 16 + 8i), assembled with labels: a jump names the label (always further on) it goes to when
     its test holds, else the next instruction runs. `pinned`: sched_setaffinity refused too."""
@@ -229,6 +234,7 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
             (_JEQ, setsockopt, "option"),
             (_JEQ, _IO_URING_SETUP, "nosys"),
             (_JEQ, _CLONE3, "nosys"),
+            *((_JEQ, number, "nosys") for number in keyrings),
             *([(_JEQ, setaffinity, "eperm")] if pinned else []),
         ],
         "sends": [(_JEQ, sendto, "flags3"), (_JEQ, sendmmsg, "flags3"), (_JEQ, sendmsg, "flags2"), (_RET, _ALLOW)],
@@ -259,13 +265,13 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
 
 
 def side_doors(pinned: bool = False) -> None:
-    """Refuse, for good, the ways to a TCP connection that Landlock's rule does not see, `clone3`, and with `pinned`,
-    `sched_setaffinity` (a seccomp filter: see the module's docstring); nothing where this architecture is not one
-    the filter knows. Needs no_new_privs, which `restrict` sets."""
+    """Refuse, for good, the ways to a TCP connection that Landlock's rule does not see, `clone3`, the keyrings, and
+    with `pinned`, `sched_setaffinity` (a seccomp filter: see the module's docstring); nothing where this architecture
+    is not one the filter knows. Needs no_new_privs, which `restrict` sets."""
     numbers = _ARCHES.get(platform.machine())
     if numbers is None:
         return
-    program = ctypes.create_string_buffer(_filter(*numbers, pinned))
+    program = ctypes.create_string_buffer(_filter(*numbers, pinned, _KEYRINGS[platform.machine()]))
     prog = struct.pack("=HxxxxxxQ", len(program.raw) // 8, ctypes.addressof(program))  # struct sock_fprog
     _prctl(_SET_SECCOMP, _MODE_FILTER, ctypes.c_char_p(prog))
 

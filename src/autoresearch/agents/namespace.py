@@ -386,6 +386,7 @@ def _would_be_read() -> list[Path]:
 
 
 PID_NAMESPACE_INNER = ("unshare", "--user", "--map-current-user", "--mount")
+FUSE_DEVICE = "/dev/fuse"
 
 
 def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
@@ -395,7 +396,9 @@ def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     folder of the evaluators' own compiler caches (made here where missing, so that what is made there later is
     hidden too): an evaluator runs what its compilers find there (evaluator/compile_cache.py), and another
     worker's evaluator may be compiling while the agent works. So is Inductor's default cache in /tmp, for your
-    own torch.compile later (`_inductor_defaults`)."""
+    own torch.compile later (`_inductor_defaults`). And /dev/fuse (FUSE_DEVICE): a turn mounted a file system of its
+    own, served by a process of its own that never answered, and the process that then asked it stayed for good,
+    past SIGKILL and the turn's end, holding what it held (red team)."""
     caches = compile_cache.evaluator_dir()
     caches.mkdir(parents=True, exist_ok=True)
     inside = workspace.resolve()
@@ -405,6 +408,7 @@ def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
         *hidden_from_agents(env),
         *_login_places(env),
         *server_sockets(env, workspace),
+        *([Path(FUSE_DEVICE)] if os.path.exists(FUSE_DEVICE) else []),
     ]
     return [*places, *held]
 

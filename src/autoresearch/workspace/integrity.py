@@ -49,7 +49,7 @@ from pathlib import Path
 
 from autoresearch.files import entries, read_regular, write_text_atomic
 from autoresearch.workspace import objects
-from autoresearch.workspace.contents import kind, restore
+from autoresearch.workspace.contents import DIRECTORY, kind, restore
 from autoresearch.workspace.contents import quarantine as set_aside
 from autoresearch.workspace.contents import read as read_file
 from autoresearch.workspace.git import Git
@@ -175,12 +175,16 @@ def _read_git_files(git_dir: Path, names: tuple[str, ...]) -> tuple[dict[str, li
     listing, contents, sources = {}, {}, {}
     for name in names:
         top = git_dir / name
-        paths = [top] if top.is_symlink() or not top.is_dir() else sorted(p for p in top.rglob("*"))
+        # Walked one level at a time: `rglob` recursed, and a folder an agent nested 1,100 deep raised RecursionError
+        # at this start and every later one (red team); and its folders are told by their entries, past PATH_MAX too.
+        paths = [top] if top.is_symlink() or not top.is_dir() else sorted(top / rel for rel, e in entries(top) if not
+                                                                          e.is_dir(follow_symlinks=False))  # fmt: skip
         for path in paths:
-            if path.is_dir() and not path.is_symlink():
+            try:
+                read = read_file(path)
+            except OSError:  # past PATH_MAX, which git cannot name either
                 continue
-            read = read_file(path)
-            if read is None:
+            if read is None or read[0] == DIRECTORY:
                 continue
             content_id, data, mode = read
             rel = path.relative_to(git_dir).as_posix()
@@ -315,7 +319,8 @@ def _put_back_git_files(
 def _locks(git_dir: Path) -> dict[str, list]:
     """The lock files under .git (relative path -> [inode, ctime_ns])."""
     found = {}
-    for path in sorted([*git_dir.glob("*.lock"), *(git_dir / "refs").rglob("*.lock")]):
+    refs = [git_dir / "refs" / rel for rel, _ in entries(git_dir / "refs") if rel.endswith(".lock")]
+    for path in sorted([*git_dir.glob("*.lock"), *refs]):
         with contextlib.suppress(OSError):
             st = os.lstat(path)
             found[path.relative_to(git_dir).as_posix()] = [st.st_ino, st.st_ctime_ns]
