@@ -626,6 +626,54 @@ def test_many_files_a_turn_leaves_in_one_folder_are_set_aside_in_a_time_that_gro
     assert len(os.listdir(aside / "litter")) == 20_000
 
 
+# Sparse files of 600 MB (no disk used) in the workspace and in .git, and a loose object of 600 MB of zeros (600 KB
+# compressed), each read whole by the loop before.
+BIG = r"""
+import hashlib, os, zlib
+for path in ("big.bin", ".git/big"):
+    with open(path, "wb") as f:
+        f.truncate(600 << 20)
+header, digest, packed = b"blob %d\0" % (600 << 20), hashlib.sha1(), zlib.compressobj()
+digest.update(header)
+chunks = [packed.compress(header)]
+for _ in range(600):
+    digest.update(bytes(1 << 20))
+    chunks.append(packed.compress(bytes(1 << 20)))
+chunks.append(packed.flush())
+oid = digest.hexdigest()
+os.makedirs(f".git/objects/{oid[:2]}", exist_ok=True)
+with open(f".git/objects/{oid[:2]}/{oid[2:]}", "wb") as f:
+    f.write(b"".join(chunks))
+"""
+
+
+def test_large_files_a_turn_leaves_are_taken_away_unread(workspace, tmp_path):
+    """BROKE, fixed: the loop read whole what a turn left in the workspace and in .git, and unpacked a new object in
+    memory to check it: a sparse file of 600 MB, or an object of 600 MB of zeros (600 KB on disk), raised its memory
+    by 1.2 GB; 50 GB would have ended it (red team). A file over 64 MiB is known by its signature, not read, and an
+    object that large goes: none of what the loop puts back is."""
+    loop = psutil.Process()
+    grown, done = [0], threading.Event()
+
+    def watch(start: int) -> None:
+        while not done.is_set():
+            grown[0] = max(grown[0], loop.memory_info().rss - start)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, args=(loop.memory_info().rss,))
+    watcher.start()
+    try:
+        exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{PY} -c {shlex.quote(BIG)}\necho LR 0.2")
+    finally:
+        done.set()
+        watcher.join()
+    assert exp.status == Status.KEEP, exp.reason
+    assert grown[0] < 300 << 20, grown[0]
+    root = workspace.root
+    assert not (root / "big.bin").exists() and not (root / ".git" / "big").exists()
+    assert not [p for p in (root / ".git" / "objects").rglob("*") if p.is_file() and p.stat().st_size > 500_000]
+
+
 # A turn's description with a NUL in it, which git refuses in a commit's message.
 def test_a_description_with_a_nul_or_a_control_character_is_recorded_without_it(workspace, tmp_path):
     """BROKE, fixed: a last line of `printf 'LR 0.2\\0\\n'` raised ValueError out of the loop when git was given it

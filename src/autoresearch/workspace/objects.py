@@ -16,8 +16,8 @@ import stat
 import zlib
 from pathlib import Path
 
-from autoresearch.files import entries
-from autoresearch.workspace.contents import blob_id, quarantine, read, restore
+from autoresearch.files import entries, read_regular
+from autoresearch.workspace.contents import KEPT_BYTES, quarantine, read, restore
 from autoresearch.workspace.git import Git, GitError
 
 OBJECTS = "objects"  # under .git; its info/ is guarded with the other git files
@@ -25,7 +25,7 @@ OBJECTS = "objects"  # under .git; its info/ is guarded with the other git files
 # The bytes of the object files last read under each .git/objects: (path, inode, size, mtime_ns, ctime_ns) -> (content
 # id, bytes). A file whose signature is unchanged holds the same bytes (a write or rename changes its ctime, which no
 # process can set back), so each object is read once, not at every step of the night.
-_object_bytes: dict[Path, dict[tuple, tuple[str, bytes]]] = {}
+_object_bytes: dict[Path, dict[tuple, tuple[str, bytes | None]]] = {}
 
 
 def record(git_dir: Path, contents: dict[str, bytes]) -> dict[str, list]:
@@ -39,13 +39,16 @@ def record(git_dir: Path, contents: dict[str, bytes]) -> dict[str, list]:
         key = (str(top / rel), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if (entry := known.get(key)) is None:
             try:
-                data = (top / rel).read_bytes()
+                found = read(top / rel)
             except OSError:
                 continue
-            entry = (blob_id(data), data)
+            if found is None:
+                continue
+            entry = (found[0], found[1])
         seen[key] = entry
         listing[rel] = [entry[0], *key[1:], st.st_mode]
-        contents[entry[0]] = entry[1]
+        if entry[1] is not None:  # one over KEPT_BYTES is not held (none of the history's is that large)
+            contents[entry[0]] = entry[1]
     _object_bytes[top] = seen  # only what is there now: the cache holds no more than the object store
     return listing
 
@@ -71,15 +74,18 @@ def put_back(
         if rel in listing:
             continue
         if _loose_object(rel):
-            if stat.S_ISREG(st.st_mode) and _whole(top / rel, rel.replace("/", "")):
+            whole = _whole(top / rel, rel.replace("/", "")) if stat.S_ISREG(st.st_mode) else False
+            if whole:
                 continue
-            forged = True
+            forged = whole is not None
         else:  # a pack's index is checked while its pack is still there: sorted, "x.idx" comes before "x.pack"
             forged = rel.endswith(".idx") and not _pack_whole(git, top / rel)
             if rel.endswith(".idx") and not forged:
                 verified.add(rel.removesuffix(".idx"))
         if forged:
             changed.append(f"added .git/objects/{rel}, whose objects are not what their names say")
+        elif _loose_object(rel) and stat.S_ISREG(st.st_mode):
+            held.append(f"added .git/objects/{rel}, over {KEPT_BYTES >> 20} MiB: larger than any the loop keeps")
         else:
             held.append(f"added .git/objects/{rel}")
         moved = quarantine(top, rel, folder / OBJECTS, tidy=False)
@@ -126,13 +132,30 @@ def _loose_object(rel: str) -> bool:
     return len(prefix) == 2 and len(prefix + name) in (40, 64) and all(c in "0123456789abcdef" for c in prefix + name)
 
 
-def _whole(path: Path, oid: str) -> bool:
-    """Whether the loose object file `path` holds what its id `oid` names."""
+def _whole(path: Path, oid: str) -> bool | None:
+    """Whether the loose object file `path` holds what its id `oid` names; None where it, or what it holds, is over
+    KEPT_BYTES (what it holds is not made whole in memory: 600 MB of zeros compress to 600 KB, red team)."""
     try:
-        data = zlib.decompress(path.read_bytes())
-    except (OSError, zlib.error):
+        data = read_regular(path, KEPT_BYTES)
+    except ValueError:
+        return None
+    except OSError:
         return False
-    return hashlib.new("sha1" if len(oid) == 40 else "sha256", data).hexdigest() == oid
+    digest, held, unpacked = hashlib.new("sha1" if len(oid) == 40 else "sha256"), 0, zlib.decompressobj()
+    try:
+        while data and held <= KEPT_BYTES:
+            part = unpacked.decompress(data, 1 << 20)
+            digest.update(part)
+            held, data = held + len(part), unpacked.unconsumed_tail
+        if held <= KEPT_BYTES:  # what the last of the input still holds
+            part = unpacked.flush()
+            digest.update(part)
+            held += len(part)
+    except zlib.error:
+        return False
+    if held > KEPT_BYTES:
+        return None
+    return unpacked.eof and digest.hexdigest() == oid
 
 
 def _pack_whole(git: Git, idx: Path) -> bool:
