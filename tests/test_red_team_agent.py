@@ -53,7 +53,7 @@ from autoresearch.loop.recovery import TURN_SNAPSHOT
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import RunEnd, Status
-from autoresearch.workspace import contents
+from autoresearch.workspace import contents, objects
 
 pytestmark = pytest.mark.slow  # a real agent turn in its namespaces each, ~0.5-8 s: not in the fast subset
 
@@ -364,6 +364,45 @@ def test_an_agents_turn_has_no_fuse_device_to_mount_a_file_system_that_never_ans
     assert said.read_text().split() == [str(os.major(null)), str(os.minor(null))], said.read_text()
 
 
+# Makes a file in /dev, writes a device there, shared memory in /dev/shm and a pseudo-terminal: what it could.
+IN_DEV = r"""
+import os, sys
+from multiprocessing import shared_memory
+done = []
+try:
+    open(f"/dev/{sys.argv[1]}", "x").close()
+    done.append("made")
+except OSError:
+    pass
+with open("/dev/null", "w") as null:
+    null.write("x")
+    done.append("null")
+shared = shared_memory.SharedMemory(create=True, size=4096)
+shared.close()
+shared.unlink()
+done.append("shm")
+primary, secondary = os.openpty()
+done.append("pty")
+print(" ".join(done))
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="a loop run as root's turn is root to /dev")
+@pytest.mark.skipif(with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can hide a place")
+def test_a_turn_of_a_loop_run_as_root_cannot_make_or_delete_files_in_dev(workspace, tmp_path):
+    """BROKE, fixed: the turn's /dev was the machine's, writable, and a turn of a loop run as root is root to it: it
+    made and deleted files there on the machine (it could have deleted /dev/null, or a GPU's node, under the other
+    workers' runs; a review). /dev is read-only to it; its devices and /dev/shm work as before."""
+    said, name = agent_channel(workspace) / "dev", f"autoresearch-test-{os.getpid()}"
+    try:
+        take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{PY} -c {shlex.quote(IN_DEV)} {name} > {said}\necho LR 0.2")
+        assert said.read_text().split() == ["null", "shm", "pty"], said.read_text()
+        assert not os.path.exists(f"/dev/{name}")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"/dev/{name}")
+
+
 # add_key("user", NAME, "x", 1, the session keyring): the key's serial number, or -1 and the error.
 ADD_KEY = r"""
 import ctypes, platform, sys
@@ -672,6 +711,20 @@ def test_large_files_a_turn_leaves_are_taken_away_unread(workspace, tmp_path):
     root = workspace.root
     assert not (root / "big.bin").exists() and not (root / ".git" / "big").exists()
     assert not [p for p in (root / ".git" / "objects").rglob("*") if p.is_file() and p.stat().st_size > 500_000]
+
+
+def test_a_pack_of_the_history_over_the_size_read_whole_is_still_put_back_and_a_touch_is_no_change(
+    workspace, tmp_path, monkeypatch
+):
+    """A file over KEPT_BYTES is known by its signature; the loop's own packs are not (a review found a pack over it,
+    touched by a turn, taken away unrestored: the history was gone). Here every file is over it."""
+    monkeypatch.setattr(contents, "KEPT_BYTES", 100)
+    monkeypatch.setattr(objects, "KEPT_BYTES", 100)
+    subprocess.run(["git", "-C", str(workspace.root), "repack", "-adq"], check=True)
+    exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nchmod 444 .git/objects/pack/*\necho LR 0.2")
+    assert exp.status == Status.KEEP and ".git/objects" not in exp.reason, exp.reason
+    log = subprocess.run(["git", "-C", str(workspace.root), "log", "--oneline"], capture_output=True, text=True)
+    assert log.returncode == 0 and "LR 0.2" in log.stdout, log.stderr
 
 
 # A turn's description with a NUL in it, which git refuses in a commit's message.

@@ -79,9 +79,12 @@ _HIDE = (
     'echo "autoresearch: could not let the agent write $p" >&2; exit 1; }; done; done; cd "$w" || exit 1; '
     'n=$1; shift; while [ "$n" -gt 0 ]; do a=$1; shift; n=$((n - 1)); '
     'if [ -d "$a" ]; then "$m" --rbind "$a" "$a"; fi || { echo "autoresearch: could not pin $a" >&2; exit 1; }; done; '
-    # As root, / itself read-only (its folders were bound onto themselves above); the working directory found anew.
-    'if [ "$u" = 0 ]; then "$m" -o remount,bind,ro / && cd "$PWD" || { '
-    'echo "autoresearch: could not make / read-only for the agent" >&2; exit 1; }; fi; '
+    # As root, / itself read-only (its folders were bound onto themselves above), and /dev, the machine's device
+    # nodes, which root owns: a turn made and deleted files there, as it could /dev/null or a GPU's node (red team).
+    # Only that mount: its device nodes stay writable (a read-only file system does not stop a write to a device),
+    # and so do the mounts within it (/dev/shm, /dev/pts). Then the working directory found anew.
+    'if [ "$u" = 0 ]; then "$m" -o remount,bind,ro / && "$m" --rbind /dev /dev && "$m" -o remount,bind,ro /dev && '
+    'cd "$PWD" || { echo "autoresearch: could not make / and /dev read-only for the agent" >&2; exit 1; }; fi; '
     # The message queues of its IPC namespace at /dev/mqueue (`_namespaces`), where yours are mounted: there a queue
     # it made was yours, and outlived its turn (red team).
     'if [ -d /dev/mqueue ]; then "$m" -t mqueue mqueue /dev/mqueue || { '

@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 
 from autoresearch.files import entries, read_regular
-from autoresearch.workspace.contents import KEPT_BYTES, quarantine, read, restore
+from autoresearch.workspace.contents import KEPT_BYTES, blob_id, quarantine, read, restore
 from autoresearch.workspace.git import Git, GitError
 
 OBJECTS = "objects"  # under .git; its info/ is guarded with the other git files
@@ -25,7 +25,7 @@ OBJECTS = "objects"  # under .git; its info/ is guarded with the other git files
 # The bytes of the object files last read under each .git/objects: (path, inode, size, mtime_ns, ctime_ns) -> (content
 # id, bytes). A file whose signature is unchanged holds the same bytes (a write or rename changes its ctime, which no
 # process can set back), so each object is read once, not at every step of the night.
-_object_bytes: dict[Path, dict[tuple, tuple[str, bytes | None]]] = {}
+_object_bytes: dict[Path, dict[tuple, tuple[str, bytes]]] = {}
 
 
 def record(git_dir: Path, contents: dict[str, bytes]) -> dict[str, list]:
@@ -38,17 +38,14 @@ def record(git_dir: Path, contents: dict[str, bytes]) -> dict[str, list]:
             continue
         key = (str(top / rel), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if (entry := known.get(key)) is None:
-            try:
-                found = read(top / rel)
+            try:  # whole, however large: the loop's own packs are (a new object over KEPT_BYTES was taken away)
+                data = (top / rel).read_bytes()
             except OSError:
                 continue
-            if found is None:
-                continue
-            entry = (found[0], found[1])
+            entry = (blob_id(data), data)
         seen[key] = entry
         listing[rel] = [entry[0], *key[1:], st.st_mode]
-        if entry[1] is not None:  # one over KEPT_BYTES is not held (none of the history's is that large)
-            contents[entry[0]] = entry[1]
+        contents[entry[0]] = entry[1]
     _object_bytes[top] = seen  # only what is there now: the cache holds no more than the object store
     return listing
 
@@ -98,6 +95,8 @@ def put_back(
             if [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode] == signature:
                 continue
         now = read(path)
+        if now is not None and now[0].startswith("large:") and os.lstat(path).st_size == signature[1]:
+            now = (blob_id(path.read_bytes()), None, now[2])  # one of the loop's packs, as large as it was: read
         if now is not None and now[0] == content_id:
             continue  # touched, not changed
         if now is None:
@@ -155,7 +154,7 @@ def _whole(path: Path, oid: str) -> bool | None:
         return False
     if held > KEPT_BYTES:
         return None
-    return unpacked.eof and digest.hexdigest() == oid
+    return unpacked.eof and not unpacked.unused_data and digest.hexdigest() == oid  # nothing after it: fsck fails
 
 
 def _pack_whole(git: Git, idx: Path) -> bool:
