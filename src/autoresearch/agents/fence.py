@@ -219,7 +219,7 @@ def _landlock(ports: list[int]) -> None:
 
 
 def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, setsockopt: int, setaffinity: int,
-            pinned: bool, keyrings: tuple[int, ...] = ()) -> bytes:  # fmt: skip
+            pinned: bool, keyrings: tuple[int, ...]) -> bytes:  # fmt: skip
     """The seccomp program of `side_doors` (classic BPF over struct seccomp_data: nr at 0, arch at 4, the low half of
     argument i at 16 + 8i), assembled with labels: a jump names the label (always further on) it goes to when
     its test holds, else the next instruction runs. `pinned`: sched_setaffinity refused too."""
