@@ -127,11 +127,15 @@ def test_a_model_that_samples_from_the_global_generator_gets_the_same_samples_on
     assert reason is not None and "loss before a cut changed" in reason
 
 
-def test_a_look_ahead_hidden_in_noise_is_caught_by_its_mean_effect(rows: np.ndarray) -> None:
+def test_a_look_ahead_hidden_in_noise_is_caught_by_its_mean_effect() -> None:
     # Noise of 0.01 per logit lets a single position move ~0.4 nats, which hides a 0.1 boost of the
-    # target there; the loss just before a cut still rises by ~0.1 in every row, and that shows.
-    assert probe(NoisyCopy(boost=0.0, noise=0.01), rows) is None
-    reason = probe(NoisyCopy(boost=0.1, noise=0.01), rows)
+    # target there; the loss just before a cut still rises by ~0.1 in every row, and that shows. Over 64 rows: with
+    # the 8 of `rows` the standard error is itself a loose estimate, and the noise alone was flagged 3 times in 400
+    # (a CI run failed so); 0 in 200 over 64, the look-ahead caught 200 times in 200 (the tiny preset cuts 256 rows).
+    many = np.random.default_rng(0).integers(1, VOCAB, size=(64, SEQ + 1))
+    many[:, 0] = 0
+    assert probe(NoisyCopy(boost=0.0, noise=0.01), many) is None
+    reason = probe(NoisyCopy(boost=0.1, noise=0.01), many)
     assert reason is not None and "just before a cut rose" in reason
 
 
