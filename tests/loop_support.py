@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
@@ -114,6 +118,26 @@ def agent_channel(ws: Workspace) -> Path:
     folder = ws.root / AGENT_FILES / "test-channel"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@contextlib.contextmanager
+def peak_growth() -> Iterator[list[int]]:
+    """How far this process's resident memory rose above where it was at the start of the block, at its highest:
+    [bytes], read after the block (sampled every 5 ms meanwhile, by a thread)."""
+    this, grown, done = psutil.Process(), [0], threading.Event()
+
+    def watch(start: int) -> None:
+        while not done.is_set():
+            grown[0] = max(grown[0], this.memory_info().rss - start)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, args=(this.memory_info().rss,))
+    watcher.start()
+    try:
+        yield grown
+    finally:
+        done.set()
+        watcher.join()
 
 
 def with_constants(source: str, **values) -> str:

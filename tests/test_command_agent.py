@@ -7,13 +7,12 @@ import os
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from importlib import resources
 from pathlib import Path
 
-import psutil
 import pytest
+from loop_support import peak_growth
 
 from autoresearch.agents.base import Context, ProposalError
 from autoresearch.agents.command_agent import MAX_OUTPUT_BYTES, PROMPT_ENV, CommandAgent
@@ -71,22 +70,9 @@ def test_a_turn_that_prints_without_end_has_its_last_line_read_and_holds_no_more
 ) -> None:
     """BROKE, fixed: the loop kept all a turn printed, and a turn that printed without end filled its memory (the
     kernel then kills the biggest process: the loop). It keeps the end of each stream, MAX_OUTPUT_BYTES."""
-    loop = psutil.Process()
-    grown, done = [0], threading.Event()
-
-    def watch(start: int) -> None:
-        while not done.is_set():
-            grown[0] = max(grown[0], loop.memory_info().rss - start)
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=watch, args=(loop.memory_info().rss,))
-    watcher.start()
-    try:
-        flood = "head -c 400000000 /dev/zero | tr '\\0' x; head -c 400000000 /dev/zero | tr '\\0' y >&2"
+    flood = "head -c 400000000 /dev/zero | tr '\\0' x; head -c 400000000 /dev/zero | tr '\\0' y >&2"
+    with peak_growth() as grown:
         proposal = agent(tmp_path, f"{flood}\n{EDIT}\necho\necho 'Deeper model: DEPTH 8 -> 10'").propose(context)
-    finally:
-        done.set()
-        watcher.join()
     assert proposal.description == "Deeper model: DEPTH 8 -> 10"
     assert MAX_OUTPUT_BYTES <= 16 << 20 and grown[0] < 200 << 20, grown[0]  # of 800 MB printed, all kept before
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from loop_support import TAKE_EVERY_CORE, FakeExecutor, agent_channel, constant, fake_result, make_loop
+from loop_support import TAKE_EVERY_CORE, FakeExecutor, agent_channel, constant, fake_result, make_loop, peak_growth
 from test_agent_turn import (
     GIT,
     PY,
@@ -691,21 +691,8 @@ def test_large_files_a_turn_leaves_are_taken_away_unread(workspace, tmp_path):
     memory to check it: a sparse file of 600 MB, or an object of 600 MB of zeros (600 KB on disk), raised its memory
     by 1.2 GB; 50 GB would have ended it (red team). A file over 64 MiB is known by its signature, not read, and an
     object that large goes: none of what the loop puts back is."""
-    loop = psutil.Process()
-    grown, done = [0], threading.Event()
-
-    def watch(start: int) -> None:
-        while not done.is_set():
-            grown[0] = max(grown[0], loop.memory_info().rss - start)
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=watch, args=(loop.memory_info().rss,))
-    watcher.start()
-    try:
+    with peak_growth() as grown:
         exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{PY} -c {shlex.quote(BIG)}\necho LR 0.2")
-    finally:
-        done.set()
-        watcher.join()
     assert exp.status == Status.KEEP, exp.reason
     assert grown[0] < 300 << 20, grown[0]
     root = workspace.root
