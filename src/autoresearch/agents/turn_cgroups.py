@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from autoresearch.evaluator import cgroups, memory
-from autoresearch.evaluator.run_group import RunGroup, write_limits
+from autoresearch.evaluator.run_group import RunGroup, named, write_limits
 
 PREFIX = "autoresearch-agents-"  # + the loop's pid, "-", the CPUs
 TURN = "turn-"  # + the pid of the turn's first process
@@ -77,7 +77,8 @@ def enter(groups: tuple[Path, ...], tasks: int, held: int = 0) -> None:
                 if (outer / name).exists():
                     (own / name).write_text(cgroups.text(outer / name).strip())
             v1 = (own / "tasks").exists()
-            if held and (own / ("memory.limit_in_bytes" if v1 else "memory.max")).exists():
+            limit = named("memory.max", v1)
+            if held and limit and (own / limit).exists():  # the memory hierarchy, or v2's handing it down
                 write_limits(own, v1, memory.limits(held)["memory"])
             _lock(own)
             (own / "cgroup.procs").write_text(str(os.getpid()))

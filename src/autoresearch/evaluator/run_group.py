@@ -89,7 +89,7 @@ class RunGroup:
         tasks refused for this group's cap or one above it; 0 where there is none."""
         total = 0
         for folder, v1 in self.folders.items():
-            if (name := _V1.get(file, file) if v1 else file) is None:
+            if (name := named(file, v1)) is None:
                 continue
             for line in cgroups.text(folder / name).splitlines():
                 fields = line.split()
@@ -106,12 +106,17 @@ class RunGroup:
                 time.sleep(0.02)
 
 
+def named(file: str, v1: bool) -> str | None:
+    """The name of cgroup v2's `file` in a group of cgroup v1 (`v1`) or v2; None where v1 has no such file."""
+    return _V1.get(file, file) if v1 else file
+
+
 def write_limits(folder: Path, v1: bool, files: Mapping[str, str]) -> None:
     """Write one controller's `files` (by cgroup v2's names, its limit first, and their values) in the group at
     `folder`; OSError where the limit cannot be set. A file after the limit that this kernel has not (swap not
     accounted) is left out: the limit holds without it."""
     for name, value in files.items():
-        if (written := _V1.get(name, name) if v1 else name) is None:
+        if (written := named(name, v1)) is None:
             continue
         try:
             (folder / written).write_text(_written(name, value, files) if v1 else value)
