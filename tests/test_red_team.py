@@ -504,3 +504,36 @@ def test_a_compile_cache_layer_replaced_by_a_link_takes_nothing_from_where_it_po
     assert "layer linked to" in log, log
     assert (victim / "id_ed25519").read_text() == "the user's key"
     assert not [p for p in run_dir.rglob("*") if p.name == "id_ed25519"]
+
+
+# Nests folders 3,000 deep in its box (6,000 characters: more than a path may name) and 1,500 deep in its compile
+# cache layer, a file at the bottom of each; otherwise honest.
+NEST_DEEP = """\
+    import os
+    for top, depth in ((".", 3000), (os.environ["TORCHINDUCTOR_CACHE_DIR"], 1500)):
+        here = os.open(top, os.O_RDONLY)
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=here)
+            here = os.open("d", os.O_RDONLY, dir_fd=here)
+        os.close(os.open("bottom", os.O_WRONLY | os.O_CREAT, dir_fd=here))
+        print("NESTED", depth, flush=True)
+"""
+
+
+def test_folders_a_run_nests_deep_are_removed_and_stop_neither_its_verdict_nor_a_later_start(lab) -> None:
+    """BROKE, fixed: the evaluator removed the run's box with `shutil.rmtree` and listed its compiled files with
+    `os.walk`, both recursive: a train.py that nested 1,500 folders was a crash ("RecursionError"), its box stayed,
+    and every later start failed removing it. Now the box goes whatever its depth (files.remove_tree), and compiled
+    files deeper than a compiler makes are not taken (compile_cache.MAX_DEPTH)."""
+    ws, _ = lab
+    boxes = set(ws.state.glob("box-*"))  # the lab's loop's next evaluator's, made beforehand
+    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
+    exp = loop.step(one_edit("nest folders deep", [(START, START + NEST_DEEP)]))
+    log = first_run_log(ws, exp.id)
+    assert "NESTED 3000" in log and "NESTED 1500" in log, log
+    assert exp.status != Status.CRASH, exp.reason
+    assert set(ws.state.glob("box-*")) == boxes
+    assert list((ws.state / "runs").glob(f"{exp.id}-0/compile")) == []  # nothing staged: the file lay too deep
+    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)  # a later start
+    loop.recover_workspace()
+    assert loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.06")])).status != Status.CRASH

@@ -1,6 +1,6 @@
 """Small file helpers with one home: an atomic text or JSON write, a file's SHA-256, a set of source files' SHA-256,
-clearing a path the loop writes its own file at, reading a file an agent could have planted, whether a file is
-flocked, a program's path on PATH, every entry under a folder."""
+clearing a path the loop writes its own file at, removing a folder a run or agent made, reading a file an agent could
+have planted, whether a file is flocked, a program's path on PATH, every entry under a folder."""
 
 from __future__ import annotations
 
@@ -51,10 +51,53 @@ def clear(path: Path) -> None:
     a FIFO, which opening to write waits on for ever; a link, which a write follows; a folder, which it cannot
     write."""
     if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
+        remove_tree(path)
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove the folder `path` and all it holds (nothing if it is not there), however a run or an agent made it:
+    nested deeper than Python's recursion limit (`shutil.rmtree` recursed: a train.py that nested 1,500 folders in
+    its box failed its evaluator, and the box stayed for every later start to fail on) or than a path can name,
+    folders made read-only or unreadable, links (removed, never followed). One folder is open at a time."""
+    try:
+        here = os.open(path, _FOLDER)
+    except FileNotFoundError:
+        return
+    names: list[str] = []  # the folders from `path` down to `here`
+    try:
+        while True:
+            with contextlib.suppress(OSError):  # another user's: then removing what it holds fails below
+                os.fchmod(here, 0o700)
+            deeper = None
+            with os.scandir(here) as listing:
+                for entry in listing:
+                    if entry.is_dir(follow_symlinks=False):
+                        deeper = entry.name
+                        break
+                    os.unlink(entry.name, dir_fd=here)
+            if deeper is not None:
+                with contextlib.suppress(OSError):
+                    os.chmod(deeper, 0o700, dir_fd=here)
+                below = os.open(deeper, _FOLDER, dir_fd=here)
+                os.close(here)
+                here = below
+                names.append(deeper)
+                continue
+            if not names:
+                break
+            above = os.open("..", _FOLDER, dir_fd=here)
+            os.close(here)
+            here = above
+            os.rmdir(names.pop(), dir_fd=here)
+    finally:
+        os.close(here)
+    os.rmdir(path)
 
 
 def make_folder(path: Path, within: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from autoresearch.files import read_regular, write_text_atomic
+from autoresearch.files import read_regular, remove_tree, write_text_atomic
 
 MARK = "AUTORESEARCH_STARTED_BY_LOOP"  # in the environment of each evaluator and agent the loop starts
 
@@ -117,16 +116,9 @@ def remove_left_boxes(state: Path) -> int:
 
 
 def remove_box(box: Path) -> bool:
-    """A box and its owner file, folders train.py made read-only included; whether the box is gone."""
-
-    def writable(func, path, _) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(path), 0o700)
-            if os.path.isdir(path) and not os.path.islink(path):
-                os.chmod(path, 0o700)
-            func(path)
-
-    shutil.rmtree(box, onerror=writable)
+    """A box and its owner file, however train.py left it (files.remove_tree); whether the box is gone."""
+    with contextlib.suppress(OSError):
+        remove_tree(box)
     with contextlib.suppress(OSError):
         box.with_name(box.name + ".owner").unlink(missing_ok=True)
     return not box.exists()

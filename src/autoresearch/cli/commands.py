@@ -39,6 +39,7 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
     """The loop of the workspace `args` name, its executor's runs started with `env` over the loop's environment."""
     from autoresearch.loop.engine import LoopConfig, ResearchLoop
     from autoresearch.loop.executor import LocalExecutor
+    from autoresearch.workspace import quarantine
     from autoresearch.workspace.workspace import Workspace
 
     if args.baseline_runs < 2:
@@ -49,6 +50,7 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
     run_tasks = tasks.run_tasks()  # and so is a bad $AUTORESEARCH_TASKS
     memory.run_memory()  # or $AUTORESEARCH_RUN_MEMORY
     memory.agent_memory()  # or $AUTORESEARCH_AGENT_MEMORY, as the first turn's error
+    quarantine.limit_bytes()  # or $AUTORESEARCH_QUARANTINE_GB, as the first put-back's
     config = LoopConfig(baseline_runs=args.baseline_runs, timeout=args.timeout)
     ws = Workspace(args.workspace)
     executor = LocalExecutor(env=env)  # its fork server starts importing at once

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from autoresearch.config.paths import cache_root
 from autoresearch.errors import AutoresearchError, ConfigError
+from autoresearch.files import remove_tree
 
 MODE_ENV = "AUTORESEARCH_COMPILE_CACHE"  # "run": no shared cache; every run compiles from scratch
 CACHES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}  # variable -> subdirectory
@@ -56,6 +57,9 @@ INSIDE = Path("/tmp/autoresearch-compile")  # where a confined run sees its laye
 # taken (filelock opens it without following links: ELOOP, and Inductor on the CPU failed the run).
 LOCK = ".lock"
 MAX_STAGED_BYTES = 2**30  # what one run may add; more is not kept (a run could fill the disk this way)
+# How deep a compiler's files lie (inductor: fxgraph/xx/key/entry); deeper ones are not taken: a run could nest folders
+# past Python's recursion limit, which every later run's walk of the shared cache would then fail on.
+MAX_DEPTH = 8
 EVALUATOR = "evaluator-compile"  # under the cache root: the evaluators' own caches
 LIMIT_ENV = "AUTORESEARCH_COMPILE_CACHE_GB"  # what the compile caches may hold together, in GB (10^9 bytes)
 DEFAULT_LIMIT_GB = 20.0  # ~300 kept model shapes of the h100 preset on an H200 (~60 MB each)
@@ -123,7 +127,8 @@ def fill(box: Path) -> None:
 def harvest(box: Path, staged: Path) -> str:
     """Move what the run compiled (the files of its layer that are not links to the shared cache) to `staged`; its
     `digest`, which the evaluator seals into the run's result."""
-    shutil.rmtree(staged, ignore_errors=True)  # left by an earlier attempt of the same run
+    with contextlib.suppress(OSError):  # left by an earlier attempt of the same run
+        remove_tree(staged)
     # The run may have replaced its layer, or a compiler's directory in it, by a link: followed, it would lead to
     # files of the user's (a key, the validation shard), moved here and on into the shared cache.
     if _per_run() or (box / LAYER).is_symlink():
@@ -175,7 +180,8 @@ def settle(staged: Iterable[Path], keep: bool) -> int:
             vouched = _vouched.pop(str(run.absolute()), "")
         if keep and vouched:
             added += _add(run, vouched)
-        shutil.rmtree(run, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(run)
     return added
 
 
@@ -203,7 +209,8 @@ def _add(run: Path, vouched: str) -> int:
                 added += 1
         return added
     finally:
-        shutil.rmtree(private, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(private)
 
 
 def _copy_own(run: Path, private: Path) -> bool:
@@ -343,8 +350,8 @@ def _link_tree(shared: Path, top: Path) -> None:
 
 
 def _own_files(top: Path) -> list[str]:
-    """The regular files under `top` (links, lock files and anything else are not followed or taken), relative
-    to it; none if `top` itself is a link."""
+    """The regular files under `top`, at most MAX_DEPTH folders down (links, lock files and anything else are not
+    followed or taken), relative to it; none if `top` itself is a link."""
     found = []
     if os.path.islink(top):
         return found
@@ -353,5 +360,7 @@ def _own_files(top: Path) -> list[str]:
             path = os.path.join(directory, name)
             if not name.endswith(LOCK) and not os.path.islink(path) and os.path.isfile(path):
                 found.append(os.path.relpath(path, top))
-        subdirs[:] = [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
+        rel = os.path.relpath(directory, top)
+        deep = rel != "." and rel.count(os.sep) + 1 >= MAX_DEPTH
+        subdirs[:] = [] if deep else [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
     return found

@@ -44,6 +44,7 @@ from autoresearch.loop.reporter import Reporter
 from autoresearch.loop.settings import APPARATUS_HINT, LoopConfig, LoopError
 from autoresearch.loop.watch import Verdict, Watch
 from autoresearch.vocabulary import IN_FLIGHT, Kind, RunEnd, Status
+from autoresearch.workspace import quarantine
 from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.workspace import TRAIN_PY, Workspace, too_large
 
@@ -331,7 +332,7 @@ class ResearchLoop(Asking, Recovery):
             return Watch(
                 self.git,
                 self.ledger,
-                self.ws.state / "quarantine",
+                self.ws.state / quarantine.FOLDER,
                 train_py,
                 human=run,
                 agent=not run,
@@ -345,6 +346,11 @@ class ResearchLoop(Asking, Recovery):
         if watch is None:
             return Verdict()
         verdict = watch.check()
+        if verdict.pruned:
+            self.reporter.message(
+                f"the quarantine keeps at most {quarantine.limit_bytes() / 1e9:g} GB ({quarantine.LIMIT_ENV}): "
+                f"emptied its {len(verdict.pruned)} oldest folders (a person's program.md and prompts stay)"
+            )
         if watch.agent and (planted := self.ws.state / HELD_EDIT).exists():  # no `try` asks an agent
             watch.quarantine.mkdir(parents=True, exist_ok=True)
             planted.replace(watch.quarantine / HELD_EDIT)

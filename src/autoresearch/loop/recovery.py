@@ -27,11 +27,13 @@ from autoresearch.loop import activity
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import APPARATUS_HINT, CONFINEMENT_HINT, SETUP_HINT, LoopError
-from autoresearch.loop.watch import fresh_folder, put_back_left
+from autoresearch.loop.watch import put_back_left
 from autoresearch.orphans import reap, remove_left_boxes
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.disk import disk_full_is_an_error
+from autoresearch.workspace.quarantine import FOLDER as QUARANTINE
+from autoresearch.workspace.quarantine import fresh_folder
 from autoresearch.workspace.workspace import TRAIN_PY, TrainPyUnreadable, Workspace
 
 MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
@@ -351,7 +353,7 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
     if not kept.exists():
         return
     try:  # a folder of its own: two starts may recover in one second
-        quarantine = fresh_folder(ws.state / "quarantine", time.strftime("%Y%m%d-%H%M%S"))
+        quarantine = fresh_folder(ws.state / QUARANTINE, time.strftime("%Y%m%d-%H%M%S"))
     except OSError as exc:
         raise LoopError(
             f"the loop was stopped during an agent's turn, and what it left cannot be put aside: {exc}",

@@ -16,18 +16,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import autoresearch
-from autoresearch.files import clear
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.ledger import Ledger
 from autoresearch.workspace import integrity
 from autoresearch.workspace.contents import content_id
 from autoresearch.workspace.git import Git
+from autoresearch.workspace.quarantine import fresh_folder, limit_bytes, prune
 from autoresearch.workspace.workspace import TRAIN_PY
 
 # Each package file's SHA-256 by its signature (path, inode, size, mtime_ns, ctime_ns): a file whose signature holds
@@ -62,6 +61,7 @@ class Verdict:
     package_changed: bool = False  # the installed package itself: cannot be put back
     environment: list[str] = field(default_factory=list)  # what changed where runs read Python, or PATH: environment.py
     quarantine: str | None = None  # where what was moved away lies, relative to the workspace, if anything was
+    pruned: list[str] = field(default_factory=list)  # the quarantine's oldest folders, emptied to stay in its bound
 
     def reason(self) -> str | None:
         if self.package_changed:
@@ -159,20 +159,12 @@ class Watch:
             verdict.environment = self.environment.changes(self.environment_start)
         if any(self.quarantine.iterdir()):
             verdict.quarantine = os.path.relpath(self.quarantine, self.ledger.workspace)
+            verdict.pruned = prune(self.quarantines, self.quarantine, limit_bytes())
         else:  # nothing put aside: no folder left for it
             self.quarantine.rmdir()
             with contextlib.suppress(OSError):  # others there
                 self.quarantines.rmdir()
         return verdict
-
-
-def fresh_folder(parent: Path, prefix: str) -> Path:
-    """A new, empty folder in `parent` for what a step left: never one the step made (with a link in it to send
-    what is put aside into .git, say). `parent` itself is made a folder again if the step made it a link."""
-    if parent.is_symlink() or (os.path.lexists(parent) and not parent.is_dir()):  # a FIFO or a file, say
-        clear(parent)
-    parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=parent))
 
 
 def put_back_left(git: Git, quarantine: Path, kept: Path) -> tuple[list[str], str | None] | None:

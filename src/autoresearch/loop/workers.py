@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from autoresearch.evaluator.cores import (
     usable_cores,
 )
 from autoresearch.evaluator.gpu_nodes import gpu_models, nvidia_gpus
+from autoresearch.files import remove_tree
 from autoresearch.loop.executor import Executor, LocalExecutor, Outcome, RunSpec
 from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.git import Git, GitError
@@ -245,7 +245,8 @@ def make_worktree(git: Git, path: Path, commit: str) -> Path:
     """A worker's worktree at `commit`, detached, made afresh (what a killed loop left there is gone)."""
     if path.exists():
         git("worktree", "remove", "--force", str(path), check=False)
-        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(path)
     git("worktree", "prune")
     git("worktree", "add", "--quiet", "--detach", "--force", str(path), commit)
     return path
@@ -259,7 +260,8 @@ def remove_worktrees(git: Git, state: Path) -> None:
         return
     for path in folder.iterdir():
         git("worktree", "remove", "--force", str(path), check=False)
-    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        remove_tree(folder)
     git("worktree", "prune", check=False)
 
 

@@ -1,0 +1,119 @@
+"""The quarantine: where what a run or an agent's turn changed, and the loop put back, is kept for a person to see
+(.autoresearch/quarantine/, a folder per step, named by the time it was made), and how much it may hold.
+
+A turn can leave gigabytes at every step, which would pile up there all night until the disk was full. So after each
+step the folders together are held to $AUTORESEARCH_QUARANTINE_GB (`prune`): the oldest go first, never the one just
+filled. Of a folder that goes, a person's own text stays: program.md or a prompt edited during a run, put back, whose
+edit the loop said it kept there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from autoresearch.errors import ConfigError
+from autoresearch.files import clear, entries, remove_tree
+from autoresearch.workspace.integrity import PROMPTS, is_human
+
+FOLDER = "quarantine"  # in the workspace's private state
+LIMIT_ENV = "AUTORESEARCH_QUARANTINE_GB"  # what the quarantine may hold, in GB (10^9 bytes)
+DEFAULT_LIMIT_GB = 2.0
+PERSON_BYTES = 1 << 20  # a person's program.md or prompt is text far smaller than this; a larger one is not theirs
+
+_sizes: dict[tuple[str, int, int], int] = {}  # a step's folder's disk use, by (path, inode, mtime_ns): filled once
+
+
+def limit_bytes() -> int:
+    """What the quarantine may hold ($AUTORESEARCH_QUARANTINE_GB); ConfigError for a value that is not a size."""
+    raw = os.environ.get(LIMIT_ENV, "").strip()
+    try:
+        gb = float(raw) if raw else DEFAULT_LIMIT_GB
+    except ValueError:
+        gb = math.nan
+    if not 0 <= gb < math.inf:
+        raise ConfigError(
+            f"{LIMIT_ENV} takes a size in GB (got {raw!r})",
+            hint=f"e.g. {LIMIT_ENV}=10; unset, the quarantine keeps {DEFAULT_LIMIT_GB:g} GB",
+        )
+    return int(gb * 1e9)
+
+
+def fresh_folder(parent: Path, prefix: str) -> Path:
+    """A new, empty folder in `parent` for what a step left: never one the step made (with a link in it to send
+    what is put aside into .git, say). `parent` itself is made a folder again if the step made it a link."""
+    if parent.is_symlink() or (os.path.lexists(parent) and not parent.is_dir()):  # a FIFO or a file, say
+        clear(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=parent))
+
+
+def prune(parent: Path, newest: Path, limit: int) -> list[str]:
+    """Empty the oldest step folders in `parent` but `newest` until all of them use at most `limit` bytes of disk,
+    keeping a person's text in each; the names of the folders emptied."""
+    folders = sorted(p for p in _folders(parent) if p != newest)
+    for key in [key for key in _sizes if Path(key[0]) not in folders]:
+        del _sizes[key]
+    used = sum(_used(p) for p in [*folders, newest])
+    emptied = []
+    for folder in folders:
+        if used <= limit:
+            break
+        before = _used(folder)
+        try:
+            _empty_but_persons(folder)
+        except OSError:  # not the loop's to remove (another user's): left as it is
+            continue
+        if (after := _used(folder)) < before:
+            used -= before - after
+            emptied.append(folder.name)
+    return emptied
+
+
+def _folders(parent: Path) -> list[Path]:
+    try:
+        with os.scandir(parent) as listing:
+            return [Path(e.path) for e in listing if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _used(folder: Path) -> int:
+    """The disk `folder` uses, its files' blocks (a sparse file counts what it holds, not its length)."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return 0
+    key = (str(folder), st.st_ino, st.st_mtime_ns)
+    if key not in _sizes:
+        used = st.st_blocks * 512
+        for _, entry in entries(folder):
+            with contextlib.suppress(OSError):
+                used += entry.stat(follow_symlinks=False).st_blocks * 512
+        _sizes[key] = used
+    return _sizes[key]
+
+
+def _empty_but_persons(folder: Path, prefix: str = "") -> bool:
+    """Remove all `folder` holds but a person's text (program.md and prompts/*.md as small regular files: an edit of
+    theirs set aside during a run), and the folder itself where nothing is left; whether anything was kept."""
+    kept = False
+    for entry in _listing(folder):
+        rel = prefix + entry.name
+        if rel == PROMPTS and entry.is_dir(follow_symlinks=False):
+            kept = _empty_but_persons(Path(entry.path), f"{PROMPTS}/") or kept
+        elif is_human(rel) and entry.is_file(follow_symlinks=False) and entry.stat().st_size <= PERSON_BYTES:
+            kept = True
+        else:
+            clear(Path(entry.path))
+    if not kept:
+        remove_tree(folder)
+    return kept
+
+
+def _listing(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as listing:
+        return list(listing)
