@@ -225,6 +225,19 @@ def test_a_kernel_that_cannot_fence_the_agent_is_a_warning(tmp_path: Path, monke
     assert checked(TuneAgent(), tmp_path) == []
 
 
+def test_a_kernel_that_cannot_set_up_a_turns_fence_is_fatal_before_anything_trains(tmp_path: Path, monkeypatch):
+    """A kernel without seccomp filtering fails every turn's fence (exit 126), which the first turn found only after
+    the baseline had trained: the preflight runs the fence once, and here (where it can be set up) passes."""
+    assert fence.fails_here(os.environ) is None
+    assert checked(CommandAgent("true"), tmp_path) == []
+    said = "autoresearch: could not fence the agent's turn: [Errno 22] Invalid argument"
+    monkeypatch.setattr(fence, "launcher", lambda env: ["sh", "-c", f"echo {shlex.quote(said)} >&2; exit 126", "sh"])
+    with pytest.raises(ProposalError, match="cannot be fenced on this machine: autoresearch: could not fence") as err:
+        checked(CommandAgent("true"), tmp_path)
+    assert err.value.fatal and "seccomp" in err.value.hint
+    assert checked(TuneAgent(), tmp_path) == []  # no shell, no fence
+
+
 # -- in the loop --------------------------------------------------------------------------------------
 
 

@@ -104,8 +104,8 @@ def has_shell(agent: Agent) -> bool:
 def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> None:
     """Run `agent.preflight` if the agent has one: its warnings go to `warn`, a fatal error propagates
     (an AutoresearchError: the command line prints it and exits 2). For an agent with a shell: the ports
-    AUTORESEARCH_AGENT_PORTS lists, the folders AUTORESEARCH_AGENT_WRITABLE does, and a warning where this kernel
-    cannot fence its connections (agents/fence.py) or give it temporary folders of its own (agents/namespace.py)."""
+    AUTORESEARCH_AGENT_PORTS lists, the folders AUTORESEARCH_AGENT_WRITABLE does, that its turns' fence can be set up
+    (fatal where not), and a warning where this kernel cannot fence its connections (agents/fence.py) or give it temporary folders of its own (agents/namespace.py)."""
     if has_shell(agent):
         from autoresearch.agents import namespace  # not at the top: it imports the Ray executor, which imports this
 
@@ -115,6 +115,13 @@ def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> Non
         except ValueError as err:
             hint = f"e.g. {fence.PORTS_ENV}=8000,11434, {namespace.WRITABLE_ENV}=~/.gemini:~/.local/share/opencode"
             raise ProposalError(str(err), hint=hint, fatal=True) from None
+        if (why := fence.fails_here(os.environ)) is not None:
+            raise ProposalError(
+                f"an agent with a shell cannot be fenced on this machine: {why}",
+                hint="its turns need a kernel with seccomp filtering (every mainstream Linux has it; WSL1 has not): "
+                "use WSL2 or another machine, or an agent without a shell (anthropic, openai, tune)",
+                fatal=True,
+            )
         if (why := fence.unavailable_reason()) is not None:
             warn(
                 f"warning: the agent's connections cannot be fenced ({why}): a server of yours on this machine that "

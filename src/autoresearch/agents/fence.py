@@ -181,6 +181,24 @@ def launcher(env: Mapping[str, str]) -> list[str]:
     return [sys.executable, "-I", "-S", os.path.abspath(__file__), ports or "-", cpus or "-", cap or "-", "--"]
 
 
+def fails_here(env: Mapping[str, str]) -> str | None:
+    """None where a turn's fence can be set up on this machine; else what it said. Run once before a loop starts: a
+    kernel without seccomp filtering (WSL1's, one built without CONFIG_SECCOMP_FILTER) fails every turn's, and the
+    first turn would find that only after the baseline had trained."""
+    import subprocess  # not at the top: this file also runs alone (`main`), where it needs none
+
+    words = launcher(env)
+    if not words:
+        return None
+    try:
+        done = subprocess.run(
+            [*words, sys.executable, "-I", "-S", "-c", ""], capture_output=True, text=True, timeout=60, env=dict(env)
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return str(err)
+    return None if done.returncode == 0 else (done.stderr.strip() or f"exit status {done.returncode}")[-500:]
+
+
 def restrict(ports: list[int] | None, cpus: list[int] | None = None, tasks: int = 0) -> None:
     """Restrict this process, and all it starts from now on, for good: TCP connections to `ports` only, and where the
     kernel can, abstract sockets and signals to what it starts (None: connections unrestricted); pinned to `cpus`,
