@@ -636,11 +636,13 @@ def test_an_agents_turn_that_holds_more_than_its_memory_is_killed_for_it_and_the
     assert exp.status == Status.KEEP, exp.reason
 
 
-def test_a_folder_nested_deep_in_git_neither_stops_this_start_nor_the_next(workspace, tmp_path):
-    """BROKE, fixed: the loop listed what a turn left in .git with `rglob`, which recursed: a folder nested 1,100 deep
-    there raised RecursionError out of the loop, at that start and at every later one (red team)."""
+@pytest.mark.parametrize("where", [".git", ".git/refs/autoresearch"])
+def test_a_folder_nested_deep_in_git_neither_stops_this_start_nor_the_next(workspace, tmp_path, where: str):
+    """BROKE, fixed: the loop listed what a turn left in .git with `rglob`, and counted the loose refs under
+    refs/autoresearch with `os.walk` after each verdict, both recursive: a folder nested 1,100 deep there raised
+    RecursionError out of the loop, at that start and at every later one (red teams)."""
     try:
-        deep = "mkdir -p .git/$(printf 'deep/%.0s' $(seq 1100))"
+        deep = f"mkdir -p {where}/$(printf 'd/%.0s' $(seq 1100))"  # short names: a path past PATH_MAX stops os.walk
         exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{deep}\necho LR 0.2")
         assert exp.status == Status.KEEP, exp.reason
         exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.3)}\necho LR 0.3")  # a new start, the same workspace

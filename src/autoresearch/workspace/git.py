@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.files import program_path
+from autoresearch.files import entries, program_path
 from autoresearch.workspace.disk import GIT_FULL_MESSAGES, DiskFullError
 
 IDENTITY = ("-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost")
@@ -313,7 +313,9 @@ class Git:
         its loose file is deleted, and packs are merged so that there are few (`--geometric`). Only where no run or
         agent's turn is watched: a new pack found after one is taken away (workspace/objects.py). Whether it packed."""
         refs = self.git_dir / "refs" / "autoresearch"
-        loose_refs = sum(len(files) for _, _, files in os.walk(refs)) if refs.is_dir() else 0
+        # Walked without recursion (`files.entries`): a turn nested 1,100 empty folders there, and os.walk's
+        # RecursionError stopped the loop at every verdict after it, at every later start too (red team).
+        loose_refs = sum(1 for _, entry in entries(refs) if not entry.is_dir(follow_symlinks=False))
         if self.loose_objects() < LOOSE_OBJECTS_MAX and loose_refs < LOOSE_REFS_MAX:
             return False
         try:
