@@ -105,7 +105,8 @@ def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> Non
     """Run `agent.preflight` if the agent has one: its warnings go to `warn`, a fatal error propagates
     (an AutoresearchError: the command line prints it and exits 2). For an agent with a shell: the ports
     AUTORESEARCH_AGENT_PORTS lists, the folders AUTORESEARCH_AGENT_WRITABLE does, that its turns' fence can be set up
-    (fatal where not), and a warning where this kernel cannot fence its connections (agents/fence.py) or give it temporary folders of its own (agents/namespace.py)."""
+    (fatal where not), and a warning where this kernel cannot fence its connections (agents/fence.py) or give it
+    temporary folders of its own (agents/namespace.py)."""
     if has_shell(agent):
         from autoresearch.agents import namespace  # not at the top: it imports the Ray executor, which imports this
 

@@ -26,7 +26,7 @@ from autoresearch.loop.ledger import Ledger
 from autoresearch.workspace import integrity
 from autoresearch.workspace.contents import content_id
 from autoresearch.workspace.git import Git
-from autoresearch.workspace.quarantine import fresh_folder, limit_bytes, prune
+from autoresearch.workspace.quarantine import YOURS, fresh_folder, limit_bytes, prune
 from autoresearch.workspace.workspace import TRAIN_PY
 
 # Each package file's SHA-256 by its signature (path, inode, size, mtime_ns, ctime_ns): a file whose signature holds
@@ -158,6 +158,8 @@ class Watch:
         if self.environment is not None and self.environment_start is not None:
             verdict.environment = self.environment.changes(self.environment_start)
         if any(self.quarantine.iterdir()):
+            if found.human:  # named so: of this folder, the person's edit stays (workspace/quarantine.py)
+                self.quarantine = self.quarantine.rename(self.quarantine.with_name(self.quarantine.name + YOURS))
             verdict.quarantine = os.path.relpath(self.quarantine, self.ledger.workspace)
             verdict.pruned = prune(self.quarantines, self.quarantine, limit_bytes())
         else:  # nothing put aside: no folder left for it

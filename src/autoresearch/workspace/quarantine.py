@@ -3,26 +3,27 @@
 
 A turn can leave gigabytes at every step, which would pile up there all night until the disk was full. So after each
 step the folders together are held to $AUTORESEARCH_QUARANTINE_GB (`prune`): the oldest go first, never the one just
-filled. Of a folder that goes, a person's own text stays: program.md or a prompt edited during a run, put back, whose
-edit the loop said it kept there.
+filled. A folder that holds a person's edit (program.md or a prompt edited during a run, put back: the loop said it
+kept the edit there) is named so (`YOURS`), and of it the person's text stays. Neither a run nor a turn can name a
+folder there.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import tempfile
 from pathlib import Path
 
 from autoresearch.errors import ConfigError
-from autoresearch.files import clear, entries, remove_tree
+from autoresearch.files import clear, disk_use, remove_tree
 from autoresearch.workspace.integrity import PROMPTS, is_human
+from autoresearch.workspace.workspace import MAX_PROGRAM_BYTES
 
 FOLDER = "quarantine"  # in the workspace's private state
 LIMIT_ENV = "AUTORESEARCH_QUARANTINE_GB"  # what the quarantine may hold, in GB (10^9 bytes)
 DEFAULT_LIMIT_GB = 2.0
-PERSON_BYTES = 1 << 20  # a person's program.md or prompt is text far smaller than this; a larger one is not theirs
+YOURS = "-yours"  # ends the name of a folder that holds a person's edit
 
 _sizes: dict[tuple[str, int, int], int] = {}  # a step's folder's disk use, by (path, inode, mtime_ns): filled once
 
@@ -53,7 +54,7 @@ def fresh_folder(parent: Path, prefix: str) -> Path:
 
 def prune(parent: Path, newest: Path, limit: int) -> list[str]:
     """Empty the oldest step folders in `parent` but `newest` until all of them use at most `limit` bytes of disk,
-    keeping a person's text in each; the names of the folders emptied."""
+    keeping a person's text (`_empty`); the names of the folders emptied."""
     folders = sorted(p for p in _folders(parent) if p != newest)
     for key in [key for key in _sizes if Path(key[0]) not in folders]:
         del _sizes[key]
@@ -64,7 +65,7 @@ def prune(parent: Path, newest: Path, limit: int) -> list[str]:
             break
         before = _used(folder)
         try:
-            _empty_but_persons(folder)
+            _empty(folder)
         except OSError:  # not the loop's to remove (another user's): left as it is
             continue
         if (after := _used(folder)) < before:
@@ -82,30 +83,35 @@ def _folders(parent: Path) -> list[Path]:
 
 
 def _used(folder: Path) -> int:
-    """The disk `folder` uses, its files' blocks (a sparse file counts what it holds, not its length)."""
+    """The disk `folder` uses (files.disk_use), once for each of its states."""
     try:
         st = folder.stat()
     except OSError:
         return 0
     key = (str(folder), st.st_ino, st.st_mtime_ns)
     if key not in _sizes:
-        used = st.st_blocks * 512
-        for _, entry in entries(folder):
-            with contextlib.suppress(OSError):
-                used += entry.stat(follow_symlinks=False).st_blocks * 512
-        _sizes[key] = used
+        _sizes[key] = disk_use(folder)
     return _sizes[key]
 
 
+def _empty(folder: Path) -> None:
+    """Remove `folder` and all it holds, but for a person's text in one named YOURS: program.md and prompts/*.md, as
+    regular files no larger than a program.md may be."""
+    if folder.name.endswith(YOURS):
+        _empty_but_persons(folder)
+    else:
+        remove_tree(folder)
+
+
 def _empty_but_persons(folder: Path, prefix: str = "") -> bool:
-    """Remove all `folder` holds but a person's text (program.md and prompts/*.md as small regular files: an edit of
-    theirs set aside during a run), and the folder itself where nothing is left; whether anything was kept."""
+    """Remove all `folder` holds but a person's text, and the folder itself where nothing is left; whether anything
+    was kept."""
     kept = False
     for entry in _listing(folder):
         rel = prefix + entry.name
         if rel == PROMPTS and entry.is_dir(follow_symlinks=False):
             kept = _empty_but_persons(Path(entry.path), f"{PROMPTS}/") or kept
-        elif is_human(rel) and entry.is_file(follow_symlinks=False) and entry.stat().st_size <= PERSON_BYTES:
+        elif is_human(rel) and entry.is_file(follow_symlinks=False) and entry.stat().st_size <= MAX_PROGRAM_BYTES:
             kept = True
         else:
             clear(Path(entry.path))
