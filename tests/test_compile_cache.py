@@ -141,7 +141,7 @@ def test_files_an_agent_adds_to_a_kept_runs_staged_output_do_not_reach_the_share
     assert not (shared["TRITON_CACHE_DIR"] / "kernel.cubin").exists()
 
 
-def test_links_and_oversized_output_are_not_taken(
+def test_links_and_oversized_output_or_too_many_files_are_not_taken(
     shared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     box, staged = tmp_path / "box", tmp_path / "staged"
@@ -159,6 +159,18 @@ def test_links_and_oversized_output_are_not_taken(
     compile_cache.vouch(staged, compile_cache.harvest(box, staged))
     assert compile_cache.settle([staged], keep=True) == 0
     assert not (shared["TORCHINDUCTOR_CACHE_DIR"] / "big").exists()
+    (inductor / "big").unlink()
+
+    # Empty files, no bytes: over MAX_STAGED_FILES none is taken (a kept run's 100,000 slowed every later run).
+    monkeypatch.setattr(compile_cache, "MAX_STAGED_FILES", 3)
+    for n in range(4):
+        (inductor / f"empty{n}").touch()
+    compile_cache.vouch(staged, compile_cache.harvest(box, staged))
+    assert compile_cache.settle([staged], keep=True) == 0
+    assert not list(shared["TORCHINDUCTOR_CACHE_DIR"].glob("empty*"))
+    (inductor / "empty3").unlink()  # three: taken
+    compile_cache.vouch(staged, compile_cache.harvest(box, staged))
+    assert compile_cache.settle([staged], keep=True) == 3
 
 
 def test_lock_files_are_neither_taken_nor_linked(shared: dict[str, Path], tmp_path: Path) -> None:

@@ -57,6 +57,9 @@ INSIDE = Path("/tmp/autoresearch-compile")  # where a confined run sees its laye
 # taken (filelock opens it without following links: ELOOP, and Inductor on the CPU failed the run).
 LOCK = ".lock"
 MAX_STAGED_BYTES = 2**30  # what one run may add; more is not kept (a run could fill the disk this way)
+# And in files: a kept model shape is ~1,500 (Triton's ~8 a kernel); empty files cost no bytes, and a kept run that left
+# 100,000 had every later run link and unlink them all (tens of seconds a run, red team).
+MAX_STAGED_FILES = 20_000
 # How deep a compiler's files lie (inductor: fxgraph/xx/key/entry); deeper ones are not taken: a run could nest folders
 # past Python's recursion limit, which every later run's walk of the shared cache would then fail on.
 MAX_DEPTH = 8
@@ -133,7 +136,9 @@ def harvest(box: Path, staged: Path) -> str:
     # files of the user's (a key, the validation shard), moved here and on into the shared cache.
     if _per_run() or (box / LAYER).is_symlink():
         return ""
-    found = [(sub, rel) for sub in CACHES.values() for rel in _own_files(box / LAYER / sub)]
+    found = [(sub, rel) for sub in CACHES.values() for rel in _own_files(box / LAYER / sub, MAX_STAGED_FILES)]
+    if len(found) > MAX_STAGED_FILES:
+        return ""
     size = sum((box / LAYER / sub / rel).stat().st_size for sub, rel in found)
     if size > MAX_STAGED_BYTES:
         return ""
@@ -217,9 +222,12 @@ def _copy_own(run: Path, private: Path) -> bool:
     """Copy the regular files of `run`'s compilers' folders into `private`, neither following a link at the end of
     a path nor waiting on a FIFO, and no more than MAX_STAGED_BYTES in all; False where that was exceeded or a file
     could not be read (it changed meanwhile: nothing is taken)."""
-    budget = MAX_STAGED_BYTES
+    budget, files = MAX_STAGED_BYTES, MAX_STAGED_FILES
     for sub in CACHES.values():
-        for rel in _own_files(run / sub):
+        for rel in _own_files(run / sub, files):
+            files -= 1
+            if files < 0:
+                return False
             target = private / sub / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -349,9 +357,9 @@ def _link_tree(shared: Path, top: Path) -> None:
         subdirs[:] = [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
 
 
-def _own_files(top: Path) -> list[str]:
+def _own_files(top: Path, most: int | None = None) -> list[str]:
     """The regular files under `top`, at most MAX_DEPTH folders down (links, lock files and anything else are not
-    followed or taken), relative to it; none if `top` itself is a link."""
+    followed or taken), relative to it; none if `top` itself is a link. With `most`: no more than one past it."""
     found = []
     if os.path.islink(top):
         return found
@@ -360,6 +368,8 @@ def _own_files(top: Path) -> list[str]:
             path = os.path.join(directory, name)
             if not name.endswith(LOCK) and not os.path.islink(path) and os.path.isfile(path):
                 found.append(os.path.relpath(path, top))
+                if most is not None and len(found) > most:
+                    return found
         rel = os.path.relpath(directory, top)
         deep = rel != "." and rel.count(os.sep) + 1 >= MAX_DEPTH
         subdirs[:] = [] if deep else [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
