@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,83 +64,97 @@ def remove_tree(path: Path) -> None:
     """Remove the folder `path` and all it holds (nothing if it is not there), however a run or an agent made it:
     nested deeper than Python's recursion limit (`shutil.rmtree` recursed: a train.py that nested 1,500 folders in
     its box failed its evaluator, and the box stayed for every later start to fail on) or than a path can name,
-    folders made read-only or unreadable, links (removed, never followed). One folder is open at a time."""
-    try:
-        here = os.open(path, _FOLDER)
-    except FileNotFoundError:
+    folders made read-only or unreadable, links (removed, never followed)."""
+
+    def remove(folder: int, entry: os.DirEntry) -> bool:
+        if entry.is_dir(follow_symlinks=False):
+            return True
+        os.unlink(entry.name, dir_fd=folder)
+        return False
+
+    if not os.path.lexists(path):
         return
-    names: list[str] = []  # the folders from `path` down to `here`
-    try:
-        while True:
-            with contextlib.suppress(OSError):  # another user's: then removing what it holds fails below
-                os.fchmod(here, 0o700)
-            deeper = None
-            with os.scandir(here) as listing:
-                for entry in listing:
-                    if entry.is_dir(follow_symlinks=False):
-                        deeper = entry.name
-                        break
-                    os.unlink(entry.name, dir_fd=here)
-            if deeper is not None:
-                with contextlib.suppress(OSError):
-                    os.chmod(deeper, 0o700, dir_fd=here)
-                below = os.open(deeper, _FOLDER, dir_fd=here)
-                os.close(here)
-                here = below
-                names.append(deeper)
-                continue
-            if not names:
-                break
-            above = os.open("..", _FOLDER, dir_fd=here)
-            os.close(here)
-            here = above
-            os.rmdir(names.pop(), dir_fd=here)
-    finally:
-        os.close(here)
+    _walk(path, remove, lambda folder, name: os.rmdir(name, dir_fd=folder))
     os.rmdir(path)
 
 
 def disk_use(path: Path) -> int:
     """The disk the folder `path` and all it holds use, in bytes: their blocks (a sparse file counts what it holds).
-    Walked as `remove_tree` walks, one folder open at a time, each made its owner's to read: no depth and no mode
-    hides a file; 0 if nothing is there."""
+    Walked as `remove_tree` walks: no depth and no mode hides a file; 0 if nothing is there."""
+    used = 0
+
+    def count(_folder: int, entry: os.DirEntry) -> bool:
+        nonlocal used
+        with contextlib.suppress(OSError):
+            st = entry.stat(follow_symlinks=False)
+            used += st.st_blocks * 512
+            return stat.S_ISDIR(st.st_mode)
+        return False
+
     try:
-        here = os.open(path, _FOLDER)
-    except OSError:
+        used = os.lstat(path).st_blocks * 512
+        _walk(path, count, strict=False)
+    except OSError:  # not there, or not a folder
         return 0
-    used = os.fstat(here).st_blocks * 512
-    left: list[list[str]] = []  # for each folder from `path` down to `here`, those in it not yet walked
+    return used
+
+
+def _walk(
+    top: Path,
+    visit: Callable[[int, os.DirEntry], bool],
+    leave: Callable[[int, str], None] | None = None,
+    strict: bool = True,
+) -> None:
+    """Call `visit(folder, entry)` on every entry under the folder `top` (`folder`: a descriptor of the folder it is
+    in), walking into those it answers True for, and `leave(folder, name)` once a folder under `top` has been walked
+    (with its parent's descriptor). Each folder is listed once, in whole before any visit (what a visit removes does
+    not disturb the listing), and made its owner's to read and write; one is open at a time (a tree nested thousands
+    deep needs no more), and none is reached through a link. Without recursion, and without paths: a tree may be
+    nested past Python's recursion limit and past the longest path the system names. A folder that cannot be opened
+    raises OSError, or (not `strict`) is passed over."""
+    here = os.open(top, _FOLDER)
+    names: list[str] = []  # the folders from `top` down to `here`
+    left: list[list[str]] = []  # for each of them, the folders in it not yet walked
+    entered = True
     try:
-        entered = True
         while True:
             if entered:
-                left.append([])
+                with contextlib.suppress(OSError):  # another user's: reading or removing in it fails below
+                    os.fchmod(here, 0o700)
                 with os.scandir(here) as listing:
-                    for entry in listing:
-                        with contextlib.suppress(OSError):
-                            st = entry.stat(follow_symlinks=False)
-                            used += st.st_blocks * 512
-                            if stat.S_ISDIR(st.st_mode):
-                                left[-1].append(entry.name)
+                    found = list(listing)
+                left.append([entry.name for entry in found if visit(here, entry)])
             while not left[-1]:  # this folder walked: up to the nearest with folders left
                 left.pop()
-                if not left:
-                    return used
+                if not names:
+                    return
                 above = os.open("..", _FOLDER, dir_fd=here)
                 os.close(here)
                 here = above
+                name = names.pop()
+                if leave is not None:
+                    leave(here, name)
             name = left[-1].pop()
-            with contextlib.suppress(OSError):
-                os.chmod(name, 0o700, dir_fd=here)
             try:
-                below = os.open(name, _FOLDER, dir_fd=here)
-            except OSError:  # gone, or not the loop's to read
+                below = _open_folder(name, here)
+            except OSError:
+                if strict:
+                    raise
                 entered = False
                 continue
             os.close(here)
             here, entered = below, True
+            names.append(name)
     finally:
         os.close(here)
+
+
+def _open_folder(name: str, parent: int) -> int:
+    try:
+        return os.open(name, _FOLDER, dir_fd=parent)
+    except PermissionError:  # made unreadable: the owner's to make readable again
+        os.chmod(name, 0o700, dir_fd=parent)
+        return os.open(name, _FOLDER, dir_fd=parent)
 
 
 def make_folder(path: Path, within: Path) -> None:
