@@ -76,6 +76,29 @@ def test_what_lies_deeper_than_a_path_can_name_is_counted_and_emptied(tmp_path) 
     assert quarantine.prune(parent, newest, 11 * MB) == [deep.name] and not deep.exists()
 
 
+def test_a_hard_link_grown_after_it_was_set_aside_and_empty_files_count(tmp_path) -> None:
+    """BROKE, fixed (red team): a folder's size was kept from the first count, and a file set aside that was a hard
+    link to one the turn kept (in __pycache__/, which the loop leaves alone) grew through that name uncounted: 21 MB
+    under a 7 MB limit after 8 turns. And 200,000 empty files counted for nothing."""
+    parent = tmp_path / "quarantine"
+    stash = tmp_path / "stash"  # the turn's other name for it
+    stash.write_bytes(b"")
+    older = parent / "20261205-010000-a"
+    older.mkdir(parents=True)
+    os.link(stash, older / "litter")
+    second = newest = step_folder(parent, "20261205-020000-b", {"b.bin": 1000})
+    assert quarantine.prune(parent, newest, MB) == []
+    stash.write_bytes(os.urandom(2 * MB))
+    assert quarantine.prune(parent, newest, MB) == [older.name]
+
+    empty = parent / "20261205-030000-c"
+    empty.mkdir()
+    for n in range(1000):
+        (empty / str(n)).touch()
+    newest = step_folder(parent, "20261205-040000-d", {"d.bin": 1000})
+    assert quarantine.prune(parent, newest, 3 * MB) == [second.name, empty.name]  # 1,000 blocks at least: 4 MB
+
+
 def test_the_limit_is_read_from_the_environment_and_a_bad_one_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.delenv(quarantine.LIMIT_ENV, raising=False)
     assert quarantine.limit_bytes() == 2 * 10**9

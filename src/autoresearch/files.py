@@ -78,16 +78,17 @@ def remove_tree(path: Path) -> None:
     os.rmdir(path)
 
 
-def disk_use(path: Path) -> int:
-    """The disk the folder `path` and all it holds use, in bytes: their blocks (a sparse file counts what it holds).
-    Walked as `remove_tree` walks: no depth and no mode hides a file; 0 if nothing is there."""
+def disk_use(path: Path, least: int = 0) -> int:
+    """The disk the folder `path` and all it holds use, in bytes: their blocks (a sparse file counts what it holds),
+    each entry counted as `least` at least. Walked as `remove_tree` walks: no depth and no mode hides a file; 0 if
+    nothing is there."""
     used = 0
 
     def count(_folder: int, entry: os.DirEntry) -> bool:
         nonlocal used
         with contextlib.suppress(OSError):
             st = entry.stat(follow_symlinks=False)
-            used += st.st_blocks * 512
+            used += max(st.st_blocks * 512, least)
             return stat.S_ISDIR(st.st_mode)
         return False
 

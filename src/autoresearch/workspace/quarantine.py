@@ -25,7 +25,7 @@ LIMIT_ENV = "AUTORESEARCH_QUARANTINE_GB"  # what the quarantine may hold, in GB 
 DEFAULT_LIMIT_GB = 2.0
 YOURS = "-yours"  # ends the name of a folder that holds a person's edit
 
-_sizes: dict[tuple[str, int, int], int] = {}  # a step's folder's disk use, by (path, inode, mtime_ns): filled once
+BLOCK = 4096  # the least a file or folder is counted for
 
 
 def limit_bytes() -> int:
@@ -55,20 +55,19 @@ def fresh_folder(parent: Path, prefix: str) -> Path:
 def prune(parent: Path, newest: Path, limit: int) -> list[str]:
     """Empty the oldest step folders in `parent` but `newest` until all of them use at most `limit` bytes of disk,
     keeping a person's text (`_empty`); the names of the folders emptied."""
-    folders = sorted(p for p in _folders(parent) if p != newest)
-    for key in [key for key in _sizes if Path(key[0]) not in folders]:
-        del _sizes[key]
-    used = sum(_used(p) for p in [*folders, newest])
+    sizes = {p: _used(p) for p in sorted(_folders(parent))}
+    used = sum(sizes.values())
     emptied = []
-    for folder in folders:
+    for folder, before in sizes.items():
         if used <= limit:
             break
-        before = _used(folder)
+        if folder == newest:
+            continue
         try:
             _empty(folder)
         except OSError:  # not the loop's to remove (another user's): left as it is
             continue
-        if (after := _used(folder)) < before:
+        if (after := _used(folder)) < before:  # 0 where it is gone; a person's text where it stays
             used -= before - after
             emptied.append(folder.name)
     return emptied
@@ -83,15 +82,10 @@ def _folders(parent: Path) -> list[Path]:
 
 
 def _used(folder: Path) -> int:
-    """The disk `folder` uses (files.disk_use), once for each of its states."""
-    try:
-        st = folder.stat()
-    except OSError:
-        return 0
-    key = (str(folder), st.st_ino, st.st_mtime_ns)
-    if key not in _sizes:
-        _sizes[key] = disk_use(folder)
-    return _sizes[key]
+    """The disk `folder` uses, each file or folder in it counted as a block at least (its inode and its name: 200,000
+    empty files a turn left would otherwise count for nothing, and be sized again at every step). Sized afresh each
+    time: a file set aside can be a hard link that the turn goes on writing through another name (red team)."""
+    return disk_use(folder, least=BLOCK)
 
 
 def _empty(folder: Path) -> None:
