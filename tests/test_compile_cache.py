@@ -161,8 +161,10 @@ def test_links_and_oversized_output_or_too_many_files_are_not_taken(
     assert not (shared["TORCHINDUCTOR_CACHE_DIR"] / "big").exists()
     (inductor / "big").unlink()
 
-    # Empty files, no bytes: over MAX_STAGED_FILES none is taken (a kept run's 100,000 slowed every later run).
-    monkeypatch.setattr(compile_cache, "MAX_STAGED_FILES", 3)
+    # Empty files, no bytes: past MAX_STAGED_FILES files and folders (here fxgraph/ab/ too), none is taken (a kept
+    # run's 100,000 slowed every later run).
+    monkeypatch.setattr(compile_cache, "MAX_STAGED_FILES", 5)
+    monkeypatch.setattr(compile_cache, "MAX_STAGED_BYTES", 3 * compile_cache.BLOCK)  # an empty file counts a block
     for n in range(4):
         (inductor / f"empty{n}").touch()
     compile_cache.vouch(staged, compile_cache.harvest(box, staged))
@@ -370,7 +372,9 @@ def test_the_compile_caches_are_trimmed_oldest_first_to_their_limit_only_where_n
     shared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_evaluator
 ) -> None:
     """They grew without end: ~60 MB a kept model shape, a few GB a week of nights. An entry is a folder's files (a
-    Triton kernel's are one folder), as old as its newest file: a kernel read back yesterday is not the oldest."""
+    Triton kernel's are one folder), as old as its newest file: a kernel read back yesterday is not the oldest. Empty
+    files count too, as a block each, and the folders an entry leaves empty go with it (red team: a kept run's 20,000
+    files of one byte, each 8 folders down, took 740 MB of disk counted as 20 KB, and no trim took them)."""
     inductor, triton = shared["TORCHINDUCTOR_CACHE_DIR"], shared["TRITON_CACHE_DIR"]
     os.utime(inductor / "fxgraph" / "ab" / "entry", (time.time() - 5 * 86400,) * 2)  # 24 bytes, 5 days old
     kernel = [cached(triton / "k1" / "k1.cubin", 600, 9), cached(triton / "k1" / "k1.json", 100, 1)]
@@ -380,7 +384,8 @@ def test_the_compile_caches_are_trimmed_oldest_first_to_their_limit_only_where_n
     yours = cached(tmp_path / "yours" / "weights.pt", 5000, 20)  # a link in a cache leads there: never followed
     (triton / "k3").symlink_to(yours.parent)
     compile_cache.evaluator_dir().joinpath("triton").symlink_to(yours.parent)  # a whole cache made a link, too
-    monkeypatch.setenv(compile_cache.LIMIT_ENV, "0.000002")  # 2,000 bytes: 2,424 are there
+    # Each file counted as a block at least (4,096 bytes): 20,480 are there; past 13,000, the two oldest entries.
+    monkeypatch.setenv(compile_cache.LIMIT_ENV, "0.000013")
 
     other = os.open(compile_cache.evaluator_dir() / compile_cache.IN_USE, os.O_RDWR | os.O_CREAT)
     try:
@@ -392,8 +397,9 @@ def test_the_compile_caches_are_trimmed_oldest_first_to_their_limit_only_where_n
         os.close(compile_cache._held)
         compile_cache._held = None
 
-    assert compile_cache.in_use() == 24 + 800  # the two oldest entries, and no more than that
+    assert compile_cache.in_use() == 2 * compile_cache.BLOCK  # the two oldest entries, and no more than that
     assert not (inductor / "fxgraph" / "ab" / "entry").exists() and not evaluators.exists()
+    assert not (inductor / "fxgraph").exists() and not evaluators.parent.exists()  # the folders they left empty
     assert all(p.exists() for p in [*kernel, newest, lock, yours])
     # It marks them in use now: an evaluator started next finds it so, trims nothing, and goes on.
     monkeypatch.setenv(compile_cache.LIMIT_ENV, "0")

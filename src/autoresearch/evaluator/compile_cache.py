@@ -57,9 +57,10 @@ INSIDE = Path("/tmp/autoresearch-compile")  # where a confined run sees its laye
 # taken (filelock opens it without following links: ELOOP, and Inductor on the CPU failed the run).
 LOCK = ".lock"
 MAX_STAGED_BYTES = 2**30  # what one run may add; more is not kept (a run could fill the disk this way)
-# And in files: a kept model shape is ~1,500 (Triton's ~8 a kernel); empty files cost no bytes, and a kept run that left
-# 100,000 had every later run link and unlink them all (tens of seconds a run, red team).
+# And in files and folders: a kept model shape is ~1,500 files (Triton's ~8 a kernel); empty files cost no bytes, and a
+# kept run that left 100,000 had every later run link and unlink them all (tens of seconds a run, red team).
 MAX_STAGED_FILES = 20_000
+BLOCK = 4096  # the least a file is counted for, against MAX_STAGED_BYTES and the caches' limit
 # How deep a compiler's files lie (inductor: fxgraph/xx/key/entry); deeper ones are not taken: a run could nest folders
 # past Python's recursion limit, which every later run's walk of the shared cache would then fail on.
 MAX_DEPTH = 8
@@ -136,10 +137,12 @@ def harvest(box: Path, staged: Path) -> str:
     # files of the user's (a key, the validation shard), moved here and on into the shared cache.
     if _per_run() or (box / LAYER).is_symlink():
         return ""
-    found = [(sub, rel) for sub in CACHES.values() for rel in _own_files(box / LAYER / sub, MAX_STAGED_FILES)]
-    if len(found) > MAX_STAGED_FILES:
-        return ""
-    size = sum((box / LAYER / sub / rel).stat().st_size for sub, rel in found)
+    found: list[tuple[str, str]] = []
+    for sub in CACHES.values():
+        if (own := _own_files(box / LAYER / sub, MAX_STAGED_FILES - len(found))) is None:
+            return ""
+        found += [(sub, rel) for rel in own]
+    size = sum(max((box / LAYER / sub / rel).stat().st_size, BLOCK) for sub, rel in found)
     if size > MAX_STAGED_BYTES:
         return ""
     for sub, rel in found:
@@ -224,10 +227,10 @@ def _copy_own(run: Path, private: Path) -> bool:
     could not be read (it changed meanwhile: nothing is taken)."""
     budget, files = MAX_STAGED_BYTES, MAX_STAGED_FILES
     for sub in CACHES.values():
-        for rel in _own_files(run / sub, files):
-            files -= 1
-            if files < 0:
-                return False
+        if (own := _own_files(run / sub, files)) is None:
+            return False
+        files -= len(own)
+        for rel in own:
             target = private / sub / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -307,7 +310,8 @@ def in_use() -> int:
 
 def trim(limit: int) -> int:
     """Delete the oldest entries of Inductor's and Triton's caches, the shared ones and the evaluators', until they
-    hold no more than `limit` bytes together; the bytes deleted. An entry is a folder's files (a folder of Triton's is
+    hold no more than `limit` bytes together (a file counted as BLOCK at least), and the folders left empty; the bytes
+    deleted. An entry is a folder's files (a folder of Triton's is
     one kernel), its age that of its newest file. Only while no evaluator runs (`in_use`). Through folder descriptors
     (`os.fwalk`): a folder made a link meanwhile (where an agent can write the caches) leads nowhere."""
     tops = [str(p) for p in [*shared_dirs().values(), *(evaluator_dir() / sub for sub in CACHES.values())]]
@@ -322,7 +326,7 @@ def trim(limit: int) -> int:
                 except FileNotFoundError:
                     continue
                 if stat.S_ISREG(st.st_mode) and not name.endswith(LOCK):
-                    newest, size = max(newest, st.st_mtime), size + st.st_size
+                    newest, size = max(newest, st.st_mtime), size + max(st.st_size, BLOCK)
                     names.append(name)
             if names:
                 entries.append((newest, size, top, os.path.relpath(directory, top), names))
@@ -335,10 +339,13 @@ def trim(limit: int) -> int:
         doomed[top, under] = names
         freed += size
     for top in tops if doomed else []:
-        for directory, _, _, folder in os.fwalk(top):
+        for directory, subdirs, _, folder in os.fwalk(top, topdown=False):
             for name in doomed.get((top, os.path.relpath(directory, top)), []):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=folder)
+            for name in subdirs:  # emptied now (walked bottom up), or before: else it stays
+                with contextlib.suppress(OSError):
+                    os.rmdir(name, dir_fd=folder)
     return freed
 
 
@@ -357,20 +364,23 @@ def _link_tree(shared: Path, top: Path) -> None:
         subdirs[:] = [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
 
 
-def _own_files(top: Path, most: int | None = None) -> list[str]:
+def _own_files(top: Path, most: int | None = None) -> list[str] | None:
     """The regular files under `top`, at most MAX_DEPTH folders down (links, lock files and anything else are not
-    followed or taken), relative to it; none if `top` itself is a link. With `most`: no more than one past it."""
-    found = []
+    followed or taken), relative to it; none if `top` itself is a link. With `most`: None where the files and folders
+    there are more than that."""
+    found: list[str] = []
     if os.path.islink(top):
         return found
+    folders = 0
     for directory, subdirs, files in os.walk(top):
         for name in files:
             path = os.path.join(directory, name)
             if not name.endswith(LOCK) and not os.path.islink(path) and os.path.isfile(path):
                 found.append(os.path.relpath(path, top))
-                if most is not None and len(found) > most:
-                    return found
         rel = os.path.relpath(directory, top)
         deep = rel != "." and rel.count(os.sep) + 1 >= MAX_DEPTH
         subdirs[:] = [] if deep else [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
+        folders += len(subdirs)
+        if most is not None and len(found) + folders > most:
+            return None
     return found
