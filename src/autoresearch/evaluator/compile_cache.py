@@ -46,7 +46,7 @@ from pathlib import Path
 
 from autoresearch.config.paths import cache_root
 from autoresearch.errors import AutoresearchError, ConfigError
-from autoresearch.files import remove_tree
+from autoresearch.files import BLOCK, remove_tree
 
 MODE_ENV = "AUTORESEARCH_COMPILE_CACHE"  # "run": no shared cache; every run compiles from scratch
 CACHES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}  # variable -> subdirectory
@@ -60,7 +60,6 @@ MAX_STAGED_BYTES = 2**30  # what one run may add; more is not kept (a run could 
 # And in files and folders: a kept model shape is ~1,500 files (Triton's ~8 a kernel); empty files cost no bytes, and a
 # kept run that left 100,000 had every later run link and unlink them all (tens of seconds a run, red team).
 MAX_STAGED_FILES = 20_000
-BLOCK = 4096  # the least a file is counted for, against MAX_STAGED_BYTES and the caches' limit
 # How deep a compiler's files lie (inductor: fxgraph/xx/key/entry); deeper ones are not taken: a run could nest folders
 # past Python's recursion limit, which every later run's walk of the shared cache would then fail on.
 MAX_DEPTH = 8
@@ -310,10 +309,10 @@ def in_use() -> int:
 
 def trim(limit: int) -> int:
     """Delete the oldest entries of Inductor's and Triton's caches, the shared ones and the evaluators', until they
-    hold no more than `limit` bytes together (a file counted as BLOCK at least), and the folders left empty; the bytes
-    deleted. An entry is a folder's files (a folder of Triton's is
-    one kernel), its age that of its newest file. Only while no evaluator runs (`in_use`). Through folder descriptors
-    (`os.fwalk`): a folder made a link meanwhile (where an agent can write the caches) leads nowhere."""
+    hold no more than `limit` bytes together (a file counted as a BLOCK at least), and the folders left empty; the
+    bytes deleted. An entry is a folder's files (a folder of Triton's is one kernel), its age that of its newest
+    file. Only while no evaluator runs (`in_use`). Through folder descriptors (`os.fwalk`): a folder made a link
+    meanwhile (where an agent can write the caches) leads nowhere."""
     tops = [str(p) for p in [*shared_dirs().values(), *(evaluator_dir() / sub for sub in CACHES.values())]]
     tops = [top for top in tops if os.path.lexists(top)]  # (os.fwalk raises for a missing one)
     entries: list[tuple[float, int, str, str, list[str]]] = []  # age, bytes, top, folder under it, its files

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from autoresearch.errors import ConfigError
-from autoresearch.files import clear, disk_use, remove_tree
+from autoresearch.files import BLOCK, clear, disk_use, remove_tree
 from autoresearch.workspace.integrity import PROMPTS, is_human
 from autoresearch.workspace.workspace import MAX_PROGRAM_BYTES
 
@@ -24,8 +24,6 @@ FOLDER = "quarantine"  # in the workspace's private state
 LIMIT_ENV = "AUTORESEARCH_QUARANTINE_GB"  # what the quarantine may hold, in GB (10^9 bytes)
 DEFAULT_LIMIT_GB = 2.0
 YOURS = "-yours"  # ends the name of a folder that holds a person's edit
-
-BLOCK = 4096  # the least a file or folder is counted for
 
 
 def limit_bytes() -> int:
@@ -82,9 +80,8 @@ def _folders(parent: Path) -> list[Path]:
 
 
 def _used(folder: Path) -> int:
-    """The disk `folder` uses, each file or folder in it counted as a block at least (its inode and its name: 200,000
-    empty files a turn left would otherwise count for nothing, and be sized again at every step). Sized afresh each
-    time: a file set aside can be a hard link that the turn goes on writing through another name (red team)."""
+    """The disk `folder` uses, each file or folder in it counted as a BLOCK at least. Sized afresh each time: a file
+    set aside can be a hard link that the turn goes on writing through another name (red team)."""
     return disk_use(folder, least=BLOCK)
 
 
