@@ -21,6 +21,7 @@ from loop_support import (
 )
 
 from autoresearch.evaluator import compile_cache, memory
+from autoresearch.files import remove_tree
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
 from autoresearch.loop.scheduler import Scheduler
 from autoresearch.loop.workers import devices, make_workers
@@ -161,18 +162,38 @@ def test_links_and_oversized_output_or_too_many_files_are_not_taken(
     assert not (shared["TORCHINDUCTOR_CACHE_DIR"] / "big").exists()
     (inductor / "big").unlink()
 
-    # Empty files, no bytes: past MAX_STAGED_FILES files and folders (here fxgraph/ab/ too), none is taken (a kept
-    # run's 100,000 slowed every later run).
-    monkeypatch.setattr(compile_cache, "MAX_STAGED_FILES", 5)
+    # Empty files, no bytes: past MAX_STAGED_FILES files and the folders that hold them, none is taken (a kept run's
+    # 100,000 slowed every later run).
+    monkeypatch.setattr(compile_cache, "MAX_STAGED_FILES", 3)
     monkeypatch.setattr(compile_cache, "MAX_STAGED_BYTES", 3 * compile_cache.BLOCK)  # an empty file counts a block
-    for n in range(4):
+    for n in range(3):
         (inductor / f"empty{n}").touch()
+    (inductor / "a" / "b").mkdir(parents=True)
+    (inductor / "a" / "b" / "deep").touch()  # with its two folders: 6
     compile_cache.vouch(staged, compile_cache.harvest(box, staged))
     assert compile_cache.settle([staged], keep=True) == 0
     assert not list(shared["TORCHINDUCTOR_CACHE_DIR"].glob("empty*"))
-    (inductor / "empty3").unlink()  # three: taken
+    remove_tree(inductor / "a")  # three: taken
     compile_cache.vouch(staged, compile_cache.harvest(box, staged))
     assert compile_cache.settle([staged], keep=True) == 3
+
+
+def test_the_shared_caches_folders_a_run_sees_do_not_count_against_what_it_may_add(
+    shared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's layer holds a copy of every folder of the shared cache (one a Triton kernel): counted as the run's, a
+    few nights of honest kept runs brought every later run past the cap, and none added what it compiled (red team)."""
+    monkeypatch.setattr(compile_cache, "MAX_STAGED_FILES", 5)
+    for n in range(10):
+        cached(shared["TRITON_CACHE_DIR"] / f"kernel{n}" / "k.cubin", 10, 1)
+    box, staged = tmp_path / "box", tmp_path / "staged"
+    triton = layer_of(box)["TRITON_CACHE_DIR"]
+    assert len([p for p in triton.iterdir() if p.is_dir()]) == 10
+    (triton / "new" / "k.cubin").parent.mkdir()
+    (triton / "new" / "k.cubin").write_bytes(b"compiled")  # two: the file and its folder
+    compile_cache.vouch(staged, compile_cache.harvest(box, staged))
+    assert compile_cache.settle([staged], keep=True) == 1
+    assert (shared["TRITON_CACHE_DIR"] / "new" / "k.cubin").read_bytes() == b"compiled"
 
 
 def test_lock_files_are_neither_taken_nor_linked(shared: dict[str, Path], tmp_path: Path) -> None:

@@ -136,11 +136,9 @@ def harvest(box: Path, staged: Path) -> str:
     # files of the user's (a key, the validation shard), moved here and on into the shared cache.
     if _per_run() or (box / LAYER).is_symlink():
         return ""
-    found: list[tuple[str, str]] = []
-    for sub in CACHES.values():
-        if (own := _own_files(box / LAYER / sub, MAX_STAGED_FILES - len(found))) is None:
-            return ""
-        found += [(sub, rel) for rel in own]
+    found = _staged_files(box / LAYER)
+    if found is None:
+        return ""
     size = sum(max((box / LAYER / sub / rel).stat().st_size, BLOCK) for sub, rel in found)
     if size > MAX_STAGED_BYTES:
         return ""
@@ -211,8 +209,11 @@ def _add(run: Path, vouched: str) -> int:
                 target = top / rel
                 if target.exists() or target.is_symlink():
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(private / sub / rel, target)
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(private / sub / rel, target)
+                except FileNotFoundError:  # its folder just removed by another loop's trim, left empty: not added
+                    continue
                 added += 1
         return added
     finally:
@@ -224,26 +225,24 @@ def _copy_own(run: Path, private: Path) -> bool:
     """Copy the regular files of `run`'s compilers' folders into `private`, neither following a link at the end of
     a path nor waiting on a FIFO, and no more than MAX_STAGED_BYTES in all; False where that was exceeded or a file
     could not be read (it changed meanwhile: nothing is taken)."""
-    budget, files = MAX_STAGED_BYTES, MAX_STAGED_FILES
-    for sub in CACHES.values():
-        if (own := _own_files(run / sub, files)) is None:
+    budget = MAX_STAGED_BYTES
+    if (found := _staged_files(run)) is None:
+        return False
+    for sub, rel in found:
+        target = private / sub / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(run / sub / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
             return False
-        files -= len(own)
-        for rel in own:
-            target = private / sub / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(run / sub / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
+        with open(fd, "rb") as source, open(target, "xb") as copy:
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
                 return False
-            with open(fd, "rb") as source, open(target, "xb") as copy:
-                if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            while chunk := source.read(min(budget + 1, 1 << 20)):
+                budget -= len(chunk)
+                if budget < 0:
                     return False
-                while chunk := source.read(min(budget + 1, 1 << 20)):
-                    budget -= len(chunk)
-                    if budget < 0:
-                        return False
-                    copy.write(chunk)
+                copy.write(chunk)
     return True
 
 
@@ -363,23 +362,30 @@ def _link_tree(shared: Path, top: Path) -> None:
         subdirs[:] = [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
 
 
-def _own_files(top: Path, most: int | None = None) -> list[str] | None:
+def _staged_files(layer: Path) -> list[tuple[str, str]] | None:
+    """(compiler's folder, path under it) of the regular files `_own_files` finds in each compiler's folder of
+    `layer`; None where they and the folders that hold them come to more than MAX_STAGED_FILES together. Only the
+    folders that hold them: a run's layer holds a copy of every folder of the shared cache (`fill`), which a few
+    nights of honest runs bring past the cap (red team)."""
+    found = [(sub, rel) for sub in CACHES.values() for rel in _own_files(layer / sub, MAX_STAGED_FILES)]
+    folders = {(sub, str(parent)) for sub, rel in found for parent in Path(rel).parents if parent != Path(".")}
+    return None if len(found) + len(folders) > MAX_STAGED_FILES else found
+
+
+def _own_files(top: Path, most: int | None = None) -> list[str]:
     """The regular files under `top`, at most MAX_DEPTH folders down (links, lock files and anything else are not
-    followed or taken), relative to it; none if `top` itself is a link. With `most`: None where the files and folders
-    there are more than that."""
+    followed or taken), relative to it; none if `top` itself is a link. With `most`: no more than one past it."""
     found: list[str] = []
     if os.path.islink(top):
         return found
-    folders = 0
     for directory, subdirs, files in os.walk(top):
         for name in files:
             path = os.path.join(directory, name)
             if not name.endswith(LOCK) and not os.path.islink(path) and os.path.isfile(path):
                 found.append(os.path.relpath(path, top))
+                if most is not None and len(found) > most:
+                    return found
         rel = os.path.relpath(directory, top)
         deep = rel != "." and rel.count(os.sep) + 1 >= MAX_DEPTH
         subdirs[:] = [] if deep else [d for d in subdirs if not os.path.islink(os.path.join(directory, d))]
-        folders += len(subdirs)
-        if most is not None and len(found) + folders > most:
-            return None
     return found
