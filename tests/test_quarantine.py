@@ -11,6 +11,7 @@ import pytest
 from loop_support import FakeExecutor, agent_channel, constant, make_loop, one_edit
 from test_agent_turn import score
 
+from autoresearch import files
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.errors import AutoresearchError
 from autoresearch.workspace import quarantine
@@ -97,6 +98,27 @@ def test_a_hard_link_grown_after_it_was_set_aside_and_empty_files_count(tmp_path
         (empty / str(n)).touch()
     newest = step_folder(parent, "20261205-040000-d", {"d.bin": 1000})
     assert quarantine.prune(parent, newest, 3 * MB) == [second.name, empty.name]  # 1,000 blocks at least: 4 MB
+
+
+def test_a_folder_moved_while_it_is_removed_takes_nothing_outside_with_it(tmp_path, monkeypatch) -> None:
+    """Removal goes back up a tree through "..": a folder moved meanwhile (no run or turn still runs by then, but
+    should one) would lead it above the tree. It checks each ".." is the folder it came down from (red team)."""
+    top, elsewhere = tmp_path / "top", tmp_path / "elsewhere"
+    (top / "a" / "b").mkdir(parents=True)
+    (top / "a" / "b" / "f").touch()
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("not the tree's")
+    real_unlink = os.unlink
+
+    def unlink_then_move(path, *, dir_fd=None):
+        real_unlink(path, dir_fd=dir_fd)
+        if path == "f":  # as if a process moved the tree's folder away now
+            os.rename(top / "a", elsewhere / "a")
+
+    monkeypatch.setattr(os, "unlink", unlink_then_move)
+    with pytest.raises(OSError, match="changed while it was walked"):
+        files.remove_tree(top)
+    assert (elsewhere / "keep").read_text() == "not the tree's"
 
 
 def test_the_limit_is_read_from_the_environment_and_a_bad_one_is_a_clear_error(monkeypatch) -> None:

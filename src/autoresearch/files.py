@@ -115,10 +115,12 @@ def _walk(
     not disturb the listing), and made its owner's to read and write; one is open at a time (a tree nested thousands
     deep needs no more), and none is reached through a link. Without recursion, and without paths: a tree may be
     nested past Python's recursion limit and past the longest path the system names. A folder that cannot be opened
-    raises OSError, or (not `strict`) is passed over."""
+    raises OSError, or (not `strict`) is passed over. A folder moved while it is walked raises OSError too: its ".."
+    would lead outside `top`."""
     here = os.open(top, _FOLDER)
     names: list[str] = []  # the folders from `top` down to `here`
     left: list[list[str]] = []  # for each of them, the folders in it not yet walked
+    ids = [_identity(here)]  # and what each is: going up, ".." must be the folder come down from
     entered = True
     try:
         while True:
@@ -135,6 +137,9 @@ def _walk(
                 above = os.open("..", _FOLDER, dir_fd=here)
                 os.close(here)
                 here = above
+                ids.pop()
+                if _identity(here) != ids[-1]:  # moved meanwhile: what lies above is not the walk's
+                    raise OSError(errno.ESTALE, f"{top} changed while it was walked")
                 name = names.pop()
                 if leave is not None:
                     leave(here, name)
@@ -149,8 +154,14 @@ def _walk(
             os.close(here)
             here, entered = below, True
             names.append(name)
+            ids.append(_identity(here))
     finally:
         os.close(here)
+
+
+def _identity(folder: int) -> tuple[int, int]:
+    st = os.fstat(folder)
+    return st.st_dev, st.st_ino
 
 
 def _open_folder(name: str, parent: int) -> int:
