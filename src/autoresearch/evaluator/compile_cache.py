@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import math
 import os
 import shutil
 import stat
@@ -45,7 +44,8 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
 from autoresearch.config.paths import cache_root
-from autoresearch.errors import AutoresearchError, ConfigError
+from autoresearch.config.sizes import gigabytes
+from autoresearch.errors import AutoresearchError
 from autoresearch.files import BLOCK, remove_tree
 
 MODE_ENV = "AUTORESEARCH_COMPILE_CACHE"  # "run": no shared cache; every run compiles from scratch
@@ -265,17 +265,7 @@ def evaluator_caches(env: MutableMapping[str, str]) -> Path:
 def limit_bytes() -> int:
     """What the compile caches may hold together ($AUTORESEARCH_COMPILE_CACHE_GB); ConfigError for a value that is
     not a size."""
-    raw = os.environ.get(LIMIT_ENV, "").strip()
-    try:
-        gb = float(raw) if raw else DEFAULT_LIMIT_GB
-    except ValueError:
-        gb = math.nan
-    if not 0 <= gb < math.inf:
-        raise ConfigError(
-            f"{LIMIT_ENV} takes a size in GB (got {raw!r})",
-            hint=f"e.g. {LIMIT_ENV}=50; unset, the compile caches keep {DEFAULT_LIMIT_GB:g} GB",
-        )
-    return int(gb * 1e9)
+    return gigabytes(LIMIT_ENV, DEFAULT_LIMIT_GB, "the compile caches keep", 50)
 
 
 _held: int | None = None  # this process's descriptor of IN_USE, once `in_use` took it

@@ -10,12 +10,11 @@ folder there.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
 
-from autoresearch.errors import ConfigError
+from autoresearch.config.sizes import gigabytes
 from autoresearch.files import BLOCK, clear, disk_use, remove_tree
 from autoresearch.workspace.integrity import PROMPTS, is_human
 from autoresearch.workspace.workspace import MAX_PROGRAM_BYTES
@@ -28,17 +27,7 @@ YOURS = "-yours"  # ends the name of a folder that holds a person's edit
 
 def limit_bytes() -> int:
     """What the quarantine may hold ($AUTORESEARCH_QUARANTINE_GB); ConfigError for a value that is not a size."""
-    raw = os.environ.get(LIMIT_ENV, "").strip()
-    try:
-        gb = float(raw) if raw else DEFAULT_LIMIT_GB
-    except ValueError:
-        gb = math.nan
-    if not 0 <= gb < math.inf:
-        raise ConfigError(
-            f"{LIMIT_ENV} takes a size in GB (got {raw!r})",
-            hint=f"e.g. {LIMIT_ENV}=10; unset, the quarantine keeps {DEFAULT_LIMIT_GB:g} GB",
-        )
-    return int(gb * 1e9)
+    return gigabytes(LIMIT_ENV, DEFAULT_LIMIT_GB, "the quarantine keeps", 10)
 
 
 def fresh_folder(parent: Path, prefix: str) -> Path:
