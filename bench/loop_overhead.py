@@ -52,14 +52,29 @@ def tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+def tree_entries(path: Path) -> tuple[int, int]:
+    """(regular files, folders) under `path`: what the compile cache's cap on a run's files counts."""
+    files = folders = 0
+    for directory, subdirs, names in os.walk(path):
+        folders += len(subdirs)
+        files += sum(not os.path.islink(os.path.join(directory, n)) for n in names)
+    return files, folders
+
+
 def disk_use(work: Path) -> dict[str, int]:
-    """What the night has left so far: the compile caches (the evaluators' own, the shared one) and the state."""
+    """What the night has left so far: the compile caches (the evaluators' own, the shared one; bytes, then files
+    and folders of each compiler's folder) and the state."""
     root = cache_root()
+    counts = {}
+    for name, top in (("evaluator", root / compile_cache.EVALUATOR), ("shared", compile_cache.shared_root())):
+        for sub in sorted(p.name for p in top.iterdir() if p.is_dir()) if top.is_dir() else []:
+            counts[f"{name}_{sub}_files"], counts[f"{name}_{sub}_folders"] = tree_entries(top / sub)
     return {
         "evaluator_compile": tree_bytes(root / compile_cache.EVALUATOR),
         "shared_compile": tree_bytes(compile_cache.shared_root()),
         "state": tree_bytes(work / ".autoresearch"),
         "git": tree_bytes(work / ".git"),
+        **counts,
     }
 
 

@@ -66,20 +66,18 @@ def test_a_workspace_owned_by_another_user_and_trusted_in_the_users_git_config_s
         git_module.trusted_directories.cache_clear()
 
 
-def test_the_loops_commit_while_an_agents_turn_is_watched_starts_no_gc_that_would_lose_it(tmp_path: Path) -> None:
-    # With several workers the driver commits in a worker's worktree while an agent's turn is watched. Where the
-    # commit started git's automatic gc (more than 6,700 loose objects: a long night; here the repository's gc.auto,
-    # which an agent can also set during its turn), gc packed the commit's objects and deleted them; the check after
-    # the turn takes a new pack away, and with it the only copy of the commit the ledger names.
+def test_the_loops_commit_starts_no_gc_whatever_the_repository_says(tmp_path: Path) -> None:
+    # git's automatic gc (past 6,700 loose objects: a long night; here the repository's gc.auto, which an agent can
+    # set) would pack the commit's objects at a moment of git's choosing, and delete them loose. The loop packs them
+    # itself (`Git.pack`), between steps.
     git = repo(tmp_path / "ws")
     git("config", "gc.auto", "1")
     _loose_objects(git.git_dir, prefix="17", count=3)
     git("worktree", "add", "--detach", str(tmp_path / "worker"))
-    before = integrity.take(git, exclude=frozenset({"train.py"}))
     (tmp_path / "worker" / "train.py").write_text("LR = 0.2\n")
     commit = Git(tmp_path / "worker").commit("exp 2: LR 0.2", "train.py")
-    integrity.put_back(before, git, tmp_path / "quarantine", exclude=frozenset({"train.py"}), agent=True)
-    assert git("cat-file", "-t", commit).strip() == "commit"
+    assert (git.git_dir / "objects" / commit[:2] / commit[2:]).is_file()
+    assert not list((git.git_dir / "objects" / "pack").glob("*.pack"))
     git("fsck", "--strict")
 
 
@@ -97,20 +95,24 @@ def _loose_objects(git_dir: Path, prefix: str, count: int) -> None:
             return
 
 
-def test_a_gc_an_agent_runs_while_the_loop_commits_loses_none_of_the_loops_objects(tmp_path: Path) -> None:
-    # An agent's `git gc` (a tool may run it) during a turn of a loop with several workers packs the objects of the
-    # commit the driver has just made and deletes them: the check after the turn takes the new pack away; what it
-    # holds that the store lacks is written back, each object under the name its bytes have.
+def test_a_gc_an_agent_runs_loses_none_of_the_loops_objects_and_keeps_none_of_its_own(tmp_path: Path) -> None:
+    # An agent's `git gc` (a tool may run it) packs the loose objects of the loop's last commit and deletes them: the
+    # check after the turn takes the new pack away and writes them back. The agent's own commit goes with the pack:
+    # the loop keeps no object a step added (each would sit in its memory for the rest of the night).
     git = repo(tmp_path / "ws")
     git("worktree", "add", "--detach", str(tmp_path / "worker"))
-    before = integrity.take(git, exclude=frozenset({"train.py"}))
     (tmp_path / "worker" / "train.py").write_text("LR = 0.2\n")
     commit = Git(tmp_path / "worker").commit("exp 2: LR 0.2", "train.py")
-    git("gc", "-q", "--prune=now")  # the agent's
+    before = integrity.take(git, exclude=frozenset({"train.py"}))
+    (git.root / "train.py").write_text("LR = 0.3\n")
+    mine = git.commit("the agent's", "train.py")
+    git("gc", "-q", "--prune=now")
     found = integrity.put_back(before, git, tmp_path / "quarantine", exclude=frozenset({"train.py"}), agent=True)
     assert not found.changed and not found.not_restored
+    assert any("objects to .git/objects" in line for line in found.litter), found.litter
     assert not list((git.git_dir / "objects" / "pack").glob("*.pack"))  # taken away: git reads packs first
     assert git("cat-file", "-t", commit).strip() == "commit"
+    assert git("cat-file", "-t", mine, check=False).strip() != "commit" and mine not in git.refs().values()
     git("fsck", "--strict")
 
 

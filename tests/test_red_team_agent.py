@@ -53,7 +53,7 @@ from autoresearch.loop.recovery import TURN_SNAPSHOT
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import RunEnd, Status
-from autoresearch.workspace import contents, objects
+from autoresearch.workspace import contents, integrity, objects
 
 pytestmark = pytest.mark.slow  # a real agent turn in its namespaces each, ~0.5-8 s: not in the fast subset
 
@@ -700,6 +700,30 @@ def test_large_files_a_turn_leaves_are_taken_away_unread(workspace, tmp_path):
     root = workspace.root
     assert not (root / "big.bin").exists() and not (root / ".git" / "big").exists()
     assert not [p for p in (root / ".git" / "objects").rglob("*") if p.is_file() and p.stat().st_size > 500_000]
+
+
+# Objects git takes as whole: blobs of random bytes (3 MB each, as stored), and a commit of a 4 MB file.
+HOARD = f"""
+{PY} -c 'import os; [open(f"hoard{{n}}", "wb").write(os.urandom(3 << 20)) for n in range(12)]'
+git hash-object -w hoard* > /dev/null && rm hoard*
+{PY} -c 'import os; open("data.bin", "wb").write(os.urandom(4 << 20))'
+{GIT} add data.bin && {GIT} commit -q -m data && git rev-parse HEAD >> "$COMMITS"
+"""
+
+
+def test_objects_a_turn_adds_are_taken_away_and_not_held_in_the_loops_memory(workspace, tmp_path):
+    """BROKE, fixed: an object a turn added stayed where its bytes were what its name said (git adds some at every
+    commit), and every later step read it into the loop's memory for the rest of the night: 40 MB a turn here, 6 GB
+    over a night of such turns (red team). The loop writes no object while a turn is watched, but its snapshot's: every
+    other one goes, and the proposal stands."""
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{HOARD}\necho LR 0.2")
+    assert exp.status == Status.KEEP, exp.reason
+    top = workspace.git.git_dir / "objects"
+    assert not [p for p in top.rglob("*") if p.is_file() and p.stat().st_size > 500_000]
+    integrity.take(workspace.git)  # as the next step starts
+    assert sum(len(data) for _, data in objects._object_bytes[top].values()) < 1 << 20
+    workspace.git("fsck", "--strict")
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 def test_a_pack_of_the_history_over_the_size_read_whole_is_still_put_back_and_a_touch_is_no_change(

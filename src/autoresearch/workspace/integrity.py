@@ -264,8 +264,11 @@ def put_back(
         held.append(f".git/{rel}")  # before any git command runs
     _put_back_links(git.git_dir, git_quarantine, held)  # before a git command of the loop's writes through one
     _put_back_locks(git.git_dir, git_quarantine, held, before.locks)  # a git that was killed: the loop's would fail
+    stored = {i for i in (*before.files.values(), *before.human.values()) if i}  # the blobs save() stored
     if before.objects is not None:  # before a git command reads them (a snapshot read from disk has none)
-        objects.put_back(before.objects, before.contents, git, git_quarantine, found.changed, held, found.not_restored)
+        objects.put_back(
+            before.objects, before.contents, git, git_quarantine, found.changed, held, found.not_restored, stored
+        )
     left_history, _, _ = _read_git_files(git.git_dir, HISTORY_GIT)  # before the loop's own commands write to it
     _put_back_refs(before, git, held)
     if _sha256(git.index_listing()) != before.index:
@@ -284,6 +287,8 @@ def put_back(
             found.changed.append(f"changed {path}" if now else f"deleted {path}")
             set_aside(git.root, path, quarantine)
             (git.root / path).write_bytes(data)
+    if before.objects is not None:  # now that no ref or index entry of the step's names them
+        objects.set_aside_new(before.objects, git, git_quarantine, stored, held)
     wrote = {rel for rel in {*left_history, *before.history} if left_history.get(rel) != before.history.get(rel)}
     history_quarantine = git_quarantine if wrote else None  # else only the loop's own commands above wrote there
     _put_back_git_files(before.history, HISTORY_GIT, before, git.git_dir, history_quarantine, found)

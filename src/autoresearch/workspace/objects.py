@@ -5,6 +5,11 @@ them holding other bytes under an object's name (git reads packs before loose ob
 says was measured. So every object file is recorded by its signature (inode, size, mtime, ctime, mode), with its
 bytes, read once and kept while the signature holds; afterwards a changed or deleted one is written back, and a
 new one that could shadow an object of the history is taken away.
+
+The loop writes no object while a step is watched (workers never touch git; the driver waits for a coding agent's
+turn), but for the blobs of the turn's own snapshot. So every other object a step adds is the step's: an agent's
+commits, what it staged, what it wrote with `git hash-object`. None stays (`set_aside_new`): each would be read
+into the loop's memory at every later step of the night (`record`), whatever it holds.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def record(git_dir: Path, contents: dict[str, bytes]) -> dict[str, list]:
             continue
         key = (str(top / rel), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if (entry := known.get(key)) is None:
-            try:  # whole, however large: the loop's own packs are (a new object over KEPT_BYTES was taken away)
+            try:  # whole, however large: the loop's own packs are (no object a step added stays: set_aside_new)
                 data = (top / rel).read_bytes()
             except OSError:
                 continue
@@ -58,31 +63,33 @@ def put_back(
     changed: list[str],
     held: list[str],
     not_restored: list[str],
+    stored: set[str],
 ) -> None:
     """Write back every object file that changed or went since `listing` (`record`), and take away (into `folder`)
     the new ones that could shadow an object of the history. A rewritten object is `changed` (the history would say
     something else was measured); a deleted one is `held` (`git gc` packs loose objects away). A new loose object
-    whose bytes are what its name says stays (git adds them for every commit), one whose are not is `changed`; a new
-    pack goes (one of `git gc`'s, whose objects are whole, is `held`, and what only it holds is written back loose;
-    one that is not, `changed`), and so does anything else new there."""
+    whose bytes are what its name says is left for `set_aside_new` (git's commands below may read it: a ref the
+    step made names it), one whose are not is `changed`, and so is one too large to tell that the loop `stored`
+    during the step; a new pack goes (one of `git gc`'s, whose objects are whole,
+    is `held`, and what only it holds is written back loose; one that is not, `changed`), and so does anything else
+    new there."""
     top = git.git_dir / OBJECTS
     verified, whole_packs = set(), []  # the new packs' indexes verify-pack passed; those packs, taken away
     for rel, st in sorted(_files(top).items()):
         if rel in listing:
             continue
-        if _loose_object(rel):
-            whole = _whole(top / rel, rel.replace("/", "")) if stat.S_ISREG(st.st_mode) else False
-            if whole:
+        if _loose_object(rel) and stat.S_ISREG(st.st_mode):
+            oid = rel.replace("/", "")
+            whole = _whole(top / rel, oid)
+            if whole or (whole is None and oid not in stored):  # over KEPT_BYTES: not made whole to know
                 continue
-            forged = whole is not None
+            forged = True
         else:  # a pack's index is checked while its pack is still there: sorted, "x.idx" comes before "x.pack"
-            forged = rel.endswith(".idx") and not _pack_whole(git, top / rel)
+            forged = _loose_object(rel) or (rel.endswith(".idx") and not _pack_whole(git, top / rel))
             if rel.endswith(".idx") and not forged:
                 verified.add(rel.removesuffix(".idx"))
         if forged:
             changed.append(f"added .git/objects/{rel}, whose objects are not what their names say")
-        elif _loose_object(rel) and stat.S_ISREG(st.st_mode):
-            held.append(f"added .git/objects/{rel}, over {KEPT_BYTES >> 20} MiB: larger than any the loop keeps")
         else:
             held.append(f"added .git/objects/{rel}")
         moved = quarantine(top, rel, folder / OBJECTS, tidy=False)
@@ -113,6 +120,19 @@ def put_back(
         # have (git hashes them), so none can shadow an object of the history.
         if not git.unpack(pack):
             not_restored.append(f"the objects of .git/objects/{pack.name} (kept in the quarantine)")
+
+
+def set_aside_new(listing: dict[str, list], git: Git, folder: Path, stored: set[str], held: list[str]) -> None:
+    """Take away (into `folder`) every loose object added since `listing` (`record`) but the blobs the loop `stored`
+    itself (whole: `put_back` took a forged one); once the refs are put back, which may have named them."""
+    top = git.git_dir / OBJECTS
+    count = size = 0
+    for rel, st in sorted(_files(top).items()):
+        if rel not in listing and _loose_object(rel) and rel.replace("/", "") not in stored:
+            if quarantine(top, rel, folder / OBJECTS, tidy=False) is not None:
+                count, size = count + 1, size + st.st_size
+    if count:
+        held.append(f"added {count} objects to .git/objects ({size / 1e6:.1f} MB): the loop keeps none it did not write")
 
 
 def _files(top: Path) -> dict[str, os.stat_result]:
