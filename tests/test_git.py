@@ -147,11 +147,14 @@ def test_pack_packs_loose_objects_and_refs_once_there_are_many_and_loses_no_obje
 
 
 def test_a_turns_snapshot_is_saved_without_copying_the_object_store_it_holds(tmp_path: Path) -> None:
-    # asdict() deep-copied every field before the objects' listing and bytes were dropped: at 15,000 loose objects,
-    # a second of every agent's turn. What cannot be copied at all (a lock) must not stop it either.
+    # asdict() deep-copied every field before the objects' bytes were dropped: at 15,000 loose objects, a second of
+    # every agent's turn. What cannot be copied at all (a lock) must not stop it either. The objects' listing is saved,
+    # without their bytes: after a kill, the next start checks what the turn changed there.
     git = repo(tmp_path / "ws")
     snap = integrity.take(git, exclude=frozenset({"train.py"}))
     snap.contents["not saved"] = threading.Lock()
     integrity.save(snap, git, tmp_path / "turn.json")
     again = integrity.load(tmp_path / "turn.json")
-    assert again is not None and again.refs == snap.refs and again.git_files == snap.git_files and again.objects is None
+    assert again is not None and again.refs == snap.refs and again.git_files == snap.git_files
+    assert again.objects == snap.objects and len(again.objects) == 3  # the first commit's: a blob, a tree, a commit
+    assert not set(again.contents) & {content_id for content_id, *_ in snap.objects.values()}

@@ -25,11 +25,22 @@ from pathlib import Path
 
 import psutil
 import pytest
-from loop_support import TAKE_EVERY_CORE, FakeExecutor, agent_channel, constant, fake_result, make_loop, peak_growth
+from loop_support import (
+    TAKE_EVERY_CORE,
+    FakeExecutor,
+    ScriptedAgent,
+    agent_channel,
+    constant,
+    fake_result,
+    make_loop,
+    peak_growth,
+)
+from loop_support import set_lr as scripted_lr
 from test_agent_turn import (
     GIT,
     PY,
     assert_the_loop_owns_the_workspace,
+    kill_during_turn,
     quarantined,
     score,
     set_lr,
@@ -54,6 +65,7 @@ from autoresearch.loop.settings import LoopError
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import RunEnd, Status
 from autoresearch.workspace import contents, integrity, objects
+from autoresearch.workspace.git import Git
 
 pytestmark = pytest.mark.slow  # a real agent turn in its namespaces each, ~0.5-8 s: not in the fast subset
 
@@ -726,6 +738,131 @@ def test_objects_a_turn_adds_are_taken_away_and_not_held_in_the_loops_memory(wor
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+def held_bytes(ws) -> int:
+    """What the loop holds in its memory of .git/objects once the next step starts (`integrity.take`)."""
+    integrity.take(ws.git)
+    return sum(len(data) for _, data in objects._object_bytes[ws.git.git_dir / "objects"].values())
+
+
+# The loose object of the blob of a file, under its true name and whole (git reads it, fsck passes), but padded to
+# ~60 MB with empty stored deflate blocks (5 bytes each, no output).
+PAD = r"""
+import hashlib, pathlib, subprocess, sys, zlib
+data = pathlib.Path(sys.argv[1]).read_bytes()
+raw = b"blob %d\0" % len(data) + data
+oid = hashlib.sha1(raw).hexdigest()
+z = zlib.compressobj()
+stream = z.compress(raw) + z.flush(zlib.Z_SYNC_FLUSH)
+stream += b"\x00\x00\x00\xff\xff" * 12_000_000 + b"\x01\x00\x00\xff\xff" + zlib.adler32(raw).to_bytes(4, "big")
+path = pathlib.Path(".git/objects") / oid[:2] / oid[2:]
+path.parent.mkdir(exist_ok=True)
+path.unlink(missing_ok=True)
+path.write_bytes(stream)
+assert subprocess.run(["git", "cat-file", "-p", oid], capture_output=True).stdout == data
+"""
+
+
+def test_a_blob_of_the_loops_own_a_turn_padded_is_written_again(workspace, tmp_path):
+    """BROKE, fixed (red team): the blob of a file of the person's that the turn's snapshot stores (an untracked
+    notes file) stayed whatever its file held: a copy padded to 60 MB, whole by every check, sat in the loop's memory
+    for the night. A blob of the loop's whose file is not the one it wrote is written again from its bytes."""
+    (workspace.root / "notes.md").write_text("half a thought of the person's\n")
+    pad = f"{PY} -c {shlex.quote(PAD)} notes.md"
+    exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{pad}\necho LR 0.2")
+    assert exp.status == Status.KEEP, exp.reason
+    assert held_bytes(workspace) < 1 << 20
+    workspace.git("fsck", "--strict")
+
+
+def test_a_run_that_writes_an_object_the_loop_could_have_written_is_a_crash(workspace):
+    """BROKE, fixed (red team): a run's watch (one worker, train.py not confined) took program.md's blob for one the
+    loop stores, which it does only around an agent's turn: a run that wrote a padded copy of it, once the history was
+    packed, was kept, its 60 MB held for the night. A run that adds an object is a crash, as for any file of .git."""
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
+    loop.baseline()
+    workspace.git("repack", "-q", "-a", "-d")
+    workspace.git("prune-packed")
+
+    def writes_git(source: str) -> float:
+        subprocess.run([sys.executable, "-c", PAD, "program.md"], cwd=workspace.root, check=True)
+        return score(source)
+
+    loop = make_loop(workspace, FakeExecutor(writes_git), baseline_runs=2)
+    loop.run(ScriptedAgent([scripted_lr(0.2)]), max_experiments=1)
+    exp = loop.ledger.all()[-1]
+    assert exp.status == Status.CRASH and ".git/objects" in exp.reason, exp.reason
+    assert held_bytes(workspace) < 1 << 20
+
+
+@pytest.mark.parametrize("size", [contents.KEPT_BYTES - 4096, contents.KEPT_BYTES])
+def test_a_file_of_the_persons_of_64_mib_leaves_every_turn_its_proposal(workspace, tmp_path, size):
+    """A review of the fix above found a regression (red team): the blob of a file of just under or exactly 64 MiB,
+    which the turn's snapshot stores, is too large to be made whole in memory, compressed or with its header; taken
+    for forged, it rejected every turn of the night."""
+    (workspace.root / "checkpoint.bin").write_bytes(os.urandom(size))
+    exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\necho LR 0.2")
+    assert exp.status == Status.KEEP, exp.reason
+
+
+def test_objects_a_turn_added_before_a_kill_are_taken_away_by_the_next_start(workspace, tmp_path):
+    """BROKE, fixed (red team): the snapshot a turn keeps for the next start after a kill did not list the object
+    files, so that start left what the turn wrote to .git/objects, held in memory for the night after (36 MB here).
+    What the refs the turn moved reach stays: a commit made after the kill may be the person's."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    hoard = (
+        f'{PY} -c \'import os; [open(f"hoard{{n}}", "wb").write(os.urandom(3 << 20)) for n in range(12)]\'\n'
+        "git hash-object -w hoard* > /dev/null && rm hoard*"
+    )
+    kill_during_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{GIT} commit -q -am 'LR 0.2'\n{hoard}")
+    mine = workspace.git.head()
+    make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+    assert not (workspace.state / TURN_SNAPSHOT).exists()
+    assert held_bytes(workspace) < 1 << 20
+    assert mine in workspace.git.refs("refs/autoresearch/left/").values()
+    workspace.git("fsck", "--strict")
+
+
+def test_a_pack_a_turn_leaves_is_unpacked_without_being_read_into_memory(workspace, tmp_path, monkeypatch):
+    """BROKE, fixed (red team): to write back what only a new pack held, the loop read the pack whole into its memory
+    (100 MB here; a pack as large as the disk allows would have ended it). git reads it from the file."""
+    hoard = (
+        f'{PY} -c \'import os; [open(f"hoard{{n}}", "wb").write(os.urandom(20 << 20)) for n in range(5)]\'\n'
+        "ls hoard* | git hash-object -w --stdin-paths | git pack-objects -q .git/objects/pack/pack > /dev/null\n"
+        "rm hoard* && git prune-packed"
+    )
+    unpacked, real = [], Git.unpack
+
+    def unpack(self, pack: Path) -> bool:
+        with peak_growth() as grown:
+            done = real(self, pack)
+        unpacked.append((pack.stat().st_size, grown[0]))
+        return done
+
+    monkeypatch.setattr(Git, "unpack", unpack)
+    exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{hoard}\necho LR 0.2")
+    assert exp.status == Status.KEEP, exp.reason
+    size, grown = max(unpacked)
+    assert size > 90 << 20 and grown < 40 << 20, unpacked
+    assert held_bytes(workspace) < 1 << 20
+
+
+def test_a_worktree_of_the_agents_own_is_taken_away_with_its_commit(workspace, tmp_path):
+    """A review of the fix above found a regression (red team): an agent working in a `git worktree` of its own
+    commits there, and .git/worktrees was not guarded: its commit's objects were taken away and the worktree's HEAD
+    left naming none (`git log --all`, `git gc` and `git fsck` failed for the person after the night). The worktrees'
+    files are guarded as the rest of .git; the loop changes its workers' only between steps."""
+    worktree = ".autoresearch/agents/wt"
+    work = f"cd {worktree} && echo 'LR = 0.3' > scratch.py && {GIT} add scratch.py && {GIT} commit -qm try && cd -"
+    exp, before = take_turn(
+        workspace, tmp_path, f"{set_lr(0.2)}\ngit worktree add -q --detach {worktree}\n{work}\necho LR 0.2"
+    )
+    assert exp.status == Status.KEEP, exp.reason
+    assert not (workspace.git.git_dir / "worktrees" / "wt").exists()
+    workspace.git("log", "--all", "--oneline")
+    workspace.git("fsck", "--strict")
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
+
+
 def test_a_pack_of_the_history_over_the_size_read_whole_is_still_put_back_and_a_touch_is_no_change(
     workspace, tmp_path, monkeypatch
 ):
@@ -955,6 +1092,31 @@ def test_an_agent_that_packs_the_objects_away_is_not_held_to_it(workspace, tmp_p
     assert all((workspace.git.git_dir / rel).is_file() for rel in loose)
     workspace.git("fsck", "--strict")
     assert_the_loop_owns_the_workspace(workspace, exp, before)
+
+
+@pytest.mark.parametrize("how", ["loose", "pack", "gc"])
+def test_the_history_a_turn_forged_before_a_kill_is_put_back_or_refused_by_the_next_start(workspace, tmp_path, how):
+    """BROKE, fixed: the snapshot a turn keeps for the next start after a kill did not list git's object files, and
+    that start left them as they were: a turn that forged the best's train.py blob (in place, or in a pack git reads
+    first) and had the loop killed changed what the history says was measured, and the run went on from it. Now a
+    new pack goes, as after any turn; a rewritten object whose bytes died with the loop is taken away, and where the
+    history then misses it the start refuses, saying so, every time until a person has looked. An agent's `git gc`
+    before the kill is no such change."""
+    baseline_source = workspace.read_train_py()
+    script = workspace.root.parent / "forge.py"
+    script.write_text(FORGE_BLOB)
+    forge = f"{GIT} gc -q --prune=now" if how == "gc" else f"{PY} {shlex.quote(str(script))} {how}"
+    kill_during_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{forge}")
+    if how == "loose":
+        for _ in range(2):
+            with pytest.raises(LoopError, match="git's objects it changed are not what they were") as raised:
+                make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+            assert "restore .git from a copy" in str(raised.value.hint)
+        return
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.run(ScriptedAgent([]), max_experiments=0)
+    assert workspace.git.show(loop.best().commit, "train.py") == baseline_source
+    workspace.git("fsck", "--strict")
 
 
 @pytest.mark.usefixtures("agent_unhidden")

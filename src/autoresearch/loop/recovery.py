@@ -367,7 +367,14 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
             hint="see what the agent left (`git status`, `git log --all`, .git/hooks, .git/config), put it "
             f"right, delete .autoresearch/{TURN_SNAPSHOT}, then run again",
         )
-    what, left = put
+    what, left, lost = put
+    if lost:  # the snapshot stays: every start refuses until a person has looked
+        raise LoopError(
+            f"the loop was stopped during an agent's turn, and git's objects it changed are not what they were: "
+            f"{', '.join(lost[:4])} (what it changed is kept in {os.path.relpath(quarantine, ws.root)})",
+            hint="the history can no longer say what was measured: restore .git from a copy, or start a new "
+            f"workspace from the best's train.py; then delete .autoresearch/{TURN_SNAPSHOT} and run again",
+        )
     if not keep_train_py and ws.train_py.exists() and train_py_text(ws) != ws.committed_train_py():
         shutil.move(ws.train_py, quarantine / TRAIN_PY)
         what.append("train.py (its unfinished edit)")

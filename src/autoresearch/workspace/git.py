@@ -12,6 +12,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.files import entries, program_path
@@ -93,13 +94,13 @@ class Git:
     def __call__(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
         return self._run(args, check, stdin.encode() if stdin is not None else None).decode(errors="replace")
 
-    def _run(self, args: tuple[str, ...], check: bool = True, stdin: bytes | None = None) -> bytes:
+    def _run(self, args: tuple[str, ...], check: bool = True, stdin: bytes | BinaryIO | None = None) -> bytes:
         try:
             proc = subprocess.run(
                 [program(), *SAFE, *trusted_directories(), *args],
                 cwd=self.root,
                 capture_output=True,
-                input=stdin,
+                **({"input": stdin} if isinstance(stdin, bytes) or stdin is None else {"stdin": stdin}),
                 env={**_environment(), **({"GIT_COMMON_DIR": str(self.common)} if self.common else {})},
             )
         except (FileNotFoundError, NotADirectoryError):
@@ -149,7 +150,8 @@ class Git:
         """Write the objects of the pack file `pack` that the repository lacks as loose objects, each under the name
         git computes from its bytes; whether git could read the pack."""
         try:
-            self._run(("unpack-objects", "-q"), stdin=pack.read_bytes())
+            with open(pack, "rb") as stream:  # not read into memory: a pack is as large as the disk allows
+                self._run(("unpack-objects", "-q"), stdin=stream)
         except (OSError, GitError, DiskFullError):
             return False
         return True
@@ -299,6 +301,17 @@ class Git:
             return []
         out = self("hash-object", "-w", "--no-filters", "--stdin-paths", stdin="".join(f"{p}\n" for p in paths))
         return out.split()
+
+    def reached(self, commits: list[str]) -> frozenset[str]:
+        """Every object that `commits` reach (those git can read)."""
+        if not commits:
+            return frozenset()
+        out = self("rev-list", "--objects", "--ignore-missing", *commits, check=False)
+        return frozenset(line.split(" ", 1)[0] for line in out.splitlines() if line)
+
+    def write_blob(self, data: bytes) -> str:
+        """Write `data` into the object store as a blob, exactly as it is; its id."""
+        return self._run(("hash-object", "-w", "--no-filters", "--stdin"), stdin=data).decode().strip()
 
     def loose_objects(self) -> int:
         """About how many loose objects there are (as `git gc --auto` counts: those in objects/17, times 256)."""

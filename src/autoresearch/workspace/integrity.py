@@ -58,9 +58,10 @@ from autoresearch.workspace.git import Git
 LOOP_OWN = ("/.autoresearch/", "/results.tsv", "/results.tsv.tmp", "/progress.png", "/report.md", "__pycache__/")
 HISTORY_GIT = ("logs", "ORIG_HEAD")  # what git's own commands write about moves; put back after the loop's
 # Under .git, not guarded as files: what the loop's git writes and put_back restores its own way (refs, the index,
-# reflogs), the objects (guarded their own way: OBJECTS; objects/info, which can point git elsewhere, is guarded as a
-# file) and the workers' worktrees. Everything else there, present or new, is.
-UNGUARDED_GIT = frozenset({"objects", "refs", "packed-refs", "index", "worktrees", *HISTORY_GIT})
+# reflogs) and the objects (guarded their own way: OBJECTS; objects/info, which can point git elsewhere, is guarded as a
+# file). Everything else there, present or new, is: the workers' worktrees too (worktrees/<n>/HEAD, index, ...), which
+# the loop changes only between steps, and a worktree of an agent's own, whose HEAD would name a commit it made.
+UNGUARDED_GIT = frozenset({"objects", "refs", "packed-refs", "index", *HISTORY_GIT})
 GITIGNORE = ".gitignore"
 PROGRAM, PROMPTS = "program.md", "prompts"
 _CLEAN = "clean"  # a path `git status` does not report: as in the index, or absent if untracked
@@ -76,14 +77,17 @@ class Snapshot:
     git_files: dict[str, list]  # under .git -> [content id, mode]
     human: dict[str, str | None]  # program.md, prompts/*.md -> content id (None: absent); empty if not watched
     history: dict[str, list] = field(default_factory=dict)  # .git/logs/**, .git/ORIG_HEAD -> [content id, mode]
-    # Every file under .git/objects but info/ -> [content id, inode, size, mtime_ns, ctime_ns, mode]. Not saved for the
-    # next start (save()): a snapshot read back from disk has None, and leaves the objects as they are.
+    # Every file under .git/objects but info/ -> [content id, inode, size, mtime_ns, ctime_ns, mode]. Saved for the next
+    # start (save()) without the bytes: read back, it tells what a turn cut short by a kill added, and whether what it
+    # changed is still whole. None: the objects are left as they are.
     objects: dict[str, list] | None = None
     # Lock files under .git a killed git left before the step (`git pack-refs` after a verdict, say) -> [inode,
     # ctime_ns]: set aside after the step, as every lock is, but not the step's doing.
     locks: dict[str, list] = field(default_factory=dict)
     contents: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)  # content id -> bytes
     sources: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)  # content id -> its file
+    # The blobs save() wrote loose -> [inode, size, mtime_ns, ctime_ns] of their files: the loop's own objects.
+    stored: dict[str, list[int]] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass
@@ -243,12 +247,14 @@ def put_back(
     human: bool = True,
     expected: dict[str, bytes] | None = None,
     agent: bool = False,
+    kept_objects: frozenset[str] = frozenset(),
 ) -> Findings:
     """Compare the workspace with `before`, put back what differs, and say what it was.
 
     `expected` maps excluded paths (train.py) to the exact bytes they must hold. What was changed is moved
     into `quarantine` first. With `agent`, what a coding agent's tools leave is listed as `litter` (see the
-    module's docstring)."""
+    module's docstring). Every object added since is taken away (objects.set_aside_new) but `kept_objects` (after a
+    kill: what the refs moved since reach, which may be the person's commits) and the loop's own."""
     found = Findings()
     held = found.litter if agent else found.changed  # git's own state: an agent's tools change it, a run may not
     git_quarantine = quarantine / ".git"
@@ -264,11 +270,8 @@ def put_back(
         held.append(f".git/{rel}")  # before any git command runs
     _put_back_links(git.git_dir, git_quarantine, held)  # before a git command of the loop's writes through one
     _put_back_locks(git.git_dir, git_quarantine, held, before.locks)  # a git that was killed: the loop's would fail
-    stored = {i for i in (*before.files.values(), *before.human.values()) if i}  # the blobs save() stored
-    if before.objects is not None:  # before a git command reads them (a snapshot read from disk has none)
-        objects.put_back(
-            before.objects, before.contents, git, git_quarantine, found.changed, held, found.not_restored, stored
-        )
+    if before.objects is not None:  # before a git command reads them
+        objects.put_back(before.objects, before.contents, git, git_quarantine, found.changed, held, found.not_restored)
     left_history, _, _ = _read_git_files(git.git_dir, HISTORY_GIT)  # before the loop's own commands write to it
     _put_back_refs(before, git, held)
     if _sha256(git.index_listing()) != before.index:
@@ -288,7 +291,8 @@ def put_back(
             set_aside(git.root, path, quarantine)
             (git.root / path).write_bytes(data)
     if before.objects is not None:  # now that no ref or index entry of the step's names them
-        objects.set_aside_new(before.objects, git, git_quarantine, stored, held)
+        own = {i: (signature, before.contents.get(i)) for i, signature in before.stored.items()}
+        objects.set_aside_new(before.objects, git, git_quarantine, held, own, kept_objects)
     wrote = {rel for rel in {*left_history, *before.history} if left_history.get(rel) != before.history.get(rel)}
     history_quarantine = git_quarantine if wrote else None  # else only the loop's own commands above wrote there
     _put_back_git_files(before.history, HISTORY_GIT, before, git.git_dir, history_quarantine, found)
@@ -460,9 +464,10 @@ def save(snap: Snapshot, git: Git, path: Path, store_blobs: bool = True) -> None
     if store_blobs:
         stored = [i for i in {*snap.files.values(), *snap.human.values()} if i in snap.sources and i not in git_ids]
         git.store_blobs([snap.sources[i] for i in stored])
-    # Not asdict(snap), which deep-copies every field first, the objects' listing and their bytes too: at 15,000 loose
-    # objects that alone cost a second per agent turn. The fields saved hold plain dicts of str, list and None.
-    unsaved = ("contents", "sources", "objects")
+        snap.stored.update(objects.signatures(git.git_dir, stored))
+    # Not asdict(snap), which deep-copies every field first, the objects' bytes too: at 15,000 loose objects that alone
+    # cost a second per agent turn. The fields saved hold plain dicts of str, list and None.
+    unsaved = ("contents", "sources", "stored")
     data = {f.name: getattr(snap, f.name) for f in fields(snap) if f.name not in unsaved}
     data["git_contents"] = {i: base64.b64encode(snap.contents[i]).decode() for i in git_ids if i in snap.contents}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -479,9 +484,21 @@ def load(path: Path) -> Snapshot | None:
     except Exception:  # missing, cut short, not JSON, not a snapshot's fields: unreadable all the same
         return None
     work = [*snap.files, *snap.untracked, *snap.human]
-    if all(map(_inside, [*work, *snap.git_files, *snap.history, *snap.locks])) and not any(map(is_loop_own, work)):
+    git_paths = [*snap.git_files, *snap.history, *snap.locks, *(snap.objects or ())]
+    listed = snap.objects is None or all(_object_entry(entry) for entry in snap.objects.values())
+    if listed and all(map(_inside, [*work, *git_paths])) and not any(map(is_loop_own, work)):
         return snap
     return None
+
+
+def _object_entry(entry: object) -> bool:
+    """Whether `entry` is what `objects.record` lists for an object file: its content id, then five numbers."""
+    return (
+        isinstance(entry, list)
+        and len(entry) == 6
+        and isinstance(entry[0], str)
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in entry[1:])
+    )
 
 
 def _inside(rel: object) -> bool:

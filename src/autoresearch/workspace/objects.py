@@ -9,7 +9,8 @@ new one that could shadow an object of the history is taken away.
 The loop writes no object while a step is watched (workers never touch git; the driver waits for a coding agent's
 turn), but for the blobs of the turn's own snapshot. So every other object a step adds is the step's: an agent's
 commits, what it staged, what it wrote with `git hash-object`. None stays (`set_aside_new`): each would be read
-into the loop's memory at every later step of the night (`record`), whatever it holds.
+into the loop's memory at every later step of the night (`record`), whatever it holds. After a kill in a step, the
+next start does the same from the listing the step's snapshot saved, without the bytes (`_check_unread`).
 """
 
 from __future__ import annotations
@@ -63,25 +64,22 @@ def put_back(
     changed: list[str],
     held: list[str],
     not_restored: list[str],
-    stored: set[str],
 ) -> None:
     """Write back every object file that changed or went since `listing` (`record`), and take away (into `folder`)
     the new ones that could shadow an object of the history. A rewritten object is `changed` (the history would say
     something else was measured); a deleted one is `held` (`git gc` packs loose objects away). A new loose object
-    whose bytes are what its name says is left for `set_aside_new` (git's commands below may read it: a ref the
-    step made names it), one whose are not is `changed`, and so is one too large to tell that the loop `stored`
-    during the step; a new pack goes (one of `git gc`'s, whose objects are whole,
-    is `held`, and what only it holds is written back loose; one that is not, `changed`), and so does anything else
-    new there."""
+    that is not what its name says is `changed`; the others are left for `set_aside_new` (git's commands until then
+    may read them: a ref the step made names them). A new pack goes (one of `git gc`'s, whose objects are whole, is
+    `held`, and what only it holds is written back loose; one that is not, `changed`), and so does anything else new
+    there."""
     top = git.git_dir / OBJECTS
     verified, whole_packs = set(), []  # the new packs' indexes verify-pack passed; those packs, taken away
+    unread: list[str] = []  # changed or gone, their bytes not known (`_check_unread`)
     for rel, st in sorted(_files(top).items()):
         if rel in listing:
             continue
         if _loose_object(rel) and stat.S_ISREG(st.st_mode):
-            oid = rel.replace("/", "")
-            whole = _whole(top / rel, oid)
-            if whole or (whole is None and oid not in stored):  # over KEPT_BYTES: not made whole to know
+            if _whole(top / rel, rel.replace("/", "")) is not False:  # None: over KEPT_BYTES, taken away unknown
                 continue
             forged = True
         else:  # a pack's index is checked while its pack is still there: sorted, "x.idx" comes before "x.pack"
@@ -106,6 +104,9 @@ def put_back(
             now = (blob_id(path.read_bytes()), None, now[2])  # one of the loop's packs, as large as it was: read
         if now is not None and now[0] == content_id:
             continue  # touched, not changed
+        if content_id not in contents:  # a snapshot read back after a kill: the bytes died with the loop
+            unread.append(rel)
+            continue
         if now is None:
             held.append(f"deleted .git/objects/{rel}")
         else:
@@ -115,24 +116,82 @@ def put_back(
             not_restored.append(f".git/objects/{rel}")
             continue
         os.chmod(path, stat.S_IMODE(signature[-1]))
-    for pack in whole_packs:  # what only they hold: objects made while the step was watched (the driver's commits,
-        # with several workers), which a `git gc` then packed and deleted. Written loose, each under the name its bytes
-        # have (git hashes them), so none can shadow an object of the history.
+    for pack in whole_packs:  # what only they hold: objects the loop wrote while the step was watched, or those a
+        # `git gc` packed and deleted. Written loose, each under the name its bytes have (git hashes them), so none can
+        # shadow an object of the history.
         if not git.unpack(pack):
             not_restored.append(f"the objects of .git/objects/{pack.name} (kept in the quarantine)")
+    _check_unread(unread, git, folder, changed, not_restored)
 
 
-def set_aside_new(listing: dict[str, list], git: Git, folder: Path, stored: set[str], held: list[str]) -> None:
-    """Take away (into `folder`) every loose object added since `listing` (`record`) but the blobs the loop `stored`
-    itself (whole: `put_back` took a forged one); once the refs are put back, which may have named them."""
+def _check_unread(unread: list[str], git: Git, folder: Path, changed: list[str], not_restored: list[str]) -> None:
+    """The object files that changed or went while the loop was killed, whose bytes are not known to write back: one
+    that no longer holds what its name says is taken away, and every object the history names must be there still
+    (those `git gc` packed away were written back from its pack)."""
+    top, gone = git.git_dir / OBJECTS, False
+    for rel in unread:
+        path = top / rel
+        if os.path.lexists(path) and not _still_whole(git, path, rel):
+            changed.append(f"changed .git/objects/{rel}")
+            quarantine(top, rel, folder / OBJECTS, tidy=False)
+        gone = gone or not os.path.lexists(path)
+    if gone:
+        try:
+            git("fsck", "--connectivity-only", "--no-dangling", "--no-progress")
+        except GitError as exc:
+            not_restored.append(f".git/objects: objects the history names are gone ({str(exc)[-300:]})")
+
+
+def _still_whole(git: Git, path: Path, rel: str) -> bool:
+    """Whether the loose object or pack (its index) at `path` holds what its names say."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    if _loose_object(rel):
+        return _whole(path, rel.replace("/", "")) is not False
+    index = path.with_suffix(".idx")
+    return index.is_file() and not index.is_symlink() and _pack_whole(git, index)
+
+
+def set_aside_new(
+    listing: dict[str, list],
+    git: Git,
+    folder: Path,
+    held: list[str],
+    own: dict[str, tuple[list[int], bytes | None]],
+    kept: frozenset[str] = frozenset(),
+) -> None:
+    """Take away (into `folder`) every loose object added since `listing` (`record`), but those in `kept` and the
+    loop's `own` (blob id -> the signature of the file it wrote, and its bytes): one of those whose file is not the one
+    the loop wrote (a copy padded to 60 MB that inflates to the same blob: red team) is written again from its bytes.
+    Once the refs are put back, which may have named them."""
     top = git.git_dir / OBJECTS
-    count = size = 0
+    taken = []
     for rel, st in sorted(_files(top).items()):
-        if rel not in listing and _loose_object(rel) and rel.replace("/", "") not in stored:
-            if quarantine(top, rel, folder / OBJECTS, tidy=False) is not None:
-                count, size = count + 1, size + st.st_size
-    if count:
-        held.append(f"added {count} objects to .git/objects ({size / 1e6:.1f} MB): the loop keeps none it did not write")
+        oid = rel.replace("/", "")
+        if rel in listing or not _loose_object(rel) or oid in kept:
+            continue
+        if oid in own:
+            signature, data = own[oid]
+            if [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] == signature:
+                continue
+            if data is not None:
+                (top / rel).unlink()
+                git.write_blob(data)
+                continue
+        if quarantine(top, rel, folder / OBJECTS, tidy=False) is not None:
+            taken.append(st.st_size)
+    if taken:
+        held.append(f"added {len(taken)} objects to .git/objects ({sum(taken) / 1e6:.1f} MB): none stays")
+
+
+def signatures(git_dir: Path, ids: list[str]) -> dict[str, list[int]]:
+    """The loose files of the objects `ids` (those that are loose) -> [inode, size, mtime_ns, ctime_ns]."""
+    found = {}
+    for oid in ids:
+        with contextlib.suppress(OSError):
+            st = os.lstat(git_dir / OBJECTS / oid[:2] / oid[2:])
+            found[oid] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return found
 
 
 def _files(top: Path) -> dict[str, os.stat_result]:
