@@ -274,6 +274,15 @@ def test_lines_removed_from_gitignore_reject_the_proposal(workspace, tmp_path):
     assert len(make_loop(workspace, FakeExecutor(score)).ledger.all()) == 2
 
 
+def left_bundles(ws) -> dict[str, dict[str, str]]:
+    """The bundles the starts after kills in turns kept (relative to the workspace) -> the refs each holds -> commit."""
+    found = {}
+    for bundle in sorted((ws.state / "left").glob("*.bundle")):
+        lines = ws.git("bundle", "list-heads", str(bundle)).splitlines()
+        found[os.path.relpath(bundle, ws.root)] = {ref: sha for sha, ref in (line.split(" ", 1) for line in lines)}
+    return found
+
+
 def kill_during_turn(ws, tmp_path: Path, script: str) -> None:
     """The loop (in a process of its own) SIGKILLed by its command agent, after `script`, in the middle of a turn
     made on the best; the agent runs on for a while, as a coding agent does when no one stops it. (The agent asks
@@ -338,9 +347,9 @@ git config user.name agent""",
         time.sleep(0.05)
     [told] = [e for e in events if "stopped during the agent's turn" in e]
     assert "added notes.txt" in told and "refs/heads/autoresearch/test" in told and ".git/config" in told
-    [left] = workspace.git.refs("refs/autoresearch/left/").items()
-    where, _, ref = left[0].partition("heads/")
-    assert left[1] == agent_commit and ref == "autoresearch/test" and f"kept under {where}" in told
+    [(bundle, heads)] = left_bundles(workspace).items()
+    assert heads == {"refs/heads/autoresearch/test": agent_commit} and f"kept in {bundle}" in told
+    assert not workspace.git.refs("refs/autoresearch/left/")  # out of the object store the loop reads
     assert quarantined(workspace, "notes.txt")[0].read_text() == "half a thought\n"
     assert quarantined(workspace, "ledger.sqlite") == quarantined(workspace, "result.json") == []
     assert (workspace.git.git_dir / "config").read_bytes() == before["config"]
@@ -464,7 +473,7 @@ def test_two_recoveries_in_the_same_second_keep_both(workspace, tmp_path, monkey
         kill_during_turn(workspace, tmp_path, f'{set_lr(lr)}\n{GIT} commit -q -am "LR {lr}"')
         commits.append(workspace.git.head())
         make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
-    assert sorted(workspace.git.refs("refs/autoresearch/left/").values()) == sorted(commits)
+    assert sorted(c for heads in left_bundles(workspace).values() for c in heads.values()) == sorted(commits)
     assert sorted(constant(p.read_text(), "LR") for p in quarantined(workspace, "train.py")) == [0.2, 0.3]
 
 

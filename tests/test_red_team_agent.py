@@ -41,6 +41,7 @@ from test_agent_turn import (
     PY,
     assert_the_loop_owns_the_workspace,
     kill_during_turn,
+    left_bundles,
     quarantined,
     score,
     set_lr,
@@ -807,7 +808,7 @@ def test_a_file_of_the_persons_of_64_mib_leaves_every_turn_its_proposal(workspac
 def test_objects_a_turn_added_before_a_kill_are_taken_away_by_the_next_start(workspace, tmp_path):
     """BROKE, fixed (red team): the snapshot a turn keeps for the next start after a kill did not list the object
     files, so that start left what the turn wrote to .git/objects, held in memory for the night after (36 MB here).
-    What the refs the turn moved reach stays: a commit made after the kill may be the person's."""
+    What the refs the turn moved reach is kept in a bundle: a commit made after the kill may be the person's."""
     make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
     hoard = (
         f'{PY} -c \'import os; [open(f"hoard{{n}}", "wb").write(os.urandom(3 << 20)) for n in range(12)]\'\n'
@@ -818,7 +819,87 @@ def test_objects_a_turn_added_before_a_kill_are_taken_away_by_the_next_start(wor
     make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
     assert not (workspace.state / TURN_SNAPSHOT).exists()
     assert held_bytes(workspace) < 1 << 20
-    assert mine in workspace.git.refs("refs/autoresearch/left/").values()
+    assert [mine] == [c for heads in left_bundles(workspace).values() for c in heads.values()]
+    workspace.git("fsck", "--strict")
+
+
+# The best's train.py blob rewritten under its own name with other text, its stream padded past KEPT_BYTES with
+# empty stored deflate blocks: git reads the forged text, and the loop cannot make it whole in memory to tell.
+FORGE_PADDED = r"""
+import pathlib, subprocess, zlib
+blob = subprocess.run(["git", "rev-parse", "HEAD:train.py"], capture_output=True, text=True, check=True).stdout.strip()
+text = subprocess.run(["git", "cat-file", "blob", blob], capture_output=True, check=True).stdout
+forged = text.replace(b"LR = 0.05", b"LR = 0.2")
+raw = b"blob %d\0" % len(forged) + forged
+z = zlib.compressobj()
+stream = z.compress(raw) + z.flush(zlib.Z_SYNC_FLUSH)
+stream += b"\x00\x00\x00\xff\xff" * 14_000_000 + b"\x01\x00\x00\xff\xff" + zlib.adler32(raw).to_bytes(4, "big")
+path = pathlib.Path(".git/objects") / blob[:2] / blob[2:]
+path.unlink()
+path.write_bytes(stream)
+"""
+# The history's pack and index rewritten in place, under their names, as a whole pack without the best's train.py.
+DROP_FROM_PACK = r"""
+B=$(git rev-parse HEAD:train.py)
+P=$(ls .git/objects/pack/*.pack | head -1); I=${P%.pack}.idx
+git rev-list --objects --all | cut -d' ' -f1 | grep -v "$B" | git pack-objects -q dropped > /dev/null
+mv -f dropped-*.pack "$P" && mv -f dropped-*.idx "$I"
+"""
+
+
+@pytest.mark.parametrize("how", ["padded", "dropped"])
+def test_the_history_a_turn_broke_in_ways_no_check_of_a_file_sees_before_a_kill_is_refused(workspace, tmp_path, how):
+    """BROKE, fixed (red team): after a kill, an object of the history rewritten and padded past 64 MiB (too large
+    to tell, taken for whole), or the history's pack rewritten whole without one object (verify-pack passes), let the
+    next start go on from a history that said the agent's train.py was the baseline's, or crash on the missing one.
+    A file too large to tell is taken away, and where anything changed, every object the refs reach must be there."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    if how == "dropped":
+        workspace.git("repack", "-q", "-a", "-d")  # as a person's gc leaves it
+        workspace.git("prune-packed")
+    script = tmp_path / "forge.py"
+    script.write_text(FORGE_PADDED)
+    attack = f"{PY} {shlex.quote(str(script))}" if how == "padded" else DROP_FROM_PACK
+    kill_during_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{attack}")
+    with pytest.raises(LoopError, match="git's objects it changed are not what they were"):
+        make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+
+
+@pytest.mark.parametrize("keep", ["true", "git update-ref refs/autoresearch/x HEAD && git reset -q --hard HEAD~1"])
+def test_what_a_turn_committed_before_a_kill_is_kept_out_of_the_loops_memory(workspace, tmp_path, keep):
+    """BROKE, fixed (red team): after a kill, what the refs moved since reached stayed in the object store (a commit
+    made after the kill may be the person's), and nothing tells the agent's refs from the person's: a turn that
+    committed 36 MB, on the branch or under the loop's own refs/autoresearch/, had it read into the loop's memory for
+    the night. Those commits go into a bundle beside the state (none from the loop's own refs), out of the store."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    hoard = (
+        f'{PY} -c \'import os; [open(f"hoard{{n}}", "wb").write(os.urandom(3 << 20)) for n in range(12)]\'\n'
+        f"{GIT} add -f hoard* && {GIT} commit -qm hoard && rm hoard*"
+    )
+    kill_during_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{hoard}\n{keep}")
+    commit = workspace.git("rev-parse", "refs/heads/autoresearch/test" if keep == "true" else "refs/autoresearch/x")
+    make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+    assert held_bytes(workspace) < 1 << 20
+    kept = [c for heads in left_bundles(workspace).values() for c in heads.values()]
+    assert kept == ([commit.strip()] if keep == "true" else [])
+    workspace.git("fsck", "--strict")
+
+
+@pytest.mark.usefixtures("agent_unhidden")
+@pytest.mark.parametrize("listing", [[], "pack", 7, None, {".": ["0" * 40, 1, 2, 3, 4, 0o100444]}])
+def test_a_turn_snapshot_whose_objects_are_no_listing_of_them_is_refused(workspace, tmp_path, listing):
+    """BROKE, fixed (red team): the objects' listing of a turn's snapshot, rewritten by the agent before a kill: a
+    list, a string or a number was a traceback at every start; a key "." moved .git/objects itself, the whole
+    history, into the quarantine; none (`null`) left the objects unchecked. Each is a snapshot that cannot be read."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    keep = workspace.state / TURN_SNAPSHOT
+    watches.Watch(workspace.git, make_loop(workspace, FakeExecutor(score)).ledger, tmp_path / "q", agent=True,
+                  keep=keep)  # fmt: skip
+    snapshot = json.loads(keep.read_text())
+    snapshot["objects"] = listing
+    keep.write_text(json.dumps(snapshot))
+    with pytest.raises(LoopError, match="cannot be read"):
+        make_loop(workspace, FakeExecutor(score)).recover()
     workspace.git("fsck", "--strict")
 
 

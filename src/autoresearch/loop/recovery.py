@@ -39,6 +39,7 @@ from autoresearch.workspace.workspace import TRAIN_PY, TrainPyUnreadable, Worksp
 MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
 TURN_SNAPSHOT = "turn.json"  # in the state folder: the workspace as an agent's turn found it, while it lasts
 HELD_EDIT = "held-train.py"  # in the state folder: the edit a `try` was given, while train.py is another's
+LEFT = "left"  # in the state folder: a bundle of the commits refs were moved to before a kill in a turn, per start
 
 
 def left_by_workers(in_flight: list[Experiment]) -> bool:
@@ -359,7 +360,7 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
             f"the loop was stopped during an agent's turn, and what it left cannot be put aside: {exc}",
             hint="make .autoresearch/quarantine a folder you can write to, then run again",
         ) from None
-    put = put_back_left(ws.git, quarantine, kept)
+    put = put_back_left(ws.git, quarantine, kept, ws.state / LEFT / f"{quarantine.name}.bundle")
     if put is None:
         raise LoopError(
             f"the loop was stopped during an agent's turn, and what the turn began from cannot be read "
@@ -384,7 +385,12 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
         quarantine.rmdir()  # only if nothing was put there
     if what:
         more = f" and {len(what) - 8} more" if len(what) > 8 else ""
-        refs = f"; the commits the refs were on are kept under {left}" if left else ""
+        refs = (
+            f"; the commits the refs were on are kept in {os.path.relpath(left, ws.root)} (`git fetch "
+            f"{os.path.relpath(left, ws.root)} 'refs/*:refs/left/*'` brings them back)"
+            if left
+            else ""
+        )
         say(
             f"the loop was stopped during the agent's turn: put back {', '.join(what[:8])}{more} (kept in "
             f"{os.path.relpath(quarantine, ws.root)}){refs}"

@@ -169,27 +169,26 @@ class Watch:
         return verdict
 
 
-def put_back_left(git: Git, quarantine: Path, kept: Path) -> tuple[list[str], str | None, list[str]] | None:
+LOOP_REFS = "refs/autoresearch/"  # the loop's own: no person's commit is kept from them
+
+
+def put_back_left(
+    git: Git, quarantine: Path, kept: Path, left: Path
+) -> tuple[list[str], Path | None, list[str]] | None:
     """After a kill during an agent's turn (its Watch `kept` its snapshot there): put the workspace back as the
     turn found it, but for train.py and the person's program.md and prompts/ (edited since, perhaps), moving what
-    changed into `quarantine`. What that was, where the refs moved back keep what they pointed at reachable
-    (refs/autoresearch/left/...: a commit made after the kill may be the person's), and the objects of the history
-    that could not be put back (their bytes died with the loop); None if the snapshot cannot be read."""
+    changed into `quarantine`. What that was, the bundle `left` where the refs moved since keep what they pointed at
+    (a commit made after the kill may be the person's: out of the object store, which the loop reads into its memory,
+    none of the turn's stays there), and the objects of the history that could not be put back (their bytes died
+    with the loop); None if the snapshot cannot be read."""
     before = integrity.load(kept)
     if before is None:
         return None
     before.human = integrity.human_contents(git.root, before)  # as they are now: not put back
-    refs = git.refs()
-    reached = git.reached([sha for ref, sha in refs.items() if before.refs.get(ref) != sha])  # the person's, maybe
-    found = integrity.put_back(
-        before, git, quarantine, frozenset({TRAIN_PY}), human=True, agent=True, kept_objects=reached
-    )
-    left = f"refs/autoresearch/left/{quarantine.name}/"
-    after = git.refs()
-    moved = {
-        ref: sha for ref, sha in refs.items() if after.get(ref) != sha and not ref.startswith("refs/autoresearch/")
-    }
-    for ref, sha in moved.items():
-        git.force_ref(left + ref.removeprefix("refs/"), sha)
+    moved = sorted(r for r, sha in git.refs().items() if before.refs.get(r) != sha and not r.startswith(LOOP_REFS))
+    if moved:
+        left.parent.mkdir(parents=True, exist_ok=True)
+        git("bundle", "create", "-q", str(left), *moved, check=False)  # a ref naming no commit, or a broken one: none
+    found = integrity.put_back(before, git, quarantine, frozenset({TRAIN_PY}), human=True, agent=True)
     lost = [what for what in found.not_restored if what.startswith(".git/objects")]
-    return [*found.changed, *found.litter], left if moved else None, lost
+    return [*found.changed, *found.litter], left if left.exists() else None, lost

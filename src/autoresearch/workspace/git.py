@@ -302,13 +302,6 @@ class Git:
         out = self("hash-object", "-w", "--no-filters", "--stdin-paths", stdin="".join(f"{p}\n" for p in paths))
         return out.split()
 
-    def reached(self, commits: list[str]) -> frozenset[str]:
-        """Every object that `commits` reach (those git can read)."""
-        if not commits:
-            return frozenset()
-        out = self("rev-list", "--objects", "--ignore-missing", *commits, check=False)
-        return frozenset(line.split(" ", 1)[0] for line in out.splitlines() if line)
-
     def write_blob(self, data: bytes) -> str:
         """Write `data` into the object store as a blob, exactly as it is; its id."""
         return self._run(("hash-object", "-w", "--no-filters", "--stdin"), stdin=data).decode().strip()

@@ -247,14 +247,12 @@ def put_back(
     human: bool = True,
     expected: dict[str, bytes] | None = None,
     agent: bool = False,
-    kept_objects: frozenset[str] = frozenset(),
 ) -> Findings:
     """Compare the workspace with `before`, put back what differs, and say what it was.
 
     `expected` maps excluded paths (train.py) to the exact bytes they must hold. What was changed is moved
     into `quarantine` first. With `agent`, what a coding agent's tools leave is listed as `litter` (see the
-    module's docstring). Every object added since is taken away (objects.set_aside_new) but `kept_objects` (after a
-    kill: what the refs moved since reach, which may be the person's commits) and the loop's own."""
+    module's docstring). Every object added since but the loop's own is taken away (objects.set_aside_new)."""
     found = Findings()
     held = found.litter if agent else found.changed  # git's own state: an agent's tools change it, a run may not
     git_quarantine = quarantine / ".git"
@@ -271,7 +269,11 @@ def put_back(
     _put_back_links(git.git_dir, git_quarantine, held)  # before a git command of the loop's writes through one
     _put_back_locks(git.git_dir, git_quarantine, held, before.locks)  # a git that was killed: the loop's would fail
     if before.objects is not None:  # before a git command reads them
-        objects.put_back(before.objects, before.contents, git, git_quarantine, found.changed, held, found.not_restored)
+        roots = sorted(set(before.refs.values()))
+        if objects.put_back(
+            before.objects, before.contents, git, git_quarantine, found.changed, held, found.not_restored, roots
+        ):
+            return found  # the history misses an object (after a kill): nothing more can be put back from it
     left_history, _, _ = _read_git_files(git.git_dir, HISTORY_GIT)  # before the loop's own commands write to it
     _put_back_refs(before, git, held)
     if _sha256(git.index_listing()) != before.index:
@@ -292,7 +294,7 @@ def put_back(
             (git.root / path).write_bytes(data)
     if before.objects is not None:  # now that no ref or index entry of the step's names them
         own = {i: (signature, before.contents.get(i)) for i, signature in before.stored.items()}
-        objects.set_aside_new(before.objects, git, git_quarantine, held, own, kept_objects)
+        objects.set_aside_new(before.objects, git, git_quarantine, held, own)
     wrote = {rel for rel in {*left_history, *before.history} if left_history.get(rel) != before.history.get(rel)}
     history_quarantine = git_quarantine if wrote else None  # else only the loop's own commands above wrote there
     _put_back_git_files(before.history, HISTORY_GIT, before, git.git_dir, history_quarantine, found)
@@ -481,20 +483,24 @@ def load(path: Path) -> Snapshot | None:
         data = json.loads(read_regular(path, SNAPSHOT_LIMIT))  # not a FIFO left in its place, which would wedge
         contents = {i: base64.b64decode(b) for i, b in data.pop("git_contents").items()}
         snap = Snapshot(**data, contents=contents)
+        work = [*snap.files, *snap.untracked, *snap.human]
+        listed = isinstance(snap.objects, dict) and all(map(_object_entry, snap.objects.items()))
+        sound = listed and all(map(_inside, [*work, *snap.git_files, *snap.history, *snap.locks]))
+        if sound and not any(map(is_loop_own, work)):
+            return snap
     except Exception:  # missing, cut short, not JSON, not a snapshot's fields: unreadable all the same
-        return None
-    work = [*snap.files, *snap.untracked, *snap.human]
-    git_paths = [*snap.git_files, *snap.history, *snap.locks, *(snap.objects or ())]
-    listed = snap.objects is None or all(_object_entry(entry) for entry in snap.objects.values())
-    if listed and all(map(_inside, [*work, *git_paths])) and not any(map(is_loop_own, work)):
-        return snap
+        pass
     return None
 
 
-def _object_entry(entry: object) -> bool:
-    """Whether `entry` is what `objects.record` lists for an object file: its content id, then five numbers."""
+def _object_entry(item: tuple[object, object]) -> bool:
+    """Whether `item` is what `objects.record` lists for an object file: a path under .git/objects, every part of it
+    a name (not "." nor ".."), then its content id and five numbers."""
+    rel, entry = item
     return (
-        isinstance(entry, list)
+        _inside(rel)
+        and all(part not in ("", ".") for part in str(rel).split("/"))
+        and isinstance(entry, list)
         and len(entry) == 6
         and isinstance(entry[0], str)
         and all(isinstance(n, int) and not isinstance(n, bool) for n in entry[1:])

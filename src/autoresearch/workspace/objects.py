@@ -64,14 +64,15 @@ def put_back(
     changed: list[str],
     held: list[str],
     not_restored: list[str],
-) -> None:
+    roots: list[str],
+) -> bool:
     """Write back every object file that changed or went since `listing` (`record`), and take away (into `folder`)
     the new ones that could shadow an object of the history. A rewritten object is `changed` (the history would say
     something else was measured); a deleted one is `held` (`git gc` packs loose objects away). A new loose object
     that is not what its name says is `changed`; the others are left for `set_aside_new` (git's commands until then
     may read them: a ref the step made names them). A new pack goes (one of `git gc`'s, whose objects are whole, is
     `held`, and what only it holds is written back loose; one that is not, `changed`), and so does anything else new
-    there."""
+    there. Whether the history (what the commits `roots` reach) now misses an object (`_check_unread`)."""
     top = git.git_dir / OBJECTS
     verified, whole_packs = set(), []  # the new packs' indexes verify-pack passed; those packs, taken away
     unread: list[str] = []  # changed or gone, their bytes not known (`_check_unread`)
@@ -121,25 +122,30 @@ def put_back(
         # shadow an object of the history.
         if not git.unpack(pack):
             not_restored.append(f"the objects of .git/objects/{pack.name} (kept in the quarantine)")
-    _check_unread(unread, git, folder, changed, not_restored)
+    return _check_unread(unread, git, folder, changed, not_restored, roots)
 
 
-def _check_unread(unread: list[str], git: Git, folder: Path, changed: list[str], not_restored: list[str]) -> None:
+def _check_unread(
+    unread: list[str], git: Git, folder: Path, changed: list[str], not_restored: list[str], roots: list[str]
+) -> bool:
     """The object files that changed or went while the loop was killed, whose bytes are not known to write back: one
-    that no longer holds what its name says is taken away, and every object the history names must be there still
-    (those `git gc` packed away were written back from its pack)."""
-    top, gone = git.git_dir / OBJECTS, False
+    that cannot be shown to hold what its name says (too large to tell included) is taken away, and every object that
+    the commits `roots` reach must be there still (those `git gc` packed away were written back from its pack: a
+    pack rewritten whole without one of them passes every other check). Whether one is missing."""
+    top = git.git_dir / OBJECTS
     for rel in unread:
         path = top / rel
         if os.path.lexists(path) and not _still_whole(git, path, rel):
             changed.append(f"changed .git/objects/{rel}")
             quarantine(top, rel, folder / OBJECTS, tidy=False)
-        gone = gone or not os.path.lexists(path)
-    if gone:
-        try:
-            git("fsck", "--connectivity-only", "--no-dangling", "--no-progress")
-        except GitError as exc:
-            not_restored.append(f".git/objects: objects the history names are gone ({str(exc)[-300:]})")
+    if not unread or not roots:
+        return False
+    try:
+        git("fsck", "--connectivity-only", "--no-dangling", "--no-progress", *roots)
+    except GitError as exc:
+        not_restored.append(f".git/objects: objects the history names are gone ({str(exc)[-300:]})")
+        return True
+    return False
 
 
 def _still_whole(git: Git, path: Path, rel: str) -> bool:
@@ -147,7 +153,7 @@ def _still_whole(git: Git, path: Path, rel: str) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     if _loose_object(rel):
-        return _whole(path, rel.replace("/", "")) is not False
+        return _whole(path, rel.replace("/", "")) is True
     index = path.with_suffix(".idx")
     return index.is_file() and not index.is_symlink() and _pack_whole(git, index)
 
@@ -158,17 +164,16 @@ def set_aside_new(
     folder: Path,
     held: list[str],
     own: dict[str, tuple[list[int], bytes | None]],
-    kept: frozenset[str] = frozenset(),
 ) -> None:
-    """Take away (into `folder`) every loose object added since `listing` (`record`), but those in `kept` and the
-    loop's `own` (blob id -> the signature of the file it wrote, and its bytes): one of those whose file is not the one
-    the loop wrote (a copy padded to 60 MB that inflates to the same blob: red team) is written again from its bytes.
-    Once the refs are put back, which may have named them."""
+    """Take away (into `folder`) every loose object added since `listing` (`record`) but the loop's `own` (blob id ->
+    the signature of the file it wrote, and its bytes): one of those whose file is not the one the loop wrote (a copy
+    padded to 60 MB that inflates to the same blob: red team) is written again from its bytes. Once the refs are put
+    back, which may have named them."""
     top = git.git_dir / OBJECTS
     taken = []
     for rel, st in sorted(_files(top).items()):
         oid = rel.replace("/", "")
-        if rel in listing or not _loose_object(rel) or oid in kept:
+        if rel in listing or not _loose_object(rel):
             continue
         if oid in own:
             signature, data = own[oid]
