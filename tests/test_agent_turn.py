@@ -277,7 +277,7 @@ def test_lines_removed_from_gitignore_reject_the_proposal(workspace, tmp_path):
 def left_bundles(ws) -> dict[str, dict[str, str]]:
     """The bundles the starts after kills in turns kept (relative to the workspace) -> the refs each holds -> commit."""
     found = {}
-    for bundle in sorted((ws.state / "left").glob("*.bundle")):
+    for bundle in sorted((ws.state / "left").glob("*/left.bundle")):
         lines = ws.git("bundle", "list-heads", str(bundle)).splitlines()
         found[os.path.relpath(bundle, ws.root)] = {ref: sha for sha, ref in (line.split(" ", 1) for line in lines)}
     return found
@@ -348,7 +348,7 @@ git config user.name agent""",
     [told] = [e for e in events if "stopped during the agent's turn" in e]
     assert "added notes.txt" in told and "refs/heads/autoresearch/test" in told and ".git/config" in told
     [(bundle, heads)] = left_bundles(workspace).items()
-    assert heads == {"refs/heads/autoresearch/test": agent_commit} and f"kept in {bundle}" in told
+    assert heads == {"refs/left/heads/autoresearch/test": agent_commit} and f"git fetch {bundle} " in told
     assert not workspace.git.refs("refs/autoresearch/left/")  # out of the object store the loop reads
     assert quarantined(workspace, "notes.txt")[0].read_text() == "half a thought\n"
     assert quarantined(workspace, "ledger.sqlite") == quarantined(workspace, "result.json") == []

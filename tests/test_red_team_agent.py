@@ -885,21 +885,32 @@ def test_what_a_turn_committed_before_a_kill_is_kept_out_of_the_loops_memory(wor
     workspace.git("fsck", "--strict")
 
 
+WRONG = ["0" * 40, 1, 2, 3, 4, 0o100444]  # a listing's entry: no file's
+
+
 @pytest.mark.usefixtures("agent_unhidden")
-@pytest.mark.parametrize("listing", [[], "pack", 7, None, {".": ["0" * 40, 1, 2, 3, 4, 0o100444]}])
-def test_a_turn_snapshot_whose_objects_are_no_listing_of_them_is_refused(workspace, tmp_path, listing):
-    """BROKE, fixed (red team): the objects' listing of a turn's snapshot, rewritten by the agent before a kill: a
-    list, a string or a number was a traceback at every start; a key "." moved .git/objects itself, the whole
-    history, into the quarantine; none (`null`) left the objects unchecked. Each is a snapshot that cannot be read."""
+@pytest.mark.parametrize(
+    "listing", [[], "pack", 7, None, {".": WRONG}, {"pack": WRONG}, {"info/alternates": WRONG}, {"ab/c\0d": WRONG}]
+)
+def test_a_turn_snapshot_whose_objects_are_no_listing_of_them_takes_nothing_away(workspace, tmp_path, listing):
+    """BROKE, fixed (red teams): the objects' listing of a turn's snapshot, rewritten by the agent before a kill: a
+    list, a string or a number was a traceback at every start, and none (`null`) left the objects unchecked: such a
+    snapshot cannot be read. A name that is no object file's ("." or "pack", the folders; "info/...", guarded as a
+    file; a NUL) moved .git/objects, its pack folder or objects/info into the quarantine, or was a traceback: it is
+    left out, and the history stays."""
     make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
     keep = workspace.state / TURN_SNAPSHOT
     watches.Watch(workspace.git, make_loop(workspace, FakeExecutor(score)).ledger, tmp_path / "q", agent=True,
                   keep=keep)  # fmt: skip
     snapshot = json.loads(keep.read_text())
-    snapshot["objects"] = listing
+    snapshot["objects"] = {**snapshot["objects"], **listing} if isinstance(listing, dict) else listing
     keep.write_text(json.dumps(snapshot))
-    with pytest.raises(LoopError, match="cannot be read"):
+    if isinstance(listing, dict):
         make_loop(workspace, FakeExecutor(score)).recover()
+        assert not list((workspace.state / "quarantine").rglob("objects"))
+    else:
+        with pytest.raises(LoopError, match="cannot be read"):
+            make_loop(workspace, FakeExecutor(score)).recover()
     workspace.git("fsck", "--strict")
 
 

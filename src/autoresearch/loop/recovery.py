@@ -27,7 +27,7 @@ from autoresearch.loop import activity
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import APPARATUS_HINT, CONFINEMENT_HINT, SETUP_HINT, LoopError
-from autoresearch.loop.watch import put_back_left
+from autoresearch.loop.watch import LEFT_REFS, put_back_left
 from autoresearch.orphans import reap, remove_left_boxes
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
@@ -39,7 +39,7 @@ from autoresearch.workspace.workspace import TRAIN_PY, TrainPyUnreadable, Worksp
 MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
 TURN_SNAPSHOT = "turn.json"  # in the state folder: the workspace as an agent's turn found it, while it lasts
 HELD_EDIT = "held-train.py"  # in the state folder: the edit a `try` was given, while train.py is another's
-LEFT = "left"  # in the state folder: a bundle of the commits refs were moved to before a kill in a turn, per start
+LEFT = "left"  # in the state folder: bundles of the commits refs were moved to in a turn cut short by a kill
 
 
 def left_by_workers(in_flight: list[Experiment]) -> bool:
@@ -360,7 +360,7 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
             f"the loop was stopped during an agent's turn, and what it left cannot be put aside: {exc}",
             hint="make .autoresearch/quarantine a folder you can write to, then run again",
         ) from None
-    put = put_back_left(ws.git, quarantine, kept, ws.state / LEFT / f"{quarantine.name}.bundle")
+    put = put_back_left(ws.git, quarantine, kept, ws.state / LEFT)
     if put is None:
         raise LoopError(
             f"the loop was stopped during an agent's turn, and what the turn began from cannot be read "
@@ -369,12 +369,15 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
             f"right, delete .autoresearch/{TURN_SNAPSHOT}, then run again",
         )
     what, left, lost = put
+    fetch = f"`git fetch {os.path.relpath(left, ws.root)} '{LEFT_REFS}*:{LEFT_REFS}*'`" if left else ""
     if lost:  # the snapshot stays: every start refuses until a person has looked
+        kept_too = f"; the commits the refs were moved to since are kept in a bundle: {fetch}" if left else ""
         raise LoopError(
             f"the loop was stopped during an agent's turn, and git's objects it changed are not what they were: "
-            f"{', '.join(lost[:4])} (what it changed is kept in {os.path.relpath(quarantine, ws.root)})",
-            hint="the history can no longer say what was measured: restore .git from a copy, or start a new "
-            f"workspace from the best's train.py; then delete .autoresearch/{TURN_SNAPSHOT} and run again",
+            f"{', '.join(lost[:4])} (what it changed is kept in {os.path.relpath(quarantine, ws.root)}){kept_too}",
+            hint="the history can no longer say what was measured: keep what you committed since the kill (`git log "
+            "--all`), then restore .git from a copy, or start a new workspace from the best's train.py; then delete "
+            f".autoresearch/{TURN_SNAPSHOT} and run again",
         )
     if not keep_train_py and ws.train_py.exists() and train_py_text(ws) != ws.committed_train_py():
         shutil.move(ws.train_py, quarantine / TRAIN_PY)
@@ -385,12 +388,7 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
         quarantine.rmdir()  # only if nothing was put there
     if what:
         more = f" and {len(what) - 8} more" if len(what) > 8 else ""
-        refs = (
-            f"; the commits the refs were on are kept in {os.path.relpath(left, ws.root)} (`git fetch "
-            f"{os.path.relpath(left, ws.root)} 'refs/*:refs/left/*'` brings them back)"
-            if left
-            else ""
-        )
+        refs = f"; the commits the refs were moved to are kept in a bundle: {fetch} brings them back" if left else ""
         say(
             f"the loop was stopped during the agent's turn: put back {', '.join(what[:8])}{more} (kept in "
             f"{os.path.relpath(quarantine, ws.root)}){refs}"

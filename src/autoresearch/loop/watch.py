@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from autoresearch.loop.environment import Environment
 from autoresearch.loop.ledger import Ledger
 from autoresearch.workspace import integrity
 from autoresearch.workspace.contents import content_id
-from autoresearch.workspace.git import Git
+from autoresearch.workspace.git import Git, GitError
 from autoresearch.workspace.quarantine import YOURS, fresh_folder, limit_bytes, prune
 from autoresearch.workspace.workspace import TRAIN_PY
 
@@ -170,25 +171,60 @@ class Watch:
 
 
 LOOP_REFS = "refs/autoresearch/"  # the loop's own: no person's commit is kept from them
+LEFT_REFS = "refs/left/"  # what a bundle of put_back_left names each ref it keeps (HEAD, detached: refs/left/HEAD)
 
 
 def put_back_left(
-    git: Git, quarantine: Path, kept: Path, left: Path
+    git: Git, quarantine: Path, kept: Path, bundles: Path
 ) -> tuple[list[str], Path | None, list[str]] | None:
     """After a kill during an agent's turn (its Watch `kept` its snapshot there): put the workspace back as the
     turn found it, but for train.py and the person's program.md and prompts/ (edited since, perhaps), moving what
-    changed into `quarantine`. What that was, the bundle `left` where the refs moved since keep what they pointed at
-    (a commit made after the kill may be the person's: out of the object store, which the loop reads into its memory,
-    none of the turn's stays there), and the objects of the history that could not be put back (their bytes died
-    with the loop); None if the snapshot cannot be read."""
+    changed into `quarantine`. What that was, the bundle (in a new folder in `bundles`) where the refs moved since,
+    and HEAD where it was left detached elsewhere, keep what they pointed at (a commit made after the kill may be the
+    person's: out of the object store, which the loop reads into its memory, none of the turn's stays there), and the
+    objects of the history that could not be put back (their bytes died with the loop); None if the snapshot cannot be
+    read."""
     before = integrity.load(kept)
     if before is None:
         return None
     before.human = integrity.human_contents(git.root, before)  # as they are now: not put back
-    moved = sorted(r for r, sha in git.refs().items() if before.refs.get(r) != sha and not r.startswith(LOOP_REFS))
-    if moved:
-        left.parent.mkdir(parents=True, exist_ok=True)
-        git("bundle", "create", "-q", str(left), *moved, check=False)  # a ref naming no commit, or a broken one: none
+    moved = {r: sha for r, sha in git.refs().items() if before.refs.get(r) != sha and not r.startswith(LOOP_REFS)}
+    head = git("rev-parse", "-q", "--verify", "HEAD^{commit}", check=False).strip()
+    if head and not git("symbolic-ref", "-q", "HEAD", check=False).strip() and head not in before.refs.values():
+        moved["HEAD"] = head
+    bundle = _bundle(git, moved, fresh_folder(bundles, quarantine.name) / "left.bundle") if moved else None
     found = integrity.put_back(before, git, quarantine, frozenset({TRAIN_PY}), human=True, agent=True)
     lost = [what for what in found.not_restored if what.startswith(".git/objects")]
-    return [*found.changed, *found.litter], left if left.exists() else None, lost
+    gone = [what for what in found.not_restored if what not in lost]  # their bytes died with the loop
+    put = [what for what in (*found.changed, *found.litter) if what.split(" ", 1)[-1] not in gone]
+    return [*put, *(f"not {what}: it could not be written back" for what in gone)], bundle, lost
+
+
+def _bundle(git: Git, refs: dict[str, str], path: Path) -> Path | None:
+    """A bundle at `path` of the commits `refs` (name -> commit) point at, each under LEFT_REFS + its name; made in a
+    repository of its own that borrows this one's objects, so that no other ref can make a name ambiguous (git leaves
+    such a ref out: red team) and a ref to a broken commit (the agent's) leaves the others in. None if none can."""
+    with tempfile.TemporaryDirectory() as spare_dir:
+        spare = Git(Path(spare_dir))
+        spare.init("left")
+        (spare.git_dir / "objects" / "info" / "alternates").write_text(f"{git.git_dir / 'objects'}\n")
+        for name, commit in refs.items():
+            if _walks(spare, commit):
+                spare("update-ref", LEFT_REFS + name.removeprefix("refs/"), commit, check=False)
+        if not spare.refs() or not _walks(spare, "--all", bundle=path):
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+            return None
+    return path
+
+
+def _walks(git: Git, *revs: str, bundle: Path | None = None) -> bool:
+    """Whether git can walk every object `revs` reach (and, with `bundle`, write them there)."""
+    try:
+        if bundle is not None:
+            git("bundle", "create", "-q", str(bundle), *revs)
+        else:
+            git("rev-list", "--objects", *revs)
+    except GitError:
+        return False
+    return True

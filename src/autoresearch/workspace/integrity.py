@@ -268,11 +268,13 @@ def put_back(
         held.append(f".git/{rel}")  # before any git command runs
     _put_back_links(git.git_dir, git_quarantine, held)  # before a git command of the loop's writes through one
     _put_back_locks(git.git_dir, git_quarantine, held, before.locks)  # a git that was killed: the loop's would fail
+    history: frozenset[str] | None = frozenset()
     if before.objects is not None:  # before a git command reads them
         roots = sorted(set(before.refs.values()))
-        if objects.put_back(
+        history = objects.put_back(
             before.objects, before.contents, git, git_quarantine, found.changed, held, found.not_restored, roots
-        ):
+        )
+        if history is None:
             return found  # the history misses an object (after a kill): nothing more can be put back from it
     left_history, _, _ = _read_git_files(git.git_dir, HISTORY_GIT)  # before the loop's own commands write to it
     _put_back_refs(before, git, held)
@@ -294,7 +296,7 @@ def put_back(
             (git.root / path).write_bytes(data)
     if before.objects is not None:  # now that no ref or index entry of the step's names them
         own = {i: (signature, before.contents.get(i)) for i, signature in before.stored.items()}
-        objects.set_aside_new(before.objects, git, git_quarantine, held, own)
+        objects.set_aside_new(before.objects, git, git_quarantine, held, own, history)
     wrote = {rel for rel in {*left_history, *before.history} if left_history.get(rel) != before.history.get(rel)}
     history_quarantine = git_quarantine if wrote else None  # else only the loop's own commands above wrote there
     _put_back_git_files(before.history, HISTORY_GIT, before, git.git_dir, history_quarantine, found)
@@ -484,7 +486,8 @@ def load(path: Path) -> Snapshot | None:
         contents = {i: base64.b64decode(b) for i, b in data.pop("git_contents").items()}
         snap = Snapshot(**data, contents=contents)
         work = [*snap.files, *snap.untracked, *snap.human]
-        listed = isinstance(snap.objects, dict) and all(map(_object_entry, snap.objects.items()))
+        listed = isinstance(snap.objects, dict) and all(map(_object_entry, snap.objects.values()))
+        snap.objects = {rel: entry for rel, entry in snap.objects.items() if _object_file(rel)}  # others: as new
         sound = listed and all(map(_inside, [*work, *snap.git_files, *snap.history, *snap.locks]))
         if sound and not any(map(is_loop_own, work)):
             return snap
@@ -493,18 +496,23 @@ def load(path: Path) -> Snapshot | None:
     return None
 
 
-def _object_entry(item: tuple[object, object]) -> bool:
-    """Whether `item` is what `objects.record` lists for an object file: a path under .git/objects, every part of it
-    a name (not "." nor ".."), then its content id and five numbers."""
-    rel, entry = item
+def _object_entry(entry: object) -> bool:
+    """Whether `entry` is what `objects.record` lists for an object file: its content id, then five numbers."""
     return (
-        _inside(rel)
-        and all(part not in ("", ".") for part in str(rel).split("/"))
-        and isinstance(entry, list)
+        isinstance(entry, list)
         and len(entry) == 6
         and isinstance(entry[0], str)
         and all(isinstance(n, int) and not isinstance(n, bool) for n in entry[1:])
     )
+
+
+def _object_file(rel: object) -> bool:
+    """Whether `rel` names a loose object or a file of pack/ under .git/objects (a listing's other names, a folder's
+    among them, are not put back: red team)."""
+    if not isinstance(rel, str) or "\0" in rel:
+        return False
+    folder, _, name = rel.partition("/")
+    return objects.loose_object(rel) or (folder == "pack" and name not in ("", ".", "..") and "/" not in name)
 
 
 def _inside(rel: object) -> bool:

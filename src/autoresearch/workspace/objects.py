@@ -65,26 +65,27 @@ def put_back(
     held: list[str],
     not_restored: list[str],
     roots: list[str],
-) -> bool:
+) -> frozenset[str] | None:
     """Write back every object file that changed or went since `listing` (`record`), and take away (into `folder`)
     the new ones that could shadow an object of the history. A rewritten object is `changed` (the history would say
     something else was measured); a deleted one is `held` (`git gc` packs loose objects away). A new loose object
     that is not what its name says is `changed`; the others are left for `set_aside_new` (git's commands until then
     may read them: a ref the step made names them). A new pack goes (one of `git gc`'s, whose objects are whole, is
     `held`, and what only it holds is written back loose; one that is not, `changed`), and so does anything else new
-    there. Whether the history (what the commits `roots` reach) now misses an object (`_check_unread`)."""
+    there. The objects of the history (what the commits `roots` reach) where a file whose bytes are not known changed
+    (after a kill: `_check_unread`), none otherwise; None where it misses one."""
     top = git.git_dir / OBJECTS
     verified, whole_packs = set(), []  # the new packs' indexes verify-pack passed; those packs, taken away
     unread: list[str] = []  # changed or gone, their bytes not known (`_check_unread`)
     for rel, st in sorted(_files(top).items()):
         if rel in listing:
             continue
-        if _loose_object(rel) and stat.S_ISREG(st.st_mode):
+        if loose_object(rel) and stat.S_ISREG(st.st_mode):
             if _whole(top / rel, rel.replace("/", "")) is not False:  # None: over KEPT_BYTES, taken away unknown
                 continue
             forged = True
         else:  # a pack's index is checked while its pack is still there: sorted, "x.idx" comes before "x.pack"
-            forged = _loose_object(rel) or (rel.endswith(".idx") and not _pack_whole(git, top / rel))
+            forged = loose_object(rel) or (rel.endswith(".idx") and not _pack_whole(git, top / rel))
             if rel.endswith(".idx") and not forged:
                 verified.add(rel.removesuffix(".idx"))
         if forged:
@@ -127,11 +128,12 @@ def put_back(
 
 def _check_unread(
     unread: list[str], git: Git, folder: Path, changed: list[str], not_restored: list[str], roots: list[str]
-) -> bool:
+) -> frozenset[str] | None:
     """The object files that changed or went while the loop was killed, whose bytes are not known to write back: one
     that cannot be shown to hold what its name says (too large to tell included) is taken away, and every object that
     the commits `roots` reach must be there still (those `git gc` packed away were written back from its pack: a
-    pack rewritten whole without one of them passes every other check). Whether one is missing."""
+    pack rewritten whole without one of them passes every other check). Those objects, which stay (loose now, where
+    their pack went); None where one is missing."""
     top = git.git_dir / OBJECTS
     for rel in unread:
         path = top / rel
@@ -139,20 +141,20 @@ def _check_unread(
             changed.append(f"changed .git/objects/{rel}")
             quarantine(top, rel, folder / OBJECTS, tidy=False)
     if not unread or not roots:
-        return False
-    try:
-        git("fsck", "--connectivity-only", "--no-dangling", "--no-progress", *roots)
+        return frozenset()
+    try:  # a missing object stops the walk, a blob too
+        out = git("rev-list", "--objects", "--stdin", stdin="".join(f"{root}\n" for root in roots))
     except GitError as exc:
         not_restored.append(f".git/objects: objects the history names are gone ({str(exc)[-300:]})")
-        return True
-    return False
+        return None
+    return frozenset(line.split(" ", 1)[0] for line in out.splitlines() if line)
 
 
 def _still_whole(git: Git, path: Path, rel: str) -> bool:
     """Whether the loose object or pack (its index) at `path` holds what its names say."""
     if path.is_symlink() or not path.is_file():
         return False
-    if _loose_object(rel):
+    if loose_object(rel):
         return _whole(path, rel.replace("/", "")) is True
     index = path.with_suffix(".idx")
     return index.is_file() and not index.is_symlink() and _pack_whole(git, index)
@@ -164,16 +166,17 @@ def set_aside_new(
     folder: Path,
     held: list[str],
     own: dict[str, tuple[list[int], bytes | None]],
+    history: frozenset[str],
 ) -> None:
-    """Take away (into `folder`) every loose object added since `listing` (`record`) but the loop's `own` (blob id ->
-    the signature of the file it wrote, and its bytes): one of those whose file is not the one the loop wrote (a copy
-    padded to 60 MB that inflates to the same blob: red team) is written again from its bytes. Once the refs are put
-    back, which may have named them."""
+    """Take away (into `folder`) every loose object added since `listing` (`record`) but the `history`'s (`put_back`)
+    and the loop's `own` (blob id -> the signature of the file it wrote, and its bytes): one of those whose file is
+    not the one the loop wrote (a copy padded to 60 MB that inflates to the same blob: red team) is written again from
+    its bytes. Once the refs are put back, which may have named them."""
     top = git.git_dir / OBJECTS
     taken = []
     for rel, st in sorted(_files(top).items()):
         oid = rel.replace("/", "")
-        if rel in listing or not _loose_object(rel):
+        if rel in listing or not loose_object(rel) or oid in history:
             continue
         if oid in own:
             signature, data = own[oid]
@@ -209,7 +212,7 @@ def _files(top: Path) -> dict[str, os.stat_result]:
     return found
 
 
-def _loose_object(rel: str) -> bool:
+def loose_object(rel: str) -> bool:
     """Whether `rel` (under .git/objects) is named as a loose object is: two hex digits, a folder, the rest."""
     prefix, _, name = rel.partition("/")
     return len(prefix) == 2 and len(prefix + name) in (40, 64) and all(c in "0123456789abcdef" for c in prefix + name)
