@@ -218,3 +218,30 @@ def test_held_a_commit_of_the_persons_after_the_kill_is_in_the_bundle(workspace,
     [bundle] = left_bundles(workspace)
     sh(workspace, f"git fetch -q {bundle} 'refs/left/*:refs/left/*'")
     assert workspace.git("cat-file", "-t", mine).strip() == "commit"
+
+
+# The best's train.py blob (loose) written again under its name, whole, its stream padded to ~60 MB with empty stored
+# deflate blocks: every check of what it holds passes.
+PAD_HISTORY = r"""
+import hashlib, pathlib, subprocess, zlib
+blob = subprocess.run(["git", "rev-parse", "HEAD:train.py"], capture_output=True, text=True, check=True).stdout.strip()
+data = subprocess.run(["git", "cat-file", "blob", blob], capture_output=True, check=True).stdout
+raw = b"blob %d\0" % len(data) + data
+z = zlib.compressobj()
+stream = z.compress(raw) + z.flush(zlib.Z_SYNC_FLUSH)
+stream += b"\x00\x00\x00\xff\xff" * 12_000_000 + b"\x01\x00\x00\xff\xff" + zlib.adler32(raw).to_bytes(4, "big")
+path = pathlib.Path(".git/objects") / blob[:2] / blob[2:]
+path.unlink()
+path.write_bytes(stream)
+"""
+
+
+def test_an_object_of_the_history_padded_before_a_kill_is_not_held_in_memory(workspace, tmp_path):
+    """BROKE, fixed (a review of the fixes above): after a kill, an object of the history whose file changed was
+    checked for what it holds alone; written again padded to 60 MB, whole, it stayed, and every later step held it in
+    memory. A file larger than zlib could make of it is not the object git wrote: taken away, the history misses it,
+    and the start refuses, as for any other rewrite."""
+    turn_begins(workspace, tmp_path)
+    subprocess.run([sys.executable, "-c", PAD_HISTORY], cwd=workspace.root, check=True)
+    with pytest.raises(LoopError, match="not what they were"):
+        next_start(workspace)

@@ -155,7 +155,7 @@ def _still_whole(git: Git, path: Path, rel: str) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     if loose_object(rel):
-        return _whole(path, rel.replace("/", "")) is True
+        return _whole(path, rel.replace("/", ""), compact=True) is True
     index = path.with_suffix(".idx")
     return index.is_file() and not index.is_symlink() and _pack_whole(git, index)
 
@@ -218,11 +218,14 @@ def loose_object(rel: str) -> bool:
     return len(prefix) == 2 and len(prefix + name) in (40, 64) and all(c in "0123456789abcdef" for c in prefix + name)
 
 
-def _whole(path: Path, oid: str) -> bool | None:
-    """Whether the loose object file `path` holds what its id `oid` names; None where it, or what it holds, is over
-    KEPT_BYTES (what it holds is not made whole in memory: 600 MB of zeros compress to 600 KB, red team)."""
+def _whole(path: Path, oid: str, compact: bool = False) -> bool | None:
+    """Whether the loose object file `path` holds what its id `oid` names (and, `compact`, in no more bytes than zlib
+    could take for it: a stream padded with empty blocks inflates to the same object, red team); None where it, or
+    what it holds, is over KEPT_BYTES (what it holds is not made whole in memory: 600 MB of zeros compress to 600 KB,
+    red team)."""
     try:
         data = read_regular(path, KEPT_BYTES)
+        size = len(data)
     except ValueError:
         return None
     except OSError:
@@ -241,6 +244,8 @@ def _whole(path: Path, oid: str) -> bool | None:
         return False
     if held > KEPT_BYTES:
         return None
+    if compact and size > held + held // 64 + 64:  # zlib's worst case: 5 bytes a stored block of 16 KiB, and a header
+        return False
     return unpacked.eof and not unpacked.unused_data and digest.hexdigest() == oid  # nothing after it: fsck fails
 
 
