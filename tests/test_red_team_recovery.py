@@ -7,8 +7,12 @@ kill), and the next start is a `run` with nothing to ask.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, make_loop
@@ -245,3 +249,120 @@ def test_an_object_of_the_history_padded_before_a_kill_is_not_held_in_memory(wor
     subprocess.run([sys.executable, "-c", PAD_HISTORY], cwd=workspace.root, check=True)
     with pytest.raises(LoopError, match="not what they were"):
         next_start(workspace)
+
+
+def _start_unwedged(ws, fifo) -> tuple[bool, list]:
+    """The next start in a thread; whether it was still waiting after 30 s. A FIFO's reader is then given an end of
+    file (an opened and closed writer) until it finishes, so that no git process is left waiting."""
+    done: list = []
+
+    def start():
+        try:
+            done.append(next_start(ws))
+        except BaseException as exc:
+            done.append(exc)
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    thread.join(30)
+    wedged = thread.is_alive()
+    deadline = time.monotonic() + 60
+    while thread.is_alive() and time.monotonic() < deadline:
+        for path in fifo:
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(0.2)
+    return wedged, done
+
+
+@pytest.mark.parametrize("where", ["alternates", "head commit"])
+def test_a_fifo_the_agent_left_in_the_object_store_does_not_wedge_the_start_after_a_kill(workspace, tmp_path, where):
+    """BROKE, fixed: the agent replaces .git/objects/info/alternates (or the loose file of the commit HEAD is on) with a
+    FIFO, and the loop is killed. A normal turn's check puts .git's files back (and takes a FIFO out of .git/objects)
+    before any git command; after a kill, put_back_left runs `git rev-parse HEAD^{commit}` (and, with a ref moved,
+    `rev-list`/`bundle` in a repository whose alternates chain to the workspace's) first: git opens the FIFO and waits
+    for a writer for ever, at every start."""
+    turn_begins(workspace, tmp_path)
+    if where == "alternates":
+        fifo = workspace.git.git_dir / "objects" / "info" / "alternates"
+        fifo.parent.mkdir(exist_ok=True)
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo)
+    else:
+        head = workspace.git("rev-parse", "HEAD").strip()
+        fifo = workspace.git.git_dir / "objects" / head[:2] / head[2:]
+        assert fifo.is_file(), "the baseline's commit is loose"
+        fifo.chmod(0o644)
+        fifo.unlink()
+        os.mkfifo(fifo)
+    wedged, _ = _start_unwedged(workspace, [fifo])
+    assert not wedged, "the start waited on the FIFO"
+
+
+# A loose copy of the train.py blob (packed, before the turn) added under its name, whole, its stream padded to ~60 MB
+# with empty stored deflate blocks; it is not in the snapshot's listing, so `_check_unread`'s `compact` never sees it.
+PAD_NEW = r"""
+import pathlib, subprocess, zlib
+blob = subprocess.run(["git", "rev-parse", "HEAD:train.py"], capture_output=True, text=True, check=True).stdout.strip()
+data = subprocess.run(["git", "cat-file", "blob", blob], capture_output=True, check=True).stdout
+raw = b"blob %d\0" % len(data) + data
+z = zlib.compressobj()
+stream = z.compress(raw) + z.flush(zlib.Z_SYNC_FLUSH)
+stream += b"\x00\x00\x00\xff\xff" * 12_000_000 + b"\x01\x00\x00\xff\xff" + zlib.adler32(raw).to_bytes(4, "big")
+path = pathlib.Path(".git/objects") / blob[:2] / blob[2:]
+assert not path.exists()
+path.parent.mkdir(exist_ok=True)
+path.write_bytes(stream)
+"""
+
+
+def test_a_padded_loose_copy_of_a_packed_history_object_does_not_stay_after_a_kill(workspace, tmp_path):
+    """BROKE, fixed: the history packed (as the loop's own `pack` leaves it). The agent recompresses the pack (innocent:
+    the start accepts it), then adds a loose copy of the best's train.py blob padded to 60 MB; the loop is killed. The
+    start took the new pack away and wrote what the repository lacked loose (not the blob: a copy was there), then kept
+    every loose object of the history whatever its file, and every later step read its 60 MB into memory. An object of
+    the history whose file is larger than git would write is written again."""
+    workspace.git("repack", "-q", "-a", "-d")
+    workspace.git("prune-packed")
+    turn_begins(workspace, tmp_path)
+    blob = workspace.git("rev-parse", "HEAD:train.py").strip()
+    path = workspace.git.git_dir / "objects" / blob[:2] / blob[2:]
+    assert not path.exists(), "the blob is packed"
+    sh(workspace, "git -c pack.compression=0 repack -q -a -d -f")
+    subprocess.run([sys.executable, "-c", PAD_NEW], cwd=workspace.root, check=True)
+    try:
+        next_start(workspace)
+    except Exception:  # a refusal would do too: then nothing of it is held
+        return
+    workspace.git("fsck", "--strict")
+    assert not path.exists() or path.stat().st_size < 1 << 20, f"{path.stat().st_size} bytes stay in .git/objects"
+
+
+def test_a_commit_the_person_made_in_a_detached_worktree_after_the_kill_is_kept(workspace, tmp_path):
+    """BROKE, fixed: after the kill the person adds a worktree (detached, as `git worktree add --detach` makes it) and
+    commits there. Only the main HEAD is looked at: the worktree's HEAD names the commit, no ref does, it goes into no
+    bundle, and its objects are taken away with the agent's (loose files in the quarantine, pruned with it)."""
+    turn_begins(workspace, tmp_path)
+    wt = tmp_path / "wt"
+    sh(workspace, f"git worktree add -q --detach {wt}")
+    (wt / "notes.md").write_text("the person's, in a worktree\n")
+    git = "git -c user.name=p -c user.email=p@example.com -c commit.gpgsign=false"
+    subprocess.run(
+        ["sh", "-ec", f"{git} add -f notes.md && {git} commit -qm 'the person, after the kill'"], cwd=wt, check=True
+    )
+    mine = subprocess.run(["git", "rev-parse", "HEAD"], cwd=wt, capture_output=True, text=True).stdout.strip()
+    said = next_start(workspace)
+    reachable = workspace.git("cat-file", "-t", mine, check=False).strip() == "commit"
+    assert reachable or mine in kept(workspace), said
+
+
+def test_held_a_commit_of_the_persons_after_the_kill_is_kept_with_the_agents_alternates_changed(workspace, tmp_path):
+    """Held? The agent points .git/objects/info/alternates at a repository of its own, which holds an object of the
+    same name as nothing, then the person commits: the bundle (made through the chain of alternates) holds it."""
+    turn_begins(workspace, tmp_path)
+    other = tmp_path / "other"
+    subprocess.run(["git", "init", "-q", str(other)], check=True)
+    (workspace.git.git_dir / "objects" / "info" / "alternates").write_text(f"{other}/.git/objects\n")
+    mine = commit_of_the_persons(workspace)
+    said = next_start(workspace)
+    assert mine in kept(workspace), said

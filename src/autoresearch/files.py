@@ -229,6 +229,18 @@ def entries(top: Path, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str
                         folders.append((f"{prefix}{entry.name}/", entry.path))
 
 
+def special_files(top: Path) -> list[str]:
+    """What under the folder `top` is, or links to, neither a regular file nor a folder (a FIFO, which a reader waits
+    on for ever; a socket; a device), relative to it."""
+    found = []
+    for rel, entry in entries(top):
+        with contextlib.suppress(OSError):  # gone, or a link to nothing: nothing to wait on
+            mode = entry.stat(follow_symlinks=True).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                found.append(rel)
+    return found
+
+
 # Opens what an agent could have put in the place of a file: never a link's target, never waiting on a FIFO's writer
 _UNTRUSTED_OPEN = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
 

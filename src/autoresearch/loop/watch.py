@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import autoresearch
+from autoresearch.files import read_regular, special_files
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.ledger import Ledger
 from autoresearch.workspace import integrity
@@ -172,6 +174,7 @@ class Watch:
 
 LOOP_REFS = "refs/autoresearch/"  # the loop's own: no person's commit is kept from them
 LEFT_REFS = "refs/left/"  # what a bundle of put_back_left names each ref it keeps (HEAD, detached: refs/left/HEAD)
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def put_back_left(
@@ -184,20 +187,45 @@ def put_back_left(
     person's: out of the object store, which the loop reads into its memory, none of the turn's stays there), and the
     objects of the history that could not be put back (their bytes died with the loop); None if the snapshot cannot be
     read."""
+    bundle = None
     before = integrity.load(kept)
     if before is None:
         return None
     before.human = integrity.human_contents(git.root, before)  # as they are now: not put back
-    moved = {r: sha for r, sha in git.refs().items() if before.refs.get(r) != sha and not r.startswith(LOOP_REFS)}
-    head = git("rev-parse", "-q", "--verify", "HEAD^{commit}", check=False).strip()
-    if head and not git("symbolic-ref", "-q", "HEAD", check=False).strip() and head not in before.refs.values():
-        moved["HEAD"] = head
-    bundle = _bundle(git, moved, fresh_folder(bundles, quarantine.name) / "left.bundle") if moved else None
+    unkept = []
+    if special := special_files(git.git_dir):  # git would wait on a FIFO for ever, at every start
+        unkept.append(f"no commit moved to since was kept: .git held {special[0]}, no file")
+    elif moved := {**_moved_refs(git, before), **_detached_heads(git, before)}:
+        bundle = _bundle(git, moved, fresh_folder(bundles, quarantine.name) / "left.bundle")
+        unkept += [] if bundle else [f"no commit of {', '.join(sorted(moved))} was kept: git could read none"]
     found = integrity.put_back(before, git, quarantine, frozenset({TRAIN_PY}), human=True, agent=True)
     lost = [what for what in found.not_restored if what.startswith(".git/objects")]
     gone = [what for what in found.not_restored if what not in lost]  # their bytes died with the loop
     put = [what for what in (*found.changed, *found.litter) if what.split(" ", 1)[-1] not in gone]
-    return [*put, *(f"not {what}: it could not be written back" for what in gone)], bundle, lost
+    return [*put, *(f"not {what}: it could not be written back" for what in gone), *unkept], bundle, lost
+
+
+def _moved_refs(git: Git, before: integrity.Snapshot) -> dict[str, str]:
+    """The refs (not the loop's own) that point elsewhere than the snapshot `before` says: name -> object."""
+    return {r: sha for r, sha in git.refs().items() if before.refs.get(r) != sha and not r.startswith(LOOP_REFS)}
+
+
+def _detached_heads(git: Git, before: integrity.Snapshot) -> dict[str, str]:
+    """HEAD and the worktrees' HEADs that name a commit other than the snapshot `before` says, no ref of it either
+    (a commit made there after the kill may be the person's): their path under .git -> commit. Read as files: git
+    would read the objects."""
+    found = {}
+    worktrees = git.git_dir / "worktrees"
+    names = sorted(p.name for p in worktrees.iterdir()) if worktrees.is_dir() and not worktrees.is_symlink() else []
+    for rel in ["HEAD", *(f"worktrees/{name}/HEAD" for name in names)]:
+        try:
+            text = read_regular(git.git_dir / rel, 128).decode().strip()
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        old = before.contents.get((before.git_files.get(rel) or [None])[0], b"").decode(errors="replace").strip()
+        if _COMMIT.fullmatch(text) and text != old and text not in before.refs.values():
+            found[rel] = text
+    return found
 
 
 def _bundle(git: Git, refs: dict[str, str], path: Path) -> Path | None:

@@ -302,9 +302,14 @@ class Git:
         out = self("hash-object", "-w", "--no-filters", "--stdin-paths", stdin="".join(f"{p}\n" for p in paths))
         return out.split()
 
-    def write_blob(self, data: bytes) -> str:
-        """Write `data` into the object store as a blob, exactly as it is; its id."""
-        return self._run(("hash-object", "-w", "--no-filters", "--stdin"), stdin=data).decode().strip()
+    def read_object(self, oid: str) -> tuple[str, bytes]:
+        """The kind of the object `oid` and what it holds (`write_object` writes it again)."""
+        kind = self("cat-file", "-t", oid).strip()
+        return kind, self._run(("cat-file", kind, oid))
+
+    def write_object(self, data: bytes, kind: str = "blob") -> str:
+        """Write `data` into the object store as an object of `kind`, exactly as it is; its id."""
+        return self._run(("hash-object", "-t", kind, "-w", "--no-filters", "--stdin"), stdin=data).decode().strip()
 
     def loose_objects(self) -> int:
         """About how many loose objects there are (as `git gc --auto` counts: those in objects/17, times 256)."""

@@ -170,13 +170,19 @@ def set_aside_new(
 ) -> None:
     """Take away (into `folder`) every loose object added since `listing` (`record`) but the `history`'s (`put_back`)
     and the loop's `own` (blob id -> the signature of the file it wrote, and its bytes): one of those whose file is
-    not the one the loop wrote (a copy padded to 60 MB that inflates to the same blob: red team) is written again from
-    its bytes. Once the refs are put back, which may have named them."""
+    not the one git or the loop wrote (a copy padded to 60 MB that inflates to the same object: red team) is written
+    again. Once the refs are put back, which may have named them."""
     top = git.git_dir / OBJECTS
     taken = []
     for rel, st in sorted(_files(top).items()):
         oid = rel.replace("/", "")
-        if rel in listing or not loose_object(rel) or oid in history:
+        if rel in listing or not loose_object(rel):
+            continue
+        if oid in history:  # its file as git would write it: a padded copy would stay in memory (red team)
+            if _whole(top / rel, oid, compact=True) is False and _whole(top / rel, oid):
+                kind, data = git.read_object(oid)
+                (top / rel).unlink()
+                git.write_object(data, kind)
             continue
         if oid in own:
             signature, data = own[oid]
@@ -184,7 +190,7 @@ def set_aside_new(
                 continue
             if data is not None:
                 (top / rel).unlink()
-                git.write_blob(data)
+                git.write_object(data)
                 continue
         if quarantine(top, rel, folder / OBJECTS, tidy=False) is not None:
             taken.append(st.st_size)
