@@ -745,16 +745,25 @@ def held_bytes(ws) -> int:
     return sum(len(data) for _, data in objects._object_bytes[ws.git.git_dir / "objects"].values())
 
 
-# The loose object of the blob of a file, under its true name and whole (git reads it, fsck passes), but padded to
-# ~60 MB with empty stored deflate blocks (5 bytes each, no output).
+# A loose object written under its true name, its zlib stream padded with empty stored deflate blocks (5 bytes each,
+# no output): git reads it (`git cat-file`, fsck), yet it is ~60 MB (12 million blocks; 70 MB, past KEPT_BYTES, for
+# 14). `python -c PAD WHAT MILLIONS [forge]`: the blob of the file WHAT, or of the revision WHAT ("HEAD:train.py"); with
+# `forge`, the blob's name holds its text with LR = 0.2 for LR = 0.05 (the history then says what no run trained).
 PAD = r"""
 import hashlib, pathlib, subprocess, sys, zlib
-data = pathlib.Path(sys.argv[1]).read_bytes()
+what, blocks = sys.argv[1], int(sys.argv[2]) * 1_000_000
+if pathlib.Path(what).is_file():
+    data = pathlib.Path(what).read_bytes()
+    oid = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+else:
+    oid = subprocess.run(["git", "rev-parse", what], capture_output=True, text=True, check=True).stdout.strip()
+    data = subprocess.run(["git", "cat-file", "blob", oid], capture_output=True, check=True).stdout
+if sys.argv[3:] == ["forge"]:
+    data = data.replace(b"LR = 0.05", b"LR = 0.2")
 raw = b"blob %d\0" % len(data) + data
-oid = hashlib.sha1(raw).hexdigest()
 z = zlib.compressobj()
 stream = z.compress(raw) + z.flush(zlib.Z_SYNC_FLUSH)
-stream += b"\x00\x00\x00\xff\xff" * 12_000_000 + b"\x01\x00\x00\xff\xff" + zlib.adler32(raw).to_bytes(4, "big")
+stream += b"\x00\x00\x00\xff\xff" * blocks + b"\x01\x00\x00\xff\xff" + zlib.adler32(raw).to_bytes(4, "big")
 path = pathlib.Path(".git/objects") / oid[:2] / oid[2:]
 path.parent.mkdir(exist_ok=True)
 path.unlink(missing_ok=True)
@@ -768,7 +777,7 @@ def test_a_blob_of_the_loops_own_a_turn_padded_is_written_again(workspace, tmp_p
     notes file) stayed whatever its file held: a copy padded to 60 MB, whole by every check, sat in the loop's memory
     for the night. A blob of the loop's whose file is not the one it wrote is written again from its bytes."""
     (workspace.root / "notes.md").write_text("half a thought of the person's\n")
-    pad = f"{PY} -c {shlex.quote(PAD)} notes.md"
+    pad = f"{PY} -c {shlex.quote(PAD)} notes.md 12"
     exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{pad}\necho LR 0.2")
     assert exp.status == Status.KEEP, exp.reason
     assert held_bytes(workspace) < 1 << 20
@@ -785,7 +794,7 @@ def test_a_run_that_writes_an_object_the_loop_could_have_written_is_a_crash(work
     workspace.git("prune-packed")
 
     def writes_git(source: str) -> float:
-        subprocess.run([sys.executable, "-c", PAD, "program.md"], cwd=workspace.root, check=True)
+        subprocess.run([sys.executable, "-c", PAD, "program.md", "12"], cwd=workspace.root, check=True)
         return score(source)
 
     loop = make_loop(workspace, FakeExecutor(writes_git), baseline_runs=2)
@@ -825,21 +834,6 @@ def test_objects_a_turn_added_before_a_kill_are_taken_away_by_the_next_start(wor
     workspace.git("fsck", "--strict")
 
 
-# The best's train.py blob rewritten under its own name with other text, its stream padded past KEPT_BYTES with
-# empty stored deflate blocks: git reads the forged text, and the loop cannot make it whole in memory to tell.
-FORGE_PADDED = r"""
-import pathlib, subprocess, zlib
-blob = subprocess.run(["git", "rev-parse", "HEAD:train.py"], capture_output=True, text=True, check=True).stdout.strip()
-text = subprocess.run(["git", "cat-file", "blob", blob], capture_output=True, check=True).stdout
-forged = text.replace(b"LR = 0.05", b"LR = 0.2")
-raw = b"blob %d\0" % len(forged) + forged
-z = zlib.compressobj()
-stream = z.compress(raw) + z.flush(zlib.Z_SYNC_FLUSH)
-stream += b"\x00\x00\x00\xff\xff" * 14_000_000 + b"\x01\x00\x00\xff\xff" + zlib.adler32(raw).to_bytes(4, "big")
-path = pathlib.Path(".git/objects") / blob[:2] / blob[2:]
-path.unlink()
-path.write_bytes(stream)
-"""
 # The history's pack and index rewritten in place, under their names, as a whole pack without the best's train.py.
 DROP_FROM_PACK = r"""
 B=$(git rev-parse HEAD:train.py)
@@ -859,9 +853,9 @@ def test_the_history_a_turn_broke_in_ways_no_check_of_a_file_sees_before_a_kill_
     if how == "dropped":
         workspace.git("repack", "-q", "-a", "-d")  # as a person's gc leaves it
         workspace.git("prune-packed")
-    script = tmp_path / "forge.py"
-    script.write_text(FORGE_PADDED)
-    attack = f"{PY} {shlex.quote(str(script))}" if how == "padded" else DROP_FROM_PACK
+    script = tmp_path / "pad.py"
+    script.write_text(PAD)  # the best's train.py forged, past KEPT_BYTES: too large to tell
+    attack = f"{PY} {shlex.quote(str(script))} HEAD:train.py 14 forge" if how == "padded" else DROP_FROM_PACK
     kill_during_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{attack}")
     with pytest.raises(LoopError, match="git's objects it changed are not what they were"):
         make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)

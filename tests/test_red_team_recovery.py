@@ -17,6 +17,7 @@ import time
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, make_loop
 from test_agent_turn import left_bundles, score
+from test_red_team_agent import PAD
 
 from autoresearch.loop import watch as watches
 from autoresearch.loop.recovery import TURN_SNAPSHOT
@@ -224,29 +225,13 @@ def test_held_a_commit_of_the_persons_after_the_kill_is_in_the_bundle(workspace,
     assert workspace.git("cat-file", "-t", mine).strip() == "commit"
 
 
-# The best's train.py blob (loose) written again under its name, whole, its stream padded to ~60 MB with empty stored
-# deflate blocks: every check of what it holds passes.
-PAD_HISTORY = r"""
-import hashlib, pathlib, subprocess, zlib
-blob = subprocess.run(["git", "rev-parse", "HEAD:train.py"], capture_output=True, text=True, check=True).stdout.strip()
-data = subprocess.run(["git", "cat-file", "blob", blob], capture_output=True, check=True).stdout
-raw = b"blob %d\0" % len(data) + data
-z = zlib.compressobj()
-stream = z.compress(raw) + z.flush(zlib.Z_SYNC_FLUSH)
-stream += b"\x00\x00\x00\xff\xff" * 12_000_000 + b"\x01\x00\x00\xff\xff" + zlib.adler32(raw).to_bytes(4, "big")
-path = pathlib.Path(".git/objects") / blob[:2] / blob[2:]
-path.unlink()
-path.write_bytes(stream)
-"""
-
-
 def test_an_object_of_the_history_padded_before_a_kill_is_not_held_in_memory(workspace, tmp_path):
     """BROKE, fixed (a review of the fixes above): after a kill, an object of the history whose file changed was
     checked for what it holds alone; written again padded to 60 MB, whole, it stayed, and every later step held it in
     memory. A file larger than zlib could make of it is not the object git wrote: taken away, the history misses it,
     and the start refuses, as for any other rewrite."""
     turn_begins(workspace, tmp_path)
-    subprocess.run([sys.executable, "-c", PAD_HISTORY], cwd=workspace.root, check=True)
+    subprocess.run([sys.executable, "-c", PAD, "HEAD:train.py", "12"], cwd=workspace.root, check=True)
     with pytest.raises(LoopError, match="not what they were"):
         next_start(workspace)
 
@@ -299,23 +284,6 @@ def test_a_fifo_the_agent_left_in_the_object_store_does_not_wedge_the_start_afte
     assert not wedged, "the start waited on the FIFO"
 
 
-# A loose copy of the train.py blob (packed, before the turn) added under its name, whole, its stream padded to ~60 MB
-# with empty stored deflate blocks; it is not in the snapshot's listing, so `_check_unread`'s `compact` never sees it.
-PAD_NEW = r"""
-import pathlib, subprocess, zlib
-blob = subprocess.run(["git", "rev-parse", "HEAD:train.py"], capture_output=True, text=True, check=True).stdout.strip()
-data = subprocess.run(["git", "cat-file", "blob", blob], capture_output=True, check=True).stdout
-raw = b"blob %d\0" % len(data) + data
-z = zlib.compressobj()
-stream = z.compress(raw) + z.flush(zlib.Z_SYNC_FLUSH)
-stream += b"\x00\x00\x00\xff\xff" * 12_000_000 + b"\x01\x00\x00\xff\xff" + zlib.adler32(raw).to_bytes(4, "big")
-path = pathlib.Path(".git/objects") / blob[:2] / blob[2:]
-assert not path.exists()
-path.parent.mkdir(exist_ok=True)
-path.write_bytes(stream)
-"""
-
-
 def test_a_padded_loose_copy_of_a_packed_history_object_does_not_stay_after_a_kill(workspace, tmp_path):
     """BROKE, fixed: the history packed (as the loop's own `pack` leaves it). The agent recompresses the pack (innocent:
     the start accepts it), then adds a loose copy of the best's train.py blob padded to 60 MB; the loop is killed. The
@@ -329,7 +297,7 @@ def test_a_padded_loose_copy_of_a_packed_history_object_does_not_stay_after_a_ki
     path = workspace.git.git_dir / "objects" / blob[:2] / blob[2:]
     assert not path.exists(), "the blob is packed"
     sh(workspace, "git -c pack.compression=0 repack -q -a -d -f")
-    subprocess.run([sys.executable, "-c", PAD_NEW], cwd=workspace.root, check=True)
+    subprocess.run([sys.executable, "-c", PAD, "HEAD:train.py", "12"], cwd=workspace.root, check=True)
     try:
         next_start(workspace)
     except Exception:  # a refusal would do too: then nothing of it is held

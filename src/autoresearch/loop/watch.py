@@ -180,13 +180,13 @@ _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 def put_back_left(
     git: Git, quarantine: Path, kept: Path, bundles: Path
 ) -> tuple[list[str], Path | None, list[str]] | None:
-    """After a kill during an agent's turn (its Watch `kept` its snapshot there): put the workspace back as the
-    turn found it, but for train.py and the person's program.md and prompts/ (edited since, perhaps), moving what
-    changed into `quarantine`. What that was, the bundle (in a new folder in `bundles`) where the refs moved since,
-    and HEAD where it was left detached elsewhere, keep what they pointed at (a commit made after the kill may be the
-    person's: out of the object store, which the loop reads into its memory, none of the turn's stays there), and the
-    objects of the history that could not be put back (their bytes died with the loop); None if the snapshot cannot be
-    read."""
+    """After a kill during an agent's turn (its Watch `kept` its snapshot there): put the workspace back as the turn
+    found it, but for train.py and the person's program.md and prompts/ (edited since, perhaps), moving what changed
+    into `quarantine`. What that was, the bundle (in a new folder in `bundles`) where the refs moved since, and the
+    HEADs (the worktrees' too) left detached elsewhere, keep what they pointed at (a commit made after the kill may be
+    the person's: out of the object store, which the loop reads into its memory, none of the turn's stays there), and
+    the objects of the history that could not be put back (their bytes died with the loop); None if the snapshot cannot
+    be read."""
     bundle = None
     before = integrity.load(kept)
     if before is None:
@@ -237,22 +237,13 @@ def _bundle(git: Git, refs: dict[str, str], path: Path) -> Path | None:
         spare.init("left")
         (spare.git_dir / "objects" / "info" / "alternates").write_text(f"{git.git_dir / 'objects'}\n")
         for name, commit in refs.items():
-            if _walks(spare, commit):
-                spare("update-ref", LEFT_REFS + name.removeprefix("refs/"), commit, check=False)
-        if not spare.refs() or not _walks(spare, "--all", bundle=path):
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()
-            return None
-    return path
-
-
-def _walks(git: Git, *revs: str, bundle: Path | None = None) -> bool:
-    """Whether git can walk every object `revs` reach (and, with `bundle`, write them there)."""
-    try:
-        if bundle is not None:
-            git("bundle", "create", "-q", str(bundle), *revs)
-        else:
-            git("rev-list", "--objects", *revs)
-    except GitError:
-        return False
-    return True
+            with contextlib.suppress(GitError):  # a commit git cannot walk (the agent's, broken) is left out
+                spare("rev-list", "--objects", commit)
+                spare("update-ref", LEFT_REFS + name.removeprefix("refs/"), commit)
+        with contextlib.suppress(GitError):
+            if spare.refs():
+                spare("bundle", "create", "-q", str(path), "--all")
+                return path
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+    return None

@@ -99,7 +99,7 @@ def put_back(
         path = top / rel
         with contextlib.suppress(FileNotFoundError):
             st = os.lstat(path)
-            if [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode] == signature:
+            if [*_signature(st), st.st_mode] == signature:
                 continue
         now = read(path)
         if now is not None and now[0].startswith("large:") and os.lstat(path).st_size == signature[1]:
@@ -186,7 +186,7 @@ def set_aside_new(
             continue
         if oid in own:
             signature, data = own[oid]
-            if [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns] == signature:
+            if _signature(st) == signature:
                 continue
             if data is not None:
                 (top / rel).unlink()
@@ -203,9 +203,14 @@ def signatures(git_dir: Path, ids: list[str]) -> dict[str, list[int]]:
     found = {}
     for oid in ids:
         with contextlib.suppress(OSError):
-            st = os.lstat(git_dir / OBJECTS / oid[:2] / oid[2:])
-            found[oid] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+            found[oid] = _signature(os.lstat(git_dir / OBJECTS / oid[:2] / oid[2:]))
     return found
+
+
+def _signature(st: os.stat_result) -> list[int]:
+    """A file's inode, size, mtime_ns and ctime_ns: the same bytes while they hold (a write changes the ctime, which
+    no process can set back)."""
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _files(top: Path) -> dict[str, os.stat_result]:
