@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.workspace import git as git_module
-from autoresearch.workspace import integrity
+from autoresearch.workspace import integrity, snapshot_file
 from autoresearch.workspace.git import Git, GitError
 
 
@@ -33,6 +33,22 @@ def test_a_workspace_folder_deleted_under_git_is_named_not_taken_for_git_missing
     with pytest.raises(GitError, match="is gone") as raised:
         git.head()
     assert "not installed" not in str(raised.value)
+
+
+def test_a_git_command_that_waits_for_ever_is_stopped_with_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    """BROKE, fixed: the loop's git commands had no time limit, and git waits for ever on a FIFO where it reads a file
+    (.git/HEAD, at every command): the loop hung without a word, at every start."""
+    git = repo(tmp_path / "ws")
+    monkeypatch.setattr(git_module, "TIMEOUT_S", 1)
+    head = git.git_dir / "HEAD"
+    head.unlink()
+    os.mkfifo(head)
+    with pytest.raises(GitError, match=r"git rev-parse did not finish in 1 s, and was stopped") as raised:
+        git.head()
+    assert "find .git -type p" in raised.value.hint
+    monkeypatch.setattr(git_module, "TIMEOUT_S", 0.001)  # less than git takes to start
+    with pytest.raises(GitError, match="git merge-file did not finish"):
+        git.merge_file("a\n" * 100_000, "b\n" * 100_000, "c\n" * 100_000)
 
 
 def test_the_branch_moves_onto_a_commit_while_train_py_is_deleted_and_train_py_comes_back(tmp_path: Path) -> None:
@@ -153,8 +169,8 @@ def test_a_turns_snapshot_is_saved_without_copying_the_object_store_it_holds(tmp
     git = repo(tmp_path / "ws")
     snap = integrity.take(git, exclude=frozenset({"train.py"}))
     snap.contents["not saved"] = threading.Lock()
-    integrity.save(snap, git, tmp_path / "turn.json")
-    again = integrity.load(tmp_path / "turn.json")
+    snapshot_file.save(snap, git, tmp_path / "turn.json")
+    again = snapshot_file.load(tmp_path / "turn.json")
     assert again is not None and again.refs == snap.refs and again.git_files == snap.git_files
     assert again.objects == snap.objects and len(again.objects) == 3  # the first commit's: a blob, a tree, a commit
     assert not set(again.contents) & {content_id for content_id, *_ in snap.objects.values()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import marshal
+import os
 import py_compile
 import struct
 import tempfile
@@ -156,6 +157,27 @@ def test_a_cache_python_writes_as_it_imports_or_checked_by_hash_is_no_change(tmp
     assert differences(before, signature([tmp_path])) == []
     _cache_of(source, code, header=struct.pack("<I", 3) + importlib.util.source_hash(source.read_bytes()))
     assert differences(before, signature([tmp_path])) == []
+
+
+@pytest.mark.parametrize(
+    "source", ["x = " + "-" * 100_000 + "1\n", "x = a" + ".y" * 100_000 + "\n", "x = 1\n"], ids=["-", ".y", "fifo"]
+)
+def test_a_cache_that_cannot_be_compared_is_a_change_and_stops_nothing(tmp_path, source) -> None:
+    """BROKE, fixed: a source nested 100,000 deep (with a cache whose header names it) made the check's own compile
+    raise MemoryError or RecursionError, out of the loop; a FIFO named as its cache made the check wait for ever, and a
+    link named so was followed, to a file that could change unseen."""
+    path = tmp_path / "mod.py"
+    path.write_text(source)
+    before = signature([tmp_path])
+    cache = _cache_of(path, compile("x = 1\n", str(path), "exec"))
+    if source == "x = 1\n":
+        cache.unlink()
+        os.mkfifo(cache)
+        (tmp_path / "link.py").write_text(source)
+        Path(importlib.util.cache_from_source(str(tmp_path / "link.py"))).symlink_to(cache)
+    assert differences(before, signature([tmp_path])) == sorted(
+        f"added {p}" for p in (tmp_path / "__pycache__").iterdir()
+    ) + [f"added {tmp_path / 'link.py'}"] * (source == "x = 1\n")
 
 
 def test_a_file_left_in_the_shared_compile_cache_is_a_change_but_the_loops_own_additions_between_turns_are_not(

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import importlib.util
 import json
 import math
 import os
 import platform
 import pwd
+import py_compile
 import shlex
 import shutil
 import signal
@@ -115,6 +117,39 @@ def test_a_train_py_made_a_link_to_a_file_outside_is_committed_as_a_file(workspa
     assert exp.status == Status.KEEP and "train.py left as a link" in exp.reason
     assert workspace.git("ls-tree", "HEAD", "train.py").startswith("100644 ")
     assert_the_loop_owns_the_workspace(workspace, exp, before)
+
+
+def test_a_cache_folder_keeps_nothing_of_a_turns_but_what_python_writes_there(workspace, tmp_path):
+    """BROKE, fixed: every `__pycache__/` folder of the workspace was the loop's own, never looked at: a turn kept any
+    file there (weights, notes) from turn to turn. Only a byte-code cache that holds its source compiled stays now
+    (Python's own: an agent that tries train.py writes one); anything else there, a cache the turn wrote more into
+    too, or one of a source the turn wrote, is put back, and not held against the agent."""
+    stale = Path(py_compile.compile(str(workspace.root / "train.py")))  # the last turn's, faithful
+    exp, before = take_turn(
+        workspace,
+        tmp_path,
+        f"""{set_lr(0.2)}
+head -c 4096 /dev/urandom >> __pycache__/{stale.name}
+mkdir -p notes/__pycache__ && head -c 4096 /dev/urandom > notes/__pycache__/weights.bin
+echo "W = b'$(head -c 3000 /dev/urandom | base64 -w0)'" > stash.py && {PY} -m py_compile $PWD/stash.py""",
+    )
+    assert exp.status == Status.KEEP and exp.reason is not None
+    put_back = exp.reason.split("put back after the agent: ")[1].partition(" (kept in ")[0]
+    stash = Path(importlib.util.cache_from_source("stash.py")).name  # faithful, to a source that is set aside
+    assert set(put_back.split(", ")) == {
+        "added stash.py", f"changed __pycache__/{stale.name}", f"added __pycache__/{stash}",
+        "added notes/__pycache__/weights.bin",
+    }  # fmt: skip
+    assert all(quarantined(workspace, name) for name in ("weights.bin", stale.name, stash))
+    assert_the_loop_owns_the_workspace(workspace, exp, before)  # nothing of it is left
+
+
+def test_a_cache_python_writes_in_a_turn_stays_and_is_no_litter(workspace, tmp_path):
+    compile_it = "import os, py_compile; print(py_compile.compile(os.path.abspath('train.py')))"
+    exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{PY} -c {shlex.quote(compile_it)}")
+    assert exp.status == Status.KEEP and "put back after the agent" not in (exp.reason or ""), exp.reason
+    cache = Path(importlib.util.cache_from_source(str(workspace.root / "train.py")))
+    assert cache.is_file() and workspace.git.untracked(integrity.LOOP_OWN) == [f"__pycache__/{cache.name}"]
 
 
 @pytest.mark.parametrize(

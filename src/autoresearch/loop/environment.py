@@ -20,22 +20,17 @@ a turn: the loop adds a kept run's compiled files to it between turns.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import io
-import marshal
 import os
-import struct
 import sys
 import threading
-import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from autoresearch import bytecode
 from autoresearch.evaluator import compile_cache, shown
 from autoresearch.files import absolute_entries, holds, program_path
 
 Signature = dict[str, tuple[int, int, int, int]]  # path -> (size, mtime_ns, ctime_ns, inode)
-MAX_SOURCE_BYTES = 4 << 20  # a byte-code cache of a larger source is not compiled to be checked: it counts as a change
 
 
 def signature(roots: Iterable[Path], skip: Iterable[Path] = ()) -> Signature:
@@ -76,63 +71,10 @@ def differences(before: Signature, after: Signature) -> list[str]:
     found = []
     for path in sorted(before.keys() | after.keys()):
         old, new = before.get(path), after.get(path)
-        if old == new or (_is_bytecode_cache(path) and (new is None or _faithful_cache(path))):
+        if old == new or bytecode.innocent(path, new is None):
             continue
         found.append(f"{'added' if old is None else 'deleted' if new is None else 'changed'} {path}")
     return found
-
-
-def _is_bytecode_cache(path: str) -> bool:
-    return path.endswith(".pyc") and os.path.basename(os.path.dirname(path)) == "__pycache__"
-
-
-def _faithful_cache(path: str) -> bool:
-    """Whether the byte-code cache at `path` is what Python would write for its source: the magic number, the
-    header that names the source (its mtime and size, or its hash), and nothing but its source's code object
-    (compiled here to compare). Anything else could carry data."""
-    try:
-        source = Path(importlib.util.source_from_cache(path))
-        data = Path(path).read_bytes()
-        if data[:4] != importlib.util.MAGIC_NUMBER or source.stat().st_size > MAX_SOURCE_BYTES:
-            return False
-        text = source.read_bytes()
-        if data[4:16] not in _headers(source, text):
-            return False
-        optimize = int(path.rsplit(".opt-", 1)[1].split(".")[0]) if ".opt-" in os.path.basename(path) else 0
-        stream = io.BytesIO(data[16:])
-        code = marshal.load(stream)
-        if stream.tell() != len(data) - 16:  # something after the code object
-            return False
-        return _same_code(code, compile(text, str(source), "exec", dont_inherit=True, optimize=optimize), source)
-    except (OSError, ValueError, EOFError, TypeError, SyntaxError, IndexError):
-        return False
-
-
-def _headers(source: Path, text: bytes) -> tuple[bytes, ...]:
-    """The headers Python writes (or reads) for `source`: its mtime and size (what an import writes), or its hash,
-    checked or not (py_compile's, compileall's). Any other 12 bytes could carry data."""
-    stat = source.stat()
-    digest = importlib.util.source_hash(text)
-    timestamp = struct.pack("<III", 0, int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF)
-    return timestamp, struct.pack("<I", 1) + digest, struct.pack("<I", 3) + digest
-
-
-def _same_code(cached: types.CodeType, compiled: types.CodeType, source: Path) -> bool:
-    """`==` between code objects, and what it does not compare: the file and qualified names and the stack size
-    (strings of any length, an int: room for weights, read from the cache file by a run), in each nested one."""
-    if cached != compiled or not isinstance(cached, types.CodeType):
-        return False
-    names = ("co_qualname", "co_stacksize", "co_varnames", "co_cellvars", "co_freevars")  # 3.10 has no co_qualname
-    if any(getattr(cached, name, None) != getattr(compiled, name, None) for name in names):
-        return False
-    # Python writes the path it imported the source from: this one, or another way to it (a venv that is a link)
-    filename = cached.co_filename
-    if os.path.normpath(filename) != filename or not os.path.samefile(filename, source):
-        return False
-    nested = [
-        (a, b) for a, b in zip(cached.co_consts, compiled.co_consts, strict=True) if isinstance(b, types.CodeType)
-    ]
-    return all(_same_code(a, b, source) for a, b in nested)
 
 
 def would_be_paths() -> list[Path]:

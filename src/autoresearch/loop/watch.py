@@ -26,7 +26,7 @@ import autoresearch
 from autoresearch.files import read_regular, special_files
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.ledger import Ledger
-from autoresearch.workspace import integrity
+from autoresearch.workspace import integrity, snapshot_file
 from autoresearch.workspace.contents import content_id
 from autoresearch.workspace.git import Git, GitError
 from autoresearch.workspace.quarantine import YOURS, fresh_folder, limit_bytes, prune
@@ -112,7 +112,7 @@ class Watch:
         self.before = integrity.take(git, exclude=frozenset({TRAIN_PY}), human=human)
         self.keep = keep
         if keep is not None:
-            integrity.save(self.before, git, keep)
+            snapshot_file.save(self.before, git, keep)
         self.tsv = ledger.workspace / "results.tsv"
         self.tsv_id = content_id(self.tsv)
         self.rows = ledger.state()
@@ -133,7 +133,7 @@ class Watch:
         row is written). Saved again from the one in memory, or else deleted: the next start then refuses a
         workspace it cannot vouch for rather than trust the agent's."""
         try:
-            integrity.save(self.before, self.git, self.keep, store_blobs=False)  # stored before the turn
+            snapshot_file.save(self.before, self.git, self.keep, store_blobs=False)  # stored before the turn
         except Exception:
             with contextlib.suppress(OSError):
                 self.keep.unlink(missing_ok=True)
@@ -188,7 +188,7 @@ def put_back_left(
     the objects of the history that could not be put back (their bytes died with the loop); None if the snapshot cannot
     be read."""
     bundle = None
-    before = integrity.load(kept)
+    before = snapshot_file.load(kept)
     if before is None:
         return None
     before.human = integrity.human_contents(git.root, before)  # as they are now: not put back

@@ -41,6 +41,9 @@ NO_GLOBAL_CONFIG = {"GIT_CONFIG_GLOBAL": os.devnull, "GIT_NO_REPLACE_OBJECTS": "
 # file of its own (a 4 KiB block at least), and every run and agent turn lists every object file (integrity.take).
 LOOSE_OBJECTS_MAX = 768
 LOOSE_REFS_MAX = 256  # loose refs under refs/autoresearch past which `pack` packs them too (one per discard)
+# A git command of the loop's takes well under a second; one still running after this waits on something that will not
+# come (a FIFO put in a file's place, a file system that does not answer): stopped, it is a clear error, not a hang.
+TIMEOUT_S = 600
 
 
 @functools.cache
@@ -76,6 +79,14 @@ class GitError(AutoresearchError):
     pass
 
 
+def _stuck(command: str) -> GitError:
+    return GitError(
+        f"git {command} did not finish in {TIMEOUT_S} s, and was stopped: something it reads does not answer",
+        hint="look for a FIFO (`find .git -type p`) or a mount that hangs under the workspace's .git, "
+        "put it right, then run again: nothing recorded is lost",
+    )
+
+
 class RefExistsError(GitError):
     pass
 
@@ -102,7 +113,10 @@ class Git:
                 capture_output=True,
                 **({"input": stdin} if isinstance(stdin, bytes) or stdin is None else {"stdin": stdin}),
                 env={**_environment(), **({"GIT_COMMON_DIR": str(self.common)} if self.common else {})},
+                timeout=TIMEOUT_S,
             )
+        except subprocess.TimeoutExpired:
+            raise _stuck(args[0]) from None
         except (FileNotFoundError, NotADirectoryError):
             if not self.root.is_dir():  # the folder to run in, not git, is missing
                 raise GitError(
@@ -251,11 +265,15 @@ class Git:
             paths = [Path(tmp) / name for name in ("ours", "base", "theirs")]
             for path, text in zip(paths, (ours, base, theirs), strict=True):
                 path.write_text(text)
-            proc = subprocess.run(
-                [program(), *SAFE, "merge-file", "-p", *map(str, paths)],
-                capture_output=True,
-                env=_environment(),
-            )
+            try:
+                proc = subprocess.run(
+                    [program(), *SAFE, "merge-file", "-p", *map(str, paths)],
+                    capture_output=True,
+                    env=_environment(),
+                    timeout=TIMEOUT_S,
+                )
+            except subprocess.TimeoutExpired:
+                raise _stuck("merge-file") from None
         if proc.returncode < 0 or proc.returncode > 127:
             raise GitError(f"git merge-file failed: {proc.stderr.decode(errors='replace').strip()}")
         return proc.stdout.decode(errors="replace"), proc.returncode

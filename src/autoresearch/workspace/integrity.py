@@ -37,17 +37,17 @@ no commit of an agent's (or of a run's) stays reachable from a ref, a reflog or 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import difflib
 import hashlib
-import json
+import importlib.util
 import os
 import stat
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoresearch.files import entries, read_regular, write_text_atomic
+from autoresearch import bytecode
+from autoresearch.files import entries
 from autoresearch.workspace import objects
 from autoresearch.workspace.contents import DIRECTORY, kind, restore
 from autoresearch.workspace.contents import quarantine as set_aside
@@ -55,7 +55,10 @@ from autoresearch.workspace.contents import read as read_file
 from autoresearch.workspace.git import Git
 
 # The loop's own output in a workspace (see workspace/init.py's .gitignore): never the run's doing.
-LOOP_OWN = ("/.autoresearch/", "/results.tsv", "/results.tsv.tmp", "/progress.png", "/report.md", "__pycache__/")
+# A byte-code cache (`__pycache__/*.pyc`) is not among them: Python's own, where it holds its source compiled (an agent
+# that tries train.py writes one), and deleting one is Python's too (bytecode.innocent); any other file there is the
+# turn's, put back like any other. A whole folder named so was the loop's: a turn kept files in it from turn to turn.
+LOOP_OWN = ("/.autoresearch/", "/results.tsv", "/results.tsv.tmp", "/progress.png", "/report.md")
 HISTORY_GIT = ("logs", "ORIG_HEAD")  # what git's own commands write about moves; put back after the loop's
 # Under .git, not guarded as files: what the loop's git writes and put_back restores its own way (refs, the index,
 # reflogs) and the objects (guarded their own way: OBJECTS; objects/info, which can point git elsewhere, is guarded as a
@@ -65,7 +68,6 @@ UNGUARDED_GIT = frozenset({"objects", "refs", "packed-refs", "index", *HISTORY_G
 GITIGNORE = ".gitignore"
 PROGRAM, PROMPTS = "program.md", "prompts"
 _CLEAN = "clean"  # a path `git status` does not report: as in the index, or absent if untracked
-SNAPSHOT_LIMIT = 4 << 30  # a saved turn (`save`) larger than this is no snapshot of ours: read no further
 
 
 @dataclass
@@ -78,15 +80,15 @@ class Snapshot:
     human: dict[str, str | None]  # program.md, prompts/*.md -> content id (None: absent); empty if not watched
     history: dict[str, list] = field(default_factory=dict)  # .git/logs/**, .git/ORIG_HEAD -> [content id, mode]
     # Every file under .git/objects but info/ -> [content id, inode, size, mtime_ns, ctime_ns, mode]. Saved for the next
-    # start (save()) without the bytes: read back, it tells what a turn cut short by a kill added, and whether what it
-    # changed is still whole. None: the objects are left as they are.
+    # start (snapshot_file.py) without the bytes: read back, it tells what a turn cut short by a kill added, and whether
+    # what it changed is still whole. None: the objects are left as they are.
     objects: dict[str, list] | None = None
     # Lock files under .git a killed git left before the step (`git pack-refs` after a verdict, say) -> [inode,
     # ctime_ns]: set aside after the step, as every lock is, but not the step's doing.
     locks: dict[str, list] = field(default_factory=dict)
     contents: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)  # content id -> bytes
     sources: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)  # content id -> its file
-    # The blobs save() wrote loose -> [inode, size, mtime_ns, ctime_ns] of their files: the loop's own objects.
+    # The blobs snapshot_file.save wrote loose -> [inode, size, mtime_ns, ctime_ns] of their files: the loop's own.
     stored: dict[str, list[int]] = field(default_factory=dict, repr=False, compare=False)
 
 
@@ -146,15 +148,7 @@ def is_loop_own(path: str) -> bool:
     reads those, and an agent that removes `.autoresearch/` from .gitignore must not make the loop quarantine
     its own ledger."""
     parts = path.rstrip("/").split("/")
-    for pattern in LOOP_OWN:
-        name = pattern.strip("/")
-        if (
-            (parts[0] == name and (len(parts) == 1 or pattern.endswith("/")))
-            if pattern.startswith("/")
-            else name in parts
-        ):
-            return True
-    return False
+    return any(parts[0] == p.strip("/") and (len(parts) == 1 or p.endswith("/")) for p in LOOP_OWN)
 
 
 def is_human(path: str) -> bool:
@@ -390,21 +384,28 @@ def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: F
     status = git.status()
     now_files = _status_contents(git.root, status, skip, _scratch())
     now_untracked = _signatures(git, skip)
-    differ = []
+    differ, caches = [], []  # caches: byte-code caches that changed, judged last (_pythons)
     for path in sorted(set(before.files) | set(now_files)):
         old, new = before.files.get(path, _CLEAN), now_files.get(path, _CLEAN)
-        if old != new:
-            differ.append(path)
-            was_there = old is not None and not (old == _CLEAN and status.get(path) == "??")
-            if agent and path == GITIGNORE and old == _CLEAN and _only_lines_added(git, path):
-                found.litter.append(f"lines added to {GITIGNORE}")
-            else:
-                held = found.litter if agent and not was_there else found.changed  # a new file is litter
-                held.append(_what(path, was_there, new is not None))
+        if old == new:
+            continue
+        was_there = old is not None and not (old == _CLEAN and status.get(path) == "??")
+        if bytecode.is_cache(path):
+            caches.append((path, was_there))
+            continue
+        differ.append(path)
+        if agent and path == GITIGNORE and old == _CLEAN and _only_lines_added(git, path):
+            found.litter.append(f"lines added to {GITIGNORE}")
+        else:
+            held = found.litter if agent and not was_there else found.changed  # a new file is litter
+            held.append(_what(path, was_there, new is not None))
     seen = set(before.files) | set(now_files)
     for path in sorted((set(before.untracked) | set(now_untracked)) - seen):
         old, new = before.untracked.get(path), now_untracked.get(path)
         if old == new:
+            continue
+        if bytecode.is_cache(path):
+            caches.append((path, old is not None))
             continue
         held = found.litter if agent and old is None else found.changed
         held.append(_what(path, old is not None, new is not None))
@@ -412,6 +413,11 @@ def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: F
             differ.append(path)
         else:  # an ignored file that existed: its content was not kept
             found.not_restored.append(path)
+    going = {*differ, *found.not_restored}
+    for path, was_there in caches:  # not Python's: set aside (Python writes it again), and litter, not a change
+        if not _pythons(git.root, path, going):
+            (found.litter if agent else found.changed).append(_what(path, was_there, True))
+            differ.append(path)
     for path in sorted(differ, reverse=True):  # the deepest first, so a file replaced by a directory goes
         set_aside(git.root, path.rstrip("/"), quarantine)
     tracked = git.tracked() if differ else set()
@@ -422,6 +428,20 @@ def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: F
                 git.checkout_from_index(path)
         elif old is not None and not restore(git.root / path.rstrip("/"), old, before.contents, git):
             found.not_restored.append(path)
+
+
+def _pythons(root: Path, path: str, going: set[str]) -> bool:
+    """Whether what became of the byte-code cache `path` is Python's doing: deleted, or written for its source, which
+    stays. A turn that wrote a source of its own (`W = b"..."`) and its cache would keep the cache, and the data in
+    it, when only the source is set aside or is no longer what it was (`going`)."""
+    full = root / path.rstrip("/")
+    if not os.path.lexists(full):
+        return True
+    try:
+        source = Path(importlib.util.source_from_cache(str(full))).relative_to(root).as_posix()
+    except ValueError:  # no name Python gives a cache
+        return False
+    return source not in going and bytecode.faithful(str(full))
 
 
 def _put_back_human(before: Snapshot, git: Git, quarantine: Path, found: Findings) -> None:
@@ -455,66 +475,3 @@ def _what(path: str, was_there: bool, is_there: bool) -> str:
 def _scratch() -> Snapshot:
     """An empty snapshot to read the current contents into."""
     return Snapshot(refs={}, index="", files={}, untracked={}, git_files={}, human={})
-
-
-# -- a snapshot on disk, for the next start after a kill ------------------------------------------
-
-
-def save(snap: Snapshot, git: Git, path: Path, store_blobs: bool = True) -> None:
-    """Keep `snap` where the next start finds it: the working files' contents go into git's object store (unless
-    `store_blobs` is off: they were, by an earlier save of it), the git files' (small, and needed before git can be
-    trusted) into the file itself."""
-    git_ids = {content_id for content_id, _ in (*snap.git_files.values(), *snap.history.values())}
-    if store_blobs:
-        stored = [i for i in {*snap.files.values(), *snap.human.values()} if i in snap.sources and i not in git_ids]
-        git.store_blobs([snap.sources[i] for i in stored])
-        snap.stored.update(objects.signatures(git.git_dir, stored))
-    # Not asdict(snap), which deep-copies every field first, the objects' bytes too: at 15,000 loose objects that alone
-    # cost a second per agent turn. The fields saved hold plain dicts of str, list and None.
-    unsaved = ("contents", "sources", "stored")
-    data = {f.name: getattr(snap, f.name) for f in fields(snap) if f.name not in unsaved}
-    data["git_contents"] = {i: base64.b64encode(snap.contents[i]).decode() for i in git_ids if i in snap.contents}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data), durable=True)  # a power cut leaves it whole, or the old one
-
-
-def load(path: Path) -> Snapshot | None:
-    """The snapshot `save` kept in `path`; None if it cannot be read, or names a path that no snapshot of a workspace
-    holds: the file lies within an agent's reach, and what it names is written back."""
-    try:
-        data = json.loads(read_regular(path, SNAPSHOT_LIMIT))  # not a FIFO left in its place, which would wedge
-        contents = {i: base64.b64decode(b) for i, b in data.pop("git_contents").items()}
-        snap = Snapshot(**data, contents=contents)
-        work = [*snap.files, *snap.untracked, *snap.human]
-        listed = isinstance(snap.objects, dict) and all(map(_object_entry, snap.objects.values()))
-        snap.objects = {rel: entry for rel, entry in snap.objects.items() if _object_file(rel)}  # others: as new
-        sound = listed and all(map(_inside, [*work, *snap.git_files, *snap.history, *snap.locks]))
-        if sound and not any(map(is_loop_own, work)):
-            return snap
-    except Exception:  # missing, cut short, not JSON, not a snapshot's fields: unreadable all the same
-        pass
-    return None
-
-
-def _object_entry(entry: object) -> bool:
-    """Whether `entry` is what `objects.record` lists for an object file: its content id, then five numbers."""
-    return (
-        isinstance(entry, list)
-        and len(entry) == 6
-        and isinstance(entry[0], str)
-        and all(isinstance(n, int) and not isinstance(n, bool) for n in entry[1:])
-    )
-
-
-def _object_file(rel: object) -> bool:
-    """Whether `rel` names a loose object or a file of pack/ under .git/objects (a listing's other names, a folder's
-    among them, are not put back: red team)."""
-    if not isinstance(rel, str) or "\0" in rel:
-        return False
-    folder, _, name = rel.partition("/")
-    return objects.loose_object(rel) or (folder == "pack" and name not in ("", ".", "..") and "/" not in name)
-
-
-def _inside(rel: object) -> bool:
-    """Whether `rel` is a relative path that stays inside the folder it is taken from."""
-    return isinstance(rel, str) and bool(rel) and not os.path.isabs(rel) and ".." not in rel.split("/")
