@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import marshal
+import opcode
 import os
 import py_compile
 import struct
+import sys
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
@@ -178,6 +181,59 @@ def test_a_cache_that_cannot_be_compared_is_a_change_and_stops_nothing(tmp_path,
     assert differences(before, signature([tmp_path])) == sorted(
         f"added {p}" for p in (tmp_path / "__pycache__").iterdir()
     ) + [f"added {tmp_path / 'link.py'}"] * (source == "x = 1\n")
+
+
+def _plant_in_inline_caches(cache: Path, data: bytes) -> int:
+    """Write `data` into the inline caches of the instructions (3.11's CACHE entries) of the byte-code cache `cache`,
+    which code objects' `==` does not compare and `co_code` reads as zeros; how many bytes went in."""
+    raw = bytearray(cache.read_bytes())
+    codes, at, planted = [marshal.loads(raw[16:])], 16, 0
+    while codes:
+        code = codes.pop(0)
+        codes[:0] = [c for c in code.co_consts if isinstance(c, types.CodeType)]  # in the order marshal wrote them
+        body = code.co_code
+        at = raw.index(struct.pack("<i", len(body)) + body, at) + 4
+        i = 0
+        while i < len(body):
+            entries = 2 * opcode._inline_cache_entries[body[i]]
+            for k in range(min(entries, len(data) - planted)):
+                raw[at + i + 2 + k] = data[planted]
+                planted += 1
+            i += 2 + entries
+        at += len(body)
+    cache.write_bytes(raw)
+    return planted
+
+
+def test_a_cache_of_its_source_with_data_in_bytes_code_equality_does_not_compare_is_written_again(tmp_path) -> None:
+    """BROKE, fixed (red team): code objects compare equal whatever the inline caches of 3.11's instructions hold,
+    and a cache with weights there passed as Python's own, for a run to read. Now a cache that is its source's code
+    is written again, exactly as this Python writes it; and the next turn starts from it as it is then."""
+    source = tmp_path / "mod.py"
+    source.write_text("def f(x):\n    return [x.real + len(str(x)) for _ in range(3)]\n" * 20)
+    environment = Environment([tmp_path])
+    start = environment.start()
+    cache = Path(py_compile.compile(str(source)))
+    assert _plant_in_inline_caches(cache, WEIGHTS * 4) == len(WEIGHTS) * 4
+    assert WEIGHTS[:8] in cache.read_bytes()
+    assert environment.changes(start) == []
+    code = compile(source.read_bytes(), str(source), "exec", dont_inherit=True)
+    assert cache.read_bytes()[16:] == marshal.dumps(code) and WEIGHTS[:8] not in cache.read_bytes()
+    written = cache.stat().st_ino
+    assert environment.changes(environment.start()) == [] and cache.stat().st_ino == written  # not written again
+
+
+@pytest.mark.parametrize("name", ["mod.{data}.pyc", "mod.{tag}.opt-99999999999999999999.pyc", "mod.{tag}.opt-3.pyc"])
+def test_a_copy_of_a_faithful_cache_under_a_name_python_does_not_give_it_is_a_change(tmp_path, name) -> None:
+    """BROKE, fixed (red team): importlib takes `mod.<anything>.pyc` for mod.py's cache, so copies of a faithful one
+    under names that carry data passed; an optimisation level past a C int was an OverflowError out of the loop."""
+    source = tmp_path / "mod.py"
+    source.write_text("X = 1\n")
+    before = signature([tmp_path])
+    cache = Path(py_compile.compile(str(source)))
+    other = cache.with_name(name.format(data=WEIGHTS.hex(), tag=sys.implementation.cache_tag))
+    os.link(cache, other)
+    assert differences(before, signature([tmp_path])) == [f"added {other}"]
 
 
 def test_a_file_left_in_the_shared_compile_cache_is_a_change_but_the_loops_own_additions_between_turns_are_not(

@@ -1,17 +1,22 @@
-"""Whether a byte-code cache (`__pycache__/*.pyc`) holds its source compiled and nothing else.
+"""Whether a byte-code cache (`__pycache__/*.pyc`) is Python's own: its source compiled, and nothing else.
 
-Python writes these as it imports: the loop's own processes do, and so does an agent that tries train.py. One
-that holds exactly its source, compiled, carries nothing a person or a run did not already have; any other file
-there could carry data (weights, notes from an earlier turn) past a check that let caches be, so it is no cache.
+Python writes these as it imports: the loop's own processes do, in the folders runs read (a venv that uv installed
+without them), at any time. Any other file there could carry data past a check that let caches be (weights trained
+during an agent's turn, for a run to read): another name (`train.<weights>.pyc` is train.py's to importlib), more
+bytes after the code, or the same code in other bytes. Code objects compare equal whatever the inline caches of
+3.11's instructions hold (room for every byte of them), the order of a frozenset's items, and how marshal marked each
+object; so a cache Python could have written is written again as this Python writes it (`vouch_for`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import marshal
 import os
 import struct
+import tempfile
 import types
 from pathlib import Path
 
@@ -19,39 +24,64 @@ from autoresearch.files import read_regular
 
 MAX_SOURCE_BYTES = 4 << 20  # a byte-code cache of a larger source is not compiled to be checked: it counts as a change
 MAX_CACHE_BYTES = 8 * MAX_SOURCE_BYTES  # nor a larger cache
+OPTIMIZATIONS = ("", "1", "2")  # the `.opt-N` of a cache's name that Python writes (-O, -OO)
 
 
 def innocent(path: str, gone: bool) -> bool:
-    """Whether a change to the file at `path` is Python's doing: a byte-code cache deleted (`gone`) or faithful."""
-    return is_cache(path) and (gone or faithful(path))
+    """Whether a change to the file at `path` is Python's doing: a byte-code cache deleted (`gone`), or its own
+    (`vouch_for`, which leaves its bytes exactly this Python's)."""
+    return is_cache(path) and (gone or vouch_for(path))
 
 
 def is_cache(path: str) -> bool:
     return path.endswith(".pyc") and os.path.basename(os.path.dirname(path)) == "__pycache__"
 
 
-def faithful(path: str) -> bool:
-    """Whether the byte-code cache at `path` is what Python would write for its source: the magic number, the
-    header that names the source (its mtime and size, or its hash), and nothing but its source's code object
-    (compiled here to compare). Anything else could carry data."""
+def vouch_for(path: str) -> bool:
+    """Whether the byte-code cache at `path` is what Python writes for its source: the name Python gives it, the
+    magic number, a header that names the source (its mtime and size, or its hash), and its source's code object
+    (compiled here to compare); if so, its bytes are made this Python's own for that code (written again where they
+    differ: Python's own can differ in how marshal marked an object, and anything else could carry data)."""
     try:
-        source = Path(importlib.util.source_from_cache(path))
+        source = importlib.util.source_from_cache(path)
+        levels = [o for o in OPTIMIZATIONS if importlib.util.cache_from_source(source, optimization=o) == path]
         # Neither followed if it is a link (its target could change unseen) nor waited on if it is a FIFO.
         data = read_regular(Path(path), MAX_CACHE_BYTES)
-        if data[:4] != importlib.util.MAGIC_NUMBER:
+        if not levels or data[:4] != importlib.util.MAGIC_NUMBER:
             return False
-        text = read_regular(source, MAX_SOURCE_BYTES, follow=True)  # a venv's, uv's say, can be a link
-        if data[4:16] not in _headers(source, text):
+        text = read_regular(Path(source), MAX_SOURCE_BYTES, follow=True)  # a venv's, uv's say, can be a link
+        if data[4:16] not in _headers(Path(source), text):
             return False
-        optimize = int(path.rsplit(".opt-", 1)[1].split(".")[0]) if ".opt-" in os.path.basename(path) else 0
         stream = io.BytesIO(data[16:])
         code = marshal.load(stream)
-        if stream.tell() != len(data) - 16:  # something after the code object
+        if stream.tell() != len(data) - 16 or not isinstance(code, types.CodeType):  # something after the code
             return False
-        return _same_code(code, compile(text, str(source), "exec", dont_inherit=True, optimize=optimize), source)
+        # As Python compiles it, under the name it was imported by (checked: `_same_code`)
+        compiled = compile(text, code.co_filename, "exec", dont_inherit=True, optimize=int(levels[0] or 0))
+        if not _same_code(code, compiled, Path(source)):
+            return False
+        own = marshal.dumps(compiled)
+        return own == data[16:] or _write(Path(path), data[:16] + own)
     # RecursionError and MemoryError: compiling `x.y.y...` or `not not ...`, 100,000 deep (the parser's stack)
     except (OSError, ValueError, EOFError, TypeError, SyntaxError, IndexError, RecursionError, MemoryError):
         return False
+
+
+def _write(path: Path, data: bytes) -> bool:
+    """Replace the file at `path` by one that holds `data`, with its mode (as Python writes a cache: beside it, then
+    renamed over it); whether it could."""
+    mode = os.stat(path, follow_symlinks=False).st_mode & 0o777
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.")
+    try:
+        with open(fd, "wb") as file:
+            file.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return False
+    return True
 
 
 def _headers(source: Path, text: bytes) -> tuple[bytes, ...]:

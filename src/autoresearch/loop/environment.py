@@ -145,6 +145,10 @@ class Environment:
     def changes(self, start: Signature) -> list[str]:
         """What changed since `start` (see `differences`); what there is now is where the next turn starts."""
         now = signature(self.roots, self.skip)
+        found = differences(start, {**now, **signature(self.fresh)})
+        # A byte-code cache vouched for may have been written again (bytecode.vouch_for): as it is now
+        rewritten = [path for path, sign in now.items() if start.get(path) != sign and bytecode.is_cache(path)]
+        now |= signature([Path(path) for path in rewritten])
         with self._lock:
             self._last = now
-        return differences(start, {**now, **signature(self.fresh)})
+        return found

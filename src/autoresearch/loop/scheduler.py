@@ -46,21 +46,9 @@ from autoresearch.loop.executor import Outcome, RunSpec
 from autoresearch.loop.inbox import SUBMITTER, Inbox, note_moved
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
-from autoresearch.loop.recovery import (
-    baseline_died,
-    commit_message,
-    died_running,
-    result_columns,
-    seeded,
-)
+from autoresearch.loop.recovery import baseline_died, commit_message, died_running, result_columns, seeded
 from autoresearch.loop.settings import APPARATUS_HINT, BASELINE_SEEDS_MAX, BASELINE_SEEDS_MIN
-from autoresearch.loop.workers import (
-    Active,
-    Job,
-    Worker,
-    check_out,
-    stop_workers,
-)
+from autoresearch.loop.workers import Active, Job, Worker, check_out, stop_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.workspace import TRAIN_PY
 

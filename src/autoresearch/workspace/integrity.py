@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
-import importlib.util
 import os
 import stat
 from dataclasses import dataclass, field
@@ -55,9 +54,9 @@ from autoresearch.workspace.contents import read as read_file
 from autoresearch.workspace.git import Git
 
 # The loop's own output in a workspace (see workspace/init.py's .gitignore): never the run's doing.
-# A byte-code cache (`__pycache__/*.pyc`) is not among them: Python's own, where it holds its source compiled (an agent
-# that tries train.py writes one), and deleting one is Python's too (bytecode.innocent); any other file there is the
-# turn's, put back like any other. A whole folder named so was the loop's: a turn kept files in it from turn to turn.
+# Nor is `__pycache__/` (it was: a turn kept files there from turn to turn): a byte-code cache a step writes is set
+# aside as litter, whether or not it is its source compiled (an agent that tries train.py writes one; Python writes it
+# again where it is missing), and one deleted is let be; any other file there is put back like any other.
 LOOP_OWN = ("/.autoresearch/", "/results.tsv", "/results.tsv.tmp", "/progress.png", "/report.md")
 HISTORY_GIT = ("logs", "ORIG_HEAD")  # what git's own commands write about moves; put back after the loop's
 # Under .git, not guarded as files: what the loop's git writes and put_back restores its own way (refs, the index,
@@ -384,40 +383,30 @@ def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: F
     status = git.status()
     now_files = _status_contents(git.root, status, skip, _scratch())
     now_untracked = _signatures(git, skip)
-    differ, caches = [], []  # caches: byte-code caches that changed, judged last (_pythons)
+    differ = []
     for path in sorted(set(before.files) | set(now_files)):
         old, new = before.files.get(path, _CLEAN), now_files.get(path, _CLEAN)
-        if old == new:
-            continue
-        was_there = old is not None and not (old == _CLEAN and status.get(path) == "??")
-        if bytecode.is_cache(path):
-            caches.append((path, was_there))
+        if old == new or (new is None and bytecode.is_cache(path)):
             continue
         differ.append(path)
+        was_there = old is not None and not (old == _CLEAN and status.get(path) == "??")
         if agent and path == GITIGNORE and old == _CLEAN and _only_lines_added(git, path):
             found.litter.append(f"lines added to {GITIGNORE}")
-        else:
-            held = found.litter if agent and not was_there else found.changed  # a new file is litter
+        else:  # a new file is litter, and a byte-code cache (Python writes it again where it is missing)
+            held = found.litter if agent and (not was_there or bytecode.is_cache(path)) else found.changed
             held.append(_what(path, was_there, new is not None))
     seen = set(before.files) | set(now_files)
     for path in sorted((set(before.untracked) | set(now_untracked)) - seen):
         old, new = before.untracked.get(path), now_untracked.get(path)
-        if old == new:
+        cache = bytecode.is_cache(path)
+        if old == new or (new is None and cache):  # a cache deleted: Python's doing, or harmless
             continue
-        if bytecode.is_cache(path):
-            caches.append((path, old is not None))
-            continue
-        held = found.litter if agent and old is None else found.changed
+        held = found.litter if agent and (old is None or cache) else found.changed
         held.append(_what(path, old is not None, new is not None))
-        if old is None:
+        if old is None or cache:
             differ.append(path)
         else:  # an ignored file that existed: its content was not kept
             found.not_restored.append(path)
-    going = {*differ, *found.not_restored}
-    for path, was_there in caches:  # not Python's: set aside (Python writes it again), and litter, not a change
-        if not _pythons(git.root, path, going):
-            (found.litter if agent else found.changed).append(_what(path, was_there, True))
-            differ.append(path)
     for path in sorted(differ, reverse=True):  # the deepest first, so a file replaced by a directory goes
         set_aside(git.root, path.rstrip("/"), quarantine)
     tracked = git.tracked() if differ else set()
@@ -428,20 +417,6 @@ def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: F
                 git.checkout_from_index(path)
         elif old is not None and not restore(git.root / path.rstrip("/"), old, before.contents, git):
             found.not_restored.append(path)
-
-
-def _pythons(root: Path, path: str, going: set[str]) -> bool:
-    """Whether what became of the byte-code cache `path` is Python's doing: deleted, or written for its source, which
-    stays. A turn that wrote a source of its own (`W = b"..."`) and its cache would keep the cache, and the data in
-    it, when only the source is set aside or is no longer what it was (`going`)."""
-    full = root / path.rstrip("/")
-    if not os.path.lexists(full):
-        return True
-    try:
-        source = Path(importlib.util.source_from_cache(str(full))).relative_to(root).as_posix()
-    except ValueError:  # no name Python gives a cache
-        return False
-    return source not in going and bytecode.faithful(str(full))
 
 
 def _put_back_human(before: Snapshot, git: Git, quarantine: Path, found: Findings) -> None:
