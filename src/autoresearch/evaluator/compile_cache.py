@@ -57,8 +57,9 @@ INSIDE = Path("/tmp/autoresearch-compile")  # where a confined run sees its laye
 # taken (filelock opens it without following links: ELOOP, and Inductor on the CPU failed the run).
 LOCK = ".lock"
 MAX_STAGED_BYTES = 2**30  # what one run may add; more is not kept (a run could fill the disk this way)
-# And in files and folders: a kept model shape is ~1,500 files (Triton's ~8 a kernel); empty files cost no bytes, and a
-# kept run that left 100,000 had every later run link and unlink them all (tens of seconds a run, red team).
+# And in files and folders: a kept model shape is ~2,250 files in ~400 folders (the h100 preset on an H100:
+# BENCHMARKS.md); empty files cost no bytes, and a kept run that left 100,000 had every later run link and unlink them
+# all (tens of seconds a run, red team).
 MAX_STAGED_FILES = 20_000
 # How deep a compiler's files lie (inductor: fxgraph/xx/key/entry); deeper ones are not taken: a run could nest folders
 # past Python's recursion limit, which every later run's walk of the shared cache would then fail on.
