@@ -51,6 +51,22 @@ def test_a_git_command_that_waits_for_ever_is_stopped_with_a_clear_error(tmp_pat
         git.merge_file("a\n" * 100_000, "b\n" * 100_000, "c\n" * 100_000)
 
 
+def test_a_git_configuration_that_never_answers_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    """The one git command that reads your own configuration (its safe.directory entries, at the loop's first git
+    command) waited for ever on a FIFO there."""
+    os.mkfifo(tmp_path / ".gitconfig")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    monkeypatch.setattr(git_module, "TIMEOUT_S", 1)
+    git_module.trusted_directories.cache_clear()
+    try:
+        with pytest.raises(GitError, match="git config --global did not finish in 1 s") as raised:
+            git_module.trusted_directories()
+        assert "~/.gitconfig" in raised.value.hint
+    finally:
+        git_module.trusted_directories.cache_clear()
+
+
 def test_the_branch_moves_onto_a_commit_while_train_py_is_deleted_and_train_py_comes_back(tmp_path: Path) -> None:
     git = repo(tmp_path / "ws")
     win = git.commit_onto(git.head(), "train.py", "LR = 0.2\n", "exp 2: LR 0.2")

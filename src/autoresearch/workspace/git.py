@@ -59,9 +59,17 @@ def trusted_directories() -> tuple[str, ...]:
     loop's git keeps (a workspace owned by another user, as a container's mounted folder often is, is refused
     without it). Read once, before any agent has run; reading runs nothing."""
     try:
-        proc = subprocess.run([program(), "config", "--global", "--get-all", "safe.directory"], capture_output=True)
+        proc = subprocess.run(
+            [program(), "config", "--global", "--get-all", "safe.directory"], capture_output=True, timeout=TIMEOUT_S
+        )
     except OSError:
         return ()
+    except subprocess.TimeoutExpired:
+        raise GitError(
+            f"git config --global did not finish in {TIMEOUT_S} s, and was stopped: your git configuration does not "
+            "answer",
+            hint="look at ~/.gitconfig and ~/.config/git/config (a FIFO there? `ls -l`), put it right, then run again",
+        ) from None
     values = proc.stdout.decode(errors="replace").splitlines() if proc.returncode == 0 else []
     return tuple(option for value in values if value for option in ("-c", f"safe.directory={value}"))
 
