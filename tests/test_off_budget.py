@@ -12,6 +12,7 @@ import opcode
 import os
 import py_compile
 import struct
+import subprocess
 import sys
 import tempfile
 import types
@@ -128,18 +129,17 @@ def _cache_of(source: Path, code, header: bytes | None = None) -> Path:
     return cache
 
 
-@pytest.mark.parametrize("where", ["co_filename", "co_qualname", "co_stacksize", "a function's co_qualname", "header"])
+@pytest.mark.parametrize("where", ["co_qualname", "co_stacksize", "a function's co_qualname", "header"])
 def test_a_cache_of_its_source_with_weights_where_code_equality_does_not_look_is_a_change(tmp_path, where) -> None:
-    # Code objects compare equal whatever their file name, qualified name and stack size, of any length: a run can
-    # read the cache file itself (marshal.load) and take weights from there; or from its header's mtime and size.
+    # Code objects compare equal whatever their qualified name and stack size, of any length: a run can read the
+    # cache file itself (marshal.load) and take weights from there; or from its header's mtime and size. (The file
+    # name they compare equal whatever it is too: such a cache is written again, below.)
     source = tmp_path / "mod.py"
     source.write_text("def f():\n    return 41 + 1\n")
     before = signature([tmp_path])
     code = compile(source.read_bytes(), str(source), "exec", dont_inherit=True)
     payload = WEIGHTS.hex() * 100
-    if where == "co_filename":
-        code = code.replace(co_filename=payload)
-    elif where == "co_qualname":
+    if where == "co_qualname":
         code = code.replace(co_qualname=payload)
     elif where == "co_stacksize":
         code = code.replace(co_stacksize=2**31 - 1)
@@ -205,22 +205,93 @@ def _plant_in_inline_caches(cache: Path, data: bytes) -> int:
     return planted
 
 
-def test_a_cache_of_its_source_with_data_in_bytes_code_equality_does_not_compare_is_written_again(tmp_path) -> None:
-    """BROKE, fixed (red team): code objects compare equal whatever the inline caches of 3.11's instructions hold,
-    and a cache with weights there passed as Python's own, for a run to read. Now a cache that is its source's code
-    is written again, exactly as this Python writes it; and the next turn starts from it as it is then."""
-    source = tmp_path / "mod.py"
+def _plant(where: str, source: Path, cache: Path, outside: Path) -> None:
+    """Data of a turn's in or on `source`'s cache `cache`, which stays its source's code; `outside`: a folder the
+    check does not watch."""
+    if where == "inline caches":
+        assert _plant_in_inline_caches(cache, WEIGHTS * 4) == len(WEIGHTS) * 4
+    elif where == "its name for the source":  # through a link elsewhere, named with the data, removed afterwards
+        link = outside / WEIGHTS.hex()
+        link.symlink_to(source.parent)
+        code = compile(source.read_bytes(), str(link / source.name), "exec", dont_inherit=True)
+        cache.write_bytes(cache.read_bytes()[:16] + marshal.dumps(code))
+        link.unlink()
+    elif where == "its header's kind":
+        py_compile.compile(str(source), invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    elif where == "times and mode":
+        os.utime(cache, ns=(123456789, 987654321))
+        os.chmod(cache, 0o601)
+    else:
+        os.setxattr(cache, "user.weights", WEIGHTS * 40)
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["inline caches", "its name for the source", "its header's kind", "times and mode", "an extended attribute"],
+)
+def test_a_cache_of_its_source_is_written_again_as_an_import_writes_it(tmp_path, where) -> None:
+    """BROKE, fixed (red teams): a cache that is its source's code carried data where its code's equality does not
+    look: in the inline caches of 3.11's instructions (every byte of them), in the path it names its source by (any
+    number of folders of a link elsewhere, named with the data: KiB a cache), in its header's kind, its times, its
+    mode, its extended attributes. Now such a cache is replaced by the file an import writes; the next turn starts
+    from it as it is then."""
+    venv, outside = tmp_path / "venv", tmp_path / "outside"
+    venv.mkdir()
+    outside.mkdir()
+    source = venv / "mod.py"
     source.write_text("def f(x):\n    return [x.real + len(str(x)) for _ in range(3)]\n" * 20)
-    environment = Environment([tmp_path])
+    environment = Environment([venv])
     start = environment.start()
     cache = Path(py_compile.compile(str(source)))
-    assert _plant_in_inline_caches(cache, WEIGHTS * 4) == len(WEIGHTS) * 4
-    assert WEIGHTS[:8] in cache.read_bytes()
+    try:
+        _plant(where, source, cache, outside)
+    except OSError as error:  # no user extended attributes on this file system
+        pytest.skip(str(error))
     assert environment.changes(start) == []
     code = compile(source.read_bytes(), str(source), "exec", dont_inherit=True)
-    assert cache.read_bytes()[16:] == marshal.dumps(code) and WEIGHTS[:8] not in cache.read_bytes()
+    stat = source.stat()
+    header = struct.pack("<III", 0, int(stat.st_mtime), stat.st_size)
+    assert cache.read_bytes() == importlib.util.MAGIC_NUMBER + header + marshal.dumps(code)
+    assert os.listxattr(cache) == [] and cache.stat().st_mode & 0o777 == (stat.st_mode | 0o200) & 0o666
+    assert cache.stat().st_mtime_ns > stat.st_mtime_ns
     written = cache.stat().st_ino
     assert environment.changes(environment.start()) == [] and cache.stat().st_ino == written  # not written again
+
+
+@pytest.mark.parametrize("entry", ["{venv}/sub/..", "{venv}/./"])
+def test_a_cache_an_import_writes_through_a_path_not_normalised_is_no_change(tmp_path, entry) -> None:
+    """BROKE, fixed (red team): a program that puts `dirname(__file__)/..` on sys.path (an idiom) imported a module
+    whose cache named `.../sub/../mod.py`, which the check refused: an innocent import stopped the loop."""
+    venv = tmp_path / "venv"
+    (venv / "sub").mkdir(parents=True)
+    (venv / "mod.py").write_text("X = 1\n")
+    environment = Environment([venv])
+    start = environment.start()
+    imports = f"import sys; sys.path.insert(0, {entry.format(venv=venv)!r}); import mod"
+    writes = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", imports], check=True, env=writes)
+    assert Path(importlib.util.cache_from_source(str(venv / "mod.py"))).exists()
+    assert environment.changes(start) == []
+
+
+def test_a_cache_marshal_refuses_or_a_link_named_as_one_is_a_change_and_stops_nothing(tmp_path) -> None:
+    """BROKE, fixed (red team): a code object with a negative count made marshal raise SystemError, out of the check;
+    and a link named as a cache, to a folder (`/`), was walked as the check took the signature of what it wrote."""
+    venv, outside = tmp_path / "venv", tmp_path / "outside"
+    venv.mkdir()
+    outside.mkdir()
+    (outside / "f").touch()
+    (venv / "mod.py").write_text("X = 1\n")
+    environment = Environment([venv])
+    start = environment.start()
+    cache = Path(py_compile.compile(str(venv / "mod.py")))
+    raw = bytearray(cache.read_bytes())
+    raw[16 + 1 + 4 : 16 + 1 + 8] = struct.pack("<i", -1)  # the code object's posonlyargcount
+    cache.write_bytes(raw)
+    link = Path(importlib.util.cache_from_source(str(venv / "link.py")))
+    link.symlink_to(outside)
+    assert environment.changes(start) == [f"added {link}", f"added {cache}"]
+    assert str(link / "f") not in environment.start()
 
 
 @pytest.mark.parametrize("name", ["mod.{data}.pyc", "mod.{tag}.opt-99999999999999999999.pyc", "mod.{tag}.opt-3.pyc"])

@@ -2,10 +2,15 @@
 
 Python writes these as it imports: the loop's own processes do, in the folders runs read (a venv that uv installed
 without them), at any time. Any other file there could carry data past a check that let caches be (weights trained
-during an agent's turn, for a run to read): another name (`train.<weights>.pyc` is train.py's to importlib), more
-bytes after the code, or the same code in other bytes. Code objects compare equal whatever the inline caches of
-3.11's instructions hold (room for every byte of them), the order of a frozenset's items, and how marshal marked each
-object; so a cache Python could have written is written again as this Python writes it (`vouch_for`).
+during an agent's turn, for a run to read), or run other code than its source in the loop's own processes. And a
+cache that is its source's code can still carry data (red team): in its name (`train.<weights>.pyc` is train.py's to
+importlib), in bytes code equality does not compare (the inline caches of 3.11's instructions, the order of a
+frozenset's items, how marshal marked each object), in the path it names its source by (through a link elsewhere, named
+with the data), in its header's kind, its times, its mode or its extended attributes. So a cache that is its source's
+code under the name Python gives it is written again as this Python writes it on import, a new file (`vouch_for`).
+
+What still carries a little: which caches there are (a bit for each source and optimisation level, about 6 KiB in a
+venv of 17,000 sources), less than a train.py may hold itself (256 KiB).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ OPTIMIZATIONS = ("", "1", "2")  # the `.opt-N` of a cache's name that Python wri
 
 def innocent(path: str, gone: bool) -> bool:
     """Whether a change to the file at `path` is Python's doing: a byte-code cache deleted (`gone`), or its own
-    (`vouch_for`, which leaves its bytes exactly this Python's)."""
+    (`vouch_for`, which writes it again as this Python would)."""
     return is_cache(path) and (gone or vouch_for(path))
 
 
@@ -39,9 +44,8 @@ def is_cache(path: str) -> bool:
 
 def vouch_for(path: str) -> bool:
     """Whether the byte-code cache at `path` is what Python writes for its source: the name Python gives it, the
-    magic number, a header that names the source (its mtime and size, or its hash), and its source's code object
-    (compiled here to compare); if so, its bytes are made this Python's own for that code (written again where they
-    differ: Python's own can differ in how marshal marked an object, and anything else could carry data)."""
+    magic number, a header that names the source (its mtime and size, or its hash) and its source's code object
+    (compiled here to compare); if so, it is replaced by the file an import writes (`_write`)."""
     try:
         source = importlib.util.source_from_cache(path)
         levels = [o for o in OPTIMIZATIONS if importlib.util.cache_from_source(source, optimization=o) == path]
@@ -50,27 +54,50 @@ def vouch_for(path: str) -> bool:
         if not levels or data[:4] != importlib.util.MAGIC_NUMBER:
             return False
         text = read_regular(Path(source), MAX_SOURCE_BYTES, follow=True)  # a venv's, uv's say, can be a link
-        if data[4:16] not in _headers(Path(source), text):
+        headers = _headers(Path(source), text)
+        if data[4:16] not in headers:
             return False
         stream = io.BytesIO(data[16:])
         code = marshal.load(stream)
         if stream.tell() != len(data) - 16 or not isinstance(code, types.CodeType):  # something after the code
             return False
-        # As Python compiles it, under the name it was imported by (checked: `_same_code`)
-        compiled = compile(text, code.co_filename, "exec", dont_inherit=True, optimize=int(levels[0] or 0))
-        if not _same_code(code, compiled, Path(source)):
+        compiled = compile(text, source, "exec", dont_inherit=True, optimize=int(levels[0] or 0))
+        if not _same_code(code, compiled):
             return False
-        own = marshal.dumps(compiled)
-        return own == data[16:] or _write(Path(path), data[:16] + own)
-    # RecursionError and MemoryError: compiling `x.y.y...` or `not not ...`, 100,000 deep (the parser's stack)
-    except (OSError, ValueError, EOFError, TypeError, SyntaxError, IndexError, RecursionError, MemoryError):
+        return _write(Path(path), Path(source), importlib.util.MAGIC_NUMBER + headers[0] + marshal.dumps(compiled))
+    # Anything a cache can make marshal, compile or the file system raise (SystemError for a negative count in a code
+    # object, RecursionError compiling `x.y.y...` 100,000 deep) is one Python did not write.
+    except Exception:
         return False
 
 
-def _write(path: Path, data: bytes) -> bool:
-    """Replace the file at `path` by one that holds `data`, with its mode (as Python writes a cache: beside it, then
-    renamed over it); whether it could."""
-    mode = os.stat(path, follow_symlinks=False).st_mode & 0o777
+def _headers(source: Path, text: bytes) -> tuple[bytes, ...]:
+    """The headers Python writes (or reads) for `source`: its mtime and size (what an import writes), or its hash,
+    checked or not (py_compile's, compileall's)."""
+    stat = source.stat()
+    digest = importlib.util.source_hash(text)
+    timestamp = struct.pack("<III", 0, int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF)
+    return timestamp, struct.pack("<I", 1) + digest, struct.pack("<I", 3) + digest
+
+
+def _same_code(cached: types.CodeType, compiled: types.CodeType) -> bool:
+    """Whether `cached` runs as `compiled` does: `==` between code objects, and the stack size, which it does not
+    compare (too small a one overruns the frame's stack), with the names a traceback shows, in each nested one."""
+    if cached != compiled or not isinstance(cached, types.CodeType):
+        return False
+    names = ("co_qualname", "co_stacksize", "co_varnames", "co_cellvars", "co_freevars")  # 3.10 has no co_qualname
+    if any(getattr(cached, name, None) != getattr(compiled, name, None) for name in names):
+        return False
+    nested = [
+        (a, b) for a, b in zip(cached.co_consts, compiled.co_consts, strict=True) if isinstance(b, types.CodeType)
+    ]
+    return all(_same_code(a, b) for a, b in nested)
+
+
+def _write(path: Path, source: Path, data: bytes) -> bool:
+    """Replace the file at `path` by a new one that holds `data`, with the mode an import gives a cache (its source's,
+    writable by you), beside it and renamed over it as an import does; whether it could."""
+    mode = (os.stat(source).st_mode | 0o200) & 0o666
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.")
     try:
         with open(fd, "wb") as file:
@@ -82,30 +109,3 @@ def _write(path: Path, data: bytes) -> bool:
             os.unlink(tmp)
         return False
     return True
-
-
-def _headers(source: Path, text: bytes) -> tuple[bytes, ...]:
-    """The headers Python writes (or reads) for `source`: its mtime and size (what an import writes), or its hash,
-    checked or not (py_compile's, compileall's). Any other 12 bytes could carry data."""
-    stat = source.stat()
-    digest = importlib.util.source_hash(text)
-    timestamp = struct.pack("<III", 0, int(stat.st_mtime) & 0xFFFFFFFF, stat.st_size & 0xFFFFFFFF)
-    return timestamp, struct.pack("<I", 1) + digest, struct.pack("<I", 3) + digest
-
-
-def _same_code(cached: types.CodeType, compiled: types.CodeType, source: Path) -> bool:
-    """`==` between code objects, and what it does not compare: the file and qualified names and the stack size
-    (strings of any length, an int: room for weights, read from the cache file by a run), in each nested one."""
-    if cached != compiled or not isinstance(cached, types.CodeType):
-        return False
-    names = ("co_qualname", "co_stacksize", "co_varnames", "co_cellvars", "co_freevars")  # 3.10 has no co_qualname
-    if any(getattr(cached, name, None) != getattr(compiled, name, None) for name in names):
-        return False
-    # Python writes the path it imported the source from: this one, or another way to it (a venv that is a link)
-    filename = cached.co_filename
-    if os.path.normpath(filename) != filename or not os.path.samefile(filename, source):
-        return False
-    nested = [
-        (a, b) for a, b in zip(cached.co_consts, compiled.co_consts, strict=True) if isinstance(b, types.CodeType)
-    ]
-    return all(_same_code(a, b, source) for a, b in nested)

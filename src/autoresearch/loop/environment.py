@@ -43,24 +43,23 @@ def signature(roots: Iterable[Path], skip: Iterable[Path] = ()) -> Signature:
         if os.path.isdir(root):
             stack.append(root)
         elif os.path.lexists(root):  # a file shown on its own: a venv's pyvenv.cfg
-            st = os.lstat(root)
-            found[root] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            found[root] = _stat(os.lstat(root))
     while stack:
         folder = stack.pop()
-        try:
-            entries = os.scandir(folder)
-        except OSError:  # gone, or unreadable: unreadable to a run as well
-            continue
-        with entries:
+        # Gone, or unreadable (to a run as well); or it fails as it is listed (/proc/<a zombie>/net: red team)
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:
             for entry in entries:
                 with contextlib.suppress(OSError):
                     if entry.is_dir(follow_symlinks=False):
                         if entry.path not in skipped:
                             stack.append(entry.path)
                         continue
-                    st = entry.stat(follow_symlinks=False)
-                    found[entry.path] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+                    found[entry.path] = _stat(entry.stat(follow_symlinks=False))
     return found
+
+
+def _stat(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 def differences(before: Signature, after: Signature) -> list[str]:
@@ -146,9 +145,10 @@ class Environment:
         """What changed since `start` (see `differences`); what there is now is where the next turn starts."""
         now = signature(self.roots, self.skip)
         found = differences(start, {**now, **signature(self.fresh)})
-        # A byte-code cache vouched for may have been written again (bytecode.vouch_for): as it is now
-        rewritten = [path for path, sign in now.items() if start.get(path) != sign and bytecode.is_cache(path)]
-        now |= signature([Path(path) for path in rewritten])
+        # A byte-code cache vouched for was written again (bytecode.vouch_for): the next turn starts from it as it is
+        for path in [path for path, sign in now.items() if start.get(path) != sign and bytecode.is_cache(path)]:
+            with contextlib.suppress(OSError):
+                now[path] = _stat(os.lstat(path))  # not followed: a link named so could lead to `/`
         with self._lock:
             self._last = now
         return found
