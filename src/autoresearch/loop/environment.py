@@ -13,8 +13,9 @@ turn starts from the signature the previous turn ended with (nothing but an agen
 a run cannot write it, and a change between turns is caught at the next turn's end). Byte-code caches
 (`__pycache__/*.pyc`) that Python writes as it imports (the loop's own processes, or an agent that tries
 train.py, in a venv installed without them, as uv does) are allowed where they hold exactly their source,
-compiled. The shared compile cache, which every run reads too, is checked the same way, walked at both ends of
-a turn: the loop adds a kept run's compiled files to it between turns.
+compiled, and are then written again as an import writes them (bytecode.py says why). The shared compile cache,
+which every run reads too, is checked the same way, walked at both ends of a turn: the loop adds a kept run's
+compiled files to it between turns.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _stat(st: os.stat_result) -> tuple[int, int, int, int]:
 
 def differences(before: Signature, after: Signature) -> list[str]:
     """What changed from `before` to `after`, one phrase per file ("added PATH", "changed PATH", "deleted PATH"),
-    but for byte-code caches that hold their source compiled, and deleted ones."""
+    but for byte-code caches Python wrote (written again as it writes them: `bytecode.innocent`), or deleted."""
     if before == after:  # the common case, at C speed: a sorted walk through 100,000 paths takes 0.1 s
         return []
     found = []
