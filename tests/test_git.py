@@ -39,11 +39,11 @@ def test_a_git_command_that_waits_for_ever_is_stopped_with_a_clear_error(tmp_pat
     """BROKE, fixed: the loop's git commands had no time limit, and git waits for ever on a FIFO where it reads a file
     (.git/HEAD, at every command): the loop hung without a word, at every start."""
     git = repo(tmp_path / "ws")
-    monkeypatch.setattr(git_module, "TIMEOUT_S", 1)
+    monkeypatch.setattr(git_module, "TIMEOUT_S", 0.2)
     head = git.git_dir / "HEAD"
     head.unlink()
     os.mkfifo(head)
-    with pytest.raises(GitError, match=r"git rev-parse did not finish in 1 s, and was stopped") as raised:
+    with pytest.raises(GitError, match=r"git rev-parse did not finish in 0.2 s, and was stopped") as raised:
         git.head()
     assert "find .git -type p" in raised.value.hint
     monkeypatch.setattr(git_module, "TIMEOUT_S", 0.001)  # less than git takes to start
@@ -57,10 +57,10 @@ def test_a_git_configuration_that_never_answers_is_a_clear_error(tmp_path: Path,
     os.mkfifo(tmp_path / ".gitconfig")
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
-    monkeypatch.setattr(git_module, "TIMEOUT_S", 1)
+    monkeypatch.setattr(git_module, "TIMEOUT_S", 0.2)
     git_module.trusted_directories.cache_clear()
     try:
-        with pytest.raises(GitError, match="git config --global did not finish in 1 s") as raised:
+        with pytest.raises(GitError, match="git config --global did not finish in 0.2 s") as raised:
             git_module.trusted_directories()
         assert "~/.gitconfig" in raised.value.hint
     finally:
