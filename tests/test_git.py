@@ -43,7 +43,7 @@ def test_a_git_command_that_waits_for_ever_is_stopped_with_a_clear_error(tmp_pat
     head = git.git_dir / "HEAD"
     head.unlink()
     os.mkfifo(head)
-    with pytest.raises(GitError, match=r"git rev-parse did not finish in 0.2 s, and was stopped") as raised:
+    with pytest.raises(GitError, match=r"git rev-parse did not finish in 0\.2 s, and was stopped") as raised:
         git.head()
     assert "find .git -type p" in raised.value.hint
     monkeypatch.setattr(git_module, "TIMEOUT_S", 0.001)  # less than git takes to start
@@ -60,7 +60,7 @@ def test_a_git_configuration_that_never_answers_is_a_clear_error(tmp_path: Path,
     monkeypatch.setattr(git_module, "TIMEOUT_S", 0.2)
     git_module.trusted_directories.cache_clear()
     try:
-        with pytest.raises(GitError, match="git config --global did not finish in 0.2 s") as raised:
+        with pytest.raises(GitError, match=r"git config --global did not finish in 0\.2 s") as raised:
             git_module.trusted_directories()
         assert "~/.gitconfig" in raised.value.hint
     finally:

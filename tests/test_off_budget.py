@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import types
 from pathlib import Path
 
@@ -95,6 +96,7 @@ def test_a_package_an_agent_installs_or_a_file_it_edits_there_is_a_change_too(tm
     (site / "newpkg-1.0.dist-info" / "RECORD").write_text("newpkg.py\n")
     (site / "numpy.py").write_text("VALUE = 2\n")  # an installed file rewritten in place
     assert environment.changes(start) == [
+        f"added {site / 'newpkg-1.0.dist-info'}",
         f"added {site / 'newpkg-1.0.dist-info/RECORD'}",
         f"changed {site / 'numpy.py'}",
     ]
@@ -305,6 +307,61 @@ def test_a_copy_of_a_faithful_cache_under_a_name_python_does_not_give_it_is_a_ch
     other = cache.with_name(name.format(data=WEIGHTS.hex(), tag=sys.implementation.cache_tag))
     os.link(cache, other)
     assert differences(before, signature([tmp_path])) == [f"added {other}"]
+
+
+@pytest.mark.parametrize(
+    "how", [{"PYTHONNODEBUGRANGES": "1"}, {"PYTHONINTMAXSTRDIGITS": "0"}], ids=["columns", "digits"]
+)
+def test_a_cache_an_import_writes_under_other_settings_is_no_change(tmp_path, how) -> None:
+    """BROKE, fixed (red team): a process without debug ranges compiles no column table, and one with the int digit
+    limit raised compiles a literal of 5,000 digits: the check compiled otherwise, and their caches stopped the loop."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    literal = "7" * (5000 if "PYTHONINTMAXSTRDIGITS" in how else 4)
+    (venv / "mod.py").write_text(f"def f(x):\n    return x.a + x.b + {literal}\n")
+    environment = Environment([venv])
+    start = environment.start()
+    writes = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | how
+    subprocess.run([sys.executable, "-c", "import mod"], check=True, env=writes | {"PYTHONPATH": str(venv)})
+    assert Path(importlib.util.cache_from_source(str(venv / "mod.py"))).exists()
+    assert environment.changes(start) == []
+
+
+def test_a_cache_that_claims_16_gib_is_a_change_judged_in_bounded_memory(tmp_path) -> None:
+    """BROKE, fixed (red team): marshal makes the tuple a cache says it holds before it reads an item; 21 bytes
+    claimed 16 GiB, zeroed (or, nested, more than the machine holds), in the loop's own process. Caches are judged in a
+    process of their own now, its address space bounded."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / "mod.py").write_text("X = 1\n")
+    environment = Environment([venv])
+    start = environment.start()
+    cache = Path(py_compile.compile(str(venv / "mod.py")))
+    cache.write_bytes(cache.read_bytes()[:16] + b"(" + struct.pack("<i", 2**31 - 1))
+    began = time.monotonic()
+    assert environment.changes(start) == [f"added {cache}"]
+    assert time.monotonic() - began < 10
+
+
+def test_folders_a_turn_adds_or_marks_are_a_change_but_a_cache_folder_python_makes_is_not(tmp_path) -> None:
+    """BROKE, fixed (red team): folders were not recorded, so an empty one named with data (255 bytes a name, as many
+    as the turn likes), a folder's extended attributes (a block) and its mode carried data past the check. A folder's
+    times still change as Python writes a cache in it, and are not compared: a few bytes a folder."""
+    venv = tmp_path / "venv"
+    (venv / "pkg").mkdir(parents=True)
+    (venv / "pkg" / "mod.py").write_text("X = 1\n")
+    environment = Environment([venv])
+    start = environment.start()
+    py_compile.compile(str(venv / "pkg" / "mod.py"))  # makes pkg/__pycache__, and moves pkg's times
+    (venv / WEIGHTS.hex()).mkdir()
+    os.chmod(venv / "pkg", 0o751)
+    assert environment.changes(start) == [f"added {venv / WEIGHTS.hex()}", f"changed {venv / 'pkg'}"]
+    start = environment.start()
+    try:
+        os.setxattr(venv / "pkg" / "__pycache__", "user.weights", WEIGHTS)
+    except OSError as error:
+        pytest.skip(f"no user extended attributes here: {error}")
+    assert environment.changes(start) == [f"changed {venv / 'pkg' / '__pycache__'}"]
 
 
 def test_a_file_left_in_the_shared_compile_cache_is_a_change_but_the_loops_own_additions_between_turns_are_not(

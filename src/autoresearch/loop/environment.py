@@ -21,7 +21,9 @@ compiled files to it between turns.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import stat
 import sys
 import threading
 from collections.abc import Iterable, Mapping
@@ -31,12 +33,17 @@ from autoresearch import bytecode
 from autoresearch.evaluator import compile_cache, shown
 from autoresearch.files import absolute_entries, holds, program_path
 
-Signature = dict[str, tuple[int, int, int, int]]  # path -> (size, mtime_ns, ctime_ns, inode)
+# path -> (size, mtime_ns, ctime_ns, inode) of a file, a link or anything else; (FOLDER, mode, a digest of its extended
+# attributes, 0) of a folder, whose times change as Python writes a cache in it, but whose name, mode and attributes
+# carried data where they were not recorded (an empty folder named with it: red team)
+Signature = dict[str, tuple[int, int, int, int]]
+FOLDER = -1
+CACHE_FOLDER = "__pycache__"  # made by Python as it writes its first cache there
 
 
 def signature(roots: Iterable[Path], skip: Iterable[Path] = ()) -> Signature:
-    """Every file, link and other non-directory under `roots`, but for the directories `skip`, with its stat
-    (links are not followed)."""
+    """Every file, link and folder under `roots` (folders of their own too), but for the folders `skip` and what they
+    hold, with its stat (links are not followed)."""
     skipped = set(map(str, skip))
     found: Signature = {}
     stack = []
@@ -44,37 +51,65 @@ def signature(roots: Iterable[Path], skip: Iterable[Path] = ()) -> Signature:
         if os.path.isdir(root):
             stack.append(root)
         elif os.path.lexists(root):  # a file shown on its own: a venv's pyvenv.cfg
-            found[root] = _stat(os.lstat(root))
+            found[root] = _stat(root, os.lstat(root))
     while stack:
         folder = stack.pop()
         # Gone, or unreadable (to a run as well); or it fails as it is listed (/proc/<a zombie>/net: red team)
         with contextlib.suppress(OSError), os.scandir(folder) as entries:
             for entry in entries:
                 with contextlib.suppress(OSError):
-                    if entry.is_dir(follow_symlinks=False):
-                        if entry.path not in skipped:
-                            stack.append(entry.path)
+                    if entry.is_dir(follow_symlinks=False) and entry.path in skipped:
                         continue
-                    found[entry.path] = _stat(entry.stat(follow_symlinks=False))
+                    found[entry.path] = _stat(entry.path, entry.stat(follow_symlinks=False))
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
     return found
 
 
-def _stat(st: os.stat_result) -> tuple[int, int, int, int]:
+def _stat(path: str, st: os.stat_result) -> tuple[int, int, int, int]:
+    if stat.S_ISDIR(st.st_mode):
+        return FOLDER, st.st_mode, _attributes(path), 0
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
+def _attributes(path: str) -> int:
+    """A digest of the folder's extended attributes (0 where it has none, or the system keeps none)."""
+    try:
+        names = sorted(os.listxattr(path, follow_symlinks=False))
+        if not names:
+            return 0
+        pairs = [(name, os.getxattr(path, name, follow_symlinks=False)) for name in names]
+    except (OSError, AttributeError):  # none here, or no such call (macOS)
+        return 0
+    return int.from_bytes(hashlib.sha256(repr(pairs).encode()).digest()[:8], "big") or 1
+
+
 def differences(before: Signature, after: Signature) -> list[str]:
-    """What changed from `before` to `after`, one phrase per file ("added PATH", "changed PATH", "deleted PATH"),
-    but for byte-code caches Python wrote (written again as it writes them: `bytecode.innocent`), or deleted."""
+    """What changed from `before` to `after`, one phrase per file or folder ("added PATH", "changed PATH", "deleted
+    PATH"), but for byte-code caches Python wrote (written again as it writes them: `bytecode.vouched`) or deleted,
+    and cache folders made (plain ones) or deleted."""
+    return _judged(before, after)[0]
+
+
+def _judged(before: Signature, after: Signature) -> tuple[list[str], set[str]]:
+    """`differences`, and the caches vouched for (written again)."""
     if before == after:  # the common case, at C speed: a sorted walk through 100,000 paths takes 0.1 s
-        return []
+        return [], set()
+    changed = [path for path in sorted(before.keys() | after.keys()) if before.get(path) != after.get(path)]
+    vouched = bytecode.vouched([path for path in changed if path in after and bytecode.is_cache(path)])
     found = []
-    for path in sorted(before.keys() | after.keys()):
+    for path in changed:
         old, new = before.get(path), after.get(path)
-        if old == new or bytecode.innocent(path, new is None):
+        if path in vouched or (new is None and (bytecode.is_cache(path) or _cache_folder(path, old))):
+            continue
+        if old is None and _cache_folder(path, new) and new is not None and new[2] == 0:  # with no attributes
             continue
         found.append(f"{'added' if old is None else 'deleted' if new is None else 'changed'} {path}")
-    return found
+    return found, vouched
+
+
+def _cache_folder(path: str, sign: tuple[int, int, int, int] | None) -> bool:
+    return sign is not None and sign[0] == FOLDER and os.path.basename(path) == CACHE_FOLDER
 
 
 def would_be_paths() -> list[Path]:
@@ -145,11 +180,10 @@ class Environment:
     def changes(self, start: Signature) -> list[str]:
         """What changed since `start` (see `differences`); what there is now is where the next turn starts."""
         now = signature(self.roots, self.skip)
-        found = differences(start, {**now, **signature(self.fresh)})
-        # A byte-code cache vouched for was written again (bytecode.vouch_for): the next turn starts from it as it is
-        for path in [path for path, sign in now.items() if start.get(path) != sign and bytecode.is_cache(path)]:
+        found, vouched = _judged(start, {**now, **signature(self.fresh)})
+        for path in vouched & now.keys():  # written again (bytecode.vouch_for): the next turn starts from it as it is
             with contextlib.suppress(OSError):
-                now[path] = _stat(os.lstat(path))  # not followed: a link named so could lead to `/`
+                now[path] = _stat(path, os.lstat(path))
         with self._lock:
             self._last = now
         return found
