@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import shutil
 import threading
@@ -190,3 +191,14 @@ def test_a_turns_snapshot_is_saved_without_copying_the_object_store_it_holds(tmp
     assert again is not None and again.refs == snap.refs and again.git_files == snap.git_files
     assert again.objects == snap.objects and len(again.objects) == 3  # the first commit's: a blob, a tree, a commit
     assert not set(again.contents) & {content_id for content_id, *_ in snap.objects.values()}
+    (tmp_path / "ws" / "notes").mkdir()
+    assert snapshot_file.load(_saved(integrity.take(git), git, tmp_path / "turn.json")).folders == ["notes"]
+    for forged in ("notes", ["../outside"], [".autoresearch"]):  # not a list; outside the workspace; the loop's own
+        saved = json.loads((tmp_path / "turn.json").read_text()) | {"folders": forged}
+        (tmp_path / "turn.json").write_text(json.dumps(saved))
+        assert snapshot_file.load(tmp_path / "turn.json") is None
+
+
+def _saved(snap: integrity.Snapshot, git: Git, path: Path) -> Path:
+    snapshot_file.save(snap, git, path)
+    return path

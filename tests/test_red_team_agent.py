@@ -146,6 +146,31 @@ mkdir -p notes/__pycache__ && head -c 4096 /dev/urandom > notes/__pycache__/weig
     assert_the_loop_owns_the_workspace(workspace, exp, before)  # nothing of it is left
 
 
+def test_folders_a_turn_makes_do_not_outlive_it(workspace, tmp_path):
+    """BROKE, fixed (red team): git lists no empty folder, so folders a turn made, named with data, in `__pycache__/`
+    or anywhere in the workspace, outlived the turn, for the next one to read (with their extended attributes and
+    times). Now they are removed, the deepest first; a folder of files put back goes with them, as before."""
+    (workspace.root / "kept").mkdir()  # the person's, before the turn: it stays, empty or not
+    named = WEIGHTS.hex()
+    exp, before = take_turn(
+        workspace,
+        tmp_path,
+        f"""{set_lr(0.2)}
+mkdir -p __pycache__/{named} notes/{named}/deeper kept/{named} .tool/cache && echo x > .tool/cache/index""",
+    )
+    assert exp.status == Status.KEEP and exp.reason is not None
+    put_back = exp.reason.split("put back after the agent: ")[1].partition(" (kept in ")[0]
+    assert set(put_back.split(", ")) == {
+        "added .tool/cache/index",
+        "added __pycache__/",
+        "added notes/",
+        f"added kept/{named}/",
+    }, put_back
+    assert sorted(p.name for p in workspace.root.iterdir() if p.is_dir()) == [".autoresearch", ".git", "kept"]
+    assert not any((workspace.root / "kept").iterdir())
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
+
+
 def test_a_cache_a_turn_deletes_is_let_be(workspace, tmp_path):
     cache = Path(py_compile.compile(str(workspace.root / "train.py")))
     exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nrm -r __pycache__")

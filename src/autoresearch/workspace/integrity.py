@@ -67,6 +67,7 @@ UNGUARDED_GIT = frozenset({"objects", "refs", "packed-refs", "index", *HISTORY_G
 GITIGNORE = ".gitignore"
 PROGRAM, PROMPTS = "program.md", "prompts"
 _CLEAN = "clean"  # a path `git status` does not report: as in the index, or absent if untracked
+_NOT_WALKED = frozenset({".git", ".autoresearch"})  # for folders: git's own, guarded as files, and the loop's state
 
 
 @dataclass
@@ -85,6 +86,9 @@ class Snapshot:
     # Lock files under .git a killed git left before the step (`git pack-refs` after a verdict, say) -> [inode,
     # ctime_ns]: set aside after the step, as every lock is, but not the step's doing.
     locks: dict[str, list] = field(default_factory=dict)
+    # Every folder of the workspace but .git and the loop's own: git lists no empty one, so one the step made and left
+    # empty is found by these. None: folders are left as they are.
+    folders: list[str] | None = None
     contents: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)  # content id -> bytes
     sources: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)  # content id -> its file
     # The blobs snapshot_file.save wrote loose -> [inode, size, mtime_ns, ctime_ns] of their files: the loop's own.
@@ -133,9 +137,14 @@ def take(git: Git, exclude: frozenset[str] = frozenset(), human: bool = True) ->
     snap.locks = _locks(git.git_dir)
     snap.files = _status_contents(git.root, git.status(), skip, snap)
     snap.untracked = _signatures(git, skip)
+    snap.folders = _folders(git.root)
     if human:
         snap.human = human_contents(git.root, snap)
     return snap
+
+
+def _folders(root: Path) -> list[str]:
+    return sorted(rel for rel, entry in entries(root, skip=_NOT_WALKED) if entry.is_dir(follow_symlinks=False))
 
 
 def _skipper(exclude: frozenset[str], human: bool):
@@ -277,6 +286,7 @@ def put_back(
     _put_back_files(before, git, quarantine, _skipper(exclude, human), found, agent)
     if human:
         _put_back_human(before, git, quarantine, found)
+    _put_back_folders(before, git.root, found.litter if agent else found.changed)
     for path in exclude - set(expected or {}):  # an agent's train.py is its proposal, read as a file only
         if (now := read_file(git.root / path)) is not None and not stat.S_ISREG(now[2]):
             found.litter.append(f"{path} left as {kind(now[2])}")
@@ -417,6 +427,20 @@ def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: F
                 git.checkout_from_index(path)
         elif old is not None and not restore(git.root / path.rstrip("/"), old, before.contents, git):
             found.not_restored.append(path)
+
+
+def _put_back_folders(before: Snapshot, root: Path, held: list[str]) -> None:
+    """Remove the folders made since `before` that hold nothing now, the deepest first: their names, modes and
+    attributes could carry data from turn to turn."""
+    if before.folders is None:
+        return
+    removed, kept = [], set(before.folders)
+    for rel in sorted((rel for rel in _folders(root) if rel not in kept), reverse=True):  # a folder after its own
+        with contextlib.suppress(OSError):  # one that holds something stays
+            os.rmdir(root / rel)
+            removed.append(rel)
+    gone = set(removed)
+    held.extend(f"added {rel}/" for rel in sorted(removed) if os.path.dirname(rel) not in gone)
 
 
 def _put_back_human(before: Snapshot, git: Git, quarantine: Path, found: Findings) -> None:

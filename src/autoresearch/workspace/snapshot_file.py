@@ -48,8 +48,10 @@ def load(path: Path) -> Snapshot | None:
         work = [*snap.files, *snap.untracked, *snap.human]
         listed = isinstance(snap.objects, dict) and all(map(_object_entry, snap.objects.values()))
         snap.objects = {rel: entry for rel, entry in snap.objects.items() if _object_file(rel)}  # others: as new
-        sound = listed and all(map(_inside, [*work, *snap.git_files, *snap.history, *snap.locks]))
-        if sound and not any(map(is_loop_own, work)):
+        folders = [] if snap.folders is None else snap.folders  # a list, else unreadable (a str is iterable too)
+        sound = listed and isinstance(folders, list)
+        sound = sound and all(map(_inside, [*work, *snap.git_files, *snap.history, *snap.locks, *folders]))
+        if sound and not any(map(is_loop_own, [*work, *folders])):
             return snap
     except Exception:  # missing, cut short, not JSON, not a snapshot's fields: unreadable all the same
         pass
