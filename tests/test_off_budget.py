@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop
 
+from autoresearch import bytecode
 from autoresearch.agents.base import Context, Proposal
 from autoresearch.agents.tune import TuneAgent
 from autoresearch.loop import guard
@@ -362,6 +363,32 @@ def test_folders_a_turn_adds_or_marks_are_a_change_but_a_cache_folder_python_mak
     except OSError as error:
         pytest.skip(f"no user extended attributes here: {error}")
     assert environment.changes(start) == [f"changed {venv / 'pkg' / '__pycache__'}"]
+
+
+def test_a_pth_file_a_turn_adds_to_the_venv_runs_nothing_in_the_process_that_judges_caches(tmp_path) -> None:
+    """BROKE, fixed (red team): the process that judges caches started with `site`, during the check, so a .pth file a
+    turn added to a venv it can write (one in the workspace) ran there, as you, outside the turn's confinement, before
+    the check said "added ...pth". It starts without `site` now."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    where = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = Path(subprocess.run([python, "-c", where], capture_output=True, text=True, check=True).stdout.strip())
+    (site / "autoresearch.pth").write_text(str(Path(bytecode.__file__).parents[1]) + "\n")  # this package
+    (site / "mod.py").write_text("X = 1\n")
+    ran = tmp_path / "ran"
+    turn = f"""
+from pathlib import Path
+from autoresearch.loop.environment import Environment
+environment = Environment([Path({str(site)!r})])
+start = environment.start()
+Path({str(site / "zz.pth")!r}).write_text("import pathlib; pathlib.Path({str(ran)!r}).touch()\\n")  # the turn's
+Path({str(site / "__pycache__")!r}).mkdir()
+Path({str(site / "__pycache__" / "mod.pyc")!r}).write_bytes(b"any cache, for the judge to start")
+print(environment.changes(start))
+"""
+    out = subprocess.run([python, "-c", turn], capture_output=True, text=True, check=True).stdout
+    assert "zz.pth" in out and not ran.exists()
 
 
 def test_a_file_left_in_the_shared_compile_cache_is_a_change_but_the_loops_own_additions_between_turns_are_not(

@@ -171,6 +171,31 @@ mkdir -p __pycache__/{named} notes/{named}/deeper kept/{named} .tool/cache && ec
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+DEEP = (
+    "import os; os.mkdir('deep'); os.chdir('deep')\n"
+    "for _ in range(420): os.mkdir('d123456789'); os.chdir('d123456789')\n"
+    "open('weights', 'w').write('weights')"
+)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        "mkdir -p notes/.git && echo weights > notes/.git/weights",  # git lists nothing under a .git at any depth
+        f"{PY} -c {shlex.quote(DEEP)}",  # nor a file past PATH_MAX, 420 folders down
+        "mkdir \"$(printf 'x\\377\\376')\"",  # a name no UTF-8, which the ledger could not store (a traceback)
+    ],
+    ids=["nested .git", "past PATH_MAX", "not UTF-8"],
+)
+def test_a_folder_a_turn_makes_is_set_aside_with_what_git_does_not_list_in_it(workspace, tmp_path, make):
+    """BROKE, fixed (red team): files under a folder named .git, or past PATH_MAX, outlived the turn unreported; a
+    folder named with bytes that are not UTF-8 was a traceback out of the loop as its removal was recorded."""
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{make}")
+    assert exp.status == Status.KEEP and "put back after the agent: added " in (exp.reason or ""), exp.reason
+    assert sorted(p.name for p in workspace.root.iterdir() if p.is_dir()) == [".autoresearch", ".git"]
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
+
+
 def test_a_cache_a_turn_deletes_is_let_be(workspace, tmp_path):
     cache = Path(py_compile.compile(str(workspace.root / "train.py")))
     exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nrm -r __pycache__")

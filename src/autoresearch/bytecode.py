@@ -42,12 +42,15 @@ JUDGE_TIMEOUT_S = 300  # the caches it has not judged by then are not vouched fo
 
 def vouched(paths: list[str]) -> set[str]:
     """Those of the byte-code caches `paths` that `vouch_for` vouches for (and so wrote again), judged in a process
-    of its own, this Python with this package, isolated from the environment (`-I`), its memory and time bounded; one
-    it did not judge is not vouched for. An int literal past the usual 4,300 digits compiles there, as it does in a
-    process that raised the limit."""
+    of its own, this Python with this package only, isolated from the environment (`-I -S`), its memory and time
+    bounded; one it did not judge is not vouched for. An int literal past the usual 4,300 digits compiles there, as
+    it does in a process that raised the limit."""
     if not paths:
         return set()
-    judge = [sys.executable, "-I", "-X", "int_max_str_digits=0", "-m", "autoresearch.bytecode"]
+    # No `site` (-S): a .pth file a turn put in the venv would run there, as you, before the check said "added"
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    start = f"import sys; sys.path.insert(0, {package!r}); from autoresearch.bytecode import _judge; _judge()"
+    judge = [sys.executable, "-I", "-S", "-X", "int_max_str_digits=0", "-c", start]
     try:
         asked = b"\0".join(map(os.fsencode, paths))
         out = subprocess.run(judge, input=asked, capture_output=True, timeout=JUDGE_TIMEOUT_S).stdout

@@ -286,7 +286,7 @@ def put_back(
     _put_back_files(before, git, quarantine, _skipper(exclude, human), found, agent)
     if human:
         _put_back_human(before, git, quarantine, found)
-    _put_back_folders(before, git.root, found.litter if agent else found.changed)
+    _put_back_folders(before, git.root, quarantine, found.litter if agent else found.changed)
     for path in exclude - set(expected or {}):  # an agent's train.py is its proposal, read as a file only
         if (now := read_file(git.root / path)) is not None and not stat.S_ISREG(now[2]):
             found.litter.append(f"{path} left as {kind(now[2])}")
@@ -429,18 +429,16 @@ def _put_back_files(before: Snapshot, git: Git, quarantine: Path, skip, found: F
             found.not_restored.append(path)
 
 
-def _put_back_folders(before: Snapshot, root: Path, held: list[str]) -> None:
-    """Remove the folders made since `before` that hold nothing now, the deepest first: their names, modes and
-    attributes could carry data from turn to turn."""
+def _put_back_folders(before: Snapshot, root: Path, quarantine: Path, held: list[str]) -> None:
+    """Set aside the folders made since `before` (each outermost one, with all it holds): git lists no empty folder
+    (whose name could carry data), nothing under a folder named .git at any depth, nor what lies past PATH_MAX."""
     if before.folders is None:
         return
-    removed, kept = [], set(before.folders)
-    for rel in sorted((rel for rel in _folders(root) if rel not in kept), reverse=True):  # a folder after its own
-        with contextlib.suppress(OSError):  # one that holds something stays
-            os.rmdir(root / rel)
-            removed.append(rel)
-    gone = set(removed)
-    held.extend(f"added {rel}/" for rel in sorted(removed) if os.path.dirname(rel) not in gone)
+    kept = set(before.folders)
+    new = {rel for rel in _folders(root) if rel not in kept}
+    for rel in sorted(rel for rel in new if os.path.dirname(rel) not in new):
+        set_aside(root, rel, quarantine, tidy=False)  # not the folder it was made in, empty or not: that was there
+        held.append(f"added {os.fsencode(rel).decode(errors='replace')}/")  # its name may be no UTF-8
 
 
 def _put_back_human(before: Snapshot, git: Git, quarantine: Path, found: Findings) -> None:
