@@ -11,6 +11,8 @@ import marshal
 import opcode
 import os
 import py_compile
+import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -363,6 +365,85 @@ def test_folders_a_turn_adds_or_marks_are_a_change_but_a_cache_folder_python_mak
     except OSError as error:
         pytest.skip(f"no user extended attributes here: {error}")
     assert environment.changes(start) == [f"changed {venv / 'pkg' / '__pycache__'}"]
+
+
+def test_a_folders_times_and_a_cache_folders_mode_carry_nothing_past_the_check(tmp_path) -> None:
+    """BROKE, fixed (red team): a folder's mtime and atime (one far in the future, which no read moves) carried 14
+    bytes a folder, and a cache folder a turn made, any mode. A folder whose ctime moved has its times set to now, and
+    a cache folder made, its parent's mode."""
+    venv = tmp_path / "venv"
+    (venv / "pkg").mkdir(parents=True)
+    os.chmod(venv / "pkg", 0o750)
+    environment = Environment([venv])
+    start = environment.start()
+    os.utime(venv / "pkg", ns=(1 << 62, 123456789012345678))
+    (venv / "pkg" / "__pycache__").mkdir()
+    os.chmod(venv / "pkg" / "__pycache__", 0o7421)
+    began = time.time_ns()
+    assert environment.changes(start) == []
+    for folder in (venv / "pkg", venv / "pkg" / "__pycache__"):
+        st = os.stat(folder)
+        assert began <= st.st_mtime_ns and st.st_atime_ns <= time.time_ns() and stat.S_IMODE(st.st_mode) == 0o750
+    assert environment.changes(environment.start()) == []
+
+
+def test_what_the_walk_cannot_reach_is_a_change(tmp_path) -> None:
+    """BROKE, fixed (red team): cache folders within cache folders were let be, and past PATH_MAX the walk could list
+    nothing: 512 KiB of files 352 folders down were never seen. A cache folder within another is a change now, and so
+    is a folder the walk cannot list or read."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    environment = Environment([venv])
+    start = environment.start()
+    fd = os.open(venv, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(4200 // len("__pycache__/") + 2):
+        os.mkdir("__pycache__", dir_fd=fd)
+        below = os.open("__pycache__", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    with open(os.open("weights.bin", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as file:
+        file.write(WEIGHTS)
+    os.close(fd)
+    found = environment.changes(start)
+    assert f"added {venv / '__pycache__' / '__pycache__'}" in found
+    assert any(len(line) > 4096 for line in found)  # where the walk stopped, named
+
+
+def test_a_cache_folder_python_makes_under_a_default_access_list_is_no_change(tmp_path) -> None:
+    """BROKE, fixed (red team): in a venv a group shares through a default access list (`setfacl -d`), the __pycache__
+    an import makes inherits it, an extended attribute, and the check stopped the loop. Now such a folder is let be,
+    without the lists (whose entries could carry data)."""
+    venv = tmp_path / "venv"
+    (venv / "pkg").mkdir(parents=True)
+    (venv / "pkg" / "mod.py").write_text("X = 1\n")
+    entries = [(0x01, 7), (0x04, 5), (0x20, 5)]  # user::rwx, group::r-x, other::r-x
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF) for tag, perm in entries)
+    try:
+        os.setxattr(venv / "pkg", "system.posix_acl_default", acl)
+    except OSError as error:
+        pytest.skip(f"no access lists here: {error}")
+    environment = Environment([venv])
+    start = environment.start()
+    writes = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", "import pkg.mod"], cwd=venv, env=writes, check=True)
+    assert os.listxattr(venv / "pkg" / "__pycache__")
+    assert environment.changes(start) == [] and os.listxattr(venv / "pkg" / "__pycache__") == []
+
+
+def test_the_process_that_judges_caches_reads_the_standard_library_first(tmp_path) -> None:
+    """BROKE, fixed (red team): it put the package's folder first on its path; where that is site-packages, a
+    backport there (enum34's enum, without IntFlag: `re` failed to import) shadowed the standard library, and no
+    cache was vouched for: every cache an import wrote stopped the loop."""
+    site = tmp_path / "site-packages"
+    shutil.copytree(Path(bytecode.__file__).parent, site / "autoresearch", ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "enum").mkdir()  # as enum34 installs it
+    (site / "enum" / "__init__.py").write_text("class Enum:\n    pass\n")
+    (tmp_path / "m.py").write_text("Y = 2\n")
+    cache = py_compile.compile(str(tmp_path / "m.py"))
+    probe = f"import sys; sys.path.append({str(site)!r}); from autoresearch import bytecode; "
+    probe += f"print(bytecode.vouched([{cache!r}]))"
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert cache in out
 
 
 def test_a_pth_file_a_turn_adds_to_the_venv_runs_nothing_in_the_process_that_judges_caches(tmp_path) -> None:

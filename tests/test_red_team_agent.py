@@ -196,6 +196,44 @@ def test_a_folder_a_turn_makes_is_set_aside_with_what_git_does_not_list_in_it(wo
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+def test_a_prompt_folder_you_make_after_a_kill_stays_yours(workspace, tmp_path):
+    """BROKE, fixed (red team): the next start after a kill in a turn keeps your program.md and prompts/ as they are,
+    but set aside the prompts/ folder you had made since, with your first prompt in it."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    kill_during_turn(workspace, tmp_path, "true")
+    (workspace.root / "prompts").mkdir()  # yours, after the kill
+    (workspace.root / "prompts" / "idea.md").write_text("Try rotary embeddings.\n")
+    make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
+    assert (workspace.root / "prompts" / "idea.md").read_text() == "Try rotary embeddings.\n"
+
+
+def test_a_commit_you_make_in_a_repository_of_yours_in_the_workspace_during_a_run_stays_whole(workspace):
+    """BROKE, fixed (red team): git lists a repository in the workspace as one entry, so the folders a commit there
+    writes (.git/objects/xx/) were found by the check of new folders, and set aside: the run was rejected, and your
+    repository named objects it no longer had. What a folder named .git holds is its own, as git sees it."""
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
+    loop.baseline()
+    notes = workspace.root / "notes"
+    notes.mkdir()
+    subprocess.run(["git", "init", "-q", str(notes)], check=True)
+    (notes / "todo.md").write_text("first\n")
+    subprocess.run([*GIT.split(), "-C", str(notes), "add", "todo.md"], check=True)
+    subprocess.run([*GIT.split(), "-C", str(notes), "commit", "-qm", "first"], check=True)
+    watch = loop._watch(train_py=workspace.read_train_py().encode())  # a run starts
+    (notes / "todo.md").write_text("written while the run trained\n")
+    subprocess.run([*GIT.split(), "-C", str(notes), "commit", "-qam", "second"], check=True)
+    assert watch.check().reason() is None
+    assert subprocess.run(["git", "-C", str(notes), "fsck", "--full"], capture_output=True).returncode == 0
+
+
+def test_a_folder_of_yours_the_agent_wrote_in_stays(workspace, tmp_path):
+    """BROKE, fixed (red team; older than the folder check): a file the agent wrote in an empty folder of yours was set
+    aside, and the folder, left empty, removed with it."""
+    (workspace.root / "checkpoints").mkdir()
+    exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\necho weights > checkpoints/step100.pt")
+    assert "added checkpoints/step100.pt" in (exp.reason or "") and (workspace.root / "checkpoints").is_dir()
+
+
 def test_a_cache_a_turn_deletes_is_let_be(workspace, tmp_path):
     cache = Path(py_compile.compile(str(workspace.root / "train.py")))
     exp, _ = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nrm -r __pycache__")

@@ -47,9 +47,10 @@ def vouched(paths: list[str]) -> set[str]:
     it does in a process that raised the limit."""
     if not paths:
         return set()
-    # No `site` (-S): a .pth file a turn put in the venv would run there, as you, before the check said "added"
+    # No `site` (-S): a .pth file a turn put in the venv would run there, as you, before the check said "added". The
+    # package's folder last: where that is site-packages, a backport there (enum34) shadowed the standard library
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    start = f"import sys; sys.path.insert(0, {package!r}); from autoresearch.bytecode import _judge; _judge()"
+    start = f"import sys; sys.path.append({package!r}); from autoresearch.bytecode import _judge; _judge()"
     judge = [sys.executable, "-I", "-S", "-X", "int_max_str_digits=0", "-c", start]
     try:
         asked = b"\0".join(map(os.fsencode, paths))

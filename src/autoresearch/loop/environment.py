@@ -34,11 +34,14 @@ from autoresearch.evaluator import compile_cache, shown
 from autoresearch.files import absolute_entries, holds, program_path
 
 # path -> (size, mtime_ns, ctime_ns, inode) of a file, a link or anything else; (FOLDER, mode, a digest of its extended
-# attributes, 0) of a folder, whose times change as Python writes a cache in it, but whose name, mode and attributes
-# carried data where they were not recorded (an empty folder named with it: red team)
+# attributes, ctime_ns) of a folder, whose times change as Python writes a cache in it, but whose name, mode and
+# attributes carried data where they were not recorded (an empty folder named with it: red team), and its times too (a
+# folder whose ctime moved has them set to now: `Environment.changes`); (UNREADABLE, errno, 0, 0) of what could not be
+# listed or read (past PATH_MAX: what lay below was never seen, red team)
 Signature = dict[str, tuple[int, int, int, int]]
-FOLDER = -1
+FOLDER, UNREADABLE = -1, -2
 CACHE_FOLDER = "__pycache__"  # made by Python as it writes its first cache there
+ACLS = "system.posix_acl_"  # a folder's access lists, kept as extended attributes
 
 
 def signature(roots: Iterable[Path], skip: Iterable[Path] = ()) -> Signature:
@@ -54,28 +57,39 @@ def signature(roots: Iterable[Path], skip: Iterable[Path] = ()) -> Signature:
             found[root] = _stat(root, os.lstat(root))
     while stack:
         folder = stack.pop()
-        # Gone, or unreadable (to a run as well); or it fails as it is listed (/proc/<a zombie>/net: red team)
-        with contextlib.suppress(OSError), os.scandir(folder) as entries:
-            for entry in entries:
-                with contextlib.suppress(OSError):
-                    if entry.is_dir(follow_symlinks=False) and entry.path in skipped:
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.path in skipped:
                         continue
-                    found[entry.path] = _stat(entry.path, entry.stat(follow_symlinks=False))
-                    if entry.is_dir(follow_symlinks=False):
+                    try:
+                        found[entry.path] = _stat(entry.path, entry.stat(follow_symlinks=False))
+                    except FileNotFoundError:  # gone meanwhile
+                        continue
+                    except OSError as error:
+                        found[entry.path] = (UNREADABLE, error.errno or 0, 0, 0)
+                    if found[entry.path][0] == FOLDER:
                         stack.append(entry.path)
+        except FileNotFoundError:
+            pass
+        # Unreadable (to a run as well: where a loop runs as you, a folder of yours you cannot read); or it fails as it
+        # is listed (/proc/<a zombie>/net: red team), or its name is past PATH_MAX
+        except OSError as error:
+            found[folder] = (UNREADABLE, error.errno or 0, 0, 0)
     return found
 
 
 def _stat(path: str, st: os.stat_result) -> tuple[int, int, int, int]:
     if stat.S_ISDIR(st.st_mode):
-        return FOLDER, st.st_mode, _attributes(path), 0
+        return FOLDER, st.st_mode, _attributes(path), st.st_ctime_ns
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 def _attributes(path: str) -> int:
-    """A digest of the folder's extended attributes (0 where it has none, or the system keeps none)."""
+    """A digest of the folder's extended attributes (0 where it has none, or the system keeps none), but for its
+    security label (SELinux gives every new folder one, by its policy)."""
     try:
-        names = sorted(os.listxattr(path, follow_symlinks=False))
+        names = sorted(_attribute_names(path))
         if not names:
             return 0
         pairs = [(name, os.getxattr(path, name, follow_symlinks=False)) for name in names]
@@ -84,32 +98,65 @@ def _attributes(path: str) -> int:
     return int.from_bytes(hashlib.sha256(repr(pairs).encode()).digest()[:8], "big") or 1
 
 
+def _attribute_names(path: str) -> list[str]:
+    return [name for name in os.listxattr(path, follow_symlinks=False) if not name.startswith("security.")]
+
+
+def _inherited(path: str) -> bool:
+    """Whether the attributes of the folder Python made (`__pycache__`) are none, or only the access lists it inherits
+    from a default one of its folder's (a venv a group shares: `setfacl -d`), which `_made_plain` removes."""
+    with contextlib.suppress(OSError, AttributeError):
+        return all(name.startswith(ACLS) for name in _attribute_names(path))
+    return False
+
+
 def differences(before: Signature, after: Signature) -> list[str]:
     """What changed from `before` to `after`, one phrase per file or folder ("added PATH", "changed PATH", "deleted
     PATH"), but for byte-code caches Python wrote (written again as it writes them: `bytecode.vouched`) or deleted,
-    and cache folders made (plain ones) or deleted."""
+    cache folders made (plain ones, not in another) or deleted, and a folder's times."""
     return _judged(before, after)[0]
 
 
-def _judged(before: Signature, after: Signature) -> tuple[list[str], set[str]]:
-    """`differences`, and the caches vouched for (written again)."""
+def _judged(before: Signature, after: Signature) -> tuple[list[str], set[str], list[str]]:
+    """`differences`; the caches vouched for (written again); the folders whose times are to be set to now (those
+    whose ctime moved, cache folders made)."""
     if before == after:  # the common case, at C speed: a sorted walk through 100,000 paths takes 0.1 s
-        return [], set()
+        return [], set(), []
     changed = [path for path in sorted(before.keys() | after.keys()) if before.get(path) != after.get(path)]
     vouched = bytecode.vouched([path for path in changed if path in after and bytecode.is_cache(path)])
-    found = []
+    found, touched = [], []
     for path in changed:
         old, new = before.get(path), after.get(path)
         if path in vouched or (new is None and (bytecode.is_cache(path) or _cache_folder(path, old))):
             continue
-        if old is None and _cache_folder(path, new) and new is not None and new[2] == 0:  # with no attributes
+        if old is not None and new is not None and old[0] == new[0] == FOLDER and old[:3] == new[:3]:
+            touched.append(path)  # its times only (a cache written in it, or data: made now either way)
+            continue
+        if old is None and _cache_folder(path, new) and new is not None and (new[2] == 0 or _inherited(path)):
+            touched.append(path)
             continue
         found.append(f"{'added' if old is None else 'deleted' if new is None else 'changed'} {path}")
-    return found, vouched
+    return found, vouched, touched
 
 
 def _cache_folder(path: str, sign: tuple[int, int, int, int] | None) -> bool:
-    return sign is not None and sign[0] == FOLDER and os.path.basename(path) == CACHE_FOLDER
+    """Whether `path` is a folder Python makes for caches: never within another (a chain of them, past PATH_MAX, hid
+    what lay below from the walk: red team)."""
+    folder, name = os.path.split(path)
+    return sign is not None and sign[0] == FOLDER and name == CACHE_FOLDER and os.path.basename(folder) != CACHE_FOLDER
+
+
+def _made_plain(path: str, made: bool) -> None:
+    """Set the folder's times to now (its mtime and atime carried 14 bytes: red team); one made, its mode to its
+    parent's permissions (an import makes it with the process's umask; a turn, with any 12 bits), without access
+    lists."""
+    with contextlib.suppress(OSError):
+        if made:
+            os.chmod(path, stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) & 0o2777)  # setgid: as the kernel
+            for name in ("system.posix_acl_access", "system.posix_acl_default"):  # entries could carry data
+                with contextlib.suppress(OSError, AttributeError):
+                    os.removexattr(path, name, follow_symlinks=False)
+        os.utime(path)
 
 
 def would_be_paths() -> list[Path]:
@@ -180,8 +227,11 @@ class Environment:
     def changes(self, start: Signature) -> list[str]:
         """What changed since `start` (see `differences`); what there is now is where the next turn starts."""
         now = signature(self.roots, self.skip)
-        found, vouched = _judged(start, {**now, **signature(self.fresh)})
-        for path in vouched & now.keys():  # written again (bytecode.vouch_for): the next turn starts from it as it is
+        found, vouched, touched = _judged(start, {**now, **signature(self.fresh)})
+        for path in touched:
+            _made_plain(path, made=path not in start)
+        # Written again (caches: bytecode.vouch_for) or made plain (folders): the next turn starts from them as they are
+        for path in (vouched | set(touched)) & now.keys():
             with contextlib.suppress(OSError):
                 now[path] = _stat(path, os.lstat(path))
         with self._lock:

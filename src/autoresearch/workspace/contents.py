@@ -3,6 +3,7 @@ folder (what an untrusted step wrote), and back (what it changed). Used by works
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -100,9 +101,10 @@ def quarantine(root: Path, rel: str, folder: Path, tidy: bool = True) -> Path | 
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(source, target)
     parent = source.parent
-    while tidy and parent != root and parent.is_dir() and _empty(parent):
-        parent.rmdir()
-        parent = parent.parent
+    with contextlib.suppress(OSError):  # a mount point (EBUSY) stays
+        while tidy and parent != root and parent.is_dir() and _empty(parent):
+            parent.rmdir()
+            parent = parent.parent
     return target
 
 
