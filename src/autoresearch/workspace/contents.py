@@ -99,6 +99,9 @@ def quarantine(root: Path, rel: str, folder: Path, tidy: bool = True) -> Path | 
     while exists(target):
         target, n = folder / f"{rel}.{n}", n + 1
     target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir() and not source.is_symlink():  # moving a folder writes its "..": read-only, it would be copied
+        with contextlib.suppress(OSError):
+            os.chmod(source, stat.S_IMODE(source.stat().st_mode) | stat.S_IRWXU)
     shutil.move(source, target)
     parent = source.parent
     with contextlib.suppress(OSError):  # a mount point (EBUSY) stays
