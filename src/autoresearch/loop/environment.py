@@ -4,8 +4,8 @@ A confined run is shown only what it needs (evaluator/shown.py), but that includ
 on sys.path, the interpreter's installation, LD_LIBRARY_PATH. Where an agent can write those (a venv in your
 home, run as you), it could train a model during its turn, off the budget, and leave the weights there, or in
 a package's file, for train.py to load (red team, 2026-12-02). `pip install` by an agent is the same change.
-So the loop records every file's signature (size, mtime_ns, ctime_ns, inode) there before an agent's turn and
-compares after it; a difference stops the loop, naming what changed.
+So the loop records every file's signature (size, mtime_ns, ctime_ns, inode) and every folder's (`Signature`) there
+before an agent's turn and compares after it; a difference stops the loop, naming what changed.
 
 What one check costs: a stat of every file. This project's venv (torch; 55,000 files with the interpreter's
 standard library) takes 0.3-0.45 s on a 2-core machine, idle or shared, so each turn walks it once: a
