@@ -207,11 +207,14 @@ def sources_sha256(paths: list[Path], root: Path) -> str:
     return h.hexdigest()
 
 
-def entries(top: Path, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, os.DirEntry]]:
+def entries(
+    top: Path, skip: frozenset[str] = frozenset(), shut: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, os.DirEntry]]:
     """Everything under the folder `top`, as (path relative to it with "/", its directory entry), a folder before
     what it holds. Links are listed, not followed; folders that cannot be read are passed over, as `os.walk` does;
-    `skip`: names of folders right under `top` left out. Cheaper than `os.walk` with a `Path` or `relpath` per
-    entry: the driver walks .git/objects, thousands of files by the end of a night, around every agent's turn."""
+    `skip`: names of folders right under `top` left out; `shut`: names of folders, at any depth, listed but not
+    entered. Cheaper than `os.walk` with a `Path` or `relpath` per entry: the driver walks .git/objects, thousands of
+    files by the end of a night, around every agent's turn."""
     folders = [("", os.fspath(top))]
     while folders:
         prefix, folder = folders.pop()
@@ -225,7 +228,7 @@ def entries(top: Path, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str
                     continue
                 yield prefix + entry.name, entry
                 with contextlib.suppress(OSError):
-                    if entry.is_dir(follow_symlinks=False):
+                    if entry.is_dir(follow_symlinks=False) and entry.name not in shut:
                         folders.append((f"{prefix}{entry.name}/", entry.path))
 
 

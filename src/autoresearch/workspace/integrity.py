@@ -147,17 +147,8 @@ def _folders(root: Path) -> list[str]:
     """The workspace's folders (links not followed), but for what .git and the loop's state hold, and what a folder
     named .git holds at any depth: a repository of yours in the workspace (git lists it as one entry) writes a folder
     there as it commits."""
-    found, stack = [], [""]
-    while stack:
-        rel = stack.pop()
-        with contextlib.suppress(OSError), os.scandir(root / rel) as listing:
-            for entry in listing:
-                with contextlib.suppress(OSError):
-                    if entry.is_dir(follow_symlinks=False) and (rel or entry.name not in _NOT_WALKED):
-                        found.append(rel + entry.name)
-                        if entry.name != ".git":
-                            stack.append(f"{rel}{entry.name}/")
-    return sorted(found)
+    found = entries(root, skip=_NOT_WALKED, shut=frozenset({".git"}))
+    return sorted(rel for rel, entry in found if entry.is_dir(follow_symlinks=False))
 
 
 def _skipper(exclude: frozenset[str], human: bool):
@@ -447,12 +438,12 @@ def _put_back_folders(before: Snapshot, root: Path, quarantine: Path, held: list
     (whose name could carry data), nothing under a folder named .git at any depth, nor what lies past PATH_MAX."""
     if before.folders is None:
         return
-    kept = set(before.folders)
-    new = {rel for rel in _folders(root) if rel not in kept and rel != PROMPTS}  # prompts/: yours, as its files are
+    kept, now = set(before.folders), set(_folders(root))
+    new = {rel for rel in now - kept if rel != PROMPTS}  # prompts/: yours, as its files are
     for rel in sorted(rel for rel in new if os.path.dirname(rel) not in new):
         set_aside(root, rel, quarantine, tidy=False)  # not the folder it was made in, empty or not: that was there
         held.append(f"added {os.fsencode(rel).decode(errors='replace')}/")  # its name may be no UTF-8
-    for rel in before.folders:  # one of yours that putting back a file left empty, and removed (or the step did)
+    for rel in sorted(kept - now):  # one of yours that putting back a file left empty, and removed (or the step did)
         with contextlib.suppress(OSError):
             (root / rel).mkdir(parents=True, exist_ok=True)
 
