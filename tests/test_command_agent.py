@@ -65,6 +65,7 @@ def test_non_zero_exit_is_a_proposal_error_with_the_stderr_tail(tmp_path: Path, 
         agent(tmp_path, script).propose(context)
 
 
+@pytest.mark.slow  # over a second: the fast subset stays under a minute
 def test_a_turn_that_prints_without_end_has_its_last_line_read_and_holds_no_more_of_the_loops_memory(
     tmp_path: Path, context: Context
 ) -> None:

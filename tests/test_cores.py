@@ -217,6 +217,7 @@ subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffin
 """
 
 
+@pytest.mark.slow  # over a second: the fast subset stays under a minute
 @pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda pid: ())(0)) < 2, reason="needs 2 CPUs")
 def test_an_evaluator_pins_itself_its_threads_and_what_it_starts_and_a_bad_list_pins_nothing() -> None:
     last = max(os.sched_getaffinity(0))

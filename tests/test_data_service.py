@@ -321,6 +321,7 @@ class SlowToRead(HandClock):
         return self.now
 
 
+@pytest.mark.slow  # over a second: the fast subset stays under a minute
 def test_what_the_experiment_does_after_stop_is_not_training_however_late_the_evaluator_reads(dataset, preset):
     """Was a flake of the Ray test under CI load: an honest run of a 1 s budget "trained 1.4 s". The evaluator
     reads the clock when `stop` reaches it; kept waiting for a CPU meanwhile, it counted on a CPU clock what the

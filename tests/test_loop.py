@@ -1041,6 +1041,15 @@ def _ctrl_c_to_another_thread(after: float) -> None:
     threading.Timer(after, signal.pthread_kill, (other.ident, signal.SIGINT)).start()
 
 
+def test_a_fork_server_never_asked_for_a_run_is_ended_at_once() -> None:
+    """BROKE, fixed: `run` stopped by an error before its first run (train.py missing, say) took a second more to
+    exit, waiting for the fork server to finish importing torch and read that the loop was gone."""
+    server = ForkServer(sys.executable, {})
+    started = time.monotonic()
+    server.close()
+    assert time.monotonic() - started < 0.5 and server._proc.poll() is not None
+
+
 @pytest.mark.slow
 def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run(tmp_path, ctrl_c_raises):
     silent = tmp_path / "silent-server"  # a fork server that never says anything: a run that trains on

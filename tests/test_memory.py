@@ -62,6 +62,7 @@ if GROUP is not None:
     GROUP.remove()
 
 
+@pytest.mark.slow  # over a second: the fast subset stays under a minute
 @pytest.mark.skipif(GROUP is None, reason="no memory cgroup can be made below this process's (root: CI)")
 def test_a_runs_group_kills_within_it_past_its_share_and_counts_it() -> None:
     group = RunGroup.make({**tasks.limits(64), **memory.limits(200 << 20)})
@@ -131,6 +132,7 @@ def test_an_evaluator_run_by_hand_leaves_its_group_and_removes_it() -> None:
     assert not Path(folder).exists()
 
 
+@pytest.mark.slow  # over a second: the fast subset stays under a minute
 @pytest.mark.skipif(GROUP is None, reason="no memory cgroup can be made below this process's (root: CI)")
 def test_an_evaluator_run_by_hand_that_fails_leaves_no_group(tmp_path) -> None:
     (tmp_path / "train.py").write_text("print('not in a workspace')\n")

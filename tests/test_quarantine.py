@@ -131,6 +131,7 @@ def test_the_limit_is_read_from_the_environment_and_a_bad_one_is_a_clear_error(m
         quarantine.limit_bytes()
 
 
+@pytest.mark.slow  # over a second: the fast subset stays under a minute
 def test_litter_an_agent_leaves_at_every_turn_does_not_pile_up_past_the_limit(workspace, tmp_path, monkeypatch):
     """BROKE, fixed: what every turn left was kept in the quarantine for good; a turn that left 3 MB (or 3 GB) each
     time filled the disk by morning, and a full disk stops the loop. A prompt of the agent's own is no person's text

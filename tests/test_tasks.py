@@ -79,6 +79,7 @@ def test_the_cap_is_a_number_of_tasks_or_0_for_none() -> None:
     assert tasks.limits(0) == {} and RunGroup.make(tasks.limits(0)) is None
 
 
+@pytest.mark.slow  # over a second: the fast subset stays under a minute
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_NPROC per user namespace is Linux's")
 @pytest.mark.parametrize("who", ["run", "agent"])
 def test_not_root_a_run_or_an_agents_turn_in_its_own_user_namespace_gets_the_cap_and_cannot_raise_it(who) -> None:

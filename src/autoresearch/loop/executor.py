@@ -408,9 +408,11 @@ class ForkServer:
         return True
 
     def close(self, wait: float = STOP_WAIT_S) -> None:
+        """Ends the server: it exits once it reads the closed socket, which it reads only once ready; never asked
+        for a fork, it has made none, and is killed at once (`run` stopped by an error took a second longer)."""
         self._sock.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self._proc.wait(timeout=wait)
+            self._proc.wait(timeout=wait if self._ready else 0)
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
