@@ -11,6 +11,7 @@ in the workspace (commits, staged files, its own files) is for the loop to put b
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -190,3 +191,12 @@ def key_or_placeholder(environ: Mapping[str, str], key: str, urls: tuple[str, ..
     if any(environ.get(url) for url in urls):
         return "no-key"
     return None
+
+
+def json_object(line: str) -> dict:
+    """`line` parsed as a JSON object; {} if it is none (an agent's output mixes its JSON events with other lines)."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}

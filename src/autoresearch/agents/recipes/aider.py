@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from autoresearch.agents.base import Usage
-from autoresearch.agents.coding_agent import Turn, key_or_placeholder
+from autoresearch.agents.coding_agent import Turn, json_object, key_or_placeholder
 from autoresearch.agents.command_agent import MAX_OUTPUT_BYTES
 from autoresearch.agents.llm import usage_for
 from autoresearch.files import read_regular, write_text_atomic
@@ -100,7 +100,7 @@ class Aider:
         except (OSError, ValueError):
             log = ""
         for line in log.splitlines():
-            event = _json(line)
+            event = json_object(line)
             if event.get("event") == "message_send":
                 properties = event.get("properties") or {}
                 sent += int(properties.get("prompt_tokens") or 0)
@@ -124,11 +124,3 @@ def _metadata() -> dict:
         "litellm_provider": "openai",
         "mode": "chat",
     }
-
-
-def _json(line: str) -> dict:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -11,12 +11,11 @@ and every other non-essential request are switched off by Claude Code's own vari
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from autoresearch.agents.base import Usage
-from autoresearch.agents.coding_agent import Turn, key_or_placeholder
+from autoresearch.agents.coding_agent import Turn, json_object, key_or_placeholder
 
 TOOLS = "Read,Edit,Bash"  # --bare offers no Write tool; a shell creates files
 QUIET = {
@@ -83,11 +82,4 @@ class ClaudeCode:
 
 def _last_json(stdout: str) -> dict | None:
     """The result object: the last line of stdout that parses as a JSON object."""
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
+    return next((value for line in reversed(stdout.strip().splitlines()) if (value := json_object(line))), None)

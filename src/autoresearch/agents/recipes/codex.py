@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from autoresearch.agents.base import Usage
-from autoresearch.agents.coding_agent import Turn, key_or_placeholder
+from autoresearch.agents.coding_agent import Turn, json_object, key_or_placeholder
 from autoresearch.agents.llm import usage_for
 from autoresearch.files import make_folder
 
@@ -99,7 +99,7 @@ class Codex:
         messages, errors = [], []
         sent = received = 0
         for line in stdout.splitlines():
-            event = _json(line)
+            event = json_object(line)
             kind = event.get("type")
             item = event.get("item") or {}
             if kind == "item.completed" and item.get("type") == "agent_message":
@@ -118,11 +118,3 @@ class Codex:
 
 def _base_url() -> str:
     return os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-
-
-def _json(line: str) -> dict:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
