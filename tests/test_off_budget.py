@@ -449,6 +449,24 @@ def test_the_process_that_judges_caches_reads_the_standard_library_first(tmp_pat
     assert cache in out
 
 
+def test_a_judge_stopped_mid_write_leaves_nothing_beside_the_caches(tmp_path, monkeypatch) -> None:
+    """BROKE, fixed: the process that judges caches writes each anew beside it, then renames it over it; stopped between
+    the two (its time limit, a Ctrl-C), it left that file in a folder runs read, where the next check found a file
+    no one wrote and stopped the loop, blaming the agent. What a judge stopped left is removed; nothing else is."""
+    (tmp_path / "m.py").write_text("Y = 2\n")
+    cache = Path(py_compile.compile(str(tmp_path / "m.py")))
+    left = cache.with_name(cache.name + bytecode.TEMPORARY + "k3x9_q2a")  # as `_write` names its new file
+    yours = cache.with_name(cache.name + ".bak")
+    left.write_bytes(b"half")
+    yours.write_bytes(b"mine")
+    monkeypatch.setattr(bytecode, "JUDGE_TIMEOUT_S", 0.001)  # stopped before it judged anything
+    assert bytecode.vouched([str(cache)]) == set()
+    assert not left.exists() and yours.read_bytes() == b"mine" and cache.exists()
+    monkeypatch.setattr(bytecode, "JUDGE_TIMEOUT_S", 60)
+    assert bytecode.vouched([str(cache)]) == {str(cache)}
+    assert sorted(p.name for p in cache.parent.iterdir()) == sorted([cache.name, yours.name])
+
+
 def test_a_pth_file_a_turn_adds_to_the_venv_runs_nothing_in_the_process_that_judges_caches(tmp_path) -> None:
     """BROKE, fixed (red team): the process that judges caches started with `site`, during the check, so a .pth file a
     turn added to a venv it can write (one in the workspace) ran there, as you, outside the turn's confinement, before

@@ -38,6 +38,7 @@ MAX_CACHE_BYTES = 8 * MAX_SOURCE_BYTES  # nor a larger cache
 OPTIMIZATIONS = ("", "1", "2")  # the `.opt-N` of a cache's name that Python writes (-O, -OO)
 JUDGE_MEMORY = 2 << 30  # the address space of the process that judges caches: a claim past it is a MemoryError there
 JUDGE_TIMEOUT_S = 300  # the caches it has not judged by then are not vouched for
+TEMPORARY = ".judged-"  # `_write`'s new file is named the cache's name, this, and a random part, until renamed over it
 
 
 def vouched(paths: list[str]) -> set[str]:
@@ -57,9 +58,27 @@ def vouched(paths: list[str]) -> set[str]:
         out = subprocess.run(judge, input=asked, capture_output=True, timeout=JUDGE_TIMEOUT_S).stdout
     except subprocess.TimeoutExpired as stopped:
         out = stopped.stdout or b""
+        _sweep(paths)
     except OSError:
         return set()
+    except BaseException:  # Ctrl-C: run() killed it
+        _sweep(paths)
+        raise
     return set(paths) & {os.fsdecode(path) for path in out.split(b"\0")}
+
+
+def _sweep(paths: list[str]) -> None:
+    """Remove what a judge killed mid-write left beside the caches `paths` (`_write`'s new files, not yet renamed):
+    left, the next check of the folders runs read saw a file no one wrote and stopped the loop, blaming the agent."""
+    by_folder: dict[str, set[str]] = {}
+    for path in paths:
+        by_folder.setdefault(os.path.dirname(path), set()).add(os.path.basename(path) + TEMPORARY)
+    for folder, prefixes in by_folder.items():
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                if entry.name.startswith(tuple(prefixes)) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
 
 
 def is_cache(path: str) -> bool:
@@ -135,16 +154,18 @@ def _write(path: Path, source: Path, data: bytes) -> bool:
     """Replace the file at `path` by a new one that holds `data`, with the mode an import gives a cache (its source's,
     writable by you), beside it and renamed over it as an import does; whether it could."""
     mode = (os.stat(source).st_mode | 0o200) & 0o666
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + TEMPORARY)
     try:
         with open(fd, "wb") as file:
             file.write(data)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except OSError:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        return False
+        if isinstance(error, OSError):
+            return False
+        raise
     return True
 
 
