@@ -257,3 +257,72 @@ def test_a_settings_file_that_is_no_file_is_an_error_saying_to_move_it(
         err = words(capsys.readouterr().err)
         assert "autoresearch.json is not a file" in err and "git checkout autoresearch.json" in err, err
         assert "not a research workspace" not in err and "Traceback" not in err
+
+
+def test_status_report_and_show_refuse_a_ledger_another_hand_wrote_and_rebuild_ledger_takes_it(
+    workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (red team): only `run` checked the ledger's seals. `status`, `report` and `show` showed a row set to
+    `keep` at 1.0 by hand (sqlite3: a coding agent driving `try` from your shell can) as the night's best, and `report`
+    wrote it into report.md. And the loop's refusal said to run `rebuild-ledger`, which said the ledger read fine."""
+    import sqlite3
+
+    from autoresearch.loop.ledger import Experiment, Ledger
+    from autoresearch.vocabulary import Kind, Status
+
+    ledger = Ledger(workspace.root)
+    ledger.verify()
+    ledger.insert(Experiment(1, Kind.BASELINE, Status.KEEP, "baseline", "abc", commit="abc", val_bpb=3.34))
+    ledger.insert(Experiment(2, Kind.EXPERIMENT, Status.DISCARD, "wider", "abc", commit="def", val_bpb=3.36))
+    ledger.close()
+    at = ["--workspace", str(workspace.root)]
+    assert main(["status", *at]) == 0 and "best: exp 1 val_bpb 3.340000" in capsys.readouterr().out
+    with sqlite3.connect(workspace.state / "ledger.sqlite") as db:
+        db.execute("UPDATE experiments SET val_bpb = 1.0, status = 'keep' WHERE id = 2")
+    for command in (["status"], ["report"], ["show", "2"]):
+        assert main([*command, *at]) == 2, command
+        out, err = capsys.readouterr()
+        assert "written by another hand" in words(err) and "rebuild-ledger" in err and "1.0" not in out, command
+        assert "Traceback" not in err
+    assert not (workspace.root / "report.md").exists()
+    assert main(["rebuild-ledger", *at]) == 0
+    assert "rebuilt the ledger" in words(capsys.readouterr().err)
+    assert main(["status", *at]) == 0
+
+
+def test_status_beside_a_loop_that_writes_never_mistakes_its_rows_for_another_hands(workspace: Workspace) -> None:
+    """`status` checks the seals while the loop writes rows and their seals: read in two statements, a commit of the
+    loop's between them read as a row another hand changed."""
+    import threading
+    import time
+
+    from autoresearch.loop.ledger import Experiment, Ledger, verified_rows
+    from autoresearch.vocabulary import Kind, Status
+
+    started, done, failed = threading.Event(), threading.Event(), []
+
+    def loop() -> None:
+        try:
+            ledger = Ledger(workspace.root)  # a connection of its own, as the loop's process has
+            ledger.verify()
+            ledger.insert(Experiment(1, Kind.EXPERIMENT, Status.RUNNING, "x", "abc"))
+            started.set()
+            for n in range(300):
+                ledger.update(1, reason=f"step {n}")
+            ledger.close()
+        except BaseException as error:
+            failed.append(error)
+        finally:
+            started.set()
+            done.set()
+
+    writer = threading.Thread(target=loop)
+    writer.start()
+    started.wait(30)
+    deadline = time.monotonic() + 60
+    try:
+        while not done.is_set() and time.monotonic() < deadline:
+            assert [e.id for e in verified_rows(workspace.root)] == [1]
+    finally:
+        writer.join()
+    assert done.is_set() and not failed

@@ -158,7 +158,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
 
 def _readable_rows(root: Path) -> int:
     """How many experiments the workspace's ledger holds, where it reads fine; 0 where it is missing, empty or
-    corrupt (what `rebuild-ledger` is for)."""
+    corrupt, or written by another hand (what `rebuild-ledger` is for)."""
     import sqlite3
 
     from autoresearch.loop.ledger import Ledger
@@ -170,8 +170,9 @@ def _readable_rows(root: Path) -> int:
     except (AutoresearchError, sqlite3.Error):
         return 0
     try:
+        ledger.verify()  # one another hand wrote is what it is for too: the loop's refusal says to run it
         return len(ledger.all())
-    except (sqlite3.Error, ValueError, TypeError):
+    except (AutoresearchError, sqlite3.Error, ValueError, TypeError):
         return 0
     finally:
         ledger.close()

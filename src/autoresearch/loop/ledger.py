@@ -180,22 +180,27 @@ class Ledger:
 
     def _check_seals(self) -> None:
         self._writes += 1  # read again, whatever was cached
-        trusted = self._data_version()  # read first: a commit during the check is checked at the next read
-        if foreign := self._foreign():
+        self._db.execute("BEGIN")  # the rows and their seals as of one commit: `status` reads while the loop writes
+        try:
+            trusted = self._data_version()  # read first: a commit during the check is checked at the next read
+            foreign = self._foreign()
+            rows = self._db.execute("SELECT * FROM experiments ORDER BY id").fetchall()
+            seals = dict(self._db.execute("SELECT id, digest FROM seals")) if self._sealed() else None
+        finally:
+            self._db.execute("COMMIT")
+        if foreign:
             raise LedgerError(
                 f"the ledger {self.db_path} holds what the loop never makes: {', '.join(foreign)}. A trigger runs "
                 "inside the loop's own writes, which would seal what it made of a row",
                 hint="if a coding agent drives the loop, it edited its record: do not trust what it reported since. "
                 + REBUILD_HINT.replace("run ", "To go on, run ", 1),
             )
-        rows = self._db.execute("SELECT * FROM experiments ORDER BY id").fetchall()
-        if not self._sealed():
+        if seals is None:
             self._db.execute("BEGIN IMMEDIATE")
             self._reseal()
             self._db.execute("COMMIT")
             self._trusted = trusted
             return
-        seals = dict(self._db.execute("SELECT id, digest FROM seals"))
         ids = {row[0] for row in rows}
         changed = sorted(row[0] for row in rows if seals.get(row[0]) not in (None, _digest(row)))
         added = sorted(ids - set(seals))
@@ -459,6 +464,18 @@ def _digest(row: tuple) -> str:
     """A row's seal: SHA-256 of its values as stored (types included: 1 and "1" differ)."""
     typed = [[type(v).__name__, v.hex() if isinstance(v, bytes) else v] for v in row]
     return hashlib.sha256(json.dumps(typed).encode()).hexdigest()
+
+
+def verified_rows(workspace: Path) -> list[Experiment]:
+    """Every experiment of the workspace's ledger, for a command that shows them (`status`, `report`, `show`): its
+    seals checked first, as the loop checks them (`Ledger.verify`); LedgerError if another hand wrote it. Unchecked,
+    a row set to `keep` at 1.0 by hand was the night's best in all three."""
+    ledger = Ledger(workspace)
+    try:
+        ledger.verify()
+        return ledger.all()
+    finally:
+        ledger.close()
 
 
 def best_of(rows: list[Experiment]) -> Experiment | None:

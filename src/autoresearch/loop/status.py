@@ -19,7 +19,7 @@ from pathlib import Path
 from autoresearch.evaluator import result
 from autoresearch.loop import activity
 from autoresearch.loop.judge import described, measured_noise
-from autoresearch.loop.ledger import Experiment, Ledger, best_of
+from autoresearch.loop.ledger import Experiment, best_of, verified_rows
 from autoresearch.vocabulary import IN_FLIGHT, Status
 from autoresearch.workspace.workspace import Workspace
 
@@ -156,11 +156,7 @@ def running_text(ws: Workspace, running: Experiment, now: float | None = None, r
 
 
 def status_text(ws: Workspace) -> str:
-    ledger = Ledger(ws.root)
-    try:
-        experiments = ledger.all()
-    finally:
-        ledger.close()
+    experiments = verified_rows(ws.root)
     a = ws.apparatus
     lines = [f"workspace {ws.root} on {ws.git.branch()}: preset {a.preset}, {a.dataset}, {a.budget_seconds:g}s budget"]
     if not experiments:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.loop.ledger import Experiment, Ledger, has_history
+from autoresearch.loop.ledger import Experiment, has_history, verified_rows
 from autoresearch.report.markdown import render_report, write_report
 from autoresearch.report.plot import plot_progress, progress_figure
 
@@ -25,11 +25,7 @@ def read_experiments(workspace: Path) -> list[Experiment]:
             f"{workspace} has no experiment ledger yet ({db_path} is missing)",
             hint="run `autoresearch run` in this workspace first",
         )
-    ledger = Ledger(workspace)
-    try:
-        return ledger.all()
-    finally:
-        ledger.close()
+    return verified_rows(workspace)
 
 
 def make_report(workspace: Path, stopped: bool = False) -> tuple[Path, Path]:
