@@ -135,7 +135,7 @@ def test_a_seed_the_loop_cannot_raise_is_refused_in_the_baseline_and_in_a_propos
     executor = FakeExecutor(score)
     workspace = make_workspace(tmp_path / "ws", tiny_prepared, train_py=spoil(BIGRAM_TRAIN_PY))
     with pytest.raises(LoopError, match=r"the loop trains the baseline with SEED, SEED \+ 1") as refused:
-        make_loop(workspace, executor).run(ScriptedAgent([]), max_experiments=0)
+        make_loop(workspace, executor).run(ScriptedAgent([]), max_experiments=1)
     assert "SEED = 42" in refused.value.hint and executor.calls == [] and Ledger(workspace.root).all() == []
 
     workspace = make_workspace(tmp_path / "ws2", tiny_prepared)
@@ -1270,3 +1270,18 @@ def test_train_py_edited_beside_a_confined_run_is_the_persons_and_the_runs_score
         assert exp.status == Status.KEEP and "train.py was edited while experiment 2 trained" in " ".join(events)
     else:  # a run that could reach the workspace is not believed
         assert exp.status == Status.CRASH and "changed train.py" in exp.reason
+
+
+def test_max_experiments_0_on_a_new_workspace_trains_no_baseline(workspace) -> None:
+    """BROKE, fixed (red team): `run --max-experiments 0` ("finish what is in flight, start nothing") trained the
+    baseline's three seeds on a workspace that had none; with several workers too."""
+    from autoresearch.loop.parallel import run_workers
+    from autoresearch.loop.workers import devices
+
+    executor = FakeExecutor(score)
+    events: list[str] = []
+    make_loop(workspace, executor, events=events).run(ScriptedAgent([]), max_experiments=0)
+    run_workers(make_loop(workspace, executor), ScriptedAgent([]), devices(None, 2), max_experiments=0,
+                executor_for=lambda _: executor)  # fmt: skip
+    assert executor.calls == [] and Ledger(workspace.root).all() == []
+    assert any("--max-experiments 0 starts nothing" in e for e in events)

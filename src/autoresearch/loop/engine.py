@@ -152,6 +152,9 @@ class ResearchLoop(Asking, Recovery):
             self._evaluate(pending)
         self.check_clean()
         if self.best() is None:
+            if max_experiments == 0:  # "finish what is in flight, start nothing": not even three seeds of a baseline
+                self.reporter.message("no baseline yet, and --max-experiments 0 starts nothing")
+                return
             self.baseline()
         done = 0
         while max_experiments is None or done < max_experiments:

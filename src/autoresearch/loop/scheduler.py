@@ -101,6 +101,9 @@ class Scheduler:
         # An agent's turns write the workspace's train.py; with submissions it is the submitter's.
         loop.check_clean(edit_ok=agent is None)
         if loop.best() is None and not any(loop.ledger.get(i).kind == Kind.BASELINE for i in self.active):
+            if agent is not None and max_experiments == 0:  # start nothing, not a baseline (a submission needs one)
+                loop.reporter.message("no baseline yet, and --max-experiments 0 starts nothing")
+                return
             self.start_baseline()
         activity.start_session(loop.ws.state, [w.device.label for w in self.workers], time.time())
         try:
