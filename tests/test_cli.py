@@ -326,3 +326,22 @@ def test_status_beside_a_loop_that_writes_never_mistakes_its_rows_for_another_ha
     finally:
         writer.join()
     assert done.is_set() and not failed
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("AUTORESEARCH_DEVICE", "banana"), ("AUTORESEARCH_DEVICE", "cuda:x"), ("AUTORESEARCH_PEAK_FLOPS", "abc"),
+     ("AUTORESEARCH_PEAK_FLOPS", "-1"), ("AUTORESEARCH_PEAK_FLOPS", "nan")],
+)  # fmt: skip
+def test_a_device_setting_that_names_nothing_is_refused_before_anything_trains(
+    name: str, value: str, workspace: Workspace, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (red team): each run read them and crashed once it started (`the evaluator could not run:
+    RuntimeError: Expected one of cpu, cuda, ... device type at start of device string: banana`), with the hint for
+    a changed apparatus, to make a new workspace."""
+    monkeypatch.setenv(name, value)
+    args = ["run", "--agent", "tune", "--max-experiments", "1", "--plain", "--workspace", str(workspace.root)]
+    assert main(args) == 2
+    err = words(capsys.readouterr().err)
+    assert f"${name} is {value!r}" in err and "unset it" in err and "new workspace" not in err, err
+    assert "Traceback" not in err and not (workspace.state / "runs").exists()

@@ -12,9 +12,7 @@ from pathlib import Path
 
 import torch
 
-from autoresearch.evaluator.cores import DEVICE_ENV, usable_cores
-
-PEAK_FLOPS_ENV = "AUTORESEARCH_PEAK_FLOPS"
+from autoresearch.evaluator.cores import DEVICE_ENV, PEAK_FLOPS_ENV, usable_cores
 
 # Dense bf16 tensor-core peak by GPU name, from the vendors' datasheets (no sparsity).
 GPU_PEAK_BF16 = (

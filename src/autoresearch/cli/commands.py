@@ -44,8 +44,9 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
 
     if args.baseline_runs < 2:
         raise AutoresearchError("--baseline-runs must be at least 2: one run cannot measure the noise")
-    from autoresearch.evaluator import compile_cache, memory, sandbox, tasks
+    from autoresearch.evaluator import compile_cache, cores, memory, sandbox, tasks
 
+    cores.check_device_settings()  # a bad $AUTORESEARCH_DEVICE or $AUTORESEARCH_PEAK_FLOPS: said now, not by each run
     compile_cache.limit_bytes()  # a bad $AUTORESEARCH_COMPILE_CACHE_GB is said now, not as every run's crash
     run_tasks = tasks.run_tasks()  # and so is a bad $AUTORESEARCH_TASKS
     memory.run_memory()  # or $AUTORESEARCH_RUN_MEMORY

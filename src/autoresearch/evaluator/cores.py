@@ -26,13 +26,16 @@ import contextlib
 import glob
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator.cgroups import folders, text
 
 DEVICE_ENV = "AUTORESEARCH_DEVICE"  # the device train.py trains on ("cpu", "cuda:1"), over device.pick_device's choice
+PEAK_FLOPS_ENV = "AUTORESEARCH_PEAK_FLOPS"  # the device's peak bf16 FLOP/s for MFU, where device.py's table lacks it
 RUN_CPUS_ENV = "AUTORESEARCH_RUN_CPUS"  # "0,1,2,3": the CPUs a worker's evaluators and runs are pinned to
 AGENT_CPUS_ENV = "AUTORESEARCH_AGENT_CPUS"  # "15,31": the CPUs a shell agent's turn is pinned to; the loop sets it
 AGENT_CORES_ENV = "AUTORESEARCH_AGENT_CORES"  # whole cores set aside for agents' turns ("0": none), over `agent_cores`
@@ -97,6 +100,26 @@ def pins(count: int, aside: int = 0) -> tuple[list[dict[str, str]], dict[str, st
         return [{RUN_CPUS_ENV: _listed(cpus)} for cpus in runs], {AGENT_CPUS_ENV: _listed(theirs)}
     split = shares(count) if count > 1 else None
     return ([{RUN_CPUS_ENV: _listed(cpus)} for cpus in split] if split else [{} for _ in range(count)]), {}
+
+
+def check_device_settings(env: Mapping[str, str] = os.environ) -> None:
+    """Refuse a $AUTORESEARCH_DEVICE that names no device or a $AUTORESEARCH_PEAK_FLOPS that is no positive number, up
+    front: each run read them, and crashed (red team), with the hint for a changed apparatus, a new workspace."""
+    if (device := env.get(DEVICE_ENV)) and not re.fullmatch(r"cpu|mps|cuda(:[0-9]+)?", device):
+        raise AutoresearchError(
+            f"${DEVICE_ENV} is {device!r}: no device train.py can train on",
+            hint="set it to cpu, cuda, cuda:N or mps, or unset it to let the loop choose",
+        )
+    if flops := env.get(PEAK_FLOPS_ENV):
+        try:
+            good = math.isfinite(value := float(flops)) and value > 0
+        except ValueError:
+            good = False
+        if not good:
+            raise AutoresearchError(
+                f"${PEAK_FLOPS_ENV} is {flops!r}: no peak FLOP/s",
+                hint="set it to the device's peak bf16 FLOP/s (989.5e12 for an H100), or unset it",
+            )
 
 
 def runs_train_on_cpu(env: Mapping[str, str]) -> bool:
