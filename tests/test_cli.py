@@ -345,3 +345,13 @@ def test_a_device_setting_that_names_nothing_is_refused_before_anything_trains(
     err = words(capsys.readouterr().err)
     assert f"${name} is {value!r}" in err and "unset it" in err and "new workspace" not in err, err
     assert "Traceback" not in err and not (workspace.state / "runs").exists()
+
+
+def test_a_command_run_in_a_folder_of_a_workspace_names_the_workspace(
+    workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (red team): in a subfolder it said only "not a research workspace", and to make one with init."""
+    (sub := workspace.root / "notes" / "day1").mkdir(parents=True)
+    assert main(["status", "--workspace", str(sub)]) == 2
+    err = words(capsys.readouterr().err)
+    assert "is not a research workspace" in err and f"--workspace {workspace.root}" in err and "init" not in err

@@ -64,9 +64,12 @@ class Workspace:
                 "back the committed one",
             )
         if not config.is_file():
+            above = next((p for p in self.root.parents if (p / CONFIG_NAME).is_file()), None)
             raise ConfigError(
                 f"{self.root} is not a research workspace (no {CONFIG_NAME})",
-                hint="make one with `autoresearch init DIR`, then run this command inside it",
+                hint=f"{above} is one: run this command there (`cd {above}`), or pass `--workspace {above}`"
+                if above
+                else "make one with `autoresearch init DIR`, then run this command inside it",
             )
         self.config_path = config
         self.apparatus = Apparatus.load(config)
