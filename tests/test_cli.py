@@ -355,3 +355,19 @@ def test_a_command_run_in_a_folder_of_a_workspace_names_the_workspace(
     assert main(["status", "--workspace", str(sub)]) == 2
     err = words(capsys.readouterr().err)
     assert "is not a research workspace" in err and f"--workspace {workspace.root}" in err and "init" not in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["init", "ws", "--tag", ""], ["init", "ws", "--preset", " "], ["submit", "-m", ""], ["try", "-m", "  "],
+     ["run", "--model", ""]],
+)  # fmt: skip
+def test_an_option_given_empty_is_a_usage_error_not_its_default(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (red team): `init --tag ''` made the branch of today's date, `submit -m ''` queued an experiment
+    judged as "(no description)"."""
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, "--workspace", str(tmp_path)] if args[0] != "init" else [args[0], str(tmp_path / "ws"), *args[2:]])
+    assert stopped.value.code == 2 and "may not be empty" in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()

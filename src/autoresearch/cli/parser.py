@@ -8,14 +8,25 @@ from pathlib import Path
 from autoresearch.loop.settings import BASELINE_RUNS, BASELINE_SEEDS_MAX, BASELINE_SEEDS_MIN
 
 
+def _given(text: str) -> str:
+    """An option's value that may not be empty: `--tag ''` took today's date, `-m ''` judged "(no description)"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("may not be empty")
+    return text
+
+
 def _data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", help="apparatus preset: h100 or tiny (default: h100 with CUDA, else tiny)")
+    presets = "apparatus preset: h100 or tiny (default: h100 with CUDA, else tiny)"
+    parser.add_argument("--preset", type=_given, help=presets)
     parser.add_argument(
         "--dataset",
+        type=_given,
         help="python-source, local:PATH, climbmix or fineweb-edu (default: climbmix with CUDA, else python-source)",
     )
     parser.add_argument(
-        "--cache-dir", help="prepared data lives here (default: $AUTORESEARCH_CACHE or ~/.cache/autoresearch)"
+        "--cache-dir",
+        type=_given,
+        help="prepared data lives here (default: $AUTORESEARCH_CACHE or ~/.cache/autoresearch)",
     )
     parser.add_argument("--root", type=Path, help="python-source only: read this directory tree instead")
     parser.add_argument("--shards", type=int, help="climbmix / fineweb-edu only: how many training shards to download")
@@ -70,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     from autoresearch.config.apparatus import budget_argument  # checks it before any work: 1 s to 1 day
 
     init.add_argument("--budget", type=budget_argument, help="training seconds per experiment (default: the preset's)")
-    init.add_argument("--tag", help="the branch is autoresearch/<tag> (default: today's date, e.g. nov22)")
+    init.add_argument("--tag", type=_given, help="the branch is autoresearch/<tag> (default: today's date, e.g. nov22)")
     _data_options(init)
 
     run = sub.add_parser("run", help="run the research loop in a workspace (Ctrl-C stops; run again to resume)")
@@ -80,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="tune (default, offline), anthropic, openai, aider, claude-code, codex, command (any other CLI agent) "
         "or queue (only what `submit` queues)",
     )
-    run.add_argument("--model", help="the LLM for anthropic, openai, aider, claude-code or codex")
+    run.add_argument("--model", type=_given, help="the LLM for anthropic, openai, aider, claude-code or codex")
     run.add_argument("--command", dest="agent_command", help="for --agent command: the coding agent's command line")
     run.add_argument("--max-experiments", type=int, help="stop after this many experiments (default: never)")
     run.add_argument("--hours", type=float, help="stop after this many hours (default: never)")
@@ -91,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _workspace_option(run)
 
     submit = sub.add_parser("submit", help="queue the working tree's train.py as an experiment; print its id at once")
-    submit.add_argument("-m", "--message", required=True, help="one line: what you changed")
+    submit.add_argument("-m", "--message", required=True, type=_given, help="one line: what you changed")
     _judging_options(submit)
     _worker_options(submit)
     _workspace_option(submit)
@@ -102,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _workspace_option(wait)
 
     try_ = sub.add_parser("try", help="judge the train.py in the working tree as one experiment (for coding agents)")
-    try_.add_argument("-m", "--message", required=True, help="one line: what you changed")
+    try_.add_argument("-m", "--message", required=True, type=_given, help="one line: what you changed")
     _judging_options(try_)
     _workspace_option(try_)
 
