@@ -1235,6 +1235,38 @@ def test_a_detached_head_goes_back_on_the_branch_at_its_commit_and_elsewhere_sto
     assert len(Ledger(workspace.root).all()) == 2  # nothing was asked or trained meanwhile
 
 
+@pytest.mark.parametrize("damage", ["rebase", "branch deleted", "HEAD names no branch"])
+def test_a_workspace_git_cannot_keep_experiments_in_stops_the_loop_with_a_hint_that_works(workspace, damage):
+    """BROKE, fixed (red team): in a rebase stopped at a conflict the hint was `git checkout autoresearch/test`, which
+    git refuses there; with the branch deleted it was `git checkout autoresearch/<tag>`, literally; with HEAD naming
+    a branch that does not exist, git's own "ambiguous argument 'HEAD'" and no hint. Each hint is followed here."""
+    from autoresearch.workspace.git import IDENTITY
+
+    loop = make_loop(workspace, FakeExecutor(score))
+    baseline = loop.baseline()
+    git = workspace.git
+    if damage == "rebase":
+        loop.step(ScriptedAgent([set_lr(0.2)]))  # kept: a commit on the branch that sets LR
+        git("checkout", "-q", "-b", "other", baseline.commit)
+        (workspace.root / "train.py").write_text(with_constants(baseline.source, LR=0.7))
+        git(*IDENTITY, "commit", "-q", "-am", "other")
+        git("checkout", "-q", "autoresearch/test")
+        git(*IDENTITY, "rebase", "-q", "other", check=False)  # LR's line conflicts: the rebase stops there
+        assert (git.git_dir / "rebase-merge").exists() or (git.git_dir / "rebase-apply").exists()
+    elif damage == "branch deleted":
+        git("checkout", "-q", "--detach", "HEAD")
+        git("branch", "-q", "-D", "autoresearch/test")
+    else:
+        git("symbolic-ref", "HEAD", "refs/heads/nothere")
+    with pytest.raises(LoopError) as err:
+        make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
+    command = err.value.hint.split("`")[1]
+    assert "<" not in command and "BRANCH" not in command, err.value.hint
+    git(*command.split()[1:])  # as the person would type it
+    make_loop(workspace, FakeExecutor(score)).run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
+    assert Ledger(workspace.root).all()[-1].description == "LR 0.3" and git.branch().startswith("autoresearch/")
+
+
 def test_an_edited_budget_in_the_locked_config_says_to_check_it_out_again(workspace):
     """The hint was to make a new workspace, for what `git checkout autoresearch.json` undoes."""
     from autoresearch.workspace.workspace import Workspace

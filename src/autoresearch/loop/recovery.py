@@ -32,6 +32,7 @@ from autoresearch.orphans import reap, remove_left_boxes
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.disk import disk_full_is_an_error
+from autoresearch.workspace.init import default_tag
 from autoresearch.workspace.quarantine import FOLDER as QUARANTINE
 from autoresearch.workspace.quarantine import fresh_folder
 from autoresearch.workspace.workspace import TRAIN_PY, TrainPyUnreadable, Workspace
@@ -184,7 +185,22 @@ class Recovery:
         <commit>` to look at an experiment), kept experiments would move no branch and the next checkout of it would
         drop them out of sight. Where one branch of the loop's is at that very commit HEAD goes back onto it, which
         changes no file; elsewhere the loop stops."""
-        if self.git.branch() != "HEAD":
+        if any((self.git.git_dir / rebasing).exists() for rebasing in ("rebase-merge", "rebase-apply")):
+            raise LoopError(  # checking a branch out stops at the rebase's conflicts: "you need to resolve..."
+                "a git rebase is in progress in the workspace: the loop keeps its experiments on its own branch",
+                hint="`git rebase --abort` puts the branch back as it was before it, then run again",
+            )
+        ours = self.git("for-each-ref", "--format=%(refname:short)", "refs/heads/autoresearch/").split()
+        branch = self.git.branch()
+        if branch != "HEAD" and self.git.ref(f"refs/heads/{branch}") is None:  # HEAD names a branch with no commit
+            raise LoopError(
+                f"git's HEAD names the branch {branch}, which does not exist: the loop keeps its experiments on its "
+                "branch",
+                hint=f"`git checkout {ours[0] if len(ours) == 1 else 'BRANCH'}`"
+                + (f" (one of {', '.join(ours)})" if len(ours) > 1 else "")
+                + ", then run again",
+            )
+        if branch != "HEAD":
             return
         head = self.git.head()
         at = self.git("for-each-ref", "--points-at", head, "--format=%(refname:short)", "refs/heads/autoresearch/")
@@ -192,10 +208,17 @@ class Recovery:
             self.git("symbolic-ref", "HEAD", f"refs/heads/{names[0]}")
             self.reporter.message(f"git's HEAD was detached at {head[:7]}, where branch {names[0]} is: on it again")
             return
-        ours = self.git("for-each-ref", "--format=%(refname:short)", "refs/heads/autoresearch/").split()
+        if not ours:  # deleted: made again where the best is
+            best = self.best()
+            again = f"autoresearch/{default_tag()} {(best.commit if best else head)[:7]}"
+            hint = f"the loop's branch is gone: `git checkout -b {again}` makes it again at the best experiment"
+        elif len(ours) == 1:
+            hint = f"`git checkout {ours[0]}`"
+        else:
+            hint = f"`git checkout BRANCH`, the loop's branch of this workspace, one of {', '.join(ours)}"
         raise LoopError(
             f"git's HEAD is detached (at {head[:7]}): the loop keeps its experiments on its branch",
-            hint=f"`git checkout {ours[0] if len(ours) == 1 else 'autoresearch/<tag>'}`, then run again",
+            hint=f"{hint}, then run again",
         )
 
     def recover_branch(self) -> None:

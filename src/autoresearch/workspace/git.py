@@ -157,7 +157,8 @@ class Git:
         return self("rev-parse", "HEAD").strip()
 
     def branch(self) -> str:
-        return self("rev-parse", "--abbrev-ref", "HEAD").strip()
+        """The branch HEAD names ("HEAD" where it is detached), one with no commit yet too."""
+        return self("symbolic-ref", "-q", "--short", "HEAD", check=False).strip() or "HEAD"
 
     # -- commits and refs ------------------------------------------------------------------------
 
