@@ -301,6 +301,50 @@ def test_rebuild_ledger_refuses_a_ledger_that_reads_fine_unless_forced(history, 
     assert [e.id for e in Ledger(history.root).all()] == [e for e, _ in before]
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_ledger_that_a_full_disk_keeps_from_opening_is_no_corrupt_one_and_rebuild_ledger_leaves_it(
+    history, capsys, monkeypatch
+) -> None:
+    """BROKE, fixed (red team): on a full disk, opening the ledger in WAL mode failed as "disk I/O error", and every
+    command called the healthy ledger unreadable and said to run rebuild-ledger, which moved it aside and left an
+    empty one: its crash reasons, agents, tokens and costs could only be put back by hand."""
+    import sqlite3
+
+    from autoresearch.workspace.disk import DiskFullError
+
+    def no_room(self) -> None:
+        raise sqlite3.OperationalError("disk I/O error")  # its -shm and -wal cannot be made
+
+    full = os.statvfs_result((4096, 4096, 2048, 0, 0, 0, 0, 0, 0, 255))  # f_bavail 0
+    monkeypatch.setattr(Ledger, "_open", no_room)
+    monkeypatch.setattr(os, "statvfs", lambda path: full)
+    before = _files(history.state)
+    with pytest.raises(DiskFullError):
+        Ledger(history.root)
+    for args in (["status"], ["show", "2"], ["rebuild-ledger"]):
+        code, _, err = run_cli(capsys, *args, "--workspace", str(history.root))
+        assert code == 2 and "the disk is full" in err and "rebuild-ledger" not in err, args
+    assert _files(history.state) == before  # nothing moved aside, nothing emptied
+    monkeypatch.undo()
+    assert len(Ledger(history.root).all()) == 4
+
+
+def test_a_ledger_that_fails_to_open_with_space_free_is_still_called_unreadable(history, monkeypatch) -> None:
+    import sqlite3
+
+    from autoresearch.loop.ledger import LedgerError
+
+    def broken(self) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Ledger, "_open", broken)
+    with pytest.raises(LedgerError, match=r"(?s)cannot be read .* rebuild-ledger"):
+        Ledger(history.root)
+
+
 def test_status_while_the_baseline_trains_says_none_finished_yet(workspace, capsys) -> None:
     ledger = Ledger(workspace.root)
     ledger.insert(Experiment(id=1, kind="baseline", status=Status.RUNNING, description="baseline", parent=None))

@@ -158,20 +158,26 @@ def _main(args: argparse.Namespace, console: Console) -> int:
 
 def _readable_rows(root: Path) -> int:
     """How many experiments the workspace's ledger holds, where it reads fine; 0 where it is missing, empty or
-    corrupt, or written by another hand (what `rebuild-ledger` is for)."""
+    corrupt, or written by another hand (what `rebuild-ledger` is for). DiskFullError where a full disk keeps it
+    from being read: a healthy ledger rebuilt would lose crash reasons, agents, tokens and cost (red team)."""
     import sqlite3
 
     from autoresearch.loop.ledger import Ledger
+    from autoresearch.workspace.disk import DiskFullError
 
     if not (root / ".autoresearch" / "ledger.sqlite").is_file():
         return 0
     try:
         ledger = Ledger(root)
+    except DiskFullError:
+        raise
     except (AutoresearchError, sqlite3.Error):
         return 0
     try:
         ledger.verify()  # one another hand wrote is what it is for too: the loop's refusal says to run it
         return len(ledger.all())
+    except DiskFullError:
+        raise
     except (AutoresearchError, sqlite3.Error, ValueError, TypeError):
         return 0
     finally:

@@ -34,7 +34,7 @@ from typing import Any
 from autoresearch.errors import AutoresearchError
 from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
-from autoresearch.workspace.disk import disk_full_is_an_error
+from autoresearch.workspace.disk import DiskFullError, disk_full_is_an_error, sqlite_short_of_space
 
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 
@@ -149,7 +149,9 @@ def has_history(workspace: Path) -> bool:
 class Ledger:
     def __init__(self, workspace: Path, check_history: bool = True):
         """Open the workspace's ledger. A missing or empty ledger in a workspace whose results.tsv lists
-        experiments is an error (`check_history`), never a silent fresh start that would reuse their ids."""
+        experiments is an error (`check_history`), never a silent fresh start that would reuse their ids.
+        DiskFullError where it cannot be opened for lack of space: the file is fine, and rebuilding it would lose
+        what only it holds."""
         self.workspace = workspace
         self.db_path = workspace / ".autoresearch" / "ledger.sqlite"
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +164,8 @@ class Ledger:
             self._open()
             count = self._db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
         except sqlite3.DatabaseError as exc:
+            if sqlite_short_of_space(exc, self.db_path.parent):
+                raise DiskFullError("opening the ledger") from None
             raise LedgerError(f"the ledger {self.db_path} cannot be read ({exc})", hint=REBUILD_HINT) from None
         if check_history and count == 0 and has_history(workspace):
             self._db.close()
@@ -176,7 +180,8 @@ class Ledger:
         deleted by another hand since (an agent with sqlite3, say). A ledger from before the seals is sealed as it
         is. From now on, rows another process writes are checked as they are read (`all`)."""
         self._verifying = True
-        self._check_seals()
+        with disk_full_is_an_error("checking the ledger"):  # a ledger from before the seals is written
+            self._check_seals()
 
     def _check_seals(self) -> None:
         self._writes += 1  # read again, whatever was cached

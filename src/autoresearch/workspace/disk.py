@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+_SQLITE_IOERR, _SQLITE_CANTOPEN = 10, 14  # what opening in WAL mode can say instead, where -shm or -wal cannot grow
+ROOM = 1 << 20  # free bytes below which a failed open is taken for a full disk: a WAL ledger's -shm alone is 32 KiB
 GIT_FULL_MESSAGES = ("no space left on device", "disk quota exceeded")
 
 
@@ -34,6 +38,25 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.OperationalError):
         return getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(exc)
     return False
+
+
+def sqlite_short_of_space(exc: BaseException, folder: Path) -> bool:
+    """Whether SQLite failed (opening a file in `folder`, say) for lack of space. Opening a ledger in WAL mode makes
+    its -shm and -wal files, and on a full disk that fails as "disk I/O error" (SQLITE_IOERR) as often as "disk is
+    full": such an error where `folder` has next to no free space is a full disk, not a corrupt file (red team: every
+    command called a healthy ledger unreadable and said to rebuild it)."""
+    if is_disk_full(exc):
+        return True
+    if not isinstance(exc, sqlite3.OperationalError):  # corrupt, not a database: DatabaseError, whatever the space
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF not in (_SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN):
+        return False
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < ROOM
 
 
 @contextlib.contextmanager
