@@ -324,7 +324,7 @@ def test_a_ledger_that_a_full_disk_keeps_from_opening_is_no_corrupt_one_and_rebu
     before = _files(history.state)
     with pytest.raises(DiskFullError):
         Ledger(history.root)
-    for args in (["status"], ["show", "2"], ["rebuild-ledger"]):
+    for args in (["status"], ["show", "2"], ["rebuild-ledger"], ["rebuild-ledger", "--force"]):
         code, _, err = run_cli(capsys, *args, "--workspace", str(history.root))
         assert code == 2 and "the disk is full" in err and "rebuild-ledger" not in err, args
     assert _files(history.state) == before  # nothing moved aside, nothing emptied
@@ -343,6 +343,61 @@ def test_a_ledger_that_fails_to_open_with_space_free_is_still_called_unreadable(
     monkeypatch.setattr(Ledger, "_open", broken)
     with pytest.raises(LedgerError, match=r"(?s)cannot be read .* rebuild-ledger"):
         Ledger(history.root)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupt"])
+def test_rebuild_ledger_on_a_disk_that_fills_midway_leaves_everything_as_it_was(
+    history, capsys, monkeypatch, damage
+) -> None:
+    """BROKE, fixed (red team): rebuild-ledger wrote its rows one by one into the ledger's place, so a disk that
+    filled midway left a ledger of the first rows that read as healthy (`status`: "experiments: 2 keep"); the next
+    `run` cut results.tsv down to it and said to reset the branch off kept experiments."""
+    import sqlite3
+
+    for path in history.state.glob("ledger.sqlite*"):
+        path.unlink()
+    if damage == "corrupt":
+        (history.state / "ledger.sqlite").write_bytes(b"not a database" * 100)
+    before, tsv = _files(history.state), (history.root / "results.tsv").read_bytes()
+    real_insert, inserted = Ledger.insert, []
+
+    def fills_up(self, exp: Experiment) -> None:
+        if len(inserted) == 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        real_insert(self, exp)
+        inserted.append(exp.id)
+
+    monkeypatch.setattr(Ledger, "insert", fills_up)
+    code, _, err = run_cli(capsys, "rebuild-ledger", "--workspace", str(history.root))
+    assert code == 2 and "the disk is full" in err and inserted == [1, 2]
+    assert _files(history.state) == before and (history.root / "results.tsv").read_bytes() == tsv
+    monkeypatch.undo()
+    code, out, err = run_cli(capsys, "status", "--workspace", str(history.root))
+    assert code == 2 and "rebuild-ledger" in err  # still lost or corrupt: never a healthy ledger of 2 experiments
+    code, out, err = run_cli(capsys, "rebuild-ledger", "--workspace", str(history.root))
+    assert code == 0 and "rebuilt the ledger: 4 experiments" in " ".join((out + err).split())
+    assert [e.id for e in Ledger(history.root).all()] == [1, 2, 3, 4]
+    assert not list(history.state.glob("*rebuilding*"))
+
+
+def test_a_ledger_with_fewer_experiments_than_results_tsv_is_refused_and_results_tsv_kept(history, capsys) -> None:
+    """BROKE, fixed (red team): a ledger left partial by an older rebuild-ledger read as healthy; `run` rewrote
+    results.tsv from 7 lines to 2, then said to `git reset --hard` off the kept experiments, and rebuild-ledger
+    refused it ("the ledger reads fine")."""
+    rows = Ledger(history.root).all()
+    for path in history.state.glob("ledger.sqlite*"):
+        path.unlink()
+    partial = Ledger(history.root, check_history=False)
+    for exp in rows[:2]:
+        partial.insert(exp)
+    partial.close()
+    tsv = (history.root / "results.tsv").read_bytes()
+    for command in (["status"], ["run", "--plain"]):
+        code, _, err = run_cli(capsys, *command, "--workspace", str(history.root))
+        assert code == 2 and "holds 2 experiments, but results.tsv lists 4" in err and "rebuild-ledger" in err
+    assert (history.root / "results.tsv").read_bytes() == tsv
+    code, _, _ = run_cli(capsys, "rebuild-ledger", "--workspace", str(history.root))
+    assert code == 0 and [e.id for e in Ledger(history.root).all()] == [1, 2, 3, 4]
 
 
 def test_status_while_the_baseline_trains_says_none_finished_yet(workspace, capsys) -> None:

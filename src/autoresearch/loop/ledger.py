@@ -147,13 +147,13 @@ def has_history(workspace: Path) -> bool:
 
 
 class Ledger:
-    def __init__(self, workspace: Path, check_history: bool = True):
-        """Open the workspace's ledger. A missing or empty ledger in a workspace whose results.tsv lists
-        experiments is an error (`check_history`), never a silent fresh start that would reuse their ids.
-        DiskFullError where it cannot be opened for lack of space: the file is fine, and rebuilding it would lose
-        what only it holds."""
+    def __init__(self, workspace: Path, check_history: bool = True, path: Path | None = None):
+        """Open the workspace's ledger (the file at `path` instead: `rebuild-ledger` writes a new one beside it). A
+        missing or empty ledger in a workspace whose results.tsv lists experiments is an error (`check_history`),
+        never a silent fresh start that would reuse their ids. DiskFullError where it cannot be opened for lack of
+        space: the file is fine, and rebuilding it would lose what only it holds."""
         self.workspace = workspace
-        self.db_path = workspace / ".autoresearch" / "ledger.sqlite"
+        self.db_path = path or workspace / ".autoresearch" / "ledger.sqlite"
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         existed = self.db_path.exists()
         self._writes = 0  # writes through this object: each makes the cached rows stale
@@ -182,6 +182,24 @@ class Ledger:
         self._verifying = True
         with disk_full_is_an_error("checking the ledger"):  # a ledger from before the seals is written
             self._check_seals()
+        self._check_tsv()
+
+    def _check_tsv(self) -> None:
+        """Refuse (LedgerError) a ledger with fewer rows than results.tsv has lines: a line is written after its row,
+        so rows were lost (a rebuild cut short by a full disk, before rebuilds were all or nothing), and the loop's
+        next write of results.tsv would drop those lines for good (red team: `run` cut it from 7 lines to 2, then
+        said to reset the branch off kept experiments)."""
+        try:
+            lines = read_tsv(self.workspace).splitlines()[1:]
+        except LedgerError:  # no file to read: writing it says so
+            return
+        listed = sum(1 for line in lines if _loop_line(line))
+        count = self._db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
+        if listed > count:
+            raise LedgerError(
+                f"the ledger {self.db_path} holds {count} experiments, but results.tsv lists {listed}: it lost rows",
+                hint=REBUILD_HINT,
+            )
 
     def _check_seals(self) -> None:
         self._writes += 1  # read again, whatever was cached
@@ -463,6 +481,12 @@ class Ledger:
             raise _not_a_tsv(f"cannot write {tsv}: a folder is in its place")
         with disk_full_is_an_error("writing results.tsv"):
             write_text_atomic(self.workspace / "results.tsv", "".join(lines), self.workspace / "results.tsv.tmp")
+
+
+def _loop_line(line: str) -> bool:
+    """Whether a results.tsv line is one the loop writes (a finished experiment), not one pasted in."""
+    fields = line.split("\t")
+    return len(fields) == 5 and fields[3] in (Status.KEEP, Status.DISCARD, Status.CRASH)
 
 
 def _digest(row: tuple) -> str:

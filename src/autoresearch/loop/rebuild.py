@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import sqlite3
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from autoresearch.loop.judge import beyond_seeds, measured_noise
 from autoresearch.loop.ledger import Experiment, Ledger, read_tsv
 from autoresearch.loop.waiting import unreported
 from autoresearch.vocabulary import Kind, Status
+from autoresearch.workspace.disk import DiskFullError, sqlite_short_of_space
 from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import as_read
 
@@ -41,25 +43,65 @@ RUN_FOLDER = re.compile(r"^(\d+)-(\d+)$")  # runs/<experiment>-<run index>, as t
 
 
 def rebuild(root: Path, git: Git) -> tuple[int, Path | None, list[int]]:
-    """Move the present ledger aside and write a new one; how many rows it has, where the old one went, and the
-    numbers of results.tsv's lines it could not place (not a row the loop writes, or no free id for it)."""
+    """Write a new ledger, move the present one aside and put the new one in its place; how many rows it has, where
+    the old one went, and the numbers of results.tsv's lines it could not place (not a row the loop writes, or no
+    free id for it). All or nothing: the new ledger and results.tsv are written whole first, the ledger to a file
+    beside the old one (one folder: the rename is atomic), and only then does it take the old one's place. A full
+    disk or a kill midway leaves the ledger as it was (red team: written row by row into place, a rebuild cut short
+    by a full disk left a ledger of 2 experiments out of 7 that read as healthy, and the next `run` cut results.tsv
+    down to it)."""
     state = root / ".autoresearch"
     old = state / "ledger.sqlite"
+    new = state / "ledger.sqlite.rebuilding"
+    rows, skipped = _rows(root, git)
+    _remove(new)  # what a rebuild killed midway left
+    try:
+        _write(root, new, rows)
+    except BaseException:
+        _remove(new)
+        raise
     # the old file and its -wal (which holds its latest rows) and -shm, all under one new name: kept whole
     found = [suffix for suffix in ("", "-wal", "-shm") if os.path.lexists(f"{old}{suffix}")]
     aside = _aside(old) if found else None
     for suffix in found:
         os.rename(f"{old}{suffix}", f"{aside}{suffix}")
-    moved = aside if "" in found else None
-    rows, skipped = _rows(root, git)
-    ledger = Ledger(root, check_history=False)
+    os.rename(new, old)
+    _fsync(state)  # the renames too
+    return len(rows), aside if "" in found else None, skipped
+
+
+def _write(root: Path, path: Path, rows: list[Experiment]) -> None:
+    """The ledger of `rows` at `path`, whole in that one file (no -wal left) and on disk; results.tsv from it."""
     try:
-        for exp in rows:
-            ledger.insert(exp)
-        ledger.write_tsv()
+        ledger = Ledger(root, check_history=False, path=path)
+        try:
+            for exp in rows:
+                ledger.insert(exp)
+            ledger.write_tsv()  # atomic: the old one stays where this fails
+            # Everything into the file itself: a -wal left beside it would not follow it into place.
+            if ledger._db.execute("PRAGMA journal_mode=DELETE").fetchone()[0] != "delete":
+                raise sqlite3.OperationalError("the new ledger's write-ahead log could not be written into it")
+        finally:
+            ledger.close()
+    except sqlite3.OperationalError as exc:
+        if sqlite_short_of_space(exc, path.parent):  # SQLITE_IOERR as often as SQLITE_FULL
+            raise DiskFullError("writing the new ledger") from None
+        raise
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
-        ledger.close()
-    return len(rows), moved, skipped
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    """`path` and the files SQLite keeps beside it."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def _aside(ledger: Path) -> Path:
