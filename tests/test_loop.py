@@ -1317,3 +1317,30 @@ def test_max_experiments_0_on_a_new_workspace_trains_no_baseline(workspace) -> N
                 executor_for=lambda _: executor)  # fmt: skip
     assert executor.calls == [] and Ledger(workspace.root).all() == []
     assert any("--max-experiments 0 starts nothing" in e for e in events)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_before_a_run_starts_counts_no_attempt(workspace, monkeypatch, workers) -> None:
+    """BROKE, fixed (red team): a Ctrl-C between counting a run's attempt and the run's start (the workspace's snapshot
+    before it, a worker not yet holding it) left the attempt counted; two such Ctrl-Cs, and the next start crashed the
+    baseline, "the loop was killed 2 times while the baseline (exp 1) trained"."""
+    from autoresearch.loop.parallel import run_workers
+    from autoresearch.loop.workers import devices
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def run(loop) -> None:
+        if workers == 1:
+            loop.run(ScriptedAgent([]), max_experiments=1)
+        else:
+            run_workers(loop, ScriptedAgent([]), devices(None, 2), 1, executor_for=lambda _: FakeExecutor(score))
+
+    for _ in range(3):
+        loop = make_loop(workspace, FakeExecutor(score))
+        monkeypatch.setattr(*((loop, "_watch") if workers == 1 else (loop.reporter, "training")), interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run(loop)
+        assert [e.attempts for e in Ledger(workspace.root).all()] == [0]
+    run(make_loop(workspace, FakeExecutor(score)))
+    assert Ledger(workspace.root).get(1).status == Status.KEEP

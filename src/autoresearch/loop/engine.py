@@ -286,7 +286,12 @@ class ResearchLoop(Asking, Recovery):
         self.ledger.update(exp.id, attempts=exp.attempts)
         # After the count: the loop's own writes to the ledger come before and after the watch, never during it (one
         # there would find, and seal, what a run wrote meanwhile; the watch puts that back).
-        watch = self._watch(train_py=source.encode())
+        try:
+            watch = self._watch(train_py=source.encode())
+        except BaseException:  # a Ctrl-C before the run started: no attempt (two made the baseline "killed twice")
+            exp.attempts -= 1
+            self.ledger.update(exp.id, attempts=exp.attempts)
+            raise
         try:
             # The bytes recorded are the bytes trained: train.py is read here, once, not by the executor from the
             # file, which an agent driving the loop (`try`, outside any turn) could swap meanwhile and put back.

@@ -311,15 +311,19 @@ class Scheduler:
         spans = activity.with_start(exp, job.run, label, time.time())
         status = {} if confirming else {"status": Status.RUNNING}  # a kept row stays kept while measured again
         loop.ledger.update(exp.id, **status, attempts=act.attempts + 1, worker=label, spans=spans)
-        run_dir = loop.ws.state / "runs" / f"{exp.id}-{job.run}"
-        job.spec = RunSpec(
-            loop.ws.root, run_dir, loop.timeout, loop.fingerprint, train_py=worker.train_py, code=job.source.encode()
-        )
-        what = "measuring the best again: run" if confirming else "training run"
-        loop.reporter.phase(exp.id, exp.description, f"{what} {job.run + 1} on {worker.device.label}")
-        loop.reporter.training(exp.id, job.run, loop.ws.apparatus.budget_seconds, label)
-        job.handed_at = self.clock.now()
-        worker.start(job, lambda w, j, outcome: self.events.put((w, j, outcome)))
+        try:
+            folder, code = loop.ws.state / "runs" / f"{exp.id}-{job.run}", job.source.encode()
+            job.spec = RunSpec(loop.ws.root, folder, loop.timeout, loop.fingerprint, worker.train_py, code)
+            what = "measuring the best again: run" if confirming else "training run"
+            loop.reporter.phase(exp.id, exp.description, f"{what} {job.run + 1} on {worker.device.label}")
+            loop.reporter.training(exp.id, job.run, loop.ws.apparatus.budget_seconds, label)
+            job.handed_at = self.clock.now()
+            worker.start(job, lambda w, j, outcome: self.events.put((w, j, outcome)))
+        except BaseException:  # a Ctrl-C before the worker held it: `stop_all` cannot see it, so no attempt is counted
+            if worker.job is not job:  # (Ctrl-Cs there made the baseline "killed twice", and crashed it: red team)
+                act.running.discard(job.run)
+                loop.ledger.update(exp.id, attempts=act.attempts, spans=exp.spans)
+            raise
 
     def on_the_best(self, exp: Experiment, job: Job) -> Experiment:
         """An answer not yet trained, made on the best if another win was kept while it waited for a worker
