@@ -371,3 +371,116 @@ def test_an_option_given_empty_is_a_usage_error_not_its_default(
         main([*args, "--workspace", str(tmp_path)] if args[0] != "init" else [args[0], str(tmp_path / "ws"), *args[2:]])
     assert stopped.value.code == 2 and "may not be empty" in capsys.readouterr().err
     assert not (tmp_path / "ws").exists()
+
+
+# -- a full disk ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def judged(workspace: Workspace) -> Workspace:
+    """The workspace with its baseline judged (fake runs): a ledger to report on."""
+    from loop_support import FakeExecutor, make_loop
+
+    loop = make_loop(workspace, FakeExecutor(lambda source: 1.0))
+    loop.baseline()
+    loop.ledger.close()
+    return workspace
+
+
+def chart_on_a_full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """progress.png's writing finds the disk full after a few bytes (as `fig.savefig` does)."""
+    from autoresearch.report import plot
+
+    class FillsUp:
+        def savefig(self, path, **kwargs) -> None:
+            Path(path).write_bytes(b"\x89PNG")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(plot, "progress_figure", lambda experiments: FillsUp())
+
+
+def test_report_on_a_full_disk_says_the_disk_is_full_and_leaves_no_half_written_chart(
+    judged: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (red team): `autoresearch report` on a full disk ended in a traceback from progress.png's
+    `fig.savefig` (OSError: [Errno 28]), exit 1."""
+    chart_on_a_full_disk(monkeypatch)
+    assert main(["report", "--workspace", str(judged.root)]) == 2
+    err = words(capsys.readouterr().err)
+    assert "error: the disk is full" in err and "Traceback" not in err
+    assert "`autoresearch report` writes the report again" in err and "experiment in flight" not in err
+    assert not {"progress.png", "progress.png.tmp", "report.md"} & {p.name for p in judged.root.iterdir()}
+
+
+def test_a_run_stopped_by_a_full_disk_ends_with_its_own_error_when_the_report_cannot_be_written_either(
+    judged: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (red team): at the end of `run` the report's own disk-full traceback (from `fig.savefig`) was
+    chained after the loop's DiskFullError, exit 1, and driver.log had no `error:` line: `wait` could only say that
+    an experiment was in flight but no loop ran."""
+    from autoresearch.cli import commands
+    from autoresearch.workspace.disk import DiskFullError
+
+    def fills_up(*args, **kwargs) -> None:
+        raise DiskFullError("writing the ledger")
+
+    monkeypatch.setattr(commands, "drive", fills_up)
+    chart_on_a_full_disk(monkeypatch)
+    assert main(["run", "--plain", "--agent", "tune", "--workspace", str(judged.root)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert not any("Traceback" in line for line in lines)
+    assert lines[-2:] == [
+        "error: the disk is full: free space, then run again; nothing was lost",
+        "  hint: writing the ledger failed for lack of space; the experiment in flight is trained again on the next "
+        "start",
+    ]
+    assert sum(line.startswith("warning: the report was not written: the disk is full") for line in lines) == 1
+
+
+@pytest.mark.parametrize("at", ["program.md", "git"])
+def test_init_on_a_full_disk_says_so_removes_what_it_wrote_and_speaks_of_no_experiment(
+    at: str,
+    corpus_dir: Path,
+    tiny_prepared: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """BROKE, fixed (red team): `init` on a full disk ended in a traceback from `write_workspace_files`, and where
+    git init was what failed, the hint said "the experiment in flight is trained again on the next start"."""
+    from autoresearch.workspace import git
+
+    written = Path.write_text
+
+    def fills_up(path: Path, text: str, *args, **kwargs):
+        if path.name == at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return written(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", fills_up)
+    if at == "git":  # git fails without saying why; the file system tells (`no_space_left`)
+        monkeypatch.setattr(git.Git, "init", lambda self, branch: self("init", "--no-such-option"))
+        monkeypatch.setattr(git, "no_space_left", lambda path: True)
+    ws = tmp_path / "ws"
+    assert main(["init", str(ws), "--preset", "tiny", "--dataset", "python-source", "--root", str(corpus_dir)]) == 2
+    err = words(capsys.readouterr().err)
+    assert "error: the disk is full" in err and "Traceback" not in err and "experiment in flight" not in err
+    assert "run the same `autoresearch init` again" in err and not ws.exists()
+
+
+def test_rebuild_ledger_on_a_full_disk_says_to_run_it_again_not_that_an_experiment_is_in_flight(
+    judged: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (red team): the hint of `rebuild-ledger` (and of `init`, `prepare`) on a full disk said "the
+    experiment in flight is trained again on the next start", where none was."""
+    from autoresearch.loop import rebuild
+    from autoresearch.workspace.disk import DiskFullError
+
+    def fills_up(*args, **kwargs):
+        raise DiskFullError("writing the ledger")  # as the ledger's writes say it
+
+    monkeypatch.setattr(rebuild, "rebuild", fills_up)
+    assert main(["rebuild-ledger", "--force", "--workspace", str(judged.root)]) == 2
+    err = words(capsys.readouterr().err)
+    assert "error: the disk is full" in err and "experiment in flight" not in err
+    assert "writing the ledger failed for lack of space; run `autoresearch rebuild-ledger` again" in err

@@ -202,3 +202,53 @@ def test_a_turns_snapshot_is_saved_without_copying_the_object_store_it_holds(tmp
 def _saved(snap: integrity.Snapshot, git: Git, path: Path) -> Path:
     snapshot_file.save(snap, git, path)
     return path
+
+
+# -- a full disk ------------------------------------------------------------------------------------
+
+
+def fake_git(tmp_path: Path, said: str) -> str:
+    """A `git` that fails saying `said`, as git does where its write found no space."""
+    program = tmp_path / "fake-git"
+    program.write_text(f"#!/bin/sh\necho {said!r} >&2\nexit 128\n")
+    program.chmod(0o755)
+    return str(program)
+
+
+def test_gits_own_out_of_diskspace_is_a_disk_full_error(tmp_path: Path, monkeypatch) -> None:
+    """BROKE, fixed (red team): git's "write error. Out of diskspace" for its index was not taken for a full disk:
+    the user got the whole git error, grafts advice and all."""
+    from autoresearch.workspace.disk import DiskFullError
+
+    said = f"fatal: sha1 file '{tmp_path}/.git/index.lock' write error. Out of diskspace"
+    monkeypatch.setattr(git_module, "program", lambda: fake_git(tmp_path, said))
+    with pytest.raises(DiskFullError, match="the disk is full") as err:
+        Git(tmp_path)("reset", "-q", "--mixed", "HEAD")
+    assert "git reset failed for lack of space" in str(err.value)
+
+
+def test_a_git_error_that_names_no_cause_on_a_file_system_without_room_is_a_disk_full_error(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """BROKE, fixed (red team): on a full disk git said only "cannot update ref ...: couldn't write '.../5.lock'",
+    and the loop stopped with that, with no word of space."""
+    from autoresearch.workspace import disk
+    from autoresearch.workspace.disk import DiskFullError
+
+    said = f"fatal: cannot update ref 'refs/autoresearch/discarded/5': couldn't write '{tmp_path}/5.lock'"
+    monkeypatch.setattr(git_module, "program", lambda: fake_git(tmp_path, said))
+    with pytest.raises(GitError, match="couldn't write"):  # room enough: git's own words
+        Git(tmp_path)("update-ref", "refs/autoresearch/discarded/5", "HEAD")
+    full = os.statvfs_result((4096, 4096, 1000, 0, 0, 100, 0, 0, 0, 255))
+    monkeypatch.setattr(disk.os, "statvfs", lambda path: full)
+    with pytest.raises(DiskFullError, match="the disk is full"):
+        Git(tmp_path)("update-ref", "refs/autoresearch/discarded/5", "HEAD")
+
+
+def test_a_git_error_carries_no_advice_about_the_grafts_file(tmp_path: Path) -> None:
+    """BROKE, fixed (red team): every git error the loop reported began with git 2.39's four lines of advice
+    that the grafts file is deprecated (the loop points GIT_GRAFT_FILE at /dev/null)."""
+    git = repo(tmp_path / "ws")
+    with pytest.raises(GitError) as err:  # a commit read (and with it the grafts file), then a failure
+        git("checkout", "-q", git.head(), "--", "no-such-file")
+    assert "grafts" not in str(err.value) and "hint:" not in str(err.value)

@@ -194,6 +194,33 @@ def test_a_cache_dir_that_cannot_be_made_is_a_data_error(tmp_path: Path, corpus:
     assert "Not a directory" in str(err.value)
 
 
+def test_a_full_cache_disk_is_a_disk_full_error_leaving_no_half_shard_and_the_next_prepare_resumes(
+    tmp_path: Path, corpus: Path, mini_preset: Preset, console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BROKE, fixed (red team): `prepare` on a full cache disk ended in a traceback from `write_shard`
+    (OSError: [Errno 28]) and left the half-written `train-00000.bin.tmp` behind (20 MB of a 20 MB disk)."""
+    from autoresearch.workspace.disk import DiskFullError
+
+    written, wrote = Path.write_bytes, []
+
+    def fills_up(path: Path, data: bytes) -> int:
+        if path.name.endswith(".bin.tmp") and wrote:  # the second shard finds the disk full, half written
+            written(path, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        wrote.append(path.name)
+        return written(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", fills_up)
+    with pytest.raises(DiskFullError, match="the disk is full") as err:
+        prepare(f"local:{corpus}", mini_preset, tmp_path / "cache", console=console)
+    assert "resumes at the first shard not written yet" in str(err.value) and "in flight" not in str(err.value)
+    (out,) = (tmp_path / "cache").glob("*/*/*")
+    assert not list(out.glob("*.tmp")) and (out / wrote[0].removesuffix(".tmp")).is_file()  # the first is kept
+    monkeypatch.undo()
+    assert prepare(f"local:{corpus}", mini_preset, tmp_path / "cache", console=console) == out
+    assert (out / "manifest.json").is_file()
+
+
 @pytest.mark.parametrize("content", [b"", b"{broken", b"[]", b'{"format": "something-else"}'])
 def test_a_damaged_tokenizer_file_is_rebuilt_by_the_next_prepare(
     content: bytes, prepared: Path, corpus: Path, mini_preset: Preset, console: Console

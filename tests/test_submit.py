@@ -737,3 +737,28 @@ def test_wait_over_odd_leftovers_answers_with_a_message_not_a_traceback_nor_wait
     os.mkfifo(log)
     with within(20):
         assert last_error(log) is None
+
+
+def test_submit_on_a_full_disk_says_so_keeps_the_change_in_train_py_and_leaves_nothing_behind(
+    workspace, capsys, monkeypatch
+):
+    """BROKE, fixed (red team): `submit` on a full disk ended in a traceback from keeping the change aside
+    (held_edits.py: OSError: [Errno 28]), exit 1, and left an empty .autoresearch/submitting/."""
+    import errno
+    import types
+
+    from autoresearch.loop import held_edits
+
+    def fills_up(obj, f) -> None:
+        f.write("{")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(held_edits, "json", types.SimpleNamespace(dump=fills_up, loads=json.loads))
+    edit = with_constants(workspace.read_train_py(), LR=0.2)
+    workspace.write_train_py(edit)
+    assert main(["submit", "-m", "LR 0.2", "--workspace", str(workspace.root)]) == 2
+    said = capsys.readouterr()
+    err = " ".join(said.err.split())
+    assert said.out == "" and "error: the disk is full" in err and "Traceback" not in err
+    assert "your change is still in train.py" in err and "experiment in flight" not in err
+    assert workspace.read_train_py() == edit and not (workspace.state / "submitting").exists()

@@ -114,6 +114,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
         elif args.command == "rebuild-ledger":
             from autoresearch.loop.rebuild import rebuild
             from autoresearch.loop.recovery import put_back_turn
+            from autoresearch.workspace.disk import disk_full_is_an_error
             from autoresearch.workspace.workspace import Workspace
 
             ws = Workspace(args.workspace)
@@ -126,8 +127,9 @@ def _main(args: argparse.Namespace, console: Console) -> int:
                         "reasons, agents, tokens and cost, timings would be lost); --force rebuilds it anyway, "
                         "keeping the present file beside it",
                     )
-                put_back_turn(ws, lambda text: console.print(text, markup=False, highlight=False))
-                rows, moved, skipped = rebuild(ws.root, ws.git)
+                with disk_full_is_an_error("rebuilding the ledger", "run `autoresearch rebuild-ledger` again"):
+                    put_back_turn(ws, lambda text: console.print(text, markup=False, highlight=False))
+                    rows, moved, skipped = rebuild(ws.root, ws.git)
             kept = f"; the old file is {moved}" if moved else ""
             console.print(f"rebuilt the ledger: {rows} experiments from results.tsv and git{kept}")
             if skipped:

@@ -35,6 +35,10 @@ def prepare_data(args: argparse.Namespace, console: Console):
     return preset, dataset, out
 
 
+# What a `submit` that found the disk full says to do once space is freed
+SUBMIT_AGAIN = "your change is still in train.py (or put back there by the next `submit`): submit it again"
+
+
 def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = None):
     """The loop of the workspace `args` name, its executor's runs started with `env` over the loop's environment."""
     from autoresearch.loop.engine import LoopConfig, ResearchLoop
@@ -134,9 +138,17 @@ def run(args: argparse.Namespace, console: Console) -> None:
         loop.executor.close()
         remove_left_boxes(loop.ws.state)  # what the evaluators started ahead for runs that never came
         if ran and loop.ledger.all():  # not a `run` refused beside another: that loop writes its own report
-            png, md = make_report(loop.ws.root, stopped=True)
             history = loop.ws.root / "results.tsv"  # one line, also in a log
-            console.print(f"report: {md} and {png}; history in {history}", highlight=False, soft_wrap=True)
+            try:
+                png, md = make_report(loop.ws.root, stopped=True)
+            except (AutoresearchError, OSError) as exc:  # a full disk: the run's own error (if any) is the one to
+                # see, and the last `error:` line of driver.log, where `wait` looks for why a background loop stopped
+                why = "; ".join(str(exc).split("\n  hint: "))
+                console.print(
+                    f"warning: the report was not written: {why}", markup=False, highlight=False, soft_wrap=True
+                )
+            else:
+                console.print(f"report: {md} and {png}; history in {history}", highlight=False, soft_wrap=True)
 
 
 def drive(loop, agent, found, args: argparse.Namespace) -> None:
@@ -176,6 +188,7 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.loop.inbox import send
     from autoresearch.loop.waiting import LOOP_STARTED
     from autoresearch.loop.workers import devices, require_gpus
+    from autoresearch.workspace.disk import disk_full_is_an_error
     from autoresearch.workspace.workspace import Workspace
 
     ws = Workspace(args.workspace)
@@ -216,15 +229,18 @@ def submit(args: argparse.Namespace, console: Console) -> None:
         console.print(f"started a loop in the background (its log: {ws.state / 'driver.log'})", highlight=False)
         return proc
 
-    held = HeldEdit(ws.state, edit, source, args.message, base)  # from here a kill loses nothing (put_back_edits)
-    try:
-        ws.write_train_py(ws.git.show(base, "train.py"))
-        exp_id = send(ws, args.message, source, base, start)
-    except BaseException:
-        ws.write_train_py(edit)
+    # A full disk on the way: the change is back in train.py, or (where even that found no room) kept aside for the
+    # next `submit` to put back; said in those words, not the loop's
+    with disk_full_is_an_error("queueing train.py", SUBMIT_AGAIN):
+        held = HeldEdit(ws.state, edit, source, args.message, base)  # from here a kill loses nothing (put_back_edits)
+        try:
+            ws.write_train_py(ws.git.show(base, "train.py"))
+            exp_id = send(ws, args.message, source, base, start)
+        except BaseException:
+            ws.write_train_py(edit)
+            held.release()
+            raise
         held.release()
-        raise
-    held.release()
     print(f"exp {exp_id} queued", flush=True)
 
 

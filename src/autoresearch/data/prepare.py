@@ -41,8 +41,11 @@ from autoresearch.data.sources.hub import note_cache
 from autoresearch.data.tokenizer import Tokenizer, capped_texts
 from autoresearch.errors import DataError
 from autoresearch.evaluator.cores import usable_cores
+from autoresearch.workspace.disk import DiskFullError, is_disk_full
 
 ENCODE_BATCH_DOCS = 1024
+# Once space is freed: the shards already written are kept, and are not made again
+PREPARE_AGAIN = "run the same command again: it resumes at the first shard not written yet"
 # What a cache we may not write raises: a read-only mount, no permission, a file or /proc on the path.
 _UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOENT, errno.EEXIST}
 
@@ -75,6 +78,8 @@ def prepare(
                     _remove(out, created)
                 raise
     except OSError as exc:
+        if is_disk_full(exc):  # a shard's write names no file: the disk is full wherever it was writing
+            raise DiskFullError(f"preparing the data in {out}", PREPARE_AGAIN) from exc
         if exc.errno in _UNWRITABLE and _on_path(exc.filename, out):
             raise DataError(
                 f"cannot write the prepared data in {out}: {exc.strerror}",

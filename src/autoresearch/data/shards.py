@@ -89,8 +89,12 @@ def write_shard(directory: Path, info: ShardInfo, rows: np.ndarray) -> ShardInfo
     data = np.ascontiguousarray(rows).astype("<u2", copy=False).tobytes()
     info = ShardInfo(**{**asdict(info), "sha256": hashlib.sha256(data).hexdigest()})
     tmp = directory / f"{info.name}.bin.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, directory / f"{info.name}.bin")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, directory / f"{info.name}.bin")
+    except BaseException:  # a full disk, a Ctrl-C: half a shard (as large as the disk had room for) is no use
+        tmp.unlink(missing_ok=True)
+        raise
     write_json_atomic(directory / f"{info.name}.json", asdict(info))
     return info
 

@@ -32,11 +32,13 @@ class HeldEdit:
 
     def __init__(self, state: Path, edit: str, source: str, description: str, base: str):
         directory = state / HELD_DIR
+        made = not directory.is_dir()
         directory.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns()}-{os.getpid()}"
         tmp, self.path = directory / f".{name}.tmp", directory / f"{name}.json"
-        self.fd: int | None = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.fd: int | None = None
         try:
+            self.fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             if fcntl is not None:  # locked before it has its name: no `submit` ever sees it unlocked while we live
                 fcntl.flock(self.fd, fcntl.LOCK_EX)
             with open(os.dup(self.fd), "w") as f:
@@ -45,9 +47,12 @@ class HeldEdit:
                 f.flush()
                 os.fsync(f.fileno())
             tmp.replace(self.path)
-        except BaseException:
+        except BaseException:  # a full disk: the change is still in train.py, and nothing of it is left here
             tmp.unlink(missing_ok=True)
             self.release()
+            if made:  # an empty folder left would be the only trace of a `submit` that did nothing
+                with contextlib.suppress(OSError):  # not empty: another `submit` holds its change there
+                    directory.rmdir()
             raise
 
     def release(self) -> None:

@@ -9,11 +9,13 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.loop.ledger import Experiment, has_history, verified_rows
 from autoresearch.report.markdown import render_report, write_report
 from autoresearch.report.plot import plot_progress, progress_figure
+from autoresearch.workspace.disk import disk_full_is_an_error
 
 __all__ = ["make_report", "plot_progress", "progress_figure", "read_experiments", "render_report", "write_report"]
 
 PLOT_NAME = "progress.png"
 REPORT_NAME = "report.md"
+REPORT_AGAIN = "the ledger lost nothing: `autoresearch report` writes the report again"
 
 
 def read_experiments(workspace: Path) -> list[Experiment]:
@@ -40,6 +42,7 @@ def make_report(workspace: Path, stopped: bool = False) -> tuple[Path, Path]:
                 f"{path} is not a file (a folder, a FIFO, ...): the report cannot be written there",
                 hint=f"move it away (`mv {path} {path}.old`), then run `autoresearch report`; the ledger lost nothing",
             )
-    plot_progress(experiments, plot_path)
-    write_report(experiments, report_path, stopped)
+    with disk_full_is_an_error(f"writing {plot_path.name} and {report_path.name}", REPORT_AGAIN):
+        plot_progress(experiments, plot_path)
+        write_report(experiments, report_path, stopped)
     return plot_path, report_path

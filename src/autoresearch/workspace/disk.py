@@ -21,14 +21,20 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
 _SQLITE_IOERR, _SQLITE_CANTOPEN = 10, 14  # what opening in WAL mode can say instead, where -shm or -wal cannot grow
 ROOM = 1 << 20  # free bytes below which a failed open is taken for a full disk: a WAL ledger's -shm alone is 32 KiB
-GIT_FULL_MESSAGES = ("no space left on device", "disk quota exceeded")
+# git says so in its own words where a write of its own failed: "Out of diskspace" for an object or the index.
+GIT_FULL_MESSAGES = ("no space left on device", "disk quota exceeded", "out of diskspace")
+FEW_BLOCKS = 8  # fewer free blocks than this: a git write (an object, an index) cannot have fitted
+IN_FLIGHT = "the experiment in flight is trained again on the next start"  # what the loop's callers say
 
 
 class DiskFullError(AutoresearchError):
-    def __init__(self, what: str):
+    def __init__(self, what: str, then: str = IN_FLIGHT):
+        """`then`: what happens once space is freed, in the caller's words (only the loop has an experiment in
+        flight: `init` or `prepare` saying so sent the reader looking for one)."""
+        self.what = what
         super().__init__(
             "the disk is full: free space, then run again; nothing was lost",
-            hint=f"{what} failed for lack of space; the experiment in flight is trained again on the next start",
+            hint=f"{what} failed for lack of space; {then}",
         )
 
 
@@ -52,19 +58,35 @@ def sqlite_short_of_space(exc: BaseException, folder: Path) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None and code & 0xFF not in (_SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN):
         return False
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < ROOM
+    return no_space_left(folder, ROOM)
 
 
 @contextlib.contextmanager
-def disk_full_is_an_error(what: str) -> Iterator[None]:
-    """Turn an ENOSPC (or SQLite's "disk is full") raised inside into a `DiskFullError` naming `what`."""
+def disk_full_is_an_error(what: str, then: str | None = None) -> Iterator[None]:
+    """Turn an ENOSPC (or SQLite's "disk is full") raised inside into a `DiskFullError` naming `what`. `then`: what
+    the caller's command does once space is freed (default: the loop's words), said by a `DiskFullError` raised
+    inside (git's) too."""
     try:
         yield
+    except DiskFullError as exc:
+        if then is None:
+            raise
+        raise DiskFullError(exc.what, then) from exc.__cause__
     except (OSError, sqlite3.OperationalError) as exc:
         if is_disk_full(exc):
-            raise DiskFullError(what) from exc
+            raise DiskFullError(what, then or IN_FLIGHT) from exc
         raise
+
+
+def no_space_left(path: Path, room: int = 0) -> bool:
+    """Whether the file system holding `path` has (next to) no room left for its user: fewer free bytes than `room`
+    (default: FEW_BLOCKS blocks), or no inode. What a failed git command or SQLite open is checked against, since
+    neither always says why a write failed ("couldn't write '.../5.lock'", "disk I/O error")."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    root = os.geteuid() == 0  # root may write into the blocks (and inodes) reserved for it
+    blocks, inodes = (st.f_bfree, st.f_ffree) if root else (st.f_bavail, st.f_favail)
+    short = blocks * st.f_frsize < room if room else blocks < FEW_BLOCKS
+    return short or (st.f_files > 0 and inodes == 0)  # f_files 0: a file system without inode counts

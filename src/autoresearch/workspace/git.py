@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.files import entries, program_path
-from autoresearch.workspace.disk import GIT_FULL_MESSAGES, DiskFullError
+from autoresearch.workspace.disk import GIT_FULL_MESSAGES, DiskFullError, no_space_left
 
 IDENTITY = ("-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost")
 # No hook, no fsmonitor command and no attribute from outside the workspace (~/.config/git/attributes could give
@@ -29,6 +29,8 @@ IDENTITY = ("-c", "user.name=autoresearch", "-c", "user.email=autoresearch@local
 SAFE = (
     "-c", f"core.hooksPath={os.devnull}", "-c", "core.fsmonitor=false", "-c", f"core.attributesFile={os.devnull}",
     "-c", "gc.auto=0", "-c", "maintenance.auto=false",
+    # GIT_GRAFT_FILE (below) makes git 2.39 print four lines of advice about grafts into every error it gives
+    "-c", "advice.graftFileDeprecated=false",
 )  # fmt: skip
 # Nor does the user's own configuration (~/.gitconfig, ~/.config/git/config), which an agent can write too: a
 # filter, gpg.program with commit.gpgsign or an include there would run at every commit the loop makes.
@@ -136,7 +138,9 @@ class Git:
             ) from None
         if check and proc.returncode != 0:
             err = (proc.stderr or proc.stdout).decode(errors="replace").strip()
-            if any(m in err.lower() for m in GIT_FULL_MESSAGES):
+            # git does not always say that space ran out ("couldn't write '.../5.lock'"): the file system does
+            full = any(m in err.lower() for m in GIT_FULL_MESSAGES)
+            if full or any(no_space_left(p) for p in (self.root, self.common) if p is not None):
                 raise DiskFullError(f"git {args[0]}")
             raise GitError(f"git {' '.join(args)} failed: {err}")
         return proc.stdout

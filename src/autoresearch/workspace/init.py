@@ -21,9 +21,11 @@ from autoresearch.config.presets import Preset
 from autoresearch.errors import ConfigError
 from autoresearch.evaluator.cores import DEVICE_ENV
 from autoresearch.workspace.constants import set_constants
+from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.git import Git, program
 
 log = logging.getLogger(__name__)
+INIT_AGAIN = "what it had written is removed: run the same `autoresearch init` again (the prepared data is kept)"
 
 
 def template(name: str) -> str:
@@ -171,11 +173,14 @@ def create_workspace(
     check_init(directory, preset, budget, tag)
     created = _highest_missing(directory)
     try:
-        write_workspace_files(directory, preset, dataset, data_dir, budget)
-        branch = f"autoresearch/{tag or default_tag()}"
-        git = Git(directory)
-        git.init(branch)
-        git.commit(f"workspace: {preset.name} preset, {dataset}", "train.py", "program.md", ".gitignore", CONFIG_NAME)
+        with disk_full_is_an_error(f"writing the workspace in {directory}", INIT_AGAIN):
+            write_workspace_files(directory, preset, dataset, data_dir, budget)
+            branch = f"autoresearch/{tag or default_tag()}"
+            git = Git(directory)
+            git.init(branch)
+            git.commit(
+                f"workspace: {preset.name} preset, {dataset}", "train.py", "program.md", ".gitignore", CONFIG_NAME
+            )
     except BaseException:  # Ctrl-C too: a half-made workspace would be refused by the next init
         _undo(directory, created)
         raise
