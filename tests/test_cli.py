@@ -484,3 +484,42 @@ def test_rebuild_ledger_on_a_full_disk_says_to_run_it_again_not_that_an_experime
     err = words(capsys.readouterr().err)
     assert "error: the disk is full" in err and "experiment in flight" not in err
     assert "writing the ledger failed for lack of space; run `autoresearch rebuild-ledger` again" in err
+
+
+@pytest.mark.parametrize("data_dir", ["/nonexistent", "data"])
+def test_a_data_dir_edited_to_a_short_path_says_there_is_no_data_there_and_to_put_the_file_back(
+    data_dir: str, workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (red team): `data_dir` set to "/nonexistent" in autoresearch.json, `run` ended in a traceback:
+    FileNotFoundError, then IndexError from the hint's `Path(data_dir).parents[2]`."""
+    config = workspace.root / CONFIG_NAME
+    config.write_text(json.dumps({**json.loads(config.read_text()), "data_dir": data_dir}))
+    assert main(["run", "--plain", "--agent", "tune", "--workspace", str(workspace.root)]) == 2
+    err = words(capsys.readouterr().err)
+    assert f"error: no prepared data in {data_dir}" in err and "Traceback" not in err
+    assert "put the file back (`git checkout autoresearch.json`)" in err and "autoresearch init DIR --dataset" in err
+
+
+def test_a_full_disk_that_the_quarantine_holds_a_sizeable_share_of_names_it_and_says_it_can_go(
+    judged: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (red team): an agent's litter, set aside in .autoresearch/quarantine/, filled the disk, and the
+    loop stopped with "saving the workspace's state before the agent's turn failed for lack of space", with no word
+    of where the space had gone."""
+    from autoresearch.cli import commands
+    from autoresearch.workspace import quarantine
+    from autoresearch.workspace.disk import DiskFullError
+
+    def fills_up(*args, **kwargs) -> None:
+        raise DiskFullError("saving the workspace's state before the agent's turn")
+
+    monkeypatch.setattr(commands, "drive", fills_up)
+    monkeypatch.setattr(quarantine, "SIZEABLE_BYTES", 1_000_000, raising=False)  # 100 MB in the real world
+    monkeypatch.setattr(quarantine, "SIZEABLE_SHARE", 1.0, raising=False)
+    folder = judged.state / quarantine.FOLDER / "20261205-120000-exp7"
+    folder.mkdir(parents=True)
+    (folder / "litter.bin").write_bytes(b"x" * 1_500_000)
+    assert main(["run", "--plain", "--agent", "tune", "--workspace", str(judged.root)]) == 2
+    err = words(capsys.readouterr().err)
+    assert "error: the disk is full" in err and "before the agent's turn failed for lack of space" in err
+    assert f"{judged.state / quarantine.FOLDER} holds 2 MB of what steps set aside" in err and "then delete it" in err

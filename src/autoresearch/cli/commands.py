@@ -89,6 +89,8 @@ def run(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.loop.workers import LOCAL, placed, require_gpus
     from autoresearch.orphans import remove_left_boxes
     from autoresearch.report import make_report
+    from autoresearch.workspace import quarantine
+    from autoresearch.workspace.disk import DiskFullError
 
     for option, value in (("--max-experiments", args.max_experiments), ("--hours", args.hours)):
         if value is not None and value < 0:  # 0: finish what is in flight, start nothing new
@@ -134,6 +136,10 @@ def run(args: argparse.Namespace, console: Console) -> None:
                     drive(loop, agent, found, args)
             else:
                 drive(loop, agent, found, args)
+    except DiskFullError as exc:  # what the steps set aside may be what filled it
+        if note := quarantine.full_disk_note(loop.ws.state):
+            exc.hint = f"{exc.hint}; {note}"
+        raise
     finally:
         loop.executor.close()
         remove_left_boxes(loop.ws.state)  # what the evaluators started ahead for runs that never came

@@ -23,11 +23,36 @@ FOLDER = "quarantine"  # in the workspace's private state
 LIMIT_ENV = "AUTORESEARCH_QUARANTINE_GB"  # what the quarantine may hold, in GB (10^9 bytes)
 DEFAULT_LIMIT_GB = 2.0
 YOURS = "-yours"  # ends the name of a folder that holds a person's edit
+# What the quarantine holds past which a full disk's error names it: what an agent's litter set aside can be the
+# very thing that filled the disk (up to $AUTORESEARCH_QUARANTINE_GB), and nothing else says where it went
+SIZEABLE_BYTES = 100 * 10**6
+SIZEABLE_SHARE = 0.10  # of the file system's size
 
 
 def limit_bytes() -> int:
     """What the quarantine may hold ($AUTORESEARCH_QUARANTINE_GB); ConfigError for a value that is not a size."""
     return gigabytes(LIMIT_ENV, DEFAULT_LIMIT_GB, "the quarantine keeps", 10)
+
+
+def full_disk_note(state: Path) -> str | None:
+    """For the hint of a full disk: the quarantine, its size and that it may go, where it holds a sizeable share of
+    the disk (`SIZEABLE_BYTES`, `SIZEABLE_SHARE`); None where it does not."""
+    parent = state / FOLDER
+    if parent.is_symlink() or not parent.is_dir():
+        return None
+    used = disk_use(parent)
+    try:
+        st = os.statvfs(parent)
+        size = st.f_blocks * st.f_frsize
+    except OSError:
+        size = 0
+    if used <= SIZEABLE_BYTES and used <= SIZEABLE_SHARE * size:
+        return None
+    amount = f"{used / 1e9:.1f} GB" if used >= 1e9 else f"{used / 1e6:.0f} MB"
+    return (
+        f"{parent} holds {amount} of what steps set aside (an agent's litter, say): look at it, then delete it "
+        f"(`rm -r {parent}`), keeping any edit of yours from a folder named *{YOURS}"
+    )
 
 
 def fresh_folder(parent: Path, prefix: str) -> Path:
