@@ -50,6 +50,18 @@ def test_root_with_another_dataset_exits_2(tmp_path: Path, capsys: pytest.Captur
     assert "--root applies to --dataset python-source only" in words(capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("dataset", ["python-source", "local:{tmp}"])
+def test_shards_with_a_dataset_prepared_whole_exits_2(
+    dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (red team): `prepare --shards 5` with python-source was ignored without a word."""
+    named = dataset.format(tmp=tmp_path)
+    args = ["prepare", "--preset", "tiny", "--dataset", named, "--shards", "5", "--cache-dir", str(tmp_path / "c")]
+    assert main(args) == 2
+    assert "--shards applies to the downloaded datasets only" in words(capsys.readouterr().err)
+    assert not (tmp_path / "c").exists()
+
+
 def test_a_missing_or_unknown_subcommand_is_a_usage_error(subprocess_env: dict[str, str]) -> None:
     assert cli(env=subprocess_env).returncode == 2
     assert cli("frobnicate", env=subprocess_env).returncode == 2

@@ -37,6 +37,11 @@ def make_source(dataset: str, preset: Preset, *, root: Path | None = None, shard
     smaller = smaller_presets(preset)
     if root is not None and dataset != "python-source":
         raise ConfigError("--root applies to --dataset python-source only")
+    if shards is not None and (dataset == "python-source" or dataset.startswith("local:")):
+        raise ConfigError(  # it was ignored: the whole corpus is prepared, up to the preset's size
+            "--shards applies to the downloaded datasets only (climbmix, fineweb-edu)",
+            hint="leave it out: this dataset is prepared whole, up to the preset's size",
+        )
     if dataset == "python-source":
         from autoresearch.data.sources.python_source import PythonSource
 
