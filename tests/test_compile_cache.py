@@ -4,7 +4,9 @@ reaches the shared cache only when the loop keeps its train.py."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
+import json
 import os
 import time
 from pathlib import Path
@@ -464,3 +466,42 @@ def test_every_evaluator_marks_the_caches_in_use_and_a_limit_that_is_not_a_size_
     mark.unlink()
     assert referee.main(["--train-py", str(tmp_path / "train.py")]) == 0
     assert not old.exists() and compile_cache._held is not None
+
+
+def test_a_full_compile_cache_disk_adds_nothing_half_copied_and_the_baselines_seeds_are_recorded(
+    workspace, shared: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BROKE, fixed (red team): with the compile cache on a full disk, copying a seed's compiled files towards the
+    shared cache raised ENOSPC out of the loop as a traceback, and the seed, trained, was not recorded (it was
+    trained again on the next start). The cache is an optimisation: the loop warns once a seed and goes on, and a
+    file half copied never reaches the cache, where later runs would load it."""
+    real_open = open
+
+    class HalfWritten:
+        def __init__(self, f) -> None:
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.f.close()
+
+        def write(self, data: bytes) -> int:
+            self.f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return HalfWritten(f) if mode == "xb" else f  # the copy into the cache's disk, not the reading of the run's
+
+    monkeypatch.setattr(compile_cache, "open", full_open, raising=False)
+    events: list[str] = []
+    loop = make_loop(workspace, CompilingExecutor(lambda source: 1.0), events=events)
+    assert loop.baseline().status == Status.KEEP
+    assert json.loads(loop.ledger.get(1).runs) == [1.0, 1.0, 1.0]
+    warned = [e for e in events if "compile cache" in e and "is full" in e]
+    assert len(warned) == 3, events  # one line a seed
+    assert not [p for p in compile_cache.shared_root().iterdir() if p.name.startswith(".")]  # no half copies left
+    assert not list(shared["TORCHINDUCTOR_CACHE_DIR"].glob("lr*"))
+    assert not list(workspace.state.glob(f"runs/*/{compile_cache.STAGED}"))

@@ -40,13 +40,14 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 
 from autoresearch.config.paths import cache_root
 from autoresearch.config.sizes import gigabytes
 from autoresearch.errors import AutoresearchError
 from autoresearch.files import BLOCK, remove_tree
+from autoresearch.workspace.disk import is_disk_full
 
 MODE_ENV = "AUTORESEARCH_COMPILE_CACHE"  # "run": no shared cache; every run compiles from scratch
 CACHES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}  # variable -> subdirectory
@@ -176,16 +177,27 @@ def vouch(staged: Path, compiled: str | None) -> None:
         _vouched[str(staged.absolute())] = compiled or ""
 
 
-def settle(staged: Iterable[Path], keep: bool) -> int:
+def settle(staged: Iterable[Path], keep: bool, warn: Callable[[str], None] | None = None) -> int:
     """Add the runs' compiled files to the shared caches (`keep`) where they are still what the run's result
     vouched for (`vouch`; after a restart nothing is), or not; either way delete them. Returns how many files were
-    added. A file the shared cache has already stays as it is."""
+    added. A file the shared cache has already stays as it is. The cache is an optimisation: where its disk is full,
+    what is left to add is not added (`warn` is told, once), and the run's result is recorded all the same."""
     added = 0
     for run in staged:
         with _vouched_lock:
             vouched = _vouched.pop(str(run.absolute()), "")
         if keep and vouched:
-            added += _add(run, vouched)
+            try:
+                added += _add(run, vouched)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                if warn is not None:
+                    warn(
+                        f"the disk of the shared compile cache ({shared_root()}) is full: what this run compiled "
+                        "is not added to it (later runs compile it again)"
+                    )
+                    warn = None
         with contextlib.suppress(OSError):
             remove_tree(run)
     return added
@@ -196,7 +208,8 @@ def _add(run: Path, vouched: str) -> int:
     workspace's state, where an agent whose turn overlaps the verdict can write at any moment: a file checked there
     and then moved could be another by then (or reached through a link made meanwhile). So they are copied first into
     a folder of the loop's own, beside the shared caches (out of an agent's reach: agents/namespace.py), and it is
-    the copies that are checked and moved."""
+    the copies that are checked and moved. Only a whole file is ever moved in (os.replace), so a disk that fills
+    (ENOSPC, raised to the caller) leaves half a copy in that private folder alone, which goes with it."""
     root = shared_root()
     root.mkdir(parents=True, exist_ok=True)
     private = Path(tempfile.mkdtemp(prefix=".settling-", dir=root))

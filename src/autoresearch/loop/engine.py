@@ -446,7 +446,8 @@ class ResearchLoop(Asking, Recovery):
         """What `exp`'s runs (or its run `run` alone) compiled joins the shared compile cache if it is kept; is
         deleted otherwise."""
         runs = "*" if run is None else str(run)
-        compile_cache.settle(self.ws.state.glob(f"runs/{exp.id}-{runs}/{compile_cache.STAGED}"), keep)
+        staged = self.ws.state.glob(f"runs/{exp.id}-{runs}/{compile_cache.STAGED}")
+        compile_cache.settle(staged, keep, warn=self.reporter.message)  # a full cache disk costs only compiling again
 
     def _apply_git(self, exp: Experiment) -> None:
         """Git after a verdict: a kept experiment becomes the branch; a discarded one is kept under a ref and,
