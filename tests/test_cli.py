@@ -470,9 +470,9 @@ def test_init_on_a_full_disk_says_so_removes_what_it_wrote_and_speaks_of_no_expe
         return written(path, text, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", fills_up)
-    if at == "git":  # git fails without saying why; the file system tells (`no_space_left`)
+    if at == "git":  # git fails without saying why; the file system tells (`nearly_full`)
         monkeypatch.setattr(git.Git, "init", lambda self, branch: self("init", "--no-such-option"))
-        monkeypatch.setattr(git, "no_space_left", lambda path: True)
+        monkeypatch.setattr(git, "nearly_full", lambda path: True)
     ws = tmp_path / "ws"
     assert main(["init", str(ws), "--preset", "tiny", "--dataset", "python-source", "--root", str(corpus_dir)]) == 2
     err = words(capsys.readouterr().err)

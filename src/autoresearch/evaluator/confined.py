@@ -31,6 +31,7 @@ import psutil
 from autoresearch.evaluator import joining, memory, sandbox, syscalls, tasks
 from autoresearch.evaluator.run_group import RunGroup
 from autoresearch.wire import CHANNEL_ENV, Channel
+from autoresearch.workspace.disk import is_disk_full
 
 LOG_LIMIT = 32 * 2**20  # bytes of output kept per run: a train.py that prints without end cannot fill the disk
 EARLY_OUTPUT_LIMIT = 2**20  # output kept before the run's log file is known
@@ -47,6 +48,7 @@ class Output:
         self._early = bytearray()
         self._written = 0
         self._tail = b""  # the last bytes of output, for the reason of a crash
+        self.disk_full = False  # a write to the log failed for lack of space: what follows is not kept
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._pump, daemon=True, name="experiment-output")
         self._thread.start()
@@ -86,11 +88,16 @@ class Output:
     def _write(self, chunk: bytes) -> None:
         assert self._sink is not None
         room = LOG_LIMIT - self._written
-        if room > 0:
-            self._sink.write(chunk[:room])
-            if len(chunk) > room:
-                self._sink.write(f"\n[output past {LOG_LIMIT // 2**20} MiB dropped]\n".encode())
-            self._sink.flush()
+        if room > 0 and not self.disk_full:
+            try:
+                self._sink.write(chunk[:room])
+                if len(chunk) > room:
+                    self._sink.write(f"\n[output past {LOG_LIMIT // 2**20} MiB dropped]\n".encode())
+                self._sink.flush()
+            except OSError as exc:  # the output is still read, or train.py would block on a full pipe
+                if not is_disk_full(exc):
+                    raise
+                self.disk_full = True  # the referee stops the run's recording (Referee.run)
         self._written += len(chunk)
 
 

@@ -14,13 +14,16 @@ text itself, which no file read later could replace, and the key that seals the 
 may begin. Started with `--train-py PATH` it runs that file now, the output on this terminal: what
 `python train.py` becomes.
 Exit status: 0 scored (the result says whether it is valid), 3 the experiment crashed or broke the
-protocol (the result says why), 2 cannot run at all.
+protocol (the result says why), 2 cannot run at all, 4 the disk is full (a write of this process's failed for lack
+of space, or the experiment crashed with its disk full), not by the run's own files: no result, and the loop stops.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -61,9 +64,16 @@ from autoresearch.evaluator.score import (
     score_rows,
 )
 from autoresearch.evaluator.session import Session, Timeline
+from autoresearch.files import remove_tree
 from autoresearch.orphans import owned_box, remove_box
+from autoresearch.workspace.disk import bytes_under, is_disk_full, nearly_full
 
 CRASHED = 3
+DISK_FULL = 4
+# What a run may leave on the real disk, in its box and in what it compiled, before a full disk is taken for its own
+# doing (a crash of its own) rather than the machine's (the loop stops, and trains it again once there is room): as
+# much as the loop keeps of what a run compiled, far more than an honest run writes (~60 MB a model shape).
+OWN_FILES_CAP = compile_cache.MAX_STAGED_BYTES
 ENDING_S = 2.0  # how long a train.py whose channel closed is given to end by itself: its own exit code is news
 
 
@@ -201,16 +211,48 @@ class Referee:
                 self.experiment.output.note(start_up)
             compiled = compile_cache.harvest(self.box, staged) if staged else ""
             self.session.write_progress(EVALUATING)
+            if self.experiment.output.disk_full:  # its log lost lines: the run is not recorded without them
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "the run's log")
             result, crashed = self._judge(broken, code if ended else None)
+            # A crash on a full disk (Inductor's cache writes failing in train.py, say) is the disk's, not train.py's.
+            # Decided by what this process sees of the disk, never by what train.py printed.
+            if crashed and nearly_full(result_path.parent):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(result_path.parent))
             result = dataclasses.replace(result, compiled=compiled)
             result.save(result_path, key)
             if progress_path:
                 progress_path.unlink(missing_ok=True)
             self.experiment.output.note(result.summary())
             return CRASHED if crashed else 0
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            return self._out_of_space(result_path, key, staged)
         finally:
             self.experiment.stop()
             remove_box(self.box)
+
+    def _out_of_space(self, result_path: Path, key: str | None, staged: Path | None) -> int:
+        """The disk filled during the run. Where the run's own files (its box, what it compiled) take more than
+        OWN_FILES_CAP, it filled the disk itself: they are deleted and it is a crash of its own, or a train.py could
+        stop the loop at will. Else DISK_FULL: the loop stops, and trains the experiment again on its next start."""
+        self.experiment.stop()
+        own = bytes_under(self.box, OWN_FILES_CAP) + (bytes_under(staged, OWN_FILES_CAP) if staged else 0)
+        if own <= OWN_FILES_CAP:
+            print(f"error: the disk is full ({result_path.parent})", file=sys.stderr)
+            return DISK_FULL
+        remove_box(self.box)
+        if staged:
+            with contextlib.suppress(OSError):
+                remove_tree(staged)
+        why = f"the run filled the disk: its own files took more than {OWN_FILES_CAP / 2**30:g} GiB"
+        try:
+            self._result(None, why).save(result_path, key)
+        except OSError as exc:  # still full: someone else's files too; the loop sees it (LocalExecutor.run)
+            if is_disk_full(exc):
+                return DISK_FULL
+            raise
+        return CRASHED
 
     # -- the verdict ----------------------------------------------------------------------------
 
@@ -394,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _serve(args, own_group)
+    except OSError as exc:  # a write of this process's own, before or after a run (its box, the caches' folders)
+        if not is_disk_full(exc):
+            raise
+        print(f"error: the disk is full: {exc}", file=sys.stderr)
+        return DISK_FULL
     finally:  # by hand: no loop removes the group once this process has ended
         if args.train_py and own_group is not None:
             own_group.leave()

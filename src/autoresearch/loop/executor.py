@@ -32,12 +32,14 @@ from typing import Protocol
 import psutil
 
 from autoresearch.evaluator import memory, run_group
+from autoresearch.evaluator.compile_cache import STAGED
 from autoresearch.evaluator.confined import FORK_ENV, kill_tree
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, ForgedResult, Result
 from autoresearch.evaluator.sandbox import evaluator_env, module_command
-from autoresearch.files import clear, make_folder, write_text_atomic
+from autoresearch.files import clear, make_folder, remove_tree, write_text_atomic
 from autoresearch.orphans import marked, reap, write_pid_file
 from autoresearch.vocabulary import RunEnd
+from autoresearch.workspace.disk import DiskFullError, nearly_full
 
 LOG_TAIL_CHARS = 4000
 PREWARM_ENV = "AUTORESEARCH_PREWARM"  # "0": start each run's processes only when it begins
@@ -51,6 +53,9 @@ EXPERIMENT_CRASHED = 3  # the evaluator's exit code when the experiment crashed 
 # Its exit code when it could not set a run up (no config, damaged or missing data: an error of ours, printed as
 # "error: ..." and "  hint: ..." before train.py was given a line to run): no fault of the experiment's.
 SETUP_FAILED = 2
+# Its exit code when the disk filled, not by the run's own files (evaluator/referee.py): the loop stops (DiskFullError)
+# and the experiment, still in flight, is trained again on the next start.
+DISK_FULL = 4
 
 
 @dataclass(frozen=True)
@@ -160,11 +165,16 @@ class LocalExecutor:
         if killed:
             why = f"the run went past its share of memory ({memory.MEMORY_ENV}), its evaluator with it; killed"
             return Outcome(RunEnd.CRASH, None, why, tail(log_path), seconds)
+        if code == DISK_FULL:
+            raise DiskFullError("a training run (its evaluator's writes)")
         try:
             result = read_result(result_path, key)
         except ForgedResult as exc:
             return Outcome(RunEnd.CRASH, None, f"not counted: {exc}", tail(log_path), seconds)
-        return outcome_of(code, result, referee.errors(), tail(log_path), seconds, spec.fingerprint)
+        outcome = outcome_of(code, result, referee.errors(), tail(log_path), seconds, spec.fingerprint)
+        if outcome.result is None and outcome.status in (RunEnd.CRASH, RunEnd.CHANGED) and full_after(spec):
+            raise DiskFullError("a training run (its evaluator could not run)")
+        return outcome
 
     def _take(self, directory: Path) -> Referee:
         warm, self._warm = self._warm, None
@@ -229,6 +239,15 @@ def outcome_of(
     if not result.valid or result.val_bpb is None:
         return Outcome(RunEnd.INVALID, result, f"invalid result: {result.invalid_reason}", log_tail, seconds)
     return Outcome(RunEnd.OK, result, "", log_tail, seconds)
+
+
+def full_after(spec: RunSpec) -> bool:
+    """Whether the disk of the run's folder, or the workspace's, is full now that its evaluator ended without a result
+    (one that died of it writing, outside its own handling): seen by statvfs, never in text train.py wrote. What the
+    run compiled goes first, as the failed run's verdict would delete it (it is the run's, up to a GiB)."""
+    with contextlib.suppress(OSError):
+        remove_tree(spec.run_dir / STAGED)
+    return nearly_full(spec.run_dir) or nearly_full(spec.directory)
 
 
 def setup_error(errors: str) -> tuple[str, str]:

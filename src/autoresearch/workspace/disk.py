@@ -20,10 +20,12 @@ from autoresearch.errors import AutoresearchError
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
 _SQLITE_IOERR, _SQLITE_CANTOPEN = 10, 14  # what opening in WAL mode can say instead, where -shm or -wal cannot grow
-ROOM = 1 << 20  # free bytes below which a failed open is taken for a full disk: a WAL ledger's -shm alone is 32 KiB
+# Below this much room (for this user) a file system counts as full: the next write of a log line, a result, a git
+# object or a ledger row may not fit (a WAL ledger's -shm alone is 32 KiB). Looked at from outside a run
+# (`nearly_full`), never in a run's own text.
+ROOM = 1 << 20
 # git says so in its own words where a write of its own failed: "Out of diskspace" for an object or the index.
 GIT_FULL_MESSAGES = ("no space left on device", "disk quota exceeded", "out of diskspace")
-FEW_BLOCKS = 8  # fewer free blocks than this: a git write (an object, an index) cannot have fitted
 IN_FLIGHT = "the experiment in flight is trained again on the next start"  # what the loop's callers say
 
 
@@ -58,7 +60,7 @@ def sqlite_short_of_space(exc: BaseException, folder: Path) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None and code & 0xFF not in (_SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN):
         return False
-    return no_space_left(folder, ROOM)
+    return nearly_full(folder)
 
 
 @contextlib.contextmanager
@@ -78,15 +80,27 @@ def disk_full_is_an_error(what: str, then: str | None = None) -> Iterator[None]:
         raise
 
 
-def no_space_left(path: Path, room: int = 0) -> bool:
-    """Whether the file system holding `path` has (next to) no room left for its user: fewer free bytes than `room`
-    (default: FEW_BLOCKS blocks), or no inode. What a failed git command or SQLite open is checked against, since
-    neither always says why a write failed ("couldn't write '.../5.lock'", "disk I/O error")."""
+def nearly_full(path: Path) -> bool:
+    """Whether the file system holding `path` has (almost) no room left for this user: under ROOM, or no free inode;
+    False where that cannot be told (`path` gone). What a failed git command, SQLite open or evaluator is checked
+    against, since none always says why a write failed ("couldn't write '.../5.lock'", "disk I/O error")."""
     try:
         st = os.statvfs(path)
     except OSError:
         return False
     root = os.geteuid() == 0  # root may write into the blocks (and inodes) reserved for it
     blocks, inodes = (st.f_bfree, st.f_ffree) if root else (st.f_bavail, st.f_favail)
-    short = blocks * st.f_frsize < room if room else blocks < FEW_BLOCKS
-    return short or (st.f_files > 0 and inodes == 0)  # f_files 0: a file system without inode counts
+    return blocks * st.f_frsize < ROOM or (st.f_files > 0 and inodes == 0)  # f_files 0: no inode counts kept
+
+
+def bytes_under(top: Path, most: int) -> int:
+    """The disk space the files under `top` take (st_blocks, links not followed), counting stops once past `most`:
+    a tree a run made may hold millions of files."""
+    total = 0
+    for directory, _, files in os.walk(top):
+        for name in [directory, *(os.path.join(directory, f) for f in files)]:
+            with contextlib.suppress(OSError):
+                total += os.lstat(name).st_blocks * 512
+            if total > most:
+                return total
+    return total

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.files import entries, program_path
-from autoresearch.workspace.disk import GIT_FULL_MESSAGES, DiskFullError, no_space_left
+from autoresearch.workspace.disk import GIT_FULL_MESSAGES, DiskFullError, nearly_full
 
 IDENTITY = ("-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost")
 # No hook, no fsmonitor command and no attribute from outside the workspace (~/.config/git/attributes could give
@@ -140,7 +140,7 @@ class Git:
             err = (proc.stderr or proc.stdout).decode(errors="replace").strip()
             # git does not always say that space ran out ("couldn't write '.../5.lock'"): the file system does
             full = any(m in err.lower() for m in GIT_FULL_MESSAGES)
-            if full or any(no_space_left(p) for p in (self.root, self.common) if p is not None):
+            if full or any(nearly_full(p) for p in (self.root, self.common) if p is not None):
                 raise DiskFullError(f"git {args[0]}")
             raise GitError(f"git {' '.join(args)} failed: {err}")
         return proc.stdout

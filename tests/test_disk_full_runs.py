@@ -1,0 +1,160 @@
+"""A disk that fills while a run trains stops the loop with the disk-full error, the experiment left in flight to be
+trained again; it is never recorded as the experiment's own crash. What decides is what the loop and the evaluator see
+of the disk (statvfs, their own writes failing), never text train.py printed; and a run that fills the disk with its
+own files is a crash of its own, or any train.py could stop the night at will."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from autoresearch.evaluator import referee as referee_module
+from autoresearch.evaluator.confined import Output
+from autoresearch.evaluator.referee import CRASHED, DISK_FULL, Referee
+from autoresearch.loop.executor import DISK_FULL as LOOP_DISK_FULL
+from autoresearch.loop.executor import LocalExecutor, RunSpec
+from autoresearch.vocabulary import RunEnd
+from autoresearch.workspace import disk
+from autoresearch.workspace.disk import DiskFullError
+
+TRACEBACK = "Traceback (most recent call last):\nOSError: [Errno 28] No space left on device"
+
+
+def statvfs_with(monkeypatch: pytest.MonkeyPatch, free_bytes: int) -> None:
+    """Every file system has `free_bytes` left for this user (inodes to spare)."""
+    real = os.statvfs
+
+    class Full:
+        def __init__(self, st) -> None:
+            self.f_frsize, self.f_bavail = 4096, free_bytes // 4096
+            self.f_bfree = self.f_bavail  # root's, the blocks reserved for it among them
+            self.f_files, self.f_favail = st.f_files, max(st.f_favail, 1)
+            self.f_ffree = self.f_favail
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full(real(path)))
+
+
+def run_with_evaluator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, says: str):
+    """LocalExecutor.run with an evaluator that prints `says` and exits with `code` (started as a new process, as
+    after the fork server failed); what it returns."""
+    monkeypatch.setenv("AUTORESEARCH_FORK_SERVER", "0")
+    evaluator = tmp_path / "evaluator"
+    evaluator.write_text(f"#!/bin/sh\nread job\nprintf '%s\\n' '{says}' >&2\nexit {code}\n")
+    evaluator.chmod(0o755)
+    (tmp_path / "train.py").write_text("print('trained')\n")
+    (tmp_path / "state").mkdir()
+    executor = LocalExecutor(python=str(evaluator), prewarm=False)
+    try:
+        return executor.run(RunSpec(tmp_path, tmp_path / "state" / "runs" / "2-0", timeout=5, fingerprint=""))
+    finally:
+        executor.close()
+
+
+def test_the_evaluators_own_disk_full_stops_the_loop_whatever_the_disk_says_after(tmp_path, monkeypatch):
+    """BROKE, fixed (red team): the evaluator's write of the run's progress or result failing with ENOSPC made it
+    exit as an error, which the loop recorded as the experiment's crash, for good (or, with the fork server, as an
+    apparatus changed: "make a new workspace"). Its own write failing is its exit code DISK_FULL now: the loop stops."""
+    assert LOOP_DISK_FULL == DISK_FULL
+    with pytest.raises(DiskFullError, match="the disk is full: free space, then run again; nothing was lost"):
+        run_with_evaluator(tmp_path, monkeypatch, DISK_FULL, "error: the disk is full")
+
+
+@pytest.mark.parametrize("code", [1, 2], ids=["evaluator-traceback", "fork-server-setup-failed"])
+def test_an_evaluator_that_died_on_a_full_disk_stops_the_loop_not_records_a_crash(tmp_path, monkeypatch, code):
+    """BROKE, fixed (red team): an evaluator that died of a full disk (a traceback: exit 1 started anew, exit 2 forked,
+    taken for "could not set up") was a CRASH of the experiment's, or stopped the loop with advice to make a new
+    workspace. The loop looks at the disk itself once an evaluator ended without a result: full, it stops so."""
+    statvfs_with(monkeypatch, 0)
+    with pytest.raises(DiskFullError, match="the disk is full"):
+        run_with_evaluator(tmp_path, monkeypatch, code, TRACEBACK)
+
+
+def test_a_run_that_only_says_the_disk_is_full_is_its_own_crash(tmp_path, monkeypatch):
+    """What the run printed decides nothing: with room on the disk, the same failure is recorded as it was."""
+    statvfs_with(monkeypatch, 10 * 2**30)
+    outcome = run_with_evaluator(tmp_path, monkeypatch, 1, TRACEBACK)
+    assert outcome.status == RunEnd.CRASH and "No space left on device" in outcome.reason
+
+
+def test_a_nearly_full_disk_is_one_with_under_a_mebibyte_or_no_inode_left(tmp_path, monkeypatch):
+    statvfs_with(monkeypatch, 2 * disk.ROOM)
+    assert not disk.nearly_full(tmp_path)
+    statvfs_with(monkeypatch, disk.ROOM // 2)
+    assert disk.nearly_full(tmp_path)
+    assert not disk.nearly_full(tmp_path / "gone")  # cannot be told: not full
+
+
+def test_the_runs_output_is_still_read_when_its_log_cannot_be_written(tmp_path):
+    """BROKE, fixed: its log's writes failing with ENOSPC stopped the thread that reads the run's output: train.py
+    then blocked on a full pipe until the hard timeout. The output is read on, and the referee is told (it stops the
+    loop)."""
+    read, write = os.pipe()
+
+    class FullLog:
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self) -> None:
+            pass
+
+    def train_py() -> None:
+        with os.fdopen(write, "wb") as sink:
+            sink.write(b"x" * (1 << 20) + b"\nlast line\n")  # past a pipe's buffer: blocks if nobody reads
+
+    output = Output(os.fdopen(read, "rb"))
+    output.attach(FullLog())
+    printing = threading.Thread(target=train_py, daemon=True)
+    printing.start()
+    printing.join(timeout=5)
+    assert not printing.is_alive(), "train.py blocked on its output"
+    output.finish(timeout=5)
+    assert output.disk_full and output.last_line() == "last line"
+
+
+class StoppedExperiment:
+    def stop(self) -> None:
+        pass
+
+
+def referee_of(box: Path, monkeypatch: pytest.MonkeyPatch) -> Referee:
+    """A referee as one is when the disk filled during its run; its result, if it writes one, says why."""
+    referee = object.__new__(Referee)
+    referee.box, referee.experiment = box, StoppedExperiment()
+    monkeypatch.setattr(Referee, "_result", lambda self, bpb, why: Reason(why))
+    return referee
+
+
+class Reason:
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def save(self, path: Path, key: str | None) -> None:
+        path.write_text(self.why)
+
+
+def test_a_disk_full_not_of_the_runs_making_ends_the_evaluator_with_disk_full(tmp_path, monkeypatch):
+    box = tmp_path / "box"
+    (box / ".compile").mkdir(parents=True)
+    (box / ".compile" / "kernel").write_bytes(b"k" * 4096)  # what an honest run compiled
+    result = tmp_path / "result.json"
+    assert referee_of(box, monkeypatch)._out_of_space(result, None, tmp_path / "compile") == DISK_FULL
+    assert not result.exists() and box.exists()  # (the box goes as every run's does)
+
+
+def test_a_run_that_fills_the_disk_with_its_own_files_is_a_crash_of_its_own_and_they_are_deleted(tmp_path, monkeypatch):
+    """A train.py that filled the disk through its box on purpose would stop the loop at every start: what it wrote
+    itself past OWN_FILES_CAP makes the full disk its doing."""
+    monkeypatch.setattr(referee_module, "OWN_FILES_CAP", 64 * 1024)
+    box, staged = tmp_path / "box", tmp_path / "compile"
+    box.mkdir()
+    staged.mkdir()
+    (box / "filler").write_bytes(os.urandom(48 * 1024))
+    (staged / "kernel").write_bytes(os.urandom(48 * 1024))  # moved out of its box: still its own
+    result = tmp_path / "result.json"
+    assert referee_of(box, monkeypatch)._out_of_space(result, None, staged) == CRASHED
+    assert result.read_text().startswith("the run filled the disk")
+    assert not box.exists() and not staged.exists()
