@@ -158,3 +158,25 @@ def test_a_run_that_fills_the_disk_with_its_own_files_is_a_crash_of_its_own_and_
     assert referee_of(box, monkeypatch)._out_of_space(result, None, staged) == CRASHED
     assert result.read_text().startswith("the run filled the disk")
     assert not box.exists() and not staged.exists()
+
+
+def test_a_run_that_hides_its_files_past_path_max_is_still_held_to_them(tmp_path, monkeypatch):
+    """A walk with os.walk, as first written, lists nothing past PATH_MAX nor in a folder it cannot read: a run that
+    filled the disk from a tree deeper than that passed for one the disk filled around."""
+    monkeypatch.setattr(referee_module, "OWN_FILES_CAP", 64 * 1024)
+    box = tmp_path / "box"
+    box.mkdir()
+    fd = os.open(box, os.O_RDONLY)
+    try:
+        for _ in range(40):  # 40 x 200 characters: past PATH_MAX (4096)
+            os.mkdir("d" * 200, dir_fd=fd)
+            inner = os.open("d" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        with open(os.open("filler", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd), "wb") as filler:
+            filler.write(os.urandom(96 * 1024))
+    finally:
+        os.close(fd)
+    result = tmp_path / "result.json"
+    assert referee_of(box, monkeypatch)._out_of_space(result, None, None) == CRASHED
+    assert not box.exists()

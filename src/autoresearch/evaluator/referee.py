@@ -64,9 +64,9 @@ from autoresearch.evaluator.score import (
     score_rows,
 )
 from autoresearch.evaluator.session import Session, Timeline
-from autoresearch.files import remove_tree
+from autoresearch.files import disk_use, remove_tree
 from autoresearch.orphans import owned_box, remove_box
-from autoresearch.workspace.disk import bytes_under, is_disk_full, nearly_full
+from autoresearch.workspace.disk import is_disk_full, nearly_full
 
 CRASHED = 3
 DISK_FULL = 4
@@ -237,7 +237,7 @@ class Referee:
         OWN_FILES_CAP, it filled the disk itself: they are deleted and it is a crash of its own, or a train.py could
         stop the loop at will. Else DISK_FULL: the loop stops, and trains the experiment again on its next start."""
         self.experiment.stop()
-        own = bytes_under(self.box, OWN_FILES_CAP) + (bytes_under(staged, OWN_FILES_CAP) if staged else 0)
+        own = disk_use(self.box) + (disk_use(staged) if staged else 0)  # a walk no depth or mode hides a file from
         if own <= OWN_FILES_CAP:
             print(f"error: the disk is full ({result_path.parent})", file=sys.stderr)
             return DISK_FULL

@@ -91,16 +91,3 @@ def nearly_full(path: Path) -> bool:
     root = os.geteuid() == 0  # root may write into the blocks (and inodes) reserved for it
     blocks, inodes = (st.f_bfree, st.f_ffree) if root else (st.f_bavail, st.f_favail)
     return blocks * st.f_frsize < ROOM or (st.f_files > 0 and inodes == 0)  # f_files 0: no inode counts kept
-
-
-def bytes_under(top: Path, most: int) -> int:
-    """The disk space the files under `top` take (st_blocks, links not followed), counting stops once past `most`:
-    a tree a run made may hold millions of files."""
-    total = 0
-    for directory, _, files in os.walk(top):
-        for name in [directory, *(os.path.join(directory, f) for f in files)]:
-            with contextlib.suppress(OSError):
-                total += os.lstat(name).st_blocks * 512
-            if total > most:
-                return total
-    return total
