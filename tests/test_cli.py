@@ -535,3 +535,19 @@ def test_a_full_disk_that_the_quarantine_holds_a_sizeable_share_of_names_it_and_
     err = words(capsys.readouterr().err)
     assert "error: the disk is full" in err and "before the agent's turn failed for lack of space" in err
     assert f"{judged.state / quarantine.FOLDER} holds 2 MB of what steps set aside" in err and "then delete it" in err
+
+
+def test_a_switch_set_to_a_value_it_does_not_know_is_warned_of(
+    workspace: Workspace, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (red team): `AUTORESEARCH_COMPILE_CACHE=off`, meant as `run` (no shared compile cache, a channel
+    between runs closed), was taken as unset without a word; so were `AUTORESEARCH_SANDBOX=maybe` and the others."""
+    monkeypatch.setenv("AUTORESEARCH_COMPILE_CACHE", "off")
+    monkeypatch.setenv("AUTORESEARCH_PREWARM", "0")  # known: no warning
+    monkeypatch.setenv("AUTORESEARCH_SANDBOX", "On")  # known, whatever its case
+    args = ["run", "--agent", "tune", "--max-experiments", "0", "--plain", "--workspace", str(workspace.root)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    said = words(captured.out + captured.err)
+    assert "warning: $AUTORESEARCH_COMPILE_CACHE is 'off', which it does not know: taken as unset ('run'" in said
+    assert "AUTORESEARCH_PREWARM" not in said and "AUTORESEARCH_SANDBOX" not in said

@@ -48,6 +48,7 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
 
     if args.baseline_runs < 2:
         raise AutoresearchError("--baseline-runs must be at least 2: one run cannot measure the noise")
+    from autoresearch import switches
     from autoresearch.evaluator import compile_cache, cores, memory, sandbox, tasks
 
     cores.check_device_settings()  # a bad $AUTORESEARCH_DEVICE or $AUTORESEARCH_PEAK_FLOPS: said now, not by each run
@@ -64,6 +65,8 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
     except BaseException:  # refused (a bad --timeout, a ledger it cannot trust): nothing of it left running
         executor.close(wait=0)  # it is still importing: nothing of it is worth waiting for
         raise
+    for warning in switches.unknown():
+        reporter.message(f"warning: {warning}")
     if why := sandbox.unavailable_reason():
         reporter.message(
             f"warning: train.py runs unconfined here ({why}). Its score is still computed outside it and the "

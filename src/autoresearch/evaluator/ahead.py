@@ -20,10 +20,11 @@ import threading
 
 import torch
 
+from autoresearch import switches
 from autoresearch.device import autocast
 from autoresearch.evaluator.program import Program, ShapeCompiled
 
-SWITCH_ENV = "AUTORESEARCH_COMPILE_AHEAD"  # "0": load and compile the graph only once training is over
+SWITCH_ENV = switches.COMPILE_AHEAD
 WAIT_S = 120.0  # how long the evaluation waits for an unfinished compile before it loads the graph itself
 
 

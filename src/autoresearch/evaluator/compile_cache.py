@@ -43,13 +43,14 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 
+from autoresearch import switches
 from autoresearch.config.paths import cache_root
 from autoresearch.config.sizes import gigabytes
 from autoresearch.errors import AutoresearchError
 from autoresearch.files import BLOCK, remove_tree
 from autoresearch.workspace.disk import is_disk_full
 
-MODE_ENV = "AUTORESEARCH_COMPILE_CACHE"  # "run": no shared cache; every run compiles from scratch
+MODE_ENV = switches.COMPILE_CACHE
 CACHES = {"TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}  # variable -> subdirectory
 LAYER = ".compile"  # in the box
 STAGED = "compile"  # in the run's directory, beside its result

@@ -28,6 +28,7 @@ from typing import BinaryIO, NoReturn
 
 import psutil
 
+from autoresearch import switches
 from autoresearch.evaluator import joining, memory, sandbox, syscalls, tasks
 from autoresearch.evaluator.run_group import RunGroup
 from autoresearch.wire import CHANNEL_ENV, Channel
@@ -36,7 +37,7 @@ from autoresearch.workspace.disk import is_disk_full
 LOG_LIMIT = 32 * 2**20  # bytes of output kept per run: a train.py that prints without end cannot fill the disk
 EARLY_OUTPUT_LIMIT = 2**20  # output kept before the run's log file is known
 PR_SET_CHILD_SUBREAPER = 36
-FORK_ENV = "AUTORESEARCH_FORK_SERVER"  # "0": start every experiment as a new process instead of forking it
+FORK_ENV = switches.FORK_SERVER
 
 
 class Output:

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoresearch import switches
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import shown as shown_paths
 from autoresearch.evaluator.cores import runs_train_on_cpu
@@ -54,7 +55,7 @@ SYSTEM_SECRET_FILES = ("/etc/shadow", "/etc/gshadow")
 # The session and system buses' sockets: through them a run could have work started outside its sandbox.
 SYSTEM_SOCKET_DIRS = ("/run/user", "/run/dbus")
 _PRIVATE_TMP = Path("/tmp")
-SWITCH_ENV = "AUTORESEARCH_SANDBOX"  # "off": run train.py unconfined (say, where bwrap misbehaves); the loop warns
+SWITCH_ENV = switches.SANDBOX
 BWRAP_ENV = "AUTORESEARCH_BWRAP"  # bubblewrap's path, as the loop found it (`bwrap`): set in `evaluator_env`
 _HINT = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) and allow "

@@ -31,6 +31,7 @@ from typing import Protocol
 
 import psutil
 
+from autoresearch import switches
 from autoresearch.evaluator import memory, run_group
 from autoresearch.evaluator.compile_cache import STAGED
 from autoresearch.evaluator.confined import FORK_ENV, kill_tree
@@ -42,7 +43,7 @@ from autoresearch.vocabulary import RunEnd
 from autoresearch.workspace.disk import DiskFullError, nearly_full
 
 LOG_TAIL_CHARS = 4000
-PREWARM_ENV = "AUTORESEARCH_PREWARM"  # "0": start each run's processes only when it begins
+PREWARM_ENV = switches.PREWARM
 # On Ctrl-C and at close, what is killed (SIGKILL, whole process groups) is waited for this long at most: the
 # loop must be gone within seconds, and whatever it leaves is already dead and reaped by its parent or init.
 STOP_WAIT_S = 1.0
