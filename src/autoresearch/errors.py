@@ -21,3 +21,7 @@ class ConfigError(AutoresearchError):
 
 class DataError(AutoresearchError):
     """Data is missing, corrupt or unreachable."""
+
+
+class LedgerError(AutoresearchError):
+    """The ledger or results.tsv cannot be read, or cannot be trusted."""

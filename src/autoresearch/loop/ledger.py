@@ -31,12 +31,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from autoresearch.errors import AutoresearchError
-from autoresearch.files import read_regular, write_text_atomic
+from autoresearch.errors import LedgerError
+from autoresearch.loop import results_tsv
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 from autoresearch.workspace.disk import DiskFullError, disk_full_is_an_error, sqlite_short_of_space
-
-TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
 
 
 @dataclass
@@ -106,41 +104,10 @@ REBUILD_HINT = (
 LedgerState = tuple[list[tuple], tuple[int, int] | None, dict[int, str]]
 
 
-class LedgerError(AutoresearchError):
-    pass
-
-
-TSV_LIMIT = 1 << 30  # a results.tsv line is about 100 bytes: ten million experiments
-
-
-def _not_a_tsv(message: str) -> LedgerError:
-    return LedgerError(
-        message,
-        hint="move it away (e.g. `mv results.tsv results.tsv.away`) and run the command again: nothing is lost, the "
-        "loop writes results.tsv anew from its ledger (and `autoresearch rebuild-ledger` remakes a lost ledger from "
-        "git and the runs' results)",
-    )
-
-
-def read_tsv(workspace: Path) -> str:
-    """results.tsv's text, "" where there is none; bytes that are no UTF-8 read as U+FFFD. LedgerError for what
-    cannot be read as a file: a folder, or a FIFO (which a read would wait on for ever)."""
-    path = workspace / "results.tsv"
-    try:
-        data = read_regular(path, TSV_LIMIT)
-    except FileNotFoundError:
-        return ""
-    except OSError as exc:
-        raise _not_a_tsv(f"cannot read {path}: {exc.strerror} (a folder or a FIFO is in its place)") from None
-    except ValueError:
-        raise _not_a_tsv(f"cannot read {path}: it is over {TSV_LIMIT >> 20} MiB") from None
-    return data.decode(errors="replace")
-
-
 def has_history(workspace: Path) -> bool:
     """Whether the workspace ran experiments: results.tsv lists one, or a run's folder is left (results.tsv
     deleted with the ledger). Without its ledger, a start from experiment 1 would reuse their ids."""
-    if len(read_tsv(workspace).splitlines()) > 1:
+    if len(results_tsv.read(workspace).splitlines()) > 1:
         return True
     runs = workspace / ".autoresearch" / "runs"
     return any(re.fullmatch(r"\d+-\d+", path.name) for path in runs.iterdir()) if runs.is_dir() else False
@@ -190,10 +157,9 @@ class Ledger:
         next write of results.tsv would drop those lines for good (red team: `run` cut it from 7 lines to 2, then
         said to reset the branch off kept experiments)."""
         try:
-            lines = read_tsv(self.workspace).splitlines()[1:]
+            listed = results_tsv.listed(self.workspace)
         except LedgerError:  # no file to read: writing it says so
             return
-        listed = sum(1 for line in lines if _loop_line(line))
         count = self._db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
         if listed > count:
             raise LedgerError(
@@ -468,25 +434,7 @@ class Ledger:
 
     def write_tsv(self) -> None:
         """Rewrite results.tsv from the database (atomically), one line per finished experiment."""
-        lines = [TSV_HEADER]
-        for exp in self.all():
-            if exp.status in IN_FLIGHT:
-                continue
-            bpb = f"{exp.val_bpb:.6f}" if exp.val_bpb is not None else "0.000000"
-            mem = f"{exp.memory_gb:.1f}" if exp.memory_gb is not None else "0.0"
-            desc = " ".join(exp.description.split())
-            lines.append(f"{(exp.commit or '')[:7]}\t{bpb}\t{mem}\t{exp.status}\t{desc}\n")
-        tsv = self.workspace / "results.tsv"
-        if tsv.is_dir() and not tsv.is_symlink():  # a file cannot replace it; a FIFO or a link is replaced
-            raise _not_a_tsv(f"cannot write {tsv}: a folder is in its place")
-        with disk_full_is_an_error("writing results.tsv"):
-            write_text_atomic(self.workspace / "results.tsv", "".join(lines), self.workspace / "results.tsv.tmp")
-
-
-def _loop_line(line: str) -> bool:
-    """Whether a results.tsv line is one the loop writes (a finished experiment), not one pasted in."""
-    fields = line.split("\t")
-    return len(fields) == 5 and fields[3] in (Status.KEEP, Status.DISCARD, Status.CRASH)
+        results_tsv.write(self.workspace, self.all())
 
 
 def _digest(row: tuple) -> str:

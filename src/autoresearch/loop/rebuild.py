@@ -28,10 +28,11 @@ import time
 from pathlib import Path
 
 from autoresearch.evaluator.result import Result
+from autoresearch.loop import results_tsv
 from autoresearch.loop.confirmation import not_confirmed
 from autoresearch.loop.executor import read_result
 from autoresearch.loop.judge import beyond_seeds, measured_noise
-from autoresearch.loop.ledger import Experiment, Ledger, read_tsv
+from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.loop.waiting import unreported
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.disk import DiskFullError, sqlite_short_of_space
@@ -119,7 +120,7 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
     kept = git.exp_commits()
     discarded = {int(ref.removeprefix(DISCARDED)): sha for ref, sha in git.refs(DISCARDED).items()}
     known = {**discarded, **kept}
-    lines = read_tsv(root).splitlines()[1:]
+    lines = results_tsv.read(root).splitlines()[1:]
     parsed: list[tuple[int, int | None, list[str], str | None]] = []  # line number, its commit's id, fields, commit
     skipped: list[int] = []
     for number, line in enumerate(lines, start=2):
