@@ -36,10 +36,10 @@ def write_text_atomic(path: Path, text: str, tmp: Path | None = None, durable: b
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
         tmp.write_text(text)
         if durable:
-            _sync(tmp)
+            sync(tmp)
         os.replace(tmp, path)
         if durable:
-            _sync(path.parent)
+            sync(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -182,7 +182,8 @@ def make_folder(path: Path, within: Path) -> None:
         here.mkdir(exist_ok=True)
 
 
-def _sync(path: Path) -> None:
+def sync(path: Path) -> None:
+    """fsync the file or folder at `path`: what is in it, or the names in it, on disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from autoresearch.evaluator.result import Result
+from autoresearch.files import sync
 from autoresearch.loop import results_tsv
 from autoresearch.loop.confirmation import not_confirmed
 from autoresearch.loop.executor import read_result
@@ -67,7 +68,7 @@ def rebuild(root: Path, git: Git) -> tuple[int, Path | None, list[int]]:
     for suffix in found:
         os.rename(f"{old}{suffix}", f"{aside}{suffix}")
     os.rename(new, old)
-    _fsync(state)  # the renames too
+    sync(state)  # the renames too
     return len(rows), aside if "" in found else None, skipped
 
 
@@ -88,15 +89,7 @@ def _write(root: Path, path: Path, rows: list[Experiment]) -> None:
         if sqlite_short_of_space(exc, path.parent):  # SQLITE_IOERR as often as SQLITE_FULL
             raise DiskFullError("writing the new ledger") from None
         raise
-    _fsync(path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync(path)
 
 
 def _remove(path: Path) -> None:
@@ -125,7 +118,7 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
     skipped: list[int] = []
     for number, line in enumerate(lines, start=2):
         fields = line.split("\t")
-        if len(fields) != 5 or fields[3] not in (Status.KEEP, Status.DISCARD, Status.CRASH) or not _numbers(fields):
+        if not results_tsv.written_by_loop(fields) or not _numbers(fields):
             skipped.append(number)
             continue
         commit = git.ref(fields[0]) if fields[0] else None

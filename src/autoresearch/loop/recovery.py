@@ -190,35 +190,30 @@ class Recovery:
                 "a git rebase is in progress in the workspace: the loop keeps its experiments on its own branch",
                 hint="`git rebase --abort` puts the branch back as it was before it, then run again",
             )
-        ours = self.git("for-each-ref", "--format=%(refname:short)", "refs/heads/autoresearch/").split()
         branch = self.git.branch()
-        if branch != "HEAD" and self.git.ref(f"refs/heads/{branch}") is None:  # HEAD names a branch with no commit
-            raise LoopError(
-                f"git's HEAD names the branch {branch}, which does not exist: the loop keeps its experiments on its "
-                "branch",
-                hint=f"`git checkout {ours[0] if len(ours) == 1 else 'BRANCH'}`"
-                + (f" (one of {', '.join(ours)})" if len(ours) > 1 else "")
-                + ", then run again",
-            )
-        if branch != "HEAD":
+        unborn = branch != "HEAD" and self.git.ref(f"refs/heads/{branch}") is None  # HEAD names a branch, no commit
+        if branch != "HEAD" and not unborn:
             return
-        head = self.git.head()
-        at = self.git("for-each-ref", "--points-at", head, "--format=%(refname:short)", "refs/heads/autoresearch/")
-        if len(names := at.split()) == 1:
-            self.git("symbolic-ref", "HEAD", f"refs/heads/{names[0]}")
-            self.reporter.message(f"git's HEAD was detached at {head[:7]}, where branch {names[0]} is: on it again")
-            return
-        if not ours:  # deleted: made again where the best is
-            best = self.best()
-            again = f"autoresearch/{default_tag()} {(best.commit if best else head)[:7]}"
-            hint = f"the loop's branch is gone: `git checkout -b {again}` makes it again at the best experiment"
-        elif len(ours) == 1:
+        head = None if unborn else self.git.head()
+        if head is not None:
+            at = self.git("for-each-ref", "--points-at", head, "--format=%(refname:short)", "refs/heads/autoresearch/")
+            if len(names := at.split()) == 1:
+                self.git("symbolic-ref", "HEAD", f"refs/heads/{names[0]}")
+                self.reporter.message(f"git's HEAD was detached at {head[:7]}, where branch {names[0]} is: on it again")
+                return
+        ours = self.git("for-each-ref", "--format=%(refname:short)", "refs/heads/autoresearch/").split()
+        if len(ours) == 1:
             hint = f"`git checkout {ours[0]}`"
-        else:
+        elif ours:
             hint = f"`git checkout BRANCH`, the loop's branch of this workspace, one of {', '.join(ours)}"
+        elif (at_best := (best.commit if (best := self.best()) else head)) is not None:  # deleted: made again
+            hint = f"the loop's branch is gone: `git checkout -b autoresearch/{default_tag()} {at_best[:7]}` makes it "
+            hint += "again at the best experiment"
+        else:
+            hint = "`git checkout -b autoresearch/NAME COMMIT` at the commit of the loop's best experiment"
+        where = f"names the branch {branch}, which does not exist" if unborn else f"is detached (at {head[:7]})"
         raise LoopError(
-            f"git's HEAD is detached (at {head[:7]}): the loop keeps its experiments on its branch",
-            hint=f"{hint}, then run again",
+            f"git's HEAD {where}: the loop keeps its experiments on its branch", hint=f"{hint}, then run again"
         )
 
     def recover_branch(self) -> None:

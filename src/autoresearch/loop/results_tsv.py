@@ -39,10 +39,14 @@ def read(workspace: Path) -> str:
     return data.decode(errors="replace")
 
 
+def written_by_loop(fields: list[str]) -> bool:
+    """Whether a line's tab-separated `fields` are those of a line the loop writes (a finished experiment)."""
+    return len(fields) == 5 and fields[3] in (Status.KEEP, Status.DISCARD, Status.CRASH)
+
+
 def listed(workspace: Path) -> int:
-    """How many lines of results.tsv are ones the loop writes (a finished experiment), not lines pasted in."""
-    fields = (line.split("\t") for line in read(workspace).splitlines()[1:])
-    return sum(1 for f in fields if len(f) == 5 and f[3] in (Status.KEEP, Status.DISCARD, Status.CRASH))
+    """How many lines of results.tsv are ones the loop writes, not lines pasted in."""
+    return sum(written_by_loop(line.split("\t")) for line in read(workspace).splitlines()[1:])
 
 
 def write(workspace: Path, experiments: list) -> None:
