@@ -54,13 +54,27 @@ def run_with_evaluator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: in
         executor.close()
 
 
-def test_the_evaluators_own_disk_full_stops_the_loop_whatever_the_disk_says_after(tmp_path, monkeypatch):
+def test_the_evaluators_own_disk_full_stops_the_loop_where_the_disk_is_still_short_after(tmp_path, monkeypatch):
     """BROKE, fixed (red team): the evaluator's write of the run's progress or result failing with ENOSPC made it
     exit as an error, which the loop recorded as the experiment's crash, for good (or, with the fork server, as an
-    apparatus changed: "make a new workspace"). Its own write failing is its exit code DISK_FULL now: the loop stops."""
+    apparatus changed: "make a new workspace"). Its own write failing is its exit code DISK_FULL now: the loop stops,
+    where the disk is still short of room once the evaluator is gone."""
     assert LOOP_DISK_FULL == DISK_FULL
+    statvfs_with(monkeypatch, 100 * 2**20)  # under what a run may take of it
     with pytest.raises(DiskFullError, match="the disk is full: free space, then run again; nothing was lost"):
         run_with_evaluator(tmp_path, monkeypatch, DISK_FULL, "error: the disk is full")
+
+
+def test_a_disk_full_whose_room_is_back_once_the_run_ended_is_the_runs_own_crash(tmp_path, monkeypatch):
+    """BROKE, fixed (red team): a train.py that filled the disk with a file it unlinked but held open, or passed to its
+    evaluator over the channel (SCM_RIGHTS), or with empty files until no inode was left, had no file of its own to
+    count: the evaluator exited DISK_FULL, the loop stopped unrecorded, and the same run did it at every start (or
+    was tried again until it drew a good score). The loop looks at the disk once the evaluator is gone: the room a run
+    may take of it back, the run filled it."""
+    statvfs_with(monkeypatch, 10 * 2**30)
+    outcome = run_with_evaluator(tmp_path, monkeypatch, DISK_FULL, "error: the disk is full")
+    assert outcome.status == RunEnd.CRASH and outcome.result is None
+    assert outcome.reason.startswith("the run filled the disk: once it ended, 1 GiB or more were free")
 
 
 @pytest.mark.parametrize("code", [1, 2], ids=["evaluator-traceback", "fork-server-setup-failed"])

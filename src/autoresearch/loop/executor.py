@@ -33,14 +33,14 @@ import psutil
 
 from autoresearch import switches
 from autoresearch.evaluator import memory, run_group
-from autoresearch.evaluator.compile_cache import STAGED
+from autoresearch.evaluator.compile_cache import MAX_STAGED_BYTES, STAGED
 from autoresearch.evaluator.confined import FORK_ENV, kill_tree
 from autoresearch.evaluator.result import PROGRESS_NAME, STARTING, ForgedResult, Result
 from autoresearch.evaluator.sandbox import evaluator_env, module_command
 from autoresearch.files import clear, make_folder, remove_tree, write_text_atomic
 from autoresearch.orphans import marked, reap, write_pid_file
 from autoresearch.vocabulary import RunEnd
-from autoresearch.workspace.disk import DiskFullError, nearly_full
+from autoresearch.workspace.disk import ROOM, DiskFullError, nearly_full
 
 LOG_TAIL_CHARS = 4000
 PREWARM_ENV = switches.PREWARM
@@ -167,6 +167,13 @@ class LocalExecutor:
             why = f"the run went past its share of memory ({memory.MEMORY_ENV}), its evaluator with it; killed"
             return Outcome(RunEnd.CRASH, None, why, tail(log_path), seconds)
         if code == DISK_FULL:
+            # Looked at again now that the evaluator is gone, its box removed and every file it held closed: a run
+            # that filled the disk with a file it unlinked but held open (or passed to its evaluator over the channel,
+            # or with empty files, all its inodes) left no file of its own to count, and stopped the loop at every
+            # start (red team). The room back that a run may take of the disk was the run's.
+            if not full_after(spec, MAX_STAGED_BYTES):
+                why = f"the run filled the disk: once it ended, {MAX_STAGED_BYTES / 2**30:g} GiB or more were free"
+                return Outcome(RunEnd.CRASH, None, why, tail(log_path), seconds)
             raise DiskFullError("a training run (its evaluator's writes)")
         try:
             result = read_result(result_path, key)
@@ -242,13 +249,14 @@ def outcome_of(
     return Outcome(RunEnd.OK, result, "", log_tail, seconds)
 
 
-def full_after(spec: RunSpec) -> bool:
-    """Whether the disk of the run's folder, or the workspace's, is full now that its evaluator ended without a result
-    (one that died of it writing, outside its own handling): seen by statvfs, never in text train.py wrote. What the
-    run compiled goes first, as the failed run's verdict would delete it (it is the run's, up to a GiB)."""
+def full_after(spec: RunSpec, room: int = ROOM) -> bool:
+    """Whether the disk of the run's folder, or the workspace's, has less than `room` free now that its evaluator
+    ended without a result (one that died of it writing, outside its own handling): seen by statvfs, never in text
+    train.py wrote. What the run compiled goes first, as the failed run's verdict would delete it (it is the run's, up
+    to a GiB)."""
     with contextlib.suppress(OSError):
         remove_tree(spec.run_dir / STAGED)
-    return nearly_full(spec.run_dir) or nearly_full(spec.directory)
+    return nearly_full(spec.run_dir, room) or nearly_full(spec.directory, room)
 
 
 def setup_error(errors: str) -> tuple[str, str]:

@@ -80,9 +80,9 @@ def disk_full_is_an_error(what: str, then: str | None = None) -> Iterator[None]:
         raise
 
 
-def nearly_full(path: Path) -> bool:
-    """Whether the file system holding `path` has (almost) no room left for this user: under ROOM, or no free inode;
-    False where that cannot be told (`path` gone). What a failed git command, SQLite open or evaluator is checked
+def nearly_full(path: Path, room: int = ROOM) -> bool:
+    """Whether the file system holding `path` has (almost) no room left for this user: under `room` bytes, or no free
+    inode; False where that cannot be told (`path` gone). What a failed git command, SQLite open or evaluator is checked
     against, since none always says why a write failed ("couldn't write '.../5.lock'", "disk I/O error")."""
     try:
         st = os.statvfs(path)
@@ -90,4 +90,4 @@ def nearly_full(path: Path) -> bool:
         return False
     root = os.geteuid() == 0  # root may write into the blocks (and inodes) reserved for it
     blocks, inodes = (st.f_bfree, st.f_ffree) if root else (st.f_bavail, st.f_favail)
-    return blocks * st.f_frsize < ROOM or (st.f_files > 0 and inodes == 0)  # f_files 0: no inode counts kept
+    return blocks * st.f_frsize < room or (st.f_files > 0 and inodes == 0)  # f_files 0: no inode counts kept
