@@ -198,7 +198,7 @@ class SimClock:
         woken.wait()
         return start, start + seconds
 
-    def next_event(self, events: queue.Queue, timeout: float, until: float | None = None) -> Any:
+    def next_event(self, events: queue.SimpleQueue, timeout: float, until: float | None = None) -> Any:
         with self._lock:
             self._sim, self._frozen = self._now(), True
         try:
@@ -207,7 +207,7 @@ class SimClock:
             with self._lock:
                 self._mark, self._frozen = time.perf_counter(), False
 
-    def _next(self, events: queue.Queue, until: float | None) -> Any:
+    def _next(self, events: queue.SimpleQueue, until: float | None) -> Any:
         while True:
             try:
                 report = events.get(timeout=5.0) if self._woken else events.get_nowait()

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -551,3 +552,27 @@ def test_a_switch_set_to_a_value_it_does_not_know_is_warned_of(
     said = words(captured.out + captured.err)
     assert "warning: $AUTORESEARCH_COMPILE_CACHE is 'off', which it does not know: taken as unset ('run'" in said
     assert "AUTORESEARCH_PREWARM" not in said and "AUTORESEARCH_SANDBOX" not in said
+
+
+def _ctrl_c_inside_a_lock(*args) -> str:
+    lock = threading.Lock()
+    try:
+        raise KeyboardInterrupt  # as a Ctrl-C that lands in Condition.wait, while it takes its lock back
+    finally:
+        lock.release()  # the `with` around it releases a lock it no longer holds: RuntimeError
+
+
+def test_a_ctrl_c_that_lands_in_a_thread_lock_reads_as_a_ctrl_c_and_other_runtime_errors_still_show(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("autoresearch.loop.status.status_text", _ctrl_c_inside_a_lock)
+    assert main(["status", "--workspace", str(workspace.root)]) == 130
+    assert "interrupted: run the same command again" in capsys.readouterr().err
+
+    def broken(*args) -> str:
+        threading.Lock().release()  # no Ctrl-C behind it: a bug, shown as one
+        return ""
+
+    monkeypatch.setattr("autoresearch.loop.status.status_text", broken)
+    with pytest.raises(RuntimeError, match="release unlocked lock"):
+        main(["status", "--workspace", str(workspace.root)])

@@ -34,7 +34,7 @@ def test_the_simulated_clock_hands_reports_over_in_the_order_of_their_simulated_
     clock = simulate.SimClock(driver_rate=0.0)
     workers = [SimpleNamespace(job=object()) for _ in range(3)]
     clock.workers = workers
-    events: queue.Queue = queue.Queue()
+    events: queue.SimpleQueue = queue.SimpleQueue()
 
     def run(seconds: float) -> None:
         events.put((seconds, clock.run_for(seconds)))

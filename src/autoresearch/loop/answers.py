@@ -53,7 +53,7 @@ def asked_on_threads(agent: Agent | None) -> bool:
 class Answers:
     """The asks in flight, each on a daemon thread that posts its `Answer` to `events`."""
 
-    def __init__(self, events: queue.Queue, clock: Clock):
+    def __init__(self, events: queue.SimpleQueue, clock: Clock):
         self.events, self.clock = events, clock
         self.pending = 0
         self.seconds: deque[float] = deque(maxlen=8)  # how long the latest asks took to come back

@@ -14,7 +14,7 @@ class Clock(Protocol):
 
     def sleep(self, seconds: float) -> None: ...
 
-    def next_event(self, events: queue.Queue, timeout: float, until: float | None = None) -> Any:
+    def next_event(self, events: queue.SimpleQueue, timeout: float, until: float | None = None) -> Any:
         """The next report of a worker or an ask; queue.Empty after `timeout` seconds without one (a simulated
         clock: once its time passes `until`, if given, before the next report)."""
 
@@ -26,5 +26,5 @@ class RealClock:
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
 
-    def next_event(self, events: queue.Queue, timeout: float, until: float | None = None) -> Any:
+    def next_event(self, events: queue.SimpleQueue, timeout: float, until: float | None = None) -> Any:
         return events.get(timeout=timeout)  # `timeout` is short: the caller looks at the time itself

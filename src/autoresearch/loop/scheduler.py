@@ -78,7 +78,9 @@ class Scheduler:
         self.active: dict[int, Active] = {}
         self.jobs: deque[Job] = deque()  # runs to start, first first
         self.held: dict[int, Outcome | None] = {}  # experiments made from the baseline, trained, until it is judged
-        self.events: queue.Queue = queue.Queue()
+        # SimpleQueue: its get is one call in C, so a Ctrl-C that lands in the driver's wait is a clean
+        # KeyboardInterrupt; queue.Queue's Python-level lock could be left released twice (RuntimeError).
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.propose_after = 0.0  # a failing agent is asked again only after a pause (the clock's time)
         self.answers = Answers(self.events, self.clock)  # asks in flight on threads, for an agent that only answers
         self.run_seconds: deque[float] = deque(maxlen=8)  # how long the latest runs took, handed out to reported
