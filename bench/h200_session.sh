@@ -303,6 +303,17 @@ same_gpu() {  # issue 10: `--gpus` with one GPU against the one-worker loop, on 
   cp /tmp/lo/.autoresearch/runs/3-0/log.txt "$OUT/log_same_gpu_3-0.txt"
 }
 
+smoke() {  # same_gpu within one call of 10 minutes, setup included (one GPU; its logs' heads for a look)
+  CUDA_VISIBLE_DEVICES=0 timeout 230 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 1 \
+    --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1
+  tail -4 "$OUT/loop_overhead.log"
+  timeout 170 python3 bench/parallel_gpus.py --preset h100 --budget 30 --gpus 0 --agent nudge --minutes 1.5 \
+    --experiments 40 --work /tmp/pg1 --out "$OUT" --name _smoke >"$OUT/parallel_1w.log" 2>&1
+  tail -4 "$OUT/parallel_1w.log"
+  python3 bench/collect_runs.py "$OUT/runs_smoke.json" /tmp/lo /tmp/pg1
+  head -5 /tmp/lo/.autoresearch/runs/1-0/log.txt; grep -h "^[0-9]" /tmp/lo/results.tsv /tmp/pg1/results.tsv | cut -c1-100
+}
+
 before_after() {  # issue 8, item 5: the one-worker loop as it was before the hand-over (commit 0163a1a, exported
   # by `git archive 0163a1a src bench pyproject.toml | tar -x -C .old` and carried) and as it is, in ORDER, on GPU 0
   for which in ${ORDER:-old new}; do
