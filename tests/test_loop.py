@@ -27,15 +27,9 @@ from loop_support import (
     with_constants,
 )
 
-from autoresearch.loop.executor import (
-    SETUP_FAILED,
-    ForkServer,
-    LocalExecutor,
-    Outcome,
-    RunSpec,
-    outcome_of,
-    sleep_awake,
-)
+from autoresearch.loop.clock import sleep_awake
+from autoresearch.loop.evaluator_process import ForkServer
+from autoresearch.loop.executor import SETUP_FAILED, LocalExecutor, Outcome, RunSpec, outcome_of
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.status import status_text

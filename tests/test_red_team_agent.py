@@ -56,7 +56,7 @@ from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.evaluator import cgroups, compile_cache, cores, memory, sandbox, tasks
 from autoresearch.evaluator.result import RESULT_LIMIT, SEAL, ForgedResult, Result
-from autoresearch.loop import executor as executors
+from autoresearch.loop import evaluator_process
 from autoresearch.loop import watch as watches
 from autoresearch.loop.executor import LocalExecutor, RunSpec, read_result
 from autoresearch.loop.held_edits import put_back_edits
@@ -1187,7 +1187,7 @@ def test_a_result_file_replaced_before_the_loop_reads_it_is_not_counted(workspac
     honest = loop.executor.run(spec)
     assert honest.status == RunEnd.OK and honest.result is not None, honest.reason
 
-    real_wait = executors.Referee.wait
+    real_wait = evaluator_process.Referee.wait
 
     def wait_then_forge(self, timeout):  # the racing process wins: it writes after the evaluator, before the loop
         code = real_wait(self, timeout)
@@ -1206,7 +1206,7 @@ def test_a_result_file_replaced_before_the_loop_reads_it_is_not_counted(workspac
         path.write_text(json.dumps(data))
         return code
 
-    monkeypatch.setattr(executors.Referee, "wait", wait_then_forge)
+    monkeypatch.setattr(evaluator_process.Referee, "wait", wait_then_forge)
     forged = loop.executor.run(spec)
     assert forged.status == RunEnd.CRASH and forged.result is None
     assert "seal" in forged.reason and "not counted" in forged.reason
@@ -1590,7 +1590,7 @@ def plant_autoresearch_in_the_working_directory(tmp_path: Path, monkeypatch: pyt
 
 def assert_a_new_evaluator_runs_the_real_package(tmp_path: Path, env: dict[str, str]) -> None:
     """An evaluator started as a new process with `env` runs the installed package, not the planted one."""
-    evaluator = executors.NewProcess(sys.executable, tmp_path / "no-workspace", env)
+    evaluator = evaluator_process.NewProcess(sys.executable, tmp_path / "no-workspace", env)
     evaluator.stdin.close()
     assert evaluator.wait(timeout=120) == 2  # the real evaluator: no workspace there
     evaluator.captured.seek(0)
@@ -1607,7 +1607,7 @@ def test_no_trusted_process_imports_from_the_working_directory_an_agent_can_writ
     plant_autoresearch_in_the_working_directory(tmp_path, monkeypatch)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p and Path(p).is_dir())}
     assert_a_new_evaluator_runs_the_real_package(tmp_path, env)
-    server = executors.ForkServer(sys.executable, env)
+    server = evaluator_process.ForkServer(sys.executable, env)
     try:
         assert server._next(timeout=120) == {"ready": True}
     finally:

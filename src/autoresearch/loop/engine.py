@@ -26,8 +26,9 @@ from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.loop import guard, held_edits, run_logs
 from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
+from autoresearch.loop.clock import sleep_awake
 from autoresearch.loop.environment import Environment
-from autoresearch.loop.executor import Executor, Outcome, RunSpec, sleep_awake
+from autoresearch.loop.executor import Executor, Outcome, RunSpec
 from autoresearch.loop.judge import Verdict as Judgement
 from autoresearch.loop.judge import judge, measured_noise, noise_of
 from autoresearch.loop.ledger import Experiment, Ledger, best_of, lowest_kept
