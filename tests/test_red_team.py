@@ -23,14 +23,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from loop_support import make_loop, one_edit
+from loop_support import make_loop, make_workspace, one_edit
 
 import autoresearch.loop.judge as judge_module
 from autoresearch.data.shards import Manifest
 from autoresearch.data.sources import VAL
-from autoresearch.evaluator import cgroups, compile_cache, memory, run_group, tasks
+from autoresearch.evaluator import cgroups, compile_cache, memory, run_group, sandbox, tasks
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.settings import LoopError
 from autoresearch.loop.watch import package_digest
 from autoresearch.vocabulary import Status
 
@@ -382,6 +383,48 @@ def test_unconfined_a_run_that_writes_outside_train_py_is_a_crash_and_everything
     assert package_digest() == digest and loop.best().id == lab_loop.best().id != exp.id
     # Unconfined against a confined baseline, its result is set aside as not comparable, whatever else it did
     assert json.loads((ws.state / "runs" / f"{exp.id}-0" / "result.refused.json").read_text())["confined"] is False
+
+
+def test_a_run_whose_evaluator_cannot_probe_the_sandbox_is_still_confined_never_unconfined(
+    lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop found confinement working; an evaluator's own probe (bubblewrap running `true`) then failed, as a
+    moment short of processes or memory makes it fail. The evaluator trained the run unconfined: with several
+    workers, whose workspace is not checked after each run, nothing then kept it out of the workspace."""
+    ws, _ = lab
+    wrapper = tmp_path / "bwrap"  # bubblewrap, failing the probe alone
+    probe_fails = '#!/bin/sh\nfor a; do last=$a; done\n[ "$last" = true ] && exit 1\n'
+    wrapper.write_text(f'{probe_fails}exec {sandbox.bwrap()} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sandbox, "bwrap", lambda: str(wrapper))
+    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
+    try:
+        exp = loop.step(one_edit("probe fails", [(START, START + "    print('trained')\n")]))
+    finally:
+        loop.executor.close()
+    assert "runs unconfined" not in run_log(ws, exp.id)
+    assert exp.status != Status.CRASH and json.loads(exp.result)["confined"] is True, exp.reason
+
+
+def test_a_sandbox_that_cannot_be_made_for_a_run_stops_the_loop_saying_why_and_the_run_is_no_crash(
+    tmp_path: Path, tiny_prepared: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other side: bubblewrap fails for the run itself (here, after the loop's probe passed). That is no fault
+    of the experiment's, and its run must not be trained unconfined either."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache_dir))
+    wrapper = tmp_path / "bwrap"
+    wrapper.write_text('#!/bin/sh\necho "bwrap: No permissions to create new namespace" >&2\nexit 1\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sandbox, "bwrap", lambda: str(wrapper))
+    ws = make_workspace(tmp_path / "ws", tiny_prepared)
+    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
+    try:
+        with pytest.raises(LoopError, match=r"cannot confine train\.py: .*No permissions to create new namespace"):
+            loop.baseline()
+    finally:
+        loop.executor.close()
+    (baseline,) = Ledger(ws.root).all()
+    assert baseline.status == Status.RUNNING and baseline.run_values == []  # in flight: trained on the next start
 
 
 # Two train.py files written together: the first leaves something where it may write compiled code, and tries the

@@ -193,6 +193,8 @@ class ExperimentProcess:
             if anchor_pid is None:
                 kill_tree(self._anchor)
                 self._anchor = None
+                if (why := sandbox.probe()) is not None:  # no fault of the run's: the loop stops, saying why
+                    raise sandbox.SandboxUnavailable(why)
                 return None
         out_r, out_w = os.pipe()
         ready_r, ready_w = os.pipe()

@@ -57,6 +57,11 @@ SYSTEM_SOCKET_DIRS = ("/run/user", "/run/dbus")
 _PRIVATE_TMP = Path("/tmp")
 SWITCH_ENV = switches.SANDBOX
 BWRAP_ENV = "AUTORESEARCH_BWRAP"  # bubblewrap's path, as the loop found it (`bwrap`): set in `evaluator_env`
+# Set in `evaluator_env` where the process that starts evaluators found confinement working: each evaluator then
+# confines its run, or the run fails, and never trains it unconfined on a probe of its own that failed (a moment
+# short of processes or memory, a probe timed out). With several workers only confinement keeps a run out of the
+# workspace and the other runs' worktrees.
+CONFINES_ENV = "AUTORESEARCH_CONFINES"
 _HINT = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) and allow "
     "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04+ also "
@@ -131,6 +136,9 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
             evaluator[name] = os.pathsep.join(absolute_entries(evaluator[name]))
     if found := bwrap():  # as the loop found it, before any agent ran
         evaluator[BWRAP_ENV] = found
+    evaluator.pop(CONFINES_ENV, None)
+    if unavailable_reason() is None:
+        evaluator[CONFINES_ENV] = "1"
     # Read once, when torch loads, and inherited by the fork. Asking whether a GPU exists does not start CUDA
     # (a CUDA context does not survive a fork). On a CPU, OpenMP's threads that wait sleep instead of spinning:
     # spinning burns CPU time, which the CPU clock counts, the more so the busier the machine. (Not where a GPU
@@ -317,6 +325,13 @@ def unavailable_reason() -> str | None:
     """None when confinement works on this machine; else one line saying why. Probes once per process."""
     if os.environ.get(SWITCH_ENV, "").lower() == "off":
         return f"confinement is switched off (${SWITCH_ENV}=off)"
+    if os.environ.get(CONFINES_ENV) == "1":  # an evaluator of a loop that confines
+        return None
+    return probe()
+
+
+def probe() -> str | None:
+    """Whether bubblewrap makes a sandbox here now: None, or one line saying why not."""
     if bwrap() is None:
         return "bubblewrap (bwrap) is not installed or not on PATH"
     # Run `true` with the options a real run gets, including a workdir inside a hidden directory.
