@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import threading
 from pathlib import Path
 
@@ -194,3 +195,11 @@ def test_a_run_that_hides_its_files_past_path_max_is_still_held_to_them(tmp_path
     result = tmp_path / "result.json"
     assert referee_of(box, monkeypatch)._out_of_space(result, None, None) == CRASHED
     assert not box.exists()
+
+
+def test_the_disk_full_error_crosses_processes_whole():
+    """It comes from a Ray node to the loop pickled (loop/ray_executor.py): its message names the node too."""
+    error = DiskFullError("a training run (its evaluator's writes)", "then this", "Ray node gpu-7 (/cache/ray)")
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.what, again.then, again.where, str(again)) == (error.what, error.then, error.where, str(error))
+    assert str(again).startswith("the disk is full on Ray node gpu-7 (/cache/ray): free space there, then run again")

@@ -10,6 +10,7 @@ runs train on the CPU (there is no CUDA here). A run whose Ray worker dies is tr
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -40,11 +41,29 @@ from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, ray_devices
 from autoresearch.loop.workers import Device
 from autoresearch.vocabulary import RunEnd, Status
+from autoresearch.workspace.disk import DiskFullError
 
 pytestmark = pytest.mark.slow
 START = "    run = harness.start()\n"
 SHOWS_GPU = START + "    import os\n    print('CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'])\n"
 SENT_NOTE = "autoresearch: trained on node"  # the first line of the log of a run trained from copies
+# A node whose disk is full, as every Python process on it sees it (statvfs: no block left): its Ray worker, the fork
+# server and evaluators started from it, and the experiments forked from those. Imported at their start, by PYTHONPATH.
+FULL_DISK = """
+import os
+_statvfs = os.statvfs
+def _full(path):
+    st = _statvfs(path)
+    return os.statvfs_result((st.f_bsize, st.f_frsize, st.f_blocks, 0, 0, st.f_files, st.f_ffree, st.f_favail,
+                              st.f_flag, st.f_namemax))
+os.statvfs = _full
+"""
+# A run that fails on a full disk, as one whose writes (Inductor's cache, say) fail.
+FAILS_ON_A_FULL_DISK = START + (
+    "    import errno, os\n"
+    "    if os.statvfs('.').f_bavail == 0:\n"
+    "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +270,51 @@ def test_a_run_whose_ray_worker_dies_is_lost_and_leaves_nothing_running(cluster,
     assert outcome.status == RunEnd.LOST and "Ray task was lost" in outcome.reason
     _, alive = psutil.wait_procs(started, timeout=15)
     assert not alive, [p.cmdline() for p in alive]  # the evaluator and the experiment died with their worker
+
+
+def test_a_full_disk_on_the_node_stops_the_loop_naming_the_node_and_the_experiment_is_trained_again(
+    cluster, tmp_path, tiny_prepared
+):
+    """BROKE, fixed: a node whose disk filled during a run (its evaluator's DISK_FULL, confirmed by the executor on the
+    node) raised DiskFullError in the Ray task, which came to the loop as "a run's Ray task failed on its node:
+    DiskFullError('the disk is full: ...')", with a hint to look at the worker's log and to install the same
+    autoresearch: not whose disk, nor that the experiment is trained again. Now the loop stops with the disk-full
+    error naming the node and its folder; nothing is recorded, and the next start trains the experiment."""
+    site = tmp_path / "full-node"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FULL_DISK)
+    python_path = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+    def on_a_full_node(_device) -> RayExecutor:
+        executor = RayExecutor("NEAR")
+        full = {"runtime_env": {"env_vars": {"PYTHONPATH": python_path}}}  # in Ray workers of their own
+        executor._task = ray.remote(ray_executor._train).options(
+            num_gpus=1, max_retries=0, accelerator_type="NEAR", **full
+        )
+        return executor
+
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, BIGRAM_TRAIN_PY.replace(START, FAILS_ON_A_FULL_DISK))
+    loop = make_loop(ws, RayExecutor("NEAR"), baseline_runs=1)
+    with pytest.raises(DiskFullError) as stopped:
+        run_workers(loop, None, [Device("ray 0")], executor_for=on_a_full_node)
+    said = str(stopped.value)
+    assert said.startswith(f"the disk is full on Ray node {socket.gethostname()} ("), said
+    assert "a training run (its evaluator's writes) failed for lack of space" in said
+    assert "trained again on the next start" in said and "Ray task failed" not in said
+    (baseline,) = loop.ledger.all()
+    assert baseline.status == Status.RUNNING and baseline.attempts == 0 and baseline.val_bpb is None
+    assert not list(ws.state.glob("runs/*/result.json"))
+    loop = make_loop(ws, RayExecutor("NEAR"), baseline_runs=1)  # space freed: the next start
+    run_workers(loop, None, [Device("ray 0")], executor_for=lambda _device: RayExecutor("NEAR"))
+    (baseline,) = loop.ledger.all()
+    assert baseline.status == Status.KEEP and baseline.val_bpb is not None
+
+
+def test_a_write_on_a_node_that_fails_for_lack_of_space_is_the_disk_full_error_naming_the_node(tmp_path):
+    """The copy of the data, the run's own folder and files: not "a run's Ray task failed on its node: OSError(28)"."""
+    with pytest.raises(DiskFullError) as stopped, ray_executor._disk_of("gpu-7", tmp_path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(stopped.value).startswith(f"the disk is full on Ray node gpu-7 ({tmp_path}): free space there")
+    assert "writing a training run's files failed for lack of space" in stopped.value.hint
+    with pytest.raises(OSError, match="Permission denied"), ray_executor._disk_of("gpu-7", tmp_path):
+        raise OSError(errno.EACCES, "Permission denied")

@@ -26,11 +26,14 @@ A node refuses a run, before training, when its autoresearch differs from the lo
 evaluator code), when the loop's apparatus changed since it started, or when the data it received does
 not match the manifest: the outcome is "apparatus changed", with the node's reason and what to do, and
 the loop stops; no result of another apparatus is ever judged. A run whose task was lost with its worker
-or node is reported as lost; the scheduler tries it once more.
+or node is reported as lost; the scheduler tries it once more. A node whose disk fills (the run's evaluator, the
+copy of the data, the run's files) ends the task with the disk-full error, naming the node and its folder: the loop
+stops as on a full disk of its own, and trains the experiment again on its next start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,7 +42,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,7 @@ from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
 from autoresearch.loop.ray_data import MANIFEST, Parcel
 from autoresearch.loop.workers import Device
 from autoresearch.vocabulary import RunEnd
+from autoresearch.workspace.disk import DiskFullError, disk_full_is_an_error
 
 INSTALL_HINT = "pip install 'autoresearch[ray]'"
 SAME_HARNESS_HINT = "install the same autoresearch on every node of the Ray cluster as where the loop runs"
@@ -244,7 +248,9 @@ class RayExecutor:
                 ray.exceptions.ObjectLostError) as exc:  # fmt: skip
             why = f"its Ray task was lost ({type(exc).__name__})"
             return Outcome(RunEnd.LOST, None, why, "", time.monotonic() - started)
-        except ray.exceptions.RayTaskError as exc:  # the node's side failed (its disk, say): no traceback for the user
+        except ray.exceptions.RayTaskError as exc:  # the node's side failed: no traceback for the user
+            if isinstance(full := exc.cause, DiskFullError):  # its disk: the loop stops as on a full disk of its own
+                raise DiskFullError(full.what, full.then, full.where) from None
             raise AutoresearchError(
                 f"a run's Ray task failed on its node: {exc.cause!r}",
                 hint="see that node's Ray worker log (`ray logs`); " + SAME_HARNESS_HINT,
@@ -293,14 +299,29 @@ def _train(spec: RunSpec, request: Request) -> Answer:
     if (refusal := _refusal(spec, request)) is not None:
         return Answer(node, refusal)
     if _sees(spec, request):
-        return Answer(node, _executor().run(spec))
+        with _disk_of(node, spec.directory):
+            return Answer(node, _executor().run(spec))
     if request.data is None:
         return Answer(node, None)
+    own = ray_dir(cache_root())
+    with _disk_of(node, own):
+        try:
+            data_dir = ray_data.node_copy(request.manifest, request.data, own / "data", ray_module().get)
+        except ray_data.DataRefused as exc:
+            return Answer(node, _refused(exc.args[0], exc.hint or ""))
+        return _train_apart(spec, request, data_dir, node)
+
+
+@contextlib.contextmanager
+def _disk_of(node: str, folder: Path) -> Iterator[None]:
+    """A full disk on this node (the executor's DiskFullError, or a write here failing for lack of space) as the
+    DiskFullError the loop raises, naming the node and `folder`, where the run wrote: it crosses to the loop whole
+    (RayExecutor.run), where it was "a run's Ray task failed on its node: OSError(28, ...)"."""
     try:
-        data_dir = ray_data.node_copy(request.manifest, request.data, ray_dir(cache_root()) / "data", ray_module().get)
-    except ray_data.DataRefused as exc:
-        return Answer(node, _refused(exc.args[0], exc.hint or ""))
-    return _train_apart(spec, request, data_dir, node)
+        with disk_full_is_an_error("writing a training run's files"):
+            yield
+    except DiskFullError as exc:
+        raise DiskFullError(exc.what, exc.then, f"Ray node {node} ({folder})") from None
 
 
 def _refusal(spec: RunSpec, request: Request) -> Outcome | None:

@@ -30,14 +30,21 @@ IN_FLIGHT = "the experiment in flight is trained again on the next start"  # wha
 
 
 class DiskFullError(AutoresearchError):
-    def __init__(self, what: str, then: str = IN_FLIGHT):
+    def __init__(self, what: str, then: str = IN_FLIGHT, where: str | None = None):
         """`then`: what happens once space is freed, in the caller's words (only the loop has an experiment in
-        flight: `init` or `prepare` saying so sent the reader looking for one)."""
-        self.what = what
+        flight: `init` or `prepare` saying so sent the reader looking for one). `where`: whose disk, where it is not
+        this machine's (a Ray node's, with the folder its run wrote in: loop/ray_executor.py)."""
+        self.what, self.then, self.where = what, then, where
+        on, there = (f" on {where}", " there") if where else ("", "")
         super().__init__(
-            "the disk is full: free space, then run again; nothing was lost",
+            f"the disk is full{on}: free space{there}, then run again; nothing was lost",
             hint=f"{what} failed for lack of space; {then}",
         )
+
+    def __reduce__(self):
+        # It crosses processes (from a Ray node to the loop) with its fields. By default it is made again from its
+        # message (taken for `what`), then given its fields back, but not its message, which named the node.
+        return type(self), (self.what, self.then, self.where)
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -73,7 +80,7 @@ def disk_full_is_an_error(what: str, then: str | None = None) -> Iterator[None]:
     except DiskFullError as exc:
         if then is None:
             raise
-        raise DiskFullError(exc.what, then) from exc.__cause__
+        raise DiskFullError(exc.what, then, exc.where) from exc.__cause__
     except (OSError, sqlite3.OperationalError) as exc:
         if is_disk_full(exc):
             raise DiskFullError(what, then or IN_FLIGHT) from exc
