@@ -12,12 +12,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from loop_support import make_workspace
 
 from autoresearch.evaluator import referee as referee_module
-from autoresearch.evaluator.confined import Output
+from autoresearch.evaluator import sandbox
+from autoresearch.evaluator.confined import FORK_ENV, Output
 from autoresearch.evaluator.referee import CRASHED, DISK_FULL, Referee
 from autoresearch.loop.executor import DISK_FULL as LOOP_DISK_FULL
 from autoresearch.loop.executor import LocalExecutor, RunSpec
+from autoresearch.orphans import remove_box
 from autoresearch.vocabulary import RunEnd
 from autoresearch.workspace import disk
 from autoresearch.workspace.disk import DiskFullError
@@ -203,3 +206,57 @@ def test_the_disk_full_error_crosses_processes_whole():
     again = pickle.loads(pickle.dumps(error))
     assert (again.what, again.then, again.where, str(again)) == (error.what, error.then, error.where, str(error))
     assert str(again).startswith("the disk is full on Ray node gpu-7 (/cache/ray): free space there, then run again")
+
+
+# A train.py that hands its evaluator an open file over the channel (SCM_RIGHTS), riding on bytes the evaluator never
+# reads: asked for a batch larger than the socket holds, the evaluator waits in its answer while the bytes are queued
+# behind the request; read on, it stops the run at the next frame, whose payload (the file's carrier) is refused.
+HANDS_A_FILE_OVER = """
+import json, os, socket, struct
+from autoresearch import harness
+from autoresearch.wire import Channel
+
+def frame(header):
+    data = json.dumps(header).encode()
+    return struct.pack(">I", len(data)) + data
+
+harness.start()
+sock = Channel.from_env().sock
+held = os.open("held", os.O_WRONLY)
+sock.sendall(frame({"op": "batch", "rows": 4096}))
+sock.sendall(frame({"op": "step", "payload": 1}))
+socket.send_fds(sock, [b"x"], [held])
+os.close(held)
+while sock.recv(1 << 20):
+    pass
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="needs bubblewrap")
+def test_a_file_a_run_handed_its_evaluator_over_the_channel_is_not_held_once_the_run_stopped(
+    tmp_path, tiny_prepared, monkeypatch
+):
+    """BROKE, fixed (red team): the evaluator closed the run's channel only as it exited, and a file descriptor train.py
+    sent over it on bytes never read stayed open in the socket's queue meanwhile, while it scored the run: a file
+    train.py unlinked held its room on the disk when the evaluator looked at the disk. Now the channel is closed as the
+    run is stopped. The file here is a FIFO's writing end: its reader sees its end once no one holds it."""
+    monkeypatch.setenv(FORK_ENV, "0")  # the experiment started as a new process: pytest is not forked
+    ws = make_workspace(tmp_path / "ws", tiny_prepared)
+    referee = Referee(ws.root / "train.py", dict(os.environ))
+    try:
+        os.mkfifo(referee.box / "held")
+        os.chmod(referee.box / "held", 0o666)  # the run drops its privileges
+        reader = os.open(referee.box / "held", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            with (tmp_path / "log.txt").open("wb") as log:
+                code = referee.run(HANDS_A_FILE_OVER.encode(), log, tmp_path / "result.json")
+            said = (tmp_path / "log.txt").read_text()
+            assert code == CRASHED and "a payload of 1 bytes for 'step'" in said, said
+            assert referee.experiment.exit_code() is not None  # the run is over; its evaluator (this process) is not
+            assert os.read(reader, 1) == b"", "the evaluator holds the file the run handed over"
+        finally:
+            os.close(reader)
+    finally:
+        referee.experiment.stop()
+        remove_box(referee.box)

@@ -144,6 +144,7 @@ class ExperimentProcess:
         self.channel = Channel(ours, payloads={"model": MAX_DOCUMENT_BYTES, "weights": memory.most_weights()})
         self.output = Output(stdout)
         self._ended = threading.Event()  # set once its process has ended and been waited for
+        self._channel_lock = threading.Lock()  # its shutdown (on the experiment's exit) and its close (`stop`)
         # When the experiment ends, wake whoever waits on the channel (a leftover child could keep it open).
         threading.Thread(target=self._close_on_exit, daemon=True, name="experiment-exit").start()
 
@@ -222,7 +223,7 @@ class ExperimentProcess:
     def _close_on_exit(self) -> None:
         self.proc.wait()
         self._ended.set()
-        with contextlib.suppress(OSError):
+        with self._channel_lock, contextlib.suppress(OSError):  # not on a number `stop` closed and another took since
             self.channel.sock.shutdown(socket.SHUT_RDWR)
 
     def ends_by_itself(self, within: float) -> bool:
@@ -244,6 +245,11 @@ class ExperimentProcess:
                 with contextlib.suppress(psutil.Error):
                     child.kill()
         code = self.proc.wait()
+        # The channel goes with it. Data it sent and was never read (after its weights, a payload refused) may carry
+        # file descriptors (SCM_RIGHTS): they stay open in this socket's queue until it closes, where a train.py had
+        # its evaluator hold, while it scores, a file it unlinked (the disk's room with it: referee.py looks at that).
+        with self._channel_lock:
+            self.channel.close()
         self.output.finish()
         if self.group is not None:
             self._group_refused = self._group_refused or tasks.refused(self.group)
