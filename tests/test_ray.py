@@ -318,3 +318,23 @@ def test_a_write_on_a_node_that_fails_for_lack_of_space_is_the_disk_full_error_n
     assert "writing a training run's files failed for lack of space" in stopped.value.hint
     with pytest.raises(OSError, match="Permission denied"), ray_executor._disk_of("gpu-7", tmp_path):
         raise OSError(errno.EACCES, "Permission denied")
+    with pytest.raises(DiskFullError) as stopped, ray_executor._disk_of("gpu-7", tmp_path):
+        raise ray.exceptions.OutOfDiskError()  # Ray's object store, spilling the run's files to a full disk
+    assert str(stopped.value).startswith("the disk is full on Ray node gpu-7: free space there")
+    assert "sending a run's files back through Ray's object store failed" in stopped.value.hint
+
+
+def test_data_the_object_store_cannot_take_for_a_full_disk_is_the_disk_full_error(
+    cluster, tmp_path, tiny_prepared, monkeypatch
+):
+    """Ray's OutOfDiskError as the loop put the data into its object store was a traceback."""
+    ws = make_workspace(tmp_path / "ws", tiny_prepared)
+    spec = RunSpec(ws.root, ws.state / "runs" / "1-0", 120.0, fingerprint_of(ws))
+
+    def full(piece):
+        raise ray.exceptions.OutOfDiskError()
+
+    monkeypatch.setattr(ray, "put", full)
+    with pytest.raises(DiskFullError, match="the disk is full: free space, then run again") as stopped:
+        Shipment().request(spec, ship=True)
+    assert "putting the prepared data into Ray's object store failed for lack of space" in stopped.value.hint

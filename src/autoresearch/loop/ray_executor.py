@@ -207,7 +207,12 @@ class Shipment:
             if shipped is not None and shipped[:2] != (data_dir, manifest):
                 shipped = self._data = None  # the data changed under the loop: its nodes will say so
             if shipped is None and ship:
-                parcel = ray_data.ship_data(data_dir, Manifest.parse(manifest, data_dir / MANIFEST), ray_module().put)
+                try:
+                    parcel = ray_data.ship_data(
+                        data_dir, Manifest.parse(manifest, data_dir / MANIFEST), ray_module().put
+                    )
+                except ray_module().exceptions.OutOfDiskError:  # its object store spills to this machine's disk
+                    raise DiskFullError("putting the prepared data into Ray's object store") from None
                 shipped = self._data = (data_dir, manifest, parcel)
         data = shipped[2] if shipped is not None else None
         return Request(__version__, self._code, token, apparatus, train_py, manifest, data)
@@ -322,6 +327,8 @@ def _disk_of(node: str, folder: Path) -> Iterator[None]:
             yield
     except DiskFullError as exc:
         raise DiskFullError(exc.what, exc.then, f"Ray node {node} ({folder})") from None
+    except ray_module().exceptions.OutOfDiskError:  # Ray's object store, spilling to this node's disk
+        raise DiskFullError("sending a run's files back through Ray's object store", where=f"Ray node {node}") from None
 
 
 def _refusal(spec: RunSpec, request: Request) -> Outcome | None:
