@@ -537,3 +537,22 @@ def test_the_bus_sockets_under_run_are_not_shown(layout: Layout) -> None:
     run = confined(layout, code, *buses)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == [word for d in buses for word in (d, "0")]  # empty inside, whatever is there
+
+
+def test_the_loops_word_that_runs_are_confined_is_taken_by_evaluators_alone_never_from_a_shell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AUTORESEARCH_CONFINES is set for evaluators by the loop that probed bubblewrap. Set in the shell a coding agent
+    calls `try` from, it must not make that loop skip its own probe (its warning, the workers' refusal)."""
+    monkeypatch.setenv(sandbox.CONFINES_ENV, "1")
+    monkeypatch.setattr(sandbox, "bwrap", lambda: None)
+    sandbox.unavailable_reason.cache_clear()
+    try:
+        assert sandbox.unavailable_reason() == "bubblewrap (bwrap) is not installed or not on PATH"
+        assert sandbox.evaluators_reason() is None  # an evaluator takes it: the loop that started it probed
+        assert sandbox.CONFINES_ENV not in sandbox.evaluator_env({sandbox.CONFINES_ENV: "1", "PATH": os.defpath})
+        monkeypatch.setenv(sandbox.SWITCH_ENV, "off")
+        sandbox.unavailable_reason.cache_clear()
+        assert sandbox.evaluators_reason() == f"confinement is switched off (${sandbox.SWITCH_ENV}=off)"
+    finally:
+        sandbox.unavailable_reason.cache_clear()

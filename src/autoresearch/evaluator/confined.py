@@ -116,7 +116,7 @@ class ExperimentProcess:
     """
 
     def __init__(self, box: Path, env: dict[str, str], view: sandbox.View):
-        self.unconfined_reason = sandbox.unavailable_reason()
+        self.unconfined_reason = sandbox.evaluators_reason()
         self.unfiltered_reason = syscalls.unavailable_reason()
         self._anchor: subprocess.Popen | None = None
         # At most so many tasks at once (evaluator/tasks.py): by its group, entered before it starts anything, or by

@@ -148,7 +148,7 @@ class Referee:
         state = self.root / ".autoresearch"
         state.mkdir(exist_ok=True)
         self.box = owned_box(state, os.getpid())  # removed at the end of the run, or by the next start if killed
-        env, layer = compile_cache.layer(env, self.box, confined=sandbox.unavailable_reason() is None)
+        env, layer = compile_cache.layer(env, self.box, confined=sandbox.evaluators_reason() is None)
         on_cpu = devices.pick_device().type == "cpu"
         if on_cpu:  # the experiment gets the cores this process's torch would use, within a CPU quota (cores.py)
             threads, counted = run_cores(torch.get_num_threads())

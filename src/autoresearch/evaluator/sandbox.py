@@ -325,9 +325,15 @@ def unavailable_reason() -> str | None:
     """None when confinement works on this machine; else one line saying why. Probes once per process."""
     if os.environ.get(SWITCH_ENV, "").lower() == "off":
         return f"confinement is switched off (${SWITCH_ENV}=off)"
-    if os.environ.get(CONFINES_ENV) == "1":  # an evaluator of a loop that confines
-        return None
     return probe()
+
+
+def evaluators_reason() -> str | None:
+    """`unavailable_reason` as an evaluator takes it: None where the loop that started it found confinement working
+    (CONFINES_ENV), without a probe of its own; the loop's own processes never take that word from the environment."""
+    if os.environ.get(CONFINES_ENV) == "1" and os.environ.get(SWITCH_ENV, "").lower() != "off":
+        return None
+    return unavailable_reason()
 
 
 def probe() -> str | None:
