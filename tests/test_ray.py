@@ -338,3 +338,27 @@ def test_data_the_object_store_cannot_take_for_a_full_disk_is_the_disk_full_erro
     with pytest.raises(DiskFullError, match="the disk is full: free space, then run again") as stopped:
         Shipment().request(spec, ship=True)
     assert "putting the prepared data into Ray's object store failed for lack of space" in stopped.value.hint
+
+
+@pytest.mark.parametrize(
+    ("cause", "said"),
+    [
+        (PermissionError(errno.EACCES, "Permission denied", "/srv/cache"), "could not read or write a file it needs"),
+        (ModuleNotFoundError("No module named 'autoresearch'"), "install the same autoresearch on every node"),
+    ],
+)
+def test_a_task_that_failed_on_its_node_says_what_to_do_about_its_cause(
+    tmp_path, tiny_prepared, monkeypatch, cause, said
+):
+    """A node's cache folder it cannot write was "install the same autoresearch on every node" too."""
+    ws = make_workspace(tmp_path / "ws", tiny_prepared)
+    spec = RunSpec(ws.root, ws.state / "runs" / "1-0", 120.0, fingerprint_of(ws))
+    executor = RayExecutor()
+
+    def failed(*args):
+        raise ray.exceptions.RayTaskError("_train", "Traceback ...", cause)
+
+    monkeypatch.setattr(executor, "_ask", failed)
+    with pytest.raises(AutoresearchError, match="a run's Ray task failed on its node") as stopped:
+        executor.run(spec)
+    assert said in stopped.value.hint

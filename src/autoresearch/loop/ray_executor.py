@@ -50,7 +50,7 @@ from typing import Any
 from autoresearch import __version__
 from autoresearch.agents.base import has_shell
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
-from autoresearch.config.paths import cache_root, ray_dir
+from autoresearch.config.paths import CACHE_ENV, cache_root, ray_dir
 from autoresearch.data.shards import Manifest
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
 from autoresearch.evaluator import memory
@@ -257,8 +257,7 @@ class RayExecutor:
             if isinstance(full := exc.cause, DiskFullError):  # its disk: the loop stops as on a full disk of its own
                 raise DiskFullError(full.what, full.then, full.where) from None
             raise AutoresearchError(
-                f"a run's Ray task failed on its node: {exc.cause!r}",
-                hint="see that node's Ray worker log (`ray logs`); " + SAME_HARNESS_HINT,
+                f"a run's Ray task failed on its node: {exc.cause!r}", hint=_failed_task_hint(exc.cause)
             ) from None
         finally:
             self._running = None
@@ -345,6 +344,16 @@ def _refusal(spec: RunSpec, request: Request) -> Outcome | None:
     if fingerprint(apparatus, manifest) != spec.fingerprint:
         return _refused("the loop's data or budget changed since the loop started", "")
     return None
+
+
+def _failed_task_hint(cause: BaseException | None) -> str:
+    """What to do about a run's Ray task that failed on its node for `cause`."""
+    if isinstance(cause, OSError) and not isinstance(cause, (ConnectionError, TimeoutError)):
+        return (
+            "the node's Ray worker could not read or write a file it needs (its copies of the data and its runs go "
+            f"under ${CACHE_ENV} on that node, else ~/.cache/autoresearch): see that node's Ray worker log (`ray logs`)"
+        )
+    return "see that node's Ray worker log (`ray logs`); " + SAME_HARNESS_HINT
 
 
 def _refused(why: str, hint: str) -> Outcome:
