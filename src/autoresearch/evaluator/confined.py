@@ -29,7 +29,7 @@ from typing import BinaryIO, NoReturn
 import psutil
 
 from autoresearch import switches
-from autoresearch.evaluator import joining, memory, sandbox, syscalls, tasks
+from autoresearch.evaluator import joining, memory, run_group, sandbox, syscalls, tasks
 from autoresearch.evaluator.run_group import RunGroup
 from autoresearch.wire import CHANNEL_ENV, Channel
 from autoresearch.workspace.disk import is_disk_full
@@ -117,13 +117,16 @@ class ExperimentProcess:
 
     def __init__(self, box: Path, env: dict[str, str], view: sandbox.View):
         self.unconfined_reason = sandbox.evaluators_reason()
-        self.unfiltered_reason = syscalls.unavailable_reason()
+        self.unfiltered_reason = syscalls.evaluators_reason()  # FilterUnavailable where the loop loads it
         self._anchor: subprocess.Popen | None = None
         # At most so many tasks at once (evaluator/tasks.py): by its group, entered before it starts anything, or by
         # RLIMIT_NPROC, which `task_limit` asks the harness to set in the run's own user namespace. Its share of
-        # memory (evaluator/memory.py): by its group alone.
+        # memory (evaluator/memory.py): by its group alone. A group the loop found it could make is made, or the run
+        # is not trained (run_group.check).
         self.tasks, self.memory = tasks.run_tasks(), memory.run_memory()
-        self.group = RunGroup.make({**tasks.limits(self.tasks), **memory.limits(self.memory)})
+        limits = {**tasks.limits(self.tasks), **memory.limits(self.memory)}
+        self.group = RunGroup.make(limits)
+        run_group.check(self.group, limits)
         self._group_refused = self._group_killed = False  # what its group counted, read before it is removed
         self.task_limit = self.tasks if self.tasks and self.unconfined_reason is None and tasks.by_limit() else None
         self.join_error: str | None = None  # why the experiment could not be forked into its sandbox

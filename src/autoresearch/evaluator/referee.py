@@ -44,7 +44,7 @@ from autoresearch.data.shards import REPAIR_HINT, Manifest, evaluation_rows, ope
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
-from autoresearch.evaluator import ahead, compile_cache, cores, memory, sandbox, tasks
+from autoresearch.evaluator import ahead, compile_cache, cores, memory, run_group, sandbox, tasks
 from autoresearch.evaluator.clock import CPU, CpuClock, TrainingClock, WallClock
 from autoresearch.evaluator.clock import describe as describe_clock
 from autoresearch.evaluator.confined import ExperimentProcess
@@ -406,7 +406,9 @@ def _hold_the_share() -> RunGroup | None:
     document that parsed to 25 times its size; red team). The run's own group lies inside, of the same share."""
     share = memory.run_memory()
     os.environ[memory.MEMORY_ENV] = str(share)  # the run's, not a share of what is left in this group
-    group = RunGroup.make(memory.limits(share))
+    limits = memory.limits(share)
+    group = RunGroup.make(limits)
+    run_group.check(group, limits)  # where the loop made such a group, never an evaluator holding any memory
     if group is not None:
         group.enter()
     return group

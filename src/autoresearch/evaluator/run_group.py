@@ -16,9 +16,15 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import cgroups
 
 PREFIX = "autoresearch-run-"  # + the evaluator's pid
+# Set in `sandbox.evaluator_env`: the controllers ("memory,pids") a run's group is limited in, as the process that
+# starts evaluators found it could make one (`limitable`), and said so (`run` warns where runs are not capped). Each
+# evaluator made its run's group for itself, and where that failed (a moment short of memory or cgroup ids) it trained
+# the run without its cap of tasks or its memory, and the loop never knew (red team): now it stops (`GroupUnavailable`).
+PROMISED_ENV = "AUTORESEARCH_RUN_GROUP"
 REMOVE_WAIT_S = 5.0  # how long a finished run's group is given to empty: its tasks leave as the kernel reaps them
 # A file by cgroup v2's name: v1's, where it differs (None: v1 has no such file). v1 counts OOM kills in
 # memory.oom_control (`oom_kill N`, Linux 4.13 and later), v2 in memory.events. v1 limits memory and swap together
@@ -104,6 +110,46 @@ class RunGroup:
         for folder in self.folders:
             while not cgroups.remove(folder) and time.monotonic() < deadline:
                 time.sleep(0.02)
+
+
+class GroupUnavailable(AutoresearchError):
+    """The run's group cannot be limited in a controller the loop found it could be: the run is not trained."""
+
+    def __init__(self, missing: set[str]):
+        what = {"pids": "pids (its cap of tasks)", "memory": "memory (its share)"}
+        super().__init__(
+            "cannot hold the run in its cgroup: no limit in " + ", ".join(what.get(c, c) for c in sorted(missing)),
+            hint="the loop made such a group at its start; see that the machine has memory and cgroups to spare "
+            "(cgroup v1 has 65,535 memory groups), then run again: the experiment in flight is trained then",
+        )
+
+
+_limitable: dict[frozenset[str], frozenset[str]] = {}
+
+
+def limitable(limits: Mapping[str, Mapping[str, str]]) -> frozenset[str]:
+    """The controllers of `limits` that a group made here now is limited in (a group made and removed; once per
+    process for each set of controllers)."""
+    key = frozenset(limits)
+    if key not in _limitable:
+        group = RunGroup.make(limits)
+        _limitable[key] = group.limited if group is not None else frozenset()
+        if group is not None:
+            group.remove()
+    return _limitable[key]
+
+
+def promised(limits: Mapping[str, Mapping[str, str]]) -> set[str]:
+    """The controllers of `limits` the process that started this one said a run's group is limited in (PROMISED_ENV)."""
+    return set(os.environ.get(PROMISED_ENV, "").split(",")) & set(limits)
+
+
+def check(group: RunGroup | None, limits: Mapping[str, Mapping[str, str]]) -> None:
+    """GroupUnavailable where `group` (None: none was made) lacks a limit of `limits` that was promised."""
+    if missing := promised(limits) - (group.limited if group is not None else frozenset()):
+        if group is not None:
+            group.remove(wait=0)
+        raise GroupUnavailable(missing)
 
 
 def named(file: str, v1: bool) -> str | None:

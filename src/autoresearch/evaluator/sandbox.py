@@ -28,6 +28,7 @@ from pathlib import Path
 
 from autoresearch import switches
 from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator import memory, run_group, syscalls, tasks
 from autoresearch.evaluator import shown as shown_paths
 from autoresearch.evaluator.cores import runs_train_on_cpu
 from autoresearch.evaluator.gpu_nodes import Nodes, own_nodes
@@ -139,6 +140,13 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
     evaluator.pop(CONFINES_ENV, None)
     if unavailable_reason() is None:
         evaluator[CONFINES_ENV] = "1"
+    # Likewise the seccomp filter and the run's cgroup: as this process finds them, never as each evaluator does.
+    evaluator.pop(syscalls.FILTERS_ENV, None)
+    if syscalls.unavailable_reason() is None:
+        evaluator[syscalls.FILTERS_ENV] = "1"
+    evaluator.pop(run_group.PROMISED_ENV, None)
+    if held := run_group.limitable({**tasks.limits(tasks.run_tasks(env)), **memory.limits(memory.run_memory(env))}):
+        evaluator[run_group.PROMISED_ENV] = ",".join(sorted(held))
     # Read once, when torch loads, and inherited by the fork. Asking whether a GPU exists does not start CUDA
     # (a CUDA context does not survive a fork). On a CPU, OpenMP's threads that wait sleep instead of spinning:
     # spinning burns CPU time, which the CPU clock counts, the more so the busier the machine. (Not where a GPU

@@ -29,12 +29,18 @@ import os
 import signal
 import sys
 
+from autoresearch.errors import AutoresearchError
+
 # The kernel's keyrings belong to no namespace: a session keyring the loop has (a login through pam_keyinit)
 # would be shared with the run, which could read its keys and leave one for the next run.
 KEYRING_CALLS = ("add_key", "request_key", "keyctl")
 CPU_CALLS = ("sched_setaffinity", "io_uring_setup", "io_uring_enter", "io_uring_register")
 NAMESPACE_CALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick")
 NAMESPACE_CALLS += ("move_mount", "open_tree", "mount_setattr")
+# Set in `sandbox.evaluator_env` where the process that starts evaluators loads the filter: each evaluator then puts
+# its run under it, or the run is not trained. Each evaluator loads libseccomp afresh, and one that could not (a moment
+# short of memory or descriptors) trained its run unfiltered, and the loop never knew (red team).
+FILTERS_ENV = "AUTORESEARCH_FILTERS"
 _CLONE_NEWUSER = 0x10000000
 _PR_SCHED_CORE = 62
 
@@ -55,6 +61,26 @@ def unavailable_reason() -> str | None:
     except (ImportError, OSError, RuntimeError) as exc:
         return f"libseccomp cannot be loaded ({exc}); install libseccomp2"
     return None
+
+
+class FilterUnavailable(AutoresearchError):
+    """The filter the loop found working cannot be loaded for this run: the run is not trained without it."""
+
+    def __init__(self, reason: str):
+        super().__init__(
+            f"cannot put train.py under its seccomp filter: {reason}",
+            hint="the loop loaded the filter at its start; see that libseccomp2 is installed and the machine has "
+            "memory to spare, then run again: the experiment in flight is trained then",
+        )
+
+
+def evaluators_reason() -> str | None:
+    """`unavailable_reason` as an evaluator takes it: where the loop that started it loads the filter (FILTERS_ENV),
+    FilterUnavailable rather than a run trained without it."""
+    reason = unavailable_reason()
+    if reason is not None and os.environ.get(FILTERS_ENV) == "1":
+        raise FilterUnavailable(reason)
+    return reason
 
 
 def _filter():

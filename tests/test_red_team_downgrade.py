@@ -1,0 +1,129 @@
+"""Red team: a protection the loop found working, lost for one run because something failed in that run's evaluator.
+
+The loop decides once what holds on this machine (bubblewrap, the seccomp filter, the run's cgroup) and says so at
+its start; each evaluator then made its run's protections for itself, and where one failed at that moment (a library
+that could not be loaded, a cgroup that could not be made) it trained the run without it, saying nothing the loop
+reads. Each test here makes that one protection fail in the evaluators alone, and runs a train.py that uses what is
+then open, through the real loop (CPU, tiny preset, 1-second budget). A protection the loop found working is applied,
+or the run is not trained and the loop stops saying why (no fault of the run's): never a run trained without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from loop_support import make_loop, one_edit
+from test_red_team import START, first_run_log
+
+from autoresearch.evaluator import cgroups, run_group, sandbox, syscalls, tasks
+from autoresearch.loop.executor import LocalExecutor
+from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.settings import LoopError
+from autoresearch.vocabulary import Status
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox, filter and cgroups are Linux's"),
+    pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="bubblewrap cannot confine here"),
+]
+
+
+def evaluators_with(tmp_path: Path, name: str, text: str) -> dict[str, str]:
+    """An environment whose Python finds the module `name` (`text`) first: what the loop's evaluators (and their fork
+    server) import, not the loop itself, which has imported what it needs already. (The sandbox's /tmp is its own:
+    the experiment does not see it.)"""
+    folder = tmp_path / "evaluators-site"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(textwrap.dedent(text))
+    return {"PYTHONPATH": os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH", "")])])}
+
+
+IGNORE_SIGCHLD = """\
+    import signal
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        print("SIGCHLD IGNORED", flush=True)
+    except PermissionError:
+        print("SIGCHLD REFUSED", flush=True)
+"""
+
+
+@pytest.mark.skipif(syscalls.unavailable_reason() is not None, reason="needs libseccomp")
+def test_an_evaluator_that_cannot_load_the_filter_trains_no_run_without_it(lab, tmp_path: Path) -> None:
+    """BROKE: each evaluator asked for itself whether the seccomp filter can be made (libseccomp loaded through
+    pyseccomp, imported afresh in every evaluator), and one that could not trained its run without it: SIGCHLD ignored
+    (work in helpers the kernel reaps, which the CPU clock never counts), sched_setaffinity off its worker's CPUs,
+    unshare/mount (run as root: the cgroup filesystem, out of its groups), the loop's keyrings. The loop never knew (on
+    a GPU not even the run's log said so; the result has no field for it). The loop's word (AUTORESEARCH_FILTERS, set
+    in evaluator_env where it loads the filter) is now taken: an evaluator that cannot load it stops the loop."""
+    ws, _ = lab
+    env = evaluators_with(tmp_path, "pyseccomp", "raise ImportError('libseccomp.so.2: cannot open shared object')\n")
+    loop = make_loop(ws, LocalExecutor(prewarm=False, env=env), baseline_runs=2)
+    try:
+        with pytest.raises(LoopError, match=r"seccomp filter.*libseccomp\.so\.2"):
+            loop.step(one_edit("ignore SIGCHLD", [(START, START + IGNORE_SIGCHLD)]))
+    finally:
+        loop.executor.close()
+    (exp,) = [e for e in Ledger(ws.root).all() if e.description == "ignore SIGCHLD"]
+    assert exp.status == Status.RUNNING and exp.run_values == []  # in flight: trained on the next start
+    assert "SIGCHLD IGNORED" not in "".join(p.read_text() for p in (ws.state / "runs").glob(f"{exp.id}-*/log.txt"))
+
+
+# The run's own cgroup (its cap of tasks, its memory) not made: as a moment short of memory or of cgroup ids (v1 has
+# 65,535 memory groups a machine) makes RunGroup.make fail. The evaluator's own share group (no "pids" asked) is made.
+NO_RUN_GROUP = """\
+from autoresearch.evaluator import run_group
+_make = run_group.RunGroup.make.__func__
+
+def make(cls, limits):
+    return None if "pids" in limits else _make(cls, limits)
+
+run_group.RunGroup.make = classmethod(make)
+"""
+
+FORK = """\
+    import os
+    for forked in range(120):
+        if os.fork() == 0:
+            os.execv("/bin/sleep", ["sleep", "30"])
+        print("FORKED", forked + 1, flush=True)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or tasks.by_limit(), reason="the cap of tasks is a pids cgroup as root")
+def test_a_run_whose_cgroup_cannot_be_made_is_not_trained_uncapped(
+    lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BROKE: `run` checked once that a run's pids group can be made (no warning: runs are capped), but each run's
+    evaluator made its group for itself (RunGroup.make) and, where that failed, trained the run without one: no cap of
+    tasks (a fork bomb fills the machine's process table, other workers' honest runs crash), and without its memory
+    group. 120 forks under a cap of 48 all went through, silently. The loop's word on the run's group
+    (AUTORESEARCH_RUN_GROUP, set in evaluator_env) is now taken: a group that cannot be made stops the loop."""
+    ws, _ = lab
+    monkeypatch.setenv(tasks.TASKS_ENV, "48")
+    loop = make_loop(ws, LocalExecutor(prewarm=False, env=evaluators_with(tmp_path, "sitecustomize", NO_RUN_GROUP)))
+    try:
+        with pytest.raises(LoopError, match=r"cgroup.*pids"):
+            loop.step(one_edit("fork beyond the cap", [(START, START + FORK)]))
+    finally:
+        loop.executor.close()
+    (exp,) = [e for e in Ledger(ws.root).all() if e.description == "fork beyond the cap"]
+    assert exp.status == Status.RUNNING and exp.run_values == []
+    runs = [p for p in (ws.state / "runs").glob(f"{exp.id}-*/log.txt")]
+    forked = [int(n) for p in runs for n in re.findall(r"FORKED (\d+)", p.read_text())]
+    assert max(forked, default=0) < 48, forked
+    groups = [folder for own, _ in cgroups.own_folders("pids") for folder in own.glob(f"{run_group.PREFIX}*")]
+    assert all(int(g.name.removeprefix(run_group.PREFIX)) != os.getpid() for g in groups)  # the loop's probe's
+
+
+def test_an_honest_run_with_every_protection_still_trains(lab) -> None:
+    """The other side: where everything can be made, the loop's word changes nothing."""
+    ws, loop = lab
+    exp = loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.06")]))
+    assert exp.status != Status.CRASH, exp.reason
+    assert "SIGCHLD" not in first_run_log(ws, exp.id)
