@@ -127,3 +127,50 @@ def test_an_honest_run_with_every_protection_still_trains(lab) -> None:
     exp = loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.06")]))
     assert exp.status != Status.CRASH, exp.reason
     assert "SIGCHLD" not in first_run_log(ws, exp.id)
+
+
+# Whether the experiment can write or trace its PID namespace's init (what test_red_team_fork checks of the anchor).
+REACH_INIT = """\
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    reached = []
+    try:
+        open("/proc/1/mem", "r+b", 0).close()
+        reached.append("mem")
+    except OSError:
+        pass
+    if libc.ptrace(16, 1, None, None) == 0:  # PTRACE_ATTACH
+        reached.append("ptrace")
+        libc.ptrace(17, 1, None, None)
+    print("INIT REACHED", reached, open("/proc/1/comm").read().strip(), flush=True)
+"""
+
+
+def test_a_run_whose_anchor_fails_for_a_moment_is_not_started_beside_bubblewraps_open_init(
+    lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's anchor (bwrap --as-pid-1: the PID namespace's init, ours, not dumpable) failed once while bubblewrap
+    otherwise works (a moment short of memory or processes): the evaluator fell back to starting the experiment under
+    bubblewrap's own init, silently: it ptraced and opened /proc/1/mem of `bwrap` for writing (INIT REACHED ['mem',
+    'ptrace'] bwrap, the run valid), which for a loop not run as root is a process outside the run's RLIMIT_NPROC (the
+    old anchor, so rewritten, forked 300 times under a cap of 48). That way is meant for a bubblewrap without
+    --as-pid-1; where the loop's made anchors (AUTORESEARCH_ANCHORS), a run's that fails now stops the loop."""
+    ws, _ = lab
+    wrapper = tmp_path / "bwrap"
+    fails = tmp_path / "anchor-fails"  # once the loop's own checks are done: the runs' anchors fail
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ -e {fails} ]; then for a; do [ "$a" = --as-pid-1 ] && exit 1; done; fi\n'
+        f'exec {sandbox.bwrap()} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(sandbox, "bwrap", lambda: str(wrapper))
+    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
+    fails.touch()
+    try:
+        with pytest.raises(LoopError, match=r"cannot confine train\.py: .*anchor"):
+            loop.step(one_edit("reach init", [(START, START + REACH_INIT)]))
+    finally:
+        loop.executor.close()
+    (exp,) = [e for e in Ledger(ws.root).all() if e.description == "reach init"]
+    assert exp.status == Status.RUNNING and exp.run_values == []
+    assert "INIT REACHED" not in "".join(p.read_text() for p in (ws.state / "runs").glob(f"{exp.id}-*/log.txt"))

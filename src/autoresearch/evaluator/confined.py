@@ -199,7 +199,12 @@ class ExperimentProcess:
                 self._anchor = None
                 if (why := sandbox.probe()) is not None:  # no fault of the run's: the loop stops, saying why
                     raise sandbox.SandboxUnavailable(why)
-                return None
+                if os.environ.get(sandbox.ANCHORS_ENV) == "1":  # the loop's bubblewrap makes anchors: this one failed
+                    raise sandbox.SandboxUnavailable(
+                        "the run's sandbox could not be made around its anchor (bwrap --as-pid-1), as it could at the "
+                        "loop's start"
+                    )
+                return None  # a bubblewrap without --as-pid-1: the experiment is started as a new process
         out_r, out_w = os.pipe()
         ready_r, ready_w = os.pipe()
         confined = self.unconfined_reason is None

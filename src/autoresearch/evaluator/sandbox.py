@@ -63,6 +63,11 @@ BWRAP_ENV = "AUTORESEARCH_BWRAP"  # bubblewrap's path, as the loop found it (`bw
 # short of processes or memory, a probe timed out). With several workers only confinement keeps a run out of the
 # workspace and the other runs' worktrees.
 CONFINES_ENV = "AUTORESEARCH_CONFINES"
+# Set beside it where bubblewrap also makes a sandbox around an init of ours (`--as-pid-1`: the run's anchor,
+# evaluator/confined.py): a run's anchor that then fails stops the loop, rather than start the run under bubblewrap's
+# own init, which it can trace and write (/proc/1/mem) and which is outside its RLIMIT_NPROC (the way for a bubblewrap
+# without --as-pid-1; red team).
+ANCHORS_ENV = "AUTORESEARCH_ANCHORS"
 _HINT = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) and allow "
     "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04+ also "
@@ -138,8 +143,11 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
     if found := bwrap():  # as the loop found it, before any agent ran
         evaluator[BWRAP_ENV] = found
     evaluator.pop(CONFINES_ENV, None)
+    evaluator.pop(ANCHORS_ENV, None)
     if unavailable_reason() is None:
         evaluator[CONFINES_ENV] = "1"
+        if anchors_reason() is None:
+            evaluator[ANCHORS_ENV] = "1"
     # Likewise the seccomp filter and the run's cgroup: as this process finds them, never as each evaluator does.
     evaluator.pop(syscalls.FILTERS_ENV, None)
     if syscalls.unavailable_reason() is None:
@@ -344,15 +352,22 @@ def evaluators_reason() -> str | None:
     return unavailable_reason()
 
 
-def probe() -> str | None:
-    """Whether bubblewrap makes a sandbox here now: None, or one line saying why not."""
+@functools.cache
+def anchors_reason() -> str | None:
+    """None where bubblewrap makes a sandbox around an init of ours (`--as-pid-1`) here; else why not (once)."""
+    return probe(own_init=True)
+
+
+def probe(own_init: bool = False) -> str | None:
+    """Whether bubblewrap makes a sandbox here now (`own_init`: with the command as its init): None, or one line
+    saying why not."""
     if bwrap() is None:
         return "bubblewrap (bwrap) is not installed or not on PATH"
     # Run `true` with the options a real run gets, including a workdir inside a hidden directory.
     with tempfile.TemporaryDirectory(prefix="autoresearch-sandbox-probe-") as tmp:
         workdir = Path(tmp, "box")
         workdir.mkdir()
-        argv = command(["true"], workdir=workdir, hidden=[Path(tmp)], env={"PATH": os.defpath})
+        argv = command(["true"], workdir=workdir, hidden=[Path(tmp)], env={"PATH": os.defpath}, own_init=own_init)
         try:
             probe = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired) as error:
