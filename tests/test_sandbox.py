@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.evaluator import sandbox
+from autoresearch.evaluator import promises, sandbox
 from autoresearch.evaluator.gpu_nodes import Nodes
 
 SECRET = "VALIDATION-SHARD-SECRET-7f3a"
@@ -542,17 +542,21 @@ def test_the_bus_sockets_under_run_are_not_shown(layout: Layout) -> None:
 def test_the_loops_word_that_runs_are_confined_is_taken_by_evaluators_alone_never_from_a_shell(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """AUTORESEARCH_CONFINES is set for evaluators by the loop that probed bubblewrap. Set in the shell a coding agent
-    calls `try` from, it must not make that loop skip its own probe (its warning, the workers' refusal)."""
-    monkeypatch.setenv(sandbox.CONFINES_ENV, "1")
+    """What every run is given (evaluator/promises.py) is said to evaluators by the loop that probed for it. Set in the
+    shell a coding agent calls `try` from, it must not make that loop skip its own probe (its warning, the workers'
+    refusal), nor reach its evaluators as it was set."""
+    monkeypatch.setenv(promises.ENV, "sandbox,anchor,filter,pids,memory")
     monkeypatch.setattr(sandbox, "bwrap", lambda: None)
     sandbox.unavailable_reason.cache_clear()
+    sandbox.anchors_reason.cache_clear()
     try:
         assert sandbox.unavailable_reason() == "bubblewrap (bwrap) is not installed or not on PATH"
         assert sandbox.evaluators_reason() is None  # an evaluator takes it: the loop that started it probed
-        assert sandbox.CONFINES_ENV not in sandbox.evaluator_env({sandbox.CONFINES_ENV: "1", "PATH": os.defpath})
+        said = sandbox.evaluator_env({promises.ENV: "sandbox,anchor", "PATH": os.defpath})[promises.ENV]
+        assert not {"sandbox", "anchor"} & set(said.split(","))
         monkeypatch.setenv(sandbox.SWITCH_ENV, "off")
         sandbox.unavailable_reason.cache_clear()
         assert sandbox.evaluators_reason() == f"confinement is switched off (${sandbox.SWITCH_ENV}=off)"
     finally:
         sandbox.unavailable_reason.cache_clear()
+        sandbox.anchors_reason.cache_clear()

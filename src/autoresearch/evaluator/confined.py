@@ -29,7 +29,7 @@ from typing import BinaryIO, NoReturn
 import psutil
 
 from autoresearch import switches
-from autoresearch.evaluator import joining, memory, run_group, sandbox, syscalls, tasks
+from autoresearch.evaluator import joining, memory, promises, run_group, sandbox, syscalls, tasks
 from autoresearch.evaluator.run_group import RunGroup
 from autoresearch.wire import CHANNEL_ENV, Channel
 from autoresearch.workspace.disk import is_disk_full
@@ -199,7 +199,7 @@ class ExperimentProcess:
                 self._anchor = None
                 if (why := sandbox.probe()) is not None:  # no fault of the run's: the loop stops, saying why
                     raise sandbox.SandboxUnavailable(why)
-                if os.environ.get(sandbox.ANCHORS_ENV) == "1":  # the loop's bubblewrap makes anchors: this one failed
+                if promises.ANCHOR in promises.promised():  # the loop's bubblewrap makes anchors: this one failed
                     raise sandbox.SandboxUnavailable(
                         "the run's sandbox could not be made around its anchor (bwrap --as-pid-1), as it could at the "
                         "loop's start"

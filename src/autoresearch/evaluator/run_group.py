@@ -17,14 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import cgroups
+from autoresearch.evaluator import cgroups, promises
 
 PREFIX = "autoresearch-run-"  # + the evaluator's pid
-# Set in `sandbox.evaluator_env`: the controllers ("memory,pids") a run's group is limited in, as the process that
-# starts evaluators found it could make one (`limitable`), and said so (`run` warns where runs are not capped). Each
-# evaluator made its run's group for itself, and where that failed (a moment short of memory or cgroup ids) it trained
-# the run without its cap of tasks or its memory, and the loop never knew (red team): now it stops (`GroupUnavailable`).
-PROMISED_ENV = "AUTORESEARCH_RUN_GROUP"
 REMOVE_WAIT_S = 5.0  # how long a finished run's group is given to empty: its tasks leave as the kernel reaps them
 # A file by cgroup v2's name: v1's, where it differs (None: v1 has no such file). v1 counts OOM kills in
 # memory.oom_control (`oom_kill N`, Linux 4.13 and later), v2 in memory.events. v1 limits memory and swap together
@@ -139,14 +134,10 @@ def limitable(limits: Mapping[str, Mapping[str, str]]) -> frozenset[str]:
     return _limitable[key]
 
 
-def promised(limits: Mapping[str, Mapping[str, str]]) -> set[str]:
-    """The controllers of `limits` the process that started this one said a run's group is limited in (PROMISED_ENV)."""
-    return set(os.environ.get(PROMISED_ENV, "").split(",")) & set(limits)
-
-
 def check(group: RunGroup | None, limits: Mapping[str, Mapping[str, str]]) -> None:
-    """GroupUnavailable where `group` (None: none was made) lacks a limit of `limits` that was promised."""
-    if missing := promised(limits) - (group.limited if group is not None else frozenset()):
+    """GroupUnavailable where `group` (None: none was made) lacks a limit of `limits` that was promised (a controller
+    named in evaluator/promises.py's word)."""
+    if missing := (promises.promised() & set(limits)) - (group.limited if group is not None else frozenset()):
         if group is not None:
             group.remove(wait=0)
         raise GroupUnavailable(missing)

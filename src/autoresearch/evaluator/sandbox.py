@@ -28,7 +28,7 @@ from pathlib import Path
 
 from autoresearch import switches
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import memory, run_group, syscalls, tasks
+from autoresearch.evaluator import memory, promises, run_group, syscalls, tasks
 from autoresearch.evaluator import shown as shown_paths
 from autoresearch.evaluator.cores import runs_train_on_cpu
 from autoresearch.evaluator.gpu_nodes import Nodes, own_nodes
@@ -58,16 +58,6 @@ SYSTEM_SOCKET_DIRS = ("/run/user", "/run/dbus")
 _PRIVATE_TMP = Path("/tmp")
 SWITCH_ENV = switches.SANDBOX
 BWRAP_ENV = "AUTORESEARCH_BWRAP"  # bubblewrap's path, as the loop found it (`bwrap`): set in `evaluator_env`
-# Set in `evaluator_env` where the process that starts evaluators found confinement working: each evaluator then
-# confines its run, or the run fails, and never trains it unconfined on a probe of its own that failed (a moment
-# short of processes or memory, a probe timed out). With several workers only confinement keeps a run out of the
-# workspace and the other runs' worktrees.
-CONFINES_ENV = "AUTORESEARCH_CONFINES"
-# Set beside it where bubblewrap also makes a sandbox around an init of ours (`--as-pid-1`: the run's anchor,
-# evaluator/confined.py): a run's anchor that then fails stops the loop, rather than start the run under bubblewrap's
-# own init, which it can trace and write (/proc/1/mem) and which is outside its RLIMIT_NPROC (the way for a bubblewrap
-# without --as-pid-1; red team).
-ANCHORS_ENV = "AUTORESEARCH_ANCHORS"
 _HINT = (
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) and allow "
     "unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04+ also "
@@ -142,19 +132,7 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
             evaluator[name] = os.pathsep.join(absolute_entries(evaluator[name]))
     if found := bwrap():  # as the loop found it, before any agent ran
         evaluator[BWRAP_ENV] = found
-    evaluator.pop(CONFINES_ENV, None)
-    evaluator.pop(ANCHORS_ENV, None)
-    if unavailable_reason() is None:
-        evaluator[CONFINES_ENV] = "1"
-        if anchors_reason() is None:
-            evaluator[ANCHORS_ENV] = "1"
-    # Likewise the seccomp filter and the run's cgroup: as this process finds them, never as each evaluator does.
-    evaluator.pop(syscalls.FILTERS_ENV, None)
-    if syscalls.unavailable_reason() is None:
-        evaluator[syscalls.FILTERS_ENV] = "1"
-    evaluator.pop(run_group.PROMISED_ENV, None)
-    if held := run_group.limitable({**tasks.limits(tasks.run_tasks(env)), **memory.limits(memory.run_memory(env))}):
-        evaluator[run_group.PROMISED_ENV] = ",".join(sorted(held))
+    evaluator[promises.ENV] = promises.said(promised(env))  # as this process finds them, never each evaluator
     # Read once, when torch loads, and inherited by the fork. Asking whether a GPU exists does not start CUDA
     # (a CUDA context does not survive a fork). On a CPU, OpenMP's threads that wait sleep instead of spinning:
     # spinning burns CPU time, which the CPU clock counts, the more so the busier the machine. (Not where a GPU
@@ -345,11 +323,24 @@ def unavailable_reason() -> str | None:
 
 
 def evaluators_reason() -> str | None:
-    """`unavailable_reason` as an evaluator takes it: None where the loop that started it found confinement working
-    (CONFINES_ENV), without a probe of its own; the loop's own processes never take that word from the environment."""
-    if os.environ.get(CONFINES_ENV) == "1" and os.environ.get(SWITCH_ENV, "").lower() != "off":
+    """`unavailable_reason` as an evaluator takes it: None, without a probe of its own, where the process that started
+    it promised confinement (evaluator/promises.py)."""
+    if promises.SANDBOX in promises.promised() and os.environ.get(SWITCH_ENV, "").lower() != "off":
         return None
     return unavailable_reason()
+
+
+def promised(env: Mapping[str, str]) -> set[str]:
+    """What this process can give every run of evaluators started with `env` (evaluator/promises.py)."""
+    given: set[str] = set()
+    if unavailable_reason() is None:
+        given.add(promises.SANDBOX)
+        if anchors_reason() is None:
+            given.add(promises.ANCHOR)
+    if syscalls.unavailable_reason() is None:
+        given.add(promises.FILTER)
+    limits = {**tasks.limits(tasks.run_tasks(env)), **memory.limits(memory.run_memory(env))}
+    return given | run_group.limitable(limits)
 
 
 @functools.cache

@@ -30,6 +30,7 @@ import signal
 import sys
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator import promises
 
 # The kernel's keyrings belong to no namespace: a session keyring the loop has (a login through pam_keyinit)
 # would be shared with the run, which could read its keys and leave one for the next run.
@@ -37,10 +38,6 @@ KEYRING_CALLS = ("add_key", "request_key", "keyctl")
 CPU_CALLS = ("sched_setaffinity", "io_uring_setup", "io_uring_enter", "io_uring_register")
 NAMESPACE_CALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick")
 NAMESPACE_CALLS += ("move_mount", "open_tree", "mount_setattr")
-# Set in `sandbox.evaluator_env` where the process that starts evaluators loads the filter: each evaluator then puts
-# its run under it, or the run is not trained. Each evaluator loads libseccomp afresh, and one that could not (a moment
-# short of memory or descriptors) trained its run unfiltered, and the loop never knew (red team).
-FILTERS_ENV = "AUTORESEARCH_FILTERS"
 _CLONE_NEWUSER = 0x10000000
 _PR_SCHED_CORE = 62
 
@@ -75,10 +72,10 @@ class FilterUnavailable(AutoresearchError):
 
 
 def evaluators_reason() -> str | None:
-    """`unavailable_reason` as an evaluator takes it: where the loop that started it loads the filter (FILTERS_ENV),
-    FilterUnavailable rather than a run trained without it."""
+    """`unavailable_reason` as an evaluator takes it: where the process that started it promised the filter
+    (evaluator/promises.py), FilterUnavailable rather than a run trained without it."""
     reason = unavailable_reason()
-    if reason is not None and os.environ.get(FILTERS_ENV) == "1":
+    if reason is not None and promises.FILTER in promises.promised():
         raise FilterUnavailable(reason)
     return reason
 
