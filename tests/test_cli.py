@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -358,6 +359,31 @@ def test_a_device_setting_that_names_nothing_is_refused_before_anything_trains(
     err = words(capsys.readouterr().err)
     assert f"${name} is {value!r}" in err and "unset it" in err and "new workspace" not in err, err
     assert "Traceback" not in err and not (workspace.state / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "gpus", "said"),
+    [("cuda", 0, "this torch sees no CUDA GPU"), ("cuda:2", 2, "this torch sees 2 CUDA GPUs (cuda:0 to cuda:1)"),
+     ("mps", 0, "Apple MPS is not available here"), ("cuda:1", 2, None), ("cpu", 0, None)],
+)  # fmt: skip
+def test_a_device_setting_this_machine_cannot_give_is_refused_with_what_to_do(
+    value: str, gpus: int, said: str | None, monkeypatch
+) -> None:
+    """BROKE, fixed: AUTORESEARCH_DEVICE=cuda on a machine without CUDA crashed every run in torch (`AssertionError:
+    Torch not compiled with CUDA enabled`, a traceback by hand), and the loop said to make a new workspace."""
+    from autoresearch import device as devices
+    from autoresearch.errors import ConfigError
+
+    monkeypatch.setenv("AUTORESEARCH_DEVICE", value)
+    monkeypatch.setattr(devices.torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(devices.torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(devices.torch.backends.mps, "is_available", lambda: False)
+    if said is None:
+        devices.check_available()
+        return
+    with pytest.raises(ConfigError, match=f"AUTORESEARCH_DEVICE is '{value}', but {re.escape(said)}") as refused:
+        devices.check_available()
+    assert "unset AUTORESEARCH_DEVICE" in (refused.value.hint or "")
 
 
 def test_a_command_run_in_a_folder_of_a_workspace_names_the_workspace(

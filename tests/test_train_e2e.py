@@ -197,6 +197,20 @@ def test_train_py_outside_a_workspace_says_how_to_make_one(
     assert not (tmp_path / "result.json").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_an_error_that_says_so_not_a_traceback(
+    workspace: Path, subprocess_env: dict[str, str]
+) -> None:
+    """BROKE, fixed: with AUTORESEARCH_DEVICE=cuda on a machine without CUDA, `python train.py` ended in a traceback
+    (`AssertionError: Torch not compiled with CUDA enabled`), and the loop stopped with it and the hint for a changed
+    apparatus, to make a new workspace."""
+    proc = python(["train.py"], workspace, {**subprocess_env, "AUTORESEARCH_DEVICE": "cuda"}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert "$AUTORESEARCH_DEVICE is 'cuda', but this torch sees no CUDA GPU" in err, err
+    assert "unset AUTORESEARCH_DEVICE" in err and "Traceback" not in err and "new workspace" not in err
+
+
 # -- what the evaluator makes of a handed-over model, without a training subprocess ----------------
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from autoresearch.errors import ConfigError
 from autoresearch.evaluator.cores import DEVICE_ENV, PEAK_FLOPS_ENV, usable_cores
 
 # Dense bf16 tensor-core peak by GPU name, from the vendors' datasheets (no sparsity).
@@ -44,6 +45,32 @@ def pick_device() -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def check_available() -> None:
+    """Refuse an $AUTORESEARCH_DEVICE this machine's torch cannot train on (CUDA with a CPU build or no GPU, a GPU
+    number past the last, MPS off a Mac), with what to do: each run crashed deep in torch, with a traceback.
+    It may start CUDA: the evaluator calls it only once its experiment is forked."""
+    name = os.environ.get(DEVICE_ENV)
+    if not name:
+        return
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            why = "this torch sees no CUDA GPU" + ("" if torch.backends.cuda.is_built() else " (a CPU build)")
+        elif device.index is not None and device.index >= count:
+            why = f"this torch sees {count} CUDA GPU{'s' if count > 1 else ''} (cuda:0 to cuda:{count - 1})"
+        else:
+            return
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        why = "Apple MPS is not available here"
+    else:
+        return
+    raise ConfigError(
+        f"${DEVICE_ENV} is {name!r}, but {why}",
+        hint=f"unset {DEVICE_ENV} to let autoresearch choose, or set it to a device this machine has (cpu)",
+    )
 
 
 def describe(device: torch.device) -> str:

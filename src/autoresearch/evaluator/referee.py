@@ -101,6 +101,7 @@ class Referee:
         # The experiment first: it may be forked from this process, which must not hold anything secret yet.
         self.experiment, clock = self._start_experiment(env, data_dir, manifest)
         try:
+            devices.check_available()  # a device it cannot have: said here, once the experiment is forked
             self.tokenizer = Tokenizer.load(data_dir / "tokenizer.json")
             if self.tokenizer.digest() != manifest.tokenizer_sha256:
                 raise DataError(f"{data_dir / 'tokenizer.json'} does not match the shards", hint=REPAIR_HINT)
