@@ -154,6 +154,10 @@ def test_workers_on_the_cpu_share_the_usable_cores_one_each_at_least(monkeypatch
     with pytest.raises(AutoresearchError, match="--workers 5 needs a core per worker") as refused:
         devices(None, 5)
     assert "--workers 4 or fewer" in refused.value.hint
+    monkeypatch.setattr("autoresearch.loop.workers.usable_cores", lambda: 1)
+    with pytest.raises(AutoresearchError, match="--workers 2 needs a core per worker") as refused:
+        devices(None, 2)  # BROKE, fixed: the hint said "use --workers 1 or fewer"
+    assert "leave --workers out" in refused.value.hint and "or fewer" not in refused.value.hint
 
 
 def test_the_cpus_name_comes_from_the_kernel_and_else_is_its_architecture(tmp_path):
@@ -268,4 +272,4 @@ def test_agent_cores_can_be_set_and_a_bad_setting_is_refused_before_anything_run
         smt_machine(tmp_path, monkeypatch, count=2)
         with pytest.raises(AutoresearchError, match=said) as refused:
             placed(None, 2, agents=True)
-        assert cores.AGENT_CORES_ENV in refused.value.hint
+        assert cores.AGENT_CORES_ENV in refused.value.hint and "number of whole cores" in refused.value.hint

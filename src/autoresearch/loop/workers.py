@@ -132,7 +132,12 @@ def placed(
         # Each run's budget is CPU time over its threads: two runs on one core would take twice the wall time.
         raise AutoresearchError(
             f"--workers {workers} needs a core per worker, and this machine gives the loop {usable}",
-            hint=f"use --workers {usable} or fewer (a container's CPU limit counts, not the machine's CPUs)",
+            hint=(
+                f"use --workers {usable} or fewer"
+                if usable > 1
+                else "leave --workers out: the loop then runs one worker"
+            )
+            + " (a container's CPU limit counts, not the machine's CPUs)",
         )
     runs, theirs = _pins(workers, agents, False)
     share = memory.shares(workers)
@@ -147,7 +152,10 @@ def _pins(count: int, agents: bool, on_gpu: bool) -> tuple[list[dict[str, str]],
     try:
         return pins(count, agent_cores(count, on_gpu) if agents else 0)
     except ValueError as err:
-        raise AutoresearchError(str(err), hint=f"set {AGENT_CORES_ENV} to fewer cores, or 0 for none") from None
+        raise AutoresearchError(
+            str(err),
+            hint=f"set {AGENT_CORES_ENV} to a number of whole cores the runs can spare (e.g. 1), or 0 for none",
+        ) from None
 
 
 def _threads(workers: int, cores: int | None) -> dict[str, str]:
