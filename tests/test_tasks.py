@@ -133,3 +133,18 @@ def test_a_runs_group_caps_what_it_starts_and_one_its_killed_evaluator_left_is_s
     finally:
         made.remove()
         group.remove(wait=0)
+
+
+@pytest.mark.parametrize(("v1", "promised"), [(True, {"pids"}), (False, set())])
+def test_a_cap_is_promised_to_every_run_only_where_a_runs_group_can_have_it_inside_its_evaluators(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, v1: bool, promised: set[str]
+) -> None:
+    """cgroup v2 hands no controller down to a group that holds a process, and a run's group is made inside its
+    evaluator's, which holds the evaluator: a pids group the loop could make in its own cgroup on v2 promised every
+    run a cap no run's evaluator could give, and every run would have stopped the loop. (v1 gives every group all.)"""
+    made = RunGroup({tmp_path / "autoresearch-run-1": v1}, frozenset({"pids"}))
+    monkeypatch.setattr(RunGroup, "make", classmethod(lambda cls, limits: made))
+    monkeypatch.setattr(RunGroup, "remove", lambda self, wait=0: None)
+    monkeypatch.setattr(run_group, "_limitable", {})
+    assert run_group.limitable(tasks.limits(48)) == promised
+    assert tasks.capped(confined=False, tasks=48) is bool(promised)  # `run` warns where runs are not capped

@@ -123,12 +123,14 @@ _limitable: dict[frozenset[str], frozenset[str]] = {}
 
 
 def limitable(limits: Mapping[str, Mapping[str, str]]) -> frozenset[str]:
-    """The controllers of `limits` that a group made here now is limited in (a group made and removed; once per
-    process for each set of controllers)."""
+    """The controllers of `limits` every run's group is limited in, where this process starts the evaluators: those of
+    a group made here now (made and removed; once per process for each set of controllers), in cgroup v1. A run's group
+    is made inside its evaluator's, which holds the evaluator, and v2 hands no controller down to a group that holds a
+    process: there a run's group lacks what one made here has, and none is promised (nor `run` told runs are capped)."""
     key = frozenset(limits)
     if key not in _limitable:
         group = RunGroup.make(limits)
-        _limitable[key] = group.limited if group is not None else frozenset()
+        _limitable[key] = group.limited if group is not None and all(group.folders.values()) else frozenset()
         if group is not None:
             group.remove()
     return _limitable[key]

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Mapping
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator import run_group
 from autoresearch.evaluator.run_group import RunGroup
 
 TASKS_ENV = "AUTORESEARCH_TASKS"  # the most tasks a run, or an agent's turn, may have at once; "0": none
@@ -60,10 +61,7 @@ def capped(confined: bool, tasks: int) -> bool:
     none is wanted, and none is missing)."""
     if tasks == 0 or (confined and by_limit()):
         return True
-    group = RunGroup.make(limits(tasks))
-    if group is not None:
-        group.remove()
-    return group is not None and "pids" in group.limited
+    return "pids" in run_group.limitable(limits(tasks))
 
 
 def limits(tasks: int) -> dict[str, dict[str, str]]:
