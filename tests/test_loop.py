@@ -903,11 +903,11 @@ def test_rebuild_ledger_keeps_each_old_ledger_whole_beside_its_write_ahead_log(w
     (workspace.state / "ledger.sqlite-wal").write_bytes(b"the latest rows")
     (workspace.state / "ledger.sqlite-shm").mkdir()
     rows, moved, _ = rebuild(workspace.root, workspace.git)
-    assert rows == 1 and moved == workspace.state / "ledger.sqlite.broken-20260101-000000"
+    assert rows == 1 and moved == workspace.state / "ledger.sqlite.replaced-20260101-000000"
     assert moved.read_bytes() == first and Path(f"{moved}-wal").read_bytes() == b"the latest rows"
     assert Path(f"{moved}-shm").is_dir()
     _, again, _ = rebuild(workspace.root, workspace.git)
-    assert again == workspace.state / "ledger.sqlite.broken-20260101-000000-2" and again.is_file()
+    assert again == workspace.state / "ledger.sqlite.replaced-20260101-000000-2" and again.is_file()
     assert moved.read_bytes() == first  # the first one's left as it was
     assert [e.id for e in Ledger(workspace.root).all()] == [1]
 

@@ -356,7 +356,7 @@ def test_a_proposal_identical_to_one_in_flight_or_measured_on_the_same_base_is_n
     sched, fakes = scheduler(workspace, gate=pairs(2))
     sched.run(ScriptedAgent([set_lr(0.9), set_lr(0.9)]), max_experiments=2)  # the same, while the first trains
     rows = sched.loop.ledger.all()
-    assert rows[2].kind == Kind.PROPOSAL and "exp 2, which is being trained now" in rows[2].reason
+    assert rows[2].kind == Kind.PROPOSAL and "exp 2, in flight (queued or training)" in rows[2].reason
     assert rows[1].status == Status.DISCARD
     again = sched.loop.step(ScriptedAgent([set_lr(0.9)]))  # and once measured on this best
     assert again.kind == Kind.PROPOSAL and "already measured on this best" in again.reason
@@ -523,7 +523,7 @@ def test_submit_queues_a_train_py_with_the_running_loop_and_wait_prints_its_verd
     same = inbox.put("LR 0.2 again", with_constants(ws.read_train_py(), LR=0.2), ws.git.head())
     sched.run(None)  # the running loop takes them, answers, trains and judges
     assert reply.answer() == {"id": 2}  # answered by the run above
-    assert "being trained now" in same.answer()["error"]
+    assert "in flight (queued or training)" in same.answer()["error"]
     (exp,) = wait_for(lambda: Ledger(ws.root), [2], driver_alive=lambda: False, poll=0.05)
     assert exp.status == Status.KEEP and exp.agent == "submit" and ws.git.head() == exp.commit
     assert not inbox.pending()

@@ -295,7 +295,7 @@ def test_rebuild_ledger_refuses_a_ledger_that_reads_fine_unless_forced(history, 
     code, _, err = run_cli(capsys, "rebuild-ledger", "--workspace", str(history.root))
     assert code == 2 and "the ledger reads fine" in err and "--force" in err
     assert [(e.id, e.reason) for e in Ledger(history.root).all()] == before
-    assert not list(history.state.glob("ledger.sqlite.broken-*"))
+    assert not list(history.state.glob("ledger.sqlite.replaced-*"))
     code, out, err = run_cli(capsys, "rebuild-ledger", "--force", "--workspace", str(history.root))
     assert code == 0 and "rebuilt the ledger" in err + out
     assert [e.id for e in Ledger(history.root).all()] == [e for e, _ in before]

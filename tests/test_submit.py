@@ -309,7 +309,7 @@ def test_a_duplicate_submission_is_refused_with_the_reason(workspace, capsys):
         assert submit(workspace, capsys, 0.9)[:2] == (0, "exp 2 queued\n")
         rc, out, err, took = submit(workspace, capsys, 0.9)  # the same, while it trains
         assert (rc, out) == (2, "") and took < AT_ONCE_S
-        assert "the same train.py as exp 2, which is being trained now" in err
+        assert "the same train.py as exp 2, in flight (queued or training)" in err
         assert constant(workspace.read_train_py(), "LR") == 0.9  # refused: the change is back in train.py
         release.set()
         wait_until(lambda: rows(workspace)[1].status.final)

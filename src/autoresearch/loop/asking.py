@@ -59,7 +59,7 @@ class Asking:
             if e.source != source or e.kind != Kind.EXPERIMENT or e.id == besides:
                 continue
             if e.status in IN_FLIGHT:
-                return f"the same train.py as exp {e.id}, which is being trained now: propose something different"
+                return f"the same train.py as exp {e.id}, in flight (queued or training): propose something different"
             if e.parent == base and e.status != Status.CRASH:
                 return f"the same train.py as exp {e.id}, already measured on this best ({e.status}, {e.reason})"
         return None

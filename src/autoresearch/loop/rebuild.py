@@ -101,7 +101,7 @@ def _remove(path: Path) -> None:
 def _aside(ledger: Path) -> Path:
     """Where to move the ledger aside: a name that no file has yet, nor its -wal or -shm (a second rebuild in the
     same second replaced the first one's file)."""
-    stem = f"{ledger.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = f"{ledger.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
     names = (ledger.with_name(stem if n == 1 else f"{stem}-{n}") for n in itertools.count(1))
     return next(p for p in names if not any(os.path.lexists(f"{p}{suffix}") for suffix in ("", "-wal", "-shm")))
 
