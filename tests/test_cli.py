@@ -602,3 +602,18 @@ def test_a_ctrl_c_that_lands_in_a_thread_lock_reads_as_a_ctrl_c_and_other_runtim
     monkeypatch.setattr("autoresearch.loop.status.status_text", broken)
     with pytest.raises(RuntimeError, match="release unlocked lock"):
         main(["status", "--workspace", str(workspace.root)])
+
+
+def test_the_loop_submit_started_says_what_resumes_it_when_stopped(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its log said "run the same command again": nobody typed the command (`submit` did, in the background)."""
+
+    def stopped(*args) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("autoresearch.cli.run", stopped)
+    assert main(["run", "--agent", "queue", "--workspace", str(workspace.root)]) == 130
+    assert "interrupted: the next `autoresearch submit` (or `run --agent queue`) resumes" in capsys.readouterr().err
+    assert main(["run", "--agent", "tune", "--workspace", str(workspace.root)]) == 130
+    assert "interrupted: run the same command again" in capsys.readouterr().err

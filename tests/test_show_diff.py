@@ -553,3 +553,17 @@ def test_two_probes_of_the_lock_at_once_do_not_take_each_other_for_a_loop(histor
         assert not history.is_locked()
     finally:
         os.close(fd)
+
+
+def test_status_of_a_loop_that_waits_for_submissions_says_so_not_that_an_agent_prepares_one(
+    history: Workspace, capsys
+) -> None:
+    """The loop `submit` starts has no agent: status said "the agent is preparing the next experiment"."""
+    start_session(history.state, ["local"], time.time(), asking=False)
+    with history.lock():
+        code, out, _ = run_cli(capsys, "status", "--workspace", str(history.root))
+    assert code == 0 and "running: waiting for a submission (`autoresearch submit`)" in out and "agent" not in out
+    start_session(history.state, ["local"], time.time())
+    with history.lock():
+        code, out, _ = run_cli(capsys, "status", "--workspace", str(history.root))
+    assert code == 0 and "running: the agent is preparing the next experiment" in out

@@ -140,14 +140,14 @@ def _main(args: argparse.Namespace, console: Console) -> int:
     except AutoresearchError as exc:
         return _error(console, exc)
     except KeyboardInterrupt as exc:
-        return _interrupted(console, exc)
+        return _interrupted(console, exc, args)
     except RuntimeError as exc:
         # A Ctrl-C that lands while a thread lock of Python's is being taken back (inside threading's Condition.wait)
         # leaves it unheld, and its release raises this in place of the KeyboardInterrupt; every cleanup of ours
         # runs on any exception (finally, `except BaseException`), so it is the Ctrl-C, shown as one.
         if not isinstance(exc.__context__, KeyboardInterrupt) or "release unlocked lock" not in str(exc):
             raise
-        return _interrupted(console, exc.__context__)
+        return _interrupted(console, exc.__context__, args)
     except BrokenPipeError:  # `autoresearch status | head -1`: the reader has gone; as git does, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
         return 141
@@ -164,8 +164,11 @@ def _main(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _interrupted(console: Console, exc: KeyboardInterrupt) -> int:
-    console.print("interrupted: run the same command again to resume where it stopped")
+def _interrupted(console: Console, exc: KeyboardInterrupt, args: argparse.Namespace) -> int:
+    if args.command == "run" and getattr(args, "agent", None) == "queue":  # most often the loop `submit` started
+        console.print("interrupted: the next `autoresearch submit` (or `run --agent queue`) resumes where it stopped")
+    else:
+        console.print("interrupted: run the same command again to resume where it stopped")
     return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 

@@ -114,12 +114,16 @@ class Session:
     started: float  # time.time()
     workers: list[str]  # their labels: "gpu 0", "cpu 1", "ray 3"
     submissions: bool = True  # whether it takes what `submit` queues (a `try` or a one-worker `run` does not)
+    asking: bool = True  # whether an agent proposes (the loop `submit` starts only waits for submissions)
 
 
-def start_session(state: Path, workers: list[str], started: float, submissions: bool = True) -> None:
-    """Tell `status` which workers the loop runs with, and since when; `submit` whether the loop takes its request."""
+def start_session(
+    state: Path, workers: list[str], started: float, submissions: bool = True, asking: bool = True
+) -> None:
+    """Tell `status` which workers the loop runs with, since when, and whether an agent proposes; `submit` whether the
+    loop takes its request."""
     path = state / SESSION_NAME
-    record = {"pid": os.getpid(), "started": started, "workers": workers, "submissions": submissions}
+    record = {"pid": os.getpid(), "started": started, "workers": workers, "submissions": submissions, "asking": asking}
     write_text_atomic(path, json.dumps(record), path.with_name(f".{path.name}.tmp"))
 
 
@@ -141,7 +145,8 @@ def read_session(state: Path) -> Session | None:
     try:
         data = json.loads(read_regular(state / SESSION_NAME, 1 << 16))  # never waits on a FIFO put there
         workers, submissions = [str(w) for w in data["workers"]], data.get("submissions", True) is not False
-        session = Session(int(data["pid"]), float(data["started"]), workers, submissions)
+        asking = data.get("asking", True) is not False
+        session = Session(int(data["pid"]), float(data["started"]), workers, submissions, asking)
         os.kill(session.pid, 0)
     except ProcessLookupError:
         return None

@@ -107,7 +107,8 @@ class Scheduler:
                 loop.reporter.message("no baseline yet, and --max-experiments 0 starts nothing")
                 return
             self.start_baseline()
-        activity.start_session(loop.ws.state, [w.device.label for w in self.workers], time.time())
+        labels = [w.device.label for w in self.workers]
+        activity.start_session(loop.ws.state, labels, time.time(), asking=agent is not None)
         try:
             while True:
                 within = (max_experiments is None or proposed < max_experiments) and (

@@ -197,6 +197,8 @@ def status_text(ws: Workspace) -> str:
     elif in_flight:
         for running in in_flight:
             lines.append(f"interrupted: exp {running.id} ({running.description}) will be re-run on the next start")
+    elif locked and session is not None and not session.asking:
+        lines.append("running: waiting for a submission (`autoresearch submit`)")
     elif locked:
         lines.append("running: the agent is preparing the next experiment")
     return "\n".join(lines)
