@@ -617,3 +617,10 @@ def test_the_loop_submit_started_says_what_resumes_it_when_stopped(
     assert "interrupted: the next `autoresearch submit` (or `run --agent queue`) resumes" in capsys.readouterr().err
     assert main(["run", "--agent", "tune", "--workspace", str(workspace.root)]) == 130
     assert "interrupted: run the same command again" in capsys.readouterr().err
+
+
+def test_try_help_speaks_of_no_workers_which_try_has_not(capsys: pytest.CaptureFixture[str]) -> None:
+    for command, workers in (("try", False), ("run", True)):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert ("several workers" in " ".join(capsys.readouterr().out.split())) is workers, command

@@ -37,12 +37,14 @@ def _workspace_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", type=Path, default=Path("."), help="the workspace (default: this directory)")
 
 
-def _judging_options(parser: argparse.ArgumentParser) -> None:
-    seeds = (
-        f"seeds the baseline is trained with (default {BASELINE_RUNS}; with several workers, if that is more, one on "
-        f"each of half of them, on each of up to {BASELINE_SEEDS_MIN} with fewer than "
-        f"{2 * BASELINE_SEEDS_MIN}, at most {BASELINE_SEEDS_MAX})"
-    )
+def _judging_options(parser: argparse.ArgumentParser, workers: bool = True) -> None:
+    seeds = f"seeds the baseline is trained with (default {BASELINE_RUNS}"
+    if workers:  # `try` has one
+        seeds += (
+            f"; with several workers, if that is more, one on each of half of them, on each of up to "
+            f"{BASELINE_SEEDS_MIN} with fewer than {2 * BASELINE_SEEDS_MIN}, at most {BASELINE_SEEDS_MAX}"
+        )
+    seeds += ")"
     parser.add_argument("--baseline-runs", type=int, default=BASELINE_RUNS, help=seeds)
     parser.add_argument("--timeout", type=float, help="hard limit per training run in s (default 1.5 x budget + 180)")
 
@@ -114,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     try_ = sub.add_parser("try", help="judge the train.py in the working tree as one experiment (for coding agents)")
     try_.add_argument("-m", "--message", required=True, type=_given, help="one line: what you changed")
-    _judging_options(try_)
+    _judging_options(try_, workers=False)
     _workspace_option(try_)
 
     status = sub.add_parser("status", help="best so far, counts, what is running")
