@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from loop_support import make_loop, one_edit
 from test_red_team import START, first_run_log
+from test_red_team_fork import REACH_THE_ANCHOR, inside
 
 from autoresearch.evaluator import cgroups, run_group, sandbox, syscalls, tasks
 from autoresearch.loop.executor import LocalExecutor
@@ -43,6 +44,19 @@ def evaluators_with(tmp_path: Path, name: str, text: str) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH", "")])])}
 
 
+def stops_the_loop(ws, loop, description: str, code: str, match: str) -> str:
+    """Step `loop` on train.py with `code` after harness.start(): it must stop with a LoopError matching `match`, its
+    experiment still in flight with no run recorded (trained on the next start). What that experiment's runs printed."""
+    try:
+        with pytest.raises(LoopError, match=match):
+            loop.step(one_edit(description, [(START, START + code)]))
+    finally:
+        loop.executor.close()
+    (exp,) = [e for e in Ledger(ws.root).all() if e.description == description]
+    assert exp.status == Status.RUNNING and exp.run_values == []
+    return "".join(p.read_text() for p in (ws.state / "runs").glob(f"{exp.id}-*/log.txt"))
+
+
 IGNORE_SIGCHLD = """\
     import signal
     try:
@@ -59,19 +73,13 @@ def test_an_evaluator_that_cannot_load_the_filter_trains_no_run_without_it(lab, 
     pyseccomp, imported afresh in every evaluator), and one that could not trained its run without it: SIGCHLD ignored
     (work in helpers the kernel reaps, which the CPU clock never counts), sched_setaffinity off its worker's CPUs,
     unshare/mount (run as root: the cgroup filesystem, out of its groups), the loop's keyrings. The loop never knew (on
-    a GPU not even the run's log said so; the result has no field for it). The loop's word (AUTORESEARCH_FILTERS, set
+    a GPU not even the run's log said so; the result has no field for it). The loop's word (evaluator/promises.py, set
     in evaluator_env where it loads the filter) is now taken: an evaluator that cannot load it stops the loop."""
     ws, _ = lab
     env = evaluators_with(tmp_path, "pyseccomp", "raise ImportError('libseccomp.so.2: cannot open shared object')\n")
     loop = make_loop(ws, LocalExecutor(prewarm=False, env=env), baseline_runs=2)
-    try:
-        with pytest.raises(LoopError, match=r"seccomp filter.*libseccomp\.so\.2"):
-            loop.step(one_edit("ignore SIGCHLD", [(START, START + IGNORE_SIGCHLD)]))
-    finally:
-        loop.executor.close()
-    (exp,) = [e for e in Ledger(ws.root).all() if e.description == "ignore SIGCHLD"]
-    assert exp.status == Status.RUNNING and exp.run_values == []  # in flight: trained on the next start
-    assert "SIGCHLD IGNORED" not in "".join(p.read_text() for p in (ws.state / "runs").glob(f"{exp.id}-*/log.txt"))
+    printed = stops_the_loop(ws, loop, "ignore SIGCHLD", IGNORE_SIGCHLD, r"seccomp filter.*libseccomp\.so\.2")
+    assert "SIGCHLD IGNORED" not in printed
 
 
 # The run's own cgroup (its cap of tasks, its memory) not made: as a moment short of memory or of cgroup ids (v1 has
@@ -103,19 +111,12 @@ def test_a_run_whose_cgroup_cannot_be_made_is_not_trained_uncapped(
     evaluator made its group for itself (RunGroup.make) and, where that failed, trained the run without one: no cap of
     tasks (a fork bomb fills the machine's process table, other workers' honest runs crash), and without its memory
     group. 120 forks under a cap of 48 all went through, silently. The loop's word on the run's group
-    (AUTORESEARCH_RUN_GROUP, set in evaluator_env) is now taken: a group that cannot be made stops the loop."""
+    (evaluator/promises.py, set in evaluator_env) is now taken: a group that cannot be made stops the loop."""
     ws, _ = lab
     monkeypatch.setenv(tasks.TASKS_ENV, "48")
     loop = make_loop(ws, LocalExecutor(prewarm=False, env=evaluators_with(tmp_path, "sitecustomize", NO_RUN_GROUP)))
-    try:
-        with pytest.raises(LoopError, match=r"cgroup.*pids"):
-            loop.step(one_edit("fork beyond the cap", [(START, START + FORK)]))
-    finally:
-        loop.executor.close()
-    (exp,) = [e for e in Ledger(ws.root).all() if e.description == "fork beyond the cap"]
-    assert exp.status == Status.RUNNING and exp.run_values == []
-    runs = [p for p in (ws.state / "runs").glob(f"{exp.id}-*/log.txt")]
-    forked = [int(n) for p in runs for n in re.findall(r"FORKED (\d+)", p.read_text())]
+    printed = stops_the_loop(ws, loop, "fork beyond the cap", FORK, r"cgroup.*pids")
+    forked = [int(n) for n in re.findall(r"FORKED (\d+)", printed)]
     assert max(forked, default=0) < 48, forked
     groups = [folder for own, _ in cgroups.own_folders("pids") for folder in own.glob(f"{run_group.PREFIX}*")]
     assert all(int(g.name.removeprefix(run_group.PREFIX)) != os.getpid() for g in groups)  # the loop's probe's
@@ -129,32 +130,15 @@ def test_an_honest_run_with_every_protection_still_trains(lab) -> None:
     assert "SIGCHLD" not in first_run_log(ws, exp.id)
 
 
-# Whether the experiment can write or trace its PID namespace's init (what test_red_team_fork checks of the anchor).
-REACH_INIT = """\
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    reached = []
-    try:
-        open("/proc/1/mem", "r+b", 0).close()
-        reached.append("mem")
-    except OSError:
-        pass
-    if libc.ptrace(16, 1, None, None) == 0:  # PTRACE_ATTACH
-        reached.append("ptrace")
-        libc.ptrace(17, 1, None, None)
-    print("INIT REACHED", reached, open("/proc/1/comm").read().strip(), flush=True)
-"""
-
-
 def test_a_run_whose_anchor_fails_for_a_moment_is_not_started_beside_bubblewraps_open_init(
     lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The run's anchor (bwrap --as-pid-1: the PID namespace's init, ours, not dumpable) failed once while bubblewrap
     otherwise works (a moment short of memory or processes): the evaluator fell back to starting the experiment under
-    bubblewrap's own init, silently: it ptraced and opened /proc/1/mem of `bwrap` for writing (INIT REACHED ['mem',
+    bubblewrap's own init, silently: it ptraced and opened /proc/1/mem of `bwrap` for writing (ANCHOR REACHED ['mem',
     'ptrace'] bwrap, the run valid), which for a loop not run as root is a process outside the run's RLIMIT_NPROC (the
     old anchor, so rewritten, forked 300 times under a cap of 48). That way is meant for a bubblewrap without
-    --as-pid-1; where the loop's made anchors (AUTORESEARCH_ANCHORS), a run's that fails now stops the loop."""
+    --as-pid-1; where the loop's made anchors (evaluator/promises.py), a run's that fails now stops the loop."""
     ws, _ = lab
     wrapper = tmp_path / "bwrap"
     fails = tmp_path / "anchor-fails"  # once the loop's own checks are done: the runs' anchors fail
@@ -166,11 +150,5 @@ def test_a_run_whose_anchor_fails_for_a_moment_is_not_started_beside_bubblewraps
     monkeypatch.setattr(sandbox, "bwrap", lambda: str(wrapper))
     loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
     fails.touch()
-    try:
-        with pytest.raises(LoopError, match=r"cannot confine train\.py: .*anchor"):
-            loop.step(one_edit("reach init", [(START, START + REACH_INIT)]))
-    finally:
-        loop.executor.close()
-    (exp,) = [e for e in Ledger(ws.root).all() if e.description == "reach init"]
-    assert exp.status == Status.RUNNING and exp.run_values == []
-    assert "INIT REACHED" not in "".join(p.read_text() for p in (ws.state / "runs").glob(f"{exp.id}-*/log.txt"))
+    printed = stops_the_loop(ws, loop, "reach init", inside(REACH_THE_ANCHOR), r"cannot confine train\.py: .*anchor")
+    assert "ANCHOR REACHED" not in printed
