@@ -132,7 +132,7 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
             evaluator[name] = os.pathsep.join(absolute_entries(evaluator[name]))
     if found := bwrap():  # as the loop found it, before any agent ran
         evaluator[BWRAP_ENV] = found
-    evaluator[promises.ENV] = promises.said(promised(env))  # as this process finds them, never each evaluator
+    evaluator[promises.ENV] = promises.said(can_promise(env))  # as this process finds them, never each evaluator
     # Read once, when torch loads, and inherited by the fork. Asking whether a GPU exists does not start CUDA
     # (a CUDA context does not survive a fork). On a CPU, OpenMP's threads that wait sleep instead of spinning:
     # spinning burns CPU time, which the CPU clock counts, the more so the busier the machine. (Not where a GPU
@@ -330,7 +330,7 @@ def evaluators_reason() -> str | None:
     return unavailable_reason()
 
 
-def promised(env: Mapping[str, str]) -> set[str]:
+def can_promise(env: Mapping[str, str]) -> set[str]:
     """What this process can give every run of evaluators started with `env` (evaluator/promises.py)."""
     given: set[str] = set()
     if unavailable_reason() is None:
