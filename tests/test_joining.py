@@ -3,7 +3,8 @@
 The forked experiment must be exactly as confined as one bubblewrap started: it sees the anchor's
 filesystem, PID tree and network, not this process's; it holds no capability and cannot gain one; it
 cannot change what SIGCHLD does. Where joining fails the experiment is started the plain way, still
-confined. Each test forks a real experiment from this process and runs a train.py in it.
+confined, unless the loop found at its start that runs join their sandboxes: then it is not started. Each test
+forks a real experiment from this process and runs a train.py in it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from autoresearch.evaluator import joining, sandbox, syscalls
+from autoresearch.evaluator import joining, promises, sandbox, syscalls
 from autoresearch.evaluator.confined import ExperimentProcess
 from autoresearch.evaluator.gpu_nodes import Nodes
 
@@ -161,6 +163,52 @@ def test_where_joining_fails_the_experiment_is_started_the_plain_way_still_confi
     assert (hidden / "ledger.sqlite").read_text() == "records" and not outside.exists()
     if syscalls.unavailable_reason() is None:
         assert probe["sigchld"] == 1  # the filter, through bwrap --seccomp
+
+
+def test_where_the_loop_found_that_runs_join_their_sandbox_a_run_that_cannot_is_not_started_beside_bwraps_init(
+    tmp_path: Path, layout, monkeypatch
+) -> None:
+    """Joining can fail for one run (EAGAIN or ENOMEM at setns or fork, a moment short of processes or memory) where
+    it works at the loop's start. That run was started the plain way, under bubblewrap's own init, which it can trace
+    (what the anchor is there to prevent), saying nothing the loop reads. Promised the anchor (evaluator/promises.py:
+    the loop's probe forked a process into a sandbox of ours), the evaluator now refuses, and leaves nothing running."""
+    hidden, _ = layout
+    monkeypatch.setenv(promises.ENV, promises.said({promises.SANDBOX, promises.ANCHOR}))
+
+    def short_of_processes(pid: int) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(joining, "join", short_of_processes)
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "train.py").write_text("print('TRAINED')\n")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(sandbox.SandboxUnavailable, match=r"forked into its sandbox.*Resource temporarily unavailable"):
+        ExperimentProcess(box, dict(os.environ), sandbox.View(hidden=[hidden]))
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+
+
+def test_the_loops_probe_says_where_a_run_cannot_join_its_sandbox(tmp_path: Path, monkeypatch) -> None:
+    """What decides that promise: the probe takes a run's steps (anchor, join, fork, drop privileges) in a process of
+    its own, and says which failed; where they work, it says nothing."""
+    sandbox.anchors_reason.cache_clear()
+    try:
+        assert sandbox.anchors_reason() is None
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(
+            "from autoresearch.evaluator import joining\n"
+            "def join(pid):\n    raise PermissionError(1, 'Operation not permitted')\n"
+            "joining.join = join\n"
+        )
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), *sys.path[1:]]))
+        sandbox.anchors_reason.cache_clear()
+        assert sandbox.anchors_reason() == (
+            "a run cannot be forked into a sandbox here: a process cannot join it: PermissionError: [Errno 1] "
+            "Operation not permitted"
+        )
+    finally:
+        sandbox.anchors_reason.cache_clear()
 
 
 @pytest.mark.parametrize("fork", ["1", "0"])

@@ -152,3 +152,29 @@ def test_a_run_whose_anchor_fails_for_a_moment_is_not_started_beside_bubblewraps
     fails.touch()
     printed = stops_the_loop(ws, loop, "reach init", inside(REACH_THE_ANCHOR), r"cannot confine train\.py: .*anchor")
     assert "ANCHOR REACHED" not in printed
+
+
+# Joining the run's sandbox refused in the evaluators alone, as a moment short of processes or memory would (EAGAIN or
+# ENOMEM at setns or fork). The loop's own probe of it (evaluator/anchor_probe.py) runs in the loop's environment.
+NO_JOIN = """\
+from autoresearch.evaluator import joining
+
+def join(pid):
+    raise BlockingIOError(11, "Resource temporarily unavailable")
+
+joining.join = join
+"""
+
+
+def test_a_run_that_cannot_join_its_sandbox_for_a_moment_is_not_started_beside_bubblewraps_open_init(
+    lab, tmp_path: Path
+) -> None:
+    """The same hole one step later: the run's anchor made, its fork could not join it. The evaluator started the
+    experiment as a new process under bubblewrap's own init, silently, and the run could trace that init (ANCHOR
+    REACHED). The loop's probe now forks a process into a sandbox of ours, as each run is; where that worked, a run
+    that cannot join stops the loop."""
+    ws, _ = lab
+    loop = make_loop(ws, LocalExecutor(prewarm=False, env=evaluators_with(tmp_path, "sitecustomize", NO_JOIN)))
+    code = "    # not joined: not the anchor's test's train.py, still in flight\n" + inside(REACH_THE_ANCHOR)
+    printed = stops_the_loop(ws, loop, "reach init, not joined", code, r"forked into its sandbox.*temporarily")
+    assert "ANCHOR REACHED" not in printed

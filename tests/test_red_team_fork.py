@@ -132,7 +132,7 @@ if run.step == run.untimed_steps:  # the clock has just started
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the injection is written for x86-64")
 @pytest.mark.skipif(syscalls.unavailable_reason() is not None, reason="needs libseccomp (Linux)")
 def test_work_hidden_in_helpers_reaped_by_a_ptraced_anchor_is_counted_on_the_clock(lab) -> None:
-    """BREAK (when written). The anchor bwrap is started without `--seccomp` (confined._start_anchor), so its
+    """BREAK (when written). The anchor bwrap is started without `--seccomp` (confined.start_anchor), so its
     init (pid 1) and `sleep` (pid 2) have no filter; they run as the experiment's user in its user namespace with
     the same empty capability sets, so PTRACE_ATTACH and /proc/1/mem are allowed. The experiment makes init run
     rt_sigaction(SIGCHLD, SIG_IGN): its orphaned helpers are then reaped by the kernel and their CPU time is

@@ -109,10 +109,12 @@ class ExperimentProcess:
     rehearsed the export (harness/boot.py `prepare`), and nothing secret is in its memory yet, so the
     fork starts at once and knows nothing. bubblewrap makes the sandbox around an anchor process; the
     fork joins it (evaluator/joining.py), forks once more to be inside its PID namespace, drops every
-    capability, and becomes the experiment. Where joining fails, or `AUTORESEARCH_FORK_SERVER=0`, the
-    experiment is `python -m autoresearch.harness.boot` started inside the sandbox instead. Either way
-    it runs under the SIGCHLD filter (evaluator/syscalls.py). It sees what `view` says besides the root
-    (sandbox.View: the workspace and data hidden, the shared compile caches read-only, its own layer of them).
+    capability, and becomes the experiment. Where that never works here (the loop's probe:
+    evaluator/anchor_probe.py), or `AUTORESEARCH_FORK_SERVER=0`, the experiment is `python -m
+    autoresearch.harness.boot` started inside the sandbox instead; where it worked at the loop's start and
+    fails for a run, the loop stops. Either way it runs under the SIGCHLD filter (evaluator/syscalls.py). It
+    sees what `view` says besides the root (sandbox.View: the workspace and data hidden, the shared compile
+    caches read-only, its own layer of them).
     """
 
     def __init__(self, box: Path, env: dict[str, str], view: sandbox.View):
@@ -190,11 +192,11 @@ class ExperimentProcess:
         from autoresearch.harness import boot
 
         boot.prepare()
-        anchor_pid = None
+        anchor = None
         if self.unconfined_reason is None:
-            self._anchor = _start_anchor(box, view, env, self.unfiltered_reason is None, self.group)
-            anchor_pid = _anchor_pid(self._anchor)
-            if anchor_pid is None:
+            self._anchor = start_anchor(box, view, env, self.unfiltered_reason is None, self.group)
+            anchor = anchor_pid(self._anchor)
+            if anchor is None:
                 kill_tree(self._anchor)
                 self._anchor = None
                 if (why := sandbox.probe()) is not None:  # no fault of the run's: the loop stops, saying why
@@ -212,7 +214,7 @@ class ExperimentProcess:
         pid = os.fork()
         if pid == 0:
             filtered = self.unfiltered_reason is None
-            _become_experiment(anchor_pid, self.group, box, box_env, channel_fd, out_w, ready_w, filtered)
+            _become_experiment(anchor, self.group, box, box_env, channel_fd, out_w, ready_w, filtered)
         os.close(out_w)
         os.close(ready_w)
         with os.fdopen(ready_r, "rb") as ready:
@@ -225,8 +227,12 @@ class ExperimentProcess:
         if self._anchor is not None:
             kill_tree(self._anchor)
             self._anchor = None
-        self.join_error = answer.decode(errors="replace")
-        return None
+        self.join_error = answer.decode(errors="replace") or "it ended without a word"
+        if anchor is not None and promises.ANCHOR in promises.promised():  # as the loop's probe was: not this one
+            raise sandbox.SandboxUnavailable(
+                f"the run could not be forked into its sandbox, as a probe was at the loop's start: {self.join_error}"
+            )
+        return None  # a kernel that refuses to join (an old one, a setuid bubblewrap): started as a new process
 
     def _close_on_exit(self) -> None:
         self.proc.wait()
@@ -343,7 +349,7 @@ while True:
 """
 
 
-def _start_anchor(
+def start_anchor(
     box: Path, view: sandbox.View, env: dict[str, str], filtered: bool, group: RunGroup | None
 ) -> subprocess.Popen:
     """A fresh sandbox around the anchor (`_ANCHOR`), in the run's group; says "ready" once it is made. Under the
@@ -365,7 +371,7 @@ def _start_anchor(
             os.close(fd)
 
 
-def _anchor_pid(anchor: subprocess.Popen, timeout: float = 30.0) -> int | None:
+def anchor_pid(anchor: subprocess.Popen, timeout: float = 30.0) -> int | None:
     """The pid of the anchor once it runs inside the finished sandbox; None if it never does."""
     if anchor.stdout.readline() != b"ready\n":
         return None

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 ENV = "AUTORESEARCH_PROMISED"
 SANDBOX = "sandbox"
-ANCHOR = "anchor"  # bubblewrap makes the sandbox around our init (--as-pid-1): evaluator/confined.py's anchor
+ANCHOR = "anchor"  # runs are forked into a sandbox around our init (--as-pid-1): evaluator/anchor_probe.py
 FILTER = "filter"
 # and the controllers of the run's cgroup limited: "pids" (its cap of tasks), "memory" (its share)
 

@@ -21,6 +21,7 @@ import functools
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -345,8 +346,22 @@ def can_promise(env: Mapping[str, str]) -> set[str]:
 
 @functools.cache
 def anchors_reason() -> str | None:
-    """None where bubblewrap makes a sandbox around an init of ours (`--as-pid-1`) here; else why not (once)."""
-    return probe(own_init=True)
+    """None where a run can be forked into a sandbox around an init of ours (`--as-pid-1`) here, as each forked run
+    is (evaluator/anchor_probe.py); else why not (once)."""
+    if (why := probe(own_init=True)) is not None:
+        return why
+    env = dict(os.environ)
+    if "PYTHONPATH" in env:
+        env["PYTHONPATH"] = os.pathsep.join(absolute_entries(env["PYTHONPATH"]))
+    argv = module_command(sys.executable, "autoresearch.evaluator.anchor_probe")
+    try:
+        probed = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"a run could not be forked into a sandbox: {error}"
+    if probed.returncode != 0:
+        said = (probed.stdout + probed.stderr).strip().splitlines()[-1:] or [f"exit code {probed.returncode}"]
+        return f"a run cannot be forked into a sandbox here: {said[0]}"
+    return None
 
 
 def probe(own_init: bool = False) -> str | None:
