@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 from loop_support import make_loop, one_edit
-from test_red_team import START, first_run_log
+from test_red_team import MEMORY_GROUPS, SPREAD_MEMORY, START, first_run_log
 from test_red_team_fork import REACH_THE_ANCHOR, inside
 
-from autoresearch.evaluator import cgroups, run_group, sandbox, syscalls, tasks
+from autoresearch.evaluator import cgroups, memory, run_group, sandbox, syscalls, tasks
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
@@ -178,3 +178,27 @@ def test_a_run_that_cannot_join_its_sandbox_for_a_moment_is_not_started_beside_b
     code = "    # not joined: not the anchor's test's train.py, still in flight\n" + inside(REACH_THE_ANCHOR)
     printed = stops_the_loop(ws, loop, "reach init, not joined", code, r"forked into its sandbox.*temporarily")
     assert "ANCHOR REACHED" not in printed
+
+
+# The machine's memory unread in the evaluators alone, as a moment short of memory makes a read of /proc/meminfo fail.
+NO_MEMINFO = """\
+from autoresearch.evaluator import memory
+
+memory.total = lambda: 0
+"""
+
+
+@pytest.mark.skipif(MEMORY_GROUPS is None, reason="no memory cgroup can be made below this process's (root: CI)")
+def test_a_run_whose_evaluator_cannot_read_the_machines_memory_still_holds_its_share(
+    lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BROKE: unset, AUTORESEARCH_RUN_MEMORY was each evaluator's to work out (its share of the machine's memory, as
+    it read it then), and one that read none took a share of none: no memory group, which the loop's word on the
+    run's group did not miss (it asked for no limit). The run held 1.2 GB spread over 8 processes beside a loop whose
+    share was 640 MiB, and was judged as any other. The loop now tells its evaluators the share it found, once."""
+    ws, _ = lab
+    monkeypatch.delenv(memory.MEMORY_ENV, raising=False)
+    monkeypatch.setattr(memory, "share", lambda workers, machine=None: 640 << 20)  # the loop's share, as it found it
+    loop = make_loop(ws, LocalExecutor(prewarm=False, env=evaluators_with(tmp_path, "sitecustomize", NO_MEMINFO)))
+    exp = loop.step(one_edit("hold memory, its share unread", [(START, START + SPREAD_MEMORY)]))
+    assert exp.status == Status.CRASH and "its memory (at most 640 MiB)" in exp.reason, exp.reason

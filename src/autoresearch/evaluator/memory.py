@@ -6,7 +6,8 @@ spreads its memory over many small processes (within its cap of tasks, evaluator
 the biggest one: the night ended there. So where a run's cgroup can be made (evaluator/run_group.py: a loop run as
 root, or a cgroup that hands the memory controller down) its memory is limited: to MEMORY_ENV, else to its worker's
 share of what the machine has (or the container's limit, if lower), less a reserve for the loop and the system
-(`share`; the loop sets MEMORY_ENV for each of several workers: loop/workers.py). The run's evaluator holds the same
+(`share`; the loop sets MEMORY_ENV for each of several workers, loop/workers.py, and tells every evaluator the share
+it found, sandbox.evaluator_env). The run's evaluator holds the same
 share, the run's group inside its own (referee.py's `_hold_the_share`): what the run sends, and the graph it hands
 over, are taken in and run there, where a train.py could otherwise have memory held for it. At the limit the kernel
 takes the group's cache back, then kills within it: the whole run at once under cgroup v2, its biggest process under
@@ -18,6 +19,7 @@ processes and what it writes in a tmpfs together (agents/turn_cgroups.py): what 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -85,9 +87,11 @@ def shares(workers: int, env: Mapping[str, str] = os.environ) -> dict[str, str]:
     return {MEMORY_ENV: str(each)}
 
 
+@functools.cache
 def total() -> int:
     """The memory this process's processes may hold together, in bytes: the machine's, or its cgroup's limit if
-    lower (a container's); 0 where neither can be read."""
+    lower (a container's); 0 where neither can be read. Read once: the loop's share of it, told to every evaluator
+    (sandbox.evaluator_env), is not to change with a read that fails later."""
     found = re.search(r"^MemTotal:\s+(\d+) kB", cgroups.text("/proc/meminfo"), re.MULTILINE)
     machine = int(found[1]) << 10 if found else 0
     for own, _ in cgroups.own_folders("memory"):

@@ -133,7 +133,11 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
             evaluator[name] = os.pathsep.join(absolute_entries(evaluator[name]))
     if found := bwrap():  # as the loop found it, before any agent ran
         evaluator[BWRAP_ENV] = found
-    evaluator[promises.ENV] = promises.said(can_promise(env))  # as this process finds them, never each evaluator
+    # The run's share of memory as this process finds it, never each evaluator: one that could not read the machine's
+    # memory at that moment (/proc/meminfo) took a share of none, and its run held what it liked under a loop that had
+    # promised a memory group (red team).
+    evaluator[memory.MEMORY_ENV] = str(memory.run_memory(env))
+    evaluator[promises.ENV] = promises.said(can_promise(evaluator))  # as this process finds them, never each evaluator
     # Read once, when torch loads, and inherited by the fork. Asking whether a GPU exists does not start CUDA
     # (a CUDA context does not survive a fork). On a CPU, OpenMP's threads that wait sleep instead of spinning:
     # spinning burns CPU time, which the CPU clock counts, the more so the busier the machine. (Not where a GPU
