@@ -179,3 +179,39 @@ def test_a_run_on_the_cpu_clock_is_given_no_gpu_node(
     for argv in made:
         nodes = [argv[i + 1] for i, option in enumerate(argv) if option == "--dev-bind-try"]
         assert (str(dev / "nvidia0") in nodes) == bound and ("/dev/dri" in nodes) == bound, nodes
+
+
+@pytest.mark.slow  # a real evaluator, refused before it starts its experiment: ~2 s
+@pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="needs bubblewrap")
+def test_a_run_whose_own_gpus_cannot_be_told_for_a_moment_is_not_given_every_gpu(
+    machine: tuple[Path, Path], tmp_path: Path, tiny_prepared: Path, monkeypatch
+) -> None:
+    """BROKE: each evaluator told its run's GPUs' nodes for itself, and one that could not at that moment (the driver's
+    table unread, a GPU's node not opened) bound every GPU's node into the run's sandbox, saying nothing: a train.py
+    that set CUDA_VISIBLE_DEVICES again trained on another worker's GPU. Where the loop told them (evaluator/promises.py
+    GPUS), an evaluator that cannot now starts no experiment: its error stops the loop."""
+    from loop_support import make_workspace
+
+    from autoresearch.evaluator import promises
+    from autoresearch.evaluator.confined import FORK_ENV
+    from autoresearch.evaluator.referee import Referee
+
+    dev, table = machine
+    monkeypatch.setattr(sandbox, "own_nodes", lambda env: own_nodes(env, dev, table))
+    made = []
+    command = sandbox.command
+    monkeypatch.setattr(sandbox, "command", lambda argv, **kwargs: made.append(command(argv, **kwargs)) or made[-1])
+    monkeypatch.setenv(FORK_ENV, "0")  # the experiment started as a new process: pytest is not forked
+    monkeypatch.setenv("AUTORESEARCH_DEVICE", "cuda")
+    monkeypatch.setattr("autoresearch.device.check_available", lambda: None)  # "cuda" here, on a machine without
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    given = sandbox.can_promise(os.environ)  # the loop, at its start
+    assert promises.GPUS in given
+    made.clear()  # its probe's
+    monkeypatch.setenv(promises.ENV, promises.said(given))
+    ws = make_workspace(tmp_path / "ws", tiny_prepared)
+    table.rename(tmp_path / "unread")  # the driver's table, for this evaluator alone
+    with pytest.raises(sandbox.GpusUntold, match=r"run's GPUs \(1\)"):
+        Referee(ws.root / "train.py", dict(os.environ))
+    assert not made

@@ -12,7 +12,8 @@ bus id, but only where this process can open every GPU the driver lists: CUDA nu
 so in a container that has some of the machine's nodes, or under a job scheduler's device cgroup (Slurm), the
 index is not the bus order's. Where the mapping cannot be told (no driver table, an unknown id, a GPU of the
 table this process cannot open, mixed models without PCI_BUS_ID) the run gets every node, as any CUDA program
-would, and `own_nodes` says so. A UUID names its GPU wherever it is.
+would, and `own_nodes` says so; where the loop could tell them at its start, an evaluator that cannot now stops the loop
+instead (sandbox.run_nodes). A UUID names its GPU wherever it is.
 """
 
 from __future__ import annotations

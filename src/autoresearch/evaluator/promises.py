@@ -1,5 +1,6 @@
 """What every run is given, as the process that starts evaluators (the loop; a Ray task on its node) found it can be:
-the sandbox, an anchor of ours as the sandbox's init, the seccomp filter, its cgroup's limits (by controller).
+the sandbox, an anchor of ours as the sandbox's init, the seccomp filter, its own GPUs' device nodes alone, its cgroup's
+limits (by controller).
 
 `sandbox.evaluator_env` says so to each evaluator in one variable, ENV. Each evaluator used to find these for itself,
 and one that failed at that moment (short of processes, memory or cgroup ids; a probe timed out) trained its run
@@ -17,6 +18,7 @@ ENV = "AUTORESEARCH_PROMISED"
 SANDBOX = "sandbox"
 ANCHOR = "anchor"  # runs are forked into a sandbox around our init (--as-pid-1): evaluator/anchor_probe.py
 FILTER = "filter"
+GPUS = "gpus"  # a run on GPUs is given its own GPUs' device nodes alone, not every GPU's (evaluator/gpu_nodes.py)
 # and the controllers of the run's cgroup limited: "pids" (its cap of tasks), "memory" (its share)
 
 

@@ -85,6 +85,30 @@ class SandboxUnavailable(AutoresearchError):
         super().__init__(f"cannot confine train.py: {reason}", hint=_HINT)
 
 
+class GpusUntold(AutoresearchError):
+    """Which GPUs' device nodes are the run's cannot be told now, where the loop could tell: it is not given every
+    GPU's."""
+
+    def __init__(self, env: Mapping[str, str]):
+        super().__init__(
+            f"cannot tell which device nodes are those of the run's GPUs ({env.get('CUDA_VISIBLE_DEVICES')}): the "
+            "driver's table (/proc/driver/nvidia/gpus) could not be read, or a GPU's node not opened",
+            hint="the loop told them at its start; see that the NVIDIA driver is loaded and the machine has memory to "
+            "spare, then run again: the experiment in flight is trained then",
+        )
+
+
+def run_nodes(env: Mapping[str, str]) -> Nodes:
+    """`own_nodes(env)`, as an evaluator takes them: where the process that started it found the run's own GPUs' nodes
+    (evaluator/promises.py), GpusUntold rather than every GPU's. One that could not tell them at that moment (the
+    driver's table unread, a node not opened) bound every GPU of the machine into the run's sandbox: a train.py that set
+    CUDA_VISIBLE_DEVICES again could train on another worker's GPU, or fill its memory (red team)."""
+    nodes = own_nodes(env)
+    if not nodes.own_only and promises.GPUS in promises.promised():
+        raise GpusUntold(env)
+    return nodes
+
+
 def scrubbed_env(env: Mapping[str, str]) -> dict[str, str]:
     """The part of the caller's environment train.py may see (see _PASSED_THROUGH), never a secret's name."""
     return {
@@ -110,10 +134,10 @@ def confined_environment(
     env: Mapping[str, str], workdir: Path, writable: Sequence[Path] = (), nodes: Nodes | None = None
 ) -> dict[str, str]:
     """`box_environment` for a process inside the sandbox: only its own GPUs' nodes are there (`nodes`, by
-    default `own_nodes(env)`), so CUDA_VISIBLE_DEVICES numbers those as CUDA sees them; the outside numbers would
+    default `run_nodes(env)`), so CUDA_VISIBLE_DEVICES numbers those as CUDA sees them; the outside numbers would
     name no GPU, or the wrong one."""
     box_env = box_environment(env, workdir, writable)
-    if (visible := (nodes or own_nodes(env)).visible) is not None:
+    if (visible := (nodes or run_nodes(env)).visible) is not None:
         box_env.update(CUDA_VISIBLE_DEVICES=visible, CUDA_DEVICE_ORDER="PCI_BUS_ID")
     return box_env
 
@@ -251,7 +275,7 @@ def command(
     masked = [option for path in masked_files for option in ("--ro-bind", "/dev/null", str(path))]
 
     if gpu:  # the driver's table read, and each GPU's node tried, once
-        nodes = own_nodes(env)
+        nodes = run_nodes(env)
         box_env, devices = confined_environment(env, workdir, writable, nodes), [*nodes.paths, "/dev/dri"]
     else:
         box_env, devices = box_environment(env, workdir, writable), []
@@ -342,6 +366,8 @@ def can_promise(env: Mapping[str, str]) -> set[str]:
         given.add(promises.SANDBOX)
         if anchors_reason() is None:
             given.add(promises.ANCHOR)
+        if not runs_train_on_cpu(env) and own_nodes(env).own_only:
+            given.add(promises.GPUS)
     if syscalls.unavailable_reason() is None:
         given.add(promises.FILTER)
     limits = {**tasks.limits(tasks.run_tasks(env)), **memory.limits(memory.run_memory(env))}
