@@ -22,6 +22,7 @@ from test_red_team import MEMORY_GROUPS, SPREAD_MEMORY, START, first_run_log
 from test_red_team_fork import REACH_THE_ANCHOR, inside
 
 from autoresearch.evaluator import cgroups, memory, run_group, sandbox, syscalls, tasks
+from autoresearch.evaluator.confined import FORK_ENV
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
@@ -202,3 +203,20 @@ def test_a_run_whose_evaluator_cannot_read_the_machines_memory_still_holds_its_s
     loop = make_loop(ws, LocalExecutor(prewarm=False, env=evaluators_with(tmp_path, "sitecustomize", NO_MEMINFO)))
     exp = loop.step(one_edit("hold memory, its share unread", [(START, START + SPREAD_MEMORY)]))
     assert exp.status == Status.CRASH and "its memory (at most 640 MiB)" in exp.reason, exp.reason
+
+
+def test_a_run_started_as_a_new_process_is_not_started_beside_bubblewraps_open_init(
+    lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BROKE: with AUTORESEARCH_FORK_SERVER=0 every experiment was started as a new process under bubblewrap's own init,
+    where the loop's runs are forked beside an init of ours: the run ptraced `bwrap` and opened its /proc/1/mem for
+    writing (ANCHOR REACHED ['mem', 'ptrace']), which for a loop not run as root is a process outside the run's
+    RLIMIT_NPROC, and nothing said so (the switch is said to start processes anew, no more). Where the loop's bubblewrap
+    makes anchors (evaluator/promises.py), a run started so gets an init of ours too, as a forked one does."""
+    ws, _ = lab
+    monkeypatch.setenv(FORK_ENV, "0")
+    loop = make_loop(ws, LocalExecutor(prewarm=False))
+    code = "    # started anew: not the anchor's test's train.py, still in flight\n" + inside(REACH_THE_ANCHOR)
+    exp = loop.step(one_edit("reach init, started anew", [(START, START + code)]))
+    assert "ANCHOR REACHED []" in first_run_log(ws, exp.id), first_run_log(ws, exp.id)
+    assert exp.status != Status.CRASH, exp.reason
