@@ -184,6 +184,7 @@ def test_the_memory_the_agents_own_folders_take_is_bounded(workspace):
     assert rest and max(rest) <= memory / 100 + 2**20, (rest, memory)
 
 
+@pytest.mark.slow
 def test_shared_memory_the_agent_leaves_is_gone_after_its_turn(workspace):
     """BROKE, fixed: System V shared memory (and POSIX message queues) belong to an IPC namespace, not to a folder,
     and the agent's was yours: a segment it made (`ipcmk -M`) outlived its turn, holding memory nothing freed but a

@@ -121,6 +121,7 @@ def quarantined(ws, name: str) -> list[Path]:
     return sorted((ws.state / "quarantine").rglob(name))
 
 
+@pytest.mark.slow
 def test_a_commit_made_by_the_agent_is_taken_apart_and_its_train_py_is_the_proposal(workspace, tmp_path):
     exp, before = take_turn(
         workspace,
@@ -136,6 +137,7 @@ echo "LR 0.05 -> 0.2" """,
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+@pytest.mark.slow
 def test_a_committed_proposal_that_loses_is_discarded_and_the_agents_commit_is_gone(workspace, tmp_path):
     exp, before = take_turn(
         workspace, tmp_path, f'{set_lr(0.9)}\n{GIT} commit -q -am "LR 0.9"\ngit rev-parse HEAD >> "$COMMITS"'
@@ -144,6 +146,7 @@ def test_a_committed_proposal_that_loses_is_discarded_and_the_agents_commit_is_g
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+@pytest.mark.slow
 def test_history_files_a_cache_and_gitignore_lines_are_quarantined_and_the_edit_is_judged(workspace, tmp_path):
     exp, before = take_turn(
         workspace,
@@ -162,6 +165,7 @@ echo "LR 0.2" """,
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+@pytest.mark.slow
 def test_a_new_file_the_agent_staged_is_quarantined(workspace, tmp_path):
     exp, before = take_turn(
         workspace,
@@ -173,6 +177,7 @@ def test_a_new_file_the_agent_staged_is_quarantined(workspace, tmp_path):
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+@pytest.mark.slow
 def test_a_git_identity_written_into_the_workspace_config_is_put_back(workspace, tmp_path):
     exp, before = take_turn(
         workspace,
@@ -184,6 +189,7 @@ def test_a_git_identity_written_into_the_workspace_config_is_put_back(workspace,
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+@pytest.mark.slow
 def test_an_agent_that_exits_0_without_an_edit_has_its_output_recorded_as_the_reason(workspace, tmp_path):
     exp, before = take_turn(
         workspace,
@@ -198,6 +204,7 @@ def test_an_agent_that_exits_0_without_an_edit_has_its_output_recorded_as_the_re
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+@pytest.mark.slow
 def test_two_commits_on_a_new_branch_are_taken_apart(workspace, tmp_path):
     exp, before = take_turn(
         workspace,
@@ -217,6 +224,7 @@ echo "LR 0.2 after two tries" """,
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+@pytest.mark.slow
 def test_a_commit_that_also_edits_another_tracked_file_is_rejected_and_taken_apart(workspace, tmp_path):
     exp, before = take_turn(
         workspace,
@@ -258,6 +266,7 @@ def test_program_md_edited_during_a_turn_rejects_the_proposal_of_an_agent_with_a
         assert quarantined(workspace, "program.md") == []
 
 
+@pytest.mark.slow
 def test_a_stale_git_lock_left_by_a_killed_agent_does_not_stop_the_loop(workspace, tmp_path):
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\ngit add train.py\ntouch .git/index.lock\necho LR")
     assert exp.status == Status.KEEP and ".git/index.lock" in exp.reason
@@ -265,6 +274,7 @@ def test_a_stale_git_lock_left_by_a_killed_agent_does_not_stop_the_loop(workspac
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+@pytest.mark.slow
 def test_lines_removed_from_gitignore_reject_the_proposal(workspace, tmp_path):
     exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\nprintf 'results.tsv\\n' > .gitignore\necho LR")
     assert exp.status == Status.CRASH and "edited files other than train.py: changed .gitignore" in exp.reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, constant, make_workspace, set_lr, with_constants
 from test_scheduler import SEED_NOISE, pairs, scheduler, wait_until
 
@@ -90,6 +91,7 @@ def test_one_worker_does_not_combine(workspace):
     assert not [r for r in rows if r.agent == COMBINER]
 
 
+@pytest.mark.slow
 def test_a_combination_that_crashed_is_not_combined_again(workspace):
     """A crash is not a measurement: a repeat of a crashed proposal may run. A combination is the loop's own
     proposal, though: made again after each crash, one that always crashes (too large a BATCH for the GPU, say)
@@ -156,6 +158,7 @@ def test_a_combination_of_more_near_wins_starts_while_a_smaller_one_trains(tmp_p
     assert "trained on exp 1" in made[1].reason  # the baseline: made while the first trained
 
 
+@pytest.mark.slow
 def test_a_driver_killed_with_a_combination_in_flight_resumes_it_under_its_id_and_makes_no_second(workspace):
     """The combination is the loop's own row: taken up again as any row is, and not made again beside itself."""
     release, paired, combined_runs = threading.Event(), pairs(4), []

@@ -182,6 +182,7 @@ def test_a_read_only_place_whose_path_holds_a_space_or_a_mount_is_read_only_and_
     assert not (libs / "planted").exists()
 
 
+@pytest.mark.slow
 @_NAMESPACE_READ_ONLY
 def test_without_findmnt_a_read_only_place_is_still_read_only(tmp_path: Path, context: Context, monkeypatch) -> None:
     """BROKE, fixed: the read-only places were remounted one by one as `findmnt` listed them, and where it could not

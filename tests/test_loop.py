@@ -819,6 +819,7 @@ def test_a_lost_or_corrupt_ledger_is_an_error_and_rebuild_ledger_brings_every_ex
         elsewhere.step(ScriptedAgent([set_lr(0.22)]))
 
 
+@pytest.mark.slow
 def test_rebuild_ledger_places_each_results_line_by_its_commit_never_by_its_position(workspace):
     """A junk line and a line overwritten in results.tsv must not shift the lines after them onto other
     experiments' ids: a crash row would carry another's value, and the branch would move to an unmeasured commit."""

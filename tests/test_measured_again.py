@@ -100,6 +100,7 @@ def test_a_run_that_fails_ends_the_measuring_again_and_the_verdict_stands(worksp
     assert trained(again, 0.3) == [] and len(before) <= 3
 
 
+@pytest.mark.slow
 def test_a_driver_killed_while_measuring_the_best_again_takes_it_up_and_twice_killed_gives_up(workspace):
     sched = scheduler(workspace, confirm_runs=0)
     sched.run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)  # kept, measured once

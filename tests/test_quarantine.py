@@ -57,6 +57,7 @@ def test_the_oldest_folders_are_emptied_first_down_to_the_limit_and_a_persons_te
     assert quarantine.prune(parent, newest, limit) == []  # nothing more to take
 
 
+@pytest.mark.slow
 def test_what_lies_deeper_than_a_path_can_name_is_counted_and_emptied(tmp_path) -> None:
     """BROKE, fixed: the quarantine's size was counted by listing paths, and a folder nested past PATH_MAX (a
     turn's nested repository, moved aside whole) counted nothing: 60 MB on disk were counted as 0.6 (red team)."""

@@ -117,6 +117,7 @@ def test_work_done_in_the_experiments_tree_is_counted(name: str, baseline: float
     assert clocked(EXPERIMENTS[name]) > 0.5 * baseline
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(syscalls.unavailable_reason() is not None, reason="needs libseccomp (Linux)")
 def test_work_in_a_process_the_kernel_would_reap_is_counted(baseline: float) -> None:
     assert clocked(AUTOREAPED) > 0.5 * baseline

@@ -86,6 +86,7 @@ def test_a_try_the_agent_runs_outside_the_sandbox_is_not_judged_against_a_confin
     assert exp.id == 2 and exp.status == Status.KEEP and exp.val_bpb == pytest.approx(score(cheat))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("forge", "named"),
     [

@@ -245,6 +245,7 @@ def test_an_experiment_in_flight_reads_interrupted_in_report_show_and_diff_once_
     assert why == "why: interrupted: trained again on the next start"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["report.md a folder", "progress.png a folder", "report.md a FIFO"])
 def test_report_over_a_folder_or_a_fifo_says_to_move_it_away(history, capsys, damage) -> None:
     """BROKE, fixed: a folder at report.md or progress.png was an IsADirectoryError traceback from `report` (and from
