@@ -7,7 +7,6 @@ always there without a network. It is prepared once per session (under a second 
 
 from __future__ import annotations
 
-import collections
 import fcntl
 import io
 import os
@@ -34,14 +33,6 @@ ISOLATED_ENV = (
     "AUTORESEARCH_DEVICE",
     "AUTORESEARCH_PEAK_FLOPS",
 )
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The modules with the most slow tests first, each whole and in its own order. The two pytest workers take the
-    tests in this order, so the last ones are quick, and neither waits long for the other's last test (xdist's
-    scheduling simulated from one run's durations: 935 s in place of 981 s in collection order)."""
-    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
-    items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(scope="session")
