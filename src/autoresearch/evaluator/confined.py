@@ -111,7 +111,7 @@ class ExperimentProcess:
     fork joins it (evaluator/joining.py), forks once more to be inside its PID namespace, drops every
     capability, and becomes the experiment. Where that never works here (the loop's probe:
     evaluator/anchor_probe.py), or `AUTORESEARCH_FORK_SERVER=0`, the experiment is `python -m
-    autoresearch.harness.boot` started inside the sandbox instead (by an init of ours, `_INIT`, where the loop's
+    autoresearch.harness.boot` started inside the sandbox instead (by our anchor, as its init, where the loop's
     bubblewrap makes anchors); where it worked at the loop's start and
     fails for a run, the loop stops. Either way it runs under the SIGCHLD filter (evaluator/syscalls.py). It
     sees what `view` says besides the root (sandbox.View: the workspace and data hidden, the shared compile
@@ -164,11 +164,11 @@ class ExperimentProcess:
         if self.unconfined_reason is None:
             seccomp = syscalls.bpf_fd() if self.unfiltered_reason is None else None
             fds += [seccomp] if seccomp is not None else []
-            # Where the loop's bubblewrap makes anchors, an init of ours starts it (`_INIT`), as the anchor is a forked
-            # run's: under bubblewrap's own (AUTORESEARCH_FORK_SERVER=0) the run traced and wrote it (red team).
+            # Where the loop's bubblewrap makes anchors, the anchor starts it, as its init: under bubblewrap's own
+            # (AUTORESEARCH_FORK_SERVER=0) the run traced and wrote that init (red team).
             own_init = promises.ANCHOR in promises.promised()
             if own_init:
-                argv = [sys.executable, "-I", "-S", "-c", _INIT, *argv]
+                argv = [sys.executable, "-I", "-S", "-c", _ANCHOR, *argv]
             argv = _confined(argv, box, view, env, seccomp, own_init)
         else:
             filter_here = self.unfiltered_reason is None
@@ -336,45 +336,34 @@ def _confined(argv: list[str], box: Path, view: sandbox.View, env: dict[str, str
 # and a `sleep`, the anchor before, could be made to (red team: a `sleep` rewritten through /proc/2/mem forked 300
 # times under a cap of 48, outside the run's group and RLIMIT_NPROC). As init, with no handler, it takes no signal
 # from inside; its limits are not the experiment's to set (evaluator/syscalls.py refuses prlimit on another process).
+# Given a command (an experiment started as a new process, `_start`), it starts that as its one child instead of
+# saying "ready", and ends as it ends (128 + the signal that killed it, as bubblewrap's init), the namespace with it.
 ANCHOR_NAME = "ar-anchor"
 _ANCHOR = f"""
-import ctypes, os, signal
+import ctypes, os, signal, sys
 libc = ctypes.CDLL(None)
 libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE: off
 libc.prctl(15, b"{ANCHOR_NAME}", 0, 0, 0)  # PR_SET_NAME
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python's handler: the one signal from inside an init would take
 signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGCHLD}})
-print("ready", flush=True)
+experiment = None
+if sys.argv[1:]:
+    experiment = os.fork()
+    if experiment == 0:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGCHLD}})
+        os.execv(sys.argv[1], sys.argv[1:])
+    os.closerange(3, 1 << 20)  # the experiment's channel is the experiment's alone
+else:
+    print("ready", flush=True)
 while True:
     signal.sigwaitinfo({{signal.SIGCHLD}})
     try:
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
+        while (ended := os.waitpid(-1, os.WNOHANG))[0]:
+            if ended[0] == experiment:
+                code = os.waitstatus_to_exitcode(ended[1])
+                os._exit(128 - code if code < 0 else code)
     except ChildProcessError:
         pass
-"""
-
-# The init of a sandbox whose experiment is started as a new process (`_start`), where anchors can be made: the anchor's
-# twin, which starts the experiment (its arguments) as its one child, reaps what is orphaned there, and ends as the
-# experiment ends (128 + the signal that killed it, as bubblewrap's init), taking the PID namespace along.
-_INIT = f"""
-import ctypes, os, signal, sys
-libc = ctypes.CDLL(None)
-libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE: off
-libc.prctl(15, b"{ANCHOR_NAME}", 0, 0, 0)  # PR_SET_NAME
-signal.signal(signal.SIGINT, signal.SIG_DFL)
-signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGCHLD}})
-experiment = os.fork()
-if experiment == 0:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGCHLD}})
-    os.execv(sys.argv[1], sys.argv[1:])
-os.closerange(3, 1 << 20)  # the experiment's channel is the experiment's alone
-while True:
-    signal.sigwaitinfo({{signal.SIGCHLD}})
-    while (ended := os.waitpid(-1, os.WNOHANG))[0]:
-        if ended[0] == experiment:
-            code = os.waitstatus_to_exitcode(ended[1])
-            os._exit(128 - code if code < 0 else code)
 """
 
 
