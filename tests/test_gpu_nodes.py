@@ -146,11 +146,27 @@ def test_gpus_all_takes_the_visible_ids_numbers_or_uuids_each_worker_pinned(monk
             devices(wrong, None, cores=2)
 
 
+@pytest.fixture
+def commands(machine: tuple[Path, Path], monkeypatch) -> list[list[str]]:
+    """The sandbox commands evaluators make from now on, on `machine`'s GPUs; "cuda" allowed on a machine without, the
+    experiment started as a new process (pytest is not forked)."""
+    from autoresearch.evaluator.confined import FORK_ENV
+
+    dev, table = machine
+    monkeypatch.setattr(sandbox, "own_nodes", lambda env: own_nodes(env, dev, table))
+    made = []
+    command = sandbox.command
+    monkeypatch.setattr(sandbox, "command", lambda argv, **kwargs: made.append(command(argv, **kwargs)) or made[-1])
+    monkeypatch.setenv(FORK_ENV, "0")
+    monkeypatch.setattr("autoresearch.device.check_available", lambda: None)
+    return made
+
+
 @pytest.mark.slow  # a real evaluator, its experiment started (and stopped at once): ~3 s
 @pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="needs bubblewrap")
 @pytest.mark.parametrize(("device", "bound"), [("cpu", False), ("cuda", True)])
 def test_a_run_on_the_cpu_clock_is_given_no_gpu_node(
-    device: str, bound: bool, machine: tuple[Path, Path], tmp_path: Path, tiny_prepared: Path, monkeypatch
+    device: str, bound: bool, machine: tuple[Path, Path], commands, tmp_path: Path, tiny_prepared: Path, monkeypatch
 ) -> None:
     """BROKE, fixed: the sandbox bound the GPUs' nodes whatever the device, and every node where it could not tell
     which GPU was the run's (CUDA_VISIBLE_DEVICES="", as `--workers N` sets for CPU workers). On the CPU clock,
@@ -158,25 +174,18 @@ def test_a_run_on_the_cpu_clock_is_given_no_gpu_node(
     CUDA_VISIBLE_DEVICES back and train on any GPU of the machine for free. Now a run on the CPU gets no node."""
     from loop_support import make_workspace
 
-    from autoresearch.evaluator.confined import FORK_ENV
     from autoresearch.evaluator.referee import Referee
     from autoresearch.orphans import remove_box
 
-    dev, table = machine
-    monkeypatch.setattr(sandbox, "own_nodes", lambda env: own_nodes(env, dev, table))
-    made = []
-    command = sandbox.command
-    monkeypatch.setattr(sandbox, "command", lambda argv, **kwargs: made.append(command(argv, **kwargs)) or made[-1])
-    monkeypatch.setenv(FORK_ENV, "0")  # the experiment started as a new process: pytest is not forked
+    dev, _ = machine
     monkeypatch.setenv("AUTORESEARCH_DEVICE", device)
-    monkeypatch.setattr("autoresearch.device.check_available", lambda: None)  # "cuda" here, on a machine without
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     ws = make_workspace(tmp_path / "ws", tiny_prepared)
     referee = Referee(ws.root / "train.py", dict(os.environ))
     referee.experiment.stop()
     remove_box(referee.box)
-    assert made
-    for argv in made:
+    assert commands
+    for argv in commands:
         nodes = [argv[i + 1] for i, option in enumerate(argv) if option == "--dev-bind-try"]
         assert (str(dev / "nvidia0") in nodes) == bound and ("/dev/dri" in nodes) == bound, nodes
 
@@ -184,7 +193,7 @@ def test_a_run_on_the_cpu_clock_is_given_no_gpu_node(
 @pytest.mark.slow  # a real evaluator, refused before it starts its experiment: ~2 s
 @pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="needs bubblewrap")
 def test_a_run_whose_own_gpus_cannot_be_told_for_a_moment_is_not_given_every_gpu(
-    machine: tuple[Path, Path], tmp_path: Path, tiny_prepared: Path, monkeypatch
+    machine: tuple[Path, Path], commands, tmp_path: Path, tiny_prepared: Path, monkeypatch
 ) -> None:
     """BROKE: each evaluator told its run's GPUs' nodes for itself, and one that could not at that moment (the driver's
     table unread, a GPU's node not opened) bound every GPU's node into the run's sandbox, saying nothing: a train.py
@@ -193,25 +202,18 @@ def test_a_run_whose_own_gpus_cannot_be_told_for_a_moment_is_not_given_every_gpu
     from loop_support import make_workspace
 
     from autoresearch.evaluator import promises
-    from autoresearch.evaluator.confined import FORK_ENV
     from autoresearch.evaluator.referee import Referee
 
-    dev, table = machine
-    monkeypatch.setattr(sandbox, "own_nodes", lambda env: own_nodes(env, dev, table))
-    made = []
-    command = sandbox.command
-    monkeypatch.setattr(sandbox, "command", lambda argv, **kwargs: made.append(command(argv, **kwargs)) or made[-1])
-    monkeypatch.setenv(FORK_ENV, "0")  # the experiment started as a new process: pytest is not forked
+    _, table = machine
     monkeypatch.setenv("AUTORESEARCH_DEVICE", "cuda")
-    monkeypatch.setattr("autoresearch.device.check_available", lambda: None)  # "cuda" here, on a machine without
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     monkeypatch.setenv("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     given = sandbox.can_promise(os.environ)  # the loop, at its start
     assert promises.GPUS in given
-    made.clear()  # its probe's
+    commands.clear()  # its probe's
     monkeypatch.setenv(promises.ENV, promises.said(given))
     ws = make_workspace(tmp_path / "ws", tiny_prepared)
     table.rename(tmp_path / "unread")  # the driver's table, for this evaluator alone
     with pytest.raises(sandbox.GpusUntold, match=r"run's GPUs \(1\)"):
         Referee(ws.root / "train.py", dict(os.environ))
-    assert not made
+    assert not commands
