@@ -112,10 +112,9 @@ class ExperimentProcess:
     capability, and becomes the experiment. Where that never works here (the loop's probe:
     evaluator/anchor_probe.py), or `AUTORESEARCH_FORK_SERVER=0`, the experiment is `python -m
     autoresearch.harness.boot` started inside the sandbox instead (by our anchor, as its init, where the loop's
-    bubblewrap makes anchors); where it worked at the loop's start and
-    fails for a run, the loop stops. Either way it runs under the SIGCHLD filter (evaluator/syscalls.py). It
-    sees what `view` says besides the root (sandbox.View: the workspace and data hidden, the shared compile
-    caches read-only, its own layer of them).
+    bubblewrap makes anchors); where it worked at the loop's start and fails for a run, the loop stops. Either way
+    it runs under the SIGCHLD filter (evaluator/syscalls.py). It sees what `view` says besides the root
+    (sandbox.View: the workspace and data hidden, the shared compile caches read-only, its own layer of them).
     """
 
     def __init__(self, box: Path, env: dict[str, str], view: sandbox.View):

@@ -142,19 +142,26 @@ def confined_environment(
     return box_env
 
 
+def _search_paths_absolute(env: dict[str, str]) -> dict[str, str]:
+    """`env` with only the absolute entries of PATH and PYTHONPATH, for a trusted process we start: a relative one
+    ('.', an empty one, which `export PYTHONPATH=$PYTHONPATH:/x` leaves where it was unset) is the working directory,
+    often the workspace, where an agent writes, and an evaluator started during its turn (another worker's) imported
+    the `autoresearch` it left there (red team)."""
+    for name in ("PATH", "PYTHONPATH"):
+        if name in env:
+            env[name] = os.pathsep.join(absolute_entries(env[name]))
+    return env
+
+
 def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
     """What the evaluator process is started with: the experiment is forked from it, and a forked process keeps
     its parent's memory, environment block included. So: what train.py may see, our settings, and the paths
     of the Hugging Face cache (to hide it: every variable that can place it); no secret, nothing off the allow-list."""
     places = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_XET_CACHE", "XDG_CACHE_HOME")
     ours = {name: value for name, value in env.items() if name.startswith("AUTORESEARCH_") or name in places}
-    evaluator = {**scrubbed_env(env), **{k: v for k, v in ours.items() if not _SECRET_NAME.search(k)}}
-    # Their absolute entries only: a relative one ('.', an empty one, which `export PYTHONPATH=$PYTHONPATH:/x` leaves
-    # where it was unset) is the working directory, often the workspace, where an agent writes, and an evaluator
-    # started during its turn (another worker's) imported the `autoresearch` it left there (red team).
-    for name in ("PATH", "PYTHONPATH"):
-        if name in evaluator:
-            evaluator[name] = os.pathsep.join(absolute_entries(evaluator[name]))
+    evaluator = _search_paths_absolute(
+        {**scrubbed_env(env), **{k: v for k, v in ours.items() if not _SECRET_NAME.search(k)}}
+    )
     if found := bwrap():  # as the loop found it, before any agent ran
         evaluator[BWRAP_ENV] = found
     # The run's share of memory as this process finds it, never each evaluator: one that could not read the machine's
@@ -380,9 +387,7 @@ def anchors_reason() -> str | None:
     is (evaluator/anchor_probe.py); else why not (once)."""
     if (why := probe(own_init=True)) is not None:
         return why
-    env = dict(os.environ)
-    if "PYTHONPATH" in env:
-        env["PYTHONPATH"] = os.pathsep.join(absolute_entries(env["PYTHONPATH"]))
+    env = _search_paths_absolute(dict(os.environ))
     argv = module_command(sys.executable, "autoresearch.evaluator.anchor_probe")
     try:
         probed = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
