@@ -55,8 +55,9 @@ def test_real_runs_are_judged_from_the_harness_result(workspace):
 
 
 def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_crash(workspace):
-    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2, timeout=25)
+    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2, timeout=25)  # the baseline's, on a busy machine
     loop.baseline()
+    loop.timeout = 8.0  # the hang's: the test waits for no more
     marker = f"autoresearch-hang-{os.getpid()}"
     # It ignores the polite signals, and so does its child, in a session of its own.
     hang = "    run = harness.start()\n    import signal, subprocess, time\n"
@@ -124,7 +125,7 @@ def test_a_train_py_killed_or_exiting_before_the_hand_over_is_told_how_it_ended(
 
 
 def test_sigkill_of_the_loop_then_run_again_loses_and_duplicates_nothing(tmp_path, tiny_prepared):
-    ws = make_workspace(tmp_path / "ws", tiny_prepared, budget=3.0)
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, budget=1.5)
     args = ["run", "--agent", "tune", "--baseline-runs", "2", "--plain", "--max-experiments", "3"]
     loop = subprocess.Popen(
         [sys.executable, "-m", "autoresearch", *args], cwd=ws.root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -164,7 +165,7 @@ def test_sigkill_of_the_loop_then_run_again_loses_and_duplicates_nothing(tmp_pat
 
 
 def test_kill_of_the_loop_stops_it_as_ctrl_c_does_and_writes_the_report(tmp_path, tiny_prepared):
-    ws = make_workspace(tmp_path / "ws", tiny_prepared, budget=3.0)
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, budget=1.5)
     args = ["run", "--baseline-runs", "2", "--plain"]
     loop = subprocess.Popen(
         [sys.executable, "-m", "autoresearch", *args], cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -376,7 +377,7 @@ def test_two_workers_on_fake_gpus_killed_with_two_runs_in_flight_resume_without_
     shows_gpu = "    run = harness.start()\n    import os\n"
     shows_gpu += "    print('CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'])\n"
     source = edit(BIGRAM_TRAIN_PY, "    run = harness.start()\n", shows_gpu)
-    ws = make_workspace(tmp_path / "ws", tiny_prepared, train_py=source, budget=3.0)
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, train_py=source, budget=2.0)
     args = ["run", "--agent", "tune", "--baseline-runs", "2", "--plain", "--gpus", "0,1"]
     loop = subprocess.Popen(
         [sys.executable, "-m", "autoresearch", *args, "--max-experiments", "4"],
