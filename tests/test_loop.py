@@ -19,6 +19,7 @@ from loop_support import (
     FakeExecutor,
     ScriptedAgent,
     constant,
+    fake_result,
     killed_loop,
     make_loop,
     make_workspace,
@@ -28,7 +29,7 @@ from loop_support import (
 )
 
 from autoresearch.loop.clock import sleep_awake
-from autoresearch.loop.evaluator_process import ForkServer
+from autoresearch.loop.evaluator_process import UNSEEN, ForkServer
 from autoresearch.loop.executor import SETUP_FAILED, LocalExecutor, Outcome, RunSpec, outcome_of
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
@@ -1077,6 +1078,26 @@ def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run_whose_fork_se
         evaluator.wait()
         server.close()
     assert time.monotonic() - started < 3
+
+
+def test_an_evaluator_whose_end_the_dead_fork_server_never_told_is_lost_and_tried_again_not_a_crash(tmp_path):
+    """BROKE, fixed: with the fork server dead, every evaluator's end read as exit code 0, so one that stopped for a
+    reason of the loop's (a promise it could not keep, a setup error), writing no result, was recorded as the
+    experiment's crash. Its end is unseen now: with no result the run is lost and tried again, where a new process's
+    exit code is seen; with a result, the result decides as before."""
+    gone = tmp_path / "gone-server"  # a fork server that ends at once, before its evaluator
+    gone.write_text("#!/bin/sh\nexit 0\n")
+    gone.chmod(0o755)
+    server = ForkServer(str(gone), {})
+    evaluator = subprocess.Popen(["sh", "-c", "sleep 0.3; exit 3"])  # SETUP_FAILED, say, that no one reports
+    try:
+        assert server.exit_code(evaluator.pid, timeout=10) == UNSEEN
+    finally:
+        evaluator.wait()
+        server.close()
+    lost = outcome_of(UNSEEN, None, "", "", 1.0, "f" * 16)
+    assert lost.status == RunEnd.LOST and "fork server exited" in lost.reason
+    assert outcome_of(UNSEEN, fake_result(1.5, "f" * 16), "", "", 1.0, "f" * 16).status == RunEnd.OK
 
 
 @pytest.mark.slow  # seconds: the fast subset stays under a minute

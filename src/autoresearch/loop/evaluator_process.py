@@ -33,6 +33,9 @@ LOG_TAIL_CHARS = 4000
 # On Ctrl-C and at close, what is killed (SIGKILL, whole process groups) is waited for this long at most: the
 # loop must be gone within seconds, and whatever it leaves is already dead and reaped by its parent or init.
 STOP_WAIT_S = 1.0
+# The exit code of a forked evaluator whose end went unseen: the fork server, which reports it, died first. No real
+# code (0-255, or minus a signal's number).
+UNSEEN = -(2**31)
 
 
 class Referee:
@@ -153,8 +156,7 @@ class ForkServer:
 
     def exit_code(self, pid: int, timeout: float | None) -> int | None:
         """The exit code of evaluator `pid`, once it ended; None if it still runs after `timeout` seconds.
-        If the server died meanwhile, the exit code is unknown: 0 once the process is gone (its result,
-        which only it writes, then decides)."""
+        If the server died meanwhile, the exit code is unknown: UNSEEN once the process is gone."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while pid not in self._exits:
             try:
@@ -212,13 +214,13 @@ class ForkServer:
 
 
 def _gone(pid: int, deadline: float | None) -> int | None:
-    """0 once process `pid` (not our child) has ended; None if it still runs at `deadline`. Waits in `_step`s."""
+    """UNSEEN once process `pid` (not our child) has ended; None if it still runs at `deadline`."""
     while psutil.pid_exists(pid) and not _zombie(pid):
         if (wait := wait_step(deadline)) <= 0:
             return None
         with contextlib.suppress(psutil.Error):
             psutil.Process(pid).wait(wait)
-    return 0
+    return UNSEEN
 
 
 def _zombie(pid: int) -> bool:

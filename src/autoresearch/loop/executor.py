@@ -33,6 +33,7 @@ from autoresearch.files import clear, make_folder, remove_tree, write_text_atomi
 from autoresearch.loop.evaluator_process import (
     LOG_TAIL_CHARS,
     STOP_WAIT_S,
+    UNSEEN,
     ForkFailed,
     ForkServer,
     NewProcess,
@@ -220,6 +221,11 @@ def outcome_of(
     code: int, result: Result | None, errors: str, log_tail: str, seconds: float, fingerprint: str
 ) -> Outcome:
     """What a run came to, from its evaluator's exit code and the result it wrote (None: none)."""
+    if code == UNSEEN:  # the fork server died before it could say how the evaluator ended
+        if result is None:  # nothing says the run's doing: tried once more, as a run killed from outside
+            why = "the fork server exited before its evaluator, whose end went unseen, and it wrote no result"
+            return Outcome(RunEnd.LOST, None, why, log_tail + errors, seconds)
+        code = 0  # its result, which only it writes, decides
     if code < 0 and result is None:  # the evaluator itself was killed by a signal: not the experiment's doing
         return Outcome(RunEnd.LOST, None, f"the run was killed from outside (signal {-code})", log_tail, seconds)
     if code == SETUP_FAILED and result is None:
