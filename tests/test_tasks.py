@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import run_group, tasks
+from autoresearch.evaluator import run_group, sandbox, tasks
 from autoresearch.evaluator.run_group import RunGroup
 
 # Forks until refused (40 at most), kills what it started, tries to raise its limit again: "FORKED RAISED-OR-KEPT".
@@ -147,4 +147,30 @@ def test_a_cap_is_promised_to_every_run_only_where_a_runs_group_can_have_it_insi
     monkeypatch.setattr(RunGroup, "remove", lambda self, wait=0: None)
     monkeypatch.setattr(run_group, "_limitable", {})
     assert run_group.limitable(tasks.limits(48)) == promised
-    assert tasks.capped(confined=False, tasks=48) is bool(promised)  # `run` warns where runs are not capped
+    assert sandbox.runs_capped(48) is bool(promised)  # `run` warns where runs are not capped (as root, here)
+
+
+def test_a_bubblewrap_that_makes_no_user_namespace_caps_no_run_by_rlimit_and_run_is_told(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A setuid bubblewrap makes no user namespace where unprivileged ones are disabled: its runs are in the machine's,
+    where the harness sets no RLIMIT_NPROC (it would count every process of yours), and `run` said they were capped
+    (BROKE, fixed: it asked only whether runs were confined)."""
+    flat = tmp_path / "bwrap"  # a sandbox in the machine's user namespace: what it runs sees the machine's map
+    flat.write_text("#!/bin/sh\nexec cat /proc/self/uid_map\n")
+    flat.chmod(0o755)
+    monkeypatch.setattr(tasks, "by_limit", lambda: True)  # a loop not run as root, on Linux 5.14 or later
+    monkeypatch.setattr(run_group, "limitable", lambda limits: set())  # and no pids group to be made
+    for cached in (sandbox.bwrap, sandbox.unavailable_reason, sandbox.own_user_namespace):
+        cached.cache_clear()
+    try:
+        assert sandbox.own_user_namespace() and sandbox.runs_capped(48)  # this machine's bubblewrap makes one
+        for cached in (sandbox.bwrap, sandbox.unavailable_reason, sandbox.own_user_namespace):
+            cached.cache_clear()
+        monkeypatch.setenv(sandbox.BWRAP_ENV, str(flat))
+        assert sandbox.unavailable_reason() is None  # confined, as far as the probe can tell
+        assert not sandbox.own_user_namespace() and not sandbox.runs_capped(48)
+        assert sandbox.runs_capped(0)  # no cap wanted: none missing
+    finally:
+        for cached in (sandbox.bwrap, sandbox.unavailable_reason, sandbox.own_user_namespace):
+            cached.cache_clear()

@@ -73,7 +73,7 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
             "workspace is checked after every run, but it can read what you can (the validation data too). "
             "To confine it: install bubblewrap and allow unprivileged user namespaces"
         )
-    if not tasks.capped(sandbox.unavailable_reason() is None, run_tasks):
+    if not sandbox.runs_capped(run_tasks):
         reporter.message(
             "warning: a run's processes are not capped here (RLIMIT_NPROC does not bind a loop run as root, nor "
             "count per user namespace before Linux 5.14, and no pids cgroup can be made below the loop's): a train.py "

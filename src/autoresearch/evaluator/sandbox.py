@@ -34,6 +34,7 @@ from autoresearch.evaluator import shown as shown_paths
 from autoresearch.evaluator.cores import runs_train_on_cpu
 from autoresearch.evaluator.gpu_nodes import Nodes, own_nodes
 from autoresearch.files import absolute_entries, program_path
+from autoresearch.harness.boot import MACHINE_UID_MAP
 
 _SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|PASS$|CREDENTIAL|AUTH|PAT$", re.IGNORECASE)
 # What train.py's process gets of the environment: an allow-list (a deny-list let database URLs with
@@ -381,6 +382,14 @@ def can_promise(env: Mapping[str, str]) -> set[str]:
     return given | run_group.limitable(limits)
 
 
+def runs_capped(most: int) -> bool:
+    """Whether every run started by this process gets its cap of `most` tasks (evaluator/tasks.py; 0: none is wanted,
+    and none is missing): by RLIMIT_NPROC in its own user namespace, or by a group this process can make."""
+    if most == 0 or (tasks.by_limit() and unavailable_reason() is None and own_user_namespace()):
+        return True
+    return "pids" in run_group.limitable(tasks.limits(most))
+
+
 @functools.cache
 def anchors_reason() -> str | None:
     """None where a run can be forked into a sandbox around an init of ours (`--as-pid-1`) here, as each forked run
@@ -402,21 +411,36 @@ def anchors_reason() -> str | None:
 def probe(own_init: bool = False) -> str | None:
     """Whether bubblewrap makes a sandbox here now (`own_init`: with the command as its init): None, or one line
     saying why not."""
+    ran = _in_sandbox(["true"], own_init)
+    return ran if isinstance(ran, str) else None
+
+
+@functools.cache
+def own_user_namespace() -> bool:
+    """Whether a confined run is in a user namespace of its own here, where RLIMIT_NPROC counts its tasks alone
+    (evaluator/tasks.py). A setuid bubblewrap makes none where unprivileged user namespaces are disabled: the run is
+    then in the machine's, as the loop is, and the harness sets no such limit (harness/boot.py `cap_tasks`)."""
+    ran = _in_sandbox(["cat", "/proc/self/uid_map"])
+    return not isinstance(ran, str) and ran.stdout.split() != MACHINE_UID_MAP
+
+
+def _in_sandbox(argv: list[str], own_init: bool = False) -> subprocess.CompletedProcess | str:
+    """`argv` run in a sandbox with the options a real run gets, including a workdir inside a hidden directory; or
+    one line saying why bubblewrap could not make it."""
     if bwrap() is None:
         return "bubblewrap (bwrap) is not installed or not on PATH"
-    # Run `true` with the options a real run gets, including a workdir inside a hidden directory.
     with tempfile.TemporaryDirectory(prefix="autoresearch-sandbox-probe-") as tmp:
         workdir = Path(tmp, "box")
         workdir.mkdir()
-        argv = command(["true"], workdir=workdir, hidden=[Path(tmp)], env={"PATH": os.defpath}, own_init=own_init)
+        argv = command(argv, workdir=workdir, hidden=[Path(tmp)], env={"PATH": os.defpath}, own_init=own_init)
         try:
-            probe = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+            ran = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired) as error:
             return f"bwrap could not be run: {error}"
-    if probe.returncode != 0:
-        detail = probe.stderr.strip().splitlines()[-1:] or [f"exit code {probe.returncode}"]
+    if ran.returncode != 0:
+        detail = ran.stderr.strip().splitlines()[-1:] or [f"exit code {ran.returncode}"]
         return f"bwrap cannot create the sandbox here: {detail[0]}"
-    return None
+    return ran
 
 
 def ensure_available() -> None:

@@ -14,7 +14,7 @@ it crashes, and a crash is not retried. So a run gets at most `run_tasks()` task
   which RLIMIT_NPROC does not bind, with cgroup v1's pids hierarchy, or v2 where its cgroup hands the pids
   controller down.
 
-Elsewhere (root, and no such cgroup) a run is not capped, and `run` says so (`capped`).
+Elsewhere (root, and no such cgroup) a run is not capped, and `run` says so (sandbox.runs_capped).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import sys
 from collections.abc import Mapping
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import run_group
 from autoresearch.evaluator.run_group import RunGroup
 
 TASKS_ENV = "AUTORESEARCH_TASKS"  # the most tasks a run, or an agent's turn, may have at once; "0": none
@@ -54,14 +53,6 @@ def by_limit() -> bool:
         return False
     release = re.match(r"(\d+)\.(\d+)", platform.release())
     return release is not None and (int(release[1]), int(release[2])) >= (5, 14)
-
-
-def capped(confined: bool, tasks: int) -> bool:
-    """Whether a run started by this process gets its cap of `tasks`, by RLIMIT_NPROC or by a group it can make (0:
-    none is wanted, and none is missing)."""
-    if tasks == 0 or (confined and by_limit()):
-        return True
-    return "pids" in run_group.limitable(limits(tasks))
 
 
 def limits(tasks: int) -> dict[str, dict[str, str]]:

@@ -18,6 +18,8 @@ import warnings
 
 from autoresearch.wire import Channel, ChannelClosed
 
+# /proc/self/uid_map in the machine's own user namespace, split: every uid, mapped to itself.
+MACHINE_UID_MAP = ["0", "0", "4294967295"]
 COMPILER = ("torch._dynamo", "torch._inductor.compile_fx", "torch.nn.attention.flex_attention")
 _prepared = False
 # Torch asks NVML how many GPUs there are before CUDA starts; the sandbox does not offer NVML (CUDA itself works),
@@ -58,7 +60,7 @@ def cap_tasks(tasks: int) -> None:
     runs, where this process is in a user namespace of its own: in the machine's, the kernel would count every
     process of the user."""
     with open("/proc/self/uid_map") as mapping:
-        if mapping.read().split() == ["0", "0", "4294967295"]:  # the machine's own namespace
+        if mapping.read().split() == MACHINE_UID_MAP:
             return
     resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))
 
