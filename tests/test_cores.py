@@ -13,9 +13,10 @@ import pytest
 
 from autoresearch.device import cpu_name
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import cores, memory
+from autoresearch.evaluator import cores, memory, referee
 from autoresearch.evaluator.clock import CpuClock, describe
 from autoresearch.loop import ray_executor
+from autoresearch.loop.executor import SETUP_FAILED, setup_error
 from autoresearch.loop.workers import LOCAL, Device, devices, placed
 
 
@@ -229,6 +230,23 @@ def test_an_evaluator_pins_itself_its_threads_and_what_it_starts_and_a_bad_list_
         env = {**os.environ, cores.RUN_CPUS_ENV: value}
         out = subprocess.run([sys.executable, "-c", PINNED], env=env, capture_output=True, text=True, timeout=60)
         assert out.stdout.splitlines() == [f"{expected} {expected}", f"{expected}"], out.stderr
+
+
+def test_an_evaluator_that_cannot_have_its_workers_cpus_stops_the_loop_not_trains_unpinned(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed: a CPU gone offline (or out of the loop's cpuset) since the loop split them left the evaluator
+    unpinned without a word, and its run trained on every core, beside the other workers' runs. Now it stops as an
+    evaluator that cannot set up does: the loop stops and says why, the experiment trained on its next start."""
+    unheld = str(max(os.sched_getaffinity(0)) + 4096)  # no CPU of this machine
+    before = os.sched_getaffinity(0)
+    with pytest.raises(AutoresearchError, match=r"the CPUs \d+ of this worker's runs .* cannot be had now"):
+        cores.pin({cores.RUN_CPUS_ENV: unheld})
+    monkeypatch.setenv(cores.RUN_CPUS_ENV, unheld)
+    assert referee.main(["--train-py", str(tmp_path / "train.py")]) == SETUP_FAILED
+    error, hint = setup_error(capsys.readouterr().err)
+    assert "cannot be had now" in error and "start the loop again" in hint
+    assert os.sched_getaffinity(0) == before
 
 
 def test_a_shell_agents_turns_get_a_whole_core_per_worker_where_runs_train_on_gpus(tmp_path, monkeypatch) -> None:

@@ -22,7 +22,6 @@ Nothing here may fail a run: whatever the cgroup files say, an unreadable answer
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import math
 import os
@@ -161,17 +160,26 @@ def _listed(cpus) -> str:
 
 def pin(env: Mapping[str, str] = os.environ) -> None:
     """Pin every thread of this process, and so all it starts, to the CPUs RUN_CPUS_ENV names; nothing where it
-    names none or they cannot be had."""
+    names none. AutoresearchError where this process cannot have them (a CPU taken offline, or out of the loop's
+    cpuset, since the loop split them): its run would train unpinned, beside the other workers' on their cores."""
     cpus = _cpu_list(env.get(RUN_CPUS_ENV, ""))
-    if not cpus:
+    if not cpus or not hasattr(os, "sched_setaffinity"):
         return
     try:
         threads = [int(tid) for tid in os.listdir("/proc/self/task")]
     except (OSError, ValueError):
         threads = [0]
     for tid in threads:
-        with contextlib.suppress(OSError, AttributeError):  # a thread that ended; not Linux
+        try:
             os.sched_setaffinity(tid, cpus)
+        except OSError as error:
+            if tid in (0, os.getpid()):  # this process's own thread; another may have ended meanwhile
+                raise AutoresearchError(
+                    f"the CPUs {_listed(cpus)} of this worker's runs ({RUN_CPUS_ENV}) cannot be had now: "
+                    f"{error.strerror}",
+                    hint="a CPU was taken offline or out of the loop's cpuset since the loop split them between its "
+                    "workers: start the loop again, and it splits the CPUs it finds then",
+                ) from None
 
 
 def _cpu_list(text: str) -> set[int]:

@@ -431,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--workspace", type=Path, help="prepare a run of this workspace, then read the job on stdin")
     where.add_argument("--train-py", type=Path, help="run and score this train.py now (python train.py by hand)")
     args = parser.parse_args(argv)
-    cores.pin()  # on its worker's CPUs (several workers on one machine), the experiment it starts with it
     try:
+        cores.pin()  # on its worker's CPUs (several workers on one machine), the experiment it starts with it
         own_group = _hold_the_share()
     except AutoresearchError as exc:
         print(f"error: {exc}", file=sys.stderr)

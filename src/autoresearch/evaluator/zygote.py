@@ -15,6 +15,7 @@ It exits when the loop closes the socket.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -25,6 +26,7 @@ import sys
 import time
 import traceback
 
+from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import cores
 
 
@@ -114,7 +116,10 @@ def _evaluator(sock: socket.socket, main, argv: list[str], fds: list[int]) -> No
 
 def main() -> None:
     # Started without the working directory on sys.path (sandbox.module_command)
-    cores.pin()  # on the worker's CPUs before anything starts a thread: every evaluator forked inherits them
+    # On the worker's CPUs before anything starts a thread: every evaluator forked inherits them. Where they cannot
+    # be had, each evaluator's own pin says so (referee.py `main`), as the loop's error.
+    with contextlib.suppress(AutoresearchError):
+        cores.pin()
     serve(socket.socket(fileno=int(sys.argv[1])))
 
 
