@@ -181,6 +181,25 @@ def test_a_run_that_cannot_join_its_sandbox_for_a_moment_is_not_started_beside_b
     assert "ANCHOR REACHED" not in printed
 
 
+def test_a_run_whose_bubblewrap_fails_where_bubblewrap_now_fails_everywhere_stops_the_loop_not_its_crash(
+    lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BROKE: an experiment started as a new process (no anchors here, or AUTORESEARCH_FORK_SERVER=0) whose bubblewrap
+    could not make its sandbox (namespaces used up, say) ended before train.py ran, and the run was recorded as the
+    experiment's crash ("train.py ended (exit code 1) without handing a model over"). Where bubblewrap fails so now
+    for any sandbox, the loop stops and says why; the experiment is trained on the next start."""
+    ws, _ = lab
+    failing = tmp_path / "bwrap"
+    failing.write_text("#!/bin/sh\necho 'bwrap: Creating new namespace failed: No space left on device' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv(FORK_ENV, "0")
+    monkeypatch.setattr(sandbox, "bwrap", lambda: str(failing))  # the evaluators' (the loop's was probed before)
+    loop = make_loop(ws, LocalExecutor(prewarm=False))
+    match = r"bwrap cannot create the sandbox here: bwrap: Creating new namespace failed"
+    printed = stops_the_loop(ws, loop, "an honest run, no sandbox made", "    pass\n", match)
+    assert "Creating new namespace failed" in printed
+
+
 # The machine's memory unread in the evaluators alone, as a moment short of memory makes a read of /proc/meminfo fail.
 NO_MEMINFO = """\
 from autoresearch.evaluator import memory

@@ -196,6 +196,11 @@ class Referee:
             # Without a hand-over the channel closed: train.py ended, or closed it and goes on (then stopped).
             ended = not broken and self.timeline.weights_data is None and self.experiment.ends_by_itself(ENDING_S)
             code = self.experiment.stop()
+            # Started by bubblewrap, and ended before train.py said a word: where bubblewrap now fails to make a sandbox
+            # at all, so did this run's, before train.py ran. No fault of the run's: the loop stops.
+            unheard = self.timeline.hello is None and self.experiment.confined and not self.experiment.forked
+            if unheard and (why := sandbox.probe()) is not None:
+                raise sandbox.SandboxUnavailable(why)
             if self.experiment.reached_task_cap():
                 self.experiment.output.note(
                     f"autoresearch: the run was refused a new process or thread: it may have {self.experiment.tasks} "
@@ -439,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return _serve(args, own_group)
+    except AutoresearchError as exc:  # set up for the run, but it could not be trained (its sandbox not made)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # a write of this process's own, before or after a run (its box, the caches' folders)
         if not is_disk_full(exc):
             raise
