@@ -1176,8 +1176,7 @@ def test_a_fifo_left_where_the_loop_reads_does_not_wedge_it(workspace, tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("forge", ["unsealed", "sealed with another key", "a field changed"])
-def test_a_result_file_replaced_before_the_loop_reads_it_is_not_counted(workspace, monkeypatch, forge):
+def test_a_result_file_replaced_before_the_loop_reads_it_is_not_counted(workspace, monkeypatch):
     """BROKE, fixed: a run's result.json lies in the workspace's private state, and the loop took whatever it held
     when the evaluator exited. A coding agent's turn overlaps the other workers' runs, so it (or a process it left
     where no PID namespace holds it) could watch for the file and replace it: a forged val_bpb, counted. The loop
@@ -1188,28 +1187,29 @@ def test_a_result_file_replaced_before_the_loop_reads_it_is_not_counted(workspac
     assert honest.status == RunEnd.OK and honest.result is not None, honest.reason
 
     real_wait = evaluator_process.Referee.wait
+    for forge in ("unsealed", "sealed with another key", "a field changed"):
 
-    def wait_then_forge(self, timeout):  # the racing process wins: it writes after the evaluator, before the loop
-        code = real_wait(self, timeout)
-        path = spec.run_dir / "result.json"
-        data = json.loads(path.read_text())
-        if forge == "unsealed":
-            data.pop(SEAL)
-            data["val_bpb"] = 0.5
-        elif forge == "sealed with another key":
-            data.pop(SEAL)
-            data["val_bpb"] = 0.5
-            Result(**data).save(path, key="a key the forger made up")
+        def wait_then_forge(self, timeout, forge=forge):  # a racer that writes after the evaluator, before the loop
+            code = real_wait(self, timeout)
+            path = spec.run_dir / "result.json"
+            data = json.loads(path.read_text())
+            if forge == "unsealed":
+                data.pop(SEAL)
+                data["val_bpb"] = 0.5
+            elif forge == "sealed with another key":
+                data.pop(SEAL)
+                data["val_bpb"] = 0.5
+                Result(**data).save(path, key="a key the forger made up")
+                return code
+            else:
+                data["val_bpb"] = data["val_bpb"] - 0.2  # the evaluator's seal left on a better score
+            path.write_text(json.dumps(data))
             return code
-        else:
-            data["val_bpb"] = data["val_bpb"] - 0.2  # the evaluator's seal left on a better score
-        path.write_text(json.dumps(data))
-        return code
 
-    monkeypatch.setattr(evaluator_process.Referee, "wait", wait_then_forge)
-    forged = loop.executor.run(spec)
-    assert forged.status == RunEnd.CRASH and forged.result is None
-    assert "seal" in forged.reason and "not counted" in forged.reason
+        monkeypatch.setattr(evaluator_process.Referee, "wait", wait_then_forge)
+        forged = loop.executor.run(spec)
+        assert forged.status == RunEnd.CRASH and forged.result is None, forge
+        assert "seal" in forged.reason and "not counted" in forged.reason, (forge, forged.reason)
 
 
 @pytest.mark.parametrize("bpb", [1.2345678901234567, float("nan"), float("inf")])
