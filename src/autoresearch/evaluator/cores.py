@@ -17,7 +17,8 @@ pin (evaluator/syscalls.py refuses it `sched_setaffinity`). A coding agent's tur
 worker's as well), and could load the CPU as much: where runs train on GPUs, the agents get whole cores of their own
 (`agent_cores`, `pins`; AGENT_CPUS_ENV, applied by agents/fence.py), the runs the rest.
 
-Nothing here may fail a run: whatever the cgroup files say, an unreadable answer is "no quota".
+Nothing here may fail a run: whatever the cgroup files say, an unreadable answer is "no quota". A worker's CPUs that
+cannot be had stop the loop (`pin`): no run trains unpinned beside the others.
 """
 
 from __future__ import annotations
