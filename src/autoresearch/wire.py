@@ -79,8 +79,10 @@ class Channel:
             raise ChannelClosed(f"a frame header of {length} bytes")
         try:
             header = json.loads(self._exactly(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ChannelClosed(f"a frame header that is not JSON: {exc}") from None
+        # Not JSON, or JSON Python will not read: an integer past 4,300 digits (ValueError), arrays nested past the
+        # recursion limit. Raised as they were, they ended the evaluator as if it could not set a run up (red team).
+        except (ValueError, RecursionError) as exc:
+            raise ChannelClosed(f"a frame header that is not JSON: {str(exc)[:200]}") from None
         if not isinstance(header, dict):
             raise ChannelClosed("a frame header that is not an object")
         size = header.get("payload", 0)

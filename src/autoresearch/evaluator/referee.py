@@ -395,11 +395,16 @@ def _no_hand_over(t: Timeline, exit_code: int | None) -> str:
 
 
 def _parameter_count(weights: bytes | None) -> int:
+    """How many numbers the handed-over weights hold; 0 where they cannot be read (they are the experiment's: the
+    error safetensors raised ended the evaluator, which then stopped the loop; red team)."""
     if not weights:
         return 0
     from safetensors.torch import load
 
-    return sum(t.numel() for t in load(weights).values())
+    try:
+        return sum(t.numel() for t in load(weights).values())
+    except Exception:
+        return 0
 
 
 # -- the process --------------------------------------------------------------------------------

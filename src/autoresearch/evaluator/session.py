@@ -84,6 +84,18 @@ class Timeline:
         )
 
 
+def finite(value) -> float | None:
+    """A number the experiment sent, as a finite float; None where it is none. An integer too large for a float
+    (JSON has no limit) raised OverflowError out of the evaluator, which then stopped the loop (red team)."""
+    if not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def longest_step(budget: float) -> float:
     """The longest step the grace past the budget allows for."""
     return max(MAX_STEP_SHARE * budget, MIN_STEP_S)
@@ -146,8 +158,7 @@ class Session:
                 elif op == "step":
                     if t.clock is not None and t.stop is None:
                         t.steps.append(self.clock.read())
-                        loss = header.get("loss")
-                        self._loss = float(loss) if isinstance(loss, int | float) and math.isfinite(loss) else None
+                        self._loss = finite(header.get("loss"))
                         if now - self._progress_written >= PROGRESS_EVERY:
                             self.write_progress(TRAINING)
                             self._progress_written = now
@@ -156,7 +167,7 @@ class Session:
                         t.stop = now
                         if t.clock is not None:
                             t.trained = self.clock.read() - t.on_clock
-                    t.reported = {k: header.get(k) for k in ("peak_memory_mb", "flops_per_token", "steps")}
+                    t.reported = {k: finite(header.get(k)) for k in ("peak_memory_mb", "flops_per_token", "steps")}
                     # The clock is read: the harness waits for this before it hands the weights over. Else what the
                     # experiment did after `stop` while this process was kept waiting for a CPU (exporting, tearing
                     # down) counted on a CPU clock: under load an honest run of a 1 s budget trained "1.4 s".

@@ -89,8 +89,10 @@ def _reply(sock: socket.socket, message: dict) -> None:
 
 
 def _evaluator(sock: socket.socket, main, argv: list[str], fds: list[int]) -> None:
-    """In the fork: become `python -m autoresearch.evaluator.referee ARGV`, in a session of its own."""
-    code = 2
+    """In the fork: become `python -m autoresearch.evaluator.referee ARGV`, in a session of its own. An exception
+    nothing caught ends it with 1, as it ends `python -m`: never 2, its setup error, which stops the loop (a train.py
+    that broke its evaluator so, with a number too large for a float in a frame, stopped every start; red team)."""
+    code = 1
     try:
         sock.close()
         os.setsid()

@@ -17,6 +17,7 @@ import math
 import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from autoresearch.agents.base import Agent, Proposal, preflight
@@ -257,10 +258,17 @@ class ResearchLoop(Asking, Recovery):
     def _evaluate(self, exp: Experiment) -> Experiment:
         runs = exp.run_values
         wanted = self.config.baseline_runs if exp.kind == Kind.BASELINE else 1
+        lost: set[int] = set()  # runs killed from outside once (RunEnd.LOST): tried once more, as the scheduler does
         while True:
             outcome = self._train(exp, len(runs))
             if outcome.status == RunEnd.CHANGED:
                 raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or APPARATUS_HINT)
+            if outcome.status == RunEnd.LOST:
+                if len(runs) not in lost:
+                    lost.add(len(runs))
+                    self.reporter.message(f"exp {exp.id}: {outcome.reason}; trying that run once more")
+                    continue
+                outcome = replace(outcome, reason=f"{outcome.reason}, twice")
             if outcome.status != RunEnd.OK:
                 if exp.kind == Kind.BASELINE:
                     self._finish(exp, Status.CRASH, f"baseline failed: {outcome.reason}", outcome)

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -51,6 +52,10 @@ SETUP_FAILED = 2
 # Its exit code when the disk filled, not by the run's own files (evaluator/referee.py): the loop stops (DiskFullError)
 # and the experiment, still in flight, is trained again on the next start.
 DISK_FULL = 4
+# The signals a process gets for what it did itself (a fault, an abort), not from outside: an evaluator dies of one as
+# it runs the graph a train.py handed over (SIGFPE: an integer division of the least int64 by -1, which the operator
+# list allows), and a run lost so was tried again, a draw the train.py chose after seeing its loss (red team).
+FAULTS = frozenset({signal.SIGSEGV, signal.SIGFPE, signal.SIGILL, signal.SIGABRT, signal.SIGSYS, signal.SIGTRAP})
 
 
 @dataclass(frozen=True)
@@ -226,6 +231,9 @@ def outcome_of(
             why = "the fork server exited before its evaluator, whose end went unseen, and it wrote no result"
             return Outcome(RunEnd.LOST, None, why, log_tail + errors, seconds)
         code = 0  # its result, which only it writes, decides
+    if code < 0 and result is None and -code in FAULTS:  # it broke itself: the graph it ran was the experiment's
+        why = f"the evaluator died of {signal.Signals(-code).name}, a fault of its own, as it ran or scored the run"
+        return Outcome(RunEnd.CRASH, None, why, log_tail + errors, seconds)
     if code < 0 and result is None:  # the evaluator itself was killed by a signal: not the experiment's doing
         return Outcome(RunEnd.LOST, None, f"the run was killed from outside (signal {-code})", log_tail, seconds)
     if code == SETUP_FAILED and result is None:
