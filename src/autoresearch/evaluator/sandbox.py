@@ -34,7 +34,6 @@ from autoresearch.evaluator import shown as shown_paths
 from autoresearch.evaluator.cores import runs_train_on_cpu
 from autoresearch.evaluator.gpu_nodes import Nodes, own_nodes
 from autoresearch.files import absolute_entries, program_path
-from autoresearch.harness.boot import MACHINE_UID_MAP
 
 _SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|PASS$|CREDENTIAL|AUTH|PAT$", re.IGNORECASE)
 # What train.py's process gets of the environment: an allow-list (a deny-list let database URLs with
@@ -421,7 +420,7 @@ def own_user_namespace() -> bool:
     (evaluator/tasks.py). A setuid bubblewrap makes none where unprivileged user namespaces are disabled: the run is
     then in the machine's, as the loop is, and the harness sets no such limit (harness/boot.py `cap_tasks`)."""
     ran = _in_sandbox(["cat", "/proc/self/uid_map"])
-    return not isinstance(ran, str) and ran.stdout.split() != MACHINE_UID_MAP
+    return not isinstance(ran, str) and ran.stdout.split() != tasks.MACHINE_UID_MAP
 
 
 def _in_sandbox(argv: list[str], own_init: bool = False) -> subprocess.CompletedProcess | str:

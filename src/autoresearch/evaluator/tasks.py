@@ -32,6 +32,8 @@ TASKS_ENV = "AUTORESEARCH_TASKS"  # the most tasks a run, or an agent's turn, ma
 # A GPU run has a few hundred: torch's threads, CUDA's, the compiler's pool of workers and theirs.
 DEFAULT_TASKS = 4096
 MOST_TASKS = 4_194_304  # the kernel's own most (PID_MAX_LIMIT): a pids cgroup takes no higher limit
+# /proc/self/uid_map in the machine's own user namespace, split: every uid, mapped to itself.
+MACHINE_UID_MAP = ["0", "0", "4294967295"]
 
 
 def run_tasks(env: Mapping[str, str] = os.environ) -> int:

@@ -16,10 +16,9 @@ import runpy
 import sys
 import warnings
 
+from autoresearch.evaluator.tasks import MACHINE_UID_MAP
 from autoresearch.wire import Channel, ChannelClosed
 
-# /proc/self/uid_map in the machine's own user namespace, split: every uid, mapped to itself.
-MACHINE_UID_MAP = ["0", "0", "4294967295"]
 COMPILER = ("torch._dynamo", "torch._inductor.compile_fx", "torch.nn.attention.flex_attention")
 _prepared = False
 # Torch asks NVML how many GPUs there are before CUDA starts; the sandbox does not offer NVML (CUDA itself works),
