@@ -51,7 +51,9 @@ def test_real_runs_are_judged_from_the_harness_result(workspace):
     assert len(result_files) == 2 and not (workspace.root / "result.json").exists()
     exp = loop.step(ScriptedAgent([lambda ctx: ("LR 0.3", with_constants(ctx.train_py, LR=0.3))]))
     assert exp.status in ("keep", "discard"), exp.reason + exp.log_tail
-    assert exp.val_bpb is not None and exp.training_seconds >= 1.0
+    # The evaluator's CPU clock reads each process's time in ticks of 10 ms (over the run's cores), the harness's in
+    # its own finer reading: a run that trained its 1 s budget by the one can read a few ms short by the other (0.995).
+    assert exp.val_bpb is not None and exp.training_seconds >= 0.98
 
 
 def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_crash(workspace):
