@@ -258,16 +258,14 @@ class ResearchLoop(Asking, Recovery):
     def _evaluate(self, exp: Experiment) -> Experiment:
         runs = exp.run_values
         wanted = self.config.baseline_runs if exp.kind == Kind.BASELINE else 1
-        lost: set[int] = set()  # runs killed from outside once (RunEnd.LOST): tried once more, as the scheduler does
+        lost: set[int] = set()  # its runs lost once (`tries_again`)
         while True:
             outcome = self._train(exp, len(runs))
             if outcome.status == RunEnd.CHANGED:
                 raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or APPARATUS_HINT)
+            if self.tries_again(exp.id, len(runs), outcome, lost):
+                continue
             if outcome.status == RunEnd.LOST:
-                if len(runs) not in lost:
-                    lost.add(len(runs))
-                    self.reporter.message(f"exp {exp.id}: {outcome.reason}; trying that run once more")
-                    continue
                 outcome = replace(outcome, reason=f"{outcome.reason}, twice")
             if outcome.status != RunEnd.OK:
                 if exp.kind == Kind.BASELINE:
@@ -292,6 +290,15 @@ class ResearchLoop(Asking, Recovery):
                 wanted = len(runs) + 1
                 continue
             return self._finish(exp, verdict.decision, verdict.reason, outcome, runs)
+
+    def tries_again(self, exp_id: int, run: int, outcome: Outcome, lost: set[int]) -> bool:
+        """Whether run `run` of `exp_id` is trained once more (said so): it was lost, killed from outside, and is not
+        in `lost`, its experiment's runs lost before, which it joins. Lost twice, it is not."""
+        if outcome.status != RunEnd.LOST or run in lost:
+            return False
+        lost.add(run)
+        self.reporter.message(f"exp {exp_id}: {outcome.reason}; trying that run once more")
+        return True
 
     def _train(self, exp: Experiment, run: int) -> Outcome:
         """Train `exp` once; run k > 0 uses SEED + k, so repeated runs measure seed-to-seed noise."""

@@ -401,9 +401,7 @@ class Scheduler:
             return
         act.running.discard(job.run)
         exp = self.close_span(job, **({} if act.running else {"attempts": act.attempts}))
-        if outcome.status == RunEnd.LOST and job.run not in act.lost:
-            act.lost.add(job.run)  # killed twice, it is not run again
-            loop.reporter.message(f"exp {exp.id}: {outcome.reason}; trying that run once more")
+        if loop.tries_again(exp.id, job.run, outcome, act.lost):
             self.jobs.appendleft(job)
             if confirming:  # a best that another keep replaced while it trained is measured no further
                 self.confirm()
