@@ -319,7 +319,7 @@ class Referee:
         device = devices.pick_device()
         peak = devices.peak_flops(device)
         flops = t.reported.get("flops_per_token")
-        mfu = 100 * flops * tps / peak if peak and isinstance(flops, int | float) and flops > 0 else None
+        mfu = 100 * flops * tps / peak if peak and flops is not None and flops > 0 else None
         peak_mb = t.reported.get("peak_memory_mb")
         clock = describe_clock(self.session.clock)
         return Result(
@@ -330,7 +330,7 @@ class Referee:
             total_seconds=round(end - t.go + eval_seconds, 3),
             untimed_seconds=round((t.clock or end) - t.go, 3),
             eval_seconds=round(eval_seconds, 3),
-            peak_memory_mb=round(float(peak_mb), 1) if isinstance(peak_mb, int | float) else 0.0,
+            peak_memory_mb=round(peak_mb, 1) if peak_mb is not None else 0.0,
             mfu_percent=None if mfu is None or not math.isfinite(mfu) else round(mfu, 2),
             tokens_per_second=round(tps, 1),
             total_tokens_M=round(tokens / 1e6, 3),
