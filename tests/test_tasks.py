@@ -161,16 +161,18 @@ def test_a_bubblewrap_that_makes_no_user_namespace_caps_no_run_by_rlimit_and_run
     flat.chmod(0o755)
     monkeypatch.setattr(tasks, "by_limit", lambda: True)  # a loop not run as root, on Linux 5.14 or later
     monkeypatch.setattr(run_group, "limitable", lambda limits: set())  # and no pids group to be made
-    for cached in (sandbox.bwrap, sandbox.unavailable_reason, sandbox.own_user_namespace):
-        cached.cache_clear()
-    try:
-        assert sandbox.own_user_namespace() and sandbox.runs_capped(48)  # this machine's bubblewrap makes one
+
+    def probe_again() -> None:
         for cached in (sandbox.bwrap, sandbox.unavailable_reason, sandbox.own_user_namespace):
             cached.cache_clear()
+
+    probe_again()
+    try:
+        assert sandbox.own_user_namespace() and sandbox.runs_capped(48)  # this machine's bubblewrap makes one
+        probe_again()
         monkeypatch.setenv(sandbox.BWRAP_ENV, str(flat))
         assert sandbox.unavailable_reason() is None  # confined, as far as the probe can tell
         assert not sandbox.own_user_namespace() and not sandbox.runs_capped(48)
         assert sandbox.runs_capped(0)  # no cap wanted: none missing
     finally:
-        for cached in (sandbox.bwrap, sandbox.unavailable_reason, sandbox.own_user_namespace):
-            cached.cache_clear()
+        probe_again()
