@@ -224,12 +224,23 @@ subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffin
 
 @pytest.mark.slow  # over a second: the fast subset stays under a minute
 @pytest.mark.skipif(len(getattr(os, "sched_getaffinity", lambda pid: ())(0)) < 2, reason="needs 2 CPUs")
-def test_an_evaluator_pins_itself_its_threads_and_what_it_starts_and_a_bad_list_pins_nothing() -> None:
+def test_an_evaluator_pins_itself_its_threads_and_what_it_starts() -> None:
     last = max(os.sched_getaffinity(0))
-    for value, expected in ((str(last), [last]), ("not-a-list", sorted(os.sched_getaffinity(0)))):
-        env = {**os.environ, cores.RUN_CPUS_ENV: value}
-        out = subprocess.run([sys.executable, "-c", PINNED], env=env, capture_output=True, text=True, timeout=60)
-        assert out.stdout.splitlines() == [f"{expected} {expected}", f"{expected}"], out.stderr
+    env = {**os.environ, cores.RUN_CPUS_ENV: str(last)}
+    out = subprocess.run([sys.executable, "-c", PINNED], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines() == [f"[{last}] [{last}]", f"[{last}]"], out.stderr
+
+
+def test_a_cpu_list_set_wrongly_by_hand_is_an_error_not_a_run_on_every_cpu() -> None:
+    """BROKE, fixed: a list that did not parse pinned nothing, without a word, and the run took the other workers'
+    CPUs too."""
+    before = os.sched_getaffinity(0)
+    for wrong in ("not-a-list", "1-x", "3,x"):
+        with pytest.raises(AutoresearchError, match="takes a CPU list") as raised:
+            cores.pin({cores.RUN_CPUS_ENV: wrong})
+        assert f"unset {cores.RUN_CPUS_ENV}" in raised.value.hint
+    cores.pin({cores.RUN_CPUS_ENV: " "})  # blank is unset: nothing pinned
+    assert os.sched_getaffinity(0) == before
 
 
 def test_an_evaluator_that_cannot_have_its_workers_cpus_stops_the_loop_not_trains_unpinned(

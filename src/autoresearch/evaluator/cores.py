@@ -161,9 +161,16 @@ def _listed(cpus) -> str:
 
 def pin(env: Mapping[str, str] = os.environ) -> None:
     """Pin every thread of this process, and so all it starts, to the CPUs RUN_CPUS_ENV names; nothing where it
-    names none. AutoresearchError where this process cannot have them (a CPU taken offline, or out of the loop's
-    cpuset, since the loop split them): its run would train unpinned, beside the other workers' on their cores."""
-    cpus = _cpu_list(env.get(RUN_CPUS_ENV, ""))
+    names none. AutoresearchError where it names them wrongly, or this process cannot have them (a CPU taken offline,
+    or out of the loop's cpuset, since the loop split them): its run would train unpinned, beside the other workers'
+    on their cores."""
+    listed = env.get(RUN_CPUS_ENV, "")
+    cpus = _cpu_list(listed)
+    if listed.strip() and not cpus:  # set by hand, wrong: the run would train on every CPU, the others' too
+        raise AutoresearchError(
+            f"{RUN_CPUS_ENV} takes a CPU list such as 0-3,8 (got {listed!r})",
+            hint=f"the loop sets it for each of its workers: unset {RUN_CPUS_ENV}, or list CPUs of this machine",
+        )
     if not cpus or not hasattr(os, "sched_setaffinity"):
         return
     try:
