@@ -27,6 +27,8 @@
 #   bash bench/h200_session.sh setup tasks        # 6 minutes: the most tasks a real run has and the most memory its
 #                                                 # evaluator's group holds (bench/task_peak.py), and a run under a
 #                                                 # cap of 512 tasks (AUTORESEARCH_TASKS) and 16 GiB of memory
+#   bash bench/h200_session.sh tools caps         # 4 minutes: the caps a loop run as root gives its runs here, and
+#                                                 # their tests (pytest and its needs carried as wheels in .whl)
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp: `apt-get download bubblewrap libseccomp2`), .old (before_after only),
 # .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its Java, RLlib, Serve, Tune, Train, Data
@@ -301,6 +303,19 @@ same_gpu() {  # issue 10: `--gpus` with one GPU against the one-worker loop, on 
     --experiments 40 --work /tmp/pg1 --out "$OUT" --name _same_gpu >"$OUT/parallel_1w.log" 2>&1
   python3 bench/collect_runs.py "$OUT/runs_same_gpu.json" /tmp/lo /tmp/pg1
   cp /tmp/lo/.autoresearch/runs/3-0/log.txt "$OUT/log_same_gpu_3-0.txt"
+}
+
+caps() {  # 4 minutes, no data prepared: what a loop run as root is given for its runs here (cgroup v2: groups beside
+  # the loop's own cgroup), and the tests of the caps (a run forking without end, one spreading its memory) on the CPU
+  python3 -c "import os; from autoresearch.evaluator import sandbox as s
+print('every run is given:', sorted(s.can_promise(os.environ)), '| tasks capped:', s.runs_capped(4096))"
+  local own; own=$(sed -n 's/^0:://p' /proc/self/cgroup)
+  echo "own cgroup $own: controllers '$(cat /sys/fs/cgroup$own/cgroup.controllers 2>&1)'," \
+    "its parent hands down '$(cat "/sys/fs/cgroup$(dirname "$own")/cgroup.subtree_control" 2>&1)'"
+  CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu timeout 300 python3 -m pytest -q -p no:cacheprovider \
+    tests/test_tasks.py tests/test_memory.py tests/test_red_team.py tests/test_red_team_downgrade.py \
+    -k "cap or group or memory or forks or honest" 2>&1 | tail -25
+  find /sys/fs/cgroup -name 'autoresearch-*' 2>/dev/null | head  # nothing of the tests' left
 }
 
 smoke() {  # same_gpu within one call of 10 minutes, setup included (one GPU; its logs' heads for a look)

@@ -18,6 +18,7 @@ import pytest
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.namespace import AGENT_FILES
 from autoresearch.config.presets import get_preset
+from autoresearch.evaluator import cgroups, run_group
 from autoresearch.evaluator.result import Result
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
 from autoresearch.loop.environment import Environment
@@ -283,3 +284,19 @@ def pending_experiment(workspace, loop, attempts: int, source: str, exp_id: int 
     exp.commit, exp.attempts, exp.agent = commit, attempts, "try"
     Ledger(workspace.root).insert(exp)
     return exp
+
+
+def run_groups(controller: str) -> list[tuple[int, Path]]:
+    """(the pid of the evaluator that made it, its folder) of each run's group in `controller`'s hierarchy: below this
+    process's cgroup, or beside it on cgroup v2 (evaluator/run_group.py)."""
+    found = []
+    for own, top in cgroups.own_folders(controller):
+        found += own.glob(f"{run_group.PREFIX}*")
+        if own != top:
+            found += own.parent.glob(f"{run_group.PREFIX}*-{own.name}")
+    return [(int(folder.name.removeprefix(run_group.PREFIX).split("-")[0]), folder) for folder in found]
+
+
+def groups_left(controller: str) -> list[Path]:
+    """The run groups of evaluators that no longer run (what the next run's evaluator sweeps)."""
+    return [folder for pid, folder in run_groups(controller) if not psutil.pid_exists(pid)]

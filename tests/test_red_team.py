@@ -23,12 +23,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from loop_support import make_loop, make_workspace, one_edit
+from loop_support import groups_left, make_loop, make_workspace, one_edit
 
 import autoresearch.loop.judge as judge_module
 from autoresearch.data.shards import Manifest
 from autoresearch.data.sources import VAL
-from autoresearch.evaluator import cgroups, compile_cache, memory, run_group, sandbox, tasks
+from autoresearch.evaluator import compile_cache, memory, run_group, sandbox, tasks
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
@@ -179,8 +179,7 @@ def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab
     assert "the run was refused a new process or thread: it may have 48 tasks at once" in log, log
     assert exp.status == Status.CRASH
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
-    groups = [folder for own, _ in cgroups.own_folders("pids") for folder in own.glob(f"{run_group.PREFIX}*")]
-    assert [g for g in groups if not psutil.pid_exists(int(g.name.removeprefix(run_group.PREFIX)))] == []
+    assert groups_left("pids") == []
     assert loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.06")])).status != Status.CRASH
 
 
@@ -286,8 +285,7 @@ def test_a_train_py_that_spreads_its_memory_over_many_processes_is_killed_within
     log = first_run_log(ws, exp.id)
     assert "the kernel killed a process of the run for its memory: the run may hold 640 MiB" in log, log
     assert exp.status == Status.CRASH and "killed a process of the run for its memory" in exp.reason, exp.reason
-    assert not [g for own, _ in cgroups.own_folders("memory") for g in own.glob(f"{run_group.PREFIX}*")
-                if not psutil.pid_exists(int(g.name.removeprefix(run_group.PREFIX)))]  # fmt: skip
+    assert groups_left("memory") == []
     honest = loop.step(one_edit("an honest change", [(START, START + "    honest = 1\n")]))
     assert honest.status != Status.CRASH, honest.reason
 

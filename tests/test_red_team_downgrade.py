@@ -17,11 +17,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from loop_support import make_loop, one_edit
+from loop_support import make_loop, one_edit, run_groups
 from test_red_team import MEMORY_GROUPS, SPREAD_MEMORY, START, first_run_log
 from test_red_team_fork import REACH_THE_ANCHOR, inside
 
-from autoresearch.evaluator import cgroups, memory, run_group, sandbox, syscalls, tasks
+from autoresearch.evaluator import memory, sandbox, syscalls, tasks
 from autoresearch.evaluator.confined import FORK_ENV
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.ledger import Ledger
@@ -89,8 +89,8 @@ NO_RUN_GROUP = """\
 from autoresearch.evaluator import run_group
 _make = run_group.RunGroup.make.__func__
 
-def make(cls, limits):
-    return None if "pids" in limits else _make(cls, limits)
+def make(cls, limits, holds=frozenset()):
+    return None if "pids" in limits else _make(cls, limits, holds)
 
 run_group.RunGroup.make = classmethod(make)
 """
@@ -119,8 +119,7 @@ def test_a_run_whose_cgroup_cannot_be_made_is_not_trained_uncapped(
     printed = stops_the_loop(ws, loop, "fork beyond the cap", FORK, r"cgroup.*pids")
     forked = [int(n) for n in re.findall(r"FORKED (\d+)", printed)]
     assert max(forked, default=0) < 48, forked
-    groups = [folder for own, _ in cgroups.own_folders("pids") for folder in own.glob(f"{run_group.PREFIX}*")]
-    assert all(int(g.name.removeprefix(run_group.PREFIX)) != os.getpid() for g in groups)  # the loop's probe's
+    assert all(pid != os.getpid() for pid, _ in run_groups("pids"))  # the loop's probe's
 
 
 def test_an_honest_run_with_every_protection_still_trains(lab) -> None:

@@ -5,15 +5,18 @@ A whole run that forks without end is test_red_team.py's `test_a_train_py_that_f
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import run_group, sandbox, tasks
+from autoresearch.evaluator import memory, promises, referee, run_group, sandbox, tasks
 from autoresearch.evaluator.run_group import RunGroup
+from autoresearch.loop.executor import SETUP_FAILED, setup_error
 
 # Forks until refused (40 at most), kills what it started, tries to raise its limit again: "FORKED RAISED-OR-KEPT".
 FORKS = """\
@@ -110,7 +113,7 @@ def test_a_runs_group_caps_what_it_starts_and_one_its_killed_evaluator_left_is_s
     )
     os.close(ready_r)
     (mine,) = GROUPS.folders
-    folder = mine.with_name(f"{run_group.PREFIX}{left.pid}")
+    folder = mine.with_name(mine.name.replace(str(os.getpid()), str(left.pid), 1))  # beside the own, on v2
     folder.mkdir()
     (folder / "pids.max").write_text("12")
     group = RunGroup({folder: GROUPS.folders[mine]}, frozenset({"pids"}))
@@ -135,19 +138,114 @@ def test_a_runs_group_caps_what_it_starts_and_one_its_killed_evaluator_left_is_s
         group.remove(wait=0)
 
 
-@pytest.mark.parametrize(("v1", "promised"), [(True, {"pids"}), (False, set())])
+@pytest.mark.parametrize(
+    ("v1", "handed", "promised"), [(True, "", {"pids"}), (False, "memory pids", {"pids"}), (False, "memory", set())]
+)
 def test_a_cap_is_promised_to_every_run_only_where_a_runs_group_can_have_it_inside_its_evaluators(
-    monkeypatch: pytest.MonkeyPatch, tmp_path, v1: bool, promised: set[str]
+    monkeypatch: pytest.MonkeyPatch, tmp_path, v1: bool, handed: str, promised: set[str]
 ) -> None:
-    """cgroup v2 hands no controller down to a group that holds a process, and a run's group is made inside its
-    evaluator's, which holds the evaluator: a pids group the loop could make in its own cgroup on v2 promised every
-    run a cap no run's evaluator could give, and every run would have stopped the loop. (v1 gives every group all.)"""
-    made = RunGroup({tmp_path / "autoresearch-run-1": v1}, frozenset({"pids"}))
-    monkeypatch.setattr(RunGroup, "make", classmethod(lambda cls, limits: made))
+    """A run's group is made inside its evaluator's, which holds the evaluator. cgroup v2 hands no controller down to
+    a group that holds a process, so there the evaluator's is entered through a leaf inside it, and the run's group
+    has what the evaluator's hands down to the groups in it: only that is promised (a cap the loop could have in its
+    own group promised every run one no evaluator could give, and every run would have stopped the loop). v1 gives
+    every group all."""
+    folder = tmp_path / "autoresearch-run-1"
+    (folder / run_group.LEAF).mkdir(parents=True)
+    (folder / "cgroup.subtree_control").write_text(handed)
+    made = RunGroup({folder: v1}, frozenset({"pids"}), entries={} if v1 else {folder: folder / run_group.LEAF})
+    asked = []
+    monkeypatch.setattr(RunGroup, "make", classmethod(lambda cls, limits, **how: asked.append(how) or made))
     monkeypatch.setattr(RunGroup, "remove", lambda self, wait=0: None)
     monkeypatch.setattr(run_group, "_limitable", {})
     assert run_group.limitable(tasks.limits(48)) == promised
+    assert asked == [{"holds": {"pids"}, "beside": True}]  # made to hold a run's group, as an evaluator's is
     assert sandbox.runs_capped(48) is bool(promised)  # `run` warns where runs are not capped (as root, here)
+
+
+def v2_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[tuple[Path, Path]]]:
+    """A folder tree standing for cgroup v2 as the lent H200 has it: the loop in /process_api/808e, which holds it and
+    so hands nothing down, below a parent that hands memory and pids down. (The top, and [(this process's cgroup, the
+    top)], which tests may change.)"""
+    top = tmp_path / "cgroup"
+    machine, loop = top / "process_api", top / "process_api" / "808e"
+    loop.mkdir(parents=True)
+    (top / "cgroup.subtree_control").write_text("cpu memory pids\n")
+    (machine / "cgroup.subtree_control").write_text("memory pids\n")
+    (loop / "cgroup.subtree_control").write_text("\n")
+    own = [(loop, top)]
+    monkeypatch.setattr(run_group.cgroups, "own_folders", lambda controller: own)
+    monkeypatch.setattr(run_group.cgroups, "own_every_folder", lambda: [("", own[0][0])])
+    return top, own
+
+
+def test_on_cgroup_v2_a_loop_run_as_root_makes_its_runs_groups_beside_its_own_with_the_runs_inside_the_evaluators(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """cgroup v2 hands controllers down only to the groups of one that holds no process, and the loop's own holds the
+    loop: a loop run as root in a systemd session, or in a GPU machine's container (the lent H200's /process_api/<id>),
+    could make no group below it, and its runs had neither their cap of tasks nor their share of memory (BROKE, fixed).
+    A group is now made beside the loop's cgroup, below its parent, where that hands the controllers down; the
+    evaluator's holds a leaf it enters and the run's group beside that leaf. A folder tree stands for the kernel's."""
+    top, own = v2_machine(tmp_path, monkeypatch)
+    machine, loop = top / "process_api", top / "process_api" / "808e"
+    left = machine / f"{run_group.PREFIX}99999999-808e"  # an evaluator killed before it removed its group: swept
+    others = [machine / f"{run_group.PREFIX}99999999-4f1c", machine / f"{run_group.PREFIX}99999999"]  # not ours
+    for folder in (left, *others):
+        folder.mkdir()
+    share, pid = memory.limits(1 << 30), os.getpid()
+    assert RunGroup.make(share) is None  # beside only where the loop's probe made such a group and promised it
+    monkeypatch.setenv(promises.ENV, "memory,pids")
+
+    held = RunGroup.make(share, holds=frozenset({"pids", "memory"}))  # the evaluator's, as referee.py makes it
+    evaluators = machine / f"{run_group.PREFIX}{pid}-808e"
+    assert held is not None and held.folders == {evaluators: False} and held.limited == {"memory"}
+    assert (evaluators / "memory.max").read_text() == str(1 << 30) and (evaluators / run_group.LEAF).is_dir()
+    assert not left.exists() and all(folder.is_dir() for folder in others)
+    held.enter()
+    assert (evaluators / run_group.LEAF / "cgroup.procs").read_text() == str(pid)  # the group itself holds none
+    assert run_group.group_of(pid).folders.keys() >= {evaluators}  # as the loop finds it, to read and remove it
+
+    (evaluators / "cgroup.subtree_control").write_text("memory pids\n")  # as the kernel shows what `make` wrote
+    own[0] = (evaluators / run_group.LEAF, top)  # the evaluator, in its leaf, makes the run's
+    runs = RunGroup.make({**tasks.limits(48), **share})
+    assert runs is not None and runs.limited == {"pids", "memory"}
+    assert runs.folders == {evaluators / f"{run_group.PREFIX}{pid}-{run_group.LEAF}": False}
+    assert (evaluators / f"{run_group.PREFIX}{pid}-{run_group.LEAF}" / "pids.max").read_text() == "48"
+
+    monkeypatch.setattr(run_group, "REMOVE_WAIT_S", 0)
+    held.leave()  # an evaluator run by hand goes back where it came from
+    assert (loop / "cgroup.procs").read_text() == str(pid)
+
+    own[0] = (top, top)  # a container's own cgroup, the top of what it sees, which holds its processes
+    (top / "cgroup.subtree_control").write_text("\n")
+    assert RunGroup.make(share, holds=frozenset({"memory"})) is None
+
+
+def test_a_group_no_process_can_be_put_in_is_promised_to_no_run_and_an_evaluator_that_cannot_enter_stops_the_loop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where a group can be made but a process cannot be moved into it (a kernel's or a container's rule), the loop
+    promises no run a cap, and `run` warns; an evaluator that cannot enter its own stops the loop, saying why, rather
+    than crash every run (the experiment is trained on the next start)."""
+    top, _ = v2_machine(tmp_path, monkeypatch)
+    entry = top / "process_api" / f"{run_group.PREFIX}{os.getpid()}-808e" / run_group.LEAF / "cgroup.procs"
+    real_mkdir = Path.mkdir
+
+    def mkdir(path: Path, *args, **kwargs) -> None:  # the leaf comes with a cgroup.procs that cannot be written
+        real_mkdir(path, *args, **kwargs)
+        if path.name == run_group.LEAF:
+            real_mkdir(path / "cgroup.procs")
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    monkeypatch.setattr(run_group, "_limitable", {})
+    monkeypatch.setattr(run_group, "REMOVE_WAIT_S", 0)
+    assert run_group.limitable({**tasks.limits(48), **memory.limits(1 << 30)}) == frozenset()
+    shutil.rmtree(entry.parent.parent)  # the kernel's would have gone with `remove`; the fake's files stay
+    monkeypatch.setenv(memory.MEMORY_ENV, "1G")
+    monkeypatch.setenv(promises.ENV, "memory")  # as a loop whose probe could enter its group says
+    assert referee.main(["--train-py", str(tmp_path / "train.py")]) == SETUP_FAILED
+    error, hint = setup_error(capsys.readouterr().err)
+    assert "cannot enter this run's memory group" in error and f"{memory.MEMORY_ENV}=0" in hint
 
 
 def test_a_bubblewrap_that_makes_no_user_namespace_caps_no_run_by_rlimit_and_run_is_told(

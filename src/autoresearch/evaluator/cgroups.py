@@ -55,12 +55,16 @@ def own_every_folder() -> list[tuple[str, Path]]:
     return every_folder(text("/proc/self/cgroup"), text("/proc/self/mountinfo"))
 
 
-def sweep(own: Path, prefix: str) -> None:
+def sweep(own: Path, prefix: str, suffix: str = "") -> None:
     """Remove the cgroups below `own` named `prefix` + the pid of a process that no longer runs (killed before it
-    removed them; more may follow a "-"), with the groups inside them; one that still holds a process stays."""
+    removed them; more may follow a "-") + `suffix`, with the groups inside them; one that still holds a process
+    stays. A `suffix` names the cgroup they were made beside (run_group.py): others' there are not looked at."""
     with contextlib.suppress(OSError):
         for folder in own.glob(f"{prefix}*"):
-            pid = folder.name.removeprefix(prefix).split("-")[0]
+            if not folder.name.endswith(suffix):
+                continue
+            pid = folder.name[len(prefix) : len(folder.name) - len(suffix)]
+            pid = pid if suffix else pid.split("-")[0]
             if pid.isdigit() and not _running(int(pid)):
                 remove(folder)
 

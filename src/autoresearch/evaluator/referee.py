@@ -418,10 +418,17 @@ def _hold_the_share() -> RunGroup | None:
     share = memory.run_memory()
     os.environ[memory.MEMORY_ENV] = str(share)  # the run's, not a share of what is left in this group
     limits = memory.limits(share)
-    group = RunGroup.make(limits)
+    group = RunGroup.make(limits, holds=frozenset({**tasks.limits(tasks.run_tasks()), **limits}))  # the run's, inside
     run_group.check(group, limits)  # where the loop made such a group, never an evaluator holding any memory
     if group is not None:
-        group.enter()
+        try:
+            group.enter()
+        except OSError as exc:  # as the loop's probe could (run_group.limitable): not the run's doing
+            group.remove(wait=0)
+            raise AutoresearchError(
+                f"cannot enter this run's memory group ({exc.strerror}): {', '.join(map(str, group.folders))}",
+                hint=f"the loop's probe could at its start; run again, or set {memory.MEMORY_ENV}=0 to hold no group",
+            ) from None
     return group
 
 

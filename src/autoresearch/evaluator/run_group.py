@@ -2,16 +2,22 @@
 share of memory (evaluator/memory.py).
 
 A group below the evaluator's own cgroup in each hierarchy that holds one of those controllers: cgroup v1's pids and
-memory hierarchies (a loop run as root), or v2's one where the evaluator's cgroup hands the controller down. The run's
-first processes (the sandbox's anchor, the experiment) enter it before they start anything, so all the run starts is
-in it; it is removed once the run has ended. The run cannot leave it: /sys is read-only in the sandbox, and its filter
-refuses mounts.
+memory hierarchies (a loop run as root). cgroup v2 hands a controller down only to the groups of one that holds no
+process, and the loop's own cgroup holds the loop: there a group is made beside it, below its parent, where that hands
+the controllers down (a loop run as root in a systemd session or a GPU machine's container, whose parent the machine
+gave controllers: BROKE, fixed: runs there had neither their cap of tasks nor their share of memory), once the loop's
+probe made such a group and put a process in it (`limitable`), and promised it to every run. A group made to
+hold groups of its own (`holds`: the evaluator's share, with the run's group inside) is entered through a leaf group
+in it on v2, so that it holds no process itself. The run's first processes (the sandbox's anchor, the experiment)
+enter its group before they start anything, so all the run starts is in it; it is removed once the run has ended. The
+run cannot leave it: /sys is read-only in the sandbox, and its filter refuses mounts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +25,8 @@ from pathlib import Path
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import cgroups, promises
 
-PREFIX = "autoresearch-run-"  # + the evaluator's pid
+PREFIX = "autoresearch-run-"  # + the evaluator's pid (+ "-" + the name of the cgroup it was made beside, on v2)
+LEAF = "evaluator"  # on v2, the group inside a group that `holds` others which the process that made it enters
 REMOVE_WAIT_S = 5.0  # how long a finished run's group is given to empty: its tasks leave as the kernel reaps them
 # A file by cgroup v2's name: v1's, where it differs (None: v1 has no such file). v1 counts OOM kills in
 # memory.oom_control (`oom_kill N`, Linux 4.13 and later), v2 in memory.events. v1 limits memory and swap together
@@ -35,55 +42,79 @@ _V1 = {
 class RunGroup:
     """One run's cgroup in each hierarchy it is limited in; `limited` names the controllers whose limits are set."""
 
-    def __init__(self, folders: Mapping[Path, bool], limited: frozenset[str]):
+    def __init__(
+        self,
+        folders: Mapping[Path, bool],
+        limited: frozenset[str],
+        entries: Mapping[Path, Path] | None = None,
+        origins: Mapping[Path, Path] | None = None,
+    ):
         self.folders = dict(folders)  # the group's folder in each hierarchy: whether that is cgroup v1
         self.limited = limited
+        self.entries = dict(entries or {})  # where a process enters a folder, if not at the folder itself (a leaf)
+        self.origins = dict(origins or {})  # the cgroup that made the folder, if not the folder's parent
 
     @classmethod
-    def make(cls, limits: Mapping[str, Mapping[str, str]]) -> RunGroup | None:
+    def make(
+        cls, limits: Mapping[str, Mapping[str, str]], holds: frozenset[str] = frozenset(), beside: bool | None = None
+    ) -> RunGroup | None:
         """A group limited as `limits` says (controller: its files, as `write_limits` takes them), in the first
-        hierarchy below this process's cgroup that holds each controller; None where no limit could be set."""
-        wanted: dict[Path, tuple[bool, dict[str, Mapping[str, str]]]] = {}
+        hierarchy that holds each controller, below this process's cgroup or, where `beside` (None: where the loop
+        promised one of them, its probe having made such a group: `limitable`), on v2 beside it; None where no limit
+        could be set. `holds`: the controllers of groups to be made inside it, by a process that enters it."""
+        if beside is None:
+            beside = bool(promises.promised() & set(limits))
+        wanted: dict[Path, tuple[bool, Path, dict[str, Mapping[str, str]]]] = {}
         for controller, files in limits.items():
             for own, _ in cgroups.own_folders(controller):
                 v1 = (own / "tasks").exists()  # v1 gives every group its controllers; v2 those handed down to it
-                if v1 or controller in cgroups.text(own / "cgroup.subtree_control").split():
-                    wanted.setdefault(own, (v1, {}))[1][controller] = files
+                home = own if v1 else home_on_v2(own, frozenset(limits), beside)
+                if home is not None and (v1 or controller in cgroups.text(home / "cgroup.subtree_control").split()):
+                    wanted.setdefault(home, (v1, own, {}))[2][controller] = files
                     break
-        folders, limited = {}, set()
-        for own, (v1, controllers) in wanted.items():
-            cgroups.sweep(own, PREFIX)
-            folder = own / f"{PREFIX}{os.getpid()}"
+        folders, limited, entries, origins = {}, set(), {}, {}
+        for home, (v1, own, controllers) in wanted.items():
+            suffix = "" if home == own else f"-{own.name}"
+            cgroups.sweep(home, PREFIX, suffix)
+            folder = home / f"{PREFIX}{os.getpid()}{suffix}"
             cgroups.remove(folder)  # one left by an earlier process of this pid, empty
             try:
                 folder.mkdir()
             except OSError:  # no right to write there
                 continue
             folders[folder] = v1
+            if suffix:
+                origins[folder] = own
             for controller, files in controllers.items():
                 try:
                     write_limits(folder, v1, files)
                 except OSError:
                     continue
                 limited.add(controller)
-        group = cls(folders, frozenset(limited))
+            if holds and not v1 and (leaf := _holding(folder, holds)) is not None:
+                entries[folder] = leaf
+        group = cls(folders, frozenset(limited), entries, origins)
         if not limited:
             group.remove(wait=0)
             return None
         return group
 
-    def enter(self) -> None:
-        """Put this process in the group, and so everything it starts from now on."""
+    def enter(self, pid: int = 0) -> None:
+        """Put this process (or the process `pid`) in the group, and so everything it starts from now on."""
         for folder in self.folders:
-            (folder / "cgroup.procs").write_text(str(os.getpid()))
+            (self.entries.get(folder, folder) / "cgroup.procs").write_text(str(pid or os.getpid()))
 
     def leave(self) -> None:
-        """Move this process back to the cgroups above the group, and remove the group (an evaluator run by hand,
-        which no loop removes the group of)."""
+        """Move this process back to the cgroups it made the group from, and remove the group (an evaluator run by
+        hand, which no loop removes the group of)."""
         for folder in self.folders:
             with contextlib.suppress(OSError):
-                (folder.parent / "cgroup.procs").write_text(str(os.getpid()))
+                (self.origins.get(folder, folder.parent) / "cgroup.procs").write_text(str(os.getpid()))
         self.remove()
+
+    def handed_down(self) -> frozenset[str]:
+        """The controllers the group hands down to groups made inside it (v2's, where it holds groups: `make`)."""
+        return frozenset(c for folder in self.entries for c in cgroups.text(folder / "cgroup.subtree_control").split())
 
     def count(self, file: str, key: str) -> int:
         """A count the kernel keeps in `file` (by cgroup v2's name) under `key`: `count("pids.events", "max")`, the
@@ -98,13 +129,40 @@ class RunGroup:
                     total += int(fields[1])
         return total
 
-    def remove(self, wait: float = REMOVE_WAIT_S) -> None:
+    def remove(self, wait: float | None = None) -> None:
         """Remove the group once the run's tasks have left it; left for a later run's `make` to sweep if they
-        have not within `wait` seconds."""
-        deadline = time.monotonic() + wait
+        have not within `wait` seconds (REMOVE_WAIT_S)."""
+        deadline = time.monotonic() + (REMOVE_WAIT_S if wait is None else wait)
         for folder in self.folders:
             while not cgroups.remove(folder) and time.monotonic() < deadline:
                 time.sleep(0.02)
+
+
+def home_on_v2(own: Path, controllers: frozenset[str], beside: bool = True) -> Path | None:
+    """Where a group limited in `controllers` is made, on cgroup v2, for a process in `own`: below `own` where it hands
+    them all down; else, where `beside`, beside it, below its parent, where that hands any down (the parent's are a
+    superset of the own's; above the top of the mount, no cgroup's file is read); else below `own` where it hands any
+    down; None where neither does (a container's own cgroup, the top of what it sees). One place for them all: a
+    process is in one group on v2."""
+    handed = set(cgroups.text(own / "cgroup.subtree_control").split())
+    if controllers <= handed:
+        return own
+    if beside and controllers & set(cgroups.text(own.parent / "cgroup.subtree_control").split()):
+        return own.parent
+    return own if controllers & handed else None
+
+
+def _holding(folder: Path, holds: frozenset[str]) -> Path | None:
+    """Have the v2 group `folder` hand `holds` down to groups inside it, and make the leaf its maker enters; None (a
+    group that hands nothing down) where that cannot be done."""
+    for controller in sorted(holds):  # each on its own: one the kernel refuses does not stop the others
+        with contextlib.suppress(OSError):
+            (folder / "cgroup.subtree_control").write_text(f"+{controller}")
+    try:
+        (folder / LEAF).mkdir()
+    except OSError:
+        return None
+    return folder / LEAF
 
 
 class GroupUnavailable(AutoresearchError):
@@ -124,16 +182,33 @@ _limitable: dict[frozenset[str], frozenset[str]] = {}
 
 def limitable(limits: Mapping[str, Mapping[str, str]]) -> frozenset[str]:
     """The controllers of `limits` every run's group is limited in, where this process starts the evaluators: those of
-    a group made here now (made and removed; once per process for each set of controllers), in cgroup v1. A run's group
-    is made inside its evaluator's, which holds the evaluator, and v2 hands no controller down to a group that holds a
-    process: there a run's group lacks what one made here has, and none is promised (nor `run` told runs are capped)."""
+    a group made here now as an evaluator makes its own (made and removed; once per process for each set of
+    controllers). A run's group is made inside its evaluator's, which holds the evaluator: on v2, only what that group
+    hands down to the run's, beside the leaf the evaluator is in, is had (nor `run` told runs are capped otherwise)."""
     key = frozenset(limits)
     if key not in _limitable:
-        group = RunGroup.make(limits)
-        _limitable[key] = group.limited if group is not None and all(group.folders.values()) else frozenset()
+        group = RunGroup.make(limits, holds=key, beside=True)
+        found: frozenset[str] = frozenset()
         if group is not None:
+            found = group.limited if all(group.folders.values()) else group.limited & group.handed_down()
+            found = found if _enters(group) else frozenset()
             group.remove()
+        _limitable[key] = found
     return _limitable[key]
+
+
+def _enters(group: RunGroup) -> bool:
+    """Whether a process of this one's can be put in `group`, as an evaluator puts itself in its own: a child that
+    waits, put there and killed."""
+    child = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        group.enter(child.pid)
+        return True
+    except OSError:
+        return False
+    finally:
+        child.kill()
+        child.wait()
 
 
 def check(group: RunGroup | None, limits: Mapping[str, Mapping[str, str]]) -> None:
@@ -170,9 +245,15 @@ def _written(name: str, value: str, files: Mapping[str, str]) -> str:
 
 
 def group_of(pid: int) -> RunGroup:
-    """The group the evaluator `pid` made below this process's cgroups (its own, in the memory hierarchy: see
-    evaluator/memory.py), as found now: to read what it counted, and to remove it once the evaluator has ended."""
-    return RunGroup({own / f"{PREFIX}{pid}": bool(held) for held, own in cgroups.own_every_folder()}, frozenset())
+    """The group the evaluator `pid` made below this process's cgroups, or beside them on v2 (its own, in the memory
+    hierarchy: see evaluator/memory.py), as found now: to read what it counted, and to remove it once the evaluator has
+    ended."""
+    folders = {}
+    for held, own in cgroups.own_every_folder():
+        folders[own / f"{PREFIX}{pid}"] = bool(held)
+        if not held:  # v2's
+            folders[own.parent / f"{PREFIX}{pid}-{own.name}"] = False
+    return RunGroup(folders, frozenset())
 
 
 def remove_group_of(pid: int) -> None:
