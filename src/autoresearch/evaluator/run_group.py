@@ -200,7 +200,10 @@ def limitable(limits: Mapping[str, Mapping[str, str]]) -> frozenset[str]:
 def _enters(group: RunGroup) -> bool:
     """Whether a process of this one's can be put in `group`, as an evaluator puts itself in its own: a child that
     waits, put there and killed."""
-    child = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        child = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    except OSError:  # no `sleep` here: nothing proves the group can be entered
+        return False
     try:
         group.enter(child.pid)
         return True
