@@ -4,11 +4,11 @@ for it, and not the loop, another worker's run or your session.
 When the machine runs out of memory, the kernel's OOM killer kills the process that holds the most. A train.py that
 spreads its memory over many small processes (within its cap of tasks, evaluator/tasks.py) left the loop itself as
 the biggest one: the night ended there. So where a run's cgroup can be made (evaluator/run_group.py: a loop run as
-root, or a cgroup that hands the memory controller down) its memory is limited: to MEMORY_ENV, else to its worker's
-share of what the machine has (or the container's limit, if lower), less a reserve for the loop and the system
-(`share`; the loop sets MEMORY_ENV for each of several workers, loop/workers.py, and tells every evaluator the share
-it found, sandbox.evaluator_env). The run's evaluator holds the same
-share, the run's group inside its own (referee.py's `_hold_the_share`): what the run sends, and the graph it hands
+root, below its cgroup on v1, beside it on v2 where the parent hands the memory controller down) its memory is
+limited: to MEMORY_ENV, else to its worker's share of what the machine has (or the container's limit, if lower),
+less a reserve for the loop and the system (`share`; the loop sets MEMORY_ENV for each of several workers,
+loop/workers.py, and tells every evaluator the share it found, sandbox.evaluator_env). The run's evaluator holds the
+same share, the run's group inside its own (referee.py's `_hold_the_share`): what the run sends, and the graph it hands
 over, are taken in and run there, where a train.py could otherwise have memory held for it. At the limit the kernel
 takes the group's cache back, then kills within it: the whole run at once under cgroup v2, its biggest process under
 v1 (the loop records a crash either way). The share holds swap too, where the kernel accounts it.

@@ -11,8 +11,8 @@ it crashes, and a crash is not retried. So a run gets at most `run_tasks()` task
   run's tasks count (before, every process of yours would: not set there). The run cannot raise it again: that
   takes CAP_SYS_RESOURCE outside its namespace.
 - by the pids controller of the run's cgroup (evaluator/run_group.py), where one can be made: a loop run as root,
-  which RLIMIT_NPROC does not bind, with cgroup v1's pids hierarchy, or v2 where its cgroup hands the pids
-  controller down.
+  which RLIMIT_NPROC does not bind, with cgroup v1's pids hierarchy, or v2 where its cgroup's parent hands the pids
+  controller down (the group is made beside the loop's).
 
 Elsewhere (root, and no such cgroup) a run is not capped, and `run` says so (sandbox.runs_capped).
 """
