@@ -21,7 +21,7 @@ from loop_support import make_loop, one_edit, run_groups
 from test_red_team import MEMORY_GROUPS, SPREAD_MEMORY, START, first_run_log
 from test_red_team_fork import REACH_THE_ANCHOR, inside
 
-from autoresearch.evaluator import memory, sandbox, syscalls, tasks
+from autoresearch.evaluator import memory, run_group, sandbox, syscalls, tasks
 from autoresearch.evaluator.confined import FORK_ENV
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.ledger import Ledger
@@ -104,7 +104,10 @@ FORK = """\
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or tasks.by_limit(), reason="the cap of tasks is a pids cgroup as root")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or tasks.by_limit() or "pids" not in run_group.limitable(tasks.limits(48)),
+    reason="the cap of tasks is a pids cgroup as root, where one can be made",
+)
 def test_a_run_whose_cgroup_cannot_be_made_is_not_trained_uncapped(
     lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -207,7 +210,7 @@ memory.total = lambda: 0
 """
 
 
-@pytest.mark.skipif(MEMORY_GROUPS is None, reason="no memory cgroup can be made below this process's (root: CI)")
+@pytest.mark.skipif(not MEMORY_GROUPS, reason="no run is given a memory group here (a loop run as root: CI)")
 def test_a_run_whose_evaluator_cannot_read_the_machines_memory_still_holds_its_share(
     lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
