@@ -123,6 +123,12 @@ def main() -> None:
     with contextlib.suppress(AutoresearchError):
         cores.pin()
     serve(socket.socket(fileno=int(sys.argv[1])))
+    # The loop closed the socket: nothing is left to do. The interpreter's teardown, with torch and its compiler
+    # imported, would take a CPU-second, which the loop's close waited for (STOP_WAIT_S) before it killed this
+    # process anyway; this process holds nothing to write or wait for but its own output, flushed first.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
