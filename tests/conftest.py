@@ -128,7 +128,8 @@ def console() -> Console:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, tiny_prepared: Path, cache_dir: Path):
-    """A workspace with its baseline measured, and the loop that measured it (the red-team tests' base)."""
+    """A workspace with its baseline measured, and the loop that measured it (the red-team tests' base, and the real
+    loop tests' whose edits do not depend on a workspace of their own)."""
     from loop_support import make_loop, make_workspace
 
     from autoresearch.loop.executor import LocalExecutor

@@ -56,10 +56,9 @@ def test_real_runs_are_judged_from_the_harness_result(workspace):
     assert exp.val_bpb is not None and exp.training_seconds >= 0.98
 
 
-def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_crash(workspace):
-    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2, timeout=25)  # the baseline's, on a busy machine
-    loop.baseline()
-    loop.timeout = 8.0  # the hang's: the test waits for no more
+def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_crash(lab):
+    workspace, _ = lab
+    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2, timeout=8.0)  # the hang's: the test waits no more
     marker = f"autoresearch-hang-{os.getpid()}"
     # It ignores the polite signals, and so does its child, in a session of its own.
     hang = "    run = harness.start()\n    import signal, subprocess, time\n"
@@ -75,19 +74,21 @@ def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_cra
     assert workspace.git.head() == loop.best().commit
 
 
-def test_a_model_that_looks_ahead_is_never_kept(workspace):
+def test_a_model_that_looks_ahead_is_never_kept(lab):
+    workspace, _ = lab
     loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
-    loop.baseline()
+    best = loop.best()
     peek = "        logits = self.table(idx.roll(-1, dims=1))  # predicts from the next token\n"
     cheat = lambda ctx: ("peek at the next token", edit(ctx.train_py, "        logits = self.table(idx)\n", peek))
     exp = loop.step(ScriptedAgent([cheat]))
     assert exp.status == Status.CRASH and "causality probe" in exp.reason
-    assert loop.best().id == 1
+    assert loop.best().id == best.id
 
 
-def test_a_train_py_that_forges_its_result_gets_no_kept_result(workspace):
+def test_a_train_py_that_forges_its_result_gets_no_kept_result(lab):
+    workspace, _ = lab
     loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
-    loop.baseline()
+    best = loop.best()
     forge = (
         "    import json, os\n"
         "    print('---\\nval_bpb:          0.100000')\n"
@@ -103,14 +104,14 @@ def test_a_train_py_that_forges_its_result_gets_no_kept_result(workspace):
     assert forged.val_bpb > 1 and json.loads(forged.result)["val_bpb"] > 1
     printed = loop.step(ScriptedAgent([prints]))  # a summary printed instead of handing the model over
     assert printed.status == Status.CRASH and printed.val_bpb is None and "before run.finish()" in printed.reason
-    assert loop.best().id in (1, forged.id) and loop.best().val_bpb > 1  # never the forged 0.1
+    assert loop.best().id in (best.id, forged.id) and loop.best().val_bpb > 1  # never the forged 0.1
 
 
-def test_a_train_py_killed_or_exiting_before_the_hand_over_is_told_how_it_ended(workspace):
+def test_a_train_py_killed_or_exiting_before_the_hand_over_is_told_how_it_ended(lab):
     """The out-of-memory killer's SIGKILL reaches train.py from outside; its own exit code is the other news. The
     stop's kill of what was left comes after either and must not be reported instead (it was, racing them)."""
-    loop = make_loop(workspace, LocalExecutor(), baseline_runs=1)
-    loop.baseline()
+    workspace, _ = lab
+    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
     ends = {
         "killed": "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
         "exits": "    import sys\n    sys.exit(7)\n",
@@ -198,11 +199,10 @@ def test_try_runs_the_baseline_first_then_judges_the_edit(tmp_path, tiny_prepare
     assert refused.returncode == 2 and "autoresearch.json" in refused.stderr
 
 
-def test_status_and_report_describe_the_run(tmp_path, tiny_prepared):
-    ws = make_workspace(tmp_path / "ws", tiny_prepared)
+def test_status_and_report_describe_the_run(lab):
+    ws, _ = lab
     loop = make_loop(ws, LocalExecutor(), baseline_runs=2)
-    loop.baseline()
-    loop.step(ScriptedAgent([lambda ctx: ("LR 0.3", with_constants(ctx.train_py, LR=0.3))]))
+    loop.step(ScriptedAgent([lambda ctx: ("LR 0.2", with_constants(ctx.train_py, LR=0.2))]))
     status = cli("status", cwd=ws.root)
     assert status.returncode == 0 and "best: exp" in status.stdout and "noise" in status.stdout
     report = cli("report", cwd=ws.root)
@@ -210,13 +210,17 @@ def test_status_and_report_describe_the_run(tmp_path, tiny_prepared):
     assert (ws.root / "progress.png").stat().st_size > 1000 and "baseline" in (ws.root / "report.md").read_text()
 
 
-def test_an_llm_agent_drives_the_loop_over_the_real_api_protocol(workspace, fake_openai):
+def test_an_llm_agent_drives_the_loop_over_the_real_api_protocol(lab, fake_openai):
     from autoresearch.agents.openai_agent import OpenAIAgent
 
-    fake_openai.reply("ok")  # the agent's preflight, before the baseline
+    workspace, _ = lab
+    # The LR line of whichever train.py the lab's tests have kept so far (another of them may have changed LR).
+    (lr_line,) = [line for line in workspace.read_train_py().splitlines() if line.startswith("LR = ")]
+    assert not lr_line.startswith("LR = 0.3 ")
+    fake_openai.reply("ok")  # the agent's preflight, before any training of this start
     fake_openai.reply(
         "Hypothesis: a higher learning rate learns more in one second\n\ntrain.py\n<<<<<<< SEARCH\n"
-        "LR = 0.05  # Adam learning rate (0.001-1)\n=======\nLR = 0.3  # Adam learning rate (0.001-1)\n"
+        f"{lr_line}\n=======\nLR = 0.3  # Adam learning rate (0.001-1)\n"
         ">>>>>>> REPLACE\n"
     )
     loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
