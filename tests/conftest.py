@@ -130,7 +130,7 @@ def console() -> Console:
 def lab(tmp_path_factory, tiny_prepared: Path, cache_dir: Path):
     """A workspace with its baseline measured, and the loop that measured it (the red-team tests' base, and the real
     loop tests' whose edits do not depend on a workspace of their own)."""
-    from loop_support import make_loop, make_workspace
+    from loop_support import OPEN_EXECUTORS, make_loop, make_workspace
 
     from autoresearch.loop.executor import LocalExecutor
     from autoresearch.vocabulary import Status
@@ -140,7 +140,11 @@ def lab(tmp_path_factory, tiny_prepared: Path, cache_dir: Path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AUTORESEARCH_CACHE", str(cache_dir))
         ws = make_workspace(tmp_path_factory.mktemp("red-team") / "ws", tiny_prepared)
-        loop = make_loop(ws, LocalExecutor(), baseline_runs=2)
+        # Its fork server serves the runs of every test of the module that steps this loop: it is not among the
+        # executors closed after each test (closed, it had every later run's evaluator start as a new process, and
+        # the check below held for nothing). No evaluator is started ahead, so none outlives its test.
+        loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
+        OPEN_EXECUTORS.remove(loop.executor)
         assert loop.baseline().status == Status.KEEP
         yield ws, loop
         assert loop.executor.fork_failure is None  # every evaluator was forked from the fork server

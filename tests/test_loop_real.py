@@ -56,9 +56,9 @@ def test_real_runs_are_judged_from_the_harness_result(workspace):
     assert exp.val_bpb is not None and exp.training_seconds >= 0.98
 
 
-def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_crash(lab):
-    workspace, _ = lab
-    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2, timeout=8.0)  # the hang's: the test waits no more
+def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_crash(lab, monkeypatch):
+    workspace, loop = lab
+    monkeypatch.setattr(loop, "timeout", 8.0)  # the hang's: the test waits for no more
     marker = f"autoresearch-hang-{os.getpid()}"
     # It ignores the polite signals, and so does its child, in a session of its own.
     hang = "    run = harness.start()\n    import signal, subprocess, time\n"
@@ -75,8 +75,7 @@ def test_a_hang_is_killed_at_the_timeout_with_its_children_and_recorded_as_a_cra
 
 
 def test_a_model_that_looks_ahead_is_never_kept(lab):
-    workspace, _ = lab
-    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
+    _, loop = lab
     best = loop.best()
     peek = "        logits = self.table(idx.roll(-1, dims=1))  # predicts from the next token\n"
     cheat = lambda ctx: ("peek at the next token", edit(ctx.train_py, "        logits = self.table(idx)\n", peek))
@@ -86,8 +85,7 @@ def test_a_model_that_looks_ahead_is_never_kept(lab):
 
 
 def test_a_train_py_that_forges_its_result_gets_no_kept_result(lab):
-    workspace, _ = lab
-    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
+    _, loop = lab
     best = loop.best()
     forge = (
         "    import json, os\n"
@@ -110,8 +108,7 @@ def test_a_train_py_that_forges_its_result_gets_no_kept_result(lab):
 def test_a_train_py_killed_or_exiting_before_the_hand_over_is_told_how_it_ended(lab):
     """The out-of-memory killer's SIGKILL reaches train.py from outside; its own exit code is the other news. The
     stop's kill of what was left comes after either and must not be reported instead (it was, racing them)."""
-    workspace, _ = lab
-    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
+    _, loop = lab
     ends = {
         "killed": "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
         "exits": "    import sys\n    sys.exit(7)\n",
@@ -200,8 +197,7 @@ def test_try_runs_the_baseline_first_then_judges_the_edit(tmp_path, tiny_prepare
 
 
 def test_status_and_report_describe_the_run(lab):
-    ws, _ = lab
-    loop = make_loop(ws, LocalExecutor(), baseline_runs=2)
+    ws, loop = lab
     loop.step(ScriptedAgent([lambda ctx: ("LR 0.2", with_constants(ctx.train_py, LR=0.2))]))
     status = cli("status", cwd=ws.root)
     assert status.returncode == 0 and "best: exp" in status.stdout and "noise" in status.stdout
@@ -213,7 +209,7 @@ def test_status_and_report_describe_the_run(lab):
 def test_an_llm_agent_drives_the_loop_over_the_real_api_protocol(lab, fake_openai):
     from autoresearch.agents.openai_agent import OpenAIAgent
 
-    workspace, _ = lab
+    workspace, loop = lab
     # The LR line of whichever train.py the lab's tests have kept so far (another of them may have changed LR).
     (lr_line,) = [line for line in workspace.read_train_py().splitlines() if line.startswith("LR = ")]
     assert not lr_line.startswith("LR = 0.3 ")
@@ -223,7 +219,6 @@ def test_an_llm_agent_drives_the_loop_over_the_real_api_protocol(lab, fake_opena
         f"{lr_line}\n=======\nLR = 0.3  # Adam learning rate (0.001-1)\n"
         ">>>>>>> REPLACE\n"
     )
-    loop = make_loop(workspace, LocalExecutor(), baseline_runs=2)
     loop.run(OpenAIAgent("gpt-5-mini"), max_experiments=1)
     exp = loop.ledger.all()[-1]
     assert exp.kind == "experiment" and exp.agent == "openai" and exp.model == "gpt-5-mini"
