@@ -203,8 +203,7 @@ def test_a_train_py_gets_no_core_dump_and_cannot_ask_for_one(lab) -> None:
     (systemd-coredump, apport), which the kernel starts as root outside the run's cgroups, for each crash: gigabytes
     left behind the run, and as many reporters as a train.py crashes processes. A run's core limit is 1 byte (no dump,
     piped or not: harness/boot.py `no_core_dumps`), and it cannot raise it."""
-    ws, _ = lab
-    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
+    ws, loop = lab
     exp = loop.step(one_edit("crash a child", [(START, START + DUMP_CORES)]))
     log = first_run_log(ws, exp.id)
     assert "CORE kept (1, 1)" in log and "CORE none" in log, log
@@ -226,8 +225,7 @@ def test_a_train_py_cannot_have_its_evaluator_hold_memory_for_it(lab) -> None:
     sent a `hello` of 1 GiB and made it hold 2.2 GiB beyond its 640 MiB, at no cost, as its run was judged as any
     other (red team). Only the graph and the weights may carry bytes now, up to their most (wire.py's `payloads`):
     the run broke the protocol, unread."""
-    ws, _ = lab
-    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
+    _, loop = lab
     exp = loop.step(one_edit("flood the evaluator", [(START, START + FLOOD_THE_EVALUATOR)]))
     assert exp.status == Status.CRASH, exp.reason
     assert "broke the protocol: a payload of 1,073,741,824 bytes for 'hello', which may carry 0 at most" in exp.reason
@@ -566,9 +564,8 @@ def test_folders_a_run_nests_deep_are_removed_and_stop_neither_its_verdict_nor_a
     `os.walk`, both recursive: a train.py that nested 1,500 folders was a crash ("RecursionError"), its box stayed,
     and every later start failed removing it. Now the box goes whatever its depth (files.remove_tree), and compiled
     files deeper than a compiler makes are not taken (compile_cache.MAX_DEPTH)."""
-    ws, _ = lab
-    boxes = set(ws.state.glob("box-*"))  # the lab's loop's next evaluator's, made beforehand
-    loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
+    ws, loop = lab
+    boxes = set(ws.state.glob("box-*"))  # what is there before the run (the lab starts no evaluator ahead)
     exp = loop.step(one_edit("nest folders deep", [(START, START + NEST_DEEP)]))
     log = first_run_log(ws, exp.id)
     assert "NESTED 3000" in log and "NESTED 1500" in log, log
