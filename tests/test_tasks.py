@@ -163,9 +163,9 @@ def test_a_cap_is_promised_to_every_run_only_where_a_runs_group_can_have_it_insi
 
 
 def v2_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[tuple[Path, Path]]]:
-    """A folder tree standing for cgroup v2 as the lent H200 has it: the loop in /process_api/808e, which holds it and
-    so hands nothing down, below a parent that hands memory and pids down. (The top, and [(this process's cgroup, the
-    top)], which tests may change.)"""
+    """A folder tree standing for cgroup v2 as the lent GPU machines have it: the loop in /process_api/808e, which
+    holds it and so hands nothing down, below a parent that hands memory and pids down (the lent H100's, memory
+    alone). (The top, and [(this process's cgroup, the top)], which tests may change.)"""
     top = tmp_path / "cgroup"
     machine, loop = top / "process_api", top / "process_api" / "808e"
     loop.mkdir(parents=True)
@@ -182,7 +182,7 @@ def test_on_cgroup_v2_a_loop_run_as_root_makes_its_runs_groups_beside_its_own_wi
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
     """cgroup v2 hands controllers down only to the groups of one that holds no process, and the loop's own holds the
-    loop: a loop run as root in a systemd session, or in a GPU machine's container (the lent H200's /process_api/<id>),
+    loop: a loop run as root in a systemd session, or in a GPU machine's container (the lent ones' /process_api/<id>),
     could make no group below it, and its runs had neither their cap of tasks nor their share of memory (BROKE, fixed).
     A group is now made beside the loop's cgroup, below its parent, where that hands the controllers down; the
     evaluator's holds a leaf it enters and the run's group beside that leaf. A folder tree stands for the kernel's."""

@@ -68,7 +68,7 @@ class RunGroup:
         for controller, files in limits.items():
             for own, _ in cgroups.own_folders(controller):
                 v1 = (own / "tasks").exists()  # v1 gives every group its controllers; v2 those handed down to it
-                home = own if v1 else home_on_v2(own, frozenset(limits), beside)
+                home = own if v1 else _home_on_v2(own, frozenset(limits), beside)
                 if home is not None and (v1 or controller in cgroups.text(home / "cgroup.subtree_control").split()):
                     wanted.setdefault(home, (v1, own, {}))[2][controller] = files
                     break
@@ -138,7 +138,7 @@ class RunGroup:
                 time.sleep(0.02)
 
 
-def home_on_v2(own: Path, controllers: frozenset[str], beside: bool = True) -> Path | None:
+def _home_on_v2(own: Path, controllers: frozenset[str], beside: bool) -> Path | None:
     """Where a group limited in `controllers` is made, on cgroup v2, for a process in `own`: below `own` where it hands
     them all down; else, where `beside`, beside it, below its parent, where that hands any down (the parent's are a
     superset of the own's; above the top of the mount, no cgroup's file is read); else below `own` where it hands any
