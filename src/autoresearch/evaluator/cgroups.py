@@ -55,17 +55,23 @@ def own_every_folder() -> list[tuple[str, Path]]:
     return every_folder(text("/proc/self/cgroup"), text("/proc/self/mountinfo"))
 
 
-def sweep(own: Path, prefix: str, suffix: str = "") -> None:
+PID_T_MAX = (1 << 31) - 1  # no pid is larger (a C int): os.kill refuses one that is, with OverflowError
+
+
+def sweep(own: Path, prefix: str, suffix: str = "", exact: bool = False) -> None:
     """Remove the cgroups below `own` named `prefix` + the pid of a process that no longer runs (killed before it
-    removed them; more may follow a "-") + `suffix`, with the groups inside them; one that still holds a process
-    stays. A `suffix` names the cgroup they were made beside (run_group.py): others' there are not looked at."""
+    removed them; more may follow a "-", unless `exact`) + `suffix`, with the groups inside them; one that still holds
+    a process stays. A `suffix` names the cgroup they were made beside (run_group.py): others' there are not looked
+    at. A name whose "pid" is none (`isdigit` takes a superscript two, and digits past a C int) is another's: left
+    (red team: a tenant's group named so beside the loop's raised ValueError or OverflowError out of every evaluator's
+    sweep, each run recorded as its experiment's crash)."""
     with contextlib.suppress(OSError):
         for folder in own.glob(f"{prefix}*"):
             if not folder.name.endswith(suffix):
                 continue
             pid = folder.name[len(prefix) : len(folder.name) - len(suffix)]
-            pid = pid if suffix else pid.split("-")[0]
-            if pid.isdigit() and not _running(int(pid)):
+            pid = pid if suffix or exact else pid.split("-")[0]
+            if pid.isascii() and pid.isdigit() and int(pid) <= PID_T_MAX and not _running(int(pid)):
                 remove(folder)
 
 

@@ -75,7 +75,7 @@ class RunGroup:
         folders, limited, entries, origins = {}, set(), {}, {}
         for home, (v1, own, controllers) in wanted.items():
             suffix = "" if home == own else f"-{own.name}"
-            cgroups.sweep(home, PREFIX, suffix)
+            cgroups.sweep(home, PREFIX, suffix, exact=True)  # not the groups another loop made beside its own
             folder = home / f"{PREFIX}{os.getpid()}{suffix}"
             cgroups.remove(folder)  # one left by an earlier process of this pid, empty
             try:

@@ -1,0 +1,75 @@
+"""Red team: the runs' cgroups made beside the loop's own on cgroup v2 (evaluator/run_group.py `_home_on_v2`).
+
+There a run's groups lie in the loop's parent cgroup, which other tenants share (a machine's other containers, a
+systemd slice's other services): what they name there is read by every evaluator's sweep. And what the loop's own
+cgroup limits (a container's memory, CPU quota, cpuset) no longer holds what is moved out of it. A folder tree stands
+for the kernel's, as in tests/test_tasks.py (this machine has cgroup v1).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from autoresearch.evaluator import cgroups, memory, promises, run_group
+from autoresearch.evaluator.run_group import RunGroup
+
+
+def v2_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[tuple[Path, Path]]]:
+    """tests/test_tasks.py's: the loop in /process_api/808e, which holds it and so hands nothing down, below a parent
+    that hands memory and pids down."""
+    top = tmp_path / "cgroup"
+    machine, loop = top / "process_api", top / "process_api" / "808e"
+    loop.mkdir(parents=True)
+    (top / "cgroup.subtree_control").write_text("cpu memory pids\n")
+    (machine / "cgroup.subtree_control").write_text("memory pids\n")
+    (loop / "cgroup.subtree_control").write_text("\n")
+    own = [(loop, top)]
+    monkeypatch.setattr(run_group.cgroups, "own_folders", lambda controller: own)
+    monkeypatch.setattr(run_group.cgroups, "own_every_folder", lambda: [("", own[0][0])])
+    return top, own
+
+
+@pytest.mark.parametrize("pid", ["\u00b2", "9" * 30])  # str.isdigit says yes to both; int() or os.kill says no
+def test_a_tenants_group_beside_the_loops_named_with_no_pid_crashes_no_evaluator_and_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pid: str
+) -> None:
+    """A tenant of the loop's parent cgroup (another container, another service of the slice) made a group there
+    named as the loop's evaluators name theirs, with a "pid" that `isdigit` takes and int() (a superscript two) or
+    os.kill (past a C int) does not. Every evaluator's sweep raised ValueError or OverflowError, not OSError, out of
+    RunGroup.make: each evaluator ended with 1 (a traceback), recorded as its experiment's crash, run after run; the
+    loop's probe raised at its start. The group is no evaluator's of ours: left alone, and the evaluator's made."""
+    top, _ = v2_machine(tmp_path, monkeypatch)
+    machine = top / "process_api"
+    theirs = machine / f"{run_group.PREFIX}{pid}-808e"
+    theirs.mkdir()
+    monkeypatch.setenv(promises.ENV, "memory,pids")
+    group = RunGroup.make(memory.limits(1 << 30), holds=frozenset({"pids", "memory"}))  # as referee.py makes it
+    assert group is not None and group.limited == {"memory"}
+    assert theirs.is_dir()
+    (machine / f"autoresearch-agents-{pid}-all").mkdir()  # turn_cgroups' sweep reads its names the same way
+    cgroups.sweep(machine, "autoresearch-agents-")
+    assert (machine / f"autoresearch-agents-{pid}-all").is_dir()
+
+
+def test_a_sweep_of_the_loops_own_cgroup_leaves_the_groups_another_loop_made_beside_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A group made below the sweeping process's own cgroup is named PREFIX + pid, nothing after it (v1; v2 where the
+    own hands the controllers down: the root cgroup). A loop in a child cgroup `foo` of it makes its runs' groups
+    beside its own, there, named PREFIX + pid + "-foo", by pids of its own PID namespace (a container's), which the
+    sweeping process does not see: the sweep took them for its own dead evaluators' and removed them, empty, between
+    their `mkdir` and the moment their evaluator or run entered them (that evaluator stops its loop, that run
+    crashes)."""
+    (tmp_path / "cgroup.subtree_control").write_text("memory pids\n")  # v2's root: it hands down, holding us
+    monkeypatch.setattr(run_group.cgroups, "own_folders", lambda controller: [(tmp_path, tmp_path)])
+    theirs = tmp_path / f"{run_group.PREFIX}99999999-foo"
+    (theirs / run_group.LEAF).mkdir(parents=True)
+    ours = tmp_path / f"{run_group.PREFIX}99999999"  # a dead evaluator's of ours: swept
+    ours.mkdir()
+    group = RunGroup.make(memory.limits(1 << 30), beside=False)
+    assert group is not None and group.folders == {tmp_path / f"{run_group.PREFIX}{os.getpid()}": False}
+    assert not ours.exists()
+    assert (theirs / run_group.LEAF).is_dir()
