@@ -140,16 +140,26 @@ class RunGroup:
 
 def _home_on_v2(own: Path, controllers: frozenset[str], beside: bool) -> Path | None:
     """Where a group limited in `controllers` is made, on cgroup v2, for a process in `own`: below `own` where it hands
-    them all down; else, where `beside`, beside it, below its parent, where that hands any down (the parent's are a
-    superset of the own's; above the top of the mount, no cgroup's file is read); else below `own` where it hands any
-    down; None where neither does (a container's own cgroup, the top of what it sees). One place for them all: a
-    process is in one group on v2."""
+    them all down; else, where `beside` and `own` limits nothing (`_limited`), beside it, below its parent, where that
+    hands any down (the parent's are a superset of the own's; above the top of the mount, no cgroup's file is read);
+    else below `own` where it hands any down; None where neither does (a container's own cgroup, the top of what it
+    sees). One place for them all: a process is in one group on v2."""
     handed = set(cgroups.text(own / "cgroup.subtree_control").split())
     if controllers <= handed:
         return own
-    if beside and controllers & set(cgroups.text(own.parent / "cgroup.subtree_control").split()):
+    if beside and not _limited(own) and controllers & set(cgroups.text(own.parent / "cgroup.subtree_control").split()):
         return own.parent
     return own if controllers & handed else None
+
+
+# A v2 cgroup's limits, none of which holds a group made beside it: "max", or nothing, where it sets none.
+_OWN_LIMITS = ("memory.max", "memory.high", "memory.swap.max", "pids.max", "cpu.max", "cpuset.cpus", "io.max")
+
+
+def _limited(own: Path) -> bool:
+    """Whether the v2 cgroup `own` limits what it holds (a container's memory, CPU quota or cpuset): a group made
+    beside it would be out of that limit, the runs in it on top of all the container may hold (red team)."""
+    return any((words := cgroups.text(own / name).split()) and words[0] != "max" for name in _OWN_LIMITS)
 
 
 def _holding(folder: Path, holds: frozenset[str]) -> Path | None:
