@@ -98,3 +98,15 @@ def test_a_loop_whose_own_cgroup_is_limited_moves_no_run_out_of_it(
     assert not list((top / "process_api").glob(f"{run_group.PREFIX}*"))
     (loop / name).write_text("max 100000\n" if name == "cpu.max" else "max\n" if name == "memory.max" else "\n")
     assert RunGroup.make(memory.limits(1 << 30), holds=frozenset({"pids", "memory"})) is not None  # unlimited: beside
+
+
+@pytest.mark.skipif(not cgroups.own_every_folder(), reason="no cgroup hierarchy mounted here")
+def test_the_loop_names_no_group_outside_the_cgroup_mounts_it_reads() -> None:
+    """`group_of` names the group an evaluator made beside the loop's cgroup below that cgroup's parent, and
+    `_home_on_v2` reads the parent's cgroup.subtree_control, in every v2 hierarchy: also where the loop's cgroup is the
+    top of its mount (a container's, or a hybrid machine's /sys/fs/cgroup/unified at "0::/", as here), whose parent
+    is no cgroup at all (here /sys/fs/cgroup, a tmpfs), whatever lies there: the loop, as root, removed what it found
+    there (following a link at its name, the empty folders below it) and read its counts and "controllers" from it."""
+    mounts = {os.stat(own).st_dev for _, own in cgroups.own_every_folder()}
+    for folder in run_group.group_of(os.getpid()).folders:
+        assert os.stat(folder.parent).st_dev in mounts, folder

@@ -147,7 +147,8 @@ def _home_on_v2(own: Path, controllers: frozenset[str], beside: bool) -> Path | 
     handed = set(cgroups.text(own / "cgroup.subtree_control").split())
     if controllers <= handed:
         return own
-    if beside and not _limited(own) and controllers & set(cgroups.text(own.parent / "cgroup.subtree_control").split()):
+    parent = set(cgroups.text(own.parent / "cgroup.subtree_control").split()) if _parent_mounted(own) else set()
+    if beside and not _limited(own) and controllers & parent:
         return own.parent
     return own if controllers & handed else None
 
@@ -264,9 +265,19 @@ def group_of(pid: int) -> RunGroup:
     folders = {}
     for held, own in cgroups.own_every_folder():
         folders[own / f"{PREFIX}{pid}"] = bool(held)
-        if not held:  # v2's
+        if not held and _parent_mounted(own):  # v2's
             folders[own.parent / f"{PREFIX}{pid}-{own.name}"] = False
     return RunGroup(folders, frozenset())
+
+
+def _parent_mounted(own: Path) -> bool:
+    """Whether the folder above the cgroup `own` is a cgroup of the same mount: not where `own` is the top of what is
+    mounted (a container's own cgroup, or a hybrid machine's /sys/fs/cgroup/unified), whose folder above is none,
+    whatever lies in it (red team)."""
+    try:
+        return os.stat(own.parent).st_dev == os.stat(own).st_dev
+    except OSError:
+        return False
 
 
 def remove_group_of(pid: int) -> None:
