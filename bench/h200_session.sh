@@ -312,6 +312,9 @@ print('every run is given:', sorted(s.can_promise(os.environ)), '| tasks capped:
   local own; own=$(sed -n 's/^0:://p' /proc/self/cgroup)
   echo "own cgroup $own: controllers '$(cat /sys/fs/cgroup$own/cgroup.controllers 2>&1)'," \
     "its parent hands down '$(cat "/sys/fs/cgroup$(dirname "$own")/cgroup.subtree_control" 2>&1)'"
+  for f in memory.max memory.high pids.max cpu.max cpuset.cpus io.max; do  # its own limits: none, or no group beside
+    echo "  $f: $(cat "/sys/fs/cgroup$own/$f" 2>&1)"
+  done
   CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu timeout 300 python3 -m pytest -q -p no:cacheprovider \
     tests/test_tasks.py tests/test_memory.py tests/test_red_team.py tests/test_red_team_downgrade.py \
     -k "cap or group or memory or forks or honest" 2>&1 | tail -25
