@@ -12,24 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
+from test_tasks import v2_machine
 
 from autoresearch.evaluator import cgroups, memory, promises, run_group
 from autoresearch.evaluator.run_group import RunGroup
-
-
-def v2_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[tuple[Path, Path]]]:
-    """tests/test_tasks.py's: the loop in /process_api/808e, which holds it and so hands nothing down, below a parent
-    that hands memory and pids down."""
-    top = tmp_path / "cgroup"
-    machine, loop = top / "process_api", top / "process_api" / "808e"
-    loop.mkdir(parents=True)
-    (top / "cgroup.subtree_control").write_text("cpu memory pids\n")
-    (machine / "cgroup.subtree_control").write_text("memory pids\n")
-    (loop / "cgroup.subtree_control").write_text("\n")
-    own = [(loop, top)]
-    monkeypatch.setattr(run_group.cgroups, "own_folders", lambda controller: own)
-    monkeypatch.setattr(run_group.cgroups, "own_every_folder", lambda: [("", own[0][0])])
-    return top, own
 
 
 @pytest.mark.parametrize("pid", ["\u00b2", "9" * 30])  # str.isdigit says yes to both; int() or os.kill says no
