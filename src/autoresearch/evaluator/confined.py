@@ -126,7 +126,7 @@ class ExperimentProcess:
         # memory (evaluator/memory.py): by its group alone. A group the loop found it could make is made, or the run
         # is not trained (run_group.check).
         self.tasks, self.memory = tasks.run_tasks(), memory.run_memory()
-        limits = {**tasks.limits(self.tasks), **memory.limits(self.memory)}
+        limits = sandbox.run_limits()
         self.group = RunGroup.make(limits)
         run_group.check(self.group, limits)
         self._group_refused = self._group_killed = False  # what its group counted, read before it is removed

@@ -418,7 +418,7 @@ def _hold_the_share() -> RunGroup | None:
     share = memory.run_memory()
     os.environ[memory.MEMORY_ENV] = str(share)  # the run's, not a share of what is left in this group
     limits = memory.limits(share)
-    group = RunGroup.make(limits, holds=frozenset({**tasks.limits(tasks.run_tasks()), **limits}))  # the run's, inside
+    group = RunGroup.make(limits, holds=frozenset(sandbox.run_limits()))  # the run's group's, inside
     run_group.check(group, limits)  # where the loop made such a group, never an evaluator holding any memory
     if group is not None:
         try:

@@ -377,8 +377,13 @@ def can_promise(env: Mapping[str, str]) -> set[str]:
             given.add(promises.GPUS)
     if syscalls.unavailable_reason() is None:
         given.add(promises.FILTER)
-    limits = {**tasks.limits(tasks.run_tasks(env)), **memory.limits(memory.run_memory(env))}
-    return given | run_group.limitable(limits)
+    return given | run_group.limitable(run_limits(env))
+
+
+def run_limits(env: Mapping[str, str] = os.environ) -> dict[str, dict[str, str]]:
+    """The limits of the cgroup of a run whose evaluator has `env` (evaluator/run_group.py): its cap of tasks and its
+    share of memory, by controller."""
+    return {**tasks.limits(tasks.run_tasks(env)), **memory.limits(memory.run_memory(env))}
 
 
 def runs_capped(most: int) -> bool:
