@@ -27,7 +27,7 @@
 #   bash bench/h200_session.sh setup tasks        # 6 minutes: the most tasks a real run has and the most memory its
 #                                                 # evaluator's group holds (bench/task_peak.py), and a run under a
 #                                                 # cap of 512 tasks (AUTORESEARCH_TASKS) and 16 GiB of memory
-#   bash bench/h200_session.sh tools caps         # 4 minutes: the caps a loop run as root gives its runs here, and
+#   bash bench/h200_session.sh tools caps         # 7 minutes: the caps a loop run as root gives its runs here, and
 #                                                 # their tests (pytest and its needs carried as wheels in .whl)
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp: `apt-get download bubblewrap libseccomp2`), .old (before_after only),
@@ -305,7 +305,7 @@ same_gpu() {  # issue 10: `--gpus` with one GPU against the one-worker loop, on 
   cp /tmp/lo/.autoresearch/runs/3-0/log.txt "$OUT/log_same_gpu_3-0.txt"
 }
 
-caps() {  # 4 minutes, no data prepared: what a loop run as root is given for its runs here (cgroup v2: groups beside
+caps() {  # 7 minutes, no data prepared: what a loop run as root is given for its runs here (cgroup v2: groups beside
   # the loop's own cgroup), and the tests of the caps (a run forking without end, one spreading its memory) on the CPU
   python3 -c "import os; from autoresearch.evaluator import sandbox as s
 print('every run is given:', sorted(s.can_promise(os.environ)), '| tasks capped:', s.runs_capped(4096))"
@@ -317,7 +317,12 @@ print('every run is given:', sorted(s.can_promise(os.environ)), '| tasks capped:
   done
   CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu timeout 300 python3 -m pytest -q -p no:cacheprovider \
     tests/test_tasks.py tests/test_memory.py tests/test_red_team.py tests/test_red_team_downgrade.py \
-    -k "cap or group or memory or forks or honest" 2>&1 | tail -25
+    -k "cap or group or memory or forks or honest" --tb=short 2>&1 | tail -60
+  python3 -c "import os; from autoresearch.agents import turn_cgroups as t
+for g in t.turn_groups(''): print('a turn lies in', g, {f: open(g / f).read().split() for f in ('pids.max', 'memory.max',
+  'cgroup.subtree_control') if (g / f).exists()})"  # a root loop's shell-agent turns: their caps here
+  CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu timeout 200 python3 -m pytest -q -p no:cacheprovider -rs \
+    tests/test_red_team_agent.py -k "holds_more_than_its_memory or forks_without_end or loop_run_as_root" 2>&1 | tail -15
   find /sys/fs/cgroup -name 'autoresearch-*' 2>/dev/null | head  # nothing of the tests' left
 }
 

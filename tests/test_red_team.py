@@ -288,6 +288,21 @@ def test_a_train_py_that_spreads_its_memory_over_many_processes_is_killed_within
     assert honest.status != Status.CRASH, honest.reason
 
 
+def test_a_runs_processes_are_the_kernels_first_to_kill_for_memory_not_its_evaluator(lab) -> None:
+    """The evaluator's group holds the run's share with the evaluator's own memory on top of the run's group: on cgroup
+    v2 it ran out first and the kernel took the evaluator along with the run, whose log then said nothing of why
+    (BROKE on the lent GPU machines). A run's processes are now the kernel's first choice (memory.kill_first), the
+    forked experiment's and what it starts alike, so the evaluator lives to say why."""
+    ws, _ = lab
+    report = '    print("oom_score_adj:", open("/proc/self/oom_score_adj").read().strip(), flush=True)\n'
+    exp = make_loop(ws, LocalExecutor(prewarm=False)).step(
+        one_edit("read how soon it is killed", [(START, START + report)])
+    )
+    assert f"oom_score_adj: {memory.RUN_OOM_SCORE_ADJ}" in first_run_log(ws, exp.id)
+    assert exp.status != Status.CRASH, exp.reason
+    assert int(Path("/proc/self/oom_score_adj").read_text()) < memory.RUN_OOM_SCORE_ADJ  # the loop's own: untouched
+
+
 # The experiment is forked from the evaluator: whatever is in the evaluator's memory when it forks is in the
 # experiment's. It scans every writable page it has (heap, stack with the environment block, ...) for the
 # loop's secrets, knowing only their digests (the secrets themselves must not be in its own source).

@@ -1,4 +1,4 @@
-"""Red team: the runs' cgroups made beside the loop's own on cgroup v2 (evaluator/run_group.py `_home_on_v2`).
+"""Red team: the runs' cgroups made beside the loop's own on cgroup v2 (evaluator/run_group.py `home_on_v2`).
 
 There a run's groups lie in the loop's parent cgroup, which other tenants share (a machine's other containers, a
 systemd slice's other services): what they name there is read by every evaluator's sweep. And what the loop's own
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from test_tasks import v2_machine
 
+from autoresearch.agents import turn_cgroups
 from autoresearch.evaluator import cgroups, memory, promises, run_group
 from autoresearch.evaluator.run_group import RunGroup
 
@@ -36,7 +37,7 @@ def test_a_tenants_group_beside_the_loops_named_with_no_pid_crashes_no_evaluator
     assert group is not None and group.limited == {"memory"}
     assert theirs.is_dir()
     (machine / f"autoresearch-agents-{pid}-all").mkdir()  # turn_cgroups' sweep reads its names the same way
-    cgroups.sweep(machine, "autoresearch-agents-")
+    cgroups.sweep(machine, turn_cgroups.outer_pattern(""))
     assert (machine / f"autoresearch-agents-{pid}-all").is_dir()
 
 
@@ -89,7 +90,7 @@ def test_a_loop_whose_own_cgroup_is_limited_moves_no_run_out_of_it(
 @pytest.mark.skipif(not cgroups.own_every_folder(), reason="no cgroup hierarchy mounted here")
 def test_the_loop_names_no_group_outside_the_cgroup_mounts_it_reads() -> None:
     """`group_of` names the group an evaluator made beside the loop's cgroup below that cgroup's parent, and
-    `_home_on_v2` reads the parent's cgroup.subtree_control, in every v2 hierarchy: also where the loop's cgroup is the
+    `home_on_v2` reads the parent's cgroup.subtree_control, in every v2 hierarchy: also where the loop's cgroup is the
     top of its mount (a container's, or a hybrid machine's /sys/fs/cgroup/unified at "0::/", as here), whose parent
     is no cgroup at all (here /sys/fs/cgroup, a tmpfs), whatever lies there: the loop, as root, removed what it found
     there (following a link at its name, the empty folders below it) and read its counts and "controllers" from it."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch.agents import turn_cgroups
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import memory, promises, referee, run_group, sandbox, tasks
 from autoresearch.evaluator.run_group import RunGroup
@@ -196,12 +197,14 @@ def test_on_cgroup_v2_a_loop_run_as_root_makes_its_runs_groups_beside_its_own_wi
     assert RunGroup.make(share) is None  # beside only where the loop's probe made such a group and promised it
     monkeypatch.setenv(promises.ENV, "memory,pids")
 
-    held = RunGroup.make(share, holds=frozenset({"pids", "memory"}))  # the evaluator's, as referee.py makes it
+    monkeypatch.setenv(memory.MEMORY_ENV, "1G")
+    monkeypatch.setenv(tasks.TASKS_ENV, "48")
+    held = referee._hold_the_share()  # the evaluator's, which it enters
     evaluators = machine / f"{run_group.PREFIX}{pid}-808e"
     assert held is not None and held.folders == {evaluators: False} and held.limited == {"memory"}
     assert (evaluators / "memory.max").read_text() == str(1 << 30) and (evaluators / run_group.LEAF).is_dir()
+    assert (evaluators / "memory.oom.group").read_text() == "0"  # an OOM kill there takes the run, not the evaluator
     assert not left.exists() and all(folder.is_dir() for folder in others)
-    held.enter()
     assert (evaluators / run_group.LEAF / "cgroup.procs").read_text() == str(pid)  # the group itself holds none
     assert run_group.group_of(pid).folders.keys() >= {evaluators}  # as the loop finds it, to read and remove it
 
@@ -219,6 +222,44 @@ def test_on_cgroup_v2_a_loop_run_as_root_makes_its_runs_groups_beside_its_own_wi
     own[0] = (top, top)  # a container's own cgroup, the top of what it sees, which holds its processes
     (top / "cgroup.subtree_control").write_text("\n")
     assert RunGroup.make(share, holds=frozenset({"memory"})) is None
+
+
+def test_on_cgroup_v2_a_loop_run_as_root_gives_its_agents_turns_their_caps_beside_its_own_cgroup(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A loop run as root starts each shell agent's turn in a group of its own inside an outer one: the outer caps the
+    turns' tasks together, the turn's its memory (agents/turn_cgroups.py). On cgroup v2 both lay below the loop's own
+    cgroup, which holds the loop and so hands nothing down: the lent GPU machines' turns had neither cap (BROKE,
+    fixed). The outer is now made beside the loop's cgroup, as a run's group is, unless that cgroup limits what it
+    holds (a container's), and hands the controllers down to the turns' groups. A fake tree."""
+    top, _ = v2_machine(tmp_path, monkeypatch)
+    machine, loop, pid = top / "process_api", top / "process_api" / "808e", os.getpid()
+    monkeypatch.setattr(turn_cgroups.atexit, "register", lambda *args: None)  # no removal of a fake tree at exit
+    left = machine / f"{turn_cgroups.PREFIX}99999999-all-808e"  # a killed loop's, beside this one's: swept
+    theirs = [machine / f"{turn_cgroups.PREFIX}99999999-all-4f1c", machine / f"{turn_cgroups.PREFIX}99999999-0-x-808e"]
+    for folder in (left, *theirs):  # another loop's, beside its cgroup 4f1c, or its cgroup x-808e: left
+        folder.mkdir()
+    real_mkdir = Path.mkdir
+
+    def mkdir(path: Path, *args, **kwargs) -> None:  # the kernel's files, where the outer is given the controllers
+        real_mkdir(path, *args, **kwargs)
+        if path.parent.name.startswith(turn_cgroups.PREFIX):
+            (path / "memory.max").write_text("max\n")
+        elif path.name.startswith(turn_cgroups.PREFIX):
+            (path / "pids.max").write_text("max\n")
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    (outer,) = turn_cgroups.turn_groups.__wrapped__("0-1")
+    assert outer == machine / f"{turn_cgroups.PREFIX}{pid}-0.1-808e"
+    assert not left.exists() and all(folder.is_dir() for folder in theirs)
+    turn_cgroups.enter((outer,), 64, 1 << 30)  # as a turn's first process does, before it runs anything
+    turn = outer / f"{turn_cgroups.TURN}{pid}"
+    assert (outer / "pids.max").read_text() == "64" and (turn / "memory.max").read_text() == str(1 << 30)
+    assert (turn / "cgroup.procs").read_text() == str(pid)
+
+    (loop / "memory.max").write_text("17179869184\n")  # a container's limit: no group made out of it
+    (below,) = turn_cgroups.turn_groups.__wrapped__("")
+    assert below == loop / f"{turn_cgroups.PREFIX}{pid}-all"
 
 
 def test_a_group_no_process_can_be_put_in_is_promised_to_no_run_and_an_evaluator_that_cannot_enter_stops_the_loop(

@@ -26,13 +26,15 @@ import atexit
 import contextlib
 import functools
 import os
+import re
 import time
 from pathlib import Path
 
-from autoresearch.evaluator import cgroups, memory
+from autoresearch.evaluator import cgroups, memory, run_group
 from autoresearch.evaluator.run_group import RunGroup, named, write_limits
 
-PREFIX = "autoresearch-agents-"  # + the loop's pid, "-", the CPUs
+PREFIX = "autoresearch-agents-"  # + the loop's pid, "-", the CPUs (on v2 beside its cgroup, + "-" + that one's name)
+HELD = frozenset({"pids", "memory"})  # the controllers the turns are held by: their cap of tasks, each one's memory
 TURN = "turn-"  # + the pid of the turn's first process
 LEAVE_WAIT_S = 2.0  # how long a turn's group is given to empty once the turn has been killed
 NOBODY = 65534  # the owner of a turn's own group: no turn's user namespace maps it (they map root alone)
@@ -42,13 +44,17 @@ NOBODY = 65534  # the owner of a turn's own group: no turn's user namespace maps
 def turn_groups(cpus: str) -> tuple[Path, ...]:
     """The groups the turns' own lie in, one per hierarchy, in cpuset's of `cpus` (a kernel CPU list; "": the loop's
     own), made once per loop and removed when it exits; none where the loop is not run as root, and in a hierarchy
-    that cannot be written (a container's read-only /sys/fs/cgroup)."""
+    that cannot be written (a container's read-only /sys/fs/cgroup). On cgroup v2, beside the loop's own cgroup where
+    it hands nothing down, as a run's group is (run_group.home_on_v2: BROKE, fixed: a root loop's turns there had
+    neither their cap of tasks nor their memory limit), the turns' groups inside given the controllers."""
     if os.getuid() != 0:
         return ()
     made = []
     for held, own in cgroups.own_every_folder():
-        cgroups.sweep(own, PREFIX)
-        outer = own / f"{PREFIX}{os.getpid()}-{cpus.replace(',', '_') or 'all'}"
+        home = (run_group.home_on_v2(own, HELD, beside=True) or own) if not held else own
+        suffix = "" if home == own else f"-{own.name}"
+        cgroups.sweep(home, outer_pattern(suffix))
+        outer = home / f"{PREFIX}{os.getpid()}-{cpus.replace(',', '_').replace('-', '.') or 'all'}{suffix}"
         try:
             outer.mkdir(exist_ok=True)
             if "cpuset" in held.split(","):  # a cpuset takes no task before it has CPUs and memory nodes
@@ -57,9 +63,20 @@ def turn_groups(cpus: str) -> tuple[Path, ...]:
         except OSError:
             cgroups.remove(outer)
             continue
+        if not held:  # v2: the turns' groups get what the outer is given (it holds no process)
+            for controller in sorted(HELD):  # each on its own: one not given does not stop the other
+                with contextlib.suppress(OSError):
+                    (outer / "cgroup.subtree_control").write_text(f"+{controller}")
         atexit.register(_remove, outer, os.getpid())
         made.append(outer)
     return tuple(made)
+
+
+def outer_pattern(suffix: str) -> str:
+    """The names of a loop's outer groups (cgroups.sweep's pattern), made beside the cgroup named `suffix`'s words
+    ("": below the sweeping loop's own): the pid, the CPUs with no "-" in them, so that no other cgroup's name is read
+    as a suffix."""
+    return re.escape(PREFIX) + cgroups.PID + "-(?:all|[0-9_.]+)" + re.escape(suffix)
 
 
 def enter(groups: tuple[Path, ...], tasks: int, held: int = 0) -> None:

@@ -58,20 +58,21 @@ def own_every_folder() -> list[tuple[str, Path]]:
 PID_T_MAX = (1 << 31) - 1  # no pid is larger (a C int): os.kill refuses one that is, with OverflowError
 
 
-def sweep(own: Path, prefix: str, suffix: str = "", exact: bool = False) -> None:
-    """Remove the cgroups below `own` named `prefix` + the pid of a process that no longer runs (killed before it
-    removed them; more may follow a "-", unless `exact`) + `suffix`, with the groups inside them; one that still holds
-    a process stays. A `suffix` names the cgroup they were made beside (run_group.py): others' there are not looked
-    at. A name whose "pid" is none (`isdigit` takes a superscript two, and digits past a C int) is another's: left
-    (red team: a tenant's group named so beside the loop's raised ValueError or OverflowError out of every evaluator's
-    sweep, each run recorded as its experiment's crash)."""
+PID = "(?P<pid>[0-9]+)"  # in a `sweep` pattern: the pid its group's maker had
+
+
+def sweep(own: Path, pattern: str) -> None:
+    """Remove the cgroups below `own` whose name is all of `pattern` (a regular expression), its PID the pid of a
+    process that no longer runs (killed before it removed them), with the groups inside them; one that still holds a
+    process stays. Where groups are made beside the loop's cgroup, the pattern names that cgroup (run_group.py): other
+    loops' there are not looked at (red team: a sweep took them for its own dead evaluators', by pids of another PID
+    namespace). A "pid" past a C int is another's: left (red team: a tenant's group named so beside the loop's raised
+    OverflowError out of every evaluator's sweep, each run recorded as its experiment's crash; as did a superscript
+    two, which `isdigit` takes and PID does not)."""
     with contextlib.suppress(OSError):
-        for folder in own.glob(f"{prefix}*"):
-            if not folder.name.endswith(suffix):
-                continue
-            pid = folder.name[len(prefix) : len(folder.name) - len(suffix)]
-            pid = pid if suffix or exact else pid.split("-")[0]
-            if pid.isascii() and pid.isdigit() and int(pid) <= PID_T_MAX and not _running(int(pid)):
+        for folder in own.iterdir():
+            named = re.fullmatch(pattern, folder.name)
+            if named and (pid := int(named["pid"])) <= PID_T_MAX and not _running(pid):
                 remove(folder)
 
 

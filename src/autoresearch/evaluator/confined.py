@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import functools
 import io
 import os
 import signal
@@ -173,8 +174,7 @@ class ExperimentProcess:
             filter_here = self.unfiltered_reason is None
 
         def preexec() -> None:
-            if self.group is not None:
-                self.group.enter()
+            _enter_run(self.group)
             if filter_here:
                 syscalls.install()
 
@@ -366,6 +366,14 @@ while True:
 """
 
 
+def _enter_run(group: RunGroup | None) -> None:
+    """In a run's first process, before it starts anything: into the run's group, and the kernel's first to kill
+    for memory there (memory.kill_first)."""
+    memory.kill_first()
+    if group is not None:
+        group.enter()
+
+
 def start_anchor(
     box: Path, view: sandbox.View, env: dict[str, str], filtered: bool, group: RunGroup | None
 ) -> subprocess.Popen:
@@ -381,7 +389,7 @@ def start_anchor(
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             pass_fds=fds,
-            preexec_fn=group.enter if group is not None else None,
+            preexec_fn=functools.partial(_enter_run, group),
         )
     finally:
         for fd in fds:
@@ -408,8 +416,7 @@ def _become_experiment(anchor: int | None, group: RunGroup | None, box: Path, en
     process and exit as it did. The inner process drops its privileges, says "ok" on `ready_fd` and runs the
     experiment."""
     try:
-        if group is not None:  # before it joins the sandbox, where /sys is read-only
-            group.enter()
+        _enter_run(group)  # before it joins the sandbox, where /sys is read-only
         if anchor is not None:
             joining.join(anchor)
         inner = os.fork()

@@ -10,8 +10,9 @@ less a reserve for the loop and the system (`share`; the loop sets MEMORY_ENV fo
 loop/workers.py, and tells every evaluator the share it found, sandbox.evaluator_env). The run's evaluator holds the
 same share, the run's group inside its own (referee.py's `_hold_the_share`): what the run sends, and the graph it hands
 over, are taken in and run there, where a train.py could otherwise have memory held for it. At the limit the kernel
-takes the group's cache back, then kills within it: the whole run at once under cgroup v2, its biggest process under
-v1 (the loop records a crash either way). The share holds swap too, where the kernel accounts it.
+takes the group's cache back, then kills within it, the run's processes first (`kill_first`): the whole run at once
+under cgroup v2, its biggest process under v1 (the loop records a crash either way). The share holds swap too,
+where the kernel accounts it.
 
 A shell agent's turn of a loop run as root holds at most AGENT_MEMORY_ENV (`agent_memory`; unset, the reserve), its
 processes and what it writes in a tmpfs together (agents/turn_cgroups.py): what the runs' shares leave.
@@ -19,10 +20,12 @@ processes and what it writes in a tmpfs together (agents/turn_cgroups.py): what 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import cgroups
@@ -33,6 +36,9 @@ AGENT_MEMORY_ENV = "AUTORESEARCH_AGENT_MEMORY"  # the most one shell agent's tur
 RESERVE_SHARE, RESERVE_LEAST = 0.1, 2 << 30  # the machine's memory kept from the runs: a tenth, at least 2 GiB
 LEAST_SHARE = 2 << 30  # the least a run and its evaluator are given
 MOST_WEIGHTS = 2**36  # 64 GiB: the largest hand-over taken where memory is not limited
+# A run's processes are killed for memory before its evaluator and the loop (0), after a shell agent's turn (1000,
+# agents/command_agent.py). Within the evaluator's share the kernel adds half the share to a run process's size.
+RUN_OOM_SCORE_ADJ = 500
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _UNLIMITED = 1 << 60  # v1's "no limit" is 2^63 rounded down to a page; v2 writes "max"
 
@@ -111,11 +117,25 @@ def most_weights(env: Mapping[str, str] = os.environ) -> int:
     return min(MOST_WEIGHTS, memory // 4) if memory else MOST_WEIGHTS
 
 
-def limits(memory: int) -> dict[str, dict[str, str]]:
+def limits(memory: int, as_one: bool = True) -> dict[str, dict[str, str]]:
     """A run's group's limits (evaluator/run_group.py) for `memory` bytes (0: none): no swap, where the kernel
     accounts it (a run at its share would go on in swap, as much as the machine has, slowing every run beside it);
-    under v2 an OOM kill takes the whole run (memory.oom.group), as its score would be lost anyway."""
-    return {"memory": {"memory.max": str(memory), "memory.swap.max": "0", "memory.oom.group": "1"}} if memory else {}
+    `as_one`, under v2 an OOM kill takes the whole group (memory.oom.group), as a run's score would be lost anyway.
+    Not the evaluator's, which holds the run's group and the evaluator, which then lives to say why (`kill_first`)."""
+    if not memory:
+        return {}
+    return {"memory": {"memory.max": str(memory), "memory.swap.max": "0", "memory.oom.group": "1" if as_one else "0"}}
+
+
+def kill_first() -> None:
+    """Make this process, a run's first, and all it starts the kernel's first to kill for memory (RUN_OOM_SCORE_ADJ):
+    within its evaluator's share, which holds the evaluator too, the run, not the evaluator (BROKE on cgroup v2, where
+    the evaluator's group, at the same share as the run's and with the evaluator's own memory on top, ran out first
+    and took the evaluator along with the run: its log said nothing, its reason only that it went past its share). A
+    run may raise it, not lower it below what a loop run as root set (CAP_SYS_RESOURCE); lowered, it is killed as the
+    biggest process, and a crash all the same."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text(str(RUN_OOM_SCORE_ADJ))
 
 
 def killed(group: RunGroup) -> bool:

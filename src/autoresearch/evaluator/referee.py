@@ -417,7 +417,7 @@ def _hold_the_share() -> RunGroup | None:
     document that parsed to 25 times its size; red team). The run's own group lies inside, of the same share."""
     share = memory.run_memory()
     os.environ[memory.MEMORY_ENV] = str(share)  # the run's, not a share of what is left in this group
-    limits = memory.limits(share)
+    limits = memory.limits(share, as_one=False)  # the run first, and the evaluator lives to say why
     group = RunGroup.make(limits, holds=frozenset(sandbox.run_limits()))  # the run's group's, inside
     run_group.check(group, limits)  # where the loop made such a group, never an evaluator holding any memory
     if group is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import time
 from collections.abc import Mapping
@@ -68,14 +69,15 @@ class RunGroup:
         for controller, files in limits.items():
             for own, _ in cgroups.own_folders(controller):
                 v1 = (own / "tasks").exists()  # v1 gives every group its controllers; v2 those handed down to it
-                home = own if v1 else _home_on_v2(own, frozenset(limits), beside)
+                home = own if v1 else home_on_v2(own, frozenset(limits), beside)
                 if home is not None and (v1 or controller in cgroups.text(home / "cgroup.subtree_control").split()):
                     wanted.setdefault(home, (v1, own, {}))[2][controller] = files
                     break
         folders, limited, entries, origins = {}, set(), {}, {}
         for home, (v1, own, controllers) in wanted.items():
             suffix = "" if home == own else f"-{own.name}"
-            cgroups.sweep(home, PREFIX, suffix, exact=True)  # not the groups another loop made beside its own
+            # Not the groups another loop made beside its own cgroup: exactly this suffix.
+            cgroups.sweep(home, re.escape(PREFIX) + cgroups.PID + re.escape(suffix))
             folder = home / f"{PREFIX}{os.getpid()}{suffix}"
             cgroups.remove(folder)  # one left by an earlier process of this pid, empty
             try:
@@ -138,7 +140,7 @@ class RunGroup:
                 time.sleep(0.02)
 
 
-def _home_on_v2(own: Path, controllers: frozenset[str], beside: bool) -> Path | None:
+def home_on_v2(own: Path, controllers: frozenset[str], beside: bool) -> Path | None:
     """Where a group limited in `controllers` is made, on cgroup v2, for a process in `own`: below `own` where it hands
     them all down; else, where `beside` and `own` limits nothing (`_limited`), beside it, below its parent, where that
     hands any down (the parent's are a superset of the own's; above the top of the mount, no cgroup's file is read);
