@@ -16,8 +16,9 @@ from loop_support import make_workspace
 
 from autoresearch.evaluator import referee as referee_module
 from autoresearch.evaluator import sandbox
-from autoresearch.evaluator.confined import FORK_ENV, Output
+from autoresearch.evaluator.confined import FORK_ENV
 from autoresearch.evaluator.referee import CRASHED, DISK_FULL, Referee
+from autoresearch.evaluator.run_output import Output
 from autoresearch.loop.executor import DISK_FULL as LOOP_DISK_FULL
 from autoresearch.loop.executor import LocalExecutor, RunSpec
 from autoresearch.orphans import remove_box

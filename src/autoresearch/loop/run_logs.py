@@ -1,6 +1,6 @@
 """The runs' logs, bounded in total: a long night of a train.py that prints a lot cannot fill the disk with them.
 
-Each run's log (`.autoresearch/runs/<exp>-<run>/log.txt`) is capped where it is written (evaluator/confined.py's
+Each run's log (`.autoresearch/runs/<exp>-<run>/log.txt`) is capped where it is written (evaluator/run_output.py's
 LOG_LIMIT, 32 MiB), but that is per run: 10,000 runs of a chatty train.py would be 320 GB. So after each verdict
 `trim` looks at them all, and while they take more than MAX_BYTES, cuts the oldest down to their ends: first to TAIL
 bytes, then, if that is not enough, to SHORT_TAIL. Never cut: the logs of kept experiments (the baseline's too), of
