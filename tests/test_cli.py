@@ -412,6 +412,22 @@ def test_an_option_given_empty_is_a_usage_error_not_its_default(
     assert not (tmp_path / "ws").exists()
 
 
+@pytest.mark.parametrize(
+    "args", [["run", "--agent", "tune", "--plain", "--max-experiments", "0"], ["submit", "-m", "LR up"]]
+)  # `try` makes its loop as `run` does (commands.make_loop)
+@pytest.mark.parametrize("runs", ["9", "100000"])
+def test_more_baseline_runs_than_were_ever_measured_to_help_are_refused_before_anything_trains(
+    args: list[str], runs: str, workspace: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed: `--baseline-runs` had no upper bound: `run --baseline-runs 100000` trained the baseline all night
+    before judging a change (and `submit` started a loop in the background to do so)."""
+    assert main([*args, "--baseline-runs", runs, "--workspace", str(workspace.root)]) == 2
+    err = words(capsys.readouterr().err)
+    assert f"--baseline-runs is at most 8 (got {runs})" in err and "hint: give 2 to 8" in err, err
+    assert "Traceback" not in err and not (workspace.state / "runs").exists()
+    assert not (workspace.state / "driver.log").exists()  # no loop started in the background
+
+
 # -- a full disk ------------------------------------------------------------------------------------
 
 

@@ -46,8 +46,7 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
     from autoresearch.workspace import quarantine
     from autoresearch.workspace.workspace import Workspace
 
-    if args.baseline_runs < 2:
-        raise AutoresearchError("--baseline-runs must be at least 2: one run cannot measure the noise")
+    check_baseline_runs(args.baseline_runs)
     from autoresearch import switches
     from autoresearch.evaluator import compile_cache, cores, memory, sandbox, tasks
 
@@ -81,6 +80,23 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
             "loop as another user, or within a pids limit (docker run --pids-limit, systemd's TasksMax=)"
         )
     return loop
+
+
+def check_baseline_runs(runs: int) -> None:
+    """--baseline-runs, refused before anything starts where it is out of range: each seed is a whole training run
+    that the first verdict waits for (`--baseline-runs 100000` was a night of measuring the baseline)."""
+    from autoresearch.loop.settings import BASELINE_SEEDS_MAX
+
+    if runs < 2:
+        raise AutoresearchError("--baseline-runs must be at least 2: one run cannot measure the noise")
+    if runs > BASELINE_SEEDS_MAX:
+        # The most measured to help (BENCHMARKS.md, "eight baseline seeds"), and what several workers train at most.
+        raise AutoresearchError(
+            f"--baseline-runs is at most {BASELINE_SEEDS_MAX} (got {runs}): each seed is a whole training run, all "
+            "of them before the first change is judged",
+            hint=f"give 2 to {BASELINE_SEEDS_MAX}; {BASELINE_SEEDS_MAX} seeds measure the noise under half its true "
+            "value 3 % of the time, 3 seeds 22 %",
+        )
 
 
 def run(args: argparse.Namespace, console: Console) -> None:
@@ -200,6 +216,7 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.workspace.disk import disk_full_is_an_error
     from autoresearch.workspace.workspace import Workspace
 
+    check_baseline_runs(args.baseline_runs)  # before a loop is started with it in the background
     ws = Workspace(args.workspace)
     require_gpus(args.gpus)  # a wrong --gpus is an error before anything is queued
     devices(args.gpus, args.workers)

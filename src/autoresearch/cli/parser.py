@@ -38,7 +38,7 @@ def _workspace_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _judging_options(parser: argparse.ArgumentParser, workers: bool = True) -> None:
-    seeds = f"seeds the baseline is trained with (default {BASELINE_RUNS}"
+    seeds = f"seeds the baseline is trained with, 2 to {BASELINE_SEEDS_MAX} (default {BASELINE_RUNS}"
     if workers:  # `try` has one
         seeds += (
             f"; with several workers, if that is more, one on each of half of them, on each of up to "

@@ -37,6 +37,8 @@ BASELINE_RUNS = 3
 # delay the first verdict (each seed may straggle). Simulated (BENCHMARKS.md, "Half the workers on the baseline's
 # seeds"): 8 workers reached the one-worker night's best with 1.49 x its GPU-hours on 4 seeds, 1.77 x on 8, which left
 # no worker for a change; 4 workers on 3 seeds sooner than on 4, but with 5 false keeps in 120 nights in place of 2.
+# Also the most --baseline-runs takes (cli/commands.py): more were never measured to help, and each delays the first
+# verdict by a whole run.
 BASELINE_SEEDS_MAX = 8
 BASELINE_SEEDS_MIN = 4
 
