@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,14 @@ from loop_support import (
 
 from autoresearch.loop.clock import sleep_awake
 from autoresearch.loop.evaluator_process import UNSEEN, ForkServer
-from autoresearch.loop.executor import SETUP_FAILED, LocalExecutor, Outcome, RunSpec, outcome_of
+from autoresearch.loop.executor import (
+    EXPERIMENT_CRASHED,
+    SETUP_FAILED,
+    LocalExecutor,
+    Outcome,
+    RunSpec,
+    outcome_of,
+)
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.status import status_text
@@ -1100,6 +1108,26 @@ def test_an_evaluator_whose_end_the_dead_fork_server_never_told_is_lost_and_trie
     assert outcome_of(UNSEEN, fake_result(1.5, "f" * 16), "", "", 1.0, "f" * 16).status == RunEnd.OK
 
 
+def test_a_run_whose_sealed_result_says_it_crashed_is_a_crash_where_its_evaluators_end_went_unseen() -> None:
+    """BROKE, fixed: with the fork server dead, a result saying train.py crashed (no score, the reason quoting its last
+    line) was read as exit code 0, and the run recorded as "invalid result: train.py ended (exit code 1) ...", as if
+    it had been scored. A result without a score is the experiment's failure whichever code went unseen: a crash, in
+    the evaluator's own words; a scored one that is invalid stays invalid."""
+    fingerprint = "f" * 16
+    why = 'train.py ended (exit code 1); the last line it printed (untrusted): "ZeroDivisionError: division by zero"'
+    crashed = replace(fake_result(1.5, fingerprint), val_bpb=None, valid=False, invalid_reason=why)
+    seen = outcome_of(EXPERIMENT_CRASHED, crashed, "", "", 1.0, fingerprint)
+    unseen = outcome_of(UNSEEN, crashed, "", "", 1.0, fingerprint)
+    assert (
+        (unseen.status, unseen.reason, unseen.result)
+        == (RunEnd.CRASH, why, crashed)
+        == (seen.status, seen.reason, seen.result)
+    )
+    peeked = replace(fake_result(1.5, fingerprint), valid=False, invalid_reason="causality probe: it sees the future")
+    invalid = outcome_of(UNSEEN, peeked, "", "", 1.0, fingerprint)
+    assert invalid.status == RunEnd.INVALID and invalid.reason == "invalid result: causality probe: it sees the future"
+
+
 @pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_the_driver_and_a_workers_thread_waiting_for_one_run_both_get_its_exit(tmp_path):
     """BROKE, fixed: Ctrl-C with --workers 2 hung the loop for good. The driver kills each worker's run and waits for
@@ -1299,7 +1327,6 @@ def test_an_edited_budget_in_the_locked_config_says_to_check_it_out_again(worksp
 def test_train_py_edited_beside_a_confined_run_is_the_persons_and_the_runs_score_stands(workspace, confined):
     """An agent that sent `try` to the background and went on editing train.py: the experiment was a crash, "the
     run changed files outside train.py: changed train.py", though the sandbox hides the workspace from the run."""
-    from dataclasses import replace
 
     class EditedMeanwhile(FakeExecutor):
         def run(self, spec):

@@ -230,7 +230,10 @@ def outcome_of(
         if result is None:  # nothing says the run's doing: tried once more, as a run killed from outside
             why = "the fork server exited before its evaluator, whose end went unseen, and it wrote no result"
             return Outcome(RunEnd.LOST, None, why, log_tail + errors, seconds)
-        code = 0  # its result, which only it writes, decides
+        # Its result, which only it writes, decides. One without a score is the experiment's failure, whether the
+        # code that went unseen was 3 (crashed) or 0 (late, say): recorded as its crash, in the evaluator's own words,
+        # not as a scored run's "invalid result" (a crash of train.py read so).
+        code = 0 if result.val_bpb is not None else EXPERIMENT_CRASHED
     if code < 0 and result is None and -code in FAULTS:  # it broke itself: the graph it ran was the experiment's
         why = f"the evaluator died of {signal.Signals(-code).name}, a fault of its own, as it ran or scored the run"
         return Outcome(RunEnd.CRASH, None, why, log_tail + errors, seconds)
