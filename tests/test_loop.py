@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 from loop_support import (
     BIGRAM_TRAIN_PY,
@@ -1183,6 +1184,71 @@ def test_a_stop_while_the_fork_server_starts_up_ends_the_run_at_once_and_starts_
         assert executor.fork_failure is None  # no evaluator started as a new process instead
     finally:
         executor.close()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
+@pytest.mark.parametrize("answered", [False, True])
+def test_a_fork_server_slow_to_fork_the_next_runs_evaluator_holds_back_no_runs_hard_timeout(tmp_path, answered):
+    """BROKE, fixed: the next run's evaluator was forked ahead (prewarm) before the wait that enforces the current
+    run's hard timeout, and a fork waits up to 60 s for the server's answer: a slow server let the run train that much
+    past its timeout. The fork goes on beside the wait now; closed before its answer, the loop does not wait for it,
+    and what it made, answered late, is killed with the rest."""
+    trains = tmp_path / "trains.py"  # the run's evaluator: its run trains, and trains on
+    trains.write_text(
+        "import json, pathlib, sys, time\n"
+        "job = json.loads(sys.stdin.readline())\n"
+        "pathlib.Path(job['result']).with_name('progress.json').write_text(json.dumps({'phase': 'training'}))\n"
+        "time.sleep(60)\n"
+    )
+    late = tmp_path / "late-pid"
+    slow = tmp_path / "slow-server"  # forks the run's evaluator at once, the next one's 6 s after it is asked
+    slow.write_text(
+        f"#!{sys.executable}\nimport json, os, socket, subprocess, sys, threading, time\n"
+        "sock, lock = socket.socket(fileno=int(sys.argv[-1])), threading.Lock()\n"
+        "def say(message):\n"
+        "    with lock:\n"
+        "        sock.sendall(json.dumps(message).encode() + b'\\n')\n"
+        "def fork(command, delay):\n"
+        "    stdin = socket.recv_fds(sock, 1 << 16, 2)[1][0]\n"
+        "    time.sleep(delay)\n"
+        "    proc = subprocess.Popen(command, stdin=stdin, start_new_session=True)\n"
+        "    say({'pid': proc.pid})\n"
+        "    threading.Thread(target=lambda: say({'pid': proc.pid, 'exit': proc.wait()}), daemon=True).start()\n"
+        "    return proc\n"
+        "say({'ready': True})\n"
+        f"fork([{sys.executable!r}, {str(trains)!r}], 0)\n"
+        "pid = fork(['sleep', '60'], 6).pid\n"
+        f"open({str(late) + '.part'!r}, 'w').write(str(pid))\n"
+        f"os.rename({str(late) + '.part'!r}, {str(late)!r})\n"
+        "time.sleep(60)\n"
+    )
+    slow.chmod(0o755)
+    (tmp_path / "train.py").write_text("print('trained')\n")
+    (tmp_path / "state").mkdir()
+    executor = LocalExecutor(python=str(slow), prewarm=True)
+    spec = RunSpec(tmp_path, tmp_path / "state" / "runs" / "1-0", timeout=2, fingerprint="")
+    try:
+        started = time.monotonic()
+        outcome = executor.run(spec)
+        ended = time.monotonic() - started
+        assert outcome.status == RunEnd.TIMEOUT and "hard timeout of 2s" in outcome.reason
+        assert ended < 4, f"the run ended {ended:.1f}s after it started, its hard timeout 2s"
+        assert _gone(int((spec.run_dir / "pid").read_text().split()[0]))
+        while answered and not late.exists():  # the next run's evaluator, answered once the run was over
+            time.sleep(0.1)
+        time.sleep(1 if answered else 0)  # and read by the fork waiting for it
+    finally:
+        closing = time.monotonic()
+        executor.close()
+    assert time.monotonic() - closing < 3  # a fork still waiting gives up: the server's 6 s are not waited for
+    assert not answered or _gone(int(late.read_text()))
 
 
 @pytest.mark.slow  # seconds: the fast subset stays under a minute

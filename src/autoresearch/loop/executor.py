@@ -31,10 +31,12 @@ from autoresearch.evaluator.compile_cache import MAX_STAGED_BYTES, STAGED
 from autoresearch.evaluator.confined import FORK_ENV
 from autoresearch.evaluator.result import PROGRESS_NAME, ForgedResult, Result
 from autoresearch.files import clear, make_folder, remove_tree, write_text_atomic
+from autoresearch.loop.clock import SIGNAL_CHECK_S
 from autoresearch.loop.evaluator_process import (
     LOG_TAIL_CHARS,
     STOP_WAIT_S,
     UNSEEN,
+    ForkedProcess,
     ForkFailed,
     ForkServer,
     NewProcess,
@@ -107,6 +109,23 @@ class RunStopped(Exception):
     """stop() came while the run's evaluator was being made (the fork server still starting up): it never ran."""
 
 
+class ForkAhead(threading.Thread):
+    """The next run's evaluator, forked beside the wait for the current run's end: a fork waits up to 60 s for the
+    server's answer (ForkServer.fork), which held back the current run's hard timeout as long when it came first."""
+
+    def __init__(self, server: ForkServer, directory: Path):
+        super().__init__(name="autoresearch-fork-ahead", daemon=True)
+        self.server, self.directory = server, directory
+        self.made: ForkedProcess | None = None
+        self.failed: Exception | None = None  # why it made none (a full disk, say): raised where it is waited for
+
+    def run(self) -> None:
+        try:
+            self.made = self.server.fork(self.directory)
+        except Exception as exc:  # not lost in this thread: LocalExecutor._take says it, as the fork of its own would
+            self.failed = exc
+
+
 class LocalExecutor:
     """Runs each training run through an evaluator process on this machine."""
 
@@ -118,6 +137,7 @@ class LocalExecutor:
         self.env = marked({**os.environ, **self.device_env})  # a later start kills what a killed loop left (`reap`)
         self.prewarm = os.environ.get(PREWARM_ENV, "1") != "0" if prewarm is None else prewarm
         self._warm: Referee | None = None
+        self._ahead: ForkAhead | None = None  # the next run's evaluator, being forked while a run trains
         self._current: Referee | None = None  # the run in progress, for stop()
         # Set by stop(), from the driver's thread: a run whose evaluator is still being made has none to kill yet.
         self._stopped = threading.Event()
@@ -145,7 +165,7 @@ class LocalExecutor:
             referee.start(job)
             if self.prewarm:  # once this run trains: before, its start-up would share the cores with the next's
                 referee.wait_for_training(spec.run_dir / PROGRESS_NAME, spec.timeout)
-                self._warm = self._referee(spec.directory)
+                self._prewarm(spec.directory)
             code = referee.wait(max(0.0, spec.timeout - (time.monotonic() - started)))
         except BaseException:  # Ctrl-C or a kill of the loop: take the run down with us, without waiting on it
             referee.kill(wait=STOP_WAIT_S)
@@ -183,7 +203,33 @@ class LocalExecutor:
             raise DiskFullError("a training run (its evaluator could not run)")
         return outcome
 
+    def _prewarm(self, directory: Path) -> None:
+        """Start the next run's evaluator: forked in a thread (ForkAhead), so that the fork server's answer never
+        holds back the wait that enforces this run's hard timeout; without the server, a new process, started here."""
+        if self._server is None:
+            self._warm = self._referee(directory)
+            return
+        self._ahead = ForkAhead(self._server, directory)
+        self._ahead.start()
+
+    def _forked_ahead(self) -> Exception | None:
+        """Wait for the fork started ahead, if any: what it made is the warm evaluator; why it made none is returned."""
+        ahead = self._ahead
+        if ahead is None:
+            return None
+        while ahead.is_alive():  # in steps: a Ctrl-C that another thread took still stops the wait
+            ahead.join(SIGNAL_CHECK_S)
+        self._ahead = None
+        if ahead.made is not None:
+            self._warm = Referee(ahead.directory, ahead.made)
+        return ahead.failed
+
     def _take(self, directory: Path) -> Referee:
+        failed = self._forked_ahead()
+        if isinstance(failed, ForkFailed):  # the server is still there: only `close` closes it with a fork ahead
+            self._fork_failed(failed)
+        elif failed is not None:
+            raise failed  # as a fork for this run would have (a full disk: the loop stops saying so)
         warm, self._warm = self._warm, None
         if warm is not None and warm.directory == directory and warm.alive():
             return warm
@@ -198,12 +244,16 @@ class LocalExecutor:
             try:
                 return Referee(directory, self._server.fork(directory))
             except ForkFailed as exc:
-                if self._stopped.is_set():  # the fork gave up waiting for the server: no new process either
-                    raise RunStopped("the loop is stopping") from None
-                self.fork_failure = str(exc)
-                self._server.close()
-                self._server = None  # from now on, every evaluator is a new process
+                self._fork_failed(exc)
         return Referee(directory, NewProcess(self.python, directory, self.env))
+
+    def _fork_failed(self, exc: ForkFailed) -> None:
+        """Give up the fork server, which could not make an evaluator (`exc`, said once by the loop)."""
+        if self._stopped.is_set():  # the fork gave up waiting for the server: no new process either
+            raise RunStopped("the loop is stopping") from None
+        self.fork_failure = str(exc)
+        self._server.close()
+        self._server = None  # from now on, every evaluator is a new process
 
     def stop(self) -> None:
         """The loop is stopping (Ctrl-C, an error): kill the run in progress, and start no evaluator from now on (a
@@ -214,10 +264,14 @@ class LocalExecutor:
 
     def close(self, wait: float = STOP_WAIT_S) -> None:
         """Kill what was started ahead (`wait`: how long the fork server may take to end by itself)."""
+        if self._server is not None and self._ahead is not None and self._ahead.is_alive():
+            self._server.close(wait)  # first: a fork still waiting for the server's answer gives up at once
+            self._server = None
+        self._forked_ahead()  # what it made is killed below; why it made none is no news once no run comes
         if self._warm is not None:
             self._warm.kill(wait=STOP_WAIT_S)  # it never got a job: nothing of it is worth waiting for
             self._warm = None
-        if self._server is not None:
+        if self._server is not None:  # once the warm one is killed: the server reaps it, and its box can go
             self._server.close(wait)
             self._server = None
 
