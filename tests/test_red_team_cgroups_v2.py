@@ -97,3 +97,28 @@ def test_the_loop_names_no_group_outside_the_cgroup_mounts_it_reads() -> None:
     mounts = {os.stat(own).st_dev for _, own in cgroups.own_every_folder()}
     for folder in run_group.group_of(os.getpid()).folders:
         assert os.stat(folder.parent).st_dev in mounts, folder
+
+
+def test_a_turns_outer_group_its_loops_parent_cannot_take_is_made_below_the_loops_cgroup_as_before(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A loop run as root starts each shell agent's turn in a locked group of its own inside an outer one, on cgroup
+    v2 now beside the loop's own cgroup, in its parent (agents/turn_cgroups.py). Where the parent could not take the
+    outer (its name, the agents' CPUs then the loop's cgroup's, past the 255 bytes a cgroup's name may have: 50 CPUs
+    set aside for the agents beside the lent machines' /process_api/<32 hex digits>; a parent the loop may not write,
+    root of a user namespace given its own cgroup), the turn got no group at all there, where it had one below the
+    loop's cgroup before: it started in the loop's own cgroup, the root of the cgroup namespace it may make, whose
+    cgroup.freeze and cgroup.kill are its to write where cgroup2 is mounted without nsdelegate (this machine's
+    /sys/fs/cgroup/unified: a sleep in such a cgroup, standing for the loop, was frozen so). The outer is made below
+    the loop's cgroup there, as it was."""
+    top, own = v2_machine(tmp_path, monkeypatch)
+    loop = top / "process_api" / "a34ce3c65c83e7178369efe5939b2789"
+    loop.mkdir()
+    (loop / "cgroup.subtree_control").write_text("\n")
+    own[0] = (loop, top)
+    monkeypatch.setattr(turn_cgroups.atexit, "register", lambda *args: None)  # no removal of a fake tree at exit
+    cpus = ",".join(map(str, range(100, 150)))
+    beside = f"{turn_cgroups.PREFIX}{os.getpid()}-{cpus.replace(',', '_')}-{loop.name}"
+    assert len(beside) > 255 >= len(beside) - len(loop.name) - 1  # too long beside the loop's, not below it
+    (outer,) = turn_cgroups.turn_groups.__wrapped__(cpus)
+    assert outer == loop / f"{turn_cgroups.PREFIX}{os.getpid()}-{cpus.replace(',', '_')}"

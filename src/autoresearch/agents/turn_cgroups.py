@@ -46,22 +46,18 @@ def turn_groups(cpus: str) -> tuple[Path, ...]:
     own), made once per loop and removed when it exits; none where the loop is not run as root, and in a hierarchy
     that cannot be written (a container's read-only /sys/fs/cgroup). On cgroup v2, beside the loop's own cgroup where
     it hands nothing down, as a run's group is (run_group.home_on_v2: BROKE, fixed: a root loop's turns there had
-    neither their cap of tasks nor their memory limit), the turns' groups inside given the controllers."""
+    neither their cap of tasks nor their memory limit), the turns' groups inside given the controllers; below it
+    where the parent cannot take the outer."""
     if os.getuid() != 0:
         return ()
     made = []
     for held, own in cgroups.own_every_folder():
-        home = (run_group.home_on_v2(own, HELD, beside=True) or own) if not held else own
-        suffix = "" if home == own else f"-{own.name}"
-        cgroups.sweep(home, outer_pattern(suffix))
-        outer = home / f"{PREFIX}{os.getpid()}-{cpus.replace(',', '_').replace('-', '.') or 'all'}{suffix}"
-        try:
-            outer.mkdir(exist_ok=True)
-            if "cpuset" in held.split(","):  # a cpuset takes no task before it has CPUs and memory nodes
-                (outer / "cpuset.cpus").write_text(cpus or cgroups.text(own / "cpuset.cpus").strip())
-                (outer / "cpuset.mems").write_text(cgroups.text(own / "cpuset.mems").strip())
-        except OSError:
-            cgroups.remove(outer)
+        # Below the loop's cgroup too where its parent cannot take the outer (red team: a name past 255 bytes, the
+        # agents' CPUs and the loop's cgroup's; a parent not the loop's to write): no group at all left the turn in the
+        # loop's own cgroup, whose cgroup.freeze and cgroup.kill it could write from a cgroup namespace of its own.
+        homes = dict.fromkeys([own] if held else [run_group.home_on_v2(own, HELD, beside=True) or own, own])
+        outer = next(filter(None, (_outer(held, own, home, cpus) for home in homes)), None)
+        if outer is None:
             continue
         if not held:  # v2: the turns' groups get what the outer is given (it holds no process)
             for controller in sorted(HELD):  # each on its own: one not given does not stop the other
@@ -70,6 +66,23 @@ def turn_groups(cpus: str) -> tuple[Path, ...]:
         atexit.register(_remove, outer, os.getpid())
         made.append(outer)
     return tuple(made)
+
+
+def _outer(held: str, own: Path, home: Path, cpus: str) -> Path | None:
+    """The turns' outer group in `home` (the loop's cgroup `own`, or beside it) of the hierarchy of the controllers
+    `held`, made, a killed loop's there swept first; None where it cannot be made."""
+    suffix = "" if home == own else f"-{own.name}"
+    cgroups.sweep(home, outer_pattern(suffix))
+    outer = home / f"{PREFIX}{os.getpid()}-{cpus.replace(',', '_').replace('-', '.') or 'all'}{suffix}"
+    try:
+        outer.mkdir(exist_ok=True)
+        if "cpuset" in held.split(","):  # a cpuset takes no task before it has CPUs and memory nodes
+            (outer / "cpuset.cpus").write_text(cpus or cgroups.text(own / "cpuset.cpus").strip())
+            (outer / "cpuset.mems").write_text(cgroups.text(own / "cpuset.mems").strip())
+    except OSError:
+        cgroups.remove(outer)
+        return None
+    return outer
 
 
 def outer_pattern(suffix: str) -> str:
