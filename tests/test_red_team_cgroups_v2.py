@@ -37,7 +37,7 @@ def test_a_tenants_group_beside_the_loops_named_with_no_pid_crashes_no_evaluator
     assert group is not None and group.limited == {"memory"}
     assert theirs.is_dir()
     (machine / f"autoresearch-agents-{pid}-all").mkdir()  # turn_cgroups' sweep reads its names the same way
-    cgroups.sweep(machine, turn_cgroups.outer_pattern(""))
+    cgroups.sweep(machine, turn_cgroups.outer_pattern())
     assert (machine / f"autoresearch-agents-{pid}-all").is_dir()
 
 
@@ -52,6 +52,7 @@ def test_a_sweep_of_the_loops_own_cgroup_leaves_the_groups_another_loop_made_bes
     crashes)."""
     (tmp_path / "cgroup.subtree_control").write_text("memory pids\n")  # v2's root: it hands down, holding us
     monkeypatch.setattr(run_group.cgroups, "own_folders", lambda controller: [(tmp_path, tmp_path)])
+    (tmp_path / "foo").mkdir()  # the other loop's cgroup, which it is in
     theirs = tmp_path / f"{run_group.PREFIX}99999999-foo"
     (theirs / run_group.LEAF).mkdir(parents=True)
     ours = tmp_path / f"{run_group.PREFIX}99999999"  # a dead evaluator's of ours: swept
@@ -122,3 +123,29 @@ def test_a_turns_outer_group_its_loops_parent_cannot_take_is_made_below_the_loop
     assert len(beside) > 255 >= len(beside) - len(loop.name) - 1  # too long beside the loop's, not below it
     (outer,) = turn_cgroups.turn_groups.__wrapped__(cpus)
     assert outer == loop / f"{turn_cgroups.PREFIX}{os.getpid()}-{cpus.replace(',', '_')}"
+
+
+def test_the_groups_a_killed_loop_left_beside_its_cgroup_are_swept_once_that_cgroup_is_gone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A loop killed outright (SIGKILL, a machine's time limit: no atexit runs) leaves its turns' outer group beside its
+    cgroup, and its evaluators theirs, named after that cgroup. A sweep took only the groups named after the sweeping
+    loop's own cgroup (another loop's there are by pids of another PID namespace), and where each loop is given a
+    cgroup of its own (a session's scope, a container's, the lent machines' /process_api/<id> for each command) the
+    killed one's is gone with it: its groups were left in the shared parent for good, no later loop's to sweep, each
+    holding one of the machine's 65,535 memory-group ids. Those made beside a cgroup that is gone are swept now,
+    whatever their pid (none of their makers is left in it); those beside a cgroup still there stay."""
+    top, _ = v2_machine(tmp_path, monkeypatch)
+    machine = top / "process_api"
+    (machine / "4f1c").mkdir()  # another loop's cgroup, which it is in
+    gone = [machine / f"{run_group.PREFIX}1-9d2a", machine / f"{turn_cgroups.PREFIX}1-all-9d2a"]  # 9d2a: gone
+    kept = [machine / f"{run_group.PREFIX}1-4f1c", machine / f"{turn_cgroups.PREFIX}1-all-4f1c"]
+    for folder in (*gone, *kept):
+        folder.mkdir()
+    (gone[0] / run_group.LEAF).mkdir()
+    monkeypatch.setenv(promises.ENV, "memory,pids")
+    monkeypatch.setattr(turn_cgroups.atexit, "register", lambda *args: None)  # no removal of a fake tree at exit
+    assert RunGroup.make(memory.limits(1 << 30), holds=frozenset({"pids", "memory"})) is not None
+    assert turn_cgroups.turn_groups.__wrapped__("")
+    assert not any(folder.exists() for folder in gone)
+    assert all(folder.is_dir() for folder in kept)

@@ -191,7 +191,7 @@ def test_on_cgroup_v2_a_loop_run_as_root_makes_its_runs_groups_beside_its_own_wi
     machine, loop = top / "process_api", top / "process_api" / "808e"
     left = machine / f"{run_group.PREFIX}99999999-808e"  # an evaluator killed before it removed its group: swept
     others = [machine / f"{run_group.PREFIX}99999999-4f1c", machine / f"{run_group.PREFIX}99999999"]  # not ours
-    for folder in (left, *others):
+    for folder in (left, *others, machine / "4f1c"):  # 4f1c: the other loop's cgroup, which it is in
         folder.mkdir()
     share, pid = memory.limits(1 << 30), os.getpid()
     assert RunGroup.make(share) is None  # beside only where the loop's probe made such a group and promised it
@@ -237,8 +237,8 @@ def test_on_cgroup_v2_a_loop_run_as_root_gives_its_agents_turns_their_caps_besid
     monkeypatch.setattr(turn_cgroups.atexit, "register", lambda *args: None)  # no removal of a fake tree at exit
     left = machine / f"{turn_cgroups.PREFIX}99999999-all-808e"  # a killed loop's, beside this one's: swept
     theirs = [machine / f"{turn_cgroups.PREFIX}99999999-all-4f1c", machine / f"{turn_cgroups.PREFIX}99999999-0-x-808e"]
-    for folder in (left, *theirs):  # another loop's, beside its cgroup 4f1c, or its cgroup x-808e: left
-        folder.mkdir()
+    for folder in (left, *theirs, machine / "4f1c", machine / "x-808e"):  # another loop's, beside its cgroup 4f1c
+        folder.mkdir()  # or its cgroup x-808e (which it is in): left
     real_mkdir = Path.mkdir
 
     def mkdir(path: Path, *args, **kwargs) -> None:  # the kernel's files, where the outer is given the controllers

@@ -72,7 +72,7 @@ def _outer(held: str, own: Path, home: Path, cpus: str) -> Path | None:
     """The turns' outer group in `home` (the loop's cgroup `own`, or beside it) of the hierarchy of the controllers
     `held`, made, a killed loop's there swept first; None where it cannot be made."""
     suffix = "" if home == own else f"-{own.name}"
-    cgroups.sweep(home, outer_pattern(suffix))
+    cgroups.sweep(home, outer_pattern(), suffix[1:])
     outer = home / f"{PREFIX}{os.getpid()}-{cpus.replace(',', '_').replace('-', '.') or 'all'}{suffix}"
     try:
         outer.mkdir(exist_ok=True)
@@ -85,11 +85,10 @@ def _outer(held: str, own: Path, home: Path, cpus: str) -> Path | None:
     return outer
 
 
-def outer_pattern(suffix: str) -> str:
-    """The names of a loop's outer groups (cgroups.sweep's pattern), made beside the cgroup named `suffix`'s words
-    ("": below the sweeping loop's own): the pid, the CPUs with no "-" in them, so that no other cgroup's name is read
-    as a suffix."""
-    return re.escape(PREFIX) + cgroups.PID + "-(?:all|[0-9_.]+)" + re.escape(suffix)
+def outer_pattern() -> str:
+    """The names of a loop's outer groups (cgroups.sweep's pattern, which reads the name of the cgroup they were made
+    beside after it): the pid, the CPUs with no "-" in them, so that no part of that name is read as theirs."""
+    return re.escape(PREFIX) + cgroups.PID + "-(?:all|[0-9_.]+)"
 
 
 def enter(groups: tuple[Path, ...], tasks: int, held: int = 0) -> None:

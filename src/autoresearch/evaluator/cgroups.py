@@ -61,18 +61,27 @@ PID_T_MAX = (1 << 31) - 1  # no pid is larger (a C int): os.kill refuses one tha
 PID = "(?P<pid>[0-9]+)"  # in a `sweep` pattern: the pid its group's maker had
 
 
-def sweep(own: Path, pattern: str) -> None:
-    """Remove the cgroups below `own` whose name is all of `pattern` (a regular expression), its PID the pid of a
-    process that no longer runs (killed before it removed them), with the groups inside them; one that still holds a
-    process stays. Where groups are made beside the loop's cgroup, the pattern names that cgroup (run_group.py): other
-    loops' there are not looked at (red team: a sweep took them for its own dead evaluators', by pids of another PID
-    namespace). A "pid" past a C int is another's: left (red team: a tenant's group named so beside the loop's raised
-    OverflowError out of every evaluator's sweep, each run recorded as its experiment's crash; as did a superscript
-    two, which `isdigit` takes and PID does not)."""
+def sweep(home: Path, pattern: str, beside: str = "") -> None:
+    """Remove the cgroups below `home` whose maker no longer runs (killed before it removed them), with the groups
+    inside them; one that still holds a process stays. Their name is all of `pattern` (a regular expression, its PID
+    the maker's pid), then, where the maker made it beside the cgroup it was in, "-" + that one's name. Those beside
+    `beside` (the sweeping process's own cgroup; "": below it, `home`) go once their PID runs no more; another's
+    (another loop's, by pids of another PID namespace: red team, a sweep took them for its own dead evaluators') once
+    the cgroup they were made beside is gone, and their makers with it (BROKE, fixed: a killed loop's were left in the
+    parent for good, where each loop is given a cgroup of its own); a loop's in `home` itself, made below it, stay. A
+    "pid" past a C int is another's: left (red team: a tenant's group named so beside the loop's raised OverflowError
+    out of every evaluator's sweep, each run recorded as its experiment's crash; as did a superscript two, which
+    `isdigit` takes and PID does not)."""
     with contextlib.suppress(OSError):
-        for folder in own.iterdir():
-            named = re.fullmatch(pattern, folder.name)
-            if named and (pid := int(named["pid"])) <= PID_T_MAX and not _running(pid):
+        for folder in home.iterdir():
+            named = re.fullmatch(f"{pattern}(?:-(?P<beside>.+))?", folder.name)
+            if named is None:
+                continue
+            if (named["beside"] or "") == beside:
+                stale = (pid := int(named["pid"])) <= PID_T_MAX and not _running(pid)
+            else:
+                stale = named["beside"] is not None and not (home / named["beside"]).is_dir()
+            if stale:
                 remove(folder)
 
 

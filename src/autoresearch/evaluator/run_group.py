@@ -76,8 +76,7 @@ class RunGroup:
         folders, limited, entries, origins = {}, set(), {}, {}
         for home, (v1, own, controllers) in wanted.items():
             suffix = "" if home == own else f"-{own.name}"
-            # Not the groups another loop made beside its own cgroup: exactly this suffix.
-            cgroups.sweep(home, re.escape(PREFIX) + cgroups.PID + re.escape(suffix))
+            cgroups.sweep(home, re.escape(PREFIX) + cgroups.PID, suffix[1:])
             folder = home / f"{PREFIX}{os.getpid()}{suffix}"
             cgroups.remove(folder)  # one left by an earlier process of this pid, empty
             try:
