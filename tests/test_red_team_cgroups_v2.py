@@ -149,3 +149,20 @@ def test_the_groups_a_killed_loop_left_beside_its_cgroup_are_swept_once_that_cgr
     assert turn_cgroups.turn_groups.__wrapped__("")
     assert not any(folder.exists() for folder in gone)
     assert all(folder.is_dir() for folder in kept)
+
+
+def test_a_loop_whose_own_cgroup_keeps_to_some_memory_nodes_moves_no_run_nor_turn_out_of_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A cgroup's cpuset.mems keeps what it holds to its memory nodes (a container given the NUMA node of its GPUs:
+    docker's --cpuset-mems, systemd's AllowedMemoryNodes=), as its cpuset.cpus keeps it to its CPUs. It was not read as
+    a limit of the loop's own cgroup (run_group._limited): the runs' groups, and now the agents' turns' outer group,
+    were made beside it, their memory taken from every node, the other tenants' too. Neither is now."""
+    top, _ = v2_machine(tmp_path, monkeypatch)
+    loop = top / "process_api" / "808e"
+    (loop / "cpuset.mems").write_text("0\n")
+    monkeypatch.setenv(promises.ENV, "memory,pids")
+    monkeypatch.setattr(turn_cgroups.atexit, "register", lambda *args: None)  # no removal of a fake tree at exit
+    assert RunGroup.make(memory.limits(1 << 30), holds=frozenset({"pids", "memory"})) is None
+    (outer,) = turn_cgroups.turn_groups.__wrapped__("")
+    assert outer.parent == loop

@@ -155,7 +155,16 @@ def home_on_v2(own: Path, controllers: frozenset[str], beside: bool) -> Path | N
 
 
 # A v2 cgroup's limits, none of which holds a group made beside it: "max", or nothing, where it sets none.
-_OWN_LIMITS = ("memory.max", "memory.high", "memory.swap.max", "pids.max", "cpu.max", "cpuset.cpus", "io.max")
+_OWN_LIMITS = (
+    "memory.max",
+    "memory.high",
+    "memory.swap.max",
+    "pids.max",
+    "cpu.max",
+    "cpuset.cpus",
+    "cpuset.mems",
+    "io.max",
+)
 
 
 def _limited(own: Path) -> bool:
