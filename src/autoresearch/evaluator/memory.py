@@ -36,9 +36,11 @@ AGENT_MEMORY_ENV = "AUTORESEARCH_AGENT_MEMORY"  # the most one shell agent's tur
 RESERVE_SHARE, RESERVE_LEAST = 0.1, 2 << 30  # the machine's memory kept from the runs: a tenth, at least 2 GiB
 LEAST_SHARE = 2 << 30  # the least a run and its evaluator are given
 MOST_WEIGHTS = 2**36  # 64 GiB: the largest hand-over taken where memory is not limited
-# A run's processes are killed for memory before its evaluator and the loop (0), after a shell agent's turn (1000,
+# How much sooner than its evaluator a run's processes are killed for memory (oom_score_adj, added to the
+# evaluator's, at most 1000): before the evaluator and the loop (0), after a shell agent's turn (1000,
 # agents/command_agent.py). Within the evaluator's share the kernel adds half the share to a run process's size.
 RUN_OOM_SCORE_ADJ = 500
+OOM_SCORE_ADJ_MAX = 1000
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _UNLIMITED = 1 << 60  # v1's "no limit" is 2^63 rounded down to a page; v2 writes "max"
 
@@ -128,14 +130,16 @@ def limits(memory: int, as_one: bool = True) -> dict[str, dict[str, str]]:
 
 
 def kill_first() -> None:
-    """Make this process, a run's first, and all it starts the kernel's first to kill for memory (RUN_OOM_SCORE_ADJ):
-    within its evaluator's share, which holds the evaluator too, the run, not the evaluator (BROKE on cgroup v2, where
-    the evaluator's group, at the same share as the run's and with the evaluator's own memory on top, ran out first
-    and took the evaluator along with the run: its log said nothing, its reason only that it went past its share). A
-    run may raise it, not lower it below what a loop run as root set (CAP_SYS_RESOURCE); lowered, it is killed as the
-    biggest process, and a crash all the same."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/oom_score_adj").write_text(str(RUN_OOM_SCORE_ADJ))
+    """Make this process, a run's first, and all it starts the kernel's first to kill for memory: RUN_OOM_SCORE_ADJ
+    above its evaluator's, whose child it is (a loop started with one of its own above 500 gave its runs less than its
+    evaluator had: red team). Within its evaluator's share, which holds the evaluator too, the kernel takes the run,
+    not the evaluator (BROKE on cgroup v2, where the evaluator's group, at the same share as the run's and with the
+    evaluator's own memory on top, ran out first and took the evaluator along with the run: its log said nothing, its
+    reason only that it went past its share). A run may raise it, not lower it below what a loop run as root set
+    (CAP_SYS_RESOURCE); lowered, it is killed as the biggest process, and a crash all the same."""
+    with contextlib.suppress(OSError, ValueError):
+        adj = Path("/proc/self/oom_score_adj")
+        adj.write_text(str(min(OOM_SCORE_ADJ_MAX, int(adj.read_text()) + RUN_OOM_SCORE_ADJ)))
 
 
 def killed(group: RunGroup) -> bool:
