@@ -25,8 +25,7 @@ from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.device import cpu_name
 from autoresearch.evaluator.program import ProgramRejected, load_program
-from autoresearch.evaluator.referee import score_program
-from autoresearch.evaluator.score import NonFiniteLogits, Scorer, score_rows
+from autoresearch.evaluator.score import NonFiniteLogits, Scorer, score_program, score_rows
 from autoresearch.harness.handover import Exported, HandOverError
 from autoresearch.workspace.constants import set_constants
 

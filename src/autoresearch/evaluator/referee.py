@@ -27,14 +27,12 @@ import errno
 import json
 import math
 import os
-import secrets
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from autoresearch import device as devices
@@ -52,17 +50,10 @@ from autoresearch.evaluator.cores import run_cores
 from autoresearch.evaluator.feeder import Feeder
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.evaluator.hidden import data_places
-from autoresearch.evaluator.program import Program, ProgramRejected, ShapeCompiled, load_program
+from autoresearch.evaluator.program import ProgramRejected, load_program
 from autoresearch.evaluator.result import EVALUATING, PROGRESS_NAME, RESULT_ENV, STARTING, Result
 from autoresearch.evaluator.run_group import RunGroup
-from autoresearch.evaluator.score import (
-    NonFiniteLogits,
-    Scorer,
-    causality_violation,
-    eval_batch_size,
-    probed_rows,
-    score_rows,
-)
+from autoresearch.evaluator.score import NonFiniteLogits, eval_batch_size, score_program
 from autoresearch.evaluator.session import Session, Timeline
 from autoresearch.files import disk_use, remove_tree
 from autoresearch.orphans import owned_box, remove_box
@@ -346,31 +337,6 @@ class Referee:
             training_clock=clock,
             setup=f"{devices.model(device)}; {clock}",
         )
-
-
-def score_program(
-    program: Program,
-    val_rows: np.ndarray,
-    tokenizer: Tokenizer,
-    batch_size: int,
-    compiled: ShapeCompiled | None = None,
-) -> tuple[float, str | None, str | None]:
-    """val_bpb of the handed-over model on the validation rows; why it is invalid (the causality probe, or
-    weights it changed while running), if it is; and why the graph ran eagerly on CUDA, if it did. The
-    program runs `compiled` where given (compiled ahead, evaluator/ahead.py), compiled here on CUDA, else as
-    it is."""
-    device = program.device
-    model = compiled or (ShapeCompiled(program) if device.type == "cuda" else program.module)
-    scorer = Scorer(model, tokenizer.vocab_size, device)
-    # A secret order: the probe takes the first batch, which the model cannot pick out in advance.
-    rows = val_rows[np.random.default_rng(secrets.randbits(64)).permutation(len(val_rows))]
-    token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(device)
-    score = score_rows(scorer, rows, token_bytes, batch_size)
-    probed = probed_rows(len(rows), batch_size)
-    why = causality_violation(scorer, rows[:probed], score.per_token[:probed], batch_size)
-    if program.changed():
-        why = "the model changed its own weights while it was evaluated (it keeps state from call to call)"
-    return score.bpb, why, getattr(model, "eager_because", None)
 
 
 def _no_hand_over(t: Timeline, exit_code: int | None) -> str:

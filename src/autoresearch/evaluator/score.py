@@ -4,7 +4,8 @@
 
 Special tokens (BOS) have byte length 0 and are excluded from both sums. The evaluation rows, their
 length and their number are fixed by the preset. Also here: the causality probe, which catches a
-model whose predictions at one position depend on tokens after it.
+model whose predictions at one position depend on tokens after it, and `score_program`, both applied to the model
+a run handed over.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.device import autocast
+from autoresearch.evaluator.program import Program, ShapeCompiled
 
 CE_CHUNK_ELEMENTS = 2**27  # eager scoring takes logits this many at a time: a 512 MiB float32 copy at most
 EVAL_LOGITS_ELEMENTS = 2**30  # cap on batch x seq x vocab per evaluation batch (2 GiB of bf16 logits)
@@ -219,3 +222,28 @@ def _mean_and_error(samples: torch.Tensor) -> tuple[float, float]:
     """The mean of one value per row, and its standard error (0 for a single row)."""
     error = (samples.std() / math.sqrt(len(samples))).item() if len(samples) > 1 else 0.0
     return samples.mean().item(), error
+
+
+def score_program(
+    program: Program,
+    val_rows: np.ndarray,
+    tokenizer: Tokenizer,
+    batch_size: int,
+    compiled: ShapeCompiled | None = None,
+) -> tuple[float, str | None, str | None]:
+    """val_bpb of the handed-over model on the validation rows; why it is invalid (the causality probe, or
+    weights it changed while running), if it is; and why the graph ran eagerly on CUDA, if it did. The
+    program runs `compiled` where given (compiled ahead, evaluator/ahead.py), compiled here on CUDA, else as
+    it is."""
+    device = program.device
+    model = compiled or (ShapeCompiled(program) if device.type == "cuda" else program.module)
+    scorer = Scorer(model, tokenizer.vocab_size, device)
+    # A secret order: the probe takes the first batch, which the model cannot pick out in advance.
+    rows = val_rows[np.random.default_rng(secrets.randbits(64)).permutation(len(val_rows))]
+    token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(device)
+    score = score_rows(scorer, rows, token_bytes, batch_size)
+    probed = probed_rows(len(rows), batch_size)
+    why = causality_violation(scorer, rows[:probed], score.per_token[:probed], batch_size)
+    if program.changed():
+        why = "the model changed its own weights while it was evaluated (it keeps state from call to call)"
+    return score.bpb, why, getattr(model, "eager_because", None)
