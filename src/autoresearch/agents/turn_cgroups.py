@@ -60,9 +60,7 @@ def turn_groups(cpus: str) -> tuple[Path, ...]:
         if outer is None:
             continue
         if not held:  # v2: the turns' groups get what the outer is given (it holds no process)
-            for controller in sorted(HELD):  # each on its own: one not given does not stop the other
-                with contextlib.suppress(OSError):
-                    (outer / "cgroup.subtree_control").write_text(f"+{controller}")
+            run_group.hand_down(outer, HELD)
         atexit.register(_remove, outer, os.getpid())
         made.append(outer)
     return tuple(made)
@@ -72,7 +70,7 @@ def _outer(held: str, own: Path, home: Path, cpus: str) -> Path | None:
     """The turns' outer group in `home` (the loop's cgroup `own`, or beside it) of the hierarchy of the controllers
     `held`, made, a killed loop's there swept first; None where it cannot be made."""
     suffix = "" if home == own else f"-{own.name}"
-    cgroups.sweep(home, outer_pattern(), suffix[1:])
+    cgroups.sweep(home, outer_pattern(), own)
     outer = home / f"{PREFIX}{os.getpid()}-{cpus.replace(',', '_').replace('-', '.') or 'all'}{suffix}"
     try:
         outer.mkdir(exist_ok=True)

@@ -56,22 +56,21 @@ def own_every_folder() -> list[tuple[str, Path]]:
 
 
 PID_T_MAX = (1 << 31) - 1  # no pid is larger (a C int): os.kill refuses one that is, with OverflowError
-
-
 PID = "(?P<pid>[0-9]+)"  # in a `sweep` pattern: the pid its group's maker had
 
 
-def sweep(home: Path, pattern: str, beside: str = "") -> None:
+def sweep(home: Path, pattern: str, own: Path | None = None) -> None:
     """Remove the cgroups below `home` whose maker no longer runs (killed before it removed them), with the groups
     inside them; one that still holds a process stays. Their name is all of `pattern` (a regular expression, its PID
-    the maker's pid), then, where the maker made it beside the cgroup it was in, "-" + that one's name. Those beside
-    `beside` (the sweeping process's own cgroup; "": below it, `home`) go once their PID runs no more; another's
-    (another loop's, by pids of another PID namespace: red team, a sweep took them for its own dead evaluators') once
-    the cgroup they were made beside is gone, and their makers with it (BROKE, fixed: a killed loop's were left in the
-    parent for good, where each loop is given a cgroup of its own); a loop's in `home` itself, made below it, stay. A
-    "pid" past a C int is another's: left (red team: a tenant's group named so beside the loop's raised OverflowError
-    out of every evaluator's sweep, each run recorded as its experiment's crash; as did a superscript two, which
-    `isdigit` takes and PID does not)."""
+    the maker's pid), then, where the maker made it beside the cgroup it was in, "-" + that one's name. Those made
+    where the sweeping process would make them, beside its own cgroup `own` (None, or `home`: below it), go once their
+    PID runs no more; another's (another loop's, by pids of another PID namespace: red team, a sweep took them for its
+    own dead evaluators') once the cgroup they were made beside is gone, and their makers with it (BROKE, fixed: a
+    killed loop's were left in the parent for good, where each loop is given a cgroup of its own); a loop's in `home`
+    itself, made below it, stay. A "pid" past a C int is another's: left (red team: a tenant's group named so beside
+    the loop's raised OverflowError out of every evaluator's sweep, each run recorded as its experiment's crash; as did
+    a superscript two, which `isdigit` takes and PID does not)."""
+    beside = own.name if own is not None and own != home else ""
     with contextlib.suppress(OSError):
         for folder in home.iterdir():
             named = re.fullmatch(f"{pattern}(?:-(?P<beside>.+))?", folder.name)

@@ -76,7 +76,7 @@ class RunGroup:
         folders, limited, entries, origins = {}, set(), {}, {}
         for home, (v1, own, controllers) in wanted.items():
             suffix = "" if home == own else f"-{own.name}"
-            cgroups.sweep(home, re.escape(PREFIX) + cgroups.PID, suffix[1:])
+            cgroups.sweep(home, re.escape(PREFIX) + cgroups.PID, own)
             folder = home / f"{PREFIX}{os.getpid()}{suffix}"
             cgroups.remove(folder)  # one left by an earlier process of this pid, empty
             try:
@@ -176,14 +176,19 @@ def _limited(own: Path) -> bool:
 def _holding(folder: Path, holds: frozenset[str]) -> Path | None:
     """Have the v2 group `folder` hand `holds` down to groups inside it, and make the leaf its maker enters; None (a
     group that hands nothing down) where that cannot be done."""
-    for controller in sorted(holds):  # each on its own: one the kernel refuses does not stop the others
-        with contextlib.suppress(OSError):
-            (folder / "cgroup.subtree_control").write_text(f"+{controller}")
+    hand_down(folder, holds)
     try:
         (folder / LEAF).mkdir()
     except OSError:
         return None
     return folder / LEAF
+
+
+def hand_down(folder: Path, controllers: frozenset[str]) -> None:
+    """Have the v2 group `folder` hand `controllers` down to the groups made inside it, those it is given."""
+    for controller in sorted(controllers):  # each on its own: one the kernel refuses does not stop the others
+        with contextlib.suppress(OSError):
+            (folder / "cgroup.subtree_control").write_text(f"+{controller}")
 
 
 class GroupUnavailable(AutoresearchError):
