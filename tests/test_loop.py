@@ -1453,3 +1453,66 @@ def test_ctrl_c_before_a_run_starts_counts_no_attempt(workspace, monkeypatch, wo
         assert [e.attempts for e in Ledger(workspace.root).all()] == [0]
     run(make_loop(workspace, FakeExecutor(score)))
     assert Ledger(workspace.root).get(1).status == Status.KEEP
+
+
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
+def test_a_stop_before_the_next_runs_evaluator_is_forked_ahead_asks_the_fork_server_for_none(tmp_path):
+    """BROKE, fixed: the next run's evaluator, forked ahead in a thread, was asked of the fork server even once the loop
+    was stopping (stop() killed the run before it trained, and the wait for its training ended at once): the server
+    started an evaluator for no run, where the fork made in the run's own thread had refused to (RunStopped)."""
+    waits = tmp_path / "waits.py"  # the run's evaluator: takes its job, never trains
+    waits.write_text(
+        "import pathlib, sys, time\n"
+        "sys.stdin.readline()\n"
+        f"pathlib.Path({str(tmp_path / 'job-taken')!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
+    asked = tmp_path / "asked"  # one line per fork the server was asked for
+    server = tmp_path / "server"
+    server.write_text(
+        f"#!{sys.executable}\nimport json, socket, subprocess, sys, threading\n"
+        "sock, lock = socket.socket(fileno=int(sys.argv[-1])), threading.Lock()\n"
+        "def say(message):\n"
+        "    with lock:\n"
+        "        sock.sendall(json.dumps(message).encode() + b'\\n')\n"
+        "say({'ready': True})\n"
+        "while True:\n"
+        "    message, fds, _, _ = socket.recv_fds(sock, 1 << 16, 2)\n"
+        "    if not message:\n"
+        "        break\n"
+        f"    proc = subprocess.Popen([{sys.executable!r}, {str(waits)!r}], stdin=fds[0], start_new_session=True)\n"
+        f"    with open({str(asked)!r}, 'a') as f:\n"
+        "        f.write(f'{proc.pid}\\n')\n"
+        "    say({'pid': proc.pid})\n"
+        "    threading.Thread(target=lambda p=proc: say({'pid': p.pid, 'exit': p.wait()}), daemon=True).start()\n"
+    )
+    server.chmod(0o755)
+    (tmp_path / "train.py").write_text("print('trained')\n")
+    (tmp_path / "state").mkdir()
+    executor = LocalExecutor(python=str(server), prewarm=True)
+    spec = RunSpec(tmp_path, tmp_path / "state" / "runs" / "1-0", timeout=30, fingerprint="")
+    ended: list[object] = []
+
+    def run() -> None:
+        try:
+            ended.append(executor.run(spec))
+        except BaseException as exc:  # what the worker's thread reports
+            ended.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    try:
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "job-taken").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        executor.stop()  # the run is killed before it trains: the wait for its training ends at once
+        worker.join(timeout=5)
+        assert ended
+    finally:
+        executor.close()
+        time.sleep(0.5)  # what the server was asked for meanwhile is written down
+        pids = [int(line) for line in asked.read_text().split()] if asked.exists() else []
+        for pid in pids:
+            if not _gone(pid):
+                os.killpg(pid, signal.SIGKILL)
+    assert len(pids) == 1, f"the fork server was asked for {len(pids)} evaluators, the loop stopping after the first"

@@ -139,6 +139,8 @@ class ForkServer:
                 self._ready = self._next(timeout=300) == {"ready": True}
                 if not self._ready:
                     raise ForkFailed("the fork server did not get ready")
+            if self._stopped.is_set():  # a fork ahead (its own thread) asks after the loop's stop: no evaluator
+                raise ForkFailed("the loop is stopping")
             request = json.dumps({"argv": ["--workspace", str(directory)]}).encode()
             socket.send_fds(self._sock, [request], [stdin_r, errors.fileno()])
             reply = self._next(timeout=60)
