@@ -1516,3 +1516,35 @@ def test_a_stop_before_the_next_runs_evaluator_is_forked_ahead_asks_the_fork_ser
             if not _gone(pid):
                 os.killpg(pid, signal.SIGKILL)
     assert len(pids) == 1, f"the fork server was asked for {len(pids)} evaluators, the loop stopping after the first"
+
+
+def test_a_run_that_fails_before_its_job_is_sent_leaves_no_evaluator_running(tmp_path, monkeypatch):
+    """BROKE, fixed: the run's evaluator was taken before the block that kills it on any error: a pid file that could
+    not be written (a full disk), or a Ctrl-C there, left it running, waiting for a job, past close()."""
+    from autoresearch.loop import executor as executor_module
+
+    monkeypatch.setenv(executor_module.FORK_ENV, "0")  # a new process: no fork server to reap it
+    waits = tmp_path / "waits"
+    waits.write_text("#!/bin/sh\nexec sleep 60\n")
+    waits.chmod(0o755)
+    pids: list[int] = []
+
+    def full(path, pid):
+        pids.append(pid)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(executor_module, "write_pid_file", full)
+    (tmp_path / "train.py").write_text("print('trained')\n")
+    (tmp_path / "state").mkdir()
+    executor = LocalExecutor(python=str(waits), prewarm=True)
+    spec = RunSpec(tmp_path, tmp_path / "state" / "runs" / "1-0", timeout=30, fingerprint="")
+    try:
+        with pytest.raises(OSError):
+            executor.run(spec)
+    finally:
+        executor.close()
+    time.sleep(0.2)
+    left = [pid for pid in pids if not _gone(pid)]
+    for pid in left:
+        os.killpg(pid, signal.SIGKILL)
+    assert pids and not left, "the run's evaluator still runs after close()"

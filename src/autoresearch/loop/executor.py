@@ -154,12 +154,12 @@ class LocalExecutor:
             clear(path)
         write_text_atomic(log_path, "")
         referee = self._current = self._take(spec.directory)
-        write_pid_file(spec.run_dir / "pid", referee.proc.pid)
-        started = time.monotonic()
-        source = spec.source_bytes().decode("utf-8", errors="surrogateescape")
-        key = secrets.token_hex(32)  # seals the result: no other process can write one the loop takes
-        job = {"source": source, "log": str(log_path), "result": str(result_path), "key": key}
-        try:
+        try:  # from the moment it is taken: a pid file not written (a full disk) or a Ctrl-C leaves it running
+            write_pid_file(spec.run_dir / "pid", referee.proc.pid)
+            started = time.monotonic()
+            source = spec.source_bytes().decode("utf-8", errors="surrogateescape")
+            key = secrets.token_hex(32)  # seals the result: no other process can write one the loop takes
+            job = {"source": source, "log": str(log_path), "result": str(result_path), "key": key}
             if self._stopped.is_set():  # stop() came as it was made, and found no run to kill
                 raise RunStopped("the loop is stopping")
             referee.start(job)
