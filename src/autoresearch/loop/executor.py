@@ -219,9 +219,9 @@ class LocalExecutor:
             return None
         while ahead.is_alive():  # in steps: a Ctrl-C that another thread took still stops the wait
             ahead.join(SIGNAL_CHECK_S)
-        self._ahead = None
         if ahead.made is not None:
             self._warm = Referee(ahead.directory, ahead.made)
+        self._ahead = None  # only once what it made is warm: a Ctrl-C between the two leaves it for `close` to kill
         return ahead.failed
 
     def _take(self, directory: Path) -> Referee:
