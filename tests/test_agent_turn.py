@@ -6,6 +6,7 @@ real loop with the fake executor: the baseline, one turn, then a fresh loop as t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -24,6 +25,7 @@ from loop_support import (
     with_constants,
 )
 
+from autoresearch.agents import namespace
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.ledger import Experiment
@@ -293,10 +295,11 @@ def left_bundles(ws) -> dict[str, dict[str, str]]:
     return found
 
 
-def kill_during_turn(ws, tmp_path: Path, script: str) -> None:
+def kill_during_turn(ws, tmp_path: Path, script: str, pid_namespace: bool = True) -> None:
     """The loop (in a process of its own) SIGKILLed by its command agent, after `script`, in the middle of a turn
     made on the best; the agent runs on for a while, as a coding agent does when no one stops it. (The agent asks
-    for the kill: in a PID namespace of its own it cannot see the loop to kill it itself.)"""
+    for the kill: in a PID namespace of its own it cannot see the loop to kill it itself.) Without `pid_namespace`,
+    the turn has none, as where none can be made."""
     agent, asked = tmp_path / "agent.sh", agent_channel(ws) / "kill the loop"
     agent.write_text(f"set -e\n{script}\ntouch {shlex.quote(str(asked))}\nsleep 60\n")
     asked.unlink(missing_ok=True)
@@ -304,7 +307,10 @@ def kill_during_turn(ws, tmp_path: Path, script: str) -> None:
         ws,
         f"""
         import threading, time
+        from autoresearch.agents import namespace
         from autoresearch.agents.command_agent import CommandAgent
+        if not {pid_namespace}:
+            namespace.pid_namespace = lambda: ()
         def killer():
             while not os.path.exists({str(asked)!r}):
                 time.sleep(0.02)
@@ -316,6 +322,23 @@ def kill_during_turn(ws, tmp_path: Path, script: str) -> None:
     )
 
 
+def running_in(folder: Path) -> list[psutil.Process]:
+    """The processes whose working directory is `folder` (an agent's, and what it started)."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.status() != psutil.STATUS_ZOMBIE and Path(process.cwd()) == folder.resolve():
+                found.append(process)
+    return found
+
+
+def until_none_run_in(folder: Path, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while left := running_in(folder):
+        assert time.monotonic() < deadline, f"the agent still runs: {[p.cmdline() for p in left]}"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("next_start", ["run", "try"])
 @pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_loop_killed_during_the_agents_turn_is_put_back_on_the_next_start(workspace, tmp_path, next_start):
@@ -323,7 +346,8 @@ def test_a_loop_killed_during_the_agents_turn_is_put_back_on_the_next_start(work
     and written its identity into git's config, and it is still running. The next start kills it and puts back
     what it did, as the turn's end would have, keeping it in the quarantine; `run` puts the unfinished train.py
     aside too, while `try` judges it. What the person did meanwhile stays: program.md as they edited it, and the
-    commit the branch was on, reachable under refs/autoresearch/left/."""
+    commit the branch was on, reachable under refs/autoresearch/left/. The turn has no PID namespace here: its first
+    process died with the loop, what that started runs on until the next start kills it."""
     best = make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
     before = state(workspace)
     kill_during_turn(
@@ -334,11 +358,11 @@ def test_a_loop_killed_during_the_agents_turn_is_put_back_on_the_next_start(work
 echo "half a thought" > notes.txt
 printf 'results.tsv\n' > .gitignore
 git config user.name agent""",
+        pid_namespace=False,
     )
     agent_commit = workspace.git.head()
     assert agent_commit != best.commit and (workspace.root / "notes.txt").exists()  # as the kill left it
-    agent_pid = int((workspace.state / "agent.pid").read_text().split()[0])
-    assert psutil.pid_exists(agent_pid)
+    assert running_in(workspace.root)  # the agent's script, sleeping
     (workspace.root / "program.md").write_text("Try a larger batch next.\n")  # the person, after the kill
 
     events = []
@@ -351,10 +375,7 @@ git config user.name agent""",
         exp = try_working_tree(loop, "LR 0.2")
         assert (exp.id, exp.status, constant(exp.source, "LR")) == (2, Status.KEEP, 0.2)
     assert any("killed an agent" in e for e in events)
-    deadline = time.monotonic() + 10
-    while psutil.pid_exists(agent_pid) and psutil.Process(agent_pid).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, "the agent still runs"
-        time.sleep(0.05)
+    until_none_run_in(workspace.root)
     [told] = [e for e in events if "stopped during the agent's turn" in e]
     assert "added notes.txt" in told and "refs/heads/autoresearch/test" in told and ".git/config" in told
     [(bundle, heads)] = left_bundles(workspace).items()
@@ -367,6 +388,18 @@ git config user.name agent""",
     assert (workspace.root / "program.md").read_text() == "Try a larger batch next.\n"
     assert set(workspace.git.status()) == {"program.md"} and workspace.git.untracked(LOOP_OWN) == []
     assert workspace.git.head() == loop.best().commit and not (workspace.state / "turn.json").exists()
+
+
+@pytest.mark.skipif(not namespace.pid_namespace(), reason="no PID namespace can be made here")
+@pytest.mark.slow  # seconds: the fast subset stays under a minute
+def test_an_agents_turn_dies_with_its_loop_killed_outright(workspace, tmp_path):
+    """BROKE, fixed: a loop killed outright (the OOM killer; a supervisor's kill of its cgroup, which on cgroup v2 no
+    longer holds a root loop's turns) left its agent's turn running, a coding agent spending your tokens and CPUs on
+    a turn no loop would read, until the next start killed it, if there was one. Its first process now dies with the
+    loop, and with it the turn's PID namespace, all the agent started in it."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    kill_during_turn(workspace, tmp_path, "sleep 60 &")
+    until_none_run_in(workspace.root)
 
 
 @pytest.mark.slow  # seconds: the fast subset stays under a minute
@@ -405,9 +438,12 @@ def test_a_pid_file_naming_the_loops_own_group_or_no_group_leader_kills_nothing(
     assert not pid_file.exists()
 
 
+@pytest.mark.parametrize("waited", [True, False])
 @pytest.mark.slow
-def test_an_agents_group_is_killed_even_once_its_leader_has_ended(workspace):
-    """The agent's shell died with the loop (or was reaped by init), its tool runs on in the group."""
+def test_an_agents_group_is_killed_even_once_its_leader_has_ended(workspace, waited):
+    """The agent's shell died with the loop, its tool runs on in the group. Its end waited for by init, or not yet
+    (BROKE, fixed: a zombie leader shows no environment, so no mark, and its group was left running; a container's
+    init that reaps late or never leaves it so, and the turn's first process now dies with its loop)."""
     import subprocess
 
     from autoresearch.orphans import marked, reap, write_pid_file
@@ -422,13 +458,18 @@ def test_an_agents_group_is_killed_even_once_its_leader_has_ended(workspace):
     pid_file = workspace.state / "agent.pid"
     write_pid_file(pid_file, leader.pid)
     tool = int(leader.stdout.readline())
-    leader.wait()  # gone: no process has its pid, the group lives on in `sleep`
+    if waited:
+        leader.wait()  # gone: no process has its pid, the group lives on in `sleep`
+    else:
+        while psutil.Process(leader.pid).status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.01)
     named = pid_file.read_text()
     pid_file.write_text(f"{leader.pid} {time.time() + 60}")  # a group older than the leader named: not that one
     assert not reap(pid_file) and psutil.Process(tool).is_running()
     pid_file.write_text(named)
     assert reap(pid_file)
     psutil.Process(tool).wait(5)  # killed
+    leader.wait()
 
 
 @pytest.mark.parametrize("leader", ["runs", "has ended"])

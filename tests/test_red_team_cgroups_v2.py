@@ -64,27 +64,40 @@ def test_a_sweep_of_the_loops_own_cgroup_leaves_the_groups_another_loop_made_bes
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("memory.max", str(8 << 30)), ("cpu.max", "200000 100000"), ("cpuset.cpus", "0-3")]
+    ("name", "limited", "unlimited"),
+    [
+        ("memory.max", str(8 << 30), "max"),
+        ("cpu.max", "200000 100000", "max 100000"),
+        ("cpuset.cpus", "0-3", ""),
+        # Not read as limits before (note 65): swap, compressed swap, huge pages, RDMA, misc (AMD SEV's ASIDs)
+        ("memory.swap.high", str(1 << 30), "max"),
+        ("memory.zswap.max", "0", "max"),
+        ("hugetlb.2MB.max", str(1 << 30), "max"),
+        ("hugetlb.1GB.rsvd.max", "0", "max"),
+        ("rdma.max", "mlx5_0 hca_handle=2 hca_object=max", "mlx5_0 hca_handle=max hca_object=max"),
+        ("misc.max", "sev max\nsev_es 4", "sev max\nsev_es max"),
+    ],
 )
 def test_a_loop_whose_own_cgroup_is_limited_moves_no_run_out_of_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, value: str
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, limited: str, unlimited: str
 ) -> None:
     """A container's cgroup (the lent machines' /process_api/<id> has the memory controller) limits all the container
     runs: its memory, its CPU quota, its cpuset. A group made beside it, below its parent, is out of those limits:
     the runs there held the loop's share each, on top of what the container may hold (the loop and its agents' turns,
     up to the container's whole limit), and used CPUs past its quota and cpuset, at the expense of the machine's other
     tenants, who were given what the container was not. Where the loop's own cgroup carries a limit of its own, no
-    group is made beside it, and so none is promised (the loop's probe makes its group as an evaluator does)."""
+    group is made beside it, and so none is promised (the loop's probe makes its group as an evaluator does); where
+    each file says "no limit" in its own way, the groups are made beside it."""
     top, _ = v2_machine(tmp_path, monkeypatch)
     loop = top / "process_api" / "808e"
     (loop / "memory.max").write_text("max\n")  # as v2 shows what is not limited
     (loop / "cpu.max").write_text("max 100000\n")
     (loop / "cpuset.cpus").write_text("\n")
-    (loop / name).write_text(value + "\n")
+    (loop / name).write_text(limited + "\n")
     monkeypatch.setenv(promises.ENV, "memory,pids")
     assert RunGroup.make(memory.limits(1 << 30), holds=frozenset({"pids", "memory"})) is None
     assert not list((top / "process_api").glob(f"{run_group.PREFIX}*"))
-    (loop / name).write_text("max 100000\n" if name == "cpu.max" else "max\n" if name == "memory.max" else "\n")
+    (loop / name).write_text(unlimited + "\n")
     assert RunGroup.make(memory.limits(1 << 30), holds=frozenset({"pids", "memory"})) is not None  # unlimited: beside
 
 

@@ -1,5 +1,7 @@
 """What a killed loop leaves behind: a training run's processes, a coding agent's, an evaluator's box.
 
+A coding agent's turn is of no use once its loop is gone, so its first process dies with the thread that waits for it
+(`die_with`): where the turn has a PID namespace of its own, all of it. A run is not: the next start adopts its result.
 Each is started in a process group of its own, whose leader's pid and start time go into a pid file; the next
 start kills that group (`reap`), before anything else touches what it could still be writing to. The start
 time tells a leader from an unrelated process that got its pid since. The pid files lie in the workspace's private
@@ -11,6 +13,7 @@ only a group whose leader, or (the leader gone) one of whose processes, carries 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import tempfile
@@ -22,6 +25,18 @@ import psutil
 from autoresearch.files import read_regular, remove_tree, write_text_atomic
 
 MARK = "AUTORESEARCH_STARTED_BY_LOOP"  # in the environment of each evaluator and agent the loop starts
+PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: a child of a process with threads cannot load it
+
+
+def die_with(parent: int) -> None:
+    """In a child of `parent`, before it runs anything (a `preexec_fn`): be killed when the thread that started it
+    ends, which for a turn is its loop's end: the thread waits for the turn. So a loop killed outright (the OOM killer,
+    a supervisor's kill of its cgroup, which on cgroup v2 no longer holds a root loop's turns: agents/turn_cgroups.py)
+    leaves no agent running on until the next start kills it (`reap`). Killed now where `parent` is already gone."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it ended before the signal was asked for
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def marked(env: dict[str, str]) -> dict[str, str]:
@@ -51,8 +66,13 @@ def reap(pid_file: Path) -> bool:
         return False  # killpg(0) is this group, killpg(1) init's; Linux's pids stay below 2**22
     try:
         leader = psutil.Process(pid)
-        if leader.create_time() != created_at or os.getpgid(pid) != pid or not _ours(leader):
-            return False  # that pid now belongs to another process, or never was one the loop started
+        if leader.create_time() != created_at or os.getpgid(pid) != pid:
+            return False  # that pid now belongs to another process
+        # A leader dead but not yet waited for (its parent, a container's init, reaps late or never) shows no
+        # environment: then what it started must carry the mark.
+        zombie = leader.status() == psutil.STATUS_ZOMBIE
+        if not (_ours(leader) or (zombie and any(map(_ours, _members(pid))))):
+            return False  # never one the loop started
     except psutil.NoSuchProcess:  # the leader is gone; its group may not be, if all of it started after the leader
         members = _members(pid)
         if not created_at or any(p.create_time() < created_at for p in members) or not any(map(_ours, members)):

@@ -39,7 +39,7 @@ from autoresearch.evaluator import memory
 from autoresearch.evaluator.cores import AGENT_CPUS_ENV
 from autoresearch.evaluator.tasks import run_tasks
 from autoresearch.files import clear, write_text_atomic
-from autoresearch.orphans import marked, write_pid_file
+from autoresearch.orphans import die_with, marked, write_pid_file
 from autoresearch.workspace.workspace import MAX_TRAIN_PY_BYTES, as_read
 
 PROMPT_ENV = "AUTORESEARCH_PROMPT_FILE"
@@ -171,7 +171,7 @@ def run_process(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, so that a kill reaches everything it started
-            preexec_fn=functools.partial(_start_turn, groups, run_tasks(), held),
+            preexec_fn=functools.partial(_start_turn, os.getpid(), groups, run_tasks(), held),
         )
     except OSError as err:  # each place hidden from it is a word: thousands of sockets served in /tmp (red team)
         if err.errno != errno.E2BIG:
@@ -209,8 +209,10 @@ def run_process(
     return process.returncode, stdout, stderr
 
 
-def _start_turn(groups: tuple[Path, ...], tasks: int, held: int) -> None:
-    """In the turn's first process, before it runs anything: the first the kernel kills for memory, in its cgroups."""
+def _start_turn(loop: int, groups: tuple[Path, ...], tasks: int, held: int) -> None:
+    """In the turn's first process, before it runs anything: dead with the loop, the first the kernel kills for
+    memory, in its cgroups."""
+    die_with(loop)
     with contextlib.suppress(OSError):
         Path("/proc/self/oom_score_adj").write_text(str(OOM_SCORE_ADJ))
     if groups:

@@ -155,22 +155,40 @@ def home_on_v2(own: Path, controllers: frozenset[str], beside: bool) -> Path | N
 
 
 # A v2 cgroup's limits, none of which holds a group made beside it: "max", or nothing, where it sets none.
-_OWN_LIMITS = (
-    "memory.max",
-    "memory.high",
-    "memory.swap.max",
-    "pids.max",
-    "cpu.max",
-    "cpuset.cpus",
-    "cpuset.mems",
-    "io.max",
-)
+# The files by which a v2 cgroup limits what it holds. A single value (cpu.max's quota first), "max" for none; a CPU or
+# memory-node list, empty for none; lines of a key and its values (`key=value`, or one value), "max" for none;
+# hugetlb's a file per page size (hugetlb.2MB.max, .rsvd.max), matched by pattern.
+_OWN_LIMITS = {
+    "memory.max": "value",
+    "memory.high": "value",
+    "memory.swap.max": "value",
+    "memory.swap.high": "value",
+    "memory.zswap.max": "value",
+    "pids.max": "value",
+    "cpu.max": "value",
+    "hugetlb.*.max": "value",
+    "cpuset.cpus": "list",
+    "cpuset.mems": "list",
+    "io.max": "keyed",
+    "rdma.max": "keyed",
+    "misc.max": "keyed",
+}
 
 
 def _limited(own: Path) -> bool:
-    """Whether the v2 cgroup `own` limits what it holds (a container's memory, CPU quota or cpuset): a group made
-    beside it would be out of that limit, the runs in it on top of all the container may hold (red team)."""
-    return any((words := cgroups.text(own / name).split()) and words[0] != "max" for name in _OWN_LIMITS)
+    """Whether the v2 cgroup `own` limits what it holds (a container's memory, CPU quota or cpuset, its huge pages,
+    RDMA or misc resources): a group made beside it would be out of that limit, the runs in it on top of all the
+    container may hold (red team)."""
+    return any(_limits(kind, cgroups.text(path)) for name, kind in _OWN_LIMITS.items() for path in own.glob(name))
+
+
+def _limits(kind: str, text: str) -> bool:
+    words = text.split()
+    if kind == "value":
+        return bool(words) and words[0] != "max"
+    if kind == "list":
+        return bool(words)
+    return any(value.split("=")[-1] != "max" for line in text.splitlines() for value in line.split()[1:])
 
 
 def _holding(folder: Path, holds: frozenset[str]) -> Path | None:
