@@ -312,8 +312,9 @@ print('every run is given:', sorted(s.can_promise(os.environ)), '| tasks capped:
   local own; own=$(sed -n 's/^0:://p' /proc/self/cgroup)
   echo "own cgroup $own: controllers '$(cat /sys/fs/cgroup$own/cgroup.controllers 2>&1)'," \
     "its parent hands down '$(cat "/sys/fs/cgroup$(dirname "$own")/cgroup.subtree_control" 2>&1)'"
-  for f in memory.max memory.high pids.max cpu.max cpuset.cpus io.max; do  # its own limits: none, or no group beside
-    echo "  $f: $(cat "/sys/fs/cgroup$own/$f" 2>&1)"
+  for f in memory.max memory.high memory.swap.max memory.swap.high memory.zswap.max pids.max cpu.max cpuset.cpus \
+    cpuset.mems io.max rdma.max misc.max hugetlb.2MB.max hugetlb.1GB.max; do  # its own limits: none, or no group beside
+    echo "  $f: $(cat "/sys/fs/cgroup$own/$f" 2>&1 | tr '\n' ' ')"
   done
   CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu timeout 300 python3 -m pytest -q -p no:cacheprovider \
     tests/test_tasks.py tests/test_memory.py tests/test_red_team.py tests/test_red_team_downgrade.py \
@@ -322,7 +323,8 @@ print('every run is given:', sorted(s.can_promise(os.environ)), '| tasks capped:
 for g in t.turn_groups(''): print('a turn lies in', g, {f: open(g / f).read().split() for f in ('pids.max', 'memory.max',
   'cgroup.subtree_control') if (g / f).exists()})"  # a root loop's shell-agent turns: their caps here
   CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu timeout 200 python3 -m pytest -q -p no:cacheprovider -rs \
-    tests/test_red_team_agent.py -k "holds_more_than_its_memory or forks_without_end or loop_run_as_root" 2>&1 | tail -15
+    tests/test_red_team_agent.py tests/test_agent_turn.py -k "holds_more_than_its_memory or forks_without_end or \
+    loop_run_as_root or dies_with_its_loop or killed_during_the_agents_turn" 2>&1 | tail -15
   find /sys/fs/cgroup -name 'autoresearch-*' 2>/dev/null | head  # nothing of the tests' left
 }
 
