@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import sys
 import time
@@ -25,8 +26,9 @@ from loop_support import (
     with_constants,
 )
 
-from autoresearch.agents import namespace
+from autoresearch.agents import namespace, turn_cgroups
 from autoresearch.agents.command_agent import CommandAgent
+from autoresearch.evaluator import cgroups
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.parallel import run_workers
@@ -332,6 +334,18 @@ def running_in(folder: Path) -> list[psutil.Process]:
     return found
 
 
+def left_turn_groups() -> list[Path]:
+    """The turns' outer groups of loops that no longer run, in every cgroup hierarchy this process is in (a loop run
+    as root makes them there, or beside its cgroup on v2)."""
+    found = []
+    for _, own in cgroups.own_every_folder():
+        pattern = re.compile(f"{turn_cgroups.outer_pattern()}(?:-{re.escape(own.name)})?")
+        for folder in [*own.iterdir(), *own.parent.iterdir()] if own.is_dir() else []:
+            if (named := pattern.fullmatch(folder.name)) and not psutil.pid_exists(int(named["pid"])):
+                found.append(folder)
+    return found
+
+
 def until_none_run_in(folder: Path, within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while left := running_in(folder):
@@ -376,6 +390,7 @@ git config user.name agent""",
         assert (exp.id, exp.status, constant(exp.source, "LR")) == (2, Status.KEEP, 0.2)
     assert any("killed an agent" in e for e in events)
     until_none_run_in(workspace.root)
+    assert not left_turn_groups()  # a loop run as root left its turns' groups: this start removed them
     [told] = [e for e in events if "stopped during the agent's turn" in e]
     assert "added notes.txt" in told and "refs/heads/autoresearch/test" in told and ".git/config" in told
     [(bundle, heads)] = left_bundles(workspace).items()

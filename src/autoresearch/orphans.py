@@ -81,8 +81,27 @@ def reap(pid_file: Path) -> bool:
         return False
     try:
         os.killpg(pid, signal.SIGKILL)
-        return True
     except OSError:  # no such group left
+        return False
+    _until_dead(pid)
+    return True
+
+
+REAP_WAIT_S = 2.0  # how long `reap` waits for what it killed to end
+
+
+def _until_dead(pgid: int) -> None:
+    """Wait until group `pgid` holds no live process (a zombie has left its cgroups), at most REAP_WAIT_S: a SIGKILL
+    takes effect later, and the cgroups of a killed turn can be removed only once it has (agents/turn_cgroups.py)."""
+    deadline = time.monotonic() + REAP_WAIT_S
+    while time.monotonic() < deadline and any(_alive(p) for p in _members(pgid)):
+        time.sleep(0.02)
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
 
 

@@ -66,6 +66,18 @@ def turn_groups(cpus: str) -> tuple[Path, ...]:
     return tuple(made)
 
 
+def sweep_left() -> None:
+    """Remove the turns' groups that loops killed outright left where this loop would make its own (no atexit of
+    theirs ran), at its start: their turns died with them (orphans.die_with), and the groups stayed, empty, until the
+    first turn of a later loop run as root."""
+    if os.getuid() != 0:
+        return
+    for held, own in cgroups.own_every_folder():
+        homes = [own] if held else [run_group.home_on_v2(own, HELD, beside=True) or own, own]
+        for home in dict.fromkeys(homes):
+            cgroups.sweep(home, outer_pattern(), own)
+
+
 def _outer(held: str, own: Path, home: Path, cpus: str) -> Path | None:
     """The turns' outer group in `home` (the loop's cgroup `own`, or beside it) of the hierarchy of the controllers
     `held`, made, a killed loop's there swept first; None where it cannot be made."""

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from autoresearch.agents import turn_cgroups
 from autoresearch.agents.command_agent import AGENT_PID
 from autoresearch.config.apparatus import CONFIG_NAME
 from autoresearch.files import read_regular, write_text_atomic
@@ -367,6 +368,7 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
     in the quarantine. Before any other git command: the agent's config could make one run its code."""
     if reap(ws.state / AGENT_PID):
         say("killed an agent the loop had started before it was stopped")
+    turn_cgroups.sweep_left()
     (ws.state / AGENT_PID).unlink(missing_ok=True)
     kept = ws.state / TURN_SNAPSHOT
     if not kept.exists():
