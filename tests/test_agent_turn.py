@@ -415,6 +415,10 @@ def test_an_agents_turn_dies_with_its_loop_killed_outright(workspace, tmp_path):
     make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
     kill_during_turn(workspace, tmp_path, "sleep 60 &")
     until_none_run_in(workspace.root)
+    events = []
+    make_loop(workspace, FakeExecutor(score), events=events).run(ScriptedAgent([]), max_experiments=0)
+    assert not any("killed an agent" in e for e in events)  # none was left to kill
+    assert not left_turn_groups()  # a loop run as root left its turns' groups: the start removed them
 
 
 @pytest.mark.slow  # seconds: the fast subset stays under a minute
