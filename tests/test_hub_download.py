@@ -9,6 +9,8 @@ import random
 import re
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -294,3 +296,15 @@ def test_hf_xets_chunk_cache_is_hidden_from_runs_and_agents_wherever_a_variable_
             assert xet in run, way
             assert xet in workspace_data_places(workspace.root), way  # what the agent's namespace covers
         shutil.rmtree(xet)
+
+
+def test_a_warning_of_huggingface_hub_is_printed_once() -> None:
+    """Offline, `prepare --dataset climbmix` printed every `Retrying in 1s [Retry 1/5].` twice: once bare, by
+    huggingface_hub's own handler, and once as `warning: ...`, by the CLI's."""
+    code = (
+        "import logging; from autoresearch.cli import configure_logging; configure_logging(); "
+        "from autoresearch.data.sources import hub; hub._hub_logs_once(); "
+        "logging.getLogger('huggingface_hub.utils._http').warning('Retrying in 1s [Retry 1/5].')"
+    )
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert err == "warning: Retrying in 1s [Retry 1/5].\n"

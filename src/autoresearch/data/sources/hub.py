@@ -11,6 +11,7 @@ parquet footer); a bad one is evicted and fetched once more.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -225,6 +226,7 @@ class HubSource:
             )
         if isinstance(found, str):
             _evict(Path(found))  # damaged: fetch it again
+        _hub_logs_once()
         _say(f"{tag} downloading {filename} from {s.endpoint}")
         for again in (False, True):
             path = self._download(filename, s, force=again)
@@ -261,6 +263,18 @@ class HubSource:
                 _say(f"      {filename}: {reason}; retrying in {wait:.0f}s")
                 time.sleep(wait)
         raise AssertionError("unreachable")
+
+
+def _hub_logs_once() -> None:
+    """huggingface_hub prints its warnings (each retry) through a handler of its own and passes them on to the root
+    logger as well, where the CLI prints them as `warning: ...`: every line came out twice. Where the root logger
+    prints, the library's own handler is dropped."""
+    import huggingface_hub.utils.logging  # noqa: F401  (it adds its handler when imported)
+
+    library = logging.getLogger("huggingface_hub")
+    if library.propagate and logging.getLogger().handlers:
+        for handler in list(library.handlers):
+            library.removeHandler(handler)
 
 
 def _transient(exc: Exception) -> bool:
