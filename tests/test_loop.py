@@ -1422,7 +1422,7 @@ def test_max_experiments_0_on_a_new_workspace_trains_no_baseline(workspace) -> N
     executor = FakeExecutor(score)
     events: list[str] = []
     make_loop(workspace, executor, events=events).run(ScriptedAgent([]), max_experiments=0)
-    run_workers(make_loop(workspace, executor), ScriptedAgent([]), devices(None, 2), max_experiments=0,
+    run_workers(make_loop(workspace, executor), ScriptedAgent([]), devices(None, 2, cores=2), max_experiments=0,
                 executor_for=lambda _: executor)  # fmt: skip
     assert executor.calls == [] and Ledger(workspace.root).all() == []
     assert any("--max-experiments 0 starts nothing" in e for e in events)
@@ -1443,7 +1443,9 @@ def test_ctrl_c_before_a_run_starts_counts_no_attempt(workspace, monkeypatch, wo
         if workers == 1:
             loop.run(ScriptedAgent([]), max_experiments=1)
         else:
-            run_workers(loop, ScriptedAgent([]), devices(None, 2), 1, executor_for=lambda _: FakeExecutor(score))
+            run_workers(
+                loop, ScriptedAgent([]), devices(None, 2, cores=2), 1, executor_for=lambda _: FakeExecutor(score)
+            )
 
     for _ in range(3):
         loop = make_loop(workspace, FakeExecutor(score))

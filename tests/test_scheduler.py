@@ -564,7 +564,7 @@ def test_several_workers_refuse_to_start_where_runs_cannot_be_confined(workspace
     monkeypatch.setattr(sandbox, "unavailable_reason", lambda: "bubblewrap (bwrap) is not installed or not on PATH")
     loop = make_loop(workspace, FakeExecutor(score))
     with pytest.raises(LoopError, match=r"need confined runs.*bubblewrap") as raised:
-        run_workers(loop, ScriptedAgent([set_lr(0.2)]), devices(None, 2))
+        run_workers(loop, ScriptedAgent([set_lr(0.2)]), devices(None, 2, cores=2))
     assert "one worker" in raised.value.hint
     assert loop.ledger.all() == [] and not (workspace.state / "workers").exists()  # nothing started
 
