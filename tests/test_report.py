@@ -263,7 +263,10 @@ def test_report_contents():
     assert "8 experiments in the ledger: 3 keep, 3 discard, 1 crash, 1 running." in text
     # throughput: 7 finished from T0 to T0 + 3600 + 500 s
     assert f"**{7 / (4100 / 3600):.1f} experiments per hour**" in text
-    assert "Training: 30 min 00 s, **44% of wall clock**" in text  # #4 recorded no training time
+    # #4 recorded no training time; #6 trained twice (two runs): 7 runs of 300 s. It counted each experiment once: a
+    # quick start of 7 runs of 60 s in 18 minutes read "Training: 4 min 01 s, 22% of wall clock"
+    assert "Training: 35 min 00 s, **51% of wall clock**" in text
+    assert "Inside the harness (training plus its own overhead): 47 min 00 s" in text  # #4's 20 s, 7 runs of 400 s
     # tokens and cost per agent; codex's cost is unknown; the baseline is no agent's and costs nothing
     assert "| claude | claude-x | 5 | 5,000 | 500 | $1.25 |" in text
     assert "| codex | gpt-y | 2 | 12,000 | 1,600 | unknown |" in text

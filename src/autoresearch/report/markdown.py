@@ -158,8 +158,8 @@ def _throughput(exps: list[Experiment]) -> str:
     workers = sorted({s.worker for s in spans} | {e.worker for e in done if e.worker})
     # With several workers the clock to fill is theirs together: N workers have N x the wall clock to train in.
     capacity, of = (wall * len(workers), "of the workers' wall clock") if len(workers) > 1 else (wall, "of wall clock")
-    training = [e.training_seconds for e in done if e.training_seconds is not None]
-    totals = [e.total_seconds for e in done if e.total_seconds is not None]
+    training = [e.training_seconds * _runs(e) for e in done if e.training_seconds is not None]
+    totals = [e.total_seconds * _runs(e) for e in done if e.total_seconds is not None]
     if training:
         spent, idle = sum(training), max(capacity - sum(training), 0)
         lines.append(
@@ -177,6 +177,15 @@ def _throughput(exps: list[Experiment]) -> str:
     if len(workers) > 1:
         lines.append("\n" + _workers(done, spans, workers, start, end))
     return "\n".join(lines)
+
+
+def _runs(exp: Experiment) -> int:
+    """How many runs an experiment's times stand for: the ledger holds its last run's, and each run of it (the
+    baseline's seeds, a re-run) trained as long."""
+    try:
+        return max(len(exp.run_values), 1)
+    except ValueError:
+        return 1
 
 
 def _workers(done: list[Experiment], spans: list[activity.Span], workers: list[str], start: float, end: float) -> str:
