@@ -1550,3 +1550,27 @@ def test_a_run_that_fails_before_its_job_is_sent_leaves_no_evaluator_running(tmp
     for pid in left:
         os.killpg(pid, signal.SIGKILL)
     assert pids and not left, "the run's evaluator still runs after close()"
+
+
+@pytest.mark.parametrize(
+    ("direct_url", "says"),
+    [
+        ('{"url": "file:///home/me/autoresearch", "dir_info": {"editable": true}}', "if you edited"),
+        ('{"url": "file:///home/me/autoresearch", "dir_info": {}}', "--no-deps file:///home/me/autoresearch)"),
+        (None, "--no-deps autoresearch)"),  # from an index
+        ("[1, 2]", "--no-deps autoresearch)"),  # unreadable: as from an index
+    ],
+)
+def test_the_hint_after_the_packages_files_changed_fits_how_it_was_installed(monkeypatch, direct_url, says):
+    """BROKE, fixed: the hint was `pip install --force-reinstall`, which names no package (pip refuses it), and an
+    install from your checkout (pip install -e), whose files you edit yourself, needs none: run again."""
+    from importlib import metadata
+
+    from autoresearch.loop import watch
+
+    class Installed:
+        def read_text(self, name: str) -> str | None:
+            return direct_url if name == "direct_url.json" else None
+
+    monkeypatch.setattr(metadata, "distribution", lambda name: Installed())
+    assert says in watch.package_hint()

@@ -1346,8 +1346,9 @@ def test_a_turn_snapshot_the_agent_rewrote_is_not_what_the_next_start_puts_back(
     edited = tmp_path / "package edited"  # stands for an edit of the installed package's files
     digest = watches.package_digest
     monkeypatch.setattr(watches, "package_digest", lambda: digest() + ("edited" if edited.exists() else ""))
-    with pytest.raises(LoopError, match="package"):
+    with pytest.raises(LoopError, match="package") as stopped:
         take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{FORGE}\ntouch {shlex.quote(str(edited))}\necho x")
+    assert "installed from your checkout (pip install -e)" in stopped.value.hint  # as the tests' install is
     edited.unlink()  # the person reinstalls it, and starts again
     loop = make_loop(workspace, FakeExecutor(score))
     assert loop.recover() is None

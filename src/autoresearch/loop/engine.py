@@ -44,7 +44,7 @@ from autoresearch.loop.recovery import (
 )
 from autoresearch.loop.reporter import Reporter
 from autoresearch.loop.settings import APPARATUS_HINT, LoopConfig, LoopError
-from autoresearch.loop.watch import Verdict, Watch
+from autoresearch.loop.watch import Verdict, Watch, package_hint
 from autoresearch.vocabulary import IN_FLIGHT, Kind, RunEnd, Status
 from autoresearch.workspace import quarantine
 from autoresearch.workspace.disk import disk_full_is_an_error
@@ -400,7 +400,7 @@ class ResearchLoop(Asking, Recovery):
         if verdict.package_changed:
             raise LoopError(
                 f"the autoresearch package's own files changed while {who} worked",
-                hint="reinstall autoresearch (pip install --force-reinstall) before going on",
+                hint=package_hint(),
             )
         if changed := verdict.environment:
             more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""

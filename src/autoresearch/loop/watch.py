@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import autoresearch
@@ -54,6 +56,24 @@ def package_digest() -> str:
     _file_digests.clear()
     _file_digests.update(seen)
     return whole.hexdigest()
+
+
+def package_hint() -> str:
+    """What to do once the package's own files changed under a loop: reinstall it from where it came, or, installed
+    from a checkout (`pip install -e`), whose files are yours to edit, look at what changed there."""
+    try:
+        installed = json.loads(metadata.distribution("autoresearch").read_text("direct_url.json") or "{}")
+    except (metadata.PackageNotFoundError, ValueError):
+        installed = {}
+    installed = installed if isinstance(installed, dict) else {}
+    if isinstance(info := installed.get("dir_info"), dict) and info.get("editable"):
+        checkout = Path(autoresearch.__file__).parent
+        return (
+            f"autoresearch is installed from your checkout (pip install -e): if you edited {checkout} yourself, run "
+            f"again; if you did not, see what changed there (git -C {checkout} status) and undo it first"
+        )
+    source = installed.get("url") if isinstance(installed.get("url"), str) else "autoresearch"
+    return f"reinstall autoresearch (pip install --force-reinstall --no-deps {source}) before going on"
 
 
 @dataclass
