@@ -26,9 +26,10 @@ import pytest
 from loop_support import groups_left, make_loop, make_workspace, one_edit
 
 import autoresearch.loop.judge as judge_module
+from autoresearch import switches
 from autoresearch.data.shards import Manifest
 from autoresearch.data.sources import VAL
-from autoresearch.evaluator import compile_cache, memory, run_group, sandbox, tasks
+from autoresearch.evaluator import compile_cache, memory, run_group, run_user, sandbox, tasks
 from autoresearch.loop.executor import LocalExecutor
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
@@ -155,6 +156,7 @@ def test_a_process_left_behind_to_edit_files_later_dies_with_the_run(lab, tiny_p
 # Forks until refused, each child an exec'd `sleep` with a number of its own (to be found if it outlived the run).
 FORK_WITHOUT_END = """\
     import os
+    print("USER", os.getuid(), flush=True)
     for forked in range(200):
         if os.fork() == 0:
             os.execv("/bin/sleep", ["sleep", "{marker}"])
@@ -162,26 +164,37 @@ FORK_WITHOUT_END = """\
 """
 
 
-@pytest.mark.skipif(not sandbox.runs_capped(48), reason="runs are not capped here (`run` warns): root, no pids group")
-def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab, monkeypatch) -> None:
+@pytest.mark.parametrize("user", ["auto", "nobody", "nobody, started"])
+def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab, monkeypatch, user) -> None:
     """A fork bomb fills the machine's process table within a second: the loop then cannot start git, another
     worker's honest run cannot start its compiler's workers (a crash, not retried). A run gets at most
     AUTORESEARCH_TASKS tasks (evaluator/tasks.py: a pids cgroup for a loop run as root, RLIMIT_NPROC in the
-    run's user namespace otherwise), says so in its log, and leaves neither a process nor its group behind.
-    BROKE before: all 200 forks went through."""
+    run's user namespace otherwise, and as a user of its own where a root loop can make no pids group), says so in
+    its log, and leaves neither a process nor its group behind. BROKE before: all 200 forks went through. As
+    `nobody` (forced here, where a pids group could cap it too), forked or started as a new process."""
     ws, _ = lab
     monkeypatch.setenv(tasks.TASKS_ENV, "48")
+    monkeypatch.setenv(run_user.RUN_USER_ENV, user.split(",")[0])
+    if user.endswith("started"):
+        monkeypatch.setenv(switches.FORK_SERVER, "0")
+    if not sandbox.runs_capped(48):
+        pytest.skip("runs are not capped here (`run` warns): root, no pids group, no user of their own")
+    if user != "auto" and os.getuid() != 0:
+        pytest.skip("only a loop run as root runs its runs as a user of their own")
     loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)  # its evaluators start with this env
     marker = f"{os.getpid() % 1000}.{time.time_ns() % 10**6}"
     exp = loop.step(one_edit("fork without end", [(START, START + FORK_WITHOUT_END.format(marker=marker))]))
     log = first_run_log(ws, exp.id)
     forked = int(re.findall(r"FORKED (\d+)", log)[-1])
     assert 0 < forked < 48 and "Resource temporarily unavailable" in log, log
+    assert user == "auto" or f"USER {run_user.RUN_UID}" in log, log
     assert "the run was refused a new process or thread: it may have 48 tasks at once" in log, log
     assert exp.status == Status.CRASH
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
     assert groups_left("pids") == []
-    assert loop.step(one_edit("an honest change", [("LR = 0.05", "LR = 0.06")])).status != Status.CRASH
+    lr = re.search(r"^LR = [0-9.]+", ws.read_train_py(), re.M)[0]  # the lab's best: an earlier parameter's may be kept
+    honest = f"{lr}{len(user)}"  # another for each parameter: one measured already is not run again
+    assert loop.step(one_edit("an honest change", [(lr, honest)])).status != Status.CRASH
 
 
 # Asks for core dumps of any size again, then crashes a child of its own.

@@ -15,7 +15,7 @@ import pytest
 
 from autoresearch.agents import turn_cgroups
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import memory, promises, referee, run_group, sandbox, tasks
+from autoresearch.evaluator import memory, promises, referee, run_group, run_user, sandbox, tasks
 from autoresearch.evaluator.run_group import RunGroup
 from autoresearch.loop.executor import SETUP_FAILED, setup_error
 
@@ -158,6 +158,7 @@ def test_a_cap_is_promised_to_every_run_only_where_a_runs_group_can_have_it_insi
     monkeypatch.setattr(RunGroup, "make", classmethod(lambda cls, limits, **how: asked.append(how) or made))
     monkeypatch.setattr(RunGroup, "remove", lambda self, wait=0: None)
     monkeypatch.setattr(run_group, "_limitable", {})
+    monkeypatch.setenv(run_user.RUN_USER_ENV, "root")  # runs of a root loop not made `nobody`: tests/test_run_user.py
     assert run_group.limitable(tasks.limits(48)) == promised
     assert asked == [{"holds": {"pids"}, "beside": True}]  # made to hold a run's group, as an evaluator's is
     assert sandbox.runs_capped(48) is bool(promised)  # `run` warns where runs are not capped (as root, here)
@@ -299,6 +300,7 @@ def test_a_bubblewrap_that_makes_no_user_namespace_caps_no_run_by_rlimit_and_run
     flat.write_text("#!/bin/sh\nexec cat /proc/self/uid_map\n")
     flat.chmod(0o755)
     monkeypatch.setattr(tasks, "by_limit", lambda: True)  # a loop not run as root, on Linux 5.14 or later
+    monkeypatch.setattr(run_user, "wanted", lambda capped_otherwise: False)  # which makes no run `nobody`
     monkeypatch.setattr(run_group, "limitable", lambda limits: set())  # and no pids group to be made
 
     def probe_again() -> None:

@@ -48,7 +48,7 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
 
     check_baseline_runs(args.baseline_runs)
     from autoresearch import switches
-    from autoresearch.evaluator import compile_cache, cores, memory, sandbox, tasks
+    from autoresearch.evaluator import compile_cache, cores, memory, run_user, sandbox, tasks
 
     cores.check_device_settings()  # a bad $AUTORESEARCH_DEVICE or $AUTORESEARCH_PEAK_FLOPS: said now, not by each run
     compile_cache.limit_bytes()  # a bad $AUTORESEARCH_COMPILE_CACHE_GB is said now, not as every run's crash
@@ -75,9 +75,10 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
     if not sandbox.runs_capped(run_tasks):
         reporter.message(
             "warning: a run's processes are not capped here (RLIMIT_NPROC does not bind a loop run as root, nor "
-            "count per user namespace before Linux 5.14, and no pids cgroup can be made below the loop's): a train.py "
-            "that starts processes without end can fill the machine's process table until its run's timeout. Run the "
-            "loop as another user, or within a pids limit (docker run --pids-limit, systemd's TasksMax=)"
+            "count per user namespace before Linux 5.14; no pids cgroup can be made below the loop's, and a run cannot "
+            f"be made a user of its own: ${run_user.RUN_USER_ENV}): a train.py that starts processes without end can "
+            "fill the machine's process table until its run's timeout. Run the loop as another user, or within a pids "
+            "limit (docker run --pids-limit, systemd's TasksMax=)"
         )
     return loop
 

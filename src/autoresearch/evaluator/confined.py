@@ -30,7 +30,7 @@ from typing import BinaryIO, NoReturn
 import psutil
 
 from autoresearch import switches
-from autoresearch.evaluator import joining, memory, promises, run_group, sandbox, syscalls, tasks
+from autoresearch.evaluator import joining, memory, promises, run_group, run_user, sandbox, syscalls, tasks
 from autoresearch.evaluator.run_group import RunGroup
 from autoresearch.evaluator.run_output import Output
 from autoresearch.wire import CHANNEL_ENV, Channel
@@ -67,7 +67,13 @@ class ExperimentProcess:
         self.group = RunGroup.make(limits)
         run_group.check(self.group, limits)
         self._group_refused = self._group_killed = False  # what its group counted, read before it is removed
-        self.task_limit = self.tasks if self.tasks and self.unconfined_reason is None and tasks.by_limit() else None
+        # A root loop's run as a user of its own, where the loop found nothing else caps its tasks (run_user.py)
+        own_user = self.unconfined_reason is None and promises.USER in promises.promised()
+        self.run_uid = run_user.RUN_UID if own_user else None
+        if self.run_uid is not None:
+            run_user.give([box])  # made by root for root alone; again once the compile caches' layer is filled
+        by_limit = tasks.by_limit(self.run_uid is not None)
+        self.task_limit = self.tasks if self.tasks and self.unconfined_reason is None and by_limit else None
         self.join_error: str | None = None  # why the experiment could not be forked into its sandbox
         ours, theirs = socket.socketpair()
         env = {**env, CHANNEL_ENV: str(theirs.fileno()), "PYTHONUNBUFFERED": "1"}
@@ -96,16 +102,20 @@ class ExperimentProcess:
 
     def _start(self, box, view, env, channel_fd: int) -> tuple[subprocess.Popen, BinaryIO]:
         argv = [sys.executable, "-m", "autoresearch.harness.boot"]
-        fds, filter_here = [channel_fd], False
+        fds, filter_here, userns = [channel_fd], False, 0
         if self.unconfined_reason is None:
             seccomp = syscalls.bpf_fd() if self.unfiltered_reason is None else None
             fds += [seccomp] if seccomp is not None else []
+            if self.run_uid is not None:
+                userns = run_user.namespace()
+                fds.append(userns)
+                argv += [run_user.AS_USER, str(self.run_uid)]
             # Where the loop's bubblewrap makes anchors, the anchor starts it, as its init: under bubblewrap's own
             # (AUTORESEARCH_FORK_SERVER=0) the run traced and wrote that init (red team).
             own_init = promises.ANCHOR in promises.promised()
             if own_init:
                 argv = [sys.executable, "-I", "-S", "-c", _ANCHOR, *argv]
-            argv = _confined(argv, box, view, env, seccomp, own_init)
+            argv = _confined(argv, box, view, env, seccomp, own_init, userns)
         else:
             filter_here = self.unfiltered_reason is None
 
@@ -135,7 +145,7 @@ class ExperimentProcess:
         boot.prepare()
         anchor = None
         if self.unconfined_reason is None:
-            self._anchor = start_anchor(box, view, env, self.unfiltered_reason is None, self.group)
+            self._anchor = start_anchor(box, view, env, self.unfiltered_reason is None, self.group, self.run_uid)
             anchor = anchor_pid(self._anchor)
             if anchor is None:
                 kill_tree(self._anchor)
@@ -155,7 +165,7 @@ class ExperimentProcess:
         pid = os.fork()
         if pid == 0:
             filtered = self.unfiltered_reason is None
-            _become_experiment(anchor, self.group, box, box_env, channel_fd, out_w, ready_w, filtered)
+            _become_experiment(anchor, self.group, box, box_env, channel_fd, out_w, ready_w, filtered, self.run_uid)
         os.close(out_w)
         os.close(ready_w)
         with os.fdopen(ready_r, "rb") as ready:
@@ -259,9 +269,9 @@ class Forked:
 
 
 def _confined(argv: list[str], box: Path, view: sandbox.View, env: dict[str, str], seccomp: int | None,
-              own_init: bool = False) -> list[str]:  # fmt: skip
+              own_init: bool = False, userns: int = 0) -> list[str]:  # fmt: skip
     return sandbox.command(argv, workdir=box, hidden=view.hidden, readable=view.readable, binds=view.binds, env=env,
-                           gpu=view.gpu, seccomp_fd=seccomp, own_init=own_init)  # fmt: skip
+                           gpu=view.gpu, seccomp_fd=seccomp, own_init=own_init, userns_fd=userns)  # fmt: skip
 
 
 # The anchor: pid 1 of a fresh sandbox (bwrap --as-pid-1), which the experiment joins. It says "ready", then reaps
@@ -311,13 +321,14 @@ def _enter_run(group: RunGroup | None) -> None:
 
 
 def start_anchor(
-    box: Path, view: sandbox.View, env: dict[str, str], filtered: bool, group: RunGroup | None
+    box: Path, view: sandbox.View, env: dict[str, str], filtered: bool, group: RunGroup | None, uid: int | None = None
 ) -> subprocess.Popen:
     """A fresh sandbox around the anchor (`_ANCHOR`), in the run's group; says "ready" once it is made. Under the
-    filter too, as the experiment is."""
+    filter too, as the experiment is. With `uid`, in a user namespace where the experiment becomes that user."""
     seccomp = syscalls.bpf_fd() if filtered else None
-    argv = _confined([sys.executable, "-I", "-S", "-c", _ANCHOR], box, view, env, seccomp, own_init=True)
-    fds = [seccomp] if seccomp is not None else []
+    userns = run_user.namespace() if uid is not None else 0
+    argv = _confined([sys.executable, "-I", "-S", "-c", _ANCHOR], box, view, env, seccomp, True, userns)
+    fds = [fd for fd in (seccomp, userns) if fd]
     try:
         return subprocess.Popen(
             argv,
@@ -347,7 +358,8 @@ def anchor_pid(anchor: subprocess.Popen, timeout: float = 30.0) -> int | None:
 
 
 def _become_experiment(anchor: int | None, group: RunGroup | None, box: Path, env: dict[str, str],
-                       channel_fd: int, out_fd: int, ready_fd: int, filtered: bool) -> NoReturn:  # fmt: skip
+                       channel_fd: int, out_fd: int, ready_fd: int, filtered: bool,
+                       uid: int | None = None) -> NoReturn:  # fmt: skip
     """In the child of os.fork: enter the run's group, join the sandbox, fork into its PID namespace, wait for that
     process and exit as it did. The inner process drops its privileges, says "ok" on `ready_fd` and runs the
     experiment."""
@@ -357,7 +369,7 @@ def _become_experiment(anchor: int | None, group: RunGroup | None, box: Path, en
             joining.join(anchor)
         inner = os.fork()
         if inner == 0:
-            _run_experiment(anchor is not None, box, env, channel_fd, out_fd, ready_fd, filtered)
+            _run_experiment(anchor is not None, box, env, channel_fd, out_fd, ready_fd, filtered, uid)
         os.close(ready_fd)
         os.close(out_fd)
         os.close(channel_fd)
@@ -374,12 +386,12 @@ def _become_experiment(anchor: int | None, group: RunGroup | None, box: Path, en
 
 
 def _run_experiment(confined: bool, box: Path, env: dict[str, str], channel_fd: int, out_fd: int, ready_fd: int,
-                    filtered: bool) -> NoReturn:  # fmt: skip
+                    filtered: bool, uid: int | None = None) -> NoReturn:  # fmt: skip
     code = 1
     try:
         os.setsid()  # the run cannot push input into a terminal of ours (TIOCSTI)
         if confined:
-            joining.drop_privileges()
+            joining.drop_privileges(uid)
         if filtered:
             syscalls.install()
         os.dup2(out_fd, 1)

@@ -25,6 +25,7 @@ NS_GET_USERNS = 0xB701  # ioctl on a namespace file: the user namespace that own
 NAMESPACES = (("mnt", CLONE_NEWNS), ("pid", CLONE_NEWPID), ("net", CLONE_NEWNET), ("ipc", CLONE_NEWIPC),
               ("uts", CLONE_NEWUTS), ("cgroup", CLONE_NEWCGROUP))  # fmt: skip
 PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 38, 47, 4
+PR_SET_DUMPABLE = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -70,15 +71,24 @@ class _CapData(ctypes.Structure):
     _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32))
 
 
-def drop_privileges() -> None:
-    """No capability left in any set, none to be regained by exec (bounding set empty, no_new_privs)."""
+def drop_privileges(uid: int | None = None) -> None:
+    """No capability left in any set, none to be regained by exec (bounding set empty, no_new_privs); with `uid`,
+    this process that user and its group, with no other group (evaluator/run_user.py)."""
     cap = 0
     while _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:  # EINVAL past the last capability
         cap += 1
     _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0))
+    if uid is not None:  # while CAP_SETUID and CAP_SETGID are still its own; becoming a user not root clears them all
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        # A change of user leaves the process undumpable, its /proc/self root's: /proc/self/fd unreadable to it
+        _check(_libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0))
     _check(_libc.capset(ctypes.byref(_CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)), (_CapData * 2)()))
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
     left = privileges_left()
+    if uid is not None and (os.getresuid(), os.getresgid(), os.getgroups()) != ((uid,) * 3, (uid,) * 3, []):
+        left.append(f"user {os.getresuid()}, group {os.getresgid()}, groups {os.getgroups()}")
     if left:
         raise OSError(f"capabilities left after dropping them: {left}")
 

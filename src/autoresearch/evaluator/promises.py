@@ -19,6 +19,7 @@ SANDBOX = "sandbox"
 ANCHOR = "anchor"  # runs are forked into a sandbox around our init (--as-pid-1): evaluator/anchor_probe.py
 FILTER = "filter"
 GPUS = "gpus"  # a run on GPUs is given its own GPUs' device nodes alone, not every GPU's (evaluator/gpu_nodes.py)
+USER = "user"  # a root loop's run is a user of its own, capped by RLIMIT_NPROC (evaluator/run_user.py)
 # and the controllers of the run's cgroup limited: "pids" (its cap of tasks), "memory" (its share)
 
 

@@ -42,7 +42,7 @@ from autoresearch.data.shards import REPAIR_HINT, Manifest, evaluation_rows, ope
 from autoresearch.data.sources import VAL
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
-from autoresearch.evaluator import ahead, compile_cache, cores, memory, run_group, sandbox, tasks
+from autoresearch.evaluator import ahead, compile_cache, cores, memory, run_group, run_user, sandbox, tasks
 from autoresearch.evaluator.clock import CPU, CpuClock, TrainingClock, WallClock
 from autoresearch.evaluator.clock import describe as describe_clock
 from autoresearch.evaluator.confined import ExperimentProcess
@@ -181,6 +181,8 @@ class Referee:
                 )
             (self.box / "train.py").write_bytes(train_py)
             compile_cache.fill(self.box)  # now, not when this process started: a run kept since then is in it
+            if self.experiment.run_uid is not None:  # the folders `fill` made: the run writes what it compiles there
+                run_user.give([self.box])
             self.session.progress_path = progress_path
             self.session.write_progress(STARTING)
             broken = self.session.serve()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from autoresearch import switches
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import memory, promises, run_group, syscalls, tasks
+from autoresearch.evaluator import memory, promises, run_group, run_user, syscalls, tasks
 from autoresearch.evaluator import shown as shown_paths
 from autoresearch.evaluator.cores import runs_train_on_cpu
 from autoresearch.evaluator.gpu_nodes import Nodes, own_nodes
@@ -227,12 +227,16 @@ def command(
     gpu: bool = True,
     seccomp_fd: int | None = None,
     own_init: bool = False,
+    userns_fd: int = 0,
 ) -> list[str]:
     """The argv that runs `argv` confined, in `workdir`, with `box_environment(env, ...)` (see the module
     docstring), under the seccomp filter in `seccomp_fd` if given (the caller passes the fd on). The `readable`
     directories are shown read-only even where they lie in the private /tmp or a hidden directory; each of
     `binds` (outside, inside) shows a writable directory at another path. `own_init`: the command is the PID
-    namespace's init (pid 1), where bwrap's would be, and reaps what is orphaned there itself."""
+    namespace's init (pid 1), where bwrap's would be, and reaps what is orphaned there itself. `userns_fd` (0:
+    none): the user namespace it is made in (evaluator/run_user.py; the caller passes the fd on), where the run
+    becomes its own user: the capabilities to do so are left to the command, which must drop them, and every folder
+    on the way to what it is shown is made 0755 (bwrap makes them 0700, for root alone)."""
     workdir = _directory(workdir)
     writable = [_directory(path) for path in writable]
     hidden = [_real(path) for path in hidden]
@@ -269,13 +273,16 @@ def command(
     # a Python path, the workdir of a run inside the hidden workspace, a venv under /tmp inside the private /tmp.
     # Sorting by depth (stable) does it.
     mounts = [(path, _system_mount(path)) for path in system]
-    mounts += [(_PRIVATE_TMP, ["--tmpfs", str(_PRIVATE_TMP)])]
+    mounts += [(_PRIVATE_TMP, [*(["--perms", "01777"] if userns_fd else []), "--tmpfs", str(_PRIVATE_TMP)])]
     mounts += [(path, ["--tmpfs", str(path)]) for path in hidden]
     mounts += [(path, ["--ro-bind", str(path), str(path)]) for path in shown]
     links = shown_paths.links(env, visible)
     mounts += [(path, ["--symlink", target, str(path)]) for path, target in links if not _inside(path, hidden)]
     mounts += [(path, ["--bind", str(path), str(path)]) for path in (workdir, *writable)]
     mounts += [(inside, ["--bind", str(_directory(outside)), str(inside)]) for outside, inside in binds]
+    if userns_fd:  # the folders bwrap would make on the way to each (not those a bind shows)
+        on_the_way = {parent for path, _ in mounts for parent in path.parents} - {Path("/"), *(p for p, _ in mounts)}
+        mounts += [(path, ["--perms", "0755", "--dir", str(path)]) for path in on_the_way if _made(path, mounts)]
     mounts.sort(key=lambda mount: len(mount[0].parts))
     # Last, once bwrap has made the mount points inside them: the empty hidden directories must not be writable.
     read_only = [option for path in hidden for option in ("--remount-ro", str(path))]
@@ -291,7 +298,7 @@ def command(
         # New namespaces: its own PID tree (it sees and signals nothing outside, and the death of its init kills
         # everything it started), no network, its own IPC, hostname and cgroup view. A user namespace where one
         # can be made, which is what lets an unprivileged user create the others; as root bwrap makes one too.
-        "--unshare-user-try",
+        *(["--userns", str(userns_fd)] if userns_fd else ["--unshare-user-try"]),
         "--unshare-pid",
         "--unshare-net",
         "--unshare-ipc",
@@ -301,6 +308,8 @@ def command(
         # tmpfs over a hidden directory or remount / writable: drop them all.
         "--cap-drop",
         "ALL",
+        # To become the run's own user, then drop them all (joining.drop_privileges; harness/boot.py).
+        *(["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"] if userns_fd else []),
         # SIGKILL to bwrap's init in the namespace when bwrap dies. bwrap exits as soon as the command does, but its
         # init keeps reaping until no process is left, so this is also what kills a daemon the command left behind
         # (the init dies, the kernel kills the rest of the PID namespace). And when the evaluator dies, so does all.
@@ -332,6 +341,13 @@ def command(
         "--",
         *argv,
     ]
+
+
+def _made(path: Path, mounts: list[tuple[Path, list[str]]]) -> bool:
+    """Whether bwrap makes the folder `path` (its root's tmpfs, or a tmpfs mounted on the way holds it), rather than
+    a bind showing it as it is."""
+    holding = [(mount, options) for mount, options in mounts if mount in path.parents]
+    return not holding or "--tmpfs" in max(holding, key=lambda held: len(held[0].parts))[1]
 
 
 def _system_mount(path: Path) -> list[str]:
@@ -377,7 +393,10 @@ def can_promise(env: Mapping[str, str]) -> set[str]:
             given.add(promises.GPUS)
     if syscalls.unavailable_reason() is None:
         given.add(promises.FILTER)
-    return given | run_group.limitable(run_limits(env))
+    limited = run_group.limitable(run_limits(env))
+    if promises.SANDBOX in given and run_user.wanted("pids" in limited) and users_reason() is None:
+        given.add(promises.USER)
+    return given | limited
 
 
 def run_limits(env: Mapping[str, str] = os.environ) -> dict[str, dict[str, str]]:
@@ -388,10 +407,35 @@ def run_limits(env: Mapping[str, str] = os.environ) -> dict[str, dict[str, str]]
 
 def runs_capped(most: int) -> bool:
     """Whether every run started by this process gets its cap of `most` tasks (evaluator/tasks.py; 0: none is wanted,
-    and none is missing): by RLIMIT_NPROC in its own user namespace, or by a group this process can make."""
+    and none is missing): by RLIMIT_NPROC in its own user namespace, or by a group this process can make, or as a user
+    of its own (evaluator/run_user.py)."""
     if most == 0 or (tasks.by_limit() and unavailable_reason() is None and own_user_namespace()):
         return True
-    return "pids" in run_group.limitable(tasks.limits(most))
+    if "pids" in run_group.limitable(tasks.limits(most)):
+        return True
+    return unavailable_reason() is None and run_user.wanted(False) and users_reason() is None
+
+
+@functools.cache
+def users_reason() -> str | None:
+    """None where a run can be made a user of its own in its sandbox here (evaluator/run_user.py), as the experiment
+    is: Python started, every privilege dropped as that user, the harness imported; else why not (once)."""
+    try:
+        userns = run_user.namespace()
+    except OSError as exc:
+        return str(exc)
+    try:
+        code = f"from autoresearch.evaluator import joining; joining.drop_privileges({run_user.RUN_UID}); " + (
+            "import os, autoresearch.harness.boot; print(os.getuid())"
+        )
+        ran = _in_sandbox([sys.executable, "-c", code], userns=userns)
+    finally:
+        os.close(userns)
+    if isinstance(ran, str):
+        return ran
+    if ran.stdout.split() != [str(run_user.RUN_UID)]:
+        return f"a run could not be made a user of its own: it said {ran.stdout.strip()[-200:]!r}"
+    return None
 
 
 @functools.cache
@@ -428,17 +472,24 @@ def own_user_namespace() -> bool:
     return not isinstance(ran, str) and ran.stdout.split() != tasks.MACHINE_UID_MAP
 
 
-def _in_sandbox(argv: list[str], own_init: bool = False) -> subprocess.CompletedProcess | str:
-    """`argv` run in a sandbox with the options a real run gets, including a workdir inside a hidden directory; or
-    one line saying why bubblewrap could not make it."""
+def _in_sandbox(argv: list[str], own_init: bool = False, userns: int = 0) -> subprocess.CompletedProcess | str:
+    """`argv` run in a sandbox with the options a real run gets, including a workdir inside a hidden directory (in
+    the user namespace `userns`, if given, the workdir that user's: evaluator/run_user.py); or one line saying why
+    bubblewrap could not make it."""
     if bwrap() is None:
         return "bubblewrap (bwrap) is not installed or not on PATH"
     with tempfile.TemporaryDirectory(prefix="autoresearch-sandbox-probe-") as tmp:
         workdir = Path(tmp, "box")
         workdir.mkdir()
-        argv = command(argv, workdir=workdir, hidden=[Path(tmp)], env={"PATH": os.defpath}, own_init=own_init)
+        if userns:
+            run_user.give([workdir])
+        env = {"PATH": os.defpath}
+        argv = command(argv, workdir=workdir, hidden=[Path(tmp)], env=env, own_init=own_init, userns_fd=userns)
         try:
-            ran = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+            fds = [userns] if userns else []
+            ran = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, pass_fds=fds
+            )
         except (OSError, subprocess.TimeoutExpired) as error:
             return f"bwrap could not be run: {error}"
     if ran.returncode != 0:

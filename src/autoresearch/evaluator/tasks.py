@@ -13,8 +13,11 @@ it crashes, and a crash is not retried. So a run gets at most `run_tasks()` task
 - by the pids controller of the run's cgroup (evaluator/run_group.py), where one can be made: a loop run as root,
   which RLIMIT_NPROC does not bind, with cgroup v1's pids hierarchy, or v2 where its cgroup's parent hands the pids
   controller down (the group is made beside the loop's).
+- by RLIMIT_NPROC again, under a loop run as root where no such group can be made: the run is then a user of its own
+  (evaluator/run_user.py), which it binds.
 
-Elsewhere (root, and no such cgroup) a run is not capped, and `run` says so (sandbox.runs_capped).
+Elsewhere (root, no such cgroup, and no user namespace the run can be another user in) a run is not capped, and
+`run` says so (sandbox.runs_capped).
 """
 
 from __future__ import annotations
@@ -49,9 +52,10 @@ def run_tasks(env: Mapping[str, str] = os.environ) -> int:
     return int(raw)
 
 
-def by_limit() -> bool:
-    """Whether RLIMIT_NPROC can cap a confined run here: a loop not run as root, on Linux 5.14 or later."""
-    if not sys.platform.startswith("linux") or os.getuid() == 0:
+def by_limit(own_user: bool = False) -> bool:
+    """Whether RLIMIT_NPROC can cap a confined run here: a loop not run as root, or a run as a user of its own
+    (`own_user`: evaluator/run_user.py), on Linux 5.14 or later."""
+    if not sys.platform.startswith("linux") or (os.getuid() == 0 and not own_user):
         return False
     release = re.match(r"(\d+)\.(\d+)", platform.release())
     return release is not None and (int(release[1]), int(release[2])) >= (5, 14)

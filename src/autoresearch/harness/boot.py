@@ -16,6 +16,7 @@ import runpy
 import sys
 import warnings
 
+from autoresearch.evaluator import joining, run_user
 from autoresearch.evaluator.tasks import MACHINE_UID_MAP
 from autoresearch.wire import Channel, ChannelClosed
 
@@ -95,6 +96,8 @@ def main() -> None:
     channel = Channel.from_env()
     if channel is None:
         sys.exit("autoresearch.harness.boot is started by the evaluator, not by hand: run `python train.py`")
+    if sys.argv[1:2] == [run_user.AS_USER]:  # first, before anything is imported or written (evaluator/run_user.py)
+        joining.drop_privileges(int(sys.argv[2]))
     prepare()
     run(channel)
 

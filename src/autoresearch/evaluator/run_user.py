@@ -1,0 +1,92 @@
+"""A run's own user, under a loop run as root where no cgroup caps a run's tasks.
+
+RLIMIT_NPROC binds no process whose user is the machine's root, whatever its user namespace (the kernel checks the
+real user), and where no pids group can be made for a run (a container's read-only cgroups; the lent GPU machines'
+cgroup v2, whose parent hands `memory` down alone) a root loop's run could fill the process table (32,768 entries
+there) within a second. So there the run is the machine's `nobody` (RUN_UID) before train.py runs, and RLIMIT_NPROC
+caps it (evaluator/tasks.py), counted in its user namespace alone.
+
+That namespace is made by the evaluator for each sandbox (`namespace`), mapping root to itself and RUN_UID to
+itself: bubblewrap joins it (`--userns`) and sets the sandbox up as root, as before; the experiment then becomes
+RUN_UID as it drops every privilege (evaluator/joining.py `drop_privileges`), forked or started as a new process
+(harness/boot.py `main`). Having been root in that namespace gives it nothing: no capability is left, none can be
+regained (no_new_privs), and root's processes there (the anchor) are neither its to trace nor to signal.
+
+As `nobody` it reads what every user may read (the files of its Python, which bubblewrap shows at their paths, in
+directories it is told to make 0755, `sandbox.command`); it writes its box, made its own (`give`), and a /tmp of mode
+1777. Switched by RUN_USER_ENV: "auto" (the default: where a root loop's runs would have no cap of tasks), "nobody"
+(every run of a root loop), "root" (never: runs uncapped where no group caps them, as `run` warns).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+from pathlib import Path
+
+from autoresearch.errors import AutoresearchError
+
+RUN_UID = 65534  # the machine's `nobody`, as its group is `nogroup`/`nobody`
+RUN_USER_ENV = "AUTORESEARCH_RUN_USER"
+CHOICES = ("auto", "nobody", "root")
+AS_USER = "--as-user"  # UID: to a harness started as a new process (harness/boot.py), the user to become first
+CLONE_NEWUSER = 0x10000000
+
+
+def choice() -> str:
+    """RUN_USER_ENV, checked."""
+    raw = os.environ.get(RUN_USER_ENV, "").strip().lower() or "auto"
+    if raw not in CHOICES:
+        raise AutoresearchError(
+            f"{RUN_USER_ENV} takes auto, nobody or root (got {raw!r})",
+            hint="unset it: a loop run as root then runs each run as `nobody` where no cgroup caps its tasks",
+        )
+    return raw
+
+
+def wanted(capped_otherwise: bool) -> bool:
+    """Whether a run of this loop should be RUN_UID: run as root, on Linux, and (auto) where nothing else caps its
+    tasks (`capped_otherwise`: its cgroup's pids controller), or always (nobody)."""
+    if os.getuid() != 0 or not hasattr(os, "setresuid"):
+        return False
+    return choice() == "nobody" or (choice() == "auto" and not capped_otherwise)
+
+
+def namespace() -> int:
+    """A descriptor of a new user namespace that maps root and RUN_UID (each to itself), for bubblewrap to join; the
+    caller closes it. OSError where the kernel refuses one."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def unshare() -> None:
+        if libc.unshare(CLONE_NEWUSER) != 0:
+            raise OSError(ctypes.get_errno(), "unshare")
+
+    try:  # Popen returns once the holder has exec'd: in its namespace by then
+        holder = subprocess.Popen(["sleep", "30"], preexec_fn=unshare, stdin=subprocess.DEVNULL)
+    except subprocess.SubprocessError as exc:
+        raise OSError(f"no user namespace can be made here: {exc}") from None
+    try:
+        mapping = f"0 0 1\n{RUN_UID} {RUN_UID} 1\n"
+        for name in ("uid_map", "gid_map"):
+            Path(f"/proc/{holder.pid}/{name}").write_text(mapping)
+        return os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def give(paths: list[Path]) -> None:
+    """Make `paths` (the run's box, with its compile caches' layer) RUN_UID's, their folders and files: the run writes
+    there. Not a link, nor what it leads to (the layer's lead to the shared caches, which no run may write). Each of
+    `paths` is a folder."""
+    for top in paths:
+        os.chown(top, RUN_UID, RUN_UID, follow_symlinks=False)
+        os.chmod(top, 0o711)  # bubblewrap, root in the namespace with no capability left, goes into it
+        for folder, folders, files in os.walk(top):
+            for name in [*folders, *files]:
+                path = os.path.join(folder, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if not os.path.islink(path):
+                        os.chown(path, RUN_UID, RUN_UID, follow_symlinks=False)

@@ -1,0 +1,88 @@
+"""A root loop's run as a user of its own (evaluator/run_user.py), where no pids group caps its tasks: RLIMIT_NPROC,
+which binds no process of root's, binds it. The loop's own tests of a fork bomb (tests/test_red_team.py) run through
+the real loop; these check the sandbox itself, with no cgroup at all, and what the loop decides."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+import pytest
+
+from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator import promises, run_user, sandbox
+
+ROOT = pytest.mark.skipif(os.getuid() != 0, reason="only a loop run as root runs its runs as a user of their own")
+
+# What a run finds of itself once it is `nobody`, then forks under a cap of 20 tasks until refused.
+AS_NOBODY = f"""
+import os, resource
+from autoresearch.evaluator import joining
+joining.drop_privileges({run_user.RUN_UID})
+resource.setrlimit(resource.RLIMIT_NPROC, (20, 20))
+print("ids", os.getresuid(), os.getresgid(), os.getgroups())
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+print("caps", [name for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb") if int(status[name], 16)])
+for ask in (lambda: os.setresuid(0, 0, 0), lambda: os.setresgid(0, 0, 0), lambda: resource.setrlimit(
+        resource.RLIMIT_NPROC, (4096, 4096))):
+    try:
+        ask()
+        print("regained")
+    except (OSError, ValueError):
+        pass
+open("written", "w").write("in its box")
+open("/tmp/written", "w").write("in its /tmp")
+forked = 0
+try:
+    for _ in range(40):
+        if os.fork() == 0:
+            import time
+            time.sleep(2)
+            os._exit(0)
+        forked += 1
+except BlockingIOError:
+    pass
+print("forked", forked)
+"""
+
+
+@ROOT
+def test_a_run_of_its_own_user_is_capped_by_rlimit_nproc_alone_and_cannot_become_root_again() -> None:
+    """In its sandbox, with no cgroup: the run is `nobody` with no other group and no capability, writes its box and
+    its /tmp, cannot become root again nor raise its cap, and forks 19 times under a cap of 20 (its Python is one)."""
+    assert sandbox.users_reason() is None
+    userns = run_user.namespace()
+    try:
+        ran = sandbox._in_sandbox([sys.executable, "-c", textwrap.dedent(AS_NOBODY)], userns=userns)
+    finally:
+        os.close(userns)
+    assert not isinstance(ran, str), ran
+    nobody = run_user.RUN_UID
+    assert f"ids {(nobody,) * 3} {(nobody,) * 3} []" in ran.stdout, ran.stdout + ran.stderr
+    assert "caps []" in ran.stdout and "regained" not in ran.stdout, ran.stdout
+    assert "forked 19" in ran.stdout, ran.stdout + ran.stderr
+
+
+@ROOT
+@pytest.mark.parametrize(("switch", "capped_otherwise", "wanted"), [
+    ("", False, True), ("auto", False, True), ("auto", True, False),  # a pids group caps it: nothing to do
+    ("nobody", True, True), ("root", False, False),
+])  # fmt: skip
+def test_a_root_loop_makes_its_runs_a_user_of_their_own_where_nothing_else_caps_them(
+    monkeypatch, switch, capped_otherwise, wanted
+) -> None:
+    monkeypatch.setenv(run_user.RUN_USER_ENV, switch)
+    assert run_user.wanted(capped_otherwise) is wanted
+    promised = sandbox.can_promise(dict(os.environ))
+    assert (promises.USER in promised) is (wanted and (switch == "nobody" or "pids" not in promised)), promised
+
+
+def test_a_loop_not_run_as_root_never_does_and_a_wrong_switch_is_refused(monkeypatch) -> None:
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    monkeypatch.setenv(run_user.RUN_USER_ENV, "nobody")
+    assert not run_user.wanted(False)
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+    monkeypatch.setenv(run_user.RUN_USER_ENV, "daemon")
+    with pytest.raises(AutoresearchError, match="auto, nobody or root"):
+        run_user.wanted(False)
