@@ -44,20 +44,30 @@ def marked(env: dict[str, str]) -> dict[str, str]:
     return {**env, MARK: "1"}
 
 
-def write_pid_file(path: Path, pid: int) -> None:
-    """The process's pid and start time: together they name it even after the pid is reused."""
-    try:
-        created = psutil.Process(pid).create_time()
-    except psutil.Error:  # already gone
-        created = 0
-    write_text_atomic(path, f"{pid} {created}")
+def write_pid_file(path: Path, pid: int, init: int | None = None) -> None:
+    """The process's pid and start time: together they name it even after the pid is reused. With `init`, the pid
+    and start time of the init of the PID namespace it started (an agent's turn's), after them."""
+    named = []
+    for each in (pid,) if init is None else (pid, init):
+        try:
+            created = psutil.Process(each).create_time()
+        except psutil.Error:  # already gone
+            created = 0
+        named.append(f"{each} {created}")
+    write_text_atomic(path, " ".join(named))
 
 
 def reap(pid_file: Path) -> bool:
-    """Kill the process group named by `pid_file`; True if one was killed. Its leader may have ended while what it
-    started runs on: the group is killed all the same (its id cannot be a new process's while the group lives).
-    A leader that runs must be the one named (its start time), lead its group and have been started by a loop (MARK);
-    never the loop's own group, nor an ancestor of the loop: the file is within an agent's reach."""
+    """Kill the process group named by `pid_file`, and the PID namespace's init named after it; True if either was
+    killed. Its leader may have ended while what it started runs on: the group is killed all the same (its id cannot be
+    a new process's while the group lives). A leader that runs must be the one named (its start time), lead its group
+    and have been started by a loop (MARK); never the loop's own group, nor an ancestor of the loop: the file is within
+    an agent's reach."""
+    killed = _reap_group(pid_file)
+    return _reap_init(pid_file) or killed
+
+
+def _reap_group(pid_file: Path) -> bool:
     if (named := _named(pid_file)) is None:
         return False
     pid, created_at = named
@@ -85,6 +95,47 @@ def reap(pid_file: Path) -> bool:
         return False
     _until_dead(pid)
     return True
+
+
+def _reap_init(pid_file: Path) -> bool:
+    """Kill the init of an agent's turn's PID namespace, which takes the namespace along, where the pid file names one
+    after its group (`write_pid_file`). Its parent-death signal (`unshare --kill-child`) was to kill it with the turn's
+    first process, but the turn can have it dropped, and the init leave the group, through ptrace (BROKE, fixed: such a
+    turn outlived its loop killed outright, and the next start; red team). No mark is asked of it: the turn can have
+    it run a program with another environment. It must be the one named (its start time), alive, the init of a PID
+    namespace and in a user namespace that are not the loop's (a turn's are its own), not the loop nor its ancestor."""
+    try:
+        words = read_regular(pid_file, 256).decode().split()
+        pid, created_at = int(words[2]), float(words[3])
+    except (OSError, ValueError, IndexError):
+        return False
+    mine = psutil.Process()
+    if not 1 < pid < 2**22 or pid == mine.pid or pid in {p.pid for p in mine.parents()}:
+        return False
+    try:
+        init = psutil.Process(pid)
+        nspid = _nspid(pid)  # its pid here, ..., 1 in its own namespace
+        if init.create_time() != created_at or len(nspid) < 2 or nspid[-1] != "1" or not _alive(init):
+            return False  # a zombie's namespace is gone already
+        if any(_same_namespace(pid, kind) for kind in ("pid", "user")):
+            return False
+        init.kill()
+    except (OSError, psutil.Error):
+        return False
+    deadline = time.monotonic() + REAP_WAIT_S
+    while time.monotonic() < deadline and _alive(init):
+        time.sleep(0.02)
+    return True
+
+
+def _nspid(pid: int) -> list[str]:
+    """Process `pid`'s pids in the PID namespaces it is in, from this process's down to its own."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return next((line.split()[1:] for line in lines if line.startswith("NSpid:")), [])
+
+
+def _same_namespace(pid: int, kind: str) -> bool:
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino == os.stat(f"/proc/self/ns/{kind}").st_ino
 
 
 REAP_WAIT_S = 2.0  # how long `reap` waits for what it killed to end
@@ -166,7 +217,7 @@ def remove_box(box: Path) -> bool:
 def _named(pid_file: Path) -> tuple[int, float] | None:
     """The pid and start time a pid file names (`write_pid_file`); None if it cannot be read."""
     try:
-        text, created = read_regular(pid_file, 256).decode().split()  # a FIFO there is never waited on
+        text, created = read_regular(pid_file, 256).decode().split()[:2]  # a FIFO there is never waited on
         return int(text), float(created)
     except (OSError, ValueError):
         return None

@@ -185,6 +185,8 @@ def run_process(
     try:
         pid_file.parent.mkdir(exist_ok=True)
         write_pid_file(pid_file, process.pid)
+        if way and (init := _namespace_init(process)) is not None:  # it can outlive the first (orphans._reap_init)
+            write_pid_file(pid_file, process.pid, init)
         _feed(process.stdin, prompt)
         process.wait(timeout_s)
     except subprocess.TimeoutExpired:
@@ -207,6 +209,21 @@ def run_process(
             f"{output_tail(stdout, stderr)}"
         )
     return process.returncode, stdout, stderr
+
+
+INIT_WAIT_S = 1.0  # how long the loop waits for a turn's first process to start its PID namespace's init
+
+
+def _namespace_init(process: subprocess.Popen[bytes]) -> int | None:
+    """The pid of the init of the PID namespace the turn's first process (`unshare --fork`) starts, once it has; None
+    where it has none within INIT_WAIT_S, or has ended."""
+    deadline = time.monotonic() + INIT_WAIT_S
+    while process.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(process.pid).children():
+                return child.pid
+        time.sleep(0.005)
+    return None
 
 
 def _start_turn(loop: int, groups: tuple[Path, ...], tasks: int, held: int) -> None:
