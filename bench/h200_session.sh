@@ -318,7 +318,7 @@ print('every run is given:', sorted(s.can_promise(os.environ)), '| tasks capped:
   done
   CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu timeout 300 python3 -m pytest -q -p no:cacheprovider \
     tests/test_tasks.py tests/test_memory.py tests/test_red_team.py tests/test_red_team_downgrade.py \
-    -k "cap or group or memory or forks or honest" --tb=short 2>&1 | tail -60
+    tests/test_run_user.py -k "cap or group or memory or forks or honest or user" --tb=short 2>&1 | tail -60
   python3 -c "import os; from autoresearch.agents import turn_cgroups as t
 for g in t.turn_groups(''): print('a turn lies in', g, {f: open(g / f).read().split() for f in ('pids.max', 'memory.max',
   'cgroup.subtree_control') if (g / f).exists()})"  # a root loop's shell-agent turns: their caps here
