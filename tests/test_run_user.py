@@ -33,6 +33,9 @@ for ask in (lambda: os.setresuid(0, 0, 0), lambda: os.setresgid(0, 0, 0), lambda
         pass
 open("written", "w").write("in its box")
 open("/tmp/written", "w").write("in its /tmp")
+import multiprocessing
+multiprocessing.Lock()  # a semaphore in /dev/shm, as the compiler's pool of workers makes (BROKE, fixed: root's)
+print("wrote")
 forked = 0
 try:
     for _ in range(40):
@@ -49,18 +52,20 @@ print("forked", forked)
 
 @ROOT
 def test_a_run_of_its_own_user_is_capped_by_rlimit_nproc_alone_and_cannot_become_root_again() -> None:
-    """In its sandbox, with no cgroup: the run is `nobody` with no other group and no capability, writes its box and
-    its /tmp, cannot become root again nor raise its cap, and forks 19 times under a cap of 20 (its Python is one)."""
+    """In its sandbox, with no cgroup: the run is `nobody` with no other group and no capability, writes its box, its
+    /tmp and its /dev/shm, cannot become root again nor raise its cap, and forks 19 times under a cap of 20 (its Python
+    is one)."""
     assert sandbox.users_reason() is None
     userns = run_user.namespace()
     try:
-        ran = sandbox._in_sandbox([sys.executable, "-c", textwrap.dedent(AS_NOBODY)], userns=userns)
+        env = sandbox._search_paths_absolute(dict(os.environ))  # where autoresearch is found by PYTHONPATH
+        ran = sandbox._in_sandbox([sys.executable, "-c", textwrap.dedent(AS_NOBODY)], userns=userns, env=env)
     finally:
         os.close(userns)
     assert not isinstance(ran, str), ran
     nobody = run_user.RUN_UID
     assert f"ids {(nobody,) * 3} {(nobody,) * 3} []" in ran.stdout, ran.stdout + ran.stderr
-    assert "caps []" in ran.stdout and "regained" not in ran.stdout, ran.stdout
+    assert "caps []" in ran.stdout and "regained" not in ran.stdout and "wrote" in ran.stdout, ran.stdout
     assert "forked 19" in ran.stdout, ran.stdout + ran.stderr
 
 

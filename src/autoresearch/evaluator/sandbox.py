@@ -320,6 +320,8 @@ def command(
         # A fresh /dev with the GPU nodes over it (the rest of the view is in `mounts`, below).
         "--dev",
         "/dev",
+        # Its shared memory (multiprocessing's, the compiler's workers') writable by the run's own user too
+        *(["--perms", "01777", "--tmpfs", "/dev/shm"] if userns_fd else []),
         *[option for node in devices for option in ("--dev-bind-try", node, node)],
         "--proc",
         "/proc",
@@ -428,7 +430,7 @@ def users_reason() -> str | None:
         code = f"from autoresearch.evaluator import joining; joining.drop_privileges({run_user.RUN_UID}); " + (
             "import os, autoresearch.harness.boot; print(os.getuid())"
         )
-        ran = _in_sandbox([sys.executable, "-c", code], userns=userns)
+        ran = _in_sandbox([sys.executable, "-c", code], userns=userns, env=_search_paths_absolute(dict(os.environ)))
     finally:
         os.close(userns)
     if isinstance(ran, str):
@@ -472,10 +474,12 @@ def own_user_namespace() -> bool:
     return not isinstance(ran, str) and ran.stdout.split() != tasks.MACHINE_UID_MAP
 
 
-def _in_sandbox(argv: list[str], own_init: bool = False, userns: int = 0) -> subprocess.CompletedProcess | str:
+def _in_sandbox(
+    argv: list[str], own_init: bool = False, userns: int = 0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess | str:
     """`argv` run in a sandbox with the options a real run gets, including a workdir inside a hidden directory (in
-    the user namespace `userns`, if given, the workdir that user's: evaluator/run_user.py); or one line saying why
-    bubblewrap could not make it."""
+    the user namespace `userns`, if given, the workdir that user's: evaluator/run_user.py), with `env` (default: a
+    PATH alone); or one line saying why bubblewrap could not make it."""
     if bwrap() is None:
         return "bubblewrap (bwrap) is not installed or not on PATH"
     with tempfile.TemporaryDirectory(prefix="autoresearch-sandbox-probe-") as tmp:
@@ -483,7 +487,7 @@ def _in_sandbox(argv: list[str], own_init: bool = False, userns: int = 0) -> sub
         workdir.mkdir()
         if userns:
             run_user.give([workdir])
-        env = {"PATH": os.defpath}
+        env = env or {"PATH": os.defpath}
         argv = command(argv, workdir=workdir, hidden=[Path(tmp)], env=env, own_init=own_init, userns_fd=userns)
         try:
             fds = [userns] if userns else []
