@@ -6,11 +6,12 @@ cgroup v2, whose parent hands `memory` down alone) a root loop's run could fill 
 there) within a second. So there the run is the machine's `nobody` (RUN_UID) before train.py runs, and RLIMIT_NPROC
 caps it (evaluator/tasks.py), counted in its user namespace alone.
 
-That namespace is made by the evaluator for each sandbox (`namespace`), mapping root to itself and RUN_UID to
-itself: bubblewrap joins it (`--userns`) and sets the sandbox up as root, as before; the experiment then becomes
-RUN_UID as it drops every privilege (evaluator/joining.py `drop_privileges`), forked or started as a new process
-(harness/boot.py `main`). Having been root in that namespace gives it nothing: no capability is left, none can be
-regained (no_new_privs), and root's processes there (the anchor) are neither its to trace nor to signal.
+That namespace is made by the evaluator for each sandbox (`namespace`), mapping root to itself and RUN_UID to a
+user of the evaluator's own outside (`host_uid`): bubblewrap joins it (`--userns`) and sets the sandbox up as root,
+as before; the experiment then becomes RUN_UID as it drops every privilege (evaluator/joining.py `drop_privileges`),
+forked or started as a new process (harness/boot.py `main`). Having been root in that namespace gives it nothing: no
+capability is left, none can be regained (no_new_privs), and root's processes there (the anchor) are neither its to
+trace nor to signal.
 
 As `nobody` it reads what every user may read (the files of its Python, which bubblewrap shows at their paths, in
 directories it is told to make 0755, `sandbox.command`); it writes its box, made its own (`give`), and a /tmp of mode
@@ -28,7 +29,12 @@ from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
 
-RUN_UID = 65534  # the machine's `nobody`, as its group is `nogroup`/`nobody`
+RUN_UID = 65534  # in its namespace, the machine's `nobody`, as its group is `nogroup`/`nobody`
+# Outside it, a user of each evaluator's own (`host_uid`): the kernel counts some things by that user alone, whatever
+# the namespace (file descriptors in flight in unix sockets, pipes' pages, epoll's watches). Mapped to the machine's
+# nobody, every run was one user there: one run that kept 20,000 descriptors in flight had every other worker's run
+# refused the next it sent (ETOOMANYREFS: a DataLoader's workers, multiprocessing's fork server), BROKE (red team).
+HOST_BASE = 0x7F000000  # + the evaluator's pid (at most 2**22): far above any user a system or its containers give
 RUN_USER_ENV = "AUTORESEARCH_RUN_USER"
 CHOICES = ("auto", "nobody", "root")
 AS_USER = "--as-user"  # UID: to a harness started as a new process (harness/boot.py), the user to become first
@@ -54,6 +60,12 @@ def wanted(capped_otherwise: bool) -> bool:
     return choice() == "nobody" or (choice() == "auto" and not capped_otherwise)
 
 
+def host_uid() -> int:
+    """The user (and group) the run is outside its namespace: its evaluator's own, by this process's pid, which no
+    other live process has."""
+    return HOST_BASE + os.getpid()
+
+
 def namespace() -> int:
     """A descriptor of a new user namespace that maps root and RUN_UID (each to itself), for bubblewrap to join; the
     caller closes it. OSError where the kernel refuses one."""
@@ -68,7 +80,7 @@ def namespace() -> int:
     except subprocess.SubprocessError as exc:
         raise OSError(f"no user namespace can be made here: {exc}") from None
     try:
-        mapping = f"0 0 1\n{RUN_UID} {RUN_UID} 1\n"
+        mapping = f"0 0 1\n{RUN_UID} {host_uid()} 1\n"
         for name in ("uid_map", "gid_map"):
             Path(f"/proc/{holder.pid}/{name}").write_text(mapping)
         return os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY)
@@ -78,15 +90,16 @@ def namespace() -> int:
 
 
 def give(paths: list[Path]) -> None:
-    """Make `paths` (the run's box, with its compile caches' layer) RUN_UID's, their folders and files: the run writes
-    there. Not a link, nor what it leads to (the layer's lead to the shared caches, which no run may write). Each of
-    `paths` is a folder."""
+    """Make `paths` (the run's box, with its compile caches' layer) the run's (`host_uid`), their folders and files:
+    the run writes there. Not a link, nor what it leads to (the layer's lead to the shared caches, which no run may
+    write). Each of `paths` is a folder."""
+    owner = host_uid()
     for top in paths:
-        os.chown(top, RUN_UID, RUN_UID, follow_symlinks=False)
+        os.chown(top, owner, owner, follow_symlinks=False)
         os.chmod(top, 0o711)  # bubblewrap, root in the namespace with no capability left, goes into it
         for folder, folders, files in os.walk(top):
             for name in [*folders, *files]:
                 path = os.path.join(folder, name)
                 with contextlib.suppress(FileNotFoundError):
                     if not os.path.islink(path):
-                        os.chown(path, RUN_UID, RUN_UID, follow_symlinks=False)
+                        os.chown(path, owner, owner, follow_symlinks=False)
