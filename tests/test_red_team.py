@@ -157,6 +157,13 @@ def test_a_process_left_behind_to_edit_files_later_dies_with_the_run(lab, tiny_p
 FORK_WITHOUT_END = """\
     import os
     print("USER", os.getuid(), flush=True)
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{{fd}}"))
+        except OSError:  # the listing's own
+            pass
+    print("NAMESPACES HELD", [link for link in links if link.startswith("user:")], flush=True)
     for forked in range(200):
         if os.fork() == 0:
             os.execv("/bin/sleep", ["sleep", "{marker}"])
@@ -188,6 +195,7 @@ def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab
     forked = int(re.findall(r"FORKED (\d+)", log)[-1])
     assert 0 < forked < 48 and "Resource temporarily unavailable" in log, log
     assert user == "auto" or f"USER {run_user.RUN_UID}" in log, log
+    assert "NAMESPACES HELD []" in log, log  # BROKE, fixed: started, it held its user namespace's (red team)
     assert "the run was refused a new process or thread: it may have 48 tasks at once" in log, log
     assert exp.status == Status.CRASH
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]

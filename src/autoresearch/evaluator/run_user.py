@@ -67,8 +67,8 @@ def host_uid() -> int:
 
 
 def namespace() -> int:
-    """A descriptor of a new user namespace that maps root and RUN_UID (each to itself), for bubblewrap to join; the
-    caller closes it. OSError where the kernel refuses one."""
+    """A descriptor of a new user namespace that maps root to itself and RUN_UID to `host_uid`, for bubblewrap to
+    join; the caller closes it. OSError where the kernel refuses one."""
     libc = ctypes.CDLL(None, use_errno=True)
 
     def unshare() -> None:

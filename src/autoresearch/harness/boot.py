@@ -10,7 +10,9 @@ the budget is that run's own CPU time (evaluator/clock.py).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import resource
 import runpy
 import sys
@@ -92,12 +94,21 @@ def run(channel: Channel) -> None:
     runpy.run_path("train.py", run_name="__main__")
 
 
+def _keep_only(channel: int) -> None:
+    """Close every descriptor this process inherited but the standard three and the channel's."""
+    for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
+        if fd > 2 and fd != channel:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 def main() -> None:
     channel = Channel.from_env()
     if channel is None:
         sys.exit("autoresearch.harness.boot is started by the evaluator, not by hand: run `python train.py`")
     if sys.argv[1:2] == [run_user.AS_USER]:  # first, before anything is imported or written (evaluator/run_user.py)
         joining.drop_privileges(int(sys.argv[2]))
+        _keep_only(channel.sock.fileno())  # not the user namespace's descriptor bubblewrap was given (red team)
     prepare()
     run(channel)
 
