@@ -3,8 +3,8 @@
 RLIMIT_NPROC binds no process whose user is the machine's root, whatever its user namespace (the kernel checks the
 real user), and where no pids group can be made for a run (a container's read-only cgroups; the lent GPU machines'
 cgroup v2, whose parent hands `memory` down alone) a root loop's run could fill the process table (32,768 entries
-there) within a second. So there the run is the machine's `nobody` (RUN_UID) before train.py runs, and RLIMIT_NPROC
-caps it (evaluator/tasks.py), counted in its user namespace alone.
+there) within a second. So there the run is a user of its own before train.py runs, `nobody` (RUN_UID) as it sees
+itself, and RLIMIT_NPROC caps it (evaluator/tasks.py), counted in its user namespace alone.
 
 That namespace is made by the evaluator for each sandbox (`namespace`), mapping root to itself and RUN_UID to a
 user of the evaluator's own outside (`host_uid`): bubblewrap joins it (`--userns`) and sets the sandbox up as root,
@@ -15,7 +15,7 @@ trace nor to signal.
 
 As `nobody` it reads what every user may read (the files of its Python, which bubblewrap shows at their paths, in
 directories it is told to make 0755, `sandbox.command`); it writes its box, made its own (`give`), and a /tmp of mode
-1777. Switched by RUN_USER_ENV: "auto" (the default: where a root loop's runs would have no cap of tasks), "nobody"
+1777 (and /dev/shm). Switched by RUN_USER_ENV: "auto" (the default: where a root loop's runs would have no cap of tasks), "nobody"
 (every run of a root loop), "root" (never: runs uncapped where no group caps them, as `run` warns).
 """
 
