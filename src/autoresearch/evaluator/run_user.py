@@ -15,8 +15,9 @@ trace nor to signal.
 
 As `nobody` it reads what every user may read (the files of its Python, which bubblewrap shows at their paths, in
 directories it is told to make 0755, `sandbox.command`); it writes its box, made its own (`give`), and a /tmp of mode
-1777 (and /dev/shm). Switched by RUN_USER_ENV: "auto" (the default: where a root loop's runs would have no cap of tasks), "nobody"
-(every run of a root loop), "root" (never: runs uncapped where no group caps them, as `run` warns).
+1777, as is its /dev/shm. Switched by RUN_USER_ENV: "auto" (the default: where a root loop's runs would have no cap
+of tasks), "nobody" (every run of a root loop), "root" (never: runs uncapped where no group caps them, as `run`
+warns).
 """
 
 from __future__ import annotations
