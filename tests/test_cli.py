@@ -640,3 +640,19 @@ def test_try_help_speaks_of_no_workers_which_try_has_not(capsys: pytest.CaptureF
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert ("several workers" in " ".join(capsys.readouterr().out.split())) is workers, command
+
+
+def test_init_says_how_to_start_the_loop_from_a_shell_where_the_venv_is_not_active(monkeypatch, tmp_path) -> None:
+    """BROKE, fixed: `init` said to run `autoresearch run`, which a shell whose venv is not active does not find (or
+    finds another install's); and `python train.py` ran another Python, without torch (fresh-clone walkthrough)."""
+    from autoresearch.cli import typed
+
+    bin_dir = Path(sys.executable).absolute().parent
+    monkeypatch.setenv("PATH", str(tmp_path))  # no venv on it
+    assert typed("python", "train.py") == f"{sys.executable} train.py"
+    ours = bin_dir / "autoresearch"
+    expected = f"{ours} run" if ours.exists() else f"{sys.executable} -m autoresearch run"
+    assert typed("autoresearch", "run") == expected
+    monkeypatch.setenv("PATH", str(bin_dir))  # activated
+    assert typed("python", "train.py") == "python train.py"
+    assert typed("autoresearch", "run") == ("autoresearch run" if ours.exists() else expected)

@@ -6,6 +6,8 @@ import argparse
 import errno
 import logging
 import os
+import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -74,6 +76,19 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def typed(program: str, *args: str) -> str:
+    """The command line that runs `program` (this interpreter, or this package's command) with `args` from a shell
+    here: by its name where PATH finds this one, else by its path (a venv not activated: `autoresearch` was not found,
+    `python` was another Python, without torch)."""
+    ours = Path(sys.executable) if program == "python" else Path(sys.executable).with_name(program)
+    found = shutil.which(program)  # in the same folder: a venv's python is a link to the one every venv links to
+    if found is not None and ours.exists() and Path(found).absolute().parent == ours.absolute().parent:
+        return shlex.join([program, *args])
+    if program != "python" and not ours.exists():
+        return shlex.join([sys.executable, "-m", "autoresearch", *args])
+    return shlex.join([str(ours), *args])
+
+
 def _main(args: argparse.Namespace, console: Console) -> int:
     try:
         if args.command == "prepare":
@@ -87,7 +102,9 @@ def _main(args: argparse.Namespace, console: Console) -> int:
             branch = create_workspace(args.directory, preset, dataset, data_dir, args.budget, args.tag)
             console.print(
                 f"[green]workspace ready[/] in {args.directory} on branch {branch}: "
-                "cd there and run `autoresearch run` (or `python train.py` for one training run)"
+                f"cd there and run `{typed('autoresearch', 'run')}` (or `{typed('python', 'train.py')}` for one "
+                "training run)",
+                soft_wrap=True,
             )
         elif args.command == "run":
             run(args, console)
