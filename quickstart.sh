@@ -13,8 +13,13 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 else
   say "2/4 PyTorch is installed already"
 fi
-say "3/4 installing autoresearch and what it needs"
-.venv/bin/pip install --progress-bar on -e .
+stamp=.venv/.autoresearch-installed  # newer than pyproject.toml: what it needs is installed already
+if [ -x .venv/bin/autoresearch ] && [ "$stamp" -nt pyproject.toml ]; then
+  say "3/4 autoresearch is installed already"
+else
+  say "3/4 installing autoresearch and what it needs"
+  .venv/bin/pip install --progress-bar on -e . && touch "$stamp"
+fi
 if [ ! -f demo/autoresearch.json ]; then
   say "4/4 preparing the data (your Python's own sources) and the workspace demo/"
   .venv/bin/autoresearch init demo --preset tiny --dataset python-source
