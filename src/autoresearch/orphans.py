@@ -18,6 +18,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -71,9 +72,8 @@ def _reap_group(pid_file: Path) -> bool:
     if (named := _named(pid_file)) is None:
         return False
     pid, created_at = named
-    mine = psutil.Process()
-    if not 1 < pid < 2**22 or pid in (os.getpgrp(), mine.pid) or pid in {p.pid for p in mine.parents()}:
-        return False  # killpg(0) is this group, killpg(1) init's; Linux's pids stay below 2**22
+    if pid == os.getpgrp() or _never_killed(pid):  # killpg(0) is this group, killpg(1) init's
+        return False
     try:
         leader = psutil.Process(pid)
         if leader.create_time() != created_at or os.getpgid(pid) != pid:
@@ -93,7 +93,7 @@ def _reap_group(pid_file: Path) -> bool:
         os.killpg(pid, signal.SIGKILL)
     except OSError:  # no such group left
         return False
-    _until_dead(pid)
+    _until(lambda: not any(_alive(p) for p in _members(pid)))  # a zombie has left its cgroups
     return True
 
 
@@ -104,14 +104,9 @@ def _reap_init(pid_file: Path) -> bool:
     turn outlived its loop killed outright, and the next start; red team). No mark is asked of it: the turn can have
     it run a program with another environment. It must be the one named (its start time), alive, the init of a PID
     namespace and in a user namespace that are not the loop's (a turn's are its own), not the loop nor its ancestor."""
-    try:
-        words = read_regular(pid_file, 256).decode().split()
-        pid, created_at = int(words[2]), float(words[3])
-    except (OSError, ValueError, IndexError):
+    if (named := _named(pid_file, at=1)) is None or _never_killed(named[0]):
         return False
-    mine = psutil.Process()
-    if not 1 < pid < 2**22 or pid == mine.pid or pid in {p.pid for p in mine.parents()}:
-        return False
+    pid, created_at = named
     try:
         init = psutil.Process(pid)
         nspid = _nspid(pid)  # its pid here, ..., 1 in its own namespace
@@ -122,10 +117,15 @@ def _reap_init(pid_file: Path) -> bool:
         init.kill()
     except (OSError, psutil.Error):
         return False
-    deadline = time.monotonic() + REAP_WAIT_S
-    while time.monotonic() < deadline and _alive(init):
-        time.sleep(0.02)
+    _until(lambda: not _alive(init))
     return True
+
+
+def _never_killed(pid: int) -> bool:
+    """Whether `pid` is one `reap` never kills, whatever a pid file says: no process's (Linux's stay below 2**22),
+    init's, this process's or an ancestor's."""
+    mine = psutil.Process()
+    return not 1 < pid < 2**22 or pid == mine.pid or pid in {p.pid for p in mine.parents()}
 
 
 def _nspid(pid: int) -> list[str]:
@@ -141,11 +141,11 @@ def _same_namespace(pid: int, kind: str) -> bool:
 REAP_WAIT_S = 2.0  # how long `reap` waits for what it killed to end
 
 
-def _until_dead(pgid: int) -> None:
-    """Wait until group `pgid` holds no live process (a zombie has left its cgroups), at most REAP_WAIT_S: a SIGKILL
-    takes effect later, and the cgroups of a killed turn can be removed only once it has (agents/turn_cgroups.py)."""
+def _until(ended: Callable[[], bool]) -> None:
+    """Wait until `ended()` (what `reap` killed has ended), at most REAP_WAIT_S: a SIGKILL takes effect later, and the
+    cgroups of a killed turn can be removed only once it has (agents/turn_cgroups.py)."""
     deadline = time.monotonic() + REAP_WAIT_S
-    while time.monotonic() < deadline and any(_alive(p) for p in _members(pgid)):
+    while time.monotonic() < deadline and not ended():
         time.sleep(0.02)
 
 
@@ -214,10 +214,12 @@ def remove_box(box: Path) -> bool:
     return not box.exists()
 
 
-def _named(pid_file: Path) -> tuple[int, float] | None:
-    """The pid and start time a pid file names (`write_pid_file`); None if it cannot be read."""
+def _named(pid_file: Path, at: int = 0) -> tuple[int, float] | None:
+    """The pid and start time a pid file names (`write_pid_file`), the first, or the init's (`at` 1); None if it
+    cannot be read, or names none there."""
     try:
-        text, created = read_regular(pid_file, 256).decode().split()[:2]  # a FIFO there is never waited on
+        words = read_regular(pid_file, 256).decode().split()  # a FIFO there is never waited on
+        text, created = words[2 * at : 2 * at + 2]
         return int(text), float(created)
     except (OSError, ValueError):
         return None
