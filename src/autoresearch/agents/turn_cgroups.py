@@ -55,8 +55,7 @@ def turn_groups(cpus: str) -> tuple[Path, ...]:
         # Below the loop's cgroup too where its parent cannot take the outer (red team: a name past 255 bytes, the
         # agents' CPUs and the loop's cgroup's; a parent not the loop's to write): no group at all left the turn in the
         # loop's own cgroup, whose cgroup.freeze and cgroup.kill it could write from a cgroup namespace of its own.
-        homes = dict.fromkeys([own] if held else [run_group.home_on_v2(own, HELD, beside=True) or own, own])
-        outer = next(filter(None, (_outer(held, own, home, cpus) for home in homes)), None)
+        outer = next(filter(None, (_outer(held, own, home, cpus) for home in _homes(held, own))), None)
         if outer is None:
             continue
         if not held:  # v2: the turns' groups get what the outer is given (it holds no process)
@@ -73,9 +72,14 @@ def sweep_left() -> None:
     if os.getuid() != 0:
         return
     for held, own in cgroups.own_every_folder():
-        homes = [own] if held else [run_group.home_on_v2(own, HELD, beside=True) or own, own]
-        for home in dict.fromkeys(homes):
+        for home in _homes(held, own):
             cgroups.sweep(home, outer_pattern(), own)
+
+
+def _homes(held: str, own: Path) -> list[Path]:
+    """Where the turns' outer group is made in the hierarchy of the controllers `held` (v2: none named), the loop's
+    cgroup being `own`, best first: below it on v1; on v2 beside it where its parent hands HELD down, else below it."""
+    return list(dict.fromkeys([own] if held else [run_group.home_on_v2(own, HELD, beside=True) or own, own]))
 
 
 def _outer(held: str, own: Path, home: Path, cpus: str) -> Path | None:
