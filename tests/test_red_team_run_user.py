@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 import textwrap
 import time
 
 import pytest
 
-from autoresearch.evaluator import run_user, sandbox
+from autoresearch.evaluator import sandbox
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="only a loop run as root runs its runs as a user of their own")
 
@@ -19,13 +18,7 @@ pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="only a loop run as roo
 def _run_as_evaluator(code: str, out: str) -> None:
     """In a process of its own (an evaluator): `code` run as the run's own user in a sandbox it makes; its output
     written to `out`."""
-    userns = run_user.namespace()
-    try:
-        env = sandbox._search_paths_absolute(dict(os.environ))
-        drop = f"from autoresearch.evaluator import joining; joining.drop_privileges({run_user.RUN_UID})\n"
-        ran = sandbox._in_sandbox([sys.executable, "-c", drop + textwrap.dedent(code)], userns=userns, env=env)
-    finally:
-        os.close(userns)
+    ran = sandbox.as_run_user(textwrap.dedent(code))
     with open(out, "w") as f:
         f.write(ran if isinstance(ran, str) else ran.stdout + ran.stderr)
 

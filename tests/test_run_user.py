@@ -5,7 +5,6 @@ the real loop; these check the sandbox itself, with no cgroup at all, and what t
 from __future__ import annotations
 
 import os
-import sys
 import textwrap
 
 import pytest
@@ -16,10 +15,8 @@ from autoresearch.evaluator import promises, run_user, sandbox
 ROOT = pytest.mark.skipif(os.getuid() != 0, reason="only a loop run as root runs its runs as a user of their own")
 
 # What a run finds of itself once it is `nobody`, then forks under a cap of 20 tasks until refused.
-AS_NOBODY = f"""
+AS_NOBODY = """
 import os, resource
-from autoresearch.evaluator import joining
-joining.drop_privileges({run_user.RUN_UID})
 resource.setrlimit(resource.RLIMIT_NPROC, (20, 20))
 print("ids", os.getresuid(), os.getresgid(), os.getgroups())
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
@@ -56,12 +53,7 @@ def test_a_run_of_its_own_user_is_capped_by_rlimit_nproc_alone_and_cannot_become
     /tmp and its /dev/shm, cannot become root again nor raise its cap, and forks 19 times under a cap of 20 (its Python
     is one)."""
     assert sandbox.users_reason() is None
-    userns = run_user.namespace()
-    try:
-        env = sandbox._search_paths_absolute(dict(os.environ))  # where autoresearch is found by PYTHONPATH
-        ran = sandbox._in_sandbox([sys.executable, "-c", textwrap.dedent(AS_NOBODY)], userns=userns, env=env)
-    finally:
-        os.close(userns)
+    ran = sandbox.as_run_user(textwrap.dedent(AS_NOBODY))
     assert not isinstance(ran, str), ran
     nobody = run_user.RUN_UID
     assert f"ids {(nobody,) * 3} {(nobody,) * 3} []" in ran.stdout, ran.stdout + ran.stderr

@@ -422,22 +422,27 @@ def runs_capped(most: int) -> bool:
 def users_reason() -> str | None:
     """None where a run can be made a user of its own in its sandbox here (evaluator/run_user.py), as the experiment
     is: Python started, every privilege dropped as that user, the harness imported; else why not (once)."""
-    try:
-        userns = run_user.namespace()
-    except OSError as exc:
-        return str(exc)
-    try:
-        code = f"from autoresearch.evaluator import joining; joining.drop_privileges({run_user.RUN_UID}); " + (
-            "import os, autoresearch.harness.boot; print(os.getuid())"
-        )
-        ran = _in_sandbox([sys.executable, "-c", code], userns=userns, env=_search_paths_absolute(dict(os.environ)))
-    finally:
-        os.close(userns)
+    ran = as_run_user("import os, autoresearch.harness.boot; print(os.getuid())")
     if isinstance(ran, str):
         return ran
     if ran.stdout.split() != [str(run_user.RUN_UID)]:
         return f"a run could not be made a user of its own: it said {ran.stdout.strip()[-200:]!r}"
     return None
+
+
+def as_run_user(code: str) -> subprocess.CompletedProcess | str:
+    """Python `code` run in a sandbox of its own as a run that is a user of its own is (evaluator/run_user.py): this
+    process's search paths, every privilege dropped as that user first; or one line saying why it could not be."""
+    try:
+        userns = run_user.namespace()
+    except OSError as exc:
+        return str(exc)
+    try:
+        drop = f"from autoresearch.evaluator import joining; joining.drop_privileges({run_user.RUN_UID})\n"
+        env = _search_paths_absolute(dict(os.environ))  # where autoresearch is found by PYTHONPATH alone
+        return _in_sandbox([sys.executable, "-c", drop + code], userns=userns, env=env)
+    finally:
+        os.close(userns)
 
 
 @functools.cache
