@@ -1165,6 +1165,20 @@ def test_a_stop_while_the_fork_server_starts_up_ends_the_run_at_once_and_starts_
     (tmp_path / "state").mkdir()
     executor = LocalExecutor(python=str(silent))
     spec = RunSpec(tmp_path, tmp_path / "state" / "runs" / "1-0", timeout=120, fingerprint="")
+    try:
+        worker, ended = run_in_thread(executor, spec)
+        time.sleep(0.5)
+        stopped = time.monotonic()
+        executor.stop()
+        worker.join(timeout=5)
+        assert ended and time.monotonic() - stopped < 2
+        assert executor.fork_failure is None  # no evaluator started as a new process instead
+    finally:
+        executor.close()
+
+
+def run_in_thread(executor: LocalExecutor, spec: RunSpec) -> tuple[threading.Thread, list[object]]:
+    """`executor.run(spec)` started in a worker's thread; the list gets what it returned or raised."""
     ended: list[object] = []
 
     def run() -> None:
@@ -1174,16 +1188,8 @@ def test_a_stop_while_the_fork_server_starts_up_ends_the_run_at_once_and_starts_
             ended.append(exc)
 
     worker = threading.Thread(target=run, daemon=True)
-    try:
-        worker.start()
-        time.sleep(0.5)
-        stopped = time.monotonic()
-        executor.stop()
-        worker.join(timeout=5)
-        assert ended and time.monotonic() - stopped < 2
-        assert executor.fork_failure is None  # no evaluator started as a new process instead
-    finally:
-        executor.close()
+    worker.start()
+    return worker, ended
 
 
 def _gone(pid: int) -> bool:
@@ -1493,17 +1499,8 @@ def test_a_stop_before_the_next_runs_evaluator_is_forked_ahead_asks_the_fork_ser
     (tmp_path / "state").mkdir()
     executor = LocalExecutor(python=str(server), prewarm=True)
     spec = RunSpec(tmp_path, tmp_path / "state" / "runs" / "1-0", timeout=30, fingerprint="")
-    ended: list[object] = []
-
-    def run() -> None:
-        try:
-            ended.append(executor.run(spec))
-        except BaseException as exc:  # what the worker's thread reports
-            ended.append(exc)
-
-    worker = threading.Thread(target=run, daemon=True)
     try:
-        worker.start()
+        worker, ended = run_in_thread(executor, spec)
         deadline = time.monotonic() + 10
         while not (tmp_path / "job-taken").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
