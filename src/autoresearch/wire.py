@@ -105,11 +105,14 @@ class Channel:
             raise ChannelClosed(str(exc)) from None
 
     def _exactly(self, n: int) -> bytes:
+        """n bytes, waited for in the kernel (MSG_WAITALL): read a socket buffer (~200 KB) at a time, a payload
+        waited for Python's interpreter lock at every read, up to 5 ms each while another thread held it (the
+        evaluator's compile ahead), and 200 MB of weights came seconds late (BENCHMARKS.md)."""
         buf = bytearray(n)
         view, got = memoryview(buf), 0
         while got < n:
             try:
-                k = self.sock.recv_into(view[got:], n - got)
+                k = self.sock.recv_into(view[got:], n - got, socket.MSG_WAITALL)  # fewer at a signal or the end
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from None
             if k == 0:
