@@ -27,6 +27,7 @@
 #   bash bench/h200_session.sh setup tasks        # 6 minutes: the most tasks a real run has and the most memory its
 #                                                 # evaluator's group holds (bench/task_peak.py), and a run under a
 #                                                 # cap of 512 tasks (AUTORESEARCH_TASKS) and 16 GiB of memory
+#   bash bench/h200_session.sh setup cold_user    # 8 minutes: cold first steps of runs as root and as nobody, twice
 #   bash bench/h200_session.sh tools caps         # 7 minutes: the caps a loop run as root gives its runs here, and
 #                                                 # their tests (pytest and its needs carried as wheels in .whl)
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
@@ -340,6 +341,22 @@ print('every run is given:', sorted(s.can_promise(os.environ)), '| anchor:', s.a
   tail -4 "$OUT/parallel_1w.log"
   python3 bench/collect_runs.py "$OUT/runs_smoke.json" /tmp/lo /tmp/pg1
   head -5 /tmp/lo/.autoresearch/runs/1-0/log.txt; grep -h "^[0-9]" /tmp/lo/results.tsv /tmp/pg1/results.tsv | cut -c1-100
+}
+
+cold_user() {  # 8 minutes: cold first steps of a root loop's runs as root and as `nobody` (AUTORESEARCH_RUN_USER),
+  # alternating, each pass with an empty compile cache and the same prepared data; each pass's runs' warnings
+  local pass who
+  for pass in ${PASSES:-1 2}; do
+    for who in root nobody; do
+      rm -rf "/tmp/cu_$who" "$AUTORESEARCH_CACHE/compile" "$AUTORESEARCH_CACHE/evaluator-compile"
+      CUDA_VISIBLE_DEVICES=0 AUTORESEARCH_RUN_USER=$who timeout 200 python3 bench/loop_overhead.py --preset h100 \
+        --budget 5 --experiments 0 --baseline-runs 2 --work "/tmp/cu_$who" --out "$OUT/${who}_$pass" \
+        >"$OUT/cold_${who}_$pass.log" 2>&1
+      echo "pass $pass $who: $(grep -h 'untimed step 1 of' /tmp/cu_"$who"/.autoresearch/runs/1-*/log.txt | tr '\n' ' ')"
+      grep -h "CRASH\|KEEP" "$OUT/cold_${who}_$pass.log"; grep -h 'training done' /tmp/cu_"$who"/.autoresearch/runs/1-*/log.txt
+      grep -ih "warn\|error\|denied" /tmp/cu_"$who"/.autoresearch/runs/1-0/log.txt | sort | uniq -c | head -5
+    done
+  done
 }
 
 before_after() {  # issue 8, item 5: the one-worker loop as it was before the hand-over (commit 0163a1a, exported

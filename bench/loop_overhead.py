@@ -161,15 +161,19 @@ def main() -> None:
     runs = sum(len(e.run_values) for e in loop.ledger.all())
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu_total = sum(u.ru_utime + u.ru_stime for u in usage)
-    measured = [r for r in rows if r["runs"]] or [{"harness_overhead_s": 0.0, "loop_overhead_s": 0.0, "runs": 1}]
+    measured = [r for r in rows if r["runs"]]  # none with --experiments 0: the baseline's runs alone
+
+    def mean_per_run(key: str, less: float = 0.0) -> float | None:
+        return statistics.fmean(r[key] / r["runs"] - less for r in measured) if measured else None
+
     summary = {
         "preset": args.preset,
         "budget_s": args.budget,
         "device": json.loads(loop.ledger.all()[0].result)["device"],
         "experiments": rows,
-        "mean_harness_overhead_s": statistics.fmean(r["harness_overhead_s"] / r["runs"] for r in measured),
-        "mean_loop_overhead_s": statistics.fmean(r["loop_overhead_s"] / r["runs"] for r in measured),
-        "mean_wall_beyond_budget_s": statistics.fmean(r["wall_s"] / r["runs"] - args.budget for r in measured),
+        "mean_harness_overhead_s": mean_per_run("harness_overhead_s"),
+        "mean_loop_overhead_s": mean_per_run("loop_overhead_s"),
+        "mean_wall_beyond_budget_s": mean_per_run("wall_s", args.budget),
         "runs_in_all": runs,
         # CPU time of this process and of every process reaped under it, per run: the loop, the evaluators, the
         # fork server, process start-ups. An experiment killed at its end is not always reaped under it.
