@@ -519,3 +519,29 @@ def test_the_experiments_compile_cache_is_its_own_layer_not_torchs_default(lab) 
     exp = loop.step(one_edit("where is the cache", [(START, START + show)]))
     where = run_log(ws, exp.id).split("CACHE ", 1)[1].split()[0]
     assert where == str(compile_cache.INSIDE / "inductor"), where
+
+
+# Makes an inotify instance, and an unprivileged fanotify group (Linux 5.13 and later let any user have one that
+# reports file ids), as many as it may: each line "NOTIFY name made N" or "NOTIFY name refused ERRNO".
+NOTIFY = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+for name, make in (("inotify", lambda: libc.inotify_init1(0)), ("fanotify", lambda: libc.fanotify_init(0x200, 0))):
+    made = 0
+    while made < 4096 and make() >= 0:
+        made += 1
+    print("NOTIFY", name, f"made {made}" if made else f"refused {ctypes.get_errno()}", flush=True)
+"""
+
+
+def test_a_run_cannot_use_up_the_inotify_instances_of_whoever_made_its_namespace(lab) -> None:
+    """BROKE (helper 111): the kernel charges the inotify instances and watches (and fanotify's groups and marks) of a
+    user namespace's users to the user who made it as well, against that user's own limit (128 instances). A run held
+    them all while it lived: root's processes, or the user's (systemd, an editor, a coding agent's tools), got EMFILE
+    from inotify_init1. Fixed: the seccomp filter refuses both to the experiment, which needs neither."""
+    ws, loop = lab
+    exp = loop.step(one_edit("watch files", [(START, START + inside(NOTIFY))]))
+    log = run_log(ws, exp.id)
+    assert f"NOTIFY inotify refused {errno.EPERM}" in log, log
+    assert f"NOTIFY fanotify refused {errno.EPERM}" in log, log
+    assert result_of(exp)["valid"], log

@@ -15,9 +15,12 @@ pinned to CPU 0, it kept CPU 1 busy); a user namespace of its own and mounts (NA
 CLONE_NEWUSER, and `clone3`, whose flags the filter cannot read: it answers ENOSYS and glibc uses `clone`), in
 which a run as root mounted the cgroup filesystem and moved into a cpuset of the other worker's CPUs (red team);
 `prctl(PR_SCHED_CORE)`, which can keep a core's other hyperthread idle; and `prlimit` on another process, the
-sandbox's anchor (evaluator/confined.py), which a run killed so (red team). Nothing else is filtered. libseccomp
-kills a process that makes a system call of another architecture (the 32-bit entry points), so there is no way
-around it. Linux only; where libseccomp is missing, `unavailable_reason()` says so.
+sandbox's anchor (evaluator/confined.py), which a run killed so (red team); and inotify and fanotify
+(NOTIFY_CALLS), whose instances and watches the kernel charges to whoever made the run's user namespace, root or the
+user, on top of their own: a run that held them all had that user's own tools (systemd, an editor, a coding agent's)
+refused theirs while it lived (red team). Nothing else is filtered. libseccomp kills a process that makes a system
+call of another architecture (the 32-bit entry points), so there is no way around it. Linux only; where libseccomp
+is missing, `unavailable_reason()` says so.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ KEYRING_CALLS = ("add_key", "request_key", "keyctl")
 CPU_CALLS = ("sched_setaffinity", "io_uring_setup", "io_uring_enter", "io_uring_register")
 NAMESPACE_CALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick")
 NAMESPACE_CALLS += ("move_mount", "open_tree", "mount_setattr")
+NOTIFY_CALLS = ("inotify_init", "inotify_init1", "fanotify_init")  # an honest run watches no file
 _CLONE_NEWUSER = 0x10000000
 _PR_SCHED_CORE = 62
 
@@ -85,7 +89,7 @@ def _filter():
     rules = seccomp.SyscallFilter(seccomp.ALLOW)
     for call in KEYRING_CALLS:
         rules.add_rule(seccomp.ERRNO(errno.EPERM), call)
-    for call in (*CPU_CALLS, *NAMESPACE_CALLS):
+    for call in (*CPU_CALLS, *NAMESPACE_CALLS, *NOTIFY_CALLS):
         with contextlib.suppress(OSError):  # an older libseccomp has no name for io_uring's or the new mount calls
             rules.add_rule(seccomp.ERRNO(errno.EPERM), call)
     rules.add_rule(
