@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import sandbox
-from autoresearch.evaluator.gpu_nodes import gpu_models, nvidia_gpus, own_nodes
+from autoresearch.evaluator import gpu_nodes, sandbox
+from autoresearch.evaluator.gpu_nodes import GpusUntold, gpu_models, nvidia_gpus, own_nodes
 from autoresearch.loop import workers
 from autoresearch.loop.workers import devices
 
@@ -125,7 +125,7 @@ def test_the_sandbox_binds_only_the_workers_gpu_and_renumbers_it(
     machine: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dev, table = machine
-    monkeypatch.setattr(sandbox, "own_nodes", lambda env: own_nodes(env, dev, table))
+    monkeypatch.setattr(gpu_nodes, "own_nodes", lambda env: own_nodes(env, dev, table))
     workdir = tmp_path / "box"
     workdir.mkdir()
     argv = sandbox.command(["true"], workdir=workdir, env={"CUDA_VISIBLE_DEVICES": "1", "PATH": "/usr/bin"})
@@ -153,7 +153,7 @@ def commands(machine: tuple[Path, Path], monkeypatch) -> list[list[str]]:
     from autoresearch.evaluator.confined import FORK_ENV
 
     dev, table = machine
-    monkeypatch.setattr(sandbox, "own_nodes", lambda env: own_nodes(env, dev, table))
+    monkeypatch.setattr(gpu_nodes, "own_nodes", lambda env: own_nodes(env, dev, table))
     made = []
     command = sandbox.command
     monkeypatch.setattr(sandbox, "command", lambda argv, **kwargs: made.append(command(argv, **kwargs)) or made[-1])
@@ -214,6 +214,6 @@ def test_a_run_whose_own_gpus_cannot_be_told_for_a_moment_is_not_given_every_gpu
     monkeypatch.setenv(promises.ENV, promises.said(given))
     ws = make_workspace(tmp_path / "ws", tiny_prepared)
     table.rename(tmp_path / "unread")  # the driver's table, for this evaluator alone
-    with pytest.raises(sandbox.GpusUntold, match=r"run's GPUs \(1\)"):
+    with pytest.raises(GpusUntold, match=r"run's GPUs \(1\)"):
         Referee(ws.root / "train.py", dict(os.environ))
     assert not commands

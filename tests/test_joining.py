@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autoresearch.evaluator import joining, promises, sandbox, syscalls
+from autoresearch.evaluator import gpu_nodes, joining, promises, sandbox, syscalls
 from autoresearch.evaluator.confined import ExperimentProcess
 from autoresearch.evaluator.gpu_nodes import Nodes
 
@@ -220,7 +220,7 @@ def test_the_experiment_numbers_its_gpu_as_it_sees_it_inside(tmp_path: Path, lay
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     monkeypatch.setenv("AUTORESEARCH_FORK_SERVER", fork)
     mine, every = Nodes([], "0", True), Nodes([], None, False)  # GPU 1 is GPU 0 in there
-    monkeypatch.setattr(sandbox, "own_nodes", lambda env: mine if env.get("CUDA_VISIBLE_DEVICES") == "1" else every)
+    monkeypatch.setattr(gpu_nodes, "own_nodes", lambda env: mine if env.get("CUDA_VISIBLE_DEVICES") == "1" else every)
     code = "import os\nprint('GPU ' + os.environ['CUDA_VISIBLE_DEVICES'])\n"
     exp, output, _ = experiment(tmp_path, code, [hidden])
     assert exp.forked == (fork == "1")

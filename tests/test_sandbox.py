@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.evaluator import promises, sandbox
+from autoresearch.evaluator import gpu_nodes, promises, sandbox
 from autoresearch.evaluator.gpu_nodes import Nodes
 
 SECRET = "VALIDATION-SHARD-SECRET-7f3a"
@@ -493,7 +493,7 @@ def test_gpu_device_nodes_are_bound_over_the_fresh_dev_only_when_asked(
     layout: Layout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nodes = Nodes(["/dev/nvidia0", "/dev/nvidia-caps", "/dev/nvidiactl"], None, False)
-    monkeypatch.setattr(sandbox, "own_nodes", lambda env: nodes)
+    monkeypatch.setattr(gpu_nodes, "own_nodes", lambda env: nodes)
     argv = sandbox.command(["true"], workdir=layout.workdir, env={})
     fresh_dev = argv.index("--dev")
     for node in ["/dev/nvidia0", "/dev/nvidia-caps", "/dev/nvidiactl", "/dev/dri"]:

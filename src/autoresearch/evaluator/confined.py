@@ -31,6 +31,7 @@ import psutil
 
 from autoresearch import switches
 from autoresearch.evaluator import joining, memory, promises, run_group, run_user, sandbox, syscalls, tasks
+from autoresearch.evaluator.run_env import box_environment, confined_environment
 from autoresearch.evaluator.run_group import RunGroup
 from autoresearch.evaluator.run_output import Output
 from autoresearch.wire import CHANNEL_ENV, Channel
@@ -127,7 +128,7 @@ class ExperimentProcess:
         proc = subprocess.Popen(
             argv,
             cwd=box,
-            env=sandbox.box_environment(env, box),
+            env=box_environment(env, box),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -161,7 +162,7 @@ class ExperimentProcess:
         out_r, out_w = os.pipe()
         ready_r, ready_w = os.pipe()
         confined = self.unconfined_reason is None
-        box_env = sandbox.confined_environment(env, box) if confined and view.gpu else sandbox.box_environment(env, box)
+        box_env = confined_environment(env, box) if confined and view.gpu else box_environment(env, box)
         pid = os.fork()
         if pid == 0:
             filtered = self.unfiltered_reason is None

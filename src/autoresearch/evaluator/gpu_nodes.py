@@ -13,7 +13,7 @@ so in a container that has some of the machine's nodes, or under a job scheduler
 index is not the bus order's. Where the mapping cannot be told (no driver table, an unknown id, a GPU of the
 table this process cannot open, mixed models without PCI_BUS_ID) the run gets every node, as any CUDA program
 would, and `own_nodes` says so; where the loop could tell them at its start, an evaluator that cannot now stops the loop
-instead (sandbox.run_nodes). A UUID names its GPU wherever it is.
+instead (`run_nodes`). A UUID names its GPU wherever it is.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from autoresearch.errors import AutoresearchError
+from autoresearch.evaluator import promises
 
 DRIVER_TABLE = Path("/proc/driver/nvidia/gpus")
 _PER_GPU = re.compile(r"nvidia\d+$")
@@ -122,3 +125,27 @@ def own_nodes(
     by_bus = sorted(chosen, key=lambda gpu: gpu.bus)
     inside = ",".join(str(by_bus.index(gpu)) for gpu in chosen)
     return Nodes(sorted([*shared, *map(str, nodes)]), inside, True)
+
+
+class GpusUntold(AutoresearchError):
+    """Which GPUs' device nodes are the run's cannot be told now, where the loop could tell: it is not given every
+    GPU's."""
+
+    def __init__(self, env: Mapping[str, str]):
+        super().__init__(
+            f"cannot tell which device nodes are those of the run's GPUs ({env.get('CUDA_VISIBLE_DEVICES')}): the "
+            "driver's table (/proc/driver/nvidia/gpus) could not be read, or a GPU's node not opened",
+            hint="the loop told them at its start; see that the NVIDIA driver is loaded and the machine has memory to "
+            "spare, then run again: the experiment in flight is trained then",
+        )
+
+
+def run_nodes(env: Mapping[str, str]) -> Nodes:
+    """`own_nodes(env)`, as an evaluator takes them: where the process that started it found the run's own GPUs' nodes
+    (evaluator/promises.py), GpusUntold rather than every GPU's. One that could not tell them at that moment (the
+    driver's table unread, a node not opened) bound every GPU of the machine into the run's sandbox: a train.py that set
+    CUDA_VISIBLE_DEVICES again could train on another worker's GPU, or fill its memory (red team)."""
+    nodes = own_nodes(env)
+    if not nodes.own_only and promises.GPUS in promises.promised():
+        raise GpusUntold(env)
+    return nodes

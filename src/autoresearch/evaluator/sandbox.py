@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -29,24 +28,19 @@ from pathlib import Path
 
 from autoresearch import switches
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import memory, promises, run_group, run_user, syscalls, tasks
+from autoresearch.evaluator import gpu_nodes, memory, promises, run_group, run_user, syscalls, tasks
 from autoresearch.evaluator import shown as shown_paths
 from autoresearch.evaluator.cores import runs_train_on_cpu
-from autoresearch.evaluator.gpu_nodes import Nodes, own_nodes
+from autoresearch.evaluator.run_env import (
+    PRIVATE_TMP,
+    SECRET_NAME,
+    box_environment,
+    confined_environment,
+    lies_inside,
+    scrubbed_env,
+)
 from autoresearch.files import absolute_entries, program_path
 
-_SECRET_NAME = re.compile("KEY|TOKEN|SECRET|PASSWORD|PASS$|CREDENTIAL|AUTH|PAT$", re.IGNORECASE)
-# What train.py's process gets of the environment: an allow-list (a deny-list let database URLs with
-# passwords and *_PAT tokens through). Python, the locale, the GPU and the math libraries; of our own
-# settings, the device, the peak FLOP/s and the channel. The rest (result file, config) is the evaluator's.
-_PASSED_THROUGH = frozenset(
-    {
-        "PATH", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR", "USER", "LOGNAME", "VIRTUAL_ENV", "CONDA_PREFIX",
-        "CONDA_DEFAULT_ENV", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "HOME",
-        "AUTORESEARCH_DEVICE", "AUTORESEARCH_PEAK_FLOPS", "AUTORESEARCH_CHANNEL",
-    }
-)  # fmt: skip
-_PASSED_PREFIXES = ("LC_", "PYTHON", "CUDA_", "NVIDIA_", "TORCH", "PYTORCH_", "TRITON_", "MKL_", "OPENBLAS_", "KMP_")
 # Where credentials usually live in a home directory: hidden from train.py (files are replaced by an
 # empty one). The rest of the home stays readable: Python installations often live there.
 CREDENTIAL_DIRS = (".ssh", ".aws", ".azure", ".gnupg", ".docker", ".kube", ".config", ".huggingface",
@@ -56,7 +50,6 @@ CREDENTIAL_FILES = (".netrc", ".npmrc", ".pypirc", ".git-credentials", ".gitconf
 SYSTEM_SECRET_FILES = ("/etc/shadow", "/etc/gshadow")
 # The session and system buses' sockets: through them a run could have work started outside its sandbox.
 SYSTEM_SOCKET_DIRS = ("/run/user", "/run/dbus")
-_PRIVATE_TMP = Path("/tmp")
 SWITCH_ENV = switches.SANDBOX
 BWRAP_ENV = "AUTORESEARCH_BWRAP"  # bubblewrap's path, as the loop found it (`bwrap`): set in `evaluator_env`
 _HINT = (
@@ -85,63 +78,6 @@ class SandboxUnavailable(AutoresearchError):
         super().__init__(f"cannot confine train.py: {reason}", hint=_HINT)
 
 
-class GpusUntold(AutoresearchError):
-    """Which GPUs' device nodes are the run's cannot be told now, where the loop could tell: it is not given every
-    GPU's."""
-
-    def __init__(self, env: Mapping[str, str]):
-        super().__init__(
-            f"cannot tell which device nodes are those of the run's GPUs ({env.get('CUDA_VISIBLE_DEVICES')}): the "
-            "driver's table (/proc/driver/nvidia/gpus) could not be read, or a GPU's node not opened",
-            hint="the loop told them at its start; see that the NVIDIA driver is loaded and the machine has memory to "
-            "spare, then run again: the experiment in flight is trained then",
-        )
-
-
-def run_nodes(env: Mapping[str, str]) -> Nodes:
-    """`own_nodes(env)`, as an evaluator takes them: where the process that started it found the run's own GPUs' nodes
-    (evaluator/promises.py), GpusUntold rather than every GPU's. One that could not tell them at that moment (the
-    driver's table unread, a node not opened) bound every GPU of the machine into the run's sandbox: a train.py that set
-    CUDA_VISIBLE_DEVICES again could train on another worker's GPU, or fill its memory (red team)."""
-    nodes = own_nodes(env)
-    if not nodes.own_only and promises.GPUS in promises.promised():
-        raise GpusUntold(env)
-    return nodes
-
-
-def scrubbed_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The part of the caller's environment train.py may see (see _PASSED_THROUGH), never a secret's name."""
-    return {
-        name: value
-        for name, value in env.items()
-        if (name in _PASSED_THROUGH or name.startswith(_PASSED_PREFIXES)) and not _SECRET_NAME.search(name)
-    }
-
-
-def box_environment(env: Mapping[str, str], workdir: Path, writable: Sequence[Path] = ()) -> dict[str, str]:
-    """The confined process's environment: `scrubbed_env(env)`, with HOME and TMPDIR where it can write, and what
-    its Python needs to find its packages without the real HOME (shown.py: the user's site)."""
-    box_env = {**shown_paths.python_environment(), **scrubbed_env(env)}
-    for name in ("HOME", "TMPDIR"):
-        # Programs write there (caches under ~, gcc under Triton in $TMPDIR): keep it only if it is writable inside.
-        if name in box_env and not _inside(Path(box_env[name]), [workdir, *writable]):
-            box_env[name] = str(_PRIVATE_TMP)
-    box_env.setdefault("HOME", str(_PRIVATE_TMP))
-    return box_env
-
-
-def confined_environment(
-    env: Mapping[str, str], workdir: Path, writable: Sequence[Path] = (), nodes: Nodes | None = None
-) -> dict[str, str]:
-    """`box_environment` for a process inside the sandbox: only its own GPUs' nodes are there (`nodes`, by
-    default `run_nodes(env)`), so CUDA_VISIBLE_DEVICES numbers those as CUDA sees them; the outside numbers would
-    name no GPU, or the wrong one."""
-    box_env = box_environment(env, workdir, writable)
-    if (visible := (nodes or run_nodes(env)).visible) is not None:
-        box_env.update(CUDA_VISIBLE_DEVICES=visible, CUDA_DEVICE_ORDER="PCI_BUS_ID")
-    return box_env
-
-
 def _search_paths_absolute(env: dict[str, str]) -> dict[str, str]:
     """`env` with only the absolute entries of PATH and PYTHONPATH, for a trusted process we start: a relative one
     ('.', an empty one, which `export PYTHONPATH=$PYTHONPATH:/x` leaves where it was unset) is the working directory,
@@ -160,7 +96,7 @@ def evaluator_env(env: Mapping[str, str]) -> dict[str, str]:
     places = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_XET_CACHE", "XDG_CACHE_HOME")
     ours = {name: value for name, value in env.items() if name.startswith("AUTORESEARCH_") or name in places}
     evaluator = _search_paths_absolute(
-        {**scrubbed_env(env), **{k: v for k, v in ours.items() if not _SECRET_NAME.search(k)}}
+        {**scrubbed_env(env), **{k: v for k, v in ours.items() if not SECRET_NAME.search(k)}}
     )
     if found := bwrap():  # as the loop found it, before any agent ran
         evaluator[BWRAP_ENV] = found
@@ -196,7 +132,7 @@ def module_command(python: str, module: str) -> list[str]:
 def python_needs(path: Path) -> bool:
     """Whether Python inside the sandbox needs `path` to import anything: it is one of the directories it imports
     from, or lies inside one (hiding it would break every run; a directory that holds them can be hidden)."""
-    return _inside(path, shown_paths.python_paths())
+    return lies_inside(path, shown_paths.python_paths())
 
 
 def _reveals(path: Path, hidden: Sequence[Path]) -> bool:
@@ -252,9 +188,9 @@ def command(
     hidden = [path for path in hidden if path.is_dir()]  # a missing directory has nothing to hide
     home = env.get("HOME")
     secret_dirs, secret_files = _credentials(Path(home) if home else None)
-    hidden += [d for d in secret_dirs if d not in hidden and not _inside(workdir, [d])]
-    hidden += [d for d in shown_paths.unused_site_packages() if d not in hidden and not _inside(workdir, [d])]
-    shown = [path for path in shown_paths.readable(env) if path not in (_PRIVATE_TMP, *hidden)]
+    hidden += [d for d in secret_dirs if d not in hidden and not lies_inside(workdir, [d])]
+    hidden += [d for d in shown_paths.unused_site_packages() if d not in hidden and not lies_inside(workdir, [d])]
+    shown = [path for path in shown_paths.readable(env) if path not in (PRIVATE_TMP, *hidden)]
     for path in map(_directory, readable):
         if _reveals(path, hidden):
             raise ValueError(f"{path} cannot be shown: it holds a hidden directory")
@@ -265,19 +201,19 @@ def command(
     # read-only tmpfs, a file is masked by /dev/null, bound nodev (unreadable), unless a hidden directory or the
     # private /tmp already holds it.
     visible = [*shown, *(path for path in system if not path.is_symlink())]
-    hidden = [path for path in hidden if _inside(path, [*visible, _PRIVATE_TMP])]
-    masked_files = [path for path in (*secret_files, *hidden_files) if _inside(path, visible)]
-    masked_files = [path for path in masked_files if not _inside(path, [_PRIVATE_TMP, *hidden])]
+    hidden = [path for path in hidden if lies_inside(path, [*visible, PRIVATE_TMP])]
+    masked_files = [path for path in (*secret_files, *hidden_files) if lies_inside(path, visible)]
+    masked_files = [path for path in masked_files if not lies_inside(path, [PRIVATE_TMP, *hidden])]
 
     # A directory is mounted before anything inside it, so an inner mount stays visible: a hidden directory inside
     # a Python path, the workdir of a run inside the hidden workspace, a venv under /tmp inside the private /tmp.
     # Sorting by depth (stable) does it.
     mounts = [(path, _system_mount(path)) for path in system]
-    mounts += [(_PRIVATE_TMP, [*(["--perms", "01777"] if userns_fd else []), "--tmpfs", str(_PRIVATE_TMP)])]
+    mounts += [(PRIVATE_TMP, [*(["--perms", "01777"] if userns_fd else []), "--tmpfs", str(PRIVATE_TMP)])]
     mounts += [(path, ["--tmpfs", str(path)]) for path in hidden]
     mounts += [(path, ["--ro-bind", str(path), str(path)]) for path in shown]
     links = shown_paths.links(env, visible)
-    mounts += [(path, ["--symlink", target, str(path)]) for path, target in links if not _inside(path, hidden)]
+    mounts += [(path, ["--symlink", target, str(path)]) for path, target in links if not lies_inside(path, hidden)]
     mounts += [(path, ["--bind", str(path), str(path)]) for path in (workdir, *writable)]
     mounts += [(inside, ["--bind", str(_directory(outside)), str(inside)]) for outside, inside in binds]
     if userns_fd:  # the folders bwrap would make on the way to each (not those a bind shows)
@@ -289,7 +225,7 @@ def command(
     masked = [option for path in masked_files for option in ("--ro-bind", "/dev/null", str(path))]
 
     if gpu:  # the driver's table read, and each GPU's node tried, once
-        nodes = run_nodes(env)
+        nodes = gpu_nodes.run_nodes(env)
         box_env, devices = confined_environment(env, workdir, writable, nodes), [*nodes.paths, "/dev/dri"]
     else:
         box_env, devices = box_environment(env, workdir, writable), []
@@ -391,7 +327,7 @@ def can_promise(env: Mapping[str, str]) -> set[str]:
         given.add(promises.SANDBOX)
         if anchors_reason() is None:
             given.add(promises.ANCHOR)
-        if not runs_train_on_cpu(env) and own_nodes(env).own_only:
+        if not runs_train_on_cpu(env) and gpu_nodes.own_nodes(env).own_only:
             given.add(promises.GPUS)
     if syscalls.unavailable_reason() is None:
         given.add(promises.FILTER)
@@ -524,8 +460,3 @@ def _directory(path: Path) -> Path:
     if not path.is_dir():
         raise ValueError(f"{path} is not a directory: a confined run can only write existing directories")
     return path
-
-
-def _inside(path: Path, roots: Sequence[Path]) -> bool:
-    path = _real(path)
-    return any(path == root or root in path.parents for root in roots)
