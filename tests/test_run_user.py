@@ -62,25 +62,21 @@ def test_a_run_of_its_own_user_is_capped_by_rlimit_nproc_alone_and_cannot_become
 
 
 @ROOT
-@pytest.mark.parametrize(("switch", "capped_otherwise", "wanted"), [
-    ("", False, True), ("auto", False, True), ("auto", True, False),  # a pids group caps it: nothing to do
-    ("nobody", True, True), ("root", False, False),
-])  # fmt: skip
-def test_a_root_loop_makes_its_runs_a_user_of_their_own_where_nothing_else_caps_them(
-    monkeypatch, switch, capped_otherwise, wanted
-) -> None:
+@pytest.mark.parametrize(("switch", "wanted"), [("", True), ("auto", True), ("nobody", True), ("root", False)])
+def test_a_root_loop_makes_its_runs_a_user_of_their_own_unless_told_not_to(monkeypatch, switch, wanted) -> None:
+    """Where a pids group caps the run too: what the kernel counts by user is then the run's own
+    (tests/test_red_team_per_user.py)."""
     monkeypatch.setenv(run_user.RUN_USER_ENV, switch)
-    assert run_user.wanted(capped_otherwise) is wanted
-    promised = sandbox.can_promise(dict(os.environ))  # on this machine, which may or may not give a pids group
-    expected = {"nobody": True, "root": False}.get(switch, "pids" not in promised)
-    assert (promises.USER in promised) is expected, promised
+    assert run_user.wanted() is wanted
+    promised = sandbox.can_promise(dict(os.environ))
+    assert (promises.USER in promised) is wanted, promised
 
 
 def test_a_loop_not_run_as_root_never_does_and_a_wrong_switch_is_refused(monkeypatch) -> None:
     monkeypatch.setattr(os, "getuid", lambda: 1000)
     monkeypatch.setenv(run_user.RUN_USER_ENV, "nobody")
-    assert not run_user.wanted(False)
+    assert not run_user.wanted()
     monkeypatch.setattr(os, "getuid", lambda: 0)
     monkeypatch.setenv(run_user.RUN_USER_ENV, "daemon")
     with pytest.raises(AutoresearchError, match="auto, nobody or root"):
-        run_user.wanted(False)
+        run_user.wanted()

@@ -300,7 +300,7 @@ def test_a_bubblewrap_that_makes_no_user_namespace_caps_no_run_by_rlimit_and_run
     flat.write_text("#!/bin/sh\nexec cat /proc/self/uid_map\n")
     flat.chmod(0o755)
     monkeypatch.setattr(tasks, "by_limit", lambda: True)  # a loop not run as root, on Linux 5.14 or later
-    monkeypatch.setattr(run_user, "wanted", lambda capped_otherwise: False)  # which makes no run `nobody`
+    monkeypatch.setattr(run_user, "wanted", lambda: False)  # which makes no run `nobody`
     monkeypatch.setattr(run_group, "limitable", lambda limits: set())  # and no pids group to be made
 
     def probe_again() -> None:

@@ -15,9 +15,10 @@ trace nor to signal.
 
 As `nobody` it reads what every user may read (the files of its Python, which bubblewrap shows at their paths, in
 directories it is told to make 0755, `sandbox.command`); it writes its box, made its own (`give`), and a /tmp of mode
-1777, as is its /dev/shm. Switched by RUN_USER_ENV: "auto" (the default: where a root loop's runs would have no cap
-of tasks), "nobody" (every run of a root loop), "root" (never: runs uncapped where no group caps them, as `run`
-warns).
+1777, as is its /dev/shm. Switched by RUN_USER_ENV: "auto" (the default: every run of a root loop, where the machine
+can make one a user of its own; a pids group, where one can be made, caps its tasks too), "nobody" (the same), "root"
+(never: a run as root shares what the kernel counts by user with root's own processes and every other run, and runs
+uncapped where no group caps them, as `run` warns).
 """
 
 from __future__ import annotations
@@ -53,12 +54,17 @@ def choice() -> str:
     return raw
 
 
-def wanted(capped_otherwise: bool) -> bool:
-    """Whether a run of this loop should be RUN_UID: run as root, on Linux, and (auto) where nothing else caps its
-    tasks (`capped_otherwise`: its cgroup's pids controller), or always (nobody)."""
+def wanted() -> bool:
+    """Whether a run of this loop should be RUN_UID: run as root, on Linux, unless RUN_USER_ENV says root. Also where a
+    pids group caps its tasks: what the kernel counts by user (descriptors in flight in unix sockets, epoll's watches,
+    pipes' pages) a run as root counts as root's, and a run that kept 20,000 descriptors in flight had every other
+    worker's run refused the next it sent (ETOOMANYREFS: a DataLoader's workers), one that held 5.5 million epoll
+    watches (1.1 GiB, within its share) every root process on the machine refused one (ENOSPC: asyncio, the coding
+    agents' runtimes, systemd), red team. "auto" takes root where the machine cannot make a run a user of its own
+    (sandbox.users_reason), "nobody" does not."""
     if os.getuid() != 0 or not hasattr(os, "setresuid"):
         return False
-    return choice() == "nobody" or (choice() == "auto" and not capped_otherwise)
+    return choice() != "root"
 
 
 def host_uid() -> int:

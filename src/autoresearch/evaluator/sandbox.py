@@ -332,7 +332,7 @@ def can_promise(env: Mapping[str, str]) -> set[str]:
     if syscalls.unavailable_reason() is None:
         given.add(promises.FILTER)
     limited = run_group.limitable(run_limits(env))
-    if promises.SANDBOX in given and run_user.wanted("pids" in limited) and users_reason() is None:
+    if promises.SANDBOX in given and run_user.wanted() and users_reason() is None:
         given.add(promises.USER)
     return given | limited
 
@@ -351,7 +351,7 @@ def runs_capped(most: int) -> bool:
         return True
     if "pids" in run_group.limitable(tasks.limits(most)):
         return True
-    return unavailable_reason() is None and run_user.wanted(False) and users_reason() is None
+    return unavailable_reason() is None and run_user.wanted() and users_reason() is None
 
 
 @functools.cache

@@ -1,0 +1,153 @@
+"""Red team (helper 112): what the kernel counts by user rather than by cgroup or namespace, held by a run of a root
+loop so that what else runs on the machine is refused its own. Each run is made as the loop makes it by default (a
+user of its own where it promises one, else root with no capability left), as an evaluator makes it, in a process of
+its own."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import select
+import sys
+import textwrap
+import time
+
+import pytest
+
+from autoresearch.evaluator import promises, sandbox
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="the runs of a loop run as root")
+
+HELD_S = 10  # seconds a holder holds, once it holds: starting its sandbox and filling take up to ~8 s (epoll's)
+DROP_ALL = "from autoresearch.evaluator import joining; joining.drop_privileges()\n"
+
+
+def _as_the_loop_runs_it(code: str, out: str) -> None:
+    """In a process of its own (an evaluator): `code` run as this loop runs train.py, its output written to `out`."""
+    code = textwrap.dedent(code)
+    if promises.USER in sandbox.can_promise(dict(os.environ)):
+        ran = sandbox.as_run_user(code)
+    else:  # root in its sandbox, every capability dropped, as joining.drop_privileges leaves it
+        env = sandbox._search_paths_absolute(dict(os.environ))
+        ran = sandbox._in_sandbox([sys.executable, "-c", DROP_ALL + code], env=env)
+    with open(out, "w") as f:
+        f.write(ran if isinstance(ran, str) else ran.stdout + ran.stderr)
+
+
+def _beside(holder_code: str, tmp_path, then, after: float) -> tuple[str, object]:
+    """Run `holder_code` as the loop runs a run and, `after` seconds (once it holds what it holds: a sandboxed run's
+    output comes back at its end, so it cannot say so), `then()`; the holder's output and what `then` returned."""
+    context = multiprocessing.get_context("fork")
+    held = tmp_path / "held"
+    holder = context.Process(target=_as_the_loop_runs_it, args=(holder_code, str(held)))
+    holder.start()
+    try:
+        time.sleep(after)
+        answer = then()
+    finally:
+        holder.join(90)
+        if holder.is_alive():
+            holder.kill()
+    return held.read_text() if held.exists() else "", answer
+
+
+# Keeps more descriptors in flight in a unix socket than a run may have open (RLIMIT_NOFILE), which the kernel counts
+# by the sender's user (user_struct), whatever its namespace or cgroup.
+FDS_IN_FLIGHT = f"""
+import array, os, resource, socket, time
+ours, theirs = socket.socketpair()
+ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(250)]
+sent = 0
+try:
+    while sent < 4 * resource.getrlimit(resource.RLIMIT_NOFILE)[0]:
+        ours.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        sent += len(fds)
+except OSError as exc:
+    print("stopped", exc)
+print("held", sent, flush=True)
+time.sleep({HELD_S})
+"""
+
+# multiprocessing's fork server (Python 3.14's default start method on Linux) is sent each new process's descriptors
+# (SCM_RIGHTS), as a DataLoader's workers send each batch's.
+START_A_PROCESS = """
+import multiprocessing
+if __name__ == "__main__":
+    try:
+        p = multiprocessing.get_context("forkserver").Process(target=print, args=("worker started",))
+        p.start()
+        p.join()
+        print("started", p.exitcode, flush=True)
+    except OSError as exc:
+        print("refused", exc, flush=True)
+"""
+
+
+def test_a_run_that_keeps_descriptors_in_flight_leaves_another_workers_run_its_own_to_send(tmp_path) -> None:
+    """A root loop whose runs a pids group caps ran them as root (no capability left): one run that kept 20,000
+    descriptors in flight had the next descriptor any other worker's run sent refused (ETOOMANYREFS), so that
+    multiprocessing's fork server and a DataLoader's workers failed and an honest run crashed. BROKE, fixed: a root
+    loop runs every run as a user of its own where it can (run_user.wanted), pids group or not."""
+
+    def start_one() -> str:
+        _as_the_loop_runs_it(START_A_PROCESS, str(tmp_path / "started"))
+        return (tmp_path / "started").read_text()
+
+    held, started = _beside(FDS_IN_FLIGHT, tmp_path, start_one, after=4)
+    assert "held" in held, held
+    assert "worker started" in started and "started 0" in started, started
+
+
+# Holds as many epoll watches as the kernel lets one user have (fs.epoll.max_user_watches, 4 % of the memory: 1.1 GiB
+# of kernel memory on a 24 GiB machine, charged to the run's share), by user_struct again. Refuses to hold them as the
+# machine's root: that would refuse every root process of the machine one (the test would do the harm it tests for).
+EPOLL_WATCHES = f"""
+import os, resource, select, time
+mapped = open("/proc/self/uid_map").read().split()
+outside = int(mapped[mapped.index(str(os.getuid())) + 1])
+if outside == 0:
+    print("as the machine's root: not held", flush=True)
+    raise SystemExit
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+r, w = os.pipe()
+fds = [os.dup(r) for _ in range(min(hard, 20000) // 2 - 20)]
+polls, watches = [], 0
+try:
+    while True:
+        polls.append(select.epoll())
+        for fd in fds:
+            polls[-1].register(fd, select.EPOLLIN)
+            watches += 1
+except OSError as exc:
+    print("stopped", exc)
+print("held", watches, "watches", flush=True)
+time.sleep({HELD_S})
+"""
+
+
+@pytest.mark.slow
+def test_a_run_that_holds_every_epoll_watch_leaves_root_its_own(tmp_path) -> None:
+    """The kernel counts epoll watches by user, up to fs.epoll.max_user_watches, and refuses one more (ENOSPC) to any
+    process of that user, root's too: no capability passes. A run as root (a pids group capping it) that held them
+    all, within its memory share, had every root process of the machine refused one (asyncio's loop, a coding agent's
+    runtime, systemd). BROKE (shown as another user: not run as root here), fixed: each run is a user of its own."""
+
+    def watch_one() -> str:
+        r, w = os.pipe()
+        poll = select.epoll()
+        try:
+            poll.register(r, select.EPOLLIN)
+            return "watched"
+        except OSError as exc:
+            return f"refused {exc}"
+        finally:
+            poll.close()
+            os.close(r)
+            os.close(w)
+
+    held, watched = _beside(EPOLL_WATCHES, tmp_path, watch_one, after=12)
+    assert "not held" not in held, held
+    assert "held" in held and int(held.split("held")[1].split()[0]) > 100_000, held
+    assert watched == "watched", watched
