@@ -30,8 +30,9 @@ from loop_support import (
     with_constants,
 )
 
+from autoresearch.loop import evaluator_process
 from autoresearch.loop.clock import sleep_awake
-from autoresearch.loop.evaluator_process import UNSEEN, ForkServer
+from autoresearch.loop.evaluator_process import UNSEEN, ForkRefused, ForkServer
 from autoresearch.loop.executor import (
     EXPERIMENT_CRASHED,
     SETUP_FAILED,
@@ -1053,6 +1054,40 @@ def test_a_fork_server_never_asked_for_a_run_is_ended_at_once() -> None:
     started = time.monotonic()
     server.close()
     assert time.monotonic() - started < 0.5 and server._proc.poll() is not None
+
+
+def test_a_run_that_keeps_descriptors_in_flight_costs_the_loop_one_cold_evaluator_not_its_fork_server(
+    tmp_path, monkeypatch
+) -> None:
+    """The kernel counts descriptors in flight in unix sockets by user, and refuses one more to a user past its
+    RLIMIT_NOFILE (ETOOMANYREFS) without CAP_SYS_RESOURCE. Under a loop not run as root every run is the loop's user
+    outside its namespace: one that kept 20,000 in flight had the fork server refused the next evaluator's stdin and
+    log (socket.send_fds), and the loop gave its server up for the night, every later evaluator started cold. BROKE,
+    fixed: that one evaluator is started as a new process, the server kept (red team; the refusal is the kernel's, here
+    made by hand: a test as another user would need the loop's Python readable by it)."""
+    ready = tmp_path / "ready-server"  # a fork server that says `ready` on its socket (its last argument), then waits
+    ready.write_text(
+        f"#!{sys.executable}\nimport os, sys, time\n"
+        "os.write(int(sys.argv[-1]), b'{\"ready\": true}\\n')\ntime.sleep(60)\n"
+    )
+    ready.chmod(0o755)
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.ETOOMANYREFS, os.strerror(errno.ETOOMANYREFS))
+
+    monkeypatch.setattr(evaluator_process.socket, "send_fds", refused)
+    executor = LocalExecutor(python=str(ready))
+    try:
+        server = executor._server
+        assert server is not None
+        with pytest.raises(ForkRefused):
+            server.fork(tmp_path)
+        with pytest.raises(ForkRefused) as caught:
+            server.fork(tmp_path)  # nothing was sent: the server is still waiting for a request, in step
+        executor._fork_failed(caught.value)
+        assert executor._server is server and server._proc.poll() is None
+    finally:
+        executor.close()
 
 
 @pytest.mark.slow

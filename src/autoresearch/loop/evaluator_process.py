@@ -9,6 +9,7 @@ the part of a Popen the executor uses.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import select
@@ -107,6 +108,13 @@ class ForkFailed(RuntimeError):
     """The fork server is gone or answered nonsense: start evaluators as new processes."""
 
 
+class ForkRefused(ForkFailed):
+    """The kernel refused to hand the new evaluator's descriptors to the fork server (ETOOMANYREFS): it counts the
+    descriptors in flight in unix sockets by user, and a run of the loop's own user (a loop not run as root) that kept
+    more in flight than the loop may have open had the loop give its server up for the night, every later evaluator
+    started cold (red team). Only this evaluator is started as a new process: the server stays."""
+
+
 class ForkServer:
     """The loop's end of the fork server (evaluator/zygote.py), started at once: it imports meanwhile."""
 
@@ -149,6 +157,8 @@ class ForkServer:
         except (OSError, ValueError, ForkFailed) as exc:
             os.close(stdin_w)
             errors.close()
+            if isinstance(exc, OSError) and exc.errno == errno.ETOOMANYREFS:  # nothing was sent: the server waits on
+                raise ForkRefused(str(exc)) from exc
             self._stderr.seek(0)
             said = self._stderr.read().decode(errors="replace").strip().splitlines()[-1:]
             raise ForkFailed(f"{exc}{': ' + said[0] if said else ''}") from exc

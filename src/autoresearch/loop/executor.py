@@ -38,6 +38,7 @@ from autoresearch.loop.evaluator_process import (
     UNSEEN,
     ForkedProcess,
     ForkFailed,
+    ForkRefused,
     ForkServer,
     NewProcess,
     Referee,
@@ -251,6 +252,8 @@ class LocalExecutor:
         """Give up the fork server, which could not make an evaluator (`exc`, said once by the loop)."""
         if self._stopped.is_set():  # the fork gave up waiting for the server: no new process either
             raise RunStopped("the loop is stopping") from None
+        if isinstance(exc, ForkRefused):  # while a run holds descriptors in flight: this evaluator alone, as new
+            return
         self.fork_failure = str(exc)
         self._server.close()
         self._server = None  # from now on, every evaluator is a new process
