@@ -346,6 +346,8 @@ print('every run is given:', sorted(s.can_promise(os.environ)), '| anchor:', s.a
 cold_user() {  # 8 minutes: cold first steps of a root loop's runs as root and as `nobody` (AUTORESEARCH_RUN_USER),
   # alternating, each pass with an empty compile cache and the same prepared data; each pass's runs' warnings
   local pass who
+  python3 -c "import os; from autoresearch.evaluator import sandbox as s
+print('every run is given:', sorted(s.can_promise(os.environ)), '| tasks capped:', s.runs_capped(4096))"
   for pass in ${PASSES:-1 2}; do
     for who in root nobody; do
       rm -rf "/tmp/cu_$who" "$AUTORESEARCH_CACHE/compile" "$AUTORESEARCH_CACHE/evaluator-compile"
