@@ -349,7 +349,7 @@ cold_user() {  # 8 minutes: cold first steps of a root loop's runs as root and a
   python3 -c "import os; from autoresearch.evaluator import sandbox as s
 print('every run is given:', sorted(s.can_promise(os.environ)), '| tasks capped:', s.runs_capped(4096))"
   for pass in ${PASSES:-1 2}; do
-    for who in root nobody; do
+    for who in ${WHO:-root nobody}; do
       rm -rf "/tmp/cu_$who" "$AUTORESEARCH_CACHE/compile" "$AUTORESEARCH_CACHE/evaluator-compile"
       CUDA_VISIBLE_DEVICES=0 AUTORESEARCH_RUN_USER=$who timeout 200 python3 bench/loop_overhead.py --preset h100 \
         --budget 5 --experiments 0 --baseline-runs 2 --work "/tmp/cu_$who" --out "$OUT/${who}_$pass" \
