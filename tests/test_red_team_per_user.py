@@ -17,7 +17,7 @@ import pytest
 
 from autoresearch.evaluator import promises, sandbox
 
-pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="the runs of a loop run as root")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.getuid() != 0, reason="the runs of a loop run as root")]
 
 HELD_S = 10  # seconds a holder holds, once it holds: starting its sandbox and filling take up to ~8 s (epoll's)
 DROP_ALL = "from autoresearch.evaluator import joining; joining.drop_privileges()\n"
@@ -89,7 +89,9 @@ def test_a_run_that_keeps_descriptors_in_flight_leaves_another_workers_run_its_o
     """A root loop whose runs a pids group caps ran them as root (no capability left): one run that kept 20,000
     descriptors in flight had the next descriptor any other worker's run sent refused (ETOOMANYREFS), so that
     multiprocessing's fork server and a DataLoader's workers failed and an honest run crashed. BROKE, fixed: a root
-    loop runs every run as a user of its own where it can (run_user.wanted), pids group or not."""
+    loop runs every run as a user of its own where it can (run_user.wanted), pids group or not. And a user of each
+    evaluator's own outside its namespace (run_user.host_uid): when every run was the machine's `nobody` there, the
+    same held between runs (helper 111)."""
 
     def start_one() -> str:
         _as_the_loop_runs_it(START_A_PROCESS, str(tmp_path / "started"))
