@@ -4,11 +4,13 @@ the real loop; these check the sandbox itself, with no cgroup at all, and what t
 
 from __future__ import annotations
 
+import argparse
 import os
 import textwrap
 
 import pytest
 
+from autoresearch.cli import commands
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import promises, run_user, sandbox
 
@@ -80,3 +82,27 @@ def test_a_loop_not_run_as_root_never_does_and_a_wrong_switch_is_refused(monkeyp
     monkeypatch.setenv(run_user.RUN_USER_ENV, "daemon")
     with pytest.raises(AutoresearchError, match="auto, nobody or root"):
         run_user.wanted()
+
+
+class Reached(Exception):
+    """The loop's workspace was opened: `run` went past its checks."""
+
+
+@pytest.mark.parametrize(("switch", "refused"), [("auto", False), ("nobody", True)])
+def test_run_refuses_to_start_where_nobody_was_asked_for_and_cannot_be_had(monkeypatch, switch, refused) -> None:
+    """`auto` takes root with no capability left where the machine cannot make a run a user of its own; asked for by
+    name, `run` says it cannot, before anything starts."""
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+    monkeypatch.setenv(run_user.RUN_USER_ENV, switch)
+    monkeypatch.setattr(sandbox, "users_reason", lambda: "no user namespace can be made here: EPERM")
+
+    def opened(root):
+        raise Reached
+
+    monkeypatch.setattr("autoresearch.workspace.workspace.Workspace", opened)
+    args = argparse.Namespace(baseline_runs=2, timeout=None, workspace=None)
+    expected = AutoresearchError if refused else Reached
+    with pytest.raises(
+        expected, match="AUTORESEARCH_RUN_USER=nobody, but a run cannot be made a user" if refused else None
+    ):
+        commands.make_loop(args, reporter=None)

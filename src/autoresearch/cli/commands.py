@@ -56,6 +56,12 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
     memory.run_memory()  # or $AUTORESEARCH_RUN_MEMORY
     memory.agent_memory()  # or $AUTORESEARCH_AGENT_MEMORY, as the first turn's error
     quarantine.limit_bytes()  # or $AUTORESEARCH_QUARANTINE_GB, as the first put-back's
+    if run_user.choice() == "nobody" and run_user.wanted() and (why := sandbox.users_reason()):  # asked for, not had
+        raise AutoresearchError(
+            f"{run_user.RUN_USER_ENV}=nobody, but a run cannot be made a user of its own here: {why}",
+            hint=f"unset {run_user.RUN_USER_ENV}: runs are then root with no capability left where this fails (capped "
+            "by a pids group where one can be made)",
+        )
     config = LoopConfig(baseline_runs=args.baseline_runs, timeout=args.timeout)
     ws = Workspace(args.workspace)
     executor = LocalExecutor(env=env)  # its fork server starts importing at once

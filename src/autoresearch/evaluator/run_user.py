@@ -16,9 +16,9 @@ trace nor to signal.
 As `nobody` it reads what every user may read (the files of its Python, which bubblewrap shows at their paths, in
 directories it is told to make 0755, `sandbox.command`); it writes its box, made its own (`give`), and a /tmp of mode
 1777, as is its /dev/shm. Switched by RUN_USER_ENV: "auto" (the default: every run of a root loop, where the machine
-can make one a user of its own; a pids group, where one can be made, caps its tasks too), "nobody" (the same), "root"
-(never: a run as root shares what the kernel counts by user with root's own processes and every other run, and runs
-uncapped where no group caps them, as `run` warns).
+can make one a user of its own; a pids group, where one can be made, caps its tasks too), "nobody" (the same, and
+`run` refuses to start where it cannot), "root" (never: a run as root shares what the kernel counts by user with
+root's own processes and every other run, and runs uncapped where no group caps them, as `run` warns).
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def wanted() -> bool:
     pipes' pages) a run as root counts as root's, and a run that kept 20,000 descriptors in flight had every other
     worker's run refused the next it sent (ETOOMANYREFS: a DataLoader's workers), one that held 5.5 million epoll
     watches (1.1 GiB, within its share) every root process on the machine refused one (ENOSPC: asyncio, the coding
-    agents' runtimes, systemd), red team. "auto" takes root where the machine cannot make a run a user of its own
-    (sandbox.users_reason), "nobody" does not."""
+    agents' runtimes, systemd), red team. Where the machine cannot make a run a user of its own (sandbox.users_reason)
+    runs are root: with "auto" as they were, with "nobody" `run` refuses to start."""
     if os.getuid() != 0 or not hasattr(os, "setresuid"):
         return False
     return choice() != "root"
