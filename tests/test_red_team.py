@@ -171,14 +171,14 @@ FORK_WITHOUT_END = """\
 """
 
 
-@pytest.mark.parametrize("user", ["auto", "nobody", "nobody, started"])
+@pytest.mark.parametrize("user", ["auto", "root", "nobody, started"])
 def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab, monkeypatch, user) -> None:
     """A fork bomb fills the machine's process table within a second: the loop then cannot start git, another
     worker's honest run cannot start its compiler's workers (a crash, not retried). A run gets at most
     AUTORESEARCH_TASKS tasks (evaluator/tasks.py: a pids cgroup for a loop run as root, RLIMIT_NPROC in the
     run's user namespace otherwise, and as a user of its own where a root loop can make no pids group), says so in
-    its log, and leaves neither a process nor its group behind. BROKE before: all 200 forks went through. As
-    `nobody` (forced here, where a pids group could cap it too), forked or started as a new process."""
+    its log, and leaves neither a process nor its group behind. BROKE before: all 200 forks went through. A root
+    loop's run as `nobody` (its default), forked or started as a new process, and as root in its pids group."""
     ws, _ = lab
     monkeypatch.setenv(tasks.TASKS_ENV, "48")
     monkeypatch.setenv(run_user.RUN_USER_ENV, user.split(",")[0])
@@ -187,14 +187,14 @@ def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab
     if not sandbox.runs_capped(48):
         pytest.skip("runs are not capped here (`run` warns): root, no pids group, no user of their own")
     if user != "auto" and os.getuid() != 0:
-        pytest.skip("only a loop run as root runs its runs as a user of their own")
+        pytest.skip("only a loop run as root chooses its runs' user")
     loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)  # its evaluators start with this env
     marker = f"{os.getpid() % 1000}.{time.time_ns() % 10**6}"
     exp = loop.step(one_edit("fork without end", [(START, START + FORK_WITHOUT_END.format(marker=marker))]))
     log = first_run_log(ws, exp.id)
     forked = int(re.findall(r"FORKED (\d+)", log)[-1])
     assert 0 < forked < 48 and "Resource temporarily unavailable" in log, log
-    assert user == "auto" or f"USER {run_user.RUN_UID}" in log, log
+    assert os.getuid() != 0 or f"USER {0 if user == 'root' else run_user.RUN_UID}" in log, log
     assert "NAMESPACES HELD []" in log, log  # BROKE, fixed: started, it held its user namespace's (red team)
     assert "the run was refused a new process or thread: it may have 48 tasks at once" in log, log
     assert exp.status == Status.CRASH
