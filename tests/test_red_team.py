@@ -171,7 +171,10 @@ FORK_WITHOUT_END = """\
 """
 
 
-@pytest.mark.parametrize("user", ["auto", "root", "nobody, started"])
+RUN_USERS = ["auto", "root", "nobody, started"]  # AUTORESEARCH_RUN_USER, and a run started as a new process
+
+
+@pytest.mark.parametrize("user", RUN_USERS)
 def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab, monkeypatch, user) -> None:
     """A fork bomb fills the machine's process table within a second: the loop then cannot start git, another
     worker's honest run cannot start its compiler's workers (a crash, not retried). A run gets at most
@@ -201,7 +204,7 @@ def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])]
     assert groups_left("pids") == []
     lr = re.search(r"^LR = [0-9.]+", ws.read_train_py(), re.M)[0]  # the lab's best: an earlier parameter's may be kept
-    honest = f"{lr}{len(user)}"  # another for each parameter: one measured already is not run again
+    honest = f"{lr}{RUN_USERS.index(user) + 1}"  # another for each parameter: one measured already is not run again
     assert loop.step(one_edit("an honest change", [(lr, honest)])).status != Status.CRASH
 
 
