@@ -5,6 +5,7 @@ the real loop; these check the sandbox itself, with no cgroup at all, and what t
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import textwrap
 
@@ -14,6 +15,7 @@ from autoresearch.cli import commands
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator import promises, run_user, sandbox
 
+NS_GET_OWNER_UID = 0xB704  # ioctl on a user namespace's descriptor: its owner, as this process's namespace maps it
 ROOT = pytest.mark.skipif(os.getuid() != 0, reason="only a loop run as root runs its runs as a user of their own")
 
 # What a run finds of itself once it is `nobody`, then forks under a cap of 20 tasks until refused.
@@ -106,3 +108,16 @@ def test_run_refuses_to_start_where_nobody_was_asked_for_and_cannot_be_had(monke
         expected, match="AUTORESEARCH_RUN_USER=nobody, but a run cannot be made a user" if refused else None
     ):
         commands.make_loop(args, reporter=None)
+
+
+@ROOT
+def test_the_runs_namespace_is_owned_by_a_user_it_does_not_map_neither_root_nor_the_run() -> None:
+    """Its owner (NS_GET_OWNER_UID) is the evaluator's `owner_uid`: not root (what the kernel counts for the maker
+    would be root's), and not the run's own user outside, which the namespace maps (a process of that user outside
+    held every capability in the namespace, which maps root: tests/test_red_team_run_owner.py)."""
+    userns = run_user.namespace()
+    try:
+        owner = int.from_bytes(fcntl.ioctl(userns, NS_GET_OWNER_UID, b"\0" * 4), "little")
+    finally:
+        os.close(userns)
+    assert owner == run_user.owner_uid() and owner not in (0, run_user.host_uid())

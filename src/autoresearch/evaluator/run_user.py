@@ -37,6 +37,9 @@ RUN_UID = 65534  # in its namespace, the machine's `nobody`, as its group is `no
 # nobody, every run was one user there: one run that kept 20,000 descriptors in flight had every other worker's run
 # refused the next it sent (ETOOMANYREFS: a DataLoader's workers, multiprocessing's fork server), BROKE (red team).
 HOST_BASE = 0x7F000000  # + the evaluator's pid (at most 2**22): far above any user a system or its containers give
+# The owner of the run's namespace (its maker), another user of the evaluator's own that the namespace does not map:
+# the kernel gives a process outside the namespace whose user is its owner every capability in it, and it maps root.
+OWNERS = 1 << 22  # + HOST_BASE + the evaluator's pid
 RUN_USER_ENV = "AUTORESEARCH_RUN_USER"
 CHOICES = ("auto", "nobody", "root")
 AS_USER = "--as-user"  # UID: to a harness started as a new process (harness/boot.py), the user to become first
@@ -73,18 +76,28 @@ def host_uid() -> int:
     return HOST_BASE + os.getpid()
 
 
+def owner_uid() -> int:
+    """The user (and group) that makes the run's namespace (`namespace`), its owner: one of its evaluator's own, not
+    `host_uid`. A process of the namespace's owner outside it holds every capability in it, where root is mapped:
+    made by `host_uid`, a run left a copy of `nsenter` of its own, set-user-ID, in its box, and any user of the
+    machine who ran it entered the run's namespace as root, the machine's (read /etc/shadow, wrote root's files;
+    red team). No file and no process of the run is this user: the run cannot make one, nor become it."""
+    return HOST_BASE + OWNERS + os.getpid()
+
+
 def namespace() -> int:
     """A descriptor of a new user namespace that maps root to itself and RUN_UID to `host_uid`, for bubblewrap to
     join; the caller closes it. OSError where the kernel refuses one.
 
-    Made by `host_uid` (its owner), where the kernel lets that user make one: what the kernel counts along the chain of
-    user namespaces (queued signals and POSIX timers, POSIX message queues' bytes, locked shared memory, tasks, inotify
-    instances) it counts in the run's namespace and again for whoever made it, outside. Made by root, a run as
-    `nobody` that queued 96,360 real-time signals had every root process of the machine refused a timer and a
-    real-time signal (timer_create, glibc's pthread_cancel and set*id broadcast: EAGAIN), red team. Owning it gives
-    that user nothing: no process of it is outside the namespace. Root writes the maps, as before."""
+    Made by `owner_uid` (its owner, which it does not map), where the kernel lets that user make one: what the kernel
+    counts along the chain of user namespaces (queued signals and POSIX timers, POSIX message queues' bytes, locked
+    shared memory, tasks, inotify instances) it counts in the run's namespace and again for whoever made it, outside.
+    Made by root, a run as `nobody` that queued 96,360 real-time signals had every root process of the machine refused
+    a timer and a real-time signal (timer_create, glibc's pthread_cancel and set*id broadcast: EAGAIN), red team.
+    Owning it gives that user nothing: no process of it is outside the namespace, and none can be made (not
+    `host_uid`, the run's own, whose set-user-ID file was one: `owner_uid`). Root writes the maps, as before."""
     libc = ctypes.CDLL(None, use_errno=True)
-    owner = host_uid()
+    owner = owner_uid()
 
     def unshare(own: bool) -> None:
         if own:  # no group, then the user: it keeps no capability
