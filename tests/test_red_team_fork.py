@@ -548,3 +548,39 @@ def test_a_run_cannot_use_up_the_inotify_instances_of_whoever_made_its_namespace
     assert f"NOTIFY inotify refused {errno.EPERM}" in log, log
     assert f"NOTIFY fanotify refused {errno.EPERM}" in log, log
     assert result_of(exp)["valid"], log
+
+
+# Tries to leave a file set-user-ID or set-group-ID in the run's box, every way a mode is set or a file made: each line
+# "SETID how made" or "SETID how refused ERRNO"; and a plain chmod, which must work.
+SET_ID = """
+import os, shutil, stat
+shutil.copy("/bin/true", "tool")
+def tried(how, call):
+    try:
+        call()
+        made = [n for n in os.listdir(".") if os.stat(n).st_mode & 0o6000]
+        print("SETID", how, "made" if made else "no bits", flush=True)
+    except OSError as exc:
+        print("SETID", how, "refused", exc.errno, flush=True)
+tried("chmod", lambda: os.chmod("tool", 0o4755))
+tried("chmod g", lambda: os.chmod("tool", 0o2755))
+fd = os.open("tool", os.O_RDONLY)
+tried("fchmod", lambda: os.fchmod(fd, 0o6755))
+tried("open", lambda: os.close(os.open("new-open", os.O_CREAT | os.O_WRONLY, 0o4755)))
+tried("mknod", lambda: os.mknod("new-node", 0o4755 | stat.S_IFREG))
+os.chmod("tool", 0o700)
+print("PLAIN", oct(os.stat("tool").st_mode & 0o7777), flush=True)
+"""
+
+
+def test_a_run_cannot_leave_a_set_user_id_file_for_whoever_passes_by(lab) -> None:
+    """BROKE (red team): a run's files are its user's, the machine's root for a run as root (AUTORESEARCH_RUN_USER=root)
+    and yours under a loop not run as root; a copy of a shell it made set-user-ID in its box (which any user may pass
+    through) made whoever ran it that user while the run lived. Fixed: the seccomp filter refuses a mode with
+    S_ISUID or S_ISGID, by chmod and as a file is made (syscalls.SET_ID_CALLS); a plain chmod still works."""
+    ws, loop = lab
+    exp = loop.step(one_edit("leave a set-user-ID file", [(START, START + inside(SET_ID))]))
+    log = run_log(ws, exp.id)
+    for how in ("chmod", "chmod g", "fchmod", "open", "mknod"):
+        assert f"SETID {how} refused {errno.EPERM}" in log, log
+    assert "PLAIN 0o700" in log and result_of(exp)["valid"], log

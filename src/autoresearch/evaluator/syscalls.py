@@ -18,7 +18,10 @@ which a run as root mounted the cgroup filesystem and moved into a cpuset of the
 sandbox's anchor (evaluator/confined.py), which a run killed so (red team); and inotify and fanotify
 (NOTIFY_CALLS), whose instances and watches the kernel charges to whoever made the run's user namespace, root or the
 user, on top of their own: a run that held them all had that user's own tools (systemd, an editor, a coding agent's)
-refused theirs while it lived (red team). Nothing else is filtered. libseccomp kills a process that makes a system
+refused theirs while it lived (red team); and a file's set-user-ID or set-group-ID bit, by chmod or as it is made
+(SET_ID_CALLS): a file of the run's own user, which for a run as root (`AUTORESEARCH_RUN_USER=root`) is the
+machine's root and for a loop not run as root yours, and in a box any user of the machine may pass through, made
+whoever ran it that user while the run lived. Nothing else is filtered. libseccomp kills a process that makes a system
 call of another architecture (the 32-bit entry points), so there is no way around it. Linux only; where libseccomp
 is missing, `unavailable_reason()` says so.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import itertools
 import os
 import signal
 import sys
@@ -42,6 +46,14 @@ CPU_CALLS = ("sched_setaffinity", "io_uring_setup", "io_uring_enter", "io_uring_
 NAMESPACE_CALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick")
 NAMESPACE_CALLS += ("move_mount", "open_tree", "mount_setattr")
 NOTIFY_CALLS = ("inotify_init", "inotify_init1", "fanotify_init")  # an honest run watches no file
+# (call, its mode's argument, the argument whose flags must ask for a new file or None): refused a mode with S_ISUID
+# or S_ISGID. openat2, whose mode lies in a struct the filter cannot read, answers ENOSYS (glibc's open uses openat).
+SET_ID_CALLS = (
+    ("chmod", 1, None), ("fchmod", 1, None), ("fchmodat", 2, None), ("fchmodat2", 2, None), ("creat", 1, None),
+    ("mknod", 1, None), ("mknodat", 2, None), ("open", 2, 1), ("openat", 3, 2),
+)  # fmt: skip
+_SET_ID = 0o6000  # S_ISUID | S_ISGID
+_NEW_FILE = (os.O_CREAT, 0o20200000)  # O_CREAT, O_TMPFILE
 _CLONE_NEWUSER = 0x10000000
 _PR_SCHED_CORE = 62
 
@@ -97,6 +109,14 @@ def _filter():
     )
     with contextlib.suppress(OSError):
         rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    for call, mode, flags in SET_ID_CALLS:
+        new_file = [[]] if flags is None else [[seccomp.Arg(flags, seccomp.MASKED_EQ, f, f)] for f in _NEW_FILE]
+        for bits, made in itertools.product((0o4000, 0o2000, _SET_ID), new_file):
+            set_id = seccomp.Arg(mode, seccomp.MASKED_EQ, _SET_ID, bits)
+            with contextlib.suppress(OSError):  # an older libseccomp has no name for fchmodat2
+                rules.add_rule(seccomp.ERRNO(errno.EPERM), call, *made, set_id)
+    with contextlib.suppress(OSError):
+        rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "openat2")
     rules.add_rule(seccomp.ERRNO(errno.EPERM), "prctl", seccomp.Arg(0, seccomp.EQ, _PR_SCHED_CORE))
     # prlimit64(pid, resource, new, old): refused when it sets another process's limits (setrlimit passes pid 0). A
     # run set the anchor's CPU limit to 1 s, then kept it busy reaping until the kernel killed it (red team).
