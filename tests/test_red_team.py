@@ -179,7 +179,7 @@ def test_a_train_py_that_forks_without_end_gets_its_cap_of_tasks_and_no_more(lab
     """A fork bomb fills the machine's process table within a second: the loop then cannot start git, another
     worker's honest run cannot start its compiler's workers (a crash, not retried). A run gets at most
     AUTORESEARCH_TASKS tasks (evaluator/tasks.py: a pids cgroup for a loop run as root, RLIMIT_NPROC in the
-    run's user namespace otherwise, and as a user of its own where a root loop can make no pids group), says so in
+    run's user namespace otherwise, and for a root loop's run as a user of its own, its default), says so in
     its log, and leaves neither a process nor its group behind. BROKE before: all 200 forks went through. A root
     loop's run as `nobody` (its default), forked or started as a new process, and as root in its pids group."""
     ws, _ = lab

@@ -1,4 +1,4 @@
-"""A root loop's run as a user of its own (evaluator/run_user.py), where no pids group caps its tasks: RLIMIT_NPROC,
+"""A root loop's run as a user of its own (evaluator/run_user.py), wherever the machine allows it: RLIMIT_NPROC,
 which binds no process of root's, binds it. The loop's own tests of a fork bomb (tests/test_red_team.py) run through
 the real loop; these check the sandbox itself, with no cgroup at all, and what the loop decides."""
 

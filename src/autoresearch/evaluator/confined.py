@@ -68,7 +68,7 @@ class ExperimentProcess:
         self.group = RunGroup.make(limits)
         run_group.check(self.group, limits)
         self._group_refused = self._group_killed = False  # what its group counted, read before it is removed
-        # A root loop's run as a user of its own, where the loop found nothing else caps its tasks (run_user.py)
+        # A root loop's run as a user of its own, where the loop found one can be made here (run_user.py)
         own_user = self.unconfined_reason is None and promises.USER in promises.promised()
         self.run_uid = run_user.RUN_UID if own_user else None
         if self.run_uid is not None:

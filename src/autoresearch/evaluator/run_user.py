@@ -1,10 +1,11 @@
-"""A run's own user, under a loop run as root where no cgroup caps a run's tasks.
+"""A run's own user, under a loop run as root.
 
 RLIMIT_NPROC binds no process whose user is the machine's root, whatever its user namespace (the kernel checks the
 real user), and where no pids group can be made for a run (a container's read-only cgroups; the lent GPU machines'
 cgroup v2, whose parent hands `memory` down alone) a root loop's run could fill the process table (32,768 entries
-there) within a second. So there the run is a user of its own before train.py runs, `nobody` (RUN_UID) as it sees
-itself, and RLIMIT_NPROC caps it (evaluator/tasks.py), counted in its user namespace alone.
+there) within a second; and what the kernel counts by user whatever the cgroup (`wanted`) a run as root counted as
+root's. So a root loop's run is a user of its own before train.py runs, wherever the machine allows it, `nobody`
+(RUN_UID) as it sees itself, and RLIMIT_NPROC caps it (evaluator/tasks.py), counted in its user namespace alone.
 
 That namespace is made by the evaluator for each sandbox (`namespace`), mapping root to itself and RUN_UID to a
 user of the evaluator's own outside (`host_uid`): bubblewrap joins it (`--userns`) and sets the sandbox up as root,
@@ -52,7 +53,7 @@ def choice() -> str:
     if raw not in CHOICES:
         raise AutoresearchError(
             f"{RUN_USER_ENV} takes auto, nobody or root (got {raw!r})",
-            hint="unset it: a loop run as root then runs each run as `nobody` where no cgroup caps its tasks",
+            hint="unset it: a loop run as root then runs each run as `nobody` wherever the machine allows it",
         )
     return raw
 

@@ -13,8 +13,8 @@ it crashes, and a crash is not retried. So a run gets at most `run_tasks()` task
 - by the pids controller of the run's cgroup (evaluator/run_group.py), where one can be made: a loop run as root,
   which RLIMIT_NPROC does not bind, with cgroup v1's pids hierarchy, or v2 where its cgroup's parent hands the pids
   controller down (the group is made beside the loop's).
-- by RLIMIT_NPROC again, under a loop run as root where no such group can be made: the run is then a user of its own
-  (evaluator/run_user.py), which it binds.
+- by RLIMIT_NPROC again, under a loop run as root, for a run that is a user of its own (evaluator/run_user.py, wherever
+  the machine allows it), which it binds: where no such group can be made, the one cap.
 
 Elsewhere (root, no such cgroup, and no user namespace the run can be another user in) a run is not capped, and
 `run` says so (sandbox.runs_capped).
