@@ -329,12 +329,11 @@ def can_promise(env: Mapping[str, str]) -> set[str]:
             given.add(promises.ANCHOR)
         if not runs_train_on_cpu(env) and gpu_nodes.own_nodes(env).own_only:
             given.add(promises.GPUS)
+    if runs_as_own_user():
+        given.add(promises.USER)
     if syscalls.unavailable_reason() is None:
         given.add(promises.FILTER)
-    limited = run_group.limitable(run_limits(env))
-    if promises.SANDBOX in given and run_user.wanted() and users_reason() is None:
-        given.add(promises.USER)
-    return given | limited
+    return given | run_group.limitable(run_limits(env))
 
 
 def run_limits(env: Mapping[str, str] = os.environ) -> dict[str, dict[str, str]]:
@@ -351,6 +350,12 @@ def runs_capped(most: int) -> bool:
         return True
     if "pids" in run_group.limitable(tasks.limits(most)):
         return True
+    return runs_as_own_user()
+
+
+def runs_as_own_user() -> bool:
+    """Whether this process's runs are each a user of its own (evaluator/run_user.py): confined, under a loop run as
+    root that wants it, where the machine allows it."""
     return unavailable_reason() is None and run_user.wanted() and users_reason() is None
 
 
