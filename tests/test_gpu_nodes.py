@@ -153,6 +153,8 @@ def commands(machine: tuple[Path, Path], monkeypatch) -> list[list[str]]:
     from autoresearch.evaluator.confined import FORK_ENV
 
     dev, table = machine
+    for probe in (sandbox.unavailable_reason, sandbox.anchors_reason, sandbox.users_reason, sandbox.own_user_namespace):
+        probe()  # the loop's probes, once per process (a test before may have cleared them): not among those recorded
     monkeypatch.setattr(gpu_nodes, "own_nodes", lambda env: own_nodes(env, dev, table))
     made = []
     command = sandbox.command
