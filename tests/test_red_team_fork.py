@@ -24,6 +24,8 @@ import json
 import os
 import platform
 import secrets as random_secrets
+import signal
+import stat
 import sys
 import textwrap
 import time
@@ -584,3 +586,98 @@ def test_a_run_cannot_leave_a_set_user_id_file_for_whoever_passes_by(lab) -> Non
     for how in ("chmod", "chmod g", "fchmod", "open", "mknod"):
         assert f"SETID {how} refused {errno.EPERM}" in log, log
     assert "PLAIN 0o700" in log and result_of(exp)["valid"], log
+
+
+# Around the filter (x86-64's numbers): a mode with bits above umode_t's, an unnamed file made then linked in,
+# openat2's struct, the x32 entry point, file capabilities, and a hard link to a set-ID program of the system's.
+SET_ID_AROUND = """
+import ctypes, json, os, shutil, stat, struct
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(nr, *args):
+    done = libc.syscall(*(ctypes.c_long(a) if isinstance(a, int) else ctypes.c_char_p(a) for a in (nr, *args)))
+    return done if done >= 0 else -ctypes.get_errno()
+def x32(nr, *args):  # in a child: killed (SIGSYS), as any call of another architecture
+    child = os.fork()
+    if child == 0:
+        os._exit(-call(0x40000000 | nr, *args) & 0xFF)
+    return os.waitpid(child, 0)[1]
+def unnamed():
+    fd = call(257, -100, b".", 0o20200000 | os.O_RDWR, 0o755)  # openat(O_TMPFILE), a plain mode
+    return call(91, fd, 0o4755), call(265, fd, b"", -100, b"linked", 0x1000)  # fchmod, linkat(AT_EMPTY_PATH)
+def capability():  # security.capability, v2: CAP_SETUID permitted and effective
+    try:
+        os.setxattr("tool", "security.capability", struct.pack("<5I", 0x02000001, 1 << 7, 0, 0, 0))
+    except OSError as exc:
+        return -exc.errno
+def hard_link():
+    for name in sorted(os.listdir("/usr/bin")):
+        if stat.S_ISREG((st := os.lstat("/usr/bin/" + name)).st_mode) and st.st_mode & 0o6000:
+            try:
+                os.link("/usr/bin/" + name, "held")
+            except OSError as exc:
+                return -exc.errno
+shutil.copy("/bin/true", "tool")
+how = struct.pack("3Q", os.O_CREAT | os.O_WRONLY, 0o4755, 0)
+tried = {
+    "chmod high": call(90, b"tool", 0o4755 | 1 << 16 | 1 << 32),
+    "openat high": call(257, -100, b"made", os.O_CREAT | os.O_WRONLY | 1 << 32, 0o2755 | 1 << 32),
+    "openat O_TMPFILE": call(257, -100, b".", 0o20200000 | os.O_RDWR, 0o4755),
+    "O_TMPFILE linked": unnamed(),
+    "openat2": call(437, -100, b"made2", how, len(how)),
+    "x32 chmod": x32(90, b"tool", 0o4755),
+    "capability": capability(),
+    "hard link": hard_link(),
+}
+left = [n for n in os.listdir(".") if os.lstat(n).st_mode & 0o6000 or os.listxattr(n, follow_symlinks=False)]
+print("AROUND", json.dumps({"tried": tried, "left": left}), flush=True)
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the system calls' numbers are x86-64's")
+def test_no_way_around_the_filter_leaves_a_set_id_file(lab) -> None:
+    """Held (red team): each way around syscalls.SET_ID_CALLS tried leaves no set-ID file, nor one with file
+    capabilities. The filter masks the mode's own bits (higher ones change nothing); an unnamed O_TMPFILE file is
+    made with its mode as open's; openat2 answers ENOSYS; an x32 call kills its process (SIGSYS: libseccomp's
+    filter refuses every architecture but the native one); the run has no CAP_SETFCAP (bwrap --cap-drop ALL); and a
+    hard link to a set-ID program lies across mounts (EXDEV), were it allowed at all (protected_hardlinks)."""
+    ws, loop = lab
+    exp = loop.step(one_edit("get around the set-ID filter", [(START, START + inside(SET_ID_AROUND))]))
+    log = run_log(ws, exp.id)
+    assert "AROUND" in log, log
+    around = json.loads(log.split("AROUND ", 1)[1].split("\n", 1)[0])
+    assert around["left"] == [] and result_of(exp)["valid"], log
+    refused = -errno.EPERM
+    expected = {"chmod high": refused, "openat high": refused, "openat O_TMPFILE": refused}
+    expected |= {"O_TMPFILE linked": [refused, 0], "openat2": -errno.ENOSYS, "x32 chmod": signal.SIGSYS}
+    expected |= {"capability": refused, "hard link": -errno.EXDEV}
+    assert around["tried"] == expected, log
+
+
+# An honest run's copies of its own folders: shutil.copytree ends each with copystat, a chmod of the folder's mode.
+COPIES = """
+import os, shutil
+for top in (".", os.environ["TORCHINDUCTOR_CACHE_DIR"]):
+    os.makedirs(os.path.join(top, "kept", "inner"))
+    try:
+        shutil.copytree(os.path.join(top, "kept"), os.path.join(top, "copied"))
+        print("COPIED", oct(os.stat(os.path.join(top, "kept")).st_mode & 0o7777), flush=True)
+    except OSError as exc:
+        print("NOT COPIED", exc, flush=True)
+"""
+
+
+def test_an_honest_run_copies_its_folders_in_a_set_group_id_workspace(lab) -> None:
+    """BROKE (red team): in a workspace whose folders are set-group-ID (a group's shared folder), the box made in it
+    was too, and so was every folder made in the box (the kernel passes the bit on to a new folder): copytree's
+    chmod of each copy to its source's mode asked for S_ISGID, which the filter refuses (syscalls.SET_ID_CALLS), and
+    an honest run failed. Fixed: the box is made without the bit (orphans.owned_box), nor are the folders in it."""
+    ws, loop = lab
+    mode = ws.state.stat().st_mode
+    os.chmod(ws.state, mode | stat.S_ISGID)
+    try:
+        exp = loop.step(one_edit("copy a folder", [(START, START + inside(COPIES))]))
+    finally:
+        os.chmod(ws.state, stat.S_IMODE(mode))
+    log = run_log(ws, exp.id)
+    assert log.count("COPIED 0o755") == 2 and "NOT COPIED" not in log and result_of(exp)["valid"], log

@@ -185,6 +185,9 @@ def owned_box(state: Path, pid: int) -> Path:
     """A new working directory for an evaluator's experiment under `state` (`box-*`), with the evaluator named
     beside it (`box-*.owner`), so that the box of one killed is found and removed (`remove_left_boxes`)."""
     box = Path(tempfile.mkdtemp(prefix="box-", dir=state))
+    # Without the set-group-ID bit of a group's shared workspace, which the kernel passes on to every folder made in
+    # it: a run's copy of such a folder (shutil.copytree) asks for the bit, which its filter refuses (syscalls.py).
+    os.chmod(box, 0o700)
     write_pid_file(box.with_name(box.name + ".owner"), pid)
     return box
 
