@@ -30,6 +30,8 @@
 #   bash bench/h200_session.sh setup cold_user    # 8 minutes: cold first steps of runs as root and as nobody, twice
 #   bash bench/h200_session.sh tools caps         # 7 minutes: the caps a loop run as root gives its runs here, and
 #                                                 # their tests (pytest and its needs carried as wheels in .whl)
+#   bash bench/h200_session.sh tools filter       # 3 minutes: the red team's tests of the system-call filter, the
+#                                                 # runs' host users and what the kernel counts per user, here
 # Each phase's time limit keeps the call inside the device's 10 minutes; collect_runs.py keeps what ran.
 # Carried: .bw (bubblewrap, libseccomp: `apt-get download bubblewrap libseccomp2`), .old (before_after only),
 # .whl (optuna and its needs as wheels; ray.tar.xz, Ray 2.60 without its Java, RLlib, Serve, Tune, Train, Data
@@ -327,6 +329,12 @@ for g in t.turn_groups(''): print('a turn lies in', g, {f: open(g / f).read().sp
     tests/test_red_team_agent.py tests/test_agent_turn.py -k "holds_more_than_its_memory or forks_without_end or \
     loop_run_as_root or dies_with_its_loop or killed_during_the_agents_turn" 2>&1 | tail -15
   find /sys/fs/cgroup -name 'autoresearch-*' 2>/dev/null | head  # nothing of the tests' left
+}
+
+filter() {  # the red team's tests of what the filter refuses a run (set-ID modes, inotify, openat2), who owns a
+  # run's files and namespace, and what the kernel counts per user, on this machine's kernel, as a root loop
+  CUDA_VISIBLE_DEVICES= AUTORESEARCH_DEVICE=cpu timeout 280 python3 -m pytest -q -p no:cacheprovider -rs \
+    tests/test_red_team_fork.py tests/test_red_team_run_owner.py tests/test_red_team_per_user.py --tb=short 2>&1 | tail -30
 }
 
 smoke() {  # same_gpu within one call of 10 minutes, setup included (one GPU; its logs' heads for a look)

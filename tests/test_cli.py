@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from autoresearch.cli import main
 from autoresearch.config.apparatus import CONFIG_NAME
 from autoresearch.config.presets import get_preset
+from autoresearch.evaluator import tasks
 from autoresearch.workspace.init import train_py_for
 from autoresearch.workspace.workspace import Workspace
 
@@ -594,6 +596,30 @@ def test_a_switch_set_to_a_value_it_does_not_know_is_warned_of(
     said = words(captured.out + captured.err)
     assert "warning: $AUTORESEARCH_COMPILE_CACHE is 'off', which it does not know: taken as unset ('run'" in said
     assert "AUTORESEARCH_PREWARM" not in said and "AUTORESEARCH_SANDBOX" not in said
+
+
+@pytest.mark.parametrize(("limit", "each", "warned"), [(4096, 1000, False), (1000, 256, True)])
+def test_a_loop_whose_runs_count_toward_a_low_ulimit_gives_each_run_its_share_and_says_so(
+    limit: int, each: int, warned: bool, workspace: Workspace, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A loop not run as root under RHEL's `ulimit -u` of 4096 with 96 tasks of yours running: two workers' runs, the
+    agent's turn and the rest get a quarter each, told to the runs and turns by their environment (tests/test_tasks.py
+    shows why; this machine runs the tests as root, which RLIMIT_NPROC does not bind)."""
+    monkeypatch.setattr(tasks, "by_limit", lambda own_user=False: True)
+    monkeypatch.setattr(tasks, "user_limit", lambda: limit)
+    monkeypatch.setattr(tasks, "user_tasks", lambda uid: 96)
+    monkeypatch.setenv(tasks.TASKS_ENV, "")  # unset, as the loop sees it; put back after the test
+    args = ["run", "--agent", "tune", "--max-experiments", "0", "--plain", "--workers", "2"]
+    assert main([*args, "--workspace", str(workspace.root)]) == 0
+    captured = capsys.readouterr()
+    said = words(captured.out + captured.err)
+    assert f"a run may have {each} tasks at once here, not 4096: your limit of {limit} processes" in said, said
+    assert "2 runs at once, the agent's turn and your other processes share it" in said
+    assert ("warning: a run may have" in said) is warned and ("set AUTORESEARCH_TASKS" in said)
+    assert os.environ[tasks.TASKS_ENV] == str(each) and tasks.run_tasks() == each  # what the runs and turns read
+    monkeypatch.setenv(tasks.TASKS_ENV, "8192")  # yours: each run gets it
+    assert main([*args, "--workspace", str(workspace.root)]) == 0
+    assert "tasks at once here" not in str(capsys.readouterr()) and os.environ[tasks.TASKS_ENV] == "8192"
 
 
 def _ctrl_c_inside_a_lock(*args) -> str:

@@ -1090,6 +1090,38 @@ def test_a_run_that_keeps_descriptors_in_flight_costs_the_loop_one_cold_evaluato
         executor.close()
 
 
+# The fork server's first fork for an evaluator refused (EAGAIN), as a fork under your `ulimit -u` is while a run of
+# a loop not run as root holds what is left of it; its test fork before (`_forks_can_compute`) and later ones pass.
+REFUSED_ONCE = """\
+import os
+_fork, _forks = os.fork, []
+def fork():
+    _forks.append(1)
+    if len(_forks) == 2:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    return _fork()
+os.fork = fork
+"""
+
+
+@pytest.mark.slow  # the fork server imports torch
+def test_a_fork_the_kernel_refuses_the_fork_server_costs_one_cold_evaluator_not_the_server(tmp_path) -> None:
+    """BROKE, fixed (red team): a fork refused to the fork server (EAGAIN) killed it, and the loop started every later
+    evaluator cold, for the night; a run of a loop not run as root can hold all your `ulimit -u` leaves while the
+    next run's evaluator is forked ahead."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(REFUSED_ONCE)
+    server = ForkServer(sys.executable, {"PYTHONPATH": os.pathsep.join([str(site), *sys.path[1:]])})
+    try:
+        with pytest.raises(ForkRefused, match=r"refused a fork: .*Resource temporarily unavailable"):
+            server.fork(tmp_path)
+        evaluator = server.fork(tmp_path)  # the next one is forked: not a workspace, so it ends at once
+        assert evaluator.wait(60) not in (None, UNSEEN) and server._proc.poll() is None
+    finally:
+        server.close()
+
+
 @pytest.mark.slow
 def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run(tmp_path, ctrl_c_raises):
     silent = tmp_path / "silent-server"  # a fork server that never says anything: a run that trains on

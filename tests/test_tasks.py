@@ -100,6 +100,121 @@ def test_not_root_a_run_or_an_agents_turn_in_its_own_user_namespace_gets_the_cap
     assert forks("machine")[0] == "40"
 
 
+def test_a_loop_not_run_as_root_shares_what_your_limit_leaves_between_its_runs_its_turn_and_the_rest() -> None:
+    # RHEL's `ulimit -u` of 4096, 300 tasks of yours already: one worker's run, the turn and the rest get a third.
+    assert tasks.share(1, 4096, 300) == (4096 - 300) // 3 == 1265
+    assert tasks.share(8, 4096, 300) == 379
+    assert tasks.share(8, 1024, 500) == tasks.LEAST_TASKS  # too little left: an honest run still gets what it needs
+    assert tasks.shares(1, {tasks.TASKS_ENV: "8192"}) == {}  # set: each run gets what you set
+    if os.getuid() == 0:  # RLIMIT_NPROC binds no run of a root loop as the loop's user: nothing to share
+        assert tasks.shares(1, {}) == {}
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="counts the tasks of a user made for the test")
+def test_a_users_tasks_are_its_processes_and_their_threads() -> None:
+    uid = 3_000_000_000 + os.getpid()
+    script = textwrap.dedent(f"""\
+        import os, sys, threading
+        os.setgroups([]); os.setgid({uid}); os.setuid({uid})
+        held = threading.Event()
+        for _ in range(4):
+            threading.Thread(target=held.wait).start()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        held.set()
+        """)
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        assert tasks.user_tasks(uid) == 5
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert tasks.user_tasks(uid) == 0
+
+
+# A loop not run as root under a `ulimit -u` of 800 (soft, the hard limit kept above it, as RHEL's 4096): its run
+# (or agent's turn) is capped in its own user namespace at the cap given ("fitted": the loop's share; else the default),
+# forks all it may and holds it; then the loop forks, as it does to start git or an evaluator: "CAP FORKED LOOP".
+# Imported as root first (the test's uid may not read this Python), then as a uid of the test's own.
+SHARED_LIMIT = """\
+import ctypes, os, resource, signal, sys, time
+import psutil
+from autoresearch.agents.fence import restrict
+from autoresearch.evaluator import tasks
+from autoresearch.harness.boot import cap_tasks
+libc = ctypes.CDLL(None, use_errno=True)
+uid, who, fitted = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "fitted"
+resource.setrlimit(resource.RLIMIT_NPROC, (800, resource.getrlimit(resource.RLIMIT_NPROC)[1]))
+os.setgroups([])
+os.setgid(uid)
+os.setuid(uid)
+libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, which the change of user cleared
+libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: the run's children are reaped here, and the user's count back
+cap = tasks.run_tasks({**os.environ, **tasks.shares(1)}) if fitted else tasks.DEFAULT_TASKS
+told, tell = os.pipe()
+run = os.fork()
+if run == 0:
+    os.setpgid(0, 0)  # the loop kills it, and all it started, as one group
+    if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+        os._exit(3)
+    with open("/proc/self/uid_map", "w") as mapping:
+        mapping.write(f"{uid} {uid} 1")
+    cap_tasks(cap) if who == "run" else restrict(None, None, cap)
+    forked = 0
+    try:
+        while forked < 5000:
+            if os.fork() == 0:
+                time.sleep(60)
+                os._exit(0)
+            forked += 1
+    except OSError:
+        pass
+    os.write(tell, str(forked).encode())
+    time.sleep(60)
+    os._exit(0)
+forked = os.read(told, 32).decode()
+try:
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    os.waitpid(child, 0)
+    loop = "forked"
+except OSError:
+    loop = "refused"
+os.killpg(run, signal.SIGKILL)
+try:
+    while True:
+        os.wait()
+except ChildProcessError:
+    print(cap, forked, loop)
+"""
+
+
+@pytest.mark.slow  # ~1,000 processes forked
+@pytest.mark.skipif(os.getuid() != 0 or not tasks.by_limit(own_user=True), reason="a loop not run as root, as a user "
+                    "made for the test; RLIMIT_NPROC per user namespace (Linux 5.14)")  # fmt: skip
+@pytest.mark.parametrize("who", ["run", "agent"])
+def test_a_run_that_forks_without_end_leaves_a_loop_not_run_as_root_its_share_of_your_limit(who) -> None:
+    """RLIMIT_NPROC in a user namespace counts the namespace's tasks, and every level above it counts them too, up to
+    the limit of whoever made the namespace: a run at the default cap of 4096 under a user's limit of 4096 (RHEL's) took
+    all of the user's, and the loop could start no git, no evaluator (its fork server died of it), and another worker's
+    run no thread. BROKE, fixed: a loop not run as root gives its runs and its agent's turn a share of what the limit
+    leaves (tasks.shares)."""
+    uid = 3_000_000_000 + os.getpid()
+
+    def forks(cap: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-c", SHARED_LIMIT, str(uid), who, cap], capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()
+
+    cap, forked, loop = forks("default")  # as before: the run takes what is left of the user's 800
+    assert (cap, loop) == (str(tasks.DEFAULT_TASKS), "refused") and 700 < int(forked) < 800
+    cap, forked, loop = forks("fitted")
+    assert int(cap) == (800 - 1) // 3 and 0 < int(forked) < int(cap) and loop == "forked"
+    assert tasks.user_tasks(uid) == 0  # nothing of it left
+
+
 GROUPS = RunGroup.make(tasks.limits(tasks.DEFAULT_TASKS))
 if GROUPS is not None:
     GROUPS.remove()

@@ -39,8 +39,9 @@ def prepare_data(args: argparse.Namespace, console: Console):
 SUBMIT_AGAIN = "your change is still in train.py (or put back there by the next `submit`): submit it again"
 
 
-def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = None):
-    """The loop of the workspace `args` name, its executor's runs started with `env` over the loop's environment."""
+def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = None, workers: int = 1):
+    """The loop of the workspace `args` name, its executor's runs started with `env` over the loop's environment;
+    `workers`: how many runs train at once (each run's cap of tasks is a share of your own, where that binds them)."""
     from autoresearch.loop.engine import LoopConfig, ResearchLoop
     from autoresearch.loop.executor import LocalExecutor
     from autoresearch.workspace import quarantine
@@ -53,6 +54,9 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
     cores.check_device_settings()  # a bad $AUTORESEARCH_DEVICE or $AUTORESEARCH_PEAK_FLOPS: said now, not by each run
     compile_cache.limit_bytes()  # a bad $AUTORESEARCH_COMPILE_CACHE_GB is said now, not as every run's crash
     run_tasks = tasks.run_tasks()  # and so is a bad $AUTORESEARCH_TASKS
+    if fitted := tasks.shares(workers):  # the runs' and the turns' cap, as their environment tells them
+        os.environ.update(fitted)
+        run_tasks = tasks.run_tasks()
     memory.run_memory()  # or $AUTORESEARCH_RUN_MEMORY
     memory.agent_memory()  # or $AUTORESEARCH_AGENT_MEMORY, as the first turn's error
     quarantine.limit_bytes()  # or $AUTORESEARCH_QUARANTINE_GB, as the first put-back's
@@ -72,6 +76,16 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
         raise
     for warning in switches.unknown():
         reporter.message(f"warning: {warning}")
+    if fitted:  # your ulimit -u is low (RHEL's 4096)
+        lacking = run_tasks * (workers + 2) > tasks.user_limit()  # the floor: their shares overlap
+        reporter.message(
+            f"{'warning: ' if lacking else ''}a run may have {run_tasks} tasks at once here, not "
+            f"{tasks.DEFAULT_TASKS}: your limit of {tasks.user_limit()} processes and threads (ulimit -u) counts the "
+            f"runs' too, and {workers} run{'s' if workers > 1 else ''} at once, the agent's turn and your other "
+            "processes share it"
+            + (", too few for a run that starts processes without end to leave the others theirs" if lacking else "")
+            + f". For more, raise `ulimit -u` (nproc in limits.conf) or set {tasks.TASKS_ENV}"
+        )
     if why := sandbox.unavailable_reason():
         reporter.message(
             f"warning: train.py runs unconfined here ({why}). Its score is still computed outside it and the "
@@ -144,7 +158,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
     name = agent.name if agent is not None else "submitted experiments"
     live = not args.plain and console.is_terminal
     reporter = LiveReporter(console, f"autoresearch: {name}") if live else PlainReporter(console_echo(console))
-    loop = make_loop(args, reporter, found[0].env if found[0].label == LOCAL else None)
+    loop = make_loop(args, reporter, found[0].env if found[0].label == LOCAL else None, len(found))
     if theirs:
         reporter.message(
             f"the agent's turns run on CPUs {theirs[AGENT_CPUS_ENV]}, the runs on the others (a turn that kept "

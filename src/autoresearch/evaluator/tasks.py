@@ -8,8 +8,12 @@ it crashes, and a crash is not retried. So a run gets at most `run_tasks()` task
 
 - by RLIMIT_NPROC, under a loop not run as root, set as the run begins (harness/boot.py, told by the evaluator's
   "go") in the run's own user namespace. From Linux 5.14 on the kernel counts it per user namespace, so only the
-  run's tasks count (before, every process of yours would: not set there). The run cannot raise it again: that
-  takes CAP_SYS_RESOURCE outside its namespace.
+  run's tasks count against it (before, every process of yours would: not set there). The run cannot raise it
+  again: that takes CAP_SYS_RESOURCE outside its namespace. Its tasks still count toward your own RLIMIT_NPROC
+  (`ulimit -u`) outside it, which binds them too: where that is low (4096 on RHEL and its kin), a run at the
+  default cap took all of it, and the loop could start no git, the fork server no evaluator, another worker's
+  run no thread. So there the runs, the agent's turn and the rest of your processes share what is left of it
+  (`shares`).
 - by the pids controller of the run's cgroup (evaluator/run_group.py), where one can be made: a loop run as root,
   which RLIMIT_NPROC does not bind, with cgroup v1's pids hierarchy, or v2 where its cgroup's parent hands the pids
   controller down (the group is made beside the loop's).
@@ -25,6 +29,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import resource
 import sys
 from collections.abc import Mapping
 
@@ -34,6 +39,8 @@ from autoresearch.evaluator.run_group import RunGroup
 TASKS_ENV = "AUTORESEARCH_TASKS"  # the most tasks a run, or an agent's turn, may have at once; "0": none
 # A GPU run has a few hundred: torch's threads, CUDA's, the compiler's pool of workers and theirs.
 DEFAULT_TASKS = 4096
+# The least `shares` gives a run: an honest GPU run peaked at ~160 tasks more than its machine had (BENCHMARKS.md).
+LEAST_TASKS = 256
 MOST_TASKS = 4_194_304  # the kernel's own most (PID_MAX_LIMIT): a pids cgroup takes no higher limit
 # /proc/self/uid_map in the machine's own user namespace, split: every uid, mapped to itself.
 MACHINE_UID_MAP = ["0", "0", "4294967295"]
@@ -69,3 +76,39 @@ def limits(tasks: int) -> dict[str, dict[str, str]]:
 def refused(group: RunGroup) -> bool:
     """Whether the run's group refused a task, for its cap or one above it (pids.events, which v1 keeps for both)."""
     return group.count("pids.events", "max") > 0
+
+
+def shares(workers: int, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """TASKS_ENV for each of `workers` runs and the agent's turn of a loop not run as root, where your RLIMIT_NPROC
+    (which counts their tasks too) leaves each less than DEFAULT_TASKS; {} where you set TASKS_ENV (each gets that),
+    where the loop is root (each run is a user of its own, or not bound) or the runs are not capped by RLIMIT_NPROC."""
+    if env.get(TASKS_ENV, "").strip() or not by_limit() or not (limit := user_limit()):
+        return {}
+    each = share(workers, limit, user_tasks(os.getuid()))
+    return {TASKS_ENV: str(each)} if each < DEFAULT_TASKS else {}
+
+
+def user_limit() -> int:
+    """Your RLIMIT_NPROC (`ulimit -u`, the soft limit: what a user namespace made now is bound by), 0 for none."""
+    limit = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    return 0 if limit == resource.RLIM_INFINITY else limit
+
+
+def share(workers: int, limit: int, in_use: int) -> int:
+    """Each run's cap where the user may have `limit` tasks and has `in_use`: what is left, split between the
+    `workers` runs, one agent's turn (a coding agent is asked one turn at a time) and one share kept for the loop, its
+    evaluators, git and the rest of the user's processes; at least LEAST_TASKS (then a run that forks without end can
+    still take what the others need: `run` says so)."""
+    return max((limit - in_use) // (workers + 2), LEAST_TASKS)
+
+
+def user_tasks(uid: int) -> int:
+    """The tasks (processes and threads) of real user `uid` that this process can see (its PID namespace's)."""
+    import psutil  # not at the top: the harness imports this module before train.py
+
+    count = 0
+    for process in psutil.process_iter(["uids", "num_threads"]):
+        uids, threads = process.info["uids"], process.info["num_threads"]
+        if uids is not None and uids.real == uid and threads:
+            count += threads
+    return count

@@ -9,7 +9,8 @@ never runs an OpenMP parallel region (whose threads do not survive one either).
 
 Protocol on the socket FD, one JSON object per message: the loop sends {"argv": [...]} with two file
 descriptors (the evaluator's stdin, and where its stdout and stderr go); this process answers
-{"pid": N} once forked, and {"pid": N, "exit": CODE} (as Popen.returncode) when that evaluator ended.
+{"pid": N} once forked ({"refused": WHY} where the kernel refused the fork), and {"pid": N, "exit": CODE} (as
+Popen.returncode) when that evaluator ended.
 It exits when the loop closes the socket.
 """
 
@@ -53,7 +54,13 @@ def serve(sock: socket.socket) -> None:
         if not message:
             return  # the loop is gone: its runs are killed by their pid files' owner, not by us
         request = json.loads(message)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN: your limit of tasks, which a run counts toward, met meanwhile
+            for fd in fds:
+                os.close(fd)
+            _reply(sock, {"refused": str(exc)})
+            continue
         if pid == 0:
             _evaluator(sock, referee.main, request["argv"], fds)
         for fd in fds:

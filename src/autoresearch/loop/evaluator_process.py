@@ -109,10 +109,11 @@ class ForkFailed(RuntimeError):
 
 
 class ForkRefused(ForkFailed):
-    """The kernel refused to hand the new evaluator's descriptors to the fork server (ETOOMANYREFS): it counts the
-    descriptors in flight in unix sockets by user, and a run of the loop's own user (a loop not run as root) that kept
-    more in flight than the loop may have open had the loop give its server up for the night, every later evaluator
-    started cold (red team). Only this evaluator is started as a new process: the server stays."""
+    """The kernel refused the fork server this one evaluator: its descriptors (ETOOMANYREFS: the kernel counts the
+    descriptors in flight in unix sockets by user), or its fork (EAGAIN: your limit of tasks). A run of the loop's own
+    user (a loop not run as root) that kept more in flight than the loop may have open, or that held what was left of
+    the user's tasks, had the loop give its server up for the night, every later evaluator started cold (red team).
+    Only this evaluator is started as a new process: the server stays."""
 
 
 class ForkServer:
@@ -152,11 +153,15 @@ class ForkServer:
             request = json.dumps({"argv": ["--workspace", str(directory)]}).encode()
             socket.send_fds(self._sock, [request], [stdin_r, errors.fileno()])
             reply = self._next(timeout=60)
+            if reply and "refused" in reply:
+                raise ForkRefused(f"the fork server was refused a fork: {reply['refused']}")
             if not reply or "pid" not in reply:
                 raise ForkFailed(f"the fork server answered {reply!r}")
         except (OSError, ValueError, ForkFailed) as exc:
             os.close(stdin_w)
             errors.close()
+            if isinstance(exc, ForkRefused):  # the server goes on
+                raise
             if isinstance(exc, OSError) and exc.errno == errno.ETOOMANYREFS:  # nothing was sent: the server waits on
                 raise ForkRefused(str(exc)) from exc
             self._stderr.seek(0)

@@ -252,7 +252,7 @@ class LocalExecutor:
         """Give up the fork server, which could not make an evaluator (`exc`, said once by the loop)."""
         if self._stopped.is_set():  # the fork gave up waiting for the server: no new process either
             raise RunStopped("the loop is stopping") from None
-        if isinstance(exc, ForkRefused):  # while a run holds descriptors in flight: this evaluator alone, as new
+        if isinstance(exc, ForkRefused):  # while a run holds what the user may have: this evaluator alone, as new
             return
         self.fork_failure = str(exc)
         self._server.close()
