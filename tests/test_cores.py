@@ -13,7 +13,7 @@ import pytest
 
 from autoresearch.device import cpu_name
 from autoresearch.errors import AutoresearchError
-from autoresearch.evaluator import cores, memory, referee
+from autoresearch.evaluator import cores, memory, referee, tasks
 from autoresearch.evaluator.clock import CpuClock, describe
 from autoresearch.loop import ray_executor
 from autoresearch.loop.executor import SETUP_FAILED, setup_error
@@ -209,6 +209,12 @@ def test_the_runs_on_each_gpu_of_a_ray_node_get_its_share_of_that_nodes_cpus_and
     ]
     nodes[1]["Resources"]["GPU"] = 1.0  # a node of one GPU: its runs keep every CPU, and all but the reserve
     assert ray_executor._share_of("0") == {memory.MEMORY_ENV: str(memory.share(1))}
+    # The node's Ray started by a user whose `ulimit -u` is RHEL's 4096, 96 tasks of it in use: a share of the rest.
+    monkeypatch.delenv(tasks.TASKS_ENV, raising=False)
+    monkeypatch.setattr(tasks, "by_limit", lambda own_user=False: True)
+    monkeypatch.setattr(tasks, "user_limit", lambda: 4096)
+    monkeypatch.setattr(tasks, "user_tasks", lambda uid: 96)
+    assert ray_executor._share_of("0")[tasks.TASKS_ENV] == str(4000 // 3)
 
 
 PINNED = """

@@ -53,7 +53,7 @@ from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
 from autoresearch.config.paths import CACHE_ENV, cache_root, ray_dir
 from autoresearch.data.shards import Manifest
 from autoresearch.errors import AutoresearchError, ConfigError, DataError
-from autoresearch.evaluator import memory
+from autoresearch.evaluator import memory, tasks
 from autoresearch.evaluator.compile_cache import STAGED
 from autoresearch.evaluator.cores import pins
 from autoresearch.evaluator.fingerprint import code_digest, fingerprint
@@ -416,9 +416,10 @@ def _executor() -> LocalExecutor:
 
 
 def _share_of(gpu: str) -> dict[str, str]:
-    """The share of this node's CPUs that the runs on its GPU `gpu` are pinned to, and of its memory, split by the
-    GPUs Ray gives the node, as local workers' are (evaluator/cores.py, evaluator/memory.py); {} where that cannot be
-    told (GPU ids Ray took from a CUDA_VISIBLE_DEVICES that skips some)."""
+    """The share of this node's CPUs that the runs on its GPU `gpu` are pinned to, and of its memory (and of a low
+    `ulimit -u` of the node's Ray, not root), split by the GPUs Ray gives the node, as local workers' are
+    (evaluator/cores.py, evaluator/memory.py, evaluator/tasks.py); {} where that cannot be told (GPU ids Ray took from
+    a CUDA_VISIBLE_DEVICES that skips some)."""
     ray = ray_module()
     try:
         node = ray.get_runtime_context().get_node_id()
@@ -426,7 +427,8 @@ def _share_of(gpu: str) -> dict[str, str]:
     except Exception:  # the cluster's state not at hand: a pin is never worth a lost run
         return {}
     index, found = int(gpu) if gpu.isdigit() else -1, pins(int(gpus))[0]
-    return {**found[index], **memory.shares(int(gpus))} if 0 <= index < len(found) else {}
+    shares = {**memory.shares(int(gpus)), **tasks.shares(int(gpus))}
+    return {**found[index], **shares} if 0 <= index < len(found) else {}
 
 
 def ray_devices(count: int) -> list[Device]:
