@@ -371,9 +371,10 @@ def users_reason() -> str | None:
     return None
 
 
-def as_run_user(code: str) -> subprocess.CompletedProcess | str:
+def as_run_user(code: str, timeout: float = 30.0) -> subprocess.CompletedProcess | str:
     """Python `code` run in a sandbox of its own as a run that is a user of its own is (evaluator/run_user.py): this
-    process's search paths, every privilege dropped as that user first; or one line saying why it could not be."""
+    process's search paths, every privilege dropped as that user first, for `timeout` seconds at most; or one line
+    saying why it could not be."""
     try:
         userns = run_user.namespace()
     except OSError as exc:
@@ -381,7 +382,7 @@ def as_run_user(code: str) -> subprocess.CompletedProcess | str:
     try:
         drop = f"from autoresearch.evaluator import joining; joining.drop_privileges({run_user.RUN_UID})\n"
         env = _search_paths_absolute(dict(os.environ))  # where autoresearch is found by PYTHONPATH alone
-        return _in_sandbox([sys.executable, "-c", drop + code], userns=userns, env=env)
+        return _in_sandbox([sys.executable, "-c", drop + code], userns=userns, env=env, timeout=timeout)
     finally:
         os.close(userns)
 
@@ -421,11 +422,11 @@ def own_user_namespace() -> bool:
 
 
 def _in_sandbox(
-    argv: list[str], own_init: bool = False, userns: int = 0, env: dict[str, str] | None = None
+    argv: list[str], own_init: bool = False, userns: int = 0, env: dict[str, str] | None = None, timeout: float = 30.0
 ) -> subprocess.CompletedProcess | str:
     """`argv` run in a sandbox with the options a real run gets, including a workdir inside a hidden directory (in
     the user namespace `userns`, if given, the workdir that user's: evaluator/run_user.py), with `env` (default: a
-    PATH alone); or one line saying why bubblewrap could not make it."""
+    PATH alone), for `timeout` seconds at most; or one line saying why bubblewrap could not make it."""
     if bwrap() is None:
         return "bubblewrap (bwrap) is not installed or not on PATH"
     with tempfile.TemporaryDirectory(prefix="autoresearch-sandbox-probe-") as tmp:
@@ -438,7 +439,7 @@ def _in_sandbox(
         try:
             fds = [userns] if userns else []
             ran = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30, pass_fds=fds
+                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, pass_fds=fds
             )
         except (OSError, subprocess.TimeoutExpired) as error:
             return f"bwrap could not be run: {error}"
