@@ -211,7 +211,8 @@ def test_a_run_that_forks_without_end_leaves_a_loop_not_run_as_root_its_share_of
     cap, forked, loop = forks("default")  # as before: the run takes what is left of the user's 800
     assert (cap, loop) == (str(tasks.DEFAULT_TASKS), "refused") and 700 < int(forked) < 800
     cap, forked, loop = forks("fitted")
-    assert int(cap) == (800 - 1) // 3 and 0 < int(forked) < int(cap) and loop == "forked"
+    # A third of what is left: this process's own threads count too (more of them on a 16-core GPU host than here)
+    assert tasks.LEAST_TASKS <= int(cap) <= (800 - 1) // 3 and 0 < int(forked) < int(cap) and loop == "forked"
     assert tasks.user_tasks(uid) == 0  # nothing of it left
 
 
