@@ -31,6 +31,7 @@ from loop_support import (
 )
 
 from autoresearch.loop import evaluator_process
+from autoresearch.loop import executor as executor_module
 from autoresearch.loop.clock import sleep_awake
 from autoresearch.loop.evaluator_process import UNSEEN, ForkRefused, ForkServer
 from autoresearch.loop.executor import (
@@ -1120,6 +1121,31 @@ def test_a_fork_the_kernel_refuses_the_fork_server_costs_one_cold_evaluator_not_
         assert evaluator.wait(60) not in (None, UNSEEN) and server._proc.poll() is None
     finally:
         server.close()
+
+
+@pytest.mark.slow  # real runs, through the fork server (which imports torch)
+def test_a_thread_the_kernel_refuses_the_loop_while_a_run_holds_what_is_left_costs_only_the_evaluator_ahead(
+    workspace, monkeypatch
+) -> None:
+    """The thread that forks the next run's evaluator ahead refused, as the kernel refuses one ("can't start new
+    thread") while a run of a loop not run as root holds what is left of your `ulimit -u` (its share at the floor,
+    which `run` warns of). BROKE, fixed (red team, helper 115, reproduced end to end as another user): the loop died of
+    it with the experiment in flight, and every start trained that experiment again and died again. Now the run ends
+    as it would have, its evaluator started when it comes (refused here by hand: the loop's Python would need to be
+    readable by another user)."""
+    loop = make_loop(workspace, LocalExecutor(prewarm=True), baseline_runs=2)
+    assert loop.baseline().status == Status.KEEP
+
+    def refused(self) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(executor_module.ForkAhead, "start", refused)
+    try:
+        exp = loop.step(ScriptedAgent([lambda ctx: ("LR 0.3", with_constants(ctx.train_py, LR=0.3))]))
+        assert exp.status in (Status.KEEP, Status.DISCARD), exp.reason
+        assert loop.executor._server is not None and loop.executor.fork_failure is None
+    finally:
+        loop.executor.close()
 
 
 @pytest.mark.slow

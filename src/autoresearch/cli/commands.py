@@ -77,7 +77,7 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
     for warning in switches.unknown():
         reporter.message(f"warning: {warning}")
     if fitted:  # your ulimit -u is low (RHEL's 4096)
-        lacking = run_tasks * (workers + 2) > tasks.user_limit()  # the floor: their shares overlap
+        lacking = tasks.overlap(workers, run_tasks)
         reporter.message(
             f"{'warning: ' if lacking else ''}a run may have {run_tasks} tasks at once here, not "
             f"{tasks.DEFAULT_TASKS}: your limit of {tasks.user_limit()} processes and threads (ulimit -u) counts the "

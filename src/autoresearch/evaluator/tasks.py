@@ -102,6 +102,12 @@ def share(workers: int, limit: int, in_use: int) -> int:
     return max((limit - in_use) // (workers + 2), LEAST_TASKS)
 
 
+def overlap(workers: int, each: int) -> bool:
+    """Whether `workers` runs, the agent's turn and the loop, `each` tasks apiece, may hold more than your limit leaves
+    your processes now: where the shares are at the floor, LEAST_TASKS."""
+    return each * (workers + 2) > user_limit() - user_tasks(os.getuid())
+
+
 def user_tasks(uid: int) -> int:
     """The tasks (processes and threads) of real user `uid` that this process can see (its PID namespace's)."""
     import psutil  # not at the top: the harness imports this module before train.py

@@ -207,11 +207,18 @@ class LocalExecutor:
     def _prewarm(self, directory: Path) -> None:
         """Start the next run's evaluator: forked in a thread (ForkAhead), so that the fork server's answer never
         holds back the wait that enforces this run's hard timeout; without the server, a new process, started here."""
+        # Refused a process or a thread (EAGAIN) while this run holds what is left of your `ulimit -u` (a loop not run
+        # as root): none ahead, the next run's evaluator is started when that run comes.
         if self._server is None:
-            self._warm = self._referee(directory)
+            with contextlib.suppress(BlockingIOError):
+                self._warm = self._referee(directory)
             return
-        self._ahead = ForkAhead(self._server, directory)
-        self._ahead.start()
+        ahead = ForkAhead(self._server, directory)
+        try:
+            ahead.start()
+        except RuntimeError:  # "can't start new thread"
+            return
+        self._ahead = ahead
 
     def _forked_ahead(self) -> Exception | None:
         """Wait for the fork started ahead, if any: what it made is the warm evaluator; why it made none is returned."""
