@@ -651,6 +651,25 @@ def test_a_ctrl_c_that_lands_in_a_thread_lock_reads_as_a_ctrl_c_and_other_runtim
         main(["status", "--workspace", str(workspace.root)])
 
 
+@pytest.mark.parametrize(
+    "refusal", [BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)), RuntimeError("can't start new thread")]
+)
+def test_a_process_or_thread_the_system_refuses_the_loop_is_said_without_a_traceback(
+    refusal: Exception, workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under a loop not run as root whose runs' shares of `ulimit -u` are at the floor (which `run` warns of), a run
+    can hold what is left while the loop starts git or an agent's turn: a traceback before."""
+
+    def refused(*args) -> None:
+        raise refusal
+
+    monkeypatch.setattr("autoresearch.cli.run", refused)
+    assert main(["run", "--agent", "tune", "--workspace", str(workspace.root)]) == 2
+    err = words(capsys.readouterr().err)
+    assert "the system refused autoresearch a new process or thread" in err and "raise `ulimit -u`" in err, err
+    assert "Traceback" not in err
+
+
 def test_the_loop_submit_started_says_what_resumes_it_when_stopped(
     workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -159,6 +159,8 @@ def _main(args: argparse.Namespace, console: Console) -> int:
     except KeyboardInterrupt as exc:
         return _interrupted(console, exc, args)
     except RuntimeError as exc:
+        if str(exc) == "can't start new thread":
+            return _error(console, _no_task(exc))
         # A Ctrl-C that lands while a thread lock of Python's is being taken back (inside threading's Condition.wait)
         # leaves it unheld, and its release raises this in place of the KeyboardInterrupt; every cleanup of ours
         # runs on any exception (finally, `except BaseException`), so it is the Ctrl-C, shown as one.
@@ -169,6 +171,8 @@ def _main(args: argparse.Namespace, console: Console) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
         return 141
     except OSError as exc:
+        if exc.errno == errno.EAGAIN:
+            return _error(console, _no_task(exc))
         if exc.errno not in _NOT_ALLOWED:
             raise
         # a read-only mount, another user's file: the person's to fix, so a message and no traceback
@@ -179,6 +183,17 @@ def _main(args: argparse.Namespace, console: Console) -> int:
         )
         return _error(console, error)
     return 0
+
+
+def _no_task(exc: Exception) -> AutoresearchError:
+    """The system refused the loop a process or a thread: your limit of them (a run of a loop not run as root counts
+    toward it: evaluator/tasks.py), or the machine's, was reached."""
+    return AutoresearchError(
+        f"the system refused autoresearch a new process or thread ({exc}): your limit of them (`ulimit -u`), which a "
+        "run's count toward under a loop not run as root, or the machine's, was reached",
+        hint="raise `ulimit -u` (nproc in limits.conf) or stop some of your processes, then run again: nothing was "
+        "lost (what was in flight is trained again)",
+    )
 
 
 def _interrupted(console: Console, exc: KeyboardInterrupt, args: argparse.Namespace) -> int:
