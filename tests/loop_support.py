@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -300,3 +301,13 @@ def run_groups(controller: str) -> list[tuple[int, Path]]:
 def groups_left(controller: str) -> list[Path]:
     """The run groups of evaluators that no longer run (what the next run's evaluator sweeps)."""
     return [folder for pid, folder in run_groups(controller) if not psutil.pid_exists(pid)]
+
+
+def evaluators_with(tmp_path: Path, name: str, text: str) -> dict[str, str]:
+    """An environment whose Python finds the module `name` (`text`) first: what the loop's evaluators (and their fork
+    server) import, not the loop itself, which has imported what it needs already. (The sandbox's /tmp is its own:
+    the experiment does not see it.)"""
+    folder = tmp_path / "evaluators-site"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(textwrap.dedent(text))
+    return {"PYTHONPATH": os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH", "")])])}

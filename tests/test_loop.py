@@ -21,6 +21,7 @@ from loop_support import (
     FakeExecutor,
     ScriptedAgent,
     constant,
+    evaluators_with,
     fake_result,
     killed_loop,
     make_loop,
@@ -1110,10 +1111,7 @@ def test_a_fork_the_kernel_refuses_the_fork_server_costs_one_cold_evaluator_not_
     """BROKE, fixed (red team): a fork refused to the fork server (EAGAIN) killed it, and the loop started every later
     evaluator cold, for the night; a run of a loop not run as root can hold all your `ulimit -u` leaves while the
     next run's evaluator is forked ahead."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(REFUSED_ONCE)
-    server = ForkServer(sys.executable, {"PYTHONPATH": os.pathsep.join([str(site), *sys.path[1:]])})
+    server = ForkServer(sys.executable, evaluators_with(tmp_path, "sitecustomize", REFUSED_ONCE))
     try:
         with pytest.raises(ForkRefused, match=r"refused a fork: .*Resource temporarily unavailable"):
             server.fork(tmp_path)

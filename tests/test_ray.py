@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 import ray
-from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, make_loop, make_workspace, with_constants
+from loop_support import BIGRAM_TRAIN_PY, ScriptedAgent, evaluators_with, make_loop, make_workspace, with_constants
 from ray.cluster_utils import Cluster
 
 from autoresearch.agents.command_agent import CommandAgent
@@ -280,10 +280,7 @@ def test_a_full_disk_on_the_node_stops_the_loop_naming_the_node_and_the_experime
     DiskFullError('the disk is full: ...')", with a hint to look at the worker's log and to install the same
     autoresearch: not whose disk, nor that the experiment is trained again. Now the loop stops with the disk-full
     error naming the node and its folder; nothing is recorded, and the next start trains the experiment."""
-    site = tmp_path / "full-node"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(FULL_DISK)
-    python_path = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    python_path = evaluators_with(tmp_path, "sitecustomize", FULL_DISK)["PYTHONPATH"]  # in the node's Ray workers
 
     def on_a_full_node(_device) -> RayExecutor:
         executor = RayExecutor("NEAR")

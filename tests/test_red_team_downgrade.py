@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 import re
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from loop_support import make_loop, one_edit, run_groups
+from loop_support import evaluators_with, make_loop, one_edit, run_groups
 from test_red_team import MEMORY_GROUPS, SPREAD_MEMORY, START, first_run_log
 from test_red_team_fork import REACH_THE_ANCHOR, inside
 
@@ -33,16 +32,6 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox, filter and cgroups are Linux's"),
     pytest.mark.skipif(sandbox.unavailable_reason() is not None, reason="bubblewrap cannot confine here"),
 ]
-
-
-def evaluators_with(tmp_path: Path, name: str, text: str) -> dict[str, str]:
-    """An environment whose Python finds the module `name` (`text`) first: what the loop's evaluators (and their fork
-    server) import, not the loop itself, which has imported what it needs already. (The sandbox's /tmp is its own:
-    the experiment does not see it.)"""
-    folder = tmp_path / "evaluators-site"
-    folder.mkdir(exist_ok=True)
-    (folder / f"{name}.py").write_text(textwrap.dedent(text))
-    return {"PYTHONPATH": os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH", "")])])}
 
 
 def stops_the_loop(ws, loop, description: str, code: str, match: str) -> str:
