@@ -76,6 +76,8 @@ if __name__ == "__main__":
 
 
 FAKE_SETUP = "AMD EPYC; CPU time / 2 cores"  # what a fake result says it was measured on (Result.setup)
+# A GPU's: on the wall clock, where one initialisation's runs can repeat closely (judge.tells_copies).
+GPU_SETUP = "NVIDIA H100 80GB HBM3; wall clock"
 
 
 # What a process does to take the CPUs it is not pinned to (a run beside other workers' runs, an agent's turn beside

@@ -414,6 +414,20 @@ def test_an_option_given_empty_is_a_usage_error_not_its_default(
     assert not (tmp_path / "ws").exists()
 
 
+@pytest.mark.parametrize("args", [["run", "--agnet", "tune"], ["status", "extra"], ["--plain", "report"]])
+def test_an_option_the_command_does_not_take_is_refused_with_that_commands_usage(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's walk through the README: `run --agnet tune` printed the usage of `autoresearch` as a whole, which
+    names no option of `run`'s."""
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    err = capsys.readouterr().err
+    command = next(a for a in args if not a.startswith("-"))
+    assert stopped.value.code == 2 and f"usage: autoresearch {command} [-h]" in err
+    assert f"autoresearch {command}: error: unrecognized arguments: {args[1] if args[0] == command else args[0]}" in err
+
+
 @pytest.mark.parametrize(
     "args", [["run", "--agent", "tune", "--plain", "--max-experiments", "0"], ["submit", "-m", "LR up"]]
 )  # `try` makes its loop as `run` does (commands.make_loop)
@@ -555,6 +569,25 @@ def test_a_data_dir_edited_to_a_short_path_says_there_is_no_data_there_and_to_pu
     err = words(capsys.readouterr().err)
     assert f"error: no prepared data in {data_dir}" in err and "Traceback" not in err
     assert "put the file back (`git checkout autoresearch.json`)" in err and "autoresearch init DIR --dataset" in err
+
+
+def test_python_train_py_without_its_data_names_the_cache_to_prepare_it_in_as_run_does(
+    workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (a user's walk through the README): with the workspace's cache gone, `run` said to prepare into
+    it (`--cache-dir`), but `python train.py` only "run `autoresearch prepare --dataset python-source --preset tiny`",
+    which prepares into $AUTORESEARCH_CACHE or the default cache, where the workspace does not read."""
+    from autoresearch.errors import DataError
+    from autoresearch.evaluator.referee import Referee
+
+    gone = tmp_path / "elsewhere" / "data" / "python-source" / "tiny"  # as `prepare` lays out a cache
+    config = workspace.root / CONFIG_NAME
+    config.write_text(json.dumps({**json.loads(config.read_text()), "data_dir": str(gone)}))
+    with pytest.raises(DataError, match="no prepared data") as err:
+        Referee(workspace.root / "train.py", dict(os.environ))
+    assert f"--preset tiny --cache-dir {tmp_path / 'elsewhere'}` with the Python the workspace" in err.value.hint
+    assert main(["run", "--plain", "--agent", "tune", "--workspace", str(workspace.root)]) == 2
+    assert err.value.hint in words(capsys.readouterr().err)
 
 
 def test_a_full_disk_that_the_quarantine_holds_a_sizeable_share_of_names_it_and_says_it_can_go(

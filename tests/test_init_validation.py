@@ -79,6 +79,28 @@ def test_a_folder_with_files_is_refused_naming_a_new_one(
     assert [p.name for p in ws.iterdir()] == ["notes.txt"] and (ws / "notes.txt").read_text() == "my own notes\n"
 
 
+def test_a_folder_inside_a_workspace_is_refused_naming_one_outside(
+    corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed (a user's walk through the README): `cd demo && autoresearch init sub` made a workspace inside the
+    workspace, a folder of it that is not train.py: every `try` there was refused for "sub/" since."""
+    cache = tmp_path / "cache"
+    assert main([*init_args(tmp_path / "demo", corpus_dir), "--cache-dir", str(cache)]) == 0
+    capsys.readouterr()
+    for inner in (tmp_path / "demo" / "sub", tmp_path / "demo" / "notes" / "sub"):
+        assert main([*init_args(inner, corpus_dir), "--cache-dir", str(cache)]) == 2
+        err = words(capsys.readouterr().err)
+        assert f"lies inside the workspace {tmp_path / 'demo'}, where only train.py may change" in err
+        assert f"autoresearch init {tmp_path / 'sub'}`" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir() if p.name != ".autoresearch") == [
+        ".git",
+        ".gitignore",
+        "autoresearch.json",
+        "program.md",
+        "train.py",
+    ]
+
+
 @pytest.mark.parametrize("given", [".", "", "..", "/"])
 def test_the_folder_one_is_in_with_files_is_refused_naming_a_new_one(
     given: str,

@@ -128,6 +128,7 @@ def test_a_corpus_too_small_is_refused_with_a_true_hint_and_nothing_written(tmp_
     with pytest.raises(DataError, match="corpus too small") as err:
         prepare(f"local:{tmp_path / 'c'}", get_preset("tiny"), tmp_path / "cache", console=console)
     assert "327,680" in str(err.value) and "hint: point the dataset at more text" in str(err.value)
+    assert "bytes in 1 file under" in str(err.value)
     assert "--preset" not in str(err.value)  # there is no preset with a smaller evaluation set than tiny
     assert cache_contents(tmp_path / "cache") == []
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import psutil
 import pytest
 from loop_support import (
     BIGRAM_TRAIN_PY,
+    FAKE_SETUP,
+    GPU_SETUP,
     FakeExecutor,
     ScriptedAgent,
     constant,
@@ -43,7 +46,7 @@ from autoresearch.loop.executor import (
     RunSpec,
     outcome_of,
 )
-from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.ledger import Ledger, best_of
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.status import status_text
 from autoresearch.report import render_report
@@ -174,16 +177,23 @@ def test_a_marginal_win_that_does_not_hold_up_is_discarded(workspace):
     assert len(exp.run_values) == 2 and exp.status == Status.DISCARD
 
 
-def test_a_marginal_win_whose_runs_repeat_one_another_counts_as_one_run_and_measures_no_noise(workspace):
+@pytest.mark.parametrize("setup", [GPU_SETUP, FAKE_SETUP])
+def test_a_marginal_win_whose_runs_repeat_one_another_counts_as_one_run_and_measures_no_noise(workspace, setup):
     """A train.py that seeds torch with a number of its own trains the same model whatever SEED the loop sets: a
     lucky first run's re-run repeats it (on a GPU to ~0.1 of the seeds' std) and would confirm it. Runs that agree
-    that closely are run again with another seed, and five of them count as one run: a marginal win, discarded."""
+    that closely are run again with another seed, and five of them count as one run: a marginal win, discarded.
+    Not on the CPU clock, where one initialisation's runs are as far apart as seeds (BENCHMARKS.md) and the baseline's
+    spread holds how many steps fit: there such runs are honest seeds that fit the same steps (BROKE, fixed: a user's
+    walk through the README, a real win discarded as copies at a 5 s budget)."""
     lucky = iter([1.0180, 1.01801, 1.01799, 1.01802, 1.01800])  # SEED 42..46, all the same model
-    executor = FakeExecutor(lambda s: next(lucky) if constant(s, "BATCH") == 16 else score(s))
+    executor = FakeExecutor(lambda s: next(lucky) if constant(s, "BATCH") == 16 else score(s), setup=setup)
     loop = make_loop(workspace, executor)
     loop.baseline()
     noise = loop.noise()
     exp = loop.step(ScriptedAgent([lambda ctx: ("batch 16", with_constants(ctx.train_py, BATCH=16))]))
+    if setup == FAKE_SETUP:
+        assert exp.status == Status.KEEP and len(exp.run_values) == 2 and "mean of 2 runs" in exp.reason
+        return
     assert exp.status == Status.DISCARD and len(exp.run_values) == 5
     assert [constant(s, "SEED") for s in executor.calls[-5:]] == [42, 43, 44, 45, 46]
     assert "seeded itself with something other than SEED" in exp.reason and "count as one run" in exp.reason
@@ -192,7 +202,7 @@ def test_a_marginal_win_whose_runs_repeat_one_another_counts_as_one_run_and_meas
 
 def test_an_honest_marginal_win_whose_first_two_seeds_happen_to_agree_is_kept_on_a_third(workspace):
     values = iter([1.0180, 1.0181, 1.0150])  # two seeds 0.0001 apart (noise 0.002), the third as seeds differ
-    executor = FakeExecutor(lambda s: next(values) if constant(s, "BATCH") == 16 else score(s))
+    executor = FakeExecutor(lambda s: next(values) if constant(s, "BATCH") == 16 else score(s), setup=GPU_SETUP)
     loop = make_loop(workspace, executor)
     loop.baseline()
     exp = loop.step(ScriptedAgent([lambda ctx: ("batch 16", with_constants(ctx.train_py, BATCH=16))]))
@@ -1487,27 +1497,43 @@ def test_an_edited_budget_in_the_locked_config_says_to_check_it_out_again(worksp
 
 
 @pytest.mark.parametrize("confined", [True, False])
-def test_train_py_edited_beside_a_confined_run_is_the_persons_and_the_runs_score_stands(workspace, confined):
+@pytest.mark.parametrize("person", ["edit", "git stash"])
+def test_the_workspace_changed_beside_a_confined_run_is_the_persons_and_the_runs_score_stands(
+    workspace, confined, person
+):
     """An agent that sent `try` to the background and went on editing train.py: the experiment was a crash, "the
-    run changed files outside train.py: changed train.py", though the sandbox hides the workspace from the run."""
+    run changed files outside train.py: changed train.py", though the sandbox hides the workspace from the run. And
+    (BROKE, fixed: a user's walk through the README) a person's `git stash` in the workspace while a run trained:
+    "the run changed files outside train.py: ..., added refs/stash", a crash, though the run could reach none of it."""
+    from autoresearch.workspace.git import IDENTITY
 
     class EditedMeanwhile(FakeExecutor):
         def run(self, spec):
             outcome = super().run(spec)
             if constant(spec.source.read_text(), "LR") == 0.2:
                 spec.source.write_text(with_constants(spec.source.read_text(), LR=0.3))  # the next idea, begun
+                if person == "git stash":  # ... and set aside
+                    workspace.git(*IDENTITY, "stash", "-q")
             return replace(outcome, result=replace(outcome.result, confined=confined)) if outcome.result else outcome
 
     events = []
     loop = make_loop(workspace, EditedMeanwhile(score), events=events)
     loop.baseline()
     exp = loop.step(ScriptedAgent([set_lr(0.2)]))
-    kept = [q / "train.py" for q in (workspace.state / "quarantine").iterdir()]
-    assert [constant(k.read_text(), "LR") for k in kept] == [0.3]  # the edit is not lost
+    (kept,) = (workspace.state / "quarantine").iterdir()
+    if person == "edit":
+        assert constant((kept / "train.py").read_text(), "LR") == 0.3  # the edit is not lost
+    else:  # nor the stash: git's objects (its train.py among them) are kept with its ref's log
+        blobs = [zlib.decompress(o.read_bytes()) for o in (kept / ".git" / "objects").glob("*/*")]
+        assert any(b.startswith(b"blob") and b"LR = 0.3" in b for b in blobs)
     if confined:
-        assert exp.status == Status.KEEP and "train.py was edited while experiment 2 trained" in " ".join(events)
+        said = "train.py was edited" if person == "edit" else "the workspace changed (created refs/stash"
+        assert exp.status == Status.KEEP and said in " ".join(events), "\n".join(events)
+        assert "while experiment 2 trained (its run, confined, cannot reach it)" in " ".join(events)
     else:  # a run that could reach the workspace is not believed
-        assert exp.status == Status.CRASH and "changed train.py" in exp.reason
+        assert exp.status == Status.CRASH and "changed" in exp.reason and "outside train.py" in exp.reason
+    assert workspace.git("status", "--porcelain").strip() == ""  # put back: the branch holds what was kept
+    assert (workspace.root / "train.py").read_text() == best_of(Ledger(workspace.root).all()).source
 
 
 def test_max_experiments_0_on_a_new_workspace_trains_no_baseline(workspace) -> None:

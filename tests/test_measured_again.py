@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, set_lr
+from loop_support import FAKE_SETUP, GPU_SETUP, FakeExecutor, ScriptedAgent, constant, make_loop, set_lr
 
 from autoresearch.loop.activity import Session, spans_of
 from autoresearch.loop.confirmation import CONFIRMED_RUNS, NOT_CONFIRMED
@@ -30,10 +30,10 @@ def lucky(source: str) -> float:
     return TRUE[lr] + SEED_NOISE[seed] + LUCK.get((lr, seed), 0.0)
 
 
-def scheduler(workspace, score=lucky, confirm_runs=None, workers: int = 2) -> Scheduler:
+def scheduler(workspace, score=lucky, confirm_runs=None, workers: int = 2, setup: str = FAKE_SETUP) -> Scheduler:
     """The loop on `workers` fake GPUs; `confirm_runs` None: the scheduler's own choice."""
-    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=3)
-    found = make_workers(loop, devices(None, workers, cores=2), lambda device: FakeExecutor(score))
+    loop = make_loop(workspace, FakeExecutor(score, setup=setup), baseline_runs=3)
+    found = make_workers(loop, devices(None, workers, cores=2), lambda device: FakeExecutor(score, setup=setup))
     return Scheduler(loop, found, confirm_runs=confirm_runs)
 
 
@@ -151,7 +151,7 @@ def test_runs_measured_again_that_look_like_copies_of_one_run_do_not_shrink_the_
         lr = constant(source, "LR")
         return copying[lr] + (0.0 if lr == 0.3 else SEED_NOISE[constant(source, "SEED")])
 
-    sched = scheduler(workspace, score=ignores_seed)
+    sched = scheduler(workspace, score=ignores_seed, setup=GPU_SETUP)  # on the CPU clock copies pass as seeds
     sched.run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
     best = sched.loop.best()
     assert best.run_values == [1.090] * 3

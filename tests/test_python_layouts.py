@@ -256,3 +256,24 @@ def test_a_venv_of_copies_on_a_python_outside_usr_runs_with_its_own_packages(hom
     out = confined(python, home, IMPORT_AND_READ, "venvmod", home / "weights.bin")
     assert out["venvmod"] == "from the venv"
     assert out[str(home / "weights.bin")] == "unreadable"
+
+
+def test_a_venv_reached_through_a_link_is_never_taken_for_a_corpus_to_hide(home: Path) -> None:
+    """BROKE, fixed (a user's walk through the README): `.venv` a link to another checkout's venv, a python-source
+    workspace's corpus (named by its real path at `prepare`) was the venv's own site-packages, which Python run
+    through the link imports from by the link's path. The run hid it as raw corpus, and torch's lazy imports failed
+    in every `python train.py`."""
+    real = venv(home / "elsewhere" / ".venv").parent.parent
+    (home / "project").mkdir()
+    (home / "project" / ".venv").symlink_to(real)
+    python = home / "project" / ".venv" / "bin" / "python"
+    site_packages = ask(python, home, "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    assert not Path(site_packages).is_relative_to(real)  # Python names it by the link
+    (Path(site_packages) / "venvmod.py").write_text("VALUE = 'from the venv'\n")
+    needed = (
+        "from pathlib import Path; from autoresearch.evaluator.sandbox import python_needs; "
+        f"print(python_needs(Path({site_packages!r}).resolve()), python_needs(Path({str(home)!r})))"
+    )
+    assert ask(python, home, needed) == "True False"
+    out = confined(python, home, IMPORT_AND_READ, "venvmod", home / "weights.bin")
+    assert out["venvmod"] == "from the venv" and out[str(home / "weights.bin")] == "unreadable"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, set_lr
+from loop_support import FAKE_SETUP, GPU_SETUP, FakeExecutor, ScriptedAgent, constant, make_loop, set_lr
 
 from autoresearch.evaluator import compile_cache
 from autoresearch.loop import recovery
@@ -48,9 +48,11 @@ class Gated(FakeExecutor):
         return super().run(spec)
 
 
-def scheduler(workspace, score=score, workers: int = 2, confirm_runs=None, executor=None) -> Scheduler:
-    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=3)
-    make = executor or (lambda device: FakeExecutor(score))
+def scheduler(
+    workspace, score=score, workers: int = 2, confirm_runs=None, executor=None, setup: str = FAKE_SETUP
+) -> Scheduler:
+    loop = make_loop(workspace, FakeExecutor(score, setup=setup), baseline_runs=3)
+    make = executor or (lambda device: FakeExecutor(score, setup=setup))
     found = make_workers(loop, devices(None, workers, cores=max(2, workers)), make)
     return Scheduler(loop, found, confirm_runs=confirm_runs)
 
@@ -130,7 +132,7 @@ def test_a_kept_train_py_that_copies_its_run_then_crashes_cannot_pool_its_copies
             return Outcome(RunEnd.CRASH, None, "RuntimeError: NaN loss", "Traceback", 1.0)
         return TRUE[lr]
 
-    sched = scheduler(workspace, score=copies_then_crashes)
+    sched = scheduler(workspace, score=copies_then_crashes, setup=GPU_SETUP)  # the CPU clock's pass as seeds
     sched.run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
     best = sched.loop.best()
     assert best.run_values == [1.080, 1.080] and "not measured again" in best.reason

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from autoresearch.cli.commands import compare, prepare_data, run, submit, try_change, wait
-from autoresearch.cli.parser import build_parser
+from autoresearch.cli.parser import parse
 from autoresearch.errors import AutoresearchError
 from autoresearch.files import absolute_entries
 
@@ -62,7 +62,7 @@ def drop_working_directory() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     configure_logging()
     # One ignored (nohup-like) stays ignored; only the main thread may set a handler (main() called on another
     # thread, as tests and embedders do, leaves signals alone).

@@ -70,7 +70,8 @@ def _version() -> str:
         return __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The command line's parser, and each command's."""
     parser = argparse.ArgumentParser(prog="autoresearch", description="An autonomous research loop over train.py.")
     parser.add_argument("--version", action="version", version=f"autoresearch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,4 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild a ledger that reads fine too (what only it holds is lost; the file is kept beside it)",
     )
     _workspace_option(rebuild)
-    return parser
+    return parser, sub.choices
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line's arguments; an option the command does not take is refused with that command's usage (the
+    whole parser's named none of its options: `run --agnet tune` got `usage: autoresearch [-h] [--version] {...}`)."""
+    parser, commands = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args

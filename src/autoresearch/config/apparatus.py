@@ -76,3 +76,21 @@ class Apparatus:
             return cls(**data)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}", hint=restore) from None
+
+
+def prepare_again_hint(a: Apparatus) -> str:
+    """How to make the data a workspace reads again, where it reads it: into the cache it was prepared in (the one
+    of today's $AUTORESEARCH_CACHE may be another) and, for python-source, from the same Python's files."""
+    path = Path(a.data_dir)
+    if len(path.parents) < 3 or path.parents[1].name != "data":  # not <cache>/data/<dataset>/<preset>, as `prepare`
+        # makes and `init` writes: autoresearch.json was edited by hand (it has no cache to name)
+        return (
+            "autoresearch.json's data_dir is no folder `autoresearch prepare` makes: put the file back (`git checkout "
+            f"autoresearch.json`), or make a new workspace, whose data `autoresearch init DIR --dataset {a.dataset} "
+            f"--preset {a.preset}` prepares again"
+        )
+    cache = path.parents[2]  # <cache>/data/<dataset>/<preset>
+    hint = f"prepare it again: `autoresearch prepare --dataset {a.dataset} --preset {a.preset} --cache-dir {cache}`"
+    if a.dataset == "python-source":
+        hint += " with the Python the workspace was made with (another Python's files are another corpus)"
+    return hint + "; the same corpus gives the same data, another one a new workspace"

@@ -16,6 +16,7 @@ from typing import Protocol
 import psutil
 
 WALL, CPU = "wall", "cpu"
+WALL_CLOCK = "wall clock"  # how a result names the wall clock (`describe`)
 
 
 class TrainingClock(Protocol):
@@ -62,4 +63,4 @@ class CpuClock:
 
 def describe(clock: TrainingClock) -> str:
     """How the budget was counted, for results and logs."""
-    return "wall clock" if clock.kind == WALL else f"CPU time / {clock.cores:g} cores"
+    return WALL_CLOCK if clock.kind == WALL else f"CPU time / {clock.cores:g} cores"

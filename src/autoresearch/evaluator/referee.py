@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from autoresearch import device as devices
-from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
+from autoresearch.config.apparatus import CONFIG_NAME, Apparatus, prepare_again_hint
 from autoresearch.config.presets import get_preset
 from autoresearch.data.shards import REPAIR_HINT, Manifest, evaluation_rows, open_shard
 from autoresearch.data.sources import VAL
@@ -85,7 +85,7 @@ class Referee:
         except FileNotFoundError:
             raise DataError(
                 f"no prepared data in {data_dir}",
-                hint=f"run `autoresearch prepare --dataset {self.apparatus.dataset} --preset {self.apparatus.preset}`",
+                hint=prepare_again_hint(self.apparatus),
             ) from None
         if manifest.preset != self.preset.as_dict():
             raise DataError(f"data in {data_dir} was prepared for other preset settings", hint=REPAIR_HINT)

@@ -20,6 +20,7 @@ import os
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
+from autoresearch.evaluator.clock import WALL_CLOCK
 from autoresearch.files import read_regular, write_json_atomic
 
 RESULT_ENV = "AUTORESEARCH_RESULT"
@@ -61,7 +62,7 @@ class Result:
     budget_seconds: float
     harness_fingerprint: str
     confined: bool  # the experiment ran in the sandbox (evaluator/sandbox.py)
-    training_clock: str = "wall clock"  # what training_seconds counts (evaluator/clock.py)
+    training_clock: str = WALL_CLOCK  # what training_seconds counts (evaluator/clock.py)
     # The kind of device and the clock ("NVIDIA H200; wall clock"): scores measured on another are not compared.
     setup: str = ""
     # What the run compiled, staged beside this result (compile_cache.digest): joins the shared cache only as sealed.

@@ -131,8 +131,12 @@ def module_command(python: str, module: str) -> list[str]:
 
 def python_needs(path: Path) -> bool:
     """Whether Python inside the sandbox needs `path` to import anything: it is one of the directories it imports
-    from, or lies inside one (hiding it would break every run; a directory that holds them can be hidden)."""
-    return lies_inside(path, shown_paths.python_paths())
+    from, or lies inside one (hiding it would break every run; a directory that holds them can be hidden). Their
+    links followed: a venv reached through a link (`.venv -> /elsewhere/.venv`) is where its Python imports from
+    (BROKE, fixed: a python-source corpus prepared from it, named by its real path, was hidden, and torch's lazy
+    imports failed in every `python train.py`)."""
+    paths = shown_paths.python_paths()
+    return lies_inside(path, [*paths, *(p.resolve() for p in paths)])
 
 
 def _reveals(path: Path, hidden: Sequence[Path]) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from autoresearch.agents.base import Agent, Proposal, preflight
-from autoresearch.config.apparatus import Apparatus
+from autoresearch.config.apparatus import prepare_again_hint
 from autoresearch.data.shards import Manifest
 from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
@@ -55,29 +55,12 @@ __all__ = ["APPARATUS_HINT", "MAX_ATTEMPTS", "NO_PROPOSAL", "LoopConfig", "LoopE
 
 
 def _edited_beside(verdict: Verdict, outcome: Outcome) -> bool:
-    """Whether train.py alone changed during a run that was confined: the sandbox hides the workspace from it, so
-    the edit is someone else's (a person's, an agent's that sent `try` to the background to go on editing), and the
-    run's score stands; the run that could reach the workspace is not believed."""
+    """Whether the workspace changed during a run that was confined: the sandbox hides the workspace from it, so the
+    change is someone else's (a person's edit of train.py or `git stash` in the workspace, an agent's that sent `try`
+    to the background to go on editing), and the run's score stands; the run that could reach the workspace is not
+    believed. (BROKE, fixed: a person's `git stash` during a run made its experiment a crash, blamed on the run.)"""
     trained_confined = outcome.result is not None and outcome.result.confined
-    return trained_confined and verdict.changed in ([f"changed {TRAIN_PY}"], [f"deleted {TRAIN_PY}"])
-
-
-def prepare_again_hint(a: Apparatus) -> str:
-    """How to make the data a workspace reads again, where it reads it: into the cache it was prepared in (the one
-    of today's $AUTORESEARCH_CACHE may be another) and, for python-source, from the same Python's files."""
-    path = Path(a.data_dir)
-    if len(path.parents) < 3 or path.parents[1].name != "data":  # not <cache>/data/<dataset>/<preset>, as `prepare`
-        # makes and `init` writes: autoresearch.json was edited by hand (it has no cache to name)
-        return (
-            "autoresearch.json's data_dir is no folder `autoresearch prepare` makes: put the file back (`git checkout "
-            f"autoresearch.json`), or make a new workspace, whose data `autoresearch init DIR --dataset {a.dataset} "
-            f"--preset {a.preset}` prepares again"
-        )
-    cache = path.parents[2]  # <cache>/data/<dataset>/<preset>
-    hint = f"prepare it again: `autoresearch prepare --dataset {a.dataset} --preset {a.preset} --cache-dir {cache}`"
-    if a.dataset == "python-source":
-        hint += " with the Python the workspace was made with (another Python's files are another corpus)"
-    return hint + "; the same corpus gives the same data, another one a new workspace"
+    return trained_confined and bool(verdict.changed)
 
 
 class ResearchLoop(Asking, Recovery):
@@ -142,7 +125,7 @@ class ResearchLoop(Asking, Recovery):
             raise LoopError("no noise measured yet", hint="the baseline's seeds measure it: run `autoresearch run`")
         fewer = guard.fewer_code_lines(base.source, exp.source)
         lowest = lowest_kept([e for e in rows if e.id <= base.id])
-        return judge(base.val_bpb, runs, noise.noise, fewer, lowest, noise.baseline)
+        return judge(base.val_bpb, runs, noise.noise, fewer, lowest, noise.baseline, noise.copies_told)
 
     def _require_best(self) -> Experiment:
         best = self.best()
@@ -339,9 +322,14 @@ class ResearchLoop(Asking, Recovery):
         outcome = self.comparable(outcome, spec.run_dir)
         if why and _edited_beside(verdict, outcome):  # the person's edit (`try` in the background): not the run's
             why = None
+            if verdict.changed in ([f"changed {TRAIN_PY}"], [f"deleted {TRAIN_PY}"]):
+                what, advice = "train.py was edited", "edit train.py between experiments"
+            else:
+                what = f"the workspace changed ({', '.join(verdict.changed[:8])})"
+                advice = "leave the workspace to the loop while it runs (git commands too, but those that only read)"
             self.reporter.message(
-                f"train.py was edited while experiment {exp.id} trained (its run, confined, cannot reach it): "
-                f"put back, the edit kept in {verdict.quarantine}; edit train.py between experiments"
+                f"{what} while experiment {exp.id} trained (its run, confined, cannot reach it): put back, "
+                f"what was moved aside kept in {verdict.quarantine}; {advice}"
             )
         if exp.kind == Kind.BASELINE:  # the user's own train.py: what it compiled serves the next seeds at once
             self._settle_compiled(exp, keep=outcome.status == RunEnd.OK and not why, run=run)

@@ -85,6 +85,13 @@ def check_directory(directory: Path) -> None:
     if held:
         shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
         raise ConfigError(f"{directory} already exists and is not empty (it holds {shown})", hint=_elsewhere(directory))
+    # Inside another workspace, the new one is a file of its experiments that is not train.py: every step there
+    # would be refused for it (a user's walk through the README).
+    if outer := next((p for p in directory.absolute().parents if (p / CONFIG_NAME).is_file()), None):
+        raise ConfigError(
+            f"{directory} lies inside the workspace {outer}, where only train.py may change",
+            hint=f"make it outside, e.g. `autoresearch init {outer.parent / Path(os.path.abspath(directory)).name}`",
+        )
     _check_makeable(directory)
 
 

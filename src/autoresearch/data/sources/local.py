@@ -85,8 +85,9 @@ def check_corpus(root: Path, val_bytes: int, smaller: Mapping[str, int] | None =
     plain = sum(p.stat().st_size for p in files if p.suffix != ".parquet")
     packed = sum(p.stat().st_size for p in files if p.suffix == ".parquet")
     if not packed and plain <= val_bytes:  # parquet text can be many times its file size: no early refusal
+        counted = f"{len(files)} file{'' if len(files) == 1 else 's'}"
         raise DataError(
-            f"corpus too small: {plain:,} bytes in {len(files)} files under {root}, where validation alone "
+            f"corpus too small: {plain:,} bytes in {counted} under {root}, where validation alone "
             f"takes {val_bytes:,} bytes and training needs more",
             hint=too_small_hint(plain, val_bytes, smaller),
         )
