@@ -22,7 +22,7 @@ from autoresearch.evaluator.cores import usable_cores
 from autoresearch.loop.executor import LocalExecutor, RunSpec
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
-from autoresearch.vocabulary import Status
+from autoresearch.vocabulary import Kind, Status
 
 # Runs the command after it with SIGINT at its default. A test run started in the background (`pytest &` in a
 # script) has SIGINT ignored, and its children inherit that, as a background job's should.
@@ -414,3 +414,59 @@ def test_two_workers_on_fake_gpus_killed_with_two_runs_in_flight_resume_without_
     seen = {line for log in logs for line in log.splitlines() if line.startswith("CUDA_VISIBLE_DEVICES=")}
     assert seen == {"CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"}  # each run saw its own GPU alone
     assert {json.loads(r.result)["device"].split()[0] for r in rows if r.result != "{}"} == {"CPU"}  # no CUDA
+
+
+# A train.py that trains a fixed number of steps, well inside its budget, from an initialisation of its own.
+FIXED_STEPS = """    run = harness.start()
+    torch.manual_seed(1234)  # not SEED: every run is this one
+    model = Bigram(run.vocab_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    run.set_model(model)
+    batches = run.train_batches(BATCH)
+    timed = 0
+    while timed < 40 and not run.time_up:  # the clock decides nothing
+        x, y = next(batches)
+        loss = model(x, y)
+        if run.step >= run.untimed_steps:  # the untimed steps' random tokens are not learnt from
+            loss.backward()
+            optimizer.step()
+            timed += 1
+        optimizer.zero_grad()
+        run.step_done(loss)
+    run.finish()
+"""
+
+
+@pytest.mark.slow
+def test_on_the_cpu_clock_a_train_py_that_ignores_seed_and_the_clock_repeats_itself_and_is_told_for_copies(
+    tmp_path, tiny_prepared
+) -> None:
+    """Red team (helper 117): the CPU clock's jitter moves how many steps fit, and so the loss, but not for a train.py
+    that trains a fixed number of steps: its runs at SEED 42 and 43 score the same, to the bit. The judge takes such
+    runs for copies of one run on the CPU clock too (judge.copy_spread), where honest seeds never agree that closely."""
+    from autoresearch.data.shards import Manifest
+    from autoresearch.evaluator.fingerprint import fingerprint
+    from autoresearch.loop.judge import copies, copy_spread
+    from autoresearch.loop.ledger import Experiment
+    from autoresearch.loop.recovery import seeded
+
+    head, _, _ = BIGRAM_TRAIN_PY.partition("    run = harness.start()\n")
+    source = head + FIXED_STEPS
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, train_py=source, budget=3.0)
+    digest = fingerprint(ws.apparatus, Manifest.load(Path(ws.apparatus.data_dir) / "manifest.json"))
+    executor = LocalExecutor(prewarm=False)
+    try:
+        outcomes = [
+            executor.run(
+                RunSpec(ws.root, ws.state / "runs" / f"2-{run}", 120, digest, code=seeded(source, run).encode())
+            )
+            for run in (0, 1)
+        ]
+    finally:
+        executor.close()
+    values = [o.val_bpb for o in outcomes]
+    assert all(o.result and o.result.confined and "CPU time" in o.result.training_clock for o in outcomes), outcomes
+    assert values[0] is not None and values[0] == values[1]
+    clock = json.dumps({"training_clock": outcomes[0].result.training_clock})
+    baseline = Experiment(1, Kind.BASELINE, Status.KEEP, "baseline", "", result=clock)  # seeds 0.05 apart, say
+    assert copies(values, copy_spread(0.05, baseline))

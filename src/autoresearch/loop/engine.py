@@ -125,7 +125,7 @@ class ResearchLoop(Asking, Recovery):
             raise LoopError("no noise measured yet", hint="the baseline's seeds measure it: run `autoresearch run`")
         fewer = guard.fewer_code_lines(base.source, exp.source)
         lowest = lowest_kept([e for e in rows if e.id <= base.id])
-        return judge(base.val_bpb, runs, noise.noise, fewer, lowest, noise.baseline, noise.copies_told)
+        return judge(base.val_bpb, runs, noise.noise, fewer, lowest, noise.baseline, noise.copy_spread)
 
     def _require_best(self) -> Experiment:
         best = self.best()
@@ -328,14 +328,14 @@ class ResearchLoop(Asking, Recovery):
                 what = f"the workspace changed ({', '.join(verdict.changed[:8])})"
                 advice = "leave the workspace to the loop while it runs (git commands too, but those that only read)"
             self.reporter.message(
-                f"{what} while experiment {exp.id} trained (its run, confined, cannot reach it): put back, "
+                f"{what} while experiment {exp.id} trained (its run, confined, cannot reach it): {verdict.put_back()}, "
                 f"what was moved aside kept in {verdict.quarantine}; {advice}"
             )
         if exp.kind == Kind.BASELINE:  # the user's own train.py: what it compiled serves the next seeds at once
             self._settle_compiled(exp, keep=outcome.status == RunEnd.OK and not why, run=run)
         if why:  # whatever it scored, a run that reached outside its box is not believed
             return Outcome(
-                RunEnd.CRASH, None, f"the run {why}; all of it was put back", outcome.log_tail, outcome.seconds
+                RunEnd.CRASH, None, f"the run {why}; {verdict.put_back()}", outcome.log_tail, outcome.seconds
             )
         return outcome
 

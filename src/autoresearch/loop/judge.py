@@ -41,9 +41,10 @@ NOISE_CAP = 4.0
 # (an H200 at 60 s in the issue: 0.0007 between runs of one seed, 0.0073 between seeds). Where a run's own noise is
 # as large as the seed's (this project's H200 calls: one initialisation's runs 0.001-0.010 apart; BENCHMARKS.md),
 # copies pass as seeds, but there a re-run is a fresh draw anyway and a lucky initialisation buys little. On the CPU
-# clock that is always so, and the baseline's spread holds the clock's (how many steps fit) besides the seed's: honest
-# seeds that fit the same steps agreed within 0.2 x it, and a win was discarded as copies (BROKE, fixed: a user's
-# walk through the README, 5 runs at a 5 s budget). So copies are told only where runs train on the wall clock.
+# clock the baseline's spread holds the clock's (how many steps fit) besides the seed's: honest seeds that fit the
+# same steps agreed within 0.2 x it, and a win was discarded as copies (BROKE, fixed: a user's walk through the
+# README, 5 runs at a 5 s budget). There runs are copies only where they agree within MIN_NOISE, as one train.py
+# that trains a fixed number of steps and ignores SEED repeats itself, to the bit (red team, helper 117).
 COPY_SPREAD = 0.2
 MAX_RUNS = 5  # of a marginal win whose runs look like copies; then they are judged as one run
 SIMPLER_BUT = "simpler, but"  # how the reason of a simplification too far above the lowest val_bpb kept begins
@@ -68,7 +69,7 @@ class Noise:
     repeated: int  # ...of how many train.py files trained more than once (the baseline among them)
     capped: bool = False  # the pooled spread was beyond NOISE_CAP x the baseline's, or under 1 / NOISE_CAP of it
     baseline: float | None = None  # the std of the baseline's own seeds (train.py files the agent did not write)
-    copies_told: bool = True  # runs that agree closely are taken for copies (`tells_copies`)
+    copy_spread: float = 0.0  # runs whose std is under this look like copies of one run (`copy_spread`)
 
 
 def described(noise: Noise) -> str:
@@ -100,7 +101,8 @@ def measured_noise(experiments: list[Experiment]) -> Noise | None:
     baseline = next((e for e in experiments if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
     if baseline is None:
         return None
-    own, told = noise_of(run_values(baseline)), tells_copies(baseline)
+    own = noise_of(run_values(baseline))
+    alike = copy_spread(own, baseline)
     # The agent's train.py files, less runs that look like copies (one that ignores SEED would pool a spread of
     # nothing): three or more (a marginal win's, run up to MAX_RUNS; a kept change's measured again,
     # loop/confirmation.py), or a kept change's two (the judge trains a marginal pair of copies again: only measuring
@@ -111,24 +113,24 @@ def measured_noise(experiments: list[Experiment]) -> Noise | None:
         if e.kind in (Kind.BASELINE, Kind.EXPERIMENT)
         and e.status in (Status.KEEP, Status.DISCARD)
         and len(runs := run_values(e)) > 1
-        and (e.kind == Kind.BASELINE or (len(runs) < 3 and e.status != Status.KEEP) or not (told and copies(runs, own)))
+        and (e.kind == Kind.BASELINE or (len(runs) < 3 and e.status != Status.KEEP) or not copies(runs, alike))
     ]
     if not groups:
         return None
     pooled = pooled_noise(groups)
     noise = min(max(pooled, own / NOISE_CAP), own * NOISE_CAP)
     capped = noise != pooled
-    return Noise(noise, margin_of(noise), sum(len(g) for g in groups), len(groups), capped, own, told)
+    return Noise(noise, margin_of(noise), sum(len(g) for g in groups), len(groups), capped, own, alike)
 
 
-def tells_copies(baseline: Experiment) -> bool:
-    """Whether runs that agree far more closely than seeds do are taken for copies of one run (COPY_SPREAD): where
-    the baseline's runs trained on the wall clock, not on the CPU clock."""
+def copy_spread(own: float, baseline: Experiment) -> float:
+    """The std under which runs of different seeds look like copies of one run: COPY_SPREAD x `own`, the baseline's
+    seeds' std, where they trained on the wall clock; on the CPU clock no more than MIN_NOISE (COPY_SPREAD's note)."""
     try:
         clock = json.loads(baseline.result).get("training_clock", WALL_CLOCK)
     except (AttributeError, TypeError, ValueError):  # a result that is not an object: as before the clocks
-        return True
-    return clock == WALL_CLOCK
+        clock = WALL_CLOCK
+    return COPY_SPREAD * own if clock == WALL_CLOCK else min(COPY_SPREAD * own, MIN_NOISE)
 
 
 def run_values(exp: Experiment) -> list[float]:
@@ -158,9 +160,10 @@ def beyond_seeds(mean: float, value: float, noise: Noise | None) -> str | None:
     return f"came out {value:.6f}, {value - mean:+.6f} from its mean, beyond {limit:.6f}: no seed's draw"
 
 
-def copies(runs: list[float], noise: float) -> bool:
-    """Whether the runs (of different seeds) agree so closely that they look like one run repeated."""
-    return len(runs) > 1 and statistics.stdev(runs) < COPY_SPREAD * noise
+def copies(runs: list[float], spread: float) -> bool:
+    """Whether the runs (of different seeds) agree so closely, within a std of `spread` (`copy_spread`), that they
+    look like one run repeated."""
+    return len(runs) > 1 and statistics.stdev(runs) < spread
 
 
 def judge(
@@ -170,7 +173,7 @@ def judge(
     fewer_lines: int = 0,
     lowest: float | None = None,
     baseline_noise: float | None = None,
-    copies_told: bool = True,
+    alike: float | None = None,
 ) -> Verdict:
     """The verdict on a change whose runs gave `runs`, against the best it was made from; `fewer_lines`: the lines of
     code it removed, net; `lowest`: the lowest val_bpb kept up to that best (ledger.lowest_kept). A win must beat the
@@ -179,8 +182,8 @@ def judge(
     `baseline_noise`: the baseline's own seeds' std; a simplification's margin is never wider than theirs, and copies
     are told from seeds by it. A train.py can widen the pooled noise (up to NOISE_CAP x) by not training on its
     re-run: for a win that only makes keeping harder, but it would let a simplification be that much worse, and make
-    honest seeds of a win look like copies of one run. `copies_told`: whether runs that agree closely are taken for
-    copies (Noise.copies_told)."""
+    honest seeds of a win look like copies of one run. `alike`: the std under which runs look like copies
+    (Noise.copy_spread; None: COPY_SPREAD x the baseline's noise, or the noise)."""
     margin = margin_of(noise)
     loose = margin if baseline_noise is None else margin_of(min(noise, baseline_noise))  # a simplification's margin
     value = statistics.fmean(runs)
@@ -189,11 +192,9 @@ def judge(
     against = f"best {best:.6f}" if bar == best else f"{bar:.6f}, the lowest kept (best {best:.6f}, kept as simpler)"
     shown = f"{value:.6f} vs {against} ({-gain:+.6f}; margin {margin:.6f}"
     shown += f", mean of {len(runs)} runs)" if len(runs) > 1 else ")"
-    if (
-        copies_told
-        and margin < gain <= 2 * margin
-        and copies(runs, noise if baseline_noise is None else baseline_noise)
-    ):
+    if alike is None:
+        alike = COPY_SPREAD * (noise if baseline_noise is None else baseline_noise)
+    if margin < gain <= 2 * margin and copies(runs, alike):
         alike = f"its {len(runs)} runs, each with another SEED, agree within a std of {statistics.stdev(runs):.6f}"
         if len(runs) < MAX_RUNS:
             return Verdict(Status.RERUN, f"marginal win, {alike}: run again: {shown}", shown)

@@ -81,10 +81,17 @@ class Verdict:
     changed: list[str] = field(default_factory=list)  # what may not change and did (put back where possible)
     human: list[str] = field(default_factory=list)  # program.md or prompts/ edited meanwhile: put back, reported
     litter: list[str] = field(default_factory=list)  # an agent's tooling: put back, reported, not held against it
+    not_restored: list[str] = field(
+        default_factory=list
+    )  # changed, and could not be put back (an ignored file's bytes)
     package_changed: bool = False  # the installed package itself: cannot be put back
     environment: list[str] = field(default_factory=list)  # what changed where runs read Python, or PATH: environment.py
     quarantine: str | None = None  # where what was moved away lies, relative to the workspace, if anything was
     pruned: list[str] = field(default_factory=list)  # the quarantine's oldest folders, emptied to stay in its bound
+
+    def put_back(self) -> str:
+        """How what changed was put back, in words: "put back", and what could not be."""
+        return f"put back, but for {', '.join(self.not_restored[:8])}" if self.not_restored else "put back"
 
     def reason(self) -> str | None:
         if self.package_changed:
@@ -170,7 +177,7 @@ class Watch:
             expected=expected,
             agent=self.agent,
         )
-        verdict = Verdict(changed=list(found.changed), human=list(found.human), litter=list(found.litter))
+        verdict = Verdict(list(found.changed), list(found.human), list(found.litter), not_restored=found.not_restored)
         if why := self.ledger.put_back(self.rows, self.quarantine):
             verdict.changed.append(why.replace("the ledger", "ledger.sqlite"))
         now = content_id(self.tsv)  # not read as it comes: a FIFO put there would never end
