@@ -10,7 +10,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -164,6 +164,7 @@ class FakeExecutor:
     score: Callable[[str], float | Outcome]
     calls: list[str] = field(default_factory=list)
     setup: str = FAKE_SETUP  # the kind of device and clock its results say they ran on
+    confined: bool = True  # what its results say: False, a run that could reach the workspace (not believed if it did)
 
     def run(self, spec: RunSpec) -> Outcome:
         source = spec.source.read_text()
@@ -171,7 +172,7 @@ class FakeExecutor:
         value = self.score(source)
         if isinstance(value, Outcome):
             return value
-        result = fake_result(value, spec.fingerprint, self.setup)
+        result = replace(fake_result(value, spec.fingerprint, self.setup), confined=self.confined)
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         result.save(spec.run_dir / "result.json")  # where the evaluator leaves it
         return outcome_of(0, result, "", "", 0.01, spec.fingerprint)  # judged as a real evaluator's result is

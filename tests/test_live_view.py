@@ -108,7 +108,7 @@ def test_plain_output_keeps_its_exp_prefix_on_a_rich_console():
     lines = console.export_text().splitlines()
     assert lines == [
         "[exp 3] training run 1: tune: LR [0.05] -> 0.1",
-        "[exp 3] training run 1 (60s budget)",
+        "[exp 3] training run 1 (60s budget, after start-up, which is not counted)",
         "[bold]not markup[/bold]",
     ]
 

@@ -927,7 +927,7 @@ def test_a_run_that_writes_an_object_the_loop_could_have_written_is_a_crash(work
         subprocess.run([sys.executable, "-c", PAD, "program.md", "12"], cwd=workspace.root, check=True)
         return score(source)
 
-    loop = make_loop(workspace, FakeExecutor(writes_git), baseline_runs=2)
+    loop = make_loop(workspace, FakeExecutor(writes_git, confined=False), baseline_runs=2)
     loop.run(ScriptedAgent([scripted_lr(0.2)]), max_experiments=1)
     exp = loop.ledger.all()[-1]
     assert exp.status == Status.CRASH and ".git/objects" in exp.reason, exp.reason

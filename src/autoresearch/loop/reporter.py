@@ -42,7 +42,8 @@ class PlainReporter:
         self.echo(f"[exp {exp_id}] {text}: {what}" if what else f"[exp {exp_id}] {text}")
 
     def training(self, exp_id: int, run: int, budget: float, worker: str = "") -> None:
-        self.echo(f"[exp {exp_id}] training run {run + 1} ({budget:g}s budget)")
+        # Start-up and compiling come first, a minute or more on a CPU, with no line of their own (a user's walk).
+        self.echo(f"[exp {exp_id}] training run {run + 1} ({budget:g}s budget, after start-up, which is not counted)")
 
     def run_ended(self, exp_id: int, run: int, worker: str) -> None:
         pass  # its verdict, or the next run, says the rest
