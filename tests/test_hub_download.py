@@ -219,6 +219,7 @@ def test_shard_counts_and_the_pinned_validation_files() -> None:
             HubSource(dataset, bad)
 
 
+@pytest.mark.slow  # ~2 s: the fast subset stays under a minute
 def test_the_hub_cache_is_hidden_from_train_py_wherever_a_variable_or_the_prepare_put_it(
     fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mini_preset
 ) -> None:

@@ -1085,6 +1085,7 @@ def test_a_fork_server_never_asked_for_a_run_is_ended_at_once() -> None:
     assert time.monotonic() - started < 0.5 and server._proc.poll() is not None
 
 
+@pytest.mark.slow  # ~1 s: the fast subset stays under a minute
 def test_a_run_that_keeps_descriptors_in_flight_costs_the_loop_one_cold_evaluator_not_its_fork_server(
     tmp_path, monkeypatch
 ) -> None:
