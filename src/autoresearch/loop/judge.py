@@ -173,7 +173,7 @@ def judge(
     fewer_lines: int = 0,
     lowest: float | None = None,
     baseline_noise: float | None = None,
-    alike: float | None = None,
+    copy_below: float | None = None,
 ) -> Verdict:
     """The verdict on a change whose runs gave `runs`, against the best it was made from; `fewer_lines`: the lines of
     code it removed, net; `lowest`: the lowest val_bpb kept up to that best (ledger.lowest_kept). A win must beat the
@@ -182,7 +182,7 @@ def judge(
     `baseline_noise`: the baseline's own seeds' std; a simplification's margin is never wider than theirs, and copies
     are told from seeds by it. A train.py can widen the pooled noise (up to NOISE_CAP x) by not training on its
     re-run: for a win that only makes keeping harder, but it would let a simplification be that much worse, and make
-    honest seeds of a win look like copies of one run. `alike`: the std under which runs look like copies
+    honest seeds of a win look like copies of one run. `copy_below`: the std under which runs look like copies
     (Noise.copy_spread; None: COPY_SPREAD x the baseline's noise, or the noise)."""
     margin = margin_of(noise)
     loose = margin if baseline_noise is None else margin_of(min(noise, baseline_noise))  # a simplification's margin
@@ -192,9 +192,9 @@ def judge(
     against = f"best {best:.6f}" if bar == best else f"{bar:.6f}, the lowest kept (best {best:.6f}, kept as simpler)"
     shown = f"{value:.6f} vs {against} ({-gain:+.6f}; margin {margin:.6f}"
     shown += f", mean of {len(runs)} runs)" if len(runs) > 1 else ")"
-    if alike is None:
-        alike = COPY_SPREAD * (noise if baseline_noise is None else baseline_noise)
-    if margin < gain <= 2 * margin and copies(runs, alike):
+    if copy_below is None:
+        copy_below = COPY_SPREAD * (noise if baseline_noise is None else baseline_noise)
+    if margin < gain <= 2 * margin and copies(runs, copy_below):
         alike = f"its {len(runs)} runs, each with another SEED, agree within a std of {statistics.stdev(runs):.6f}"
         if len(runs) < MAX_RUNS:
             return Verdict(Status.RERUN, f"marginal win, {alike}: run again: {shown}", shown)
