@@ -20,7 +20,6 @@ seeds do are run again with yet another seed, up to `MAX_RUNS`; if they still ag
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import dataclass
@@ -126,10 +125,7 @@ def measured_noise(experiments: list[Experiment]) -> Noise | None:
 def copy_spread(own: float, baseline: Experiment) -> float:
     """The std under which runs of different seeds look like copies of one run: COPY_SPREAD x `own`, the baseline's
     seeds' std, where they trained on the wall clock; on the CPU clock no more than MIN_NOISE (COPY_SPREAD's note)."""
-    try:
-        clock = json.loads(baseline.result).get("training_clock", WALL_CLOCK)
-    except (AttributeError, TypeError, ValueError):  # a result that is not an object: as before the clocks
-        clock = WALL_CLOCK
+    clock = baseline.recorded.get("training_clock", WALL_CLOCK)  # a result from before the clocks: the wall's
     return COPY_SPREAD * own if clock == WALL_CLOCK else min(COPY_SPREAD * own, MIN_NOISE)
 
 

@@ -81,9 +81,7 @@ class Verdict:
     changed: list[str] = field(default_factory=list)  # what may not change and did (put back where possible)
     human: list[str] = field(default_factory=list)  # program.md or prompts/ edited meanwhile: put back, reported
     litter: list[str] = field(default_factory=list)  # an agent's tooling: put back, reported, not held against it
-    not_restored: list[str] = field(
-        default_factory=list
-    )  # changed, and could not be put back (an ignored file's bytes)
+    not_restored: list[str] = field(default_factory=list)  # changed, not put back: an ignored file's bytes
     package_changed: bool = False  # the installed package itself: cannot be put back
     environment: list[str] = field(default_factory=list)  # what changed where runs read Python, or PATH: environment.py
     quarantine: str | None = None  # where what was moved away lies, relative to the workspace, if anything was
@@ -177,7 +175,12 @@ class Watch:
             expected=expected,
             agent=self.agent,
         )
-        verdict = Verdict(list(found.changed), list(found.human), list(found.litter), not_restored=found.not_restored)
+        verdict = Verdict(
+            changed=list(found.changed),
+            human=list(found.human),
+            litter=list(found.litter),
+            not_restored=list(found.not_restored),
+        )
         if why := self.ledger.put_back(self.rows, self.quarantine):
             verdict.changed.append(why.replace("the ledger", "ledger.sqlite"))
         now = content_id(self.tsv)  # not read as it comes: a FIFO put there would never end

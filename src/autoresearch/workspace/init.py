@@ -23,6 +23,7 @@ from autoresearch.evaluator.cores import DEVICE_ENV
 from autoresearch.workspace.constants import set_constants
 from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.git import Git, program
+from autoresearch.workspace.workspace import workspace_above
 
 log = logging.getLogger(__name__)
 INIT_AGAIN = "what it had written is removed: run the same `autoresearch init` again (the prepared data is kept)"
@@ -87,7 +88,7 @@ def check_directory(directory: Path) -> None:
         raise ConfigError(f"{directory} already exists and is not empty (it holds {shown})", hint=_elsewhere(directory))
     # Inside another workspace, the new one is a file of its experiments that is not train.py: every step there
     # would be refused for it (a user's walk through the README).
-    if outer := next((p for p in directory.absolute().parents if (p / CONFIG_NAME).is_file()), None):
+    if outer := workspace_above(directory.absolute()):
         raise ConfigError(
             f"{directory} lies inside the workspace {outer}, where only train.py may change",
             hint=f"make it outside, e.g. `autoresearch init {outer.parent / Path(os.path.abspath(directory)).name}`",

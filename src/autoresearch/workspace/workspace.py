@@ -52,6 +52,11 @@ class TrainPyUnreadable(AutoresearchError):
         )
 
 
+def workspace_above(path: Path) -> Path | None:
+    """The nearest folder above `path` that is a workspace (holds its autoresearch.json), or None."""
+    return next((p for p in path.parents if (p / CONFIG_NAME).is_file()), None)
+
+
 class Workspace:
     def __init__(self, root: Path):
         self.root = root.resolve()
@@ -64,7 +69,7 @@ class Workspace:
                 "back the committed one",
             )
         if not config.is_file():
-            above = next((p for p in self.root.parents if (p / CONFIG_NAME).is_file()), None)
+            above = workspace_above(self.root)
             raise ConfigError(
                 f"{self.root} is not a research workspace (no {CONFIG_NAME})",
                 hint=f"{above} is one: run this command there (`cd {above}`), or pass `--workspace {above}`"
