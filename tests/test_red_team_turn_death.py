@@ -19,14 +19,26 @@ from autoresearch.agents import namespace
 
 PY = shlex.quote(sys.executable)
 
-# Has its PID namespace's init (the command's shell, pid 1) drop the parent-death signal `unshare --kill-child` gave
-# it and leave the turn's process group, leaves the group itself, starts a helper, then asks for the loop's kill.
+# Tries to have its PID namespace's init (pid 1) drop the parent-death signal `unshare --kill-child` gave it and leave
+# the turn's process group, and to open the init's memory to write, writing what the kernel said to the file argv[3];
+# leaves the group itself, starts a helper, then asks for the loop's kill.
 DODGE = (
     PTRACE
     + r"""
 import sys, time
 os.setsid()
-inject(1, [(157, 1, 0), (112,)])  # prctl(PR_SET_PDEATHSIG, 0), setsid()
+said = []
+try:
+    inject(1, [(157, 1, 0), (112,)])  # prctl(PR_SET_PDEATHSIG, 0), setsid()
+    said.append("traced")
+except OSError as err:
+    said.append(err.strerror)
+try:  # or rewrite its code (as a run rewrote a `sleep`, the anchor of runs before)
+    os.close(os.open("/proc/1/mem", os.O_RDWR))
+    said.append("opened")
+except OSError as err:
+    said.append(err.strerror)
+open(sys.argv[3], "w").write("; ".join(said))
 if os.fork() == 0:
     os.execv("/bin/sleep", ["sleep", sys.argv[1]])
 open(sys.argv[2], "w").close()
@@ -38,25 +50,27 @@ time.sleep(120)
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the injected system calls are x86_64's")
 @pytest.mark.skipif(not namespace.pid_namespace(), reason="no PID namespace can be made here")
 @pytest.mark.slow  # seconds
-def test_a_turn_whose_init_drops_its_parent_death_signal_dies_at_the_next_start(workspace, tmp_path):
-    """BROKE, fixed: a turn dies with its loop killed outright only through the parent-death signals of its first
-    process (`unshare`) and, from that, of its PID namespace's init, which is the turn's own shell. Through ptrace the
-    turn had the init drop its signal and leave the turn's process group (as it could at a timeout, before the loop
-    killed the init itself): killed outright, the loop left the turn running, and the next start killed nothing (the
-    group named in agent.pid was gone), so the turn ran on for good, in the groups of a root loop's turns that no
-    start could then remove (red team). The loop now names the namespace's init in agent.pid too, and the next start
-    kills it, which takes the namespace along."""
+def test_a_turn_cannot_have_its_init_drop_its_parent_death_signal(workspace, tmp_path):
+    """BROKE, fixed: a turn dies with its loop killed outright through the parent-death signals of its first process
+    (`unshare`) and, from that, of its PID namespace's init, which was the turn's own shell. Through ptrace (the same
+    user, dumpable) the turn had the init drop its signal and leave the turn's process group: killed outright, the
+    loop left the turn running until the next start (which kills the init agent.pid names), or for good where there
+    was none (red team). The init is now an anchor of ours, not dumpable, in a user namespace above the agent's: the
+    kernel refuses the trace, and the turn dies with its loop."""
     marker = f"{os.getpid() % 1000}.{time.time_ns() % 10**6}"
     make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
-    asked = shlex.quote(str(agent_channel(workspace) / "kill the loop"))
+    said = agent_channel(workspace) / "the kernel said"  # /tmp is the turn's own
+    words = " ".join(map(shlex.quote, (DODGE, marker, str(agent_channel(workspace) / "kill the loop"), str(said))))
     try:
-        kill_during_turn(workspace, tmp_path, f"exec {PY} -c {shlex.quote(DODGE)} {marker} {asked}")
-        time.sleep(0.5)
-        assert len(marked_processes(marker)) == 2  # its init dropped the signal: the turn outlived its loop
+        kill_during_turn(workspace, tmp_path, f"exec {PY} -c {words}")
+        assert said.read_text() == "Operation not permitted; Permission denied"
+        deadline = time.monotonic() + 5
+        while marked_processes(marker):
+            assert time.monotonic() < deadline, "the turn outlived its loop"
+            time.sleep(0.05)
         events = []
         make_loop(workspace, FakeExecutor(score), events=events).run(ScriptedAgent([]), max_experiments=0)
-        assert any("killed an agent" in e for e in events)
-        assert marked_processes(marker) == []
+        assert not any("killed an agent" in e for e in events)  # none was left to kill
         assert not left_turn_groups()  # a loop run as root left its turns' groups: the start removed them
     finally:
         for process in marked_processes(marker):

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoresearch import anchor
 from autoresearch.agents import fence
 from autoresearch.agents.server_sockets import RUNTIME_FOLDERS, server_sockets
 from autoresearch.evaluator import compile_cache, shown
@@ -65,7 +66,7 @@ DECODE = (
     r's=${s#??}; c=$(printf "\\$(printf %o "0x$h")."); o=$o${c%.};; *) break;; esac; done; printf "%s" "$o$s"; }; '
 )
 _HIDE = (
-    "m=$1 f=$2 un=$3 mk=$4 u=$5 g=$6; shift 6; w=$PWD; "
+    "m=$1 f=$2 un=$3 mk=$4 u=$5 g=$6 py=$7 an=$8; shift 8; w=$PWD; "
     f"e=mode=0700,{EMPTY}; "  # each empty tmpfs's options
     # The temporary folders (`temporary_folders`): each an overlay of itself, whose writes are the turn's alone (on an
     # empty tmpfs over it, made with the folder's mode, of a bounded size: `s`), and in it, bound back from the folder
@@ -108,8 +109,9 @@ _HIDE = (
     'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
     'if [ -d "$p" ]; then "$m" --rbind "$p" "$p" && "$m" -o remount,bind,rw "$p"; '
     'fi || { echo "autoresearch: could not let the agent write $p" >&2; exit 1; }; done; '
-    # The working directory found anew: the workspace made writable again in a read-only home is a mount over it.
-    'cd "$PWD" || exit 1; exec "$un" --user --map-user="$u" --map-group="$g" --mount "$@"'
+    # The working directory found anew: the workspace made writable again in a read-only home is a mount over it. The
+    # anchor (`anchor.command`, its python and source) is the namespace's init from here, and starts the rest.
+    'cd "$PWD" || exit 1; exec "$py" -I -S -c "$an" "$un" --user --map-user="$u" --map-group="$g" --mount "$@"'
 )
 # Where the agent may read but not write (made read-only, then locked as the hidden places are): the system, which
 # is the agent's to write where the loop runs as root (/etc/ld.so.preload would load a library of its choice into
@@ -146,9 +148,13 @@ def _namespaces() -> tuple[tuple[str, ...], ...]:
     # segment an agent made in yours outlived its turn (memory nothing freed but a reboot, under a key a program of
     # yours may attach to: red team). Its own is gone with the turn.
     outer = (unshare, "--user", "--pid", "--ipc", "--fork", "--mount-proc", "--kill-child")
-    ids = (str(os.getuid()), str(os.getgid()))
+    # The namespace's init is an anchor of ours (autoresearch/anchor.py), in the first user namespace: the agent, in
+    # the second, can neither trace it nor write its memory, and so cannot have it drop the parent-death signal that
+    # ends the namespace with the loop (red team: the turn's shell, the init before, was made to, and outlived a loop
+    # killed outright).
+    ids = (str(os.getuid()), str(os.getgid()), anchor.command()[0], anchor.SOURCE)  # and the anchor's python, source
     hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE, "sh", mount, findmnt, unshare, mkdir, *ids)
-    plain = (*outer, "--map-current-user", unshare, *PID_NAMESPACE_INNER[1:])
+    plain = (*outer, "--map-current-user", *anchor.command([unshare, *PID_NAMESPACE_INNER[1:]]))
     return (hidden, plain) if mount and findmnt and mkdir else (plain,)
 
 

@@ -30,6 +30,8 @@ from typing import BinaryIO, NoReturn
 import psutil
 
 from autoresearch import switches
+from autoresearch.anchor import NAME as ANCHOR_NAME
+from autoresearch.anchor import command as anchored
 from autoresearch.evaluator import joining, memory, promises, run_group, run_user, sandbox, syscalls, tasks
 from autoresearch.evaluator.run_env import box_environment, confined_environment
 from autoresearch.evaluator.run_group import RunGroup
@@ -115,7 +117,7 @@ class ExperimentProcess:
             # (AUTORESEARCH_FORK_SERVER=0) the run traced and wrote that init (red team).
             own_init = promises.ANCHOR in promises.promised()
             if own_init:
-                argv = [sys.executable, "-I", "-S", "-c", _ANCHOR, *argv]
+                argv = anchored(argv)
             argv = _confined(argv, box, view, env, seccomp, own_init, userns)
         else:
             filter_here = self.unfiltered_reason is None
@@ -275,44 +277,6 @@ def _confined(argv: list[str], box: Path, view: sandbox.View, env: dict[str, str
                            gpu=view.gpu, seccomp_fd=seccomp, own_init=own_init, userns_fd=userns)  # fmt: skip
 
 
-# The anchor: pid 1 of a fresh sandbox (bwrap --as-pid-1), which the experiment joins. It says "ready", then reaps
-# what is orphaned there, as an init must (their CPU time then shows on the clock), and does nothing else. It is not
-# dumpable: the experiment, in its user namespace without a capability, can neither trace it nor write its memory
-# (/proc/1/mem), and so cannot have it work, or start processes, beyond the run's clock and cap. bwrap's own init
-# and a `sleep`, the anchor before, could be made to (red team: a `sleep` rewritten through /proc/2/mem forked 300
-# times under a cap of 48, outside the run's group and RLIMIT_NPROC). As init, with no handler, it takes no signal
-# from inside; its limits are not the experiment's to set (evaluator/syscalls.py refuses prlimit on another process).
-# Given a command (an experiment started as a new process, `_start`), it starts that as its one child instead of
-# saying "ready", and ends as it ends (128 + the signal that killed it, as bubblewrap's init), the namespace with it.
-ANCHOR_NAME = "ar-anchor"
-_ANCHOR = f"""
-import ctypes, os, signal, sys
-libc = ctypes.CDLL(None)
-libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE: off
-libc.prctl(15, b"{ANCHOR_NAME}", 0, 0, 0)  # PR_SET_NAME
-signal.signal(signal.SIGINT, signal.SIG_DFL)  # Python's handler: the one signal from inside an init would take
-signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGCHLD}})
-experiment = None
-if sys.argv[1:]:
-    experiment = os.fork()
-    if experiment == 0:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGCHLD}})
-        os.execv(sys.argv[1], sys.argv[1:])
-    os.closerange(3, 1 << 20)  # the experiment's channel is the experiment's alone
-else:
-    print("ready", flush=True)
-while True:
-    signal.sigwaitinfo({{signal.SIGCHLD}})
-    try:
-        while (ended := os.waitpid(-1, os.WNOHANG))[0]:
-            if ended[0] == experiment:
-                code = os.waitstatus_to_exitcode(ended[1])
-                os._exit(128 - code if code < 0 else code)
-    except ChildProcessError:
-        pass
-"""
-
-
 def _enter_run(group: RunGroup | None) -> None:
     """In a run's first process, before it starts anything: into the run's group, and the kernel's first to kill
     for memory there (memory.kill_first)."""
@@ -324,11 +288,13 @@ def _enter_run(group: RunGroup | None) -> None:
 def start_anchor(
     box: Path, view: sandbox.View, env: dict[str, str], filtered: bool, group: RunGroup | None, uid: int | None = None
 ) -> subprocess.Popen:
-    """A fresh sandbox around the anchor (`_ANCHOR`), in the run's group; says "ready" once it is made. Under the
-    filter too, as the experiment is. With `uid`, in a user namespace where the experiment becomes that user."""
+    """A fresh sandbox around the anchor (autoresearch/anchor.py: pid 1, bwrap --as-pid-1, which the experiment joins;
+    its limits are not the experiment's to set, evaluator/syscalls.py refuses prlimit on another process), in the run's
+    group; says "ready" once it is made. Under the filter too, as the experiment is. With `uid`, in a user namespace
+    where the experiment becomes that user."""
     seccomp = syscalls.bpf_fd() if filtered else None
     userns = run_user.namespace() if uid is not None else 0
-    argv = _confined([sys.executable, "-I", "-S", "-c", _ANCHOR], box, view, env, seccomp, True, userns)
+    argv = _confined(anchored(), box, view, env, seccomp, True, userns)
     fds = [fd for fd in (seccomp, userns) if fd]
     try:
         return subprocess.Popen(
