@@ -1412,14 +1412,15 @@ def test_a_ctrl_c_taken_by_another_thread_stops_the_loops_pause(ctrl_c_raises):
 
 def test_the_apparatus_fingerprint_covers_the_evaluator_the_wire_and_the_devices_code(monkeypatch):
     """device.py sets the precision a run trains in and the name its result's setup gives the device: a new
-    version of it is a new apparatus, not a stop for "another device" on the same machine."""
+    version of it is a new apparatus, not a stop for "another device" on the same machine. So is a new anchor, the
+    init of a run's sandbox, which reaps what the run leaves there (its CPU time then on the run's clock)."""
     from autoresearch.evaluator import fingerprint
 
     hashed = []
     monkeypatch.setattr(fingerprint, "sources_sha256", lambda paths, root: hashed.extend(paths) or "digest")
     fingerprint.code_digest()
     names = {path.relative_to(hashed[0].parents[1]).as_posix() for path in hashed}
-    assert {"device.py", "wire.py", "evaluator/referee.py", "evaluator/clock.py", "evaluator/cores.py"} <= names
+    assert {"device.py", "wire.py", "anchor.py", "evaluator/referee.py", "evaluator/clock.py"} <= names
     assert "loop/engine.py" not in names  # the loop's code may change without a new apparatus
 
 

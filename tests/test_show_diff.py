@@ -413,6 +413,22 @@ def test_status_while_the_baseline_trains_says_none_finished_yet(workspace, caps
     assert "running: exp 1 for" in out
 
 
+def test_status_after_a_resume_counts_the_running_experiment_from_the_loops_start(workspace, capsys) -> None:
+    """An experiment a killed loop left in flight is trained anew by the next start: its time is counted from that
+    start, not from the first attempt's (the night between included)."""
+    ledger = Ledger(workspace.root)
+    exp = Experiment(id=1, kind="baseline", status=Status.RUNNING, description="baseline", parent=None)
+    ledger.insert(exp)
+    ledger.update(1, started_at=time.time() - 36_000)  # ten hours ago, before the kill
+    ledger.close()
+    with workspace.lock():
+        start_session(workspace.state, ["cpu"], time.time() - 20, submissions=False)
+        code, out, _ = run_cli(capsys, "status", "--workspace", str(workspace.root))
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.startswith("running: exp 1 for"))
+    assert 19 <= int(line.split(" for ")[1].split("s:")[0]) <= 25, line
+
+
 def test_status_with_several_workers_gives_each_its_run_against_the_budget_or_idle_and_its_busy_fraction(
     history, capsys
 ) -> None:

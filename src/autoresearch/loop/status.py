@@ -190,9 +190,9 @@ def status_text(ws: Workspace) -> str:
             if running.status == Status.QUEUED:
                 lines.append(f"queued: exp {running.id}: {running.description}")
                 continue
-            lines.append(
-                f"running: exp {running.id}{where} for {time.time() - running.started_at:.0f}s: {running.description}"
-            )
+            # Since this loop took it up: one resumed after a kill trains it anew, and the night between is not its
+            since = max(running.started_at, session.started) if session is not None else running.started_at
+            lines.append(f"running: exp {running.id}{where} for {time.time() - since:.0f}s: {running.description}")
             lines.append(running_text(ws, running))
     elif in_flight:
         for running in in_flight:
