@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ from autoresearch.loop.ratchet import merge_constants
 from autoresearch.loop.scheduler import Scheduler
 from autoresearch.loop.settings import BASELINE_SEEDS_MAX
 from autoresearch.loop.status import status_text
-from autoresearch.loop.waiting import LOOP_STARTED, WaitError, wait_for
+from autoresearch.loop.waiting import LOOP_STARTED, WaitError, loop_running, wait_for
 from autoresearch.loop.workers import close_workers, devices, make_workers
 from autoresearch.report import render_report
 from autoresearch.vocabulary import Kind, RunEnd, Status
@@ -527,6 +529,40 @@ def test_submit_queues_a_train_py_with_the_running_loop_and_wait_prints_its_verd
     (exp,) = wait_for(lambda: Ledger(ws.root), [2], driver_alive=lambda: False, poll=0.05)
     assert exp.status == Status.KEEP and exp.agent == "submit" and ws.git.head() == exp.commit
     assert not inbox.pending()
+
+
+@pytest.mark.slow  # seconds: processes of their own
+def test_wait_on_a_loop_that_stops_while_it_waits_says_why(workspace):
+    """BROKE, fixed: a loop lets go of the workspace before it writes the error it stopped with; a `wait` that was
+    waiting then found no loop and no error yet, and said only that none ran (a README walk-through). It now waits
+    for the loop's process to end first."""
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)
+    inbox = Inbox(workspace.state)
+    inbox.put("LR 0.2", with_constants(workspace.read_train_py(), LR=0.2), workspace.git.head())
+    assert [e.id for e in inbox.take(sched.loop)] == [2]  # queued; the loop below stops before judging it
+    loop = f"""
+import pathlib, time
+from autoresearch.loop import activity
+from autoresearch.workspace.workspace import Workspace
+ws = Workspace(pathlib.Path({str(workspace.root)!r}))
+with ws.lock(), activity.session(ws.state, ["cpu 0", "cpu 1"]):
+    print("running", flush=True)
+    time.sleep(1.0)
+time.sleep(1.0)  # closing its evaluators, after it let go of the workspace
+with open(ws.state / "driver.log", "a") as log:
+    log.write("error: experiment 2 stopped: the disk is full\\n  hint: free some\\n")
+"""
+    process = subprocess.Popen([sys.executable, "-c", loop], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "running\n"
+        running = loop_running(workspace.is_locked, workspace.state)
+        log = workspace.state / "driver.log"
+        with pytest.raises(WaitError, match="it stopped with error: experiment 2 stopped: the disk is full hint: free"):
+            wait_for(lambda: Ledger(workspace.root), [2], running, poll=0.05, log=log)
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_wait_on_a_loop_that_stopped_says_why(workspace, capsys):

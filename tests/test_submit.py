@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -389,6 +390,28 @@ def test_wait_run_beside_the_first_submit_waits_for_its_experiment(workspace, ca
     out = capsys.readouterr().out.splitlines()
     assert results == {"submit": 0, "wait": 0}
     assert out[0] == "exp 2 queued" and out[1].startswith("exp 2 KEEP"), out
+    assert unreported(workspace.state) == []
+
+
+@pytest.mark.slow  # seconds: processes of their own
+def test_wait_started_beside_a_submit_still_starting_up_waits_for_it(workspace, tmp_path):
+    """BROKE, fixed: in `submit -m x & wait` the `wait` looked for a `submit` holding its request's lock once, at its
+    start, which came before the `submit` beside it had started up (imported, checked train.py) and taken that lock:
+    it said "no submitted experiment waits to be reported" and the agent never heard the verdict (a README
+    walk-through, twice in two). It now also waits for an `autoresearch submit` run beside it, from the same shell.
+    Here that `submit` takes 1.5 s to queue: it marks the baseline's verdict unreported, as a queued change's is."""
+    make_loop(workspace, FakeExecutor(score), baseline_runs=2).baseline()
+    fake = tmp_path / "bin" / "autoresearch"  # a `submit` slow to start up, named as the real one is
+    fake.parent.mkdir()
+    fake.write_text(
+        "import pathlib, time\nfrom autoresearch.loop.waiting import mark_unreported\n"
+        f"time.sleep(1.5)\nmark_unreported(pathlib.Path({str(workspace.state)!r}), 1)\n"
+    )
+    submitting = shlex.join([sys.executable, str(fake), "submit", "-m", "x"])
+    waiting = shlex.join([*module_command(sys.executable, "autoresearch"), "wait", "--workspace", str(workspace.root)])
+    done = subprocess.run(["sh", "-c", f"{submitting} & {waiting}; wait"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("exp 1 KEEP"), (done.stdout, done.stderr)
     assert unreported(workspace.state) == []
 
 

@@ -7,13 +7,17 @@ something else is never lost to it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import os
 import re
 import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.loop.ledger import Experiment
@@ -41,6 +45,60 @@ def unreported(state: Path) -> list[int]:
 
 def reported(state: Path, exp_id: int) -> None:
     (state / UNREPORTED_DIR / str(exp_id)).unlink(missing_ok=True)
+
+
+EXIT_WAIT_S = 30.0  # how long `wait` gives a loop that let go of the workspace to end (and write why it stopped)
+
+
+def loop_running(is_locked: Callable[[], bool], state: Path) -> Callable[[], bool]:
+    """Whether the loop working in the workspace (`is_locked`, its private `state`) still runs. Once it has let go of
+    the workspace, only after its process (seen running earlier) has ended, within EXIT_WAIT_S: it writes the error it
+    stopped with after that (BROKE, fixed: `wait` found no error in its log yet, and did not repeat it)."""
+    from autoresearch.loop.activity import read_session
+
+    seen: list[psutil.Process] = []
+
+    def running() -> bool:
+        if (session := read_session(state)) is not None and session.pid not in [p.pid for p in seen]:
+            with contextlib.suppress(psutil.Error):
+                seen.append(psutil.Process(session.pid))  # with its start time: is_running() is this very process
+        if is_locked():
+            return True
+        deadline = time.monotonic() + EXIT_WAIT_S
+        while any(map(_alive, seen)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return False
+
+    return running
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def submit_beside() -> bool:
+    """Whether an `autoresearch submit` runs beside this process: below its parent (`submit -m x & wait`, from one
+    shell), where it may still be starting, before it takes its request's lock (`Inbox.submitting`)."""
+    parent = os.getppid()
+    if parent <= 1:  # started by init (a daemon's): the whole machine's processes are no siblings of its
+        return False
+    try:
+        below = psutil.Process(parent).children(recursive=True)
+    except psutil.Error:
+        return False
+    for process in below:
+        with contextlib.suppress(psutil.Error):
+            if process.pid != os.getpid() and _is_submit(process.cmdline()):
+                return True
+    return False
+
+
+def _is_submit(argv: list[str]) -> bool:
+    """Whether `argv` runs `autoresearch submit` (its script, or `python -m autoresearch`)."""
+    return any(word == "submit" and Path(before).name == "autoresearch" for before, word in itertools.pairwise(argv))
 
 
 class WaitError(AutoresearchError):
