@@ -1513,6 +1513,16 @@ def test_an_edited_budget_in_the_locked_config_says_to_check_it_out_again(worksp
     with pytest.raises(LoopError, match="the apparatus changed") as err:
         make_loop(Workspace(workspace.root), FakeExecutor(score)).run(ScriptedAgent([]), max_experiments=0)
     assert "`git checkout autoresearch.json` to go on" in err.value.hint
+    # Edited while a loop runs (a README walk-through): its next run is measured with another budget, and the loop
+    # stopped saying to make a new workspace
+    config.write_text(config.read_text().replace('"budget_seconds": 2.0', '"budget_seconds": 1.0'))
+    loop = make_loop(Workspace(workspace.root), FakeExecutor(score))
+    config.write_text(config.read_text().replace('"budget_seconds": 1.0', '"budget_seconds": 2.0'))
+    measured = fake_result(0.9, "the fingerprint of a 2 s budget")
+    loop.executor = FakeExecutor(lambda source: outcome_of(0, measured, "", "", 0.01, loop.fingerprint))
+    with pytest.raises(LoopError, match=r"stopped: the apparatus .* changed") as err:
+        loop.run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
+    assert "`git checkout autoresearch.json` to go on" in err.value.hint
 
 
 @pytest.mark.parametrize("confined", [True, False])

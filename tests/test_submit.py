@@ -185,6 +185,19 @@ def test_a_submission_no_loop_takes_is_withdrawn_and_never_trained(workspace, ca
     assert [r.id for r in rows(workspace)] == [1] and inbox_files(workspace) == []
 
 
+def test_a_submission_with_autoresearch_json_edited_is_refused_naming_it(workspace, capsys, monkeypatch):
+    """BROKE, fixed (a README walk-through): `submit` took a working tree whose autoresearch.json had its budget
+    edited; the running loop's next run read it, and the loop stopped on an earlier, innocent submission, saying to
+    make a new workspace. It is refused at once, with the change left in train.py and nothing queued or started."""
+    background_loop(monkeypatch, lambda argv, **_: pytest.fail("no loop is started for a refused submission"))
+    config = workspace.root / "autoresearch.json"
+    config.write_text(config.read_text().replace('"budget_seconds": 1.0', '"budget_seconds": 50.0'))
+    rc, out, err, _ = submit(workspace, capsys, 0.2)
+    assert (rc, out) == (2, "") and "autoresearch.json was edited: a submission is train.py alone" in err
+    assert "`git checkout autoresearch.json` to go on" in err
+    assert constant(workspace.read_train_py(), "LR") == 0.2 and inbox_files(workspace) == [] and rows(workspace) == []
+
+
 @pytest.mark.parametrize("command", ["try", "run"])
 def test_a_loop_that_takes_no_submissions_refuses_one_at_once(workspace, capsys, command):
     """BROKE, fixed: with a `try` or a one-worker `run` working in the workspace, `submit` waited its whole 60 s

@@ -230,8 +230,10 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     submission is refused or no loop takes it (then withdrawn: it never trains), the change is put back."""
     import subprocess
 
+    from autoresearch.config.apparatus import CONFIG_NAME
     from autoresearch.loop.held_edits import HeldEdit, put_back_edits
     from autoresearch.loop.inbox import send
+    from autoresearch.loop.settings import CONFIG_EDITED_HINT
     from autoresearch.loop.waiting import LOOP_STARTED
     from autoresearch.loop.workers import devices, require_gpus
     from autoresearch.workspace.disk import disk_full_is_an_error
@@ -250,6 +252,8 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     source, base = ws.read_train_py(), ws.git.head()
     if source == ws.committed_train_py(base):
         raise AutoresearchError("train.py is the same as the best", hint="edit train.py first")
+    if CONFIG_NAME in ws.git.changed_paths():  # the loop's runs would read it, and stop on another apparatus
+        raise AutoresearchError(f"{CONFIG_NAME} was edited: a submission is train.py alone", hint=CONFIG_EDITED_HINT)
     edit = ws.train_py.read_bytes().decode()  # as it is on disk, line endings and all, to put back on a failure
 
     def start() -> subprocess.Popen:

@@ -27,7 +27,7 @@ from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop import activity
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
-from autoresearch.loop.settings import APPARATUS_HINT, CONFINEMENT_HINT, SETUP_HINT, LoopError
+from autoresearch.loop.settings import APPARATUS_HINT, CONFIG_EDITED_HINT, CONFINEMENT_HINT, SETUP_HINT, LoopError
 from autoresearch.loop.watch import LEFT_REFS, put_back_left
 from autoresearch.orphans import reap, remove_left_boxes
 from autoresearch.vocabulary import Kind, RunEnd, Status
@@ -98,6 +98,7 @@ class Recovery:
             outcome = replace(outcome, status=RunEnd.CHANGED, reason=refused[0], hint=refused[1])
         if outcome.status == RunEnd.CHANGED:
             set_aside(run_dir)
+            outcome = outcome if outcome.hint else replace(outcome, hint=self.apparatus_hint())
         return outcome
 
     def check_setup(self, exp: Experiment) -> None:
@@ -114,13 +115,13 @@ class Recovery:
         """Refuse to go on when the harness, data or budget differ from the baseline's (its seeds measured so far)."""
         measured = self.baseline_result().get("harness_fingerprint")
         if measured and measured != self.fingerprint:
-            hint = APPARATUS_HINT
-            if CONFIG_NAME in self.git.changed_paths():  # an edit of the locked config, not a new harness or data
-                hint = (
-                    f"{CONFIG_NAME} differs from its commit (the budget and data are locked at init): "
-                    f"`git checkout {CONFIG_NAME}` to go on, or make a new workspace (autoresearch init) for others"
-                )
+            hint = self.apparatus_hint()
             raise LoopError(f"the apparatus changed since the baseline ({measured} -> {self.fingerprint})", hint=hint)
+
+    def apparatus_hint(self) -> str:
+        """What to do about an apparatus that changed: where autoresearch.json was edited (the budget, say), put it
+        back; else a new workspace for the new harness or data."""
+        return CONFIG_EDITED_HINT if CONFIG_NAME in self.git.changed_paths() else APPARATUS_HINT
 
     def recover(self, taking_edit: bool = False) -> Experiment | None:
         """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any.

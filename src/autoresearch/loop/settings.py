@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autoresearch.config.apparatus import CONFIG_NAME
 from autoresearch.errors import AutoresearchError
 
 APPARATUS_HINT = (
     "results measured with another apparatus are not comparable: make a new workspace (autoresearch init) "
     "for the new harness, data or budget"
+)
+CONFIG_EDITED_HINT = (  # an edit of the locked config, not a new harness or data
+    f"{CONFIG_NAME} differs from its commit (the budget and data are locked at init): `git checkout {CONFIG_NAME}` to "
+    "go on, or make a new workspace (autoresearch init) for others"
 )
 
 SETUP_HINT = (
