@@ -188,6 +188,15 @@ def test_a_node_whose_autoresearch_differs_from_the_loops_refuses_the_run(
     assert not (spec.run_dir / "result.json").exists()
 
 
+def test_an_accelerator_type_no_node_has_is_refused_at_the_start_naming_those_there_are(cluster):
+    """BROKE, fixed (a README walk-through): `run --ray --accelerator H100` on a cluster without one started, and
+    its first run waited for ever for a GPU that never comes, shown as a busy worker. Each type counts its GPUs."""
+    assert connect(None, "NEAR") == connect(None, "FAR") == 1 and connect(None) == 2
+    with pytest.raises(AutoresearchError, match="no node of the Ray cluster has a GPU of type H100") as err:
+        connect(None, "H100")
+    assert "the types its nodes have: FAR, NEAR" in err.value.hint and "leave --accelerator out" in err.value.hint
+
+
 def test_the_loop_warns_at_its_start_that_a_cluster_without_token_authentication_would_run_an_agents_task(cluster):
     """This cluster asks for no token: an agent with a shell could send it a task (tests/test_ray_agent.py)."""
     warning = ray_executor.open_to_agent(CommandAgent("true"))

@@ -210,7 +210,7 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
         if args.gpus or args.workers:
             raise AutoresearchError("give --ray or --gpus/--workers, not both", hint="Ray picks each run's GPU")
 
-        found = ray_devices(connect(args.ray or None))
+        found = ray_devices(connect(args.ray or None, args.accelerator))
         if warning := open_to_agent(agent):
             loop.reporter.message(warning)
         shipment = Shipment()  # what nodes without the workspace need, sent once for all the workers

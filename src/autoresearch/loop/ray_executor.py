@@ -82,9 +82,10 @@ def ray_module():
     return ray
 
 
-def connect(address: str | None) -> int:
+def connect(address: str | None, accelerator: str | None = None) -> int:
     """Join the Ray cluster at `address` (or RAY_ADDRESS; none: start a Ray of this loop's own on this machine, not
-    the one Ray itself would join there); its GPU count."""
+    the one Ray itself would join there); its GPU count, of the `accelerator` type (a Ray accelerator type) if given:
+    AutoresearchError where it has none (its runs would wait for ever)."""
     ray = ray_module()
     address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
@@ -106,6 +107,24 @@ def connect(address: str | None) -> int:
         if not address:
             hint += "; with no address the loop starts a Ray of its own: `--ray auto` joins the one `ray start` made"
         raise AutoresearchError("the Ray cluster has no GPU", hint=hint)
+    if accelerator:
+        return _gpus_of_type(ray, accelerator)
+    return gpus
+
+
+def _gpus_of_type(ray, accelerator: str) -> int:
+    """The GPUs of the living nodes whose accelerator type (Ray's resource `accelerator_type:<type>`) is `accelerator`;
+    AutoresearchError, naming the types there are, where there are none."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    prefix = "accelerator_type:"
+    gpus = sum(int(found.get("GPU", 0)) for found in nodes if found.get(prefix + accelerator, 0) > 0)
+    if gpus < 1:
+        types = sorted({name.removeprefix(prefix) for found in nodes for name in found if name.startswith(prefix)})
+        raise AutoresearchError(
+            f"no node of the Ray cluster has a GPU of type {accelerator} (--accelerator): its runs would wait for ever",
+            hint=(f"the types its nodes have: {', '.join(types)}" if types else "its nodes name no accelerator type")
+            + " (Ray's names, as `ray status` shows them); leave --accelerator out to train on any GPU",
+        )
     return gpus
 
 
