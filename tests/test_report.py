@@ -338,6 +338,9 @@ def test_the_reports_margin_is_the_one_the_judge_keeps_by():
         margin = margin_of(noise)
         assert judge(1.0, [1.0 - 0.99 * margin], noise).decision == Status.DISCARD
         assert judge(1.0, [1.0 - 1.01 * margin], noise).decision != Status.DISCARD
+        # a discard says which side of the noise it fell on: "not better" was read as a near-win of a worse change
+        assert judge(1.0, [1.0 + 0.99 * margin], noise).reason.startswith("not better by more than the noise: ")
+        assert judge(1.0, [1.0 + 1.01 * margin], noise).reason.startswith("worse by more than the noise: ")
     noise = measured_noise([exp(1, Status.KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]")])
     assert noise.runs == 3 and noise.noise == pytest.approx(0.009) and noise.margin == pytest.approx(0.018)
 

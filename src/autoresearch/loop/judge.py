@@ -209,4 +209,6 @@ def judge(
             why = f"{SIMPLER_BUT} {drift}: simpler changes may not add up to more than the margin{cap}: {shown}"
             return Verdict(Status.DISCARD, why, shown)
         return Verdict(Status.KEEP, f"{SIMPLER_KEPT}: {shown}, {fewer}", shown)
+    if -gain > margin:  # "not better" is true of it too, and read as a near-win (a README walk-through)
+        return Verdict(Status.DISCARD, f"worse by more than the noise: {shown}", shown)
     return Verdict(Status.DISCARD, f"not better by more than the noise: {shown}", shown)
