@@ -12,6 +12,7 @@ import opcode
 import os
 import py_compile
 import shutil
+import signal
 import stat
 import struct
 import subprocess
@@ -579,3 +580,26 @@ def test_the_ray_warning_about_an_agents_shell_is_not_given_for_tune() -> None:
     from autoresearch.loop.ray_executor import open_to_agent
 
     assert open_to_agent(TuneAgent()) is None
+
+
+def test_a_ctrl_c_while_the_loop_leaves_ray_takes_effect_once_ray_has_stopped(monkeypatch) -> None:
+    """BROKE, fixed (a README walk-through): a second Ctrl-C during Ray's own shutdown at exit (a second or two for
+    a Ray of the loop's own) printed a traceback ("Exception ignored in atexit callback") and left two of Ray's
+    processes running. The loop leaves Ray itself, and a Ctrl-C meanwhile is the usual "interrupted" after."""
+    from autoresearch.loop import ray_executor
+
+    stopped = []
+
+    class Ray:  # a Ray whose shutdown the person interrupts
+        def is_initialized(self) -> bool:
+            return not stopped
+
+        def shutdown(self) -> None:
+            signal.raise_signal(signal.SIGINT)
+            stopped.append("all of it")
+
+    monkeypatch.setattr(ray_executor, "ray_module", Ray)
+    with pytest.raises(KeyboardInterrupt):
+        ray_executor.disconnect()
+    assert stopped == ["all of it"]
+    ray_executor.disconnect()  # no Ray left: nothing to do

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator
 
 from rich.console import Console
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.signals import deferred
 
 
 def prepare_data(args: argparse.Namespace, console: Console):
@@ -205,17 +203,26 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
     from autoresearch.loop.workers import LOCAL
 
     if getattr(args, "ray", None) is not None:
-        from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, open_to_agent, ray_devices
+        from autoresearch.loop.ray_executor import (
+            RayExecutor,
+            Shipment,
+            connect,
+            disconnect,
+            open_to_agent,
+            ray_devices,
+        )
 
         if args.gpus or args.workers:
             raise AutoresearchError("give --ray or --gpus/--workers, not both", hint="Ray picks each run's GPU")
-
-        found = ray_devices(connect(args.ray or None, args.accelerator))
-        if warning := open_to_agent(agent):
-            loop.reporter.message(warning)
-        shipment = Shipment()  # what nodes without the workspace need, sent once for all the workers
-        executor_for = lambda _device: RayExecutor(args.accelerator, shipment)
-        run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger, executor_for)
+        try:
+            found = ray_devices(connect(args.ray or None, args.accelerator))
+            if warning := open_to_agent(agent):
+                loop.reporter.message(warning)
+            shipment = Shipment()  # what nodes without the workspace need, sent once for all the workers
+            executor_for = lambda _device: RayExecutor(args.accelerator, shipment)
+            run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger, executor_for)
+        finally:
+            disconnect()
     elif agent is not None and len(found) == 1 and found[0].label == LOCAL and not needs_scheduler(loop):
         with activity.session(loop.ws.state, [found[0].label], submissions=False):  # `submit` is told at once
             loop.run(agent, args.max_experiments, args.hours)
@@ -328,24 +335,6 @@ def wait(args: argparse.Namespace, console: Console) -> None:
 
     running = loop_running(ws.is_locked, ws.state)
     wait_for(lambda: Ledger(ws.root), ids, running, log=ws.state / "driver.log", judged=judged)
-
-
-@contextlib.contextmanager
-def deferred(*signums: int) -> Iterator[None]:
-    """These signals, arriving during the block, take effect (their handlers run) at its end. Elsewhere than in the
-    main thread, which alone runs signal handlers, nothing to defer."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    arrived: list[int] = []
-    handlers = {signum: signal.signal(signum, lambda signum, _frame: arrived.append(signum)) for signum in signums}
-    try:
-        yield
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(arrived):
-            signal.raise_signal(signum)
 
 
 def try_change(args: argparse.Namespace, console: Console) -> None:

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import threading
@@ -62,6 +63,7 @@ from autoresearch.loop import ray_data
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
 from autoresearch.loop.ray_data import MANIFEST, Parcel
 from autoresearch.loop.workers import Device
+from autoresearch.signals import deferred
 from autoresearch.vocabulary import RunEnd
 from autoresearch.workspace.disk import DiskFullError, disk_full_is_an_error
 
@@ -110,6 +112,16 @@ def connect(address: str | None, accelerator: str | None = None) -> int:
     if accelerator:
         return _gpus_of_type(ray, accelerator)
     return gpus
+
+
+def disconnect() -> None:
+    """Leave the Ray cluster; a Ray of the loop's own stops, which takes it a second or two. A Ctrl-C or SIGTERM
+    meanwhile takes effect once it has (BROKE, fixed: a second Ctrl-C during Ray's own shutdown at exit printed a
+    traceback and left two of its processes running)."""
+    ray = ray_module()
+    if ray.is_initialized():
+        with deferred(signal.SIGINT, signal.SIGTERM):
+            ray.shutdown()
 
 
 def _gpus_of_type(ray, accelerator: str) -> int:
