@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import statistics
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.loop import activity
 from autoresearch.loop.judge import judge, margin_of, measured_noise
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.report import make_report, plot_progress, progress_figure, render_report
@@ -363,6 +365,45 @@ def test_with_several_workers_the_report_gives_each_its_experiments_rate_runs_an
     assert "Training: 15 min 00 s, **26% of the workers' wall clock**" in text  # 900 s of 2 x 1700 s
     one = render_report([exp(1, Status.KEEP, 1.0, "baseline", kind="baseline", **on("gpu 0", (0, 500)))])
     assert "| worker |" not in one and "of wall clock" in one  # one worker: as uncluttered as before
+
+
+def test_the_reports_rates_and_busy_fractions_count_the_time_loops_ran_not_the_time_between_them(tmp_path):
+    """BROKE, fixed (a README walk-through): over a few starts the report counted the hours no loop ran as overhead,
+    and every worker any start had as working all along: "3 workers, busy 35%", overhead 94%. Each loop's start, end
+    and workers are now kept (activity.periods), and a loop killed outright ends at its last run or verdict."""
+
+    def on(worker: str, *runs: tuple[float, float]) -> dict:
+        spans = [{"worker": worker, "run": i, "start": T0 + a, "end": T0 + b} for i, (a, b) in enumerate(runs)]
+        return {"worker": worker, "spans": json.dumps(spans)}
+
+    rows = [
+        exp(1, Status.KEEP, 1.0, "baseline", kind="baseline", **on("gpu 0", (0, 500))),
+        exp(2, Status.DISCARD, 1.003, "LR up", **on("gpu 1", (600, 1100))),
+        exp(3, Status.KEEP, 0.995, "warm-up", **on("gpu 0", (1200, 1700))),
+    ]
+    # Two GPUs from T0 until the loop was killed outright (its last verdict at T0 + 1100), none for 100 s, then one.
+    state = tmp_path / ".autoresearch"
+    state.mkdir()
+    (state / activity.HISTORY_NAME).write_text(
+        json.dumps({"started": T0, "ended": None, "workers": ["gpu 0", "gpu 1"]}) + "\n" + "a line cut short {\n"
+    )
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid no process has now: the loop of loop.json was killed, and nothing has started since
+    (state / activity.SESSION_NAME).write_text(
+        json.dumps({"pid": dead.pid, "started": T0 + 1200, "workers": ["gpu 0"]})
+    )
+    found = activity.periods(state, rows)
+    assert [(p.start - T0, p.end - T0, p.workers) for p in found] == [
+        (0, 1100, ("gpu 0", "gpu 1")),
+        (1200, 1700, ("gpu 0",)),
+    ]
+    text = render_report(rows, stopped=True, found=found).split("## Throughput")[1]
+    assert "in 26 min 40 s of wall clock" in text and "no loop ran for 1 min 40 s of it" in text
+    assert f"**{3 * 3600 / 1600:.1f} experiments per hour**" in text
+    assert "2 workers, busy **56%** together" in text  # (1000 + 500) / (2 x 1100 + 500)
+    assert f"| gpu 0 | 2 | {2 * 3600 / 1600:.1f} | 2 | 62% |" in text  # 1000 s of its 1600
+    assert f"| gpu 1 | 1 | {3600 / 1100:.1f} | 1 | 45% |" in text  # 500 s of its 1100
+    assert "Training: 15 min 00 s, **33% of the workers' wall clock**" in text  # 900 s of 2700 s
 
 
 def test_an_experiment_trained_on_an_older_best_is_explained_against_the_base_it_was_judged_against():

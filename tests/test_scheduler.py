@@ -26,7 +26,7 @@ from autoresearch.agents.prompt import build_prompt, ledger_summary
 from autoresearch.cli import main
 from autoresearch.evaluator import sandbox
 from autoresearch.loop import asking
-from autoresearch.loop.activity import SESSION_NAME, spans_of
+from autoresearch.loop.activity import SESSION_NAME, periods, spans_of
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
 from autoresearch.loop.inbox import SUBMITTER, Inbox
@@ -144,6 +144,8 @@ def test_two_workers_train_at_once_each_run_pinned_to_its_own_gpu(workspace):
     throughput = render_report(rows).split("## Throughput")[1]
     assert "| worker | experiments | per hour | runs | busy |" in throughput and "| gpu 0 | " in throughput
     assert not (workspace.state / SESSION_NAME).exists()  # the loop has ended: status shows no workers
+    (ran,) = periods(workspace.state, rows)  # kept, for the report's rates over the time loops ran
+    assert ran.workers == ("gpu 0", "gpu 1") and ran.start <= rows[0].started_at and ran.end >= rows[-1].finished_at
 
 
 def after_the_first_keep(sched_box: list):

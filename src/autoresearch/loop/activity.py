@@ -10,12 +10,14 @@ when the worker was handed the run and when its outcome came back, as time.time(
   worker of its last run (a rejected proposal counts in the total, for no worker).
 
 `status` takes the window since the running loop started (its `loop.json`), the live view since it opened,
-`report` from the first experiment's start to the last verdict. A run still training counts up to now where
-the loop is alive; a run the loop died during has no known end and counts nowhere.
+`report` from the first experiment's start to the last verdict, less the time no loop ran (each loop's start, end
+and workers are kept in `sessions.jsonl`; one killed outright ends at its last run or verdict). A run still training
+counts up to now where the loop is alive; a run the loop died during has no known end and counts nowhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -29,6 +31,7 @@ from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop.ledger import Experiment
 
 SESSION_NAME = "loop.json"  # under .autoresearch/: the running loop's workers and when it started
+HISTORY_NAME = "sessions.jsonl"  # under .autoresearch/: each loop's start, end (null: killed) and workers, a line each
 
 
 @dataclass(frozen=True)
@@ -73,14 +76,17 @@ def without_open(exp: Experiment) -> str:
 def busy_fraction(spans: Iterable[Span], start: float, end: float, now: float | None = None) -> float:
     """The part of [start, end] covered by one worker's spans (a worker trains one run at a time). An open
     span lasts until `now` where the loop is alive (None: it is not, and the span counts nowhere)."""
-    if end <= start:
-        return 0.0
+    return min(1.0, busy_seconds(spans, start, end, now) / (end - start)) if end > start else 0.0
+
+
+def busy_seconds(spans: Iterable[Span], start: float, end: float, now: float | None = None) -> float:
+    """The seconds of [start, end] one worker's spans cover (as `busy_fraction` counts them)."""
     busy = 0.0
     for span in spans:
         stop = span.end if span.end is not None else now
         if stop is not None:
             busy += max(0.0, min(stop, end) - max(span.start, start))
-    return min(1.0, busy / (end - start))
+    return busy
 
 
 def busy_by_worker(
@@ -97,12 +103,15 @@ def overall(busy: dict[str, float]) -> float:
     return sum(busy.values()) / len(busy) if busy else 0.0
 
 
-def per_hour(finished: list[Experiment], seconds: float) -> tuple[float, dict[str, float]]:
-    """Experiments per hour of these verdicts over `seconds`: in total, and for each worker named."""
+def per_hour(
+    finished: list[Experiment], seconds: float, own: dict[str, float] | None = None
+) -> tuple[float, dict[str, float]]:
+    """Experiments per hour of these verdicts over `seconds`: in total, and for each worker named, over its `own`
+    seconds where given (the time the loops it was a worker of ran: `running`)."""
     if seconds <= 0:
         return 0.0, {}
-    counts = Counter(e.worker for e in finished if e.worker)
-    return len(finished) * 3600 / seconds, {w: n * 3600 / seconds for w, n in sorted(counts.items())}
+    counts, own = Counter(e.worker for e in finished if e.worker), own or {}
+    return len(finished) * 3600 / seconds, {w: n * 3600 / (own.get(w) or seconds) for w, n in sorted(counts.items())}
 
 
 # -- the running loop's workers --------------------------------------------------------------------------
@@ -121,7 +130,9 @@ def start_session(
     state: Path, workers: list[str], started: float, submissions: bool = True, asking: bool = True
 ) -> None:
     """Tell `status` which workers the loop runs with, since when, and whether an agent proposes; `submit` whether the
-    loop takes its request."""
+    loop takes its request. A session a killed loop left goes into the history first, with no end."""
+    if (left := _recorded(state)) is not None and read_session(state) is None:
+        _remember(state, left, None)
     path = state / SESSION_NAME
     record = {"pid": os.getpid(), "started": started, "workers": workers, "submissions": submissions, "asking": asking}
     write_text_atomic(path, json.dumps(record), path.with_name(f".{path.name}.tmp"))
@@ -137,21 +148,99 @@ def session(state: Path, workers: list[str], submissions: bool = True) -> Iterat
 
 
 def end_session(state: Path) -> None:
+    if (session := _recorded(state)) is not None:
+        _remember(state, session, time.time())
     (state / SESSION_NAME).unlink(missing_ok=True)
 
 
 def read_session(state: Path) -> Session | None:
     """The running loop's session; None when there is none, or the loop that wrote it is gone (killed)."""
+    if (session := _recorded(state)) is None:
+        return None
     try:
-        data = json.loads(read_regular(state / SESSION_NAME, 1 << 16))  # never waits on a FIFO put there
-        workers, submissions = [str(w) for w in data["workers"]], data.get("submissions", True) is not False
-        asking = data.get("asking", True) is not False
-        session = Session(int(data["pid"]), float(data["started"]), workers, submissions, asking)
         os.kill(session.pid, 0)
     except ProcessLookupError:
         return None
     except PermissionError:  # alive, another user's
         pass
+    return session
+
+
+def _recorded(state: Path) -> Session | None:
+    """The session loop.json holds, whether or not its loop still runs; None where it holds none."""
+    try:
+        data = json.loads(read_regular(state / SESSION_NAME, 1 << 16))  # never waits on a FIFO put there
+        workers, submissions = [str(w) for w in data["workers"]], data.get("submissions", True) is not False
+        asking = data.get("asking", True) is not False
+        return Session(int(data["pid"]), float(data["started"]), workers, submissions, asking)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return session
+
+
+def _remember(state: Path, session: Session, ended: float | None) -> None:
+    """Add a loop's session to the history; nothing where it cannot be written (it only informs the numbers)."""
+    line = json.dumps({"started": session.started, "ended": ended, "workers": session.workers})
+    with contextlib.suppress(OSError), (state / HISTORY_NAME).open("a") as history:
+        history.write(line + "\n")
+
+
+@dataclass(frozen=True)
+class Period:
+    """A time a loop ran, and its workers (a `try`'s: none, one run at a time)."""
+
+    start: float
+    end: float
+    workers: tuple[str, ...]
+
+
+def periods(state: Path, experiments: list[Experiment], now: float | None = None) -> list[Period]:
+    """Every time a loop ran in the workspace, oldest first, the running one's up to `now`. A loop killed outright
+    recorded no end: its last run's start or end, or its last verdict, ends it. Empty for a workspace whose loops
+    kept no history (older than it): the numbers then span the time between the loops too."""
+    found = []
+    try:
+        lines = read_regular(state / HISTORY_NAME, 1 << 24).splitlines()
+    except (OSError, ValueError):
+        lines = []
+    for line in lines:
+        try:
+            data = json.loads(line)
+            ended = None if data["ended"] is None else float(data["ended"])
+            found.append((float(data["started"]), ended, tuple(str(w) for w in data["workers"])))
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a full disk, or not the loop's
+    if (last := _recorded(state)) is not None:  # running now, or killed and not yet in the history
+        ended = (time.time() if now is None else now) if read_session(state) is not None else None
+        found.append((last.started, ended, tuple(last.workers)))
+    found.sort(key=lambda period: period[0])
+    times = [t for e in experiments for t in (e.started_at, e.finished_at) if t] + [
+        t for e in experiments for s in spans_of(e) for t in (s.start, s.end) if t is not None
+    ]
+    made = []
+    for i, (start, end, workers) in enumerate(found):
+        if end is None:
+            before = found[i + 1][0] if i + 1 < len(found) else float("inf")
+            end = max((t for t in times if start <= t < before), default=start)
+        made.append(Period(start, end, workers))
+    return made
+
+
+@dataclass(frozen=True)
+class Running:
+    """How long loops ran within a window: in all, their workers' time together (a loop without workers, a `try`,
+    counted as one), and each worker's own."""
+
+    seconds: float
+    worker_seconds: float
+    by_worker: dict[str, float]
+
+
+def running(found: list[Period], start: float, end: float) -> Running:
+    seconds, capacity, by_worker = 0.0, 0.0, Counter()
+    for period in found:
+        within = max(0.0, min(period.end, end) - max(period.start, start))
+        seconds += within
+        capacity += within * max(1, len(period.workers))
+        for worker in period.workers:
+            by_worker[worker] += within
+    return Running(seconds, capacity, dict(by_worker))

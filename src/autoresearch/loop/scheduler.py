@@ -94,7 +94,7 @@ class Scheduler:
     def run(self, agent: Agent | None, max_experiments: int | None = None, hours: float | None = None) -> None:
         """Train and judge until the agent has made `max_experiments` proposals or `hours` passed, then finish
         what is in flight. Without an agent (a coding agent submits), until nothing is queued or in flight."""
-        loop = self.loop
+        loop, began = self.loop, time.time()  # the session's start: its recovery and baseline's row count as its time
         if agent is not None:
             preflight(agent, loop.ws.root, loop.reporter.message)
         started, proposed = self.clock.now(), 0
@@ -108,7 +108,7 @@ class Scheduler:
                 return
             self.start_baseline()
         labels = [w.device.label for w in self.workers]
-        activity.start_session(loop.ws.state, labels, time.time(), asking=agent is not None)
+        activity.start_session(loop.ws.state, labels, began, asking=agent is not None)
         try:
             while True:
                 within = (max_experiments is None or proposed < max_experiments) and (

@@ -176,7 +176,13 @@ def status_text(ws: Workspace) -> str:
     lines.append("experiments: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none finished yet"))
     finished = [e for e in experiments if e.finished_at]
     if len(finished) > 1:
-        total, by_worker = activity.per_hour(finished, finished[-1].finished_at - experiments[0].started_at)
+        start, end = experiments[0].started_at, finished[-1].finished_at
+        if found := activity.periods(ws.state, experiments):  # the time loops ran, less the time between them
+            ran = activity.running(found, start, end)
+            seconds, own = ran.seconds, ran.by_worker
+        else:
+            seconds, own = end - start, {}
+        total, by_worker = activity.per_hour(finished, seconds, own)
         lines.append(f"rate: {total:.1f} experiments per hour{_per_worker(by_worker)}")
     in_flight = [e for e in experiments if e.status in IN_FLIGHT]
     locked = ws.is_locked()

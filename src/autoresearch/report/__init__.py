@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.loop.activity import periods
 from autoresearch.loop.ledger import Experiment, has_history, verified_rows
 from autoresearch.report.markdown import render_report, write_report
 from autoresearch.report.plot import plot_progress, progress_figure
@@ -44,5 +45,5 @@ def make_report(workspace: Path, stopped: bool = False) -> tuple[Path, Path]:
             )
     with disk_full_is_an_error(f"writing {plot_path.name} and {report_path.name}", REPORT_AGAIN):
         plot_progress(experiments, plot_path)
-        write_report(experiments, report_path, stopped)
+        write_report(experiments, report_path, stopped, periods(workspace / ".autoresearch", experiments))
     return plot_path, report_path

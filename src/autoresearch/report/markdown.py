@@ -30,16 +30,19 @@ from autoresearch.vocabulary import Kind, Status
 _STATUS_ORDER = [Status.KEEP, Status.DISCARD, Status.CRASH, Status.RUNNING]
 
 
-def write_report(experiments: list[Experiment], path: Path, stopped: bool = False) -> str:
+def write_report(
+    experiments: list[Experiment], path: Path, stopped: bool = False, found: list[activity.Period] = ()
+) -> str:
     """Write the Markdown report of these experiments to path and return its text."""
-    text = render_report(experiments, stopped)
+    text = render_report(experiments, stopped, found)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, text)  # a reader, or a kill, meets the old report or the new one
     return text
 
 
-def render_report(experiments: list[Experiment], stopped: bool = False) -> str:
-    """The Markdown report of these experiments (any order; sorted by id here); `stopped`: no loop runs now."""
+def render_report(experiments: list[Experiment], stopped: bool = False, found: list[activity.Period] = ()) -> str:
+    """The Markdown report of these experiments (any order; sorted by id here); `stopped`: no loop runs now; `found`:
+    the times loops ran (activity.periods; none: the span of the experiments, the time between loops too)."""
     exps = sorted(experiments, key=lambda e: e.id)
     steps = chain(finished(exps))
     noise = measured_noise(exps)
@@ -50,7 +53,7 @@ def render_report(experiments: list[Experiment], stopped: bool = False) -> str:
         "## Kept changes\n\n" + _kept(steps),
         "## Every experiment\n\n" + _every(exps, stopped),
         "## Crashes\n\n" + _crashes(exps),
-        "## Throughput\n\n" + _throughput(exps),
+        "## Throughput\n\n" + _throughput(exps, list(found)),
         "## Tokens and cost by agent\n\n" + _agents(exps),
         "## train.py: best vs baseline\n\n" + _source_diff(steps),
     ]
@@ -140,24 +143,30 @@ def _every(exps: list[Experiment], stopped: bool) -> str:
     return "\n".join(rows)
 
 
-def _throughput(exps: list[Experiment]) -> str:
+def _throughput(exps: list[Experiment], found: list[activity.Period]) -> str:
     done = [e for e in finished(exps) if e.finished_at is not None]
     if not done:
         return "No experiment has finished yet."
     start = min(e.started_at for e in done)
     end = max(e.finished_at for e in done if e.finished_at is not None)
-    wall = end - start
-    period = f"{_clock(start)} to {_clock(end)}"
-    if wall <= 0:
-        return f"{len(done)} finished experiment{_s(len(done))} ({period}); no wall-clock time to rate them by."
-    lines = [
-        f"- {len(done)} finished experiment{_s(len(done))} in {_duration(wall)} of wall clock ({period}): "
-        f"**{len(done) / (wall / 3600):.1f} experiments per hour**"
-    ]
     spans = [s for e in exps for s in activity.spans_of(e)]
     workers = sorted({s.worker for s in spans} | {e.worker for e in done if e.worker})
-    # With several workers the clock to fill is theirs together: N workers have N x the wall clock to train in.
-    capacity, of = (wall * len(workers), "of the workers' wall clock") if len(workers) > 1 else (wall, "of wall clock")
+    if found:  # the time loops ran, less the time between them
+        ran = activity.running(found, start, end)
+    else:  # loops that kept no history: the whole span, N workers having N x the wall clock to train in
+        wall = end - start
+        ran = activity.Running(wall, wall * max(1, len(workers)), dict.fromkeys(workers, wall))
+    period = f"{_clock(start)} to {_clock(end)}"
+    if ran.seconds <= 0:
+        return f"{len(done)} finished experiment{_s(len(done))} ({period}); no wall-clock time to rate them by."
+    away = end - start - ran.seconds
+    between = f"; no loop ran for {_duration(away)} of it" if away >= 1 else ""
+    lines = [
+        f"- {len(done)} finished experiment{_s(len(done))} in {_duration(ran.seconds)} of wall clock ({period}"
+        f"{between}): **{len(done) / (ran.seconds / 3600):.1f} experiments per hour**"
+    ]
+    several = ran.worker_seconds > ran.seconds
+    capacity, of = (ran.worker_seconds, "of the workers' wall clock") if several else (ran.seconds, "of wall clock")
     training = [e.training_seconds * _runs(e) for e in done if e.training_seconds is not None]
     totals = [e.total_seconds * _runs(e) for e in done if e.total_seconds is not None]
     if training:
@@ -175,7 +184,7 @@ def _throughput(exps: list[Experiment]) -> str:
     if missing:
         lines.append(f"- {missing} experiment{_s(missing)} recorded no training time (counted as overhead)")
     if len(workers) > 1:
-        lines.append("\n" + _workers(done, spans, workers, start, end))
+        lines.append("\n" + _workers(done, spans, workers, start, end, ran.by_worker))
     return "\n".join(lines)
 
 
@@ -188,21 +197,27 @@ def _runs(exp: Experiment) -> int:
         return 1
 
 
-def _workers(done: list[Experiment], spans: list[activity.Span], workers: list[str], start: float, end: float) -> str:
-    """A row per worker: its verdicts, their rate, its runs and its busy fraction over the report's span."""
-    busy = activity.busy_by_worker(spans, start, end, workers=workers)
-    _, rates = activity.per_hour(done, end - start)
+def _workers(
+    done: list[Experiment], spans: list[activity.Span], workers: list[str], start: float, end: float,
+    seconds: dict[str, float],
+) -> str:  # fmt: skip
+    """A row per worker: its verdicts, their rate, its runs and its busy fraction, each over the `seconds` it ran
+    within the report's span."""
     verdicts = Counter(e.worker for e in done if e.worker)
+    _, rates = activity.per_hour(done, end - start, seconds)
     runs = Counter(s.worker for s in spans if s.end is not None)
+    busy = {w: activity.busy_seconds([s for s in spans if s.worker == w], start, end) for w in workers}
+    fraction = {w: min(1.0, busy[w] / seconds[w]) if seconds.get(w) else 0.0 for w in workers}
+    together = sum(busy.values()) / sum(seconds.get(w, 0.0) for w in workers) if any(seconds.values()) else 0.0
     rows = [
-        f"{len(workers)} workers, busy **{activity.overall(busy):.0%}** together: the share of the span during "
-        "which each had a run, from handing it over to its score (start-up and scoring included).",
+        f"{len(workers)} workers, busy **{min(1.0, together):.0%}** together: the share of the time each ran during "
+        "which it had a run, from handing it over to its score (start-up and scoring included).",
         "",
         "| worker | experiments | per hour | runs | busy |",
         "|---|---:|---:|---:|---:|",
     ]
     for worker in workers:
-        shown = f"{busy[worker]:.0%}" if runs[worker] else "—"  # a ledger from before spans were recorded
+        shown = f"{fraction[worker]:.0%}" if runs[worker] else "—"  # a ledger from before spans were recorded
         rate = rates.get(worker, 0.0)
         rows.append(f"| {_cell(worker)} | {verdicts[worker]} | {rate:.1f} | {runs[worker]} | {shown} |")
     return "\n".join(rows)
