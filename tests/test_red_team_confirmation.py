@@ -49,9 +49,9 @@ class Gated(FakeExecutor):
 
 
 def scheduler(
-    workspace, score=score, workers: int = 2, confirm_runs=None, executor=None, setup: str = FAKE_SETUP
+    workspace, score=score, workers: int = 2, confirm_runs=None, executor=None, setup: str = FAKE_SETUP, events=None
 ) -> Scheduler:
-    loop = make_loop(workspace, FakeExecutor(score, setup=setup), baseline_runs=3)
+    loop = make_loop(workspace, FakeExecutor(score, setup=setup), baseline_runs=3, events=events)
     make = executor or (lambda device: FakeExecutor(score, setup=setup))
     found = make_workers(loop, devices(None, workers, cores=max(2, workers)), make)
     return Scheduler(loop, found, confirm_runs=confirm_runs)
@@ -182,6 +182,38 @@ def test_the_report_does_not_call_a_change_kept_on_a_lucky_run_simpler(workspace
     assert kept.status == Status.KEEP and kept.val_bpb == pytest.approx(1.0966667)
     why = explain(kept, best_before(rows)[kept.id], noise_before(rows, kept))
     assert "simpler" not in why and "kept as better when judged" in why, why
+
+
+def test_a_run_that_ends_after_another_stopped_the_measuring_says_it_still_counts(workspace):
+    """BROKE, fixed (a README walk-through): "exp 5: not measured again: its run 2 came out ..." and then, its run 3
+    still training then, "exp 5 measured again: ...; its val_bpb is now ...": the second read as a contradiction of
+    the first. The stop now says the run training still counts, and that run's line says it was still training."""
+    kept_once(workspace)  # exp 2, LR 0.3
+    b_43, b_44 = threading.Event(), threading.Event()
+    beyond = 1.080 + 5.0  # no seed's draw: it ends the measuring
+    events: list[str] = []
+
+    def run_2(source: str) -> float:
+        return beyond if constant(source, "SEED") == 43 else score(source)
+
+    gates = {(0.3, 43): (b_43, None), (0.3, 44): (b_44, None)}
+    sched = scheduler(workspace, workers=2, executor=lambda d: Gated(run_2, gates), events=events)
+    try:
+        sched.confirm()  # exp 2's runs 2 and 3, on the two workers
+        sched.dispatch(sched.workers[0], sched.next_job())
+        sched.dispatch(sched.workers[1], sched.next_job())
+        b_43.set()
+        sched.handle_next()  # run 2 ends, far off: the measuring stops, run 3 still training
+        b_44.set()
+        sched.handle_next()  # run 3 ends
+    finally:
+        b_43.set(), b_44.set()
+    said = [e for e in events if e.startswith("exp 2")]
+    assert said[0].startswith("exp 2: not measured again: its run 2 came out") and said[0].endswith(
+        "(and its run training now, once ended)"
+    ), said
+    assert said[1].startswith("exp 2: its run 3, still training when its measuring stopped, came out 1.078000"), said
+    assert sched.loop.ledger.get(2).run_indices == [0, 2]
 
 
 SABOTAGE = "# trains only on SEED 42"

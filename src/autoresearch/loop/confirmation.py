@@ -82,9 +82,14 @@ class Confirmations:
             exp.val_bpb = statistics.fmean(exp.run_values)
             self.loop.ledger.update(exp.id, runs=exp.runs, seeds=exp.seeds, val_bpb=exp.val_bpb)
             self.loop.ledger.write_tsv()
+            again = (  # a run that trained on after another stopped the measuring: it counts, and says so
+                f"exp {exp.id}: its run {run + 1}, still training when its measuring stopped, came out"
+                if NOT_CONFIRMED in exp.reason
+                else f"exp {exp.id} measured again:"
+            )
             self.loop.reporter.message(
-                f"exp {exp.id} measured again: {outcome.val_bpb:.6f}; its val_bpb is now {exp.val_bpb:.6f}, the mean "
-                f"of {len(exp.run_values)} runs (was {first:.6f})"
+                f"{again} {outcome.val_bpb:.6f}; its val_bpb is now {exp.val_bpb:.6f}, the mean of "
+                f"{len(exp.run_values)} runs (was {first:.6f})"
             )
         elif NOT_CONFIRMED not in exp.reason:
             self.stop(exp, f"its run {run + 1} failed: {outcome.reason}")
@@ -98,4 +103,6 @@ class Confirmations:
         exp.reason = f"{exp.reason}; {note}"
         self.loop.ledger.update(exp.id, reason=exp.reason)
         self.loop.ledger.write_tsv()
-        self.loop.reporter.message(f"exp {exp.id}: {note}")
+        training = len(self.active[exp.id].running) if exp.id in self.active else 0
+        on = f" (and its {'run' if training == 1 else f'{training} runs'} training now, once ended)" if training else ""
+        self.loop.reporter.message(f"exp {exp.id}: {note}{on}")
