@@ -91,9 +91,10 @@ def scheduler(
     inbox: bool = False,
     workers=None,
     confirm_runs: int = 0,  # the best is not measured again but where a test says so: each counts its runs
+    events: list[str] | None = None,
     **device_args,
 ):
-    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=baseline_runs)
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=baseline_runs, events=events)
     fakes: dict[str, Device] = {}
 
     def executor_for(device):
@@ -1013,6 +1014,23 @@ def test_with_workers_a_baseline_the_loop_was_killed_in_twice_says_so_and_blames
     said = str(stopped.value) + stopped.value.hint
     assert "killed 2 times while the baseline (exp 1) trained" in said and "fix train.py" not in said
     assert sched.loop.ledger.get(1).status == Status.CRASH
+
+
+def test_a_start_says_it_takes_up_a_queued_experiment_the_killed_loop_left_as_it_resumes_a_running_one(workspace):
+    """BROKE, fixed (a README walk-through): killed with two experiments in flight, a submission queued and one
+    training, the next start said only "resuming experiment" of the one training, though both were trained."""
+    sched, _ = scheduler(workspace, inbox=True)
+    sched.run(None)  # the baseline
+    loop, best = sched.loop, sched.loop.best()
+    for lr, status in ((0.2, Status.RUNNING), (0.4, Status.QUEUED)):
+        source = with_constants(workspace.read_train_py(), LR=lr)
+        loop.record(Proposal(f"LR {lr}", source, Usage()), SUBMITTER, "", base=best, status=status)
+    events: list[str] = []
+    again, _ = scheduler(workspace, inbox=True, events=events)
+    again.run(None)
+    assert "resuming experiment 2: LR 0.2" in events
+    assert "taking up experiment 3, queued, not started: LR 0.4" in events
+    assert all(row.status.final for row in again.loop.ledger.all())
 
 
 def test_a_submission_made_from_a_baseline_that_crashed_is_a_crash_to_submit_again_not_kept_behind_the_next(workspace):

@@ -413,6 +413,19 @@ def test_status_while_the_baseline_trains_says_none_finished_yet(workspace, caps
     assert "running: exp 1 for" in out
 
 
+def test_status_with_no_loop_tells_an_interrupted_run_from_a_submission_that_never_started(workspace, capsys) -> None:
+    """BROKE, fixed (a README walk-through): a submission still queued when its loop was killed read "interrupted:
+    exp 10 ... will be re-run", though it never ran."""
+    ledger = Ledger(workspace.root)
+    ledger.insert(Experiment(id=1, kind="experiment", status=Status.RUNNING, description="LR 0.3", parent="x"))
+    ledger.insert(Experiment(id=2, kind="experiment", status=Status.QUEUED, description="LR 0.4", parent="x"))
+    ledger.close()
+    code, out, _ = run_cli(capsys, "status", "--workspace", str(workspace.root))
+    assert code == 0
+    assert "interrupted: exp 1 (LR 0.3) will be re-run on the next start" in out.splitlines()
+    assert "queued: exp 2 (LR 0.4) will be trained on the next start" in out.splitlines()
+
+
 def test_status_after_a_resume_counts_the_running_experiment_from_the_loops_start(workspace, capsys) -> None:
     """An experiment a killed loop left in flight is trained anew by the next start: its time is counted from that
     start, not from the first attempt's (the night between included)."""

@@ -503,6 +503,8 @@ class Scheduler:
                 continue
             if exp.status == Status.RUNNING:
                 loop.reporter.message(f"resuming experiment {exp.id}: {exp.description}")
+            elif exp.status == Status.QUEUED:  # said too: `status` listed it as left by the killed loop
+                loop.reporter.message(f"taking up experiment {exp.id}, queued, not started: {exp.description}")
             self.activate(exp)
             if len(exp.run_values) >= self.active[exp.id].wanted:  # every run had ended: judge it now
                 self.conclude(exp, None)

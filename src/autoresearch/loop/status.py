@@ -202,7 +202,10 @@ def status_text(ws: Workspace) -> str:
             lines.append(running_text(ws, running))
     elif in_flight:
         for running in in_flight:
-            lines.append(f"interrupted: exp {running.id} ({running.description}) will be re-run on the next start")
+            if running.status == Status.QUEUED:  # submitted, or made by the loop: it never started
+                lines.append(f"queued: exp {running.id} ({running.description}) will be trained on the next start")
+            else:
+                lines.append(f"interrupted: exp {running.id} ({running.description}) will be re-run on the next start")
     elif locked and session is not None and not session.asking:
         lines.append("running: waiting for a submission (`autoresearch submit`)")
     elif locked:
