@@ -187,7 +187,7 @@ def test_a_win_on_a_stale_base_is_merged_onto_the_best_and_kept_only_once_revali
     baseline, lr, stale, merged = sched.loop.ledger.all()
     assert lr.status == Status.KEEP and stale.parent == baseline.commit  # trained on the old best
     assert stale.status == Status.DISCARD and f"merged onto it as exp {merged.id}" in stale.reason
-    assert f"exp {lr.id} was kept while it trained on exp {baseline.id}" in stale.reason
+    assert f"exp {lr.id} was kept after it was made from exp {baseline.id}" in stale.reason
     assert merged.merged_from == stale.id and merged.parent == lr.commit and merged.status == Status.KEEP
     assert BETAS in merged.source and constant(merged.source, "LR") == 0.2  # both changes, trained again
     assert merged.val_bpb == score(merged.source) and "better" in merged.reason
@@ -297,7 +297,7 @@ def test_a_marginal_win_on_a_stale_base_is_not_run_again_there_its_merge_is_judg
     baseline, lr, stale, merged = sched.loop.ledger.all()
     assert lr.status == Status.KEEP and stale.parent == baseline.commit and len(stale.run_values) == 1
     assert stale.status == Status.DISCARD and stale.reason.startswith("marginal win: ")
-    assert f"but exp {lr.id} was kept while it trained on exp {baseline.id}" in stale.reason
+    assert f"but exp {lr.id} was kept after it was made from exp {baseline.id}" in stale.reason
     assert f"merged onto it as exp {merged.id}" in stale.reason and merged.merged_from == stale.id
     assert merged.status == Status.KEEP and len(merged.run_values) == 2  # marginal on the best too: run again there
     trained = [s for fake in fakes.values() for _, _, s in fake.runs if constant(s, "BATCH") == 16]

@@ -98,7 +98,8 @@ class Ratchet:
                 return Conclusion(rerun=True)
             loop._finish(exp, verdict.decision, verdict.reason, outcome, runs)
             return Conclusion()
-        stale = f"exp {best.id} was kept while it trained on exp {base.id}"
+        # while it trained, or before it was submitted (an edit made on an older best): "while it trained" misled
+        stale = f"exp {best.id} was kept after it was made from exp {base.id}"
         if verdict.decision == Status.DISCARD:
             why = f"{verdict.reason} (against its base exp {base.id}; {stale})"
             loop._finish(exp, Status.DISCARD, why, outcome, runs)
