@@ -114,10 +114,30 @@ def _reap_init(pid_file: Path) -> bool:
             return False  # a zombie's namespace is gone already
         if any(_same_namespace(pid, kind) for kind in ("pid", "user")):
             return False
-        init.kill()
     except (OSError, psutil.Error):
         return False
-    _until(lambda: not _alive(init))
+    kill_namespace(init, REAP_WAIT_S)
+    return True
+
+
+NAMESPACE_WAIT_S = 10.0  # how long the end of a turn's PID namespace is waited for
+
+
+def kill_namespace(init: psutil.Process, within: float = NAMESPACE_WAIT_S) -> bool:
+    """SIGKILL the init of a turn's PID namespace and every process in it (all descend from it: the namespace's
+    orphans are its), again until the init has ended, at most `within` seconds; whether it has. The init's own exit
+    kills the rest, but only once it runs: a turn that starved it of the CPU (SCHED_IDLE on the CPU of busy loops it
+    had leave its process group) ran on after its end, or its loop's kill, for about a second per busy loop (red
+    team). Its processes, at their own priority, die at once, and the init then runs."""
+    deadline = time.monotonic() + within
+    while _alive(init):
+        with contextlib.suppress(psutil.Error):
+            for process in [init, *init.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
     return True
 
 

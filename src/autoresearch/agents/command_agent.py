@@ -39,7 +39,7 @@ from autoresearch.evaluator import memory
 from autoresearch.evaluator.cores import AGENT_CPUS_ENV
 from autoresearch.evaluator.tasks import run_tasks
 from autoresearch.files import clear, write_text_atomic
-from autoresearch.orphans import die_with, marked, write_pid_file
+from autoresearch.orphans import die_with, kill_namespace, marked, write_pid_file
 from autoresearch.workspace.workspace import MAX_TRAIN_PY_BYTES, as_read
 
 PROMPT_ENV = "AUTORESEARCH_PROMPT_FILE"
@@ -261,18 +261,18 @@ def command_program(command: str) -> str | None:
 
 
 def _end(process: subprocess.Popen[bytes], groups: tuple[Path, ...]) -> None:
-    """Kill all the turn started: first its PID namespace's init, whose end takes the whole namespace along (the turn
-    can have it drop the parent-death signal `unshare --kill-child` gave it, and leave the process group, through
-    ptrace: its namespace then outlived the turn and the loop, red team), then the process group; and thaw what the
-    turn froze (`turn_cgroups.thaw`) until the turn's first process has ended, or END_WAIT_S have passed."""
+    """Kill all the turn started: first its PID namespace, its init and every process in it, until the init has ended
+    (`orphans.kill_namespace`: a turn that starved the init of CPU ran on past its end, red team), then the process
+    group; and thaw what the turn froze (`turn_cgroups.thaw`) until the turn's first process has ended, or END_WAIT_S
+    have passed."""
+    deadline = time.monotonic() + END_WAIT_S
     if process.poll() is None:  # else its pid may be another process's now; and its namespace is gone with it
         with contextlib.suppress(psutil.Error):
             for init in psutil.Process(process.pid).children():
-                with contextlib.suppress(psutil.Error):
-                    init.kill()
+                while not kill_namespace(init, 0.2) and time.monotonic() < deadline:
+                    turn_cgroups.thaw(groups, process.pid)  # a frozen init dies only thawed
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is gone already
         os.killpg(process.pid, signal.SIGKILL)
-    deadline = time.monotonic() + END_WAIT_S
     while process.poll() is None and groups and time.monotonic() < deadline:
         turn_cgroups.thaw(groups, process.pid)
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -33,6 +33,13 @@ which restricts itself, then runs the command, and everything it starts inherits
   turn added 20,000 keys to the loop's session keyring, which outlived it, near root's whole quota (red team), and
   the user keyring of a loop run as root is the machine's root's.
 
+- The scheduling of its PID namespace's init, pid 1 there (autoresearch/anchor.py), which is the turn's user's:
+  `sched_setscheduler`, `sched_setparam`, `sched_setattr`, `sched_setaffinity` and `setpriority` on it, and
+  `setpriority` on a process group (the init is in the turn's first one) or on every process of the user. A turn set
+  the init SCHED_IDLE on the CPU of busy loops of its own: the init, whose exit ends the namespace, ran it late, and
+  the turn ran on past its end, or its loop's kill, for about a second per busy loop (red team). The loop also kills
+  every process of the namespace itself (orphans.kill_namespace).
+
 - The CPUs it runs on, where the loop set some aside for agents (evaluator/cores.py, AGENT_CPUS_ENV): a turn that
   kept every core busy would slow the runs it overlaps, the baseline's seeds among them. The filter then refuses
   `sched_setaffinity` too (as it refuses io_uring, whose polling thread runs on the CPU its ring names).
@@ -84,6 +91,10 @@ _ARCHES = {
     "aarch64": (0xC00000B7, 198, 206, 211, 269, 208, 122),
 }
 _KEYRINGS = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}  # add_key, request_key, keyctl
+# sched_setparam, sched_setscheduler, sched_setattr (and sched_setaffinity, above), refused on pid 1, the anchor; and
+# setpriority: refused on pid 1, a process group (the anchor is in the turn's first one) and every process of the user
+_SCHEDULING = {"x86_64": ((142, 144, 314), 141), "aarch64": ((118, 119, 274), 140)}
+_PRIO_PROCESS, _ANCHOR = 0, 1
 _IO_URING_SETUP, _CLONE3, _X32 = 425, 435, 0x40000000
 _MSG_FASTOPEN = 0x20000000
 _IPPROTO_TCP, _TCP_ULP = 6, 31  # setsockopt(TCP_ULP, "smc") made a TCP socket SMC's (kernels before ~6.10)
@@ -238,10 +249,11 @@ def _landlock(ports: list[int]) -> None:
 
 
 def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, setsockopt: int, setaffinity: int,
-            pinned: bool, keyrings: tuple[int, ...]) -> bytes:  # fmt: skip
+            pinned: bool, keyrings: tuple[int, ...], scheduling: tuple[tuple[int, ...], int]) -> bytes:  # fmt: skip
     """The seccomp program of `side_doors` (classic BPF over struct seccomp_data: nr at 0, arch at 4, the low half of
     argument i at 16 + 8i), assembled with labels: a jump names the label (always further on) it goes to when
-    its test holds, else the next instruction runs. `pinned`: sched_setaffinity refused too."""
+    its test holds, else the next instruction runs. `pinned`: sched_setaffinity refused too, not only on pid 1."""
+    on_pid, setpriority = scheduling
     arg = lambda i: (_LD, 16 + 8 * i)
     refuse = lambda code: [(_RET, _ERRNO | code)]
     program = {
@@ -254,7 +266,9 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
             (_JEQ, _IO_URING_SETUP, "nosys"),
             (_JEQ, _CLONE3, "nosys"),
             *((_JEQ, number, "nosys") for number in keyrings),
-            *([(_JEQ, setaffinity, "eperm")] if pinned else []),
+            (_JEQ, setaffinity, "eperm" if pinned else "pid"),
+            *((_JEQ, number, "pid") for number in on_pid),
+            (_JEQ, setpriority, "which"),
         ],
         "sends": [(_JEQ, sendto, "flags3"), (_JEQ, sendmmsg, "flags3"), (_JEQ, sendmsg, "flags2"), (_RET, _ALLOW)],
         "flags3": [arg(3), (_JSET, _MSG_FASTOPEN, "eperm"), (_RET, _ALLOW)],
@@ -269,6 +283,9 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
             (_RET, _ALLOW),
         ],
         "protocol": [arg(2), *((_JEQ, p, "allow") for p in _PROTOCOLS), *refuse(_EPROTONOSUPPORT)],
+        "pid": [arg(0), (_JEQ, _ANCHOR, "eperm"), (_RET, _ALLOW)],
+        "which": [arg(0), (_JEQ, _PRIO_PROCESS, "who"), *refuse(_EPERM)],
+        "who": [arg(1), (_JEQ, _ANCHOR, "eperm"), (_RET, _ALLOW)],
         "allow": [(_RET, _ALLOW)],
         "noaf": refuse(_EAFNOSUPPORT),
         "eperm": refuse(_EPERM),
@@ -290,7 +307,8 @@ def side_doors(pinned: bool = False) -> None:
     numbers = _ARCHES.get(platform.machine())
     if numbers is None:
         return
-    program = ctypes.create_string_buffer(_filter(*numbers, pinned, _KEYRINGS[platform.machine()]))
+    machine = platform.machine()
+    program = ctypes.create_string_buffer(_filter(*numbers, pinned, _KEYRINGS[machine], _SCHEDULING[machine]))
     prog = struct.pack("=HxxxxxxQ", len(program.raw) // 8, ctypes.addressof(program))  # struct sock_fprog
     _prctl(_SET_SECCOMP, _MODE_FILTER, ctypes.c_char_p(prog))
 
