@@ -552,6 +552,40 @@ def test_a_run_cannot_use_up_the_inotify_instances_of_whoever_made_its_namespace
     assert result_of(exp)["valid"], log
 
 
+# Tries a socket of AF_VSOCK, and to change the anchor's (pid 1's) scheduling; and what an honest run may do: its own
+# priority, a Unix socket. Each line "REACH what done" or "REACH what ERRNO".
+REACH = """
+import os, socket
+for what, act in (
+    ("vsock", lambda: socket.socket(40, socket.SOCK_STREAM).close()),
+    ("idle", lambda: os.sched_setscheduler(1, os.SCHED_IDLE, os.sched_param(0))),
+    ("group", lambda: os.setpriority(os.PRIO_PGRP, 0, 19)),
+    ("anchor", lambda: os.setpriority(os.PRIO_PROCESS, 1, 19)),
+    ("own", lambda: os.setpriority(os.PRIO_PROCESS, 0, 1)),
+    ("unix", lambda: socket.socket(socket.AF_UNIX).close()),
+):
+    try:
+        act()
+        print("REACH", what, "done", flush=True)
+    except OSError as err:
+        print("REACH", what, err.errno, flush=True)
+"""
+
+
+def test_a_run_can_neither_open_a_vsock_nor_change_its_anchors_scheduling(lab) -> None:
+    """AF_VSOCK is held by no network namespace: from a VM's guest it reaches the host, whose agents run what they are
+    sent (red team, from an agent's turn). And the anchor, of a loop not run as root the run's own user, could be
+    set SCHED_IDLE beside busy loops, to reap and end the box late (red team, on an agent's turn's anchor). The filter
+    refuses both; a run's own priority and its Unix sockets stay its."""
+    ws, loop = lab
+    exp = loop.step(one_edit("reach out", [(START, START + inside(REACH))]))
+    log = run_log(ws, exp.id)
+    said = dict(line.split()[1:3] for line in log.splitlines() if line.startswith("REACH "))
+    refused = {"vsock": str(errno.EAFNOSUPPORT), **dict.fromkeys(("idle", "group", "anchor"), str(errno.EPERM))}
+    assert said == {**refused, "own": "done", "unix": "done"}, log
+    assert result_of(exp)["valid"], log
+
+
 # Tries to leave a file set-user-ID or set-group-ID in the run's box, every way a mode is set or a file made: each line
 # "SETID how made" or "SETID how refused ERRNO"; and a plain chmod, which must work.
 SET_ID = """

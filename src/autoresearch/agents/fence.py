@@ -18,8 +18,10 @@ which restricts itself, then runs the command, and everything it starts inherits
 
 - What Landlock's TCP rule does not see (`side_doors`, a seccomp filter, where the architecture is one it knows):
   `sendto` with MSG_FASTOPEN (TCP Fast Open connects as it sends), a socket of another protocol than TCP, UDP or
-  ICMP (Multipath TCP's is no TCP socket to Landlock; SMC's connects from the kernel), io_uring (its operations
-  make sockets and send without the system calls a filter sees), and the other architecture's system calls (i386's
+  ICMP (Multipath TCP's is no TCP socket to Landlock; SMC's connects from the kernel) or of another family than
+  theirs, Unix's and netlink's (VSOCK's reaches a VM's host, whose agents run what they are sent), io_uring (its
+  operations make sockets and send without the system calls a filter sees), and the other architecture's system
+  calls (i386's
   `socketcall` hides its arguments). Each reached a server on a closed port (red team). And a TCP socket's upper
   layer (TCP_ULP): where an smc module still offers one, it makes the socket SMC's, which connects from the kernel.
 
@@ -98,7 +100,10 @@ _PRIO_PROCESS, _ANCHOR = 0, 1
 _IO_URING_SETUP, _CLONE3, _X32 = 425, 435, 0x40000000
 _MSG_FASTOPEN = 0x20000000
 _IPPROTO_TCP, _TCP_ULP = 6, 31  # setsockopt(TCP_ULP, "smc") made a TCP socket SMC's (kernels before ~6.10)
-_AF_INET, _AF_INET6, _AF_SMC = 2, 10, 43
+_AF_INET, _AF_INET6 = 2, 10
+# The other families a socket may be of: Unix sockets, netlink (getaddrinfo and getifaddrs ask it for the addresses).
+# Not the rest: SMC's connects from the kernel; VSOCK reaches the host of a VM, whose agents run what they are sent.
+_FAMILIES = (1, 16)  # AF_UNIX, AF_NETLINK
 _PROTOCOLS = (0, 1, 6, 17, 58, 136)  # the default, ICMP, TCP, UDP, ICMPv6, UDP-Lite
 _EPERM, _EAFNOSUPPORT, _EPROTONOSUPPORT, _ENOSYS = 1, 97, 93, 38
 _SET_SECCOMP, _MODE_FILTER = 22, 2  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
@@ -279,15 +284,14 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
             arg(0),
             (_JEQ, _AF_INET, "protocol"),
             (_JEQ, _AF_INET6, "protocol"),
-            (_JEQ, _AF_SMC, "noaf"),
-            (_RET, _ALLOW),
+            *((_JEQ, family, "allow") for family in _FAMILIES),
+            *refuse(_EAFNOSUPPORT),
         ],
         "protocol": [arg(2), *((_JEQ, p, "allow") for p in _PROTOCOLS), *refuse(_EPROTONOSUPPORT)],
         "pid": [arg(0), (_JEQ, _ANCHOR, "eperm"), (_RET, _ALLOW)],
         "which": [arg(0), (_JEQ, _PRIO_PROCESS, "who"), *refuse(_EPERM)],
         "who": [arg(1), (_JEQ, _ANCHOR, "eperm"), (_RET, _ALLOW)],
         "allow": [(_RET, _ALLOW)],
-        "noaf": refuse(_EAFNOSUPPORT),
         "eperm": refuse(_EPERM),
         "nosys": refuse(_ENOSYS),
     }

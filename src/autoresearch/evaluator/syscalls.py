@@ -18,7 +18,8 @@ which a run as root mounted the cgroup filesystem and moved into a cpuset of the
 sandbox's anchor (evaluator/confined.py), which a run killed so (red team); and inotify and fanotify
 (NOTIFY_CALLS), whose instances and watches the kernel charges to whoever made the run's user namespace, root or the
 user, on top of their own: a run that held them all had that user's own tools (systemd, an editor, a coding agent's)
-refused theirs while it lived (red team); and a file's set-user-ID or set-group-ID bit, by chmod or as it is made
+refused theirs while it lived (red team); changing the anchor's scheduling, and a socket of AF_VSOCK, which no
+network namespace holds; and a file's set-user-ID or set-group-ID bit, by chmod or as it is made
 (SET_ID_CALLS): a file of the run's own user, which for a run as root (`AUTORESEARCH_RUN_USER=root`) is the
 machine's root and for a loop not run as root yours, and in a box any user of the machine may pass through, made
 whoever ran it that user while the run lived. Nothing else is filtered. libseccomp kills a process that makes a system
@@ -42,6 +43,7 @@ from autoresearch.evaluator import promises
 # The kernel's keyrings belong to no namespace: a session keyring the loop has (a login through pam_keyinit)
 # would be shared with the run, which could read its keys and leave one for the next run.
 KEYRING_CALLS = ("add_key", "request_key", "keyctl")
+AF_VSOCK = 40
 CPU_CALLS = ("sched_setaffinity", "io_uring_setup", "io_uring_enter", "io_uring_register")
 NAMESPACE_CALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick")
 NAMESPACE_CALLS += ("move_mount", "open_tree", "mount_setattr")
@@ -123,6 +125,16 @@ def _filter():
     rules.add_rule(
         seccomp.ERRNO(errno.EPERM), "prlimit64", seccomp.Arg(0, seccomp.NE, 0), seccomp.Arg(2, seccomp.NE, 0)
     )
+    # The anchor's scheduling (pid 1; a run of a loop not run as root is its user): a run that set it SCHED_IDLE beside
+    # busy loops of its own would have it reap, and end the box, late (red team, on an agent's turn's anchor). And
+    # setpriority on a process group or every process of the user, the anchor among them.
+    for call in ("sched_setscheduler", "sched_setparam", "sched_setattr"):
+        rules.add_rule(seccomp.ERRNO(errno.EPERM), call, seccomp.Arg(0, seccomp.EQ, 1))
+    rules.add_rule(seccomp.ERRNO(errno.EPERM), "setpriority", seccomp.Arg(0, seccomp.NE, 0))
+    rules.add_rule(seccomp.ERRNO(errno.EPERM), "setpriority", seccomp.Arg(1, seccomp.EQ, 1))
+    # A socket of AF_VSOCK: the run's network namespace does not hold it, and it reaches the host of a VM, whose
+    # agents run what they are sent (red team, from an agent's turn).
+    rules.add_rule(seccomp.ERRNO(errno.EAFNOSUPPORT), "socket", seccomp.Arg(0, seccomp.EQ, AF_VSOCK))
     # rt_sigaction(signum, act, oldact): refused when signum is SIGCHLD and act is not NULL.
     rules.add_rule(
         seccomp.ERRNO(errno.EPERM),
