@@ -347,17 +347,22 @@ def test_the_reports_margin_is_the_one_the_judge_keeps_by():
     assert noise.runs == 3 and noise.noise == pytest.approx(0.009) and noise.margin == pytest.approx(0.018)
 
 
-def test_with_several_workers_the_report_gives_each_its_experiments_rate_runs_and_busy_fraction():
-    def on(worker: str, *runs: tuple[float, float]) -> dict:
-        spans = [{"worker": worker, "run": i, "start": T0 + a, "end": T0 + b} for i, (a, b) in enumerate(runs)]
-        return {"worker": worker, "spans": json.dumps(spans)}
+def on(worker: str, *runs: tuple[float, float]) -> dict:
+    """An experiment's fields for its runs on `worker`, each (start, end) in seconds after T0."""
+    spans = [{"worker": worker, "run": i, "start": T0 + a, "end": T0 + b} for i, (a, b) in enumerate(runs)]
+    return {"worker": worker, "spans": json.dumps(spans)}
 
-    # From T0 to T0 + 1700 s: gpu 0 trains 0-500 and 1200-1700 (1000 s), gpu 1 600-1100 (500 s).
-    rows = [
-        exp(1, Status.KEEP, 1.0, "baseline", kind="baseline", **on("gpu 0", (0, 500))),
-        exp(2, Status.DISCARD, 1.003, "LR up", **on("gpu 1", (600, 1100))),
-        exp(3, Status.KEEP, 0.995, "warm-up", **on("gpu 0", (1200, 1700))),
-    ]
+
+# From T0 to T0 + 1700 s: gpu 0 trains 0-500 and 1200-1700 (1000 s), gpu 1 600-1100 (500 s).
+ON_TWO_GPUS = [
+    exp(1, Status.KEEP, 1.0, "baseline", kind="baseline", **on("gpu 0", (0, 500))),
+    exp(2, Status.DISCARD, 1.003, "LR up", **on("gpu 1", (600, 1100))),
+    exp(3, Status.KEEP, 0.995, "warm-up", **on("gpu 0", (1200, 1700))),
+]
+
+
+def test_with_several_workers_the_report_gives_each_its_experiments_rate_runs_and_busy_fraction():
+    rows = ON_TWO_GPUS
     text = render_report(rows).split("## Throughput")[1]
     assert "2 workers, busy **44%** together" in text  # (1000 + 500) / (2 x 1700)
     assert f"| gpu 0 | 2 | {2 * 3600 / 1700:.1f} | 2 | 59% |" in text
@@ -371,16 +376,7 @@ def test_the_reports_rates_and_busy_fractions_count_the_time_loops_ran_not_the_t
     """BROKE, fixed (a README walk-through): over a few starts the report counted the hours no loop ran as overhead,
     and every worker any start had as working all along: "3 workers, busy 35%", overhead 94%. Each loop's start, end
     and workers are now kept (activity.periods), and a loop killed outright ends at its last run or verdict."""
-
-    def on(worker: str, *runs: tuple[float, float]) -> dict:
-        spans = [{"worker": worker, "run": i, "start": T0 + a, "end": T0 + b} for i, (a, b) in enumerate(runs)]
-        return {"worker": worker, "spans": json.dumps(spans)}
-
-    rows = [
-        exp(1, Status.KEEP, 1.0, "baseline", kind="baseline", **on("gpu 0", (0, 500))),
-        exp(2, Status.DISCARD, 1.003, "LR up", **on("gpu 1", (600, 1100))),
-        exp(3, Status.KEEP, 0.995, "warm-up", **on("gpu 0", (1200, 1700))),
-    ]
+    rows = ON_TWO_GPUS
     # Two GPUs from T0 until the loop was killed outright (its last verdict at T0 + 1100), none for 100 s, then one.
     state = tmp_path / ".autoresearch"
     state.mkdir()
