@@ -236,6 +236,7 @@ class Running:
 
 
 def running(found: list[Period], start: float, end: float) -> Running:
+    """How long the loops of `found` ran within [start, end]."""
     seconds, capacity, by_worker = 0.0, 0.0, Counter()
     for period in found:
         within = max(0.0, min(period.end, end) - max(period.start, start))
