@@ -589,6 +589,7 @@ def test_a_ctrl_c_while_the_loop_leaves_ray_takes_effect_once_ray_has_stopped() 
     code = """
 import signal
 from autoresearch.loop import ray_executor
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal (a job started with & ignores it)
 stopped = []
 class Ray:  # a Ray whose shutdown the person interrupts
     def is_initialized(self):
