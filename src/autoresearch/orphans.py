@@ -93,7 +93,7 @@ def _reap_group(pid_file: Path) -> bool:
         os.killpg(pid, signal.SIGKILL)
     except OSError:  # no such group left
         return False
-    _until(lambda: not any(_alive(p) for p in _members(pid)))  # a zombie has left its cgroups
+    _until(lambda: not any(alive(p) for p in _members(pid)))  # a zombie has left its cgroups
     return True
 
 
@@ -110,7 +110,7 @@ def _reap_init(pid_file: Path) -> bool:
     try:
         init = psutil.Process(pid)
         nspid = _nspid(pid)  # its pid here, ..., 1 in its own namespace
-        if init.create_time() != created_at or len(nspid) < 2 or nspid[-1] != "1" or not _alive(init):
+        if init.create_time() != created_at or len(nspid) < 2 or nspid[-1] != "1" or not alive(init):
             return False  # a zombie's namespace is gone already
         if any(_same_namespace(pid, kind) for kind in ("pid", "user")):
             return False
@@ -120,17 +120,14 @@ def _reap_init(pid_file: Path) -> bool:
     return True
 
 
-NAMESPACE_WAIT_S = 10.0  # how long the end of a turn's PID namespace is waited for
-
-
-def kill_namespace(init: psutil.Process, within: float = NAMESPACE_WAIT_S) -> bool:
+def kill_namespace(init: psutil.Process, within: float) -> bool:
     """SIGKILL the init of a turn's PID namespace and every process in it (all descend from it: the namespace's
     orphans are its), again until the init has ended, at most `within` seconds; whether it has. The init's own exit
     kills the rest, but only once it runs: a turn that starved it of the CPU (SCHED_IDLE on the CPU of busy loops it
     had leave its process group) ran on after its end, or its loop's kill, for about a second per busy loop (red
     team). Its processes, at their own priority, die at once, and the init then runs."""
     deadline = time.monotonic() + within
-    while _alive(init):
+    while alive(init):
         with contextlib.suppress(psutil.Error):
             for process in [init, *init.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):
@@ -169,9 +166,10 @@ def _until(ended: Callable[[], bool]) -> None:
         time.sleep(0.02)
 
 
-def _alive(process: psutil.Process) -> bool:
+def alive(process: psutil.Process) -> bool:
+    """Whether `process` (this very one: its start time) still runs, neither ended nor a zombie."""
     try:
-        return process.status() != psutil.STATUS_ZOMBIE
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 

@@ -21,6 +21,7 @@ import psutil
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.loop.ledger import Experiment
+from autoresearch.orphans import alive
 
 UNREPORTED_DIR = "unreported"  # an empty file per submitted experiment whose verdict no `wait` has printed
 # The line `submit` writes into driver.log (appended to by each background loop) before it starts one there: an error
@@ -65,18 +66,11 @@ def loop_running(is_locked: Callable[[], bool], state: Path) -> Callable[[], boo
         if is_locked():
             return True
         deadline = time.monotonic() + EXIT_WAIT_S
-        while any(map(_alive, seen)) and time.monotonic() < deadline:
+        while any(map(alive, seen)) and time.monotonic() < deadline:
             time.sleep(0.05)
         return False
 
     return running
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def submit_beside() -> bool:
