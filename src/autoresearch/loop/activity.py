@@ -131,7 +131,7 @@ def start_session(
 ) -> None:
     """Tell `status` which workers the loop runs with, since when, and whether an agent proposes; `submit` whether the
     loop takes its request. A session a killed loop left goes into the history first, with no end."""
-    if (left := _recorded(state)) is not None and read_session(state) is None:
+    if (left := _recorded(state)) is not None and not _running(left):
         _remember(state, left, None)
     path = state / SESSION_NAME
     record = {"pid": os.getpid(), "started": started, "workers": workers, "submissions": submissions, "asking": asking}
@@ -155,15 +155,19 @@ def end_session(state: Path) -> None:
 
 def read_session(state: Path) -> Session | None:
     """The running loop's session; None when there is none, or the loop that wrote it is gone (killed)."""
-    if (session := _recorded(state)) is None:
-        return None
+    session = _recorded(state)
+    return session if session is not None and _running(session) else None
+
+
+def _running(session: Session) -> bool:
+    """Whether the loop that wrote `session` still runs."""
     try:
         os.kill(session.pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:  # alive, another user's
         pass
-    return session
+    return True
 
 
 def _recorded(state: Path) -> Session | None:
@@ -210,7 +214,7 @@ def periods(state: Path, experiments: list[Experiment], now: float | None = None
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a full disk, or not the loop's
     if (last := _recorded(state)) is not None:  # running now, or killed and not yet in the history
-        ended = (time.time() if now is None else now) if read_session(state) is not None else None
+        ended = (time.time() if now is None else now) if _running(last) else None
         found.append((last.started, ended, tuple(last.workers)))
     found.sort(key=lambda period: period[0])
     times = [t for e in experiments for t in (e.started_at, e.finished_at) if t] + [
@@ -235,8 +239,12 @@ class Running:
     by_worker: dict[str, float]
 
 
-def running(found: list[Period], start: float, end: float) -> Running:
-    """How long the loops of `found` ran within [start, end]."""
+def running(found: list[Period], start: float, end: float, workers: list[str]) -> Running:
+    """How long the loops of `found` ran within [start, end], `workers` (those the numbers are of) among theirs. Where
+    no loop kept a history, or none of some of `workers`' loops did: the whole window, N workers having N x it."""
+    if not found or not set(workers) <= {w for period in found for w in period.workers}:
+        wall = end - start
+        return Running(wall, wall * max(1, len(workers)), dict.fromkeys(workers, wall))
     seconds, capacity, by_worker = 0.0, 0.0, Counter()
     for period in found:
         within = max(0.0, min(period.end, end) - max(period.start, start))

@@ -177,12 +177,9 @@ def status_text(ws: Workspace) -> str:
     finished = [e for e in experiments if e.finished_at]
     if len(finished) > 1:
         start, end = experiments[0].started_at, finished[-1].finished_at
-        if found := activity.periods(ws.state, experiments):  # the time loops ran, less the time between them
-            ran = activity.running(found, start, end)
-            seconds, own = ran.seconds, ran.by_worker
-        else:
-            seconds, own = end - start, {}
-        total, by_worker = activity.per_hour(finished, seconds, own)
+        workers = sorted({e.worker for e in finished if e.worker})
+        ran = activity.running(activity.periods(ws.state, experiments), start, end, workers)  # less the time between
+        total, by_worker = activity.per_hour(finished, ran.seconds, ran.by_worker)
         lines.append(f"rate: {total:.1f} experiments per hour{_per_worker(by_worker)}")
     in_flight = [e for e in experiments if e.status in IN_FLIGHT]
     locked = ws.is_locked()

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.loop.activity import read_session
 from autoresearch.loop.ledger import Experiment
 from autoresearch.orphans import alive
 
@@ -55,8 +56,6 @@ def loop_running(is_locked: Callable[[], bool], state: Path) -> Callable[[], boo
     """Whether the loop working in the workspace (`is_locked`, its private `state`) still runs. Once it has let go of
     the workspace, only after its process (seen running earlier) has ended, within EXIT_WAIT_S: it writes the error it
     stopped with after that (BROKE, fixed: `wait` found no error in its log yet, and did not repeat it)."""
-    from autoresearch.loop.activity import read_session
-
     seen: list[psutil.Process] = []
 
     def running() -> bool:

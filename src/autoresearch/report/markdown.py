@@ -151,12 +151,7 @@ def _throughput(exps: list[Experiment], found: list[activity.Period]) -> str:
     end = max(e.finished_at for e in done if e.finished_at is not None)
     spans = [s for e in exps for s in activity.spans_of(e)]
     workers = sorted({s.worker for s in spans} | {e.worker for e in done if e.worker})
-    ran = activity.running(found, start, end)  # the time loops ran, less the time between them
-    if not found or not set(workers) <= set(ran.by_worker):
-        # loops that kept no history (all of them, or those of some workers): the whole span, N workers having N x
-        # the wall clock to train in
-        wall = end - start
-        ran = activity.Running(wall, wall * max(1, len(workers)), dict.fromkeys(workers, wall))
+    ran = activity.running(found, start, end, workers)  # the time loops ran, less the time between them
     period = f"{_clock(start)} to {_clock(end)}"
     if ran.seconds <= 0:
         return f"{len(done)} finished experiment{_s(len(done))} ({period}); no wall-clock time to rate them by."
