@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -400,6 +402,25 @@ def test_the_reports_rates_and_busy_fractions_count_the_time_loops_ran_not_the_t
     assert f"| gpu 0 | 2 | {2 * 3600 / 1600:.1f} | 2 | 62% |" in text  # 1000 s of its 1600
     assert f"| gpu 1 | 1 | {3600 / 1100:.1f} | 1 | 45% |" in text  # 500 s of its 1100
     assert "Training: 15 min 00 s, **33% of the workers' wall clock**" in text  # 900 s of 2700 s
+
+
+@pytest.mark.parametrize("planted", ["link", "fifo"])
+def test_the_loops_history_is_appended_to_a_file_and_nothing_else(tmp_path, planted):
+    """sessions.jsonl lies in the workspace's state, where an agent with no namespace of its own could put something
+    in its place: a link's file would get the loop's lines, and a FIFO would hang the loop at its start or end (at
+    opening, for a reader that never comes). Neither is written; the numbers then span the time between loops."""
+    state, elsewhere = tmp_path / ".autoresearch", tmp_path / "yours.txt"
+    state.mkdir()
+    elsewhere.write_text("your file\n")
+    if planted == "link":
+        (state / activity.HISTORY_NAME).symlink_to(elsewhere)
+    else:
+        os.mkfifo(state / activity.HISTORY_NAME)
+    started = time.monotonic()
+    activity.start_session(state, ["gpu 0"], T0)
+    activity.end_session(state)
+    assert time.monotonic() - started < 5
+    assert elsewhere.read_text() == "your file\n" and not (state / activity.SESSION_NAME).exists()
 
 
 def test_an_experiment_trained_on_an_older_best_is_explained_against_the_base_it_was_judged_against():

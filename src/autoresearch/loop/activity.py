@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -181,11 +182,21 @@ def _recorded(state: Path) -> Session | None:
         return None
 
 
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+
+
 def _remember(state: Path, session: Session, ended: float | None) -> None:
-    """Add a loop's session to the history; nothing where it cannot be written (it only informs the numbers)."""
+    """Add a loop's session to the history; nothing where it cannot be written (it only informs the numbers), nor
+    where something else than a file lies there: a link is not followed (a line appended to the file it names), a FIFO
+    not waited on (the loop would hang at its start or end)."""
     line = json.dumps({"started": session.started, "ended": ended, "workers": session.workers})
-    with contextlib.suppress(OSError), (state / HISTORY_NAME).open("a") as history:
-        history.write(line + "\n")
+    with contextlib.suppress(OSError):
+        fd = os.open(state / HISTORY_NAME, _APPEND, 0o600)
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
 
 
 @dataclass(frozen=True)
