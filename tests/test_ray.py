@@ -281,6 +281,30 @@ def test_a_run_whose_ray_worker_dies_is_lost_and_leaves_nothing_running(cluster,
     assert not alive, [p.cmdline() for p in alive]  # the evaluator and the experiment died with their worker
 
 
+def test_a_run_cancelled_on_a_node_without_the_workspace_leaves_no_run_directory_there(
+    cluster, tmp_path, tiny_prepared, far_cache
+):
+    """Its directory stayed under the node's cache root when the loop stopped with the run in flight (CI: the
+    baseline's other run failed), and there it stayed: a run's log and what it compiled, per run."""
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, budget=30.0)
+    executor, outcomes = RayExecutor("FAR"), []
+    spec = RunSpec(ws.root, ws.state / "runs" / "1-0", 120.0, fingerprint_of(ws))
+    thread = threading.Thread(target=lambda: outcomes.append(executor.run(spec)))
+    thread.start()
+    runs = ray_dir(far_cache) / "work"
+    deadline = time.monotonic() + 60
+    while not list(runs.glob("*/runs/1-0/pid")):
+        assert time.monotonic() < deadline, "the run never started on the far node"
+        time.sleep(0.1)
+    executor.stop()  # the loop stopping
+    thread.join(timeout=60)
+    (outcome,) = outcomes
+    assert outcome.status == RunEnd.LOST and "TaskCancelledError" in outcome.reason
+    while list(runs.glob("*/runs/*")):
+        assert time.monotonic() < deadline + 30, list(runs.glob("*/runs/*"))
+        time.sleep(0.1)
+
+
 def test_a_full_disk_on_the_node_stops_the_loop_naming_the_node_and_the_experiment_is_trained_again(
     cluster, tmp_path, tiny_prepared
 ):

@@ -27,10 +27,12 @@ from pathlib import Path
 import pytest
 from loop_support import BIGRAM_TRAIN_PY, FakeExecutor, ScriptedAgent, constant, make_loop, set_lr
 from test_loop import score
+from test_scheduler import late
 
 from autoresearch.data.shards import Manifest
 from autoresearch.evaluator import sandbox, zygote
 from autoresearch.evaluator.fingerprint import fingerprint
+from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec, outcome_of
 from autoresearch.vocabulary import RunEnd, Status
 from autoresearch.wire import Channel, ChannelClosed
@@ -203,3 +205,19 @@ def test_the_one_worker_loop_tries_a_lost_run_once_more_and_twice_lost_is_a_cras
     lost = loop.step(ScriptedAgent([set_lr(0.3)]))
     assert lost.status == Status.CRASH and calls[0.3] == 2 and "twice" in lost.reason
     assert retried.attempts == lost.attempts == 0
+
+
+def test_the_one_worker_loop_tries_a_late_baseline_run_once_more_and_late_twice_stops_with_the_reason(workspace):
+    """A stall of the machine in an honest baseline's last step made its run late, and the loop stopped at its
+    start, saying to fix train.py (a CI machine, under load). Such a run is trained once more; late again, the loop
+    stops saying why. A change's late run is its crash (test_scheduler.py: it may not draw again)."""
+    seeds: list[int] = []
+
+    def late_at_first(source: str):
+        seeds.append(constant(source, "SEED"))
+        return late(source) if seeds[-1] == 42 else score(source)
+
+    loop = make_loop(workspace, FakeExecutor(late_at_first), baseline_runs=2)
+    with pytest.raises(LoopError, match=r"the baseline train.py failed: invalid result: trained 1.5s"):
+        loop.baseline()
+    assert seeds == [42, 42]  # its first run, twice; the second never started

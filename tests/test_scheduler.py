@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psutil
 import pytest
@@ -15,6 +15,7 @@ from loop_support import (
     FakeExecutor,
     ScriptedAgent,
     constant,
+    fake_result,
     make_loop,
     pending_experiment,
     set_lr,
@@ -342,6 +343,34 @@ def test_a_run_killed_from_outside_is_tried_once_more_and_twice_killed_is_a_cras
     assert retried.status == Status.KEEP and calls[0.2] == 2 and len(retried.run_values) == 1
     assert lost.status == Status.CRASH and calls[0.3] == 2 and "killed from outside" in lost.reason
     assert retried.attempts == lost.attempts == 0
+
+
+def late(source: str) -> Outcome:
+    """A run scored invalid for its time: 1.5 s of training on a 1 s budget (a stall of the machine in its last step,
+    if the run is honest; a CI machine's once stopped the loop at its baseline)."""
+    result = replace(fake_result(1.0, "f" * 16), val_bpb=None, valid=False, training_seconds=1.5)
+    why = "invalid result: trained 1.5s, past the 1s budget"
+    return Outcome(RunEnd.INVALID, replace(result, invalid_reason=why[16:]), why, "", 1.0)
+
+
+def test_a_late_baseline_run_is_tried_once_more_and_a_late_change_is_a_crash_not_drawn_again(workspace):
+    calls: dict[tuple[float, int], int] = {}
+
+    def late_once(source: str):
+        key = (constant(source, "LR"), constant(source, "SEED"))
+        calls[key] = calls.get(key, 0) + 1
+        if (key == (0.05, 43) and calls[key] == 1) or key[0] == 0.3:  # the baseline's second seed, once; LR 0.3, ever
+            return late(source)
+        return score(source)
+
+    events: list[str] = []
+    sched, _ = scheduler(workspace, score=late_once, events=events)
+    sched.run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
+    baseline, change = sched.loop.ledger.all()
+    assert baseline.status == Status.KEEP and len(baseline.run_values) == 2 and calls[(0.05, 43)] == 2
+    assert any("exp 1: invalid result: trained 1.5s" in e and "trying that run once more" in e for e in events)
+    # A change may not draw again: one that overran when its own training loss looked poor would be measured twice.
+    assert change.status == Status.CRASH and calls[(0.3, 42)] == 1 and "trained 1.5s" in change.reason
 
 
 def test_a_run_that_crashes_by_itself_is_a_crash_and_not_retried(workspace):

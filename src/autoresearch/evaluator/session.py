@@ -74,6 +74,17 @@ class Timeline:
         `longest_step(budget)` (the harness starts no longer step that would end past it: harness/run.py)."""
         return LAST_STEP_FACTOR * min(self.typical_step, longest_step(budget)) + GRACE_SLACK_S
 
+    def last_steps(self, trained: float, budget: float) -> str:
+        """Where the time past the budget went, for the reason a late run gives: an honest run is late when the
+        machine stalls in its last step (the harness starts no step that would end past the grace)."""
+        on_clock = [s - self.on_clock for s in self.steps]
+        last = on_clock[-1] - on_clock[-2] if len(on_clock) > 1 else (on_clock[-1] if on_clock else 0.0)
+        after = trained - on_clock[-1] if on_clock else trained
+        return (
+            f"its last step took {last:.2f}s, a typical one {self.typical_step:.2f}s, and {after:.2f}s passed from "
+            f"it to `stop`; the grace past the budget was {self.grace(budget):.2f}s"
+        )
+
     def start_up(self) -> str | None:
         """Where the time from "go" to the clock went, for the run's log; None if the clock never started."""
         if self.clock is None or self.hello is None or self.model is None:
@@ -228,7 +239,7 @@ class Session:
             return "the clock never started: training before it gains nothing, and there was no training after it"
         trained = t.trained if t.trained is not None else 0.0
         if trained > self.budget + t.grace(self.budget):
-            return f"trained {trained:.1f}s, past the {self.budget:g}s budget"
+            return f"trained {trained:.1f}s, past the {self.budget:g}s budget ({t.last_steps(trained, self.budget)})"
         # Not a time by the weights' size after `stop`: a model padded with a buffer its graph barely reads bought
         # as much training after the clock stopped as it liked (up to the 64 GiB taken).
         handed = t.handed_over if t.handed_over is not None else 0.0

@@ -246,7 +246,7 @@ class ResearchLoop(Asking, Recovery):
             outcome = self._train(exp, len(runs))
             if outcome.status == RunEnd.CHANGED:
                 raise LoopError(f"experiment {exp.id} stopped: {outcome.reason}", hint=outcome.hint or APPARATUS_HINT)
-            if self.tries_again(exp.id, len(runs), outcome, lost):
+            if self.tries_again(exp, len(runs), outcome, lost):
                 continue
             if outcome.status == RunEnd.LOST:
                 outcome = replace(outcome, reason=f"{outcome.reason}, twice")
@@ -274,13 +274,16 @@ class ResearchLoop(Asking, Recovery):
                 continue
             return self._finish(exp, verdict.decision, verdict.reason, outcome, runs)
 
-    def tries_again(self, exp_id: int, run: int, outcome: Outcome, lost: set[int]) -> bool:
-        """Whether run `run` of `exp_id` is trained once more (said so): it was lost, killed from outside, and is not
-        in `lost`, its experiment's runs lost before, which it joins. Lost twice, it is not."""
-        if outcome.status != RunEnd.LOST or run in lost:
+    def tries_again(self, exp: Experiment, run: int, outcome: Outcome, lost: set[int]) -> bool:
+        """Whether run `run` of `exp` is trained once more (said so), once: it was lost, killed from outside, or it is
+        the baseline's and late (a stall of the machine must not stop the loop at its start). `lost` holds the runs
+        of `exp` tried again before; this one joins it. A change's late run is not: an experiment that overran when
+        its own loss looked poor would have drawn again (with a seed of its own)."""
+        again = outcome.status == RunEnd.LOST or (outcome.late and exp.kind == Kind.BASELINE)
+        if not again or run in lost:
             return False
         lost.add(run)
-        self.reporter.message(f"exp {exp_id}: {outcome.reason}; trying that run once more")
+        self.reporter.message(f"exp {exp.id}: {outcome.reason}; trying that run once more")
         return True
 
     def _train(self, exp: Experiment, run: int) -> Outcome:

@@ -94,6 +94,13 @@ class Outcome:
     def val_bpb(self) -> float | None:
         return self.result.val_bpb if self.status == RunEnd.OK and self.result else None
 
+    @property
+    def late(self) -> bool:
+        """Scored invalid for training past the budget and its grace: what a stall of the machine in the last step
+        does to an honest run (the harness starts no step that would end past the grace)."""
+        r = self.result
+        return self.status == RunEnd.INVALID and r is not None and r.training_seconds > r.budget_seconds
+
 
 class Executor(Protocol):
     def run(self, spec: RunSpec) -> Outcome:

@@ -412,7 +412,8 @@ def _train_apart(spec: RunSpec, request: Request, data_dir: Path, node: str) -> 
     """Train in this worker's own directory (autoresearch.json pointing at the node's copy of the data) and
     send back what the run left in its run directory."""
     executor, gpu = _executor(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    work = ray_dir(cache_root()) / "work" / f"{os.getpid()}-{gpu or 'cpu'}"
+    # Named by the node too: nodes whose cache root is one shared folder (a home on NFS) have workers of the same pid.
+    work = ray_dir(cache_root()) / "work" / f"{node}-{os.getpid()}-{gpu or 'cpu'}"
     work.mkdir(parents=True, exist_ok=True)
     apparatus = json.loads(request.apparatus)
     Apparatus(**{**apparatus, "data_dir": str(data_dir)}).save(work / CONFIG_NAME)
@@ -420,11 +421,13 @@ def _train_apart(spec: RunSpec, request: Request, data_dir: Path, node: str) -> 
     # The bytes sent, not the file read again when the evaluator is at hand: what lies there by then is not the loop's.
     here = RunSpec(work, work / "runs" / spec.run_dir.name, spec.timeout, spec.fingerprint, code=request.train_py)
     ray_data.remove_tree(here.run_dir)
-    outcome = executor.run(here)
-    names = [name for name in PRODUCTS if (here.run_dir / name).is_file()]
-    names += [p.relative_to(here.run_dir).as_posix() for p in _regular_files(here.run_dir / STAGED)]
-    products = ray_data.pack(here.run_dir, names, _travelling)
-    ray_data.remove_tree(here.run_dir)
+    try:
+        outcome = executor.run(here)
+        names = [name for name in PRODUCTS if (here.run_dir / name).is_file()]
+        names += [p.relative_to(here.run_dir).as_posix() for p in _regular_files(here.run_dir / STAGED)]
+        products = ray_data.pack(here.run_dir, names, _travelling)
+    finally:  # sent back, or cancelled (the loop stopped): nothing of it stays on the node
+        ray_data.remove_tree(here.run_dir)
     return Answer(node, outcome, products)
 
 

@@ -401,7 +401,7 @@ class Scheduler:
             return
         act.running.discard(job.run)
         exp = self.close_span(job, **({} if act.running else {"attempts": act.attempts}))
-        if loop.tries_again(exp.id, job.run, outcome, act.lost):
+        if loop.tries_again(exp, job.run, outcome, act.lost):
             self.jobs.appendleft(job)
             if confirming:  # a best that another keep replaced while it trained is measured no further
                 self.confirm()
