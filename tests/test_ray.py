@@ -281,12 +281,14 @@ def test_a_run_whose_ray_worker_dies_is_lost_and_leaves_nothing_running(cluster,
     assert not alive, [p.cmdline() for p in alive]  # the evaluator and the experiment died with their worker
 
 
-def test_a_run_cancelled_on_a_node_without_the_workspace_leaves_no_run_directory_there(
+def test_a_run_cancelled_on_a_node_without_the_workspace_ends_and_leaves_no_run_directory_there(
     cluster, tmp_path, tiny_prepared, far_cache
 ):
     """Its directory stayed under the node's cache root when the loop stopped with the run in flight (CI: the
-    baseline's other run failed), and there it stayed: a run's log and what it compiled, per run."""
-    ws = make_workspace(tmp_path / "ws", tiny_prepared, budget=30.0)
+    baseline's other run failed), and there it stayed. And a task that never took Ray's cancel (CI, under load)
+    trained on to its end, the loop's stop waiting for it: its worker is killed after STOP_GRACE_S, and what it left
+    goes with the node's next run."""
+    ws = make_workspace(tmp_path / "ws", tiny_prepared, budget=60.0)
     executor, outcomes = RayExecutor("FAR"), []
     spec = RunSpec(ws.root, ws.state / "runs" / "1-0", 120.0, fingerprint_of(ws))
     thread = threading.Thread(target=lambda: outcomes.append(executor.run(spec)))
@@ -296,13 +298,55 @@ def test_a_run_cancelled_on_a_node_without_the_workspace_leaves_no_run_directory
     while not list(runs.glob("*/runs/1-0/pid")):
         assert time.monotonic() < deadline, "the run never started on the far node"
         time.sleep(0.1)
+    stopped = time.monotonic()
     executor.stop()  # the loop stopping
     thread.join(timeout=60)
     (outcome,) = outcomes
-    assert outcome.status == RunEnd.LOST and "TaskCancelledError" in outcome.reason
-    while list(runs.glob("*/runs/*")):
-        assert time.monotonic() < deadline + 30, list(runs.glob("*/runs/*"))
+    assert outcome.status == RunEnd.LOST and "Ray task was lost" in outcome.reason
+    assert time.monotonic() - stopped < ray_executor.STOP_GRACE_S + 10  # not the 60 s budget
+    after = make_workspace(tmp_path / "after", tiny_prepared)  # the node's next run
+    spec = RunSpec(after.root, after.state / "runs" / "1-0", 120.0, fingerprint_of(after))
+    assert RayExecutor("FAR").run(spec).status == RunEnd.OK
+    assert not list(runs.glob("*/runs/*"))
+
+
+def test_a_task_that_does_not_take_the_cancel_is_ended_by_killing_its_worker(cluster, tmp_path):
+    """Ray's cancel is a KeyboardInterrupt, raised only when the task's thread runs Python: one blocked in a call
+    (here a sleep) trained on to its end, and the loop's stop waited that long."""
+    started = tmp_path / "started"
+    executor = RayExecutor("FAR")
+    executor._task = ray.remote(lambda *_: (started.touch(), time.sleep(600))).options(
+        num_gpus=1, max_retries=0, accelerator_type="FAR"
+    )
+    errors = []
+
+    def ask() -> None:
+        try:
+            executor._ask(None, None)
+        except Exception as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline, "the task never started"
         time.sleep(0.1)
+    stopped = time.monotonic()
+    executor.stop()
+    thread.join(timeout=ray_executor.STOP_GRACE_S + 30)
+    assert not thread.is_alive() and time.monotonic() - stopped < ray_executor.STOP_GRACE_S + 10
+    (error,) = errors  # what `run` reports as a lost run
+    assert isinstance(error, ray.exceptions.TaskCancelledError | ray.exceptions.WorkerCrashedError), repr(error)
+
+
+def test_a_nodes_folders_of_workers_that_are_gone_are_deleted_and_no_other(tmp_path):
+    gone = 2**22 + 1  # past the largest pid Linux gives: no such process
+    for name in (f"gpu-7-{gone}-0", f"gpu-7-{os.getpid()}-1", f"gpu-7-{os.getppid()}-0", f"gpu-70-{gone}-0"):
+        (tmp_path / name / "runs" / "1-0").mkdir(parents=True)
+    ray_executor._sweep(tmp_path, "gpu-7")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([f"gpu-7-{os.getpid()}-1", f"gpu-7-{os.getppid()}-0", f"gpu-70-{gone}-0"])
 
 
 def test_a_full_disk_on_the_node_stops_the_loop_naming_the_node_and_the_experiment_is_trained_again(

@@ -348,9 +348,9 @@ def test_a_run_killed_from_outside_is_tried_once_more_and_twice_killed_is_a_cras
 def late(source: str) -> Outcome:
     """A run scored invalid for its time: 1.5 s of training on a 1 s budget (a stall of the machine in its last step,
     if the run is honest; a CI machine's once stopped the loop at its baseline)."""
-    result = replace(fake_result(1.0, "f" * 16), val_bpb=None, valid=False, training_seconds=1.5)
-    why = "invalid result: trained 1.5s, past the 1s budget"
-    return Outcome(RunEnd.INVALID, replace(result, invalid_reason=why[16:]), why, "", 1.0)
+    why = "trained 1.5s, past the 1s budget"
+    result = replace(fake_result(1.0, "f" * 16), val_bpb=None, valid=False, invalid_reason=why, late=True)
+    return Outcome(RunEnd.INVALID, result, f"invalid result: {why}", "", 1.0)
 
 
 def test_a_late_baseline_run_is_tried_once_more_and_a_late_change_is_a_crash_not_drawn_again(workspace):
@@ -1020,8 +1020,11 @@ def test_a_ray_run_stopped_before_its_task_is_sent_is_cancelled_as_it_is_sent(mo
         def remote(self, spec, request):
             return "task 1"
 
-        def cancel(self, ref):
+        def cancel(self, ref, force=False):
             self.cancelled.append(ref)
+
+        def wait(self, refs, timeout):  # a task ends once cancelled, else trains on
+            return (refs, []) if set(refs) <= set(self.cancelled) else ([], refs)
 
         def get(self, ref):
             return "cancelled" if ref in self.cancelled else "trained"
@@ -1030,7 +1033,7 @@ def test_a_ray_run_stopped_before_its_task_is_sent_is_cancelled_as_it_is_sent(mo
     monkeypatch.setattr(ray_executor, "ray_module", lambda: fake)
     monkeypatch.setattr(ray_executor.RayExecutor, "__init__", lambda self: None)
     executor = ray_executor.RayExecutor()
-    executor._task, executor._running, executor._stopped = fake, None, threading.Event()
+    executor._task, executor._stopped = fake, threading.Event()
     executor.stop()  # nothing sent yet
     assert executor._ask(None, None) == "cancelled" and fake.cancelled == ["task 1"]
 

@@ -164,6 +164,7 @@ def test_a_diverging_train_py_stops_at_once_invalid_with_the_reason(
     result = json.loads(result_file.read_text())
     assert result["valid"] is False and result["val_bpb"] is None
     assert "training diverged: loss is nan" in result["invalid_reason"]  # the experiment's last output line
+    assert result["late"] is False  # invalid, not for its time: never trained again
     assert result["num_steps"] <= 2 and result["training_seconds"] < 30
     assert re.search(r"^valid:\s+false$", proc.stdout, re.MULTILINE)
     assert re.search(r"^invalid_reason:.*training diverged", proc.stdout, re.MULTILINE)
@@ -180,7 +181,7 @@ def test_a_train_py_that_ignores_time_up_and_overruns_the_budget_is_invalid(
     result = json.loads((ws / "result.json").read_text())
     assert result["training_seconds"] >= 7
     assert result["valid"] is False
-    assert "past the 1s budget" in result["invalid_reason"]
+    assert "past the 1s budget" in result["invalid_reason"] and result["late"] is True  # a baseline's: tried again
     assert result["val_bpb"] is None  # not scored: what it handed over is not looked at
     assert re.search(r"^valid:\s+false$", proc.stdout, re.MULTILINE)
 

@@ -271,7 +271,9 @@ class Referee:
             if last := self.experiment.output.last_line():  # quoted: text from train.py is no instruction
                 why += f"; the last line it printed (untrusted): {json.dumps(last[:300])}"
             return self._result(None, why), True
-        if why := self.session.late() or self.feeder.problem():
+        if why := self.session.late():  # its time, where its clock started (else it never trained)
+            return dataclasses.replace(self._result(None, why), late=t.clock is not None), False
+        if why := self.feeder.problem():
             return self._result(None, why), False
         started = time.monotonic()
         try:

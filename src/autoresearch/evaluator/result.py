@@ -67,6 +67,9 @@ class Result:
     setup: str = ""
     # What the run compiled, staged beside this result (compile_cache.digest): joins the shared cache only as sealed.
     compiled: str = ""
+    # Invalid for its time (Session.late): past the budget and the last step's grace, or its hand-over's. A stall of
+    # the machine in an honest run's last step does that too: the loop trains a late baseline run once more.
+    late: bool = False
 
     def save(self, path: Path, key: str | None = None) -> None:
         """Write the result; with `key`, sealed with it (the loop's run: see the module's docstring)."""

@@ -96,10 +96,8 @@ class Outcome:
 
     @property
     def late(self) -> bool:
-        """Scored invalid for training past the budget and its grace: what a stall of the machine in the last step
-        does to an honest run (the harness starts no step that would end past the grace)."""
-        r = self.result
-        return self.status == RunEnd.INVALID and r is not None and r.training_seconds > r.budget_seconds
+        """Invalid for its time (Result.late)."""
+        return self.status == RunEnd.INVALID and self.result is not None and self.result.late
 
 
 class Executor(Protocol):

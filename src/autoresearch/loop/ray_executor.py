@@ -34,6 +34,7 @@ stops as on a full disk of its own, and trains the experiment again on its next 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -48,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from autoresearch import __version__
 from autoresearch.agents.base import has_shell
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
@@ -60,6 +63,7 @@ from autoresearch.evaluator.cores import pins
 from autoresearch.evaluator.fingerprint import code_digest, fingerprint
 from autoresearch.evaluator.result import PROGRESS_NAME
 from autoresearch.loop import ray_data
+from autoresearch.loop.clock import SIGNAL_CHECK_S
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
 from autoresearch.loop.ray_data import MANIFEST, Parcel
 from autoresearch.loop.workers import Device
@@ -72,6 +76,7 @@ SAME_HARNESS_HINT = "install the same autoresearch on every node of the Ray clus
 COPY_ENV = "AUTORESEARCH_RAY_COPY"  # "1" on a node: train from copies even where it sees the workspace
 TOKEN_NAME = "ray-token"  # in the workspace's .autoresearch/: a node that reads the loop's token sees its files
 PRODUCTS = ("result.json", "log.txt", PROGRESS_NAME, STAGED)  # what a run leaves in its directory for the loop
+STOP_GRACE_S = 5.0  # from a run's cancel to the kill of its Ray worker, where the cancel did not end it
 _executors: dict[str, LocalExecutor] = {}  # in a Ray worker process: one per GPU it was given, kept warm
 AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"  # Ray's variables
 
@@ -268,8 +273,7 @@ class RayExecutor:
             options["accelerator_type"] = accelerator
         self._task = ray.remote(_train).options(**options)
         self._shipment = shipment or Shipment()
-        self._running = None
-        self._stopped = threading.Event()  # set by stop(): a task sent after it is cancelled at once
+        self._stopped = threading.Event()  # set by stop(): `_ask` cancels its task, the one in progress or the next
 
     def run(self, spec: RunSpec) -> Outcome:
         ray = ray_module()
@@ -290,24 +294,28 @@ class RayExecutor:
             raise AutoresearchError(
                 f"a run's Ray task failed on its node: {exc.cause!r}", hint=_failed_task_hint(exc.cause)
             ) from None
-        finally:
-            self._running = None
         if answer.outcome is None:
             raise AutoresearchError(f"node {answer.node} asked twice for the data of a run")
         return answer.outcome
 
     def _ask(self, spec: RunSpec, request: Request) -> Answer:
-        self._running = self._task.remote(spec, request)
-        if self._stopped.is_set():  # stop() came while the request was made (the data shipped): it found no task
-            ray_module().cancel(self._running)
-        return ray_module().get(self._running)
+        """The answer of a task sent for `request`. Once the loop stops, the task is cancelled: a KeyboardInterrupt in
+        it, on which its executor kills the evaluator and its run, and its directory goes. Ray delivers that only when
+        the task's thread runs Python, and a task that never took it trained on to its end under load (CI), the loop's
+        Ctrl-C waiting for it: after STOP_GRACE_S, its worker is killed, and the run with it (its death signal)."""
+        ray = ray_module()
+        task = self._task.remote(spec, request)
+        while not ray.wait([task], timeout=SIGNAL_CHECK_S)[0]:
+            if self._stopped.is_set():
+                ray.cancel(task)
+                if not ray.wait([task], timeout=STOP_GRACE_S)[0]:
+                    ray.cancel(task, force=True)
+                break
+        return ray.get(task)
 
     def stop(self) -> None:
-        """Cancel the run in progress: the task's executor kills its evaluator and everything it started. A run whose
-        task is not sent yet is cancelled as it is sent (the loop is stopping)."""
-        self._stopped.set()  # before looking for the task: `_ask` sends it, then looks at this
-        if (running := self._running) is not None:
-            ray_module().cancel(running)
+        """Cancel the run in progress, or the next one sent: the loop is stopping."""
+        self._stopped.set()
 
     def close(self) -> None:
         pass
@@ -414,6 +422,7 @@ def _train_apart(spec: RunSpec, request: Request, data_dir: Path, node: str) -> 
     executor, gpu = _executor(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
     # Named by the node too: nodes whose cache root is one shared folder (a home on NFS) have workers of the same pid.
     work = ray_dir(cache_root()) / "work" / f"{node}-{os.getpid()}-{gpu or 'cpu'}"
+    _sweep(work.parent, node)
     work.mkdir(parents=True, exist_ok=True)
     apparatus = json.loads(request.apparatus)
     Apparatus(**{**apparatus, "data_dir": str(data_dir)}).save(work / CONFIG_NAME)
@@ -429,6 +438,15 @@ def _train_apart(spec: RunSpec, request: Request, data_dir: Path, node: str) -> 
     finally:  # sent back, or cancelled (the loop stopped): nothing of it stays on the node
         ray_data.remove_tree(here.run_dir)
     return Answer(node, outcome, products)
+
+
+def _sweep(works: Path, node: str) -> None:
+    """Delete the folders of this node's Ray workers that are gone: one killed with a run in flight (the loop's
+    Ctrl-C, where the cancel did not end the run; the loop's end, which ends its workers) left its run there."""
+    for folder in works.glob(f"{glob.escape(node)}-*"):
+        pid = folder.name[len(node) + 1 :].partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+            ray_data.remove_tree(folder)
 
 
 def _travelling(piece: bytes) -> Any:
