@@ -17,7 +17,7 @@ import pytest
 from autoresearch.cli import main
 from autoresearch.config.apparatus import CONFIG_NAME
 from autoresearch.config.presets import get_preset
-from autoresearch.evaluator import tasks
+from autoresearch.evaluator import sandbox, tasks
 from autoresearch.workspace.init import train_py_for
 from autoresearch.workspace.workspace import Workspace
 
@@ -629,6 +629,26 @@ def test_a_switch_set_to_a_value_it_does_not_know_is_warned_of(
     said = words(captured.out + captured.err)
     assert "warning: $AUTORESEARCH_COMPILE_CACHE is 'off', which it does not know: taken as unset ('run'" in said
     assert "AUTORESEARCH_PREWARM" not in said and "AUTORESEARCH_SANDBOX" not in said
+
+
+def test_a_loop_whose_runs_get_no_init_of_ours_or_no_user_of_their_own_says_so(
+    workspace: Workspace, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where the probe for either failed at the loop's start (once a test worker's, on a loaded machine), the runs
+    went on without it, root, or under bubblewrap's own init, and nothing said so."""
+    if os.getuid() != 0 or sandbox.unavailable_reason() is not None:
+        pytest.skip("a loop run as root whose runs are confined")
+    args = ["run", "--agent", "tune", "--max-experiments", "0", "--plain", "--workspace", str(workspace.root)]
+    assert main(args) == 0
+    said = words("".join(capsys.readouterr()))
+    assert "bubblewrap's own init" not in said and "not a user of their own" not in said  # this machine gives both
+    monkeypatch.setattr(sandbox, "anchors_reason", lambda: "a run could not be forked into a sandbox: timed out")
+    monkeypatch.setattr(sandbox, "users_reason", lambda: "a run could not be made a user of its own: it said ''")
+    assert main(args) == 0
+    said = words("".join(capsys.readouterr()))
+    assert "warning: runs start under bubblewrap's own init here, not one of the loop's (a run could not be" in said
+    assert "warning: runs are root in their sandbox here, with no capability left, not a user of their own" in said
+    assert "Set AUTORESEARCH_RUN_USER=nobody to have `run` refuse to start instead" in said
 
 
 @pytest.mark.parametrize(

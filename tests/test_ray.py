@@ -142,7 +142,7 @@ def test_a_node_without_the_workspace_trains_from_the_data_sent_through_ray_and_
         "train-00000.bin",
         "val.bin",
     ]
-    assert not list((ray_dir(far_cache) / "work").glob("*/runs/*"))  # sent back, not left there
+    assert not list((ray_dir(far_cache) / "work").glob("*/*/runs/*"))  # sent back, not left there
 
 
 def test_a_node_whose_copy_of_the_data_fails_its_manifest_refuses_and_nothing_is_judged(
@@ -295,7 +295,7 @@ def test_a_run_cancelled_on_a_node_without_the_workspace_ends_and_leaves_no_run_
     thread.start()
     runs = ray_dir(far_cache) / "work"
     deadline = time.monotonic() + 60
-    while not list(runs.glob("*/runs/1-0/pid")):
+    while not list(runs.glob("*/*/runs/1-0/pid")):
         assert time.monotonic() < deadline, "the run never started on the far node"
         time.sleep(0.1)
     stopped = time.monotonic()
@@ -307,12 +307,13 @@ def test_a_run_cancelled_on_a_node_without_the_workspace_ends_and_leaves_no_run_
     after = make_workspace(tmp_path / "after", tiny_prepared)  # the node's next run
     spec = RunSpec(after.root, after.state / "runs" / "1-0", 120.0, fingerprint_of(after))
     assert RayExecutor("FAR").run(spec).status == RunEnd.OK
-    assert not list(runs.glob("*/runs/*"))
+    assert not list(runs.glob("*/*/runs/*"))
 
 
-def test_a_task_that_does_not_take_the_cancel_is_ended_by_killing_its_worker(cluster, tmp_path):
+def test_a_task_that_does_not_take_the_cancel_is_ended_by_killing_its_worker(cluster, tmp_path, monkeypatch):
     """Ray's cancel is a KeyboardInterrupt, raised only when the task's thread runs Python: one blocked in a call
     (here a sleep) trained on to its end, and the loop's stop waited that long."""
+    monkeypatch.setattr(ray_executor, "STOP_GRACE_S", 1.0)  # read by the loop's side, here
     started = tmp_path / "started"
     executor = RayExecutor("FAR")
     executor._task = ray.remote(lambda *_: (started.touch(), time.sleep(600))).options(
@@ -342,11 +343,10 @@ def test_a_task_that_does_not_take_the_cancel_is_ended_by_killing_its_worker(clu
 
 def test_a_nodes_folders_of_workers_that_are_gone_are_deleted_and_no_other(tmp_path):
     gone = 2**22 + 1  # past the largest pid Linux gives: no such process
-    for name in (f"gpu-7-{gone}-0", f"gpu-7-{os.getpid()}-1", f"gpu-7-{os.getppid()}-0", f"gpu-70-{gone}-0"):
+    for name in (f"{gone}-0", f"{os.getpid()}-1", f"{os.getppid()}-0", f"{gone}-GPU-5d1c-0a2e"):
         (tmp_path / name / "runs" / "1-0").mkdir(parents=True)
-    ray_executor._sweep(tmp_path, "gpu-7")
-    left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == sorted([f"gpu-7-{os.getpid()}-1", f"gpu-7-{os.getppid()}-0", f"gpu-70-{gone}-0"])
+    ray_executor._sweep(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{os.getpid()}-1", f"{os.getppid()}-0"])
 
 
 def test_a_full_disk_on_the_node_stops_the_loop_naming_the_node_and_the_experiment_is_trained_again(

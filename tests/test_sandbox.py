@@ -560,3 +560,17 @@ def test_the_loops_word_that_runs_are_confined_is_taken_by_evaluators_alone_neve
     finally:  # and what the probes found meanwhile, without bubblewrap: not for the tests after this one
         for probe in (sandbox.unavailable_reason, sandbox.anchors_reason, sandbox.users_reason):
             probe.cache_clear()
+
+
+def test_a_probe_that_fails_for_a_moment_is_asked_again_before_the_runs_go_without_what_it_stands_for(monkeypatch):
+    """Cached for the loop's life: a probe for a run's own user that timed out once on a loaded machine had every run
+    of the loop (and of a test worker) be root (CI)."""
+    said = iter(["a run could not be made a user of its own: timed out", None, "no", "still no"])
+    monkeypatch.setattr(sandbox, "_users_probe", lambda: next(said))
+    sandbox.users_reason.cache_clear()
+    try:
+        assert sandbox.users_reason() is None and sandbox.users_reason() is None  # asked twice, then kept
+        sandbox.users_reason.cache_clear()
+        assert sandbox.users_reason() == "still no"  # twice no: no
+    finally:
+        sandbox.users_reason.cache_clear()

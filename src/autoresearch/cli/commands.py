@@ -90,6 +90,18 @@ def make_loop(args: argparse.Namespace, reporter, env: dict[str, str] | None = N
             "workspace is checked after every run, but it can read what you can (the validation data too). "
             "To confine it: install bubblewrap and allow unprivileged user namespaces"
         )
+    elif why := sandbox.anchors_reason():
+        reporter.message(
+            f"warning: runs start under bubblewrap's own init here, not one of the loop's ({why}): a train.py "
+            "may trace that init and have it start processes beyond the run's cap of tasks"
+        )
+    asked = run_user.choice() == "auto" and run_user.wanted() and not sandbox.unavailable_reason()
+    if asked and (why := sandbox.users_reason()):
+        reporter.message(
+            f"warning: runs are root in their sandbox here, with no capability left, not a user of their own ({why}): "
+            f"what the kernel counts by user, a run shares with your root processes. Set "
+            f"{run_user.RUN_USER_ENV}=nobody to have `run` refuse to start instead"
+        )
     if not sandbox.runs_capped(run_tasks):
         reporter.message(
             "warning: a run's processes are not capped here (RLIMIT_NPROC does not bind a loop run as root, nor "

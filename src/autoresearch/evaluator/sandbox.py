@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -363,10 +363,21 @@ def runs_as_own_user() -> bool:
     return unavailable_reason() is None and run_user.wanted() and users_reason() is None
 
 
+def _twice(probe: Callable[[], str | None]) -> str | None:
+    """What `probe` says, asked again where it said no: a probe that failed for a moment (timed out on a loaded machine,
+    short of processes) took what it stands for from every run of the loop, which went on without it (CI)."""
+    return probe() and probe()
+
+
 @functools.cache
 def users_reason() -> str | None:
     """None where a run can be made a user of its own in its sandbox here (evaluator/run_user.py), as the experiment
-    is: Python started, every privilege dropped as that user, the harness imported; else why not (once)."""
+    is: Python started, every privilege dropped as that user, the harness imported; else why not (asked once, twice
+    where it fails)."""
+    return _twice(_users_probe)
+
+
+def _users_probe() -> str | None:
     ran = as_run_user("import os, autoresearch.harness.boot; print(os.getuid())")
     if isinstance(ran, str):
         return ran
@@ -394,7 +405,11 @@ def as_run_user(code: str, timeout: float = 30.0) -> subprocess.CompletedProcess
 @functools.cache
 def anchors_reason() -> str | None:
     """None where a run can be forked into a sandbox around an init of ours (`--as-pid-1`) here, as each forked run
-    is (evaluator/anchor_probe.py); else why not (once)."""
+    is (evaluator/anchor_probe.py); else why not (asked once, twice where it fails)."""
+    return _twice(_anchors_probe)
+
+
+def _anchors_probe() -> str | None:
     if (why := probe(own_init=True)) is not None:
         return why
     env = _search_paths_absolute(dict(os.environ))

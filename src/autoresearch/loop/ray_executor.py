@@ -34,7 +34,6 @@ stops as on a full disk of its own, and trains the experiment again on its next 
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import logging
 import os
@@ -420,9 +419,9 @@ def _train_apart(spec: RunSpec, request: Request, data_dir: Path, node: str) -> 
     """Train in this worker's own directory (autoresearch.json pointing at the node's copy of the data) and
     send back what the run left in its run directory."""
     executor, gpu = _executor(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    # Named by the node too: nodes whose cache root is one shared folder (a home on NFS) have workers of the same pid.
-    work = ray_dir(cache_root()) / "work" / f"{node}-{os.getpid()}-{gpu or 'cpu'}"
-    _sweep(work.parent, node)
+    # Under the node's name: nodes whose cache root is one shared folder (a home on NFS) have workers of the same pid.
+    work = ray_dir(cache_root()) / "work" / node / f"{os.getpid()}-{gpu or 'cpu'}"
+    _sweep(work.parent)
     work.mkdir(parents=True, exist_ok=True)
     apparatus = json.loads(request.apparatus)
     Apparatus(**{**apparatus, "data_dir": str(data_dir)}).save(work / CONFIG_NAME)
@@ -440,11 +439,11 @@ def _train_apart(spec: RunSpec, request: Request, data_dir: Path, node: str) -> 
     return Answer(node, outcome, products)
 
 
-def _sweep(works: Path, node: str) -> None:
-    """Delete the folders of this node's Ray workers that are gone: one killed with a run in flight (the loop's
-    Ctrl-C, where the cancel did not end the run; the loop's end, which ends its workers) left its run there."""
-    for folder in works.glob(f"{glob.escape(node)}-*"):
-        pid = folder.name[len(node) + 1 :].partition("-")[0]
+def _sweep(works: Path) -> None:
+    """Delete the folders in `works` (this node's) of Ray workers that are gone: one killed with a run in flight (the
+    loop's Ctrl-C, where the cancel did not end the run; the loop's end, which ends its workers) left its run there."""
+    for folder in works.glob("*-*"):
+        pid = folder.name.partition("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
             ray_data.remove_tree(folder)
 
