@@ -93,9 +93,11 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path):
 
     while OPEN_EXECUTORS:  # the evaluator a loop started ahead for its next run
         OPEN_EXECUTORS.pop().close()
-    # Probes cached per process: one a test made while its PATH pointed nowhere (bwrap, unshare "missing") would
-    # hold for every later test of this pytest worker. (A test may have replaced a probe: it is put back later.)
-    for probe, works in ((sandbox.unavailable_reason, lambda why: why is None), (namespace.pid_namespace, bool)):
+    # Probes cached per process: one a test made while its PATH pointed nowhere (bwrap, unshare "missing"), or its
+    # bubblewrap failed, would hold for every later test of this pytest worker (its runs root, under bubblewrap's init:
+    # `-m slow` once failed 3 tests so). (A test may have replaced a probe: it is put back later.)
+    for probe in (sandbox.unavailable_reason, sandbox.anchors_reason, sandbox.users_reason, namespace.pid_namespace):
+        works = bool if probe is namespace.pid_namespace else (lambda why: why is None)  # a reason says it failed
         if hasattr(probe, "cache_info") and probe.cache_info().currsize and not works(probe()):
             probe.cache_clear()
 
