@@ -77,9 +77,9 @@ class Timeline:
     def last_steps(self, trained: float, budget: float) -> str:
         """Where the time past the budget went, for the reason a late run gives: an honest run is late when the
         machine stalls in its last step (the harness starts no step that would end past the grace)."""
-        on_clock = [s - self.on_clock for s in self.steps]
-        last = on_clock[-1] - on_clock[-2] if len(on_clock) > 1 else (on_clock[-1] if on_clock else 0.0)
-        after = trained - on_clock[-1] if on_clock else trained
+        ends = [0.0, *(s - self.on_clock for s in self.steps)]  # the clock's start, then each step's end
+        last = ends[-1] - ends[-2] if len(ends) > 1 else 0.0
+        after = trained - ends[-1]
         return (
             f"its last step took {last:.2f}s, a typical one {self.typical_step:.2f}s, and {after:.2f}s passed from "
             f"it to `stop`; the grace past the budget was {self.grace(budget):.2f}s"
