@@ -75,6 +75,7 @@ SAME_HARNESS_HINT = "install the same autoresearch on every node of the Ray clus
 COPY_ENV = "AUTORESEARCH_RAY_COPY"  # "1" on a node: train from copies even where it sees the workspace
 TOKEN_NAME = "ray-token"  # in the workspace's .autoresearch/: a node that reads the loop's token sees its files
 PRODUCTS = ("result.json", "log.txt", PROGRESS_NAME, STAGED)  # what a run leaves in its directory for the loop
+PID_MAX = 2**22  # Linux's largest pid_max (PID_MAX_LIMIT)
 STOP_GRACE_S = 5.0  # from a run's cancel to the kill of its Ray worker, where the cancel did not end it
 _executors: dict[str, LocalExecutor] = {}  # in a Ray worker process: one per GPU it was given, kept warm
 AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"  # Ray's variables
@@ -444,7 +445,9 @@ def _sweep(works: Path) -> None:
     loop's Ctrl-C, where the cancel did not end the run; the loop's end, which ends its workers) left its run there."""
     for folder in works.glob("*-*"):
         pid = folder.name.partition("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+        # No pid is past Linux's largest pid_max: a name with one (2147483648-0) had psutil raise OverflowError, and
+        # every run of the node fail, the loop stopped (red team).
+        if pid.isdigit() and int(pid) != os.getpid() and (int(pid) > PID_MAX or not psutil.pid_exists(int(pid))):
             ray_data.remove_tree(folder)
 
 
