@@ -487,14 +487,17 @@ def test_output_piped_into_a_reader_that_has_gone_ends_quietly(history, subproce
         (["--hours", "-0.5"], "--hours cannot be negative (got -0.5)"),
         (["--hours", "nan"], "--hours takes a number (got nan)"),
         (["--accelerator", "H100"], "--accelerator goes with --ray"),
+        (["--ray", "--workers", "2"], "give --ray or --gpus/--workers, not both"),  # was said after the lock, with
+        (["--ray", "--gpus", "0"], "give --ray or --gpus/--workers, not both"),  # a report written first
         (["--model", "gpt-5"], "--model goes with an LLM agent, not --agent tune"),
         (["--command", "claude -p"], "--command goes with --agent command, not --agent tune"),
     ],
 )
 def test_run_refuses_a_timeout_within_the_budget_and_limits_that_stop_at_once(history, capsys, args, said) -> None:
     before = Ledger(history.root).all()
-    code, _, err = run_cli(capsys, "run", "--agent", "tune", "--plain", *args, "--workspace", str(history.root))
+    code, out, err = run_cli(capsys, "run", "--agent", "tune", "--plain", *args, "--workspace", str(history.root))
     assert code == 2 and said in " ".join(err.split()) and "Traceback" not in err
+    assert "report:" not in out + err
     assert len(Ledger(history.root).all()) == len(before)  # nothing ran, nothing was recorded
     # Nor is anything left running: the fork server a refused loop had started (importing torch) is gone.
     assert not [p for p in psutil.Process().children(recursive=True) if "zygote" in " ".join(p.cmdline())]
@@ -508,6 +511,20 @@ def test_a_compile_cache_limit_that_is_not_a_size_is_refused_before_any_run(hist
     assert code == 2 and "AUTORESEARCH_COMPILE_CACHE_GB takes a size in GB (got '-1')" in " ".join(err.split())
     assert "Traceback" not in err
     assert len(Ledger(history.root).all()) == len(before)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [(["--accelerator", "H100"], "--accelerator goes with --ray"), (["--ray", "--workers", "2"], "not both")],
+)
+def test_submit_refuses_placements_a_loop_would_refuse_before_queueing(history, capsys, args, said) -> None:
+    """They were the background loop's to refuse, in its log, after the change had been queued."""
+    before = Ledger(history.root).all()
+    (history.root / "train.py").write_text(changed := history.read_train_py() + "# a change to submit\n")
+    code, _, err = run_cli(capsys, "submit", "-m", "x", *args, "--workspace", str(history.root))
+    assert code == 2 and said in " ".join(err.split()) and "Traceback" not in err
+    assert len(Ledger(history.root).all()) == len(before) and not (history.state / "inbox").exists()
+    assert (history.root / "train.py").read_text() == changed and not (history.state / "driver.log").exists()
 
 
 @pytest.mark.parametrize("command", ["run", "submit"])

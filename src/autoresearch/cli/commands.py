@@ -147,8 +147,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
             raise AutoresearchError(f"{option} cannot be negative (got {value:g}); leave it out to run until stopped")
         if value is not None and value != value:  # nan: no time is ever past it, so the loop never stopped
             raise AutoresearchError(f"{option} takes a number (got {value:g}); leave it out to run until stopped")
-    if args.accelerator and args.ray is None:  # it would be dropped without a word: runs on whatever is here
-        raise AutoresearchError("--accelerator goes with --ray", hint="e.g. --ray --accelerator H100")
+    check_placement(args)
     if args.model and args.agent in ("tune", "command", "queue"):  # dropped without a word, too
         raise AutoresearchError(
             f"--model goes with an LLM agent, not --agent {args.agent}",
@@ -207,6 +206,14 @@ def run(args: argparse.Namespace, console: Console) -> None:
                 console.print(f"report: {md} and {png}; history in {history}", highlight=False, soft_wrap=True)
 
 
+def check_placement(args: argparse.Namespace) -> None:
+    """Refuse, before anything starts, where the runs go given twice, or a GPU type without Ray."""
+    if args.accelerator and args.ray is None:  # it would be dropped without a word: runs on whatever is here
+        raise AutoresearchError("--accelerator goes with --ray", hint="e.g. --ray --accelerator H100")
+    if args.ray is not None and (args.gpus or args.workers):
+        raise AutoresearchError("give --ray or --gpus/--workers, not both", hint="Ray picks each run's GPU")
+
+
 def drive(loop, agent, found, args: argparse.Namespace) -> None:
     """One worker, nothing submitted: the loop as it always ran. Else the scheduler and its workers (on Ray's
     GPUs with --ray)."""
@@ -224,8 +231,6 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
             ray_devices,
         )
 
-        if args.gpus or args.workers:
-            raise AutoresearchError("give --ray or --gpus/--workers, not both", hint="Ray picks each run's GPU")
         try:
             found = ray_devices(connect(args.ray or None, args.accelerator))
             if warning := open_to_agent(agent):
@@ -259,6 +264,7 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.workspace.workspace import Workspace
 
     check_baseline_runs(args.baseline_runs)  # before a loop is started with it in the background
+    check_placement(args)
     ws = Workspace(args.workspace)
     require_gpus(args.gpus)  # a wrong --gpus is an error before anything is queued
     devices(args.gpus, args.workers)

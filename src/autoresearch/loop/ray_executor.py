@@ -48,8 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from autoresearch import __version__
 from autoresearch.agents.base import has_shell
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
@@ -61,7 +59,7 @@ from autoresearch.evaluator.compile_cache import STAGED
 from autoresearch.evaluator.cores import pins
 from autoresearch.evaluator.fingerprint import code_digest, fingerprint
 from autoresearch.evaluator.result import PROGRESS_NAME
-from autoresearch.loop import ray_data
+from autoresearch.loop import ray_data, ray_work
 from autoresearch.loop.clock import SIGNAL_CHECK_S
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
 from autoresearch.loop.ray_data import MANIFEST, Parcel
@@ -75,7 +73,6 @@ SAME_HARNESS_HINT = "install the same autoresearch on every node of the Ray clus
 COPY_ENV = "AUTORESEARCH_RAY_COPY"  # "1" on a node: train from copies even where it sees the workspace
 TOKEN_NAME = "ray-token"  # in the workspace's .autoresearch/: a node that reads the loop's token sees its files
 PRODUCTS = ("result.json", "log.txt", PROGRESS_NAME, STAGED)  # what a run leaves in its directory for the loop
-PID_MAX = 2**22  # Linux's largest pid_max (PID_MAX_LIMIT)
 STOP_GRACE_S = 5.0  # from a run's cancel to the kill of its Ray worker, where the cancel did not end it
 _executors: dict[str, LocalExecutor] = {}  # in a Ray worker process: one per GPU it was given, kept warm
 AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"  # Ray's variables
@@ -420,10 +417,9 @@ def _train_apart(spec: RunSpec, request: Request, data_dir: Path, node: str) -> 
     """Train in this worker's own directory (autoresearch.json pointing at the node's copy of the data) and
     send back what the run left in its run directory."""
     executor, gpu = _executor(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    # Under the node's name: nodes whose cache root is one shared folder (a home on NFS) have workers of the same pid.
-    work = ray_dir(cache_root()) / "work" / node / f"{os.getpid()}-{gpu or 'cpu'}"
-    _sweep(work.parent)
-    work.mkdir(parents=True, exist_ok=True)
+    # Under the node's name: nodes whose cache root is one shared folder (a home on NFS) lock apart only as well as
+    # the file system's locks reach across machines.
+    work = ray_work.claim(ray_dir(cache_root()) / "work" / node, gpu)
     apparatus = json.loads(request.apparatus)
     Apparatus(**{**apparatus, "data_dir": str(data_dir)}).save(work / CONFIG_NAME)
     (work / "train.py").write_bytes(request.train_py)
@@ -438,17 +434,6 @@ def _train_apart(spec: RunSpec, request: Request, data_dir: Path, node: str) -> 
     finally:  # sent back, or cancelled (the loop stopped): nothing of it stays on the node
         ray_data.remove_tree(here.run_dir)
     return Answer(node, outcome, products)
-
-
-def _sweep(works: Path) -> None:
-    """Delete the folders in `works` (this node's) of Ray workers that are gone: one killed with a run in flight (the
-    loop's Ctrl-C, where the cancel did not end the run; the loop's end, which ends its workers) left its run there."""
-    for folder in works.glob("*-*"):
-        pid = folder.name.partition("-")[0]
-        # No pid is past Linux's largest pid_max: a name with one (2147483648-0) had psutil raise OverflowError, and
-        # every run of the node fail, the loop stopped (red team).
-        if pid.isdigit() and int(pid) != os.getpid() and (int(pid) > PID_MAX or not psutil.pid_exists(int(pid))):
-            ray_data.remove_tree(folder)
 
 
 def _travelling(piece: bytes) -> Any:
