@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,65 @@ def test_a_nodes_folders_are_deleted_once_their_workers_are_gone_by_their_lock_n
             worker.wait()
     ray_work.sweep(works)  # all gone now
     assert not list(works.iterdir())
+
+
+def test_a_sweep_over_what_else_lies_there_never_raises_nor_reaches_outside(tmp_path):
+    """BROKE, fixed (red team): a file `...lock` named the folder `..`, and the sweep emptied every node's folder of
+    works, live workers' included; `.lock`, a lock that is a folder, and a name too long to have a lock raised, failing
+    every run of the node. A link is removed, never followed; a FIFO or a device is never opened."""
+    top = tmp_path / "cache" / "ray" / "work"
+    works, live = top / "node", top / "another-node" / "7-0-0123abcd"
+    (live / "runs").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    works.mkdir()
+    for name in ("...lock", ".lock", "..lock"):
+        (works / name).write_text("")
+    (works / "7-0-00000001.lock").mkdir()  # a lock that is a folder
+    (works / "7-0-00000001").mkdir()
+    (works / ("a" * 255)).mkdir()  # no lock can be named after it
+    (works / "7-0-00000002.lock").symlink_to(outside / "keep")  # its lock a link to a file outside
+    (works / "7-0-00000002").symlink_to(outside)  # its folder a link to a folder outside
+    os.link(outside / "keep", works / "7-0-00000003.lock")  # a hard link: a regular file, free, so unlinked
+    os.mkfifo(works / "7-0-00000004.lock")
+    (works / "7-0-00000004").mkdir()
+    os.mknod(works / "7-0-00000005.lock", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's device
+    ray_work.sweep(works)
+    assert (outside / "keep").read_text() == "keep" and sorted(p.name for p in outside.iterdir()) == ["keep"]
+    assert (live / "runs").is_dir()
+    # What could not be told for a lock (a folder, a FIFO, a device, never opened) stays, with its folder.
+    assert sorted(p.name for p in works.iterdir()) == sorted(
+        ["7-0-00000001.lock", "7-0-00000001", "7-0-00000004.lock", "7-0-00000004", "7-0-00000005.lock"]
+    )
+
+
+# Two workers that draw one name: the same pid, GPU and random part (a chance of 2^-32 a worker, forced here).
+SAME_NAME = """
+import os, secrets, sys
+from pathlib import Path
+from autoresearch.loop import ray_work
+os.getpid = lambda: 7
+drawn = iter(["deadbeef", "0badcafe"])
+secrets.token_hex = lambda _n: next(drawn)
+print(ray_work.claim(Path(sys.argv[1]), "0"), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_worker_that_draws_a_name_another_holds_takes_another_at_once(tmp_path):
+    """BROKE, fixed (red team): it waited on the other's lock, for that worker's life, then took its folder."""
+    works = tmp_path / "work" / "node"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-c", SAME_NAME, str(works)]
+    first = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    second = None
+    try:
+        assert first.stdout.readline().strip().endswith("7-0-deadbeef")
+        second = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        assert second.stdout.readline().strip().endswith("7-0-0badcafe")  # no wait for the first to end
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                worker.kill()
+                worker.wait()
