@@ -25,7 +25,6 @@ LOCK = ".lock"
 NAME = re.compile(r"[0-9]+-[A-Za-z0-9_-]{1,64}-[0-9a-f]{8}")  # a worker's folder: pid, GPU, a random part
 
 _held: dict[tuple[Path, str], Path] = {}  # (a node's folder of works, the GPU) -> this worker's folder in it
-_fds: list[int] = []  # their locks' descriptors, open (so held) for the worker's life
 
 
 def claim(works: Path, gpu: str) -> Path:
@@ -34,11 +33,10 @@ def claim(works: Path, gpu: str) -> Path:
     if (folder := _held.get((works, gpu))) is None:
         works.mkdir(parents=True, exist_ok=True)
         tag = (re.sub(r"[^A-Za-z0-9-]", "_", gpu) or "cpu")[:64]  # an old MIG id has slashes
-        fd = None
-        while fd is None:  # a name no one has, its lock made and held before the folder is there
+        while True:  # a name no one has, its lock made and held before the folder is there
             folder = works / f"{os.getpid()}-{tag}-{secrets.token_hex(4)}"
-            fd = _lock(_lock_of(folder))
-        _fds.append(fd)
+            if _lock(_lock_of(folder)) is not None:  # its descriptor left open: the lock held for the worker's life
+                break
         _held[works, gpu] = folder
     sweep(works)
     folder.mkdir(exist_ok=True)
