@@ -243,12 +243,15 @@ def test_a_nodes_copy_of_the_data_is_fetched_once_and_again_only_after_a_file_of
     parcel = ray_data.ship_data(
         tiny_prepared, Manifest.parse(text, "test"), lambda piece: store.append(piece) or len(store) - 1
     )
-    copy = ray_data.node_copy(text, parcel, tmp_path / "node", get)
+    scratch = tmp_path / "worker"
+    scratch.mkdir()
+    copy = ray_data.node_copy(text, parcel, tmp_path / "node", get, scratch)
     assert sorted(fetched) == list(range(len(store))) and ray_data.verify(copy, copy.name) is None
-    assert ray_data.node_copy(text, parcel, tmp_path / "node", get) == copy and len(fetched) == len(store)
+    assert ray_data.node_copy(text, parcel, tmp_path / "node", get, scratch) == copy and len(fetched) == len(store)
     with (copy / "val.bin").open("r+b") as f:  # damaged at rest (the look before each run is size and mtime)
         f.truncate(100)
-    assert ray_data.node_copy(text, parcel, tmp_path / "node", get) == copy and len(fetched) == 2 * len(store)
+    assert ray_data.node_copy(text, parcel, tmp_path / "node", get, scratch) == copy
+    assert len(fetched) == 2 * len(store) and not list(scratch.iterdir())
     assert ray_data.verify(copy, copy.name) is None
 
 

@@ -113,3 +113,38 @@ def test_a_worker_that_draws_a_name_another_holds_takes_another_at_once(tmp_path
             if worker is not None:
                 worker.kill()
                 worker.wait()
+
+
+# A worker that fetches the data for its node, killed after the first piece came.
+FETCH = """
+import os, signal, sys
+from pathlib import Path
+from autoresearch.data.shards import Manifest
+from autoresearch.loop import ray_data, ray_work
+prepared, cache = Path(sys.argv[1]), Path(sys.argv[2])
+text = (prepared / "manifest.json").read_text()
+store = []
+parcel = ray_data.ship_data(prepared, Manifest.parse(text, "test"), lambda piece: store.append(piece) or len(store) - 1)
+fetched = []
+
+def get(ref):
+    if fetched:
+        os.kill(os.getpid(), signal.SIGKILL)
+    fetched.append(ref)
+    return store[ref]
+
+work = ray_work.claim(cache / "work" / "node", "0")
+ray_data.node_copy(text, parcel, cache / "data", get, work)
+"""
+
+
+def test_a_worker_killed_while_it_fetches_the_data_leaves_nothing_once_the_node_runs_again(tmp_path, tiny_prepared):
+    """Its part of a copy was in a folder beside the copies of the data, `<cache>/ray/data/.<digest>-...`, which
+    nothing deleted: on a night's first minutes, up to the whole data set for each Ctrl-C."""
+    cache = tmp_path / "ray"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", FETCH, str(tiny_prepared), str(cache)], env=env, check=False)
+    assert done.returncode == -signal.SIGKILL
+    assert [p for p in (cache / "work" / "node").rglob("*") if p.is_file() and p.stat().st_size]  # a part came
+    ray_work.sweep(cache / "work" / "node")
+    assert not list((cache / "work" / "node").iterdir()) and not list((cache / "data").iterdir())

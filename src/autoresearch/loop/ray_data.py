@@ -80,17 +80,21 @@ def ship_data(data_dir: Path, manifest: Manifest, put: Callable[[bytes], Any]) -
         ) from exc
 
 
-def node_copy(manifest: str, files: Parcel, root: Path, get: Callable[[Any], bytes]) -> Path:
+def node_copy(manifest: str, files: Parcel, root: Path, get: Callable[[Any], bytes], scratch: Path) -> Path:
     """This node's verified copy of the data of `manifest` (its text) whose files are `files`: `root/<digest>`,
     fetched and verified the first time, then reused while its files are as they were verified (fetched
-    again if one changed). DataRefused if what arrives does not match the manifest."""
+    again if one changed). DataRefused if what arrives does not match the manifest. It is fetched into `scratch`,
+    the worker's own folder (loop/ray_work.py), so that a worker killed meanwhile leaves its part of a copy where
+    the node's next run deletes it, and moved to `root` whole."""
     digest = Manifest.parse(manifest, "the loop's manifest").digest()
     final = root / digest
     if _unchanged(final):
         return final
     shutil.rmtree(final, ignore_errors=True)  # changed since it was verified (or half made): fetch it again
     root.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}-", dir=root))
+    if os.stat(scratch).st_dev != os.stat(root).st_dev:  # no move in one step from another file system
+        scratch = root
+    fresh = Path(tempfile.mkdtemp(prefix=f".{digest[:16]}-", dir=scratch))
     try:
         (fresh / MANIFEST).write_text(manifest)
         unpack(files, fresh, get)

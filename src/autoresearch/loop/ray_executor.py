@@ -345,11 +345,14 @@ def _train(spec: RunSpec, request: Request) -> Answer:
         return Answer(node, None)
     own = ray_dir(cache_root())
     with _disk_of(node, own):
+        # Under the node's name: nodes whose cache root is one shared folder (a home on NFS) lock apart only as well
+        # as the file system's locks reach across machines.
+        work = ray_work.claim(own / "work" / node, os.environ.get("CUDA_VISIBLE_DEVICES", ""))
         try:
-            data_dir = ray_data.node_copy(request.manifest, request.data, own / "data", ray_module().get)
+            data_dir = ray_data.node_copy(request.manifest, request.data, own / "data", ray_module().get, work)
         except ray_data.DataRefused as exc:
             return Answer(node, _refused(exc.args[0], exc.hint or ""))
-        return _train_apart(spec, request, data_dir, node)
+        return _train_apart(spec, request, data_dir, node, work)
 
 
 @contextlib.contextmanager
@@ -413,13 +416,10 @@ def _sees(spec: RunSpec, request: Request) -> bool:
         return False
 
 
-def _train_apart(spec: RunSpec, request: Request, data_dir: Path, node: str) -> Answer:
-    """Train in this worker's own directory (autoresearch.json pointing at the node's copy of the data) and
+def _train_apart(spec: RunSpec, request: Request, data_dir: Path, node: str, work: Path) -> Answer:
+    """Train in this worker's own directory `work` (autoresearch.json pointing at the node's copy of the data) and
     send back what the run left in its run directory."""
-    executor, gpu = _executor(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    # Under the node's name: nodes whose cache root is one shared folder (a home on NFS) lock apart only as well as
-    # the file system's locks reach across machines.
-    work = ray_work.claim(ray_dir(cache_root()) / "work" / node, gpu)
+    executor = _executor()
     apparatus = json.loads(request.apparatus)
     Apparatus(**{**apparatus, "data_dir": str(data_dir)}).save(work / CONFIG_NAME)
     (work / "train.py").write_bytes(request.train_py)
