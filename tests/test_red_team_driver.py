@@ -190,5 +190,7 @@ def test_a_ray_node_training_from_its_own_copy_trains_the_bytes_the_loop_sent(tm
     monkeypatch.setattr(ray_executor, "Apparatus", lambda **fields: type("A", (), {"save": lambda self, p: None})())
     spec = RunSpec(tmp_path / "ws", tmp_path / "ws" / ".autoresearch" / "runs" / "1-0", 60.0, "fp")
     request = ray_executor.Request("v", "c", "t", b'{"data_dir": "/nowhere"}', b"print('sent')\n", "{}", None)
-    ray_executor._train_apart(spec, request, tmp_path / "data", "node")
+    work = tmp_path / "work"
+    work.mkdir()
+    ray_executor._train_apart(spec, request, tmp_path / "data", "node", work)
     assert trained == [b"print('sent')\n"]
