@@ -148,3 +148,24 @@ def test_a_worker_killed_while_it_fetches_the_data_leaves_nothing_once_the_node_
     assert [p for p in (cache / "work" / "node").rglob("*") if p.is_file() and p.stat().st_size]  # a part came
     ray_work.sweep(cache / "work" / "node")
     assert not list((cache / "work" / "node").iterdir()) and not list((cache / "data").iterdir())
+
+
+def test_a_gone_workers_folder_nested_past_the_recursion_limit_or_read_only_goes_and_the_sweep_never_raises(tmp_path):
+    """BROKE, fixed (review): a train.py that nested 1,500 folders in its box, its worker then killed, had every later
+    sweep of the node raise RecursionError (shutil.rmtree recursed), failing each run of the node."""
+    works = tmp_path / "work" / "node"
+    deep = works / "7-0-0123abcd" / ".autoresearch" / "box-1"
+    deep.mkdir(parents=True)
+    folder = os.open(deep, os.O_RDONLY)
+    for _ in range(1500):  # by descriptors: no path names the bottom
+        os.mkdir("d", dir_fd=folder)
+        below = os.open("d", os.O_RDONLY, dir_fd=folder)
+        os.close(folder)
+        folder = below
+    os.close(folder)
+    locked = works / "7-0-0badcafe" / "runs"
+    locked.mkdir(parents=True)
+    (locked / "result.json").write_text("{}")
+    locked.chmod(0o500)
+    ray_work.sweep(works)
+    assert not list(works.iterdir())

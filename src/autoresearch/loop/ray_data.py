@@ -23,6 +23,7 @@ from typing import Any
 from autoresearch.data.shards import REPAIR_HINT, Manifest, shard_intact
 from autoresearch.data.tokenizer import Tokenizer
 from autoresearch.errors import AutoresearchError, DataError
+from autoresearch.files import clear
 
 CHUNK_BYTES = 64 << 20  # a piece of a file: 64 MiB bounds what either side holds at once
 INLINE_BYTES = 1 << 20  # a product piece up to this size rides in the task's answer, not the object store
@@ -146,8 +147,11 @@ def _unchanged(directory: Path) -> bool:
 
 
 def remove_tree(path: Path) -> None:
-    """Delete `path` if it is there (a directory tree or a file)."""
+    """Delete `path` if it is there: a file or a link, or a folder with all it holds however a run left it
+    (files.clear: nested past Python's recursion limit, where shutil.rmtree raised RecursionError, or made
+    read-only); what of a folder cannot go stays."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        path.unlink()
+        with contextlib.suppress(OSError):
+            clear(path)
+    else:
+        clear(path)
