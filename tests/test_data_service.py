@@ -352,6 +352,26 @@ def test_what_the_experiment_does_after_stop_is_not_training_however_late_the_ev
         assert session.late() is None
 
 
+def test_the_harness_says_training_is_done_before_the_weights_go(dataset, preset, capsys) -> None:
+    """Was a CI failure: the line came after the weights, and the evaluator, once they were in, stopped train.py
+    before it printed: the run's log lacked how many steps it trained."""
+    printed_before = []
+
+    class Exported:
+        def weights(self) -> bytes:
+            printed_before.append(capsys.readouterr().out)
+            return b"w"
+
+    clock = HandClock()
+    with served(dataset, preset, budget=5.0, clock=clock) as (run, _session):
+        batches = run.train_batches(4)
+        start_clock(run)
+        train_steps(run, batches, clock, 5, 1.0)
+        run._exported = Exported()  # type: ignore[assignment]
+        run.finish()
+    assert printed_before and "training done: " in printed_before[0]
+
+
 @pytest.mark.slow
 def test_weights_may_take_one_typical_step_longer_on_a_slowed_machine(dataset, preset) -> None:
     """Was a break on two H200s: a CPU hog beside a GPU run slowed its hand-over to 0.9 s of the 0.8 s allowed,

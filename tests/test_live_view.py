@@ -64,7 +64,7 @@ def test_the_clock_counts_training_only_not_start_up_or_evaluation(tmp_path: Pat
     assert "0:15 / 60s budget (step 120, loss 3.4100)" in text
     clock.now += 100  # it never runs past the budget
     assert "1:00 / 60s budget" in screen(view)
-    log.write_text(log.read_text() + "training done: 300 steps in 60.2s; weights handed over\n")
+    log.write_text(log.read_text() + "training done: 300 steps in 60.2s (after 5 untimed); handing the weights over\n")
     clock.now += 30  # evaluating: the clock stays where training ended
     assert "trained 1:00 / 60s budget; evaluating" in screen(view)
 

@@ -185,14 +185,15 @@ class Run:
                 "peak_memory_mb": devices.peak_memory_mb(self.device),
             }
         )
-        self._channel.send({"op": "weights"}, self._exported.weights())
         # The steps on the clock, as the summary's num_steps counts them (the untimed ones trained on random tokens).
+        # Said before the weights go: once they are in, the evaluator stops this process, maybe before a later print.
         timed = self.step - self.untimed_steps if self._clock_start is not None else 0
         print(
-            f"training done: {timed} steps in {self.elapsed:.1f}s (after {self.step - timed} untimed); weights handed "
-            "over",
+            f"training done: {timed} steps in {self.elapsed:.1f}s (after {self.step - timed} untimed); handing the "
+            "weights over",
             flush=True,
         )
+        self._channel.send({"op": "weights"}, self._exported.weights())
 
     # -- internals ------------------------------------------------------------------------------
 

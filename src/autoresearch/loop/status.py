@@ -27,8 +27,8 @@ STARTING, WARMING_UP, TRAINING, EVALUATING, FINISHED = "starting", "warming up",
 LOG_TAIL_BYTES = 64 * 1024  # enough for the last progress lines; a log may hold megabytes of output
 
 # The harness's lines (harness/run.py): `step   120 |  40.0% | loss 3.4100 | 36s left`, `clock started after 5
-# untimed steps; budget 60s`, `training done: 300 steps in 60.1s; weights handed over`; the evaluator's
-# summary block starts with `---`.
+# untimed steps; budget 60s`, `training done: 300 steps in 60.1s (after 5 untimed); handing the weights over`; the
+# evaluator's summary block starts with `---`.
 _STEP = re.compile(r"^step\s+(\d+)\s*\|\s*([\d.]+)%\s*\|\s*loss\s+(\S+)\s*\|\s*([\d.]+)s left")
 _CLOCK = re.compile(r"^clock started\b")
 _DONE = re.compile(r"^training done:\s*(\d+) steps in ([\d.]+)s")
