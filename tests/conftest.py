@@ -7,6 +7,7 @@ always there without a network. It is prepared once per session (under a second 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import os
@@ -34,6 +35,86 @@ ISOLATED_ENV = (
     "AUTORESEARCH_DEVICE",
     "AUTORESEARCH_PEAK_FLOPS",
 )
+
+
+# The test modules with a module-scoped fixture (`lab`: a baseline of two real runs, 10-13 s; test_ray's Ray; ...).
+# pytest-xdist runs each of them whole on one worker, so that fixture is set up once: spread over both workers, as
+# xdist spreads the other tests, each set it up (10 setups of `lab`, a minute of the suite).
+ONE_WORKER_MODULES = {
+    f"tests/{name}.py"
+    for name in (
+        "test_loop_real", "test_off_budget", "test_probe", "test_ray", "test_red_team", "test_red_team_downgrade",
+        "test_red_team_fork", "test_show_diff", "test_tokenizer", "test_train_e2e",
+    )
+}  # fmt: skip
+# The test modules that start Ray in the pytest process. They run after all others (in each worker): Ray leaves
+# gRPC's threads in the process after `ray.shutdown()`, and an experiment a later test forked from it (test_joining)
+# crashed as it exited.
+RAY_MODULES = {
+    f"tests/{name}.py"
+    for name in (
+        "test_cores", "test_off_budget", "test_ray", "test_ray_agent", "test_ray_work", "test_red_team_driver",
+        "test_scheduler",
+    )
+}  # fmt: skip
+_GRPC_THREAD = "grpc_global_tim"  # a thread of Ray's gRPC, there from `ray.init()` on
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """xdist's scheduling by scope, a scope being a whole module of ONE_WORKER_MODULES and each other test alone,
+    handed out in the order of `pytest_collection_modifyitems`."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False
+
+    class ModulesWholeElseEachTest(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _module(nodeid) if _module(nodeid) in ONE_WORKER_MODULES else nodeid
+
+    return ModulesWholeElseEachTest(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The order tests are handed out in: the modules run whole first (the most tests first), then the others,
+    those that start Ray last. A module with a module-scoped fixture not in ONE_WORKER_MODULES is an error: it would
+    be set up on each worker its tests land on."""
+    counts: dict[str, int] = {}
+    for item in items:
+        module = _module(item.nodeid)
+        counts[module] = counts.get(module, 0) + 1
+        defs = getattr(item, "_fixtureinfo", None)
+        if module not in ONE_WORKER_MODULES and any(
+            d[-1].scope == "module" for d in (defs.name2fixturedefs.values() if defs else ())
+        ):
+            raise pytest.UsageError(f"{module} uses a module-scoped fixture: add it to ONE_WORKER_MODULES")
+
+    def order(item: pytest.Item) -> tuple[bool, bool, int]:
+        module = _module(item.nodeid)
+        whole = module in ONE_WORKER_MODULES
+        return module in RAY_MODULES, not whole, -counts[module] if whole else 0
+
+    items.sort(key=order)  # stable: each module's tests stay in their order
+
+
+@pytest.fixture(autouse=True)
+def _ray_only_where_listed(request: pytest.FixtureRequest):
+    yield
+    module = _module(request.node.nodeid)
+    if module not in RAY_MODULES and any(_GRPC_THREAD in name for name in _thread_names()):
+        pytest.fail(f"{module} started Ray in the pytest process: add it to RAY_MODULES in tests/conftest.py")
+
+
+def _thread_names() -> list[str]:
+    names = []
+    for task in Path("/proc/self/task").glob("*/comm"):
+        with contextlib.suppress(OSError):
+            names.append(task.read_text())
+    return names
 
 
 @pytest.hookimpl(wrapper=True)
