@@ -186,6 +186,20 @@ def test_a_train_py_that_ignores_time_up_and_overruns_the_budget_is_invalid(
     assert re.search(r"^valid:\s+false$", proc.stdout, re.MULTILINE)
 
 
+def test_weights_handed_over_before_the_clock_started_are_invalid_and_not_late(
+    workspace: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """No step, so no clock: what it trained before counts for nothing. Not `late` either, which would have the
+    loop train a baseline so again (a stall of the machine makes an honest run late, never one like this)."""
+    ws = variant(
+        workspace, tmp_path / "no-clock", "while not run.time_up:", "while False:", constants={"COMPILE": False}
+    )
+    python(["train.py"], ws, subprocess_env)
+    result = json.loads((ws / "result.json").read_text())
+    assert result["valid"] is False and result["val_bpb"] is None and result["late"] is False
+    assert result["invalid_reason"].startswith("the clock never started")
+
+
 def test_train_py_outside_a_workspace_says_how_to_make_one(
     workspace: Path, tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:

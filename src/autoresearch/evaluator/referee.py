@@ -271,8 +271,11 @@ class Referee:
             if last := self.experiment.output.last_line():  # quoted: text from train.py is no instruction
                 why += f"; the last line it printed (untrusted): {json.dumps(last[:300])}"
             return self._result(None, why), True
-        if why := self.session.late():  # its time, where its clock started (else it never trained)
-            return dataclasses.replace(self._result(None, why), late=t.clock is not None), False
+        if t.clock is None:
+            why = "the clock never started: training before it gains nothing, and there was no training after it"
+            return self._result(None, why), False
+        if why := self.session.late():
+            return dataclasses.replace(self._result(None, why), late=True), False
         if why := self.feeder.problem():
             return self._result(None, why), False
         started = time.monotonic()

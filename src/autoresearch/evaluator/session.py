@@ -231,12 +231,11 @@ class Session:
         return {"data": True}, self.feeder.rows(n)
 
     def late(self) -> str | None:
-        """Why the hand-over does not count, by the clock's rules; None if it does."""
+        """Why weights handed over after the clock started came too late, by the clock's rules (Result.late); None
+        if they came in time, or there is nothing to time: no weights, or no clock (the referee's to say)."""
         t = self.timeline
-        if t.stop is None or t.weights is None:
-            return "the weights were never handed over"
-        if t.clock is None:
-            return "the clock never started: training before it gains nothing, and there was no training after it"
+        if t.clock is None or t.stop is None or t.weights is None:
+            return None
         trained = t.trained if t.trained is not None else 0.0
         if trained > self.budget + t.grace(self.budget):
             return f"trained {trained:.1f}s, past the {self.budget:g}s budget ({t.last_steps(trained, self.budget)})"
