@@ -92,9 +92,9 @@ TRAIN_IDS = sorted([*range(1000, 1007), *range(3000, 3005)])
 
 
 @contextlib.contextmanager
-def served(dataset: Path, preset: Preset, budget: float = 30.0, clock=None):
+def served(dataset: Path, preset: Preset, budget: float = 30.0, clock=None, outcome: list | None = None):
     """A harness Run connected to an evaluator Session serving `dataset`, on `clock` (default: the wall
-    clock); yields both."""
+    clock); yields both. What `Session.serve` returned goes into `outcome`, once it has."""
     ours, theirs = socket.socketpair()
     manifest = Manifest.load(dataset / "manifest.json")
     feeder = Feeder(dataset, manifest, preset.vocab_size)
@@ -103,7 +103,9 @@ def served(dataset: Path, preset: Preset, budget: float = 30.0, clock=None):
         "untimed_steps": preset.untimed_steps, "train_rows": feeder.order.num_rows, "eval_batch_rows": 2,
     }  # fmt: skip
     session = Session(Channel(ours), feeder, constants, budget, clock or WallClock())
-    thread = threading.Thread(target=session.serve, daemon=True)
+    thread = threading.Thread(
+        target=lambda: (outcome if outcome is not None else []).append(session.serve()), daemon=True
+    )
     thread.start()
     channel = Channel(theirs)
     assert channel.receive()[0] == {"op": "go", "payload": 0}
@@ -386,6 +388,19 @@ def test_weights_may_take_one_typical_step_longer_on_a_slowed_machine(dataset, p
         run._channel.send({"op": "weights"}, b"w")
         time.sleep(0.2)
         assert session.late() is None
+
+
+def test_the_clock_asked_for_after_stop_breaks_the_protocol(dataset, preset) -> None:
+    """Red team (helper 122): a run that said `stop`, then started the clock and handed its weights over, was scored
+    as valid, having trained on no row (none is served after `stop`)."""
+    outcome: list = []
+    with served(dataset, preset, outcome=outcome) as (run, session):
+        run._channel.send({"op": "model"}, b"graph")
+        run._channel.request({"op": "stop", "steps": 0})
+        run._channel.send({"op": "clock"})
+        time.sleep(0.3)
+        assert session.timeline.clock is None
+    assert outcome == ["the clock was asked for after `stop`"]
 
 
 def test_a_model_handed_over_after_the_clock_started_breaks_the_protocol(dataset, preset) -> None:

@@ -155,6 +155,8 @@ class Session:
                     if error := header.get("error"):
                         t.program_error = str(error)[:2000]
                 elif op == "clock":
+                    if t.stop is not None:  # no row is served after `stop`: what it "trained" then was on none
+                        raise ProtocolBroken("the clock was asked for after `stop`")
                     if t.program is None or t.program_error:
                         channel.send({"error": "hand the model over with run.set_model(model) before training"})
                         continue
