@@ -103,9 +103,8 @@ def served(dataset: Path, preset: Preset, budget: float = 30.0, clock=None, outc
         "untimed_steps": preset.untimed_steps, "train_rows": feeder.order.num_rows, "eval_batch_rows": 2,
     }  # fmt: skip
     session = Session(Channel(ours), feeder, constants, budget, clock or WallClock())
-    thread = threading.Thread(
-        target=lambda: (outcome if outcome is not None else []).append(session.serve()), daemon=True
-    )
+    outcome = [] if outcome is None else outcome
+    thread = threading.Thread(target=lambda: outcome.append(session.serve()), daemon=True)
     thread.start()
     channel = Channel(theirs)
     assert channel.receive()[0] == {"op": "go", "payload": 0}
