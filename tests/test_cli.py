@@ -18,6 +18,8 @@ from autoresearch.cli import main
 from autoresearch.config.apparatus import CONFIG_NAME
 from autoresearch.config.presets import get_preset
 from autoresearch.evaluator import sandbox, tasks
+from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.init import train_py_for
 from autoresearch.workspace.workspace import Workspace
 
@@ -94,6 +96,27 @@ def test_init_makes_a_workspace_with_the_presets_train_py_and_the_locked_config(
     config = json.loads((ws / CONFIG_NAME).read_text())
     assert Path(config.pop("data_dir")) == tiny_prepared.resolve()
     assert config == {"preset": "tiny", "dataset": "python-source", "budget_seconds": 7.5}
+
+
+def test_paths_with_square_brackets_are_printed_as_they_are(
+    corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BROKE, fixed: the messages that name a path read it as rich markup. A cache under `runs[/]` ended `prepare`
+    with a traceback (MarkupError), and `[bold]` in a workspace's name vanished from "workspace ready in ..."."""
+    cache, ws = tmp_path / "runs[/]" / "cache", tmp_path / "runs[/]" / "[bold]ws"
+    prepare = ["prepare", "--preset", "tiny", "--dataset", "python-source", "--root", str(corpus_dir)]
+    init = ["init", str(ws), "--preset", "tiny", "--dataset", "python-source", "--root", str(corpus_dir)]
+    for args in (prepare, prepare, init, ["report", "--workspace", str(ws)]):
+        if args[0] == "report":  # of a night with a baseline
+            ledger = Ledger(ws)
+            ledger.verify()
+            ledger.insert(Experiment(1, Kind.BASELINE, Status.KEEP, "baseline", "abc", commit="abc", val_bpb=3.34))
+            ledger.close()
+        assert main([*args, "--cache-dir", str(cache)] if args[0] != "report" else args) == 0, args
+        out, err = capsys.readouterr()
+        said = "".join((out + err).split())  # as the path reads, wherever the console folded it
+        assert str(cache if args[0] == "prepare" else ws) in said and "Traceback" not in err, args
+    assert (ws / "report.md").is_file()
 
 
 def test_init_without_budget_takes_the_presets(corpus_dir: Path, tmp_path: Path) -> None:

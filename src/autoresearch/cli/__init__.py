@@ -101,7 +101,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
             preset, dataset, data_dir = prepare_data(args, console)
             branch = create_workspace(args.directory, preset, dataset, data_dir, args.budget, args.tag)
             console.print(
-                f"[green]workspace ready[/] in {args.directory} on branch {branch}: "
+                f"[green]workspace ready[/] in {escape(str(args.directory))} on branch {escape(branch)}: "
                 f"cd there and run `{typed('autoresearch', 'run')}` (or `{typed('python', 'train.py')}` for one "
                 "training run)",
                 soft_wrap=True,
@@ -125,7 +125,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
 
             ws = Workspace(args.workspace)
             png, md = make_report(ws.root, stopped=not ws.is_locked())
-            console.print(f"wrote {md} and {png}")
+            console.print(f"wrote {md} and {png}", markup=False, highlight=False)
         elif args.command in ("show", "diff"):
             print(compare(args))
         elif args.command == "rebuild-ledger":
@@ -148,7 +148,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
                     put_back_turn(ws, lambda text: console.print(text, markup=False, highlight=False))
                     rows, moved, skipped = rebuild(ws.root, ws.git)
             kept = f"; the old file is {moved}" if moved else ""
-            console.print(f"rebuilt the ledger: {rows} experiments from results.tsv and git{kept}")
+            console.print(f"rebuilt the ledger: {rows} experiments from results.tsv and git{kept}", markup=False)
             if skipped:
                 console.print(
                     f"[yellow]skipped results.tsv lines {', '.join(map(str, skipped))}[/]: not lines the loop writes "

@@ -203,7 +203,9 @@ def run(args: argparse.Namespace, console: Console) -> None:
                     f"warning: the report was not written: {why}", markup=False, highlight=False, soft_wrap=True
                 )
             else:
-                console.print(f"report: {md} and {png}; history in {history}", highlight=False, soft_wrap=True)
+                console.print(
+                    f"report: {md} and {png}; history in {history}", markup=False, highlight=False, soft_wrap=True
+                )
 
 
 def check_placement(args: argparse.Namespace) -> None:
@@ -302,7 +304,9 @@ def submit(args: argparse.Namespace, console: Console) -> None:
             log.write(f"{LOOP_STARTED}, {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n".encode())
             log.flush()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        console.print(f"started a loop in the background (its log: {ws.state / 'driver.log'})", highlight=False)
+        console.print(
+            f"started a loop in the background (its log: {ws.state / 'driver.log'})", markup=False, highlight=False
+        )
         return proc
 
     # A full disk on the way: the change is back in train.py, or (where even that found no room) kept aside for the

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from autoresearch.config.paths import prepared_dir
@@ -99,13 +100,15 @@ def _prepare_locked(dataset: str, source: Source, preset: Preset, out: Path, for
             if not _tokenizer_matches(out / "tokenizer.json", manifest.tokenizer_sha256):
                 damaged.append("tokenizer.json")
             if not damaged:
-                console.print(f"[green]already prepared[/] {dataset} / {preset.name} in {out}")
+                console.print(f"[green]already prepared[/] {escape(dataset)} / {preset.name} in {escape(str(out))}")
                 return
             console.print(f"[yellow]damaged shards {', '.join(damaged)}: rebuilding them[/]")
         elif manifest is None or manifest.preset != preset.as_dict():
             # A shard's identity names its source part, not the row length or the train/val split
             # (local corpora are split by the preset's eval_tokens): none of it may be reused.
-            console.print(f"[yellow]{manifest_path} is unreadable or for other preset settings: rebuilding all[/]")
+            console.print(
+                f"[yellow]{escape(str(manifest_path))} is unreadable or for other preset settings: rebuilding all[/]"
+            )
             force = True
     if force:
         for stale in out.glob("*.json"):
@@ -115,7 +118,7 @@ def _prepare_locked(dataset: str, source: Source, preset: Preset, out: Path, for
 
 def _build(source: Source, preset: Preset, out: Path, console: Console) -> None:
     started = time.monotonic()
-    console.print(f"preparing [bold]{source.name}[/] for preset [bold]{preset.name}[/] in {out}")
+    console.print(f"preparing [bold]{escape(source.name)}[/] for preset [bold]{preset.name}[/] in {escape(str(out))}")
     source.fetch()
     if (hub_cache := getattr(source, "cache_dir", None)) is not None:  # a hub dataset: its files stay readable there
         xet = getattr(source, "xet_dir", None) or hub_cache  # and in hf_xet's chunks of them
