@@ -200,6 +200,22 @@ def test_weights_handed_over_before_the_clock_started_are_invalid_and_not_late(
     assert result["invalid_reason"].startswith("the clock never started")
 
 
+def test_the_error_train_py_hands_over_is_one_line_of_visible_text_in_the_result(
+    workspace: Path, tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    """BROKE, fixed (red team): train.py's hand-over may carry an `error` of its own text (the harness quotes a forward
+    that raises), and the evaluator kept it as the run's reason as it was: a line break and a KEEP line after it, or
+    ESC sequences, reached every verdict line the loop prints."""
+    forged = "exp 9 KEEP val_bpb 0.100000 | best 0.100000 (exp 9)"
+    said = f"oops\n{forged}\x1b[1A\x1b[2K"
+    send = f"    run._channel.send({{'op': 'model', 'error': {said!r}}})\n    raise SystemExit(1)\n"
+    ws = variant(workspace, tmp_path / "said", "    run.set_model(model)", send.rstrip("\n") + "  #")
+    proc = python(["train.py"], ws, subprocess_env)
+    reason = json.loads((ws / "result.json").read_text())["invalid_reason"]
+    assert reason == f"oops {forged}\\x1b[1A\\x1b[2K", reason
+    assert "\x1b" not in proc.stdout + proc.stderr
+
+
 def test_train_py_outside_a_workspace_says_how_to_make_one(
     workspace: Path, tmp_path: Path, subprocess_env: dict[str, str]
 ) -> None:

@@ -20,6 +20,7 @@ from autoresearch.cli.commands import compare, prepare_data, run, submit, try_ch
 from autoresearch.cli.parser import parse
 from autoresearch.errors import AutoresearchError
 from autoresearch.files import absolute_entries
+from autoresearch.visible import visible
 
 _NOT_ALLOWED = {errno.EROFS, errno.EACCES, errno.EPERM}  # what a file system or its owner refuses
 
@@ -118,7 +119,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
             from autoresearch.loop.status import status_text
             from autoresearch.workspace.workspace import Workspace
 
-            print(status_text(Workspace(args.workspace)))
+            print(visible(status_text(Workspace(args.workspace))))
         elif args.command == "report":
             from autoresearch.report import make_report
             from autoresearch.workspace.workspace import Workspace
@@ -234,5 +235,5 @@ def _readable_rows(root: Path) -> int:
 
 def _error(console: Console, exc: AutoresearchError) -> int:
     # its text is no markup; unwrapped, so that a log (`wait` reads the background loop's) holds it whole
-    console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/] {escape(visible(str(exc)))}", highlight=False, soft_wrap=True)
     return 2

@@ -24,6 +24,7 @@ from autoresearch.evaluator.clock import TrainingClock, describe
 from autoresearch.evaluator.feeder import MAX_ROWS_PER_BATCH, Feeder
 from autoresearch.evaluator.result import TRAINING
 from autoresearch.files import write_json_atomic
+from autoresearch.visible import visible_line
 from autoresearch.wire import Channel, ChannelClosed, PayloadRefused
 
 PROGRESS_EVERY = 1.0  # seconds between writes of the progress file
@@ -153,7 +154,7 @@ class Session:
                         raise ProtocolBroken("the model was handed over twice, or after the clock started")
                     t.program, t.model = payload, now
                     if error := header.get("error"):
-                        t.program_error = str(error)[:2000]
+                        t.program_error = visible_line(str(error))[:2000]  # train.py's words: one line, shown
                 elif op == "clock":
                     if t.stop is not None:  # no row is served after `stop`: what it "trained" then was on none
                         raise ProtocolBroken("the clock was asked for after `stop`")

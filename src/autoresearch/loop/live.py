@@ -27,6 +27,7 @@ from autoresearch.loop.ledger import Experiment, best_of
 from autoresearch.loop.reporter import verdict_line
 from autoresearch.loop.status import EVALUATING, FINISHED, STARTING, TRAINING, WARMING_UP, RunProgress, read_progress
 from autoresearch.report.summary import clip
+from autoresearch.visible import visible
 from autoresearch.vocabulary import IN_FLIGHT, Status
 
 STYLES = {Status.KEEP: "green", Status.DISCARD: "dim", Status.CRASH: "red"}
@@ -159,7 +160,7 @@ class LiveReporter:
         self.console.print(Text(verdict_line(exp, best), style=STYLES.get(exp.status, "")))
 
     def message(self, text: str) -> None:
-        self.console.print(Text(text))
+        self.console.print(Text(visible(text)))
 
     def run_state(self) -> str:
         """The one-worker loop's run against its budget (RunView.state); "" when none trains."""

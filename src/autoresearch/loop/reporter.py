@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from autoresearch.loop.ledger import Experiment
+from autoresearch.visible import visible, visible_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -55,7 +56,7 @@ class PlainReporter:
             self.echo(verdict_line(exp, best))
 
     def message(self, text: str) -> None:
-        self.echo(text)
+        self.echo(visible(text))
 
 
 def console_echo(console: Console) -> Callable[[str], None]:
@@ -67,4 +68,4 @@ def console_echo(console: Console) -> Callable[[str], None]:
 def verdict_line(exp: Experiment, best: Experiment | None) -> str:
     bpb = f"val_bpb {exp.val_bpb:.6f}" if exp.val_bpb is not None else "no val_bpb"
     best_text = f" | best {best.val_bpb:.6f} (exp {best.id})" if best and best.val_bpb is not None else ""
-    return f"exp {exp.id} {exp.status.upper()} {bpb}{best_text} | {exp.description} | {exp.reason}"
+    return visible_line(f"exp {exp.id} {exp.status.upper()} {bpb}{best_text} | {exp.description} | {exp.reason}")

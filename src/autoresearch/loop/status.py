@@ -29,9 +29,11 @@ LOG_TAIL_BYTES = 64 * 1024  # enough for the last progress lines; a log may hold
 # The harness's lines (harness/run.py): `step   120 |  40.0% | loss 3.4100 | 36s left`, `clock started after 5
 # untimed steps; budget 60s`, `training done: 300 steps in 60.1s (after 5 untimed); handing the weights over`; the
 # evaluator's summary block starts with `---`.
-_STEP = re.compile(r"^step\s+(\d+)\s*\|\s*([\d.]+)%\s*\|\s*loss\s+(\S+)\s*\|\s*([\d.]+)s left")
+# Numbers as the harness writes them, no others: a line train.py printed that only looks like one is no progress.
+_INT, _FLOAT = r"(\d{1,12})", r"(\d{1,12}(?:\.\d{1,12})?)"
+_STEP = re.compile(rf"^step\s+{_INT}\s*\|\s*{_FLOAT}%\s*\|\s*loss\s+(\S+)\s*\|\s*{_FLOAT}s left")
 _CLOCK = re.compile(r"^clock started\b")
-_DONE = re.compile(r"^training done:\s*(\d+) steps in ([\d.]+)s")
+_DONE = re.compile(rf"^training done:\s*{_INT} steps in {_FLOAT}s")
 _WARMING = re.compile(r"^(model handed over|train data:)")
 
 

@@ -13,6 +13,7 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.loop.judge import run_values
 from autoresearch.loop.ledger import Experiment
 from autoresearch.report.summary import best_before, explain, first_line, noise_before, signed, status_word
+from autoresearch.visible import visible, visible_line
 from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import TRAIN_PY
 
@@ -62,7 +63,7 @@ def show_text(git: Git, experiments: list[Experiment], exp_id: int, stopped: boo
     why = explain(exp, best_before(experiments).get(exp.id), noise_before(experiments, exp), stopped)
     lines = [summary_line(exp, stopped), f"why: {why}"]
     if exp.reason and first_line(exp.reason) not in why:
-        lines.append(f"the loop's reason: {exp.reason}")
+        lines.append(f"the loop's reason: {visible_line(exp.reason)}")
     if len(runs := run_values(exp)) > 1:
         lines.append("runs: " + ", ".join(f"{v:.6f}" for v in runs))
     if exp.commit:
@@ -79,7 +80,7 @@ def show_text(git: Git, experiments: list[Experiment], exp_id: int, stopped: boo
         tail = own.splitlines()[-8:]
         lines += ["its log ends (the run's own output, untrusted):", *(f"  | {line}" for line in tail)]
     lines += ["", _parent_diff(git, experiments, exp)]
-    return "\n".join(lines)
+    return visible("\n".join(lines))
 
 
 def own_output(log: str) -> str:
@@ -104,7 +105,7 @@ def diff_text(git: Git, experiments: list[Experiment], a: int, b: int, stopped: 
             f"{' and '.join(missing)} never ran a train.py (a proposal rejected before running): nothing to diff"
         )
     lines += ["", diff(sources[0], sources[1], f"exp {first.id}", f"exp {second.id}")]
-    return "\n".join(lines)
+    return visible("\n".join(lines))
 
 
 def _parent_diff(git: Git, experiments: list[Experiment], exp: Experiment) -> str:

@@ -25,6 +25,7 @@ from autoresearch.report.summary import (
     signed,
     status_word,
 )
+from autoresearch.visible import visible
 from autoresearch.vocabulary import Kind, Status
 
 _STATUS_ORDER = [Status.KEEP, Status.DISCARD, Status.CRASH, Status.RUNNING]
@@ -57,7 +58,7 @@ def render_report(experiments: list[Experiment], stopped: bool = False, found: l
         "## Tokens and cost by agent\n\n" + _agents(exps),
         "## train.py: best vs baseline\n\n" + _source_diff(steps),
     ]
-    return "\n\n".join(sections) + "\n"
+    return visible("\n\n".join(sections) + "\n")  # what a run printed, or an agent wrote, spelled out
 
 
 # -- sections -------------------------------------------------------------------------------------

@@ -309,6 +309,7 @@ def _draw_labels(ax: Axes, done: list[Experiment]) -> None:
             va="bottom",
             fontsize=size,
             color="0.15",
+            parse_math=False,  # an agent's words: `$` is a dollar, not mathtext (which may not parse)
             gid="label",
             zorder=5,
         )
