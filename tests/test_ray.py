@@ -231,6 +231,25 @@ def test_with_no_address_the_loop_starts_a_ray_of_its_own_even_where_someone_els
     assert joined.returncode != 0 and "the Ray cluster has no GPU" in joined.stderr, joined.stdout + joined.stderr
 
 
+def test_an_address_where_nothing_answers_is_refused_at_once_saying_so(tmp_path, tiny_prepared):
+    """BROKE, fixed (a user's walk): `run --ray 127.0.0.1:6379` with no cluster there waited for more than 400 s,
+    saying nothing of its own (Ray's log lines said it failed to connect, again every half minute)."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"AUTORESEARCH_CACHE": str(tmp_path)}
+    started = time.monotonic()
+    refused = subprocess.run(
+        [sys.executable, "-m", "autoresearch", "run", "--ray", f"127.0.0.1:{port}", "--plain", "--workspace", "."],
+        cwd=make_workspace(tmp_path / "ws", tiny_prepared).root, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    said = " ".join(refused.stderr.split())
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port}" in said, said
+    assert "ray status" in said and "Traceback" not in said
+    assert time.monotonic() - started < 60
+
+
 def test_a_nodes_copy_of_the_data_is_fetched_once_and_again_only_after_a_file_of_it_changed(tmp_path, tiny_prepared):
     store: list[bytes] = []  # stands for the object store: a reference is an index into it
     fetched: list[int] = []

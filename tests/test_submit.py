@@ -23,6 +23,7 @@ import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, killed_loop, make_loop, with_constants
 from test_scheduler import scheduler, score, wait_until
 
+from autoresearch.agents.base import Proposal
 from autoresearch.cli import main
 from autoresearch.cli.commands import drive
 from autoresearch.evaluator.sandbox import module_command
@@ -426,6 +427,32 @@ def test_wait_started_beside_a_submit_still_starting_up_waits_for_it(workspace, 
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("exp 1 KEEP"), (done.stdout, done.stderr)
     assert unreported(workspace.state) == []
+
+
+@pytest.mark.slow  # seconds: processes of their own
+def test_wait_started_beside_a_loop_still_starting_up_waits_for_it(workspace, tmp_path):
+    """BROKE, fixed (a user's walk): in `run --agent queue --workers 2 & wait`, the `wait` said "experiment 8 is in
+    flight but no loop is running" for the 3.5 s the loop took to start up and take the workspace. It now takes an
+    `autoresearch run` beside it, from the same shell, for a loop about to start. Here that `run` takes 1.5 s, then
+    gives the experiment in flight its verdict, as the loop would."""
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
+    loop.baseline()
+    exp = loop.record(Proposal("a change", workspace.read_train_py() + "\n# x\n"), "test", "", status=Status.QUEUED)
+    loop.ledger.close()
+    fake = tmp_path / "bin" / "autoresearch"  # a loop slow to start up, named as the real one is
+    fake.parent.mkdir()
+    fake.write_text(
+        "import pathlib, time\nfrom autoresearch.loop.ledger import Ledger\n"
+        "from autoresearch.vocabulary import Status\n"
+        f"time.sleep(1.5)\nLedger(pathlib.Path({str(workspace.root)!r})).update({exp.id}, status=Status.DISCARD)\n"
+    )
+    running = shlex.join([sys.executable, str(fake), "run", "--agent", "queue"])
+    waiting = shlex.join(
+        [*module_command(sys.executable, "autoresearch"), "wait", str(exp.id), "--workspace", str(workspace.root)]
+    )
+    done = subprocess.run(["sh", "-c", f"{running} & {waiting}; wait"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"exp {exp.id} DISCARD"), (done.stdout, done.stderr)
 
 
 def test_a_ctrl_c_while_wait_prints_a_verdict_lets_it_mark_the_verdict_printed_first(workspace, capsys, monkeypatch):

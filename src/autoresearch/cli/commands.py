@@ -330,13 +330,13 @@ def wait(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.loop.inbox import TAKE_TIMEOUT_S, Inbox
     from autoresearch.loop.ledger import Ledger, best_of
     from autoresearch.loop.reporter import verdict_line
-    from autoresearch.loop.waiting import loop_running, reported, submit_beside, unreported, wait_for
+    from autoresearch.loop.waiting import beside, loop_running, reported, unreported, wait_for
     from autoresearch.workspace.workspace import Workspace
 
     ws = Workspace(args.workspace)
     if not args.ids:  # a `submit` run beside it (`submit ... & wait`) first: its experiment is to be waited for too
         deadline = time.monotonic() + TAKE_TIMEOUT_S
-        while (Inbox(ws.state).submitting() or submit_beside()) and time.monotonic() < deadline:
+        while (Inbox(ws.state).submitting() or beside("submit")) and time.monotonic() < deadline:
             time.sleep(0.1)
     ids = args.ids or unreported(ws.state)
     if not ids:

@@ -73,6 +73,7 @@ SAME_HARNESS_HINT = "install the same autoresearch on every node of the Ray clus
 COPY_ENV = "AUTORESEARCH_RAY_COPY"  # "1" on a node: train from copies even where it sees the workspace
 TOKEN_NAME = "ray-token"  # in the workspace's .autoresearch/: a node that reads the loop's token sees its files
 PRODUCTS = ("result.json", "log.txt", PROGRESS_NAME, STAGED)  # what a run leaves in its directory for the loop
+CONNECT_TIMEOUT_S = 10.0  # for a cluster's address to answer at all (a firewall that drops packets: no answer)
 STOP_GRACE_S = 5.0  # from a run's cancel to the kill of its Ray worker, where the cancel did not end it
 _executors: dict[str, LocalExecutor] = {}  # in a Ray worker process: one per GPU it was given, kept warm
 AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"  # Ray's variables
@@ -95,15 +96,27 @@ def connect(address: str | None, accelerator: str | None = None) -> int:
     if not ray.is_initialized():
         if not address:
             _own_token()
+        elif why := unanswered(address):  # Ray would try for many minutes, saying only so in its own log lines
+            raise AutoresearchError(
+                f"cannot reach the Ray cluster at {address}: {why}",
+                hint="check the address (`ray status` on the head node prints it), or start the cluster there with "
+                "`ray start --head`; `--ray auto` joins the one `ray start` made on this machine",
+            )
         try:
             # A cluster of one's own needs no dashboard; one that exists keeps its settings. Ray's "Connecting to ..."
             # lines would interleave with the loop's own; its warnings still show.
             own = {} if address else {"include_dashboard": False}
             ray.init(address=address or "local", log_to_driver=False, logging_level=logging.WARNING, **own)
         except (ConnectionError, RuntimeError, ValueError) as exc:
+            hint = "start it with `ray start --head` (and `ray start --address=HEAD:6379` on the other machines)"
+            if address:  # something answers there: a cluster whose token this process lacks is refused so too
+                hint += (
+                    "; where it runs with token authentication, give this process its token (RAY_AUTH_TOKEN, or "
+                    "RAY_AUTH_TOKEN_PATH: the head's ~/.ray/auth_token)"
+                )
             raise AutoresearchError(
                 f"cannot reach the Ray cluster at {address}: {exc}" if address else f"cannot start Ray here: {exc}",
-                hint="start it with `ray start --head` (and `ray start --address=HEAD:6379` on the other machines)",
+                hint=hint,
             ) from None
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus < 1:
@@ -114,6 +127,19 @@ def connect(address: str | None, accelerator: str | None = None) -> int:
     if accelerator:
         return _gpus_of_type(ray, accelerator)
     return gpus
+
+
+def unanswered(address: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """Why nothing answers at a Ray address `host:port` (`ray://host:port` too); None where something does, or where
+    the address names no port (`auto`, `local`: Ray finds those itself, at once)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc.strerror or str(exc) or type(exc).__name__})"
+    return None
 
 
 def disconnect() -> None:

@@ -49,6 +49,7 @@ def reported(state: Path, exp_id: int) -> None:
     (state / UNREPORTED_DIR / str(exp_id)).unlink(missing_ok=True)
 
 
+START_WAIT_S = 30.0  # how long `wait` takes an `autoresearch run` started beside it for a loop about to start
 EXIT_WAIT_S = 30.0  # how long `wait` gives a loop that let go of the workspace to end (and write why it stopped)
 
 
@@ -57,6 +58,7 @@ def loop_running(is_locked: Callable[[], bool], state: Path) -> Callable[[], boo
     the workspace, only after its process (seen running earlier) has ended, within EXIT_WAIT_S: it writes the error it
     stopped with after that (BROKE, fixed: `wait` found no error in its log yet, and did not repeat it)."""
     seen: list[psutil.Process] = []
+    asked = time.monotonic()
 
     def running() -> bool:
         if (session := read_session(state)) is not None and session.pid not in [p.pid for p in seen]:
@@ -64,6 +66,8 @@ def loop_running(is_locked: Callable[[], bool], state: Path) -> Callable[[], boo
                 seen.append(psutil.Process(session.pid))  # with its start time: is_running() is this very process
         if is_locked():
             return True
+        if time.monotonic() - asked < START_WAIT_S and beside("run"):
+            return True  # `run --agent queue & wait`: that loop takes the workspace a few seconds after it starts
         deadline = time.monotonic() + EXIT_WAIT_S
         while any(map(alive, seen)) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -72,9 +76,9 @@ def loop_running(is_locked: Callable[[], bool], state: Path) -> Callable[[], boo
     return running
 
 
-def submit_beside() -> bool:
-    """Whether an `autoresearch submit` runs beside this process: below its parent (`submit -m x & wait`, from one
-    shell), where it may still be starting, before it takes its request's lock (`Inbox.submitting`)."""
+def beside(command: str) -> bool:
+    """Whether an `autoresearch <command>` runs beside this process: below its parent (`submit -m x & wait`, from one
+    shell), where it may still be starting, before it takes the workspace or its request's lock."""
     parent = os.getppid()
     if parent <= 1:  # started by init (a daemon's): the whole machine's processes are no siblings of its
         return False
@@ -84,14 +88,14 @@ def submit_beside() -> bool:
         return False
     for process in below:
         with contextlib.suppress(psutil.Error):
-            if process.pid != os.getpid() and _is_submit(process.cmdline()):
+            if process.pid != os.getpid() and _runs(process.cmdline(), command):
                 return True
     return False
 
 
-def _is_submit(argv: list[str]) -> bool:
-    """Whether `argv` runs `autoresearch submit` (its script, or `python -m autoresearch`)."""
-    return any(word == "submit" and Path(before).name == "autoresearch" for before, word in itertools.pairwise(argv))
+def _runs(argv: list[str], command: str) -> bool:
+    """Whether `argv` runs `autoresearch <command>` (its script, or `python -m autoresearch`)."""
+    return any(word == command and Path(before).name == "autoresearch" for before, word in itertools.pairwise(argv))
 
 
 class WaitError(AutoresearchError):
