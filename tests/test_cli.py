@@ -757,6 +757,10 @@ def test_the_loop_submit_started_says_what_resumes_it_when_stopped(
     monkeypatch.setattr("autoresearch.cli.run", stopped)
     assert main(["run", "--agent", "queue", "--workspace", str(workspace.root)]) == 130
     assert "interrupted: the next `autoresearch submit` (or `run --agent queue`) resumes" in capsys.readouterr().err
+    # with its workers (a user's walk: `submit` without them started a one-worker loop, whose runs were refused)
+    assert main(["run", "--agent", "queue", "--workers", "2", "--workspace", str(workspace.root)]) == 130
+    said = "`autoresearch submit --workers 2` (or `run --agent queue --workers 2`) resumes"
+    assert said in capsys.readouterr().err
     assert main(["run", "--agent", "tune", "--workspace", str(workspace.root)]) == 130
     assert "interrupted: run the same command again" in capsys.readouterr().err
 

@@ -199,7 +199,16 @@ def _no_task(exc: Exception) -> AutoresearchError:
 
 def _interrupted(console: Console, exc: KeyboardInterrupt, args: argparse.Namespace) -> int:
     if args.command == "run" and getattr(args, "agent", None) == "queue":  # most often the loop `submit` started
-        console.print("interrupted: the next `autoresearch submit` (or `run --agent queue`) resumes where it stopped")
+        # with this loop's workers: a loop of others would measure the runs of another setup than the baseline's
+        layout = "".join(
+            f" {flag} {value}" for flag, value in (("--gpus", args.gpus), ("--workers", args.workers)) if value
+        )
+        layout += f" --ray {args.ray}".rstrip() if args.ray is not None else ""
+        console.print(
+            f"interrupted: the next `autoresearch submit{layout}` (or `run --agent queue{layout}`) resumes where it "
+            "stopped",
+            markup=False,
+        )
     else:
         console.print("interrupted: run the same command again to resume where it stopped")
     return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)

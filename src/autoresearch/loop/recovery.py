@@ -71,7 +71,12 @@ class Recovery:
         seed to end sets what its other seeds must share too."""
         expected = self.baseline_result().get("setup")
         if setup and expected and setup != expected:
-            return f"it was measured on {setup}, the baseline's runs on {expected}"
+            why = f"it was measured on {setup}, the baseline's runs on {expected}"
+            baseline = [e for e in self.ledger.all() if e.kind == Kind.BASELINE]
+            workers = {span.worker for e in baseline for span in activity.spans_of(e)}
+            if "CPU time" in expected and len(workers) > 1:  # the cores a run gets follow the count of workers
+                why += f" by {len(workers)} workers (`--workers {len(workers)}` gives each run as many cores)"
+            return why
         return None
 
     def confinement_differs(self, confined: bool | None) -> str | None:
