@@ -444,3 +444,31 @@ def test_an_experiment_trained_on_an_older_best_is_explained_against_the_base_it
         "it as exp 5" in rows[4]
     )
     assert "0.060000 better than the best 2.950000" in rows[5]
+
+
+def test_the_margin_shown_is_the_one_the_verdict_was_judged_with_not_one_from_runs_that_ended_after_it():
+    """BROKE, fixed (a user's walk with --workers 2): exp 7's reason said "margin 0.039487", `show 7` and the report
+    "inside the margin 0.037219": the noise was rebuilt from every experiment with a lower id, exp 6's runs measured
+    again after exp 7's verdict among them. Now it is of the runs that had ended by the verdict (activity.as_of)."""
+    baseline = dict(kind="baseline", runs="[2.991, 3.0, 3.009]", seeds="[0, 1, 2]", commit="c1", parent="")
+    exps = [
+        exp(1, Status.KEEP, 3.0, "baseline", **baseline, **on("gpu 0", (0, 100), (0, 100), (100, 200)),
+            finished_at=T0 + 200),
+        # kept on its first run at T0 + 300; measured again on two more seeds, which ended at T0 + 450 and T0 + 500
+        exp(2, Status.KEEP, 2.95, "LR", runs="[2.95, 2.96, 2.94]", seeds="[0, 1, 2]", commit="c2", parent="c1",
+            **on("gpu 0", (200, 300), (300, 450), (400, 500)), finished_at=T0 + 300),
+        # made from the baseline beside exp 2, judged against it at T0 + 400 with the baseline's seeds alone
+        exp(3, Status.DISCARD, 2.99, "betas", commit="c3", parent="c1", **on("gpu 1", (200, 400)),
+            finished_at=T0 + 400),
+        # judged at T0 + 600, after exp 2's runs measured again
+        exp(4, Status.DISCARD, 2.94, "depth", commit="c4", parent="c2", **on("gpu 1", (400, 600)),
+            finished_at=T0 + 600),
+    ]  # fmt: skip
+    text = render_report(exps)
+    rows = {int(line.split("|")[1]): line for line in text.split("## Every experiment", 1)[1].splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip().isdigit()}  # fmt: skip
+    alone = measured_noise(exps[:1]).margin  # the baseline's seeds: 0.018
+    pooled = measured_noise(exps).margin  # with exp 2's three runs
+    assert f"{alone:.6f}" != f"{pooled:.6f}"
+    assert f"0.010000 better than the best 3.000000 but inside the margin {alone:.6f}" in rows[3]
+    assert f"0.010000 better than the best 2.950000 but inside the margin {pooled:.6f}" in rows[4]

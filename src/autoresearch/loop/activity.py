@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import stat
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autoresearch.files import read_regular, write_text_atomic
@@ -72,6 +73,31 @@ def left_open(exp: Experiment) -> bool:
 def without_open(exp: Experiment) -> str:
     """`exp.spans` less the runs a dead loop left open: when they ended is not known."""
     return json.dumps([s for s in json.loads(exp.spans) if s["end"] is not None])
+
+
+def as_of(experiments: list[Experiment], when: float) -> list[Experiment]:
+    """The rows as the loop held them at `when` (time.time()): those with a verdict by then, each with the values of
+    its runs that had ended by then. With several workers verdicts come in any order, and a kept change measured again
+    gains runs after its verdict (loop/confirmation.py): what a verdict was judged with is this, not the rows before
+    it. A run ends when its worker reports it (`with_end`), its value joins its row moments later; a value whose run
+    has no recorded end (a ledger from before spans, or rebuilt) counts."""
+    rows = []
+    for exp in experiments:
+        if exp.finished_at is None or exp.finished_at >= when:
+            continue
+        ended: dict[int, float] = {}
+        for span in spans_of(exp):
+            if span.end is not None:  # a run the loop was killed during trained again: its last end gave the value
+                ended[span.run] = max(span.end, ended.get(span.run, span.end))
+        try:
+            pairs = zip(exp.run_values, exp.run_indices, strict=True)  # run_indices is as long as the values
+            runs = [(v, i) for v, i in pairs if ended.get(i, -math.inf) < when]
+        except (TypeError, ValueError):  # a broken record: as it is (judge.run_values reads it as no runs)
+            rows.append(exp)
+            continue
+        values, seeds = [v for v, _ in runs], [i for _, i in runs]
+        rows.append(replace(exp, runs=json.dumps(values), seeds=json.dumps(seeds)))
+    return rows
 
 
 def busy_fraction(spans: Iterable[Span], start: float, end: float, now: float | None = None) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from autoresearch.loop import activity
 from autoresearch.loop.judge import BETTER, SIMPLER_BUT, SIMPLER_KEPT, Noise, measured_noise, run_values
 from autoresearch.loop.ledger import Experiment
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
@@ -106,8 +107,9 @@ def signed(value: float, spec: str = ".4f") -> str:
 
 
 def noise_before(experiments: list[Experiment], exp: Experiment) -> Noise | None:
-    """The noise `exp` was judged with: measured by the experiments before it (it grows with the night)."""
-    return measured_noise([e for e in experiments if e.id < exp.id])
+    """The noise `exp` was judged with: measured by the runs that had ended by its verdict (it grows with the night;
+    with several workers, verdicts after its own and a kept change's runs measured again later are not in it)."""
+    return None if exp.finished_at is None else measured_noise(activity.as_of(experiments, exp.finished_at))
 
 
 def best_before(experiments: list[Experiment]) -> dict[int, float]:
