@@ -466,6 +466,25 @@ def test_status_with_several_workers_gives_each_its_run_against_the_budget_or_id
     assert "  gpu 1 (busy 0%): idle" in lines and "running: exp 5" not in out
 
 
+def test_status_and_the_report_count_experiments_per_hour_over_the_same_time(workspace, capsys) -> None:
+    """BROKE, fixed (a user's walk with Ray and 2 workers): after a SIGKILLed session `status` said 80.2 experiments
+    per hour, the report written just after 74.8: `status` ended its window at the last row's verdict, the report at
+    the last verdict, and with several workers the last row is not always the last judged (exp 3 here)."""
+    t0 = time.time() - 3600
+    ledger = Ledger(workspace.root)
+    for exp_id, (start, end, worker) in enumerate([(0, 600, "gpu 0"), (600, 1800, "gpu 0"), (600, 1200, "gpu 1")], 1):
+        spans = json.dumps([{"worker": worker, "run": 0, "start": t0 + start, "end": t0 + end}])
+        ledger.insert(Experiment(exp_id, "experiment", Status.DISCARD, f"exp {exp_id}", "x", worker=worker,
+                                 started_at=t0 + start, finished_at=t0 + end, val_bpb=1.0, spans=spans))  # fmt: skip
+    ledger.close()
+    killed = {"started": t0, "ended": None, "workers": ["gpu 0", "gpu 1"]}  # its last verdict ends it
+    (workspace.state / "sessions.jsonl").write_text(json.dumps(killed) + "\n")
+    code, out, _ = run_cli(capsys, "status", "--workspace", str(workspace.root))
+    assert code == 0 and "rate: 6.0 experiments per hour (gpu 0: 4.0, gpu 1: 2.0)" in out.splitlines()  # 3 in 30 min
+    assert run_cli(capsys, "report", "--workspace", str(workspace.root))[0] == 0
+    assert "**6.0 experiments per hour**" in (workspace.root / "report.md").read_text()
+
+
 def test_output_piped_into_a_reader_that_has_gone_ends_quietly(history, subprocess_env) -> None:
     """`autoresearch show 3 | head -1`: the reader may close the pipe before the command prints."""
     argv = [sys.executable, "-m", "autoresearch", "show", "3", "--workspace", str(history.root)]

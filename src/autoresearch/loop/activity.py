@@ -9,8 +9,9 @@ when the worker was handed the run and when its outcome came back, as time.time(
 - **experiments per hour**: the verdicts within a window over its hours, each experiment counted for the
   worker of its last run (a rejected proposal counts in the total, for no worker).
 
-`status` takes the window since the running loop started (its `loop.json`), the live view since it opened,
-`report` from the first experiment's start to the last verdict, less the time no loop ran (each loop's start, end
+`status`'s busy fractions take the window since the running loop started (its `loop.json`), the live view since it
+opened; `report`, and `status`'s rates, from the first experiment's start to the last verdict (`rated`: one window for
+both), less the time no loop ran (each loop's start, end
 and workers are kept in `sessions.jsonl`; one killed outright ends at its last run or verdict). A run still training
 counts up to now where the loop is alive; a run the loop died during has no known end and counts nowhere.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop.ledger import Experiment
+from autoresearch.vocabulary import IN_FLIGHT
 
 SESSION_NAME = "loop.json"  # under .autoresearch/: the running loop's workers and when it started
 HISTORY_NAME = "sessions.jsonl"  # under .autoresearch/: each loop's start, end (null: killed) and workers, a line each
@@ -139,6 +141,26 @@ def per_hour(
         return 0.0, {}
     counts, own = Counter(e.worker for e in finished if e.worker), own or {}
     return len(finished) * 3600 / seconds, {w: n * 3600 / (own.get(w) or seconds) for w, n in sorted(counts.items())}
+
+
+@dataclass(frozen=True)
+class Rated:
+    """What `status` and `report` rate: the verdicts, and the workers that ran them."""
+
+    done: list[Experiment]  # the experiments with a verdict
+    start: float  # the first of them started
+    end: float  # the last verdict: with several workers not the last row's, verdicts come in any order
+    workers: list[str]  # every worker a run of any experiment or a verdict names
+
+
+def rated(experiments: list[Experiment]) -> Rated | None:
+    """The verdicts of `experiments` to rate, and their span; None before the first verdict."""
+    done = [e for e in experiments if e.status not in IN_FLIGHT and e.finished_at is not None]
+    if not done:
+        return None
+    spans = [s for e in experiments for s in spans_of(e)]
+    workers = sorted({s.worker for s in spans} | {e.worker for e in done if e.worker})
+    return Rated(done, min(e.started_at for e in done), max(e.finished_at for e in done), workers)
 
 
 # -- the running loop's workers --------------------------------------------------------------------------

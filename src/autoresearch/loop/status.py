@@ -176,12 +176,10 @@ def status_text(ws: Workspace) -> str:
             )
     counts = Counter(e.status for e in experiments if e.status not in IN_FLIGHT)
     lines.append("experiments: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none finished yet"))
-    finished = [e for e in experiments if e.finished_at]
-    if len(finished) > 1:
-        start, end = experiments[0].started_at, finished[-1].finished_at
-        workers = sorted({e.worker for e in finished if e.worker})
-        ran = activity.running(activity.periods(ws.state, experiments), start, end, workers)  # less the time between
-        total, by_worker = activity.per_hour(finished, ran.seconds, ran.by_worker)
+    if (rated := activity.rated(experiments)) and len(rated.done) > 1:  # as the report counts them
+        found = activity.periods(ws.state, experiments)
+        ran = activity.running(found, rated.start, rated.end, rated.workers)  # less the time between loops
+        total, by_worker = activity.per_hour(rated.done, ran.seconds, ran.by_worker)
         lines.append(f"rate: {total:.1f} experiments per hour{_per_worker(by_worker)}")
     in_flight = [e for e in experiments if e.status in IN_FLIGHT]
     locked = ws.is_locked()

@@ -145,13 +145,10 @@ def _every(exps: list[Experiment], stopped: bool) -> str:
 
 
 def _throughput(exps: list[Experiment], found: list[activity.Period]) -> str:
-    done = [e for e in finished(exps) if e.finished_at is not None]
-    if not done:
+    if (rated := activity.rated(exps)) is None:
         return "No experiment has finished yet."
-    start = min(e.started_at for e in done)
-    end = max(e.finished_at for e in done if e.finished_at is not None)
+    done, start, end, workers = rated.done, rated.start, rated.end, rated.workers  # as `status` rates them
     spans = [s for e in exps for s in activity.spans_of(e)]
-    workers = sorted({s.worker for s in spans} | {e.worker for e in done if e.worker})
     ran = activity.running(found, start, end, workers)  # the time loops ran, less the time between them
     period = f"{_clock(start)} to {_clock(end)}"
     if ran.seconds <= 0:
