@@ -472,3 +472,33 @@ def test_the_margin_shown_is_the_one_the_verdict_was_judged_with_not_one_from_ru
     assert f"{alone:.6f}" != f"{pooled:.6f}"
     assert f"0.010000 better than the best 3.000000 but inside the margin {alone:.6f}" in rows[3]
     assert f"0.010000 better than the best 2.950000 but inside the margin {pooled:.6f}" in rows[4]
+
+
+def test_the_throughput_counts_workers_per_loop_and_no_more_harness_time_than_the_runs_took(tmp_path):
+    """BROKE, fixed (a user's walk): after a one-worker loop (`submit`'s "local") on a workspace whose loops had 2
+    workers, the report said "3 workers", and "Inside the harness ... 117% of the workers' wall clock" beside a busy
+    fraction under 100%: the workers were the names of every loop's, and each experiment's runs were counted as long
+    as its last, though its first compiled and ran longer (its runs' spans bound them)."""
+    state = tmp_path / ".autoresearch"
+    state.mkdir()
+    (state / activity.HISTORY_NAME).write_text(
+        json.dumps({"started": T0, "ended": T0 + 600, "workers": ["gpu 0", "gpu 1"]})
+        + "\n"
+        + json.dumps({"started": T0 + 700, "ended": T0 + 1200, "workers": ["local"]})
+        + "\n"
+    )
+    seeds = on("gpu 0", (0, 150), (0, 150), (150, 300))  # 400 s in the harness by its last run's time: 150 s each
+    seeds["spans"] = seeds["spans"].replace('"gpu 0", "run": 1', '"gpu 1", "run": 1')
+    rows = [
+        exp(1, Status.KEEP, 1.0, "baseline", kind="baseline", runs="[0.99, 1.0, 1.01]", started_at=T0,
+            finished_at=T0 + 300, **seeds),
+        exp(2, Status.DISCARD, 1.003, "LR up", started_at=T0 + 150, finished_at=T0 + 600, **on("gpu 1", (150, 600))),
+        exp(3, Status.DISCARD, 1.002, "submitted", started_at=T0 + 700, finished_at=T0 + 1200,
+            **on("local", (700, 1200))),
+    ]  # fmt: skip
+    text = render_report(rows, stopped=True, found=activity.periods(state, rows)).split("## Throughput")[1]
+    assert "3 workers" not in text
+    assert "2 workers at a time (3 over the loops), busy **82%** together" in text  # 1400 s of 600 + 600 + 500
+    # 450 s (its spans) + 400 s + 400 s of 1700 s: no more than the busy fraction, which holds it
+    assert "- Inside the harness (training plus its own overhead): 20 min 50 s, 74% of the workers' wall clock" in text
+    assert "- Training: 17 min 30 s, **62% of the workers' wall clock**" in text  # 450 s + 300 s + 300 s

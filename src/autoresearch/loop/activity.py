@@ -296,6 +296,7 @@ class Running:
     seconds: float
     worker_seconds: float
     by_worker: dict[str, float]
+    at_once: int  # the most workers one loop had (a one-worker loop's "local" beside two-worker loops': 2, of 3 names)
 
 
 def running(found: list[Period], start: float, end: float, workers: list[str]) -> Running:
@@ -303,12 +304,14 @@ def running(found: list[Period], start: float, end: float, workers: list[str]) -
     no loop kept a history, or none of some of `workers`' loops did: the whole window, N workers having N x it."""
     if not found or not set(workers) <= {w for period in found for w in period.workers}:
         wall = end - start
-        return Running(wall, wall * max(1, len(workers)), dict.fromkeys(workers, wall))
-    seconds, capacity, by_worker = 0.0, 0.0, Counter()
+        return Running(wall, wall * max(1, len(workers)), dict.fromkeys(workers, wall), max(1, len(workers)))
+    seconds, capacity, by_worker, at_once = 0.0, 0.0, Counter(), 1
     for period in found:
         within = max(0.0, min(period.end, end) - max(period.start, start))
         seconds += within
         capacity += within * max(1, len(period.workers))
         for worker in period.workers:
             by_worker[worker] += within
-    return Running(seconds, capacity, dict(by_worker))
+        if within > 0:
+            at_once = max(at_once, len(period.workers))
+    return Running(seconds, capacity, dict(by_worker), at_once)

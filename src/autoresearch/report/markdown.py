@@ -161,8 +161,8 @@ def _throughput(exps: list[Experiment], found: list[activity.Period]) -> str:
     ]
     several = ran.worker_seconds > ran.seconds
     capacity, of = (ran.worker_seconds, "of the workers' wall clock") if several else (ran.seconds, "of wall clock")
-    training = [e.training_seconds * _runs(e) for e in done if e.training_seconds is not None]
-    totals = [e.total_seconds * _runs(e) for e in done if e.total_seconds is not None]
+    training = [_spent(e, e.training_seconds, start, end) for e in done if e.training_seconds is not None]
+    totals = [_spent(e, e.total_seconds, start, end) for e in done if e.total_seconds is not None]
     if training:
         spent, idle = sum(training), max(capacity - sum(training), 0)
         lines.append(
@@ -178,33 +178,42 @@ def _throughput(exps: list[Experiment], found: list[activity.Period]) -> str:
     if missing:
         lines.append(f"- {missing} experiment{_s(missing)} recorded no training time (counted as overhead)")
     if len(workers) > 1:
-        lines.append("\n" + _workers(done, spans, workers, start, end, ran.by_worker))
+        lines.append("\n" + _workers(done, spans, workers, start, end, ran))
     return "\n".join(lines)
 
 
-def _runs(exp: Experiment) -> int:
-    """How many runs an experiment's times stand for: the ledger holds its last run's, and each run of it (the
-    baseline's seeds, a re-run) trained as long."""
+def _spent(exp: Experiment, seconds: float, start: float, end: float) -> float:
+    """The time an experiment's runs spent in the harness (or training: `seconds`, its last run's), as the busy
+    fraction counts time: no more than its runs' spans cover of [start, end]. The ledger holds its last run's times
+    and each run of it (the baseline's seeds, a re-run) is taken to have run as long, but a first run that compiled
+    took longer than the rest, and runs of a kept change measured again may end after the last verdict: counted in
+    full, the harness took more than the workers' wall clock (117% beside a busy fraction of 86%, a user's walk)."""
     try:
-        return max(len(exp.run_values), 1)
+        runs = max(len(exp.run_values), 1)
     except ValueError:
-        return 1
+        runs = 1
+    ran = [s for s in activity.spans_of(exp) if s.end is not None]
+    return min(seconds * runs, activity.busy_seconds(ran, start, end)) if ran else seconds * runs  # spans: recorded
 
 
 def _workers(
     done: list[Experiment], spans: list[activity.Span], workers: list[str], start: float, end: float,
-    seconds: dict[str, float],
+    ran: activity.Running,
 ) -> str:  # fmt: skip
-    """A row per worker: its verdicts, their rate, its runs and its busy fraction, each over the `seconds` it ran
-    within the report's span."""
+    """A row per worker: its verdicts, their rate, its runs and its busy fraction, each over the seconds it ran
+    within the report's span (`ran.by_worker`)."""
+    seconds = ran.by_worker
     verdicts = Counter(e.worker for e in done if e.worker)
     _, rates = activity.per_hour(done, end - start, seconds)
     runs = Counter(s.worker for s in spans if s.end is not None)
     busy = {w: activity.busy_seconds([s for s in spans if s.worker == w], start, end) for w in workers}
     fraction = {w: min(1.0, busy[w] / seconds[w]) if seconds.get(w) else 0.0 for w in workers}
     together = sum(busy.values()) / sum(seconds.get(w, 0.0) for w in workers) if any(seconds.values()) else 0.0
+    many = f"{len(workers)} workers"
+    if ran.at_once < len(workers):  # a one-worker loop ("local") beside two-worker loops: 3 names, never 3 at once
+        many = f"{ran.at_once} workers at a time ({len(workers)} over the loops)"
     rows = [
-        f"{len(workers)} workers, busy **{min(1.0, together):.0%}** together: the share of the time each ran during "
+        f"{many}, busy **{min(1.0, together):.0%}** together: the share of the time each ran during "
         "which it had a run, from handing it over to its score (start-up and scoring included).",
         "",
         "| worker | experiments | per hour | runs | busy |",
