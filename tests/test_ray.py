@@ -246,6 +246,7 @@ def test_an_address_where_nothing_answers_is_refused_at_once_saying_so(tmp_path,
     assert refused.returncode == 2, refused.stdout + refused.stderr
     said = " ".join(refused.stderr.split())
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port}" in said, said
+    assert "Connection refused" in said
     assert "ray status" in said and "Traceback" not in said
     assert time.monotonic() - started < 60
 

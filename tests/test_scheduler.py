@@ -513,7 +513,7 @@ def test_a_try_stopped_on_another_setup_is_taken_up_by_run_with_the_baselines_wo
     edited = with_constants(workspace.read_train_py(), LR=0.2)
     workspace.write_train_py(edited)
     # naming the workers' count (a user's walk: "the same --workers" did not say how many)
-    measured = r"CPU time / 2 cores, the baseline's runs on .* by 2 workers \(`--workers 2` gives each run as many"
+    measured = r"CPU time / 2 cores, the baseline's runs on .* by a loop of 2 workers \(`--workers 2` gives each run"
     with pytest.raises(LoopError, match=measured):
         try_working_tree(make_loop(workspace, FakeExecutor(score, setup="AMD EPYC; CPU time / 2 cores")), "LR 0.2")
     again, fakes = scheduler(workspace, gpus=None, workers=2)  # the branch is on exp 2's commit, in flight

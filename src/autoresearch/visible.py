@@ -2,22 +2,24 @@
 
 train.py prints what it likes, an exception's message is its own, and an agent writes train.py's bytes: any of it
 can hold characters a terminal acts on rather than shows (ESC's sequences move the cursor, erase a line, set the
-clipboard) or that reorder what an editor shows (bidi overrides). Shown as they are, they could draw a KEEP over a
-crash's line, or show a reviewer a diff other than the one that ran (red team). So every such character is spelled
-out as Python writes it (`\\x1b`, `\\u202e`) wherever the loop shows such text: verdict lines, `status`, `show`,
-`diff` and report.md. The ledger keeps the text as it was.
+clipboard) or that reorder what an editor shows (bidi controls). Shown as they are, they could draw a KEEP over a
+crash's line, or show a reviewer a diff other than the one that ran (red team). So each such character is spelled out
+as Python writes it (`\\x1b`, `\\u202e`) wherever the loop shows such text: verdict lines, `status`, `show`, `diff`,
+the live view and report.md. Every other character stays as it is (Chinese text's ideographic space, the joiner
+inside an emoji). The ledger keeps the text as it was.
 """
 
 from __future__ import annotations
 
-_KEPT = "\n\t"  # a line break and a tab are shown as what they are
+import re
+
+# The C0 and C1 controls but a tab and a line break, DEL, the bidi controls, and the line and paragraph separators.
+_ACTED_ON = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def visible(text: str) -> str:
-    """`text` with each character that is not printable (but a line break or a tab) spelled out: `\\x1b`."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() or ch in _KEPT else ascii(ch)[1:-1] for ch in text)
+    """`text` with each character a terminal or an editor acts on rather than shows spelled out: `\\x1b`."""
+    return _ACTED_ON.sub(lambda found: ascii(found[0])[1:-1], text)
 
 
 def visible_line(text: str) -> str:

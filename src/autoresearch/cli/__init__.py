@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from autoresearch.cli.commands import compare, prepare_data, run, submit, try_change, wait
+from autoresearch.cli.commands import compare, placement, prepare_data, run, submit, try_change, wait
 from autoresearch.cli.parser import parse
 from autoresearch.errors import AutoresearchError
 from autoresearch.files import absolute_entries
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if taken:
         signal.signal(signal.SIGTERM, _terminated)
     try:
-        return _main(args, Console(stderr=True))
+        return _main(args, Console(stderr=True, emoji=False))  # `:ok:` in a path is no emoji
     finally:
         if taken:  # main() called in-process leaves the handler as it was
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -200,10 +200,7 @@ def _no_task(exc: Exception) -> AutoresearchError:
 def _interrupted(console: Console, exc: KeyboardInterrupt, args: argparse.Namespace) -> int:
     if args.command == "run" and getattr(args, "agent", None) == "queue":  # most often the loop `submit` started
         # with this loop's workers: a loop of others would measure the runs of another setup than the baseline's
-        layout = "".join(
-            f" {flag} {value}" for flag, value in (("--gpus", args.gpus), ("--workers", args.workers)) if value
-        )
-        layout += f" --ray {args.ray}".rstrip() if args.ray is not None else ""
+        layout = "".join(f" {shlex.quote(word)}" for word in placement(args))
         console.print(
             f"interrupted: the next `autoresearch submit{layout}` (or `run --agent queue{layout}`) resumes where it "
             "stopped",

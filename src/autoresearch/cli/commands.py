@@ -208,6 +208,16 @@ def run(args: argparse.Namespace, console: Console) -> None:
                 )
 
 
+def placement(args: argparse.Namespace) -> list[str]:
+    """The options of `run` or `submit` that say where and how long its runs train (`--gpus`, `--workers`, `--ray`,
+    `--accelerator`, `--timeout`), as given: a loop resumed without them would train on another setup."""
+    options = []
+    for option, value in (("--gpus", args.gpus), ("--workers", args.workers), ("--timeout", args.timeout),
+                          ("--accelerator", args.accelerator)):  # fmt: skip
+        options += [option, str(value)] if value else []
+    return options + (["--ray", *([args.ray] if args.ray else [])] if args.ray is not None else [])
+
+
 def check_placement(args: argparse.Namespace) -> None:
     """Refuse, before anything starts, where the runs go given twice, or a GPU type without Ray."""
     if args.accelerator and args.ray is None:  # it would be dropped without a word: runs on whatever is here
@@ -295,11 +305,7 @@ def submit(args: argparse.Namespace, console: Console) -> None:
             "--linger",
             "600",
         ]
-        argv += ["--baseline-runs", str(args.baseline_runs), "--workspace", str(ws.root)]
-        for option, value in (("--gpus", args.gpus), ("--workers", args.workers), ("--timeout", args.timeout),
-                              ("--accelerator", args.accelerator)):  # fmt: skip
-            argv += [option, str(value)] if value else []
-        argv += ["--ray", *([args.ray] if args.ray else [])] if args.ray is not None else []
+        argv += ["--baseline-runs", str(args.baseline_runs), "--workspace", str(ws.root), *placement(args)]
         with (ws.state / "driver.log").open("ab") as log:
             log.write(f"{LOOP_STARTED}, {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n".encode())
             log.flush()

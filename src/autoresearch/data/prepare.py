@@ -62,7 +62,7 @@ def prepare(
     console: Console | None = None,
 ) -> Path:
     """Prepare `dataset` for `preset` under `cache`; returns the prepared directory."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, emoji=False)
     source = make_source(dataset, preset, root=root, shards=shards)
     out = prepared_dir(cache, source.slug, preset.name)
     if force or not _current(out, source, preset):

@@ -78,14 +78,14 @@ def without_open(exp: Experiment) -> str:
 
 
 def as_of(experiments: list[Experiment], when: float) -> list[Experiment]:
-    """The rows as the loop held them at `when` (time.time()): those with a verdict by then, each with the values of
-    its runs that had ended by then. With several workers verdicts come in any order, and a kept change measured again
-    gains runs after its verdict (loop/confirmation.py): what a verdict was judged with is this, not the rows before
-    it. A run ends when its worker reports it (`with_end`), its value joins its row moments later; a value whose run
-    has no recorded end (a ledger from before spans, or rebuilt) counts."""
+    """The rows as the loop held them at `when` (time.time()): those with a verdict by then (at `when` too), each with
+    the values of its runs that had ended by then. With several workers verdicts come in any order, and a kept change
+    measured again gains runs after its verdict (loop/confirmation.py): what a verdict was judged with is this, not the
+    rows before it. A run ends when its worker reports it (`with_end`), its value joins its row moments later; a value
+    whose run has no recorded end (a ledger from before spans, or rebuilt) counts."""
     rows = []
     for exp in experiments:
-        if exp.finished_at is None or exp.finished_at >= when:
+        if exp.finished_at is None or exp.finished_at > when:
             continue
         ended: dict[int, float] = {}
         for span in spans_of(exp):

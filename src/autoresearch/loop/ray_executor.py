@@ -73,6 +73,7 @@ SAME_HARNESS_HINT = "install the same autoresearch on every node of the Ray clus
 COPY_ENV = "AUTORESEARCH_RAY_COPY"  # "1" on a node: train from copies even where it sees the workspace
 TOKEN_NAME = "ray-token"  # in the workspace's .autoresearch/: a node that reads the loop's token sees its files
 PRODUCTS = ("result.json", "log.txt", PROGRESS_NAME, STAGED)  # what a run leaves in its directory for the loop
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # what Ray replaces with this node's address before it connects
 CONNECT_TIMEOUT_S = 10.0  # for a cluster's address to answer at all (a firewall that drops packets: no answer)
 STOP_GRACE_S = 5.0  # from a run's cancel to the kill of its Ray worker, where the cancel did not end it
 _executors: dict[str, LocalExecutor] = {}  # in a Ray worker process: one per GPU it was given, kept warm
@@ -130,15 +131,19 @@ def connect(address: str | None, accelerator: str | None = None) -> int:
 
 
 def unanswered(address: str, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
-    """Why nothing answers at a Ray address `host:port` (`ray://host:port` too); None where something does, or where
-    the address names no port (`auto`, `local`: Ray finds those itself, at once)."""
+    """Why nothing answers at a Ray address `host:port` (`ray://host:port` too) where Ray would call it; None where
+    something does, or where the address names no port (`auto`, `local`: Ray finds those itself, at once)."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         return None
+    dialled = host.strip("[]")
+    if not address.startswith("ray://") and dialled in LOOPBACK:  # Ray calls this node's own address in its place
+        dialled = ray_module().util.get_node_ip_address()
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        socket.create_connection((dialled, int(port)), timeout=timeout).close()
     except OSError as exc:
-        return f"nothing answers at {host}:{port} ({exc.strerror or str(exc) or type(exc).__name__})"
+        where = f"{host}:{port}" + (f" (which Ray calls at {dialled})" if dialled != host.strip("[]") else "")
+        return f"nothing answers at {where}: {exc.strerror or str(exc) or type(exc).__name__}"
     return None
 
 

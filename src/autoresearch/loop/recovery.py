@@ -72,12 +72,18 @@ class Recovery:
         expected = self.baseline_result().get("setup")
         if setup and expected and setup != expected:
             why = f"it was measured on {setup}, the baseline's runs on {expected}"
-            baseline = [e for e in self.ledger.all() if e.kind == Kind.BASELINE]
-            workers = {span.worker for e in baseline for span in activity.spans_of(e)}
-            if "CPU time" in expected and len(workers) > 1:  # the cores a run gets follow the count of workers
-                why += f" by {len(workers)} workers (`--workers {len(workers)}` gives each run as many cores)"
+            if "CPU time" in expected and (workers := self._baseline_workers()) > 1:  # a run's cores follow their count
+                why += f" by a loop of {workers} workers (`--workers {workers}` gives each run as many cores)"
             return why
         return None
+
+    def _baseline_workers(self) -> int:
+        """The workers of the loop the baseline's runs trained in (its seeds take only some of them), where the
+        workspace's history of loops says; 0 where it does not."""
+        experiments = self.ledger.all()
+        spans = [s for e in experiments if e.kind == Kind.BASELINE for s in activity.spans_of(e) if s.end is not None]
+        loops = activity.periods(self.ws.state, experiments)
+        return max((len(p.workers) for p in loops for s in spans if p.start <= s.start and s.end <= p.end), default=0)
 
     def confinement_differs(self, confined: bool | None) -> str | None:
         """Why a run that was not confined (`confined` False: AUTORESEARCH_SANDBOX=off in the environment of the

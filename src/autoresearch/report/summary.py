@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from autoresearch.loop import activity
 from autoresearch.loop.judge import BETTER, SIMPLER_BUT, SIMPLER_KEPT, Noise, measured_noise, run_values
 from autoresearch.loop.ledger import Experiment
+from autoresearch.visible import visible_line
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 
 
@@ -81,8 +82,9 @@ def shorten(text: str, width: int = 48) -> str:
 
 def clip(text: str, width: int) -> str:
     """Text on one line (whitespace collapsed), at most width characters: cut at a word boundary, with an
-    ellipsis, so that a number or a name is never cut in two (only a single word longer than the space is)."""
-    line = " ".join(text.split())
+    ellipsis, so that a number or a name is never cut in two (only a single word longer than the space is); what a
+    terminal would act on spelled out (visible: a description rebuilt from a results.tsv edited by hand)."""
+    line = visible_line(text)
     if len(line) <= width:
         return line
     room = line[: width - 1]
@@ -109,7 +111,12 @@ def signed(value: float, spec: str = ".4f") -> str:
 def noise_before(experiments: list[Experiment], exp: Experiment) -> Noise | None:
     """The noise `exp` was judged with: measured by the runs that had ended by its verdict (it grows with the night;
     with several workers, verdicts after its own and a kept change's runs measured again later are not in it)."""
-    return None if exp.finished_at is None else measured_noise(activity.as_of(experiments, exp.finished_at))
+    if exp.finished_at is None:
+        return None
+    # A verdict at the very time of its own goes before it where its id does: a ledger rebuilt from git has its
+    # times to the second, and the baseline's last seed may end within the second of the next experiment's commit.
+    tied = [e for e in experiments if e.finished_at == exp.finished_at and e.id >= exp.id]
+    return measured_noise(activity.as_of([e for e in experiments if e not in tied], exp.finished_at))
 
 
 def best_before(experiments: list[Experiment]) -> dict[int, float]:
