@@ -11,9 +11,9 @@ when the worker was handed the run and when its outcome came back, as time.time(
 
 `status`'s busy fractions take the window since the running loop started (its `loop.json`), the live view since it
 opened; `report`, and `status`'s rates, from the first experiment's start to the last verdict (`rated`: one window for
-both), less the time no loop ran (each loop's start, end
-and workers are kept in `sessions.jsonl`; one killed outright ends at its last run or verdict). A run still training
-counts up to now where the loop is alive; a run the loop died during has no known end and counts nowhere.
+both), less the time no loop ran (each loop's start, end and workers are kept in `sessions.jsonl`; one killed
+outright ends at its last run or verdict). A run still training counts up to now where the loop is alive; a run the
+loop died during has no known end and counts nowhere.
 """
 
 from __future__ import annotations
