@@ -21,7 +21,7 @@ from autoresearch.report.summary import (
     explain,
     finished,
     first_line,
-    noise_before,
+    noises_before,
     signed,
     status_word,
 )
@@ -134,11 +134,11 @@ def _crashes(exps: list[Experiment]) -> str:
 def _every(exps: list[Experiment], stopped: bool) -> str:
     if not exps:
         return "None yet."
-    before = best_before(exps)
+    before, noises = best_before(exps), noises_before(exps)
     rows = ["| # | status | val_bpb | change | why |", "|---:|---|---:|---|---|"]
     for exp in exps:
         value = f"{exp.val_bpb:.6f}" if isinstance(exp.val_bpb, (int, float)) and exp.status != Status.CRASH else "—"
-        why = explain(exp, before.get(exp.id), noise_before(exps, exp), stopped)
+        why = explain(exp, before.get(exp.id), noises[exp.id], stopped)
         status = status_word(exp.status, stopped)
         rows.append(f"| {exp.id} | {status} | {value} | {_cell(exp.description, 80)} | {_cell(why, 240)} |")
     return "\n".join(rows)

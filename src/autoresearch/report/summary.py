@@ -111,12 +111,30 @@ def signed(value: float, spec: str = ".4f") -> str:
 def noise_before(experiments: list[Experiment], exp: Experiment) -> Noise | None:
     """The noise `exp` was judged with: measured by the runs that had ended by its verdict (it grows with the night;
     with several workers, verdicts after its own and a kept change's runs measured again later are not in it)."""
-    if exp.finished_at is None:
-        return None
-    # A verdict at the very time of its own goes before it where its id does: a ledger rebuilt from git has its
-    # times to the second, and the baseline's last seed may end within the second of the next experiment's commit.
-    tied = [e for e in experiments if e.finished_at == exp.finished_at and e.id >= exp.id]
-    return measured_noise(activity.as_of([e for e in experiments if e not in tied], exp.finished_at))
+    return noises_before(experiments, [exp])[exp.id]
+
+
+def noises_before(experiments: list[Experiment], of: list[Experiment] | None = None) -> dict[int, Noise | None]:
+    """`noise_before` of each experiment `of` (default: all), by id. The rows that measure the noise are picked out
+    once, and the noise is measured once for each set of their runs (most verdicts see the same as the one before)."""
+    # What measured_noise reads: the baseline's row, and those of more than one run (as of a verdict a row has no more
+    # runs than now); a single run, most of a night's, measures no noise.
+    measuring = [e for e in experiments if e.kind == Kind.BASELINE or len(run_values(e)) > 1]
+    measured: dict[tuple, Noise | None] = {}
+    noises: dict[int, Noise | None] = {}
+    for exp in experiments if of is None else of:
+        if exp.finished_at is None:
+            noises[exp.id] = None
+            continue
+        # A verdict at the very time of its own goes before it where its id does: a ledger rebuilt from git has its
+        # times to the second, and the baseline's last seed may end within the second of the next experiment's commit.
+        tied = {e.id for e in measuring if e.finished_at == exp.finished_at and e.id >= exp.id}
+        rows = activity.as_of([e for e in measuring if e.id not in tied], exp.finished_at)
+        key = tuple((e.id, e.runs) for e in rows)  # all that differs between them: a row is one row, its runs fewer
+        if key not in measured:
+            measured[key] = measured_noise(rows)
+        noises[exp.id] = measured[key]
+    return noises
 
 
 def best_before(experiments: list[Experiment]) -> dict[int, float]:
