@@ -151,6 +151,7 @@ class Rated:
     start: float  # the first of them started
     end: float  # the last verdict: with several workers not the last row's, verdicts come in any order
     workers: list[str]  # every worker a run of any experiment or a verdict names
+    spans: list[Span]  # every experiment's runs on workers
 
 
 def rated(experiments: list[Experiment]) -> Rated | None:
@@ -160,7 +161,7 @@ def rated(experiments: list[Experiment]) -> Rated | None:
         return None
     spans = [s for e in experiments for s in spans_of(e)]
     workers = sorted({s.worker for s in spans} | {e.worker for e in done if e.worker})
-    return Rated(done, min(e.started_at for e in done), max(e.finished_at for e in done), workers)
+    return Rated(done, min(e.started_at for e in done), max(e.finished_at for e in done), workers, spans)
 
 
 # -- the running loop's workers --------------------------------------------------------------------------

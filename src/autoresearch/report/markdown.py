@@ -147,8 +147,7 @@ def _every(exps: list[Experiment], stopped: bool) -> str:
 def _throughput(exps: list[Experiment], found: list[activity.Period]) -> str:
     if (rated := activity.rated(exps)) is None:
         return "No experiment has finished yet."
-    done, start, end, workers = rated.done, rated.start, rated.end, rated.workers  # as `status` rates them
-    spans = [s for e in exps for s in activity.spans_of(e)]
+    done, start, end, workers, spans = rated.done, rated.start, rated.end, rated.workers, rated.spans  # as status
     ran = activity.running(found, start, end, workers)  # the time loops ran, less the time between them
     period = f"{_clock(start)} to {_clock(end)}"
     if ran.seconds <= 0:
