@@ -37,7 +37,8 @@ from loop_overhead import NudgeAgent
 from autoresearch.agents.factory import make_agent
 from autoresearch.loop.activity import busy_by_worker, overall, spans_of
 from autoresearch.loop.parallel import run_workers
-from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, ray_devices
+from autoresearch.loop.ray_cluster import connect, ray_devices
+from autoresearch.loop.ray_executor import RayExecutor, Shipment
 from autoresearch.loop.workers import devices
 from autoresearch.vocabulary import Kind
 

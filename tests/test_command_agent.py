@@ -120,7 +120,7 @@ def test_an_agent_sees_no_ray_token_nor_rays_folder(tmp_path: Path, context: Con
     """BROKE, fixed: an agent read the token the loop joins a Ray cluster with (RAY_AUTH_TOKEN, the file
     RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token) and Ray's folder (the cluster's address, its nodes' sockets). Its
     shell shares this machine's network: with them it joined the cluster, whose tasks run as the user, outside its
-    namespace, where the validation data can be read (loop/ray_executor.py)."""
+    namespace, where the validation data can be read (loop/ray_cluster.py)."""
     home, temp, token_file = tmp_path / "home", tmp_path / "tmp", tmp_path / "cluster-token"
     (home / ".ray").mkdir(parents=True)
     (home / ".ray" / "auth_token").write_text("token in the home")

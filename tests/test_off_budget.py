@@ -576,7 +576,7 @@ def test_a_user_site_packages_an_agent_makes_where_none_was_is_a_change(tmp_path
 def test_the_ray_warning_about_an_agents_shell_is_not_given_for_tune() -> None:
     """BROKE, fixed: `run --ray` with the default agent, on a cluster without token authentication, warned that
     "the tune agent, whose shell shares this machine's network" could send the cluster a task: tune has no shell."""
-    from autoresearch.loop.ray_executor import open_to_agent
+    from autoresearch.loop.ray_cluster import open_to_agent
 
     assert open_to_agent(TuneAgent()) is None
 
@@ -588,7 +588,7 @@ def test_a_ctrl_c_while_the_loop_leaves_ray_takes_effect_once_ray_has_stopped() 
     process of its own: signals are held back in a main thread, which a test under xdist does not run in.)"""
     code = """
 import signal
-from autoresearch.loop import ray_executor
+from autoresearch.loop import ray_cluster
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal (a job started with & ignores it)
 stopped = []
 class Ray:  # a Ray whose shutdown the person interrupts
@@ -597,12 +597,12 @@ class Ray:  # a Ray whose shutdown the person interrupts
     def shutdown(self):
         signal.raise_signal(signal.SIGINT)
         stopped.append("all of it")
-ray_executor.ray_module = Ray
+ray_cluster.ray_module = Ray
 try:
-    ray_executor.disconnect()
+    ray_cluster.disconnect()
 except KeyboardInterrupt:
     print("interrupted after", stopped)
-ray_executor.disconnect()  # no Ray left: nothing to do
+ray_cluster.disconnect()  # no Ray left: nothing to do
 print("done")
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

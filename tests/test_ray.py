@@ -34,11 +34,12 @@ from autoresearch.data.shards import Manifest
 from autoresearch.errors import AutoresearchError
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.evaluator.result import Result
-from autoresearch.loop import ray_data, ray_executor
+from autoresearch.loop import ray_cluster, ray_data, ray_executor
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import RunSpec
 from autoresearch.loop.parallel import run_workers
-from autoresearch.loop.ray_executor import RayExecutor, Shipment, connect, ray_devices
+from autoresearch.loop.ray_cluster import connect, ray_devices
+from autoresearch.loop.ray_executor import RayExecutor, Shipment
 from autoresearch.loop.workers import Device
 from autoresearch.vocabulary import RunEnd, Status
 from autoresearch.workspace.disk import DiskFullError
@@ -199,10 +200,10 @@ def test_an_accelerator_type_no_node_has_is_refused_at_the_start_naming_those_th
 
 def test_the_loop_warns_at_its_start_that_a_cluster_without_token_authentication_would_run_an_agents_task(cluster):
     """This cluster asks for no token: an agent with a shell could send it a task (tests/test_ray_agent.py)."""
-    warning = ray_executor.open_to_agent(CommandAgent("true"))
+    warning = ray_cluster.open_to_agent(CommandAgent("true"))
     assert warning and "runs without token authentication" in warning and "the command agent" in warning
-    assert ray_executor.open_to_agent(SimpleNamespace(name="anthropic", answers_only=True)) is None  # an API call
-    assert ray_executor.open_to_agent(None) is None  # submitted experiments only
+    assert ray_cluster.open_to_agent(SimpleNamespace(name="anthropic", answers_only=True)) is None  # an API call
+    assert ray_cluster.open_to_agent(None) is None  # submitted experiments only
 
 
 def test_with_no_address_the_loop_starts_a_ray_of_its_own_even_where_someone_elses_runs_on_this_machine(tmp_path):
@@ -220,7 +221,7 @@ def test_with_no_address_the_loop_starts_a_ray_of_its_own_even_where_someone_els
     try:
         subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
         joined = subprocess.run(
-            [sys.executable, "-c", "from autoresearch.loop.ray_executor import connect; print(connect(None))"],
+            [sys.executable, "-c", "from autoresearch.loop.ray_cluster import connect; print(connect(None))"],
             env=env | {"AUTORESEARCH_CACHE": str(tmp_path)}, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     finally:

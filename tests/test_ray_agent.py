@@ -23,13 +23,14 @@ from ray._private.authentication_test_utils import reset_auth_token_state
 from autoresearch.agents.command_agent import CommandAgent, run_process
 from autoresearch.data.shards import Manifest
 from autoresearch.evaluator.fingerprint import fingerprint
-from autoresearch.loop import ray_executor
+from autoresearch.loop import ray_cluster
 from autoresearch.loop.executor import RunSpec
-from autoresearch.loop.ray_executor import RayExecutor, connect
+from autoresearch.loop.ray_cluster import connect
+from autoresearch.loop.ray_executor import RayExecutor
 from autoresearch.vocabulary import RunEnd
 
 pytestmark = pytest.mark.slow
-RAY_VARIABLES = (ray_executor.AUTH_MODE, ray_executor.AUTH_TOKEN, ray_executor.AUTH_TOKEN_PATH, "RAY_TMPDIR", "HOME")
+RAY_VARIABLES = (ray_cluster.AUTH_MODE, ray_cluster.AUTH_TOKEN, ray_cluster.AUTH_TOKEN_PATH, "RAY_TMPDIR", "HOME")
 # What an agent would try: join the Ray it finds (address "auto", with the token in ~/.ray where Ray's own default
 # puts it), or the address it found by scanning this machine's ports, with the raylets its PID namespace hides from
 # Ray's search asked of the GCS; last, with Ray's token check on the driver's side off. A task that runs writes the
@@ -86,7 +87,7 @@ def test_an_agent_cannot_join_the_ray_the_loop_started_and_the_loop_still_trains
     it joined the loop's Ray and ran a task as the user, outside its namespace. The loop's Ray now has a token only
     the loop's processes hold (in their environment, not the agent's), and the agent's namespace hides Ray's folder
     and ~/.ray."""
-    assert ray_executor.open_to_agent(CommandAgent("true")) is None  # no warning at the start
+    assert ray_cluster.open_to_agent(CommandAgent("true")) is None  # no warning at the start
     assert not (Path.home() / ".ray").exists()  # the token is in no file
     ws = make_workspace(tmp_path / "ws", tiny_prepared)
     escaped = tmp_path / "escaped"

@@ -124,7 +124,7 @@ def test_a_loopback_address_where_something_answers_only_on_loopback_is_refused_
         """
         import socket, threading
         from autoresearch.errors import AutoresearchError
-        from autoresearch.loop.ray_executor import connect
+        from autoresearch.loop.ray_cluster import connect
         s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
         threading.Thread(target=lambda: [s.accept() for _ in iter(int, 1)], daemon=True).start()
         try:

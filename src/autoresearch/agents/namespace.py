@@ -22,7 +22,7 @@ from autoresearch.agents.server_sockets import RUNTIME_FOLDERS, server_sockets
 from autoresearch.evaluator import compile_cache, shown
 from autoresearch.evaluator.hidden import workspace_data_places
 from autoresearch.files import holds, program_path
-from autoresearch.loop.ray_executor import AUTH_TOKEN, hidden_from_agents
+from autoresearch.loop.ray_cluster import AUTH_TOKEN, hidden_from_agents
 
 SSH_AGENT = "SSH_AUTH_SOCK"
 STATE = ".autoresearch"  # the workspace's private state (workspace.Workspace.state)
@@ -43,7 +43,7 @@ WRITABLE_ENV = "AUTORESEARCH_AGENT_WRITABLE"  # folders of your home an agent ma
 # agent's command ran as that user, outside. XDG_RUNTIME_DIR still names a folder the agent can write. So are the
 # places that hold the data (evaluator/hidden.py: a folder under an empty tmpfs, a file under /dev/null): an agent
 # that read the validation text could write it into train.py. And Ray's folder and token files: a task it sent the
-# loop's Ray would run outside, as the user (loop/ray_executor.py). A place that cannot be hidden stops the agent.
+# loop's Ray would run outside, as the user (loop/ray_cluster.py). A place that cannot be hidden stops the agent.
 # First, every folder above a hidden or read-only place is bound onto itself: a mount point cannot be renamed, and
 # `mv ~/.local ~/.local.old; mkdir -p ~/.local/bin` left a read-only folder of PATH under another name and a writable
 # one of the agent's at its path (red team); so could a venv in the home be swapped for another. Where the loop runs
@@ -400,7 +400,7 @@ FUSE_DEVICE = "/dev/fuse"
 
 def hidden_places(workspace: Path, env: Mapping[str, str]) -> list[Path]:
     """What an agent's turn is not shown: the data (evaluator/hidden.py), Ray's folder and token files (a task
-    sent to the loop's Ray runs outside: loop/ray_executor.py), your SSH keys and agent and your X display's cookie
+    sent to the loop's Ray runs outside: loop/ray_cluster.py), your SSH keys and agent and your X display's cookie
     (`_login_places`), the sockets of servers that run what they are sent (agents/server_sockets.py), and the
     folder of the evaluators' own compiler caches (made here where missing, so that what is made there later is
     hidden too): an evaluator runs what its compilers find there (evaluator/compile_cache.py), and another

@@ -234,14 +234,8 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
     from autoresearch.loop.workers import LOCAL
 
     if getattr(args, "ray", None) is not None:
-        from autoresearch.loop.ray_executor import (
-            RayExecutor,
-            Shipment,
-            connect,
-            disconnect,
-            open_to_agent,
-            ray_devices,
-        )
+        from autoresearch.loop.ray_cluster import connect, disconnect, open_to_agent, ray_devices
+        from autoresearch.loop.ray_executor import RayExecutor, Shipment
 
         try:
             found = ray_devices(connect(args.ray or None, args.accelerator))
