@@ -252,6 +252,23 @@ def test_an_address_where_nothing_answers_is_refused_at_once_saying_so(tmp_path,
     assert time.monotonic() - started < 60
 
 
+def test_without_ray_the_loop_says_how_to_install_it_into_this_python(tmp_path, tiny_prepared):
+    """BROKE, fixed (a README audit): the hint was `pip install 'autoresearch[ray]'`, which asks PyPI for a package of
+    that name, not this checkout's (installed with `pip install -e`), and perhaps into another Python."""
+    (tmp_path / "no_ray" / "ray").mkdir(parents=True)
+    (tmp_path / "no_ray" / "ray" / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "no_ray"), os.environ.get("PYTHONPATH", "")])}
+    refused = subprocess.run(
+        [sys.executable, "-m", "autoresearch", "run", "--ray", "--plain", "--workspace", "."],
+        cwd=make_workspace(tmp_path / "ws", tiny_prepared).root, env=env | {"AUTORESEARCH_CACHE": str(tmp_path)},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    said = " ".join(refused.stderr.split())
+    assert "--ray needs Ray, which is not installed" in said and "Traceback" not in said, said
+    assert f"{sys.executable} -m pip install 'ray<" in said and "autoresearch[ray]" not in said, said
+
+
 def test_a_nodes_copy_of_the_data_is_fetched_once_and_again_only_after_a_file_of_it_changed(tmp_path, tiny_prepared):
     store: list[bytes] = []  # stands for the object store: a reference is an index into it
     fetched: list[int] = []

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shlex
 import signal
 import socket
 import sys
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 
 from autoresearch.agents.base import has_shell
@@ -24,7 +26,6 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.loop.workers import Device
 from autoresearch.signals import deferred
 
-INSTALL_HINT = "pip install 'autoresearch[ray]'"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")  # what Ray replaces with this node's address before it connects
 CONNECT_TIMEOUT_S = 10.0  # for a cluster's address to answer at all (a firewall that drops packets: no answer)
 AUTH_MODE, AUTH_TOKEN, AUTH_TOKEN_PATH = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"  # Ray's variables
@@ -34,8 +35,18 @@ def ray_module():
     try:
         import ray
     except ImportError:
-        raise AutoresearchError("--ray needs Ray, which is not installed", hint=INSTALL_HINT) from None
+        raise AutoresearchError("--ray needs Ray, which is not installed", hint=install_hint()) from None
     return ray
+
+
+def install_hint() -> str:
+    """The command that installs the Ray autoresearch's `ray` extra names into this Python. Not `pip install
+    'autoresearch[ray]'`: autoresearch is installed from its checkout, and that name on PyPI is not this project."""
+    try:
+        wanted = [r.split(";")[0].strip() for r in metadata.requires("autoresearch") or () if 'extra == "ray"' in r]
+    except metadata.PackageNotFoundError:  # run from a source tree, never installed
+        wanted = []
+    return f"{shlex.quote(sys.executable)} -m pip install {shlex.quote(wanted[0] if wanted else 'ray')}"
 
 
 def connect(address: str | None, accelerator: str | None = None) -> int:
