@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
+import shlex
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -90,7 +92,14 @@ def prepare_again_hint(a: Apparatus) -> str:
             f"--preset {a.preset}` prepares again"
         )
     cache = path.parents[2]  # <cache>/data/<dataset>/<preset>
-    hint = f"prepare it again: `autoresearch prepare --dataset {a.dataset} --preset {a.preset} --cache-dir {cache}`"
-    if a.dataset == "python-source":
+    # python-source of a tree of one's own (`--root DIR`) is prepared into python-source-<DIR's name>-<digest>, the
+    # Python's own files into python-source-<digest>: autoresearch.json does not hold DIR, its folder's name does.
+    root = re.fullmatch(r"python-source-(.+)-[0-9a-f]{8}", path.parent.name)
+    tree = " --root DIR" if a.dataset == "python-source" and root else ""
+    prepare = f"autoresearch prepare --dataset {a.dataset}{tree} --preset {a.preset} --cache-dir {cache}"
+    hint = f"prepare it again: `{prepare}`"
+    if tree:
+        hint += f", DIR being the folder named {shlex.quote(root[1])} the workspace was made from (`init --root DIR`)"
+    elif a.dataset == "python-source":
         hint += " with the Python the workspace was made with (another Python's files are another corpus)"
     return hint + "; the same corpus gives the same data, another one a new workspace"

@@ -23,6 +23,7 @@ import bisect
 import contextlib
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import time
@@ -114,11 +115,12 @@ def has_history(workspace: Path) -> bool:
 
 
 class Ledger:
-    def __init__(self, workspace: Path, check_history: bool = True, path: Path | None = None):
+    def __init__(self, workspace: Path, check_history: bool = True, path: Path | None = None, reading: bool = False):
         """Open the workspace's ledger (the file at `path` instead: `rebuild-ledger` writes a new one beside it). A
         missing or empty ledger in a workspace whose results.tsv lists experiments is an error (`check_history`),
         never a silent fresh start that would reuse their ids. DiskFullError where it cannot be opened for lack of
-        space: the file is fine, and rebuilding it would lose what only it holds."""
+        space: the file is fine, and rebuilding it would lose what only it holds. `reading`: for a command that only
+        reads it, which works on a read-only mount too (an archive, a colleague's share)."""
         self.workspace = workspace
         self.db_path = path or workspace / ".autoresearch" / "ledger.sqlite"
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +135,17 @@ class Ledger:
         except sqlite3.DatabaseError as exc:
             if sqlite_short_of_space(exc, self.db_path.parent):
                 raise DiskFullError("opening the ledger") from None
-            raise LedgerError(f"the ledger {self.db_path} cannot be read ({exc})", hint=REBUILD_HINT) from None
+            if read_only(self.db_path.parent):  # SQLite cannot open its write-ahead log there: the file is fine
+                if not (reading and existed):
+                    raise LedgerError(
+                        f"the workspace's state {self.db_path.parent} is read-only ({exc})",
+                        hint="autoresearch writes there: copy the workspace somewhere you can write (`cp -a`) and "
+                        "run it there; `status`, `show`, `diff` read it where it is",
+                    ) from None
+                self._db = sqlite3.connect(f"{self.db_path.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
+                count = self._db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
+            else:
+                raise LedgerError(f"the ledger {self.db_path} cannot be read ({exc})", hint=REBUILD_HINT) from None
         if check_history and count == 0 and has_history(workspace):
             self._db.close()
             if not existed:  # leave no empty ledger behind
@@ -443,11 +455,19 @@ def _digest(row: tuple) -> str:
     return hashlib.sha256(json.dumps(typed).encode()).hexdigest()
 
 
+def read_only(folder: Path) -> bool:
+    """Whether `folder` cannot be written: on a read-only mount (even for root), or not the user's to write."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
+    except OSError:
+        return False
+
+
 def verified_rows(workspace: Path) -> list[Experiment]:
     """Every experiment of the workspace's ledger, for a command that shows them (`status`, `report`, `show`): its
     seals checked first, as the loop checks them (`Ledger.verify`); LedgerError if another hand wrote it. Unchecked,
     a row set to `keep` at 1.0 by hand was the night's best in all three."""
-    ledger = Ledger(workspace)
+    ledger = Ledger(workspace, reading=True)
     try:
         ledger.verify()
         return ledger.all()

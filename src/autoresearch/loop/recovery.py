@@ -34,6 +34,7 @@ from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.init import default_tag
+from autoresearch.workspace.integrity import is_human
 from autoresearch.workspace.quarantine import FOLDER as QUARANTINE
 from autoresearch.workspace.quarantine import fresh_folder
 from autoresearch.workspace.workspace import TRAIN_PY, TrainPyUnreadable, Workspace
@@ -248,8 +249,24 @@ class Recovery:
             else:
                 raise LoopError(
                     f"the branch is at {self.git.head()[:7]}, but the best experiment is {best.commit[:7]}",
-                    hint=f"someone moved the branch by hand; `git reset --hard {best.commit[:7]}` to continue",
+                    hint=self._moved_by_hand(best.commit),
                 )
+
+    def _moved_by_hand(self, best: str) -> str:
+        """What to do where a person committed on the branch: never a `reset --hard` that drops their work unsaid.
+        Commits of program.md or prompts/ alone on the best need none: the loop reads those from the working tree."""
+        head = self.git.head()
+        ahead = self.git("merge-base", best, head, check=False).strip() == best  # the commits are on the best
+        changed = set(filter(None, self.git("diff", "--name-only", "-z", best, head, check=False).split("\0")))
+        if ahead and changed and all(is_human(path) for path in changed):
+            return (
+                f"someone committed {', '.join(sorted(changed))} on the branch; `git reset --soft {best[:7]}` takes "
+                "the commits back and keeps the files as you wrote them (the loop reads them from the working tree)"
+            )
+        return (
+            f"someone moved the branch by hand; keep that commit (`git branch mine {head[:7]}`), then "
+            f"`git reset --hard {best[:7]}` to continue"
+        )
 
     def recover_workspace(self, taking_edit: bool = False) -> None:
         """What a kill left outside the ledger: an agent still running is killed, its turn cut short is put back,

@@ -7,6 +7,7 @@ from autoresearch.loop import guard
 from autoresearch.loop.engine import LoopError, ResearchLoop
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.recovery import written_for
+from autoresearch.workspace.integrity import is_loop_own
 from autoresearch.workspace.workspace import TRAIN_PY
 
 
@@ -18,7 +19,8 @@ def try_working_tree(loop: ResearchLoop, description: str) -> Experiment:
     for exp in loop.ledger.in_flight():  # killed during a run of its own: train.py is that run's, seeded
         if written_for(candidate, exp):
             candidate = exp.source
-    if strays := git.changed_paths() - {TRAIN_PY, "program.md"}:
+    # The loop's own files are no change of the user's, even where a .gitignore trimmed by hand lets git list them.
+    if strays := {p for p in git.changed_paths() - {TRAIN_PY, "program.md"} if not is_loop_own(p)}:
         raise LoopError(
             f"only train.py may change, but so did: {', '.join(sorted(strays))}",
             hint="revert those files (git checkout / rm), then try again; nothing was run",

@@ -1,0 +1,109 @@
+"""What a user does to a workspace between nights (helper 128's walk): a .gitignore trimmed, program.md committed by
+hand, the workspace on a read-only mount, the data of an `init --root DIR` workspace deleted. Each must meet a clear
+word and a hint that loses nothing, never one that throws the user's work or the results away."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, set_lr, with_constants
+
+from autoresearch.config.apparatus import Apparatus, prepare_again_hint
+from autoresearch.errors import AutoresearchError
+from autoresearch.loop.trying import try_working_tree
+from autoresearch.vocabulary import Status
+
+
+def _executor() -> FakeExecutor:
+    return FakeExecutor(lambda source: 3.0 + constant(source, "LR"))
+
+
+def test_try_after_a_trimmed_gitignore_never_names_the_loops_own_files_as_changes_to_revert(workspace) -> None:
+    """BROKE, fixed: with `.autoresearch/` no longer in .gitignore, `try` refused with "only train.py may change, but
+    so did: .autoresearch/ledger.sqlite, ..., results.tsv" and the hint "revert those files (git checkout / rm)":
+    following it deleted every result. The loop's own files are no change of the user's."""
+    make_loop(workspace, _executor()).baseline()
+    (workspace.root / ".gitignore").write_text("__pycache__/\n")
+    workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.001))
+    with pytest.raises(AutoresearchError) as refused:
+        try_working_tree(make_loop(workspace, _executor()), "LR 0.001")
+    assert str(refused.value).split("\n")[0].endswith("so did: .gitignore"), refused.value
+    workspace.git("checkout", ".gitignore")  # as the hint says
+    assert try_working_tree(make_loop(workspace, _executor()), "LR 0.001").status == Status.KEEP
+
+
+def test_a_hand_commit_of_program_md_gets_a_hint_that_keeps_it(workspace) -> None:
+    """BROKE, fixed: `git commit -am "program: ..."` between nights met "the branch is at X, but the best experiment
+    is Y; hint: `git reset --hard Y` to continue", which drops the new program.md unsaid."""
+    loop = make_loop(workspace, _executor())
+    loop.baseline()
+    best = loop.best().commit[:7]
+    loop.ledger.close()
+    program = workspace.root / "program.md"
+    program.write_text(program.read_text() + "\nFocus on learning rates.\n")
+    workspace.git.commit("program: focus on LRs", "program.md")
+    with pytest.raises(AutoresearchError) as refused:
+        make_loop(workspace, _executor()).run(ScriptedAgent([set_lr(0.01)]), 1)
+    assert f"`git reset --soft {best}`" in refused.value.hint and "program.md" in refused.value.hint
+    workspace.git("reset", "--soft", best)  # as the hint says: then the loop goes on, the edit kept
+    make_loop(workspace, _executor()).run(ScriptedAgent([set_lr(0.01)]), 1)
+    assert program.read_text().endswith("Focus on learning rates.\n")
+
+
+def test_a_hand_commit_of_train_py_gets_a_hint_that_saves_it_first(workspace) -> None:
+    loop = make_loop(workspace, _executor())
+    loop.baseline()
+    loop.ledger.close()
+    workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.02))
+    head = workspace.git.commit("mine", "train.py")
+    with pytest.raises(AutoresearchError) as refused:
+        make_loop(workspace, _executor()).run(ScriptedAgent([set_lr(0.01)]), 1)
+    assert f"`git branch mine {head[:7]}`" in refused.value.hint and "reset --hard" in refused.value.hint
+
+
+def test_status_on_a_read_only_mount_reads_the_ledger_and_run_says_the_folder_is_read_only(
+    workspace, subprocess_env
+) -> None:
+    """BROKE, fixed: on a read-only mount (an archive, a colleague's share) `status`, `show` and `diff` said "the
+    ledger ... cannot be read (unable to open database file); hint: run `autoresearch rebuild-ledger`". The ledger
+    is whole: SQLite could not make its write-ahead log there."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here")
+    loop = make_loop(workspace, _executor())
+    loop.baseline()
+    loop.ledger.close()  # as a loop that ended leaves it: no -wal, no -shm
+    root = str(workspace.root)
+    cli = f"{sys.executable} -m autoresearch"
+    script = (
+        f"mount --bind {root} {root} && mount -o remount,bind,ro {root} || exit 99; "
+        f"{cli} status --workspace {root} && {cli} show 1 --workspace {root}; echo show=$?; "
+        f"{cli} run --agent tune --max-experiments 1 --plain --workspace {root}; echo run=$?"
+    )
+    done = subprocess.run(
+        ["unshare", "-m", *(["--map-root-user"] if os.getuid() else []), "bash", "-c", script],
+        capture_output=True, text=True, env=subprocess_env, timeout=120,
+    )  # fmt: skip
+    if done.returncode == 99 or "unshare failed" in done.stderr:
+        pytest.skip(f"cannot make a read-only mount here: {done.stderr}")
+    said = done.stdout + done.stderr
+    assert "show=0" in said and "exp 1 KEEP" in said and "rebuild-ledger" not in said, said
+    assert "run=2" in said and "is read-only" in said and "Traceback" not in said, said
+
+
+def test_the_hint_to_prepare_the_data_of_a_root_workspace_again_names_root(tiny_prepared) -> None:
+    """BROKE, fixed: for a workspace made with `init --root DIR` whose data was deleted, the hint's `prepare` had no
+    `--root DIR`: it prepared the interpreter's own files (minutes) into another folder, and `run` failed again."""
+    a = Apparatus(preset="tiny", dataset="python-source", budget_seconds=1.0, data_dir=str(tiny_prepared))
+    hint = prepare_again_hint(a)
+    assert "--dataset python-source --root DIR --preset tiny" in hint, hint
+    assert f"the folder named {tiny_prepared.parent.name.split('-')[2]}" in hint, hint
+    own = Apparatus(
+        preset="tiny", dataset="python-source", budget_seconds=1.0, data_dir="/c/data/python-source-0a1b2c3d/tiny"
+    )
+    assert "--root" not in prepare_again_hint(
+        own
+    ) and "with the Python the workspace was made with" in prepare_again_hint(own)
