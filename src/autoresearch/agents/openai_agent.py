@@ -13,6 +13,7 @@ from autoresearch.agents.base import ProposalError
 from autoresearch.agents.llm import (
     CONNECT_TIMEOUT_S,
     MAX_RETRIES,
+    NOT_AN_ANSWER,
     PREFLIGHT_CONNECT_TIMEOUT_S,
     PREFLIGHT_TIMEOUT_S,
     TIMEOUT_S,
@@ -21,7 +22,9 @@ from autoresearch.agents.llm import (
     Reply,
     api_error,
     api_key,
+    not_an_answer,
     usage_for,
+    whole_request_client,
 )
 
 KEY_ENV, URL_ENV = "OPENAI_API_KEY", "OPENAI_BASE_URL"
@@ -43,12 +46,17 @@ class OpenAIAgent(LLMAgent):
             completion = self.client.chat.completions.create(
                 model=self.model, messages=[{"role": "system", "content": system}, *messages], **limit
             )
+            return self._reply(completion)
         except openai.OpenAIError as err:
             raise self._error(err, self.client.max_retries) from err
+        except NOT_AN_ANSWER as err:
+            raise self._not_an_answer(err) from err
+
+    def _reply(self, completion: openai.types.chat.ChatCompletion) -> Reply:
         choice = completion.choices[0] if completion.choices else None
-        text = (choice.message.content or "") if choice else ""
-        usage = completion.usage  # some local servers leave it out
-        tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+        text = (choice.message.content or "") if choice and choice.message else ""
+        usage = completion.usage  # some local servers leave it out, or its counts
+        tokens = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
         truncated = choice is not None and choice.finish_reason == "length"
         return Reply(text, usage_for(self.model, *tokens), truncated)
 
@@ -57,16 +65,23 @@ class OpenAIAgent(LLMAgent):
             max_retries=0, timeout=openai.Timeout(PREFLIGHT_TIMEOUT_S, connect=PREFLIGHT_CONNECT_TIMEOUT_S)
         )
         try:
-            quick.chat.completions.create(
-                model=self.model, messages=[{"role": "user", "content": "ping"}], max_completion_tokens=1
+            self._reply(
+                quick.chat.completions.create(
+                    model=self.model, messages=[{"role": "user", "content": "ping"}], max_completion_tokens=1
+                )
             )
         except openai.OpenAIError as err:
             raise self._error(err, 0) from err
+        except NOT_AN_ANSWER as err:
+            raise self._not_an_answer(err) from err
 
     def _error(self, err: openai.OpenAIError, retries: int) -> ProposalError:
         return api_error(
             "OpenAI API", err, key_env=KEY_ENV, url_env=URL_ENV, base_url=str(self.client.base_url), retries=retries
         )
+
+    def _not_an_answer(self, err: Exception) -> ProposalError:
+        return not_an_answer("OpenAI API", err, url_env=URL_ENV, base_url=str(self.client.base_url))
 
 
 def make_client() -> openai.OpenAI:
@@ -76,4 +91,5 @@ def make_client() -> openai.OpenAI:
         api_key=key,  # None: the SDK reads the environment
         max_retries=MAX_RETRIES,
         timeout=openai.Timeout(TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        http_client=whole_request_client(openai.DefaultHttpxClient, openai.OpenAIError),
     )

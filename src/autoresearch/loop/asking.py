@@ -11,6 +11,9 @@ flight or already measured on the same best. A part of `ResearchLoop`, which it 
 
 from __future__ import annotations
 
+import math
+import time
+
 from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage, has_shell
 from autoresearch.loop import guard
 from autoresearch.loop.ledger import Experiment
@@ -122,20 +125,21 @@ class Asking:
             raise LoopError(f"the {agent.name} agent cannot work: {exc}") from None
         return exp
 
-    def _pause_after_failures(self, agent: Agent) -> None:
-        """Back off when the agent fails again and again (an API down, a rate limit): 30 s, 1 min, ... 15 min."""
-        if wait := self.failure_pause(agent):
+    def _pause_after_failures(self, agent: Agent, until: float = math.inf) -> None:
+        """Back off when the agent fails again and again (an API down, a rate limit): 30 s, 1 min, ... 15 min; never
+        past `until` (time.monotonic(): the end of `--hours`)."""
+        if (left := until - time.monotonic()) > 0 and (wait := self.failure_pause(agent, left)):
             self.sleep(wait)
 
-    def failure_pause(self, agent: Agent) -> float:
-        """How long to wait before asking `agent` again after its latest failures in a row (0: at once). A
-        proposal that was made but rejected (a repeat, another file edited) is no failure: the agent works."""
+    def failure_pause(self, agent: Agent, most: float = math.inf) -> float:
+        """How long to wait before asking `agent` again after its latest failures in a row (0: at once), `most` at
+        most. A proposal that was made but rejected (a repeat, another file edited) is no failure: the agent works."""
         failures = 0
         for e in reversed(self.ledger.all()):
             if e.kind != Kind.PROPOSAL or e.status != Status.CRASH or e.description != NO_PROPOSAL:
                 break
             failures += 1
-        if wait := backoff(failures):
+        if wait := min(backoff(failures), most):
             self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
         return wait
 

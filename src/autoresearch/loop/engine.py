@@ -149,11 +149,11 @@ class ResearchLoop(Asking, Recovery):
                 self.reporter.message("no baseline yet, and --max-experiments 0 starts nothing")
                 return
             self.baseline()
-        done = 0
+        done, until = 0, math.inf if hours is None else started + hours * 3600
         while max_experiments is None or done < max_experiments:
             if done:  # the back-off after the agent's failures in a row comes before asking again, not before stopping
-                self._pause_after_failures(agent)
-            if hours is not None and time.monotonic() - started >= hours * 3600:
+                self._pause_after_failures(agent, until)
+            if time.monotonic() >= until:
                 self.reporter.message(f"stopping: the {hours:g} h limit is reached")
                 break
             self.step(agent, wait=False)

@@ -64,6 +64,8 @@ def show_text(git: Git, experiments: list[Experiment], exp_id: int, stopped: boo
     lines = [summary_line(exp, stopped), f"why: {why}"]
     if exp.reason and first_line(exp.reason) not in why:
         lines.append(f"the loop's reason: {visible_line(exp.reason)}")
+    elif exp.reason and len(more := exp.reason.strip().splitlines()) > 1:  # why has its first line, show the rest
+        lines += [f"  {line}" for line in more[1:]]  # a rejected answer's correction, say
     if len(runs := run_values(exp)) > 1:
         lines.append("runs: " + ", ".join(f"{v:.6f}" for v in runs))
     if exp.commit:
