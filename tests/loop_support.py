@@ -165,6 +165,7 @@ class FakeExecutor:
     calls: list[str] = field(default_factory=list)
     setup: str = FAKE_SETUP  # the kind of device and clock its results say they ran on
     confined: bool = True  # what its results say: False, a run that could reach the workspace (not believed if it did)
+    torch: str = ""  # the torch its results say trained them ("": not recorded, as before the field)
 
     def run(self, spec: RunSpec) -> Outcome:
         source = spec.source.read_text()
@@ -172,7 +173,7 @@ class FakeExecutor:
         value = self.score(source)
         if isinstance(value, Outcome):
             return value
-        result = replace(fake_result(value, spec.fingerprint, self.setup), confined=self.confined)
+        result = replace(fake_result(value, spec.fingerprint, self.setup), confined=self.confined, torch=self.torch)
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         result.save(spec.run_dir / "result.json")  # where the evaluator leaves it
         return outcome_of(0, result, "", "", 0.01, spec.fingerprint)  # judged as a real evaluator's result is

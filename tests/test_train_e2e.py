@@ -92,6 +92,7 @@ def writes_a_valid_result_with_every_field(result: dict) -> None:
     # What a later score must share with this one to be compared: the kind of CPU and the clock's cores.
     assert re.fullmatch(r"CPU time / \d+ cores", result["training_clock"])
     assert result["setup"] == f"{cpu_name()}; {result['training_clock']}"
+    assert result["torch"] == torch.__version__  # another torch's scores are not compared with this one's either
     assert result["num_steps"] >= 2 and result["total_tokens_M"] > 0 and result["num_params_M"] > 0
     assert result["peak_memory_mb"] > 0
     assert result["mfu_percent"] is None  # no known peak FLOP/s for a CPU

@@ -1,6 +1,6 @@
 """What a user does to a workspace between nights (helper 128's walk): a .gitignore trimmed, program.md committed by
-hand, the workspace on a read-only mount, the data of an `init --root DIR` workspace deleted. Each must meet a clear
-word and a hint that loses nothing, never one that throws the user's work or the results away."""
+hand, the workspace on a read-only mount, the data of an `init --root DIR` workspace deleted, torch upgraded. Each
+must meet a clear word and a hint that loses nothing, never one that throws the user's work or the results away."""
 
 from __future__ import annotations
 
@@ -107,3 +107,22 @@ def test_the_hint_to_prepare_the_data_of_a_root_workspace_again_names_root(tiny_
     assert "--root" not in prepare_again_hint(
         own
     ) and "with the Python the workspace was made with" in prepare_again_hint(own)
+
+
+def test_a_change_trained_with_another_torch_is_not_judged_against_the_baseline(workspace) -> None:
+    """BROKE, fixed: nothing recorded the torch a run trained with, so after `pip install -U torch` between nights
+    every change was judged against a baseline another torch had measured (its kernels and compiler set the steps a
+    budget trains: a faster torch made the next change a keep)."""
+    before = make_loop(workspace, FakeExecutor(lambda source: 3.0 + constant(source, "LR"), torch="2.9.0+cu128"))
+    before.baseline()
+    before.ledger.close()
+    after = make_loop(workspace, FakeExecutor(lambda source: 2.0 + constant(source, "LR"), torch="2.13.0+cu130"))
+    with pytest.raises(AutoresearchError) as refused:
+        after.run(ScriptedAgent([set_lr(0.01)]), 1)
+    assert "trained with torch 2.13.0+cu130, the baseline's runs with torch 2.9.0+cu128" in str(refused.value)
+    assert "pip install torch==2.9.0," in refused.value.hint
+    change = after.ledger.all()[-1]
+    assert change.status in (Status.RUNNING, Status.QUEUED) and change.val_bpb is None  # waits for a comparable run
+    same = make_loop(workspace, FakeExecutor(lambda source: 3.0 + constant(source, "LR"), torch="2.9.0+cu128"))
+    same.run(ScriptedAgent([]), 0)  # the baseline's torch again: it trains and is judged
+    assert same.ledger.get(change.id).status == Status.KEEP

@@ -343,6 +343,7 @@ class Referee:
             confined=self.experiment.confined,
             training_clock=clock,
             setup=f"{devices.model(device)}; {clock}",
+            torch=torch.__version__,
         )
 
 

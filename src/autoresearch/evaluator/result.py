@@ -65,6 +65,9 @@ class Result:
     training_clock: str = WALL_CLOCK  # what training_seconds counts (evaluator/clock.py)
     # The kind of device and the clock ("NVIDIA H200; wall clock"): scores measured on another are not compared.
     setup: str = ""
+    # The torch that trained and scored it ("2.11.0+cu130"): another compiles and runs the model otherwise (its
+    # kernels, its compiler: the steps a budget trains), so its scores are not compared either. "": not recorded.
+    torch: str = ""
     # What the run compiled, staged beside this result (compile_cache.digest): joins the shared cache only as sealed.
     compiled: str = ""
     # Invalid for its time (Session.late): past the budget and the last step's grace, or its hand-over's. A stall of

@@ -28,6 +28,7 @@ from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.loop import guard, held_edits, run_logs
 from autoresearch.loop.asking import NO_PROPOSAL, Asking, one_line
 from autoresearch.loop.clock import sleep_awake
+from autoresearch.loop.comparison import Comparison
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Executor, Outcome, RunSpec
 from autoresearch.loop.judge import Verdict as Judgement
@@ -63,7 +64,7 @@ def _edited_beside(verdict: Verdict, outcome: Outcome) -> bool:
     return trained_confined and bool(verdict.changed)
 
 
-class ResearchLoop(Asking, Recovery):
+class ResearchLoop(Asking, Comparison, Recovery):
     def __init__(
         self,
         workspace: Workspace,

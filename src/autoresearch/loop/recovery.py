@@ -17,20 +17,19 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
-from pathlib import Path
 
 from autoresearch.agents import turn_cgroups
 from autoresearch.agents.command_agent import AGENT_PID
-from autoresearch.config.apparatus import CONFIG_NAME
 from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop import activity
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
-from autoresearch.loop.settings import APPARATUS_HINT, CONFIG_EDITED_HINT, CONFINEMENT_HINT, SETUP_HINT, LoopError
+from autoresearch.loop.settings import (
+    LoopError,
+)
 from autoresearch.loop.watch import LEFT_REFS, put_back_left
 from autoresearch.orphans import reap, remove_left_boxes
-from autoresearch.vocabulary import Kind, RunEnd, Status
+from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.init import default_tag
@@ -59,81 +58,6 @@ def judged_left_open(experiments: list[Experiment]) -> list[Experiment]:
 
 class Recovery:
     """`ResearchLoop`'s recovery (it has the workspace, git, the ledger and the verdict steps this uses)."""
-
-    def baseline_result(self) -> dict:
-        """What the baseline's last run that ended well recorded (evaluator/result.py's fields), kept or still
-        measuring its seeds; {} before there is one."""
-        measured = [e for e in self.ledger.all() if e.kind == Kind.BASELINE and e.status != Status.CRASH]
-        return measured[-1].recorded if measured else {}
-
-    def setup_differs(self, setup: str | None) -> str | None:
-        """Why a run measured on `setup` (Result.setup) is not comparable with the baseline's runs, or None: an
-        A100's score beside an H200's, or one core's beside two, says nothing of the change. The baseline's first
-        seed to end sets what its other seeds must share too."""
-        expected = self.baseline_result().get("setup")
-        if setup and expected and setup != expected:
-            why = f"it was measured on {setup}, the baseline's runs on {expected}"
-            if "CPU time" in expected and (workers := self._baseline_workers()) > 1:  # a run's cores follow their count
-                why += f" by a loop of {workers} workers (`--workers {workers}` gives each run as many cores)"
-            return why
-        return None
-
-    def _baseline_workers(self) -> int:
-        """The workers of the loop the baseline's runs trained in (its seeds take only some of them), where the
-        workspace's history of loops says; 0 where it does not."""
-        experiments = self.ledger.all()
-        spans = [s for e in experiments if e.kind == Kind.BASELINE for s in activity.spans_of(e) if s.end is not None]
-        loops = activity.periods(self.ws.state, experiments)
-        return max((len(p.workers) for p in loops for s in spans if p.start <= s.start and s.end <= p.end), default=0)
-
-    def confinement_differs(self, confined: bool | None) -> str | None:
-        """Why a run that was not confined (`confined` False: AUTORESEARCH_SANDBOX=off in the environment of the
-        `try` an agent called, or bubblewrap failing) is not comparable with a confined baseline's runs, or None.
-        Unconfined, train.py reads what your user can: the validation rows, weights an agent trained and left."""
-        if confined is False and self.baseline_result().get("confined") is True:
-            return "it ran outside the sandbox (confined: false), the baseline's runs inside it"
-        return None
-
-    def incomparable(self, recorded: dict) -> tuple[str, str] | None:
-        """Why a run's result (its fields) is not comparable with the baseline's runs, and what to do; or None."""
-        if why := self.setup_differs(recorded.get("setup")):
-            return why, SETUP_HINT
-        if why := self.confinement_differs(recorded.get("confined")):
-            return why, CONFINEMENT_HINT
-        return None
-
-    def comparable(self, outcome: Outcome, run_dir: Path) -> Outcome:
-        """`outcome`, or an apparatus change where it ended well on another setup than the baseline's runs, or
-        outside the sandbox where they ran in it; the result of a run refused either way (another apparatus too)
-        is set aside in `run_dir`."""
-        if outcome.status == RunEnd.OK and outcome.result and (refused := self.incomparable(outcome.result.__dict__)):
-            outcome = replace(outcome, status=RunEnd.CHANGED, reason=refused[0], hint=refused[1])
-        if outcome.status == RunEnd.CHANGED:
-            set_aside(run_dir)
-            outcome = outcome if outcome.hint else replace(outcome, hint=self.apparatus_hint())
-        return outcome
-
-    def check_setup(self, exp: Experiment) -> None:
-        """Stop before judging a change measured on another setup than the baseline's runs. Only one that ended
-        before the baseline's first seed can be (each later run is checked as it ends; several workers): its runs
-        are dropped, and the next start trains it again where the baseline's ran."""
-        if refused := self.incomparable(self.ledger.get(exp.id).recorded):
-            self.ledger.update(exp.id, runs="[]", seeds="[]", result="{}")
-            for run_dir in self.ws.state.glob(f"runs/{exp.id}-*"):
-                set_aside(run_dir)
-            raise LoopError(f"experiment {exp.id} stopped: {refused[0]}", hint=refused[1])
-
-    def check_apparatus(self) -> None:
-        """Refuse to go on when the harness, data or budget differ from the baseline's (its seeds measured so far)."""
-        measured = self.baseline_result().get("harness_fingerprint")
-        if measured and measured != self.fingerprint:
-            hint = self.apparatus_hint()
-            raise LoopError(f"the apparatus changed since the baseline ({measured} -> {self.fingerprint})", hint=hint)
-
-    def apparatus_hint(self) -> str:
-        """What to do about an apparatus that changed: where autoresearch.json was edited (the budget, say), put it
-        back; else a new workspace for the new harness or data."""
-        return CONFIG_EDITED_HINT if CONFIG_NAME in self.git.changed_paths() else APPARATUS_HINT
 
     def recover(self, taking_edit: bool = False) -> Experiment | None:
         """Bring git in line with the ledger after a crash or kill; return an experiment to finish, if any.
@@ -463,17 +387,9 @@ def commit_message(exp: Experiment) -> str:
 
 def result_columns(outcome: Outcome) -> dict:
     """The row's `result` after a run that ended well, before the verdict: the baseline's other seeds, and every
-    run after, must share its apparatus and setup (Recovery.check_apparatus, setup_differs); a change that ended
+    run after, must share its apparatus and setup (loop/comparison.py); a change that ended
     before the baseline's first seed is checked once that is known (check_setup)."""
     return {"result": json.dumps(outcome.result.__dict__)} if outcome.result else {}
-
-
-def set_aside(run_dir: Path) -> None:
-    """Rename a refused run's result (measured on another apparatus or setup): `rebuild-ledger` reads every
-    `result.json`, and must not take it for a run of its experiment."""
-    result = run_dir / "result.json"
-    if result.is_file():
-        result.replace(run_dir / "result.refused.json")
 
 
 def seeded(source: str, run: int) -> str:
