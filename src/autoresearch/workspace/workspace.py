@@ -78,6 +78,8 @@ class Workspace:
             )
         self.config_path = config
         self.apparatus = Apparatus.load(config)
+        if (self.root / ".git").is_file() and not _turn_cut_short(self.root):
+            raise _not_a_workspace_of_its_own(self.root)
         self.git = Git(self.root)
         if not self.git.is_repo():
             raise ConfigError(f"{self.root} is not a git repository", hint="make workspaces with `autoresearch init`")
@@ -197,6 +199,38 @@ def _try_flock(fd: int, patience: float = 0.0, shared: bool = False) -> bool:
             time.sleep(0.01)
         else:
             return True
+
+
+def _turn_cut_short(root: Path) -> bool:
+    """Whether an agent's turn was cut short here (its snapshot kept): a .git it made a file is then the turn's doing,
+    put back by the next start (Recovery.recover_workspace), not a worktree's."""
+    from autoresearch.loop.recovery import TURN_SNAPSHOT
+
+    return (root / ".autoresearch" / TURN_SNAPSHOT).is_file()
+
+
+def _not_a_workspace_of_its_own(root: Path) -> ConfigError:
+    """`.git` a file: a checkout of another repository's (`git worktree add`, a submodule), whose refs, hooks and
+    objects live there, shared with the workspace it came from (its refs/autoresearch/discarded/<n> a second ledger
+    would reuse), and which the loop's checks of .git cannot take for its own."""
+    try:
+        gitdir = (root / (root / ".git").read_text(errors="replace").partition("gitdir:")[2].strip()).resolve()
+    except OSError:
+        gitdir = Path()
+    if gitdir.parent.name == "worktrees" and gitdir.parent.parent.name == ".git":
+        source = gitdir.parents[2]
+        return ConfigError(
+            f"{root} is a git worktree of the workspace {source} (`git worktree add`), not a workspace of its own: "
+            "it shares that workspace's git history, which the loop keeps for one ledger only",
+            hint=f"run autoresearch in {source} itself, or copy it whole for a second workspace (`cp -a {source} "
+            f"NEW_DIR`, then run there); `git worktree remove {root}` removes this one",
+        )
+    return ConfigError(
+        f"{root} is not a workspace of its own: its .git is a file naming a repository elsewhere (a git worktree "
+        "or a submodule), not the workspace's own git folder",
+        hint="run autoresearch in the workspace it came from, or copy that one whole (`cp -a WORKSPACE NEW_DIR`); "
+        "make a new one with `autoresearch init DIR`",
+    )
 
 
 def _unreadable_program(path: Path, why: str) -> ConfigError:
