@@ -1,19 +1,96 @@
-"""A user's untidy handling of a workspace folder: checked out again with `git worktree add` (helper 128's findings,
-fixed by helper 130)."""
+"""A user's untidy handling of a workspace folder: moved or deleted while the loop runs, checked out again with
+`git worktree add` (helper 128's findings, fixed by helper 130)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from loop_support import FakeExecutor, constant, make_loop
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, set_lr
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
+from autoresearch.vocabulary import Status
 from autoresearch.workspace.workspace import Workspace
+
+MADE_BY_THE_LOOP = (".git", "train.py", "results.tsv", "autoresearch.json", ".autoresearch/ledger.sqlite")
+
+
+def _away_during_the_run(workspace, away) -> FakeExecutor:
+    """A loop's executor whose first run after the baseline sees the workspace taken `away` (a `mv`, an `rm -rf`)."""
+    executor = FakeExecutor(lambda source: 3.0 + constant(source, "LR"))
+    make_loop(workspace, executor).baseline()
+
+    taken: list[bool] = []
+
+    def score(source: str) -> float:
+        if not taken:  # once: what the loop makes again there is for the test to find
+            taken.append(True)
+            away()
+        return 3.0 + constant(source, "LR")
+
+    executor.score = score
+    return executor
+
+
+def test_a_workspace_moved_while_its_loop_runs_is_not_rebuilt_at_the_old_path(workspace, tmp_path) -> None:
+    """`mv ws ws2` while `autoresearch run` trains in ws. The loop's check after the run found "the workspace changed
+    (.git/COMMIT_EDITMSG, .git/HEAD, .git/config, ...)", "put back" the lot, which made a new ws at the old path (a
+    .git of 60 loose objects, a ledger, results.tsv), and trained the rest of the night there, while ws2 said
+    "interrupted: exp 17 ... will be re-run on the next start" and, resumed, trained other experiments under the same
+    ids (helper 128). Now the loop stops, saying the workspace was moved; nothing is made at the old path, and the
+    experiment in flight is resumed by the next start in the new place."""
+    moved = tmp_path / "moved"
+    executor = _away_during_the_run(workspace, lambda: os.rename(workspace.root, moved))
+    loop = make_loop(workspace, executor)
+    with pytest.raises(AutoresearchError, match="moved or deleted while the loop ran") as caught:
+        loop.step(ScriptedAgent([set_lr(0.9)]))
+        loop.step(ScriptedAgent([set_lr(0.8)]))
+    assert "autoresearch run" in caught.value.hint and str(workspace.root) in str(caught.value)
+    # (the fake executor writes its result file under the old path's runs folder: only what the loop made counts)
+    remade = [name for name in MADE_BY_THE_LOOP if os.path.lexists(workspace.root / name)]
+    assert not remade, f"made again at the old path: {remade}"
+    rows = Ledger(moved).all()
+    assert [(e.id, e.status, e.attempts) for e in rows[1:]] == [(2, Status.RUNNING, 0)]  # in flight, not "killed"
+
+    again = make_loop(Workspace(moved), FakeExecutor(lambda source: 3.0 + constant(source, "LR")))
+    assert again.recover().id == 2  # the next start, in the new place, resumes it
+
+
+def test_a_workspace_deleted_while_its_loop_runs_is_not_made_again(workspace) -> None:
+    """`rm -rf ws` while the loop trains in it: the loop made the whole workspace again at that path (an empty
+    ledger's worth of history the person had deleted) and went on there. It stops as for a move instead: the person
+    deleted it, and a workspace the loop made up would hold no history to judge by."""
+    executor = _away_during_the_run(workspace, lambda: shutil.rmtree(workspace.root))
+    loop = make_loop(workspace, executor)
+    with pytest.raises(AutoresearchError, match="moved or deleted while the loop ran"):
+        loop.step(ScriptedAgent([set_lr(0.9)]))
+    remade = [name for name in MADE_BY_THE_LOOP if os.path.lexists(workspace.root / name)]
+    assert not remade, f"made again: {remade}"
+
+
+def test_a_workspace_moved_while_the_agent_proposes_is_not_written_at_the_old_path(workspace, tmp_path) -> None:
+    """`mv` during an LLM agent's turn (no shell: no watch around it): its proposal is not committed nor trained at
+    the old path; the loop stops as for a move during a run."""
+    moved = tmp_path / "moved"
+    executor = FakeExecutor(lambda source: 3.0 + constant(source, "LR"))
+    loop = make_loop(workspace, executor)
+    loop.baseline()
+
+    def edit(context):
+        os.rename(workspace.root, moved)
+        return set_lr(0.9)(context)
+
+    with pytest.raises(AutoresearchError, match="moved or deleted while the loop ran"):
+        loop.step(ScriptedAgent([edit]))
+    remade = [name for name in MADE_BY_THE_LOOP if os.path.lexists(workspace.root / name)]
+    assert not remade, f"made again at the old path: {remade}"
+    assert len(executor.calls) == 3  # the baseline's seeds only
 
 
 def test_a_workspace_checked_out_with_git_worktree_add_is_refused_not_a_traceback(workspace, tmp_path) -> None:
@@ -78,3 +155,31 @@ def test_every_command_in_a_git_worktree_of_a_workspace_refuses_without_a_traceb
     said = done.stdout + done.stderr
     assert done.returncode == 2, said
     assert "Traceback" not in said and "git worktree" in said, said
+
+
+def test_run_whose_workspace_is_moved_stops_saying_so_and_resumes_in_the_new_place(
+    workspace, tmp_path, monkeypatch, capsys
+) -> None:
+    """`autoresearch run`, its workspace moved during the baseline's first run: exit 2 with the error and hint, no
+    traceback, no report or results.tsv written at the old path; `run` in the new place finishes the baseline (and
+    goes on)."""
+    from autoresearch.cli import main
+    from autoresearch.loop import executor as executors
+
+    moved = tmp_path / "moved"
+
+    def score(source: str) -> float:
+        if not moved.exists():
+            os.rename(workspace.root, moved)
+        return 3.0 + constant(source, "LR")
+
+    monkeypatch.setattr(executors, "LocalExecutor", lambda env=None: FakeExecutor(score))
+    args = ["run", "--agent", "tune", "--max-experiments", "1", "--plain", "--workspace"]
+    assert main([*args, str(workspace.root)]) == 2
+    err = capsys.readouterr().err
+    assert "moved or deleted while the loop ran" in err and "Traceback" not in err, err
+    remade = [name for name in (*MADE_BY_THE_LOOP, "report.md", "progress.png") if (workspace.root / name).exists()]
+    assert not remade, f"made again at the old path: {remade}"
+    assert main([*args, str(moved)]) == 0
+    baseline, *_ = Ledger(moved).all()
+    assert baseline.status == Status.KEEP and len(baseline.run_values) == 3, baseline

@@ -192,7 +192,8 @@ def run(args: argparse.Namespace, console: Console) -> None:
     finally:
         loop.executor.close()
         remove_left_boxes(loop.ws.state)  # what the evaluators started ahead for runs that never came
-        if ran and loop.ledger.all():  # not a `run` refused beside another: that loop writes its own report
+        # Not a `run` refused beside another (that loop writes its own report), nor one whose workspace was moved away
+        if ran and loop.ledger.all() and not loop.ws.moved():
             history = loop.ws.root / "results.tsv"  # one line, also in a log
             try:
                 png, md = make_report(loop.ws.root, stopped=True)

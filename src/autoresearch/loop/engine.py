@@ -320,8 +320,8 @@ class ResearchLoop(Asking, Comparison, Recovery):
                 why = verdict.reason()
             finally:
                 exp.attempts -= 1
-                self.ledger.update(exp.id, attempts=exp.attempts)
-                if source != exp.source:
+                self.ledger.update(exp.id, attempts=exp.attempts)  # its open file, wherever a `mv` took it
+                if source != exp.source and not self.ws.moved():  # nothing written at a path the workspace left
                     self.ws.write_train_py(exp.source)
         outcome = self.comparable(outcome, spec.run_dir)
         if why and _edited_beside(verdict, outcome):  # the person's edit (`try` in the background): not the run's

@@ -32,7 +32,7 @@ from autoresearch.workspace import integrity, snapshot_file
 from autoresearch.workspace.contents import content_id
 from autoresearch.workspace.git import Git, GitError
 from autoresearch.workspace.quarantine import YOURS, fresh_folder, limit_bytes, prune
-from autoresearch.workspace.workspace import TRAIN_PY
+from autoresearch.workspace.workspace import TRAIN_PY, WorkspaceMoved, folder_identity
 
 # Each package file's SHA-256 by its signature (path, inode, size, mtime_ns, ctime_ns): a file whose signature holds
 # has the same bytes (a write changes its ctime, which no process can set back), so it is read once, not twice a turn.
@@ -134,6 +134,7 @@ class Watch:
         self.quarantines = quarantine
         self.quarantine = quarantine / time.strftime("%Y%m%d-%H%M%S")  # made afresh by check()
         self.started_ns = time.time_ns()  # a file whose ctime is later was written during the step
+        self.home = folder_identity(git.root)
         self.before = integrity.take(git, exclude=frozenset({TRAIN_PY}), human=human)
         self.keep = keep
         if keep is not None:
@@ -146,6 +147,11 @@ class Watch:
         self.environment_start = environment.start() if environment is not None else None
 
     def check(self) -> Verdict:
+        """What the step changed, put back. WorkspaceMoved where the workspace's folder was moved or deleted meanwhile:
+        "putting back" every file at its path made a second workspace there, which the loop went on in (helper 128).
+        Nothing is written then: the snapshot kept for the next start stays in the folder, wherever it is now."""
+        if folder_identity(self.git.root) != self.home:
+            raise WorkspaceMoved(self.git.root)
         try:
             return self._check()
         finally:

@@ -52,6 +52,27 @@ class TrainPyUnreadable(AutoresearchError):
         )
 
 
+class WorkspaceMoved(AutoresearchError):
+    """The workspace's folder is no longer at the path the loop opened it by: moved (`mv`) or deleted meanwhile."""
+
+    def __init__(self, root: Path):
+        super().__init__(
+            f"the workspace was moved or deleted while the loop ran: {root} is no longer the folder it started in, "
+            "and nothing more is written there",
+            hint="run `autoresearch run` in its new place: the experiment in flight is resumed there (a workspace "
+            "deleted is not made again: its history went with it)",
+        )
+
+
+def folder_identity(path: Path) -> tuple[int, int] | None:
+    """Which folder `path` names now (device, inode); None where nothing is there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def workspace_above(path: Path) -> Path | None:
     """The nearest folder above `path` that is a workspace (holds its autoresearch.json), or None."""
     return next((p for p in path.parents if (p / CONFIG_NAME).is_file()), None)
@@ -91,6 +112,11 @@ class Workspace:
                 "ledger, `autoresearch rebuild-ledger` makes it again from results.tsv and git",
             )
         self.state.mkdir(exist_ok=True)
+        self.identity = folder_identity(self.root)  # a `mv` of the folder meanwhile leaves its path to another
+
+    def moved(self) -> bool:
+        """Whether the workspace's path no longer names the folder opened (moved or deleted since)."""
+        return folder_identity(self.root) != self.identity
 
     @property
     def train_py(self) -> Path:
