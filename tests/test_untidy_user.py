@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, set_lr, with_constants
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, make_workspace, set_lr, with_constants
 
 from autoresearch.config.apparatus import Apparatus, prepare_again_hint
 from autoresearch.errors import AutoresearchError
@@ -126,3 +126,26 @@ def test_a_change_trained_with_another_torch_is_not_judged_against_the_baseline(
     same = make_loop(workspace, FakeExecutor(lambda source: 3.0 + constant(source, "LR"), torch="2.9.0+cu128"))
     same.run(ScriptedAgent([]), 0)  # the baseline's torch again: it trains and is judged
     assert same.ledger.get(change.id).status == Status.KEEP
+
+
+def test_a_state_folder_copied_from_another_workspace_is_refused_before_it_rewrites_results_tsv(
+    tmp_path, tiny_prepared
+) -> None:
+    """BROKE, fixed: `cp -a ws1/.autoresearch ws2/` (a backup restored in the wrong place): `run` rewrote ws2's
+    results.tsv from ws1's ledger, its own lines gone, then said to `git reset --hard` to a commit ws2 has not."""
+    a = make_workspace(tmp_path / "a", tiny_prepared)
+    loop = make_loop(a, _executor())
+    loop.baseline()
+    loop.step(ScriptedAgent([set_lr(0.01)]))  # kept: the best is a commit of a's
+    loop.ledger.close()
+    b = make_workspace(tmp_path / "b", tiny_prepared)
+    loop = make_loop(b, FakeExecutor(lambda source: 3.5 + constant(source, "LR")))
+    loop.baseline()
+    loop.ledger.close()
+    own = (b.root / "results.tsv").read_text()
+    shutil.rmtree(b.state)
+    shutil.copytree(a.state, b.state)
+    with pytest.raises(AutoresearchError) as refused:
+        make_loop(b, _executor()).run(ScriptedAgent([set_lr(0.02)]), 1)
+    assert "which this workspace's git does not have" in str(refused.value) and "rebuild-ledger" in refused.value.hint
+    assert (b.root / "results.tsv").read_text() == own

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 
 from autoresearch.agents import turn_cgroups
 from autoresearch.agents.command_agent import AGENT_PID
+from autoresearch.errors import LedgerError
 from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop import activity
 from autoresearch.loop.executor import Outcome, reap_orphan
@@ -158,8 +159,18 @@ class Recovery:
         """Bring the branch to the best, where a verdict was recorded but the loop died before git followed, or
         where it is on an experiment one worker left in flight (the loop with several workers takes it up).
         results.tsv follows the ledger first: a verdict's row is written before it, and a kill can come between."""
-        self.ledger.write_tsv()
         best = self.best()
+        if best is not None and best.commit and not self.git.has_commit(best.commit):
+            # Another workspace's state folder (a backup restored in the wrong place): written from it, results.tsv
+            # would lose this workspace's lines, and the branch would be sent to a commit git has not.
+            raise LedgerError(
+                f"the ledger's best, experiment {best.id}, is commit {best.commit[:7]}, which this workspace's git "
+                f"does not have: {self.ws.state} is another workspace's (or the commit was pruned from git)",
+                hint="put this workspace's own .autoresearch/ back; where it is lost, move that one aside "
+                "(`mv .autoresearch .autoresearch.other`) and `autoresearch rebuild-ledger` makes it from results.tsv "
+                "and git",
+            )
+        self.ledger.write_tsv()
         if best is not None and self.git.head() != best.commit:
             last = self.ledger.all()[-1]
             if last.status in (Status.DISCARD, Status.CRASH) and last.commit == self.git.head():

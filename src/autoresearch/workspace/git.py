@@ -254,6 +254,9 @@ class Git:
                 found.setdefault(int(m[1]), sha)
         return found
 
+    def has_commit(self, commit: str) -> bool:
+        return bool(self("rev-parse", "-q", "--verify", f"{commit}^{{commit}}", check=False).strip())
+
     def parent(self, commit: str) -> str | None:
         return self("rev-parse", "-q", "--verify", f"{commit}^", check=False).strip() or None
 
