@@ -591,7 +591,7 @@ def test_a_data_dir_edited_to_a_short_path_says_there_is_no_data_there_and_to_pu
     assert main(["run", "--plain", "--agent", "tune", "--workspace", str(workspace.root)]) == 2
     err = words(capsys.readouterr().err)
     assert f"error: no prepared data in {data_dir}" in err and "Traceback" not in err
-    assert "put the file back (`git checkout autoresearch.json`)" in err and "autoresearch init DIR --dataset" in err
+    assert "autoresearch.json differs from its commit" in err and "`git checkout autoresearch.json` to go on" in err
 
 
 def test_python_train_py_without_its_data_names_the_cache_to_prepare_it_in_as_run_does(
@@ -606,6 +606,7 @@ def test_python_train_py_without_its_data_names_the_cache_to_prepare_it_in_as_ru
     gone = tmp_path / "elsewhere" / "data" / "python-source" / "tiny"  # as `prepare` lays out a cache
     config = workspace.root / CONFIG_NAME
     config.write_text(json.dumps({**json.loads(config.read_text()), "data_dir": str(gone)}))
+    workspace.git.commit("the cache it was prepared in", CONFIG_NAME)  # as from init there: not an edit to put back
     with pytest.raises(DataError, match="no prepared data") as err:
         Referee(workspace.root / "train.py", dict(os.environ))
     assert f"--preset tiny --cache-dir {tmp_path / 'elsewhere'}` with the Python the workspace" in err.value.hint

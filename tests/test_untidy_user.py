@@ -149,3 +149,24 @@ def test_a_state_folder_copied_from_another_workspace_is_refused_before_it_rewri
         make_loop(b, _executor()).run(ScriptedAgent([set_lr(0.02)]), 1)
     assert "which this workspace's git does not have" in str(refused.value) and "rebuild-ledger" in refused.value.hint
     assert (b.root / "results.tsv").read_text() == own
+
+
+@pytest.mark.parametrize("edit", [{"preset": "h100"}, {"data_dir": "/nonexistent/data/python-source-0a1b2c3d/tiny"}])
+def test_an_autoresearch_json_edited_by_hand_is_refused_before_anything_trains_saying_to_put_it_back(
+    workspace, edit
+) -> None:
+    """BROKE, fixed: an edited preset passed the start's check (the fingerprint had the data, not the preset), trained a
+    whole run, then stopped saying to prepare the data again; an edited data_dir said to prepare data there. Both are
+    the locked file edited: put it back."""
+    import json
+
+    from autoresearch.workspace.workspace import Workspace
+
+    make_loop(workspace, _executor()).baseline()
+    config = workspace.root / "autoresearch.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **edit}, indent=1))
+    executor = _executor()
+    with pytest.raises(AutoresearchError) as refused:
+        make_loop(Workspace(workspace.root), executor).run(ScriptedAgent([set_lr(0.01)]), 1)
+    assert "`git checkout autoresearch.json`" in refused.value.hint, refused.value
+    assert executor.calls == []

@@ -26,6 +26,7 @@ def code_digest() -> str:
 
 
 def fingerprint(apparatus: Apparatus, manifest: Manifest) -> str:
-    """Identifies the apparatus: changes with the evaluator's code, the data, the tokenizer or the budget."""
-    key = f"{code_digest()}:{manifest.digest()}:{apparatus.budget_seconds}"
+    """Identifies the apparatus: changes with the evaluator's code, the data, the tokenizer, the preset (what the
+    evaluator scores with: its rows, its batch) or the budget."""
+    key = f"{code_digest()}:{manifest.digest()}:{apparatus.preset}:{apparatus.budget_seconds}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]

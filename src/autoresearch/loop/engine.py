@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from autoresearch.agents.base import Agent, Proposal, preflight
-from autoresearch.config.apparatus import prepare_again_hint
+from autoresearch.config.apparatus import CONFIG_NAME, prepare_again_hint
 from autoresearch.data.shards import Manifest
 from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
@@ -44,7 +44,7 @@ from autoresearch.loop.recovery import (
     seeded,
 )
 from autoresearch.loop.reporter import Reporter
-from autoresearch.loop.settings import APPARATUS_HINT, LoopConfig, LoopError
+from autoresearch.loop.settings import APPARATUS_HINT, CONFIG_EDITED_HINT, LoopConfig, LoopError
 from autoresearch.loop.watch import Verdict, Watch, package_hint
 from autoresearch.vocabulary import IN_FLIGHT, Kind, RunEnd, Status
 from autoresearch.workspace import quarantine
@@ -104,7 +104,10 @@ class ResearchLoop(Asking, Comparison, Recovery):
         try:
             manifest = Manifest.load(Path(a.data_dir) / "manifest.json")
         except FileNotFoundError:
-            raise LoopError(f"no prepared data in {a.data_dir}", hint=prepare_again_hint(a)) from None
+            edited = CONFIG_NAME in self.git.changed_paths()  # its data_dir edited by hand, not the data lost
+            raise LoopError(
+                f"no prepared data in {a.data_dir}", hint=CONFIG_EDITED_HINT if edited else prepare_again_hint(a)
+            ) from None
         self.fingerprint = fingerprint(a, manifest)
 
     # -- state ------------------------------------------------------------------------------------
