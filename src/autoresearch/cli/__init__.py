@@ -130,7 +130,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
         elif args.command in ("show", "diff"):
             print(compare(args))
         elif args.command == "rebuild-ledger":
-            from autoresearch.loop.rebuild import rebuild
+            from autoresearch.loop.rebuild import not_recovered, rebuild
             from autoresearch.loop.recovery import put_back_turn
             from autoresearch.workspace.disk import disk_full_is_an_error
             from autoresearch.workspace.workspace import Workspace
@@ -148,6 +148,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
                 with disk_full_is_an_error("rebuilding the ledger", "run `autoresearch rebuild-ledger` again"):
                     put_back_turn(ws, lambda text: console.print(text, markup=False, highlight=False))
                     rows, moved, skipped = rebuild(ws.root, ws.git)
+                    lost = not_recovered(ws.root)
             kept = f"; the old file is {moved}" if moved else ""
             console.print(f"rebuilt the ledger: {rows} experiments from results.tsv and git{kept}", markup=False)
             if skipped:
@@ -155,6 +156,8 @@ def _main(args: argparse.Namespace, console: Console) -> int:
                     f"[yellow]skipped results.tsv lines {', '.join(map(str, skipped))}[/]: not lines the loop writes "
                     "(or no experiment of theirs left in git); each experiment's commit was taken from git instead"
                 )
+            for note in lost:
+                console.print(f"[yellow]not recovered:[/] {escape(note)}", highlight=False, soft_wrap=True)
     except AutoresearchError as exc:
         return _error(console, exc)
     except KeyboardInterrupt as exc:

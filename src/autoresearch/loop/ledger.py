@@ -106,12 +106,29 @@ LedgerState = tuple[list[tuple], tuple[int, int] | None, dict[int, str]]
 
 
 def has_history(workspace: Path) -> bool:
-    """Whether the workspace ran experiments: results.tsv lists one, or a run's folder is left (results.tsv
-    deleted with the ledger). Without its ledger, a start from experiment 1 would reuse their ids."""
+    """Whether the workspace ran experiments: results.tsv lists one, a run's folder is left (results.tsv deleted
+    with the ledger), or git holds one (`git clean -xfd` and `git stash -a` take all of .autoresearch/ and
+    results.tsv). Without its ledger, a start from experiment 1 would reuse their ids."""
     if len(results_tsv.read(workspace).splitlines()) > 1:
         return True
     runs = workspace / ".autoresearch" / "runs"
-    return any(re.fullmatch(r"\d+-\d+", path.name) for path in runs.iterdir()) if runs.is_dir() else False
+    if runs.is_dir() and any(re.fullmatch(r"\d+-\d+", path.name) for path in runs.iterdir()):
+        return True
+    return git_holds_experiments(workspace)
+
+
+def git_holds_experiments(workspace: Path) -> bool:
+    """Whether the workspace's git holds the loop's experiments: a discarded one's ref, or a kept one's `exp N: ...`
+    commit on the branch (BROKE, fixed: after `git clean -xfd`, `status` said "no experiments yet" and `run` trained
+    a new baseline over them, then stopped on an id a discarded ref already had)."""
+    from autoresearch.workspace.git import Git  # git.py is below the ledger: imported only where it is needed
+
+    if not (workspace / ".git").exists():
+        return False
+    git = Git(workspace)
+    if git("for-each-ref", "--count=1", "--format=%(refname)", "refs/autoresearch/discarded/", check=False).strip():
+        return True
+    return bool(git("log", "--first-parent", "-1", "--format=%H", "--grep=^exp [0-9][0-9]*: ", "HEAD", check=False))
 
 
 class Ledger:
@@ -152,7 +169,9 @@ class Ledger:
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
             raise LedgerError(f"the ledger {self.db_path} is missing or empty, but this workspace has experiments "
-                              "(results.tsv, .autoresearch/runs)", hint=REBUILD_HINT)  # fmt: skip
+                              "(results.tsv, .autoresearch/runs, or git's `exp N: ...` commits and "
+                              "refs/autoresearch/discarded/)", hint=f"{REBUILD_HINT}; or, if `git stash -a` "
+                              "took them, `git stash pop` first")  # fmt: skip
 
     def verify(self) -> None:
         """Refuse (LedgerError) a ledger whose rows are not the ones this program wrote: a row changed, added or

@@ -11,8 +11,10 @@ too. What git and the runs' files know wins over a line: the status is where git
 survive (a crash has none; a kept change's runs measured again as the loop joined them). Experiments that
 only git knows (results.tsv lost too) come back with their status from where git keeps them, the baseline
 as the commit the first experiment was made on; the branch tip missing from a results.tsv that has lines
-was in flight (one worker trains on the branch): it is trained again at the next start. Ids are never
-reused: the next id is past every id the file, git or the run folders name.
+was in flight (one worker trains on the branch): it is trained again at the next start. A line whose commit git
+no longer has (the loop's refs deleted, then `git gc --prune`) keeps its value and status; only its train.py is
+lost. Ids are never reused: the next id is past every id the file, git or the run folders name. What could not be
+got back (the baseline's seeds with its runs' folders, which the next start trains again) `not_recovered` says.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from autoresearch.loop import results_tsv
 from autoresearch.loop.confirmation import not_confirmed
 from autoresearch.loop.executor import read_result
 from autoresearch.loop.judge import beyond_seeds, measured_noise
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.ledger import Experiment, Ledger, best_of
 from autoresearch.loop.waiting import unreported
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.disk import DiskFullError, sqlite_short_of_space
@@ -41,6 +43,7 @@ from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import as_read
 
 DISCARDED = "refs/autoresearch/discarded/"
+SHORT_SHA = re.compile(r"[0-9a-f]{7,40}")  # how results.tsv names a commit
 RUN_FOLDER = re.compile(r"^(\d+)-(\d+)$")  # runs/<experiment>-<run index>, as the loop names them
 
 
@@ -70,6 +73,33 @@ def rebuild(root: Path, git: Git) -> tuple[int, Path | None, list[int]]:
     os.rename(new, old)
     sync(state)  # the renames too
     return len(rows), aside if "" in found else None, skipped
+
+
+def not_recovered(root: Path) -> list[str]:
+    """What the rebuilt ledger lacks, in words, for `rebuild-ledger` to say (it said only "rebuilt the ledger: 16
+    experiments", and every `run` after it stopped for want of the noise)."""
+    ledger = Ledger(root, check_history=False)
+    try:
+        rows = ledger.all()
+    finally:
+        ledger.close()
+    notes = []
+    base = next((e for e in rows if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
+    if base is not None and measured_noise(rows) is None:
+        notes.append("the baseline's seeds, which measure the noise (results.tsv keeps only their mean)")
+    if (best := best_of(rows)) is not None and best.val_bpb is None:
+        notes.append(f"the best's val_bpb (exp {best.id})")
+    if notes:
+        notes[-1] += ": the next `run` or `try` trains them again first"
+    if unvalued := [e.id for e in rows if e.status == Status.DISCARD and e.val_bpb is None]:
+        notes.append(f"the val_bpb of discarded experiments {_ids(unvalued)} (results.tsv did not have them)")
+    if gone := [e.id for e in rows if e.kind == Kind.EXPERIMENT and not e.commit]:
+        notes.append(f"the train.py and diff of experiments {_ids(gone)}: their commits are gone from git (pruned)")
+    return notes
+
+
+def _ids(ids: list[int]) -> str:
+    return ", ".join(map(str, ids[:12])) + (f" and {len(ids) - 12} more" if len(ids) > 12 else "")
 
 
 def _write(root: Path, path: Path, rows: list[Experiment]) -> None:
@@ -122,7 +152,7 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
             skipped.append(number)
             continue
         commit = git.ref(fields[0]) if fields[0] else None
-        if fields[0] and commit is None:  # no such commit
+        if fields[0] and commit is None and not SHORT_SHA.fullmatch(fields[0]):  # no commit's name at all
             skipped.append(number)
             continue
         parsed.append((number, git.exp_number(commit) if commit else None, fields, commit))  # the baseline: no number
@@ -133,7 +163,8 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
         if exp_id is None:
             following = next((i for _, i, _, _ in parsed[k + 1 :] if i is not None), None)
             exp_id = next(i for i in itertools.count(last + 1) if i not in claimed)
-            if (following is not None and exp_id >= following) or (commit and exp_id != 1):
+            gone = bool(fields[0]) and commit is None  # its commit pruned from git: no baseline's
+            if (following is not None and exp_id >= following) or (commit and exp_id != 1) or (gone and exp_id == 1):
                 skipped.append(number)  # not the loop's lines: only the baseline's commit is no `exp N: ...`
                 continue
             claimed.add(exp_id)
@@ -146,8 +177,12 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
             status = Status.KEEP
         elif exp_id in discarded and status == Status.KEEP:
             status = Status.DISCARD
-        kind = Kind.BASELINE if exp_id == 1 else (Kind.EXPERIMENT if commit else Kind.PROPOSAL)
+        # A line without a commit is a proposal rejected before it ran (a crash), or one whose commit was gone
+        trained = fields[0] or status != Status.CRASH
+        kind = Kind.BASELINE if exp_id == 1 else (Kind.EXPERIMENT if trained else Kind.PROPOSAL)
         rows[exp_id] = _row(git, exp_id, kind, status, description, commit, _float(bpb), _float(memory))
+        if kind == Kind.EXPERIMENT and commit is None:
+            _gone(rows[exp_id], fields[0])
     head, newest = git.head(), max(rows, default=0)
     for exp_id, commit in known.items():
         if exp_id not in rows:
@@ -175,6 +210,17 @@ def _rows(root: Path, git: Git) -> tuple[list[Experiment], list[int]]:
     _measured_again(state / "runs", ordered)
     _fill_times(ordered)
     return ordered, sorted(skipped)
+
+
+def _gone(exp: Experiment, sha: str) -> None:
+    """A results.tsv line whose commit git no longer has (its ref deleted, then `git gc --prune`): its value and
+    status are the line's, never a crash's (BROKE, fixed: every such line was skipped, and its run folders made it
+    "CRASH (unknown)"); its train.py and diff are lost. Not kept: a best must have its train.py, and the branch
+    does not hold it."""
+    if exp.status == Status.KEEP:
+        exp.status = Status.DISCARD
+    # Named in the reason, not as its commit: the ledger would store a short sha of digits alone as a number
+    exp.reason = f"rebuilt from results.tsv: its commit{f' {sha}' if sha else ''} is gone from git (pruned)"
 
 
 def _measured_again(runs: Path, rows: list[Experiment]) -> None:

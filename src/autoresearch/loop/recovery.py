@@ -306,6 +306,7 @@ class Recovery:
         best, was, rows = self.best(), self.left_in_flight, self.ledger.all()
         suspects = [e for e in rows if e.id in was or not e.status.final]
         suspects += [e for e in rows if best and e.commit == best.parent and e.status == Status.KEEP]
+        suspects += [base] if (base := self.unmeasured_baseline()) else []  # its seeds trained again, cut short
         return next((e for e in suspects if written_for(text, e)), None)
 
 

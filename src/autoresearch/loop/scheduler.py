@@ -107,6 +107,8 @@ class Scheduler:
                 loop.reporter.message("no baseline yet, and --max-experiments 0 starts nothing")
                 return
             self.start_baseline()
+        else:  # a ledger rebuilt without the baseline's seeds: measured again here, before any change is judged
+            loop.measure_noise_again()
         labels = [w.device.label for w in self.workers]
         activity.start_session(loop.ws.state, labels, began, asking=agent is not None)
         try:

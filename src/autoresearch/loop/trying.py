@@ -31,6 +31,7 @@ def try_working_tree(loop: ResearchLoop, description: str) -> Experiment:
         if loop.best() is None:
             ws.write_train_py(git.show("HEAD", TRAIN_PY))
             loop.baseline()
+        loop.measure_noise_again()  # a ledger rebuilt without the baseline's seeds: no verdict without them
     if pending is not None and finished.source == candidate:  # the same `try` again: it is judged once
         ws.write_train_py(git.show("HEAD", TRAIN_PY))  # as any `try` leaves it: the best
         return finished

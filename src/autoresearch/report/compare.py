@@ -14,6 +14,7 @@ from autoresearch.loop.judge import run_values
 from autoresearch.loop.ledger import Experiment
 from autoresearch.report.summary import best_before, explain, first_line, noise_before, signed, status_word
 from autoresearch.visible import visible, visible_line
+from autoresearch.vocabulary import Kind
 from autoresearch.workspace.git import Git
 from autoresearch.workspace.workspace import TRAIN_PY
 
@@ -40,6 +41,14 @@ def train_py(git: Git, exp: Experiment) -> str | None:
             except AutoresearchError:
                 continue
     return None
+
+
+def no_train_py(exp: Experiment) -> str:
+    """Why `train_py` found none: a proposal rejected before running has none; an experiment whose commit git has
+    pruned (its ref deleted, then `git gc`; `rebuild-ledger` keeps its line) lost it."""
+    if exp.kind == Kind.PROPOSAL:
+        return "the proposal was rejected before it ran"
+    return "git holds no commit of it (pruned: its ref deleted, then `git gc`), and its train.py went with it"
 
 
 def diff(old: str, new: str, old_name: str, new_name: str) -> str:
@@ -101,11 +110,9 @@ def diff_text(git: Git, experiments: list[Experiment], a: int, b: int, stopped: 
         change = second.val_bpb - first.val_bpb
         lines.append(f"val_bpb {first.val_bpb:.6f} -> {second.val_bpb:.6f} ({signed(change, '.6f')})")
     sources = [train_py(git, e) for e in (first, second)]
-    missing = [f"exp {e.id}" for e, s in zip((first, second), sources, strict=True) if s is None]
+    missing = [f"exp {e.id}: {no_train_py(e)}" for e, s in zip((first, second), sources, strict=True) if s is None]
     if missing:
-        raise AutoresearchError(
-            f"{' and '.join(missing)} never ran a train.py (a proposal rejected before running): nothing to diff"
-        )
+        raise AutoresearchError(f"no train.py to diff: {'; '.join(missing)}")
     lines += ["", diff(sources[0], sources[1], f"exp {first.id}", f"exp {second.id}")]
     return visible("\n".join(lines))
 
@@ -113,7 +120,7 @@ def diff_text(git: Git, experiments: list[Experiment], a: int, b: int, stopped: 
 def _parent_diff(git: Git, experiments: list[Experiment], exp: Experiment) -> str:
     source = train_py(git, exp)
     if source is None:
-        return "no train.py: the proposal was rejected before it ran"
+        return f"no train.py: {no_train_py(exp)}"
     if exp.kind == "baseline" or not exp.parent or exp.parent == exp.commit:
         return "the baseline: no parent to compare against"
     parent = next((e for e in experiments if e.commit == exp.parent and e.id < exp.id), None)
