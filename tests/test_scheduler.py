@@ -1086,3 +1086,23 @@ def test_a_submission_made_from_a_baseline_that_crashed_is_a_crash_to_submit_aga
     assert "baseline exp 1" in rows[1].reason and "submit it again" in rows[1].reason
     third, _ = scheduler(workspace, inbox=True)
     third.run(None)  # starts: the branch is where the best is
+
+
+def test_a_ledger_rebuilt_without_the_baselines_runs_measures_it_again_before_the_workers_judge(workspace):
+    """`rm -rf .autoresearch`, then `rebuild-ledger`: the baseline's seeds are gone. Several workers stopped at their
+    first verdict ("no noise measured yet", helper 128); the scheduler trains the baseline's seeds again first."""
+    import shutil
+
+    from autoresearch.loop.rebuild import rebuild
+
+    sched, _ = scheduler(workspace)
+    sched.run(ScriptedAgent([set_lr(0.2)]), max_experiments=1)
+    sched.loop.ledger.close()
+    shutil.rmtree(workspace.state)
+    rebuild(workspace.root, workspace.git)
+    sched, _ = scheduler(workspace)
+    sched.run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
+    rows = sched.loop.ledger.all()
+    assert len(rows[0].run_values) == 2 and "measured again" in rows[0].reason, rows[0]
+    assert rows[-1].description == "LR 0.3" and rows[-1].status in (Status.KEEP, Status.DISCARD), rows[-1].reason
+    assert sched.loop.ws.git.changed_paths() == set()

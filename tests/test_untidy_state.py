@@ -152,3 +152,41 @@ def test_a_pruned_commit_whose_short_name_reads_as_a_number_is_kept_too(workspac
         rebuild(workspace.root, workspace.git)
         assert Ledger(workspace.root).get(2).val_bpb == before[2][1]
         assert name in Ledger(workspace.root).get(2).reason
+
+
+def test_try_after_a_rebuild_without_the_runs_measures_the_baseline_again_and_judges_the_edit(workspace) -> None:
+    """`try` stopped as `run` did ("no noise measured yet"); it measures the baseline's seeds again, the edit held
+    aside meanwhile, then judges the edit."""
+    from loop_support import with_constants
+
+    from autoresearch.loop.trying import try_working_tree
+
+    executor = FakeExecutor(lambda source: 3.0 + constant(source, "LR") + 0.001 * constant(source, "SEED") % 7)
+    make_loop(workspace, executor).baseline()
+    shutil.rmtree(workspace.state)
+    rebuild(workspace.root, workspace.git)
+    workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.001))
+    exp = try_working_tree(make_loop(workspace, executor), "LR 0.001")
+    assert exp.description == "LR 0.001" and exp.status in (Status.KEEP, Status.DISCARD), exp.reason
+    assert len(run_values(Ledger(workspace.root).get(1))) == 3
+
+
+def test_a_loop_killed_while_it_measured_the_baseline_again_puts_its_train_py_back(workspace) -> None:
+    """Killed during a seed of the baseline trained again, the loop leaves the baseline's seeded train.py in the
+    working tree, not the best's: the next start puts the best's back, as after any run of its own."""
+    from autoresearch.loop.recovery import seeded
+
+    executor = FakeExecutor(lambda source: 3.0 + constant(source, "LR"))
+    loop = make_loop(workspace, executor)
+    loop.baseline()
+    loop.step(ScriptedAgent([set_lr(0.01)]))
+    loop.step(ScriptedAgent([set_lr(0.001)]))  # kept: the best is no child of the baseline's
+    assert [e.status for e in loop.ledger.all()] == [Status.KEEP] * 3
+    baseline = loop.ledger.get(1).source
+    loop.ledger.close()
+    shutil.rmtree(workspace.state)
+    rebuild(workspace.root, workspace.git)
+    workspace.write_train_py(seeded(baseline, 1))  # as the kill left it
+    loop = make_loop(workspace, executor)
+    loop.check_clean()
+    assert "train.py" not in loop.git.changed_paths()
