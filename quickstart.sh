@@ -8,10 +8,14 @@ say() { printf '\n== %s\n' "$*"; }
 say "1/4 a virtual environment in .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  if [ "$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null; then
+  own_index() { [ -n "${PIP_INDEX_URL:-}" ] || .venv/bin/pip config get global.index-url >/dev/null 2>&1; }
+  if [ "$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null && { [ -n "${TORCH_INDEX:-}" ] || ! own_index; }; then
     # PyPI's Linux wheel is the CUDA build, with ~3 GB of NVIDIA libraries no CPU uses.
     say "2/4 installing PyTorch (the CPU build, ~200 MB: no NVIDIA GPU here)"
     .venv/bin/pip install --progress-bar on torch==2.13.0 --index-url "${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+  elif [ "$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null; then
+    say "2/4 installing PyTorch from your pip index (TORCH_INDEX=<PyTorch's CPU index or a mirror of it>: its CPU build)"
+    .venv/bin/pip install --progress-bar on torch==2.13.0
   else
     say "2/4 installing PyTorch (PyPI's build: CUDA's on Linux, a few GB)"
     .venv/bin/pip install --progress-bar on torch==2.13.0

@@ -32,7 +32,9 @@ def _quickstart(tmp_path: Path, gpu: bool, **variables: str) -> list[str]:
     venv.mkdir(parents=True)
     path.mkdir()
     _tool(venv / "python", '[ "$1" = -c ] && [ ! -f "$(dirname "$0")/torch" ] && exit 1\nexit 0\n')
-    _tool(venv / "pip", f'echo "pip $*" >> {log}\ncase "$*" in *torch*) touch "$(dirname "$0")/torch";; esac\n')
+    pip = '[ "$1" = config ] && exit 1\n'  # no index of the user's in pip's configuration
+    pip += f'echo "pip $*" >> {log}\ncase "$*" in *torch*) touch "$(dirname "$0")/torch";; esac\n'
+    _tool(venv / "pip", pip)
     _tool(
         venv / "autoresearch",
         f'echo "autoresearch $*" >> {log}\n[ "$1" = init ] && mkdir -p "$2" && touch "$2/autoresearch.json"\nexit 0\n',
@@ -72,3 +74,13 @@ def test_with_an_nvidia_gpu_it_installs_pypis_build_and_run_again_installs_nothi
 def test_the_cpu_build_can_come_from_a_mirror_of_ones_own(tmp_path: Path) -> None:
     calls = _quickstart(tmp_path, gpu=False, TORCH_INDEX="http://127.0.0.1:8080/whl/cpu")
     assert calls[0] == "pip install --progress-bar on torch==2.13.0 --index-url http://127.0.0.1:8080/whl/cpu"
+
+
+def test_a_pip_index_of_the_users_own_is_kept(tmp_path: Path) -> None:
+    """Red team: PIP_INDEX_URL set (a company's mirror where download.pytorch.org is blocked), the CPU index overrode
+    it and the install failed. The user's index is kept; TORCH_INDEX still names the CPU build's where it is set."""
+    calls = _quickstart(tmp_path, gpu=False, PIP_INDEX_URL="https://mirror.example.com/simple")
+    assert calls[0] == "pip install --progress-bar on torch==2.13.0"
+    (tmp_path / "again").mkdir()
+    again = _quickstart(tmp_path / "again", gpu=False, PIP_INDEX_URL="https://m/simple", TORCH_INDEX="https://m/cpu")
+    assert again[0] == "pip install --progress-bar on torch==2.13.0 --index-url https://m/cpu"

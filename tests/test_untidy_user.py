@@ -120,7 +120,7 @@ def test_a_change_trained_with_another_torch_is_not_judged_against_the_baseline(
     with pytest.raises(AutoresearchError) as refused:
         after.run(ScriptedAgent([set_lr(0.01)]), 1)
     assert "trained with torch 2.13.0+cu130, the baseline's runs with torch 2.9.0+cu128" in str(refused.value)
-    assert "pip install torch==2.9.0," in refused.value.hint
+    assert "`pip install torch==2.9.0 --index-url https://download.pytorch.org/whl/cu128`" in refused.value.hint
     change = after.ledger.all()[-1]
     assert change.status in (Status.RUNNING, Status.QUEUED) and change.val_bpb is None  # waits for a comparable run
     same = make_loop(workspace, FakeExecutor(lambda source: 3.0 + constant(source, "LR"), torch="2.9.0+cu128"))

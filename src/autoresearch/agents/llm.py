@@ -12,6 +12,7 @@ is a warning, and the loop's own calls back off from it as usual.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import importlib
 import logging
@@ -88,8 +89,8 @@ PRICES: dict[str, tuple[float, float]] = {
 }
 # What may follow a priced name: nothing, or a snapshot date / alias. "gpt-5" must not price "gpt-5-pro".
 _SNAPSHOT = re.compile(r"(-\d{8}|-\d{4}-\d{2}-\d{2}|@\d{8}|-latest)?")
-# A section closed, or one left open where the model stopped at its token limit: a draft in it is no answer.
-_THINKING = re.compile(r"<think(?:ing)?>.*?(?:</think(?:ing)?>|\Z)", re.DOTALL | re.IGNORECASE)
+_THINKING = re.compile(r"<think(?:ing)?>.*?</think(?:ing)?>", re.DOTALL | re.IGNORECASE)
+_OPEN_THINKING = re.compile(r"<think(?:ing)?>.*\Z", re.DOTALL | re.IGNORECASE)
 # What reading a 200 that is no API answer raises: a proxy's HTML page, a cut body, JSON of another shape.
 NOT_AN_ANSWER = (ValueError, TypeError, AttributeError, KeyError, IndexError)
 
@@ -174,7 +175,7 @@ class LLMAgent:
 
     @staticmethod
     def _proposal(reply: Reply, train_py: str, usage: Usage) -> Proposal:
-        answer = parse_answer(strip_thinking(reply.text), train_py)
+        answer = parse_answer(strip_thinking(reply.text, reply.truncated), train_py)
         return Proposal(answer.hypothesis, answer.source, usage)
 
 
@@ -191,9 +192,14 @@ def api_key(agent: str, key_envs: tuple[str, ...], url_env: str, url_example: st
     )
 
 
-def strip_thinking(text: str) -> str:
-    """The answer without `<think>...</think>` sections, which some local reasoning models put in the text."""
-    return _THINKING.sub("", text)
+def strip_thinking(text: str, cut_off: bool = False) -> str:
+    """The answer without `<think>...</think>` sections, which some local reasoning models put in the text; and
+    without one left open where the model stopped at its token limit (`cut_off`) or began its answer with it: a draft
+    there is no answer. (An answer that only names the tag keeps all its text.)"""
+    text = _THINKING.sub("", text)
+    if cut_off or re.match(r"\s*<think(?:ing)?>", text, re.IGNORECASE):
+        text = _OPEN_THINKING.sub("", text)
+    return text
 
 
 def whole_request_client(default_client: type, sdk_error: type[Exception]) -> Any:
@@ -203,7 +209,8 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
     MAX_RETRIES times: a server that took the request and never answered held one ask for 7 x TIMEOUT_S (70 min).
     Here an answer not there in full when its read timeout has passed since the request was sent, or silent for that
     long, ends in an error of the SDK's own (`sdk_error`, its base class), which it passes on without retrying: the
-    loop's own back-off asks again, and says so."""
+    loop's own back-off asks again, and says so. (A server that trickles its status line and headers is bounded by the
+    read timeout of each byte only: the whole request's deadline is the body's.)"""
     # The SDKs' HTTP library: httpx, or httpx2 in their later versions; the client's base class is its Client.
     http = importlib.import_module(default_client.__mro__[1].__module__.partition(".")[0])
 
@@ -245,16 +252,18 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
                     response.headers.pop(name, None)
             return response
 
-    return default_client(transport=WholeRequestTimeout())
+    # A transport given, the client no longer reads HTTP(S)_PROXY and NO_PROXY itself (red team: behind a company
+    # proxy every ask went direct and failed): each proxy of the environment gets a transport of ours, as httpx reads
+    # them (a pattern without one, NO_PROXY's, takes the direct transport).
+    proxies = http._utils.get_environment_proxies()
+    mounts = {pattern: url and WholeRequestTimeout(proxy=url) for pattern, url in proxies.items()}
+    return default_client(transport=WholeRequestTimeout(), mounts=mounts)
 
 
 def longer_than(headers: Any, seconds: float) -> bool:
     """Whether a response's retry-after (or retry-after-ms) asks for a wait longer than `seconds`."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return float(ms) / 1000 > seconds
-        except ValueError:
-            return False
+    with contextlib.suppress(TypeError, ValueError):  # none, or not a number: the SDKs read retry-after then
+        return float(headers.get("retry-after-ms")) / 1000 > seconds
     if (after := headers.get("retry-after")) is None:
         return False
     try:

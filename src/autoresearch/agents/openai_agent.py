@@ -54,7 +54,7 @@ class OpenAIAgent(LLMAgent):
 
     def _reply(self, completion: openai.types.chat.ChatCompletion) -> Reply:
         choice = completion.choices[0] if completion.choices else None
-        text = (choice.message.content or "") if choice and choice.message else ""
+        text = _text(choice.message.content) if choice and choice.message else ""
         usage = completion.usage  # some local servers leave it out, or its counts
         tokens = (usage.prompt_tokens or 0, usage.completion_tokens or 0) if usage else (0, 0)
         truncated = choice is not None and choice.finish_reason == "length"
@@ -82,6 +82,15 @@ class OpenAIAgent(LLMAgent):
 
     def _not_an_answer(self, err: Exception) -> ProposalError:
         return not_an_answer("OpenAI API", err, url_env=URL_ENV, base_url=str(self.client.base_url))
+
+
+def _text(content: object) -> str:
+    """A message's text: a string, or (some compatible servers) a list of content parts; anything else none."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, {"type": "reasoning", ...}]
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
 
 
 def make_client() -> openai.OpenAI:

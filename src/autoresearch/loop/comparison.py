@@ -21,6 +21,13 @@ from autoresearch.loop.settings import (
 from autoresearch.vocabulary import Kind, RunEnd, Status
 
 
+def torch_install(version: str) -> str:
+    """What follows `pip install torch==` for torch `version`: a local build ("2.13.0+cu128", "+cpu") is PyTorch's own
+    index's, where PyPI's has the same number (`pip install torch==2.13.0` would say it is installed already)."""
+    number, _, build = version.partition("+")
+    return f"{number} --index-url https://download.pytorch.org/whl/{build}" if build else number
+
+
 class Comparison:
     """`ResearchLoop`'s checks of a run against the baseline's runs (it has the workspace, git and the ledger)."""
 
@@ -71,7 +78,7 @@ class Comparison:
         if why := self.setup_differs(recorded.get("setup")):
             return why, SETUP_HINT
         if why := self.torch_differs(recorded.get("torch")):
-            return why, TORCH_HINT.replace("VERSION", self.baseline_result()["torch"].partition("+")[0])
+            return why, TORCH_HINT.replace("VERSION", torch_install(self.baseline_result()["torch"]))
         if why := self.confinement_differs(recorded.get("confined")):
             return why, CONFINEMENT_HINT
         return None

@@ -25,7 +25,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
@@ -146,6 +148,7 @@ class Ledger:
         self._verifying = False  # set by verify(): rows another process wrote are checked against their seals
         self._trusted: int | None = None  # the data_version at which the file was last checked (verify)
         self._cached: tuple[tuple[int, int], list[Experiment]] | None = None  # (version, rows) of the last read
+        self._copy: Path | None = None  # a read-only folder's ledger, copied where SQLite may write (`reading`)
         try:
             self._open()
             count = self._db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
@@ -159,8 +162,7 @@ class Ledger:
                         hint="autoresearch writes there: copy the workspace somewhere you can write (`cp -a`) and "
                         "run it there; `status`, `show`, `diff` read it where it is",
                     ) from None
-                self._db = sqlite3.connect(f"{self.db_path.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
-                count = self._db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
+                count = self._open_copy()
             else:
                 raise LedgerError(f"the ledger {self.db_path} cannot be read ({exc})", hint=REBUILD_HINT) from None
         if check_history and count == 0 and has_history(workspace):
@@ -281,10 +283,28 @@ class Ledger:
             self._db.execute("DELETE FROM seals WHERE id = ?", (exp_id,))
         self._db.executemany("INSERT INTO seals (id, digest) VALUES (?, ?)", [(r[0], _digest(r)) for r in rows])
 
-    def _open(self) -> None:
+    def _open_copy(self) -> int:
+        """Open a copy of the ledger (and its write-ahead log) in a temporary folder, for a command that only reads
+        it from a folder SQLite cannot write its log in: a read-only mount, a colleague's workspace. A live loop
+        keeps its -shm there, which lets the first open through: this is a ledger at rest, read whole (SQLite's
+        immutable mode would drop the rows still in the log, and fail where it must seal an old ledger); its row
+        count. LedgerError where it cannot be read."""
+        self._copy = Path(tempfile.mkdtemp(prefix="autoresearch-ledger-"))
+        try:
+            for suffix in ("", "-wal"):
+                if Path(f"{self.db_path}{suffix}").exists():
+                    shutil.copyfile(f"{self.db_path}{suffix}", self._copy / f"ledger.sqlite{suffix}")
+            self._open(self._copy / "ledger.sqlite")
+            return self._db.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
+        except (OSError, sqlite3.DatabaseError) as exc:
+            self.close()
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise LedgerError(f"the ledger {self.db_path} cannot be read ({why})", hint=REBUILD_HINT) from None
+
+    def _open(self, path: Path | None = None) -> None:
         self._writes += 1  # a new connection counts its data_version afresh
         self._trusted = None  # so the loop's ledger checks the file again at its next read
-        self._db = sqlite3.connect(self.db_path, isolation_level=None)  # autocommit: each write is durable
+        self._db = sqlite3.connect(path or self.db_path, isolation_level=None)  # autocommit: each write is durable
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         cols = ", ".join(f'"{name}" {"INTEGER PRIMARY KEY" if name == "id" else "ANY"}' for name in _COLUMNS)
@@ -298,7 +318,10 @@ class Ledger:
         # rows sealed again as they are. A later version that adds a column must check the seals first, then reseal.
 
     def close(self) -> None:
-        self._db.close()
+        with contextlib.suppress(AttributeError):  # no connection was made
+            self._db.close()
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
 
     # -- writes ---------------------------------------------------------------------------------
 

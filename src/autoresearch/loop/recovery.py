@@ -192,7 +192,9 @@ class Recovery:
         Commits of program.md or prompts/ alone on the best need none: the loop reads those from the working tree."""
         head = self.git.head()
         ahead = self.git("merge-base", best, head, check=False).strip() == best  # the commits are on the best
-        changed = set(filter(None, self.git("diff", "--name-only", "-z", best, head, check=False).split("\0")))
+        # --no-renames: a train.py moved into prompts/ is train.py deleted, not a prompt added
+        listed = self.git("diff", "--name-only", "--no-renames", "-z", best, head, check=False)
+        changed = set(filter(None, listed.split("\0")))
         if ahead and changed and all(is_human(path) for path in changed):
             return (
                 f"someone committed {', '.join(sorted(changed))} on the branch; `git reset --soft {best[:7]}` takes "

@@ -26,8 +26,8 @@ SETUP_HINT = (
 
 TORCH_HINT = (
     "another torch compiles and runs the model otherwise (its kernels, its compiler: the steps a budget trains), so "
-    "its scores are not compared with the baseline's: install the baseline's torch again (pip install torch==VERSION, "
-    "the build for your CUDA), or make a new workspace (autoresearch init) for this torch"
+    "its scores are not compared with the baseline's: install the baseline's torch again "
+    "(`pip install torch==VERSION`), or make a new workspace (autoresearch init) for this torch"
 )
 CONFINEMENT_HINT = (
     "a run outside the sandbox can read the validation data and what an agent left anywhere, so its score is not "
