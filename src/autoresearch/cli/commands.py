@@ -141,6 +141,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.report import make_report
     from autoresearch.workspace import quarantine
     from autoresearch.workspace.disk import DiskFullError
+    from autoresearch.workspace.workspace import WorkspaceMoved
 
     for option, value in (("--max-experiments", args.max_experiments), ("--hours", args.hours)):
         if value is not None and value < 0:  # 0: finish what is in flight, start nothing new
@@ -189,6 +190,10 @@ def run(args: argparse.Namespace, console: Console) -> None:
         if note := quarantine.full_disk_note(loop.ws.state):
             exc.hint = f"{exc.hint}; {note}"
         raise
+    except WorkspaceMoved:
+        if args.agent == "queue":  # most often the loop `submit` started: said in its log, which `wait` repeats
+            raise WorkspaceMoved(loop.ws.root, _queue_again(args)) from None
+        raise
     finally:
         loop.executor.close()
         remove_left_boxes(loop.ws.state)  # what the evaluators started ahead for runs that never came
@@ -207,6 +212,14 @@ def run(args: argparse.Namespace, console: Console) -> None:
                 console.print(
                     f"report: {md} and {png}; history in {history}", markup=False, highlight=False, soft_wrap=True
                 )
+
+
+def _queue_again(args: argparse.Namespace) -> str:
+    """What resumes a loop with no agent (`submit`'s): a `submit` with its workers, as cli/__init__.py says."""
+    import shlex
+
+    layout = "".join(f" {shlex.quote(word)}" for word in placement(args))
+    return f"the next `autoresearch submit{layout}` (or `run --agent queue{layout}`)"
 
 
 def placement(args: argparse.Namespace) -> list[str]:
@@ -332,7 +345,7 @@ def wait(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.loop.ledger import Ledger, best_of
     from autoresearch.loop.reporter import verdict_line
     from autoresearch.loop.waiting import beside, loop_running, reported, unreported, wait_for
-    from autoresearch.workspace.workspace import Workspace
+    from autoresearch.workspace.workspace import Workspace, WorkspaceMoved
 
     ws = Workspace(args.workspace)
     if not args.ids:  # a `submit` run beside it (`submit ... & wait`) first: its experiment is to be waited for too
@@ -356,8 +369,13 @@ def wait(args: argparse.Namespace, console: Console) -> None:
             print(verdict_line(exp, best), flush=True)
             reported(ws.state, exp.id)
 
+    def ledger() -> Ledger:  # never at a path the workspace left: opening one there made its folder and a new ledger
+        if ws.moved():  # (then "no experiment N in the ledger"); its loop stops too (loop/scheduler.py)
+            raise WorkspaceMoved(ws.root, "the next `autoresearch submit` (or `run --agent queue`), then `wait`,")
+        return Ledger(ws.root)
+
     running = loop_running(ws.is_locked, ws.state)
-    wait_for(lambda: Ledger(ws.root), ids, running, log=ws.state / "driver.log", judged=judged)
+    wait_for(ledger, ids, running, log=ws.state / "driver.log", judged=judged)
 
 
 def try_change(args: argparse.Namespace, console: Console) -> None:

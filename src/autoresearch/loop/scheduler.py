@@ -23,7 +23,8 @@ moves; each run counts an attempt while it trains. Killed at any moment, the nex
 experiment in flight and trains its missing runs again (an experiment whose runs were interrupted twice
 is a crash), or adopts the runs that had ended (a change made from the baseline still waits for its
 verdict). A run killed from outside (its evaluator died of a signal) is tried once more; a run that
-failed by itself is a crash at once.
+failed by itself is a crash at once. A workspace moved (`mv`) or deleted meanwhile stops the loop (`check_home`)
+before it writes anything at the old path; what is in flight is resumed by the next start in the new place.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from autoresearch.loop.recovery import baseline_died, commit_message, died_runni
 from autoresearch.loop.settings import APPARATUS_HINT, BASELINE_SEEDS_MAX, BASELINE_SEEDS_MIN
 from autoresearch.loop.workers import Active, Job, Worker, check_out, stop_workers
 from autoresearch.vocabulary import Kind, RunEnd, Status
-from autoresearch.workspace.workspace import TRAIN_PY
+from autoresearch.workspace.workspace import TRAIN_PY, WorkspaceMoved
 
 POLL_S = 0.5  # how often the driver looks at the inbox while it waits for a run to end
 PROPOSALS_PER_WORKER = 3  # proposals asked for at once for an idle worker while they are rejected
@@ -113,6 +114,7 @@ class Scheduler:
         activity.start_session(loop.ws.state, labels, began, asking=agent is not None)
         try:
             while True:
+                self.check_home()  # before it takes a submission or starts a run; each poll of a loop left idle
                 within = (max_experiments is None or proposed < max_experiments) and (
                     hours is None or self.clock.now() - started < hours * 3600
                 )
@@ -129,8 +131,11 @@ class Scheduler:
                     continue
                 idle_since = None
                 self.handle_next()
-        except BaseException:
+        except BaseException as exc:
             self.stop_all()
+            if isinstance(exc, Exception) and not isinstance(exc, WorkspaceMoved) and loop.ws.moved():
+                # git or a file at the old path failed: moved between a check and the write (the error said less)
+                raise WorkspaceMoved(loop.ws.root) from exc
             raise
         finally:
             activity.end_session(loop.ws.state)
@@ -298,6 +303,7 @@ class Scheduler:
         """Check the job's commit out in the worker's worktree (committing the experiment first if it has no
         commit yet), count the attempt, and start it."""
         loop = self.loop
+        self.check_home()  # after an agent's turn, too
         exp = loop.ledger.get(job.exp_id)
         if job.exp_id in self.asked and exp.commit is None:
             exp = self.on_the_best(exp, job)
@@ -356,6 +362,7 @@ class Scheduler:
                     return
                 if wake is not None and self.clock.now() >= wake:
                     return
+        self.check_home()  # before the run's end (or the answer) is written anywhere
         if isinstance(event, Answer):
             self.take_answer(event)
             return
@@ -368,6 +375,14 @@ class Scheduler:
             self.close_span(job, **({"attempts": act.attempts} if act else {}))
             raise outcome
         self.ended(job, outcome)
+
+    def check_home(self) -> None:
+        """WorkspaceMoved where the workspace's folder was moved (`mv`) or deleted since the loop opened it: its git,
+        results.tsv and the workers' worktrees would be written (made again) at the old path, and the night split in
+        two. What is in flight stays so in the ledger, which went with the folder (`stop_all` closes its runs' spans
+        through the open file), for the next start in the new place. One stat per event, run or poll."""
+        if self.loop.ws.moved():
+            raise WorkspaceMoved(self.loop.ws.root)
 
     def take_answer(self, answer: Answer) -> None:
         """Record an ask's answer (loop/answers.py) and queue it; after failures, pause the agent."""

@@ -55,12 +55,13 @@ class TrainPyUnreadable(AutoresearchError):
 class WorkspaceMoved(AutoresearchError):
     """The workspace's folder is no longer at the path the loop opened it by: moved (`mv`) or deleted meanwhile."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, again: str = "run `autoresearch run`"):
+        """`again`: what resumes it, the command's (a `submit` for the loop one started, say)."""
         super().__init__(
             f"the workspace was moved or deleted while the loop ran: {root} is no longer the folder it started in, "
             "and nothing more is written there",
-            hint="run `autoresearch run` in its new place: the experiment in flight is resumed there (a workspace "
-            "deleted is not made again: its history went with it)",
+            hint=f"{again} in its new place: the experiment in flight is resumed there (a workspace deleted is not "
+            "made again: its history went with it)",
         )
 
 
