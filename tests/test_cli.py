@@ -98,6 +98,7 @@ def test_init_makes_a_workspace_with_the_presets_train_py_and_the_locked_config(
     assert config == {"preset": "tiny", "dataset": "python-source", "budget_seconds": 7.5}
 
 
+@pytest.mark.slow  # over half a second
 def test_paths_with_square_brackets_are_printed_as_they_are(
     corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

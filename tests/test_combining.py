@@ -52,6 +52,7 @@ def round_of_two(workspace):
     return gate
 
 
+@pytest.mark.slow  # over half a second
 def test_two_near_wins_of_one_round_are_combined_by_the_loop_trained_and_kept(workspace):
     sched, fakes = scheduler(workspace, gate=round_of_two(workspace), score=near_wins)
     sched.run(ScriptedAgent([set_lr(0.06), batch(16), *fillers(2)]), max_experiments=5)
@@ -123,6 +124,7 @@ def test_a_near_win_that_also_changed_the_seed_is_not_combined(workspace):
     assert not [r for r in rows if r.agent == COMBINER]
 
 
+@pytest.mark.slow  # over half a second
 def test_a_combination_of_more_near_wins_starts_while_a_smaller_one_trains(tmp_path, tiny_prepared):
     """A near-win judged while a combination trains does not wait for it: the near-wins combined with it start
     beside it, setting more settings than it does."""

@@ -114,6 +114,7 @@ def test_second_fetch_uses_the_cache_and_more_shards_only_add_files(
     assert [p.name for p in bigger.parts()] == ["train-00000", "train-00001", "train-00002", "val"]
 
 
+@pytest.mark.slow  # over half a second
 def test_connection_cut_mid_body_is_resumed(hub: FakeHub) -> None:
     # huggingface_hub writes what it got in chunks of 10 MiB, so only a bigger file shows a resume
     big = [os.urandom(3 << 20).hex() for _ in range(2)]

@@ -137,6 +137,7 @@ def test_anthropic_answer_without_content_is_a_proposal_error(
             agent.propose(context)
 
 
+@pytest.mark.slow  # over half a second
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_preflight_keeps_its_timeout_against_a_server_that_trickles(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """PREFLIGHT_TIMEOUT_S is documented as "the whole 1-token request", but the SDKs' (httpx's) timeouts are per
@@ -174,6 +175,7 @@ def test_anthropic_does_not_wait_hours_on_a_retry_after_header(fake_anthropic: F
     assert 0 < max(fake_anthropic.sleeps) <= 60, fake_anthropic.sleeps  # the SDK's own back-off, not the header's
 
 
+@pytest.mark.slow  # over half a second with its setup
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_a_server_that_never_answers_is_not_waited_on_seven_times(
     kind: str, context: Context, monkeypatch: pytest.MonkeyPatch

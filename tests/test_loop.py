@@ -1190,6 +1190,7 @@ def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run(tmp_path, ctr
     assert time.monotonic() - started < 3
 
 
+@pytest.mark.slow  # over half a second
 def test_a_ctrl_c_taken_by_another_thread_stops_the_wait_for_a_run_whose_fork_server_died(tmp_path, ctrl_c_raises):
     gone = tmp_path / "gone-server"  # a fork server that ends at once; its evaluator trains on
     gone.write_text("#!/bin/sh\nexit 0\n")
@@ -1402,6 +1403,7 @@ def test_an_evaluator_given_the_pid_of_one_that_ended_earlier_is_not_taken_for_e
         server.close()
 
 
+@pytest.mark.slow  # over half a second
 def test_a_ctrl_c_taken_by_another_thread_stops_the_loops_pause(ctrl_c_raises):
     _ctrl_c_to_another_thread(after=0.3)
     started = time.monotonic()

@@ -160,6 +160,7 @@ def logits_node(doc: dict) -> int:
     return doc["graph"]["output"]["node"]
 
 
+@pytest.mark.slow  # over half a second
 @pytest.mark.parametrize(
     ("target", "args", "reason"),
     [

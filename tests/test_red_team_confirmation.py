@@ -219,6 +219,7 @@ def test_a_run_that_ends_after_another_stopped_the_measuring_says_it_still_count
 SABOTAGE = "# trains only on SEED 42"
 
 
+@pytest.mark.slow  # over half a second
 def test_a_kept_train_py_that_sabotages_its_runs_measured_again_does_not_lower_the_bar_for_worse_changes(workspace):
     """BROKE, fixed: a kept change is judged on its first run (SEED 42) alone; a train.py that skips training on any
     other SEED (NOISE_CAP's threat) drew runs measured again 5 bpb worse, its mean with them. Its bar, min(its mean,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 from loop_support import ScriptedAgent, constant, with_constants
 from test_scheduler import BETAS, Ledger, lr_and_betas, scheduler, score, set_lr, wait_until
 
@@ -96,6 +97,7 @@ def test_a_driver_killed_between_judged_on_and_the_verdict_resumes_a_marginal_wi
     assert git.exp_commits() == {2: rows[1].commit, 3: exp.commit}
 
 
+@pytest.mark.slow  # over half a second
 def test_rebuild_ledger_after_judged_on_gives_back_its_rows_on_the_best(workspace):
     """The commits judged_on makes carry `exp N: ...`: a rebuilt ledger has the kept row on the best, and the
     discarded one's ref (a stale win judged on the best and not better there) points at its moved commit."""

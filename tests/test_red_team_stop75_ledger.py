@@ -53,6 +53,7 @@ def test_status_of_a_ledger_from_before_the_seals_on_a_read_only_mount_is_no_tra
     assert "status=0" in said, said
 
 
+@pytest.mark.slow  # over half a second
 def test_status_on_a_read_only_mount_does_not_drop_rows_held_in_the_write_ahead_log(workspace, subprocess_env) -> None:
     """immutable=1 tells SQLite the file cannot change and has no journal: it reads the main file alone and ignores
     ledger.sqlite-wal. Where the log holds committed rows (the loop killed, its -wal kept) and the -shm is not
@@ -94,6 +95,7 @@ def test_status_on_a_read_only_mount_does_not_drop_rows_held_in_the_write_ahead_
     assert "Traceback" not in said, said
 
 
+@pytest.mark.slow  # over half a second
 @pytest.mark.parametrize("command", ["report", "wait 1", "show 1", "diff 1 1"])
 def test_other_commands_on_a_read_only_mount_say_so_without_a_traceback(workspace, subprocess_env, command) -> None:
     """With the ledger now readable on a read-only mount (reading=True, via report's verified_rows too), the

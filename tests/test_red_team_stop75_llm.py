@@ -75,6 +75,7 @@ def test_a_whole_answer_that_mentions_a_think_tag_is_not_destroyed(fake_openai, 
     assert OpenAIAgent("gpt-5-mini").propose(context).description.startswith("a higher Muon LR helps")
 
 
+@pytest.mark.slow  # over half a second
 def test_after_a_deadline_error_the_next_ask_on_the_same_client_works() -> None:
     """Held (keep-alive): after AnswerTimeout mid-body the connection is dropped, not reused for the next ask.
     This passes at 46b3bcd; kept as a guard."""

@@ -36,6 +36,7 @@ def control_characters(text: str) -> list[str]:
 # -- progress.png: an agent's description is drawn as matplotlib text, where `$...$` is mathtext --------------------
 
 
+@pytest.mark.slow  # over half a second
 def test_a_kept_description_with_dollar_signs_does_not_break_the_report(workspace):
     """An LLM agent writes LaTeX in its descriptions ("scale lr by $\\sqrt{d}$"). progress.png labels each kept change
     with it through ax.annotate, where matplotlib parses text between two `$` as mathtext: a description that is not

@@ -1088,6 +1088,7 @@ def test_a_submission_made_from_a_baseline_that_crashed_is_a_crash_to_submit_aga
     third.run(None)  # starts: the branch is where the best is
 
 
+@pytest.mark.slow  # over half a second
 def test_a_ledger_rebuilt_without_the_baselines_runs_measures_it_again_before_the_workers_judge(workspace):
     """`rm -rf .autoresearch`, then `rebuild-ledger`: the baseline's seeds are gone. Several workers stopped at their
     first verdict ("no noise measured yet", helper 128); the scheduler trains the baseline's seeds again first."""

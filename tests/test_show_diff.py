@@ -382,6 +382,7 @@ def test_rebuild_ledger_on_a_disk_that_fills_midway_leaves_everything_as_it_was(
     assert not list(history.state.glob("*rebuilding*"))
 
 
+@pytest.mark.slow  # over half a second
 def test_a_ledger_with_fewer_experiments_than_results_tsv_is_refused_and_results_tsv_kept(history, capsys) -> None:
     """BROKE, fixed (red team): a ledger left partial by an older rebuild-ledger read as healthy; `run` rewrote
     results.tsv from 7 lines to 2, then said to `git reset --hard` off the kept experiments, and rebuild-ledger
@@ -466,6 +467,7 @@ def test_status_with_several_workers_gives_each_its_run_against_the_budget_or_id
     assert "  gpu 1 (busy 0%): idle" in lines and "running: exp 5" not in out
 
 
+@pytest.mark.slow  # over half a second
 def test_status_and_the_report_count_experiments_per_hour_over_the_same_time(workspace, capsys) -> None:
     """BROKE, fixed (a user's walk with Ray and 2 workers): after a SIGKILLed session `status` said 80.2 experiments
     per hour, the report written just after 74.8: `status` ended its window at the last row's verdict, the report at

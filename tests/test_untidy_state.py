@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, set_lr
 
 from autoresearch.loop.judge import run_values
@@ -13,6 +14,7 @@ from autoresearch.loop.rebuild import not_recovered, rebuild
 from autoresearch.vocabulary import Kind, Status
 
 
+@pytest.mark.slow  # over half a second with its setup
 def test_after_the_state_folder_is_deleted_and_rebuilt_the_baseline_is_measured_again(workspace) -> None:
     """`rm -rf .autoresearch` (ledger and runs' results both), then `rebuild-ledger`: the baseline's seeds are gone
     (results.tsv keeps their mean). Every `run` trained a change, then stopped with "no noise measured yet / hint:
@@ -51,6 +53,7 @@ def _cleaned(workspace) -> FakeExecutor:
     return executor
 
 
+@pytest.mark.slow  # over half a second
 def test_a_workspace_whose_ignored_files_were_cleaned_away_is_not_started_afresh(workspace, subprocess_env) -> None:
     """`git clean -xfd` or `git stash -a` between nights take .autoresearch/ and results.tsv; git keeps the
     experiments. `status` said "no experiments yet", `run` trained a new baseline over them (helper 128). Now every
@@ -90,6 +93,7 @@ def test_a_fresh_workspace_is_no_history_to_rebuild(workspace) -> None:
     make_loop(workspace, FakeExecutor(lambda source: 3.0 + constant(source, "LR"))).baseline()
 
 
+@pytest.mark.slow  # over half a second
 def test_a_ledger_rebuilt_from_git_alone_goes_on_measuring_what_it_lacks(workspace) -> None:
     """Rebuilt from git alone (no results.tsv, no runs' results), the best has no val_bpb and the baseline no seeds:
     the next step trains both again, then judges its change against them (it died on a None best before)."""
@@ -121,6 +125,7 @@ def _tidied(workspace) -> dict:
     return before
 
 
+@pytest.mark.slow  # over half a second with its setup
 def test_rebuild_after_the_discarded_refs_were_tidied_away_keeps_the_values_results_tsv_has(workspace) -> None:
     """rebuild-ledger skipped every results.tsv line whose commit git had pruned, and the runs' folders made each
     "CRASH no val_bpb | (unknown)" (helper 128): the values, descriptions and statuses were gone for good. The
@@ -140,6 +145,7 @@ def test_rebuild_after_the_discarded_refs_were_tidied_away_keeps_the_values_resu
     }
 
 
+@pytest.mark.slow  # over half a second with its setup
 def test_a_pruned_commit_whose_short_name_reads_as_a_number_is_kept_too(workspace) -> None:
     """results.tsv names a commit by 7 hex digits; some are digits alone, or read as a float ("1e23456"): the
     ledger would store such a name as a number. The line is kept, its value and status with it."""
@@ -154,6 +160,7 @@ def test_a_pruned_commit_whose_short_name_reads_as_a_number_is_kept_too(workspac
         assert name in Ledger(workspace.root).get(2).reason
 
 
+@pytest.mark.slow  # over half a second with its setup
 def test_try_after_a_rebuild_without_the_runs_measures_the_baseline_again_and_judges_the_edit(workspace) -> None:
     """`try` stopped as `run` did ("no noise measured yet"); it measures the baseline's seeds again, the edit held
     aside meanwhile, then judges the edit."""
@@ -171,6 +178,7 @@ def test_try_after_a_rebuild_without_the_runs_measures_the_baseline_again_and_ju
     assert len(run_values(Ledger(workspace.root).get(1))) == 3
 
 
+@pytest.mark.slow  # over half a second with its setup
 def test_a_loop_killed_while_it_measured_the_baseline_again_puts_its_train_py_back(workspace) -> None:
     """Killed during a seed of the baseline trained again, the loop leaves the baseline's seeded train.py in the
     working tree, not the best's: the next start puts the best's back, as after any run of its own."""

@@ -36,6 +36,7 @@ def test_try_after_a_trimmed_gitignore_never_names_the_loops_own_files_as_change
     assert try_working_tree(make_loop(workspace, _executor()), "LR 0.001").status == Status.KEEP
 
 
+@pytest.mark.slow  # over half a second with its setup
 def test_a_hand_commit_of_program_md_gets_a_hint_that_keeps_it(workspace) -> None:
     """BROKE, fixed: `git commit -am "program: ..."` between nights met "the branch is at X, but the best experiment
     is Y; hint: `git reset --hard Y` to continue", which drops the new program.md unsaid."""
@@ -65,6 +66,7 @@ def test_a_hand_commit_of_train_py_gets_a_hint_that_saves_it_first(workspace) ->
     assert f"`git branch mine {head[:7]}`" in refused.value.hint and "reset --hard" in refused.value.hint
 
 
+@pytest.mark.slow  # over half a second
 def test_status_on_a_read_only_mount_reads_the_ledger_and_run_says_the_folder_is_read_only(
     workspace, subprocess_env
 ) -> None:
@@ -109,6 +111,7 @@ def test_the_hint_to_prepare_the_data_of_a_root_workspace_again_names_root(tiny_
     ) and "with the Python the workspace was made with" in prepare_again_hint(own)
 
 
+@pytest.mark.slow  # over half a second with its setup
 def test_a_change_trained_with_another_torch_is_not_judged_against_the_baseline(workspace) -> None:
     """BROKE, fixed: nothing recorded the torch a run trained with, so after `pip install -U torch` between nights
     every change was judged against a baseline another torch had measured (its kernels and compiler set the steps a
@@ -128,6 +131,7 @@ def test_a_change_trained_with_another_torch_is_not_judged_against_the_baseline(
     assert same.ledger.get(change.id).status == Status.KEEP
 
 
+@pytest.mark.slow  # over half a second with its setup
 def test_a_state_folder_copied_from_another_workspace_is_refused_before_it_rewrites_results_tsv(
     tmp_path, tiny_prepared
 ) -> None:
@@ -151,6 +155,7 @@ def test_a_state_folder_copied_from_another_workspace_is_refused_before_it_rewri
     assert (b.root / "results.tsv").read_text() == own
 
 
+@pytest.mark.slow  # over half a second with its setup
 @pytest.mark.parametrize("edit", [{"preset": "h100"}, {"data_dir": "/nonexistent/data/python-source-0a1b2c3d/tiny"}])
 def test_an_autoresearch_json_edited_by_hand_is_refused_before_anything_trains_saying_to_put_it_back(
     workspace, edit

@@ -132,6 +132,7 @@ def test_a_git_folder_a_killed_turn_left_a_file_is_put_back_not_refused_as_a_wor
     assert again.git.git_dir.is_dir()
 
 
+@pytest.mark.slow  # over half a second with its setup
 @pytest.mark.parametrize(
     "command",
     [
@@ -165,6 +166,7 @@ def test_every_command_in_a_git_worktree_of_a_workspace_refuses_without_a_traceb
     assert "Traceback" not in said and "git worktree" in said, said
 
 
+@pytest.mark.slow  # over half a second
 def test_run_whose_workspace_is_moved_stops_saying_so_and_resumes_in_the_new_place(
     workspace, tmp_path, monkeypatch, capsys
 ) -> None:
@@ -242,6 +244,7 @@ def _two_at_once(workspace, away):
     return gate
 
 
+@pytest.mark.slow  # over half a second with its setup
 @pytest.mark.parametrize("end", ["ok", "crash", "error"])
 def test_a_workspace_moved_while_several_workers_train_stops_the_loop_and_resumes_in_the_new_place(
     workspace, tmp_path, end
@@ -306,6 +309,7 @@ def test_a_submit_loop_waiting_for_submissions_stops_when_its_workspace_is_moved
     assert baseline.status == Status.KEEP and len(baseline.run_values) == 2
 
 
+@pytest.mark.slow  # over half a second
 def test_run_with_workers_whose_workspace_is_moved_stops_saying_so_and_resumes_in_the_new_place(
     workspace, tmp_path, monkeypatch, capsys
 ) -> None:
@@ -349,6 +353,7 @@ def test_run_with_workers_whose_workspace_is_moved_stops_saying_so_and_resumes_i
     assert (moved / "report.md").exists() and not os.path.lexists(workspace.root / ".git")
 
 
+@pytest.mark.slow  # over half a second
 def test_wait_whose_workspace_is_moved_says_so_and_makes_no_ledger_at_the_old_path(
     workspace, tmp_path, monkeypatch, capsys
 ) -> None:
