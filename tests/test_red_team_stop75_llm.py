@@ -79,7 +79,7 @@ def test_a_whole_answer_that_mentions_a_think_tag_is_not_destroyed(fake_openai, 
 def test_after_a_deadline_error_the_next_ask_on_the_same_client_works() -> None:
     """Held (keep-alive): after AnswerTimeout mid-body the connection is dropped, not reused for the next ask.
     This passes at 46b3bcd; kept as a guard."""
-    from autoresearch.agents.llm import whole_request_client
+    from autoresearch.agents.http_client import whole_request_client
 
     body = json.dumps({}).encode()
     with odd_server(body, "application/json", trickle_s=0.2) as url:

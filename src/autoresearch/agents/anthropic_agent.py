@@ -9,6 +9,7 @@ from __future__ import annotations
 import anthropic
 
 from autoresearch.agents.base import ProposalError
+from autoresearch.agents.http_client import whole_request_client
 from autoresearch.agents.llm import (
     CONNECT_TIMEOUT_S,
     MAX_RETRIES,
@@ -23,7 +24,6 @@ from autoresearch.agents.llm import (
     api_key,
     not_an_answer,
     usage_for,
-    whole_request_client,
 )
 
 KEY_ENV, URL_ENV = "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"

@@ -12,18 +12,11 @@ is a warning, and the loop's own calls back off from it as usual.
 
 from __future__ import annotations
 
-import contextlib
-import email.utils
-import importlib
 import logging
-import math
 import os
 import re
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.edits import EditError, parse_answer
@@ -33,11 +26,10 @@ from autoresearch.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 6  # the SDK's retries of 408/409/429/5xx and connection errors: ~0.5+1+2+4+8+8 s of back-off
-TIMEOUT_S = 600.0  # one request, the whole of it (whole_request_client); a long non-streamed answer takes minutes
+TIMEOUT_S = 600.0  # one request, the whole of it (agents/http_client.py); a long non-streamed answer takes minutes
 CONNECT_TIMEOUT_S = 10.0
 PREFLIGHT_TIMEOUT_S = 30.0  # the whole 1-token request of the preflight, without retries
 PREFLIGHT_CONNECT_TIMEOUT_S = 5.0
-RETRY_AFTER_MAX_S = 60.0  # the longest retry-after the SDKs may wait out inside one ask
 PLACEHOLDER_KEY = "no-key"  # sent to a local server (base URL set, no key): the SDKs insist on some key
 
 # USD per million (input, output) tokens at list price, without caching or batch discounts.
@@ -200,77 +192,6 @@ def strip_thinking(text: str, cut_off: bool = False) -> str:
     if cut_off or re.match(r"\s*<think(?:ing)?>", text, re.IGNORECASE):
         text = _OPEN_THINKING.sub("", text)
     return text
-
-
-def whole_request_client(default_client: type, sdk_error: type[Exception]) -> Any:
-    """The SDK's own HTTP client (`openai.DefaultHttpxClient`, `anthropic.DefaultHttpxClient`) with a transport whose
-    timeout is the whole request's, and ends it for good. The SDKs' timeouts bound each read of the socket: a server
-    that sends a byte now and then never met one, and the loop waited on it for ever. And a read timeout was retried
-    MAX_RETRIES times: a server that took the request and never answered held one ask for 7 x TIMEOUT_S (70 min).
-    Here an answer not there in full when its read timeout has passed since the request was sent, or silent for that
-    long, ends in an error of the SDK's own (`sdk_error`, its base class), which it passes on without retrying: the
-    loop's own back-off asks again, and says so. (A server that trickles its status line and headers is bounded by the
-    read timeout of each byte only: the whole request's deadline is the body's.)"""
-    # The SDKs' HTTP library: httpx, or httpx2 in their later versions; the client's base class is its Client.
-    http = importlib.import_module(default_client.__mro__[1].__module__.partition(".")[0])
-
-    class AnswerTimeout(sdk_error):
-        def __init__(self, request: Any):
-            limit = (request.extensions.get("timeout") or {}).get("read")
-            super().__init__(f"no whole answer within {limit:g} s" if limit else "no whole answer in time")
-
-    class Deadline(http.SyncByteStream):
-        def __init__(self, stream: Any, deadline: float, request: Any):
-            self._stream, self._deadline, self._request = stream, deadline, request
-
-        def __iter__(self) -> Iterator[bytes]:
-            try:
-                for chunk in self._stream:
-                    if time.monotonic() > self._deadline:
-                        raise AnswerTimeout(self._request)
-                    yield chunk
-            except http.ReadTimeout:
-                raise AnswerTimeout(self._request) from None
-
-        def close(self) -> None:
-            self._stream.close()
-
-    class WholeRequestTimeout(http.HTTPTransport):
-        def handle_request(self, request: Any) -> Any:
-            limit = (request.extensions.get("timeout") or {}).get("read")
-            deadline = time.monotonic() + limit if limit else math.inf
-            try:
-                response = super().handle_request(request)
-            except http.ReadTimeout:  # not a byte of the answer in all that time
-                raise AnswerTimeout(request) from None
-            response.stream = Deadline(response.stream, deadline, request)
-            if longer_than(response.headers, RETRY_AFTER_MAX_S):
-                # The Anthropic SDK waits whatever a retry-after says (a proxy's 3600: 6 retries, 6 h, past --hours,
-                # saying nothing); without it the SDK backs off its own way, then the loop's announced back-off takes
-                # over. OpenAI's SDK does the same above 60 s.
-                for name in ("retry-after", "retry-after-ms"):
-                    response.headers.pop(name, None)
-            return response
-
-    # A transport given, the client no longer reads HTTP(S)_PROXY and NO_PROXY itself (red team: behind a company
-    # proxy every ask went direct and failed): each proxy of the environment gets a transport of ours, as httpx reads
-    # them (a pattern without one, NO_PROXY's, takes the direct transport).
-    proxies = http._utils.get_environment_proxies()
-    mounts = {pattern: url and WholeRequestTimeout(proxy=url) for pattern, url in proxies.items()}
-    return default_client(transport=WholeRequestTimeout(), mounts=mounts)
-
-
-def longer_than(headers: Any, seconds: float) -> bool:
-    """Whether a response's retry-after (or retry-after-ms) asks for a wait longer than `seconds`."""
-    with contextlib.suppress(TypeError, ValueError):  # none, or not a number: the SDKs read retry-after then
-        return float(headers.get("retry-after-ms")) / 1000 > seconds
-    if (after := headers.get("retry-after")) is None:
-        return False
-    try:
-        return float(after) > seconds
-    except ValueError:  # an HTTP date
-        when = email.utils.parsedate_tz(after)
-        return when is not None and email.utils.mktime_tz(when) - time.time() > seconds
 
 
 def not_an_answer(provider: str, err: Exception, *, url_env: str, base_url: str) -> ProposalError:

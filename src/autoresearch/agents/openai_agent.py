@@ -10,6 +10,7 @@ from __future__ import annotations
 import openai
 
 from autoresearch.agents.base import ProposalError
+from autoresearch.agents.http_client import whole_request_client
 from autoresearch.agents.llm import (
     CONNECT_TIMEOUT_S,
     MAX_RETRIES,
@@ -24,7 +25,6 @@ from autoresearch.agents.llm import (
     api_key,
     not_an_answer,
     usage_for,
-    whole_request_client,
 )
 
 KEY_ENV, URL_ENV = "OPENAI_API_KEY", "OPENAI_BASE_URL"

@@ -1,0 +1,85 @@
+"""The HTTP client the LLM agents give the official SDKs: theirs (`openai.DefaultHttpxClient`,
+`anthropic.DefaultHttpxClient`), with a transport that bounds a whole request and waits out no long retry-after."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import importlib
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+RETRY_AFTER_MAX_S = 60.0  # the longest retry-after the SDKs may wait out inside one ask
+
+
+def whole_request_client(default_client: type, sdk_error: type[Exception]) -> Any:
+    """The SDK's own HTTP client (`openai.DefaultHttpxClient`, `anthropic.DefaultHttpxClient`) with a transport whose
+    timeout is the whole request's, and ends it for good. The SDKs' timeouts bound each read of the socket: a server
+    that sends a byte now and then never met one, and the loop waited on it for ever. And a read timeout was retried
+    MAX_RETRIES times: a server that took the request and never answered held one ask for 7 x TIMEOUT_S (70 min).
+    Here an answer not there in full when its read timeout has passed since the request was sent, or silent for that
+    long, ends in an error of the SDK's own (`sdk_error`, its base class), which it passes on without retrying: the
+    loop's own back-off asks again, and says so. (A server that trickles its status line and headers is bounded by the
+    read timeout of each byte only: the whole request's deadline is the body's.)"""
+    # The SDKs' HTTP library: httpx, or httpx2 in their later versions; the client's base class is its Client.
+    http = importlib.import_module(default_client.__mro__[1].__module__.partition(".")[0])
+
+    class AnswerTimeout(sdk_error):
+        def __init__(self, request: Any):
+            limit = (request.extensions.get("timeout") or {}).get("read")
+            super().__init__(f"no whole answer within {limit:g} s" if limit else "no whole answer in time")
+
+    class Deadline(http.SyncByteStream):
+        def __init__(self, stream: Any, deadline: float, request: Any):
+            self._stream, self._deadline, self._request = stream, deadline, request
+
+        def __iter__(self) -> Iterator[bytes]:
+            try:
+                for chunk in self._stream:
+                    if time.monotonic() > self._deadline:
+                        raise AnswerTimeout(self._request)
+                    yield chunk
+            except http.ReadTimeout:
+                raise AnswerTimeout(self._request) from None
+
+        def close(self) -> None:
+            self._stream.close()
+
+    class WholeRequestTimeout(http.HTTPTransport):
+        def handle_request(self, request: Any) -> Any:
+            limit = (request.extensions.get("timeout") or {}).get("read")
+            deadline = time.monotonic() + limit if limit else math.inf
+            try:
+                response = super().handle_request(request)
+            except http.ReadTimeout:  # not a byte of the answer in all that time
+                raise AnswerTimeout(request) from None
+            response.stream = Deadline(response.stream, deadline, request)
+            if longer_than(response.headers, RETRY_AFTER_MAX_S):
+                # The Anthropic SDK waits whatever a retry-after says (a proxy's 3600: 6 retries, 6 h, past --hours,
+                # saying nothing); without it the SDK backs off its own way, then the loop's announced back-off takes
+                # over. OpenAI's SDK does the same above 60 s.
+                for name in ("retry-after", "retry-after-ms"):
+                    response.headers.pop(name, None)
+            return response
+
+    # A transport given, the client no longer reads HTTP(S)_PROXY and NO_PROXY itself (red team: behind a company
+    # proxy every ask went direct and failed): each proxy of the environment gets a transport of ours, as httpx reads
+    # them (a pattern without one, NO_PROXY's, takes the direct transport).
+    proxies = getattr(getattr(http, "_utils", None), "get_environment_proxies", dict)()  # its own reading of them
+    mounts = {pattern: url and WholeRequestTimeout(proxy=url) for pattern, url in proxies.items()}
+    return default_client(transport=WholeRequestTimeout(), mounts=mounts)
+
+
+def longer_than(headers: Any, seconds: float) -> bool:
+    """Whether a response's retry-after (or retry-after-ms) asks for a wait longer than `seconds`."""
+    with contextlib.suppress(TypeError, ValueError):  # none, or not a number: the SDKs read retry-after then
+        return float(headers.get("retry-after-ms")) / 1000 > seconds
+    if (after := headers.get("retry-after")) is None:
+        return False
+    try:
+        return float(after) > seconds
+    except ValueError:  # an HTTP date
+        when = email.utils.parsedate_tz(after)
+        return when is not None and email.utils.mktime_tz(when) - time.time() > seconds
