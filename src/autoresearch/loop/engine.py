@@ -192,11 +192,13 @@ class ResearchLoop(Asking, Comparison, Recovery):
     def _measure_again(self, exp: Experiment, wanted: int, lacking: str) -> None:
         """Train `exp`'s train.py (kept) on the seeds it lacks, saying so; its runs and their mean replace what the
         rebuild read, and the working tree's train.py is the branch's again after."""
+        runs, lost = run_values(exp), set()
+        if len(runs) >= wanted:  # as many as this loop's settings ask (--baseline-runs 1, say): nothing to train
+            return
         self.reporter.message(
             f"exp {exp.id} has no {lacking.partition(',')[0]} in the ledger (rebuilt without its runs' results): "
             f"training it again ({wanted} run{'s' if wanted > 1 else ''}) for its {lacking}"
         )
-        runs, lost = run_values(exp), set()
         try:
             while len(runs) < wanted:
                 outcome = self._train(exp, len(runs))
