@@ -336,3 +336,17 @@ def evaluators_with(tmp_path: Path, name: str, text: str) -> dict[str, str]:
     folder.mkdir(exist_ok=True)
     (folder / f"{name}.py").write_text(textwrap.dedent(text))
     return {"PYTHONPATH": os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH", "")])])}
+
+
+def on_a_read_only_mount(root: str, commands: str, env: dict) -> str:
+    """Run `commands` (bash) with `root` bind-mounted read-only onto itself, in a mount namespace of its own."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare here")
+    script = f"mount --bind {root} {root} && mount -o remount,bind,ro {root} || exit 99; {commands}"
+    done = subprocess.run(
+        ["unshare", "-m", *(["--map-root-user"] if os.getuid() else []), "bash", "-c", script],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    if done.returncode == 99 or "unshare failed" in done.stderr:
+        pytest.skip(f"cannot make a read-only mount here: {done.stderr}")
+    return done.stdout + done.stderr

@@ -11,25 +11,11 @@ import subprocess
 import sys
 
 import pytest
-from loop_support import FakeExecutor, constant, make_loop
+from loop_support import FakeExecutor, constant, make_loop, on_a_read_only_mount
 
 
 def _executor() -> FakeExecutor:
     return FakeExecutor(lambda source: 3.0 + constant(source, "LR"))
-
-
-def _read_only(root: str, commands: str, env: dict) -> str:
-    """Run `commands` (bash) with `root` bind-mounted read-only onto itself, in a mount namespace of its own."""
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare here")
-    script = f"mount --bind {root} {root} && mount -o remount,bind,ro {root} || exit 99; {commands}"
-    done = subprocess.run(
-        ["unshare", "-m", *(["--map-root-user"] if os.getuid() else []), "bash", "-c", script],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
-    if done.returncode == 99 or "unshare failed" in done.stderr:
-        pytest.skip(f"cannot make a read-only mount here: {done.stderr}")
-    return done.stdout + done.stderr
 
 
 def test_status_of_a_ledger_from_before_the_seals_on_a_read_only_mount_is_no_traceback(
@@ -48,7 +34,7 @@ def test_status_of_a_ledger_from_before_the_seals_on_a_read_only_mount_is_no_tra
     db.close()
     root = str(workspace.root)
     cli = f"{sys.executable} -m autoresearch"
-    said = _read_only(root, f"{cli} status --workspace {root}; echo status=$?", subprocess_env)
+    said = on_a_read_only_mount(root, f"{cli} status --workspace {root}; echo status=$?", subprocess_env)
     assert "Traceback" not in said, said
     assert "status=0" in said, said
 
@@ -90,7 +76,7 @@ def test_status_on_a_read_only_mount_does_not_drop_rows_held_in_the_write_ahead_
     assert experiments == 2
     root = str(workspace.root)
     cli = f"{sys.executable} -m autoresearch"
-    said = _read_only(root, f"{cli} status --workspace {root}; echo status=$?", subprocess_env)
+    said = on_a_read_only_mount(root, f"{cli} status --workspace {root}; echo status=$?", subprocess_env)
     assert "status=0" in said and "rebuild-ledger" not in said, said
     assert "Traceback" not in said, said
 
@@ -105,7 +91,7 @@ def test_other_commands_on_a_read_only_mount_say_so_without_a_traceback(workspac
     loop.ledger.close()
     root = str(workspace.root)
     cli = f"{sys.executable} -m autoresearch"
-    said = _read_only(root, f"cd {root} && timeout 60 {cli} {command}; echo rc=$?", subprocess_env)
+    said = on_a_read_only_mount(root, f"cd {root} && timeout 60 {cli} {command}; echo rc=$?", subprocess_env)
     assert "Traceback" not in said, said
 
 
@@ -120,7 +106,7 @@ def test_status_of_a_damaged_ledger_on_a_read_only_mount_is_no_traceback(workspa
     (workspace.root / ".autoresearch" / "ledger.sqlite").write_bytes(b"this is not a database, " * 400)
     root = str(workspace.root)
     cli = f"{sys.executable} -m autoresearch"
-    said = _read_only(root, f"{cli} status --workspace {root}; echo status=$?", subprocess_env)
+    said = on_a_read_only_mount(root, f"{cli} status --workspace {root}; echo status=$?", subprocess_env)
     assert "Traceback" not in said, said
     assert "status=2" in said or "status=1" in said, said
 

@@ -4,13 +4,20 @@ must meet a clear word and a hint that loses nothing, never one that throws the 
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, make_workspace, set_lr, with_constants
+from loop_support import (
+    FakeExecutor,
+    ScriptedAgent,
+    constant,
+    make_loop,
+    make_workspace,
+    on_a_read_only_mount,
+    set_lr,
+    with_constants,
+)
 
 from autoresearch.config.apparatus import Apparatus, prepare_again_hint
 from autoresearch.errors import AutoresearchError
@@ -73,25 +80,16 @@ def test_status_on_a_read_only_mount_reads_the_ledger_and_run_says_the_folder_is
     """BROKE, fixed: on a read-only mount (an archive, a colleague's share) `status`, `show` and `diff` said "the
     ledger ... cannot be read (unable to open database file); hint: run `autoresearch rebuild-ledger`". The ledger
     is whole: SQLite could not make its write-ahead log there."""
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare here")
     loop = make_loop(workspace, _executor())
     loop.baseline()
     loop.ledger.close()  # as a loop that ended leaves it: no -wal, no -shm
     root = str(workspace.root)
     cli = f"{sys.executable} -m autoresearch"
-    script = (
-        f"mount --bind {root} {root} && mount -o remount,bind,ro {root} || exit 99; "
+    commands = (
         f"{cli} status --workspace {root} && {cli} show 1 --workspace {root}; echo show=$?; "
         f"{cli} run --agent tune --max-experiments 1 --plain --workspace {root}; echo run=$?"
     )
-    done = subprocess.run(
-        ["unshare", "-m", *(["--map-root-user"] if os.getuid() else []), "bash", "-c", script],
-        capture_output=True, text=True, env=subprocess_env, timeout=120,
-    )  # fmt: skip
-    if done.returncode == 99 or "unshare failed" in done.stderr:
-        pytest.skip(f"cannot make a read-only mount here: {done.stderr}")
-    said = done.stdout + done.stderr
+    said = on_a_read_only_mount(root, commands, subprocess_env)
     assert "show=0" in said and "exp 1 KEEP" in said and "rebuild-ledger" not in said, said
     assert "run=2" in said and "is read-only" in said and "Traceback" not in said, said
 
