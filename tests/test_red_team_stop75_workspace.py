@@ -1,4 +1,5 @@
-"""Red team (helper 133) of stop 75's workspace changes: the hint for hand commits on the best, the torch hint."""
+"""Red team (helper 133) of stop 75's workspace changes: the hint for hand commits on the best (the torch hint's test
+is in test_untidy_user.py, beside the refusal's)."""
 
 from __future__ import annotations
 
@@ -30,20 +31,3 @@ def test_a_hand_commit_that_moves_train_py_into_prompts_is_not_called_a_prompts_
     hint = refused.value.hint or ""
     assert "reset --soft" not in hint, hint
     assert "git branch mine" in hint, hint
-
-
-def test_the_torch_hint_names_the_build_where_only_the_build_differs(workspace) -> None:
-    """2e2c09b refuses a run whose torch differs from the baseline's, and its hint says `pip install torch==VERSION`
-    with VERSION cut at "+". Where only the build differs (the baseline on 2.13.0+cu128, now 2.13.0+cu130, or
-    quickstart's 2.13.0+cpu beside PyPI's CUDA build), that command answers "Requirement already satisfied" and the
-    next start is refused again: the user cannot tell what to install. Expected: the build (cu128) in the hint, as
-    the refusal itself names it."""
-    from autoresearch.errors import AutoresearchError as Refused
-
-    before = make_loop(workspace, FakeExecutor(lambda source: 3.0 + constant(source, "LR"), torch="2.13.0+cu128"))
-    before.baseline()
-    before.ledger.close()
-    after = make_loop(workspace, FakeExecutor(lambda source: 2.0 + constant(source, "LR"), torch="2.13.0+cu130"))
-    with pytest.raises(Refused) as refused:
-        after.run(ScriptedAgent([set_lr(0.01)]), 1)
-    assert "cu128" in refused.value.hint, refused.value.hint

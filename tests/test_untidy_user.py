@@ -21,6 +21,7 @@ from loop_support import (
 
 from autoresearch.config.apparatus import Apparatus, prepare_again_hint
 from autoresearch.errors import AutoresearchError
+from autoresearch.loop.engine import ResearchLoop
 from autoresearch.loop.trying import try_working_tree
 from autoresearch.vocabulary import Status
 
@@ -104,9 +105,19 @@ def test_the_hint_to_prepare_the_data_of_a_root_workspace_again_names_root(tiny_
     own = Apparatus(
         preset="tiny", dataset="python-source", budget_seconds=1.0, data_dir="/c/data/python-source-0a1b2c3d/tiny"
     )
-    assert "--root" not in prepare_again_hint(
-        own
-    ) and "with the Python the workspace was made with" in prepare_again_hint(own)
+    own_hint = prepare_again_hint(own)
+    assert "--root" not in own_hint and "with the Python the workspace was made with" in own_hint
+
+
+def _trained_with_another_torch(workspace, baseline: str, change: str) -> tuple[pytest.ExceptionInfo, ResearchLoop]:
+    """A baseline trained with torch `baseline`, then a change with torch `change`: the refusal, and the loop."""
+    before = make_loop(workspace, FakeExecutor(lambda source: 3.0 + constant(source, "LR"), torch=baseline))
+    before.baseline()
+    before.ledger.close()
+    after = make_loop(workspace, FakeExecutor(lambda source: 2.0 + constant(source, "LR"), torch=change))
+    with pytest.raises(AutoresearchError) as refused:
+        after.run(ScriptedAgent([set_lr(0.01)]), 1)
+    return refused, after
 
 
 @pytest.mark.slow  # over half a second with its setup
@@ -114,12 +125,7 @@ def test_a_change_trained_with_another_torch_is_not_judged_against_the_baseline(
     """BROKE, fixed: nothing recorded the torch a run trained with, so after `pip install -U torch` between nights
     every change was judged against a baseline another torch had measured (its kernels and compiler set the steps a
     budget trains: a faster torch made the next change a keep)."""
-    before = make_loop(workspace, FakeExecutor(lambda source: 3.0 + constant(source, "LR"), torch="2.9.0+cu128"))
-    before.baseline()
-    before.ledger.close()
-    after = make_loop(workspace, FakeExecutor(lambda source: 2.0 + constant(source, "LR"), torch="2.13.0+cu130"))
-    with pytest.raises(AutoresearchError) as refused:
-        after.run(ScriptedAgent([set_lr(0.01)]), 1)
+    refused, after = _trained_with_another_torch(workspace, "2.9.0+cu128", "2.13.0+cu130")
     assert "trained with torch 2.13.0+cu130, the baseline's runs with torch 2.9.0+cu128" in str(refused.value)
     assert "`pip install torch==2.9.0 --index-url https://download.pytorch.org/whl/cu128`" in refused.value.hint
     change = after.ledger.all()[-1]
@@ -173,3 +179,11 @@ def test_an_autoresearch_json_edited_by_hand_is_refused_before_anything_trains_s
         make_loop(Workspace(workspace.root), executor).run(ScriptedAgent([set_lr(0.01)]), 1)
     assert "`git checkout autoresearch.json`" in refused.value.hint, refused.value
     assert executor.calls == []
+
+
+def test_the_torch_hint_names_the_build_where_only_the_build_differs(workspace) -> None:
+    """Red team (helper 133): the hint said `pip install torch==VERSION` with VERSION cut at "+". Where only the build
+    differs (the baseline on 2.13.0+cu128, now 2.13.0+cu130, or quickstart's 2.13.0+cpu beside PyPI's CUDA build),
+    that command answers "Requirement already satisfied" and the next start is refused again."""
+    refused, _ = _trained_with_another_torch(workspace, "2.13.0+cu128", "2.13.0+cu130")
+    assert "cu128" in refused.value.hint, refused.value.hint

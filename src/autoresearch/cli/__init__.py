@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from autoresearch.cli.commands import compare, placement, prepare_data, run, submit, try_change, wait
+from autoresearch.cli.commands import compare, prepare_data, queue_again, run, submit, try_change, wait
 from autoresearch.cli.parser import parse
 from autoresearch.errors import AutoresearchError
 from autoresearch.files import absolute_entries
@@ -202,13 +202,7 @@ def _no_task(exc: Exception) -> AutoresearchError:
 
 def _interrupted(console: Console, exc: KeyboardInterrupt, args: argparse.Namespace) -> int:
     if args.command == "run" and getattr(args, "agent", None) == "queue":  # most often the loop `submit` started
-        # with this loop's workers: a loop of others would measure the runs of another setup than the baseline's
-        layout = "".join(f" {shlex.quote(word)}" for word in placement(args))
-        console.print(
-            f"interrupted: the next `autoresearch submit{layout}` (or `run --agent queue{layout}`) resumes where it "
-            "stopped",
-            markup=False,
-        )
+        console.print(f"interrupted: {queue_again(args)} resumes where it stopped", markup=False)
     else:
         console.print("interrupted: run the same command again to resume where it stopped")
     return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)

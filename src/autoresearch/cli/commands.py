@@ -192,7 +192,7 @@ def run(args: argparse.Namespace, console: Console) -> None:
         raise
     except WorkspaceMoved:
         if args.agent == "queue":  # most often the loop `submit` started: said in its log, which `wait` repeats
-            raise WorkspaceMoved(loop.ws.root, _queue_again(args)) from None
+            raise WorkspaceMoved(loop.ws.root, queue_again(args)) from None
         raise
     finally:
         loop.executor.close()
@@ -214,8 +214,9 @@ def run(args: argparse.Namespace, console: Console) -> None:
                 )
 
 
-def _queue_again(args: argparse.Namespace) -> str:
-    """What resumes a loop with no agent (`submit`'s): a `submit` with its workers, as cli/__init__.py says."""
+def queue_again(args: argparse.Namespace) -> str:
+    """What resumes a loop with no agent (`submit`'s), stopped or interrupted: a `submit` with its workers (a loop of
+    others would measure the runs of another setup than the baseline's)."""
     import shlex
 
     layout = "".join(f" {shlex.quote(word)}" for word in placement(args))

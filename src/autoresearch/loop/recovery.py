@@ -25,9 +25,7 @@ from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop import activity
 from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.ledger import Experiment
-from autoresearch.loop.settings import (
-    LoopError,
-)
+from autoresearch.loop.settings import LoopError
 from autoresearch.loop.watch import LEFT_REFS, put_back_left
 from autoresearch.orphans import reap, remove_left_boxes
 from autoresearch.vocabulary import Kind, Status
@@ -200,10 +198,7 @@ class Recovery:
                 f"someone committed {', '.join(sorted(changed))} on the branch; `git reset --soft {best[:7]}` takes "
                 "the commits back and keeps the files as you wrote them (the loop reads them from the working tree)"
             )
-        return (
-            f"someone moved the branch by hand; keep that commit (`git branch mine {head[:7]}`), then "
-            f"`git reset --hard {best[:7]}` to continue"
-        )
+        return keep_then_reset(head, best)
 
     def recover_workspace(self, taking_edit: bool = False) -> None:
         """What a kill left outside the ledger: an agent still running is killed, its turn cut short is put back,
@@ -261,8 +256,7 @@ class Recovery:
         back = (pending.commit or pending.parent)[:7]
         raise LoopError(
             f"the branch is at {head[:7]}, but experiment {pending.id} in flight is {back}",
-            hint=f"someone moved the branch by hand; keep that commit (`git branch mine {head[:7]}`), then "
-            f"`git reset --hard {back}` to continue",
+            hint=keep_then_reset(head, back),
         )
 
     def check_no_edit(self, pending: Experiment) -> None:
@@ -310,6 +304,14 @@ class Recovery:
         suspects += [e for e in rows if best and e.commit == best.parent and e.status == Status.KEEP]
         suspects += [base] if (base := self.unmeasured_baseline()) else []  # its seeds trained again, cut short
         return next((e for e in suspects if written_for(text, e)), None)
+
+
+def keep_then_reset(head: str, target: str) -> str:
+    """The hint where a person's commit is on the branch and the loop needs it at `target`: save it first."""
+    return (
+        f"someone moved the branch by hand; keep that commit (`git branch mine {head[:7]}`), then "
+        f"`git reset --hard {target[:7]}` to continue"
+    )
 
 
 def died_running(exp: Experiment) -> str:
