@@ -11,6 +11,8 @@ from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, set_l
 from autoresearch.loop.judge import run_values
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.rebuild import not_recovered, rebuild
+from autoresearch.loop.scheduler import Scheduler
+from autoresearch.loop.workers import devices, make_workers
 from autoresearch.vocabulary import Kind, Status
 
 
@@ -198,3 +200,24 @@ def test_a_loop_killed_while_it_measured_the_baseline_again_puts_its_train_py_ba
     loop = make_loop(workspace, executor)
     loop.check_clean()
     assert "train.py" not in loop.git.changed_paths()
+
+
+def test_run_without_an_agent_after_a_rebuild_keeps_the_uncommitted_edit_in_train_py(workspace) -> None:
+    """Red team (helper 134): `run` with no agent (a coding agent submits) allows an edit in the working tree's
+    train.py. After a ledger rebuilt without the runs' folders, Scheduler.run measured the baseline again, training it
+    in the working tree and then writing the committed train.py: the submitter's edit was lost."""
+
+    def score(source: str) -> float:  # the seeds differ: a noise to measure
+        return 3.0 + constant(source, "LR") + 0.001 * (constant(source, "SEED") % 7)
+
+    make_loop(workspace, FakeExecutor(score), baseline_runs=3).baseline()
+    shutil.rmtree(workspace.state)
+    rebuild(workspace.root, workspace.git)
+    from loop_support import with_constants
+
+    edit = with_constants(workspace.read_train_py(), LR=0.001)
+    workspace.write_train_py(edit)
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=3)
+    found = make_workers(loop, devices(None, 1, cores=2), lambda device: FakeExecutor(score))
+    Scheduler(loop, found).run(None, max_experiments=0)
+    assert workspace.read_train_py() == edit

@@ -29,6 +29,7 @@ before it writes anything at the old path; what is in flight is resumed by the n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import statistics
@@ -109,7 +110,10 @@ class Scheduler:
                 return
             self.start_baseline()
         else:  # a ledger rebuilt without the baseline's seeds: measured again here, before any change is judged
-            loop.measure_noise_again()
+            # Without an agent, train.py may hold a submitter's edit: it waits aside meanwhile, as `try`'s does
+            # (red team: the runs trained again in the working tree wrote over it).
+            with loop.holding(loop.ws.read_train_py()) if agent is None else contextlib.nullcontext():
+                loop.measure_noise_again()
         labels = [w.device.label for w in self.workers]
         activity.start_session(loop.ws.state, labels, began, asking=agent is not None)
         try:
