@@ -27,7 +27,7 @@ from autoresearch.agents import fence, namespace
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.evaluator import shown
-from autoresearch.vocabulary import Status
+from autoresearch.vocabulary import Kind, Status
 
 pytestmark = pytest.mark.slow  # a real agent turn in its namespaces each: not in the fast subset
 
@@ -186,6 +186,33 @@ def test_a_folder_of_path_that_is_a_link_swapped_by_the_agent_stops_the_loop(wor
     swap = f"rm {home}/bin && mkdir {home}/bin && printf '{planted}' > {home}/bin/git && chmod +x {home}/bin/git"
     turn_stops_the_loop(workspace, tmp_path, f"{set_lr(0.2)}\n{swap}\necho x", r"folder of PATH.*home/bin/git")
     assert (home / "bin" / "git").is_file()  # the swap is in reach (the link is in your home): it is seen
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can pin a folder")
+@pytest.mark.parametrize("moved", ["the workspace", "the folder that holds it"])
+def test_an_agent_cannot_move_the_workspace_aside_and_leave_a_copy_of_its_own_in_its_place(
+    workspace, tmp_path, monkeypatch, moved
+):
+    """BROKE, fixed (helper 134): on a disk the agent may write (not your home, read-only to it; nor /tmp, its own),
+    a turn did `mv ws ws.real; cp -a ws.real ws` and wrote the copy's ledger (the original's is read-only to it). The
+    loop stopped, saying the workspace was moved, and the next start at the same path trusted the copy: its best, its
+    noise. The workspace and every folder that holds it are now mount points in the agent's namespace, which cannot
+    be renamed: the `mv` fails and the turn is judged as any other. (Here /tmp is shared, standing for that disk.)"""
+    monkeypatch.setattr(namespace, "temporary_unavailable", lambda: "no overlay here (the test's)")
+    target = workspace.root if moved == "the workspace" else workspace.root.parent
+    aside, tried = shlex.quote(f"{target}.real"), agent_channel(workspace) / "tried"
+    forge = "sqlite3.connect(sys.argv[1]).execute('UPDATE experiments SET val_bpb = 0.1').connection.commit()"
+    swap = (
+        f"if mv {shlex.quote(str(target))} {aside}; then cp -a {aside} {shlex.quote(str(target))}; "
+        f'{shlex.quote(sys.executable)} -c "import sqlite3, sys; {forge}" .autoresearch/ledger.sqlite; '
+        f"else echo refused > {shlex.quote(str(tried))}; fi"
+    )
+    identity = os.stat(workspace.root).st_ino
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{swap}\necho LR 0.2")
+    assert tried.read_text() == "refused\n" and not Path(f"{target}.real").exists()
+    assert os.stat(workspace.root).st_ino == identity
+    assert exp.kind == Kind.EXPERIMENT and exp.status == Status.KEEP and exp.val_bpb > 0.5
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 FLOOD = """import os, socket, sys

@@ -264,13 +264,15 @@ def temporary_unavailable() -> str | None:
 
 
 def _above(places: list[Path], workspace: Path) -> list[Path]:
-    """The folders above `places`, outermost first, to be bound onto themselves (see _HIDE), but the workspace and
-    the folders that hold it (the agent works in the workspace, and a folder bound over its working directory would
-    leave it below the mounts made after, where nothing is read-only), and mount points already (the root, /home on
-    autofs: a mount point cannot be renamed already, and binding an autofs could wait on it)."""
+    """The folders above `places`, and the workspace with the folders that hold it, outermost first, to be bound onto
+    themselves (see _HIDE): a mount point cannot be renamed. A workspace on a disk the agent may write (not your home,
+    which is read-only to it, nor /tmp, its own there) was moved aside by its turn (`mv ws ws.real`) and a copy left
+    at its path, whose ledger the agent wrote: the next start trusted it (red team). Not the mount points already (the
+    root, /home on autofs: binding an autofs could wait on it). The agent's working directory is found anew once every
+    mount is made."""
     inside = workspace.resolve()
-    found = {parent for place in places for parent in Path(place).absolute().parents}
-    return sorted((p for p in found if not holds(p, inside) and not os.path.ismount(p)), key=lambda p: len(p.parts))
+    found = {inside, *inside.parents, *(parent for place in places for parent in Path(place).absolute().parents)}
+    return sorted((p for p in found if not os.path.ismount(p)), key=lambda p: len(p.parts))
 
 
 def _root_folders() -> list[Path]:
