@@ -50,7 +50,7 @@ from autoresearch.loop.ledger import Ledger, best_of
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.status import status_text
 from autoresearch.report import render_report
-from autoresearch.vocabulary import RunEnd, Status
+from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.disk import DiskFullError
 
 SEED_NOISE = {42: 0.0, 43: 0.002, 44: -0.002, 45: 0.001}
@@ -465,6 +465,33 @@ def test_a_loop_at_its_limit_stops_at_once_after_failures_rather_than_back_off_f
     loop.run(ScriptedAgent([unreachable] * 2 + [set_lr(0.2)]), max_experiments=3)
     assert waits == [60.0, 120.0]  # 4 and 5 failures in a row before the 2nd and 3rd asks; none after the win
     assert Ledger(workspace.root).all()[-1].status == Status.KEEP
+
+
+@pytest.mark.slow  # a second: the fast subset stays under a minute
+def test_a_run_whose_every_ask_failed_ends_with_an_error_naming_the_last_failure(workspace):
+    """BROKE, fixed: `run --max-experiments 2` whose agent failed both times (an API down) exited 0, as a night's
+    work, which a script (`run ... && report`) took for one. A start with one proposal, or one rejected for what it
+    was (only the seed changed), is the agent at work: it ends as before."""
+    import argparse
+
+    from autoresearch.agents.base import ProposalError
+    from autoresearch.cli.commands import drive
+    from autoresearch.loop.workers import devices
+
+    def unreachable(ctx):
+        raise ProposalError("could not reach OpenAI API at http://127.0.0.1:9/v1/")
+
+    def seed(ctx):
+        return "another seed", ctx.train_py.replace("SEED = 42", "SEED = 7")
+
+    args = argparse.Namespace(ray=None, gpus=None, workers=None, max_experiments=2, hours=None, linger=0.0)
+    with pytest.raises(LoopError, match=r"none of the 2 asks .*nothing was tried; the last \(exp 3\): could not"):
+        drive(loop_recording_waits(workspace)[0], ScriptedAgent([unreachable] * 2), devices(None, None), args)
+    for agent in ([unreachable, set_lr(0.2)], [unreachable, seed]):
+        drive(loop_recording_waits(workspace)[0], ScriptedAgent(agent), devices(None, None), args)
+    rows = [r for r in Ledger(workspace.root).all() if r.kind != Kind.BASELINE]
+    assert [r.status for r in rows] == [Status.CRASH] * 3 + [Status.KEEP, Status.CRASH, Status.CRASH]
+    assert "only the random seed changed" in rows[-1].reason
 
 
 def test_a_fatal_agent_error_stops_the_loop(workspace):

@@ -248,6 +248,7 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
     from autoresearch.loop.parallel import needs_scheduler, run_workers
     from autoresearch.loop.workers import LOCAL
 
+    first = loop.ledger.next_id()  # what this start asks: every ask failed is an error (Asking.none_proposed)
     if getattr(args, "ray", None) is not None:
         from autoresearch.loop.ray_cluster import connect, disconnect, open_to_agent, ray_devices
         from autoresearch.loop.ray_executor import RayExecutor, Shipment
@@ -266,6 +267,8 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
             loop.run(agent, args.max_experiments, args.hours)
     else:
         run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger)
+    if agent is not None:
+        loop.none_proposed(agent, first)
 
 
 def submit(args: argparse.Namespace, console: Console) -> None:

@@ -143,6 +143,19 @@ class Asking:
             self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
         return wait
 
+    def none_proposed(self, agent: Agent, since: int) -> None:
+        """LoopError where the agent was asked since row `since` and every ask failed to give a proposal (an API down
+        all night, a tool that cannot start): `run` that stops at its limit so exits 0 no more, which a script
+        (`run --max-experiments 5 && report`) took for a night's work. A proposal rejected for what it was (a repeat,
+        only the seed changed) is the agent at work: not this. Nor the baseline, or a change submitted meanwhile."""
+        rows = [e for e in self.ledger.all() if e.id >= since and e.kind in (Kind.PROPOSAL, Kind.EXPERIMENT)]
+        if rows and all(e.kind == Kind.PROPOSAL and e.description == NO_PROPOSAL for e in rows):
+            raise LoopError(
+                f"none of the {len(rows)} asks of the {agent.name} agent gave a proposal: nothing was tried; the last "
+                f"(exp {rows[-1].id}): {rows[-1].reason.removeprefix('rejected: ')}",
+                hint=f"`autoresearch show {rows[-1].id}` shows it whole; fix what it says, then run again",
+            )
+
     def _rejected(
         self,
         exp_id: int,
