@@ -221,3 +221,23 @@ def test_run_without_an_agent_after_a_rebuild_keeps_the_uncommitted_edit_in_trai
     found = make_workers(loop, devices(None, 1, cores=2), lambda device: FakeExecutor(score))
     Scheduler(loop, found).run(None, max_experiments=0)
     assert workspace.read_train_py() == edit
+
+
+@pytest.mark.slow  # over half a second
+def test_the_baseline_measured_again_with_workers_trains_on_a_workers_device_not_the_drivers(workspace) -> None:
+    """BROKE, fixed: after a ledger rebuilt without the runs' folders, Scheduler.run trained the baseline's seeds again
+    with the loop's own executor, the driver's: with `--ray` one on a head node without a GPU, whose runs are
+    refused beside the workers' (another setup). They train on a worker's executor now."""
+
+    def score(source: str) -> float:
+        return 3.0 + constant(source, "LR") + 0.001 * (constant(source, "SEED") % 7)
+
+    make_loop(workspace, FakeExecutor(score), baseline_runs=3).baseline()
+    shutil.rmtree(workspace.state)
+    rebuild(workspace.root, workspace.git)
+    driver, worker = FakeExecutor(score, setup="no GPU; the driver"), FakeExecutor(score)
+    loop = make_loop(workspace, driver, baseline_runs=3)
+    found = make_workers(loop, devices(None, 2, cores=2), lambda device: worker)
+    Scheduler(loop, found).run(None, max_experiments=0)
+    assert driver.calls == [] and len(worker.calls) == 3
+    assert len(run_values(Ledger(workspace.root).get(1))) == 3

@@ -110,10 +110,7 @@ class Scheduler:
                 return
             self.start_baseline()
         else:  # a ledger rebuilt without the baseline's seeds: measured again here, before any change is judged
-            # Without an agent, train.py may hold a submitter's edit: it waits aside meanwhile, as `try`'s does
-            # (red team: the runs trained again in the working tree wrote over it).
-            with loop.holding(loop.ws.read_train_py()) if agent is None else contextlib.nullcontext():
-                loop.measure_noise_again()
+            self.measure_noise_again(agent)
         labels = [w.device.label for w in self.workers]
         activity.start_session(loop.ws.state, labels, began, asking=agent is not None)
         try:
@@ -143,6 +140,20 @@ class Scheduler:
             raise
         finally:
             activity.end_session(loop.ws.state)
+
+    def measure_noise_again(self, agent: Agent | None) -> None:
+        """What a ledger rebuilt without its runs' results lacks for a verdict, trained again by the first worker's
+        executor, on its device: the loop's own is the driver's, which with `--ray` may have no GPU at all, and its
+        runs would be refused beside the workers' (another setup). Without an agent, train.py may hold a submitter's
+        edit: it waits aside meanwhile, as `try`'s does (red team: the runs trained in the working tree wrote over
+        it)."""
+        loop, own = self.loop, self.loop.executor
+        loop.executor = self.workers[0].executor
+        try:
+            with loop.holding(loop.ws.read_train_py()) if agent is None else contextlib.nullcontext():
+                loop.measure_noise_again()
+        finally:
+            loop.executor = own
 
     def fill(self, agent: Agent | None, left: int | None = None) -> int:
         """Give every idle worker a run, asking the agent for at most `left` proposals; how many it made (or
