@@ -101,13 +101,17 @@ class FakeLLM:
         answer = Answer(text, list(calls or []), input_tokens, output_tokens, truncated, len(self.queue))
         self.queue.append(Scripted(200, {}, answer=answer))
 
-    def error(self, status: int, message: str, headers: dict[str, str] | None = None, times: int = 1) -> None:
-        """Queue `times` error responses in the provider's error format."""
+    def error(
+        self, status: int, message: str, headers: dict[str, str] | None = None, times: int = 1, code: str | None = None
+    ) -> None:
+        """Queue `times` error responses in the provider's error format; `code`, OpenAI's error code, as OpenAI sends
+        a request's error (`invalid_api_key`, `context_length_exceeded`: type `invalid_request_error`)."""
         if self.kind == "anthropic":
             kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
             body = {"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_fake"}
         else:
-            body = {"error": {"message": message, "type": "server_error", "param": None, "code": str(status)}}
+            kind = "invalid_request_error" if code else "server_error"
+            body = {"error": {"message": message, "type": kind, "param": None, "code": code or str(status)}}
         self.queue.extend(Scripted(status, body, dict(headers or {})) for _ in range(times))
 
     def messages(self, n: int) -> list[dict]:

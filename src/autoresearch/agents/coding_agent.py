@@ -7,6 +7,16 @@ used, an API error it reported). `CodingAgent` runs a recipe through the command
 process group, a timeout, the prompt on stdin and in `.autoresearch/prompt.md`), takes train.py as the agent
 left it, and reads the description from the `Hypothesis:` line the prompt asks for. What else the agent did
 in the workspace (commits, staged files, its own files) is for the loop to put back (loop/watch.py).
+
+A turn whose program reports that the model server rejected its key (HTTP 401, or 403: the key may not use the model)
+stops the loop, as the API agents stop (agents/llm.py): every later turn would fail the same way, and the loop's
+back-off would ask again all night at up to 15 min apart. Only the program's own report of the server's status counts
+(`Turn.rejected_key`, read by each recipe): Claude Code's `api_error_status` in its result object, Codex's
+`turn.failed` event, whose message begins `unexpected status 401`, and aider's `litellm.AuthenticationError` (litellm's
+name for a 401) on a turn that sent no request the server answered. Never words in the model's answer or a command's
+output: a false stop would lose a night. aider's 403 is a `litellm.APIError` like a 500, with no status: it is not
+told apart, and stays a failure that is retried. (A turn could forge such a report, from the agent's own commands; it
+could already stop the loop as surely by exiting 127.)
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ class Turn:
     text: str  # its final message (aider: all it printed)
     usage: Usage = field(default_factory=Usage)
     error: str | None = None  # an API failure it reported, even if it exited 0
+    rejected_key: int | None = None  # 401 or 403: its own report that the model server refused its key
 
 
 class Recipe(Protocol):
@@ -56,6 +67,8 @@ class Recipe(Protocol):
     program: str  # the executable looked up on PATH
     install: str  # how to install it, for the error when it is missing
     default_model: str
+    key_env: str  # the variable its key is read from: what to check when the server rejects it
+    url_envs: tuple[str, ...]  # the variables its base URL is read from, first the one it reads first
 
     def missing(self, environ: Mapping[str, str]) -> str | None:
         """What the agent lacks to reach a model (a key or a base URL), as a sentence; None if nothing."""
@@ -139,12 +152,27 @@ class CodingAgent:
                 fatal=True,
             )
         output = output_tail(turn.error or turn.text or stdout, stderr)  # what it said, readable (not its JSON)
+        if turn.rejected_key is not None:
+            raise self._key_rejected(turn)
         if code != 0:
             raise ProposalError(
                 f"the {self.name} agent exited with status {code}; the end of its output:\n{output}", usage=turn.usage
             )
         source = checked_source(workspace / "train.py", context.train_py, output, turn.usage, f"the {self.name} agent")
         return Proposal(hypothesis(turn.text, self.name), source, turn.usage)
+
+    def _key_rejected(self, turn: Turn) -> ProposalError:
+        """The fatal error for a turn whose program reported that the server refused its key, naming the variable."""
+        key, said = self.recipe.key_env, tail(turn.error or turn.text, 300)
+        url = next((os.environ[name] for name in self.recipe.url_envs if os.environ.get(name)), None)
+        server = f"the model server at {url}" if url else "the model server"
+        if turn.rejected_key == 403:
+            message = f"{server} refused the {self.name} agent's request (HTTP 403): {said}"
+            hint = f"check that {key} may use model {self.model!r}"
+        else:
+            message = f"{server} rejected the {self.name} agent's API key (HTTP 401): {said}"
+            hint = f"check {key}" if os.environ.get(key) else f"{key} is not set, and {server} wants a key: set it"
+        return ProposalError(message, hint=hint, usage=turn.usage, fatal=True)
 
     def _read(self, stdout: str, stderr: str, state: Path) -> Turn:
         """The recipe's reading of the turn; nothing read (no text, no usage) where what the agent printed or left in

@@ -29,6 +29,9 @@ from autoresearch.files import read_regular, write_text_atomic
 CONTEXT_TOKENS = 128_000  # what aider is told of an unknown model: enough for train.py and the prompt
 OUTPUT_TOKENS = 16_384
 URLS = ("OPENAI_API_BASE", "OPENAI_BASE_URL")  # aider's (litellm's) name, then the OpenAI SDK's
+# What aider 0.86.2 prints when the server answers 401: "litellm.AuthenticationError: AuthenticationError:
+# OpenAIException - <the server's message>", then its advice. A 403 is a plain litellm.APIError, as a 500 is.
+_REJECTED = "litellm.AuthenticationError:"
 
 
 class Aider:
@@ -36,6 +39,8 @@ class Aider:
     program = "aider"
     install = "install it apart from autoresearch (its dependencies are pinned): pipx install aider-chat"
     default_model = "gpt-5-mini"
+    key_env = "OPENAI_API_KEY"
+    url_envs = URLS
 
     def missing(self, environ: Mapping[str, str]) -> str | None:
         if key_or_placeholder(environ, "OPENAI_API_KEY", URLS) is None:
@@ -106,6 +111,10 @@ class Aider:
                 sent += int(properties.get("prompt_tokens") or 0)
                 received += int(properties.get("completion_tokens") or 0)
         usage = usage_for(model.removeprefix("openai/"), sent, received) if sent or received else Usage()
+        # litellm's exception for a 401, printed by aider at the start of a line, on a turn no answer reached
+        refused = [line.strip() for line in stdout.splitlines() if line.startswith(_REJECTED)]
+        if refused and not (sent or received):
+            return Turn(stdout, usage, refused[-1], 401)
         return Turn(stdout, usage)
 
 

@@ -31,6 +31,8 @@ class ClaudeCode:
     program = "claude"
     install = "install it with: npm install -g @anthropic-ai/claude-code"
     default_model = "claude-sonnet-4-6"
+    key_env = "ANTHROPIC_API_KEY"
+    url_envs = ("ANTHROPIC_BASE_URL",)
 
     def missing(self, environ: Mapping[str, str]) -> str | None:
         if key_or_placeholder(environ, "ANTHROPIC_API_KEY", ("ANTHROPIC_BASE_URL",)) is None:
@@ -77,7 +79,9 @@ class ClaudeCode:
         turn_usage = Usage(sent, int(usage.get("output_tokens") or 0), float(cost) if cost is not None else None)
         text = str(result.get("result") or "")
         error = text or str(result.get("subtype")) if result.get("is_error") else None
-        return Turn(text, turn_usage, error)
+        status = result.get("api_error_status")  # the status of the request that ended the turn, as Claude Code saw it
+        rejected = status if error and type(status) is int and status in (401, 403) else None
+        return Turn(text, turn_usage, error, rejected)
 
 
 def _last_json(stdout: str) -> dict | None:

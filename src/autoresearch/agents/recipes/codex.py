@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,6 +31,9 @@ SANDBOX = "workspace-write"  # its commands may write the workspace, not .git, a
 # provider: the plugin marketplace, remote plugins, apps, model discovery and in-app updates. Found by running
 # codex 0.171.0 behind a proxy that records every request (tests/netns.py).
 OFF = ("plugins", "remote_plugin", "apps", "api_key_model_discovery", "in_app_updates")
+# How codex 0.171.0 ends a turn whose request the server refused: `turn.failed` with "unexpected status 401
+# Unauthorized: <the server's message>, url: <base URL>/responses" (tests/test_agent_failures_stop76.py).
+_REJECTED = re.compile(r"unexpected status (401|403)\b")
 
 
 class Codex:
@@ -37,6 +41,8 @@ class Codex:
     program = "codex"
     install = "install it with: npm install -g @openai/codex"
     default_model = "gpt-5-mini"
+    key_env = "OPENAI_API_KEY"
+    url_envs = ("OPENAI_BASE_URL",)
 
     def __init__(self) -> None:
         self.sandbox = SANDBOX
@@ -98,6 +104,7 @@ class Codex:
     def read(self, model: str, stdout: str, stderr: str, state: Path) -> Turn:
         messages, errors = [], []
         sent = received = 0
+        rejected: int | None = None
         for line in stdout.splitlines():
             event = json_object(line)
             kind = event.get("type")
@@ -110,10 +117,12 @@ class Codex:
                 received += int(usage.get("output_tokens") or 0)
             elif kind == "turn.failed":
                 errors.append(str((event.get("error") or {}).get("message") or "the turn failed"))
+                if status := _REJECTED.match(errors[-1]):  # Codex's own words for the status its request got
+                    rejected = int(status[1])
             elif kind == "error":
                 errors.append(str(event.get("message") or "error"))
         usage = usage_for(model, sent, received) if sent or received else Usage()
-        return Turn(messages[-1] if messages else "", usage, "\n".join(errors) or None)
+        return Turn(messages[-1] if messages else "", usage, "\n".join(errors) or None, rejected)
 
 
 def _base_url() -> str:

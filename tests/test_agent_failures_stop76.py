@@ -1,0 +1,168 @@
+"""Agents that fail the same way every time, and say so (helper 135; each test failed before its fix).
+
+- A coding agent (aider, Claude Code, Codex) whose key the model server rejects: each turn failed, and the loop backed
+  off all night (up to 15 min apart) where the API agents stop at once. It stops now, naming the key's variable, on the
+  program's own report of the 401 (or 403), and only on that: the reports below are what the pinned programs printed
+  against tests/fake_llm.py's server.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from agent_support import offline_agent, turn_through_the_loop, use_installed_agents
+from loop_support import agent_channel
+
+from autoresearch.agents.base import Usage
+from autoresearch.agents.recipes import recipe
+from autoresearch.agents.recipes.codex import Codex
+from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.settings import LoopError
+from autoresearch.vocabulary import Kind, Status
+
+# -- what each program printed when the server answered 401 -----------------------------------------------------------
+
+CLAUDE_401 = {  # claude 2.1.332 -p --output-format json (most of its fields left out)
+    "type": "result",
+    "subtype": "success",
+    "is_error": True,
+    "api_error_status": 401,
+    "api_error_type": "authentication_error",
+    "result": "Invalid API key · Fix external API key",
+    "terminal_reason": "api_error",
+    "total_cost_usd": 0,
+    "usage": {"input_tokens": 0, "output_tokens": 0},
+}
+REFUSED = (
+    "unexpected status 401 Unauthorized: Incorrect API key provided: bad-key., url: http://127.0.0.1:4/v1/responses"
+)
+CODEX_401 = [  # codex exec --json 0.171.0
+    {"type": "thread.started", "thread_id": "01a25056"},
+    {"type": "turn.started"},
+    {"type": "error", "message": f"Reconnecting... 1/5 ({REFUSED})"},
+    {"type": "error", "message": REFUSED},
+    {"type": "turn.failed", "error": {"message": REFUSED}},
+]
+AIDER_401 = """
+Aider v0.86.2
+Model: openai/gpt-5-mini with diff edit format
+Git repo: none
+Repo-map: disabled
+Added train.py to the chat.
+
+litellm.AuthenticationError: AuthenticationError: OpenAIException - Incorrect API key provided: bad-key.
+The API provider is not able to authenticate you. Check your API key.
+"""
+AIDER_403 = "litellm.APIError: APIError: OpenAIException - You are not allowed to sample from this model\n"
+
+
+def lines(events: list[dict]) -> str:
+    return "\n".join(json.dumps(e) for e in events)
+
+
+def test_claude_codes_report_of_a_401_or_403_is_a_rejected_key_and_nothing_else_is(tmp_path: Path) -> None:
+    claude = recipe("claude-code")
+    assert claude.read("m", json.dumps(CLAUDE_401), "", tmp_path).rejected_key == 401
+    assert claude.read("m", json.dumps({**CLAUDE_401, "api_error_status": 403}), "", tmp_path).rejected_key == 403
+    others = [
+        {**CLAUDE_401, "api_error_status": 529, "result": "API Error: 529 overloaded"},
+        {**CLAUDE_401, "api_error_status": "401"},  # not Claude Code's shape
+        {**CLAUDE_401, "api_error_status": True},
+        # the model's answer, which says 401: a turn that worked
+        {"type": "result", "is_error": False, "result": "Hypothesis: a 401 is rare", "api_error_status": 401},
+    ]
+    assert [claude.read("m", json.dumps(o), "", tmp_path).rejected_key for o in others] == [None] * 4
+
+
+def test_codexs_failed_turn_with_status_401_is_a_rejected_key_and_a_retry_that_passed_is_not(tmp_path: Path) -> None:
+    codex = recipe("codex")
+    turn = codex.read("m", lines(CODEX_401), "", tmp_path)
+    assert turn.rejected_key == 401 and "Incorrect API key provided" in str(turn.error)
+    forbidden = [{**e, "error": {"message": "unexpected status 403 Forbidden: no"}} for e in CODEX_401[-1:]]
+    assert codex.read("m", lines(forbidden), "", tmp_path).rejected_key == 403
+    passed = [  # a 401 while reconnecting, then the turn went on and ended
+        *CODEX_401[:3],
+        {"type": "item.completed", "item": {"type": "agent_message", "text": "unexpected status 401 in my notes"}},
+        {"type": "turn.completed", "usage": {"input_tokens": 100, "output_tokens": 10}},
+    ]
+    assert codex.read("m", lines(passed), "", tmp_path).rejected_key is None
+    bad_request = [{"type": "turn.failed", "error": {"message": "unexpected status 400 Bad Request: key 401 ..."}}]
+    assert codex.read("m", lines(bad_request), "", tmp_path).rejected_key is None
+
+
+def test_aiders_authentication_error_on_a_turn_no_answer_reached_is_a_rejected_key(tmp_path: Path) -> None:
+    aider = recipe("aider")
+    turn = aider.read("gpt-5-mini", AIDER_401, "", tmp_path)
+    assert turn.rejected_key == 401 and "Incorrect API key provided" in str(turn.error)
+    assert aider.read("gpt-5-mini", AIDER_403, "", tmp_path).rejected_key is None  # no status to tell it from a 500
+    quoted = AIDER_401.replace("litellm.AuthenticationError", "> litellm.AuthenticationError")  # the model's words
+    assert aider.read("gpt-5-mini", quoted, "", tmp_path).rejected_key is None
+    sent = {"event": "message_send", "properties": {"prompt_tokens": 1200, "completion_tokens": 80}}
+    (tmp_path / "analytics.jsonl").write_text(json.dumps(sent))  # an answer reached it: the words are the model's
+    answered = aider.read("gpt-5-mini", AIDER_401, "", tmp_path)
+    assert answered.rejected_key is None and answered.usage != Usage()
+
+
+# -- the programs themselves, through the loop, against a server that rejects the key --------------------------------
+
+
+@pytest.fixture
+def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    use_installed_agents(home, monkeypatch)
+    monkeypatch.setenv("CLAUDE_CODE_MAX_RETRIES", "0")  # else Claude Code asks 11 times in 3 minutes
+
+
+def no_stream_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Codex asks 6 times, 8 s in all, before it fails a turn: once here."""
+    command = Codex.command
+
+    def once(self, *args, **kwargs) -> list[str]:
+        argv = command(self, *args, **kwargs)
+        return [*argv[:-1], "-c", "model_providers.autoresearch.stream_max_retries=0", argv[-1]]
+
+    monkeypatch.setattr(Codex, "command", once)
+
+
+@pytest.mark.slow  # a real program's turn: 1-6 s
+@pytest.mark.parametrize(
+    ("name", "key"), [("aider", "OPENAI_API_KEY"), ("claude-code", "ANTHROPIC_API_KEY"), ("codex", "OPENAI_API_KEY")]
+)
+def test_a_coding_agent_whose_key_is_rejected_stops_the_loop_naming_the_key(
+    name: str, key: str, workspace, installed, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What was seen: each of the three failed its turn ("left train.py unchanged", "exited with status 1") and the
+    loop asked again, 30 s, 1 min ... 15 min apart, all night. Expected: the loop stops after the first such turn, with
+    the server's words and a hint naming the variable the key is read from."""
+    fake = request.getfixturevalue("fake_anthropic" if name == "claude-code" else "fake_openai")
+    no_stream_retries(monkeypatch)
+    fake.error(401, "Incorrect API key provided: bad-key.", times=3, code="invalid_api_key")
+    agent, offline = offline_agent(name, fake, agent_channel(workspace))
+    try:
+        with pytest.raises(LoopError) as stopped:
+            turn_through_the_loop(workspace, agent)
+    finally:
+        offline.close()
+    said = str(stopped.value)
+    assert "rejected the" in said and "API key (HTTP 401)" in said and f"hint: check {key}" in said, said
+    assert fake.url in said and ("Incorrect API key" in said or "Invalid API key" in said), said
+    rows = Ledger(workspace.root).all()
+    assert rows[-1].kind == Kind.PROPOSAL and rows[-1].status == Status.CRASH and "HTTP 401" in rows[-1].reason
+    assert len(fake.requests) == 1, f"{name} asked {len(fake.requests)} times"
+
+
+@pytest.mark.slow  # a real program's turn
+def test_a_coding_agent_sent_with_no_key_to_a_server_that_wants_one_is_told_to_set_it(
+    workspace, installed, fake_anthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY")  # the base URL alone: a placeholder key is sent
+    fake_anthropic.error(401, "invalid x-api-key")
+    agent, offline = offline_agent("claude-code", fake_anthropic, agent_channel(workspace))
+    try:
+        with pytest.raises(LoopError, match=r"ANTHROPIC_API_KEY is not set, and the model server at .* wants a key"):
+            turn_through_the_loop(workspace, agent)
+    finally:
+        offline.close()
