@@ -4,6 +4,9 @@
   off all night (up to 15 min apart) where the API agents stop at once. It stops now, naming the key's variable, on the
   program's own report of the 401 (or 403), and only on that: the reports below are what the pinned programs printed
   against tests/fake_llm.py's server.
+- An API agent told 400 "the prompt is too long for the model": a failure like any other, with no hint, retried all
+  night at the back-off's ceiling. It says what to shorten now, and stops the loop where the prompt was as short as it
+  gets by itself (agents/llm.py).
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ from pathlib import Path
 
 import pytest
 from agent_support import offline_agent, turn_through_the_loop, use_installed_agents
-from loop_support import agent_channel
+from fake_llm import FakeLLM, Scripted
+from loop_support import FakeExecutor, agent_channel, constant, make_loop
+from test_llm_server_failures import GOOD, TRAIN_PY
 
-from autoresearch.agents.base import Usage
+from autoresearch.agents.anthropic_agent import AnthropicAgent
+from autoresearch.agents.base import Context, PastExperiment, ProposalError, Usage
+from autoresearch.agents.openai_agent import OpenAIAgent
 from autoresearch.agents.recipes import recipe
 from autoresearch.agents.recipes.codex import Codex
 from autoresearch.loop.ledger import Ledger
@@ -166,3 +173,100 @@ def test_a_coding_agent_sent_with_no_key_to_a_server_that_wants_one_is_told_to_s
             turn_through_the_loop(workspace, agent)
     finally:
         offline.close()
+
+
+# -- an API agent's prompt longer than the model's context ------------------------------------------------------------
+
+OPENAI_TOO_LONG = (
+    "This model's maximum context length is 128000 tokens. However, your messages resulted in 131072 tokens. "
+    "Please reduce the length of the messages."
+)
+ANTHROPIC_TOO_LONG = "prompt is too long: 250000 tokens > 200000 maximum"
+
+
+def too_long(fake: FakeLLM) -> None:
+    """The provider's own 400 for a prompt over the model's context."""
+    if fake.kind == "openai":
+        fake.error(400, OPENAI_TOO_LONG, code="context_length_exceeded")
+    else:
+        fake.error(400, ANTHROPIC_TOO_LONG)
+
+
+def api_agent(kind: str, request: pytest.FixtureRequest) -> tuple[FakeLLM, OpenAIAgent | AnthropicAgent]:
+    fake = request.getfixturevalue(f"fake_{kind}")
+    return fake, OpenAIAgent("gpt-5-mini") if kind == "openai" else AnthropicAgent("claude-sonnet-4-6")
+
+
+def at_rest(tmp_path: Path, **more) -> Context:
+    """What an ask after the baseline shows with one worker: no crash log, nothing in flight."""
+    return Context(tmp_path, "program", TRAIN_PY, 0.97, 0.0012, **more)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_prompt_too_long_for_the_model_stops_with_what_to_shorten(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    fake, agent = api_agent(kind, request)
+    too_long(fake)
+    with pytest.raises(ProposalError) as failed:
+        agent.propose(at_rest(tmp_path))
+    said = str(failed.value)
+    assert failed.value.fatal and "longer than the model's context (HTTP 400)" in said, said
+    assert (OPENAI_TOO_LONG if kind == "openai" else ANTHROPIC_TOO_LONG) in said
+    assert f"train.py {len(TRAIN_PY):,}" in said and "characters, about" in said  # the prompt's size
+    assert "shorten program.md" in failed.value.hint and "prompts/task.md" in failed.value.hint
+    assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_prompt_too_long_that_may_shrink_by_itself_is_a_failure_with_the_hint(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A crash log (shown until 3 failures in a row) or experiments in flight: the next prompt may not show them."""
+    fake, agent = api_agent(kind, request)
+    running = PastExperiment(7, "running", "LR up", None, "-a\n+b\n", TRAIN_PY)
+    for context in (at_rest(tmp_path, last_crash="Traceback ..."), at_rest(tmp_path, in_flight=[running])):
+        too_long(fake)
+        with pytest.raises(ProposalError) as failed:
+            agent.propose(context)
+        assert not failed.value.fatal and "the next may fit" not in str(failed.value)
+        assert "which a later prompt may not" in str(failed.value) and "shorten program.md" in failed.value.hint
+    fake.reply("no edit here")  # the first answer fits; the correction, with it added, does not
+    too_long(fake)
+    with pytest.raises(ProposalError) as failed:
+        agent.propose(at_rest(tmp_path))
+    assert not failed.value.fatal and "shorten program.md" in failed.value.hint
+
+
+def test_other_400s_and_other_servers_words(fake_openai: FakeLLM, tmp_path: Path) -> None:
+    """vLLM's and llama.cpp's 400 for a prompt over the context are told apart; a 400 for anything else is not."""
+    agent = OpenAIAgent("qwen3-coder")
+    vllm = {"object": "error", "message": "This model's maximum context length is 32768 tokens. However, you "
+            "requested 40000 tokens (39000 in the messages, 1000 in the completion).", "type": "BadRequestError",
+            "param": None, "code": 400}  # fmt: skip
+    llama = {"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",
+             "type": "exceed_context_size_error"}}  # fmt: skip
+    for body in (vllm, llama):
+        fake_openai.queue.append(Scripted(400, body))
+        with pytest.raises(ProposalError, match="longer than the model's context") as failed:
+            agent.propose(at_rest(tmp_path))
+        assert failed.value.fatal
+    fake_openai.error(400, "Unsupported parameter: 'max_tokens'", code="unsupported_parameter")
+    with pytest.raises(ProposalError) as failed:
+        agent.propose(at_rest(tmp_path))
+    assert not failed.value.fatal and "rejected the request (HTTP 400)" in str(failed.value) and not failed.value.hint
+
+
+@pytest.mark.slow  # ~0.5 s: a baseline (fake executor) first
+def test_the_loop_stops_on_a_prompt_too_long_rather_than_asking_all_night(workspace, fake_openai) -> None:
+    """What was seen: the loop asked again and again, 30 s ... 15 min apart, each ask the same 400 with no hint."""
+    loop = make_loop(workspace, FakeExecutor(lambda src: 1.0 + 0.001 * constant(src, "SEED")))
+    loop.sleep = lambda _s: None
+    fake_openai.reply("pong")  # the preflight's 1-token request
+    too_long(fake_openai)
+    fake_openai.reply(GOOD)  # never asked for
+    with pytest.raises(LoopError, match=r"longer than the model's context[\s\S]*hint: shorten program\.md"):
+        loop.run(OpenAIAgent("gpt-5-mini"), max_experiments=5)
+    assert len(fake_openai.requests) == 2  # the preflight's ping and one ask
+    rows = Ledger(workspace.root).all()
+    assert rows[-1].kind == Kind.PROPOSAL and "context" in rows[-1].reason

@@ -8,6 +8,15 @@ correction round: an answer that does not parse or apply is sent back once with 
 Before the baseline, `preflight` sends a 1-token request with a short timeout and no retries: a rejected
 key (401/403) or an unknown model (404) stops the loop at once; anything else (no connection yet, 429, 5xx)
 is a warning, and the loop's own calls back off from it as usual.
+
+A 400 that says the prompt is longer than the model's context (`ContextTooLong`) says what to shorten. It stops the
+loop where the prompt that failed was as short as it gets by itself: the first request of an ask, with no crash log
+and nothing in flight shown. What is left (program.md, train.py, the latest results and diffs) changes only with a
+new result, which a loop whose every ask fails never gets: each ask would fail the same way, all night, 15 min apart.
+(But for the latest results' lines, up to 240 characters each, which the failures' own shorter lines replace: some 750
+tokens at most, over 20 failures, hours of back-off. A prompt that close to the limit leaves the answer no room.)
+A prompt that showed a crash log (shown until 3 failures in a row, and a failed ask is one) or experiments in flight,
+or a correction round (the first answer added), may fit next time: that is a failure like any other, with the hint.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from pathlib import Path
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.edits import EditError, parse_answer
-from autoresearch.agents.prompt import build_prompt, correction_message
+from autoresearch.agents.prompt import Prompt, build_prompt, correction_message
 from autoresearch.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -111,6 +120,16 @@ def usage_for(model: str, input_tokens: int, output_tokens: int) -> Usage:
     return Usage(input_tokens, output_tokens, cost)
 
 
+class ContextTooLong(ProposalError):
+    """The server refused the request because the prompt does not fit the model's context (`too_long`)."""
+
+
+# The words of a 400 for a prompt longer than the model's context, beside OpenAI's code `context_length_exceeded` and
+# Anthropic's "prompt is too long": vLLM's and OpenAI's message, llama.cpp's error type.
+_TOO_LONG_WORDS = ("prompt is too long", "maximum context length")
+_TOO_LONG_TYPES = ("exceed_context_size_error",)
+
+
 class LLMAgent:
     """An agent that asks a chat model for SEARCH/REPLACE edits. Subclasses implement `_send`."""
 
@@ -122,7 +141,10 @@ class LLMAgent:
         """Ask once; if the answer does not parse or apply, send the error back once; else ProposalError."""
         prompt = build_prompt(context)
         messages: list[Message] = [{"role": "user", "content": prompt.task}]
-        reply = self._send(prompt.system, messages)
+        try:
+            reply = self._send(prompt.system, messages)
+        except ContextTooLong as err:
+            raise _too_long(err, context, prompt) from None
         try:
             return self._proposal(reply, context.train_py, reply.usage)
         except EditError as err:
@@ -231,6 +253,13 @@ def api_error(
         )
     if status is not None and status >= 500:
         return ProposalError(f"{provider} server error (HTTP {status}){after}: {detail}")
+    if status == 400 and too_long(err):
+        return ContextTooLong(
+            f"{provider} refused the prompt as longer than the model's context (HTTP 400): {detail}",
+            hint="shorten program.md; or show the model less: a prompts/task.md of your own without {{diffs}} (the "
+            "recent diffs), from the shipped agents/prompts/task.md; or use a model, or a server setting (vLLM's "
+            "--max-model-len, llama.cpp's -c, Ollama's num_ctx), with a longer context",
+        )
     if status is not None:
         return ProposalError(f"{provider} rejected the request (HTTP {status}): {detail}")
     if "answertimeout" in type(err).__name__.lower():  # whole_request_client's: the server was reached
@@ -243,6 +272,31 @@ def api_error(
             hint=f"check the network and {url_env}",
         )
     return ProposalError(f"{provider} client error: {type(err).__name__}: {detail}")
+
+
+def too_long(err: Exception) -> bool:
+    """Whether an SDK's 400 says the prompt does not fit the model's context: OpenAI's code `context_length_exceeded`,
+    Anthropic's `invalid_request_error` "prompt is too long", vLLM's "maximum context length", llama.cpp's
+    `exceed_context_size_error`. Nothing else: a 400 for another reason fails as before."""
+    body = getattr(err, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(inner, dict):
+        return False
+    if inner.get("code") == "context_length_exceeded" or inner.get("type") in _TOO_LONG_TYPES:
+        return True
+    return any(words in str(inner.get("message") or "").lower() for words in _TOO_LONG_WORDS)
+
+
+def _too_long(err: ContextTooLong, context: Context, prompt: Prompt) -> ProposalError:
+    """`err` with the prompt's size, fatal where the prompt had nothing that goes by itself (the module's docstring)."""
+    chars = len(prompt.system) + len(prompt.task)
+    size = f"the prompt: {chars:,} characters, about {chars // 4:,} tokens; program.md {len(context.program):,}, "
+    size += f"train.py {len(context.train_py):,}"
+    shown = {"a crash log": context.last_crash, "experiments in flight": context.in_flight}
+    passing = [what for what, there in shown.items() if there]
+    if passing:
+        size += f"; it showed {' and '.join(passing)}, which a later prompt may not: that one may fit"
+    return ProposalError(f"{err.args[0]} ({size})", hint=err.hint, usage=err.usage, fatal=not passing)
 
 
 def _detail(err: Exception) -> str:
