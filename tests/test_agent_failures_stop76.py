@@ -7,6 +7,8 @@
 - An API agent told 400 "the prompt is too long for the model": a failure like any other, with no hint, retried all
   night at the back-off's ceiling. It says what to shorten now, and stops the loop where the prompt was as short as it
   gets by itself (agents/llm.py).
+- A model that refused (or asked a question, or explained) showed in the ledger only as "the answer has no
+  `Hypothesis: ...` line" twice: what it said was lost. The reason now quotes the start of each such answer.
 """
 
 from __future__ import annotations
@@ -270,3 +272,48 @@ def test_the_loop_stops_on_a_prompt_too_long_rather_than_asking_all_night(worksp
     assert len(fake_openai.requests) == 2  # the preflight's ping and one ask
     rows = Ledger(workspace.root).all()
     assert rows[-1].kind == Kind.PROPOSAL and "context" in rows[-1].reason
+
+
+# -- what a model that refused said -----------------------------------------------------------------------------------
+
+REFUSAL = "I'm sorry, but I can't help modify this training script: it could be used to train a harmful model."
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_a_refusal_is_quoted_in_the_failure(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    fake, agent = api_agent(kind, request)
+    fake.reply(REFUSAL)
+    fake.reply("<think>they insist</think>\nStill no.\x1b[2J\n\nReally. " + "x" * 400)
+    with pytest.raises(ProposalError) as failed:
+        agent.propose(at_rest(tmp_path))
+    said = str(failed.value)
+    assert f'(it said: "{REFUSAL}")' in said and "no `Hypothesis: ...` line" in said, said
+    assert '(it said: "Still no. [2J Really. xxx' in said and "they insist" not in said and "\x1b" not in said
+    assert len(said) < 1200  # each answer cut to 200 characters
+
+
+def test_an_answer_with_edits_is_not_quoted_nor_an_empty_one(fake_openai: FakeLLM, tmp_path: Path) -> None:
+    """The error says what was wrong with blocks; an excerpt of them would only repeat train.py."""
+    fake_openai.reply("Hypothesis: x\ntrain.py\n<<<<<<< SEARCH\nno such line\n=======\nLR = 1\n>>>>>>> REPLACE\n")
+    fake_openai.reply("")
+    with pytest.raises(ProposalError) as failed:
+        OpenAIAgent("gpt-5-mini").propose(at_rest(tmp_path))
+    said = str(failed.value)
+    assert "it said" not in said and "does not occur in train.py" in said and "(the answer was empty)" in said
+
+
+@pytest.mark.slow  # ~0.5 s: a baseline (fake executor) first
+def test_show_gives_what_a_model_that_refused_said(workspace, fake_anthropic, capsys) -> None:
+    from autoresearch.cli import main
+
+    loop = make_loop(workspace, FakeExecutor(lambda src: 1.0 + 0.001 * constant(src, "SEED")))
+    loop.baseline()
+    fake_anthropic.reply(REFUSAL)
+    fake_anthropic.reply(REFUSAL)
+    loop.step(AnthropicAgent("claude-sonnet-4-6"))
+    row = loop.ledger.all()[-1]
+    loop.ledger.close()
+    assert row.kind == Kind.PROPOSAL and REFUSAL in row.reason
+    capsys.readouterr()
+    assert main(["show", str(row.id), "--workspace", str(workspace.root)]) == 0
+    assert REFUSAL in " ".join(capsys.readouterr().out.split())

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
-from autoresearch.agents.edits import EditError, parse_answer
+from autoresearch.agents.edits import SEARCH, EditError, parse_answer
 from autoresearch.agents.prompt import Prompt, build_prompt, correction_message
 from autoresearch.errors import ConfigError
 
@@ -39,6 +39,7 @@ TIMEOUT_S = 600.0  # one request, the whole of it (agents/http_client.py); a lon
 CONNECT_TIMEOUT_S = 10.0
 PREFLIGHT_TIMEOUT_S = 30.0  # the whole 1-token request of the preflight, without retries
 PREFLIGHT_CONNECT_TIMEOUT_S = 5.0
+SAID_CHARS = 200  # of an answer with no edits, in the failure's reason (`_said`)
 PLACEHOLDER_KEY = "no-key"  # sent to a local server (base URL set, no key): the SDKs insist on some key
 
 # USD per million (input, output) tokens at list price, without caching or batch discounts.
@@ -160,7 +161,7 @@ class LLMAgent:
         except EditError as err:
             raise ProposalError(
                 f"{self.name} ({self.model}) gave no usable answer, even after a correction. "
-                f"First answer: {first}. Corrected answer: {_explain(err, second)}",
+                f"First answer: {first}{_said(reply)}. Corrected answer: {_explain(err, second)}{_said(second)}",
                 usage=reply.usage + second.usage,
             ) from None
 
@@ -306,6 +307,19 @@ def _detail(err: Exception) -> str:
     if isinstance(inner, dict) and inner.get("message"):
         return str(inner["message"])
     return str(getattr(err, "message", None) or err)
+
+
+def _said(reply: Reply) -> str:
+    """What an answer with no SEARCH/REPLACE block said, its start on one line (SAID_CHARS at most), for the ledger's
+    reason: a refusal, a question or an explanation shows as itself, not only as "no `Hypothesis:` line". Nothing for
+    an answer with blocks: the error says what was wrong with them."""
+    text = strip_thinking(reply.text, reply.truncated)
+    if any(line.rstrip() == SEARCH for line in text.splitlines()):
+        return ""
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    if not text:
+        return " (the answer was empty)"
+    return f' (it said: "{text if len(text) <= SAID_CHARS else text[: SAID_CHARS - 3] + "..."}")'
 
 
 def _explain(err: EditError, reply: Reply) -> str:
