@@ -88,6 +88,8 @@ class FakeLLM:
     sleeps: list[float] = field(default_factory=list)  # retry back-offs the SDK asked for
     blocked_hosts: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    listings: list[Recorded] = field(default_factory=list)  # GETs of the model list (a coding agent's preflight)
+    listing: Scripted | None = None  # what they are answered (`refuse_listing`); by default the list of one model
 
     def reply(
         self,
@@ -114,6 +116,12 @@ class FakeLLM:
             body = {"error": {"message": message, "type": kind, "param": None, "code": code or str(status)}}
         self.queue.extend(Scripted(status, body, dict(headers or {})) for _ in range(times))
 
+    def refuse_listing(self, status: int, message: str) -> None:
+        """Answer every GET of the model list with `status`, in the provider's error format."""
+        queue, self.queue = self.queue, []
+        self.error(status, message)
+        self.listing, self.queue = self.queue[0], queue
+
     def messages(self, n: int) -> list[dict]:
         """The conversation sent in request `n` (without the OpenAI system message)."""
         return [m for m in self.requests[n].body["messages"] if m["role"] != "system"]
@@ -125,6 +133,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
         pass
+
+    def do_GET(self) -> None:
+        """The list of models (`GET /v1/models`): what a coding agent's preflight asks, with its key."""
+        fake = self.server.fake
+        if self.path.split("?", 1)[0] != "/v1/models":
+            return self._send(Scripted(404, {"error": {"type": "not_found_error", "message": f"no {self.path}"}}))
+        with fake.lock:
+            fake.listings.append(Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, {}))
+        model = {"id": "fake-model", "object": "model", "type": "model", "created": 1_700_000_000}
+        self._send(fake.listing or Scripted(200, {"object": "list", "data": [model], "has_more": False}))
 
     def do_POST(self) -> None:
         fake = self.server.fake

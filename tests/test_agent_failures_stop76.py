@@ -3,7 +3,8 @@
 - A coding agent (aider, Claude Code, Codex) whose key the model server rejects: each turn failed, and the loop backed
   off all night (up to 15 min apart) where the API agents stop at once. It stops now, naming the key's variable, on the
   program's own report of the 401 (or 403), and only on that: the reports below are what the pinned programs printed
-  against tests/fake_llm.py's server.
+  against tests/fake_llm.py's server. Its preflight asks the server for its models with the key (no tokens): a 401
+  there stops `run` before the baseline trains.
 - An API agent told 400 "the prompt is too long for the model": a failure like any other, with no hint, retried all
   night at the back-off's ceiling. It says what to shorten now, and stops the loop where the prompt was as short as it
   gets by itself (agents/llm.py).
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -24,8 +26,9 @@ from test_llm_server_failures import GOOD, TRAIN_PY
 
 from autoresearch.agents.anthropic_agent import AnthropicAgent
 from autoresearch.agents.base import Context, PastExperiment, ProposalError, Usage
+from autoresearch.agents.factory import make_agent
 from autoresearch.agents.openai_agent import OpenAIAgent
-from autoresearch.agents.recipes import recipe
+from autoresearch.agents.recipes import NAMES, recipe
 from autoresearch.agents.recipes.codex import Codex
 from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
@@ -175,6 +178,89 @@ def test_a_coding_agent_sent_with_no_key_to_a_server_that_wants_one_is_told_to_s
             turn_through_the_loop(workspace, agent)
     finally:
         offline.close()
+
+
+# -- the coding agents' preflight: the key, checked against the model list ---------------------------------------------
+
+
+@pytest.fixture
+def stand_ins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The three programs on PATH as scripts that do nothing: the preflight runs only Codex's sandbox check."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name in NAMES:
+        program = folder / recipe(name).program
+        program.write_text("#!/bin/sh\nexit 0\n")
+        program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+
+
+def served(name: str, request: pytest.FixtureRequest) -> FakeLLM:
+    return request.getfixturevalue("fake_anthropic" if name == "claude-code" else "fake_openai")
+
+
+@pytest.mark.parametrize(
+    ("name", "key"), [("aider", "OPENAI_API_KEY"), ("claude-code", "ANTHROPIC_API_KEY"), ("codex", "OPENAI_API_KEY")]
+)
+def test_a_coding_agents_preflight_stops_on_a_key_the_server_rejects(
+    name: str, key: str, tmp_path: Path, stand_ins, request: pytest.FixtureRequest
+) -> None:
+    """What was seen: the preflight checked only that a key was set; the baseline trained (minutes to an hour), then
+    every turn failed. Expected: as for the API agents, `run` stops before the baseline, naming the variable."""
+    fake = served(name, request)
+    fake.refuse_listing(401, "Incorrect API key provided: bad-key.")
+    with pytest.raises(ProposalError) as stopped:
+        make_agent(name).preflight(tmp_path)
+    said = str(stopped.value)
+    assert stopped.value.fatal and f"the model server at {fake.url} rejected the {name} agent's API key" in said, said
+    assert "Incorrect API key provided" in said and stopped.value.hint == f"check {key}"
+    [listing] = fake.listings
+    sent = listing.headers.get("x-api-key") if name == "claude-code" else listing.headers.get("authorization")
+    assert sent == ("test-key" if name == "claude-code" else "Bearer test-key")  # as the program sends it
+    assert fake.requests == []  # no model was asked anything
+
+
+def test_a_claude_code_that_sends_more_than_the_key_is_not_checked(
+    tmp_path: Path, stand_ins, fake_anthropic: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway's bearer token (or headers of its own), which the check would not send: its 401 would be no sign."""
+    fake_anthropic.refuse_listing(401, "no token")
+    for name in ("ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_CUSTOM_HEADERS"):
+        with monkeypatch.context() as patch:
+            patch.setenv(name, "x")
+            assert make_agent("claude-code").preflight(tmp_path) == []
+    assert fake_anthropic.listings == []
+
+
+@pytest.mark.parametrize("status", [200, 403, 404, 500])
+def test_a_coding_agents_preflight_says_nothing_of_a_listing_that_is_no_401(
+    status: int, tmp_path: Path, stand_ins, fake_openai: FakeLLM
+) -> None:
+    """A 403 may be a key that may use the model but not list models (OpenAI's restricted keys), a 404 a server with no
+    list: they say nothing of the key."""
+    if status != 200:
+        fake_openai.refuse_listing(status, "no")
+    assert make_agent("aider").preflight(tmp_path) == []
+    assert len(fake_openai.listings) == 1
+
+
+def test_a_coding_agents_preflight_warns_of_a_server_it_cannot_reach(
+    tmp_path: Path, stand_ins, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens there
+    [warning] = make_agent("aider").preflight(tmp_path)
+    assert "model server at http://127.0.0.1:9/v1 could not be reached to check its key" in warning, warning
+
+
+@pytest.mark.slow  # ~0.5 s
+def test_run_with_a_coding_agent_whose_key_is_rejected_trains_no_baseline(workspace, stand_ins, fake_anthropic) -> None:
+    fake_anthropic.refuse_listing(401, "invalid x-api-key")
+    trained: list[str] = []
+    loop = make_loop(workspace, FakeExecutor(lambda src: trained.append(src) or 1.0))
+    with pytest.raises(ProposalError, match="rejected the claude-code agent's API key"):
+        loop.run(make_agent("claude-code"), max_experiments=1)
+    assert trained == [] and loop.ledger.all() == []
 
 
 # -- an API agent's prompt longer than the model's context ------------------------------------------------------------

@@ -557,6 +557,7 @@ def test_an_agent_cannot_have_the_loop_write_your_home_through_its_own_files(wor
     (bin_dir / "aider").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # its preflight asks here for the models, not OpenAI
     from autoresearch.agents.coding_agent import CodingAgent
     from autoresearch.agents.recipes.aider import Aider
 

@@ -69,6 +69,8 @@ class Recipe(Protocol):
     default_model: str
     key_env: str  # the variable its key is read from: what to check when the server rejects it
     url_envs: tuple[str, ...]  # the variables its base URL is read from, first the one it reads first
+    default_url: str  # its server where none of them is set
+    api: str  # "anthropic" or "openai": how it sends the key (agents/key_check.py)
 
     def missing(self, environ: Mapping[str, str]) -> str | None:
         """What the agent lacks to reach a model (a key or a base URL), as a sentence; None if nothing."""
@@ -103,18 +105,37 @@ class CodingAgent:
         self.launcher = launcher
 
     def preflight(self, workspace: Path) -> list[str]:
-        """A fatal ProposalError naming the missing executable or key; nothing is sent to the model. A warning
-        where the agent's own sandbox cannot run a command here (`_sandbox_fails`)."""
+        """A fatal ProposalError naming the missing executable or key, or the key the server rejects (`_check_key`);
+        no model is asked anything. A warning where the server cannot be reached, and where the agent's own sandbox
+        cannot run a command here (`_sandbox_fails`)."""
         program = self._program()
         if why := self.recipe.missing(os.environ):
             raise ProposalError(f"the {self.name} agent cannot reach a model: {why}", fatal=True)
+        warnings = self._check_key(workspace)
         if (why := self._sandbox_fails(program, workspace)) is None:
-            return []
+            return warnings
         self.recipe.drop_sandbox()
         return [
+            *warnings,
             f"{self.name}'s own sandbox cannot run a command here ({why}), so {self.name} runs its commands without "
-            "it (with the network, and .git writable): what they change is checked after each turn, as for any agent"
+            "it (with the network, and .git writable): what they change is checked after each turn, as for any agent",
         ]
+
+    def _check_key(self, workspace: Path) -> list[str]:
+        """A fatal ProposalError where the server answers 401 when asked for its models with the key the program is
+        given (agents/key_check.py), before the baseline trains; a warning where it cannot be reached."""
+        from autoresearch.agents.key_check import check_key  # the SDK's HTTP client: for a coding agent's preflight
+
+        env = self.recipe.environment(os.environ, self._state(workspace))
+        checked = check_key(self.recipe.api, env.get(self.recipe.key_env) or "", self._url(), env)
+        if checked.rejected is not None:
+            raise self._key_rejected(Turn(checked.rejected, rejected_key=401))
+        if checked.unreachable is not None:
+            return [
+                f"the {self.name} agent's model server at {self._url()} could not be reached to check its key "
+                f"({checked.unreachable}); going on, its turns will try again"
+            ]
+        return []
 
     def _sandbox_fails(self, program: str, workspace: Path) -> str | None:
         """Why the agent's own sandbox cannot run `true` here, as its turns would run it (in the loop's namespaces,
@@ -164,8 +185,7 @@ class CodingAgent:
     def _key_rejected(self, turn: Turn) -> ProposalError:
         """The fatal error for a turn whose program reported that the server refused its key, naming the variable."""
         key, said = self.recipe.key_env, tail(turn.error or turn.text, 300)
-        url = next((os.environ[name] for name in self.recipe.url_envs if os.environ.get(name)), None)
-        server = f"the model server at {url}" if url else "the model server"
+        server = f"the model server at {self._url()}"
         if turn.rejected_key == 403:
             message = f"{server} refused the {self.name} agent's request (HTTP 403): {said}"
             hint = f"check that {key} may use model {self.model!r}"
@@ -190,6 +210,12 @@ class CodingAgent:
         state = workspace / AGENT_FILES / self.name
         make_folder(state, workspace)
         return state
+
+    def _url(self) -> str:
+        """The base URL of the program's model server, as it reads it."""
+        return next(
+            (os.environ[name] for name in self.recipe.url_envs if os.environ.get(name)), self.recipe.default_url
+        )
 
     def _program(self) -> str:
         found = shutil.which(self.recipe.program)

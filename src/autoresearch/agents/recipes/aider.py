@@ -41,6 +41,8 @@ class Aider:
     default_model = "gpt-5-mini"
     key_env = "OPENAI_API_KEY"
     url_envs = URLS
+    default_url = "https://api.openai.com/v1"  # litellm's, for openai/<model>
+    api = "openai"
 
     def missing(self, environ: Mapping[str, str]) -> str | None:
         if key_or_placeholder(environ, "OPENAI_API_KEY", URLS) is None:

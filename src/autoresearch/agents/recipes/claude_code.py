@@ -33,6 +33,8 @@ class ClaudeCode:
     default_model = "claude-sonnet-4-6"
     key_env = "ANTHROPIC_API_KEY"
     url_envs = ("ANTHROPIC_BASE_URL",)
+    default_url = "https://api.anthropic.com"
+    api = "anthropic"
 
     def missing(self, environ: Mapping[str, str]) -> str | None:
         if key_or_placeholder(environ, "ANTHROPIC_API_KEY", ("ANTHROPIC_BASE_URL",)) is None:

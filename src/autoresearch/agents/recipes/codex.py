@@ -43,6 +43,8 @@ class Codex:
     default_model = "gpt-5-mini"
     key_env = "OPENAI_API_KEY"
     url_envs = ("OPENAI_BASE_URL",)
+    default_url = DEFAULT_BASE_URL
+    api = "openai"
 
     def __init__(self) -> None:
         self.sandbox = SANDBOX
