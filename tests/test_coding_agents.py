@@ -248,8 +248,9 @@ def test_codex_commit_and_staged_file_leave_the_branch_to_the_loop(workspace, fa
     codex_edit(fake_openai, "echo 'an idea' > notes.md; git add notes.md", commit_and_record(commits))
     exp, before = run_turn("codex", fake_openai)
     assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2 and "added notes.md" in exp.reason
-    # Codex's own sandbox keeps .git read-only: its git commands fail, and the loop would undo them anyway.
-    assert "Read-only file system" in str(fake_openai.requests[-1].body["input"])
+    # Codex's own sandbox cannot be made in the agent's namespace (agents/fence.py refuses pivot_root), and Codex runs
+    # its commands without it: its commit was made, and the loop takes it apart.
+    assert commits.read_text().split()
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
@@ -315,8 +316,10 @@ def test_a_codex_config_the_agent_wrote_into_its_home_cannot_make_the_loop_drop_
     home.mkdir(parents=True)
     (home / "config.toml").write_text("this is = not [ toml\n")  # `codex sandbox` reading it would exit 1
     agent, offline = offline_agent("codex", fake_openai, agent_channel(workspace))
-    assert agent.preflight(workspace.root) == []
-    assert "workspace-write" in agent.recipe.command("codex", "m", home, home, home)
+    # Its sandbox cannot be made in the agent's namespace at all (agents/fence.py refuses pivot_root): the check says
+    # so, not that the config could not be read.
+    (warning,) = agent.preflight(workspace.root)
+    assert "`true` in it exited 1: bwrap: pivot_root: Operation not permitted" in warning and "toml" not in warning
     offline.close()
 
 

@@ -215,6 +215,88 @@ def test_an_agent_cannot_move_the_workspace_aside_and_leave_a_copy_of_its_own_in
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
+# Renames argv[1] to argv[2] (or swaps them: "exchange") where no pin is: a child opens the folder that holds it, then,
+# in a user and mount namespace of its own ("new", else in the turn's own, as root), pivots into a tmpfs and detaches
+# the old root, every pin with it (the kernel asks whether a folder is a mount point in the caller's namespace only),
+# and renames through the folder's descriptor. It prints what became of it.
+PIVOT_AWAY = """import ctypes, os, sys, tempfile
+target, aside, how = sys.argv[1:4]
+libc = ctypes.CDLL(None, use_errno=True)
+def check(result, what):
+    if result != 0:
+        raise OSError(ctypes.get_errno(), what)
+holder = os.open(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY)
+uid, gid = os.getuid(), os.getgid()
+try:
+    if "new" in how:
+        check(libc.unshare(0x10000000 | 0x20000), "unshare")  # CLONE_NEWUSER | CLONE_NEWNS
+        open("/proc/self/setgroups", "w").write("deny")
+        open("/proc/self/uid_map", "w").write(f"0 {uid} 1")
+        open("/proc/self/gid_map", "w").write(f"0 {gid} 1")
+    check(libc.mount(None, b"/", None, 0x4000 | 0x40000, None), "private")  # MS_REC | MS_PRIVATE
+    new = tempfile.mkdtemp()
+    check(libc.mount(b"none", new.encode(), b"tmpfs", 0, None), "tmpfs")
+    os.mkdir(f"{new}/old")
+    check(libc.syscall(155 if os.uname().machine == "x86_64" else 41, new.encode(), f"{new}/old".encode()), "pivot")
+    os.chdir("/")
+    check(libc.umount2(b"/old", 2), "umount")  # MNT_DETACH
+    names = os.path.basename(target).encode(), os.path.basename(aside).encode()
+    check(libc.renameat2(holder, names[0], holder, names[1], 2 if "exchange" in how else 0), "rename")
+    print("moved")
+except OSError as err:
+    print("refused at", err.strerror, os.strerror(err.errno))
+"""
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can pin a folder")
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="the fence's filter is for these")
+@pytest.mark.parametrize(
+    "moved, how",
+    [
+        ("the workspace", "renamed, in a new namespace"),
+        ("the workspace", "exchanged with a copy, in a new namespace"),
+        ("the folder that holds it", "renamed, in a new namespace"),
+        ("its state", "exchanged with a copy, in a new namespace"),  # not even the workspace moved
+        pytest.param(
+            "the workspace",
+            "exchanged with a copy, in its own namespace",
+            marks=pytest.mark.skipif(os.geteuid() != 0, reason="a loop run as root: the agent is root in its own"),
+        ),
+    ],
+)
+def test_an_agent_cannot_move_the_workspace_aside_from_a_mount_namespace_it_pivoted_out_of_its_pins(
+    workspace, tmp_path, monkeypatch, moved, how
+):
+    """BROKE, fixed: the kernel refuses to rename a mount point only where it is one in the caller's own mount
+    namespace. Every mount the agent is given is locked, its namespace's root too, and so is every copy of them in a
+    namespace it makes; but pivot_root moves the lock onto the new root. In a user and mount namespace of its own (or,
+    as root, in its own), a turn pivoted into a tmpfs and detached the old root, every pin with it, then renamed the
+    workspace (or the folder that holds it) through a descriptor of the folder above, or swapped it with a copy whose
+    ledger it had forged: the loop stopped, the workspace moved, and the next start at its path trusted the copy. (Its
+    state, swapped so, the check after the turn put back; other workers met the forged ledger meanwhile.)
+    pivot_root is now refused to the agent (agents/fence.py): the rename fails and the turn is judged as any other.
+    (Here /tmp is shared, standing for a disk the agent may write.)"""
+    monkeypatch.setattr(namespace, "temporary_unavailable", lambda: "no overlay here (the test's)")
+    target = {"the workspace": workspace.root, "its state": workspace.state}.get(moved, workspace.root.parent)
+    aside, said = Path(f"{target}.real"), tmp_path / "said"  # /tmp is shared here
+    forge = "sqlite3.connect(sys.argv[1]).execute('UPDATE experiments SET val_bpb = 0.1').connection.commit()"
+    copy = (
+        f"cp -a {shlex.quote(str(target))} {shlex.quote(str(aside))}\n"
+        f'{shlex.quote(sys.executable)} -c "import sqlite3, sys; {forge}" '
+        f"{shlex.quote(str(aside / (workspace.state / 'ledger.sqlite').relative_to(target)))}\n"
+        if "exchange" in how
+        else ""
+    )
+    words = (sys.executable, "-c", PIVOT_AWAY, str(target), str(aside), how)
+    identity = os.stat(workspace.root).st_ino
+    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{copy}{shlex.join(words)} > {said}\necho LR 0.2")
+    assert said.read_text() == "refused at pivot Operation not permitted\n"
+    assert os.stat(workspace.root).st_ino == identity
+    assert exp.kind == Kind.EXPERIMENT and exp.status == Status.KEEP and exp.val_bpb > 0.5
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
+    assert not aside.exists() or "exchange" in how
+
+
 FLOOD = """import os, socket, sys
 top = sys.argv[1]  # each socket within three folders of /tmp, at a path of some 700 bytes: 3000 of them, 2 MiB
 deep = os.path.join(top, "B" * 250)

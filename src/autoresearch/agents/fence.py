@@ -31,6 +31,17 @@ which restricts itself, then runs the command, and everything it starts inherits
   hierarchy's root, out of its own group (agents/turn_cgroups.py), and from there could mount the whole hierarchy
   and freeze or cap any group of it, a run's too (red team).
 
+- `pivot_root` (EPERM). Every folder that holds the workspace, or a place hidden or read-only to the agent, is a
+  mount point in its namespace (agents/namespace.py), which the kernel will not rename; but it asks only whether the
+  folder is one in the caller's own mount namespace. Every mount the agent was given is locked, its namespace's root
+  too, and so is every copy of them in a namespace it makes: none can be unmounted or moved. pivot_root is what
+  unlocks the old root (the kernel moves the lock onto the new one): in a user and mount namespace of its own (or in
+  its own, as root) a turn pivoted into a tmpfs and detached the old root, pins and all, then renamed the workspace
+  aside through a descriptor of the folder that holds it, and left a copy of its own at its path, whose ledger the
+  next start trusted (red team). Sandboxes made with bubblewrap (Codex's) pivot too, and so cannot be made: Codex
+  then runs its commands without its own (agents/coding_agent.py says so at the preflight). `unshare` and `mount`
+  stay allowed.
+
 - The kernel's keyrings (`add_key`, `request_key`, `keyctl`: "not implemented"), which belong to no namespace: a
   turn added 20,000 keys to the loop's session keyring, which outlived it, near root's whole quota (red team), and
   the user keyring of a loop run as root is the machine's root's.
@@ -93,6 +104,7 @@ _ARCHES = {
     "aarch64": (0xC00000B7, 198, 206, 211, 269, 208, 122),
 }
 _KEYRINGS = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}  # add_key, request_key, keyctl
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 # sched_setparam, sched_setscheduler, sched_setattr (and sched_setaffinity, above), refused on pid 1, the anchor; and
 # setpriority: refused on pid 1, a process group (the anchor is in the turn's first one) and every process of the user
 _SCHEDULING = {"x86_64": ((142, 144, 314), 141), "aarch64": ((118, 119, 274), 140)}
@@ -254,7 +266,8 @@ def _landlock(ports: list[int]) -> None:
 
 
 def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, setsockopt: int, setaffinity: int,
-            pinned: bool, keyrings: tuple[int, ...], scheduling: tuple[tuple[int, ...], int]) -> bytes:  # fmt: skip
+            pinned: bool, keyrings: tuple[int, ...], scheduling: tuple[tuple[int, ...], int],
+            pivot_root: int) -> bytes:  # fmt: skip
     """The seccomp program of `side_doors` (classic BPF over struct seccomp_data: nr at 0, arch at 4, the low half of
     argument i at 16 + 8i), assembled with labels: a jump names the label (always further on) it goes to when
     its test holds, else the next instruction runs. `pinned`: sched_setaffinity refused too, not only on pid 1."""
@@ -270,6 +283,7 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
             (_JEQ, setsockopt, "option"),
             (_JEQ, _IO_URING_SETUP, "nosys"),
             (_JEQ, _CLONE3, "nosys"),
+            (_JEQ, pivot_root, "eperm"),
             *((_JEQ, number, "nosys") for number in keyrings),
             (_JEQ, setaffinity, "eperm" if pinned else "pid"),
             *((_JEQ, number, "pid") for number in on_pid),
@@ -305,14 +319,15 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
 
 
 def side_doors(pinned: bool = False) -> None:
-    """Refuse, for good, the ways to a TCP connection that Landlock's rule does not see, `clone3`, the keyrings, and
-    with `pinned`, `sched_setaffinity` (a seccomp filter: see the module's docstring); nothing where this architecture
-    is not one the filter knows. Needs no_new_privs, which `restrict` sets."""
+    """Refuse, for good, the ways to a TCP connection that Landlock's rule does not see, `clone3`, `pivot_root`, the
+    keyrings, and with `pinned`, `sched_setaffinity` (a seccomp filter: see the module's docstring); nothing where
+    this architecture is not one the filter knows. Needs no_new_privs, which `restrict` sets."""
     numbers = _ARCHES.get(platform.machine())
     if numbers is None:
         return
     machine = platform.machine()
-    program = ctypes.create_string_buffer(_filter(*numbers, pinned, _KEYRINGS[machine], _SCHEDULING[machine]))
+    program = _filter(*numbers, pinned, _KEYRINGS[machine], _SCHEDULING[machine], _PIVOT_ROOT[machine])
+    program = ctypes.create_string_buffer(program)
     prog = struct.pack("=HxxxxxxQ", len(program.raw) // 8, ctypes.addressof(program))  # struct sock_fprog
     _prctl(_SET_SECCOMP, _MODE_FILTER, ctypes.c_char_p(prog))
 
