@@ -27,6 +27,7 @@ from autoresearch.agents import fence, namespace
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.evaluator import shown
+from autoresearch.evaluator.hidden import workspace_data_places
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.workspace import Workspace
 
@@ -322,6 +323,59 @@ def test_a_link_on_the_path_you_name_the_workspace_by_cannot_be_turned_to_a_copy
     exp, _ = take_turn(Workspace(link / "ws"), tmp_path, f"{set_lr(0.2)}\n{turn}")
     assert exp.status == Status.KEEP
     assert Workspace(link / "ws").root == workspace.root, "the next start by the same path opens the agent's copy"
+
+
+# Lists each folder argv[2:] names, then writes the ledger argv[1]: what it reached.
+THROUGH_THE_OTHER_PATH = """import os, sqlite3, sys
+for folder in sys.argv[2:]:
+    try:
+        print(folder, sorted(os.listdir(folder)))
+    except OSError as err:
+        print(folder, err.strerror)
+try:
+    c = sqlite3.connect(sys.argv[1])
+    c.execute("UPDATE experiments SET val_bpb = 0.1")
+    c.commit()
+    print("ledger written")
+except sqlite3.Error as err:
+    print("ledger:", err)
+"""
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can hide a place")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the disk is mounted a second time, as root")
+def test_a_disk_mounted_at_two_paths_hides_the_data_and_keeps_the_ledger_read_only_at_both(workspace, tmp_path):
+    """BROKE, fixed: a place is hidden (a tmpfs over it) or made read-only (a bind) at its path; where its file system
+    is mounted at another path too (a disk bound at /data and at /srv/data, a home bound from /mnt/disk/home), the
+    agent reached it there: it listed the prepared data, which it could read, and wrote the ledger (which the check
+    after the turn put back; other workers met it meanwhile), as it could write your ~/.bashrc. The other paths of
+    every hidden and read-only place are now hidden and read-only too (agents/namespace.py, `other_paths`). (pytest's
+    base folder, which holds the data and the workspace, is mounted again in the test's folder; /tmp, which then holds
+    a mount, is shared.)"""
+    top, alias = tmp_path.parent, tmp_path / "alias"
+    alias.mkdir()
+    if subprocess.run(["mount", "--bind", str(top), str(alias)], capture_output=True).returncode != 0:
+        pytest.skip("no bind mount can be made here")
+    try:
+        other = lambda path: alias / path.relative_to(top)
+        data = [other(p) for p in workspace_data_places(workspace.root) if top in p.parents]
+        assert data and all(p.is_dir() for p in data)  # the data, reached by the other path outside the turn
+        said = agent_channel(workspace) / "said"
+        words = (
+            sys.executable,
+            "-c",
+            THROUGH_THE_OTHER_PATH,
+            str(other(workspace.state / "ledger.sqlite")),
+            *map(str, data),
+        )
+        exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{shlex.join(words)} > {said}\necho LR 0.2")
+    finally:
+        subprocess.run(["umount", "-l", str(alias)], check=True)
+    reached = said.read_text().splitlines()
+    assert all(line.endswith(("[]", "No such file or directory")) for line in reached[:-1]), reached
+    assert reached[-1] == "ledger: attempt to write a readonly database", reached
+    assert exp.status == Status.KEEP, exp.reason
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 FLOOD = """import os, socket, sys

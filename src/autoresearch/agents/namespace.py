@@ -238,12 +238,36 @@ def shared_for_a_mount() -> list[Path]:
 
 def _mount_points() -> list[Path]:
     """Where something is mounted here (/proc/self/mountinfo, its escapes undone)."""
+    return [where for _, _, where in _mounts()]
+
+
+def _mounts() -> list[tuple[str, Path, Path]]:
+    """What is mounted here, in the order mounted (/proc/self/mountinfo, its escapes undone): each mount's file
+    system (its device numbers), the folder of that file system it shows, and where."""
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
         return []
-    unescaped = (re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4]) for line in lines)
-    return [Path(p) for p in unescaped]
+    undo = functools.partial(re.sub, r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)))
+    return [(f[2], Path(undo(f[3])), Path(undo(f[4]))) for f in (line.split() for line in lines) if len(f) > 4]
+
+
+def other_paths(places: list[Path], workspace: Path) -> list[Path]:
+    """The other paths `places` are reached by, where their file system is mounted at another path too (a disk
+    bound at /data and at /srv/data, a home bound from /mnt/disk/home): a mount over a place (a tmpfs that hides it,
+    a read-only bind) covers that path alone, and through the other the agent read the data it hides and wrote the
+    ledger (red team). Not one that holds the workspace, which the agent works in."""
+    mounts, inside, found = _mounts(), workspace.resolve(), []
+    for place in map(Path, map(os.path.realpath, places)):  # mount points are real paths
+        holding = [m for m in mounts if holds(m[2], place)]
+        if not holding:
+            continue
+        device, shown, where = max(reversed(holding), key=lambda m: len(m[2].parts))  # the last mounted, deepest
+        within = shown / place.relative_to(where)  # its path in its file system
+        for other, root, at in mounts:
+            if other == device and holds(root, within) and (alias := at / within.relative_to(root)) != place:
+                found.append(alias)
+    return [p for p in dict.fromkeys(found) if not holds(p, inside) and os.path.lexists(p)]
 
 
 @functools.cache
@@ -488,6 +512,7 @@ def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], d
     runtime = [Path(RUNTIME_FOLDERS[0]) / str(os.getuid()), Path(RUNTIME_FOLDERS[1])]
     writable += [p for p in runtime if p.is_dir() and not p.is_symlink()]
     hidden, read_only = hidden_places(workspace, env), read_only_places(workspace, env)
+    hidden, read_only = hidden + other_paths(hidden, workspace), read_only + other_paths(read_only, workspace)
     inside = workspace.resolve()
     if any(holds(place, inside) for place in read_only):  # in your home: the agent's to write, its state not
         writable.insert(0, inside)
