@@ -319,7 +319,8 @@ def test_a_codex_config_the_agent_wrote_into_its_home_cannot_make_the_loop_drop_
     # Its sandbox cannot be made in the agent's namespace at all (agents/fence.py refuses pivot_root): the check says
     # so, not that the config could not be read.
     (warning,) = agent.preflight(workspace.root)
-    assert "`true` in it exited 1: bwrap: pivot_root: Operation not permitted" in warning and "toml" not in warning
+    assert "its bubblewrap pivots its root, which the loop's fence refuses to a turn" in warning
+    assert "toml" not in warning
     offline.close()
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from autoresearch.agents import fence
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.command_agent import (
     LAST_LINES_CHARS,
@@ -152,7 +153,14 @@ class CodingAgent:
                 code, stdout, stderr = run_process([*self.launcher, *argv], workspace, "", env, SANDBOX_CHECK_S, who)
             except ProposalError as exc:  # it hung
                 return str(exc).split(";")[0]
-        return None if code == 0 else f"`true` in it exited {code}: {tail(stderr or stdout, 300)}"
+        if code == 0:
+            return None
+        if "pivot_root" in stderr and fence.refuses_pivot_root():  # not this machine's doing: the fence's
+            return (
+                "its bubblewrap pivots its root, which the loop's fence refuses to a turn: with it a turn moved the "
+                "workspace out of its pins"
+            )
+        return f"`true` in it exited {code}: {tail(stderr or stdout, 300)}"
 
     def propose(self, context: Context) -> Proposal:
         workspace = context.workspace

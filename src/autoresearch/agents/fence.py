@@ -318,6 +318,12 @@ def _filter(arch: int, socket: int, sendto: int, sendmsg: int, sendmmsg: int, se
     return code
 
 
+def refuses_pivot_root() -> bool:
+    """Whether `side_doors` refuses pivot_root here (an architecture the filter knows): a sandbox made with bubblewrap
+    (Codex's) cannot be made in a turn."""
+    return platform.machine() in _PIVOT_ROOT
+
+
 def side_doors(pinned: bool = False) -> None:
     """Refuse, for good, the ways to a TCP connection that Landlock's rule does not see, `clone3`, `pivot_root`, the
     keyrings, and with `pinned`, `sched_setaffinity` (a seccomp filter: see the module's docstring); nothing where
