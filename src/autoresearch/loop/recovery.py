@@ -6,7 +6,8 @@ verdict whose git step did not happen is applied. What a kill leaves outside the
 (`recover_workspace`): an agent still running, the workspace as its turn cut short left it (put back from the
 snapshot the turn kept, TURN_SNAPSHOT), the edit a `try` held aside (HELD_EDIT), a train.py the loop wrote
 for a run. It also holds what every start and every run is checked against: the baseline's apparatus and
-setup, as its runs recorded them. A part of `ResearchLoop`, which it is mixed into.
+setup, as its runs recorded them. And after a ledger rebuilt without its runs' results, what it lacks for a
+verdict is trained again first (`measure_noise_again`). A part of `ResearchLoop`, which it is mixed into.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Iterator
 
@@ -24,11 +26,12 @@ from autoresearch.errors import LedgerError
 from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop import activity
 from autoresearch.loop.executor import Outcome, reap_orphan
+from autoresearch.loop.judge import measured_noise, run_values
 from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.watch import LEFT_REFS, put_back_left
 from autoresearch.orphans import reap, remove_left_boxes
-from autoresearch.vocabulary import Kind, Status
+from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
 from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.init import default_tag
@@ -304,6 +307,56 @@ class Recovery:
         suspects += [e for e in rows if best and e.commit == best.parent and e.status == Status.KEEP]
         suspects += [base] if (base := self.unmeasured_baseline()) else []  # its seeds trained again, cut short
         return next((e for e in suspects if written_for(text, e)), None)
+
+    def unmeasured_baseline(self) -> Experiment | None:
+        """The kept baseline, where the noise cannot be measured for want of its seeds' values: a ledger rebuilt after
+        its runs' folders were lost (results.tsv keeps only their mean); None where the noise is measured."""
+        rows = self.ledger.all()
+        base = next((e for e in rows if e.kind == Kind.BASELINE and e.status == Status.KEEP), None)
+        # its seeds there (every ledger but a rebuilt one): no need to measure the noise at every step to know it
+        if base is None or len(run_values(base)) > 1 or measured_noise(rows) is not None:
+            return None
+        return base
+
+    def measure_noise_again(self) -> None:
+        """Train again, before any change is judged, what a ledger rebuilt without its runs' results lacks for a
+        verdict (BROKE, fixed: after `rm -rf .autoresearch` and `rebuild-ledger`, every `run` trained a change, then
+        stopped with "no noise measured yet"): the kept baseline's seeds (`unmeasured_baseline`: results.tsv keeps only
+        their mean), and the best's value where none survived (results.tsv lost too: git alone has no number)."""
+        if (base := self.unmeasured_baseline()) is not None:
+            self._measure_again(base, self.config.baseline_runs, "seeds' values, to measure the noise")
+        if (best := self.best()) is not None and best.val_bpb is None:
+            self._measure_again(best, 1, "val_bpb, the bar a change must beat")
+
+    def _measure_again(self, exp: Experiment, wanted: int, lacking: str) -> None:
+        """Train `exp`'s train.py (kept) on the seeds it lacks, saying so; its runs and their mean replace what the
+        rebuild read, and the working tree's train.py is the branch's again after."""
+        runs, lost = run_values(exp), set()
+        if len(runs) >= wanted:  # as many as this loop's settings ask (--baseline-runs 1, say): nothing to train
+            return
+        self.reporter.message(
+            f"exp {exp.id} has no {lacking.partition(',')[0]} in the ledger (rebuilt without its runs' results): "
+            f"training it again ({wanted} run{'s' if wanted > 1 else ''}) for its {lacking}"
+        )
+        try:
+            while len(runs) < wanted:
+                outcome = self._train(exp, len(runs))
+                if self.tries_again(exp, len(runs), outcome, lost):
+                    continue
+                if outcome.status != RunEnd.OK:
+                    raise LoopError(
+                        f"exp {exp.id}, trained again for its {lacking.partition(',')[0]}, failed: {outcome.reason}",
+                        hint=outcome.hint or f"see {self.ws.state / 'runs'} for the log; fix the setup, then run again",
+                    )
+                runs.append(outcome.val_bpb)
+                exp.runs = json.dumps(runs)
+                self.ledger.update(exp.id, runs=exp.runs, **result_columns(outcome))
+        finally:
+            self.ws.write_train_py(self.ws.committed_train_py())  # _train leaves the baseline's, not the best's
+        exp.val_bpb = statistics.fmean(runs)
+        exp.reason = f"{exp.reason}; measured again after the ledger was rebuilt: mean of {len(runs)} runs"
+        self.ledger.update(exp.id, val_bpb=exp.val_bpb, reason=exp.reason)
+        self.ledger.write_tsv()
 
 
 def keep_then_reset(head: str, target: str) -> str:
