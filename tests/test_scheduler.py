@@ -525,6 +525,41 @@ def test_a_try_stopped_on_another_setup_is_taken_up_by_run_with_the_baselines_wo
     assert again.loop.git.head() == rows[1].commit and workspace.read_train_py() == edited
 
 
+def test_a_loop_given_another_share_of_the_cores_than_the_baselines_is_refused_before_anything_trains(
+    workspace, monkeypatch
+):
+    """A user's walk: a baseline measured by `--workers 2` on two cores (one each), then `submit` without --workers.
+    Its loop in the background gave its one worker both cores, trained the submission its whole budget, refused the
+    result and stopped; `run` without --workers lost its first runs so. Now the loop is refused at its start, naming
+    the count to give, and so is `try`, which trains on every core."""
+    import argparse
+
+    from autoresearch.cli.commands import drive
+    from autoresearch.loop.trying import try_working_tree
+
+    sched, fakes = scheduler(workspace, gpus=None, workers=2)
+    for fake in fakes.values():
+        fake.fake.setup = "AMD EPYC; CPU time / 1 cores"
+    sched.run(None)
+    monkeypatch.setenv("AUTORESEARCH_DEVICE", "cpu")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # torch's default: every CPU (or core) of this machine
+    loop, ran = make_loop(workspace, FakeExecutor(score)), []
+    loop.executor.measures_here = True  # as a LocalExecutor's runs are: measured on this machine
+    loop.run = lambda *_: ran.append("one worker")
+    refused = r"this loop's runs would count CPU time / \d+ cores, the baseline's runs CPU time / 1 cores in a loop"
+    args = argparse.Namespace(ray=None, gpus=None, workers=None, max_experiments=1, hours=None, linger=0.0)
+    with pytest.raises(LoopError, match=refused) as stopped:
+        drive(loop, None, devices(None, None), args)
+    assert stopped.value.hint.startswith("give --workers 2 (to `run` and `submit` alike)")
+    edited = with_constants(workspace.read_train_py(), LR=0.2)
+    workspace.write_train_py(edited)
+    with pytest.raises(LoopError, match=refused):
+        try_working_tree(loop, "LR 0.2")
+    assert ran == [] and loop.executor.calls == [] and len(Ledger(workspace.root).all()) == 1
+    assert workspace.read_train_py() == edited  # the change is left where it was
+    loop.check_share([{"OMP_NUM_THREADS": "1"}] * 2)  # a core each, as the baseline's workers had: taken
+
+
 @pytest.mark.slow  # seconds: the fast subset stays under a minute
 def test_a_change_that_ends_before_the_baselines_first_seed_is_checked_once_that_is_known(workspace):
     """With more workers than baseline seeds, a change made from the baseline trains at once, and may end first:

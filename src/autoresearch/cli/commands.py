@@ -249,6 +249,8 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
     from autoresearch.loop.workers import LOCAL
 
     first = loop.ledger.next_id()  # what this start asks: every ask failed is an error (Asking.none_proposed)
+    if getattr(args, "ray", None) is None:  # on the CPU, another share of the cores than the baseline's: none trains
+        loop.check_share([device.env for device in found])
     if getattr(args, "ray", None) is not None:
         from autoresearch.loop.ray_cluster import connect, disconnect, open_to_agent, ray_devices
         from autoresearch.loop.ray_executor import RayExecutor, Shipment

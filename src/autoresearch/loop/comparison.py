@@ -3,10 +3,15 @@ clock), torch and confinement. A run that is not is refused, never judged: its s
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from autoresearch.config.apparatus import CONFIG_NAME
+from autoresearch.evaluator import cores
+from autoresearch.evaluator.clock import CpuClock, describe
 from autoresearch.loop import activity
 from autoresearch.loop.executor import Outcome
 from autoresearch.loop.ledger import Experiment
@@ -48,6 +53,33 @@ class Comparison:
                 why += f" by a loop of {workers} workers (`--workers {workers}` gives each run as many cores)"
             return why
         return None
+
+    def check_share(self, envs: list[Mapping[str, str]]) -> None:
+        """Refuse, before anything trains, a loop whose runs on the CPU would count their budget over another share
+        of the cores than the baseline's runs did (`envs`: each worker's environment over the loop's): `submit` or
+        `run` without the `--workers` the baseline's loop had. Each such run trained its whole budget and was then
+        refused (`setup_differs`), and the loop stopped: a night's first round of runs lost to a forgotten option,
+        and `submit`'s loop in the background trained every submission once for nothing."""
+        if not getattr(self.executor, "measures_here", False):  # a simulation's runs, a test's: their own setups
+            return
+        _, _, clock = self.baseline_result().get("setup", "").partition("; ")
+        if not clock.startswith("CPU time"):  # a GPU's wall clock: the device's model is what a run is checked on
+            return
+        for env in envs:
+            merged = {**os.environ, **env}
+            if not cores.runs_train_on_cpu(merged) or (shares := run_shares(merged)) is None or clock in shares:
+                continue
+            workers = self._baseline_workers()
+            why = f"this loop's runs would count {' or '.join(sorted(shares))}, the baseline's runs {clock}"
+            if workers:
+                why += f" in a loop of {workers} worker{'s' if workers > 1 else ''}"
+            option = "leave --workers out" if workers == 1 else f"give --workers {workers}" if workers else ""
+            raise LoopError(
+                f"{why}: their scores would not be comparable, and each run would be refused once it had trained",
+                hint=f"{option} (to `run` and `submit` alike): each run then gets the baseline's share of the cores"
+                if option
+                else SETUP_HINT,
+            )
 
     def _baseline_workers(self) -> int:
         """The workers of the loop the baseline's runs trained in (its seeds take only some of them), where the
@@ -115,6 +147,27 @@ class Comparison:
         """What to do about an apparatus that changed: where autoresearch.json was edited (the budget, say), put it
         back; else a new workspace for the new harness or data."""
         return CONFIG_EDITED_HINT if CONFIG_NAME in self.git.changed_paths() else APPARATUS_HINT
+
+
+def run_shares(env: Mapping[str, str]) -> set[str] | None:
+    """What the clock of a run on the CPU started in `env` may be ("CPU time / 2 cores"), told before it starts, as
+    the evaluator's `run_cores` will count it (evaluator/cores.py, whose code this cannot join: it is fingerprinted):
+    the threads its worker's OMP_NUM_THREADS names (the loop sets it for several workers), else torch's default, this
+    machine's CPUs or its whole cores (either: torch's build decides), within the worker's pinned CPUs and the CPU
+    quota. None where the CPUs cannot be asked for: nothing is refused then."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if pinned := env.get(cores.RUN_CPUS_ENV, "").strip():
+        cpus = len(pinned.split(","))
+    limit = cores.quota()
+    usable = max(1, min(cpus, math.ceil(limit)) if limit is not None else cpus)
+    asked = env.get("OMP_NUM_THREADS", "").strip()
+    threads = {int(asked)} if asked.isdigit() and int(asked) > 0 else {cpus, len(cores._cores() or [])}
+    counted = {min(float(max(1, min(t, usable))), limit) if limit is not None else float(max(1, min(t, usable)))
+               for t in threads if t > 0}  # fmt: skip
+    return {describe(CpuClock(c)) for c in counted}
 
 
 def set_aside(run_dir: Path) -> None:

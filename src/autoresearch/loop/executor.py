@@ -135,6 +135,8 @@ class ForkAhead(threading.Thread):
 class LocalExecutor:
     """Runs each training run through an evaluator process on this machine."""
 
+    measures_here = True  # its runs' setups are this machine's, told before they start (Comparison.check_share)
+
     def __init__(self, python: str = sys.executable, prewarm: bool | None = None, env: Mapping[str, str] | None = None):
         """`env`: set for this executor's evaluators and experiments (a worker's CUDA_VISIBLE_DEVICES, its
         OMP_NUM_THREADS), over the loop's own environment."""
