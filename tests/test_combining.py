@@ -11,6 +11,7 @@ from test_scheduler import SEED_NOISE, pairs, scheduler, wait_until
 
 from autoresearch.loop.combining import COMBINER
 from autoresearch.loop.executor import Outcome
+from autoresearch.loop.judge import NEAR_WIN_SAID
 from autoresearch.loop.ledger import Ledger
 from autoresearch.vocabulary import RunEnd, Status
 
@@ -58,7 +59,7 @@ def test_two_near_wins_of_one_round_are_combined_by_the_loop_trained_and_kept(wo
     sched.run(ScriptedAgent([set_lr(0.06), batch(16), *fillers(2)]), max_experiments=5)
     rows = sched.loop.ledger.all()
     lr, bs = rows[1], rows[2]
-    assert lr.status == bs.status == Status.DISCARD and "not better by more than the noise" in lr.reason
+    assert lr.status == bs.status == Status.DISCARD and lr.reason.startswith(NEAR_WIN_SAID)
     combined = [r for r in rows if r.agent == COMBINER]
     assert len(combined) == 1, [(r.id, r.description, r.reason) for r in rows]
     exp = combined[0]

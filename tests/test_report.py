@@ -14,7 +14,7 @@ import pytest
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.loop import activity
-from autoresearch.loop.judge import judge, margin_of, measured_noise
+from autoresearch.loop.judge import NEAR_WIN_SAID, judge, margin_of, measured_noise
 from autoresearch.loop.ledger import Experiment, Ledger
 from autoresearch.report import make_report, plot_progress, progress_figure, render_report
 from autoresearch.report.plot import plot_data
@@ -344,6 +344,10 @@ def test_the_reports_margin_is_the_one_the_judge_keeps_by():
         assert judge(1.0, [1.0 - 1.01 * margin], noise).decision != Status.DISCARD
         # a discard says which side of the noise it fell on: "not better" was read as a near-win of a worse change
         assert judge(1.0, [1.0 + 0.99 * margin], noise).reason.startswith("not better by more than the noise: ")
+        # BROKE, fixed (a user's walk): 0.0975 better than the best, noise 0.0854, read "not better by more than the
+        # noise"; program.md asks for such near-wins to be submitted together
+        assert judge(1.0, [1.0 - 0.51 * margin], noise).reason.startswith(f"{NEAR_WIN_SAID}: ")
+        assert judge(1.0, [1.0 - 0.49 * margin], noise).reason.startswith("not better by more than the noise: ")
         assert judge(1.0, [1.0 + 1.01 * margin], noise).reason.startswith("worse by more than the noise: ")
     noise = measured_noise([exp(1, Status.KEEP, 3.0, "baseline", kind="baseline", runs="[2.991, 3.0, 3.009]")])
     assert noise.runs == 3 and noise.noise == pytest.approx(0.009) and noise.margin == pytest.approx(0.018)

@@ -27,7 +27,7 @@ class Status(_Word):
     QUEUED = "queued"  # recorded (by `submit`, or waiting for a free worker); no run of it has started
     RUNNING = "running"  # being trained and judged, or in flight when the loop was killed
     KEEP = "keep"  # it became the best (the branch points at it)
-    DISCARD = "discard"  # measured, not better by more than the noise; kept under refs/autoresearch/discarded/
+    DISCARD = "discard"  # measured, not better by the margin; kept under refs/autoresearch/discarded/
     CRASH = "crash"  # no usable measurement: it failed, was invalid, or was rejected before it ran
     RERUN = "rerun"  # the judge only: a marginal win, to be trained again with another seed
 

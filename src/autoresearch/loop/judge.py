@@ -49,6 +49,7 @@ MAX_RUNS = 5  # of a marginal win whose runs look like copies; then they are jud
 SIMPLER_BUT = "simpler, but"  # how the reason of a simplification too far above the lowest val_bpb kept begins
 SIMPLER_KEPT = "simpler at equal val_bpb"  # how the reason of a simplification kept begins
 BETTER = "better"  # how the reason of a change kept for beating the best by the margin begins
+NEAR_WIN_SAID = "a near-win, better by more than the noise but not by the margin"  # a discard's, in that band
 
 
 @dataclass(frozen=True)
@@ -211,4 +212,7 @@ def judge(
         return Verdict(Status.KEEP, f"{SIMPLER_KEPT}: {shown}, {fewer}", shown)
     if -gain > margin:  # "not better" is true of it too, and read as a near-win (a README walk-through)
         return Verdict(Status.DISCARD, f"worse by more than the noise: {shown}", shown)
+    if gain > noise:  # said as such: "not better by more than the noise" read as false beside the noise `status`
+        # showed, and program.md asks a coding agent to submit such changes together (loop/combining.py's near-wins)
+        return Verdict(Status.DISCARD, f"{NEAR_WIN_SAID}: {shown}", shown)
     return Verdict(Status.DISCARD, f"not better by more than the noise: {shown}", shown)
