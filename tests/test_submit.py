@@ -265,11 +265,13 @@ def test_the_first_submit_starts_a_loop_which_answers_while_the_baseline_trains_
             return None  # running (until the workspace's lock says so)
 
     background_loop(monkeypatch, Background)
+    monkeypatch.setenv("COLUMNS", "80")  # rich's width on a pipe, where a coding agent reads what `submit` says
 
     def scenario():
         rc, out, err, took = submit(workspace, capsys, 0.2)
         assert (rc, out) == (0, "exp 2 queued\n"), err
         assert "started a loop in the background" in err and took < AT_ONCE_S
+        assert f"(its log: {workspace.state / 'driver.log'})" in err, err  # BROKE, fixed: wrapped at 80 columns
         assert [(r.id, r.status) for r in rows(workspace)] == [(1, "running"), (2, "queued")]
         baseline_go.set()
         wait_until(lambda: rows(workspace)[1].status.final)

@@ -324,8 +324,12 @@ def submit(args: argparse.Namespace, console: Console) -> None:
             log.write(f"{LOOP_STARTED}, {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n".encode())
             log.flush()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        # One line, however long the path: a coding agent reads it from a pipe, where the console wrapped it at 80
         console.print(
-            f"started a loop in the background (its log: {ws.state / 'driver.log'})", markup=False, highlight=False
+            f"started a loop in the background (its log: {ws.state / 'driver.log'})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
         return proc
 
