@@ -25,7 +25,7 @@ from loop_support import (
 from autoresearch.agents.base import Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt, ledger_summary
 from autoresearch.cli import main
-from autoresearch.evaluator import sandbox
+from autoresearch.evaluator import cores, sandbox
 from autoresearch.loop import asking
 from autoresearch.loop.activity import SESSION_NAME, periods, spans_of
 from autoresearch.loop.engine import LoopError
@@ -558,6 +558,8 @@ def test_a_loop_given_another_share_of_the_cores_than_the_baselines_is_refused_b
     assert ran == [] and loop.executor.calls == [] and len(Ledger(workspace.root).all()) == 1
     assert workspace.read_train_py() == edited  # the change is left where it was
     loop.check_share([{"OMP_NUM_THREADS": "1"}] * 2)  # a core each, as the baseline's workers had: taken
+    with pytest.raises(LoopError, match=refused):  # two CPUs named as a kernel's list does (read as one, it was taken)
+        loop.check_share([{cores.RUN_CPUS_ENV: "0-1", "OMP_NUM_THREADS": "2"}])
 
 
 @pytest.mark.slow  # seconds: the fast subset stays under a minute

@@ -159,8 +159,8 @@ def run_shares(env: Mapping[str, str]) -> set[str] | None:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return None
-    if pinned := env.get(cores.RUN_CPUS_ENV, "").strip():
-        cpus = len(pinned.split(","))
+    if pinned := cores._cpu_list(env.get(cores.RUN_CPUS_ENV, "")):  # "0-3,8", as the evaluator reads it
+        cpus = len(pinned)
     limit = cores.quota()
     usable = max(1, min(cpus, math.ceil(limit)) if limit is not None else cpus)
     asked = env.get("OMP_NUM_THREADS", "").strip()
