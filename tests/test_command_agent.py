@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from loop_support import peak_growth
 
+from autoresearch.agents import namespace
 from autoresearch.agents.base import Context, ProposalError
 from autoresearch.agents.command_agent import MAX_OUTPUT_BYTES, PROMPT_ENV, CommandAgent
 from autoresearch.agents.namespace import DECODE, pid_namespace, with_hidden
@@ -224,6 +225,43 @@ def test_an_agent_cannot_plant_a_pth_file_in_the_users_site_that_does_not_exist_
     agent(tmp_path, f"{plant}\n{EDIT}").propose(context)
     assert "Read-only file system" in (context.workspace / "seen").read_text()
     assert not (user_site / "planted.pth").exists()
+
+
+@_NAMESPACE_READ_ONLY
+def test_a_link_on_the_path_you_named_the_workspace_by_in_a_read_only_place_is_pinned_and_the_agent_runs(
+    tmp_path: Path, context: Context, monkeypatch
+) -> None:
+    """Each link on the path you named the workspace by is made a mount point in the agent's namespace (test_red_team_
+    namespace.py: where the agent may write); in a place made read-only, whose mounts are remounted read-only by the
+    paths findmnt lists, the link's is left as it is: `mount` followed it, and remounted its target read-only (the
+    folder that holds the workspace, bound onto itself)."""
+    libs = tmp_path / "my libs"
+    libs.mkdir()
+    (libs / "current").symlink_to(tmp_path)
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(libs))
+    named = libs / "current" / "ws"
+    turn = f'(ln -sfn /nowhere "{libs}/current" 2> seen) || true\ntouch "{tmp_path}/beside"\n{EDIT}'
+    agent(tmp_path, turn).propose(dataclasses.replace(context, named=named))
+    assert "Read-only file system" in (context.workspace / "seen").read_text()  # (else "Device or resource busy")
+    assert (libs / "current").readlink() == tmp_path
+
+
+def test_the_links_and_folders_on_the_path_you_named_the_workspace_by_are_found_as_the_kernel_follows_them(
+    tmp_path: Path,
+) -> None:
+    """`on_the_way`: each link at its real path (in a link's target too, relative or absolute, after a `..`), and each
+    folder the path passes, a real path (one renamed and replaced by a link would send a later `..` elsewhere)."""
+    (tmp_path / "data" / "run5" / "ws").mkdir(parents=True)
+    (tmp_path / "data" / "old").mkdir()
+    (tmp_path / "data" / "current").symlink_to("run5")
+    (tmp_path / "alias").symlink_to(tmp_path / "data")
+    named = tmp_path / "alias" / "old" / ".." / "current" / "ws"
+    links, folders = namespace.on_the_way(named)
+    real = tmp_path.resolve()
+    assert links[-2:] == [real / "alias", real / "data" / "current"]
+    assert folders[-4:] == [real / "data", real / "data" / "old", real / "data" / "run5", real / "data" / "run5" / "ws"]
+    plain = real / "data" / "run5" / "ws"  # no link: each folder from / down
+    assert namespace.on_the_way(plain) == ([], [*reversed(plain.parents), plain][1:])
 
 
 @pytest.mark.parametrize(

@@ -299,30 +299,55 @@ def test_an_agent_cannot_move_the_workspace_aside_from_a_mount_namespace_it_pivo
     assert not aside.exists() or "exchange" in how
 
 
+# What a turn does to a link on the path you name the workspace by (`links/current` -> `../alias` -> <tmp_path>): it
+# points the path at `fake`, its copy of the workspace.
+TURN_THE_LINK = {
+    "the link replaced": "ln -sfn {fake} {links}/current",
+    "the link moved aside": "mv {links}/current {links}/current.old && ln -s {fake} {links}/current",
+    "the folder that holds it moved aside": "mv {links} {links}.old && mkdir {links} && ln -s {fake} {links}/current",
+    "a link in its target replaced": "ln -sfn {fake} {alias}",
+    "the link replaced, named by $PWD": "ln -sfn {fake} {links}/current",
+}
+
+
 @pytest.mark.skipif(not HIDES, reason="no namespace here can pin a folder")
-@pytest.mark.xfail(strict=True, reason="OPEN (helper 136): a link on the path you name the workspace by is not pinned")
+@pytest.mark.parametrize("how", list(TURN_THE_LINK))
 def test_a_link_on_the_path_you_name_the_workspace_by_cannot_be_turned_to_a_copy_of_the_agents(
-    workspace, tmp_path, monkeypatch
+    workspace, tmp_path, monkeypatch, how
 ):
-    """OPEN: you name the workspace through a link in a folder the agent may write (`/data/current -> run5`, then
-    `autoresearch run --workspace /data/current/ws`, or a shell `cd`'d there). The loop opens it by its real path,
-    which is pinned; the link is not, and no mount can pin a link by `mount --bind` (it follows it). A turn copied the
-    workspace, forged the copy's ledger (its seals are digests of the rows, in the same file: dropped, it is sealed
-    anew as found) and turned the link to the copy. The loop saw nothing (its path is the real one, unchanged), and the
-    next start by the same words opened the copy: its best, 0.1. (Here /tmp is shared, standing for that disk.)"""
+    """BROKE, fixed (helper 136): you name the workspace through a link in a folder the agent may write
+    (`/data/current -> run5`, then `autoresearch run --workspace /data/current/ws`, or from a shell `cd`'d there,
+    whose $PWD keeps the link). The loop opens it by its real path, which is pinned; the link was not, and `mount
+    --bind` cannot pin one (it follows it). A turn copied the workspace, forged the copy's ledger (its seals are
+    digests of the rows, in the same file: dropped, it is sealed anew as found) and turned the link to the copy. The
+    loop saw nothing (its path is the real one, unchanged), and the next start by the same words opened the copy: its
+    best, 0.1. Each link on the path you named (and in a link's target), and each folder it passes, is now a mount
+    point in the agent's namespace: the link can be neither replaced nor moved, nor the folder that holds it. (Here
+    /tmp is shared, standing for that disk.)"""
     monkeypatch.setattr(namespace, "temporary_unavailable", lambda: "no overlay here (the test's)")
-    link, fake = tmp_path / "current", tmp_path / "copy"
-    link.symlink_to(tmp_path)  # the workspace is <tmp_path>/current/ws to you
+    links, alias, fake, refused = tmp_path / "links", tmp_path / "alias", tmp_path / "copy", tmp_path / "refused"
+    links.mkdir()
+    alias.symlink_to(tmp_path)
+    (links / "current").symlink_to("../alias")
+    named = links / "current" / "ws"  # the workspace to you
+    if "$PWD" in how:  # `cd /data/current/ws && autoresearch run`
+        monkeypatch.chdir(named)
+        monkeypatch.setenv("PWD", str(named))
+    ws = Workspace(Path(".") if "$PWD" in how else named)
+    assert ws.root == workspace.root and ws.named == named
     forge = "c = sqlite3.connect(sys.argv[1]); c.execute('UPDATE experiments SET val_bpb = 0.1'); "
     forge += "c.execute('DROP TABLE seals'); c.commit()"
+    turn_it = TURN_THE_LINK[how].format(fake=fake, links=links, alias=alias)
     turn = (
         f"mkdir {fake} && cp -a {workspace.root} {fake}/ws\n"
         f'{shlex.quote(sys.executable)} -c "import sqlite3, sys; {forge}" {fake}/ws/.autoresearch/ledger.sqlite\n'
-        f"ln -sfn {fake} {link} || true\necho LR 0.2"
+        f"{{ {turn_it}; }} 2>/dev/null || echo refused > {refused}\necho LR 0.2"
     )
-    exp, _ = take_turn(Workspace(link / "ws"), tmp_path, f"{set_lr(0.2)}\n{turn}")
-    assert exp.status == Status.KEEP
-    assert Workspace(link / "ws").root == workspace.root, "the next start by the same path opens the agent's copy"
+    exp, before = take_turn(ws, tmp_path, f"{set_lr(0.2)}\n{turn}")
+    assert refused.read_text() == "refused\n"
+    assert exp.kind == Kind.EXPERIMENT and exp.status == Status.KEEP and exp.val_bpb > 0.5
+    assert Workspace(named).root == workspace.root, "the next start by the same path opens the agent's copy"
+    assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
 # Lists each folder argv[2:] names, then writes the ledger argv[1]: what it reached.

@@ -46,6 +46,25 @@ def _away_during_the_run(workspace, away) -> FakeExecutor:
     return executor
 
 
+@pytest.mark.parametrize("pwd", ["through the link", "elsewhere", "unset"])
+def test_the_path_you_named_the_workspace_by_keeps_its_links_and_the_shells_logical_pwd(
+    workspace, tmp_path, monkeypatch, pwd
+) -> None:
+    """`Workspace.named`, whose links an agent's namespace pins (agents/namespace.py, `on_the_way`): the path as given,
+    absolute; the default `.` from the shell's $PWD, which keeps a link `cd`'d through, where it names the working
+    directory (else from the real one: a $PWD left stale by a program that changed directory without it)."""
+    (tmp_path / "current").symlink_to(tmp_path)
+    named = tmp_path / "current" / "ws"
+    assert Workspace(named).named == named and Workspace(named).root == workspace.root
+    monkeypatch.chdir(named)
+    if pwd == "unset":
+        monkeypatch.delenv("PWD", raising=False)
+    else:
+        monkeypatch.setenv("PWD", str(named if pwd == "through the link" else tmp_path))
+    assert Workspace(Path(".")).named == (named if pwd == "through the link" else workspace.root)
+    assert Workspace(Path(".")).root == workspace.root
+
+
 def test_a_workspace_moved_while_its_loop_runs_is_not_rebuilt_at_the_old_path(workspace, tmp_path) -> None:
     """`mv ws ws2` while `autoresearch run` trains in ws. The loop's check after the run found "the workspace changed
     (.git/COMMIT_EDITMSG, .git/HEAD, .git/config, ...)", "put back" the lot, which made a new ws at the old path (a

@@ -59,6 +59,7 @@ class Context:
     last_crash: str | None = None  # log tail of the latest crash: untrusted text
     in_flight: list[PastExperiment] = field(default_factory=list)  # being trained now: propose something else
     unseen: int = 0  # other proposals asked for at the same time, not back yet: they cannot be shown
+    named: Path | None = None  # the path you named the workspace by, its links kept (Workspace.named): pinned in a turn
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,8 @@ class CodingAgent:
         prompt_file = write_prompt(workspace, prompt)
         argv = [*self.launcher, *self.recipe.command(program, self.model, workspace, state, prompt_file)]
         env = self.recipe.environment(os.environ, state)
-        code, stdout, stderr = run_process(argv, workspace, prompt, env, self.timeout_s, f"the {self.name} agent")
+        who = f"the {self.name} agent"
+        code, stdout, stderr = run_process(argv, workspace, prompt, env, self.timeout_s, who, context.named)
         turn = self._read(stdout, stderr, state)
         if code in NOT_RUNNABLE:
             raise ProposalError(

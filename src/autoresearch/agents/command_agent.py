@@ -120,7 +120,7 @@ class CommandAgent:
         prompt_file = write_prompt(workspace, prompt)
         env = {**os.environ, PROMPT_ENV: str(prompt_file)}
         code, stdout, stderr = run_process(
-            self.command, workspace, prompt, env, self.timeout_s, f"command agent {self.command!r}"
+            self.command, workspace, prompt, env, self.timeout_s, f"command agent {self.command!r}", context.named
         )
         if code in NOT_RUNNABLE:
             raise ProposalError(
@@ -148,16 +148,23 @@ def write_prompt(workspace: Path, prompt: str) -> Path:
 
 
 def run_process(
-    command: str | list[str], workspace: Path, prompt: str, env: dict[str, str], timeout_s: float, who: str
+    command: str | list[str],
+    workspace: Path,
+    prompt: str,
+    env: dict[str, str],
+    timeout_s: float,
+    who: str,
+    named: Path | None = None,
 ) -> tuple[int, str, str]:
     """Run `command` (a shell line, or an argv list run without a shell) in the workspace, in its own process
     group, with `prompt` on stdin: exit status, and the last MAX_OUTPUT_BYTES of stdout and of stderr. ProposalError
     on timeout, after killing the whole process group, and where the kernel killed the turn for its memory; whatever
     it left running in the background is killed once it ends (all of it where `namespace.pid_namespace()` is had).
-    Without the token of the loop's Ray, if it has one, nor your SSH agent."""
+    Without the token of the loop's Ray, if it has one, nor your SSH agent. `named`: the path you named the
+    workspace by (Workspace.named), whose links the namespace pins."""
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
     try:
-        way, env = namespace.entered(workspace, env)
+        way, env = namespace.entered(workspace, env, named)
     except ValueError as err:  # AUTORESEARCH_AGENT_PORTS or AUTORESEARCH_AGENT_WRITABLE: preflight said so
         raise ProposalError(str(err), fatal=True) from None
     groups = turn_cgroups.turn_groups(env.get(AGENT_CPUS_ENV, ""))  # a loop run as root's

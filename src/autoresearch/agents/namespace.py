@@ -65,6 +65,20 @@ DECODE = (
     r'x() { s=$1; o=; while :; do case $s in *\\x[0-9a-f][0-9a-f]*) o=$o${s%%\\x*}; s=${s#*\\x}; h=${s%"${s#??}"}; '
     r's=${s#??}; c=$(printf "\\$(printf %o "0x$h")."); o=$o${c%.};; *) break;; esac; done; printf "%s" "$o$s"; }; '
 )
+# The links `on_the_way` finds, each made a mount point (bound onto itself by its O_PATH descriptor, as `mount`, which
+# follows a link, cannot): a link that is one can be neither removed nor replaced (EBUSY). Given their count, then them.
+PIN_LINKS = """import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for link in sys.argv[2 : 2 + int(sys.argv[1])]:
+    try:
+        fd = os.open(link, os.O_PATH | os.O_NOFOLLOW)
+    except OSError as err:
+        sys.exit(f"autoresearch: could not pin the link {link}: {err.strerror}")
+    at = f"/proc/self/fd/{fd}".encode()
+    if libc.mount(at, at, None, 4096, None) != 0:  # MS_BIND
+        sys.exit(f"autoresearch: could not pin the link {link}: {os.strerror(ctypes.get_errno())}")
+    os.close(fd)
+"""
 _HIDE = (
     "m=$1 f=$2 un=$3 mk=$4 u=$5 g=$6 py=$7 an=$8; shift 8; w=$PWD; "
     f"e=mode=0700,{EMPTY}; "  # each empty tmpfs's options
@@ -80,6 +94,9 @@ _HIDE = (
     'echo "autoresearch: could not let the agent write $p" >&2; exit 1; }; done; done; cd "$w" || exit 1; '
     'n=$1; shift; while [ "$n" -gt 0 ]; do a=$1; shift; n=$((n - 1)); '
     'if [ -d "$a" ]; then "$m" --rbind "$a" "$a"; fi || { echo "autoresearch: could not pin $a" >&2; exit 1; }; done; '
+    # Each link on the path you named the workspace by (`on_the_way`), bound onto itself too: the anchor's python
+    # opens it (O_PATH, not followed) and mounts it by its descriptor, which `mount` would follow.
+    f'n=$1; shift; if [ "$n" -gt 0 ]; then "$py" -I -S -c \'{PIN_LINKS}\' "$n" "$@" || exit 1; fi; shift "$n"; '
     # As root, / itself read-only (its folders were bound onto themselves above), and /dev, the machine's device
     # nodes, which root owns: a turn made and deleted files there, as it could /dev/null or a GPU's node (red team).
     # Only that mount: its device nodes stay writable (a read-only file system does not stop a write to a device),
@@ -101,8 +118,8 @@ _HIDE = (
     + 'n=$1; shift; while [ "$n" -gt 0 ]; do p=$1; shift; n=$((n - 1)); '
     'if [ -e "$p" ]; then "$m" --rbind "$p" "$p" && "$m" -o remount,bind,ro "$p" && '
     't=$("$f" -rn -o TARGET -R "$p") && printf "%s\\n" "$t" | while IFS= read -r t; do t=$(x "$t"; echo .); t=${t%.}; '
-    # (but for one no path reaches: what a temporary folder's overlay covers)
-    '[ ! -e "$t" ] || "$m" -o remount,bind,ro "$t" || { '
+    # (but for one no path reaches: what a temporary folder's overlay covers; nor a link pinned, which `mount` follows)
+    '[ -L "$t" ] || [ ! -e "$t" ] || "$m" -o remount,bind,ro "$t" || { '
     'echo "autoresearch: could not make $t read-only for the agent" >&2; exit 1; }; '
     'done; fi || { echo "autoresearch: could not make $p read-only for the agent" >&2; exit 1; }; done; '
     # Within a read-only place, a folder the agent writes after all (a coding agent's own files in the state).
@@ -165,16 +182,18 @@ def with_hidden(
     writable: list[Path] = (),
     pinned: list[Path] = (),
     temporary: list[Temporary] = (),
+    links: list[Path] = (),
 ) -> tuple[str, ...]:
     """`way` (one of `_namespaces()`, or none) with `places` hidden from the agent, `read_only` made read-only for
-    it, `writable` (folders inside those) writable again, `pinned` folders made mount points first, which cannot
-    be renamed, and, before all that, the `temporary` folders made its own, where that way can do so."""
+    it, `writable` (folders inside those) writable again, `pinned` folders and then `links` made mount points first,
+    which cannot be renamed (nor a link replaced), and, before all that, the `temporary` folders made its own, where
+    that way can do so."""
     if _HIDE not in way:
         return way
     own = [str(len(temporary)), f"size={max(1, TEMPORARY_MEMORY // max(1, len(temporary)))}%,nr_inodes=1m"]
     for folder in temporary:
         own += [str(folder.path), folder.mode, str(len(folder.real)), *map(str, folder.real)]
-    lists = (pinned, places, read_only, writable)
+    lists = (pinned, links, places, read_only, writable)
     return (*way, *own, *(word for paths in lists for word in (str(len(paths)), *map(str, paths))))
 
 
@@ -287,15 +306,49 @@ def temporary_unavailable() -> str | None:
     return None
 
 
-def _above(places: list[Path], workspace: Path) -> list[Path]:
-    """The folders above `places`, and the workspace with the folders that hold it, outermost first, to be bound onto
-    themselves (see _HIDE): a mount point cannot be renamed. A workspace on a disk the agent may write (not your home,
-    which is read-only to it, nor /tmp, its own there) was moved aside by its turn (`mv ws ws.real`) and a copy left
-    at its path, whose ledger the agent wrote: the next start trusted it (red team). Not the mount points already (the
-    root, /home on autofs: binding an autofs could wait on it). The agent's working directory is found anew once every
-    mount is made."""
+def on_the_way(named: Path) -> tuple[list[Path], list[Path]]:
+    """What the path you named the workspace by goes through, found as the kernel does: each link on it or in a link's
+    target, at its real path (the folder that holds it resolved, its own name kept), and each folder, a real path.
+    The loop works by the real path, which the pins hold (`_above`); a link on yours, in a folder the agent may write,
+    was turned by a turn to a copy of the workspace with a forged ledger, and the next start by the same path opened
+    the copy (red team). Pinned (see _HIDE, PIN_LINKS), each link stays, and each folder stays where it is."""
+    links: list[Path] = []
+    folders: list[Path] = []
+    hops = 0
+
+    def walk(at: str, path: str) -> str:
+        nonlocal hops
+        for part in path.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":  # `at` is a real path: its parent is the folder's
+                at = os.path.dirname(at)
+                continue
+            here = os.path.join(at, part)
+            target = None
+            if os.path.islink(here) and (hops := hops + 1) <= 40:  # the kernel's bound on links followed
+                with contextlib.suppress(OSError):
+                    target = os.readlink(here)
+            kernels = here.startswith("/proc/")  # the kernel's (/proc/self/cwd), and another /proc in the namespace
+            if not kernels:
+                (folders if target is None else links).append(Path(here))
+            at = here if target is None else walk("/" if target.startswith("/") else at, target)
+        return at
+
+    walk("/", str(named.absolute()))
+    return list(dict.fromkeys(links)), list(dict.fromkeys(folders))
+
+
+def _above(places: list[Path], workspace: Path, folders: list[Path] = ()) -> list[Path]:
+    """The folders above `places`, `folders` (`on_the_way`'s), and the workspace with the folders that hold it,
+    outermost first, to be bound onto themselves (see _HIDE): a mount point cannot be renamed. A workspace on a disk
+    the agent may write (not your home, which is read-only to it, nor /tmp, its own there) was moved aside by its turn
+    (`mv ws ws.real`) and a copy left at its path, whose ledger the agent wrote: the next start trusted it (red team).
+    Not the mount points already (the root, /home on autofs: binding an autofs could wait on it). The agent's working
+    directory is found anew once every mount is made."""
     inside = workspace.resolve()
     found = {inside, *inside.parents, *(parent for place in places for parent in Path(place).absolute().parents)}
+    found |= set(folders)
     return sorted((p for p in found if not os.path.ismount(p)), key=lambda p: len(p.parts))
 
 
@@ -496,9 +549,12 @@ def pid_namespace() -> tuple[str, ...]:
     return ()
 
 
-def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
+def entered(
+    workspace: Path, env: Mapping[str, str], named: Path | None = None
+) -> tuple[tuple[str, ...], dict[str, str]]:
     """The words that start a command in the agent's namespaces (none where none can be made) and behind its fence
-    (agents/fence.py: the TCP ports, abstract sockets and signals it may reach), and its environment: `env` without
+    (agents/fence.py: the TCP ports, abstract sockets and signals it may reach), each link and folder on `named`, the
+    path you named the workspace by (Workspace.named), pinned there (`on_the_way`), and its environment: `env` without
     the token of the loop's Ray, if it has one, nor your SSH agent, with its tools' caches (XDG_CACHE_HOME, npm's) in
     its own files. ValueError for an AUTORESEARCH_AGENT_PORTS that lists something other than ports, or an
     AUTORESEARCH_AGENT_WRITABLE something other than folders in your home."""
@@ -519,8 +575,9 @@ def entered(workspace: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], d
     writable += agent_writable(env, workspace)
     if (temporary := Path("/var/tmp")).is_dir() and not temporary.is_symlink() and Path("/var") in read_only:
         writable.append(temporary)  # its temporary files, in a read-only /var (with the sockets there still hidden)
-    pinned = [*_root_folders(), *_above([*hidden, *read_only], workspace)]
+    links, folders = on_the_way(named) if named is not None else ([], [])
+    pinned = [*_root_folders(), *_above([*hidden, *read_only, *links], workspace, folders)]
     temporary = temporary_folders(env, workspace, writable, read_only) if temporary_unavailable() is None else []
-    way = with_hidden(pid_namespace(), hidden, read_only, writable, list(dict.fromkeys(pinned)), temporary)
+    way = with_hidden(pid_namespace(), hidden, read_only, writable, list(dict.fromkeys(pinned)), temporary, links)
     env = {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)} | caches
     return (*way, *fence.launcher(env)), env

@@ -40,6 +40,7 @@ class Asking:
         last_crash = finished[-1].log_tail or finished[-1].reason if crashes else None
         return Context(
             workspace=self.ws.root,
+            named=self.ws.named,
             program=self.ws.program(),
             train_py=best.source,
             best_bpb=best.val_bpb,

@@ -79,9 +79,26 @@ def workspace_above(path: Path) -> Path | None:
     return next((p for p in path.parents if (p / CONFIG_NAME).is_file()), None)
 
 
+def named_path(root: Path) -> Path:
+    """`root` as you named it, absolute, its links kept (`Workspace.named`): a relative one from the shell's logical
+    working directory ($PWD, which keeps the link you `cd`'d through), where that names the working directory, else
+    from the real one."""
+    if root.is_absolute():
+        return root
+    logical = os.environ.get("PWD", "")
+    with contextlib.suppress(OSError):
+        if os.path.isabs(logical) and os.path.samefile(logical, "."):
+            return Path(logical) / root
+    return Path.cwd() / root
+
+
 class Workspace:
     def __init__(self, root: Path):
         self.root = root.resolve()
+        # The path you named it by, through links (`--workspace /data/current/ws`, or `cd` there): the loop works by
+        # the real one, and an agent's namespace pins each link on this one (agents/namespace.py, `on_the_way`),
+        # which the next start by the same words goes through.
+        self.named = named_path(root)
         config = self.root / CONFIG_NAME
         if os.path.lexists(config) and not config.is_file():
             raise ConfigError(
