@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 from loop_support import FakeExecutor, make_loop
 
-from autoresearch.agents import fence
+from autoresearch.agents import fence, namespace
 from autoresearch.agents.anthropic_agent import AnthropicAgent
 from autoresearch.agents.base import Context, ProposalError, preflight
 from autoresearch.agents.command_agent import CommandAgent, command_program
@@ -236,6 +236,29 @@ def test_a_kernel_that_cannot_set_up_a_turns_fence_is_fatal_before_anything_trai
         checked(CommandAgent("true"), tmp_path)
     assert err.value.fatal and "seccomp" in err.value.hint
     assert checked(TuneAgent(), tmp_path) == []  # no shell, no fence
+
+
+def test_a_workspace_named_through_a_link_is_a_warning_where_no_namespace_can_pin_the_link(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Where the agent's namespace can pin (agents/namespace.py), each link on the path you named the workspace by
+    is pinned for its turns (test_red_team_namespace.py); where none can be made here, a turn could point the link
+    at a copy of its own, which the next start by that path opens: `run` says so, and names the real path."""
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "current").symlink_to(tmp_path)
+    named = tmp_path / "current" / "ws"
+    assert not [w for w in checked_named(CommandAgent("true"), named) if "link" in w]
+    monkeypatch.setattr(namespace, "can_pin", lambda: False)
+    (warning,) = [w for w in checked_named(CommandAgent("true"), named) if "link" in w]
+    assert f"through a link ({tmp_path / 'current'})" in warning and warning.endswith(str(named.resolve()))
+    assert not [w for w in checked_named(CommandAgent("true"), tmp_path / "ws") if "link" in w]  # no link on it
+    assert checked_named(TuneAgent(), named) == []  # no shell
+
+
+def checked_named(agent, named: Path) -> list[str]:
+    warnings: list[str] = []
+    preflight(agent, named.resolve(), warnings.append, named)
+    return warnings
 
 
 # -- in the loop --------------------------------------------------------------------------------------

@@ -102,12 +102,13 @@ def has_shell(agent: Agent) -> bool:
     return bool(getattr(agent, "shell", not getattr(agent, "answers_only", False)))
 
 
-def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> None:
+def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None], named: Path | None = None) -> None:
     """Run `agent.preflight` if the agent has one: its warnings go to `warn`, a fatal error propagates
     (an AutoresearchError: the command line prints it and exits 2). For an agent with a shell: the ports
     AUTORESEARCH_AGENT_PORTS lists, the folders AUTORESEARCH_AGENT_WRITABLE does, that its turns' fence can be set up
     (fatal where not), and a warning where this kernel cannot fence its connections (agents/fence.py) or give it
-    temporary folders of its own (agents/namespace.py)."""
+    temporary folders of its own (agents/namespace.py), or keep a link on `named`, the path you named the workspace by,
+    from being turned to a copy of its own (no namespace here to pin it in)."""
     if has_shell(agent):
         from autoresearch.agents import namespace  # not at the top: it imports the Ray executor, which imports this
 
@@ -138,6 +139,12 @@ def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None]) -> Non
             warn(
                 f"warning: the agent shares {', '.join(map(str, shared))} with you while something is mounted in it "
                 "(no overlay can be made of it): what it leaves there stays for the programs of yours that look there"
+            )
+        if named is not None and (links := namespace.on_the_way(named)[0]) and not namespace.can_pin():
+            warn(
+                f"warning: you named the workspace through a link ({links[0]}) that the agent's turns cannot be kept "
+                "from turning (no namespace here to pin it in): one may point it at a copy of the workspace, with a "
+                f"ledger of its own, which the next start by the same path opens. Name it by its real path: {workspace}"
             )
     check = getattr(agent, "preflight", None)
     if check is None:

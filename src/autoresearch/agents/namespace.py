@@ -549,6 +549,11 @@ def pid_namespace() -> tuple[str, ...]:
     return ()
 
 
+def can_pin() -> bool:
+    """Whether the agent's namespace here pins what it is given to (`_HIDE`: the folders, the links on your path)."""
+    return _HIDE in pid_namespace()
+
+
 def entered(
     workspace: Path, env: Mapping[str, str], named: Path | None = None
 ) -> tuple[tuple[str, ...], dict[str, str]]:

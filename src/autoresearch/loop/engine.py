@@ -144,7 +144,8 @@ class ResearchLoop(Asking, Comparison, Recovery):
 
     def run(self, agent: Agent, max_experiments: int | None = None, hours: float | None = None) -> None:
         """Run the baseline if needed, then experiments until a limit (or forever)."""
-        preflight(agent, self.ws.root, self.reporter.message)  # an agent that cannot work stops here, before training
+        # An agent that cannot work stops here, before training.
+        preflight(agent, self.ws.root, self.reporter.message, self.ws.named)
         started = time.monotonic()
         pending = self.recover()
         if pending is not None:

@@ -97,7 +97,7 @@ class Scheduler(Filling):
         what is in flight. Without an agent (a coding agent submits), until nothing is queued or in flight."""
         loop, began = self.loop, time.time()  # the session's start: its recovery and baseline's row count as its time
         if agent is not None:
-            preflight(agent, loop.ws.root, loop.reporter.message)
+            preflight(agent, loop.ws.root, loop.reporter.message, loop.ws.named)
         started, proposed = self.clock.now(), 0
         idle_since = None
         self.recover()
