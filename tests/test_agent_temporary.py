@@ -21,7 +21,7 @@ from loop_support import agent_channel
 from test_agent_turn import assert_the_loop_owns_the_workspace, set_lr, take_turn
 from test_red_team_namespace import run_what_it_is_sent, sending
 
-from autoresearch.agents import namespace
+from autoresearch.agents import namespace, places
 from autoresearch.agents.base import preflight
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.files import holds
@@ -175,7 +175,7 @@ def test_the_memory_the_agents_own_folders_take_is_bounded(workspace):
     folders hold a quarter of the memory together, and each other tmpfs of its namespace one hundredth."""
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     runtime = [Path(namespace.RUNTIME_FOLDERS[0]) / str(os.getuid()), Path(namespace.RUNTIME_FOLDERS[1])]
-    others = [str(p) for p in [*namespace._inductor_defaults(), *runtime] if p.is_dir()]
+    others = [str(p) for p in [*places._inductor_defaults(), *runtime] if p.is_dir()]
     done = _in_the_agents_namespace(workspace.root, f"df -k --output=size {' '.join([*namespace.TEMPORARY, *others])}")
     assert done.returncode == 0, done.stderr
     sizes = [int(word) * 1024 for word in done.stdout.split()[1:]]

@@ -50,7 +50,7 @@ from test_agent_turn import (
     turn_stops_the_loop,
 )
 
-from autoresearch.agents import fence, namespace, turn_cgroups
+from autoresearch.agents import fence, places, turn_cgroups
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.config.apparatus import CONFIG_NAME, Apparatus
@@ -494,7 +494,7 @@ def test_a_turn_of_a_loop_run_as_root_cannot_start_a_process_in_another_cgroup(w
 
 
 @pytest.mark.skipif(with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can hide a place")
-@pytest.mark.skipif(not os.path.exists(namespace.FUSE_DEVICE), reason="no FUSE here")
+@pytest.mark.skipif(not os.path.exists(places.FUSE_DEVICE), reason="no FUSE here")
 def test_an_agents_turn_has_no_fuse_device_to_mount_a_file_system_that_never_answers(workspace, tmp_path):
     """BROKE, fixed: a turn mounted a FUSE file system of its own, served by a process of its own that never answered:
     the process that then asked it stayed in the kernel for good, past SIGKILL and the turn's end, holding the memory
@@ -1925,7 +1925,7 @@ def test_a_relative_folder_of_path_is_neither_made_nor_watched(tmp_path, monkeyp
     was taken as a folder under the loop's working directory, watched, and made there where missing: `autoresearch
     run --workspace demo` from your home made a folder named `~` in it (the folder whose `rm -rf ~` takes your home).
     The loop looks programs up in PATH's absolute folders only (files.program_path): a relative one is none of its."""
-    from autoresearch.agents.namespace import read_only_places
+    from autoresearch.agents.places import read_only_places
     from autoresearch.loop.environment import program_folders
 
     here, ws = tmp_path / "here", tmp_path / "ws"

@@ -23,7 +23,7 @@ import pytest
 from loop_support import FakeExecutor, agent_channel, make_loop
 from test_agent_turn import assert_the_loop_owns_the_workspace, score, set_lr, take_turn, turn_stops_the_loop
 
-from autoresearch.agents import fence, namespace
+from autoresearch.agents import fence, namespace, places
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.evaluator import shown
@@ -896,19 +896,17 @@ def test_a_folder_you_list_inside_another_cannot_be_swapped_for_a_link_by_the_ag
     systemd user units, run at your next login), which its next turn then had writable (and a worker's agent that
     swapped it between another's check and its mount had wherever the link led, /etc as root). A listed folder inside
     another listed one, or inside the workspace, is now refused."""
-    from autoresearch.agents import namespace
-
     home = tmp_path / "home"
     (home / ".config").mkdir(parents=True)
     monkeypatch.setenv("HOME", str(home))
     env = {**os.environ, "AUTORESEARCH_AGENT_WRITABLE": "~/.gemini:~/.gemini/tmp"}
     with contextlib.suppress(ValueError):
-        namespace.agent_writable(env)
+        places.agent_writable(env)
     with contextlib.suppress(FileNotFoundError):
         (home / ".gemini" / "tmp").rmdir()
     (home / ".gemini" / "tmp").symlink_to(home / ".config")  # as the agent would, in the folder it writes
     with pytest.raises(ValueError, match="inside another"):
-        assert home / ".config" not in namespace.agent_writable(env)
+        assert home / ".config" not in places.agent_writable(env)
 
 
 @pytest.mark.skipif(fence.unavailable_reason() is not None, reason="no Landlock here that restricts TCP (Linux 6.7)")

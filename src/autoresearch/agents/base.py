@@ -110,13 +110,14 @@ def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None], named:
     temporary folders of its own (agents/namespace.py), or keep a link on `named`, the path you named the workspace by,
     from being turned to a copy of its own (no namespace here to pin it in)."""
     if has_shell(agent):
-        from autoresearch.agents import namespace  # not at the top: it imports the Ray executor, which imports this
+        # not at the top: they import the Ray executor, which imports this
+        from autoresearch.agents import namespace, places
 
         try:
             fence.allowed_ports(os.environ)
-            namespace.agent_writable(os.environ, workspace)
+            places.agent_writable(os.environ, workspace)
         except ValueError as err:
-            hint = f"e.g. {fence.PORTS_ENV}=8000,11434, {namespace.WRITABLE_ENV}=~/.gemini:~/.local/share/opencode"
+            hint = f"e.g. {fence.PORTS_ENV}=8000,11434, {places.WRITABLE_ENV}=~/.gemini:~/.local/share/opencode"
             raise ProposalError(str(err), hint=hint, fatal=True) from None
         if (why := fence.fails_here(os.environ)) is not None:
             raise ProposalError(
