@@ -4,8 +4,9 @@ The API agents' preflight sends a 1-token request (agents/llm.py). A coding agen
 and a key its server rejects showed only in the first turn, after the baseline had trained. Here the loop asks the
 server the recipe's program talks to (Anthropic's API for Claude Code, an OpenAI-compatible one for aider and Codex)
 for its models, once, with the key and base URL the program is given (the recipe's environment) in the headers the
-program sends, within PREFLIGHT_TIMEOUT_S, without retries. A list of models costs no tokens, and a server that checks
-keys checks them there too (OpenAI, Anthropic, vLLM's --api-key, LiteLLM's proxy).
+program sends, within PREFLIGHT_TIMEOUT_S, without retries or redirects, reading no more of the answer than a 401's
+message. A list of models costs no tokens, and a server that checks keys checks them there too (OpenAI, Anthropic,
+vLLM's --api-key, LiteLLM's proxy).
 
 Only a 401 stops the loop. A 403 there may be a restricted key that may use the model but not list the models (OpenAI's
 per-endpoint permissions), a 404 a server without the list (some local ones): they, and every other answer, say nothing
@@ -28,6 +29,9 @@ from autoresearch.agents.llm import PREFLIGHT_CONNECT_TIMEOUT_S, PREFLIGHT_TIMEO
 
 ANTHROPIC_VERSION = "2023-06-01"  # the header Anthropic's API wants on every request
 DETAIL_CHARS = 300
+# Of a 401's body, what is read for its message (an error is a few hundred bytes): a server that sends more, or sends
+# without end, filled memory as fast as the loopback carries it until the 30 s deadline, then read as unreachable.
+BODY_BYTES = 64 * 1024
 # What a program sends beside the key, read from its environment: where one is set, the check is not made.
 MORE_THAN_THE_KEY = {"anthropic": ("ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_CUSTOM_HEADERS"), "openai": ()}
 
@@ -51,14 +55,22 @@ def check_key(api: str, key: str, base_url: str, env: Mapping[str, str]) -> KeyC
     # The SDKs' HTTP client with the loop's transport: the whole answer within the timeout, the environment's proxies.
     client = whole_request_client(openai.DefaultHttpxClient, openai.OpenAIError)
     timeout = openai.Timeout(PREFLIGHT_TIMEOUT_S, connect=PREFLIGHT_CONNECT_TIMEOUT_S)
+    # No redirect is followed (the SDK's client follows them): httpx takes the Authorization header off a redirect to
+    # another host, but not Anthropic's x-api-key, which went wherever a server's Location said (red team: to another
+    # port of 127.0.0.1); and a 401 of the host redirected to, asked without the OpenAI key, stopped the loop as the
+    # key's. A 3xx, as a 403 or 404, says nothing of the key.
     try:
-        with client:
-            response = client.get(url, headers=headers, timeout=timeout)
+        with client, client.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=False) as response:
+            if response.status_code != 401:
+                return KeyCheck()  # its body unread
+            body = b""
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) >= BODY_BYTES:
+                    break
     except Exception as err:  # httpx's errors, the transport's timeout (an OpenAIError), a URL that is none
         return KeyCheck(unreachable=f"{type(err).__name__}: {err}")
-    if response.status_code != 401:
-        return KeyCheck()
-    return KeyCheck(rejected=_detail(response.text))
+    return KeyCheck(rejected=_detail(body[:BODY_BYTES].decode(errors="replace")))
 
 
 def _detail(text: str) -> str:
