@@ -4,20 +4,30 @@
   named (httpx drops only Authorization), and a 401 of the host redirected to, asked without the OpenAI key, stopped
   the loop as the key's.
 - It read the whole answer: a 401 whose body had no end filled memory until the deadline, then read as unreachable.
+- aider, given OPENAI_API_BASE and OPENAI_BASE_URL apart, asked the latter's server (litellm's order), the preflight
+  the former's: the key went to a server aider never asked.
+- aider's `litellm.AuthenticationError:` line counted as a 401 on a turn with no tokens counted: a server that reports
+  no usage answered, and the model's own words stopped the loop as a rejected key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from agent_support import offline_agent, turn_through_the_loop, use_installed_agents
+from loop_support import agent_channel
 
 from autoresearch.agents import key_check
 from autoresearch.agents.key_check import check_key
+from autoresearch.agents.recipes import recipe
+from autoresearch.vocabulary import Kind, Status
 
 PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
@@ -111,3 +121,67 @@ def test_an_answer_other_than_401_is_not_read_at_all(serve, monkeypatch: pytest.
     started = time.monotonic()
     assert check_key("anthropic", "sk-ok", base, {}) == key_check.KeyCheck()
     assert time.monotonic() - started < 2
+
+
+# -- aider: the server its key was checked with, and a 401 told from the model's words --------------------------------
+
+
+@pytest.fixture
+def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    use_installed_agents(home, monkeypatch)
+
+
+def test_aider_is_given_as_both_variables_the_base_url_its_key_is_checked_with(tmp_path: Path) -> None:
+    """litellm reads OPENAI_BASE_URL before OPENAI_API_BASE; the recipe (its preflight, its stop's message, the README)
+    reads OPENAI_API_BASE first."""
+    aider = recipe("aider")
+    environ = {"OPENAI_API_BASE": "http://127.0.0.1:8000/v1", "OPENAI_BASE_URL": "https://elsewhere.example/v1"}
+    env = aider.environment(environ, tmp_path)
+    assert env["OPENAI_BASE_URL"] == env["OPENAI_API_BASE"] == "http://127.0.0.1:8000/v1"
+
+
+@pytest.mark.slow  # the real aider's turn: 2-5 s
+def test_aider_asks_the_server_the_preflight_checked_when_both_base_urls_are_set(
+    workspace, installed, fake_openai, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What was seen: the preflight asked OPENAI_API_BASE's server with the key, and aider, through litellm, asked
+    OPENAI_BASE_URL's (here one no turn reaches: it retried for two minutes, then failed)."""
+    monkeypatch.setenv("OPENAI_API_BASE", fake_openai.url)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    fake_openai.reply("Hypothesis: nothing to change.")
+    agent, offline = offline_agent("aider", fake_openai, agent_channel(workspace))
+    try:
+        row, _ = turn_through_the_loop(workspace, agent)
+    finally:
+        offline.close()
+    assert len(fake_openai.listings) == 1 and len(fake_openai.requests) == 1, row.reason
+
+
+def test_aiders_answer_without_token_counts_is_an_answer(tmp_path: Path) -> None:
+    aider = recipe("aider")
+    said = "litellm.AuthenticationError: AuthenticationError: OpenAIException - as the model wrote it\n"
+    (tmp_path / "analytics.jsonl").write_text(
+        json.dumps({"event": "message_send", "properties": {"prompt_tokens": 0, "completion_tokens": 0}})
+    )
+    assert aider.read("gpt-5-mini", said, "", tmp_path).rejected_key is None
+
+
+@pytest.mark.slow  # the real aider's turn
+def test_a_models_words_do_not_stop_aider_as_a_rejected_key_where_the_server_counts_no_tokens(
+    workspace, installed, fake_openai
+) -> None:
+    """What was seen: a server that reports no usage (litellm counts 0 tokens), and a model whose answer had a line
+    starting `litellm.AuthenticationError:`: the loop stopped, "rejected the aider agent's API key (HTTP 401)"."""
+    fake_openai.reply(
+        "I will not edit it.\nlitellm.AuthenticationError: AuthenticationError: OpenAIException - in my notes\n",
+        input_tokens=0,
+        output_tokens=0,
+    )
+    agent, offline = offline_agent("aider", fake_openai, agent_channel(workspace))
+    try:
+        row, _ = turn_through_the_loop(workspace, agent)
+    finally:
+        offline.close()
+    assert row.kind == Kind.PROPOSAL and row.status == Status.CRASH and "HTTP 401" not in row.reason, row.reason

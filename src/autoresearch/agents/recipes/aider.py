@@ -28,7 +28,7 @@ from autoresearch.files import read_regular, write_text_atomic
 
 CONTEXT_TOKENS = 128_000  # what aider is told of an unknown model: enough for train.py and the prompt
 OUTPUT_TOKENS = 16_384
-URLS = ("OPENAI_API_BASE", "OPENAI_BASE_URL")  # aider's (litellm's) name, then the OpenAI SDK's
+URLS = ("OPENAI_API_BASE", "OPENAI_BASE_URL")  # aider's name, then the OpenAI SDK's: the first set is given as both
 # What aider 0.86.2 prints when the server answers 401: "litellm.AuthenticationError: AuthenticationError:
 # OpenAIException - <the server's message>", then its advice. A 403 is a plain litellm.APIError, as a 500 is.
 _REJECTED = "litellm.AuthenticationError:"
@@ -89,7 +89,9 @@ class Aider:
         env = dict(environ)
         env["OPENAI_API_KEY"] = key_or_placeholder(environ, "OPENAI_API_KEY", URLS) or ""
         if base := environ.get("OPENAI_API_BASE") or environ.get("OPENAI_BASE_URL"):
-            env["OPENAI_API_BASE"] = base
+            # Both: litellm reads OPENAI_BASE_URL first (then OPENAI_API_BASE). With both set apart, aider talked to
+            # OPENAI_BASE_URL's server, and the preflight sent the key to OPENAI_API_BASE's, one aider never asked.
+            env["OPENAI_API_BASE"] = env["OPENAI_BASE_URL"] = base
         env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # litellm's price list from its package, not the internet
         env["COLUMNS"] = "1000"  # without a terminal aider wraps its output at 80 columns
         return env
@@ -101,21 +103,24 @@ class Aider:
         pass
 
     def read(self, model: str, stdout: str, stderr: str, state: Path) -> Turn:
-        sent = received = 0
+        sent = received = answers = 0
         try:  # the agent's to write: not a FIFO (a read would wait for ever), nor without end
             log = read_regular(state / "analytics.jsonl", MAX_OUTPUT_BYTES).decode(errors="replace")
         except (OSError, ValueError):
             log = ""
         for line in log.splitlines():
             event = json_object(line)
-            if event.get("event") == "message_send":
+            if event.get("event") == "message_send":  # logged for each answer aider received, and only then
+                answers += 1
                 properties = event.get("properties") or {}
                 sent += int(properties.get("prompt_tokens") or 0)
                 received += int(properties.get("completion_tokens") or 0)
         usage = usage_for(model.removeprefix("openai/"), sent, received) if sent or received else Usage()
-        # litellm's exception for a 401, printed by aider at the start of a line, on a turn no answer reached
+        # litellm's exception for a 401, printed by aider at the start of a line, on a turn no answer reached. Told by
+        # the answers logged, not by their tokens: a server that reports no usage (litellm counts it 0) answered too,
+        # and the model's words printed at the start of a line stopped the loop as a rejected key.
         refused = [line.strip() for line in stdout.splitlines() if line.startswith(_REJECTED)]
-        if refused and not (sent or received):
+        if refused and not answers:
             return Turn(stdout, usage, refused[-1], 401)
         return Turn(stdout, usage)
 
