@@ -249,6 +249,7 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
     from autoresearch.loop.workers import LOCAL
 
     first = loop.ledger.next_id()  # what this start asks: every ask failed is an error (Asking.none_proposed)
+    resumed = {e.id for e in loop.ledger.in_flight()}  # what a loop before it left in flight: this one trains it
     if getattr(args, "ray", None) is None:  # on the CPU, another share of the cores than the baseline's: none trains
         loop.check_share([device.env for device in found])
     if getattr(args, "ray", None) is not None:
@@ -270,7 +271,7 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
     else:
         run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger)
     if agent is not None:
-        loop.none_proposed(agent, first)
+        loop.none_proposed(agent, first, resumed)
 
 
 def submit(args: argparse.Namespace, console: Console) -> None:

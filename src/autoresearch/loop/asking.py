@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Collection
 
 from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage, has_shell
 from autoresearch.loop import guard
@@ -144,12 +145,15 @@ class Asking:
             self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
         return wait
 
-    def none_proposed(self, agent: Agent, since: int) -> None:
+    def none_proposed(self, agent: Agent, since: int, resumed: Collection[int] = ()) -> None:
         """LoopError where the agent was asked since row `since` and every ask failed to give a proposal (an API down
         all night, a tool that cannot start): `run` that stops at its limit so exits 0 no more, which a script
         (`run --max-experiments 5 && report`) took for a night's work. A proposal rejected for what it was (a repeat,
-        only the seed changed) is the agent at work: not this. Nor the baseline, or a change submitted meanwhile."""
-        rows = [e for e in self.ledger.all() if e.id >= since and e.kind in (Kind.PROPOSAL, Kind.EXPERIMENT)]
+        only the seed changed) is the agent at work: not this. Nor the baseline, or a change submitted meanwhile. Nor
+        a start that finished experiments `resumed` (in flight when it began, left by a loop killed): it trained them
+        (BROKE: one resumed and kept, then every ask failed, ended "nothing was tried", exit 2)."""
+        done = [e for e in self.ledger.all() if e.id >= since or (e.id in resumed and e.status.final)]
+        rows = [e for e in done if e.kind in (Kind.PROPOSAL, Kind.EXPERIMENT)]
         if rows and all(e.kind == Kind.PROPOSAL and e.description == NO_PROPOSAL for e in rows):
             raise LoopError(
                 f"none of the {len(rows)} asks of the {agent.name} agent gave a proposal: nothing was tried; the last "
