@@ -185,9 +185,12 @@ def test_a_coding_agent_sent_with_no_key_to_a_server_that_wants_one_is_told_to_s
 
 @pytest.fixture
 def stand_ins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The three programs on PATH as scripts that do nothing: the preflight runs only Codex's sandbox check."""
+    """The three programs on PATH as scripts that do nothing: the preflight runs only Codex's sandbox check. A home of
+    their own: aider's settings in yours (~/.env) would leave its key unchecked (test_key_check_red138.py)."""
     folder = tmp_path / "bin"
     folder.mkdir()
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     for name in NAMES:
         program = folder / recipe(name).program
         program.write_text("#!/bin/sh\nexit 0\n")

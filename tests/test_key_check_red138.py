@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +56,7 @@ def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Callable], tupl
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
+        server.handle_error = lambda request, address: None  # a client that went away mid-answer: no traceback
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_port}", seen
@@ -185,3 +187,63 @@ def test_a_models_words_do_not_stop_aider_as_a_rejected_key_where_the_server_cou
     finally:
         offline.close()
     assert row.kind == Kind.PROPOSAL and row.status == Status.CRASH and "HTTP 401" not in row.reason, row.reason
+
+
+# -- aider's own settings: another key, or server, than the one checked ---------------------------------------------
+
+
+def test_aiders_own_settings_are_its_dotenv_and_config_files_that_name_a_key_or_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aider, home, workspace = recipe("aider"), tmp_path / "home", tmp_path / "ws"
+    home.mkdir()
+    workspace.mkdir()
+    environ = {"HOME": str(home)}
+    (home / ".env").write_text("HF_TOKEN=x\n")  # nothing aider sends to the model server
+    (workspace / ".aider.conf.yml").write_text("dark-mode: true\n")
+    assert aider.own_settings(environ, workspace) == []
+    (home / "dotfiles").mkdir()
+    (home / "dotfiles" / "env").write_text("OPENAI_API_KEY=sk-other\n")
+    (home / ".env").unlink()
+    (home / ".env").symlink_to(home / "dotfiles" / "env")  # a dotfiles manager's link: aider follows it
+    (workspace / ".aider.conf.yml").write_text("openai-api-base: http://elsewhere:8000/v1\n")
+    found = aider.own_settings({**environ, "AIDER_OPENAI_API_KEY": "sk-third"}, workspace)
+    assert found == ["$AIDER_OPENAI_API_KEY", "~/.env", "the workspace's .aider.conf.yml"]
+    assert [recipe(name).own_settings(environ, workspace) for name in ("claude-code", "codex")] == [[], []]
+
+
+@pytest.mark.slow  # the real aider, once: what it sends
+def test_aider_takes_the_key_in_a_home_dotenv_over_the_environments(
+    workspace, installed, fake_openai, tmp_path: Path
+) -> None:
+    """Why: aider loads ~/.env over the environment (python-dotenv's override), as the turn shows."""
+    (tmp_path / "home" / ".env").write_text("OPENAI_API_KEY=sk-from-home-dotenv\n")
+    fake_openai.reply("Hypothesis: nothing to change.")
+    agent, offline = offline_agent("aider", fake_openai, agent_channel(workspace))
+    try:
+        turn_through_the_loop(workspace, agent)
+    finally:
+        offline.close()
+    assert [r.headers.get("authorization") for r in fake_openai.requests] == ["Bearer sk-from-home-dotenv"]
+    assert fake_openai.listings == []  # not checked: the preflight would have sent the other key
+
+
+def test_an_aider_with_a_key_of_its_own_is_not_stopped_by_the_environments_key_being_rejected(
+    tmp_path: Path, fake_openai, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What was seen: OPENAI_API_KEY exported, stale, and the key aider uses in ~/.env: the preflight stopped the loop
+    on the stale one's 401, though every turn of aider would have worked. Expected: not checked, and said so."""
+    from autoresearch.agents.coding_agent import CodingAgent
+
+    home, folder = tmp_path / "home", tmp_path / "bin"
+    home.mkdir()
+    folder.mkdir()
+    (folder / "aider").write_text("#!/bin/sh\nexit 0\n")
+    (folder / "aider").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.setenv("HOME", str(home))
+    (home / ".env").write_text("OPENAI_API_KEY=sk-the-one-aider-uses\n")
+    fake_openai.refuse_listing(401, "Incorrect API key provided: stale.")
+    [warning] = CodingAgent(recipe("aider")).preflight(tmp_path)
+    assert "key was not checked before the baseline: aider also reads ~/.env" in warning, warning
+    assert fake_openai.listings == []

@@ -85,6 +85,11 @@ class Recipe(Protocol):
     def read(self, model: str, stdout: str, stderr: str, state: Path) -> Turn:
         """Its final message, tokens and cost, and any API error, from its output and files."""
 
+    def own_settings(self, environ: Mapping[str, str], workspace: Path) -> list[str]:
+        """The files and variables here from which the program may take a key or base URL other than `key_env`'s
+        and `url_envs`' (aider's .env files and config): where there are any, the key is not checked before the
+        baseline, nor named alone when the server rejects it."""
+
     def sandbox_check(self, program: str, home: Path) -> list[str] | None:
         """The argv that runs `true` in the sandbox the agent puts its own commands in, reading its configuration
         from `home` (an empty folder: not its own folder, which it writes); None if it has no sandbox."""
@@ -127,10 +132,18 @@ class CodingAgent:
         given (agents/key_check.py), before the baseline trains; a warning where it cannot be reached."""
         from autoresearch.agents.key_check import check_key  # the SDK's HTTP client: for a coding agent's preflight
 
+        if own := self.recipe.own_settings(os.environ, workspace):
+            # The program may send another key, to another server, than the one checked here (red team: aider
+            # loads ~/.env over the environment; a stale OPENAI_API_KEY exported stopped a loop whose aider worked).
+            theirs = f"{self.recipe.key_env} and {self._url()}"
+            return [
+                f"the {self.name} agent's key was not checked before the baseline: {self.name} also reads "
+                f"{', '.join(own)}, which may give it another key or server than {theirs}"
+            ]
         env = self.recipe.environment(os.environ, self._state(workspace))
         checked = check_key(self.recipe.api, env.get(self.recipe.key_env) or "", self._url(), env)
         if checked.rejected is not None:
-            raise self._key_rejected(Turn(checked.rejected, rejected_key=401))
+            raise self._key_rejected(Turn(checked.rejected, rejected_key=401), workspace)
         if checked.unreachable is not None:
             return [
                 f"the {self.name} agent's model server at {self._url()} could not be reached to check its key "
@@ -183,7 +196,7 @@ class CodingAgent:
             )
         output = output_tail(turn.error or turn.text or stdout, stderr)  # what it said, readable (not its JSON)
         if turn.rejected_key is not None:
-            raise self._key_rejected(turn)
+            raise self._key_rejected(turn, workspace)
         if code != 0:
             raise ProposalError(
                 f"the {self.name} agent exited with status {code}; the end of its output:\n{output}", usage=turn.usage
@@ -191,8 +204,9 @@ class CodingAgent:
         source = checked_source(workspace / "train.py", context.train_py, output, turn.usage, f"the {self.name} agent")
         return Proposal(hypothesis(turn.text, self.name), source, turn.usage)
 
-    def _key_rejected(self, turn: Turn) -> ProposalError:
-        """The fatal error for a turn whose program reported that the server refused its key, naming the variable."""
+    def _key_rejected(self, turn: Turn, workspace: Path) -> ProposalError:
+        """The fatal error for a turn whose program reported that the server refused its key, naming the variable,
+        and the program's own settings where it has any (`Recipe.own_settings`)."""
         key, said = self.recipe.key_env, tail(turn.error or turn.text, 300)
         server = f"the model server at {self._url()}"
         if turn.rejected_key == 403:
@@ -201,6 +215,8 @@ class CodingAgent:
         else:
             message = f"{server} rejected the {self.name} agent's API key (HTTP 401): {said}"
             hint = f"check {key}" if os.environ.get(key) else f"{key} is not set, and {server} wants a key: set it"
+        if own := self.recipe.own_settings(os.environ, workspace):
+            hint += f"; and {', '.join(own)}, which {self.name} reads too, and which may set another key or server"
         return ProposalError(message, hint=hint, usage=turn.usage, fatal=True)
 
     def _read(self, stdout: str, stderr: str, state: Path) -> Turn:

@@ -13,7 +13,8 @@ per-endpoint permissions), a 404 a server without the list (some local ones): th
 of the key, and are not reported. A server that cannot be reached (or does not answer in time) is a warning, as for the
 API agents: it may be up by the first turn. Where the program would send more than the key (Claude Code's
 ANTHROPIC_AUTH_TOKEN, a bearer token a gateway reads; ANTHROPIC_CUSTOM_HEADERS), nothing is checked: a request without
-them could be refused where the program's is not.
+them could be refused where the program's is not. Nor where the program may take a key or base URL of its own
+(`Recipe.own_settings`: aider's .env files, loaded over the environment): it may not send the key checked here.
 """
 
 from __future__ import annotations

@@ -32,6 +32,13 @@ URLS = ("OPENAI_API_BASE", "OPENAI_BASE_URL")  # aider's name, then the OpenAI S
 # What aider 0.86.2 prints when the server answers 401: "litellm.AuthenticationError: AuthenticationError:
 # OpenAIException - <the server's message>", then its advice. A 403 is a plain litellm.APIError, as a 500 is.
 _REJECTED = "litellm.AuthenticationError:"
+# Where aider 0.86.2 takes settings from beside its command line: .env files in the home and the working directory,
+# loaded over the environment (`load_dotenv(override=True)`), and .aider.conf.yml there; and its AIDER_ variables. Those
+# that name a key or a base URL (the words here) may send another key to another server than the recipe's variables
+# (`own_settings`). Its --no-git: no git root is searched.
+OWN_FILES = {".env": ("OPENAI_", "AIDER_"), ".aider.conf.yml": ("openai-api", "api-key", "set-env")}
+OWN_VARIABLES = ("AIDER_OPENAI_API_KEY", "AIDER_OPENAI_API_BASE", "AIDER_API_KEY", "AIDER_SET_ENV")
+SETTINGS_BYTES = 1_000_000
 
 
 class Aider:
@@ -95,6 +102,19 @@ class Aider:
         env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # litellm's price list from its package, not the internet
         env["COLUMNS"] = "1000"  # without a terminal aider wraps its output at 80 columns
         return env
+
+    def own_settings(self, environ: Mapping[str, str], workspace: Path) -> list[str]:
+        home = Path(environ.get("HOME") or Path.home())
+        found = [f"${name}" for name in OWN_VARIABLES if environ.get(name)]
+        for folder, shown in ((home, "~/"), (workspace, "the workspace's ")):
+            for name, words in OWN_FILES.items():
+                try:
+                    text = read_regular(folder / name, SETTINGS_BYTES, follow=True).decode(errors="replace")
+                except (OSError, ValueError):  # none, or no file (a link is followed, as aider follows it)
+                    continue
+                if any(word in text for word in words):
+                    found.append(f"{shown}{name}")
+        return found
 
     def sandbox_check(self, program: str, home: Path) -> None:
         return None  # it has no sandbox of its own (the loop's namespaces confine it)

@@ -66,6 +66,9 @@ class ClaudeCode:
     def sandbox_check(self, program: str, home: Path) -> None:
         return None  # it has no sandbox of its own (the loop's namespaces confine it)
 
+    def own_settings(self, environ: Mapping[str, str], workspace: Path) -> list[str]:
+        return []  # --bare: no settings files, the key is ANTHROPIC_API_KEY
+
     def drop_sandbox(self) -> None:
         pass
 

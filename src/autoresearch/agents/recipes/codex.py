@@ -100,6 +100,9 @@ class Codex:
         mode = f"sandbox_mode={json.dumps(SANDBOX)}"
         return ["env", f"CODEX_HOME={home}", program, "sandbox", "-c", mode, "--", "true"]
 
+    def own_settings(self, environ: Mapping[str, str], workspace: Path) -> list[str]:
+        return []  # --ignore-user-config; its CODEX_HOME is the loop's
+
     def drop_sandbox(self) -> None:
         self.sandbox = "danger-full-access"
 
