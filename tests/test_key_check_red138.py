@@ -57,12 +57,14 @@ def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Callable], tupl
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         server.handle_error = lambda request, address: None  # a client that went away mid-answer: no traceback
+        server.stopping = threading.Event()  # ends the handlers that would answer for ever
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_port}", seen
 
     yield start
     for server in servers:
+        server.stopping.set()
         server.shutdown()
         server.server_close()
 
@@ -93,7 +95,7 @@ def endless(status: int) -> Callable:
         h.send_header("Content-Type", "application/json")
         h.end_headers()  # no length: the body ends when the connection does
         h.wfile.write(b'{"error": {"message": "bad key", "padding": "')
-        while True:
+        while not h.server.stopping.is_set():
             h.wfile.write(b"x" * 65536)
 
     return handle
@@ -247,3 +249,28 @@ def test_an_aider_with_a_key_of_its_own_is_not_stopped_by_the_environments_key_b
     [warning] = CodingAgent(recipe("aider")).preflight(tmp_path)
     assert "key was not checked before the baseline: aider also reads ~/.env" in warning, warning
     assert fake_openai.listings == []
+
+
+def trickle(h: BaseHTTPRequestHandler) -> None:
+    """A status line and then a header, a byte every 0.2 s, without end: each read of the socket gets one in time."""
+    h.wfile.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+    h.wfile.flush()
+    while not h.server.stopping.is_set():
+        time.sleep(0.2)
+        h.wfile.write(b"a")
+        h.wfile.flush()
+
+
+@pytest.mark.slow  # 2 s: the deadline
+def test_a_server_that_trickles_its_headers_holds_the_key_check_no_longer_than_its_deadline(
+    serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What was seen: the deadline bounds the body; headers a byte at a time met only each read's timeout, and the
+    preflight waited for ever, before the baseline: a night lost with nothing done. Expected: a warning in time."""
+    monkeypatch.setattr(key_check, "PREFLIGHT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(key_check, "PREFLIGHT_CONNECT_TIMEOUT_S", 1.0)
+    base, _ = serve(trickle)
+    started = time.monotonic()
+    checked = check_key("openai", "sk-ok", base, {})
+    assert checked.unreachable is not None and "no answer within 2 s" in checked.unreachable, checked
+    assert time.monotonic() - started < 3
