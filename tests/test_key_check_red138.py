@@ -8,6 +8,10 @@
   the former's: the key went to a server aider never asked.
 - aider's `litellm.AuthenticationError:` line counted as a 401 on a turn with no tokens counted: a server that reports
   no usage answered, and the model's own words stopped the loop as a rejected key.
+- aider loads ~/.env (and the workspace's) over the environment: the preflight checked a key aider did not send, and
+  stopped a loop whose aider worked on a stale OPENAI_API_KEY's 401.
+- A server that trickled its headers held the key check for ever.
+- Claude Code with a gateway's ANTHROPIC_AUTH_TOKEN and no key, the token rejected, was told to set ANTHROPIC_API_KEY.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from loop_support import agent_channel
 from autoresearch.agents import key_check
 from autoresearch.agents.key_check import check_key
 from autoresearch.agents.recipes import recipe
+from autoresearch.loop.settings import LoopError
 from autoresearch.vocabulary import Kind, Status
 
 PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
@@ -274,3 +279,24 @@ def test_a_server_that_trickles_its_headers_holds_the_key_check_no_longer_than_i
     checked = check_key("openai", "sk-ok", base, {})
     assert checked.unreachable is not None and "no answer within 2 s" in checked.unreachable, checked
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.slow  # the real Claude Code's turn
+def test_claude_code_whose_gateway_token_is_rejected_is_told_to_check_the_token(
+    workspace, installed, fake_anthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What was seen: ANTHROPIC_BASE_URL and ANTHROPIC_AUTH_TOKEN (a gateway's bearer token), no key, the token
+    rejected: "hint: ANTHROPIC_API_KEY is not set, and the model server ... wants a key: set it", which is not what
+    the gateway wants. Expected: the token named."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "expired-token")
+    monkeypatch.setenv("CLAUDE_CODE_MAX_RETRIES", "0")
+    fake_anthropic.error(401, "token expired")
+    agent, offline = offline_agent("claude-code", fake_anthropic, agent_channel(workspace))
+    try:
+        with pytest.raises(LoopError) as stopped:
+            turn_through_the_loop(workspace, agent)
+    finally:
+        offline.close()
+    assert "HTTP 401" in str(stopped.value) and "hint: check ANTHROPIC_AUTH_TOKEN" in str(stopped.value), stopped.value
+    assert fake_anthropic.requests[0].headers.get("authorization") == "Bearer expired-token"

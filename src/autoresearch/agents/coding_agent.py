@@ -214,7 +214,12 @@ class CodingAgent:
             hint = f"check that {key} may use model {self.model!r}"
         else:
             message = f"{server} rejected the {self.name} agent's API key (HTTP 401): {said}"
-            hint = f"check {key}" if os.environ.get(key) else f"{key} is not set, and {server} wants a key: set it"
+            from autoresearch.agents.key_check import MORE_THAN_THE_KEY  # the SDK's HTTP client: on this rare path
+
+            # What the program sends beside the key (Claude Code's ANTHROPIC_AUTH_TOKEN, a gateway's bearer token) may
+            # be what was rejected: named too (red team: a token and no key read "ANTHROPIC_API_KEY is not set: set it")
+            sent = [name for name in (key, *MORE_THAN_THE_KEY[self.recipe.api]) if os.environ.get(name)]
+            hint = f"check {' and '.join(sent)}" if sent else f"{key} is not set, and {server} wants a key: set it"
         if own := self.recipe.own_settings(os.environ, workspace):
             hint += f"; and {', '.join(own)}, which {self.name} reads too, and which may set another key or server"
         return ProposalError(message, hint=hint, usage=turn.usage, fatal=True)
