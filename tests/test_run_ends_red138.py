@@ -1,14 +1,17 @@
-"""Red team (helper 138) of `run`'s end when every ask failed (`Asking.none_proposed`); each test failed before its fix.
+"""Red team (helper 138) of the loop's ends: `run` when every ask failed (`Asking.none_proposed`), and an API agent's
+prompt too long for the model (agents/llm.py); each test failed before its fix.
 
 - A run that resumed an experiment a killed loop left in flight, trained and judged it, then found the agent failing
   every ask, ended with "none of the 1 asks ... gave a proposal: nothing was tried" and exit 2: a night's work (here
   a keep) taken for none, and a script's `run ... && report` skipped its report.
+- SGLang's and LM Studio's 400 for a prompt over the model's context failed as any 400: asked again all night.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+from pathlib import Path
 
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, set_lr
@@ -44,3 +47,30 @@ def test_a_run_that_resumed_and_judged_an_experiment_is_no_night_without_work(wo
     drive(make_loop(workspace, FakeExecutor(score)), ScriptedAgent([unreachable]), devices(None, None), args)
     rows = Ledger(workspace.root).all()
     assert rows[1].id == 2 and rows[1].status == Status.KEEP and rows[-1].status == Status.CRASH
+
+
+# -- an API agent's prompt too long, in the words of other servers ----------------------------------------------------
+
+
+def test_sglangs_and_lm_studios_prompt_too_long_stop_as_vllms_does(fake_openai, tmp_path: Path) -> None:
+    """What was seen: SGLang's 400 ("is longer than the model's context length", Together's words too) and LM Studio's
+    (its message alone in "error") failed as any 400, and the loop asked again all night, 15 min apart."""
+    from fake_llm import Scripted
+    from test_agent_failures_stop76 import at_rest
+
+    from autoresearch.agents.openai_agent import OpenAIAgent
+
+    agent = OpenAIAgent("qwen3-coder")
+    sglang = {"object": "error", "message": "The input (40000 tokens) is longer than the model's context length "
+              "(32768 tokens).", "type": "BadRequestError", "param": None, "code": 400}  # fmt: skip
+    lm_studio = {"error": "The number of tokens to keep from the initial prompt is greater than the context length. "
+                 "Try to load the model with a larger context length, or provide a shorter input"}  # fmt: skip
+    for body in (sglang, lm_studio):
+        fake_openai.queue.append(Scripted(400, body))
+        with pytest.raises(ProposalError, match="longer than the model's context") as failed:
+            agent.propose(at_rest(tmp_path))
+        assert failed.value.fatal and "shorten program.md" in failed.value.hint
+    fake_openai.queue.append(Scripted(400, {"error": "Invalid value for 'temperature'"}))
+    with pytest.raises(ProposalError) as failed:
+        agent.propose(at_rest(tmp_path))
+    assert not failed.value.fatal and "rejected the request (HTTP 400)" in str(failed.value)

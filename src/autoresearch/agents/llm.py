@@ -126,8 +126,14 @@ class ContextTooLong(ProposalError):
 
 
 # The words of a 400 for a prompt longer than the model's context, beside OpenAI's code `context_length_exceeded` and
-# Anthropic's "prompt is too long": vLLM's and OpenAI's message, llama.cpp's error type.
-_TOO_LONG_WORDS = ("prompt is too long", "maximum context length")
+# Anthropic's "prompt is too long": vLLM's and OpenAI's message, llama.cpp's error type; SGLang's and Together's, LM
+# Studio's (red team: they failed as any 400, and were asked again all night).
+_TOO_LONG_WORDS = (
+    "prompt is too long",
+    "maximum context length",
+    "is longer than the model's context length",
+    "greater than the context length",
+)
 _TOO_LONG_TYPES = ("exceed_context_size_error",)
 
 
@@ -278,9 +284,12 @@ def api_error(
 def too_long(err: Exception) -> bool:
     """Whether an SDK's 400 says the prompt does not fit the model's context: OpenAI's code `context_length_exceeded`,
     Anthropic's `invalid_request_error` "prompt is too long", vLLM's "maximum context length", llama.cpp's
-    `exceed_context_size_error`. Nothing else: a 400 for another reason fails as before."""
+    `exceed_context_size_error`, SGLang's and LM Studio's words (`_TOO_LONG_WORDS`), the message in an error object or
+    alone. Nothing else: a 400 for another reason fails as before."""
     body = getattr(err, "body", None)
-    inner = body.get("error", body) if isinstance(body, dict) else None
+    inner = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(inner, str):  # `{"error": "<message>"}` (LM Studio's), whose "error" the OpenAI SDK gives alone
+        inner = {"message": inner}
     if not isinstance(inner, dict):
         return False
     if inner.get("code") == "context_length_exceeded" or inner.get("type") in _TOO_LONG_TYPES:
