@@ -4,7 +4,8 @@ prompt too long for the model (agents/llm.py); each test failed before its fix.
 - A run that resumed an experiment a killed loop left in flight, trained and judged it, then found the agent failing
   every ask, ended with "none of the 1 asks ... gave a proposal: nothing was tried" and exit 2: a night's work (here
   a keep) taken for none, and a script's `run ... && report` skipped its report.
-- SGLang's and LM Studio's 400 for a prompt over the model's context failed as any 400: asked again all night.
+- SGLang's and LM Studio's 400 for a prompt over the model's context, and Anthropic's for one that leaves the answer
+  no room, failed as any 400: asked again all night.
 """
 
 from __future__ import annotations
@@ -52,12 +53,16 @@ def test_a_run_that_resumed_and_judged_an_experiment_is_no_night_without_work(wo
 # -- an API agent's prompt too long, in the words of other servers ----------------------------------------------------
 
 
-def test_sglangs_and_lm_studios_prompt_too_long_stop_as_vllms_does(fake_openai, tmp_path: Path) -> None:
+def test_sglangs_lm_studios_and_anthropics_other_prompt_too_long_stop_as_vllms_does(
+    fake_openai, fake_anthropic, tmp_path: Path
+) -> None:
     """What was seen: SGLang's 400 ("is longer than the model's context length", Together's words too) and LM Studio's
-    (its message alone in "error") failed as any 400, and the loop asked again all night, 15 min apart."""
+    (its message alone in "error"), and Anthropic's for a prompt that leaves the answer's 16,000 tokens no room, failed
+    as any 400, and the loop asked again all night, 15 min apart."""
     from fake_llm import Scripted
     from test_agent_failures_stop76 import at_rest
 
+    from autoresearch.agents.anthropic_agent import AnthropicAgent
     from autoresearch.agents.openai_agent import OpenAIAgent
 
     agent = OpenAIAgent("qwen3-coder")
@@ -74,3 +79,8 @@ def test_sglangs_and_lm_studios_prompt_too_long_stop_as_vllms_does(fake_openai, 
     with pytest.raises(ProposalError) as failed:
         agent.propose(at_rest(tmp_path))
     assert not failed.value.fatal and "rejected the request (HTTP 400)" in str(failed.value)
+    fake_anthropic.error(400, "input length and `max_tokens` exceed context limit: 188240 + 16000 > 200000, decrease "
+                         "input length or `max_tokens` and try again")  # fmt: skip
+    with pytest.raises(ProposalError, match="longer than the model's context") as failed:
+        AnthropicAgent("claude-sonnet-4-6").propose(at_rest(tmp_path))
+    assert failed.value.fatal

@@ -126,11 +126,13 @@ class ContextTooLong(ProposalError):
 
 
 # The words of a 400 for a prompt longer than the model's context, beside OpenAI's code `context_length_exceeded` and
-# Anthropic's "prompt is too long": vLLM's and OpenAI's message, llama.cpp's error type; SGLang's and Together's, LM
-# Studio's (red team: they failed as any 400, and were asked again all night).
+# Anthropic's "prompt is too long": vLLM's and OpenAI's message, llama.cpp's error type; Anthropic's where the prompt
+# and the answer's room (MAX_TOKENS, fixed) pass the context, SGLang's and Together's, LM Studio's (red team: they
+# failed as any 400, and were asked again all night).
 _TOO_LONG_WORDS = (
     "prompt is too long",
     "maximum context length",
+    "exceed context limit",
     "is longer than the model's context length",
     "greater than the context length",
 )
