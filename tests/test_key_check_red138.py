@@ -12,6 +12,7 @@
   stopped a loop whose aider worked on a stale OPENAI_API_KEY's 401.
 - A server that trickled its headers held the key check for ever.
 - Claude Code with a gateway's ANTHROPIC_AUTH_TOKEN and no key, the token rejected, was told to set ANTHROPIC_API_KEY.
+- Claude Code on Bedrock or Vertex had ANTHROPIC_API_KEY checked with the Anthropic API, which it never asks.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from agent_support import offline_agent, turn_through_the_loop, use_installed_ag
 from loop_support import agent_channel
 
 from autoresearch.agents import key_check
+from autoresearch.agents.base import ProposalError
 from autoresearch.agents.key_check import check_key
 from autoresearch.agents.recipes import recipe
 from autoresearch.loop.settings import LoopError
@@ -300,3 +302,27 @@ def test_claude_code_whose_gateway_token_is_rejected_is_told_to_check_the_token(
         offline.close()
     assert "HTTP 401" in str(stopped.value) and "hint: check ANTHROPIC_AUTH_TOKEN" in str(stopped.value), stopped.value
     assert fake_anthropic.requests[0].headers.get("authorization") == "Bearer expired-token"
+
+
+def test_claude_code_on_bedrock_or_vertex_has_no_anthropic_key_checked(
+    tmp_path: Path, fake_anthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What was seen: CLAUDE_CODE_USE_BEDROCK=1 (Claude Code talks to Bedrock with AWS credentials, --bare too) and an
+    ANTHROPIC_API_KEY of another use, stale: the preflight sent it to the Anthropic API, which Claude Code never asks,
+    and its 401 stopped the loop."""
+    from autoresearch.agents.coding_agent import CodingAgent
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "claude").write_text("#!/bin/sh\nexit 0\n")
+    (folder / "claude").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    fake_anthropic.refuse_listing(401, "invalid x-api-key")
+    for name in ("CLAUDE_CODE_USE_BEDROCK", "CLAUDE_CODE_USE_VERTEX"):
+        with monkeypatch.context() as patch:
+            patch.setenv(name, "1")
+            assert CodingAgent(recipe("claude-code")).preflight(tmp_path) == []
+    assert fake_anthropic.listings == []
+    monkeypatch.setenv("CLAUDE_CODE_USE_BEDROCK", "0")  # off: checked
+    with pytest.raises(ProposalError, match="HTTP 401"):
+        CodingAgent(recipe("claude-code")).preflight(tmp_path)

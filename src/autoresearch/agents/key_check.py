@@ -38,6 +38,18 @@ DETAIL_CHARS = 300
 BODY_BYTES = 64 * 1024
 # What a program sends beside the key, read from its environment: where one is set, the check is not made.
 MORE_THAN_THE_KEY = {"anthropic": ("ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_CUSTOM_HEADERS"), "openai": ()}
+# Where one of these is true, the program talks to another provider with other credentials (Claude Code, even --bare: on
+# Bedrock, Vertex, Foundry ...; the list Claude Code 2.1.332 keeps of them): its key is not checked (red team:
+# ANTHROPIC_API_KEY went to api.anthropic.com, which Claude Code never asked, and a stale one stopped a loop whose
+# Claude Code worked on Bedrock).
+ANOTHER_PROVIDER = {
+    "anthropic": tuple(
+        f"CLAUDE_CODE_USE_{name}"
+        for name in ("BEDROCK", "VERTEX", "FOUNDRY", "ANTHROPIC_AWS", "ANTHROPIC_GOOGLE_CLOUD", "MANTLE", "GATEWAY")
+    ),
+    "openai": (),
+}
+TRUE = ("1", "true", "yes", "on")  # Claude Code's reading of such a switch
 
 
 @dataclass(frozen=True)
@@ -48,8 +60,10 @@ class KeyCheck:
 
 def check_key(api: str, key: str, base_url: str, env: Mapping[str, str]) -> KeyCheck:
     """Ask the server at `base_url` for its models with `key`, as `api` ("anthropic" or "openai") sends it, unless the
-    program's environment `env` has it send more (MORE_THAN_THE_KEY)."""
+    program's environment `env` has it send more (MORE_THAN_THE_KEY), or talk to another provider (ANOTHER_PROVIDER)."""
     if any(env.get(name) for name in MORE_THAN_THE_KEY[api]):
+        return KeyCheck()
+    if any(env.get(name, "").strip().lower() in TRUE for name in ANOTHER_PROVIDER[api]):
         return KeyCheck()
     base = base_url.rstrip("/")
     if api == "anthropic":
