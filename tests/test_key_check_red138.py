@@ -12,7 +12,8 @@
   stopped a loop whose aider worked on a stale OPENAI_API_KEY's 401.
 - A server that trickled its headers held the key check for ever.
 - Claude Code with a gateway's ANTHROPIC_AUTH_TOKEN and no key, the token rejected, was told to set ANTHROPIC_API_KEY.
-- Claude Code on Bedrock or Vertex had ANTHROPIC_API_KEY checked with the Anthropic API, which it never asks.
+- Claude Code on Bedrock or Vertex had ANTHROPIC_API_KEY checked with the Anthropic API, which it never asks; and its
+  provider's 403 read as the Anthropic API's, with ANTHROPIC_API_KEY to check.
 """
 
 from __future__ import annotations
@@ -326,3 +327,29 @@ def test_claude_code_on_bedrock_or_vertex_has_no_anthropic_key_checked(
     monkeypatch.setenv("CLAUDE_CODE_USE_BEDROCK", "0")  # off: checked
     with pytest.raises(ProposalError, match="HTTP 401"):
         CodingAgent(recipe("claude-code")).preflight(tmp_path)
+
+
+@pytest.mark.slow  # a turn through the loop, of a stand-in for Claude Code
+def test_claude_code_refused_on_bedrock_names_the_provider_not_the_anthropic_key(
+    workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What was seen: on Bedrock, a 403 (the AWS role may not invoke the model) read "the model server at
+    https://api.anthropic.com refused ... hint: check that ANTHROPIC_API_KEY may use model ...": neither is in use."""
+    from autoresearch.agents.coding_agent import CodingAgent
+    from autoresearch.loop.ledger import Ledger
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    report = {"type": "result", "is_error": True, "api_error_status": 403, "result": "API Error: 403 AccessDenied"}
+    (folder / "claude").write_text(f"#!/bin/sh\ncat >/dev/null\necho '{json.dumps(report)}'\n")
+    (folder / "claude").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-of-another-use")
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    monkeypatch.setenv("CLAUDE_CODE_USE_BEDROCK", "1")
+    with pytest.raises(LoopError) as stopped:
+        turn_through_the_loop(workspace, CodingAgent(recipe("claude-code"), timeout_s=60))
+    said = str(stopped.value)
+    assert "provider (CLAUDE_CODE_USE_BEDROCK is set) refused its request (HTTP 403)" in said, said
+    assert "api.anthropic.com" not in said and "ANTHROPIC_API_KEY" not in said, said
+    assert "HTTP 403" in Ledger(workspace.root).all()[-1].reason

@@ -207,15 +207,25 @@ class CodingAgent:
     def _key_rejected(self, turn: Turn, workspace: Path) -> ProposalError:
         """The fatal error for a turn whose program reported that the server refused its key, naming the variable,
         and the program's own settings where it has any (`Recipe.own_settings`)."""
+        from autoresearch.agents.key_check import MORE_THAN_THE_KEY, another_provider  # the SDK's client: rare path
+
         key, said = self.recipe.key_env, tail(turn.error or turn.text, 300)
         server = f"the model server at {self._url()}"
+        if switch := another_provider(self.recipe.api, os.environ):
+            # Claude Code on Bedrock, Vertex ...: neither the Anthropic API nor its key (red team: "the model server
+            # at https://api.anthropic.com rejected ... hint: check ANTHROPIC_API_KEY", of a Bedrock 403)
+            return ProposalError(
+                f"the {self.name} agent's provider ({switch} is set) refused its request "
+                f"(HTTP {turn.rejected_key}): {said}",
+                hint=f"check the credentials {self.name} uses there, and that they may use model {self.model!r}",
+                usage=turn.usage,
+                fatal=True,
+            )
         if turn.rejected_key == 403:
             message = f"{server} refused the {self.name} agent's request (HTTP 403): {said}"
             hint = f"check that {key} may use model {self.model!r}"
         else:
             message = f"{server} rejected the {self.name} agent's API key (HTTP 401): {said}"
-            from autoresearch.agents.key_check import MORE_THAN_THE_KEY  # the SDK's HTTP client: on this rare path
-
             # What the program sends beside the key (Claude Code's ANTHROPIC_AUTH_TOKEN, a gateway's bearer token) may
             # be what was rejected: named too (red team: a token and no key read "ANTHROPIC_API_KEY is not set: set it")
             sent = [name for name in (key, *MORE_THAN_THE_KEY[self.recipe.api]) if os.environ.get(name)]

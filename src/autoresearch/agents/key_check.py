@@ -63,7 +63,7 @@ def check_key(api: str, key: str, base_url: str, env: Mapping[str, str]) -> KeyC
     program's environment `env` has it send more (MORE_THAN_THE_KEY), or talk to another provider (ANOTHER_PROVIDER)."""
     if any(env.get(name) for name in MORE_THAN_THE_KEY[api]):
         return KeyCheck()
-    if any(env.get(name, "").strip().lower() in TRUE for name in ANOTHER_PROVIDER[api]):
+    if another_provider(api, env):
         return KeyCheck()
     base = base_url.rstrip("/")
     if api == "anthropic":
@@ -106,6 +106,11 @@ def _ask(client: Any, url: str, headers: dict[str, str], timeout: Any) -> KeyChe
     except Exception as err:  # httpx's errors, the transport's timeout (an OpenAIError), a URL that is none
         return KeyCheck(unreachable=f"{type(err).__name__}: {err}")
     return KeyCheck(rejected=_detail(body[:BODY_BYTES].decode(errors="replace")))
+
+
+def another_provider(api: str, env: Mapping[str, str]) -> str | None:
+    """The variable, true in `env`, that has the program talk to another provider (ANOTHER_PROVIDER); None if none."""
+    return next((name for name in ANOTHER_PROVIDER[api] if env.get(name, "").strip().lower() in TRUE), None)
 
 
 def _detail(text: str) -> str:
