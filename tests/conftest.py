@@ -192,8 +192,10 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path):
     # Probes cached per process: one a test made while its PATH pointed nowhere (bwrap, unshare "missing"), or its
     # bubblewrap failed, would hold for every later test of this pytest worker (its runs root, under bubblewrap's init:
     # `-m slow` once failed 3 tests so). (A test may have replaced a probe: it is put back later.)
-    for probe in (sandbox.unavailable_reason, sandbox.anchors_reason, sandbox.users_reason, namespace.pid_namespace):
-        works = bool if probe is namespace.pid_namespace else (lambda why: why is None)  # a reason says it failed
+    probes = (sandbox.unavailable_reason, sandbox.anchors_reason, sandbox.users_reason, namespace.pid_namespace)
+    for probe in (*probes, sandbox.bwrap):  # bwrap's path too: found nowhere, a later test's runs had no sandbox
+        # a way or a path found works; a reason says it failed
+        works = bool if probe in (namespace.pid_namespace, sandbox.bwrap) else (lambda why: why is None)
         if hasattr(probe, "cache_info") and probe.cache_info().currsize and not works(probe()):
             probe.cache_clear()
 
