@@ -23,7 +23,7 @@ import pytest
 from loop_support import FakeExecutor, agent_channel, make_loop
 from test_agent_turn import assert_the_loop_owns_the_workspace, score, set_lr, take_turn, turn_stops_the_loop
 
-from autoresearch.agents import fence, namespace, places
+from autoresearch.agents import fence, namespace, places, turn_cgroups
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
 from autoresearch.evaluator import shown
@@ -480,6 +480,9 @@ def test_thousands_of_served_sockets_in_tmp_fail_the_turn_not_the_loop(workspace
         exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\necho x")
         assert exp.status == Status.CRASH and "longer than the system takes" in exp.reason, exp.reason
         assert_the_loop_owns_the_workspace(workspace, exp, before)
+        # A loop run as root: the turn had entered its cgroups before its exec failed, and left them until the loop's
+        # end (another test's turn then found it there).
+        assert [g for outer in turn_cgroups.turn_groups("") for g in outer.glob("turn-*")] == []
     finally:
         server.kill()
         server.wait()

@@ -181,6 +181,7 @@ def run_process(
             preexec_fn=functools.partial(_start_turn, os.getpid(), groups, run_tasks(), held),
         )
     except OSError as err:  # each place hidden from it is a word: thousands of sockets served in /tmp (red team)
+        turn_cgroups.leave_unstarted(groups)
         if err.errno != errno.E2BIG:
             raise
         raise ProposalError(

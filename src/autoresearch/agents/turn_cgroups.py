@@ -174,6 +174,18 @@ def leave(groups: tuple[Path, ...], pid: int) -> None:
             time.sleep(0.02)
 
 
+def leave_unstarted(groups: tuple[Path, ...]) -> None:
+    """Remove the groups of turns whose first process is gone: one whose program could not be started (its exec
+    failed, E2BIG) had entered its groups, and no pid of it is known for `leave`; each such turn left an empty group
+    until the loop's end. Another worker's turn, whose first process lives, keeps its own."""
+    for outer in groups:
+        with contextlib.suppress(OSError):
+            for group in outer.glob(f"{TURN}*"):
+                pid = group.name.removeprefix(TURN)
+                if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                    cgroups.remove(group)
+
+
 def _remove(outer: Path, maker: int) -> None:
     if os.getpid() == maker:  # not a process forked from the loop's, ending before it
         cgroups.remove(outer)
