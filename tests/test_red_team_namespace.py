@@ -26,6 +26,7 @@ from test_agent_turn import assert_the_loop_owns_the_workspace, score, set_lr, t
 from autoresearch.agents import fence, namespace, places, turn_cgroups
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.agents.namespace import pid_namespace, with_hidden
+from autoresearch.errors import ConfigError
 from autoresearch.evaluator import shown
 from autoresearch.evaluator.hidden import workspace_data_places
 from autoresearch.vocabulary import Kind, Status
@@ -947,3 +948,53 @@ def test_behind_the_fence_a_socket_is_of_the_families_an_agent_needs_and_no_othe
     fenced = subprocess.run([*fence.launcher({}), sys.executable, "-c", probe], capture_output=True, text=True)
     lines = fenced.stdout.split("\n")
     assert lines[:6] == ["40 97", "1 made", "16 made", "2 made", "10 made", "resolved"], fenced.stdout + fenced.stderr
+
+
+# The path you name the workspace by, spelled another way (`links/current` -> `../alias` -> <tmp_path>), and what a
+# turn does to point it at `fake`, its copy of the workspace.
+SPELLED = {
+    "with // and ./": ("/{links}/./current//ws/", "ln -sfn {fake}/current {links}/current"),
+    "through a folder that is not there, then ..": (
+        "{links}/gone/../current/ws",
+        "mkdir -p {fake}/deep && ln -s {fake}/deep {links}/gone",
+    ),
+}
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can pin a folder")
+@pytest.mark.parametrize("how", list(SPELLED))
+def test_a_path_to_the_workspace_spelled_another_way_cannot_be_turned_to_a_copy_of_the_agents(
+    workspace, tmp_path, monkeypatch, how
+):
+    """BROKE, fixed (helper 140): `--workspace /data/gone/../current/ws`, a folder on it not there. The loop opened it
+    by resolve(), which steps back out of `gone` as if it were, but `gone` could not be pinned; a turn made it a link
+    to a folder of its copy (`/data/gone -> /data/copy/deep`), and the next start by the same words opened the copy
+    (the kernel, and resolve() too now, step back to /data/copy). A path the kernel cannot walk to the workspace is
+    now refused at the start. The same path with `//`, `./` and a `/` at its end is pinned as any other."""
+    monkeypatch.setattr(namespace, "temporary_unavailable", lambda: "no overlay here (the test's)")
+    links, alias, fake, refused = tmp_path / "links", tmp_path / "alias", tmp_path / "copy", tmp_path / "refused"
+    links.mkdir()
+    alias.symlink_to(tmp_path)
+    (links / "current").symlink_to("../alias")
+    spelled, turn_it = (s.format(links=links, fake=fake) for s in SPELLED[how])
+    named = Path(spelled)
+    if "not there" in how:
+        with pytest.raises(ConfigError, match="does not lead to"):
+            Workspace(named)
+        return
+    ws = Workspace(named)
+    assert ws.root == workspace.root
+    forge = "c = sqlite3.connect(sys.argv[1]); c.execute('UPDATE experiments SET val_bpb = 0.1'); "
+    forge += "c.execute('DROP TABLE seals'); c.commit()"
+    ledger = (workspace.state / "ledger.sqlite").relative_to(workspace.root)
+    turn = (
+        f"mkdir -p {fake}/current && cp -a {workspace.root} {fake}/current/ws\n"
+        f'{shlex.quote(sys.executable)} -c "import sqlite3, sys; {forge}" {fake / "current/ws" / ledger}\n'
+        f"{{ {turn_it}; }} 2>/dev/null || echo refused > {refused}\necho LR 0.2"
+    )
+    exp, before = take_turn(ws, tmp_path, f"{set_lr(0.2)}\n{turn}")
+    assert not (fake / "current" / "ws").exists() or Workspace(named).root == workspace.root, (
+        "the next start by the same path opens the agent's copy"
+    )
+    assert exp.kind == Kind.EXPERIMENT and exp.status == Status.KEEP and exp.val_bpb > 0.5
+    assert_the_loop_owns_the_workspace(workspace, exp, before)

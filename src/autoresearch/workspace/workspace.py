@@ -92,6 +92,13 @@ def named_path(root: Path) -> Path:
     return Path.cwd() / root
 
 
+def _reaches(path: Path, folder: Path) -> bool:
+    try:
+        return os.path.samefile(path, folder)
+    except OSError:
+        return False
+
+
 class Workspace:
     def __init__(self, root: Path):
         self.root = root.resolve()
@@ -99,6 +106,15 @@ class Workspace:
         # the real one, and an agent's namespace pins each link on this one (agents/namespace.py, `on_the_way`),
         # which the next start by the same words goes through.
         self.named = named_path(root)
+        # That path as the kernel walks it, not as resolve() does: resolve() steps back out of a folder that is not
+        # there (`/data/gone/../ws`), which a turn could then make, a link to its copy's (red team: the next start by
+        # the same words opened the copy); and only what is there can be pinned.
+        if self.root.is_dir() and not _reaches(self.named, self.root):
+            raise ConfigError(
+                f"{self.named} does not lead to {self.root} as the system follows it: a folder on it is not there, "
+                "and `..` steps back out of it",
+                hint=f"name the workspace by a path that is there (`--workspace {self.root}`)",
+            )
         config = self.root / CONFIG_NAME
         if os.path.lexists(config) and not config.is_file():
             raise ConfigError(
