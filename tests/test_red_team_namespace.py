@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from loop_support import FakeExecutor, agent_channel, make_loop
+from loop_support import FakeExecutor, agent_channel, make_loop, make_workspace
 from test_agent_turn import assert_the_loop_owns_the_workspace, score, set_lr, take_turn, turn_stops_the_loop
 
 from autoresearch.agents import fence, namespace, places, turn_cgroups
@@ -998,3 +998,44 @@ def test_a_path_to_the_workspace_spelled_another_way_cannot_be_turned_to_a_copy_
     )
     assert exp.kind == Kind.EXPERIMENT and exp.status == Status.KEEP and exp.val_bpb > 0.5
     assert_the_loop_owns_the_workspace(workspace, exp, before)
+
+
+@pytest.mark.skipif(not HIDES, reason="no namespace here can pin a folder")
+@pytest.mark.skipif(os.geteuid() != 0, reason="a btrfs is mounted, as root")
+@pytest.mark.skipif(shutil.which("mkfs.btrfs") is None, reason="no mkfs.btrfs here")
+def test_an_agent_cannot_move_aside_a_btrfs_subvolume_that_holds_the_workspace(tmp_path, tiny_prepared, monkeypatch):
+    """BROKE, fixed (helper 140): the folders that hold the workspace are pinned but for the mount points already,
+    told by os.path.ismount, which takes a btrfs subvolume (a device number of its own) for one. With the workspace in
+    a subvolume (`btrfs subvolume create /data/runs`, a snapshot), a turn did `mv /data/runs /data/runs.real`, copied
+    it back and forged the copy's ledger: the next start at the same path opened the copy. A mount point is now one
+    that /proc/self/mountinfo lists."""
+    monkeypatch.setattr(namespace, "temporary_unavailable", lambda: "no overlay here (the test's)")
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as made:
+        made.truncate(200 << 20)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    # Mounted in /mnt, not /tmp: a mount in /tmp leaves /tmp the agents' to share, for other tests' turns meanwhile
+    disk = Path(tempfile.mkdtemp(prefix="autoresearch-test-btrfs-", dir="/mnt" if os.path.isdir("/mnt") else None))
+    if subprocess.run(["mount", "-o", "loop", str(image), str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("no loop device here")
+    try:
+        runs = disk / "runs"
+        subprocess.run(["btrfs", "subvolume", "create", str(runs)], check=True, capture_output=True)
+        ws = make_workspace(runs / "ws", tiny_prepared)
+        refused = tmp_path / "refused"
+        forge = "c = sqlite3.connect(sys.argv[1]); c.execute('UPDATE experiments SET val_bpb = 0.1'); "
+        forge += "c.execute('DROP TABLE seals'); c.commit()"
+        turn = (
+            f"if mv {runs} {runs}.real; then cp -a {runs}.real {runs}; "
+            f'{shlex.quote(sys.executable)} -c "import sqlite3, sys; {forge}" {ws.state / "ledger.sqlite"}; '
+            f"else echo refused > {refused}; fi\necho LR 0.2"
+        )
+        identity = os.stat(ws.root).st_ino
+        exp, before = take_turn(ws, tmp_path, f"{set_lr(0.2)}\n{turn}")
+        assert refused.read_text() == "refused\n"
+        assert os.stat(ws.root).st_ino == identity and not Path(f"{runs}.real").exists()
+        assert exp.kind == Kind.EXPERIMENT and exp.status == Status.KEEP and exp.val_bpb > 0.5
+        assert_the_loop_owns_the_workspace(ws, exp, before)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        disk.rmdir()

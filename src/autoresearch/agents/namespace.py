@@ -325,7 +325,8 @@ def _above(places: list[Path], workspace: Path, folders: list[Path] = ()) -> lis
     inside = workspace.resolve()
     found = {inside, *inside.parents, *(parent for place in places for parent in Path(place).absolute().parents)}
     found |= set(folders)
-    return sorted((p for p in found if not os.path.ismount(p)), key=lambda p: len(p.parts))
+    mounted = set(_mount_points())  # not os.path.ismount: a btrfs subvolume is one to it, and was moved (red team)
+    return sorted((p for p in found if p not in mounted), key=lambda p: len(p.parts))
 
 
 def _root_folders() -> list[Path]:
@@ -333,7 +334,8 @@ def _root_folders() -> list[Path]:
     leaves as they are): bound onto themselves before / is made read-only (see _HIDE), they stay writable."""
     if os.getuid() != 0:
         return []
-    return sorted(p for p in Path("/").iterdir() if p.is_dir() and not p.is_symlink() and not os.path.ismount(p))
+    mounted = set(_mount_points())
+    return sorted(p for p in Path("/").iterdir() if p.is_dir() and not p.is_symlink() and p not in mounted)
 
 
 PID_NAMESPACE_INNER = ("unshare", "--user", "--map-current-user", "--mount")
