@@ -958,6 +958,10 @@ SPELLED = {
         "{links}/gone/../current/ws",
         "mkdir -p {fake}/deep && ln -s {fake}/deep {links}/gone",
     ),
+    "through a link to a folder that is not there, then ..": (
+        "{links}/inner/ws",  # inner -> gone/../current
+        "mkdir -p {fake}/deep && ln -s {fake}/deep {links}/gone",
+    ),
 }
 
 
@@ -976,6 +980,7 @@ def test_a_path_to_the_workspace_spelled_another_way_cannot_be_turned_to_a_copy_
     links.mkdir()
     alias.symlink_to(tmp_path)
     (links / "current").symlink_to("../alias")
+    (links / "inner").symlink_to("gone/../current")
     spelled, turn_it = (s.format(links=links, fake=fake) for s in SPELLED[how])
     named = Path(spelled)
     if "not there" in how:
