@@ -212,6 +212,7 @@ def test_openai_local_server_needs_no_key_and_thinking_is_ignored(
     assert fake_openai.requests[0].headers["authorization"] == "Bearer no-key"
 
 
+@pytest.mark.slow  # over half a second: the fast subset stays under a minute
 def test_openai_correction_round_and_retries(fake_openai: FakeLLM, context: Context) -> None:
     fake_openai.error(429, "Rate limit reached", {"retry-after-ms": "300"})
     fake_openai.reply("Hypothesis: x\nno blocks")

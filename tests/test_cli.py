@@ -219,6 +219,7 @@ def test_the_command_line_starts_in_a_working_directory_that_was_removed(tmp_pat
 
 @pytest.mark.parametrize("damage", ["missing", "folder", "fifo", "not-utf8"])
 @pytest.mark.parametrize("command", ["try", "submit"])
+@pytest.mark.slow  # over half a second: the fast subset stays under a minute
 def test_try_and_submit_over_a_train_py_that_is_no_text_say_how_to_put_it_back(
     command: str, damage: str, workspace: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -615,6 +616,7 @@ def test_python_train_py_without_its_data_names_the_cache_to_prepare_it_in_as_ru
     assert err.value.hint in words(capsys.readouterr().err)
 
 
+@pytest.mark.slow  # over half a second: the fast subset stays under a minute
 def test_a_full_disk_that_the_quarantine_holds_a_sizeable_share_of_names_it_and_says_it_can_go(
     judged: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

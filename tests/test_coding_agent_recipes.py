@@ -36,6 +36,7 @@ def test_a_missing_executable_stops_at_preflight_naming_it_and_how_to_install(na
 @pytest.mark.parametrize(
     ("name", "key"), [("aider", "OPENAI_API_KEY"), ("claude-code", "ANTHROPIC_API_KEY"), ("codex", "OPENAI_API_KEY")]
 )
+@pytest.mark.slow  # over half a second: the fast subset stays under a minute
 def test_a_missing_key_stops_at_preflight_naming_it(name, key, tmp_path, monkeypatch, no_keys):
     program = tmp_path / recipe(name).program
     program.write_text("#!/bin/sh\nexit 0\n")

@@ -42,6 +42,7 @@ def agent(tmp_path: Path, script: str, timeout_s: float = 20.0) -> CommandAgent:
     return CommandAgent(f"sh {shlex.quote(str(path))}", timeout_s=timeout_s)
 
 
+@pytest.mark.slow  # over half a second: the fast subset stays under a minute
 def test_script_that_edits_train_py_gives_its_source_and_last_line(tmp_path: Path, context: Context) -> None:
     script = f"""cat > stdin.txt
 cp "${PROMPT_ENV}" prompt_copy.md
@@ -100,6 +101,7 @@ def test_a_hanging_command_is_killed_with_its_whole_process_group(tmp_path: Path
     assert not _with_marker(marker)
 
 
+@pytest.mark.slow  # over half a second: the fast subset stays under a minute
 def test_train_py_left_unchanged_is_a_proposal_error(tmp_path: Path, context: Context) -> None:
     with pytest.raises(ProposalError, match="unchanged"):
         agent(tmp_path, "echo 'I decided the script is perfect'").propose(context)
@@ -117,6 +119,7 @@ def test_missing_description_falls_back_to_a_generic_one(tmp_path: Path, context
 
 
 @pytest.mark.skipif(with_hidden(pid_namespace(), []) == pid_namespace(), reason="no namespace here can hide a place")
+@pytest.mark.slow  # over half a second: the fast subset stays under a minute
 def test_an_agent_sees_no_ray_token_nor_rays_folder(tmp_path: Path, context: Context, monkeypatch) -> None:
     """BROKE, fixed: an agent read the token the loop joins a Ray cluster with (RAY_AUTH_TOKEN, the file
     RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token) and Ray's folder (the cluster's address, its nodes' sockets). Its

@@ -144,6 +144,7 @@ def test_an_unbalanced_quote_is_fatal(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("code", [126, 127])
+@pytest.mark.slow  # over half a second: the fast subset stays under a minute
 def test_exit_126_or_127_while_proposing_is_fatal(code: int, tmp_path: Path) -> None:
     (tmp_path / "train.py").write_text("X = 1\n")
     context = Context(tmp_path, "", "X = 1\n", 1.0, 0.001, [])

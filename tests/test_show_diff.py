@@ -514,6 +514,7 @@ def test_output_piped_into_a_reader_that_has_gone_ends_quietly(history, subproce
         (["--command", "claude -p"], "--command goes with --agent command, not --agent tune"),
     ],
 )
+@pytest.mark.slow  # over half a second: the fast subset stays under a minute
 def test_run_refuses_a_timeout_within_the_budget_and_limits_that_stop_at_once(history, capsys, args, said) -> None:
     before = Ledger(history.root).all()
     code, out, err = run_cli(capsys, "run", "--agent", "tune", "--plain", *args, "--workspace", str(history.root))
