@@ -203,19 +203,28 @@ def test_an_agent_cannot_move_the_workspace_aside_and_leave_a_copy_of_its_own_in
     be renamed: the `mv` fails and the turn is judged as any other. (Here /tmp is shared, standing for that disk.)"""
     monkeypatch.setattr(namespace, "temporary_unavailable", lambda: "no overlay here (the test's)")
     target = workspace.root if moved == "the workspace" else workspace.root.parent
-    aside, tried = shlex.quote(f"{target}.real"), agent_channel(workspace) / "tried"
-    forge = "sqlite3.connect(sys.argv[1]).execute('UPDATE experiments SET val_bpb = 0.1').connection.commit()"
+    turn_swaps_in_a_forged_copy(workspace, tmp_path, target)
+
+
+def turn_swaps_in_a_forged_copy(ws, tmp_path: Path, target: Path) -> None:
+    """One turn that moves `target` (the workspace, or a folder that holds it) aside, copies it back to its path and
+    forges the copy's ledger (a best of 0.1, its seals dropped), else says it was refused: it must be refused, the
+    workspace stay the folder it was, and the turn be judged as any other."""
+    aside, refused = shlex.quote(f"{target}.real"), agent_channel(ws) / "refused"
+    ledger = shlex.quote(str(ws.state / "ledger.sqlite"))  # the copy's, once the copy is at the path
+    forge = "c = sqlite3.connect(sys.argv[1]); c.execute('UPDATE experiments SET val_bpb = 0.1'); "
+    forge += "c.execute('DROP TABLE seals'); c.commit()"
     swap = (
         f"if mv {shlex.quote(str(target))} {aside}; then cp -a {aside} {shlex.quote(str(target))}; "
-        f'{shlex.quote(sys.executable)} -c "import sqlite3, sys; {forge}" .autoresearch/ledger.sqlite; '
-        f"else echo refused > {shlex.quote(str(tried))}; fi"
+        f'{shlex.quote(sys.executable)} -c "import sqlite3, sys; {forge}" {ledger}; '
+        f"else echo refused > {shlex.quote(str(refused))}; fi"
     )
-    identity = os.stat(workspace.root).st_ino
-    exp, before = take_turn(workspace, tmp_path, f"{set_lr(0.2)}\n{swap}\necho LR 0.2")
-    assert tried.read_text() == "refused\n" and not Path(f"{target}.real").exists()
-    assert os.stat(workspace.root).st_ino == identity
+    identity = os.stat(ws.root).st_ino
+    exp, before = take_turn(ws, tmp_path, f"{set_lr(0.2)}\n{swap}\necho LR 0.2")
+    assert refused.read_text() == "refused\n" and not Path(f"{target}.real").exists()
+    assert os.stat(ws.root).st_ino == identity
     assert exp.kind == Kind.EXPERIMENT and exp.status == Status.KEEP and exp.val_bpb > 0.5
-    assert_the_loop_owns_the_workspace(workspace, exp, before)
+    assert_the_loop_owns_the_workspace(ws, exp, before)
 
 
 # Renames argv[1] to argv[2] (or swaps them: "exchange") where no pin is: a child opens the folder that holds it, then,
@@ -1026,21 +1035,7 @@ def test_an_agent_cannot_move_aside_a_btrfs_subvolume_that_holds_the_workspace(t
     try:
         runs = disk / "runs"
         subprocess.run(["btrfs", "subvolume", "create", str(runs)], check=True, capture_output=True)
-        ws = make_workspace(runs / "ws", tiny_prepared)
-        refused = tmp_path / "refused"
-        forge = "c = sqlite3.connect(sys.argv[1]); c.execute('UPDATE experiments SET val_bpb = 0.1'); "
-        forge += "c.execute('DROP TABLE seals'); c.commit()"
-        turn = (
-            f"if mv {runs} {runs}.real; then cp -a {runs}.real {runs}; "
-            f'{shlex.quote(sys.executable)} -c "import sqlite3, sys; {forge}" {ws.state / "ledger.sqlite"}; '
-            f"else echo refused > {refused}; fi\necho LR 0.2"
-        )
-        identity = os.stat(ws.root).st_ino
-        exp, before = take_turn(ws, tmp_path, f"{set_lr(0.2)}\n{turn}")
-        assert refused.read_text() == "refused\n"
-        assert os.stat(ws.root).st_ino == identity and not Path(f"{runs}.real").exists()
-        assert exp.kind == Kind.EXPERIMENT and exp.status == Status.KEEP and exp.val_bpb > 0.5
-        assert_the_loop_owns_the_workspace(ws, exp, before)
+        turn_swaps_in_a_forged_copy(make_workspace(runs / "ws", tiny_prepared), tmp_path, runs)
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
         disk.rmdir()
