@@ -52,7 +52,7 @@ class Aider:
     api = "openai"
 
     def missing(self, environ: Mapping[str, str]) -> str | None:
-        if key_or_placeholder(environ, "OPENAI_API_KEY", URLS) is None:
+        if key_or_placeholder(environ, self.key_env, self.url_envs) is None:
             return (
                 "neither OPENAI_API_KEY nor OPENAI_BASE_URL is set (export OPENAI_API_KEY=..., or "
                 "OPENAI_BASE_URL=http://localhost:11434/v1 for a local server)"
@@ -94,7 +94,7 @@ class Aider:
 
     def environment(self, environ: Mapping[str, str], state: Path) -> dict[str, str]:
         env = dict(environ)
-        env["OPENAI_API_KEY"] = key_or_placeholder(environ, "OPENAI_API_KEY", URLS) or ""
+        env["OPENAI_API_KEY"] = key_or_placeholder(environ, self.key_env, self.url_envs) or ""
         if base := environ.get("OPENAI_API_BASE") or environ.get("OPENAI_BASE_URL"):
             # Both: litellm reads OPENAI_BASE_URL first (then OPENAI_API_BASE). With both set apart, aider talked to
             # OPENAI_BASE_URL's server, and the preflight sent the key to OPENAI_API_BASE's, one aider never asked.

@@ -37,7 +37,7 @@ class ClaudeCode:
     api = "anthropic"
 
     def missing(self, environ: Mapping[str, str]) -> str | None:
-        if key_or_placeholder(environ, "ANTHROPIC_API_KEY", ("ANTHROPIC_BASE_URL",)) is None:
+        if key_or_placeholder(environ, self.key_env, self.url_envs) is None:
             return (
                 "ANTHROPIC_API_KEY is not set (export ANTHROPIC_API_KEY=..., or ANTHROPIC_BASE_URL for a "
                 "compatible server)"
@@ -59,7 +59,7 @@ class ClaudeCode:
 
     def environment(self, environ: Mapping[str, str], state: Path) -> dict[str, str]:
         env = {**environ, **QUIET}
-        env["ANTHROPIC_API_KEY"] = key_or_placeholder(environ, "ANTHROPIC_API_KEY", ("ANTHROPIC_BASE_URL",)) or ""
+        env["ANTHROPIC_API_KEY"] = key_or_placeholder(environ, self.key_env, self.url_envs) or ""
         env["CLAUDE_CONFIG_DIR"] = str(state / "config")
         return env
 

@@ -50,7 +50,7 @@ class Codex:
         self.sandbox = SANDBOX
 
     def missing(self, environ: Mapping[str, str]) -> str | None:
-        if key_or_placeholder(environ, "OPENAI_API_KEY", ("OPENAI_BASE_URL",)) is None:
+        if key_or_placeholder(environ, self.key_env, self.url_envs) is None:
             return (
                 "neither OPENAI_API_KEY nor OPENAI_BASE_URL is set (export OPENAI_API_KEY=..., or "
                 "OPENAI_BASE_URL for a server that speaks the Responses API)"
@@ -84,7 +84,7 @@ class Codex:
 
     def environment(self, environ: Mapping[str, str], state: Path) -> dict[str, str]:
         env = dict(environ)
-        env["OPENAI_API_KEY"] = key_or_placeholder(environ, "OPENAI_API_KEY", ("OPENAI_BASE_URL",)) or ""
+        env["OPENAI_API_KEY"] = key_or_placeholder(environ, self.key_env, self.url_envs) or ""
         env["CODEX_HOME"] = str(state / "home")
         # Codex puts its sandbox helpers in CODEX_HOME, but not under the temporary directory (a workspace
         # in /tmp): its temporary directory is its own, so that the home never lies inside it.
