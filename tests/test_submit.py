@@ -199,6 +199,28 @@ def test_a_submission_with_autoresearch_json_edited_is_refused_naming_it(workspa
     assert constant(workspace.read_train_py(), "LR") == 0.2 and inbox_files(workspace) == [] and rows(workspace) == []
 
 
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (lambda source: source + "\ndef broken(:\n", "train.py is not valid Python: invalid syntax (line"),
+        (lambda source: with_constants(source, SEED=constant(source, "SEED") + 1), "only the random seed changed"),
+    ],
+    ids=["not Python", "only a new seed"],
+)
+def test_a_submission_any_loop_would_refuse_is_refused_at_once_and_starts_no_loop(workspace, capsys, monkeypatch, edit,
+                                                                                  why):  # fmt: skip
+    """BROKE, fixed: with no loop running, a `submit` of a train.py that is not Python started a loop in the
+    background only to have it refuse the submission; that loop then idled 10 minutes, waiting for the next."""
+    background_loop(monkeypatch, lambda argv, **_: pytest.fail("no loop is started for a refused submission"))
+    changed = edit(workspace.committed_train_py())
+    workspace.write_train_py(changed)
+    rc, took = timed(lambda: main(["submit", "-m", "a refused change", "--workspace", str(workspace.root)]))
+    err = capsys.readouterr().err
+    assert rc == 2 and took < AT_ONCE_S and f"rejected before running: {why}" in err, err
+    assert "change train.py (it holds your change again) and submit it" in err
+    assert workspace.read_train_py() == changed and inbox_files(workspace) == [] and rows(workspace) == []
+
+
 @pytest.mark.parametrize("command", ["try", "run"])
 def test_a_loop_that_takes_no_submissions_refuses_one_at_once(workspace, capsys, command):
     """BROKE, fixed: with a `try` or a one-worker `run` working in the workspace, `submit` waited its whole 60 s

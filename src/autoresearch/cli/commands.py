@@ -282,8 +282,9 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     import subprocess
 
     from autoresearch.config.apparatus import CONFIG_NAME
+    from autoresearch.loop import guard
     from autoresearch.loop.held_edits import HeldEdit, put_back_edits
-    from autoresearch.loop.inbox import send
+    from autoresearch.loop.inbox import RESUBMIT_HINT, SubmitError, edit_base, send
     from autoresearch.loop.settings import CONFIG_EDITED_HINT
     from autoresearch.loop.waiting import LOOP_STARTED
     from autoresearch.loop.workers import devices, require_gpus
@@ -306,6 +307,9 @@ def submit(args: argparse.Namespace, console: Console) -> None:
         raise AutoresearchError("train.py is the same as the best", hint="edit train.py first")
     if CONFIG_NAME in ws.git.changed_paths():  # the loop's runs would read it, and stop on another apparatus
         raise AutoresearchError(f"{CONFIG_NAME} was edited: a submission is train.py alone", hint=CONFIG_EDITED_HINT)
+    # What any loop refuses at once (not Python, only a new seed, ...): refused here, and no loop started to say it
+    if why := guard.rejection(ws.committed_train_py(edit_base(ws.state, base)), source):
+        raise SubmitError(f"rejected before running: {why}", hint=RESUBMIT_HINT)
     edit = ws.train_py.read_bytes().decode()  # as it is on disk, line endings and all, to put back on a failure
 
     def start() -> subprocess.Popen:

@@ -54,6 +54,7 @@ except ImportError:  # Windows: no flock; a request is then never taken for one 
 INBOX_DIR = "inbox"
 SUBMITTER = "submit"  # the ledger's agent for submitted experiments
 TAKE_TIMEOUT_S = 60.0  # how long `submit` waits for a running loop to take its request before it withdraws it
+RESUBMIT_HINT = "change train.py (it holds your change again) and submit it"  # after a refusal
 EDIT_BASE = "edit-base.json"  # the best an edit left in train.py by a keep was made from (`note_moved`)
 # A request carries train.py as JSON text, each byte 6 at worst (\u0000), and a killed submit's held change two of
 # them: far more than a train.py a proposal may be (workspace.MAX_TRAIN_PY_BYTES) is no request of `submit`'s, and
@@ -379,7 +380,7 @@ def send(ws, description: str, source: str, base: str, start: Callable[[], objec
                     break
             time.sleep(poll)  # taken by the running loop: its reply comes at once
         if "error" in answer:
-            raise SubmitError(answer["error"], hint="change train.py (it holds your change again) and submit it")
+            raise SubmitError(answer["error"], hint=RESUBMIT_HINT)
         (ws.state / EDIT_BASE).unlink(missing_ok=True)  # train.py is the best's again: a new edit is made from it
         return int(answer["id"])
     finally:
