@@ -75,6 +75,7 @@ def test_sglangs_lm_studios_and_anthropics_other_prompt_too_long_stop_as_vllms_d
         with pytest.raises(ProposalError, match="longer than the model's context") as failed:
             agent.propose(at_rest(tmp_path))
         assert failed.value.fatal and "shorten program.md" in failed.value.hint
+        assert (body["message"] if "message" in body else body["error"]) in str(failed.value)  # LM Studio's were not
     fake_openai.queue.append(Scripted(400, {"error": "Invalid value for 'temperature'"}))
     with pytest.raises(ProposalError) as failed:
         agent.propose(at_rest(tmp_path))
@@ -84,3 +85,29 @@ def test_sglangs_lm_studios_and_anthropics_other_prompt_too_long_stop_as_vllms_d
     with pytest.raises(ProposalError, match="longer than the model's context") as failed:
         AnthropicAgent("claude-sonnet-4-6").propose(at_rest(tmp_path))
     assert failed.value.fatal
+
+
+def test_text_generation_inferences_422_for_a_prompt_too_long_stops_as_vllms_400_does(fake_openai, tmp_path) -> None:
+    """BROKE, fixed: text-generation-inference answers a prompt over the model's context with 422 (its validation
+    error), which failed as any other status, and the loop asked again all night. Its other 422s still do."""
+    from fake_llm import Scripted
+    from test_agent_failures_stop76 import at_rest
+
+    from autoresearch.agents.openai_agent import OpenAIAgent
+
+    agent = OpenAIAgent("tgi")
+    for said in (
+        "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 8192. Given: 8100 `inputs` tokens and "
+        "16000 `max_new_tokens`",
+        "Input validation error: `inputs` must have less than 4096 tokens. Given: 4545",
+    ):
+        fake_openai.queue.append(Scripted(422, {"error": said, "error_type": "validation"}))
+        with pytest.raises(ProposalError, match=r"longer than the model's context \(HTTP 422\)") as failed:
+            agent.propose(at_rest(tmp_path))
+        assert failed.value.fatal and "--max-total-tokens" in failed.value.hint and said in str(failed.value)
+    fake_openai.queue.append(
+        Scripted(422, {"error": "Input validation error: `temperature` must be strictly positive", "error_type": "v"})
+    )
+    with pytest.raises(ProposalError) as failed:
+        agent.propose(at_rest(tmp_path))
+    assert not failed.value.fatal and "rejected the request (HTTP 422)" in str(failed.value)

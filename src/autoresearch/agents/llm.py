@@ -128,13 +128,16 @@ class ContextTooLong(ProposalError):
 # The words of a 400 for a prompt longer than the model's context, beside OpenAI's code `context_length_exceeded` and
 # Anthropic's "prompt is too long": vLLM's and OpenAI's message, llama.cpp's error type; Anthropic's where the prompt
 # and the answer's room (MAX_TOKENS, fixed) pass the context, SGLang's and Together's, LM Studio's (red team: they
-# failed as any 400, and were asked again all night).
+# failed as any 400, and were asked again all night); text-generation-inference's 422s, for the prompt and for the
+# prompt with the answer's room.
 _TOO_LONG_WORDS = (
     "prompt is too long",
     "maximum context length",
     "exceed context limit",
     "is longer than the model's context length",
     "greater than the context length",
+    "`inputs` must have less than",
+    "`inputs` tokens + `max_new_tokens` must be <=",
 )
 _TOO_LONG_TYPES = ("exceed_context_size_error",)
 
@@ -262,12 +265,13 @@ def api_error(
         )
     if status is not None and status >= 500:
         return ProposalError(f"{provider} server error (HTTP {status}){after}: {detail}")
-    if status == 400 and too_long(err):
+    if status in (400, 422) and too_long(err):  # 422: text-generation-inference's
         return ContextTooLong(
-            f"{provider} refused the prompt as longer than the model's context (HTTP 400): {detail}",
+            f"{provider} refused the prompt as longer than the model's context (HTTP {status}): {detail}",
             hint="shorten program.md; or show the model less: a prompts/task.md of your own without {{diffs}} (the "
             "recent diffs), from the shipped agents/prompts/task.md; or use a model, or a server setting (vLLM's "
-            "--max-model-len, llama.cpp's -c, Ollama's num_ctx), with a longer context",
+            "--max-model-len, llama.cpp's -c, Ollama's num_ctx, text-generation-inference's --max-input-tokens and "
+            "--max-total-tokens), with a longer context",
         )
     if status is not None:
         return ProposalError(f"{provider} rejected the request (HTTP {status}): {detail}")
@@ -284,10 +288,11 @@ def api_error(
 
 
 def too_long(err: Exception) -> bool:
-    """Whether an SDK's 400 says the prompt does not fit the model's context: OpenAI's code `context_length_exceeded`,
-    Anthropic's `invalid_request_error` "prompt is too long", vLLM's "maximum context length", llama.cpp's
-    `exceed_context_size_error`, SGLang's and LM Studio's words (`_TOO_LONG_WORDS`), the message in an error object or
-    alone. Nothing else: a 400 for another reason fails as before."""
+    """Whether an SDK's 400 (or 422) says the prompt does not fit the model's context: OpenAI's code
+    `context_length_exceeded`, Anthropic's `invalid_request_error` "prompt is too long", vLLM's "maximum context
+    length", llama.cpp's `exceed_context_size_error`, SGLang's, LM Studio's and text-generation-inference's words
+    (`_TOO_LONG_WORDS`), the message in an error object or alone. Nothing else: a 400 for another reason fails as
+    before."""
     body = getattr(err, "body", None)
     inner = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(inner, str):  # `{"error": "<message>"}` (LM Studio's), whose "error" the OpenAI SDK gives alone
@@ -314,9 +319,11 @@ def _too_long(err: ContextTooLong, context: Context, prompt: Prompt) -> Proposal
 def _detail(err: Exception) -> str:
     """The API's own error message if the body has one, else the exception's text."""
     body = getattr(err, "body", None)
-    inner = body.get("error", body) if isinstance(body, dict) else None
+    inner = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(inner, dict) and inner.get("message"):
         return str(inner["message"])
+    if isinstance(inner, str) and inner:  # `{"error": "<message>"}` (LM Studio's, TGI's): the SDK gives it alone
+        return inner
     return str(getattr(err, "message", None) or err)
 
 
