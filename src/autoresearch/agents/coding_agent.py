@@ -253,9 +253,7 @@ class CodingAgent:
 
     def _url(self) -> str:
         """The base URL of the program's model server, as it reads it."""
-        return next(
-            (os.environ[name] for name in self.recipe.url_envs if os.environ.get(name)), self.recipe.default_url
-        )
+        return base_url(os.environ, self.recipe.url_envs) or self.recipe.default_url
 
     def _program(self) -> str:
         found = shutil.which(self.recipe.program)
@@ -282,9 +280,14 @@ def key_or_placeholder(environ: Mapping[str, str], key: str, urls: tuple[str, ..
     none; the programs insist on some key), else None."""
     if environ.get(key):
         return environ[key]
-    if any(environ.get(url) for url in urls):
+    if base_url(environ, urls):
         return "no-key"
     return None
+
+
+def base_url(environ: Mapping[str, str], urls: tuple[str, ...]) -> str | None:
+    """The base URL the program reads: the first of `urls` set (a recipe's `url_envs`); None if none is."""
+    return next((environ[name] for name in urls if environ.get(name)), None)
 
 
 def json_object(line: str) -> dict:

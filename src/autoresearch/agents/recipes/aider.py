@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from autoresearch.agents.base import Usage
-from autoresearch.agents.coding_agent import Turn, json_object, key_or_placeholder
+from autoresearch.agents.coding_agent import Turn, base_url, json_object, key_or_placeholder
 from autoresearch.agents.command_agent import MAX_OUTPUT_BYTES
 from autoresearch.agents.llm import usage_for
 from autoresearch.files import read_regular, write_text_atomic
@@ -95,7 +95,7 @@ class Aider:
     def environment(self, environ: Mapping[str, str], state: Path) -> dict[str, str]:
         env = dict(environ)
         env["OPENAI_API_KEY"] = key_or_placeholder(environ, self.key_env, self.url_envs) or ""
-        if base := environ.get("OPENAI_API_BASE") or environ.get("OPENAI_BASE_URL"):
+        if base := base_url(environ, self.url_envs):
             # Both: litellm reads OPENAI_BASE_URL first (then OPENAI_API_BASE). With both set apart, aider talked to
             # OPENAI_BASE_URL's server, and the preflight sent the key to OPENAI_API_BASE's, one aider never asked.
             env["OPENAI_API_BASE"] = env["OPENAI_BASE_URL"] = base
