@@ -653,7 +653,8 @@ def test_wait_on_a_loop_that_stopped_says_why(workspace, capsys):
     assert main(["wait", "2", "--workspace", str(workspace.root)]) == 2  # the command: one line, then its hint
     said = capsys.readouterr().err.splitlines()
     assert said[0].startswith("error: experiment 2 is in flight") and said[0].endswith("hint: run where it ran")
-    assert said[1].startswith("  hint: `autoresearch run --agent queue`") and len(said) == 2
+    # The command that finishes it, with the workers the loop had: a count guessed wrong is refused (its CPU share)
+    assert said[1].startswith("  hint: `autoresearch run --agent queue --gpus 0,1` finishes them") and len(said) == 2
     log.write_text("exp 2 submitted: LR 0.2\nerror: an old one\n  hint: x\nstarted\ntraining\nstill training\n")
     with pytest.raises(WaitError) as err:  # a log that does not end on an error says nothing of one
         wait_for(lambda: Ledger(workspace.root), [2], driver_alive=lambda: False, poll=0.05, log=log)
@@ -664,6 +665,26 @@ def test_wait_on_a_loop_that_stopped_says_why(workspace, capsys):
     with pytest.raises(WaitError) as err:
         wait_for(lambda: Ledger(workspace.root), [2], driver_alive=lambda: False, poll=0.05, log=log)
     assert "stopped with" not in str(err.value)
+
+
+def test_the_command_that_finishes_what_a_loop_left_names_the_workers_that_loop_had(tmp_path) -> None:
+    """BROKE, fixed: the hint said "with your --gpus or --workers", and an agent that guessed the count wrong had its
+    loop refused (a run's CPU share must be the baseline's)."""
+    from autoresearch.loop import activity
+
+    assert activity.run_command(tmp_path, "--agent queue") == (
+        "`autoresearch run --agent queue` (with the --gpus or --workers it had)"  # no loop said which
+    )
+    for workers, options in [
+        (["gpu 0", "gpu 3"], " --gpus 0,3"),
+        (["cpu 0", "cpu 1", "cpu 2"], " --workers 3"),
+        (["ray 0", "ray 1"], " --ray"),
+        (["local"], ""),
+    ]:
+        activity.start_session(tmp_path, workers, time.time())  # the latest loop's, killed or ended
+        assert activity.run_command(tmp_path) == f"`autoresearch run{options}`"
+        activity.end_session(tmp_path)
+        assert activity.run_command(tmp_path, "--agent queue") == f"`autoresearch run --agent queue{options}`"
 
 
 def test_several_workers_refuse_to_start_where_runs_cannot_be_confined(workspace, monkeypatch) -> None:

@@ -356,6 +356,7 @@ def submit(args: argparse.Namespace, console: Console) -> None:
 def wait(args: argparse.Namespace, console: Console) -> None:
     """One verdict line on stdout for each experiment, as it is judged. With no ids: every submitted experiment
     whose verdict no `wait` has printed yet."""
+    from autoresearch.loop.activity import run_command
     from autoresearch.loop.inbox import TAKE_TIMEOUT_S, Inbox
     from autoresearch.loop.ledger import Ledger, best_of
     from autoresearch.loop.reporter import verdict_line
@@ -390,7 +391,8 @@ def wait(args: argparse.Namespace, console: Console) -> None:
         return Ledger(ws.root)
 
     running = loop_running(ws.is_locked, ws.state)
-    wait_for(ledger, ids, running, log=ws.state / "driver.log", judged=judged)
+    resume = run_command(ws.state, "--agent queue")
+    wait_for(ledger, ids, running, log=ws.state / "driver.log", judged=judged, resume=resume)
 
 
 def try_change(args: argparse.Namespace, console: Console) -> None:

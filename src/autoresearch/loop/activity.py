@@ -289,6 +289,31 @@ def periods(state: Path, experiments: list[Experiment], now: float | None = None
     return made
 
 
+UNKNOWN_WORKERS = "(with the --gpus or --workers it had)"  # where no loop said which
+
+
+def resume_options(state: Path) -> str | None:
+    """The options of `run` that give the workers the latest loop in the workspace had, to finish what it left in
+    flight: `--gpus 0,1`, `--workers 2`, `--ray`, "" for the one worker of a plain `run`; None where no loop said."""
+    if not (found := periods(state, [])):
+        return None
+    workers = found[-1].workers
+    if gpus := [w.removeprefix("gpu ") for w in workers if w.startswith("gpu ")]:
+        return f"--gpus {','.join(gpus)}"
+    if any(w.startswith("ray ") for w in workers):
+        return "--ray"
+    cpus = sum(w.startswith("cpu ") for w in workers)
+    return f"--workers {cpus}" if cpus else ""
+
+
+def run_command(state: Path, *options: str) -> str:
+    """`autoresearch run` with `options` and the latest loop's workers (`resume_options`), as a hint names it."""
+    given = resume_options(state)
+    words = ["autoresearch run", *options, *([given] if given else [])]
+    said = f"`{' '.join(words)}`"
+    return said if given is not None else f"{said} {UNKNOWN_WORKERS}"
+
+
 @dataclass(frozen=True)
 class Running:
     """How long loops ran within a window: in all, their workers' time together (a loop without workers, a `try`,

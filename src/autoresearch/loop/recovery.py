@@ -73,7 +73,7 @@ class Recovery:
         if left_by_workers(in_flight):
             raise LoopError(
                 f"{len(in_flight)} experiments of a loop with several workers (or submitted) are still in flight",
-                hint="`autoresearch run` with the same --gpus or --workers finishes them first",
+                hint=f"{activity.run_command(self.ws.state)} finishes them first",
             )
         self.reap_judged()  # `try` after a loop with several workers killed while it measured the best again
         pending = in_flight[0] if in_flight else None

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.loop.activity import read_session
+from autoresearch.loop.activity import UNKNOWN_WORKERS, read_session
 from autoresearch.loop.ledger import Experiment
 from autoresearch.orphans import alive
 
@@ -98,6 +98,9 @@ def _runs(argv: list[str], command: str) -> bool:
     return any(word == command and Path(before).name == "autoresearch" for before, word in itertools.pairwise(argv))
 
 
+RESUME = f"`autoresearch run --agent queue` {UNKNOWN_WORKERS}"  # what finishes them, where it is not known
+
+
 class WaitError(AutoresearchError):
     pass
 
@@ -109,11 +112,12 @@ def wait_for(
     poll: float = 1.0,
     log: Path | None = None,
     judged: Callable[[Experiment], None] | None = None,
+    resume: str | None = None,
 ) -> list[Experiment]:
     """Block until every experiment in `ids` has its verdict; `ledger_of()` opens the ledger to read,
     `driver_alive()` says whether a loop still runs to give them one, and `log` is the background loop's, whose
     error is repeated if it stopped on one. `judged(exp)` is called for each as soon as it has its verdict (before
-    a WaitError for the others)."""
+    a WaitError for the others). `resume` is the command that finishes them, for the hint where no loop runs."""
     told: set[int] = set()
     while True:
         ledger = ledger_of()
@@ -136,8 +140,7 @@ def wait_for(
             stopped = last_error(log) if log else None
             raise WaitError(
                 f"{which} in flight but no loop is running" + (f"; it stopped with {stopped}" if stopped else ""),
-                hint="`autoresearch run --agent queue` (with your --gpus or --workers) finishes them"
-                + (", once what stopped it is dealt with" if stopped else ""),
+                hint=f"{resume or RESUME} finishes them" + (", once what stopped it is dealt with" if stopped else ""),
             )
         time.sleep(poll)
 
