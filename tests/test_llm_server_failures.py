@@ -39,9 +39,9 @@ def context(tmp_path: Path) -> Context:
 
 
 @contextmanager
-def odd_server(body: bytes, content_type: str, trickle_s: float = 0.0) -> Iterator[str]:
+def odd_server(body: bytes, content_type: str, trickle_s: float = 0.0, headers_too: bool = False) -> Iterator[str]:
     """A server on 127.0.0.1 that answers every POST with 200, `content_type` and `body` (or, with `trickle_s`,
-    a byte of whitespace every `trickle_s` seconds, for ever). Yields its address."""
+    a byte of whitespace every `trickle_s` seconds, for ever; `headers_too`: a byte of a header). Yields its address."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -51,10 +51,13 @@ def odd_server(body: bytes, content_type: str, trickle_s: float = 0.0) -> Iterat
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body) if not trickle_s else 1_000_000))
-            self.end_headers()
+            if headers_too:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+            else:
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body) if not trickle_s else 1_000_000))
+                self.end_headers()
             if not trickle_s:
                 self.wfile.write(body)
                 return
@@ -138,15 +141,19 @@ def test_anthropic_answer_without_content_is_a_proposal_error(
 
 
 @pytest.mark.slow  # over half a second
+@pytest.mark.parametrize("headers_too", [False, True], ids=["body", "headers"])
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
-def test_preflight_keeps_its_timeout_against_a_server_that_trickles(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preflight_keeps_its_timeout_against_a_server_that_trickles(
+    kind: str, headers_too: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """PREFLIGHT_TIMEOUT_S is documented as "the whole 1-token request", but the SDKs' (httpx's) timeouts are per
     read: a server that sends a byte every few seconds holds preflight (and every ask: TIMEOUT_S) for ever. Seen:
     `autoresearch run` against such a server printed nothing for 90 s and more before the baseline, with the
-    documented 30 s. Here the timeout is set to 1 s and the server sends a byte every 0.3 s."""
+    documented 30 s; and (BROKE, fixed) the same where the bytes were those of a header, before the body's deadline.
+    Here the timeout is set to 1 s and the server sends a byte every 0.3 s."""
     module = "autoresearch.agents.openai_agent" if kind == "openai" else "autoresearch.agents.anthropic_agent"
     monkeypatch.setattr(f"{module}.PREFLIGHT_TIMEOUT_S", 1.0)
-    with odd_server(b"", "application/json", trickle_s=0.3) as url:
+    with odd_server(b"", "application/json", trickle_s=0.3, headers_too=headers_too) as url:
         agent = agent_at(kind, url, monkeypatch)
         done = threading.Event()
         outcome: list[object] = []
@@ -162,6 +169,23 @@ def test_preflight_keeps_its_timeout_against_a_server_that_trickles(kind: str, m
         threading.Thread(target=check, daemon=True).start()
         assert done.wait(10), "preflight still waiting after 10 s with a 1 s timeout"
     assert len(outcome[0]) == 1 and "no whole answer within 1 s" in outcome[0][0], outcome
+
+
+@pytest.mark.slow  # over half a second
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_an_ask_keeps_its_timeout_against_a_server_that_trickles_its_headers(
+    kind: str, context: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BROKE, fixed: TIMEOUT_S bounded an answer's body; a server (or proxy) that sent its headers a byte at a time met
+    only each read's timeout and held the loop's ask, and the night, for ever."""
+    module = "autoresearch.agents.openai_agent" if kind == "openai" else "autoresearch.agents.anthropic_agent"
+    monkeypatch.setattr(f"{module}.TIMEOUT_S", 0.5)
+    with odd_server(b"", "application/json", trickle_s=0.1, headers_too=True) as url:
+        agent = agent_at(kind, url, monkeypatch)
+        started = time.monotonic()
+        with pytest.raises(ProposalError, match=r"gave no whole answer within 0\.5 s"):
+            agent.propose(context)
+    assert time.monotonic() - started < 5
 
 
 def test_anthropic_does_not_wait_hours_on_a_retry_after_header(fake_anthropic: FakeLLM, context: Context) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import email.utils
 import importlib
 import math
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,8 +22,7 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
     MAX_RETRIES times: a server that took the request and never answered held one ask for 7 x TIMEOUT_S (70 min).
     Here an answer not there in full when its read timeout has passed since the request was sent, or silent for that
     long, ends in an error of the SDK's own (`sdk_error`, its base class), which it passes on without retrying: the
-    loop's own back-off asks again, and says so. (A server that trickles its status line and headers is bounded by the
-    read timeout of each byte only: the whole request's deadline is the body's.)"""
+    loop's own back-off asks again, and says so. The deadline holds for the status line and headers too."""
     # The SDKs' HTTP library: httpx, or httpx2 in their later versions; the client's base class is its Client.
     http = importlib.import_module(default_client.__mro__[1].__module__.partition(".")[0])
 
@@ -52,7 +52,7 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
             limit = (request.extensions.get("timeout") or {}).get("read")
             deadline = time.monotonic() + limit if limit else math.inf
             try:
-                response = super().handle_request(request)
+                response = self._headers_by(deadline, request)
             except http.ReadTimeout:  # not a byte of the answer in all that time
                 raise AnswerTimeout(request) from None
             response.stream = Deadline(response.stream, deadline, request)
@@ -64,12 +64,50 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
                     response.headers.pop(name, None)
             return response
 
+        def _headers_by(self, deadline: float, request: Any) -> Any:
+            """The response, its status line and headers read, by `deadline`: httpx bounds each read of them only, and
+            a server that trickled them a byte at a time held the ask for ever (red team). Past it the request is left
+            to a thread of its own, which ends when the server does, and this one is an AnswerTimeout."""
+            if deadline == math.inf:
+                return super().handle_request(request)
+            outcome: list[Any] = []  # the response or the exception; None once given up on
+            lock, send = threading.Lock(), super().handle_request
+
+            def sending() -> None:
+                got = _outcome(lambda: send(request))
+                with lock:
+                    if not outcome:
+                        outcome.append(got)
+                        return
+                if not isinstance(got, BaseException):  # too late: its connection goes back to the pool
+                    got.close()
+
+            thread = threading.Thread(target=sending, name="autoresearch-http", daemon=True)
+            thread.start()
+            thread.join(max(0.0, deadline - time.monotonic()))
+            with lock:
+                if not outcome:
+                    outcome.append(None)
+            if outcome[0] is None:
+                raise AnswerTimeout(request)
+            if isinstance(outcome[0], BaseException):
+                raise outcome[0]
+            return outcome[0]
+
     # A transport given, the client no longer reads HTTP(S)_PROXY and NO_PROXY itself (red team: behind a company
     # proxy every ask went direct and failed): each proxy of the environment gets a transport of ours, as httpx reads
     # them (a pattern without one, NO_PROXY's, takes the direct transport).
     proxies = getattr(getattr(http, "_utils", None), "get_environment_proxies", dict)()  # its own reading of them
     mounts = {pattern: url and WholeRequestTimeout(proxy=url) for pattern, url in proxies.items()}
     return default_client(transport=WholeRequestTimeout(), mounts=mounts)
+
+
+def _outcome(call: Any) -> Any:
+    """What `call()` returned, or the exception it raised."""
+    try:
+        return call()
+    except BaseException as exc:  # handed to the thread that waits, which raises it
+        return exc
 
 
 def longer_than(headers: Any, seconds: float) -> bool:
