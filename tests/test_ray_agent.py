@@ -20,6 +20,7 @@ import ray
 from loop_support import make_workspace
 from ray._private.authentication_test_utils import reset_auth_token_state
 
+from autoresearch.agents import fence
 from autoresearch.agents.command_agent import CommandAgent, run_process
 from autoresearch.data.shards import Manifest
 from autoresearch.evaluator.fingerprint import fingerprint
@@ -97,7 +98,10 @@ def test_an_agent_cannot_join_the_ray_the_loop_started_and_the_loop_still_trains
     # One try of 5 s, not Ray's two of 40 s: a cluster that took the driver would answer within milliseconds.
     quick = "RAY_gcs_server_port_wait_time_s=1 RAY_py_gcs_connect_timeout_s=5"
     joins.append(f"RAY_AUTH_MODE=disabled {quick} {joins[-1]}")
-    code, out, err = run_process("; ".join(joins), ws.root, "", dict(os.environ), 300, "an agent")
+    # The GCS's port let through the agent's fence (where Landlock restricts TCP): the token is what refuses, at once.
+    # Fenced, the last join was refused by the fence alone, after Ray's three timeouts (15 s).
+    env = dict(os.environ) | {fence.PORTS_ENV: loops_ray.rsplit(":", 1)[1]}
+    code, out, err = run_process("; ".join(joins), ws.root, "", env, 300, "an agent")
     assert code == 0 and [line.split()[0] for line in out.splitlines()] == ["refused"] * 3, out + err
     assert out.splitlines()[1:] == [
         f"refused {loops_ray} AuthenticationError",  # no token to send: none in its environment, nor in a file
