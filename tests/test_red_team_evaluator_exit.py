@@ -99,16 +99,21 @@ def edited(replacements: list[tuple[str, str]]) -> str:
     return source
 
 
-def one_run(workspace, source: str) -> Outcome:
-    """`source` trained once, as the loop's executor trains a run (forked from the fork server)."""
+def runs(workspace, sources: list[str]) -> list[Outcome]:
+    """Each of `sources` trained once, as the loop's executor trains its runs (each forked from its fork server: one
+    server for them all, whose start costs as much as a run)."""
     manifest = Manifest.load(Path(workspace.apparatus.data_dir) / "manifest.json")
-    spec = RunSpec(
-        workspace.root, workspace.state / "runs" / "2-0", 60, fingerprint(workspace.apparatus, manifest),
-        code=source.encode(),
-    )  # fmt: skip
     executor = LocalExecutor(prewarm=False)
     try:
-        return executor.run(spec)
+        return [
+            executor.run(
+                RunSpec(
+                    workspace.root, workspace.state / "runs" / f"{n}-0", 60, fingerprint(workspace.apparatus, manifest),
+                    code=source.encode(),
+                )
+            )
+            for n, source in enumerate(sources, 2)
+        ]  # fmt: skip
     finally:
         assert executor.fork_failure is None
         executor.close()
@@ -116,17 +121,16 @@ def one_run(workspace, source: str) -> Outcome:
 
 @pytest.mark.slow
 @confined
-@pytest.mark.parametrize("frame", TRIED)
-def test_a_train_py_that_sends_what_its_evaluator_cannot_take_crashes_and_never_stops_the_loop(workspace, frame):
+def test_a_train_py_that_sends_what_its_evaluator_cannot_take_crashes_and_never_stops_the_loop(workspace):
     """BROKE, fixed: each of these ended the evaluator with an exception nothing caught, which the fork server's
     evaluator turned into exit code 2, the setup error: "the evaluator could not run: OverflowError: int too large
     to convert to float", the loop stopped (RunEnd.CHANGED), and the experiment, left in flight, did so again at
     every start. An evaluator ends with 1 on such an exception, as `python -m` does (a crash of the experiment's),
     and judges each of these as the experiment's doing, with a result (a loss it cannot read is one it does not show;
     weights it cannot read are an invalid result)."""
-    outcome = one_run(workspace, edited(BROKEN_FRAMES[frame]))
-    assert outcome.status not in (RunEnd.CHANGED, RunEnd.LOST), (outcome.status, outcome.reason)
-    assert outcome.result is not None, outcome.reason  # judged by the evaluator (a loss it only shows: ignored)
+    for frame, outcome in zip(TRIED, runs(workspace, [edited(BROKEN_FRAMES[frame]) for frame in TRIED]), strict=True):
+        assert outcome.status not in (RunEnd.CHANGED, RunEnd.LOST), (frame, outcome.status, outcome.reason)
+        assert outcome.result is not None, (frame, outcome.reason)  # judged by the evaluator (a loss it only shows)
 
 
 def test_what_a_frame_may_carry_that_python_will_not_read_closes_the_channel_and_numbers_are_taken_finite():
@@ -171,7 +175,7 @@ def test_a_graph_that_kills_its_evaluator_with_a_fault_is_a_crash_not_a_run_lost
     a kill from outside: the run was trained again (--workers), a second draw that a train.py could ask for after
     seeing its loss, by the value of a buffer. A fault signal (SIGSEGV, SIGFPE, SIGILL, SIGABRT, ...) is the
     evaluator's own doing, as it ran what the experiment handed over: a crash."""
-    outcome = one_run(workspace, edited(FAULT_IN_GRAPH))
+    (outcome,) = runs(workspace, [edited(FAULT_IN_GRAPH)])
     assert outcome.status == RunEnd.CRASH, (outcome.status, outcome.reason)
     assert "SIGFPE" in outcome.reason
 
