@@ -76,14 +76,21 @@ def aider_block(path: str, old: str, new: str) -> str:
 
 
 @pytest.mark.slow  # aider imports litellm: ~6 s a turn on 2 busy cores
-def test_aider_edit_is_kept_with_its_hypothesis_and_exact_tokens(workspace, fake_openai, run_turn):
-    fake_openai.reply(f"{HYPOTHESIS}\n\n{aider_block('train.py', OLD, NEW)}", input_tokens=2345, output_tokens=67)
+def test_aider_edit_is_kept_with_its_hypothesis_and_exact_tokens_and_its_new_file_quarantined(
+    workspace, fake_openai, run_turn
+):
+    # One turn for both (each costs aider's start): the file it was told to add is all that is put back.
+    answer = aider_block("train.py", OLD, NEW) + aider_block("notes.md", "", "an idea for later")
+    fake_openai.reply(f"{HYPOTHESIS}\n\n{answer}", input_tokens=2345, output_tokens=67)
     exp, before = run_turn("aider", fake_openai)
     assert exp.status == Status.KEEP and constant(exp.source, "LR") == 0.2
     assert exp.description == HYPOTHESIS.removeprefix("Hypothesis: ")
     assert (exp.agent, exp.model, exp.input_tokens, exp.output_tokens) == ("aider", "gpt-5-mini", 2345, 67)
     assert exp.cost_usd == pytest.approx((2345 * 0.25 + 67 * 2.0) / 1e6)
-    assert exp.reason.startswith("better:")  # nothing to put back: aider wrote only its own state
+    assert exp.reason.startswith("better:")
+    put_back = exp.reason.split("put back after the agent: ")[1].partition(" (kept in ")[0]
+    assert put_back == "added notes.md", exp.reason  # nothing else: aider wrote only its own state
+    assert quarantined(workspace, "notes.md")[0].read_text().strip() == "an idea for later"
     request = fake_openai.requests[0].body
     assert request["model"] == "gpt-5-mini" and "train.py" in str(request["messages"])
     assert (workspace.state / "agents" / "aider" / "chat.history.md").exists()
@@ -96,16 +103,6 @@ def test_aider_edit_of_program_md_rejects_the_proposal(workspace, fake_openai, r
     fake_openai.reply(f"{HYPOTHESIS}\n\n{answer}")
     exp, before = run_turn("aider", fake_openai)
     assert exp.status == Status.CRASH and "edited files other than train.py: changed program.md" in exp.reason
-    assert_the_loop_owns_the_workspace(workspace, exp, before)
-
-
-@pytest.mark.slow
-def test_aider_new_file_is_quarantined_and_its_edit_judged(workspace, fake_openai, run_turn):
-    answer = aider_block("train.py", OLD, NEW) + aider_block("notes.md", "", "an idea for later")
-    fake_openai.reply(f"{HYPOTHESIS}\n\n{answer}")
-    exp, before = run_turn("aider", fake_openai)
-    assert exp.status == Status.KEEP and "added notes.md" in exp.reason
-    assert quarantined(workspace, "notes.md")[0].read_text().strip() == "an idea for later"
     assert_the_loop_owns_the_workspace(workspace, exp, before)
 
 
