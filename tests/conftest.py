@@ -43,7 +43,7 @@ ISOLATED_ENV = (
 ONE_WORKER_MODULES = {
     f"tests/{name}.py"
     for name in (
-        "test_loop_real", "test_off_budget", "test_probe", "test_ray", "test_red_team", "test_red_team_downgrade",
+        "test_loop_real", "test_probe", "test_ray", "test_red_team", "test_red_team_downgrade",
         "test_red_team_fork", "test_show_diff", "test_tokenizer", "test_train_e2e",
     )
 }  # fmt: skip
