@@ -7,12 +7,14 @@ import contextlib
 import email.utils
 import importlib
 import math
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 RETRY_AFTER_MAX_S = 60.0  # the longest retry-after the SDKs may wait out inside one ask
+_DEADLINE = "autoresearch.deadline"  # the request's extension that holds its deadline (time.monotonic())
 
 
 def whole_request_client(default_client: type, sdk_error: type[Exception]) -> Any:
@@ -50,7 +52,10 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
     class WholeRequestTimeout(http.HTTPTransport):
         def handle_request(self, request: Any) -> Any:
             limit = (request.extensions.get("timeout") or {}).get("read")
-            deadline = time.monotonic() + limit if limit else math.inf
+            # One deadline for the request and the redirects the client follows for it (the SDKs do, 20 at most): a
+            # redirect is a request of its own, which carries the first one's extensions (red team: each hop had a
+            # deadline of its own, and a server that sent a 307 to itself just before it held an ask 21 of them)
+            deadline = request.extensions.setdefault(_DEADLINE, time.monotonic() + limit if limit else math.inf)
             try:
                 response = self._headers_by(deadline, request)
             except http.ReadTimeout:  # not a byte of the answer in all that time
@@ -71,28 +76,40 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
             if deadline == math.inf:
                 return super().handle_request(request)
             outcome: list[Any] = []  # the response or the exception; None once given up on
-            lock, send = threading.Lock(), super().handle_request
+            lock, send, used = threading.Lock(), super().handle_request, _Used()
 
             def sending() -> None:
+                _sending.used = used  # the connection it reads and writes, for the thread that waits to shut
                 got = _outcome(lambda: send(request))
                 with lock:
                     if not outcome:
                         outcome.append(got)
                         return
-                if not isinstance(got, BaseException):  # too late: its connection goes back to the pool
+                if not isinstance(got, BaseException):  # too late: its connection is closed
                     got.close()
 
             thread = threading.Thread(target=sending, name="autoresearch-http", daemon=True)
             thread.start()
-            thread.join(max(0.0, deadline - time.monotonic()))
-            with lock:
-                if not outcome:
-                    outcome.append(None)
+            try:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            finally:  # and on a Ctrl-C meanwhile
+                with lock:
+                    if not outcome:
+                        outcome.append(None)
+                        # Shut, its thread ends now (red team: it ended when the server did, and one that trickled
+                        # for ever kept a thread and a connection for each ask given up on, all night)
+                        used.shut()
             if outcome[0] is None:
                 raise AnswerTimeout(request)
             if isinstance(outcome[0], BaseException):
                 raise outcome[0]
             return outcome[0]
+
+        def __init__(self, **kwargs: Any):
+            super().__init__(**kwargs)
+            pool = getattr(self, "_pool", None)  # httpcore's; its connections are made by its network backend
+            if (backend := getattr(pool, "_network_backend", None)) is not None:
+                pool._network_backend = _Watched(backend)
 
     # A transport given, the client no longer reads HTTP(S)_PROXY and NO_PROXY itself (red team: behind a company
     # proxy every ask went direct and failed): each proxy of the environment gets a transport of ours, as httpx reads
@@ -100,6 +117,65 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
     proxies = getattr(getattr(http, "_utils", None), "get_environment_proxies", dict)()  # its own reading of them
     mounts = {pattern: url and WholeRequestTimeout(proxy=url) for pattern, url in proxies.items()}
     return default_client(transport=WholeRequestTimeout(), mounts=mounts)
+
+
+class _Used:
+    """The network stream a request's own thread (`_headers_by`) last read or wrote: its connection."""
+
+    def __init__(self) -> None:
+        self.stream: Any = None
+
+    def shut(self) -> None:
+        """Shut the connection down: a read waiting on it, in the request's thread, ends at once."""
+        with contextlib.suppress(AttributeError, OSError):  # none yet (the thread not started), or closed already
+            # socket.socket's own: an SSLSocket's would drop its TLS state under the thread reading it
+            socket.socket.shutdown(self.stream.get_extra_info("socket"), socket.SHUT_RDWR)
+
+
+_sending = threading.local()  # `used`: in a request's own thread, its `_Used`
+
+
+class _Watched:
+    """A network backend (httpcore's) whose streams tell the request's own thread's `_Used` when it uses them."""
+
+    def __init__(self, backend: Any):
+        self._backend = backend
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> Any:
+        return _WatchedStream(self._backend.connect_tcp(*args, **kwargs))
+
+    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> Any:
+        return _WatchedStream(self._backend.connect_unix_socket(*args, **kwargs))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _WatchedStream:
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def _used(self) -> None:
+        if (used := getattr(_sending, "used", None)) is not None:
+            used.stream = self._stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._used()
+        return self._stream.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._used()
+        self._stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> Any:
+        self._used()  # a handshake the server trickles: shut as a read
+        return _WatchedStream(self._stream.start_tls(*args, **kwargs))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
 
 
 def _outcome(call: Any) -> Any:

@@ -307,8 +307,11 @@ def submit(args: argparse.Namespace, console: Console) -> None:
         raise AutoresearchError("train.py is the same as the best", hint="edit train.py first")
     if CONFIG_NAME in ws.git.changed_paths():  # the loop's runs would read it, and stop on another apparatus
         raise AutoresearchError(f"{CONFIG_NAME} was edited: a submission is train.py alone", hint=CONFIG_EDITED_HINT)
-    # What any loop refuses at once (not Python, only a new seed, ...): refused here, and no loop started to say it
-    if why := guard.rejection(ws.committed_train_py(edit_base(ws.state, base)), source):
+    # What any loop refuses at once (not Python, only a new seed, the same as an experiment in flight or measured on
+    # the same best: red team, an agent's resubmission of its discarded change started a loop only to refuse it):
+    # refused here, and no loop started to say it
+    made_from = edit_base(ws.state, base)
+    if why := guard.rejection(ws.committed_train_py(made_from), source) or already_tried(ws, source, made_from):
         raise SubmitError(f"rejected before running: {why}", hint=RESUBMIT_HINT)
     edit = ws.train_py.read_bytes().decode()  # as it is on disk, line endings and all, to put back on a failure
 
@@ -351,6 +354,21 @@ def submit(args: argparse.Namespace, console: Console) -> None:
             raise
         held.release()
     print(f"exp {exp_id} queued", flush=True)
+
+
+def already_tried(ws, source: str, base: str) -> str | None:
+    """Why the loop refuses `source` made from `base` as a repeat (`Asking.duplicate_of`), or None; None where the
+    workspace has no ledger yet."""
+    from autoresearch.loop.asking import duplicate
+    from autoresearch.loop.ledger import Ledger
+
+    if not (ws.state / "ledger.sqlite").is_file():
+        return None
+    ledger = Ledger(ws.root)
+    try:
+        return duplicate(ledger.all(), source, base)
+    finally:
+        ledger.close()
 
 
 def wait(args: argparse.Namespace, console: Console) -> None:

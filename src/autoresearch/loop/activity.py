@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import stat
 import time
 from collections import Counter
@@ -290,14 +291,22 @@ def periods(state: Path, experiments: list[Experiment], now: float | None = None
 
 
 UNKNOWN_WORKERS = "(with the --gpus or --workers it had)"  # where no loop said which
+# The labels a loop gives its workers (workers.py): `gpu 0`, `gpu GPU-<uuid>` or `gpu MIG-<uuid>`, `cpu 1`, `ray 2`,
+# `local`. Only these are named in a hint a person or an agent runs as it reads.
+_WORKER = re.compile(r"gpu (\d{1,4}|(GPU|MIG)-[0-9A-Za-z/-]{1,80})|(cpu|ray) \d{1,4}|local")
 
 
 def resume_options(state: Path) -> str | None:
     """The options of `run` that give the workers the latest loop in the workspace had, to finish what it left in
-    flight: `--gpus 0,1`, `--workers 2`, `--ray`, "" for the one worker of a plain `run`; None where no loop said."""
-    if not (found := periods(state, [])):
+    flight: `--gpus 0,1`, `--workers 2`, `--ray`, "" for the one worker of a plain `run`; None where no loop said.
+    A `try` has no workers, and leaves nothing in flight: the loop before it is the one (red team: after a `try`, and
+    in its own refusal of what a loop with --workers 3 had left, the hint named a plain `run`, refused for its share
+    of the cores)."""
+    if not (found := [period for period in periods(state, []) if period.workers]):
         return None
     workers = found[-1].workers
+    if not all(_WORKER.fullmatch(w) for w in workers):  # no label of a loop's (a file written by hand): not said
+        return None
     if gpus := [w.removeprefix("gpu ") for w in workers if w.startswith("gpu ")]:
         return f"--gpus {','.join(gpus)}"
     if any(w.startswith("ray ") for w in workers):

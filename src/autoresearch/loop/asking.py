@@ -60,14 +60,7 @@ class Asking:
     def duplicate_of(self, source: str, base: str, besides: int | None = None) -> str | None:
         """Why a proposal of `source` made from commit `base` is not run again, or None: the same train.py is
         in flight (other than experiment `besides`), or was already measured on the same base."""
-        for e in self.ledger.all():
-            if e.source != source or e.kind != Kind.EXPERIMENT or e.id == besides:
-                continue
-            if e.status in IN_FLIGHT:
-                return f"the same train.py as exp {e.id}, in flight (queued or training): propose something different"
-            if e.parent == base and e.status != Status.CRASH:
-                return f"the same train.py as exp {e.id}, already measured on this best ({e.status}, {e.reason})"
-        return None
+        return duplicate(self.ledger.all(), source, base, besides)
 
     def ask(
         self, agent: Agent, wait: bool = True, base: Experiment | None = None
@@ -189,6 +182,18 @@ class Asking:
         self.ws.write_train_py(best.source)
         self.turn_over()
         return self._finish(exp, Status.CRASH, f"rejected: {why}")
+
+
+def duplicate(rows: list[Experiment], source: str, base: str, besides: int | None = None) -> str | None:
+    """`Asking.duplicate_of` over the ledger's `rows` (`submit` asks it before any loop starts)."""
+    for e in rows:
+        if e.source != source or e.kind != Kind.EXPERIMENT or e.id == besides:
+            continue
+        if e.status in IN_FLIGHT:
+            return f"the same train.py as exp {e.id}, in flight (queued or training): propose something different"
+        if e.parent == base and e.status != Status.CRASH:
+            return f"the same train.py as exp {e.id}, already measured on this best ({e.status}, {e.reason})"
+    return None
 
 
 def backoff(failures: int) -> float:

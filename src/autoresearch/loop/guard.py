@@ -23,6 +23,8 @@ def rejection(old: str, new: str) -> str | None:
         parse(new)
     except SyntaxError as exc:
         return f"train.py is not valid Python: {exc.msg} (line {exc.lineno})"
+    except (MemoryError, RecursionError):  # `x = ----...1` 100,000 deep: Python cannot compile it either (red team)
+        return "train.py is not valid Python: nested too deeply for Python's parser"
     if only_seed_changed(old, new):
         return "only the random seed changed: a different seed is not an improvement"
     if (why := seed_problem(new)) and not seed_problem(old):
