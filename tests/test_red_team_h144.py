@@ -304,3 +304,34 @@ def test_each_retry_of_the_sdk_has_a_deadline_of_its_own(kind, tmp_path, monkeyp
         with pytest.raises(ProposalError, match=r"HTTP 400\): scripted"):
             agent.propose(Context(tmp_path, "program", TRAIN_PY, 0.97, 0.0012))
     assert len(asked) == 2
+
+
+@pytest.mark.slow  # two seconds: the deadline met
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_that_falls_silent_just_before_the_deadline_is_held_no_longer_than_it(chunked, tmp_path, monkeypatch):
+    """BROKE, fixed: the deadline was checked between the body's reads, each of which waited the whole read timeout
+    (TIMEOUT_S itself): a byte just before the deadline, then silence, held the ask twice TIMEOUT_S (20 min, not 10)."""
+    monkeypatch.setattr("autoresearch.agents.openai_agent.TIMEOUT_S", 1.0)
+
+    def late_byte(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        if chunked:
+            handler.send_header("Transfer-Encoding", "chunked")
+        else:
+            handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        handler.wfile.flush()
+        time.sleep(0.8)
+        with contextlib.suppress(OSError):
+            handler.wfile.write(b"1\r\n{\r\n" if chunked else b"{")
+            handler.wfile.flush()
+            time.sleep(5)
+
+    with server(late_byte) as url:
+        agent = agent_at("openai", url, monkeypatch)
+        started = time.monotonic()
+        with pytest.raises(ProposalError, match=r"gave no whole answer within 1 s"):
+            agent.propose(Context(tmp_path, "program", TRAIN_PY, 0.97, 0.0012))
+        took = time.monotonic() - started
+    assert took < 1.5, took

@@ -38,13 +38,22 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
             self._stream, self._deadline, self._request = stream, deadline, request
 
         def __iter__(self) -> Iterator[bytes]:
-            try:
-                for chunk in self._stream:
-                    if time.monotonic() > self._deadline:
-                        raise AnswerTimeout(self._request)
-                    yield chunk
-            except http.ReadTimeout:
-                raise AnswerTimeout(self._request) from None
+            chunks = iter(self._stream)
+            while True:
+                # Each read of the body waits no longer than the deadline (`_WatchedStream.read`), not its whole read
+                # timeout (red team: a byte just before the deadline, then silence, held the ask twice TIMEOUT_S)
+                _sending.until = self._deadline
+                try:
+                    chunk = next(chunks)
+                except StopIteration:
+                    return
+                except http.ReadTimeout:
+                    raise AnswerTimeout(self._request) from None
+                finally:
+                    _sending.until = None
+                if time.monotonic() > self._deadline:
+                    raise AnswerTimeout(self._request)
+                yield chunk
 
         def close(self) -> None:
             self._stream.close()
@@ -132,7 +141,9 @@ class _Used:
             socket.socket.shutdown(self.stream.get_extra_info("socket"), socket.SHUT_RDWR)
 
 
-_sending = threading.local()  # `used`: in a request's own thread, its `_Used`
+_sending = (
+    threading.local()
+)  # `used`: in a request's own thread, its `_Used`; `until`: while a body is read, its deadline
 
 
 class _Watched:
@@ -161,6 +172,9 @@ class _WatchedStream:
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         self._used()
+        if (until := getattr(_sending, "until", None)) is not None:  # a body's read (`Deadline`): by its deadline
+            left = max(until - time.monotonic(), 0.001)
+            timeout = left if timeout is None else min(timeout, left)
         return self._stream.read(max_bytes, timeout)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
