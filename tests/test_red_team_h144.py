@@ -6,7 +6,10 @@ latest loop had (loop/activity.py). Each test marked BROKE failed before its fix
   (the SDKs follow 20 redirects, each hop a request of its own to the transport, with a deadline of its own), and the
   SDK then retried the TooManyRedirects: 7 x 21 x TIMEOUT_S, past 24 h.
 - Past the deadline the request was left to its thread, which ended when the server did: one that trickles its headers
-  for ever kept a thread and a connection per ask given up on (or stopped with Ctrl-C), all night.
+  for ever kept a thread and a connection per ask given up on (or stopped with Ctrl-C), all night; and one given up on
+  before it had connected went on to connect, send, and wait.
+- The body's deadline was checked between reads, each of which waited the whole read timeout (TIMEOUT_S itself): a
+  byte just before the deadline, then silence, held an ask twice TIMEOUT_S.
 - An error whose body is no JSON (nginx's 413 page for a prompt over its client_max_body_size, a proxy's HTML) was
   "Error code: 413"; quoted as it came, it put the page, line breaks and all, however long, into the ledger's reason
   and the error the loop stops with.
@@ -335,3 +338,37 @@ def test_a_body_that_falls_silent_just_before_the_deadline_is_held_no_longer_tha
             agent.propose(Context(tmp_path, "program", TRAIN_PY, 0.97, 0.0012))
         took = time.monotonic() - started
     assert took < 1.5, took
+
+
+@pytest.mark.slow  # two seconds
+def test_an_ask_given_up_on_while_it_connects_leaves_no_thread_behind(tmp_path, monkeypatch) -> None:
+    """BROKE, fixed: given up on before its connection was made (a slow DNS or connect, a redirect's hop after the
+    deadline), the request had nothing to shut; its thread then connected, sent the request, and waited on the answer
+    nobody would read, for ever against a server that trickles."""
+    import httpcore2
+
+    monkeypatch.setattr("autoresearch.agents.openai_agent.TIMEOUT_S", 0.3)
+    slow = httpcore2.SyncBackend.connect_tcp
+
+    def connect_late(self, *args, **kwargs):
+        time.sleep(0.6)
+        return slow(self, *args, **kwargs)
+
+    monkeypatch.setattr(httpcore2.SyncBackend, "connect_tcp", connect_late)
+
+    def trickle(handler: BaseHTTPRequestHandler) -> None:
+        with contextlib.suppress(OSError):
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+            for _ in range(100):
+                handler.wfile.write(b"a")
+                handler.wfile.flush()
+                time.sleep(0.1)
+
+    with server(trickle) as url:
+        agent = agent_at("openai", url, monkeypatch)
+        with pytest.raises(ProposalError, match=r"gave no whole answer within 0\.3 s"):
+            agent.propose(Context(tmp_path, "program", TRAIN_PY, 0.97, 0.0012))
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and any(t.name == "autoresearch-http" for t in threading.enumerate()):
+            time.sleep(0.05)
+        assert not [t for t in threading.enumerate() if t.name == "autoresearch-http"]

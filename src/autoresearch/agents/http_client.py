@@ -133,9 +133,11 @@ class _Used:
 
     def __init__(self) -> None:
         self.stream: Any = None
+        self.given_up = False  # then a stream the thread comes to use later is shut as it does (`_WatchedStream`)
 
     def shut(self) -> None:
         """Shut the connection down: a read waiting on it, in the request's thread, ends at once."""
+        self.given_up = True
         with contextlib.suppress(AttributeError, OSError):  # none yet (the thread not started), or closed already
             # socket.socket's own: an SSLSocket's would drop its TLS state under the thread reading it
             socket.socket.shutdown(self.stream.get_extra_info("socket"), socket.SHUT_RDWR)
@@ -169,6 +171,8 @@ class _WatchedStream:
     def _used(self) -> None:
         if (used := getattr(_sending, "used", None)) is not None:
             used.stream = self._stream
+            if used.given_up:  # before it had a connection (red team: it then sent the request, and waited on it)
+                used.shut()
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         self._used()
