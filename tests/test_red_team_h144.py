@@ -10,6 +10,8 @@ latest loop had (loop/activity.py). Each test marked BROKE failed before its fix
   before it had connected went on to connect, send, and wait.
 - The body's deadline was checked between reads, each of which waited the whole read timeout (TIMEOUT_S itself): a
   byte just before the deadline, then silence, held an ask twice TIMEOUT_S.
+- An answer's body was read whole, however long: a server that sent without end filled the loop's memory as fast as
+  the network carried it, until the deadline.
 - An error whose body is no JSON (nginx's 413 page for a prompt over its client_max_body_size, a proxy's HTML) was
   "Error code: 413"; quoted as it came, it put the page, line breaks and all, however long, into the ledger's reason
   and the error the loop stops with.
@@ -372,3 +374,36 @@ def test_an_ask_given_up_on_while_it_connects_leaves_no_thread_behind(tmp_path, 
         while time.monotonic() < deadline and any(t.name == "autoresearch-http" for t in threading.enumerate()):
             time.sleep(0.05)
         assert not [t for t in threading.enumerate() if t.name == "autoresearch-http"]
+
+
+@pytest.mark.slow  # a second or two
+@pytest.mark.parametrize("status", [200, 500])
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_an_answer_past_any_answers_size_is_cut_off_not_read_into_memory(kind, status, tmp_path, monkeypatch) -> None:
+    """BROKE, fixed: an answer's body was read whole, however long: a server (a base URL that names something else, a
+    broken proxy) that sent without end filled the loop's memory as fast as the network carried it, until the
+    deadline (TIMEOUT_S, 10 min). Here the limit is made 1 MiB and the server sends 4 MiB, then waits."""
+    from autoresearch.agents import http_client
+
+    module = "autoresearch.agents.openai_agent" if kind == "openai" else "autoresearch.agents.anthropic_agent"
+    monkeypatch.setattr(f"{module}.TIMEOUT_S", 3.0)
+    monkeypatch.setattr(f"{module}.MAX_RETRIES", 0)
+    monkeypatch.setattr(http_client, "MAX_ANSWER_BYTES", 1 << 20, raising=False)
+
+    def endless(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(1 << 40))
+        handler.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(64):
+                handler.wfile.write(b" " * (64 << 10))
+            handler.wfile.flush()
+            time.sleep(5)
+
+    with server(endless) as url:
+        agent = agent_at(kind, url, monkeypatch)
+        started = time.monotonic()
+        with pytest.raises(ProposalError, match=r"gave an answer over 1 MiB"):
+            agent.propose(Context(tmp_path, "program", TRAIN_PY, 0.97, 0.0012))
+        assert time.monotonic() - started < 2.5

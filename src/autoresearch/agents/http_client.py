@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 RETRY_AFTER_MAX_S = 60.0  # the longest retry-after the SDKs may wait out inside one ask
+# The most of an answer's body read (an answer is at most tens of kB: a hypothesis and edits; an error, less): past it
+# the answer is an error, its bytes not kept (red team: a server that sent without end filled memory until TIMEOUT_S)
+MAX_ANSWER_BYTES = 32 << 20
 _DEADLINE = "autoresearch.deadline"  # the request's extension that holds its deadline (time.monotonic())
 
 
@@ -33,12 +36,16 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
             limit = (request.extensions.get("timeout") or {}).get("read")
             super().__init__(f"no whole answer within {limit:g} s" if limit else "no whole answer in time")
 
+    class AnswerTooLarge(sdk_error):  # its name read by llm.api_error, as AnswerTimeout's
+        def __init__(self, limit: int):
+            super().__init__(f"an answer over {limit / (1 << 20):g} MiB")
+
     class Deadline(http.SyncByteStream):
         def __init__(self, stream: Any, deadline: float, request: Any):
             self._stream, self._deadline, self._request = stream, deadline, request
 
         def __iter__(self) -> Iterator[bytes]:
-            chunks = iter(self._stream)
+            chunks, read, limit = iter(self._stream), 0, MAX_ANSWER_BYTES
             while True:
                 # Each read of the body waits no longer than the deadline (`_WatchedStream.read`), not its whole read
                 # timeout (red team: a byte just before the deadline, then silence, held the ask twice TIMEOUT_S)
@@ -53,6 +60,8 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
                     _sending.until = None
                 if time.monotonic() > self._deadline:
                     raise AnswerTimeout(self._request)
+                if (read := read + len(chunk)) > limit:
+                    raise AnswerTooLarge(limit)
                 yield chunk
 
         def close(self) -> None:

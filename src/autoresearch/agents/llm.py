@@ -275,7 +275,7 @@ def api_error(
         )
     if status is not None:
         return ProposalError(f"{provider} rejected the request (HTTP {status}): {detail}")
-    if "answertimeout" in type(err).__name__.lower():  # whole_request_client's: the server was reached
+    if type(err).__name__ in ("AnswerTimeout", "AnswerTooLarge"):  # whole_request_client's: the server was reached
         return ProposalError(
             f"{provider} at {base_url} gave {detail}", hint=f"check that the server {url_env} names is up and not stuck"
         )
