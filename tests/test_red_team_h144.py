@@ -61,7 +61,7 @@ def server(answer: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[str]:
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
     finally:
@@ -82,6 +82,11 @@ def agent_at(kind: str, url: str, monkeypatch: pytest.MonkeyPatch):
     return AnthropicAgent("claude-sonnet-4-6")
 
 
+def warm(agent) -> None:
+    """The SDK's modules it imports at its first request, imported before a test times one."""
+    _ = agent.client.chat.completions if hasattr(agent.client, "chat") else agent.client.messages
+
+
 @pytest.mark.slow  # a second or two: the deadline met
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_redirects_do_not_multiply_the_whole_request_deadline(kind, tmp_path, monkeypatch) -> None:
@@ -100,11 +105,12 @@ def test_redirects_do_not_multiply_the_whole_request_deadline(kind, tmp_path, mo
 
     with server(redirect) as url:
         agent = agent_at(kind, url, monkeypatch)
+        warm(agent)
         started = time.monotonic()
         with pytest.raises(ProposalError, match=r"gave no whole answer within 1 s"):
             agent.propose(Context(tmp_path, "program", TRAIN_PY, 0.97, 0.0012))
         took = time.monotonic() - started
-    assert took < 4, took
+    assert took < 8, took  # 17 s before: 2 tries of 21 hops
 
 
 NGINX_413 = (
@@ -113,6 +119,7 @@ NGINX_413 = (
 )
 
 
+@pytest.mark.slow  # the SDKs' first import: seconds
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 @pytest.mark.parametrize("page", [NGINX_413, NGINX_413 + "<!-- padding -->\n" * 20_000], ids=["nginx", "huge"])
 def test_an_error_page_is_quoted_on_one_line_and_not_whole(kind, page, tmp_path, monkeypatch) -> None:
@@ -335,6 +342,7 @@ def test_a_body_that_falls_silent_just_before_the_deadline_is_held_no_longer_tha
 
     with server(late_byte) as url:
         agent = agent_at("openai", url, monkeypatch)
+        warm(agent)
         started = time.monotonic()
         with pytest.raises(ProposalError, match=r"gave no whole answer within 1 s"):
             agent.propose(Context(tmp_path, "program", TRAIN_PY, 0.97, 0.0012))
@@ -386,7 +394,7 @@ def test_an_answer_past_any_answers_size_is_cut_off_not_read_into_memory(kind, s
     from autoresearch.agents import http_client
 
     module = "autoresearch.agents.openai_agent" if kind == "openai" else "autoresearch.agents.anthropic_agent"
-    monkeypatch.setattr(f"{module}.TIMEOUT_S", 3.0)
+    monkeypatch.setattr(f"{module}.TIMEOUT_S", 6.0)
     monkeypatch.setattr(f"{module}.MAX_RETRIES", 0)
     monkeypatch.setattr(http_client, "MAX_ANSWER_BYTES", 1 << 20, raising=False)
 
@@ -399,11 +407,12 @@ def test_an_answer_past_any_answers_size_is_cut_off_not_read_into_memory(kind, s
             for _ in range(64):
                 handler.wfile.write(b" " * (64 << 10))
             handler.wfile.flush()
-            time.sleep(5)
+            time.sleep(8)
 
     with server(endless) as url:
         agent = agent_at(kind, url, monkeypatch)
+        warm(agent)
         started = time.monotonic()
         with pytest.raises(ProposalError, match=r"gave an answer over 1 MiB"):
             agent.propose(Context(tmp_path, "program", TRAIN_PY, 0.97, 0.0012))
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < 4  # 6 s before: the deadline
