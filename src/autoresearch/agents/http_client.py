@@ -27,7 +27,9 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
     MAX_RETRIES times: a server that took the request and never answered held one ask for 7 x TIMEOUT_S (70 min).
     Here an answer not there in full when its read timeout has passed since the request was sent, or silent for that
     long, ends in an error of the SDK's own (`sdk_error`, its base class), which it passes on without retrying: the
-    loop's own back-off asks again, and says so. The deadline holds for the status line and headers too."""
+    loop's own back-off asks again, and says so. The deadline holds for the status line and headers too, for each read
+    of the body (not only between them), and for the redirects the client follows (one deadline for them all); a
+    request given up on has its connection shut, and its thread ends; a body past MAX_ANSWER_BYTES is an error."""
     # The SDKs' HTTP library: httpx, or httpx2 in their later versions; the client's base class is its Client.
     http = importlib.import_module(default_client.__mro__[1].__module__.partition(".")[0])
 
