@@ -154,9 +154,8 @@ class _Used:
             socket.socket.shutdown(self.stream.get_extra_info("socket"), socket.SHUT_RDWR)
 
 
-_sending = (
-    threading.local()
-)  # `used`: in a request's own thread, its `_Used`; `until`: while a body is read, its deadline
+# `used`: in a request's own thread, its `_Used`; `until`: while a body is read, its deadline
+_sending = threading.local()
 
 
 class _Watched:

@@ -214,10 +214,10 @@ def _readable_rows(root: Path) -> int:
     from being read: a healthy ledger rebuilt would lose crash reasons, agents, tokens and cost (red team)."""
     import sqlite3
 
-    from autoresearch.loop.ledger import Ledger
+    from autoresearch.loop.ledger import Ledger, ledger_path
     from autoresearch.workspace.disk import DiskFullError
 
-    if not (root / ".autoresearch" / "ledger.sqlite").is_file():
+    if not ledger_path(root).is_file():
         return 0
     try:
         ledger = Ledger(root)

@@ -360,9 +360,9 @@ def already_tried(ws, source: str, base: str) -> str | None:
     """Why the loop refuses `source` made from `base` as a repeat (`Asking.duplicate_of`), or None; None where the
     workspace has no ledger yet."""
     from autoresearch.loop.asking import duplicate
-    from autoresearch.loop.ledger import Ledger
+    from autoresearch.loop.ledger import Ledger, ledger_path
 
-    if not (ws.state / "ledger.sqlite").is_file():
+    if not ledger_path(ws.root).is_file():
         return None
     ledger = Ledger(ws.root)
     try:

@@ -107,6 +107,11 @@ REBUILD_HINT = (
 LedgerState = tuple[list[tuple], tuple[int, int] | None, dict[int, str]]
 
 
+def ledger_path(workspace: Path) -> Path:
+    """Where the workspace's ledger is (opening a Ledger there makes an empty one where there is none)."""
+    return workspace / ".autoresearch" / "ledger.sqlite"
+
+
 def has_history(workspace: Path) -> bool:
     """Whether the workspace ran experiments: results.tsv lists one, a run's folder is left (results.tsv deleted
     with the ledger), or git holds one (`git clean -xfd` and `git stash -a` take all of .autoresearch/ and
@@ -141,7 +146,7 @@ class Ledger:
         space: the file is fine, and rebuilding it would lose what only it holds. `reading`: for a command that only
         reads it, which works on a read-only mount too (an archive, a colleague's share)."""
         self.workspace = workspace
-        self.db_path = path or workspace / ".autoresearch" / "ledger.sqlite"
+        self.db_path = path or ledger_path(workspace)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         existed = self.db_path.exists()
         self._writes = 0  # writes through this object: each makes the cached rows stale

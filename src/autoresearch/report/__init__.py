@@ -7,7 +7,7 @@ from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.loop.activity import periods
-from autoresearch.loop.ledger import Experiment, has_history, verified_rows
+from autoresearch.loop.ledger import Experiment, has_history, ledger_path, verified_rows
 from autoresearch.report.markdown import render_report, write_report
 from autoresearch.report.plot import plot_progress, progress_figure
 from autoresearch.workspace.disk import disk_full_is_an_error
@@ -22,7 +22,7 @@ REPORT_AGAIN = "the ledger lost nothing: `autoresearch report` writes the report
 def read_experiments(workspace: Path) -> list[Experiment]:
     """Every experiment in the workspace's ledger; an error that says what to do when it has none yet."""
     workspace = Path(workspace)
-    db_path = workspace / ".autoresearch" / "ledger.sqlite"  # where Ledger keeps it
+    db_path = ledger_path(workspace)
     if not db_path.is_file() and not has_history(workspace):  # opening a Ledger would create an empty one
         raise AutoresearchError(
             f"{workspace} has no experiment ledger yet ({db_path} is missing)",
