@@ -9,6 +9,7 @@ import ctypes
 import multiprocessing
 import os
 import select
+import signal
 import sys
 import textwrap
 import time
@@ -20,11 +21,19 @@ from autoresearch.evaluator import promises, sandbox
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.getuid() != 0, reason="the runs of a loop run as root")]
 
-HELD_S = 10  # seconds a holder holds, once it holds: starting its sandbox and filling take up to ~8 s (epoll's)
+HELD_S = 30  # seconds a holder holds at most, once it holds: the test lets it go (SIGUSR1) once it has its answer
 DROP_ALL = "from autoresearch.evaluator import joining; joining.drop_privileges()\n"
+# How a holder holds, once it holds all it may: named "holding" (which the test reads from outside its namespaces),
+# until the test lets it go.
+HOLD = f"""
+import ctypes, signal
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+ctypes.CDLL(None).prctl(15, b"holding", 0, 0, 0)  # PR_SET_NAME
+signal.sigtimedwait([signal.SIGUSR1], {HELD_S})
+"""
 
 
-def _as_the_loop_runs_it(code: str, out: str, timeout: float = 30.0) -> None:
+def _as_the_loop_runs_it(code: str, out: str, timeout: float = 60.0) -> None:
     """In a process of its own (an evaluator): `code` run as this loop runs train.py, for `timeout` seconds at most, its
     output written to `out`."""
     code = textwrap.dedent(code)
@@ -37,35 +46,52 @@ def _as_the_loop_runs_it(code: str, out: str, timeout: float = 30.0) -> None:
         f.write(ran if isinstance(ran, str) else ran.stdout + ran.stderr)
 
 
-def _beside(
-    holder_code: str, tmp_path, then, after: float, timeout: float = 30.0, every: float = 0.0
-) -> tuple[str, object]:
-    """Run `holder_code` as the loop runs a run (for `timeout` seconds at most) and, `after` seconds (once it holds
-    what it holds: a sandboxed run's output comes back at its end, so it cannot say so), `then()`; the holder's output
-    and what `then` returned. With `every`, `then()` again every `every` seconds until the holder ends: what each
-    returned, in a list."""
+def _holding(marker: str) -> int | None:
+    """The pid of the holder whose code has `marker`, once it holds (named so by HOLD)."""
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/comm") as comm, open(f"/proc/{name}/cmdline", "rb") as cmdline:
+                if comm.read() == "holding\n" and marker.encode() in cmdline.read():
+                    return int(name)
+        except OSError:
+            continue
+    return None
+
+
+def _beside(holder_code: str, tmp_path, then, timeout: float = 60.0, every: float = 0.0) -> tuple[str, object]:
+    """Run `holder_code` as the loop runs a run (for `timeout` seconds at most) and, once it holds what it holds (it
+    says so by its name: a sandboxed run's output comes back at its end), `then()`, then let it go; the holder's output
+    and what `then` returned. With `every`, `then()` every `every` seconds from the holder's start, and 4 times more
+    once it holds: (what each returned before, what each returned while it held)."""
     context = multiprocessing.get_context("fork")
     held = tmp_path / "held"
-    holder = context.Process(target=_as_the_loop_runs_it, args=(holder_code, str(held), timeout))
+    marker = f"holder-{os.getpid()}-{time.time_ns()}"
+    holder = context.Process(target=_as_the_loop_runs_it, args=(f"# {marker}\n{holder_code}{HOLD}", str(held), timeout))
     holder.start()
     try:
-        time.sleep(after)
-        answer = then()
-        if every:
-            answer = [answer]
-            while holder.is_alive():
-                time.sleep(every)
-                answer.append(then())
+        before, deadline = [], time.monotonic() + timeout
+        while (pid := _holding(marker)) is None and holder.is_alive() and time.monotonic() < deadline:
+            if every:
+                before.append(then())
+            time.sleep(every or 0.1)
+        answer = (before, []) if every else then()
+        for _ in range(4 if every else 0):  # while it holds
+            time.sleep(every)
+            answer[1].append(then())
+        if pid is not None:
+            os.kill(pid, signal.SIGUSR1)
     finally:
         holder.join(timeout + 60)
         if holder.is_alive():
             holder.kill()
-    return held.read_text() if held.exists() else "", answer
+    said = held.read_text() if held.exists() else ""
+    assert pid is not None, f"the holder never held: {said}"
+    return said, answer
 
 
 # Keeps more descriptors in flight in a unix socket than a run may have open (RLIMIT_NOFILE), which the kernel counts
 # by the sender's user (user_struct), whatever its namespace or cgroup.
-FDS_IN_FLIGHT = f"""
+FDS_IN_FLIGHT = """
 import array, os, resource, socket, time
 ours, theirs = socket.socketpair()
 ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
@@ -78,7 +104,6 @@ try:
 except OSError as exc:
     print("stopped", exc)
 print("held", sent, flush=True)
-time.sleep({HELD_S})
 """
 
 # multiprocessing's fork server (Python 3.14's default start method on Linux) is sent each new process's descriptors
@@ -108,7 +133,7 @@ def test_a_run_that_keeps_descriptors_in_flight_leaves_another_workers_run_its_o
         _as_the_loop_runs_it(START_A_PROCESS, str(tmp_path / "started"))
         return (tmp_path / "started").read_text()
 
-    held, started = _beside(FDS_IN_FLIGHT, tmp_path, start_one, after=4)
+    held, started = _beside(FDS_IN_FLIGHT, tmp_path, start_one)
     assert "held" in held, held
     assert "worker started" in started and "started 0" in started, started
 
@@ -117,7 +142,7 @@ def test_a_run_that_keeps_descriptors_in_flight_leaves_another_workers_run_its_o
 # of kernel memory on a 24 GiB machine, charged to the run's share), by user_struct again. Refuses to hold them as the
 # machine's root: that would refuse every root process of the machine one (the test would do the harm it tests for).
 WATCHES = int(Path("/proc/sys/fs/epoll/max_user_watches").read_text()) if sys.platform.startswith("linux") else 0
-EPOLL_WATCHES = f"""
+EPOLL_WATCHES = """
 import os, resource, select, time
 mapped = open("/proc/self/uid_map").read().split()
 outside = int(mapped[mapped.index(str(os.getuid())) + 1])
@@ -138,7 +163,6 @@ try:
 except OSError as exc:
     print("stopped", exc)
 print("held", watches, "watches", flush=True)
-time.sleep({HELD_S})
 """
 
 
@@ -162,18 +186,18 @@ def test_a_run_that_holds_every_epoll_watch_leaves_root_its_own(tmp_path) -> Non
             os.close(r)
             os.close(w)
 
-    # Asked all along, from before the run holds them until it has held them for HELD_S: how long filling takes grows
+    # Asked all along, from before the run holds them until it has held them for 2 s: how long filling takes grows
     # with the machine's memory (5.5 M watches on a 24 GiB machine, ~8 s; 29 M on a GPU host's 128 GiB, over 30 s).
     filling = WATCHES / 200_000
-    held, watched = _beside(EPOLL_WATCHES, tmp_path, watch_one, after=1, timeout=30 + filling, every=0.5)
+    held, (filled, holding) = _beside(EPOLL_WATCHES, tmp_path, watch_one, timeout=30 + filling, every=0.5)
     assert "not held" not in held, held
     assert "held" in held and int(held.split("held")[1].split()[0]) > 100_000, held
-    assert set(watched) == {"watched"} and len(watched) > 2 * HELD_S, watched
+    assert set(filled + holding) == {"watched"} and filled and len(holding) == 4, (filled, holding)
 
 
 # Queues real-time signals to itself, blocked, as many as the kernel lets it (RLIMIT_SIGPENDING), which it counts
 # along the chain of user namespaces: in the run's, and in the one above for whoever made the run's.
-SIGNALS_PENDING = f"""
+SIGNALS_PENDING = """
 import signal, threading, time
 signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
 queued = 0
@@ -184,7 +208,6 @@ try:
 except OSError as exc:
     print("stopped", exc)
 print("held", queued, "signals", flush=True)
-time.sleep({HELD_S})
 """
 
 
@@ -209,6 +232,6 @@ def test_a_run_that_queues_every_signal_it_may_leaves_root_its_own(tmp_path) -> 
             for timer in timers:
                 libc.timer_delete(timer)
 
-    held, made = _beside(SIGNALS_PENDING, tmp_path, make_timers, after=4)
+    held, made = _beside(SIGNALS_PENDING, tmp_path, make_timers)
     assert "held" in held and int(held.split("held")[1].split()[0]) > 1000, held
     assert made == "made", made

@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -18,17 +19,18 @@ from autoresearch.evaluator import promises, run_user, sandbox
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(os.getuid() != 0, reason="the runs of a loop run as root")]
 
-HELD_S = 12
+HELD_S = 12  # seconds the run lives at most, once it has left its file: the test lets it go (SIGUSR1) sooner
 ANOTHER_USER = 54321  # a user of the machine with no privilege, who runs what the run left
 
 # The run copies a tool that enters a namespace into its box, set-user-ID and set-group-ID: its own user's and group's
 # outside, as every file it makes is.
 LEAVE_A_SETUID_NSENTER = f"""
-import os, shutil, time
+import os, shutil, signal
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
 shutil.copy("{shutil.which("nsenter") or "/usr/bin/nsenter"}", "enter")
 os.chmod("enter", 0o6755)
 print("left", oct(os.stat("enter").st_mode), flush=True)
-time.sleep({HELD_S})
+signal.sigtimedwait([signal.SIGUSR1], {HELD_S})
 """
 
 
@@ -70,6 +72,7 @@ def test_a_set_user_id_file_a_run_leaves_gives_whoever_runs_it_nothing_in_the_ru
     held = tmp_path / "held"
     evaluator = multiprocessing.get_context("fork").Process(target=_run, args=(str(held),))
     evaluator.start()
+    pid = None
     try:
         pid = _the_run(evaluator.pid, time.monotonic() + HELD_S)
         assert pid is not None, "the run left no file"
@@ -96,6 +99,8 @@ def test_a_set_user_id_file_a_run_leaves_gives_whoever_runs_it_nothing_in_the_ru
         )
         os.close(left)
     finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGUSR1)  # tried: the run may end
         evaluator.join(60)
         if evaluator.is_alive():
             evaluator.kill()
