@@ -20,16 +20,13 @@ from autoresearch.evaluator.run_group import RunGroup
 from autoresearch.loop.executor import SETUP_FAILED, setup_error
 
 # Forks until refused (40 at most), kills what it started, tries to raise its limit again: "FORKED RAISED-OR-KEPT".
+# Each child a task as a fork's is, spawned (vfork, exec): not a copy of a process that imported torch.
 FORKS = """\
-import os, resource, time
+import os, resource
 children = []
 try:
     while len(children) < 40:
-        pid = os.fork()
-        if pid == 0:
-            time.sleep(30)
-            os._exit(0)
-        children.append(pid)
+        children.append(os.posix_spawn("/bin/sleep", ["sleep", "30"], {}))
 except OSError:
     pass
 for pid in children:
@@ -49,7 +46,8 @@ print(len(children), raised)
 CAPPED_FORKS = """\
 import ctypes, os, resource, sys, time
 from autoresearch.agents.fence import restrict
-from autoresearch.harness.boot import cap_tasks
+if sys.argv[2] == "run":  # the harness's imports torch: a turn's needs none
+    from autoresearch.harness.boot import cap_tasks
 libc = ctypes.CDLL(None, use_errno=True)
 if os.fork():
     sys.exit(os.waitstatus_to_exitcode(os.wait()[1]))
@@ -141,7 +139,8 @@ import ctypes, os, resource, signal, sys, time
 import psutil
 from autoresearch.agents.fence import restrict
 from autoresearch.evaluator import tasks
-from autoresearch.harness.boot import cap_tasks
+if sys.argv[2] == "run":  # the harness's imports torch: a turn's needs none
+    from autoresearch.harness.boot import cap_tasks
 libc = ctypes.CDLL(None, use_errno=True)
 uid, who, fitted = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "fitted"
 resource.setrlimit(resource.RLIMIT_NPROC, (800, resource.getrlimit(resource.RLIMIT_NPROC)[1]))
@@ -161,11 +160,9 @@ if run == 0:
         mapping.write(f"{uid} {uid} 1")
     cap_tasks(cap) if who == "run" else restrict(None, None, cap)
     forked = 0
-    try:
+    try:  # each a task, as a fork is; spawned (vfork, exec), not a copy of this process and the torch it imported
         while forked < 5000:
-            if os.fork() == 0:
-                time.sleep(60)
-                os._exit(0)
+            os.posix_spawn("/bin/sleep", ["sleep", "60"], {})
             forked += 1
     except OSError:
         pass
