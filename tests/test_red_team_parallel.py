@@ -266,7 +266,8 @@ def test_a_train_py_swapped_in_a_workers_worktree_while_its_evaluator_starts_is_
     scheduler(ws).run(None)  # a baseline, scored by fakes
     loop = make_loop(ws, FakeExecutor(score), baseline_runs=2)
     loop.setup_differs = lambda setup: None  # a real run after fake ones: this machine's CPU is not the fakes'
-    honest = ws.read_train_py().replace(START, START + '    print("the honest train.py", flush=True)\n')
+    said = '    print("the honest train.py", flush=True)\n    raise SystemExit(3)\n'  # which text ran, and no training
+    honest = ws.read_train_py().replace(START, START + said)
     executor = LocalExecutor(prewarm=False)  # an evaluator that starts with the run, as the first run of a worker
     try:
         worker = make_workers(loop, [Device("cpu 0")], lambda device: executor)[0]
