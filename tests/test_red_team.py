@@ -38,6 +38,9 @@ from autoresearch.vocabulary import Status
 
 pytestmark = pytest.mark.slow
 START = "    run = harness.start()\n"
+# Ends a run whose probe is all a test asks of it: no training and no evaluation to wait for, and never kept. (Its
+# last line is the crash's reason, in the log again: not one a test counts.)
+PROBED = "    print('probed', flush=True)\n    raise SystemExit(3)\n"
 
 
 def secrets_of(ws, loop, tiny_prepared: Path) -> dict[str, list[str]]:
@@ -144,11 +147,14 @@ def test_a_process_left_behind_to_edit_files_later_dies_with_the_run(lab, tiny_p
     program, tsv = ws.root / "program.md", ws.root / "results.tsv"
     script = f"sleep 2; echo pwned >> {program}; echo pwned >> {tsv}"
     spawn = (
-        f"    import subprocess\n    subprocess.Popen(['sh', '-c', {script!r}, '{marker}'], start_new_session=True)\n"
+        "    import subprocess, time\n"
+        f"    subprocess.Popen(['sh', '-c', {script!r}, '{marker}'], start_new_session=True)\n"
+        "    print('SPAWNED', time.time(), flush=True)\n"
     )
     before = protected(ws, tiny_prepared)
-    loop.step(one_edit("leave a process behind", [(START, START + spawn)]))  # otherwise honest: kept or not
-    time.sleep(3)
+    exp = loop.step(one_edit("leave a process behind", [(START, START + spawn)]))  # otherwise honest: kept or not
+    spawned = float(run_log(ws, exp.id).rsplit("SPAWNED", 1)[1].split()[0])  # the last run's (a marginal win: two)
+    time.sleep(max(0.0, spawned + 3 - time.time()))  # past when it would have written (a run often lasts that long)
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
     assert protected(ws, tiny_prepared) == before
 
@@ -317,11 +323,9 @@ def test_a_runs_processes_are_the_kernels_first_to_kill_for_memory_not_its_evalu
     v2 it ran out first and the kernel took the evaluator along with the run, whose log then said nothing of why
     (BROKE on the lent GPU machines). A run's processes are now the kernel's first choice (memory.kill_first), the
     forked experiment's and what it starts alike, so the evaluator lives to say why."""
-    ws, _ = lab
+    ws, loop = lab
     report = '    print("oom_score_adj:", open("/proc/self/oom_score_adj").read().strip(), flush=True)\n'
-    exp = make_loop(ws, LocalExecutor(prewarm=False)).step(
-        one_edit("read how soon it is killed", [(START, START + report)])
-    )
+    exp = loop.step(one_edit("read how soon it is killed", [(START, START + report)]))
     own = int(Path("/proc/self/oom_score_adj").read_text())  # the loop's, and so its evaluators': untouched
     assert own < memory.OOM_SCORE_ADJ_MAX, own
     sooner = min(memory.OOM_SCORE_ADJ_MAX, own + memory.RUN_OOM_SCORE_ADJ)
@@ -372,7 +376,7 @@ def test_the_loops_secrets_are_nowhere_in_the_experiments_memory(lab, monkeypatc
         prefix = value.split("-redteam-")[0].encode() + b"-redteam-"
         wanted.append((prefix, len(value), hashlib.sha256(value.encode()).hexdigest()))
     loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)  # its evaluators start with this env
-    exp = loop.step(one_edit("scan memory", [(START, START + SCAN.format(wanted=wanted))]))
+    exp = loop.step(one_edit("scan memory", [(START, START + SCAN.format(wanted=wanted) + PROBED)]))
     log = run_log(ws, exp.id)
     assert "SCANNED []" in log, log
     # The scan works: in a process started with this environment, it finds both.
@@ -499,7 +503,7 @@ def test_a_run_not_kept_leaves_nothing_in_the_compile_cache_for_the_next(
     assert left.status == Status.CRASH
     # Read-only where it is shown, absent where it is not (a per-run cache shows none; the cache is under /tmp here)
     assert re.search("shared cache refused: (EROFS|ENOENT)", run_log(ws, left.id)), run_log(ws, left.id)
-    exp = loop.step(one_edit("look for it", [(START, START + FIND.format(shared=shared))]))
+    exp = loop.step(one_edit("look for it", [(START, START + FIND.format(shared=shared) + PROBED)]))
     assert "nothing carried over" in run_log(ws, exp.id)
 
 
@@ -533,7 +537,8 @@ def test_a_train_py_cannot_read_the_raw_corpus_its_validation_rows_were_cut_from
             shutil.copyfile(path, corpus / f"{i // 100}" / f"{i}.txt")
         data = prepare(f"local:{corpus}", get_preset("tiny"), cache_dir, console=quiet_console())
         ws = make_workspace(tmp_path / "ws", data)
-        source = ws.root.joinpath("train.py").read_text().replace(START, START + READ_CORPUS.format(corpus=str(corpus)))
+        walk = READ_CORPUS.format(corpus=str(corpus)) + PROBED
+        source = ws.root.joinpath("train.py").read_text().replace(START, START + walk)
         ws.root.joinpath("train.py").write_text(source)
         proc = subprocess.run([sys.executable, "train.py"], cwd=ws.root, env=subprocess_env, capture_output=True,
                               text=True, timeout=240, check=False)  # fmt: skip
@@ -570,7 +575,8 @@ def test_a_compile_cache_layer_replaced_by_a_link_takes_nothing_from_where_it_po
     (victim / "id_ed25519").write_text("the user's key")
     ws = make_workspace(tmp_path / "ws", tiny_prepared)
     linked = LINK_LAYER.format(which=which, victim=str(victim if which == "inductor" else victim.parent))
-    source = ws.root.joinpath("train.py").read_text().replace(START, START + linked)
+    # Then it ends: what it compiled is taken from its layer all the same (referee.py: `harvest`, crash or not)
+    source = ws.root.joinpath("train.py").read_text().replace(START, START + linked + PROBED)
     run_dir = ws.state / "runs" / "1-0"
     run_dir.mkdir(parents=True)
     job = {"source": source, "log": str(run_dir / "log.txt"), "result": str(run_dir / "result.json")}

@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 import pytest
 from loop_support import make_loop, one_edit
-from test_red_team import SCAN, START, first_run_log, protected, run_log
+from test_red_team import PROBED, SCAN, START, first_run_log, protected, run_log
 
 from autoresearch.data.shards import Manifest
 from autoresearch.data.sources import VAL
@@ -177,7 +177,7 @@ def test_the_experiment_can_neither_write_nor_trace_the_anchor(lab) -> None:
     forked 300 times under a cap of 48 tasks, outside the run's group and its RLIMIT_NPROC (red team), and could as
     well have worked off the clock. The anchor is now a process of ours, the namespace's init, and not dumpable."""
     ws, loop = lab
-    exp = loop.step(one_edit("reach the anchor", [(START, START + inside(REACH_THE_ANCHOR))]))
+    exp = loop.step(one_edit("reach the anchor", [(START, START + inside(REACH_THE_ANCHOR) + PROBED)]))
     assert "ANCHOR REACHED []" in run_log(ws, exp.id), run_log(ws, exp.id)
 
 
@@ -230,19 +230,20 @@ def test_being_traced_by_the_intermediate_fork_ends_the_run_and_leaves_nothing(l
     marker = f"traceme-{os.getpid()}-{time.time_ns()}"
     detach = inside(
         f"""\
-        import ctypes, os, signal, subprocess
+        import ctypes, os, signal, subprocess, time
         cache = os.environ["TORCHINDUCTOR_CACHE_DIR"]
         subprocess.Popen(["sh", "-c", f"sleep 2; echo pwned > {{cache}}/{marker}", "{marker}"], start_new_session=True)
+        print("SPAWNED", time.time(), flush=True)
         print("TRACEME", ctypes.CDLL(None).ptrace(0, 0, None, None), flush=True)
         os.kill(os.getpid(), signal.SIGSTOP)
-        import time
         time.sleep(30)
         """
     )
     exp = loop.step(one_edit("be traced by the intermediate", [(START, START + detach)]))
     assert "TRACEME 0" in run_log(ws, exp.id)
     assert exp.status == Status.CRASH, exp.reason
-    time.sleep(3)
+    spawned = float(run_log(ws, exp.id).split("SPAWNED", 1)[1].split()[0])
+    time.sleep(max(0.0, spawned + 3 - time.time()))  # past when the helper would have written
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
     caches = [Path(os.environ.get("AUTORESEARCH_CACHE", "")) / "compile", Path("/tmp")]
     # os.walk, not rglob: other tests leave folders past PATH_MAX in /tmp, which rglob fails on
@@ -280,7 +281,7 @@ def test_the_experiment_inherits_no_descriptor_and_sees_no_process_of_the_truste
     its directory is its box, its root the sandbox's; its parent (the intermediate fork) is outside its PID
     namespace, which holds the anchor, its init, and its own processes only."""
     ws, loop = lab
-    exp = loop.step(one_edit("look around", [(START, START + inside(LOOK))]))
+    exp = loop.step(one_edit("look around", [(START, START + inside(LOOK) + PROBED)]))
     seen = json.loads(run_log(ws, exp.id).split("SEEN ", 1)[1].splitlines()[0])
     assert seen["fds"] == [seen["channel"]], seen
     assert seen["listed"]["0"] == "/dev/null" and seen["listed"][str(seen["channel"])].startswith("socket:")
@@ -309,7 +310,7 @@ def test_the_experiments_memory_holds_no_validation_rows_and_no_runs_job(lab, ti
             "log.txt")]  # fmt: skip
     wanted = [(w[:16], len(w), hashlib.sha256(w).hexdigest()) for w in windows]
     wanted += [(j[:24].encode(), len(j), hashlib.sha256(j.encode()).hexdigest()) for j in jobs]
-    exp = loop.step(one_edit("scan for rows and jobs", [(START, START + SCAN.format(wanted=wanted))]))
+    exp = loop.step(one_edit("scan for rows and jobs", [(START, START + SCAN.format(wanted=wanted) + PROBED)]))
     assert "SCANNED []" in run_log(ws, exp.id), run_log(ws, exp.id)
 
 
@@ -343,7 +344,7 @@ def test_a_user_namespace_of_its_own_opens_no_way_out(lab, tiny_prepared: Path) 
     val = Manifest.load(tiny_prepared / "manifest.json").split(VAL)[0].name
     targets = [str(ws.state / "ledger.sqlite"), str(tiny_prepared / f"{val}.bin"), str(ws.root / "autoresearch.json")]
     head = f"WORKSPACE, TARGETS = {str(ws.root.resolve())!r}, {targets!r}\n"
-    exp = loop.step(one_edit("climb out", [(START, START + inside(head + ESCAPE))]))
+    exp = loop.step(one_edit("climb out", [(START, START + inside(head + ESCAPE) + PROBED)]))
     log = run_log(ws, exp.id)
     # A line of its own: an earlier test's train.py, kept by chance, may print "ANCHOR REACHED []" in this run too.
     assert not [line for line in log.splitlines() if line.startswith("REACHED")], log
@@ -378,7 +379,7 @@ def test_the_experiment_cannot_write_the_machines_sysctls(lab) -> None:
     `--proc /proc` in sandbox.command; a sandbox uid other than 0 (bwrap --uid/--gid with a user namespace) as
     well, or refusing to run confined as root."""
     ws, loop = lab
-    exp = loop.step(one_edit("write sysctls", [(START, START + inside(SYSCTL))]))
+    exp = loop.step(one_edit("write sysctls", [(START, START + inside(SYSCTL) + PROBED)]))
     log = run_log(ws, exp.id)
     assert "SYSCTL WRITTEN" not in log and first_run_log(ws, exp.id).count("sysctl refused") == 2, log
 
@@ -405,7 +406,7 @@ def test_the_experiment_cannot_make_the_device_node_of_a_gpu_it_was_not_given(la
     experiment cannot make that node itself: it has no capability (CAP_MKNOD), and a node it could make would not
     open."""
     ws, loop = lab
-    exp = loop.step(one_edit("make a GPU's node", [(START, START + inside(MAKE_NODE))]))
+    exp = loop.step(one_edit("make a GPU's node", [(START, START + inside(MAKE_NODE) + PROBED)]))
     log = run_log(ws, exp.id)
     assert "NODE OPENED" not in log and first_run_log(ws, exp.id).count("node refused") == 6, log
 
@@ -413,7 +414,7 @@ def test_the_experiment_cannot_make_the_device_node_of_a_gpu_it_was_not_given(la
 # -- leaving something for a later run ------------------------------------------------------------------
 
 LEAVE = """\
-import ctypes, os, socket, subprocess, sys
+import ctypes, os, socket, subprocess, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 for path in ("/tmp/carried", "/dev/shm/carried"):
     with open(path, "w") as f:
@@ -427,7 +428,13 @@ if address not in (None, 2**64 - 1):
 server = ("import socket, time; s = socket.socket(socket.AF_UNIX); "
           "s.bind(b'\\\\0autoresearch-carried'); s.listen(); time.sleep(60)")
 subprocess.Popen([sys.executable, "-c", server], start_new_session=True)
-print("LEFT", segment, flush=True)
+for _ in range(200):  # until its server listens: the run ends once it has left all (LEFT)
+    try:
+        socket.socket(socket.AF_UNIX).connect(b"\\0autoresearch-carried")
+        print("LEFT", segment, flush=True)
+        break
+    except OSError:
+        time.sleep(0.05)
 """
 
 FIND = """\
@@ -451,9 +458,9 @@ def test_nothing_passes_to_the_next_run_through_tmp_shm_ipc_or_sockets(lab, monk
     ws, _ = lab
     monkeypatch.setenv("AUTORESEARCH_COMPILE_CACHE", "run")
     loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)
-    left = loop.step(one_edit("leave things behind", [(START, START + inside(LEAVE))]))
+    left = loop.step(one_edit("leave things behind", [(START, START + inside(LEAVE) + PROBED)]))
     assert "LEFT" in run_log(ws, left.id), run_log(ws, left.id)
-    exp = loop.step(one_edit("look for them", [(START, START + inside(FIND))]))
+    exp = loop.step(one_edit("look for them", [(START, START + inside(FIND) + PROBED)]))
     assert "CARRIED OVER nothing" in run_log(ws, exp.id), run_log(ws, exp.id)
 
 
@@ -505,10 +512,10 @@ def test_the_loops_keyring_is_out_of_reach_and_carries_nothing_over(lab, monkeyp
     try:
         monkeypatch.setenv("AUTORESEARCH_COMPILE_CACHE", "run")
         loop = make_loop(ws, LocalExecutor(prewarm=False), baseline_runs=2)  # its processes inherit the keyring
-        first = loop.step(one_edit("read and leave keys", [(START, START + inside(READ_KEYS))]))
+        first = loop.step(one_edit("read and leave keys", [(START, START + inside(READ_KEYS) + PROBED)]))
         log = run_log(ws, first.id)
         assert "KEYS in" in log and secret not in log, log
-        second = loop.step(one_edit("look for keys", [(START, START + inside(FIND_KEYS))]))
+        second = loop.step(one_edit("look for keys", [(START, START + inside(FIND_KEYS) + PROBED)]))
         assert "CARRIED OVER nothing" in run_log(ws, second.id), run_log(ws, second.id)
     finally:
         libc.syscall(250, 7, ctypes.c_long(-3))  # KEYCTL_CLEAR our session keyring
@@ -521,7 +528,7 @@ def test_the_experiments_compile_cache_is_its_own_layer_not_torchs_default(lab) 
     caches are its own layer (evaluator/compile_cache.py), set whatever the environment says."""
     ws, loop = lab
     show = inside('import os\nprint("CACHE", os.environ["TORCHINDUCTOR_CACHE_DIR"], flush=True)\n')
-    exp = loop.step(one_edit("where is the cache", [(START, START + show)]))
+    exp = loop.step(one_edit("where is the cache", [(START, START + show + PROBED)]))
     where = run_log(ws, exp.id).split("CACHE ", 1)[1].split()[0]
     assert where == str(compile_cache.INSIDE / "inductor"), where
 
