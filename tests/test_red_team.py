@@ -313,9 +313,11 @@ def test_a_train_py_that_spreads_its_memory_over_many_processes_is_killed_within
     log = first_run_log(ws, exp.id)
     assert "the kernel killed a process of the run for its memory: the run may hold 640 MiB" in log, log
     assert exp.status == Status.CRASH and "killed a process of the run for its memory" in exp.reason, exp.reason
-    assert groups_left("memory") == []
     honest = loop.step(one_edit("an honest change", [(START, START + "    honest = 1\n")]))
     assert honest.status != Status.CRASH, honest.reason
+    # Its group is removed once the killed tasks have left it: by its evaluator within REMOVE_WAIT_S, or, on a loaded
+    # machine where the kernel takes longer to reap them (seen in CI), by the next run's sweep; none is left after it
+    assert groups_left("memory") == []
 
 
 def test_a_runs_processes_are_the_kernels_first_to_kill_for_memory_not_its_evaluator(lab) -> None:
