@@ -1187,16 +1187,17 @@ def test_a_thread_the_kernel_refuses_the_loop_while_a_run_holds_what_is_left_cos
     as it would have, its evaluator started when it comes (refused here by hand: the loop's Python would need to be
     readable by another user)."""
     loop = make_loop(workspace, LocalExecutor(prewarm=True), baseline_runs=2)
-    assert loop.baseline().status == Status.KEEP
+    refusals = []
 
     def refused(self) -> None:
+        refusals.append(self.directory)
         raise RuntimeError("can't start new thread")
 
     monkeypatch.setattr(executor_module.ForkAhead, "start", refused)
-    try:
-        exp = loop.step(ScriptedAgent([lambda ctx: ("LR 0.3", with_constants(ctx.train_py, LR=0.3))]))
-        assert exp.status in (Status.KEEP, Status.DISCARD), exp.reason
-        assert loop.executor._server is not None and loop.executor.fork_failure is None
+    try:  # the baseline's two runs: the second's evaluator is the one refused ahead (an edit's run after it was too)
+        baseline = loop.baseline()
+        assert baseline.status == Status.KEEP and len(baseline.run_values) == 2, baseline.reason
+        assert refusals and loop.executor._server is not None and loop.executor.fork_failure is None
     finally:
         loop.executor.close()
 
