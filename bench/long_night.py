@@ -25,7 +25,8 @@ from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, make_
 from autoresearch.config.presets import get_preset
 from autoresearch.data.prepare import prepare
 from autoresearch.loop import guard
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.experiment import Experiment
+from autoresearch.loop.ledger import Ledger
 from autoresearch.vocabulary import Kind, Status
 
 TEMPLATE = Path(__file__).parents[1] / "src/autoresearch/workspace/templates/train.py"

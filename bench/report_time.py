@@ -14,7 +14,7 @@ import json
 import random
 import time
 
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 from autoresearch.report.markdown import render_report
 from autoresearch.vocabulary import Kind, Status
 

@@ -57,8 +57,8 @@ from autoresearch.loop import ratchet as ratchet_module
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Outcome, RunSpec
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.judge import Verdict, judge
-from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.scheduler import Scheduler
 from autoresearch.loop.settings import BASELINE_RUNS
 from autoresearch.loop.workers import Active, Device, Worker, close_workers, make_workers

@@ -19,7 +19,7 @@ from test_agent_turn import score, state
 
 from autoresearch.agents.coding_agent import CodingAgent
 from autoresearch.agents.recipes import recipe
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALLED = {  # program -> where the README's test command installs it

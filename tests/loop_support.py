@@ -28,7 +28,8 @@ from autoresearch.evaluator.result import Result
 from autoresearch.loop.engine import LoopConfig, ResearchLoop
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Outcome, RunSpec, outcome_of
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.experiment import Experiment
+from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.reporter import PlainReporter
 from autoresearch.vocabulary import Status
 from autoresearch.workspace.constants import read_constants, set_constants

@@ -30,7 +30,7 @@ from autoresearch.agents import namespace, turn_cgroups
 from autoresearch.agents.command_agent import CommandAgent
 from autoresearch.evaluator import cgroups
 from autoresearch.loop.environment import Environment
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.trying import try_working_tree

@@ -18,7 +18,8 @@ from autoresearch.cli import main
 from autoresearch.config.apparatus import CONFIG_NAME
 from autoresearch.config.presets import get_preset
 from autoresearch.evaluator import sandbox, tasks
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.experiment import Experiment
+from autoresearch.loop.ledger import Ledger
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.init import train_py_for
 from autoresearch.workspace.workspace import Workspace
@@ -308,7 +309,8 @@ def test_status_report_and_show_refuse_a_ledger_another_hand_wrote_and_rebuild_l
     wrote it into report.md. And the loop's refusal said to run `rebuild-ledger`, which said the ledger read fine."""
     import sqlite3
 
-    from autoresearch.loop.ledger import Experiment, Ledger
+    from autoresearch.loop.experiment import Experiment
+    from autoresearch.loop.ledger import Ledger
     from autoresearch.vocabulary import Kind, Status
 
     ledger = Ledger(workspace.root)
@@ -337,7 +339,8 @@ def test_status_beside_a_loop_that_writes_never_mistakes_its_rows_for_another_ha
     import threading
     import time
 
-    from autoresearch.loop.ledger import Experiment, Ledger, verified_rows
+    from autoresearch.loop.experiment import Experiment
+    from autoresearch.loop.ledger import Ledger, verified_rows
     from autoresearch.vocabulary import Kind, Status
 
     started, done, failed = threading.Event(), threading.Event(), []

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from autoresearch.loop import ledger as ledger_module
-from autoresearch.loop.ledger import Experiment, Ledger, LedgerError
+from autoresearch.loop.experiment import Experiment
+from autoresearch.loop.ledger import Ledger, LedgerError
 from autoresearch.vocabulary import Status
 
 

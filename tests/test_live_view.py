@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.live import LiveReporter
 from autoresearch.loop.reporter import PlainReporter, console_echo
 

@@ -46,7 +46,8 @@ from autoresearch.loop.executor import (
     RunSpec,
     outcome_of,
 )
-from autoresearch.loop.ledger import Ledger, best_of
+from autoresearch.loop.experiment import best_of
+from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.status import status_text
 from autoresearch.report import render_report
@@ -401,7 +402,7 @@ def test_recovery_finishes_an_experiment_interrupted_after_its_row_was_written(w
     loop = make_loop(workspace, executor)
     loop.baseline()
     ledger = Ledger(workspace.root)
-    from autoresearch.loop.ledger import Experiment
+    from autoresearch.loop.experiment import Experiment
 
     source = with_constants(workspace.read_train_py(), LR=0.2)
     ledger.insert(
@@ -752,7 +753,7 @@ def test_a_persons_copy_of_an_older_experiments_train_py_is_an_edit_like_any_oth
 
 def test_the_loops_own_seeded_train_py_is_known_however_seed_is_written():
     """A kill leaves a run's seeded train.py; the next start must know it for the loop's own, not an edit."""
-    from autoresearch.loop.ledger import Experiment
+    from autoresearch.loop.experiment import Experiment
     from autoresearch.loop.recovery import seeded, written_for
 
     for spelling in ("X = 1; SEED = 42", "(SEED) = 42", "SEED=42"):

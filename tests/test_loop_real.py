@@ -451,8 +451,8 @@ def test_on_the_cpu_clock_a_train_py_that_ignores_seed_and_the_clock_repeats_its
     runs for copies of one run on the CPU clock too (judge.copy_spread), where honest seeds never agree that closely."""
     from autoresearch.data.shards import Manifest
     from autoresearch.evaluator.fingerprint import fingerprint
+    from autoresearch.loop.experiment import Experiment
     from autoresearch.loop.judge import copies, copy_spread
-    from autoresearch.loop.ledger import Experiment
     from autoresearch.loop.recovery import seeded
 
     head, _, _ = BIGRAM_TRAIN_PY.partition("    run = harness.start()\n")

@@ -59,8 +59,8 @@ from autoresearch.evaluator.result import RESULT_LIMIT, SEAL, ForgedResult, Resu
 from autoresearch.loop import evaluator_process
 from autoresearch.loop import watch as watches
 from autoresearch.loop.executor import LocalExecutor, RunSpec, read_result
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.held_edits import put_back_edits
-from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.recovery import TURN_SNAPSHOT
 from autoresearch.loop.settings import LoopError

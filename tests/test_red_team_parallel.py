@@ -24,9 +24,10 @@ from autoresearch.agents.base import Proposal
 from autoresearch.evaluator import cores, sandbox, syscalls
 from autoresearch.loop.engine import ResearchLoop
 from autoresearch.loop.executor import LocalExecutor
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.inbox import EDIT_BASE, Inbox, note_moved
 from autoresearch.loop.judge import measured_noise
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.rebuild import rebuild
 from autoresearch.loop.scheduler import Scheduler

@@ -14,8 +14,9 @@ import pytest
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.loop import activity
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.judge import NEAR_WIN_SAID, judge, margin_of, measured_noise
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.ledger import Ledger
 from autoresearch.report import make_report, plot_progress, progress_figure, render_report
 from autoresearch.report.plot import plot_data
 from autoresearch.report.summary import chain, clip, running_best, shorten

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from autoresearch.loop import run_logs
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 from autoresearch.vocabulary import Status
 
 KIB = 1 << 10

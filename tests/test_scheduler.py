@@ -30,9 +30,10 @@ from autoresearch.loop import asking
 from autoresearch.loop.activity import SESSION_NAME, periods, spans_of
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.inbox import SUBMITTER, Inbox
 from autoresearch.loop.judge import margin_of, measured_noise, noise_of
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.parallel import run_workers
 from autoresearch.loop.ratchet import merge_constants
 from autoresearch.loop.scheduler import Scheduler

@@ -18,7 +18,8 @@ from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, make_
 from autoresearch.cli import main
 from autoresearch.loop.activity import start_session
 from autoresearch.loop.executor import Outcome
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.experiment import Experiment
+from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.status import TRAINING, parse_progress
 from autoresearch.vocabulary import RunEnd, Status
 from autoresearch.workspace.workspace import Workspace

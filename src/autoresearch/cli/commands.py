@@ -375,8 +375,9 @@ def wait(args: argparse.Namespace, console: Console) -> None:
     """One verdict line on stdout for each experiment, as it is judged. With no ids: every submitted experiment
     whose verdict no `wait` has printed yet."""
     from autoresearch.loop.activity import run_command
+    from autoresearch.loop.experiment import best_of
     from autoresearch.loop.inbox import TAKE_TIMEOUT_S, Inbox
-    from autoresearch.loop.ledger import Ledger, best_of
+    from autoresearch.loop.ledger import Ledger
     from autoresearch.loop.reporter import verdict_line
     from autoresearch.loop.waiting import beside, loop_running, reported, unreported, wait_for
     from autoresearch.workspace.workspace import Workspace, WorkspaceMoved

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autoresearch.files import read_regular, write_text_atomic
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 from autoresearch.vocabulary import IN_FLIGHT
 
 SESSION_NAME = "loop.json"  # under .autoresearch/: the running loop's workers and when it started

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from autoresearch.agents.base import Agent, Context, Proposal
 from autoresearch.loop.asking import backoff
 from autoresearch.loop.clock import Clock
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 
 
 @dataclass(frozen=True)

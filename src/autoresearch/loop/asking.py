@@ -17,7 +17,7 @@ from collections.abc import Collection
 
 from autoresearch.agents.base import Agent, Context, PastExperiment, Proposal, ProposalError, Usage, has_shell
 from autoresearch.loop import guard
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.settings import LoopError
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 

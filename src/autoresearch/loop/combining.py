@@ -15,8 +15,8 @@ from __future__ import annotations
 from autoresearch.agents.base import Proposal, Usage
 from autoresearch.loop import guard
 from autoresearch.loop.engine import ResearchLoop
+from autoresearch.loop.experiment import best_of
 from autoresearch.loop.judge import measured_noise
-from autoresearch.loop.ledger import best_of
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 from autoresearch.workspace.constants import changed_constants, read_constants, set_constants
 

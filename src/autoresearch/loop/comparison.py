@@ -14,7 +14,7 @@ from autoresearch.evaluator import cores
 from autoresearch.evaluator.clock import CpuClock, describe
 from autoresearch.loop import activity
 from autoresearch.loop.executor import Outcome
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.settings import (
     APPARATUS_HINT,
     CONFIG_EDITED_HINT,

@@ -21,8 +21,8 @@ import statistics
 
 from autoresearch.loop.engine import MAX_ATTEMPTS, ResearchLoop
 from autoresearch.loop.executor import Outcome
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.judge import beyond_seeds, measured_noise
-from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.recovery import died_running
 from autoresearch.loop.workers import Active
 from autoresearch.vocabulary import Kind, RunEnd

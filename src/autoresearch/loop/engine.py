@@ -31,9 +31,10 @@ from autoresearch.loop.clock import sleep_awake
 from autoresearch.loop.comparison import Comparison
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.executor import Executor, Outcome, RunSpec
+from autoresearch.loop.experiment import Experiment, best_of, lowest_kept
 from autoresearch.loop.judge import Verdict as Judgement
 from autoresearch.loop.judge import judge, measured_noise, noise_of
-from autoresearch.loop.ledger import Experiment, Ledger, best_of, lowest_kept
+from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.recovery import (
     HELD_EDIT,
     MAX_ATTEMPTS,

@@ -15,7 +15,7 @@ import statistics
 from autoresearch.agents.base import Agent
 from autoresearch.loop.answers import Answer, asked_on_threads
 from autoresearch.loop.combining import COMBINER, combination
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.recovery import seeded
 from autoresearch.loop.workers import Job
 

@@ -41,7 +41,8 @@ from autoresearch.errors import AutoresearchError
 from autoresearch.files import clear, flock_held, read_regular, write_text_atomic
 from autoresearch.loop import guard
 from autoresearch.loop.asking import one_line
-from autoresearch.loop.ledger import Experiment, Ledger
+from autoresearch.loop.experiment import Experiment
+from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.waiting import last_error, mark_unreported
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.workspace import TrainPyUnreadable

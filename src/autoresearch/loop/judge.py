@@ -25,7 +25,7 @@ import statistics
 from dataclasses import dataclass
 
 from autoresearch.evaluator.clock import WALL_CLOCK
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 from autoresearch.vocabulary import Kind, Status
 
 MIN_NOISE = 5e-4  # never trust a spread smaller than this: two baseline runs can agree by chance
@@ -173,7 +173,7 @@ def judge(
     copy_below: float | None = None,
 ) -> Verdict:
     """The verdict on a change whose runs gave `runs`, against the best it was made from; `fewer_lines`: the lines of
-    code it removed, net; `lowest`: the lowest val_bpb kept up to that best (ledger.lowest_kept). A win must beat the
+    code it removed, net; `lowest`: the lowest val_bpb kept up to that best (`lowest_kept`). A win must beat the
     lower of the two: a best kept as simpler at equal val_bpb may have drawn up to a margin high, and a change that
     beat that draw would be kept for beating nothing (the train.py before the simplification, measured again).
     `baseline_noise`: the baseline's own seeds' std; a simplification's margin is never wider than theirs, and copies

@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autoresearch.loop.activity import Span, busy_by_worker, overall, per_hour
-from autoresearch.loop.ledger import Experiment, best_of
+from autoresearch.loop.experiment import Experiment, best_of
 from autoresearch.loop.reporter import verdict_line
 from autoresearch.loop.status import EVALUATING, FINISHED, STARTING, TRAINING, WARMING_UP, RunProgress, read_progress
 from autoresearch.report.summary import clip

@@ -27,9 +27,9 @@ from autoresearch.loop import guard
 from autoresearch.loop.answers import Answer
 from autoresearch.loop.engine import LoopError, ResearchLoop, change_of
 from autoresearch.loop.executor import Outcome
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.inbox import SUBMITTER
 from autoresearch.loop.judge import noise_of
-from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.recovery import commit_message
 from autoresearch.loop.waiting import mark_unreported
 from autoresearch.vocabulary import Kind, Status

@@ -34,8 +34,9 @@ from autoresearch.files import sync
 from autoresearch.loop import results_tsv
 from autoresearch.loop.confirmation import not_confirmed
 from autoresearch.loop.executor import read_result
+from autoresearch.loop.experiment import Experiment, best_of
 from autoresearch.loop.judge import beyond_seeds, measured_noise
-from autoresearch.loop.ledger import Experiment, Ledger, best_of
+from autoresearch.loop.ledger import Ledger
 from autoresearch.loop.waiting import unreported
 from autoresearch.vocabulary import Kind, Status
 from autoresearch.workspace.disk import DiskFullError, sqlite_short_of_space

@@ -26,8 +26,8 @@ from autoresearch.errors import LedgerError
 from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop import activity
 from autoresearch.loop.executor import Outcome, reap_orphan
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.judge import measured_noise, run_values
-from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.settings import LoopError
 from autoresearch.loop.watch import LEFT_REFS, put_back_left
 from autoresearch.orphans import reap, remove_left_boxes

@@ -44,9 +44,9 @@ from autoresearch.loop.clock import Clock, RealClock
 from autoresearch.loop.confirmation import CONFIRMED_RUNS, NOT_CONFIRMED, Confirmations
 from autoresearch.loop.engine import MAX_ATTEMPTS, LoopError, ResearchLoop
 from autoresearch.loop.executor import Outcome, RunSpec
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.filling import Filling
 from autoresearch.loop.inbox import SUBMITTER, Inbox, note_moved
-from autoresearch.loop.ledger import Experiment
 from autoresearch.loop.ratchet import Ratchet
 from autoresearch.loop.recovery import baseline_died, commit_message, died_running, result_columns, seeded
 from autoresearch.loop.settings import APPARATUS_HINT, BASELINE_SEEDS_MAX, BASELINE_SEEDS_MIN

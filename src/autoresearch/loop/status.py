@@ -18,8 +18,9 @@ from pathlib import Path
 
 from autoresearch.evaluator import result
 from autoresearch.loop import activity
+from autoresearch.loop.experiment import Experiment, best_of
 from autoresearch.loop.judge import described, measured_noise
-from autoresearch.loop.ledger import Experiment, best_of, verified_rows
+from autoresearch.loop.ledger import verified_rows
 from autoresearch.vocabulary import IN_FLIGHT, Status
 from autoresearch.workspace.workspace import Workspace
 

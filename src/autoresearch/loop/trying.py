@@ -5,7 +5,7 @@ from __future__ import annotations
 from autoresearch.agents.base import Proposal
 from autoresearch.loop import guard
 from autoresearch.loop.engine import LoopError, ResearchLoop
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.recovery import written_for
 from autoresearch.workspace.integrity import is_loop_own
 from autoresearch.workspace.workspace import TRAIN_PY

@@ -21,7 +21,7 @@ import psutil
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.loop.activity import UNKNOWN_WORKERS, read_session
-from autoresearch.loop.ledger import Experiment
+from autoresearch.loop.experiment import Experiment
 from autoresearch.orphans import alive
 
 UNREPORTED_DIR = "unreported"  # an empty file per submitted experiment whose verdict no `wait` has printed

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from autoresearch.errors import AutoresearchError
 from autoresearch.loop.activity import periods
-from autoresearch.loop.ledger import Experiment, has_history, ledger_path, verified_rows
+from autoresearch.loop.experiment import Experiment
+from autoresearch.loop.ledger import has_history, ledger_path, verified_rows
 from autoresearch.report.markdown import render_report, write_report
 from autoresearch.report.plot import plot_progress, progress_figure
 from autoresearch.workspace.disk import disk_full_is_an_error

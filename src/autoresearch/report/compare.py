@@ -10,8 +10,8 @@ from __future__ import annotations
 import difflib
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.judge import run_values
-from autoresearch.loop.ledger import Experiment
 from autoresearch.report.summary import best_before, explain, first_line, noise_before, signed, status_word
 from autoresearch.visible import visible, visible_line
 from autoresearch.vocabulary import Kind

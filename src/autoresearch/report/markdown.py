@@ -11,8 +11,8 @@ from pathlib import Path
 
 from autoresearch.files import write_text_atomic
 from autoresearch.loop import activity
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.judge import MIN_NOISE, Noise, described, measured_noise
-from autoresearch.loop.ledger import Experiment
 from autoresearch.report.summary import (
     Step,
     best_before,

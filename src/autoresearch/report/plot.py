@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.files import clear
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.judge import measured_noise
-from autoresearch.loop.ledger import Experiment
 from autoresearch.report.summary import chain, finished, has_value, running_best, shorten, signed
 from autoresearch.vocabulary import Kind, Status
 

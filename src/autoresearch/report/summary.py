@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 
 from autoresearch.loop import activity
+from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.judge import BETTER, SIMPLER_BUT, SIMPLER_KEPT, Noise, measured_noise, run_values
-from autoresearch.loop.ledger import Experiment
 from autoresearch.visible import visible_line
 from autoresearch.vocabulary import IN_FLIGHT, Kind, Status
 
