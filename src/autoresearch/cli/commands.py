@@ -360,15 +360,11 @@ def already_tried(ws, source: str, base: str) -> str | None:
     """Why the loop refuses `source` made from `base` as a repeat (`Asking.duplicate_of`), or None; None where the
     workspace has no ledger yet."""
     from autoresearch.loop.asking import duplicate
-    from autoresearch.loop.ledger import Ledger, ledger_path
+    from autoresearch.loop.ledger import ledger_path, verified_rows
 
     if not ledger_path(ws.root).is_file():
         return None
-    ledger = Ledger(ws.root)
-    try:
-        return duplicate(ledger.all(), source, base)
-    finally:
-        ledger.close()
+    return duplicate(verified_rows(ws.root), source, base)  # read only: a loop may be writing it
 
 
 def wait(args: argparse.Namespace, console: Console) -> None:
