@@ -239,8 +239,8 @@ def test_a_ctrl_c_while_an_ask_waits_stops_it_and_leaves_no_thread(tmp_path, mon
                 handler.wfile.flush()
                 time.sleep(0.1)
 
-    # Python's own handler: one a test before it in this process left (the loop's, which only notes a Ctrl-C for the
-    # step's end) let the ask run to its deadline (seen in CI)
+    # Python's own handler, whatever an earlier test in this process left: in CI the SIGINT raised nothing once, and
+    # the ask ran to its deadline
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with server(trickle) as url:
