@@ -38,6 +38,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from test_llm_server_failures import agent_at
 
 from autoresearch.agents.base import Context, ProposalError
 from autoresearch.loop import activity, guard
@@ -69,17 +70,19 @@ def server(answer: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[str]:
         httpd.server_close()
 
 
-def agent_at(kind: str, url: str, monkeypatch: pytest.MonkeyPatch):
-    from autoresearch.agents.anthropic_agent import AnthropicAgent
-    from autoresearch.agents.openai_agent import OpenAIAgent
+def trickle_headers(seconds: float) -> Callable[[BaseHTTPRequestHandler], None]:
+    """An answer whose status line comes, then a header a byte every 0.1 s for `seconds` (each read of the socket gets
+    one in time); it ends early where the client shuts the connection."""
 
-    if kind == "openai":
-        monkeypatch.setenv("OPENAI_BASE_URL", url + "/v1")
-        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-        return OpenAIAgent("gpt-5-mini")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
-    return AnthropicAgent("claude-sonnet-4-6")
+    def trickle(handler: BaseHTTPRequestHandler) -> None:
+        with contextlib.suppress(OSError):
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+            for _ in range(round(seconds * 10)):
+                handler.wfile.write(b"a")
+                handler.wfile.flush()
+                time.sleep(0.1)
+
+    return trickle
 
 
 def warm(agent) -> None:
@@ -199,13 +202,7 @@ def test_an_ask_given_up_on_leaves_no_thread_or_connection_behind(kind, proxied,
         ended = threading.Event()
         served.append(ended)
         try:
-            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
-            for _ in range(600):  # a minute, a byte every 0.1 s
-                handler.wfile.write(b"a")
-                handler.wfile.flush()
-                time.sleep(0.1)
-        except OSError:  # the client shut the connection
-            pass
+            trickle_headers(60)(handler)  # until the client shuts the connection
         finally:
             ended.set()
 
@@ -231,19 +228,11 @@ def test_a_ctrl_c_while_an_ask_waits_stops_it_and_leaves_no_thread(tmp_path, mon
     """Ctrl-C while the headers trickle: KeyboardInterrupt at once, and the request's thread ends with it."""
     monkeypatch.setattr("autoresearch.agents.openai_agent.TIMEOUT_S", 30.0)
 
-    def trickle(handler: BaseHTTPRequestHandler) -> None:
-        with contextlib.suppress(OSError):
-            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
-            for _ in range(300):
-                handler.wfile.write(b"a")
-                handler.wfile.flush()
-                time.sleep(0.1)
-
     # Python's own handler, whatever an earlier test in this process left: in CI the SIGINT raised nothing once, and
     # the ask ran to its deadline
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with server(trickle) as url:
+        with server(trickle_headers(30)) as url:
             agent = agent_at("openai", url, monkeypatch)
             threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()  # as a terminal's
             started = time.monotonic()
@@ -372,15 +361,7 @@ def test_an_ask_given_up_on_while_it_connects_leaves_no_thread_behind(tmp_path, 
 
     monkeypatch.setattr(httpcore2.SyncBackend, "connect_tcp", connect_late)
 
-    def trickle(handler: BaseHTTPRequestHandler) -> None:
-        with contextlib.suppress(OSError):
-            handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Pad: ")
-            for _ in range(100):
-                handler.wfile.write(b"a")
-                handler.wfile.flush()
-                time.sleep(0.1)
-
-    with server(trickle) as url:
+    with server(trickle_headers(10)) as url:
         agent = agent_at("openai", url, monkeypatch)
         with pytest.raises(ProposalError, match=r"gave no whole answer within 0\.3 s"):
             agent.propose(Context(tmp_path, "program", TRAIN_PY, 0.97, 0.0012))
