@@ -91,8 +91,9 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
 
         def _headers_by(self, deadline: float, request: Any) -> Any:
             """The response, its status line and headers read, by `deadline`: httpx bounds each read of them only, and
-            a server that trickled them a byte at a time held the ask for ever (red team). Past it the request is left
-            to a thread of its own, which ends when the server does, and this one is an AnswerTimeout."""
+            a server that trickled them a byte at a time held the ask for ever (red team). They are read in a thread of
+            their own; past the deadline (or on a Ctrl-C) its connection is shut, which ends it, and this is an
+            AnswerTimeout."""
             if deadline == math.inf:
                 return super().handle_request(request)
             outcome: list[Any] = []  # the response or the exception; None once given up on
