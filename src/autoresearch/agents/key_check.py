@@ -4,9 +4,9 @@ The API agents' preflight sends a 1-token request (agents/llm.py). A coding agen
 and a key its server rejects showed only in the first turn, after the baseline had trained. Here the loop asks the
 server the recipe's program talks to (Anthropic's API for Claude Code, an OpenAI-compatible one for aider and Codex)
 for its models, once, with the key and base URL the program is given (the recipe's environment) in the headers the
-program sends, within PREFLIGHT_TIMEOUT_S (and the connect timeout), however slowly the answer comes, without retries
-or redirects, reading no more of the answer than a 401's message. A list of models costs no tokens, and a server that
-checks keys checks them there too (OpenAI, Anthropic, vLLM's --api-key, LiteLLM's proxy).
+program sends, within PREFLIGHT_TIMEOUT_S, however slowly the answer comes, without retries or redirects, reading no
+more of the answer than a 401's message. A list of models costs no tokens, and a server that checks keys checks them
+there too (OpenAI, Anthropic, vLLM's --api-key, LiteLLM's proxy).
 
 Only a 401 stops the loop. A 403 there may be a restricted key that may use the model but not list the models (OpenAI's
 per-endpoint permissions), a 404 a server without the list (some local ones): they, and every other answer, say nothing
@@ -19,9 +19,7 @@ them could be refused where the program's is not. Nor where the program may take
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -70,23 +68,11 @@ def check_key(api: str, key: str, base_url: str, env: Mapping[str, str]) -> KeyC
         url, headers = f"{base}/v1/models", {"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
     else:
         url, headers = f"{base}/models", {"authorization": f"Bearer {key}"}
-    # The SDKs' HTTP client with the loop's transport: the whole answer within the timeout, the environment's proxies.
+    # The SDKs' HTTP client with the loop's transport: the whole answer within the timeout, its status line and headers
+    # too, however slowly they come (a byte every few seconds held the preflight for ever, before the baseline: red
+    # team), and the environment's proxies.
     client = whole_request_client(openai.DefaultHttpxClient, openai.OpenAIError)
-    timeout = openai.Timeout(PREFLIGHT_TIMEOUT_S, connect=PREFLIGHT_CONNECT_TIMEOUT_S)
-    # A server that trickles its status line and headers meets only each read's timeout (agents/http_client.py): the
-    # request runs on a thread of its own, given the connect timeout and the whole deadline, then left, its connection
-    # closed (red team: a byte every few seconds held the preflight, before the baseline, for ever).
-    answer: list[KeyCheck] = []
-    asking = threading.Thread(
-        target=lambda: answer.append(_ask(client, url, headers, timeout)), name="autoresearch-key-check", daemon=True
-    )
-    asking.start()
-    asking.join(PREFLIGHT_CONNECT_TIMEOUT_S + PREFLIGHT_TIMEOUT_S)
-    if answer:
-        return answer[0]
-    with contextlib.suppress(Exception):  # its read may end in an error of its own, on its thread: not waited for
-        client.close()
-    return KeyCheck(unreachable=f"no answer within {PREFLIGHT_CONNECT_TIMEOUT_S + PREFLIGHT_TIMEOUT_S:g} s")
+    return _ask(client, url, headers, openai.Timeout(PREFLIGHT_TIMEOUT_S, connect=PREFLIGHT_CONNECT_TIMEOUT_S))
 
 
 def _ask(client: Any, url: str, headers: dict[str, str], timeout: Any) -> KeyCheck:
