@@ -321,19 +321,17 @@ def _detail(err: Exception) -> str:
     body = getattr(err, "body", None)
     inner = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(inner, dict) and inner.get("message"):
-        return _clipped(str(inner["message"]), MAX_DETAIL_CHARS)
-    if isinstance(inner, str) and inner.strip():  # `{"error": "<message>"}` (LM Studio's, TGI's): the SDK gives it
+        text = str(inner["message"])
+    elif isinstance(inner, str) and inner.strip():  # `{"error": "<message>"}` (LM Studio's, TGI's): the SDK gives it
         # alone; and a body that is no JSON at all (nginx's 413 page, a proxy's HTML) as it came: on one line, and
         # not whole (red team: a page's six lines, or its 340 kB, went into the verdict line, the ledger and the log)
-        return _clipped(" ".join(inner.split()), MAX_DETAIL_CHARS)
-    return _clipped(str(getattr(err, "message", None) or err), MAX_DETAIL_CHARS)
+        text = " ".join(inner.split())
+    else:
+        text = str(getattr(err, "message", None) or err)
+    return text if len(text) <= MAX_DETAIL_CHARS else f"{text[:MAX_DETAIL_CHARS]}... ({len(text):,} characters)"
 
 
 MAX_DETAIL_CHARS = 500  # of an error's body quoted in a ProposalError: a message, or the start of a page
-
-
-def _clipped(text: str, limit: int) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _said(reply: Reply) -> str:
