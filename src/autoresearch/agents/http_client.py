@@ -10,13 +10,21 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 RETRY_AFTER_MAX_S = 60.0  # the longest retry-after the SDKs may wait out inside one ask
 # The most of an answer's body read (an answer is at most tens of kB: a hypothesis and edits; an error, less): past it
-# the answer is an error, its bytes not kept (red team: a server that sent without end filled memory until TIMEOUT_S)
+# the answer is an error, its bytes not kept (red team: a server that sent without end filled memory until TIMEOUT_S).
+# Counted as the SDK gets them, decompressed: 32 MiB of gzip can be 32 GiB of answer.
 MAX_ANSWER_BYTES = 32 << 20
+# The only compression asked for, and inflated here under the limit (the SDKs' own list may add br and zstd, which
+# would be decoded past it, by httpx, after the transport); an answer compressed any other way is an error.
+ACCEPTED_ENCODING = "gzip"
+# The errors of the SDK's class an answer ends in here, by name (each client's are classes of its SDK's own)
+ANSWER_ERRORS = ("AnswerTimeout", "AnswerTooLarge", "AnswerUnreadable")
+_PIECE = 1 << 16  # the most a gzipped answer is inflated by at a time
 _DEADLINE = "autoresearch.deadline"  # the request's extension that holds its deadline (time.monotonic())
 
 
@@ -38,15 +46,20 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
             limit = (request.extensions.get("timeout") or {}).get("read")
             super().__init__(f"no whole answer within {limit:g} s" if limit else "no whole answer in time")
 
-    class AnswerTooLarge(sdk_error):  # its name read by llm.api_error, as AnswerTimeout's
+    class AnswerTooLarge(sdk_error):
         def __init__(self, limit: int):
             super().__init__(f"an answer over {limit / (1 << 20):g} MiB")
 
+    class AnswerUnreadable(sdk_error):
+        def __init__(self, why: str):
+            super().__init__(why)
+
     class Deadline(http.SyncByteStream):
-        def __init__(self, stream: Any, deadline: float, request: Any):
-            self._stream, self._deadline, self._request = stream, deadline, request
+        def __init__(self, stream: Any, deadline: float, request: Any, gzipped: bool):
+            self._stream, self._deadline, self._request, self._gzipped = stream, deadline, request, gzipped
 
         def __iter__(self) -> Iterator[bytes]:
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if self._gzipped else None
             chunks, read, limit = iter(self._stream), 0, MAX_ANSWER_BYTES
             while True:
                 # Each read of the body waits no longer than the deadline (`_WatchedStream.read`), not its whole read
@@ -62,9 +75,10 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
                     _sending.until = None
                 if time.monotonic() > self._deadline:
                     raise AnswerTimeout(self._request)
-                if (read := read + len(chunk)) > limit:
-                    raise AnswerTooLarge(limit)
-                yield chunk
+                for piece in _inflated(inflate, chunk, AnswerUnreadable) if inflate else (chunk,):
+                    if (read := read + len(piece)) > limit:
+                        raise AnswerTooLarge(limit)
+                    yield piece
 
         def close(self) -> None:
             self._stream.close()
@@ -76,11 +90,19 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
             # redirect is a request of its own, which carries the first one's extensions (red team: each hop had a
             # deadline of its own, and a server that sent a 307 to itself just before it held an ask 21 of them)
             deadline = request.extensions.setdefault(_DEADLINE, time.monotonic() + limit if limit else math.inf)
+            request.headers["Accept-Encoding"] = ACCEPTED_ENCODING
             try:
                 response = self._headers_by(deadline, request)
             except http.ReadTimeout:  # not a byte of the answer in all that time
                 raise AnswerTimeout(request) from None
-            response.stream = Deadline(response.stream, deadline, request)
+            # Decompressed here, under the limit, not by httpx after it (red team: 32 MiB of gzip, 32 GiB of answer)
+            encodings = [e.strip().lower() for e in ",".join(response.headers.get_list("content-encoding")).split(",")]
+            encodings = [e for e in encodings if e and e != "identity"]
+            if encodings not in ([], ["gzip"], ["x-gzip"]):
+                response.close()
+                raise AnswerUnreadable(f"an answer compressed as {', '.join(encodings)[:80]!r}, not as asked")
+            response.headers.pop("content-encoding", None)
+            response.stream = Deadline(response.stream, deadline, request, gzipped=bool(encodings))
             if longer_than(response.headers, RETRY_AFTER_MAX_S):
                 # The Anthropic SDK waits whatever a retry-after says (a proxy's 3600: 6 retries, 6 h, past --hours,
                 # saying nothing); without it the SDK backs off its own way, then the loop's announced back-off takes
@@ -205,6 +227,19 @@ class _WatchedStream:
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)
+
+
+def _inflated(inflate: Any, chunk: bytes, error: type[Exception]) -> Iterable[bytes]:
+    """`chunk` of a gzip stream inflated, a piece of at most 64 KiB at a time (a chunk of 64 KiB can hold 64 MiB)."""
+    try:
+        while True:
+            piece = inflate.decompress(chunk, _PIECE)
+            chunk = inflate.unconsumed_tail
+            yield piece
+            if not chunk and len(piece) < _PIECE:  # all of it taken in, and nothing more waiting to come out
+                return
+    except zlib.error as exc:
+        raise error(f"an answer whose gzip does not inflate ({exc})") from None
 
 
 def _outcome(call: Any) -> Any:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.edits import SEARCH, EditError, parse_answer
+from autoresearch.agents.http_client import ANSWER_ERRORS
 from autoresearch.agents.prompt import Prompt, build_prompt, correction_message
 from autoresearch.errors import ConfigError
 
@@ -275,7 +276,7 @@ def api_error(
         )
     if status is not None:
         return ProposalError(f"{provider} rejected the request (HTTP {status}): {detail}")
-    if type(err).__name__ in ("AnswerTimeout", "AnswerTooLarge"):  # whole_request_client's: the server was reached
+    if type(err).__name__ in ANSWER_ERRORS:  # whole_request_client's: the server was reached
         return ProposalError(
             f"{provider} at {base_url} gave {detail}", hint=f"check that the server {url_env} names is up and not stuck"
         )
