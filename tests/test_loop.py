@@ -485,7 +485,9 @@ def test_a_run_whose_every_ask_failed_ends_with_an_error_naming_the_last_failure
     def seed(ctx):
         return "another seed", ctx.train_py.replace("SEED = 42", "SEED = 7")
 
-    args = argparse.Namespace(ray=None, gpus=None, workers=None, max_experiments=2, hours=None, linger=0.0)
+    args = argparse.Namespace(
+        ray=None, gpus=None, workers=None, timeout=None, accelerator=None, max_experiments=2, hours=None, linger=0.0
+    )
     with pytest.raises(LoopError, match=r"none of the 2 asks .*nothing was tried; the last \(exp 3\): could not"):
         drive(loop_recording_waits(workspace)[0], ScriptedAgent([unreachable] * 2), devices(None, None), args)
     for agent in ([unreachable, set_lr(0.2)], [unreachable, seed]):

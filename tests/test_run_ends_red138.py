@@ -44,7 +44,9 @@ def test_a_run_that_resumed_and_judged_an_experiment_is_no_night_without_work(wo
     with pytest.raises(DiskFullError):
         first.step(ScriptedAgent([set_lr(0.2)]))
     assert Ledger(workspace.root).get(2).status == Status.RUNNING
-    args = argparse.Namespace(ray=None, gpus=None, workers=None, max_experiments=1, hours=None, linger=0.0)
+    args = argparse.Namespace(
+        ray=None, gpus=None, workers=None, timeout=None, accelerator=None, max_experiments=1, hours=None, linger=0.0
+    )
     drive(make_loop(workspace, FakeExecutor(score)), ScriptedAgent([unreachable]), devices(None, None), args)
     rows = Ledger(workspace.root).all()
     assert rows[1].id == 2 and rows[1].status == Status.KEEP and rows[-1].status == Status.CRASH

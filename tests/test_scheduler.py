@@ -548,7 +548,9 @@ def test_a_loop_given_another_share_of_the_cores_than_the_baselines_is_refused_b
     loop.executor.measures_here = True  # as a LocalExecutor's runs are: measured on this machine
     loop.run = lambda *_: ran.append("one worker")
     refused = r"this loop's runs would count CPU time / \d+ cores, the baseline's runs CPU time / 1 cores in a loop"
-    args = argparse.Namespace(ray=None, gpus=None, workers=None, max_experiments=1, hours=None, linger=0.0)
+    args = argparse.Namespace(
+        ray=None, gpus=None, workers=None, timeout=None, accelerator=None, max_experiments=1, hours=None, linger=0.0
+    )
     with pytest.raises(LoopError, match=refused) as stopped:
         drive(loop, None, devices(None, None), args)
     assert stopped.value.hint.startswith("give --workers 2 (to `run` and `submit` alike)")
@@ -686,6 +688,52 @@ def test_the_command_that_finishes_what_a_loop_left_names_the_workers_that_loop_
         assert activity.run_command(tmp_path) == f"`autoresearch run{options}`"
         activity.end_session(tmp_path)
         assert activity.run_command(tmp_path, "--agent queue") == f"`autoresearch run --agent queue{options}`"
+
+
+@pytest.mark.parametrize(
+    ("placement", "options"),
+    [
+        (
+            ["--ray", "10.0.0.7:6379", "--accelerator", "H100", "--timeout", "600"],
+            " --ray 10.0.0.7:6379 --accelerator H100 --timeout 600",
+        ),
+        (["--ray", "ray://[::1]:10001"], " --ray 'ray://[::1]:10001'"),
+        (["--gpus", "all"], " --gpus all"),
+        ([], ""),
+        # Not options a loop records (a history written by hand): the workers' labels say what they can
+        (["--ray", "$(reboot)"], " --ray"),
+        (["--ray", "--agent", "x"], " --ray"),
+        (["--timeout"], " --ray"),
+    ],
+)
+def test_the_command_that_finishes_a_ray_loop_names_its_cluster_gpu_type_and_timeout(tmp_path, placement, options):
+    """BROKE, fixed: after a loop on a Ray cluster (`run --ray 10.0.0.7:6379 --accelerator H100`), the hint said
+    `--ray`, which starts a Ray of this machine's own: what the loop left in flight went to another place, or to no
+    GPU. The loop records its options as given; a record of what a loop gives no such option is not shown."""
+    from autoresearch.loop import activity
+
+    activity.start_session(tmp_path, ["ray 0", "ray 1"], time.time(), placement=placement)
+    activity.end_session(tmp_path)
+    assert activity.run_command(tmp_path, "--agent queue") == f"`autoresearch run --agent queue{options}`"
+
+
+@pytest.mark.slow  # a few seconds: the CLI's start, and a baseline of two fake runs
+def test_a_loop_records_the_options_it_was_started_with_for_the_hint(workspace, monkeypatch, capsys) -> None:
+    """`autoresearch run --workers 2 --timeout 300`: what finishes what it leaves in flight is that command again."""
+    from autoresearch.cli import main
+    from autoresearch.loop import activity, workers
+    from autoresearch.loop import executor as executors
+
+    class Local(FakeExecutor):  # each worker's LocalExecutor, as the CLI makes them
+        def __init__(self, env=None):
+            super().__init__(score)
+            self.device_env = env
+
+    monkeypatch.setattr(executors, "LocalExecutor", Local)
+    monkeypatch.setattr(workers, "LocalExecutor", Local)
+    args = ["run", "--agent", "queue", "--workers", "2", "--timeout", "300", "--baseline-runs", "2", "--plain"]
+    assert main([*args, "--workspace", str(workspace.root)]) == 0, capsys.readouterr().err
+    assert activity.run_command(workspace.state) == "`autoresearch run --workers 2 --timeout 300`"
 
 
 def test_several_workers_refuse_to_start_where_runs_cannot_be_confined(workspace, monkeypatch) -> None:

@@ -240,7 +240,9 @@ def test_a_one_worker_run_says_while_it_runs_that_it_takes_no_submissions(worksp
     """What `submit` reads above: the one-worker loop's session says so while it runs, and is gone after."""
     loop, seen = make_loop(workspace, FakeExecutor(score)), []
     loop.run = lambda *_: seen.append(activity.read_session(workspace.state))
-    args = argparse.Namespace(ray=None, gpus=None, workers=None, max_experiments=1, hours=None, linger=0.0)
+    args = argparse.Namespace(
+        ray=None, gpus=None, workers=None, timeout=None, accelerator=None, max_experiments=1, hours=None, linger=0.0
+    )
     drive(loop, ScriptedAgent([]), devices(None, None), args)
     assert len(seen) == 1 and seen[0].submissions is False and seen[0].pid == os.getpid()
     assert activity.read_session(workspace.state) is None

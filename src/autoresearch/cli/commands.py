@@ -229,7 +229,7 @@ def placement(args: argparse.Namespace) -> list[str]:
     options = []
     for option, value in (("--gpus", args.gpus), ("--workers", args.workers), ("--timeout", args.timeout),
                           ("--accelerator", args.accelerator)):  # fmt: skip
-        options += [option, str(value)] if value else []
+        options += [option, f"{value:g}" if isinstance(value, float) else str(value)] if value else []
     return options + (["--ray", *([args.ray] if args.ray else [])] if args.ray is not None else [])
 
 
@@ -250,6 +250,7 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
 
     first = loop.ledger.next_id()  # what this start asks: every ask failed is an error (Asking.none_proposed)
     resumed = {e.id for e in loop.ledger.in_flight()}  # what a loop before it left in flight: this one trains it
+    placed = placement(args)  # recorded for the hint that starts it again
     if getattr(args, "ray", None) is None:  # on the CPU, another share of the cores than the baseline's: none trains
         loop.check_share([device.env for device in found])
     if getattr(args, "ray", None) is not None:
@@ -262,14 +263,15 @@ def drive(loop, agent, found, args: argparse.Namespace) -> None:
                 loop.reporter.message(warning)
             shipment = Shipment()  # what nodes without the workspace need, sent once for all the workers
             executor_for = lambda _device: RayExecutor(args.accelerator, shipment)
-            run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger, executor_for)
+            run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger, executor_for, placed)
         finally:
             disconnect()
     elif agent is not None and len(found) == 1 and found[0].label == LOCAL and not needs_scheduler(loop):
-        with activity.session(loop.ws.state, [found[0].label], submissions=False):  # `submit` is told at once
+        # Not taking what `submit` queues: it is told at once
+        with activity.session(loop.ws.state, [found[0].label], submissions=False, placement=placed):
             loop.run(agent, args.max_experiments, args.hours)
     else:
-        run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger)
+        run_workers(loop, agent, found, args.max_experiments, args.hours, args.linger, placement=placed)
     if agent is not None:
         loop.none_proposed(agent, first, resumed)
 

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import shlex
 import stat
 import time
 from collections import Counter
@@ -175,23 +176,34 @@ class Session:
     workers: list[str]  # their labels: "gpu 0", "cpu 1", "ray 3"
     submissions: bool = True  # whether it takes what `submit` queues (a `try` or a one-worker `run` does not)
     asking: bool = True  # whether an agent proposes (the loop `submit` starts only waits for submissions)
+    placement: tuple[str, ...] | None = None  # its options of where and how long runs train, as given; None: unsaid
 
 
 def start_session(
-    state: Path, workers: list[str], started: float, submissions: bool = True, asking: bool = True
+    state: Path,
+    workers: list[str],
+    started: float,
+    submissions: bool = True,
+    asking: bool = True,
+    placement: list[str] | None = None,
 ) -> None:
     """Tell `status` which workers the loop runs with, since when, and whether an agent proposes; `submit` whether the
-    loop takes its request. A session a killed loop left goes into the history first, with no end."""
+    loop takes its request; a hint how to start it again (`placement`: the CLI's). A session a killed loop left goes
+    into the history first, with no end."""
     if (left := _recorded(state)) is not None and not _running(left):
         _remember(state, left, None)
     path = state / SESSION_NAME
     record = {"pid": os.getpid(), "started": started, "workers": workers, "submissions": submissions, "asking": asking}
+    if placement is not None:
+        record["placement"] = placement
     write_text_atomic(path, json.dumps(record), path.with_name(f".{path.name}.tmp"))
 
 
 @contextmanager
-def session(state: Path, workers: list[str], submissions: bool = True) -> Iterator[None]:
-    start_session(state, workers, time.time(), submissions)
+def session(
+    state: Path, workers: list[str], submissions: bool = True, placement: list[str] | None = None
+) -> Iterator[None]:
+    start_session(state, workers, time.time(), submissions, placement=placement)
     try:
         yield
     finally:
@@ -227,7 +239,7 @@ def _recorded(state: Path) -> Session | None:
         data = json.loads(read_regular(state / SESSION_NAME, 1 << 16))  # never waits on a FIFO put there
         workers, submissions = [str(w) for w in data["workers"]], data.get("submissions", True) is not False
         asking = data.get("asking", True) is not False
-        return Session(int(data["pid"]), float(data["started"]), workers, submissions, asking)
+        return Session(int(data["pid"]), float(data["started"]), workers, submissions, asking, _placement(data))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -239,7 +251,10 @@ def _remember(state: Path, session: Session, ended: float | None) -> None:
     """Add a loop's session to the history; nothing where it cannot be written (it only informs the numbers), nor
     where something else than a file lies there: a link is not followed (a line appended to the file it names), a FIFO
     not waited on (the loop would hang at its start or end)."""
-    line = json.dumps({"started": session.started, "ended": ended, "workers": session.workers})
+    record = {"started": session.started, "ended": ended, "workers": session.workers}
+    if session.placement is not None:
+        record["placement"] = list(session.placement)
+    line = json.dumps(record)
     with contextlib.suppress(OSError):
         fd = os.open(state / HISTORY_NAME, _APPEND, 0o600)
         try:
@@ -256,6 +271,7 @@ class Period:
     start: float
     end: float
     workers: tuple[str, ...]
+    placement: tuple[str, ...] | None = None  # the options it was started with (Session's)
 
 
 def periods(state: Path, experiments: list[Experiment], now: float | None = None) -> list[Period]:
@@ -271,29 +287,38 @@ def periods(state: Path, experiments: list[Experiment], now: float | None = None
         try:
             data = json.loads(line)
             ended = None if data["ended"] is None else float(data["ended"])
-            found.append((float(data["started"]), ended, tuple(str(w) for w in data["workers"])))
+            found.append((float(data["started"]), ended, tuple(str(w) for w in data["workers"]), _placement(data)))
         except (ValueError, KeyError, TypeError):
             continue  # a line cut short by a full disk, or not the loop's
     if (last := _recorded(state)) is not None:  # running now, or killed and not yet in the history
         ended = (time.time() if now is None else now) if _running(last) else None
-        found.append((last.started, ended, tuple(last.workers)))
+        found.append((last.started, ended, tuple(last.workers), last.placement))
     found.sort(key=lambda period: period[0])
     times = [t for e in experiments for t in (e.started_at, e.finished_at) if t] + [
         t for e in experiments for s in spans_of(e) for t in (s.start, s.end) if t is not None
     ]
     made = []
-    for i, (start, end, workers) in enumerate(found):
+    for i, (start, end, workers, placement) in enumerate(found):
         if end is None:
             before = found[i + 1][0] if i + 1 < len(found) else float("inf")
             end = max((t for t in times if start <= t < before), default=start)
-        made.append(Period(start, end, workers))
+        made.append(Period(start, end, workers, placement))
     return made
+
+
+def _placement(data: dict) -> tuple[str, ...] | None:
+    placement = data.get("placement")
+    return tuple(str(word) for word in placement) if isinstance(placement, list) else None
 
 
 UNKNOWN_WORKERS = "(with the --gpus or --workers it had)"  # where no loop said which
 # The labels a loop gives its workers (workers.py): `gpu 0`, `gpu GPU-<uuid>` or `gpu MIG-<uuid>`, `cpu 1`, `ray 2`,
 # `local`. Only these are named in a hint a person or an agent runs as it reads.
 _WORKER = re.compile(r"gpu (\d{1,4}|(GPU|MIG)-[0-9A-Za-z/-]{1,80})|(cpu|ray) \d{1,4}|local")
+# The options a loop records of where and how long its runs train (cli's `placement`), and the values they may take
+# in a hint: `--gpus all`, `--workers 2`, `--timeout 500`, `--accelerator H100`, `--ray 10.0.0.1:6379` (or none)
+_PLACEMENT = {"--gpus", "--workers", "--timeout", "--accelerator", "--ray"}
+_PLACED = re.compile(r"[A-Za-z0-9][A-Za-z0-9.,:/_\[\]-]{0,199}")
 
 
 def resume_options(state: Path) -> str | None:
@@ -304,7 +329,9 @@ def resume_options(state: Path) -> str | None:
     of the cores)."""
     if not (found := [period for period in periods(state, []) if period.workers]):
         return None
-    workers = found[-1].workers
+    workers, placement = found[-1].workers, found[-1].placement
+    if placement is not None and _said(placement):  # as it was given: a Ray cluster's address, a GPU type, a timeout
+        return " ".join(shlex.quote(word) for word in placement)
     if not all(_WORKER.fullmatch(w) for w in workers):  # no label of a loop's (a file written by hand): not said
         return None
     if gpus := [w.removeprefix("gpu ") for w in workers if w.startswith("gpu ")]:
@@ -313,6 +340,24 @@ def resume_options(state: Path) -> str | None:
         return "--ray"
     cpus = sum(w.startswith("cpu ") for w in workers)
     return f"--workers {cpus}" if cpus else ""
+
+
+def _said(placement: tuple[str, ...]) -> bool:
+    """Whether `placement` is options a loop records, each followed by a value of the kind it takes (--ray's may be
+    left out), to be shown as a command to run."""
+    words = list(placement)
+    if len(words) > 10:
+        return False
+    while words:
+        option = words.pop(0)
+        if option not in _PLACEMENT:
+            return False
+        if words and words[0] not in _PLACEMENT:
+            if not _PLACED.fullmatch(words.pop(0)):
+                return False
+        elif option != "--ray":
+            return False
+    return True
 
 
 def run_command(state: Path, *options: str) -> str:

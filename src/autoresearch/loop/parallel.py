@@ -27,9 +27,11 @@ def run_workers(
     hours: float | None = None,
     linger: float = 0.0,
     executor_for=None,
+    placement: list[str] | None = None,
 ) -> None:
     """The loop on `found` devices (the CLI's `run` with --gpus, --workers or --ray, or with submissions);
-    `executor_for(device)` makes each worker's executor (default: a LocalExecutor pinned to the device)."""
+    `executor_for(device)` makes each worker's executor (default: a LocalExecutor pinned to the device); `placement`:
+    the CLI's options that gave them, recorded for a hint that starts the loop again."""
     if (why := sandbox.unavailable_reason()) is not None:
         # One worker checks the workspace around each run; several cannot, while the others' runs go on. Only
         # confinement keeps a run out of the workspace then.
@@ -40,7 +42,7 @@ def run_workers(
     loop.recover_workspace()  # before the worktrees' git commands, which an agent's config left by a kill could steer
     workers = make_workers(loop, found, executor_for)
     try:
-        Scheduler(loop, workers, Inbox(loop.ws.state), linger).run(agent, max_experiments, hours)
+        Scheduler(loop, workers, Inbox(loop.ws.state), linger, placement=placement).run(agent, max_experiments, hours)
     finally:
         close_workers(workers)
         if not loop.ledger.in_flight():  # a loop that has ended leaves no worktree behind

@@ -67,12 +67,15 @@ class Scheduler(Filling):
         clock: Clock | None = None,
         confirm_runs: int | None = None,
         baseline_seeds_max: int = BASELINE_SEEDS_MAX,
+        placement: list[str] | None = None,
     ):
         """`linger`: without an agent, how long to wait for another submission once nothing is left to do;
         `confirm_runs`: the runs a kept change gets in all (default: CONFIRMED_RUNS with several workers, else 0: one
         worker's each would be a whole run of its night); `baseline_seeds_max`: the most seeds the baseline trains at
-        once beyond the configured number."""
+        once beyond the configured number; `placement`: the options the loop was started with, for a hint that starts
+        it again (the session records them)."""
         self.loop, self.workers, self.inbox, self.linger = loop, workers, inbox, linger
+        self.placement = placement
         self.baseline_seeds_max = baseline_seeds_max
         self.clock = clock or RealClock()
         self.ratchet = Ratchet(loop)
@@ -111,7 +114,7 @@ class Scheduler(Filling):
         else:  # a ledger rebuilt without the baseline's seeds: measured again here, before any change is judged
             self.measure_noise_again(agent)
         labels = [w.device.label for w in self.workers]
-        activity.start_session(loop.ws.state, labels, began, asking=agent is not None)
+        activity.start_session(loop.ws.state, labels, began, asking=agent is not None, placement=self.placement)
         try:
             while True:
                 self.check_home()  # before it takes a submission or starts a run; each poll of a loop left idle
