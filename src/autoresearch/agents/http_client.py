@@ -60,7 +60,7 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
 
         def __iter__(self) -> Iterator[bytes]:
             inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if self._gzipped else None
-            chunks, read, limit = iter(self._stream), 0, MAX_ANSWER_BYTES
+            chunks, read, came, limit = iter(self._stream), 0, 0, MAX_ANSWER_BYTES
             while True:
                 # Each read of the body waits no longer than the deadline (`_WatchedStream.read`), not its whole read
                 # timeout (red team: a byte just before the deadline, then silence, held the ask twice TIMEOUT_S)
@@ -75,6 +75,12 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
                     _sending.until = None
                 if time.monotonic() > self._deadline:
                     raise AnswerTimeout(self._request)
+                # What comes counts too (red team: empty deflate blocks, or bytes after the gzip's end, without end
+                # inflate to nothing: read until the deadline, those after the end kept by zlib all the while)
+                if (came := came + len(chunk)) > limit:
+                    raise AnswerTooLarge(limit)
+                if inflate and inflate.eof:
+                    continue  # past the gzip's end: not kept (httpx's decoder reads no further member either)
                 for piece in _inflated(inflate, chunk, AnswerUnreadable) if inflate else (chunk,):
                     if (read := read + len(piece)) > limit:
                         raise AnswerTooLarge(limit)
@@ -100,7 +106,15 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
             encodings = [e for e in encodings if e and e != "identity"]
             if encodings not in ([], ["gzip"], ["x-gzip"]):
                 response.close()
-                raise AnswerUnreadable(f"an answer compressed as {', '.join(encodings)[:80]!r}, not as asked")
+                why = f"an answer compressed as {', '.join(encodings)[:80]!r}, not as asked"
+                if response.status_code < 300:
+                    raise AnswerUnreadable(why)
+                # An error's status says what failed (a 401: the key), its body then these words (red team: a proxy's
+                # brotli 401 was this error, retried, and the rejected key stopped nothing)
+                response = http.Response(
+                    response.status_code, headers=response.headers, content=why.encode(), extensions=response.extensions
+                )
+                encodings = []
             response.headers.pop("content-encoding", None)
             response.stream = Deadline(response.stream, deadline, request, gzipped=bool(encodings))
             if longer_than(response.headers, RETRY_AFTER_MAX_S):

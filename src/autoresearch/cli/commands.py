@@ -227,9 +227,11 @@ def placement(args: argparse.Namespace) -> list[str]:
     """The options of `run` or `submit` that say where and how long its runs train (`--gpus`, `--workers`, `--ray`,
     `--accelerator`, `--timeout`), as given: a loop resumed without them would train on another setup."""
     options = []
-    for option, value in (("--gpus", args.gpus), ("--workers", args.workers), ("--timeout", args.timeout),
+    gpus = args.gpus and "".join(args.gpus.split())  # "0, 1" is 0,1 (each id is stripped): a word a hint names
+    for option, value in (("--gpus", gpus), ("--workers", args.workers), ("--timeout", args.timeout),
                           ("--accelerator", args.accelerator)):  # fmt: skip
-        options += [option, f"{value:g}" if isinstance(value, float) else str(value)] if value else []
+        # A float as Python reads it back, to the last digit (`:g` kept 6: 1000.125 was 1000.12), without a ".0"
+        options += [option, repr(value).removesuffix(".0") if isinstance(value, float) else str(value)] if value else []
     return options + (["--ray", *([args.ray] if args.ray else [])] if args.ray is not None else [])
 
 

@@ -318,7 +318,7 @@ _WORKER = re.compile(r"gpu (\d{1,4}|(GPU|MIG)-[0-9A-Za-z/-]{1,80})|(cpu|ray) \d{
 # The options a loop records of where and how long its runs train (cli's `placement`), and the values they may take
 # in a hint: `--gpus all`, `--workers 2`, `--timeout 500`, `--accelerator H100`, `--ray 10.0.0.1:6379` (or none)
 _PLACEMENT = {"--gpus", "--workers", "--timeout", "--accelerator", "--ray"}
-_PLACED = re.compile(r"[A-Za-z0-9][A-Za-z0-9.,:/_\[\]-]{0,199}")
+_PLACED = re.compile(r"[A-Za-z0-9][A-Za-z0-9.,:/_\[\]+-]{0,199}")  # `+`: a timeout of 1e+20
 
 
 def resume_options(state: Path) -> str | None:
