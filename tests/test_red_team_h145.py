@@ -7,7 +7,8 @@ Each test marked BROKE failed before its fix.
 - A gzip that inflates to nothing (empty deflate blocks, 5 bytes each, without end) was read until the deadline; the
   limit, counting only what came out, never met it. Before the change an answer was cut at 32 MiB as it came.
 - An error compressed otherwise than asked (a proxy's brotli 401) was "an answer compressed as 'br'": its status was
-  lost, a rejected key no longer stopped the loop (nor was it the preflight's rejection), and it was asked again.
+  lost, a rejected key no longer stopped the loop (nor was it the preflight's rejection), and it was asked again. So
+  was an error said to be gzip that was not (a proxy's 401 of plain JSON): "an answer whose gzip does not inflate".
 - A --timeout was recorded and passed on (`submit`'s background loop) to 6 digits: `--timeout 1000.125` trained with
   1000.12; and `--timeout 1e6` was "1e+06", no value a hint names: a Ray loop's hint went back to a bare `--ray`
   (a Ray of this machine's own) and dropped the timeout.
@@ -136,6 +137,27 @@ def test_an_error_compressed_otherwise_than_asked_keeps_its_status(kind, tmp_pat
         agent_at(kind, url, monkeypatch).propose(Context(tmp_path, "program", TRAIN_PY, 0.97, 0.0012))
     assert "rejected the API key (HTTP 401)" in str(err.value) and err.value.fatal
     assert "compressed as 'br'" in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+def test_an_error_said_to_be_gzip_that_is_not_keeps_its_status(kind, tmp_path, monkeypatch) -> None:
+    """BROKE, fixed: a 401 of plain JSON under `Content-Encoding: gzip` (a proxy's, misconfigured) was "an answer whose
+    gzip does not inflate", retried as a server's hiccup: the rejected key stopped nothing."""
+    limited(kind, monkeypatch)
+    body = b'{"error": {"message": "invalid api key"}}'
+
+    def rejected(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(401)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Encoding", "gzip")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with server(rejected) as url, pytest.raises(ProposalError) as err:
+        agent_at(kind, url, monkeypatch).propose(Context(tmp_path, "program", TRAIN_PY, 0.97, 0.0012))
+    assert "rejected the API key (HTTP 401): an answer whose gzip does not inflate" in str(err.value)
+    assert err.value.fatal
 
 
 def test_the_preflight_sees_a_401_compressed_otherwise_than_asked_as_the_keys(monkeypatch) -> None:

@@ -55,8 +55,9 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
             super().__init__(why)
 
     class Deadline(http.SyncByteStream):
-        def __init__(self, stream: Any, deadline: float, request: Any, gzipped: bool):
+        def __init__(self, stream: Any, deadline: float, request: Any, gzipped: bool, failed: bool = False):
             self._stream, self._deadline, self._request, self._gzipped = stream, deadline, request, gzipped
+            self._failed = failed  # an error's answer (a status of 300 and more)
 
         def __iter__(self) -> Iterator[bytes]:
             inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if self._gzipped else None
@@ -81,10 +82,18 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
                     raise AnswerTooLarge(limit)
                 if inflate and inflate.eof:
                     continue  # past the gzip's end: not kept (httpx's decoder reads no further member either)
-                for piece in _inflated(inflate, chunk, AnswerUnreadable) if inflate else (chunk,):
-                    if (read := read + len(piece)) > limit:
-                        raise AnswerTooLarge(limit)
-                    yield piece
+                try:
+                    for piece in _inflated(inflate, chunk, AnswerUnreadable) if inflate else (chunk,):
+                        if (read := read + len(piece)) > limit:
+                            raise AnswerTooLarge(limit)
+                        yield piece
+                except AnswerUnreadable as exc:
+                    if not self._failed:
+                        raise
+                    # An error's status says what failed, not its body (red team: a proxy's 401 of plain JSON said
+                    # to be gzip lost its 401, the rejected key stopped nothing): the body then these words
+                    yield str(exc).encode()
+                    return
 
         def close(self) -> None:
             self._stream.close()
@@ -116,7 +125,8 @@ def whole_request_client(default_client: type, sdk_error: type[Exception]) -> An
                 )
                 encodings = []
             response.headers.pop("content-encoding", None)
-            response.stream = Deadline(response.stream, deadline, request, gzipped=bool(encodings))
+            failed = response.status_code >= 300
+            response.stream = Deadline(response.stream, deadline, request, gzipped=bool(encodings), failed=failed)
             if longer_than(response.headers, RETRY_AFTER_MAX_S):
                 # The Anthropic SDK waits whatever a retry-after says (a proxy's 3600: 6 retries, 6 h, past --hours,
                 # saying nothing); without it the SDK backs off its own way, then the loop's announced back-off takes
