@@ -210,3 +210,23 @@ def test_gpus_given_with_spaces_leave_the_other_options_in_the_hint(tmp_path) ->
     activity.start_session(tmp_path, ["gpu 0", "gpu 1"], time.time(), placement=placed)
     activity.end_session(tmp_path)
     assert activity.run_command(tmp_path) == "`autoresearch run --gpus 0,1 --timeout 900`"
+
+
+@pytest.mark.parametrize(
+    ("workers", "placement", "options"),
+    [
+        (["gpu 0"], ["--gpus", "0", "--ray"], " --gpus 0"),
+        (["cpu 0", "cpu 1"], ["--workers", "two"], " --workers 2"),
+        (["ray 0"], ["--accelerator", "H100"], " --ray"),
+        (["cpu 0"], ["--timeout", "soon"], " --workers 1"),
+    ],
+)
+def test_a_hand_written_record_gives_no_hint_that_is_refused(workers, placement, options, tmp_path) -> None:
+    """BROKE, fixed: a record of options no loop gives (a file written by hand) was named as it was, values of another
+    kind and all: `--gpus 0 --ray` (refused: both), `--workers two`, `--accelerator H100` without --ray. The workers'
+    labels say what they can instead."""
+    from autoresearch.loop import activity
+
+    activity.start_session(tmp_path, workers, time.time(), placement=placement)
+    activity.end_session(tmp_path)
+    assert activity.run_command(tmp_path) == f"`autoresearch run{options}`"

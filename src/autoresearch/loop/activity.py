@@ -319,6 +319,8 @@ _WORKER = re.compile(r"gpu (\d{1,4}|(GPU|MIG)-[0-9A-Za-z/-]{1,80})|(cpu|ray) \d{
 # in a hint: `--gpus all`, `--workers 2`, `--timeout 500`, `--accelerator H100`, `--ray 10.0.0.1:6379` (or none)
 _PLACEMENT = {"--gpus", "--workers", "--timeout", "--accelerator", "--ray"}
 _PLACED = re.compile(r"[A-Za-z0-9][A-Za-z0-9.,:/_\[\]+-]{0,199}")  # `+`: a timeout of 1e+20
+# Those two options' values: a count, and seconds as Python writes a float (others: `_PLACED`)
+_VALUES = {"--workers": re.compile(r"[1-9]\d{0,3}"), "--timeout": re.compile(r"\d[\d.e+-]{0,30}")}
 
 
 def resume_options(state: Path) -> str | None:
@@ -353,11 +355,13 @@ def _said(placement: tuple[str, ...]) -> bool:
         if option not in _PLACEMENT:
             return False
         if words and words[0] not in _PLACEMENT:
-            if not _PLACED.fullmatch(words.pop(0)):
+            if not _VALUES.get(option, _PLACED).fullmatch(words.pop(0)):
                 return False
         elif option != "--ray":
             return False
-    return True
+    # Nor what `run` refuses (red team: a hand-written record's hint was a command refused, `--gpus 0 --ray`)
+    given = set(placement) & _PLACEMENT
+    return not given & {"--gpus", "--workers"} if "--ray" in given else "--accelerator" not in given
 
 
 def run_command(state: Path, *options: str) -> str:
