@@ -14,6 +14,8 @@ Each test marked BROKE failed before its fix.
   (a Ray of this machine's own) and dropped the timeout.
 - `--gpus "0, 1"` (taken: each id is stripped) was recorded so, no value a hint names: the hint dropped the rest of
   the options, a --timeout among them.
+- A record of options no loop gives (a file written by hand) was named with values of another kind (`--workers two`)
+  and in combinations `run` refuses (`--gpus 0 --ray`, `--accelerator` without --ray): a hint that is refused.
 """
 
 from __future__ import annotations
