@@ -538,10 +538,16 @@ def test_a_compile_cache_limit_that_is_not_a_size_is_refused_before_any_run(hist
 
 @pytest.mark.parametrize(
     ("args", "said"),
-    [(["--accelerator", "H100"], "--accelerator goes with --ray"), (["--ray", "--workers", "2"], "not both")],
+    [
+        (["--accelerator", "H100"], "--accelerator goes with --ray"),
+        (["--ray", "--workers", "2"], "not both"),
+        (["--timeout", "nan"], "--timeout takes a number of seconds (got nan)"),
+        (["--timeout", "1"], "a hard timeout of 1s per run is not longer than the budget of 1s"),
+    ],
 )
 def test_submit_refuses_placements_a_loop_would_refuse_before_queueing(history, capsys, args, said) -> None:
-    """They were the background loop's to refuse, in its log, after the change had been queued."""
+    """They were the background loop's to refuse, in its log, after the change had been queued (a timeout: BROKE,
+    fixed, red team helper 145)."""
     before = Ledger(history.root).all()
     (history.root / "train.py").write_text(changed := history.read_train_py() + "# a change to submit\n")
     code, _, err = run_cli(capsys, "submit", "-m", "x", *args, "--workspace", str(history.root))

@@ -289,7 +289,7 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.loop import guard
     from autoresearch.loop.held_edits import HeldEdit, put_back_edits
     from autoresearch.loop.inbox import RESUBMIT_HINT, SubmitError, edit_base, send
-    from autoresearch.loop.settings import CONFIG_EDITED_HINT
+    from autoresearch.loop.settings import CONFIG_EDITED_HINT, run_timeout
     from autoresearch.loop.waiting import LOOP_STARTED
     from autoresearch.loop.workers import devices, require_gpus
     from autoresearch.workspace.disk import disk_full_is_an_error
@@ -298,6 +298,7 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     check_baseline_runs(args.baseline_runs)  # before a loop is started with it in the background
     check_placement(args)
     ws = Workspace(args.workspace)
+    run_timeout(args.timeout, ws.apparatus.budget_seconds)  # the loop started with it would refuse it in its log
     require_gpus(args.gpus)  # a wrong --gpus is an error before anything is queued
     devices(args.gpus, args.workers)
     if (lost := put_back_edits(ws, lambda text: console.print(text, markup=False, highlight=False))) is not None:

@@ -45,7 +45,7 @@ from autoresearch.loop.recovery import (
     seeded,
 )
 from autoresearch.loop.reporter import Reporter
-from autoresearch.loop.settings import APPARATUS_HINT, CONFIG_EDITED_HINT, LoopConfig, LoopError
+from autoresearch.loop.settings import APPARATUS_HINT, CONFIG_EDITED_HINT, LoopConfig, LoopError, run_timeout
 from autoresearch.loop.watch import Verdict, Watch, package_hint
 from autoresearch.vocabulary import IN_FLIGHT, Kind, RunEnd, Status
 from autoresearch.workspace import quarantine
@@ -88,19 +88,7 @@ class ResearchLoop(Asking, Comparison, Recovery):
         self.ledger = Ledger(workspace.root)
         self.ledger.verify()  # its rows are the loop's own, as it last wrote them: what it judges by
         self.left_in_flight: set[int] = set()  # set by recover_workspace: in flight when this start began
-        budget = workspace.apparatus.budget_seconds
-        if config.timeout is not None and not math.isfinite(config.timeout):  # nan: every run "timed out" at once
-            raise LoopError(
-                f"--timeout takes a number of seconds (got {config.timeout:g})",
-                hint=f"leave --timeout out (the default is 1.5 x budget + 180 s: {1.5 * budget + 180:g}s) or give one",
-            )
-        if config.timeout is not None and config.timeout <= budget:
-            raise LoopError(
-                f"a hard timeout of {config.timeout:g}s per run is not longer than the budget of {budget:g}s: "
-                "every run would be killed",
-                hint=f"leave --timeout out (the default is 1.5 x budget + 180 s: {1.5 * budget + 180:g}s) or give more",
-            )
-        self.timeout = config.timeout or 1.5 * budget + 180
+        self.timeout = run_timeout(config.timeout, workspace.apparatus.budget_seconds)
         a = workspace.apparatus
         try:
             manifest = Manifest.load(Path(a.data_dir) / "manifest.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from autoresearch.config.apparatus import CONFIG_NAME
@@ -61,3 +62,18 @@ class LoopConfig:
 
 class LoopError(AutoresearchError):
     pass
+
+
+def run_timeout(timeout: float | None, budget: float) -> float:
+    """The hard limit of each training run: `timeout` (--timeout) where it leaves a run its budget, else LoopError;
+    1.5 x the budget + 180 s where none is given."""
+    default = f"leave --timeout out (the default is 1.5 x budget + 180 s: {1.5 * budget + 180:g}s)"
+    if timeout is not None and not math.isfinite(timeout):  # nan: every run "timed out" at once
+        raise LoopError(f"--timeout takes a number of seconds (got {timeout:g})", hint=f"{default} or give one")
+    if timeout is not None and timeout <= budget:
+        raise LoopError(
+            f"a hard timeout of {timeout:g}s per run is not longer than the budget of {budget:g}s: every run would be "
+            "killed",
+            hint=f"{default} or give more",
+        )
+    return timeout or 1.5 * budget + 180
