@@ -221,6 +221,7 @@ def test_gpus_given_with_spaces_leave_the_other_options_in_the_hint(tmp_path) ->
         (["cpu 0", "cpu 1"], ["--workers", "two"], " --workers 2"),
         (["ray 0"], ["--accelerator", "H100"], " --ray"),
         (["cpu 0"], ["--timeout", "soon"], " --workers 1"),
+        (["ray 0"], ["--ray", None], " --ray"),  # BROKE, fixed: `--ray None`
     ],
 )
 def test_a_hand_written_record_gives_no_hint_that_is_refused(workers, placement, options, tmp_path) -> None:

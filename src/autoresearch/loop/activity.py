@@ -307,8 +307,10 @@ def periods(state: Path, experiments: list[Experiment], now: float | None = None
 
 
 def _placement(data: dict) -> tuple[str, ...] | None:
+    """The options a session's record says its loop was started with; None where it says none, or not as words."""
     placement = data.get("placement")
-    return tuple(str(word) for word in placement) if isinstance(placement, list) else None
+    words = isinstance(placement, list) and all(isinstance(word, str) for word in placement)
+    return tuple(placement) if words else None  # (a JSON null was the word "None": helper 145)
 
 
 UNKNOWN_WORKERS = "(with the --gpus or --workers it had)"  # where no loop said which
