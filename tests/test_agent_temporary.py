@@ -224,20 +224,29 @@ def test_something_mounted_in_a_temporary_folder_does_not_fail_the_turn(tmp_path
     assert done.returncode == 0 and done.stdout == "yours\n", (done.stdout, done.stderr)
 
 
-@pytest.mark.skipif(not os.path.isdir("/dev/mqueue"), reason="no message queues mounted at /dev/mqueue here")
 @pytest.mark.skipif(not OWN, reason="no namespace here can give the agent temporary folders of its own")
 def test_a_message_queue_the_agent_leaves_is_gone_after_its_turn(workspace):
     """BROKE, fixed: /dev/mqueue, where systemd mounts your POSIX message queues, stayed yours in the agent's IPC
     namespace: a queue it made there (`touch /dev/mqueue/q`) outlived its turn, for a program of yours that opens it
-    by that name. Now its own IPC namespace's queues are mounted there."""
+    by that name. Now its own IPC namespace's queues are mounted there. A queue made with mq_open, as programs make
+    them (no /dev/mqueue needed: where none is mounted, as on this machine, it is the whole test), is gone too."""
     name = f"autoresearch-{secrets.token_hex(4)}"
-    done = _in_the_agents_namespace(workspace.root, f"touch /dev/mqueue/{name} && ls /dev/mqueue")
-    left = Path("/dev/mqueue", name)
+    libc = ctypes.CDLL(None, use_errno=True)
+    opened = f"import ctypes, os; assert ctypes.CDLL(None).mq_open(b'/{name}', os.O_CREAT | os.O_RDWR, 0o600, 0) >= 0"
+    made = f"{shlex.quote(sys.executable)} -c {shlex.quote(opened)}"
+    mounted = os.path.isdir("/dev/mqueue")
+    if mounted:
+        made += f" && touch /dev/mqueue/{name}-file && ls /dev/mqueue"
+    done = _in_the_agents_namespace(workspace.root, made)
+    left = Path("/dev/mqueue", f"{name}-file")
     try:
-        assert done.returncode == 0 and name in done.stdout, (done.stdout, done.stderr)
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        assert not mounted or f"{name}-file" in done.stdout, done.stdout
         assert not left.exists(), "the agent's message queue outlived its turn"
+        assert libc.mq_open(f"/{name}".encode(), os.O_RDWR) < 0, "the agent's message queue outlived its turn"
     finally:
         left.unlink(missing_ok=True)
+        libc.mq_unlink(f"/{name}".encode())
 
 
 @pytest.mark.skipif(not OWN, reason="no namespace here can give the agent temporary folders of its own")
