@@ -22,6 +22,7 @@ from loop_support import (
     with_constants,
 )
 
+from autoresearch import switches
 from autoresearch.evaluator import compile_cache, memory
 from autoresearch.files import remove_tree
 from autoresearch.loop.executor import LocalExecutor, Outcome, RunSpec
@@ -225,6 +226,18 @@ def test_a_compile_cache_per_run_sees_nothing_shared_and_adds_nothing(
     (inductor / "new").write_text("compiled by this run")
     compile_cache.vouch(staged, compile_cache.harvest(box, staged))
     assert compile_cache.settle([staged], keep=True) == 0
+
+
+@pytest.mark.parametrize("written", ["RUN", " run", "Run\n"])
+def test_a_compile_cache_per_run_is_taken_whatever_its_case_and_spaces(
+    shared: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str
+) -> None:
+    """BROKE, fixed: `run` warned of no unknown value for `AUTORESEARCH_COMPILE_CACHE=RUN` (switches.py ignores case
+    and spaces), yet every run read the shared cache: a channel between runs the person meant to close stayed open."""
+    monkeypatch.setenv(compile_cache.MODE_ENV, written)
+    assert switches.unknown() == []
+    inductor = layer_of(tmp_path / "box")["TORCHINDUCTOR_CACHE_DIR"]
+    assert inductor.is_dir() and not any(inductor.iterdir())  # nothing shared linked in
 
 
 def test_an_unconfined_run_uses_the_shared_cache_as_it_is(shared: dict[str, Path], tmp_path: Path) -> None:

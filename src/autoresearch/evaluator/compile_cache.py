@@ -353,7 +353,7 @@ def trim(limit: int) -> int:
 
 
 def _per_run() -> bool:
-    return os.environ.get(MODE_ENV, "shared") == "run"
+    return os.environ.get(MODE_ENV, "shared").strip().lower() == "run"  # as switches.unknown reads it: `RUN` too
 
 
 def _link_tree(shared: Path, top: Path) -> None:
