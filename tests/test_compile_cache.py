@@ -240,6 +240,33 @@ def test_a_compile_cache_per_run_is_taken_whatever_its_case_and_spaces(
     assert inductor.is_dir() and not any(inductor.iterdir())  # nothing shared linked in
 
 
+@pytest.mark.parametrize("name", list(switches.KNOWN))
+def test_every_switch_is_switched_by_what_run_takes_as_its_value(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each switch's readers ask `switches.switched`, which reads a value as `unknown` does (case and spaces ignored):
+    BROKE, fixed (helper 146): `AUTORESEARCH_SANDBOX=' off'`, `AUTORESEARCH_PREWARM=' 0'` and the like were warned of
+    as known, and switched nothing."""
+    switching, default = switches.KNOWN[name]
+    for written in (switching, switching.upper(), f" {switching} "):
+        monkeypatch.setenv(name, written)
+        assert switches.unknown() == [] and switches.switched(name), written
+    for written in (default, f" {default.upper()}", ""):
+        monkeypatch.setenv(name, written)
+        assert switches.unknown() == [] and not switches.switched(name), written
+    monkeypatch.delenv(name)
+    assert not switches.switched(name)
+
+
+def test_confinement_switched_off_with_spaces_and_capitals_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoresearch.evaluator import sandbox
+
+    monkeypatch.setenv(switches.SANDBOX, " Off ")
+    sandbox.unavailable_reason.cache_clear()
+    try:
+        assert sandbox.unavailable_reason() == "confinement is switched off ($AUTORESEARCH_SANDBOX=off)"
+    finally:
+        sandbox.unavailable_reason.cache_clear()
+
+
 def test_an_unconfined_run_uses_the_shared_cache_as_it_is(shared: dict[str, Path], tmp_path: Path) -> None:
     env, binds = compile_cache.layer({}, tmp_path / "box", confined=False)
     assert binds == [] and all(env[name] == str(path) for name, path in shared.items())

@@ -23,6 +23,12 @@ KNOWN = {
 }
 
 
+def switched(name: str, env: Mapping[str, str] = os.environ) -> bool:
+    """Whether switch `name` is set to the value that switches it, case and spaces around it ignored, as `unknown`
+    reads it (helper 146: `AUTORESEARCH_COMPILE_CACHE=RUN` was warned of as known, and switched nothing)."""
+    return env.get(name, "").strip().lower() == KNOWN[name][0]
+
+
 def unknown(env: Mapping[str, str] = os.environ) -> list[str]:
     """A warning for each switch set to a value it does not know (taken as unset)."""
     return [

@@ -15,7 +15,6 @@ if it is the graph's.
 
 from __future__ import annotations
 
-import os
 import threading
 
 import torch
@@ -29,7 +28,7 @@ WAIT_S = 120.0  # how long the evaluation waits for an unfinished compile before
 
 
 def wanted(device: torch.device) -> bool:
-    return device.type == "cuda" and os.environ.get(SWITCH_ENV, "1") != "0"
+    return device.type == "cuda" and not switches.switched(SWITCH_ENV)
 
 
 class CompileAhead(threading.Thread):

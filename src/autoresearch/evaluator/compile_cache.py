@@ -353,7 +353,7 @@ def trim(limit: int) -> int:
 
 
 def _per_run() -> bool:
-    return os.environ.get(MODE_ENV, "shared").strip().lower() == "run"  # as switches.unknown reads it: `RUN` too
+    return switches.switched(MODE_ENV)
 
 
 def _link_tree(shared: Path, top: Path) -> None:

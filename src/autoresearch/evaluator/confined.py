@@ -83,7 +83,7 @@ class ExperimentProcess:
         if self.unconfined_reason is not None:
             _become_subreaper()
         started = None
-        if os.environ.get(FORK_ENV, "1") != "0" and sys.platform.startswith("linux"):
+        if not switches.switched(FORK_ENV) and sys.platform.startswith("linux"):
             started = self._fork(box, view, env, theirs.fileno())
         self.forked = started is not None
         self.proc, stdout = started or self._start(box, view, env, theirs.fileno())

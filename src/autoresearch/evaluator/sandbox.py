@@ -311,7 +311,7 @@ def bwrap() -> str | None:
 @functools.cache
 def unavailable_reason() -> str | None:
     """None when confinement works on this machine; else one line saying why. Probes once per process."""
-    if os.environ.get(SWITCH_ENV, "").lower() == "off":
+    if switches.switched(SWITCH_ENV):
         return f"confinement is switched off (${SWITCH_ENV}=off)"
     return probe()
 
@@ -319,7 +319,7 @@ def unavailable_reason() -> str | None:
 def evaluators_reason() -> str | None:
     """`unavailable_reason` as an evaluator takes it: None, without a probe of its own, where the process that started
     it promised confinement (evaluator/promises.py)."""
-    if promises.SANDBOX in promises.promised() and os.environ.get(SWITCH_ENV, "").lower() != "off":
+    if promises.SANDBOX in promises.promised() and not switches.switched(SWITCH_ENV):
         return None
     return unavailable_reason()
 

@@ -143,13 +143,13 @@ class LocalExecutor:
         self.python = python
         self.device_env = dict(env or {})
         self.env = marked({**os.environ, **self.device_env})  # a later start kills what a killed loop left (`reap`)
-        self.prewarm = os.environ.get(PREWARM_ENV, "1") != "0" if prewarm is None else prewarm
+        self.prewarm = not switches.switched(PREWARM_ENV) if prewarm is None else prewarm
         self._warm: Referee | None = None
         self._ahead: ForkAhead | None = None  # the next run's evaluator, being forked while a run trains
         self._current: Referee | None = None  # the run in progress, for stop()
         # Set by stop(), from the driver's thread: a run whose evaluator is still being made has none to kill yet.
         self._stopped = threading.Event()
-        forking = os.environ.get(FORK_ENV, "1") != "0" and sys.platform.startswith("linux")
+        forking = not switches.switched(FORK_ENV) and sys.platform.startswith("linux")
         self._server = ForkServer(python, self.env, self._stopped) if forking else None
         self.fork_failure: str | None = None  # why evaluators are no longer forked, if they are not
 
