@@ -41,8 +41,8 @@ from autoresearch.evaluator.run_env import (
 )
 from autoresearch.files import absolute_entries, program_path
 
-# Where credentials usually live in a home directory: hidden from train.py (files are replaced by an
-# empty one). The rest of the home stays readable: Python installations often live there.
+# Where credentials usually live in a home directory: hidden from train.py (files are replaced by an empty one)
+# where what is shown lies in the home, as a Python installed there (evaluator/shown.py shows no home otherwise).
 CREDENTIAL_DIRS = (".ssh", ".aws", ".azure", ".gnupg", ".docker", ".kube", ".config", ".huggingface",
                    ".cache/huggingface", ".password-store", ".local/share/keyrings")  # fmt: skip
 CREDENTIAL_FILES = (".netrc", ".npmrc", ".pypirc", ".git-credentials", ".gitconfig", ".bash_history",
