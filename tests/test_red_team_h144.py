@@ -47,8 +47,8 @@ TRAIN_PY = resources.files("autoresearch.workspace").joinpath("templates", "trai
 
 
 @contextmanager
-def server(answer: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[str]:
-    """A server on 127.0.0.1 that answers each POST with `answer(handler)`; yields its address."""
+def server(answer: Callable[[BaseHTTPRequestHandler], None], get: bool = False) -> Iterator[str]:
+    """A server on 127.0.0.1 that answers each POST (or GET) with `answer(handler)`; yields its address."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -59,6 +59,9 @@ def server(answer: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[str]:
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", "0")))
             answer(self)
+
+        def do_GET(self) -> None:
+            answer(self) if get else self.send_error(405)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True

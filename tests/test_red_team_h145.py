@@ -23,46 +23,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
-import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from test_compressed_answers import limited
 from test_llm_server_failures import GOOD, TRAIN_PY, _chat, agent_at
-from test_red_team_h144 import warm
+from test_red_team_h144 import server, warm
 
 from autoresearch.agents.base import Context, ProposalError
-
-
-@contextmanager
-def server(answer: Callable[[BaseHTTPRequestHandler], None], get: bool = False) -> Iterator[str]:
-    """A server on 127.0.0.1 that answers each POST (or GET) with `answer(handler)`; yields its address."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            answer(self)
-
-        def do_GET(self) -> None:
-            answer(self) if get else self.send_error(405)
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def endless(head: bytes, more: bytes) -> Callable[[BaseHTTPRequestHandler], None]:
