@@ -227,12 +227,16 @@ def remove_left_boxes(state: Path) -> int:
 
 
 def remove_box(box: Path) -> bool:
-    """A box and its owner file, however train.py left it (files.remove_tree); whether the box is gone."""
+    """A box and its owner file, however train.py left it (files.remove_tree); whether the box is gone. A box that
+    could not be removed (a process of its run still writing in it as it died) keeps its owner file, by which the
+    next start finds it ended and removes it (without, it passed for a new box for BOX_GRACE_S, and stayed)."""
     with contextlib.suppress(OSError):
         remove_tree(box)
+    if os.path.lexists(box):
+        return False
     with contextlib.suppress(OSError):
         box.with_name(box.name + ".owner").unlink(missing_ok=True)
-    return not box.exists()
+    return True
 
 
 def _named(pid_file: Path, at: int = 0) -> tuple[int, float] | None:

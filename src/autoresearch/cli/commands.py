@@ -287,6 +287,7 @@ def submit(args: argparse.Namespace, console: Console) -> None:
 
     from autoresearch.config.apparatus import CONFIG_NAME
     from autoresearch.loop import guard
+    from autoresearch.loop.activity import read_session
     from autoresearch.loop.held_edits import HeldEdit, put_back_edits
     from autoresearch.loop.inbox import RESUBMIT_HINT, SubmitError, edit_base, send
     from autoresearch.loop.settings import CONFIG_EDITED_HINT, run_timeout
@@ -320,9 +321,12 @@ def submit(args: argparse.Namespace, console: Console) -> None:
         raise SubmitError(f"rejected before running: {why}", hint=RESUBMIT_HINT)
     edit = ws.train_py.read_bytes().decode()  # as it is on disk, line endings and all, to put back on a failure
 
+    launched = []
+
     def start() -> subprocess.Popen:
         from autoresearch.evaluator.sandbox import module_command
 
+        launched.append(True)
         argv = [
             *module_command(sys.executable, "autoresearch"),
             "run",
@@ -359,6 +363,31 @@ def submit(args: argparse.Namespace, console: Console) -> None:
             raise
         held.release()
     print(f"exp {exp_id} queued", flush=True)
+    # `submit --timeout 20` to a loop started without it: the run hung for the loop's own 187 s, and nothing said so
+    given, running = placement(args), None if launched else read_session(ws.state)
+    loops = None if running is None else running.placement  # None: a loop that did not record them
+    if given and loops is not None and (other := dict(options_of(given).items() - options_of(loops).items())):
+        words = words_of({**options_of(loops), **other})
+        again = f"`autoresearch run` with {words}" if running.asking else f"`autoresearch run --agent queue {words}`"
+        console.print(
+            f"note: the loop already running took it with its own options ({' '.join(loops) or 'none'}), not "
+            f"{words_of(other)}, which only a loop that `submit` starts is given; to train with them, stop that loop "
+            f"(`kill {running.pid}`: it loses nothing) and start it again: {again}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def options_of(words) -> dict[str, str]:
+    """Each option of `placement`'s words and its value ("" for `--ray` without an address)."""
+    return {w: "" if i + 1 == len(words) or words[i + 1].startswith("--") else words[i + 1]
+            for i, w in enumerate(words) if w.startswith("--")}  # fmt: skip
+
+
+def words_of(options: dict[str, str]) -> str:
+    """`options_of`'s options as a command line's words again."""
+    return " ".join(word for option, value in options.items() for word in (option, value) if word)
 
 
 def already_tried(ws, source: str, base: str) -> str | None:

@@ -54,7 +54,7 @@ class Comparison:
             return why
         return None
 
-    def check_share(self, envs: list[Mapping[str, str]]) -> None:
+    def check_share(self, envs: list[Mapping[str, str]], command: str = "run") -> None:
         """Refuse, before anything trains, a loop whose runs on the CPU would count their budget over another share
         of the cores than the baseline's runs did (`envs`: each worker's environment over the loop's): `submit` or
         `run` without the `--workers` the baseline's loop had. Each such run trained its whole budget and was then
@@ -74,6 +74,12 @@ class Comparison:
             if workers:
                 why += f" in a loop of {workers} worker{'s' if workers > 1 else ''}"
             option = "leave --workers out" if workers == 1 else f"give --workers {workers}" if workers else ""
+            if command == "try" and workers > 1:  # `try` takes no --workers: it trains on every core
+                raise LoopError(
+                    f"{why}: `try` trains on every core, and its score would not be comparable",
+                    hint=f"use `autoresearch submit -m MESSAGE --workers {workers}`, then `autoresearch wait`: "
+                    "each run then gets the baseline's share of the cores",
+                )
             raise LoopError(
                 f"{why}: their scores would not be comparable, and each run would be refused once it had trained",
                 hint=f"{option} (to `run` and `submit` alike): each run then gets the baseline's share of the cores"

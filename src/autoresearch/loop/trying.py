@@ -15,7 +15,7 @@ def try_working_tree(loop: ResearchLoop, description: str) -> Experiment:
     """`autoresearch try`: judge the train.py a coding agent left in the working tree, as one experiment."""
     ws, git = loop.ws, loop.git
     loop.recover_workspace(taking_edit=True)  # what a kill left: an agent's litter, the edit of a stopped `try`
-    loop.check_share([{}])  # every core, as a one-worker loop: not the share of a baseline's several workers
+    loop.check_share([{}], command="try")  # every core, as one worker: not the share of a baseline's several
     candidate = ws.read_train_py()
     for exp in loop.ledger.in_flight():  # killed during a run of its own: train.py is that run's, seeded
         if written_for(candidate, exp):

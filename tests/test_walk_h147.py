@@ -1,0 +1,87 @@
+"""A user's walk of the "Many GPUs" features on a 2-core CPU-only machine (helper 147): what broke or misled."""
+
+from __future__ import annotations
+
+import pytest
+from loop_support import FakeExecutor, make_loop, with_constants
+from test_scheduler import scheduler, score
+
+from autoresearch.loop.engine import LoopError
+from autoresearch.loop.ledger import Ledger
+from autoresearch.loop.trying import try_working_tree
+
+
+def test_try_after_a_baseline_of_two_workers_names_submit_not_an_option_try_has_not(workspace, monkeypatch):
+    """`run --workers 2` measured the baseline, then `try -m x`: it was refused with "give --workers 2 (to `run` and
+    `submit` alike)", and `try --workers 2` is an unknown option (usage, exit 2). `try` trains on every core: the
+    way on is `submit --workers 2` and `wait`, as the README says, and the hint must say that."""
+    sched, fakes = scheduler(workspace, gpus=None, workers=2)
+    for fake in fakes.values():
+        fake.fake.setup = "AMD EPYC; CPU time / 1 cores"
+    sched.run(None)
+    monkeypatch.setenv("AUTORESEARCH_DEVICE", "cpu")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    loop = make_loop(workspace, FakeExecutor(score))
+    loop.executor.measures_here = True
+    workspace.write_train_py(with_constants(workspace.read_train_py(), LR=0.2))
+    with pytest.raises(LoopError) as refused:
+        try_working_tree(loop, "LR 0.2")
+    assert "--workers 2" in refused.value.hint and "submit" in refused.value.hint and "wait" in refused.value.hint
+    assert "give --workers" not in refused.value.hint and "`try`" in str(refused.value)
+    assert loop.executor.calls == [] and len(Ledger(workspace.root).all()) == 1
+
+
+def test_a_box_its_evaluator_could_not_remove_is_removed_by_the_next_start(tmp_path, monkeypatch):
+    """`kill -9` of a `run --workers 2` while a run compiled: each evaluator, seeing the loop gone, removed its box,
+    which failed (the run's compiler still writing in it as it died), but removed its owner file all the same. The
+    resumed loop's start took the ownerless boxes for new ones (BOX_GRACE_S) and left both in `.autoresearch/` after
+    it ended. Kept with its owner file, the box is the ended evaluator's, and the next start removes it."""
+    import subprocess
+    import sys
+
+    from autoresearch import orphans
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    box = orphans.owned_box(tmp_path, int(ended.stdout))
+    (box / ".compile").mkdir()
+    real = orphans.remove_tree
+
+    def busy(path):
+        raise OSError(39, "Directory not empty")
+
+    monkeypatch.setattr(orphans, "remove_tree", busy)
+    assert orphans.remove_box(box) is False
+    monkeypatch.setattr(orphans, "remove_tree", real)
+    assert orphans.remove_left_boxes(tmp_path) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # a second or more: a driver thread and `submit` beside it
+def test_submit_with_a_timeout_the_running_loop_was_not_started_with_says_it_does_not_apply(workspace, capsys):
+    """`submit --workers 2 -m ...` started the loop; a later `submit -m "hangs" --workers 2 --timeout 20` of a train.py
+    that sleeps said `exp 5 queued` and nothing more: the loop running kept its own limit (1.5 x budget + 180 s), and
+    the run hung for minutes, not 20 s. The options of where and how long runs train go only to a loop `submit`
+    starts: said so on stderr, with the command that gives them to a loop."""
+    import os
+
+    from test_submit import beside, submit
+
+    sched, _ = scheduler(workspace, gpus=None, workers=2, inbox=True)
+    sched.run(None)  # the baseline
+    sched.placement = ["--workers", "2"]  # as `run --agent queue --workers 2` (or `submit --workers 2`) gives it
+    said = {}
+
+    def scenario():
+        workspace.write_train_py(with_constants(workspace.committed_train_py(), LR=0.9))
+        args = ["submit", "-m", "LR 0.9", "--workers", "2", "--timeout", "20", "--workspace", str(workspace.root)]
+        said["timeout"] = (main(args), *capsys.readouterr())
+        said["same"] = submit(workspace, capsys, 0.8)[:3]  # without options: nothing to say
+
+    from autoresearch.cli import main
+
+    beside(sched, scenario)
+    rc, out, err = said["timeout"]
+    assert (rc, out) == (0, "exp 2 queued\n")
+    assert "options (--workers 2), not --timeout 20," in err and f"kill {os.getpid()}" in err
+    assert "`autoresearch run --agent queue --workers 2 --timeout 20`" in err
+    assert said["same"] == (0, "exp 3 queued\n", "")
