@@ -85,3 +85,23 @@ def test_submit_with_a_timeout_the_running_loop_was_not_started_with_says_it_doe
     assert "options (--workers 2), not --timeout 20," in err and f"kill {os.getpid()}" in err
     assert "`autoresearch run --agent queue --workers 2 --timeout 20`" in err
     assert said["same"] == (0, "exp 3 queued\n", "")
+
+
+def test_wait_does_not_name_a_background_loops_error_when_a_later_loop_stopped(tmp_path):
+    """`submit` without --workers started a background loop, refused at its start (driver.log: "error: this loop's
+    runs would count CPU time / 2 cores ..."); then `run --agent queue --workers 2` in the foreground took two
+    submissions and was stopped by Ctrl-C. `wait` said the loop "stopped with error: this loop's runs would count ...
+    once what stopped it is dealt with": the earlier loop's refusal, not what stopped the loop that left them."""
+    import os
+    import time
+
+    from autoresearch.loop import activity
+    from autoresearch.loop.waiting import LOOP_STARTED, last_error
+
+    log = tmp_path / "driver.log"
+    log.write_text(f"{LOOP_STARTED}, 2026-12-07 18:13:00: ...\nerror: refused\n  hint: give --workers 2\n")
+    assert last_error(log) == "error: refused hint: give --workers 2"  # the latest loop's, still
+    os.utime(log, (time.time() - 60, time.time() - 60))
+    with activity.session(tmp_path, ["cpu 0", "cpu 1"], placement=["--workers", "2"]):
+        pass  # the foreground loop, since stopped
+    assert last_error(log) is None

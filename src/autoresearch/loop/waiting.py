@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 
 from autoresearch.errors import AutoresearchError
-from autoresearch.loop.activity import UNKNOWN_WORKERS, read_session
+from autoresearch.loop.activity import UNKNOWN_WORKERS, periods, read_session
 from autoresearch.loop.experiment import Experiment
 from autoresearch.orphans import alive
 
@@ -161,10 +161,14 @@ def log_tail(log: Path) -> str:
 
 def last_error(log: Path) -> str | None:
     """The error the latest background loop stopped with: its `error: ...` line and hint, where they end its log (not
-    an earlier loop's, above the line `submit` wrote before starting the latest)."""
+    an earlier loop's, above the line `submit` wrote before starting the latest), nor where a loop started after the
+    log's last word (a `run --agent queue` of yours stopped by Ctrl-C: `wait` named the background loop's refusal
+    before it as what stopped the loop)."""
     try:
-        text = log_tail(log)
+        text, written = log_tail(log), os.stat(log).st_mtime
     except OSError:
+        return None
+    if any(period.start > written for period in periods(log.parent, [])):
         return None
     lines = [line for line in text.splitlines() if line.strip()]
     starts = [i for i, line in enumerate(lines) if line.startswith(LOOP_STARTED)]
