@@ -105,3 +105,37 @@ def test_wait_does_not_name_a_background_loops_error_when_a_later_loop_stopped(t
     with activity.session(tmp_path, ["cpu 0", "cpu 1"], placement=["--workers", "2"]):
         pass  # the foreground loop, since stopped
     assert last_error(log) is None
+
+
+def test_what_a_submit_and_a_stopped_queue_loop_say_is_not_broken_across_lines_in_a_pipe(workspace, capsys,
+                                                                                          monkeypatch):  # fmt: skip
+    """In a pipe (a coding agent's tool, a log) the console is 80 columns wide: a `run --agent queue --workers 2
+    --timeout 60` stopped by Ctrl-C said "interrupted: the next `autoresearch submit --workers 2 --timeout 60` (or
+    `run\\n--agent queue ...`)", and a `submit` after one killed said where the lost change went with the path cut in
+    two ("... so it is in \\n/tmp/.../unsubmitted/17966...py", the path itself folded where longer than a line)."""
+    import argparse
+    import io
+    import json
+
+    from rich.console import Console
+
+    from autoresearch.cli import _interrupted, main
+
+    out = io.StringIO()
+    args = argparse.Namespace(
+        command="run", agent="queue", gpus=None, workers=2, timeout=60.0, accelerator=None, ray=None, workspace="."
+    )
+    _interrupted(Console(file=out, width=80), KeyboardInterrupt(), args)
+    assert "`run --agent queue --workers 2 --timeout 60`" in out.getvalue() and out.getvalue().count("\n") == 1
+    held = workspace.state / "submitting"
+    held.mkdir()
+    best = workspace.committed_train_py()
+    lost = {"edit": with_constants(best, LR=0.3), "source": with_constants(best, LR=0.3), "description": "LR 0.3"}
+    (held / "1796667496059685508-10400.json").write_text(json.dumps({**lost, "base": workspace.git.head()}))
+    workspace.write_train_py(with_constants(best, SEED=7))  # another change by then (refused: only the seed)
+    monkeypatch.setenv("COLUMNS", "80")  # as wide as Rich takes a pipe to be
+    capsys.readouterr()
+    assert main(["submit", "-m", "seed", "--workspace", str(workspace.root)]) == 2
+    err = capsys.readouterr().err
+    moved = workspace.state / "unsubmitted" / "1796667496059685508-10400.py"
+    assert moved.is_file() and f"so it is in {moved}" in err, err

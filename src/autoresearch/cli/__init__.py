@@ -146,7 +146,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
                         "keeping the present file beside it",
                     )
                 with disk_full_is_an_error("rebuilding the ledger", "run `autoresearch rebuild-ledger` again"):
-                    put_back_turn(ws, lambda text: console.print(text, markup=False, highlight=False))
+                    put_back_turn(ws, lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True))
                     rows, moved, skipped = rebuild(ws.root, ws.git)
                     lost = not_recovered(ws.root)
             kept = f"; the old file is {moved}" if moved else ""
@@ -202,7 +202,8 @@ def _no_task(exc: Exception) -> AutoresearchError:
 
 def _interrupted(console: Console, exc: KeyboardInterrupt, args: argparse.Namespace) -> int:
     if args.command == "run" and getattr(args, "agent", None) == "queue":  # most often the loop `submit` started
-        console.print(f"interrupted: {queue_again(args)} resumes where it stopped", markup=False)
+        # One line, commands and all: in a pipe (a log, an agent's tool) the console wraps at 80 columns
+        console.print(f"interrupted: {queue_again(args)} resumes where it stopped", markup=False, soft_wrap=True)
     else:
         console.print("interrupted: run the same command again to resume where it stopped")
     return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -302,7 +303,8 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     run_timeout(args.timeout, ws.apparatus.budget_seconds)  # the loop started with it would refuse it in its log
     require_gpus(args.gpus)  # a wrong --gpus is an error before anything is queued
     devices(args.gpus, args.workers)
-    if (lost := put_back_edits(ws, lambda text: console.print(text, markup=False, highlight=False))) is not None:
+    said = functools.partial(console.print, markup=False, highlight=False, soft_wrap=True)  # a path on one line
+    if (lost := put_back_edits(ws, said)) is not None:
         raise AutoresearchError(
             f"a `submit` killed before it queued its change ({lost}) had taken it out of train.py; it is back in "
             "train.py",
