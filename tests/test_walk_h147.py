@@ -139,3 +139,25 @@ def test_what_a_submit_and_a_stopped_queue_loop_say_is_not_broken_across_lines_i
     err = capsys.readouterr().err
     moved = workspace.state / "unsubmitted" / "1796667496059685508-10400.py"
     assert moved.is_file() and f"so it is in {moved}" in err, err
+
+
+def test_the_live_view_of_two_workers_shows_both_from_the_start(workspace):
+    """`run --workers 2 --agent tune --max-experiments 1` in a terminal: the view had a line for cpu 0 only ("busy
+    92%") and none for them all, as if --workers 2 had not taken: a worker was shown once it had a run. Each worker has
+    its line from the start (idle until it has a run), and two have the line for them all."""
+    from rich.console import Console
+
+    from autoresearch.loop.live import LiveReporter
+
+    scheduler(workspace, gpus=None, workers=2)[0].run(None)  # the baseline, on both
+    sched, _ = scheduler(workspace, gpus=None, workers=2)  # a loop started again, with nothing to train
+    view = LiveReporter(Console(width=160), "autoresearch: tune")
+    sched.loop.reporter = view
+    sched.run(None)
+    console = Console(record=True, width=160, force_terminal=True)
+    console.print(view._render())
+    screen = console.export_text()
+    assert "cpu 0" in screen and "cpu 1" in screen and "2 workers" in screen
+    one = LiveReporter(Console(width=160), "autoresearch: tune")
+    one.show_workers(["local"])  # one worker: the view stays as it was
+    assert one.workers == {}

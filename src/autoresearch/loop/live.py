@@ -125,6 +125,13 @@ class LiveReporter:
             self.counts[exp.status] = self.counts.get(exp.status, 0) + 1
         self.recent.extend(reversed(done[-self.recent.maxlen :]))
 
+    def show_workers(self, labels: list[str]) -> None:
+        """The loop's workers, each with a line from its start: one idle since then was not shown, nor, with one
+        worker shown, the line for them all (`run --workers 2` looked like one worker)."""
+        if len(labels) > 1:
+            for label in labels:
+                self.workers.setdefault(label, None)
+
     def phase(self, exp_id: int, what: str, text: str) -> None:
         same = self.current[0] == str(exp_id)
         self.current = (str(exp_id), what or (self.current[1] if same else ""), text)

@@ -114,6 +114,8 @@ class Scheduler(Filling):
         else:  # a ledger rebuilt without the baseline's seeds: measured again here, before any change is judged
             self.measure_noise_again(agent)
         labels = [w.device.label for w in self.workers]
+        if (show := getattr(loop.reporter, "show_workers", None)) is not None:  # the live view's lines, idle ones too
+            show(labels)
         activity.start_session(loop.ws.state, labels, began, asking=agent is not None, placement=self.placement)
         try:
             while True:
