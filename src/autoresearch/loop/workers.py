@@ -154,7 +154,8 @@ def _pins(count: int, agents: bool, on_gpu: bool) -> tuple[list[dict[str, str]],
     except ValueError as err:
         raise AutoresearchError(
             str(err),
-            hint=f"set {AGENT_CORES_ENV} to a number of whole cores the runs can spare (e.g. 1), or 0 for none",
+            # not "e.g. 1": on 2 cores with 2 workers, 1 was what had been refused
+            hint=f"set {AGENT_CORES_ENV} to a number of whole cores the runs can spare, or 0 for none",
         ) from None
 
 
