@@ -93,10 +93,8 @@ def pins(count: int, aside: int = 0) -> tuple[list[dict[str, str]], dict[str, st
     where there is one worker, or the CPUs cannot be split so."""
     if aside and (cores := _cores()) is not None:
         if len(cores) - aside < count:
-            spare = f"at most {len(cores) - count} may be" if len(cores) > count else "none may be"
             raise ValueError(
-                f"{aside} of {len(cores)} cores for the agents leave fewer than one for each of {count} runs: "
-                f"{spare} set aside"
+                f"{aside} of {len(cores)} cores for the agents leave fewer than one for each of {count} runs"
             )
         runs, theirs = _split(cores[:-aside], count), [cpu for core in cores[-aside:] for cpu in core]
         return [{RUN_CPUS_ENV: _listed(cpus)} for cpus in runs], {AGENT_CPUS_ENV: _listed(theirs)}

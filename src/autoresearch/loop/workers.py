@@ -154,8 +154,10 @@ def _pins(count: int, agents: bool, on_gpu: bool) -> tuple[list[dict[str, str]],
     except ValueError as err:
         raise AutoresearchError(
             str(err),
-            # not "e.g. 1": on 2 cores with 2 workers, 1 was what had been refused
-            hint=f"set {AGENT_CORES_ENV} to a number of whole cores the runs can spare, or 0 for none",
+            # not "e.g. 1": on 2 cores with 2 workers, 1 was what had been refused (evaluator/cores.py says the
+            # numbers; a word changed there would change the apparatus fingerprint of every workspace)
+            hint=f"set {AGENT_CORES_ENV} to a number of whole cores the runs can spare (the cores less one per run), "
+            "or 0 for none",
         ) from None
 
 
