@@ -102,6 +102,9 @@ def test_wait_does_not_name_a_background_loops_error_when_a_later_loop_stopped(t
     log.write_text(f"{LOOP_STARTED}, 2026-12-07 18:13:00: ...\nerror: refused\n  hint: give --workers 2\n")
     assert last_error(log) == "error: refused hint: give --workers 2"  # the latest loop's, still
     os.utime(log, (time.time() - 60, time.time() - 60))
+    with activity.session(tmp_path, []):
+        pass  # a `try` since: no loop that takes submissions, so the background loop's error still stands
+    assert last_error(log) == "error: refused hint: give --workers 2"
     with activity.session(tmp_path, ["cpu 0", "cpu 1"], placement=["--workers", "2"]):
         pass  # the foreground loop, since stopped
     assert last_error(log) is None

@@ -168,7 +168,7 @@ def last_error(log: Path) -> str | None:
         text, written = log_tail(log), os.stat(log).st_mtime
     except OSError:
         return None
-    if any(period.start > written for period in periods(log.parent, [])):
+    if any(period.start > written and period.workers for period in periods(log.parent, [])):  # not a `try`'s
         return None
     lines = [line for line in text.splitlines() if line.strip()]
     starts = [i for i, line in enumerate(lines) if line.startswith(LOOP_STARTED)]
