@@ -334,8 +334,8 @@ def resume_options(state: Path) -> str | None:
     if not (found := [period for period in periods(state, []) if period.workers]):
         return None
     workers, placement = found[-1].workers, found[-1].placement
-    if placement is not None and _said(placement):  # as it was given: a Ray cluster's address, a GPU type, a timeout
-        return " ".join(shlex.quote(word) for word in placement)
+    if (given := said_options(placement)) is not None:  # as given: a Ray cluster's address, a GPU type, a timeout
+        return given
     if not all(_WORKER.fullmatch(w) for w in workers):  # no label of a loop's (a file written by hand): not said
         return None
     if gpus := [w.removeprefix("gpu ") for w in workers if w.startswith("gpu ")]:
@@ -344,6 +344,15 @@ def resume_options(state: Path) -> str | None:
         return "--ray"
     cpus = sum(w.startswith("cpu ") for w in workers)
     return f"--workers {cpus}" if cpus else ""
+
+
+def said_options(placement: tuple[str, ...] | list[str] | None) -> str | None:
+    """`placement`'s words quoted for a command to run, where they are options a loop records that `run` takes
+    (`_said`); None where they are not (a record written by hand: red team, `submit`'s note named `--timeout 60;touch
+    x` as recorded)."""
+    if placement is None or not _said(tuple(placement)):
+        return None
+    return " ".join(shlex.quote(word) for word in placement)
 
 
 def _said(placement: tuple[str, ...]) -> bool:
@@ -363,6 +372,8 @@ def _said(placement: tuple[str, ...]) -> bool:
             return False
     # Nor what `run` refuses (red team: a hand-written record's hint was a command refused, `--gpus 0 --ray`)
     given = set(placement) & _PLACEMENT
+    if {"--gpus", "--workers"} <= given:  # refused by `run` too (red team: a record of both, written by hand)
+        return False
     return not given & {"--gpus", "--workers"} if "--ray" in given else "--accelerator" not in given
 
 
