@@ -29,8 +29,8 @@ UNREPORTED_DIR = "unreported"  # an empty file per submitted experiment whose ve
 # above it is an earlier loop's.
 LOG_TAIL = 1 << 20  # how much of driver.log's end is read for the error the loop stopped with
 LOOP_STARTED = "=== a loop started by `submit`"
-# How much later than driver.log's last write a loop must have started to be one started after it (`last_error`): a
-# person or an agent who reads the error and starts another loop takes longer; a filesystem's time may lag the clock
+# How much later than driver.log's last write a loop that started after it must have ended to count (`last_error`): the
+# background loop's own session ends before it writes its error, yet a filesystem's time may lag the clock
 LATER_S = 5.0
 
 
@@ -172,10 +172,10 @@ def last_error(log: Path) -> str | None:
     except OSError:
         return None
     # Not a `try`'s; nor one recorded as starting later than now (the clock was ahead then, or a line written by hand:
-    # it set aside every error until the clock caught up), nor one within LATER_S of the log's time (the loop's own
-    # session, where the log's time keeps whole seconds or an NFS server's clock is behind: red team, helper 148)
+    # it set aside every error until the clock caught up), nor one that ended within LATER_S of the log's time (the
+    # loop's own session, where the log's time keeps whole seconds or an NFS server's clock is behind: red team)
     now = time.time()
-    if any(written + LATER_S < p.start <= now and p.workers for p in periods(log.parent, [])):
+    if any(written < p.start <= now and p.end > written + LATER_S and p.workers for p in periods(log.parent, [])):
         return None
     lines = [line for line in text.splitlines() if line.strip()]
     starts = [i for i, line in enumerate(lines) if line.startswith(LOOP_STARTED)]
