@@ -284,12 +284,11 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     `exp N queued` on stdout, within a second or two while the loop runs, whether or not a worker is free.
     train.py is the best again at once (the loop reads the branch's train.py, never the working tree's); if the
     submission is refused or no loop takes it (then withdrawn: it never trains), the change is put back."""
-    import shlex
     import subprocess
 
     from autoresearch.config.apparatus import CONFIG_NAME
     from autoresearch.loop import guard
-    from autoresearch.loop.activity import read_session, said_options
+    from autoresearch.loop.activity import read_session
     from autoresearch.loop.held_edits import HeldEdit, put_back_edits
     from autoresearch.loop.inbox import RESUBMIT_HINT, SubmitError, edit_base, send
     from autoresearch.loop.settings import CONFIG_EDITED_HINT, run_timeout
@@ -367,33 +366,46 @@ def submit(args: argparse.Namespace, console: Console) -> None:
         held.release()
     print(f"exp {exp_id} queued", flush=True)
     # `submit --timeout 20` to a loop started without it: the run hung for the loop's own 187 s, and nothing said so
-    given, running = placement(args), None if launched else read_session(ws.state)
-    loops = None if running is None else running.placement  # None: a loop that did not record them
-    if given and loops is not None and (other := dict(options_of(given).items() - options_of(loops).items())):
-        theirs, yours = options_of(loops), options_of(given)
-        # Where runs train, given, replaces the loop's where `run` takes one or the other (red team: `--ray --workers
-        # 2` was named to a loop of `--ray`, and refused)
-        if yours.keys() & {"--gpus", "--workers"}:
-            theirs = {o: v for o, v in theirs.items() if o not in _WHERE}
-        elif "--ray" in yours:  # the loop's --accelerator stays, where not given
-            theirs = {o: v for o, v in theirs.items() if o not in ("--gpus", "--workers")}
-        # Only options `run` takes, quoted (red team: a loop.json written by hand put `60;touch x` in the command)
-        words = said_options([word for o, v in {**theirs, **yours}.items() for word in (o, v) if word])
-        again = (
-            ""
-            if words is None
-            else f": `autoresearch run` with {words}"
-            if running.asking
-            else f": `autoresearch run --agent queue {words}`"
-        )
-        console.print(
-            f"note: the loop already running took it with its own options ({shlex.join(loops) or 'none'}), not "
-            f"{words_of(other)}, which only a loop that `submit` starts is given; to train with them, stop that loop "
-            f"(`kill {running.pid}`: it loses nothing) and start it again{again or ' with them'}",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+    if (
+        not launched
+        and (running := read_session(ws.state)) is not None
+        and (note := not_taken(placement(args), running))
+    ):
+        console.print(note, markup=False, highlight=False, soft_wrap=True)
+
+
+def not_taken(given: list[str], running) -> str | None:
+    """What `submit` says where it gave the loop already running (`running`, its activity.Session) options of where
+    and how long runs train (`given`) other than the loop's own, which it keeps; None where they are the same, or the
+    loop recorded none (an older one)."""
+    import shlex
+
+    from autoresearch.loop.activity import said_options
+
+    if not given or running.placement is None:
+        return None
+    theirs, yours = options_of(running.placement), options_of(given)
+    if not (other := dict(yours.items() - theirs.items())):
+        return None
+    # Where runs train, given, replaces the loop's where `run` takes one or the other (red team: `--ray --workers 2`
+    # was named to a loop of `--ray`, and refused)
+    if yours.keys() & {"--gpus", "--workers"}:
+        theirs = {o: v for o, v in theirs.items() if o not in _WHERE}
+    elif "--ray" in yours:  # the loop's --accelerator stays, where not given
+        theirs = {o: v for o, v in theirs.items() if o not in ("--gpus", "--workers")}
+    # Only options `run` takes, quoted (red team: a loop.json written by hand put `60;touch x` in the command)
+    words = said_options([word for option, value in {**theirs, **yours}.items() for word in (option, value) if word])
+    if words is None:
+        again = " with them"
+    elif running.asking:  # with its agent's options, which are not recorded
+        again = f": `autoresearch run` with {words}"
+    else:
+        again = f": `autoresearch run --agent queue {words}`"
+    return (
+        f"note: the loop already running took it with its own options ({shlex.join(running.placement) or 'none'}), "
+        f"not {words_of(other)}, which only a loop that `submit` starts is given; to train with them, stop that loop "
+        f"(`kill {running.pid}`: it loses nothing) and start it again{again}"
+    )
 
 
 _WHERE = ("--gpus", "--workers", "--ray", "--accelerator")  # the options of where runs train (`run` takes one way)
