@@ -719,7 +719,8 @@ def test_the_command_that_finishes_a_ray_loop_names_its_cluster_gpu_type_and_tim
 
 @pytest.mark.slow  # a few seconds: the CLI's start, and a baseline of two fake runs
 def test_a_loop_records_the_options_it_was_started_with_for_the_hint(workspace, monkeypatch, capsys) -> None:
-    """`autoresearch run --workers 2 --timeout 300`: what finishes what it leaves in flight is that command again."""
+    """`autoresearch run --workers 2 --timeout 300 --baseline-runs 2`: what finishes what it leaves in flight is that
+    command again."""
     from autoresearch.cli import main
     from autoresearch.loop import activity, workers
     from autoresearch.loop import executor as executors
@@ -733,7 +734,7 @@ def test_a_loop_records_the_options_it_was_started_with_for_the_hint(workspace, 
     monkeypatch.setattr(workers, "LocalExecutor", Local)
     args = ["run", "--agent", "queue", "--workers", "2", "--timeout", "300", "--baseline-runs", "2", "--plain"]
     assert main([*args, "--workspace", str(workspace.root)]) == 0, capsys.readouterr().err
-    assert activity.run_command(workspace.state) == "`autoresearch run --workers 2 --timeout 300`"
+    assert activity.run_command(workspace.state) == "`autoresearch run --workers 2 --timeout 300 --baseline-runs 2`"
 
 
 def test_several_workers_refuse_to_start_where_runs_cannot_be_confined(workspace, monkeypatch) -> None:

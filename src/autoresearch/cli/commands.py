@@ -225,12 +225,17 @@ def queue_again(args: argparse.Namespace) -> str:
 
 
 def placement(args: argparse.Namespace) -> list[str]:
-    """The options of `run` or `submit` that say where and how long its runs train (`--gpus`, `--workers`, `--ray`,
-    `--accelerator`, `--timeout`), as given: a loop resumed without them would train on another setup."""
+    """The options of `run` or `submit` that say where and how its runs train (`--gpus`, `--workers`, `--ray`,
+    `--accelerator`, `--timeout`, `--baseline-runs` where not the default), as given: a loop resumed without them
+    would train on another setup, or measure the baseline with as many seeds as the default asks."""
+    from autoresearch.loop.settings import BASELINE_RUNS
+
     options = []
     gpus = args.gpus and "".join(args.gpus.split())  # "0, 1" is 0,1 (each id is stripped): a word a hint names
+    seeds = getattr(args, "baseline_runs", BASELINE_RUNS)
     for option, value in (("--gpus", gpus), ("--workers", args.workers), ("--timeout", args.timeout),
-                          ("--accelerator", args.accelerator)):  # fmt: skip
+                          ("--accelerator", args.accelerator),
+                          ("--baseline-runs", seeds if seeds != BASELINE_RUNS else None)):  # fmt: skip
         # A float as Python reads it back, to the last digit (`:g` kept 6: 1000.125 was 1000.12), without a ".0"
         options += [option, repr(value).removesuffix(".0") if isinstance(value, float) else str(value)] if value else []
     return options + (["--ray", *([args.ray] if args.ray else [])] if args.ray is not None else [])
@@ -289,8 +294,10 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     from autoresearch.config.apparatus import CONFIG_NAME
     from autoresearch.loop import guard
     from autoresearch.loop.activity import read_session
+    from autoresearch.loop.comparison import check_share
     from autoresearch.loop.held_edits import HeldEdit, put_back_edits
     from autoresearch.loop.inbox import RESUBMIT_HINT, SubmitError, edit_base, send
+    from autoresearch.loop.ledger import ledger_path, verified_rows
     from autoresearch.loop.settings import CONFIG_EDITED_HINT, run_timeout
     from autoresearch.loop.waiting import LOOP_STARTED
     from autoresearch.loop.workers import devices, require_gpus
@@ -302,7 +309,7 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     ws = Workspace(args.workspace)
     run_timeout(args.timeout, ws.apparatus.budget_seconds)  # the loop started with it would refuse it in its log
     require_gpus(args.gpus)  # a wrong --gpus is an error before anything is queued
-    devices(args.gpus, args.workers)
+    found = devices(args.gpus, args.workers)
     said = functools.partial(console.print, markup=False, highlight=False, soft_wrap=True)  # a path on one line
     if (lost := put_back_edits(ws, said)) is not None:
         raise AutoresearchError(
@@ -328,6 +335,10 @@ def submit(args: argparse.Namespace, console: Console) -> None:
     def start() -> subprocess.Popen:
         from autoresearch.evaluator.sandbox import module_command
 
+        # It would refuse another share of the cores than the baseline's in its log, and the change be withdrawn and
+        # put back: said here, and no loop started to say it (one running keeps its own workers)
+        if args.ray is None and ledger_path(ws.root).is_file():
+            check_share(verified_rows(ws.root), ws.state, [device.env for device in found])
         launched.append(True)
         argv = [
             *module_command(sys.executable, "autoresearch"),
@@ -338,7 +349,7 @@ def submit(args: argparse.Namespace, console: Console) -> None:
             "--linger",
             "600",
         ]
-        argv += ["--baseline-runs", str(args.baseline_runs), "--workspace", str(ws.root), *placement(args)]
+        argv += ["--workspace", str(ws.root), *placement(args)]
         with (ws.state / "driver.log").open("ab") as log:
             log.write(f"{LOOP_STARTED}, {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n".encode())
             log.flush()

@@ -120,6 +120,11 @@ def busy_seconds(spans: Iterable[Span], start: float, end: float, now: float | N
     return busy
 
 
+def in_order(worker: str) -> list:
+    """A worker's label as workers are listed: its numbers as numbers (`cpu 9` before `cpu 10`)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", worker)]
+
+
 def busy_by_worker(
     spans: Iterable[Span], start: float, end: float, now: float | None = None, workers: list[str] | None = None
 ) -> dict[str, float]:
@@ -162,7 +167,7 @@ def rated(experiments: list[Experiment]) -> Rated | None:
     if not done:
         return None
     spans = [s for e in experiments for s in spans_of(e)]
-    workers = sorted({s.worker for s in spans} | {e.worker for e in done if e.worker})
+    workers = sorted({s.worker for s in spans} | {e.worker for e in done if e.worker}, key=in_order)
     return Rated(done, min(e.started_at for e in done), max(e.finished_at for e in done), workers, spans)
 
 
@@ -176,7 +181,7 @@ class Session:
     workers: list[str]  # their labels: "gpu 0", "cpu 1", "ray 3"
     submissions: bool = True  # whether it takes what `submit` queues (a `try` or a one-worker `run` does not)
     asking: bool = True  # whether an agent proposes (the loop `submit` starts only waits for submissions)
-    placement: tuple[str, ...] | None = None  # its options of where and how long runs train, as given; None: unsaid
+    placement: tuple[str, ...] | None = None  # its options of where and how runs train, as given; None: unsaid
 
 
 def start_session(
@@ -317,12 +322,14 @@ UNKNOWN_WORKERS = "(with the --gpus or --workers it had)"  # where no loop said 
 # The labels a loop gives its workers (workers.py): `gpu 0`, `gpu GPU-<uuid>` or `gpu MIG-<uuid>`, `cpu 1`, `ray 2`,
 # `local`. Only these are named in a hint a person or an agent runs as it reads.
 _WORKER = re.compile(r"gpu (\d{1,4}|(GPU|MIG)-[0-9A-Za-z/-]{1,80})|(cpu|ray) \d{1,4}|local")
-# The options a loop records of where and how long its runs train (cli's `placement`), and the values they may take
-# in a hint: `--gpus all`, `--workers 2`, `--timeout 500`, `--accelerator H100`, `--ray 10.0.0.1:6379` (or none)
-_PLACEMENT = {"--gpus", "--workers", "--timeout", "--accelerator", "--ray"}
+# The options a loop records of where and how its runs train (cli's `placement`), and the values they may take in a
+# hint: `--gpus all`, `--workers 2`, `--timeout 500`, `--accelerator H100`, `--ray 10.0.0.1:6379` (or none),
+# `--baseline-runs 5`
+_PLACEMENT = {"--gpus", "--workers", "--timeout", "--accelerator", "--ray", "--baseline-runs"}
 _PLACED = re.compile(r"[A-Za-z0-9][A-Za-z0-9.,:/_\[\]+-]{0,199}")  # `+`: a timeout of 1e+20
-# Those two options' values: a count, and seconds as Python writes a float (others: `_PLACED`)
-_VALUES = {"--workers": re.compile(r"[1-9]\d{0,3}"), "--timeout": re.compile(r"\d[\d.e+-]{0,30}")}
+# Counts, and seconds as Python writes a float (the others' values: `_PLACED`)
+_COUNT = re.compile(r"[1-9]\d{0,3}")
+_VALUES = {"--workers": _COUNT, "--baseline-runs": _COUNT, "--timeout": re.compile(r"\d[\d.e+-]{0,30}")}
 
 
 def resume_options(state: Path) -> str | None:

@@ -39,8 +39,7 @@ class Comparison:
     def baseline_result(self) -> dict:
         """What the baseline's last run that ended well recorded (evaluator/result.py's fields), kept or still
         measuring its seeds; {} before there is one."""
-        measured = [e for e in self.ledger.all() if e.kind == Kind.BASELINE and e.status != Status.CRASH]
-        return measured[-1].recorded if measured else {}
+        return baseline_result(self.ledger.all())
 
     def setup_differs(self, setup: str | None) -> str | None:
         """Why a run measured on `setup` (Result.setup) is not comparable with the baseline's runs, or None: an
@@ -49,51 +48,16 @@ class Comparison:
         expected = self.baseline_result().get("setup")
         if setup and expected and setup != expected:
             why = f"it was measured on {setup}, the baseline's runs on {expected}"
-            if "CPU time" in expected and (workers := self._baseline_workers()) > 1:  # a run's cores follow their count
+            if "CPU time" in expected and (workers := baseline_workers(self.ledger.all(), self.ws.state)) > 1:
                 why += f" by a loop of {workers} workers (`--workers {workers}` gives each run as many cores)"
             return why
         return None
 
     def check_share(self, envs: list[Mapping[str, str]], command: str = "run") -> None:
-        """Refuse, before anything trains, a loop whose runs on the CPU would count their budget over another share
-        of the cores than the baseline's runs did (`envs`: each worker's environment over the loop's): `submit` or
-        `run` without the `--workers` the baseline's loop had. Each such run trained its whole budget and was then
-        refused (`setup_differs`), and the loop stopped: a night's first round of runs lost to a forgotten option,
-        and `submit`'s loop in the background trained every submission once for nothing."""
-        if not getattr(self.executor, "measures_here", False):  # a simulation's runs, a test's: their own setups
-            return
-        _, _, clock = self.baseline_result().get("setup", "").partition("; ")
-        if not clock.startswith("CPU time"):  # a GPU's wall clock: the device's model is what a run is checked on
-            return
-        for env in envs:
-            merged = {**os.environ, **env}
-            if not cores.runs_train_on_cpu(merged) or (shares := run_shares(merged)) is None or clock in shares:
-                continue
-            workers = self._baseline_workers()
-            why = f"this loop's runs would count {' or '.join(sorted(shares))}, the baseline's runs {clock}"
-            if workers:
-                why += f" in a loop of {workers} worker{'s' if workers > 1 else ''}"
-            option = "leave --workers out" if workers == 1 else f"give --workers {workers}" if workers else ""
-            if command == "try" and workers > 1:  # `try` takes no --workers: it trains on every core
-                raise LoopError(
-                    f"{why}: `try` trains on every core, and its score would not be comparable",
-                    hint=f"use `autoresearch submit -m MESSAGE --workers {workers}`, then `autoresearch wait`: "
-                    "each run then gets the baseline's share of the cores",
-                )
-            raise LoopError(
-                f"{why}: their scores would not be comparable, and each run would be refused once it had trained",
-                hint=f"{option} (to `run` and `submit` alike): each run then gets the baseline's share of the cores"
-                if option
-                else SETUP_HINT,
-            )
-
-    def _baseline_workers(self) -> int:
-        """The workers of the loop the baseline's runs trained in (its seeds take only some of them), where the
-        workspace's history of loops says; 0 where it does not."""
-        experiments = self.ledger.all()
-        spans = [s for e in experiments if e.kind == Kind.BASELINE for s in activity.spans_of(e) if s.end is not None]
-        loops = activity.periods(self.ws.state, experiments)
-        return max((len(p.workers) for p in loops for s in spans if p.start <= s.start and s.end <= p.end), default=0)
+        """`check_share` of the loop's experiments, where its executor's runs are measured on this machine (not a
+        simulation's or a test's, with setups of their own)."""
+        if getattr(self.executor, "measures_here", False):
+            check_share(self.ledger.all(), self.ws.state, envs, command)
 
     def torch_differs(self, version: str | None) -> str | None:
         """Why a run trained with torch `version` (Result.torch) is not comparable with the baseline's runs, or None
@@ -153,6 +117,55 @@ class Comparison:
         """What to do about an apparatus that changed: where autoresearch.json was edited (the budget, say), put it
         back; else a new workspace for the new harness or data."""
         return CONFIG_EDITED_HINT if CONFIG_NAME in self.git.changed_paths() else APPARATUS_HINT
+
+
+def baseline_result(experiments: list[Experiment]) -> dict:
+    """What the baseline's last run that ended well recorded (evaluator/result.py's fields), kept or still measuring
+    its seeds; {} before there is one."""
+    measured = [e for e in experiments if e.kind == Kind.BASELINE and e.status != Status.CRASH]
+    return measured[-1].recorded if measured else {}
+
+
+def baseline_workers(experiments: list[Experiment], state: Path) -> int:
+    """The workers of the loop the baseline's runs trained in (its seeds take only some of them), where the
+    workspace's history of loops says; 0 where it does not."""
+    spans = [s for e in experiments if e.kind == Kind.BASELINE for s in activity.spans_of(e) if s.end is not None]
+    loops = activity.periods(state, experiments)
+    return max((len(p.workers) for p in loops for s in spans if p.start <= s.start and s.end <= p.end), default=0)
+
+
+def check_share(
+    experiments: list[Experiment], state: Path, envs: list[Mapping[str, str]], command: str = "run"
+) -> None:
+    """Refuse, before anything trains, a loop whose runs on the CPU would count their budget over another share of
+    the cores than the baseline's runs did (`envs`: each worker's environment over the loop's): `submit` or `run`
+    without the `--workers` the baseline's loop had. Each such run trained its whole budget and was then refused
+    (`setup_differs`), and the loop stopped: a night's first round of runs lost to a forgotten option, and
+    `submit`'s loop in the background trained every submission once for nothing."""
+    _, _, clock = baseline_result(experiments).get("setup", "").partition("; ")
+    if not clock.startswith("CPU time"):  # a GPU's wall clock: the device's model is what a run is checked on
+        return
+    for env in envs:
+        merged = {**os.environ, **env}
+        if not cores.runs_train_on_cpu(merged) or (shares := run_shares(merged)) is None or clock in shares:
+            continue
+        workers = baseline_workers(experiments, state)
+        why = f"this loop's runs would count {' or '.join(sorted(shares))}, the baseline's runs {clock}"
+        if workers:
+            why += f" in a loop of {workers} worker{'s' if workers > 1 else ''}"
+        option = "leave --workers out" if workers == 1 else f"give --workers {workers}" if workers else ""
+        if command == "try" and workers > 1:  # `try` takes no --workers: it trains on every core
+            raise LoopError(
+                f"{why}: `try` trains on every core, and its score would not be comparable",
+                hint=f"use `autoresearch submit -m MESSAGE --workers {workers}`, then `autoresearch wait`: "
+                "each run then gets the baseline's share of the cores",
+            )
+        raise LoopError(
+            f"{why}: their scores would not be comparable, and each run would be refused once it had trained",
+            hint=f"{option} (to `run` and `submit` alike): each run then gets the baseline's share of the cores"
+            if option
+            else SETUP_HINT,
+        )
 
 
 def run_shares(env: Mapping[str, str]) -> set[str] | None:

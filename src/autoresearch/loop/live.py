@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autoresearch.loop.activity import Span, busy_by_worker, overall, per_hour
+from autoresearch.loop.activity import Span, busy_by_worker, in_order, overall, per_hour
 from autoresearch.loop.experiment import Experiment, best_of
 from autoresearch.loop.reporter import verdict_line
 from autoresearch.loop.status import EVALUATING, FINISHED, STARTING, TRAINING, WARMING_UP, RunProgress, read_progress
@@ -198,18 +198,31 @@ class LiveReporter:
                 bpb,
                 Text(clip(e.description, 70)),
             )
-        return Group(head, self._workers(now), recent) if self.workers else Group(head, recent)
+        if not self.workers:
+            return Group(head, recent)
+        rows = self.console.size.height - head.row_count - recent.row_count - 1  # the line the cursor is on
+        return Group(head, self._workers(now, rows), recent)
 
-    def _workers(self, now: float) -> Table:
-        """A line per worker: its run against the budget, what it tries, its busy fraction and its rate."""
+    def _workers(self, now: float, rows: int) -> Table:
+        """A line per worker: its run against the budget, what it tries, its busy fraction and its rate; in `rows`
+        lines at most (64 workers filled the screen, and the terminal cut the lines for them all and the verdicts):
+        those training first, then one line for the rest."""
         busy = busy_by_worker(self.spans, self.started, now, now, list(self.workers))
         total, rates = per_hour(self.done, now - self.started)
         table = Table.grid(padding=(0, 2))
-        for worker, view in sorted(self.workers.items()):
+        shown = labels = sorted(self.workers, key=in_order)
+        if len(labels) + 1 > rows:  # each worker's line and the one for them all
+            first = sorted(labels, key=lambda label: self.workers[label] is None)[: max(0, rows - 2)]  # training
+            shown = [label for label in labels if label in first]
+        for worker in shown:
+            view = self.workers[worker]
             doing = f"exp {view.exp_id} run {view.run + 1}: {view.state(now)}" if view is not None else "idle"
             what = clip(view.what, 60) if view is not None else ""
             rate = f"busy {busy[worker]:.0%}, {rates.get(worker, 0.0):.1f}/h"
             table.add_row(Text(worker), Text(doing), Text(what, style="italic"), Text(rate))
+        if hidden := [self.workers[label] for label in labels if label not in shown]:
+            idle = sum(view is None for view in hidden)
+            table.add_row(Text(f"{len(hidden)} more"), Text(f"{len(hidden) - idle} training, {idle} idle"))
         if len(self.workers) > 1:
             table.add_row(
                 Text(f"{len(self.workers)} workers"), Text(f"busy {overall(busy):.0%}, {total:.1f} experiments/h")

@@ -1,0 +1,134 @@
+"""What stop 78 noticed and left: a `submit` without the baseline's --workers started a loop in the background only to
+have it refuse; a resumed loop was told to measure another number of baseline seeds than the one it finishes."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pytest
+from loop_support import with_constants
+from test_scheduler import scheduler
+from test_submit import background_loop, inbox_files, rows, submit
+
+from autoresearch.cli import main
+
+
+@pytest.mark.slow  # a second: the baseline of two workers, then `submit`
+def test_submit_without_the_baselines_workers_is_refused_before_it_starts_a_loop(workspace, capsys, monkeypatch):
+    """The baseline measured by `--workers 2` on two cores (one each), then `submit -m ...` with no loop running: its
+    loop in the background started, was refused ("this loop's runs would count CPU time / 2 cores ...") in its log, and
+    the change was put back. The same refusal now comes from `submit` itself, and no loop is started to say it."""
+    sched, fakes = scheduler(workspace, gpus=None, workers=2)
+    for fake in fakes.values():
+        fake.fake.setup = "AMD EPYC; CPU time / 1 cores"
+    sched.run(None)
+    monkeypatch.setenv("AUTORESEARCH_DEVICE", "cpu")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # torch's default: every CPU of this machine
+    background_loop(monkeypatch, lambda argv, **_: pytest.fail("no loop is started for a submission it would refuse"))
+    rc, out, err, _ = submit(workspace, capsys, 0.2)
+    assert (rc, out) == (2, "") and "the baseline's runs CPU time / 1 cores in a loop of 2 workers" in err, err
+    assert "give --workers 2 (to `run` and `submit` alike)" in err
+    assert workspace.read_train_py() == with_constants(workspace.committed_train_py(), LR=0.2)
+    assert inbox_files(workspace) == [] and len(rows(workspace)) == 1
+
+
+def test_a_loop_of_other_baseline_seeds_is_resumed_with_them(tmp_path):
+    """`run --agent queue --workers 2 --baseline-runs 5` killed with the baseline's seeds in flight: `wait`'s hint
+    said `autoresearch run --agent queue --workers 2`, which finishes the baseline with the default 3 seeds, not 5 (it
+    judges at once what it has). The seeds given are recorded with the other options, and named; the default's not."""
+    from autoresearch.cli.commands import placement
+    from autoresearch.loop import activity
+
+    def args(**given: object) -> argparse.Namespace:
+        return argparse.Namespace(**{"gpus": None, "workers": 2, "timeout": None, "accelerator": None, "ray": None,
+                                     "baseline_runs": 3} | given)  # fmt: skip
+
+    assert placement(args()) == ["--workers", "2"]
+    placed = placement(args(baseline_runs=5))
+    activity.start_session(tmp_path, ["cpu 0", "cpu 1"], time.time(), placement=placed)
+    activity.end_session(tmp_path)
+    assert (
+        activity.run_command(tmp_path, "--agent queue")
+        == "`autoresearch run --agent queue --workers 2 --baseline-runs 5`"
+    )
+    for seeds in ("0", "5;x", "99999"):  # a record written by hand: the workers' labels are named instead
+        activity.start_session(tmp_path, ["cpu 0"], time.time(), placement=["--baseline-runs", seeds])
+        activity.end_session(tmp_path)
+        assert activity.run_command(tmp_path) == "`autoresearch run --workers 1`"
+
+
+def test_submit_starts_its_loop_with_the_seeds_given_once(workspace, capsys, monkeypatch):
+    """`submit --baseline-runs 5` gives its loop in the background the option once, now that the options it records
+    name it too (not the default's)."""
+    started = []
+
+    class Stopped:  # a loop that stops at once: the submission is withdrawn
+        def __init__(self, argv, **_):
+            started.append(argv)
+
+        def poll(self):
+            return 2
+
+    background_loop(monkeypatch, Stopped)
+    workspace.write_train_py(with_constants(workspace.committed_train_py(), LR=0.2))
+    assert main(["submit", "-m", "LR 0.2", "--baseline-runs", "5", "--workspace", str(workspace.root)]) != 0
+    assert len(started) == 1 and started[0].count("--baseline-runs") == 1
+    assert started[0][started[0].index("--baseline-runs") + 1] == "5"
+    assert workspace.read_train_py() == with_constants(workspace.committed_train_py(), LR=0.2)
+
+
+def test_the_live_view_of_64_workers_fits_the_screen_with_its_totals_and_verdicts(tmp_path):
+    """`run --workers 64` (or a Ray cluster's 64 GPUs): a line per worker filled the screen; Rich cut what did not fit,
+    the line for them all and the last verdicts with it, and listed `cpu 10` before `cpu 2`. Now the workers training
+    come first, the rest in one line, and the totals and verdicts stay in view; in the order of their numbers."""
+    from rich.console import Console
+
+    from autoresearch.loop.experiment import Experiment
+    from autoresearch.loop.live import LiveReporter
+
+    console = Console(width=160, height=30, force_terminal=True, record=True)
+    view = LiveReporter(console, "autoresearch: tune", runs_dir=tmp_path, clock=lambda: 1000.0)
+    view.show_workers([f"cpu {n}" for n in range(64)])
+    for n in (3, 10, 2):
+        view.phase(n, f"change {n}", "training")
+        view.training(n, 0, 60, f"cpu {n}")
+    view.finished(
+        Experiment(id=1, kind="baseline", status="keep", description="baseline", parent="", val_bpb=2.0), None
+    )
+    console.export_text()  # the verdict's own line, printed above the view
+    console.print(view._render())
+    lines = console.export_text().splitlines()
+    assert len(lines) == 29, lines  # the screen's, less the line the cursor is on
+    named = [line.split("  ")[0] for line in lines if line.startswith("cpu ")]
+    assert {"cpu 2", "cpu 3", "cpu 10"} <= set(named) and named == sorted(named, key=lambda w: int(w.split()[1]))
+    assert any(line.startswith(f"{64 - len(named)} more ") and "0 training" in line for line in lines), lines
+    assert any(line.startswith("64 workers") for line in lines) and "baseline" in lines[-1]
+    few = LiveReporter(Console(width=160, height=30), "autoresearch: tune", clock=lambda: 1000.0)
+    few.show_workers(["cpu 10", "cpu 9", "cpu 1"])
+    console = Console(width=160, record=True, force_terminal=True)
+    console.print(few._render())
+    shown = [line.split("  ")[0] for line in console.export_text().splitlines() if line.startswith("cpu ")]
+    assert shown == ["cpu 1", "cpu 9", "cpu 10"] and "more" not in console.export_text()
+
+
+def test_status_lists_workers_in_the_order_of_their_numbers():
+    """`status` and `report` listed `cpu 1, cpu 10, cpu 11, cpu 2` (as text)."""
+    from autoresearch.loop.activity import rated
+    from autoresearch.loop.experiment import Experiment
+
+    done = [
+        Experiment(
+            id=n,
+            kind="experiment",
+            status="discard",
+            description=str(n),
+            parent="a",
+            val_bpb=2.0,
+            worker=f"cpu {n}",
+            started_at=100.0 + n,
+            finished_at=200.0 + n,
+        )
+        for n in (10, 2, 1, 11)
+    ]
+    assert rated(done).workers == ["cpu 1", "cpu 2", "cpu 10", "cpu 11"]
