@@ -132,3 +132,23 @@ def test_status_lists_workers_in_the_order_of_their_numbers():
         for n in (10, 2, 1, 11)
     ]
     assert rated(done).workers == ["cpu 1", "cpu 2", "cpu 10", "cpu 11"]
+
+
+def test_a_loop_killed_between_its_history_line_and_the_end_of_its_session_is_counted_once(tmp_path, monkeypatch):
+    """A loop killed after it appended its line to sessions.jsonl, before it removed loop.json: the leftover session
+    was read as a second loop of the same start (and the next start added it to the history again, with no end), and
+    `status`'s hours and per-worker rates counted that loop's time twice."""
+    import json
+
+    from autoresearch.loop import activity
+
+    dead = {"pid": 2**22 + 12345, "started": 1000.0, "workers": ["cpu 0", "cpu 1"]}  # above pid_max: never running
+    (tmp_path / activity.HISTORY_NAME).write_text(json.dumps({**dead, "ended": 1600.0}) + "\n")
+    (tmp_path / activity.SESSION_NAME).write_text(json.dumps(dead))
+    expected = [activity.Period(1000.0, 1600.0, ("cpu 0", "cpu 1"))]
+    assert activity.periods(tmp_path, []) == expected
+    activity.start_session(tmp_path, ["cpu 0", "cpu 1"], 2000.0)  # the next loop: the leftover goes to the history
+    activity.end_session(tmp_path)
+    found = activity.periods(tmp_path, [])
+    assert found[0] == expected[0] and [p.start for p in found] == [1000.0, 2000.0]
+    assert activity.running(found, 1000.0, 1600.0, ["cpu 0", "cpu 1"]).seconds == 600.0

@@ -298,7 +298,13 @@ def periods(state: Path, experiments: list[Experiment], now: float | None = None
     if (last := _recorded(state)) is not None:  # running now, or killed and not yet in the history
         ended = (time.time() if now is None else now) if _running(last) else None
         found.append((last.started, ended, tuple(last.workers), last.placement))
-    found.sort(key=lambda period: period[0])
+    # One loop once, with its end where any record has it: a loop killed after it wrote its history's line, before it
+    # removed loop.json, is in both (and the next start adds it again, with no end), and was counted twice
+    once: dict[tuple, tuple] = {}
+    for start, end, workers, placement in found:
+        if (seen := once.get((start, workers))) is None or seen[1] is None:
+            once[start, workers] = (start, end, workers, placement)
+    found = sorted(once.values(), key=lambda period: period[0])
     times = [t for e in experiments for t in (e.started_at, e.finished_at) if t] + [
         t for e in experiments for s in spans_of(e) for t in (s.start, s.end) if t is not None
     ]
