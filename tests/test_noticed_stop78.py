@@ -152,3 +152,20 @@ def test_a_loop_killed_between_its_history_line_and_the_end_of_its_session_is_co
     found = activity.periods(tmp_path, [])
     assert found[0] == expected[0] and [p.start for p in found] == [1000.0, 2000.0]
     assert activity.running(found, 1000.0, 1600.0, ["cpu 0", "cpu 1"]).seconds == 600.0
+
+
+def test_an_error_of_the_system_is_a_message_not_a_traceback(workspace, capsys, monkeypatch):
+    """An OSError other than a refused write (out of memory starting the background loop, an I/O error reading the
+    ledger) went out of `main` as a traceback."""
+    import errno
+
+    from autoresearch.loop import status
+
+    def failing(_ws):
+        raise OSError(errno.EIO, "Input/output error", str(workspace.state / "ledger.db"))
+
+    monkeypatch.setattr(status, "status_text", failing)
+    assert main(["status", "--workspace", str(workspace.root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Input/output error: {workspace.state / 'ledger.db'}") and "Traceback" not in err
+    assert "the system refused it (EIO); nothing the loop recorded is lost" in err

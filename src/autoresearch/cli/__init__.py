@@ -177,11 +177,14 @@ def _main(args: argparse.Namespace, console: Console) -> int:
     except OSError as exc:
         if exc.errno == errno.EAGAIN:
             return _error(console, _no_task(exc))
-        if exc.errno not in _NOT_ALLOWED:
-            raise
+        what = f"{exc.strerror}: {exc.filename}" if exc.filename and exc.strerror else str(exc)
+        if exc.errno not in _NOT_ALLOWED:  # the system's (out of memory, an I/O error): a message, not a traceback
+            name = errno.errorcode.get(exc.errno or 0, "an error")
+            hint = f"the system refused it ({name}); nothing the loop recorded is lost: once that is dealt with, give "
+            return _error(console, AutoresearchError(what, hint=hint + "the command again"))
         # a read-only mount, another user's file: the person's to fix, so a message and no traceback
         error = AutoresearchError(
-            f"{exc.strerror}: {exc.filename}" if exc.filename else str(exc),
+            what,
             hint="autoresearch writes its state, results.tsv and reports into the workspace and prepared data into "
             "the cache: run it where both may be written (nothing was lost)",
         )
