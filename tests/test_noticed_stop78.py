@@ -169,3 +169,21 @@ def test_an_error_of_the_system_is_a_message_not_a_traceback(workspace, capsys, 
     err = capsys.readouterr().err
     assert err.startswith(f"error: Input/output error: {workspace.state / 'ledger.db'}") and "Traceback" not in err
     assert "the system refused it (EIO); nothing the loop recorded is lost" in err
+
+
+def test_submits_note_is_not_said_for_the_options_the_loop_already_has_in_other_words():
+    """`submit --gpus 0,1` to a loop of `--gpus all` on GPUs 0 and 1 (or of `--gpus 1,0`), and `--timeout 1000000` to
+    one recorded as `1e+06` by an older version: the note said the loop kept options other than those given, and
+    told to stop it and start it again with the same."""
+    from autoresearch.cli.commands import not_taken
+    from autoresearch.loop.activity import Session
+
+    def loop(*placement: str, workers=("gpu 0", "gpu 1")) -> Session:
+        return Session(pid=1234, started=0.0, workers=list(workers), placement=placement)
+
+    assert not_taken(["--gpus", "0,1"], loop("--gpus", "all")) is None
+    assert not_taken(["--gpus", "all"], loop("--gpus", "1,0")) is None
+    assert not_taken(["--timeout", "1000000"], loop("--gpus", "all", "--timeout", "1e+06")) is None
+    other = not_taken(["--gpus", "0", "--timeout", "600"], loop("--gpus", "all", "--timeout", "1e+06"))
+    assert other is not None and "not --gpus 0 --timeout 600," in other
+    assert "not --gpus 0,2," in not_taken(["--gpus", "0,2"], loop("--gpus", "all"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import signal
@@ -396,7 +397,8 @@ def not_taken(given: list[str], running) -> str | None:
     if not given or running.placement is None:
         return None
     theirs, yours = options_of(running.placement), options_of(given)
-    if not (other := dict(yours.items() - theirs.items())):
+    gpus = [w.removeprefix("gpu ") for w in running.workers if w.startswith("gpu ")]
+    if not (other := {o: v for o, v in yours.items() if not _same(o, v, theirs.get(o), gpus)}):
         return None
     # Where runs train, given, replaces the loop's where `run` takes one or the other (red team: `--ray --workers 2`
     # was named to a loop of `--ray`, and refused)
@@ -420,6 +422,21 @@ def not_taken(given: list[str], running) -> str | None:
 
 
 _WHERE = ("--gpus", "--workers", "--ray", "--accelerator")  # the options of where runs train (`run` takes one way)
+
+
+def _same(option: str, yours: str, theirs: str | None, gpus: list[str]) -> bool:
+    """Whether an option's value given to `submit` is the running loop's (`theirs`): `--gpus 0,1` to a loop of `--gpus
+    all` on GPUs 0 and 1 (`gpus`, its workers'), or of `--gpus 1,0`, and `--timeout 1000000` to one recorded as
+    `1e+06` (by an older version), are."""
+    if theirs is None or yours == theirs:
+        return yours == theirs
+    if option == "--gpus":
+        ids = [set(gpus) if value == "all" else set(value.split(",")) for value in (yours, theirs)]
+        return ids[0] == ids[1]
+    if option == "--timeout":
+        with contextlib.suppress(ValueError):
+            return float(yours) == float(theirs)
+    return False
 
 
 def options_of(words) -> dict[str, str]:
