@@ -323,6 +323,7 @@ class ResearchLoop(Asking, Comparison, Recovery):
         outcome = self.comparable(outcome, spec.run_dir)
         if why and _edited_beside(verdict, outcome):  # the person's edit (`try` in the background): not the run's
             why = None
+            watch.persons(verdict)  # kept, as the message below says, however the quarantine is emptied later
             if verdict.changed in ([f"changed {TRAIN_PY}"], [f"deleted {TRAIN_PY}"]):
                 what, advice = "train.py was edited", "edit train.py between experiments"
             else:

@@ -207,6 +207,14 @@ class Watch:
                 self.quarantines.rmdir()
         return verdict
 
+    def persons(self, verdict: Verdict) -> None:
+        """What this run's step set aside is a person's (the workspace changed beside a confined run: their edit of
+        train.py, say): its folder is named so (YOURS), and the person's text stays in it, their train.py with it,
+        however the quarantine is emptied (workspace/quarantine.py). The loop says it kept the edit there."""
+        if verdict.quarantine and self.quarantine.is_dir() and not self.quarantine.name.endswith(YOURS):
+            self.quarantine = self.quarantine.rename(self.quarantine.with_name(self.quarantine.name + YOURS))
+            verdict.quarantine = os.path.relpath(self.quarantine, self.ledger.workspace)
+
 
 LOOP_REFS = "refs/autoresearch/"  # the loop's own: no person's commit is kept from them
 LEFT_REFS = "refs/left/"  # what a bundle of put_back_left names each ref it keeps (HEAD, detached: refs/left/HEAD)
