@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, set_lr, with_constants
 
 from autoresearch.workspace import quarantine
@@ -21,6 +22,7 @@ def _score(source: str) -> float:
     return 1.0 + (constant(source, "LR") - 0.2) ** 2 + {42: 0.0, 43: 0.002, 44: -0.002}.get(constant(source, "SEED"), 0)
 
 
+@pytest.mark.slow  # about a second: a baseline and two experiments
 def test_a_persons_train_py_edited_beside_a_confined_run_stays_in_the_quarantine_however_it_is_emptied(
     workspace, monkeypatch
 ):
