@@ -6,15 +6,22 @@ marked BROKE failed before its fix.
   (`-yours` named only one holding program.md or a prompt), so the next step that set anything aside past the
   quarantine's bound (2 GB: a turn that leaves 2 GB of litter, which any agent with a shell may) emptied it, the
   person's train.py with it: the edit the loop had said it kept was gone.
+- BROKE: report.md and progress.png are the loop's own files (integrity.LOOP_OWN: never taken for the agent's), but the
+  loop writes them only as it exits. A coding agent's turn wrote its own (a best it never measured), and nothing put
+  them back or said so: they stood all night, and where the loop never exits (killed, out of memory, which an agent
+  can bring about) they were what the person read in the morning. A report a step changed is now set aside and
+  written again from the ledger, and named in the agent's tidying note; the proposal stands.
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import replace
 
 import pytest
 from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, set_lr, with_constants
 
+from autoresearch.vocabulary import Status
 from autoresearch.workspace import quarantine
 
 
@@ -51,3 +58,34 @@ def test_a_persons_train_py_edited_beside_a_confined_run_stays_in_the_quarantine
     kept = [p for p in (workspace.state / quarantine.FOLDER).rglob("train.py") if "# mine" in p.read_text()]
     assert len(kept) == 1, (said, sorted(p.name for p in (workspace.state / quarantine.FOLDER).iterdir()))
     assert constant(kept[0].read_text(), "LR") == 0.25
+
+
+FORGED = "# autoresearch report\n\nbest val_bpb 0.612 (-40 %), kept: exp 2 (the agent's)\n"
+
+
+@pytest.mark.slow  # seconds: an agent's turn with a shell, and the report drawn
+def test_a_report_an_agents_turn_writes_is_not_left_for_the_person_to_read(workspace, tmp_path):
+    """BROKE: report.md and progress.png are the loop's own files, never taken for the agent's (integrity.LOOP_OWN),
+    but the loop writes them only as it exits: a coding agent's turn wrote its own (a best it never measured), and
+    nothing put them back or said so. They stood all night, and where the loop never exits (killed, out of memory)
+    they were what the person found in the morning. Now a report a step changed is written again from the ledger
+    (what the step left is kept in the quarantine), and the agent's turn is not blamed for it."""
+    from autoresearch.agents.command_agent import CommandAgent
+
+    make_loop(workspace, FakeExecutor(_score), baseline_runs=2).baseline()
+    report, plot = workspace.root / "report.md", workspace.root / "progress.png"
+    assert not report.exists() and not plot.exists()  # as a loop leaves them before its exit
+    script = tmp_path / "agent.sh"
+    script.write_text(
+        "set -e\nsed -i 's/^LR = .*/LR = 0.2/' train.py\n"
+        f"printf %s {shlex.quote(FORGED)} > report.md\nprintf 'PNG forged' > progress.png\necho LR 0.2\n"
+    )
+    events: list[str] = []
+    loop = make_loop(workspace, FakeExecutor(_score), events=events)
+    loop.run(CommandAgent(f"sh {shlex.quote(str(script))}", timeout_s=60), max_experiments=1)
+    exp = loop.ledger.all()[-1]
+    assert exp.kind == "experiment", [(e.id, e.kind, e.reason) for e in loop.ledger.all()]
+    assert exp.status == Status.KEEP, exp.reason  # the agent's proposal stands: the report is no file of its
+    assert not report.exists() or report.read_text() != FORGED, "the agent's report was left in the workspace"
+    assert not plot.exists() or plot.read_bytes() != b"PNG forged"
+    assert "report.md" in exp.reason, exp.reason  # said where the agent's tidying is said

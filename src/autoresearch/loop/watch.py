@@ -25,11 +25,13 @@ from importlib import metadata
 from pathlib import Path
 
 import autoresearch
+from autoresearch.errors import AutoresearchError
 from autoresearch.files import read_regular, special_files
 from autoresearch.loop.environment import Environment
 from autoresearch.loop.ledger import Ledger
 from autoresearch.workspace import integrity, snapshot_file
 from autoresearch.workspace.contents import content_id
+from autoresearch.workspace.contents import quarantine as set_aside
 from autoresearch.workspace.git import Git, GitError
 from autoresearch.workspace.quarantine import YOURS, fresh_folder, limit_bytes, prune
 from autoresearch.workspace.workspace import TRAIN_PY, WorkspaceMoved, folder_identity
@@ -37,6 +39,9 @@ from autoresearch.workspace.workspace import TRAIN_PY, WorkspaceMoved, folder_id
 # Each package file's SHA-256 by its signature (path, inode, size, mtime_ns, ctime_ns): a file whose signature holds
 # has the same bytes (a write changes its ctime, which no process can set back), so it is read once, not twice a turn.
 _file_digests: dict[tuple, bytes] = {}
+# The report (autoresearch.report's PLOT_NAME and REPORT_NAME, not imported here: matplotlib), which the loop writes
+# as it exits: the loop's own (integrity.LOOP_OWN), so no step is blamed for it, but one a step wrote is not left
+REPORTS = ("report.md", "progress.png")
 
 
 def package_digest() -> str:
@@ -141,6 +146,7 @@ class Watch:
             snapshot_file.save(self.before, git, keep)
         self.tsv = ledger.workspace / "results.tsv"
         self.tsv_id = content_id(self.tsv)
+        self.reports = {name: content_id(ledger.workspace / name) for name in REPORTS}
         self.rows = ledger.state()
         self.package = package_digest()
         self.environment = environment
@@ -193,6 +199,8 @@ class Watch:
         if now != self.tsv_id:
             verdict.changed.append(f"{'changed' if now is not None else 'deleted'} results.tsv")
             self.ledger.write_tsv()
+        if written := [name for name, was in self.reports.items() if content_id(self.ledger.workspace / name) != was]:
+            verdict.litter.append(self._report_again(written))
         verdict.package_changed = package_digest() != self.package
         if self.environment is not None and self.environment_start is not None:
             verdict.environment = self.environment.changes(self.environment_start)
@@ -206,6 +214,21 @@ class Watch:
             with contextlib.suppress(OSError):  # others there
                 self.quarantines.rmdir()
         return verdict
+
+    def _report_again(self, written: list[str]) -> str:
+        """The report the step changed (REPORTS), set aside and written again from the ledger; in words. The loop writes
+        it only as it exits: one an agent's turn wrote (a best it never measured) stood all night, and where the loop
+        never exits (killed, out of memory), it was what the person found in the morning (red team). Not held against
+        the step: a person's `autoresearch report` meanwhile changes it too."""
+        from autoresearch.report import make_report  # matplotlib: only where a step wrote a report
+
+        for name in written:
+            set_aside(self.ledger.workspace, name, self.quarantine, tidy=False)
+        try:
+            make_report(self.ledger.workspace)
+        except (AutoresearchError, OSError):  # a full disk: the loop's exit writes it, or `autoresearch report`
+            return f"{' and '.join(written)} (set aside, not written again)"
+        return f"{' and '.join(written)} (written again from the ledger)"
 
     def persons(self, verdict: Verdict) -> None:
         """What this run's step set aside is a person's (the workspace changed beside a confined run: their edit of
