@@ -1,11 +1,12 @@
 """Red team (helper 150): the promise that nothing is lost, and what the loop keeps of a person's work. Each test
 marked BROKE failed before its fix.
 
-- BROKE: a person's edit of train.py made while a confined run trained is put back, and the loop says "what was moved
-  aside kept in .autoresearch/quarantine/<folder>; edit train.py between experiments". That folder was no person's
-  (`-yours` named only one holding program.md or a prompt), so the next step that set anything aside past the
-  quarantine's bound (2 GB: a turn that leaves 2 GB of litter, which any agent with a shell may) emptied it, the
-  person's train.py with it: the edit the loop had said it kept was gone.
+- BROKE: a person's edit of train.py made while a confined run trained (or a file of theirs, their `git stash`) is put
+  back, and the loop says "what was moved aside kept in .autoresearch/quarantine/<folder>; edit train.py between
+  experiments". That folder was no person's (`-yours` named only one holding program.md or a prompt), so the next step
+  that set anything aside past the quarantine's bound (2 GB: a turn that leaves 2 GB of litter, which any agent with a
+  shell may) emptied it: the work the loop had said it kept was gone. Such a folder is now all the person's
+  (`-all-yours`) and stays whole.
 - BROKE: report.md and progress.png are the loop's own files (integrity.LOOP_OWN: never taken for the agent's), but the
   loop writes them only as it exits. A coding agent's turn wrote its own (a best it never measured), and nothing put
   them back or said so: they stood all night, and where the loop never exits (killed, out of memory, which an agent
@@ -33,8 +34,8 @@ def _score(source: str) -> float:
 def test_a_persons_train_py_edited_beside_a_confined_run_stays_in_the_quarantine_however_it_is_emptied(
     workspace, monkeypatch
 ):
-    """BROKE: the person's train.py, set aside beside a run and said kept, was emptied with the folder by the next
-    step that put anything aside (the bound at 0 here: every folder but the newest emptied after each such step)."""
+    """BROKE: the person's train.py and notes, set aside beside a run and said kept, were emptied with their folder by
+    the next step that put anything aside (the bound at 0 here: every folder but the newest emptied after each)."""
     monkeypatch.setenv(quarantine.LIMIT_ENV, "0")
     program = workspace.root / "program.md"
 
@@ -42,8 +43,9 @@ def test_a_persons_train_py_edited_beside_a_confined_run_stays_in_the_quarantine
         def run(self, spec):
             outcome = super().run(spec)
             lr = constant(spec.source.read_text(), "LR")
-            if lr == 0.2:  # the person begins the next idea in train.py while the loop trains this one
+            if lr == 0.2:  # the person begins the next idea in train.py while the loop trains this one, and notes it
                 spec.source.write_text(with_constants(spec.source.read_text(), LR=0.25) + "# mine\n")
+                (workspace.root / "notes.md").write_text("try LR 0.25 next\n")
             elif lr == 0.3:  # a later step sets something else aside: here program.md, as well a turn's litter
                 program.write_text(program.read_text() + "\nfocus on the schedule\n")
             return replace(outcome, result=replace(outcome.result, confined=True)) if outcome.result else outcome
@@ -52,12 +54,14 @@ def test_a_persons_train_py_edited_beside_a_confined_run_stays_in_the_quarantine
     loop = make_loop(workspace, EditedMeanwhile(_score), events=events)
     loop.baseline()
     loop.step(ScriptedAgent([set_lr(0.2)]))
-    said = [e for e in events if "train.py was edited while experiment" in e]
+    said = [e for e in events if "while experiment 2 trained (its run, confined, cannot reach it)" in e]
     assert len(said) == 1, events
     loop.step(ScriptedAgent([set_lr(0.3)]))
     kept = [p for p in (workspace.state / quarantine.FOLDER).rglob("train.py") if "# mine" in p.read_text()]
     assert len(kept) == 1, (said, sorted(p.name for p in (workspace.state / quarantine.FOLDER).iterdir()))
     assert constant(kept[0].read_text(), "LR") == 0.25
+    assert (kept[0].parent / "notes.md").read_text() == "try LR 0.25 next\n"
+    assert kept[0].parent.name.endswith(quarantine.ALL_YOURS) and kept[0].parent.name in said[0]
 
 
 FORGED = "# autoresearch report\n\nbest val_bpb 0.612 (-40 %), kept: exp 2 (the agent's)\n"

@@ -371,7 +371,8 @@ class ResearchLoop(Asking, Comparison, Recovery):
         if verdict.pruned:
             self.reporter.message(
                 f"the quarantine keeps at most {quarantine.limit_bytes() / 1e9:g} GB ({quarantine.LIMIT_ENV}): "
-                f"emptied its {len(verdict.pruned)} oldest folders (a person's program.md, prompts and train.py stay)"
+                f"emptied its {len(verdict.pruned)} oldest folders (a person's program.md and prompts stay, and what "
+                "changed beside a confined run)"
             )
         if watch.agent and (planted := self.ws.state / HELD_EDIT).exists():  # no `try` asks an agent
             watch.quarantine.mkdir(parents=True, exist_ok=True)

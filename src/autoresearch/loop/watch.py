@@ -33,7 +33,7 @@ from autoresearch.workspace import integrity, snapshot_file
 from autoresearch.workspace.contents import content_id
 from autoresearch.workspace.contents import quarantine as set_aside
 from autoresearch.workspace.git import Git, GitError
-from autoresearch.workspace.quarantine import YOURS, fresh_folder, limit_bytes, prune
+from autoresearch.workspace.quarantine import ALL_YOURS, YOURS, fresh_folder, limit_bytes, prune
 from autoresearch.workspace.workspace import TRAIN_PY, WorkspaceMoved, folder_identity
 
 # Each package file's SHA-256 by its signature (path, inode, size, mtime_ns, ctime_ns): a file whose signature holds
@@ -231,11 +231,13 @@ class Watch:
         return f"{' and '.join(written)} (written again from the ledger)"
 
     def persons(self, verdict: Verdict) -> None:
-        """What this run's step set aside is a person's (the workspace changed beside a confined run: their edit of
-        train.py, say): its folder is named so (YOURS), and the person's text stays in it, their train.py with it,
-        however the quarantine is emptied (workspace/quarantine.py). The loop says it kept the edit there."""
-        if verdict.quarantine and self.quarantine.is_dir() and not self.quarantine.name.endswith(YOURS):
-            self.quarantine = self.quarantine.rename(self.quarantine.with_name(self.quarantine.name + YOURS))
+        """All this run's step set aside is a person's (the workspace changed beside a confined run, which cannot reach
+        it: their train.py, a file of theirs, their `git stash`): its folder is named so (ALL_YOURS), and stays whole
+        however the quarantine is emptied (workspace/quarantine.py). The loop says it kept it there: the next step past
+        the quarantine's bound (a turn that left gigabytes) emptied it (BROKE, red team)."""
+        if verdict.quarantine and self.quarantine.is_dir() and not self.quarantine.name.endswith(ALL_YOURS):
+            name = self.quarantine.name.removesuffix(YOURS) + ALL_YOURS
+            self.quarantine = self.quarantine.rename(self.quarantine.with_name(name))
             verdict.quarantine = os.path.relpath(self.quarantine, self.ledger.workspace)
 
 

@@ -3,10 +3,11 @@
 
 A turn can leave gigabytes at every step, which would pile up there all night until the disk was full. So after each
 step the folders together are held to $AUTORESEARCH_QUARANTINE_GB (`prune`): the oldest go first, never the one just
-filled. A folder that holds a person's edit (program.md or a prompt edited during a run, or train.py edited beside a
-confined run, put back: the loop said it kept the edit there) is named so (`YOURS`), and of it the person's text
-stays. Neither a run nor a turn can name a
-folder there.
+filled. A folder that holds a person's edit (program.md or a prompt edited during a run, put back: the loop said it
+kept the edit there) is named so (`YOURS`), and of it the person's text stays. One that holds what changed in the
+workspace beside a confined run, which cannot reach it (a person's train.py, a file of theirs, their `git stash`: the
+loop said it kept it there), is all theirs (`ALL_YOURS`): it stays whole. Neither a run nor a turn can name a folder
+there.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from pathlib import Path
 from autoresearch.config.sizes import gigabytes
 from autoresearch.files import BLOCK, clear, disk_use, remove_tree
 from autoresearch.workspace.integrity import PROMPTS, is_human
-from autoresearch.workspace.workspace import MAX_PROGRAM_BYTES, MAX_TRAIN_PY_BYTES, TRAIN_PY
+from autoresearch.workspace.workspace import MAX_PROGRAM_BYTES
 
 FOLDER = "quarantine"  # in the workspace's private state
 LIMIT_ENV = "AUTORESEARCH_QUARANTINE_GB"  # what the quarantine may hold, in GB (10^9 bytes)
 DEFAULT_LIMIT_GB = 2.0
 YOURS = "-yours"  # ends the name of a folder that holds a person's edit
+ALL_YOURS = "-all" + YOURS  # ends the name of a folder all of whose files are a person's (loop/watch.py: persons)
 # What the quarantine holds past which a full disk's error names it: what an agent's litter set aside can be the
 # very thing that filled the disk (up to $AUTORESEARCH_QUARANTINE_GB), and nothing else says where it went
 SIZEABLE_BYTES = 100 * 10**6
@@ -102,7 +104,9 @@ def _used(folder: Path) -> int:
 
 def _empty(folder: Path) -> None:
     """Remove `folder` and all it holds, but for a person's text in one named YOURS: program.md and prompts/*.md, as
-    regular files no larger than a program.md may be, and train.py no larger than a train.py may be."""
+    regular files no larger than a program.md may be. One named ALL_YOURS is the person's whole, and stays."""
+    if folder.name.endswith(ALL_YOURS):
+        return
     if folder.name.endswith(YOURS):
         _empty_but_persons(folder)
     else:
@@ -110,8 +114,8 @@ def _empty(folder: Path) -> None:
 
 
 def _empty_but_persons(folder: Path, prefix: str = "") -> bool:
-    """Remove all `folder` holds but a person's text (and their train.py), and the folder itself where nothing is
-    left; whether anything was kept."""
+    """Remove all `folder` holds but a person's text, and the folder itself where nothing is left; whether anything
+    was kept."""
     kept = False
     for entry in _listing(folder):
         rel = prefix + entry.name
@@ -119,8 +123,6 @@ def _empty_but_persons(folder: Path, prefix: str = "") -> bool:
             kept = _empty_but_persons(Path(entry.path), f"{PROMPTS}/") or kept
         elif is_human(rel) and entry.is_file(follow_symlinks=False) and entry.stat().st_size <= MAX_PROGRAM_BYTES:
             kept = True
-        elif rel == TRAIN_PY and entry.is_file(follow_symlinks=False) and entry.stat().st_size <= MAX_TRAIN_PY_BYTES:
-            kept = True  # a person's edit of train.py, set aside beside a confined run (loop/watch.py: Watch.persons)
         else:
             clear(Path(entry.path))
     if not kept:
