@@ -12,6 +12,11 @@ marked BROKE failed before its fix.
   them back or said so: they stood all night, and where the loop never exits (killed, out of memory, which an agent
   can bring about) they were what the person read in the morning. A report a step changed is now set aside and
   written again from the ledger, and named in the agent's tidying note; the proposal stands.
+- BROKE: the loop reads the train.py a turn left as a link as the file it points to, outside the agent's namespace:
+  a link to a file hidden from the agent (the prepared data, the corpus it was cut from, the hub caches, Ray's token
+  file) had the loop read it for the agent, and the row's reason said its first line that is no Python ("left
+  train.py invalid: ... at line 1: '<the line>'"), which the agent reads in the ledger and its next prompt. A link
+  that leads out of the workspace and the folders the agent may write is not followed now.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ import shlex
 from dataclasses import replace
 
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, set_lr, with_constants
+from loop_support import FakeExecutor, ScriptedAgent, agent_channel, constant, make_loop, set_lr, with_constants
+from test_agent_turn import take_turn
 
+from autoresearch.config.paths import cache_root
+from autoresearch.loop.ledger import Ledger
 from autoresearch.vocabulary import Status
 from autoresearch.workspace import quarantine
 
@@ -93,3 +101,30 @@ def test_a_report_an_agents_turn_writes_is_not_left_for_the_person_to_read(works
     assert not report.exists() or report.read_text() != FORGED, "the agent's report was left in the workspace"
     assert not plot.exists() or plot.read_bytes() != b"PNG forged"
     assert "report.md" in exp.reason, exp.reason  # said where the agent's tidying is said
+
+
+SECRET = "Alice's validation text, which no agent may read"
+
+
+@pytest.mark.slow  # seconds: an agent's turn with a shell, in its namespace
+def test_a_train_py_linked_to_a_file_hidden_from_the_agent_is_not_read_for_it(workspace, tmp_path):
+    """BROKE: the loop reads the train.py a turn left, as a link, as the file it points to, and outside the agent's
+    namespace: what is hidden from the agent (the prepared data, the corpus it was cut from, the hub caches, Ray's
+    token) is not from the loop. A link to such a file made the loop read it for the agent, and say its first line
+    that is no Python (`left train.py invalid: ... at line 1: '<the line>'`) in the row's reason, which the agent reads
+    (the ledger, its next prompt); a file that is Python and sets SEED became the proposal, its every line in the
+    ledger's diff. A link to a file outside the workspace and the folders the agent may write is not followed now."""
+    hidden = cache_root() / "data" / "notes-h150.txt"  # the prepared data of every dataset: hidden from every turn
+    hidden.parent.mkdir(parents=True, exist_ok=True)
+    hidden.write_text(f"{SECRET}\n")
+    try:
+        seen = agent_channel(workspace) / "seen"
+        exp, _ = take_turn(
+            workspace, tmp_path, f"(cat {hidden} || true) > {seen} 2>&1\nln -sf {hidden} train.py\necho read it"
+        )
+    finally:
+        hidden.unlink()
+    assert SECRET not in seen.read_text()  # hidden from the turn itself
+    rows = " ".join(f"{e.reason} {e.diff or ''}" for e in Ledger(workspace.root).all())
+    assert SECRET not in rows, exp.reason
+    assert exp.status == Status.CRASH and "train.py" in exp.reason, exp.reason

@@ -32,13 +32,13 @@ from typing import IO
 
 import psutil
 
-from autoresearch.agents import namespace, turn_cgroups
+from autoresearch.agents import namespace, places, turn_cgroups
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.evaluator import memory
 from autoresearch.evaluator.cores import AGENT_CPUS_ENV
 from autoresearch.evaluator.tasks import run_tasks
-from autoresearch.files import clear, write_text_atomic
+from autoresearch.files import clear, holds, write_text_atomic
 from autoresearch.orphans import die_with, kill_namespace, marked, write_pid_file
 from autoresearch.workspace.workspace import MAX_TRAIN_PY_BYTES, as_read
 
@@ -333,6 +333,12 @@ def checked_source(
 ) -> str:
     """train.py as the agent left it, if it changed and still compiles; else a ProposalError that ends with
     `output` (the end of what the agent printed) and carries `usage` (what the attempt cost)."""
+    if train_py.is_symlink() and not _within_reach(train_py):
+        raise ProposalError(
+            f"{who} left train.py a link to {os.readlink(train_py)!r}, outside the workspace and the folders it may "
+            "write: not read (write train.py itself)",
+            usage=usage,
+        )
     if not train_py.is_file():  # a directory, a FIFO (reading would wait forever), a link to /dev/zero: no file
         what = "left train.py not a file" if os.path.lexists(train_py) else "deleted train.py"
         raise ProposalError(f"{who} {what}; the end of its output:\n{output}", usage=usage)
@@ -362,6 +368,19 @@ def checked_source(
     except ValueError as err:  # Python 3.10's word for a NUL byte
         raise ProposalError(f"{who} left train.py invalid: {err}", usage=usage) from None
     return source
+
+
+def _within_reach(link: Path) -> bool:
+    """Whether the file the link `link` (train.py) leads to lies in the workspace or a folder the agent may write
+    (AUTORESEARCH_AGENT_WRITABLE). The loop reads it outside the agent's namespace: a link to a file hidden from the
+    agent (the prepared data, the corpus it was cut from, the hub caches, Ray's token) had the loop read that file for
+    it, and its first line that is no Python came back in the row's reason (red team, helper 150)."""
+    target = link.resolve()
+    try:
+        writable = places.agent_writable(os.environ)
+    except ValueError:  # refused at the preflight: nothing of it is the agent's
+        writable = []
+    return any(holds(folder.resolve(), target) for folder in (link.parent, *writable))
 
 
 def _description(stdout: str) -> str:
