@@ -54,6 +54,7 @@ def test_a_persons_train_py_edited_beside_a_confined_run_stays_in_the_quarantine
             if lr == 0.2:  # the person begins the next idea in train.py while the loop trains this one, and notes it
                 spec.source.write_text(with_constants(spec.source.read_text(), LR=0.25) + "# mine\n")
                 (workspace.root / "notes.md").write_text("try LR 0.25 next\n")
+                program.write_text(program.read_text() + "\nthe schedule next\n")
             elif lr == 0.3:  # a later step sets something else aside: here program.md, as well a turn's litter
                 program.write_text(program.read_text() + "\nfocus on the schedule\n")
             return replace(outcome, result=replace(outcome.result, confined=True)) if outcome.result else outcome
@@ -70,6 +71,9 @@ def test_a_persons_train_py_edited_beside_a_confined_run_stays_in_the_quarantine
     assert constant(kept[0].read_text(), "LR") == 0.25
     assert (kept[0].parent / "notes.md").read_text() == "try LR 0.25 next\n"
     assert kept[0].parent.name.endswith(quarantine.ALL_YOURS) and kept[0].parent.name in said[0]
+    (program_said,) = [e for e in events if "program.md changed while experiment 2" in e]
+    assert kept[0].parent.name in program_said  # named as it is, not as it was before it became all yours
+    assert (kept[0].parent / "program.md").read_text().endswith("the schedule next\n")
 
 
 FORGED = "# autoresearch report\n\nbest val_bpb 0.612 (-40 %), kept: exp 2 (the agent's)\n"

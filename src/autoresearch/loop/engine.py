@@ -300,6 +300,7 @@ class ResearchLoop(Asking, Comparison, Recovery):
             exp.attempts -= 1
             self.ledger.update(exp.id, attempts=exp.attempts)
             raise
+        outcome: Outcome | None = None
         try:
             # The bytes recorded are the bytes trained: train.py is read here, once, not by the executor from the
             # file, which an agent driving the loop (`try`, outside any turn) could swap meanwhile and put back.
@@ -313,7 +314,8 @@ class ResearchLoop(Asking, Comparison, Recovery):
                 self.reporter.message(f"the fork server failed ({failure}); runs now start as new processes, slower")
         finally:
             try:
-                verdict = self._verified(watch, f"experiment {exp.id}")
+                confined = outcome is not None and outcome.result is not None and outcome.result.confined
+                verdict = self._verified(watch, f"experiment {exp.id}", beside=confined)
                 why = verdict.reason()
             finally:
                 exp.attempts -= 1
@@ -323,7 +325,6 @@ class ResearchLoop(Asking, Comparison, Recovery):
         outcome = self.comparable(outcome, spec.run_dir)
         if why and _edited_beside(verdict, outcome):  # the person's edit (`try` in the background): not the run's
             why = None
-            watch.persons(verdict)  # kept, as the message below says, however the quarantine is emptied later
             if verdict.changed in ([f"changed {TRAIN_PY}"], [f"deleted {TRAIN_PY}"]):
                 what, advice = "train.py was edited", "edit train.py between experiments"
             else:
@@ -362,12 +363,16 @@ class ResearchLoop(Asking, Comparison, Recovery):
                 environment=None if run else self.environment,
             )
 
-    def _verified(self, watch: Watch | None, who: str) -> Verdict:
+    def _verified(self, watch: Watch | None, who: str, beside: bool = False) -> Verdict:
         """Put back what `who` changed; the verdict's reason() says why it is not believed, if it is not. No
-        `watch`: an agent without a shell, which changes nothing."""
+        `watch`: an agent without a shell, which changes nothing. `beside`: `who` is a run that trained confined, so
+        what changed is a person's (`_edited_beside`): kept whole in the quarantine (Watch.persons), before any
+        message names its folder."""
         if watch is None:
             return Verdict()
         verdict = watch.check()
+        if beside and verdict.changed:
+            watch.persons(verdict)  # the messages below and the run's name where it lies
         if verdict.pruned:
             self.reporter.message(
                 f"the quarantine keeps at most {quarantine.limit_bytes() / 1e9:g} GB ({quarantine.LIMIT_ENV}): "
