@@ -335,8 +335,9 @@ def checked_source(
     `output` (the end of what the agent printed) and carries `usage` (what the attempt cost)."""
     if train_py.is_symlink() and not _within_reach(train_py):
         raise ProposalError(
-            f"{who} left train.py a link to {os.readlink(train_py)!r}, outside the workspace and the folders it may "
-            "write: not read (write train.py itself)",
+            f"{who} left train.py a link to {os.readlink(train_py)!r}, which leads to no file of the workspace or the "
+            "folders it may write that it is shown (out of them, hidden from it, a loop of links): not read (write "
+            "train.py itself)",
             usage=usage,
         )
     if not train_py.is_file():  # a directory, a FIFO (reading would wait forever), a link to /dev/zero: no file
@@ -374,12 +375,18 @@ def _within_reach(link: Path) -> bool:
     """Whether the file the link `link` (train.py) leads to lies in the workspace or a folder the agent may write
     (AUTORESEARCH_AGENT_WRITABLE). The loop reads it outside the agent's namespace: a link to a file hidden from the
     agent (the prepared data, the corpus it was cut from, the hub caches, Ray's token) had the loop read that file for
-    it, and its first line that is no Python came back in the row's reason (red team, helper 150)."""
-    target = link.resolve()
+    it, and its first line that is no Python came back in the row's reason (red team, helper 150). Nor where it lies
+    in a place hidden within them (a hub cache in the workspace: red team, helper 151)."""
+    try:
+        target = link.resolve()
+    except (OSError, RuntimeError):  # a loop of links (Python 3.11 and 3.12: RuntimeError), which stopped the loop
+        return False
     try:
         writable = places.agent_writable(os.environ)
     except ValueError:  # refused at the preflight: nothing of it is the agent's
         writable = []
+    if any(holds(place.resolve(), target) for place in places.hidden_places(link.parent, os.environ)):
+        return False
     return any(holds(folder.resolve(), target) for folder in (link.parent, *writable))
 
 

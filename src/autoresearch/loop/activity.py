@@ -121,8 +121,9 @@ def busy_seconds(spans: Iterable[Span], start: float, end: float, now: float | N
 
 
 def in_order(worker: str) -> list:
-    """A worker's label as workers are listed: its numbers as numbers (`cpu 9` before `cpu 10`)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", worker)]
+    """A worker's label as workers are listed: its numbers as numbers (`cpu 9` before `cpu 10`). Decimal digits alone
+    (a regex's digits): `isdigit` took a label's `²` for a number, which int() refuses (a label written by hand)."""
+    return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", worker)]
 
 
 def busy_by_worker(
@@ -228,10 +229,13 @@ def read_session(state: Path) -> Session | None:
 
 
 def _running(session: Session) -> bool:
-    """Whether the loop that wrote `session` still runs."""
+    """Whether the loop that wrote `session` still runs (no pid of a loop's, 0, -1 or past the kernel's, written by
+    hand: no loop; os.kill(0 or -1) asked of this process's group, or of every process)."""
+    if session.pid <= 0:
+        return False
     try:
         os.kill(session.pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:  # alive, another user's
         pass
@@ -245,7 +249,7 @@ def _recorded(state: Path) -> Session | None:
         workers, submissions = [str(w) for w in data["workers"]], data.get("submissions", True) is not False
         asking = data.get("asking", True) is not False
         return Session(int(data["pid"]), float(data["started"]), workers, submissions, asking, _placement(data))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):  # a pid of 1e999, a start of 10**400: by hand
         return None
 
 
@@ -293,8 +297,8 @@ def periods(state: Path, experiments: list[Experiment], now: float | None = None
             data = json.loads(line)
             ended = None if data["ended"] is None else float(data["ended"])
             found.append((float(data["started"]), ended, tuple(str(w) for w in data["workers"]), _placement(data)))
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by a full disk, or not the loop's
+        except (ValueError, KeyError, TypeError, OverflowError):
+            continue  # a line cut short by a full disk, or not the loop's (a start of 10**400)
     if (last := _recorded(state)) is not None:  # running now, or killed and not yet in the history
         ended = (time.time() if now is None else now) if _running(last) else None
         found.append((last.started, ended, tuple(last.workers), last.placement))

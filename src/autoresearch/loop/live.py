@@ -187,7 +187,7 @@ class LiveReporter:
                 Text(f"best val_bpb {self.best.val_bpb:.6f} (exp {self.best.id})"),
                 Text(clip(self.best.description, 80)),
             )
-        head.add_row(Text(", ".join(f"{n} {s}" for s, n in self.counts.items())), "")
+        head.add_row(Text(", ".join(f"{n} {s}" for s, n in self.counts.items())), Text(""))
         recent = Table(show_header=False, box=None, padding=(0, 1))
         for e in self.recent:
             bpb = f"{e.val_bpb:.6f}" if e.val_bpb is not None else "-"
@@ -195,13 +195,14 @@ class LiveReporter:
             recent.add_row(
                 Text(f"{mark}{e.id}"),
                 Text(e.status, style=STYLES.get(e.status, "")),
-                bpb,
+                Text(bpb),
                 Text(clip(e.description, 70)),
             )
         if not self.workers:
             return Group(head, recent)
+        _one_line(head, recent)
         rows = self.console.size.height - head.row_count - recent.row_count - 1  # the line the cursor is on
-        return Group(head, self._workers(now, rows), recent)
+        return Group(head, _one_line(self._workers(now, rows)), recent)
 
     def _workers(self, now: float, rows: int) -> Table:
         """A line per worker: its run against the budget, what it tries, its busy fraction and its rate; in `rows`
@@ -228,6 +229,18 @@ class LiveReporter:
                 Text(f"{len(self.workers)} workers"), Text(f"busy {overall(busy):.0%}, {total:.1f} experiments/h")
             )
         return table
+
+
+def _one_line(*tables: Table) -> Table:
+    """Each row of `tables` on one line, cut with an ellipsis where it is wider than the terminal: the rows the
+    workers' table is given are counted as lines (a terminal of 80 columns wrapped each worker's line in three, and
+    64 workers' view filled 75 lines of its 30, the totals and the verdicts cut: red team, helper 151). The first."""
+    for table in tables:
+        for column in table.columns:  # each cell cut, not its column: the widest columns give way first
+            for cell in column.cells:
+                if isinstance(cell, Text):  # (every cell of these tables)
+                    cell.no_wrap, cell.overflow = True, "ellipsis"
+    return tables[0]
 
 
 def _signature(path: Path | None) -> tuple[int, int] | None:

@@ -6,8 +6,8 @@ step the folders together are held to $AUTORESEARCH_QUARANTINE_GB (`prune`): the
 filled. A folder that holds a person's edit (program.md or a prompt edited during a run, put back: the loop said it
 kept the edit there) is named so (`YOURS`), and of it the person's text stays. One that holds what changed in the
 workspace beside a confined run, which cannot reach it (a person's train.py, a file of theirs, their `git stash`: the
-loop said it kept it there), is all theirs (`ALL_YOURS`): it stays whole. Neither a run nor a turn can name a folder
-there.
+loop said it kept it there), is all theirs (`ALL_YOURS`): it stays whole, outside the bound. Neither a run nor a
+turn can name a folder there.
 """
 
 from __future__ import annotations
@@ -69,8 +69,11 @@ def fresh_folder(parent: Path, prefix: str) -> Path:
 
 def prune(parent: Path, newest: Path, limit: int) -> list[str]:
     """Empty the oldest step folders in `parent` but `newest` until all of them use at most `limit` bytes of disk,
-    keeping a person's text (`_empty`); the names of the folders emptied."""
-    sizes = {p: _used(p) for p in sorted(_folders(parent))}
+    keeping a person's text (`_empty`); the names of the folders emptied. One all a person's (ALL_YOURS) is not
+    counted, as their files in the workspace are not: it stays whole, and counted, a person's gigabytes made while a
+    confined run trained (a venv, a checkpoint) had every later step empty every other folder at once, and walked
+    all their files again (red team, helper 151)."""
+    sizes = {p: _used(p) for p in sorted(_folders(parent)) if not p.name.endswith(ALL_YOURS)}
     used = sum(sizes.values())
     emptied = []
     for folder, before in sizes.items():
