@@ -22,6 +22,10 @@ its fix.
   quarantine's bound: a person's gigabytes made beside a confined run (a venv, a checkpoint in the workspace while
   `try` trained) had every later step empty every other folder at once (the evidence of what each turn left), and
   walk all the person's files again. It is not counted now, as their files in the workspace are not.
+- BROKE: a coding agent's last message with half an emoji (Claude Code's JSON, `\\ud83d`: a JavaScript string cut
+  within a surrogate pair; or any agent that means it) is quoted in the row's reason when its turn is rejected (train.py
+  unchanged, an exit status), and SQLite cannot encode a lone surrogate: UnicodeEncodeError, and the loop stopped
+  with a traceback, for an honest agent as for a hostile one. What an agent said is quoted with a `?` for it now.
 """
 
 from __future__ import annotations
@@ -153,3 +157,27 @@ def test_a_persons_folder_past_the_quarantines_bound_does_not_have_every_other_e
     newest = folder("20261207-030000-ccc", 8_000)
     assert quarantine.prune(tmp_path, newest, 100_000) == []
     assert (litter / "file").is_file()
+
+
+@pytest.mark.slow  # seconds: a coding agent's turn with a shell
+def test_a_coding_agents_message_of_half_an_emoji_is_recorded_and_the_loop_goes_on(workspace, tmp_path, monkeypatch):
+    """BROKE: the reason quoted the agent's message, `\\ud83d` decoded from its JSON to a lone surrogate, which SQLite
+    cannot encode: UnicodeEncodeError out of the ledger's write, and the loop stopped."""
+    import json
+    import os
+
+    from agent_support import turn_through_the_loop
+
+    from autoresearch.agents.coding_agent import CodingAgent
+    from autoresearch.agents.recipes import recipe
+
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    # Half of 🚀: a JavaScript string cut in the middle of a pair, which JSON.stringify writes as `\ud83d`
+    report = {"type": "result", "is_error": False, "result": "I tried a warmup \ud83d", "total_cost_usd": 0}
+    (folder / "claude").write_text(f"#!/bin/sh\ncat >/dev/null\necho '{json.dumps(report)}'\n")
+    (folder / "claude").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    exp, _ = turn_through_the_loop(workspace, CodingAgent(recipe("claude-code"), timeout_s=60))
+    assert exp.status == Status.CRASH and "I tried a warmup" in exp.reason, exp.reason

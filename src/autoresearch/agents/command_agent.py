@@ -406,5 +406,8 @@ def output_tail(stdout: str, stderr: str) -> str:
 
 
 def tail(text: str, limit: int) -> str:
-    text = text.strip()
+    """The end of what an agent said, as a reason quotes it: half an emoji that its JSON escaped (`\\ud83d`, a
+    JavaScript string cut within a pair) is a `?`, which the ledger and the terminal can write (red team, helper 151:
+    the reason's UnicodeEncodeError stopped the loop)."""
+    text = text.strip().encode("utf-8", "replace").decode()
     return text[-limit:] if text else "(empty)"
