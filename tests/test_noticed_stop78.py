@@ -171,7 +171,7 @@ def test_an_error_of_the_system_is_a_message_not_a_traceback(workspace, capsys, 
     assert "the system refused it (EIO); nothing the loop recorded is lost" in err
 
 
-def test_submits_note_is_not_said_for_the_options_the_loop_already_has_in_other_words():
+def test_submits_note_is_not_said_for_the_options_the_loop_already_has_in_other_words(monkeypatch):
     """`submit --gpus 0,1` to a loop of `--gpus all` on GPUs 0 and 1 (or of `--gpus 1,0`), and `--timeout 1000000` to
     one recorded as `1e+06` by an older version: the note said the loop kept options other than those given, and
     told to stop it and start it again with the same."""
@@ -181,6 +181,7 @@ def test_submits_note_is_not_said_for_the_options_the_loop_already_has_in_other_
     def loop(*placement: str, workers=("gpu 0", "gpu 1")) -> Session:
         return Session(pid=1234, started=0.0, workers=list(workers), placement=placement)
 
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # the machine's GPUs, which `--gpus all` given now names
     assert not_taken(["--gpus", "0,1"], loop("--gpus", "all")) is None
     assert not_taken(["--gpus", "all"], loop("--gpus", "1,0")) is None
     assert not_taken(["--timeout", "1000000"], loop("--gpus", "all", "--timeout", "1e+06")) is None

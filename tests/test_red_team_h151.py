@@ -26,6 +26,9 @@ its fix.
   within a surrogate pair; or any agent that means it) is quoted in the row's reason when its turn is rejected (train.py
   unchanged, an exit status), and SQLite cannot encode a lone surrogate: UnicodeEncodeError, and the loop stopped
   with a traceback, for an honest agent as for a hostile one. What an agent said is quoted with a `?` for it now.
+- BROKE: `submit --gpus all` to a loop running on GPUs 0 and 1 of a machine of four was taken as the loop's own
+  options (`_same` read `all` given as the loop's GPUs): no note, and the submission trained on two GPUs of the four
+  asked. `all` given is the machine's GPUs now (as `--gpus all` starts a loop on); the loop's `all`, its workers'.
 """
 
 from __future__ import annotations
@@ -181,3 +184,17 @@ def test_a_coding_agents_message_of_half_an_emoji_is_recorded_and_the_loop_goes_
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
     exp, _ = turn_through_the_loop(workspace, CodingAgent(recipe("claude-code"), timeout_s=60))
     assert exp.status == Status.CRASH and "I tried a warmup" in exp.reason, exp.reason
+
+
+def test_submit_with_gpus_all_to_a_loop_on_some_of_them_is_told_it_was_not_taken(monkeypatch):
+    """BROKE: `--gpus all` given was read as the running loop's GPUs, so on a machine of four a loop of `--gpus 0,1`
+    took it as its own: no note, and the submission trained on two."""
+    from autoresearch.cli.commands import not_taken
+    from autoresearch.loop.activity import Session
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    running = Session(pid=1234, started=0.0, workers=["gpu 0", "gpu 1"], placement=("--gpus", "0,1"))
+    note = not_taken(["--gpus", "all"], running)
+    assert note is not None and "not --gpus all," in note, note
+    everything = Session(pid=1234, started=0.0, workers=[f"gpu {n}" for n in range(4)], placement=("--gpus", "0,1,2,3"))
+    assert not_taken(["--gpus", "all"], everything) is None

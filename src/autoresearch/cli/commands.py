@@ -430,9 +430,11 @@ def _same(option: str, yours: str, theirs: str | None, gpus: list[str]) -> bool:
     `1e+06` (by an older version), are."""
     if theirs is None or yours == theirs:
         return yours == theirs
-    if option == "--gpus":
-        ids = [set(gpus) if value == "all" else set(value.split(",")) for value in (yours, theirs)]
-        return ids[0] == ids[1]
+    if option == "--gpus":  # `all`: given now, the machine's GPUs (a loop of 0,1 on four is not `all`: red team)
+        from autoresearch.loop.workers import visible_gpus
+
+        given = set(visible_gpus()) if yours == "all" else set(yours.split(","))
+        return given == (set(gpus) if theirs == "all" else set(theirs.split(",")))
     if option == "--timeout":
         with contextlib.suppress(ValueError):
             return float(yours) == float(theirs)
