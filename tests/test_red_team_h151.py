@@ -14,7 +14,8 @@ its fix.
   no loop would start until the file was found. A pid of 0 or -1 was a loop running for ever (os.kill asks of the
   group, or of every process). Such a record is no loop now.
 - BROKE: `in_order` took a label's `²` for a number (`isdigit`), and int() refused it: `status` and `report` stopped
-  on a worker labelled `cpu 1²` (a ledger written by hand). Decimal digits alone are numbers now.
+  on a worker labelled `cpu 1²` (a ledger written by hand), or one of 5,000 digits (int()'s limit of 4,300). Decimal
+  digits alone are numbers now, and their first 18.
 - BROKE: the live view of many workers fits the terminal's height only where each worker's line fits its width: at 80
   columns (a terminal's default) each wrapped in two or three, and 64 workers' view took 75 lines of 30, the totals
   and the verdicts cut off again. Each line is cut with an ellipsis now.
@@ -88,11 +89,11 @@ def test_a_session_record_of_numbers_out_of_range_is_no_loop(tmp_path, record):
 
 
 def test_workers_labelled_with_digits_that_are_no_decimal_ones_are_listed():
-    """BROKE: int('²') raised out of in_order, so out of `status` and `report`."""
+    """BROKE: int('²') raised out of in_order, so out of `status` and `report`; so did int() of 5,000 digits."""
     from autoresearch.loop.activity import rated
     from autoresearch.loop.experiment import Experiment
 
-    labels = ["cpu 1²", "cpu ①", "²", "cpu 10", "cpu ٢"]  # '²'.isdigit(), and int('²') a ValueError
+    labels = ["cpu 1²", "cpu ①", "²", "cpu 10", "cpu ٢", "ray " + "9" * 5000]  # '²'.isdigit(); int('²') refused
     done = [
         Experiment(
             id=n,
@@ -107,7 +108,14 @@ def test_workers_labelled_with_digits_that_are_no_decimal_ones_are_listed():
         )
         for n, label in enumerate(labels, start=1)
     ]
-    assert rated(done).workers == ["cpu 1²", "cpu ٢", "cpu 10", "cpu ①", "²"]  # ٢: an Arabic-Indic 2, a decimal digit
+    assert rated(done).workers == [
+        "cpu 1²",
+        "cpu ٢",
+        "cpu 10",
+        "cpu ①",
+        "ray " + "9" * 5000,
+        "²",
+    ]  # ٢: an Arabic-Indic 2, a decimal digit
 
 
 @pytest.mark.slow  # seconds: an agent's turn with a shell

@@ -122,8 +122,9 @@ def busy_seconds(spans: Iterable[Span], start: float, end: float, now: float | N
 
 def in_order(worker: str) -> list:
     """A worker's label as workers are listed: its numbers as numbers (`cpu 9` before `cpu 10`). Decimal digits alone
-    (a regex's digits): `isdigit` took a label's `²` for a number, which int() refuses (a label written by hand)."""
-    return [int(part) if part.isdecimal() else part for part in re.split(r"(\d+)", worker)]
+    (a regex's digits), and their first 18: `isdigit` took a label's `²` for a number, and int() refuses it, and
+    5,000 digits (labels written by hand)."""
+    return [int(part[:18]) if part.isdecimal() else part for part in re.split(r"(\d+)", worker)]
 
 
 def busy_by_worker(
