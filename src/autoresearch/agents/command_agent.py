@@ -385,7 +385,11 @@ def _within_reach(link: Path) -> bool:
         writable = places.agent_writable(os.environ)
     except ValueError:  # refused at the preflight: nothing of it is the agent's
         writable = []
-    if any(holds(place.resolve(), target) for place in places.hidden_places(link.parent, os.environ)):
+    try:
+        hidden = [place.resolve() for place in places.hidden_places(link.parent, os.environ)]
+    except (OSError, RuntimeError, ValueError):  # not known: not followed
+        return False
+    if any(holds(place, target) for place in hidden):
         return False
     return any(holds(folder.resolve(), target) for folder in (link.parent, *writable))
 
