@@ -23,6 +23,9 @@ from autoresearch.files import absolute_entries
 from autoresearch.visible import visible
 
 _NOT_ALLOWED = {errno.EROFS, errno.EACCES, errno.EPERM}  # what a file system or its owner refuses
+# What the system ran short of or failed at, where the loop asked nothing wrong of it
+_SYSTEMS = {errno.ENOMEM, errno.EIO, errno.ENFILE, errno.EMFILE, errno.ENOSPC, errno.EDQUOT, errno.ESTALE, errno.EFBIG,
+            errno.ENODEV, errno.ENXIO, errno.ENOLCK}  # fmt: skip
 
 
 class Terminated(KeyboardInterrupt):
@@ -178,10 +181,12 @@ def _main(args: argparse.Namespace, console: Console) -> int:
         if exc.errno == errno.EAGAIN:
             return _error(console, _no_task(exc))
         what = f"{exc.strerror}: {exc.filename}" if exc.filename and exc.strerror else str(exc)
-        if exc.errno not in _NOT_ALLOWED:  # the system's (out of memory, an I/O error): a message, not a traceback
-            name = errno.errorcode.get(exc.errno or 0, "an error")
+        if exc.errno in _SYSTEMS:  # out of memory, an I/O error: a message, not a traceback
+            name = errno.errorcode[exc.errno]
             hint = f"the system refused it ({name}); nothing the loop recorded is lost: once that is dealt with, give "
             return _error(console, AutoresearchError(what, hint=hint + "the command again"))
+        if exc.errno not in _NOT_ALLOWED:  # another: a bug of ours, whose traceback is what to report
+            raise
         # a read-only mount, another user's file: the person's to fix, so a message and no traceback
         error = AutoresearchError(
             what,

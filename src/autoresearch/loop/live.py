@@ -234,7 +234,8 @@ class LiveReporter:
 def _one_line(*tables: Table) -> Table:
     """Each row of `tables` on one line, cut with an ellipsis where it is wider than the terminal: the rows the
     workers' table is given are counted as lines (a terminal of 80 columns wrapped each worker's line in three, and
-    64 workers' view filled 75 lines of its 30, the totals and the verdicts cut: red team, helper 151). The first."""
+    64 workers' view filled 75 lines of its 30, the totals and the verdicts cut: red team, helper 151); returns the
+    first."""
     for table in tables:
         for column in table.columns:  # each cell cut, not its column: the widest columns give way first
             for cell in column.cells:
