@@ -52,7 +52,7 @@ def test_a_loop_of_other_baseline_seeds_is_resumed_with_them(tmp_path):
         activity.run_command(tmp_path, "--agent queue")
         == "`autoresearch run --agent queue --workers 2 --baseline-runs 5`"
     )
-    for seeds in ("0", "5;x", "99999"):  # a record written by hand: the workers' labels are named instead
+    for seeds in ("0", "1", "9", "5;x", "99999"):  # `run` takes 2 to 8  # a record written by hand: the workers' labels are named instead
         activity.start_session(tmp_path, ["cpu 0"], time.time(), placement=["--baseline-runs", seeds])
         activity.end_session(tmp_path)
         assert activity.run_command(tmp_path) == "`autoresearch run --workers 1`"

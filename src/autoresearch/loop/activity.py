@@ -34,6 +34,7 @@ from pathlib import Path
 
 from autoresearch.files import read_regular, write_text_atomic
 from autoresearch.loop.experiment import Experiment
+from autoresearch.loop.settings import BASELINE_SEEDS_MAX
 from autoresearch.vocabulary import IN_FLIGHT
 
 SESSION_NAME = "loop.json"  # under .autoresearch/: the running loop's workers and when it started
@@ -339,8 +340,12 @@ _WORKER = re.compile(r"gpu (\d{1,4}|(GPU|MIG)-[0-9A-Za-z/-]{1,80})|(cpu|ray) \d{
 _PLACEMENT = {"--gpus", "--workers", "--timeout", "--accelerator", "--ray", "--baseline-runs"}
 _PLACED = re.compile(r"[A-Za-z0-9][A-Za-z0-9.,:/_\[\]+-]{0,199}")  # `+`: a timeout of 1e+20
 # Counts, and seconds as Python writes a float (the others' values: `_PLACED`)
-_COUNT = re.compile(r"[1-9]\d{0,3}")
-_VALUES = {"--workers": _COUNT, "--baseline-runs": _COUNT, "--timeout": re.compile(r"\d[\d.e+-]{0,30}")}
+_SEEDS = re.compile(f"[2-{BASELINE_SEEDS_MAX}]")  # what `run` takes (cli/commands.py: check_baseline_runs)
+_VALUES = {
+    "--workers": re.compile(r"[1-9]\d{0,3}"),
+    "--baseline-runs": _SEEDS,
+    "--timeout": re.compile(r"\d[\d.e+-]{0,30}"),
+}
 
 
 def resume_options(state: Path) -> str | None:
