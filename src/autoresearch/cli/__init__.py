@@ -162,7 +162,7 @@ def _main(args: argparse.Namespace, console: Console) -> int:
             for note in lost:
                 console.print(f"[yellow]not recovered:[/] {escape(note)}", highlight=False, soft_wrap=True)
     except AutoresearchError as exc:
-        return _error(console, exc)
+        return _error(console, _where_to_run(exc, args))
     except KeyboardInterrupt as exc:
         return _interrupted(console, exc, args)
     except RuntimeError as exc:
@@ -243,6 +243,25 @@ def _readable_rows(root: Path) -> int:
         return 0
     finally:
         ledger.close()
+
+
+def _where_to_run(exc: AutoresearchError, args: argparse.Namespace) -> AutoresearchError:
+    """`exc`, saying where the commands its text names run, where `--workspace` named a workspace other than the
+    folder you are in: pasted here, `autoresearch show 8` finds no workspace, and `git checkout train.py` no
+    repository, or another of yours (a user's walk)."""
+    given = getattr(args, "workspace", None)
+    if given is None or not any(f"`{word} " in str(exc) for word in ("autoresearch", "git")):
+        return exc
+    from autoresearch.workspace.workspace import named_path
+
+    try:
+        if not (given / "autoresearch.json").is_file() or os.path.samefile(given, "."):
+            return exc
+    except OSError:
+        return exc
+    where = f"`cd {shlex.quote(str(named_path(given)))}` first"
+    hint = f"{exc.hint}; these commands run in the workspace: {where}" if exc.hint else None
+    return AutoresearchError(Exception.__str__(exc), hint or f"the commands above run in the workspace: {where}")
 
 
 def _error(console: Console, exc: AutoresearchError) -> int:

@@ -128,10 +128,13 @@ class Asking:
 
     def failure_pause(self, agent: Agent, most: float = math.inf) -> float:
         """How long to wait before asking `agent` again after its latest failures in a row (0: at once), `most` at
-        most. A proposal that was made but rejected (a repeat, another file edited) is no failure: the agent works."""
+        most. A proposal that was made but rejected (a repeat, another file edited) is no failure: the agent works.
+        Another agent's failures before it are not its own (an aider whose server was down, then `--agent openai`)."""
         failures = 0
         for e in reversed(self.ledger.all()):
             if e.kind != Kind.PROPOSAL or e.status != Status.CRASH or e.description != NO_PROPOSAL:
+                break
+            if e.agent != agent.name:  # the failures of the agent before it
                 break
             failures += 1
         if wait := min(backoff(failures), most):
