@@ -8,6 +8,9 @@
    its first ask once (a 500) and said "openai failed 5 times in a row; waiting 240s": the streak of failures that
    backs the loop off counted another agent's, named this one for them, and waited 4 minutes before its second ask.
    It counts this agent's failures only.
+3. Meanwhile `status` said "running: the agent is preparing the next experiment" for those 4 minutes (up to 15 at
+   night, between asks of an API that is down): the loop was sleeping, which only its own output said. `status`
+   now says it waits, how long still, and why (the failures in a row, the last one's reason).
 """
 
 from __future__ import annotations
@@ -56,3 +59,20 @@ def test_the_pause_after_failures_in_a_row_counts_only_this_agents_failures(work
     loop.ask(ScriptedAgent([], name="openai"), wait=False)
     assert loop.failure_pause(ScriptedAgent([], name="openai")) == 30
     assert said == ["openai failed 2 times in a row; waiting 30s"]
+
+
+def test_status_during_the_pause_after_failed_asks_says_the_loop_waits_and_why(workspace, monkeypatch):
+    from autoresearch.loop import status
+
+    loop = make_loop(workspace, FakeExecutor(score), baseline_runs=2)
+    loop.baseline()
+    loop.reporter.message = lambda text: None
+    for _ in range(3):
+        loop.ask(ScriptedAgent([], name="openai"), wait=False)
+    monkeypatch.setattr(type(workspace), "is_locked", lambda self: True)  # the loop runs: it sleeps in its pause
+    said = status.status_text(workspace).splitlines()[-1]
+    assert said.startswith("running: waiting 6") and "s before asking openai again" in said, said
+    assert "it failed 3 times in a row; the last (exp 4): script exhausted" in said
+    last = loop.ledger.all()[-1]
+    monkeypatch.setattr(status.time, "time", lambda: last.finished_at + 61)  # the pause is over: it asks again
+    assert status.status_text(workspace).splitlines()[-1] == "running: the agent is preparing the next experiment"

@@ -128,15 +128,8 @@ class Asking:
 
     def failure_pause(self, agent: Agent, most: float = math.inf) -> float:
         """How long to wait before asking `agent` again after its latest failures in a row (0: at once), `most` at
-        most. A proposal that was made but rejected (a repeat, another file edited) is no failure: the agent works.
-        Another agent's failures before it are not its own (an aider whose server was down, then `--agent openai`)."""
-        failures = 0
-        for e in reversed(self.ledger.all()):
-            if e.kind != Kind.PROPOSAL or e.status != Status.CRASH or e.description != NO_PROPOSAL:
-                break
-            if e.agent != agent.name:  # the failures of the agent before it
-                break
-            failures += 1
+        most (`failures_in_a_row`)."""
+        failures = failures_in_a_row(self.ledger.all(), agent.name)
         if wait := min(backoff(failures), most):
             self.reporter.message(f"{agent.name} failed {failures} times in a row; waiting {wait:.0f}s")
         return wait
@@ -197,6 +190,18 @@ def duplicate(rows: list[Experiment], source: str, base: str, besides: int | Non
         if e.parent == base and e.status != Status.CRASH:
             return f"the same train.py as exp {e.id}, already measured on this best ({e.status}, {e.reason})"
     return None
+
+
+def failures_in_a_row(rows: list[Experiment], agent: str) -> int:
+    """How many of the last `rows` are asks of `agent` that gave no proposal. A proposal that was made but rejected (a
+    repeat, another file edited) is no failure: the agent works. Another agent's failures before it are not its own
+    (an aider whose server was down, then `--agent openai`)."""
+    failures = 0
+    for e in reversed(rows):
+        if e.kind != Kind.PROPOSAL or e.status != Status.CRASH or e.description != NO_PROPOSAL or e.agent != agent:
+            break
+        failures += 1
+    return failures
 
 
 def backoff(failures: int) -> float:

@@ -18,9 +18,11 @@ from pathlib import Path
 
 from autoresearch.evaluator import result
 from autoresearch.loop import activity
+from autoresearch.loop.asking import backoff, failures_in_a_row
 from autoresearch.loop.experiment import Experiment, best_of
 from autoresearch.loop.judge import described, measured_noise
 from autoresearch.loop.ledger import verified_rows
+from autoresearch.report.summary import clip
 from autoresearch.vocabulary import IN_FLIGHT, Status
 from autoresearch.workspace.workspace import Workspace
 
@@ -207,8 +209,24 @@ def status_text(ws: Workspace) -> str:
     elif locked and session is not None and not session.asking:
         lines.append("running: waiting for a submission (`autoresearch submit`)")
     elif locked:
-        lines.append("running: the agent is preparing the next experiment")
+        lines.append(_between_experiments(experiments, session))
     return "\n".join(lines)
+
+
+def _between_experiments(experiments: list[Experiment], session: activity.Session | None) -> str:
+    """The one-worker loop between experiments: its agent's turn, or the pause after asks of it that failed in a row
+    (an API down: up to 15 min at a time, which only the loop's own output said; `Asking.failure_pause`)."""
+    last = experiments[-1]
+    failures = failures_in_a_row(experiments, last.agent)
+    ended = last.finished_at or 0.0
+    left = ended + backoff(failures) - time.time()
+    if left > 0 and ended >= (session.started if session is not None else 0.0):  # a start asks at once, unpaused
+        why = clip(last.reason.removeprefix("rejected: "), 200)
+        return (
+            f"running: waiting {left:.0f}s before asking {last.agent} again: it failed {failures} times in a row; "
+            f"the last (exp {last.id}): {why}"
+        )
+    return "running: the agent is preparing the next experiment"
 
 
 def workers_text(ws: Workspace, experiments: list[Experiment], session: activity.Session, now: float) -> list[str]:
