@@ -50,7 +50,7 @@ def test_the_pause_after_failures_in_a_row_counts_only_this_agents_failures(work
     loop.baseline()
     said = []
     loop.reporter.message = said.append
-    for _ in range(4):
+    for _ in range(2):
         loop.ask(ScriptedAgent([], name="aider"), wait=False)
     assert loop.failure_pause(ScriptedAgent([], name="aider")) > 0  # its own streak still backs it off
     said.clear()
