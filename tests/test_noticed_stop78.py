@@ -52,7 +52,13 @@ def test_a_loop_of_other_baseline_seeds_is_resumed_with_them(tmp_path):
         activity.run_command(tmp_path, "--agent queue")
         == "`autoresearch run --agent queue --workers 2 --baseline-runs 5`"
     )
-    for seeds in ("0", "1", "9", "5;x", "99999"):  # `run` takes 2 to 8  # a record written by hand: the workers' labels are named instead
+    for seeds in (
+        "0",
+        "1",
+        "9",
+        "5;x",
+        "99999",
+    ):  # `run` takes 2 to 8  # a record written by hand: the workers' labels are named instead
         activity.start_session(tmp_path, ["cpu 0"], time.time(), placement=["--baseline-runs", seeds])
         activity.end_session(tmp_path)
         assert activity.run_command(tmp_path) == "`autoresearch run --workers 1`"
@@ -188,3 +194,24 @@ def test_submits_note_is_not_said_for_the_options_the_loop_already_has_in_other_
     other = not_taken(["--gpus", "0", "--timeout", "600"], loop("--gpus", "all", "--timeout", "1e+06"))
     assert other is not None and "not --gpus 0 --timeout 600," in other
     assert "not --gpus 0,2," in not_taken(["--gpus", "0,2"], loop("--gpus", "all"))
+
+
+def test_the_live_views_head_does_not_show_a_judged_experiment_in_progress():
+    """Helper 149's walk: at the end of `run --max-experiments 1` the frame left on the screen said `exp 4: training
+    run 1  trained 0:05 / 5s budget; evaluating` above exp 4's own verdict, and during a pause after failed asks
+    `exp 13: asking openai for a change` above exp 13's crash."""
+    from rich.console import Console
+
+    from autoresearch.loop.experiment import Experiment
+    from autoresearch.loop.live import LiveReporter
+
+    view = LiveReporter(Console(width=160, record=True), "autoresearch: tune", clock=lambda: 1000.0)
+    view.phase(4, "LR up", "training run 1")
+    view.training(4, 0, 5.0)
+    view.finished(Experiment(id=4, kind="experiment", status="discard", description="LR up", parent="a"), None)
+    console = Console(width=160, record=True)
+    console.print(view._render())
+    assert "exp 4:" not in console.export_text()  # the loop ended, or pauses before its next ask
+    view.phase(5, "", "asking tune for a change")
+    console.print(view._render())
+    assert "exp 5: asking tune for a change" in console.export_text()

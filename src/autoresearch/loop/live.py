@@ -160,6 +160,8 @@ class LiveReporter:
         ]
 
     def finished(self, exp: Experiment, best: Experiment | None) -> None:
+        if self.current[0] == str(exp.id):  # judged: the head no longer shows it in progress (it said "evaluating")
+            self.current, self._run = ("", "", ""), None
         self.best = best
         self.recent.appendleft(exp)
         self.done.append(exp)
