@@ -170,7 +170,11 @@ def test_sigkill_of_the_loop_then_run_again_loses_and_duplicates_nothing(tmp_pat
     assert not list(ws.state.glob("box-*"))  # the experiments' folders of the killed evaluators, and of the last
 
 
-def test_kill_of_the_loop_stops_it_as_ctrl_c_does_and_writes_the_report(tmp_path, tiny_prepared):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["kill PID", "terminal closed"])
+def test_kill_of_the_loop_stops_it_as_ctrl_c_does_and_writes_the_report(tmp_path, tiny_prepared, signum):
+    """`kill PID`, and a hang-up (SIGHUP: the terminal closed, an SSH connection dropped), which ended the loop at once
+    with its report stale and its runs' leftovers in place (helper 149's walk), and of which nothing is printed (the
+    terminal is gone)."""
     ws = make_workspace(tmp_path / "ws", tiny_prepared)
     args = ["run", "--baseline-runs", "2", "--plain"]
     loop = subprocess.Popen(
@@ -180,9 +184,10 @@ def test_kill_of_the_loop_stops_it_as_ctrl_c_does_and_writes_the_report(tmp_path
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (ws.state / "runs" / "1-1" / "pid").exists():  # its second run
         time.sleep(0.2)
-    loop.terminate()  # `kill PID`
+    loop.send_signal(signum)
     _, err = loop.communicate(timeout=60)
-    assert loop.returncode == 128 + signal.SIGTERM and "interrupted" in err and "Traceback" not in err
+    assert loop.returncode == 128 + signum and "Traceback" not in err
+    assert ("interrupted" in err) == (signum == signal.SIGTERM)
     report = (ws.root / "report.md").read_text()  # written on the way out, when no loop runs the baseline any more
     assert "1 experiment in the ledger: 1 interrupted" in report and "interrupted: trained again" in report
     assert "| 1 | interrupted |" in report  # the table says so too (BROKE, fixed: it said running)

@@ -33,7 +33,19 @@ class Terminated(KeyboardInterrupt):
     report, where the default action would end it at once with a stale report.md."""
 
 
+class HungUp(Terminated):
+    """SIGHUP (the terminal closed, an SSH connection dropped), taken as SIGTERM: it ended the loop at once, its report
+    stale and what its runs left there until the next start. What it prints goes nowhere (the terminal is gone: a
+    write would fail, and the loop stop half way)."""
+
+
 def _terminated(signum: int, frame) -> None:
+    if signum == signal.SIGHUP:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (sys.stdout.fileno(), sys.stderr.fileno()):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        raise HungUp
     raise Terminated
 
 
@@ -70,14 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     # One ignored (nohup-like) stays ignored; only the main thread may set a handler (main() called on another
     # thread, as tests and embedders do, leaves signals alone).
-    taken = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    if taken:
-        signal.signal(signal.SIGTERM, _terminated)
+    main_thread = threading.current_thread() is threading.main_thread()
+    taken = [s for s in (signal.SIGTERM, signal.SIGHUP) if main_thread and signal.getsignal(s) == signal.SIG_DFL]
+    for signum in taken:
+        signal.signal(signum, _terminated)
     try:
         return _main(args, Console(stderr=True, emoji=False))  # `:ok:` in a path is no emoji
     finally:
-        if taken:  # main() called in-process leaves the handler as it was
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for signum in taken:  # main() called in-process leaves the handlers as they were
+            signal.signal(signum, signal.SIG_DFL)
 
 
 def typed(program: str, *args: str) -> str:
@@ -214,7 +227,8 @@ def _interrupted(console: Console, exc: KeyboardInterrupt, args: argparse.Namesp
         console.print(f"interrupted: {queue_again(args)} resumes where it stopped", markup=False, soft_wrap=True)
     else:
         console.print("interrupted: run the same command again to resume where it stopped")
-    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    by = signal.SIGHUP if isinstance(exc, HungUp) else signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+    return 128 + by
 
 
 def _readable_rows(root: Path) -> int:
