@@ -355,6 +355,8 @@ def test_claude_code_drives_the_loop_with_autoresearch_try(workspace, fake_anthr
     prompt = "Read program.md and run one experiment: edit train.py, then judge it with `autoresearch try -m`."
     argv = [*offline.launcher, "claude", "-p", "--bare", "--output-format", "json", "--allowedTools", "Read,Edit,Bash"]
     env = ClaudeCode().environment(os.environ, tmp_path / "claude")  # the recipe's switches: no telemetry ...
+    (temporary := tmp_path / "tmp").mkdir()
+    env["TMPDIR"] = str(temporary)  # where its Bash tool keeps what a command printed (else /tmp/claude-<uid>/)
     done = subprocess.run(argv, cwd=workspace.root, input=prompt, env=env, capture_output=True, text=True, timeout=300)
     offline.close()
     assert done.returncode == 0, done.stdout + done.stderr
