@@ -575,7 +575,7 @@ def test_several_workers_killed_between_the_agents_turn_and_its_row_put_the_prop
     )
     events = []
     make_loop(workspace, FakeExecutor(score), events=events).run(ScriptedAgent([]), max_experiments=0)
-    assert any("put back train.py (its unfinished edit)" in e for e in events)
+    assert any("put back train.py (its unfinished edit, or yours since)" in e for e in events)
     assert constant(quarantined(workspace, "train.py")[0].read_text(), "LR") == 0.2
     assert len(make_loop(workspace, FakeExecutor(score)).ledger.all()) == 1 and workspace.git.status() == {}
 

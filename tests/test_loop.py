@@ -736,8 +736,16 @@ def test_a_loop_killed_between_the_agents_turn_and_its_row_goes_on_at_the_next_s
     events = []
     loop = make_loop(workspace, FakeExecutor(score), events=events)
     loop.run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
-    assert any("put back train.py (its unfinished edit)" in e for e in events)
+    assert any("put back train.py (its unfinished edit, or yours since)" in e for e in events)
     assert [(e.id, constant(e.source, "LR")) for e in Ledger(workspace.root).all()] == [(1, 0.05), (2, 0.3)]
+    # It may be yours, edited after the kill: however the quarantine is emptied, it stays (red team, helper 150)
+    from autoresearch.workspace import quarantine
+
+    parent = workspace.state / quarantine.FOLDER
+    kept = [f for f in parent.iterdir() if f.name.endswith(quarantine.YOURS) and (f / "train.py").is_file()]
+    assert len(kept) == 1
+    quarantine.prune(parent, quarantine.fresh_folder(parent, "later"), 0)
+    assert constant((kept[0] / "train.py").read_text(), "LR") == 0.2
 
 
 def test_a_persons_copy_of_an_older_experiments_train_py_is_an_edit_like_any_other(workspace):

@@ -37,7 +37,7 @@ from autoresearch.workspace.disk import disk_full_is_an_error
 from autoresearch.workspace.init import default_tag
 from autoresearch.workspace.integrity import is_human
 from autoresearch.workspace.quarantine import FOLDER as QUARANTINE
-from autoresearch.workspace.quarantine import fresh_folder
+from autoresearch.workspace.quarantine import YOURS, fresh_folder
 from autoresearch.workspace.workspace import TRAIN_PY, TrainPyUnreadable, Workspace
 
 MAX_ATTEMPTS = 2  # a run during which the loop died is tried once more on the next start, then is a crash
@@ -422,8 +422,10 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
             f".autoresearch/{TURN_SNAPSHOT} and run again",
         )
     if not keep_train_py and ws.train_py.exists() and train_py_text(ws) != ws.committed_train_py():
+        # The agent's unfinished edit, or one of yours since the kill: it stays however the quarantine is emptied
+        quarantine = quarantine.rename(quarantine.with_name(quarantine.name + YOURS))
         shutil.move(ws.train_py, quarantine / TRAIN_PY)
-        what.append("train.py (its unfinished edit)")
+        what.append("train.py (its unfinished edit, or yours since)")
     if not ws.train_py.exists():
         ws.write_train_py(ws.git.show("HEAD", TRAIN_PY))
     with contextlib.suppress(OSError):

@@ -4,7 +4,8 @@
 A turn can leave gigabytes at every step, which would pile up there all night until the disk was full. So after each
 step the folders together are held to $AUTORESEARCH_QUARANTINE_GB (`prune`): the oldest go first, never the one just
 filled. A folder that holds a person's edit (program.md or a prompt edited during a run, put back: the loop said it
-kept the edit there) is named so (`YOURS`), and of it the person's text stays. One that holds what changed in the
+kept the edit there) is named so (`YOURS`), and of it the person's text stays (and a train.py a start found
+changed after a kill: loop/recovery.py). One that holds what changed in the
 workspace beside a confined run, which cannot reach it (a person's train.py, a file of theirs, their `git stash`: the
 loop said it kept it there), is all theirs (`ALL_YOURS`): it stays whole, outside the bound. Neither a run nor a
 turn can name a folder there.
@@ -19,7 +20,7 @@ from pathlib import Path
 from autoresearch.config.sizes import gigabytes
 from autoresearch.files import BLOCK, clear, disk_use, remove_tree
 from autoresearch.workspace.integrity import PROMPTS, is_human
-from autoresearch.workspace.workspace import MAX_PROGRAM_BYTES
+from autoresearch.workspace.workspace import MAX_PROGRAM_BYTES, MAX_TRAIN_PY_BYTES, TRAIN_PY
 
 FOLDER = "quarantine"  # in the workspace's private state
 LIMIT_ENV = "AUTORESEARCH_QUARANTINE_GB"  # what the quarantine may hold, in GB (10^9 bytes)
@@ -126,6 +127,8 @@ def _empty_but_persons(folder: Path, prefix: str = "") -> bool:
             kept = _empty_but_persons(Path(entry.path), f"{PROMPTS}/") or kept
         elif is_human(rel) and entry.is_file(follow_symlinks=False) and entry.stat().st_size <= MAX_PROGRAM_BYTES:
             kept = True
+        elif rel == TRAIN_PY and entry.is_file(follow_symlinks=False) and entry.stat().st_size <= MAX_TRAIN_PY_BYTES:
+            kept = True  # a train.py found changed after a kill: the agent's unfinished edit, or yours since
         else:
             clear(Path(entry.path))
     if not kept:
