@@ -1,5 +1,8 @@
-"""What stop 78 noticed and left: a `submit` without the baseline's --workers started a loop in the background only to
-have it refuse; a resumed loop was told to measure another number of baseline seeds than the one it finishes."""
+"""What stop 78 noticed and left, and what this stop's helpers noticed and left to me: a `submit` without the
+baseline's --workers started a loop in the background only to have it refuse; a resumed loop was told to measure
+another number of baseline seeds; the live view of many workers; a loop counted twice; OSErrors as tracebacks;
+submit's note for the same options in other words; the live view's head after a verdict; a forged report left by a
+loop killed during a turn."""
 
 from __future__ import annotations
 
@@ -215,3 +218,38 @@ def test_the_live_views_head_does_not_show_a_judged_experiment_in_progress():
     view.phase(5, "", "asking tune for a change")
     console.print(view._render())
     assert "exp 5: asking tune for a change" in console.export_text()
+
+
+@pytest.mark.slow  # seconds: a loop killed during an agent's turn, then started again
+def test_a_report_a_turn_wrote_before_the_loop_was_killed_is_written_again_at_the_next_start(workspace, tmp_path):
+    """Helper 150's note: a report.md an agent's turn forged is written again when the turn ends, but a loop killed
+    during that turn left it, and the next start too (only a loop's exit writes the report): a best never measured,
+    read in the morning. The start that puts back what the killed turn left writes the report again."""
+    import shlex
+
+    from loop_support import FakeExecutor, ScriptedAgent, killed_loop, make_loop, set_lr
+    from test_scheduler import score
+
+    forged = "# Research report\n\nbest val_bpb 0.000001 (exp 7)\n"
+    make_loop(workspace, FakeExecutor(score)).baseline()
+    script = tmp_path / "agent.sh"
+    script.write_text(f"printf %s {shlex.quote(forged)} > report.md\nsleep 60\n")
+    killed_loop(
+        workspace,
+        f"""
+        import threading, time
+        from autoresearch.agents.command_agent import CommandAgent
+        def watch():  # the loop is killed while the turn still runs
+            while not (ws.root / "report.md").exists():
+                time.sleep(0.05)
+            time.sleep(0.3)
+            kill()
+        threading.Thread(target=watch, daemon=True).start()
+        make_loop(ws, FakeExecutor(lambda source: 1.0)).run(CommandAgent({f"sh {script}"!r}), max_experiments=1)
+        """,
+    )
+    assert (workspace.root / "report.md").read_text() == forged
+    events: list[str] = []
+    make_loop(workspace, FakeExecutor(score), events=events).run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
+    assert (workspace.root / "report.md").read_text() != forged
+    assert any("report.md" in e and "written again from the ledger" in e for e in events), events

@@ -29,7 +29,7 @@ from autoresearch.loop.executor import Outcome, reap_orphan
 from autoresearch.loop.experiment import Experiment
 from autoresearch.loop.judge import measured_noise, run_values
 from autoresearch.loop.settings import LoopError
-from autoresearch.loop.watch import LEFT_REFS, put_back_left
+from autoresearch.loop.watch import LEFT_REFS, REPORTS, put_back_left, report_again
 from autoresearch.orphans import reap, remove_left_boxes
 from autoresearch.vocabulary import Kind, RunEnd, Status
 from autoresearch.workspace.constants import read_constants, set_constants
@@ -428,6 +428,9 @@ def put_back_turn(ws: Workspace, say: Callable[[str], None], keep_train_py: bool
         what.append("train.py (its unfinished edit, or yours since)")
     if not ws.train_py.exists():
         ws.write_train_py(ws.git.show("HEAD", TRAIN_PY))
+    # The loop writes its report as it exits, and was killed: what lies there may be the turn's (a best never measured)
+    if written := [name for name in REPORTS if os.path.lexists(ws.root / name)]:
+        what.append(report_again(ws.root, quarantine, written))
     with contextlib.suppress(OSError):
         quarantine.rmdir()  # only if nothing was put there
     if what:

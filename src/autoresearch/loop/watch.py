@@ -200,7 +200,7 @@ class Watch:
             verdict.changed.append(f"{'changed' if now is not None else 'deleted'} results.tsv")
             self.ledger.write_tsv()
         if written := [name for name, was in self.reports.items() if content_id(self.ledger.workspace / name) != was]:
-            verdict.litter.append(self._report_again(written))
+            verdict.litter.append(report_again(self.ledger.workspace, self.quarantine, written))
         verdict.package_changed = package_digest() != self.package
         if self.environment is not None and self.environment_start is not None:
             verdict.environment = self.environment.changes(self.environment_start)
@@ -215,21 +215,6 @@ class Watch:
                 self.quarantines.rmdir()
         return verdict
 
-    def _report_again(self, written: list[str]) -> str:
-        """The report the step changed (REPORTS), set aside and written again from the ledger; in words. The loop writes
-        it only as it exits: one an agent's turn wrote (a best it never measured) stood all night, and where the loop
-        never exits (killed, out of memory), it was what the person found in the morning (red team). Not held against
-        the step: a person's `autoresearch report` meanwhile changes it too."""
-        from autoresearch.report import make_report  # matplotlib: only where a step wrote a report
-
-        for name in written:
-            set_aside(self.ledger.workspace, name, self.quarantine, tidy=False)
-        try:
-            make_report(self.ledger.workspace)
-        except (AutoresearchError, OSError):  # a full disk: the loop's exit writes it, or `autoresearch report`
-            return f"{' and '.join(written)} (set aside, not written again)"
-        return f"{' and '.join(written)} (written again from the ledger)"
-
     def persons(self, verdict: Verdict) -> None:
         """All this run's step set aside is a person's (the workspace changed beside a confined run, which cannot reach
         it: their train.py, a file of theirs, their `git stash`): its folder is named so (ALL_YOURS), and stays whole
@@ -239,6 +224,22 @@ class Watch:
             name = self.quarantine.name.removesuffix(YOURS) + ALL_YOURS
             self.quarantine = self.quarantine.rename(self.quarantine.with_name(name))
             verdict.quarantine = os.path.relpath(self.quarantine, self.ledger.workspace)
+
+
+def report_again(workspace: Path, quarantine: Path, written: list[str]) -> str:
+    """The report a step changed (REPORTS' `written`), set aside in `quarantine` and written again from the ledger; in
+    words. The loop writes it only as it exits: one an agent's turn wrote (a best it never measured) stood all night,
+    and where the loop never exits (killed, out of memory), it was what the person found in the morning (red team).
+    Not held against the step: a person's `autoresearch report` meanwhile changes it too."""
+    from autoresearch.report import make_report  # matplotlib: only where a step wrote a report
+
+    for name in written:
+        set_aside(workspace, name, quarantine, tidy=False)
+    try:
+        make_report(workspace)
+    except (AutoresearchError, OSError):  # a full disk: the loop's exit writes it, or `autoresearch report`
+        return f"{' and '.join(written)} (set aside, not written again)"
+    return f"{' and '.join(written)} (written again from the ledger)"
 
 
 LOOP_REFS = "refs/autoresearch/"  # the loop's own: no person's commit is kept from them
