@@ -7,6 +7,7 @@ never reads or writes it: the evaluator does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
@@ -96,10 +97,27 @@ def prepare_again_hint(a: Apparatus) -> str:
     # Python's own files into python-source-<digest>: autoresearch.json does not hold DIR, its folder's name does.
     root = re.fullmatch(r"python-source-(.+)-[0-9a-f]{8}", path.parent.name)
     tree = " --root DIR" if a.dataset == "python-source" and root else ""
-    prepare = f"autoresearch prepare --dataset {a.dataset}{tree} --preset {a.preset} --cache-dir {cache}"
-    hint = f"prepare it again: `{prepare}`"
+    shards, note = _shards_option(a)
+    prepare = f"autoresearch prepare --dataset {a.dataset}{tree}{shards} --preset {a.preset} --cache-dir {cache}"
+    hint = f"prepare it again: `{prepare}`{note}"
     if tree:
         hint += f", DIR being the folder named {shlex.quote(root[1])} the workspace was made from (`init --root DIR`)"
     elif a.dataset == "python-source":
         hint += " with the Python the workspace was made with (another Python's files are another corpus)"
     return hint + "; the same corpus gives the same data, another one a new workspace"
+
+
+def _shards_option(a: Apparatus) -> tuple[str, str]:
+    """` --shards N` for a workspace on a hub dataset, whose data holds as many training shards as it was made with
+    (without it `prepare` makes the default count: other data, and the workspace refuses it as another apparatus),
+    and a note on N where the manifest that says it is gone; ("", "") for another dataset."""
+    from autoresearch.data.sources.hub import HUB_DATASETS
+
+    if a.dataset not in HUB_DATASETS:
+        return "", ""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        shards = json.loads((Path(a.data_dir) / "manifest.json").read_text())["dataset"]["request"]["shards"]
+        if isinstance(shards, int):
+            return f" --shards {shards}", ""
+    default = HUB_DATASETS[a.dataset].default_shards
+    return " --shards N", f", N being the training shards the workspace was made with (`init --shards N`, or {default})"

@@ -70,7 +70,7 @@ def prepare(
             source.check()  # before anything is written: a local corpus too small is refused here
     created = _first_missing(out)
     try:
-        with _exclusive(out):
+        with _exclusive(out, console):
             fresh = all(p.name == ".lock" for p in out.iterdir())
             try:
                 _prepare_locked(dataset, source, preset, out, force, console)
@@ -111,6 +111,7 @@ def _prepare_locked(dataset: str, source: Source, preset: Preset, out: Path, for
             )
             force = True
     if force:
+        source.fetch()  # first: data that cannot be fetched now (offline, the network down) leaves the old in place
         for stale in out.glob("*.json"):
             stale.unlink()
     _build(source, preset, out, console)
@@ -313,9 +314,10 @@ def _report(manifest: Manifest, seconds: float, console: Console) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
+def _exclusive(out: Path, console: Console | None = None) -> Iterator[None]:
     """Make `out` and hold an exclusive lock on its `.lock`, so two prepares of the same data never interleave
-    (POSIX only). A prepare that failed may have removed `out` while another waited: that one makes it again."""
+    (POSIX only; a wait is told on `console`). A prepare that failed may have removed `out` while another waited:
+    that one makes it again."""
     try:
         import fcntl
     except ImportError:  # Windows: no lock, as before
@@ -334,7 +336,12 @@ def _exclusive(out: Path) -> Iterator[None]:
                 raise
             f = lock_path.open("r")
         with f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a download and tokenizing may take hours: say why nothing happens
+                if console is not None:
+                    console.print(f"waiting for another prepare of {escape(str(out))} to finish (it holds its .lock)")
+                fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 if _same_file(f.fileno(), lock_path):
                     yield

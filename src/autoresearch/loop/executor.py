@@ -21,11 +21,14 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from autoresearch import switches
+from autoresearch.config.apparatus import CONFIG_NAME, Apparatus, prepare_again_hint
+from autoresearch.data.shards import REPAIR_HINT
+from autoresearch.errors import ConfigError
 from autoresearch.evaluator import memory, run_group
 from autoresearch.evaluator.compile_cache import MAX_STAGED_BYTES, STAGED
 from autoresearch.evaluator.confined import FORK_ENV
@@ -207,6 +210,8 @@ class LocalExecutor:
         except ForgedResult as exc:
             return Outcome(RunEnd.CRASH, None, f"not counted: {exc}", tail(log_path), seconds)
         outcome = outcome_of(code, result, referee.errors(), tail(log_path), seconds, spec.fingerprint)
+        if outcome.hint == REPAIR_HINT:  # "the same --dataset and --preset", which it does not name: the command
+            outcome = replace(outcome, hint=repair_hint(spec.directory))
         if outcome.result is None and outcome.status in (RunEnd.CRASH, RunEnd.CHANGED) and full_after(spec):
             raise DiskFullError("a training run (its evaluator could not run)")
         return outcome
@@ -338,6 +343,16 @@ def full_after(spec: RunSpec, room: int = ROOM) -> bool:
     with contextlib.suppress(OSError):
         remove_tree(spec.run_dir / STAGED)
     return nearly_full(spec.run_dir, room) or nearly_full(spec.directory, room)
+
+
+def repair_hint(directory: Path) -> str:
+    """The command that repairs the data of the workspace at `directory` (`prepare_again_hint`), for the evaluator's
+    hint about a damaged shard, which names no dataset or preset: `autoresearch prepare` pasted as it is prepares
+    the default dataset, and leaves the damaged shard as it was."""
+    try:
+        return prepare_again_hint(Apparatus.load(directory / CONFIG_NAME))
+    except ConfigError:
+        return REPAIR_HINT
 
 
 def setup_error(errors: str) -> tuple[str, str]:

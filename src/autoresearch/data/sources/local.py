@@ -45,6 +45,12 @@ def corpus_files(root: Path) -> list[Path]:
     files = sorted(Path(d, f) for d, _, names in os.walk(root) for f in names if f.endswith(SUFFIXES))
     if not files:
         raise DataError(f"no {', '.join(SUFFIXES)} files under {root}")
+    # A FIFO (or a device, a socket) that is named so: reading it would wait for a writer for ever, at "reading"
+    if odd := next((p for p in files if p.exists() and not p.is_file()), None):
+        raise DataError(
+            f"{odd} is not a regular file: a FIFO, a socket or a device",
+            hint="a local dataset reads files of text: remove it from the directory",
+        )
     return files
 
 

@@ -1,0 +1,132 @@
+"""A user's walk of the data preparation (`prepare`, `init` on it, a workspace's damaged data) on a 2-core CPU-only
+machine (helper 152): what broke, hung or misled.
+
+1. A damaged shard (a byte flipped, truncated, a link, a FIFO) stopped `run` and `try` with the evaluator's hint "run
+   `autoresearch prepare` with the same --dataset and --preset", which names neither: pasted as it is, it prepared
+   the default dataset (python-source on a CPU), left the damaged shard as it was, and the next `run` stopped the same
+   way. The loop names the command, as it does where the data is gone (`prepare_again_hint`).
+2. A FIFO named `*.txt` in a `local:PATH` folder hung `prepare` (and `init`) for ever at "reading", with no word.
+3. A second `prepare` (or `init`) of data another one was preparing waited on its lock without a word: for a hub
+   dataset that is the whole download and tokenizing of the first, a silent wait a user takes for a hang.
+4. `prepare --force` where the data cannot be fetched (HF_HUB_OFFLINE=1 without the files, the network down) removed
+   the manifest, the tokenizer and the shard records before it found out: every workspace on the data stopped with
+   "no prepared data" until the network came back. The data is fetched first now; a failure leaves it as it was.
+5. The hint to prepare a hub dataset's data again (a shard damaged, the data deleted) had no `--shards`: a workspace
+   made with `init --dataset climbmix --shards 2` was told `autoresearch prepare --dataset climbmix ...`, which
+   downloads the default 10 shards (GBs) and writes other data, which the workspace then refuses ("the apparatus
+   changed"). The hint names the count the manifest holds, or says what N is where the manifest is gone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import random
+import shutil
+import threading
+import time
+
+import pytest
+from loop_support import make_workspace
+from rich.console import Console
+from test_hub_download import REPO, parquet_bytes
+
+from autoresearch.config.apparatus import Apparatus, prepare_again_hint
+from autoresearch.config.presets import get_preset
+from autoresearch.data.prepare import prepare
+from autoresearch.data.sources import make_source
+from autoresearch.data.sources.hub import HUB_DATASETS, HubDataset
+from autoresearch.errors import DataError
+from autoresearch.loop.executor import LocalExecutor, RunSpec
+
+
+@pytest.mark.slow  # an evaluator process starts (torch's import), to find the shard damaged
+def test_a_damaged_shard_stops_the_run_with_the_prepare_command_that_repairs_it(tmp_path, tiny_prepared):
+    data = tmp_path / "cache" / "data" / tiny_prepared.parent.name / "tiny"
+    shutil.copytree(tiny_prepared, data)
+    ws = make_workspace(tmp_path / "ws", data)
+    with (data / "val.bin").open("r+b") as f:
+        f.truncate(1000)
+    outcome = LocalExecutor(prewarm=False).run(RunSpec(ws.root, ws.state / "runs" / "1-0", timeout=60, fingerprint=""))
+    assert "val.bin is truncated or damaged" in outcome.reason
+    assert "`autoresearch prepare --dataset python-source --root DIR --preset tiny" in outcome.hint
+    assert f"--cache-dir {tmp_path / 'cache'}`" in outcome.hint
+
+
+def test_a_fifo_named_as_text_in_a_local_corpus_is_refused_not_waited_on(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("some text\n" * 50_000)
+    fifo = corpus / "b.txt"
+    os.mkfifo(fifo)
+    failed: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            make_source(f"local:{corpus}", get_preset("tiny"))
+        except BaseException as exc:
+            failed.append(exc)
+
+    reader = threading.Thread(target=check, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # it waits on the FIFO for a writer: give it one, with nothing to say
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+        pytest.fail("reading the corpus waited on a FIFO")
+    assert len(failed) == 1 and isinstance(failed[0], DataError)
+    assert "b.txt is not a regular file" in str(failed[0]) and "remove it" in failed[0].hint
+
+
+def test_a_prepare_waiting_for_another_to_finish_says_so(tiny_prepared, corpus_dir, cache_dir):
+    told = io.StringIO()
+    done = threading.Event()
+
+    def second() -> None:
+        prepare("python-source", get_preset("tiny"), cache_dir, root=corpus_dir, console=Console(file=told, width=300))
+        done.set()
+
+    with (tiny_prepared / ".lock").open("r") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the first prepare, at work
+        waiter = threading.Thread(target=second, daemon=True)
+        waiter.start()
+        time.sleep(0.3)
+        assert not done.is_set()
+        assert f"waiting for another prepare of {tiny_prepared} to finish" in told.getvalue()
+    waiter.join(10)
+    assert done.is_set() and "already prepared" in told.getvalue()
+
+
+def test_prepare_force_that_cannot_fetch_the_data_leaves_the_prepared_data_whole(
+    fake_hub, tmp_path, monkeypatch, mini_preset
+):
+    rng = random.Random(2)  # text varied enough to learn the mini preset's 300 tokens from
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8))) for _ in range(400)]
+    for name in ("data/train-00.parquet", "data/val.parquet"):
+        fake_hub.add(REPO, name, parquet_bytes([" ".join(rng.choice(words) for _ in range(300)) for _ in range(8)]))
+    monkeypatch.setitem(
+        HUB_DATASETS, "tiny", HubDataset("tiny", REPO, "data/train-{:02d}.parquet", "data/val.parquet", 1, 1)
+    )
+    prepared = prepare("tiny", mini_preset, tmp_path / "cache", console=Console(file=io.StringIO()))
+    before = {p.name: p.read_bytes() for p in prepared.iterdir()}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # and another cache, which does not hold the files
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    with pytest.raises(DataError, match="offline mode is on"):
+        prepare("tiny", mini_preset, tmp_path / "cache", force=True, console=Console(file=io.StringIO()))
+    assert {p.name: p.read_bytes() for p in prepared.iterdir()} == before
+
+
+def test_the_hint_to_prepare_a_hub_datasets_data_again_names_its_shard_count(tmp_path):
+    data = tmp_path / "cache" / "data" / "climbmix" / "tiny"
+    data.mkdir(parents=True)
+    (data / "manifest.json").write_text(json.dumps({"dataset": {"request": {"dataset": "climbmix", "shards": 2}}}))
+    a = Apparatus(preset="tiny", dataset="climbmix", budget_seconds=5.0, data_dir=str(data))
+    hint = prepare_again_hint(a)  # a shard damaged: the manifest is there
+    assert (
+        f"`autoresearch prepare --dataset climbmix --shards 2 --preset tiny --cache-dir {tmp_path / 'cache'}`" in hint
+    )
+    (data / "manifest.json").unlink()  # the data deleted
+    hint = prepare_again_hint(a)
+    assert "--dataset climbmix --shards N --preset tiny" in hint and "`init --shards N`, or 10" in hint, hint
