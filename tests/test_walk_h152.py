@@ -15,6 +15,10 @@ machine (helper 152): what broke, hung or misled.
    made with `init --dataset climbmix --shards 2` was told `autoresearch prepare --dataset climbmix ...`, which
    downloads the default 10 shards (GBs) and writes other data, which the workspace then refuses ("the apparatus
    changed"). The hint names the count the manifest holds, or says what N is where the manifest is gone.
+6. `init --dataset climbmix --shards 3` for a second workspace rewrote the data the first (`--shards 2`) was measured
+   on, in the same folder, without a word: the first then stopped with "the apparatus changed ... make a new
+   workspace", its night stranded. Preparing another request over prepared data now says what it replaces and that
+   the workspaces on it stop until it is prepared with those again (the data written is the same as before).
 """
 
 from __future__ import annotations
@@ -130,3 +134,20 @@ def test_the_hint_to_prepare_a_hub_datasets_data_again_names_its_shard_count(tmp
     (data / "manifest.json").unlink()  # the data deleted
     hint = prepare_again_hint(a)
     assert "--dataset climbmix --shards N --preset tiny" in hint and "`init --shards N`, or 10" in hint, hint
+
+
+def test_preparing_more_shards_of_a_hub_dataset_says_the_workspaces_on_fewer_stop(
+    fake_hub, tmp_path, monkeypatch, mini_preset
+):
+    rng = random.Random(3)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 8))) for _ in range(400)]
+    for name in ("data/train-00.parquet", "data/train-01.parquet", "data/val.parquet"):
+        fake_hub.add(REPO, name, parquet_bytes([" ".join(rng.choice(words) for _ in range(300)) for _ in range(8)]))
+    monkeypatch.setitem(
+        HUB_DATASETS, "tiny", HubDataset("tiny", REPO, "data/train-{:02d}.parquet", "data/val.parquet", 1, 2)
+    )
+    prepare("tiny", mini_preset, tmp_path / "cache", console=Console(file=io.StringIO()))  # a workspace's data
+    told = io.StringIO()
+    prepare("tiny", mini_preset, tmp_path / "cache", shards=2, console=Console(file=told, width=400))  # another's
+    assert "holds the data prepared with --shards 1: this replaces it" in told.getvalue()
+    assert "the apparatus changed" in told.getvalue()

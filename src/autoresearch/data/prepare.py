@@ -110,6 +110,16 @@ def _prepare_locked(dataset: str, source: Source, preset: Preset, out: Path, for
                 f"[yellow]{escape(str(manifest_path))} is unreadable or for other preset settings: rebuilding all[/]"
             )
             force = True
+        else:  # made for another request (fewer shards of a hub dataset): the workspaces made on it measure on that
+            was = ", ".join(
+                f"--shards {value}" if key == "shards" else f"{key} {value}"
+                for key, value in manifest.dataset.get("request", {}).items()
+                if source.request.get(key) != value
+            )
+            console.print(
+                f"[yellow]{escape(str(out))} holds the data prepared with {escape(was)}: this replaces it, and the "
+                'workspaces made on it stop ("the apparatus changed") until it is prepared with those again[/]'
+            )
     if force:
         source.fetch()  # first: data that cannot be fetched now (offline, the network down) leaves the old in place
         for stale in out.glob("*.json"):
