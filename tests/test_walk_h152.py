@@ -19,6 +19,8 @@ machine (helper 152): what broke, hung or misled.
    on, in the same folder, without a word: the first then stopped with "the apparatus changed ... make a new
    workspace", its night stranded. Preparing another request over prepared data now says what it replaces and that
    the workspaces on it stop until it is prepared with those again (the data written is the same as before).
+7. The same hint for a corpus in a folder named with a space (`local:/home/me/my corpus`) gave `--dataset
+   local:/home/me/my corpus` unquoted: pasted, `prepare` stopped on "unrecognized arguments: corpus". Quoted now.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import io
 import json
 import os
 import random
+import shlex
 import shutil
 import threading
 import time
@@ -151,3 +154,19 @@ def test_preparing_more_shards_of_a_hub_dataset_says_the_workspaces_on_fewer_sto
     prepare("tiny", mini_preset, tmp_path / "cache", shards=2, console=Console(file=told, width=400))  # another's
     assert "holds the data prepared with --shards 1: this replaces it" in told.getvalue()
     assert "the apparatus changed" in told.getvalue()
+
+
+def test_the_hint_to_prepare_again_quotes_a_corpus_or_cache_named_with_a_space(tmp_path):
+    cache = tmp_path / "my cache"
+    data = cache / "data" / "local-my corpus-47262c82" / "tiny"
+    a = Apparatus(preset="tiny", dataset=f"local:{tmp_path}/my corpus", budget_seconds=5.0, data_dir=str(data))
+    command = prepare_again_hint(a).split("`")[1]
+    assert shlex.split(command)[1:] == [
+        "prepare",
+        "--dataset",
+        a.dataset,
+        "--preset",
+        "tiny",
+        "--cache-dir",
+        str(cache),
+    ]

@@ -89,8 +89,8 @@ def prepare_again_hint(a: Apparatus) -> str:
         # makes and `init` writes: autoresearch.json was edited by hand (it has no cache to name)
         return (
             "autoresearch.json's data_dir is no folder `autoresearch prepare` makes: put the file back (`git checkout "
-            f"autoresearch.json`), or make a new workspace, whose data `autoresearch init DIR --dataset {a.dataset} "
-            f"--preset {a.preset}` prepares again"
+            f"autoresearch.json`), or make a new workspace, whose data `autoresearch init DIR --dataset "
+            f"{shlex.quote(a.dataset)} --preset {a.preset}` prepares again"
         )
     cache = path.parents[2]  # <cache>/data/<dataset>/<preset>
     # python-source of a tree of one's own (`--root DIR`) is prepared into python-source-<DIR's name>-<digest>, the
@@ -98,7 +98,8 @@ def prepare_again_hint(a: Apparatus) -> str:
     root = re.fullmatch(r"python-source-(.+)-[0-9a-f]{8}", path.parent.name)
     tree = " --root DIR" if a.dataset == "python-source" and root else ""
     shards, note = _shards_option(a)
-    prepare = f"autoresearch prepare --dataset {a.dataset}{tree}{shards} --preset {a.preset} --cache-dir {cache}"
+    dataset, where = shlex.quote(a.dataset), shlex.quote(str(cache))  # a folder named with a space: one argument
+    prepare = f"autoresearch prepare --dataset {dataset}{tree}{shards} --preset {a.preset} --cache-dir {where}"
     hint = f"prepare it again: `{prepare}`{note}"
     if tree:
         hint += f", DIR being the folder named {shlex.quote(root[1])} the workspace was made from (`init --root DIR`)"
