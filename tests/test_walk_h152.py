@@ -21,6 +21,9 @@ machine (helper 152): what broke, hung or misled.
    the workspaces on it stop until it is prepared with those again (the data written is the same as before).
 7. The same hint for a corpus in a folder named with a space (`local:/home/me/my corpus`) gave `--dataset
    local:/home/me/my corpus` unquoted: pasted, `prepare` stopped on "unrecognized arguments: corpus". Quoted now.
+8. A hub file with no `text` column (HF_ENDPOINT at a server that sends other files) was called "the cached copy is
+   damaged: delete it and run again": downloaded again, it was the same file, and the same error, after as many GBs.
+   The hint now says the server sent another kind of file, and to point HF_ENDPOINT at the Hub first.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import shutil
 import threading
 import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from loop_support import make_workspace
 from rich.console import Console
@@ -44,7 +49,7 @@ from autoresearch.config.apparatus import Apparatus, prepare_again_hint
 from autoresearch.config.presets import get_preset
 from autoresearch.data.prepare import prepare
 from autoresearch.data.sources import make_source
-from autoresearch.data.sources.hub import HUB_DATASETS, HubDataset
+from autoresearch.data.sources.hub import HUB_DATASETS, HubDataset, HubSource
 from autoresearch.errors import DataError
 from autoresearch.loop.executor import LocalExecutor, RunSpec
 
@@ -170,3 +175,15 @@ def test_the_hint_to_prepare_again_quotes_a_corpus_or_cache_named_with_a_space(t
         "--cache-dir",
         str(cache),
     ]
+
+
+def test_a_hub_file_without_a_text_column_is_not_called_a_damaged_copy_to_download_again(fake_hub, monkeypatch):
+    other = io.BytesIO()
+    pq.write_table(pa.table({"content": ["a b c"] * 4}), other)
+    fake_hub.add(REPO, "data/train-00.parquet", other.getvalue())
+    fake_hub.add(REPO, "data/val.parquet", parquet_bytes(["x y z"] * 4))
+    source = HubSource(HubDataset("tiny", REPO, "data/train-{:02d}.parquet", "data/val.parquet", 1, 1), None)
+    source.fetch()
+    with pytest.raises(DataError, match="has no 'text' column") as err:
+        list(source.parts()[0].documents())
+    assert "damaged" not in err.value.hint and "HF_ENDPOINT" in err.value.hint and fake_hub.endpoint in err.value.hint

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.data.sources.base import TRAIN, VAL, Part
-from autoresearch.data.sources.local import parquet_texts
+from autoresearch.data.sources.local import NoTextColumn, parquet_texts
 from autoresearch.errors import ConfigError, DataError
 from autoresearch.files import write_text_atomic
 
@@ -166,13 +166,14 @@ class HubSource:
         self._cached: dict[str, CachedFile] = {}
         self.cache_dir: Path | None = None  # where `fetch` found or put the files
         self.xet_dir: Path | None = None  # where hf_xet kept the chunks of the files `fetch` downloaded
+        self.endpoint = ""  # the server `fetch` downloads from
 
     def check(self) -> None:
         """Nothing to check before `prepare` writes: the files' problems are found as `fetch` downloads them."""
 
     def fetch(self) -> None:
         settings = HubSettings.from_env()
-        self.cache_dir, self.xet_dir = settings.cache_dir, settings.xet_dir
+        self.cache_dir, self.xet_dir, self.endpoint = settings.cache_dir, settings.xet_dir, settings.endpoint
         for k, filename in enumerate(self._files, 1):
             if filename not in self._cached:
                 self._cached[filename] = self._fetch_file(filename, f"[{k}/{len(self._files)}]", settings)
@@ -200,6 +201,13 @@ class HubSource:
         path = self._cached[filename].path
         try:
             yield from parquet_texts(path)
+        except NoTextColumn as exc:  # as the server sent it (its sha256 was checked): fetched again, it is the same
+            raise DataError(
+                f"{filename} of {self.dataset.repo_id}: {exc.args[0]}",
+                hint=f"it is no file of the dataset's: the server it came from (HF_ENDPOINT, now {self.endpoint}) "
+                f"sent a file of another kind; point HF_ENDPOINT at the Hub or a full mirror of it, delete "
+                f"{os.path.realpath(path)} and run the same `autoresearch prepare` command again",
+            ) from exc
         except DataError as exc:
             raise DataError(
                 f"{filename} of {self.dataset.repo_id}: {exc.args[0]}",

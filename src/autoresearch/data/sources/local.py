@@ -141,6 +141,10 @@ def _jsonl_texts(path: Path) -> Iterator[str]:
                 yield text
 
 
+class NoTextColumn(DataError):
+    """A readable parquet file without the column of text: not a damaged file, another kind of file."""
+
+
 def parquet_texts(path: Path, column: str = "text") -> Iterator[str]:
     """The `text` column of a parquet file, a row group at a time; a damaged file is a DataError."""
     import pyarrow as pa
@@ -149,7 +153,7 @@ def parquet_texts(path: Path, column: str = "text") -> Iterator[str]:
     try:
         pf = pq.ParquetFile(path)
         if column not in pf.schema_arrow.names:
-            raise DataError(f"{path} has no {column!r} column (columns: {', '.join(pf.schema_arrow.names)})")
+            raise NoTextColumn(f"{path} has no {column!r} column (columns: {', '.join(pf.schema_arrow.names)})")
         for i in range(pf.num_row_groups):
             for text in pf.read_row_group(i, columns=[column]).column(0).to_pylist():
                 if text and text.strip():
