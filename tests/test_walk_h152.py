@@ -4,7 +4,8 @@ machine (helper 152): what broke, hung or misled.
 1. A damaged shard (a byte flipped, truncated, a link, a FIFO) stopped `run` and `try` with the evaluator's hint "run
    `autoresearch prepare` with the same --dataset and --preset", which names neither: pasted as it is, it prepared
    the default dataset (python-source on a CPU), left the damaged shard as it was, and the next `run` stopped the same
-   way. The loop names the command, as it does where the data is gone (`prepare_again_hint`).
+   way. The loop names the command, as it does where the data is gone (`prepare_again_hint`). So for a garbled
+   manifest.json, which stopped `run` and `try` at their start with the same hint.
 2. A FIFO named `*.txt` in a `local:PATH` folder hung `prepare` (and `init`) for ever at "reading", with no word.
 3. A second `prepare` (or `init`) of data another one was preparing waited on its lock without a word: for a hub
    dataset that is the whole download and tokenizing of the first, a silent wait a user takes for a hang.
@@ -41,7 +42,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from loop_support import make_workspace
+from loop_support import FakeExecutor, make_loop, make_workspace
 from rich.console import Console
 from test_hub_download import REPO, parquet_bytes
 
@@ -51,6 +52,7 @@ from autoresearch.data.prepare import prepare
 from autoresearch.data.sources import make_source
 from autoresearch.data.sources.hub import HUB_DATASETS, HubDataset, HubSource
 from autoresearch.errors import DataError
+from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import LocalExecutor, RunSpec
 
 
@@ -187,3 +189,14 @@ def test_a_hub_file_without_a_text_column_is_not_called_a_damaged_copy_to_downlo
     with pytest.raises(DataError, match="has no 'text' column") as err:
         list(source.parts()[0].documents())
     assert "damaged" not in err.value.hint and "HF_ENDPOINT" in err.value.hint and fake_hub.endpoint in err.value.hint
+
+
+@pytest.mark.slow  # a copy of the prepared data, a workspace and the loop's start: a second
+def test_a_garbled_manifest_stops_the_loop_with_the_prepare_command_that_repairs_it(tmp_path, tiny_prepared):
+    data = tmp_path / "cache" / "data" / tiny_prepared.parent.name / "tiny"
+    shutil.copytree(tiny_prepared, data)
+    ws = make_workspace(tmp_path / "ws", data)
+    (data / "manifest.json").write_text("garbage")
+    with pytest.raises(LoopError, match=r"cannot read .*manifest\.json") as err:
+        make_loop(ws, FakeExecutor(lambda source: 1.0))
+    assert "`autoresearch prepare --dataset python-source --root DIR --preset tiny" in err.value.hint

@@ -23,6 +23,7 @@ from pathlib import Path
 from autoresearch.agents.base import Agent, Proposal, preflight
 from autoresearch.config.apparatus import CONFIG_NAME, prepare_again_hint
 from autoresearch.data.shards import Manifest
+from autoresearch.errors import DataError
 from autoresearch.evaluator import compile_cache
 from autoresearch.evaluator.fingerprint import fingerprint
 from autoresearch.loop import guard, held_edits, run_logs
@@ -97,6 +98,8 @@ class ResearchLoop(Asking, Comparison, Recovery):
             raise LoopError(
                 f"no prepared data in {a.data_dir}", hint=CONFIG_EDITED_HINT if edited else prepare_again_hint(a)
             ) from None
+        except DataError as exc:  # garbled: its hint says "the same --dataset and --preset", and names neither
+            raise LoopError(exc.args[0], hint=prepare_again_hint(a)) from None
         self.fingerprint = fingerprint(a, manifest)
 
     # -- state ------------------------------------------------------------------------------------
