@@ -25,6 +25,8 @@ machine (helper 152): what broke, hung or misled.
 8. A hub file with no `text` column (HF_ENDPOINT at a server that sends other files) was called "the cached copy is
    damaged: delete it and run again": downloaded again, it was the same file, and the same error, after as many GBs.
    The hint now says the server sent another kind of file, and to point HF_ENDPOINT at the Hub first.
+9. `--cache-dir ~data/x` (a typo for ~/data/x), `AUTORESEARCH_CACHE` so, or `--dataset local:~data/x`, where no user
+   is named `data`: a traceback (RuntimeError: Could not determine home directory). An error and a hint now.
 """
 
 from __future__ import annotations
@@ -47,11 +49,12 @@ from rich.console import Console
 from test_hub_download import REPO, parquet_bytes
 
 from autoresearch.config.apparatus import Apparatus, prepare_again_hint
+from autoresearch.config.paths import cache_root
 from autoresearch.config.presets import get_preset
 from autoresearch.data.prepare import prepare
 from autoresearch.data.sources import make_source
 from autoresearch.data.sources.hub import HUB_DATASETS, HubDataset, HubSource
-from autoresearch.errors import DataError
+from autoresearch.errors import ConfigError, DataError
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import LocalExecutor, RunSpec
 
@@ -200,3 +203,16 @@ def test_a_garbled_manifest_stops_the_loop_with_the_prepare_command_that_repairs
     with pytest.raises(LoopError, match=r"cannot read .*manifest\.json") as err:
         make_loop(ws, FakeExecutor(lambda source: 1.0))
     assert "`autoresearch prepare --dataset python-source --root DIR --preset tiny" in err.value.hint
+
+
+def test_a_cache_or_corpus_in_the_home_of_no_such_user_is_an_error_not_a_traceback(monkeypatch):
+    """`--cache-dir ~data/x` (for ~/data/x), `$AUTORESEARCH_CACHE` so, or `--dataset local:~data/x`: a traceback,
+    RuntimeError: Could not determine home directory."""
+    with pytest.raises(ConfigError, match="no user is named 'no-such-user-h152'") as err:
+        cache_root("~no-such-user-h152/cache")
+    assert "--cache-dir" in err.value.hint
+    monkeypatch.setenv("AUTORESEARCH_CACHE", "~no-such-user-h152/cache")
+    with pytest.raises(ConfigError):
+        cache_root()
+    with pytest.raises(DataError, match="does not exist"):
+        make_source("local:~no-such-user-h152/corpus", get_preset("tiny"))

@@ -174,7 +174,10 @@ class LocalSource(TextCorpus):
     ):
         chunk = val_piece or CUT_CHARS
         super().__init__(val_bytes, max_bytes, val_piece, cut=(chunk, CUT_OVER_PIECES * chunk), smaller=smaller)
-        self.root = path.expanduser().resolve()
+        try:
+            self.root = path.expanduser().resolve()
+        except RuntimeError:  # `~name/...` where no user is so named: Path.expanduser's error, a traceback
+            self.root = path
         if not self.root.exists():
             raise DataError(
                 f"local dataset {path} does not exist", hint="use local:/path/to/dir (or local:/path/to/file.txt)"
