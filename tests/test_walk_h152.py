@@ -27,6 +27,9 @@ machine (helper 152): what broke, hung or misled.
    The hint now says the server sent another kind of file, and to point HF_ENDPOINT at the Hub first.
 9. `--cache-dir ~data/x` (a typo for ~/data/x), `AUTORESEARCH_CACHE` so, or `--dataset local:~data/x`, where no user
    is named `data`: a traceback (RuntimeError: Could not determine home directory). An error and a hint now.
+10. `init ws --dataset local:corpus` (relative) wrote `local:corpus` into autoresearch.json: the hint to prepare the
+   data again, pasted in the workspace, said "local dataset corpus does not exist". The full path is written now,
+   as the data's manifest has it.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from autoresearch.data.sources.hub import HUB_DATASETS, HubDataset, HubSource
 from autoresearch.errors import ConfigError, DataError
 from autoresearch.loop.engine import LoopError
 from autoresearch.loop.executor import LocalExecutor, RunSpec
+from autoresearch.workspace.init import create_workspace
 
 
 @pytest.mark.slow  # an evaluator process starts (torch's import), to find the shard damaged
@@ -216,3 +220,15 @@ def test_a_cache_or_corpus_in_the_home_of_no_such_user_is_an_error_not_a_traceba
         cache_root()
     with pytest.raises(DataError, match="does not exist"):
         make_source("local:~no-such-user-h152/corpus", get_preset("tiny"))
+
+
+@pytest.mark.slow  # git and the device check: a second
+def test_a_workspace_on_a_corpus_named_relative_to_where_init_ran_records_its_full_path(
+    tmp_path, monkeypatch, tiny_prepared
+):
+    """`init ws --dataset local:corpus` wrote "local:corpus" into autoresearch.json: the hint to prepare the data
+    again, pasted in the workspace, said "local dataset corpus does not exist"; `status` named no folder."""
+    (tmp_path / "corpus").mkdir()
+    monkeypatch.chdir(tmp_path)
+    create_workspace(tmp_path / "ws", get_preset("tiny"), "local:corpus", tiny_prepared, 5.0, tag="t")
+    assert Apparatus.load(tmp_path / "ws" / "autoresearch.json").dataset == f"local:{tmp_path / 'corpus'}"

@@ -179,6 +179,8 @@ def create_workspace(
     `autoresearch/<tag>`; returns the branch name. Checks first (`check_init`); if writing fails, what
     was written is removed again."""
     check_init(directory, preset, budget, tag)
+    if dataset.startswith("local:"):  # `local:corpus`, relative: the hint to prepare it again is pasted elsewhere
+        dataset = f"local:{Path(dataset.removeprefix('local:')).expanduser().resolve()}"  # as the data's manifest
     created = _highest_missing(directory)
     try:
         with disk_full_is_an_error(f"writing the workspace in {directory}", INIT_AGAIN):
