@@ -30,6 +30,8 @@ machine (helper 152): what broke, hung or misled.
 10. `init ws --dataset local:corpus` (relative) wrote `local:corpus` into autoresearch.json: the hint to prepare the
    data again, pasted in the workspace, said "local dataset corpus does not exist". The full path is written now,
    as the data's manifest has it.
+11. `local:PATH` on a folder with no file it reads (empty, or a tree of .py files) said "no .txt, .md, .jsonl,
+   .parquet files under PATH" and nothing more; it now says that only these are read, and names --root for .py.
 """
 
 from __future__ import annotations
@@ -232,3 +234,11 @@ def test_a_workspace_on_a_corpus_named_relative_to_where_init_ran_records_its_fu
     monkeypatch.chdir(tmp_path)
     create_workspace(tmp_path / "ws", get_preset("tiny"), "local:corpus", tiny_prepared, 5.0, tag="t")
     assert Apparatus.load(tmp_path / "ws" / "autoresearch.json").dataset == f"local:{tmp_path / 'corpus'}"
+
+
+def test_a_local_corpus_with_no_file_it_reads_says_what_it_reads(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "a.py").write_text("print('hello')\n" * 50_000)
+    with pytest.raises(DataError, match="parquet files under") as err:
+        make_source(f"local:{tmp_path / 'code'}", get_preset("tiny"))
+    assert err.value.hint and "--dataset python-source --root DIR" in err.value.hint

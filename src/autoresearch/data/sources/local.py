@@ -44,7 +44,11 @@ def corpus_files(root: Path) -> list[Path]:
         return [root]
     files = sorted(Path(d, f) for d, _, names in os.walk(root) for f in names if f.endswith(SUFFIXES))
     if not files:
-        raise DataError(f"no {', '.join(SUFFIXES)} files under {root}")
+        raise DataError(
+            f"no {', '.join(SUFFIXES)} files under {root}",
+            hint="a local dataset reads only files named so (a .jsonl with a 'text' field, a .parquet with a 'text' "
+            "column); for a tree of .py files use --dataset python-source --root DIR",
+        )
     # A FIFO (or a device, a socket) that is named so: reading it would wait for a writer for ever, at "reading"
     if odd := next((p for p in files if p.exists() and not p.is_file()), None):
         raise DataError(
