@@ -32,6 +32,9 @@ machine (helper 152): what broke, hung or misled.
    as the data's manifest has it.
 11. `local:PATH` on a folder with no file it reads (empty, or a tree of .py files) said "no .txt, .md, .jsonl,
    .parquet files under PATH" and nothing more; it now says that only these are read, and names --root for .py.
+12. A corpus folder of links to folders (books -> /data/books) was read without them (links to folders are not
+   followed: a loop), and said only "corpus too small: 6 bytes in 1 file". A warning now names the folders not read
+   (what is read is as before: prepared data stays the same).
 """
 
 from __future__ import annotations
@@ -242,3 +245,16 @@ def test_a_local_corpus_with_no_file_it_reads_says_what_it_reads(tmp_path):
     with pytest.raises(DataError, match="parquet files under") as err:
         make_source(f"local:{tmp_path / 'code'}", get_preset("tiny"))
     assert err.value.hint and "--dataset python-source --root DIR" in err.value.hint
+
+
+def test_a_linked_folder_in_a_local_corpus_that_is_not_read_is_told(tmp_path, caplog):
+    """A corpus folder of links to folders of text (books -> /data/books): "corpus too small: 6 bytes in 1 file",
+    with no word that the linked folders were not read."""
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "a.txt").write_text("some text\n" * 50_000)
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "readme.md").write_text("hello\n")
+    (tmp_path / "corpus" / "books").symlink_to(tmp_path / "books")
+    with pytest.raises(DataError, match="corpus too small"):
+        make_source(f"local:{tmp_path / 'corpus'}", get_preset("tiny"))
+    assert "1 linked folder under" in caplog.text and "is not read" in caplog.text and ": books" in caplog.text

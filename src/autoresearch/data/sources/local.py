@@ -74,6 +74,15 @@ def check_corpus(root: Path, val_bytes: int, smaller: Mapping[str, int] | None =
     """Refuse files that are not text and a corpus too small for the validation set; warn when it is tiny.
     DataError names the file or the sizes, and what to do (`smaller`: other presets' validation bytes, by name)."""
     files = corpus_files(root)
+    if linked := [Path(d, n) for d, dirs, _ in os.walk(root) for n in dirs if os.path.islink(os.path.join(d, n))]:
+        log.warning(  # not followed (a link to a folder above would be a loop): its text is not in the corpus
+            "%d linked folder%s under %s %s not read (links to folders are not followed): %s",
+            len(linked),
+            "" if len(linked) == 1 else "s",
+            root,
+            "is" if len(linked) == 1 else "are",
+            ", ".join(str(p.relative_to(root)) for p in linked[:5]) + (", ..." if len(linked) > 5 else ""),
+        )
     step = max(1, len(files) / SAMPLE_FILES)
     for path in dict.fromkeys(files[int(i * step)] for i in range(min(len(files), SAMPLE_FILES))):
         if path.suffix == ".parquet":
