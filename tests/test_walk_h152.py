@@ -35,6 +35,9 @@ machine (helper 152): what broke, hung or misled.
 12. A corpus folder of links to folders (books -> /data/books) was read without them (links to folders are not
    followed: a loop), and said only "corpus too small: 6 bytes in 1 file". A warning now names the folders not read
    (what is read is as before: prepared data stays the same).
+13. Prepared data copied without its (empty) `.lock` onto a read-only mount, to share it: `prepare` and `init`
+   said "cannot write the prepared data ...: a read-only one works once the data in it is prepared", of data
+   prepared. No lock is needed where no one can write: prepared data is used so.
 """
 
 from __future__ import annotations
@@ -46,13 +49,14 @@ import os
 import random
 import shlex
 import shutil
+import sys
 import threading
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from loop_support import FakeExecutor, make_loop, make_workspace
+from loop_support import FakeExecutor, make_loop, make_workspace, on_a_read_only_mount
 from rich.console import Console
 from test_hub_download import REPO, parquet_bytes
 
@@ -258,3 +262,15 @@ def test_a_linked_folder_in_a_local_corpus_that_is_not_read_is_told(tmp_path, ca
     with pytest.raises(DataError, match="corpus too small"):
         make_source(f"local:{tmp_path / 'corpus'}", get_preset("tiny"))
     assert "1 linked folder under" in caplog.text and "is not read" in caplog.text and ": books" in caplog.text
+
+
+@pytest.mark.slow  # a prepare in a process of its own, in a mount namespace
+def test_data_prepared_and_copied_without_its_lock_to_a_read_only_mount_is_used(
+    tmp_path, tiny_prepared, corpus_dir, subprocess_env
+):
+    cache = tmp_path / "shared"
+    data = cache / "data" / tiny_prepared.parent.name / "tiny"
+    shutil.copytree(tiny_prepared, data, ignore=shutil.ignore_patterns(".lock"))  # `cp data/* ...`: no dot files
+    cli = f"{sys.executable} -m autoresearch prepare --dataset python-source --root {corpus_dir} --preset tiny"
+    said = on_a_read_only_mount(str(cache), f"{cli} --cache-dir {cache}; echo prepare=$?", subprocess_env)
+    assert "already prepared" in said and "prepare=0" in said, said
