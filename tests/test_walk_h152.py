@@ -38,6 +38,10 @@ machine (helper 152): what broke, hung or misled.
 13. Prepared data copied without its (empty) `.lock` onto a read-only mount, to share it: `prepare` and `init`
    said "cannot write the prepared data ...: a read-only one works once the data in it is prepared", of data
    prepared. No lock is needed where no one can write: prepared data is used so.
+14. A cached hub file with bytes changed inside (its parquet footer whole) was used as it was: `prepare --force`, or
+   the rebuild of a damaged shard, made other data of it without a word, and the workspaces on the data stopped
+   ("the apparatus changed"). A cached file is hashed against its name (the sha256 the server announced) as a
+   download is, when it is fetched to be tokenized: read whole anyway; a damaged one is downloaded again.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ import shutil
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -274,3 +279,23 @@ def test_data_prepared_and_copied_without_its_lock_to_a_read_only_mount_is_used(
     cli = f"{sys.executable} -m autoresearch prepare --dataset python-source --root {corpus_dir} --preset tiny"
     said = on_a_read_only_mount(str(cache), f"{cli} --cache-dir {cache}; echo prepare=$?", subprocess_env)
     assert "already prepared" in said and "prepare=0" in said, said
+
+
+def test_a_cached_hub_file_damaged_inside_is_downloaded_again_not_prepared_from(fake_hub, capfd):
+    """Bytes flipped in the middle of a cached parquet file (the disk, a stray write): its footer was whole, so it was
+    taken as it was, and `prepare --force` (or a damaged shard's rebuild) made other data of it, without a word:
+    the workspaces on it then stopped ("the apparatus changed")."""
+    fake_hub.add(REPO, "data/train-00.parquet", parquet_bytes([f"train document {i} " * 40 for i in range(60)]))
+    fake_hub.add(REPO, "data/val.parquet", parquet_bytes(["val document " * 40] * 4))
+    dataset = HubDataset("tiny", REPO, "data/train-{:02d}.parquet", "data/val.parquet", 1, 1)
+    HubSource(dataset, None).fetch()
+    (cached,) = Path(os.environ["HF_HUB_CACHE"]).glob(
+        f"datasets--*/blobs/{fake_hub.etag(REPO, 'data/train-00.parquet')}"
+    )
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4] = b"XXXX"
+    cached.write_bytes(bytes(data))
+    gets = len(fake_hub.gets())
+    HubSource(dataset, None).fetch()
+    assert [r.filename for r in fake_hub.gets()[gets:]] == ["data/train-00.parquet"]
+    assert "the cached data/train-00.parquet is damaged" in capfd.readouterr().err

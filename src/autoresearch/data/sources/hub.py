@@ -222,7 +222,9 @@ class HubSource:
         found = try_to_load_from_cache(
             ds.repo_id, filename, cache_dir=s.cache_dir, revision=ds.revision, repo_type="dataset"
         )
-        if isinstance(found, str) and _problem(Path(found), full=False) is None:
+        # Hashed whole, as a download is: a file fetched only to be read whole (tokenized), when data is to be built
+        damaged = _problem(Path(found), full=True) if isinstance(found, str) else None
+        if isinstance(found, str) and damaged is None:
             _say(f"{tag} cached {filename}")
             return CachedFile.at(found, filename)
         if s.offline:
@@ -233,7 +235,8 @@ class HubSource:
                 hint=CACHE_HINT,
             )
         if isinstance(found, str):
-            _evict(Path(found))  # damaged: fetch it again
+            _say(f"{tag} the cached {filename} is damaged ({damaged}): downloading it again")
+            _evict(Path(found))
         _hub_logs_once()
         _say(f"{tag} downloading {filename} from {s.endpoint}")
         for again in (False, True):
