@@ -42,6 +42,10 @@ machine (helper 152): what broke, hung or misled.
    the rebuild of a damaged shard, made other data of it without a word, and the workspaces on the data stopped
    ("the apparatus changed"). A cached file is hashed against its name (the sha256 the server announced) as a
    download is, when it is fetched to be tokenized: read whole anyway; a damaged one is downloaded again.
+15. A byte flipped in a train shard (its size whole): the set-up passed, the evaluator hashed the shard as the run
+   trained and would not score it, and the loop recorded "CRASH ... invalid result: a train shard is corrupt" as the
+   experiment's own failure, then did so for every experiment after it, all night. It stops the loop now, as a
+   damaged val shard does, with the experiment kept in flight and the prepare command to repair the data.
 """
 
 from __future__ import annotations
@@ -56,24 +60,38 @@ import shutil
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from loop_support import FakeExecutor, make_loop, make_workspace, on_a_read_only_mount
+from loop_support import (
+    FakeExecutor,
+    ScriptedAgent,
+    constant,
+    fake_result,
+    make_loop,
+    make_workspace,
+    on_a_read_only_mount,
+    set_lr,
+)
 from rich.console import Console
 from test_hub_download import REPO, parquet_bytes
+from test_scheduler import score
 
 from autoresearch.config.apparatus import Apparatus, prepare_again_hint
 from autoresearch.config.paths import cache_root
 from autoresearch.config.presets import get_preset
 from autoresearch.data.prepare import prepare
+from autoresearch.data.shards import REPAIR_HINT
 from autoresearch.data.sources import make_source
 from autoresearch.data.sources.hub import HUB_DATASETS, HubDataset, HubSource
 from autoresearch.errors import ConfigError, DataError
 from autoresearch.loop.engine import LoopError
-from autoresearch.loop.executor import LocalExecutor, RunSpec
+from autoresearch.loop.executor import LocalExecutor, RunSpec, outcome_of
+from autoresearch.loop.ledger import Ledger
+from autoresearch.vocabulary import Status
 from autoresearch.workspace.init import create_workspace
 
 
@@ -299,3 +317,26 @@ def test_a_cached_hub_file_damaged_inside_is_downloaded_again_not_prepared_from(
     HubSource(dataset, None).fetch()
     assert [r.filename for r in fake_hub.gets()[gets:]] == ["data/train-00.parquet"]
     assert "the cached data/train-00.parquet is damaged" in capfd.readouterr().err
+
+
+def test_a_train_shard_damaged_stops_the_loop_not_records_each_experiment_a_crash(workspace):
+    """A byte flipped in a train shard (its size whole, so the run's set-up passed): the evaluator hashed it while the
+    run trained and would not score it, and the loop recorded the experiment as a crash of its own ("invalid result:
+    a train shard is corrupt ..."), then the next, and the next: a night of proposals lost, agent turns paid for."""
+    shard = "/c/data/x/tiny/train-00000.bin"
+    why = f"a train shard is corrupt ({shard} does not match its SHA-256); {REPAIR_HINT}"
+
+    class DamagedTrainShard(FakeExecutor):
+        def run(self, spec):
+            if constant(workspace.read_train_py(), "LR") == 0.2:
+                result = replace(fake_result(1.0, spec.fingerprint), val_bpb=None, valid=False, invalid_reason=why)
+                return outcome_of(0, result, "", "", 0.5, spec.fingerprint)
+            return super().run(spec)
+
+    loop = make_loop(workspace, DamagedTrainShard(score))
+    loop.baseline()
+    with pytest.raises(LoopError, match=r"a train shard is corrupt \(/c/data/x/tiny/train-00000\.bin") as err:
+        loop.step(ScriptedAgent([set_lr(0.2)]))
+    assert err.value.hint == REPAIR_HINT  # made the command by LocalExecutor (repair_hint), as for a damaged val shard
+    stopped = Ledger(workspace.root).get(2)
+    assert stopped.status == Status.RUNNING and stopped.attempts == 0

@@ -58,6 +58,8 @@ SETUP_FAILED = 2
 # Its exit code when the disk filled, not by the run's own files (evaluator/referee.py): the loop stops (DiskFullError)
 # and the experiment, still in flight, is trained again on the next start.
 DISK_FULL = 4
+# How the evaluator's reason for a result it would not score begins where a train shard did not match its hash
+TRAIN_SHARD_DAMAGED = ("a train shard is corrupt (", "a train shard cannot be read (")
 # The signals a process gets for what it did itself (a fault, an abort), not from outside: an evaluator dies of one as
 # it runs the graph a train.py handed over (SIGFPE: an integer division of the least int64 by -1, which the operator
 # list allows), and a run lost so was tried again, a draw the train.py chose after seeing its loss (red team).
@@ -330,6 +332,14 @@ def outcome_of(
         return Outcome(RunEnd.CHANGED, result, why, log_tail, seconds)
     if code == EXPERIMENT_CRASHED:  # the reason quotes the experiment's last line of output
         return Outcome(RunEnd.CRASH, result, result.invalid_reason or "crashed", log_tail, seconds)
+    damaged = (result.invalid_reason or "").partition(f"; {REPAIR_HINT}")
+    if not result.valid and damaged[1] and damaged[0].startswith(TRAIN_SHARD_DAMAGED):
+        # A train shard changed on disk (hashed while the run trained: evaluator/feeder.py): as one found at the run's
+        # set-up, every run would fail so; the loop stops, and the experiment is trained once the data is repaired,
+        # rather than be recorded as a crash of its own, and the next, and the next, all night.
+        return Outcome(
+            RunEnd.CHANGED, None, f"the evaluator could not run: {damaged[0]}", log_tail, seconds, REPAIR_HINT
+        )
     if not result.valid or result.val_bpb is None:
         return Outcome(RunEnd.INVALID, result, f"invalid result: {result.invalid_reason}", log_tail, seconds)
     return Outcome(RunEnd.OK, result, "", log_tail, seconds)
