@@ -253,3 +253,18 @@ def test_a_report_a_turn_wrote_before_the_loop_was_killed_is_written_again_at_th
     make_loop(workspace, FakeExecutor(score), events=events).run(ScriptedAgent([set_lr(0.3)]), max_experiments=1)
     assert (workspace.root / "report.md").read_text() != forged
     assert any("report.md" in e and "written again from the ledger" in e for e in events), events
+
+
+def test_ctrl_c_of_a_prepare_with_force_says_to_resume_without_it():
+    """Helper 152's walk: Ctrl-C during `prepare --force` said "run the same command again to resume", which, with
+    --force, starts over."""
+    import io
+
+    from rich.console import Console
+
+    from autoresearch.cli import _interrupted
+
+    for command, force, said in (("prepare", True, "without --force"), ("init", False, "the same command")):
+        out = io.StringIO()
+        _interrupted(Console(file=out), KeyboardInterrupt(), argparse.Namespace(command=command, force=force))
+        assert said in out.getvalue(), out.getvalue()

@@ -225,6 +225,8 @@ def _interrupted(console: Console, exc: KeyboardInterrupt, args: argparse.Namesp
     if args.command == "run" and getattr(args, "agent", None) == "queue":  # most often the loop `submit` started
         # One line, commands and all: in a pipe (a log, an agent's tool) the console wraps at 80 columns
         console.print(f"interrupted: {queue_again(args)} resumes where it stopped", markup=False, soft_wrap=True)
+    elif args.command in ("prepare", "init") and args.force:  # the same command, with --force, starts over
+        console.print("interrupted: run it again without --force to resume where it stopped")
     else:
         console.print("interrupted: run the same command again to resume where it stopped")
     by = signal.SIGHUP if isinstance(exc, HungUp) else signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
