@@ -179,7 +179,7 @@ def test_kill_of_the_loop_stops_it_as_ctrl_c_does_and_writes_the_report(tmp_path
     args = ["run", "--baseline-runs", "2", "--plain"]
     loop = subprocess.Popen(
         [sys.executable, "-m", "autoresearch", *args], cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL),  # not as `nohup` left it to pytest
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (ws.state / "runs" / "1-1" / "pid").exists():  # its second run

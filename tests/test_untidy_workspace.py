@@ -361,7 +361,8 @@ def test_run_with_workers_whose_workspace_is_moved_stops_saying_so_and_resumes_i
     err = capsys.readouterr().err
     assert "moved or deleted while the loop ran" in err and "Traceback" not in err, err
     # what resumes a loop `submit` started (`run` would start the tune agent on one worker)
-    assert "hint: the next `autoresearch submit --workers 2` (or `run --agent queue --workers 2`) in its new" in err
+    said = "hint: the next `autoresearch submit --workers 2 --baseline-runs 2` (or `run --agent queue --workers 2"
+    assert f"{said} --baseline-runs 2`) in its new" in err
     # (the fake executor writes its result file under the old path's runs folder: only what the loop made counts)
     made = (*MADE_BY_THE_SCHEDULER, "report.md", "progress.png")
     remade = [name for name in made if os.path.lexists(workspace.root / name)]

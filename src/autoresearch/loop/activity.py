@@ -339,11 +339,11 @@ _WORKER = re.compile(r"gpu (\d{1,4}|(GPU|MIG)-[0-9A-Za-z/-]{1,80})|(cpu|ray) \d{
 # `--baseline-runs 5`
 _PLACEMENT = {"--gpus", "--workers", "--timeout", "--accelerator", "--ray", "--baseline-runs"}
 _PLACED = re.compile(r"[A-Za-z0-9][A-Za-z0-9.,:/_\[\]+-]{0,199}")  # `+`: a timeout of 1e+20
-# Counts, and seconds as Python writes a float (the others' values: `_PLACED`)
-_SEEDS = re.compile(f"[2-{BASELINE_SEEDS_MAX}]")  # what `run` takes (cli/commands.py: check_baseline_runs)
+# Counts (the seeds as `run` takes them: cli/commands.py, check_baseline_runs), and seconds as Python writes a float
+# (the others' values: `_PLACED`)
 _VALUES = {
     "--workers": re.compile(r"[1-9]\d{0,3}"),
-    "--baseline-runs": _SEEDS,
+    "--baseline-runs": re.compile(f"[2-{BASELINE_SEEDS_MAX}]"),
     "--timeout": re.compile(r"\d[\d.e+-]{0,30}"),
 }
 
