@@ -173,8 +173,7 @@ def test_sigkill_of_the_loop_then_run_again_loses_and_duplicates_nothing(tmp_pat
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["kill PID", "terminal closed"])
 def test_kill_of_the_loop_stops_it_as_ctrl_c_does_and_writes_the_report(tmp_path, tiny_prepared, signum):
     """`kill PID`, and a hang-up (SIGHUP: the terminal closed, an SSH connection dropped), which ended the loop at once
-    with its report stale and its runs' leftovers in place (helper 149's walk), and of which nothing is printed (the
-    terminal is gone)."""
+    with its report stale and its runs' leftovers in place (helper 149's walk)."""
     ws = make_workspace(tmp_path / "ws", tiny_prepared)
     args = ["run", "--baseline-runs", "2", "--plain"]
     loop = subprocess.Popen(
@@ -190,8 +189,7 @@ def test_kill_of_the_loop_stops_it_as_ctrl_c_does_and_writes_the_report(tmp_path
     finally:  # not left running beside the rest of the suite (a SIGHUP it ignored: 250 s more for the suite in CI)
         if loop.poll() is None:
             loop.kill()
-    assert loop.returncode == 128 + signum and "Traceback" not in err
-    assert ("interrupted" in err) == (signum == signal.SIGTERM)
+    assert loop.returncode == 128 + signum and "interrupted" in err and "Traceback" not in err  # a pipe: said there
     report = (ws.root / "report.md").read_text()  # written on the way out, when no loop runs the baseline any more
     assert "1 experiment in the ledger: 1 interrupted" in report and "interrupted: trained again" in report
     assert "| 1 | interrupted |" in report  # the table says so too (BROKE, fixed: it said running)

@@ -268,3 +268,36 @@ def test_ctrl_c_of_a_prepare_with_force_says_to_resume_without_it():
         out = io.StringIO()
         _interrupted(Console(file=out), KeyboardInterrupt(), argparse.Namespace(command=command, force=force))
         assert said in out.getvalue(), out.getvalue()
+
+
+@pytest.mark.parametrize("terminal", [True, False], ids=["a terminal", "a log file"])
+def test_a_hang_up_silences_only_a_terminal(tmp_path, terminal):
+    """SIGHUP: what the loop prints on its way out goes nowhere where it printed to the terminal that hung up (a write
+    there fails, and would stop it half way), and on to the file where its output went (`run > night.log 2>&1 &`,
+    whose shell hung up: the log keeps why the loop stopped)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "from autoresearch.cli import HungUp, _terminated\n"
+        "try:\n    _terminated(signal.SIGHUP, None)\n"
+        "except HungUp:\n    print('interrupted', flush=True)\n"
+        "    open(sys.argv[1], 'w').write(f'{os.isatty(1)} {os.isatty(2)}')\n"
+    )
+    said, log = tmp_path / "said", tmp_path / "night.log"
+    if terminal:
+        parent, child = pty.openpty()
+        out = child
+    else:
+        out = log.open("w")
+    subprocess.run([sys.executable, "-c", code, str(said)], stdout=out, stderr=out, timeout=60, check=True)
+    if terminal:
+        os.close(child)
+        assert said.read_text() == "False False"  # both the terminal's no more
+        os.close(parent)
+    else:
+        out.close()
+        assert log.read_text() == "interrupted\n"

@@ -35,15 +35,16 @@ class Terminated(KeyboardInterrupt):
 
 class HungUp(Terminated):
     """SIGHUP (the terminal closed, an SSH connection dropped), taken as SIGTERM: it ended the loop at once, its report
-    stale and what its runs left there until the next start. What it prints goes nowhere (the terminal is gone: a
-    write would fail, and the loop stop half way)."""
+    stale and what its runs left there until the next start. What it prints to the terminal goes nowhere (it is gone:
+    a write would fail, and the loop stop half way); to a file or a pipe (`run > night.log &`), as ever."""
 
 
 def _terminated(signum: int, frame) -> None:
     if signum == signal.SIGHUP:
         devnull = os.open(os.devnull, os.O_WRONLY)
         for fd in (sys.stdout.fileno(), sys.stderr.fileno()):
-            os.dup2(devnull, fd)
+            if os.isatty(fd):
+                os.dup2(devnull, fd)
         os.close(devnull)
         raise HungUp
     raise Terminated
