@@ -111,13 +111,17 @@ def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None], named:
     from being turned to a copy of its own (no namespace here to pin it in)."""
     if has_shell(agent):
         # not at the top: they import the Ray executor, which imports this
-        from autoresearch.agents import namespace, places
+        from autoresearch.agents import egress, namespace, places
 
         try:
             fence.allowed_ports(os.environ)
+            egress.allowed(os.environ)
             places.agent_writable(os.environ, workspace)
         except ValueError as err:
-            hint = f"e.g. {fence.PORTS_ENV}=8000,11434, {places.WRITABLE_ENV}=~/.gemini:~/.local/share/opencode"
+            hint = (
+                f"e.g. {fence.PORTS_ENV}=8000,11434, {egress.HOSTS_ENV}=arxiv.org,*.example.com:8443, "
+                f"{places.WRITABLE_ENV}=~/.gemini:~/.local/share/opencode"
+            )
             raise ProposalError(str(err), hint=hint, fatal=True) from None
         if (why := fence.fails_here(os.environ)) is not None:
             raise ProposalError(
@@ -130,6 +134,12 @@ def preflight(agent: Agent, workspace: Path, warn: Callable[[str], None], named:
             warn(
                 f"warning: the agent's connections cannot be fenced ({why}): a server of yours on this machine that "
                 "runs what it is sent over TCP (Jupyter, a Ray dashboard) is in its reach"
+            )
+        if not namespace.isolates_network():
+            warn(
+                "warning: the agent's turns cannot have a network of their own here (no user namespace can be made "
+                "with one): they reach any host on the ports above, not only the model APIs, and so can fetch a "
+                "public dataset's validation text"
             )
         if (why := namespace.temporary_unavailable()) is not None:
             warn(

@@ -32,7 +32,7 @@ from typing import IO
 
 import psutil
 
-from autoresearch.agents import namespace, places, turn_cgroups
+from autoresearch.agents import egress, namespace, places, turn_cgroups
 from autoresearch.agents.base import Context, Proposal, ProposalError, Usage
 from autoresearch.agents.prompt import build_prompt
 from autoresearch.evaluator import memory
@@ -161,10 +161,38 @@ def run_process(
     on timeout, after killing the whole process group, and where the kernel killed the turn for its memory; whatever
     it left running in the background is killed once it ends (all of it where `namespace.pid_namespace()` is had).
     Without the token of the loop's Ray, if it has one, nor your SSH agent. `named`: the path you named the
-    workspace by (Workspace.named), whose links the namespace pins."""
+    workspace by (Workspace.named), whose links the namespace pins. Where the namespace has a network of its own,
+    its way out is a proxy of the loop's for the turn (agents/egress.py): the hosts it refused end stderr (and the
+    error's message)."""
+    try:
+        net = egress.Egress(env) if namespace.isolates_network() else None
+    except ValueError as err:  # AUTORESEARCH_AGENT_HOSTS: preflight said so
+        raise ProposalError(str(err), fatal=True) from None
+    if net is None:
+        return _run_turn(command, workspace, prompt, env, timeout_s, who, named, None)
+    with net:
+        try:
+            code, stdout, stderr = _run_turn(command, workspace, prompt, env, timeout_s, who, named, net)
+        except ProposalError as err:
+            if not net.refused:
+                raise
+            raise ProposalError(f"{err.args[0]}\n{net.said()}", err.hint, usage=err.usage, fatal=err.fatal) from None
+    return code, stdout, f"{stderr}\n{net.said()}\n" if net.refused else stderr
+
+
+def _run_turn(
+    command: str | list[str],
+    workspace: Path,
+    prompt: str,
+    env: dict[str, str],
+    timeout_s: float,
+    who: str,
+    named: Path | None,
+    net: egress.Egress | None,
+) -> tuple[int, str, str]:
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
     try:
-        way, env = namespace.entered(workspace, env, named)
+        way, env = namespace.entered(workspace, env, named, net.socket if net is not None else None)
     except ValueError as err:  # AUTORESEARCH_AGENT_PORTS or AUTORESEARCH_AGENT_WRITABLE: preflight said so
         raise ProposalError(str(err), fatal=True) from None
     groups = turn_cgroups.turn_groups(env.get(AGENT_CPUS_ENV, ""))  # a loop run as root's

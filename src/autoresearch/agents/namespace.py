@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch import anchor
-from autoresearch.agents import fence
+from autoresearch.agents import egress, fence, forwarder
 from autoresearch.agents.places import (
     SSH_AGENT,
     STATE,
@@ -84,6 +84,9 @@ for link in sys.argv[2 : 2 + int(sys.argv[1])]:
 _HIDE = (
     "m=$1 f=$2 un=$3 mk=$4 u=$5 g=$6 py=$7 an=$8; shift 8; w=$PWD; "
     f"e=mode=0700,{EMPTY}; "  # each empty tmpfs's options
+    # Where the namespace has a network of its own (`isolated`), its one way out, first (`network_words`): the
+    # forwarder connects to the loop's proxy by its socket's path, which the mounts below may cover.
+    'n=$1; shift; if [ "$n" = 4 ]; then "$py" -I -S "$1" "$2" "$3" "$4" || exit 1; shift 4; fi; '
     # The temporary folders (`temporary_folders`): each an overlay of itself, whose writes are the turn's alone (on an
     # empty tmpfs over it, made with the folder's mode, of a bounded size: `s`), and in it, bound back from the folder
     # as it is (the working directory, below those mounts; `-c`: the path taken as given), the places under it the
@@ -153,8 +156,10 @@ def _namespaces() -> tuple[tuple[str, ...], ...]:
     # killed outright).
     ids = (str(os.getuid()), str(os.getgid()), anchor.command()[0], anchor.SOURCE)  # and the anchor's python, source
     hidden = (*outer, "--map-root-user", "/bin/sh", "-c", _HIDE, "sh", mount, findmnt, unshare, mkdir, *ids)
+    # A network namespace too, whose one way out is the loop's proxy (agents/egress.py): the model APIs, no other host.
+    isolated = (outer[0], "--net", *hidden[1:])
     plain = (*outer, "--map-current-user", *anchor.command([unshare, *PID_NAMESPACE_INNER[1:]]))
-    return (hidden, plain) if mount and findmnt and mkdir else (plain,)
+    return (isolated, hidden, plain) if mount and findmnt and mkdir else (plain,)
 
 
 def with_hidden(
@@ -165,14 +170,17 @@ def with_hidden(
     pinned: list[Path] = (),
     temporary: list[Temporary] = (),
     links: list[Path] = (),
+    network: tuple[str, ...] = (),
 ) -> tuple[str, ...]:
     """`way` (one of `_namespaces()`, or none) with `places` hidden from the agent, `read_only` made read-only for
     it, `writable` (folders inside those) writable again, `pinned` folders and then `links` made mount points first,
     which cannot be renamed (nor a link replaced), and, before all that, the `temporary` folders made its own, where
-    that way can do so."""
+    that way can do so, and before those, its `network` (`network_words`) where the way has one of its own."""
     if _HIDE not in way:
         return way
-    own = [str(len(temporary)), f"size={max(1, TEMPORARY_MEMORY // max(1, len(temporary)))}%,nr_inodes=1m"]
+    network = network if "--net" in way else ()
+    own = [str(len(network)), *network]
+    own += [str(len(temporary)), f"size={max(1, TEMPORARY_MEMORY // max(1, len(temporary)))}%,nr_inodes=1m"]
     for folder in temporary:
         own += [str(folder.path), folder.mode, str(len(folder.real)), *map(str, folder.real)]
     lists = (pinned, links, places, read_only, writable)
@@ -354,13 +362,27 @@ def pid_namespace() -> tuple[str, ...]:
     return ()
 
 
+def isolates_network() -> bool:
+    """Whether the agent's namespace here has a network of its own, whose one way out is the loop's proxy."""
+    return "--net" in pid_namespace()
+
+
+def network_words(proxy: Path, env: Mapping[str, str]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """What starts the way out of the agent's network (agents/forwarder.py, connecting to the loop's `proxy`
+    socket), and the variables that send its connections there."""
+    ends = egress.local_endpoints(env)
+    port = egress.proxy_port(ends)
+    words = (str(Path(forwarder.__file__).resolve()), str(proxy), str(port), ",".join(ends))
+    return words, egress.turn_environment(port, ends)
+
+
 def can_pin() -> bool:
     """Whether the agent's namespace here pins what it is given to (`_HIDE`: the folders, the links on your path)."""
     return _HIDE in pid_namespace()
 
 
 def entered(
-    workspace: Path, env: Mapping[str, str], named: Path | None = None
+    workspace: Path, env: Mapping[str, str], named: Path | None = None, proxy: Path | None = None
 ) -> tuple[tuple[str, ...], dict[str, str]]:
     """The words that start a command in the agent's namespaces (none where none can be made) and behind its fence
     (agents/fence.py: the TCP ports, abstract sockets and signals it may reach), each link and folder on `named`, the
@@ -388,6 +410,9 @@ def entered(
     links, folders = on_the_way(named) if named is not None else ([], [])
     pinned = [*_root_folders(), *_above([*hidden, *read_only, *links], workspace, folders)]
     temporary = temporary_folders(env, workspace, writable, read_only) if temporary_unavailable() is None else []
-    way = with_hidden(pid_namespace(), hidden, read_only, writable, list(dict.fromkeys(pinned)), temporary, links)
-    env = {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)} | caches
+    network, routed = network_words(proxy, env) if proxy is not None else ((), {})
+    way = with_hidden(
+        pid_namespace(), hidden, read_only, writable, list(dict.fromkeys(pinned)), temporary, links, network
+    )
+    env = {name: value for name, value in env.items() if name not in (AUTH_TOKEN, SSH_AGENT)} | caches | routed
     return (*way, *fence.launcher(env)), env
