@@ -341,6 +341,7 @@ smoke() {  # same_gpu within one call of 10 minutes, setup included (one GPU; it
   python3 -c "import os; from autoresearch.evaluator import sandbox as s
 print('every run is given:', sorted(s.can_promise(os.environ)), '| anchor:', s.anchors_reason() or 'made and joined',
       '| own user namespace:', s.own_user_namespace(), '| tasks capped:', s.runs_capped(4096))"
+  timeout 60 python3 bench/agent_network.py || echo "agent network check failed: $?"
   CUDA_VISIBLE_DEVICES=0 timeout 230 python3 bench/loop_overhead.py --preset h100 --budget 30 --experiments 1 \
     --baseline-runs 2 --work /tmp/lo --out "$OUT" >"$OUT/loop_overhead.log" 2>&1
   tail -4 "$OUT/loop_overhead.log"
