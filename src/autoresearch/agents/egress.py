@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
+import select
 import selectors
 import shutil
 import socket
@@ -67,9 +68,20 @@ NOT_MODELS = ("HF_ENDPOINT",)
 HEAD_LIMIT = 1 << 16  # a request's head, at most
 HEAD_WAIT_S = 30.0
 CONNECT_WAIT_S = 30.0
-MAX_CONNECTIONS = 256  # a turn's at once: each is a thread of the loop's
+# A turn's connections at once: each is a thread of the loop's, and up to three of its descriptors (the agent's end,
+# the host's, a relay's selector). Counted by the agent's ends: counted with the hosts' too, twice as many of the
+# agent's waited to connect, each with a socket of the loop's, 1,025 descriptors in all, past the 1,024 a loop may
+# have (a user's soft limit, often), where the loop could open nothing else (red team).
+MAX_CONNECTIONS = 256
+# The refusals a turn's proxy keeps (`Egress.refused`), the rest only counted: a turn asked for a new long name again
+# and again, and each was kept, in the loop's memory and the turn's output, without bound (red team).
+REFUSED_KEPT = 100
+HELLO_LIMIT = 16384 + 2048  # a TLS record's, at most (TLSCiphertext: 2^14 and its expansion)
 _CHUNK = 1 << 16
-_NAME = re.compile(r"[a-z0-9_.-]+|\[[0-9a-f:.]+\]")
+_NAME = re.compile(r"[a-z0-9_.-]{1,253}|\[[0-9a-f:.]{2,45}\]")  # a name of DNS's (253 at most), or an IPv6 address
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # a method's, a field's name (RFC 9110)
+# The fields of a plain request that name another host or keep the connection for another request: the proxy sets them
+_HOP_BY_HOP = (b"host", b"connection", b"proxy-connection", b"keep-alive", b"upgrade")
 
 
 @dataclass(frozen=True)
@@ -108,7 +120,7 @@ def allowed(env: Mapping[str, str]) -> list[Rule]:
 
 
 def _port(word: str) -> bool:
-    return word.isdigit() and 0 < int(word) < 65536
+    return word.isascii() and word.isdigit() and 0 < int(word) < 65536  # not "²", a digit to isdigit, not to int
 
 
 def local_endpoints(env: Mapping[str, str]) -> list[str]:
@@ -174,9 +186,11 @@ class Egress:
         }
         self.no_proxy = env.get("no_proxy", env.get("NO_PROXY", ""))
         self.refused: list[str] = []
+        self.more_refused = 0  # refusals beyond REFUSED_KEPT, not kept
         self._folder = Path(tempfile.mkdtemp(prefix="autoresearch-net-"))
         self.socket = self._folder / "s"
         self._open: set[socket.socket] = set()
+        self._clients: set[socket.socket] = set()  # the agent's ends of `_open`, MAX_CONNECTIONS at most
         self._lock = threading.Lock()
         self._closed = False
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -203,7 +217,8 @@ class Egress:
 
     def said(self) -> str:
         """A line for the turn's output naming the hosts refused, or nothing."""
-        return refusal(self.refused) if self.refused else ""
+        more = f" ({self.more_refused} more refusals)" if self.more_refused else ""
+        return refusal(self.refused) + more if self.refused else ""
 
     def allows(self, host: str, port: int) -> bool:
         return any(rule.allows(host, port) for rule in self.rules)
@@ -237,7 +252,7 @@ class Egress:
     def _handle(self, client: socket.socket, asked: bytes) -> None:
         upstream = None
         with client:
-            if not self._track(client):
+            if not self._track(client, client=True):
                 return
             try:
                 if asked == b"-":
@@ -266,13 +281,47 @@ class Egress:
         upstream = self._reach(client, host, port)
         if upstream is None:
             return None
-        client.settimeout(None)
-        if origin_form is None:
-            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            upstream.sendall(rest)
-        else:
-            upstream.sendall(origin_form + rest)
+        try:
+            if origin_form is None:
+                client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                first = self._hello(client, upstream, host, port, rest)
+                if first is None:
+                    raise ConnectionAbortedError
+                upstream.sendall(first)
+            else:
+                upstream.sendall(origin_form + rest)
+            client.settimeout(None)
+        except BaseException:
+            self._forget(upstream)
+            upstream.close()
+            raise
         return upstream
+
+    def _hello(self, client: socket.socket, upstream: socket.socket, host: str, port: int, rest: bytes) -> bytes | None:
+        """What a tunnel's client sent first, where it may go on to `host`: a TLS hello that names no other host
+        (SNI), in one record, and hides none (ECH), or what is no TLS (nothing, where the host speaks first); None
+        where it may not (the tunnel is cut). The proxy connects by name, and a model API's name is one of many a
+        CDN's addresses serve: a tunnel to api.openai.com whose hello named another site on the CDN was that site
+        (red team)."""
+        data = rest
+        if not data:
+            ready = select.select([client, upstream], [], [], HEAD_WAIT_S)[0]
+            if client not in ready:
+                return b"" if ready else None  # a host that speaks first (SSH, SMTP: no TLS hello), or neither
+        while not data or (data[0] == 0x16 and len(data) < 5 + int.from_bytes(data[3:5].ljust(2, b"\0"), "big")):
+            if len(data) > HELLO_LIMIT:
+                break
+            chunk = client.recv(_CHUNK)
+            if not chunk:
+                return None
+            data += chunk
+        if data[0] != 0x16:  # no TLS: a plain protocol to a host and port allowed
+            return data
+        name = _hello_name(data)
+        if name is None or (name and name != host.strip("[]")):
+            self._refuse(f"{name or 'a TLS hello that names its host otherwise'}:{port}")
+            return None
+        return data
 
     def _tunnel(self, client: socket.socket, endpoint: str) -> socket.socket | None:
         """A connection made to a local endpoint's port in the namespace, joined to that endpoint."""
@@ -283,7 +332,7 @@ class Egress:
 
     def _reach(self, client: socket.socket, host: str, port: int) -> socket.socket | None:
         if not self.allows(host, port):
-            self.refused.append(f"{host}:{port}")
+            self._refuse(f"{host}:{port}")
             return _answer(client, 403, refusal([f"{host}:{port}"]))
         try:
             upstream = self._connect(host.strip("[]"), port)
@@ -291,7 +340,7 @@ class Egress:
             return _answer(client, 502, f"could not reach {host}:{port}: {err}")
         if not self._track(upstream):
             upstream.close()
-            return _answer(client, 503, "too many connections at once")
+            return _answer(client, 503, "the turn has ended")
         upstream.settimeout(None)
         return upstream
 
@@ -316,16 +365,26 @@ class Egress:
             raise
         return upstream
 
-    def _track(self, s: socket.socket) -> bool:
+    def _refuse(self, what: str) -> None:
         with self._lock:
-            if self._closed or len(self._open) >= 2 * MAX_CONNECTIONS:
+            if len(self.refused) < REFUSED_KEPT:
+                self.refused.append(what)
+            else:
+                self.more_refused += 1
+
+    def _track(self, s: socket.socket, client: bool = False) -> bool:
+        with self._lock:
+            if self._closed or (client and len(self._clients) >= MAX_CONNECTIONS):
                 return False
             self._open.add(s)
+            if client:
+                self._clients.add(s)
             return True
 
     def _forget(self, *sockets: socket.socket) -> None:
         with self._lock:
             self._open.difference_update(sockets)
+            self._clients.difference_update(sockets)
 
 
 def _head(s: socket.socket) -> tuple[bytes | None, bytes]:
@@ -347,7 +406,7 @@ def _target(head: bytes) -> tuple[str, int, bytes | None] | None:
     a CONNECT); None for a request that is neither."""
     line, _, fields = head.partition(b"\r\n")
     words = line.decode("latin-1").split(" ")
-    if len(words) != 3 or not words[2].startswith("HTTP/1."):
+    if len(words) != 3 or not re.fullmatch(r"HTTP/1\.[01]", words[2]) or not re.fullmatch(_TOKEN, line.split(b" ")[0]):
         return None
     method, target, version = words
     if method == "CONNECT":
@@ -362,9 +421,49 @@ def _target(head: bytes) -> tuple[str, int, bytes | None] | None:
         return None
     if url.scheme.lower() != "http" or not url.hostname or not _NAME.fullmatch(url.hostname.lower()):
         return None
+    # Its fields as sent, each on a line of its own (no bare CR or LF, no line folded), but for those that name
+    # another host or ask for another request on the connection: the proxy names the host it reaches and closes
+    # after one answer. A Host of another site's, or a second request on the connection, went to the host allowed,
+    # and a CDN (or any server of many sites) served the site named (red team).
+    lines = fields[:-4].split(b"\r\n") if fields[:-4] else []
+    if any(not re.fullmatch(_TOKEN + rb":[^\r\n\0]*", f) for f in lines):
+        return None
+    kept = b"".join(f + b"\r\n" for f in lines if f.partition(b":")[0].lower() not in _HOP_BY_HOP)
     path = (url.path or "/") + (f"?{url.query}" if url.query else "")
     host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
-    return host.lower(), port, f"{method} {path} {version}\r\n".encode("latin-1") + fields
+    named = host + (f":{url.port}" if url.port else "")
+    line = f"{method} {path} {version}\r\nHost: {named}\r\n".encode("latin-1")
+    return host.lower(), port, line + kept + b"Connection: close\r\n\r\n"
+
+
+def _hello_name(data: bytes) -> str | None:
+    """The host a TLS ClientHello names (SNI), lower case; "" where it names none; None where `data` does not begin
+    with one whole hello in one record, or it has an encrypted one within (ECH), whose name this cannot see."""
+    try:
+        end = 5 + int.from_bytes(data[3:5], "big")
+        if data[5] != 1 or 9 + int.from_bytes(data[6:9], "big") != end or len(data) < end:
+            return None
+        at = 9 + 2 + 32  # its version and random
+        at += 1 + data[at]  # the session's id
+        at += 2 + int.from_bytes(data[at : at + 2], "big")  # the cipher suites
+        at += 1 + data[at]  # the compression methods
+        stop = at + 2 + int.from_bytes(data[at : at + 2], "big")
+        if stop != end:
+            return None
+        at += 2
+        name = ""
+        while at < stop:
+            kind, size = int.from_bytes(data[at : at + 2], "big"), int.from_bytes(data[at + 2 : at + 4], "big")
+            body, at = data[at + 4 : at + 4 + size], at + 4 + size
+            if len(body) != size or kind == 0xFE0D:  # cut short, or an encrypted hello (ECH)
+                return None
+            if kind == 0:  # server_name: a list of one host_name
+                if size < 5 or body[2] != 0 or 5 + int.from_bytes(body[3:5], "big") != size or name:
+                    return None
+                name = body[5:].decode("ascii").lower().rstrip(".")
+        return name if at == stop else None
+    except (IndexError, UnicodeDecodeError):
+        return None
 
 
 def _answer(client: socket.socket, status: int, text: str) -> None:
