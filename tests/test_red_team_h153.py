@@ -15,6 +15,11 @@ fix.
   and again grew the loop's memory without bound, and the turn's output (and the experiment's reason) with it.
   A name is now one of DNS's (253 characters at most), and the first REFUSED_KEPT refusals are kept, the rest
   counted.
+- The model APIs' `bedrock-runtime.*.amazonaws.com` let in bedrock-runtime.s3.amazonaws.com, a name S3 answers (its
+  DNS answers any name there), where a request names the public bucket it reads. The `*` is now an AWS region.
+- A turn's connections were capped at 512 sockets of the loop's, its ends and the hosts' alike, and one still
+  connecting held one more: 700 CONNECTs to a host slow to answer held 1,025 descriptors of the loop's, past a soft
+  limit of 1,024, where the loop could open nothing else. The cap now counts the agent's ends (MAX_CONNECTIONS).
 - A port of a digit no ASCII one (`CONNECT host:\\xb2`, "²" to `str.isdigit`) raised ValueError in the proxy's
   thread: the connection cut without an answer, and a traceback on the loop's stderr (its log) for each one.
 
@@ -337,3 +342,19 @@ def test_the_connections_a_turn_holds_open_take_a_bounded_share_of_the_loop_s_de
         for s in waiting:
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_bedrock_s_wildcard_is_a_region_and_no_s3_bucket() -> None:
+    """BROKE, fixed: `bedrock-runtime.*.amazonaws.com` let in bedrock-runtime.s3.amazonaws.com (and S3's website and
+    accelerate names), which S3 answers for any name: there a request names the bucket it reads (its Host, its path),
+    any public one, a copy of a hub's validation text in one. AWS's certificate for S3 is S3's: the hello names an
+    allowed host, and the proxy sees no further."""
+    proxy_rules = egress.allowed({})
+
+    def allows(host: str) -> bool:
+        return any(rule.allows(host, 443) for rule in proxy_rules)
+
+    for region in ("us-east-1", "eu-central-1", "ap-southeast-2", "us-gov-west-1"):
+        assert allows(f"bedrock-runtime.{region}.amazonaws.com")
+    for other in ("s3", "s3-website-us-east-1", "s3-accelerate", "s3-us-west-2", "compute-1", "dualstack"):
+        assert not allows(f"bedrock-runtime.{other}.amazonaws.com"), other

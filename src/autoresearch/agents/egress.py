@@ -38,7 +38,9 @@ from autoresearch.agents.fence import ENDPOINT_SUFFIXES
 HOSTS_ENV = "AUTORESEARCH_AGENT_HOSTS"  # more hosts a turn may reach: "host", "host:port", "*.host"; "*" is any host
 PROXY_PORT = 3128  # where the agent's proxy is, in its namespace (another where an endpoint takes it)
 # The model APIs: the shipped agents' (Claude Code: the API, its sign-in; Codex: the API, ChatGPT's sign-in) and those
-# of aider's providers (litellm's). On port 443. A `*` is one label of a name.
+# of aider's providers (litellm's). On port 443. A `*` is one label of a name; `{region}`, an AWS region's (us-east-1):
+# as a `*`, it let in bedrock-runtime.s3.amazonaws.com, which S3 answers for any name, and there a request names the
+# public bucket it reads (red team).
 MODEL_APIS = (
     "api.anthropic.com",
     "console.anthropic.com",
@@ -52,7 +54,7 @@ MODEL_APIS = (
     "aiplatform.googleapis.com",
     "*-aiplatform.googleapis.com",
     "oauth2.googleapis.com",
-    "bedrock-runtime.*.amazonaws.com",
+    "bedrock-runtime.{region}.amazonaws.com",
     "*.openai.azure.com",
     "*.services.ai.azure.com",
     "api.deepseek.com",
@@ -96,7 +98,7 @@ class Rule:
             return False
         if self.pattern == "*":
             return True
-        labels = re.escape(self.pattern).replace(r"\*", "[^.]+")
+        labels = re.escape(self.pattern).replace(r"\*", "[^.]+").replace(r"\{region\}", r"[a-z]{2}(-[a-z]+)+-[0-9]+")
         return re.fullmatch(labels, host) is not None
 
 
