@@ -22,6 +22,8 @@ fix.
   limit of 1,024, where the loop could open nothing else. The cap now counts the agent's ends (MAX_CONNECTIONS).
 - A port of a digit no ASCII one (`CONNECT host:\\xb2`, "²" to `str.isdigit`) raised ValueError in the proxy's
   thread: the connection cut without an answer, and a traceback on the loop's stderr (its log) for each one.
+- (Honest use) A proxy of yours whose URL names a user and password (`HTTPS_PROXY=http://user:pass@proxy:3128`) was
+  connected through without them: one that asks for them refused every turn its model API.
 
 What held (tried, no fix): the agent cannot trace the forwarder, read its descriptors nor its memory (root of the
 first user namespace, with every capability there: the kernel's capability check refuses a tracer of a user
@@ -358,3 +360,35 @@ def test_bedrock_s_wildcard_is_a_region_and_no_s3_bucket() -> None:
         assert allows(f"bedrock-runtime.{region}.amazonaws.com")
     for other in ("s3", "s3-website-us-east-1", "s3-accelerate", "s3-us-west-2", "compute-1", "dualstack"):
         assert not allows(f"bedrock-runtime.{other}.amazonaws.com"), other
+
+
+def test_a_proxy_of_yours_that_asks_for_a_password_is_given_the_one_its_url_names(monkeypatch) -> None:
+    """BROKE, fixed (honest use): `HTTPS_PROXY=http://user:pass@proxy:3128` was connected through without them, and
+    a proxy that asks for them refused the model API of every turn (its clients, before, sent them themselves)."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    heads: list[bytes] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listening.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(1024)
+                heads.append(head)
+                if b"Proxy-Authorization: Basic dXNlcjpwQHNz\r\n" not in head:
+                    conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+                    return
+                conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                conn.sendall(conn.recv(100))
+
+    threading.Thread(target=serve, daemon=True).start()
+    yours = f"http://user:p%40ss@127.0.0.1:{listening.getsockname()[1]}"
+    with egress.Egress({"HTTPS_PROXY": yours}) as proxy:
+        client = Forwarder(proxy).hand(b"-")
+        client.sendall(b"CONNECT api.anthropic.com:443 HTTP/1.1\r\n\r\n")
+        assert client.recv(100) == b"HTTP/1.1 200 Connection established\r\n\r\n"
+        client.sendall(b"ping")
+        assert client.recv(100) == b"ping"
+    listening.close()
+    assert heads[0].startswith(b"CONNECT api.anthropic.com:443 HTTP/1.1\r\n")

@@ -18,6 +18,7 @@ where `Egress` connects through. Each host it refused is kept (`refused`), and t
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ipaddress
 import re
@@ -31,7 +32,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from autoresearch.agents.fence import ENDPOINT_SUFFIXES
 
@@ -358,7 +359,11 @@ class Egress:
         upstream = socket.create_connection((url.hostname, url.port or 80), timeout=CONNECT_WAIT_S)
         try:
             target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            upstream.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+            # with the user and password its URL names: without them, a proxy that asks for them refused every turn
+            # the model (the turn's clients, before, sent them themselves)
+            sign_in = f"{unquote(url.username)}:{unquote(url.password or '')}" if url.username is not None else None
+            said = f"Proxy-Authorization: Basic {base64.b64encode(sign_in.encode()).decode()}\r\n" if sign_in else ""
+            upstream.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{said}\r\n".encode())
             head, rest = _head(upstream)
             if head is None or head.split(b" ", 2)[1:2] != [b"200"] or rest:
                 raise ConnectionError(f"your proxy {url.hostname} refused CONNECT {target}")
