@@ -392,3 +392,25 @@ def test_a_proxy_of_yours_that_asks_for_a_password_is_given_the_one_its_url_name
         assert client.recv(100) == b"ping"
     listening.close()
     assert heads[0].startswith(b"CONNECT api.anthropic.com:443 HTTP/1.1\r\n")
+
+
+def test_a_tunnel_goes_on_in_a_loop_that_holds_many_descriptors() -> None:
+    """A loop whose descriptors number past 1,023 (a high soft limit, many runs) waits on a tunnel's first bytes
+    all the same (select.select takes none over 1023: not it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("too few descriptors to be had here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    held = [os.dup(0) for _ in range(1100)]
+    echo = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=lambda: _echo(echo), daemon=True).start()
+    try:
+        with egress.Egress({egress.HOSTS_ENV: f"localhost:{echo.getsockname()[1]}"}) as proxy:
+            client = _tunnel(Forwarder(proxy), f"localhost:{echo.getsockname()[1]}")
+            client.sendall(b"ping")
+            assert client.recv(10) == b"ping"
+    finally:
+        echo.close()
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -22,7 +22,6 @@ import base64
 import contextlib
 import ipaddress
 import re
-import select
 import selectors
 import shutil
 import socket
@@ -308,7 +307,10 @@ class Egress:
         (red team)."""
         data = rest
         if not data:
-            ready = select.select([client, upstream], [], [], HEAD_WAIT_S)[0]
+            with selectors.DefaultSelector() as selector:  # not select.select: no descriptor over 1023
+                for s in (client, upstream):
+                    selector.register(s, selectors.EVENT_READ)
+                ready = [key.fileobj for key, _ in selector.select(HEAD_WAIT_S)]
             if client not in ready:
                 return b"" if ready else None  # a host that speaks first (SSH, SMTP: no TLS hello), or neither
         while not data or (data[0] == 0x16 and len(data) < 5 + int.from_bytes(data[3:5].ljust(2, b"\0"), "big")):
