@@ -22,6 +22,9 @@ fix.
   limit of 1,024, where the loop could open nothing else. The cap now counts the agent's ends (MAX_CONNECTIONS).
 - A port of a digit no ASCII one (`CONNECT host:\\xb2`, "²" to `str.isdigit`) raised ValueError in the proxy's
   thread: the connection cut without an answer, and a traceback on the loop's stderr (its log) for each one.
+- A name a wildcard allows with a label over 63 characters (`*-aiplatform.googleapis.com`) raised UnicodeError in
+  the resolver (its IDNA codec), no OSError: the same, a traceback on the loop's stderr for each request. A name is
+  now one DNS takes (each label 63 at most, none empty).
 - (Honest use) A proxy of yours whose URL names a user and password (`HTTPS_PROXY=http://user:pass@proxy:3128`) was
   connected through without them: one that asks for them refused every turn its model API.
 
@@ -414,3 +417,18 @@ def test_a_tunnel_goes_on_in_a_loop_that_holds_many_descriptors() -> None:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_name_a_wildcard_allows_with_a_label_too_long_is_refused_with_an_answer(monkeypatch) -> None:
+    """BROKE, fixed: `*-aiplatform.googleapis.com` allows a first label of any length, and the resolver's IDNA codec
+    raised UnicodeError (no OSError) for one over 63 characters: the connection cut without an answer, and a
+    traceback on the loop's stderr for each one."""
+    raised: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_value))
+    with egress.Egress({}) as proxy:
+        forwarder = Forwarder(proxy)
+        for name in ("a" * 70 + "-aiplatform.googleapis.com", "a..openai.azure.com"):
+            client = forwarder.hand(b"-")
+            client.sendall(f"CONNECT {name}:443 HTTP/1.1\r\n\r\n".encode())
+            assert client.recv(100)[9:12] in (b"400", b"502")
+    assert raised == []

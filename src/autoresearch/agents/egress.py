@@ -80,7 +80,9 @@ MAX_CONNECTIONS = 256
 REFUSED_KEPT = 100
 HELLO_LIMIT = 16384 + 2048  # a TLS record's, at most (TLSCiphertext: 2^14 and its expansion)
 _CHUNK = 1 << 16
-_NAME = re.compile(r"[a-z0-9_.-]{1,253}|\[[0-9a-f:.]{2,45}\]")  # a name of DNS's (253 at most), or an IPv6 address
+# A name of DNS's (253 at most, each label 63), or an IPv6 address. A label too long (or empty) raised UnicodeError in
+# the resolver (its IDNA codec), no OSError: for a name a wildcard allows, a traceback on the loop's stderr (red team).
+_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*|\[[0-9a-f:.]{2,45}\]")
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # a method's, a field's name (RFC 9110)
 # The fields of a plain request that name another host or keep the connection for another request: the proxy sets them
 _HOP_BY_HOP = (b"host", b"connection", b"proxy-connection", b"keep-alive", b"upgrade")
@@ -341,7 +343,7 @@ class Egress:
             return _answer(client, 403, refusal([f"{host}:{port}"]))
         try:
             upstream = self._connect(host.strip("[]"), port)
-        except OSError as err:
+        except (OSError, ValueError) as err:  # ValueError: what the resolver says of a name it takes for none
             return _answer(client, 502, f"could not reach {host}:{port}: {err}")
         if not self._track(upstream):
             upstream.close()
