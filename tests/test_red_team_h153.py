@@ -432,3 +432,17 @@ def test_a_name_a_wildcard_allows_with_a_label_too_long_is_refused_with_an_answe
             client.sendall(f"CONNECT {name}:443 HTTP/1.1\r\n\r\n".encode())
             assert client.recv(100)[9:12] in (b"400", b"502")
     assert raised == []
+
+
+def test_a_hello_s_name_is_said_only_where_it_is_one() -> None:
+    """What a refused hello names goes into the turn's output only where it is a host's name: not a terminal's
+    escape sequence, nor 16 KiB of it."""
+    echo = socket.create_server(("127.0.0.1", 0))
+    with egress.Egress({egress.HOSTS_ENV: f"localhost:{echo.getsockname()[1]}"}) as proxy:
+        forwarder = Forwarder(proxy)
+        for name in ("\x1b]0;owned\x07", "a" * 16000):
+            client = _tunnel(forwarder, f"localhost:{echo.getsockname()[1]}")
+            client.sendall(_hello([_sni(name)]))
+            assert client.recv(100) == b""
+    echo.close()
+    assert len(proxy.refused) == 2 and "\x1b" not in proxy.said() and len(proxy.said()) < 1000

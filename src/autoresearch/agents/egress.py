@@ -326,7 +326,8 @@ class Egress:
             return data
         name = _hello_name(data)
         if name is None or (name and name != host.strip("[]")):
-            self._refuse(f"{name or 'a TLS hello that names its host otherwise'}:{port}")
+            shown = name if name and _NAME.fullmatch(name) else "a TLS hello that names its host otherwise"
+            self._refuse(f"{shown}:{port}")  # not what is no name (the turn's output, your terminal, show it)
             return None
         return data
 
