@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_egress import Forwarder
+from test_egress import Forwarder, needs_isolation, turn
 
 from autoresearch.agents import egress
 
@@ -446,3 +446,58 @@ def test_a_hello_s_name_is_said_only_where_it_is_one() -> None:
             assert client.recv(100) == b""
     echo.close()
     assert len(proxy.refused) == 2 and "\x1b" not in proxy.said() and len(proxy.said()) < 1000
+
+
+HELLOS = """
+import os, socket, ssl
+def fetch(name):
+    s = socket.create_connection(("127.0.0.1", int(os.environ["HTTPS_PROXY"].rsplit(":", 1)[1])), timeout=10)
+    s.sendall(b"CONNECT localhost:{port} HTTP/1.1\\r\\n\\r\\n")
+    assert s.recv(100).startswith(b"HTTP/1.1 200 ")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with context.wrap_socket(s, server_hostname=name) as tls:
+            tls.sendall(b"GET / HTTP/1.1\\r\\n\\r\\n")
+            return tls.recv(100).decode()
+    except OSError:
+        return "cut"
+print(fetch("localhost"), fetch("hub.example"))
+"""
+
+
+@pytest.mark.slow
+@needs_isolation
+def test_a_turn_cannot_reach_another_site_of_a_model_api_s_address(tmp_path, monkeypatch) -> None:
+    """BROKE, fixed: the same, from a turn in its namespace: through its proxy, a tunnel to the model API's name
+    whose hello named the hub's got the hub's site, at the same address (a CDN's)."""
+    cdn = Cdn(tmp_path)
+    try:
+        monkeypatch.setenv(egress.HOSTS_ENV, f"localhost:{cdn.port}")
+        code, out, err = turn(tmp_path, HELLOS.replace("{port}", str(cdn.port)), dict(os.environ))
+    finally:
+        cdn.close()
+    assert code == 0, err
+    assert out.split() == ["MODEL", "API", "cut"]
+    assert "hub.example" not in cdn.named
+    assert f"may not reach hub.example:{cdn.port}" in err
+
+
+def test_a_tunnel_to_a_host_that_speaks_first_goes_on() -> None:
+    """What checks a tunnel's TLS hello waits for none where the host speaks first (an SSH server you list)."""
+    greeter = socket.create_server(("127.0.0.1", 0))
+
+    def greet() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = greeter.accept()
+            with conn:
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+                conn.sendall(conn.recv(100))
+
+    threading.Thread(target=greet, daemon=True).start()
+    with egress.Egress({egress.HOSTS_ENV: f"localhost:{greeter.getsockname()[1]}"}) as proxy:
+        client = _tunnel(Forwarder(proxy), f"localhost:{greeter.getsockname()[1]}")
+        assert client.recv(100) == b"SSH-2.0-OpenSSH_9.6\r\n"
+        client.sendall(b"SSH-2.0-agent\r\n")
+        assert client.recv(100) == b"SSH-2.0-agent\r\n"
+    greeter.close()
