@@ -31,9 +31,15 @@ fix.
 What held (tried, no fix): the agent cannot trace the forwarder, read its descriptors nor its memory (root of the
 first user namespace, with every capability there: the kernel's capability check refuses a tracer of a user
 namespace below, Landlock or none); the egress socket's path, gone once the forwarder is accepted (the first
-connection in the listener's queue is its, made before the agent starts); the agent's own loopback, UDP, and
-netlink reach nothing outside; userinfo, a fragment or percent-encoding in an absolute URL, a CONNECT target with a
-bracketed address or another case, and a trailing dot are refused or are the host they name, the one connected to.
+connection in the listener's queue is its, made before the agent starts; through the turn's own /tmp, an overlay,
+a socket of another loop's is seen and refuses a connection); the agent's own loopback, UDP, ICMP and raw sockets,
+netlink, and interfaces of its own (a dummy, a tun: EPERM, the network namespace is the first user namespace's) reach
+nothing outside; userinfo, a fragment or percent-encoding in an absolute URL, a CONNECT target with a bracketed
+address or another case, and a trailing dot are refused or are the host they name, the one connected to.
+
+What is left (the proxy cannot see it): a request within TLS to another name of the certificate the hello named
+(HTTP/2 reuses a connection for each name it covers: *.googleapis.com's covers storage.googleapis.com, public
+buckets), and plain HTTP within a CONNECT tunnel to a host and plain port you list (its Host, a second request).
 """
 
 from __future__ import annotations
