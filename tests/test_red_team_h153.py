@@ -25,6 +25,9 @@ fix.
 - A name a wildcard allows with a label over 63 characters (`*-aiplatform.googleapis.com`) raised UnicodeError in
   the resolver (its IDNA codec), no OSError: the same, a traceback on the loop's stderr for each request. A name is
   now one DNS takes (each label 63 at most, none empty).
+- The same through a CONNECT to the host's plain port (80 for a host you list, or a plain endpoint's), which a
+  tunnel took unread: a tunnel's first bytes, where they are an HTTP request (an upper-case method), are now made
+  one request to its host as well; HTTP/2 without TLS (h2c), whose host is in its frames, is cut.
 - (Honest use) A proxy of yours whose URL names a user and password (`HTTPS_PROXY=http://user:pass@proxy:3128`) was
   connected through without them: one that asks for them refused every turn its model API.
 
@@ -39,7 +42,8 @@ address or another case, and a trailing dot are refused or are the host they nam
 
 What is left (the proxy cannot see it): a request within TLS to another name of the certificate the hello named
 (HTTP/2 reuses a connection for each name it covers: *.googleapis.com's covers storage.googleapis.com, public
-buckets), and plain HTTP within a CONNECT tunnel to a host and plain port you list (its Host, a second request).
+buckets); in a tunnel of plain HTTP, a request whose method is not upper case (which servers refuse, as HTTP's
+methods are case-sensitive); and within a protocol other than HTTP and TLS to a host you list, what it names.
 """
 
 from __future__ import annotations
@@ -120,7 +124,10 @@ def _client() -> ssl.SSLContext:
 def _tunnel(forwarder: Forwarder, target: str) -> socket.socket:
     client = forwarder.hand(b"-")
     client.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
-    assert client.recv(100) == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    established, answer = b"HTTP/1.1 200 Connection established\r\n\r\n", b""
+    while len(answer) < len(established) and (data := client.recv(len(established) - len(answer))):
+        answer += data  # and no more: what the host says first follows
+    assert answer == established
     return client
 
 
@@ -507,3 +514,33 @@ def test_a_tunnel_to_a_host_that_speaks_first_goes_on() -> None:
         client.sendall(b"SSH-2.0-agent\r\n")
         assert client.recv(100) == b"SSH-2.0-agent\r\n"
     greeter.close()
+
+
+@pytest.mark.parametrize("pieces", [1, 2], ids=["whole", "its method apart"])
+def test_a_plain_request_through_a_tunnel_reaches_the_host_it_names_and_no_other(pieces: int) -> None:
+    """BROKE, fixed: the same through a CONNECT to the host's plain port (80, or one you list), which a tunnel took
+    unread: its Host, and a second request on it, went to the host allowed. And a request of HTTP/2 (h2c), whose
+    host is within its frames, is cut."""
+    server = VirtualHosts()
+    allowed = f"127.0.0.3:{server.port}"
+    request = b"GET /paper HTTP/1.1\r\nHost: hub.example\r\n\r\nGET /val HTTP/1.1\r\nHost: hub.example\r\n\r\n"
+    try:
+        with egress.Egress({egress.HOSTS_ENV: allowed}) as proxy:
+            forwarder = Forwarder(proxy)
+            client = _tunnel(forwarder, allowed)
+            client.sendall(request[:2])
+            if pieces == 2:
+                time.sleep(0.2)
+            client.sendall(request[2:])
+            answer = b""
+            with contextlib.suppress(OSError):
+                while data := client.recv(1000):
+                    answer += data
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert server.asked == [(allowed, "/paper")], "another site's Host, or a second request, went on"
+            h2c = _tunnel(forwarder, allowed)
+            h2c.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            assert h2c.recv(100) == b""
+    finally:
+        server.close()
+    assert server.asked == [(allowed, "/paper")]

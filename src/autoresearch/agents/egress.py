@@ -322,8 +322,8 @@ class Egress:
             if not chunk:
                 return None
             data += chunk
-        if data[0] != 0x16:  # no TLS: a plain protocol to a host and port allowed
-            return data
+        if data[0] != 0x16:  # no TLS: HTTP (one request, to `host`), or another protocol to a host and port allowed
+            return _plain(client, host, port, data)
         name = _hello_name(data)
         if name is None or (name and name != host.strip("[]")):
             shown = name if name and _NAME.fullmatch(name) else "a TLS hello that names its host otherwise"
@@ -399,10 +399,9 @@ class Egress:
             self._clients.difference_update(sockets)
 
 
-def _head(s: socket.socket) -> tuple[bytes | None, bytes]:
-    """A request's (or an answer's) head, through its blank line, and what came after it; None for a head over
-    HEAD_LIMIT or a connection closed first."""
-    data = b""
+def _head(s: socket.socket, data: bytes = b"") -> tuple[bytes | None, bytes]:
+    """A request's (or an answer's) head, through its blank line, and what came after it (`data`: what of it was
+    read already); None for a head over HEAD_LIMIT or a connection closed first."""
     while (end := data.find(b"\r\n\r\n")) < 0:
         if len(data) > HEAD_LIMIT:
             return None, b""
@@ -433,19 +432,47 @@ def _target(head: bytes) -> tuple[str, int, bytes | None] | None:
         return None
     if url.scheme.lower() != "http" or not url.hostname or not _NAME.fullmatch(url.hostname.lower()):
         return None
-    # Its fields as sent, each on a line of its own (no bare CR or LF, no line folded), but for those that name
-    # another host or ask for another request on the connection: the proxy names the host it reaches and closes
-    # after one answer. A Host of another site's, or a second request on the connection, went to the host allowed,
-    # and a CDN (or any server of many sites) served the site named (red team).
+    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    request = _one_request(method, path, version, fields, host + (f":{url.port}" if url.port else ""))
+    return None if request is None else (host.lower(), port, request)
+
+
+def _one_request(method: str, target: str, version: str, fields: bytes, host: str) -> bytes | None:
+    """A request's head (`fields`: what follows its first line) made one for `host` alone: its fields as sent, each
+    on a line of its own (no bare CR or LF, no line folded), but for those that name another host or ask for another
+    request on the connection; the proxy names the host it reaches and asks for one answer. None for a head that is
+    not one. A Host of another site's, or a second request on the connection, went to the host allowed, and a CDN
+    (or any server of many sites) served the site named (red team)."""
+    if not re.fullmatch(r"HTTP/1\.[01]", version) or not re.fullmatch(_TOKEN, method.encode("latin-1")):
+        return None
     lines = fields[:-4].split(b"\r\n") if fields[:-4] else []
     if any(not re.fullmatch(_TOKEN + rb":[^\r\n\0]*", f) for f in lines):
         return None
     kept = b"".join(f + b"\r\n" for f in lines if f.partition(b":")[0].lower() not in _HOP_BY_HOP)
-    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
-    named = host + (f":{url.port}" if url.port else "")
-    line = f"{method} {path} {version}\r\nHost: {named}\r\n".encode("latin-1")
-    return host.lower(), port, line + kept + b"Connection: close\r\n\r\n"
+    line = f"{method} {target} {version}\r\nHost: {host}\r\n".encode("latin-1")
+    return line + kept + b"Connection: close\r\n\r\n"
+
+
+def _plain(client: socket.socket, host: str, port: int, data: bytes) -> bytes | None:
+    """What a tunnel's client sent first, with no TLS: an HTTP request made one to `host` (`_one_request`), or what
+    is none (HTTP's methods are upper case; another protocol, to a host and port allowed, goes on); None where it
+    may not go on. Through a tunnel to a host allowed on port 80, a request named another site (red team)."""
+    while re.fullmatch(rb"[A-Z]{1,20}", data):  # a method's first letters, perhaps
+        if not (chunk := client.recv(_CHUNK)):
+            return None
+        data += chunk
+    if not re.match(rb"[A-Z]+ ", data):
+        return data
+    head, rest = _head(client, data)
+    if head is None:
+        return None
+    line, _, fields = head.partition(b"\r\n")
+    words = line.decode("latin-1").split(" ")
+    if len(words) != 3 or not (words[1].startswith("/") or words[1] == "*"):  # not another host's absolute URL
+        return None
+    request = _one_request(*words, fields, host if port == 80 else f"{host}:{port}")
+    return None if request is None else request + rest
 
 
 def _hello_name(data: bytes) -> str | None:
