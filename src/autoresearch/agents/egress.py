@@ -5,7 +5,9 @@ way out: agents/forwarder.py in there hands each connection made to 127.0.0.1:PR
 in its environment) to `Egress`, a proxy in the loop, which the agent's processes cannot reach into. It connects a
 CONNECT (or a plain HTTP request) only to a host `allowed` names: the model APIs the shipped agents and aider's
 providers use, the hosts of the endpoints the environment names (`_BASE_URL`, `_API_BASE`, `_ENDPOINT`, as
-agents/fence.py reads them), and those in HOSTS_ENV.
+agents/fence.py reads them), and those in HOSTS_ENV. What a tunnel's client sends first it reads: a TLS hello names
+that host or none (SNI), and plain HTTP, there or asked of the proxy, is one request, to that host. Within TLS it
+sees nothing: a request to another name the certificate covers (HTTP/2 reuses a connection for each) goes there.
 
 Why: the port fence let a turn reach any host on port 443, and a hub dataset's validation text is on a public host.
 An agent that fetched it could work out the scored tokens (the packing is this package's code) and put a table of
