@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from autoresearch.agents import proxy_reads
 from autoresearch.agents.fence import ENDPOINT_SUFFIXES
 
 HOSTS_ENV = "AUTORESEARCH_AGENT_HOSTS"  # more hosts a turn may reach: "host", "host:port", "*.host"; "*" is any host
@@ -69,7 +70,6 @@ MODEL_APIS = (
 )
 # Endpoint variables whose hosts are not a model's: the hub's (a data mirror), which holds the validation text
 NOT_MODELS = ("HF_ENDPOINT",)
-HEAD_LIMIT = 1 << 16  # a request's head, at most
 HEAD_WAIT_S = 30.0
 CONNECT_WAIT_S = 30.0
 # A turn's connections at once: each is a thread of the loop's, and up to three of its descriptors (the agent's end,
@@ -80,14 +80,7 @@ MAX_CONNECTIONS = 256
 # The refusals a turn's proxy keeps (`Egress.refused`), the rest only counted: a turn asked for a new long name again
 # and again, and each was kept, in the loop's memory and the turn's output, without bound (red team).
 REFUSED_KEPT = 100
-HELLO_LIMIT = 16384 + 2048  # a TLS record's, at most (TLSCiphertext: 2^14 and its expansion)
 _CHUNK = 1 << 16
-# A name of DNS's (253 at most, each label 63), or an IPv6 address. A label too long (or empty) raised UnicodeError in
-# the resolver (its IDNA codec), no OSError: for a name a wildcard allows, a traceback on the loop's stderr (red team).
-_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*|\[[0-9a-f:.]{2,45}\]")
-_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # a method's, a field's name (RFC 9110)
-# The fields of a plain request that name another host or keep the connection for another request: the proxy sets them
-_HOP_BY_HOP = (b"host", b"connection", b"proxy-connection", b"keep-alive", b"upgrade")
 
 
 @dataclass(frozen=True)
@@ -119,14 +112,10 @@ def allowed(env: Mapping[str, str]) -> list[Rule]:
                     rules.append(Rule(url.hostname.lower(), (port,)))
     for word in env.get(HOSTS_ENV, "").replace(",", " ").split():
         host, colon, port = word.lower().rpartition(":") if ":" in word else (word.lower(), "", "")
-        if not re.fullmatch(r"\*|(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*", host) or (colon and not _port(port)):
+        if not re.fullmatch(r"\*|(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*", host) or (colon and not proxy_reads.is_port(port)):
             raise ValueError(f"{HOSTS_ENV} lists {word!r}, which is not a host, host:port or *.domain")
         rules.append(Rule(host, (int(port),) if port else (443, 80)))
     return rules
-
-
-def _port(word: str) -> bool:
-    return word.isascii() and word.isdigit() and 0 < int(word) < 65536  # not "²", a digit to isdigit, not to int
 
 
 def local_endpoints(env: Mapping[str, str]) -> list[str]:
@@ -277,10 +266,10 @@ class Egress:
     def _proxied(self, client: socket.socket) -> socket.socket | None:
         """Speak HTTP proxy to a connection made to the agent's HTTPS_PROXY: the connection it asks for, made."""
         client.settimeout(HEAD_WAIT_S)
-        head, rest = _head(client)
+        head, rest = proxy_reads.read_head(client)
         if head is None:
             return None
-        asked = _target(head)
+        asked = proxy_reads.target(head)
         if asked is None:
             return _answer(client, 400, "not a request this proxy takes (CONNECT host:port, or an http:// URL)")
         host, port, origin_form = asked
@@ -318,17 +307,17 @@ class Egress:
             if client not in ready:
                 return b"" if ready else None  # a host that speaks first (SSH, SMTP: no TLS hello), or neither
         while not data or (data[0] == 0x16 and len(data) < 5 + int.from_bytes(data[3:5].ljust(2, b"\0"), "big")):
-            if len(data) > HELLO_LIMIT:
+            if len(data) > proxy_reads.HELLO_LIMIT:
                 break
             chunk = client.recv(_CHUNK)
             if not chunk:
                 return None
             data += chunk
         if data[0] != 0x16:  # no TLS: HTTP (one request, to `host`), or another protocol to a host and port allowed
-            return _plain(client, host, port, data)
-        name = _hello_name(data)
+            return proxy_reads.plain(client, host, port, data)
+        name = proxy_reads.hello_name(data)
         if name is None or (name and name != host.strip("[]")):
-            shown = name if name and _NAME.fullmatch(name) else "a TLS hello that names its host otherwise"
+            shown = name if name and proxy_reads.NAME.fullmatch(name) else "a TLS hello that names its host otherwise"
             self._refuse(f"{shown}:{port}")  # not what is no name (the turn's output, your terminal, show it)
             return None
         return data
@@ -336,7 +325,7 @@ class Egress:
     def _tunnel(self, client: socket.socket, endpoint: str) -> socket.socket | None:
         """A connection made to a local endpoint's port in the namespace, joined to that endpoint."""
         host, _, port = endpoint.lower().rpartition(":")
-        if not _port(port) or not _NAME.fullmatch(host):
+        if not proxy_reads.is_port(port) or not proxy_reads.NAME.fullmatch(host):
             return None
         return self._reach(client, host, int(port))
 
@@ -371,7 +360,7 @@ class Egress:
             sign_in = f"{unquote(url.username)}:{unquote(url.password or '')}" if url.username is not None else None
             said = f"Proxy-Authorization: Basic {base64.b64encode(sign_in.encode()).decode()}\r\n" if sign_in else ""
             upstream.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{said}\r\n".encode())
-            head, rest = _head(upstream)
+            head, rest = proxy_reads.read_head(upstream)
             if head is None or head.split(b" ", 2)[1:2] != [b"200"] or rest:
                 raise ConnectionError(f"your proxy {url.hostname} refused CONNECT {target}")
         except BaseException:
@@ -399,112 +388,6 @@ class Egress:
         with self._lock:
             self._open.difference_update(sockets)
             self._clients.difference_update(sockets)
-
-
-def _head(s: socket.socket, data: bytes = b"") -> tuple[bytes | None, bytes]:
-    """A request's (or an answer's) head, through its blank line, and what came after it (`data`: what of it was
-    read already); None for a head over HEAD_LIMIT or a connection closed first."""
-    while (end := data.find(b"\r\n\r\n")) < 0:
-        if len(data) > HEAD_LIMIT:
-            return None, b""
-        chunk = s.recv(_CHUNK)
-        if not chunk:
-            return None, b""
-        data += chunk
-    return data[: end + 4], data[end + 4 :]
-
-
-def _target(head: bytes) -> tuple[str, int, bytes | None] | None:
-    """The host and port a request asks for, and for a plain HTTP one, its head with the origin-form line (None for
-    a CONNECT); None for a request that is neither."""
-    line, _, fields = head.partition(b"\r\n")
-    words = line.decode("latin-1").split(" ")
-    if len(words) != 3 or not re.fullmatch(r"HTTP/1\.[01]", words[2]) or not re.fullmatch(_TOKEN, line.split(b" ")[0]):
-        return None
-    method, target, version = words
-    if method == "CONNECT":
-        host, _, port = target.rpartition(":")
-        if not _port(port) or not _NAME.fullmatch(host.lower()):
-            return None
-        return host.lower(), int(port), None
-    try:
-        url = urlsplit(target)
-        port = url.port or 80
-    except ValueError:
-        return None
-    if url.scheme.lower() != "http" or not url.hostname or not _NAME.fullmatch(url.hostname.lower()):
-        return None
-    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
-    request = _one_request(method, path, version, fields, host + (f":{url.port}" if url.port else ""))
-    return None if request is None else (host.lower(), port, request)
-
-
-def _one_request(method: str, target: str, version: str, fields: bytes, host: str) -> bytes | None:
-    """A request's head (`fields`: what follows its first line) made one for `host` alone: its fields as sent, each
-    on a line of its own (no bare CR or LF, no line folded), but for those that name another host or ask for another
-    request on the connection; the proxy names the host it reaches and asks for one answer. None for a head that is
-    not one. A Host of another site's, or a second request on the connection, went to the host allowed, and a CDN
-    (or any server of many sites) served the site named (red team)."""
-    if not re.fullmatch(r"HTTP/1\.[01]", version) or not re.fullmatch(_TOKEN, method.encode("latin-1")):
-        return None
-    lines = fields[:-4].split(b"\r\n") if fields[:-4] else []
-    if any(not re.fullmatch(_TOKEN + rb":[^\r\n\0]*", f) for f in lines):
-        return None
-    kept = b"".join(f + b"\r\n" for f in lines if f.partition(b":")[0].lower() not in _HOP_BY_HOP)
-    line = f"{method} {target} {version}\r\nHost: {host}\r\n".encode("latin-1")
-    return line + kept + b"Connection: close\r\n\r\n"
-
-
-def _plain(client: socket.socket, host: str, port: int, data: bytes) -> bytes | None:
-    """What a tunnel's client sent first, with no TLS: an HTTP request made one to `host` (`_one_request`), or what
-    is none (HTTP's methods are upper case; another protocol, to a host and port allowed, goes on); None where it
-    may not go on. Through a tunnel to a host allowed on port 80, a request named another site (red team)."""
-    while re.fullmatch(rb"[A-Z]{1,20}", data):  # a method's first letters, perhaps
-        if not (chunk := client.recv(_CHUNK)):
-            return None
-        data += chunk
-    if not re.match(rb"[A-Z]+ ", data):
-        return data
-    head, rest = _head(client, data)
-    if head is None:
-        return None
-    line, _, fields = head.partition(b"\r\n")
-    words = line.decode("latin-1").split(" ")
-    if len(words) != 3 or not (words[1].startswith("/") or words[1] == "*"):  # not another host's absolute URL
-        return None
-    request = _one_request(*words, fields, host if port == 80 else f"{host}:{port}")
-    return None if request is None else request + rest
-
-
-def _hello_name(data: bytes) -> str | None:
-    """The host a TLS ClientHello names (SNI), lower case; "" where it names none; None where `data` does not begin
-    with one whole hello in one record, or it has an encrypted one within (ECH), whose name this cannot see."""
-    try:
-        end = 5 + int.from_bytes(data[3:5], "big")
-        if data[5] != 1 or 9 + int.from_bytes(data[6:9], "big") != end or len(data) < end:
-            return None
-        at = 9 + 2 + 32  # its version and random
-        at += 1 + data[at]  # the session's id
-        at += 2 + int.from_bytes(data[at : at + 2], "big")  # the cipher suites
-        at += 1 + data[at]  # the compression methods
-        stop = at + 2 + int.from_bytes(data[at : at + 2], "big")
-        if stop != end:
-            return None
-        at += 2
-        name = ""
-        while at < stop:
-            kind, size = int.from_bytes(data[at : at + 2], "big"), int.from_bytes(data[at + 2 : at + 4], "big")
-            body, at = data[at + 4 : at + 4 + size], at + 4 + size
-            if len(body) != size or kind == 0xFE0D:  # cut short, or an encrypted hello (ECH)
-                return None
-            if kind == 0:  # server_name: a list of one host_name
-                if size < 5 or body[2] != 0 or 5 + int.from_bytes(body[3:5], "big") != size or name:
-                    return None
-                name = body[5:].decode("ascii").lower().rstrip(".")
-        return name if at == stop else None
-    except (IndexError, UnicodeDecodeError):
-        return None
 
 
 def _answer(client: socket.socket, status: int, text: str) -> None:
