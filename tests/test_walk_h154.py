@@ -10,10 +10,10 @@ endpoint, in TLS with a certificate of a CA this test makes (given to each agent
 Each test runs the baseline (fake executor) and one turn of the real program in the agent's namespace (no launcher:
 the loop's own network namespace, forwarder and proxy), and checks that the turn is kept with its tokens, that it
 asked only for the endpoint's host (your proxy's CONNECT lines), that the loop's proxy refused nothing, and that the
-turn did not wait on a timeout. All three do, in TLS, to their default API and to a gateway; Codex and aider in plain
-HTTP too. What does not work yet is agents/egress.py's (strict xfails, each saying why, to be unmarked once it is
-mended): a plain-HTTP endpoint for Claude Code (a kept-alive proxy connection's 2nd request), a plain-HTTP endpoint
-behind your HTTP_PROXY alone, and your proxy's credentials (http://user:password@proxy:3128).
+turn did not wait on a timeout. All three do, in TLS, to their default API and to a gateway, and in plain HTTP. Three
+things failed at first, each tested here: Claude Code's plain-HTTP endpoint (it kept its proxy connection alive, and
+its second request went on in absolute form), a plain-HTTP endpoint behind your HTTP_PROXY alone (it went around it),
+and your proxy's credentials (http://user:password@proxy:3128: not sent).
 """
 
 from __future__ import annotations
@@ -281,15 +281,6 @@ def a_remote_turn(workspace, name: str, yours: YourProxy, proxies: list, fake, a
 # -- plain http: a gateway at http://llm.example.test:8080, reached only through your proxy ---------------
 
 
-KEEP_ALIVE = (
-    "agents/egress.py rewrites only a connection's FIRST plain-HTTP request to origin-form and relays the rest as "
-    "sent: Claude Code keeps its proxy connection alive, and its second request reached the server as "
-    "`POST http://llm.example.test:8080/v1/messages`, which it answered 404 ('There's an issue with the selected "
-    "model')"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=KEEP_ALIVE)
 @pytest.mark.slow  # a real Node program: ~2 s a turn
 def test_claude_code_reaches_a_remote_endpoint_through_your_proxy(workspace, fake_anthropic, remote, proxies):
     yours = remote(fake_anthropic, "ANTHROPIC_BASE_URL", f"http://{REMOTE}:8080", f"{REMOTE}:8080")
@@ -385,7 +376,6 @@ def models(host: str = f"{REMOTE}:8080") -> str:
     return f"GET http://{host}/v1/models HTTP/1.1\r\nHost: {host}\r\nProxy-Connection: Keep-Alive\r\n\r\n"
 
 
-@pytest.mark.xfail(strict=True, reason=KEEP_ALIVE)
 def test_each_plain_http_request_on_a_kept_alive_proxy_connection_reaches_the_endpoint_in_origin_form(fake_openai):
     """A client keeps its connection to an HTTP proxy alive, unless told it closes, and sends its next request on it,
     again in absolute-form (Claude Code's 2nd request of a turn, litellm's retry): the server must get each in
@@ -405,12 +395,6 @@ def test_each_plain_http_request_on_a_kept_alive_proxy_connection_reaches_the_en
     assert lines == ["GET /v1/models"] * 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agents/egress.py picks your proxy by the port (80: HTTP_PROXY, any other: HTTPS_PROXY), not the scheme: a "
-    "plain-HTTP request to http://host:8080 went around your HTTP_PROXY, straight to a host the loop's machine may not "
-    "reach (the loop's own key check used HTTP_PROXY for it)",
-)
 def test_a_plain_http_endpoint_on_another_port_is_reached_through_your_http_proxy(fake_openai):
     yours = YourProxy({f"{REMOTE}:8080": int(fake_openai.url.split(":")[2].split("/")[0])})
     env = {"OPENAI_BASE_URL": f"http://{REMOTE}:8080/v1", "HTTP_PROXY": yours.url}
@@ -421,11 +405,6 @@ def test_a_plain_http_endpoint_on_another_port_is_reached_through_your_http_prox
     assert yours.asked == [f"{REMOTE}:8080"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agents/egress.py sends your proxy no Proxy-Authorization: with HTTPS_PROXY=http://user:password@proxy:3128 "
-    "(a corporate proxy's usual form) every CONNECT was answered 407, and the turn reached no model",
-)
 def test_your_proxy_that_wants_credentials_is_given_those_in_its_url(fake_openai):
     yours = YourProxy({"api.openai.com:443": int(fake_openai.url.split(":")[2].split("/")[0])}, "alice:s3cret")
     env = {"HTTPS_PROXY": yours.url.replace("http://", "http://alice:s3cret@")}

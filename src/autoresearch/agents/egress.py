@@ -251,11 +251,12 @@ class Egress:
                 return
             try:
                 if asked == b"-":
-                    upstream = self._proxied(client)
+                    made = self._proxied(client)
                 else:
-                    upstream = self._tunnel(client, asked.decode("ascii", errors="replace"))
-                if upstream is not None:
-                    _relay(client, upstream)
+                    made = self._tunnel(client, asked.decode("ascii", errors="replace"))
+                if made is not None:
+                    upstream, exchange = made
+                    _relay(client, upstream, exchange)
             except OSError:
                 pass
             finally:
@@ -263,8 +264,9 @@ class Egress:
                 if upstream is not None:
                     upstream.close()
 
-    def _proxied(self, client: socket.socket) -> socket.socket | None:
-        """Speak HTTP proxy to a connection made to the agent's HTTPS_PROXY: the connection it asks for, made."""
+    def _proxied(self, client: socket.socket) -> tuple[socket.socket, proxy_reads.Exchange | None] | None:
+        """Speak HTTP proxy to a connection made to the agent's HTTPS_PROXY: the connection it asks for, made, and
+        where it is plain HTTP, the exchange it is."""
         client.settimeout(HEAD_WAIT_S)
         head, rest = proxy_reads.read_head(client)
         if head is None:
@@ -272,32 +274,36 @@ class Egress:
         asked = proxy_reads.target(head)
         if asked is None:
             return _answer(client, 400, "not a request this proxy takes (CONNECT host:port, or an http:// URL)")
-        host, port, origin_form = asked
-        upstream = self._reach(client, host, port)
-        if upstream is None:
+        host, port, exchange = asked
+        reached = self._reach(client, host, port, plain=exchange is not None)
+        if reached is None:
             return None
+        upstream, proxy = reached
         try:
-            if origin_form is None:
+            if exchange is None:
                 client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 first = self._hello(client, upstream, host, port, rest)
                 if first is None:
                     raise ConnectionAbortedError
-                upstream.sendall(first)
+                data, exchange = first
+                upstream.sendall(data)
             else:
-                upstream.sendall(origin_form + rest)
+                upstream.sendall(exchange.head(proxy) + exchange.asked(rest))
             client.settimeout(None)
         except BaseException:
             self._forget(upstream)
             upstream.close()
             raise
-        return upstream
+        return upstream, exchange
 
-    def _hello(self, client: socket.socket, upstream: socket.socket, host: str, port: int, rest: bytes) -> bytes | None:
-        """What a tunnel's client sent first, where it may go on to `host`: a TLS hello that names no other host
-        (SNI), in one record, and hides none (ECH), or what is no TLS (nothing, where the host speaks first); None
-        where it may not (the tunnel is cut). The proxy connects by name, and a model API's name is one of many a
-        CDN's addresses serve: a tunnel to api.openai.com whose hello named another site on the CDN was that site
-        (red team)."""
+    def _hello(
+        self, client: socket.socket, upstream: socket.socket, host: str, port: int, rest: bytes
+    ) -> tuple[bytes, proxy_reads.Exchange | None] | None:
+        """What a tunnel's client sent first, where it may go on to `host`, with the exchange it is where it is plain
+        HTTP: a TLS hello that names no other host (SNI), in one record, and hides none (ECH), or what is no TLS
+        (nothing, where the host speaks first); None where it may not (the tunnel is cut). The proxy connects by
+        name, and a model API's name is one of many a CDN's addresses serve: a tunnel to api.openai.com whose hello
+        named another site on the CDN was that site (red team)."""
         data = rest
         if not data:
             with selectors.DefaultSelector() as selector:  # not select.select: no descriptor over 1023
@@ -305,7 +311,7 @@ class Egress:
                     selector.register(s, selectors.EVENT_READ)
                 ready = [key.fileobj for key, _ in selector.select(HEAD_WAIT_S)]
             if client not in ready:
-                return b"" if ready else None  # a host that speaks first (SSH, SMTP: no TLS hello), or neither
+                return (b"", None) if ready else None  # a host that speaks first (SSH, SMTP: no TLS hello), or neither
         while not data or (data[0] == 0x16 and len(data) < 5 + int.from_bytes(data[3:5].ljust(2, b"\0"), "big")):
             if len(data) > proxy_reads.HELLO_LIMIT:
                 break
@@ -320,45 +326,54 @@ class Egress:
             shown = name if name and proxy_reads.NAME.fullmatch(name) else "a TLS hello that names its host otherwise"
             self._refuse(f"{shown}:{port}")  # not what is no name (the turn's output, your terminal, show it)
             return None
-        return data
+        return data, None
 
-    def _tunnel(self, client: socket.socket, endpoint: str) -> socket.socket | None:
+    def _tunnel(self, client: socket.socket, endpoint: str) -> tuple[socket.socket, proxy_reads.Exchange | None] | None:
         """A connection made to a local endpoint's port in the namespace, joined to that endpoint."""
         host, _, port = endpoint.lower().rpartition(":")
         if not proxy_reads.is_port(port) or not proxy_reads.NAME.fullmatch(host):
             return None
-        return self._reach(client, host, int(port))
+        reached = self._reach(client, host, int(port))
+        return None if reached is None else (reached[0], None)
 
-    def _reach(self, client: socket.socket, host: str, port: int) -> socket.socket | None:
+    def _reach(
+        self, client: socket.socket, host: str, port: int, plain: bool = False
+    ) -> tuple[socket.socket, str | None] | None:
+        """A connection to `host`:`port` where it is allowed (else the client told why), and where it is one to your
+        proxy for a `plain` HTTP request, the Proxy-Authorization field that request is to carry ("" for none)."""
         if not self.allows(host, port):
             self._refuse(f"{host}:{port}")
             return _answer(client, 403, refusal([f"{host}:{port}"]))
         try:
-            upstream = self._connect(host.strip("[]"), port)
+            upstream, proxy = self._connect(host.strip("[]"), port, plain)
         except (OSError, ValueError) as err:  # ValueError: what the resolver says of a name it takes for none
             return _answer(client, 502, f"could not reach {host}:{port}: {err}")
         if not self._track(upstream):
             upstream.close()
             return _answer(client, 503, "the turn has ended")
         upstream.settimeout(None)
-        return upstream
+        return upstream, proxy
 
-    def _connect(self, host: str, port: int) -> socket.socket:
-        """A connection to `host`:`port`, through your proxy where one is to be used (never for this machine)."""
-        proxy = self.upstream.get("https_proxy" if port != 80 else "http_proxy") or self.upstream.get("all_proxy")
+    def _connect(self, host: str, port: int, plain: bool) -> tuple[socket.socket, str | None]:
+        """A connection to `host`:`port`, through your proxy where one is to be used (never for this machine): for a
+        `plain` HTTP request, HTTP_PROXY, which it is sent to (with the Proxy-Authorization field it is to carry); else
+        HTTPS_PROXY, by CONNECT. A plain request to http://host:8080 went around your HTTP_PROXY (walk)."""
+        proxy = self.upstream.get("http_proxy" if plain else "https_proxy") or self.upstream.get("all_proxy")
         bypass = _loopback(host) or bool(
             self.no_proxy and urllib.request.proxy_bypass_environment(host, {"no": self.no_proxy})
         )
         url = urlsplit(proxy) if proxy and not bypass and "://" in proxy else None
         if url is None or url.scheme.lower() != "http" or not url.hostname:
-            return socket.create_connection((host, port), timeout=CONNECT_WAIT_S)
+            return socket.create_connection((host, port), timeout=CONNECT_WAIT_S), None
         upstream = socket.create_connection((url.hostname, url.port or 80), timeout=CONNECT_WAIT_S)
+        # with the user and password its URL names: without them, a proxy that asks for them refused every turn the
+        # model (the turn's clients, before, sent them themselves)
+        sign_in = f"{unquote(url.username)}:{unquote(url.password or '')}" if url.username is not None else None
+        said = f"Proxy-Authorization: Basic {base64.b64encode(sign_in.encode()).decode()}\r\n" if sign_in else ""
+        if plain:
+            return upstream, said
         try:
             target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            # with the user and password its URL names: without them, a proxy that asks for them refused every turn
-            # the model (the turn's clients, before, sent them themselves)
-            sign_in = f"{unquote(url.username)}:{unquote(url.password or '')}" if url.username is not None else None
-            said = f"Proxy-Authorization: Basic {base64.b64encode(sign_in.encode()).decode()}\r\n" if sign_in else ""
             upstream.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{said}\r\n".encode())
             head, rest = proxy_reads.read_head(upstream)
             if head is None or head.split(b" ", 2)[1:2] != [b"200"] or rest:
@@ -366,7 +381,7 @@ class Egress:
         except BaseException:
             upstream.close()
             raise
-        return upstream
+        return upstream, None
 
     def _refuse(self, what: str) -> None:
         with self._lock:
@@ -399,8 +414,9 @@ def _answer(client: socket.socket, status: int, text: str) -> None:
         client.sendall(head.encode() + b"Connection: close\r\n\r\n" + body)
 
 
-def _relay(a: socket.socket, b: socket.socket) -> None:
-    """Bytes both ways until both ends have closed (or the turn ends: `Egress.close` shuts every socket down)."""
+def _relay(a: socket.socket, b: socket.socket, exchange: proxy_reads.Exchange | None = None) -> None:
+    """Bytes both ways between the client `a` and the host `b` until both ends have closed (or the turn ends:
+    `Egress.close` shuts every socket down); where they are a plain HTTP `exchange`, only what it lets on."""
     peer = {a: b, b: a}
     with selectors.DefaultSelector() as selector:
         for s in (a, b):
@@ -412,9 +428,16 @@ def _relay(a: socket.socket, b: socket.socket) -> None:
                     data = s.recv(_CHUNK)
                 except OSError:
                     data = b""
+                if data and exchange is not None:
+                    data = exchange.asked(data) if s is a else exchange.answered(data)
+                    if not data:
+                        continue
                 if data:
                     peer[s].sendall(data)
                     continue
+                if s is b and exchange is not None and (held := exchange.held()):
+                    with contextlib.suppress(OSError):
+                        a.sendall(held)
                 selector.unregister(s)
                 with contextlib.suppress(OSError):
                     peer[s].shutdown(socket.SHUT_WR)

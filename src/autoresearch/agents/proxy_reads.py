@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 HEAD_LIMIT = 1 << 16  # a request's head, at most
@@ -36,9 +37,9 @@ def read_head(s: socket.socket, data: bytes = b"") -> tuple[bytes | None, bytes]
     return data[: end + 4], data[end + 4 :]
 
 
-def target(head: bytes) -> tuple[str, int, bytes | None] | None:
-    """The host and port a request asks for, and for a plain HTTP one, its head with the origin-form line (None for
-    a CONNECT); None for a request that is neither."""
+def target(head: bytes) -> tuple[str, int, Exchange | None] | None:
+    """The host and port a request asks for, and for a plain HTTP one, the exchange it is (None for a CONNECT); None
+    for a request that is neither."""
     line, _, fields = head.partition(b"\r\n")
     words = line.decode("latin-1").split(" ")
     if len(words) != 3 or not re.fullmatch(r"HTTP/1\.[01]", words[2]) or not re.fullmatch(TOKEN, line.split(b" ")[0]):
@@ -58,36 +59,99 @@ def target(head: bytes) -> tuple[str, int, bytes | None] | None:
         return None
     path = (url.path or "/") + (f"?{url.query}" if url.query else "")
     host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
-    request = one_request(method, path, version, fields, host + (f":{url.port}" if url.port else ""))
-    return None if request is None else (host.lower(), port, request)
+    exchange = Exchange.of(method, path, version, fields, host + (f":{url.port}" if url.port else ""))
+    return None if exchange is None else (host.lower(), port, exchange)
 
 
-def one_request(method: str, target: str, version: str, fields: bytes, host: str) -> bytes | None:
-    """A request's head (`fields`: what follows its first line) made one for `host` alone: its fields as sent, each
-    on a line of its own (no bare CR or LF, no line folded), but for those that name another host or ask for another
-    request on the connection; the proxy names the host it reaches and asks for one answer. None for a head that is
-    not one. A Host of another site's, or a second request on the connection, went to the host allowed, and a CDN
-    (or any server of many sites) served the site named (red team)."""
-    if not re.fullmatch(r"HTTP/1\.[01]", version) or not re.fullmatch(TOKEN, method.encode("latin-1")):
-        return None
-    lines = fields[:-4].split(b"\r\n") if fields[:-4] else []
-    if any(not re.fullmatch(TOKEN + rb":[^\r\n\0]*", f) for f in lines):
-        return None
-    kept = b"".join(f + b"\r\n" for f in lines if f.partition(b":")[0].lower() not in HOP_BY_HOP)
-    line = f"{method} {target} {version}\r\nHost: {host}\r\n".encode("latin-1")
-    return line + kept + b"Connection: close\r\n\r\n"
+@dataclass
+class Exchange:
+    """One plain HTTP request on a connection, and its answer: the request for `host` alone (its fields as sent, each
+    on a line of its own, but for those that name another host or ask for another request on the connection), its
+    body and nothing after it (`asked`), and the answer's head made to say the connection closes (`answered`), so that
+    the client asks again on a connection of its own. A Host of another site's, or a second request on the
+    connection, went to the host allowed, and a CDN (or any server of many sites) served the site named (red team);
+    a client that kept the connection (Claude Code) had its second request refused by the host (walk)."""
+
+    method: str
+    path: str
+    version: str
+    host: str
+    fields: bytes  # those kept, each ending in CRLF
+    left: int | None  # the body's bytes still to go on; None: as many as come (a chunked body)
+    answer: bytes = b""  # the answer's head, while it is read
+    answered_head: bool = False
+
+    @classmethod
+    def of(cls, method: str, path: str, version: str, fields: bytes, host: str) -> Exchange | None:
+        """The exchange a request's head asks for (`fields`: what follows its first line); None for a head that is
+        not one (a bare CR or LF, a line folded, a length that is not one, or a length and a chunked body both)."""
+        if not re.fullmatch(r"HTTP/1\.[01]", version) or not re.fullmatch(TOKEN, method.encode("latin-1")):
+            return None
+        lines = fields[:-4].split(b"\r\n") if fields[:-4] else []
+        if any(not re.fullmatch(TOKEN + rb":[^\r\n\0]*", f) for f in lines):
+            return None
+        named = {f.partition(b":")[0].lower(): f.partition(b":")[2].strip() for f in lines}
+        lengths = {f.partition(b":")[2].strip() for f in lines if f.partition(b":")[0].lower() == b"content-length"}
+        if len(lengths) > 1 or (lengths and b"transfer-encoding" in named):
+            return None
+        length = lengths.pop() if lengths else b"0"
+        if not length.isdigit():
+            return None
+        kept = b"".join(f + b"\r\n" for f in lines if f.partition(b":")[0].lower() not in HOP_BY_HOP)
+        left = None if b"transfer-encoding" in named else int(length)
+        return cls(method, path, version, host, kept, left)
+
+    def head(self, proxy: str | None = None) -> bytes:
+        """The request's head as it goes on: to the host; or to your proxy (`proxy`: the Proxy-Authorization field it
+        is given, or ""), with its absolute URL."""
+        target = self.path if proxy is None else f"http://{self.host}{self.path}"
+        line = f"{self.method} {target} {self.version}\r\nHost: {self.host}\r\n{proxy or ''}"
+        return line.encode("latin-1") + self.fields + b"Connection: close\r\n\r\n"
+
+    def asked(self, data: bytes) -> bytes:
+        """What of the client's `data` goes on: the rest of the request's body, and no more."""
+        if self.left is None:
+            return data
+        data, self.left = data[: self.left], self.left - min(self.left, len(data))
+        return data
+
+    def answered(self, data: bytes) -> bytes:
+        """What of the host's `data` goes back now: the answer's head held until it is whole, then made to say the
+        connection closes (a head of 1xx, an interim answer, as it is, and the next one read)."""
+        if self.answered_head:
+            return data
+        self.answer += data
+        out = b""
+        while (end := self.answer.find(b"\r\n\r\n")) >= 0:
+            head, self.answer = self.answer[: end + 4], self.answer[end + 4 :]
+            if re.match(rb"HTTP/1\.[01] 1\d\d ", head):
+                out += head
+                continue
+            lines = [f for f in head[:-4].split(b"\r\n") if f.partition(b":")[0].lower() not in HOP_BY_HOP[1:]]
+            out += b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n" + self.answer
+            self.answered_head, self.answer = True, b""
+            return out
+        if len(self.answer) > HEAD_LIMIT:  # no head: as it came
+            self.answered_head, out, self.answer = True, out + self.answer, b""
+        return out
+
+    def held(self) -> bytes:
+        """What of the answer was held back, once the host has closed."""
+        held, self.answer = self.answer, b""
+        return held
 
 
-def plain(client: socket.socket, host: str, port: int, data: bytes) -> bytes | None:
-    """What a tunnel's client sent first, with no TLS: an HTTP request made one to `host` (`_one_request`), or what
-    is none (HTTP's methods are upper case; another protocol, to a host and port allowed, goes on); None where it
-    may not go on. Through a tunnel to a host allowed on port 80, a request named another site (red team)."""
+def plain(client: socket.socket, host: str, port: int, data: bytes) -> tuple[bytes, Exchange | None] | None:
+    """What a tunnel's client sent first, with no TLS, as it goes on: an HTTP request, made one to `host`, and the
+    exchange it is; or what is none (HTTP's methods are upper case; another protocol, to a host and port allowed,
+    goes on), and None. None where it may not go on. Through a tunnel to a host allowed on port 80, a request named
+    another site (red team)."""
     while re.fullmatch(rb"[A-Z]{1,20}", data):  # a method's first letters, perhaps
         if not (chunk := client.recv(_CHUNK)):
             return None
         data += chunk
     if not re.match(rb"[A-Z]+ ", data):
-        return data
+        return data, None
     head, rest = read_head(client, data)
     if head is None:
         return None
@@ -95,8 +159,8 @@ def plain(client: socket.socket, host: str, port: int, data: bytes) -> bytes | N
     words = line.decode("latin-1").split(" ")
     if len(words) != 3 or not (words[1].startswith("/") or words[1] == "*"):  # not another host's absolute URL
         return None
-    request = one_request(*words, fields, host if port == 80 else f"{host}:{port}")
-    return None if request is None else request + rest
+    exchange = Exchange.of(*words, fields, host if port == 80 else f"{host}:{port}")
+    return None if exchange is None else (exchange.head() + exchange.asked(rest), exchange)
 
 
 def hello_name(data: bytes) -> str | None:
