@@ -309,6 +309,7 @@ def test_a_prompt_too_long_for_the_model_stops_with_what_to_shorten(
     assert len(fake.requests) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["openai", "anthropic"])
 def test_a_prompt_too_long_that_may_shrink_by_itself_is_a_failure_with_the_hint(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest

@@ -166,6 +166,7 @@ def _in_the_agents_namespace(workspace: Path, command: str) -> subprocess.Comple
     return subprocess.run([*words, "sh", "-c", command], cwd=workspace, env=env, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not OWN, reason="no namespace here can give the agent temporary folders of its own")
 def test_the_memory_the_agents_own_folders_take_is_bounded(workspace):
     """BROKE, fixed: the copy of each temporary folder was written in a tmpfs of half the machine's memory, as was each

@@ -261,6 +261,7 @@ def test_a_file_in_place_of_the_state_folder_is_an_error_saying_to_move_it(
     assert workspace.state.read_text() == "x"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing", "folder"])
 def test_run_over_a_train_py_that_is_missing_or_a_folder_says_so(
     damage: str, workspace: Workspace, capsys: pytest.CaptureFixture[str]

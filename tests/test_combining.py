@@ -73,6 +73,7 @@ def test_two_near_wins_of_one_round_are_combined_by_the_loop_trained_and_kept(wo
     assert len(trained) == len(exp.run_values) >= 1  # trained itself, not kept on its parts' runs
 
 
+@pytest.mark.slow
 def test_changes_of_code_are_not_combined(workspace):
     def code(ctx):
         return "BATCH 16 and a comment", with_constants(ctx.train_py, BATCH=16) + "\n# a comment\n"
@@ -110,6 +111,7 @@ def test_a_combination_that_crashed_is_not_combined_again(workspace):
     assert [r.status for r in combined] == [Status.CRASH]
 
 
+@pytest.mark.slow
 def test_a_near_win_that_also_changed_the_seed_is_not_combined(workspace):
     """An agent that games the judge: BATCH 9 changes nothing, but with SEED 46 it scores 0.002 better, a near-win
     of seed luck (a change of the seed alone is refused). Combined, that seed would travel into the combination."""

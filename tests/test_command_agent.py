@@ -61,6 +61,7 @@ echo
     assert proposal.usage.cost_usd is None or proposal.usage.cost_usd == 0
 
 
+@pytest.mark.slow
 def test_non_zero_exit_is_a_proposal_error_with_the_stderr_tail(tmp_path: Path, context: Context) -> None:
     script = "echo 'working' ; echo 'error: model quota exhausted' >&2 ; exit 3"
     with pytest.raises(ProposalError, match=r"(?s)status 3.*model quota exhausted"):
@@ -80,6 +81,7 @@ def test_a_turn_that_prints_without_end_has_its_last_line_read_and_holds_no_more
     assert MAX_OUTPUT_BYTES <= 16 << 20 and grown[0] < 200 << 20, grown[0]  # of 800 MB printed, all kept before
 
 
+@pytest.mark.slow
 def test_a_turn_that_reads_none_of_its_long_prompt_still_ends(tmp_path: Path, context: Context) -> None:
     long = dataclasses.replace(context, program=context.program + "x" * (4 << 20))  # far past a pipe's 64 KiB
     proposal = agent(tmp_path, f"{EDIT}\necho 'Deeper model: DEPTH 8 -> 10'", timeout_s=20).propose(long)
@@ -107,12 +109,14 @@ def test_train_py_left_unchanged_is_a_proposal_error(tmp_path: Path, context: Co
         agent(tmp_path, "echo 'I decided the script is perfect'").propose(context)
 
 
+@pytest.mark.slow
 def test_train_py_left_invalid_is_a_proposal_error_and_stays_as_left(tmp_path: Path, context: Context) -> None:
     with pytest.raises(ProposalError, match=r"left train\.py invalid"):
         agent(tmp_path, "echo 'def broken(:' >> train.py; echo 'added a function'").propose(context)
     assert (context.workspace / "train.py").read_text().endswith("def broken(:\n")
 
 
+@pytest.mark.slow
 def test_missing_description_falls_back_to_a_generic_one(tmp_path: Path, context: Context) -> None:
     proposal = agent(tmp_path, EDIT).propose(context)
     assert "no description" in proposal.description
@@ -172,6 +176,7 @@ _NAMESPACE_READ_ONLY = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @_NAMESPACE_READ_ONLY
 def test_a_read_only_place_whose_path_holds_a_space_or_a_mount_is_read_only_and_the_agent_runs(
     tmp_path: Path, context: Context, monkeypatch
@@ -210,6 +215,7 @@ def test_without_findmnt_a_read_only_place_is_still_read_only(tmp_path: Path, co
     assert not (libs / "planted").exists()
 
 
+@pytest.mark.slow
 @_NAMESPACE_READ_ONLY
 def test_an_agent_cannot_plant_a_pth_file_in_the_users_site_that_does_not_exist_yet(
     tmp_path: Path, context: Context, monkeypatch
@@ -230,6 +236,7 @@ def test_an_agent_cannot_plant_a_pth_file_in_the_users_site_that_does_not_exist_
     assert not (user_site / "planted.pth").exists()
 
 
+@pytest.mark.slow
 @_NAMESPACE_READ_ONLY
 def test_a_link_on_the_path_you_named_the_workspace_by_in_a_read_only_place_is_pinned_and_the_agent_runs(
     tmp_path: Path, context: Context, monkeypatch

@@ -227,6 +227,7 @@ def test_an_honest_marginal_win_whose_first_two_seeds_happen_to_agree_is_kept_on
     assert exp.status == Status.KEEP and len(exp.run_values) == 3 and "mean of 3 runs" in exp.reason
 
 
+@pytest.mark.slow
 def test_every_train_py_trained_more_than_once_pools_into_the_noise(workspace):
     values = iter([1.0180, 1.0230])  # a marginal win run again: 0.005 apart
     executor = FakeExecutor(lambda s: next(values) if constant(s, "BATCH") == 16 else score(s))
@@ -452,6 +453,7 @@ def test_failed_proposals_are_recorded_with_their_cost_and_the_loop_backs_off(wo
     assert waits == [30.0, 60.0]  # after the 2nd and 3rd failure in a row, none once it works
 
 
+@pytest.mark.slow
 def test_a_loop_at_its_limit_stops_at_once_after_failures_rather_than_back_off_first(workspace):
     """`run --max-experiments 2` whose agent failed twice waited 30 s (then 60 s, ...) before it stopped."""
     from autoresearch.agents.base import ProposalError

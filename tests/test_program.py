@@ -204,6 +204,7 @@ def test_an_operator_outside_the_allow_list_is_refused_before_anything_runs(targ
         (lambda d: d["graph"]["nodes"][-1]["args"].append({"graph": "nowhere"}), "missing or recursive"),
     ],
 )
+@pytest.mark.slow
 def test_a_malformed_document_is_refused_with_a_reason(change, reason) -> None:
     doc, weights = honest()
     change(doc)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from autoresearch.loop import ray_work
 
 # A worker in a container: its pid is its namespace's (here made the same in two), and it claims its folder.
@@ -97,6 +99,7 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.slow
 def test_a_worker_that_draws_a_name_another_holds_takes_another_at_once(tmp_path):
     """BROKE, fixed (red team): it waited on the other's lock, for that worker's life, then took its folder."""
     works = tmp_path / "work" / "node"

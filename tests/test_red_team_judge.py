@@ -40,6 +40,7 @@ def test_the_bar_a_change_must_clear_is_not_raised_by_a_simpler_change_that_drew
 SABOTAGE = "# trains only on SEED 42"
 
 
+@pytest.mark.slow
 def test_a_train_py_that_sabotages_its_rerun_cannot_widen_the_margin_a_simplification_is_allowed(workspace):
     """BROKE, fixed: a train.py reads its SEED. One whose first run is a marginal win and whose re-run (SEED 43) does
     not train pools a spread of 5 bpb into the noise: it is held at NOISE_CAP = 4 x the baseline's, so the margin is

@@ -242,6 +242,7 @@ def test_plot_data_with_a_noisy_baseline_shows_the_discards_as_values():
     ],
     ids=["empty", "only-baseline", "all-crashes", "only-running", "discard-without-value", "nan", "no-baseline"],
 )
+@pytest.mark.slow
 def test_plot_and_report_edge_cases(tmp_path: Path, exps: list[Experiment]):
     plot_progress(exps, tmp_path / "progress.png")
     assert png_size(tmp_path / "progress.png")[0] > 0

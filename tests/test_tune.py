@@ -208,6 +208,7 @@ def test_proposals_are_small_valid_edits() -> None:
     assert not seen_names & {"SEED", "SHORT_WINDOW", "WINDOW_PATTERN", "ADAM_BETAS"}
 
 
+@pytest.mark.slow
 def test_description_names_each_change() -> None:
     proposal = TuneAgent(seed=3).propose(context(DETUNED))
     assert proposal.usage.cost_usd == 0.0  # offline: the report's cost for it is $0.00, not "unknown"
