@@ -13,6 +13,7 @@ import os
 import shlex
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -311,3 +312,12 @@ def test_where_a_turn_cannot_have_a_network_of_its_own_run_says_what_it_reaches(
     said: list[str] = []
     base.preflight(CommandAgent("true"), tmp_path, said.append)
     assert any("cannot have a network of their own" in line and "validation text" in line for line in said), said
+
+
+def test_the_proxy_takes_a_short_path_where_your_temporary_folder_is_deep(tmp_path, monkeypatch) -> None:
+    """A Unix socket's path holds 108 bytes: under a deep $TMPDIR, binding the proxy's raised an OSError."""
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with egress.Egress({}) as proxy:
+        assert len(str(proxy.socket)) < 100 and proxy.socket.exists()

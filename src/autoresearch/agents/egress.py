@@ -103,13 +103,7 @@ def allowed(env: Mapping[str, str]) -> list[Rule]:
     """What a turn with environment `env` may reach: MODEL_APIS on 443, each endpoint's host on its port, and what
     HOSTS_ENV lists ("host" on 443 and 80). ValueError for something there that is not a host."""
     rules = [Rule(host, (443,)) for host in MODEL_APIS]
-    for name, value in env.items():
-        if name.upper().endswith(ENDPOINT_SUFFIXES[:-1]) and name.upper() not in NOT_MODELS and "://" in value:
-            with contextlib.suppress(ValueError):  # not a URL after all
-                url = urlsplit(value.strip())
-                port = url.port or {"http": 80, "https": 443}.get(url.scheme.lower())
-                if url.hostname and port:
-                    rules.append(Rule(url.hostname.lower(), (port,)))
+    rules += [Rule(host, (port,)) for host, port in _endpoints(env)]
     for word in env.get(HOSTS_ENV, "").replace(",", " ").split():
         host, colon, port = word.lower().rpartition(":") if ":" in word else (word.lower(), "", "")
         if not re.fullmatch(r"\*|(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*", host) or (colon and not proxy_reads.is_port(port)):
@@ -118,18 +112,23 @@ def allowed(env: Mapping[str, str]) -> list[Rule]:
     return rules
 
 
-def local_endpoints(env: Mapping[str, str]) -> list[str]:
-    """The endpoints on this machine the environment names with a URL (`http://localhost:11434/v1`), as HOST:PORT:
-    in the agent's namespace, its loopback is its own, and the forwarder tunnels each of these ports to yours."""
+def _endpoints(env: Mapping[str, str]) -> list[tuple[str, int]]:
+    """The hosts and ports of the endpoints the environment names with a URL (`OPENAI_BASE_URL=http://...`)."""
     found = []
     for name, value in env.items():
         if name.upper().endswith(ENDPOINT_SUFFIXES[:-1]) and name.upper() not in NOT_MODELS and "://" in value:
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError):  # not a URL after all
                 url = urlsplit(value.strip())
                 port = url.port or {"http": 80, "https": 443}.get(url.scheme.lower())
-                if port and url.hostname and _loopback(url.hostname):
-                    found.append(f"{url.hostname.lower()}:{port}")
-    return sorted(set(found))
+                if url.hostname and port:
+                    found.append((url.hostname.lower(), port))
+    return found
+
+
+def local_endpoints(env: Mapping[str, str]) -> list[str]:
+    """The endpoints on this machine the environment names with a URL (`http://localhost:11434/v1`), as HOST:PORT:
+    in the agent's namespace, its loopback is its own, and the forwarder tunnels each of these ports to yours."""
+    return sorted({f"{host}:{port}" for host, port in _endpoints(env) if _loopback(host)})
 
 
 def _loopback(host: str) -> bool:
@@ -170,6 +169,17 @@ def refusal(hosts: list[str]) -> str:
     )
 
 
+def _socket_folder() -> Path:
+    """A folder of the loop's own for the proxy's socket, at a path short enough for one (108 bytes): in the
+    temporary folder, or in /tmp where $TMPDIR is too deep."""
+    for where in (None, "/tmp"):
+        folder = Path(tempfile.mkdtemp(prefix="autoresearch-net-", dir=where))
+        if len(str(folder / "s")) < 100:
+            return folder
+        folder.rmdir()
+    raise OSError(f"no folder for the agent's proxy's socket at a path short enough: {folder}")
+
+
 class Egress:
     """The proxy of one turn: `socket` is where its forwarder connects, once, before the agent starts; `with` it
     while the turn runs. Each connection handed over is a thread of the loop's, ended when the turn ends."""
@@ -182,7 +192,7 @@ class Egress:
         self.no_proxy = env.get("no_proxy", env.get("NO_PROXY", ""))
         self.refused: list[str] = []
         self.more_refused = 0  # refusals beyond REFUSED_KEPT, not kept
-        self._folder = Path(tempfile.mkdtemp(prefix="autoresearch-net-"))
+        self._folder = _socket_folder()
         self.socket = self._folder / "s"
         self._open: set[socket.socket] = set()
         self._clients: set[socket.socket] = set()  # the agent's ends of `_open`, MAX_CONNECTIONS at most
