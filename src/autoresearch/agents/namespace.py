@@ -32,8 +32,9 @@ from autoresearch.loop.ray_cluster import AUTH_TOKEN
 AGENT_FILES = Path(STATE) / "agents"  # <workspace>/.autoresearch/agents/<name>/: a coding agent's own files, writable
 CACHE = "cache"  # in AGENT_FILES: XDG_CACHE_HOME and npm's cache for every agent's tools
 
-# Where a user namespace can be made (Linux, unless a container forbids it), the agent runs in a PID namespace of
-# its own: when it ends the kernel kills everything it left, a process that left its group (setsid, a daemon)
+# Where a user namespace can be made (Linux, unless a container forbids it), the agent runs in a network namespace of
+# its own, whose one way out is the loop's proxy (agents/egress.py: the model APIs, no other host), and a PID namespace
+# of its own: when it ends the kernel kills everything it left, a process that left its group (setsid, a daemon)
 # too, which could otherwise edit train.py, the ledger or a result after the loop has checked the turn. Its own
 # /proc, so that /proc/<pid> is the process getpid() names (Codex waited for ever on the outer one's). The agent
 # runs in a second user namespace, with a mount namespace of its own: there every mount it was given is locked, so
@@ -388,8 +389,10 @@ def entered(
     (agents/fence.py: the TCP ports, abstract sockets and signals it may reach), each link and folder on `named`, the
     path you named the workspace by (Workspace.named), pinned there (`on_the_way`), and its environment: `env` without
     the token of the loop's Ray, if it has one, nor your SSH agent, with its tools' caches (XDG_CACHE_HOME, npm's) in
-    its own files. ValueError for an AUTORESEARCH_AGENT_PORTS that lists something other than ports, or an
-    AUTORESEARCH_AGENT_WRITABLE something other than folders in your home."""
+    its own files. Where the namespaces have a network of their own, its way out to the loop's `proxy` socket
+    (agents/egress.py), and the variables that send its connections there (none: no way out). ValueError for an
+    AUTORESEARCH_AGENT_PORTS that lists something other than ports, or an AUTORESEARCH_AGENT_WRITABLE something other
+    than folders in your home."""
     own = workspace / AGENT_FILES  # a coding agent's history and caches
     if (workspace / STATE).is_dir() and not (workspace / STATE).is_symlink() and not own.is_symlink():
         with contextlib.suppress(OSError):  # where its tools cache what they fetch (`npx`, `pip`): home is read-only
