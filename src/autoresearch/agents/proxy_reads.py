@@ -77,29 +77,40 @@ class Exchange:
     version: str
     host: str
     fields: bytes  # those kept, each ending in CRLF
-    left: int | None  # the body's bytes still to go on; None: as many as come (a chunked body)
+    left: int  # the body's bytes still to go on (of a chunked body: of its chunk)
+    chunked: bool = False
+    line: bytes = b""  # a chunked body's line (a chunk's size, the CRLF after its data, a trailer), while it is read
+    state: str = "size"  # of a chunked body: the line it reads next ("size", "crlf", "trailer"), or "done"
     answer: bytes = b""  # the answer's head, while it is read
     answered_head: bool = False
 
     @classmethod
     def of(cls, method: str, path: str, version: str, fields: bytes, host: str) -> Exchange | None:
         """The exchange a request's head asks for (`fields`: what follows its first line); None for a head that is
-        not one (a bare CR or LF, a line folded, a length that is not one, or a length and a chunked body both)."""
+        not one (a bare CR or LF, a line folded, a length that is not one, or a length and a chunked body both; a
+        target with a space or a control character: a tab and a bare LF in a tunnel's were a field of another Host's
+        to a server that splits lines at LF and words at whitespace, as Python's does (red team h155))."""
         if not re.fullmatch(r"HTTP/1\.[01]", version) or not re.fullmatch(TOKEN, method.encode("latin-1")):
+            return None
+        if not re.fullmatch(r"[^\x00-\x20\x7f]+", path):
             return None
         lines = fields[:-4].split(b"\r\n") if fields[:-4] else []
         if any(not re.fullmatch(TOKEN + rb":[^\r\n\0]*", f) for f in lines):
             return None
-        named = {f.partition(b":")[0].lower(): f.partition(b":")[2].strip() for f in lines}
         lengths = {f.partition(b":")[2].strip() for f in lines if f.partition(b":")[0].lower() == b"content-length"}
-        if len(lengths) > 1 or (lengths and b"transfer-encoding" in named):
+        # A body chunked (in HTTP/1.1, and nothing else) is read to its last chunk: what came after it went on, and a
+        # server or proxy that took more than one request on a connection, though it was to close, served it as a
+        # second request, to any site (red team h155).
+        codings = [f.partition(b":")[2].strip().lower() for f in lines if f.lower().startswith(b"transfer-encoding:")]
+        if codings and (codings != [b"chunked"] or version != "HTTP/1.1" or lengths):
+            return None
+        if len(lengths) > 1:
             return None
         length = lengths.pop() if lengths else b"0"
         if not length.isdigit():
             return None
         kept = b"".join(f + b"\r\n" for f in lines if f.partition(b":")[0].lower() not in HOP_BY_HOP)
-        left = None if b"transfer-encoding" in named else int(length)
-        return cls(method, path, version, host, kept, left)
+        return cls(method, path, version, host, kept, 0 if codings else int(length), chunked=bool(codings))
 
     def head(self, proxy: str | None = None) -> bytes:
         """The request's head as it goes on: to the host; or to your proxy (`proxy`: the Proxy-Authorization field it
@@ -110,10 +121,38 @@ class Exchange:
 
     def asked(self, data: bytes) -> bytes:
         """What of the client's `data` goes on: the rest of the request's body, and no more."""
-        if self.left is None:
+        if not self.chunked:
+            data, self.left = data[: self.left], self.left - min(self.left, len(data))
             return data
-        data, self.left = data[: self.left], self.left - min(self.left, len(data))
-        return data
+        out = b""
+        while data and self.state != "done":
+            if self.left:  # a chunk's data
+                out, data, self.left = out + data[: self.left], data[self.left :], self.left - min(self.left, len(data))
+                continue
+            self.line += data
+            end = self.line.find(b"\n")
+            if end < 0:
+                if len(self.line) > HEAD_LIMIT:
+                    self.state = "done"
+                break
+            line, data, self.line = self.line[: end + 1], self.line[end + 1 :], b""
+            out += self._chunked(line)
+        return out
+
+    def _chunked(self, line: bytes) -> bytes:
+        """A chunked body's `line` where it is one (and the state after it); else nothing more goes on."""
+        size = re.fullmatch(rb"([0-9a-fA-F]{1,15})(;[^\r\n\0]*)?\r\n", line)
+        if self.state == "size" and size:
+            self.left = int(size[1], 16)
+            self.state = "crlf" if self.left else "trailer"
+        elif self.state == "crlf" and line == b"\r\n":
+            self.state = "size"
+        elif self.state == "trailer" and re.fullmatch(TOKEN + rb":[^\r\n\0]*\r\n|\r\n", line):
+            self.state = "done" if line == b"\r\n" else "trailer"
+        else:
+            self.state = "done"
+            return b""
+        return line
 
     def answered(self, data: bytes) -> bytes:
         """What of the host's `data` goes back now: the answer's head held until it is whole, then made to say the
@@ -145,12 +184,14 @@ def plain(client: socket.socket, host: str, port: int, data: bytes) -> tuple[byt
     """What a tunnel's client sent first, with no TLS, as it goes on: an HTTP request, made one to `host`, and the
     exchange it is; or what is none (HTTP's methods are upper case; another protocol, to a host and port allowed,
     goes on), and None. None where it may not go on. Through a tunnel to a host allowed on port 80, a request named
-    another site (red team)."""
-    while re.fullmatch(rb"[A-Z]{1,20}", data):  # a method's first letters, perhaps
+    another site (red team); so did one after an empty line, or of a method with "-" or "_" (red team h155)."""
+    while re.fullmatch(rb"[A-Z_-]{1,20}", data):  # a method's first letters, perhaps
         if not (chunk := client.recv(_CHUNK)):
             return None
         data += chunk
-    if not re.match(rb"[A-Z]+ ", data):
+    if data[:1] in (b"\r", b"\n"):  # an empty line, which a server skips before a request (RFC 9112, 2.2)
+        return None
+    if not re.match(rb"[A-Z_-]+ ", data):  # "_" and "-": nginx's methods' letters too
         return data, None
     head, rest = read_head(client, data)
     if head is None:
