@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tcp_servers import Accepting
 
 from autoresearch.agents import base, egress, namespace
 from autoresearch.agents.base import Context, ProposalError
@@ -136,22 +137,12 @@ def test_a_turn_reaches_its_model_endpoint_and_the_hosts_you_list(tmp_path, site
     assert "may not reach" not in err
 
 
-class UpstreamProxy:
+class UpstreamProxy(Accepting):
     """A proxy of yours (HTTPS_PROXY): it notes each CONNECT, answers 200, then echoes what it is sent."""
 
     def __init__(self) -> None:
         self.connects: list[str] = []
-        self.listening = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listening.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listening.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _one(self, conn: socket.socket) -> None:
         with conn:

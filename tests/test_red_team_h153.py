@@ -59,6 +59,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tcp_servers import Accepting
 from test_egress import Forwarder, needs_isolation, turn
 
 from autoresearch.agents import egress
@@ -85,7 +86,7 @@ CqYAnFeYEDYCpVUusTYYdUAdxNOhRANCAARZChGTuhQgqr1yb757SaUaVbivV32W
 SITES = {"localhost": b"MODEL API", "hub.example": b"VALIDATION TEXT"}
 
 
-class Cdn:
+class Cdn(Accepting):
     """A TLS server on 127.0.0.1 that answers each connection with the site its hello named (SNI), and notes it."""
 
     def __init__(self, tmp_path: Path) -> None:
@@ -94,17 +95,7 @@ class Cdn:
         self.context.load_cert_chain(pem)
         self.named: list[str | None] = []
         self.context.sni_callback = lambda _s, name, _c: self.named.append(name)
-        self.listening = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listening.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listening.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _one(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError), self.context.wrap_socket(conn, server_side=True) as tls:

@@ -32,17 +32,17 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-import threading
 import time
 
 import pytest
+from tcp_servers import Accepting
 from test_egress import Forwarder
 from test_red_team_h153 import VirtualHosts, _tunnel
 
 from autoresearch.agents import egress, proxy_reads
 
 
-class Lenient:
+class Lenient(Accepting):
     """An HTTP/1.1 server on 127.0.0.2 as many are: it skips empty lines before a request, reads a body by its length
     or its chunks, takes the requests of a connection until the client closes it (`Connection: close` or not), and
     notes each one's first Host, target and body. Or it answers each request with `answer` (bytes, or pieces to send
@@ -54,18 +54,8 @@ class Lenient:
         self.answer = [answer] if isinstance(answer, bytes) else answer
         self.honest = honest
         self.asked: list[tuple[str, str, bytes]] = []
-        self.listening = socket.create_server(("127.0.0.2", 0))
-        self.port = self.listening.getsockname()[1]
+        super().__init__("127.0.0.2")
         self.site = f"127.0.0.2:{self.port}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listening.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
     def _read(self, conn: socket.socket, data: bytes, n: int) -> bytes:
         while len(data) < n and (chunk := conn.recv(65536)):

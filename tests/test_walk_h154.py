@@ -33,6 +33,7 @@ import pytest
 from agent_support import turn_through_the_loop, use_installed_agents
 from fake_llm import _Handler, _Server
 from loop_support import constant
+from tcp_servers import Accepting
 from test_agent_turn import assert_the_loop_owns_the_workspace
 from test_coding_agents import HYPOTHESIS, NEW, OLD, aider_block, claude_edit, codex_edit
 from test_egress import Forwarder
@@ -49,7 +50,7 @@ REMOTE = "llm.example.test"  # a name no resolver knows: only your proxy can rea
 TURN_S = 30.0  # a turn of a fake model takes a few seconds; one that waited on a timeout takes longer
 
 
-class YourProxy:
+class YourProxy(Accepting):
     """The proxy your environment names (HTTPS_PROXY, HTTP_PROXY): it notes each request's line (`connects`) and the
     host:port it asks for (`asked`), joins a target it knows (`routes`: "host:port" -> a port on 127.0.0.1) by a
     CONNECT tunnel, or for a plain-HTTP request (absolute-form), forwards that one request, and answers 502 to any
@@ -60,20 +61,8 @@ class YourProxy:
         self.credentials = credentials
         self.connects: list[str] = []
         self.asked: list[str] = []
-        self.listening = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listening.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def close(self) -> None:
-        self.listening.close()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listening.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+        super().__init__()
+        self.url = f"http://127.0.0.1:{self.port}"
 
     def _one(self, conn: socket.socket) -> None:
         with conn:
