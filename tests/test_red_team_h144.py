@@ -223,7 +223,9 @@ def test_an_ask_given_up_on_leaves_no_thread_or_connection_behind(kind, proxied,
             time.sleep(0.05)
         left = [t for t in threading.enumerate() if t.name == "autoresearch-http"]
         assert not left, left
-        assert len(served) == 3 and all(ended.wait(2) for ended in served)  # the server saw each connection end
+        # the server saw each connection it served end (under load, an ask may be given up on before its request
+        # was read: CI once served two of the three)
+        assert 1 <= len(served) <= 3 and all(ended.wait(2) for ended in served)
 
 
 @pytest.mark.slow  # a second
