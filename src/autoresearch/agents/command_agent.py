@@ -27,6 +27,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -164,87 +165,84 @@ def run_process(
     workspace by (Workspace.named), whose links the namespace pins. Where the namespace has a network of its own,
     its way out is a proxy of the loop's for the turn (agents/egress.py): the hosts it refused end stderr (and the
     error's message)."""
+    with _turn_network(env) as net:
+        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
+        try:
+            way, env = namespace.entered(workspace, env, named, net.socket if net is not None else None)
+        except ValueError as err:  # AUTORESEARCH_AGENT_PORTS or AUTORESEARCH_AGENT_WRITABLE: preflight said so
+            raise ProposalError(str(err), fatal=True) from None
+        groups = turn_cgroups.turn_groups(env.get(AGENT_CPUS_ENV, ""))  # a loop run as root's
+        held = memory.agent_memory(env) if groups else 0
+        try:
+            process = subprocess.Popen(
+                [*way, *argv],
+                cwd=workspace,
+                env=marked(env),  # a later start kills what a killed loop left (`reap`)
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # its own process group, so that a kill reaches everything it started
+                preexec_fn=functools.partial(_start_turn, os.getpid(), groups, run_tasks(), held),
+            )
+        except OSError as err:  # each place hidden from it is a word: thousands of sockets served in /tmp (red team)
+            turn_cgroups.leave_unstarted(groups)
+            if err.errno != errno.E2BIG:
+                raise
+            raise ProposalError(
+                f"{who} could not start: its command, with the {len(way)} words that hide places from it (the sockets "
+                "in /tmp and the like that a server listens on), is longer than the system takes"
+            ) from None
+        pid_file = workspace / ".autoresearch" / AGENT_PID  # a loop killed meanwhile: the next start kills the group
+        streams, timed_out = (_Kept(process.stdout), _Kept(process.stderr)), False
+        try:
+            pid_file.parent.mkdir(exist_ok=True)
+            write_pid_file(pid_file, process.pid)
+            if way and (init := _namespace_init(process)) is not None:  # it can outlive the first (orphans._reap_init)
+                write_pid_file(pid_file, process.pid, init)
+            _feed(process.stdin, prompt)
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _end(process, groups)  # and what it left running in the background
+            clear(pid_file)  # whatever the agent made of it
+            over = turn_cgroups.killed_for_memory(groups, process.pid)
+            turn_cgroups.leave(groups, process.pid)
+        stdout, stderr = (kept.text(PIPE_DRAIN_S) for kept in streams)
+        if timed_out:
+            raise ProposalError(  # both streams: a coding agent's JSON events say what it was doing (the command)
+                f"{who} did not finish within {timeout_s:g} s and was killed; the end of its output:\n"
+                f"{output_tail(stdout, stderr)}"
+            )
+        if over:
+            raise ProposalError(
+                f"{who} went past the memory a turn may hold ({memory.amount(held)}, {memory.AGENT_MEMORY_ENV}), its "
+                f"processes and what it wrote in a tmpfs together, and the kernel killed it; the end of its output:\n"
+                f"{output_tail(stdout, stderr)}"
+            )
+        if net is not None and net.refused:
+            stderr = f"{stderr}\n{net.said()}\n"
+        return process.returncode, stdout, stderr
+
+
+@contextlib.contextmanager
+def _turn_network(env: dict[str, str]) -> Iterator[egress.Egress | None]:
+    """The turn's proxy, where its namespace has a network of its own (else None), closed once the turn has ended;
+    a ProposalError of the turn's ends with the hosts it refused."""
     try:
         net = egress.Egress(env) if namespace.isolates_network() else None
     except ValueError as err:  # AUTORESEARCH_AGENT_HOSTS: preflight said so
         raise ProposalError(str(err), fatal=True) from None
     if net is None:
-        return _run_turn(command, workspace, prompt, env, timeout_s, who, named, None)
+        yield None
+        return
     with net:
         try:
-            code, stdout, stderr = _run_turn(command, workspace, prompt, env, timeout_s, who, named, net)
+            yield net
         except ProposalError as err:
             if not net.refused:
                 raise
             raise ProposalError(f"{err.args[0]}\n{net.said()}", err.hint, usage=err.usage, fatal=err.fatal) from None
-    return code, stdout, f"{stderr}\n{net.said()}\n" if net.refused else stderr
-
-
-def _run_turn(
-    command: str | list[str],
-    workspace: Path,
-    prompt: str,
-    env: dict[str, str],
-    timeout_s: float,
-    who: str,
-    named: Path | None,
-    net: egress.Egress | None,
-) -> tuple[int, str, str]:
-    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
-    try:
-        way, env = namespace.entered(workspace, env, named, net.socket if net is not None else None)
-    except ValueError as err:  # AUTORESEARCH_AGENT_PORTS or AUTORESEARCH_AGENT_WRITABLE: preflight said so
-        raise ProposalError(str(err), fatal=True) from None
-    groups = turn_cgroups.turn_groups(env.get(AGENT_CPUS_ENV, ""))  # a loop run as root's
-    held = memory.agent_memory(env) if groups else 0
-    try:
-        process = subprocess.Popen(
-            [*way, *argv],
-            cwd=workspace,
-            env=marked(env),  # a later start kills what a killed loop left (`reap`)
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its own process group, so that a kill reaches everything it started
-            preexec_fn=functools.partial(_start_turn, os.getpid(), groups, run_tasks(), held),
-        )
-    except OSError as err:  # each place hidden from it is a word: thousands of sockets served in /tmp (red team)
-        turn_cgroups.leave_unstarted(groups)
-        if err.errno != errno.E2BIG:
-            raise
-        raise ProposalError(
-            f"{who} could not start: its command, with the {len(way)} words that hide places from it (the sockets "
-            "in /tmp and the like that a server listens on), is longer than the system takes"
-        ) from None
-    pid_file = workspace / ".autoresearch" / AGENT_PID  # a loop killed meanwhile: the next start kills the group
-    streams, timed_out = (_Kept(process.stdout), _Kept(process.stderr)), False
-    try:
-        pid_file.parent.mkdir(exist_ok=True)
-        write_pid_file(pid_file, process.pid)
-        if way and (init := _namespace_init(process)) is not None:  # it can outlive the first (orphans._reap_init)
-            write_pid_file(pid_file, process.pid, init)
-        _feed(process.stdin, prompt)
-        process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-    finally:
-        _end(process, groups)  # and what it left running in the background
-        clear(pid_file)  # whatever the agent made of it
-        over = turn_cgroups.killed_for_memory(groups, process.pid)
-        turn_cgroups.leave(groups, process.pid)
-    stdout, stderr = (kept.text(PIPE_DRAIN_S) for kept in streams)
-    if timed_out:
-        raise ProposalError(  # both streams: a coding agent's JSON events say what it was doing (the command)
-            f"{who} did not finish within {timeout_s:g} s and was killed; the end of its output:\n"
-            f"{output_tail(stdout, stderr)}"
-        )
-    if over:
-        raise ProposalError(
-            f"{who} went past the memory a turn may hold ({memory.amount(held)}, {memory.AGENT_MEMORY_ENV}), its "
-            f"processes and what it wrote in a tmpfs together, and the kernel killed it; the end of its output:\n"
-            f"{output_tail(stdout, stderr)}"
-        )
-    return process.returncode, stdout, stderr
 
 
 INIT_WAIT_S = 1.0  # how long the loop waits for a turn's first process to start its PID namespace's init
