@@ -720,5 +720,6 @@ def test_an_honest_run_copies_its_folders_in_a_set_group_id_workspace(lab) -> No
         exp = loop.step(one_edit("copy a folder", [(START, START + inside(COPIES))]))
     finally:
         os.chmod(ws.state, stat.S_IMODE(mode))
-    log = run_log(ws, exp.id)
-    assert log.count("COPIED 0o755") == 2 and "NOT COPIED" not in log and result_of(exp)["valid"], log
+    log = run_log(ws, exp.id)  # (a marginal win is run again: each run copies both folders)
+    assert first_run_log(ws, exp.id).count("COPIED 0o755") == 2 and "NOT COPIED" not in log, log
+    assert result_of(exp)["valid"], log

@@ -851,3 +851,26 @@ def test_submit_on_a_full_disk_says_so_keeps_the_change_in_train_py_and_leaves_n
     assert said.out == "" and "error: the disk is full" in err and "Traceback" not in err
     assert "your change is still in train.py" in err and "experiment in flight" not in err
     assert workspace.read_train_py() == edit and not (workspace.state / "submitting").exists()
+
+
+def test_train_py_written_by_submit_and_the_loop_at_the_same_moment_is_whole_and_neither_fails(workspace):
+    """CI, fixed: `submit` put the base back in train.py while the loop it queued to wrote train.py too, both through
+    .autoresearch/train.py.tmp; one of them removed the other's before it was moved into place, and `submit` ended
+    in a traceback (FileNotFoundError). Writers of train.py now take turns."""
+    sources = [with_constants(workspace.read_train_py(), LR=lr) for lr in (0.2, 0.3)]
+    failures = []
+
+    def writes(source: str) -> None:
+        try:
+            for _ in range(300):
+                workspace.write_train_py(source)
+        except Exception as exc:  # the test's verdict
+            failures.append(exc)
+
+    threads = [threading.Thread(target=writes, args=(source,)) for source in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and workspace.read_train_py() in sources
+    assert not (workspace.state / "train.py.tmp").exists()

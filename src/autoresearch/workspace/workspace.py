@@ -178,8 +178,10 @@ class Workspace:
         return as_read(self.git.show(commit, TRAIN_PY))
 
     def write_train_py(self, source: str) -> None:
-        """Whole or not at all: a full disk or a kill never leaves half a train.py for the next start to resume."""
-        with disk_full_is_an_error("writing train.py"):
+        """Whole or not at all: a full disk or a kill never leaves half a train.py for the next start to resume.
+        One writer at a time (an flock on the state folder): `submit` and the loop it queues to wrote it at the same
+        moment through the same temporary file, and one of them failed with a traceback."""
+        with disk_full_is_an_error("writing train.py"), _one_writer(self.state):
             write_text_atomic(self.train_py, source, self.state / "train.py.tmp")
 
     def program(self) -> str:
@@ -244,6 +246,20 @@ class Workspace:
         if fcntl is None:
             return None
         return os.open(self.root, os.O_RDONLY)  # not inherited by training runs (Python's default)
+
+
+@contextlib.contextmanager
+def _one_writer(folder: Path) -> Iterator[None]:
+    """Holds an flock on `folder` (released on close, or when the process dies) while the body runs."""
+    if fcntl is None:  # Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _try_flock(fd: int, patience: float = 0.0, shared: bool = False) -> bool:
