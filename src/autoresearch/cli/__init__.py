@@ -146,6 +146,11 @@ def _main(args: argparse.Namespace, console: Console) -> int:
             console.print(f"wrote {md} and {png}", markup=False, highlight=False)
         elif args.command in ("show", "diff"):
             print(compare(args))
+        elif args.command == "web":
+            from autoresearch.web.serve import serve
+            from autoresearch.workspace.workspace import Workspace
+
+            serve(Workspace(args.workspace), args.host, args.port, lambda text: print(visible(text), flush=True))
         elif args.command == "rebuild-ledger":
             from autoresearch.loop.rebuild import not_recovered, rebuild
             from autoresearch.loop.recovery import put_back_turn
@@ -226,6 +231,8 @@ def _interrupted(console: Console, exc: KeyboardInterrupt, args: argparse.Namesp
     if args.command == "run" and getattr(args, "agent", None) == "queue":  # most often the loop `submit` started
         # One line, commands and all: in a pipe (a log, an agent's tool) the console wraps at 80 columns
         console.print(f"interrupted: {queue_again(args)} resumes where it stopped", markup=False, soft_wrap=True)
+    elif args.command == "web":  # nothing to resume: it only reads
+        console.print("stopped the web view")
     elif args.command in ("prepare", "init") and args.force:  # the same command, with --force, starts over
         console.print("interrupted: run it again without --force to resume where it stopped")
     else:

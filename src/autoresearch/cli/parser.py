@@ -135,6 +135,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     diff.add_argument("b", type=int, help="the second experiment's number")
     _workspace_option(diff)
 
+    from autoresearch.web.serve import DEFAULT_PORT
+
+    web = sub.add_parser("web", help="the night in a browser, live: what runs, the chart, every experiment")
+    web.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0: any free one)"
+    )
+    web.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine alone; 0.0.0.0: all)"
+    )
+    _workspace_option(web)
+
     rebuild = sub.add_parser("rebuild-ledger", help="make a lost or corrupt ledger again from results.tsv and git")
     rebuild.add_argument(
         "--force",

@@ -1,0 +1,272 @@
+"""`autoresearch web`: the night in a browser. What the page is given equals what `status` and `show` print; the
+page, in a real browser (Chromium, driven by Playwright), follows a night live and shows an agent's text as text;
+requests naming another host (DNS rebinding) are refused; the command's errors and Ctrl-C say what they are."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, make_workspace, with_constants
+from starlette.testclient import TestClient
+
+from autoresearch.cli import main
+from autoresearch.evaluator.sandbox import module_command
+from autoresearch.loop.executor import Outcome
+from autoresearch.loop.ledger import verified_rows
+from autoresearch.loop.status import status_text
+from autoresearch.report.compare import show_text
+from autoresearch.visible import visible
+from autoresearch.vocabulary import RunEnd
+from autoresearch.web import serve as web_serve
+from autoresearch.web.app import create_app
+from autoresearch.web.night import Night
+from autoresearch.workspace.workspace import Workspace
+
+# An agent's description that a page putting it in as markup would run
+PLANTED = "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script> try LR 0.9"
+
+
+def score(source: str) -> float | Outcome:
+    if constant(source, "BATCH") == 64:
+        return Outcome(RunEnd.CRASH, None, "out of memory", "step 0\nRuntimeError: out of memory\n", 1.0)
+    return 1.0 + (constant(source, "LR") - 0.2) ** 2
+
+
+def edit(description: str, **values):
+    return lambda ctx: (description, with_constants(ctx.train_py, **values))
+
+
+@pytest.fixture(scope="module")
+def night_built(tmp_path_factory: pytest.TempPathFactory, tiny_prepared: Path, cache_dir: Path) -> Path:
+    """exp 1 baseline, 2 LR 0.2 (kept), 3 the planted description (discarded), 4 BATCH 64 (crash)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTORESEARCH_CACHE", str(cache_dir))
+        workspace = make_workspace(tmp_path_factory.mktemp("night") / "ws", tiny_prepared)
+        loop = make_loop(workspace, FakeExecutor(score))
+        loop.baseline()
+        agent = ScriptedAgent([edit("LR 0.05 -> 0.2", LR=0.2), edit(PLANTED, LR=0.9), edit("BATCH 64", BATCH=64)])
+        for _ in range(3):
+            loop.step(agent)
+        loop.ledger.close()
+    return workspace.root
+
+
+@pytest.fixture
+def night(night_built: Path, tmp_path: Path, cache_dir: Path, monkeypatch) -> Workspace:
+    """A copy of the module's night, for a test to read or add to."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache_dir))
+    root = tmp_path / "ws"
+    shutil.copytree(night_built, root, symlinks=True)
+    return Workspace(root)
+
+
+def client(ws: Workspace, hosts: list[str] | None = None) -> TestClient:
+    app = create_app(Night(ws), hosts or web_serve.answered_hosts("127.0.0.1"))
+    return TestClient(app, base_url="http://127.0.0.1:8765")
+
+
+def test_the_page_is_given_what_status_says_and_every_experiment_newest_first(night) -> None:
+    answer = client(night).get("/api/night")
+    assert answer.status_code == 200
+    data = answer.json()
+    assert data["status"] == visible(status_text(night)) and data["running"] is False
+    assert data["title"].startswith("val_bpb 1.0225 → 1.0000")
+    rows = data["experiments"]
+    assert [(r["id"], r["status"], r["best"]) for r in rows] == [
+        (4, "crash", False),
+        (3, "discard", False),
+        (2, "keep", True),
+        (1, "keep", False),
+    ]
+    assert rows[1]["description"] == PLANTED and rows[1]["delta"] == pytest.approx(0.49 - 0.0)
+    assert rows[2]["val_bpb"] == pytest.approx(1.0) and rows[2]["delta"] == pytest.approx(1.0 - 1.0225)
+    assert rows[3]["delta"] is None and rows[0]["val_bpb"] is None
+
+
+def test_one_experiment_is_what_show_prints_and_a_missing_one_says_which_there_are(night) -> None:
+    web = client(night)
+    answer = web.get("/api/experiments/2")
+    assert answer.status_code == 200
+    assert answer.json()["text"] == show_text(night.git, verified_rows(night.root), 2, stopped=True)
+    assert "+LR = 0.2" in answer.json()["text"]
+    missing = web.get("/api/experiments/99")
+    assert missing.status_code == 404 and missing.json() == {
+        "error": "no experiment 99 in this workspace (experiments 1-4)"
+    }
+    assert web.get("/api/experiments/..%2f..%2fetc").status_code == 404
+
+
+@pytest.mark.slow  # matplotlib draws it twice: seconds
+def test_the_chart_is_the_reports_as_svg_and_drawn_again_only_when_it_changes(night, tiny_prepared) -> None:
+    viewed = Night(night)
+    first = viewed.chart()
+    assert first.lstrip().startswith(b"<?xml") and b"<svg" in first
+    assert viewed.chart() is first  # nothing new: not drawn again
+    loop = make_loop(night, FakeExecutor(score))
+    loop.step(ScriptedAgent([edit("LR 0.25", LR=0.25)]))
+    loop.ledger.close()
+    viewed._made = float("-inf")  # past FRESH_S
+    assert viewed.chart() != first
+    answer = client(night).get("/progress.svg")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/svg+xml"
+
+
+def test_a_request_naming_another_host_is_refused(night) -> None:
+    """DNS rebinding: a site whose name is made to point at 127.0.0.1 would read the night through the person's
+    browser; its requests name that site."""
+    web = client(night)
+    assert web.get("/api/night", headers={"host": "attacker.example:8765"}).status_code == 400
+    assert web.get("/", headers={"host": "attacker.example"}).status_code == 400
+    for host in ("localhost:8765", "127.0.0.1:8765", "[::1]:8765"):
+        assert web.get("/api/night", headers={"host": host}).status_code == 200, host
+    anywhere = client(night, web_serve.answered_hosts("0.0.0.0"))
+    assert anywhere.get("/api/night", headers={"host": "gpu-box.lan:8765"}).status_code == 200
+    assert web_serve.answered_hosts("10.0.0.5") == [*web_serve.LOOPBACK_NAMES, "10.0.0.5"]
+    assert web_serve.answered_hosts("::1") == web_serve.LOOPBACK_NAMES
+
+
+def test_every_answer_lets_only_the_pages_own_script_run_and_no_site_frame_it(night) -> None:
+    web = client(night)
+    for path in ("/", "/static/app.js", "/api/night", "/api/experiments/3", "/api/experiments/99"):
+        answer = web.get(path)
+        policy = answer.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy, path
+        assert answer.headers["x-content-type-options"] == "nosniff", path
+
+
+def test_a_ledger_another_hand_wrote_is_said_on_the_page_not_shown_as_the_night(night) -> None:
+    with sqlite3.connect(night.state / "ledger.sqlite") as db:
+        db.execute("UPDATE experiments SET status = 'keep', val_bpb = 0.5 WHERE id = 3")
+    data = client(night).get("/api/night").json()
+    assert "experiments" not in data and "ledger" in data["error"]
+    assert client(night).get("/api/experiments/3").status_code == 404
+
+
+@contextlib.contextmanager
+def served(ws: Workspace):
+    """The view of `ws` served on 127.0.0.1 (a free port) by uvicorn in a thread; its URL."""
+    sock = web_serve.listening("127.0.0.1", 0)
+    server = web_serve.server(ws, sock, "127.0.0.1")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+            time.sleep(0.02)
+        yield web_serve.url_of(sock, "127.0.0.1")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+        assert not thread.is_alive(), "the server did not stop"
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "the web view's browser tests need Chromium: `apt-get install chromium` (.ci/run installs it)"
+    return found
+
+
+@pytest.mark.slow  # a browser: a few seconds
+def test_in_a_browser_the_page_follows_the_night_live_and_shows_an_agents_text_as_text(night) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with served(night) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url)
+            rows = page.locator("#experiments tbody tr")
+            expect(rows).to_have_count(4)
+            expect(page.locator("#connection")).to_have_text("stopped")
+            expect(page.locator("#status")).to_contain_text("best: exp 2 val_bpb 1.000000")
+            expect(rows.nth(1).locator("td").nth(5)).to_have_text(PLANTED)
+            assert page.locator("#experiments img, #experiments script").count() == 0
+            expect(page.locator("#chart")).to_be_visible()
+            expect(page.locator("#chart")).to_have_js_property("complete", True)
+            assert page.locator("#chart").evaluate("chart => chart.naturalWidth") > 0  # drawn, not a broken image
+
+            rows.nth(2).click()  # exp 2
+            expect(page.locator("#detail-title")).to_have_text("Experiment 2")
+            expect(page.locator("#detail-text")).to_contain_text("+LR = 0.2")
+
+            with night.lock():  # a loop runs, and finds a better LR: the page shows it with no reload
+                expect(page.locator("#connection")).to_have_text("running", timeout=10_000)
+                loop = make_loop(night, FakeExecutor(score))
+                loop.step(ScriptedAgent([edit("LR 0.2 -> 0.21", LR=0.21)]))
+                loop.ledger.close()
+                expect(rows).to_have_count(5, timeout=10_000)
+                expect(rows.first.locator("td").nth(5)).to_have_text("LR 0.2 -> 0.21")
+            expect(page.locator("#connection")).to_have_text("stopped", timeout=10_000)
+            assert page.title() == "autoresearch" and errors == []
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow  # a server: a second or two
+def test_the_stream_sends_the_night_at_once_then_each_change(night) -> None:
+    with served(night) as url, httpx.stream("GET", url + "events", timeout=10) as answer:
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        lines = answer.iter_lines()
+        first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+        assert [r["id"] for r in first["experiments"]] == [4, 3, 2, 1]
+        with night.lock():
+            second = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+        assert second["running"] is True and second["experiments"] == first["experiments"]
+
+
+def test_a_taken_port_or_an_address_not_of_this_machine_is_an_error_that_says_what_to_do(night, capsys) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["web", "--port", str(port), "--workspace", str(night.root)]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"port {port} on 127.0.0.1 is taken" in err and "--port 0" in err and "Traceback" not in err
+    assert main(["web", "--host", "203.0.113.7", "--workspace", str(night.root)]) == 2
+    assert "it is no address of this machine" in " ".join(capsys.readouterr().err.split())
+    assert main(["web", "--host", "no-such-host.invalid", "--workspace", str(night.root)]) == 2
+    assert "no such address" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.slow  # a process: a second or two
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_the_command_says_where_to_look_and_stops_on_ctrl_c_without_a_traceback(night, signum) -> None:
+    proc = subprocess.Popen(
+        [*module_command(sys.executable, "autoresearch"), "web", "--port", "0", "--workspace", str(night.root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+    )
+    try:
+        said = proc.stdout.readline()
+        assert said.startswith(f"the night in {night.root}, live: http://127.0.0.1:"), said + proc.stderr.read()
+        url = said.split("live: ", 1)[1].split()[0]
+        assert httpx.get(url + "api/night").json()["experiments"][0]["id"] == 4
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum and "Traceback" not in err
+    assert "stopped the web view" in err
+
+
+def test_a_workspace_with_no_experiment_yet_says_how_to_start_one(workspace) -> None:
+    data = client(workspace).get("/api/night").json()
+    assert data["experiments"] == [] and data["title"] == "No experiments yet"
+    assert "no experiments yet: start with `autoresearch run`" in data["status"]
