@@ -160,8 +160,9 @@ def running_text(ws: Workspace, running: Experiment, now: float | None = None, r
     return ", ".join(parts)
 
 
-def status_text(ws: Workspace) -> str:
-    experiments = verified_rows(ws.root)
+def status_text(ws: Workspace, experiments: list[Experiment] | None = None) -> str:
+    """What `autoresearch status` prints; `experiments`: the ledger's rows, where the caller has just read them."""
+    experiments = verified_rows(ws.root) if experiments is None else experiments
     a = ws.apparatus
     lines = [f"workspace {ws.root} on {ws.git.branch()}: preset {a.preset}, {a.dataset}, {a.budget_seconds:g}s budget"]
     if not experiments:

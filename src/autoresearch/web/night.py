@@ -73,7 +73,7 @@ class Night:
     def _read(self) -> tuple[dict[str, Any], list[Experiment]]:
         try:
             experiments = verified_rows(self.ws.root)
-            status = status_text(self.ws)
+            status = status_text(self.ws, experiments)
         except AutoresearchError as exc:
             said = f"{exc}; {exc.hint}" if exc.hint else str(exc)
             return {"error": visible(said), "running": self.ws.is_locked()}, []
