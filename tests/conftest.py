@@ -44,7 +44,7 @@ ONE_WORKER_MODULES = {
     f"tests/{name}.py"
     for name in (
         "test_loop_real", "test_probe", "test_ray", "test_red_team", "test_red_team_downgrade",
-        "test_red_team_fork", "test_show_diff", "test_tokenizer", "test_train_e2e", "test_web",
+        "test_red_team_fork", "test_red_team_h156", "test_show_diff", "test_tokenizer", "test_train_e2e", "test_web",
     )
 }  # fmt: skip
 # The test modules that start Ray in the pytest process. They run after all others (in each worker): Ray leaves

@@ -122,10 +122,7 @@ class Ledger:
             if not existed:  # leave no empty ledger behind
                 for suffix in ("", "-wal", "-shm"):
                     Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
-            raise LedgerError(f"the ledger {self.db_path} is missing or empty, but this workspace has experiments "
-                              "(results.tsv, .autoresearch/runs, or git's `exp N: ...` commits and "
-                              "refs/autoresearch/discarded/)", hint=f"{REBUILD_HINT}; or, if `git stash -a` "
-                              "took them, `git stash pop` first")  # fmt: skip
+            raise _lost(self.db_path)
 
     def verify(self) -> None:
         """Refuse (LedgerError) a ledger whose rows are not the ones this program wrote: a row changed, added or
@@ -457,10 +454,23 @@ def read_only(folder: Path) -> bool:
         return False
 
 
+def _lost(path: Path) -> LedgerError:
+    return LedgerError(f"the ledger {path} is missing or empty, but this workspace has experiments (results.tsv, "
+                       ".autoresearch/runs, or git's `exp N: ...` commits and refs/autoresearch/discarded/)",
+                       hint=f"{REBUILD_HINT}; or, if `git stash -a` took them, `git stash pop` first")  # fmt: skip
+
+
 def verified_rows(workspace: Path) -> list[Experiment]:
-    """Every experiment of the workspace's ledger, for a command that shows them (`status`, `report`, `show`): its
-    seals checked first, as the loop checks them (`Ledger.verify`); LedgerError if another hand wrote it. Unchecked,
-    a row set to `keep` at 1.0 by hand was the night's best in all three."""
+    """Every experiment of the workspace's ledger, for a command that shows them (`status`, `report`, `show`, the web
+    view): its seals checked first, as the loop checks them (`Ledger.verify`); LedgerError if another hand wrote it.
+    Unchecked, a row set to `keep` at 1.0 by hand was the night's best in all three. A missing ledger is not made
+    (red team: the web view's, made twice a second and removed, was taken by a `rebuild-ledger` meanwhile for the
+    old ledger, and the rebuilt one removed): none yet, or LedgerError where the workspace has experiments."""
+    path = ledger_path(workspace)
+    if not os.path.lexists(path):
+        if has_history(workspace):
+            raise _lost(path)
+        return []
     ledger = Ledger(workspace, reading=True)
     try:
         ledger.verify()

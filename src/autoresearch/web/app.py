@@ -14,16 +14,19 @@ runs only its own script."""
 from __future__ import annotations
 
 import json
+import re
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,33 +51,38 @@ HEADERS = [
 ]
 
 
-def create_app(night: Night, hosts: list[str]) -> Starlette:
-    """The application over `night`, answering requests whose Host is one of `hosts` (["*"]: any)."""
+def create_app(night: Night, hosts: list[str], stopping: threading.Event | None = None) -> Starlette:
+    """The application over `night`, answering requests whose Host is one of `hosts` (["*"]: any); its streams end
+    once `stopping` is set (the server stopping: uvicorn would cut them after its grace, with a traceback)."""
+    stopping = stopping or threading.Event()
 
     async def page(request: Request) -> Response:
         return FileResponse(_static_dir() / "index.html")
 
     async def snapshot(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(night.snapshot))
+        return _JSON(await run_in_threadpool(night.snapshot))
 
     async def experiment(request: Request) -> Response:
+        number = request.path_params["exp_id"]
+        if not re.fullmatch("[0-9]{1,18}", number):  # no id; Starlette's int() of 4,301 digits or more raised
+            return _JSON({"error": "no such experiment"}, status_code=404)
         try:
-            text = await run_in_threadpool(night.experiment, request.path_params["exp_id"])
+            text = await run_in_threadpool(night.experiment, int(number))
         except AutoresearchError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
-        return JSONResponse({"text": text})
+            return _JSON({"error": str(exc)}, status_code=404)
+        return _JSON({"text": text})
 
     async def chart(request: Request) -> Response:
         return Response(await run_in_threadpool(night.chart), media_type="image/svg+xml")
 
     async def events(request: Request) -> Response:
-        return StreamingResponse(_changes(night), media_type="text/event-stream")
+        return StreamingResponse(_changes(night, stopping), media_type="text/event-stream")
 
     routes = [
         Route("/", page),
         Route("/events", events),
         Route("/api/night", snapshot),
-        Route("/api/experiments/{exp_id:int}", experiment),
+        Route("/api/experiments/{exp_id}", experiment),
         Route("/progress.svg", chart),
         Mount("/static", StaticFiles(directory=_static_dir()), name="static"),
     ]
@@ -82,10 +90,11 @@ def create_app(night: Night, hosts: list[str]) -> Starlette:
     return Starlette(routes=routes, middleware=middleware)
 
 
-async def _changes(night: Night) -> AsyncIterator[str]:
-    """The snapshot at once, then each time it differs; a comment between, so that a dead page is noticed."""
+async def _changes(night: Night, stopping: threading.Event) -> AsyncIterator[str]:
+    """The snapshot at once, then each time it differs; a comment between, so that a dead page is noticed. It ends
+    when `stopping` is set."""
     last, quiet = None, 0.0
-    while True:
+    while not stopping.is_set():
         now = json.dumps(await run_in_threadpool(night.snapshot))
         if now != last:
             last, quiet = now, 0.0
@@ -93,12 +102,23 @@ async def _changes(night: Night) -> AsyncIterator[str]:
         elif quiet >= KEEP_ALIVE_S:
             quiet = 0.0
             yield ": still here\n\n"
-        await anyio.sleep(POLL_S)
+        for _ in range(10):  # POLL_S in tenths: the stream ends within one of the server's stopping
+            if stopping.is_set():
+                return
+            await anyio.sleep(POLL_S / 10)
         quiet += POLL_S
 
 
+class _JSON(JSONResponse):
+    """JSON in ASCII, as the stream sends it: a text that is no UTF-8 (a workspace's path of Latin-1 bytes, held as
+    lone surrogates) is escaped, where Starlette's UTF-8 raised."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
 class _Guarded:
-    """Adds HEADERS to every answer."""
+    """Adds HEADERS to every answer, and refuses what a page of another site asks through the person's browser."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -109,7 +129,22 @@ class _Guarded:
                 message["headers"] = [*message.get("headers", []), *HEADERS]
             await send(message)
 
+        if scope["type"] == "http" and _of_another_site(scope):
+            refused = PlainTextResponse("refused: asked by a page of another site", status_code=403)
+            await refused(scope, receive, with_headers)
+            return
         await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+def _of_another_site(scope: Scope) -> bool:
+    """Whether a browser says a page of another site asks this (Sec-Fetch-Site; a port of its own is a site's):
+    it cannot read the answer, but each request it sends is read, computed (`show`'s git processes) and held (a
+    stream) on the machine that trains. The person's own navigation to a page (a link followed) is let through."""
+    headers = Headers(scope=scope)
+    if headers.get("sec-fetch-site") not in ("cross-site", "same-site"):
+        return False  # the page's own ("same-origin"), typed or bookmarked ("none"), or no browser's
+    navigated = headers.get("sec-fetch-mode") == "navigate" and headers.get("sec-fetch-dest") == "document"
+    return not (navigated and scope["method"] in ("GET", "HEAD"))
 
 
 def _static_dir() -> Path:

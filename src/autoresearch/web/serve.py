@@ -72,15 +72,24 @@ def url_of(sock: socket.socket, host: str) -> str:
 
 def server(ws: Workspace, sock: socket.socket, host: str):
     """The uvicorn server of the view of `ws`, to be run on `sock` (`.run(sockets=[sock])`; `.should_exit` stops
-    it, its open pages' streams cut after a second)."""
+    it, its open pages' streams ended first)."""
+    import threading
+
     import uvicorn
 
     from autoresearch.web.app import create_app
     from autoresearch.web.night import Night
 
-    app = create_app(Night(ws), answered_hosts(host))
+    stopping = threading.Event()
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            stopping.set()  # the pages' streams end first: cut after the grace, each wrote a traceback
+            await super().shutdown(sockets)
+
+    app = create_app(Night(ws), answered_hosts(host), stopping)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1)
-    return uvicorn.Server(config)
+    return Server(config)
 
 
 def serve(ws: Workspace, host: str, port: int, say: Callable[[str], None]) -> None:
