@@ -19,7 +19,9 @@ its fix.
   `show`'s git processes for each /api/experiments request, a stream held for each /events, the traceback above),
   through the person's browser, on the machine that trains; through an `ssh -L` tunnel, from the laptop's browser to
   the GPU box. A request a browser marks as another site's (Sec-Fetch-Site: cross-site or same-site) is now refused
-  (403) unless it is the person's own navigation to a page.
+  (403) unless it is the person's own navigation to a page. (Chromium 156 itself refuses a public site's requests to
+  loopback, Local Network Access, asking the person; a page served on this machine, a notebook's or a dev server's,
+  is not asked about, and other browsers may not ask: the browser test uses such a page.)
 
 What held (tried, no fix): the page puts every agent's and run's text in as text (descriptions with markup, `$..$`,
 control characters, which the loop had made visible), and its CSP runs no script but its own; the chart draws
@@ -29,6 +31,11 @@ name, a trailing dot, an absent Host (HTTP/1.0) are refused, upper case is the n
 any encoding; negative numbers match no route; HEAD and OPTIONS are answered; a stream's client that never reads is
 held by uvicorn's flow control (no memory grows); the lock probe (`is_locked`, shared, an instant) did not refuse
 `ws.lock()` once in 10 tries under 16 threads of requests that each probe.
+
+What is left: `--host 0.0.0.0` answers any Host (by design, tested in test_web.py), so DNS rebinding reads the night
+there (the rebound page is same-origin: Sec-Fetch-Site does not stop it); a ledger that vanishes in the instant between
+the view's look and its open (a rebuild's two renames) is still opened, which makes one (ledger.py's reading open
+creates; not the view's to change).
 """
 
 from __future__ import annotations
