@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import threading
 from collections.abc import Callable
 
 from autoresearch.errors import AutoresearchError
@@ -73,8 +74,6 @@ def url_of(sock: socket.socket, host: str) -> str:
 def server(ws: Workspace, sock: socket.socket, host: str):
     """The uvicorn server of the view of `ws`, to be run on `sock` (`.run(sockets=[sock])`; `.should_exit` stops
     it, its open pages' streams ended first)."""
-    import threading
-
     import uvicorn
 
     from autoresearch.web.app import create_app
