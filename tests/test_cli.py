@@ -512,6 +512,7 @@ def test_report_on_a_full_disk_says_the_disk_is_full_and_leaves_no_half_written_
     assert not {"progress.png", "progress.png.tmp", "report.md"} & {p.name for p in judged.root.iterdir()}
 
 
+@pytest.mark.slow  # a loop to a full disk: seconds
 def test_a_run_stopped_by_a_full_disk_ends_with_its_own_error_when_the_report_cannot_be_written_either(
     judged: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -586,6 +587,7 @@ def test_rebuild_ledger_on_a_full_disk_says_to_run_it_again_not_that_an_experime
     assert "writing the ledger failed for lack of space; run `autoresearch rebuild-ledger` again" in err
 
 
+@pytest.mark.slow  # a second or two each
 @pytest.mark.parametrize("data_dir", ["/nonexistent", "data"])
 def test_a_data_dir_edited_to_a_short_path_says_there_is_no_data_there_and_to_put_the_file_back(
     data_dir: str, workspace: Workspace, capsys: pytest.CaptureFixture[str]

@@ -211,6 +211,7 @@ def test_a_malformed_document_is_refused_with_a_reason(change, reason) -> None:
     assert reason in refused(doc, weights)
 
 
+@pytest.mark.slow  # a graph exported: a second or two
 def test_a_subgraph_that_refers_to_itself_is_refused() -> None:
     doc, weights = honest()
     doc["subgraphs"]["loop"] = {
@@ -221,6 +222,7 @@ def test_a_subgraph_that_refers_to_itself_is_refused() -> None:
     assert "recursive" in refused(with_node(doc, node), weights)
 
 
+@pytest.mark.slow  # a graph exported: a second or two
 def test_garbage_and_deeply_nested_documents_are_refused_not_crashed_on() -> None:
     _, weights = honest()
     for document in (b"\x00\xff garbage", b"[" * 100_000 + b"]" * 100_000, b"{}"):
