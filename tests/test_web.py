@@ -237,6 +237,10 @@ def test_a_taken_port_or_an_address_not_of_this_machine_is_an_error_that_says_wh
         assert main(["web", "--port", str(port), "--workspace", str(night.root)]) == 2
         err = " ".join(capsys.readouterr().err.split())
         assert f"port {port} on 127.0.0.1 is taken" in err and "--port 0" in err and "Traceback" not in err
+        assert "cd " not in err  # no command of the workspace's named: no `cd` there first
+    with pytest.raises(SystemExit) as refused:  # was taken as 34463, and said to be in use
+        main(["web", "--port", "99999", "--workspace", str(night.root)])
+    assert refused.value.code == 2 and "99999 is no port: give 1 to 65535" in capsys.readouterr().err
     assert main(["web", "--host", "203.0.113.7", "--workspace", str(night.root)]) == 2
     assert "it is no address of this machine" in " ".join(capsys.readouterr().err.split())
     assert main(["web", "--host", "no-such-host.invalid", "--workspace", str(night.root)]) == 2

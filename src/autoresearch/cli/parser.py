@@ -15,6 +15,17 @@ def _given(text: str) -> str:
     return text
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 to 65535 (`--port 99999` was taken as 34463, and said to be in use)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is no port: give 1 to 65535 (0: any free one)")
+    return port
+
+
 def _data_options(parser: argparse.ArgumentParser) -> None:
     presets = "apparatus preset: h100 or tiny (default: h100 with CUDA, else tiny)"
     parser.add_argument("--preset", type=_given, help=presets)
@@ -139,7 +150,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     web = sub.add_parser("web", help="the night in a browser, live: what runs, the chart, every experiment")
     web.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0: any free one)"
+        "--port", type=_port, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0: any free one)"
     )
     web.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine alone; 0.0.0.0: all)"

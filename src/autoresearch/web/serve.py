@@ -30,7 +30,7 @@ def listening(host: str, port: int) -> socket.socket:
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise AutoresearchError(
-                f"port {port} on {host} is taken (another `autoresearch web`, or another server)",
+                f"port {port} on {host} is taken (by another autoresearch web, or another server)",
                 hint="give another with --port (--port 0: any free one)",
             ) from None
         if exc.errno in (errno.EACCES, errno.EPERM):
