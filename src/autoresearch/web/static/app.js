@@ -4,7 +4,10 @@
 
 const $ = (id) => document.getElementById(id);
 let chosen = null; // the experiment whose detail is shown
+let chosenRow = null; // its row as last drawn: its detail is asked for again when that changes, or while it runs
 let chartKey = null;
+let drawnRows = null; // the rows as last drawn: the table is built again only when they change
+const UNFINISHED = ["running", "queued", "interrupted"]; // no verdict yet: nothing of theirs on the chart
 
 function cell(row, text, className) {
   const td = row.insertCell();
@@ -20,6 +23,11 @@ function number(value, digits, signed) {
 }
 
 function drawTable(experiments) {
+  // The status line changes every second while a run trains; the rows only when an experiment does. Built again
+  // only then, a night of thousands costs the browser nothing between, and a click or a selection in it holds.
+  const drawn = JSON.stringify(experiments);
+  if (drawn === drawnRows) return;
+  drawnRows = drawn;
   const body = $("experiments").tBodies[0];
   const rows = experiments.map((exp) => {
     const row = document.createElement("tr");
@@ -31,13 +39,16 @@ function drawTable(experiments) {
     cell(row, number(exp.delta, 6, true), "number");
     cell(row, exp.worker);
     cell(row, exp.description).title = exp.reason;
-    row.addEventListener("click", () => showExperiment(exp.id));
+    row.addEventListener("click", () => showExperiment(exp.id, true));
     return row;
   });
   body.replaceChildren(...rows);
 }
 
+let lastNight = null;
+
 function draw(night) {
+  lastNight = night;
   const connection = $("connection");
   connection.textContent = night.running ? "running" : "stopped";
   connection.className = "connection " + (night.running ? "running" : "stopped");
@@ -50,25 +61,55 @@ function draw(night) {
   $("title").textContent = night.title;
   $("status").textContent = night.status;
   drawTable(night.experiments);
-  if (night.chart !== chartKey && night.experiments.length) {
+  // The chart once an experiment has a verdict: while the baseline trains, it has nothing to draw
+  const anyFinished = night.experiments.some((exp) => !UNFINISHED.includes(exp.status));
+  $("chart").hidden = !anyFinished;
+  if (anyFinished && night.chart !== chartKey) {
     chartKey = night.chart;
     $("chart").src = "/progress.svg?" + encodeURIComponent(night.chart);
-    $("chart").hidden = false;
   }
-  if (chosen !== null) showExperiment(chosen);
+  if (chosen !== null) {
+    const row = night.experiments.find((exp) => exp.id === chosen) ?? null;
+    if (JSON.stringify(row) !== chosenRow || row?.status === "running") showExperiment(chosen);
+  }
 }
 
-async function showExperiment(id) {
+async function showExperiment(id, clicked) {
   chosen = id;
+  let clickedRow = null;
   for (const row of $("experiments").tBodies[0].rows) {
     row.classList.toggle("chosen", row.dataset.id === String(id));
+    if (row.dataset.id === String(id)) clickedRow = row;
   }
+  if (clicked && clickedRow) besideTheTable(clickedRow);
   const answer = await fetch("/api/experiments/" + id);
   const found = await answer.json();
   if (chosen !== id) return; // another was clicked meanwhile
+  const text = found.text ?? found.error;
+  chosenRow = JSON.stringify(lastNight?.experiments?.find((exp) => exp.id === id) ?? null);
   $("detail").hidden = false;
   $("detail-title").textContent = "Experiment " + id;
-  $("detail-text").replaceChildren(...(found.text ?? found.error).split("\n").map(diffLine));
+  if ($("detail-text").textContent !== text + "\n") {
+    // Only a change is drawn: what the reader selected or scrolled to in it stays where it was
+    $("detail-text").replaceChildren(...text.split("\n").map(diffLine));
+  }
+  if (clicked) shownWhereSeen($("detail"));
+}
+
+function besideTheTable(row) {
+  // The table narrows to make room for the detail (on a wide window): the clicked row stays where it was on the
+  // screen, not carried thousands of pixels off by the rows above it growing
+  const before = row.getBoundingClientRect().top;
+  $("detail").hidden = false;
+  $("night").classList.add("with-detail");
+  window.scrollBy(0, row.getBoundingClientRect().top - before);
+}
+
+function shownWhereSeen(element) {
+  // Beside the table on a wide window (it stays in view as the table scrolls); below it on a narrow one, where a
+  // click far up a long night would show it thousands of rows down, out of sight: brought into view
+  const box = element.getBoundingClientRect();
+  if (box.top >= window.innerHeight || box.bottom <= 0) element.scrollIntoView({ block: "start" });
 }
 
 function diffLine(line) {
