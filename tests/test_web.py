@@ -274,3 +274,28 @@ def test_a_workspace_with_no_experiment_yet_says_how_to_start_one(workspace) -> 
     data = client(workspace).get("/api/night").json()
     assert data["experiments"] == [] and data["title"] == "No experiments yet"
     assert "no experiments yet: start with `autoresearch run`" in data["status"]
+
+
+@pytest.mark.slow  # a browser: seconds
+def test_a_ledger_changed_by_another_hand_while_the_page_is_open_empties_the_page_and_says_so(night) -> None:
+    """What was shown of the ledger before stayed under the error (red team): the night another hand wrote is not to
+    be read as the night at all."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with served(night) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            rows = page.locator("#experiments tbody tr")
+            expect(rows).to_have_count(4)
+            rows.nth(2).click()
+            expect(page.locator("#detail-text")).to_contain_text("+LR = 0.2")
+            with sqlite3.connect(night.state / "ledger.sqlite") as db:
+                db.execute("UPDATE experiments SET status = 'keep', val_bpb = 0.5 WHERE id = 3")
+            expect(page.locator("#error")).to_contain_text("ledger", timeout=10_000)
+            expect(rows).to_have_count(0)
+            expect(page.locator("#status")).to_have_text("")
+            assert page.locator("#chart").is_hidden() and page.locator("#detail").is_hidden()
+        finally:
+            browser.close()

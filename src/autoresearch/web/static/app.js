@@ -54,7 +54,12 @@ function draw(night) {
   connection.className = "connection " + (night.running ? "running" : "stopped");
   $("error").hidden = !night.error;
   if (night.error) {
+    // Nothing read before stays on the page under it: the ledger it came from is not to be trusted now
     $("error").textContent = night.error;
+    $("title").textContent = $("status").textContent = "";
+    drawTable([]);
+    $("chart").hidden = $("detail").hidden = true;
+    chartKey = chosen = null;
     return;
   }
   $("workspace").textContent = night.workspace;
@@ -82,10 +87,14 @@ async function showExperiment(id, clicked) {
     if (row.dataset.id === String(id)) clickedRow = row;
   }
   if (clicked && clickedRow) besideTheTable(clickedRow);
-  const answer = await fetch("/api/experiments/" + id);
-  const found = await answer.json();
+  let text;
+  try {
+    const found = await (await fetch("/api/experiments/" + id)).json();
+    text = found.text ?? found.error;
+  } catch {
+    text = "experiment " + id + ": the server did not answer (is `autoresearch web` still running?)";
+  }
   if (chosen !== id) return; // another was clicked meanwhile
-  const text = found.text ?? found.error;
   chosenRow = JSON.stringify(lastNight?.experiments?.find((exp) => exp.id === id) ?? null);
   $("detail").hidden = false;
   $("detail-title").textContent = "Experiment " + id;
@@ -121,8 +130,10 @@ function diffLine(line) {
   return span;
 }
 
+let events = null;
+
 function follow() {
-  const events = new EventSource("/events");
+  events = new EventSource("/events");
   events.onmessage = (message) => draw(JSON.parse(message.data));
   events.onerror = () => {
     // The browser tries again by itself; meanwhile the page says it is not live
@@ -130,5 +141,16 @@ function follow() {
     $("connection").className = "connection lost";
   };
 }
+
+// A browser keeps six connections to a server at most, and each open stream holds one: a tab in the background lets
+// its go (a seventh tab would wait for ever), and follows again, from the night as it is then, when it is shown
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden && events) {
+    events.close();
+    events = null;
+  } else if (!document.hidden && !events) {
+    follow();
+  }
+});
 
 follow();
