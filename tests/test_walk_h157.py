@@ -49,7 +49,8 @@ def night_of(root: Path, data_dir: Path, finished: int, running: bool = False) -
             best -= 0.01
             ledger.insert(exp(i, Status.KEEP, best, f"change {i}: warm up the learning rate", reason="better"))
         else:
-            said = f"change {i}: a wider MLP" if i % 7 else f"tune: VE_GATE_CHANNELS 32 -> 8, UNEMBEDDING_LR 0.004 -> {i}"
+            tuned = f"tune: VE_GATE_CHANNELS 32 -> 8, UNEMBEDDING_LR 0.004 -> {i}"
+            said = f"change {i}: a wider MLP" if i % 7 else tuned
             ledger.insert(exp(i, Status.DISCARD, best + 0.004, said, reason="worse"))
     if running:
         kind = {"kind": "baseline", **NO_AGENT} if not finished else {}
