@@ -24,7 +24,8 @@ from autoresearch.config.presets import Preset, get_preset
 from autoresearch.data.prepare import prepare
 from autoresearch.evaluator import sandbox
 
-pytest_plugins = ["fake_hub", "fake_llm", "loop_support"]  # fixtures: fake HF hub, fake LLM APIs, workspaces
+pytest_plugins = ["fake_hub", "fake_llm", "loop_support", "web_support"]  # fixtures: fake HF hub, fake LLM APIs,
+# workspaces, the web view's night
 
 CORPUS_PACKAGES = ("json", "email", "asyncio")
 # Variables that would point a test at the user's own workspace, data, device or result file.

@@ -43,19 +43,16 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import httpx
 import pytest
-from loop_support import FakeExecutor, ScriptedAgent, constant, make_loop, make_workspace, with_constants
+from loop_support import make_workspace
 from starlette.testclient import TestClient
+from web_support import web_command
 
-from autoresearch.evaluator.sandbox import module_command
 from autoresearch.loop import ledger as ledger_module
 from autoresearch.loop.ledger import verified_rows
 from autoresearch.loop.rebuild import rebuild
@@ -64,37 +61,6 @@ from autoresearch.web import serve as web_serve
 from autoresearch.web.app import create_app
 from autoresearch.web.night import Night
 from autoresearch.workspace.workspace import Workspace
-
-
-def score(source: str) -> float:
-    return 1.0 + (constant(source, "LR") - 0.2) ** 2
-
-
-def edit(description: str, **values):
-    return lambda ctx: (description, with_constants(ctx.train_py, **values))
-
-
-@pytest.fixture(scope="module")
-def night_built(tmp_path_factory: pytest.TempPathFactory, tiny_prepared: Path, cache_dir: Path) -> Path:
-    """exp 1 baseline, 2 LR 0.2 (kept), 3 LR 0.9 (discarded)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AUTORESEARCH_CACHE", str(cache_dir))
-        workspace = make_workspace(tmp_path_factory.mktemp("night") / "ws", tiny_prepared)
-        loop = make_loop(workspace, FakeExecutor(score))
-        loop.baseline()
-        agent = ScriptedAgent([edit("LR 0.05 -> 0.2", LR=0.2), edit("LR 0.9", LR=0.9)])
-        for _ in range(2):
-            loop.step(agent)
-        loop.ledger.close()
-    return workspace.root
-
-
-@pytest.fixture
-def night(night_built: Path, tmp_path: Path, cache_dir: Path, monkeypatch) -> Workspace:
-    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache_dir))
-    root = tmp_path / "ws"
-    shutil.copytree(night_built, root, symlinks=True)
-    return Workspace(root)
 
 
 def client(ws: Workspace) -> TestClient:
@@ -142,8 +108,8 @@ def test_a_missing_ledger_is_said_not_made_and_a_rebuild_meanwhile_is_not_undone
     assert seen and not any("ledger.sqlite" in names for names in seen), f"the view made a ledger: {seen}"
     assert "is missing" in data["error"] and "rebuild-ledger" in data["error"]
     monkeypatch.undo()
-    assert [e.id for e in verified_rows(night.root)] == [1, 2, 3]  # the rebuild's ledger, kept
-    assert [r["id"] for r in Night(night).snapshot()["experiments"]] == [3, 2, 1]
+    assert [e.id for e in verified_rows(night.root)] == [1, 2, 3, 4]  # the rebuild's ledger, kept
+    assert [r["id"] for r in Night(night).snapshot()["experiments"]] == [4, 3, 2, 1]
 
 
 def test_a_workspace_with_no_ledger_yet_is_shown_as_status_says_and_none_made(
@@ -164,13 +130,7 @@ def test_a_workspace_with_no_ledger_yet_is_shown_as_status_says_and_none_made(
 def test_ctrl_c_with_a_page_open_stops_without_a_traceback(night, signum) -> None:
     """BROKE: "ERROR: Cancel 1 running task(s), timeout graceful shutdown exceeded" and a CancelledError traceback,
     the page's stream cut by uvicorn after its grace second."""
-    proc = subprocess.Popen(
-        [*module_command(sys.executable, "autoresearch"), "web", "--port", "0", "--workspace", str(night.root)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
-    )
+    proc = web_command(night)
     try:
         url = proc.stdout.readline().split("live: ", 1)[1].split()[0]
         with httpx.stream("GET", url + "events", timeout=10) as stream:
@@ -218,7 +178,7 @@ def test_in_a_browser_a_page_of_another_site_makes_the_view_do_nothing(night, mo
     output, a dev server's page; Chromium lets a page on loopback reach loopback unasked) had the view read the night
     and compute `show` for each of its `<img>`, `fetch(no-cors)` and EventSource, none of which it could read."""
     from playwright.sync_api import sync_playwright
-    from test_web import chromium, served
+    from web_support import chromium, served
 
     asked = []
     snapshot = Night.snapshot

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 from loop_support import make_workspace
 from test_report import NO_AGENT, exp
-from test_web import chromium, served
+from web_support import chromium, served
 
 from autoresearch.loop.ledger import Ledger
 from autoresearch.vocabulary import Status
