@@ -8,6 +8,7 @@ import json
 import signal
 import socket
 import sqlite3
+import time
 
 import httpx
 import pytest
@@ -220,3 +221,20 @@ def test_a_ledger_changed_by_another_hand_while_the_page_is_open_empties_the_pag
             assert page.locator("#chart").is_hidden() and page.locator("#detail").is_hidden()
         finally:
             browser.close()
+
+
+@pytest.mark.slow  # a process: a few seconds
+def test_started_as_a_background_job_it_ignores_ctrl_c_as_the_loop_does_and_stops_on_sigterm(night) -> None:
+    """CI: under `nohup ... &` SIGINT came ignored; uvicorn stopped on it anyway, then exited 0 without a word."""
+    proc = web_command(night, background=True)
+    try:
+        url = proc.stdout.readline().split("live: ", 1)[1].split()[0]
+        assert httpx.get(url + "api/night").status_code == 200  # serving: uvicorn has taken the signals
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.5)
+        assert proc.poll() is None and httpx.get(url + "api/night").status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped the web view" in err and "Traceback" not in err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -85,12 +86,15 @@ def chromium() -> str:
     return found
 
 
-def web_command(ws: Workspace) -> subprocess.Popen:
-    """`autoresearch web --port 0` on `ws` in a process of its own, its output in pipes."""
+def web_command(ws: Workspace, background: bool = False) -> subprocess.Popen:
+    """`autoresearch web --port 0` on `ws` in a process of its own, its output in pipes; started as from a terminal
+    (Ctrl-C stops it, whatever the suite was started under: `nohup`, `&`), or, `background`, as a background job."""
+    interrupt = signal.SIG_IGN if background else signal.SIG_DFL
     return subprocess.Popen(
         [*module_command(sys.executable, "autoresearch"), "web", "--port", "0", "--workspace", str(ws.root)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, interrupt),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -80,8 +81,14 @@ def server(ws: Workspace, sock: socket.socket, host: str):
     from autoresearch.web.night import Night
 
     stopping = threading.Event()
+    background = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # `autoresearch web &`: a background job
 
     class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:
+            if sig == signal.SIGINT and background:  # ignores Ctrl-C, as background jobs (and `run`) do
+                return
+            super().handle_exit(sig, frame)
+
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             stopping.set()  # the pages' streams end first: cut after the grace, each wrote a traceback
             await super().shutdown(sockets)
