@@ -48,6 +48,8 @@ function drawTable(experiments) {
 let lastNight = null;
 
 function draw(night) {
+  // The stream leaves the rows out where they are as it last sent them
+  if (!night.error && !("experiments" in night)) night.experiments = lastNight?.experiments ?? [];
   lastNight = night;
   const connection = $("connection");
   connection.textContent = night.running ? "running" : "stopped";
