@@ -1,6 +1,7 @@
 """Small file helpers with one home: an atomic text or JSON write, a file's SHA-256, a set of source files' SHA-256,
 clearing a path the loop writes its own file at, removing a folder a run or agent made, reading a file an agent could
-have planted, whether a file is flocked, a program's path on PATH, every entry under a folder."""
+have planted, a file's signature (whether it changed), whether a file is flocked, a program's path on PATH, every
+entry under a folder."""
 
 from __future__ import annotations
 
@@ -265,6 +266,16 @@ def read_regular(path: Path, limit: int | None, follow: bool = False) -> bytes:
     if limit is not None and len(data) > limit:
         raise ValueError(f"{path.name} is over {limit >> 20} MiB")
     return data
+
+
+def signature(path: Path | None) -> tuple[int, int, int] | None:
+    """What changes whenever a file is written or replaced: its inode, size and time of change (None: no file, or
+    none that can be looked at)."""
+    try:
+        found = os.stat(path) if path is not None else None
+    except OSError:
+        return None
+    return (found.st_ino, found.st_size, found.st_mtime_ns) if found is not None else None
 
 
 def flock_held(path: Path) -> bool:

@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from autoresearch.files import signature
 from autoresearch.loop.activity import Span, busy_by_worker, in_order, overall, per_hour
 from autoresearch.loop.experiment import Experiment, best_of
 from autoresearch.loop.reporter import verdict_line
@@ -62,15 +63,15 @@ class RunView:
 
     def __init__(self, exp_id: int, run: int, what: str, log: Path | None, budget: float, since: float):
         self.exp_id, self.run, self.what, self.log, self.budget, self.since = exp_id, run, what, log, budget, since
-        self.stale = _signature(log)  # the log as a previous attempt left it: not this run's
+        self.stale = signature(log)  # the log as a previous attempt left it: not this run's
         self.clock = TrainingClock(budget)
 
     def progress(self) -> RunProgress | None:
         """What the run's log shows, once the run has written to it."""
         if self.log is None:
             return None
-        signature = _signature(self.log)
-        if signature is None or signature == self.stale:
+        written = signature(self.log)
+        if written is None or written == self.stale:
             return None
         self.stale = None
         return read_progress(self.log)
@@ -244,14 +245,6 @@ def _one_line(*tables: Table) -> Table:
                 if isinstance(cell, Text):  # (every cell of these tables)
                     cell.no_wrap, cell.overflow = True, "ellipsis"
     return tables[0]
-
-
-def _signature(path: Path | None) -> tuple[int, int] | None:
-    try:
-        st = path.stat() if path is not None else None
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns) if st is not None else None
 
 
 def _clock(seconds: float) -> str:

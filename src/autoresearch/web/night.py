@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import sqlite3
 import threading
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.errors import AutoresearchError
+from autoresearch.files import signature
 from autoresearch.loop.experiment import Experiment, best_of
 from autoresearch.loop.ledger import ledger_path, verified_rows
 from autoresearch.loop.status import status_text
@@ -58,16 +58,11 @@ class Night:
 
     def experiment(self, exp_id: int) -> str:
         """One experiment as `autoresearch show` prints it; AutoresearchError where there is no such one."""
-        self.snapshot()
-        with self._lock:
-            experiments = self._experiments
-        return show_text(self.ws.git, experiments, exp_id, stopped=not self.ws.is_locked())
+        return show_text(self.ws.git, self._latest(), exp_id, stopped=not self.ws.is_locked())
 
     def chart(self) -> bytes:
         """The progress chart of `report`, as SVG, for the experiments of the latest snapshot."""
-        self.snapshot()
-        with self._lock:
-            experiments = self._experiments
+        experiments = self._latest()
         key = chart_key(experiments)
         with self._drawing:
             if self._chart is None or self._chart[0] != key:
@@ -76,15 +71,21 @@ class Night:
                 self._chart = (key, svg.getvalue())
             return self._chart[1]
 
+    def _latest(self) -> list[Experiment]:
+        """The experiments of the latest snapshot (none where it was an error)."""
+        self.snapshot()
+        with self._lock:
+            return self._experiments
+
     def _rows(self) -> list[Experiment]:
         """The ledger's rows, read and checked again only where its files changed (a night of 2,000 took 0.5 s a read,
         twice a second while a run's clock ticks)."""
         path = ledger_path(self.ws.root)
-        signature = [_signature(Path(f"{path}{suffix}")) for suffix in ("", "-wal")]
+        found = [signature(Path(f"{path}{suffix}")) for suffix in ("", "-wal")]
         # and at least every REREAD_S: two writes in one tick of the file clock, of one size, look alike
-        if signature != self._ledger_signature or signature[0] is None or time.monotonic() - self._read_at > REREAD_S:
+        if found != self._ledger_signature or found[0] is None or time.monotonic() - self._read_at > REREAD_S:
             self._rows_read = verified_rows(self.ws.root)
-            self._ledger_signature, self._read_at = signature, time.monotonic()
+            self._ledger_signature, self._read_at = found, time.monotonic()
         return self._rows_read
 
     def _read(self) -> tuple[dict[str, Any], list[Experiment]]:
@@ -139,12 +140,3 @@ def chart_key(experiments: list[Experiment]) -> str:
 def _number(value: float | None) -> float | None:
     """A value JSON can carry: NaN and infinities (a diverged run) are no number to show."""
     return value if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    """What changes whenever a file is written: its inode, size and time of change (None: no such file)."""
-    try:
-        found = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return found.st_ino, found.st_size, found.st_mtime_ns

@@ -14,6 +14,7 @@ from autoresearch.workspace.workspace import Workspace
 
 DEFAULT_PORT = 8765
 LOOPBACK_NAMES = ["localhost", "127.0.0.1", "[::1]"]  # this machine as a Host header names it
+OTHER_HOST = "give --host an address of this machine (default 127.0.0.1: this machine alone)"
 
 
 def listening(host: str, port: int) -> socket.socket:
@@ -24,7 +25,7 @@ def listening(host: str, port: int) -> socket.socket:
     except socket.gaierror as exc:
         raise AutoresearchError(
             f"cannot listen on {host}: no such address ({exc.strerror})",
-            hint="give --host an address of this machine (default 127.0.0.1: this machine alone)",
+            hint=OTHER_HOST,
         ) from None
     try:
         return socket.create_server(address, family=family, backlog=64)
@@ -41,7 +42,7 @@ def listening(host: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRNOTAVAIL:
             raise AutoresearchError(
                 f"cannot listen on {host}: it is no address of this machine",
-                hint="give --host an address of this machine (default 127.0.0.1: this machine alone)",
+                hint=OTHER_HOST,
             ) from None
         raise
 
